@@ -1,0 +1,232 @@
+//! Cgroup v2: finding the mount, walking the tree, resolving selector globs
+//! to cgroup ids, and ids back to paths.
+use std::{
+    collections::{BTreeMap, HashMap},
+    os::unix::fs::MetadataExt,
+    path::{Path, PathBuf},
+};
+
+use crate::policy::{CompiledPolicy, Mode};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CgroupError {
+    #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo); egress-monitor needs cgroup v2")]
+    NoCgroup2,
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cgroup root {root} is not inside the cgroup2 mount {mount}")]
+    OutsideMount { root: PathBuf, mount: PathBuf },
+    #[error("cgroup {path} is selected by two policies, {first} and {second}; a cgroup may be selected by one policy only")]
+    Conflict { path: String, first: String, second: String },
+}
+
+/// The cgroup2 mount point, from /proc/self/mountinfo.
+pub fn find_cgroup2_mount() -> Result<PathBuf, CgroupError> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| CgroupError::Io {
+        path: "/proc/self/mountinfo".into(),
+        source,
+    })?;
+    parse_mountinfo(&text, "cgroup2").ok_or(CgroupError::NoCgroup2)
+}
+
+/// The first mount point of a filesystem type in mountinfo text.
+pub fn parse_mountinfo(text: &str, fstype: &str) -> Option<PathBuf> {
+    text.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let fs = right.split_whitespace().next()?;
+        let mount = left.split_whitespace().nth(4)?;
+        (fs == fstype).then(|| PathBuf::from(unescape_mountinfo(mount)))
+    })
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v as char);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i] as char);
+        i += 1;
+    }
+    out
+}
+
+/// A cgroup's id is the inode number of its directory.
+pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
+    std::fs::metadata(path)
+        .map(|m| m.ino())
+        .map_err(|source| CgroupError::Io { path: path.into(), source })
+}
+
+/// `/a/b` for `<mount>/a/b`; `/` for the mount itself.
+pub fn relative(mount: &Path, path: &Path) -> Option<String> {
+    let rel = path.strip_prefix(mount).ok()?;
+    Some(format!("/{}", rel.display()))
+}
+
+/// Every cgroup at or below `root`, as (path relative to the mount, id).
+/// Cgroups that vanish during the walk are skipped.
+pub fn walk(mount: &Path, root: &Path) -> Result<Vec<(String, u64)>, CgroupError> {
+    let rel = relative(mount, root).ok_or_else(|| CgroupError::OutsideMount {
+        root: root.into(),
+        mount: mount.into(),
+    })?;
+    let mut out = vec![(rel, cgroup_id(root)?)];
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let Ok(ft) = entry.file_type() else { continue };
+            if !ft.is_dir() {
+                continue;
+            }
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else { continue };
+            if let Some(rel) = relative(mount, &path) {
+                out.push((rel, meta.ino()));
+            }
+            stack.push(path);
+        }
+    }
+    Ok(out)
+}
+
+/// One selected cgroup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Selected {
+    pub path: String,
+    pub policy: String,
+    pub mode: Mode,
+}
+
+/// Which policy selects which cgroup id. Two policies matching one cgroup
+/// is an error; nesting is fine (the kernel takes the nearest ancestor).
+pub fn resolve(
+    cgroups: &[(String, u64)],
+    policies: &[CompiledPolicy],
+) -> Result<BTreeMap<u64, Selected>, CgroupError> {
+    let mut selected: BTreeMap<u64, Selected> = BTreeMap::new();
+    for (path, id) in cgroups {
+        for p in policies {
+            if !p.selector.is_match(path) {
+                continue;
+            }
+            if let Some(prev) = selected.get(id) {
+                if prev.policy != p.name {
+                    return Err(CgroupError::Conflict {
+                        path: path.clone(),
+                        first: prev.policy.clone(),
+                        second: p.name.clone(),
+                    });
+                }
+                continue;
+            }
+            selected.insert(*id, Selected { path: path.clone(), policy: p.name.clone(), mode: p.mode });
+        }
+    }
+    Ok(selected)
+}
+
+/// Resolves cgroup ids to paths with `open_by_handle_at` (a cgroup's file
+/// handle is its id), caching the answers.
+pub struct PathResolver {
+    mount: PathBuf,
+    mount_fd: Option<std::fs::File>,
+    cache: HashMap<u64, String>,
+}
+
+const FILEID_KERNFS: i32 = 0xfe;
+const CACHE_LIMIT: usize = 65_536;
+
+#[repr(C)]
+struct KernfsHandle {
+    handle_bytes: u32,
+    handle_type: i32,
+    id: u64,
+}
+
+impl PathResolver {
+    pub fn new(mount: &Path) -> Self {
+        Self { mount: mount.into(), mount_fd: std::fs::File::open(mount).ok(), cache: HashMap::new() }
+    }
+
+    /// Teaches the cache what a walk found.
+    pub fn learn(&mut self, cgroups: &[(String, u64)]) {
+        if self.cache.len() + cgroups.len() > CACHE_LIMIT {
+            self.cache.clear();
+        }
+        for (path, id) in cgroups {
+            self.cache.insert(*id, path.clone());
+        }
+    }
+
+    /// The path relative to the mount, or `None` if the cgroup is gone.
+    pub fn path(&mut self, id: u64) -> Option<String> {
+        if let Some(p) = self.cache.get(&id) {
+            return Some(p.clone());
+        }
+        let p = self.lookup(id)?;
+        if self.cache.len() >= CACHE_LIMIT {
+            self.cache.clear();
+        }
+        self.cache.insert(id, p.clone());
+        Some(p)
+    }
+
+    fn lookup(&self, id: u64) -> Option<String> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        let mount_fd = self.mount_fd.as_ref()?;
+        let mut handle = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, id };
+        // SAFETY: handle is a valid file_handle with 8 bytes of payload.
+        let fd = unsafe {
+            libc::open_by_handle_at(
+                mount_fd.as_raw_fd(),
+                (&mut handle as *mut KernfsHandle).cast(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return None;
+        }
+        // SAFETY: fd was just returned to us and is owned here.
+        let file = unsafe { std::fs::File::from_raw_fd(fd) };
+        let link = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd())).ok()?;
+        relative(&self.mount, &link)
+    }
+}
+
+/// Opens a cgroup directory for attaching programs.
+pub fn open_dir(path: &Path) -> Result<std::fs::File, CgroupError> {
+    std::fs::File::open(path).map_err(|source| CgroupError::Io { path: path.into(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_cgroup2_in_mountinfo() {
+        let text = "\
+30 25 0:26 / /sys/fs/cgroup rw,nosuid - tmpfs tmpfs rw
+35 30 0:31 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
+36 30 0:32 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
+";
+        assert_eq!(parse_mountinfo(text, "cgroup2"), Some(PathBuf::from("/sys/fs/cgroup/unified")));
+        assert_eq!(parse_mountinfo("40 1 0:1 / /with\\040space rw - cgroup2 c rw", "cgroup2"), Some(PathBuf::from("/with space")));
+        assert_eq!(parse_mountinfo(text, "bpf"), None);
+    }
+
+    #[test]
+    fn relative_paths() {
+        let m = Path::new("/sys/fs/cgroup");
+        assert_eq!(relative(m, Path::new("/sys/fs/cgroup")).as_deref(), Some("/"));
+        assert_eq!(relative(m, Path::new("/sys/fs/cgroup/a/b")).as_deref(), Some("/a/b"));
+        assert_eq!(relative(m, Path::new("/tmp")), None);
+    }
+}

@@ -1,0 +1,63 @@
+use std::{path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::Args;
+
+use crate::daemon::{self, DaemonConfig};
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    /// Directory of policy files (*.yaml); watched for changes.
+    #[arg(long, default_value = "/etc/egress-monitor/policies", env = "EGRESS_MONITOR_POLICIES")]
+    pub policies: PathBuf,
+    /// MaxMind-format country database (GeoIP2/GeoLite2 or ip-location-db).
+    #[arg(long, default_value = "/var/lib/egress-monitor/country.mmdb", env = "EGRESS_MONITOR_GEOIP")]
+    pub geoip: PathBuf,
+    /// Cgroup to attach to; everything below it is covered [default: the cgroup2 mount].
+    #[arg(long)]
+    pub cgroup_root: Option<PathBuf>,
+    /// Directory for the daemon's state.
+    #[arg(long, default_value = daemon::default_state_dir().as_os_str())]
+    pub state_dir: PathBuf,
+    /// Print every decision as a JSON line on stdout.
+    #[arg(long)]
+    pub log_events: bool,
+    /// Size of the kernel ring buffer in bytes (a power of two, >= 4096).
+    #[arg(long, default_value_t = monitor_common::limits::DEFAULT_RING_BYTES, value_parser = ring_size)]
+    pub ring_buffer_bytes: u32,
+    /// How often the cgroup tree is re-read for new cgroups matching a selector, in seconds.
+    #[arg(long, default_value_t = 2.0)]
+    pub rescan_interval: f64,
+    /// Events kept in memory for clients asking for recent history.
+    #[arg(long, default_value_t = 10_000)]
+    pub history: usize,
+}
+
+fn ring_size(s: &str) -> Result<u32, String> {
+    let n: u32 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+    if n < 4096 || !n.is_power_of_two() {
+        return Err(format!("{n} is not a power of two >= 4096"));
+    }
+    Ok(n)
+}
+
+pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
+    if !(args.rescan_interval > 0.0 && args.rescan_interval <= 3600.0) {
+        anyhow::bail!("--rescan-interval must be between 0 and 3600 seconds");
+    }
+    let config = DaemonConfig {
+        policies: args.policies,
+        geoip: args.geoip,
+        cgroup_root: args.cgroup_root,
+        state_dir: args.state_dir,
+        log_events: args.log_events,
+        ring_bytes: args.ring_buffer_bytes,
+        rescan_interval: Duration::from_secs_f64(args.rescan_interval),
+        history: args.history,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    runtime.block_on(daemon::run(config))?;
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,123 @@
+use std::{path::PathBuf, process::ExitCode};
+
+use clap::Subcommand;
+
+use crate::{
+    geo::{region_label, GeoDb},
+    policy::{self, CompiledPolicy},
+};
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Validate policy files and show what they compile to; changes nothing.
+    Check {
+        /// Policy files or directories.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Also count the database prefixes each policy allows and denies.
+        #[arg(long, env = "EGRESS_MONITOR_GEOIP")]
+        geoip: Option<PathBuf>,
+    },
+}
+
+pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Check { paths, geoip } => check(paths, geoip),
+    }
+}
+
+fn check(paths: Vec<PathBuf>, geoip: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+    let db = match geoip {
+        Some(p) if p.exists() => Some(GeoDb::open(&p)?),
+        Some(p) => anyhow::bail!("GeoIP database {} does not exist", p.display()),
+        None => None,
+    };
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            files.extend(policy::policy_files(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?);
+        } else {
+            files.push(p);
+        }
+    }
+    let mut failed = false;
+    let mut all = Vec::new();
+    for f in &files {
+        match policy::compile_file(f) {
+            Ok(ps) => {
+                for p in &ps {
+                    print_policy(p, db.as_ref());
+                }
+                all.extend(ps);
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    if let Err(e) = policy::check_unique_names(&all) {
+        eprintln!("{e}");
+        failed = true;
+    }
+    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn list(items: &std::collections::BTreeSet<String>) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.iter().cloned().collect::<Vec<_>>().join(" ")
+    }
+}
+
+fn print_policy(p: &CompiledPolicy, db: Option<&GeoDb>) {
+    let spec = &p.source.spec;
+    println!("{}: policy {} ({}): ok, sha256 {}", p.file, p.name, p.mode, &p.sha256[..16]);
+    println!("  selects        {}", p.cgroup_globs.join(", "));
+    println!("  allowed        {} countries: {}", p.allowed_countries.len(), list(&p.allowed_countries));
+    if !spec.allow.continents.is_empty() {
+        println!("  allowed        continents {}", spec.allow.continents.join(" "));
+    }
+    println!("  denied         {} countries: {}", p.denied_countries.len(), list(&p.denied_countries));
+    if !spec.deny.continents.is_empty() {
+        println!("  denied         continents {}", spec.deny.continents.join(" "));
+    }
+    let v4 = |nets: &[ipnetwork::IpNetwork]| nets.iter().filter(|n| n.is_ipv4()).count();
+    println!(
+        "  cidrs          allow {} (IPv4 {}, IPv6 {}), deny {} (IPv4 {}, IPv6 {})",
+        p.allow_cidrs.len(),
+        v4(&p.allow_cidrs),
+        p.allow_cidrs.len() - v4(&p.allow_cidrs),
+        p.deny_cidrs.len(),
+        v4(&p.deny_cidrs),
+        p.deny_cidrs.len() - v4(&p.deny_cidrs)
+    );
+    println!("  region rules   {} (kernel map entries)", p.region_rules.len());
+    let Some(db) = db else { return };
+    let per_region = db.prefixes_per_region();
+    let mut allowed = Vec::new();
+    let (mut n_allowed, mut n_denied, mut n_default) = (0usize, 0usize, 0usize);
+    for (region, rule) in &p.region_rules {
+        let n = per_region.get(&region_label(region)).copied().unwrap_or(0);
+        if rule.action == monitor_common::action::ALLOW {
+            n_allowed += n;
+            if n > 0 {
+                allowed.push((region_label(region), n));
+            }
+        } else {
+            n_denied += n;
+        }
+    }
+    let total: usize = per_region.values().sum();
+    n_default += total - n_allowed - n_denied;
+    allowed.sort_by(|a, b| b.1.cmp(&a.1));
+    println!(
+        "  geo prefixes   {total} in {}: {n_allowed} allowed, {n_denied} denied explicitly, {n_default} denied by default",
+        db.identity.path.display()
+    );
+    if !allowed.is_empty() {
+        let top: Vec<String> = allowed.iter().take(12).map(|(r, n)| format!("{r} {n}")).collect();
+        println!("  allowed by region  {}{}", top.join(", "), if allowed.len() > 12 { ", ..." } else { "" });
+    }
+}

@@ -1,0 +1,277 @@
+//! Decision events: decoding what the kernel wrote, and the enriched form
+//! the daemon prints and serves.
+pub mod pipeline;
+
+use std::net::IpAddr;
+
+use monitor_common::{hook, kind, rule, verdict, DecisionEvent, EventHeader, AF_INET, AF_INET6, DECISION_VERSION, IPPROTO_TCP, IPPROTO_UDP};
+use serde::Serialize;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("record of {0} bytes is shorter than an event header")]
+    Short(usize),
+    #[error("header says {header} bytes, record has {actual}")]
+    Length { header: u32, actual: usize },
+    #[error("unknown event kind {0}")]
+    Kind(u16),
+    #[error("decision event version {0} is not understood (expected {DECISION_VERSION})")]
+    Version(u16),
+}
+
+/// Checks the header and reads a decision event from a ring buffer record.
+pub fn decode(bytes: &[u8]) -> Result<DecisionEvent, DecodeError> {
+    if bytes.len() < size_of::<EventHeader>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: length checked; read_unaligned copes with any alignment, and
+    // every bit pattern is a valid EventHeader.
+    let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if header.kind != kind::DECISION {
+        return Err(DecodeError::Kind(header.kind));
+    }
+    if header.version != DECISION_VERSION {
+        return Err(DecodeError::Version(header.version));
+    }
+    if header.len as usize != size_of::<DecisionEvent>() || bytes.len() < size_of::<DecisionEvent>() {
+        return Err(DecodeError::Length { header: header.len, actual: bytes.len() });
+    }
+    // SAFETY: as above, the length is checked.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
+}
+
+pub fn verdict_name(v: u8) -> &'static str {
+    match v {
+        verdict::ALLOWED => "allowed",
+        verdict::DENIED => "denied",
+        verdict::WOULD_DENY => "would_deny",
+        _ => "unknown",
+    }
+}
+
+pub fn rule_name(r: u8) -> &'static str {
+    match r {
+        rule::COUNTRY => "country",
+        rule::CONTINENT => "continent",
+        rule::GROUP => "group",
+        rule::CIDR => "cidr",
+        rule::DEFAULT => "default",
+        _ => "unknown",
+    }
+}
+
+pub fn hook_name(h: u8) -> &'static str {
+    match h {
+        hook::CONNECT4 => "connect4",
+        hook::CONNECT6 => "connect6",
+        hook::SENDMSG4 => "sendmsg4",
+        hook::SENDMSG6 => "sendmsg6",
+        _ => "unknown",
+    }
+}
+
+pub fn protocol_name(p: u8) -> String {
+    match p {
+        IPPROTO_TCP => "tcp".into(),
+        IPPROTO_UDP => "udp".into(),
+        other => format!("ip-proto-{other}"),
+    }
+}
+
+pub fn family_name(f: u8) -> &'static str {
+    match f {
+        AF_INET => "ipv4",
+        AF_INET6 => "ipv6",
+        _ => "unknown",
+    }
+}
+
+fn code(b: [u8; 2]) -> String {
+    if b == [0, 0] {
+        String::new()
+    } else {
+        String::from_utf8_lossy(&b).into_owned()
+    }
+}
+
+fn comm(b: &[u8; 16]) -> String {
+    let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
+    String::from_utf8_lossy(&b[..end]).into_owned()
+}
+
+/// A decision as users see it: the JSON line of `--log-events`, and the
+/// gRPC event. Field names are a contract.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct Event {
+    /// RFC 3339 with nanoseconds, UTC.
+    pub time: String,
+    #[serde(skip)]
+    pub unix_nanos: i128,
+    pub verdict: &'static str,
+    pub policy: String,
+    pub rule: &'static str,
+    pub hook: &'static str,
+    pub protocol: String,
+    pub family: &'static str,
+    pub dst_ip: String,
+    pub dst_port: u16,
+    pub country: String,
+    pub continent: String,
+    pub pid: u32,
+    pub tgid: u32,
+    pub uid: u32,
+    pub comm: String,
+    pub cgroup_id: u64,
+    pub cgroup_path: String,
+    pub policy_generation: u32,
+}
+
+/// What enrichment needs from the daemon.
+pub trait Names {
+    fn policy(&self, id: u32) -> String;
+    fn cgroup(&mut self, id: u64) -> String;
+}
+
+/// Turns a kernel record into an event; `boot_to_unix_ns` converts the
+/// kernel's boot-time clock to wall time.
+pub fn enrich(raw: &DecisionEvent, boot_to_unix_ns: i128, names: &mut impl Names) -> Event {
+    let unix_nanos = boot_to_unix_ns + i128::from(raw.boot_ns);
+    let addr = IpAddr::from(raw.dst_addr);
+    let addr = match addr {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
+        v4 => v4,
+    };
+    Event {
+        time: rfc3339_nanos(unix_nanos),
+        unix_nanos,
+        verdict: verdict_name(raw.verdict),
+        policy: names.policy(raw.policy_id),
+        rule: rule_name(raw.rule),
+        hook: hook_name(raw.hook),
+        protocol: protocol_name(raw.protocol),
+        family: family_name(raw.family),
+        dst_ip: addr.to_string(),
+        dst_port: raw.dst_port,
+        country: code(raw.country),
+        continent: code(raw.continent),
+        pid: raw.pid,
+        tgid: raw.tgid,
+        uid: raw.uid,
+        comm: comm(&raw.comm),
+        cgroup_id: raw.cgroup_id,
+        cgroup_path: names.cgroup(raw.cgroup_id),
+        policy_generation: raw.policy_generation,
+    }
+}
+
+pub fn rfc3339_nanos(unix_nanos: i128) -> String {
+    let format = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
+    );
+    time::OffsetDateTime::from_unix_timestamp_nanos(unix_nanos)
+        .ok()
+        .and_then(|t| t.format(&format).ok())
+        .unwrap_or_else(|| "1970-01-01T00:00:00.000000000Z".into())
+}
+
+/// Wall-clock nanoseconds minus boot-clock nanoseconds, now.
+pub fn boot_to_unix_offset() -> i128 {
+    fn now(clock: libc::clockid_t) -> i128 {
+        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        // SAFETY: ts is a valid out-pointer.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
+    }
+    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_BOOTTIME)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> DecisionEvent {
+        let mut addr = [0u8; 16];
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12..].copy_from_slice(&[198, 51, 100, 7]);
+        let mut comm = [0u8; 16];
+        comm[..4].copy_from_slice(b"curl");
+        DecisionEvent {
+            header: EventHeader { kind: kind::DECISION, version: DECISION_VERSION, len: size_of::<DecisionEvent>() as u32 },
+            boot_ns: 5,
+            cgroup_id: 42,
+            selected_cgroup_id: 41,
+            pid: 100,
+            tgid: 99,
+            uid: 1000,
+            gid: 1000,
+            policy_id: 3,
+            policy_generation: 2,
+            dst_addr: addr,
+            comm,
+            dst_port: 443,
+            country: *b"DE",
+            continent: *b"EU",
+            hook: hook::CONNECT6,
+            family: AF_INET6,
+            protocol: IPPROTO_TCP,
+            verdict: verdict::WOULD_DENY,
+            rule: rule::DEFAULT,
+            mode: 0,
+            _pad: [0; 4],
+        }
+    }
+
+    fn bytes(e: &DecisionEvent) -> Vec<u8> {
+        // SAFETY: plain repr(C) data.
+        unsafe { std::slice::from_raw_parts((e as *const DecisionEvent).cast::<u8>(), size_of::<DecisionEvent>()) }.to_vec()
+    }
+
+    struct N;
+    impl Names for N {
+        fn policy(&self, id: u32) -> String {
+            format!("p{id}")
+        }
+        fn cgroup(&mut self, id: u64) -> String {
+            format!("/cg{id}")
+        }
+    }
+
+    #[test]
+    fn decodes_at_any_alignment_and_enriches() {
+        let e = sample();
+        let mut buf = vec![0u8; 1];
+        buf.extend(bytes(&e));
+        let got = decode(&buf[1..]).unwrap();
+        assert_eq!(got, e);
+        let ev = enrich(&got, 1_700_000_000_000_000_000, &mut N);
+        assert_eq!(ev.dst_ip, "198.51.100.7", "a mapped address is shown as the IPv4 it is");
+        assert_eq!(ev.family, "ipv6");
+        assert_eq!(ev.time, "2023-11-14T22:13:20.000000005Z");
+        assert_eq!((ev.verdict, ev.rule, ev.hook), ("would_deny", "default", "connect6"));
+        assert_eq!((ev.policy.as_str(), ev.cgroup_path.as_str(), ev.comm.as_str()), ("p3", "/cg42", "curl"));
+        let json = serde_json::to_value(&ev).unwrap();
+        for key in [
+            "time", "verdict", "policy", "rule", "hook", "protocol", "family", "dst_ip", "dst_port", "country", "pid", "tgid",
+            "uid", "comm", "cgroup_id", "cgroup_path",
+        ] {
+            assert!(json.get(key).is_some(), "missing {key}");
+        }
+    }
+
+    #[test]
+    fn bad_records_are_errors_not_panics() {
+        let good = bytes(&sample());
+        assert_eq!(decode(&good[..3]), Err(DecodeError::Short(3)));
+        assert!(matches!(decode(&good[..50]), Err(DecodeError::Length { .. })));
+        let mut k = good.clone();
+        k[0] = 9;
+        assert_eq!(decode(&k), Err(DecodeError::Kind(9)));
+        let mut v = good.clone();
+        v[2] = 7;
+        assert_eq!(decode(&v), Err(DecodeError::Version(7)));
+        let mut l = good;
+        l[4] = 1;
+        assert!(matches!(decode(&l), Err(DecodeError::Length { header: 1, .. })));
+    }
+}

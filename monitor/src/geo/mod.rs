@@ -1,0 +1,306 @@
+//! The country database: reading a MaxMind-format file in either schema,
+//! and turning it into the fewest prefixes for the kernel's geo trie.
+//!
+//! Two schemas are read:
+//! - MaxMind GeoIP2/GeoLite2 Country/City: `country.iso_code`,
+//!   `registered_country.iso_code`, `continent.code`;
+//! - ip-location-db: `country_code`.
+//!
+//! Adjacent networks with the same region are merged before loading: the
+//! kernel's LPM trie costs grow with its size, and a country database holds
+//! many neighbouring networks of one country.
+pub mod regions;
+pub mod writer;
+
+use std::{
+    collections::BTreeMap,
+    net::{IpAddr, Ipv6Addr},
+    path::{Path, PathBuf},
+};
+
+use ipnetwork::IpNetwork;
+use monitor_common::Region;
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+#[derive(Debug, thiserror::Error)]
+pub enum GeoError {
+    #[error("cannot read GeoIP database {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a MaxMind-format database: {source}")]
+    Format {
+        path: PathBuf,
+        source: maxminddb::MaxMindDbError,
+    },
+    #[error("{path}: cannot decode the record of {network}: {source}")]
+    Record {
+        path: PathBuf,
+        network: String,
+        source: maxminddb::MaxMindDbError,
+    },
+    #[error("{path} holds no network with a country or continent (neither the GeoIP2 nor the ip-location-db country_code schema)")]
+    Empty { path: PathBuf },
+}
+
+/// What identifies the database in force (for status and evidence).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct GeoIdentity {
+    pub path: PathBuf,
+    pub database_type: String,
+    pub build_epoch: u64,
+    pub sha256: String,
+    /// `geoip2` or `country_code`.
+    pub schema: String,
+    pub networks: usize,
+    pub prefixes: usize,
+}
+
+/// A range of addresses in the 128-bit space (IPv4 as ::ffff:a.b.c.d).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegionRange {
+    pub start: u128,
+    pub end: u128,
+    pub region: Region,
+}
+
+/// A loaded database, reduced to merged ranges.
+#[derive(Debug, Clone)]
+pub struct GeoDb {
+    pub identity: GeoIdentity,
+    /// Sorted, non-overlapping, adjacent ranges of one region merged.
+    pub ranges: Vec<RegionRange>,
+}
+
+#[derive(Deserialize)]
+struct Names<'a> {
+    #[serde(borrow)]
+    iso_code: Option<&'a str>,
+}
+
+#[derive(Deserialize)]
+struct Continent<'a> {
+    #[serde(borrow)]
+    code: Option<&'a str>,
+}
+
+/// The fields of both schemas that matter here.
+#[derive(Deserialize)]
+struct Record<'a> {
+    #[serde(borrow)]
+    country_code: Option<&'a str>,
+    #[serde(borrow)]
+    country: Option<Names<'a>>,
+    #[serde(borrow)]
+    registered_country: Option<Names<'a>>,
+    #[serde(borrow)]
+    continent: Option<Continent<'a>>,
+}
+
+fn code2(s: &str) -> Option<[u8; 2]> {
+    let b = s.as_bytes();
+    (b.len() == 2 && b.iter().all(u8::is_ascii_alphabetic))
+        .then(|| [b[0].to_ascii_uppercase(), b[1].to_ascii_uppercase()])
+}
+
+/// The region of a record: its country, with the continent from our table
+/// (so every policy judges a country the same, whatever the database says);
+/// the database's continent only where it names no known country.
+fn region_of(record: &Record) -> Option<(Region, &'static str)> {
+    let (country, schema) = match (record.country_code, &record.country, &record.registered_country)
+    {
+        (Some(c), _, _) => (code2(c), "country_code"),
+        (None, Some(Names { iso_code: Some(c) }), _) => (code2(c), "geoip2"),
+        (None, _, Some(Names { iso_code: Some(c) })) => (code2(c), "geoip2"),
+        _ => (None, "geoip2"),
+    };
+    let table_continent = country
+        .and_then(|c| regions::continent_of(std::str::from_utf8(&c).ok()?))
+        .and_then(code2);
+    let db_continent = record.continent.as_ref().and_then(|c| c.code).and_then(code2);
+    let region = Region {
+        country: country.unwrap_or_default(),
+        continent: table_continent.or(db_continent).unwrap_or_default(),
+    };
+    (region != Region::default()).then_some((region, schema))
+}
+
+/// An address in the 128-bit space the kernel tries use.
+pub fn to_u128(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
+}
+
+/// A network as (first address, prefix length) in the 128-bit space.
+pub fn network_to_u128(net: IpNetwork) -> (u128, u8) {
+    match net {
+        IpNetwork::V4(n) => (to_u128(IpAddr::V4(n.network())), 96 + n.prefix()),
+        IpNetwork::V6(n) => (to_u128(IpAddr::V6(n.network())), n.prefix()),
+    }
+}
+
+/// Back from the 128-bit space: IPv4-mapped addresses become IPv4.
+pub fn from_u128(addr: u128) -> IpAddr {
+    let v6 = Ipv6Addr::from(addr);
+    match v6.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(v6),
+    }
+}
+
+fn range_of(start: u128, prefix_len: u8) -> (u128, u128) {
+    let host_bits = 128 - u32::from(prefix_len);
+    let size_minus_one = if host_bits == 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+    (start, start | size_minus_one)
+}
+
+/// The fewest prefixes that cover exactly `start..=end`.
+pub fn range_to_prefixes(mut start: u128, end: u128, out: &mut Vec<(u128, u8)>) {
+    loop {
+        // Largest block aligned at `start` that does not pass `end`.
+        let mut host_bits = if start == 0 { 128 } else { start.trailing_zeros() };
+        while host_bits > 0 {
+            let last = if host_bits == 128 { u128::MAX } else { start | ((1u128 << host_bits) - 1) };
+            if last <= end {
+                break;
+            }
+            host_bits -= 1;
+        }
+        out.push((start, (128 - host_bits) as u8));
+        let last = if host_bits == 128 { u128::MAX } else { start | ((1u128 << host_bits) - 1) };
+        if last >= end {
+            return;
+        }
+        start = last + 1;
+    }
+}
+
+/// Sorts ranges and merges neighbours of one region.
+pub fn merge_ranges(mut ranges: Vec<RegionRange>) -> Vec<RegionRange> {
+    ranges.sort_by_key(|r| r.start);
+    let mut merged: Vec<RegionRange> = Vec::with_capacity(ranges.len());
+    for r in ranges {
+        match merged.last_mut() {
+            Some(last) if last.region == r.region && last.end.checked_add(1) == Some(r.start) => {
+                last.end = r.end;
+            }
+            _ => merged.push(r),
+        }
+    }
+    merged
+}
+
+impl GeoDb {
+    /// Reads and reduces a database file.
+    pub fn open(path: &Path) -> Result<Self, GeoError> {
+        let bytes = std::fs::read(path).map_err(|source| GeoError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let reader = maxminddb::Reader::from_source(bytes).map_err(|source| GeoError::Format {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let root: IpNetwork = if reader.metadata.ip_version == 4 {
+            "0.0.0.0/0".parse().expect("valid network")
+        } else {
+            "::/0".parse().expect("valid network")
+        };
+        let within = reader
+            .within::<Record>(root)
+            .map_err(|source| GeoError::Format {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let mut ranges = Vec::new();
+        let mut schemas: BTreeMap<&'static str, usize> = BTreeMap::new();
+        let mut networks = 0usize;
+        for item in within {
+            let item = item.map_err(|source| GeoError::Record {
+                path: path.to_path_buf(),
+                network: "(tree walk)".into(),
+                source,
+            })?;
+            networks += 1;
+            let Some((region, schema)) = region_of(&item.info) else {
+                continue;
+            };
+            *schemas.entry(schema).or_default() += 1;
+            let (start, len) = network_to_u128(item.ip_net);
+            let (start, end) = range_of(start, len);
+            ranges.push(RegionRange { start, end, region });
+        }
+        if ranges.is_empty() {
+            return Err(GeoError::Empty {
+                path: path.to_path_buf(),
+            });
+        }
+        let ranges = merge_ranges(ranges);
+        let mut prefixes = Vec::new();
+        for r in &ranges {
+            range_to_prefixes(r.start, r.end, &mut prefixes);
+        }
+        let schema = schemas
+            .iter()
+            .max_by_key(|(_, n)| **n)
+            .map(|(s, _)| s.to_string())
+            .unwrap_or_default();
+        Ok(Self {
+            identity: GeoIdentity {
+                path: path.to_path_buf(),
+                database_type: reader.metadata.database_type.clone(),
+                build_epoch: reader.metadata.build_epoch,
+                sha256,
+                schema,
+                networks,
+                prefixes: prefixes.len(),
+            },
+            ranges,
+        })
+    }
+
+    /// Every prefix to load, with its region.
+    pub fn prefixes(&self) -> impl Iterator<Item = (u128, u8, Region)> + '_ {
+        self.ranges.iter().flat_map(|r| {
+            let mut out = Vec::new();
+            range_to_prefixes(r.start, r.end, &mut out);
+            out.into_iter().map(move |(a, l)| (a, l, r.region))
+        })
+    }
+
+    /// The region of one address, as the kernel would find it.
+    pub fn lookup(&self, ip: IpAddr) -> Option<Region> {
+        let a = to_u128(ip);
+        let i = self.ranges.partition_point(|r| r.start <= a);
+        let r = self.ranges.get(i.checked_sub(1)?)?;
+        (a <= r.end).then_some(r.region)
+    }
+
+    /// Prefix counts per country (or continent where there is no country).
+    pub fn prefixes_per_region(&self) -> BTreeMap<String, usize> {
+        let mut counts = BTreeMap::new();
+        for (_, _, region) in self.prefixes() {
+            *counts.entry(region_label(&region)).or_default() += 1;
+        }
+        counts
+    }
+}
+
+/// `DE`, or `EU` (continent only), for display.
+pub fn region_label(region: &Region) -> String {
+    if region.country != [0, 0] {
+        String::from_utf8_lossy(&region.country).into_owned()
+    } else if region.continent != [0, 0] {
+        format!("continent:{}", String::from_utf8_lossy(&region.continent))
+    } else {
+        "unknown".into()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,338 @@
+//! Loading and attaching the kernel programs, and everything the daemon
+//! writes into or reads from their maps.
+//!
+//! Policy state lives in two slots of maps (see `monitor_common::Config`):
+//! the daemon fills the idle slot completely, then switches `CONFIG` with a
+//! single write, so no connection is ever judged by half a policy set.
+use std::{
+    os::fd::AsFd,
+    path::{Path, PathBuf},
+    time::{Duration, Instant},
+};
+
+use aya::{
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
+    programs::{links::CgroupAttachMode, CgroupSockAddr},
+    Ebpf, EbpfLoader,
+};
+use monitor_common::{
+    limits, names, CidrRule, Config, PolicyAddr, Region, RegionKey, RegionRule, Selection,
+};
+
+/// The compiled kernel programs, built by build.rs.
+static PROGRAMS: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/monitor.bpf.o"));
+
+/// Programs in flight finish within microseconds; a slot is reused only
+/// this long after it was switched out.
+const SLOT_GRACE: Duration = Duration::from_millis(50);
+
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("loading eBPF programs needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); run as root")]
+    NotRoot,
+    #[error("cannot mount bpffs at /sys/fs/bpf: {0}")]
+    MountBpffs(std::io::Error),
+    #[error("loading the eBPF object failed (does this kernel support BPF ring buffers and cgroup sock_addr hooks? Linux 5.8 or newer is needed): {0}")]
+    Load(#[from] aya::EbpfError),
+    #[error("program {name}: {source}")]
+    Program {
+        name: &'static str,
+        source: aya::programs::ProgramError,
+    },
+    #[error("map {name}: {source}")]
+    Map {
+        name: &'static str,
+        source: aya::maps::MapError,
+    },
+    #[error("map {0} is missing from the eBPF object")]
+    MissingMap(&'static str),
+    #[error("cannot open cgroup {path} to attach to: {source}")]
+    Cgroup {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
+    move |source| KernelError::Map { name, source }
+}
+
+/// A program attached to the cgroup root.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Attached {
+    pub hook: &'static str,
+    pub program_id: u32,
+}
+
+/// Everything the daemon writes for one policy set.
+#[derive(Debug, Default, Clone)]
+pub struct PolicyMaps {
+    pub selections: Vec<(u64, Selection)>,
+    pub region_rules: Vec<(RegionKey, RegionRule)>,
+    /// (key, prefix length over policy id + address).
+    pub allow_cidrs: Vec<(PolicyAddr, u32)>,
+    pub deny_cidrs: Vec<(PolicyAddr, u32)>,
+}
+
+type Trie<K, V> = LpmTrie<MapData, K, V>;
+
+struct Slots {
+    geo: [Trie<[u8; 16], Region>; 2],
+    select: [HashMap<MapData, u64, Selection>; 2],
+    region_rules: [HashMap<MapData, RegionKey, RegionRule>; 2],
+    allow: [Trie<PolicyAddr, CidrRule>; 2],
+    deny: [Trie<PolicyAddr, CidrRule>; 2],
+}
+
+pub struct Kernel {
+    // Owns the programs and their links: dropping it detaches.
+    _ebpf: Ebpf,
+    config_map: Array<MapData, Config>,
+    lost: PerCpuArray<MapData, u64>,
+    slots: Slots,
+    config: Config,
+    last_switch: Instant,
+    attached: Vec<Attached>,
+    cgroup_root: PathBuf,
+}
+
+fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+) -> Result<T, KernelError> {
+    let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
+    T::try_from(map).map_err(map_err(name))
+}
+
+/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there.
+pub fn ensure_bpffs() -> Result<(), KernelError> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(KernelError::MountBpffs)?;
+    let mounted = mountinfo.lines().any(|l| {
+        l.split_once(" - ").is_some_and(|(left, right)| {
+            right.starts_with("bpf ") && left.split_whitespace().nth(4) == Some("/sys/fs/bpf")
+        })
+    });
+    if mounted {
+        return Ok(());
+    }
+    std::fs::create_dir_all("/sys/fs/bpf").map_err(KernelError::MountBpffs)?;
+    // SAFETY: constant, NUL-terminated arguments.
+    let rc = unsafe {
+        libc::mount(
+            c"bpf".as_ptr(),
+            c"/sys/fs/bpf".as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(KernelError::MountBpffs(std::io::Error::last_os_error()));
+    }
+    log::info!("mounted bpffs at /sys/fs/bpf");
+    Ok(())
+}
+
+impl Kernel {
+    /// Loads the programs and attaches them to `cgroup_root`. Until the
+    /// first policy set is applied nothing is selected, so nothing is judged.
+    pub fn load(cgroup_root: &Path, ring_bytes: u32) -> Result<(Self, RingBuf<MapData>), KernelError> {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return Err(KernelError::NotRoot);
+        }
+        ensure_bpffs()?;
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(names::EVENTS, ring_bytes)
+            .load(PROGRAMS)?;
+        let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
+        let mut config_map: Array<MapData, Config> = take(&mut ebpf, names::CONFIG)?;
+        let config = Config::default();
+        config_map.set(0, config, 0).map_err(map_err(names::CONFIG))?;
+        let slots = Slots {
+            geo: [take(&mut ebpf, names::GEO[0])?, take(&mut ebpf, names::GEO[1])?],
+            select: [take(&mut ebpf, names::SELECT[0])?, take(&mut ebpf, names::SELECT[1])?],
+            region_rules: [
+                take(&mut ebpf, names::REGION_RULES[0])?,
+                take(&mut ebpf, names::REGION_RULES[1])?,
+            ],
+            allow: [take(&mut ebpf, names::ALLOW_CIDRS[0])?, take(&mut ebpf, names::ALLOW_CIDRS[1])?],
+            deny: [take(&mut ebpf, names::DENY_CIDRS[0])?, take(&mut ebpf, names::DENY_CIDRS[1])?],
+        };
+        let lost = take(&mut ebpf, names::LOST)?;
+
+        let cgroup = std::fs::File::open(cgroup_root).map_err(|source| KernelError::Cgroup {
+            path: cgroup_root.into(),
+            source,
+        })?;
+        let mut attached = Vec::new();
+        for name in names::PROGRAMS {
+            let prog: &mut CgroupSockAddr = ebpf
+                .program_mut(name)
+                .ok_or(KernelError::Program {
+                    name,
+                    source: aya::programs::ProgramError::UnexpectedProgramType,
+                })?
+                .try_into()
+                .map_err(|source| KernelError::Program { name, source })?;
+            prog.load().map_err(|source| KernelError::Program { name, source })?;
+            // Multi mode: programs of other tools on this cgroup keep
+            // running, and any one of them denying is a denial.
+            prog.attach(cgroup.as_fd(), CgroupAttachMode::AllowMultiple)
+                .map_err(|source| KernelError::Program { name, source })?;
+            let program_id = prog
+                .info()
+                .map(|i| i.id())
+                .map_err(|source| KernelError::Program { name, source })?;
+            attached.push(Attached { hook: name, program_id });
+        }
+        Ok((
+            Self {
+                _ebpf: ebpf,
+                config_map,
+                lost,
+                slots,
+                config,
+                last_switch: Instant::now(),
+                attached,
+                cgroup_root: cgroup_root.into(),
+            },
+            ring,
+        ))
+    }
+
+    pub fn attached(&self) -> &[Attached] {
+        &self.attached
+    }
+
+    pub fn cgroup_root(&self) -> &Path {
+        &self.cgroup_root
+    }
+
+    pub fn policy_generation(&self) -> u32 {
+        self.config.policy_generation
+    }
+
+    /// Events the kernel could not put into the ring buffer, all CPUs.
+    pub fn lost_events(&self) -> u64 {
+        self.lost
+            .get(&0, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or_default()
+    }
+
+    fn wait_grace(&self) {
+        let since = self.last_switch.elapsed();
+        if since < SLOT_GRACE {
+            std::thread::sleep(SLOT_GRACE - since);
+        }
+    }
+
+    fn switch(&mut self, config: Config) -> Result<(), KernelError> {
+        self.config_map.set(0, config, 0).map_err(map_err(names::CONFIG))?;
+        self.config = config;
+        self.last_switch = Instant::now();
+        Ok(())
+    }
+
+    /// Loads geo prefixes into the idle geo slot and switches to it.
+    /// Returns the number of prefixes loaded.
+    pub fn load_geo(
+        &mut self,
+        prefixes: impl Iterator<Item = (u128, u8, Region)>,
+    ) -> Result<usize, KernelError> {
+        let idle = 1 - self.config.geo_slot as usize;
+        self.wait_grace();
+        let name = names::GEO[idle];
+        let trie = &mut self.slots.geo[idle];
+        clear_trie(trie, name)?;
+        let mut n = 0;
+        for (addr, len, region) in prefixes {
+            trie.insert(&Key::new(u32::from(len), addr.to_be_bytes()), region, 0)
+                .map_err(map_err(name))?;
+            n += 1;
+        }
+        let config = Config { geo_slot: idle as u32, ..self.config };
+        self.switch(config)?;
+        // The slot switched out is emptied now (after a grace period), so
+        // only one copy of the database stays in kernel memory.
+        let old = 1 - idle;
+        self.wait_grace();
+        clear_trie(&mut self.slots.geo[old], names::GEO[old])?;
+        Ok(n)
+    }
+
+    /// Writes a whole policy set into the idle slot and switches to it.
+    pub fn apply(&mut self, maps: &PolicyMaps) -> Result<u32, KernelError> {
+        let idle = 1 - self.config.policy_slot as usize;
+        self.wait_grace();
+        let s = &mut self.slots;
+        clear_hash(&mut s.select[idle], names::SELECT[idle])?;
+        clear_hash(&mut s.region_rules[idle], names::REGION_RULES[idle])?;
+        clear_trie(&mut s.allow[idle], names::ALLOW_CIDRS[idle])?;
+        clear_trie(&mut s.deny[idle], names::DENY_CIDRS[idle])?;
+        for (id, sel) in &maps.selections {
+            s.select[idle].insert(id, sel, 0).map_err(map_err(names::SELECT[idle]))?;
+        }
+        for (k, v) in &maps.region_rules {
+            s.region_rules[idle].insert(k, v, 0).map_err(map_err(names::REGION_RULES[idle]))?;
+        }
+        let present = CidrRule { present: 1, _pad: [0; 3] };
+        for (k, len) in &maps.allow_cidrs {
+            s.allow[idle]
+                .insert(&Key::new(*len, *k), present, 0)
+                .map_err(map_err(names::ALLOW_CIDRS[idle]))?;
+        }
+        for (k, len) in &maps.deny_cidrs {
+            s.deny[idle]
+                .insert(&Key::new(*len, *k), present, 0)
+                .map_err(map_err(names::DENY_CIDRS[idle]))?;
+        }
+        let config = Config {
+            policy_slot: idle as u32,
+            policy_generation: self.config.policy_generation.wrapping_add(1),
+            ..self.config
+        };
+        self.switch(config)?;
+        Ok(config.policy_generation)
+    }
+}
+
+fn clear_hash<K: aya::Pod, V: aya::Pod>(
+    map: &mut HashMap<MapData, K, V>,
+    name: &'static str,
+) -> Result<(), KernelError> {
+    let keys: Vec<K> = map.keys().collect::<Result<_, _>>().map_err(map_err(name))?;
+    for k in keys {
+        map.remove(&k).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+fn clear_trie<K: aya::Pod, V: aya::Pod>(
+    map: &mut Trie<K, V>,
+    name: &'static str,
+) -> Result<(), KernelError> {
+    let keys: Vec<Key<K>> = map.keys().collect::<Result<_, _>>().map_err(map_err(name))?;
+    for k in keys {
+        map.remove(&k).map_err(map_err(name))?;
+    }
+    Ok(())
+}
+
+/// Capacity checks done before writing, so an oversized policy set is a
+/// clear error rather than a half-written slot.
+pub fn check_capacity(maps: &PolicyMaps) -> Result<(), String> {
+    let checks = [
+        ("selected cgroups", maps.selections.len(), limits::SELECT_ENTRIES),
+        ("region rules", maps.region_rules.len(), limits::REGION_RULE_ENTRIES),
+        ("allow CIDRs", maps.allow_cidrs.len(), limits::CIDR_ENTRIES),
+        ("deny CIDRs", maps.deny_cidrs.len(), limits::CIDR_ENTRIES),
+    ];
+    for (what, n, max) in checks {
+        if n > max as usize {
+            return Err(format!("{n} {what} exceed the kernel map capacity of {max}"));
+        }
+    }
+    Ok(())
+}

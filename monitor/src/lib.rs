@@ -1,0 +1,11 @@
+//! egress-monitor: an eBPF egress monitor and enforcer.
+//!
+//! Data flows one way: kernel -> events -> (stdout, subscribers);
+//! policy -> kernel.
+pub mod cgroups;
+pub mod cli;
+pub mod daemon;
+pub mod events;
+pub mod geo;
+pub mod kernel;
+pub mod policy;

@@ -1,0 +1,104 @@
+//! Policies: the YAML model, compiling, loading a directory, watching it.
+pub mod compile;
+pub mod model;
+pub mod watch;
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    path::{Path, PathBuf},
+};
+
+pub use compile::CompiledPolicy;
+pub use model::{Mode, PolicyError};
+
+/// Compiles every document of one policy text.
+pub fn compile_text(file: &Path, text: &str) -> Result<Vec<CompiledPolicy>, PolicyError> {
+    let docs = model::documents(text);
+    if docs.is_empty() {
+        return Err(PolicyError {
+            file: file.display().to_string(),
+            line: 1,
+            reason: "no policy in file (empty or only comments)".into(),
+        });
+    }
+    let mut out = Vec::with_capacity(docs.len());
+    for doc in &docs {
+        let parsed = model::parse_document(file, doc)?;
+        out.push(compile::compile(file, doc, parsed)?);
+    }
+    check_unique_names(&out)?;
+    Ok(out)
+}
+
+/// Reads and compiles one file.
+pub fn compile_file(file: &Path) -> Result<Vec<CompiledPolicy>, PolicyError> {
+    let bytes = std::fs::read(file).map_err(|e| PolicyError {
+        file: file.display().to_string(),
+        line: 0,
+        reason: format!("cannot read: {e}"),
+    })?;
+    let text = String::from_utf8(bytes).map_err(|e| PolicyError {
+        file: file.display().to_string(),
+        line: 0,
+        reason: format!("not UTF-8 text: {e}"),
+    })?;
+    compile_text(file, &text)
+}
+
+/// Two policies of one name are an error, naming both places.
+pub fn check_unique_names(policies: &[CompiledPolicy]) -> Result<(), PolicyError> {
+    let mut seen: HashMap<&str, &CompiledPolicy> = HashMap::new();
+    for p in policies {
+        if let Some(first) = seen.insert(&p.name, p) {
+            return Err(PolicyError {
+                file: p.file.clone(),
+                line: 1,
+                reason: format!("policy name {:?} is also defined in {}", p.name, first.file),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The policy files of a directory: `*.yaml` and `*.yml`, hidden names
+/// skipped (a Kubernetes ConfigMap mount keeps its real files in `..data`).
+pub fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        if is_yaml && !name.starts_with('.') && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
+}
+
+/// Stable numeric ids for policy names, as the kernel maps and events carry
+/// them. An id is never reused for another name while the daemon runs.
+#[derive(Debug, Default)]
+pub struct PolicyIds {
+    by_name: HashMap<String, u32>,
+    by_id: BTreeMap<u32, String>,
+}
+
+impl PolicyIds {
+    pub fn id(&mut self, name: &str) -> u32 {
+        if let Some(id) = self.by_name.get(name) {
+            return *id;
+        }
+        let id = self.by_id.keys().next_back().map_or(1, |last| last + 1);
+        self.by_name.insert(name.to_string(), id);
+        self.by_id.insert(id, name.to_string());
+        id
+    }
+
+    pub fn name(&self, id: u32) -> Option<&str> {
+        self.by_id.get(&id).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,132 @@
+use std::path::Path;
+
+use monitor_common::{action, rule};
+
+use super::*;
+
+const GOOD: &str = r#"apiVersion: egress-monitor.io/v1
+kind: EgressPolicy
+metadata: {name: llm-eu-only}
+spec:
+  mode: enforce
+  selector:
+    cgroupPaths: ["/llm.slice", "/kubepods.slice/**/*pod1234*"]
+  allow:
+    countries: [CH]
+    continents: []
+    groups: [EEA]
+    cidrs: ["10.0.0.0/8", "127.0.0.0/8", "::1/128"]
+  deny:
+    countries: [HU]
+    cidrs: ["10.9.0.0/16"]
+"#;
+
+fn f() -> &'static Path {
+    Path::new("p.yaml")
+}
+
+#[test]
+fn a_good_policy_compiles_to_region_rules_and_cidrs() {
+    let p = compile_text(f(), GOOD).unwrap().remove(0);
+    assert_eq!(p.name, "llm-eu-only");
+    assert_eq!(p.mode, Mode::Enforce);
+    assert_eq!(p.allow_cidrs.len(), 3);
+    assert_eq!(p.deny_cidrs.len(), 1);
+    // EEA is 30, HU is denied, CH is added.
+    assert_eq!(p.allowed_countries.len(), 30);
+    assert!(p.allowed_countries.contains("CH") && p.allowed_countries.contains("NO"));
+    assert!(!p.allowed_countries.contains("HU") && p.denied_countries.contains("HU"));
+    let rule_of = |cc: &[u8; 2]| p.region_rules.iter().find(|(r, _)| &r.country == cc).map(|(_, r)| (r.action, r.rule));
+    assert_eq!(rule_of(b"HU"), Some((action::DENY, rule::COUNTRY)));
+    assert_eq!(rule_of(b"CH"), Some((action::ALLOW, rule::COUNTRY)));
+    assert_eq!(rule_of(b"DE"), Some((action::ALLOW, rule::GROUP)));
+    assert_eq!(rule_of(b"US"), None, "not mentioned: default deny");
+    assert!(p.selector.is_match("/llm.slice"));
+    assert!(p.selector.is_match("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234_x.slice"));
+    assert!(!p.selector.is_match("/llm.slice/child"), "a glob matches the path itself; the kernel covers the subtree");
+    assert!(!p.selector.is_match("/other.slice"));
+}
+
+#[test]
+fn continents_decide_with_the_continent_rule_and_deny_beats_allow() {
+    let text = GOOD.replace("continents: []", "continents: [NA]").replace("countries: [HU]", "countries: [US]");
+    let p = compile_text(f(), &text).unwrap().remove(0);
+    let rule_of = |cc: &[u8; 2]| p.region_rules.iter().find(|(r, _)| &r.country == cc).map(|(_, r)| (r.action, r.rule));
+    assert_eq!(rule_of(b"CA"), Some((action::ALLOW, rule::CONTINENT)));
+    assert_eq!(rule_of(b"US"), Some((action::DENY, rule::COUNTRY)));
+    // A continent-only region (country unknown) follows the continent.
+    assert!(p
+        .region_rules
+        .iter()
+        .any(|(r, v)| r.country == [0, 0] && &r.continent == b"NA" && v.action == action::ALLOW));
+}
+
+fn error_of(text: &str) -> String {
+    compile_text(f(), text).unwrap_err().to_string()
+}
+
+#[test]
+fn errors_name_file_line_and_reason() {
+    assert_eq!(
+        error_of(&GOOD.replace("countries: [CH]", "countries: [CH, XX]")),
+        "p.yaml:9: \"XX\" is not an ISO 3166-1 alpha-2 country code"
+    );
+    assert_eq!(
+        error_of(&GOOD.replace("\"10.9.0.0/16\"", "\"10.9.0.1/16\"")),
+        "p.yaml:15: \"10.9.0.1/16\" has host bits set; did you mean 10.9.0.0/16?"
+    );
+    assert!(error_of(&GOOD.replace("\"::1/128\"", "\"::1/129\"")).starts_with("p.yaml:12: \"::1/129\" is not a CIDR"));
+    assert_eq!(
+        error_of(&GOOD.replace("groups: [EEA]", "groups: [NATO]")),
+        "p.yaml:11: \"NATO\" is not a known group (one of EU EEA EU_ADEQUATE)"
+    );
+    assert!(error_of(&GOOD.replace("mode: enforce", "mode: block")).starts_with("p.yaml:5: spec.mode: unknown variant `block`"));
+    let e = error_of(&GOOD.replace("  deny:", "  denny:"));
+    assert!(e.starts_with("p.yaml:13: spec: unknown field `denny`"), "{e}");
+    assert_eq!(
+        error_of(&GOOD.replace("\"/llm.slice\", ", "\"llm.slice\", ")),
+        "p.yaml:7: cgroup path \"llm.slice\" must start with '/' (it is relative to the cgroup2 mount)"
+    );
+    assert!(error_of(&GOOD.replace("egress-monitor.io/v1", "v2")).starts_with("p.yaml:1: apiVersion is \"v2\""));
+    assert!(error_of(&GOOD.replace("llm-eu-only", "LLM_EU")).starts_with("p.yaml:3: metadata.name \"LLM_EU\""));
+    assert!(error_of("# nothing\n").contains("no policy in file"));
+    assert!(error_of("spec: [").starts_with("p.yaml:1:"));
+}
+
+#[test]
+fn several_documents_in_one_file_keep_their_line_numbers() {
+    let second = GOOD.replace("llm-eu-only", "second").replace("[CH]", "[QQ]");
+    let text = format!("{GOOD}---\n{second}");
+    assert_eq!(error_of(&text), "p.yaml:25: \"QQ\" is not an ISO 3166-1 alpha-2 country code");
+    let ok = format!("{GOOD}---\n{}", GOOD.replace("llm-eu-only", "second"));
+    assert_eq!(compile_text(f(), &ok).unwrap().len(), 2);
+    let dup = format!("{GOOD}---\n{GOOD}");
+    assert!(error_of(&dup).contains("policy name \"llm-eu-only\" is also defined in p.yaml"));
+}
+
+#[test]
+fn every_shipped_policy_compiles() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../policies");
+    let files = policy_files(&dir).unwrap();
+    assert!(!files.is_empty(), "no policies in {}", dir.display());
+    let mut all = Vec::new();
+    for file in files {
+        all.extend(compile_file(&file).unwrap_or_else(|e| panic!("{e}")));
+    }
+    check_unique_names(&all).unwrap();
+    // Nothing shipped enforces: `cargo xtask run` must never cut a host off.
+    for p in &all {
+        assert_eq!(p.mode, Mode::Monitor, "{} in {} enforces", p.name, p.file);
+    }
+}
+
+#[test]
+fn policy_ids_are_stable_and_never_reused() {
+    let mut ids = PolicyIds::default();
+    let a = ids.id("a");
+    let b = ids.id("b");
+    assert_ne!(a, b);
+    assert_eq!(ids.id("a"), a);
+    assert_eq!(ids.name(b), Some("b"));
+    assert_eq!(ids.name(99), None);
+}
