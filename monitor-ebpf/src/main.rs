@@ -19,9 +19,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use monitor_common::{
-    action, hook, kind, limits, mode, rule, verdict, CidrRule, Config, DecisionEvent,
-    EventHeader, PolicyAddr, Region, RegionKey, RegionRule, Selection, AF_INET, AF_INET6,
-    DECISION_VERSION,
+    action, hook, kind, limits, mode, rule, verdict, CidrRule, Config, DecisionEvent, EventHeader,
+    PolicyAddr, Region, RegionKey, RegionRule, Selection, AF_INET, AF_INET6, DECISION_VERSION,
 };
 
 /// Return values of a cgroup sock_addr program.
@@ -151,7 +150,12 @@ fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
     // SAFETY: as above.
     let sa = unsafe { &*ctx.sock_addr };
     let mut addr = [0u8; 16];
-    let words = [sa.user_ip6[0], sa.user_ip6[1], sa.user_ip6[2], sa.user_ip6[3]];
+    let words = [
+        sa.user_ip6[0],
+        sa.user_ip6[1],
+        sa.user_ip6[2],
+        sa.user_ip6[3],
+    ];
     let mut i = 0;
     while i < 4 {
         let b = words[i].to_ne_bytes();
@@ -185,7 +189,11 @@ fn judge(attempt: &Attempt) -> i32 {
     let Some(config) = CONFIG.get(0) else {
         return PASS;
     };
-    let slot = if config.policy_slot == 0 { &SLOT_A } else { &SLOT_B };
+    let slot = if config.policy_slot == 0 {
+        &SLOT_A
+    } else {
+        &SLOT_B
+    };
     let geo_slot = config.geo_slot;
     let generation = config.policy_generation;
 
@@ -202,7 +210,15 @@ fn judge(attempt: &Attempt) -> i32 {
     } else {
         verdict::WOULD_DENY
     };
-    emit(attempt, selected_cgroup, &selection, generation, verdict, rule, region);
+    emit(
+        attempt,
+        selected_cgroup,
+        &selection,
+        generation,
+        verdict,
+        rule,
+        region,
+    );
     if verdict == verdict::DENIED {
         REJECT
     } else {

@@ -13,19 +13,27 @@ pub enum CgroupError {
     #[error("no cgroup2 filesystem is mounted (looked in /proc/self/mountinfo); egress-monitor needs cgroup v2")]
     NoCgroup2,
     #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("cgroup root {root} is not inside the cgroup2 mount {mount}")]
     OutsideMount { root: PathBuf, mount: PathBuf },
     #[error("cgroup {path} is selected by two policies, {first} and {second}; a cgroup may be selected by one policy only")]
-    Conflict { path: String, first: String, second: String },
+    Conflict {
+        path: String,
+        first: String,
+        second: String,
+    },
 }
 
 /// The cgroup2 mount point, from /proc/self/mountinfo.
 pub fn find_cgroup2_mount() -> Result<PathBuf, CgroupError> {
-    let text = std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| CgroupError::Io {
-        path: "/proc/self/mountinfo".into(),
-        source,
-    })?;
+    let text =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(|source| CgroupError::Io {
+            path: "/proc/self/mountinfo".into(),
+            source,
+        })?;
     parse_mountinfo(&text, "cgroup2").ok_or(CgroupError::NoCgroup2)
 }
 
@@ -61,7 +69,10 @@ fn unescape_mountinfo(s: &str) -> String {
 pub fn cgroup_id(path: &Path) -> Result<u64, CgroupError> {
     std::fs::metadata(path)
         .map(|m| m.ino())
-        .map_err(|source| CgroupError::Io { path: path.into(), source })
+        .map_err(|source| CgroupError::Io {
+            path: path.into(),
+            source,
+        })
 }
 
 /// `/a/b` for `<mount>/a/b`; `/` for the mount itself.
@@ -80,7 +91,9 @@ pub fn walk(mount: &Path, root: &Path) -> Result<Vec<(String, u64)>, CgroupError
     let mut out = vec![(rel, cgroup_id(root)?)];
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
         for entry in entries.flatten() {
             let Ok(ft) = entry.file_type() else { continue };
             if !ft.is_dir() {
@@ -127,7 +140,14 @@ pub fn resolve(
                 }
                 continue;
             }
-            selected.insert(*id, Selected { path: path.clone(), policy: p.name.clone(), mode: p.mode });
+            selected.insert(
+                *id,
+                Selected {
+                    path: path.clone(),
+                    policy: p.name.clone(),
+                    mode: p.mode,
+                },
+            );
         }
     }
     Ok(selected)
@@ -153,7 +173,11 @@ struct KernfsHandle {
 
 impl PathResolver {
     pub fn new(mount: &Path) -> Self {
-        Self { mount: mount.into(), mount_fd: std::fs::File::open(mount).ok(), cache: HashMap::new() }
+        Self {
+            mount: mount.into(),
+            mount_fd: std::fs::File::open(mount).ok(),
+            cache: HashMap::new(),
+        }
     }
 
     /// Teaches the cache what a walk found.
@@ -182,7 +206,11 @@ impl PathResolver {
     fn lookup(&self, id: u64) -> Option<String> {
         use std::os::fd::{AsRawFd, FromRawFd};
         let mount_fd = self.mount_fd.as_ref()?;
-        let mut handle = KernfsHandle { handle_bytes: 8, handle_type: FILEID_KERNFS, id };
+        let mut handle = KernfsHandle {
+            handle_bytes: 8,
+            handle_type: FILEID_KERNFS,
+            id,
+        };
         // SAFETY: handle is a valid file_handle with 8 bytes of payload.
         let fd = unsafe {
             libc::open_by_handle_at(
@@ -203,7 +231,10 @@ impl PathResolver {
 
 /// Opens a cgroup directory for attaching programs.
 pub fn open_dir(path: &Path) -> Result<std::fs::File, CgroupError> {
-    std::fs::File::open(path).map_err(|source| CgroupError::Io { path: path.into(), source })
+    std::fs::File::open(path).map_err(|source| CgroupError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -217,16 +248,28 @@ mod tests {
 35 30 0:31 / /sys/fs/cgroup/unified rw,nosuid - cgroup2 cgroup2 rw
 36 30 0:32 / /sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu
 ";
-        assert_eq!(parse_mountinfo(text, "cgroup2"), Some(PathBuf::from("/sys/fs/cgroup/unified")));
-        assert_eq!(parse_mountinfo("40 1 0:1 / /with\\040space rw - cgroup2 c rw", "cgroup2"), Some(PathBuf::from("/with space")));
+        assert_eq!(
+            parse_mountinfo(text, "cgroup2"),
+            Some(PathBuf::from("/sys/fs/cgroup/unified"))
+        );
+        assert_eq!(
+            parse_mountinfo("40 1 0:1 / /with\\040space rw - cgroup2 c rw", "cgroup2"),
+            Some(PathBuf::from("/with space"))
+        );
         assert_eq!(parse_mountinfo(text, "bpf"), None);
     }
 
     #[test]
     fn relative_paths() {
         let m = Path::new("/sys/fs/cgroup");
-        assert_eq!(relative(m, Path::new("/sys/fs/cgroup")).as_deref(), Some("/"));
-        assert_eq!(relative(m, Path::new("/sys/fs/cgroup/a/b")).as_deref(), Some("/a/b"));
+        assert_eq!(
+            relative(m, Path::new("/sys/fs/cgroup")).as_deref(),
+            Some("/")
+        );
+        assert_eq!(
+            relative(m, Path::new("/sys/fs/cgroup/a/b")).as_deref(),
+            Some("/a/b")
+        );
         assert_eq!(relative(m, Path::new("/tmp")), None);
     }
 }

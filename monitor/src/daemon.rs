@@ -40,7 +40,9 @@ pub struct Resolver {
 impl events::Names for Resolver {
     fn policy(&self, id: u32) -> String {
         let ids = self.ids.read().unwrap_or_else(|p| p.into_inner());
-        ids.name(id).map(str::to_string).unwrap_or_else(|| format!("policy-{id}"))
+        ids.name(id)
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("policy-{id}"))
     }
     fn cgroup(&mut self, id: u64) -> String {
         self.paths.path(id).unwrap_or_default()
@@ -52,7 +54,10 @@ impl events::Names for Resolver {
 pub enum FileState {
     InForce(Vec<CompiledPolicy>),
     /// Rejected; the version before (if any) stays in force.
-    Rejected { error: String, previous: Option<Vec<CompiledPolicy>> },
+    Rejected {
+        error: String,
+        previous: Option<Vec<CompiledPolicy>>,
+    },
 }
 
 /// What the daemon keeps in step with the kernel.
@@ -88,9 +93,16 @@ impl Controller {
                     };
                     log::error!(
                         "policy file rejected: {e}{}",
-                        if previous.is_some() { " (its previous version stays in force)" } else { "" }
+                        if previous.is_some() {
+                            " (its previous version stays in force)"
+                        } else {
+                            ""
+                        }
                     );
-                    FileState::Rejected { error: e.to_string(), previous }
+                    FileState::Rejected {
+                        error: e.to_string(),
+                        previous,
+                    }
                 }
             };
             files.insert(path, state);
@@ -106,17 +118,31 @@ impl Controller {
             bail!("policy set refused, the policies in force stay in force: {e}");
         }
         let cgroups = cgroups::walk(&self.mount, &self.root)?;
-        let selection = cgroups::resolve(&cgroups, &candidate)
-            .map_err(|e| anyhow::anyhow!("policy set refused, the policies in force stay in force: {e}"))?;
+        let selection = cgroups::resolve(&cgroups, &candidate).map_err(|e| {
+            anyhow::anyhow!("policy set refused, the policies in force stay in force: {e}")
+        })?;
         self.apply(&candidate, &selection)?;
-        self.resolver.lock().unwrap_or_else(|p| p.into_inner()).paths.learn(&cgroups);
+        self.resolver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .paths
+            .learn(&cgroups);
         self.files = files;
         self.in_force = candidate;
         self.selection = selection;
         for p in &self.in_force {
-            let n = self.selection.values().filter(|s| s.policy == p.name).count();
+            let n = self
+                .selection
+                .values()
+                .filter(|s| s.policy == p.name)
+                .count();
             if n == 0 {
-                log::warn!("policy {} ({}) selects no cgroup yet: {:?}", p.name, p.file, p.cgroup_globs);
+                log::warn!(
+                    "policy {} ({}) selects no cgroup yet: {:?}",
+                    p.name,
+                    p.file,
+                    p.cgroup_globs
+                );
             }
         }
         Ok(())
@@ -125,7 +151,11 @@ impl Controller {
     /// Re-walks the cgroup tree; applies when the selection changed.
     pub fn rescan(&mut self) -> anyhow::Result<()> {
         let cgroups = cgroups::walk(&self.mount, &self.root)?;
-        self.resolver.lock().unwrap_or_else(|p| p.into_inner()).paths.learn(&cgroups);
+        self.resolver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .paths
+            .learn(&cgroups);
         let selection = match cgroups::resolve(&cgroups, &self.in_force) {
             Ok(s) => s,
             Err(e) => {
@@ -143,14 +173,21 @@ impl Controller {
         Ok(())
     }
 
-    fn apply(&mut self, policies: &[CompiledPolicy], selection: &BTreeMap<u64, Selected>) -> anyhow::Result<()> {
+    fn apply(
+        &mut self,
+        policies: &[CompiledPolicy],
+        selection: &BTreeMap<u64, Selected>,
+    ) -> anyhow::Result<()> {
         let maps = {
             let mut ids = self.ids.write().unwrap_or_else(|p| p.into_inner());
             build_maps(policies, selection, &mut ids)
         };
         kernel::check_capacity(&maps).map_err(|e| anyhow::anyhow!("policy set refused: {e}"))?;
         let started = Instant::now();
-        let generation = self.kernel.apply(&maps).context("writing the policy set into the kernel")?;
+        let generation = self
+            .kernel
+            .apply(&maps)
+            .context("writing the policy set into the kernel")?;
         log::info!(
             "policy set generation {generation} in force: {} policies, {} selected cgroups, {} region rules, {} allow / {} deny CIDRs ({:.1} ms)",
             policies.len(),
@@ -162,7 +199,12 @@ impl Controller {
         );
         for (id, s) in selection {
             if self.selection.get(id) != Some(s) {
-                log::info!("cgroup {} (id {id}) -> policy {} ({})", s.path, s.policy, s.mode);
+                log::info!(
+                    "cgroup {} (id {id}) -> policy {} ({})",
+                    s.path,
+                    s.policy,
+                    s.mode
+                );
             }
         }
         Ok(())
@@ -192,12 +234,21 @@ pub fn build_maps(
     for p in policies {
         let policy_id = ids.id(&p.name);
         for (region, rule) in &p.region_rules {
-            maps.region_rules.push((RegionKey { policy_id, region: *region }, *rule));
+            maps.region_rules.push((
+                RegionKey {
+                    policy_id,
+                    region: *region,
+                },
+                *rule,
+            ));
         }
         let cidr = |net: &ipnetwork::IpNetwork| {
             let (addr, len) = geo::network_to_u128(*net);
             (
-                PolicyAddr { policy_id_be: policy_id.to_be_bytes(), addr: addr.to_be_bytes() },
+                PolicyAddr {
+                    policy_id_be: policy_id.to_be_bytes(),
+                    addr: addr.to_be_bytes(),
+                },
                 32 + u32::from(len),
             )
         };
@@ -210,15 +261,25 @@ pub fn build_maps(
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     if !config.policies.is_dir() {
-        bail!("policy directory {} does not exist or is not a directory", config.policies.display());
+        bail!(
+            "policy directory {} does not exist or is not a directory",
+            config.policies.display()
+        );
     }
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
     let mount = cgroups::find_cgroup2_mount()?;
     let root = config.cgroup_root.clone().unwrap_or_else(|| mount.clone());
-    let root = root.canonicalize().with_context(|| format!("cgroup root {}", root.display()))?;
-    cgroups::relative(&mount, &root)
-        .with_context(|| format!("cgroup root {} is not inside the cgroup2 mount {}", root.display(), mount.display()))?;
+    let root = root
+        .canonicalize()
+        .with_context(|| format!("cgroup root {}", root.display()))?;
+    cgroups::relative(&mount, &root).with_context(|| {
+        format!(
+            "cgroup root {} is not inside the cgroup2 mount {}",
+            root.display(),
+            mount.display()
+        )
+    })?;
 
     let started = Instant::now();
     let db = tokio::task::block_in_place(|| GeoDb::open(&config.geoip))?;
@@ -235,14 +296,25 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
 
     let (mut kernel, ring) = Kernel::load(&root, config.ring_bytes)?;
     for a in kernel.attached() {
-        log::info!("attached {} (program id {}) to {}", a.hook, a.program_id, root.display());
+        log::info!(
+            "attached {} (program id {}) to {}",
+            a.hook,
+            a.program_id,
+            root.display()
+        );
     }
     let started = Instant::now();
     let loaded = tokio::task::block_in_place(|| kernel.load_geo(db.prefixes()))?;
-    log::info!("loaded {loaded} prefixes into the kernel geo trie in {:.0} ms", started.elapsed().as_secs_f64() * 1e3);
+    log::info!(
+        "loaded {loaded} prefixes into the kernel geo trie in {:.0} ms",
+        started.elapsed().as_secs_f64() * 1e3
+    );
 
     let ids = Arc::new(RwLock::new(PolicyIds::default()));
-    let resolver = Arc::new(Mutex::new(Resolver { ids: ids.clone(), paths: PathResolver::new(&mount) }));
+    let resolver = Arc::new(Mutex::new(Resolver {
+        ids: ids.clone(),
+        paths: PathResolver::new(&mount),
+    }));
     let mut controller = Controller {
         kernel,
         mount,
@@ -268,7 +340,10 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut lost_reported = 0u64;
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    log::info!("egress-monitor running; policies from {}", config.policies.display());
+    log::info!(
+        "egress-monitor running; policies from {}",
+        config.policies.display()
+    );
     let mut pipeline = pipeline;
     loop {
         tokio::select! {

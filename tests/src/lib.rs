@@ -1,1 +1,446 @@
+//! Harness for the privileged integration tests: each `TestEnv` creates its
+//! own cgroups, a network namespace with test hosts on documentation
+//! addresses behind a veth pair, a test GeoIP database, a policy directory
+//! and a daemon attached to its own cgroup, and removes all of it on drop,
+//! also when a test fails.
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
 
+use serde_json::Value;
+
+/// Test hosts inside the namespace, and the countries the test database
+/// gives them. Never 192.0.2.0/24: the machines' own network lives there.
+pub const DE_V4: &str = "198.51.100.2";
+pub const US_V4: &str = "203.0.113.2";
+pub const DE_V6: &str = "2001:db8:de::2";
+pub const US_V6: &str = "2001:db8:5::2";
+pub const US_MAPPED: &str = "::ffff:203.0.113.2";
+pub const DE_MAPPED: &str = "::ffff:198.51.100.2";
+pub const PORT: u16 = 8080;
+
+const HOST_ADDRS: [&str; 4] = [
+    "198.51.100.1/24",
+    "203.0.113.1/24",
+    "2001:db8:de::1/64",
+    "2001:db8:5::1/64",
+];
+const NS_ADDRS: [&str; 4] = [
+    "198.51.100.2/24",
+    "203.0.113.2/24",
+    "2001:db8:de::2/64",
+    "2001:db8:5::2/64",
+];
+
+/// Networks and countries of the test database.
+pub const TEST_DB: [(&str, &str); 4] = [
+    ("198.51.100.0/24", "DE"),
+    ("203.0.113.0/24", "US"),
+    ("2001:db8:de::/48", "DE"),
+    ("2001:db8:5::/48", "US"),
+];
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+fn sh(args: &[&str]) -> String {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn sh_quiet(args: &[&str]) {
+    let _ = Command::new(args[0])
+        .args(&args[1..])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+pub fn cgroup2_mount() -> PathBuf {
+    monitor::cgroups::find_cgroup2_mount().expect("cgroup v2 is mounted")
+}
+
+fn bin_dir() -> PathBuf {
+    // target/<profile>/deps/<test binary>
+    let exe = std::env::current_exe().expect("current exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+pub fn daemon_bin() -> PathBuf {
+    std::env::var_os("EGRESS_MONITOR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| bin_dir().join("egress-monitor"))
+}
+
+pub fn probe_bin() -> PathBuf {
+    bin_dir().join("probe")
+}
+
+pub fn require_root() {
+    // SAFETY: no preconditions.
+    assert_eq!(
+        unsafe { libc::geteuid() },
+        0,
+        "integration tests need root: run `cargo xtask test` as root"
+    );
+}
+
+/// Result of one probe run.
+#[derive(Debug, Clone)]
+pub struct Probe {
+    pub ok: bool,
+    pub errno: i64,
+    pub pid: u64,
+    pub raw: Value,
+}
+
+pub struct TestEnv {
+    pub id: String,
+    pub netns: String,
+    host_if: String,
+    pub cgroup_root: PathBuf,
+    pub mount: PathBuf,
+    pub dir: tempfile::TempDir,
+    daemon: Option<Child>,
+    server: Option<Child>,
+    events_rx: Option<mpsc::Receiver<Value>>,
+    pub seen: Vec<Value>,
+    log: Arc<Mutex<String>>,
+}
+
+impl TestEnv {
+    /// Network namespace, veth, cgroups and test database; no daemon yet.
+    pub fn new() -> Self {
+        require_root();
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let id = format!("{:x}", std::process::id() * 16 + n);
+        let mount = cgroup2_mount();
+        let mut env = TestEnv {
+            netns: format!("emt-{id}"),
+            host_if: format!("emh{id}"),
+            cgroup_root: mount.join(format!("emt-{id}")),
+            mount,
+            id,
+            dir: tempfile::tempdir().expect("tempdir"),
+            daemon: None,
+            server: None,
+            events_rx: None,
+            seen: Vec::new(),
+            log: Arc::new(Mutex::new(String::new())),
+        };
+        env.setup_network();
+        for sub in ["", "sel", "unsel"] {
+            std::fs::create_dir_all(env.cgroup_root.join(sub)).expect("create test cgroup");
+        }
+        std::fs::create_dir_all(env.policy_dir()).unwrap();
+        std::fs::write(env.geoip(), monitor::geo::writer::country_code_db(&TEST_DB)).unwrap();
+        env
+    }
+
+    fn setup_network(&mut self) {
+        let (ns, h) = (self.netns.clone(), self.host_if.clone());
+        let peer = format!("emn{}", self.id);
+        sh(&["ip", "netns", "add", &ns]);
+        sh(&[
+            "ip", "link", "add", &h, "type", "veth", "peer", "name", &peer,
+        ]);
+        sh(&["ip", "link", "set", &peer, "netns", &ns]);
+        for a in HOST_ADDRS {
+            let mut args = vec!["ip", "addr", "add", a, "dev", &h];
+            if a.contains(':') {
+                args.push("nodad");
+            }
+            sh(&args);
+        }
+        sh(&["ip", "link", "set", &h, "up"]);
+        for a in NS_ADDRS {
+            let mut args = vec!["ip", "-n", &ns, "addr", "add", a, "dev", &peer];
+            if a.contains(':') {
+                args.push("nodad");
+            }
+            sh(&args);
+        }
+        sh(&["ip", "-n", &ns, "link", "set", &peer, "up"]);
+        sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
+        // Nothing is sent unless every test address routes through our link.
+        for addr in [DE_V4, US_V4, DE_V6, US_V6] {
+            let route = sh(&["ip", "route", "get", addr]);
+            assert!(
+                route.contains(&format!("dev {h} ")),
+                "test address {addr} does not route through the test link {h}: {route}; refusing to send"
+            );
+        }
+        // The server inside the namespace, bounded in time.
+        let mut server = Command::new("ip")
+            .args(["netns", "exec", &ns])
+            .arg(probe_bin())
+            .args(["serve", &PORT.to_string(), "300"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start test server");
+        let mut line = String::new();
+        BufReader::new(server.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(
+            line.contains("serving"),
+            "test server did not start: {line}"
+        );
+        self.server = Some(server);
+    }
+
+    pub fn policy_dir(&self) -> PathBuf {
+        self.dir.path().join("policies")
+    }
+
+    pub fn geoip(&self) -> PathBuf {
+        self.dir.path().join("test.mmdb")
+    }
+
+    /// The selector path (relative to the cgroup2 mount) of a test cgroup.
+    pub fn rel(&self, sub: &str) -> String {
+        let p = if sub.is_empty() {
+            self.cgroup_root.clone()
+        } else {
+            self.cgroup_root.join(sub)
+        };
+        monitor::cgroups::relative(&self.mount, &p).unwrap()
+    }
+
+    pub fn cgroup(&self, sub: &str) -> PathBuf {
+        self.cgroup_root.join(sub)
+    }
+
+    /// Writes a policy file atomically (write aside, rename).
+    pub fn write_policy(&self, name: &str, text: &str) {
+        let tmp = self.dir.path().join(format!(".{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.policy_dir().join(name)).unwrap();
+    }
+
+    /// A policy selecting `sel` with the given mode and allow/deny body.
+    pub fn policy(&self, name: &str, mode: &str, sub: &str, body: &str) -> String {
+        format!(
+            "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {{name: {name}}}\nspec:\n  mode: {mode}\n  selector:\n    cgroupPaths: [\"{}\"]\n{body}",
+            self.rel(sub)
+        )
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Starts the daemon on this environment and waits until it runs.
+    pub fn start_daemon(&mut self, extra: &[&str]) {
+        let mut child = Command::new(daemon_bin())
+            .arg("daemon")
+            .arg("--policies")
+            .arg(self.policy_dir())
+            .arg("--geoip")
+            .arg(self.geoip())
+            .arg("--cgroup-root")
+            .arg(&self.cgroup_root)
+            .arg("--state-dir")
+            .arg(self.dir.path().join("state"))
+            .args(["--log-events", "--rescan-interval", "0.2"])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start daemon");
+        let stdout = child.stdout.take().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => {
+                        if tx.send(v).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => eprintln!("daemon stdout is not JSON ({e}): {line}"),
+                }
+            }
+        });
+        let log = self.log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("[daemon] {line}");
+                let mut l = log.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        self.daemon = Some(child);
+        self.events_rx = Some(rx);
+        self.wait_log("egress-monitor running", Duration::from_secs(30));
+    }
+
+    /// Waits until the daemon's log contains `needle` (bounded).
+    pub fn wait_log(&mut self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.log().contains(needle) {
+                return;
+            }
+            if let Some(d) = self.daemon.as_mut() {
+                if let Ok(Some(status)) = d.try_wait() {
+                    panic!(
+                        "daemon exited ({status}) while waiting for {needle:?}; log:\n{}",
+                        self.log()
+                    );
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("daemon log never showed {needle:?}; log:\n{}", self.log());
+    }
+
+    /// How many times the log contains `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log().matches(needle).count()
+    }
+
+    /// Runs the probe inside a test cgroup (moved there before it execs).
+    pub fn probe(&self, sub: &str, args: &[&str]) -> Probe {
+        let procs = self.cgroup(sub).join("cgroup.procs");
+        let mut cmd = Command::new(probe_bin());
+        cmd.args(args);
+        // SAFETY: only async-signal-safe work between fork and exec: one
+        // open/write/close through std::fs on a path computed before fork.
+        unsafe {
+            cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+        }
+        let out = cmd.output().expect("run probe");
+        assert!(
+            out.status.success(),
+            "probe {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let raw: Value = serde_json::from_slice(&out.stdout).expect("probe output is JSON");
+        Probe {
+            ok: raw["result"] == "ok",
+            errno: raw["errno"].as_i64().unwrap_or(0),
+            pid: raw["pid"].as_u64().unwrap(),
+            raw,
+        }
+    }
+
+    /// The first event (seen before or arriving within `timeout`) that
+    /// matches; panics with what did arrive otherwise.
+    pub fn expect_event(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+            return e.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        let rx = self.events_rx.as_ref().expect("daemon started");
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(e) => {
+                    self.seen.push(e.clone());
+                    if pred(&e) {
+                        return e;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        panic!(
+            "no event {what} within {timeout:?}; events seen: {:#?}\nlog:\n{}",
+            self.seen,
+            self.log()
+        );
+    }
+
+    /// Collects events for `wait` and returns those matching.
+    pub fn events_within(&mut self, wait: Duration, pred: impl Fn(&Value) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + wait;
+        let rx = self.events_rx.as_ref().expect("daemon started");
+        while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+            match rx.recv_timeout(left) {
+                Ok(e) => self.seen.push(e),
+                Err(mpsc::RecvTimeoutError::Timeout) => break,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        self.seen.iter().filter(|e| pred(e)).cloned().collect()
+    }
+
+    /// Stops the daemon with SIGTERM and returns its exit status.
+    pub fn stop_daemon(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.daemon.take()?;
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        child.wait().ok()
+    }
+}
+
+impl Drop for TestEnv {
+    fn drop(&mut self) {
+        self.stop_daemon();
+        if let Some(mut s) = self.server.take() {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        sh_quiet(&["ip", "netns", "del", &self.netns]);
+        sh_quiet(&["ip", "link", "del", &self.host_if]);
+        // Deepest first; probes have exited, so the cgroups are empty.
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        let mut stack = vec![self.cgroup_root.clone()];
+        while let Some(d) = stack.pop() {
+            if let Ok(rd) = std::fs::read_dir(&d) {
+                for e in rd.flatten() {
+                    if e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                        stack.push(e.path());
+                    }
+                }
+            }
+            dirs.push(d);
+        }
+        for d in dirs.iter().rev() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(d).is_ok() || !d.exists() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}
+
+/// Field accessors for events.
+pub fn s<'a>(e: &'a Value, key: &str) -> &'a str {
+    e[key].as_str().unwrap_or("")
+}

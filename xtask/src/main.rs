@@ -1,1 +1,173 @@
-fn main() {}
+//! Build orchestration: `cargo xtask setup | build | run | test`.
+//!
+//! `setup` installs what the build and the tests need, idempotently and
+//! quickly when it is all there already; every other command runs it first.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "egress-monitor build tasks")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install Debian packages, bpf-linker and the GeoIP database (idempotent).
+    Setup,
+    /// Build the daemon (release) with its embedded eBPF programs.
+    Build,
+    /// Build, then run the daemon on this host: monitor mode, example policies, live decisions.
+    Run {
+        /// Extra arguments for `egress-monitor daemon`.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Every test: unit, policy files, and the privileged integration suite (root).
+    Test {
+        /// Only run tests whose name contains this.
+        filter: Option<String>,
+    },
+}
+
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+pub fn geoip_path() -> PathBuf {
+    root().join(".cache/geoip/geo-whois-asn-country.mmdb")
+}
+
+pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    eprintln!("+ {}", describe(cmd));
+    let status = cmd
+        .status()
+        .with_context(|| format!("starting {}", describe(cmd)))?;
+    if !status.success() {
+        bail!("{} failed: {status}", describe(cmd));
+    }
+    Ok(())
+}
+
+fn describe(cmd: &Command) -> String {
+    let mut s = cmd.get_program().to_string_lossy().into_owned();
+    for a in cmd.get_args() {
+        s.push(' ');
+        s.push_str(&a.to_string_lossy());
+    }
+    s
+}
+
+fn cargo() -> Command {
+    let mut c = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc_geteuid() == 0 }
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
+fn build() -> anyhow::Result<()> {
+    run(cargo().args([
+        "build",
+        "--release",
+        "-p",
+        "monitor",
+        "-p",
+        "integration-tests",
+        "--bins",
+    ]))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Setup => setup::setup(),
+        Cmd::Build => {
+            setup::setup()?;
+            build()
+        }
+        Cmd::Run { args } => {
+            setup::setup()?;
+            build()?;
+            let bin = root().join("target/release/egress-monitor");
+            let mut cmd = if is_root() {
+                Command::new(&bin)
+            } else {
+                eprintln!("the daemon loads eBPF programs and needs root: running it with sudo");
+                let mut c = Command::new("sudo");
+                c.arg(&bin);
+                c
+            };
+            cmd.current_dir(root())
+                .arg("daemon")
+                .arg("--policies")
+                .arg(root().join("policies"))
+                .arg("--geoip")
+                .arg(geoip_path())
+                .arg("--state-dir")
+                .arg(root().join("target/state"))
+                .arg("--log-events")
+                .args(args);
+            run(&mut cmd)
+        }
+        Cmd::Test { filter } => {
+            setup::setup()?;
+            build()?;
+            let filter: Vec<String> = filter.into_iter().collect();
+            // Unit tests and the policy files (no privileges needed).
+            run(cargo()
+                .args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "monitor",
+                    "-p",
+                    "monitor-common",
+                    "--",
+                ])
+                .args(&filter))?;
+            if !is_root() {
+                bail!(
+                    "the integration tests load eBPF programs, create cgroups and network \
+                     namespaces, and need root: run `sudo -E cargo xtask test`"
+                );
+            }
+            // Privileged tests, one at a time: each creates its own cgroups,
+            // network namespace and daemon, but they share test addresses.
+            run(cargo()
+                .env(
+                    "EGRESS_MONITOR_BIN",
+                    root().join("target/release/egress-monitor"),
+                )
+                .env("EGRESS_MONITOR_GEOIP", geoip_path())
+                .args([
+                    "test",
+                    "--release",
+                    "-p",
+                    "integration-tests",
+                    "--",
+                    "--test-threads=1",
+                ])
+                .args(&filter))
+        }
+    }
+}

@@ -7,10 +7,18 @@ use crate::daemon::{self, DaemonConfig};
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
     /// Directory of policy files (*.yaml); watched for changes.
-    #[arg(long, default_value = "/etc/egress-monitor/policies", env = "EGRESS_MONITOR_POLICIES")]
+    #[arg(
+        long,
+        default_value = "/etc/egress-monitor/policies",
+        env = "EGRESS_MONITOR_POLICIES"
+    )]
     pub policies: PathBuf,
     /// MaxMind-format country database (GeoIP2/GeoLite2 or ip-location-db).
-    #[arg(long, default_value = "/var/lib/egress-monitor/country.mmdb", env = "EGRESS_MONITOR_GEOIP")]
+    #[arg(
+        long,
+        default_value = "/var/lib/egress-monitor/country.mmdb",
+        env = "EGRESS_MONITOR_GEOIP"
+    )]
     pub geoip: PathBuf,
     /// Cgroup to attach to; everything below it is covered [default: the cgroup2 mount].
     #[arg(long)]

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Debug, Parser)]
-#[command(name = "egress-monitor", version, about = "eBPF egress monitor and enforcer: judges every outbound connection of selected cgroups against region policies")]
+#[command(
+    name = "egress-monitor",
+    version,
+    about = "eBPF egress monitor and enforcer: judges every outbound connection of selected cgroups against region policies"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -35,7 +35,9 @@ fn check(paths: Vec<PathBuf>, geoip: Option<PathBuf>) -> anyhow::Result<ExitCode
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
-            files.extend(policy::policy_files(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?);
+            files.extend(
+                policy::policy_files(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+            );
         } else {
             files.push(p);
         }
@@ -60,7 +62,11 @@ fn check(paths: Vec<PathBuf>, geoip: Option<PathBuf>) -> anyhow::Result<ExitCode
         eprintln!("{e}");
         failed = true;
     }
-    Ok(if failed { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 fn list(items: &std::collections::BTreeSet<String>) -> String {
@@ -73,15 +79,35 @@ fn list(items: &std::collections::BTreeSet<String>) -> String {
 
 fn print_policy(p: &CompiledPolicy, db: Option<&GeoDb>) {
     let spec = &p.source.spec;
-    println!("{}: policy {} ({}): ok, sha256 {}", p.file, p.name, p.mode, &p.sha256[..16]);
+    println!(
+        "{}: policy {} ({}): ok, sha256 {}",
+        p.file,
+        p.name,
+        p.mode,
+        &p.sha256[..16]
+    );
     println!("  selects        {}", p.cgroup_globs.join(", "));
-    println!("  allowed        {} countries: {}", p.allowed_countries.len(), list(&p.allowed_countries));
+    println!(
+        "  allowed        {} countries: {}",
+        p.allowed_countries.len(),
+        list(&p.allowed_countries)
+    );
     if !spec.allow.continents.is_empty() {
-        println!("  allowed        continents {}", spec.allow.continents.join(" "));
+        println!(
+            "  allowed        continents {}",
+            spec.allow.continents.join(" ")
+        );
     }
-    println!("  denied         {} countries: {}", p.denied_countries.len(), list(&p.denied_countries));
+    println!(
+        "  denied         {} countries: {}",
+        p.denied_countries.len(),
+        list(&p.denied_countries)
+    );
     if !spec.deny.continents.is_empty() {
-        println!("  denied         continents {}", spec.deny.continents.join(" "));
+        println!(
+            "  denied         continents {}",
+            spec.deny.continents.join(" ")
+        );
     }
     let v4 = |nets: &[ipnetwork::IpNetwork]| nets.iter().filter(|n| n.is_ipv4()).count();
     println!(
@@ -93,7 +119,10 @@ fn print_policy(p: &CompiledPolicy, db: Option<&GeoDb>) {
         v4(&p.deny_cidrs),
         p.deny_cidrs.len() - v4(&p.deny_cidrs)
     );
-    println!("  region rules   {} (kernel map entries)", p.region_rules.len());
+    println!(
+        "  region rules   {} (kernel map entries)",
+        p.region_rules.len()
+    );
     let Some(db) = db else { return };
     let per_region = db.prefixes_per_region();
     let mut allowed = Vec::new();
@@ -117,7 +146,15 @@ fn print_policy(p: &CompiledPolicy, db: Option<&GeoDb>) {
         db.identity.path.display()
     );
     if !allowed.is_empty() {
-        let top: Vec<String> = allowed.iter().take(12).map(|(r, n)| format!("{r} {n}")).collect();
-        println!("  allowed by region  {}{}", top.join(", "), if allowed.len() > 12 { ", ..." } else { "" });
+        let top: Vec<String> = allowed
+            .iter()
+            .take(12)
+            .map(|(r, n)| format!("{r} {n}"))
+            .collect();
+        println!(
+            "  allowed by region  {}{}",
+            top.join(", "),
+            if allowed.len() > 12 { ", ..." } else { "" }
+        );
     }
 }

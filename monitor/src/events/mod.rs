@@ -4,7 +4,10 @@ pub mod pipeline;
 
 use std::net::IpAddr;
 
-use monitor_common::{hook, kind, rule, verdict, DecisionEvent, EventHeader, AF_INET, AF_INET6, DECISION_VERSION, IPPROTO_TCP, IPPROTO_UDP};
+use monitor_common::{
+    hook, kind, rule, verdict, DecisionEvent, EventHeader, AF_INET, AF_INET6, DECISION_VERSION,
+    IPPROTO_TCP, IPPROTO_UDP,
+};
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,8 +36,12 @@ pub fn decode(bytes: &[u8]) -> Result<DecisionEvent, DecodeError> {
     if header.version != DECISION_VERSION {
         return Err(DecodeError::Version(header.version));
     }
-    if header.len as usize != size_of::<DecisionEvent>() || bytes.len() < size_of::<DecisionEvent>() {
-        return Err(DecodeError::Length { header: header.len, actual: bytes.len() });
+    if header.len as usize != size_of::<DecisionEvent>() || bytes.len() < size_of::<DecisionEvent>()
+    {
+        return Err(DecodeError::Length {
+            header: header.len,
+            actual: bytes.len(),
+        });
     }
     // SAFETY: as above, the length is checked.
     Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
@@ -177,7 +184,10 @@ pub fn rfc3339_nanos(unix_nanos: i128) -> String {
 /// Wall-clock nanoseconds minus boot-clock nanoseconds, now.
 pub fn boot_to_unix_offset() -> i128 {
     fn now(clock: libc::clockid_t) -> i128 {
-        let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
         // SAFETY: ts is a valid out-pointer.
         unsafe { libc::clock_gettime(clock, &mut ts) };
         i128::from(ts.tv_sec) * 1_000_000_000 + i128::from(ts.tv_nsec)
@@ -197,7 +207,11 @@ mod tests {
         let mut comm = [0u8; 16];
         comm[..4].copy_from_slice(b"curl");
         DecisionEvent {
-            header: EventHeader { kind: kind::DECISION, version: DECISION_VERSION, len: size_of::<DecisionEvent>() as u32 },
+            header: EventHeader {
+                kind: kind::DECISION,
+                version: DECISION_VERSION,
+                len: size_of::<DecisionEvent>() as u32,
+            },
             boot_ns: 5,
             cgroup_id: 42,
             selected_cgroup_id: 41,
@@ -224,7 +238,13 @@ mod tests {
 
     fn bytes(e: &DecisionEvent) -> Vec<u8> {
         // SAFETY: plain repr(C) data.
-        unsafe { std::slice::from_raw_parts((e as *const DecisionEvent).cast::<u8>(), size_of::<DecisionEvent>()) }.to_vec()
+        unsafe {
+            std::slice::from_raw_parts(
+                (e as *const DecisionEvent).cast::<u8>(),
+                size_of::<DecisionEvent>(),
+            )
+        }
+        .to_vec()
     }
 
     struct N;
@@ -245,15 +265,42 @@ mod tests {
         let got = decode(&buf[1..]).unwrap();
         assert_eq!(got, e);
         let ev = enrich(&got, 1_700_000_000_000_000_000, &mut N);
-        assert_eq!(ev.dst_ip, "198.51.100.7", "a mapped address is shown as the IPv4 it is");
+        assert_eq!(
+            ev.dst_ip, "198.51.100.7",
+            "a mapped address is shown as the IPv4 it is"
+        );
         assert_eq!(ev.family, "ipv6");
         assert_eq!(ev.time, "2023-11-14T22:13:20.000000005Z");
-        assert_eq!((ev.verdict, ev.rule, ev.hook), ("would_deny", "default", "connect6"));
-        assert_eq!((ev.policy.as_str(), ev.cgroup_path.as_str(), ev.comm.as_str()), ("p3", "/cg42", "curl"));
+        assert_eq!(
+            (ev.verdict, ev.rule, ev.hook),
+            ("would_deny", "default", "connect6")
+        );
+        assert_eq!(
+            (
+                ev.policy.as_str(),
+                ev.cgroup_path.as_str(),
+                ev.comm.as_str()
+            ),
+            ("p3", "/cg42", "curl")
+        );
         let json = serde_json::to_value(&ev).unwrap();
         for key in [
-            "time", "verdict", "policy", "rule", "hook", "protocol", "family", "dst_ip", "dst_port", "country", "pid", "tgid",
-            "uid", "comm", "cgroup_id", "cgroup_path",
+            "time",
+            "verdict",
+            "policy",
+            "rule",
+            "hook",
+            "protocol",
+            "family",
+            "dst_ip",
+            "dst_port",
+            "country",
+            "pid",
+            "tgid",
+            "uid",
+            "comm",
+            "cgroup_id",
+            "cgroup_path",
         ] {
             assert!(json.get(key).is_some(), "missing {key}");
         }
@@ -263,7 +310,10 @@ mod tests {
     fn bad_records_are_errors_not_panics() {
         let good = bytes(&sample());
         assert_eq!(decode(&good[..3]), Err(DecodeError::Short(3)));
-        assert!(matches!(decode(&good[..50]), Err(DecodeError::Length { .. })));
+        assert!(matches!(
+            decode(&good[..50]),
+            Err(DecodeError::Length { .. })
+        ));
         let mut k = good.clone();
         k[0] = 9;
         assert_eq!(decode(&k), Err(DecodeError::Kind(9)));
@@ -272,6 +322,9 @@ mod tests {
         assert_eq!(decode(&v), Err(DecodeError::Version(7)));
         let mut l = good;
         l[4] = 1;
-        assert!(matches!(decode(&l), Err(DecodeError::Length { header: 1, .. })));
+        assert!(matches!(
+            decode(&l),
+            Err(DecodeError::Length { header: 1, .. })
+        ));
     }
 }

@@ -109,8 +109,11 @@ fn code2(s: &str) -> Option<[u8; 2]> {
 /// (so every policy judges a country the same, whatever the database says);
 /// the database's continent only where it names no known country.
 fn region_of(record: &Record) -> Option<(Region, &'static str)> {
-    let (country, schema) = match (record.country_code, &record.country, &record.registered_country)
-    {
+    let (country, schema) = match (
+        record.country_code,
+        &record.country,
+        &record.registered_country,
+    ) {
         (Some(c), _, _) => (code2(c), "country_code"),
         (None, Some(Names { iso_code: Some(c) }), _) => (code2(c), "geoip2"),
         (None, _, Some(Names { iso_code: Some(c) })) => (code2(c), "geoip2"),
@@ -119,7 +122,11 @@ fn region_of(record: &Record) -> Option<(Region, &'static str)> {
     let table_continent = country
         .and_then(|c| regions::continent_of(std::str::from_utf8(&c).ok()?))
         .and_then(code2);
-    let db_continent = record.continent.as_ref().and_then(|c| c.code).and_then(code2);
+    let db_continent = record
+        .continent
+        .as_ref()
+        .and_then(|c| c.code)
+        .and_then(code2);
     let region = Region {
         country: country.unwrap_or_default(),
         continent: table_continent.or(db_continent).unwrap_or_default(),
@@ -154,7 +161,11 @@ pub fn from_u128(addr: u128) -> IpAddr {
 
 fn range_of(start: u128, prefix_len: u8) -> (u128, u128) {
     let host_bits = 128 - u32::from(prefix_len);
-    let size_minus_one = if host_bits == 128 { u128::MAX } else { (1u128 << host_bits) - 1 };
+    let size_minus_one = if host_bits == 128 {
+        u128::MAX
+    } else {
+        (1u128 << host_bits) - 1
+    };
     (start, start | size_minus_one)
 }
 
@@ -162,16 +173,28 @@ fn range_of(start: u128, prefix_len: u8) -> (u128, u128) {
 pub fn range_to_prefixes(mut start: u128, end: u128, out: &mut Vec<(u128, u8)>) {
     loop {
         // Largest block aligned at `start` that does not pass `end`.
-        let mut host_bits = if start == 0 { 128 } else { start.trailing_zeros() };
+        let mut host_bits = if start == 0 {
+            128
+        } else {
+            start.trailing_zeros()
+        };
         while host_bits > 0 {
-            let last = if host_bits == 128 { u128::MAX } else { start | ((1u128 << host_bits) - 1) };
+            let last = if host_bits == 128 {
+                u128::MAX
+            } else {
+                start | ((1u128 << host_bits) - 1)
+            };
             if last <= end {
                 break;
             }
             host_bits -= 1;
         }
         out.push((start, (128 - host_bits) as u8));
-        let last = if host_bits == 128 { u128::MAX } else { start | ((1u128 << host_bits) - 1) };
+        let last = if host_bits == 128 {
+            u128::MAX
+        } else {
+            start | ((1u128 << host_bits) - 1)
+        };
         if last >= end {
             return;
         }

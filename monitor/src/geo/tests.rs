@@ -9,7 +9,9 @@ fn write_db(bytes: &[u8]) -> tempfile::NamedTempFile {
 }
 
 fn cc(region: Option<Region>) -> String {
-    region.map(|r| region_label(&r)).unwrap_or_else(|| "none".into())
+    region
+        .map(|r| region_label(&r))
+        .unwrap_or_else(|| "none".into())
 }
 
 #[test]
@@ -35,10 +37,16 @@ fn reads_the_ip_location_db_schema() {
 #[test]
 fn reads_the_geoip2_schema_with_continent_only_records() {
     let nets: Vec<(IpNetwork, writer::Value)> = vec![
-        ("198.51.100.0/24".parse().unwrap(), writer::Value::geoip2_country("FR", "EU")),
+        (
+            "198.51.100.0/24".parse().unwrap(),
+            writer::Value::geoip2_country("FR", "EU"),
+        ),
         (
             "203.0.113.0/24".parse().unwrap(),
-            writer::Value::map([("continent", writer::Value::map([("code", writer::Value::str("AS"))]))]),
+            writer::Value::map([(
+                "continent",
+                writer::Value::map([("code", writer::Value::str("AS"))]),
+            )]),
         ),
         (
             "2001:db8::/32".parse().unwrap(),
@@ -53,7 +61,10 @@ fn reads_the_geoip2_schema_with_continent_only_records() {
     assert_eq!(db.identity.schema, "geoip2");
     assert_eq!(db.identity.database_type, "GeoLite2-Country");
     assert_eq!(cc(db.lookup("198.51.100.1".parse().unwrap())), "FR");
-    assert_eq!(cc(db.lookup("203.0.113.1".parse().unwrap())), "continent:AS");
+    assert_eq!(
+        cc(db.lookup("203.0.113.1".parse().unwrap())),
+        "continent:AS"
+    );
     let jp = db.lookup("2001:db8::1".parse().unwrap()).unwrap();
     assert_eq!((&jp.country, &jp.continent), (b"JP", b"AS"));
 }
@@ -69,7 +80,10 @@ fn adjacent_networks_of_one_country_merge() {
     ]));
     let db = GeoDb::open(f.path()).unwrap();
     assert_eq!(db.identity.networks, 5);
-    let prefixes: Vec<_> = db.prefixes().map(|(a, l, _)| (from_u128(a).to_string(), l)).collect();
+    let prefixes: Vec<_> = db
+        .prefixes()
+        .map(|(a, l, _)| (from_u128(a).to_string(), l))
+        .collect();
     assert_eq!(
         prefixes,
         vec![
@@ -116,16 +130,28 @@ fn a_file_that_is_not_a_database_is_a_clear_error() {
     let f = write_db(b"this is not an mmdb file");
     let err = GeoDb::open(f.path()).unwrap_err().to_string();
     assert!(err.contains("is not a MaxMind-format database"), "{err}");
-    let err = GeoDb::open(std::path::Path::new("/nonexistent/geo.mmdb")).unwrap_err().to_string();
-    assert!(err.contains("cannot read GeoIP database /nonexistent/geo.mmdb"), "{err}");
+    let err = GeoDb::open(std::path::Path::new("/nonexistent/geo.mmdb"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("cannot read GeoIP database /nonexistent/geo.mmdb"),
+        "{err}"
+    );
 }
 
 /// The real CC0 country database, as `cargo xtask setup` fetched it.
 pub fn real_database() -> PathBuf {
-    let path = std::env::var_os("EGRESS_MONITOR_GEOIP").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../.cache/geoip/geo-whois-asn-country.mmdb")
-    });
-    assert!(path.exists(), "{} is missing: run `cargo xtask setup` first", path.display());
+    let path = std::env::var_os("EGRESS_MONITOR_GEOIP")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("../.cache/geoip/geo-whois-asn-country.mmdb")
+        });
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo xtask setup` first",
+        path.display()
+    );
     path
 }
 
@@ -135,7 +161,11 @@ fn real_database_agrees_with_mmdblookup() {
     let db = GeoDb::open(&path).unwrap();
     assert_eq!(db.identity.schema, "country_code");
     assert!(db.identity.networks > 100_000, "{:?}", db.identity);
-    assert!(db.identity.prefixes <= db.identity.networks, "merging added prefixes: {:?}", db.identity);
+    assert!(
+        db.identity.prefixes <= db.identity.networks,
+        "merging added prefixes: {:?}",
+        db.identity
+    );
     // A spread of addresses over both families, from the merged ranges
     // themselves (first, middle and last of every 997th range).
     let mut sample: Vec<IpAddr> = Vec::new();
@@ -161,7 +191,9 @@ fn real_database_agrees_with_mmdblookup() {
             .expect("mmdblookup (Debian mmdb-bin) is installed by `cargo xtask setup`");
         let text = String::from_utf8_lossy(&out.stdout);
         let theirs = text.split('"').nth(1).map(str::to_string);
-        let ours = db.lookup(ip).map(|r| String::from_utf8_lossy(&r.country).into_owned());
+        let ours = db
+            .lookup(ip)
+            .map(|r| String::from_utf8_lossy(&r.country).into_owned());
         assert_eq!(ours, theirs, "lookup of {ip} differs from mmdblookup");
         checked += 1;
     }

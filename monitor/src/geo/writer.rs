@@ -16,7 +16,12 @@ pub enum Value {
 
 impl Value {
     pub fn map<const N: usize>(entries: [(&str, Value); N]) -> Value {
-        Value::Map(entries.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        Value::Map(
+            entries
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        )
     }
     pub fn str(s: &str) -> Value {
         Value::Str(s.to_string())
@@ -32,7 +37,10 @@ impl Value {
         Value::map([
             ("continent", Value::map([("code", Value::str(continent))])),
             ("country", Value::map([("iso_code", Value::str(cc))])),
-            ("registered_country", Value::map([("iso_code", Value::str(cc))])),
+            (
+                "registered_country",
+                Value::map([("iso_code", Value::str(cc))]),
+            ),
         ])
     }
 }
@@ -115,7 +123,10 @@ pub fn build(database_type: &str, networks: &[(IpNetwork, Value)]) -> Vec<u8> {
     let mut data = Vec::new();
     for (net, value) in networks {
         let (addr, len): (u128, u32) = match net {
-            IpNetwork::V4(n) => (u128::from(u32::from(n.network())), 96 + u32::from(n.prefix())),
+            IpNetwork::V4(n) => (
+                u128::from(u32::from(n.network())),
+                96 + u32::from(n.prefix()),
+            ),
             IpNetwork::V6(n) => (u128::from(n.network()), u32::from(n.prefix())),
         };
         assert!(len > 0, "a /0 network cannot be written");

@@ -28,7 +28,9 @@ const SLOT_GRACE: Duration = Duration::from_millis(50);
 
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
-    #[error("loading eBPF programs needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); run as root")]
+    #[error(
+        "loading eBPF programs needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); run as root"
+    )]
     NotRoot,
     #[error("cannot mount bpffs at /sys/fs/bpf: {0}")]
     MountBpffs(std::io::Error),
@@ -106,7 +108,8 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 
 /// Mounts bpffs at /sys/fs/bpf when nothing is mounted there.
 pub fn ensure_bpffs() -> Result<(), KernelError> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").map_err(KernelError::MountBpffs)?;
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(KernelError::MountBpffs)?;
     let mounted = mountinfo.lines().any(|l| {
         l.split_once(" - ").is_some_and(|(left, right)| {
             right.starts_with("bpf ") && left.split_whitespace().nth(4) == Some("/sys/fs/bpf")
@@ -136,7 +139,10 @@ pub fn ensure_bpffs() -> Result<(), KernelError> {
 impl Kernel {
     /// Loads the programs and attaches them to `cgroup_root`. Until the
     /// first policy set is applied nothing is selected, so nothing is judged.
-    pub fn load(cgroup_root: &Path, ring_bytes: u32) -> Result<(Self, RingBuf<MapData>), KernelError> {
+    pub fn load(
+        cgroup_root: &Path,
+        ring_bytes: u32,
+    ) -> Result<(Self, RingBuf<MapData>), KernelError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(KernelError::NotRoot);
@@ -148,16 +154,30 @@ impl Kernel {
         let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
         let mut config_map: Array<MapData, Config> = take(&mut ebpf, names::CONFIG)?;
         let config = Config::default();
-        config_map.set(0, config, 0).map_err(map_err(names::CONFIG))?;
+        config_map
+            .set(0, config, 0)
+            .map_err(map_err(names::CONFIG))?;
         let slots = Slots {
-            geo: [take(&mut ebpf, names::GEO[0])?, take(&mut ebpf, names::GEO[1])?],
-            select: [take(&mut ebpf, names::SELECT[0])?, take(&mut ebpf, names::SELECT[1])?],
+            geo: [
+                take(&mut ebpf, names::GEO[0])?,
+                take(&mut ebpf, names::GEO[1])?,
+            ],
+            select: [
+                take(&mut ebpf, names::SELECT[0])?,
+                take(&mut ebpf, names::SELECT[1])?,
+            ],
             region_rules: [
                 take(&mut ebpf, names::REGION_RULES[0])?,
                 take(&mut ebpf, names::REGION_RULES[1])?,
             ],
-            allow: [take(&mut ebpf, names::ALLOW_CIDRS[0])?, take(&mut ebpf, names::ALLOW_CIDRS[1])?],
-            deny: [take(&mut ebpf, names::DENY_CIDRS[0])?, take(&mut ebpf, names::DENY_CIDRS[1])?],
+            allow: [
+                take(&mut ebpf, names::ALLOW_CIDRS[0])?,
+                take(&mut ebpf, names::ALLOW_CIDRS[1])?,
+            ],
+            deny: [
+                take(&mut ebpf, names::DENY_CIDRS[0])?,
+                take(&mut ebpf, names::DENY_CIDRS[1])?,
+            ],
         };
         let lost = take(&mut ebpf, names::LOST)?;
 
@@ -175,16 +195,22 @@ impl Kernel {
                 })?
                 .try_into()
                 .map_err(|source| KernelError::Program { name, source })?;
-            prog.load().map_err(|source| KernelError::Program { name, source })?;
-            // Multi mode: programs of other tools on this cgroup keep
-            // running, and any one of them denying is a denial.
-            prog.attach(cgroup.as_fd(), CgroupAttachMode::AllowMultiple)
+            prog.load()
+                .map_err(|source| KernelError::Program { name, source })?;
+            // A bpf_link: the kernel always treats cgroup links as
+            // multi-attach (link_create takes no mode flags), so programs of
+            // other tools on this cgroup keep running, and any one of them
+            // denying is a denial.
+            prog.attach(cgroup.as_fd(), CgroupAttachMode::Single)
                 .map_err(|source| KernelError::Program { name, source })?;
             let program_id = prog
                 .info()
                 .map(|i| i.id())
                 .map_err(|source| KernelError::Program { name, source })?;
-            attached.push(Attached { hook: name, program_id });
+            attached.push(Attached {
+                hook: name,
+                program_id,
+            });
         }
         Ok((
             Self {
@@ -229,7 +255,9 @@ impl Kernel {
     }
 
     fn switch(&mut self, config: Config) -> Result<(), KernelError> {
-        self.config_map.set(0, config, 0).map_err(map_err(names::CONFIG))?;
+        self.config_map
+            .set(0, config, 0)
+            .map_err(map_err(names::CONFIG))?;
         self.config = config;
         self.last_switch = Instant::now();
         Ok(())
@@ -252,7 +280,10 @@ impl Kernel {
                 .map_err(map_err(name))?;
             n += 1;
         }
-        let config = Config { geo_slot: idle as u32, ..self.config };
+        let config = Config {
+            geo_slot: idle as u32,
+            ..self.config
+        };
         self.switch(config)?;
         // The slot switched out is emptied now (after a grace period), so
         // only one copy of the database stays in kernel memory.
@@ -272,12 +303,19 @@ impl Kernel {
         clear_trie(&mut s.allow[idle], names::ALLOW_CIDRS[idle])?;
         clear_trie(&mut s.deny[idle], names::DENY_CIDRS[idle])?;
         for (id, sel) in &maps.selections {
-            s.select[idle].insert(id, sel, 0).map_err(map_err(names::SELECT[idle]))?;
+            s.select[idle]
+                .insert(id, sel, 0)
+                .map_err(map_err(names::SELECT[idle]))?;
         }
         for (k, v) in &maps.region_rules {
-            s.region_rules[idle].insert(k, v, 0).map_err(map_err(names::REGION_RULES[idle]))?;
+            s.region_rules[idle]
+                .insert(k, v, 0)
+                .map_err(map_err(names::REGION_RULES[idle]))?;
         }
-        let present = CidrRule { present: 1, _pad: [0; 3] };
+        let present = CidrRule {
+            present: 1,
+            _pad: [0; 3],
+        };
         for (k, len) in &maps.allow_cidrs {
             s.allow[idle]
                 .insert(&Key::new(*len, *k), present, 0)
@@ -302,7 +340,10 @@ fn clear_hash<K: aya::Pod, V: aya::Pod>(
     map: &mut HashMap<MapData, K, V>,
     name: &'static str,
 ) -> Result<(), KernelError> {
-    let keys: Vec<K> = map.keys().collect::<Result<_, _>>().map_err(map_err(name))?;
+    let keys: Vec<K> = map
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
     for k in keys {
         map.remove(&k).map_err(map_err(name))?;
     }
@@ -313,7 +354,10 @@ fn clear_trie<K: aya::Pod, V: aya::Pod>(
     map: &mut Trie<K, V>,
     name: &'static str,
 ) -> Result<(), KernelError> {
-    let keys: Vec<Key<K>> = map.keys().collect::<Result<_, _>>().map_err(map_err(name))?;
+    let keys: Vec<Key<K>> = map
+        .keys()
+        .collect::<Result<_, _>>()
+        .map_err(map_err(name))?;
     for k in keys {
         map.remove(&k).map_err(map_err(name))?;
     }
@@ -324,14 +368,24 @@ fn clear_trie<K: aya::Pod, V: aya::Pod>(
 /// clear error rather than a half-written slot.
 pub fn check_capacity(maps: &PolicyMaps) -> Result<(), String> {
     let checks = [
-        ("selected cgroups", maps.selections.len(), limits::SELECT_ENTRIES),
-        ("region rules", maps.region_rules.len(), limits::REGION_RULE_ENTRIES),
+        (
+            "selected cgroups",
+            maps.selections.len(),
+            limits::SELECT_ENTRIES,
+        ),
+        (
+            "region rules",
+            maps.region_rules.len(),
+            limits::REGION_RULE_ENTRIES,
+        ),
         ("allow CIDRs", maps.allow_cidrs.len(), limits::CIDR_ENTRIES),
         ("deny CIDRs", maps.deny_cidrs.len(), limits::CIDR_ENTRIES),
     ];
     for (what, n, max) in checks {
         if n > max as usize {
-            return Err(format!("{n} {what} exceed the kernel map capacity of {max}"));
+            return Err(format!(
+                "{n} {what} exceed the kernel map capacity of {max}"
+            ));
         }
     }
     Ok(())

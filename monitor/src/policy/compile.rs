@@ -36,7 +36,11 @@ fn code2(s: &str) -> [u8; 2] {
 }
 
 /// Compiles a parsed document; `doc` gives the text for line numbers.
-pub fn compile(file: &Path, doc: &Document, policy: PolicyDoc) -> Result<CompiledPolicy, PolicyError> {
+pub fn compile(
+    file: &Path,
+    doc: &Document,
+    policy: PolicyDoc,
+) -> Result<CompiledPolicy, PolicyError> {
     let err = |section: &str, token: Option<&str>, reason: String| PolicyError {
         file: file.display().to_string(),
         line: doc.first_line + line_of(doc.text, section, token) - 1,
@@ -46,16 +50,25 @@ pub fn compile(file: &Path, doc: &Document, policy: PolicyDoc) -> Result<Compile
         return Err(err(
             "apiVersion",
             None,
-            format!("apiVersion is {:?}, expected {API_VERSION:?}", policy.api_version),
+            format!(
+                "apiVersion is {:?}, expected {API_VERSION:?}",
+                policy.api_version
+            ),
         ));
     }
     if policy.kind != KIND {
-        return Err(err("kind", None, format!("kind is {:?}, expected {KIND:?}", policy.kind)));
+        return Err(err(
+            "kind",
+            None,
+            format!("kind is {:?}, expected {KIND:?}", policy.kind),
+        ));
     }
     let name = &policy.metadata.name;
     let name_ok = !name.is_empty()
         && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     if !name_ok {
@@ -71,7 +84,8 @@ pub fn compile(file: &Path, doc: &Document, policy: PolicyDoc) -> Result<Compile
         return Err(err(
             "selector",
             None,
-            "spec.selector.cgroupPaths is empty: a policy must select at least one cgroup path".into(),
+            "spec.selector.cgroupPaths is empty: a policy must select at least one cgroup path"
+                .into(),
         ));
     }
     let mut builder = GlobSetBuilder::new();
@@ -86,7 +100,13 @@ pub fn compile(file: &Path, doc: &Document, policy: PolicyDoc) -> Result<Compile
         let glob: Glob = GlobBuilder::new(pattern.trim_end_matches('/'))
             .literal_separator(true)
             .build()
-            .map_err(|e| err("cgroupPaths", Some(pattern), format!("cgroup path glob {pattern:?}: {e}")))?;
+            .map_err(|e| {
+                err(
+                    "cgroupPaths",
+                    Some(pattern),
+                    format!("cgroup path glob {pattern:?}: {e}"),
+                )
+            })?;
         builder.add(glob);
     }
     let selector = builder
@@ -101,7 +121,11 @@ pub fn compile(file: &Path, doc: &Document, policy: PolicyDoc) -> Result<Compile
                 if regions::is_country(&up) {
                     Ok(up)
                 } else {
-                    Err(err(section, Some(c), format!("{c:?} is not an ISO 3166-1 alpha-2 country code")))
+                    Err(err(
+                        section,
+                        Some(c),
+                        format!("{c:?} is not an ISO 3166-1 alpha-2 country code"),
+                    ))
                 }
             })
             .collect()
@@ -116,7 +140,10 @@ pub fn compile(file: &Path, doc: &Document, policy: PolicyDoc) -> Result<Compile
                     Err(err(
                         section,
                         Some(c),
-                        format!("{c:?} is not a continent code (one of {})", regions::CONTINENTS.join(" ")),
+                        format!(
+                            "{c:?} is not a continent code (one of {})",
+                            regions::CONTINENTS.join(" ")
+                        ),
                     ))
                 }
             })
@@ -130,7 +157,10 @@ pub fn compile(file: &Path, doc: &Document, policy: PolicyDoc) -> Result<Compile
                 return Err(err(
                     section,
                     Some(g),
-                    format!("{g:?} is not a known group (one of {})", regions::GROUPS.join(" ")),
+                    format!(
+                        "{g:?} is not a known group (one of {})",
+                        regions::GROUPS.join(" ")
+                    ),
                 ));
             };
             out.extend(members);
@@ -147,7 +177,11 @@ pub fn compile(file: &Path, doc: &Document, policy: PolicyDoc) -> Result<Compile
                     return Err(err(
                         section,
                         Some(c),
-                        format!("{c:?} has host bits set; did you mean {}/{}?", net.network(), net.prefix()),
+                        format!(
+                            "{c:?} has host bits set; did you mean {}/{}?",
+                            net.network(),
+                            net.prefix()
+                        ),
                     ));
                 }
                 Ok(net)
@@ -199,7 +233,14 @@ pub fn compile(file: &Path, doc: &Document, policy: PolicyDoc) -> Result<Compile
             country: if has_country { code2(country) } else { [0, 0] },
             continent: code2(continent),
         };
-        region_rules.push((region, RegionRule { action: act, rule: why, _pad: [0; 2] }));
+        region_rules.push((
+            region,
+            RegionRule {
+                action: act,
+                rule: why,
+                _pad: [0; 2],
+            },
+        ));
     }
 
     Ok(CompiledPolicy {

@@ -96,14 +96,24 @@ pub fn documents(text: &str) -> Vec<Document<'_>> {
     let mut offset = 0usize;
     for (i, line) in text.split_inclusive('\n').enumerate() {
         if line.trim_end() == "---" {
-            docs.push(Document { text: &text[start..offset], first_line: start_line });
+            docs.push(Document {
+                text: &text[start..offset],
+                first_line: start_line,
+            });
             start = offset + line.len();
             start_line = i + 2;
         }
         offset += line.len();
     }
-    docs.push(Document { text: &text[start..], first_line: start_line });
-    docs.retain(|d| d.text.lines().any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#')));
+    docs.push(Document {
+        text: &text[start..],
+        first_line: start_line,
+    });
+    docs.retain(|d| {
+        d.text
+            .lines()
+            .any(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+    });
     docs
 }
 
@@ -112,7 +122,10 @@ pub fn documents(text: &str) -> Vec<Document<'_>> {
 pub fn line_of(text: &str, section: &str, token: Option<&str>) -> usize {
     let lines: Vec<&str> = text.lines().collect();
     let key = format!("{section}:");
-    let start = lines.iter().position(|l| l.trim_start().starts_with(&key)).unwrap_or(0);
+    let start = lines
+        .iter()
+        .position(|l| l.trim_start().starts_with(&key))
+        .unwrap_or(0);
     if let Some(token) = token {
         for (i, l) in lines.iter().enumerate().skip(start) {
             if contains_word(l, token) {
@@ -124,7 +137,15 @@ pub fn line_of(text: &str, section: &str, token: Option<&str>) -> usize {
 }
 
 fn contains_word(line: &str, token: &str) -> bool {
-    let is_word = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == ':' || c == '/' || c == '*' || c == '-';
+    let is_word = |c: char| {
+        c.is_ascii_alphanumeric()
+            || c == '_'
+            || c == '.'
+            || c == ':'
+            || c == '/'
+            || c == '*'
+            || c == '-'
+    };
     let mut from = 0;
     while let Some(i) = line[from..].find(token) {
         let at = from + i;

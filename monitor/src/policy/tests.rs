@@ -36,22 +36,39 @@ fn a_good_policy_compiles_to_region_rules_and_cidrs() {
     assert_eq!(p.allowed_countries.len(), 30);
     assert!(p.allowed_countries.contains("CH") && p.allowed_countries.contains("NO"));
     assert!(!p.allowed_countries.contains("HU") && p.denied_countries.contains("HU"));
-    let rule_of = |cc: &[u8; 2]| p.region_rules.iter().find(|(r, _)| &r.country == cc).map(|(_, r)| (r.action, r.rule));
+    let rule_of = |cc: &[u8; 2]| {
+        p.region_rules
+            .iter()
+            .find(|(r, _)| &r.country == cc)
+            .map(|(_, r)| (r.action, r.rule))
+    };
     assert_eq!(rule_of(b"HU"), Some((action::DENY, rule::COUNTRY)));
     assert_eq!(rule_of(b"CH"), Some((action::ALLOW, rule::COUNTRY)));
     assert_eq!(rule_of(b"DE"), Some((action::ALLOW, rule::GROUP)));
     assert_eq!(rule_of(b"US"), None, "not mentioned: default deny");
     assert!(p.selector.is_match("/llm.slice"));
-    assert!(p.selector.is_match("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234_x.slice"));
-    assert!(!p.selector.is_match("/llm.slice/child"), "a glob matches the path itself; the kernel covers the subtree");
+    assert!(p
+        .selector
+        .is_match("/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1234_x.slice"));
+    assert!(
+        !p.selector.is_match("/llm.slice/child"),
+        "a glob matches the path itself; the kernel covers the subtree"
+    );
     assert!(!p.selector.is_match("/other.slice"));
 }
 
 #[test]
 fn continents_decide_with_the_continent_rule_and_deny_beats_allow() {
-    let text = GOOD.replace("continents: []", "continents: [NA]").replace("countries: [HU]", "countries: [US]");
+    let text = GOOD
+        .replace("continents: []", "continents: [NA]")
+        .replace("countries: [HU]", "countries: [US]");
     let p = compile_text(f(), &text).unwrap().remove(0);
-    let rule_of = |cc: &[u8; 2]| p.region_rules.iter().find(|(r, _)| &r.country == cc).map(|(_, r)| (r.action, r.rule));
+    let rule_of = |cc: &[u8; 2]| {
+        p.region_rules
+            .iter()
+            .find(|(r, _)| &r.country == cc)
+            .map(|(_, r)| (r.action, r.rule))
+    };
     assert_eq!(rule_of(b"CA"), Some((action::ALLOW, rule::CONTINENT)));
     assert_eq!(rule_of(b"US"), Some((action::DENY, rule::COUNTRY)));
     // A continent-only region (country unknown) follows the continent.
@@ -75,29 +92,41 @@ fn errors_name_file_line_and_reason() {
         error_of(&GOOD.replace("\"10.9.0.0/16\"", "\"10.9.0.1/16\"")),
         "p.yaml:15: \"10.9.0.1/16\" has host bits set; did you mean 10.9.0.0/16?"
     );
-    assert!(error_of(&GOOD.replace("\"::1/128\"", "\"::1/129\"")).starts_with("p.yaml:12: \"::1/129\" is not a CIDR"));
+    assert!(error_of(&GOOD.replace("\"::1/128\"", "\"::1/129\""))
+        .starts_with("p.yaml:12: \"::1/129\" is not a CIDR"));
     assert_eq!(
         error_of(&GOOD.replace("groups: [EEA]", "groups: [NATO]")),
         "p.yaml:11: \"NATO\" is not a known group (one of EU EEA EU_ADEQUATE)"
     );
-    assert!(error_of(&GOOD.replace("mode: enforce", "mode: block")).starts_with("p.yaml:5: spec.mode: unknown variant `block`"));
+    assert!(error_of(&GOOD.replace("mode: enforce", "mode: block"))
+        .starts_with("p.yaml:5: spec.mode: unknown variant `block`"));
     let e = error_of(&GOOD.replace("  deny:", "  denny:"));
-    assert!(e.starts_with("p.yaml:13: spec: unknown field `denny`"), "{e}");
+    assert!(
+        e.starts_with("p.yaml:13: spec: unknown field `denny`"),
+        "{e}"
+    );
     assert_eq!(
         error_of(&GOOD.replace("\"/llm.slice\", ", "\"llm.slice\", ")),
         "p.yaml:7: cgroup path \"llm.slice\" must start with '/' (it is relative to the cgroup2 mount)"
     );
-    assert!(error_of(&GOOD.replace("egress-monitor.io/v1", "v2")).starts_with("p.yaml:1: apiVersion is \"v2\""));
-    assert!(error_of(&GOOD.replace("llm-eu-only", "LLM_EU")).starts_with("p.yaml:3: metadata.name \"LLM_EU\""));
+    assert!(error_of(&GOOD.replace("egress-monitor.io/v1", "v2"))
+        .starts_with("p.yaml:1: apiVersion is \"v2\""));
+    assert!(error_of(&GOOD.replace("llm-eu-only", "LLM_EU"))
+        .starts_with("p.yaml:3: metadata.name \"LLM_EU\""));
     assert!(error_of("# nothing\n").contains("no policy in file"));
     assert!(error_of("spec: [").starts_with("p.yaml:1:"));
 }
 
 #[test]
 fn several_documents_in_one_file_keep_their_line_numbers() {
-    let second = GOOD.replace("llm-eu-only", "second").replace("[CH]", "[QQ]");
+    let second = GOOD
+        .replace("llm-eu-only", "second")
+        .replace("[CH]", "[QQ]");
     let text = format!("{GOOD}---\n{second}");
-    assert_eq!(error_of(&text), "p.yaml:25: \"QQ\" is not an ISO 3166-1 alpha-2 country code");
+    assert_eq!(
+        error_of(&text),
+        "p.yaml:25: \"QQ\" is not an ISO 3166-1 alpha-2 country code"
+    );
     let ok = format!("{GOOD}---\n{}", GOOD.replace("llm-eu-only", "second"));
     assert_eq!(compile_text(f(), &ok).unwrap().len(), 2);
     let dup = format!("{GOOD}---\n{GOOD}");

