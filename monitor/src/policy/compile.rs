@@ -97,7 +97,11 @@ pub fn compile(
                 format!("cgroup path {pattern:?} must start with '/' (it is relative to the cgroup2 mount)"),
             ));
         }
-        let glob: Glob = GlobBuilder::new(pattern.trim_end_matches('/'))
+        let trimmed = match pattern.trim_end_matches('/') {
+            "" => "/",
+            t => t,
+        };
+        let glob: Glob = GlobBuilder::new(trimmed)
             .literal_separator(true)
             .build()
             .map_err(|e| {

@@ -55,6 +55,13 @@ fn a_good_policy_compiles_to_region_rules_and_cidrs() {
         "a glob matches the path itself; the kernel covers the subtree"
     );
     assert!(!p.selector.is_match("/other.slice"));
+    let root = compile_text(f(), &GOOD.replace("\"/llm.slice\", ", "\"/\", "))
+        .unwrap()
+        .remove(0);
+    assert!(
+        root.selector.is_match("/"),
+        "\"/\" selects the cgroup2 root"
+    );
 }
 
 #[test]
