@@ -11,6 +11,23 @@ use std::{
 };
 
 fn main() {
+    compile_protos();
+    build_ebpf();
+}
+
+/// The gRPC API, with a descriptor set for the reflection service.
+fn compile_protos() {
+    let out_dir = PathBuf::from(env::var("OUT_DIR").expect("OUT_DIR"));
+    println!("cargo:rerun-if-changed=proto");
+    tonic_prost_build::configure()
+        // JSON output of the CLI (`status -o json`, `policy list -o json`).
+        .type_attribute(".egress_monitor.v1", "#[derive(serde::Serialize)]")
+        .file_descriptor_set_path(out_dir.join("egress_monitor_descriptor.bin"))
+        .compile_protos(&["proto/egress_monitor/v1/egress_monitor.proto"], &["proto"])
+        .expect("compiling proto/egress_monitor/v1/egress_monitor.proto (protoc from Debian's protobuf-compiler; run `cargo xtask setup`)");
+}
+
+fn build_ebpf() {
     let manifest_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = manifest_dir.parent().expect("workspace root").to_path_buf();
     let ebpf_dir = root.join("monitor-ebpf");

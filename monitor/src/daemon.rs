@@ -4,14 +4,15 @@
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, RwLock},
-    time::{Duration, Instant},
+    sync::{atomic::AtomicU64, Arc, Mutex, RwLock},
+    time::{Duration, Instant, SystemTime},
 };
 
 use anyhow::{bail, Context};
 use monitor_common::{PolicyAddr, RegionKey, Selection};
 
 use crate::{
+    api::server::ApiConfig,
     cgroups::{self, PathResolver, Selected},
     events::{self, pipeline::Outlets},
     geo::{self, GeoDb},
@@ -29,6 +30,17 @@ pub struct DaemonConfig {
     pub ring_bytes: u32,
     pub rescan_interval: Duration,
     pub history: usize,
+    pub api: ApiConfig,
+}
+
+/// What the API reads and drives.
+pub struct DaemonState {
+    pub controller: tokio::sync::Mutex<Controller>,
+    pub outlets: Arc<Outlets>,
+    pub started: SystemTime,
+    /// Events stream clients missed because they read too slowly.
+    pub dropped_slow: AtomicU64,
+    pub clients: AtomicU64,
 }
 
 /// Names the event pipeline resolves: policy ids and cgroup ids.
@@ -334,6 +346,19 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
 
     let outlets = Arc::new(Outlets::new(config.history, 4096, config.log_events));
     let pipeline = tokio::spawn(events::pipeline::run(ring, outlets.clone(), resolver));
+    let state = Arc::new(DaemonState {
+        controller: tokio::sync::Mutex::new(controller),
+        outlets,
+        started: SystemTime::now(),
+        dropped_slow: AtomicU64::new(0),
+        clients: AtomicU64::new(0),
+    });
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let mut api = tokio::spawn(crate::api::server::serve(
+        config.api.clone(),
+        state.clone(),
+        shutdown_rx,
+    ));
     let (_watcher, mut changes) = policy::watch::watch(&config.policies)
         .with_context(|| format!("watching policy directory {}", config.policies.display()))?;
     let mut rescan = tokio::time::interval(config.rescan_interval);
@@ -349,15 +374,17 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         tokio::select! {
             Some(()) = changes.recv() => {
                 log::info!("policy directory changed; reloading");
-                if let Err(e) = tokio::task::block_in_place(|| controller.reload_policies()) {
+                let mut c = state.controller.lock().await;
+                if let Err(e) = tokio::task::block_in_place(|| c.reload_policies()) {
                     log::error!("{e:#}");
                 }
             }
             _ = rescan.tick() => {
-                if let Err(e) = tokio::task::block_in_place(|| controller.rescan()) {
+                let mut c = state.controller.lock().await;
+                if let Err(e) = tokio::task::block_in_place(|| c.rescan()) {
                     log::error!("cgroup rescan failed: {e:#}");
                 }
-                let lost = controller.kernel.lost_events();
+                let lost = c.kernel.lost_events();
                 if lost > lost_reported {
                     log::warn!("{} events lost in the kernel (ring buffer full), {lost} in all", lost - lost_reported);
                     lost_reported = lost;
@@ -370,10 +397,19 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
                     Err(e) => bail!("event pipeline panicked: {e}"),
                 }
             }
+            result = &mut api => {
+                match result {
+                    Ok(Ok(())) => bail!("gRPC server ended"),
+                    Ok(Err(e)) => bail!("gRPC server failed: {e:#}"),
+                    Err(e) => bail!("gRPC server panicked: {e}"),
+                }
+            }
             _ = tokio::signal::ctrl_c() => { log::info!("SIGINT: detaching and exiting"); break; }
             _ = sigterm.recv() => { log::info!("SIGTERM: detaching and exiting"); break; }
         }
     }
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
     Ok(())
 }
 

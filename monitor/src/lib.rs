@@ -2,6 +2,7 @@
 //!
 //! Data flows one way: kernel -> events -> (stdout, subscribers);
 //! policy -> kernel.
+pub mod api;
 pub mod cgroups;
 pub mod cli;
 pub mod daemon;

@@ -2,7 +2,13 @@ use std::{path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::Args;
 
-use crate::daemon::{self, DaemonConfig};
+use crate::{
+    api::{
+        auth::{gid_of, AuthConfig},
+        server::{ApiConfig, TlsFiles},
+    },
+    daemon::{self, DaemonConfig},
+};
 
 #[derive(Debug, Args)]
 pub struct DaemonArgs {
@@ -38,6 +44,30 @@ pub struct DaemonArgs {
     /// Events kept in memory for clients asking for recent history.
     #[arg(long, default_value_t = 10_000)]
     pub history: usize,
+    /// The gRPC unix socket [default: STATE_DIR/egress-monitor.sock].
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Group whose members may read events and status over the socket (viewers).
+    #[arg(long)]
+    pub socket_group: Option<String>,
+    /// Group whose members may also reload policies (admins; root always is).
+    #[arg(long)]
+    pub admin_group: Option<String>,
+    /// Also serve gRPC over TCP with TLS on this address (e.g. 0.0.0.0:50051).
+    #[arg(long, requires_all = ["tls_cert", "tls_key", "tls_client_ca"])]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Server certificate (PEM) for --listen.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// Server key (PEM) for --listen.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates are accepted on --listen.
+    #[arg(long)]
+    pub tls_client_ca: Option<PathBuf>,
+    /// Client certificate common name that gets the admin role (repeatable).
+    #[arg(long)]
+    pub tls_admin_name: Vec<String>,
 }
 
 fn ring_size(s: &str) -> Result<u32, String> {
@@ -52,7 +82,33 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     if !(args.rescan_interval > 0.0 && args.rescan_interval <= 3600.0) {
         anyhow::bail!("--rescan-interval must be between 0 and 3600 seconds");
     }
+    let gid = |name: &Option<String>, flag: &str| -> anyhow::Result<Option<u32>> {
+        name.as_deref()
+            .map(|n| gid_of(n).map_err(|e| anyhow::anyhow!("{flag}: {e}")))
+            .transpose()
+    };
+    let api = ApiConfig {
+        socket: args
+            .socket
+            .clone()
+            .unwrap_or_else(|| args.state_dir.join("egress-monitor.sock")),
+        listen: args.listen,
+        tls: match (&args.tls_cert, &args.tls_key, &args.tls_client_ca) {
+            (Some(cert), Some(key), Some(client_ca)) => Some(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: client_ca.clone(),
+            }),
+            _ => None,
+        },
+        auth: AuthConfig {
+            socket_gid: gid(&args.socket_group, "--socket-group")?,
+            admin_gid: gid(&args.admin_group, "--admin-group")?,
+            tls_admin_names: args.tls_admin_name.clone(),
+        },
+    };
     let config = DaemonConfig {
+        api,
         policies: args.policies,
         geoip: args.geoip,
         cgroup_root: args.cgroup_root,

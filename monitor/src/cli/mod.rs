@@ -1,6 +1,9 @@
 //! The command line: one binary, the daemon and its client commands.
 mod daemon;
+mod events;
+mod output;
 mod policy;
+mod status;
 
 use std::process::ExitCode;
 
@@ -21,9 +24,23 @@ pub struct Cli {
 pub enum Command {
     /// Load the programs and policies and run (needs root).
     Daemon(daemon::DaemonArgs),
-    /// Work with policy files.
+    /// Decisions from the daemon: recent ones, or live with --follow.
+    Events(events::EventsArgs),
+    /// The daemon's programs, policies, database and counters.
+    Status(status::StatusArgs),
+    /// Check policy files; list or reload the daemon's policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+}
+
+/// Runs a client command on a small runtime.
+pub fn block_on(
+    f: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
 }
 
 pub fn run(cli: Cli) -> ExitCode {
@@ -32,6 +49,8 @@ pub fn run(cli: Cli) -> ExitCode {
         .init();
     let result = match cli.command {
         Command::Daemon(args) => daemon::run(args),
+        Command::Events(args) => block_on(events::run(args)),
+        Command::Status(args) => block_on(status::run(args)),
         Command::Policy(cmd) => policy::run(cmd),
     };
     match result {

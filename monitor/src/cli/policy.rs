@@ -2,7 +2,12 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Subcommand;
 
+use super::output::Format;
 use crate::{
+    api::{
+        client::{connect, status_error, ConnectArgs},
+        pb,
+    },
     geo::{region_label, GeoDb},
     policy::{self, CompiledPolicy},
 };
@@ -18,11 +23,93 @@ pub enum PolicyCommand {
         #[arg(long, env = "EGRESS_MONITOR_GEOIP")]
         geoip: Option<PathBuf>,
     },
+    /// The policies in force in the daemon, with the cgroups they select.
+    List {
+        #[arg(short, long, value_enum, default_value = "table")]
+        output: Format,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Make the daemon re-read its policy directory now (admin role).
+    Reload {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
 }
 
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         PolicyCommand::Check { paths, geoip } => check(paths, geoip),
+        PolicyCommand::List { output, connect } => super::block_on(list(output, connect)),
+        PolicyCommand::Reload { connect } => super::block_on(reload(connect)),
+    }
+}
+
+async fn list(output: Format, args: ConnectArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args).await?;
+    let r = client
+        .list_policies(pb::ListPoliciesRequest {})
+        .await
+        .map_err(|s| status_error("ListPolicies", s))?
+        .into_inner();
+    if output == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!("policy set generation {}", r.policy_generation);
+        print_policies(&r.policies, &r.rejected_files);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn reload(args: ConnectArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args).await?;
+    let r = client
+        .reload_policies(pb::ReloadPoliciesRequest {})
+        .await
+        .map_err(|s| status_error("ReloadPolicies", s))?
+        .into_inner();
+    println!("policy set generation {} in force", r.policy_generation);
+    print_policies(&r.policies, &r.rejected_files);
+    Ok(if r.rejected_files.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// Policies in force and rejected files, for people.
+pub fn print_policies(policies: &[pb::Policy], rejected: &[pb::RejectedFile]) {
+    println!(
+        "{:<24} {:<8} {:<16} {:<9} {:<5} {:<5} SELECTED CGROUPS",
+        "POLICY", "MODE", "SHA256", "COUNTRIES", "ALLOW", "DENY"
+    );
+    for p in policies {
+        let selected = if p.selected_cgroups.is_empty() {
+            "(none yet)".to_string()
+        } else {
+            p.selected_cgroups.join(", ")
+        };
+        println!(
+            "{:<24} {:<8} {:<16} {:<9} {:<5} {:<5} {}",
+            p.name,
+            p.mode,
+            p.sha256.get(..16).unwrap_or(&p.sha256),
+            p.allowed_countries.len(),
+            p.allow_cidrs,
+            p.deny_cidrs,
+            selected
+        );
+    }
+    for r in rejected {
+        println!(
+            "REJECTED {} ({})",
+            r.error,
+            if r.previous_in_force {
+                "previous version in force"
+            } else {
+                "not in force"
+            }
+        );
     }
 }
 
@@ -69,7 +156,7 @@ fn check(paths: Vec<PathBuf>, geoip: Option<PathBuf>) -> anyhow::Result<ExitCode
     })
 }
 
-fn list(items: &std::collections::BTreeSet<String>) -> String {
+fn join(items: &std::collections::BTreeSet<String>) -> String {
     if items.is_empty() {
         "-".into()
     } else {
@@ -90,7 +177,7 @@ fn print_policy(p: &CompiledPolicy, db: Option<&GeoDb>) {
     println!(
         "  allowed        {} countries: {}",
         p.allowed_countries.len(),
-        list(&p.allowed_countries)
+        join(&p.allowed_countries)
     );
     if !spec.allow.continents.is_empty() {
         println!(
@@ -101,7 +188,7 @@ fn print_policy(p: &CompiledPolicy, db: Option<&GeoDb>) {
     println!(
         "  denied         {} countries: {}",
         p.denied_countries.len(),
-        list(&p.denied_countries)
+        join(&p.denied_countries)
     );
     if !spec.deny.continents.is_empty() {
         println!(

@@ -114,16 +114,16 @@ pub async fn run<N: Names + Send>(
                 stdout_ok = false;
             }
         }
-        {
-            let mut history = outlets.history.lock().unwrap_or_else(|p| p.into_inner());
-            for e in &batch {
+        // History and live stream change together, under one lock, so a
+        // new subscriber sees every event exactly once.
+        let mut history = outlets.history.lock().unwrap_or_else(|p| p.into_inner());
+        for e in batch.drain(..) {
+            if outlets.history_len > 0 {
                 if history.len() == outlets.history_len {
                     history.pop_front();
                 }
                 history.push_back(e.clone());
             }
-        }
-        for e in batch.drain(..) {
             // No subscriber is not an error.
             let _ = outlets.live.send(e);
         }

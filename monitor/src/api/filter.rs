@@ -1,0 +1,191 @@
+//! Server-side event filters, validated once per stream.
+use std::collections::HashSet;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+use ipnetwork::IpNetwork;
+use tonic::Status;
+
+use super::pb;
+use crate::events::Event;
+
+#[derive(Debug, Default)]
+pub struct Filter {
+    verdicts: HashSet<String>,
+    policies: HashSet<String>,
+    cgroups: Option<GlobSet>,
+    cidrs: Vec<IpNetwork>,
+    countries: HashSet<String>,
+    ports: HashSet<u16>,
+    protocols: HashSet<String>,
+    pids: HashSet<u32>,
+    comms: HashSet<String>,
+    uids: HashSet<u32>,
+}
+
+fn bad(field: &str, i: usize, reason: String) -> Status {
+    Status::invalid_argument(format!("filter.{field}[{i}]: {reason}"))
+}
+
+impl Filter {
+    /// Validates a request's filter; errors name the field.
+    pub fn compile(f: pb::EventFilter) -> Result<Self, Status> {
+        let mut out = Filter::default();
+        for (i, v) in f.verdicts.iter().enumerate() {
+            if !["allowed", "denied", "would_deny"].contains(&v.as_str()) {
+                return Err(bad(
+                    "verdicts",
+                    i,
+                    format!("{v:?} is not one of allowed, denied, would_deny"),
+                ));
+            }
+            out.verdicts.insert(v.clone());
+        }
+        out.policies = f.policies.into_iter().collect();
+        if !f.cgroup_globs.is_empty() {
+            let mut b = GlobSetBuilder::new();
+            for (i, g) in f.cgroup_globs.iter().enumerate() {
+                let glob = GlobBuilder::new(g)
+                    .literal_separator(true)
+                    .build()
+                    .map_err(|e| bad("cgroup_globs", i, format!("{g:?}: {e}")))?;
+                b.add(glob);
+            }
+            out.cgroups = Some(
+                b.build()
+                    .map_err(|e| Status::invalid_argument(format!("filter.cgroup_globs: {e}")))?,
+            );
+        }
+        for (i, c) in f.dst_cidrs.iter().enumerate() {
+            let net: IpNetwork = c
+                .parse()
+                .map_err(|e| bad("dst_cidrs", i, format!("{c:?} is not a CIDR: {e}")))?;
+            out.cidrs.push(net);
+        }
+        for (i, c) in f.countries.iter().enumerate() {
+            let up = c.to_ascii_uppercase();
+            if up.len() != 2 || !up.bytes().all(|b| b.is_ascii_uppercase()) {
+                return Err(bad(
+                    "countries",
+                    i,
+                    format!("{c:?} is not a two-letter country code"),
+                ));
+            }
+            out.countries.insert(up);
+        }
+        for (i, p) in f.ports.iter().enumerate() {
+            let port = u16::try_from(*p)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| bad("ports", i, format!("{p} is not a port (1-65535)")))?;
+            out.ports.insert(port);
+        }
+        for (i, p) in f.protocols.iter().enumerate() {
+            let lower = p.to_ascii_lowercase();
+            if lower != "tcp" && lower != "udp" {
+                return Err(bad("protocols", i, format!("{p:?} is not tcp or udp")));
+            }
+            out.protocols.insert(lower);
+        }
+        out.pids = f.pids.into_iter().collect();
+        out.comms = f.comms.into_iter().collect();
+        out.uids = f.uids.into_iter().collect();
+        Ok(out)
+    }
+
+    pub fn matches(&self, e: &Event) -> bool {
+        (self.verdicts.is_empty() || self.verdicts.contains(&e.verdict))
+            && (self.policies.is_empty() || self.policies.contains(&e.policy))
+            && self
+                .cgroups
+                .as_ref()
+                .is_none_or(|g| g.is_match(&e.cgroup_path))
+            && (self.cidrs.is_empty()
+                || e.dst_ip
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|ip| self.cidrs.iter().any(|n| n.contains(ip))))
+            && (self.countries.is_empty() || self.countries.contains(&e.country))
+            && (self.ports.is_empty() || self.ports.contains(&e.dst_port))
+            && (self.protocols.is_empty() || self.protocols.contains(&e.protocol))
+            && (self.pids.is_empty() || self.pids.contains(&e.pid) || self.pids.contains(&e.tgid))
+            && (self.comms.is_empty() || self.comms.contains(&e.comm))
+            && (self.uids.is_empty() || self.uids.contains(&e.uid))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev() -> Event {
+        Event {
+            time: String::new(),
+            unix_nanos: 0,
+            verdict: "denied".into(),
+            policy: "p".into(),
+            rule: "default".into(),
+            hook: "connect4".into(),
+            protocol: "tcp".into(),
+            family: "ipv4".into(),
+            dst_ip: "203.0.113.2".into(),
+            dst_port: 443,
+            country: "US".into(),
+            continent: "NA".into(),
+            pid: 10,
+            tgid: 9,
+            uid: 1000,
+            comm: "curl".into(),
+            cgroup_id: 1,
+            cgroup_path: "/kubepods.slice/pod1/ctr".into(),
+            policy_generation: 1,
+        }
+    }
+
+    fn f(edit: impl FnOnce(&mut pb::EventFilter)) -> Filter {
+        let mut p = pb::EventFilter::default();
+        edit(&mut p);
+        Filter::compile(p).unwrap()
+    }
+
+    #[test]
+    fn each_field_filters() {
+        let e = ev();
+        assert!(f(|_| {}).matches(&e));
+        assert!(f(|p| p.verdicts = vec!["denied".into()]).matches(&e));
+        assert!(!f(|p| p.verdicts = vec!["allowed".into()]).matches(&e));
+        assert!(f(|p| p.cgroup_globs = vec!["/kubepods.slice/**".into()]).matches(&e));
+        assert!(!f(|p| p.cgroup_globs = vec!["/kubepods.slice/*".into()]).matches(&e));
+        assert!(f(|p| p.dst_cidrs = vec!["203.0.113.0/24".into()]).matches(&e));
+        assert!(!f(|p| p.dst_cidrs = vec!["198.51.100.0/24".into()]).matches(&e));
+        assert!(f(|p| p.countries = vec!["us".into()]).matches(&e));
+        assert!(!f(|p| p.ports = vec![80]).matches(&e));
+        assert!(f(|p| p.protocols = vec!["TCP".into()]).matches(&e));
+        assert!(f(|p| p.pids = vec![9]).matches(&e));
+        assert!(!f(|p| p.comms = vec!["wget".into()]).matches(&e));
+        assert!(!f(|p| p.uids = vec![0]).matches(&e));
+        assert!(!f(|p| {
+            p.verdicts = vec!["denied".into()];
+            p.policies = vec!["other".into()];
+        })
+        .matches(&e));
+    }
+
+    #[test]
+    fn bad_filters_name_the_field() {
+        let err = |edit: fn(&mut pb::EventFilter)| {
+            let mut p = pb::EventFilter::default();
+            edit(&mut p);
+            let s = Filter::compile(p).unwrap_err();
+            assert_eq!(s.code(), tonic::Code::InvalidArgument);
+            s.message().to_string()
+        };
+        assert!(
+            err(|p| p.dst_cidrs = vec!["10.0.0.0/8".into(), "nope".into()])
+                .starts_with("filter.dst_cidrs[1]: \"nope\" is not a CIDR")
+        );
+        assert!(err(|p| p.verdicts = vec!["blocked".into()]).starts_with("filter.verdicts[0]"));
+        assert!(err(|p| p.ports = vec![70000]).starts_with("filter.ports[0]: 70000"));
+        assert!(err(|p| p.protocols = vec!["icmp".into()]).starts_with("filter.protocols[0]"));
+        assert!(err(|p| p.countries = vec!["USA".into()]).starts_with("filter.countries[0]"));
+        assert!(err(|p| p.cgroup_globs = vec!["/a/[".into()]).starts_with("filter.cgroup_globs[0]"));
+    }
+}

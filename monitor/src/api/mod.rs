@@ -1,0 +1,68 @@
+//! The gRPC API: generated types, the service, access control, transports,
+//! and the client side the CLI uses.
+pub mod auth;
+pub mod client;
+pub mod filter;
+pub mod server;
+pub mod service;
+
+pub mod pb {
+    tonic::include_proto!("egress_monitor.v1");
+    /// Encoded descriptors, for the reflection service.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        tonic::include_file_descriptor_set!("egress_monitor_descriptor");
+}
+
+use crate::events::Event;
+
+impl From<&Event> for pb::Event {
+    fn from(e: &Event) -> Self {
+        pb::Event {
+            time: e.time.clone(),
+            unix_nanos: e.unix_nanos as i64,
+            verdict: e.verdict.clone(),
+            policy: e.policy.clone(),
+            rule: e.rule.clone(),
+            hook: e.hook.clone(),
+            protocol: e.protocol.clone(),
+            family: e.family.clone(),
+            dst_ip: e.dst_ip.clone(),
+            dst_port: u32::from(e.dst_port),
+            country: e.country.clone(),
+            continent: e.continent.clone(),
+            pid: e.pid,
+            tgid: e.tgid,
+            uid: e.uid,
+            comm: e.comm.clone(),
+            cgroup_id: e.cgroup_id,
+            cgroup_path: e.cgroup_path.clone(),
+            policy_generation: e.policy_generation,
+        }
+    }
+}
+
+impl From<pb::Event> for Event {
+    fn from(e: pb::Event) -> Self {
+        Event {
+            time: e.time,
+            unix_nanos: i128::from(e.unix_nanos),
+            verdict: e.verdict,
+            policy: e.policy,
+            rule: e.rule,
+            hook: e.hook,
+            protocol: e.protocol,
+            family: e.family,
+            dst_ip: e.dst_ip,
+            dst_port: u16::try_from(e.dst_port).unwrap_or(u16::MAX),
+            country: e.country,
+            continent: e.continent,
+            pid: e.pid,
+            tgid: e.tgid,
+            uid: e.uid,
+            comm: e.comm,
+            cgroup_id: e.cgroup_id,
+            cgroup_path: e.cgroup_path,
+            policy_generation: e.policy_generation,
+        }
+    }
+}

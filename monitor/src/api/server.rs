@@ -1,0 +1,154 @@
+//! Transports: a unix socket (default) and TCP with TLS and client
+//! certificates (optional), both with the health and reflection services.
+use std::{
+    net::SocketAddr,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
+
+use anyhow::Context;
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+use super::{auth::AuthConfig, pb, service::Service};
+use crate::daemon::DaemonState;
+
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub socket: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub tls: Option<TlsFiles>,
+    pub auth: AuthConfig,
+}
+
+fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("reading TLS {what} {}", path.display()))
+}
+
+async fn services(
+    state: Arc<DaemonState>,
+    auth: Arc<AuthConfig>,
+) -> anyhow::Result<(
+    pb::egress_monitor_server::EgressMonitorServer<Service>,
+    tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
+    tonic_reflection::server::v1::ServerReflectionServer<
+        impl tonic_reflection::server::v1::ServerReflection,
+    >,
+    tonic_reflection::server::v1alpha::ServerReflectionServer<
+        impl tonic_reflection::server::v1alpha::ServerReflection,
+    >,
+)> {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    reporter
+        .set_serving::<pb::egress_monitor_server::EgressMonitorServer<Service>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let service = pb::egress_monitor_server::EgressMonitorServer::new(Service { state, auth });
+    Ok((service, health, reflection_v1, reflection_v1alpha))
+}
+
+/// Binds the unix socket (mode 0660, group = socket group) and, when asked,
+/// the TLS listener; serves until `shutdown` resolves.
+pub async fn serve(
+    config: ApiConfig,
+    state: Arc<DaemonState>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let auth = Arc::new(config.auth.clone());
+    if let Some(parent) = config.socket.parent() {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match std::fs::remove_file(&config.socket) {
+        Ok(()) => log::info!("removed stale socket {}", config.socket.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e)
+                .with_context(|| format!("removing stale socket {}", config.socket.display()))
+        }
+    }
+    let listener = tokio::net::UnixListener::bind(&config.socket)
+        .with_context(|| format!("binding the API socket {}", config.socket.display()))?;
+    std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod 0660 {}", config.socket.display()))?;
+    if let Some(gid) = config.auth.socket_gid {
+        std::os::unix::fs::chown(&config.socket, Some(0), Some(gid))
+            .with_context(|| format!("chown {} to group {gid}", config.socket.display()))?;
+    }
+    log::info!("gRPC API on unix socket {}", config.socket.display());
+
+    let (svc, health, refl1, refl1a) = services(state.clone(), auth.clone()).await?;
+    let mut shutdown_unix = shutdown.clone();
+    let unix = Server::builder()
+        .add_service(svc)
+        .add_service(health)
+        .add_service(refl1)
+        .add_service(refl1a)
+        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+            let _ = shutdown_unix.wait_for(|s| *s).await;
+        });
+
+    let tcp = match (&config.listen, &config.tls) {
+        (Some(addr), Some(tls)) => {
+            let identity =
+                Identity::from_pem(read(&tls.cert, "certificate")?, read(&tls.key, "key")?);
+            let tls_config = ServerTlsConfig::new()
+                .identity(identity)
+                .client_ca_root(Certificate::from_pem(read(&tls.client_ca, "client CA")?))
+                // A connection without a certificate completes the handshake
+                // so that its calls get a clear UNAUTHENTICATED; one with a
+                // certificate from another CA is refused in the handshake.
+                .client_auth_optional(true);
+            let (svc, health, refl1, refl1a) = services(state, auth).await?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding {addr}"))?;
+            log::info!(
+                "gRPC API on {} (TLS, client certificates)",
+                listener.local_addr()?
+            );
+            let mut shutdown_tcp = shutdown.clone();
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            Some(
+                Server::builder()
+                    .tls_config(tls_config)?
+                    .add_service(svc)
+                    .add_service(health)
+                    .add_service(refl1)
+                    .add_service(refl1a)
+                    .serve_with_incoming_shutdown(incoming, async move {
+                        let _ = shutdown_tcp.wait_for(|s| *s).await;
+                    }),
+            )
+        }
+        (Some(_), None) => {
+            anyhow::bail!("--listen needs --tls-cert, --tls-key and --tls-client-ca")
+        }
+        _ => None,
+    };
+    match tcp {
+        Some(tcp) => {
+            let (a, b) = tokio::join!(unix, tcp);
+            a.context("unix socket server")?;
+            b.context("TLS server")?;
+        }
+        None => unix.await.context("unix socket server")?,
+    }
+    let _ = std::fs::remove_file(&config.socket);
+    Ok(())
+}

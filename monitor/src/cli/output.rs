@@ -1,0 +1,124 @@
+//! Output for people (aligned tables, colour on a terminal only) and for
+//! machines (JSON lines with the daemon's --log-events keys).
+use std::io::IsTerminal;
+
+use crate::{api::pb, events::Event};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+pub struct Printer {
+    format: Format,
+    colour: bool,
+    header_done: bool,
+}
+
+const COLUMNS: [(&str, usize); 8] = [
+    ("TIME", 24),
+    ("VERDICT", 10),
+    ("PROCESS", 22),
+    ("CGROUP", 32),
+    ("DESTINATION", 30),
+    ("COUNTRY", 7),
+    ("RULE", 9),
+    ("POLICY", 0),
+];
+
+/// Keeps the end of a long value (the interesting part of a cgroup path).
+fn fit(s: &str, width: usize) -> String {
+    let n = s.chars().count();
+    if width == 0 || n <= width {
+        return s.to_string();
+    }
+    let tail: String = s.chars().skip(n - (width - 1)).collect();
+    format!("…{tail}")
+}
+
+impl Printer {
+    pub fn new(format: Format) -> Self {
+        Self {
+            format,
+            colour: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
+            header_done: false,
+        }
+    }
+
+    fn header(&mut self) {
+        if self.header_done || self.format != Format::Table {
+            return;
+        }
+        self.header_done = true;
+        let cells: Vec<String> = COLUMNS
+            .iter()
+            .map(|(h, w)| format!("{h:<w$}", w = *w))
+            .collect();
+        println!("{}", cells.join(" ").trim_end());
+    }
+
+    pub fn event(&mut self, e: pb::Event) {
+        match self.format {
+            Format::Json => {
+                let e = Event::from(e);
+                println!("{}", serde_json::to_string(&e).unwrap_or_default());
+            }
+            Format::Table => {
+                self.header();
+                let time = e
+                    .time
+                    .get(..23)
+                    .map(|t| format!("{t}Z"))
+                    .unwrap_or(e.time.clone());
+                let process = format!("{}[{}]", e.comm, e.tgid);
+                let dst = if e.dst_ip.contains(':') {
+                    format!("[{}]:{}/{}", e.dst_ip, e.dst_port, e.protocol)
+                } else {
+                    format!("{}:{}/{}", e.dst_ip, e.dst_port, e.protocol)
+                };
+                let country = if e.country.is_empty() {
+                    "-".to_string()
+                } else {
+                    e.country.clone()
+                };
+                let values = [
+                    time,
+                    e.verdict.clone(),
+                    process,
+                    e.cgroup_path.clone(),
+                    dst,
+                    country,
+                    e.rule.clone(),
+                    e.policy.clone(),
+                ];
+                let mut line = String::new();
+                for (i, ((_, w), v)) in COLUMNS.iter().zip(values.iter()).enumerate() {
+                    let cell = format!("{:<w$}", fit(v, *w), w = *w);
+                    let cell = if i == 1 && self.colour {
+                        let code = match e.verdict.as_str() {
+                            "denied" => "31",
+                            "would_deny" => "33",
+                            _ => "32",
+                        };
+                        format!("\x1b[{code}m{cell}\x1b[0m")
+                    } else {
+                        cell
+                    };
+                    line.push_str(&cell);
+                    line.push(' ');
+                }
+                println!("{}", line.trim_end());
+            }
+        }
+    }
+
+    pub fn gap(&mut self, missed: u64) {
+        match self.format {
+            Format::Json => println!("{}", serde_json::json!({"gap": {"missed": missed}})),
+            Format::Table => {
+                println!("--- {missed} events missed: this client read too slowly ---")
+            }
+        }
+    }
+}

@@ -1,0 +1,56 @@
+use std::process::ExitCode;
+
+use clap::Args;
+
+use super::output::Format;
+use crate::api::client::{connect, status_error, ConnectArgs};
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Format,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.connect).await?;
+    let s = client
+        .get_status(crate::api::pb::GetStatusRequest {})
+        .await
+        .map_err(|s| status_error("GetStatus", s))?
+        .into_inner();
+    if args.output == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!(
+        "egress-monitor {}  kernel {}  up {}s (since {})",
+        s.version, s.kernel, s.uptime_seconds, s.started_at
+    );
+    println!("cgroup root     {}", s.cgroup_root);
+    let progs: Vec<String> = s
+        .programs
+        .iter()
+        .map(|p| format!("{} (id {})", p.hook, p.program_id))
+        .collect();
+    println!("programs        {}", progs.join(", "));
+    if let Some(g) = &s.geoip {
+        println!(
+            "geoip           {} ({}, schema {}, built {}), {} prefixes, sha256 {}",
+            g.path, g.database_type, g.schema, g.build_time, g.prefixes, g.sha256
+        );
+    }
+    if let Some(c) = &s.counters {
+        println!(
+            "events          allowed {}  denied {}  would_deny {}  lost in kernel {}  undecodable {}  missed by slow clients {}  stream clients {}",
+            c.allowed, c.denied, c.would_deny, c.lost_in_kernel, c.undecodable, c.dropped_slow_clients, c.stream_clients
+        );
+    }
+    println!(
+        "policies        generation {} from {}",
+        s.policy_generation, s.policy_dir
+    );
+    super::policy::print_policies(&s.policies, &s.rejected_files);
+    Ok(ExitCode::SUCCESS)
+}
