@@ -128,6 +128,7 @@ pub struct TestEnv {
 
 impl TestEnv {
     /// Network namespace, veth, cgroups and test database; no daemon yet.
+    #[allow(clippy::new_without_default)] // it creates kernel objects
     pub fn new() -> Self {
         require_root();
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
@@ -146,6 +147,12 @@ impl TestEnv {
             seen: Vec::new(),
             log: Arc::new(Mutex::new(String::new())),
         };
+        // Traversable by the unprivileged users of the access tests.
+        std::fs::set_permissions(
+            env.dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
         env.setup_network();
         for sub in ["", "sel", "unsel"] {
             std::fs::create_dir_all(env.cgroup_root.join(sub)).expect("create test cgroup");
@@ -205,6 +212,39 @@ impl TestEnv {
             "test server did not start: {line}"
         );
         self.server = Some(server);
+    }
+
+    /// The daemon's gRPC socket.
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("state/egress-monitor.sock")
+    }
+
+    /// Runs the CLI against this daemon's socket.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(daemon_bin())
+            .args(args)
+            .arg("--socket")
+            .arg(self.socket())
+            .output()
+            .expect("run CLI")
+    }
+
+    /// A gRPC client on this daemon's socket.
+    pub async fn client(
+        &self,
+    ) -> monitor::api::pb::egress_monitor_client::EgressMonitorClient<tonic::transport::Channel>
+    {
+        let args = monitor::api::client::ConnectArgs {
+            socket: self.socket(),
+            server: None,
+            tls_ca: None,
+            tls_cert: None,
+            tls_key: None,
+            tls_server_name: None,
+        };
+        monitor::api::client::connect(&args)
+            .await
+            .expect("connect to the daemon socket")
     }
 
     pub fn policy_dir(&self) -> PathBuf {
@@ -438,6 +478,20 @@ impl Drop for TestEnv {
             }
         }
     }
+}
+
+/// A tool of the test virtualenv (`cargo xtask setup` makes it).
+pub fn venv_bin(name: &str) -> PathBuf {
+    let venv = std::env::var_os("EGRESS_MONITOR_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/venv"));
+    let bin = venv.join("bin").join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo xtask setup`",
+        bin.display()
+    );
+    bin
 }
 
 /// Field accessors for events.

@@ -133,6 +133,23 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             build()?;
             let filter: Vec<String> = filter.into_iter().collect();
+            run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+            run(cargo().args([
+                "clippy",
+                "--release",
+                "-p",
+                "monitor",
+                "-p",
+                "monitor-common",
+                "-p",
+                "integration-tests",
+                "-p",
+                "xtask",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ]))?;
             // Unit tests and the policy files (no privileges needed).
             run(cargo()
                 .args([
@@ -159,6 +176,7 @@ fn main() -> anyhow::Result<()> {
                     root().join("target/release/egress-monitor"),
                 )
                 .env("EGRESS_MONITOR_GEOIP", geoip_path())
+                .env("EGRESS_MONITOR_VENV", setup::venv())
                 .args([
                     "test",
                     "--release",

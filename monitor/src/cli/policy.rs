@@ -227,7 +227,7 @@ fn print_policy(p: &CompiledPolicy, db: Option<&GeoDb>) {
     }
     let total: usize = per_region.values().sum();
     n_default += total - n_allowed - n_denied;
-    allowed.sort_by(|a, b| b.1.cmp(&a.1));
+    allowed.sort_by_key(|(_, n)| std::cmp::Reverse(*n));
     println!(
         "  geo prefixes   {total} in {}: {n_allowed} allowed, {n_denied} denied explicitly, {n_default} denied by default",
         db.identity.path.display()

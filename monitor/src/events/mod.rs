@@ -272,7 +272,7 @@ mod tests {
         assert_eq!(ev.family, "ipv6");
         assert_eq!(ev.time, "2023-11-14T22:13:20.000000005Z");
         assert_eq!(
-            (ev.verdict, ev.rule, ev.hook),
+            (ev.verdict.as_str(), ev.rule.as_str(), ev.hook.as_str()),
             ("would_deny", "default", "connect6")
         );
         assert_eq!(

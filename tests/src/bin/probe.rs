@@ -5,6 +5,7 @@
 //! probe udp ADDR PORT                     unconnected sendto
 //! probe udp-pktinfo ADDR PORT             connect, then sendmsg without a
 //!                                         destination but with IP(V6)_PKTINFO
+//! probe udp-burst ADDR PORT COUNT        COUNT unconnected sends, paced
 //! probe serve PORT SECONDS                TCP accept + UDP receive on [::]
 use std::{
     io::Write,
@@ -119,6 +120,22 @@ fn main() {
             )
         }
         Some("udp-pktinfo") => report(udp_pktinfo(target())),
+        Some("udp-burst") => {
+            let addr = target();
+            let count: usize = args[3].parse().expect("count");
+            let result = UdpSocket::bind(unspecified_for(&addr)).and_then(|s| {
+                for i in 0..count {
+                    s.send_to(b"burst", addr)?;
+                    // About 50,000 a second: a flood, but one a reading
+                    // client keeps up with.
+                    if i % 100 == 99 {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                Ok(())
+            });
+            report(result)
+        }
         Some("serve") => {
             if let Err(e) = serve(
                 args[1].parse().expect("port"),

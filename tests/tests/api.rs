@@ -1,0 +1,769 @@
+//! The gRPC API and the CLI against the real daemon: real clients (our CLI,
+//! grpcurl through reflection, a Python client generated from the proto),
+//! server-side filters, slow clients, access control.
+use std::{path::Path, process::Command, time::Duration};
+
+use integration_tests::*;
+use monitor::api::pb::{self, stream_events_response::Item};
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn start(mode: &str, extra: &[&str]) -> TestEnv {
+    let mut env = TestEnv::new();
+    env.write_policy(
+        "p.yaml",
+        &env.policy("eu-only", mode, "sel", "  allow:\n    countries: [DE]\n"),
+    );
+    env.start_daemon(extra);
+    env
+}
+
+fn lines(out: &std::process::Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "CLI failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// An analyst watches denied connections to one country, from the CLI, in
+/// table and JSON form, with the daemon's JSON keys.
+#[test]
+fn cli_shows_denied_connections_to_a_country() {
+    let mut env = start("enforce", &[]);
+    let port = PORT.to_string();
+    let denied = env.probe("sel", &["tcp", US_V4, &port]);
+    let allowed = env.probe("sel", &["tcp", DE_V4, &port]);
+    assert!(!denied.ok && allowed.ok);
+    env.expect_event("both", WAIT, |e| e["tgid"].as_u64() == Some(allowed.pid));
+    let got = lines(&env.cli(&[
+        "events",
+        "--last",
+        "50",
+        "-o",
+        "json",
+        "--verdict",
+        "denied",
+        "--country",
+        "US",
+    ]));
+    assert_eq!(got.len(), 1, "{got:?}");
+    let from_log = env
+        .seen
+        .iter()
+        .find(|e| e["tgid"].as_u64() == Some(denied.pid))
+        .unwrap()
+        .clone();
+    assert_eq!(
+        got[0], from_log,
+        "the CLI's JSON is the daemon's --log-events JSON"
+    );
+
+    let table = env.cli(&["events", "--last", "50", "--verdict", "denied"]);
+    let text = String::from_utf8_lossy(&table.stdout);
+    let mut rows = text.lines();
+    let header = rows.next().unwrap();
+    for col in [
+        "TIME",
+        "VERDICT",
+        "PROCESS",
+        "CGROUP",
+        "DESTINATION",
+        "COUNTRY",
+        "RULE",
+        "POLICY",
+    ] {
+        assert!(header.contains(col), "{header}");
+    }
+    let row = rows.next().expect("one row");
+    assert!(
+        row.contains("denied")
+            && row.contains(&format!("probe[{}]", denied.pid))
+            && row.contains(&format!("{US_V4}:{PORT}/tcp")),
+        "{row}"
+    );
+    assert!(
+        !row.contains('\x1b'),
+        "no colour when stdout is not a terminal"
+    );
+    assert!(rows.next().is_none());
+
+    // Live: a follower sees a new denial as it happens.
+    let mut follower = Command::new(daemon_bin())
+        .args([
+            "events",
+            "--follow",
+            "-o",
+            "json",
+            "--verdict",
+            "denied",
+            "--socket",
+        ])
+        .arg(env.socket())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let again = env.probe("sel", &["udp", US_V6, &port]);
+    assert!(!again.ok);
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead;
+        for l in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            let _ = tx.send(l);
+        }
+    });
+    let line = rx.recv_timeout(WAIT).expect("live event");
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["tgid"].as_u64(), Some(again.pid));
+    assert_eq!(s(&v, "hook"), "sendmsg6");
+    let _ = follower.kill();
+    let _ = follower.wait();
+
+    // Status and policies.
+    let status = env.cli(&["status", "-o", "json"]);
+    let st: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(st["counters"]["denied"].as_u64(), Some(2));
+    assert_eq!(st["programs"].as_array().unwrap().len(), 4);
+    assert_eq!(st["policies"][0]["name"], "eu-only");
+    assert_eq!(st["policies"][0]["sha256"].as_str().unwrap().len(), 64);
+    assert_eq!(st["geoip"]["sha256"].as_str().unwrap().len(), 64);
+    let list = env.cli(&["policy", "list"]);
+    let text = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        text.contains("eu-only") && text.contains(&env.rel("sel")),
+        "{text}"
+    );
+}
+
+/// A malformed request is INVALID_ARGUMENT naming the field.
+#[test]
+fn malformed_requests_are_invalid_argument_naming_the_field() {
+    let env = start("enforce", &[]);
+    let out = env.cli(&[
+        "events",
+        "--to-cidr",
+        "10.0.0.0/8",
+        "--to-cidr",
+        "not-a-cidr",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("InvalidArgument: filter.dst_cidrs[1]: \"not-a-cidr\" is not a CIDR"),
+        "{err}"
+    );
+    let out = env.cli(&["events", "--port", "0"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("InvalidArgument: filter.ports[0]"));
+    rt().block_on(async {
+        let mut c = env.client().await;
+        let e = c
+            .check_policy(pb::CheckPolicyRequest {
+                text: " ".into(),
+                file_name: String::new(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with("text: empty"), "{}", e.message());
+        let e = c
+            .stream_events(pb::StreamEventsRequest {
+                filter: None,
+                last: 1_000_000,
+                follow: false,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(e.message().starts_with("last:"));
+        // A bad policy is a valid question with a negative answer.
+        let r = c
+            .check_policy(pb::CheckPolicyRequest {
+                text: "apiVersion: egress-monitor.io/v1\nkind: Nope\n".into(),
+                file_name: "x.yaml".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!r.valid);
+        assert!(r.error.starts_with("x.yaml:"), "{}", r.error);
+    });
+}
+
+/// grpcurl, with nothing but reflection: list, health, status, and a
+/// filtered stream of denied events.
+#[test]
+fn grpcurl_works_through_reflection() {
+    let mut env = start("enforce", &[]);
+    let p = env.probe("sel", &["tcp", US_V4, &PORT.to_string()]);
+    assert!(!p.ok);
+    env.expect_event("denied", WAIT, |e| e["tgid"].as_u64() == Some(p.pid));
+    let grpcurl = |args: &[&str]| {
+        let out = Command::new(venv_bin("grpcurl"))
+            .args([
+                "-plaintext",
+                "-unix",
+                "-authority",
+                "localhost",
+                "-max-time",
+                "10",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "grpcurl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let sock = env.socket();
+    let sock = sock.to_str().unwrap();
+    let services = grpcurl(&[sock, "list"]);
+    assert!(
+        services.contains("egress_monitor.v1.EgressMonitor")
+            && services.contains("grpc.health.v1.Health"),
+        "{services}"
+    );
+    let health = grpcurl(&[sock, "grpc.health.v1.Health/Check"]);
+    assert!(health.contains("\"SERVING\""), "{health}");
+    let health = grpcurl(&[
+        "-d",
+        r#"{"service":"egress_monitor.v1.EgressMonitor"}"#,
+        sock,
+        "grpc.health.v1.Health/Check",
+    ]);
+    assert!(health.contains("\"SERVING\""), "{health}");
+    let status: Value = serde_json::from_str(&grpcurl(&[
+        sock,
+        "egress_monitor.v1.EgressMonitor/GetStatus",
+    ]))
+    .unwrap();
+    assert_eq!(status["counters"]["denied"], "1", "{status}");
+    let stream = grpcurl(&[
+        "-d",
+        r#"{"filter":{"verdicts":["denied"],"countries":["US"]},"last":10}"#,
+        sock,
+        "egress_monitor.v1.EgressMonitor/StreamEvents",
+    ]);
+    let v: Value = serde_json::from_str(&stream).unwrap();
+    assert_eq!(v["event"]["dstIp"], US_V4);
+    assert_eq!(v["event"]["verdict"], "denied");
+}
+
+/// A Python client generated from our proto by grpcio-tools.
+#[test]
+fn generated_python_client_works() {
+    let mut env = start("enforce", &[]);
+    let p = env.probe("sel", &["tcp", US_V6, &PORT.to_string()]);
+    assert!(!p.ok);
+    assert!(env.probe("sel", &["tcp", DE_V4, &PORT.to_string()]).ok);
+    env.expect_event("denied", WAIT, |e| e["tgid"].as_u64() == Some(p.pid));
+    let out_dir = tempfile::tempdir().unwrap();
+    let proto = Path::new(env!("CARGO_MANIFEST_DIR")).join("../monitor/proto");
+    let out = Command::new(venv_bin("python"))
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("python/client.py"))
+        .arg(&proto)
+        .arg(env.socket())
+        .arg(out_dir.path())
+        .arg("US")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "python client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["programs"].as_array().unwrap().len(), 4);
+    assert_eq!(v["policies"], serde_json::json!(["eu-only"]));
+    assert_eq!(v["denied"], 1);
+    let events = v["events"].as_array().unwrap();
+    assert_eq!(events.len(), 1, "{v}");
+    assert_eq!(events[0]["dst_ip"], US_V6);
+    assert_eq!(v["bad_request"]["code"], "INVALID_ARGUMENT");
+}
+
+/// Every filter is applied by the server: the client receives exactly the
+/// matching events and nothing else.
+#[test]
+fn filters_are_applied_on_the_server() {
+    let mut env = start("monitor", &[]);
+    std::fs::create_dir_all(env.cgroup("sel/other")).unwrap();
+    let mut pids = Vec::new();
+    for (cg, proto, addr, port) in [
+        ("sel", "tcp", US_V4, PORT),
+        ("sel", "udp", US_V4, 8081),
+        ("sel", "tcp", DE_V4, PORT),
+        ("sel/other", "tcp", US_V6, PORT),
+        ("sel/other", "udp", DE_V6, 8081),
+    ] {
+        let p = env.probe(cg, &[proto, addr, &port.to_string()]);
+        assert!(p.ok, "monitor mode: {:?}", p.raw);
+        pids.push(p.pid);
+    }
+    let last = pids[4];
+    env.expect_event("all five", WAIT, |e| e["tgid"].as_u64() == Some(last));
+    let ours = |f: &pb::EventFilter| {
+        let mut f = f.clone();
+        f.pids = pids.iter().map(|p| *p as u32).collect();
+        f
+    };
+    rt().block_on(async {
+        let mut c = env.client().await;
+        let other = env.rel("sel/other");
+        let cases: Vec<(&str, pb::EventFilter, usize)> = vec![
+            (
+                "verdict",
+                pb::EventFilter {
+                    verdicts: vec!["would_deny".into()],
+                    ..Default::default()
+                },
+                3,
+            ),
+            (
+                "verdict allowed",
+                pb::EventFilter {
+                    verdicts: vec!["allowed".into()],
+                    ..Default::default()
+                },
+                2,
+            ),
+            (
+                "policy",
+                pb::EventFilter {
+                    policies: vec!["eu-only".into()],
+                    ..Default::default()
+                },
+                5,
+            ),
+            (
+                "no such policy",
+                pb::EventFilter {
+                    policies: vec!["nope".into()],
+                    ..Default::default()
+                },
+                0,
+            ),
+            (
+                "cgroup glob",
+                pb::EventFilter {
+                    cgroup_globs: vec![format!("{}/*", env.rel("sel"))],
+                    ..Default::default()
+                },
+                2,
+            ),
+            (
+                "cgroup exact",
+                pb::EventFilter {
+                    cgroup_globs: vec![other.clone()],
+                    ..Default::default()
+                },
+                2,
+            ),
+            (
+                "cidr",
+                pb::EventFilter {
+                    dst_cidrs: vec!["203.0.113.0/24".into()],
+                    ..Default::default()
+                },
+                2,
+            ),
+            (
+                "cidr v6",
+                pb::EventFilter {
+                    dst_cidrs: vec!["2001:db8::/32".into()],
+                    ..Default::default()
+                },
+                2,
+            ),
+            (
+                "country",
+                pb::EventFilter {
+                    countries: vec!["DE".into()],
+                    ..Default::default()
+                },
+                2,
+            ),
+            (
+                "port",
+                pb::EventFilter {
+                    ports: vec![8081],
+                    ..Default::default()
+                },
+                2,
+            ),
+            (
+                "protocol",
+                pb::EventFilter {
+                    protocols: vec!["udp".into()],
+                    ..Default::default()
+                },
+                2,
+            ),
+            (
+                "comm",
+                pb::EventFilter {
+                    comms: vec!["probe".into()],
+                    ..Default::default()
+                },
+                5,
+            ),
+            (
+                "other comm",
+                pb::EventFilter {
+                    comms: vec!["curl".into()],
+                    ..Default::default()
+                },
+                0,
+            ),
+            (
+                "uid",
+                pb::EventFilter {
+                    uids: vec![0],
+                    ..Default::default()
+                },
+                5,
+            ),
+            (
+                "other uid",
+                pb::EventFilter {
+                    uids: vec![1000],
+                    ..Default::default()
+                },
+                0,
+            ),
+            (
+                "combined",
+                pb::EventFilter {
+                    countries: vec!["US".into()],
+                    protocols: vec!["tcp".into()],
+                    ..Default::default()
+                },
+                2,
+            ),
+        ];
+        for (what, filter, expected) in cases {
+            let filter = ours(&filter);
+            let req = pb::StreamEventsRequest {
+                filter: Some(filter.clone()),
+                last: 1000,
+                follow: false,
+            };
+            let mut stream = c.stream_events(req).await.unwrap().into_inner();
+            let mut got = Vec::new();
+            while let Some(msg) = stream.message().await.unwrap() {
+                match msg.item {
+                    Some(Item::Event(e)) => got.push(e),
+                    other => panic!("{what}: unexpected {other:?}"),
+                }
+            }
+            assert_eq!(got.len(), expected, "{what}: {got:#?}");
+            let check = monitor::api::filter::Filter::compile(filter).unwrap();
+            for e in got {
+                assert!(
+                    check.matches(&e.into()),
+                    "{what}: a non-matching event arrived"
+                );
+            }
+        }
+        // Only one pid: the filter matches pid or tgid.
+        let req = pb::StreamEventsRequest {
+            filter: Some(pb::EventFilter {
+                pids: vec![pids[0] as u32],
+                ..Default::default()
+            }),
+            last: 1000,
+            follow: false,
+        };
+        let mut stream = c.stream_events(req).await.unwrap().into_inner();
+        let mut n = 0;
+        while let Some(msg) = stream.message().await.unwrap() {
+            if let Some(Item::Event(e)) = msg.item {
+                assert_eq!(u64::from(e.tgid), pids[0]);
+                n += 1;
+            }
+        }
+        assert_eq!(n, 1);
+    });
+}
+
+/// A stalled client misses events and is told how many, while another
+/// client receives every one of them.
+#[test]
+fn a_stalled_client_gets_a_gap_and_does_not_slow_others() {
+    const BURST: u64 = 20_000;
+    let env = start("monitor", &["--ring-buffer-bytes", "16777216"]);
+    rt().block_on(async {
+        let mut reader = env.client().await;
+        let mut staller = env.client().await;
+        let filter = pb::EventFilter {
+            protocols: vec!["udp".into()],
+            dst_cidrs: vec![format!("{DE_V4}/32")],
+            ..Default::default()
+        };
+        let req = pb::StreamEventsRequest {
+            filter: Some(filter),
+            last: 0,
+            follow: true,
+        };
+        let mut live = reader
+            .stream_events(req.clone())
+            .await
+            .unwrap()
+            .into_inner();
+        let mut stalled = staller.stream_events(req).await.unwrap().into_inner();
+
+        let counter = tokio::spawn(async move {
+            let mut events = 0u64;
+            let mut gaps = 0u64;
+            while events < BURST {
+                match tokio::time::timeout(Duration::from_secs(20), live.message()).await {
+                    Ok(Ok(Some(m))) => match m.item {
+                        Some(Item::Event(_)) => events += 1,
+                        Some(Item::Gap(g)) => gaps += g.missed,
+                        None => {}
+                    },
+                    _ => break,
+                }
+            }
+            (events, gaps)
+        });
+        let probe_env = &env;
+        let p = tokio::task::block_in_place(|| {
+            probe_env.probe("sel", &["udp-burst", DE_V4, "8081", &BURST.to_string()])
+        });
+        assert!(p.ok, "{:?}", p.raw);
+        let (events, gaps) = counter.await.unwrap();
+        assert_eq!(
+            (events, gaps),
+            (BURST, 0),
+            "the reading client got every event"
+        );
+
+        // Now the stalled client reads: what it got plus what it was told it
+        // missed is exactly the burst.
+        let mut events = 0u64;
+        let mut missed = 0u64;
+        while events + missed < BURST {
+            match tokio::time::timeout(Duration::from_secs(5), stalled.message()).await {
+                Ok(Ok(Some(m))) => match m.item {
+                    Some(Item::Event(_)) => events += 1,
+                    Some(Item::Gap(g)) => missed += g.missed,
+                    None => {}
+                },
+                other => panic!(
+                    "stalled stream ended early after {events} events, {missed} missed: {other:?}"
+                ),
+            }
+        }
+        assert!(
+            missed > 0,
+            "a stalled client must miss events; got all {events}"
+        );
+        assert_eq!(events + missed, BURST);
+        let status = reader
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        let c = status.counters.unwrap();
+        assert!(c.dropped_slow_clients >= missed, "{c:?}");
+        assert_eq!(c.lost_in_kernel, 0, "{c:?}");
+    });
+}
+
+fn as_user(uid: u32, gid: u32, args: &[&str], env: &TestEnv) -> std::process::Output {
+    Command::new("setpriv")
+        .args([
+            "--reuid",
+            &uid.to_string(),
+            "--regid",
+            &gid.to_string(),
+            "--clear-groups",
+        ])
+        .arg(daemon_bin())
+        .args(args)
+        .arg("--socket")
+        .arg(env.socket())
+        .output()
+        .unwrap()
+}
+
+/// The unix socket: a user outside its group is refused; a member of the
+/// socket group is a viewer and may not reload; root is an admin.
+#[test]
+fn unix_socket_roles() {
+    let env = start("enforce", &["--socket-group", "nogroup"]);
+    let mode = std::fs::metadata(env.socket()).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o660
+    );
+
+    let out = as_user(1, 1, &["status"], &env);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot connect to") && err.contains("Permission denied"),
+        "{err}"
+    );
+
+    let out = as_user(65534, 65534, &["status"], &env);
+    assert!(
+        out.status.success(),
+        "viewer status: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = as_user(65534, 65534, &["policy", "reload"], &env);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ReloadPolicies: PermissionDenied: ReloadPolicies needs the admin role"),
+        "{err}"
+    );
+
+    let out = env.cli(&["policy", "reload"]);
+    assert!(
+        out.status.success(),
+        "root reload: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("policy set generation 2 in force"));
+}
+
+struct Pki {
+    dir: tempfile::TempDir,
+}
+
+impl Pki {
+    fn new() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let write = |name: &str, text: String| std::fs::write(dir.path().join(name), text).unwrap();
+        let ca = |cn: &str| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = params.self_signed(&key).unwrap();
+            (cert, key)
+        };
+        let (ca_cert, ca_key) = ca("egress-monitor test CA");
+        let (rogue_cert, rogue_key) = ca("rogue CA");
+        write("ca.pem", ca_cert.pem());
+        let leaf = |name: &str,
+                    cn: &str,
+                    sans: Vec<String>,
+                    issuer: &rcgen::Certificate,
+                    issuer_key: &KeyPair| {
+            let key = KeyPair::generate().unwrap();
+            let mut params = CertificateParams::new(sans).unwrap();
+            params.distinguished_name.push(DnType::CommonName, cn);
+            let cert = params.signed_by(&key, issuer, issuer_key).unwrap();
+            write(&format!("{name}.pem"), cert.pem());
+            write(&format!("{name}.key"), key.serialize_pem());
+        };
+        leaf(
+            "server",
+            "localhost",
+            vec!["localhost".into()],
+            &ca_cert,
+            &ca_key,
+        );
+        leaf("admin", "ops-admin", vec![], &ca_cert, &ca_key);
+        leaf("viewer", "analyst", vec![], &ca_cert, &ca_key);
+        leaf("rogue", "ops-admin", vec![], &rogue_cert, &rogue_key);
+        Pki { dir }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).display().to_string()
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// TCP with TLS: client certificates decide the role; no certificate is
+/// UNAUTHENTICATED; a certificate from another CA is refused.
+#[test]
+fn tls_clients_need_a_valid_certificate() {
+    let pki = Pki::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = start(
+        "enforce",
+        &[
+            "--listen",
+            &listen,
+            "--tls-cert",
+            &pki.path("server.pem"),
+            "--tls-key",
+            &pki.path("server.key"),
+            "--tls-client-ca",
+            &pki.path("ca.pem"),
+            "--tls-admin-name",
+            "ops-admin",
+        ],
+    );
+    let server = format!("https://localhost:{port}");
+    let remote = |who: Option<&str>, args: &[&str]| {
+        let mut cmd = Command::new(daemon_bin());
+        cmd.args(args)
+            .args(["--server", &server, "--tls-ca", &pki.path("ca.pem")]);
+        if let Some(who) = who {
+            cmd.args([
+                "--tls-cert",
+                &pki.path(&format!("{who}.pem")),
+                "--tls-key",
+                &pki.path(&format!("{who}.key")),
+            ]);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = remote(Some("viewer"), &["status"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("programs        connect4"), "{text}");
+    let (ok, text) = remote(Some("viewer"), &["policy", "reload"]);
+    assert!(!ok && text.contains("PermissionDenied"), "{text}");
+    let (ok, text) = remote(Some("admin"), &["policy", "reload"]);
+    assert!(ok, "{text}");
+    let (ok, text) = remote(None, &["status"]);
+    assert!(
+        !ok && text.contains("Unauthenticated: a client certificate is required"),
+        "{text}"
+    );
+    let (ok, text) = remote(Some("rogue"), &["status"]);
+    assert!(!ok, "a certificate from another CA must be refused: {text}");
+    assert!(!text.contains("programs"), "{text}");
+    drop(env);
+}
