@@ -19,11 +19,29 @@ pub mod names {
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
     pub const CONFIG: &str = "CONFIG";
+    pub const META: &str = "META";
     pub const GEO: [&str; 2] = ["GEO_A", "GEO_B"];
     pub const SELECT: [&str; 2] = ["SELECT_A", "SELECT_B"];
     pub const REGION_RULES: [&str; 2] = ["REGION_RULES_A", "REGION_RULES_B"];
     pub const ALLOW_CIDRS: [&str; 2] = ["ALLOW_CIDRS_A", "ALLOW_CIDRS_B"];
     pub const DENY_CIDRS: [&str; 2] = ["DENY_CIDRS_A", "DENY_CIDRS_B"];
+    /// Every map, for pinning.
+    pub const ALL_MAPS: [&str; 14] = [
+        EVENTS,
+        LOST,
+        CONFIG,
+        META,
+        GEO[0],
+        GEO[1],
+        SELECT[0],
+        SELECT[1],
+        REGION_RULES[0],
+        REGION_RULES[1],
+        ALLOW_CIDRS[0],
+        ALLOW_CIDRS[1],
+        DENY_CIDRS[0],
+        DENY_CIDRS[1],
+    ];
 }
 
 /// Map capacities. The geo trie holds the prefixes of a country database
@@ -215,6 +233,19 @@ pub struct Config {
 }
 const _: () = assert!(size_of::<Config>() == 16);
 
+/// The single entry of the META array: what the daemon needs to know when
+/// it adopts pinned programs and maps after a restart. The kernel programs
+/// never read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Meta {
+    /// Id of the cgroup the programs are attached to.
+    pub cgroup_root_id: u64,
+    /// SHA-256 of the country database in the geo slot in force.
+    pub geo_sha256: [u8; 32],
+}
+const _: () = assert!(size_of::<Meta>() == 40);
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -229,4 +260,5 @@ mod pod {
     unsafe impl aya::Pod for CidrRule {}
     unsafe impl aya::Pod for Selection {}
     unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for Meta {}
 }

@@ -20,7 +20,8 @@ use aya_ebpf::{
 };
 use monitor_common::{
     action, hook, kind, limits, mode, rule, verdict, CidrRule, Config, DecisionEvent, EventHeader,
-    PolicyAddr, Region, RegionKey, RegionRule, Selection, AF_INET, AF_INET6, DECISION_VERSION,
+    Meta, PolicyAddr, Region, RegionKey, RegionRule, Selection, AF_INET, AF_INET6,
+    DECISION_VERSION,
 };
 
 /// Return values of a cgroup sock_addr program.
@@ -34,6 +35,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(limits::DEFAULT_RING_BYTES, 0);
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// Read and written by the daemon only (see `Meta`).
+#[map]
+static META: Array<Meta> = Array::with_max_entries(1, 0);
 
 #[map]
 static GEO_A: LpmTrie<[u8; 16], Region> = LpmTrie::with_max_entries(limits::GEO_ENTRIES, 0);

@@ -31,6 +31,10 @@ pub struct DaemonConfig {
     pub rescan_interval: Duration,
     pub history: usize,
     pub api: ApiConfig,
+    /// Base directory of our pins in bpffs.
+    pub pin_dir: PathBuf,
+    /// Remove programs and pins on exit (development runs).
+    pub detach_on_exit: bool,
 }
 
 /// What the API reads and drives.
@@ -306,23 +310,39 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64() * 1e3
     );
 
-    let (mut kernel, ring) = Kernel::load(&root, config.ring_bytes)?;
+    let (mut kernel, ring, old_pins) = Kernel::load(&root, config.ring_bytes, &config.pin_dir)?;
     for a in kernel.attached() {
         log::info!(
-            "attached {} (program id {}) to {}",
+            "{} {} (program id {}, link id {}) on {}",
+            if kernel.adopted() {
+                "adopted pinned"
+            } else {
+                "attached"
+            },
             a.hook,
             a.program_id,
+            a.link_id,
             root.display()
         );
     }
-    let started = Instant::now();
-    let loaded = tokio::task::block_in_place(|| kernel.load_geo(db.prefixes()))?;
-    log::info!(
-        "loaded {loaded} prefixes into the kernel geo trie in {:.0} ms",
-        started.elapsed().as_secs_f64() * 1e3
-    );
+    if kernel.geo_loaded(&db.identity.sha256) {
+        log::info!(
+            "the kernel geo trie already holds this database (sha256 {})",
+            db.identity.sha256
+        );
+    } else {
+        let started = Instant::now();
+        let loaded =
+            tokio::task::block_in_place(|| kernel.load_geo(db.prefixes(), &db.identity.sha256))?;
+        log::info!(
+            "loaded {loaded} prefixes into the kernel geo trie in {:.0} ms",
+            started.elapsed().as_secs_f64() * 1e3
+        );
+    }
 
-    let ids = Arc::new(RwLock::new(PolicyIds::default()));
+    let ids = Arc::new(RwLock::new(PolicyIds::open(
+        &config.state_dir.join("policy-ids.json"),
+    )));
     let resolver = Arc::new(Mutex::new(Resolver {
         ids: ids.clone(),
         paths: PathResolver::new(&mount),
@@ -345,6 +365,24 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     }
 
     let outlets = Arc::new(Outlets::new(config.history, 4096, config.log_events));
+    // Our programs enforce now: retire an earlier build's, draining what
+    // its ring buffer still holds.
+    for old in old_pins {
+        let ring = aya::maps::MapData::from_pin(old.dir.join(monitor_common::names::EVENTS))
+            .ok()
+            .and_then(|m| aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(m)).ok());
+        let removed = kernel::remove_pins(&old.dir).with_context(|| {
+            format!("retiring the earlier build pinned in {}", old.dir.display())
+        })?;
+        let drained = ring
+            .map(|r| events::pipeline::drain_once(r, &outlets, &resolver))
+            .unwrap_or(0);
+        log::info!(
+            "replaced the programs pinned in {} ({} pins removed, {drained} events drained from its ring buffer)",
+            old.dir.display(),
+            removed.len()
+        );
+    }
     let pipeline = tokio::spawn(events::pipeline::run(ring, outlets.clone(), resolver));
     let state = Arc::new(DaemonState {
         controller: tokio::sync::Mutex::new(controller),
@@ -404,16 +442,32 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
                     Err(e) => bail!("gRPC server panicked: {e}"),
                 }
             }
-            _ = tokio::signal::ctrl_c() => { log::info!("SIGINT: detaching and exiting"); break; }
-            _ = sigterm.recv() => { log::info!("SIGTERM: detaching and exiting"); break; }
+            _ = tokio::signal::ctrl_c() => { log::info!("SIGINT: exiting"); break; }
+            _ = sigterm.recv() => { log::info!("SIGTERM: exiting"); break; }
         }
     }
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
+    if config.detach_on_exit {
+        let state = Arc::into_inner(state).context("the API still holds the daemon state")?;
+        let controller = state.controller.into_inner();
+        let removed = controller.kernel.uninstall()?;
+        log::info!("detached: removed {} pins", removed.len());
+    } else {
+        log::info!(
+            "enforcement stays on: programs and maps stay pinned in {} (`egress-monitor uninstall` removes them)",
+            config.pin_dir.display()
+        );
+    }
     Ok(())
 }
 
 /// Default state directory.
 pub fn default_state_dir() -> &'static Path {
     Path::new("/var/lib/egress-monitor")
+}
+
+/// Default base directory of the pins in bpffs.
+pub fn default_pin_dir() -> &'static Path {
+    Path::new("/sys/fs/bpf/egress-monitor")
 }

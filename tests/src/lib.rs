@@ -251,6 +251,11 @@ impl TestEnv {
         self.dir.path().join("policies")
     }
 
+    /// This environment's pin directory in bpffs.
+    pub fn pin_dir(&self) -> PathBuf {
+        PathBuf::from(format!("/sys/fs/bpf/emt-{}", self.id))
+    }
+
     pub fn geoip(&self) -> PathBuf {
         self.dir.path().join("test.mmdb")
     }
@@ -300,6 +305,8 @@ impl TestEnv {
             .arg(&self.cgroup_root)
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
+            .arg("--pin-dir")
+            .arg(self.pin_dir())
             .args(["--log-events", "--rescan-interval", "0.2"])
             .args(extra)
             .stdout(Stdio::piped())
@@ -332,6 +339,7 @@ impl TestEnv {
         });
         self.daemon = Some(child);
         self.events_rx = Some(rx);
+        self.log.lock().unwrap().clear();
         self.wait_log("egress-monitor running", Duration::from_secs(30));
     }
 
@@ -430,6 +438,26 @@ impl TestEnv {
         self.seen.iter().filter(|e| pred(e)).cloned().collect()
     }
 
+    /// Kills the daemon with SIGKILL (no chance to clean up).
+    pub fn kill_daemon(&mut self) {
+        if let Some(mut child) = self.daemon.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// `egress-monitor uninstall` for this environment's pins.
+    pub fn uninstall(&self) -> std::process::Output {
+        Command::new(daemon_bin())
+            .arg("uninstall")
+            .arg("--pin-dir")
+            .arg(self.pin_dir())
+            .arg("--socket")
+            .arg(self.socket())
+            .output()
+            .expect("run uninstall")
+    }
+
     /// Stops the daemon with SIGTERM and returns its exit status.
     pub fn stop_daemon(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.daemon.take()?;
@@ -450,6 +478,12 @@ impl TestEnv {
 impl Drop for TestEnv {
     fn drop(&mut self) {
         self.stop_daemon();
+        if self.pin_dir().exists() {
+            let out = self.uninstall();
+            if !out.status.success() {
+                eprintln!("uninstall failed: {}", String::from_utf8_lossy(&out.stderr));
+            }
+        }
         if let Some(mut s) = self.server.take() {
             let _ = s.kill();
             let _ = s.wait();
@@ -497,4 +531,29 @@ pub fn venv_bin(name: &str) -> PathBuf {
 /// Field accessors for events.
 pub fn s<'a>(e: &'a Value, key: &str) -> &'a str {
     e[key].as_str().unwrap_or("")
+}
+
+/// Names of the programs bpftool shows attached to a cgroup.
+pub fn attached_programs(cgroup: &Path) -> Vec<String> {
+    let out = Command::new("bpftool")
+        .args(["-j", "cgroup", "show"])
+        .arg(cgroup)
+        .output()
+        .expect("bpftool (Debian package)");
+    assert!(
+        out.status.success(),
+        "bpftool: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.stdout.iter().all(u8::is_ascii_whitespace) {
+        return Vec::new();
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|p| p["name"].as_str().unwrap_or("").to_string())
+                .collect()
+        })
+        .unwrap_or_default()
 }

@@ -322,18 +322,3 @@ fn two_policies_on_one_cgroup_are_refused() {
     let e = env.expect_event("still a", WAIT, |e| is(e, p.pid, US_V4));
     assert_eq!(s(&e, "policy"), "a");
 }
-
-/// SIGTERM detaches: after the daemon exits, nothing is judged.
-#[test]
-fn sigterm_exits_cleanly_and_detaches() {
-    let mut env = TestEnv::new();
-    env.write_policy(
-        "p.yaml",
-        &env.policy("eu-only", "enforce", "sel", &allow_de("")),
-    );
-    env.start_daemon(&[]);
-    assert!(!env.probe("sel", &["tcp", US_V4, &PORT.to_string()]).ok);
-    let status = env.stop_daemon().expect("daemon was running");
-    assert!(status.success(), "daemon exit status {status}");
-    assert!(env.probe("sel", &["tcp", US_V4, &PORT.to_string()]).ok);
-}

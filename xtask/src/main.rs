@@ -126,6 +126,8 @@ fn main() -> anyhow::Result<()> {
                 .arg("--state-dir")
                 .arg(root().join("target/state"))
                 .arg("--log-events")
+                // A try-out: leave nothing attached when it stops.
+                .arg("--detach-on-exit")
                 .args(args);
             run(&mut cmd)
         }

@@ -68,6 +68,13 @@ pub struct DaemonArgs {
     /// Client certificate common name that gets the admin role (repeatable).
     #[arg(long)]
     pub tls_admin_name: Vec<String>,
+    /// Where programs, links and maps are pinned in bpffs (a 0700 directory).
+    #[arg(long, default_value = daemon::default_pin_dir().as_os_str())]
+    pub pin_dir: PathBuf,
+    /// Detach and remove everything on exit. By default enforcement stays on
+    /// when the daemon stops, and a restart adopts it.
+    #[arg(long)]
+    pub detach_on_exit: bool,
 }
 
 fn ring_size(s: &str) -> Result<u32, String> {
@@ -109,6 +116,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     };
     let config = DaemonConfig {
         api,
+        pin_dir: args.pin_dir,
+        detach_on_exit: args.detach_on_exit,
         policies: args.policies,
         geoip: args.geoip,
         cgroup_root: args.cgroup_root,

@@ -4,6 +4,7 @@ mod events;
 mod output;
 mod policy;
 mod status;
+mod uninstall;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,8 @@ pub enum Command {
     Events(events::EventsArgs),
     /// The daemon's programs, policies, database and counters.
     Status(status::StatusArgs),
+    /// Detach the programs and remove every pin: enforcement ends (root).
+    Uninstall(uninstall::UninstallArgs),
     /// Check policy files; list or reload the daemon's policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -52,6 +55,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Events(args) => block_on(events::run(args)),
         Command::Status(args) => block_on(status::run(args)),
         Command::Policy(cmd) => policy::run(cmd),
+        Command::Uninstall(args) => uninstall::run(args),
     };
     match result {
         Ok(code) => code,

@@ -60,7 +60,84 @@ impl Outlets {
     }
 }
 
-/// Drains the ring buffer until an error; `names` resolves ids.
+/// Decodes every record in the ring into `batch`.
+fn drain_into<N: Names>(
+    ring: &mut RingBuf<MapData>,
+    outlets: &Outlets,
+    names: &Mutex<N>,
+    batch: &mut Vec<Arc<Event>>,
+) {
+    let offset = boot_to_unix_offset();
+    let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
+    while let Some(item) = ring.next() {
+        match decode(&item) {
+            Ok(raw) => {
+                outlets.counters.count(raw.verdict);
+                batch.push(Arc::new(enrich(&raw, offset, &mut *names)));
+            }
+            Err(e) => {
+                let n = outlets.counters.undecodable.fetch_add(1, Ordering::Relaxed);
+                if n < 10 || n.is_power_of_two() {
+                    log::warn!("undecodable ring buffer record ({} so far): {e}", n + 1);
+                }
+            }
+        }
+    }
+}
+
+/// Hands a batch to stdout (when asked), the history and live subscribers.
+fn publish(outlets: &Outlets, batch: &mut Vec<Arc<Event>>, stdout_ok: &mut bool) {
+    if batch.is_empty() {
+        return;
+    }
+    if *stdout_ok {
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        let mut result = Ok(());
+        for e in batch.iter() {
+            result = serde_json::to_writer(&mut out, &**e)
+                .map_err(std::io::Error::from)
+                .and_then(|()| out.write_all(b"\n"));
+            if result.is_err() {
+                break;
+            }
+        }
+        if let Err(e) = result.and_then(|()| out.flush()) {
+            log::error!("stopped printing events: stdout failed: {e}");
+            *stdout_ok = false;
+        }
+    }
+    // History and live stream change together, under one lock, so a new
+    // subscriber sees every event exactly once.
+    let mut history = outlets.history.lock().unwrap_or_else(|p| p.into_inner());
+    for e in batch.drain(..) {
+        if outlets.history_len > 0 {
+            if history.len() == outlets.history_len {
+                history.pop_front();
+            }
+            history.push_back(e.clone());
+        }
+        // No subscriber is not an error.
+        let _ = outlets.live.send(e);
+    }
+}
+
+/// Drains what a ring holds now (a retired build's ring); returns how many
+/// events it held.
+pub fn drain_once<N: Names>(
+    mut ring: RingBuf<MapData>,
+    outlets: &Outlets,
+    names: &Mutex<N>,
+) -> usize {
+    let mut batch = Vec::new();
+    drain_into(&mut ring, outlets, names, &mut batch);
+    let n = batch.len();
+    let mut stdout_ok = outlets.log_events;
+    publish(outlets, &mut batch, &mut stdout_ok);
+    n
+}
+
+/// Drains the ring buffer as it becomes readable, until an error.
 pub async fn run<N: Names + Send>(
     ring: RingBuf<MapData>,
     outlets: Arc<Outlets>,
@@ -72,60 +149,13 @@ pub async fn run<N: Names + Send>(
         .map_err(std::io::Error::from)?;
     let mut stdout_ok = outlets.log_events;
     let mut batch: Vec<Arc<Event>> = Vec::new();
+    // Whatever the ring held before we started (a restart) comes first.
+    drain_into(fd.get_mut(), &outlets, &names, &mut batch);
+    publish(&outlets, &mut batch, &mut stdout_ok);
     loop {
         let mut guard = fd.readable_mut().await?;
-        let offset = boot_to_unix_offset();
-        {
-            let ring = guard.get_inner_mut();
-            let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
-            while let Some(item) = ring.next() {
-                match decode(&item) {
-                    Ok(raw) => {
-                        outlets.counters.count(raw.verdict);
-                        batch.push(Arc::new(enrich(&raw, offset, &mut *names)));
-                    }
-                    Err(e) => {
-                        let n = outlets.counters.undecodable.fetch_add(1, Ordering::Relaxed);
-                        if n < 10 || n.is_power_of_two() {
-                            log::warn!("undecodable ring buffer record ({} so far): {e}", n + 1);
-                        }
-                    }
-                }
-            }
-        }
+        drain_into(guard.get_inner_mut(), &outlets, &names, &mut batch);
         guard.clear_ready();
-        if batch.is_empty() {
-            continue;
-        }
-        if stdout_ok {
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            let mut result = Ok(());
-            for e in &batch {
-                result = serde_json::to_writer(&mut out, &**e)
-                    .map_err(std::io::Error::from)
-                    .and_then(|()| out.write_all(b"\n"));
-                if result.is_err() {
-                    break;
-                }
-            }
-            if let Err(e) = result.and_then(|()| out.flush()) {
-                log::error!("stopped printing events: stdout failed: {e}");
-                stdout_ok = false;
-            }
-        }
-        // History and live stream change together, under one lock, so a
-        // new subscriber sees every event exactly once.
-        let mut history = outlets.history.lock().unwrap_or_else(|p| p.into_inner());
-        for e in batch.drain(..) {
-            if outlets.history_len > 0 {
-                if history.len() == outlets.history_len {
-                    history.pop_front();
-                }
-                history.push_back(e.clone());
-            }
-            // No subscriber is not an error.
-            let _ = outlets.live.send(e);
-        }
+        publish(&outlets, &mut batch, &mut stdout_ok);
     }
 }

@@ -5,18 +5,21 @@
 //! the daemon fills the idle slot completely, then switches `CONFIG` with a
 //! single write, so no connection is ever judged by half a policy set.
 use std::{
-    os::fd::AsFd,
+    os::{fd::AsFd, unix::fs::PermissionsExt},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
-    programs::{links::CgroupAttachMode, CgroupSockAddr},
+    programs::{
+        links::{CgroupAttachMode, FdLink, PinnedLink},
+        CgroupSockAddr,
+    },
     Ebpf, EbpfLoader,
 };
 use monitor_common::{
-    limits, names, CidrRule, Config, PolicyAddr, Region, RegionKey, RegionRule, Selection,
+    limits, names, CidrRule, Config, Meta, PolicyAddr, Region, RegionKey, RegionRule, Selection,
 };
 
 /// The compiled kernel programs, built by build.rs.
@@ -48,6 +51,23 @@ pub enum KernelError {
     },
     #[error("map {0} is missing from the eBPF object")]
     MissingMap(&'static str),
+    #[error("link of {name}: {source}")]
+    Link {
+        name: &'static str,
+        source: aya::programs::links::LinkError,
+    },
+    #[error("pinning the link of {name}: {source}")]
+    Pin {
+        name: &'static str,
+        source: aya::pin::PinError,
+    },
+    #[error("pins {path}: {source}")]
+    Pins {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("the programs pinned in {pins} are attached to another cgroup (id {cgroup_id}); run `egress-monitor uninstall` or choose another --pin-dir")]
+    PinnedElsewhere { pins: PathBuf, cgroup_id: u64 },
     #[error("cannot open cgroup {path} to attach to: {source}")]
     Cgroup {
         path: PathBuf,
@@ -64,6 +84,7 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelErro
 pub struct Attached {
     pub hook: &'static str,
     pub program_id: u32,
+    pub link_id: u32,
 }
 
 /// Everything the daemon writes for one policy set.
@@ -87,15 +108,20 @@ struct Slots {
 }
 
 pub struct Kernel {
-    // Owns the programs and their links: dropping it detaches.
+    // Holds the map fds; the programs stay attached through their pinned
+    // links, whatever happens to this process.
     _ebpf: Ebpf,
     config_map: Array<MapData, Config>,
+    meta_map: Array<MapData, Meta>,
     lost: PerCpuArray<MapData, u64>,
     slots: Slots,
     config: Config,
+    meta: Meta,
     last_switch: Instant,
     attached: Vec<Attached>,
     cgroup_root: PathBuf,
+    pins: PathBuf,
+    adopted: bool,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -136,27 +162,129 @@ pub fn ensure_bpffs() -> Result<(), KernelError> {
     Ok(())
 }
 
+/// Identifies this build's programs: pins of another build are replaced.
+pub fn build_id() -> String {
+    use sha2::{Digest, Sha256};
+    hex::encode(&Sha256::digest(PROGRAMS)[..8])
+}
+
+fn link_pin(dir: &Path, prog: &str) -> PathBuf {
+    dir.join(format!("link_{prog}"))
+}
+
+/// Pinned state of an earlier build, to retire once ours is in force.
+#[derive(Debug)]
+pub struct OldPins {
+    pub dir: PathBuf,
+}
+
+/// Removes a pin directory: unpinning the links detaches the programs
+/// (nothing else holds them), unpinning the maps frees them.
+pub fn remove_pins(dir: &Path) -> Result<Vec<String>, KernelError> {
+    let mut removed = Vec::new();
+    let io = |source| KernelError::Pins {
+        path: dir.into(),
+        source,
+    };
+    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map_err(io)?
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    // Links first, so nothing is judged by half-removed maps.
+    entries.sort_by_key(|p| {
+        !p.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
+    });
+    for path in entries {
+        std::fs::remove_file(&path).map_err(|source| KernelError::Pins {
+            path: path.clone(),
+            source,
+        })?;
+        removed.push(path.display().to_string());
+    }
+    std::fs::remove_dir(dir).map_err(io)?;
+    Ok(removed)
+}
+
 impl Kernel {
-    /// Loads the programs and attaches them to `cgroup_root`. Until the
-    /// first policy set is applied nothing is selected, so nothing is judged.
+    /// Loads the programs and attaches them to `cgroup_root`, pinning maps
+    /// and links under `pin_base/<build id>`. When this build's pins are
+    /// already there (a restart), they are adopted: nothing is attached
+    /// twice, the policy in force stays in force, and the ring buffer still
+    /// holds what the programs reported while no daemon ran. Pins of other
+    /// builds are returned, to be retired once this build enforces.
     pub fn load(
         cgroup_root: &Path,
         ring_bytes: u32,
-    ) -> Result<(Self, RingBuf<MapData>), KernelError> {
+        pin_base: &Path,
+    ) -> Result<(Self, RingBuf<MapData>, Vec<OldPins>), KernelError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             return Err(KernelError::NotRoot);
         }
         ensure_bpffs()?;
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(names::EVENTS, ring_bytes)
-            .load(PROGRAMS)?;
+        let pins = pin_base.join(build_id());
+        std::fs::create_dir_all(&pins).map_err(|source| KernelError::Pins {
+            path: pins.clone(),
+            source,
+        })?;
+        for dir in [pin_base, pins.as_path()] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
+                |source| KernelError::Pins {
+                    path: dir.into(),
+                    source,
+                },
+            )?;
+        }
+        let old: Vec<OldPins> = std::fs::read_dir(pin_base)
+            .map_err(|source| KernelError::Pins {
+                path: pin_base.into(),
+                source,
+            })?
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir() && *p != pins)
+            .map(|dir| OldPins { dir })
+            .collect();
+
+        let root_id = crate::cgroups::cgroup_id(cgroup_root).map_err(|e| KernelError::Cgroup {
+            path: cgroup_root.into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let adopted = link_pin(&pins, names::PROGRAMS[0]).exists();
+        let mut loader = EbpfLoader::new();
+        loader.map_max_entries(names::EVENTS, ring_bytes);
+        let map_pins: Vec<(&str, PathBuf)> =
+            names::ALL_MAPS.iter().map(|m| (*m, pins.join(m))).collect();
+        for (name, path) in &map_pins {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let mut ebpf = loader.load(PROGRAMS)?;
         let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
         let mut config_map: Array<MapData, Config> = take(&mut ebpf, names::CONFIG)?;
-        let config = Config::default();
-        config_map
-            .set(0, config, 0)
-            .map_err(map_err(names::CONFIG))?;
+        let mut meta_map: Array<MapData, Meta> = take(&mut ebpf, names::META)?;
+        let (config, meta) = if adopted {
+            let meta = meta_map.get(&0, 0).map_err(map_err(names::META))?;
+            if meta.cgroup_root_id != root_id {
+                return Err(KernelError::PinnedElsewhere {
+                    pins,
+                    cgroup_id: meta.cgroup_root_id,
+                });
+            }
+            (config_map.get(&0, 0).map_err(map_err(names::CONFIG))?, meta)
+        } else {
+            let config = Config::default();
+            let meta = Meta {
+                cgroup_root_id: root_id,
+                geo_sha256: [0; 32],
+            };
+            config_map
+                .set(0, config, 0)
+                .map_err(map_err(names::CONFIG))?;
+            meta_map.set(0, meta, 0).map_err(map_err(names::META))?;
+            (config, meta)
+        };
         let slots = Slots {
             geo: [
                 take(&mut ebpf, names::GEO[0])?,
@@ -187,44 +315,91 @@ impl Kernel {
         })?;
         let mut attached = Vec::new();
         for name in names::PROGRAMS {
-            let prog: &mut CgroupSockAddr = ebpf
-                .program_mut(name)
-                .ok_or(KernelError::Program {
-                    name,
-                    source: aya::programs::ProgramError::UnexpectedProgramType,
-                })?
-                .try_into()
-                .map_err(|source| KernelError::Program { name, source })?;
-            prog.load()
-                .map_err(|source| KernelError::Program { name, source })?;
-            // A bpf_link: the kernel always treats cgroup links as
-            // multi-attach (link_create takes no mode flags), so programs of
-            // other tools on this cgroup keep running, and any one of them
-            // denying is a denial.
-            prog.attach(cgroup.as_fd(), CgroupAttachMode::Single)
-                .map_err(|source| KernelError::Program { name, source })?;
-            let program_id = prog
-                .info()
-                .map(|i| i.id())
-                .map_err(|source| KernelError::Program { name, source })?;
+            let pin = link_pin(&pins, name);
+            let program_error = |source| KernelError::Program { name, source };
+            let link_info = if pin.exists() {
+                // Adopt: the pinned link keeps our program attached.
+                let link = FdLink::from(
+                    PinnedLink::from_pin(&pin)
+                        .map_err(|e| KernelError::Link { name, source: e })?,
+                );
+                link.info()
+                    .map_err(|e| KernelError::Link { name, source: e })?
+            } else {
+                let prog: &mut CgroupSockAddr = ebpf
+                    .program_mut(name)
+                    .ok_or(KernelError::Program {
+                        name,
+                        source: aya::programs::ProgramError::UnexpectedProgramType,
+                    })?
+                    .try_into()
+                    .map_err(program_error)?;
+                prog.load().map_err(program_error)?;
+                // A bpf_link: the kernel always treats cgroup links as
+                // multi-attach (link_create takes no mode flags), so
+                // programs of other tools on this cgroup keep running, and
+                // any one of them denying is a denial.
+                let id = prog
+                    .attach(cgroup.as_fd(), CgroupAttachMode::Single)
+                    .map_err(program_error)?;
+                let link: FdLink = prog
+                    .take_link(id)
+                    .map_err(program_error)?
+                    .try_into()
+                    .map_err(|e| KernelError::Link { name, source: e })?;
+                let info = link
+                    .info()
+                    .map_err(|e| KernelError::Link { name, source: e })?;
+                link.pin(&pin)
+                    .map_err(|e| KernelError::Pin { name, source: e })?;
+                info
+            };
             attached.push(Attached {
                 hook: name,
-                program_id,
+                program_id: link_info.program_id(),
+                link_id: link_info.id(),
             });
         }
         Ok((
             Self {
                 _ebpf: ebpf,
                 config_map,
+                meta_map,
                 lost,
                 slots,
                 config,
+                meta,
                 last_switch: Instant::now(),
                 attached,
                 cgroup_root: cgroup_root.into(),
+                pins,
+                adopted,
             },
             ring,
+            old,
         ))
+    }
+
+    /// Whether this start adopted pinned programs (a restart) rather than
+    /// attaching new ones.
+    pub fn adopted(&self) -> bool {
+        self.adopted
+    }
+
+    pub fn pin_dir(&self) -> &Path {
+        &self.pins
+    }
+
+    /// Whether the geo slot in force holds the database with this digest.
+    pub fn geo_loaded(&self, sha256_hex: &str) -> bool {
+        hex::encode(self.meta.geo_sha256) == sha256_hex
+    }
+
+    /// Detaches and removes everything this daemon pinned.
+    pub fn uninstall(self) -> Result<Vec<String>, KernelError> {
+        let pins = self.pins.clone();
+        drop(self);
+        remove_pins(&pins)
     }
 
     pub fn attached(&self) -> &[Attached] {
@@ -268,6 +443,7 @@ impl Kernel {
     pub fn load_geo(
         &mut self,
         prefixes: impl Iterator<Item = (u128, u8, Region)>,
+        sha256_hex: &str,
     ) -> Result<usize, KernelError> {
         let idle = 1 - self.config.geo_slot as usize;
         self.wait_grace();
@@ -285,6 +461,12 @@ impl Kernel {
             ..self.config
         };
         self.switch(config)?;
+        let mut digest = [0u8; 32];
+        hex::decode_to_slice(sha256_hex, &mut digest).unwrap_or_default();
+        self.meta.geo_sha256 = digest;
+        self.meta_map
+            .set(0, self.meta, 0)
+            .map_err(map_err(names::META))?;
         // The slot switched out is emptied now (after a grace period), so
         // only one copy of the database stays in kernel memory.
         let old = 1 - idle;

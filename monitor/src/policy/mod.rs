@@ -78,13 +78,39 @@ pub fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 
 /// Stable numeric ids for policy names, as the kernel maps and events carry
 /// them. An id is never reused for another name while the daemon runs.
+///
+/// With a file, the ids survive restarts, so events a restarted daemon
+/// drains from the pinned ring buffer still name their policy.
 #[derive(Debug, Default)]
 pub struct PolicyIds {
     by_name: HashMap<String, u32>,
     by_id: BTreeMap<u32, String>,
+    file: Option<PathBuf>,
 }
 
 impl PolicyIds {
+    /// Ids kept in `file` (JSON); a missing or unreadable file starts empty.
+    pub fn open(file: &Path) -> Self {
+        let mut ids = PolicyIds {
+            file: Some(file.to_path_buf()),
+            ..Default::default()
+        };
+        match std::fs::read(file) {
+            Ok(bytes) => match serde_json::from_slice::<BTreeMap<String, u32>>(&bytes) {
+                Ok(map) => {
+                    for (name, id) in map {
+                        ids.by_id.insert(id, name.clone());
+                        ids.by_name.insert(name, id);
+                    }
+                }
+                Err(e) => log::warn!("ignoring {}: {e}", file.display()),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("ignoring {}: {e}", file.display()),
+        }
+        ids
+    }
+
     pub fn id(&mut self, name: &str) -> u32 {
         if let Some(id) = self.by_name.get(name) {
             return *id;
@@ -92,6 +118,18 @@ impl PolicyIds {
         let id = self.by_id.keys().next_back().map_or(1, |last| last + 1);
         self.by_name.insert(name.to_string(), id);
         self.by_id.insert(id, name.to_string());
+        if let Some(file) = &self.file {
+            let map: BTreeMap<&str, u32> =
+                self.by_name.iter().map(|(n, i)| (n.as_str(), *i)).collect();
+            let tmp = file.with_extension("json.tmp");
+            let written = serde_json::to_vec(&map)
+                .map_err(std::io::Error::from)
+                .and_then(|bytes| std::fs::write(&tmp, bytes))
+                .and_then(|()| std::fs::rename(&tmp, file));
+            if let Err(e) = written {
+                log::warn!("cannot save policy ids to {}: {e}", file.display());
+            }
+        }
         id
     }
 

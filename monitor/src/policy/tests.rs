@@ -166,3 +166,20 @@ fn policy_ids_are_stable_and_never_reused() {
     assert_eq!(ids.name(b), Some("b"));
     assert_eq!(ids.name(99), None);
 }
+
+#[test]
+fn policy_ids_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("ids.json");
+    let (a, b) = {
+        let mut ids = PolicyIds::open(&file);
+        (ids.id("a"), ids.id("b"))
+    };
+    let mut again = PolicyIds::open(&file);
+    assert_eq!(again.name(a), Some("a"));
+    assert_eq!(again.id("b"), b);
+    assert_ne!(again.id("c"), a);
+    std::fs::write(&file, b"not json").unwrap();
+    let mut broken = PolicyIds::open(&file);
+    assert_eq!(broken.id("x"), 1, "an unreadable file starts empty");
+}

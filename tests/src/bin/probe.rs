@@ -6,6 +6,8 @@
 //! probe udp-pktinfo ADDR PORT             connect, then sendmsg without a
 //!                                         destination but with IP(V6)_PKTINFO
 //! probe udp-burst ADDR PORT COUNT        COUNT unconnected sends, paced
+//! probe tcp-loop ADDR PORT COUNT GAP_MS  COUNT connects, GAP_MS apart; prints
+//!                                         how many succeeded and failed
 //! probe serve PORT SECONDS                TCP accept + UDP receive on [::]
 use std::{
     io::Write,
@@ -120,6 +122,24 @@ fn main() {
             )
         }
         Some("udp-pktinfo") => report(udp_pktinfo(target())),
+        Some("tcp-loop") => {
+            let addr = target();
+            let count: usize = args[3].parse().expect("count");
+            let gap = Duration::from_millis(args[4].parse().expect("gap ms"));
+            let (mut ok, mut eperm, mut other) = (0u64, 0u64, 0u64);
+            for _ in 0..count {
+                match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+                    Ok(_) => ok += 1,
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
+                    Err(_) => other += 1,
+                }
+                std::thread::sleep(gap);
+            }
+            println!(
+                "{}",
+                serde_json::json!({"result": "ok", "pid": std::process::id(), "connected": ok, "eperm": eperm, "other": other})
+            );
+        }
         Some("udp-burst") => {
             let addr = target();
             let count: usize = args[3].parse().expect("count");

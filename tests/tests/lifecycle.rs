@@ -1,0 +1,217 @@
+//! Enforcement outlives the daemon: SIGTERM and SIGKILL leave it on, a
+//! restart adopts the pins instead of attaching twice and drains what the
+//! kernel reported meanwhile, an upgrade replaces the programs with no gap,
+//! and `uninstall` removes everything.
+use std::{
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use integration_tests::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn enforced_env() -> TestEnv {
+    let mut env = TestEnv::new();
+    env.write_policy(
+        "p.yaml",
+        &env.policy(
+            "eu-only",
+            "enforce",
+            "sel",
+            "  allow:\n    countries: [DE]\n",
+        ),
+    );
+    env.start_daemon(&[]);
+    env
+}
+
+fn ours(names: &[String]) -> usize {
+    names
+        .iter()
+        .filter(|n| ["connect4", "connect6", "sendmsg4", "sendmsg6"].contains(&n.as_str()))
+        .count()
+}
+
+/// SIGTERM keeps enforcement on; `uninstall` detaches and removes every pin.
+#[test]
+fn sigterm_keeps_enforcing_and_uninstall_removes_everything() {
+    let mut env = enforced_env();
+    let port = PORT.to_string();
+    assert!(!env.probe("sel", &["tcp", US_V4, &port]).ok);
+    assert_eq!(ours(&attached_programs(&env.cgroup_root)), 4);
+    let status = env.stop_daemon().expect("daemon was running");
+    assert!(status.success(), "exit status {status}");
+    assert!(env.log().contains("enforcement stays on"), "{}", env.log());
+    let p = env.probe("sel", &["tcp", US_V4, &port]);
+    assert!(
+        !p.ok && p.errno == 1,
+        "still enforced without the daemon: {:?}",
+        p.raw
+    );
+    assert!(env.probe("sel", &["tcp", DE_V4, &port]).ok);
+
+    let out = env.uninstall();
+    assert!(
+        out.status.success(),
+        "uninstall: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("link_connect4") && text.contains("uninstalled:"),
+        "{text}"
+    );
+    assert!(!env.pin_dir().exists(), "pin dir left behind");
+    assert_eq!(
+        attached_programs(&env.cgroup_root),
+        Vec::<String>::new(),
+        "programs left attached"
+    );
+    assert!(
+        env.probe("sel", &["tcp", US_V4, &port]).ok,
+        "nothing enforces after uninstall"
+    );
+}
+
+/// `uninstall` refuses while the daemon runs (it would run on blind).
+#[test]
+fn uninstall_refuses_while_the_daemon_runs() {
+    let env = enforced_env();
+    let out = env.uninstall();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("stop it first"));
+    assert!(env.pin_dir().exists());
+}
+
+fn start_loop(env: &TestEnv, count: &str, gap_ms: &str) -> std::process::Child {
+    let procs = env.cgroup("sel").join("cgroup.procs");
+    let mut cmd = Command::new(probe_bin());
+    cmd.args(["tcp-loop", US_V4, &PORT.to_string(), count, gap_ms])
+        .stdout(Stdio::piped());
+    // SAFETY: one write between fork and exec, as in TestEnv::probe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            std::fs::write(&procs, b"0")
+        });
+    }
+    cmd.spawn().expect("start traffic loop")
+}
+
+fn finish_loop(child: std::process::Child) -> Value {
+    let out = child.wait_with_output().unwrap();
+    serde_json::from_slice(&out.stdout).expect("loop result")
+}
+
+/// kill -9 during a traffic loop: no forbidden connection succeeds, the
+/// restart adopts the pins (four programs attached, not eight), and the
+/// decisions made while no daemon ran arrive as events.
+#[test]
+fn kill_9_during_traffic_opens_no_gap_and_loses_no_event() {
+    let mut env = enforced_env();
+    let loop_child = start_loop(&env, "300", "5");
+    let pid = u64::from(loop_child.id());
+    std::thread::sleep(Duration::from_millis(300));
+    env.kill_daemon();
+    let result = finish_loop(loop_child);
+    assert_eq!(
+        result["connected"], 0,
+        "a forbidden connection succeeded: {result}"
+    );
+    assert_eq!(result["eperm"], 300, "{result}");
+    // What the first daemon printed before it died.
+    let before = env
+        .events_within(Duration::from_millis(300), |e| {
+            e["tgid"].as_u64() == Some(pid)
+        })
+        .len();
+
+    env.start_daemon(&[]);
+    assert!(
+        env.log().contains("adopted pinned connect4"),
+        "{}",
+        env.log()
+    );
+    assert!(
+        env.log().contains("already holds this database"),
+        "{}",
+        env.log()
+    );
+    assert_eq!(
+        ours(&attached_programs(&env.cgroup_root)),
+        4,
+        "attached twice?"
+    );
+    // Every attempt is reported: those before the kill were printed by the
+    // first daemon, the rest wait in the pinned ring for the second.
+    let mut after = 0;
+    let deadline = std::time::Instant::now() + WAIT;
+    while before + after < 300 && std::time::Instant::now() < deadline {
+        after = env
+            .events_within(Duration::from_millis(200), |e| {
+                e["tgid"].as_u64() == Some(pid)
+            })
+            .len()
+            - before;
+    }
+    assert!(after > 0, "no event from the downtime arrived");
+    assert_eq!(
+        before + after,
+        300,
+        "{before} before the kill + {after} after the restart"
+    );
+    let status = env.cli(&["status", "-o", "json"]);
+    let st: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(
+        st["counters"]["lostInKernel"]
+            .as_u64()
+            .or(st["counters"]["lost_in_kernel"].as_u64()),
+        Some(0),
+        "{st}"
+    );
+    // Policy names survive the restart too.
+    let e = env
+        .seen
+        .iter()
+        .rev()
+        .find(|e| e["tgid"].as_u64() == Some(pid))
+        .unwrap();
+    assert_eq!(s(e, "policy"), "eu-only");
+}
+
+/// An upgrade (pins of another build present) attaches the new programs
+/// before removing the old ones: traffic across it is never let through.
+#[test]
+fn upgrade_replaces_programs_without_a_gap() {
+    let mut env = enforced_env();
+    env.stop_daemon();
+    // Make the pins look like another build's.
+    let build_dir = std::fs::read_dir(env.pin_dir())
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    let old = env.pin_dir().join("0000000000000000");
+    std::fs::rename(&build_dir, &old).expect("rename pin dir in bpffs");
+
+    let loop_child = start_loop(&env, "200", "5");
+    std::thread::sleep(Duration::from_millis(100));
+    env.start_daemon(&[]);
+    let result = finish_loop(loop_child);
+    assert_eq!(
+        result["connected"], 0,
+        "a forbidden connection succeeded during the upgrade: {result}"
+    );
+    env.wait_log("replaced the programs pinned in", WAIT);
+    assert!(!old.exists(), "old pins left behind");
+    assert!(env.log().contains("attached connect4"), "{}", env.log());
+    assert_eq!(
+        ours(&attached_programs(&env.cgroup_root)),
+        4,
+        "old programs still attached"
+    );
+    let p = env.probe("sel", &["tcp", US_V4, &PORT.to_string()]);
+    assert!(!p.ok && p.errno == 1, "{:?}", p.raw);
+}
