@@ -27,7 +27,7 @@ pub const US_MAPPED: &str = "::ffff:203.0.113.2";
 pub const DE_MAPPED: &str = "::ffff:198.51.100.2";
 pub const PORT: u16 = 8080;
 
-const HOST_ADDRS: [&str; 4] = [
+const CLIENT_ADDRS: [&str; 4] = [
     "198.51.100.1/24",
     "203.0.113.1/24",
     "2001:db8:de::1/64",
@@ -114,8 +114,11 @@ pub struct Probe {
 
 pub struct TestEnv {
     pub id: String,
+    /// The test hosts' namespace.
     pub netns: String,
-    host_if: String,
+    /// The workload's namespace: the probes run here, so nothing a test
+    /// sends touches the machine's own network namespace.
+    pub client_ns: String,
     pub cgroup_root: PathBuf,
     pub mount: PathBuf,
     pub dir: tempfile::TempDir,
@@ -136,7 +139,7 @@ impl TestEnv {
         let mount = cgroup2_mount();
         let mut env = TestEnv {
             netns: format!("emt-{id}"),
-            host_if: format!("emh{id}"),
+            client_ns: format!("emc-{id}"),
             cgroup_root: mount.join(format!("emt-{id}")),
             mount,
             id,
@@ -163,21 +166,24 @@ impl TestEnv {
     }
 
     fn setup_network(&mut self) {
-        let (ns, h) = (self.netns.clone(), self.host_if.clone());
+        let (ns, cns) = (self.netns.clone(), self.client_ns.clone());
+        let h = format!("emh{}", self.id);
         let peer = format!("emn{}", self.id);
         sh(&["ip", "netns", "add", &ns]);
+        sh(&["ip", "netns", "add", &cns]);
         sh(&[
-            "ip", "link", "add", &h, "type", "veth", "peer", "name", &peer,
+            "ip", "-n", &cns, "link", "add", &h, "type", "veth", "peer", "name", &peer,
         ]);
-        sh(&["ip", "link", "set", &peer, "netns", &ns]);
-        for a in HOST_ADDRS {
-            let mut args = vec!["ip", "addr", "add", a, "dev", &h];
+        sh(&["ip", "-n", &cns, "link", "set", &peer, "netns", &ns]);
+        for a in CLIENT_ADDRS {
+            let mut args = vec!["ip", "-n", &cns, "addr", "add", a, "dev", &h];
             if a.contains(':') {
                 args.push("nodad");
             }
             sh(&args);
         }
-        sh(&["ip", "link", "set", &h, "up"]);
+        sh(&["ip", "-n", &cns, "link", "set", &h, "up"]);
+        sh(&["ip", "-n", &cns, "link", "set", "lo", "up"]);
         for a in NS_ADDRS {
             let mut args = vec!["ip", "-n", &ns, "addr", "add", a, "dev", &peer];
             if a.contains(':') {
@@ -189,7 +195,7 @@ impl TestEnv {
         sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
         // Nothing is sent unless every test address routes through our link.
         for addr in [DE_V4, US_V4, DE_V6, US_V6] {
-            let route = sh(&["ip", "route", "get", addr]);
+            let route = sh(&["ip", "-n", &cns, "route", "get", addr]);
             assert!(
                 route.contains(&format!("dev {h} ")),
                 "test address {addr} does not route through the test link {h}: {route}; refusing to send"
@@ -368,17 +374,26 @@ impl TestEnv {
         self.log().matches(needle).count()
     }
 
-    /// Runs the probe inside a test cgroup (moved there before it execs).
-    pub fn probe(&self, sub: &str, args: &[&str]) -> Probe {
+    /// The probe as a workload: in the client namespace, in a test cgroup
+    /// (moved there before it execs; `ip netns exec` execs the probe in
+    /// the same process, so the pid and the cgroup carry over).
+    pub fn probe_command(&self, sub: &str, args: &[&str]) -> Command {
         let procs = self.cgroup(sub).join("cgroup.procs");
-        let mut cmd = Command::new(probe_bin());
-        cmd.args(args);
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &self.client_ns])
+            .arg(probe_bin())
+            .args(args);
         // SAFETY: only async-signal-safe work between fork and exec: one
         // open/write/close through std::fs on a path computed before fork.
         unsafe {
             cmd.pre_exec(move || std::fs::write(&procs, b"0"));
         }
-        let out = cmd.output().expect("run probe");
+        cmd
+    }
+
+    /// Runs the probe as a workload and reads its result.
+    pub fn probe(&self, sub: &str, args: &[&str]) -> Probe {
+        let out = self.probe_command(sub, args).output().expect("run probe");
         assert!(
             out.status.success(),
             "probe {args:?} failed: {}",
@@ -489,7 +504,7 @@ impl Drop for TestEnv {
             let _ = s.wait();
         }
         sh_quiet(&["ip", "netns", "del", &self.netns]);
-        sh_quiet(&["ip", "link", "del", &self.host_if]);
+        sh_quiet(&["ip", "netns", "del", &self.client_ns]);
         // Deepest first; probes have exited, so the cgroups are empty.
         let mut dirs: Vec<PathBuf> = Vec::new();
         let mut stack = vec![self.cgroup_root.clone()];

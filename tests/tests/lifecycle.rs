@@ -2,10 +2,7 @@
 //! restart adopts the pins instead of attaching twice and drains what the
 //! kernel reported meanwhile, an upgrade replaces the programs with no gap,
 //! and `uninstall` removes everything.
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Stdio, time::Duration};
 
 use integration_tests::*;
 use serde_json::Value;
@@ -86,17 +83,13 @@ fn uninstall_refuses_while_the_daemon_runs() {
 }
 
 fn start_loop(env: &TestEnv, count: &str, gap_ms: &str) -> std::process::Child {
-    let procs = env.cgroup("sel").join("cgroup.procs");
-    let mut cmd = Command::new(probe_bin());
-    cmd.args(["tcp-loop", US_V4, &PORT.to_string(), count, gap_ms])
-        .stdout(Stdio::piped());
-    // SAFETY: one write between fork and exec, as in TestEnv::probe.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            std::fs::write(&procs, b"0")
-        });
-    }
-    cmd.spawn().expect("start traffic loop")
+    env.probe_command(
+        "sel",
+        &["tcp-loop", US_V4, &PORT.to_string(), count, gap_ms],
+    )
+    .stdout(Stdio::piped())
+    .spawn()
+    .expect("start traffic loop")
 }
 
 fn finish_loop(child: std::process::Child) -> Value {
