@@ -1,0 +1,138 @@
+//! QueryEvents and QueryFlows: the history store, read on a blocking
+//! thread with a connection of their own.
+use tonic::Status;
+
+use super::{filter::Filter, pb};
+use crate::store::{self, query, time::parse_window, Store};
+
+pub const DEFAULT_LIMIT: u32 = 1000;
+pub const MAX_LIMIT: u32 = 100_000;
+
+fn window(w: Option<pb::TimeWindow>) -> Result<(i64, i64), Status> {
+    let w = w.unwrap_or_default();
+    parse_window(&w.since, &w.until, store::now_nanos())
+        .map_err(|(field, why)| Status::invalid_argument(format!("window.{field}: {why}")))
+}
+
+fn limit(l: u32) -> Result<usize, Status> {
+    match l {
+        0 => Ok(DEFAULT_LIMIT as usize),
+        l if l > MAX_LIMIT => Err(Status::invalid_argument(format!(
+            "limit: {l} is more than {MAX_LIMIT}"
+        ))),
+        l => Ok(l as usize),
+    }
+}
+
+fn open(path: &std::path::Path) -> Result<Store, Status> {
+    Store::open_read(path).map_err(|e| Status::unavailable(format!("history store: {e}")))
+}
+
+fn internal(e: store::StoreError) -> Status {
+    Status::unavailable(format!("history store: {e}"))
+}
+
+pub fn query_events(
+    path: &std::path::Path,
+    req: pb::QueryEventsRequest,
+) -> Result<pb::QueryEventsResponse, Status> {
+    let (since, until) = window(req.window)?;
+    let limit = limit(req.limit)?;
+    let filter = Filter::compile(req.filter.unwrap_or_default())?;
+    let after: i64 = if req.page_token.is_empty() {
+        0
+    } else {
+        req.page_token
+            .parse()
+            .map_err(|_| Status::invalid_argument("page_token: not a token this server gave"))?
+    };
+    let store = open(path)?;
+    let (events, more) = query::events(&store, since, until, after, limit, &|e| filter.matches(e))
+        .map_err(internal)?;
+    Ok(pb::QueryEventsResponse {
+        next_page_token: match (more, events.last()) {
+            (true, Some((seq, _))) => seq.to_string(),
+            _ => String::new(),
+        },
+        seqs: events.iter().map(|(s, _)| *s as u64).collect(),
+        events: events.iter().map(|(_, e)| pb::Event::from(e)).collect(),
+    })
+}
+
+pub fn query_flows(
+    path: &std::path::Path,
+    req: pb::QueryFlowsRequest,
+) -> Result<pb::QueryFlowsResponse, Status> {
+    let (since, until) = window(req.window)?;
+    let limit = limit(req.limit)?;
+    let filter = Filter::compile(req.filter.unwrap_or_default())?;
+    for (i, g) in req.group_by.iter().enumerate() {
+        if !query::GROUP_FIELDS.contains(&g.as_str()) {
+            return Err(Status::invalid_argument(format!(
+                "group_by[{i}]: {g:?} is not one of {}",
+                query::GROUP_FIELDS.join(", ")
+            )));
+        }
+    }
+    let sort = if req.sort.is_empty() {
+        "count"
+    } else {
+        req.sort.as_str()
+    };
+    if !query::SORTS.contains(&sort) {
+        return Err(Status::invalid_argument(format!(
+            "sort: {sort:?} is not one of {}",
+            query::SORTS.join(", ")
+        )));
+    }
+    let offset: usize = if req.page_token.is_empty() {
+        0
+    } else {
+        req.page_token
+            .parse()
+            .map_err(|_| Status::invalid_argument("page_token: not a token this server gave"))?
+    };
+    let store = open(path)?;
+    let flows = query::flows(
+        &store,
+        since,
+        until,
+        &|e| filter.matches(e),
+        filter.by_process(),
+    )
+    .map_err(internal)?;
+    let mut flows = query::group(flows, &req.group_by);
+    query::sort(&mut flows, sort);
+    let total = flows.len();
+    let page: Vec<pb::Flow> = flows
+        .into_iter()
+        .skip(offset)
+        .take(limit)
+        .map(|f| pb::Flow {
+            first_seen: crate::events::rfc3339_nanos(i128::from(f.first_seen)),
+            last_seen: crate::events::rfc3339_nanos(i128::from(f.last_seen)),
+            first_seen_unix_nanos: f.first_seen,
+            last_seen_unix_nanos: f.last_seen,
+            cgroup_path: f.cgroup_path,
+            pod_uid: f.pod_uid,
+            comm: f.comm,
+            dst_ip: f.dst_ip,
+            dst_port: u32::from(f.dst_port),
+            protocol: f.protocol,
+            verdict: f.verdict,
+            policy: f.policy,
+            country: f.country,
+            continent: f.continent,
+            count: f.count,
+        })
+        .collect();
+    Ok(pb::QueryFlowsResponse {
+        next_page_token: if offset + page.len() < total {
+            (offset + page.len()).to_string()
+        } else {
+            String::new()
+        },
+        flows: page,
+        total: total as u64,
+    })
+}

@@ -1,0 +1,59 @@
+//! The event filter flags shared by `flows` and `export` (`events` has the
+//! same flags).
+use clap::Args;
+
+use crate::api::pb;
+
+#[derive(Debug, Clone, Args)]
+pub struct FilterArgs {
+    /// allowed, denied or would_deny (repeatable).
+    #[arg(long)]
+    pub verdict: Vec<String>,
+    #[arg(long)]
+    pub policy: Vec<String>,
+    /// ISO country code of the destination (repeatable).
+    #[arg(long)]
+    pub country: Vec<String>,
+    /// Destination inside this CIDR (repeatable).
+    #[arg(long)]
+    pub to_cidr: Vec<String>,
+    #[arg(long)]
+    pub port: Vec<u32>,
+    /// tcp or udp.
+    #[arg(long)]
+    pub protocol: Vec<String>,
+    /// Glob over the cgroup path ('*' one level, '**' any).
+    #[arg(long)]
+    pub cgroup: Vec<String>,
+    #[arg(long)]
+    pub pid: Vec<u32>,
+    #[arg(long)]
+    pub comm: Vec<String>,
+    #[arg(long)]
+    pub uid: Vec<u32>,
+    /// Kubernetes pod UID (repeatable).
+    #[arg(long)]
+    pub pod: Vec<String>,
+}
+
+impl FilterArgs {
+    pub fn to_pb(&self) -> pb::EventFilter {
+        pb::EventFilter {
+            verdicts: self.verdict.clone(),
+            policies: self.policy.clone(),
+            cgroup_globs: self.cgroup.clone(),
+            dst_cidrs: self.to_cidr.clone(),
+            countries: self.country.clone(),
+            ports: self.port.clone(),
+            protocols: self.protocol.clone(),
+            pids: self.pid.clone(),
+            comms: self.comm.clone(),
+            uids: self.uid.clone(),
+            pod_uids: self.pod.clone(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.to_pb() == pb::EventFilter::default()
+    }
+}

@@ -1,0 +1,385 @@
+//! Building an evidence bundle from the store: one tar file holding the
+//! window's records, flows, policy record, GeoIP identity, host, counters,
+//! the hash chain, a manifest of SHA-256 digests and the node's signature.
+use std::collections::BTreeMap;
+
+use anyhow::{bail, Context};
+use ed25519_dalek::{Signer, SigningKey};
+use rusqlite::params;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::{
+    events::{rfc3339_nanos, Event},
+    store::{chain, query, Store},
+};
+
+pub const FORMAT: &str = "egress-monitor-evidence/1";
+
+/// The files of a bundle by name.
+pub type Files = BTreeMap<String, Vec<u8>>;
+
+/// What to export.
+pub struct Request<'a> {
+    pub since: i64,
+    pub until: i64,
+    pub keep: &'a dyn Fn(&Event) -> bool,
+    /// The filter as given (recorded in the manifest); null when none.
+    pub filter: Value,
+    /// The filter names processes (pid/uid): flows come from events.
+    pub by_process: bool,
+}
+
+/// What the bundle holds, for the CLI's report.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub in_window: usize,
+    pub exported: usize,
+    pub flows: usize,
+    pub policy_versions: usize,
+}
+
+fn t(n: i64) -> String {
+    rfc3339_nanos(i128::from(n))
+}
+
+fn read_first_line(p: &str) -> String {
+    std::fs::read_to_string(p)
+        .map(|s| s.lines().next().unwrap_or("").trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Rows of a (time, json) table in force during the window: the last one
+/// before it and every one inside it.
+fn in_force(
+    store: &Store,
+    table: &str,
+    col: &str,
+    since: i64,
+    until: i64,
+) -> anyhow::Result<Vec<(i64, Value)>> {
+    let sql = format!(
+        "SELECT unix_nanos, {col} FROM {table} WHERE id >= coalesce((SELECT max(id) FROM {table} WHERE unix_nanos <= ?1), 0) AND unix_nanos < ?2 ORDER BY id"
+    );
+    let mut stmt = store.conn.prepare(&sql)?;
+    let rows = stmt
+        .query_map(params![since, until], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(rows
+        .into_iter()
+        .map(|(t, s)| (t, serde_json::from_str(&s).unwrap_or(Value::String(s))))
+        .collect())
+}
+
+/// Builds the bundle's files (signed manifest included).
+pub fn build(
+    store: &Store,
+    key: &SigningKey,
+    req: &Request<'_>,
+) -> anyhow::Result<(Files, Summary)> {
+    let mut files = Files::new();
+    let mut summary = Summary::default();
+    // One read transaction: every file sees the same store.
+    store.conn.execute_batch("BEGIN")?;
+
+    // Records and their chain, checked as they are read.
+    let mut stmt = store.conn.prepare(&format!(
+        "SELECT {}, prev_hash, digest, hash, record FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 ORDER BY seq",
+        query::EVENT_COLUMNS
+    ))?;
+    let mut rows = stmt.query(params![req.since, req.until])?;
+    let mut links = Vec::new();
+    let mut jsonl = Vec::new();
+    let mut anchor: Option<([u8; 32], i64)> = None;
+    let mut prev: Option<[u8; 32]> = None;
+    let mut exported_events = Vec::new();
+    while let Some(r) = rows.next()? {
+        let (seq, event) = query::event_of(r)?;
+        let prev_hash = chain::to32(&r.get::<_, Vec<u8>>(19)?);
+        let digest = chain::to32(&r.get::<_, Vec<u8>>(20)?);
+        let hash = chain::to32(&r.get::<_, Vec<u8>>(21)?);
+        let record: String = r.get(22)?;
+        if chain::digest(&record) != digest {
+            bail!("the store's record seq {seq} does not match its digest: the store was altered; not exporting");
+        }
+        if let Some(p) = prev {
+            if p != prev_hash || links.last().map(|l: &chain::Link| l.seq + 1) != Some(seq) {
+                bail!("the store's chain is broken before seq {seq} (a record was removed or altered): not exporting");
+            }
+        } else {
+            anchor = Some((prev_hash, seq - 1));
+        }
+        if chain::link(&prev_hash, &digest) != hash {
+            bail!("the store's record seq {seq} does not link to the one before: the store was altered; not exporting");
+        }
+        prev = Some(hash);
+        links.push(chain::Link {
+            seq,
+            digest: hex::encode(digest),
+            hash: hex::encode(hash),
+        });
+        if (req.keep)(&event) {
+            jsonl.extend_from_slice(record.as_bytes());
+            jsonl.push(b'\n');
+            exported_events.push(event);
+        }
+    }
+    drop(rows);
+    drop(stmt);
+    // The anchor is confirmed by the record before the window, if kept.
+    if let Some((a, seq)) = anchor {
+        let before: Option<Vec<u8>> = store
+            .conn
+            .query_row("SELECT hash FROM events WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .ok();
+        if before.is_some_and(|b| chain::to32(&b) != a) {
+            bail!(
+                "the store's chain is broken at seq {}: not exporting",
+                seq + 1
+            );
+        }
+    }
+    summary.in_window = links.len();
+    summary.exported = exported_events.len();
+    let (head_seq, head) = store.head()?;
+    let anchor_json = match anchor {
+        Some((h, seq)) => json!({"seq": seq, "hash": hex::encode(h)}),
+        None => Value::Null,
+    };
+    let complete = req.filter.is_null();
+    files.insert(
+        "chain.json".into(),
+        serde_json::to_vec_pretty(&json!({
+            "algorithm": "digest = SHA-256(line of events.jsonl); hash = SHA-256(previous hash || digest); the store's first record follows 32 zero bytes",
+            "store_id": store.store_id()?,
+            "anchor": anchor_json,
+            "links": links,
+            "complete": complete,
+            "records_in_window": links.len(),
+            "records_exported": summary.exported,
+            "store_head_at_export": {"seq": head_seq, "hash": hex::encode(head)},
+        }))?,
+    );
+    files.insert("events.jsonl".into(), jsonl);
+
+    // Flows.
+    let mut flows = query::flows(store, req.since, req.until, req.keep, req.by_process)?;
+    query::sort(&mut flows, "first_seen");
+    summary.flows = flows.len();
+    let mut w = csv::Writer::from_writer(Vec::new());
+    w.write_record([
+        "first_seen",
+        "last_seen",
+        "count",
+        "verdict",
+        "policy",
+        "cgroup_path",
+        "pod_uid",
+        "comm",
+        "protocol",
+        "dst_ip",
+        "dst_port",
+        "country",
+        "continent",
+    ])?;
+    for f in &flows {
+        w.write_record([
+            t(f.first_seen),
+            t(f.last_seen),
+            f.count.to_string(),
+            f.verdict.clone(),
+            f.policy.clone(),
+            f.cgroup_path.clone(),
+            f.pod_uid.clone(),
+            f.comm.clone(),
+            f.protocol.clone(),
+            f.dst_ip.clone(),
+            f.dst_port.to_string(),
+            f.country.clone(),
+            f.continent.clone(),
+        ])?;
+    }
+    files.insert(
+        "flows.csv".into(),
+        w.into_inner().context("writing flows.csv")?,
+    );
+
+    // Policy record.
+    let sets = in_force(store, "policy_sets", "members", req.since, req.until)?;
+    let mut versions: BTreeMap<String, (String, String, String, String, i64)> = BTreeMap::new();
+    let mut index = Vec::new();
+    for (at, members) in &sets {
+        let mut list = Vec::new();
+        for m in members.as_array().into_iter().flatten() {
+            let sha = m.get(1).and_then(Value::as_str).unwrap_or("").to_string();
+            let row = store.conn.query_row(
+                "SELECT name, mode, file, text, first_seen FROM policy_versions WHERE sha256 = ?1",
+                [&sha],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )?;
+            let (name, mode, file, _, _): &(String, String, String, String, i64) =
+                versions.entry(sha.clone()).or_insert(row);
+            list.push(
+                json!({"name": name, "sha256": sha, "mode": mode, "file": file,
+                "text_file": format!("policies/{}-{}.yaml", name, &sha[..16.min(sha.len())])}),
+            );
+        }
+        index.push(
+            json!({"effective_from": t(*at), "effective_from_unix_nanos": at, "policies": list}),
+        );
+    }
+    for (sha, (name, _, _, text, _)) in &versions {
+        files.insert(
+            format!("policies/{}-{}.yaml", name, &sha[..16.min(sha.len())]),
+            text.clone().into_bytes(),
+        );
+    }
+    summary.policy_versions = versions.len();
+    files.insert(
+        "policies/index.json".into(),
+        serde_json::to_vec_pretty(&json!({"policy_sets": index}))?,
+    );
+
+    // GeoIP and host.
+    let geo: Vec<Value> = in_force(store, "geoip", "identity", req.since, req.until)?
+        .into_iter()
+        .map(|(at, id)| json!({"in_use_from": t(at), "database": id}))
+        .collect();
+    files.insert(
+        "geoip.json".into(),
+        serde_json::to_vec_pretty(&json!({"databases": geo}))?,
+    );
+    let runs: Vec<Value> = in_force(store, "agent_runs", "info", req.since, req.until)?
+        .into_iter()
+        .map(|(at, info)| json!({"started": t(at), "agent": info}))
+        .collect();
+    let host = json!({
+        "hostname": read_first_line("/proc/sys/kernel/hostname"),
+        "machine_id": read_first_line("/etc/machine-id"),
+        "boot_id": read_first_line("/proc/sys/kernel/random/boot_id"),
+        "kernel": read_first_line("/proc/sys/kernel/osrelease"),
+        "exporting_agent_version": env!("CARGO_PKG_VERSION"),
+        "agent_runs": runs,
+    });
+    files.insert("host.json".into(), serde_json::to_vec_pretty(&host)?);
+
+    // Counters: decisions, and what the record lacks.
+    let mut verdicts: BTreeMap<String, u64> = BTreeMap::new();
+    for (v, n) in store
+        .conn
+        .prepare("SELECT verdict, count(*) FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY verdict")?
+        .query_map(params![req.since, req.until], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .collect::<Result<Vec<_>, _>>()?
+    {
+        verdicts.insert(v, n as u64);
+    }
+    let gaps: Vec<(i64, String, i64, String)> = store
+        .conn
+        .prepare("SELECT unix_nanos, kind, count, detail FROM gaps WHERE unix_nanos >= ?1 AND unix_nanos < ?2 ORDER BY id")?
+        .query_map(params![req.since, req.until], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut totals: BTreeMap<String, i64> = [
+        "lost_for_store",
+        "lost_in_kernel",
+        "store_degraded",
+        "store_reset",
+    ]
+    .iter()
+    .map(|k| (k.to_string(), 0))
+    .collect();
+    for g in &gaps {
+        *totals.entry(g.1.clone()).or_default() += g.2;
+    }
+    let retention: Vec<Value> = store
+        .conn
+        .prepare("SELECT unix_nanos, reason, events, up_to_seq, before_nanos FROM retention_log WHERE before_nanos > ?1 ORDER BY id")?
+        .query_map([req.since], |r| {
+            Ok(json!({"at": t(r.get(0)?), "reason": r.get::<_, String>(1)?, "events_removed": r.get::<_, i64>(2)?,
+                "up_to_seq": r.get::<_, i64>(3)?, "removed_before": t(r.get(4)?)}))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let counters = json!({
+        "decisions_in_window": verdicts,
+        "records_in_window": summary.in_window,
+        "records_exported": summary.exported,
+        "gaps": totals,
+        "gap_records": gaps.iter().map(|g| json!({"at": t(g.0), "kind": g.1, "count": g.2, "detail": g.3})).collect::<Vec<_>>(),
+        "retention_runs_touching_window": retention,
+    });
+    files.insert(
+        "counters.json".into(),
+        serde_json::to_vec_pretty(&counters)?,
+    );
+    store.conn.execute_batch("COMMIT")?;
+
+    let md = super::summary::render(&super::summary::Input {
+        since: req.since,
+        until: req.until,
+        events: &exported_events,
+        flows: &flows,
+        policy_index: &index,
+        counters: &counters,
+        complete,
+        public_key: &crate::evidence::key::public_hex(&key.verifying_key()),
+    });
+    files.insert("summary.md".into(), md.into_bytes());
+    let public = crate::evidence::key::public_hex(&key.verifying_key());
+    files.insert("node.pub".into(), format!("{public}\n").into_bytes());
+
+    let digests: BTreeMap<&String, String> = files
+        .iter()
+        .map(|(n, b)| (n, hex::encode(Sha256::digest(b))))
+        .collect();
+    let manifest = serde_json::to_vec_pretty(&json!({
+        "format": FORMAT,
+        "created": t(crate::store::now_nanos()),
+        "window": {"since": t(req.since), "until": t(req.until), "since_unix_nanos": req.since, "until_unix_nanos": req.until},
+        "filter": req.filter,
+        "node_public_key": public,
+        "store_id": store.store_id()?,
+        "files": digests,
+    }))?;
+    let signature = key.sign(&manifest);
+    files.insert("manifest.json".into(), manifest);
+    files.insert(
+        "manifest.sig".into(),
+        format!("{}\n", hex::encode(signature.to_bytes())).into_bytes(),
+    );
+    Ok((files, summary))
+}
+
+/// Writes the files as one tar (fixed order: the manifest first).
+pub fn write_tar(files: &Files, out: &std::path::Path) -> anyhow::Result<()> {
+    let tmp = out.with_extension("partial");
+    let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::new(f));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut order: Vec<&String> = files.keys().collect();
+    order.sort_by_key(|n| {
+        (
+            n.as_str() != "manifest.json",
+            n.as_str() != "manifest.sig",
+            n.as_str(),
+        )
+    });
+    for name in order {
+        let data = &files[name];
+        let mut h = tar::Header::new_gnu();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(now);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, format!("evidence/{name}"), data.as_slice())?;
+    }
+    let w = tar.into_inner()?;
+    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
+    Ok(())
+}

@@ -1,0 +1,7 @@
+//! Evidence bundles: building one from the store for a time window
+//! (`bundle`), the auditor's page (`summary`), the node key (`key`), and
+//! checking a bundle (`verify`).
+pub mod bundle;
+pub mod key;
+pub mod summary;
+pub mod verify;

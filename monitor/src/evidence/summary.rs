@@ -1,0 +1,232 @@
+//! summary.md: the page an auditor reads first.
+use std::{collections::BTreeMap, fmt::Write};
+
+use serde_json::Value;
+
+use crate::{
+    events::{rfc3339_nanos, Event},
+    store::query::Flow,
+};
+
+pub struct Input<'a> {
+    pub since: i64,
+    pub until: i64,
+    pub events: &'a [Event],
+    pub flows: &'a [Flow],
+    pub policy_index: &'a [Value],
+    pub counters: &'a Value,
+    pub complete: bool,
+    pub public_key: &'a str,
+}
+
+fn t(n: i64) -> String {
+    rfc3339_nanos(i128::from(n))
+}
+
+fn dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
+    }
+}
+
+fn dest(f: &Flow) -> String {
+    if f.dst_ip.contains(':') {
+        format!("[{}]:{}/{}", f.dst_ip, f.dst_port, f.protocol)
+    } else {
+        format!("{}:{}/{}", f.dst_ip, f.dst_port, f.protocol)
+    }
+}
+
+pub fn render(i: &Input<'_>) -> String {
+    let mut m = String::new();
+    let _ = writeln!(m, "# Egress evidence: {} to {}\n", t(i.since), t(i.until));
+    let _ = writeln!(
+        m,
+        "Signed by node key `{}`. Check this bundle with `egress-monitor verify BUNDLE --pubkey {}`; every file, the record chain and the signature are checked.\n",
+        i.public_key, i.public_key
+    );
+    if !i.complete {
+        let _ = writeln!(m, "**Filtered export**: only records matching the filter in manifest.json are included; the chain (chain.json) still covers every record of the window.\n");
+    }
+    let d = &i.counters["decisions_in_window"];
+    let n = |k: &str| d[k].as_u64().unwrap_or(0);
+    let _ = writeln!(
+        m,
+        "Decisions in the window: {} allowed, {} denied, {} would have been denied (monitor mode); {} records exported.\n",
+        n("allowed"),
+        n("denied"),
+        n("would_deny"),
+        i.events.len()
+    );
+    let g = &i.counters["gaps"];
+    let gn = |k: &str| g[k].as_i64().unwrap_or(0);
+    let _ = writeln!(
+        m,
+        "Completeness: {} events lost in the kernel (ring buffer full), {} not stored (store behind or degraded), {} store resets. {}\n",
+        gn("lost_in_kernel"),
+        gn("lost_for_store") + gn("store_degraded"),
+        gn("store_reset"),
+        if gn("lost_in_kernel") + gn("lost_for_store") + gn("store_degraded") + gn("store_reset") == 0 {
+            "The record is complete for this window."
+        } else {
+            "**The record is incomplete for this window; see counters.json.**"
+        }
+    );
+
+    // Transfers by country.
+    let mut by_country: BTreeMap<String, [u64; 3]> = BTreeMap::new();
+    for f in i.flows {
+        let c = by_country.entry(dash(&f.country).to_string()).or_default();
+        let k = match f.verdict.as_str() {
+            "allowed" => 0,
+            "denied" => 1,
+            _ => 2,
+        };
+        c[k] += f.count;
+    }
+    let _ = writeln!(m, "## Connections by destination country\n");
+    let _ = writeln!(
+        m,
+        "| country | allowed | denied | would_deny (left the host) |\n| --- | ---: | ---: | ---: |"
+    );
+    for (c, v) in &by_country {
+        let _ = writeln!(m, "| {c} | {} | {} | {} |", v[0], v[1], v[2]);
+    }
+
+    // Denied attempts.
+    let _ = writeln!(m, "\n## Denied attempts (blocked before a packet left)\n");
+    let denied: Vec<&Flow> = i.flows.iter().filter(|f| f.verdict == "denied").collect();
+    flow_table(&mut m, &denied);
+
+    // Outside the allowed regions.
+    let _ = writeln!(
+        m,
+        "\n## Traffic that left the allowed regions (GDPR Art. 44)\n"
+    );
+    let _ = writeln!(m, "Connections a policy judged outside its allowed regions that were let through because the policy was in monitor mode. Each is a transfer to review.\n");
+    let left: Vec<&Flow> = i
+        .flows
+        .iter()
+        .filter(|f| f.verdict == "would_deny")
+        .collect();
+    flow_table(&mut m, &left);
+    let _ = writeln!(
+        m,
+        "\nAllowed by a CIDR exception (review that each exception is intended):\n"
+    );
+    let cidr: Vec<&Flow> = i
+        .flows
+        .iter()
+        .filter(|f| f.verdict == "allowed" && !f.country.is_empty())
+        .filter(|f| {
+            i.events
+                .iter()
+                .any(|e| e.rule == "cidr" && e.dst_ip == f.dst_ip && e.cgroup_path == f.cgroup_path)
+        })
+        .collect();
+    flow_table(&mut m, &cidr);
+
+    // Policy record.
+    let _ = writeln!(m, "\n## Policy record (GDPR Art. 30)\n");
+    let _ = writeln!(
+        m,
+        "| in force from | policy | mode | sha256 | file |\n| --- | --- | --- | --- | --- |"
+    );
+    for set in i.policy_index {
+        for p in set["policies"].as_array().into_iter().flatten() {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | `{}` | {} |",
+                set["effective_from"].as_str().unwrap_or(""),
+                p["name"].as_str().unwrap_or(""),
+                p["mode"].as_str().unwrap_or(""),
+                p["sha256"].as_str().unwrap_or(""),
+                p["file"].as_str().unwrap_or("")
+            );
+        }
+    }
+
+    // Timeline.
+    let _ = writeln!(m, "\n## Timeline (for a NIS2 incident report)\n");
+    let mut tl: Vec<(i64, String)> = vec![(i.since, "window starts".into())];
+    for set in i.policy_index {
+        let at = set["effective_from_unix_nanos"].as_i64().unwrap_or(0);
+        let names: Vec<String> = set["policies"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|p| {
+                format!(
+                    "{} ({})",
+                    p["name"].as_str().unwrap_or(""),
+                    p["mode"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        tl.push((
+            at.max(i.since),
+            format!("policy set in force: {}", names.join(", ")),
+        ));
+    }
+    for f in i.flows.iter().filter(|f| f.verdict != "allowed") {
+        tl.push((
+            f.first_seen,
+            format!(
+                "first {} connection from {} ({}) to {} {} ({} in all, last {})",
+                f.verdict,
+                f.cgroup_path,
+                f.comm,
+                dest(f),
+                dash(&f.country),
+                f.count,
+                t(f.last_seen)
+            ),
+        ));
+    }
+    for gap in i.counters["gap_records"].as_array().into_iter().flatten() {
+        tl.push((
+            0,
+            format!(
+                "{} {}: {} ({})",
+                gap["at"].as_str().unwrap_or(""),
+                gap["kind"].as_str().unwrap_or(""),
+                gap["count"],
+                gap["detail"].as_str().unwrap_or("")
+            ),
+        ));
+    }
+    tl.push((i.until, "window ends".into()));
+    tl.sort_by_key(|(at, _)| *at);
+    for (at, what) in tl {
+        if at == 0 {
+            let _ = writeln!(m, "- {what}");
+        } else {
+            let _ = writeln!(m, "- {} {what}", t(at));
+        }
+    }
+    m
+}
+
+fn flow_table(m: &mut String, flows: &[&Flow]) {
+    if flows.is_empty() {
+        let _ = writeln!(m, "None.");
+        return;
+    }
+    let _ = writeln!(m, "| first seen | last seen | count | cgroup | process | destination | country | policy |\n| --- | --- | ---: | --- | --- | --- | --- | --- |");
+    for f in flows {
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            t(f.first_seen),
+            t(f.last_seen),
+            f.count,
+            f.cgroup_path,
+            f.comm,
+            dest(f),
+            dash(&f.country),
+            f.policy
+        );
+    }
+}

@@ -1,0 +1,379 @@
+//! The history on disk: every decision as a hash-chained row, flows
+//! aggregated per minute, the policy sets and GeoIP databases that were in
+//! force, and what was lost and why. SQLite (WAL) in `STATE_DIR/store.db`.
+//!
+//! One writer (the daemon's store thread, `writer.rs`) appends; queries and
+//! exports open their own read connections. Data flows one way: the event
+//! pipeline publishes, the writer subscribes.
+pub mod chain;
+pub mod query;
+pub mod retention;
+pub mod schema;
+pub mod time;
+pub mod writer;
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension};
+use sha2::{Digest, Sha256};
+
+use crate::events::Event;
+
+/// File name of the store inside the state directory.
+pub const FILE_NAME: &str = "store.db";
+
+pub fn path_in(state_dir: &Path) -> PathBuf {
+    state_dir.join(FILE_NAME)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("store {}: {op}: {source}", path.display())]
+    Sql {
+        path: PathBuf,
+        op: &'static str,
+        #[source]
+        source: rusqlite::Error,
+    },
+    #[error("store {}: schema version {found}, this agent reads version {expected}", path.display())]
+    Version {
+        path: PathBuf,
+        found: i64,
+        expected: i64,
+    },
+    #[error("store {}: {reason}", path.display())]
+    Other { path: PathBuf, reason: String },
+}
+
+impl StoreError {
+    /// The file is not a database or is damaged (as opposed to a full disk
+    /// or a transient I/O error).
+    pub fn is_corrupt(&self) -> bool {
+        match self {
+            StoreError::Sql { source, .. } => matches!(
+                source.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::NotADatabase | rusqlite::ErrorCode::DatabaseCorrupt)
+            ),
+            _ => false,
+        }
+    }
+}
+
+pub(crate) fn sql(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+    let path = path.to_path_buf();
+    move |source| StoreError::Sql { path, op, source }
+}
+
+/// A policy version as recorded.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PolicyVersion {
+    pub name: String,
+    pub mode: String,
+    pub file: String,
+    pub sha256: String,
+    pub text: String,
+}
+
+/// The store, open for writing (the daemon) or reading (queries, export).
+pub struct Store {
+    pub conn: Connection,
+    pub path: PathBuf,
+}
+
+impl Store {
+    /// Opens or creates the store for writing.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let conn = Connection::open(path).map_err(sql(path, "open"))?;
+        schema::prepare(&conn, path)?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Opens an existing store for reading only.
+    pub fn open_read(path: &Path) -> Result<Store, StoreError> {
+        if !path.exists() {
+            return Err(StoreError::Other {
+                path: path.to_path_buf(),
+                reason: "no such file (has the daemon run with this --state-dir?)".into(),
+            });
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql(path, "open read-only"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql(path, "busy timeout"))?;
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .map_err(sql(path, "read schema version"))?;
+        if version != schema::VERSION {
+            return Err(StoreError::Version {
+                path: path.to_path_buf(),
+                found: version,
+                expected: schema::VERSION,
+            });
+        }
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+
+    fn err(&self, op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
+        sql(&self.path, op)
+    }
+
+    /// The store's identity: a random id made when the file was created.
+    pub fn store_id(&self) -> Result<String, StoreError> {
+        self.meta("store_id").map(|v| v.unwrap_or_default())
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
+            .optional()
+            .map_err(self.err("read meta"))
+    }
+
+    /// The chain head: the last record's sequence number and hash.
+    pub fn head(&self) -> Result<(i64, [u8; 32]), StoreError> {
+        let (seq, hash): (i64, Vec<u8>) = self
+            .conn
+            .query_row("SELECT seq, hash FROM chain_head WHERE id = 0", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .map_err(self.err("read chain head"))?;
+        Ok((seq, chain::to32(&hash)))
+    }
+
+    /// Appends events, flows, policy sets and gap records in one
+    /// transaction; all or nothing.
+    pub fn append(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        let path = self.path.clone();
+        let e = |op| sql(&path, op);
+        let tx = self.conn.transaction().map_err(e("begin"))?;
+        {
+            let (mut seq, mut prev): (i64, Vec<u8>) = tx
+                .query_row("SELECT seq, hash FROM chain_head WHERE id = 0", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .map_err(e("read chain head"))?;
+            let mut ins = tx
+                .prepare_cached(schema::INSERT_EVENT)
+                .map_err(e("prepare insert"))?;
+            let mut flow = tx
+                .prepare_cached(schema::UPSERT_FLOW)
+                .map_err(e("prepare flow upsert"))?;
+            for ev in &batch.events {
+                seq += 1;
+                let canonical = chain::canonical(seq, ev);
+                let digest: [u8; 32] = Sha256::digest(canonical.as_bytes()).into();
+                let hash = chain::link(&chain::to32(&prev), &digest);
+                ins.execute(params![
+                    seq,
+                    ev.unix_nanos as i64,
+                    ev.verdict,
+                    ev.policy,
+                    ev.rule,
+                    ev.hook,
+                    ev.protocol,
+                    ev.family,
+                    ev.dst_ip,
+                    ev.dst_port,
+                    ev.country,
+                    ev.continent,
+                    ev.pid,
+                    ev.tgid,
+                    ev.uid,
+                    ev.comm,
+                    ev.cgroup_id as i64,
+                    ev.cgroup_path,
+                    ev.policy_generation,
+                    prev,
+                    &digest[..],
+                    &hash[..],
+                    canonical,
+                ])
+                .map_err(e("insert event"))?;
+                let t = ev.unix_nanos as i64;
+                flow.execute(params![
+                    query::bucket_of(t),
+                    ev.cgroup_path,
+                    ev.comm,
+                    ev.dst_ip,
+                    ev.dst_port,
+                    ev.protocol,
+                    ev.verdict,
+                    ev.policy,
+                    ev.country,
+                    ev.continent,
+                    t,
+                ])
+                .map_err(e("upsert flow"))?;
+                prev = hash.to_vec();
+            }
+            tx.execute(
+                "UPDATE chain_head SET seq = ?1, hash = ?2 WHERE id = 0",
+                params![seq, prev],
+            )
+            .map_err(e("update chain head"))?;
+            for g in &batch.gaps {
+                tx.execute(
+                    "INSERT INTO gaps (unix_nanos, kind, count, detail) VALUES (?1, ?2, ?3, ?4)",
+                    params![g.unix_nanos, g.kind, g.count as i64, g.detail],
+                )
+                .map_err(e("insert gap"))?;
+            }
+            for set in &batch.policy_sets {
+                record_policy_set(&tx, set).map_err(e("record policy set"))?;
+            }
+            for (t, geo) in &batch.geo {
+                tx.execute(
+                    "INSERT INTO geoip (unix_nanos, identity) VALUES (?1, ?2)",
+                    params![t, geo],
+                )
+                .map_err(e("record geoip"))?;
+            }
+            for (t, run) in &batch.runs {
+                tx.execute(
+                    "INSERT INTO agent_runs (unix_nanos, info) VALUES (?1, ?2)",
+                    params![t, run],
+                )
+                .map_err(e("record agent run"))?;
+            }
+        }
+        tx.commit().map_err(e("commit"))
+    }
+}
+
+/// A policy set taking effect.
+#[derive(Debug, Clone)]
+pub struct PolicySet {
+    pub unix_nanos: i64,
+    pub generation: u32,
+    pub policies: Vec<PolicyVersion>,
+}
+
+/// Something missing from the record: events the store could not take,
+/// the kernel could not queue, or a store reset.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Gap {
+    pub unix_nanos: i64,
+    /// `lost_for_store`, `lost_in_kernel`, `store_degraded`, `store_reset`.
+    pub kind: String,
+    pub count: u64,
+    pub detail: String,
+}
+
+/// What one transaction appends.
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub events: Vec<std::sync::Arc<Event>>,
+    pub gaps: Vec<Gap>,
+    pub policy_sets: Vec<PolicySet>,
+    /// (time, GeoIP identity as JSON).
+    pub geo: Vec<(i64, String)>,
+    /// (time, agent start as JSON: version, kernel, boot id).
+    pub runs: Vec<(i64, String)>,
+}
+
+impl Batch {
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+            && self.gaps.is_empty()
+            && self.policy_sets.is_empty()
+            && self.geo.is_empty()
+            && self.runs.is_empty()
+    }
+}
+
+/// Records a policy set when it differs from the last one recorded.
+fn record_policy_set(tx: &rusqlite::Transaction<'_>, set: &PolicySet) -> rusqlite::Result<()> {
+    let mut members: Vec<(String, String)> = set
+        .policies
+        .iter()
+        .map(|p| (p.name.clone(), p.sha256.clone()))
+        .collect();
+    members.sort();
+    let members_json = serde_json::to_string(&members).unwrap_or_default();
+    let last: Option<String> = tx
+        .query_row(
+            "SELECT members FROM policy_sets ORDER BY unix_nanos DESC, id DESC LIMIT 1",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if last.as_deref() == Some(members_json.as_str()) {
+        return Ok(());
+    }
+    for p in &set.policies {
+        tx.execute(
+            "INSERT OR IGNORE INTO policy_versions (sha256, name, mode, file, text, first_seen) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![p.sha256, p.name, p.mode, p.file, p.text, set.unix_nanos],
+        )?;
+    }
+    tx.execute(
+        "INSERT INTO policy_sets (unix_nanos, generation, members) VALUES (?1, ?2, ?3)",
+        params![set.unix_nanos, set.generation, members_json],
+    )?;
+    Ok(())
+}
+
+/// Now, as Unix nanoseconds.
+pub fn now_nanos() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+/// The text of the YAML document with this SHA-256 in `file` (the policy
+/// compiler hashes documents, not files); empty when the file has changed
+/// since.
+pub fn policy_text(file: &Path, sha256: &str) -> String {
+    let Ok(text) = std::fs::read_to_string(file) else {
+        return String::new();
+    };
+    crate::policy::model::documents(&text)
+        .into_iter()
+        .find(|d| hex::encode(Sha256::digest(d.text.as_bytes())) == sha256)
+        .map(|d| d.text.to_string())
+        .unwrap_or_default()
+}
+
+fn first_line(p: &str) -> String {
+    std::fs::read_to_string(p)
+        .map(|s| s.lines().next().unwrap_or("").trim().to_string())
+        .unwrap_or_default()
+}
+
+/// An agent start as recorded: version, kernel, host and boot, node key.
+pub fn agent_run_json(key: &ed25519_dalek::SigningKey) -> String {
+    serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "kernel": first_line("/proc/sys/kernel/osrelease"),
+        "hostname": first_line("/proc/sys/kernel/hostname"),
+        "machine_id": first_line("/etc/machine-id"),
+        "boot_id": first_line("/proc/sys/kernel/random/boot_id"),
+        "node_public_key": crate::evidence::key::public_hex(&key.verifying_key()),
+    })
+    .to_string()
+}
+
+/// The GeoIP database's identity as recorded.
+pub fn geo_json(g: &crate::geo::GeoIdentity) -> String {
+    serde_json::json!({
+        "path": g.path.display().to_string(),
+        "database_type": g.database_type,
+        "schema": g.schema,
+        "build_epoch": g.build_epoch,
+        "build_time": crate::events::rfc3339_nanos(i128::from(g.build_epoch) * 1_000_000_000),
+        "sha256": g.sha256,
+        "networks": g.networks,
+        "prefixes": g.prefixes,
+    })
+    .to_string()
+}

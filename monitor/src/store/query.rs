@@ -1,0 +1,362 @@
+//! Reading history: events in a window, flows in a window (grouped, sorted,
+//! paged). Filters are the live stream's (`api::filter`), passed in as a
+//! predicate so the store does not depend on the API.
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Row};
+
+use super::{Store, StoreError};
+use crate::events::{rfc3339_nanos, Event};
+
+const MINUTE: i64 = 60_000_000_000;
+
+/// The minute a time falls in (flow rows are per minute).
+pub fn bucket_of(t: i64) -> i64 {
+    t - t.rem_euclid(MINUTE)
+}
+
+pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation";
+
+pub(crate) fn event_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
+    let t: i64 = r.get(1)?;
+    let mut e = Event {
+        time: rfc3339_nanos(i128::from(t)),
+        unix_nanos: i128::from(t),
+        verdict: r.get(2)?,
+        policy: r.get(3)?,
+        rule: r.get(4)?,
+        hook: r.get(5)?,
+        protocol: r.get(6)?,
+        family: r.get(7)?,
+        dst_ip: r.get(8)?,
+        dst_port: r.get(9)?,
+        country: r.get(10)?,
+        continent: r.get(11)?,
+        pid: r.get(12)?,
+        tgid: r.get(13)?,
+        uid: r.get(14)?,
+        comm: r.get(15)?,
+        cgroup_id: r.get::<_, i64>(16)? as u64,
+        cgroup_path: r.get(17)?,
+        policy_generation: r.get(18)?,
+        ..Default::default()
+    };
+    e.attribute();
+    Ok((r.get(0)?, e))
+}
+
+/// Events in [since, until) after `after_seq`, in record order, that
+/// `keep` accepts; at most `limit`. Returns them and whether more match.
+pub fn events(
+    store: &Store,
+    since: i64,
+    until: i64,
+    after_seq: i64,
+    limit: usize,
+    keep: &dyn Fn(&Event) -> bool,
+) -> Result<(Vec<(i64, Event)>, bool), StoreError> {
+    let mut out = Vec::new();
+    let mut stmt = store
+        .conn
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1 AND unix_nanos >= ?2 AND unix_nanos < ?3 ORDER BY seq LIMIT 4096"
+        ))
+        .map_err(store.err("prepare event query"))?;
+    let mut cursor = after_seq;
+    loop {
+        let chunk: Vec<(i64, Event)> = stmt
+            .query_map(params![cursor, since, until], event_of)
+            .and_then(|rows| rows.collect())
+            .map_err(store.err("query events"))?;
+        let Some(last) = chunk.last() else {
+            return Ok((out, false));
+        };
+        cursor = last.0;
+        for (seq, e) in chunk {
+            if keep(&e) {
+                if out.len() == limit {
+                    return Ok((out, true));
+                }
+                out.push((seq, e));
+            }
+        }
+    }
+}
+
+/// A flow: decisions with the same key, and when they were seen.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Flow {
+    pub cgroup_path: String,
+    pub pod_uid: String,
+    pub comm: String,
+    pub dst_ip: String,
+    pub dst_port: u16,
+    pub protocol: String,
+    pub verdict: String,
+    pub policy: String,
+    pub country: String,
+    pub continent: String,
+    pub first_seen: i64,
+    pub last_seen: i64,
+    pub count: u64,
+}
+
+impl Flow {
+    fn as_event(&self) -> Event {
+        let mut e = Event {
+            cgroup_path: self.cgroup_path.clone(),
+            comm: self.comm.clone(),
+            dst_ip: self.dst_ip.clone(),
+            dst_port: self.dst_port,
+            protocol: self.protocol.clone(),
+            verdict: self.verdict.clone(),
+            policy: self.policy.clone(),
+            country: self.country.clone(),
+            continent: self.continent.clone(),
+            ..Default::default()
+        };
+        e.attribute();
+        e
+    }
+}
+
+/// What flows can be grouped by.
+pub const GROUP_FIELDS: [&str; 10] = [
+    "cgroup",
+    "pod",
+    "process",
+    "country",
+    "continent",
+    "destination",
+    "port",
+    "protocol",
+    "verdict",
+    "policy",
+];
+
+/// How flows are ordered.
+pub const SORTS: [&str; 4] = ["count", "first_seen", "last_seen", "destination"];
+
+fn flow_of(r: &Row<'_>) -> rusqlite::Result<Flow> {
+    Ok(Flow {
+        cgroup_path: r.get(0)?,
+        comm: r.get(1)?,
+        dst_ip: r.get(2)?,
+        dst_port: r.get(3)?,
+        protocol: r.get(4)?,
+        verdict: r.get(5)?,
+        policy: r.get(6)?,
+        country: r.get(7)?,
+        continent: r.get(8)?,
+        first_seen: r.get(9)?,
+        last_seen: r.get(10)?,
+        count: r.get::<_, i64>(11)? as u64,
+        pod_uid: String::new(),
+    })
+}
+
+const FLOW_KEY: &str =
+    "cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent)";
+
+/// Flows in [since, until): whole minutes from the flow table, the partial
+/// minutes at the edges from the events themselves, so the counts are
+/// exact for any window. `by_process` (a pid or uid filter) aggregates
+/// from events only, since flows do not keep them.
+pub fn flows(
+    store: &Store,
+    since: i64,
+    until: i64,
+    keep: &dyn Fn(&Event) -> bool,
+    by_process: bool,
+) -> Result<Vec<Flow>, StoreError> {
+    let mut parts: Vec<Flow> = Vec::new();
+    if by_process {
+        let (events, _) = events(store, since, until, 0, usize::MAX, keep)?;
+        for (_, e) in events {
+            let t = e.unix_nanos as i64;
+            parts.push(Flow {
+                cgroup_path: e.cgroup_path,
+                comm: e.comm,
+                dst_ip: e.dst_ip,
+                dst_port: e.dst_port,
+                protocol: e.protocol,
+                verdict: e.verdict,
+                policy: e.policy,
+                country: e.country,
+                continent: e.continent,
+                first_seen: t,
+                last_seen: t,
+                count: 1,
+                pod_uid: String::new(),
+            });
+        }
+    } else {
+        let first_full = bucket_of(since) + if since % MINUTE == 0 { 0 } else { MINUTE };
+        let end_full = bucket_of(until);
+        let mut edges = Vec::new();
+        if first_full < end_full {
+            let mut stmt = store
+                .conn
+                .prepare_cached(&format!(
+                    "SELECT {FLOW_KEY}, min(first_seen), max(last_seen), sum(count) FROM flows WHERE bucket >= ?1 AND bucket < ?2 GROUP BY cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy"
+                ))
+                .map_err(store.err("prepare flow query"))?;
+            let rows: Vec<Flow> = stmt
+                .query_map(params![first_full, end_full], flow_of)
+                .and_then(|r| r.collect())
+                .map_err(store.err("query flows"))?;
+            parts.extend(rows);
+            edges.push((since, first_full));
+            edges.push((end_full, until));
+        } else {
+            edges.push((since, until));
+        }
+        let mut stmt = store
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {FLOW_KEY}, min(unix_nanos), max(unix_nanos), count(*) FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy"
+            ))
+            .map_err(store.err("prepare edge query"))?;
+        for (a, b) in edges {
+            if a >= b {
+                continue;
+            }
+            let rows: Vec<Flow> = stmt
+                .query_map(params![a, b], flow_of)
+                .and_then(|r| r.collect())
+                .map_err(store.err("query edge flows"))?;
+            parts.extend(rows);
+        }
+    }
+    // Merge the parts by key, then filter on the whole key.
+    let mut merged: BTreeMap<(String, String, String, u16, String, String, String), Flow> =
+        BTreeMap::new();
+    for f in parts {
+        let key = (
+            f.cgroup_path.clone(),
+            f.comm.clone(),
+            f.dst_ip.clone(),
+            f.dst_port,
+            f.protocol.clone(),
+            f.verdict.clone(),
+            f.policy.clone(),
+        );
+        merged
+            .entry(key)
+            .and_modify(|m| {
+                m.first_seen = m.first_seen.min(f.first_seen);
+                m.last_seen = m.last_seen.max(f.last_seen);
+                m.count += f.count;
+            })
+            .or_insert(f);
+    }
+    Ok(merged
+        .into_values()
+        .filter_map(|mut f| {
+            let e = f.as_event();
+            f.pod_uid = e.pod_uid.clone();
+            (by_process || keep(&e)).then_some(f)
+        })
+        .collect())
+}
+
+/// Folds flows into groups: the fields not grouped by are left empty.
+pub fn group(flows: Vec<Flow>, by: &[String]) -> Vec<Flow> {
+    if by.is_empty() {
+        return flows;
+    }
+    let has = |f: &str| by.iter().any(|b| b == f);
+    let mut groups: BTreeMap<Vec<String>, Flow> = BTreeMap::new();
+    for f in flows {
+        let g = Flow {
+            cgroup_path: if has("cgroup") {
+                f.cgroup_path
+            } else {
+                String::new()
+            },
+            pod_uid: if has("pod") { f.pod_uid } else { String::new() },
+            comm: if has("process") {
+                f.comm
+            } else {
+                String::new()
+            },
+            dst_ip: if has("destination") {
+                f.dst_ip
+            } else {
+                String::new()
+            },
+            dst_port: if has("port") { f.dst_port } else { 0 },
+            protocol: if has("protocol") {
+                f.protocol
+            } else {
+                String::new()
+            },
+            verdict: if has("verdict") {
+                f.verdict
+            } else {
+                String::new()
+            },
+            policy: if has("policy") {
+                f.policy
+            } else {
+                String::new()
+            },
+            country: if has("country") || has("destination") {
+                f.country
+            } else {
+                String::new()
+            },
+            continent: if has("continent") || has("country") || has("destination") {
+                f.continent
+            } else {
+                String::new()
+            },
+            first_seen: f.first_seen,
+            last_seen: f.last_seen,
+            count: f.count,
+        };
+        let key = vec![
+            g.cgroup_path.clone(),
+            g.pod_uid.clone(),
+            g.comm.clone(),
+            g.dst_ip.clone(),
+            g.dst_port.to_string(),
+            g.protocol.clone(),
+            g.verdict.clone(),
+            g.policy.clone(),
+            g.country.clone(),
+        ];
+        groups
+            .entry(key)
+            .and_modify(|m| {
+                m.first_seen = m.first_seen.min(g.first_seen);
+                m.last_seen = m.last_seen.max(g.last_seen);
+                m.count += g.count;
+            })
+            .or_insert(g);
+    }
+    groups.into_values().collect()
+}
+
+/// Orders flows: `count` and `last_seen` largest first, `first_seen`
+/// earliest first, `destination` by address; ties by key.
+pub fn sort(flows: &mut [Flow], by: &str) {
+    let key = |f: &Flow| {
+        (
+            f.cgroup_path.clone(),
+            f.comm.clone(),
+            f.dst_ip.clone(),
+            f.dst_port,
+            f.verdict.clone(),
+        )
+    };
+    match by {
+        "first_seen" => flows.sort_by_key(|f| (f.first_seen, key(f))),
+        "last_seen" => flows.sort_by_key(|f| (std::cmp::Reverse(f.last_seen), key(f))),
+        "destination" => flows.sort_by(|a, b| {
+            let ip = |f: &Flow| f.dst_ip.parse::<std::net::IpAddr>().ok();
+            (ip(a), a.dst_port, key(a)).cmp(&(ip(b), b.dst_port, key(b)))
+        }),
+        _ => flows.sort_by_key(|f| (std::cmp::Reverse(f.count), key(f))),
+    }
+}

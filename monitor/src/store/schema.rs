@@ -1,0 +1,124 @@
+//! Tables, pragmas and the statements the writer runs.
+use std::path::Path;
+
+use rusqlite::{params, Connection};
+
+use super::{sql, StoreError};
+
+/// `PRAGMA user_version` of the layout below.
+pub const VERSION: i64 = 1;
+
+const TABLES: &str = "
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+-- One row per decision, in arrival order. seq is the chain position:
+-- digest = SHA-256(canonical JSON of the record), hash = SHA-256(prev_hash || digest).
+CREATE TABLE events (
+    seq INTEGER PRIMARY KEY,
+    unix_nanos INTEGER NOT NULL,
+    verdict TEXT NOT NULL, policy TEXT NOT NULL, rule TEXT NOT NULL, hook TEXT NOT NULL,
+    protocol TEXT NOT NULL, family TEXT NOT NULL, dst_ip TEXT NOT NULL, dst_port INTEGER NOT NULL,
+    country TEXT NOT NULL, continent TEXT NOT NULL, pid INTEGER NOT NULL, tgid INTEGER NOT NULL,
+    uid INTEGER NOT NULL, comm TEXT NOT NULL, cgroup_id INTEGER NOT NULL, cgroup_path TEXT NOT NULL,
+    policy_generation INTEGER NOT NULL,
+    prev_hash BLOB NOT NULL, digest BLOB NOT NULL, hash BLOB NOT NULL,
+    -- The canonical JSON that was hashed, byte for byte (exports write it).
+    record TEXT NOT NULL
+);
+CREATE INDEX events_time ON events (unix_nanos);
+-- The chain's anchor: the last record appended (seq 0 and 32 zero bytes when empty).
+CREATE TABLE chain_head (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL, hash BLOB NOT NULL);
+-- Flows: one row per key and minute.
+CREATE TABLE flows (
+    bucket INTEGER NOT NULL,
+    cgroup_path TEXT NOT NULL, comm TEXT NOT NULL, dst_ip TEXT NOT NULL, dst_port INTEGER NOT NULL,
+    protocol TEXT NOT NULL, verdict TEXT NOT NULL, policy TEXT NOT NULL,
+    country TEXT NOT NULL, continent TEXT NOT NULL,
+    first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy)
+) WITHOUT ROWID;
+-- Policy versions by content, and the sets in force over time.
+CREATE TABLE policy_versions (
+    sha256 TEXT PRIMARY KEY, name TEXT NOT NULL, mode TEXT NOT NULL, file TEXT NOT NULL,
+    text TEXT NOT NULL, first_seen INTEGER NOT NULL
+);
+CREATE TABLE policy_sets (
+    id INTEGER PRIMARY KEY, unix_nanos INTEGER NOT NULL, generation INTEGER NOT NULL,
+    members TEXT NOT NULL
+);
+CREATE TABLE geoip (id INTEGER PRIMARY KEY, unix_nanos INTEGER NOT NULL, identity TEXT NOT NULL);
+CREATE TABLE agent_runs (id INTEGER PRIMARY KEY, unix_nanos INTEGER NOT NULL, info TEXT NOT NULL);
+-- What the record is missing, and why.
+CREATE TABLE gaps (
+    id INTEGER PRIMARY KEY, unix_nanos INTEGER NOT NULL, kind TEXT NOT NULL,
+    count INTEGER NOT NULL, detail TEXT NOT NULL
+);
+CREATE INDEX gaps_time ON gaps (unix_nanos);
+-- Retention runs: what was removed on purpose.
+CREATE TABLE retention_log (
+    id INTEGER PRIMARY KEY, unix_nanos INTEGER NOT NULL, reason TEXT NOT NULL,
+    events INTEGER NOT NULL, up_to_seq INTEGER NOT NULL, before_nanos INTEGER NOT NULL
+);
+";
+
+pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)";
+
+pub const UPSERT_FLOW: &str = "INSERT INTO flows (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 1) ON CONFLICT (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen), count = count + 1, country = excluded.country, continent = excluded.continent";
+
+/// Pragmas and, on a new file, the tables.
+pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
+    let e = |op| sql(path, op);
+    conn.busy_timeout(std::time::Duration::from_secs(5))
+        .map_err(e("busy timeout"))?;
+    // Reading the version is the first touch of the file: a file that is
+    // not a database fails here.
+    let version: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(e("read schema version"))?;
+    if version > VERSION {
+        return Err(StoreError::Version {
+            path: path.to_path_buf(),
+            found: version,
+            expected: VERSION,
+        });
+    }
+    if version == 0 {
+        // Before any table exists: lets retention give space back.
+        conn.execute_batch("PRAGMA auto_vacuum = INCREMENTAL")
+            .map_err(e("set auto_vacuum"))?;
+    }
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(e("set WAL mode"))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Other {
+            path: path.to_path_buf(),
+            reason: format!("journal mode is {mode}, not WAL"),
+        });
+    }
+    // A committed batch survives a crash of the daemon and of the machine.
+    conn.execute_batch("PRAGMA synchronous = FULL; PRAGMA foreign_keys = ON;")
+        .map_err(e("set pragmas"))?;
+    if version == 0 {
+        let mut id = [0u8; 16];
+        getrandom::getrandom(&mut id).map_err(|err| StoreError::Other {
+            path: path.to_path_buf(),
+            reason: format!("random store id: {err}"),
+        })?;
+        let tx = conn.unchecked_transaction().map_err(e("begin"))?;
+        tx.execute_batch(TABLES).map_err(e("create tables"))?;
+        tx.execute(
+            "INSERT INTO chain_head (id, seq, hash) VALUES (0, 0, ?1)",
+            params![&[0u8; 32][..]],
+        )
+        .map_err(e("create chain head"))?;
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('store_id', ?1), ('created', ?2)",
+            params![hex::encode(id), super::now_nanos().to_string()],
+        )
+        .map_err(e("write meta"))?;
+        tx.execute_batch(&format!("PRAGMA user_version = {VERSION}"))
+            .map_err(e("write schema version"))?;
+        tx.commit().map_err(e("commit schema"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,488 @@
+//! The daemon's store writer: a forwarder task subscribes to the live event
+//! stream (it never slows the kernel drain: a lag is counted and recorded
+//! as `lost_for_store`), and a thread of its own appends batches every
+//! 100 ms or 2000 events in one transaction each.
+//!
+//! When the store fails (disk full, I/O error, a damaged file) the writer
+//! says so once in the log, marks the store `degraded` (status shows it),
+//! keeps up to `MAX_PENDING` events in memory and retries with backoff,
+//! reopening the file. A file that is not a database (or is corrupt) is
+//! moved aside, never deleted, and a new store is started; the reset is
+//! recorded as a gap. Enforcement never depends on any of this.
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        mpsc, Arc, Mutex,
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::sync::{broadcast, oneshot, watch};
+
+use super::{now_nanos, retention::Retention, Batch, Gap, PolicySet, PolicyVersion, Store};
+use crate::events::Event;
+
+const FLUSH_EVERY: Duration = Duration::from_millis(100);
+const BATCH_EVENTS: usize = 2000;
+/// Events held in memory while the store cannot take them.
+pub const MAX_PENDING: usize = 200_000;
+const RETRY_MAX: Duration = Duration::from_secs(10);
+
+enum Msg {
+    Events(Vec<Arc<Event>>),
+    Lagged(u64),
+    PolicySet(PolicySet),
+    Geo(String),
+    Run(String),
+    KernelLost(u64),
+    Flush(oneshot::Sender<Result<(), String>>),
+    Shutdown(oneshot::Sender<()>),
+}
+
+/// What status shows.
+#[derive(Debug, Clone, Default)]
+pub struct StoreStatus {
+    /// `ok` or `degraded`.
+    pub state: String,
+    pub error: String,
+    pub path: PathBuf,
+    pub store_id: String,
+    pub stored: u64,
+    pub lost_for_store: u64,
+    pub pending: u64,
+    pub write_errors: u64,
+    pub chain_seq: i64,
+    pub chain_head: String,
+    pub size_bytes: u64,
+}
+
+#[derive(Default)]
+struct Shared {
+    stored: AtomicU64,
+    lost: AtomicU64,
+    pending: AtomicU64,
+    write_errors: AtomicU64,
+    state: Mutex<(bool, String, String, i64, String)>, // degraded, error, store id, seq, head
+}
+
+pub struct Handle {
+    pub path: PathBuf,
+    tx: Mutex<mpsc::Sender<Msg>>,
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    attached: Mutex<bool>,
+}
+
+impl Handle {
+    /// Starts the writer thread on `path` (the store opens, or recovers, on it).
+    pub fn start(path: PathBuf, retention: Retention) -> Arc<Handle> {
+        let (tx, rx) = mpsc::channel();
+        let shared = Arc::new(Shared::default());
+        let (stop, _) = watch::channel(false);
+        let w = Writer {
+            path: path.clone(),
+            shared: shared.clone(),
+            store: None,
+            pending: Batch::default(),
+            retention,
+            retry_at: Instant::now(),
+            backoff: Duration::from_millis(500),
+            dropped_while_degraded: 0,
+            degraded_since: 0,
+        };
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || w.run(rx))
+            .expect("spawn the store writer thread");
+        Arc::new(Handle {
+            path,
+            tx: Mutex::new(tx),
+            shared,
+            stop,
+            attached: Mutex::new(false),
+        })
+    }
+
+    fn send(&self, m: Msg) {
+        let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        // The writer only ends at shutdown.
+        let _ = tx.send(m);
+    }
+
+    /// Subscribes the store to the live event stream.
+    pub fn attach(self: &Arc<Self>, mut live: broadcast::Receiver<Arc<Event>>) {
+        *self.attached.lock().unwrap_or_else(|p| p.into_inner()) = true;
+        let me = self.clone();
+        let mut stop = self.stop.subscribe();
+        tokio::spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    r = live.recv() => r,
+                    _ = stop.changed() => {
+                        // Take what the stream holds, then let the writer finish.
+                        let mut rest = Vec::new();
+                        loop {
+                            match live.try_recv() {
+                                Ok(e) => rest.push(e),
+                                Err(broadcast::error::TryRecvError::Lagged(n)) => me.lagged(n),
+                                Err(_) => break,
+                            }
+                        }
+                        me.events(rest);
+                        break;
+                    }
+                };
+                match first {
+                    Ok(e) => {
+                        let mut v = vec![e];
+                        while v.len() < 1024 {
+                            match live.try_recv() {
+                                Ok(e) => v.push(e),
+                                Err(broadcast::error::TryRecvError::Lagged(n)) => me.lagged(n),
+                                Err(_) => break,
+                            }
+                        }
+                        me.events(v);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(n)) => me.lagged(n),
+                    Err(broadcast::error::RecvError::Closed) => break,
+                }
+            }
+        });
+    }
+
+    fn events(&self, v: Vec<Arc<Event>>) {
+        if v.is_empty() {
+            return;
+        }
+        self.shared
+            .pending
+            .fetch_add(v.len() as u64, Ordering::Relaxed);
+        self.send(Msg::Events(v));
+    }
+
+    fn lagged(&self, n: u64) {
+        self.shared.lost.fetch_add(n, Ordering::Relaxed);
+        self.send(Msg::Lagged(n));
+    }
+
+    /// Records the policy set in force (called when one is applied).
+    pub fn policy_set(&self, policies: &[crate::policy::CompiledPolicy], generation: u32) {
+        let policies = policies
+            .iter()
+            .map(|p| PolicyVersion {
+                name: p.name.clone(),
+                mode: p.mode.to_string(),
+                file: p.file.clone(),
+                sha256: p.sha256.clone(),
+                text: super::policy_text(std::path::Path::new(&p.file), &p.sha256),
+            })
+            .collect();
+        self.send(Msg::PolicySet(PolicySet {
+            unix_nanos: now_nanos(),
+            generation,
+            policies,
+        }));
+    }
+
+    /// Records the GeoIP database in use (JSON).
+    pub fn geoip(&self, identity: String) {
+        self.send(Msg::Geo(identity));
+    }
+
+    /// Records an agent start (JSON).
+    pub fn agent_run(&self, info: String) {
+        self.send(Msg::Run(info));
+    }
+
+    /// Records events the kernel could not queue.
+    pub fn kernel_lost(&self, n: u64) {
+        self.send(Msg::KernelLost(n));
+    }
+
+    /// Writes everything received so far; the error when the store is degraded.
+    pub async fn flush(&self) -> Result<(), String> {
+        let (tx, rx) = oneshot::channel();
+        self.send(Msg::Flush(tx));
+        rx.await
+            .map_err(|_| "the store writer has stopped".to_string())?
+    }
+
+    /// Takes what the live stream still holds, writes it and stops the writer.
+    pub async fn shutdown(&self, timeout: Duration) -> bool {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.stop.send(true);
+        if *self.attached.lock().unwrap_or_else(|p| p.into_inner()) {
+            // Let the forwarder hand over what it drained first.
+            tokio::task::yield_now().await;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        self.send(Msg::Shutdown(tx));
+        tokio::time::timeout(timeout, rx).await.is_ok()
+    }
+
+    pub fn status(&self) -> StoreStatus {
+        let s = &self.shared;
+        let (degraded, error, store_id, seq, head) =
+            s.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let size = |p: PathBuf| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let wal = PathBuf::from(format!("{}-wal", self.path.display()));
+        StoreStatus {
+            state: if degraded { "degraded" } else { "ok" }.into(),
+            error,
+            path: self.path.clone(),
+            store_id,
+            stored: s.stored.load(Ordering::Relaxed),
+            lost_for_store: s.lost.load(Ordering::Relaxed),
+            pending: s.pending.load(Ordering::Relaxed),
+            write_errors: s.write_errors.load(Ordering::Relaxed),
+            chain_seq: seq,
+            chain_head: head,
+            size_bytes: size(self.path.clone()) + size(wal),
+        }
+    }
+}
+
+struct Writer {
+    path: PathBuf,
+    shared: Arc<Shared>,
+    store: Option<Store>,
+    pending: Batch,
+    retention: Retention,
+    retry_at: Instant,
+    backoff: Duration,
+    dropped_while_degraded: u64,
+    degraded_since: i64,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        let mut next_flush = Instant::now() + FLUSH_EVERY;
+        let mut next_retention = Instant::now() + Duration::from_secs(1);
+        let _ = self.flush();
+        loop {
+            let wait = next_flush.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(wait) {
+                Ok(Msg::Events(v)) => {
+                    self.shared
+                        .pending
+                        .fetch_sub(v.len() as u64, Ordering::Relaxed);
+                    let room = MAX_PENDING.saturating_sub(self.pending.events.len());
+                    if v.len() > room {
+                        let dropped = (v.len() - room) as u64;
+                        self.shared.lost.fetch_add(dropped, Ordering::Relaxed);
+                        self.dropped_while_degraded += dropped;
+                    }
+                    self.pending.events.extend(v.into_iter().take(room));
+                    if self.pending.events.len() >= BATCH_EVENTS {
+                        let _ = self.flush();
+                    }
+                }
+                Ok(Msg::Lagged(n)) => self.pending.gaps.push(Gap {
+                    unix_nanos: now_nanos(),
+                    kind: "lost_for_store".into(),
+                    count: n,
+                    detail: "the store fell behind the event stream".into(),
+                }),
+                Ok(Msg::KernelLost(n)) => self.pending.gaps.push(Gap {
+                    unix_nanos: now_nanos(),
+                    kind: "lost_in_kernel".into(),
+                    count: n,
+                    detail: "the kernel ring buffer was full".into(),
+                }),
+                Ok(Msg::PolicySet(s)) => self.pending.policy_sets.push(s),
+                Ok(Msg::Geo(g)) => self.pending.geo.push((now_nanos(), g)),
+                Ok(Msg::Run(r)) => self.pending.runs.push((now_nanos(), r)),
+                Ok(Msg::Flush(ack)) => {
+                    self.retry_at = Instant::now();
+                    let _ = ack.send(self.flush());
+                }
+                Ok(Msg::Shutdown(ack)) => {
+                    self.retry_at = Instant::now();
+                    match self.flush() {
+                        Ok(()) => log::info!(
+                            "store flushed: {} events stored in all",
+                            self.shared.stored.load(Ordering::Relaxed)
+                        ),
+                        Err(e) => log::error!(
+                            "store not flushed at exit, {} events not stored: {e}",
+                            self.pending.events.len()
+                        ),
+                    }
+                    let _ = ack.send(());
+                    return;
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = self.flush();
+                    return;
+                }
+            }
+            if Instant::now() >= next_flush {
+                let _ = self.flush();
+                next_flush = Instant::now() + FLUSH_EVERY;
+            }
+            if self.retention.is_set() && Instant::now() >= next_retention {
+                next_retention = Instant::now() + self.retention.interval();
+                self.retain();
+            }
+        }
+    }
+
+    fn retain(&mut self) {
+        let Some(store) = self.store.as_mut() else {
+            return;
+        };
+        match store.enforce_retention(&self.retention, now_nanos()) {
+            Ok(r) if r.events_by_age + r.events_by_size > 0 => log::info!(
+                "retention removed {} events older than the age limit and {} over the size limit",
+                r.events_by_age,
+                r.events_by_size
+            ),
+            Ok(_) => {}
+            Err(e) => log::warn!("retention failed (will retry): {e}"),
+        }
+    }
+
+    fn set_state(&self, degraded: bool, error: String) {
+        let mut s = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.0 = degraded;
+        s.1 = error;
+    }
+
+    fn degraded(&self) -> bool {
+        self.shared
+            .state
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .0
+    }
+
+    /// Opens the store; a damaged file is moved aside and a new one made.
+    fn open(&mut self) -> Result<(), String> {
+        match Store::open(&self.path) {
+            Ok(s) => self.store = Some(s),
+            Err(e) if e.is_corrupt() => {
+                let aside =
+                    PathBuf::from(format!("{}.corrupt-{}", self.path.display(), now_nanos()));
+                std::fs::rename(&self.path, &aside).map_err(|re| {
+                    format!("{e}; moving it aside to {} failed: {re}", aside.display())
+                })?;
+                for ext in ["-wal", "-shm"] {
+                    let side = PathBuf::from(format!("{}{ext}", self.path.display()));
+                    let _ = std::fs::rename(&side, format!("{}{ext}", aside.display()));
+                }
+                let msg = format!(
+                    "{e}; the file was moved aside to {} and a new store (a new hash chain) was started",
+                    aside.display()
+                );
+                log::error!("{msg}");
+                self.set_state(false, format!("recovered: {msg}"));
+                self.store = Some(Store::open(&self.path).map_err(|e| e.to_string())?);
+                self.pending.gaps.push(Gap {
+                    unix_nanos: now_nanos(),
+                    kind: "store_reset".into(),
+                    count: 0,
+                    detail: msg,
+                });
+            }
+            Err(e) => return Err(e.to_string()),
+        }
+        if let Some(s) = &self.store {
+            let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.2 = s.store_id().unwrap_or_default();
+            if let Ok((seq, head)) = s.head() {
+                st.3 = seq;
+                st.4 = hex::encode(head);
+            }
+        }
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), String> {
+        if self.store.is_none() || self.degraded() {
+            if Instant::now() < self.retry_at {
+                return Err(self
+                    .shared
+                    .state
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .1
+                    .clone());
+            }
+            if self.store.is_none() {
+                if let Err(e) = self.open() {
+                    return Err(self.fail(e));
+                }
+            }
+        }
+        if self.pending.is_empty() {
+            if self.degraded() {
+                self.recovered();
+            }
+            return Ok(());
+        }
+        let store = self.store.as_mut().expect("opened above");
+        match store.append(&self.pending) {
+            Ok(()) => {
+                let n = self.pending.events.len() as u64;
+                self.shared.stored.fetch_add(n, Ordering::Relaxed);
+                if let Ok((seq, head)) = store.head() {
+                    let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                    st.3 = seq;
+                    st.4 = hex::encode(head);
+                }
+                self.pending = Batch::default();
+                if self.degraded() {
+                    self.recovered();
+                    return self.flush();
+                }
+                Ok(())
+            }
+            Err(e) => {
+                // Reopen on the next try: a failed connection may stay failed.
+                self.store = None;
+                Err(self.fail(e.to_string()))
+            }
+        }
+    }
+
+    fn recovered(&mut self) {
+        let since = self.degraded_since;
+        log::info!(
+            "store recovered: writing again to {} ({} events could not be kept while degraded)",
+            self.path.display(),
+            self.dropped_while_degraded
+        );
+        if self.dropped_while_degraded > 0 {
+            self.pending.gaps.push(Gap {
+                unix_nanos: since,
+                kind: "store_degraded".into(),
+                count: self.dropped_while_degraded,
+                detail: format!(
+                    "store degraded from {} to {}; events beyond the {MAX_PENDING} held in memory were dropped",
+                    crate::events::rfc3339_nanos(i128::from(since)),
+                    crate::events::rfc3339_nanos(i128::from(now_nanos()))
+                ),
+            });
+        }
+        self.dropped_while_degraded = 0;
+        self.backoff = Duration::from_millis(500);
+        self.set_state(false, String::new());
+    }
+
+    fn fail(&mut self, e: String) -> String {
+        self.shared.write_errors.fetch_add(1, Ordering::Relaxed);
+        if !self.degraded() {
+            self.degraded_since = now_nanos();
+            log::error!(
+                "store degraded, events are held in memory (up to {MAX_PENDING}) and enforcement continues: {e}"
+            );
+        }
+        self.set_state(true, e.clone());
+        self.retry_at = Instant::now() + self.backoff;
+        self.backoff = (self.backoff * 2).min(RETRY_MAX);
+        e
+    }
+}
