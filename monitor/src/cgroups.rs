@@ -6,7 +6,10 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use crate::policy::{CompiledPolicy, Mode};
+use crate::{
+    attribution,
+    policy::{CompiledPolicy, Mode},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CgroupError {
@@ -118,16 +121,25 @@ pub struct Selected {
     pub mode: Mode,
 }
 
-/// Which policy selects which cgroup id. Two policies matching one cgroup
+/// Which policy selects which cgroup id, by path glob, pod UID or systemd
+/// unit (see [`CompiledPolicy::selects`]). Two policies matching one cgroup
 /// is an error; nesting is fine (the kernel takes the nearest ancestor).
 pub fn resolve(
     cgroups: &[(String, u64)],
     policies: &[CompiledPolicy],
 ) -> Result<BTreeMap<u64, Selected>, CgroupError> {
     let mut selected: BTreeMap<u64, Selected> = BTreeMap::new();
+    let by_identity = policies
+        .iter()
+        .any(|p| !p.pods.is_empty() || !p.unit_globs.is_empty());
     for (path, id) in cgroups {
+        let attr = if by_identity {
+            attribution::attribute(path)
+        } else {
+            attribution::Attribution::default()
+        };
         for p in policies {
-            if !p.selector.is_match(path) {
+            if !p.selects(path, &attr) {
                 continue;
             }
             if let Some(prev) = selected.get(id) {

@@ -157,7 +157,7 @@ impl Controller {
                     "policy {} ({}) selects no cgroup yet: {:?}",
                     p.name,
                     p.file,
-                    p.cgroup_globs
+                    p.selector_terms()
                 );
             }
         }

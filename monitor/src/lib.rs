@@ -3,6 +3,7 @@
 //! Data flows one way: kernel -> events -> (stdout, subscribers);
 //! policy -> kernel.
 pub mod api;
+pub mod attribution;
 pub mod cgroups;
 pub mod cli;
 pub mod daemon;

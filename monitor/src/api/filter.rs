@@ -20,6 +20,7 @@ pub struct Filter {
     pids: HashSet<u32>,
     comms: HashSet<String>,
     uids: HashSet<u32>,
+    pod_uids: HashSet<String>,
 }
 
 fn bad(field: &str, i: usize, reason: String) -> Status {
@@ -89,6 +90,16 @@ impl Filter {
         out.pids = f.pids.into_iter().collect();
         out.comms = f.comms.into_iter().collect();
         out.uids = f.uids.into_iter().collect();
+        for (i, u) in f.pod_uids.iter().enumerate() {
+            let uid = crate::attribution::normalize_uid(&u.replace('_', "-")).ok_or_else(|| {
+                bad(
+                    "pod_uids",
+                    i,
+                    format!("{u:?} is not a Kubernetes UID (a UUID, or 32 hex digits)"),
+                )
+            })?;
+            out.pod_uids.insert(uid);
+        }
         Ok(out)
     }
 
@@ -109,6 +120,7 @@ impl Filter {
             && (self.pids.is_empty() || self.pids.contains(&e.pid) || self.pids.contains(&e.tgid))
             && (self.comms.is_empty() || self.comms.contains(&e.comm))
             && (self.uids.is_empty() || self.uids.contains(&e.uid))
+            && (self.pod_uids.is_empty() || self.pod_uids.contains(&e.pod_uid))
     }
 }
 
@@ -137,6 +149,8 @@ mod tests {
             cgroup_id: 1,
             cgroup_path: "/kubepods.slice/pod1/ctr".into(),
             policy_generation: 1,
+            pod_uid: "1b2c3d4e-5f60-4718-9a0b-c1d2e3f40506".into(),
+            ..Default::default()
         }
     }
 
@@ -162,6 +176,12 @@ mod tests {
         assert!(f(|p| p.pids = vec![9]).matches(&e));
         assert!(!f(|p| p.comms = vec!["wget".into()]).matches(&e));
         assert!(!f(|p| p.uids = vec![0]).matches(&e));
+        assert!(
+            f(|p| p.pod_uids = vec!["1B2C3D4E_5F60_4718_9A0B_C1D2E3F40506".into()]).matches(&e)
+        );
+        assert!(
+            !f(|p| p.pod_uids = vec!["00000000-5f60-4718-9a0b-c1d2e3f40506".into()]).matches(&e)
+        );
         assert!(!f(|p| {
             p.verdicts = vec!["denied".into()];
             p.policies = vec!["other".into()];
@@ -187,5 +207,6 @@ mod tests {
         assert!(err(|p| p.protocols = vec!["icmp".into()]).starts_with("filter.protocols[0]"));
         assert!(err(|p| p.countries = vec!["USA".into()]).starts_with("filter.countries[0]"));
         assert!(err(|p| p.cgroup_globs = vec!["/a/[".into()]).starts_with("filter.cgroup_globs[0]"));
+        assert!(err(|p| p.pod_uids = vec!["pod-1".into()]).starts_with("filter.pod_uids[0]"));
     }
 }

@@ -37,6 +37,11 @@ impl From<&Event> for pb::Event {
             cgroup_id: e.cgroup_id,
             cgroup_path: e.cgroup_path.clone(),
             policy_generation: e.policy_generation,
+            pod_uid: e.pod_uid.clone(),
+            qos: e.qos.clone(),
+            container_id: e.container_id.clone(),
+            runtime: e.runtime.clone(),
+            systemd_unit: e.systemd_unit.clone(),
         }
     }
 }
@@ -63,6 +68,11 @@ impl From<pb::Event> for Event {
             cgroup_id: e.cgroup_id,
             cgroup_path: e.cgroup_path,
             policy_generation: e.policy_generation,
+            pod_uid: e.pod_uid,
+            qos: e.qos,
+            container_id: e.container_id,
+            runtime: e.runtime,
+            systemd_unit: e.systemd_unit,
         }
     }
 }

@@ -54,6 +54,8 @@ pub fn policy_pb(p: &CompiledPolicy, controller: Option<&Controller>) -> pb::Pol
         allow_cidrs: p.allow_cidrs.len() as u32,
         deny_cidrs: p.deny_cidrs.len() as u32,
         region_rules: p.region_rules.len() as u32,
+        pods: p.pods.iter().cloned().collect(),
+        systemd_units: p.unit_globs.clone(),
     }
 }
 

@@ -43,6 +43,9 @@ pub struct EventsArgs {
     pub comm: Vec<String>,
     #[arg(long)]
     pub uid: Vec<u32>,
+    /// Kubernetes pod UID (repeatable).
+    #[arg(long)]
+    pub pod: Vec<String>,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -61,6 +64,7 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
             pids: args.pid,
             comms: args.comm,
             uids: args.uid,
+            pod_uids: args.pod,
         }),
         last: args.last.unwrap_or(if args.follow { 0 } else { 20 }),
         follow: args.follow,

@@ -173,7 +173,7 @@ fn print_policy(p: &CompiledPolicy, db: Option<&GeoDb>) {
         p.mode,
         &p.sha256[..16]
     );
-    println!("  selects        {}", p.cgroup_globs.join(", "));
+    println!("  selects        {}", p.selector_terms().join(", "));
     println!(
         "  allowed        {} countries: {}",
         p.allowed_countries.len(),

@@ -108,7 +108,7 @@ fn comm(b: &[u8; 16]) -> String {
 
 /// A decision as users see it: the JSON line of `--log-events`, and the
 /// gRPC event. Field names are a contract.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
 pub struct Event {
     /// RFC 3339 with nanoseconds, UTC.
     pub time: String,
@@ -131,6 +131,41 @@ pub struct Event {
     pub cgroup_id: u64,
     pub cgroup_path: String,
     pub policy_generation: u32,
+    /// Attribution of `cgroup_path` (see `attribution`); each is left out
+    /// of the JSON when the path does not tell it.
+    /// Kubernetes pod UID (`metadata.uid`).
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub pod_uid: String,
+    /// `Guaranteed`, `Burstable` or `BestEffort`.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub qos: String,
+    /// 64 hex digits.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub container_id: String,
+    /// `containerd`, `cri-o`, `docker`, `podman`.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub runtime: String,
+    /// The systemd unit outside pods (the user unit below `user@UID.service`).
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub systemd_unit: String,
+}
+
+impl Event {
+    /// Fills the attribution fields from `cgroup_path`.
+    pub fn attribute(&mut self) {
+        let a = crate::attribution::attribute(&self.cgroup_path);
+        if let Some(pod) = &a.pod {
+            self.pod_uid = pod.uid.clone();
+            self.qos = pod.qos.as_str().into();
+        }
+        if let Some(c) = &a.container {
+            self.container_id = c.id.clone();
+            self.runtime = c.runtime.as_str().into();
+        }
+        if let Some(unit) = a.unit_name() {
+            self.systemd_unit = unit.into();
+        }
+    }
 }
 
 /// What enrichment needs from the daemon.
@@ -148,7 +183,7 @@ pub fn enrich(raw: &DecisionEvent, boot_to_unix_ns: i128, names: &mut impl Names
         IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(addr),
         v4 => v4,
     };
-    Event {
+    let mut event = Event {
         time: rfc3339_nanos(unix_nanos),
         unix_nanos,
         verdict: verdict_name(raw.verdict).into(),
@@ -168,7 +203,10 @@ pub fn enrich(raw: &DecisionEvent, boot_to_unix_ns: i128, names: &mut impl Names
         cgroup_id: raw.cgroup_id,
         cgroup_path: names.cgroup(raw.cgroup_id),
         policy_generation: raw.policy_generation,
-    }
+        ..Default::default()
+    };
+    event.attribute();
+    event
 }
 
 pub fn rfc3339_nanos(unix_nanos: i128) -> String {
@@ -304,6 +342,42 @@ mod tests {
         ] {
             assert!(json.get(key).is_some(), "missing {key}");
         }
+    }
+
+    #[test]
+    fn events_carry_the_attribution_of_their_cgroup() {
+        struct Pod;
+        impl Names for Pod {
+            fn policy(&self, _: u32) -> String {
+                "p".into()
+            }
+            fn cgroup(&mut self, _: u64) -> String {
+                format!(
+                    "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1b2c3d4e_5f60_4718_9a0b_c1d2e3f40506.slice/cri-containerd-{}.scope",
+                    "ab".repeat(32)
+                )
+            }
+        }
+        let ev = enrich(&sample(), 0, &mut Pod);
+        assert_eq!(ev.pod_uid, "1b2c3d4e-5f60-4718-9a0b-c1d2e3f40506");
+        assert_eq!(ev.qos, "Burstable");
+        assert_eq!(ev.container_id, "ab".repeat(32));
+        assert_eq!(ev.runtime, "containerd");
+        assert_eq!(ev.systemd_unit, "");
+        let json = serde_json::to_value(&ev).unwrap();
+        assert_eq!(json["pod_uid"], "1b2c3d4e-5f60-4718-9a0b-c1d2e3f40506");
+        assert!(json.get("systemd_unit").is_none(), "unknown is left out");
+        // A plain host: the unit, no pod keys at all.
+        let mut host = ev.clone();
+        host.cgroup_path = "/system.slice/nginx.service".into();
+        host.pod_uid.clear();
+        host.qos.clear();
+        host.container_id.clear();
+        host.runtime.clear();
+        host.attribute();
+        assert_eq!(host.systemd_unit, "nginx.service");
+        let json = serde_json::to_value(&host).unwrap();
+        assert!(json.get("pod_uid").is_none() && json.get("container_id").is_none());
     }
 
     #[test]

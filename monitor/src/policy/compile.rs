@@ -8,7 +8,10 @@ use monitor_common::{action, rule, Region, RegionRule};
 use sha2::{Digest, Sha256};
 
 use super::model::{line_of, Document, Mode, PolicyDoc, PolicyError, API_VERSION, KIND};
-use crate::geo::regions;
+use crate::{
+    attribution::{self, Attribution},
+    geo::regions,
+};
 
 /// A policy ready for the kernel (before it has an id).
 #[derive(Debug, Clone)]
@@ -19,7 +22,12 @@ pub struct CompiledPolicy {
     /// SHA-256 of the document's text.
     pub sha256: String,
     pub cgroup_globs: Vec<String>,
+    /// The cgroup path globs (matches nothing when there are none).
     pub selector: GlobSet,
+    /// Pod UIDs, normalised (lowercase, dashes).
+    pub pods: BTreeSet<String>,
+    pub unit_globs: Vec<String>,
+    pub unit_selector: GlobSet,
     /// What the policy says of each region it mentions.
     pub region_rules: Vec<(Region, RegionRule)>,
     pub allow_cidrs: Vec<IpNetwork>,
@@ -28,6 +36,30 @@ pub struct CompiledPolicy {
     pub allowed_countries: BTreeSet<String>,
     pub denied_countries: BTreeSet<String>,
     pub source: PolicyDoc,
+}
+
+impl CompiledPolicy {
+    /// Whether this policy selects the cgroup at `path` (relative to the
+    /// cgroup2 mount) with attribution `attr`: a path glob matches it, it
+    /// is the cgroup of a listed pod, or the cgroup of a matching unit.
+    /// The kernel's ancestor walk extends each selection to the subtree.
+    pub fn selects(&self, path: &str, attr: &Attribution) -> bool {
+        self.selector.is_match(path)
+            || attr.pod_cgroup().is_some_and(|uid| self.pods.contains(uid))
+            || attr
+                .unit_cgroup()
+                .is_some_and(|unit| self.unit_selector.is_match(unit))
+    }
+
+    /// The selector for people: globs, `pod:UID`, `unit:NAME`.
+    pub fn selector_terms(&self) -> Vec<String> {
+        self.cgroup_globs
+            .iter()
+            .cloned()
+            .chain(self.pods.iter().map(|p| format!("pod:{p}")))
+            .chain(self.unit_globs.iter().map(|u| format!("unit:{u}")))
+            .collect()
+    }
 }
 
 fn code2(s: &str) -> [u8; 2] {
@@ -80,14 +112,41 @@ pub fn compile(
     }
 
     let spec = &policy.spec;
-    if spec.selector.cgroup_paths.is_empty() {
+    let sel = &spec.selector;
+    if sel.cgroup_paths.is_empty() && sel.pods.is_empty() && sel.systemd_units.is_empty() {
         return Err(err(
             "selector",
             None,
-            "spec.selector.cgroupPaths is empty: a policy must select at least one cgroup path"
-                .into(),
+            "spec.selector is empty: a policy must select cgroupPaths, pods or systemdUnits".into(),
         ));
     }
+    let mut pods = BTreeSet::new();
+    for uid in &sel.pods {
+        let normal = attribution::normalize_uid(&uid.replace('_', "-")).ok_or_else(|| {
+            err(
+                "pods",
+                Some(uid),
+                format!("pod UID {uid:?} is not a Kubernetes UID (a UUID such as 1b2c3d4e-5f60-4718-9a0b-c1d2e3f40506, or 32 hex digits for a static pod)"),
+            )
+        })?;
+        pods.insert(normal);
+    }
+    let mut units = GlobSetBuilder::new();
+    for pattern in &sel.systemd_units {
+        attribution::check_unit_pattern(pattern)
+            .map_err(|reason| err("systemdUnits", Some(pattern), reason))?;
+        let glob = Glob::new(pattern).map_err(|e| {
+            err(
+                "systemdUnits",
+                Some(pattern),
+                format!("systemd unit glob {pattern:?}: {e}"),
+            )
+        })?;
+        units.add(glob);
+    }
+    let unit_selector = units
+        .build()
+        .map_err(|e| err("systemdUnits", None, format!("systemd unit globs: {e}")))?;
     let mut builder = GlobSetBuilder::new();
     for pattern in &spec.selector.cgroup_paths {
         if !pattern.starts_with('/') {
@@ -254,6 +313,9 @@ pub fn compile(
         sha256: hex::encode(Sha256::digest(doc.text.as_bytes())),
         cgroup_globs: spec.selector.cgroup_paths.clone(),
         selector,
+        pods,
+        unit_globs: spec.selector.systemd_units.clone(),
+        unit_selector,
         region_rules,
         allow_cidrs,
         deny_cidrs,

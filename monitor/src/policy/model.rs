@@ -58,6 +58,14 @@ pub struct Spec {
 pub struct Selector {
     #[serde(default)]
     pub cgroup_paths: Vec<String>,
+    /// Kubernetes pod UIDs (`metadata.uid`): selects each pod's cgroup, so
+    /// its containers, present and future, are covered.
+    #[serde(default)]
+    pub pods: Vec<String>,
+    /// systemd unit names or globs (`nginx.service`, `*.service`): selects
+    /// each matching unit's cgroup.
+    #[serde(default)]
+    pub systemd_units: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -183,3 +183,86 @@ fn policy_ids_survive_a_restart() {
     let mut broken = PolicyIds::open(&file);
     assert_eq!(broken.id("x"), 1, "an unreadable file starts empty");
 }
+
+const BY_IDENTITY: &str = r#"apiVersion: egress-monitor.io/v1
+kind: EgressPolicy
+metadata: {name: by-identity}
+spec:
+  mode: enforce
+  selector:
+    pods: ["1B2C3D4E-5F60-4718-9A0B-C1D2E3F40506", 6e8ffc4d3f6f8d3ad4c0d6b0d86a1c53]
+    systemdUnits: ["nginx.service", "getty@*.service"]
+  allow:
+    countries: [DE]
+"#;
+
+#[test]
+fn pods_and_systemd_units_select_their_own_cgroups() {
+    use crate::attribution::attribute;
+    let p = compile_text(f(), BY_IDENTITY).unwrap().remove(0);
+    assert!(p.pods.contains("1b2c3d4e-5f60-4718-9a0b-c1d2e3f40506"));
+    let sel = |path: &str| p.selects(path, &attribute(path));
+    let pod = "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1b2c3d4e_5f60_4718_9a0b_c1d2e3f40506.slice";
+    assert!(sel(pod), "the pod's cgroup (systemd driver)");
+    assert!(sel(
+        "/kubepods/besteffort/pod1b2c3d4e-5f60-4718-9a0b-c1d2e3f40506"
+    ));
+    assert!(sel(
+        "/kubepods.slice/kubepods-pod6e8ffc4d3f6f8d3ad4c0d6b0d86a1c53.slice"
+    ));
+    assert!(
+        !sel(&format!("{pod}/cri-containerd-{}.scope", "a".repeat(64))),
+        "its containers are covered by the kernel's ancestor walk, not selected"
+    );
+    assert!(!sel(
+        "/kubepods/besteffort/pod00000000-5f60-4718-9a0b-c1d2e3f40506"
+    ));
+    assert!(sel("/system.slice/nginx.service"));
+    assert!(sel("/system.slice/system-getty.slice/getty@tty1.service"));
+    assert!(!sel("/system.slice/nginx.service/worker"));
+    assert!(!sel("/system.slice/sshd.service"));
+    assert!(!sel("/system.slice"));
+    assert_eq!(
+        p.selector_terms(),
+        [
+            "pod:1b2c3d4e-5f60-4718-9a0b-c1d2e3f40506",
+            "pod:6e8ffc4d3f6f8d3ad4c0d6b0d86a1c53",
+            "unit:nginx.service",
+            "unit:getty@*.service"
+        ]
+    );
+    let globs = compile_text(f(), &BY_IDENTITY.replace("nginx.service", "*.service"))
+        .unwrap()
+        .remove(0);
+    assert!(globs.selects(
+        "/user.slice/user-1000.slice/user@1000.service/app.slice/sync.service",
+        &attribute("/user.slice/user-1000.slice/user@1000.service/app.slice/sync.service")
+    ));
+}
+
+#[test]
+fn bad_pods_and_units_name_file_line_and_reason() {
+    assert!(
+        error_of(&BY_IDENTITY.replace("6e8ffc4d3f6f8d3ad4c0d6b0d86a1c53", "my-pod"))
+            .starts_with("p.yaml:7: pod UID \"my-pod\" is not a Kubernetes UID")
+    );
+    assert_eq!(
+        error_of(&BY_IDENTITY.replace("\"nginx.service\"", "nginx")),
+        "p.yaml:8: systemd unit \"nginx\" must end in a unit type: .service, .scope, .socket, .mount, .swap (or .*)"
+    );
+    assert!(
+        error_of(&BY_IDENTITY.replace("\"nginx.service\"", "\"system.slice\""))
+            .starts_with("p.yaml:8: systemd unit \"system.slice\" is a slice")
+    );
+    assert!(
+        error_of(&BY_IDENTITY.replace("\"nginx.service\"", "\"a[.service\""))
+            .starts_with("p.yaml:8: systemd unit glob \"a[.service\"")
+    );
+    let empty = BY_IDENTITY
+        .replace("    pods: [\"1B2C3D4E-5F60-4718-9A0B-C1D2E3F40506\", 6e8ffc4d3f6f8d3ad4c0d6b0d86a1c53]\n", "")
+        .replace("    systemdUnits: [\"nginx.service\", \"getty@*.service\"]\n", "    cgroupPaths: []\n");
+    assert_eq!(
+        error_of(&empty),
+        "p.yaml:6: spec.selector is empty: a policy must select cgroupPaths, pods or systemdUnits"
+    );
+}
