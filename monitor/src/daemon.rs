@@ -35,6 +35,8 @@ pub struct DaemonConfig {
     pub pin_dir: PathBuf,
     /// Remove programs and pins on exit (development runs).
     pub detach_on_exit: bool,
+    /// Limits of the history store.
+    pub retention: crate::store::retention::Retention,
 }
 
 /// What the API reads and drives.
@@ -45,6 +47,10 @@ pub struct DaemonState {
     /// Events stream clients missed because they read too slowly.
     pub dropped_slow: AtomicU64,
     pub clients: AtomicU64,
+    /// The history store's writer.
+    pub store: Arc<crate::store::writer::Handle>,
+    /// The node's public key (hex), which signs evidence bundles.
+    pub node_public_key: String,
 }
 
 /// Names the event pipeline resolves: policy ids and cgroup ids.
@@ -88,6 +94,8 @@ pub struct Controller {
     pub ids: Arc<RwLock<PolicyIds>>,
     pub resolver: Arc<Mutex<Resolver>>,
     pub geo: geo::GeoIdentity,
+    /// Where policy sets are recorded when they take effect.
+    pub store: Option<Arc<crate::store::writer::Handle>>,
 }
 
 impl Controller {
@@ -146,6 +154,9 @@ impl Controller {
         self.files = files;
         self.in_force = candidate;
         self.selection = selection;
+        if let Some(store) = &self.store {
+            store.policy_set(&self.in_force, self.kernel.policy_generation());
+        }
         for p in &self.in_force {
             let n = self
                 .selection
@@ -284,6 +295,11 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+    let node_key = crate::evidence::key::load_or_create(&config.state_dir)?;
+    let store = crate::store::writer::Handle::start(
+        crate::store::path_in(&config.state_dir),
+        config.retention,
+    );
     let mount = cgroups::find_cgroup2_mount()?;
     let root = config.cgroup_root.clone().unwrap_or_else(|| mount.clone());
     let root = root
@@ -358,13 +374,17 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         ids,
         resolver: resolver.clone(),
         geo: db.identity.clone(),
+        store: Some(store.clone()),
     };
+    store.agent_run(crate::store::agent_run_json(&node_key));
+    store.geoip(crate::store::geo_json(&db.identity));
     drop(db);
     if let Err(e) = controller.reload_policies() {
         log::error!("{e:#}");
     }
 
     let outlets = Arc::new(Outlets::new(config.history, 4096, config.log_events));
+    store.attach(outlets.live.subscribe());
     // Our programs enforce now: retire an earlier build's, draining what
     // its ring buffer still holds.
     for old in old_pins {
@@ -390,6 +410,8 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         started: SystemTime::now(),
         dropped_slow: AtomicU64::new(0),
         clients: AtomicU64::new(0),
+        store: store.clone(),
+        node_public_key: crate::evidence::key::public_hex(&node_key.verifying_key()),
     });
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut api = tokio::spawn(crate::api::server::serve(
@@ -425,6 +447,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
                 let lost = c.kernel.lost_events();
                 if lost > lost_reported {
                     log::warn!("{} events lost in the kernel (ring buffer full), {lost} in all", lost - lost_reported);
+                    store.kernel_lost(lost - lost_reported);
                     lost_reported = lost;
                 }
             }
@@ -448,6 +471,12 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     }
     let _ = shutdown_tx.send(true);
     let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
+    // What the ring still holds stays there (it is pinned) for the next
+    // start; what was drained is written before we exit.
+    pipeline.abort();
+    if !store.shutdown(Duration::from_secs(10)).await {
+        log::error!("the store did not finish writing within 10 s");
+    }
     if config.detach_on_exit {
         let state = Arc::into_inner(state).context("the API still holds the daemon state")?;
         let controller = state.controller.into_inner();

@@ -8,6 +8,8 @@ pub mod cgroups;
 pub mod cli;
 pub mod daemon;
 pub mod events;
+pub mod evidence;
 pub mod geo;
 pub mod kernel;
 pub mod policy;
+pub mod store;

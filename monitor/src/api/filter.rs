@@ -103,6 +103,12 @@ impl Filter {
         Ok(out)
     }
 
+    /// Whether the filter names processes (pid, uid): flows do not keep
+    /// them, so flow queries must read the events.
+    pub fn by_process(&self) -> bool {
+        !self.pids.is_empty() || !self.uids.is_empty()
+    }
+
     pub fn matches(&self, e: &Event) -> bool {
         (self.verdicts.is_empty() || self.verdicts.contains(&e.verdict))
             && (self.policies.is_empty() || self.policies.contains(&e.policy))

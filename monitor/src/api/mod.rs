@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod client;
 pub mod filter;
+pub mod history;
 pub mod server;
 pub mod service;
 

@@ -83,6 +83,22 @@ fn kernel_release() -> String {
         .unwrap_or_default()
 }
 
+fn store_pb(s: &crate::store::writer::StoreStatus) -> pb::StoreStatus {
+    pb::StoreStatus {
+        state: s.state.clone(),
+        error: s.error.clone(),
+        path: s.path.display().to_string(),
+        store_id: s.store_id.clone(),
+        events_stored: s.stored,
+        lost_for_store: s.lost_for_store,
+        pending: s.pending,
+        write_errors: s.write_errors,
+        chain_seq: s.chain_seq,
+        chain_head: s.chain_head.clone(),
+        size_bytes: s.size_bytes,
+    }
+}
+
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::StreamEventsResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -251,6 +267,8 @@ impl EgressMonitor for Service {
             policy_generation: c.kernel.policy_generation(),
             rejected_files: rejected_pb(&c),
             policy_dir: c.policies_dir.display().to_string(),
+            store: Some(store_pb(&self.state.store.status())),
+            node_public_key: self.state.node_public_key.clone(),
         }))
     }
 
@@ -305,6 +323,32 @@ impl EgressMonitor for Service {
                 },
             },
         ))
+    }
+
+    async fn query_events(
+        &self,
+        request: Request<pb::QueryEventsRequest>,
+    ) -> Result<Response<pb::QueryEventsResponse>, Status> {
+        self.auth.require(&request, Role::Viewer, "QueryEvents")?;
+        let path = self.state.store.path.clone();
+        let req = request.into_inner();
+        tokio::task::spawn_blocking(move || super::history::query_events(&path, req))
+            .await
+            .map_err(|e| Status::internal(format!("query failed: {e}")))?
+            .map(Response::new)
+    }
+
+    async fn query_flows(
+        &self,
+        request: Request<pb::QueryFlowsRequest>,
+    ) -> Result<Response<pb::QueryFlowsResponse>, Status> {
+        self.auth.require(&request, Role::Viewer, "QueryFlows")?;
+        let path = self.state.store.path.clone();
+        let req = request.into_inner();
+        tokio::task::spawn_blocking(move || super::history::query_flows(&path, req))
+            .await
+            .map_err(|e| Status::internal(format!("query failed: {e}")))?
+            .map(Response::new)
     }
 
     async fn reload_policies(

@@ -75,6 +75,12 @@ pub struct DaemonArgs {
     /// when the daemon stops, and a restart adopts it.
     #[arg(long)]
     pub detach_on_exit: bool,
+    /// Keep history (events, flows) for this many days (fractions allowed).
+    #[arg(long)]
+    pub retention_days: Option<f64>,
+    /// Keep the history store under this many MiB (oldest removed first).
+    #[arg(long)]
+    pub retention_max_mb: Option<u64>,
 }
 
 fn ring_size(s: &str) -> Result<u32, String> {
@@ -88,6 +94,14 @@ fn ring_size(s: &str) -> Result<u32, String> {
 pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     if !(args.rescan_interval > 0.0 && args.rescan_interval <= 3600.0) {
         anyhow::bail!("--rescan-interval must be between 0 and 3600 seconds");
+    }
+    if let Some(d) = args.retention_days {
+        if !(d > 0.0 && d <= 36_500.0) {
+            anyhow::bail!("--retention-days must be more than 0 and at most 36500");
+        }
+    }
+    if args.retention_max_mb == Some(0) {
+        anyhow::bail!("--retention-max-mb must be at least 1");
     }
     let gid = |name: &Option<String>, flag: &str| -> anyhow::Result<Option<u32>> {
         name.as_deref()
@@ -126,6 +140,12 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         ring_bytes: args.ring_buffer_bytes,
         rescan_interval: Duration::from_secs_f64(args.rescan_interval),
         history: args.history,
+        retention: crate::store::retention::Retention {
+            max_age: args
+                .retention_days
+                .map(|d| Duration::from_secs_f64(d * 86_400.0)),
+            max_bytes: args.retention_max_mb.map(|m| m * 1024 * 1024),
+        },
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

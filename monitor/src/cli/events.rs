@@ -46,8 +46,56 @@ pub struct EventsArgs {
     /// Kubernetes pod UID (repeatable).
     #[arg(long)]
     pub pod: Vec<String>,
+    /// Read the history store from this time on (RFC 3339, or a duration
+    /// before now: 2h, 30m) instead of the recent decisions in memory.
+    #[arg(long, conflicts_with_all = ["follow", "last"])]
+    pub since: Option<String>,
+    /// End of the --since window [default: now].
+    #[arg(long, requires = "since")]
+    pub until: Option<String>,
+    /// With --since: at most this many decisions, oldest first.
+    #[arg(long, requires = "since", default_value_t = 1000)]
+    pub limit: u32,
     #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+async fn history(
+    client: &mut crate::api::pb::egress_monitor_client::EgressMonitorClient<
+        tonic::transport::Channel,
+    >,
+    filter: pb::EventFilter,
+    since: String,
+    until: String,
+    limit: u32,
+    printer: &mut Printer,
+) -> anyhow::Result<ExitCode> {
+    let mut token = String::new();
+    let mut left = limit as usize;
+    while left > 0 {
+        let page = client
+            .query_events(pb::QueryEventsRequest {
+                window: Some(pb::TimeWindow {
+                    since: since.clone(),
+                    until: until.clone(),
+                }),
+                filter: Some(filter.clone()),
+                limit: left.min(10_000) as u32,
+                page_token: token,
+            })
+            .await
+            .map_err(|s| status_error("QueryEvents", s))?
+            .into_inner();
+        left -= page.events.len();
+        for e in page.events {
+            printer.event(e);
+        }
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 pub async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
@@ -69,6 +117,19 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
         last: args.last.unwrap_or(if args.follow { 0 } else { 20 }),
         follow: args.follow,
     };
+    if let Some(since) = args.since {
+        let filter = request.filter.clone().unwrap_or_default();
+        let mut printer = Printer::new(args.output);
+        return history(
+            &mut client,
+            filter,
+            since,
+            args.until.unwrap_or_default(),
+            args.limit,
+            &mut printer,
+        )
+        .await;
+    }
     let mut stream = client
         .stream_events(request)
         .await

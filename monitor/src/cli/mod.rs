@@ -1,10 +1,14 @@
 //! The command line: one binary, the daemon and its client commands.
 mod daemon;
 mod events;
+mod export;
+mod filters;
+mod flows;
 mod output;
 mod policy;
 mod status;
 mod uninstall;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -27,6 +31,13 @@ pub enum Command {
     Daemon(daemon::DaemonArgs),
     /// Decisions from the daemon: recent ones, or live with --follow.
     Events(events::EventsArgs),
+    /// Flows from the history store: who talked to where, how often.
+    Flows(flows::FlowsArgs),
+    /// Write a signed evidence bundle for a time window (reads the store
+    /// in --state-dir; root on the node).
+    Export(export::ExportArgs),
+    /// Check an evidence bundle: signature, digests, record chain.
+    Verify(verify::VerifyArgs),
     /// The daemon's programs, policies, database and counters.
     Status(status::StatusArgs),
     /// Detach the programs and remove every pin: enforcement ends (root).
@@ -54,6 +65,9 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Daemon(args) => daemon::run(args),
         Command::Events(args) => block_on(events::run(args)),
         Command::Status(args) => block_on(status::run(args)),
+        Command::Flows(args) => block_on(flows::run(args)),
+        Command::Export(args) => export::run(args),
+        Command::Verify(args) => verify::run(args),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Uninstall(args) => uninstall::run(args),
     };

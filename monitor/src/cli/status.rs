@@ -47,6 +47,22 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             c.allowed, c.denied, c.would_deny, c.lost_in_kernel, c.undecodable, c.dropped_slow_clients, c.stream_clients
         );
     }
+    if let Some(st) = &s.store {
+        println!(
+            "store           {}{}  {} ({} bytes)  stored {}  lost for store {}  pending {}  write errors {}  chain seq {} head {}",
+            st.state,
+            if st.error.is_empty() { String::new() } else { format!(" ({})", st.error) },
+            st.path,
+            st.size_bytes,
+            st.events_stored,
+            st.lost_for_store,
+            st.pending,
+            st.write_errors,
+            st.chain_seq,
+            st.chain_head.get(..16).unwrap_or(""),
+        );
+    }
+    println!("node key        {}", s.node_public_key);
     println!(
         "policies        generation {} from {}",
         s.policy_generation, s.policy_dir

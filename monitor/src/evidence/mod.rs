@@ -5,3 +5,6 @@ pub mod bundle;
 pub mod key;
 pub mod summary;
 pub mod verify;
+
+#[cfg(test)]
+mod tests;

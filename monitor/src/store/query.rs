@@ -155,6 +155,9 @@ fn flow_of(r: &Row<'_>) -> rusqlite::Result<Flow> {
     })
 }
 
+/// cgroup, comm, destination, port, protocol, verdict, policy.
+type FlowKey = (String, String, String, u16, String, String, String);
+
 const FLOW_KEY: &str =
     "cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent)";
 
@@ -229,8 +232,7 @@ pub fn flows(
         }
     }
     // Merge the parts by key, then filter on the whole key.
-    let mut merged: BTreeMap<(String, String, String, u16, String, String, String), Flow> =
-        BTreeMap::new();
+    let mut merged: BTreeMap<FlowKey, Flow> = BTreeMap::new();
     for f in parts {
         let key = (
             f.cgroup_path.clone(),

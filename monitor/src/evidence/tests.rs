@@ -1,0 +1,282 @@
+//! Bundles from a store made here: what an export holds, and that every
+//! kind of tampering makes verify fail.
+use std::sync::Arc;
+
+use ed25519_dalek::{Signer, SigningKey};
+use sha2::{Digest, Sha256};
+
+use super::{bundle, verify};
+use crate::{
+    events::Event,
+    store::{query, Batch, PolicySet, PolicyVersion, Store},
+};
+
+const T0: i64 = 1_795_308_000_000_000_000;
+const SEC: i64 = 1_000_000_000;
+
+fn ev(i: i64) -> Arc<Event> {
+    let us = i % 3 == 0;
+    Arc::new(Event {
+        time: crate::events::rfc3339_nanos(i128::from(T0 + i * SEC)),
+        unix_nanos: i128::from(T0 + i * SEC),
+        verdict: if us { "denied" } else { "allowed" }.into(),
+        policy: "eu-only".into(),
+        rule: if us { "default" } else { "country" }.into(),
+        hook: "connect4".into(),
+        protocol: "tcp".into(),
+        family: "ipv4".into(),
+        dst_ip: if us { "203.0.113.2" } else { "198.51.100.2" }.into(),
+        dst_port: 8080,
+        country: if us { "US" } else { "DE" }.into(),
+        continent: if us { "NA" } else { "EU" }.into(),
+        pid: 100 + i as u32,
+        tgid: 100 + i as u32,
+        uid: 0,
+        comm: "probe".into(),
+        cgroup_id: 7,
+        cgroup_path: "/llm.slice/inference".into(),
+        policy_generation: 1,
+        ..Default::default()
+    })
+}
+
+/// A store with events at T0 + 1 s .. T0 + n s.
+fn store(n: i64) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&dir.path().join("store.db")).unwrap();
+    let mut b = Batch {
+        events: (1..=n).map(ev).collect(),
+        ..Default::default()
+    };
+    b.policy_sets.push(PolicySet {
+        unix_nanos: T0,
+        generation: 1,
+        policies: vec![PolicyVersion {
+            name: "eu-only".into(),
+            mode: "enforce".into(),
+            file: "/etc/p.yaml".into(),
+            sha256: "ab".repeat(32),
+            text: "kind: EgressPolicy\n".into(),
+        }],
+    });
+    b.geo.push((T0, "{\"sha256\":\"00\"}".into()));
+    s.append(&b).unwrap();
+    (dir, s)
+}
+
+fn export(s: &Store, key: &SigningKey, since: i64, until: i64) -> bundle::Files {
+    let req = bundle::Request {
+        since: T0 + since * SEC,
+        until: T0 + until * SEC,
+        keep: &|_| true,
+        filter: serde_json::Value::Null,
+        by_process: false,
+    };
+    bundle::build(s, key, &req).unwrap().0
+}
+
+fn key() -> SigningKey {
+    SigningKey::from_bytes(&[7; 32])
+}
+
+/// Rewrites the manifest's digests and signs again, as someone holding
+/// the node key would: only the chain can then catch a record change.
+fn resign(files: &mut bundle::Files, key: &SigningKey) {
+    let mut m: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    for (name, data) in files.iter() {
+        if name != "manifest.json" && name != "manifest.sig" {
+            m["files"][name] = hex::encode(Sha256::digest(data)).into();
+        }
+    }
+    let bytes = serde_json::to_vec_pretty(&m).unwrap();
+    files.insert(
+        "manifest.sig".into(),
+        hex::encode(key.sign(&bytes).to_bytes()).into_bytes(),
+    );
+    files.insert("manifest.json".into(), bytes);
+}
+
+fn lines(files: &bundle::Files) -> Vec<String> {
+    String::from_utf8(files["events.jsonl"].clone())
+        .unwrap()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+fn set_lines(files: &mut bundle::Files, l: &[String]) {
+    let mut text = l.join("\n");
+    text.push('\n');
+    files.insert("events.jsonl".into(), text.into_bytes());
+}
+
+#[test]
+fn export_holds_exactly_the_window_and_verifies() {
+    let (_d, s) = store(30);
+    let k = key();
+    let files = export(&s, &k, 10, 20);
+    let l = lines(&files);
+    assert_eq!(l.len(), 10, "records at T0+10 s .. T0+19 s");
+    let seqs: Vec<i64> = l
+        .iter()
+        .map(|x| {
+            serde_json::from_str::<serde_json::Value>(x).unwrap()["seq"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(seqs, (10..20).collect::<Vec<_>>());
+    let r = verify::verify(&files, Some(&k.verifying_key())).unwrap();
+    assert_eq!((r.records_in_window, r.records_exported), (10, 10));
+    for name in [
+        "events.jsonl",
+        "flows.csv",
+        "chain.json",
+        "counters.json",
+        "geoip.json",
+        "host.json",
+        "summary.md",
+        "manifest.json",
+        "manifest.sig",
+        "node.pub",
+        "policies/index.json",
+    ] {
+        assert!(files.contains_key(name), "bundle lacks {name}");
+    }
+    let csv = String::from_utf8(files["flows.csv"].clone()).unwrap();
+    assert!(
+        csv.contains(",3,denied,") || csv.contains(",4,denied,"),
+        "{csv}"
+    );
+    let md = String::from_utf8(files["summary.md"].clone()).unwrap();
+    assert!(md.contains("| US | 0 | 3 | 0 |"), "{md}");
+    assert!(md.contains("GDPR Art. 30") && md.contains("NIS2"));
+}
+
+#[test]
+fn flipping_any_byte_of_any_file_fails_verify() {
+    let (_d, s) = store(12);
+    let k = key();
+    let files = export(&s, &k, 0, 100);
+    for (name, data) in &files {
+        for pos in [0, data.len() / 2, data.len().saturating_sub(2)] {
+            let mut f = files.clone();
+            let mut d = data.clone();
+            d[pos] ^= 0x01;
+            f.insert(name.clone(), d);
+            let err = verify::verify(&f, Some(&k.verifying_key()))
+                .expect_err(&format!("a flipped byte {pos} of {name} went unnoticed"));
+            assert!(
+                err.item == *name || err.item == "manifest.sig" || err.item == "node.pub",
+                "{name}: {err}"
+            );
+        }
+    }
+    let mut extra = files.clone();
+    extra.insert("notes.txt".into(), b"x".to_vec());
+    assert_eq!(verify::verify(&extra, None).unwrap_err().item, "notes.txt");
+    let other = SigningKey::from_bytes(&[9; 32]);
+    assert_eq!(
+        verify::verify(&files, Some(&other.verifying_key()))
+            .unwrap_err()
+            .item,
+        "node.pub"
+    );
+}
+
+#[test]
+fn removed_inserted_or_reordered_records_fail_even_when_resigned() {
+    let (_d, s) = store(12);
+    let k = key();
+    let files = export(&s, &k, 0, 100);
+    let l = lines(&files);
+    let cases: Vec<(&str, Vec<String>)> = vec![
+        ("removed", [&l[..4], &l[5..]].concat()),
+        ("inserted", [&l[..4], &l[3..]].concat()),
+        ("reordered", {
+            let mut x = l.clone();
+            x.swap(2, 3);
+            x
+        }),
+        ("altered", {
+            let mut x = l.clone();
+            x[5] = x[5].replace("8080", "8081");
+            x
+        }),
+    ];
+    for (what, new) in cases {
+        let mut f = files.clone();
+        set_lines(&mut f, &new);
+        resign(&mut f, &k);
+        let err = verify::verify(&f, Some(&k.verifying_key()))
+            .expect_err(&format!("a {what} record went unnoticed"));
+        assert!(err.item.starts_with("events.jsonl"), "{what}: {err}");
+    }
+    // Dropping a record and its link from the chain breaks the chain.
+    let mut f = files.clone();
+    set_lines(&mut f, &[&l[..4], &l[5..]].concat());
+    let mut c: serde_json::Value = serde_json::from_slice(&f["chain.json"]).unwrap();
+    c["links"].as_array_mut().unwrap().remove(4);
+    c["records_in_window"] = 11.into();
+    c["records_exported"] = 11.into();
+    f.insert("chain.json".into(), serde_json::to_vec(&c).unwrap());
+    resign(&mut f, &k);
+    assert_eq!(verify::verify(&f, None).unwrap_err().item, "chain.json");
+}
+
+#[test]
+fn retention_removes_exactly_the_old_records_and_the_rest_still_verifies() {
+    let (_d, mut s) = store(100);
+    let removed = s.purge_before(T0 + 50 * SEC, "age").unwrap();
+    assert_eq!(removed, 49, "records at T0+1 s .. T0+49 s");
+    let (left, _) = query::events(&s, 0, i64::MAX, 0, usize::MAX, &|_| true).unwrap();
+    assert_eq!(left.first().map(|e| e.0), Some(50));
+    assert_eq!(left.len(), 51);
+    let files = export(&s, &key(), 0, 200);
+    verify::verify(&files, None).unwrap();
+    let c: serde_json::Value = serde_json::from_slice(&files["counters.json"]).unwrap();
+    assert_eq!(c["retention_runs_touching_window"][0]["events_removed"], 49);
+}
+
+#[test]
+fn size_retention_brings_the_store_under_its_limit_oldest_first() {
+    let (_d, mut s) = store(3000);
+    let before = s.used_bytes().unwrap();
+    let limit = before / 2;
+    let r = crate::store::retention::Retention {
+        max_age: None,
+        max_bytes: Some(limit),
+    };
+    let removed = s.enforce_retention(&r, T0).unwrap();
+    assert!(removed.events_by_size > 0);
+    assert!(s.used_bytes().unwrap() <= limit, "still over the limit");
+    let (left, _) = query::events(&s, 0, i64::MAX, 0, usize::MAX, &|_| true).unwrap();
+    assert_eq!(left.last().map(|e| e.0), Some(3000), "the newest stay");
+    assert_eq!(left.first().map(|e| e.0), Some(3001 - left.len() as i64));
+}
+
+#[test]
+fn flow_counts_are_exact_for_any_window() {
+    let (_d, s) = store(400); // spans several minutes
+    for (a, b) in [(0, 400), (30, 250), (61, 119), (59, 61), (125, 126)] {
+        let (since, until) = (T0 + a * SEC, T0 + b * SEC);
+        let flows = query::flows(&s, since, until, &|_| true, false).unwrap();
+        let (events, _) = query::events(&s, since, until, 0, usize::MAX, &|_| true).unwrap();
+        let total: u64 = flows.iter().map(|f| f.count).sum();
+        assert_eq!(total, events.len() as u64, "window {a}..{b}");
+        let denied: u64 = flows
+            .iter()
+            .filter(|f| f.verdict == "denied")
+            .map(|f| f.count)
+            .sum();
+        assert_eq!(
+            denied,
+            events.iter().filter(|e| e.1.verdict == "denied").count() as u64
+        );
+    }
+    let by_country = query::group(
+        query::flows(&s, T0, T0 + 400 * SEC, &|_| true, false).unwrap(),
+        &["country".to_string()],
+    );
+    assert_eq!(by_country.len(), 2);
+}

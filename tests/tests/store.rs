@@ -1,0 +1,356 @@
+//! The history store, flows, queries and evidence bundles against the real
+//! daemon: restart, retention, queries, export + verify, a corrupt and a
+//! full store (enforcement must not notice either).
+use std::{path::PathBuf, process::Command, time::Duration};
+
+use integration_tests::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(5);
+const EPERM: i64 = 1;
+
+fn start(extra: &[&str]) -> TestEnv {
+    let mut env = TestEnv::new();
+    env.write_policy(
+        "p.yaml",
+        &env.policy(
+            "eu-only",
+            "enforce",
+            "sel",
+            "  allow:\n    countries: [DE]\n",
+        ),
+    );
+    env.start_daemon(extra);
+    env
+}
+
+fn now() -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    monitor::events::rfc3339_nanos(n as i128)
+}
+
+fn json_lines(out: &std::process::Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "CLI failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}
+
+/// Probes: `de` allowed TCP connections and `us` refused ones; returns the pids.
+fn traffic(env: &mut TestEnv, de: usize, us: usize) -> Vec<u64> {
+    let port = PORT.to_string();
+    let mut pids = Vec::new();
+    for _ in 0..de {
+        let p = env.probe("sel", &["tcp", DE_V4, &port]);
+        assert!(p.ok, "{:?}", p.raw);
+        pids.push(p.pid);
+    }
+    for _ in 0..us {
+        let p = env.probe("sel", &["tcp", US_V4, &port]);
+        assert_eq!(p.errno, EPERM, "{:?}", p.raw);
+        pids.push(p.pid);
+    }
+    for pid in &pids {
+        env.expect_event("probe event", WAIT, |e| e["tgid"].as_u64() == Some(*pid));
+    }
+    pids
+}
+
+fn status(env: &TestEnv) -> Value {
+    let out = env.cli(&["status", "-o", "json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn history_pids(env: &TestEnv, since: &str) -> Vec<u64> {
+    json_lines(&env.cli(&[
+        "events", "--since", since, "-o", "json", "--limit", "100000",
+    ]))
+    .iter()
+    .filter_map(|e| e["tgid"].as_u64())
+    .collect()
+}
+
+fn state(env: &TestEnv) -> PathBuf {
+    env.dir.path().join("state")
+}
+
+/// Decisions survive a SIGTERM and a restart; QueryEvents and QueryFlows
+/// return exactly the traffic made, before and after.
+#[test]
+fn restart_keeps_history_and_queries_match_traffic() {
+    let mut env = start(&[]);
+    let before = traffic(&mut env, 3, 2);
+    assert_eq!(env.stop_daemon().map(|s| s.success()), Some(true));
+    env.start_daemon(&[]);
+    let after = traffic(&mut env, 1, 1);
+    // The last batch reaches the store within its 100 ms flush.
+    std::thread::sleep(Duration::from_millis(500));
+    let got = history_pids(&env, "10m");
+    let mut want: Vec<u64> = before.iter().chain(&after).copied().collect();
+    let mut got_sorted = got.clone();
+    want.sort();
+    got_sorted.sort();
+    assert_eq!(
+        got_sorted, want,
+        "history holds every decision exactly once"
+    );
+    let denied = json_lines(&env.cli(&[
+        "events",
+        "--since",
+        "10m",
+        "--verdict",
+        "denied",
+        "--country",
+        "US",
+        "-o",
+        "json",
+    ]));
+    assert_eq!(denied.len(), 3);
+    let flows = json_lines(&env.cli(&[
+        "flows",
+        "--since",
+        "10m",
+        "--group-by",
+        "country,verdict",
+        "-o",
+        "json",
+    ]));
+    let count = |c: &str, v: &str| {
+        flows
+            .iter()
+            .find(|f| f["country"] == c && f["verdict"] == v)
+            .and_then(|f| f["count"].as_u64())
+    };
+    assert_eq!(count("DE", "allowed"), Some(4), "{flows:?}");
+    assert_eq!(count("US", "denied"), Some(3), "{flows:?}");
+    // Bad input names the field.
+    let out = env.cli(&["flows", "--since", "yesterday-ish"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("window.since"));
+}
+
+/// An export holds exactly the window's records, verifies against the
+/// node key from status, and a flipped byte makes verify fail.
+#[test]
+fn export_holds_the_window_and_verifies() {
+    let mut env = start(&[]);
+    traffic(&mut env, 1, 1);
+    std::thread::sleep(Duration::from_millis(50));
+    let since = now();
+    let inside = traffic(&mut env, 2, 2);
+    let until = now();
+    std::thread::sleep(Duration::from_millis(50));
+    traffic(&mut env, 1, 1);
+    std::thread::sleep(Duration::from_millis(500));
+    let out = env.dir.path().join("bundle.tar");
+    let st = state(&env);
+    let export = Command::new(daemon_bin())
+        .args(["export", "--since", &since, "--until", &until, "--out"])
+        .arg(&out)
+        .arg("--state-dir")
+        .arg(&st)
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    eprintln!("{}", String::from_utf8_lossy(&export.stdout));
+    let key = status(&env)["node_public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(key.len(), 64);
+    let verify = |p: &PathBuf, key: &str| {
+        Command::new(daemon_bin())
+            .arg("verify")
+            .arg(p)
+            .args(["--pubkey", key])
+            .output()
+            .unwrap()
+    };
+    let ok = verify(&out, &key);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    // Exactly the window's records.
+    let x = env.dir.path().join("x");
+    std::fs::create_dir_all(&x).unwrap();
+    let tar = Command::new("tar")
+        .arg("-xf")
+        .arg(&out)
+        .arg("-C")
+        .arg(&x)
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let text = std::fs::read_to_string(x.join("evidence/events.jsonl")).unwrap();
+    let mut pids: Vec<u64> = text
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<Value>(l).unwrap()["tgid"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let mut want = inside.clone();
+    pids.sort();
+    want.sort();
+    assert_eq!(pids, want);
+    // A flipped byte anywhere in the events file is caught.
+    let mut bytes = std::fs::read(&out).unwrap();
+    let at = bytes
+        .windows(8)
+        .position(|w| w == b"\"tgid\":")
+        .or_else(|| bytes.windows(6).position(|w| w == b"\"tgid\""))
+        .expect("a record in the tar");
+    bytes[at + 8] ^= 1;
+    let bad = env.dir.path().join("bad.tar");
+    std::fs::write(&bad, bytes).unwrap();
+    let failed = verify(&bad, &key);
+    assert!(!failed.status.success());
+    assert!(
+        String::from_utf8_lossy(&failed.stderr).contains("events.jsonl"),
+        "{}",
+        String::from_utf8_lossy(&failed.stderr)
+    );
+}
+
+/// A store file that is not a database is moved aside (kept), a new store
+/// starts, status says what happened, and enforcement never stops.
+#[test]
+fn corrupt_store_is_moved_aside_and_enforcement_continues() {
+    let mut env = TestEnv::new();
+    env.write_policy(
+        "p.yaml",
+        &env.policy(
+            "eu-only",
+            "enforce",
+            "sel",
+            "  allow:\n    countries: [DE]\n",
+        ),
+    );
+    std::fs::create_dir_all(state(&env)).unwrap();
+    std::fs::write(state(&env).join("store.db"), vec![0x5a; 8192]).unwrap();
+    env.start_daemon(&[]);
+    let pids = traffic(&mut env, 0, 1);
+    env.wait_log("moved aside", WAIT);
+    let s = status(&env);
+    let err = s["store"]["error"].as_str().unwrap_or("");
+    assert!(
+        err.contains("not a database") && err.contains("moved aside"),
+        "{s}"
+    );
+    let kept = std::fs::read_dir(state(&env)).unwrap().flatten().any(|e| {
+        e.file_name()
+            .to_string_lossy()
+            .starts_with("store.db.corrupt-")
+    });
+    assert!(kept, "the damaged file is kept for forensics");
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(history_pids(&env, "10m"), pids, "the new store records");
+}
+
+struct Unmount(PathBuf);
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk: the store goes degraded (status says why), enforcement goes
+/// on, events wait in memory; with space again, the store recovers and
+/// nothing is lost.
+#[test]
+fn full_store_degrades_and_recovers_without_loss() {
+    let mut env = TestEnv::new();
+    env.write_policy(
+        "p.yaml",
+        &env.policy(
+            "eu-only",
+            "enforce",
+            "sel",
+            "  allow:\n    countries: [DE]\n",
+        ),
+    );
+    let st = state(&env);
+    std::fs::create_dir_all(&st).unwrap();
+    let mount = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=3m", "emtstore"])
+        .arg(&st)
+        .status()
+        .unwrap();
+    assert!(mount.success(), "mount a small tmpfs");
+    let _guard = Unmount(st.clone());
+    env.start_daemon(&[]);
+    traffic(&mut env, 1, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    let filler = st.join("filler");
+    let _ = Command::new("dd")
+        .args(["if=/dev/zero", "bs=64k", "count=100"])
+        .arg(format!("of={}", filler.display()))
+        .output();
+    let during = traffic(&mut env, 1, 3);
+    let mut degraded = Value::Null;
+    for _ in 0..50 {
+        degraded = status(&env);
+        if degraded["store"]["state"] == "degraded" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(degraded["store"]["state"], "degraded", "{degraded}");
+    assert!(
+        degraded["store"]["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("full"),
+        "{degraded}"
+    );
+    env.wait_log("store degraded", WAIT);
+    std::fs::remove_file(&filler).unwrap();
+    env.wait_log("store recovered", Duration::from_secs(15));
+    assert_eq!(status(&env)["store"]["state"], "ok");
+    let got = history_pids(&env, "10m");
+    for pid in during {
+        assert!(
+            got.contains(&pid),
+            "event of pid {pid} held through the full disk"
+        );
+    }
+    env.stop_daemon();
+}
+
+/// Age retention removes what is older than the limit and keeps the rest.
+#[test]
+fn age_retention_removes_old_history_only() {
+    // 0.0001 days = 8.64 s; retention runs every 0.86 s.
+    let mut env = start(&["--retention-days", "0.0001"]);
+    let old = traffic(&mut env, 1, 1);
+    std::thread::sleep(Duration::from_secs(5));
+    let new = traffic(&mut env, 1, 1);
+    env.wait_log("retention removed 2 events", Duration::from_secs(10));
+    let got = history_pids(&env, "1h");
+    for p in &old {
+        assert!(!got.contains(p), "old event {p} should be gone");
+    }
+    for p in &new {
+        assert!(got.contains(p), "new event {p} should stay");
+    }
+}
