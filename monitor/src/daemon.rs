@@ -35,6 +35,8 @@ pub struct DaemonConfig {
     pub pin_dir: PathBuf,
     /// Remove programs and pins on exit (development runs).
     pub detach_on_exit: bool,
+    /// Serve Prometheus metrics here.
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Limits of the history store.
     pub retention: crate::store::retention::Retention,
 }
@@ -94,6 +96,7 @@ pub struct Controller {
     pub ids: Arc<RwLock<PolicyIds>>,
     pub resolver: Arc<Mutex<Resolver>>,
     pub geo: geo::GeoIdentity,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Where policy sets are recorded when they take effect.
     pub store: Option<Arc<crate::store::writer::Handle>>,
 }
@@ -103,6 +106,16 @@ impl Controller {
     /// fails keeps its previous version in force; a set that conflicts
     /// (same name twice, one cgroup selected twice) is refused whole.
     pub fn reload_policies(&mut self) -> anyhow::Result<()> {
+        let result = self.reload_policies_inner();
+        let rejected = self
+            .files
+            .values()
+            .any(|f| matches!(f, FileState::Rejected { .. }));
+        self.metrics.reload(result.is_ok() && !rejected);
+        result
+    }
+
+    fn reload_policies_inner(&mut self) -> anyhow::Result<()> {
         let paths = policy::policy_files(&self.policies_dir)
             .with_context(|| format!("reading policy directory {}", self.policies_dir.display()))?;
         let mut files = BTreeMap::new();
@@ -300,6 +313,11 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         crate::store::path_in(&config.state_dir),
         config.retention,
     );
+    // A taken metrics port fails the start before the kernel is touched.
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(crate::metrics::server::bind(addr).await?),
+        None => None,
+    };
     let mount = cgroups::find_cgroup2_mount()?;
     let root = config.cgroup_root.clone().unwrap_or_else(|| mount.clone());
     let root = root
@@ -363,6 +381,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         ids: ids.clone(),
         paths: PathResolver::new(&mount),
     }));
+    let metrics = Arc::new(crate::metrics::Metrics::new());
     let mut controller = Controller {
         kernel,
         mount,
@@ -374,6 +393,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         ids,
         resolver: resolver.clone(),
         geo: db.identity.clone(),
+        metrics: metrics.clone(),
         store: Some(store.clone()),
     };
     store.agent_run(crate::store::agent_run_json(&node_key));
@@ -383,7 +403,17 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         log::error!("{e:#}");
     }
 
-    let outlets = Arc::new(Outlets::new(config.history, 4096, config.log_events));
+    let outlets = Arc::new(Outlets {
+        metrics: metrics.clone(),
+        ..Outlets::new(config.history, 4096, config.log_events)
+    });
+    match crate::metrics::system::RingFill::map(
+        std::os::fd::AsRawFd::as_raw_fd(&ring),
+        config.ring_bytes,
+    ) {
+        Ok(fill) => metrics.watch_ring(fill),
+        Err(e) => log::warn!("ring buffer fill is not reported: mapping its positions failed: {e}"),
+    }
     store.attach(outlets.live.subscribe());
     // Our programs enforce now: retire an earlier build's, draining what
     // its ring buffer still holds.
@@ -413,6 +443,18 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         store: store.clone(),
         node_public_key: crate::evidence::key::public_hex(&node_key.verifying_key()),
     });
+    if let Some(listener) = metrics_listener {
+        log::info!(
+            "Prometheus metrics at http://{}/metrics",
+            listener.local_addr()?
+        );
+        let (state, metrics) = (Arc::downgrade(&state), metrics.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::server::serve(listener, state, metrics).await {
+                log::error!("metrics server failed: {e:#}");
+            }
+        });
+    }
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let mut api = tokio::spawn(crate::api::server::serve(
         config.api.clone(),

@@ -11,5 +11,6 @@ pub mod events;
 pub mod evidence;
 pub mod geo;
 pub mod kernel;
+pub mod metrics;
 pub mod policy;
 pub mod store;

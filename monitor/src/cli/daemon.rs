@@ -75,6 +75,9 @@ pub struct DaemonArgs {
     /// when the daemon stops, and a restart adopts it.
     #[arg(long)]
     pub detach_on_exit: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090) [default: off].
+    #[arg(long)]
+    pub metrics_addr: Option<std::net::SocketAddr>,
     /// Keep history (events, flows) for this many days (fractions allowed).
     #[arg(long)]
     pub retention_days: Option<f64>,
@@ -140,6 +143,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         ring_bytes: args.ring_buffer_bytes,
         rescan_interval: Duration::from_secs_f64(args.rescan_interval),
         history: args.history,
+        metrics_addr: args.metrics_addr,
         retention: crate::store::retention::Retention {
             max_age: args
                 .retention_days

@@ -45,6 +45,8 @@ pub struct Outlets {
     pub history: Mutex<VecDeque<Arc<Event>>>,
     pub history_len: usize,
     pub log_events: bool,
+    /// Prometheus counters of decisions (and what a scrape reads).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 impl Outlets {
@@ -56,6 +58,7 @@ impl Outlets {
             history: Mutex::new(VecDeque::with_capacity(history_len.min(65_536))),
             history_len,
             log_events,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         }
     }
 }
@@ -73,7 +76,9 @@ fn drain_into<N: Names>(
         match decode(&item) {
             Ok(raw) => {
                 outlets.counters.count(raw.verdict);
-                batch.push(Arc::new(enrich(&raw, offset, &mut *names)));
+                let event = enrich(&raw, offset, &mut *names);
+                outlets.metrics.decision(&raw, &event);
+                batch.push(Arc::new(event));
             }
             Err(e) => {
                 let n = outlets.counters.undecodable.fetch_add(1, Ordering::Relaxed);

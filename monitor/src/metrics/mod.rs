@@ -1,0 +1,431 @@
+//! Prometheus metrics: what the daemon decided, lost and loaded, served in
+//! the OpenMetrics text format by a small HTTP server (`--metrics-addr`).
+//!
+//! Decision counters are incremented in the event pipeline; everything the
+//! daemon already counts elsewhere (kernel losses, policy set, database,
+//! stream clients, map memory, ring buffer fill) is read when scraped.
+//! Label values are bounded: verdicts, policy names and country codes.
+pub mod server;
+pub mod system;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
+
+use monitor_common::DecisionEvent;
+use prometheus_client::{
+    collector::Collector,
+    encoding::{text::encode, EncodeLabelSet},
+    metrics::{counter::Counter, family::Family, gauge::Gauge},
+    registry::Registry,
+};
+
+use crate::{events::Event, geo::GeoIdentity, policy::CompiledPolicy};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    verdict: String,
+    policy: String,
+    /// ISO code, or `unknown` when the database has none.
+    country: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PolicyLabels {
+    policy: String,
+    mode: String,
+    sha256: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GeoLabels {
+    sha256: String,
+    build_time: String,
+    database_type: String,
+    schema: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabels {
+    version: String,
+    programs: String,
+}
+
+/// What a scrape reads from the daemon, besides the counters kept here.
+#[derive(Debug, Default)]
+pub struct Snapshot<'a> {
+    pub lost_in_kernel: u64,
+    pub undecodable: u64,
+    pub missed_by_slow_clients: u64,
+    pub stream_clients: u64,
+    pub policy_generation: u32,
+    pub policies: &'a [CompiledPolicy],
+    pub selected_cgroups: usize,
+    pub rejected_files: usize,
+    pub geo: Option<&'a GeoIdentity>,
+}
+
+type DecisionKey = (u32, u8, [u8; 2]);
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    decisions: Family<DecisionLabels, Counter>,
+    /// Counter handles by raw (policy id, verdict, country), so the hot path
+    /// neither allocates label strings nor hashes them. Policy ids are never
+    /// reused for another name.
+    decision_cache: Mutex<HashMap<DecisionKey, Counter>>,
+    lost: Counter,
+    undecodable: Counter,
+    missed: Counter,
+    clients: Gauge,
+    reloads: Family<ResultLabels, Counter>,
+    rejected_files: Gauge,
+    generation: Gauge,
+    policy_info: Family<PolicyLabels, Gauge>,
+    selected: Gauge,
+    geo_info: Family<GeoLabels, Gauge>,
+    geo_prefixes: Gauge,
+    map_memory: Gauge,
+    maps: Gauge,
+    ring_size: Gauge,
+    ring_used: Gauge,
+    ring: Mutex<Option<system::RingFill>>,
+    /// Serialises the read-and-sync of a scrape.
+    scrape: tokio::sync::Mutex<()>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let m = Metrics {
+            registry: Mutex::new(Registry::with_prefix("egress_monitor")),
+            decisions: Family::default(),
+            decision_cache: Mutex::new(HashMap::new()),
+            lost: Counter::default(),
+            undecodable: Counter::default(),
+            missed: Counter::default(),
+            clients: Gauge::default(),
+            reloads: Family::default(),
+            rejected_files: Gauge::default(),
+            generation: Gauge::default(),
+            policy_info: Family::default(),
+            selected: Gauge::default(),
+            geo_info: Family::default(),
+            geo_prefixes: Gauge::default(),
+            map_memory: Gauge::default(),
+            maps: Gauge::default(),
+            ring_size: Gauge::default(),
+            ring_used: Gauge::default(),
+            ring: Mutex::new(None),
+            scrape: tokio::sync::Mutex::new(()),
+        };
+        {
+            let mut r = m.registry.lock().unwrap_or_else(|p| p.into_inner());
+            r.register(
+                "decisions",
+                "Decisions by verdict, deciding policy and destination country",
+                m.decisions.clone(),
+            );
+            r.register(
+                "events_lost",
+                "Decision events the kernel could not queue (ring buffer full)",
+                m.lost.clone(),
+            );
+            r.register(
+                "events_undecodable",
+                "Ring buffer records that did not decode",
+                m.undecodable.clone(),
+            );
+            r.register(
+                "stream_events_missed",
+                "Events gRPC stream clients missed because they read too slowly",
+                m.missed.clone(),
+            );
+            r.register(
+                "stream_clients",
+                "gRPC event stream clients connected",
+                m.clients.clone(),
+            );
+            r.register(
+                "policy_reloads",
+                "Policy directory reloads: ok, or failed (a file rejected or the set refused)",
+                m.reloads.clone(),
+            );
+            r.register(
+                "policy_files_rejected",
+                "Policy files rejected now (their previous version, if any, stays in force)",
+                m.rejected_files.clone(),
+            );
+            r.register(
+                "policy_generation",
+                "Generation of the policy set in the kernel",
+                m.generation.clone(),
+            );
+            r.register(
+                "policy_info",
+                "Policies in force (value 1), with mode and SHA-256 of their text",
+                m.policy_info.clone(),
+            );
+            r.register(
+                "selected_cgroups",
+                "Cgroups selected by a policy",
+                m.selected.clone(),
+            );
+            r.register(
+                "geoip_info",
+                "The country database in the kernel (value 1)",
+                m.geo_info.clone(),
+            );
+            r.register(
+                "geoip_prefixes",
+                "Prefixes of the country database in the kernel trie",
+                m.geo_prefixes.clone(),
+            );
+            r.register(
+                "bpf_map_memory_bytes",
+                "Memory charged to the BPF maps the daemon holds (memlock in fdinfo)",
+                m.map_memory.clone(),
+            );
+            r.register("bpf_maps", "BPF maps the daemon holds", m.maps.clone());
+            r.register(
+                "ring_buffer_size_bytes",
+                "Size of the kernel event ring buffer",
+                m.ring_size.clone(),
+            );
+            r.register(
+                "ring_buffer_used_bytes",
+                "Bytes the kernel has written to the ring buffer and the daemon not yet read",
+                m.ring_used.clone(),
+            );
+            let build = Family::<BuildLabels, Gauge>::default();
+            build
+                .get_or_create(&BuildLabels {
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    programs: crate::kernel::build_id(),
+                })
+                .set(1);
+            r.register(
+                "build_info",
+                "Agent version and build of its kernel programs (value 1)",
+                build,
+            );
+        }
+        m
+    }
+
+    /// Counts one decision; cheap after the first of its kind.
+    pub fn decision(&self, raw: &DecisionEvent, event: &Event) {
+        let key = (raw.policy_id, raw.verdict, raw.country);
+        let mut cache = self
+            .decision_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let counter = cache.entry(key).or_insert_with(|| {
+            self.decisions
+                .get_or_create(&DecisionLabels {
+                    verdict: event.verdict.clone(),
+                    policy: event.policy.clone(),
+                    country: if event.country.is_empty() {
+                        "unknown".into()
+                    } else {
+                        event.country.clone()
+                    },
+                })
+                .clone()
+        });
+        counter.inc();
+    }
+
+    /// Counts a policy directory reload.
+    pub fn reload(&self, ok: bool) {
+        self.reloads
+            .get_or_create(&ResultLabels {
+                result: if ok { "ok" } else { "failed" },
+            })
+            .inc();
+    }
+
+    /// Reads the ring buffer's fill from now on.
+    pub fn watch_ring(&self, ring: system::RingFill) {
+        self.ring_size.set(ring.size() as i64);
+        *self.ring.lock().unwrap_or_else(|p| p.into_inner()) = Some(ring);
+    }
+
+    /// Where other parts of the daemon (the flow store) add their metrics:
+    /// a collector is asked for its values at every scrape.
+    pub fn register_collector(&self, collector: Box<dyn Collector>) {
+        self.registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .register_collector(collector);
+    }
+
+    fn sync_counter(counter: &Counter, source: u64) {
+        let now = counter.get();
+        if source > now {
+            counter.inc_by(source - now);
+        }
+    }
+
+    /// Brings the scrape-time values up to date.
+    fn refresh(&self, s: &Snapshot) {
+        Self::sync_counter(&self.lost, s.lost_in_kernel);
+        Self::sync_counter(&self.undecodable, s.undecodable);
+        Self::sync_counter(&self.missed, s.missed_by_slow_clients);
+        self.clients.set(s.stream_clients as i64);
+        self.generation.set(i64::from(s.policy_generation));
+        self.rejected_files.set(s.rejected_files as i64);
+        self.selected.set(s.selected_cgroups as i64);
+        self.policy_info.clear();
+        for p in s.policies {
+            self.policy_info
+                .get_or_create(&PolicyLabels {
+                    policy: p.name.clone(),
+                    mode: p.mode.to_string(),
+                    sha256: p.sha256.clone(),
+                })
+                .set(1);
+        }
+        self.geo_info.clear();
+        if let Some(g) = s.geo {
+            self.geo_info
+                .get_or_create(&GeoLabels {
+                    sha256: g.sha256.clone(),
+                    build_time: crate::events::rfc3339_nanos(
+                        i128::from(g.build_epoch) * 1_000_000_000,
+                    ),
+                    database_type: g.database_type.clone(),
+                    schema: g.schema.clone(),
+                })
+                .set(1);
+            self.geo_prefixes.set(g.prefixes as i64);
+        }
+        let maps = system::bpf_maps();
+        self.map_memory.set(maps.memlock_bytes as i64);
+        self.maps.set(maps.count as i64);
+        if let Some(ring) = &*self.ring.lock().unwrap_or_else(|p| p.into_inner()) {
+            self.ring_used.set(ring.used() as i64);
+        }
+    }
+
+    /// Refreshes with `snapshot` and encodes everything.
+    pub fn render(&self, snapshot: &Snapshot) -> String {
+        self.refresh(snapshot);
+        let mut out = String::new();
+        let registry = self.registry.lock().unwrap_or_else(|p| p.into_inner());
+        if let Err(e) = encode(&mut out, &registry) {
+            log::error!("encoding metrics: {e}");
+        }
+        out
+    }
+}
+
+/// Renders the daemon's metrics now.
+pub async fn scrape(state: &crate::daemon::DaemonState, metrics: &Arc<Metrics>) -> String {
+    use std::sync::atomic::Ordering;
+    let _one_at_a_time = metrics.scrape.lock().await;
+    let c = state.controller.lock().await;
+    let rejected = c
+        .files
+        .values()
+        .filter(|f| matches!(f, crate::daemon::FileState::Rejected { .. }))
+        .count();
+    let snapshot = Snapshot {
+        lost_in_kernel: c.kernel.lost_events(),
+        undecodable: state.outlets.counters.undecodable.load(Ordering::Relaxed),
+        missed_by_slow_clients: state.dropped_slow.load(Ordering::Relaxed),
+        stream_clients: state.clients.load(Ordering::Relaxed),
+        policy_generation: c.kernel.policy_generation(),
+        policies: &c.in_force,
+        selected_cgroups: c.selection.len(),
+        rejected_files: rejected,
+        geo: Some(&c.geo),
+    };
+    metrics.render(&snapshot)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(policy_id: u32, verdict: u8, country: [u8; 2]) -> DecisionEvent {
+        // SAFETY: DecisionEvent is plain data; all zeroes is valid.
+        let mut e: DecisionEvent = unsafe { std::mem::zeroed() };
+        e.policy_id = policy_id;
+        e.verdict = verdict;
+        e.country = country;
+        e
+    }
+
+    fn event(verdict: &str, policy: &str, country: &str) -> Event {
+        Event {
+            verdict: verdict.into(),
+            policy: policy.into(),
+            country: country.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn decisions_are_counted_by_verdict_policy_and_country() {
+        use monitor_common::verdict;
+        let m = Metrics::new();
+        for _ in 0..3 {
+            m.decision(
+                &raw(1, verdict::DENIED, *b"US"),
+                &event("denied", "eu", "US"),
+            );
+        }
+        m.decision(
+            &raw(1, verdict::ALLOWED, *b"DE"),
+            &event("allowed", "eu", "DE"),
+        );
+        m.decision(
+            &raw(2, verdict::WOULD_DENY, [0, 0]),
+            &event("would_deny", "w", ""),
+        );
+        m.reload(true);
+        m.reload(false);
+        m.reload(true);
+        let text = m.render(&Snapshot {
+            lost_in_kernel: 7,
+            undecodable: 2,
+            policy_generation: 4,
+            ..Default::default()
+        });
+        for line in [
+            "egress_monitor_decisions_total{verdict=\"denied\",policy=\"eu\",country=\"US\"} 3",
+            "egress_monitor_decisions_total{verdict=\"allowed\",policy=\"eu\",country=\"DE\"} 1",
+            "egress_monitor_decisions_total{verdict=\"would_deny\",policy=\"w\",country=\"unknown\"} 1",
+            "egress_monitor_policy_reloads_total{result=\"ok\"} 2",
+            "egress_monitor_policy_reloads_total{result=\"failed\"} 1",
+            "egress_monitor_events_lost_total 7",
+            "egress_monitor_events_undecodable_total 2",
+            "egress_monitor_policy_generation 4",
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line:?} in\n{text}");
+        }
+        // A second scrape with the same sources does not count twice.
+        let again = m.render(&Snapshot {
+            lost_in_kernel: 7,
+            ..Default::default()
+        });
+        assert!(
+            again.contains("egress_monitor_events_lost_total 7\n"),
+            "{again}"
+        );
+        assert!(again.contains("egress_monitor_build_info{version=\""));
+        assert!(again.ends_with("# EOF\n"));
+    }
+}

@@ -1,0 +1,312 @@
+//! Prometheus metrics end to end: the daemon serves /metrics on a loopback
+//! port, known traffic from probes is counted exactly, and the scrape
+//! parses as the Prometheus text format.
+use std::{
+    io::{Read, Write},
+    net::TcpStream,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use integration_tests::*;
+use prometheus_parse::{Scrape, Value};
+use serde_json::Value as Json;
+
+const WAIT: Duration = Duration::from_secs(5);
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// One HTTP/1.1 GET on loopback: (status line, content type, body).
+fn get(port: u16, path: &str) -> (String, String, String) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read the response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head.lines().next().unwrap_or("").to_string();
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-type:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_string())
+}
+
+fn scrape(port: u16) -> Scrape {
+    let (status, content_type, body) = get(port, "/metrics");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text format")
+}
+
+fn number(v: &Value) -> f64 {
+    match v {
+        Value::Counter(x) | Value::Gauge(x) | Value::Untyped(x) => *x,
+        other => panic!("not a number: {other:?}"),
+    }
+}
+
+/// The value of `metric` with exactly these labels among others, if any.
+fn find(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    s.samples
+        .iter()
+        .find(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .map(|x| number(&x.value))
+}
+
+fn value(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    find(s, metric, labels).unwrap_or_else(|| {
+        panic!(
+            "no {metric} {labels:?} in {:#?}",
+            s.samples
+                .iter()
+                .filter(|x| x.metric == metric)
+                .collect::<Vec<_>>()
+        )
+    })
+}
+
+/// Scrapes until `check` holds (the pipeline and the CLI are asynchronous).
+fn scrape_until(port: u16, what: &str, check: impl Fn(&Scrape) -> bool) -> Scrape {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let s = scrape(port);
+        if check(&s) {
+            return s;
+        }
+        assert!(Instant::now() < deadline, "metrics never showed {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Decisions are counted by verdict, policy and country exactly as the
+/// traffic was made; reloads, rejected files, the policy set, the database
+/// identity, build info, map memory, the ring buffer and stream clients are
+/// reported; anything but /metrics is 404.
+#[test]
+fn metrics_count_known_traffic_exactly() {
+    let mut env = TestEnv::new();
+    std::fs::create_dir_all(env.cgroup("mon")).unwrap();
+    let allow_de = "  allow:\n    countries: [DE]\n";
+    env.write_policy("eu.yaml", &env.policy("eu", "enforce", "sel", allow_de));
+    env.write_policy(
+        "watch.yaml",
+        &env.policy("watch", "monitor", "mon", allow_de),
+    );
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    env.start_daemon(&["--metrics-addr", &addr]);
+    assert!(env
+        .log()
+        .contains(&format!("Prometheus metrics at http://{addr}/metrics")));
+
+    let p = PORT.to_string();
+    let mut pids = Vec::new();
+    for _ in 0..3 {
+        let r = env.probe("sel", &["tcp", US_V4, &p]);
+        assert!(!r.ok, "US is refused under eu: {:?}", r.raw);
+        pids.push(r.pid);
+    }
+    for _ in 0..2 {
+        let r = env.probe("sel", &["udp", DE_V4, &p]);
+        assert!(r.ok, "DE is allowed: {:?}", r.raw);
+        pids.push(r.pid);
+    }
+    let r = env.probe("mon", &["tcp", US_V6, &p]);
+    assert!(r.ok, "monitor mode lets through: {:?}", r.raw);
+    pids.push(r.pid);
+    for pid in &pids {
+        env.expect_event("probe decision", WAIT, |e: &Json| {
+            e["tgid"].as_u64() == Some(*pid)
+        });
+    }
+
+    let s = scrape(port);
+    let decisions = "egress_monitor_decisions_total";
+    assert_eq!(
+        value(
+            &s,
+            decisions,
+            &[("verdict", "denied"), ("policy", "eu"), ("country", "US")]
+        ),
+        3.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            decisions,
+            &[("verdict", "allowed"), ("policy", "eu"), ("country", "DE")]
+        ),
+        2.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            decisions,
+            &[
+                ("verdict", "would_deny"),
+                ("policy", "watch"),
+                ("country", "US")
+            ]
+        ),
+        1.0
+    );
+    let total: f64 = s
+        .samples
+        .iter()
+        .filter(|x| x.metric == decisions)
+        .map(|x| number(&x.value))
+        .sum();
+    assert_eq!(total, 6.0, "nothing else was decided");
+    assert_eq!(value(&s, "egress_monitor_events_lost_total", &[]), 0.0);
+    assert_eq!(
+        value(&s, "egress_monitor_events_undecodable_total", &[]),
+        0.0
+    );
+    assert_eq!(
+        value(
+            &s,
+            "egress_monitor_policy_reloads_total",
+            &[("result", "ok")]
+        ),
+        1.0
+    );
+    assert_eq!(value(&s, "egress_monitor_policy_generation", &[]), 1.0);
+    assert_eq!(value(&s, "egress_monitor_selected_cgroups", &[]), 2.0);
+    for (name, mode) in [("eu", "enforce"), ("watch", "monitor")] {
+        assert_eq!(
+            value(
+                &s,
+                "egress_monitor_policy_info",
+                &[("policy", name), ("mode", mode)]
+            ),
+            1.0
+        );
+    }
+    // The database identity is the one status reports.
+    let status = env.cli(&["status", "-o", "json"]);
+    let status: Json = serde_json::from_slice(&status.stdout).expect("status JSON");
+    let sha = status["geoip"]["sha256"].as_str().expect("geoip sha256");
+    assert_eq!(
+        value(&s, "egress_monitor_geoip_info", &[("sha256", sha)]),
+        1.0
+    );
+    assert_eq!(
+        value(&s, "egress_monitor_geoip_prefixes", &[]),
+        TEST_DB.len() as f64
+    );
+    assert_eq!(
+        value(
+            &s,
+            "egress_monitor_build_info",
+            &[("version", env!("CARGO_PKG_VERSION"))]
+        ),
+        1.0
+    );
+    let ring = value(&s, "egress_monitor_ring_buffer_size_bytes", &[]);
+    assert_eq!(ring, 4_194_304.0);
+    let used = value(&s, "egress_monitor_ring_buffer_used_bytes", &[]);
+    assert!((0.0..=ring).contains(&used), "{used}");
+    let memory = value(&s, "egress_monitor_bpf_map_memory_bytes", &[]);
+    assert!(
+        memory >= ring,
+        "map memory {memory} includes the ring buffer's {ring}"
+    );
+    assert!(value(&s, "egress_monitor_bpf_maps", &[]) >= 5.0);
+    assert_eq!(value(&s, "egress_monitor_stream_clients", &[]), 0.0);
+
+    // A follow stream is a client while it is connected.
+    let mut follower = Command::new(daemon_bin())
+        .args(["events", "--follow", "--socket"])
+        .arg(env.socket())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start events --follow");
+    scrape_until(port, "one stream client", |s| {
+        find(s, "egress_monitor_stream_clients", &[]) == Some(1.0)
+    });
+    let _ = follower.kill();
+    let _ = follower.wait();
+    scrape_until(port, "no stream client", |s| {
+        find(s, "egress_monitor_stream_clients", &[]) == Some(0.0)
+    });
+
+    // A rejected file is a failed reload and stays counted as rejected.
+    env.write_policy("bad.yaml", "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {name: bad}\nspec:\n  mode: block\n");
+    env.wait_log("policy file rejected", WAIT);
+    let s = scrape_until(port, "a failed reload", |s| {
+        find(
+            s,
+            "egress_monitor_policy_reloads_total",
+            &[("result", "failed")],
+        ) == Some(1.0)
+    });
+    assert_eq!(value(&s, "egress_monitor_policy_files_rejected", &[]), 1.0);
+    assert_eq!(
+        value(
+            &s,
+            decisions,
+            &[("verdict", "denied"), ("policy", "eu"), ("country", "US")]
+        ),
+        3.0,
+        "counts do not move without traffic"
+    );
+
+    let (status, _, _) = get(port, "/");
+    assert!(status.contains(" 404 "), "{status}");
+}
+
+/// Without --metrics-addr nothing listens; a taken address fails the start
+/// with a clear error.
+#[test]
+fn metrics_are_off_by_default_and_a_taken_port_is_an_error() {
+    let mut env = TestEnv::new();
+    env.write_policy(
+        "p.yaml",
+        &env.policy("p", "monitor", "sel", "  allow:\n    countries: [DE]\n"),
+    );
+    env.start_daemon(&[]);
+    assert!(!env.log().contains("Prometheus metrics at"));
+    env.stop_daemon();
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(daemon_bin())
+        .arg("daemon")
+        .arg("--policies")
+        .arg(env.policy_dir())
+        .arg("--geoip")
+        .arg(env.geoip())
+        .arg("--cgroup-root")
+        .arg(&env.cgroup_root)
+        .arg("--state-dir")
+        .arg(env.dir.path().join("state"))
+        .arg("--pin-dir")
+        .arg(env.pin_dir())
+        .args(["--metrics-addr", &addr])
+        .output()
+        .expect("run the daemon");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("--metrics-addr {addr}")) && err.contains("in use"),
+        "{err}"
+    );
+}
