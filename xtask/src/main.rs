@@ -1,7 +1,8 @@
-//! Build orchestration: `cargo xtask setup | build | run | test`.
+//! Build orchestration: `cargo xtask setup | build | run | test | bench`.
 //!
 //! `setup` installs what the build and the tests need, idempotently and
 //! quickly when it is all there already; every other command runs it first.
+mod bench;
 mod setup;
 
 use std::{
@@ -35,6 +36,12 @@ enum Cmd {
     Test {
         /// Only run tests whose name contains this.
         filter: Option<String>,
+    },
+    /// The performance suite (root): cost against the bare kernel, side by side.
+    Bench {
+        /// Also replace README.md's "## Performance" section with the results.
+        #[arg(long)]
+        readme: bool,
     },
 }
 
@@ -130,6 +137,11 @@ fn main() -> anyhow::Result<()> {
                 .arg("--detach-on-exit")
                 .args(args);
             run(&mut cmd)
+        }
+        Cmd::Bench { readme } => {
+            setup::setup()?;
+            build()?;
+            bench::bench(readme)
         }
         Cmd::Test { filter } => {
             setup::setup()?;

@@ -1,0 +1,189 @@
+//! The daemon under benchmark: started with the real country database and
+//! without `--log-events` (the suite measures the pipeline, not stdout),
+//! its log kept for the figures it prints, its /proc entries read for CPU
+//! and memory, its status read through the CLI.
+use std::{
+    collections::HashMap,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub struct Daemon {
+    child: Option<Child>,
+    pub pid: u32,
+    log: Arc<Mutex<String>>,
+    pub socket: PathBuf,
+    bin: PathBuf,
+}
+
+impl Daemon {
+    pub fn start(bin: &Path, args: &[&std::ffi::OsStr], socket: PathBuf) -> Self {
+        let mut child = Command::new(bin)
+            .arg("daemon")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the daemon");
+        let stderr = child.stderr.take().expect("daemon stderr");
+        let log = Arc::new(Mutex::new(String::new()));
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut l = l.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let pid = child.id();
+        let mut d = Daemon {
+            child: Some(child),
+            pid,
+            log,
+            socket,
+            bin: bin.to_path_buf(),
+        };
+        d.wait_log(
+            |l| l.contains("egress-monitor running"),
+            Duration::from_secs(90),
+        );
+        d
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits (bounded) until the log satisfies `pred`; panics with the log otherwise.
+    pub fn wait_log(&mut self, pred: impl Fn(&str) -> bool, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if pred(&self.log()) {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("daemon exited ({status}); log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        panic!(
+            "the daemon log never showed what was awaited; log:\n{}",
+            self.log()
+        );
+    }
+
+    /// `egress-monitor status -o json`.
+    pub fn status(&self) -> Value {
+        let out = self.cli(&["status", "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new("timeout")
+            .arg("300")
+            .arg(&self.bin)
+            .args(args)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .expect("run the CLI")
+    }
+
+    /// User + system CPU time of the daemon so far, in seconds.
+    pub fn cpu_seconds(&self) -> f64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
+        // Fields after the command name, which ends at the last ')'.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime and stime are fields 14 and 15 of stat, 12 and 13 here.
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        (ticks(11) + ticks(12)) / hz
+    }
+
+    /// A `Vm*` line of /proc/PID/status, in bytes.
+    pub fn vm(&self, key: &str) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();
+        s.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(':'))
+            .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    /// The BPF maps the daemon holds, from /proc/PID/fdinfo: map id to
+    /// (type, max_entries, memlock bytes), each map once.
+    pub fn maps(&self) -> HashMap<u64, (u64, u64, u64)> {
+        let mut maps = HashMap::new();
+        let Ok(rd) = std::fs::read_dir(format!("/proc/{}/fdinfo", self.pid)) else {
+            return maps;
+        };
+        for e in rd.flatten() {
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let field = |k: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(k)?.trim().parse::<u64>().ok())
+            };
+            if let (Some(id), Some(ty)) = (field("map_id:"), field("map_type:")) {
+                maps.insert(
+                    id,
+                    (
+                        ty,
+                        field("max_entries:").unwrap_or(0),
+                        field("memlock:").unwrap_or(0),
+                    ),
+                );
+            }
+        }
+        maps
+    }
+
+    /// SIGTERM, bounded wait, then SIGKILL.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        // SAFETY: signalling our own child by pid.
+        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A number from the first log line containing `prefix`, the text right
+/// after `after` up to the next space.
+pub fn log_number(log: &str, line_has: &str, after: &str) -> Option<f64> {
+    log.lines().filter(|l| l.contains(line_has)).find_map(|l| {
+        let rest = &l[l.find(after)? + after.len()..];
+        rest.split([' ', ')'])
+            .next()?
+            .trim_start_matches('(')
+            .parse()
+            .ok()
+    })
+}

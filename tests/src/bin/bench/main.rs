@@ -1,0 +1,854 @@
+//! `cargo xtask bench`: the cost of egress-monitor against the bare kernel,
+//! measured side by side in one run.
+//!
+//! One daemon, with the full country database and two policies of 10,000
+//! extra CIDRs each, attached to `<test cgroup>/att`; the workload (the
+//! `loadgen` binary) runs in the client network namespace in one of three
+//! cgroups, alternated round by round: `bare` (outside the attach point: no
+//! program runs), `att/mon` (monitor policy) and `att/enf` (enforce policy).
+//! Traffic goes to loopback inside the client namespace only; that
+//! namespace has no default route, checked with `ip route get` first.
+//!
+//! Results: `target/bench/results.json` and `results.md` (printed too).
+mod daemon;
+mod report;
+mod stats;
+
+use std::{
+    io::{BufRead, BufReader},
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use daemon::{log_number, Daemon};
+use integration_tests::TestEnv;
+use report::{Figure, Report};
+use serde_json::{json, Value};
+use stats::Summary;
+
+/// Rounds of the alternated connect-path comparison, seconds per run.
+const ROUNDS: usize = 7;
+const RUN_SECS: f64 = 1.0;
+const EXTRA_CIDRS: usize = 10_000;
+const VARIANTS: [(&str, &str); 3] = [
+    ("bare", "no program"),
+    ("att/mon", "monitor"),
+    ("att/enf", "enforce"),
+];
+
+struct Bench {
+    env: TestEnv,
+    daemon: Option<Daemon>,
+    loadgen: PathBuf,
+    bpf_stats_old: Option<String>,
+    follower: Option<Child>,
+}
+
+impl Drop for Bench {
+    fn drop(&mut self) {
+        if let Some(mut f) = self.follower.take() {
+            let _ = f.kill();
+            let _ = f.wait();
+        }
+        // SIGTERM; TestEnv's drop then uninstalls the pins (the pin
+        // directory is the environment's) and removes netns and cgroups.
+        self.daemon.take();
+        if let Some(old) = self.bpf_stats_old.take() {
+            let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", old);
+        }
+    }
+}
+
+fn main() {
+    integration_tests::require_root();
+    let geoip = PathBuf::from(
+        std::env::var_os("EGRESS_MONITOR_GEOIP")
+            .expect("EGRESS_MONITOR_GEOIP: the real country database (cargo xtask bench sets it)"),
+    );
+    let out_dir = PathBuf::from(
+        std::env::var_os("EGRESS_MONITOR_BENCH_OUT").unwrap_or_else(|| "target/bench".into()),
+    );
+    let loadgen = std::env::var_os("EGRESS_MONITOR_LOADGEN")
+        .map(PathBuf::from)
+        .expect("EGRESS_MONITOR_LOADGEN: the loadgen binary (cargo xtask bench sets it)");
+    let started = Instant::now();
+    let since_ns = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+
+    let env = TestEnv::new();
+    let mut b = Bench {
+        env,
+        daemon: None,
+        loadgen,
+        bpf_stats_old: None,
+        follower: None,
+    };
+    for sub in ["bare", "att/mon", "att/enf"] {
+        std::fs::create_dir_all(b.env.cgroup(sub)).expect("create bench cgroup");
+    }
+    check_routes(&b.env);
+    write_policies(&b.env, 0);
+
+    let mut r = Report::new();
+    r.raw["geoip"] = json!(geoip.display().to_string());
+    r.raw["extra_cidrs_per_policy"] = json!(EXTRA_CIDRS);
+
+    // The daemon, with the real database.
+    let state = b.env.dir.path().join("state");
+    let args: Vec<std::ffi::OsString> = vec![
+        "--policies".into(),
+        b.env.policy_dir().into(),
+        "--geoip".into(),
+        geoip.clone().into(),
+        "--cgroup-root".into(),
+        b.env.cgroup("att").into(),
+        "--state-dir".into(),
+        state.clone().into(),
+        "--pin-dir".into(),
+        b.env.pin_dir().into(),
+        "--rescan-interval".into(),
+        "1".into(),
+    ];
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let t = Instant::now();
+    b.daemon = Some(Daemon::start(
+        &integration_tests::daemon_bin(),
+        &args,
+        b.env.socket(),
+    ));
+    let start_ms = t.elapsed().as_secs_f64() * 1e3;
+    eprintln!("bench: daemon up in {start_ms:.0} ms");
+    std::thread::sleep(Duration::from_millis(500));
+    geo_and_memory_idle(&b, &mut r, start_ms);
+
+    connect_path(&b, &mut r);
+    decision_cost(&mut b, &mut r);
+    let pipeline_window = pipeline(&mut b, &mut r);
+    policy_swap(&mut b, &mut r);
+    store(&b, &mut r, since_ns, pipeline_window, &state);
+
+    r.raw["bench_seconds"] = json!(started.elapsed().as_secs_f64());
+    r.write(&out_dir);
+    drop(b);
+}
+
+/// Every address the workload sends to is local in the client namespace,
+/// and nothing else routes at all.
+fn check_routes(env: &TestEnv) {
+    for addr in ["127.0.0.1", "127.0.0.1", "127.1.0.1", "127.0.255.1"] {
+        let out = Command::new("ip")
+            .args(["-n", &env.client_ns, "route", "get", addr])
+            .output()
+            .expect("ip route get");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.starts_with("local ") && text.contains(" dev lo "),
+            "{addr} is not local on lo in {}: {text}; refusing to send",
+            env.client_ns
+        );
+    }
+    let out = Command::new("ip")
+        .args(["-n", &env.client_ns, "route", "get", "8.8.8.8"])
+        .output()
+        .expect("ip route get");
+    assert!(
+        !out.status.success(),
+        "the client namespace {} has a default route; refusing to run",
+        env.client_ns
+    );
+}
+
+/// Two policies (monitor on att/mon, enforce on att/enf) with the EU/EEA
+/// regions, loopback allowed, and EXTRA_CIDRS deny CIDRs each (private and
+/// ULA ranges, nowhere near the test hosts). `bump` adds one more, for swaps.
+fn write_policies(env: &TestEnv, bump: u32) {
+    let mut cidrs = String::new();
+    for i in 0..EXTRA_CIDRS {
+        if i % 5 == 4 {
+            cidrs.push_str(&format!("      - \"fd00:0:{:x}::/48\"\n", i));
+        } else {
+            cidrs.push_str(&format!("      - \"10.{}.{}.0/24\"\n", i >> 8, i & 255));
+        }
+    }
+    if bump > 0 {
+        cidrs.push_str(&format!("      - \"172.16.{}.0/24\"\n", bump % 256));
+    }
+    for (name, mode, sub) in [
+        ("bench-monitor", "monitor", "att/mon"),
+        ("bench-enforce", "enforce", "att/enf"),
+    ] {
+        let body = format!(
+            "  allow:\n    groups: [EU, EEA]\n    cidrs: [\"127.0.0.0/8\", \"::1/128\"]\n  deny:\n    cidrs:\n{cidrs}"
+        );
+        env.write_policy(&format!("{name}.yaml"), &env.policy(name, mode, sub, &body));
+    }
+}
+
+/// Runs the load generator in the client namespace inside `sub`.
+fn loadgen(b: &Bench, sub: &str, args: &[&str]) -> Child {
+    let procs = b.env.cgroup(sub).join("cgroup.procs");
+    let mut cmd = Command::new("nsenter");
+    cmd.arg(format!("--net=/run/netns/{}", b.env.client_ns))
+        .arg(&b.loadgen)
+        .args(args)
+        .stdout(Stdio::piped());
+    // SAFETY: one write through std::fs between fork and exec, on a path
+    // computed before the fork.
+    unsafe {
+        cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+    }
+    cmd.spawn().expect("start loadgen")
+}
+
+fn finish(child: Child) -> Value {
+    let out = child.wait_with_output().expect("loadgen");
+    assert!(out.status.success(), "loadgen failed: {:?}", out.status);
+    serde_json::from_slice(&out.stdout).expect("loadgen JSON")
+}
+
+fn run_load(b: &Bench, sub: &str, args: &[&str]) -> Value {
+    finish(loadgen(b, sub, args))
+}
+
+fn f(v: &Value, k: &str) -> f64 {
+    v[k].as_f64().unwrap_or(0.0)
+}
+
+fn geo_and_memory_idle(b: &Bench, r: &mut Report, start_ms: f64) {
+    let d = b.daemon.as_ref().unwrap();
+    let log = d.log();
+    let merged_ms = log_number(&log, "networks merged into", " prefixes in ");
+    let prefixes = log_number(&log, "networks merged into", "networks merged into ");
+    let load_ms = log_number(&log, "into the kernel geo trie in", "kernel geo trie in ");
+    let policy_ms = log_number(&log, "policy set generation", "CIDRs ");
+    r.raw["daemon_log_startup"] = json!(log);
+    if let (Some(m), Some(l)) = (merged_ms, load_ms) {
+        r.fig(Figure::new(
+            "geo: full database into kernel maps (read+merge, load)",
+            format!(
+                "{:.0} ms ({m:.0} + {l:.0}), {} prefixes",
+                m + l,
+                prefixes.unwrap_or(0.0)
+            ),
+            "<= 300 ms",
+            Some(m + l <= 300.0),
+        ));
+    }
+    if let Some(p) = policy_ms {
+        r.fig(Figure::new(
+            "policy: first policy set in force (2 policies, 2x10k CIDRs)",
+            format!("{p:.1} ms"),
+            "-",
+            None,
+        ));
+    }
+    r.fig(Figure::new(
+        "daemon start to running",
+        format!("{start_ms:.0} ms"),
+        "-",
+        None,
+    ));
+    let maps = d.maps();
+    let memlock: u64 = maps.values().map(|m| m.2).sum();
+    let ring = maps
+        .values()
+        .find(|m| m.0 == 27)
+        .map(|m| m.1)
+        .unwrap_or_default();
+    r.raw["maps"] = json!(maps
+        .iter()
+        .map(|(id, m)| json!({"id": id, "type": m.0, "max_entries": m.1, "memlock": m.2}))
+        .collect::<Vec<_>>());
+    r.raw["ring_bytes"] = json!(ring);
+    r.fig(Figure::new(
+        "kernel map memory (memlock, all maps of the daemon)",
+        format!("{:.1} MiB in {} maps", mib(memlock), maps.len()),
+        "-",
+        None,
+    ));
+    r.fig(Figure::new(
+        "daemon RSS idle",
+        format!(
+            "{:.1} MiB (peak since start {:.1} MiB)",
+            mib(d.vm("VmRSS")),
+            mib(d.vm("VmHWM"))
+        ),
+        "-",
+        None,
+    ));
+}
+
+fn mib(b: u64) -> f64 {
+    b as f64 / (1024.0 * 1024.0)
+}
+
+/// (1) TCP connect+accept+close and unconnected UDP sendmsg, A B C A B C.
+fn connect_path(b: &Bench, r: &mut Report) {
+    let secs = RUN_SECS.to_string();
+    for (mode, args) in [
+        ("tcp", vec!["tcp", "1000000", secs.as_str()]),
+        ("udp", vec!["udp", "5000000", secs.as_str(), "256"]),
+    ] {
+        let mut runs: Vec<Vec<Value>> = vec![Vec::new(); VARIANTS.len()];
+        for round in 0..ROUNDS {
+            for (i, (sub, _)) in VARIANTS.iter().enumerate() {
+                let v = run_load(b, sub, &args);
+                assert_eq!(v["errors"], 0, "{mode} in {sub} had errors: {v}");
+                runs[i].push(v);
+            }
+            eprintln!("bench: {mode} round {}/{ROUNDS}", round + 1);
+        }
+        let mut raw = json!({});
+        let series = |i: usize, k: &str| -> Vec<f64> { runs[i].iter().map(|v| f(v, k)).collect() };
+        for (i, (_, name)) in VARIANTS.iter().enumerate() {
+            raw[name] = json!({
+                "rate": Summary::of(&series(i, "rate")).json(),
+                "p50_ns": Summary::of(&series(i, "lat_p50_ns")).json(),
+                "p99_ns": Summary::of(&series(i, "lat_p99_ns")).json(),
+                "runs": runs[i],
+            });
+        }
+        let what = if mode == "tcp" {
+            "TCP connect+accept+close"
+        } else {
+            "UDP sendmsg (unconnected)"
+        };
+        let lat = if mode == "tcp" {
+            "connect()"
+        } else {
+            "sendto()"
+        };
+        let base_rate = series(0, "rate");
+        let base_p50 = series(0, "lat_p50_ns");
+        for (i, (_, name)) in VARIANTS.iter().enumerate() {
+            let rate = Summary::of(&series(i, "rate"));
+            let p50 = Summary::of(&series(i, "lat_p50_ns"));
+            let p99 = Summary::of(&series(i, "lat_p99_ns"));
+            r.fig(Figure::new(
+                &format!("{what} rate, {name}"),
+                format!("{:.0}/s (IQR {:.0})", rate.median, rate.iqr()),
+                "-",
+                None,
+            ));
+            r.fig(Figure::new(
+                &format!("{what} {lat} latency, {name}"),
+                format!(
+                    "p50 {:.2} µs (IQR {:.2}), p99 {:.2} µs",
+                    p50.median / 1e3,
+                    p50.iqr() / 1e3,
+                    p99.median / 1e3
+                ),
+                "-",
+                None,
+            ));
+            if i == 0 {
+                continue;
+            }
+            // Paired per round: variant against the bare run next to it.
+            let ratios: Vec<f64> = series(i, "rate")
+                .iter()
+                .zip(&base_rate)
+                .map(|(v, b)| v / b)
+                .collect();
+            let deltas: Vec<f64> = series(i, "lat_p50_ns")
+                .iter()
+                .zip(&base_p50)
+                .map(|(v, b)| v - b)
+                .collect();
+            let ratio = Summary::of(&ratios);
+            let delta = Summary::of(&deltas);
+            raw[name]["ratio_to_bare"] = ratio.json();
+            raw[name]["p50_delta_ns"] = delta.json();
+            let goal = i == 2;
+            r.fig(Figure::new(
+                &format!("{what} rate, {name} / no program"),
+                format!(
+                    "{:.3} (IQR {:.3}; cost {:.1}%)",
+                    ratio.median,
+                    ratio.iqr(),
+                    (1.0 - ratio.median) * 100.0
+                ),
+                if goal { ">= 0.99" } else { "-" },
+                goal.then_some(ratio.median >= 0.99),
+            ));
+            r.fig(Figure::new(
+                &format!("{what} {lat} p50, {name} - no program"),
+                format!(
+                    "{:+.2} µs (IQR {:.2})",
+                    delta.median / 1e3,
+                    delta.iqr() / 1e3
+                ),
+                if goal { "<= 0.5 µs" } else { "-" },
+                goal.then_some(delta.median <= 500.0),
+            ));
+        }
+        r.raw[format!("connect_path_{mode}")] = raw;
+    }
+}
+
+/// BPF statistics of every program the daemon attached: (hook, id) to
+/// (run_time_ns, run_cnt).
+fn prog_stats(d: &Daemon) -> Vec<(String, u64, u64, u64)> {
+    let status = d.status();
+    let mut out = Vec::new();
+    for p in status["programs"].as_array().cloned().unwrap_or_default() {
+        let id = p["program_id"].as_u64().unwrap_or(0);
+        let hook = p["hook"].as_str().unwrap_or("?").to_string();
+        let o = Command::new("bpftool")
+            .args(["prog", "show", "id", &id.to_string(), "-j"])
+            .output()
+            .expect("bpftool");
+        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        out.push((
+            hook,
+            id,
+            v["run_time_ns"].as_u64().unwrap_or(0),
+            v["run_cnt"].as_u64().unwrap_or(0),
+        ));
+    }
+    out
+}
+
+/// (2) Nanoseconds per program run from the kernel's own statistics.
+fn decision_cost(b: &mut Bench, r: &mut Report) {
+    let path = "/proc/sys/kernel/bpf_stats_enabled";
+    b.bpf_stats_old = Some(std::fs::read_to_string(path).unwrap_or_else(|_| "0\n".into()));
+    std::fs::write(path, "1").expect("enable kernel.bpf_stats_enabled");
+    let d = b.daemon.as_ref().unwrap();
+    let before = prog_stats(d);
+    for _ in 0..2 {
+        for sub in ["att/mon", "att/enf"] {
+            run_load(b, sub, &["tcp", "200000", "1"]);
+            run_load(b, sub, &["udp", "2000000", "1", "4096"]);
+        }
+    }
+    let after = prog_stats(d);
+    if let Some(old) = b.bpf_stats_old.take() {
+        let _ = std::fs::write(path, old);
+    }
+    let mut raw = Vec::new();
+    for ((hook, id, t0, c0), (_, _, t1, c1)) in before.iter().zip(&after) {
+        let runs = c1.saturating_sub(*c0);
+        let ns = if runs > 0 {
+            t1.saturating_sub(*t0) as f64 / runs as f64
+        } else {
+            f64::NAN
+        };
+        raw.push(json!({"hook": hook, "program_id": id, "runs": runs, "ns_per_run": ns}));
+        if runs == 0 {
+            r.fig(Figure::new(
+                &format!("kernel decision cost, {hook}"),
+                "not exercised by the workload".into(),
+                "<= 300 ns",
+                None,
+            ));
+            continue;
+        }
+        r.fig(Figure::new(
+            &format!("kernel decision cost, {hook} (program {id})"),
+            format!("{ns:.0} ns/run over {runs} runs"),
+            "<= 300 ns",
+            Some(ns <= 300.0),
+        ));
+    }
+    r.raw["decision_cost"] = json!(raw);
+}
+
+struct Follower {
+    lines: Arc<AtomicU64>,
+    gaps: Arc<AtomicU64>,
+}
+
+/// (3) The event pipeline: paced steps up to as fast as both cores go, two
+/// load generators in the monitored cgroup, one gRPC streaming client.
+/// Returns the window (unix ns) the steps ran in.
+fn pipeline(b: &mut Bench, r: &mut Report) -> (u128, u128) {
+    let d = b.daemon.as_ref().unwrap();
+    let mut child = Command::new(integration_tests::daemon_bin())
+        .args(["events", "--follow", "-o", "json", "--socket"])
+        .arg(&d.socket)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start events --follow");
+    let stdout = child.stdout.take().unwrap();
+    let fol = Follower {
+        lines: Arc::new(AtomicU64::new(0)),
+        gaps: Arc::new(AtomicU64::new(0)),
+    };
+    let (lines, gaps) = (fol.lines.clone(), fol.gaps.clone());
+    std::thread::spawn(move || {
+        let mut rd = BufReader::with_capacity(1 << 20, stdout);
+        let mut line = String::new();
+        while rd.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+            if line.starts_with("{\"gap\"") {
+                let missed = serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v["gap"]["missed"].as_u64())
+                    .unwrap_or(1);
+                gaps.fetch_add(missed, Ordering::Relaxed);
+            } else {
+                lines.fetch_add(1, Ordering::Relaxed);
+            }
+            line.clear();
+        }
+    });
+    b.follower = Some(child);
+    // Wait until the stream is open (status counts it).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline
+        && b.daemon.as_ref().unwrap().status()["counters"]["stream_clients"].as_u64() != Some(1)
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let d = b.daemon.as_ref().unwrap();
+    let window_start = now_ns();
+    let step_secs = 3.0;
+    let mut steps = Vec::new();
+    let mut best_zero_loss = 0.0f64;
+    let mut max_step = json!({});
+    for target in [10_000u64, 50_000, 100_000, 0] {
+        let s0 = d.status();
+        let (l0, g0) = (
+            fol.lines.load(Ordering::Relaxed),
+            fol.gaps.load(Ordering::Relaxed),
+        );
+        let cpu0 = d.cpu_seconds();
+        let t0 = Instant::now();
+        let per = (target / 2).to_string();
+        let secs = step_secs.to_string();
+        let gens: Vec<Child> = (0..2)
+            .map(|_| loadgen(b, "att/mon", &["udp", "100000000", &secs, "65536", &per]))
+            .collect();
+        std::thread::sleep(Duration::from_secs_f64(step_secs / 2.0));
+        let rss_load = d.vm("VmRSS");
+        let sent: f64 = gens.into_iter().map(|g| f(&finish(g), "ops")).sum();
+        let send_s = t0.elapsed().as_secs_f64();
+        // Drained: the client count stops moving (bounded).
+        let mut last = u64::MAX;
+        let drain_deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < drain_deadline {
+            let now = fol.lines.load(Ordering::Relaxed);
+            if now == last {
+                break;
+            }
+            last = now;
+            std::thread::sleep(Duration::from_millis(300));
+        }
+        let cpu = d.cpu_seconds() - cpu0;
+        let s1 = d.status();
+        let c = |s: &Value, k: &str| s["counters"][k].as_u64().unwrap_or(0);
+        let decided = (c(&s1, "allowed") + c(&s1, "would_deny"))
+            .saturating_sub(c(&s0, "allowed") + c(&s0, "would_deny"));
+        let lost = c(&s1, "lost_in_kernel") - c(&s0, "lost_in_kernel");
+        let dropped = c(&s1, "dropped_slow_clients") - c(&s0, "dropped_slow_clients");
+        let received = fol.lines.load(Ordering::Relaxed) - l0;
+        let gap = fol.gaps.load(Ordering::Relaxed) - g0;
+        let rate = sent / send_s.min(step_secs).max(1e-9);
+        let stored = s1["store"]["events_stored"].as_u64().unwrap_or(0)
+            - s0["store"]["events_stored"].as_u64().unwrap_or(0);
+        let store_rate = stored as f64 / t0.elapsed().as_secs_f64();
+        // Fraction of one core per 10k events/s = core-seconds per 10k events.
+        let cpu_per_10k = if received > 0 {
+            cpu / received as f64 * 10_000.0 * 100.0
+        } else {
+            f64::NAN
+        };
+        let zero_loss = lost == 0 && dropped == 0 && gap == 0 && received as f64 >= sent;
+        if zero_loss {
+            best_zero_loss = best_zero_loss.max(rate);
+        }
+        let step = json!({
+            "target_rate": target, "sent": sent, "rate": rate, "decided": decided,
+            "received_by_client": received, "lost_in_kernel": lost,
+            "dropped_slow_clients": dropped, "gap_missed": gap,
+            "daemon_cpu_s": cpu, "cpu_pct_per_10k": cpu_per_10k,
+            "rss_under_load": rss_load, "zero_loss": zero_loss,
+            "stored": stored, "store_rate": store_rate,
+            "store_pending_after": s1["store"]["pending"], "store_lost": s1["store"]["lost_for_store"],
+        });
+        eprintln!("bench: pipeline step {step}");
+        if target == 0 {
+            max_step = step.clone();
+        }
+        steps.push(step);
+    }
+    let window_end = now_ns();
+    let rate = f(&max_step, "rate");
+    let lost = f(&max_step, "lost_in_kernel") + f(&max_step, "dropped_slow_clients");
+    let ring = r.raw["ring_bytes"].as_u64().unwrap_or(0);
+    r.fig(Figure::new(
+        "events: highest rate 2 generators make (both cores), delivered to a gRPC client",
+        format!(
+            "{:.0}/s sent, {} received, lost in kernel {}, missed by client {}",
+            rate,
+            max_step["received_by_client"],
+            max_step["lost_in_kernel"],
+            f(&max_step, "dropped_slow_clients") + f(&max_step, "gap_missed"),
+        ),
+        "zero loss",
+        Some(max_step["zero_loss"] == true),
+    ));
+    let _ = lost;
+    r.fig(Figure::new(
+        "events: highest paced rate with zero loss",
+        format!("{best_zero_loss:.0}/s"),
+        "-",
+        None,
+    ));
+    r.fig(Figure::new(
+        "events: ring buffer, wakeup",
+        format!(
+            "{} KiB; submit(0): adaptive wakeup (woken when the reader has caught up), drained through AsyncFd",
+            ring / 1024
+        ),
+        "-",
+        None,
+    ));
+    for s in &steps {
+        let t = s["target_rate"].as_u64().unwrap_or(0);
+        let label = if t == 0 {
+            "max".to_string()
+        } else {
+            format!("{}k/s paced", t / 1000)
+        };
+        let pct = f(s, "cpu_pct_per_10k");
+        r.fig(Figure::new(
+            &format!(
+                "daemon CPU per 10k events/s ({label}, {:.0}/s achieved)",
+                f(s, "rate")
+            ),
+            format!("{pct:.1}% of one core"),
+            "<= 1%",
+            Some(pct <= 1.0),
+        ));
+    }
+    r.fig(Figure::new(
+        "store: ingest while the max-rate step ran (stored / elapsed)",
+        format!(
+            "{:.0} events/s ({} stored, {} still pending)",
+            f(&max_step, "store_rate"),
+            max_step["stored"],
+            max_step["store_pending_after"]
+        ),
+        "-",
+        None,
+    ));
+    let rss = max_step["rss_under_load"].as_u64().unwrap_or(0);
+    r.fig(Figure::new(
+        "daemon RSS under load (max event rate)",
+        format!("{:.1} MiB", mib(rss)),
+        "-",
+        None,
+    ));
+    r.raw["pipeline"] = json!(steps);
+    (window_start, window_end)
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+/// (4) Atomic policy swap: rewrite both files, time the daemon's own
+/// figure and the wall time from write to "in force".
+fn policy_swap(b: &mut Bench, r: &mut Report) {
+    let mut compile = Vec::new();
+    let mut wall = Vec::new();
+    for i in 1..=5u32 {
+        let d = b.daemon.as_mut().unwrap();
+        let before = d.log().matches("policy set generation").count();
+        let t = Instant::now();
+        write_policies(&b.env, i);
+        // Two files: two switches, or one if the watcher batches them.
+        d.wait_log(
+            |l| l.matches("policy set generation").count() > before,
+            Duration::from_secs(30),
+        );
+        let first = t.elapsed().as_secs_f64() * 1e3;
+        std::thread::sleep(Duration::from_millis(1500));
+        let log = d.log();
+        let new: Vec<&str> = log
+            .lines()
+            .filter(|l| l.contains("policy set generation"))
+            .skip(before)
+            .collect();
+        for l in &new {
+            if let Some(ms) = log_number(l, "policy set generation", "CIDRs ") {
+                compile.push(ms);
+            }
+        }
+        wall.push(first);
+    }
+    let c = Summary::of(&compile);
+    let w = Summary::of(&wall);
+    r.fig(Figure::new(
+        "policy swap (2 policies x 10k CIDRs, full database), daemon-measured",
+        format!("{:.1} ms median (IQR {:.1}, n {})", c.median, c.iqr(), c.n),
+        "-",
+        None,
+    ));
+    r.fig(Figure::new(
+        "policy swap, file write to in force (includes the watcher)",
+        format!("{:.0} ms median (IQR {:.0})", w.median, w.iqr()),
+        "-",
+        None,
+    ));
+    r.raw["policy_swap"] = json!({"daemon_ms": c.json(), "wall_ms": w.json()});
+}
+
+fn timed(d: &Daemon, args: &[&str]) -> (f64, std::process::Output) {
+    let t = Instant::now();
+    let out = d.cli(args);
+    (t.elapsed().as_secs_f64() * 1e3, out)
+}
+
+/// (5) The store: ingest during the pipeline steps, then queries and an
+/// export over everything the run stored.
+fn store(b: &Bench, r: &mut Report, since: u128, window: (u128, u128), state: &Path) {
+    let d = b.daemon.as_ref().unwrap();
+    // Wait (bounded) for the writer to catch up.
+    let t = Instant::now();
+    let mut st = d.status();
+    while t.elapsed() < Duration::from_secs(120) && st["store"]["pending"].as_u64().unwrap_or(0) > 0
+    {
+        std::thread::sleep(Duration::from_millis(200));
+        st = d.status();
+    }
+    let stored = st["store"]["events_stored"].as_u64().unwrap_or(0);
+    let lost_for_store = st["store"]["lost_for_store"].as_u64().unwrap_or(0);
+    let size = st["store"]["size_bytes"].as_u64().unwrap_or(0);
+    let pipeline_secs = (window.1 - window.0) as f64 / 1e9 + t.elapsed().as_secs_f64();
+    r.raw["store_status"] = st["store"].clone();
+    r.fig(Figure::new(
+        "store: events stored by this run",
+        format!(
+            "{stored} ({:.0} MiB on disk), lost for store {lost_for_store}",
+            mib(size)
+        ),
+        "-",
+        None,
+    ));
+    let _ = pipeline_secs;
+    let since_s = since.to_string();
+    let until_s = now_ns().to_string();
+    let (ms, out) = timed(
+        d,
+        &[
+            "events", "--since", &since_s, "--until", &until_s, "--limit", "1000", "-o", "json",
+        ],
+    );
+    let n = out.stdout.iter().filter(|&&c| c == b'\n').count();
+    r.fig(Figure::new(
+        &format!("store query: events --since (whole run, {stored} events), first 1000"),
+        format!("{ms:.0} ms ({n} lines)"),
+        "-",
+        None,
+    ));
+    let (ms, out) = timed(
+        d,
+        &[
+            "events",
+            "--since",
+            &since_s,
+            "--until",
+            &until_s,
+            "--limit",
+            "1000",
+            "--verdict",
+            "denied",
+            "-o",
+            "json",
+        ],
+    );
+    let n = out.stdout.iter().filter(|&&c| c == b'\n').count();
+    r.fig(Figure::new(
+        "store query: events --since --verdict denied (filtered), first 1000",
+        format!("{ms:.0} ms ({n} lines)"),
+        "-",
+        None,
+    ));
+    for group in ["country", "cgroup,verdict"] {
+        let (ms, out) = timed(
+            d,
+            &[
+                "flows",
+                "--since",
+                &since_s,
+                "--until",
+                &until_s,
+                "--group-by",
+                group,
+                "-o",
+                "json",
+            ],
+        );
+        let n = out.stdout.iter().filter(|&&c| c == b'\n').count();
+        assert!(
+            out.status.success(),
+            "flows: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        r.fig(Figure::new(
+            &format!("store query: flows --since (whole run) --group-by {group}"),
+            format!("{ms:.0} ms ({n} lines)"),
+            "-",
+            None,
+        ));
+    }
+    // Export the pipeline window (the bulk of the stored events).
+    let bundle = b.env.dir.path().join("bundle.tar");
+    let t = Instant::now();
+    let out = Command::new("timeout")
+        .arg("300")
+        .arg(integration_tests::daemon_bin())
+        .args([
+            "export",
+            "--since",
+            &window.0.to_string(),
+            "--until",
+            &window.1.to_string(),
+            "--out",
+        ])
+        .arg(&bundle)
+        .arg("--state-dir")
+        .arg(state)
+        .output()
+        .expect("export");
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let records = text
+        .split(": ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or(0);
+    let size = std::fs::metadata(&bundle).map(|m| m.len()).unwrap_or(0);
+    r.raw["export"] = json!({"ms": ms, "output": text, "ok": out.status.success(), "bytes": size});
+    r.fig(Figure::new(
+        &format!("store: export (signed bundle) of {records} events"),
+        if out.status.success() {
+            format!(
+                "{:.1} s ({:.0} events/s, {:.0} MiB)",
+                ms / 1e3,
+                records as f64 / (ms / 1e3),
+                mib(size)
+            )
+        } else {
+            format!("failed: {}", text.trim())
+        },
+        "1M events (scaled down here)",
+        None,
+    ));
+}

@@ -1,0 +1,191 @@
+//! Load generator for `cargo xtask bench`: runs one bounded loop of socket
+//! operations in the calling process (the bench puts it in the client
+//! network namespace and a test cgroup) and prints one JSON line with the
+//! operation count, the elapsed time and per-operation latency percentiles.
+//!
+//! ```text
+//! loadgen tcp  ITERS MAX_SECS                 connect + accept + close on 127.0.0.1
+//! loadgen udp  ITERS MAX_SECS NDST [RATE]     unconnected sendto, NDST loopback destinations
+//! ```
+//!
+//! `tcp` listens on an ephemeral loopback port and, per iteration, times
+//! `connect()`, accepts the connection and closes both ends (the client with
+//! `SO_LINGER` 0, so no TIME_WAIT piles up). `udp` sends 16-byte datagrams
+//! from one unconnected socket to `127.x.y.1:9` + port offsets, rotating over
+//! NDST destinations, to a receiver bound on the wildcard address that never
+//! reads (the kernel drops what does not fit; the sender does not wait).
+//! RATE (datagrams per second, 0 = as fast as possible) paces in 1 ms steps.
+//! Every loop stops at ITERS operations or MAX_SECS, whichever comes first.
+use std::{
+    io::Write,
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsRawFd,
+    time::{Duration, Instant},
+};
+
+fn usage() -> ! {
+    eprintln!("usage: loadgen tcp ITERS MAX_SECS | loadgen udp ITERS MAX_SECS NDST [RATE]");
+    std::process::exit(2);
+}
+
+fn arg<T: std::str::FromStr>(args: &[String], i: usize) -> T {
+    args.get(i)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| usage())
+}
+
+struct Run {
+    ops: u64,
+    errors: u64,
+    first_error: Option<String>,
+    elapsed: Duration,
+    lat_ns: Vec<u32>,
+}
+
+fn percentile(sorted: &[u32], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    u64::from(sorted[i])
+}
+
+fn set_linger_zero(s: &TcpStream) {
+    let l = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt on our own socket with a correctly sized value.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&l as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as u32,
+        );
+    }
+}
+
+fn tcp(iters: u64, max: Duration) -> Run {
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listen on 127.0.0.1");
+    let addr = listener.local_addr().expect("listener address");
+    let mut run = Run {
+        ops: 0,
+        errors: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+        lat_ns: Vec::with_capacity(iters.min(1 << 22) as usize),
+    };
+    let start = Instant::now();
+    while run.ops + run.errors < iters && start.elapsed() < max {
+        let t0 = Instant::now();
+        let c = TcpStream::connect(addr);
+        let dt = t0.elapsed();
+        match c {
+            Ok(c) => {
+                let (s, _) = listener.accept().expect("accept");
+                set_linger_zero(&c);
+                drop(c);
+                drop(s);
+                run.ops += 1;
+                run.lat_ns.push(dt.as_nanos().min(u32::MAX as u128) as u32);
+            }
+            Err(e) => {
+                run.errors += 1;
+                run.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    run.elapsed = start.elapsed();
+    run
+}
+
+fn udp(iters: u64, max: Duration, ndst: u32, rate: u64) -> Run {
+    const PORT: u16 = 40_000;
+    let rx = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PORT)).or_else(|_| {
+        // Another loadgen of the same run holds it: it receives for us too.
+        UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+    });
+    let _rx = rx.expect("bind the receiver");
+    let tx = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind the sender");
+    let ndst = ndst.clamp(1, 65_536);
+    let dsts: Vec<SocketAddrV4> = (0..ndst)
+        .map(|i| {
+            // 127.x.y.1, x.y from the index: every one is local on lo.
+            let ip = Ipv4Addr::new(127, (i >> 8) as u8, i as u8, 1);
+            SocketAddrV4::new(ip, PORT)
+        })
+        .collect();
+    let payload = [0u8; 16];
+    let mut run = Run {
+        ops: 0,
+        errors: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+        lat_ns: Vec::with_capacity(iters.min(1 << 23) as usize),
+    };
+    let start = Instant::now();
+    let mut i = 0usize;
+    while run.ops + run.errors < iters && start.elapsed() < max {
+        if rate > 0 {
+            // Ahead of schedule: wait for the next millisecond step.
+            let due = Duration::from_secs_f64((run.ops + run.errors) as f64 / rate as f64);
+            let now = start.elapsed();
+            if due > now {
+                std::thread::sleep((due - now).min(Duration::from_millis(1)));
+                continue;
+            }
+        }
+        let t0 = Instant::now();
+        let r = tx.send_to(&payload, dsts[i]);
+        let dt = t0.elapsed();
+        i = (i + 1) % dsts.len();
+        match r {
+            Ok(_) => {
+                run.ops += 1;
+                run.lat_ns.push(dt.as_nanos().min(u32::MAX as u128) as u32);
+            }
+            Err(e) => {
+                run.errors += 1;
+                run.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    run.elapsed = start.elapsed();
+    run
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let mode = args.get(1).map(String::as_str).unwrap_or_else(|| usage());
+    let iters: u64 = arg(&args, 2);
+    let max = Duration::from_secs_f64(arg::<f64>(&args, 3).clamp(0.001, 600.0));
+    let mut run = match mode {
+        "tcp" => tcp(iters, max),
+        "udp" => {
+            let ndst: u32 = arg(&args, 4);
+            let rate: u64 = args.get(5).map(|_| arg(&args, 5)).unwrap_or(0);
+            udp(iters, max, ndst, rate)
+        }
+        _ => usage(),
+    };
+    run.lat_ns.sort_unstable();
+    let secs = run.elapsed.as_secs_f64();
+    let out = serde_json::json!({
+        "mode": mode,
+        "pid": std::process::id(),
+        "ops": run.ops,
+        "errors": run.errors,
+        "first_error": run.first_error,
+        "elapsed_s": secs,
+        "rate": if secs > 0.0 { run.ops as f64 / secs } else { 0.0 },
+        "lat_p50_ns": percentile(&run.lat_ns, 0.50),
+        "lat_p99_ns": percentile(&run.lat_ns, 0.99),
+        "lat_mean_ns": if run.lat_ns.is_empty() { 0.0 } else {
+            run.lat_ns.iter().map(|&v| f64::from(v)).sum::<f64>() / run.lat_ns.len() as f64
+        },
+    });
+    let mut stdout = std::io::stdout().lock();
+    let _ = writeln!(stdout, "{out}");
+}
