@@ -57,6 +57,12 @@ pub fn bench(readme: bool) -> anyhow::Result<()> {
 fn update_readme(readme: &Path, results: &Path) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(readme)?;
     let table = std::fs::read_to_string(results).context("read results.md")?;
+    std::fs::write(readme, with_section(&text, &table)?)?;
+    eprintln!("updated the Performance section of {}", readme.display());
+    Ok(())
+}
+
+fn with_section(text: &str, table: &str) -> anyhow::Result<String> {
     let section = format!("## Performance\n\n{INTRO}\n{table}\n");
     let new = if let Some(start) = text.find("\n## Performance\n") {
         let start = start + 1;
@@ -64,13 +70,38 @@ fn update_readme(readme: &Path, results: &Path) -> anyhow::Result<()> {
             .find("\n## ")
             .map(|i| start + 3 + i + 1)
             .unwrap_or(text.len());
+        // Hand-written notes under the table stay.
+        let notes = text[start..end]
+            .find("\nWhat the figures say")
+            .map(|i| &text[start + i + 1..end])
+            .unwrap_or("");
+        let section = if notes.is_empty() {
+            section
+        } else {
+            format!("{}{notes}", section.trim_end_matches('\n'))
+        };
         format!("{}{section}{}", &text[..start], &text[end..])
     } else if let Some(at) = text.find("\n## How it works\n") {
         format!("{}\n{section}{}", &text[..at], &text[at + 1..])
     } else {
         bail!("README.md has neither a Performance nor a How it works section");
     };
-    std::fs::write(readme, new)?;
-    eprintln!("updated the Performance section of {}", readme.display());
-    Ok(())
+    Ok(new)
+}
+
+#[cfg(test)]
+mod tests {
+    /// A re-run replaces the table, keeps the notes and the other sections.
+    #[test]
+    fn section_replaced_notes_kept() {
+        let first = super::with_section("# x\n\n## How it works\n\nz\n", "| t1 |\n").unwrap();
+        let noted = first.replace("| t1 |\n", "| t1 |\n\nWhat the figures say: n\n");
+        let second = super::with_section(&noted, "| t2 |\n").unwrap();
+        assert!(second.contains("| t2 |") && !second.contains("| t1 |"));
+        assert!(
+            second.contains("What the figures say: n")
+                && second.ends_with("## How it works\n\nz\n")
+        );
+        assert_eq!(second.matches("## Performance").count(), 1);
+    }
 }
