@@ -15,19 +15,25 @@ pub mod names {
     pub const PROG_SENDMSG4: &str = "sendmsg4";
     pub const PROG_SENDMSG6: &str = "sendmsg6";
     pub const PROGRAMS: [&str; 4] = [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6];
+    /// cgroup_skb egress: the backstop for packets no sock_addr hook judged.
+    pub const PROG_EGRESS: &str = "egress";
+    /// lsm/socket_create: refuses packet sockets in enforcing cgroups.
+    pub const PROG_SOCKET_CREATE: &str = "socket_create";
 
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
     pub const CONFIG: &str = "CONFIG";
     pub const META: &str = "META";
+    pub const JUDGED: &str = "JUDGED";
     pub const GEO: [&str; 2] = ["GEO_A", "GEO_B"];
     pub const SELECT: [&str; 2] = ["SELECT_A", "SELECT_B"];
     pub const REGION_RULES: [&str; 2] = ["REGION_RULES_A", "REGION_RULES_B"];
     pub const ALLOW_CIDRS: [&str; 2] = ["ALLOW_CIDRS_A", "ALLOW_CIDRS_B"];
     pub const DENY_CIDRS: [&str; 2] = ["DENY_CIDRS_A", "DENY_CIDRS_B"];
     /// Every map, for pinning.
-    pub const ALL_MAPS: [&str; 14] = [
+    pub const ALL_MAPS: [&str; 15] = [
         EVENTS,
+        JUDGED,
         LOST,
         CONFIG,
         META,
@@ -55,6 +61,8 @@ pub mod limits {
     /// ancestor (level 0 is the hierarchy root).
     pub const MAX_CGROUP_DEPTH: u32 = 32;
     pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+    /// Sockets whose last decision the egress backstop remembers.
+    pub const JUDGED_ENTRIES: u32 = 262_144;
 }
 
 /// Verdicts, as carried in events.
@@ -71,6 +79,8 @@ pub mod rule {
     pub const GROUP: u8 = 3;
     pub const CIDR: u8 = 4;
     pub const DEFAULT: u8 = 5;
+    /// A socket type an enforcing policy does not allow (packet sockets).
+    pub const SOCKET: u8 = 6;
 }
 
 /// Which hook saw the attempt.
@@ -79,6 +89,11 @@ pub mod hook {
     pub const CONNECT6: u8 = 2;
     pub const SENDMSG4: u8 = 3;
     pub const SENDMSG6: u8 = 4;
+    /// A packet on its way out that no sock_addr hook judged (raw and ping
+    /// sockets, sockets from before the policy, a socket used outside the
+    /// cgroup that made it).
+    pub const EGRESS: u8 = 5;
+    pub const SOCK_CREATE: u8 = 6;
 }
 
 /// Policy modes, as stored in the selection map.
@@ -95,6 +110,9 @@ pub mod action {
 
 pub const AF_INET: u8 = 2;
 pub const AF_INET6: u8 = 10;
+pub const AF_PACKET: u8 = 17;
+pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 
@@ -233,6 +251,25 @@ pub struct Config {
 }
 const _: () = assert!(size_of::<Config>() == 16);
 
+/// Value of the JUDGED map (LRU, keyed by socket cookie): the last decision
+/// about a socket, so the egress backstop passes its packets at the cost of
+/// one lookup and re-judges them when the policy set or the destination
+/// changes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Judged {
+    /// The cgroup the decision was made for: the caller's at a sock_addr
+    /// hook. A packet whose socket belongs to another cgroup (a socket
+    /// handed over to a task elsewhere) is judged again.
+    pub cgroup_id: u64,
+    pub policy_generation: u32,
+    /// A `verdict` value, or 0 when the socket's cgroup is not selected.
+    pub verdict: u8,
+    pub _pad: [u8; 3],
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<Judged>() == 32);
+
 /// The single entry of the META array: what the daemon needs to know when
 /// it adopts pinned programs and maps after a restart. The kernel programs
 /// never read it.
@@ -261,4 +298,5 @@ mod pod {
     unsafe impl aya::Pod for Selection {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Meta {}
+    unsafe impl aya::Pod for Judged {}
 }

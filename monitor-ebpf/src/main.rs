@@ -9,19 +9,24 @@
 #![no_main]
 
 use aya_ebpf::{
+    bindings::__sk_buff,
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid,
-        generated::{bpf_get_current_ancestor_cgroup_id, bpf_ktime_get_boot_ns},
+        generated::{
+            bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, bpf_get_socket_uid,
+            bpf_ktime_get_boot_ns, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+        },
     },
-    macros::{cgroup_sock_addr, map},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
-    programs::SockAddrContext,
+    macros::{cgroup_skb, cgroup_sock_addr, lsm, map},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    programs::{LsmContext, SkBuffContext, SockAddrContext},
+    EbpfContext,
 };
 use monitor_common::{
     action, hook, kind, limits, mode, rule, verdict, CidrRule, Config, DecisionEvent, EventHeader,
-    Meta, PolicyAddr, Region, RegionKey, RegionRule, Selection, AF_INET, AF_INET6,
-    DECISION_VERSION,
+    Judged, Meta, PolicyAddr, Region, RegionKey, RegionRule, Selection, AF_INET, AF_INET6,
+    AF_PACKET, DECISION_VERSION, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 /// Return values of a cgroup sock_addr program.
@@ -35,6 +40,10 @@ static EVENTS: RingBuf = RingBuf::with_byte_size(limits::DEFAULT_RING_BYTES, 0);
 static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
+
+/// The last decision per socket (see `Judged`).
+#[map]
+static JUDGED: LruHashMap<u64, Judged> = LruHashMap::with_max_entries(limits::JUDGED_ENTRIES, 0);
 
 /// Read and written by the daemon only (see `Meta`).
 #[map]
@@ -147,7 +156,7 @@ fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
         addr,
         port: u16::from_be(sa.user_port as u16),
     };
-    judge(&attempt)
+    judge(ctx, &attempt)
 }
 
 #[inline(always)]
@@ -183,40 +192,77 @@ fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
         addr,
         port: u16::from_be(sa.user_port as u16),
     };
-    judge(&attempt)
+    judge(ctx, &attempt)
 }
 
+/// Whose cgroup decides: the calling task's (sock_addr and sock_create
+/// hooks, which run in the caller's context), or the socket's (egress
+/// packets, which may leave from a timer or another task).
+#[derive(Clone, Copy)]
+enum Owner {
+    Task,
+    Skb(*mut __sk_buff),
+}
+
+impl Owner {
+    #[inline(always)]
+    fn cgroup(self) -> u64 {
+        match self {
+            // SAFETY: plain helper calls; the skb pointer is the context.
+            Owner::Task => unsafe { bpf_get_current_cgroup_id() },
+            Owner::Skb(skb) => unsafe { bpf_skb_cgroup_id(skb) },
+        }
+    }
+
+    #[inline(always)]
+    fn ancestor(self, level: i32) -> u64 {
+        match self {
+            // SAFETY: as above.
+            Owner::Task => unsafe { bpf_get_current_ancestor_cgroup_id(level) },
+            Owner::Skb(skb) => unsafe { bpf_skb_ancestor_cgroup_id(skb, level) },
+        }
+    }
+}
+
+/// The policy slot in force and its generation.
 #[inline(always)]
-fn judge(attempt: &Attempt) -> i32 {
-    // Fail open when the config entry cannot be read: an array map always
-    // has its entry, so this is unreachable in practice, and failing closed
-    // here would cut off every process on the host, selected or not.
-    let Some(config) = CONFIG.get(0) else {
-        return PASS;
-    };
+fn in_force() -> Option<(&'static Slot, u32, u32)> {
+    let config = CONFIG.get(0)?;
     let slot = if config.policy_slot == 0 {
         &SLOT_A
     } else {
         &SLOT_B
     };
-    let geo_slot = config.geo_slot;
-    let generation = config.policy_generation;
+    Some((slot, config.geo_slot, config.policy_generation))
+}
 
-    let Some((selected_cgroup, selection)) = find_selection(slot) else {
-        // Not in any selected subtree: untouched, and not reported.
+/// A socket-address hook: judge, report, remember the decision for the
+/// egress backstop.
+#[inline(always)]
+fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
+    // Fail open when the config entry cannot be read: an array map always
+    // has its entry, so this is unreachable in practice, and failing closed
+    // here would cut off every process on the host, selected or not.
+    let Some((slot, geo_slot, generation)) = in_force() else {
         return PASS;
     };
-
-    let (allowed, rule, region) = decide(slot, geo_slot, selection.policy_id, &attempt.addr);
-    let verdict = if allowed {
-        verdict::ALLOWED
-    } else if selection.mode == mode::ENFORCE {
-        verdict::DENIED
-    } else {
-        verdict::WOULD_DENY
+    // SAFETY: the context pointer is the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let task_cgroup = Owner::Task.cgroup();
+    let Some((selected_cgroup, selection)) = find_selection(slot, Owner::Task) else {
+        // Not in any selected subtree: untouched and not reported; the
+        // socket is remembered as judged-unselected, so the backstop
+        // re-judges it only after a policy change.
+        remember(cookie, task_cgroup, generation, 0, &attempt.addr);
+        return PASS;
     };
+    let (allowed, rule, region) = decide(slot, geo_slot, selection.policy_id, &attempt.addr);
+    let verdict = verdict_of(allowed, &selection);
+    remember(cookie, task_cgroup, generation, verdict, &attempt.addr);
+    let origin = Origin::task(task_cgroup);
     emit(
         attempt,
+        &origin,
         selected_cgroup,
         &selection,
         generation,
@@ -231,30 +277,61 @@ fn judge(attempt: &Attempt) -> i32 {
     }
 }
 
-/// The selection of the caller's cgroup or its nearest selected ancestor.
 #[inline(always)]
-fn find_selection(slot: &Slot) -> Option<(u64, Selection)> {
-    // SAFETY: helper calls without arguments that touch memory.
-    let current = unsafe { bpf_get_current_cgroup_id() };
+fn verdict_of(allowed: bool, selection: &Selection) -> u8 {
+    if allowed {
+        verdict::ALLOWED
+    } else if selection.mode == mode::ENFORCE {
+        verdict::DENIED
+    } else {
+        verdict::WOULD_DENY
+    }
+}
+
+#[inline(always)]
+fn remember(cookie: u64, cgroup_id: u64, generation: u32, verdict: u8, addr: &[u8; 16]) {
+    if cookie == 0 {
+        return;
+    }
+    let judged = Judged {
+        cgroup_id,
+        policy_generation: generation,
+        verdict,
+        _pad: [0; 3],
+        addr: *addr,
+    };
+    // A full LRU evicts the oldest entry; losing one only costs a re-judge.
+    let _ = JUDGED.insert(&cookie, &judged, 0);
+}
+
+/// The selection of the owner's cgroup or its nearest selected ancestor.
+#[inline(always)]
+fn find_selection(slot: &Slot, owner: Owner) -> Option<(u64, Selection)> {
+    let current = owner.cgroup();
+    // SAFETY: values are plain data, copied out at once.
     if let Some(sel) = unsafe { slot.select.get(&current) } {
         return Some((current, *sel));
     }
-    // Walk from the root down; the deepest selected ancestor wins.
-    let mut found: Option<(u64, Selection)> = None;
+    // Walk from the root down; the deepest selected ancestor wins. (Plain
+    // values, not an Option: an Option's payload is left uninitialised
+    // while it is None, and the verifier refuses to copy uninitialised
+    // registers.)
+    let mut found_id: u64 = 0;
+    let mut found = Selection::default();
     let mut level: i32 = 0;
     while level < limits::MAX_CGROUP_DEPTH as i32 {
-        // SAFETY: plain helper call.
-        let id = unsafe { bpf_get_current_ancestor_cgroup_id(level) };
+        let id = owner.ancestor(level);
         if id == 0 || id == current {
             break;
         }
-        // SAFETY: values are plain data, copied out at once.
+        // SAFETY: as above.
         if let Some(sel) = unsafe { slot.select.get(&id) } {
-            found = Some((id, *sel));
+            found_id = id;
+            found = *sel;
         }
         level += 1;
     }
-    found
+    (found_id != 0).then_some((found_id, found))
 }
 
 /// Deny beats allow; whatever is not allowed is denied.
@@ -293,9 +370,31 @@ fn decide(slot: &Slot, geo_slot: u32, policy_id: u32, addr: &[u8; 16]) -> (bool,
     (false, rule::DEFAULT, region)
 }
 
+/// Who made the attempt, as far as the hook can tell.
+struct Origin {
+    cgroup_id: u64,
+    pid_tgid: u64,
+    uid_gid: u64,
+    comm: [u8; 16],
+}
+
+impl Origin {
+    #[inline(always)]
+    fn task(cgroup_id: u64) -> Self {
+        Origin {
+            cgroup_id,
+            pid_tgid: bpf_get_current_pid_tgid(),
+            uid_gid: bpf_get_current_uid_gid(),
+            comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        }
+    }
+}
+
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 fn emit(
     attempt: &Attempt,
+    origin: &Origin,
     selected_cgroup: u64,
     selection: &Selection,
     generation: u32,
@@ -310,26 +409,24 @@ fn emit(
         }
         return;
     };
-    // SAFETY: plain helper calls.
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let uid_gid = bpf_get_current_uid_gid();
     let event = DecisionEvent {
         header: EventHeader {
             kind: kind::DECISION,
             version: DECISION_VERSION,
             len: core::mem::size_of::<DecisionEvent>() as u32,
         },
+        // SAFETY: plain helper call.
         boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        cgroup_id: unsafe { bpf_get_current_cgroup_id() },
+        cgroup_id: origin.cgroup_id,
         selected_cgroup_id: selected_cgroup,
-        pid: pid_tgid as u32,
-        tgid: (pid_tgid >> 32) as u32,
-        uid: uid_gid as u32,
-        gid: (uid_gid >> 32) as u32,
+        pid: origin.pid_tgid as u32,
+        tgid: (origin.pid_tgid >> 32) as u32,
+        uid: origin.uid_gid as u32,
+        gid: (origin.uid_gid >> 32) as u32,
         policy_id: selection.policy_id,
         policy_generation: generation,
         dst_addr: attempt.addr,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+        comm: origin.comm,
         dst_port: attempt.port,
         country: region.country,
         continent: region.continent,
@@ -344,6 +441,170 @@ fn emit(
     entry.write(event);
     entry.submit(0);
 }
+
+/// The backstop: every IP packet a socket of the host sends passes here.
+/// A packet of a socket whose destination a sock_addr hook already judged
+/// under the policy set in force costs one lookup. Everything else is
+/// judged here by the socket's cgroup: raw and ping sockets, sockets
+/// connected before the policy changed, a socket handed to a task outside
+/// the cgroup that created it. TCP sockets no hook ever saw (accepted
+/// connections, or connected before the daemon first ran) are left alone:
+/// their packets are replies to inbound connections, not egress.
+#[cgroup_skb(egress)]
+pub fn egress(ctx: SkBuffContext) -> i32 {
+    match judge_packet(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+const ETH_P_IP: u16 = 0x0800;
+const ETH_P_IPV6: u16 = 0x86DD;
+
+#[inline(always)]
+fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
+    let skb = ctx.skb.skb;
+    // SAFETY: the context is the program's __sk_buff.
+    let eth_proto = u16::from_be(unsafe { (*skb).protocol } as u16);
+    let mut addr = [0u8; 16];
+    let (family, l4, l4_offset) = if eth_proto == ETH_P_IP {
+        let first: u8 = ctx.load(0).map_err(|_| PASS)?;
+        let proto: u8 = ctx.load(9).map_err(|_| PASS)?;
+        let dst: [u8; 4] = ctx.load(16).map_err(|_| PASS)?;
+        addr[10] = 0xff;
+        addr[11] = 0xff;
+        addr[12] = dst[0];
+        addr[13] = dst[1];
+        addr[14] = dst[2];
+        addr[15] = dst[3];
+        (AF_INET, proto, ((first & 0x0f) as usize) * 4)
+    } else if eth_proto == ETH_P_IPV6 {
+        let next: u8 = ctx.load(6).map_err(|_| PASS)?;
+        addr = ctx.load(24).map_err(|_| PASS)?;
+        (AF_INET6, next, 40)
+    } else {
+        return Ok(PASS);
+    };
+    // SAFETY: the context pointer is the program's own context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let Some((slot, geo_slot, generation)) = in_force() else {
+        return Ok(PASS);
+    };
+    let owner = Owner::Skb(skb);
+    let socket_cgroup = owner.cgroup();
+    // SAFETY: value copied out at once.
+    match unsafe { JUDGED.get(&cookie) }.copied() {
+        Some(j)
+            if j.policy_generation == generation
+                && j.addr == addr
+                && j.cgroup_id == socket_cgroup =>
+        {
+            return Ok(if j.verdict == verdict::DENIED {
+                REJECT
+            } else {
+                PASS
+            });
+        }
+        Some(_) => {}
+        None if l4 == IPPROTO_TCP => return Ok(PASS),
+        None => {}
+    }
+    let Some((selected_cgroup, selection)) = find_selection(slot, owner) else {
+        remember(cookie, socket_cgroup, generation, 0, &addr);
+        return Ok(PASS);
+    };
+    let (allowed, rule, region) = decide(slot, geo_slot, selection.policy_id, &addr);
+    let verdict = verdict_of(allowed, &selection);
+    remember(cookie, socket_cgroup, generation, verdict, &addr);
+    if verdict != verdict::ALLOWED {
+        let port: u16 = if l4 == IPPROTO_TCP || l4 == IPPROTO_UDP {
+            u16::from_be(ctx.load::<u16>(l4_offset + 2).unwrap_or(0))
+        } else {
+            0
+        };
+        let attempt = Attempt {
+            hook: hook::EGRESS,
+            family,
+            protocol: l4,
+            addr,
+            port,
+        };
+        // SAFETY: the skb is the context.
+        let uid = unsafe { bpf_get_socket_uid(skb) };
+        let origin = Origin {
+            cgroup_id: socket_cgroup,
+            pid_tgid: 0,
+            uid_gid: u64::from(uid),
+            comm: [0; 16],
+        };
+        emit(
+            &attempt,
+            &origin,
+            selected_cgroup,
+            &selection,
+            generation,
+            verdict,
+            rule,
+            region,
+        );
+    }
+    Ok(if verdict == verdict::DENIED {
+        REJECT
+    } else {
+        PASS
+    })
+}
+
+/// Packet sockets (AF_PACKET) send below IP, past every cgroup hook (the
+/// cgroup sock_create hook only sees inet sockets): this LSM hook refuses
+/// to create them for tasks in an enforcing cgroup; monitor mode reports.
+/// Kernel-internal sockets are not ours to judge.
+#[lsm(hook = "socket_create")]
+pub fn socket_create(ctx: LsmContext) -> i32 {
+    let family: i32 = ctx.arg(0);
+    let protocol: i32 = ctx.arg(2);
+    let kern: i32 = ctx.arg(3);
+    let previous: i32 = ctx.arg(4);
+    // Another LSM refused already: keep its answer.
+    if previous != 0 {
+        return previous;
+    }
+    if family != i32::from(AF_PACKET) || kern != 0 {
+        return 0;
+    }
+    let Some((slot, _, generation)) = in_force() else {
+        return 0;
+    };
+    let Some((selected_cgroup, selection)) = find_selection(slot, Owner::Task) else {
+        return 0;
+    };
+    let verdict = verdict_of(false, &selection);
+    // The protocol is an ethertype in network order.
+    let attempt = Attempt {
+        hook: hook::SOCK_CREATE,
+        family: AF_PACKET,
+        protocol: (u16::from_be(protocol as u16) & 0xff) as u8,
+        addr: [0; 16],
+        port: 0,
+    };
+    let origin = Origin::task(Owner::Task.cgroup());
+    emit(
+        &attempt,
+        &origin,
+        selected_cgroup,
+        &selection,
+        generation,
+        verdict,
+        rule::SOCKET,
+        Region::default(),
+    );
+    if verdict == verdict::DENIED {
+        -EPERM
+    } else {
+        0
+    }
+}
+
+const EPERM: i32 = 1;
 
 #[cfg(not(test))]
 #[panic_handler]

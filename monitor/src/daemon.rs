@@ -210,6 +210,17 @@ impl Controller {
             self.apply(&in_force, &selection)?;
             self.selection = selection;
         }
+        let selected: Vec<(String, PathBuf)> = self
+            .selection
+            .values()
+            .map(|s| {
+                (
+                    s.path.clone(),
+                    self.mount.join(s.path.trim_start_matches('/')),
+                )
+            })
+            .collect();
+        self.kernel.check_foreign(&selected);
         Ok(())
     }
 

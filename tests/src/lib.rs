@@ -124,6 +124,9 @@ pub struct TestEnv {
     pub dir: tempfile::TempDir,
     daemon: Option<Child>,
     server: Option<Child>,
+    received: Arc<Mutex<Vec<Value>>>,
+    /// Where the daemon attaches (default: `cgroup_root`).
+    pub attach_root: Option<PathBuf>,
     events_rx: Option<mpsc::Receiver<Value>>,
     pub seen: Vec<Value>,
     log: Arc<Mutex<String>>,
@@ -146,6 +149,8 @@ impl TestEnv {
             dir: tempfile::tempdir().expect("tempdir"),
             daemon: None,
             server: None,
+            received: Arc::new(Mutex::new(Vec::new())),
+            attach_root: None,
             events_rx: None,
             seen: Vec::new(),
             log: Arc::new(Mutex::new(String::new())),
@@ -209,15 +214,39 @@ impl TestEnv {
             .stdout(Stdio::piped())
             .spawn()
             .expect("start test server");
+        let mut reader = BufReader::new(server.stdout.take().unwrap());
         let mut line = String::new();
-        BufReader::new(server.stdout.as_mut().unwrap())
-            .read_line(&mut line)
-            .unwrap();
+        reader.read_line(&mut line).unwrap();
         assert!(
             line.contains("serving"),
             "test server did not start: {line}"
         );
+        // What reaches the test hosts, for proving that nothing did.
+        let received = self.received.clone();
+        std::thread::spawn(move || {
+            for line in reader.lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    received.lock().unwrap().push(v);
+                }
+            }
+        });
         self.server = Some(server);
+        // Ping sockets for root in the workload's namespace.
+        sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &cns,
+            "sysctl",
+            "-qw",
+            "net.ipv4.ping_group_range=0 2147483647",
+        ]);
+    }
+
+    /// Everything the test hosts received so far (accepted connections,
+    /// stream data, datagrams, ICMP echo requests), as the server printed it.
+    pub fn received(&self) -> Vec<Value> {
+        self.received.lock().unwrap().clone()
     }
 
     /// The daemon's gRPC socket.
@@ -301,6 +330,8 @@ impl TestEnv {
 
     /// Starts the daemon on this environment and waits until it runs.
     pub fn start_daemon(&mut self, extra: &[&str]) {
+        // A fresh log per daemon, emptied before it can write a line.
+        self.log.lock().unwrap().clear();
         let mut child = Command::new(daemon_bin())
             .arg("daemon")
             .arg("--policies")
@@ -308,7 +339,7 @@ impl TestEnv {
             .arg("--geoip")
             .arg(self.geoip())
             .arg("--cgroup-root")
-            .arg(&self.cgroup_root)
+            .arg(self.attach_root.as_ref().unwrap_or(&self.cgroup_root))
             .arg("--state-dir")
             .arg(self.dir.path().join("state"))
             .arg("--pin-dir")
@@ -345,7 +376,6 @@ impl TestEnv {
         });
         self.daemon = Some(child);
         self.events_rx = Some(rx);
-        self.log.lock().unwrap().clear();
         self.wait_log("egress-monitor running", Duration::from_secs(30));
     }
 
@@ -375,12 +405,14 @@ impl TestEnv {
     }
 
     /// The probe as a workload: in the client namespace, in a test cgroup
-    /// (moved there before it execs; `ip netns exec` execs the probe in
-    /// the same process, so the pid and the cgroup carry over).
+    /// (moved there before it execs; nsenter execs the probe in the same
+    /// process, so the pid and the cgroup carry over).
     pub fn probe_command(&self, sub: &str, args: &[&str]) -> Command {
         let procs = self.cgroup(sub).join("cgroup.procs");
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", &self.client_ns])
+        // nsenter joins only the network namespace (`ip netns exec` would
+        // also remount /sys, hiding the cgroup tree from the probe).
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.client_ns))
             .arg(probe_bin())
             .args(args);
         // SAFETY: only async-signal-safe work between fork and exec: one
@@ -571,4 +603,56 @@ pub fn attached_programs(cgroup: &Path) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Attaches a program that allows every connect4 to `cgroup` with the legacy
+/// BPF_PROG_ATTACH API and the given flags (0, BPF_F_ALLOW_OVERRIDE = 1,
+/// BPF_F_ALLOW_MULTI = 2): somebody else trying to undo our verdict. The
+/// attachment lives until the cgroup is removed. Returns the errno of the
+/// attach, 0 on success.
+pub fn attach_permissive_connect4(cgroup: &Path, flags: u32) -> i32 {
+    use std::os::fd::AsRawFd;
+    const BPF_PROG_LOAD: libc::c_long = 5;
+    const BPF_PROG_ATTACH: libc::c_long = 8;
+    const BPF_PROG_TYPE_CGROUP_SOCK_ADDR: u32 = 18;
+    const BPF_CGROUP_INET4_CONNECT: u32 = 10;
+    // r0 = 1; exit
+    let insns: [u8; 16] = [0xb7, 0, 0, 0, 1, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0];
+    let license = c"GPL";
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&BPF_PROG_TYPE_CGROUP_SOCK_ADDR.to_ne_bytes());
+    attr[4..8].copy_from_slice(&2u32.to_ne_bytes());
+    attr[8..16].copy_from_slice(&(insns.as_ptr() as u64).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(license.as_ptr() as u64).to_ne_bytes());
+    attr[68..72].copy_from_slice(&BPF_CGROUP_INET4_CONNECT.to_ne_bytes());
+    // SAFETY: bpf(2) with a fully initialised attribute block.
+    let prog = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, attr.as_ptr(), attr.len()) };
+    assert!(
+        prog >= 0,
+        "loading the permissive program: {}",
+        std::io::Error::last_os_error()
+    );
+    let dir = std::fs::File::open(cgroup).expect("open cgroup");
+    let mut attach = [0u8; 128];
+    attach[0..4].copy_from_slice(&(dir.as_raw_fd() as u32).to_ne_bytes());
+    attach[4..8].copy_from_slice(&(prog as u32).to_ne_bytes());
+    attach[8..12].copy_from_slice(&BPF_CGROUP_INET4_CONNECT.to_ne_bytes());
+    attach[12..16].copy_from_slice(&flags.to_ne_bytes());
+    // SAFETY: as above.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_ATTACH,
+            attach.as_ptr(),
+            attach.len(),
+        )
+    };
+    let errno = if rc < 0 {
+        std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+    } else {
+        0
+    };
+    // SAFETY: our own descriptor; the attachment holds the program.
+    unsafe { libc::close(prog as i32) };
+    errno
 }

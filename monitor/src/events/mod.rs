@@ -5,8 +5,8 @@ pub mod pipeline;
 use std::net::IpAddr;
 
 use monitor_common::{
-    hook, kind, rule, verdict, DecisionEvent, EventHeader, AF_INET, AF_INET6, DECISION_VERSION,
-    IPPROTO_TCP, IPPROTO_UDP,
+    hook, kind, rule, verdict, DecisionEvent, EventHeader, AF_INET, AF_INET6, AF_PACKET,
+    DECISION_VERSION, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 use serde::Serialize;
 
@@ -63,6 +63,7 @@ pub fn rule_name(r: u8) -> &'static str {
         rule::GROUP => "group",
         rule::CIDR => "cidr",
         rule::DEFAULT => "default",
+        rule::SOCKET => "socket",
         _ => "unknown",
     }
 }
@@ -73,6 +74,8 @@ pub fn hook_name(h: u8) -> &'static str {
         hook::CONNECT6 => "connect6",
         hook::SENDMSG4 => "sendmsg4",
         hook::SENDMSG6 => "sendmsg6",
+        hook::EGRESS => "egress",
+        hook::SOCK_CREATE => "socket_create",
         _ => "unknown",
     }
 }
@@ -81,6 +84,8 @@ pub fn protocol_name(p: u8) -> String {
     match p {
         IPPROTO_TCP => "tcp".into(),
         IPPROTO_UDP => "udp".into(),
+        IPPROTO_ICMP => "icmp".into(),
+        IPPROTO_ICMPV6 => "icmpv6".into(),
         other => format!("ip-proto-{other}"),
     }
 }
@@ -89,6 +94,7 @@ pub fn family_name(f: u8) -> &'static str {
     match f {
         AF_INET => "ipv4",
         AF_INET6 => "ipv6",
+        AF_PACKET => "packet",
         _ => "unknown",
     }
 }
@@ -192,7 +198,12 @@ pub fn enrich(raw: &DecisionEvent, boot_to_unix_ns: i128, names: &mut impl Names
         hook: hook_name(raw.hook).into(),
         protocol: protocol_name(raw.protocol),
         family: family_name(raw.family).into(),
-        dst_ip: addr.to_string(),
+        // A socket creation has no destination.
+        dst_ip: if raw.hook == hook::SOCK_CREATE {
+            String::new()
+        } else {
+            addr.to_string()
+        },
         dst_port: raw.dst_port,
         country: code(raw.country),
         continent: code(raw.continent),

@@ -4,6 +4,7 @@
 //! Policy state lives in two slots of maps (see `monitor_common::Config`):
 //! the daemon fills the idle slot completely, then switches `CONFIG` with a
 //! single write, so no connection is ever judged by half a policy set.
+pub mod foreign;
 use std::{
     os::{fd::AsFd, unix::fs::PermissionsExt},
     path::{Path, PathBuf},
@@ -14,7 +15,7 @@ use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{
         links::{CgroupAttachMode, FdLink, PinnedLink},
-        CgroupSockAddr,
+        CgroupSkb, CgroupSkbAttachType, CgroupSockAddr, Lsm,
     },
     Ebpf, EbpfLoader,
 };
@@ -61,6 +62,8 @@ pub enum KernelError {
         name: &'static str,
         source: aya::pin::PinError,
     },
+    #[error("the socket_create LSM hook: {0}")]
+    Lsm(String),
     #[error("pins {path}: {source}")]
     Pins {
         path: PathBuf,
@@ -122,6 +125,7 @@ pub struct Kernel {
     cgroup_root: PathBuf,
     pins: PathBuf,
     adopted: bool,
+    foreign: Vec<foreign::Foreign>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -160,6 +164,79 @@ pub fn ensure_bpffs() -> Result<(), KernelError> {
     }
     log::info!("mounted bpffs at /sys/fs/bpf");
     Ok(())
+}
+
+/// Every program, in attach order: the egress backstop and the socket
+/// creation hook first, so the sock_addr hooks never run without them.
+/// The socket creation hook needs the BPF LSM (`bpf` in the kernel's
+/// `lsm=` list); where it is missing the daemon runs without it and says so.
+const ALL_PROGRAMS: [&str; 6] = [
+    names::PROG_EGRESS,
+    names::PROG_SOCKET_CREATE,
+    names::PROG_CONNECT4,
+    names::PROG_CONNECT6,
+    names::PROG_SENDMSG4,
+    names::PROG_SENDMSG6,
+];
+
+/// Loads one program and attaches it to the cgroup with a link.
+fn attach(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    cgroup: &std::fs::File,
+) -> Result<FdLink, KernelError> {
+    let program_error = |source| KernelError::Program { name, source };
+    let program = ebpf.program_mut(name).ok_or(KernelError::Program {
+        name,
+        source: aya::programs::ProgramError::UnexpectedProgramType,
+    })?;
+    let link_error = |e| KernelError::Link { name, source: e };
+    let link: FdLink = match name {
+        names::PROG_EGRESS => {
+            let prog: &mut CgroupSkb = program.try_into().map_err(program_error)?;
+            prog.load().map_err(program_error)?;
+            let id = prog
+                .attach(
+                    cgroup.as_fd(),
+                    CgroupSkbAttachType::Egress,
+                    CgroupAttachMode::Single,
+                )
+                .map_err(program_error)?;
+            prog.take_link(id)
+                .map_err(program_error)?
+                .try_into()
+                .map_err(link_error)?
+        }
+        names::PROG_SOCKET_CREATE => {
+            // Global (an LSM hook); it judges by the caller's cgroup. It
+            // only runs where the BPF LSM is active.
+            if let Ok(active) = std::fs::read_to_string("/sys/kernel/security/lsm") {
+                if !active.split(',').any(|l| l.trim() == "bpf") {
+                    return Err(KernelError::Lsm(format!(
+                        "the BPF LSM is not active (active: {}); add `bpf` to the kernel's lsm= parameter",
+                        active.trim()
+                    )));
+                }
+            }
+            let btf = aya::Btf::from_sys_fs().map_err(|e| KernelError::Lsm(e.to_string()))?;
+            let prog: &mut Lsm = program.try_into().map_err(program_error)?;
+            prog.load("socket_create", &btf).map_err(program_error)?;
+            let id = prog.attach().map_err(program_error)?;
+            prog.take_link(id).map_err(program_error)?.into()
+        }
+        _ => {
+            let prog: &mut CgroupSockAddr = program.try_into().map_err(program_error)?;
+            prog.load().map_err(program_error)?;
+            let id = prog
+                .attach(cgroup.as_fd(), CgroupAttachMode::Single)
+                .map_err(program_error)?;
+            prog.take_link(id)
+                .map_err(program_error)?
+                .try_into()
+                .map_err(link_error)?
+        }
+    };
+    Ok(link)
 }
 
 /// Identifies this build's programs: pins of another build are replaced.
@@ -252,7 +329,7 @@ impl Kernel {
             path: cgroup_root.into(),
             source: std::io::Error::other(e.to_string()),
         })?;
-        let adopted = link_pin(&pins, names::PROGRAMS[0]).exists();
+        let adopted = link_pin(&pins, names::PROG_CONNECT4).exists();
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::EVENTS, ring_bytes);
         let map_pins: Vec<(&str, PathBuf)> =
@@ -314,9 +391,8 @@ impl Kernel {
             source,
         })?;
         let mut attached = Vec::new();
-        for name in names::PROGRAMS {
+        for name in ALL_PROGRAMS {
             let pin = link_pin(&pins, name);
-            let program_error = |source| KernelError::Program { name, source };
             let link_info = if pin.exists() {
                 // Adopt: the pinned link keeps our program attached.
                 let link = FdLink::from(
@@ -326,27 +402,18 @@ impl Kernel {
                 link.info()
                     .map_err(|e| KernelError::Link { name, source: e })?
             } else {
-                let prog: &mut CgroupSockAddr = ebpf
-                    .program_mut(name)
-                    .ok_or(KernelError::Program {
-                        name,
-                        source: aya::programs::ProgramError::UnexpectedProgramType,
-                    })?
-                    .try_into()
-                    .map_err(program_error)?;
-                prog.load().map_err(program_error)?;
-                // A bpf_link: the kernel always treats cgroup links as
+                // bpf_links: the kernel always treats cgroup links as
                 // multi-attach (link_create takes no mode flags), so
                 // programs of other tools on this cgroup keep running, and
                 // any one of them denying is a denial.
-                let id = prog
-                    .attach(cgroup.as_fd(), CgroupAttachMode::Single)
-                    .map_err(program_error)?;
-                let link: FdLink = prog
-                    .take_link(id)
-                    .map_err(program_error)?
-                    .try_into()
-                    .map_err(|e| KernelError::Link { name, source: e })?;
+                let link = match attach(&mut ebpf, name, &cgroup) {
+                    Ok(link) => link,
+                    Err(e) if name == names::PROG_SOCKET_CREATE => {
+                        log::warn!("packet sockets (AF_PACKET) cannot be refused on this host: {e}; drop CAP_NET_RAW from workloads instead");
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                };
                 let info = link
                     .info()
                     .map_err(|e| KernelError::Link { name, source: e })?;
@@ -374,10 +441,40 @@ impl Kernel {
                 cgroup_root: cgroup_root.into(),
                 pins,
                 adopted,
+                foreign: Vec::new(),
             },
             ring,
             old,
         ))
+    }
+
+    /// Looks for programs of others on our attach points: the cgroup root
+    /// and the selected cgroups (`(shown path, path)`). Logs each one once
+    /// when it appears.
+    pub fn check_foreign(&mut self, selected: &[(String, PathBuf)]) {
+        let mut places: Vec<(String, &Path)> = vec![(
+            self.cgroup_root.display().to_string(),
+            self.cgroup_root.as_path(),
+        )];
+        places.extend(
+            selected
+                .iter()
+                .map(|(shown, p)| (shown.clone(), p.as_path())),
+        );
+        let ours: Vec<u32> = self.attached.iter().map(|a| a.program_id).collect();
+        let found = foreign::find(&places, &ours);
+        for f in found.iter().filter(|f| !self.foreign.contains(f)) {
+            log::warn!(
+                "foreign BPF program id {} runs on the {} hook of cgroup {}: it cannot undo our denials (every program must allow), but it can deny or observe on its own; check who attached it (bpftool cgroup tree)",
+                f.program_id, f.hook, f.cgroup
+            );
+        }
+        self.foreign = found;
+    }
+
+    /// Programs of others on our attach points, as last checked.
+    pub fn foreign_programs(&self) -> &[foreign::Foreign] {
+        &self.foreign
     }
 
     /// Whether this start adopted pinned programs (a restart) rather than

@@ -145,6 +145,9 @@ pub fn line_of(text: &str, section: &str, token: Option<&str>) -> usize {
 }
 
 fn contains_word(line: &str, token: &str) -> bool {
+    if token.is_empty() {
+        return false;
+    }
     let is_word = |c: char| {
         c.is_ascii_alphanumeric()
             || c == '_'
@@ -162,7 +165,8 @@ fn contains_word(line: &str, token: &str) -> bool {
         if !before.is_some_and(is_word) && !after.is_some_and(is_word) {
             return true;
         }
-        from = at + token.len().max(1);
+        // The match ends on a character boundary, and it is not empty.
+        from = at + token.len();
     }
     false
 }

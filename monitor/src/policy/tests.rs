@@ -266,3 +266,14 @@ fn bad_pods_and_units_name_file_line_and_reason() {
         "p.yaml:6: spec.selector is empty: a policy must select cgroupPaths, pods or systemdUnits"
     );
 }
+
+#[test]
+fn an_empty_selector_glob_is_an_error_not_a_panic() {
+    // Found by the property tests: an empty token once sent the line
+    // finder past the end of a line.
+    let e = error_of(&GOOD.replace("\"/llm.slice\", ", "\"\", "));
+    assert_eq!(
+        e,
+        "p.yaml:7: cgroup path \"\" must start with '/' (it is relative to the cgroup2 mount)"
+    );
+}

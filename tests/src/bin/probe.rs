@@ -8,6 +8,20 @@
 //! probe udp-burst ADDR PORT COUNT        COUNT unconnected sends, paced
 //! probe tcp-loop ADDR PORT COUNT GAP_MS  COUNT connects, GAP_MS apart; prints
 //!                                         how many succeeded and failed
+//! probe sendmsg|sendmmsg ADDR PORT        unconnected UDP through sendmsg(2) /
+//!                                         sendmmsg(2) (two datagrams)
+//! probe connected-sendto OK_ADDR ADDR PORT  UDP connected to OK_ADDR, then
+//!                                         sendto(ADDR)
+//! probe tfo ADDR PORT                     TCP Fast Open: sendto(MSG_FASTOPEN)
+//! probe uring-connect|uring-sendmsg ADDR PORT   the same through io_uring
+//! probe raw ADDR | ping ADDR              ICMP echo from a raw / ping socket
+//! probe packet                            create an AF_PACKET socket
+//! probe stream tcp|udp ADDR PORT SECONDS  connect, then send every 50 ms;
+//!                                         prints "connected" first
+//! probe handoff ADDR PORT OTHER_PROCS     a child moved into the cgroup of
+//!                                         OTHER_PROCS creates a TCP socket and
+//!                                         passes it over SCM_RIGHTS; we connect it
+//! probe unshare ADDR PORT                 connect from a new network namespace
 //! probe serve PORT SECONDS                TCP accept + UDP receive on [::]
 use std::{
     io::Write,
@@ -79,23 +93,467 @@ fn udp_pktinfo(addr: SocketAddr) -> std::io::Result<()> {
     Ok(())
 }
 
+fn sockaddr(addr: SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
+    // SAFETY: zeroed storage is a valid sockaddr_storage; we fill one variant.
+    let mut storage: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let len = match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as u16,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: sockaddr_in fits in sockaddr_storage.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin) };
+            size_of::<libc::sockaddr_in>()
+        }
+        SocketAddr::V6(a) => {
+            let sin6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as u16,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: 0,
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: 0,
+            };
+            // SAFETY: as above.
+            unsafe { std::ptr::write((&mut storage as *mut libc::sockaddr_storage).cast(), sin6) };
+            size_of::<libc::sockaddr_in6>()
+        }
+    };
+    (storage, len as libc::socklen_t)
+}
+
+fn check(rc: isize) -> std::io::Result<()> {
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+fn family(addr: &SocketAddr) -> i32 {
+    if addr.is_ipv4() {
+        libc::AF_INET
+    } else {
+        libc::AF_INET6
+    }
+}
+
+fn socket(domain: i32, ty: i32, proto: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscall; the fd is owned from here on.
+    let fd = unsafe { libc::socket(domain, ty | libc::SOCK_CLOEXEC, proto) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh descriptor.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+fn udp_sendmsg(addr: SocketAddr, count: usize) -> std::io::Result<()> {
+    let sock = socket(family(&addr), libc::SOCK_DGRAM, 0)?;
+    let (mut name, len) = sockaddr(addr);
+    let payload = b"sendmsg";
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut _,
+        iov_len: payload.len(),
+    };
+    // SAFETY: msghdr zeroed, then pointed at live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = len;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    if count == 1 {
+        // SAFETY: valid fd and message.
+        return check(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) });
+    }
+    let mut msgs = [
+        libc::mmsghdr {
+            msg_hdr: msg,
+            msg_len: 0,
+        },
+        libc::mmsghdr {
+            msg_hdr: msg,
+            msg_len: 0,
+        },
+    ];
+    // SAFETY: two valid messages.
+    let n = unsafe { libc::sendmmsg(sock.as_raw_fd(), msgs.as_mut_ptr(), 2, 0) };
+    check(n as isize)
+}
+
+fn connected_sendto(ok: SocketAddr, addr: SocketAddr) -> std::io::Result<()> {
+    let sock = UdpSocket::bind(unspecified_for(&ok))?;
+    sock.connect(ok)?;
+    sock.send(b"allowed first")?;
+    sock.send_to(b"then elsewhere", addr).map(drop)
+}
+
+fn tfo(addr: SocketAddr) -> std::io::Result<()> {
+    let sock = socket(family(&addr), libc::SOCK_STREAM, 0)?;
+    let (name, len) = sockaddr(addr);
+    let payload = b"GET / HTTP/1.0\r\n\r\n";
+    // SAFETY: valid fd, buffer and address.
+    check(unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            payload.as_ptr().cast(),
+            payload.len(),
+            libc::MSG_FASTOPEN,
+            (&name as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    })
+}
+
+fn uring(addr: SocketAddr, connect: bool) -> std::io::Result<()> {
+    use io_uring::{opcode, types, IoUring};
+    let ty = if connect {
+        libc::SOCK_STREAM
+    } else {
+        libc::SOCK_DGRAM
+    };
+    let sock = socket(family(&addr), ty, 0)?;
+    let (mut name, len) = sockaddr(addr);
+    let payload = b"uring";
+    let mut iov = libc::iovec {
+        iov_base: payload.as_ptr() as *mut _,
+        iov_len: payload.len(),
+    };
+    // SAFETY: as in udp_sendmsg.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = len;
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    let mut ring = IoUring::new(4)?;
+    let fd = types::Fd(sock.as_raw_fd());
+    let entry = if connect {
+        opcode::Connect::new(fd, (&name as *const libc::sockaddr_storage).cast(), len).build()
+    } else {
+        opcode::SendMsg::new(fd, &msg).build()
+    };
+    // SAFETY: every buffer the entry points at outlives the submission.
+    unsafe { ring.submission().push(&entry) }
+        .map_err(|_| std::io::Error::other("submission queue full"))?;
+    ring.submit_and_wait(1)?;
+    let cqe = ring
+        .completion()
+        .next()
+        .ok_or_else(|| std::io::Error::other("no completion"))?;
+    if cqe.result() < 0 {
+        return Err(std::io::Error::from_raw_os_error(-cqe.result()));
+    }
+    Ok(())
+}
+
+fn icmp_echo(addr: IpAddr, raw: bool) -> std::io::Result<()> {
+    let (domain, proto) = match addr {
+        IpAddr::V4(_) => (libc::AF_INET, libc::IPPROTO_ICMP),
+        IpAddr::V6(_) => (libc::AF_INET6, libc::IPPROTO_ICMPV6),
+    };
+    let ty = if raw {
+        libc::SOCK_RAW
+    } else {
+        libc::SOCK_DGRAM
+    };
+    let sock = socket(domain, ty, proto)?;
+    // Echo request, checksum filled for IPv4 (the kernel does it for v6
+    // and for ping sockets).
+    let kind = if addr.is_ipv4() { 8u8 } else { 128u8 };
+    let mut packet = [kind, 0, 0, 0, 0x12, 0x34, 0, 1, b'e', b'm'];
+    if addr.is_ipv4() {
+        let mut sum: u32 = 0;
+        for pair in packet.chunks(2) {
+            sum += u32::from(u16::from_be_bytes([pair[0], *pair.get(1).unwrap_or(&0)]));
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        let c = !(sum as u16);
+        packet[2..4].copy_from_slice(&c.to_be_bytes());
+    }
+    let (name, len) = sockaddr(SocketAddr::new(addr, 0));
+    // SAFETY: valid fd, buffer and address.
+    check(unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&name as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    })
+}
+
+fn stream(tcp: bool, addr: SocketAddr, seconds: u64) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let (mut sent, mut failed, mut last_error) = (0u64, 0u64, String::new());
+    let mut send: Box<dyn FnMut() -> std::io::Result<usize>> = if tcp {
+        let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
+            Ok(s) => s,
+            Err(e) => {
+                return serde_json::json!({"result": "error", "message": e.to_string(), "pid": std::process::id()})
+            }
+        };
+        Box::new(move || s.write(b"tick\n"))
+    } else {
+        let s = UdpSocket::bind(unspecified_for(&addr)).and_then(|s| s.connect(addr).map(|()| s));
+        let s = match s {
+            Ok(s) => s,
+            Err(e) => {
+                return serde_json::json!({"result": "error", "message": e.to_string(), "pid": std::process::id()})
+            }
+        };
+        Box::new(move || s.send(b"tick\n"))
+    };
+    println!(
+        "{}",
+        serde_json::json!({"connected": true, "pid": std::process::id()})
+    );
+    let _ = std::io::stdout().flush();
+    while Instant::now() < deadline {
+        match send() {
+            Ok(_) => sent += 1,
+            Err(e) => {
+                failed += 1;
+                last_error = e.to_string();
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    serde_json::json!({"result": "ok", "pid": std::process::id(), "sent": sent, "failed": failed, "last_error": last_error})
+}
+
+/// A child in another cgroup creates the socket and hands it over.
+fn handoff(addr: SocketAddr, other_procs: &str) -> std::io::Result<()> {
+    use std::os::fd::FromRawFd;
+    let mut pair = [0i32; 2];
+    // SAFETY: plain syscall into a two-element array.
+    check(
+        unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, pair.as_mut_ptr()) }
+            as isize,
+    )?;
+    // SAFETY: fork in a single-threaded process; the child only makes
+    // syscalls and exits.
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: the child's copy of the parent's end.
+        unsafe { libc::close(pair[0]) };
+        let code = (|| -> std::io::Result<()> {
+            std::fs::write(other_procs, b"0")?;
+            let sock = socket(family(&addr), libc::SOCK_STREAM, 0)?;
+            send_fd(pair[1], sock.as_raw_fd())
+        })()
+        .map_or(1, |()| 0);
+        // SAFETY: leave the child without running the parent's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    // SAFETY: the parent's copy of the child's end: once the child exits,
+    // a receive ends instead of waiting forever.
+    unsafe { libc::close(pair[1]) };
+    let fd = recv_fd(pair[0])?;
+    let mut status = 0;
+    // SAFETY: our own child.
+    unsafe { libc::waitpid(child, &mut status, 0) };
+    // SAFETY: a descriptor we just received and own.
+    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
+    connect_within(&sock, addr, Duration::from_secs(2))
+}
+
+/// connect(2) that gives up after `timeout` (a dropped SYN is retried by
+/// the kernel for minutes).
+fn connect_within(
+    sock: &std::os::fd::OwnedFd,
+    addr: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<()> {
+    let fd = sock.as_raw_fd();
+    // SAFETY: fcntl on our own descriptor.
+    unsafe {
+        libc::fcntl(
+            fd,
+            libc::F_SETFL,
+            libc::fcntl(fd, libc::F_GETFL) | libc::O_NONBLOCK,
+        )
+    };
+    let (name, len) = sockaddr(addr);
+    // SAFETY: valid fd and address.
+    let rc = unsafe { libc::connect(fd, (&name as *const libc::sockaddr_storage).cast(), len) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let err = std::io::Error::last_os_error();
+    if err.raw_os_error() != Some(libc::EINPROGRESS) {
+        return Err(err);
+    }
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: one pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as i32) };
+    if n == 0 {
+        return Err(std::io::Error::from(std::io::ErrorKind::TimedOut));
+    }
+    let mut so_error: i32 = 0;
+    let mut l = size_of::<i32>() as libc::socklen_t;
+    // SAFETY: reading an int socket option.
+    unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut so_error as *mut i32).cast(),
+            &mut l,
+        )
+    };
+    if so_error != 0 {
+        return Err(std::io::Error::from_raw_os_error(so_error));
+    }
+    Ok(())
+}
+
+fn send_fd(over: i32, fd: i32) -> std::io::Result<()> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut buf = [0u64; 4];
+    // SAFETY: one SCM_RIGHTS control message in a zeroed buffer.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = buf.as_mut_ptr().cast();
+        msg.msg_controllen = libc::CMSG_SPACE(size_of::<i32>() as u32) as usize;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(size_of::<i32>() as u32) as usize;
+        std::ptr::write(libc::CMSG_DATA(cmsg).cast::<i32>(), fd);
+        check(libc::sendmsg(over, &msg, 0))
+    }
+}
+
+fn recv_fd(over: i32) -> std::io::Result<i32> {
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast(),
+        iov_len: 1,
+    };
+    let mut buf = [0u64; 4];
+    // SAFETY: receiving into live buffers.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = buf.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&buf);
+        check(libc::recvmsg(over, &mut msg, 0))?;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        if cmsg.is_null() || (*cmsg).cmsg_type != libc::SCM_RIGHTS {
+            return Err(std::io::Error::other("no descriptor received"));
+        }
+        Ok(std::ptr::read(libc::CMSG_DATA(cmsg).cast::<i32>()))
+    }
+}
+
 fn serve(port: u16, seconds: u64) -> std::io::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let tcp = TcpListener::bind(("::", port))?;
     let udp = UdpSocket::bind(("::", port))?;
     tcp.set_nonblocking(true)?;
     udp.set_read_timeout(Some(Duration::from_millis(20)))?;
+    // Every ICMP echo request that arrives, from raw sockets of our own.
+    let icmp4 = socket(
+        libc::AF_INET,
+        libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+        libc::IPPROTO_ICMP,
+    )?;
+    let icmp6 = socket(
+        libc::AF_INET6,
+        libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+        libc::IPPROTO_ICMPV6,
+    )?;
     println!("{}", serde_json::json!({"serving": port}));
     std::io::stdout().flush()?;
     let mut buf = [0u8; 2048];
+    let mut streams: Vec<(TcpStream, String)> = Vec::new();
+    let start = Instant::now();
+    let ms = || start.elapsed().as_millis() as u64;
     while Instant::now() < deadline {
-        while let Ok((_stream, peer)) = tcp.accept() {
-            println!("{}", serde_json::json!({"accepted": peer.ip().to_string()}));
+        while let Ok((stream, peer)) = tcp.accept() {
+            stream.set_nonblocking(true)?;
+            let from = peer.ip().to_string();
+            println!("{}", serde_json::json!({"accepted": from, "ms": ms()}));
+            streams.push((stream, from));
+        }
+        for (stream, from) in &mut streams {
+            use std::io::Read;
+            if let Ok(n) = stream.read(&mut buf) {
+                if n > 0 {
+                    println!(
+                        "{}",
+                        serde_json::json!({"data": n, "from": from, "ms": ms()})
+                    );
+                }
+            }
+        }
+        for (sock, v4) in [(&icmp4, true), (&icmp6, false)] {
+            // SAFETY: zeroed storage for the sender's address.
+            let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+            let mut from_len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            // SAFETY: reading into live buffers.
+            let n = unsafe {
+                libc::recvfrom(
+                    sock.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    0,
+                    (&mut from as *mut libc::sockaddr_storage).cast(),
+                    &mut from_len,
+                )
+            };
+            if n > 0 {
+                // IPv4 raw sockets see the IP header; the ICMP type follows it.
+                let kind = if v4 {
+                    buf.get(((buf[0] & 0x0f) as usize) * 4).copied()
+                } else {
+                    buf.first().copied()
+                };
+                let source = if v4 {
+                    // SAFETY: an AF_INET socket fills a sockaddr_in.
+                    let sin: libc::sockaddr_in =
+                        unsafe { std::ptr::read((&from as *const libc::sockaddr_storage).cast()) };
+                    IpAddr::from(sin.sin_addr.s_addr.to_ne_bytes()).to_string()
+                } else {
+                    // SAFETY: an AF_INET6 socket fills a sockaddr_in6.
+                    let sin6: libc::sockaddr_in6 =
+                        unsafe { std::ptr::read((&from as *const libc::sockaddr_storage).cast()) };
+                    IpAddr::from(sin6.sin6_addr.s6_addr).to_string()
+                };
+                if kind == Some(8) || kind == Some(128) {
+                    println!(
+                        "{}",
+                        serde_json::json!({"echo_request": n, "from": source, "ms": ms()})
+                    );
+                }
+            }
         }
         if let Ok((n, peer)) = udp.recv_from(&mut buf) {
             println!(
                 "{}",
-                serde_json::json!({"datagram": n, "from": peer.ip().to_string()})
+                serde_json::json!({"datagram": n, "from": peer.ip().to_string(), "ms": ms()})
             );
         }
         std::io::stdout().flush()?;
@@ -122,6 +580,44 @@ fn main() {
             )
         }
         Some("udp-pktinfo") => report(udp_pktinfo(target())),
+        Some("sendmsg") => report(udp_sendmsg(target(), 1)),
+        Some("sendmmsg") => report(udp_sendmsg(target(), 2)),
+        Some("connected-sendto") => {
+            let ok = SocketAddr::new(
+                args[1].parse().expect("address"),
+                args[3].parse().expect("port"),
+            );
+            let bad = SocketAddr::new(
+                args[2].parse().expect("address"),
+                args[3].parse().expect("port"),
+            );
+            report(connected_sendto(ok, bad))
+        }
+        Some("tfo") => report(tfo(target())),
+        Some("uring-connect") => report(uring(target(), true)),
+        Some("uring-sendmsg") => report(uring(target(), false)),
+        Some("raw") => report(icmp_echo(args[1].parse().expect("address"), true)),
+        Some("ping") => report(icmp_echo(args[1].parse().expect("address"), false)),
+        Some("packet") => report(socket(libc::AF_PACKET, libc::SOCK_RAW, 0).map(drop)),
+        Some("stream") => {
+            let addr = SocketAddr::new(
+                args[2].parse().expect("address"),
+                args[3].parse().expect("port"),
+            );
+            println!(
+                "{}",
+                stream(args[1] == "tcp", addr, args[4].parse().expect("seconds"))
+            );
+        }
+        Some("handoff") => report(handoff(target(), &args[3])),
+        Some("unshare") => {
+            // SAFETY: plain syscall; this process then lives in a fresh
+            // network namespace with nothing but a down loopback.
+            let r = check(unsafe { libc::unshare(libc::CLONE_NEWNET) } as isize);
+            report(r.and_then(|()| {
+                TcpStream::connect_timeout(&target(), Duration::from_secs(2)).map(drop)
+            }))
+        }
         Some("tcp-loop") => {
             let addr = target();
             let count: usize = args[3].parse().expect("count");

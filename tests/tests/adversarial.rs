@@ -1,0 +1,438 @@
+//! Bypass attempts from inside an enforcing cgroup. For each route: the
+//! attempt fails, nothing reaches the test host (the server in the test
+//! namespace reports what it receives), and an event names what was
+//! attempted and which hook stopped it. In monitor mode the same attempts
+//! go through with a would_deny event. The allowed country keeps working.
+use std::{
+    io::{BufRead, BufReader},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use integration_tests::*;
+use serde_json::Value;
+
+const EPERM: i64 = 1;
+const WAIT: Duration = Duration::from_secs(5);
+/// Sources the client uses towards the US test hosts.
+const US_SOURCES: [&str; 2] = ["203.0.113.1", "2001:db8:5::1"];
+
+fn from_us_side(v: &Value) -> bool {
+    let from = v["from"].as_str().or(v["accepted"].as_str()).unwrap_or("");
+    US_SOURCES.iter().any(|s| from.ends_with(s))
+}
+
+fn env(mode: &str, allow: &str) -> TestEnv {
+    let mut env = TestEnv::new();
+    env.write_policy(
+        "p.yaml",
+        &env.policy(
+            "eu-only",
+            mode,
+            "sel",
+            &format!("  allow:\n    countries: [{allow}]\n"),
+        ),
+    );
+    env.start_daemon(&[]);
+    env
+}
+
+/// What reached the US side of the test network.
+fn us_received(env: &TestEnv) -> Vec<Value> {
+    env.received().into_iter().filter(from_us_side).collect()
+}
+
+fn event_for(env: &mut TestEnv, what: &str, pred: impl Fn(&Value) -> bool) -> Value {
+    env.expect_event(what, WAIT, pred)
+}
+
+fn allowed_still_works(env: &TestEnv) {
+    let p = env.probe("sel", &["tcp", DE_V4, &PORT.to_string()]);
+    assert!(p.ok, "the allowed country must keep working: {:?}", p.raw);
+}
+
+/// Every UDP send path and socket-address trick, stopped at the sock_addr
+/// hooks with EPERM.
+#[test]
+fn udp_and_connect_variants_are_refused() {
+    let mut env = env("enforce", "DE");
+    let port = PORT.to_string();
+    let cases: [(&str, Vec<&str>, &str, &str); 11] = [
+        ("sendto", vec!["udp", US_V4, &port], "sendmsg4", US_V4),
+        ("sendmsg", vec!["sendmsg", US_V4, &port], "sendmsg4", US_V4),
+        (
+            "sendmmsg",
+            vec!["sendmmsg", US_V4, &port],
+            "sendmsg4",
+            US_V4,
+        ),
+        (
+            "sendmsg v6",
+            vec!["sendmsg", US_V6, &port],
+            "sendmsg6",
+            US_V6,
+        ),
+        (
+            "mapped udp",
+            vec!["udp", US_MAPPED, &port],
+            "sendmsg4",
+            US_V4,
+        ),
+        (
+            "mapped tcp",
+            vec!["tcp", US_MAPPED, &port],
+            "connect6",
+            US_V4,
+        ),
+        (
+            "connected, then sendto",
+            vec!["connected-sendto", DE_V4, US_V4, &port],
+            "sendmsg4",
+            US_V4,
+        ),
+        (
+            "tcp fast open",
+            vec!["tfo", US_V4, &port],
+            "connect4",
+            US_V4,
+        ),
+        (
+            "io_uring connect",
+            vec!["uring-connect", US_V4, &port],
+            "connect4",
+            US_V4,
+        ),
+        (
+            "io_uring sendmsg",
+            vec!["uring-sendmsg", US_V6, &port],
+            "sendmsg6",
+            US_V6,
+        ),
+        (
+            "new network namespace",
+            vec!["unshare", US_V4, &port],
+            "connect4",
+            US_V4,
+        ),
+    ];
+    for (what, args, hook, dst) in cases {
+        let p = env.probe("sel", &args);
+        assert!(
+            !p.ok && p.errno == EPERM,
+            "{what}: must fail with EPERM: {:?}",
+            p.raw
+        );
+        let e = event_for(&mut env, what, |e| {
+            e["tgid"].as_u64() == Some(p.pid) && s(e, "dst_ip") == dst
+        });
+        assert_eq!(
+            (s(&e, "verdict"), s(&e, "hook")),
+            ("denied", hook),
+            "{what}: {e}"
+        );
+    }
+    allowed_still_works(&env);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        us_received(&env),
+        Vec::<Value>::new(),
+        "something reached the US hosts"
+    );
+}
+
+/// Raw IP and ICMP ping sockets never pass a sock_addr hook: the egress
+/// backstop drops their packets and reports them.
+#[test]
+fn raw_and_ping_sockets_are_stopped_by_the_egress_backstop() {
+    let mut env = env("enforce", "DE");
+    for (mode, addr) in [
+        ("raw", US_V4),
+        ("ping", US_V4),
+        ("raw", US_V6),
+        ("ping", US_V6),
+    ] {
+        // The send may even report success (ping sockets over IPv6 do not
+        // pass a dropped packet's error up); what counts is that nothing
+        // leaves and the drop is reported.
+        let p = env.probe("sel", &[mode, addr]);
+        eprintln!("{mode} {addr}: {:?}", p.raw);
+        let e = event_for(&mut env, &format!("{mode} {addr}"), |e| {
+            s(e, "hook") == "egress" && s(e, "dst_ip") == addr
+        });
+        assert_eq!(s(&e, "verdict"), "denied");
+        assert!(s(&e, "protocol").starts_with("icmp"), "{e}");
+        assert_eq!(s(&e, "cgroup_path"), env.rel("sel"));
+    }
+    // The DE host answers pings from the same sockets.
+    let p = env.probe("sel", &["ping", DE_V4]);
+    assert!(p.ok, "{:?}", p.raw);
+    allowed_still_works(&env);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        us_received(&env),
+        Vec::<Value>::new(),
+        "an echo request reached a US host"
+    );
+}
+
+/// Whether this host runs BPF LSM programs (the daemon says when not).
+fn lsm_missing(env: &TestEnv) -> bool {
+    let missing = env
+        .log()
+        .contains("packet sockets (AF_PACKET) cannot be refused on this host");
+    if missing {
+        eprintln!("SKIPPED: this kernel does not load BPF LSM programs, so packet sockets cannot be refused here; the daemon said so: {}",
+            env.log().lines().find(|l| l.contains("AF_PACKET")).unwrap_or(""));
+        assert!(
+            env.log().contains("drop CAP_NET_RAW"),
+            "the warning names the remedy"
+        );
+    }
+    missing
+}
+
+/// Packet sockets send below IP: an enforcing policy refuses to create them
+/// (through the BPF LSM, where the kernel has it).
+#[test]
+fn packet_sockets_are_refused_at_creation() {
+    let mut env = env("enforce", "DE");
+    if lsm_missing(&env) {
+        return;
+    }
+    let p = env.probe("sel", &["packet"]);
+    assert!(!p.ok && p.errno == EPERM, "{:?}", p.raw);
+    let e = event_for(&mut env, "socket_create", |e| {
+        e["tgid"].as_u64() == Some(p.pid)
+    });
+    assert_eq!(
+        (
+            s(&e, "hook"),
+            s(&e, "family"),
+            s(&e, "rule"),
+            s(&e, "verdict")
+        ),
+        ("socket_create", "packet", "socket", "denied")
+    );
+    // Outside the selected cgroup nothing changes.
+    assert!(env.probe("unsel", &["packet"]).ok);
+}
+
+fn stream(
+    env: &TestEnv,
+    proto: &str,
+    secs: &str,
+) -> (
+    std::process::Child,
+    BufReader<std::process::ChildStdout>,
+    u64,
+) {
+    let mut child = env
+        .probe_command("sel", &["stream", proto, US_V4, &PORT.to_string(), secs])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    let v: Value =
+        serde_json::from_str(&line).unwrap_or_else(|_| panic!("stream did not connect: {line}"));
+    assert_eq!(v["connected"], true, "{line}");
+    let pid = v["pid"].as_u64().unwrap();
+    (child, out, pid)
+}
+
+/// Sockets connected while the destination was allowed: once the policy
+/// denies it, their next packets are dropped and reported.
+#[test]
+fn sockets_from_before_the_policy_are_cut_off() {
+    let mut env = env("enforce", "DE, US");
+    let (tcp, tcp_out, tcp_pid) = stream(&env, "tcp", "3");
+    let (udp, udp_out, udp_pid) = stream(&env, "udp", "3");
+    std::thread::sleep(Duration::from_millis(400));
+    let flowing = us_received(&env);
+    assert!(
+        flowing.iter().any(|v| v.get("data").is_some()),
+        "TCP data flows while allowed: {flowing:?}"
+    );
+    assert!(
+        flowing.iter().any(|v| v.get("datagram").is_some()),
+        "UDP flows while allowed: {flowing:?}"
+    );
+
+    env.write_policy(
+        "p.yaml",
+        &env.policy(
+            "eu-only",
+            "enforce",
+            "sel",
+            "  allow:\n    countries: [DE]\n",
+        ),
+    );
+    env.wait_log("policy set generation 2 in force", WAIT);
+    let switched = Instant::now();
+    // Give packets in flight at the switch a moment, then nothing may arrive.
+    std::thread::sleep(Duration::from_millis(300));
+    let settled = us_received(&env).len();
+    std::thread::sleep(Duration::from_millis(1200));
+    let later = us_received(&env);
+    assert_eq!(
+        later.len(),
+        settled,
+        "traffic reached the US host {:?} after the switch: {:?}",
+        switched.elapsed(),
+        &later[settled..]
+    );
+
+    // The egress backstop reports each cut socket once (packets have no
+    // process context: the event names the socket's cgroup, not a pid).
+    let sel = env.rel("sel");
+    for proto in ["tcp", "udp"] {
+        let e = event_for(&mut env, proto, |e| {
+            s(e, "hook") == "egress" && s(e, "protocol") == proto
+        });
+        assert_eq!(
+            (s(&e, "verdict"), s(&e, "dst_ip"), s(&e, "cgroup_path")),
+            ("denied", US_V4, sel.as_str()),
+            "{e}"
+        );
+    }
+    for (pid, mut child, mut out) in [(tcp_pid, tcp, tcp_out), (udp_pid, udp, udp_out)] {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+        let _ = child.wait();
+        let v: Value = serde_json::from_str(rest.trim()).unwrap();
+        assert_eq!(
+            (v["result"].as_str(), v["pid"].as_u64()),
+            (Some("ok"), Some(pid)),
+            "{v}"
+        );
+    }
+    allowed_still_works(&env);
+}
+
+/// A socket handed over SCM_RIGHTS: made outside and used inside is judged
+/// by the task that connects; made inside and used outside is judged by
+/// its own cgroup at the egress backstop.
+#[test]
+fn sockets_passed_between_cgroups_are_judged() {
+    let mut env = env("enforce", "DE");
+    let port = PORT.to_string();
+    let unsel_procs = env.cgroup("unsel").join("cgroup.procs");
+    let sel_procs = env.cgroup("sel").join("cgroup.procs");
+
+    let p = env.probe(
+        "sel",
+        &["handoff", US_V4, &port, unsel_procs.to_str().unwrap()],
+    );
+    assert!(
+        !p.ok && p.errno == EPERM,
+        "made outside, used inside: {:?}",
+        p.raw
+    );
+    let e = event_for(&mut env, "handoff in", |e| {
+        e["tgid"].as_u64() == Some(p.pid)
+    });
+    assert_eq!(s(&e, "hook"), "connect4");
+
+    let p = env.probe(
+        "unsel",
+        &["handoff", US_V4, &port, sel_procs.to_str().unwrap()],
+    );
+    assert!(!p.ok, "made inside, used outside: {:?}", p.raw);
+    let e = event_for(&mut env, "handoff out", |e| {
+        s(e, "hook") == "egress" && s(e, "protocol") == "tcp"
+    });
+    assert_eq!(
+        (s(&e, "verdict"), s(&e, "dst_ip"), s(&e, "cgroup_path")),
+        ("denied", US_V4, env.rel("sel").as_str())
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        us_received(&env)
+            .iter()
+            .all(|v| v.get("accepted").is_none()),
+        "a handed-over socket connected"
+    );
+    allowed_still_works(&env);
+}
+
+/// Somebody else's cgroup program that allows everything, attached below
+/// ours in every mode and above ours, does not undo a denial; the daemon
+/// reports it.
+#[test]
+fn foreign_programs_cannot_undo_a_denial() {
+    let mut env = TestEnv::new();
+    std::fs::create_dir_all(env.cgroup("inner/sel")).unwrap();
+    env.attach_root = Some(env.cgroup("inner"));
+    env.write_policy(
+        "p.yaml",
+        &env.policy(
+            "eu-only",
+            "enforce",
+            "inner/sel",
+            "  allow:\n    countries: [DE]\n",
+        ),
+    );
+    env.start_daemon(&[]);
+    let port = PORT.to_string();
+    let denied = |env: &TestEnv| {
+        let p = env.probe("inner/sel", &["tcp", US_V4, &port]);
+        assert!(
+            !p.ok && p.errno == EPERM,
+            "a foreign program undid the denial: {:?}",
+            p.raw
+        );
+    };
+    denied(&env);
+    // Below ours, on the selected cgroup itself: override, multi, exclusive.
+    for flags in [1u32, 2, 0] {
+        let errno = attach_permissive_connect4(&env.cgroup("inner/sel"), flags);
+        eprintln!("permissive program below ours, flags {flags}: attach errno {errno}");
+        denied(&env);
+    }
+    // Above ours.
+    let errno = attach_permissive_connect4(&env.cgroup_root, 2);
+    assert_eq!(errno, 0, "attaching above ours");
+    denied(&env);
+    env.wait_log("foreign BPF program id", WAIT);
+    assert!(env.log().contains("on the connect4 hook"), "{}", env.log());
+    assert!(env.probe("inner/sel", &["tcp", DE_V4, &port]).ok);
+}
+
+/// Monitor mode: the same routes go through, and each is reported as
+/// would_deny by the hook that saw it.
+#[test]
+fn monitor_mode_lets_bypass_routes_through_and_reports_them() {
+    let mut env = env("monitor", "DE");
+    let port = PORT.to_string();
+    let mut cases = vec![
+        ("sendmsg", vec!["sendmsg", US_V4, &port], "sendmsg4"),
+        (
+            "io_uring connect",
+            vec!["uring-connect", US_V4, &port],
+            "connect4",
+        ),
+        ("raw icmp", vec!["raw", US_V4], "egress"),
+    ];
+    if !lsm_missing(&env) {
+        cases.push(("packet socket", vec!["packet"], "socket_create"));
+    }
+    for (what, args, hook) in cases {
+        let p = env.probe("sel", &args);
+        assert!(p.ok, "{what}: monitor mode must not block: {:?}", p.raw);
+        let e = event_for(&mut env, what, |e| {
+            s(e, "hook") == hook && (e["tgid"].as_u64() == Some(p.pid) || hook == "egress")
+        });
+        assert_eq!(s(&e, "verdict"), "would_deny", "{what}: {e}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let got = us_received(&env);
+    assert!(
+        got.iter().any(|v| v.get("datagram").is_some()),
+        "the datagram arrived: {got:?}"
+    );
+    assert!(
+        got.iter().any(|v| v.get("echo_request").is_some()),
+        "the echo request arrived: {got:?}"
+    );
+}
