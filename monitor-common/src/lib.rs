@@ -61,6 +61,10 @@ pub mod limits {
     /// ancestor (level 0 is the hierarchy root).
     pub const MAX_CGROUP_DEPTH: u32 = 32;
     pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+    /// Unread bytes in the ring buffer past which a new event wakes the
+    /// daemon; below it the daemon drains on its own timer
+    /// (`events::pipeline::DRAIN_INTERVAL`).
+    pub const WAKEUP_BYTES: u64 = 64 << 10;
     /// Sockets whose last decision the egress backstop remembers.
     pub const JUDGED_ENTRIES: u32 = 262_144;
 }

@@ -9,7 +9,7 @@
 #![no_main]
 
 use aya_ebpf::{
-    bindings::__sk_buff,
+    bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid,
@@ -439,7 +439,16 @@ fn emit(
         _pad: [0; 4],
     };
     entry.write(event);
-    entry.submit(0);
+    // Wake the daemon only once a batch waits: a wakeup per event is an
+    // interrupt charged to the caller (a VM exit on a virtual machine); the
+    // daemon also drains on a short timer, so a lone event waits at most
+    // that long.
+    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= limits::WAKEUP_BYTES {
+        BPF_RB_FORCE_WAKEUP
+    } else {
+        BPF_RB_NO_WAKEUP
+    };
+    entry.submit(u64::from(flags));
 }
 
 /// The backstop: every IP packet a socket of the host sends passes here.

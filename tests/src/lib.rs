@@ -537,7 +537,10 @@ impl Drop for TestEnv {
         }
         sh_quiet(&["ip", "netns", "del", &self.netns]);
         sh_quiet(&["ip", "netns", "del", &self.client_ns]);
-        // Deepest first; probes have exited, so the cgroups are empty.
+        // A failed test may leave workloads of its own running in its
+        // cgroups: end them (cgroup.kill ends exactly the processes in this
+        // test's subtree), then remove the cgroups, deepest first.
+        let _ = std::fs::write(self.cgroup_root.join("cgroup.kill"), b"1");
         let mut dirs: Vec<PathBuf> = Vec::new();
         let mut stack = vec![self.cgroup_root.clone()];
         while let Some(d) = stack.pop() {

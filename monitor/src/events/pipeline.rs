@@ -157,10 +157,26 @@ pub async fn run<N: Names + Send>(
     // Whatever the ring held before we started (a restart) comes first.
     drain_into(fd.get_mut(), &outlets, &names, &mut batch);
     publish(&outlets, &mut batch, &mut stdout_ok);
+    let mut timer = tokio::time::interval(DRAIN_INTERVAL);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
-        let mut guard = fd.readable_mut().await?;
-        drain_into(guard.get_inner_mut(), &outlets, &names, &mut batch);
-        guard.clear_ready();
+        // The kernel wakes us only when a batch waits (see
+        // limits::WAKEUP_BYTES); the timer picks up the rest.
+        let on_timer = tokio::select! {
+            ready = fd.readable_mut() => {
+                let mut guard = ready?;
+                drain_into(guard.get_inner_mut(), &outlets, &names, &mut batch);
+                guard.clear_ready();
+                false
+            }
+            _ = timer.tick() => true,
+        };
+        if on_timer {
+            drain_into(fd.get_mut(), &outlets, &names, &mut batch);
+        }
         publish(&outlets, &mut batch, &mut stdout_ok);
     }
 }
+
+/// How long an event may wait in the ring buffer when no batch fills it.
+pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
