@@ -534,6 +534,8 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         let state = Arc::into_inner(state).context("the API still holds the daemon state")?;
         let controller = state.controller.into_inner();
         let removed = controller.kernel.uninstall()?;
+        // The base directory goes too when no other build's pins are left.
+        let _ = std::fs::remove_dir(&config.pin_dir);
         log::info!("detached: removed {} pins", removed.len());
     } else {
         log::info!(

@@ -607,7 +607,7 @@ fn pipeline(b: &mut Bench, r: &mut Report) -> (u128, u128) {
     r.fig(Figure::new(
         "events: ring buffer, wakeup",
         format!(
-            "{} KiB; submit(0): adaptive wakeup (woken when the reader has caught up), drained through AsyncFd",
+            "{} KiB; woken only past 64 KiB unread (BPF_RB_NO_WAKEUP/FORCE_WAKEUP), else drained every 10 ms; AsyncFd",
             ring / 1024
         ),
         "-",
