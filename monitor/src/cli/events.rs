@@ -18,34 +18,8 @@ pub struct EventsArgs {
     pub last: Option<u32>,
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Format,
-    /// allowed, denied or would_deny (repeatable).
-    #[arg(long)]
-    pub verdict: Vec<String>,
-    #[arg(long)]
-    pub policy: Vec<String>,
-    /// ISO country code of the destination (repeatable).
-    #[arg(long)]
-    pub country: Vec<String>,
-    /// Destination inside this CIDR (repeatable).
-    #[arg(long)]
-    pub to_cidr: Vec<String>,
-    #[arg(long)]
-    pub port: Vec<u32>,
-    /// tcp or udp.
-    #[arg(long)]
-    pub protocol: Vec<String>,
-    /// Glob over the cgroup path ('*' one level, '**' any).
-    #[arg(long)]
-    pub cgroup: Vec<String>,
-    #[arg(long)]
-    pub pid: Vec<u32>,
-    #[arg(long)]
-    pub comm: Vec<String>,
-    #[arg(long)]
-    pub uid: Vec<u32>,
-    /// Kubernetes pod UID (repeatable).
-    #[arg(long)]
-    pub pod: Vec<String>,
+    #[command(flatten)]
+    pub filter: super::filters::FilterArgs,
     /// Read the history store from this time on (RFC 3339, or a duration
     /// before now: 2h, 30m) instead of the recent decisions in memory.
     #[arg(long, conflicts_with_all = ["follow", "last"])]
@@ -101,19 +75,7 @@ async fn history(
 pub async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect(&args.connect).await?;
     let request = pb::StreamEventsRequest {
-        filter: Some(pb::EventFilter {
-            verdicts: args.verdict,
-            policies: args.policy,
-            cgroup_globs: args.cgroup,
-            dst_cidrs: args.to_cidr,
-            countries: args.country,
-            ports: args.port,
-            protocols: args.protocol,
-            pids: args.pid,
-            comms: args.comm,
-            uids: args.uid,
-            pod_uids: args.pod,
-        }),
+        filter: Some(args.filter.to_pb()),
         last: args.last.unwrap_or(if args.follow { 0 } else { 20 }),
         follow: args.follow,
     };

@@ -1,5 +1,4 @@
-//! The event filter flags shared by `flows` and `export` (`events` has the
-//! same flags).
+//! The event filter flags shared by `events`, `flows` and `export`.
 use clap::Args;
 
 use crate::api::pb;
