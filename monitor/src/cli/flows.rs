@@ -94,21 +94,7 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
         }
         FlowFormat::Csv => {
             let mut w = csv::Writer::from_writer(std::io::stdout());
-            w.write_record([
-                "first_seen",
-                "last_seen",
-                "count",
-                "verdict",
-                "policy",
-                "cgroup_path",
-                "pod_uid",
-                "comm",
-                "protocol",
-                "dst_ip",
-                "dst_port",
-                "country",
-                "continent",
-            ])?;
+            w.write_record(crate::store::query::FLOW_CSV_COLUMNS)?;
             for f in &flows {
                 w.write_record([
                     f.first_seen.as_str(),

@@ -171,21 +171,7 @@ pub fn build(
     query::sort(&mut flows, "first_seen");
     summary.flows = flows.len();
     let mut w = csv::Writer::from_writer(Vec::new());
-    w.write_record([
-        "first_seen",
-        "last_seen",
-        "count",
-        "verdict",
-        "policy",
-        "cgroup_path",
-        "pod_uid",
-        "comm",
-        "protocol",
-        "dst_ip",
-        "dst_port",
-        "country",
-        "continent",
-    ])?;
+    w.write_record(query::FLOW_CSV_COLUMNS)?;
     for f in &flows {
         w.write_record([
             t(f.first_seen),

@@ -10,6 +10,24 @@ use crate::events::{rfc3339_nanos, Event};
 
 const MINUTE: i64 = 60_000_000_000;
 
+/// Columns of flows as CSV (the CLI's `flows -o csv` and the evidence
+/// bundle's flows.csv), in order.
+pub const FLOW_CSV_COLUMNS: [&str; 13] = [
+    "first_seen",
+    "last_seen",
+    "count",
+    "verdict",
+    "policy",
+    "cgroup_path",
+    "pod_uid",
+    "comm",
+    "protocol",
+    "dst_ip",
+    "dst_port",
+    "country",
+    "continent",
+];
+
 /// The minute a time falls in (flow rows are per minute).
 pub fn bucket_of(t: i64) -> i64 {
     t - t.rem_euclid(MINUTE)
