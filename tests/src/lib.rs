@@ -659,3 +659,40 @@ pub fn attach_permissive_connect4(cgroup: &Path, flags: u32) -> i32 {
     unsafe { libc::close(prog as i32) };
     errno
 }
+
+/// The policy body allowing these countries (`"DE"`, `"DE, US"`).
+pub fn allow_countries(countries: &str) -> String {
+    format!("  allow:\n    countries: [{countries}]\n")
+}
+
+impl TestEnv {
+    /// Writes the usual policy: `eu-only` on the `sel` cgroup, in `mode`,
+    /// allowing `countries`.
+    pub fn set_policy(&self, mode: &str, countries: &str) {
+        self.write_policy(
+            "p.yaml",
+            &self.policy("eu-only", mode, "sel", &allow_countries(countries)),
+        );
+    }
+
+    /// A new environment with the usual policy and a running daemon.
+    pub fn started(mode: &str, countries: &str, extra: &[&str]) -> TestEnv {
+        let mut env = TestEnv::new();
+        env.set_policy(mode, countries);
+        env.start_daemon(extra);
+        env
+    }
+}
+
+/// A successful CLI run's stdout as JSON lines.
+pub fn json_lines(out: &std::process::Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "CLI failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect()
+}

@@ -23,18 +23,7 @@ fn from_us_side(v: &Value) -> bool {
 }
 
 fn env(mode: &str, allow: &str) -> TestEnv {
-    let mut env = TestEnv::new();
-    env.write_policy(
-        "p.yaml",
-        &env.policy(
-            "eu-only",
-            mode,
-            "sel",
-            &format!("  allow:\n    countries: [{allow}]\n"),
-        ),
-    );
-    env.start_daemon(&[]);
-    env
+    TestEnv::started(mode, allow, &[])
 }
 
 /// What reached the US side of the test network.
@@ -259,15 +248,7 @@ fn sockets_from_before_the_policy_are_cut_off() {
         "UDP flows while allowed: {flowing:?}"
     );
 
-    env.write_policy(
-        "p.yaml",
-        &env.policy(
-            "eu-only",
-            "enforce",
-            "sel",
-            "  allow:\n    countries: [DE]\n",
-        ),
-    );
+    env.set_policy("enforce", "DE");
     env.wait_log("policy set generation 2 in force", WAIT);
     let switched = Instant::now();
     // Give packets in flight at the switch a moment, then nothing may arrive.

@@ -10,25 +10,7 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(5);
 
 fn start(mode: &str, extra: &[&str]) -> TestEnv {
-    let mut env = TestEnv::new();
-    env.write_policy(
-        "p.yaml",
-        &env.policy("eu-only", mode, "sel", "  allow:\n    countries: [DE]\n"),
-    );
-    env.start_daemon(extra);
-    env
-}
-
-fn lines(out: &std::process::Output) -> Vec<Value> {
-    assert!(
-        out.status.success(),
-        "CLI failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
+    TestEnv::started(mode, "DE", extra)
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -49,7 +31,7 @@ fn cli_shows_denied_connections_to_a_country() {
     let allowed = env.probe("sel", &["tcp", DE_V4, &port]);
     assert!(!denied.ok && allowed.ok);
     env.expect_event("both", WAIT, |e| e["tgid"].as_u64() == Some(allowed.pid));
-    let got = lines(&env.cli(&[
+    let got = json_lines(&env.cli(&[
         "events",
         "--last",
         "50",

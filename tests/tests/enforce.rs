@@ -21,12 +21,7 @@ fn is(e: &Value, pid: u64, dst: &str) -> bool {
 /// arrives as an event with the right fields.
 #[test]
 fn enforce_allows_one_country_and_refuses_another() {
-    let mut env = TestEnv::new();
-    env.write_policy(
-        "p.yaml",
-        &env.policy("eu-only", "enforce", "sel", &allow_de("")),
-    );
-    env.start_daemon(&[]);
+    let mut env = TestEnv::started("enforce", "DE", &[]);
     let port = PORT.to_string();
 
     // Allowed: DE over TCP v4, v6 and mapped; UDP v4 and v6.
@@ -115,12 +110,7 @@ fn monitor_mode_lets_through_and_reports_would_deny() {
 /// A process outside every selected subtree is neither judged nor reported.
 #[test]
 fn unselected_cgroup_is_untouched() {
-    let mut env = TestEnv::new();
-    env.write_policy(
-        "p.yaml",
-        &env.policy("eu-only", "enforce", "sel", &allow_de("")),
-    );
-    env.start_daemon(&[]);
+    let mut env = TestEnv::started("enforce", "DE", &[]);
     let p = env.probe("unsel", &["tcp", US_V4, &PORT.to_string()]);
     assert!(p.ok, "unselected cgroup must reach US: {:?}", p.raw);
     // A selected probe after it proves the pipeline was flowing.
@@ -140,12 +130,7 @@ fn unselected_cgroup_is_untouched() {
 /// first connection (the kernel walks to the nearest selected ancestor).
 #[test]
 fn child_cgroup_created_later_is_covered() {
-    let mut env = TestEnv::new();
-    env.write_policy(
-        "p.yaml",
-        &env.policy("eu-only", "enforce", "sel", &allow_de("")),
-    );
-    env.start_daemon(&[]);
+    let mut env = TestEnv::started("enforce", "DE", &[]);
     std::fs::create_dir_all(env.cgroup("sel/pod/container")).unwrap();
     let p = env.probe("sel/pod/container", &["tcp", US_V4, &PORT.to_string()]);
     assert!(
@@ -220,12 +205,7 @@ fn deny_cidr_beats_allowed_country_and_allow_cidr_opens() {
 /// reaches the sendmsg hook with no address; it is not a false deny.
 #[test]
 fn connected_udp_with_ancillary_data_is_not_denied() {
-    let mut env = TestEnv::new();
-    env.write_policy(
-        "p.yaml",
-        &env.policy("eu-only", "enforce", "sel", &allow_de("")),
-    );
-    env.start_daemon(&[]);
+    let mut env = TestEnv::started("enforce", "DE", &[]);
     for addr in [DE_V4, DE_V6] {
         let p = env.probe("sel", &["udp-pktinfo", addr, &PORT.to_string()]);
         assert!(p.ok, "connected UDP with PKTINFO to {addr}: {:?}", p.raw);
@@ -241,24 +221,11 @@ fn connected_udp_with_ancillary_data_is_not_denied() {
 /// one is rejected with file:line and the policy in force stays in force.
 #[test]
 fn policy_changes_apply_atomically_and_broken_files_are_rejected() {
-    let mut env = TestEnv::new();
-    env.write_policy(
-        "p.yaml",
-        &env.policy("eu-only", "enforce", "sel", &allow_de("")),
-    );
-    env.start_daemon(&[]);
+    let mut env = TestEnv::started("enforce", "DE", &[]);
     let port = PORT.to_string();
     assert!(!env.probe("sel", &["tcp", US_V4, &port]).ok);
 
-    env.write_policy(
-        "p.yaml",
-        &env.policy(
-            "eu-only",
-            "enforce",
-            "sel",
-            "  allow:\n    countries: [DE, US]\n",
-        ),
-    );
+    env.set_policy("enforce", "DE, US");
     env.wait_log("policy set generation 2 in force", WAIT);
     let p = env.probe("sel", &["tcp", US_V4, &port]);
     assert!(p.ok, "US allowed after the change: {:?}", p.raw);
@@ -266,15 +233,7 @@ fn policy_changes_apply_atomically_and_broken_files_are_rejected() {
     assert_eq!(e["policy_generation"].as_u64(), Some(2));
 
     // Broken: an unknown country code on line 9.
-    env.write_policy(
-        "p.yaml",
-        &env.policy(
-            "eu-only",
-            "enforce",
-            "sel",
-            "  allow:\n    countries: [DE, XX]\n",
-        ),
-    );
+    env.set_policy("enforce", "DE, XX");
     let policy_file = env.policy_dir().join("p.yaml");
     env.wait_log(
         &format!(

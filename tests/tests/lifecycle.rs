@@ -10,18 +10,7 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(5);
 
 fn enforced_env() -> TestEnv {
-    let mut env = TestEnv::new();
-    env.write_policy(
-        "p.yaml",
-        &env.policy(
-            "eu-only",
-            "enforce",
-            "sel",
-            "  allow:\n    countries: [DE]\n",
-        ),
-    );
-    env.start_daemon(&[]);
-    env
+    TestEnv::started("enforce", "DE", &[])
 }
 
 fn ours(names: &[String]) -> usize {

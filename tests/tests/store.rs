@@ -10,18 +10,7 @@ const WAIT: Duration = Duration::from_secs(5);
 const EPERM: i64 = 1;
 
 fn start(extra: &[&str]) -> TestEnv {
-    let mut env = TestEnv::new();
-    env.write_policy(
-        "p.yaml",
-        &env.policy(
-            "eu-only",
-            "enforce",
-            "sel",
-            "  allow:\n    countries: [DE]\n",
-        ),
-    );
-    env.start_daemon(extra);
-    env
+    TestEnv::started("enforce", "DE", extra)
 }
 
 fn now() -> String {
@@ -30,18 +19,6 @@ fn now() -> String {
         .unwrap()
         .as_nanos();
     monitor::events::rfc3339_nanos(n as i128)
-}
-
-fn json_lines(out: &std::process::Output) -> Vec<Value> {
-    assert!(
-        out.status.success(),
-        "CLI failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).expect("JSON line"))
-        .collect()
 }
 
 /// Probes: `de` allowed TCP connections and `us` refused ones; returns the pids.

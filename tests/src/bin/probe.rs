@@ -155,6 +155,22 @@ fn socket(domain: i32, ty: i32, proto: i32) -> std::io::Result<std::os::fd::Owne
     Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
 }
 
+/// A one-buffer message to `name`; the pointers stay valid as long as
+/// `name` and `iov` do.
+fn named_msg(
+    name: &mut libc::sockaddr_storage,
+    len: libc::socklen_t,
+    iov: &mut libc::iovec,
+) -> libc::msghdr {
+    // SAFETY: a zeroed msghdr is valid; it is then pointed at live buffers.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_name = (name as *mut libc::sockaddr_storage).cast();
+    msg.msg_namelen = len;
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 1;
+    msg
+}
+
 fn udp_sendmsg(addr: SocketAddr, count: usize) -> std::io::Result<()> {
     let sock = socket(family(&addr), libc::SOCK_DGRAM, 0)?;
     let (mut name, len) = sockaddr(addr);
@@ -163,12 +179,7 @@ fn udp_sendmsg(addr: SocketAddr, count: usize) -> std::io::Result<()> {
         iov_base: payload.as_ptr() as *mut _,
         iov_len: payload.len(),
     };
-    // SAFETY: msghdr zeroed, then pointed at live buffers.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
-    msg.msg_namelen = len;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
+    let msg = named_msg(&mut name, len, &mut iov);
     if count == 1 {
         // SAFETY: valid fd and message.
         return check(unsafe { libc::sendmsg(sock.as_raw_fd(), &msg, 0) });
@@ -226,12 +237,7 @@ fn uring(addr: SocketAddr, connect: bool) -> std::io::Result<()> {
         iov_base: payload.as_ptr() as *mut _,
         iov_len: payload.len(),
     };
-    // SAFETY: as in udp_sendmsg.
-    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
-    msg.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
-    msg.msg_namelen = len;
-    msg.msg_iov = &mut iov;
-    msg.msg_iovlen = 1;
+    let msg = named_msg(&mut name, len, &mut iov);
     let mut ring = IoUring::new(4)?;
     let fd = types::Fd(sock.as_raw_fd());
     let entry = if connect {
