@@ -1,23 +1,32 @@
-//! The daemon: loads the database and the programs, keeps the policy set in
-//! the kernel in step with the policy directory and the cgroup tree, and
-//! runs the event pipeline.
+//! The daemon's wiring: check everything, start the parts, serve, shut
+//! down. The parts are the kernel (`kernel`), the controller that keeps it
+//! in step with the policies (`control`), the read-only view of both
+//! (`state`), the event pipeline (`pipeline`), the store, the API and the
+//! metrics endpoint. Nothing here decides anything.
 use std::{
-    collections::BTreeMap,
     path::{Path, PathBuf},
-    sync::{atomic::AtomicU64, Arc, Mutex, RwLock},
-    time::{Duration, Instant, SystemTime},
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex, RwLock,
+    },
+    time::{Duration, Instant},
 };
 
 use anyhow::{bail, Context};
-use monitor_common::{PolicyAddr, RegionKey, Selection};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{
-    api::server::ApiConfig,
-    cgroups::{self, PathResolver, Selected},
-    events::{self, pipeline::Outlets},
-    geo::{self, GeoDb},
-    kernel::{self, Kernel, PolicyMaps},
-    policy::{self, CompiledPolicy, Mode, PolicyIds},
+    api::server::{ApiConfig, Backend},
+    cgroups::{self, PathResolver},
+    control::{self, Controller, PolicyRecord, Resolver},
+    events,
+    geo::{GeoDb, GeoIdentity},
+    kernel::{self, pins::PinLock, Kernel, OldPins},
+    metrics::Metrics,
+    pipeline::{self, Outlets},
+    policy::{self, CompiledPolicy, PolicyIds},
+    state::{Requests, View},
+    store::writer::Handle as StoreHandle,
 };
 
 #[derive(Debug, Clone)]
@@ -41,294 +50,98 @@ pub struct DaemonConfig {
     pub retention: crate::store::retention::Retention,
 }
 
-/// What the API reads and drives.
-pub struct DaemonState {
-    pub controller: tokio::sync::Mutex<Controller>,
-    pub outlets: Arc<Outlets>,
-    pub started: SystemTime,
-    /// Events stream clients missed because they read too slowly.
-    pub dropped_slow: AtomicU64,
-    pub clients: AtomicU64,
-    /// The history store's writer.
-    pub store: Arc<crate::store::writer::Handle>,
-    /// The node's public key (hex), which signs evidence bundles.
-    pub node_public_key: String,
-}
+/// The store records the policy sets the controller puts in force.
+struct StoreRecord(Arc<StoreHandle>);
 
-/// Names the event pipeline resolves: policy ids and cgroup ids.
-pub struct Resolver {
-    pub ids: Arc<RwLock<PolicyIds>>,
-    pub paths: PathResolver,
-}
-
-impl events::Names for Resolver {
-    fn policy(&self, id: u32) -> String {
-        let ids = self.ids.read().unwrap_or_else(|p| p.into_inner());
-        ids.name(id)
-            .map(str::to_string)
-            .unwrap_or_else(|| format!("policy-{id}"))
+impl PolicyRecord for StoreRecord {
+    fn policy_set(&self, policies: &[CompiledPolicy], generation: u32) {
+        self.0.policy_set(policies, generation);
     }
-    fn cgroup(&mut self, id: u64) -> String {
-        self.paths.path(id).unwrap_or_default()
+    fn kernel_lost(&self, n: u64) {
+        self.0.kernel_lost(n);
     }
 }
 
-/// A policy file as the daemon holds it.
-#[derive(Debug, Clone)]
-pub enum FileState {
-    InForce(Vec<CompiledPolicy>),
-    /// Rejected; the version before (if any) stays in force.
-    Rejected {
-        error: String,
-        previous: Option<Vec<CompiledPolicy>>,
-    },
+/// SIGINT and SIGTERM, listened to from the first moment on, so a signal
+/// during the start is handled like one later (no default death that
+/// leaves programs attached).
+struct Signals {
+    int: Signal,
+    term: Signal,
 }
 
-/// What the daemon keeps in step with the kernel.
-pub struct Controller {
-    pub kernel: Kernel,
-    pub mount: PathBuf,
-    pub root: PathBuf,
-    pub policies_dir: PathBuf,
-    pub files: BTreeMap<PathBuf, FileState>,
-    pub in_force: Vec<CompiledPolicy>,
-    pub selection: BTreeMap<u64, Selected>,
-    pub ids: Arc<RwLock<PolicyIds>>,
-    pub resolver: Arc<Mutex<Resolver>>,
-    pub geo: geo::GeoIdentity,
-    pub metrics: Arc<crate::metrics::Metrics>,
-    /// Where policy sets are recorded when they take effect.
-    pub store: Option<Arc<crate::store::writer::Handle>>,
+impl Signals {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Self {
+            int: signal(SignalKind::interrupt()).context("listening for SIGINT")?,
+            term: signal(SignalKind::terminate()).context("listening for SIGTERM")?,
+        })
+    }
+
+    async fn recv(&mut self) -> &'static str {
+        tokio::select! {
+            _ = self.int.recv() => "SIGINT",
+            _ = self.term.recv() => "SIGTERM",
+        }
+    }
 }
 
-impl Controller {
-    /// Re-reads the policy directory and applies what changed. A file that
-    /// fails keeps its previous version in force; a set that conflicts
-    /// (same name twice, one cgroup selected twice) is refused whole.
-    pub fn reload_policies(&mut self) -> anyhow::Result<()> {
-        let result = self.reload_policies_inner();
-        let rejected = self
-            .files
-            .values()
-            .any(|f| matches!(f, FileState::Rejected { .. }));
-        self.metrics.reload(result.is_ok() && !rejected);
-        result
-    }
+/// Effective capabilities the daemon needs, by bit number.
+const NEEDED_CAPS: [(u32, &str); 3] = [
+    (21, "CAP_SYS_ADMIN"),
+    (12, "CAP_NET_ADMIN"),
+    (39, "CAP_BPF"),
+];
 
-    fn reload_policies_inner(&mut self) -> anyhow::Result<()> {
-        let paths = policy::policy_files(&self.policies_dir)
-            .with_context(|| format!("reading policy directory {}", self.policies_dir.display()))?;
-        let mut files = BTreeMap::new();
-        for path in paths {
-            let state = match policy::compile_file(&path) {
-                Ok(p) => FileState::InForce(p),
-                Err(e) => {
-                    let previous = match self.files.get(&path) {
-                        Some(FileState::InForce(p)) => Some(p.clone()),
-                        Some(FileState::Rejected { previous, .. }) => previous.clone(),
-                        None => None,
-                    };
-                    log::error!(
-                        "policy file rejected: {e}{}",
-                        if previous.is_some() {
-                            " (its previous version stays in force)"
-                        } else {
-                            ""
-                        }
-                    );
-                    FileState::Rejected {
-                        error: e.to_string(),
-                        previous,
-                    }
-                }
-            };
-            files.insert(path, state);
-        }
-        let candidate: Vec<CompiledPolicy> = files
-            .values()
-            .flat_map(|s| match s {
-                FileState::InForce(p) => p.clone(),
-                FileState::Rejected { previous, .. } => previous.clone().unwrap_or_default(),
-            })
-            .collect();
-        if let Err(e) = policy::check_unique_names(&candidate) {
-            bail!("policy set refused, the policies in force stay in force: {e}");
-        }
-        let cgroups = cgroups::walk(&self.mount, &self.root)?;
-        let selection = cgroups::resolve(&cgroups, &candidate).map_err(|e| {
-            anyhow::anyhow!("policy set refused, the policies in force stay in force: {e}")
-        })?;
-        self.apply(&candidate, &selection)?;
-        self.resolver
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .paths
-            .learn(&cgroups);
-        self.files = files;
-        self.in_force = candidate;
-        self.selection = selection;
-        if let Some(store) = &self.store {
-            store.policy_set(&self.in_force, self.kernel.policy_generation());
-        }
-        for p in &self.in_force {
-            let n = self
-                .selection
-                .values()
-                .filter(|s| s.policy == p.name)
-                .count();
-            if n == 0 {
-                log::warn!(
-                    "policy {} ({}) selects no cgroup yet: {:?}",
-                    p.name,
-                    p.file,
-                    p.selector_terms()
-                );
-            }
-        }
-        Ok(())
-    }
+/// The capabilities of `NEEDED_CAPS` missing from a `CapEff` mask.
+fn missing_caps(cap_eff: u64) -> Vec<&'static str> {
+    NEEDED_CAPS
+        .iter()
+        .filter(|(bit, _)| cap_eff & (1u64 << bit) == 0)
+        .map(|(_, name)| *name)
+        .collect()
+}
 
-    /// Re-walks the cgroup tree; applies when the selection changed.
-    pub fn rescan(&mut self) -> anyhow::Result<()> {
-        let cgroups = cgroups::walk(&self.mount, &self.root)?;
-        self.resolver
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .paths
-            .learn(&cgroups);
-        let selection = match cgroups::resolve(&cgroups, &self.in_force) {
-            Ok(s) => s,
-            Err(e) => {
-                // A new cgroup matched by two policies: keep what is in
-                // force and say so (once per change).
-                log::error!("cgroup rescan: {e}; the selection in force is kept");
-                return Ok(());
-            }
-        };
-        if selection != self.selection {
-            let in_force = self.in_force.clone();
-            self.apply(&in_force, &selection)?;
-            self.selection = selection;
-        }
-        let selected: Vec<(String, PathBuf)> = self
-            .selection
-            .values()
-            .map(|s| {
-                (
-                    s.path.clone(),
-                    self.mount.join(s.path.trim_start_matches('/')),
-                )
-            })
-            .collect();
-        self.kernel.check_foreign(&selected);
-        Ok(())
+fn check_privileges() -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!("the daemon loads eBPF programs and needs root (CAP_BPF, CAP_NET_ADMIN, CAP_SYS_ADMIN); run it as root");
     }
-
-    fn apply(
-        &mut self,
-        policies: &[CompiledPolicy],
-        selection: &BTreeMap<u64, Selected>,
-    ) -> anyhow::Result<()> {
-        let maps = {
-            let mut ids = self.ids.write().unwrap_or_else(|p| p.into_inner());
-            build_maps(policies, selection, &mut ids)
-        };
-        kernel::check_capacity(&maps).map_err(|e| anyhow::anyhow!("policy set refused: {e}"))?;
-        let started = Instant::now();
-        let generation = self
-            .kernel
-            .apply(&maps)
-            .context("writing the policy set into the kernel")?;
-        log::info!(
-            "policy set generation {generation} in force: {} policies, {} selected cgroups, {} region rules, {} allow / {} deny CIDRs ({:.1} ms)",
-            policies.len(),
-            selection.len(),
-            maps.region_rules.len(),
-            maps.allow_cidrs.len(),
-            maps.deny_cidrs.len(),
-            started.elapsed().as_secs_f64() * 1e3
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    let cap_eff = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .unwrap_or(u64::MAX);
+    let missing = missing_caps(cap_eff);
+    if !missing.is_empty() {
+        bail!(
+            "running as root but without {}: the daemon cannot load and attach its programs (a container needs them granted)",
+            missing.join(", ")
         );
-        for (id, s) in selection {
-            if self.selection.get(id) != Some(s) {
-                log::info!(
-                    "cgroup {} (id {id}) -> policy {} ({})",
-                    s.path,
-                    s.policy,
-                    s.mode
-                );
-            }
-        }
-        Ok(())
     }
+    Ok(())
 }
 
-/// The kernel's view of a policy set.
-pub fn build_maps(
-    policies: &[CompiledPolicy],
-    selection: &BTreeMap<u64, Selected>,
-    ids: &mut PolicyIds,
-) -> PolicyMaps {
-    let mut maps = PolicyMaps::default();
-    for (cg, sel) in selection {
-        maps.selections.push((
-            *cg,
-            Selection {
-                policy_id: ids.id(&sel.policy),
-                mode: match sel.mode {
-                    Mode::Enforce => monitor_common::mode::ENFORCE,
-                    Mode::Monitor => monitor_common::mode::MONITOR,
-                },
-                _pad: [0; 3],
-            },
-        ));
-    }
-    for p in policies {
-        let policy_id = ids.id(&p.name);
-        for (region, rule) in &p.region_rules {
-            maps.region_rules.push((
-                RegionKey {
-                    policy_id,
-                    region: *region,
-                },
-                *rule,
-            ));
-        }
-        let cidr = |net: &ipnetwork::IpNetwork| {
-            let (addr, len) = geo::network_to_u128(*net);
-            (
-                PolicyAddr {
-                    policy_id_be: policy_id.to_be_bytes(),
-                    addr: addr.to_be_bytes(),
-                },
-                32 + u32::from(len),
-            )
-        };
-        maps.allow_cidrs.extend(p.allow_cidrs.iter().map(cidr));
-        maps.deny_cidrs.extend(p.deny_cidrs.iter().map(cidr));
-    }
-    maps
+/// What the start checked and found, before anything was created.
+struct Checked {
+    mount: PathBuf,
+    root: PathBuf,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    db: GeoDb,
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
+/// Everything that can be checked without creating anything: privileges,
+/// paths, the metrics port (bound now, so a taken port fails the start).
+async fn validate(config: &DaemonConfig) -> anyhow::Result<Checked> {
+    check_privileges()?;
     if !config.policies.is_dir() {
         bail!(
             "policy directory {} does not exist or is not a directory",
             config.policies.display()
         );
     }
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
-    let node_key = crate::evidence::key::load_or_create(&config.state_dir)?;
-    let store = crate::store::writer::Handle::start(
-        crate::store::path_in(&config.state_dir),
-        config.retention,
-    );
-    // A taken metrics port fails the start before the kernel is touched.
-    let metrics_listener = match config.metrics_addr {
-        Some(addr) => Some(crate::metrics::server::bind(addr).await?),
-        None => None,
-    };
     let mount = cgroups::find_cgroup2_mount()?;
     let root = config.cgroup_root.clone().unwrap_or_else(|| mount.clone());
     let root = root
@@ -341,9 +154,16 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
             mount.display()
         )
     })?;
-
+    crate::api::server::check(&config.api)?;
+    let metrics_listener = match config.metrics_addr {
+        Some(addr) => Some(crate::metrics::server::bind(addr).await?),
+        None => None,
+    };
     let started = Instant::now();
-    let db = tokio::task::block_in_place(|| GeoDb::open(&config.geoip))?;
+    let path = config.geoip.clone();
+    let db = tokio::task::spawn_blocking(move || GeoDb::open(&path))
+        .await
+        .context("reading the GeoIP database panicked")??;
     log::info!(
         "GeoIP database {} ({}, schema {}, built {}): {} networks merged into {} prefixes in {:.0} ms",
         db.identity.path.display(),
@@ -354,8 +174,34 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         db.identity.prefixes,
         started.elapsed().as_secs_f64() * 1e3
     );
+    Ok(Checked {
+        mount,
+        root,
+        metrics_listener,
+        db,
+    })
+}
 
-    let (mut kernel, ring, old_pins) = Kernel::load(&root, config.ring_bytes, &config.pin_dir)?;
+/// What the blocking part of the start made.
+struct Booted {
+    kernel: Kernel,
+    ring: aya::maps::RingBuf<aya::maps::MapData>,
+    old_pins: Vec<OldPins>,
+    geo: GeoIdentity,
+    /// A signal arrived before the geo trie was filled: stop now.
+    cancelled: bool,
+}
+
+/// Reads the database, loads and attaches the programs, fills the geo
+/// trie. Stops early (the new geo slot never switched in) when `cancel` is
+/// set.
+fn boot(
+    config: &DaemonConfig,
+    root: &Path,
+    db: GeoDb,
+    cancel: &AtomicBool,
+) -> anyhow::Result<Booted> {
+    let (mut kernel, ring, old_pins) = Kernel::load(root, config.ring_bytes, &config.pin_dir)?;
     for a in kernel.attached() {
         log::info!(
             "{} {} (program id {}, link id {}) on {}",
@@ -370,6 +216,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
             root.display()
         );
     }
+    let mut cancelled = false;
     if kernel.geo_loaded(&db.identity.sha256) {
         log::info!(
             "the kernel geo trie already holds this database (sha256 {})",
@@ -377,13 +224,88 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         );
     } else {
         let started = Instant::now();
-        let loaded =
-            tokio::task::block_in_place(|| kernel.load_geo(db.prefixes(), &db.identity.sha256))?;
+        match kernel.load_geo(db.prefixes(), &db.identity.sha256, cancel)? {
+            Some(loaded) => log::info!(
+                "loaded {loaded} prefixes into the kernel geo trie in {:.0} ms",
+                started.elapsed().as_secs_f64() * 1e3
+            ),
+            None => cancelled = true,
+        }
+    }
+    Ok(Booted {
+        kernel,
+        ring,
+        old_pins,
+        geo: db.identity.clone(),
+        cancelled,
+    })
+}
+
+/// Ends what a stopped daemon leaves: everything with --detach-on-exit,
+/// nothing otherwise (enforcement stays on, a restart adopts it).
+fn leave(kernel: Kernel, config: &DaemonConfig) -> anyhow::Result<()> {
+    if config.detach_on_exit {
+        let removed = kernel.uninstall()?;
+        // The base directory goes too when no other build's pins are left.
+        let _ = std::fs::remove_dir(&config.pin_dir);
+        log::info!("detached: removed {} pins", removed.len());
+    } else {
         log::info!(
-            "loaded {loaded} prefixes into the kernel geo trie in {:.0} ms",
-            started.elapsed().as_secs_f64() * 1e3
+            "enforcement stays on: programs and maps stay pinned in {} (`egress-monitor uninstall` removes them)",
+            config.pin_dir.display()
         );
     }
+    Ok(())
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
+    let mut signals = Signals::new()?;
+    let Checked {
+        mount,
+        root,
+        metrics_listener,
+        db,
+    } = tokio::select! {
+        checked = validate(&config) => checked?,
+        name = signals.recv() => {
+            log::info!("{name} during the start: stopping (nothing was created yet)");
+            return Ok(());
+        }
+    };
+    let _lock = PinLock::acquire(&config.pin_dir, &config.api.socket)?;
+
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+    let node_key = crate::evidence::key::load_or_create(&config.state_dir)?;
+    let store = StoreHandle::start(crate::store::path_in(&config.state_dir), config.retention);
+
+    let cancel = Arc::new(AtomicBool::new(false));
+    let mut boot_task = {
+        let (config, root, cancel) = (config.clone(), root.clone(), cancel.clone());
+        tokio::task::spawn_blocking(move || boot(&config, &root, db, &cancel))
+    };
+    let booted = tokio::select! {
+        r = &mut boot_task => r.context("the start panicked")??,
+        name = signals.recv() => {
+            log::info!("{name} during the start: stopping");
+            cancel.store(true, Ordering::Relaxed);
+            let booted = boot_task.await.context("the start panicked")??;
+            store.shutdown(Duration::from_secs(5)).await;
+            return leave(booted.kernel, &config);
+        }
+    };
+    if booted.cancelled {
+        store.shutdown(Duration::from_secs(5)).await;
+        return leave(booted.kernel, &config);
+    }
+    let Booted {
+        kernel,
+        ring,
+        old_pins,
+        geo,
+        ..
+    } = booted;
 
     let ids = Arc::new(RwLock::new(PolicyIds::open(
         &config.state_dir.join("policy-ids.json"),
@@ -392,32 +314,38 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         ids: ids.clone(),
         paths: PathResolver::new(&mount),
     }));
-    let metrics = Arc::new(crate::metrics::Metrics::new());
-    let mut controller = Controller {
+    let metrics = Arc::new(Metrics::new());
+    let probe = Arc::new(kernel.probe()?);
+    let (mut controller, snapshots) = Controller::new(control::Parts {
         kernel,
-        mount,
-        root,
+        mount: mount.clone(),
+        root: root.clone(),
         policies_dir: config.policies.clone(),
-        files: BTreeMap::new(),
-        in_force: Vec::new(),
-        selection: BTreeMap::new(),
         ids,
         resolver: resolver.clone(),
-        geo: db.identity.clone(),
-        metrics: metrics.clone(),
-        store: Some(store.clone()),
-    };
-    store.agent_run(crate::store::agent_run_json(&node_key));
-    store.geoip(crate::store::geo_json(&db.identity));
-    drop(db);
-    if let Err(e) = controller.reload_policies() {
-        log::error!("{e:#}");
+        geo: geo.clone(),
+        record: Arc::new(StoreRecord(store.clone())),
+        on_reload: Box::new({
+            let metrics = metrics.clone();
+            move |ok| metrics.reload(ok)
+        }),
+    });
+    let view = View::new(snapshots, probe);
+    let node_public_key = crate::evidence::key::public_hex(&node_key.verifying_key());
+    store.agent_run(crate::store::agent_run_json(&node_public_key));
+    store.geoip(crate::store::geo_json(&geo));
+    if let Err(e) = tokio::task::block_in_place(|| controller.reload()) {
+        log::error!("{e}");
     }
 
-    let outlets = Arc::new(Outlets {
-        metrics: metrics.clone(),
-        ..Outlets::new(config.history, 4096, config.log_events)
-    });
+    let outlets = Arc::new(Outlets::new(
+        config.history,
+        4096,
+        config.log_events,
+        view.counters.clone(),
+        view.streams.clone(),
+        metrics.clone(),
+    ));
     match crate::metrics::system::RingFill::map(
         std::os::fd::AsRawFd::as_raw_fd(&ring),
         config.ring_bytes,
@@ -426,8 +354,88 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         Err(e) => log::warn!("ring buffer fill is not reported: mapping its positions failed: {e}"),
     }
     store.attach(outlets.live.subscribe());
-    // Our programs enforce now: retire an earlier build's, draining what
-    // its ring buffer still holds.
+    retire(old_pins, &outlets, &resolver)?;
+    let mut pipeline = tokio::spawn(pipeline::run(ring, outlets.clone(), resolver));
+
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let (requests_tx, requests_rx) = tokio::sync::mpsc::channel(16);
+    let (_watcher, changes) = policy::watch::watch(&config.policies)
+        .with_context(|| format!("watching policy directory {}", config.policies.display()))?;
+    let mut control = tokio::spawn(controller.run(
+        view.clone(),
+        requests_rx,
+        changes,
+        config.rescan_interval,
+        shutdown_rx.clone(),
+    ));
+    if let Some(listener) = metrics_listener {
+        log::info!(
+            "Prometheus metrics at http://{}/metrics",
+            listener.local_addr()?
+        );
+        let (view, metrics) = (view.clone(), metrics.clone());
+        tokio::spawn(async move {
+            if let Err(e) = crate::metrics::server::serve(listener, view, metrics).await {
+                log::error!("metrics server failed: {e:#}");
+            }
+        });
+    }
+    let backend = Backend {
+        view,
+        outlets,
+        store: store.clone(),
+        requests: Requests(requests_tx),
+        node_public_key,
+    };
+    let mut api = tokio::spawn(crate::api::server::serve(
+        config.api.clone(),
+        backend,
+        shutdown_rx,
+    ));
+    log::info!(
+        "egress-monitor running; policies from {}",
+        config.policies.display()
+    );
+
+    let failure = tokio::select! {
+        r = &mut pipeline => Some(match r {
+            Ok(Ok(())) => anyhow::anyhow!("event pipeline ended"),
+            Ok(Err(e)) => anyhow::anyhow!("event pipeline failed: {e}"),
+            Err(e) => anyhow::anyhow!("event pipeline panicked: {e}"),
+        }),
+        r = &mut api => Some(match r {
+            Ok(Ok(())) => anyhow::anyhow!("gRPC server ended"),
+            Ok(Err(e)) => anyhow::anyhow!("gRPC server failed: {e:#}"),
+            Err(e) => anyhow::anyhow!("gRPC server panicked: {e}"),
+        }),
+        name = signals.recv() => { log::info!("{name}: exiting"); None }
+    };
+
+    // Shutdown: the API and the controller stop, the pipeline's last
+    // batch is written, then the kernel is left as configured.
+    let _ = shutdown_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(2), &mut api).await;
+    // What the ring still holds stays there (it is pinned) for the next
+    // start; what was drained is written before we exit.
+    pipeline.abort();
+    if !store.shutdown(Duration::from_secs(10)).await {
+        log::error!("the store did not finish writing within 10 s");
+    }
+    let controller = (&mut control).await.context("the controller panicked")?;
+    leave(controller.into_kernel(), &config)?;
+    match failure {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Our programs enforce now: retire an earlier build's, draining what its
+/// ring buffer still holds.
+fn retire(
+    old_pins: Vec<OldPins>,
+    outlets: &Outlets,
+    resolver: &Mutex<Resolver>,
+) -> anyhow::Result<()> {
     for old in old_pins {
         let ring = aya::maps::MapData::from_pin(old.dir.join(monitor_common::names::EVENTS))
             .ok()
@@ -436,111 +444,12 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
             format!("retiring the earlier build pinned in {}", old.dir.display())
         })?;
         let drained = ring
-            .map(|r| events::pipeline::drain_once(r, &outlets, &resolver))
+            .map(|r| pipeline::drain_once(r, outlets, resolver))
             .unwrap_or(0);
         log::info!(
             "replaced the programs pinned in {} ({} pins removed, {drained} events drained from its ring buffer)",
             old.dir.display(),
             removed.len()
-        );
-    }
-    let pipeline = tokio::spawn(events::pipeline::run(ring, outlets.clone(), resolver));
-    let state = Arc::new(DaemonState {
-        controller: tokio::sync::Mutex::new(controller),
-        outlets,
-        started: SystemTime::now(),
-        dropped_slow: AtomicU64::new(0),
-        clients: AtomicU64::new(0),
-        store: store.clone(),
-        node_public_key: crate::evidence::key::public_hex(&node_key.verifying_key()),
-    });
-    if let Some(listener) = metrics_listener {
-        log::info!(
-            "Prometheus metrics at http://{}/metrics",
-            listener.local_addr()?
-        );
-        let (state, metrics) = (Arc::downgrade(&state), metrics.clone());
-        tokio::spawn(async move {
-            if let Err(e) = crate::metrics::server::serve(listener, state, metrics).await {
-                log::error!("metrics server failed: {e:#}");
-            }
-        });
-    }
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
-    let mut api = tokio::spawn(crate::api::server::serve(
-        config.api.clone(),
-        state.clone(),
-        shutdown_rx,
-    ));
-    let (_watcher, mut changes) = policy::watch::watch(&config.policies)
-        .with_context(|| format!("watching policy directory {}", config.policies.display()))?;
-    let mut rescan = tokio::time::interval(config.rescan_interval);
-    rescan.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut lost_reported = 0u64;
-    let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    log::info!(
-        "egress-monitor running; policies from {}",
-        config.policies.display()
-    );
-    let mut pipeline = pipeline;
-    loop {
-        tokio::select! {
-            Some(()) = changes.recv() => {
-                log::info!("policy directory changed; reloading");
-                let mut c = state.controller.lock().await;
-                if let Err(e) = tokio::task::block_in_place(|| c.reload_policies()) {
-                    log::error!("{e:#}");
-                }
-            }
-            _ = rescan.tick() => {
-                let mut c = state.controller.lock().await;
-                if let Err(e) = tokio::task::block_in_place(|| c.rescan()) {
-                    log::error!("cgroup rescan failed: {e:#}");
-                }
-                let lost = c.kernel.lost_events();
-                if lost > lost_reported {
-                    log::warn!("{} events lost in the kernel (ring buffer full), {lost} in all", lost - lost_reported);
-                    store.kernel_lost(lost - lost_reported);
-                    lost_reported = lost;
-                }
-            }
-            result = &mut pipeline => {
-                match result {
-                    Ok(Ok(())) => bail!("event pipeline ended"),
-                    Ok(Err(e)) => bail!("event pipeline failed: {e}"),
-                    Err(e) => bail!("event pipeline panicked: {e}"),
-                }
-            }
-            result = &mut api => {
-                match result {
-                    Ok(Ok(())) => bail!("gRPC server ended"),
-                    Ok(Err(e)) => bail!("gRPC server failed: {e:#}"),
-                    Err(e) => bail!("gRPC server panicked: {e}"),
-                }
-            }
-            _ = tokio::signal::ctrl_c() => { log::info!("SIGINT: exiting"); break; }
-            _ = sigterm.recv() => { log::info!("SIGTERM: exiting"); break; }
-        }
-    }
-    let _ = shutdown_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), api).await;
-    // What the ring still holds stays there (it is pinned) for the next
-    // start; what was drained is written before we exit.
-    pipeline.abort();
-    if !store.shutdown(Duration::from_secs(10)).await {
-        log::error!("the store did not finish writing within 10 s");
-    }
-    if config.detach_on_exit {
-        let state = Arc::into_inner(state).context("the API still holds the daemon state")?;
-        let controller = state.controller.into_inner();
-        let removed = controller.kernel.uninstall()?;
-        // The base directory goes too when no other build's pins are left.
-        let _ = std::fs::remove_dir(&config.pin_dir);
-        log::info!("detached: removed {} pins", removed.len());
-    } else {
-        log::info!(
-            "enforcement stays on: programs and maps stay pinned in {} (`egress-monitor uninstall` removes them)",
-            config.pin_dir.display()
         );
     }
     Ok(())
@@ -554,4 +463,20 @@ pub fn default_state_dir() -> &'static Path {
 /// Default base directory of the pins in bpffs.
 pub fn default_pin_dir() -> &'static Path {
     Path::new("/sys/fs/bpf/egress-monitor")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_capabilities_are_named() {
+        assert!(missing_caps(u64::MAX).is_empty());
+        assert_eq!(
+            missing_caps((1 << 21) | (1 << 12)),
+            ["CAP_BPF"],
+            "root in a container without CAP_BPF"
+        );
+        assert_eq!(missing_caps(0).len(), 3);
+    }
 }

@@ -330,6 +330,12 @@ impl TestEnv {
 
     /// Starts the daemon on this environment and waits until it runs.
     pub fn start_daemon(&mut self, extra: &[&str]) {
+        self.spawn_daemon(extra);
+        self.wait_log("egress-monitor running", Duration::from_secs(30));
+    }
+
+    /// Starts the daemon on this environment without waiting for it.
+    pub fn spawn_daemon(&mut self, extra: &[&str]) {
         // A fresh log per daemon, emptied before it can write a line.
         self.log.lock().unwrap().clear();
         let mut child = Command::new(daemon_bin())
@@ -376,7 +382,6 @@ impl TestEnv {
         });
         self.daemon = Some(child);
         self.events_rx = Some(rx);
-        self.wait_log("egress-monitor running", Duration::from_secs(30));
     }
 
     /// Waits until the daemon's log contains `needle` (bounded).
@@ -448,18 +453,20 @@ impl TestEnv {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Value {
-        if let Some(e) = self.seen.iter().find(|e| pred(e)) {
-            return e.clone();
+        // A matched event is consumed: the next expectation needs an event
+        // of its own.
+        if let Some(i) = self.seen.iter().position(&pred) {
+            return self.seen.remove(i);
         }
         let deadline = Instant::now() + timeout;
         let rx = self.events_rx.as_ref().expect("daemon started");
         while let Some(left) = deadline.checked_duration_since(Instant::now()) {
             match rx.recv_timeout(left) {
                 Ok(e) => {
-                    self.seen.push(e.clone());
                     if pred(&e) {
                         return e;
                     }
+                    self.seen.push(e);
                 }
                 Err(_) => break,
             }
@@ -507,9 +514,20 @@ impl TestEnv {
 
     /// Stops the daemon with SIGTERM and returns its exit status.
     pub fn stop_daemon(&mut self) -> Option<std::process::ExitStatus> {
+        self.signal_daemon(libc::SIGTERM)
+    }
+
+    /// The daemon's pid, while it runs.
+    pub fn daemon_pid(&self) -> Option<u32> {
+        self.daemon.as_ref().map(|c| c.id())
+    }
+
+    /// Sends `signal` to the daemon and returns its exit status (SIGKILL
+    /// after 10 s).
+    pub fn signal_daemon(&mut self, signal: i32) -> Option<std::process::ExitStatus> {
         let mut child = self.daemon.take()?;
         // SAFETY: signalling our own child by pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+        unsafe { libc::kill(child.id() as i32, signal) };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(status)) = child.try_wait() {
@@ -681,6 +699,42 @@ impl TestEnv {
         env.set_policy(mode, countries);
         env.start_daemon(extra);
         env
+    }
+}
+
+impl TestEnv {
+    /// `status -o json` of the running daemon.
+    pub fn status(&self) -> Value {
+        let out = self.cli(&["status", "-o", "json"]);
+        assert!(
+            out.status.success(),
+            "status: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    /// Polls `status` until `pred` holds (bounded); returns the status
+    /// that satisfied it, or panics with the last one.
+    pub fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let deadline = Instant::now() + timeout;
+        let mut last = Value::Null;
+        while Instant::now() < deadline {
+            last = self.status();
+            if pred(&last) {
+                return last;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "status never showed {what} within {timeout:?}; last: {last:#}\nlog:\n{}",
+            self.log()
+        );
     }
 }
 

@@ -47,6 +47,15 @@ fn daemon_refuses_a_missing_or_broken_database() {
         err.contains("cannot read GeoIP database /nonexistent.mmdb"),
         "{err}"
     );
+    assert_eq!(
+        err.matches("No such file or directory").count(),
+        1,
+        "the cause is said once: {err}"
+    );
+    assert!(
+        !dir.path().join("s").exists(),
+        "nothing (state directory, node key, store) is created before the database is read"
+    );
     let bad = dir.path().join("bad.mmdb");
     std::fs::write(&bad, b"not a database").unwrap();
     let (ok, err) = run(&[
@@ -141,4 +150,33 @@ fn policy_check_reports_file_line_reason_and_exits_non_zero() {
         "{stdout}"
     );
     assert!(stdout.contains("allowed by region  DE 2"), "{stdout}");
+}
+
+/// Without root the daemon says so first, before it creates anything.
+#[test]
+fn daemon_without_root_refuses_before_creating_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
+    let state = dir.path().join("state");
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(daemon_bin())
+        .args(["daemon", "--policies"])
+        .arg(dir.path())
+        .arg("--geoip")
+        .arg("/nonexistent.mmdb")
+        .arg("--state-dir")
+        .arg(&state)
+        .arg("--pin-dir")
+        .arg(dir.path().join("pins"))
+        .output()
+        .expect("setpriv (util-linux)");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("needs root"), "{err}");
+    assert!(!state.exists(), "no state directory, node key or store");
 }

@@ -281,3 +281,37 @@ fn two_policies_on_one_cgroup_are_refused() {
     let e = env.expect_event("still a", WAIT, |e| is(e, p.pid, US_V4));
     assert_eq!(s(&e, "policy"), "a");
 }
+
+fn loop_result(child: std::process::Child) -> Value {
+    let out = child.wait_with_output().expect("traffic loop");
+    serde_json::from_slice(&out.stdout).expect("loop result JSON")
+}
+
+/// Traffic runs across twelve policy switches: every connect to the US is
+/// refused and every connect to DE goes through, under each set in force
+/// and while the sets change (no decision sees half of one set).
+#[test]
+fn traffic_across_policy_switches_sees_whole_sets() {
+    let env = TestEnv::started("enforce", "DE", &[]);
+    let port = PORT.to_string();
+    let spawn = |dst: &str| {
+        env.probe_command("sel", &["tcp-loop", dst, &port, "5000", "1"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start traffic loop")
+    };
+    let (us, de) = (spawn(US_V4), spawn(DE_V4));
+    let first = env.status()["policy_generation"].as_u64().unwrap();
+    for i in 1..=12u64 {
+        // Both sets allow DE and refuse the US; they differ in what else.
+        env.set_policy("enforce", if i % 2 == 0 { "DE" } else { "DE, FR, NL" });
+        env.wait_status("the next generation", WAIT, |s| {
+            s["policy_generation"].as_u64() == Some(first + i)
+        });
+    }
+    let (us, de) = (loop_result(us), loop_result(de));
+    assert_eq!(us["connected"], 0, "a US connect went through: {us}");
+    assert_eq!(us["other"], 0, "{us}");
+    assert_eq!(de["eperm"], 0, "a DE connect was refused: {de}");
+    assert_eq!(de["connected"], 5000, "{de}");
+}

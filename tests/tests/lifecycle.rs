@@ -13,10 +13,15 @@ fn enforced_env() -> TestEnv {
     TestEnv::started("enforce", "DE", &[])
 }
 
+/// Our programs among those attached to a cgroup: the four sock_addr
+/// hooks and the egress backstop (every one of them, so a second copy of
+/// any is seen).
 fn ours(names: &[String]) -> usize {
     names
         .iter()
-        .filter(|n| ["connect4", "connect6", "sendmsg4", "sendmsg6"].contains(&n.as_str()))
+        .filter(|n| {
+            ["connect4", "connect6", "sendmsg4", "sendmsg6", "egress"].contains(&n.as_str())
+        })
         .count()
 }
 
@@ -26,7 +31,7 @@ fn sigterm_keeps_enforcing_and_uninstall_removes_everything() {
     let mut env = enforced_env();
     let port = PORT.to_string();
     assert!(!env.probe("sel", &["tcp", US_V4, &port]).ok);
-    assert_eq!(ours(&attached_programs(&env.cgroup_root)), 4);
+    assert_eq!(ours(&attached_programs(&env.cgroup_root)), 5);
     let status = env.stop_daemon().expect("daemon was running");
     assert!(status.success(), "exit status {status}");
     assert!(env.log().contains("enforcement stays on"), "{}", env.log());
@@ -122,7 +127,7 @@ fn kill_9_during_traffic_opens_no_gap_and_loses_no_event() {
     );
     assert_eq!(
         ours(&attached_programs(&env.cgroup_root)),
-        4,
+        5,
         "attached twice?"
     );
     // Every attempt is reported: those before the kill were printed by the
@@ -191,7 +196,7 @@ fn upgrade_replaces_programs_without_a_gap() {
     assert!(env.log().contains("attached connect4"), "{}", env.log());
     assert_eq!(
         ours(&attached_programs(&env.cgroup_root)),
-        4,
+        5,
         "old programs still attached"
     );
     let p = env.probe("sel", &["tcp", US_V4, &PORT.to_string()]);

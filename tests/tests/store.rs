@@ -42,13 +42,7 @@ fn traffic(env: &mut TestEnv, de: usize, us: usize) -> Vec<u64> {
 }
 
 fn status(env: &TestEnv) -> Value {
-    let out = env.cli(&["status", "-o", "json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    env.status()
 }
 
 fn history_pids(env: &TestEnv, since: &str) -> Vec<u64> {

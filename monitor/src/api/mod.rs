@@ -1,6 +1,7 @@
 //! The gRPC API: generated types, the service, access control, transports,
 //! and the client side the CLI uses.
 pub mod auth;
+pub mod backend;
 pub mod client;
 pub mod filter;
 pub mod history;

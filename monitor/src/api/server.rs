@@ -11,8 +11,8 @@ use anyhow::Context;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
+pub use super::backend::Backend;
 use super::{auth::AuthConfig, pb, service::Service};
-use crate::daemon::DaemonState;
 
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -33,8 +33,25 @@ fn read(path: &Path, what: &str) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("reading TLS {what} {}", path.display()))
 }
 
+/// Checks the configuration without binding anything: TLS files readable,
+/// --listen given with its files.
+pub fn check(config: &ApiConfig) -> anyhow::Result<()> {
+    match (&config.listen, &config.tls) {
+        (Some(_), None) => {
+            anyhow::bail!("--listen needs --tls-cert, --tls-key and --tls-client-ca")
+        }
+        (_, Some(tls)) => {
+            read(&tls.cert, "certificate")?;
+            read(&tls.key, "key")?;
+            read(&tls.client_ca, "client CA")?;
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
 async fn services(
-    state: Arc<DaemonState>,
+    backend: Backend,
     auth: Arc<AuthConfig>,
 ) -> anyhow::Result<(
     pb::egress_monitor_server::EgressMonitorServer<Service>,
@@ -58,7 +75,7 @@ async fn services(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let service = pb::egress_monitor_server::EgressMonitorServer::new(Service { state, auth });
+    let service = pb::egress_monitor_server::EgressMonitorServer::new(Service { backend, auth });
     Ok((service, health, reflection_v1, reflection_v1alpha))
 }
 
@@ -66,7 +83,7 @@ async fn services(
 /// the TLS listener; serves until `shutdown` resolves.
 pub async fn serve(
     config: ApiConfig,
-    state: Arc<DaemonState>,
+    backend: Backend,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let auth = Arc::new(config.auth.clone());
@@ -92,7 +109,7 @@ pub async fn serve(
     }
     log::info!("gRPC API on unix socket {}", config.socket.display());
 
-    let (svc, health, refl1, refl1a) = services(state.clone(), auth.clone()).await?;
+    let (svc, health, refl1, refl1a) = services(backend.clone(), auth.clone()).await?;
     let mut shutdown_unix = shutdown.clone();
     let unix = Server::builder()
         .add_service(svc)
@@ -114,7 +131,7 @@ pub async fn serve(
                 // so that its calls get a clear UNAUTHENTICATED; one with a
                 // certificate from another CA is refused in the handshake.
                 .client_auth_optional(true);
-            let (svc, health, refl1, refl1a) = services(state, auth).await?;
+            let (svc, health, refl1, refl1a) = services(backend, auth).await?;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding {addr}"))?;

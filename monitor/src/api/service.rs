@@ -5,19 +5,20 @@ use std::{
     sync::{atomic::Ordering, Arc},
 };
 
-use tokio::sync::{broadcast::error::RecvError, mpsc};
+use tokio::sync::mpsc;
 use tokio_stream::{wrappers::ReceiverStream, Stream};
 use tonic::{Request, Response, Status};
 
 use super::{
     auth::{AuthConfig, Role},
+    backend::Backend,
     filter::Filter,
     pb::{self, egress_monitor_server::EgressMonitor, stream_events_response::Item},
 };
 use crate::{
-    daemon::{Controller, DaemonState, FileState},
-    events::rfc3339_nanos,
+    events::{rfc3339_nanos, Event},
     policy::{self, CompiledPolicy},
+    state::{PolicySnapshot, View},
 };
 
 /// Events queued per client before it counts as slow and starts missing.
@@ -28,27 +29,18 @@ pub const MAX_LAST: u32 = 100_000;
 const MAX_POLICY_TEXT: usize = 1 << 20;
 
 pub struct Service {
-    pub state: Arc<DaemonState>,
+    pub backend: Backend,
     pub auth: Arc<AuthConfig>,
 }
 
-pub fn policy_pb(p: &CompiledPolicy, controller: Option<&Controller>) -> pb::Policy {
-    let selected = controller
-        .map(|c| {
-            c.selection
-                .values()
-                .filter(|s| s.policy == p.name)
-                .map(|s| s.path.clone())
-                .collect()
-        })
-        .unwrap_or_default();
+pub fn policy_pb(p: &CompiledPolicy, selected: &[String]) -> pb::Policy {
     pb::Policy {
         name: p.name.clone(),
         mode: p.mode.to_string(),
         file: p.file.clone(),
         sha256: p.sha256.clone(),
         cgroup_globs: p.cgroup_globs.clone(),
-        selected_cgroups: selected,
+        selected_cgroups: selected.to_vec(),
         allowed_countries: p.allowed_countries.iter().cloned().collect(),
         denied_countries: p.denied_countries.iter().cloned().collect(),
         allow_cidrs: p.allow_cidrs.len() as u32,
@@ -59,22 +51,87 @@ pub fn policy_pb(p: &CompiledPolicy, controller: Option<&Controller>) -> pb::Pol
     }
 }
 
-fn rejected_pb(c: &Controller) -> Vec<pb::RejectedFile> {
-    c.files
+fn rejected_pb(s: &PolicySnapshot) -> Vec<pb::RejectedFile> {
+    s.rejected_files
         .iter()
-        .filter_map(|(path, state)| match state {
-            FileState::Rejected { error, previous } => Some(pb::RejectedFile {
-                file: path.display().to_string(),
-                error: error.clone(),
-                previous_in_force: previous.is_some(),
-            }),
-            FileState::InForce(_) => None,
+        .map(|r| pb::RejectedFile {
+            file: r.file.clone(),
+            error: r.error.clone(),
+            previous_in_force: r.previous_in_force,
         })
         .collect()
 }
 
-fn policies_pb(c: &Controller) -> Vec<pb::Policy> {
-    c.in_force.iter().map(|p| policy_pb(p, Some(c))).collect()
+fn policies_pb(s: &PolicySnapshot) -> Vec<pb::Policy> {
+    s.policies
+        .iter()
+        .map(|p| policy_pb(&p.policy, &p.selected))
+        .collect()
+}
+
+/// The status, from the view alone: never waits for a reload.
+pub fn status_pb(
+    view: &View,
+    store: &crate::store::writer::StoreStatus,
+    node_key: &str,
+) -> pb::GetStatusResponse {
+    let s = view.policy();
+    let (allowed, denied, would_deny) = view.decisions();
+    let uptime = view.started.elapsed().unwrap_or_default();
+    let started = view
+        .started
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| rfc3339_nanos(d.as_nanos() as i128))
+        .unwrap_or_default();
+    pb::GetStatusResponse {
+        version: env!("CARGO_PKG_VERSION").into(),
+        kernel: kernel_release(),
+        cgroup_root: s.cgroup_root.display().to_string(),
+        programs: view
+            .kernel
+            .programs()
+            .iter()
+            .map(|a| pb::AttachedProgram {
+                hook: a.hook.into(),
+                program_id: a.program_id,
+            })
+            .collect(),
+        missing_programs: view
+            .kernel
+            .missing()
+            .iter()
+            .map(|h| h.to_string())
+            .collect(),
+        reattached: view.reattached.load(Ordering::Relaxed),
+        policies: policies_pb(&s),
+        geoip: s.geo.as_ref().map(|geo| pb::GeoDatabase {
+            path: geo.path.display().to_string(),
+            database_type: geo.database_type.clone(),
+            schema: geo.schema.clone(),
+            build_epoch: geo.build_epoch,
+            build_time: rfc3339_nanos(i128::from(geo.build_epoch) * 1_000_000_000),
+            sha256: geo.sha256.clone(),
+            networks: geo.networks as u64,
+            prefixes: geo.prefixes as u64,
+        }),
+        counters: Some(pb::Counters {
+            allowed,
+            denied,
+            would_deny,
+            lost_in_kernel: view.kernel.lost_events(),
+            undecodable: view.counters.undecodable.load(Ordering::Relaxed),
+            dropped_slow_clients: view.streams.missed.load(Ordering::Relaxed),
+            stream_clients: view.streams.clients.load(Ordering::Relaxed),
+        }),
+        uptime_seconds: uptime.as_secs(),
+        started_at: started,
+        policy_generation: s.generation,
+        rejected_files: rejected_pb(&s),
+        policy_refused: s.refused.clone(),
+        policy_dir: s.policy_dir.display().to_string(),
+        store: Some(store_pb(store)),
+        node_public_key: node_key.to_string(),
+    }
 }
 
 fn kernel_release() -> String {
@@ -117,99 +174,24 @@ impl EgressMonitor for Service {
                 req.last
             )));
         }
-        let filter = Filter::compile(req.filter.unwrap_or_default())?;
-        let outlets = self.state.outlets.clone();
-        // Under the history lock the pipeline neither adds to the history
-        // nor publishes, so history and live stream meet without a gap or
-        // a duplicate.
-        let (history, mut live) = {
-            let history = outlets.history.lock().unwrap_or_else(|p| p.into_inner());
-            let mut matching: Vec<_> = history
-                .iter()
-                .rev()
-                .filter(|e| filter.matches(e))
-                .take(req.last as usize)
-                .cloned()
-                .collect();
-            matching.reverse();
-            (matching, outlets.live.subscribe())
+        let filter = Arc::new(Filter::compile(req.filter.unwrap_or_default())?);
+        let matcher = {
+            let filter = filter.clone();
+            Arc::new(move |e: &Event| filter.matches(e))
         };
+        let sub = self
+            .backend
+            .outlets
+            .fanout
+            .subscribe(matcher, req.last as usize, CLIENT_QUEUE);
         let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
-        let state = self.state.clone();
-        let follow = req.follow;
+        let streams = self.backend.view.streams.clone();
+        let store_path = self.backend.store.path.clone();
+        let (last, follow) = (req.last as usize, req.follow);
         tokio::spawn(async move {
-            state.clients.fetch_add(1, Ordering::Relaxed);
-            for e in history {
-                let item = Item::Event(pb::Event::from(&*e));
-                if tx
-                    .send(Ok(pb::StreamEventsResponse { item: Some(item) }))
-                    .await
-                    .is_err()
-                {
-                    state.clients.fetch_sub(1, Ordering::Relaxed);
-                    return;
-                }
-            }
-            if !follow {
-                state.clients.fetch_sub(1, Ordering::Relaxed);
-                return;
-            }
-            let mut missed: u64 = 0;
-            loop {
-                let received = tokio::select! {
-                    // As soon as the client has room again, tell it what it
-                    // missed, before any newer event.
-                    permit = tx.reserve(), if missed > 0 => {
-                        let Ok(permit) = permit else { break };
-                        permit.send(Ok(pb::StreamEventsResponse { item: Some(Item::Gap(pb::Gap { missed })) }));
-                        missed = 0;
-                        continue;
-                    }
-                    r = live.recv() => r,
-                    () = tx.closed() => break,
-                };
-                let event = match received {
-                    Ok(e) => e,
-                    Err(RecvError::Lagged(n)) => {
-                        missed += n;
-                        state.dropped_slow.fetch_add(n, Ordering::Relaxed);
-                        continue;
-                    }
-                    Err(RecvError::Closed) => break,
-                };
-                if !filter.matches(&event) {
-                    continue;
-                }
-                if missed > 0 {
-                    match tx.try_reserve() {
-                        Ok(permit) => {
-                            permit.send(Ok(pb::StreamEventsResponse {
-                                item: Some(Item::Gap(pb::Gap { missed })),
-                            }));
-                            missed = 0;
-                        }
-                        Err(mpsc::error::TrySendError::Full(())) => {
-                            // Still no room for the gap marker: missed too.
-                            missed += 1;
-                            state.dropped_slow.fetch_add(1, Ordering::Relaxed);
-                            continue;
-                        }
-                        Err(mpsc::error::TrySendError::Closed(())) => break,
-                    }
-                }
-                let item = pb::StreamEventsResponse {
-                    item: Some(Item::Event(pb::Event::from(&*event))),
-                };
-                match tx.try_send(Ok(item)) {
-                    Ok(()) => {}
-                    Err(mpsc::error::TrySendError::Full(_)) => {
-                        missed += 1;
-                        state.dropped_slow.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(mpsc::error::TrySendError::Closed(_)) => break,
-                }
-            }
-            state.clients.fetch_sub(1, Ordering::Relaxed);
+            streams.clients.fetch_add(1, Ordering::Relaxed);
+            let _ = forward(sub, tx, last, follow, filter, store_path).await;
+            streams.clients.fetch_sub(1, Ordering::Relaxed);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
@@ -219,57 +201,12 @@ impl EgressMonitor for Service {
         request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         self.auth.require(&request, Role::Viewer, "GetStatus")?;
-        let c = self.state.controller.lock().await;
-        let counters = &self.state.outlets.counters;
-        let geo = &c.geo;
-        let uptime = self.state.started.elapsed().unwrap_or_default();
-        let started = self
-            .state
-            .started
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| rfc3339_nanos(d.as_nanos() as i128))
-            .unwrap_or_default();
-        Ok(Response::new(pb::GetStatusResponse {
-            version: env!("CARGO_PKG_VERSION").into(),
-            kernel: kernel_release(),
-            cgroup_root: c.root.display().to_string(),
-            programs: c
-                .kernel
-                .attached()
-                .iter()
-                .map(|a| pb::AttachedProgram {
-                    hook: a.hook.into(),
-                    program_id: a.program_id,
-                })
-                .collect(),
-            policies: policies_pb(&c),
-            geoip: Some(pb::GeoDatabase {
-                path: geo.path.display().to_string(),
-                database_type: geo.database_type.clone(),
-                schema: geo.schema.clone(),
-                build_epoch: geo.build_epoch,
-                build_time: rfc3339_nanos(i128::from(geo.build_epoch) * 1_000_000_000),
-                sha256: geo.sha256.clone(),
-                networks: geo.networks as u64,
-                prefixes: geo.prefixes as u64,
-            }),
-            counters: Some(pb::Counters {
-                allowed: counters.allowed.load(Ordering::Relaxed),
-                denied: counters.denied.load(Ordering::Relaxed),
-                would_deny: counters.would_deny.load(Ordering::Relaxed),
-                lost_in_kernel: c.kernel.lost_events(),
-                undecodable: counters.undecodable.load(Ordering::Relaxed),
-                dropped_slow_clients: self.state.dropped_slow.load(Ordering::Relaxed),
-                stream_clients: self.state.clients.load(Ordering::Relaxed),
-            }),
-            uptime_seconds: uptime.as_secs(),
-            started_at: started,
-            policy_generation: c.kernel.policy_generation(),
-            rejected_files: rejected_pb(&c),
-            policy_dir: c.policies_dir.display().to_string(),
-            store: Some(store_pb(&self.state.store.status())),
-            node_public_key: self.state.node_public_key.clone(),
-        }))
+        let store = self.backend.store.status();
+        Ok(Response::new(status_pb(
+            &self.backend.view,
+            &store,
+            &self.backend.node_public_key,
+        )))
     }
 
     async fn list_policies(
@@ -277,11 +214,12 @@ impl EgressMonitor for Service {
         request: Request<pb::ListPoliciesRequest>,
     ) -> Result<Response<pb::ListPoliciesResponse>, Status> {
         self.auth.require(&request, Role::Viewer, "ListPolicies")?;
-        let c = self.state.controller.lock().await;
+        let s = self.backend.view.policy();
         Ok(Response::new(pb::ListPoliciesResponse {
-            policies: policies_pb(&c),
-            rejected_files: rejected_pb(&c),
-            policy_generation: c.kernel.policy_generation(),
+            policies: policies_pb(&s),
+            rejected_files: rejected_pb(&s),
+            policy_generation: s.generation,
+            refused: s.refused.clone(),
         }))
     }
 
@@ -313,7 +251,7 @@ impl EgressMonitor for Service {
                     valid: true,
                     error: String::new(),
                     line: 0,
-                    policies: policies.iter().map(|p| policy_pb(p, None)).collect(),
+                    policies: policies.iter().map(|p| policy_pb(p, &[])).collect(),
                 },
                 Err(e) => pb::CheckPolicyResponse {
                     valid: false,
@@ -330,7 +268,7 @@ impl EgressMonitor for Service {
         request: Request<pb::QueryEventsRequest>,
     ) -> Result<Response<pb::QueryEventsResponse>, Status> {
         self.auth.require(&request, Role::Viewer, "QueryEvents")?;
-        let path = self.state.store.path.clone();
+        let path = self.backend.store.path.clone();
         let req = request.into_inner();
         tokio::task::spawn_blocking(move || super::history::query_events(&path, req))
             .await
@@ -343,7 +281,7 @@ impl EgressMonitor for Service {
         request: Request<pb::QueryFlowsRequest>,
     ) -> Result<Response<pb::QueryFlowsResponse>, Status> {
         self.auth.require(&request, Role::Viewer, "QueryFlows")?;
-        let path = self.state.store.path.clone();
+        let path = self.backend.store.path.clone();
         let req = request.into_inner();
         tokio::task::spawn_blocking(move || super::history::query_flows(&path, req))
             .await
@@ -356,13 +294,84 @@ impl EgressMonitor for Service {
         request: Request<pb::ReloadPoliciesRequest>,
     ) -> Result<Response<pb::ReloadPoliciesResponse>, Status> {
         self.auth.require(&request, Role::Admin, "ReloadPolicies")?;
-        let mut c = self.state.controller.lock().await;
-        tokio::task::block_in_place(|| c.reload_policies())
-            .map_err(|e| Status::failed_precondition(format!("{e:#}")))?;
+        let s = match self.backend.requests.reload().await {
+            Ok(s) => s,
+            Err(e) if e.starts_with("the controller") => return Err(Status::unavailable(e)),
+            Err(e) => return Err(Status::failed_precondition(e)),
+        };
         Ok(Response::new(pb::ReloadPoliciesResponse {
-            policy_generation: c.kernel.policy_generation(),
-            policies: policies_pb(&c),
-            rejected_files: rejected_pb(&c),
+            policy_generation: s.generation,
+            policies: policies_pb(&s),
+            rejected_files: rejected_pb(&s),
         }))
+    }
+}
+
+fn event_item(e: &Event) -> Result<pb::StreamEventsResponse, Status> {
+    Ok(pb::StreamEventsResponse {
+        item: Some(Item::Event(pb::Event::from(e))),
+    })
+}
+
+/// Older matching events from the store when memory holds fewer than asked
+/// (right after a restart): up to `want`, all older than `before`.
+async fn from_store(
+    path: std::path::PathBuf,
+    filter: Arc<Filter>,
+    before: i64,
+    want: usize,
+) -> Vec<Event> {
+    tokio::task::spawn_blocking(move || {
+        let store = crate::store::Store::open_read(&path).ok()?;
+        crate::store::query::last_events(&store, before, want, &|e| filter.matches(e)).ok()
+    })
+    .await
+    .ok()
+    .flatten()
+    .unwrap_or_default()
+}
+
+/// One client's stream: history (memory, then the store when short), then
+/// live events, with a gap marker before the first event after a loss.
+async fn forward(
+    mut sub: crate::pipeline::Subscription,
+    tx: mpsc::Sender<Result<pb::StreamEventsResponse, Status>>,
+    last: usize,
+    follow: bool,
+    filter: Arc<Filter>,
+    store_path: std::path::PathBuf,
+) -> Result<(), ()> {
+    let history = std::mem::take(&mut sub.history);
+    if history.len() < last {
+        let before = history
+            .first()
+            .map(|e| e.unix_nanos as i64)
+            .unwrap_or(i64::MAX);
+        for e in from_store(store_path, filter, before, last - history.len()).await {
+            tx.send(event_item(&e)).await.map_err(drop)?;
+        }
+    }
+    for e in history {
+        tx.send(event_item(&e)).await.map_err(drop)?;
+    }
+    if !follow {
+        return Ok(());
+    }
+    loop {
+        let missed = sub.take_missed();
+        if missed > 0 {
+            let gap = pb::StreamEventsResponse {
+                item: Some(Item::Gap(pb::Gap { missed })),
+            };
+            tx.send(Ok(gap)).await.map_err(drop)?;
+        }
+        let event = tokio::select! {
+            e = sub.live.recv() => match e {
+                Some(e) => e,
+                None => return Ok(()),
+            },
+            () = tx.closed() => return Ok(()),
+        };
+        tx.send(event_item(&event)).await.map_err(drop)?;
     }
 }

@@ -74,8 +74,42 @@ pub fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_chain(&e));
             ExitCode::FAILURE
         }
+    }
+}
+
+/// An error and its causes, each said once: many errors already end with
+/// their cause (`cannot read X: No such file`), so a cause the message
+/// before it already contains is not repeated.
+pub fn error_chain(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if out.contains(&text) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&text);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_cause_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::NotFound);
+        let inner = format!("cannot read /x: {io}");
+        let e = anyhow::Error::new(io).context(inner).context("starting");
+        assert_eq!(
+            super::error_chain(&e),
+            "starting: cannot read /x: entity not found"
+        );
+        let plain = anyhow::anyhow!("root cause").context("outer");
+        assert_eq!(super::error_chain(&plain), "outer: root cause");
     }
 }

@@ -57,6 +57,7 @@ async fn list(output: Format, args: ConnectArgs) -> anyhow::Result<ExitCode> {
     } else {
         println!("policy set generation {}", r.policy_generation);
         print_policies(&r.policies, &r.rejected_files);
+        print_refused(&r.refused);
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -75,6 +76,13 @@ async fn reload(args: ConnectArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// The refusal of the last candidate set, if any.
+pub fn print_refused(refused: &str) {
+    if !refused.is_empty() {
+        println!("REFUSED  {refused}");
+    }
 }
 
 /// Policies in force and rejected files, for people.

@@ -35,6 +35,15 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .map(|p| format!("{} (id {})", p.hook, p.program_id))
         .collect();
     println!("programs        {}", progs.join(", "));
+    if !s.missing_programs.is_empty() {
+        println!(
+            "MISSING         {} (detached by someone else; the daemon attaches them again)",
+            s.missing_programs.join(", ")
+        );
+    }
+    if s.reattached > 0 {
+        println!("reattached      {} since the start", s.reattached);
+    }
     if let Some(g) = &s.geoip {
         println!(
             "geoip           {} ({}, schema {}, built {}), {} prefixes, sha256 {}",
@@ -68,5 +77,6 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         s.policy_generation, s.policy_dir
     );
     super::policy::print_policies(&s.policies, &s.rejected_files);
+    super::policy::print_refused(&s.policy_refused);
     Ok(ExitCode::SUCCESS)
 }

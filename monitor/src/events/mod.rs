@@ -1,6 +1,5 @@
 //! Decision events: decoding what the kernel wrote, and the enriched form
 //! the daemon prints and serves.
-pub mod pipeline;
 
 use std::net::IpAddr;
 

@@ -5,12 +5,15 @@
 //! the daemon fills the idle slot completely, then switches `CONFIG` with a
 //! single write, so no connection is ever judged by half a policy set.
 pub mod foreign;
+pub mod pins;
 use std::{
     os::{fd::AsFd, unix::fs::PermissionsExt},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
+use self::pins::link_pin;
+pub use self::pins::{ensure_bpffs, remove_pins, OldPins};
 use aya::{
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, MapData, PerCpuArray, RingBuf},
     programs::{
@@ -71,6 +74,8 @@ pub enum KernelError {
     },
     #[error("the programs pinned in {pins} are attached to another cgroup (id {cgroup_id}); run `egress-monitor uninstall` or choose another --pin-dir")]
     PinnedElsewhere { pins: PathBuf, cgroup_id: u64 },
+    #[error("the pin directory {} is held by a running daemon (pid {}, socket {}): stop it first, or choose another --pin-dir", .0.pin_dir.display(), .0.pid, .0.socket.display())]
+    Held(pins::Holder),
     #[error("cannot open cgroup {path} to attach to: {source}")]
     Cgroup {
         path: PathBuf,
@@ -126,6 +131,9 @@ pub struct Kernel {
     pins: PathBuf,
     adopted: bool,
     foreign: Vec<foreign::Foreign>,
+    /// A descriptor of every pinned map, to pin it again if its pin is
+    /// removed while we run (see `pins::restore_links`).
+    map_pins: Vec<(&'static str, MapData)>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -134,36 +142,6 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 ) -> Result<T, KernelError> {
     let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
     T::try_from(map).map_err(map_err(name))
-}
-
-/// Mounts bpffs at /sys/fs/bpf when nothing is mounted there.
-pub fn ensure_bpffs() -> Result<(), KernelError> {
-    let mountinfo =
-        std::fs::read_to_string("/proc/self/mountinfo").map_err(KernelError::MountBpffs)?;
-    let mounted = mountinfo.lines().any(|l| {
-        l.split_once(" - ").is_some_and(|(left, right)| {
-            right.starts_with("bpf ") && left.split_whitespace().nth(4) == Some("/sys/fs/bpf")
-        })
-    });
-    if mounted {
-        return Ok(());
-    }
-    std::fs::create_dir_all("/sys/fs/bpf").map_err(KernelError::MountBpffs)?;
-    // SAFETY: constant, NUL-terminated arguments.
-    let rc = unsafe {
-        libc::mount(
-            c"bpf".as_ptr(),
-            c"/sys/fs/bpf".as_ptr(),
-            c"bpf".as_ptr(),
-            0,
-            std::ptr::null(),
-        )
-    };
-    if rc != 0 {
-        return Err(KernelError::MountBpffs(std::io::Error::last_os_error()));
-    }
-    log::info!("mounted bpffs at /sys/fs/bpf");
-    Ok(())
 }
 
 /// Every program, in attach order: the egress backstop and the socket
@@ -194,7 +172,9 @@ fn attach(
     let link: FdLink = match name {
         names::PROG_EGRESS => {
             let prog: &mut CgroupSkb = program.try_into().map_err(program_error)?;
-            prog.load().map_err(program_error)?;
+            if prog.fd().is_err() {
+                prog.load().map_err(program_error)?;
+            }
             let id = prog
                 .attach(
                     cgroup.as_fd(),
@@ -220,13 +200,17 @@ fn attach(
             }
             let btf = aya::Btf::from_sys_fs().map_err(|e| KernelError::Lsm(e.to_string()))?;
             let prog: &mut Lsm = program.try_into().map_err(program_error)?;
-            prog.load("socket_create", &btf).map_err(program_error)?;
+            if prog.fd().is_err() {
+                prog.load("socket_create", &btf).map_err(program_error)?;
+            }
             let id = prog.attach().map_err(program_error)?;
             prog.take_link(id).map_err(program_error)?.into()
         }
         _ => {
             let prog: &mut CgroupSockAddr = program.try_into().map_err(program_error)?;
-            prog.load().map_err(program_error)?;
+            if prog.fd().is_err() {
+                prog.load().map_err(program_error)?;
+            }
             let id = prog
                 .attach(cgroup.as_fd(), CgroupAttachMode::Single)
                 .map_err(program_error)?;
@@ -243,45 +227,6 @@ fn attach(
 pub fn build_id() -> String {
     use sha2::{Digest, Sha256};
     hex::encode(&Sha256::digest(PROGRAMS)[..8])
-}
-
-fn link_pin(dir: &Path, prog: &str) -> PathBuf {
-    dir.join(format!("link_{prog}"))
-}
-
-/// Pinned state of an earlier build, to retire once ours is in force.
-#[derive(Debug)]
-pub struct OldPins {
-    pub dir: PathBuf,
-}
-
-/// Removes a pin directory: unpinning the links detaches the programs
-/// (nothing else holds them), unpinning the maps frees them.
-pub fn remove_pins(dir: &Path) -> Result<Vec<String>, KernelError> {
-    let mut removed = Vec::new();
-    let io = |source| KernelError::Pins {
-        path: dir.into(),
-        source,
-    };
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .map_err(io)?
-        .flatten()
-        .map(|e| e.path())
-        .collect();
-    // Links first, so nothing is judged by half-removed maps.
-    entries.sort_by_key(|p| {
-        !p.file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("link_"))
-    });
-    for path in entries {
-        std::fs::remove_file(&path).map_err(|source| KernelError::Pins {
-            path: path.clone(),
-            source,
-        })?;
-        removed.push(path.display().to_string());
-    }
-    std::fs::remove_dir(dir).map_err(io)?;
-    Ok(removed)
 }
 
 impl Kernel {
@@ -338,6 +283,14 @@ impl Kernel {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(PROGRAMS)?;
+        let map_pins = names::ALL_MAPS
+            .iter()
+            .map(|name| {
+                MapData::from_pin(pins.join(name))
+                    .map(|m| (*name, m))
+                    .map_err(map_err(name))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
         let mut config_map: Array<MapData, Config> = take(&mut ebpf, names::CONFIG)?;
         let mut meta_map: Array<MapData, Meta> = take(&mut ebpf, names::META)?;
@@ -442,6 +395,7 @@ impl Kernel {
                 pins,
                 adopted,
                 foreign: Vec::new(),
+                map_pins,
             },
             ring,
             old,
@@ -536,12 +490,14 @@ impl Kernel {
     }
 
     /// Loads geo prefixes into the idle geo slot and switches to it.
-    /// Returns the number of prefixes loaded.
+    /// Returns the number of prefixes loaded, or None when `cancel` was set
+    /// before the load finished (the slot in force is left as it was).
     pub fn load_geo(
         &mut self,
         prefixes: impl Iterator<Item = (u128, u8, Region)>,
         sha256_hex: &str,
-    ) -> Result<usize, KernelError> {
+        cancel: &std::sync::atomic::AtomicBool,
+    ) -> Result<Option<usize>, KernelError> {
         let idle = 1 - self.config.geo_slot as usize;
         self.wait_grace();
         let name = names::GEO[idle];
@@ -549,6 +505,9 @@ impl Kernel {
         clear_trie(trie, name)?;
         let mut n = 0;
         for (addr, len, region) in prefixes {
+            if n % 4096 == 0 && cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                return Ok(None);
+            }
             trie.insert(&Key::new(u32::from(len), addr.to_be_bytes()), region, 0)
                 .map_err(map_err(name))?;
             n += 1;
@@ -569,7 +528,7 @@ impl Kernel {
         let old = 1 - idle;
         self.wait_grace();
         clear_trie(&mut self.slots.geo[old], names::GEO[old])?;
-        Ok(n)
+        Ok(Some(n))
     }
 
     /// Writes a whole policy set into the idle slot and switches to it.

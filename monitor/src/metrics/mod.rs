@@ -69,6 +69,10 @@ pub struct Snapshot<'a> {
     pub selected_cgroups: usize,
     pub rejected_files: usize,
     pub geo: Option<&'a GeoIdentity>,
+    /// Our programs the kernel no longer has (see `state::KernelProbe`).
+    pub programs_missing: usize,
+    /// The last candidate policy set was refused whole.
+    pub policy_set_refused: bool,
 }
 
 type DecisionKey = (u32, u8, [u8; 2]);
@@ -96,6 +100,8 @@ pub struct Metrics {
     ring_size: Gauge,
     ring_used: Gauge,
     ring: Mutex<Option<system::RingFill>>,
+    programs_missing: Gauge,
+    set_refused: Gauge,
     /// Serialises the read-and-sync of a scrape.
     scrape: tokio::sync::Mutex<()>,
 }
@@ -128,6 +134,8 @@ impl Metrics {
             ring_size: Gauge::default(),
             ring_used: Gauge::default(),
             ring: Mutex::new(None),
+            programs_missing: Gauge::default(),
+            set_refused: Gauge::default(),
             scrape: tokio::sync::Mutex::new(()),
         };
         {
@@ -208,6 +216,16 @@ impl Metrics {
                 "Bytes the kernel has written to the ring buffer and the daemon not yet read",
                 m.ring_used.clone(),
             );
+            r.register(
+                "programs_missing",
+                "Programs the daemon attached that the kernel no longer has (someone removed their pins); enforcement is degraded until they are attached again",
+                m.programs_missing.clone(),
+            );
+            r.register(
+                "policy_set_refused",
+                "1 when the last candidate policy set was refused whole (a conflict); the previous set stays in force",
+                m.set_refused.clone(),
+            );
             let build = Family::<BuildLabels, Gauge>::default();
             build
                 .get_or_create(&BuildLabels {
@@ -287,6 +305,8 @@ impl Metrics {
         self.generation.set(i64::from(s.policy_generation));
         self.rejected_files.set(s.rejected_files as i64);
         self.selected.set(s.selected_cgroups as i64);
+        self.programs_missing.set(s.programs_missing as i64);
+        self.set_refused.set(i64::from(s.policy_set_refused));
         self.policy_info.clear();
         for p in s.policies {
             self.policy_info
@@ -331,26 +351,31 @@ impl Metrics {
     }
 }
 
-/// Renders the daemon's metrics now.
-pub async fn scrape(state: &crate::daemon::DaemonState, metrics: &Arc<Metrics>) -> String {
+impl crate::pipeline::Observer for Metrics {
+    fn decision(&self, raw: &DecisionEvent, event: &Event) {
+        Metrics::decision(self, raw, event);
+    }
+}
+
+/// Renders the daemon's metrics now, from the read-only view: never waits
+/// for a reload.
+pub async fn scrape(view: &crate::state::View, metrics: &Arc<Metrics>) -> String {
     use std::sync::atomic::Ordering;
     let _one_at_a_time = metrics.scrape.lock().await;
-    let c = state.controller.lock().await;
-    let rejected = c
-        .files
-        .values()
-        .filter(|f| matches!(f, crate::daemon::FileState::Rejected { .. }))
-        .count();
+    let s = view.policy();
+    let policies: Vec<CompiledPolicy> = s.policies.iter().map(|p| p.policy.clone()).collect();
     let snapshot = Snapshot {
-        lost_in_kernel: c.kernel.lost_events(),
-        undecodable: state.outlets.counters.undecodable.load(Ordering::Relaxed),
-        missed_by_slow_clients: state.dropped_slow.load(Ordering::Relaxed),
-        stream_clients: state.clients.load(Ordering::Relaxed),
-        policy_generation: c.kernel.policy_generation(),
-        policies: &c.in_force,
-        selected_cgroups: c.selection.len(),
-        rejected_files: rejected,
-        geo: Some(&c.geo),
+        lost_in_kernel: view.kernel.lost_events(),
+        undecodable: view.counters.undecodable.load(Ordering::Relaxed),
+        missed_by_slow_clients: view.streams.missed.load(Ordering::Relaxed),
+        stream_clients: view.streams.clients.load(Ordering::Relaxed),
+        policy_generation: s.generation,
+        policies: &policies,
+        selected_cgroups: s.selected_cgroups,
+        rejected_files: s.rejected_files.len(),
+        geo: s.geo.as_ref(),
+        programs_missing: view.kernel.missing().len(),
+        policy_set_refused: !s.refused.is_empty(),
     };
     metrics.render(&snapshot)
 }

@@ -1,9 +1,5 @@
 //! The metrics endpoint: `GET /metrics` over HTTP/1.1 (hyper), nothing else.
-use std::{
-    convert::Infallible,
-    net::SocketAddr,
-    sync::{Arc, Weak},
-};
+use std::{convert::Infallible, net::SocketAddr, sync::Arc};
 
 use http_body_util::Full;
 use hyper::{
@@ -17,7 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
 use super::{scrape, Metrics};
-use crate::daemon::DaemonState;
+use crate::state::View;
 
 pub const CONTENT_TYPE_OPENMETRICS: &str =
     "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -29,11 +25,10 @@ pub async fn bind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
         .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: {e}"))
 }
 
-/// Serves until the listener fails; holds the daemon state weakly, so the
-/// daemon can still take it back on exit.
+/// Serves until the listener fails, from the read-only view.
 pub async fn serve(
     listener: TcpListener,
-    state: Weak<DaemonState>,
+    state: View,
     metrics: Arc<Metrics>,
 ) -> anyhow::Result<()> {
     loop {
@@ -64,7 +59,7 @@ pub async fn serve(
 
 async fn respond(
     req: Request<Incoming>,
-    state: &Weak<DaemonState>,
+    state: &View,
     metrics: &Arc<Metrics>,
 ) -> Response<Full<Bytes>> {
     let plain = |status: StatusCode, text: &'static str| {
@@ -81,11 +76,7 @@ async fn respond(
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "GET /metrics\n");
     }
-    let Some(state) = state.upgrade() else {
-        return plain(StatusCode::SERVICE_UNAVAILABLE, "the daemon is stopping\n");
-    };
-    let body = scrape(&state, metrics).await;
-    drop(state);
+    let body = scrape(state, metrics).await;
     let mut r = Response::new(Full::new(Bytes::from(body)));
     if let Ok(v) = CONTENT_TYPE_OPENMETRICS.parse() {
         r.headers_mut().insert(CONTENT_TYPE, v);

@@ -21,6 +21,9 @@ pub struct CompiledPolicy {
     pub file: String,
     /// SHA-256 of the document's text.
     pub sha256: String,
+    /// The document's text as compiled (what the store records: never
+    /// re-read from a file that may have changed since).
+    pub text: std::sync::Arc<str>,
     pub cgroup_globs: Vec<String>,
     /// The cgroup path globs (matches nothing when there are none).
     pub selector: GlobSet,
@@ -311,6 +314,7 @@ pub fn compile(
         mode: spec.mode,
         file: file.display().to_string(),
         sha256: hex::encode(Sha256::digest(doc.text.as_bytes())),
+        text: doc.text.into(),
         cgroup_globs: spec.selector.cgroup_paths.clone(),
         selector,
         pods,

@@ -330,35 +330,22 @@ pub fn now_nanos() -> i64 {
         .unwrap_or(0)
 }
 
-/// The text of the YAML document with this SHA-256 in `file` (the policy
-/// compiler hashes documents, not files); empty when the file has changed
-/// since.
-pub fn policy_text(file: &Path, sha256: &str) -> String {
-    let Ok(text) = std::fs::read_to_string(file) else {
-        return String::new();
-    };
-    crate::policy::model::documents(&text)
-        .into_iter()
-        .find(|d| hex::encode(Sha256::digest(d.text.as_bytes())) == sha256)
-        .map(|d| d.text.to_string())
-        .unwrap_or_default()
-}
-
 fn first_line(p: &str) -> String {
     std::fs::read_to_string(p)
         .map(|s| s.lines().next().unwrap_or("").trim().to_string())
         .unwrap_or_default()
 }
 
-/// An agent start as recorded: version, kernel, host and boot, node key.
-pub fn agent_run_json(key: &ed25519_dalek::SigningKey) -> String {
+/// An agent start as recorded: version, kernel, host and boot, node key
+/// (hex).
+pub fn agent_run_json(node_public_key: &str) -> String {
     serde_json::json!({
         "version": env!("CARGO_PKG_VERSION"),
         "kernel": first_line("/proc/sys/kernel/osrelease"),
         "hostname": first_line("/proc/sys/kernel/hostname"),
         "machine_id": first_line("/etc/machine-id"),
         "boot_id": first_line("/proc/sys/kernel/random/boot_id"),
-        "node_public_key": crate::evidence::key::public_hex(&key.verifying_key()),
+        "node_public_key": node_public_key,
     })
     .to_string()
 }

@@ -101,6 +101,53 @@ pub fn events(
     }
 }
 
+/// Rows `last_events` looks at, at most, for one answer.
+const LAST_EVENTS_SCAN: usize = 1 << 20;
+
+/// The newest `limit` events older than `before` that `keep` takes, oldest
+/// first (the history a stream client asks for when memory holds less).
+pub fn last_events(
+    store: &Store,
+    before: i64,
+    limit: usize,
+    keep: &dyn Fn(&Event) -> bool,
+) -> Result<Vec<Event>, StoreError> {
+    let mut out = Vec::new();
+    if limit == 0 {
+        return Ok(out);
+    }
+    let mut stmt = store
+        .conn
+        .prepare_cached(&format!(
+            "SELECT {EVENT_COLUMNS} FROM events WHERE seq < ?1 AND unix_nanos < ?2 ORDER BY seq DESC LIMIT 4096"
+        ))
+        .map_err(store.err("prepare event query"))?;
+    let mut cursor = i64::MAX;
+    let mut scanned = 0;
+    while scanned < LAST_EVENTS_SCAN {
+        let chunk: Vec<(i64, Event)> = stmt
+            .query_map(params![cursor, before], event_of)
+            .and_then(|rows| rows.collect())
+            .map_err(store.err("query events"))?;
+        let Some(last) = chunk.last() else {
+            break;
+        };
+        cursor = last.0;
+        scanned += chunk.len();
+        for (_, e) in chunk {
+            if keep(&e) {
+                out.push(e);
+                if out.len() == limit {
+                    out.reverse();
+                    return Ok(out);
+                }
+            }
+        }
+    }
+    out.reverse();
+    Ok(out)
+}
+
 /// A flow: decisions with the same key, and when they were seen.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Flow {

@@ -176,7 +176,7 @@ impl Handle {
                 mode: p.mode.to_string(),
                 file: p.file.clone(),
                 sha256: p.sha256.clone(),
-                text: super::policy_text(std::path::Path::new(&p.file), &p.sha256),
+                text: p.text.to_string(),
             })
             .collect();
         self.send(Msg::PolicySet(PolicySet {

@@ -1,64 +1,77 @@
 //! The event pipeline: drains the kernel ring buffer as it becomes readable,
 //! decodes and enriches each record, and hands it on (stdout JSON lines, the
-//! in-memory history, live subscribers). Nothing here waits on a consumer:
-//! a slow subscriber misses events (and is told how many), the kernel drain
-//! never slows down.
+//! in-memory history, the store, stream subscribers). Nothing here waits on
+//! a consumer: a slow subscriber misses events (and is told how many of
+//! the events it asked for it missed), the kernel drain never slows down.
+//!
+//! Depends on the events (decoding), the read-side counters (`state`) and
+//! the interfaces it declares here ([`Observer`], [`Names`]); whoever wants
+//! to see decisions implements them (the metrics do).
+pub mod fanout;
+
 use std::{
-    collections::VecDeque,
     io::Write,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc, Mutex,
-    },
+    sync::{atomic::Ordering, Arc, Mutex},
 };
 
 use aya::maps::{MapData, RingBuf};
-use monitor_common::verdict;
+use monitor_common::DecisionEvent;
 use tokio::{io::unix::AsyncFd, sync::broadcast};
 
-use super::{boot_to_unix_offset, decode, enrich, Event, Names};
+pub use self::fanout::{Fanout, Subscription};
+use crate::{
+    events::{boot_to_unix_offset, decode, enrich, Event, Names},
+    state::{Counters, Streams},
+};
 
-/// Counters reported by status.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub allowed: AtomicU64,
-    pub denied: AtomicU64,
-    pub would_deny: AtomicU64,
-    pub undecodable: AtomicU64,
+/// Told of every decoded decision, on the pipeline's thread: keep it cheap.
+pub trait Observer: Send + Sync {
+    fn decision(&self, raw: &DecisionEvent, event: &Event);
 }
 
-impl Counters {
-    fn count(&self, v: u8) {
-        let c = match v {
-            verdict::ALLOWED => &self.allowed,
-            verdict::DENIED => &self.denied,
-            _ => &self.would_deny,
-        };
-        c.fetch_add(1, Ordering::Relaxed);
-    }
+/// Observes nothing.
+pub struct NoObserver;
+impl Observer for NoObserver {
+    fn decision(&self, _: &DecisionEvent, _: &Event) {}
+}
+
+fn count(counters: &Counters, v: u8) {
+    use monitor_common::verdict;
+    let c = match v {
+        verdict::ALLOWED => &counters.allowed,
+        verdict::DENIED => &counters.denied,
+        _ => &counters.would_deny,
+    };
+    c.fetch_add(1, Ordering::Relaxed);
 }
 
 /// Where decoded events go.
 pub struct Outlets {
-    pub counters: Counters,
+    pub counters: Arc<Counters>,
+    /// History and filtered stream subscribers.
+    pub fanout: Fanout,
+    /// Every event, for the store (which counts what it lagged behind).
     pub live: broadcast::Sender<Arc<Event>>,
-    pub history: Mutex<VecDeque<Arc<Event>>>,
-    pub history_len: usize,
     pub log_events: bool,
-    /// Prometheus counters of decisions (and what a scrape reads).
-    pub metrics: Arc<crate::metrics::Metrics>,
+    pub observer: Arc<dyn Observer>,
 }
 
 impl Outlets {
-    pub fn new(history_len: usize, live_capacity: usize, log_events: bool) -> Self {
+    pub fn new(
+        history_len: usize,
+        live_capacity: usize,
+        log_events: bool,
+        counters: Arc<Counters>,
+        streams: Arc<Streams>,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
         let (live, _) = broadcast::channel(live_capacity);
         Self {
-            counters: Counters::default(),
+            counters,
+            fanout: Fanout::new(history_len, streams),
             live,
-            history: Mutex::new(VecDeque::with_capacity(history_len.min(65_536))),
-            history_len,
             log_events,
-            metrics: Arc::new(crate::metrics::Metrics::new()),
+            observer,
         }
     }
 }
@@ -75,9 +88,9 @@ fn drain_into<N: Names>(
     while let Some(item) = ring.next() {
         match decode(&item) {
             Ok(raw) => {
-                outlets.counters.count(raw.verdict);
+                count(&outlets.counters, raw.verdict);
                 let event = enrich(&raw, offset, &mut *names);
-                outlets.metrics.decision(&raw, &event);
+                outlets.observer.decision(&raw, &event);
                 batch.push(Arc::new(event));
             }
             Err(e) => {
@@ -90,7 +103,8 @@ fn drain_into<N: Names>(
     }
 }
 
-/// Hands a batch to stdout (when asked), the history and live subscribers.
+/// Hands a batch to stdout (when asked), the store, the history and the
+/// stream subscribers.
 fn publish(outlets: &Outlets, batch: &mut Vec<Arc<Event>>, stdout_ok: &mut bool) {
     if batch.is_empty() {
         return;
@@ -112,19 +126,11 @@ fn publish(outlets: &Outlets, batch: &mut Vec<Arc<Event>>, stdout_ok: &mut bool)
             *stdout_ok = false;
         }
     }
-    // History and live stream change together, under one lock, so a new
-    // subscriber sees every event exactly once.
-    let mut history = outlets.history.lock().unwrap_or_else(|p| p.into_inner());
-    for e in batch.drain(..) {
-        if outlets.history_len > 0 {
-            if history.len() == outlets.history_len {
-                history.pop_front();
-            }
-            history.push_back(e.clone());
-        }
-        // No subscriber is not an error.
-        let _ = outlets.live.send(e);
+    for e in batch.iter() {
+        // No store subscribed (yet) is not an error.
+        let _ = outlets.live.send(e.clone());
     }
+    outlets.fanout.publish(batch.drain(..));
 }
 
 /// Drains what a ring holds now (a retired build's ring); returns how many

@@ -1,0 +1,21 @@
+//! What the API depends on.
+use std::sync::Arc;
+
+use crate::{
+    pipeline::Outlets,
+    state::{Requests, View},
+    store::writer::Handle as StoreHandle,
+};
+
+/// What the API serves from: the read-only view, the event fan-out, the
+/// store, and the channel reload requests go to. Nothing here can change
+/// the kernel but through a request the controller answers.
+#[derive(Clone)]
+pub struct Backend {
+    pub view: View,
+    pub outlets: Arc<Outlets>,
+    pub store: Arc<StoreHandle>,
+    pub requests: Requests,
+    /// The node's public key (hex), which signs evidence bundles.
+    pub node_public_key: String,
+}

@@ -1,0 +1,191 @@
+//! The read side of the daemon: what the API, the metrics endpoint and the
+//! event pipeline may look at, never change.
+//!
+//! The controller (`control`) publishes a new [`PolicySnapshot`] after every
+//! reload and rescan through a `watch` channel; readers take the latest one
+//! without waiting for a reload in progress. Counters are atomics the
+//! pipeline and the stream clients bump. What only the kernel knows (events
+//! it lost, the programs attached right now) is read from the kernel at the
+//! moment it is asked, through [`KernelProbe`].
+use std::{
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::SystemTime,
+};
+
+use tokio::sync::{oneshot, watch};
+
+use crate::{geo::GeoIdentity, policy::CompiledPolicy};
+
+/// A policy in force, with the cgroups it selects now.
+#[derive(Debug, Clone)]
+pub struct PolicyInForce {
+    pub policy: CompiledPolicy,
+    /// Paths (relative to the cgroup2 mount) of the cgroups it selects.
+    pub selected: Vec<String>,
+}
+
+/// A policy file the daemon refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RejectedFile {
+    pub file: String,
+    /// `file:line: reason`.
+    pub error: String,
+    /// Whether its previous version stays in force.
+    pub previous_in_force: bool,
+}
+
+/// The policy set in force, as the controller last published it.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySnapshot {
+    pub generation: u32,
+    pub policies: Vec<PolicyInForce>,
+    pub rejected_files: Vec<RejectedFile>,
+    /// Why the last candidate set was refused as a whole (a conflict: one
+    /// name twice, a cgroup selected twice, too big for the maps); empty
+    /// when the last reload took effect.
+    pub refused: String,
+    pub selected_cgroups: usize,
+    pub geo: Option<GeoIdentity>,
+    pub cgroup_root: PathBuf,
+    pub policy_dir: PathBuf,
+}
+
+/// A program as the kernel shows it now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program {
+    pub hook: &'static str,
+    pub program_id: u32,
+    pub link_id: u32,
+}
+
+/// What only the kernel can tell, asked at the moment it is needed.
+pub trait KernelProbe: Send + Sync {
+    /// Events the kernel could not queue (ring buffer full), all CPUs.
+    fn lost_events(&self) -> u64;
+    /// Our programs attached now, read from the kernel (not remembered).
+    fn programs(&self) -> Vec<Program>;
+    /// Programs the daemon expects but the kernel no longer has.
+    fn missing(&self) -> Vec<&'static str>;
+}
+
+/// Decisions the pipeline has seen, by verdict, and records it could not
+/// decode.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub allowed: AtomicU64,
+    pub denied: AtomicU64,
+    pub would_deny: AtomicU64,
+    pub undecodable: AtomicU64,
+}
+
+/// The event stream clients.
+#[derive(Debug, Default)]
+pub struct Streams {
+    /// Connected now.
+    pub clients: AtomicU64,
+    /// Matching events clients missed because they read too slowly.
+    pub missed: AtomicU64,
+}
+
+/// Everything a reader may look at. Cheap to clone.
+#[derive(Clone)]
+pub struct View {
+    policy: watch::Receiver<Arc<PolicySnapshot>>,
+    pub counters: Arc<Counters>,
+    pub streams: Arc<Streams>,
+    pub kernel: Arc<dyn KernelProbe>,
+    pub started: SystemTime,
+    /// Links the controller found detached and attached again.
+    pub reattached: Arc<AtomicU64>,
+}
+
+impl View {
+    pub fn new(policy: watch::Receiver<Arc<PolicySnapshot>>, kernel: Arc<dyn KernelProbe>) -> Self {
+        Self {
+            policy,
+            counters: Arc::default(),
+            streams: Arc::default(),
+            kernel,
+            started: SystemTime::now(),
+            reattached: Arc::default(),
+        }
+    }
+
+    /// The policy set in force now; never waits for a reload.
+    pub fn policy(&self) -> Arc<PolicySnapshot> {
+        self.policy.borrow().clone()
+    }
+
+    pub fn decisions(&self) -> (u64, u64, u64) {
+        let c = &self.counters;
+        (
+            c.allowed.load(Ordering::Relaxed),
+            c.denied.load(Ordering::Relaxed),
+            c.would_deny.load(Ordering::Relaxed),
+        )
+    }
+}
+
+/// What reloading answers: the snapshot that took effect, or why nothing did.
+pub type ReloadResult = Result<Arc<PolicySnapshot>, String>;
+
+/// A request to the controller; the reply comes on the channel inside.
+#[derive(Debug)]
+pub enum Request {
+    /// Re-read the policy directory now.
+    Reload(oneshot::Sender<ReloadResult>),
+}
+
+/// Sends requests to the controller.
+#[derive(Clone, Debug)]
+pub struct Requests(pub tokio::sync::mpsc::Sender<Request>);
+
+impl Requests {
+    /// Asks for a reload and waits for its outcome.
+    pub async fn reload(&self) -> ReloadResult {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send(Request::Reload(tx))
+            .await
+            .map_err(|_| "the controller has stopped".to_string())?;
+        rx.await
+            .map_err(|_| "the controller stopped during the reload".to_string())?
+    }
+}
+
+#[cfg(test)]
+pub mod fake {
+    //! A kernel and a controller for unit tests of the readers.
+    use super::*;
+
+    #[derive(Default)]
+    pub struct FakeKernel {
+        pub lost: AtomicU64,
+        pub programs: std::sync::Mutex<Vec<Program>>,
+    }
+
+    impl KernelProbe for FakeKernel {
+        fn lost_events(&self) -> u64 {
+            self.lost.load(Ordering::Relaxed)
+        }
+        fn programs(&self) -> Vec<Program> {
+            self.programs.lock().unwrap().clone()
+        }
+        fn missing(&self) -> Vec<&'static str> {
+            Vec::new()
+        }
+    }
+
+    /// A view over a fake kernel, and the sender its snapshots come from.
+    pub fn view(
+        snapshot: PolicySnapshot,
+    ) -> (View, watch::Sender<Arc<PolicySnapshot>>, Arc<FakeKernel>) {
+        let (tx, rx) = watch::channel(Arc::new(snapshot));
+        let kernel = Arc::new(FakeKernel::default());
+        (View::new(rx, kernel.clone()), tx, kernel)
+    }
+}
