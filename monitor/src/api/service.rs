@@ -23,6 +23,8 @@ use crate::{
 
 /// Events queued per client before it counts as slow and starts missing.
 pub const CLIENT_QUEUE: usize = 4096;
+/// Messages between a client's forwarder and its HTTP/2 stream.
+const TRANSPORT_QUEUE: usize = 16;
 /// History a client may ask for at once.
 pub const MAX_LAST: u32 = 100_000;
 /// Largest policy text CheckPolicy takes.
@@ -184,7 +186,9 @@ impl EgressMonitor for Service {
             .outlets
             .fanout
             .subscribe(matcher, req.last as usize, CLIENT_QUEUE);
-        let (tx, rx) = mpsc::channel(CLIENT_QUEUE);
+        // The subscription's queue is the client's buffer; this one only
+        // hands built messages to the transport.
+        let (tx, rx) = mpsc::channel(TRANSPORT_QUEUE);
         let streams = self.backend.view.streams.clone();
         let store_path = self.backend.store.path.clone();
         let (last, follow) = (req.last as usize, req.follow);
