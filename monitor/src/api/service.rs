@@ -379,3 +379,43 @@ async fn forward(
         tx.send(event_item(&event)).await.map_err(drop)?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::{fake, PolicySnapshot, Program};
+
+    /// Status comes from the view alone: the programs the (fake) kernel has
+    /// now, the refusal of the last set, the counters; no controller.
+    #[test]
+    fn status_reads_the_view_and_the_kernel_not_a_memory() {
+        let (view, snapshots, kernel) = fake::view(PolicySnapshot {
+            generation: 3,
+            refused: "policy set refused: a conflict".into(),
+            ..Default::default()
+        });
+        kernel.programs.lock().unwrap().push(Program {
+            hook: "connect4",
+            program_id: 7,
+            link_id: 8,
+        });
+        kernel.lost.store(5, Ordering::Relaxed);
+        view.counters.denied.store(2, Ordering::Relaxed);
+        let s = status_pb(&view, &Default::default(), "key");
+        assert_eq!(s.policy_generation, 3);
+        assert_eq!(s.policy_refused, "policy set refused: a conflict");
+        assert_eq!(s.programs.len(), 1);
+        assert_eq!(s.programs[0].program_id, 7);
+        let c = s.counters.unwrap();
+        assert_eq!((c.denied, c.lost_in_kernel), (2, 5));
+        // Someone removed the pins: the next status shows it at once.
+        kernel.programs.lock().unwrap().clear();
+        snapshots.send_replace(Arc::new(PolicySnapshot {
+            generation: 4,
+            ..Default::default()
+        }));
+        let s = status_pb(&view, &Default::default(), "key");
+        assert!(s.programs.is_empty());
+        assert_eq!((s.policy_generation, s.policy_refused.as_str()), (4, ""));
+    }
+}

@@ -486,3 +486,32 @@ impl Writer {
         e
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The store records the text that was compiled, even when the file
+    /// changed since (a rejected new version while the old one stays in
+    /// force).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_recorded_policy_text_is_the_compiled_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("p.yaml");
+        let v1 = "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {name: p}\nspec:\n  mode: enforce\n  selector:\n    cgroupPaths: [\"/x\"]\n  allow:\n    countries: [DE]\n";
+        std::fs::write(&file, v1).unwrap();
+        let compiled = crate::policy::compile_file(&file).unwrap();
+        // The file changes (to something broken) after it was compiled.
+        std::fs::write(&file, "apiVersion: [\n").unwrap();
+        let path = dir.path().join("store.db");
+        let handle = Handle::start(path.clone(), Retention::default());
+        handle.policy_set(&compiled, 1);
+        handle.flush().await.unwrap();
+        let store = super::super::Store::open_read(&path).unwrap();
+        let text: String = store
+            .conn
+            .query_row("SELECT text FROM policy_versions", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(text.trim_end(), v1.trim_end());
+    }
+}
