@@ -19,6 +19,20 @@ pub mod names {
     pub const PROG_EGRESS: &str = "egress";
     /// lsm/socket_create: refuses packet sockets in enforcing cgroups.
     pub const PROG_SOCKET_CREATE: &str = "socket_create";
+    /// Every program, in attach order: the egress backstop and the socket
+    /// creation hook first, so the sock_addr hooks never run without them.
+    /// The socket creation hook needs the BPF LSM (`bpf` in the kernel's
+    /// `lsm=` list); where it is missing the daemon runs without it and says
+    /// so. A unit test of the daemon (`kernel::tests`) checks this list
+    /// against the programs in the compiled object.
+    pub const ALL_PROGRAMS: [&str; 6] = [
+        PROG_EGRESS,
+        PROG_SOCKET_CREATE,
+        PROG_CONNECT4,
+        PROG_CONNECT6,
+        PROG_SENDMSG4,
+        PROG_SENDMSG6,
+    ];
 
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
@@ -30,7 +44,9 @@ pub mod names {
     pub const REGION_RULES: [&str; 2] = ["REGION_RULES_A", "REGION_RULES_B"];
     pub const ALLOW_CIDRS: [&str; 2] = ["ALLOW_CIDRS_A", "ALLOW_CIDRS_B"];
     pub const DENY_CIDRS: [&str; 2] = ["DENY_CIDRS_A", "DENY_CIDRS_B"];
-    /// Every map, for pinning.
+    /// Every map, for pinning. A unit test of the daemon (`kernel::tests`)
+    /// checks this list against the maps in the compiled object, so a new
+    /// map cannot be left unpinned.
     pub const ALL_MAPS: [&str; 15] = [
         EVENTS,
         JUDGED,

@@ -166,19 +166,6 @@ pub fn ensure_bpffs() -> Result<(), KernelError> {
     Ok(())
 }
 
-/// Every program, in attach order: the egress backstop and the socket
-/// creation hook first, so the sock_addr hooks never run without them.
-/// The socket creation hook needs the BPF LSM (`bpf` in the kernel's
-/// `lsm=` list); where it is missing the daemon runs without it and says so.
-const ALL_PROGRAMS: [&str; 6] = [
-    names::PROG_EGRESS,
-    names::PROG_SOCKET_CREATE,
-    names::PROG_CONNECT4,
-    names::PROG_CONNECT6,
-    names::PROG_SENDMSG4,
-    names::PROG_SENDMSG6,
-];
-
 /// Loads one program and attaches it to the cgroup with a link.
 fn attach(
     ebpf: &mut Ebpf,
@@ -391,7 +378,7 @@ impl Kernel {
             source,
         })?;
         let mut attached = Vec::new();
-        for name in ALL_PROGRAMS {
+        for name in names::ALL_PROGRAMS {
             let pin = link_pin(&pins, name);
             let link_info = if pin.exists() {
                 // Adopt: the pinned link keeps our program attached.
@@ -668,4 +655,38 @@ pub fn check_capacity(maps: &PolicyMaps) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The pinned maps and attached programs are exactly the maps and
+    /// programs of the embedded object, so a new map cannot be left unpinned.
+    #[test]
+    fn name_lists_match_the_embedded_object() {
+        let object = aya_obj::Object::parse(PROGRAMS).expect("parsing the embedded eBPF object");
+        // Sections the compiler and aya make maps of on their own (`.rodata`,
+        // `.data`, `.bss`, aya-log's `AYA_LOGS`) are not ours to pin by name.
+        let maps: BTreeSet<&str> = object
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|m| !m.starts_with('.') && *m != "AYA_LOGS")
+            .collect();
+        let programs: BTreeSet<&str> = object.programs.keys().map(String::as_str).collect();
+        assert_eq!(maps, names::ALL_MAPS.into_iter().collect::<BTreeSet<_>>());
+        assert_eq!(
+            programs,
+            names::ALL_PROGRAMS.into_iter().collect::<BTreeSet<_>>()
+        );
+        assert_eq!(names::ALL_MAPS.len(), maps.len(), "a map is listed twice");
+        assert_eq!(
+            names::ALL_PROGRAMS.len(),
+            programs.len(),
+            "a program is listed twice"
+        );
+    }
 }
