@@ -439,25 +439,74 @@ const _: () = {
 };
 
 /// The single entry of the CONFIG array: which of the two map slots is in
-/// force. Userspace fills the idle slot, then switches with one write.
+/// force and the generation of the policy set, packed into one word (see
+/// `InForce::pack` for the bits). Userspace fills the idle slot, then
+/// switches with one write of this word.
+///
+/// Why a switch is atomic: the value is one naturally aligned 64-bit word
+/// (an array map's values are 8-byte aligned), and the program reads it
+/// with exactly one load (`read_volatile`, one `ldxdw`) and decodes every
+/// field from that one copy. So a decision can never combine the slot of
+/// one switch with the generation of another, as field-by-field reads of
+/// a wider struct could. On the write side the kernel copies the new value
+/// into place with `memcpy` (`array_map_update_elem` -> `copy_map_value`);
+/// for one aligned word that is a single 8-byte store with the word-move
+/// `memcpy` of x86-64 and arm64. (With FSRM, x86-64's `memcpy` is `rep
+/// movsb`, which the architecture does not promise to perform as one
+/// store; a `BPF_F_MMAPABLE` array written with an atomic store from
+/// userspace would remove even that assumption.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
+    pub word: u64,
+}
+const _: () = {
+    assert!(size_of::<Config>() == 8);
+    assert!(core::mem::align_of::<Config>() == 8);
+    assert!(offset_of!(Config, word) == 0);
+};
+
+/// The `Config` word, decoded. Never crosses the boundary itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InForce {
     /// Slot (0 or 1) of SELECT, REGION_RULES, ALLOW_CIDRS, DENY_CIDRS.
     pub policy_slot: u32,
     /// Slot (0 or 1) of GEO.
     pub geo_slot: u32,
-    /// Increases with every policy switch; copied into events.
-    pub policy_generation: u32,
-    pub _pad: u32,
+    /// Increases (wrapping) with every policy switch; copied into events
+    /// and into JUDGED.
+    pub generation: u32,
 }
-const _: () = {
-    assert!(size_of::<Config>() == 16);
-    assert!(offset_of!(Config, policy_slot) == 0);
-    assert!(offset_of!(Config, geo_slot) == 4);
-    assert!(offset_of!(Config, policy_generation) == 8);
-    assert!(offset_of!(Config, _pad) == 12);
-};
+
+const POLICY_SLOT_BIT: u32 = 0;
+const GEO_SLOT_BIT: u32 = 1;
+/// Bits 2..32 are zero; the generation is the upper half of the word.
+const GENERATION_SHIFT: u32 = 32;
+
+impl InForce {
+    /// Bit 0: policy slot; bit 1: geo slot; bits 32..64: generation. Only
+    /// the lowest bit of each slot is kept.
+    #[inline(always)]
+    pub const fn pack(self) -> Config {
+        Config {
+            word: ((self.generation as u64) << GENERATION_SHIFT)
+                | (((self.geo_slot & 1) as u64) << GEO_SLOT_BIT)
+                | (((self.policy_slot & 1) as u64) << POLICY_SLOT_BIT),
+        }
+    }
+}
+
+impl Config {
+    /// The inverse of `InForce::pack`; the unused bits are ignored.
+    #[inline(always)]
+    pub const fn unpack(self) -> InForce {
+        InForce {
+            policy_slot: ((self.word >> POLICY_SLOT_BIT) & 1) as u32,
+            geo_slot: ((self.word >> GEO_SLOT_BIT) & 1) as u32,
+            generation: (self.word >> GENERATION_SHIFT) as u32,
+        }
+    }
+}
 
 /// Value of the JUDGED map (LRU, keyed by socket cookie): the last decision
 /// about a socket, so the egress backstop passes its packets at the cost of

@@ -105,6 +105,100 @@ fn the_u8_constants_alias_the_enums() {
     assert_eq!(action::DENY, 2);
 }
 
+const GENERATIONS: [u32; 6] = [0, 1, 2, 0x7fff_ffff, 0x8000_0000, u32::MAX];
+
+#[test]
+fn config_word_round_trips() {
+    for policy_slot in 0..2 {
+        for geo_slot in 0..2 {
+            for generation in GENERATIONS {
+                let set = InForce {
+                    policy_slot,
+                    geo_slot,
+                    generation,
+                };
+                assert_eq!(set.pack().unpack(), set);
+            }
+        }
+    }
+    assert_eq!(Config::default().unpack(), InForce::default());
+}
+
+#[test]
+fn config_generation_wraps_within_its_bits() {
+    let last = InForce {
+        policy_slot: 0,
+        geo_slot: 1,
+        generation: u32::MAX,
+    };
+    assert_eq!(last.pack().word, 0xffff_ffff_0000_0002);
+    let next = InForce {
+        policy_slot: 1,
+        generation: last.generation.wrapping_add(1),
+        ..last
+    };
+    // No carry into the slots, nothing past bit 63.
+    assert_eq!(next.pack().word, 0b11);
+    assert_eq!(
+        next.pack().unpack(),
+        InForce {
+            policy_slot: 1,
+            geo_slot: 1,
+            generation: 0
+        }
+    );
+}
+
+#[test]
+fn config_fields_are_independent() {
+    for generation in GENERATIONS {
+        let base = InForce {
+            policy_slot: 0,
+            geo_slot: 0,
+            generation,
+        };
+        let policy = InForce {
+            policy_slot: 1,
+            ..base
+        };
+        let geo = InForce {
+            geo_slot: 1,
+            ..base
+        };
+        assert_eq!(policy.pack().word ^ base.pack().word, 1);
+        assert_eq!(geo.pack().word ^ base.pack().word, 2);
+        assert_eq!(policy.pack().unpack().geo_slot, 0);
+        assert_eq!(geo.pack().unpack().policy_slot, 0);
+        assert_eq!(geo.pack().unpack().generation, generation);
+    }
+    // A slot other than 0 or 1 keeps its lowest bit and touches nothing else.
+    let odd = InForce {
+        policy_slot: 3,
+        geo_slot: 2,
+        generation: 7,
+    };
+    assert_eq!(
+        odd.pack().unpack(),
+        InForce {
+            policy_slot: 1,
+            geo_slot: 0,
+            generation: 7
+        }
+    );
+    // Unused bits 2..32 are ignored when decoding.
+    assert_eq!(
+        Config {
+            word: 0x0000_0005_ffff_fffc
+        }
+        .unpack(),
+        InForce {
+            policy_slot: 0,
+            geo_slot: 0,
+            generation: 5
+        }
+    );
+}
+
 fn region(action: Action, rule: Rule) -> Option<RegionRule> {
     Some(RegionRule {
         action: action as u8,

@@ -3,7 +3,8 @@
 //!
 //! Policy state lives in two slots of maps (see `monitor_common::Config`):
 //! the daemon fills the idle slot completely, then switches `CONFIG` with a
-//! single write, so no connection is ever judged by half a policy set.
+//! single write of one word, so no connection is ever judged by half a
+//! policy set.
 pub mod foreign;
 use std::{
     os::{fd::AsFd, unix::fs::PermissionsExt},
@@ -20,7 +21,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use monitor_common::{
-    limits, names, CidrRule, Config, Meta, PolicyAddr, Region, RegionKey, RegionRule, Selection,
+    limits, names, CidrRule, Config, InForce, Meta, PolicyAddr, Region, RegionKey, RegionRule,
+    Selection,
 };
 
 /// The compiled kernel programs, built by build.rs.
@@ -118,7 +120,8 @@ pub struct Kernel {
     meta_map: Array<MapData, Meta>,
     lost: PerCpuArray<MapData, u64>,
     slots: Slots,
-    config: Config,
+    /// Our decoded copy of the CONFIG word last written.
+    config: InForce,
     meta: Meta,
     last_switch: Instant,
     attached: Vec<Attached>,
@@ -336,15 +339,16 @@ impl Kernel {
                     cgroup_id: meta.cgroup_root_id,
                 });
             }
-            (config_map.get(&0, 0).map_err(map_err(names::CONFIG))?, meta)
+            let config = config_map.get(&0, 0).map_err(map_err(names::CONFIG))?;
+            (config.unpack(), meta)
         } else {
-            let config = Config::default();
+            let config = InForce::default();
             let meta = Meta {
                 cgroup_root_id: root_id,
                 geo_sha256: [0; 32],
             };
             config_map
-                .set(0, config, 0)
+                .set(0, config.pack(), 0)
                 .map_err(map_err(names::CONFIG))?;
             meta_map.set(0, meta, 0).map_err(map_err(names::META))?;
             (config, meta)
@@ -495,7 +499,7 @@ impl Kernel {
     }
 
     pub fn policy_generation(&self) -> u32 {
-        self.config.policy_generation
+        self.config.generation
     }
 
     /// Events the kernel could not put into the ring buffer, all CPUs.
@@ -513,9 +517,10 @@ impl Kernel {
         }
     }
 
-    fn switch(&mut self, config: Config) -> Result<(), KernelError> {
+    /// One write of the packed word (see `Config` for why it is atomic).
+    fn switch(&mut self, config: InForce) -> Result<(), KernelError> {
         self.config_map
-            .set(0, config, 0)
+            .set(0, config.pack(), 0)
             .map_err(map_err(names::CONFIG))?;
         self.config = config;
         self.last_switch = Instant::now();
@@ -540,7 +545,7 @@ impl Kernel {
                 .map_err(map_err(name))?;
             n += 1;
         }
-        let config = Config {
+        let config = InForce {
             geo_slot: idle as u32,
             ..self.config
         };
@@ -592,13 +597,13 @@ impl Kernel {
                 .insert(&Key::new(*len, *k), present, 0)
                 .map_err(map_err(names::DENY_CIDRS[idle]))?;
         }
-        let config = Config {
+        let config = InForce {
             policy_slot: idle as u32,
-            policy_generation: self.config.policy_generation.wrapping_add(1),
+            generation: self.config.generation.wrapping_add(1),
             ..self.config
         };
         self.switch(config)?;
-        Ok(config.policy_generation)
+        Ok(config.generation)
     }
 }
 
