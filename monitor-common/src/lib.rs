@@ -2,11 +2,14 @@
 //!
 //! Everything here crosses the kernel/userspace boundary, so every type is
 //! `#[repr(C)]`, built from fixed-width integers and byte arrays, with
-//! explicit padding and a compile-time size check. No `bool`, `Option` or
-//! Rust enum crosses the boundary: enumerations are `u8` constants.
+//! explicit padding and compile-time size and offset checks. No `bool`,
+//! `Option` or Rust enum crosses the boundary: enumerations are
+//! `#[repr(u8)]` enums on both sides, but the structs carry them as plain
+//! `u8` (an enum field would be undefined behaviour for a byte the other
+//! side does not know), converted with `from_u8` and `as u8`.
 #![no_std]
 
-use core::mem::size_of;
+use core::mem::{offset_of, size_of};
 
 /// Names of maps and programs, shared so the daemon never spells them twice.
 pub mod names {
@@ -19,6 +22,20 @@ pub mod names {
     pub const PROG_EGRESS: &str = "egress";
     /// lsm/socket_create: refuses packet sockets in enforcing cgroups.
     pub const PROG_SOCKET_CREATE: &str = "socket_create";
+    /// Every program, in attach order: the egress backstop and the socket
+    /// creation hook first, so the sock_addr hooks never run without them.
+    /// The socket creation hook needs the BPF LSM (`bpf` in the kernel's
+    /// `lsm=` list); where it is missing the daemon runs without it and says
+    /// so. A unit test of the daemon (`kernel::tests`) checks this list
+    /// against the programs in the compiled object.
+    pub const ALL_PROGRAMS: [&str; 6] = [
+        PROG_EGRESS,
+        PROG_SOCKET_CREATE,
+        PROG_CONNECT4,
+        PROG_CONNECT6,
+        PROG_SENDMSG4,
+        PROG_SENDMSG6,
+    ];
 
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
@@ -30,7 +47,9 @@ pub mod names {
     pub const REGION_RULES: [&str; 2] = ["REGION_RULES_A", "REGION_RULES_B"];
     pub const ALLOW_CIDRS: [&str; 2] = ["ALLOW_CIDRS_A", "ALLOW_CIDRS_B"];
     pub const DENY_CIDRS: [&str; 2] = ["DENY_CIDRS_A", "DENY_CIDRS_B"];
-    /// Every map, for pinning.
+    /// Every map, for pinning. A unit test of the daemon (`kernel::tests`)
+    /// checks this list against the maps in the compiled object, so a new
+    /// map cannot be left unpinned.
     pub const ALL_MAPS: [&str; 15] = [
         EVENTS,
         JUDGED,
@@ -69,47 +88,158 @@ pub mod limits {
     pub const JUDGED_ENTRIES: u32 = 262_144;
 }
 
-/// Verdicts, as carried in events.
+/// Defines a shared `#[repr(u8)]` enumeration: its values are the bytes the
+/// kernel and the daemon exchange, `as_str` is the name the daemon prints
+/// and serves (a contract: JSON lines, gRPC, metric labels), and `from_u8`
+/// is the only way back from a byte (`None` for one this build does not
+/// know). The structs that cross the boundary keep plain `u8` fields.
+macro_rules! shared_enum {
+    (
+        $(#[$meta:meta])*
+        $name:ident {
+            $($(#[$vmeta:meta])* $variant:ident = $value:literal => $text:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(u8)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$vmeta])* $variant = $value,)+
+        }
+
+        impl $name {
+            /// Every variant, in value order.
+            pub const ALL: &'static [$name] = &[$($name::$variant,)+];
+
+            /// The name the daemon prints and serves.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+
+            /// The variant with this value, or `None` for an unknown byte.
+            #[inline(always)]
+            pub const fn from_u8(value: u8) -> Option<Self> {
+                match value {
+                    $($value => Some($name::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+
+        impl TryFrom<u8> for $name {
+            type Error = u8;
+            fn try_from(value: u8) -> Result<Self, u8> {
+                Self::from_u8(value).ok_or(value)
+            }
+        }
+
+        impl From<$name> for u8 {
+            fn from(value: $name) -> u8 {
+                value as u8
+            }
+        }
+    };
+}
+
+shared_enum! {
+    /// Verdicts, as carried in events.
+    Verdict {
+        Allowed = 1 => "allowed",
+        Denied = 2 => "denied",
+        /// Monitor mode: what enforcing would have denied.
+        WouldDeny = 3 => "would_deny",
+    }
+}
+
+shared_enum! {
+    /// Which rule decided.
+    Rule {
+        Country = 1 => "country",
+        Continent = 2 => "continent",
+        Group = 3 => "group",
+        Cidr = 4 => "cidr",
+        Default = 5 => "default",
+        /// A socket type an enforcing policy does not allow (packet sockets).
+        Socket = 6 => "socket",
+    }
+}
+
+shared_enum! {
+    /// Which hook saw the attempt.
+    Hook {
+        Connect4 = 1 => "connect4",
+        Connect6 = 2 => "connect6",
+        Sendmsg4 = 3 => "sendmsg4",
+        Sendmsg6 = 4 => "sendmsg6",
+        /// A packet on its way out that no sock_addr hook judged (raw and
+        /// ping sockets, sockets from before the policy, a socket used
+        /// outside the cgroup that made it).
+        Egress = 5 => "egress",
+        SockCreate = 6 => "socket_create",
+    }
+}
+
+shared_enum! {
+    /// Policy modes, as stored in the selection map.
+    Mode {
+        Monitor = 0 => "monitor",
+        Enforce = 1 => "enforce",
+    }
+}
+
+shared_enum! {
+    /// Region-rule actions, as stored in the region rule map.
+    Action {
+        Allow = 1 => "allow",
+        Deny = 2 => "deny",
+    }
+}
+
+/// The enums' values as `u8` constants, for code that still matches on
+/// bytes (new code uses the enums).
 pub mod verdict {
-    pub const ALLOWED: u8 = 1;
-    pub const DENIED: u8 = 2;
-    pub const WOULD_DENY: u8 = 3;
+    use super::Verdict;
+    pub const ALLOWED: u8 = Verdict::Allowed as u8;
+    pub const DENIED: u8 = Verdict::Denied as u8;
+    pub const WOULD_DENY: u8 = Verdict::WouldDeny as u8;
 }
 
-/// Which rule decided.
+/// See `Rule`.
 pub mod rule {
-    pub const COUNTRY: u8 = 1;
-    pub const CONTINENT: u8 = 2;
-    pub const GROUP: u8 = 3;
-    pub const CIDR: u8 = 4;
-    pub const DEFAULT: u8 = 5;
-    /// A socket type an enforcing policy does not allow (packet sockets).
-    pub const SOCKET: u8 = 6;
+    use super::Rule;
+    pub const COUNTRY: u8 = Rule::Country as u8;
+    pub const CONTINENT: u8 = Rule::Continent as u8;
+    pub const GROUP: u8 = Rule::Group as u8;
+    pub const CIDR: u8 = Rule::Cidr as u8;
+    pub const DEFAULT: u8 = Rule::Default as u8;
+    pub const SOCKET: u8 = Rule::Socket as u8;
 }
 
-/// Which hook saw the attempt.
+/// See `Hook`.
 pub mod hook {
-    pub const CONNECT4: u8 = 1;
-    pub const CONNECT6: u8 = 2;
-    pub const SENDMSG4: u8 = 3;
-    pub const SENDMSG6: u8 = 4;
-    /// A packet on its way out that no sock_addr hook judged (raw and ping
-    /// sockets, sockets from before the policy, a socket used outside the
-    /// cgroup that made it).
-    pub const EGRESS: u8 = 5;
-    pub const SOCK_CREATE: u8 = 6;
+    use super::Hook;
+    pub const CONNECT4: u8 = Hook::Connect4 as u8;
+    pub const CONNECT6: u8 = Hook::Connect6 as u8;
+    pub const SENDMSG4: u8 = Hook::Sendmsg4 as u8;
+    pub const SENDMSG6: u8 = Hook::Sendmsg6 as u8;
+    pub const EGRESS: u8 = Hook::Egress as u8;
+    pub const SOCK_CREATE: u8 = Hook::SockCreate as u8;
 }
 
-/// Policy modes, as stored in the selection map.
+/// See `Mode`.
 pub mod mode {
-    pub const MONITOR: u8 = 0;
-    pub const ENFORCE: u8 = 1;
+    use super::Mode;
+    pub const MONITOR: u8 = Mode::Monitor as u8;
+    pub const ENFORCE: u8 = Mode::Enforce as u8;
 }
 
-/// Region-rule actions, as stored in the region rule map.
+/// See `Action`.
 pub mod action {
-    pub const ALLOW: u8 = 1;
-    pub const DENY: u8 = 2;
+    use super::Action;
+    pub const ALLOW: u8 = Action::Allow as u8;
+    pub const DENY: u8 = Action::Deny as u8;
 }
 
 pub const AF_INET: u8 = 2;
@@ -124,6 +254,11 @@ pub const IPPROTO_UDP: u8 = 17;
 pub mod kind {
     pub const DECISION: u16 = 1;
 }
+/// Version of `DecisionEvent`'s layout. Any change to that layout (a field
+/// added, removed, resized or moved) must bump it: the daemon refuses
+/// records of a version it does not know, instead of misreading them. The
+/// offsets of each version are listed below `DecisionEvent`; the build
+/// fails until the new version's are.
 pub const DECISION_VERSION: u16 = 1;
 
 /// First bytes of every ring buffer record.
@@ -135,7 +270,13 @@ pub struct EventHeader {
     /// Length of the whole record, header included.
     pub len: u32,
 }
-const _: () = assert!(size_of::<EventHeader>() == 8);
+// Shared by every kind and version of event: never changes.
+const _: () = {
+    assert!(size_of::<EventHeader>() == 8);
+    assert!(offset_of!(EventHeader, kind) == 0);
+    assert!(offset_of!(EventHeader, version) == 2);
+    assert!(offset_of!(EventHeader, len) == 4);
+};
 
 /// One judged connection attempt.
 ///
@@ -171,7 +312,38 @@ pub struct DecisionEvent {
     pub mode: u8,
     pub _pad: [u8; 4],
 }
-const _: () = assert!(size_of::<DecisionEvent>() == 104);
+// The layout of each DECISION_VERSION. A changed DecisionEvent fails these
+// asserts until DECISION_VERSION is bumped and the new version's offsets are
+// added as an arm of their own (earlier arms stay, as the record of what
+// older daemons and pinned programs produce).
+const _: () = match DECISION_VERSION {
+    1 => {
+        assert!(size_of::<DecisionEvent>() == 104);
+        assert!(offset_of!(DecisionEvent, header) == 0);
+        assert!(offset_of!(DecisionEvent, boot_ns) == 8);
+        assert!(offset_of!(DecisionEvent, cgroup_id) == 16);
+        assert!(offset_of!(DecisionEvent, selected_cgroup_id) == 24);
+        assert!(offset_of!(DecisionEvent, pid) == 32);
+        assert!(offset_of!(DecisionEvent, tgid) == 36);
+        assert!(offset_of!(DecisionEvent, uid) == 40);
+        assert!(offset_of!(DecisionEvent, gid) == 44);
+        assert!(offset_of!(DecisionEvent, policy_id) == 48);
+        assert!(offset_of!(DecisionEvent, policy_generation) == 52);
+        assert!(offset_of!(DecisionEvent, dst_addr) == 56);
+        assert!(offset_of!(DecisionEvent, comm) == 72);
+        assert!(offset_of!(DecisionEvent, dst_port) == 88);
+        assert!(offset_of!(DecisionEvent, country) == 90);
+        assert!(offset_of!(DecisionEvent, continent) == 92);
+        assert!(offset_of!(DecisionEvent, hook) == 94);
+        assert!(offset_of!(DecisionEvent, family) == 95);
+        assert!(offset_of!(DecisionEvent, protocol) == 96);
+        assert!(offset_of!(DecisionEvent, verdict) == 97);
+        assert!(offset_of!(DecisionEvent, rule) == 98);
+        assert!(offset_of!(DecisionEvent, mode) == 99);
+        assert!(offset_of!(DecisionEvent, _pad) == 100);
+    }
+    _ => panic!("no DecisionEvent layout is listed for this DECISION_VERSION"),
+};
 
 /// Key of the geo and CIDR tries: a prefix length and a 16-byte address
 /// (IPv4 as `::ffff:a.b.c.d`, so an IPv4 /n is a /96+n). Matches the layout
@@ -186,7 +358,11 @@ pub struct PolicyAddr {
     pub policy_id_be: [u8; 4],
     pub addr: [u8; 16],
 }
-const _: () = assert!(size_of::<PolicyAddr>() == 20);
+const _: () = {
+    assert!(size_of::<PolicyAddr>() == 20);
+    assert!(offset_of!(PolicyAddr, policy_id_be) == 0);
+    assert!(offset_of!(PolicyAddr, addr) == 4);
+};
 
 /// Value of the geo trie.
 #[repr(C)]
@@ -197,7 +373,11 @@ pub struct Region {
     /// Continent code (AF AN AS EU NA OC SA), or zeros.
     pub continent: [u8; 2],
 }
-const _: () = assert!(size_of::<Region>() == 4);
+const _: () = {
+    assert!(size_of::<Region>() == 4);
+    assert!(offset_of!(Region, country) == 0);
+    assert!(offset_of!(Region, continent) == 2);
+};
 
 /// Key of the region rule map: what a policy says about one region.
 #[repr(C)]
@@ -206,19 +386,28 @@ pub struct RegionKey {
     pub policy_id: u32,
     pub region: Region,
 }
-const _: () = assert!(size_of::<RegionKey>() == 8);
+const _: () = {
+    assert!(size_of::<RegionKey>() == 8);
+    assert!(offset_of!(RegionKey, policy_id) == 0);
+    assert!(offset_of!(RegionKey, region) == 4);
+};
 
 /// Value of the region rule map.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RegionRule {
-    /// `action::ALLOW` or `action::DENY`.
+    /// An `Action`.
     pub action: u8,
-    /// `rule::COUNTRY`, `rule::CONTINENT` or `rule::GROUP`.
+    /// `Rule::Country`, `Rule::Continent` or `Rule::Group`.
     pub rule: u8,
     pub _pad: [u8; 2],
 }
-const _: () = assert!(size_of::<RegionRule>() == 4);
+const _: () = {
+    assert!(size_of::<RegionRule>() == 4);
+    assert!(offset_of!(RegionRule, action) == 0);
+    assert!(offset_of!(RegionRule, rule) == 1);
+    assert!(offset_of!(RegionRule, _pad) == 2);
+};
 
 /// Value of the CIDR tries.
 #[repr(C)]
@@ -227,33 +416,97 @@ pub struct CidrRule {
     pub present: u8,
     pub _pad: [u8; 3],
 }
-const _: () = assert!(size_of::<CidrRule>() == 4);
+const _: () = {
+    assert!(size_of::<CidrRule>() == 4);
+    assert!(offset_of!(CidrRule, present) == 0);
+    assert!(offset_of!(CidrRule, _pad) == 1);
+};
 
 /// Value of the selection map, keyed by cgroup id (the directory's inode).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Selection {
     pub policy_id: u32,
-    /// `mode::MONITOR` or `mode::ENFORCE`.
+    /// A `Mode`.
     pub mode: u8,
     pub _pad: [u8; 3],
 }
-const _: () = assert!(size_of::<Selection>() == 8);
+const _: () = {
+    assert!(size_of::<Selection>() == 8);
+    assert!(offset_of!(Selection, policy_id) == 0);
+    assert!(offset_of!(Selection, mode) == 4);
+    assert!(offset_of!(Selection, _pad) == 5);
+};
 
 /// The single entry of the CONFIG array: which of the two map slots is in
-/// force. Userspace fills the idle slot, then switches with one write.
+/// force and the generation of the policy set, packed into one word (see
+/// `InForce::pack` for the bits). Userspace fills the idle slot, then
+/// switches with one write of this word.
+///
+/// Why a switch is atomic: the value is one naturally aligned 64-bit word
+/// (an array map's values are 8-byte aligned), and the program reads it
+/// with exactly one load (`read_volatile`, one `ldxdw`) and decodes every
+/// field from that one copy. So a decision can never combine the slot of
+/// one switch with the generation of another, as field-by-field reads of
+/// a wider struct could. On the write side the kernel copies the new value
+/// into place with `memcpy` (`array_map_update_elem` -> `copy_map_value`);
+/// for one aligned word that is a single 8-byte store with the word-move
+/// `memcpy` of x86-64 and arm64. (With FSRM, x86-64's `memcpy` is `rep
+/// movsb`, which the architecture does not promise to perform as one
+/// store; a `BPF_F_MMAPABLE` array written with an atomic store from
+/// userspace would remove even that assumption.)
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
+    pub word: u64,
+}
+const _: () = {
+    assert!(size_of::<Config>() == 8);
+    assert!(core::mem::align_of::<Config>() == 8);
+    assert!(offset_of!(Config, word) == 0);
+};
+
+/// The `Config` word, decoded. Never crosses the boundary itself.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InForce {
     /// Slot (0 or 1) of SELECT, REGION_RULES, ALLOW_CIDRS, DENY_CIDRS.
     pub policy_slot: u32,
     /// Slot (0 or 1) of GEO.
     pub geo_slot: u32,
-    /// Increases with every policy switch; copied into events.
-    pub policy_generation: u32,
-    pub _pad: u32,
+    /// Increases (wrapping) with every policy switch; copied into events
+    /// and into JUDGED.
+    pub generation: u32,
 }
-const _: () = assert!(size_of::<Config>() == 16);
+
+const POLICY_SLOT_BIT: u32 = 0;
+const GEO_SLOT_BIT: u32 = 1;
+/// Bits 2..32 are zero; the generation is the upper half of the word.
+const GENERATION_SHIFT: u32 = 32;
+
+impl InForce {
+    /// Bit 0: policy slot; bit 1: geo slot; bits 32..64: generation. Only
+    /// the lowest bit of each slot is kept.
+    #[inline(always)]
+    pub const fn pack(self) -> Config {
+        Config {
+            word: ((self.generation as u64) << GENERATION_SHIFT)
+                | (((self.geo_slot & 1) as u64) << GEO_SLOT_BIT)
+                | (((self.policy_slot & 1) as u64) << POLICY_SLOT_BIT),
+        }
+    }
+}
+
+impl Config {
+    /// The inverse of `InForce::pack`; the unused bits are ignored.
+    #[inline(always)]
+    pub const fn unpack(self) -> InForce {
+        InForce {
+            policy_slot: ((self.word >> POLICY_SLOT_BIT) & 1) as u32,
+            geo_slot: ((self.word >> GEO_SLOT_BIT) & 1) as u32,
+            generation: (self.word >> GENERATION_SHIFT) as u32,
+        }
+    }
+}
 
 /// Value of the JUDGED map (LRU, keyed by socket cookie): the last decision
 /// about a socket, so the egress backstop passes its packets at the cost of
@@ -267,12 +520,19 @@ pub struct Judged {
     /// handed over to a task elsewhere) is judged again.
     pub cgroup_id: u64,
     pub policy_generation: u32,
-    /// A `verdict` value, or 0 when the socket's cgroup is not selected.
+    /// A `Verdict`, or 0 when the socket's cgroup is not selected.
     pub verdict: u8,
     pub _pad: [u8; 3],
     pub addr: [u8; 16],
 }
-const _: () = assert!(size_of::<Judged>() == 32);
+const _: () = {
+    assert!(size_of::<Judged>() == 32);
+    assert!(offset_of!(Judged, cgroup_id) == 0);
+    assert!(offset_of!(Judged, policy_generation) == 8);
+    assert!(offset_of!(Judged, verdict) == 12);
+    assert!(offset_of!(Judged, _pad) == 13);
+    assert!(offset_of!(Judged, addr) == 16);
+};
 
 /// The single entry of the META array: what the daemon needs to know when
 /// it adopts pinned programs and maps after a restart. The kernel programs
@@ -285,7 +545,71 @@ pub struct Meta {
     /// SHA-256 of the country database in the geo slot in force.
     pub geo_sha256: [u8; 32],
 }
-const _: () = assert!(size_of::<Meta>() == 40);
+const _: () = {
+    assert!(size_of::<Meta>() == 40);
+    assert!(offset_of!(Meta, cgroup_root_id) == 0);
+    assert!(offset_of!(Meta, geo_sha256) == 8);
+};
+
+/// What `decide` concluded. Stays inside the kernel program (it is neither
+/// a map value nor part of an event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub allowed: bool,
+    /// A `Rule`: `Rule::Cidr`, `Rule::Default`, or the `rule` byte of the
+    /// region rule that decided, as the daemon wrote it.
+    pub rule: u8,
+}
+
+/// The decision order of every hook: deny CIDR, deny region, allow CIDR,
+/// allow region, default deny. An explicit deny beats every allow, and an
+/// allowed CIDR beats a region rule that allows; whatever nothing allows
+/// is denied.
+///
+/// The lookups are closures, called in that order and only when needed:
+/// the region rule is not looked up when a deny CIDR matched, the allow
+/// trie is not searched when the region rule denies. A region rule whose
+/// action is neither `Allow` nor `Deny` is ignored.
+#[inline(always)]
+pub fn decide(
+    deny_cidr: impl FnOnce() -> bool,
+    region_rule: impl FnOnce() -> Option<RegionRule>,
+    allow_cidr: impl FnOnce() -> bool,
+) -> Decision {
+    if deny_cidr() {
+        return Decision {
+            allowed: false,
+            rule: Rule::Cidr as u8,
+        };
+    }
+    let region_rule = region_rule();
+    if let Some(r) = region_rule {
+        if r.action == Action::Deny as u8 {
+            return Decision {
+                allowed: false,
+                rule: r.rule,
+            };
+        }
+    }
+    if allow_cidr() {
+        return Decision {
+            allowed: true,
+            rule: Rule::Cidr as u8,
+        };
+    }
+    if let Some(r) = region_rule {
+        if r.action == Action::Allow as u8 {
+            return Decision {
+                allowed: true,
+                rule: r.rule,
+            };
+        }
+    }
+    Decision {
+        allowed: false,
+        rule: Rule::Default as u8,
+    }
+}
 
 #[cfg(feature = "user")]
 mod pod {
@@ -304,3 +628,6 @@ mod pod {
     unsafe impl aya::Pod for Meta {}
     unsafe impl aya::Pod for Judged {}
 }
+
+#[cfg(test)]
+mod tests;

@@ -4,7 +4,8 @@
 //!
 //! Everything that can change at run time lives in two slots of maps. The
 //! daemon fills the idle slot and then flips one word in `CONFIG`, so a
-//! decision always reads one whole policy set (see `Config`).
+//! decision always reads one whole policy set (see `Config`, and
+//! `in_force`, which reads that word with one load).
 #![no_std]
 #![no_main]
 
@@ -24,14 +25,16 @@ use aya_ebpf::{
     EbpfContext,
 };
 use monitor_common::{
-    action, hook, kind, limits, mode, rule, verdict, CidrRule, Config, DecisionEvent, EventHeader,
-    Judged, Meta, PolicyAddr, Region, RegionKey, RegionRule, Selection, AF_INET, AF_INET6,
-    AF_PACKET, DECISION_VERSION, IPPROTO_TCP, IPPROTO_UDP,
+    kind, limits, CidrRule, Config, Decision, DecisionEvent, EventHeader, Hook, InForce, Judged,
+    Meta, Mode, PolicyAddr, Region, RegionKey, RegionRule, Rule, Selection, Verdict, AF_INET,
+    AF_INET6, AF_PACKET, DECISION_VERSION, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 /// Return values of a cgroup sock_addr program.
 const PASS: i32 = 1;
 const REJECT: i32 = 0;
+/// `Judged::verdict` of a socket whose cgroup is not selected.
+const UNSELECTED: u8 = 0;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(limits::DEFAULT_RING_BYTES, 0);
@@ -102,7 +105,7 @@ static SLOT_B: Slot = Slot {
 
 /// What the hook saw.
 struct Attempt {
-    hook: u8,
+    hook: Hook,
     family: u8,
     protocol: u8,
     /// Network order; IPv4 as `::ffff:a.b.c.d`.
@@ -113,33 +116,33 @@ struct Attempt {
 
 #[cgroup_sock_addr(connect4)]
 pub fn connect4(ctx: SockAddrContext) -> i32 {
-    judge_v4(&ctx, hook::CONNECT4)
+    judge_v4(&ctx, Hook::Connect4)
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    judge_v4(&ctx, hook::SENDMSG4)
+    judge_v4(&ctx, Hook::Sendmsg4)
 }
 
 #[cgroup_sock_addr(connect6)]
 pub fn connect6(ctx: SockAddrContext) -> i32 {
-    judge_v6(&ctx, hook::CONNECT6)
+    judge_v6(&ctx, Hook::Connect6)
 }
 
 #[cgroup_sock_addr(sendmsg6)]
 pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
-    judge_v6(&ctx, hook::SENDMSG6)
+    judge_v6(&ctx, Hook::Sendmsg6)
 }
 
 #[inline(always)]
-fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
+fn judge_v4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     // SAFETY: the kernel hands every sock_addr program a valid context.
     let sa = unsafe { &*ctx.sock_addr };
     let ip4 = sa.user_ip4.to_ne_bytes();
     // A sendmsg without a destination (connected UDP with ancillary data)
     // reaches this hook with an unspecified address: the connected peer was
     // judged by the connect hook, so there is nothing new to decide.
-    if hook == hook::SENDMSG4 && ip4 == [0; 4] {
+    if hook == Hook::Sendmsg4 && ip4 == [0; 4] {
         return PASS;
     }
     let mut addr = [0u8; 16];
@@ -160,7 +163,7 @@ fn judge_v4(ctx: &SockAddrContext, hook: u8) -> i32 {
 }
 
 #[inline(always)]
-fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
+fn judge_v6(ctx: &SockAddrContext, hook: Hook) -> i32 {
     // SAFETY: as above.
     let sa = unsafe { &*ctx.sock_addr };
     let mut addr = [0u8; 16];
@@ -179,7 +182,7 @@ fn judge_v6(ctx: &SockAddrContext, hook: u8) -> i32 {
         addr[i * 4 + 3] = b[3];
         i += 1;
     }
-    if hook == hook::SENDMSG6 && addr == [0; 16] {
+    if hook == Hook::Sendmsg6 && addr == [0; 16] {
         return PASS;
     }
     // An IPv4-mapped destination (::ffff:a.b.c.d) needs no special case: the
@@ -224,16 +227,22 @@ impl Owner {
     }
 }
 
-/// The policy slot in force and its generation.
+/// The policy slot in force, the geo slot and the generation, all decoded
+/// from one copy of the CONFIG word.
 #[inline(always)]
-fn in_force() -> Option<(&'static Slot, u32, u32)> {
-    let config = CONFIG.get(0)?;
-    let slot = if config.policy_slot == 0 {
+fn in_force() -> Option<(&'static Slot, InForce)> {
+    let config = CONFIG.get_ptr(0)?;
+    // Exactly one load of the whole word (see `Config` for why a switch is
+    // atomic); every field below comes from this copy.
+    // SAFETY: the pointer is the array's value, valid and 8-byte aligned.
+    let word = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*config).word)) };
+    let set = Config { word }.unpack();
+    let slot = if set.policy_slot == 0 {
         &SLOT_A
     } else {
         &SLOT_B
     };
-    Some((slot, config.geo_slot, config.policy_generation))
+    Some((slot, set))
 }
 
 /// A socket-address hook: judge, report, remember the decision for the
@@ -243,9 +252,10 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
     // Fail open when the config entry cannot be read: an array map always
     // has its entry, so this is unreachable in practice, and failing closed
     // here would cut off every process on the host, selected or not.
-    let Some((slot, geo_slot, generation)) = in_force() else {
+    let Some((slot, set)) = in_force() else {
         return PASS;
     };
+    let generation = set.generation;
     // SAFETY: the context pointer is the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let task_cgroup = Owner::Task.cgroup();
@@ -253,12 +263,18 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
         // Not in any selected subtree: untouched and not reported; the
         // socket is remembered as judged-unselected, so the backstop
         // re-judges it only after a policy change.
-        remember(cookie, task_cgroup, generation, 0, &attempt.addr);
+        remember(cookie, task_cgroup, generation, UNSELECTED, &attempt.addr);
         return PASS;
     };
-    let (allowed, rule, region) = decide(slot, geo_slot, selection.policy_id, &attempt.addr);
-    let verdict = verdict_of(allowed, &selection);
-    remember(cookie, task_cgroup, generation, verdict, &attempt.addr);
+    let (decision, region) = decide(slot, set.geo_slot, selection.policy_id, &attempt.addr);
+    let verdict = verdict_of(decision.allowed, &selection);
+    remember(
+        cookie,
+        task_cgroup,
+        generation,
+        verdict as u8,
+        &attempt.addr,
+    );
     let origin = Origin::task(task_cgroup);
     emit(
         attempt,
@@ -267,10 +283,10 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
         &selection,
         generation,
         verdict,
-        rule,
+        decision.rule,
         region,
     );
-    if verdict == verdict::DENIED {
+    if verdict == Verdict::Denied {
         REJECT
     } else {
         PASS
@@ -278,13 +294,14 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
 }
 
 #[inline(always)]
-fn verdict_of(allowed: bool, selection: &Selection) -> u8 {
+fn verdict_of(allowed: bool, selection: &Selection) -> Verdict {
+    // Only an explicit enforce denies; any other mode byte only reports.
     if allowed {
-        verdict::ALLOWED
-    } else if selection.mode == mode::ENFORCE {
-        verdict::DENIED
+        Verdict::Allowed
+    } else if selection.mode == Mode::Enforce as u8 {
+        Verdict::Denied
     } else {
-        verdict::WOULD_DENY
+        Verdict::WouldDeny
     }
 }
 
@@ -334,9 +351,11 @@ fn find_selection(slot: &Slot, owner: Owner) -> Option<(u64, Selection)> {
     (found_id != 0).then_some((found_id, found))
 }
 
-/// Deny beats allow; whatever is not allowed is denied.
+/// Looks up the region and hands the policy's lookups to the shared
+/// decision order (`monitor_common::decide`), which calls each only when
+/// the ones before it did not decide.
 #[inline(always)]
-fn decide(slot: &Slot, geo_slot: u32, policy_id: u32, addr: &[u8; 16]) -> (bool, u8, Region) {
+fn decide(slot: &Slot, geo_slot: u32, policy_id: u32, addr: &[u8; 16]) -> (Decision, Region) {
     let key = Key::new(
         32 + 128,
         PolicyAddr {
@@ -347,27 +366,14 @@ fn decide(slot: &Slot, geo_slot: u32, policy_id: u32, addr: &[u8; 16]) -> (bool,
     let geo_key = Key::new(128, *addr);
     let geo = if geo_slot == 0 { &GEO_A } else { &GEO_B };
     let region = geo.get(&geo_key).copied().unwrap_or_default();
-
-    if slot.deny.get(&key).is_some() {
-        return (false, rule::CIDR, region);
-    }
     let region_key = RegionKey { policy_id, region };
-    // SAFETY: value copied out at once.
-    let region_rule = unsafe { slot.region_rules.get(&region_key) }.copied();
-    if let Some(r) = region_rule {
-        if r.action == action::DENY {
-            return (false, r.rule, region);
-        }
-    }
-    if slot.allow.get(&key).is_some() {
-        return (true, rule::CIDR, region);
-    }
-    if let Some(r) = region_rule {
-        if r.action == action::ALLOW {
-            return (true, r.rule, region);
-        }
-    }
-    (false, rule::DEFAULT, region)
+    let decision = monitor_common::decide(
+        || slot.deny.get(&key).is_some(),
+        // SAFETY: value copied out at once.
+        || unsafe { slot.region_rules.get(&region_key) }.copied(),
+        || slot.allow.get(&key).is_some(),
+    );
+    (decision, region)
 }
 
 /// Who made the attempt, as far as the hook can tell.
@@ -398,7 +404,7 @@ fn emit(
     selected_cgroup: u64,
     selection: &Selection,
     generation: u32,
-    verdict: u8,
+    verdict: Verdict,
     rule: u8,
     region: Region,
 ) {
@@ -430,10 +436,10 @@ fn emit(
         dst_port: attempt.port,
         country: region.country,
         continent: region.continent,
-        hook: attempt.hook,
+        hook: attempt.hook as u8,
         family: attempt.family,
         protocol: attempt.protocol,
-        verdict,
+        verdict: verdict as u8,
         rule,
         mode: selection.mode,
         _pad: [0; 4],
@@ -495,9 +501,10 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
     };
     // SAFETY: the context pointer is the program's own context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some((slot, geo_slot, generation)) = in_force() else {
+    let Some((slot, set)) = in_force() else {
         return Ok(PASS);
     };
+    let generation = set.generation;
     let owner = Owner::Skb(skb);
     let socket_cgroup = owner.cgroup();
     // SAFETY: value copied out at once.
@@ -507,7 +514,7 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
                 && j.addr == addr
                 && j.cgroup_id == socket_cgroup =>
         {
-            return Ok(if j.verdict == verdict::DENIED {
+            return Ok(if j.verdict == Verdict::Denied as u8 {
                 REJECT
             } else {
                 PASS
@@ -518,20 +525,20 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
         None => {}
     }
     let Some((selected_cgroup, selection)) = find_selection(slot, owner) else {
-        remember(cookie, socket_cgroup, generation, 0, &addr);
+        remember(cookie, socket_cgroup, generation, UNSELECTED, &addr);
         return Ok(PASS);
     };
-    let (allowed, rule, region) = decide(slot, geo_slot, selection.policy_id, &addr);
-    let verdict = verdict_of(allowed, &selection);
-    remember(cookie, socket_cgroup, generation, verdict, &addr);
-    if verdict != verdict::ALLOWED {
+    let (decision, region) = decide(slot, set.geo_slot, selection.policy_id, &addr);
+    let verdict = verdict_of(decision.allowed, &selection);
+    remember(cookie, socket_cgroup, generation, verdict as u8, &addr);
+    if verdict != Verdict::Allowed {
         let port: u16 = if l4 == IPPROTO_TCP || l4 == IPPROTO_UDP {
             u16::from_be(ctx.load::<u16>(l4_offset + 2).unwrap_or(0))
         } else {
             0
         };
         let attempt = Attempt {
-            hook: hook::EGRESS,
+            hook: Hook::Egress,
             family,
             protocol: l4,
             addr,
@@ -552,11 +559,11 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
             &selection,
             generation,
             verdict,
-            rule,
+            decision.rule,
             region,
         );
     }
-    Ok(if verdict == verdict::DENIED {
+    Ok(if verdict == Verdict::Denied {
         REJECT
     } else {
         PASS
@@ -580,7 +587,7 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
     if family != i32::from(AF_PACKET) || kern != 0 {
         return 0;
     }
-    let Some((slot, _, generation)) = in_force() else {
+    let Some((slot, set)) = in_force() else {
         return 0;
     };
     let Some((selected_cgroup, selection)) = find_selection(slot, Owner::Task) else {
@@ -589,7 +596,7 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
     let verdict = verdict_of(false, &selection);
     // The protocol is an ethertype in network order.
     let attempt = Attempt {
-        hook: hook::SOCK_CREATE,
+        hook: Hook::SockCreate,
         family: AF_PACKET,
         protocol: (u16::from_be(protocol as u16) & 0xff) as u8,
         addr: [0; 16],
@@ -601,12 +608,12 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
         &origin,
         selected_cgroup,
         &selection,
-        generation,
+        set.generation,
         verdict,
-        rule::SOCKET,
+        Rule::Socket as u8,
         Region::default(),
     );
-    if verdict == verdict::DENIED {
+    if verdict == Verdict::Denied {
         -EPERM
     } else {
         0

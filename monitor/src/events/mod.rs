@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 
 use monitor_common::{
-    hook, kind, rule, verdict, DecisionEvent, EventHeader, AF_INET, AF_INET6, AF_PACKET,
+    kind, DecisionEvent, EventHeader, Hook, Rule, Verdict, AF_INET, AF_INET6, AF_PACKET,
     DECISION_VERSION, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
 };
 use serde::Serialize;
@@ -47,36 +47,15 @@ pub fn decode(bytes: &[u8]) -> Result<DecisionEvent, DecodeError> {
 }
 
 pub fn verdict_name(v: u8) -> &'static str {
-    match v {
-        verdict::ALLOWED => "allowed",
-        verdict::DENIED => "denied",
-        verdict::WOULD_DENY => "would_deny",
-        _ => "unknown",
-    }
+    Verdict::from_u8(v).map_or("unknown", Verdict::as_str)
 }
 
 pub fn rule_name(r: u8) -> &'static str {
-    match r {
-        rule::COUNTRY => "country",
-        rule::CONTINENT => "continent",
-        rule::GROUP => "group",
-        rule::CIDR => "cidr",
-        rule::DEFAULT => "default",
-        rule::SOCKET => "socket",
-        _ => "unknown",
-    }
+    Rule::from_u8(r).map_or("unknown", Rule::as_str)
 }
 
 pub fn hook_name(h: u8) -> &'static str {
-    match h {
-        hook::CONNECT4 => "connect4",
-        hook::CONNECT6 => "connect6",
-        hook::SENDMSG4 => "sendmsg4",
-        hook::SENDMSG6 => "sendmsg6",
-        hook::EGRESS => "egress",
-        hook::SOCK_CREATE => "socket_create",
-        _ => "unknown",
-    }
+    Hook::from_u8(h).map_or("unknown", Hook::as_str)
 }
 
 pub fn protocol_name(p: u8) -> String {
@@ -198,7 +177,7 @@ pub fn enrich(raw: &DecisionEvent, boot_to_unix_ns: i128, names: &mut impl Names
         protocol: protocol_name(raw.protocol),
         family: family_name(raw.family).into(),
         // A socket creation has no destination.
-        dst_ip: if raw.hook == hook::SOCK_CREATE {
+        dst_ip: if raw.hook == Hook::SockCreate as u8 {
             String::new()
         } else {
             addr.to_string()
@@ -245,6 +224,8 @@ pub fn boot_to_unix_offset() -> i128 {
 
 #[cfg(test)]
 mod tests {
+    use monitor_common::{hook, rule, verdict};
+
     use super::*;
 
     fn sample() -> DecisionEvent {
@@ -388,6 +369,16 @@ mod tests {
         assert_eq!(host.systemd_unit, "nginx.service");
         let json = serde_json::to_value(&host).unwrap();
         assert!(json.get("pod_uid").is_none() && json.get("container_id").is_none());
+    }
+
+    #[test]
+    fn unknown_bytes_are_named_unknown() {
+        assert_eq!(verdict_name(verdict::WOULD_DENY), "would_deny");
+        assert_eq!(rule_name(rule::SOCKET), "socket");
+        assert_eq!(hook_name(hook::SOCK_CREATE), "socket_create");
+        assert_eq!(verdict_name(0), "unknown");
+        assert_eq!(rule_name(0), "unknown");
+        assert_eq!(hook_name(200), "unknown");
     }
 
     #[test]

@@ -3,7 +3,8 @@
 //!
 //! Policy state lives in two slots of maps (see `monitor_common::Config`):
 //! the daemon fills the idle slot completely, then switches `CONFIG` with a
-//! single write, so no connection is ever judged by half a policy set.
+//! single write of one word, so no connection is ever judged by half a
+//! policy set.
 pub mod foreign;
 pub mod pins;
 use std::{
@@ -23,7 +24,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use monitor_common::{
-    limits, names, CidrRule, Config, Meta, PolicyAddr, Region, RegionKey, RegionRule, Selection,
+    limits, names, CidrRule, Config, InForce, Meta, PolicyAddr, Region, RegionKey, RegionRule,
+    Selection,
 };
 
 /// The compiled kernel programs, built by build.rs.
@@ -123,7 +125,8 @@ pub struct Kernel {
     meta_map: Array<MapData, Meta>,
     lost: PerCpuArray<MapData, u64>,
     slots: Slots,
-    config: Config,
+    /// Our decoded copy of the CONFIG word last written.
+    config: InForce,
     meta: Meta,
     last_switch: Instant,
     attached: Vec<Attached>,
@@ -143,19 +146,6 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
     T::try_from(map).map_err(map_err(name))
 }
-
-/// Every program, in attach order: the egress backstop and the socket
-/// creation hook first, so the sock_addr hooks never run without them.
-/// The socket creation hook needs the BPF LSM (`bpf` in the kernel's
-/// `lsm=` list); where it is missing the daemon runs without it and says so.
-const ALL_PROGRAMS: [&str; 6] = [
-    names::PROG_EGRESS,
-    names::PROG_SOCKET_CREATE,
-    names::PROG_CONNECT4,
-    names::PROG_CONNECT6,
-    names::PROG_SENDMSG4,
-    names::PROG_SENDMSG6,
-];
 
 /// Loads one program and attaches it to the cgroup with a link.
 fn attach(
@@ -302,15 +292,16 @@ impl Kernel {
                     cgroup_id: meta.cgroup_root_id,
                 });
             }
-            (config_map.get(&0, 0).map_err(map_err(names::CONFIG))?, meta)
+            let config = config_map.get(&0, 0).map_err(map_err(names::CONFIG))?;
+            (config.unpack(), meta)
         } else {
-            let config = Config::default();
+            let config = InForce::default();
             let meta = Meta {
                 cgroup_root_id: root_id,
                 geo_sha256: [0; 32],
             };
             config_map
-                .set(0, config, 0)
+                .set(0, config.pack(), 0)
                 .map_err(map_err(names::CONFIG))?;
             meta_map.set(0, meta, 0).map_err(map_err(names::META))?;
             (config, meta)
@@ -344,7 +335,7 @@ impl Kernel {
             source,
         })?;
         let mut attached = Vec::new();
-        for name in ALL_PROGRAMS {
+        for name in names::ALL_PROGRAMS {
             let pin = link_pin(&pins, name);
             let link_info = if pin.exists() {
                 // Adopt: the pinned link keeps our program attached.
@@ -462,7 +453,7 @@ impl Kernel {
     }
 
     pub fn policy_generation(&self) -> u32 {
-        self.config.policy_generation
+        self.config.generation
     }
 
     /// Events the kernel could not put into the ring buffer, all CPUs.
@@ -480,9 +471,10 @@ impl Kernel {
         }
     }
 
-    fn switch(&mut self, config: Config) -> Result<(), KernelError> {
+    /// One write of the packed word (see `Config` for why it is atomic).
+    fn switch(&mut self, config: InForce) -> Result<(), KernelError> {
         self.config_map
-            .set(0, config, 0)
+            .set(0, config.pack(), 0)
             .map_err(map_err(names::CONFIG))?;
         self.config = config;
         self.last_switch = Instant::now();
@@ -512,7 +504,7 @@ impl Kernel {
                 .map_err(map_err(name))?;
             n += 1;
         }
-        let config = Config {
+        let config = InForce {
             geo_slot: idle as u32,
             ..self.config
         };
@@ -564,13 +556,13 @@ impl Kernel {
                 .insert(&Key::new(*len, *k), present, 0)
                 .map_err(map_err(names::DENY_CIDRS[idle]))?;
         }
-        let config = Config {
+        let config = InForce {
             policy_slot: idle as u32,
-            policy_generation: self.config.policy_generation.wrapping_add(1),
+            generation: self.config.generation.wrapping_add(1),
             ..self.config
         };
         self.switch(config)?;
-        Ok(config.policy_generation)
+        Ok(config.generation)
     }
 }
 
@@ -627,4 +619,38 @@ pub fn check_capacity(maps: &PolicyMaps) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    /// The pinned maps and attached programs are exactly the maps and
+    /// programs of the embedded object, so a new map cannot be left unpinned.
+    #[test]
+    fn name_lists_match_the_embedded_object() {
+        let object = aya_obj::Object::parse(PROGRAMS).expect("parsing the embedded eBPF object");
+        // Sections the compiler and aya make maps of on their own (`.rodata`,
+        // `.data`, `.bss`, aya-log's `AYA_LOGS`) are not ours to pin by name.
+        let maps: BTreeSet<&str> = object
+            .maps
+            .keys()
+            .map(String::as_str)
+            .filter(|m| !m.starts_with('.') && *m != "AYA_LOGS")
+            .collect();
+        let programs: BTreeSet<&str> = object.programs.keys().map(String::as_str).collect();
+        assert_eq!(maps, names::ALL_MAPS.into_iter().collect::<BTreeSet<_>>());
+        assert_eq!(
+            programs,
+            names::ALL_PROGRAMS.into_iter().collect::<BTreeSet<_>>()
+        );
+        assert_eq!(names::ALL_MAPS.len(), maps.len(), "a map is listed twice");
+        assert_eq!(
+            names::ALL_PROGRAMS.len(),
+            programs.len(),
+            "a program is listed twice"
+        );
+    }
 }
