@@ -310,10 +310,10 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let ids = Arc::new(RwLock::new(PolicyIds::open(
         &config.state_dir.join("policy-ids.json"),
     )));
-    let resolver = Arc::new(Mutex::new(Resolver {
-        ids: ids.clone(),
-        paths: PathResolver::new(&mount),
-    }));
+    let resolver = Arc::new(Mutex::new(Resolver::new(
+        ids.clone(),
+        PathResolver::new(&mount),
+    )));
     let metrics = Arc::new(Metrics::new());
     let probe = Arc::new(kernel.probe()?);
     let (mut controller, snapshots) = Controller::new(control::Parts {

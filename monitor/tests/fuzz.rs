@@ -74,7 +74,7 @@ proptest! {
         struct N;
         impl events::Names for N {
             fn policy(&self, id: u32) -> String { format!("p{id}") }
-            fn cgroup(&mut self, _: u64) -> String { String::new() }
+            fn cgroup(&mut self, _: u64) -> std::sync::Arc<events::CgroupInfo> { Default::default() }
         }
         let e = events::enrich(&raw, 0, &mut N);
         prop_assert!(serde_json::to_string(&e).is_ok());

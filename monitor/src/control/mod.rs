@@ -23,10 +23,25 @@ use crate::{
     state::{PolicyInForce, PolicySnapshot, RejectedFile, Request, View},
 };
 
-/// Names the event pipeline resolves: policy ids and cgroup ids.
+/// Names the event pipeline resolves: policy ids and cgroup ids (each
+/// cgroup's path and attribution worked out once and shared).
 pub struct Resolver {
     pub ids: Arc<RwLock<PolicyIds>>,
     pub paths: PathResolver,
+    infos: std::collections::HashMap<u64, Arc<events::CgroupInfo>>,
+}
+
+/// Cgroups whose attribution the resolver keeps at once.
+const CGROUP_INFOS: usize = 65_536;
+
+impl Resolver {
+    pub fn new(ids: Arc<RwLock<PolicyIds>>, paths: PathResolver) -> Self {
+        Self {
+            ids,
+            paths,
+            infos: std::collections::HashMap::new(),
+        }
+    }
 }
 
 impl events::Names for Resolver {
@@ -36,8 +51,20 @@ impl events::Names for Resolver {
             .map(str::to_string)
             .unwrap_or_else(|| format!("policy-{id}"))
     }
-    fn cgroup(&mut self, id: u64) -> String {
-        self.paths.path(id).unwrap_or_default()
+    fn cgroup(&mut self, id: u64) -> Arc<events::CgroupInfo> {
+        if let Some(info) = self.infos.get(&id) {
+            return info.clone();
+        }
+        let Some(path) = self.paths.path(id) else {
+            // Not resolvable (yet, or gone): not cached, tried again next time.
+            return Arc::default();
+        };
+        if self.infos.len() >= CGROUP_INFOS {
+            self.infos.clear();
+        }
+        let info = Arc::new(events::CgroupInfo::of_path(path));
+        self.infos.insert(id, info.clone());
+        info
     }
 }
 

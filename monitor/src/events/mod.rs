@@ -152,10 +152,42 @@ impl Event {
     }
 }
 
+/// What a cgroup id stands for: its path and the attribution the path
+/// gives, worked out once per cgroup and shared by all its events.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CgroupInfo {
+    pub path: String,
+    pub pod_uid: String,
+    pub qos: String,
+    pub container_id: String,
+    pub runtime: String,
+    pub systemd_unit: String,
+}
+
+impl CgroupInfo {
+    /// Attributes `path` (see `attribution`).
+    pub fn of_path(path: String) -> Self {
+        let mut e = Event {
+            cgroup_path: path,
+            ..Default::default()
+        };
+        e.attribute();
+        Self {
+            path: e.cgroup_path,
+            pod_uid: e.pod_uid,
+            qos: e.qos,
+            container_id: e.container_id,
+            runtime: e.runtime,
+            systemd_unit: e.systemd_unit,
+        }
+    }
+}
+
 /// What enrichment needs from the daemon.
 pub trait Names {
     fn policy(&self, id: u32) -> String;
-    fn cgroup(&mut self, id: u64) -> String;
+    /// The cgroup's path and attribution; implementations cache it per id.
+    fn cgroup(&mut self, id: u64) -> std::sync::Arc<CgroupInfo>;
 }
 
 /// Turns a kernel record into an event; `boot_to_unix_ns` converts the
@@ -190,11 +222,16 @@ pub fn enrich(raw: &DecisionEvent, boot_to_unix_ns: i128, names: &mut impl Names
         uid: raw.uid,
         comm: comm(&raw.comm),
         cgroup_id: raw.cgroup_id,
-        cgroup_path: names.cgroup(raw.cgroup_id),
         policy_generation: raw.policy_generation,
         ..Default::default()
     };
-    event.attribute();
+    let cg = names.cgroup(raw.cgroup_id);
+    event.cgroup_path.clone_from(&cg.path);
+    event.pod_uid.clone_from(&cg.pod_uid);
+    event.qos.clone_from(&cg.qos);
+    event.container_id.clone_from(&cg.container_id);
+    event.runtime.clone_from(&cg.runtime);
+    event.systemd_unit.clone_from(&cg.systemd_unit);
     event
 }
 
@@ -281,8 +318,8 @@ mod tests {
         fn policy(&self, id: u32) -> String {
             format!("p{id}")
         }
-        fn cgroup(&mut self, id: u64) -> String {
-            format!("/cg{id}")
+        fn cgroup(&mut self, id: u64) -> std::sync::Arc<CgroupInfo> {
+            std::sync::Arc::new(CgroupInfo::of_path(format!("/cg{id}")))
         }
     }
 
@@ -342,11 +379,11 @@ mod tests {
             fn policy(&self, _: u32) -> String {
                 "p".into()
             }
-            fn cgroup(&mut self, _: u64) -> String {
-                format!(
+            fn cgroup(&mut self, _: u64) -> std::sync::Arc<CgroupInfo> {
+                std::sync::Arc::new(CgroupInfo::of_path(format!(
                     "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1b2c3d4e_5f60_4718_9a0b_c1d2e3f40506.slice/cri-containerd-{}.scope",
                     "ab".repeat(32)
-                )
+                )))
             }
         }
         let ev = enrich(&sample(), 0, &mut Pod);
