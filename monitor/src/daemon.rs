@@ -258,23 +258,35 @@ fn leave(kernel: Kernel, config: &DaemonConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs the daemon until SIGTERM or SIGINT.
-pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
-    let mut signals = Signals::new()?;
+/// What the start made: everything checked, the store open, the programs
+/// attached and the database in the kernel.
+struct Started {
+    mount: PathBuf,
+    root: PathBuf,
+    metrics_listener: Option<tokio::net::TcpListener>,
+    store: Arc<StoreHandle>,
+    node_public_key: String,
+    booted: Booted,
+    _lock: PinLock,
+}
+
+/// Checks everything, then creates the state, the store and the pins and
+/// loads the database. None when a signal stopped it (after leaving the
+/// kernel as configured).
+async fn start(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<Option<Started>> {
     let Checked {
         mount,
         root,
         metrics_listener,
         db,
     } = tokio::select! {
-        checked = validate(&config) => checked?,
+        checked = validate(config) => checked?,
         name = signals.recv() => {
             log::info!("{name} during the start: stopping (nothing was created yet)");
-            return Ok(());
+            return Ok(None);
         }
     };
-    let _lock = PinLock::acquire(&config.pin_dir, &config.api.socket)?;
-
+    let lock = PinLock::acquire(&config.pin_dir, &config.api.socket)?;
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
     let node_key = crate::evidence::key::load_or_create(&config.state_dir)?;
@@ -290,15 +302,47 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         name = signals.recv() => {
             log::info!("{name} during the start: stopping");
             cancel.store(true, Ordering::Relaxed);
-            let booted = boot_task.await.context("the start panicked")??;
-            store.shutdown(Duration::from_secs(5)).await;
-            return leave(booted.kernel, &config);
+            boot_task.await.context("the start panicked")??
         }
     };
-    if booted.cancelled {
+    if booted.cancelled || cancel.load(Ordering::Relaxed) {
         store.shutdown(Duration::from_secs(5)).await;
-        return leave(booted.kernel, &config);
+        leave(booted.kernel, config)?;
+        return Ok(None);
     }
+    Ok(Some(Started {
+        mount,
+        root,
+        metrics_listener,
+        store,
+        node_public_key: crate::evidence::key::public_hex(&node_key.verifying_key()),
+        booted,
+        _lock: lock,
+    }))
+}
+
+/// The parts at work, and what stops them.
+struct Running {
+    pipeline: tokio::task::JoinHandle<std::io::Result<()>>,
+    api: tokio::task::JoinHandle<anyhow::Result<()>>,
+    control: tokio::task::JoinHandle<Controller>,
+    shutdown: tokio::sync::watch::Sender<bool>,
+    store: Arc<StoreHandle>,
+    _watcher: notify::RecommendedWatcher,
+    _lock: PinLock,
+}
+
+/// Starts the controller, the pipeline, the metrics endpoint and the API.
+async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Running> {
+    let Started {
+        mount,
+        root,
+        metrics_listener,
+        store,
+        node_public_key,
+        booted,
+        _lock,
+    } = started;
     let Booted {
         kernel,
         ring,
@@ -306,7 +350,6 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         geo,
         ..
     } = booted;
-
     let ids = Arc::new(RwLock::new(PolicyIds::open(
         &config.state_dir.join("policy-ids.json"),
     )));
@@ -315,11 +358,11 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         PathResolver::new(&mount),
     )));
     let metrics = Arc::new(Metrics::new());
-    let probe = Arc::new(kernel.probe()?);
+    let view_of_kernel = Arc::new(kernel.probe()?);
     let (mut controller, snapshots) = Controller::new(control::Parts {
         kernel,
-        mount: mount.clone(),
-        root: root.clone(),
+        mount,
+        root,
         policies_dir: config.policies.clone(),
         ids,
         resolver: resolver.clone(),
@@ -330,8 +373,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
             move |ok| metrics.reload(ok)
         }),
     });
-    let view = View::new(snapshots, probe);
-    let node_public_key = crate::evidence::key::public_hex(&node_key.verifying_key());
+    let view = View::new(snapshots, view_of_kernel);
     store.agent_run(crate::store::agent_run_json(&node_public_key));
     store.geoip(crate::store::geo_json(&geo));
     if let Err(e) = tokio::task::block_in_place(|| controller.reload()) {
@@ -355,13 +397,13 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     }
     store.attach(outlets.live.subscribe());
     retire(old_pins, &outlets, &resolver)?;
-    let mut pipeline = tokio::spawn(pipeline::run(ring, outlets.clone(), resolver));
+    let pipeline = tokio::spawn(pipeline::run(ring, outlets.clone(), resolver));
 
-    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let (requests_tx, requests_rx) = tokio::sync::mpsc::channel(16);
-    let (_watcher, changes) = policy::watch::watch(&config.policies)
+    let (watcher, changes) = policy::watch::watch(&config.policies)
         .with_context(|| format!("watching policy directory {}", config.policies.display()))?;
-    let mut control = tokio::spawn(controller.run(
+    let control = tokio::spawn(controller.run(
         view.clone(),
         requests_rx,
         changes,
@@ -369,16 +411,7 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         shutdown_rx.clone(),
     ));
     if let Some(listener) = metrics_listener {
-        log::info!(
-            "Prometheus metrics at http://{}/metrics",
-            listener.local_addr()?
-        );
-        let (view, metrics) = (view.clone(), metrics.clone());
-        tokio::spawn(async move {
-            if let Err(e) = crate::metrics::server::serve(listener, view, metrics).await {
-                log::error!("metrics server failed: {e:#}");
-            }
-        });
+        spawn_metrics(listener, view.clone(), metrics)?;
     }
     let backend = Backend {
         view,
@@ -387,42 +420,87 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
         requests: Requests(requests_tx),
         node_public_key,
     };
-    let mut api = tokio::spawn(crate::api::server::serve(
+    let api = tokio::spawn(crate::api::server::serve(
         config.api.clone(),
         backend,
         shutdown_rx,
     ));
+    Ok(Running {
+        pipeline,
+        api,
+        control,
+        shutdown,
+        store,
+        _watcher: watcher,
+        _lock,
+    })
+}
+
+impl Running {
+    /// Until a signal (None) or a part fails (its error).
+    async fn wait(&mut self, signals: &mut Signals) -> Option<anyhow::Error> {
+        tokio::select! {
+            r = &mut self.pipeline => Some(match r {
+                Ok(Ok(())) => anyhow::anyhow!("event pipeline ended"),
+                Ok(Err(e)) => anyhow::anyhow!("event pipeline failed: {e}"),
+                Err(e) => anyhow::anyhow!("event pipeline panicked: {e}"),
+            }),
+            r = &mut self.api => Some(match r {
+                Ok(Ok(())) => anyhow::anyhow!("gRPC server ended"),
+                Ok(Err(e)) => anyhow::anyhow!("gRPC server failed: {e:#}"),
+                Err(e) => anyhow::anyhow!("gRPC server panicked: {e}"),
+            }),
+            name = signals.recv() => { log::info!("{name}: exiting"); None }
+        }
+    }
+
+    /// Stops in order: the API and the controller, the pipeline, the
+    /// store's last batch; then the kernel is left as configured.
+    async fn shutdown(mut self, config: &DaemonConfig) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(true);
+        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.api).await;
+        // What the ring still holds stays there (it is pinned) for the next
+        // start; what was drained is written before we exit.
+        self.pipeline.abort();
+        if !self.store.shutdown(Duration::from_secs(10)).await {
+            log::error!("the store did not finish writing within 10 s");
+        }
+        let controller = self.control.await.context("the controller panicked")?;
+        leave(controller.into_kernel(), config)
+    }
+}
+
+/// Serves Prometheus metrics from the view.
+fn spawn_metrics(
+    listener: tokio::net::TcpListener,
+    view: View,
+    metrics: Arc<Metrics>,
+) -> anyhow::Result<()> {
+    log::info!(
+        "Prometheus metrics at http://{}/metrics",
+        listener.local_addr()?
+    );
+    tokio::spawn(async move {
+        if let Err(e) = crate::metrics::server::serve(listener, view, metrics).await {
+            log::error!("metrics server failed: {e:#}");
+        }
+    });
+    Ok(())
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
+    let mut signals = Signals::new()?;
+    let Some(started) = start(&config, &mut signals).await? else {
+        return Ok(());
+    };
+    let mut running = launch(&config, started).await?;
     log::info!(
         "egress-monitor running; policies from {}",
         config.policies.display()
     );
-
-    let failure = tokio::select! {
-        r = &mut pipeline => Some(match r {
-            Ok(Ok(())) => anyhow::anyhow!("event pipeline ended"),
-            Ok(Err(e)) => anyhow::anyhow!("event pipeline failed: {e}"),
-            Err(e) => anyhow::anyhow!("event pipeline panicked: {e}"),
-        }),
-        r = &mut api => Some(match r {
-            Ok(Ok(())) => anyhow::anyhow!("gRPC server ended"),
-            Ok(Err(e)) => anyhow::anyhow!("gRPC server failed: {e:#}"),
-            Err(e) => anyhow::anyhow!("gRPC server panicked: {e}"),
-        }),
-        name = signals.recv() => { log::info!("{name}: exiting"); None }
-    };
-
-    // Shutdown: the API and the controller stop, the pipeline's last
-    // batch is written, then the kernel is left as configured.
-    let _ = shutdown_tx.send(true);
-    let _ = tokio::time::timeout(Duration::from_secs(2), &mut api).await;
-    // What the ring still holds stays there (it is pinned) for the next
-    // start; what was drained is written before we exit.
-    pipeline.abort();
-    if !store.shutdown(Duration::from_secs(10)).await {
-        log::error!("the store did not finish writing within 10 s");
-    }
-    let controller = (&mut control).await.context("the controller panicked")?;
-    leave(controller.into_kernel(), &config)?;
+    let failure = running.wait(&mut signals).await;
+    running.shutdown(&config).await?;
     match failure {
         Some(e) => Err(e),
         None => Ok(()),

@@ -8,7 +8,7 @@
 pub mod foreign;
 pub mod pins;
 use std::{
-    os::{fd::AsFd, unix::fs::PermissionsExt},
+    os::fd::AsFd,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -213,6 +213,115 @@ fn attach(
     Ok(link)
 }
 
+impl Slots {
+    /// Both slots of every policy map and of the geo trie.
+    fn take(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
+        Ok(Slots {
+            geo: [take(ebpf, names::GEO[0])?, take(ebpf, names::GEO[1])?],
+            select: [take(ebpf, names::SELECT[0])?, take(ebpf, names::SELECT[1])?],
+            region_rules: [
+                take(ebpf, names::REGION_RULES[0])?,
+                take(ebpf, names::REGION_RULES[1])?,
+            ],
+            allow: [
+                take(ebpf, names::ALLOW_CIDRS[0])?,
+                take(ebpf, names::ALLOW_CIDRS[1])?,
+            ],
+            deny: [
+                take(ebpf, names::DENY_CIDRS[0])?,
+                take(ebpf, names::DENY_CIDRS[1])?,
+            ],
+        })
+    }
+}
+
+/// The state an adopted set of pins carries: the switch word in force and
+/// the meta entry, which must name the cgroup we attach to.
+fn adopt_state(
+    config_map: &Array<MapData, Config>,
+    meta_map: &Array<MapData, Meta>,
+    pins: &Path,
+    root_id: u64,
+) -> Result<(InForce, Meta), KernelError> {
+    let meta = meta_map.get(&0, 0).map_err(map_err(names::META))?;
+    if meta.cgroup_root_id != root_id {
+        return Err(KernelError::PinnedElsewhere {
+            pins: pins.into(),
+            cgroup_id: meta.cgroup_root_id,
+        });
+    }
+    let config = config_map.get(&0, 0).map_err(map_err(names::CONFIG))?;
+    Ok((config.unpack(), meta))
+}
+
+/// A first start: slot 0, generation 0, no database yet.
+fn fresh_state(
+    config_map: &mut Array<MapData, Config>,
+    meta_map: &mut Array<MapData, Meta>,
+    root_id: u64,
+) -> Result<(InForce, Meta), KernelError> {
+    let config = InForce::default();
+    let meta = Meta {
+        cgroup_root_id: root_id,
+        geo_sha256: [0; 32],
+    };
+    config_map
+        .set(0, config.pack(), 0)
+        .map_err(map_err(names::CONFIG))?;
+    meta_map.set(0, meta, 0).map_err(map_err(names::META))?;
+    Ok((config, meta))
+}
+
+/// Adopts every pinned link, attaches (and pins) every program that has
+/// none, in the order of `names::ALL_PROGRAMS`.
+fn attach_all(
+    ebpf: &mut Ebpf,
+    cgroup_root: &Path,
+    pins: &Path,
+) -> Result<Vec<Attached>, KernelError> {
+    let cgroup = std::fs::File::open(cgroup_root).map_err(|source| KernelError::Cgroup {
+        path: cgroup_root.into(),
+        source,
+    })?;
+    let mut attached = Vec::new();
+    for name in names::ALL_PROGRAMS {
+        let pin = link_pin(pins, name);
+        let link_info = if pin.exists() {
+            // Adopt: the pinned link keeps our program attached.
+            let link = FdLink::from(
+                PinnedLink::from_pin(&pin).map_err(|e| KernelError::Link { name, source: e })?,
+            );
+            link.info()
+                .map_err(|e| KernelError::Link { name, source: e })?
+        } else {
+            // bpf_links: the kernel always treats cgroup links as
+            // multi-attach (link_create takes no mode flags), so
+            // programs of other tools on this cgroup keep running, and
+            // any one of them denying is a denial.
+            let link = match attach(ebpf, name, &cgroup) {
+                Ok(link) => link,
+                Err(e) if name == names::PROG_SOCKET_CREATE => {
+                    log::warn!("packet sockets (AF_PACKET) cannot be refused on this host: {e}; drop CAP_NET_RAW from workloads instead");
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let info = link
+                .info()
+                .map_err(|e| KernelError::Link { name, source: e })?;
+            link.pin(&pin)
+                .map_err(|e| KernelError::Pin { name, source: e })?;
+            info
+        };
+        attached.push(Attached {
+            hook: name,
+            program_id: link_info.program_id(),
+            link_id: link_info.id(),
+        });
+    }
+    Ok(attached)
+}
+
 /// Identifies this build's programs: pins of another build are replaced.
 pub fn build_id() -> String {
     use sha2::{Digest, Sha256};
@@ -236,30 +345,7 @@ impl Kernel {
             return Err(KernelError::NotRoot);
         }
         ensure_bpffs()?;
-        let pins = pin_base.join(build_id());
-        std::fs::create_dir_all(&pins).map_err(|source| KernelError::Pins {
-            path: pins.clone(),
-            source,
-        })?;
-        for dir in [pin_base, pins.as_path()] {
-            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
-                |source| KernelError::Pins {
-                    path: dir.into(),
-                    source,
-                },
-            )?;
-        }
-        let old: Vec<OldPins> = std::fs::read_dir(pin_base)
-            .map_err(|source| KernelError::Pins {
-                path: pin_base.into(),
-                source,
-            })?
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.is_dir() && *p != pins)
-            .map(|dir| OldPins { dir })
-            .collect();
-
+        let (pins, old) = pins::prepare(pin_base)?;
         let root_id = crate::cgroups::cgroup_id(cgroup_root).map_err(|e| KernelError::Cgroup {
             path: cgroup_root.into(),
             source: std::io::Error::other(e.to_string()),
@@ -267,9 +353,9 @@ impl Kernel {
         let adopted = link_pin(&pins, names::PROG_CONNECT4).exists();
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::EVENTS, ring_bytes);
-        let map_pins: Vec<(&str, PathBuf)> =
+        let map_paths: Vec<(&str, PathBuf)> =
             names::ALL_MAPS.iter().map(|m| (*m, pins.join(m))).collect();
-        for (name, path) in &map_pins {
+        for (name, path) in &map_paths {
             loader.map_pin_path(name, path.as_path());
         }
         let mut ebpf = loader.load(PROGRAMS)?;
@@ -285,92 +371,13 @@ impl Kernel {
         let mut config_map: Array<MapData, Config> = take(&mut ebpf, names::CONFIG)?;
         let mut meta_map: Array<MapData, Meta> = take(&mut ebpf, names::META)?;
         let (config, meta) = if adopted {
-            let meta = meta_map.get(&0, 0).map_err(map_err(names::META))?;
-            if meta.cgroup_root_id != root_id {
-                return Err(KernelError::PinnedElsewhere {
-                    pins,
-                    cgroup_id: meta.cgroup_root_id,
-                });
-            }
-            let config = config_map.get(&0, 0).map_err(map_err(names::CONFIG))?;
-            (config.unpack(), meta)
+            adopt_state(&config_map, &meta_map, &pins, root_id)?
         } else {
-            let config = InForce::default();
-            let meta = Meta {
-                cgroup_root_id: root_id,
-                geo_sha256: [0; 32],
-            };
-            config_map
-                .set(0, config.pack(), 0)
-                .map_err(map_err(names::CONFIG))?;
-            meta_map.set(0, meta, 0).map_err(map_err(names::META))?;
-            (config, meta)
+            fresh_state(&mut config_map, &mut meta_map, root_id)?
         };
-        let slots = Slots {
-            geo: [
-                take(&mut ebpf, names::GEO[0])?,
-                take(&mut ebpf, names::GEO[1])?,
-            ],
-            select: [
-                take(&mut ebpf, names::SELECT[0])?,
-                take(&mut ebpf, names::SELECT[1])?,
-            ],
-            region_rules: [
-                take(&mut ebpf, names::REGION_RULES[0])?,
-                take(&mut ebpf, names::REGION_RULES[1])?,
-            ],
-            allow: [
-                take(&mut ebpf, names::ALLOW_CIDRS[0])?,
-                take(&mut ebpf, names::ALLOW_CIDRS[1])?,
-            ],
-            deny: [
-                take(&mut ebpf, names::DENY_CIDRS[0])?,
-                take(&mut ebpf, names::DENY_CIDRS[1])?,
-            ],
-        };
+        let slots = Slots::take(&mut ebpf)?;
         let lost = take(&mut ebpf, names::LOST)?;
-
-        let cgroup = std::fs::File::open(cgroup_root).map_err(|source| KernelError::Cgroup {
-            path: cgroup_root.into(),
-            source,
-        })?;
-        let mut attached = Vec::new();
-        for name in names::ALL_PROGRAMS {
-            let pin = link_pin(&pins, name);
-            let link_info = if pin.exists() {
-                // Adopt: the pinned link keeps our program attached.
-                let link = FdLink::from(
-                    PinnedLink::from_pin(&pin)
-                        .map_err(|e| KernelError::Link { name, source: e })?,
-                );
-                link.info()
-                    .map_err(|e| KernelError::Link { name, source: e })?
-            } else {
-                // bpf_links: the kernel always treats cgroup links as
-                // multi-attach (link_create takes no mode flags), so
-                // programs of other tools on this cgroup keep running, and
-                // any one of them denying is a denial.
-                let link = match attach(&mut ebpf, name, &cgroup) {
-                    Ok(link) => link,
-                    Err(e) if name == names::PROG_SOCKET_CREATE => {
-                        log::warn!("packet sockets (AF_PACKET) cannot be refused on this host: {e}; drop CAP_NET_RAW from workloads instead");
-                        continue;
-                    }
-                    Err(e) => return Err(e),
-                };
-                let info = link
-                    .info()
-                    .map_err(|e| KernelError::Link { name, source: e })?;
-                link.pin(&pin)
-                    .map_err(|e| KernelError::Pin { name, source: e })?;
-                info
-            };
-            attached.push(Attached {
-                hook: name,
-                program_id: link_info.program_id(),
-                link_id: link_info.id(),
-            });
-        }
+        let attached = attach_all(&mut ebpf, cgroup_root, &pins)?;
         Ok((
             Self {
                 _ebpf: ebpf,

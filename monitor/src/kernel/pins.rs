@@ -5,7 +5,7 @@
 //! our pins behind its back).
 use std::{
     io::Write,
-    os::fd::AsRawFd,
+    os::{fd::AsRawFd, unix::fs::PermissionsExt},
     path::{Path, PathBuf},
 };
 
@@ -85,6 +85,36 @@ pub fn remove_pins(dir: &Path) -> Result<Vec<String>, KernelError> {
     }
     std::fs::remove_dir(dir).map_err(io)?;
     Ok(removed)
+}
+
+/// Creates (0700) `pin_base/<build id>` and lists the pin directories of
+/// other builds, to retire once this build enforces.
+pub fn prepare(pin_base: &Path) -> Result<(PathBuf, Vec<OldPins>), KernelError> {
+    let pins = pin_base.join(super::build_id());
+    std::fs::create_dir_all(&pins).map_err(|source| KernelError::Pins {
+        path: pins.clone(),
+        source,
+    })?;
+    for dir in [pin_base, pins.as_path()] {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(
+            |source| KernelError::Pins {
+                path: dir.into(),
+                source,
+            },
+        )?;
+    }
+    let old: Vec<OldPins> = std::fs::read_dir(pin_base)
+        .map_err(|source| KernelError::Pins {
+            path: pin_base.into(),
+            source,
+        })?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.is_dir() && *p != pins)
+        .map(|dir| OldPins { dir })
+        .collect();
+
+    Ok((pins, old))
 }
 
 /// Reads what the kernel has now: the links pinned for our programs and the
