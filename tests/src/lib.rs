@@ -94,6 +94,11 @@ pub fn probe_bin() -> PathBuf {
     bin_dir().join("probe")
 }
 
+/// The raw gRPC client (`src/bin/grpc_call.rs`).
+pub fn grpc_call_bin() -> PathBuf {
+    bin_dir().join("grpc-call")
+}
+
 pub fn require_root() {
     // SAFETY: no preconditions.
     assert_eq!(

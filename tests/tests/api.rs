@@ -586,21 +586,70 @@ fn a_stalled_client_gets_a_gap_and_does_not_slow_others() {
     });
 }
 
+/// `bin` run as this uid and gid, with no supplementary groups.
+fn as_user_command(uid: u32, gid: u32, bin: &Path) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args([
+        "--reuid",
+        &uid.to_string(),
+        "--regid",
+        &gid.to_string(),
+        "--clear-groups",
+    ])
+    .arg(bin);
+    cmd
+}
+
 fn as_user(uid: u32, gid: u32, args: &[&str], env: &TestEnv) -> std::process::Output {
-    Command::new("setpriv")
-        .args([
-            "--reuid",
-            &uid.to_string(),
-            "--regid",
-            &gid.to_string(),
-            "--clear-groups",
-        ])
-        .arg(daemon_bin())
+    as_user_command(uid, gid, &daemon_bin())
         .args(args)
         .arg("--socket")
         .arg(env.socket())
         .output()
         .unwrap()
+}
+
+/// Each method called with an empty request on the daemon's socket as this
+/// uid and gid: one `{"method", "code", "message"}` per method.
+fn grpc_calls_as(uid: u32, gid: u32, env: &TestEnv, methods: &[String]) -> Vec<Value> {
+    let out = as_user_command(uid, gid, &grpc_call_bin())
+        .arg(env.socket())
+        .args(methods)
+        .output()
+        .unwrap();
+    let got = json_lines(&out);
+    assert_eq!(got.len(), methods.len(), "one answer per method: {got:?}");
+    for (method, answer) in methods.iter().zip(&got) {
+        assert_eq!(answer["method"], method.as_str(), "{got:?}");
+    }
+    got
+}
+
+/// The EgressMonitor service's methods as gRPC paths, from its descriptor
+/// ("+stream" on the server-streaming ones, for `grpc-call`).
+fn egress_monitor_methods() -> Vec<String> {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(pb::FILE_DESCRIPTOR_SET)
+        .expect("the service's descriptor set decodes");
+    let mut methods = Vec::new();
+    for file in &set.file {
+        for service in file.service.iter().filter(|s| s.name() == "EgressMonitor") {
+            for m in &service.method {
+                methods.push(format!(
+                    "/{}.{}/{}{}",
+                    file.package(),
+                    service.name(),
+                    m.name(),
+                    if m.server_streaming() { "+stream" } else { "" }
+                ));
+            }
+        }
+    }
+    assert!(
+        methods.len() >= 7,
+        "the descriptor names the service's methods: {methods:?}"
+    );
+    methods
 }
 
 /// The unix socket: a user outside its group is refused; a member of the
@@ -632,7 +681,10 @@ fn unix_socket_roles() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("ReloadPolicies: PermissionDenied: ReloadPolicies needs the admin role"),
+        err.contains(
+            "ReloadPolicies: PermissionDenied: /egress_monitor.v1.EgressMonitor/ReloadPolicies \
+             needs the admin role; this client is a viewer"
+        ),
         "{err}"
     );
 
@@ -643,6 +695,56 @@ fn unix_socket_roles() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("policy set generation 2 in force"));
+}
+
+/// Every method of the service, found in its descriptor, refuses a caller
+/// without a role, and ReloadPolicies refuses a viewer, before a handler runs.
+#[test]
+fn every_method_refuses_a_caller_without_the_role_it_needs() {
+    let env = start("enforce", &["--socket-group", "nogroup"]);
+    // The socket's mode is the first gate (unix_socket_roles); open it so
+    // that what refuses here is the second, the role check on every call.
+    std::fs::set_permissions(
+        env.socket(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o666),
+    )
+    .unwrap();
+    let methods = egress_monitor_methods();
+    for answer in grpc_calls_as(1, 1, &env, &methods) {
+        let message = s(&answer, "message");
+        assert_eq!(answer["code"], "PermissionDenied", "{answer}");
+        assert!(
+            message.contains("role; uid 1 is neither root nor in the socket or admin group"),
+            "{answer}"
+        );
+    }
+
+    let reload = methods
+        .iter()
+        .find(|m| m.ends_with("/ReloadPolicies"))
+        .expect("ReloadPolicies is in the descriptor")
+        .clone();
+    let viewer = grpc_calls_as(
+        65534,
+        65534,
+        &env,
+        &[
+            reload,
+            "/egress_monitor.v1.EgressMonitor/GetStatus".into(),
+            "/grpc.health.v1.Health/Check".into(),
+        ],
+    );
+    assert_eq!(viewer[0]["code"], "PermissionDenied", "{viewer:?}");
+    assert!(
+        s(&viewer[0], "message").ends_with("needs the admin role; this client is a viewer"),
+        "{viewer:?}"
+    );
+    // The same empty requests are served when the role suffices.
+    assert_eq!(viewer[1]["code"], "Ok", "{viewer:?}");
+    assert_eq!(viewer[2]["code"], "Ok", "{viewer:?}");
+    // The refused reload never reached the handler: no new generation.
+    let status: Value = serde_json::from_slice(&env.cli(&["status", "-o", "json"]).stdout).unwrap();
+    assert_eq!(status["policy_generation"], 1, "{status}");
 }
 
 struct Pki {
@@ -703,8 +805,8 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// TCP with TLS: client certificates decide the role; no certificate is
-/// UNAUTHENTICATED; a certificate from another CA is refused.
+/// TCP with TLS: client certificates decide the role; a connection without
+/// a certificate, or with one from another CA, is refused in the handshake.
 #[test]
 fn tls_clients_need_a_valid_certificate() {
     let pki = Pki::new();
@@ -754,8 +856,18 @@ fn tls_clients_need_a_valid_certificate() {
     assert!(ok, "{text}");
     let (ok, text) = remote(None, &["status"]);
     assert!(
-        !ok && text.contains("Unauthenticated: a client certificate is required"),
-        "{text}"
+        !ok,
+        "a client without a certificate must be refused: {text}"
+    );
+    assert!(!text.contains("connect4 (id "), "{text}");
+    assert!(
+        !text.contains("Unauthenticated"),
+        "refused in the handshake, not by a call: {text}"
+    );
+    assert!(
+        !env.log()
+            .contains("refused /egress_monitor.v1.EgressMonitor/GetStatus"),
+        "the call without a certificate never reached the server's services"
     );
     let (ok, text) = remote(Some("rogue"), &["status"]);
     assert!(!ok, "a certificate from another CA must be refused: {text}");

@@ -1,17 +1,90 @@
-//! Who may call what. Two roles: viewers read, admins may also reload.
+//! Who may call what, decided once for every call by a tower layer around
+//! the whole server ([`AuthLayer`]), from one table of methods and the role
+//! each needs ([`METHOD_ROLES`]). A method that is not in the table is
+//! refused, so a new RPC is closed until it is given a role.
+//!
+//! Two roles: viewers read, admins may also reload.
 //!
 //! Unix socket: the peer's credentials (SO_PEERCRED). Root and members of
 //! the admin group are admins; members of the socket group are viewers;
 //! anyone else who got past the socket's 0660 mode is refused.
-//! TCP: TLS with client certificates from the configured CA. A common name
-//! listed as an admin name is an admin; any other valid certificate is a
-//! viewer; no certificate is UNAUTHENTICATED.
-use tonic::{transport::server::UdsConnectInfo, Request, Status};
+//! TCP: TLS with a client certificate from the configured CA, required in
+//! the handshake. A common name listed as an admin name is an admin; any
+//! other valid certificate is a viewer.
+use std::{
+    fmt,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use tonic::{
+    transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo},
+    Status,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Role {
     Viewer,
     Admin,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Viewer => "viewer",
+            Role::Admin => "admin",
+        })
+    }
+}
+
+/// Every method the API serves, by gRPC path, and the role it needs. The
+/// only place access is decided; a path that is not here is refused.
+pub const METHOD_ROLES: &[(&str, Role)] = &[
+    (
+        "/egress_monitor.v1.EgressMonitor/StreamEvents",
+        Role::Viewer,
+    ),
+    ("/egress_monitor.v1.EgressMonitor/GetStatus", Role::Viewer),
+    (
+        "/egress_monitor.v1.EgressMonitor/ListPolicies",
+        Role::Viewer,
+    ),
+    ("/egress_monitor.v1.EgressMonitor/CheckPolicy", Role::Viewer),
+    (
+        "/egress_monitor.v1.EgressMonitor/ReloadPolicies",
+        Role::Admin,
+    ),
+    ("/egress_monitor.v1.EgressMonitor/QueryEvents", Role::Viewer),
+    ("/egress_monitor.v1.EgressMonitor/QueryFlows", Role::Viewer),
+    ("/grpc.health.v1.Health/Check", Role::Viewer),
+    ("/grpc.health.v1.Health/Watch", Role::Viewer),
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        Role::Viewer,
+    ),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        Role::Viewer,
+    ),
+];
+
+/// The role a method needs, or `None` for a method that is not in the table.
+pub fn needed_role(path: &str) -> Option<Role> {
+    METHOD_ROLES
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, role)| *role)
+}
+
+/// Why a caller has no role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No credentials on the connection (UNAUTHENTICATED).
+    Unauthenticated(&'static str),
+    /// Known credentials with no role (PERMISSION_DENIED); says whose.
+    NoRole(String),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -71,12 +144,13 @@ fn common_name(der: &[u8]) -> Option<String> {
 }
 
 impl AuthConfig {
-    /// The caller's role, or the status that refuses it.
-    pub fn role<T>(&self, req: &Request<T>) -> Result<Role, Status> {
-        if let Some(info) = req.extensions().get::<UdsConnectInfo>() {
-            let cred = info
-                .peer_cred
-                .ok_or_else(|| Status::unauthenticated("no peer credentials on the unix socket"))?;
+    /// The caller's role, from the connection information tonic puts into
+    /// the request's extensions, or why it has none.
+    pub fn role(&self, extensions: &http::Extensions) -> Result<Role, Refusal> {
+        if let Some(info) = extensions.get::<UdsConnectInfo>() {
+            let cred = info.peer_cred.ok_or(Refusal::Unauthenticated(
+                "no peer credentials on the unix socket",
+            ))?;
             if cred.uid() == 0 {
                 return Ok(Role::Admin);
             }
@@ -90,14 +164,17 @@ impl AuthConfig {
             if self.socket_gid.is_some_and(|g| groups.contains(&g)) {
                 return Ok(Role::Viewer);
             }
-            return Err(Status::permission_denied(format!(
+            return Err(Refusal::NoRole(format!(
                 "uid {} is neither root nor in the socket or admin group",
                 cred.uid()
             )));
         }
-        let certs = req.peer_certs().unwrap_or_default();
+        let certs = extensions
+            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .and_then(|info| info.peer_certs())
+            .unwrap_or_default();
         let Some(cert) = certs.first() else {
-            return Err(Status::unauthenticated("a client certificate is required"));
+            return Err(Refusal::Unauthenticated("a client certificate is required"));
         };
         let cn = common_name(cert).unwrap_or_default();
         if self.tls_admin_names.contains(&cn) {
@@ -107,14 +184,99 @@ impl AuthConfig {
         }
     }
 
-    pub fn require<T>(&self, req: &Request<T>, needed: Role, what: &str) -> Result<Role, Status> {
-        let role = self.role(req)?;
-        if role < needed {
-            return Err(Status::permission_denied(format!(
-                "{what} needs the admin role; this client is a viewer"
-            )));
+    /// Whether the caller may call the method at `path`, or the status that
+    /// refuses it.
+    pub fn authorize(&self, path: &str, extensions: &http::Extensions) -> Result<Role, Status> {
+        let role = self.role(extensions);
+        let Some(needed) = needed_role(path) else {
+            return Err(match role {
+                Err(Refusal::Unauthenticated(why)) => Status::unauthenticated(why),
+                _ => Status::permission_denied(format!("{path} is not in the role table")),
+            });
+        };
+        match role {
+            Ok(role) if role >= needed => Ok(role),
+            Ok(role) => Err(Status::permission_denied(format!(
+                "{path} needs the {needed} role; this client is a {role}"
+            ))),
+            Err(Refusal::Unauthenticated(why)) => Err(Status::unauthenticated(why)),
+            Err(Refusal::NoRole(who)) => Err(Status::permission_denied(format!(
+                "{path} needs the {needed} role; {who}"
+            ))),
         }
-        Ok(role)
+    }
+}
+
+/// Authenticates and authorizes every call before it reaches a service:
+/// `Server::builder().layer(AuthLayer::new(config))`.
+#[derive(Debug, Clone)]
+pub struct AuthLayer {
+    config: Arc<AuthConfig>,
+}
+
+impl AuthLayer {
+    pub fn new(config: Arc<AuthConfig>) -> Self {
+        AuthLayer { config }
+    }
+}
+
+impl<S> tower::Layer<S> for AuthLayer {
+    type Service = Authorized<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Authorized {
+            inner,
+            config: self.config.clone(),
+        }
+    }
+}
+
+/// The service [`AuthLayer`] wraps around the server's routes.
+#[derive(Debug, Clone)]
+pub struct Authorized<S> {
+    inner: S,
+    config: Arc<AuthConfig>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+
+impl<S, B, ResBody> tower::Service<http::Request<B>> for Authorized<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<ResBody>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    ResBody: Default + Send + 'static,
+{
+    type Response = http::Response<ResBody>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
+        match self.config.authorize(req.uri().path(), req.extensions()) {
+            Ok(_) => {
+                // The service that was polled ready serves this call; its
+                // clone stays for the next one.
+                let clone = self.inner.clone();
+                let mut inner = std::mem::replace(&mut self.inner, clone);
+                Box::pin(inner.call(req))
+            }
+            Err(status) => {
+                log::info!(
+                    "refused {}: {:?}: {}",
+                    req.uri().path(),
+                    status.code(),
+                    status.message()
+                );
+                Box::pin(std::future::ready(Ok(status.into_http())))
+            }
+        }
     }
 }
 
@@ -130,10 +292,157 @@ mod tests {
         assert_eq!(group_gid(text, "missing"), None);
     }
 
+    /// `/package.Service/Method` of every method in an encoded descriptor set.
+    fn methods_in(encoded: &[u8]) -> Vec<String> {
+        use prost::Message as _;
+        let set = prost_types::FileDescriptorSet::decode(encoded).expect("a valid descriptor set");
+        let mut out = Vec::new();
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    out.push(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+        out
+    }
+
+    /// The role table has an entry for every method served, and no other.
+    #[test]
+    fn the_role_table_names_exactly_the_methods_served() {
+        let mut served: Vec<String> = [
+            crate::api::pb::FILE_DESCRIPTOR_SET,
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ]
+        .into_iter()
+        .flat_map(methods_in)
+        .collect();
+        served.sort();
+        let mut table: Vec<String> = METHOD_ROLES.iter().map(|(p, _)| p.to_string()).collect();
+        table.sort();
+        let before = table.len();
+        table.dedup();
+        assert_eq!(table.len(), before, "a method is in the role table twice");
+        let missing: Vec<_> = served.iter().filter(|m| !table.contains(m)).collect();
+        let unknown: Vec<_> = table.iter().filter(|m| !served.contains(m)).collect();
+        assert!(
+            missing.is_empty(),
+            "served but not in the role table: {missing:?}"
+        );
+        assert!(
+            unknown.is_empty(),
+            "in the role table but not served: {unknown:?}"
+        );
+        let admin: Vec<_> = METHOD_ROLES
+            .iter()
+            .filter(|(_, r)| *r == Role::Admin)
+            .map(|(p, _)| *p)
+            .collect();
+        assert_eq!(admin, ["/egress_monitor.v1.EgressMonitor/ReloadPolicies"]);
+    }
+
+    /// An inner service that counts the calls that reach it.
+    #[derive(Clone, Default)]
+    struct Counting(Arc<std::sync::atomic::AtomicUsize>);
+
+    impl tower::Service<http::Request<()>> for Counting {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: http::Request<()>) -> Self::Future {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(Ok(http::Response::new(tonic::body::Body::default())))
+        }
+    }
+
+    /// Calls `path` through the layer, with this process's own unix socket
+    /// credentials (`uds`) or no connection information at all; returns the
+    /// status it answered with (None: passed on) and how many calls the
+    /// inner service saw.
+    fn call_through_layer(path: &str, uds: bool) -> (Option<Status>, usize) {
+        use tonic::transport::server::Connected as _;
+        use tower::{Layer as _, ServiceExt as _};
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        rt.block_on(async {
+            let mut req = http::Request::builder()
+                .uri(format!("http://localhost{path}"))
+                .body(())
+                .expect("a request");
+            let mut config = AuthConfig::default();
+            let _pair;
+            if uds {
+                let (a, b) = tokio::net::UnixStream::pair().expect("a socket pair");
+                let info = a.connect_info();
+                // Our own group is the socket group: at least a viewer.
+                config.socket_gid = info.peer_cred.map(|c| c.gid());
+                req.extensions_mut().insert(info);
+                _pair = (a, b);
+            }
+            let inner = Counting::default();
+            let layer = AuthLayer::new(Arc::new(config));
+            let resp = layer
+                .layer(inner.clone())
+                .oneshot(req)
+                .await
+                .expect("infallible");
+            (
+                Status::from_header_map(resp.headers()),
+                inner.0.load(std::sync::atomic::Ordering::SeqCst),
+            )
+        })
+    }
+
+    #[test]
+    fn a_call_without_connection_information_is_unauthenticated_and_not_served() {
+        let (status, calls) =
+            call_through_layer("/egress_monitor.v1.EgressMonitor/GetStatus", false);
+        let status = status.expect("refused");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        assert_eq!(calls, 0);
+    }
+
+    #[test]
+    fn a_method_not_in_the_table_is_refused_and_not_served() {
+        let (status, calls) = call_through_layer("/egress_monitor.v1.EgressMonitor/DropAll", true);
+        let status = status.expect("refused");
+        assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+        assert!(
+            status.message().contains("not in the role table"),
+            "{}",
+            status.message()
+        );
+        assert_eq!(calls, 0);
+    }
+
+    #[test]
+    fn a_caller_with_the_role_is_passed_on() {
+        let (status, calls) =
+            call_through_layer("/egress_monitor.v1.EgressMonitor/GetStatus", true);
+        assert!(status.is_none(), "{status:?}");
+        assert_eq!(calls, 1);
+    }
+
     #[test]
     fn a_request_without_credentials_or_certificate_is_unauthenticated() {
         let auth = AuthConfig::default();
-        let status = auth.role(&Request::new(())).unwrap_err();
-        assert_eq!(status.code(), tonic::Code::Unauthenticated);
+        assert_eq!(
+            auth.role(&http::Extensions::new()),
+            Err(Refusal::Unauthenticated("a client certificate is required"))
+        );
     }
 }

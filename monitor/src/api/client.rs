@@ -40,6 +40,11 @@ fn read(p: &PathBuf) -> anyhow::Result<Vec<u8>> {
 }
 
 pub async fn connect(args: &ConnectArgs) -> anyhow::Result<EgressMonitorClient<Channel>> {
+    Ok(EgressMonitorClient::new(channel(args).await?))
+}
+
+/// A channel to the daemon, for any of its services.
+pub async fn channel(args: &ConnectArgs) -> anyhow::Result<Channel> {
     let channel = match &args.server {
         Some(server) => {
             let mut tls = ClientTlsConfig::new();
@@ -75,7 +80,7 @@ pub async fn connect(args: &ConnectArgs) -> anyhow::Result<EgressMonitorClient<C
                 })?
         }
     };
-    Ok(EgressMonitorClient::new(channel))
+    Ok(channel)
 }
 
 /// A gRPC error as a CLI error: the code and the server's message.

@@ -1,5 +1,7 @@
 //! Transports: a unix socket (default) and TCP with TLS and client
-//! certificates (optional), both with the health and reflection services.
+//! certificates (optional), both with the health and reflection services,
+//! and both behind the same [`AuthLayer`]: every call is authenticated and
+//! authorized once, before it reaches a service.
 use std::{
     net::SocketAddr,
     os::unix::fs::PermissionsExt,
@@ -12,7 +14,11 @@ use tokio_stream::wrappers::UnixListenerStream;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 pub use super::backend::Backend;
-use super::{auth::AuthConfig, pb, service::Service};
+use super::{
+    auth::{AuthConfig, AuthLayer},
+    pb,
+    service::Service,
+};
 
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
@@ -52,7 +58,6 @@ pub fn check(config: &ApiConfig) -> anyhow::Result<()> {
 
 async fn services(
     backend: Backend,
-    auth: Arc<AuthConfig>,
 ) -> anyhow::Result<(
     pb::egress_monitor_server::EgressMonitorServer<Service>,
     tonic_health::pb::health_server::HealthServer<impl tonic_health::pb::health_server::Health>,
@@ -75,7 +80,7 @@ async fn services(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let service = pb::egress_monitor_server::EgressMonitorServer::new(Service { backend, auth });
+    let service = pb::egress_monitor_server::EgressMonitorServer::new(Service { backend });
     Ok((service, health, reflection_v1, reflection_v1alpha))
 }
 
@@ -109,9 +114,10 @@ pub async fn serve(
     }
     log::info!("gRPC API on unix socket {}", config.socket.display());
 
-    let (svc, health, refl1, refl1a) = services(backend.clone(), auth.clone()).await?;
+    let (svc, health, refl1, refl1a) = services(backend.clone()).await?;
     let mut shutdown_unix = shutdown.clone();
     let unix = Server::builder()
+        .layer(AuthLayer::new(auth.clone()))
         .add_service(svc)
         .add_service(health)
         .add_service(refl1)
@@ -126,12 +132,11 @@ pub async fn serve(
                 Identity::from_pem(read(&tls.cert, "certificate")?, read(&tls.key, "key")?);
             let tls_config = ServerTlsConfig::new()
                 .identity(identity)
-                .client_ca_root(Certificate::from_pem(read(&tls.client_ca, "client CA")?))
-                // A connection without a certificate completes the handshake
-                // so that its calls get a clear UNAUTHENTICATED; one with a
-                // certificate from another CA is refused in the handshake.
-                .client_auth_optional(true);
-            let (svc, health, refl1, refl1a) = services(backend, auth).await?;
+                // Client certificates are required: a connection without
+                // one, or with one from another CA, is refused in the
+                // handshake and never reaches a service.
+                .client_ca_root(Certificate::from_pem(read(&tls.client_ca, "client CA")?));
+            let (svc, health, refl1, refl1a) = services(backend).await?;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("binding {addr}"))?;
@@ -144,6 +149,7 @@ pub async fn serve(
             Some(
                 Server::builder()
                     .tls_config(tls_config)?
+                    .layer(AuthLayer::new(auth))
                     .add_service(svc)
                     .add_service(health)
                     .add_service(refl1)
