@@ -84,17 +84,76 @@ pub fn build(
     // One read transaction: every file sees the same store.
     store.conn.execute_batch("BEGIN")?;
 
-    // Records and their chain, checked as they are read.
+    let records = read_records(store, req)?;
+    check_anchor(store, records.anchor)?;
+    summary.in_window = records.links.len();
+    summary.exported = records.events.len();
+    let complete = req.filter.is_null();
+    files.insert("chain.json".into(), chain_json(store, &records, complete)?);
+    let Records { jsonl, events, .. } = records;
+    files.insert("events.jsonl".into(), jsonl);
+
+    let flows = window_flows(store, req)?;
+    summary.flows = flows.len();
+    files.insert("flows.csv".into(), flows_csv(&flows)?);
+
+    let (index, versions) = policy_sets(store, req)?;
+    summary.policy_versions = versions.len();
+    insert_policy_files(&mut files, &index, &versions)?;
+
+    files.insert("geoip.json".into(), geoip_json(store, req)?);
+    files.insert("host.json".into(), host_json(store, req)?);
+    let counters = counters(store, req, &summary)?;
+    files.insert(
+        "counters.json".into(),
+        serde_json::to_vec_pretty(&counters)?,
+    );
+    store.conn.execute_batch("COMMIT")?;
+
+    let md = super::summary::render(&super::summary::Input {
+        since: req.since,
+        until: req.until,
+        events: &events,
+        flows: &flows,
+        policy_index: &index,
+        counters: &counters,
+        complete,
+        public_key: &crate::evidence::key::public_hex(&key.verifying_key()),
+    });
+    files.insert("summary.md".into(), md.into_bytes());
+    let public = crate::evidence::key::public_hex(&key.verifying_key());
+    files.insert("node.pub".into(), format!("{public}\n").into_bytes());
+
+    sign_manifest(store, key, req, &public, &mut files)?;
+    Ok((files, summary))
+}
+
+/// The window's records, read in order and checked against the hash chain.
+struct Records {
+    /// One link per record in the window (kept or not).
+    links: Vec<chain::Link>,
+    /// The kept records, one per line, as stored.
+    jsonl: Vec<u8>,
+    /// The hash the window's first record follows, and the seq before it.
+    anchor: Option<([u8; 32], i64)>,
+    /// The kept records as events.
+    events: Vec<Event>,
+}
+
+/// Reads the window's records, checking each digest and link as it goes.
+fn read_records(store: &Store, req: &Request<'_>) -> anyhow::Result<Records> {
     let mut stmt = store.conn.prepare(&format!(
         "SELECT {}, prev_hash, digest, hash, record FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 ORDER BY seq",
         query::EVENT_COLUMNS
     ))?;
     let mut rows = stmt.query(params![req.since, req.until])?;
-    let mut links = Vec::new();
-    let mut jsonl = Vec::new();
-    let mut anchor: Option<([u8; 32], i64)> = None;
+    let mut out = Records {
+        links: Vec::new(),
+        jsonl: Vec::new(),
+        anchor: None,
+        events: Vec::new(),
+    };
     let mut prev: Option<[u8; 32]> = None;
-    let mut exported_events = Vec::new();
     while let Some(r) = rows.next()? {
         let (seq, event) = query::event_of(r)?;
         let prev_hash = chain::to32(&r.get::<_, Vec<u8>>(19)?);
@@ -105,30 +164,32 @@ pub fn build(
             bail!("the store's record seq {seq} does not match its digest: the store was altered; not exporting");
         }
         if let Some(p) = prev {
-            if p != prev_hash || links.last().map(|l: &chain::Link| l.seq + 1) != Some(seq) {
+            if p != prev_hash || out.links.last().map(|l: &chain::Link| l.seq + 1) != Some(seq) {
                 bail!("the store's chain is broken before seq {seq} (a record was removed or altered): not exporting");
             }
         } else {
-            anchor = Some((prev_hash, seq - 1));
+            out.anchor = Some((prev_hash, seq - 1));
         }
         if chain::link(&prev_hash, &digest) != hash {
             bail!("the store's record seq {seq} does not link to the one before: the store was altered; not exporting");
         }
         prev = Some(hash);
-        links.push(chain::Link {
+        out.links.push(chain::Link {
             seq,
             digest: hex::encode(digest),
             hash: hex::encode(hash),
         });
         if (req.keep)(&event) {
-            jsonl.extend_from_slice(record.as_bytes());
-            jsonl.push(b'\n');
-            exported_events.push(event);
+            out.jsonl.extend_from_slice(record.as_bytes());
+            out.jsonl.push(b'\n');
+            out.events.push(event);
         }
     }
-    drop(rows);
-    drop(stmt);
-    // The anchor is confirmed by the record before the window, if kept.
+    Ok(out)
+}
+
+/// Checks the anchor against the record before the window, if still kept.
+fn check_anchor(store: &Store, anchor: Option<([u8; 32], i64)>) -> anyhow::Result<()> {
     if let Some((a, seq)) = anchor {
         let before: Option<Vec<u8>> = store
             .conn
@@ -143,36 +204,40 @@ pub fn build(
             );
         }
     }
-    summary.in_window = links.len();
-    summary.exported = exported_events.len();
+    Ok(())
+}
+
+/// `chain.json`: the links, their anchor and the store's head at export.
+fn chain_json(store: &Store, records: &Records, complete: bool) -> anyhow::Result<Vec<u8>> {
     let (head_seq, head) = store.head()?;
-    let anchor_json = match anchor {
+    let anchor_json = match records.anchor {
         Some((h, seq)) => json!({"seq": seq, "hash": hex::encode(h)}),
         None => Value::Null,
     };
-    let complete = req.filter.is_null();
-    files.insert(
-        "chain.json".into(),
-        serde_json::to_vec_pretty(&json!({
-            "algorithm": "digest = SHA-256(line of events.jsonl); hash = SHA-256(previous hash || digest); the store's first record follows 32 zero bytes",
-            "store_id": store.store_id()?,
-            "anchor": anchor_json,
-            "links": links,
-            "complete": complete,
-            "records_in_window": links.len(),
-            "records_exported": summary.exported,
-            "store_head_at_export": {"seq": head_seq, "hash": hex::encode(head)},
-        }))?,
-    );
-    files.insert("events.jsonl".into(), jsonl);
+    Ok(serde_json::to_vec_pretty(&json!({
+        "algorithm": "digest = SHA-256(line of events.jsonl); hash = SHA-256(previous hash || digest); the store's first record follows 32 zero bytes",
+        "store_id": store.store_id()?,
+        "anchor": anchor_json,
+        "links": records.links,
+        "complete": complete,
+        "records_in_window": records.links.len(),
+        "records_exported": records.events.len(),
+        "store_head_at_export": {"seq": head_seq, "hash": hex::encode(head)},
+    }))?)
+}
 
-    // Flows.
+/// The window's flows (of the kept events), oldest first.
+fn window_flows(store: &Store, req: &Request<'_>) -> anyhow::Result<Vec<query::Flow>> {
     let mut flows = query::flows(store, req.since, req.until, req.keep, req.by_process)?;
     query::sort(&mut flows, "first_seen");
-    summary.flows = flows.len();
+    Ok(flows)
+}
+
+/// `flows.csv`: one row per flow under the CLI's column names.
+fn flows_csv(flows: &[query::Flow]) -> anyhow::Result<Vec<u8>> {
     let mut w = csv::Writer::from_writer(Vec::new());
     w.write_record(query::FLOW_CSV_COLUMNS)?;
-    for f in &flows {
+    for f in flows {
         w.write_record([
             t(f.first_seen),
             t(f.last_seen),
@@ -189,14 +254,25 @@ pub fn build(
             f.continent.clone(),
         ])?;
     }
-    files.insert(
-        "flows.csv".into(),
-        w.into_inner().context("writing flows.csv")?,
-    );
+    w.into_inner().context("writing flows.csv")
+}
 
-    // Policy record.
+/// A stored policy version: name, mode, file, text, first seen.
+type Version = (String, String, String, String, i64);
+
+/// The bundle's file name for a policy version's text.
+fn policy_text_file(name: &str, sha: &str) -> String {
+    format!("policies/{}-{}.yaml", name, &sha[..16.min(sha.len())])
+}
+
+/// The policy sets in force during the window (the index's entries) and
+/// every version they name, by SHA-256.
+fn policy_sets(
+    store: &Store,
+    req: &Request<'_>,
+) -> anyhow::Result<(Vec<Value>, BTreeMap<String, Version>)> {
     let sets = in_force(store, "policy_sets", "members", req.since, req.until)?;
-    let mut versions: BTreeMap<String, (String, String, String, String, i64)> = BTreeMap::new();
+    let mut versions: BTreeMap<String, Version> = BTreeMap::new();
     let mut index = Vec::new();
     for (at, members) in &sets {
         let mut list = Vec::new();
@@ -207,38 +283,46 @@ pub fn build(
                 [&sha],
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )?;
-            let (name, mode, file, _, _): &(String, String, String, String, i64) =
-                versions.entry(sha.clone()).or_insert(row);
+            let (name, mode, file, _, _): &Version = versions.entry(sha.clone()).or_insert(row);
             list.push(
                 json!({"name": name, "sha256": sha, "mode": mode, "file": file,
-                "text_file": format!("policies/{}-{}.yaml", name, &sha[..16.min(sha.len())])}),
+                "text_file": policy_text_file(name, &sha)}),
             );
         }
         index.push(
             json!({"effective_from": t(*at), "effective_from_unix_nanos": at, "policies": list}),
         );
     }
-    for (sha, (name, _, _, text, _)) in &versions {
-        files.insert(
-            format!("policies/{}-{}.yaml", name, &sha[..16.min(sha.len())]),
-            text.clone().into_bytes(),
-        );
+    Ok((index, versions))
+}
+
+/// Adds each policy version's text and `policies/index.json`.
+fn insert_policy_files(
+    files: &mut Files,
+    index: &[Value],
+    versions: &BTreeMap<String, Version>,
+) -> anyhow::Result<()> {
+    for (sha, (name, _, _, text, _)) in versions {
+        files.insert(policy_text_file(name, sha), text.clone().into_bytes());
     }
-    summary.policy_versions = versions.len();
     files.insert(
         "policies/index.json".into(),
         serde_json::to_vec_pretty(&json!({"policy_sets": index}))?,
     );
+    Ok(())
+}
 
-    // GeoIP and host.
+/// `geoip.json`: the GeoIP databases in use during the window.
+fn geoip_json(store: &Store, req: &Request<'_>) -> anyhow::Result<Vec<u8>> {
     let geo: Vec<Value> = in_force(store, "geoip", "identity", req.since, req.until)?
         .into_iter()
         .map(|(at, id)| json!({"in_use_from": t(at), "database": id}))
         .collect();
-    files.insert(
-        "geoip.json".into(),
-        serde_json::to_vec_pretty(&json!({"databases": geo}))?,
-    );
+    Ok(serde_json::to_vec_pretty(&json!({"databases": geo}))?)
+}
+
+/// `host.json`: this host's identity and the agent runs during the window.
+fn host_json(store: &Store, req: &Request<'_>) -> anyhow::Result<Vec<u8>> {
     let runs: Vec<Value> = in_force(store, "agent_runs", "info", req.since, req.until)?
         .into_iter()
         .map(|(at, info)| json!({"started": t(at), "agent": info}))
@@ -251,9 +335,33 @@ pub fn build(
         "exporting_agent_version": env!("CARGO_PKG_VERSION"),
         "agent_runs": runs,
     });
-    files.insert("host.json".into(), serde_json::to_vec_pretty(&host)?);
+    Ok(serde_json::to_vec_pretty(&host)?)
+}
 
-    // Counters: decisions, and what the record lacks.
+/// A gap record: time, kind, count, detail.
+type Gap = (i64, String, i64, String);
+
+/// The counters: decisions, and what the record lacks (gaps, retention).
+fn counters(store: &Store, req: &Request<'_>, summary: &Summary) -> anyhow::Result<Value> {
+    let verdicts = decisions_in_window(store, req)?;
+    let gaps: Vec<Gap> = store
+        .conn
+        .prepare("SELECT unix_nanos, kind, count, detail FROM gaps WHERE unix_nanos >= ?1 AND unix_nanos < ?2 ORDER BY id")?
+        .query_map(params![req.since, req.until], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let retention = retention_runs(store, req)?;
+    Ok(json!({
+        "decisions_in_window": verdicts,
+        "records_in_window": summary.in_window,
+        "records_exported": summary.exported,
+        "gaps": gap_totals(&gaps),
+        "gap_records": gaps.iter().map(|g| json!({"at": t(g.0), "kind": g.1, "count": g.2, "detail": g.3})).collect::<Vec<_>>(),
+        "retention_runs_touching_window": retention,
+    }))
+}
+
+/// The number of records in the window per verdict.
+fn decisions_in_window(store: &Store, req: &Request<'_>) -> anyhow::Result<BTreeMap<String, u64>> {
     let mut verdicts: BTreeMap<String, u64> = BTreeMap::new();
     for (v, n) in store
         .conn
@@ -263,11 +371,11 @@ pub fn build(
     {
         verdicts.insert(v, n as u64);
     }
-    let gaps: Vec<(i64, String, i64, String)> = store
-        .conn
-        .prepare("SELECT unix_nanos, kind, count, detail FROM gaps WHERE unix_nanos >= ?1 AND unix_nanos < ?2 ORDER BY id")?
-        .query_map(params![req.since, req.until], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
-        .collect::<Result<Vec<_>, _>>()?;
+    Ok(verdicts)
+}
+
+/// The total count per gap kind, every known kind present (zero if none).
+fn gap_totals(gaps: &[Gap]) -> BTreeMap<String, i64> {
     let mut totals: BTreeMap<String, i64> = [
         "lost_for_store",
         "lost_in_kernel",
@@ -277,45 +385,32 @@ pub fn build(
     .iter()
     .map(|k| (k.to_string(), 0))
     .collect();
-    for g in &gaps {
+    for g in gaps {
         *totals.entry(g.1.clone()).or_default() += g.2;
     }
-    let retention: Vec<Value> = store
+    totals
+}
+
+/// The retention runs that removed records from after the window's start.
+fn retention_runs(store: &Store, req: &Request<'_>) -> anyhow::Result<Vec<Value>> {
+    Ok(store
         .conn
         .prepare("SELECT unix_nanos, reason, events, up_to_seq, before_nanos FROM retention_log WHERE before_nanos > ?1 ORDER BY id")?
         .query_map([req.since], |r| {
             Ok(json!({"at": t(r.get(0)?), "reason": r.get::<_, String>(1)?, "events_removed": r.get::<_, i64>(2)?,
                 "up_to_seq": r.get::<_, i64>(3)?, "removed_before": t(r.get(4)?)}))
         })?
-        .collect::<Result<Vec<_>, _>>()?;
-    let counters = json!({
-        "decisions_in_window": verdicts,
-        "records_in_window": summary.in_window,
-        "records_exported": summary.exported,
-        "gaps": totals,
-        "gap_records": gaps.iter().map(|g| json!({"at": t(g.0), "kind": g.1, "count": g.2, "detail": g.3})).collect::<Vec<_>>(),
-        "retention_runs_touching_window": retention,
-    });
-    files.insert(
-        "counters.json".into(),
-        serde_json::to_vec_pretty(&counters)?,
-    );
-    store.conn.execute_batch("COMMIT")?;
+        .collect::<Result<Vec<_>, _>>()?)
+}
 
-    let md = super::summary::render(&super::summary::Input {
-        since: req.since,
-        until: req.until,
-        events: &exported_events,
-        flows: &flows,
-        policy_index: &index,
-        counters: &counters,
-        complete,
-        public_key: &crate::evidence::key::public_hex(&key.verifying_key()),
-    });
-    files.insert("summary.md".into(), md.into_bytes());
-    let public = crate::evidence::key::public_hex(&key.verifying_key());
-    files.insert("node.pub".into(), format!("{public}\n").into_bytes());
-
+/// Adds `manifest.json` (every file's SHA-256) and its signature `manifest.sig`.
+fn sign_manifest(
+    store: &Store,
+    key: &SigningKey,
+    req: &Request<'_>,
+    public: &str,
+    files: &mut Files,
+) -> anyhow::Result<()> {
     let digests: BTreeMap<&String, String> = files
         .iter()
         .map(|(n, b)| (n, hex::encode(Sha256::digest(b))))
@@ -335,7 +430,7 @@ pub fn build(
         "manifest.sig".into(),
         format!("{}\n", hex::encode(signature.to_bytes())).into_bytes(),
     );
-    Ok((files, summary))
+    Ok(())
 }
 
 /// Writes the files as one tar (fixed order: the manifest first).

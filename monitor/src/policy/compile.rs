@@ -7,7 +7,9 @@ use ipnetwork::IpNetwork;
 use monitor_common::{action, rule, Region, RegionRule};
 use sha2::{Digest, Sha256};
 
-use super::model::{line_of, Document, Mode, PolicyDoc, PolicyError, API_VERSION, KIND};
+use super::model::{
+    line_of, Document, Mode, PolicyDoc, PolicyError, Rules, Selector, API_VERSION, KIND,
+};
 use crate::{
     attribution::{self, Attribution},
     geo::regions,
@@ -76,13 +78,60 @@ pub fn compile(
     doc: &Document,
     policy: PolicyDoc,
 ) -> Result<CompiledPolicy, PolicyError> {
-    let err = |section: &str, token: Option<&str>, reason: String| PolicyError {
+    let at = Locator { file, doc };
+    check_header(&at, &policy)?;
+    let spec = &policy.spec;
+    let sel = &spec.selector;
+    check_selector_not_empty(&at, sel)?;
+    let pods = pod_uids(&at, &sel.pods)?;
+    let unit_selector = unit_globs(&at, &sel.systemd_units)?;
+    let selector = cgroup_globs(&at, &sel.cgroup_paths)?;
+    let allow = Side::of(&at, "allow", &spec.allow)?;
+    let deny = Side::of(&at, "deny", &spec.deny)?;
+    let decisions = region_decisions(&allow, &deny);
+    let (allowed_countries, denied_countries) = display_sets(&decisions);
+
+    Ok(CompiledPolicy {
+        name: policy.metadata.name.clone(),
+        mode: spec.mode,
         file: file.display().to_string(),
-        line: doc.first_line + line_of(doc.text, section, token) - 1,
-        reason,
-    };
+        sha256: hex::encode(Sha256::digest(doc.text.as_bytes())),
+        text: doc.text.into(),
+        cgroup_globs: sel.cgroup_paths.clone(),
+        selector,
+        pods,
+        unit_globs: sel.systemd_units.clone(),
+        unit_selector,
+        region_rules: region_rules(&decisions),
+        allow_cidrs: allow.cidrs,
+        deny_cidrs: deny.cidrs,
+        allowed_countries,
+        denied_countries,
+        source: policy,
+    })
+}
+
+/// Where a document's problems are reported: its file, and its text for lines.
+struct Locator<'a> {
+    file: &'a Path,
+    doc: &'a Document<'a>,
+}
+
+impl Locator<'_> {
+    /// The error at `token` after the line of `section:` (or at the section).
+    fn err(&self, section: &str, token: Option<&str>, reason: String) -> PolicyError {
+        PolicyError {
+            file: self.file.display().to_string(),
+            line: self.doc.first_line + line_of(self.doc.text, section, token) - 1,
+            reason,
+        }
+    }
+}
+
+/// Checks `apiVersion`, `kind` and `metadata.name`.
+fn check_header(at: &Locator, policy: &PolicyDoc) -> Result<(), PolicyError> {
     if policy.api_version != API_VERSION {
-        return Err(err(
+        return Err(at.err(
             "apiVersion",
             None,
             format!(
@@ -92,41 +141,52 @@ pub fn compile(
         ));
     }
     if policy.kind != KIND {
-        return Err(err(
+        return Err(at.err(
             "kind",
             None,
             format!("kind is {:?}, expected {KIND:?}", policy.kind),
         ));
     }
     let name = &policy.metadata.name;
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    if !name_ok {
-        return Err(err(
+    if !is_valid_name(name) {
+        return Err(at.err(
             "metadata",
             Some(name),
             format!("metadata.name {name:?} must be 1-63 lowercase letters, digits, '-' or '.', starting and ending with a letter or digit"),
         ));
     }
+    Ok(())
+}
 
-    let spec = &policy.spec;
-    let sel = &spec.selector;
+/// Whether `name` is 1-63 of `[a-z0-9.-]`, starting and ending alphanumeric.
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric())
+}
+
+/// Rejects a selector that names no cgroup path, pod or unit.
+fn check_selector_not_empty(at: &Locator, sel: &Selector) -> Result<(), PolicyError> {
     if sel.cgroup_paths.is_empty() && sel.pods.is_empty() && sel.systemd_units.is_empty() {
-        return Err(err(
+        return Err(at.err(
             "selector",
             None,
             "spec.selector is empty: a policy must select cgroupPaths, pods or systemdUnits".into(),
         ));
     }
+    Ok(())
+}
+
+/// Normalises the selector's pod UIDs (lowercase, dashes), rejecting non-UIDs.
+fn pod_uids(at: &Locator, uids: &[String]) -> Result<BTreeSet<String>, PolicyError> {
     let mut pods = BTreeSet::new();
-    for uid in &sel.pods {
+    for uid in uids {
         let normal = attribution::normalize_uid(&uid.replace('_', "-")).ok_or_else(|| {
-            err(
+            at.err(
                 "pods",
                 Some(uid),
                 format!("pod UID {uid:?} is not a Kubernetes UID (a UUID such as 1b2c3d4e-5f60-4718-9a0b-c1d2e3f40506, or 32 hex digits for a static pod)"),
@@ -134,12 +194,17 @@ pub fn compile(
         })?;
         pods.insert(normal);
     }
+    Ok(pods)
+}
+
+/// Checks the selector's systemd unit patterns and builds their glob set.
+fn unit_globs(at: &Locator, patterns: &[String]) -> Result<GlobSet, PolicyError> {
     let mut units = GlobSetBuilder::new();
-    for pattern in &sel.systemd_units {
+    for pattern in patterns {
         attribution::check_unit_pattern(pattern)
-            .map_err(|reason| err("systemdUnits", Some(pattern), reason))?;
+            .map_err(|reason| at.err("systemdUnits", Some(pattern), reason))?;
         let glob = Glob::new(pattern).map_err(|e| {
-            err(
+            at.err(
                 "systemdUnits",
                 Some(pattern),
                 format!("systemd unit glob {pattern:?}: {e}"),
@@ -147,13 +212,17 @@ pub fn compile(
         })?;
         units.add(glob);
     }
-    let unit_selector = units
+    units
         .build()
-        .map_err(|e| err("systemdUnits", None, format!("systemd unit globs: {e}")))?;
+        .map_err(|e| at.err("systemdUnits", None, format!("systemd unit globs: {e}")))
+}
+
+/// Checks the selector's cgroup path patterns and builds their glob set.
+fn cgroup_globs(at: &Locator, patterns: &[String]) -> Result<GlobSet, PolicyError> {
     let mut builder = GlobSetBuilder::new();
-    for pattern in &spec.selector.cgroup_paths {
+    for pattern in patterns {
         if !pattern.starts_with('/') {
-            return Err(err(
+            return Err(at.err(
                 "cgroupPaths",
                 Some(pattern),
                 format!("cgroup path {pattern:?} must start with '/' (it is relative to the cgroup2 mount)"),
@@ -167,7 +236,7 @@ pub fn compile(
             .literal_separator(true)
             .build()
             .map_err(|e| {
-                err(
+                at.err(
                     "cgroupPaths",
                     Some(pattern),
                     format!("cgroup path glob {pattern:?}: {e}"),
@@ -175,156 +244,208 @@ pub fn compile(
             })?;
         builder.add(glob);
     }
-    let selector = builder
+    builder
         .build()
-        .map_err(|e| err("cgroupPaths", None, format!("cgroup path globs: {e}")))?;
+        .map_err(|e| at.err("cgroupPaths", None, format!("cgroup path globs: {e}")))
+}
 
-    // Normalise and check region names.
-    let countries = |section: &str, list: &[String]| -> Result<BTreeSet<String>, PolicyError> {
-        list.iter()
-            .map(|c| {
-                let up = c.to_ascii_uppercase();
-                if regions::is_country(&up) {
-                    Ok(up)
-                } else {
-                    Err(err(
-                        section,
-                        Some(c),
-                        format!("{c:?} is not an ISO 3166-1 alpha-2 country code"),
-                    ))
-                }
-            })
-            .collect()
-    };
-    let continents = |section: &str, list: &[String]| -> Result<BTreeSet<String>, PolicyError> {
-        list.iter()
-            .map(|c| {
-                let up = c.to_ascii_uppercase();
-                if regions::is_continent(&up) {
-                    Ok(up)
-                } else {
-                    Err(err(
-                        section,
-                        Some(c),
-                        format!(
-                            "{c:?} is not a continent code (one of {})",
-                            regions::CONTINENTS.join(" ")
-                        ),
-                    ))
-                }
-            })
-            .collect()
-    };
-    let groups = |section: &str, list: &[String]| -> Result<BTreeSet<&'static str>, PolicyError> {
-        let mut out = BTreeSet::new();
-        for g in list {
-            let up = g.to_ascii_uppercase();
-            let Some(members) = regions::group_members(&up) else {
-                return Err(err(
+/// One side of a policy (`allow` or `deny`), its names normalised and checked.
+struct Side {
+    countries: BTreeSet<String>,
+    continents: BTreeSet<String>,
+    /// The member countries of the named groups.
+    groups: BTreeSet<&'static str>,
+    cidrs: Vec<IpNetwork>,
+}
+
+impl Side {
+    /// Checks one side's lists in document order: countries, continents, groups, CIDRs.
+    fn of(at: &Locator, section: &str, rules: &Rules) -> Result<Side, PolicyError> {
+        Ok(Side {
+            countries: countries(at, section, &rules.countries)?,
+            continents: continents(at, section, &rules.continents)?,
+            groups: group_members(at, section, &rules.groups)?,
+            cidrs: cidrs(at, section, &rules.cidrs)?,
+        })
+    }
+}
+
+/// Uppercases country codes, rejecting any that is not ISO 3166-1 alpha-2.
+fn countries(
+    at: &Locator,
+    section: &str,
+    list: &[String],
+) -> Result<BTreeSet<String>, PolicyError> {
+    list.iter()
+        .map(|c| {
+            let up = c.to_ascii_uppercase();
+            if regions::is_country(&up) {
+                Ok(up)
+            } else {
+                Err(at.err(
                     section,
-                    Some(g),
+                    Some(c),
+                    format!("{c:?} is not an ISO 3166-1 alpha-2 country code"),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// Uppercases continent codes, rejecting any that is not a known continent.
+fn continents(
+    at: &Locator,
+    section: &str,
+    list: &[String],
+) -> Result<BTreeSet<String>, PolicyError> {
+    list.iter()
+        .map(|c| {
+            let up = c.to_ascii_uppercase();
+            if regions::is_continent(&up) {
+                Ok(up)
+            } else {
+                Err(at.err(
+                    section,
+                    Some(c),
                     format!(
-                        "{g:?} is not a known group (one of {})",
-                        regions::GROUPS.join(" ")
+                        "{c:?} is not a continent code (one of {})",
+                        regions::CONTINENTS.join(" ")
+                    ),
+                ))
+            }
+        })
+        .collect()
+}
+
+/// The member countries of the named groups, rejecting an unknown group.
+fn group_members(
+    at: &Locator,
+    section: &str,
+    list: &[String],
+) -> Result<BTreeSet<&'static str>, PolicyError> {
+    let mut out = BTreeSet::new();
+    for g in list {
+        let up = g.to_ascii_uppercase();
+        let Some(members) = regions::group_members(&up) else {
+            return Err(at.err(
+                section,
+                Some(g),
+                format!(
+                    "{g:?} is not a known group (one of {})",
+                    regions::GROUPS.join(" ")
+                ),
+            ));
+        };
+        out.extend(members);
+    }
+    Ok(out)
+}
+
+/// Parses CIDRs, rejecting a malformed one or one with host bits set.
+fn cidrs(at: &Locator, section: &str, list: &[String]) -> Result<Vec<IpNetwork>, PolicyError> {
+    list.iter()
+        .map(|c| {
+            let net: IpNetwork = c
+                .parse()
+                .map_err(|e| at.err(section, Some(c), format!("{c:?} is not a CIDR: {e}")))?;
+            if net.network() != net.ip() {
+                return Err(at.err(
+                    section,
+                    Some(c),
+                    format!(
+                        "{c:?} has host bits set; did you mean {}/{}?",
+                        net.network(),
+                        net.prefix()
                     ),
                 ));
-            };
-            out.extend(members);
-        }
-        Ok(out)
-    };
-    let cidrs = |section: &str, list: &[String]| -> Result<Vec<IpNetwork>, PolicyError> {
-        list.iter()
-            .map(|c| {
-                let net: IpNetwork = c
-                    .parse()
-                    .map_err(|e| err(section, Some(c), format!("{c:?} is not a CIDR: {e}")))?;
-                if net.network() != net.ip() {
-                    return Err(err(
-                        section,
-                        Some(c),
-                        format!(
-                            "{c:?} has host bits set; did you mean {}/{}?",
-                            net.network(),
-                            net.prefix()
-                        ),
-                    ));
-                }
-                Ok(net)
-            })
-            .collect()
-    };
-
-    let allow_countries = countries("allow", &spec.allow.countries)?;
-    let allow_continents = continents("allow", &spec.allow.continents)?;
-    let allow_groups = groups("allow", &spec.allow.groups)?;
-    let allow_cidrs = cidrs("allow", &spec.allow.cidrs)?;
-    let deny_countries = countries("deny", &spec.deny.countries)?;
-    let deny_continents = continents("deny", &spec.deny.continents)?;
-    let deny_groups = groups("deny", &spec.deny.groups)?;
-    let deny_cidrs = cidrs("deny", &spec.deny.cidrs)?;
-
-    // Every region the geo trie can hold: each known country with its
-    // continent, and each continent without a country.
-    let mut region_rules = Vec::new();
-    let mut allowed_countries = BTreeSet::new();
-    let mut denied_countries = BTreeSet::new();
-    let no_country = regions::CONTINENTS.iter().map(|k| ("", *k));
-    for (country, continent) in regions::countries().chain(no_country) {
-        let has_country = !country.is_empty();
-        let decided = if has_country && deny_countries.contains(country) {
-            Some((action::DENY, rule::COUNTRY))
-        } else if deny_continents.contains(continent) {
-            Some((action::DENY, rule::CONTINENT))
-        } else if has_country && deny_groups.contains(country) {
-            Some((action::DENY, rule::GROUP))
-        } else if has_country && allow_countries.contains(country) {
-            Some((action::ALLOW, rule::COUNTRY))
-        } else if allow_continents.contains(continent) {
-            Some((action::ALLOW, rule::CONTINENT))
-        } else if has_country && allow_groups.contains(country) {
-            Some((action::ALLOW, rule::GROUP))
-        } else {
-            None
-        };
-        let Some((act, why)) = decided else { continue };
-        if has_country {
-            if act == action::ALLOW {
-                allowed_countries.insert(country.to_string());
-            } else {
-                denied_countries.insert(country.to_string());
             }
-        }
-        let region = Region {
-            country: if has_country { code2(country) } else { [0, 0] },
-            continent: code2(continent),
-        };
-        region_rules.push((
-            region,
-            RegionRule {
-                action: act,
-                rule: why,
-                _pad: [0; 2],
-            },
-        ));
-    }
+            Ok(net)
+        })
+        .collect()
+}
 
-    Ok(CompiledPolicy {
-        name: name.clone(),
-        mode: spec.mode,
-        file: file.display().to_string(),
-        sha256: hex::encode(Sha256::digest(doc.text.as_bytes())),
-        text: doc.text.into(),
-        cgroup_globs: spec.selector.cgroup_paths.clone(),
-        selector,
-        pods,
-        unit_globs: spec.selector.systemd_units.clone(),
-        unit_selector,
-        region_rules,
-        allow_cidrs,
-        deny_cidrs,
-        allowed_countries,
-        denied_countries,
-        source: policy,
-    })
+/// What the policy decides for one region of the geo trie.
+struct Decision {
+    /// Empty for a continent without a country.
+    country: &'static str,
+    continent: &'static str,
+    action: u8,
+    rule: u8,
+}
+
+/// The decision for every region the geo trie can hold (each known country
+/// with its continent, and each continent without a country), in that
+/// order; regions the policy does not mention are left out.
+fn region_decisions(allow: &Side, deny: &Side) -> Vec<Decision> {
+    let no_country = regions::CONTINENTS.iter().map(|k| ("", *k));
+    regions::countries()
+        .chain(no_country)
+        .filter_map(|(country, continent)| {
+            let (action, rule) = decide(country, continent, allow, deny)?;
+            Some(Decision {
+                country,
+                continent,
+                action,
+                rule,
+            })
+        })
+        .collect()
+}
+
+/// The (action, rule) for one region: deny beats allow, and within each a
+/// country beats its continent, which beats a group.
+fn decide(country: &str, continent: &str, allow: &Side, deny: &Side) -> Option<(u8, u8)> {
+    let has_country = !country.is_empty();
+    if has_country && deny.countries.contains(country) {
+        Some((action::DENY, rule::COUNTRY))
+    } else if deny.continents.contains(continent) {
+        Some((action::DENY, rule::CONTINENT))
+    } else if has_country && deny.groups.contains(country) {
+        Some((action::DENY, rule::GROUP))
+    } else if has_country && allow.countries.contains(country) {
+        Some((action::ALLOW, rule::COUNTRY))
+    } else if allow.continents.contains(continent) {
+        Some((action::ALLOW, rule::CONTINENT))
+    } else if has_country && allow.groups.contains(country) {
+        Some((action::ALLOW, rule::GROUP))
+    } else {
+        None
+    }
+}
+
+/// The kernel's rule for each decided region.
+fn region_rules(decisions: &[Decision]) -> Vec<(Region, RegionRule)> {
+    decisions
+        .iter()
+        .map(|d| {
+            let region = Region {
+                country: if d.country.is_empty() {
+                    [0, 0]
+                } else {
+                    code2(d.country)
+                },
+                continent: code2(d.continent),
+            };
+            let rule = RegionRule {
+                action: d.action,
+                rule: d.rule,
+                _pad: [0; 2],
+            };
+            (region, rule)
+        })
+        .collect()
+}
+
+/// The countries that end up allowed and denied (for display).
+fn display_sets(decisions: &[Decision]) -> (BTreeSet<String>, BTreeSet<String>) {
+    let mut allowed = BTreeSet::new();
+    let mut denied = BTreeSet::new();
+    for d in decisions.iter().filter(|d| !d.country.is_empty()) {
+        if d.action == action::ALLOW {
+            allowed.insert(d.country.to_string());
+        } else {
+            denied.insert(d.country.to_string());
+        }
+    }
+    (allowed, denied)
 }
