@@ -249,7 +249,9 @@ fn sockets_from_before_the_policy_are_cut_off() {
     );
 
     env.set_policy("enforce", "DE");
-    env.wait_log("policy set generation 2 in force", WAIT);
+    env.wait_status("policy generation 2", WAIT, |s| {
+        s["policy_generation"].as_u64() == Some(2)
+    });
     let switched = Instant::now();
     // Give packets in flight at the switch a moment, then nothing may arrive.
     std::thread::sleep(Duration::from_millis(300));

@@ -226,7 +226,9 @@ fn policy_changes_apply_atomically_and_broken_files_are_rejected() {
     assert!(!env.probe("sel", &["tcp", US_V4, &port]).ok);
 
     env.set_policy("enforce", "DE, US");
-    env.wait_log("policy set generation 2 in force", WAIT);
+    env.wait_status("policy generation 2", WAIT, |s| {
+        s["policy_generation"].as_u64() == Some(2)
+    });
     let p = env.probe("sel", &["tcp", US_V4, &port]);
     assert!(p.ok, "US allowed after the change: {:?}", p.raw);
     let e = env.expect_event("allowed after change", WAIT, |e| is(e, p.pid, US_V4));
