@@ -321,11 +321,12 @@ async fn start(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<O
     }))
 }
 
-/// The parts at work, and what stops them.
+/// The parts at work, and what stops them. A part that ended on its own
+/// (its failure ends the daemon) is taken out, so it is not awaited twice.
 struct Running {
-    pipeline: tokio::task::JoinHandle<std::io::Result<()>>,
-    api: tokio::task::JoinHandle<anyhow::Result<()>>,
-    control: tokio::task::JoinHandle<Controller>,
+    pipeline: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    api: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    control: Option<tokio::task::JoinHandle<Controller>>,
     shutdown: tokio::sync::watch::Sender<bool>,
     store: Arc<StoreHandle>,
     _watcher: notify::RecommendedWatcher,
@@ -419,6 +420,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         store: store.clone(),
         requests: Requests(requests_tx),
         node_public_key,
+        shutdown: shutdown_rx.clone(),
     };
     let api = tokio::spawn(crate::api::server::serve(
         config.api.clone(),
@@ -426,9 +428,9 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         shutdown_rx,
     ));
     Ok(Running {
-        pipeline,
-        api,
-        control,
+        pipeline: Some(pipeline),
+        api: Some(api),
+        control: Some(control),
         shutdown,
         store,
         _watcher: watcher,
@@ -436,37 +438,88 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
     })
 }
 
+/// Waits for a task that may already have been taken out.
+async fn join<T>(
+    task: &mut Option<tokio::task::JoinHandle<T>>,
+) -> Result<T, tokio::task::JoinError> {
+    match task.as_mut() {
+        Some(t) => {
+            let r = t.await;
+            *task = None;
+            r
+        }
+        None => std::future::pending().await,
+    }
+}
+
 impl Running {
-    /// Until a signal (None) or a part fails (its error).
+    /// Until a signal (None) or a part ends on its own (its error).
     async fn wait(&mut self, signals: &mut Signals) -> Option<anyhow::Error> {
         tokio::select! {
-            r = &mut self.pipeline => Some(match r {
+            r = join(&mut self.pipeline) => Some(match r {
                 Ok(Ok(())) => anyhow::anyhow!("event pipeline ended"),
                 Ok(Err(e)) => anyhow::anyhow!("event pipeline failed: {e}"),
                 Err(e) => anyhow::anyhow!("event pipeline panicked: {e}"),
             }),
-            r = &mut self.api => Some(match r {
+            r = join(&mut self.api) => Some(match r {
                 Ok(Ok(())) => anyhow::anyhow!("gRPC server ended"),
                 Ok(Err(e)) => anyhow::anyhow!("gRPC server failed: {e:#}"),
                 Err(e) => anyhow::anyhow!("gRPC server panicked: {e}"),
+            }),
+            r = join(&mut self.control) => Some(match r {
+                Ok(_) => anyhow::anyhow!("the controller ended"),
+                Err(e) => anyhow::anyhow!("the controller panicked: {e}"),
             }),
             name = signals.recv() => { log::info!("{name}: exiting"); None }
         }
     }
 
-    /// Stops in order: the API and the controller, the pipeline, the
-    /// store's last batch; then the kernel is left as configured.
-    async fn shutdown(mut self, config: &DaemonConfig) -> anyhow::Result<()> {
+    /// Stops in order: the API (stream clients are told to end), the
+    /// controller, the pipeline, the store's last batch; then the kernel is
+    /// left as configured. Returns whether the kernel was left (a
+    /// controller that panicked took it with it).
+    async fn shutdown(mut self, config: &DaemonConfig) -> anyhow::Result<bool> {
         let _ = self.shutdown.send(true);
-        let _ = tokio::time::timeout(Duration::from_secs(2), &mut self.api).await;
+        if let Some(api) = self.api.as_mut() {
+            if tokio::time::timeout(Duration::from_secs(2), api)
+                .await
+                .is_err()
+            {
+                log::warn!("the API did not stop within 2 s");
+            }
+        }
+        let controller = match self.control.take() {
+            Some(c) => c.await.ok(),
+            None => None,
+        };
         // What the ring still holds stays there (it is pinned) for the next
         // start; what was drained is written before we exit.
-        self.pipeline.abort();
+        if let Some(p) = self.pipeline.take() {
+            p.abort();
+        }
         if !self.store.shutdown(Duration::from_secs(10)).await {
             log::error!("the store did not finish writing within 10 s");
         }
-        let controller = self.control.await.context("the controller panicked")?;
-        leave(controller.into_kernel(), config)
+        match controller {
+            Some(c) => leave(c.into_kernel(), config).map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
+
+/// With --detach-on-exit, removes this build's pins when the daemon could
+/// not hand its kernel back (a failed launch, a controller that panicked).
+fn detach_by_path(config: &DaemonConfig) {
+    if !config.detach_on_exit {
+        return;
+    }
+    let dir = config.pin_dir.join(kernel::build_id());
+    match kernel::remove_pins(&dir) {
+        Ok(removed) => {
+            let _ = std::fs::remove_dir(&config.pin_dir);
+            log::info!("detached: removed {} pins", removed.len());
+        }
+        Err(e) => log::error!("detaching failed: {e}"),
     }
 }
 
@@ -494,13 +547,21 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     let Some(started) = start(&config, &mut signals).await? else {
         return Ok(());
     };
-    let mut running = launch(&config, started).await?;
+    let mut running = match launch(&config, started).await {
+        Ok(r) => r,
+        Err(e) => {
+            detach_by_path(&config);
+            return Err(e);
+        }
+    };
     log::info!(
         "egress-monitor running; policies from {}",
         config.policies.display()
     );
     let failure = running.wait(&mut signals).await;
-    running.shutdown(&config).await?;
+    if !running.shutdown(&config).await? {
+        detach_by_path(&config);
+    }
     match failure {
         Some(e) => Err(e),
         None => Ok(()),

@@ -289,12 +289,14 @@ fn loop_result(child: std::process::Child) -> Value {
     serde_json::from_slice(&out.stdout).expect("loop result JSON")
 }
 
-/// Traffic runs across twelve policy switches: every connect to the US is
-/// refused and every connect to DE goes through, under each set in force
-/// and while the sets change (no decision sees half of one set).
+/// Traffic runs across twelve policy switches between two sets that both
+/// allow DE and refuse the US, but for different reasons (the country; a
+/// CIDR): every US connect is refused, every DE connect goes through, and
+/// every decision's rule is the rule of the set its generation names, so no
+/// decision mixed the slot of one set with the generation of another.
 #[test]
 fn traffic_across_policy_switches_sees_whole_sets() {
-    let env = TestEnv::started("enforce", "DE", &[]);
+    let mut env = TestEnv::started("enforce", "DE", &[]);
     let port = PORT.to_string();
     let spawn = |dst: &str| {
         env.probe_command("sel", &["tcp-loop", dst, &port, "5000", "1"])
@@ -305,8 +307,12 @@ fn traffic_across_policy_switches_sees_whole_sets() {
     let (us, de) = (spawn(US_V4), spawn(DE_V4));
     let first = env.status()["policy_generation"].as_u64().unwrap();
     for i in 1..=12u64 {
-        // Both sets allow DE and refuse the US; they differ in what else.
-        env.set_policy("enforce", if i % 2 == 0 { "DE" } else { "DE, FR, NL" });
+        let body = if i.is_multiple_of(2) {
+            allow_countries("DE")
+        } else {
+            "  allow:\n    cidrs: [198.51.100.0/24]\n".to_string()
+        };
+        env.write_policy("p.yaml", &env.policy("eu-only", "enforce", "sel", &body));
         env.wait_status("the next generation", WAIT, |s| {
             s["policy_generation"].as_u64() == Some(first + i)
         });
@@ -316,4 +322,30 @@ fn traffic_across_policy_switches_sees_whole_sets() {
     assert_eq!(us["other"], 0, "{us}");
     assert_eq!(de["eperm"], 0, "a DE connect was refused: {de}");
     assert_eq!(de["connected"], 5000, "{de}");
+    // Every DE decision carries the rule of its generation's set.
+    let de_pid = de["pid"].as_u64().unwrap();
+    let events = env.events_within(Duration::from_secs(2), |e| {
+        e["pid"].as_u64() == Some(de_pid) && s(e, "dst_ip") == DE_V4
+    });
+    assert_eq!(events.len(), 5000, "one event per DE connect");
+    let mut generations = std::collections::BTreeSet::new();
+    for e in &events {
+        let g = e["policy_generation"].as_u64().unwrap();
+        let want = if (g - first).is_multiple_of(2) {
+            "country"
+        } else {
+            "cidr"
+        };
+        assert_eq!(
+            s(e, "rule"),
+            want,
+            "generation {g} decided by the other set: {e}"
+        );
+        assert_eq!(s(e, "verdict"), "allowed", "{e}");
+        generations.insert(g);
+    }
+    assert!(
+        generations.len() >= 3,
+        "the traffic did not overlap the switches (generations {generations:?}): this run proves nothing"
+    );
 }

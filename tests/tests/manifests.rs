@@ -315,6 +315,16 @@ fn daemonset_flags_probes_and_mounts_agree() {
     assert_eq!(volume(&volumes, m)["hostPath"]["type"], "DirectoryOrCreate");
     assert!(writable(m), "{m}");
 
+    // The pin-directory lock: on the node, so host-side `uninstall` and a
+    // second pod see who holds the pins.
+    let m = exact_mount(monitor::kernel::pins::LOCK_DIR);
+    assert_eq!(
+        host_path(m).as_deref(),
+        Some(monitor::kernel::pins::LOCK_DIR),
+        "{m}"
+    );
+    assert!(writable(m), "{m}");
+
     // The database comes with the image: no mount may hide it.
     let geoip = arg("--geoip");
     assert!(mount_of(&mounts, geoip).is_none(), "a mount hides {geoip}");

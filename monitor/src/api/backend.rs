@@ -18,4 +18,6 @@ pub struct Backend {
     pub requests: Requests,
     /// The node's public key (hex), which signs evidence bundles.
     pub node_public_key: String,
+    /// Turns true when the daemon stops: streams end.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

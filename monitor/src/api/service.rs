@@ -188,10 +188,11 @@ impl EgressMonitor for Service {
         let (tx, rx) = mpsc::channel(TRANSPORT_QUEUE);
         let streams = self.backend.view.streams.clone();
         let store_path = self.backend.store.path.clone();
+        let shutdown = self.backend.shutdown.clone();
         let (last, follow) = (req.last as usize, req.follow);
         tokio::spawn(async move {
             streams.clients.fetch_add(1, Ordering::Relaxed);
-            let _ = forward(sub, tx, last, follow, filter, store_path).await;
+            let _ = forward(sub, tx, last, follow, filter, store_path, shutdown).await;
             streams.clients.fetch_sub(1, Ordering::Relaxed);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -289,11 +290,12 @@ impl EgressMonitor for Service {
         &self,
         _request: Request<pb::ReloadPoliciesRequest>,
     ) -> Result<Response<pb::ReloadPoliciesResponse>, Status> {
-        let s = match self.backend.requests.reload().await {
-            Ok(s) => s,
-            Err(e) if e.starts_with("the controller") => return Err(Status::unavailable(e)),
-            Err(e) => return Err(Status::failed_precondition(e)),
-        };
+        use crate::state::ReloadError;
+        let s = self.backend.requests.reload().await.map_err(|e| match e {
+            ReloadError::Refused(e) => Status::failed_precondition(e),
+            ReloadError::Failed(e) => Status::internal(e),
+            ReloadError::Stopped(e) => Status::unavailable(e),
+        })?;
         Ok(Response::new(pb::ReloadPoliciesResponse {
             policy_generation: s.generation,
             policies: policies_pb(&s),
@@ -316,14 +318,24 @@ async fn from_store(
     before: i64,
     want: usize,
 ) -> Vec<Event> {
-    tokio::task::spawn_blocking(move || {
-        let store = crate::store::Store::open_read(&path).ok()?;
-        crate::store::query::last_events(&store, before, want, &|e| filter.matches(e)).ok()
+    let read = tokio::task::spawn_blocking(move || {
+        let store = crate::store::Store::open_read(&path)?;
+        crate::store::query::last_events(&store, before, want, &|e| filter.matches(e))
     })
-    .await
-    .ok()
-    .flatten()
-    .unwrap_or_default()
+    .await;
+    match read {
+        Ok(Ok(events)) => events,
+        Ok(Err(e)) => {
+            log::warn!(
+                "stream history from the store: {e}; the client gets only what memory holds"
+            );
+            Vec::new()
+        }
+        Err(e) => {
+            log::warn!("stream history from the store failed: {e}");
+            Vec::new()
+        }
+    }
 }
 
 /// One client's stream: history (memory, then the store when short), then
@@ -335,13 +347,11 @@ async fn forward(
     follow: bool,
     filter: Arc<Filter>,
     store_path: std::path::PathBuf,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), ()> {
     let history = std::mem::take(&mut sub.history);
     if history.len() < last {
-        let before = history
-            .first()
-            .map(|e| e.unix_nanos as i64)
-            .unwrap_or(i64::MAX);
+        let before = sub.store_before;
         for e in from_store(store_path, filter, before, last - history.len()).await {
             tx.send(event_item(&e)).await.map_err(drop)?;
         }
@@ -366,6 +376,7 @@ async fn forward(
                 None => return Ok(()),
             },
             () = tx.closed() => return Ok(()),
+            _ = shutdown.wait_for(|s| *s) => return Ok(()),
         };
         tx.send(event_item(&event)).await.map_err(drop)?;
     }

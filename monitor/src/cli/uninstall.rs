@@ -20,17 +20,26 @@ pub struct UninstallArgs {
 
 /// Detaches the programs and removes every pin: enforcement ends.
 pub fn run(args: UninstallArgs) -> anyhow::Result<ExitCode> {
-    // A running daemon holds its pin directory's lock, whatever its socket.
-    if let Some(holder) = kernel::pins::PinLock::holder(&args.pin_dir)? {
-        if !args.force {
-            anyhow::bail!(
-                "a running daemon (pid {}, socket {}) holds {}: stop it first; with --force the pins go, and that daemon attaches its programs again within a rescan",
-                holder.pid,
-                holder.socket.display(),
-                args.pin_dir.display()
+    // A running daemon holds its pin directory's lock, whatever its socket;
+    // we hold it ourselves until the pins are gone, so no daemon starts on
+    // them meanwhile.
+    let _lock = match kernel::pins::PinLock::acquire(&args.pin_dir, std::path::Path::new("")) {
+        Ok(lock) => Some(lock),
+        Err(kernel::KernelError::Held(holder)) if !args.force => anyhow::bail!(
+            "a running daemon (pid {}, socket {}) holds {}: stop it first; with --force the pins go, and that daemon attaches its programs again within a rescan",
+            holder.pid,
+            holder.socket.display(),
+            args.pin_dir.display()
+        ),
+        Err(kernel::KernelError::Held(holder)) => {
+            eprintln!(
+                "warning: removing the pins of a running daemon (pid {}); it will attach its programs again",
+                holder.pid
             );
+            None
         }
-    }
+        Err(e) => return Err(e.into()),
+    };
     if !args.force && std::os::unix::net::UnixStream::connect(&args.socket).is_ok() {
         anyhow::bail!(
             "a daemon answers on {}: stop it first (it would keep running without programs), or pass --force",

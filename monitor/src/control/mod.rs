@@ -20,8 +20,13 @@ use crate::{
     events, geo,
     kernel::{self, Kernel},
     policy::{self, CompiledPolicy, PolicyIds},
-    state::{PolicyInForce, PolicySnapshot, RejectedFile, Request, View},
+    state::{PolicyInForce, PolicySnapshot, RejectedFile, ReloadError, Request, View},
 };
+
+/// A candidate set refused as a whole (as opposed to a failure on the way).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+struct Refused(String);
 
 /// Names the event pipeline resolves: policy ids and cgroup ids (each
 /// cgroup's path and attribution worked out once and shared).
@@ -182,7 +187,7 @@ impl Controller {
     /// fails keeps its previous version in force; a set that conflicts
     /// (same name twice, one cgroup selected twice) is refused whole, and
     /// the refusal is published with the set that stays in force.
-    pub fn reload(&mut self) -> Result<Arc<PolicySnapshot>, String> {
+    pub fn reload(&mut self) -> Result<Arc<PolicySnapshot>, ReloadError> {
         let result = self.reload_inner();
         let rejected = self
             .files
@@ -194,7 +199,14 @@ impl Controller {
             Err(e) => format!("{e:#}"),
         };
         self.publish();
-        result.map_err(|e| format!("{e:#}"))?;
+        result.map_err(|e| {
+            let text = format!("{e:#}");
+            if e.downcast_ref::<Refused>().is_some() {
+                ReloadError::Refused(text)
+            } else {
+                ReloadError::Failed(text)
+            }
+        })?;
         Ok(self.publish.borrow().clone())
     }
 
@@ -236,7 +248,9 @@ impl Controller {
             })
             .collect();
         let refused = |e: &dyn std::fmt::Display| {
-            anyhow::anyhow!("policy set refused, the policies in force stay in force: {e}")
+            anyhow::Error::new(Refused(format!(
+                "policy set refused, the policies in force stay in force: {e}"
+            )))
         };
         policy::check_unique_names(&candidate).map_err(|e| refused(&e))?;
         let cgroups = cgroups::walk(&self.parts.mount, &self.parts.root)?;
@@ -314,7 +328,11 @@ impl Controller {
             let mut ids = self.parts.ids.write().unwrap_or_else(|p| p.into_inner());
             build_maps(policies, selection, &mut ids)
         };
-        kernel::check_capacity(&maps).map_err(|e| anyhow::anyhow!("policy set refused: {e}"))?;
+        kernel::check_capacity(&maps).map_err(|e| {
+            anyhow::Error::new(Refused(format!(
+                "policy set refused, the policies in force stay in force: {e}"
+            )))
+        })?;
         let started = Instant::now();
         let generation = self
             .parts

@@ -62,6 +62,11 @@ pub enum KernelError {
         name: &'static str,
         source: aya::programs::links::LinkError,
     },
+    #[error("pinning map {name} again: {source}")]
+    PinMap {
+        name: &'static str,
+        source: aya::pin::PinError,
+    },
     #[error("pinning the link of {name}: {source}")]
     Pin {
         name: &'static str,

@@ -117,25 +117,43 @@ pub fn prepare(pin_base: &Path) -> Result<(PathBuf, Vec<OldPins>), KernelError> 
     Ok((pins, old))
 }
 
-/// Reads what the kernel has now: the links pinned for our programs and the
-/// kernel's loss counter. Holds no link, so it never keeps a program
-/// attached that someone removed.
-pub struct Probe {
-    pins: PathBuf,
-    expected: Vec<&'static str>,
-    lost: PerCpuArray<MapData, u64>,
+/// The attach type of a cgroup hook of ours (see `foreign::ATTACH_TYPES`);
+/// None for the LSM hook, which is global.
+fn cgroup_attach_type(hook: &str) -> Option<u32> {
+    super::foreign::ATTACH_TYPES
+        .iter()
+        .find(|(h, _)| *h == hook)
+        .map(|(_, t)| *t)
 }
 
-impl Probe {
-    fn link(&self, hook: &'static str) -> Option<Program> {
-        let link = FdLink::from(PinnedLink::from_pin(link_pin(&self.pins, hook)).ok()?);
-        let info = link.info().ok()?;
-        Some(Program {
-            hook,
-            program_id: info.program_id(),
-            link_id: info.id(),
-        })
+/// Our program for `hook` as the kernel has it now: its pinned link, and
+/// for a cgroup hook that link's program among those the kernel runs on
+/// `cgroup_root` (a link detached with `bpftool link detach` stays pinned
+/// but runs nowhere).
+fn attached_now(pins: &Path, cgroup_root: &Path, hook: &'static str) -> Option<Program> {
+    let link = FdLink::from(PinnedLink::from_pin(link_pin(pins, hook)).ok()?);
+    let info = link.info().ok()?;
+    if let Some(attach_type) = cgroup_attach_type(hook) {
+        let running = super::foreign::effective_programs(cgroup_root, attach_type).ok()?;
+        if !running.contains(&info.program_id()) {
+            return None;
+        }
     }
+    Some(Program {
+        hook,
+        program_id: info.program_id(),
+        link_id: info.id(),
+    })
+}
+
+/// Reads what the kernel has now: which of our programs run on the cgroup
+/// root, and the kernel's loss counter. Holds no link, so it never keeps a
+/// program attached that someone removed.
+pub struct Probe {
+    pins: PathBuf,
+    cgroup_root: PathBuf,
+    expected: Vec<&'static str>,
+    lost: PerCpuArray<MapData, u64>,
 }
 
 impl KernelProbe for Probe {
@@ -147,64 +165,77 @@ impl KernelProbe for Probe {
     }
 
     fn programs(&self) -> Vec<Program> {
-        self.expected.iter().filter_map(|h| self.link(h)).collect()
+        self.expected
+            .iter()
+            .filter_map(|h| attached_now(&self.pins, &self.cgroup_root, h))
+            .collect()
     }
 
     fn missing(&self) -> Vec<&'static str> {
         self.expected
             .iter()
             .copied()
-            .filter(|h| self.link(h).is_none())
+            .filter(|h| attached_now(&self.pins, &self.cgroup_root, h).is_none())
             .collect()
+    }
+}
+
+fn pins_error(path: &Path) -> impl FnOnce(std::io::Error) -> KernelError + '_ {
+    move |source| KernelError::Pins {
+        path: path.into(),
+        source,
     }
 }
 
 impl Kernel {
     /// A probe of what the kernel has, for the readers.
     pub fn probe(&self) -> Result<Probe, KernelError> {
+        let map_error = |e| KernelError::Map {
+            name: names::LOST,
+            source: e,
+        };
         let lost = MapData::from_pin(self.pins.join(names::LOST))
-            .map_err(|e| KernelError::Map {
-                name: names::LOST,
-                source: e,
-            })
+            .map_err(map_error)
             .and_then(|m| {
-                PerCpuArray::try_from(aya::maps::Map::PerCpuArray(m)).map_err(|e| {
-                    KernelError::Map {
-                        name: names::LOST,
-                        source: e,
-                    }
-                })
+                PerCpuArray::try_from(aya::maps::Map::PerCpuArray(m)).map_err(map_error)
             })?;
         Ok(Probe {
             pins: self.pins.clone(),
+            cgroup_root: self.cgroup_root.clone(),
             expected: self.attached.iter().map(|a| a.hook).collect(),
             lost,
         })
     }
 
-    /// Attaches again every program whose pinned link is gone (someone ran
-    /// `uninstall --force` or removed the pins), and pins the maps again,
-    /// so a restart still adopts them. Returns the programs it restored.
+    /// Puts back what someone removed behind our back: every map pin that
+    /// is gone is pinned again (so a restart still adopts these maps), and
+    /// every program that no longer runs is attached and pinned again.
+    /// Returns the programs it attached again.
     pub fn restore_links(&mut self) -> Result<Vec<&'static str>, KernelError> {
-        let gone: Vec<&'static str> = self
-            .attached
-            .iter()
-            .map(|a| a.hook)
-            .filter(|h| PinnedLink::from_pin(link_pin(&self.pins, h)).is_err())
-            .collect();
-        if gone.is_empty() {
-            return Ok(gone);
+        let base = self.pins.parent().map(Path::to_path_buf);
+        for dir in base.iter().chain(std::iter::once(&self.pins)) {
+            if !dir.exists() {
+                std::fs::create_dir_all(dir).map_err(pins_error(dir))?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                    .map_err(pins_error(dir))?;
+            }
         }
-        std::fs::create_dir_all(&self.pins).map_err(|source| KernelError::Pins {
-            path: self.pins.clone(),
-            source,
-        })?;
         for (name, map) in &self.map_pins {
             let path = self.pins.join(name);
             if !path.exists() {
                 map.pin(&path)
-                    .map_err(|e| KernelError::Pin { name, source: e })?;
+                    .map_err(|e| KernelError::PinMap { name, source: e })?;
+                log::error!("map {name} was unpinned behind our back: pinned it again");
             }
+        }
+        let gone: Vec<&'static str> = self
+            .attached
+            .iter()
+            .map(|a| a.hook)
+            .filter(|h| attached_now(&self.pins, &self.cgroup_root, h).is_none())
+            .collect();
+        if gone.is_empty() {
+            return Ok(gone);
         }
         let cgroup =
             std::fs::File::open(&self.cgroup_root).map_err(|source| KernelError::Cgroup {
@@ -212,16 +243,21 @@ impl Kernel {
                 source,
             })?;
         for hook in &gone {
+            // A stale pin (its link detached) goes first, so the new link
+            // can take its place.
+            let pin = link_pin(&self.pins, hook);
+            if pin.exists() {
+                std::fs::remove_file(&pin).map_err(pins_error(&pin))?;
+            }
             let link = super::attach(&mut self._ebpf, hook, &cgroup)?;
             let info = link.info().map_err(|e| KernelError::Link {
                 name: hook,
                 source: e,
             })?;
-            link.pin(link_pin(&self.pins, hook))
-                .map_err(|e| KernelError::Pin {
-                    name: hook,
-                    source: e,
-                })?;
+            link.pin(&pin).map_err(|e| KernelError::Pin {
+                name: hook,
+                source: e,
+            })?;
             if let Some(a) = self.attached.iter_mut().find(|a| a.hook == *hook) {
                 a.program_id = info.program_id();
                 a.link_id = info.id();
@@ -239,14 +275,57 @@ pub struct PinLock {
     path: PathBuf,
 }
 
-/// Where the lock of a pin directory lives.
+/// One spelling per directory: absolute, the existing part with its
+/// symlinks resolved, `.` and `..` and trailing slashes gone.
+pub fn normalize(path: &Path) -> PathBuf {
+    let absolute = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().unwrap_or_default().join(path)
+    };
+    let mut clean = PathBuf::new();
+    for c in absolute.components() {
+        match c {
+            std::path::Component::ParentDir => {
+                clean.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => clean.push(other),
+        }
+    }
+    // Resolve the longest part that exists; keep the rest as written.
+    let mut existing = clean.clone();
+    let mut rest = Vec::new();
+    while !existing.exists() {
+        match (
+            existing.file_name().map(|n| n.to_os_string()),
+            existing.parent(),
+        ) {
+            (Some(name), Some(parent)) => {
+                rest.push(name);
+                existing = parent.to_path_buf();
+            }
+            _ => return clean,
+        }
+    }
+    let mut out = existing.canonicalize().unwrap_or(existing);
+    for name in rest.into_iter().rev() {
+        out.push(name);
+    }
+    out
+}
+
+/// Where the lock of a pin directory lives (the same for every spelling
+/// of the directory).
 pub fn lock_path(pin_dir: &Path) -> PathBuf {
     use sha2::{Digest, Sha256};
-    let digest = hex::encode(&Sha256::digest(pin_dir.as_os_str().as_encoded_bytes())[..8]);
+    let dir = normalize(pin_dir);
+    let digest = hex::encode(&Sha256::digest(dir.as_os_str().as_encoded_bytes())[..8]);
     Path::new(LOCK_DIR).join(format!("pins-{digest}.lock"))
 }
 
-const LOCK_DIR: &str = "/run/egress-monitor";
+/// Where the locks of pin directories live (a node path in Kubernetes).
+pub const LOCK_DIR: &str = "/run/egress-monitor";
 
 /// Who holds a pin directory.
 #[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
@@ -327,13 +406,51 @@ impl PinLock {
             path: path.clone(),
             source,
         })?;
-        Ok(if free { None } else { read_holder(&path) })
+        // Held: by whom, as far as the file says (it may be mid-write).
+        Ok((!free).then(|| {
+            read_holder(&path).unwrap_or(Holder {
+                pid: 0,
+                pin_dir: pin_dir.into(),
+                socket: PathBuf::new(),
+            })
+        }))
+    }
+
+    /// The lock file (the lock is the file's flock, which ends with the
+    /// process; the file itself stays, so no two processes ever lock two
+    /// different files for one directory).
+    pub fn path(&self) -> &Path {
+        let _ = &self.file;
+        &self.path
     }
 }
 
-impl Drop for PinLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
-        let _ = &self.file;
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every spelling of one pin directory finds the same lock.
+    #[test]
+    fn the_lock_of_a_directory_does_not_depend_on_its_spelling() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("pins");
+        std::fs::create_dir(&real).unwrap();
+        let link = dir.path().join("alias");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let want = lock_path(&real);
+        for spelling in [
+            format!("{}/", real.display()),
+            format!("{}/./", real.display()),
+            format!("{}/../pins", real.display()),
+            link.display().to_string(),
+        ] {
+            assert_eq!(lock_path(Path::new(&spelling)), want, "{spelling}");
+        }
+        // Not there yet: the existing part is resolved, the rest kept.
+        assert_eq!(
+            normalize(&link.join("later/")),
+            real.canonicalize().unwrap().join("later")
+        );
+        assert_ne!(lock_path(&dir.path().join("other")), want);
     }
 }

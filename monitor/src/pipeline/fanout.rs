@@ -39,6 +39,8 @@ pub struct Fanout {
     inner: Mutex<Inner>,
     history_len: usize,
     streams: Arc<Streams>,
+    /// Wall clock when publishing began: everything older is in the store.
+    created_nanos: i64,
 }
 
 /// What a new subscriber gets: the matching history (oldest first), the
@@ -47,6 +49,9 @@ pub struct Subscription {
     pub history: Vec<Arc<Event>>,
     pub live: mpsc::Receiver<Arc<Event>>,
     pub missed: Arc<AtomicU64>,
+    /// Events older than this (Unix nanoseconds) are neither in `history`
+    /// nor coming live: where the store takes over, without overlap.
+    pub store_before: i64,
 }
 
 impl Subscription {
@@ -65,6 +70,7 @@ impl Fanout {
             }),
             history_len,
             streams,
+            created_nanos: crate::store::now_nanos(),
         }
     }
 
@@ -110,9 +116,13 @@ impl Fanout {
     pub fn subscribe(&self, filter: Filter, last: usize, queue: usize) -> Subscription {
         let (tx, live) = mpsc::channel(queue.max(1));
         let missed = Arc::new(AtomicU64::new(0));
-        let copy: Vec<Arc<Event>> = {
+        let (copy, store_before) = {
             let mut inner = self.lock();
-            let copy = if last > 0 {
+            let store_before = inner
+                .history
+                .front()
+                .map_or(self.created_nanos, |e| e.unix_nanos as i64);
+            let copy: Vec<Arc<Event>> = if last > 0 {
                 inner.history.iter().cloned().collect()
             } else {
                 Vec::new()
@@ -122,7 +132,7 @@ impl Fanout {
                 tx,
                 missed: missed.clone(),
             });
-            copy
+            (copy, store_before)
         };
         let mut history: Vec<Arc<Event>> = copy
             .into_iter()
@@ -135,6 +145,7 @@ impl Fanout {
             history,
             live,
             missed,
+            store_before,
         }
     }
 

@@ -130,8 +130,24 @@ impl View {
     }
 }
 
+/// Why a reload did not take effect.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReloadError {
+    /// The candidate set was refused as a whole (a conflict, too big for
+    /// the maps); the set in force stays.
+    #[error("{0}")]
+    Refused(String),
+    /// Something failed on the way (the directory, the cgroup tree, the
+    /// kernel).
+    #[error("{0}")]
+    Failed(String),
+    /// No controller answers (the daemon is stopping).
+    #[error("{0}")]
+    Stopped(String),
+}
+
 /// What reloading answers: the snapshot that took effect, or why nothing did.
-pub type ReloadResult = Result<Arc<PolicySnapshot>, String>;
+pub type ReloadResult = Result<Arc<PolicySnapshot>, ReloadError>;
 
 /// A request to the controller; the reply comes on the channel inside.
 #[derive(Debug)]
@@ -151,9 +167,9 @@ impl Requests {
         self.0
             .send(Request::Reload(tx))
             .await
-            .map_err(|_| "the controller has stopped".to_string())?;
+            .map_err(|_| ReloadError::Stopped("the controller has stopped".into()))?;
         rx.await
-            .map_err(|_| "the controller stopped during the reload".to_string())?
+            .map_err(|_| ReloadError::Stopped("the controller stopped during the reload".into()))?
     }
 }
 
