@@ -110,7 +110,7 @@ impl Filter {
     }
 
     pub fn matches(&self, e: &Event) -> bool {
-        (self.verdicts.is_empty() || self.verdicts.contains(&e.verdict))
+        (self.verdicts.is_empty() || self.verdicts.iter().any(|v| v == e.verdict))
             && (self.policies.is_empty() || self.policies.contains(&e.policy))
             && self
                 .cgroups
@@ -122,7 +122,7 @@ impl Filter {
                     .is_ok_and(|ip| self.cidrs.iter().any(|n| n.contains(ip))))
             && (self.countries.is_empty() || self.countries.contains(&e.country))
             && (self.ports.is_empty() || self.ports.contains(&e.dst_port))
-            && (self.protocols.is_empty() || self.protocols.contains(&e.protocol))
+            && (self.protocols.is_empty() || self.protocols.iter().any(|p| p == e.protocol))
             && (self.pids.is_empty() || self.pids.contains(&e.pid) || self.pids.contains(&e.tgid))
             && (self.comms.is_empty() || self.comms.contains(&e.comm))
             && (self.uids.is_empty() || self.uids.contains(&e.uid))
@@ -138,12 +138,12 @@ mod tests {
         Event {
             time: String::new(),
             unix_nanos: 0,
-            verdict: "denied".into(),
+            verdict: "denied",
             policy: "p".into(),
-            rule: "default".into(),
-            hook: "connect4".into(),
-            protocol: "tcp".into(),
-            family: "ipv4".into(),
+            rule: "default",
+            hook: "connect4",
+            protocol: "tcp",
+            family: "ipv4",
             dst_ip: "203.0.113.2".into(),
             dst_port: 443,
             country: "US".into(),

@@ -58,14 +58,37 @@ pub fn hook_name(h: u8) -> &'static str {
     Hook::from_u8(h).map_or("unknown", Hook::as_str)
 }
 
-pub fn protocol_name(p: u8) -> String {
+/// `tcp`, `udp`, `icmp`, `icmpv6`, or `ip-proto-N`: a static string for
+/// every protocol number (the 252 rare ones made once, on first sight).
+pub fn protocol_name(p: u8) -> &'static str {
+    static OTHERS: std::sync::OnceLock<Vec<&'static str>> = std::sync::OnceLock::new();
     match p {
-        IPPROTO_TCP => "tcp".into(),
-        IPPROTO_UDP => "udp".into(),
-        IPPROTO_ICMP => "icmp".into(),
-        IPPROTO_ICMPV6 => "icmpv6".into(),
-        other => format!("ip-proto-{other}"),
+        IPPROTO_TCP => "tcp",
+        IPPROTO_UDP => "udp",
+        IPPROTO_ICMP => "icmp",
+        IPPROTO_ICMPV6 => "icmpv6",
+        other => OTHERS.get_or_init(|| {
+            (0..=255u8)
+                .map(|n| &*Box::leak(format!("ip-proto-{n}").into_boxed_str()))
+                .collect()
+        })[usize::from(other)],
     }
+}
+
+/// The static name equal to `s` among the names events carry (verdicts,
+/// rules, hooks, families, protocols), for events read back from the store
+/// or the API; `unknown` for anything else.
+pub fn known_name(s: &str) -> &'static str {
+    use monitor_common::{Hook, Rule, Verdict};
+    Verdict::ALL
+        .iter()
+        .map(|v| v.as_str())
+        .chain(Rule::ALL.iter().map(|r| r.as_str()))
+        .chain(Hook::ALL.iter().map(|h| h.as_str()))
+        .chain(["ipv4", "ipv6", "packet"])
+        .find(|n| *n == s)
+        .or_else(|| (0..=255u8).map(protocol_name).find(|n| *n == s))
+        .unwrap_or("unknown")
 }
 
 pub fn family_name(f: u8) -> &'static str {
@@ -98,12 +121,12 @@ pub struct Event {
     pub time: String,
     #[serde(skip)]
     pub unix_nanos: i128,
-    pub verdict: String,
+    pub verdict: &'static str,
     pub policy: String,
-    pub rule: String,
-    pub hook: String,
-    pub protocol: String,
-    pub family: String,
+    pub rule: &'static str,
+    pub hook: &'static str,
+    pub protocol: &'static str,
+    pub family: &'static str,
     pub dst_ip: String,
     pub dst_port: u16,
     pub country: String,
@@ -202,12 +225,12 @@ pub fn enrich(raw: &DecisionEvent, boot_to_unix_ns: i128, names: &mut impl Names
     let mut event = Event {
         time: rfc3339_nanos(unix_nanos),
         unix_nanos,
-        verdict: verdict_name(raw.verdict).into(),
+        verdict: verdict_name(raw.verdict),
         policy: names.policy(raw.policy_id),
-        rule: rule_name(raw.rule).into(),
-        hook: hook_name(raw.hook).into(),
+        rule: rule_name(raw.rule),
+        hook: hook_name(raw.hook),
         protocol: protocol_name(raw.protocol),
-        family: family_name(raw.family).into(),
+        family: family_name(raw.family),
         // A socket creation has no destination.
         dst_ip: if raw.hook == Hook::SockCreate as u8 {
             String::new()
@@ -338,7 +361,7 @@ mod tests {
         assert_eq!(ev.family, "ipv6");
         assert_eq!(ev.time, "2023-11-14T22:13:20.000000005Z");
         assert_eq!(
-            (ev.verdict.as_str(), ev.rule.as_str(), ev.hook.as_str()),
+            (ev.verdict, ev.rule, ev.hook),
             ("would_deny", "default", "connect6")
         );
         assert_eq!(
@@ -438,5 +461,22 @@ mod tests {
             decode(&l),
             Err(DecodeError::Length { header: 1, .. })
         ));
+    }
+
+    #[test]
+    fn every_name_an_event_carries_reads_back_as_itself() {
+        use monitor_common::{Hook, Rule, Verdict};
+        let names = Verdict::ALL
+            .iter()
+            .map(|v| v.as_str())
+            .chain(Rule::ALL.iter().map(|r| r.as_str()))
+            .chain(Hook::ALL.iter().map(|h| h.as_str()))
+            .chain([AF_INET, AF_INET6, AF_PACKET].map(family_name))
+            .chain((0..=255u8).map(protocol_name));
+        for n in names {
+            assert_eq!(known_name(n), n);
+        }
+        assert_eq!(protocol_name(47), "ip-proto-47");
+        assert_eq!(known_name("no such name"), "unknown");
     }
 }

@@ -252,7 +252,7 @@ impl Metrics {
         let counter = cache.entry(key).or_insert_with(|| {
             self.decisions
                 .get_or_create(&DecisionLabels {
-                    verdict: event.verdict.clone(),
+                    verdict: event.verdict.to_string(),
                     policy: event.policy.clone(),
                     country: if event.country.is_empty() {
                         "unknown".into()
@@ -393,9 +393,9 @@ mod tests {
         e
     }
 
-    fn event(verdict: &str, policy: &str, country: &str) -> Event {
+    fn event(verdict: &'static str, policy: &str, country: &str) -> Event {
         Event {
-            verdict: verdict.into(),
+            verdict,
             policy: policy.into(),
             country: country.into(),
             ..Default::default()

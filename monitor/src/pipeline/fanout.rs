@@ -159,9 +159,9 @@ impl Fanout {
 mod tests {
     use super::*;
 
-    fn event(verdict: &str, n: u16) -> Arc<Event> {
+    fn event(verdict: &'static str, n: u16) -> Arc<Event> {
         Arc::new(Event {
-            verdict: verdict.into(),
+            verdict,
             dst_port: n,
             ..Default::default()
         })
@@ -185,7 +185,7 @@ mod tests {
         assert_eq!(streams.missed.load(Ordering::Relaxed), 2);
         for want in 0..4 {
             let e = sub.live.recv().await.expect("queued event");
-            assert_eq!((e.verdict.as_str(), e.dst_port), ("denied", want));
+            assert_eq!((e.verdict, e.dst_port), ("denied", want));
         }
         assert!(sub.live.try_recv().is_err(), "nothing else was queued");
     }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use rusqlite::{params, Row};
 
 use super::{Store, StoreError};
-use crate::events::{rfc3339_nanos, Event};
+use crate::events::{known_name, rfc3339_nanos, Event};
 
 const MINUTE: i64 = 60_000_000_000;
 
@@ -40,12 +40,12 @@ pub(crate) fn event_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
     let mut e = Event {
         time: rfc3339_nanos(i128::from(t)),
         unix_nanos: i128::from(t),
-        verdict: r.get(2)?,
+        verdict: known_name(&r.get::<_, String>(2)?),
         policy: r.get(3)?,
-        rule: r.get(4)?,
-        hook: r.get(5)?,
-        protocol: r.get(6)?,
-        family: r.get(7)?,
+        rule: known_name(&r.get::<_, String>(4)?),
+        hook: known_name(&r.get::<_, String>(5)?),
+        protocol: known_name(&r.get::<_, String>(6)?),
+        family: known_name(&r.get::<_, String>(7)?),
         dst_ip: r.get(8)?,
         dst_port: r.get(9)?,
         country: r.get(10)?,
@@ -173,8 +173,8 @@ impl Flow {
             comm: self.comm.clone(),
             dst_ip: self.dst_ip.clone(),
             dst_port: self.dst_port,
-            protocol: self.protocol.clone(),
-            verdict: self.verdict.clone(),
+            protocol: known_name(&self.protocol),
+            verdict: known_name(&self.verdict),
             policy: self.policy.clone(),
             country: self.country.clone(),
             continent: self.continent.clone(),
@@ -247,8 +247,8 @@ pub fn flows(
                 comm: e.comm,
                 dst_ip: e.dst_ip,
                 dst_port: e.dst_port,
-                protocol: e.protocol,
-                verdict: e.verdict,
+                protocol: e.protocol.to_string(),
+                verdict: e.verdict.to_string(),
                 policy: e.policy,
                 country: e.country,
                 continent: e.continent,
