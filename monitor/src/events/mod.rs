@@ -80,14 +80,16 @@ pub fn protocol_name(p: u8) -> &'static str {
 /// or the API; `unknown` for anything else.
 pub fn known_name(s: &str) -> &'static str {
     use monitor_common::{Hook, Rule, Verdict};
+    if let Some(n) = s.strip_prefix("ip-proto-") {
+        return n.parse().map(protocol_name).unwrap_or("unknown");
+    }
     Verdict::ALL
         .iter()
         .map(|v| v.as_str())
         .chain(Rule::ALL.iter().map(|r| r.as_str()))
         .chain(Hook::ALL.iter().map(|h| h.as_str()))
-        .chain(["ipv4", "ipv6", "packet"])
+        .chain(["ipv4", "ipv6", "packet", "tcp", "udp", "icmp", "icmpv6"])
         .find(|n| *n == s)
-        .or_else(|| (0..=255u8).map(protocol_name).find(|n| *n == s))
         .unwrap_or("unknown")
 }
 
