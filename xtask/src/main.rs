@@ -36,6 +36,10 @@ enum Cmd {
     Test {
         /// Only run tests whose name contains this.
         filter: Option<String>,
+        /// Only this integration suite (a file of tests/tests, e.g. `api`),
+        /// all of it; unit tests are skipped.
+        #[arg(long)]
+        suite: Option<String>,
     },
     /// The performance suite (root): cost against the bare kernel, side by side.
     Bench {
@@ -143,7 +147,13 @@ fn main() -> anyhow::Result<()> {
             build()?;
             bench::bench(readme)
         }
-        Cmd::Test { filter } => {
+        Cmd::Test { filter, suite } => {
+            if let Some(name) = &suite {
+                let file = root().join("tests/tests").join(format!("{name}.rs"));
+                if !file.exists() {
+                    bail!("--suite {name}: there is no {}", file.display());
+                }
+            }
             setup::setup()?;
             build()?;
             let filter: Vec<String> = filter.into_iter().collect();
@@ -165,17 +175,19 @@ fn main() -> anyhow::Result<()> {
                 "warnings",
             ]))?;
             // Unit tests and the policy files (no privileges needed).
-            run(cargo()
-                .args([
-                    "test",
-                    "--release",
-                    "-p",
-                    "monitor",
-                    "-p",
-                    "monitor-common",
-                    "--",
-                ])
-                .args(&filter))?;
+            if suite.is_none() {
+                run(cargo()
+                    .args([
+                        "test",
+                        "--release",
+                        "-p",
+                        "monitor",
+                        "-p",
+                        "monitor-common",
+                        "--",
+                    ])
+                    .args(&filter))?;
+            }
             if !is_root() {
                 bail!(
                     "the integration tests load eBPF programs, create cgroups and network \
@@ -191,16 +203,10 @@ fn main() -> anyhow::Result<()> {
                 )
                 .env("EGRESS_MONITOR_GEOIP", geoip_path())
                 .env("EGRESS_MONITOR_VENV", setup::venv())
-                .args([
-                    "test",
-                    "--release",
-                    "-p",
-                    "integration-tests",
-                    // Every suite runs, so one failure does not hide another.
-                    "--no-fail-fast",
-                    "--",
-                    "--test-threads=1",
-                ])
+                .args(["test", "--release", "-p", "integration-tests"])
+                .args(suite.iter().flat_map(|name| ["--test", name.as_str()]))
+                // Every suite runs, so one failure does not hide another.
+                .args(["--no-fail-fast", "--", "--test-threads=1"])
                 .args(&filter))
         }
     }
