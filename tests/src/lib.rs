@@ -708,6 +708,17 @@ impl TestEnv {
 }
 
 impl TestEnv {
+    /// An `events --follow` client of this daemon, reading nothing.
+    pub fn spawn_follower(&self) -> Child {
+        Command::new(daemon_bin())
+            .args(["events", "--follow", "--socket"])
+            .arg(self.socket())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start events --follow")
+    }
+
     /// `status -o json` of the running daemon.
     pub fn status(&self) -> Value {
         let out = self.cli(&["status", "-o", "json"]);

@@ -3,7 +3,7 @@
 //! of refused policy sets, that readers never wait for a reload, and that
 //! the history survives a restart.
 use std::{
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -36,13 +36,7 @@ fn pins_exist(env: &TestEnv) -> bool {
 fn detach_on_exit_with_a_following_client_leaves_nothing() {
     let mut env = TestEnv::started("enforce", "DE", &["--detach-on-exit"]);
     assert_eq!(ours(&env.cgroup_root), 5);
-    let mut follower = Command::new(daemon_bin())
-        .args(["events", "--follow", "--socket"])
-        .arg(env.socket())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start events --follow");
+    let mut follower = env.spawn_follower();
     env.wait_status("one stream client", WAIT, |s| {
         s["counters"]["stream_clients"].as_u64() == Some(1)
     });

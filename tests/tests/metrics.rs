@@ -4,7 +4,7 @@
 use std::{
     io::{Read, Write},
     net::TcpStream,
-    process::{Command, Stdio},
+    process::Command,
     time::{Duration, Instant},
 };
 
@@ -232,13 +232,7 @@ fn metrics_count_known_traffic_exactly() {
     assert_eq!(value(&s, "egress_monitor_stream_clients", &[]), 0.0);
 
     // A follow stream is a client while it is connected.
-    let mut follower = Command::new(daemon_bin())
-        .args(["events", "--follow", "--socket"])
-        .arg(env.socket())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start events --follow");
+    let mut follower = env.spawn_follower();
     scrape_until(port, "one stream client", |s| {
         find(s, "egress_monitor_stream_clients", &[]) == Some(1.0)
     });

@@ -256,12 +256,7 @@ impl Controller {
         let cgroups = cgroups::walk(&self.parts.mount, &self.parts.root)?;
         let selection = cgroups::resolve(&cgroups, &candidate).map_err(|e| refused(&e))?;
         self.apply(&candidate, &selection)?;
-        self.parts
-            .resolver
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .paths
-            .learn(&cgroups);
+        self.learn_paths(&cgroups);
         self.files = files;
         self.in_force = candidate;
         self.selection = selection;
@@ -281,15 +276,20 @@ impl Controller {
         Ok(())
     }
 
-    /// Re-walks the cgroup tree; applies when the selection changed.
-    pub fn rescan(&mut self) -> anyhow::Result<()> {
-        let cgroups = cgroups::walk(&self.parts.mount, &self.parts.root)?;
+    /// Teaches the event names what a walk of the cgroup tree found.
+    fn learn_paths(&self, cgroups: &[(String, u64)]) {
         self.parts
             .resolver
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .paths
-            .learn(&cgroups);
+            .learn(cgroups);
+    }
+
+    /// Re-walks the cgroup tree; applies when the selection changed.
+    pub fn rescan(&mut self) -> anyhow::Result<()> {
+        let cgroups = cgroups::walk(&self.parts.mount, &self.parts.root)?;
+        self.learn_paths(&cgroups);
         let selection = match cgroups::resolve(&cgroups, &self.in_force) {
             Ok(s) => s,
             Err(e) => {
