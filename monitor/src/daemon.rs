@@ -129,6 +129,7 @@ struct Checked {
     mount: PathBuf,
     root: PathBuf,
     metrics_listener: Option<tokio::net::TcpListener>,
+    api_listener: Option<tokio::net::TcpListener>,
     db: GeoDb,
 }
 
@@ -155,6 +156,7 @@ async fn validate(config: &DaemonConfig) -> anyhow::Result<Checked> {
         )
     })?;
     crate::api::server::check(&config.api)?;
+    let api_listener = crate::api::server::bind_tcp(&config.api).await?;
     let metrics_listener = match config.metrics_addr {
         Some(addr) => Some(crate::metrics::server::bind(addr).await?),
         None => None,
@@ -178,6 +180,7 @@ async fn validate(config: &DaemonConfig) -> anyhow::Result<Checked> {
         mount,
         root,
         metrics_listener,
+        api_listener,
         db,
     })
 }
@@ -264,6 +267,7 @@ struct Started {
     mount: PathBuf,
     root: PathBuf,
     metrics_listener: Option<tokio::net::TcpListener>,
+    api_listener: Option<tokio::net::TcpListener>,
     store: Arc<StoreHandle>,
     node_public_key: String,
     booted: Booted,
@@ -278,6 +282,7 @@ async fn start(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<O
         mount,
         root,
         metrics_listener,
+        api_listener,
         db,
     } = tokio::select! {
         checked = validate(config) => checked?,
@@ -314,6 +319,7 @@ async fn start(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<O
         mount,
         root,
         metrics_listener,
+        api_listener,
         store,
         node_public_key: crate::evidence::key::public_hex(&node_key.verifying_key()),
         booted,
@@ -339,6 +345,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         mount,
         root,
         metrics_listener,
+        api_listener,
         store,
         node_public_key,
         booted,
@@ -424,6 +431,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
     };
     let api = tokio::spawn(crate::api::server::serve(
         config.api.clone(),
+        api_listener,
         backend,
         shutdown_rx,
     ));

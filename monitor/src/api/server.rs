@@ -86,8 +86,24 @@ async fn services(
 
 /// Binds the unix socket (mode 0660, group = socket group) and, when asked,
 /// the TLS listener; serves until `shutdown` resolves.
+/// Binds the TCP address of --listen now, so a taken port fails the start
+/// before the kernel is touched.
+pub async fn bind_tcp(config: &ApiConfig) -> anyhow::Result<Option<tokio::net::TcpListener>> {
+    match config.listen {
+        Some(addr) => Ok(Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("--listen {addr}: binding"))?,
+        )),
+        None => Ok(None),
+    }
+}
+
+/// Serves on the unix socket and, when given, on the TCP listener that
+/// `bind_tcp` bound.
 pub async fn serve(
     config: ApiConfig,
+    tcp_listener: Option<tokio::net::TcpListener>,
     backend: Backend,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
@@ -126,8 +142,8 @@ pub async fn serve(
             let _ = shutdown_unix.wait_for(|s| *s).await;
         });
 
-    let tcp = match (&config.listen, &config.tls) {
-        (Some(addr), Some(tls)) => {
+    let tcp = match (tcp_listener, &config.tls) {
+        (Some(listener), Some(tls)) => {
             let identity =
                 Identity::from_pem(read(&tls.cert, "certificate")?, read(&tls.key, "key")?);
             let tls_config = ServerTlsConfig::new()
@@ -137,9 +153,6 @@ pub async fn serve(
                 // handshake and never reaches a service.
                 .client_ca_root(Certificate::from_pem(read(&tls.client_ca, "client CA")?));
             let (svc, health, refl1, refl1a) = services(backend).await?;
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding {addr}"))?;
             log::info!(
                 "gRPC API on {} (TLS, client certificates)",
                 listener.local_addr()?
