@@ -82,7 +82,7 @@ pub mod limits {
     pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
     /// Unread bytes in the ring buffer past which a new event wakes the
     /// daemon; below it the daemon drains on its own timer
-    /// (`events::pipeline::DRAIN_INTERVAL`).
+    /// (`pipeline::DRAIN_INTERVAL` in the daemon).
     pub const WAKEUP_BYTES: u64 = 64 << 10;
     /// Sockets whose last decision the egress backstop remembers.
     pub const JUDGED_ENTRIES: u32 = 262_144;

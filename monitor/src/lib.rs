@@ -1,7 +1,7 @@
 //! egress-monitor: an eBPF egress monitor and enforcer.
 //!
-//! Data flows one way: kernel -> events -> (stdout, subscribers);
-//! policy -> kernel.
+//! Data flows one way: kernel -> events -> pipeline -> (stdout, store,
+//! API, metrics) reading the `state` view; policy -> `control` -> kernel.
 pub mod api;
 pub mod attribution;
 pub mod cgroups;
