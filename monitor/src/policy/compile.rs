@@ -270,51 +270,49 @@ impl Side {
     }
 }
 
-/// Uppercases country codes, rejecting any that is not ISO 3166-1 alpha-2.
-fn countries(
+/// Uppercases codes, rejecting any that `valid` refuses with `why`.
+fn codes(
     at: &Locator,
     section: &str,
     list: &[String],
+    valid: fn(&str) -> bool,
+    why: impl Fn(&str) -> String,
 ) -> Result<BTreeSet<String>, PolicyError> {
     list.iter()
         .map(|c| {
             let up = c.to_ascii_uppercase();
-            if regions::is_country(&up) {
+            if valid(&up) {
                 Ok(up)
             } else {
-                Err(at.err(
-                    section,
-                    Some(c),
-                    format!("{c:?} is not an ISO 3166-1 alpha-2 country code"),
-                ))
+                Err(at.err(section, Some(c), why(c)))
             }
         })
         .collect()
 }
 
-/// Uppercases continent codes, rejecting any that is not a known continent.
+/// Country codes (ISO 3166-1 alpha-2).
+fn countries(
+    at: &Locator,
+    section: &str,
+    list: &[String],
+) -> Result<BTreeSet<String>, PolicyError> {
+    codes(at, section, list, regions::is_country, |c| {
+        format!("{c:?} is not an ISO 3166-1 alpha-2 country code")
+    })
+}
+
+/// Continent codes.
 fn continents(
     at: &Locator,
     section: &str,
     list: &[String],
 ) -> Result<BTreeSet<String>, PolicyError> {
-    list.iter()
-        .map(|c| {
-            let up = c.to_ascii_uppercase();
-            if regions::is_continent(&up) {
-                Ok(up)
-            } else {
-                Err(at.err(
-                    section,
-                    Some(c),
-                    format!(
-                        "{c:?} is not a continent code (one of {})",
-                        regions::CONTINENTS.join(" ")
-                    ),
-                ))
-            }
-        })
-        .collect()
+    codes(at, section, list, regions::is_continent, |c| {
+        format!(
+            "{c:?} is not a continent code (one of {})",
+            regions::CONTINENTS.join(" ")
+        )
+    })
 }
 
 /// The member countries of the named groups, rejecting an unknown group.
