@@ -275,7 +275,7 @@ impl TestEnv {
     ) -> monitor::api::pb::egress_monitor_client::EgressMonitorClient<tonic::transport::Channel>
     {
         let args = monitor::api::client::ConnectArgs {
-            socket: self.socket(),
+            socket: Some(self.socket()),
             server: None,
             tls_ca: None,
             tls_cert: None,

@@ -277,3 +277,34 @@ fn events_after_a_restart_come_from_the_store() {
         "the last three decisions, oldest first, from the store"
     );
 }
+
+/// Client commands find a running daemon's socket without flags: through
+/// the lock it holds on its pin directory (its socket here is not the
+/// default one).
+#[test]
+fn the_cli_finds_the_running_daemon_without_flags() {
+    let env = TestEnv::started("enforce", "DE", &[]);
+    if std::path::Path::new(monitor::api::client::DEFAULT_SOCKET).exists() {
+        eprintln!(
+            "skipped: a daemon uses the default socket {} on this machine, so it is the one a flagless CLI reaches",
+            monitor::api::client::DEFAULT_SOCKET
+        );
+        return;
+    }
+    let out = Command::new(daemon_bin())
+        .args(["status", "-o", "json"])
+        .env_remove("EGRESS_MONITOR_SOCKET")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        st["cgroup_root"].as_str().map(std::path::PathBuf::from),
+        Some(env.cgroup_root.clone()),
+        "reached this test's daemon"
+    );
+}

@@ -10,14 +10,10 @@ use super::pb::egress_monitor_client::EgressMonitorClient;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ConnectArgs {
-    /// The daemon's unix socket.
-    #[arg(
-        long,
-        global = true,
-        default_value = "/var/lib/egress-monitor/egress-monitor.sock",
-        env = "EGRESS_MONITOR_SOCKET"
-    )]
-    pub socket: PathBuf,
+    /// The daemon's unix socket [default: the default state directory's, or
+    /// else that of the one daemon running on this machine].
+    #[arg(long, global = true, env = "EGRESS_MONITOR_SOCKET")]
+    pub socket: Option<PathBuf>,
     /// A remote daemon, https://HOST:PORT (TLS with a client certificate).
     #[arg(long, global = true, env = "EGRESS_MONITOR_SERVER")]
     pub server: Option<String>,
@@ -33,6 +29,36 @@ pub struct ConnectArgs {
     /// Name to expect in the server's certificate (default: the host of --server).
     #[arg(long, global = true, requires = "server")]
     pub tls_server_name: Option<String>,
+}
+
+/// The default daemon's socket.
+pub const DEFAULT_SOCKET: &str = "/var/lib/egress-monitor/egress-monitor.sock";
+
+/// The socket to use: the one given; else the default one if it exists;
+/// else that of the one daemon running here (found through the locks the
+/// daemons hold on their pin directories, whatever their state directory).
+pub fn socket_path(given: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let default = PathBuf::from(DEFAULT_SOCKET);
+    if default.exists() {
+        return Ok(default);
+    }
+    let mut running = crate::kernel::pins::running_daemons();
+    match running.len() {
+        0 => Ok(default),
+        1 => Ok(running.remove(0).socket),
+        _ => anyhow::bail!(
+            "{} daemons run on this machine; say which with --socket: {}",
+            running.len(),
+            running
+                .iter()
+                .map(|h| format!("{} (pid {})", h.socket.display(), h.pid))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
 }
 
 fn read(p: &PathBuf) -> anyhow::Result<Vec<u8>> {
@@ -67,7 +93,7 @@ pub async fn channel(args: &ConnectArgs) -> anyhow::Result<Channel> {
                 .with_context(|| format!("cannot connect to {server}"))?
         }
         None => {
-            let path = args.socket.clone();
+            let path = socket_path(args.socket.as_deref())?;
             let shown = path.display().to_string();
             Endpoint::try_from("http://localhost")?
                 .connect_with_connector(tower::service_fn(move |_: Uri| {

@@ -368,6 +368,26 @@ fn read_holder(path: &Path) -> Option<Holder> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
+/// The daemons running on this machine, as their lock files say: a holder
+/// whose process is alive and whose socket exists. (Read without touching
+/// the locks, so a daemon starting meanwhile is never disturbed.)
+pub fn running_daemons() -> Vec<Holder> {
+    let Ok(dir) = std::fs::read_dir(LOCK_DIR) else {
+        return Vec::new();
+    };
+    dir.flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "lock"))
+        .filter_map(|p| read_holder(&p))
+        .filter(|h| {
+            h.pid != 0
+                && Path::new(&format!("/proc/{}", h.pid)).exists()
+                && !h.socket.as_os_str().is_empty()
+                && h.socket.exists()
+        })
+        .collect()
+}
+
 impl PinLock {
     /// Takes the lock of `pin_dir` for this process, or says who has it.
     pub fn acquire(pin_dir: &Path, socket: &Path) -> Result<Self, KernelError> {

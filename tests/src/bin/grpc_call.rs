@@ -43,7 +43,7 @@ async fn main() {
         exit(2);
     };
     let connect = monitor::api::client::ConnectArgs {
-        socket: PathBuf::from(socket),
+        socket: Some(PathBuf::from(socket)),
         server: None,
         tls_ca: None,
         tls_cert: None,
