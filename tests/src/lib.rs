@@ -554,6 +554,8 @@ impl Drop for TestEnv {
                 eprintln!("uninstall failed: {}", String::from_utf8_lossy(&out.stderr));
             }
         }
+        // No daemon holds this environment's pin-directory lock any more.
+        let _ = std::fs::remove_file(monitor::kernel::pins::lock_path(&self.pin_dir()));
         if let Some(mut s) = self.server.take() {
             let _ = s.kill();
             let _ = s.wait();
