@@ -270,9 +270,12 @@ impl Kernel {
 /// Held by a running daemon for its pin directory: a lock file under
 /// /run/egress-monitor (bpffs holds no plain files) that `uninstall` and a
 /// second daemon find from the pin directory alone.
+///
+/// The lock is the file's flock, which ends with the process; the file
+/// itself is never deleted while held, so no two processes ever lock two
+/// different files for one directory.
 pub struct PinLock {
-    file: std::fs::File,
-    path: PathBuf,
+    _file: std::fs::File,
 }
 
 /// One spelling per directory: absolute, the existing part with its
@@ -412,36 +415,7 @@ impl PinLock {
         file.set_len(0).map_err(io)?;
         file.write_all(&serde_json::to_vec(&holder).unwrap_or_default())
             .map_err(io)?;
-        Ok(Self { file, path })
-    }
-
-    /// The daemon holding `pin_dir` now, if any.
-    pub fn holder(pin_dir: &Path) -> Result<Option<Holder>, KernelError> {
-        let path = lock_path(pin_dir);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let file = open_lock(&path)?;
-        let free = flock(&file).map_err(|source| KernelError::Pins {
-            path: path.clone(),
-            source,
-        })?;
-        // Held: by whom, as far as the file says (it may be mid-write).
-        Ok((!free).then(|| {
-            read_holder(&path).unwrap_or(Holder {
-                pid: 0,
-                pin_dir: pin_dir.into(),
-                socket: PathBuf::new(),
-            })
-        }))
-    }
-
-    /// The lock file (the lock is the file's flock, which ends with the
-    /// process; the file itself stays, so no two processes ever lock two
-    /// different files for one directory).
-    pub fn path(&self) -> &Path {
-        let _ = &self.file;
-        &self.path
+        Ok(Self { _file: file })
     }
 }
 

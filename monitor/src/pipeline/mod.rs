@@ -29,12 +29,6 @@ pub trait Observer: Send + Sync {
     fn decision(&self, raw: &DecisionEvent, event: &Event);
 }
 
-/// Observes nothing.
-pub struct NoObserver;
-impl Observer for NoObserver {
-    fn decision(&self, _: &DecisionEvent, _: &Event) {}
-}
-
 fn count(counters: &Counters, v: u8) {
     use monitor_common::verdict;
     let c = match v {
