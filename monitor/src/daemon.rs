@@ -124,12 +124,18 @@ fn check_privileges() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// What the start checked and found, before anything was created.
-struct Checked {
+/// What checking the configuration found: the cgroup places and the bound
+/// listeners, carried from the check to the launch.
+struct Found {
     mount: PathBuf,
     root: PathBuf,
     metrics_listener: Option<tokio::net::TcpListener>,
     api_listener: Option<tokio::net::TcpListener>,
+}
+
+/// What the start checked and found, before anything was created.
+struct Checked {
+    found: Found,
     db: GeoDb,
 }
 
@@ -177,10 +183,12 @@ async fn validate(config: &DaemonConfig) -> anyhow::Result<Checked> {
         started.elapsed().as_secs_f64() * 1e3
     );
     Ok(Checked {
-        mount,
-        root,
-        metrics_listener,
-        api_listener,
+        found: Found {
+            mount,
+            root,
+            metrics_listener,
+            api_listener,
+        },
         db,
     })
 }
@@ -264,10 +272,7 @@ fn leave(kernel: Kernel, config: &DaemonConfig) -> anyhow::Result<()> {
 /// What the start made: everything checked, the store open, the programs
 /// attached and the database in the kernel.
 struct Started {
-    mount: PathBuf,
-    root: PathBuf,
-    metrics_listener: Option<tokio::net::TcpListener>,
-    api_listener: Option<tokio::net::TcpListener>,
+    found: Found,
     store: Arc<StoreHandle>,
     node_public_key: String,
     booted: Booted,
@@ -278,13 +283,7 @@ struct Started {
 /// loads the database. None when a signal stopped it (after leaving the
 /// kernel as configured).
 async fn start(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<Option<Started>> {
-    let Checked {
-        mount,
-        root,
-        metrics_listener,
-        api_listener,
-        db,
-    } = tokio::select! {
+    let Checked { found, db } = tokio::select! {
         checked = validate(config) => checked?,
         name = signals.recv() => {
             log::info!("{name} during the start: stopping (nothing was created yet)");
@@ -299,7 +298,7 @@ async fn start(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<O
 
     let cancel = Arc::new(AtomicBool::new(false));
     let mut boot_task = {
-        let (config, root, cancel) = (config.clone(), root.clone(), cancel.clone());
+        let (config, root, cancel) = (config.clone(), found.root.clone(), cancel.clone());
         tokio::task::spawn_blocking(move || boot(&config, &root, db, &cancel))
     };
     let booted = tokio::select! {
@@ -316,10 +315,7 @@ async fn start(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<O
         return Ok(None);
     }
     Ok(Some(Started {
-        mount,
-        root,
-        metrics_listener,
-        api_listener,
+        found,
         store,
         node_public_key: crate::evidence::key::public_hex(&node_key.verifying_key()),
         booted,
@@ -342,10 +338,13 @@ struct Running {
 /// Starts the controller, the pipeline, the metrics endpoint and the API.
 async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Running> {
     let Started {
-        mount,
-        root,
-        metrics_listener,
-        api_listener,
+        found:
+            Found {
+                mount,
+                root,
+                metrics_listener,
+                api_listener,
+            },
         store,
         node_public_key,
         booted,

@@ -76,6 +76,7 @@ pub fn status_pb(
     node_key: &str,
 ) -> pb::GetStatusResponse {
     let s = view.policy();
+    let programs = view.kernel.programs();
     let (allowed, denied, would_deny) = view.decisions();
     let uptime = view.started.elapsed().unwrap_or_default();
     let started = view
@@ -87,21 +88,15 @@ pub fn status_pb(
         version: env!("CARGO_PKG_VERSION").into(),
         kernel: kernel_release(),
         cgroup_root: s.cgroup_root.display().to_string(),
-        programs: view
-            .kernel
-            .programs()
+        programs: programs
+            .attached
             .iter()
             .map(|a| pb::AttachedProgram {
                 hook: a.hook.into(),
                 program_id: a.program_id,
             })
             .collect(),
-        missing_programs: view
-            .kernel
-            .missing()
-            .iter()
-            .map(|h| h.to_string())
-            .collect(),
+        missing_programs: programs.missing.iter().map(|h| h.to_string()).collect(),
         reattached: view.reattached.load(Ordering::Relaxed),
         policies: policies_pb(&s),
         geoip: s.geo.as_ref().map(|geo| pb::GeoDatabase {

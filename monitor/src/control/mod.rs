@@ -113,6 +113,8 @@ pub struct Controller {
     refused: String,
     publish: watch::Sender<Arc<PolicySnapshot>>,
     lost_reported: u64,
+    /// The last failure to attach our programs again, said once.
+    restore_failure: Option<String>,
 }
 
 impl Controller {
@@ -128,6 +130,7 @@ impl Controller {
             refused: String::new(),
             publish,
             lost_reported: 0,
+            restore_failure: None,
         };
         c.publish();
         (c, rx)
@@ -385,10 +388,18 @@ impl Controller {
                     self.parts.kernel.pin_dir().display()
                 );
             }
-            Ok(_) => {}
-            Err(e) => log::error!(
-                "our programs are detached and attaching them again failed: {e}; enforcement is OFF until this is fixed"
-            ),
+            Ok(_) => self.restore_failure = None,
+            Err(e) => {
+                // Said once per cause, not at every rescan; status and the
+                // metrics show it for as long as it lasts.
+                let text = e.to_string();
+                if self.restore_failure.as_deref() != Some(&text) {
+                    log::error!(
+                        "our programs are detached and attaching them again failed: {text}; enforcement is OFF until this is fixed"
+                    );
+                    self.restore_failure = Some(text);
+                }
+            }
         }
     }
 

@@ -16,7 +16,7 @@ use aya::{
 use monitor_common::names;
 
 use super::{Kernel, KernelError};
-use crate::state::{KernelProbe, Program};
+use crate::state::{KernelProbe, Program, Programs};
 
 /// Mounts bpffs at /sys/fs/bpf when nothing is mounted there.
 pub fn ensure_bpffs() -> Result<(), KernelError> {
@@ -164,19 +164,15 @@ impl KernelProbe for Probe {
             .unwrap_or_default()
     }
 
-    fn programs(&self) -> Vec<Program> {
-        self.expected
-            .iter()
-            .filter_map(|h| attached_now(&self.pins, &self.cgroup_root, h))
-            .collect()
-    }
-
-    fn missing(&self) -> Vec<&'static str> {
-        self.expected
-            .iter()
-            .copied()
-            .filter(|h| attached_now(&self.pins, &self.cgroup_root, h).is_none())
-            .collect()
+    fn programs(&self) -> Programs {
+        let mut out = Programs::default();
+        for hook in &self.expected {
+            match attached_now(&self.pins, &self.cgroup_root, hook) {
+                Some(p) => out.attached.push(p),
+                None => out.missing.push(hook),
+            }
+        }
+        out
     }
 }
 

@@ -374,7 +374,7 @@ pub async fn scrape(view: &crate::state::View, metrics: &Arc<Metrics>) -> String
         selected_cgroups: s.selected_cgroups,
         rejected_files: s.rejected_files.len(),
         geo: s.geo.as_ref(),
-        programs_missing: view.kernel.missing().len(),
+        programs_missing: view.kernel.programs().missing.len(),
         policy_set_refused: !s.refused.is_empty(),
     };
     metrics.render(&snapshot)

@@ -66,10 +66,17 @@ pub struct Program {
 pub trait KernelProbe: Send + Sync {
     /// Events the kernel could not queue (ring buffer full), all CPUs.
     fn lost_events(&self) -> u64;
-    /// Our programs attached now, read from the kernel (not remembered).
-    fn programs(&self) -> Vec<Program>;
-    /// Programs the daemon expects but the kernel no longer has.
-    fn missing(&self) -> Vec<&'static str>;
+    /// Our programs as the kernel has them now (not as remembered).
+    fn programs(&self) -> Programs;
+}
+
+/// Our programs, asked of the kernel in one pass.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Programs {
+    /// Attached and running.
+    pub attached: Vec<Program>,
+    /// Expected by the daemon but no longer run by the kernel.
+    pub missing: Vec<&'static str>,
 }
 
 /// Decisions the pipeline has seen, by verdict, and records it could not
@@ -188,11 +195,11 @@ pub mod fake {
         fn lost_events(&self) -> u64 {
             self.lost.load(Ordering::Relaxed)
         }
-        fn programs(&self) -> Vec<Program> {
-            self.programs.lock().unwrap().clone()
-        }
-        fn missing(&self) -> Vec<&'static str> {
-            Vec::new()
+        fn programs(&self) -> Programs {
+            Programs {
+                attached: self.programs.lock().unwrap().clone(),
+                missing: Vec::new(),
+            }
         }
     }
 
