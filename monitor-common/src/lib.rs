@@ -163,6 +163,12 @@ shared_enum! {
         Default = 5 => "default",
         /// A socket type an enforcing policy does not allow (packet sockets).
         Socket = 6 => "socket",
+        /// A name the workload resolved the address from (`allow.domains`,
+        /// `deny.domains`).
+        Domain = 7 => "domain",
+        /// A cloud provider's published region of the address
+        /// (`allow.cloudRegions`, `deny.cloudRegions`).
+        CloudRegion = 8 => "cloud_region",
     }
 }
 
@@ -178,6 +184,17 @@ shared_enum! {
         /// outside the cgroup that made it).
         Egress = 5 => "egress",
         SockCreate = 6 => "socket_create",
+    }
+}
+
+shared_enum! {
+    /// Where a decision's country and continent came from.
+    CountrySource {
+        /// The country database (or nothing: unknown address).
+        Geoip = 0 => "geoip",
+        /// The documented location of the cloud region the provider
+        /// publishes for the address.
+        Cloud = 1 => "cloud",
     }
 }
 
@@ -253,13 +270,14 @@ pub const IPPROTO_UDP: u8 = 17;
 /// Event kinds.
 pub mod kind {
     pub const DECISION: u16 = 1;
+    pub const DNS: u16 = 2;
 }
 /// Version of `DecisionEvent`'s layout. Any change to that layout (a field
 /// added, removed, resized or moved) must bump it: the daemon refuses
 /// records of a version it does not know, instead of misreading them. The
 /// offsets of each version are listed below `DecisionEvent`; the build
 /// fails until the new version's are.
-pub const DECISION_VERSION: u16 = 1;
+pub const DECISION_VERSION: u16 = 2;
 
 /// First bytes of every ring buffer record.
 #[repr(C)]
@@ -310,15 +328,27 @@ pub struct DecisionEvent {
     pub verdict: u8,
     pub rule: u8,
     pub mode: u8,
-    pub _pad: [u8; 4],
+    /// `cloud::region_id` of the provider region the address is in, or 0.
+    pub cloud_region: u32,
+    /// `dns::name_hashes(..).full` of the name this cgroup resolved the
+    /// address from, or 0 when it reached the address without a lookup
+    /// the kernel saw (or the name expired).
+    pub name_hash: u64,
+    /// A `CountrySource`: where `country` and `continent` came from.
+    pub country_source: u8,
+    pub _pad: [u8; 7],
 }
 // The layout of each DECISION_VERSION. A changed DecisionEvent fails these
 // asserts until DECISION_VERSION is bumped and the new version's offsets are
 // added as an arm of their own (earlier arms stay, as the record of what
 // older daemons and pinned programs produce).
+//
+// Version 1 (104 bytes) ended at `mode` (99) with four bytes of padding;
+// version 2 puts `cloud_region` there and adds `name_hash` and
+// `country_source`.
 const _: () = match DECISION_VERSION {
-    1 => {
-        assert!(size_of::<DecisionEvent>() == 104);
+    2 => {
+        assert!(size_of::<DecisionEvent>() == 120);
         assert!(offset_of!(DecisionEvent, header) == 0);
         assert!(offset_of!(DecisionEvent, boot_ns) == 8);
         assert!(offset_of!(DecisionEvent, cgroup_id) == 16);
@@ -340,9 +370,56 @@ const _: () = match DECISION_VERSION {
         assert!(offset_of!(DecisionEvent, verdict) == 97);
         assert!(offset_of!(DecisionEvent, rule) == 98);
         assert!(offset_of!(DecisionEvent, mode) == 99);
-        assert!(offset_of!(DecisionEvent, _pad) == 100);
+        assert!(offset_of!(DecisionEvent, cloud_region) == 100);
+        assert!(offset_of!(DecisionEvent, name_hash) == 104);
+        assert!(offset_of!(DecisionEvent, country_source) == 112);
+        assert!(offset_of!(DecisionEvent, _pad) == 113);
     }
     _ => panic!("no DecisionEvent layout is listed for this DECISION_VERSION"),
+};
+
+/// Version of `DnsEvent`'s layout (bumped on any change, as above).
+pub const DNS_VERSION: u16 = 1;
+
+/// A DNS answer the kernel trusted (it answers a query this cgroup sent, from
+/// the address it was sent to) and learned addresses from, with a copy of the
+/// message so the daemon can name what the kernel filed by hash.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DnsEvent {
+    pub header: EventHeader,
+    pub boot_ns: u64,
+    /// The receiving socket's cgroup.
+    pub cgroup_id: u64,
+    /// `dns::name_hashes(qname).full`.
+    pub name_hash: u64,
+    /// The resolver's address (16 bytes, IPv4 mapped).
+    pub resolver: [u8; 16],
+    /// A and AAAA records filed.
+    pub learned: u16,
+    /// Bytes of the message copied into `payload` (at most `dns::PAYLOAD`).
+    pub payload_len: u16,
+    /// `IPPROTO_UDP` or `IPPROTO_TCP`.
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+    /// The DNS message from its header on (without TCP's length prefix).
+    pub payload: [u8; dns::PAYLOAD],
+}
+const _: () = match DNS_VERSION {
+    1 => {
+        assert!(size_of::<DnsEvent>() == 56 + dns::PAYLOAD);
+        assert!(offset_of!(DnsEvent, header) == 0);
+        assert!(offset_of!(DnsEvent, boot_ns) == 8);
+        assert!(offset_of!(DnsEvent, cgroup_id) == 16);
+        assert!(offset_of!(DnsEvent, name_hash) == 24);
+        assert!(offset_of!(DnsEvent, resolver) == 32);
+        assert!(offset_of!(DnsEvent, learned) == 48);
+        assert!(offset_of!(DnsEvent, payload_len) == 50);
+        assert!(offset_of!(DnsEvent, protocol) == 52);
+        assert!(offset_of!(DnsEvent, _pad) == 53);
+        assert!(offset_of!(DnsEvent, payload) == 56);
+    }
+    _ => panic!("no DnsEvent layout is listed for this DNS_VERSION"),
 };
 
 /// Key of the geo and CIDR tries: a prefix length and a 16-byte address
@@ -611,6 +688,331 @@ pub fn decide(
     }
 }
 
+/// Names in the kernel: how a DNS name is hashed, the same way on both
+/// sides, and the limits of what the kernel reads of a DNS message.
+///
+/// A name's hash folds its labels from the right: `S(n) = SEED`,
+/// `S(i) = fold(label_hash(label i), S(i + 1))`, and the name's hash is
+/// `S(0)`. So the hash of every suffix of a name is a step of computing the
+/// name's own: `*.salesforce.com` is filed under the hash of
+/// `salesforce.com`, and a name keeps the hashes of its shorter suffixes
+/// for the wildcard lookups. Labels are hashed lower-cased (FNV-1a, 64 bit).
+pub mod dns {
+    pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
+    pub const SEED: u64 = 0x9e37_79b9_7f4a_7c15;
+    /// Bytes of a DNS message the kernel copies and reads.
+    pub const PAYLOAD: usize = 512;
+    /// Labels of a question name the kernel reads; a longer name is not
+    /// learned (counted as `NAME_TOO_LONG`).
+    pub const MAX_LABELS: usize = 16;
+    /// Suffixes a name keeps for wildcard rules: `*.` may stand before a
+    /// base of at most this many labels.
+    pub const SUFFIXES: usize = 6;
+    /// Answer records the kernel reads per message.
+    pub const MAX_ANSWERS: u32 = 32;
+    pub const PORT: u16 = 53;
+
+    /// Indices of the DNS_STATS per-CPU counters.
+    pub mod stat {
+        /// Queries to port 53 recorded from selected cgroups.
+        pub const QUERIES: u32 = 0;
+        /// Answers that matched a recorded query and were read.
+        pub const ANSWERS: u32 = 1;
+        /// A and AAAA records filed.
+        pub const LEARNED: u32 = 2;
+        /// Answers from port 53 that match no query this cgroup sent from
+        /// that port with that id to that resolver: ignored.
+        pub const UNSOLICITED: u32 = 3;
+        /// Answers that could not be read (short, bad header, name or
+        /// record past the end, compression where none may be).
+        pub const MALFORMED: u32 = 4;
+        /// Answers with the TC bit (the resolver retries over TCP).
+        pub const TRUNCATED: u32 = 5;
+        /// TCP answers not in one segment, or longer than `PAYLOAD`.
+        pub const SPLIT: u32 = 6;
+        /// Question names longer than `MAX_LABELS` labels or 255 bytes.
+        pub const NAME_TOO_LONG: u32 = 7;
+        /// Answers read but not reported to the daemon (ring buffer full):
+        /// the kernel still judges by them, the events lack the name text.
+        pub const UNREPORTED: u32 = 8;
+        pub const COUNT: u32 = 9;
+        pub const NAMES: [&str; COUNT as usize] = [
+            "queries",
+            "answers",
+            "learned",
+            "unsolicited",
+            "malformed",
+            "truncated",
+            "split",
+            "name_too_long",
+            "unreported",
+        ];
+    }
+
+    #[inline(always)]
+    pub const fn lower(b: u8) -> u8 {
+        if b >= b'A' && b <= b'Z' {
+            b + 32
+        } else {
+            b
+        }
+    }
+
+    /// One byte of a label's hash (start from `FNV_OFFSET`).
+    #[inline(always)]
+    pub const fn label_step(h: u64, b: u8) -> u64 {
+        (h ^ lower(b) as u64).wrapping_mul(FNV_PRIME)
+    }
+
+    /// A label's hash folded onto the hash of the labels right of it.
+    #[inline(always)]
+    pub const fn fold(label: u64, rest: u64) -> u64 {
+        let x = label ^ rest.rotate_left(23) ^ 0x2d35_8dcc_aa6c_78a5;
+        let x = (x ^ (x >> 32)).wrapping_mul(0xd6e8_feb8_6659_fd93);
+        x ^ (x >> 29)
+    }
+
+    /// A name's hash and the hashes of its proper suffixes of 1 to
+    /// `SUFFIXES` labels (`suffixes[k - 1]` is the suffix of `k` labels).
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct NameHashes {
+        pub full: u64,
+        pub suffixes: [u64; SUFFIXES],
+        /// How many of `suffixes` are set: min(labels - 1, SUFFIXES).
+        pub suffix_count: u8,
+    }
+
+    /// The hashes of a dotted name (`api.openai.com`, a trailing dot is
+    /// ignored), as the kernel computes them from the wire form. `None` for
+    /// an empty name, an empty label, or more than `MAX_LABELS` labels.
+    pub fn name_hashes(name: &[u8]) -> Option<NameHashes> {
+        let name = match name.last() {
+            Some(b'.') => &name[..name.len() - 1],
+            _ => name,
+        };
+        if name.is_empty() || name.len() > 253 {
+            return None;
+        }
+        let mut labels = [0u64; MAX_LABELS];
+        let mut n = 0;
+        let mut h = FNV_OFFSET;
+        let mut len = 0;
+        for &b in name {
+            if b == b'.' {
+                if len == 0 || n == MAX_LABELS {
+                    return None;
+                }
+                labels[n] = h;
+                n += 1;
+                h = FNV_OFFSET;
+                len = 0;
+            } else {
+                h = label_step(h, b);
+                len += 1;
+            }
+        }
+        if len == 0 || n == MAX_LABELS {
+            return None;
+        }
+        labels[n] = h;
+        n += 1;
+        Some(fold_labels(&labels, n))
+    }
+
+    /// The fold of `n` label hashes, as the kernel does it.
+    #[inline(always)]
+    pub fn fold_labels(labels: &[u64; MAX_LABELS], n: usize) -> NameHashes {
+        let mut out = NameHashes {
+            full: SEED,
+            suffixes: [0; SUFFIXES],
+            suffix_count: 0,
+        };
+        let mut s = SEED;
+        let mut i = 0;
+        while i < MAX_LABELS {
+            if i < n {
+                // From the right: label n-1 first.
+                let j = n - 1 - i;
+                s = fold(labels[j & (MAX_LABELS - 1)], s);
+                let k = i + 1; // labels in `s`
+                if j > 0 && k <= SUFFIXES {
+                    out.suffixes[(k - 1) % SUFFIXES] = s;
+                    out.suffix_count = k as u8;
+                }
+            }
+            i += 1;
+        }
+        out.full = s;
+        out
+    }
+}
+
+/// Cloud regions as the kernel carries them: a 32-bit id per
+/// `provider:region`.
+pub mod cloud {
+    /// FNV-1a (32 bit) of `provider:region`, lower-cased; never 0 (0 is "no
+    /// cloud region").
+    pub fn region_id(provider: &str, region: &str) -> u32 {
+        let mut h: u32 = 0x811c_9dc5;
+        let bytes = provider.bytes().chain(core::iter::once(b':')).chain(region.bytes());
+        for b in bytes {
+            h ^= u32::from(super::dns::lower(b));
+            h = h.wrapping_mul(0x0100_0193);
+        }
+        if h == 0 {
+            1
+        } else {
+            h
+        }
+    }
+}
+
+/// Key of the NAMES map: an address one cgroup resolved.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NameKey {
+    pub cgroup_id: u64,
+    pub addr: [u8; 16],
+}
+const _: () = {
+    assert!(size_of::<NameKey>() == 24);
+    assert!(offset_of!(NameKey, cgroup_id) == 0);
+    assert!(offset_of!(NameKey, addr) == 8);
+};
+
+/// Value of the NAMES map (LRU): the name an address was resolved from,
+/// until when.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NameEntry {
+    /// CLOCK_BOOTTIME nanoseconds past which the entry no longer counts:
+    /// the record's TTL (at least the minimum) plus the grace period.
+    pub expires_ns: u64,
+    pub name_hash: u64,
+    pub suffixes: [u64; dns::SUFFIXES],
+    pub suffix_count: u8,
+    pub _pad: [u8; 7],
+}
+const _: () = {
+    assert!(size_of::<NameEntry>() == 72);
+    assert!(offset_of!(NameEntry, expires_ns) == 0);
+    assert!(offset_of!(NameEntry, name_hash) == 8);
+    assert!(offset_of!(NameEntry, suffixes) == 16);
+    assert!(offset_of!(NameEntry, suffix_count) == 64);
+    assert!(offset_of!(NameEntry, _pad) == 65);
+};
+
+/// Key of the DNS_QUERIES map (LRU): a query a selected cgroup sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueryKey {
+    pub cgroup_id: u64,
+    /// The querying socket's port (host order).
+    pub port: u16,
+    /// The DNS message id.
+    pub id: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = {
+    assert!(size_of::<QueryKey>() == 16);
+    assert!(offset_of!(QueryKey, cgroup_id) == 0);
+    assert!(offset_of!(QueryKey, port) == 8);
+    assert!(offset_of!(QueryKey, id) == 10);
+    assert!(offset_of!(QueryKey, protocol) == 12);
+    assert!(offset_of!(QueryKey, _pad) == 13);
+};
+
+/// Value of the DNS_QUERIES map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Query {
+    /// Where the query went; only an answer from there is read.
+    pub resolver: [u8; 16],
+    pub sent_ns: u64,
+}
+const _: () = {
+    assert!(size_of::<Query>() == 24);
+    assert!(offset_of!(Query, resolver) == 0);
+    assert!(offset_of!(Query, sent_ns) == 16);
+};
+
+/// The single entry of the DNS_TUNING array, written by the daemon.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DnsTuning {
+    /// A record's TTL counts as at least this (applications cache longer
+    /// than they are told).
+    pub min_ttl_s: u32,
+    /// Added to every TTL before the entry stops counting.
+    pub grace_s: u32,
+    /// A TTL counts as at most this.
+    pub max_ttl_s: u32,
+    /// 1: learn names (at least one policy needs them or names are on).
+    pub enabled: u32,
+}
+const _: () = {
+    assert!(size_of::<DnsTuning>() == 16);
+    assert!(offset_of!(DnsTuning, min_ttl_s) == 0);
+    assert!(offset_of!(DnsTuning, grace_s) == 4);
+    assert!(offset_of!(DnsTuning, max_ttl_s) == 8);
+    assert!(offset_of!(DnsTuning, enabled) == 12);
+};
+
+/// Key of the domain rule maps: what a policy says about one name (`kind`
+/// 0: exactly this name; 1: any name below it, `*.` rules).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct DomainKey {
+    pub policy_id: u32,
+    pub kind: u32,
+    pub hash: u64,
+}
+const _: () = {
+    assert!(size_of::<DomainKey>() == 16);
+    assert!(offset_of!(DomainKey, policy_id) == 0);
+    assert!(offset_of!(DomainKey, kind) == 4);
+    assert!(offset_of!(DomainKey, hash) == 8);
+};
+pub const DOMAIN_EXACT: u32 = 0;
+pub const DOMAIN_WILDCARD: u32 = 1;
+
+/// Value of the cloud trie: the provider region of a published prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CloudEntry {
+    /// `cloud::region_id`.
+    pub region: u32,
+    /// The region's documented location, when known (`located` 1); the
+    /// country database decides otherwise.
+    pub country: [u8; 2],
+    pub continent: [u8; 2],
+    pub located: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = {
+    assert!(size_of::<CloudEntry>() == 12);
+    assert!(offset_of!(CloudEntry, region) == 0);
+    assert!(offset_of!(CloudEntry, country) == 4);
+    assert!(offset_of!(CloudEntry, continent) == 6);
+    assert!(offset_of!(CloudEntry, located) == 8);
+    assert!(offset_of!(CloudEntry, _pad) == 9);
+};
+
+/// Key of the cloud rule maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct CloudKey {
+    pub policy_id: u32,
+    pub region: u32,
+}
+const _: () = {
+    assert!(size_of::<CloudKey>() == 8);
+    assert!(offset_of!(CloudKey, policy_id) == 0);
+    assert!(offset_of!(CloudKey, region) == 4);
+};
+
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
@@ -627,6 +1029,15 @@ mod pod {
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Meta {}
     unsafe impl aya::Pod for Judged {}
+    unsafe impl aya::Pod for DnsEvent {}
+    unsafe impl aya::Pod for NameKey {}
+    unsafe impl aya::Pod for NameEntry {}
+    unsafe impl aya::Pod for QueryKey {}
+    unsafe impl aya::Pod for Query {}
+    unsafe impl aya::Pod for DnsTuning {}
+    unsafe impl aya::Pod for DomainKey {}
+    unsafe impl aya::Pod for CloudEntry {}
+    unsafe impl aya::Pod for CloudKey {}
 }
 
 #[cfg(test)]

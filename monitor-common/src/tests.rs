@@ -24,6 +24,7 @@ fn every_enum_round_trips_through_u8() {
     round_trips(Hook::ALL, Hook::from_u8);
     round_trips(Mode::ALL, Mode::from_u8);
     round_trips(Action::ALL, Action::from_u8);
+    round_trips(CountrySource::ALL, CountrySource::from_u8);
 }
 
 #[test]
@@ -32,8 +33,10 @@ fn unknown_bytes_are_none() {
         assert_eq!(Verdict::from_u8(b), None);
         assert_eq!(Verdict::try_from(b), Err(b));
     }
-    for b in [0, 7, 255] {
+    for b in [0, 9, 255] {
         assert_eq!(Rule::from_u8(b), None);
+    }
+    for b in [0, 7, 255] {
         assert_eq!(Hook::from_u8(b), None);
     }
     for b in [2, 255] {
@@ -54,6 +57,8 @@ fn values_and_names_are_the_documented_ones() {
         (4, "cidr"),
         (5, "default"),
         (6, "socket"),
+        (7, "domain"),
+        (8, "cloud_region"),
     ];
     let hooks = [
         (1, "connect4"),
@@ -296,4 +301,52 @@ fn nothing_allowing_is_a_default_deny() {
         run(false, unknown, true),
         (d(true, Rule::Cidr), [true, true, true])
     );
+}
+
+/// The suffix hashes of a name are the hashes of those suffixes as names:
+/// what makes `*.salesforce.com` (filed under `salesforce.com`) match
+/// `eu1.my.salesforce.com`.
+#[test]
+fn suffix_hashes_are_the_hashes_of_the_suffixes() {
+    let name = dns::name_hashes(b"Eu1.My.SalesForce.com.").unwrap();
+    assert_eq!(name, dns::name_hashes(b"eu1.my.salesforce.com").unwrap());
+    assert_eq!(name.suffix_count, 3);
+    for (k, suffix) in ["com", "salesforce.com", "my.salesforce.com"].iter().enumerate() {
+        assert_eq!(
+            name.suffixes[k],
+            dns::name_hashes(suffix.as_bytes()).unwrap().full,
+            "{suffix}"
+        );
+    }
+    assert_ne!(name.full, name.suffixes[2]);
+    // Different names, different hashes; label boundaries count.
+    let a = dns::name_hashes(b"ab.c").unwrap().full;
+    let b = dns::name_hashes(b"a.bc").unwrap().full;
+    assert_ne!(a, b);
+    // A name of one label has no proper suffix.
+    assert_eq!(dns::name_hashes(b"localhost").unwrap().suffix_count, 0);
+    // Deep names keep only the shortest SUFFIXES suffixes.
+    let deep = dns::name_hashes(b"a.b.c.d.e.f.g.h.example.com").unwrap();
+    assert_eq!(deep.suffix_count as usize, dns::SUFFIXES);
+    assert_eq!(
+        deep.suffixes[dns::SUFFIXES - 1],
+        dns::name_hashes(b"e.f.g.h.example.com").unwrap().full
+    );
+}
+
+#[test]
+fn names_the_kernel_does_not_read_have_no_hash() {
+    for bad in [&b""[..], b".", b"a..b", b".a", b"a.b..", b"1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16.17"] {
+        assert_eq!(dns::name_hashes(bad), None, "{:?}", core::str::from_utf8(bad));
+    }
+    assert!(dns::name_hashes(b"1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16").is_some());
+}
+
+#[test]
+fn cloud_region_ids_ignore_case_and_are_never_zero() {
+    let a = cloud::region_id("aws", "eu-central-1");
+    assert_eq!(a, cloud::region_id("AWS", "EU-Central-1"));
+    assert_ne!(a, cloud::region_id("aws", "eu-central-2"));
+    assert_ne!(a, cloud::region_id("gcp", "eu-central-1"));
+    assert_ne!(a, 0);
 }

@@ -442,7 +442,10 @@ fn emit(
         verdict: verdict as u8,
         rule,
         mode: selection.mode,
-        _pad: [0; 4],
+        cloud_region: 0,
+        name_hash: 0,
+        country_source: 0,
+        _pad: [0; 7],
     };
     entry.write(event);
     // Wake the daemon only once a batch waits: a wakeup per event is an

@@ -323,7 +323,10 @@ mod tests {
             verdict: verdict::WOULD_DENY,
             rule: rule::DEFAULT,
             mode: 0,
-            _pad: [0; 4],
+            cloud_region: 0,
+            name_hash: 0,
+            country_source: 0,
+            _pad: [0; 7],
         }
     }
 
