@@ -13,6 +13,7 @@ pub mod evidence;
 pub mod geo;
 pub mod kernel;
 pub mod metrics;
+pub mod names;
 pub mod pipeline;
 pub mod policy;
 pub mod state;
