@@ -267,6 +267,8 @@ pub mod rule {
     pub const CIDR: u8 = Rule::Cidr as u8;
     pub const DEFAULT: u8 = Rule::Default as u8;
     pub const SOCKET: u8 = Rule::Socket as u8;
+    pub const DOMAIN: u8 = Rule::Domain as u8;
+    pub const CLOUD_REGION: u8 = Rule::CloudRegion as u8;
 }
 
 /// See `Hook`.
@@ -957,7 +959,10 @@ pub mod cloud {
     /// cloud region").
     pub fn region_id(provider: &str, region: &str) -> u32 {
         let mut h: u32 = 0x811c_9dc5;
-        let bytes = provider.bytes().chain(core::iter::once(b':')).chain(region.bytes());
+        let bytes = provider
+            .bytes()
+            .chain(core::iter::once(b':'))
+            .chain(region.bytes());
         for b in bytes {
             h ^= u32::from(super::dns::lower(b));
             h = h.wrapping_mul(0x0100_0193);

@@ -348,7 +348,10 @@ fn suffix_hashes_are_the_hashes_of_the_suffixes() {
     let name = dns::name_hashes(b"Eu1.My.SalesForce.com.").unwrap();
     assert_eq!(name, dns::name_hashes(b"eu1.my.salesforce.com").unwrap());
     assert_eq!(name.suffix_count, 3);
-    for (k, suffix) in ["com", "salesforce.com", "my.salesforce.com"].iter().enumerate() {
+    for (k, suffix) in ["com", "salesforce.com", "my.salesforce.com"]
+        .iter()
+        .enumerate()
+    {
         assert_eq!(
             name.suffixes[k],
             dns::name_hashes(suffix.as_bytes()).unwrap().full,
@@ -373,8 +376,20 @@ fn suffix_hashes_are_the_hashes_of_the_suffixes() {
 
 #[test]
 fn names_the_kernel_does_not_read_have_no_hash() {
-    for bad in [&b""[..], b".", b"a..b", b".a", b"a.b..", b"1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16.17"] {
-        assert_eq!(dns::name_hashes(bad), None, "{:?}", core::str::from_utf8(bad));
+    for bad in [
+        &b""[..],
+        b".",
+        b"a..b",
+        b".a",
+        b"a.b..",
+        b"1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16.17",
+    ] {
+        assert_eq!(
+            dns::name_hashes(bad),
+            None,
+            "{:?}",
+            core::str::from_utf8(bad)
+        );
     }
     assert!(dns::name_hashes(b"1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16").is_some());
 }
@@ -428,10 +443,15 @@ fn domain_rules_sit_between_cidrs_and_regions() {
     // An action byte this build does not know decides nothing.
     let (decision, _) = {
         let asked = Cell::new(0);
-        let decision = decide(|| false, || 9, RegionRule::default, || {
-            asked.set(1);
-            false
-        });
+        let decision = decide(
+            || false,
+            || 9,
+            RegionRule::default,
+            || {
+                asked.set(1);
+                false
+            },
+        );
         (decision, asked.get())
     };
     assert_eq!(decision, d(false, Rule::Default));

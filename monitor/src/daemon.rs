@@ -48,6 +48,42 @@ pub struct DaemonConfig {
     pub metrics_addr: Option<std::net::SocketAddr>,
     /// Limits of the history store.
     pub retention: crate::store::retention::Retention,
+    /// `--cloud-ranges`.
+    pub cloud_ranges: Option<PathBuf>,
+    pub dns: DnsConfig,
+}
+
+/// How names are learned (see `monitor_common::DnsTuning`).
+#[derive(Debug, Clone, Copy)]
+pub struct DnsConfig {
+    pub min_ttl_s: u32,
+    pub grace_s: u32,
+    pub max_ttl_s: u32,
+    pub trust_loopback: bool,
+}
+
+impl DnsConfig {
+    fn tuning(&self) -> monitor_common::DnsTuning {
+        monitor_common::DnsTuning {
+            min_ttl_s: self.min_ttl_s,
+            grace_s: self.grace_s,
+            max_ttl_s: self.max_ttl_s,
+            flags: monitor_common::dns::TUNING_ENABLED
+                | if self.trust_loopback {
+                    monitor_common::dns::TUNING_TRUST_LOOPBACK
+                } else {
+                    0
+                },
+        }
+    }
+
+    pub fn ttl(&self) -> crate::names::TtlPolicy {
+        crate::names::TtlPolicy {
+            min_ttl_s: self.min_ttl_s,
+            grace_s: self.grace_s,
+            max_ttl_s: self.max_ttl_s,
+        }
+    }
 }
 
 /// The store records the policy sets the controller puts in force.
@@ -137,6 +173,7 @@ struct Found {
 struct Checked {
     found: Found,
     db: GeoDb,
+    cloud: Arc<crate::cloud::CloudRanges>,
 }
 
 /// Everything that can be checked without creating anything: privileges,
@@ -182,6 +219,18 @@ async fn validate(config: &DaemonConfig) -> anyhow::Result<Checked> {
         db.identity.prefixes,
         started.elapsed().as_secs_f64() * 1e3
     );
+    let cloud = match &config.cloud_ranges {
+        None => crate::cloud::CloudRanges::default(),
+        Some(dir) => {
+            let dir = dir.clone();
+            let ranges = tokio::task::spawn_blocking(move || crate::cloud::load_dir(&dir))
+                .await
+                .context("reading the cloud ranges panicked")?
+                .context("--cloud-ranges")?;
+            log::info!("cloud ranges: {}", ranges.summary());
+            ranges
+        }
+    };
     Ok(Checked {
         found: Found {
             mount,
@@ -190,6 +239,7 @@ async fn validate(config: &DaemonConfig) -> anyhow::Result<Checked> {
             api_listener,
         },
         db,
+        cloud: Arc::new(cloud),
     })
 }
 
@@ -213,6 +263,7 @@ fn boot(
     cancel: &AtomicBool,
 ) -> anyhow::Result<Booted> {
     let (mut kernel, ring, old_pins) = Kernel::load(root, config.ring_bytes, &config.pin_dir)?;
+    kernel.set_dns_tuning(config.dns.tuning())?;
     for a in kernel.attached() {
         log::info!(
             "{} {} (program id {}, link id {}) on {}",
@@ -276,6 +327,7 @@ struct Started {
     store: Arc<StoreHandle>,
     node_public_key: String,
     booted: Booted,
+    cloud: Arc<crate::cloud::CloudRanges>,
     _lock: PinLock,
 }
 
@@ -283,7 +335,7 @@ struct Started {
 /// loads the database. None when a signal stopped it (after leaving the
 /// kernel as configured).
 async fn start(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<Option<Started>> {
-    let Checked { found, db } = tokio::select! {
+    let Checked { found, db, cloud } = tokio::select! {
         checked = validate(config) => checked?,
         name = signals.recv() => {
             log::info!("{name} during the start: stopping (nothing was created yet)");
@@ -319,6 +371,7 @@ async fn start(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<O
         store,
         node_public_key: crate::evidence::key::public_hex(&node_key.verifying_key()),
         booted,
+        cloud,
         _lock: lock,
     }))
 }
@@ -348,6 +401,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         store,
         node_public_key,
         booted,
+        cloud,
         _lock,
     } = started;
     let Booted {
@@ -379,6 +433,8 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
             let metrics = metrics.clone();
             move |ok| metrics.reload(ok)
         }),
+        cloud_dir: config.cloud_ranges.clone(),
+        cloud,
     });
     let view = View::new(snapshots, view_of_kernel);
     store.agent_run(crate::store::agent_run_json(&node_public_key));
@@ -394,6 +450,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         view.counters.clone(),
         view.streams.clone(),
         metrics.clone(),
+        config.dns.ttl(),
     ));
     match crate::metrics::system::RingFill::map(
         std::os::fd::AsRawFd::as_raw_fd(&ring),

@@ -6,6 +6,7 @@ pub mod api;
 pub mod attribution;
 pub mod cgroups;
 pub mod cli;
+pub mod cloud;
 pub mod control;
 pub mod daemon;
 pub mod events;

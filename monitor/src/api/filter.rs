@@ -21,6 +21,10 @@ pub struct Filter {
     comms: HashSet<String>,
     uids: HashSet<u32>,
     pod_uids: HashSet<String>,
+    names: Option<GlobSet>,
+    /// `-` among the name filters: events without a name match.
+    unnamed: bool,
+    cloud_regions: Vec<crate::cloud::RegionPattern>,
 }
 
 fn bad(field: &str, i: usize, reason: String) -> Status {
@@ -100,6 +104,28 @@ impl Filter {
             })?;
             out.pod_uids.insert(uid);
         }
+        if !f.names.is_empty() {
+            let mut b = GlobSetBuilder::new();
+            for (i, g) in f.names.iter().enumerate() {
+                if g == "-" {
+                    out.unnamed = true;
+                    continue;
+                }
+                let glob = GlobBuilder::new(&g.to_ascii_lowercase())
+                    .build()
+                    .map_err(|e| bad("names", i, format!("{g:?}: {e}")))?;
+                b.add(glob);
+            }
+            out.names = Some(
+                b.build()
+                    .map_err(|e| Status::invalid_argument(format!("filter.names: {e}")))?,
+            );
+        }
+        for (i, r) in f.cloud_regions.iter().enumerate() {
+            let pattern = crate::cloud::RegionPattern::parse(r)
+                .map_err(|reason| bad("cloud_regions", i, reason))?;
+            out.cloud_regions.push(pattern);
+        }
         Ok(out)
     }
 
@@ -127,6 +153,18 @@ impl Filter {
             && (self.comms.is_empty() || self.comms.contains(&e.comm))
             && (self.uids.is_empty() || self.uids.contains(&e.uid))
             && (self.pod_uids.is_empty() || self.pod_uids.contains(&e.pod_uid))
+            && self.names.as_ref().is_none_or(|g| {
+                if e.dns_name.is_empty() {
+                    self.unnamed
+                } else {
+                    g.is_match(&e.dns_name) || (!e.dns_cname.is_empty() && g.is_match(&e.dns_cname))
+                }
+            })
+            && (self.cloud_regions.is_empty()
+                || self
+                    .cloud_regions
+                    .iter()
+                    .any(|p| p.matches(&e.cloud, &e.cloud_region)))
     }
 }
 

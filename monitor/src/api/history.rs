@@ -124,6 +124,8 @@ pub fn query_flows(
             country: f.country,
             continent: f.continent,
             count: f.count,
+            dns_name: f.dns_name,
+            cloud_region: f.cloud_region,
         })
         .collect();
     Ok(pb::QueryFlowsResponse {

@@ -44,6 +44,11 @@ impl From<&Event> for pb::Event {
             container_id: e.container_id.clone(),
             runtime: e.runtime.clone(),
             systemd_unit: e.systemd_unit.clone(),
+            country_source: e.country_source.into(),
+            dns_name: e.dns_name.clone(),
+            dns_cname: e.dns_cname.clone(),
+            cloud: e.cloud.clone(),
+            cloud_region: e.cloud_region.clone(),
         }
     }
 }
@@ -75,6 +80,11 @@ impl From<pb::Event> for Event {
             container_id: e.container_id,
             runtime: e.runtime,
             systemd_unit: e.systemd_unit,
+            country_source: crate::events::known_name(&e.country_source),
+            dns_name: e.dns_name,
+            dns_cname: e.dns_cname,
+            cloud: e.cloud,
+            cloud_region: e.cloud_region,
         }
     }
 }

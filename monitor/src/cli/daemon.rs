@@ -84,6 +84,27 @@ pub struct DaemonArgs {
     /// Keep the history store under this many MiB (oldest removed first).
     #[arg(long)]
     pub retention_max_mb: Option<u64>,
+    /// Directory of cloud providers' published ranges (AWS ip-ranges.json,
+    /// Google Cloud cloud.json, Azure Service Tags JSON, or CSV
+    /// `cidr,provider,region,service`); watched for changes. Where a range
+    /// has a region, the region's documented location decides the
+    /// address's country
+    #[arg(long, env = "EGRESS_MONITOR_CLOUD_RANGES")]
+    pub cloud_ranges: Option<PathBuf>,
+    /// A DNS record counts at least this many seconds, whatever its TTL
+    #[arg(long, default_value_t = 30)]
+    pub dns_min_ttl: u32,
+    /// Seconds a DNS record keeps counting after its TTL
+    #[arg(long, default_value_t = 60)]
+    pub dns_grace: u32,
+    /// A DNS record counts at most this many seconds, whatever its TTL
+    #[arg(long, default_value_t = 86_400)]
+    pub dns_max_ttl: u32,
+    /// Also learn names from resolvers on loopback (a local stub such as
+    /// systemd-resolved at 127.0.0.53). Off by default: a workload could
+    /// answer its own queries there
+    #[arg(long)]
+    pub dns_trust_loopback: bool,
 }
 
 fn ring_size(s: &str) -> Result<u32, String> {
@@ -144,6 +165,13 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         rescan_interval: Duration::from_secs_f64(args.rescan_interval),
         history: args.history,
         metrics_addr: args.metrics_addr,
+        cloud_ranges: args.cloud_ranges,
+        dns: daemon::DnsConfig {
+            min_ttl_s: args.dns_min_ttl,
+            grace_s: args.dns_grace,
+            max_ttl_s: args.dns_max_ttl.max(args.dns_min_ttl),
+            trust_loopback: args.dns_trust_loopback,
+        },
         retention: crate::store::retention::Retention {
             max_age: args
                 .retention_days

@@ -33,6 +33,15 @@ pub struct FilterArgs {
     /// Kubernetes pod UID (repeatable).
     #[arg(long)]
     pub pod: Vec<String>,
+    /// Glob over the DNS name the address was resolved from (or its CNAME
+    /// target), e.g. '*.openai.com'; '-' for addresses reached without a
+    /// lookup (repeatable).
+    #[arg(long)]
+    pub name: Vec<String>,
+    /// Cloud region of the destination: aws:eu-central-1, aws:eu-*, gcp:*
+    /// (repeatable).
+    #[arg(long)]
+    pub cloud_region: Vec<String>,
 }
 
 impl FilterArgs {
@@ -49,6 +58,8 @@ impl FilterArgs {
             comms: self.comm.clone(),
             uids: self.uid.clone(),
             pod_uids: self.pod.clone(),
+            names: self.name.clone(),
+            cloud_regions: self.cloud_region.clone(),
         }
     }
 

@@ -24,7 +24,8 @@ pub struct FlowsArgs {
     #[arg(long, default_value = "")]
     pub until: String,
     /// Group by (comma-separated): cgroup, pod, process, country, continent,
-    /// destination, port, protocol, verdict, policy.
+    /// destination, port, protocol, verdict, policy, name (the DNS name),
+    /// cloud (the cloud region).
     #[arg(long, value_delimiter = ',')]
     pub group_by: Vec<String>,
     /// count (largest first), first_seen, last_seen, destination.
@@ -47,6 +48,29 @@ fn dest(f: &pb::Flow) -> String {
         ("", p) => format!("*:{p}/{}", f.protocol),
         (ip, p) if ip.contains(':') => format!("[{ip}]:{p}/{}", f.protocol),
         (ip, p) => format!("{ip}:{p}/{}", f.protocol),
+    }
+}
+
+/// A flow's name: `-` for "no lookup" where names are part of the key (no
+/// group-by, or grouped by name), `*` where they were folded away.
+fn flow_name(f: &pb::Flow, grouped_by_name: bool) -> &str {
+    if f.dns_name.is_empty() {
+        if grouped_by_name {
+            "-"
+        } else {
+            "*"
+        }
+    } else {
+        &f.dns_name
+    }
+}
+
+fn flow_place(f: &pb::Flow) -> String {
+    match (f.country.as_str(), f.cloud_region.as_str()) {
+        ("", "") => "*".into(),
+        (c, "") => c.into(),
+        ("", r) => format!("- {r}"),
+        (c, r) => format!("{c} {r}"),
     }
 }
 
@@ -110,26 +134,31 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
                     &f.dst_port.to_string(),
                     &f.country,
                     &f.continent,
+                    &f.dns_name,
+                    &f.cloud_region,
                 ])?;
             }
             w.flush()?;
         }
         FlowFormat::Table => {
+            let grouped_by_name =
+                args.group_by.is_empty() || args.group_by.iter().any(|g| g == "name");
             println!(
-                "{:<8} {:<24} {:<24} {:<10} {:<32} {:<16} {:<30} {:<7} POLICY",
+                "{:<8} {:<24} {:<24} {:<10} {:<28} {:<16} {:<28} {:<28} {:<22} POLICY",
                 "COUNT",
                 "FIRST SEEN",
                 "LAST SEEN",
                 "VERDICT",
                 "CGROUP",
                 "PROCESS",
+                "NAME",
                 "DESTINATION",
-                "COUNTRY"
+                "PLACE"
             );
             for f in &flows {
                 let short = |t: &str| t.get(..23).map(|t| format!("{t}Z")).unwrap_or_default();
                 println!(
-                    "{:<8} {:<24} {:<24} {:<10} {:<32} {:<16} {:<30} {:<7} {}",
+                    "{:<8} {:<24} {:<24} {:<10} {:<28} {:<16} {:<28} {:<28} {:<22} {}",
                     f.count,
                     short(&f.first_seen),
                     short(&f.last_seen),
@@ -140,8 +169,9 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
                         &f.cgroup_path
                     }),
                     or_star(&f.comm),
+                    flow_name(f, grouped_by_name),
                     dest(f),
-                    or_star(&f.country),
+                    flow_place(f),
                     or_star(&f.policy)
                 );
             }

@@ -16,16 +16,37 @@ pub struct Printer {
     header_done: bool,
 }
 
-const COLUMNS: [(&str, usize); 8] = [
+const COLUMNS: [(&str, usize); 9] = [
     ("TIME", 24),
     ("VERDICT", 10),
-    ("PROCESS", 22),
-    ("CGROUP", 32),
-    ("DESTINATION", 30),
-    ("COUNTRY", 7),
-    ("RULE", 9),
+    ("PROCESS", 18),
+    ("CGROUP", 26),
+    ("NAME", 26),
+    ("DESTINATION", 26),
+    ("PLACE", 22),
+    ("RULE", 12),
     ("POLICY", 0),
 ];
+
+/// Country, and the cloud region where the provider publishes one:
+/// `DE aws:eu-central-1`; `-` when nothing is known.
+pub fn place(country: &str, cloud: &str, region: &str) -> String {
+    let country = if country.is_empty() { "-" } else { country };
+    if cloud.is_empty() {
+        country.to_string()
+    } else {
+        format!("{country} {cloud}:{region}")
+    }
+}
+
+/// The name, `-` for an address reached without a lookup.
+pub fn name(dns_name: &str) -> &str {
+    if dns_name.is_empty() {
+        "-"
+    } else {
+        dns_name
+    }
+}
 
 /// Keeps the end of a long value (the interesting part of a cgroup path).
 fn fit(s: &str, width: usize) -> String {
@@ -77,18 +98,14 @@ impl Printer {
                 } else {
                     format!("{}:{}/{}", e.dst_ip, e.dst_port, e.protocol)
                 };
-                let country = if e.country.is_empty() {
-                    "-".to_string()
-                } else {
-                    e.country.clone()
-                };
                 let values = [
                     time,
                     e.verdict.clone(),
                     process,
                     e.cgroup_path.clone(),
+                    name(&e.dns_name).to_string(),
                     dst,
-                    country,
+                    place(&e.country, &e.cloud, &e.cloud_region),
                     e.rule.clone(),
                     e.policy.clone(),
                 ];

@@ -1,22 +1,39 @@
 //! A policy set as the kernel holds it: the contents of one map slot.
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use monitor_common::{PolicyAddr, RegionKey, Selection};
+use monitor_common::{
+    action, dns, rule, CloudKey, DomainKey, PolicyAddr, RegionKey, RegionRule, Selection,
+    DOMAIN_EXACT, DOMAIN_WILDCARD,
+};
 
 use crate::{
     cgroups::Selected,
+    cloud::{CloudRanges, RegionPattern},
     geo,
     kernel::PolicyMaps,
-    policy::{CompiledPolicy, Mode, PolicyIds},
+    policy::{CompiledPolicy, DomainPattern, Mode, PolicyIds},
 };
 
-/// The kernel's view of a policy set.
+/// The kernel's view of a policy set. Cloud-region patterns are expanded
+/// against the regions `cloud` knows (its snapshot and the location table).
 pub fn build_maps(
     policies: &[CompiledPolicy],
     selection: &BTreeMap<u64, Selected>,
     ids: &mut PolicyIds,
+    cloud: &CloudRanges,
 ) -> PolicyMaps {
     let mut maps = PolicyMaps::default();
+    let mut flags: HashMap<&str, u8> = HashMap::new();
+    for p in policies {
+        let mut f = 0;
+        if !p.allow_domains.is_empty() || !p.deny_domains.is_empty() {
+            f |= Selection::HAS_DOMAINS;
+        }
+        if !p.allow_cloud.is_empty() || !p.deny_cloud.is_empty() {
+            f |= Selection::HAS_CLOUD_RULES;
+        }
+        flags.insert(p.name.as_str(), f);
+    }
     for (cg, sel) in selection {
         maps.selections.push((
             *cg,
@@ -26,11 +43,12 @@ pub fn build_maps(
                     Mode::Enforce => monitor_common::mode::ENFORCE,
                     Mode::Monitor => monitor_common::mode::MONITOR,
                 },
-                flags: 0,
+                flags: flags.get(sel.policy.as_str()).copied().unwrap_or(0),
                 _pad: [0; 2],
             },
         ));
     }
+    let known = known_regions(cloud);
     for p in policies {
         let policy_id = ids.id(&p.name);
         for (region, rule) in &p.region_rules {
@@ -54,6 +72,99 @@ pub fn build_maps(
         };
         maps.allow_cidrs.extend(p.allow_cidrs.iter().map(cidr));
         maps.deny_cidrs.extend(p.deny_cidrs.iter().map(cidr));
+        maps.domains
+            .extend(domain_rules(policy_id, &p.allow_domains, &p.deny_domains));
+        maps.cloud_rules.extend(cloud_rules(
+            policy_id,
+            &p.allow_cloud,
+            &p.deny_cloud,
+            &known,
+        ));
     }
     maps
+}
+
+/// Every `(provider, region)` a pattern can name: the snapshot's and the
+/// location table's.
+fn known_regions(cloud: &CloudRanges) -> BTreeSet<(String, String)> {
+    cloud
+        .region_details()
+        .iter()
+        .map(|r| (r.provider.to_string(), r.region.to_string()))
+        .chain(
+            crate::cloud::locations::table()
+                .map(|(provider, region, _)| (provider.to_string(), region.to_string())),
+        )
+        .filter(|(_, region)| !region.is_empty())
+        .collect()
+}
+
+/// Domain rules of one policy; a name both allowed and denied is denied.
+fn domain_rules(
+    policy_id: u32,
+    allow: &[DomainPattern],
+    deny: &[DomainPattern],
+) -> Vec<(DomainKey, RegionRule)> {
+    let mut out: BTreeMap<(u32, u64), u8> = BTreeMap::new();
+    for (list, act) in [(allow, action::ALLOW), (deny, action::DENY)] {
+        for d in list {
+            let Some(hashes) = dns::name_hashes(d.name.as_bytes()) else {
+                // The policy check refuses names the kernel cannot match.
+                continue;
+            };
+            let kind = if d.wildcard {
+                DOMAIN_WILDCARD
+            } else {
+                DOMAIN_EXACT
+            };
+            out.insert((kind, hashes.full), act);
+        }
+    }
+    out.into_iter()
+        .map(|((kind, hash), act)| {
+            (
+                DomainKey {
+                    policy_id,
+                    kind,
+                    hash,
+                },
+                RegionRule {
+                    action: act,
+                    rule: rule::DOMAIN,
+                    _pad: [0; 2],
+                },
+            )
+        })
+        .collect()
+}
+
+/// Cloud-region rules of one policy, expanded; deny wins over allow.
+fn cloud_rules(
+    policy_id: u32,
+    allow: &[RegionPattern],
+    deny: &[RegionPattern],
+    known: &BTreeSet<(String, String)>,
+) -> Vec<(CloudKey, RegionRule)> {
+    let mut out: BTreeMap<u32, u8> = BTreeMap::new();
+    for (list, act) in [(allow, action::ALLOW), (deny, action::DENY)] {
+        for pattern in list {
+            for (provider, region) in known {
+                if pattern.matches(provider, region) {
+                    out.insert(monitor_common::cloud::region_id(provider, region), act);
+                }
+            }
+        }
+    }
+    out.into_iter()
+        .map(|(region, act)| {
+            (
+                CloudKey { policy_id, region },
+                RegionRule {
+                    action: act,
+                    rule: rule::CLOUD_REGION,
+                    _pad: [0; 2],
+                },
+            )
+        })
+        .collect()
 }

@@ -17,6 +17,7 @@ use tokio::sync::{mpsc, watch};
 pub use self::maps::build_maps;
 use crate::{
     cgroups::{self, PathResolver, Selected},
+    cloud::CloudRanges,
     events, geo,
     kernel::{self, Kernel},
     policy::{self, CompiledPolicy, PolicyIds},
@@ -34,6 +35,8 @@ pub struct Resolver {
     pub ids: Arc<RwLock<PolicyIds>>,
     pub paths: PathResolver,
     infos: std::collections::HashMap<u64, Arc<events::CgroupInfo>>,
+    /// The cloud snapshot in force, for region names.
+    pub cloud: Arc<CloudRanges>,
 }
 
 /// Cgroups whose attribution the resolver keeps at once.
@@ -45,6 +48,7 @@ impl Resolver {
             ids,
             paths,
             infos: std::collections::HashMap::new(),
+            cloud: Arc::default(),
         }
     }
 }
@@ -70,6 +74,11 @@ impl events::Names for Resolver {
         let info = Arc::new(events::CgroupInfo::of_path(path));
         self.infos.insert(id, info.clone());
         info
+    }
+    fn cloud_region(&self, id: u32) -> Option<(String, String)> {
+        self.cloud
+            .region_name(id)
+            .map(|(p, r)| (p.to_string(), r.to_string()))
     }
 }
 
@@ -102,6 +111,10 @@ pub struct Parts {
     pub record: Arc<dyn PolicyRecord>,
     /// Counts reloads (ok or failed) for the metrics.
     pub on_reload: Box<dyn Fn(bool) + Send + Sync>,
+    /// The cloud-range directory (`--cloud-ranges`) and what was read from
+    /// it at the start.
+    pub cloud_dir: Option<PathBuf>,
+    pub cloud: Arc<CloudRanges>,
 }
 
 /// Keeps the kernel in step with the policy directory and the cgroup tree.
@@ -115,6 +128,13 @@ pub struct Controller {
     lost_reported: u64,
     /// The last failure to attach our programs again, said once.
     restore_failure: Option<String>,
+    /// Whether the kernel's cloud slot holds `parts.cloud`.
+    cloud_loaded: bool,
+    /// The cloud directory as last read (names, sizes, times).
+    cloud_stamp: Vec<(PathBuf, u64, Option<std::time::SystemTime>)>,
+    /// Why the last candidate cloud snapshot was rejected; empty when the
+    /// last read took effect.
+    cloud_error: String,
 }
 
 impl Controller {
@@ -131,7 +151,16 @@ impl Controller {
             publish,
             lost_reported: 0,
             restore_failure: None,
+            cloud_loaded: false,
+            cloud_stamp: Vec::new(),
+            cloud_error: String::new(),
         };
+        c.cloud_stamp = c.cloud_dir_stamp();
+        c.parts
+            .resolver
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .cloud = c.parts.cloud.clone();
         c.publish();
         (c, rx)
     }
@@ -178,7 +207,71 @@ impl Controller {
             geo: Some(self.parts.geo.clone()),
             cgroup_root: self.parts.root.clone(),
             policy_dir: self.parts.policies_dir.clone(),
+            cloud: self.parts.cloud.clone(),
+            cloud_dir: self.parts.cloud_dir.clone(),
+            cloud_error: self.cloud_error.clone(),
         }
+    }
+
+    /// What the cloud directory holds now, to notice a change.
+    fn cloud_dir_stamp(&self) -> Vec<(PathBuf, u64, Option<std::time::SystemTime>)> {
+        let Some(dir) = &self.parts.cloud_dir else {
+            return Vec::new();
+        };
+        let mut out: Vec<_> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        let m = e.metadata().ok()?;
+                        Some((e.path(), m.len(), m.modified().ok()))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
+
+    /// Reads the cloud directory again when it changed; a bad snapshot is
+    /// rejected with its file and reason and the ranges in force stay.
+    fn reload_cloud(&mut self) {
+        let stamp = self.cloud_dir_stamp();
+        if stamp == self.cloud_stamp {
+            return;
+        }
+        self.cloud_stamp = stamp;
+        let Some(dir) = self.parts.cloud_dir.clone() else {
+            return;
+        };
+        log::info!("cloud range directory {} changed; reloading", dir.display());
+        match crate::cloud::load_dir(&dir) {
+            Err(e) => {
+                log::error!("cloud ranges rejected, the ranges in force stay: {e}");
+                self.cloud_error = e.to_string();
+            }
+            Ok(ranges) => {
+                let previous = std::mem::replace(&mut self.parts.cloud, Arc::new(ranges));
+                self.cloud_loaded = false;
+                let (policies, selection) = (self.in_force.clone(), self.selection.clone());
+                match self.apply(&policies, &selection) {
+                    Ok(()) => {
+                        self.cloud_error = String::new();
+                        self.parts
+                            .resolver
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .cloud = self.parts.cloud.clone();
+                    }
+                    Err(e) => {
+                        log::error!("cloud ranges could not be put in force, the ranges in force stay: {e:#}");
+                        self.cloud_error = format!("{e:#}");
+                        self.parts.cloud = previous;
+                        self.cloud_loaded = true;
+                    }
+                }
+            }
+        }
+        self.publish();
     }
 
     fn publish(&mut self) {
@@ -329,7 +422,7 @@ impl Controller {
     ) -> anyhow::Result<()> {
         let maps = {
             let mut ids = self.parts.ids.write().unwrap_or_else(|p| p.into_inner());
-            build_maps(policies, selection, &mut ids)
+            build_maps(policies, selection, &mut ids, &self.parts.cloud)
         };
         kernel::check_capacity(&maps).map_err(|e| {
             anyhow::Error::new(Refused(format!(
@@ -337,18 +430,55 @@ impl Controller {
             )))
         })?;
         let started = Instant::now();
-        let generation = self
-            .parts
-            .kernel
-            .apply(&maps)
-            .map_err(|e| anyhow::anyhow!("writing the policy set into the kernel: {e}"))?;
+        let generation = if self.cloud_loaded {
+            self.parts
+                .kernel
+                .apply(&maps)
+                .map_err(|e| anyhow::anyhow!("writing the policy set into the kernel: {e}"))?
+        } else {
+            // The cloud ranges switch in with the policy set that may name
+            // their regions: one word, one switch.
+            let cloud = self.parts.cloud.clone();
+            let entries = cloud.entries().map(|(net, region, location)| {
+                let (addr, len) = geo::network_to_u128(net);
+                let (country, continent, located) = match location {
+                    Some(l) => (l.country, l.continent, 1),
+                    None => ([0; 2], [0; 2], 0),
+                };
+                (
+                    addr,
+                    len,
+                    monitor_common::CloudEntry {
+                        region,
+                        country,
+                        continent,
+                        located,
+                        _pad: [0; 3],
+                    },
+                )
+            });
+            let (n, generation) = self.parts.kernel.load_cloud(entries, &maps).map_err(|e| {
+                anyhow::anyhow!("writing the cloud ranges and the policy set into the kernel: {e}")
+            })?;
+            self.cloud_loaded = true;
+            if self.parts.cloud_dir.is_some() {
+                log::info!(
+                    "cloud ranges in force: {n} prefixes of {} regions ({})",
+                    cloud.region_details().len(),
+                    cloud.summary()
+                );
+            }
+            generation
+        };
         log::info!(
-            "policy set generation {generation} in force: {} policies, {} selected cgroups, {} region rules, {} allow / {} deny CIDRs ({:.1} ms)",
+            "policy set generation {generation} in force: {} policies, {} selected cgroups, {} region rules, {} allow / {} deny CIDRs, {} domain rules, {} cloud-region rules ({:.1} ms)",
             policies.len(),
             selection.len(),
             maps.region_rules.len(),
             maps.allow_cidrs.len(),
             maps.deny_cidrs.len(),
+            maps.domains.len(),
+            maps.cloud_rules.len(),
             started.elapsed().as_secs_f64() * 1e3
         );
         for (id, s) in selection {
@@ -369,6 +499,7 @@ impl Controller {
         if let Err(e) = self.rescan() {
             log::error!("cgroup rescan failed: {e:#}");
         }
+        self.reload_cloud();
         let lost = self.parts.kernel.lost_events();
         if lost > self.lost_reported {
             log::warn!(

@@ -4,8 +4,9 @@
 use std::net::IpAddr;
 
 use monitor_common::{
-    kind, DecisionEvent, EventHeader, Hook, Rule, Verdict, AF_INET, AF_INET6, AF_PACKET,
-    DECISION_VERSION, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP, IPPROTO_UDP,
+    kind, CountrySource, DecisionEvent, DnsEvent, EventHeader, Hook, Rule, Verdict, AF_INET,
+    AF_INET6, AF_PACKET, DECISION_VERSION, DNS_VERSION, IPPROTO_ICMP, IPPROTO_ICMPV6, IPPROTO_TCP,
+    IPPROTO_UDP,
 };
 use serde::Serialize;
 
@@ -19,6 +20,40 @@ pub enum DecodeError {
     Kind(u16),
     #[error("decision event version {0} is not understood (expected {DECISION_VERSION})")]
     Version(u16),
+    #[error("DNS event version {0} is not understood (expected {DNS_VERSION})")]
+    DnsVersion(u16),
+}
+
+/// A ring buffer record: a decision, or a DNS answer the kernel learned from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Record {
+    Decision(DecisionEvent),
+    Dns(Box<DnsEvent>),
+}
+
+/// Checks the header and reads either kind of record.
+pub fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
+    if bytes.len() < size_of::<EventHeader>() {
+        return Err(DecodeError::Short(bytes.len()));
+    }
+    // SAFETY: length checked; every bit pattern is a valid EventHeader.
+    let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if header.kind != kind::DNS {
+        return decode(bytes).map(Record::Decision);
+    }
+    if header.version != DNS_VERSION {
+        return Err(DecodeError::DnsVersion(header.version));
+    }
+    if header.len as usize != size_of::<DnsEvent>() || bytes.len() < size_of::<DnsEvent>() {
+        return Err(DecodeError::Length {
+            header: header.len,
+            actual: bytes.len(),
+        });
+    }
+    // SAFETY: as above, the length is checked and any bit pattern is valid.
+    Ok(Record::Dns(Box::new(unsafe {
+        std::ptr::read_unaligned(bytes.as_ptr().cast())
+    })))
 }
 
 /// Checks the header and reads a decision event from a ring buffer record.
@@ -88,6 +123,7 @@ pub fn known_name(s: &str) -> &'static str {
         .map(|v| v.as_str())
         .chain(Rule::ALL.iter().map(|r| r.as_str()))
         .chain(Hook::ALL.iter().map(|h| h.as_str()))
+        .chain(CountrySource::ALL.iter().map(|c| c.as_str()))
         .chain(["ipv4", "ipv6", "packet", "tcp", "udp", "icmp", "icmpv6"])
         .find(|n| *n == s)
         .unwrap_or("unknown")
@@ -133,6 +169,22 @@ pub struct Event {
     pub dst_port: u16,
     pub country: String,
     pub continent: String,
+    /// Where `country` and `continent` came from: `cloud` (the provider's
+    /// published region of the address) or `geoip` (the country database).
+    pub country_source: &'static str,
+    /// The name this cgroup resolved the address from (what the application
+    /// asked for); empty when it reached the address without a lookup the
+    /// kernel saw: a hard-coded address, a cache outside the cgroup, DoH.
+    pub dns_name: String,
+    /// The end of the CNAME chain, where it differs from `dns_name`.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub dns_cname: String,
+    /// Cloud provider (`aws`, `gcp`, ...) and region of the address, from
+    /// the published ranges.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub cloud: String,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub cloud_region: String,
     pub pid: u32,
     pub tgid: u32,
     pub uid: u32,
@@ -213,6 +265,14 @@ pub trait Names {
     fn policy(&self, id: u32) -> String;
     /// The cgroup's path and attribution; implementations cache it per id.
     fn cgroup(&mut self, id: u64) -> std::sync::Arc<CgroupInfo>;
+    /// Provider and region of a `cloud::region_id`.
+    fn cloud_region(&self, _id: u32) -> Option<(String, String)> {
+        None
+    }
+}
+
+pub fn country_source_name(s: u8) -> &'static str {
+    CountrySource::from_u8(s).map_or("unknown", CountrySource::as_str)
 }
 
 /// Turns a kernel record into an event; `boot_to_unix_ns` converts the
@@ -242,6 +302,7 @@ pub fn enrich(raw: &DecisionEvent, boot_to_unix_ns: i128, names: &mut impl Names
         dst_port: raw.dst_port,
         country: code(raw.country),
         continent: code(raw.continent),
+        country_source: country_source_name(raw.country_source),
         pid: raw.pid,
         tgid: raw.tgid,
         uid: raw.uid,
@@ -250,6 +311,12 @@ pub fn enrich(raw: &DecisionEvent, boot_to_unix_ns: i128, names: &mut impl Names
         policy_generation: raw.policy_generation,
         ..Default::default()
     };
+    if raw.cloud_region != 0 {
+        if let Some((provider, region)) = names.cloud_region(raw.cloud_region) {
+            event.cloud = provider;
+            event.cloud_region = region;
+        }
+    }
     let cg = names.cgroup(raw.cgroup_id);
     event.cgroup_path.clone_from(&cg.path);
     event.pod_uid.clone_from(&cg.pod_uid);

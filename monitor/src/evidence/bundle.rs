@@ -252,6 +252,8 @@ fn flows_csv(flows: &[query::Flow]) -> anyhow::Result<Vec<u8>> {
             f.dst_port.to_string(),
             f.country.clone(),
             f.continent.clone(),
+            f.dns_name.clone(),
+            f.cloud_region.clone(),
         ])?;
     }
     w.into_inner().context("writing flows.csv")

@@ -24,8 +24,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use monitor_common::{
-    limits, names, CidrRule, Config, InForce, Meta, PolicyAddr, Region, RegionKey, RegionRule,
-    Selection,
+    dns, limits, names, CidrRule, CloudEntry, CloudKey, Config, DnsTuning, DomainKey, InForce,
+    Meta, PolicyAddr, Region, RegionKey, RegionRule, Selection,
 };
 
 /// The compiled kernel programs, built by build.rs.
@@ -110,6 +110,8 @@ pub struct PolicyMaps {
     /// (key, prefix length over policy id + address).
     pub allow_cidrs: Vec<(PolicyAddr, u32)>,
     pub deny_cidrs: Vec<(PolicyAddr, u32)>,
+    pub domains: Vec<(DomainKey, RegionRule)>,
+    pub cloud_rules: Vec<(CloudKey, RegionRule)>,
 }
 
 type Trie<K, V> = LpmTrie<MapData, K, V>;
@@ -120,6 +122,9 @@ struct Slots {
     region_rules: [HashMap<MapData, RegionKey, RegionRule>; 2],
     allow: [Trie<PolicyAddr, CidrRule>; 2],
     deny: [Trie<PolicyAddr, CidrRule>; 2],
+    domains: [HashMap<MapData, DomainKey, RegionRule>; 2],
+    cloud_rules: [HashMap<MapData, CloudKey, RegionRule>; 2],
+    cloud: [Trie<[u8; 16], CloudEntry>; 2],
 }
 
 pub struct Kernel {
@@ -129,6 +134,8 @@ pub struct Kernel {
     config_map: Array<MapData, Config>,
     meta_map: Array<MapData, Meta>,
     lost: PerCpuArray<MapData, u64>,
+    dns_tuning: Array<MapData, DnsTuning>,
+    dns_stats: PerCpuArray<MapData, u64>,
     slots: Slots,
     /// Our decoded copy of the CONFIG word last written.
     config: InForce,
@@ -237,6 +244,15 @@ impl Slots {
                 take(ebpf, names::DENY_CIDRS[0])?,
                 take(ebpf, names::DENY_CIDRS[1])?,
             ],
+            domains: [
+                take(ebpf, names::DOMAINS[0])?,
+                take(ebpf, names::DOMAINS[1])?,
+            ],
+            cloud_rules: [
+                take(ebpf, names::CLOUD_RULES[0])?,
+                take(ebpf, names::CLOUD_RULES[1])?,
+            ],
+            cloud: [take(ebpf, names::CLOUD[0])?, take(ebpf, names::CLOUD[1])?],
         })
     }
 }
@@ -383,6 +399,8 @@ impl Kernel {
         };
         let slots = Slots::take(&mut ebpf)?;
         let lost = take(&mut ebpf, names::LOST)?;
+        let dns_tuning = take(&mut ebpf, names::DNS_TUNING)?;
+        let dns_stats = take(&mut ebpf, names::DNS_STATS)?;
         let attached = attach_all(&mut ebpf, cgroup_root, &pins)?;
         Ok((
             Self {
@@ -390,6 +408,8 @@ impl Kernel {
                 config_map,
                 meta_map,
                 lost,
+                dns_tuning,
+                dns_stats,
                 slots,
                 config,
                 meta,
@@ -477,6 +497,62 @@ impl Kernel {
             .unwrap_or_default()
     }
 
+    /// How the kernel learns names (see `DnsTuning`); takes effect for the
+    /// next answer.
+    pub fn set_dns_tuning(&mut self, tuning: DnsTuning) -> Result<(), KernelError> {
+        self.dns_tuning
+            .set(0, tuning, 0)
+            .map_err(map_err(names::DNS_TUNING))
+    }
+
+    /// The kernel's DNS counters (`dns::stat`), all CPUs.
+    pub fn dns_stats(&self) -> [u64; dns::stat::COUNT as usize] {
+        let mut out = [0u64; dns::stat::COUNT as usize];
+        for (i, slot) in out.iter_mut().enumerate() {
+            *slot = self
+                .dns_stats
+                .get(&(i as u32), 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or_default();
+        }
+        out
+    }
+
+    /// Loads cloud prefixes into the idle cloud slot and switches to it, in
+    /// the same word as the policy set `maps` (whose cloud-region rules may
+    /// name regions only this snapshot has): one switch, so no decision
+    /// sees the new ranges with the old rules. Returns the policy
+    /// generation now in force.
+    pub fn load_cloud(
+        &mut self,
+        prefixes: impl Iterator<Item = (u128, u8, CloudEntry)>,
+        maps: &PolicyMaps,
+    ) -> Result<(usize, u32), KernelError> {
+        let idle = 1 - self.config.cloud_slot as usize;
+        self.wait_grace();
+        let name = names::CLOUD[idle];
+        clear_trie(&mut self.slots.cloud[idle], name)?;
+        let mut n = 0;
+        for (addr, len, entry) in prefixes {
+            self.slots.cloud[idle]
+                .insert(&Key::new(u32::from(len), addr.to_be_bytes()), entry, 0)
+                .map_err(map_err(name))?;
+            n += 1;
+        }
+        let policy_slot = self.fill_policy_slot(maps)?;
+        let config = InForce {
+            policy_slot,
+            cloud_slot: idle as u32,
+            generation: self.config.generation.wrapping_add(1),
+            ..self.config
+        };
+        self.switch(config)?;
+        let old = 1 - idle;
+        self.wait_grace();
+        clear_trie(&mut self.slots.cloud[old], names::CLOUD[old])?;
+        Ok((n, config.generation))
+    }
+
     fn wait_grace(&self) {
         let since = self.last_switch.elapsed();
         if since < SLOT_GRACE {
@@ -538,6 +614,18 @@ impl Kernel {
 
     /// Writes a whole policy set into the idle slot and switches to it.
     pub fn apply(&mut self, maps: &PolicyMaps) -> Result<u32, KernelError> {
+        let idle = self.fill_policy_slot(maps)?;
+        let config = InForce {
+            policy_slot: idle,
+            generation: self.config.generation.wrapping_add(1),
+            ..self.config
+        };
+        self.switch(config)?;
+        Ok(config.generation)
+    }
+
+    /// Fills the idle policy slot with `maps`; returns the slot.
+    fn fill_policy_slot(&mut self, maps: &PolicyMaps) -> Result<u32, KernelError> {
         let idle = 1 - self.config.policy_slot as usize;
         self.wait_grace();
         let s = &mut self.slots;
@@ -545,6 +633,18 @@ impl Kernel {
         clear_hash(&mut s.region_rules[idle], names::REGION_RULES[idle])?;
         clear_trie(&mut s.allow[idle], names::ALLOW_CIDRS[idle])?;
         clear_trie(&mut s.deny[idle], names::DENY_CIDRS[idle])?;
+        clear_hash(&mut s.domains[idle], names::DOMAINS[idle])?;
+        clear_hash(&mut s.cloud_rules[idle], names::CLOUD_RULES[idle])?;
+        for (k, v) in &maps.domains {
+            s.domains[idle]
+                .insert(k, v, 0)
+                .map_err(map_err(names::DOMAINS[idle]))?;
+        }
+        for (k, v) in &maps.cloud_rules {
+            s.cloud_rules[idle]
+                .insert(k, v, 0)
+                .map_err(map_err(names::CLOUD_RULES[idle]))?;
+        }
         for (id, sel) in &maps.selections {
             s.select[idle]
                 .insert(id, sel, 0)
@@ -569,13 +669,7 @@ impl Kernel {
                 .insert(&Key::new(*len, *k), present, 0)
                 .map_err(map_err(names::DENY_CIDRS[idle]))?;
         }
-        let config = InForce {
-            policy_slot: idle as u32,
-            generation: self.config.generation.wrapping_add(1),
-            ..self.config
-        };
-        self.switch(config)?;
-        Ok(config.generation)
+        Ok(idle as u32)
     }
 }
 
@@ -623,6 +717,12 @@ pub fn check_capacity(maps: &PolicyMaps) -> Result<(), String> {
         ),
         ("allow CIDRs", maps.allow_cidrs.len(), limits::CIDR_ENTRIES),
         ("deny CIDRs", maps.deny_cidrs.len(), limits::CIDR_ENTRIES),
+        ("domain rules", maps.domains.len(), limits::DOMAIN_ENTRIES),
+        (
+            "cloud-region rules",
+            maps.cloud_rules.len(),
+            limits::CLOUD_RULE_ENTRIES,
+        ),
     ];
     for (what, n, max) in checks {
         if n > max as usize {

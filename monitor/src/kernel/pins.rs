@@ -154,9 +154,25 @@ pub struct Probe {
     cgroup_root: PathBuf,
     expected: Vec<&'static str>,
     lost: PerCpuArray<MapData, u64>,
+    dns_stats: PerCpuArray<MapData, u64>,
 }
 
 impl KernelProbe for Probe {
+    fn dns_stats(&self) -> Vec<(&'static str, u64)> {
+        monitor_common::dns::stat::NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| {
+                let n = self
+                    .dns_stats
+                    .get(&(i as u32), 0)
+                    .map(|values| values.iter().sum())
+                    .unwrap_or_default();
+                (*name, n)
+            })
+            .collect()
+    }
+
     fn lost_events(&self) -> u64 {
         self.lost
             .get(&0, 0)
@@ -190,16 +206,23 @@ impl Kernel {
             name: names::LOST,
             source: e,
         };
-        let lost = MapData::from_pin(self.pins.join(names::LOST))
-            .map_err(map_error)
-            .and_then(|m| {
-                PerCpuArray::try_from(aya::maps::Map::PerCpuArray(m)).map_err(map_error)
-            })?;
+        let per_cpu = |name: &'static str| {
+            let map_error = move |e| KernelError::Map { name, source: e };
+            MapData::from_pin(self.pins.join(name))
+                .map_err(map_error)
+                .and_then(|m| {
+                    PerCpuArray::try_from(aya::maps::Map::PerCpuArray(m)).map_err(map_error)
+                })
+        };
+        let _ = map_error;
+        let lost = per_cpu(names::LOST)?;
+        let dns_stats = per_cpu(names::DNS_STATS)?;
         Ok(Probe {
             pins: self.pins.clone(),
             cgroup_root: self.cgroup_root.clone(),
             expected: self.attached.iter().map(|a| a.hook).collect(),
             lost,
+            dns_stats,
         })
     }
 

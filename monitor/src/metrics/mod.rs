@@ -52,6 +52,19 @@ struct GeoLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DnsLabels {
+    what: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CloudLabels {
+    file: String,
+    providers: String,
+    sha256: String,
+    date: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct BuildLabels {
     version: String,
     programs: String,
@@ -73,6 +86,13 @@ pub struct Snapshot<'a> {
     pub programs_missing: usize,
     /// The last candidate policy set was refused whole.
     pub policy_set_refused: bool,
+    /// The kernel's DNS counters by name.
+    pub dns: Vec<(&'static str, u64)>,
+    /// DNS answers the kernel learned from that the daemon could not read.
+    pub dns_unparsed: u64,
+    pub cloud: Option<&'a crate::cloud::CloudRanges>,
+    /// The last candidate cloud snapshot was rejected.
+    pub cloud_rejected: bool,
 }
 
 type DecisionKey = (u32, u8, [u8; 2]);
@@ -102,6 +122,11 @@ pub struct Metrics {
     ring: Mutex<Option<system::RingFill>>,
     programs_missing: Gauge,
     set_refused: Gauge,
+    dns: Family<DnsLabels, Counter>,
+    dns_unparsed: Counter,
+    cloud_info: Family<CloudLabels, Gauge>,
+    cloud_prefixes: Gauge,
+    cloud_rejected: Gauge,
     /// Serialises the read-and-sync of a scrape.
     scrape: tokio::sync::Mutex<()>,
 }
@@ -136,6 +161,11 @@ impl Metrics {
             ring: Mutex::new(None),
             programs_missing: Gauge::default(),
             set_refused: Gauge::default(),
+            dns: Family::default(),
+            dns_unparsed: Counter::default(),
+            cloud_info: Family::default(),
+            cloud_prefixes: Gauge::default(),
+            cloud_rejected: Gauge::default(),
             scrape: tokio::sync::Mutex::new(()),
         };
         {
@@ -226,6 +256,31 @@ impl Metrics {
                 "1 when the last candidate policy set was refused whole (a conflict); the previous set stays in force",
                 m.set_refused.clone(),
             );
+            r.register(
+                "dns",
+                "DNS traffic of selected cgroups as the kernel saw it: queries noted, answers read, addresses learned, and answers ignored (unsolicited, wrong_name, malformed, truncated, split, oversized, name_too_long) or read but not reported (unreported)",
+                m.dns.clone(),
+            );
+            r.register(
+                "dns_unparsed",
+                "DNS answers the kernel learned from that the daemon could not read (their events name the hash only)",
+                m.dns_unparsed.clone(),
+            );
+            r.register(
+                "cloud_ranges_info",
+                "The cloud-range files in force (value 1): file, providers, SHA-256, date",
+                m.cloud_info.clone(),
+            );
+            r.register(
+                "cloud_ranges_prefixes",
+                "Cloud provider prefixes in the kernel trie",
+                m.cloud_prefixes.clone(),
+            );
+            r.register(
+                "cloud_ranges_rejected",
+                "1 when the last change to the cloud-range directory was rejected (the ranges in force stay)",
+                m.cloud_rejected.clone(),
+            );
             let build = Family::<BuildLabels, Gauge>::default();
             build
                 .get_or_create(&BuildLabels {
@@ -307,6 +362,30 @@ impl Metrics {
         self.selected.set(s.selected_cgroups as i64);
         self.programs_missing.set(s.programs_missing as i64);
         self.set_refused.set(i64::from(s.policy_set_refused));
+        for (what, n) in &s.dns {
+            Self::sync_counter(
+                &self.dns.get_or_create(&DnsLabels {
+                    what: (*what).into(),
+                }),
+                *n,
+            );
+        }
+        Self::sync_counter(&self.dns_unparsed, s.dns_unparsed);
+        self.cloud_info.clear();
+        if let Some(c) = s.cloud {
+            for f in c.files() {
+                self.cloud_info
+                    .get_or_create(&CloudLabels {
+                        file: f.path.display().to_string(),
+                        providers: f.providers.join(","),
+                        sha256: f.sha256.clone(),
+                        date: f.date.clone(),
+                    })
+                    .set(1);
+            }
+            self.cloud_prefixes.set(c.entries().len() as i64);
+        }
+        self.cloud_rejected.set(i64::from(s.cloud_rejected));
         self.policy_info.clear();
         for p in s.policies {
             self.policy_info
@@ -376,6 +455,10 @@ pub async fn scrape(view: &crate::state::View, metrics: &Arc<Metrics>) -> String
         geo: s.geo.as_ref(),
         programs_missing: view.kernel.programs().missing.len(),
         policy_set_refused: !s.refused.is_empty(),
+        dns: view.kernel.dns_stats(),
+        dns_unparsed: view.counters.dns_unparsed.load(Ordering::Relaxed),
+        cloud: Some(&s.cloud),
+        cloud_rejected: !s.cloud_error.is_empty(),
     };
     metrics.render(&snapshot)
 }

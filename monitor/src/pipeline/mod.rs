@@ -20,7 +20,8 @@ use tokio::{io::unix::AsyncFd, sync::broadcast};
 
 pub use self::fanout::{Fanout, Subscription};
 use crate::{
-    events::{boot_to_unix_offset, decode, enrich, Event, Names},
+    events::{boot_to_unix_offset, decode_record, enrich, Event, Names, Record},
+    names::{parse_answer, NameTable, TtlPolicy},
     state::{Counters, Streams},
 };
 
@@ -48,7 +49,16 @@ pub struct Outlets {
     pub live: broadcast::Sender<Arc<Event>>,
     pub log_events: bool,
     pub observer: Arc<dyn Observer>,
+    /// The names the kernel learned, as text: fed by the DNS records the
+    /// kernel reports, read to name each decision.
+    pub dns: Mutex<NameTable>,
+    /// The TTL rules the kernel was given, so the table expires as it does.
+    pub ttl: TtlPolicy,
 }
+
+/// Addresses and names the daemon keeps the text of.
+pub const NAME_TABLE_ADDRESSES: usize = 131_072;
+pub const NAME_TABLE_NAMES: usize = 32_768;
 
 impl Outlets {
     pub fn new(
@@ -58,6 +68,7 @@ impl Outlets {
         counters: Arc<Counters>,
         streams: Arc<Streams>,
         observer: Arc<dyn Observer>,
+        ttl: TtlPolicy,
     ) -> Self {
         let (live, _) = broadcast::channel(live_capacity);
         Self {
@@ -66,6 +77,53 @@ impl Outlets {
             live,
             log_events,
             observer,
+            dns: Mutex::new(NameTable::new(NAME_TABLE_ADDRESSES, NAME_TABLE_NAMES)),
+            ttl,
+        }
+    }
+
+    /// Files the text of a DNS answer the kernel learned from.
+    fn learn(&self, raw: &monitor_common::DnsEvent) {
+        let len = usize::from(raw.payload_len).min(raw.payload.len());
+        match parse_answer(&raw.payload[..len]) {
+            Ok(answer) => {
+                let mut table = self.dns.lock().unwrap_or_else(|p| p.into_inner());
+                table.learn(raw.cgroup_id, &answer, raw.boot_ns, self.ttl);
+            }
+            Err(e) => {
+                // The kernel read it; our parser did not: events keep the
+                // hash-only name below.
+                let n = self.counters.dns_unparsed.fetch_add(1, Ordering::Relaxed);
+                if n < 10 || n.is_power_of_two() {
+                    log::warn!(
+                        "a DNS answer the kernel learned from could not be read ({} so far): {e}",
+                        n + 1
+                    );
+                }
+            }
+        }
+    }
+
+    /// Names a decision: the text of the name the kernel judged it with,
+    /// and the CNAME target this cgroup saw for the address.
+    fn name(&self, raw: &DecisionEvent, event: &mut Event) {
+        if raw.name_hash == 0 {
+            return;
+        }
+        let mut table = self.dns.lock().unwrap_or_else(|p| p.into_inner());
+        let addr = std::net::IpAddr::from(raw.dst_addr);
+        let seen = table.lookup(raw.cgroup_id, addr, raw.boot_ns);
+        match table.name_of(raw.name_hash) {
+            Some(name) => {
+                event.dns_name = name.to_string();
+                if let Some((qname, Some(cname))) = seen {
+                    if *qname == *name && *cname != *name {
+                        event.dns_cname = cname.to_string();
+                    }
+                }
+            }
+            // The answer's copy was lost (ring buffer full) or pushed out.
+            None => event.dns_name = format!("(unreported name {:016x})", raw.name_hash),
         }
     }
 }
@@ -80,10 +138,12 @@ fn drain_into<N: Names>(
     let offset = boot_to_unix_offset();
     let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
     while let Some(item) = ring.next() {
-        match decode(&item) {
-            Ok(raw) => {
+        match decode_record(&item) {
+            Ok(Record::Dns(raw)) => outlets.learn(&raw),
+            Ok(Record::Decision(raw)) => {
                 count(&outlets.counters, raw.verdict);
-                let event = enrich(&raw, offset, &mut *names);
+                let mut event = enrich(&raw, offset, &mut *names);
+                outlets.name(&raw, &mut event);
                 outlets.observer.decision(&raw, &event);
                 batch.push(Arc::new(event));
             }

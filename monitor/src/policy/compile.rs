@@ -37,6 +37,12 @@ pub struct CompiledPolicy {
     pub region_rules: Vec<(Region, RegionRule)>,
     pub allow_cidrs: Vec<IpNetwork>,
     pub deny_cidrs: Vec<IpNetwork>,
+    /// Domain patterns, normalised (lower case, no trailing dot).
+    pub allow_domains: Vec<DomainPattern>,
+    pub deny_domains: Vec<DomainPattern>,
+    /// Cloud-region patterns (`aws:eu-*`).
+    pub allow_cloud: Vec<crate::cloud::RegionPattern>,
+    pub deny_cloud: Vec<crate::cloud::RegionPattern>,
     /// Countries that end up allowed / denied (for display).
     pub allowed_countries: BTreeSet<String>,
     pub denied_countries: BTreeSet<String>,
@@ -105,6 +111,10 @@ pub fn compile(
         region_rules: region_rules(&decisions),
         allow_cidrs: allow.cidrs,
         deny_cidrs: deny.cidrs,
+        allow_domains: allow.domains,
+        deny_domains: deny.domains,
+        allow_cloud: allow.cloud,
+        deny_cloud: deny.cloud,
         allowed_countries,
         denied_countries,
         source: policy,
@@ -256,6 +266,8 @@ struct Side {
     /// The member countries of the named groups.
     groups: BTreeSet<&'static str>,
     cidrs: Vec<IpNetwork>,
+    domains: Vec<DomainPattern>,
+    cloud: Vec<crate::cloud::RegionPattern>,
 }
 
 impl Side {
@@ -266,8 +278,122 @@ impl Side {
             continents: continents(at, section, &rules.continents)?,
             groups: group_members(at, section, &rules.groups)?,
             cidrs: cidrs(at, section, &rules.cidrs)?,
+            domains: domains(at, section, &rules.domains)?,
+            cloud: cloud_regions(at, section, &rules.cloud_regions)?,
         })
     }
+}
+
+/// A domain rule: one name, or (`*.`) every name below `name`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct DomainPattern {
+    /// Lower case, without a trailing dot, without the `*.`.
+    pub name: String,
+    pub wildcard: bool,
+}
+
+impl std::fmt::Display for DomainPattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.wildcard {
+            write!(f, "*.{}", self.name)
+        } else {
+            f.write_str(&self.name)
+        }
+    }
+}
+
+impl DomainPattern {
+    /// Parses `api.openai.com` or `*.salesforce.com`: RFC 1035 labels
+    /// (letters, digits, inner hyphens; a leading digit as RFC 1123 allows),
+    /// `*` only as the whole first label, within what the kernel matches.
+    pub fn parse(text: &str) -> Result<DomainPattern, String> {
+        use monitor_common::dns::{MAX_LABELS, SUFFIXES};
+        let lower = text.trim().to_ascii_lowercase();
+        let lower = lower.strip_suffix('.').unwrap_or(&lower);
+        let (wildcard, name) = match lower.strip_prefix("*.") {
+            Some(rest) => (true, rest),
+            None => (false, lower),
+        };
+        if name.is_empty() {
+            return Err(format!("{text:?} is not a domain name"));
+        }
+        if name.len() > 253 {
+            return Err(format!("{text:?} is longer than 253 characters"));
+        }
+        let labels: Vec<&str> = name.split('.').collect();
+        for label in &labels {
+            if label.contains('*') {
+                return Err(format!(
+                    "{text:?}: a wildcard may only be the whole first label (`*.example.com`)"
+                ));
+            }
+            if label.is_empty() {
+                return Err(format!("{text:?} has an empty label"));
+            }
+            if label.len() > 63 {
+                return Err(format!(
+                    "{text:?}: the label {label:?} is longer than 63 characters"
+                ));
+            }
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            {
+                return Err(format!(
+                    "{text:?}: the label {label:?} has a character other than letters, digits and '-'"
+                ));
+            }
+            if label.starts_with('-') || label.ends_with('-') {
+                return Err(format!(
+                    "{text:?}: the label {label:?} starts or ends with '-'"
+                ));
+            }
+        }
+        if labels.len() >= MAX_LABELS {
+            return Err(format!(
+                "{text:?} has {} labels; names of more than {} labels are not matched",
+                labels.len() + usize::from(wildcard),
+                MAX_LABELS - 1
+            ));
+        }
+        if wildcard && labels.len() > SUFFIXES {
+            return Err(format!(
+                "{text:?}: a wildcard matches below a name of at most {SUFFIXES} labels"
+            ));
+        }
+        Ok(DomainPattern {
+            name: name.to_string(),
+            wildcard,
+        })
+    }
+}
+
+/// Domain patterns, checked and normalised, without duplicates.
+fn domains(
+    at: &Locator,
+    section: &str,
+    list: &[String],
+) -> Result<Vec<DomainPattern>, PolicyError> {
+    let mut out: Vec<DomainPattern> = list
+        .iter()
+        .map(|d| DomainPattern::parse(d).map_err(|reason| at.err(section, Some(d), reason)))
+        .collect::<Result<_, _>>()?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Cloud-region patterns, checked.
+fn cloud_regions(
+    at: &Locator,
+    section: &str,
+    list: &[String],
+) -> Result<Vec<crate::cloud::RegionPattern>, PolicyError> {
+    list.iter()
+        .map(|r| {
+            crate::cloud::RegionPattern::parse(r).map_err(|reason| at.err(section, Some(r), reason))
+        })
+        .collect()
 }
 
 /// Uppercases codes, rejecting any that `valid` refuses with `why`.

@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-pub use compile::CompiledPolicy;
+pub use compile::{CompiledPolicy, DomainPattern};
 pub use model::{Mode, PolicyError};
 
 /// Compiles every document of one policy text.

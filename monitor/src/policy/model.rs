@@ -79,6 +79,15 @@ pub struct Rules {
     pub groups: Vec<String>,
     #[serde(default)]
     pub cidrs: Vec<String>,
+    /// DNS names (`api.openai.com`) and wildcards (`*.salesforce.com`, any
+    /// name below it): judged for the addresses the workload resolved from
+    /// them.
+    #[serde(default)]
+    pub domains: Vec<String>,
+    /// Cloud provider regions (`aws:eu-central-1`, `aws:eu-*`,
+    /// `gcp:europe-west3`), from the providers' published ranges.
+    #[serde(default, rename = "cloudRegions")]
+    pub cloud_regions: Vec<String>,
 }
 
 /// A problem in a policy file, with where it is.

@@ -52,6 +52,11 @@ pub struct PolicySnapshot {
     pub geo: Option<GeoIdentity>,
     pub cgroup_root: PathBuf,
     pub policy_dir: PathBuf,
+    /// The cloud ranges in force (empty without `--cloud-ranges`), their
+    /// directory, and why the last candidate snapshot was rejected.
+    pub cloud: Arc<crate::cloud::CloudRanges>,
+    pub cloud_dir: Option<PathBuf>,
+    pub cloud_error: String,
 }
 
 /// A program as the kernel shows it now.
@@ -68,6 +73,10 @@ pub trait KernelProbe: Send + Sync {
     fn lost_events(&self) -> u64;
     /// Our programs as the kernel has them now (not as remembered).
     fn programs(&self) -> Programs;
+    /// The kernel's DNS counters by name (`monitor_common::dns::stat`).
+    fn dns_stats(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Our programs, asked of the kernel in one pass.
@@ -87,6 +96,8 @@ pub struct Counters {
     pub denied: AtomicU64,
     pub would_deny: AtomicU64,
     pub undecodable: AtomicU64,
+    /// DNS answers the kernel learned from that the daemon could not read.
+    pub dns_unparsed: AtomicU64,
 }
 
 /// The event stream clients.

@@ -196,6 +196,11 @@ impl Store {
                     &digest[..],
                     &hash[..],
                     canonical,
+                    ev.dns_name,
+                    ev.dns_cname,
+                    ev.cloud,
+                    ev.cloud_region,
+                    ev.country_source,
                 ])
                 .map_err(e("insert event"))?;
                 let t = ev.unix_nanos as i64;
@@ -211,6 +216,8 @@ impl Store {
                     ev.country,
                     ev.continent,
                     t,
+                    ev.dns_name,
+                    cloud_place(ev),
                 ])
                 .map_err(e("upsert flow"))?;
                 prev = hash.to_vec();
@@ -363,4 +370,13 @@ pub fn geo_json(g: &crate::geo::GeoIdentity) -> String {
         "prefixes": g.prefixes,
     })
     .to_string()
+}
+
+/// `provider:region` of an event's address, or empty.
+pub fn cloud_place(e: &Event) -> String {
+    if e.cloud.is_empty() {
+        String::new()
+    } else {
+        format!("{}:{}", e.cloud, e.cloud_region)
+    }
 }

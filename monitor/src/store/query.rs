@@ -12,7 +12,7 @@ const MINUTE: i64 = 60_000_000_000;
 
 /// Columns of flows as CSV (the CLI's `flows -o csv` and the evidence
 /// bundle's flows.csv), in order.
-pub const FLOW_CSV_COLUMNS: [&str; 13] = [
+pub const FLOW_CSV_COLUMNS: [&str; 15] = [
     "first_seen",
     "last_seen",
     "count",
@@ -26,6 +26,8 @@ pub const FLOW_CSV_COLUMNS: [&str; 13] = [
     "dst_port",
     "country",
     "continent",
+    "dns_name",
+    "cloud_region",
 ];
 
 /// The minute a time falls in (flow rows are per minute).
@@ -33,7 +35,7 @@ pub fn bucket_of(t: i64) -> i64 {
     t - t.rem_euclid(MINUTE)
 }
 
-pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation";
+pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, dns_name, dns_cname, cloud, cloud_region, country_source";
 
 pub(crate) fn event_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
     let t: i64 = r.get(1)?;
@@ -57,6 +59,11 @@ pub(crate) fn event_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
         cgroup_id: r.get::<_, i64>(16)? as u64,
         cgroup_path: r.get(17)?,
         policy_generation: r.get(18)?,
+        dns_name: r.get(19)?,
+        dns_cname: r.get(20)?,
+        cloud: r.get(21)?,
+        cloud_region: r.get(22)?,
+        country_source: known_name(&r.get::<_, String>(23)?),
         ..Default::default()
     };
     e.attribute();
@@ -161,6 +168,10 @@ pub struct Flow {
     pub policy: String,
     pub country: String,
     pub continent: String,
+    /// The name the workload resolved the address from; empty: none.
+    pub dns_name: String,
+    /// `provider:region` of the address, or empty.
+    pub cloud_region: String,
     pub first_seen: i64,
     pub last_seen: i64,
     pub count: u64,
@@ -178,15 +189,20 @@ impl Flow {
             policy: self.policy.clone(),
             country: self.country.clone(),
             continent: self.continent.clone(),
+            dns_name: self.dns_name.clone(),
             ..Default::default()
         };
+        if let Some((provider, region)) = self.cloud_region.split_once(':') {
+            e.cloud = provider.into();
+            e.cloud_region = region.into();
+        }
         e.attribute();
         e
     }
 }
 
 /// What flows can be grouped by.
-pub const GROUP_FIELDS: [&str; 10] = [
+pub const GROUP_FIELDS: [&str; 12] = [
     "cgroup",
     "pod",
     "process",
@@ -197,6 +213,8 @@ pub const GROUP_FIELDS: [&str; 10] = [
     "protocol",
     "verdict",
     "policy",
+    "name",
+    "cloud",
 ];
 
 /// How flows are ordered.
@@ -213,18 +231,24 @@ fn flow_of(r: &Row<'_>) -> rusqlite::Result<Flow> {
         policy: r.get(6)?,
         country: r.get(7)?,
         continent: r.get(8)?,
-        first_seen: r.get(9)?,
-        last_seen: r.get(10)?,
-        count: r.get::<_, i64>(11)? as u64,
+        dns_name: r.get(9)?,
+        cloud_region: r.get(10)?,
+        first_seen: r.get(11)?,
+        last_seen: r.get(12)?,
+        count: r.get::<_, i64>(13)? as u64,
         pod_uid: String::new(),
     })
 }
 
-/// cgroup, comm, destination, port, protocol, verdict, policy.
-type FlowKey = (String, String, String, u16, String, String, String);
+/// cgroup, comm, destination, port, protocol, verdict, policy, name.
+type FlowKey = (String, String, String, u16, String, String, String, String);
 
+/// The key columns of the flows table, and its place columns.
 const FLOW_KEY: &str =
-    "cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent)";
+    "cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, max(cloud_region)";
+/// The same from the events table (which keeps provider and region apart).
+const EVENT_FLOW_KEY: &str = "cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, CASE WHEN max(cloud) = '' THEN '' ELSE max(cloud) || ':' || max(cloud_region) END";
+const FLOW_GROUP: &str = "cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name";
 
 /// Flows in [since, until): whole minutes from the flow table, the partial
 /// minutes at the edges from the events themselves, so the counts are
@@ -242,6 +266,7 @@ pub fn flows(
         let (events, _) = events(store, since, until, 0, usize::MAX, keep)?;
         for (_, e) in events {
             let t = e.unix_nanos as i64;
+            let cloud_region = crate::store::cloud_place(&e);
             parts.push(Flow {
                 cgroup_path: e.cgroup_path,
                 comm: e.comm,
@@ -250,6 +275,8 @@ pub fn flows(
                 protocol: e.protocol.to_string(),
                 verdict: e.verdict.to_string(),
                 policy: e.policy,
+                cloud_region,
+                dns_name: e.dns_name,
                 country: e.country,
                 continent: e.continent,
                 first_seen: t,
@@ -266,7 +293,7 @@ pub fn flows(
             let mut stmt = store
                 .conn
                 .prepare_cached(&format!(
-                    "SELECT {FLOW_KEY}, min(first_seen), max(last_seen), sum(count) FROM flows WHERE bucket >= ?1 AND bucket < ?2 GROUP BY cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy"
+                    "SELECT {FLOW_KEY}, min(first_seen), max(last_seen), sum(count) FROM flows WHERE bucket >= ?1 AND bucket < ?2 GROUP BY {FLOW_GROUP}"
                 ))
                 .map_err(store.err("prepare flow query"))?;
             let rows: Vec<Flow> = stmt
@@ -282,7 +309,7 @@ pub fn flows(
         let mut stmt = store
             .conn
             .prepare_cached(&format!(
-                "SELECT {FLOW_KEY}, min(unix_nanos), max(unix_nanos), count(*) FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy"
+                "SELECT {EVENT_FLOW_KEY}, min(unix_nanos), max(unix_nanos), count(*) FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY {FLOW_GROUP}"
             ))
             .map_err(store.err("prepare edge query"))?;
         for (a, b) in edges {
@@ -307,6 +334,7 @@ pub fn flows(
             f.protocol.clone(),
             f.verdict.clone(),
             f.policy.clone(),
+            f.dns_name.clone(),
         );
         merged
             .entry(key)
@@ -378,6 +406,16 @@ pub fn group(flows: Vec<Flow>, by: &[String]) -> Vec<Flow> {
             } else {
                 String::new()
             },
+            dns_name: if has("name") {
+                f.dns_name
+            } else {
+                String::new()
+            },
+            cloud_region: if has("cloud") || has("destination") {
+                f.cloud_region
+            } else {
+                String::new()
+            },
             first_seen: f.first_seen,
             last_seen: f.last_seen,
             count: f.count,
@@ -392,6 +430,8 @@ pub fn group(flows: Vec<Flow>, by: &[String]) -> Vec<Flow> {
             g.verdict.clone(),
             g.policy.clone(),
             g.country.clone(),
+            g.dns_name.clone(),
+            g.cloud_region.clone(),
         ];
         groups
             .entry(key)

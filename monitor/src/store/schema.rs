@@ -6,7 +6,7 @@ use rusqlite::{params, Connection};
 use super::{sql, StoreError};
 
 /// `PRAGMA user_version` of the layout below.
-pub const VERSION: i64 = 1;
+pub const VERSION: i64 = 2;
 
 const TABLES: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -22,7 +22,10 @@ CREATE TABLE events (
     policy_generation INTEGER NOT NULL,
     prev_hash BLOB NOT NULL, digest BLOB NOT NULL, hash BLOB NOT NULL,
     -- The canonical JSON that was hashed, byte for byte (exports write it).
-    record TEXT NOT NULL
+    record TEXT NOT NULL,
+    dns_name TEXT NOT NULL DEFAULT '', dns_cname TEXT NOT NULL DEFAULT '',
+    cloud TEXT NOT NULL DEFAULT '', cloud_region TEXT NOT NULL DEFAULT '',
+    country_source TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX events_time ON events (unix_nanos);
 -- The chain's anchor: the last record appended (seq 0 and 32 zero bytes when empty).
@@ -34,7 +37,8 @@ CREATE TABLE flows (
     protocol TEXT NOT NULL, verdict TEXT NOT NULL, policy TEXT NOT NULL,
     country TEXT NOT NULL, continent TEXT NOT NULL,
     first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, count INTEGER NOT NULL,
-    PRIMARY KEY (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy)
+    dns_name TEXT NOT NULL DEFAULT '', cloud_region TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name)
 ) WITHOUT ROWID;
 -- Policy versions by content, and the sets in force over time.
 CREATE TABLE policy_versions (
@@ -60,9 +64,34 @@ CREATE TABLE retention_log (
 );
 ";
 
-pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23)";
+/// Version 1 to 2: names and cloud regions. Events gain columns; flows gain
+/// `dns_name` in their key, so the table is rebuilt (its rows keep an empty
+/// name: nothing was known of names then).
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE events ADD COLUMN dns_name TEXT NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN dns_cname TEXT NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN cloud TEXT NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN cloud_region TEXT NOT NULL DEFAULT '';
+ALTER TABLE events ADD COLUMN country_source TEXT NOT NULL DEFAULT '';
+CREATE TABLE flows_v2 (
+    bucket INTEGER NOT NULL,
+    cgroup_path TEXT NOT NULL, comm TEXT NOT NULL, dst_ip TEXT NOT NULL, dst_port INTEGER NOT NULL,
+    protocol TEXT NOT NULL, verdict TEXT NOT NULL, policy TEXT NOT NULL,
+    country TEXT NOT NULL, continent TEXT NOT NULL,
+    first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, count INTEGER NOT NULL,
+    dns_name TEXT NOT NULL DEFAULT '', cloud_region TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name)
+) WITHOUT ROWID;
+INSERT INTO flows_v2 (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count)
+    SELECT bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count FROM flows;
+DROP TABLE flows;
+ALTER TABLE flows_v2 RENAME TO flows;
+PRAGMA user_version = 2;
+";
 
-pub const UPSERT_FLOW: &str = "INSERT INTO flows (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 1) ON CONFLICT (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen), count = count + 1, country = excluded.country, continent = excluded.continent";
+pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, dns_name, dns_cname, cloud, cloud_region, country_source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)";
+
+pub const UPSERT_FLOW: &str = "INSERT INTO flows (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count, dns_name, cloud_region) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 1, ?12, ?13) ON CONFLICT (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen), count = count + 1, country = excluded.country, continent = excluded.continent, cloud_region = excluded.cloud_region";
 
 /// Pragmas and, on a new file, the tables.
 pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
@@ -119,6 +148,15 @@ pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         tx.execute_batch(&format!("PRAGMA user_version = {VERSION}"))
             .map_err(e("write schema version"))?;
         tx.commit().map_err(e("commit schema"))?;
+    } else if version == 1 {
+        let tx = conn.unchecked_transaction().map_err(e("begin"))?;
+        tx.execute_batch(MIGRATE_1_TO_2)
+            .map_err(e("migrate schema 1 to 2"))?;
+        tx.commit().map_err(e("commit migration"))?;
+        log::info!(
+            "store {}: schema migrated from version 1 to 2 (names and cloud regions)",
+            path.display()
+        );
     }
     Ok(())
 }

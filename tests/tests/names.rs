@@ -1,0 +1,342 @@
+//! Names judged in the kernel, against the real kernel: a resolver in the
+//! test hosts' namespace answers test names on documentation addresses;
+//! workloads in selected cgroups resolve and connect at once.
+//!
+//! The test database puts 198.51.100.0/24 in DE and 203.0.113.0/24 in US;
+//! the policies allow DE (where the resolver is) and nothing else by
+//! region, so an address in 203.0.113.0/24 is reachable only by a name.
+use std::time::Duration;
+
+use integration_tests::{s, TestEnv, DE_V4, PORT, US_V4};
+use serde_json::{json, Value};
+
+/// A DE address no host answers on: refused before any packet is built.
+const DENIED_DE: &str = "198.51.100.3";
+
+/// The test names: `allowed.test` and `api.svc.test` resolve into the US
+/// range (opened by name), `denied.test` into the DE range (closed by
+/// name), `alias.test` is a CNAME chain, `brief.test` has a TTL of 1 s.
+fn zone() -> Value {
+    let a = |ip: &str, ttl: u32| json!({"type": "A", "value": ip, "ttl": ttl});
+    json!({
+        "names": {
+            "allowed.test": [a(US_V4, 60)],
+            "api.svc.test": [a(US_V4, 60)],
+            // Not the resolver's address: a name's addresses are judged by
+            // the name on every port, the resolver's too.
+            "denied.test": [a(DENIED_DE, 60)],
+            "alias.test": [{"type": "CNAME", "value": "edge.cdn.test", "ttl": 60}],
+            "edge.cdn.test": [{"type": "CNAME", "value": "target.test", "ttl": 60}],
+            "target.test": [a(US_V4, 60)],
+            "brief.test": [a(US_V4, 1)],
+            "big.test": [a(US_V4, 60)],
+            "other.test": [a(US_V4, 60)],
+            "evil.test": [a(US_V4, 60)],
+            "cut.test": [a(US_V4, 60)],
+            "loop.test": [a(US_V4, 60)],
+            "wrongid.test": [a(US_V4, 60)],
+            "unsol.test": [a(DE_V4, 60)],
+            "split.test": [a(US_V4, 60)],
+            "*.flood.test": [a(US_V4, 60)],
+        },
+        "behaviours": {
+            "big.test": "truncate",
+            "other.test": "other-name=evil.test",
+            "cut.test": "short",
+            "loop.test": "loop",
+            "wrongid.test": "wrong-id",
+            "unsol.test": "extra-unsolicited",
+            "split.test": "split-tcp",
+        }
+    })
+}
+
+/// An enforcing policy for `sel` (and `sel2`): DE by region, names by
+/// domain rules. The names the bad-input cases answer for are allowed, so
+/// a wrong mapping would show as an allowed connect.
+fn policy(env: &TestEnv) -> String {
+    format!(
+        "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {{name: names}}\nspec:\n  mode: enforce\n  selector:\n    cgroupPaths: [\"{}\", \"{}\"]\n  allow:\n    countries: [DE]\n    domains: [allowed.test, \"*.svc.test\", alias.test, brief.test, big.test, other.test, evil.test, cut.test, loop.test, wrongid.test, split.test]\n  deny:\n    domains: [denied.test]\n",
+        env.rel("sel"),
+        env.rel("sel2"),
+    )
+}
+
+/// A started environment with the resolver and the policy in force.
+fn started(extra: &[&str]) -> (TestEnv, integration_tests::DnsServer) {
+    let mut env = TestEnv::new();
+    std::fs::create_dir_all(env.cgroup("sel2")).unwrap();
+    let dns = env.dns_server(&zone());
+    env.write_policy("names.yaml", &policy(&env));
+    env.start_daemon(extra);
+    env.wait_log("policy set generation", Duration::from_secs(10));
+    (env, dns)
+}
+
+fn resolve_connect(
+    env: &TestEnv,
+    sub: &str,
+    server: &str,
+    name: &str,
+    rounds: u32,
+    tcp: bool,
+) -> Value {
+    let port = PORT.to_string();
+    let rounds = rounds.to_string();
+    let mut args = vec![
+        "resolve-connect",
+        "--server",
+        server,
+        "--name",
+        name,
+        "--connect-port",
+        &port,
+        "--rounds",
+        &rounds,
+    ];
+    if tcp {
+        args.push("--tcp");
+    }
+    env.dnsprobe(sub, &args)
+}
+
+fn n(v: &Value, key: &str) -> u64 {
+    v[key].as_u64().unwrap_or_else(|| panic!("no {key} in {v}"))
+}
+
+/// The daemon's DNS counters from its metrics endpoint.
+fn dns_counter(metrics: &str, what: &str) -> u64 {
+    let needle = format!("egress_monitor_dns_total{{what=\"{what}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0)
+}
+
+fn scrape(addr: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sf", &format!("http://{addr}/metrics")])
+        .output()
+        .expect("curl");
+    assert!(out.status.success(), "metrics scrape failed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// 500 resolve-then-connect rounds, each connecting the moment the answer
+/// is read: the kernel has the name before the connect is judged, so not
+/// one is refused. Without a lookup the same address is refused.
+#[test]
+fn resolve_then_connect_is_judged_by_name_without_a_race() {
+    let (mut env, dns) = started(&[]);
+    let r = resolve_connect(&env, "sel", &dns.addr, "allowed.test", 500, false);
+    assert_eq!(n(&r, "rounds"), 500, "{r}");
+    assert_eq!(n(&r, "resolved"), 500, "every round got an answer: {r}");
+    assert_eq!(n(&r, "eperm"), 0, "no false denial: {r}");
+    assert_eq!(n(&r, "connected") + n(&r, "refused"), 500, "{r}");
+    let e = env.expect_event("allowed by name", Duration::from_secs(10), |e| {
+        s(e, "dst_ip") == US_V4 && s(e, "verdict") == "allowed"
+    });
+    assert_eq!(s(&e, "rule"), "domain");
+    assert_eq!(s(&e, "dns_name"), "allowed.test");
+    assert_eq!(s(&e, "country"), "US", "the place is still told: {e}");
+
+    // The same address, hard-coded in another cgroup: no name, refused.
+    let p = env.probe("sel2", &["tcp", US_V4, &PORT.to_string()]);
+    assert!(!p.ok && p.errno == i64::from(libc::EPERM), "{:?}", p.raw);
+    let e = env.expect_event("denied without a name", Duration::from_secs(10), |e| {
+        s(e, "dst_ip") == US_V4 && s(e, "verdict") == "denied"
+    });
+    assert_eq!(s(&e, "dns_name"), "", "reached without a lookup: {e}");
+    assert_eq!(s(&e, "rule"), "default");
+
+    // Over TCP (port 53), too.
+    let r = resolve_connect(&env, "sel", &dns.addr, "api.svc.test", 20, true);
+    assert_eq!(
+        (n(&r, "resolved"), n(&r, "eperm")),
+        (20, 0),
+        "wildcard over TCP: {r}"
+    );
+}
+
+/// A denied name closes an address its region allows; CNAME chains are
+/// named with both ends; one cgroup's lookup does not open the address for
+/// another cgroup.
+#[test]
+fn denied_names_cname_chains_and_cgroups_apart() {
+    let (mut env, dns) = started(&[]);
+    let r = resolve_connect(&env, "sel", &dns.addr, "denied.test", 3, false);
+    assert_eq!(
+        (n(&r, "resolved"), n(&r, "eperm")),
+        (3, 3),
+        "denied by name: {r}"
+    );
+    let e = env.expect_event("denied by name", Duration::from_secs(10), |e| {
+        s(e, "dst_ip") == DENIED_DE && s(e, "verdict") == "denied"
+    });
+    assert_eq!(
+        (s(&e, "rule"), s(&e, "dns_name")),
+        ("domain", "denied.test")
+    );
+    // The same address reached without the name (another cgroup) is
+    // allowed by region: the refusal was the name's.
+    let p = env.probe("sel2", &["tcp", DENIED_DE, &PORT.to_string()]);
+    assert!(p.errno != i64::from(libc::EPERM), "{:?}", p.raw);
+
+    let r = resolve_connect(&env, "sel", &dns.addr, "alias.test", 3, false);
+    assert_eq!((n(&r, "resolved"), n(&r, "eperm")), (3, 0), "alias: {r}");
+    let e = env.expect_event(
+        "allowed through a CNAME chain",
+        Duration::from_secs(10),
+        |e| s(e, "dns_name") == "alias.test",
+    );
+    assert_eq!(s(&e, "dns_cname"), "target.test", "{e}");
+
+    // sel resolves; sel2 connects to the address at once: refused.
+    let q = env.dnsprobe(
+        "sel",
+        &["query", "--server", &dns.addr, "--name", "allowed.test"],
+    );
+    assert!(q.to_string().contains(US_V4), "{q}");
+    let p = env.probe("sel2", &["tcp", US_V4, &PORT.to_string()]);
+    assert!(
+        !p.ok && p.errno == i64::from(libc::EPERM),
+        "another cgroup's lookup opened the address: {:?}",
+        p.raw
+    );
+}
+
+/// After the TTL (1 s, no minimum) plus the grace (1 s) the address is
+/// judged by region again.
+#[test]
+fn names_expire_after_ttl_and_grace() {
+    let (env, dns) = started(&["--dns-min-ttl", "0", "--dns-grace", "1"]);
+    let q = env.dnsprobe(
+        "sel",
+        &["query", "--server", &dns.addr, "--name", "brief.test"],
+    );
+    assert!(q.to_string().contains(US_V4), "{q}");
+    let p = env.probe("sel", &["tcp", US_V4, &PORT.to_string()]);
+    assert!(p.ok, "within the TTL: {:?}", p.raw);
+    std::thread::sleep(Duration::from_millis(2500));
+    let p = env.probe("sel", &["tcp", US_V4, &PORT.to_string()]);
+    assert!(
+        !p.ok && p.errno == i64::from(libc::EPERM),
+        "after TTL and grace the region decides: {:?}",
+        p.raw
+    );
+}
+
+/// Bad answers: a truncated UDP answer learns nothing (the TCP retry
+/// does), an answer about another name, a cut one, one with a compression
+/// loop, one with the wrong id and an unsolicited one map nothing; a TCP
+/// answer split over segments is not read; a flood of answers leaves the
+/// daemon serving and enforcing. What was ignored is counted.
+#[test]
+fn bad_answers_map_nothing_and_are_counted() {
+    let metrics_addr = "127.0.0.1:19467";
+    let (env, dns) = started(&["--metrics-addr", metrics_addr]);
+    let refused = |env: &TestEnv| {
+        let p = env.probe("sel", &["tcp", US_V4, &PORT.to_string()]);
+        p.errno == i64::from(libc::EPERM)
+    };
+    // TC=1 over UDP: nothing learned.
+    let q = env.dnsprobe(
+        "sel",
+        &[
+            "query",
+            "--server",
+            &dns.addr,
+            "--name",
+            "big.test",
+            "--no-tcp-fallback",
+        ],
+    );
+    assert_eq!(q["tc"], true, "{q}");
+    assert!(refused(&env), "a truncated answer opened the address");
+    // Over TCP the same name is answered whole and learned.
+    let q = env.dnsprobe(
+        "sel",
+        &[
+            "query", "--server", &dns.addr, "--name", "big.test", "--tcp",
+        ],
+    );
+    assert!(q.to_string().contains(US_V4), "{q}");
+    assert!(!refused(&env), "the TCP answer was not learned");
+
+    // A fresh cgroup for each of the rest, so nothing learned above counts.
+    for (i, name) in [
+        "other.test",
+        "cut.test",
+        "loop.test",
+        "wrongid.test",
+        "unsol.test",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let sub = format!("sel2/bad{i}");
+        std::fs::create_dir_all(env.cgroup(&sub)).unwrap();
+        // Some of these never get an answer the client accepts: only what
+        // the kernel made of them matters.
+        let _ = env.dnsprobe_output(
+            &sub,
+            &[
+                "query",
+                "--server",
+                &dns.addr,
+                "--name",
+                name,
+                "--accept-any",
+            ],
+        );
+        let p = env.probe(&sub, &["tcp", US_V4, &PORT.to_string()]);
+        assert!(
+            !p.ok && p.errno == i64::from(libc::EPERM),
+            "{name}: a bad answer opened {US_V4}: {:?}",
+            p.raw
+        );
+    }
+    let sub = "sel2/split";
+    std::fs::create_dir_all(env.cgroup(sub)).unwrap();
+    let _ = env.dnsprobe_output(
+        sub,
+        &[
+            "query",
+            "--server",
+            &dns.addr,
+            "--name",
+            "split.test",
+            "--tcp",
+        ],
+    );
+    let p = env.probe(sub, &["tcp", US_V4, &PORT.to_string()]);
+    assert!(!p.ok, "a split TCP answer was read: {:?}", p.raw);
+
+    // A flood of answers for names nobody allowed, from a cgroup of its
+    // own: still serving, and the flood's names open nothing.
+    let sub = "sel2/flood";
+    std::fs::create_dir_all(env.cgroup(sub)).unwrap();
+    let f = env.dnsprobe(sub, &["flood", "--server", &dns.addr, "--count", "3000"]);
+    assert!(n(&f, "sent") >= 3000, "{f}");
+    let _ = env.status();
+    let p = env.probe(sub, &["tcp", US_V4, &PORT.to_string()]);
+    assert!(
+        !p.ok && p.errno == i64::from(libc::EPERM),
+        "the flood opened the address: {:?}",
+        p.raw
+    );
+
+    let m = scrape(metrics_addr);
+    for what in ["wrong_name", "truncated", "unsolicited"] {
+        assert!(dns_counter(&m, what) >= 1, "{what} not counted:\n{m}");
+    }
+    assert!(
+        dns_counter(&m, "malformed") + dns_counter(&m, "oversized") >= 1,
+        "the cut and looping answers are not counted:\n{m}"
+    );
+    assert!(
+        dns_counter(&m, "answers") >= n(&f, "answers"),
+        "the flood's answers are not counted"
+    );
+}
