@@ -9,7 +9,8 @@
 //! under (cgroup, address) with the question's hashes (see
 //! `monitor_common::dns`) until its TTL (clamped) plus the grace period.
 //! Names are never followed: the owner names of records are skipped, not
-//! decoded, so compression pointers cannot loop here. The daemon gets a copy
+//! decoded, so compression pointers cannot loop here; a pointer that does
+//! not point back into the message makes the answer malformed. The daemon gets a copy
 //! of each answer it learned from, to name what the kernel filed by hash.
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
@@ -255,6 +256,15 @@ extern "C" fn answer_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
             break;
         }
         if b & 0xc0 == 0xc0 {
+            // A pointer must point back into the message before the name
+            // it ends (what keeps any decoder of this name out of a loop);
+            // the message is not read further otherwise.
+            let low = u32::from(sc.event.payload[(p as usize + 1) & MASK]);
+            let target = (u32::from(b & 0x3f) << 8) | low;
+            if target < 12 || target >= sc.pos {
+                sc.err = dns::stat::MALFORMED;
+                return 1;
+            }
             p += 2;
             break;
         }
@@ -305,7 +315,11 @@ extern "C" fn answer_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         found = true;
     }
     if found {
-        let mut ttl_s = if ttl < sc.min_ttl_s { sc.min_ttl_s } else { ttl };
+        let mut ttl_s = if ttl < sc.min_ttl_s {
+            sc.min_ttl_s
+        } else {
+            ttl
+        };
         if ttl_s > sc.max_ttl_s {
             ttl_s = sc.max_ttl_s;
         }
@@ -332,7 +346,13 @@ fn scratch() -> Option<&'static mut Scratch> {
 /// Egress: a packet to port 53 of an allowed resolver from a selected
 /// cgroup. Notes the query (port, id, resolver, name) so its answer is read.
 #[inline(always)]
-pub fn note_query(ctx: &SkBuffContext, cgroup_id: u64, protocol: u8, l4: usize, resolver: &[u8; 16]) {
+pub fn note_query(
+    ctx: &SkBuffContext,
+    cgroup_id: u64,
+    protocol: u8,
+    l4: usize,
+    resolver: &[u8; 16],
+) {
     let Some(tuning) = tuning() else {
         return;
     };
@@ -388,7 +408,9 @@ pub fn learn(ctx: &SkBuffContext) {
     let (protocol, l4) = if eth_proto == crate::ETH_P_IP {
         let Ok(first) = ctx.load::<u8>(0) else { return };
         let Ok(proto) = ctx.load::<u8>(9) else { return };
-        let Ok(s4) = ctx.load::<[u8; 4]>(12) else { return };
+        let Ok(s4) = ctx.load::<[u8; 4]>(12) else {
+            return;
+        };
         src[10] = 0xff;
         src[11] = 0xff;
         src[12] = s4[0];
@@ -398,7 +420,9 @@ pub fn learn(ctx: &SkBuffContext) {
         (proto, usize::from(first & 0x0f) * 4)
     } else if eth_proto == crate::ETH_P_IPV6 {
         let Ok(next) = ctx.load::<u8>(6) else { return };
-        let Ok(s6) = ctx.load::<[u8; 16]>(8) else { return };
+        let Ok(s6) = ctx.load::<[u8; 16]>(8) else {
+            return;
+        };
         src = s6;
         (next, 40)
     } else {
@@ -509,7 +533,10 @@ pub fn learn(ctx: &SkBuffContext) {
     sc.event.payload_len = sc.len as u16;
     sc.event.protocol = protocol;
     sc.event._pad = [0; 3];
-    if EVENTS.output::<DnsEvent>(&sc.event, u64::from(BPF_RB_NO_WAKEUP)).is_err() {
+    if EVENTS
+        .output::<DnsEvent>(&sc.event, u64::from(BPF_RB_NO_WAKEUP))
+        .is_err()
+    {
         count(dns::stat::UNREPORTED);
     }
 }

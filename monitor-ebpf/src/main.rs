@@ -447,8 +447,7 @@ fn decide(
             let by_region = unsafe { slot.region_rules.get(&region_key) }
                 .copied()
                 .unwrap_or_default();
-            let by_cloud = if cloud.region != 0
-                && selection.flags & Selection::HAS_CLOUD_RULES != 0
+            let by_cloud = if cloud.region != 0 && selection.flags & Selection::HAS_CLOUD_RULES != 0
             {
                 let cloud_key = CloudKey {
                     policy_id,

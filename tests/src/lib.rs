@@ -527,6 +527,27 @@ impl TestEnv {
             .unwrap_or_else(|e| panic!("dnsprobe {args:?} printed no JSON ({e}): {text}"))
     }
 
+    /// Runs the probe as a workload of cgroup `sub` inside the network
+    /// namespace `netns` (one the test made); returns its JSON.
+    pub fn probe_in(&self, netns: &str, sub: &str, args: &[&str]) -> Value {
+        let procs = self.cgroup(sub).join("cgroup.procs");
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{netns}"))
+            .arg(probe_bin())
+            .args(args);
+        // SAFETY: as in `probe_command`.
+        unsafe {
+            cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+        }
+        let out = cmd.output().expect("run probe");
+        assert!(
+            out.status.success(),
+            "probe {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("probe output is JSON")
+    }
+
     /// Runs the probe as a workload and reads its result.
     pub fn probe(&self, sub: &str, args: &[&str]) -> Probe {
         let out = self.probe_command(sub, args).output().expect("run probe");

@@ -143,6 +143,8 @@ fn main() -> anyhow::Result<()> {
                 .arg(root().join("policies"))
                 .arg("--geoip")
                 .arg(geoip_path())
+                .arg("--cloud-ranges")
+                .arg(cloud_ranges_dir())
                 .arg("--state-dir")
                 .arg(root().join("target/state"))
                 .arg("--log-events")
@@ -211,6 +213,7 @@ fn main() -> anyhow::Result<()> {
                     root().join("target/release/egress-monitor"),
                 )
                 .env("EGRESS_MONITOR_GEOIP", geoip_path())
+                .env("EGRESS_MONITOR_CLOUD", cloud_ranges_dir())
                 .env("EGRESS_MONITOR_VENV", setup::venv())
                 .args(["test", "--release", "-p", "integration-tests"])
                 .args(suite.iter().flat_map(|name| ["--test", name.as_str()]))

@@ -52,18 +52,45 @@ fn address_in(net: IpNetwork, rng: &mut Rng) -> IpAddr {
     }
 }
 
+/// VmRSS of this process.
+fn rss_kib() -> usize {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+            line.split_whitespace().nth(1)?.parse().ok()
+        })
+        .unwrap_or(0)
+}
+
+#[derive(Default)]
+struct Tally {
+    unlocated: usize,
+    db_eea: usize,
+    after_eea: usize,
+    db_wrong: usize,
+    after_wrong: usize,
+    doc_eea: usize,
+    doc_eea_db_eea: usize,
+    doc_eea_after_eea: usize,
+    doc_other_db_eea: usize,
+    doc_other_after_eea: usize,
+}
+
 #[test]
 #[ignore = "needs .cache/cloud and .cache/geoip (cargo xtask setup); prints numbers"]
 fn eea_share_with_and_without_cloud_locations() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let rss_before = rss_kib();
     let started = std::time::Instant::now();
     let cloud = load_dir(&root.join(".cache/cloud")).unwrap_or_else(|e| panic!("{e}"));
     println!(
-        "loaded {} ranges, {} regions, {} trie entries in {:?}: {}",
+        "loaded {} ranges, {} regions, {} trie entries in {:?}, resident memory +{} KiB: {}",
         cloud.ranges().len(),
         cloud.regions().len(),
         cloud.entries().len(),
         started.elapsed(),
+        rss_kib().saturating_sub(rss_before),
         cloud.summary()
     );
     let geo = GeoDb::open(&root.join(".cache/geoip/geo-whois-asn-country.mmdb"))
@@ -91,47 +118,57 @@ fn eea_share_with_and_without_cloud_locations() {
         let mut nets: Vec<&CloudRange> = cloud.ranges().iter().filter(|r| filter(r)).collect();
         nets.dedup_by_key(|r| r.net);
         let mut rng = Rng(0x5eed);
-        let (mut db_eea, mut db_none, mut db_wrong, mut after_eea, mut documented_eea) =
-            (0, 0, 0, 0, 0);
+        let mut t = Tally::default();
         for _ in 0..N {
             let range = nets[(rng.next() % nets.len() as u64) as usize];
             let addr = address_in(range.net, &mut rng);
-            let documented = super::location(&range.provider, &range.region);
+            let documented = super::location(&range.provider, &range.region).map(|l| l.country);
             let db = geo.lookup(addr).map(|r| r.country).filter(|c| c != &[0, 0]);
-            match db {
-                Some(c) if in_eea(&c) => db_eea += 1,
-                Some(_) => {}
-                None => db_none += 1,
-            }
-            if let (Some(d), Some(c)) = (documented, db) {
-                if d.country != c {
-                    db_wrong += 1;
-                }
-            }
-            if documented.is_some_and(|d| in_eea(&d.country)) {
-                documented_eea += 1;
-            }
             // What the kernel decides: the trie's location, else the database.
             let after = cloud
                 .lookup(addr)
                 .and_then(|e| e.location)
                 .map(|l| l.country)
                 .or(db);
-            if after.is_some_and(|c| in_eea(&c)) {
-                after_eea += 1;
+            let eea_of = |c: Option<[u8; 2]>| c.is_some_and(|c| in_eea(&c));
+            t.db_eea += usize::from(eea_of(db));
+            t.after_eea += usize::from(eea_of(after));
+            match documented {
+                None => t.unlocated += 1,
+                Some(d) => {
+                    t.db_wrong += usize::from(db != Some(d));
+                    t.after_wrong += usize::from(after != Some(d));
+                    if in_eea(&d) {
+                        t.doc_eea += 1;
+                        t.doc_eea_db_eea += usize::from(eea_of(db));
+                        t.doc_eea_after_eea += usize::from(eea_of(after));
+                    } else {
+                        t.doc_other_db_eea += usize::from(eea_of(db));
+                        t.doc_other_after_eea += usize::from(eea_of(after));
+                    }
+                }
             }
         }
-        let pct = |n: usize| 100.0 * n as f64 / N as f64;
+        let pct = |n: usize, of: usize| 100.0 * n as f64 / of.max(1) as f64;
+        let located = N - t.unlocated;
         println!(
-            "{label}: {} networks, {N} addresses (seed 0x5eed): EEA by the country database \
-             {:.1}% (no country {:.1}%, country other than documented {:.1}%), EEA with cloud \
-             locations {:.1}%, documented EEA {:.1}%",
+            "{label}: {} networks, {N} addresses (seed 0x5eed), {} in unlocated regions\n  \
+             in the EEA: country database {:.1}%, with cloud locations {:.1}%\n  \
+             country other than the documented one: database {:.1}%, with cloud locations {:.1}%\n  \
+             documented in the EEA ({}): database says EEA {:.1}%, with cloud locations {:.1}%\n  \
+             documented outside the EEA ({}): database says EEA {:.1}%, with cloud locations {:.1}%",
             nets.len(),
-            pct(db_eea),
-            pct(db_none),
-            pct(db_wrong),
-            pct(after_eea),
-            pct(documented_eea),
+            t.unlocated,
+            pct(t.db_eea, N),
+            pct(t.after_eea, N),
+            pct(t.db_wrong, located),
+            pct(t.after_wrong, located),
+            t.doc_eea,
+            pct(t.doc_eea_db_eea, t.doc_eea),
+            pct(t.doc_eea_after_eea, t.doc_eea),
+            located - t.doc_eea,
+            pct(t.doc_other_db_eea, located - t.doc_eea),
+            pct(t.doc_other_after_eea, located - t.doc_eea),
         );
     }
 }

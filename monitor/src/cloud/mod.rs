@@ -33,7 +33,7 @@
 //! country and continent of the addresses published for it; ranges of global,
 //! anycast or unknown regions carry no location and the country database
 //! stays in charge of them.
-pub mod formats;
+mod formats;
 pub mod locations;
 pub mod pattern;
 
@@ -170,7 +170,7 @@ pub fn load_dir(dir: &Path) -> Result<CloudRanges, CloudError> {
 
 /// Collects ranges file by file, interning names and checking region ids.
 #[derive(Default)]
-pub(crate) struct Builder {
+struct Builder {
     names: HashSet<Arc<str>>,
     ids: HashMap<u32, (Arc<str>, Arc<str>)>,
     files: Vec<SnapshotFile>,
@@ -195,7 +195,7 @@ impl Builder {
         a
     }
 
-    pub(crate) fn file(&mut self, path: &Path) -> Result<(), CloudError> {
+    fn file(&mut self, path: &Path) -> Result<(), CloudError> {
         let bytes = std::fs::read(path)
             .map_err(|e| CloudError::new(path, None, format!("cannot read: {e}")))?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
@@ -259,7 +259,7 @@ impl Builder {
         })
     }
 
-    pub(crate) fn finish(self) -> CloudRanges {
+    fn finish(self) -> CloudRanges {
         let Builder {
             files,
             mut ranges,

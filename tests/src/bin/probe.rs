@@ -624,6 +624,28 @@ fn main() {
                 TcpStream::connect_timeout(&target(), Duration::from_secs(2)).map(drop)
             }))
         }
+        Some("connect-many") => {
+            // connect-many PORT ADDR...: one TCP connect each (1 s), the
+            // errno of each; for judging many addresses from a dead-end
+            // namespace, where an allowed connect fails with EINVAL.
+            let port: u16 = args[1].parse().expect("port");
+            let results: Vec<serde_json::Value> = args[2..]
+                .iter()
+                .map(|a| {
+                    let ip: IpAddr = a.parse().expect("address");
+                    let r = TcpStream::connect_timeout(
+                        &SocketAddr::new(ip, port),
+                        Duration::from_secs(1),
+                    );
+                    let errno = r.err().and_then(|e| e.raw_os_error()).unwrap_or(0);
+                    serde_json::json!({"addr": a, "errno": errno})
+                })
+                .collect();
+            println!(
+                "{}",
+                serde_json::json!({"result": "ok", "pid": std::process::id(), "results": results})
+            );
+        }
         Some("tcp-loop") => {
             let addr = target();
             let count: usize = args[3].parse().expect("count");
