@@ -59,17 +59,31 @@ proptest! {
 
     /// Arbitrary ring buffer records: decoded or counted as undecodable.
     #[test]
-    fn any_record_decodes_or_fails_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
-        let _ = events::decode(&bytes);
+    fn any_record_decodes_or_fails_cleanly(bytes in proptest::collection::vec(any::<u8>(), 0..700)) {
+        let _ = events::decode_record(&bytes);
+    }
+
+    /// A DNS record of any content: decoded, and its copy of the message
+    /// parsed or refused, never a panic.
+    #[test]
+    fn any_dns_record_decodes_and_parses_cleanly(mut bytes in proptest::collection::vec(any::<u8>(), 568..=568)) {
+        bytes[0..2].copy_from_slice(&monitor_common::kind::DNS.to_ne_bytes());
+        bytes[2..4].copy_from_slice(&monitor_common::DNS_VERSION.to_ne_bytes());
+        bytes[4..8].copy_from_slice(&568u32.to_ne_bytes());
+        let Ok(events::Record::Dns(raw)) = events::decode_record(&bytes) else {
+            panic!("a valid DNS header decodes");
+        };
+        let len = usize::from(raw.payload_len).min(raw.payload.len());
+        let _ = monitor::names::parse_answer(&raw.payload[..len]);
     }
 
     /// A valid header over arbitrary payload decodes to some event, and
     /// enriching it never panics whatever the fields hold.
     #[test]
-    fn any_payload_with_a_valid_header_enriches(mut bytes in proptest::collection::vec(any::<u8>(), 104..=104)) {
-        bytes[0..2].copy_from_slice(&1u16.to_ne_bytes());
-        bytes[2..4].copy_from_slice(&1u16.to_ne_bytes());
-        bytes[4..8].copy_from_slice(&104u32.to_ne_bytes());
+    fn any_payload_with_a_valid_header_enriches(mut bytes in proptest::collection::vec(any::<u8>(), 120..=120)) {
+        bytes[0..2].copy_from_slice(&monitor_common::kind::DECISION.to_ne_bytes());
+        bytes[2..4].copy_from_slice(&monitor_common::DECISION_VERSION.to_ne_bytes());
+        bytes[4..8].copy_from_slice(&120u32.to_ne_bytes());
         let raw = events::decode(&bytes).expect("a valid header decodes");
         struct N;
         impl events::Names for N {

@@ -204,6 +204,21 @@ fn eu_cloud_regions_are_eu_and_cloud_region_rules_apply() {
         "{e}"
     );
 
+    // The CLI filters by cloud region (and prints the table the README
+    // shows).
+    let out = env.cli(&["events", "--last", "8", "--cloud-region", "aws:eu-*"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    println!("{table}");
+    assert!(
+        table.contains("aws:eu-west-3") && !table.contains("gcp:"),
+        "{table}"
+    );
+
     // A bad file is rejected with its path and reason; the ranges in force
     // stay.
     std::fs::write(

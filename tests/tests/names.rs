@@ -192,6 +192,42 @@ fn denied_names_cname_chains_and_cgroups_apart() {
     );
     assert_eq!(s(&e, "dns_cname"), "target.test", "{e}");
 
+    // The CLI filters by name (and prints the table the README shows).
+    let out = env.cli(&["events", "--last", "20", "--name", "*.test"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    println!("{table}");
+    assert!(
+        table.contains("alias.test") && table.contains("denied.test"),
+        "{table}"
+    );
+    let out = env.cli(&["events", "--last", "20", "--name", "-", "-o", "json"]);
+    assert!(out.status.success());
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let e: Value = serde_json::from_str(line).unwrap();
+        assert_eq!(
+            s(&e, "dns_name"),
+            "",
+            "--name - shows events without a name: {e}"
+        );
+    }
+    let out = env.cli(&["flows", "--group-by", "name,verdict"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let flows = String::from_utf8_lossy(&out.stdout);
+    println!("{flows}");
+    assert!(
+        flows.contains("alias.test") && flows.contains("denied.test"),
+        "{flows}"
+    );
+
     // sel resolves; sel2 connects to the address at once: refused.
     let q = env.dnsprobe(
         "sel",

@@ -156,10 +156,11 @@ fn read_records(store: &Store, req: &Request<'_>) -> anyhow::Result<Records> {
     let mut prev: Option<[u8; 32]> = None;
     while let Some(r) = rows.next()? {
         let (seq, event) = query::event_of(r)?;
-        let prev_hash = chain::to32(&r.get::<_, Vec<u8>>(19)?);
-        let digest = chain::to32(&r.get::<_, Vec<u8>>(20)?);
-        let hash = chain::to32(&r.get::<_, Vec<u8>>(21)?);
-        let record: String = r.get(22)?;
+        // After the event columns: the chain columns, by name.
+        let prev_hash = chain::to32(&r.get::<_, Vec<u8>>("prev_hash")?);
+        let digest = chain::to32(&r.get::<_, Vec<u8>>("digest")?);
+        let hash = chain::to32(&r.get::<_, Vec<u8>>("hash")?);
+        let record: String = r.get("record")?;
         if chain::digest(&record) != digest {
             bail!("the store's record seq {seq} does not match its digest: the store was altered; not exporting");
         }

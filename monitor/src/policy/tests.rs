@@ -277,3 +277,37 @@ fn an_empty_selector_glob_is_an_error_not_a_panic() {
         "p.yaml:7: cgroup path \"\" must start with '/' (it is relative to the cgroup2 mount)"
     );
 }
+
+/// `domains` and `cloudRegions`: normalised, and every bad one named with
+/// its file and line.
+#[test]
+fn domains_and_cloud_regions_compile_and_bad_ones_name_their_line() {
+    let with = GOOD.replace(
+        "    cidrs: [\"10.9.0.0/16\"]\n",
+        "    cidrs: [\"10.9.0.0/16\"]\n    domains: [\"*.evil.example\"]\n",
+    )
+    .replace(
+        "    groups: [EEA]\n",
+        "    groups: [EEA]\n    domains: [\"API.OpenAI.com.\", \"*.my.salesforce.com\"]\n    cloudRegions: [\"aws:eu-*\", \"gcp:europe-west3\"]\n",
+    );
+    let p = compile_text(f(), &with).unwrap().remove(0);
+    let shown: Vec<String> = p.allow_domains.iter().map(|d| d.to_string()).collect();
+    assert_eq!(shown, ["api.openai.com", "*.my.salesforce.com"]);
+    assert_eq!(p.deny_domains[0].to_string(), "*.evil.example");
+    assert_eq!(p.allow_cloud.len(), 2);
+    assert!(p.allow_cloud[0].matches("aws", "eu-central-1"));
+    assert!(!p.allow_cloud[0].matches("aws", "us-east-1"));
+
+    let bad = |domain: &str| error_of(&with.replace("\"API.OpenAI.com.\"", domain));
+    assert_eq!(
+        bad("\"api.*.com\""),
+        "p.yaml:12: \"api.*.com\": a wildcard may only be the whole first label (`*.example.com`)"
+    );
+    assert_eq!(bad("\"a..b\""), "p.yaml:12: \"a..b\" has an empty label");
+    assert!(bad("\"-a.com\"").contains("starts or ends with '-'"));
+    assert!(bad("\"a_b.com\"").contains("a character other than letters, digits and '-'"));
+    assert!(bad(&format!("\"{}.com\"", "x".repeat(64))).contains("longer than 63"));
+    assert!(bad("\"*.a.b.c.d.e.f.g\"").contains("at most 6 labels"));
+    let e = error_of(&with.replace("\"gcp:europe-west3\"", "\"europe-west3\""));
+    assert!(e.starts_with("p.yaml:13: "), "{e}");
+}
