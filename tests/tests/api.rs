@@ -63,8 +63,9 @@ fn cli_shows_denied_connections_to_a_country() {
         "VERDICT",
         "PROCESS",
         "CGROUP",
+        "NAME",
         "DESTINATION",
-        "COUNTRY",
+        "PLACE",
         "RULE",
         "POLICY",
     ] {

@@ -45,6 +45,7 @@ pub fn bench(readme: bool) -> anyhow::Result<()> {
         .env("EGRESS_MONITOR_BIN", release.join("egress-monitor"))
         .env("EGRESS_MONITOR_LOADGEN", release.join("loadgen"))
         .env("EGRESS_MONITOR_GEOIP", crate::geoip_path())
+        .env("EGRESS_MONITOR_CLOUD", crate::cloud_ranges_dir())
         .env("EGRESS_MONITOR_BENCH_OUT", &out);
     run(&mut cmd)?;
     if readme {
