@@ -93,6 +93,9 @@ impl PolicyRecord for StoreRecord {
     fn policy_set(&self, policies: &[CompiledPolicy], generation: u32) {
         self.0.policy_set(policies, generation);
     }
+    fn cloud_ranges(&self, identity: String) {
+        self.0.cloud_ranges(identity);
+    }
     fn kernel_lost(&self, n: u64) {
         self.0.kernel_lost(n);
     }

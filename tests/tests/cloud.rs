@@ -236,6 +236,19 @@ fn eu_cloud_regions_are_eu_and_cloud_region_rules_apply() {
         line.contains("broken.csv") && line.contains(":2:"),
         "{line}"
     );
+    // Status names the snapshot in force, and the rejection.
+    let st = env.status();
+    let files = st["cloud_ranges"]
+        .as_array()
+        .expect("cloud_ranges in status");
+    assert_eq!(files.len(), 1, "{st}");
+    assert_eq!(files[0]["sha256"].as_str().map(str::len), Some(64), "{st}");
+    assert!(
+        s(&st, "cloud_ranges_rejected").contains("broken.csv"),
+        "{st}"
+    );
+    let learned = st["dns"].as_array().expect("dns counters in status");
+    assert!(learned.iter().any(|c| s(c, "name") == "learned"), "{st}");
     let errnos = judge(&env, &ns, "sel", &eu[..20]);
     assert!(
         errnos.iter().all(|e| *e != EPERM),

@@ -126,6 +126,33 @@ pub fn status_pb(
         policy_dir: s.policy_dir.display().to_string(),
         store: Some(store_pb(store)),
         node_public_key: node_key.to_string(),
+        cloud_ranges_dir: s
+            .cloud_dir
+            .as_ref()
+            .map(|d| d.display().to_string())
+            .unwrap_or_default(),
+        cloud_ranges: s
+            .cloud
+            .files()
+            .iter()
+            .map(|f| pb::CloudRangeFile {
+                path: f.path.display().to_string(),
+                providers: f.providers.clone(),
+                sha256: f.sha256.clone(),
+                date: f.date.clone(),
+                ranges: f.ranges as u64,
+            })
+            .collect(),
+        cloud_ranges_rejected: s.cloud_error.clone(),
+        dns: view
+            .kernel
+            .dns_stats()
+            .into_iter()
+            .map(|(name, count)| pb::NamedCount {
+                name: name.into(),
+                count,
+            })
+            .collect(),
     }
 }
 

@@ -204,6 +204,34 @@ fn print_policy(p: &CompiledPolicy, db: Option<&GeoDb>) {
             spec.deny.continents.join(" ")
         );
     }
+    let shown = |d: &[crate::policy::DomainPattern]| {
+        d.iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if !p.allow_domains.is_empty() || !p.deny_domains.is_empty() {
+        println!(
+            "  domains        allow {}: {}; deny {}: {}",
+            p.allow_domains.len(),
+            or_dash(&shown(&p.allow_domains)),
+            p.deny_domains.len(),
+            or_dash(&shown(&p.deny_domains))
+        );
+    }
+    let regions = |r: &[crate::cloud::RegionPattern]| {
+        r.iter()
+            .map(|r| r.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    if !p.allow_cloud.is_empty() || !p.deny_cloud.is_empty() {
+        println!(
+            "  cloud regions  allow {}; deny {}",
+            or_dash(&regions(&p.allow_cloud)),
+            or_dash(&regions(&p.deny_cloud))
+        );
+    }
     let v4 = |nets: &[ipnetwork::IpNetwork]| nets.iter().filter(|n| n.is_ipv4()).count();
     println!(
         "  cidrs          allow {} (IPv4 {}, IPv6 {}), deny {} (IPv4 {}, IPv6 {})",
@@ -251,5 +279,13 @@ fn print_policy(p: &CompiledPolicy, db: Option<&GeoDb>) {
             top.join(", "),
             if allowed.len() > 12 { ", ..." } else { "" }
         );
+    }
+}
+
+fn or_dash(s: &str) -> &str {
+    if s.is_empty() {
+        "-"
+    } else {
+        s
     }
 }

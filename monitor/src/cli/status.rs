@@ -50,6 +50,33 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             g.path, g.database_type, g.schema, g.build_time, g.prefixes, g.sha256
         );
     }
+    if !s.cloud_ranges_dir.is_empty() {
+        println!("cloud ranges    {}", s.cloud_ranges_dir);
+        for f in &s.cloud_ranges {
+            println!(
+                "                {} ({}), {} ranges, dated {}, sha256 {}",
+                f.path,
+                f.providers.join(" "),
+                f.ranges,
+                f.date,
+                f.sha256
+            );
+        }
+        if !s.cloud_ranges_rejected.is_empty() {
+            println!(
+                "REJECTED        {} (the ranges above stay in force)",
+                s.cloud_ranges_rejected
+            );
+        }
+    }
+    if !s.dns.is_empty() {
+        let counts: Vec<String> = s
+            .dns
+            .iter()
+            .map(|c| format!("{} {}", c.name, c.count))
+            .collect();
+        println!("dns             {}", counts.join("  "));
+    }
     if let Some(c) = &s.counters {
         println!(
             "events          allowed {}  denied {}  would_deny {}  lost in kernel {}  undecodable {}  missed by slow clients {}  stream clients {}",

@@ -97,6 +97,8 @@ enum FileState {
 pub trait PolicyRecord: Send + Sync {
     fn policy_set(&self, policies: &[CompiledPolicy], generation: u32);
     fn kernel_lost(&self, n: u64);
+    /// The cloud-range snapshot put in force (JSON: directory and files).
+    fn cloud_ranges(&self, identity: String);
 }
 
 /// What the controller needs to start.
@@ -461,7 +463,11 @@ impl Controller {
                 anyhow::anyhow!("writing the cloud ranges and the policy set into the kernel: {e}")
             })?;
             self.cloud_loaded = true;
-            if self.parts.cloud_dir.is_some() {
+            if let Some(dir) = &self.parts.cloud_dir {
+                self.parts.record.cloud_ranges(
+                    serde_json::json!({"dir": dir.display().to_string(), "files": cloud.files()})
+                        .to_string(),
+                );
                 log::info!(
                     "cloud ranges in force: {n} prefixes of {} regions ({})",
                     cloud.region_details().len(),

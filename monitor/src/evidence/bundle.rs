@@ -102,6 +102,7 @@ pub fn build(
     insert_policy_files(&mut files, &index, &versions)?;
 
     files.insert("geoip.json".into(), geoip_json(store, req)?);
+    files.insert("cloud_ranges.json".into(), cloud_json(store, req)?);
     files.insert("host.json".into(), host_json(store, req)?);
     let counters = counters(store, req, &summary)?;
     files.insert(
@@ -322,6 +323,17 @@ fn geoip_json(store: &Store, req: &Request<'_>) -> anyhow::Result<Vec<u8>> {
         .map(|(at, id)| json!({"in_use_from": t(at), "database": id}))
         .collect();
     Ok(serde_json::to_vec_pretty(&json!({"databases": geo}))?)
+}
+
+/// `cloud_ranges.json`: the cloud-range snapshots in force during the
+/// window (files, providers, SHA-256, dates); empty without
+/// `--cloud-ranges`.
+fn cloud_json(store: &Store, req: &Request<'_>) -> anyhow::Result<Vec<u8>> {
+    let snapshots: Vec<Value> = in_force(store, "cloud_ranges", "identity", req.since, req.until)?
+        .into_iter()
+        .map(|(at, id)| json!({"in_force_from": t(at), "snapshot": id}))
+        .collect();
+    Ok(serde_json::to_vec_pretty(&json!({"snapshots": snapshots}))?)
 }
 
 /// `host.json`: this host's identity and the agent runs during the window.

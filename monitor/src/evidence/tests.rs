@@ -134,6 +134,7 @@ fn export_holds_exactly_the_window_and_verifies() {
         "chain.json",
         "counters.json",
         "geoip.json",
+        "cloud_ranges.json",
         "host.json",
         "summary.md",
         "manifest.json",

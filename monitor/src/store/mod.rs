@@ -244,6 +244,13 @@ impl Store {
                 )
                 .map_err(e("record geoip"))?;
             }
+            for (t, cloud) in &batch.cloud {
+                tx.execute(
+                    "INSERT INTO cloud_ranges (unix_nanos, identity) VALUES (?1, ?2)",
+                    params![t, cloud],
+                )
+                .map_err(e("record cloud ranges"))?;
+            }
             for (t, run) in &batch.runs {
                 tx.execute(
                     "INSERT INTO agent_runs (unix_nanos, info) VALUES (?1, ?2)",
@@ -283,6 +290,8 @@ pub struct Batch {
     pub policy_sets: Vec<PolicySet>,
     /// (time, GeoIP identity as JSON).
     pub geo: Vec<(i64, String)>,
+    /// (time, cloud-range snapshot in force as JSON).
+    pub cloud: Vec<(i64, String)>,
     /// (time, agent start as JSON: version, kernel, boot id).
     pub runs: Vec<(i64, String)>,
 }
@@ -293,6 +302,7 @@ impl Batch {
             && self.gaps.is_empty()
             && self.policy_sets.is_empty()
             && self.geo.is_empty()
+            && self.cloud.is_empty()
             && self.runs.is_empty()
     }
 }

@@ -50,6 +50,7 @@ CREATE TABLE policy_sets (
     members TEXT NOT NULL
 );
 CREATE TABLE geoip (id INTEGER PRIMARY KEY, unix_nanos INTEGER NOT NULL, identity TEXT NOT NULL);
+CREATE TABLE cloud_ranges (id INTEGER PRIMARY KEY, unix_nanos INTEGER NOT NULL, identity TEXT NOT NULL);
 CREATE TABLE agent_runs (id INTEGER PRIMARY KEY, unix_nanos INTEGER NOT NULL, info TEXT NOT NULL);
 -- What the record is missing, and why.
 CREATE TABLE gaps (
@@ -86,6 +87,7 @@ INSERT INTO flows_v2 (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, ver
     SELECT bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count FROM flows;
 DROP TABLE flows;
 ALTER TABLE flows_v2 RENAME TO flows;
+CREATE TABLE cloud_ranges (id INTEGER PRIMARY KEY, unix_nanos INTEGER NOT NULL, identity TEXT NOT NULL);
 PRAGMA user_version = 2;
 ";
 
@@ -159,4 +161,75 @@ pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A store written by version 1 opens: its events keep their records
+    /// (and chain) and gain empty name columns, its flows are carried over
+    /// into the new key with an empty name.
+    #[test]
+    fn a_version_1_store_is_migrated_with_nothing_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v1.db");
+        {
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(include_str!("v1_tables.sql")).unwrap();
+            conn.execute_batch(
+                "INSERT INTO chain_head (id, seq, hash) VALUES (0, 1, x'00');
+                 INSERT INTO events VALUES (1, 5, 'denied', 'p', 'default', 'connect4', 'tcp', 'ipv4', '203.0.113.2', 443, 'US', 'NA', 1, 1, 0, 'curl', 7, '/x', 1, x'00', x'00', x'00', '{}');
+                 INSERT INTO flows VALUES (0, '/x', 'curl', '203.0.113.2', 443, 'tcp', 'denied', 'p', 'US', 'NA', 5, 5, 3);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let conn = Connection::open(&path).unwrap();
+        prepare(&conn, &path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, VERSION);
+        let (record, name): (String, String) = conn
+            .query_row(
+                "SELECT record, dns_name FROM events WHERE seq = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!((record.as_str(), name.as_str()), ("{}", ""));
+        let (count, name): (i64, String) = conn
+            .query_row("SELECT count, dns_name FROM flows", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((count, name.as_str()), (3, ""));
+        // New rows with names go into the migrated tables.
+        conn.execute(
+            UPSERT_FLOW,
+            params![
+                0,
+                "/x",
+                "curl",
+                "203.0.113.2",
+                443,
+                "tcp",
+                "denied",
+                "p",
+                "US",
+                "NA",
+                6,
+                "api.example",
+                ""
+            ],
+        )
+        .unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM flows", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 2, "a named flow is a flow of its own");
+        // Opening again does nothing more.
+        prepare(&conn, &path).unwrap();
+    }
 }

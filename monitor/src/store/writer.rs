@@ -34,6 +34,7 @@ enum Msg {
     Lagged(u64),
     PolicySet(PolicySet),
     Geo(String),
+    Cloud(String),
     Run(String),
     KernelLost(u64),
     Flush(oneshot::Sender<Result<(), String>>),
@@ -191,6 +192,11 @@ impl Handle {
         self.send(Msg::Geo(identity));
     }
 
+    /// Records the cloud-range snapshot put in force (JSON).
+    pub fn cloud_ranges(&self, identity: String) {
+        self.send(Msg::Cloud(identity));
+    }
+
     /// Records an agent start (JSON).
     pub fn agent_run(&self, info: String) {
         self.send(Msg::Run(info));
@@ -293,6 +299,7 @@ impl Writer {
                 }),
                 Ok(Msg::PolicySet(s)) => self.pending.policy_sets.push(s),
                 Ok(Msg::Geo(g)) => self.pending.geo.push((now_nanos(), g)),
+                Ok(Msg::Cloud(c)) => self.pending.cloud.push((now_nanos(), c)),
                 Ok(Msg::Run(r)) => self.pending.runs.push((now_nanos(), r)),
                 Ok(Msg::Flush(ack)) => {
                     self.retry_at = Instant::now();
