@@ -131,6 +131,7 @@ fn main() {
 
     connect_path(&b, &mut r);
     decision_cost(&mut b, &mut r);
+    dns_cost(&mut b, &mut r);
     let pipeline_window = pipeline(&mut b, &mut r);
     policy_swap(&mut b, &mut r);
     store(&b, &mut r, since_ns, pipeline_window, &state);
@@ -949,4 +950,70 @@ fn cloud_accuracy(r: &mut Report, geoip: &Path) {
         "100%",
         Some(after == N),
     ));
+}
+
+/// (2b) What names cost in the kernel, from its own statistics: reading a
+/// DNS answer (ingress, per packet: during a flood of answers only answers
+/// arrive), noting a query (egress, per packet), and a connect judged with
+/// a name the cgroup resolved just before (connect4, a hit in NAMES).
+fn dns_cost(b: &mut Bench, r: &mut Report) {
+    let zone = json!({"names": {"*.flood.test": [{"type": "A", "value": integration_tests::DE_V4, "ttl": 300}]}});
+    let dns = b.env.dns_server(&zone);
+    let path = "/proc/sys/kernel/bpf_stats_enabled";
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "0\n".into());
+    std::fs::write(path, "1").expect("enable kernel.bpf_stats_enabled");
+    let mut raw = Vec::new();
+    let port = integration_tests::PORT.to_string();
+    let workloads: [(&str, Vec<&str>); 2] = [
+        (
+            "DNS flood, 20000 answers",
+            vec!["flood", "--server", &dns.addr, "--count", "20000"],
+        ),
+        (
+            "resolve-then-connect, 2000 rounds",
+            vec![
+                "resolve-connect",
+                "--server",
+                &dns.addr,
+                "--name",
+                "a.flood.test",
+                "--connect-port",
+                &port,
+                "--rounds",
+                "2000",
+            ],
+        ),
+    ];
+    for (label, args) in workloads {
+        settle(b.daemon.as_ref().unwrap());
+        let before = prog_stats(b.daemon.as_ref().unwrap());
+        let out = b.env.dnsprobe("att/enf", &args);
+        let after = prog_stats(b.daemon.as_ref().unwrap());
+        for ((hook, id, t0, c0), (_, _, t1, c1)) in before.iter().zip(&after) {
+            let runs = c1.saturating_sub(*c0);
+            let wanted = match label.starts_with("DNS") {
+                true => hook == "ingress" || hook == "egress",
+                false => hook == "connect4",
+            };
+            if runs < 1000 || !wanted {
+                continue;
+            }
+            let ns = t1.saturating_sub(*t0) as f64 / runs as f64;
+            raw.push(json!({"workload": label, "hook": hook, "program_id": id, "runs": runs, "ns_per_run": ns, "client": out}));
+            let what = match hook.as_str() {
+                "ingress" => "reading DNS answers",
+                "egress" => "noting DNS queries",
+                _ => "a connect judged with a resolved name",
+            };
+            r.fig(Figure::new(
+                &format!("kernel cost of names, {what}, {hook} ({label})"),
+                format!("{ns:.0} ns/run over {runs} runs"),
+                "-",
+                None,
+            ));
+        }
+    }
+    let _ = std::fs::write(path, old);
+    r.raw["dns_cost"] = json!(raw);
+    drop(dns);
 }
