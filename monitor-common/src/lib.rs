@@ -59,12 +59,14 @@ pub mod names {
     pub const DNS_QUERIES: &str = "DNS_QUERIES";
     pub const DNS_TUNING: &str = "DNS_TUNING";
     pub const DNS_STATS: &str = "DNS_STATS";
+    /// The resolvers whose answers teach names (`--dns-resolver`).
+    pub const DNS_RESOLVERS: &str = "DNS_RESOLVERS";
     /// Per-CPU room for the DNS message being read.
     pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
     /// Every map, for pinning. A unit test of the daemon (`kernel::tests`)
     /// checks this list against the maps in the compiled object, so a new
     /// map cannot be left unpinned.
-    pub const ALL_MAPS: [&str; 26] = [
+    pub const ALL_MAPS: [&str; 27] = [
         EVENTS,
         JUDGED,
         LOST,
@@ -91,6 +93,7 @@ pub mod names {
         DNS_TUNING,
         DNS_STATS,
         DNS_SCRATCH,
+        DNS_RESOLVERS,
     ];
 }
 
@@ -803,6 +806,11 @@ pub mod dns {
     /// Answer records the kernel reads per message.
     pub const MAX_ANSWERS: u32 = 32;
     pub const PORT: u16 = 53;
+    /// A query is answered within this long or not at all (resolvers give
+    /// up after a few seconds).
+    pub const QUERY_TIMEOUT_NS: u64 = 10_000_000_000;
+    /// Trusted resolver prefixes (`--dns-resolver`).
+    pub const RESOLVER_ENTRIES: u32 = 1024;
     /// `DnsTuning::flags`: learn names at all.
     pub const TUNING_ENABLED: u32 = 1;
     /// `DnsTuning::flags`: also trust answers from loopback resolvers (a
@@ -838,7 +846,15 @@ pub mod dns {
         pub const OVERSIZED: u32 = 9;
         /// Answers whose question is not the name the query asked.
         pub const WRONG_NAME: u32 = 10;
-        pub const COUNT: u32 = 11;
+        /// Queries to a resolver not in `--dns-resolver`: not noted, so
+        /// their answers teach nothing.
+        pub const UNTRUSTED_RESOLVER: u32 = 11;
+        /// Answers that arrived on loopback from a resolver that is not a
+        /// loopback address (spoofed by a local raw socket): ignored.
+        pub const SPOOFED: u32 = 12;
+        /// Answers to a query older than `QUERY_TIMEOUT_NS`: ignored.
+        pub const LATE: u32 = 13;
+        pub const COUNT: u32 = 14;
         pub const NAMES: [&str; COUNT as usize] = [
             "queries",
             "answers",
@@ -851,6 +867,9 @@ pub mod dns {
             "unreported",
             "oversized",
             "wrong_name",
+            "untrusted_resolver",
+            "spoofed",
+            "late",
         ];
     }
 

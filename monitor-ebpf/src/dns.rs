@@ -16,7 +16,7 @@ use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
     helpers::generated::{bpf_ktime_get_boot_ns, bpf_loop, bpf_skb_cgroup_id, bpf_skb_load_bytes},
     macros::map,
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
     programs::SkBuffContext,
     EbpfContext,
 };
@@ -39,6 +39,9 @@ static DNS_TUNING: Array<DnsTuning> = Array::with_max_entries(1, 0);
 static DNS_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(dns::stat::COUNT, 0);
 #[map]
 static DNS_SCRATCH: PerCpuArray<Scratch> = PerCpuArray::with_max_entries(1, 0);
+/// The resolvers whose answers teach names, as prefixes (IPv4 mapped).
+#[map]
+static DNS_RESOLVERS: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(dns::RESOLVER_ENTRIES, 1);
 
 const MASK: usize = dns::PAYLOAD - 1;
 const _: () = assert!(dns::PAYLOAD.is_power_of_two());
@@ -256,6 +259,9 @@ extern "C" fn answer_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
             break;
         }
         if b & 0xc0 == 0xc0 {
+            if p + 1 >= sc.len {
+                break;
+            }
             // A pointer must point back into the message before the name
             // it ends (what keeps any decoder of this name out of a loop);
             // the message is not read further otherwise.
@@ -284,7 +290,12 @@ extern "C" fn answer_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         return 1;
     }
     let rtype = be16(&sc.event.payload, p);
-    let ttl = (be16(&sc.event.payload, p + 4) << 16) | be16(&sc.event.payload, p + 6);
+    let class = be16(&sc.event.payload, p + 2);
+    let mut ttl = (be16(&sc.event.payload, p + 4) << 16) | be16(&sc.event.payload, p + 6);
+    // RFC 2181: a TTL with the top bit set counts as 0.
+    if ttl & 0x8000_0000 != 0 {
+        ttl = 0;
+    }
     let rdlen = be16(&sc.event.payload, p + 8);
     p += 10;
     if p + rdlen > sc.len {
@@ -297,7 +308,9 @@ extern "C" fn answer_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     }
     let mut addr = [0u8; 16];
     let mut found = false;
-    if rtype == 1 && rdlen == 4 {
+    if class != 1 {
+        // Not class IN: skipped.
+    } else if rtype == 1 && rdlen == 4 {
         addr[10] = 0xff;
         addr[11] = 0xff;
         let mut i = 0;
@@ -357,6 +370,14 @@ pub fn note_query(
         return;
     };
     if loopback(resolver) && tuning.flags & dns::TUNING_TRUST_LOOPBACK == 0 {
+        return;
+    }
+    if DNS_RESOLVERS.get(&Key::new(128, *resolver)).is_none() {
+        // Not a resolver the operator named: an allowed address running a
+        // DNS server of the workload's own must not vouch for names.
+        if message(ctx, protocol, l4, 2).is_some() {
+            count(dns::stat::UNTRUSTED_RESOLVER);
+        }
         return;
     }
     // Destination port at offset 2 of both headers.
@@ -455,16 +476,31 @@ pub fn learn(ctx: &SkBuffContext) {
     };
     // SAFETY: value copied out at once.
     let Some(query) = (unsafe { DNS_QUERIES.get(&key) }).copied() else {
-        count(dns::stat::UNSOLICITED);
+        // Counted for selected cgroups only: answers to everyone else are
+        // none of our business.
+        if crate::selected(crate::Owner::Skb(skb)) {
+            count(dns::stat::UNSOLICITED);
+        }
         return;
     };
     if query.resolver != src {
         count(dns::stat::UNSOLICITED);
         return;
     }
-    // One answer per query: a second one (forged, or a duplicate) is not
-    // read.
-    let _ = DNS_QUERIES.remove(&key);
+    // On loopback, only a loopback resolver answers: anything else claiming
+    // a remote resolver's address there was sent by a local raw socket.
+    // SAFETY: the context is the program's __sk_buff.
+    if unsafe { (*skb).ingress_ifindex } == LOOPBACK_IFINDEX && !loopback(&src) {
+        count(dns::stat::SPOOFED);
+        return;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_boot_ns() };
+    if now.wrapping_sub(query.sent_ns) > dns::QUERY_TIMEOUT_NS {
+        let _ = DNS_QUERIES.remove(&key);
+        count(dns::stat::LATE);
+        return;
+    }
     let Some(sc) = scratch() else {
         return;
     };
@@ -488,9 +524,13 @@ pub fn learn(ctx: &SkBuffContext) {
         return;
     }
     if sc.entry.name_hash != query.name_hash {
+        // The query stays noted: the real answer may still come.
         count(dns::stat::WRONG_NAME);
         return;
     }
+    // One answer per query: a second one (forged, or a duplicate) is not
+    // read.
+    let _ = DNS_QUERIES.remove(&key);
     count(dns::stat::ANSWERS);
     sc.answers = be16(&sc.event.payload, 6);
     if sc.answers > dns::MAX_ANSWERS {
@@ -499,8 +539,7 @@ pub fn learn(ctx: &SkBuffContext) {
     sc.learned = 0;
     sc.err = NO_ERROR;
     sc.cgroup_id = cgroup_id;
-    // SAFETY: plain helper call.
-    sc.now = unsafe { bpf_ktime_get_boot_ns() };
+    sc.now = now;
     sc.min_ttl_s = tuning.min_ttl_s;
     sc.grace_s = tuning.grace_s;
     sc.max_ttl_s = tuning.max_ttl_s;
@@ -541,16 +580,23 @@ pub fn learn(ctx: &SkBuffContext) {
     }
 }
 
-/// The name this cgroup resolved the address from, while it counts.
+/// The ifindex of loopback in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
+
+/// The name this cgroup resolved the address from, while it counts; with
+/// `established`, also after it expired (a socket judged before keeps its
+/// name when a policy change re-judges it), as long as the LRU keeps it.
 #[inline(always)]
-pub fn name_of(cgroup_id: u64, addr: &[u8; 16]) -> Option<&'static NameEntry> {
+pub fn name_of(cgroup_id: u64, addr: &[u8; 16], established: bool) -> Option<&'static NameEntry> {
     let key = NameKey {
         cgroup_id,
         addr: *addr,
     };
-    // SAFETY: a reference into the map's value, read at once by the caller.
+    // SAFETY: a reference into the map's value; the caller reads the hashes
+    // within this run (an LRU reuse meanwhile costs one wrong re-judge at
+    // worst, never a read out of bounds).
     let entry = unsafe { NAMES.get(&key) }?;
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_boot_ns() };
-    (entry.expires_ns > now).then_some(entry)
+    (established || entry.expires_ns > now).then_some(entry)
 }

@@ -231,7 +231,7 @@ fn judge_v6(ctx: &SockAddrContext, hook: Hook) -> i32 {
 /// hooks, which run in the caller's context), or the socket's (egress
 /// packets, which may leave from a timer or another task).
 #[derive(Clone, Copy)]
-enum Owner {
+pub(crate) enum Owner {
     Task,
     Skb(*mut __sk_buff),
 }
@@ -295,7 +295,7 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
         remember(cookie, task_cgroup, generation, UNSELECTED, &attempt.addr);
         return PASS;
     };
-    let judgement = decide(slot, &set, &selection, task_cgroup, &attempt.addr);
+    let judgement = decide(slot, &set, &selection, task_cgroup, &attempt.addr, false);
     let verdict = verdict_of(judgement.decision.allowed, &selection);
     remember(
         cookie,
@@ -349,6 +349,15 @@ fn remember(cookie: u64, cgroup_id: u64, generation: u32, verdict: u8, addr: &[u
     let _ = JUDGED.insert(&cookie, &judged, 0);
 }
 
+/// Whether the owner's cgroup is under a selected one (policy in force).
+#[inline(always)]
+pub(crate) fn selected(owner: Owner) -> bool {
+    match in_force() {
+        Some((slot, _)) => find_selection(slot, owner).is_some(),
+        None => false,
+    }
+}
+
 /// The selection of the owner's cgroup or its nearest selected ancestor.
 #[inline(always)]
 fn find_selection(slot: &Slot, owner: Owner) -> Option<(u64, Selection)> {
@@ -400,6 +409,7 @@ fn decide(
     selection: &Selection,
     cgroup_id: u64,
     addr: &[u8; 16],
+    established: bool,
 ) -> Judgement {
     let policy_id = selection.policy_id;
     let key = Key::new(
@@ -431,7 +441,7 @@ fn decide(
             CountrySource::Geoip,
         )
     };
-    let name = dns::name_of(cgroup_id, addr);
+    let name = dns::name_of(cgroup_id, addr, established);
     let name_hash = name.map_or(0, |n| n.name_hash);
     let region_key = RegionKey { policy_id, region };
     let decision = monitor_common::decide(
@@ -658,7 +668,12 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
     let owner = Owner::Skb(skb);
     let socket_cgroup = owner.cgroup();
     // SAFETY: value copied out at once.
-    match unsafe { JUDGED.get(&cookie) }.copied() {
+    let judged = unsafe { JUDGED.get(&cookie) }.copied();
+    // Judged before, at this address by this cgroup: only the policy set
+    // changed since (an established connection keeps the name it was
+    // judged with).
+    let established = matches!(judged, Some(j) if j.addr == addr && j.cgroup_id == socket_cgroup);
+    match judged {
         Some(j)
             if j.policy_generation == generation
                 && j.addr == addr
@@ -681,7 +696,7 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
         remember(cookie, socket_cgroup, generation, UNSELECTED, &addr);
         return Ok(PASS);
     };
-    let judgement = decide(slot, &set, &selection, socket_cgroup, &addr);
+    let judgement = decide(slot, &set, &selection, socket_cgroup, &addr, established);
     let verdict = verdict_of(judgement.decision.allowed, &selection);
     remember(cookie, socket_cgroup, generation, verdict as u8, &addr);
     if verdict == Verdict::Allowed && (l4 == IPPROTO_UDP || l4 == IPPROTO_TCP) {

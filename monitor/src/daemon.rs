@@ -51,6 +51,8 @@ pub struct DaemonConfig {
     /// `--cloud-ranges`.
     pub cloud_ranges: Option<PathBuf>,
     pub dns: DnsConfig,
+    /// `--dns-resolver` (empty: the host's resolv.conf nameservers).
+    pub dns_resolvers: Vec<ipnetwork::IpNetwork>,
 }
 
 /// How names are learned (see `monitor_common::DnsTuning`).
@@ -60,6 +62,21 @@ pub struct DnsConfig {
     pub grace_s: u32,
     pub max_ttl_s: u32,
     pub trust_loopback: bool,
+}
+
+/// The resolvers whose answers teach names: `--dns-resolver`, or else the
+/// nameservers of the host's /etc/resolv.conf.
+pub fn dns_resolvers(given: &[ipnetwork::IpNetwork]) -> Vec<ipnetwork::IpNetwork> {
+    if !given.is_empty() {
+        return given.to_vec();
+    }
+    std::fs::read_to_string("/etc/resolv.conf")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("nameserver"))
+        .filter_map(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .map(ipnetwork::IpNetwork::from)
+        .collect()
 }
 
 impl DnsConfig {
@@ -267,6 +284,20 @@ fn boot(
 ) -> anyhow::Result<Booted> {
     let (mut kernel, ring, old_pins) = Kernel::load(root, config.ring_bytes, &config.pin_dir)?;
     kernel.set_dns_tuning(config.dns.tuning())?;
+    let resolvers = dns_resolvers(&config.dns_resolvers);
+    kernel.set_dns_resolvers(&resolvers)?;
+    if resolvers.is_empty() {
+        log::warn!("no DNS resolver to learn names from (--dns-resolver, or a nameserver in /etc/resolv.conf): domain rules match nothing");
+    } else {
+        log::info!(
+            "names are learned from the resolvers {}",
+            resolvers
+                .iter()
+                .map(|r| r.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     for a in kernel.attached() {
         log::info!(
             "{} {} (program id {}, link id {}) on {}",

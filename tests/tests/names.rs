@@ -68,7 +68,9 @@ fn started(extra: &[&str]) -> (TestEnv, integration_tests::DnsServer) {
     std::fs::create_dir_all(env.cgroup("sel2")).unwrap();
     let dns = env.dns_server(&zone());
     env.write_policy("names.yaml", &policy(&env));
-    env.start_daemon(extra);
+    let mut args = vec!["--dns-resolver", "198.51.100.2/32"];
+    args.extend_from_slice(extra);
+    env.start_daemon(&args);
     env.wait_log("policy set generation", Duration::from_secs(10));
     (env, dns)
 }
@@ -250,6 +252,33 @@ fn denied_names_cname_chains_and_cgroups_apart() {
     );
 }
 
+/// A resolver the operator did not name teaches nothing, even one the
+/// policy allows to be reached (a DNS server of the workload's own on an
+/// allowed address would otherwise vouch for any address).
+#[test]
+fn only_named_resolvers_teach_names() {
+    let mut env = TestEnv::new();
+    std::fs::create_dir_all(env.cgroup("sel2")).unwrap();
+    let dns = env.dns_server(&zone());
+    env.write_policy("names.yaml", &policy(&env));
+    env.start_daemon(&[
+        "--dns-resolver",
+        "203.0.113.53/32",
+        "--metrics-addr",
+        "127.0.0.1:19468",
+    ]);
+    env.wait_log("policy set generation", Duration::from_secs(10));
+    let r = resolve_connect(&env, "sel", &dns.addr, "allowed.test", 3, false);
+    assert_eq!(
+        (n(&r, "resolved"), n(&r, "eperm")),
+        (3, 3),
+        "an unnamed resolver opened the address: {r}"
+    );
+    let m = scrape("127.0.0.1:19468");
+    assert!(dns_counter(&m, "untrusted_resolver") >= 3, "{m}");
+    assert_eq!(dns_counter(&m, "learned"), 0, "{m}");
+}
+
 /// After the TTL (1 s, no minimum) plus the grace (1 s) the address is
 /// judged by region again.
 #[test]
@@ -390,4 +419,59 @@ fn bad_answers_map_nothing_and_are_counted() {
         "the flood's {} answers are not all counted ({seen}):\n{m}",
         n(&f, "answers")
     );
+}
+
+/// A connection allowed by a name keeps that name when a policy change
+/// makes the kernel judge it again after the name expired: the policy
+/// switch does not cut it.
+#[test]
+fn established_connections_keep_their_name_across_a_policy_switch() {
+    use std::io::BufRead;
+    let (env, dns) = started(&["--dns-min-ttl", "0", "--dns-grace", "1"]);
+    let q = env.dnsprobe(
+        "sel",
+        &["query", "--server", &dns.addr, "--name", "brief.test"],
+    );
+    assert!(q.to_string().contains(US_V4), "{q}");
+    let mut child = env
+        .probe_command("sel", &["stream", "tcp", US_V4, &PORT.to_string(), "5"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.contains("\"connected\":true"), "{line}");
+    // The name expires (TTL 1 s + grace 1 s), then the policy set changes.
+    std::thread::sleep(Duration::from_millis(2500));
+    env.write_policy(
+        "names.yaml",
+        &policy(&env).replace("mode: enforce", "mode: enforce  # switched"),
+    );
+    let data = |env: &TestEnv| {
+        env.received()
+            .iter()
+            .filter(|v| v.get("data").is_some())
+            .count()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !env.log().contains("policy set generation 2") {
+        assert!(std::time::Instant::now() < deadline, "no switch happened");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Packets in flight at the switch settle, then data must keep arriving
+    // at the test host: the kernel judged the socket again, with its name.
+    std::thread::sleep(Duration::from_millis(300));
+    let at_switch = data(&env);
+    std::thread::sleep(Duration::from_millis(1200));
+    let later = data(&env);
+    let _ = out.lines().map_while(Result::ok).last();
+    let _ = child.wait();
+    assert!(
+        later > at_switch,
+        "the established connection was cut at the switch ({at_switch} -> {later} data lines)"
+    );
+    // A new connection to the address, without a fresh lookup, is refused.
+    let p = env.probe("sel", &["tcp", US_V4, &PORT.to_string()]);
+    assert!(!p.ok && p.errno == i64::from(libc::EPERM), "{:?}", p.raw);
 }

@@ -157,7 +157,7 @@ impl Filter {
                 if e.dns_name.is_empty() {
                     self.unnamed
                 } else {
-                    g.is_match(&e.dns_name) || (!e.dns_cname.is_empty() && g.is_match(&e.dns_cname))
+                    g.is_match(&e.dns_name)
                 }
             })
             && (self.cloud_regions.is_empty()

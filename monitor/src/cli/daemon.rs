@@ -100,6 +100,13 @@ pub struct DaemonArgs {
     /// A DNS record counts at most this many seconds, whatever its TTL
     #[arg(long, default_value_t = 86_400)]
     pub dns_max_ttl: u32,
+    /// A resolver (address or CIDR) whose answers teach names (repeatable).
+    /// Only answers from these are read: an allowed address running a DNS
+    /// server of the workload's own must not vouch for names. Default: the
+    /// nameservers of /etc/resolv.conf (on Kubernetes give the cluster DNS
+    /// service, e.g. 10.96.0.10)
+    #[arg(long)]
+    pub dns_resolver: Vec<ipnetwork::IpNetwork>,
     /// Also learn names from resolvers on loopback (a local stub such as
     /// systemd-resolved at 127.0.0.53). Off by default: a workload could
     /// answer its own queries there
@@ -172,6 +179,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             max_ttl_s: args.dns_max_ttl.max(args.dns_min_ttl),
             trust_loopback: args.dns_trust_loopback,
         },
+        dns_resolvers: args.dns_resolver,
         retention: crate::store::retention::Retention {
             max_age: args
                 .retention_days

@@ -95,7 +95,6 @@ fn known_regions(cloud: &CloudRanges) -> BTreeSet<(String, String)> {
             crate::cloud::locations::table()
                 .map(|(provider, region, _)| (provider.to_string(), region.to_string())),
         )
-        .filter(|(_, region)| !region.is_empty())
         .collect()
 }
 

@@ -136,6 +136,7 @@ pub struct Kernel {
     lost: PerCpuArray<MapData, u64>,
     dns_tuning: Array<MapData, DnsTuning>,
     dns_stats: PerCpuArray<MapData, u64>,
+    dns_resolvers: Trie<[u8; 16], u32>,
     slots: Slots,
     /// Our decoded copy of the CONFIG word last written.
     config: InForce,
@@ -401,6 +402,7 @@ impl Kernel {
         let lost = take(&mut ebpf, names::LOST)?;
         let dns_tuning = take(&mut ebpf, names::DNS_TUNING)?;
         let dns_stats = take(&mut ebpf, names::DNS_STATS)?;
+        let dns_resolvers = take(&mut ebpf, names::DNS_RESOLVERS)?;
         let attached = attach_all(&mut ebpf, cgroup_root, &pins)?;
         Ok((
             Self {
@@ -410,6 +412,7 @@ impl Kernel {
                 lost,
                 dns_tuning,
                 dns_stats,
+                dns_resolvers,
                 slots,
                 config,
                 meta,
@@ -505,6 +508,49 @@ impl Kernel {
             .map_err(map_err(names::DNS_TUNING))
     }
 
+    /// The resolvers whose answers teach names: replaces the set in the
+    /// kernel (added first, then the ones no longer listed removed, so a
+    /// resolver listed before and after never drops out).
+    pub fn set_dns_resolvers(&mut self, nets: &[ipnetwork::IpNetwork]) -> Result<(), KernelError> {
+        if nets.len() > dns::RESOLVER_ENTRIES as usize {
+            return Err(KernelError::Map {
+                name: names::DNS_RESOLVERS,
+                source: aya::maps::MapError::OutOfBounds {
+                    index: nets.len() as u32,
+                    max_entries: dns::RESOLVER_ENTRIES,
+                },
+            });
+        }
+        let wanted: Vec<Key<[u8; 16]>> = nets
+            .iter()
+            .map(|n| {
+                let (addr, len) = crate::geo::network_to_u128(*n);
+                Key::new(u32::from(len), addr.to_be_bytes())
+            })
+            .collect();
+        for k in &wanted {
+            self.dns_resolvers
+                .insert(k, 1, 0)
+                .map_err(map_err(names::DNS_RESOLVERS))?;
+        }
+        let present: Vec<Key<[u8; 16]>> = self
+            .dns_resolvers
+            .keys()
+            .collect::<Result<_, _>>()
+            .map_err(map_err(names::DNS_RESOLVERS))?;
+        for k in present {
+            let kept = wanted
+                .iter()
+                .any(|w| w.prefix_len() == k.prefix_len() && w.data() == k.data());
+            if !kept {
+                self.dns_resolvers
+                    .remove(&k)
+                    .map_err(map_err(names::DNS_RESOLVERS))?;
+            }
+        }
+        Ok(())
+    }
+
     /// The kernel's DNS counters (`dns::stat`), all CPUs.
     pub fn dns_stats(&self) -> [u64; dns::stat::COUNT as usize] {
         let mut out = [0u64; dns::stat::COUNT as usize];
@@ -549,7 +595,11 @@ impl Kernel {
         self.switch(config)?;
         let old = 1 - idle;
         self.wait_grace();
-        clear_trie(&mut self.slots.cloud[old], names::CLOUD[old])?;
+        // In force already: emptying the old slot is housekeeping (the next
+        // load clears it again), not a reason to call the switch failed.
+        if let Err(e) = clear_trie(&mut self.slots.cloud[old], names::CLOUD[old]) {
+            log::warn!("emptying the cloud slot switched out: {e}");
+        }
         Ok((n, config.generation))
     }
 

@@ -349,11 +349,10 @@ impl DomainPattern {
                 ));
             }
         }
-        if labels.len() >= MAX_LABELS {
+        if labels.len() > MAX_LABELS {
             return Err(format!(
-                "{text:?} has {} labels; names of more than {} labels are not matched",
-                labels.len() + usize::from(wildcard),
-                MAX_LABELS - 1
+                "{text:?} has {} labels; names of more than {MAX_LABELS} labels are not matched",
+                labels.len()
             ));
         }
         if wildcard && labels.len() > SUFFIXES {

@@ -116,6 +116,9 @@ fn main() {
         b.env.pin_dir().into(),
         "--rescan-interval".into(),
         "1".into(),
+        // The names workload's resolver (a test host).
+        "--dns-resolver".into(),
+        "198.51.100.2/32".into(),
     ];
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     let t = Instant::now();
