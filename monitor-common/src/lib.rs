@@ -791,6 +791,11 @@ pub fn stronger(cloud: RegionRule, region: RegionRule) -> RegionRule {
 /// name's own: `*.salesforce.com` is filed under the hash of
 /// `salesforce.com`, and a name keeps the hashes of its shorter suffixes
 /// for the wildcard lookups. Labels are hashed lower-cased (FNV-1a, 64 bit).
+///
+/// Both the label hash and the fold start from a secret per-node key
+/// (`DnsTuning::key`, random, kept in the pinned map), so nobody outside
+/// the node can search offline for a name of their own whose hash equals an
+/// allowed name's.
 pub mod dns {
     pub const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
     pub const FNV_PRIME: u64 = 0x0000_0100_0000_01b3;
@@ -907,9 +912,10 @@ pub mod dns {
     }
 
     /// The hashes of a dotted name (`api.openai.com`, a trailing dot is
-    /// ignored), as the kernel computes them from the wire form. `None` for
-    /// an empty name, an empty label, or more than `MAX_LABELS` labels.
-    pub fn name_hashes(name: &[u8]) -> Option<NameHashes> {
+    /// ignored) under `key`, as the kernel computes them from the wire form.
+    /// `None` for an empty name, an empty label, or more than `MAX_LABELS`
+    /// labels.
+    pub fn name_hashes(name: &[u8], key: u64) -> Option<NameHashes> {
         let name = match name.last() {
             Some(b'.') => &name[..name.len() - 1],
             _ => name,
@@ -919,7 +925,7 @@ pub mod dns {
         }
         let mut labels = [0u64; MAX_LABELS];
         let mut n = 0;
-        let mut h = FNV_OFFSET;
+        let mut h = FNV_OFFSET ^ key;
         let mut len = 0;
         for &b in name {
             if b == b'.' {
@@ -928,7 +934,7 @@ pub mod dns {
                 }
                 labels[n] = h;
                 n += 1;
-                h = FNV_OFFSET;
+                h = FNV_OFFSET ^ key;
                 len = 0;
             } else {
                 h = label_step(h, b);
@@ -940,18 +946,18 @@ pub mod dns {
         }
         labels[n] = h;
         n += 1;
-        Some(fold_labels(&labels, n))
+        Some(fold_labels(&labels, n, key))
     }
 
-    /// The fold of `n` label hashes, as the kernel does it.
+    /// The fold of `n` label hashes under `key`, as the kernel does it.
     #[inline(always)]
-    pub fn fold_labels(labels: &[u64; MAX_LABELS], n: usize) -> NameHashes {
+    pub fn fold_labels(labels: &[u64; MAX_LABELS], n: usize, key: u64) -> NameHashes {
         let mut out = NameHashes {
-            full: SEED,
+            full: SEED ^ key,
             suffixes: [0; SUFFIXES],
             suffix_count: 0,
         };
-        let mut s = SEED;
+        let mut s = SEED ^ key;
         let mut i = 0;
         while i < MAX_LABELS {
             if i < n {
@@ -1081,9 +1087,13 @@ pub struct DnsTuning {
     pub max_ttl_s: u32,
     /// `dns::TUNING_*` bits.
     pub flags: u32,
+    /// The name-hash key (see `dns`); the daemon makes it once per pin
+    /// directory and keeps it across restarts.
+    pub key: u64,
 }
 const _: () = {
-    assert!(size_of::<DnsTuning>() == 16);
+    assert!(size_of::<DnsTuning>() == 24);
+    assert!(offset_of!(DnsTuning, key) == 16);
     assert!(offset_of!(DnsTuning, min_ttl_s) == 0);
     assert!(offset_of!(DnsTuning, grace_s) == 4);
     assert!(offset_of!(DnsTuning, max_ttl_s) == 8);

@@ -345,8 +345,8 @@ fn nothing_allowing_is_a_default_deny() {
 /// `eu1.my.salesforce.com`.
 #[test]
 fn suffix_hashes_are_the_hashes_of_the_suffixes() {
-    let name = dns::name_hashes(b"Eu1.My.SalesForce.com.").unwrap();
-    assert_eq!(name, dns::name_hashes(b"eu1.my.salesforce.com").unwrap());
+    let name = dns::name_hashes(b"Eu1.My.SalesForce.com.", 7).unwrap();
+    assert_eq!(name, dns::name_hashes(b"eu1.my.salesforce.com", 7).unwrap());
     assert_eq!(name.suffix_count, 3);
     for (k, suffix) in ["com", "salesforce.com", "my.salesforce.com"]
         .iter()
@@ -354,23 +354,23 @@ fn suffix_hashes_are_the_hashes_of_the_suffixes() {
     {
         assert_eq!(
             name.suffixes[k],
-            dns::name_hashes(suffix.as_bytes()).unwrap().full,
+            dns::name_hashes(suffix.as_bytes(), 7).unwrap().full,
             "{suffix}"
         );
     }
     assert_ne!(name.full, name.suffixes[2]);
     // Different names, different hashes; label boundaries count.
-    let a = dns::name_hashes(b"ab.c").unwrap().full;
-    let b = dns::name_hashes(b"a.bc").unwrap().full;
+    let a = dns::name_hashes(b"ab.c", 7).unwrap().full;
+    let b = dns::name_hashes(b"a.bc", 7).unwrap().full;
     assert_ne!(a, b);
     // A name of one label has no proper suffix.
-    assert_eq!(dns::name_hashes(b"localhost").unwrap().suffix_count, 0);
+    assert_eq!(dns::name_hashes(b"localhost", 7).unwrap().suffix_count, 0);
     // Deep names keep only the shortest SUFFIXES suffixes.
-    let deep = dns::name_hashes(b"a.b.c.d.e.f.g.h.example.com").unwrap();
+    let deep = dns::name_hashes(b"a.b.c.d.e.f.g.h.example.com", 7).unwrap();
     assert_eq!(deep.suffix_count as usize, dns::SUFFIXES);
     assert_eq!(
         deep.suffixes[dns::SUFFIXES - 1],
-        dns::name_hashes(b"e.f.g.h.example.com").unwrap().full
+        dns::name_hashes(b"e.f.g.h.example.com", 7).unwrap().full
     );
 }
 
@@ -385,13 +385,29 @@ fn names_the_kernel_does_not_read_have_no_hash() {
         b"1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16.17",
     ] {
         assert_eq!(
-            dns::name_hashes(bad),
+            dns::name_hashes(bad, 7),
             None,
             "{:?}",
             core::str::from_utf8(bad)
         );
     }
-    assert!(dns::name_hashes(b"1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16").is_some());
+    assert!(dns::name_hashes(b"1.2.3.4.5.6.7.8.9.10.11.12.13.14.15.16", 7).is_some());
+}
+
+/// The key changes every hash: a name's hash under one node's key says
+/// nothing about another's.
+#[test]
+fn keys_change_every_hash() {
+    let a = dns::name_hashes(b"api.openai.com", 1).unwrap();
+    let b = dns::name_hashes(b"api.openai.com", 2).unwrap();
+    assert_ne!(a.full, b.full);
+    let n = usize::from(a.suffix_count);
+    assert_eq!(n, 2);
+    assert!(a.suffixes[..n]
+        .iter()
+        .zip(&b.suffixes[..n])
+        .all(|(x, y)| x != y));
+    assert_eq!(a, dns::name_hashes(b"API.openai.com.", 1).unwrap());
 }
 
 #[test]

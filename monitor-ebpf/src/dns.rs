@@ -73,6 +73,8 @@ pub struct Scratch {
     grace_s: u32,
     max_ttl_s: u32,
     label_hash: u64,
+    /// The node's name-hash key (`DnsTuning::key`).
+    key: u64,
 }
 
 #[inline(always)]
@@ -189,7 +191,7 @@ extern "C" fn qname_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
             return 1;
         }
         sc.remaining = u32::from(b);
-        sc.label_hash = dns::FNV_OFFSET;
+        sc.label_hash = dns::FNV_OFFSET ^ sc.key;
         return 0;
     }
     sc.label_hash = dns::label_step(sc.label_hash, b);
@@ -204,7 +206,8 @@ extern "C" fn qname_step(_index: u64, ctx: *mut core::ffi::c_void) -> i64 {
 /// Reads the question (one name, type, class) at offset 12 and leaves its
 /// hashes in `sc.entry`.
 #[inline(always)]
-fn read_question(sc: &mut Scratch) -> bool {
+fn read_question(sc: &mut Scratch, key: u64) -> bool {
+    sc.key = key;
     sc.pos = 12;
     sc.labels_seen = 0;
     sc.remaining = 0;
@@ -229,7 +232,7 @@ fn read_question(sc: &mut Scratch) -> bool {
         }
         return false;
     }
-    let hashes = dns::fold_labels(&sc.labels, sc.labels_seen as usize);
+    let hashes = dns::fold_labels(&sc.labels, sc.labels_seen as usize, key);
     sc.entry.name_hash = hashes.full;
     sc.entry.suffixes = hashes.suffixes;
     sc.entry.suffix_count = hashes.suffix_count;
@@ -397,7 +400,7 @@ pub fn note_query(
     if sc.event.payload[2] & 0x80 != 0 || be16(&sc.event.payload, 4) != 1 {
         return;
     }
-    if !read_question(sc) {
+    if !read_question(sc, tuning.key) {
         return;
     }
     let key = QueryKey {
@@ -520,7 +523,7 @@ pub fn learn(ctx: &SkBuffContext) {
     if flags & 0x000f != 0 {
         return;
     }
-    if !read_question(sc) {
+    if !read_question(sc, tuning.key) {
         return;
     }
     if sc.entry.name_hash != query.name_hash {

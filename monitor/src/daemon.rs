@@ -85,6 +85,8 @@ impl DnsConfig {
             min_ttl_s: self.min_ttl_s,
             grace_s: self.grace_s,
             max_ttl_s: self.max_ttl_s,
+            // The kernel wrapper puts its own key in.
+            key: 0,
             flags: monitor_common::dns::TUNING_ENABLED
                 | if self.trust_loopback {
                     monitor_common::dns::TUNING_TRUST_LOOPBACK
@@ -454,6 +456,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
     )));
     let metrics = Arc::new(Metrics::new());
     let view_of_kernel = Arc::new(kernel.probe()?);
+    let name_key = kernel.dns_key();
     let (mut controller, snapshots) = Controller::new(control::Parts {
         kernel,
         mount,
@@ -485,6 +488,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         view.streams.clone(),
         metrics.clone(),
         config.dns.ttl(),
+        name_key,
     ));
     match crate::metrics::system::RingFill::map(
         std::os::fd::AsRawFd::as_raw_fd(&ring),

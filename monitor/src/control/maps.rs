@@ -21,6 +21,7 @@ pub fn build_maps(
     selection: &BTreeMap<u64, Selected>,
     ids: &mut PolicyIds,
     cloud: &CloudRanges,
+    name_key: u64,
 ) -> PolicyMaps {
     let mut maps = PolicyMaps::default();
     let mut flags: HashMap<&str, u8> = HashMap::new();
@@ -72,8 +73,12 @@ pub fn build_maps(
         };
         maps.allow_cidrs.extend(p.allow_cidrs.iter().map(cidr));
         maps.deny_cidrs.extend(p.deny_cidrs.iter().map(cidr));
-        maps.domains
-            .extend(domain_rules(policy_id, &p.allow_domains, &p.deny_domains));
+        maps.domains.extend(domain_rules(
+            policy_id,
+            &p.allow_domains,
+            &p.deny_domains,
+            name_key,
+        ));
         maps.cloud_rules.extend(cloud_rules(
             policy_id,
             &p.allow_cloud,
@@ -103,11 +108,12 @@ fn domain_rules(
     policy_id: u32,
     allow: &[DomainPattern],
     deny: &[DomainPattern],
+    name_key: u64,
 ) -> Vec<(DomainKey, RegionRule)> {
     let mut out: BTreeMap<(u32, u64), u8> = BTreeMap::new();
     for (list, act) in [(allow, action::ALLOW), (deny, action::DENY)] {
         for d in list {
-            let Some(hashes) = dns::name_hashes(d.name.as_bytes()) else {
+            let Some(hashes) = dns::name_hashes(d.name.as_bytes(), name_key) else {
                 // The policy check refuses names the kernel cannot match.
                 continue;
             };

@@ -424,7 +424,13 @@ impl Controller {
     ) -> anyhow::Result<()> {
         let maps = {
             let mut ids = self.parts.ids.write().unwrap_or_else(|p| p.into_inner());
-            build_maps(policies, selection, &mut ids, &self.parts.cloud)
+            build_maps(
+                policies,
+                selection,
+                &mut ids,
+                &self.parts.cloud,
+                self.parts.kernel.dns_key(),
+            )
         };
         kernel::check_capacity(&maps).map_err(|e| {
             anyhow::Error::new(Refused(format!(

@@ -137,6 +137,8 @@ pub struct Kernel {
     dns_tuning: Array<MapData, DnsTuning>,
     dns_stats: PerCpuArray<MapData, u64>,
     dns_resolvers: Trie<[u8; 16], u32>,
+    /// The name-hash key in the kernel (kept from the pins on a restart).
+    dns_key: u64,
     slots: Slots,
     /// Our decoded copy of the CONFIG word last written.
     config: InForce,
@@ -403,6 +405,17 @@ impl Kernel {
         let dns_tuning = take(&mut ebpf, names::DNS_TUNING)?;
         let dns_stats = take(&mut ebpf, names::DNS_STATS)?;
         let dns_resolvers = take(&mut ebpf, names::DNS_RESOLVERS)?;
+        let dns_tuning: Array<MapData, DnsTuning> = dns_tuning;
+        // Names already filed under the pinned key stay valid: keep it.
+        let pinned_key = dns_tuning.get(&0, 0).map(|t| t.key).unwrap_or(0);
+        let dns_key = if pinned_key != 0 {
+            pinned_key
+        } else {
+            let mut b = [0u8; 8];
+            getrandom::getrandom(&mut b)
+                .map_err(|e| KernelError::Lsm(format!("random name-hash key: {e}")))?;
+            u64::from_ne_bytes(b) | 1
+        };
         let attached = attach_all(&mut ebpf, cgroup_root, &pins)?;
         Ok((
             Self {
@@ -413,6 +426,7 @@ impl Kernel {
                 dns_tuning,
                 dns_stats,
                 dns_resolvers,
+                dns_key,
                 slots,
                 config,
                 meta,
@@ -503,9 +517,18 @@ impl Kernel {
     /// How the kernel learns names (see `DnsTuning`); takes effect for the
     /// next answer.
     pub fn set_dns_tuning(&mut self, tuning: DnsTuning) -> Result<(), KernelError> {
+        let tuning = DnsTuning {
+            key: self.dns_key,
+            ..tuning
+        };
         self.dns_tuning
             .set(0, tuning, 0)
             .map_err(map_err(names::DNS_TUNING))
+    }
+
+    /// The name-hash key the kernel hashes names with.
+    pub fn dns_key(&self) -> u64 {
+        self.dns_key
     }
 
     /// The resolvers whose answers teach names: replaces the set in the

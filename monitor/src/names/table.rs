@@ -78,13 +78,11 @@ pub struct NameTable {
     addresses: LruCache<(u64, IpAddr), Learned>,
     names: LruCache<u64, Arc<str>>,
     counters: Counters,
+    /// The kernel's name-hash key (see `monitor_common::dns`).
+    key: u64,
 }
 
 impl NameTable {
-    /// The sizes the daemon uses unless told otherwise.
-    pub const DEFAULT_ADDRESSES: usize = 65_536;
-    pub const DEFAULT_NAMES: usize = 16_384;
-
     /// A table of at most `addresses` (cgroup, address) entries and `names`
     /// name texts (each at least 1).
     pub fn new(addresses: usize, names: usize) -> Self {
@@ -92,7 +90,13 @@ impl NameTable {
             addresses: LruCache::new(addresses.max(1)),
             names: LruCache::new(names.max(1)),
             counters: Counters::default(),
+            key: 0,
         }
+    }
+
+    /// The same table hashing names under `key`, as the kernel does.
+    pub fn with_key(self, key: u64) -> Self {
+        NameTable { key, ..self }
     }
 
     /// Files every address of `answer` as resolved by `cgroup_id` at
@@ -212,7 +216,7 @@ impl NameTable {
     /// The shared text of `name`, filed under its hash (marked used); `None`
     /// when the name has no hash. On a hash collision the newer text wins.
     fn intern(&mut self, name: &str) -> Option<Arc<str>> {
-        let hash = dns::name_hashes(name.as_bytes())?.full;
+        let hash = dns::name_hashes(name.as_bytes(), self.key)?.full;
         if let Some(text) = self.names.get(&hash) {
             if **text == *name {
                 return Some(text.clone());

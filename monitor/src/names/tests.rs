@@ -565,7 +565,7 @@ fn the_cname_is_kept_and_names_are_shared() {
         Arc::ptr_eq(&q, &q2) && Arc::ptr_eq(&c.unwrap(), &c2.unwrap()),
         "one copy of each name"
     );
-    let hash = dns::name_hashes(b"www.example.com").unwrap().full;
+    let hash = dns::name_hashes(b"www.example.com", 0).unwrap().full;
     assert!(Arc::ptr_eq(&t.name_of(hash).unwrap(), &q));
     assert_eq!(t.names_len(), 2);
 }
@@ -602,28 +602,31 @@ fn names_the_kernel_cannot_hash_are_not_learned() {
 
 #[test]
 fn a_flood_of_a_million_distinct_answers_stays_within_capacity() {
-    let mut t = NameTable::new(NameTable::DEFAULT_ADDRESSES, NameTable::DEFAULT_NAMES);
+    let mut t = NameTable::new(
+        crate::pipeline::NAME_TABLE_ADDRESSES,
+        crate::pipeline::NAME_TABLE_NAMES,
+    );
     const N: u32 = 1_000_000;
     for i in 0..N {
         let addr = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 | i));
         let answer = answer_of(&format!("r{i}.flood.test"), None, &[(addr, 60)]);
         t.learn(7, &answer, u64::from(i), POLICY);
     }
-    assert_eq!(t.len(), NameTable::DEFAULT_ADDRESSES);
-    assert_eq!(t.names_len(), NameTable::DEFAULT_NAMES);
+    assert_eq!(t.len(), crate::pipeline::NAME_TABLE_ADDRESSES);
+    assert_eq!(t.names_len(), crate::pipeline::NAME_TABLE_NAMES);
     let c = t.counters();
     assert_eq!(c.learned, u64::from(N));
     assert_eq!(
         c.evicted,
-        u64::from(N) - NameTable::DEFAULT_ADDRESSES as u64
+        u64::from(N) - crate::pipeline::NAME_TABLE_ADDRESSES as u64
     );
     assert_eq!(
         c.names_evicted,
-        u64::from(N) - NameTable::DEFAULT_NAMES as u64
+        u64::from(N) - crate::pipeline::NAME_TABLE_NAMES as u64
     );
     // The newest are there, the oldest gone.
     let last = N - 1;
-    let hash = dns::name_hashes(format!("r{last}.flood.test").as_bytes())
+    let hash = dns::name_hashes(format!("r{last}.flood.test").as_bytes(), 0)
         .unwrap()
         .full;
     assert_eq!(
@@ -631,6 +634,6 @@ fn a_flood_of_a_million_distinct_answers_stays_within_capacity() {
         Some(format!("r{last}.flood.test").as_str())
     );
     assert!(t
-        .name_of(dns::name_hashes(b"r0.flood.test").unwrap().full)
+        .name_of(dns::name_hashes(b"r0.flood.test", 0).unwrap().full)
         .is_none());
 }

@@ -69,6 +69,7 @@ impl Outlets {
         streams: Arc<Streams>,
         observer: Arc<dyn Observer>,
         ttl: TtlPolicy,
+        name_key: u64,
     ) -> Self {
         let (live, _) = broadcast::channel(live_capacity);
         Self {
@@ -77,7 +78,9 @@ impl Outlets {
             live,
             log_events,
             observer,
-            dns: Mutex::new(NameTable::new(NAME_TABLE_ADDRESSES, NAME_TABLE_NAMES)),
+            dns: Mutex::new(
+                NameTable::new(NAME_TABLE_ADDRESSES, NAME_TABLE_NAMES).with_key(name_key),
+            ),
             ttl,
         }
     }
