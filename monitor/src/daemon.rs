@@ -487,8 +487,10 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         view.counters.clone(),
         view.streams.clone(),
         metrics.clone(),
-        config.dns.ttl(),
-        name_key,
+        pipeline::Naming {
+            ttl: config.dns.ttl(),
+            key: name_key,
+        },
     ));
     match crate::metrics::system::RingFill::map(
         std::os::fd::AsRawFd::as_raw_fd(&ring),

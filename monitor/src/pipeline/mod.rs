@@ -56,6 +56,14 @@ pub struct Outlets {
     pub ttl: TtlPolicy,
 }
 
+/// How the kernel files names, so the daemon's table files them alike.
+#[derive(Debug, Clone, Copy)]
+pub struct Naming {
+    pub ttl: TtlPolicy,
+    /// The kernel's name-hash key.
+    pub key: u64,
+}
+
 /// Addresses and names the daemon keeps the text of.
 pub const NAME_TABLE_ADDRESSES: usize = 131_072;
 pub const NAME_TABLE_NAMES: usize = 32_768;
@@ -68,8 +76,7 @@ impl Outlets {
         counters: Arc<Counters>,
         streams: Arc<Streams>,
         observer: Arc<dyn Observer>,
-        ttl: TtlPolicy,
-        name_key: u64,
+        naming: Naming,
     ) -> Self {
         let (live, _) = broadcast::channel(live_capacity);
         Self {
@@ -79,9 +86,9 @@ impl Outlets {
             log_events,
             observer,
             dns: Mutex::new(
-                NameTable::new(NAME_TABLE_ADDRESSES, NAME_TABLE_NAMES).with_key(name_key),
+                NameTable::new(NAME_TABLE_ADDRESSES, NAME_TABLE_NAMES).with_key(naming.key),
             ),
-            ttl,
+            ttl: naming.ttl,
         }
     }
 
