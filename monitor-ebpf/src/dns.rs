@@ -314,13 +314,13 @@ extern "C" fn answer_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
     if class != 1 {
         // Not class IN: skipped.
     } else if rtype == 1 && rdlen == 4 {
-        addr[10] = 0xff;
-        addr[11] = 0xff;
-        let mut i = 0;
-        while i < 4 {
-            addr[12 + i] = sc.event.payload[(p as usize + i) & MASK];
-            i += 1;
-        }
+        let at = p as usize;
+        addr = crate::mapped_v4([
+            sc.event.payload[at & MASK],
+            sc.event.payload[(at + 1) & MASK],
+            sc.event.payload[(at + 2) & MASK],
+            sc.event.payload[(at + 3) & MASK],
+        ]);
         found = true;
     } else if rtype == 28 && rdlen == 16 {
         let mut i = 0;
@@ -435,12 +435,7 @@ pub fn learn(ctx: &SkBuffContext) {
         let Ok(s4) = ctx.load::<[u8; 4]>(12) else {
             return;
         };
-        src[10] = 0xff;
-        src[11] = 0xff;
-        src[12] = s4[0];
-        src[13] = s4[1];
-        src[14] = s4[2];
-        src[15] = s4[3];
+        src = crate::mapped_v4(s4);
         (proto, usize::from(first & 0x0f) * 4)
     } else if eth_proto == crate::ETH_P_IPV6 {
         let Ok(next) = ctx.load::<u8>(6) else { return };

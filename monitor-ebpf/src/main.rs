@@ -163,6 +163,19 @@ pub fn sendmsg6(ctx: SockAddrContext) -> i32 {
     judge_v6(&ctx, Hook::Sendmsg6)
 }
 
+/// An IPv4 address in the form every map holds it: `::ffff:a.b.c.d`.
+#[inline(always)]
+pub(crate) fn mapped_v4(ip4: [u8; 4]) -> [u8; 16] {
+    let mut addr = [0u8; 16];
+    addr[10] = 0xff;
+    addr[11] = 0xff;
+    addr[12] = ip4[0];
+    addr[13] = ip4[1];
+    addr[14] = ip4[2];
+    addr[15] = ip4[3];
+    addr
+}
+
 #[inline(always)]
 fn judge_v4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     // SAFETY: the kernel hands every sock_addr program a valid context.
@@ -174,13 +187,7 @@ fn judge_v4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     if hook == Hook::Sendmsg4 && ip4 == [0; 4] {
         return PASS;
     }
-    let mut addr = [0u8; 16];
-    addr[10] = 0xff;
-    addr[11] = 0xff;
-    addr[12] = ip4[0];
-    addr[13] = ip4[1];
-    addr[14] = ip4[2];
-    addr[15] = ip4[3];
+    let addr = mapped_v4(ip4);
     let attempt = Attempt {
         hook,
         family: AF_INET,
@@ -645,12 +652,7 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
         let first: u8 = ctx.load(0).map_err(|_| PASS)?;
         let proto: u8 = ctx.load(9).map_err(|_| PASS)?;
         let dst: [u8; 4] = ctx.load(16).map_err(|_| PASS)?;
-        addr[10] = 0xff;
-        addr[11] = 0xff;
-        addr[12] = dst[0];
-        addr[13] = dst[1];
-        addr[14] = dst[2];
-        addr[15] = dst[3];
+        addr = mapped_v4(dst);
         (AF_INET, proto, ((first & 0x0f) as usize) * 4)
     } else if eth_proto == ETH_P_IPV6 {
         let next: u8 = ctx.load(6).map_err(|_| PASS)?;
