@@ -290,6 +290,18 @@ impl TestEnv {
             .expect("run CLI")
     }
 
+    /// Runs the CLI on this daemon's socket; it must succeed. Returns its
+    /// standard output.
+    pub fn cli_ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// A gRPC client on this daemon's socket.
     pub async fn client(
         &self,

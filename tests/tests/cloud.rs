@@ -206,13 +206,7 @@ fn eu_cloud_regions_are_eu_and_cloud_region_rules_apply() {
 
     // The CLI filters by cloud region (and prints the table the README
     // shows).
-    let out = env.cli(&["events", "--last", "8", "--cloud-region", "aws:eu-*"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let table = String::from_utf8_lossy(&out.stdout);
+    let table = env.cli_ok(&["events", "--last", "8", "--cloud-region", "aws:eu-*"]);
     println!("{table}");
     assert!(
         table.contains("aws:eu-west-3") && !table.contains("gcp:"),

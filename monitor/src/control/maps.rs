@@ -1,5 +1,5 @@
 //! A policy set as the kernel holds it: the contents of one map slot.
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 
 use monitor_common::{
     action, dns, rule, CloudKey, DomainKey, PolicyAddr, RegionKey, RegionRule, Selection,
@@ -49,7 +49,6 @@ pub fn build_maps(
             },
         ));
     }
-    let known = known_regions(cloud);
     for p in policies {
         let policy_id = ids.id(&p.name);
         for (region, rule) in &p.region_rules {
@@ -79,28 +78,10 @@ pub fn build_maps(
             &p.deny_domains,
             name_key,
         ));
-        maps.cloud_rules.extend(cloud_rules(
-            policy_id,
-            &p.allow_cloud,
-            &p.deny_cloud,
-            &known,
-        ));
+        maps.cloud_rules
+            .extend(cloud_rules(policy_id, &p.allow_cloud, &p.deny_cloud, cloud));
     }
     maps
-}
-
-/// Every `(provider, region)` a pattern can name: the snapshot's and the
-/// location table's.
-fn known_regions(cloud: &CloudRanges) -> BTreeSet<(String, String)> {
-    cloud
-        .region_details()
-        .iter()
-        .map(|r| (r.provider.to_string(), r.region.to_string()))
-        .chain(
-            crate::cloud::locations::table()
-                .map(|(provider, region, _)| (provider.to_string(), region.to_string())),
-        )
-        .collect()
 }
 
 /// Domain rules of one policy; a name both allowed and denied is denied.
@@ -143,20 +124,19 @@ fn domain_rules(
         .collect()
 }
 
-/// Cloud-region rules of one policy, expanded; deny wins over allow.
+/// Cloud-region rules of one policy, expanded over the regions `cloud`
+/// knows (its snapshot's and the location table's); deny wins over allow.
 fn cloud_rules(
     policy_id: u32,
     allow: &[RegionPattern],
     deny: &[RegionPattern],
-    known: &BTreeSet<(String, String)>,
+    cloud: &CloudRanges,
 ) -> Vec<(CloudKey, RegionRule)> {
     let mut out: BTreeMap<u32, u8> = BTreeMap::new();
     for (list, act) in [(allow, action::ALLOW), (deny, action::DENY)] {
         for pattern in list {
-            for (provider, region) in known {
-                if pattern.matches(provider, region) {
-                    out.insert(monitor_common::cloud::region_id(provider, region), act);
-                }
+            for id in pattern.expand(cloud.regions()) {
+                out.insert(id, act);
             }
         }
     }
