@@ -45,7 +45,16 @@ pub mod names {
     pub const LOST: &str = "LOST";
     pub const CONFIG: &str = "CONFIG";
     pub const META: &str = "META";
-    pub const JUDGED: &str = "JUDGED";
+    /// Per-socket state of the sockets a hook judged (socket-local storage).
+    pub const SOCKS: &str = "SOCKS";
+    /// The decision cache and the flow counters (see `FlowEntry`).
+    pub const FLOWS: &str = "FLOWS";
+    /// The selection of each cgroup, per CONFIG word (see `Memo`).
+    pub const MEMO: &str = "MEMO";
+    /// Per-CPU counters of the flow table (`flow_stat`).
+    pub const FLOW_STATS: &str = "FLOW_STATS";
+    /// Per-CPU room where the kernel builds a new flow entry.
+    pub const FLOW_SCRATCH: &str = "FLOW_SCRATCH";
     pub const GEO: [&str; 2] = ["GEO_A", "GEO_B"];
     pub const SELECT: [&str; 2] = ["SELECT_A", "SELECT_B"];
     pub const REGION_RULES: [&str; 2] = ["REGION_RULES_A", "REGION_RULES_B"];
@@ -66,9 +75,13 @@ pub mod names {
     /// Every map, for pinning. A unit test of the daemon (`kernel::tests`)
     /// checks this list against the maps in the compiled object, so a new
     /// map cannot be left unpinned.
-    pub const ALL_MAPS: [&str; 27] = [
+    pub const ALL_MAPS: [&str; 31] = [
         EVENTS,
-        JUDGED,
+        SOCKS,
+        FLOWS,
+        MEMO,
+        FLOW_STATS,
+        FLOW_SCRATCH,
         LOST,
         CONFIG,
         META,
@@ -112,8 +125,12 @@ pub mod limits {
     /// daemon; below it the daemon drains on its own timer
     /// (`pipeline::DRAIN_INTERVAL` in the daemon).
     pub const WAKEUP_BYTES: u64 = 64 << 10;
-    /// Sockets whose last decision the egress backstop remembers.
-    pub const JUDGED_ENTRIES: u32 = 262_144;
+    /// Flows (cgroup, destination, port, protocol) the kernel keeps a
+    /// decision and counters for; the daemon harvests them and removes the
+    /// idle ones.
+    pub const FLOW_ENTRIES: u32 = 65_536;
+    /// Cgroups whose selection is remembered (LRU).
+    pub const MEMO_ENTRIES: u32 = 65_536;
     /// Domain rules of all policies of a set.
     pub const DOMAIN_ENTRIES: u32 = 65_536;
     /// Cloud-region rules of all policies of a set.
@@ -604,7 +621,7 @@ pub struct InForce {
     /// Slot (0 or 1) of CLOUD.
     pub cloud_slot: u32,
     /// Increases (wrapping) with every policy switch; copied into events
-    /// and into JUDGED.
+    /// and into SOCKS, FLOWS and MEMO (as part of the whole word).
     pub generation: u32,
 }
 
@@ -641,31 +658,159 @@ impl Config {
     }
 }
 
-/// Value of the JUDGED map (LRU, keyed by socket cookie): the last decision
-/// about a socket, so the egress backstop passes its packets at the cost of
-/// one lookup and re-judges them when the policy set or the destination
-/// changes.
+/// Socket-local storage (SOCKS) of a socket a sock_addr hook judged: the
+/// last destination and what was decided for it, so the egress backstop
+/// passes its packets at the cost of one socket-local lookup and re-judges
+/// them when the CONFIG word or the destination changes. TCP sockets of
+/// unselected cgroups get one too (verdict 0), so a connection made before
+/// its cgroup was selected is judged once it is. Freed with the socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Judged {
+pub struct SockState {
+    /// The whole CONFIG word the decision was made under.
+    pub config_word: u64,
     /// The cgroup the decision was made for: the caller's at a sock_addr
     /// hook. A packet whose socket belongs to another cgroup (a socket
     /// handed over to a task elsewhere) is judged again.
     pub cgroup_id: u64,
-    pub policy_generation: u32,
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub protocol: u8,
     /// A `Verdict`, or 0 when the socket's cgroup is not selected.
     pub verdict: u8,
-    pub _pad: [u8; 3],
-    pub addr: [u8; 16],
+    pub _pad: [u8; 4],
 }
 const _: () = {
-    assert!(size_of::<Judged>() == 32);
-    assert!(offset_of!(Judged, cgroup_id) == 0);
-    assert!(offset_of!(Judged, policy_generation) == 8);
-    assert!(offset_of!(Judged, verdict) == 12);
-    assert!(offset_of!(Judged, _pad) == 13);
-    assert!(offset_of!(Judged, addr) == 16);
+    assert!(size_of::<SockState>() == 40);
+    assert!(offset_of!(SockState, config_word) == 0);
+    assert!(offset_of!(SockState, cgroup_id) == 8);
+    assert!(offset_of!(SockState, addr) == 16);
+    assert!(offset_of!(SockState, port) == 32);
+    assert!(offset_of!(SockState, protocol) == 34);
+    assert!(offset_of!(SockState, verdict) == 35);
 };
+
+/// Key of FLOWS: who (the deciding cgroup: the caller's at a sock_addr
+/// hook, the socket's at egress) sent where.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub cgroup_id: u64,
+    pub addr: [u8; 16],
+    /// Host order.
+    pub port: u16,
+    pub protocol: u8,
+    pub _pad: [u8; 5],
+}
+const _: () = {
+    assert!(size_of::<FlowKey>() == 32);
+    assert!(offset_of!(FlowKey, cgroup_id) == 0);
+    assert!(offset_of!(FlowKey, addr) == 8);
+    assert!(offset_of!(FlowKey, port) == 24);
+    assert!(offset_of!(FlowKey, protocol) == 26);
+};
+
+/// Value of FLOWS: the decision cache entry of a flow and its counters.
+///
+/// The decision fields are written when the flow is decided (a new flow,
+/// or one whose `config_word` or `names_epoch` went stale, or whose name
+/// expired). A hook that finds the entry valid only adds to the counters.
+/// `count` is the attempts (connects, unconnected sends) that were not
+/// reported by an event: an attempt is either an event or a count, never
+/// both, so events plus counts are every attempt. `packets` and `bytes` are
+/// what the egress program passed or refused for the flow. The daemon
+/// harvests the counters; `first_ns` tells one entry from a later one with
+/// the same key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FlowEntry {
+    /// The CONFIG word (policy slot, geo slot, cloud slot, generation) the
+    /// decision was made under: any switch invalidates it.
+    pub config_word: u64,
+    /// CLOCK_BOOTTIME ns after which a sock_addr hook decides again: the
+    /// expiry of the name the decision used, `u64::MAX` without one.
+    pub valid_until_ns: u64,
+    pub selected_cgroup_id: u64,
+    pub name_hash: u64,
+    /// CLOCK_BOOTTIME ns of the first decision.
+    pub first_ns: u64,
+    /// CLOCK_BOOTTIME ns of the last attempt or packet.
+    pub last_ns: u64,
+    pub count: u64,
+    pub packets: u64,
+    pub bytes: u64,
+    pub policy_id: u32,
+    pub cloud_region: u32,
+    /// The deciding cgroup's `Memo::names_epoch` at the decision.
+    pub names_epoch: u32,
+    pub policy_generation: u32,
+    /// The task that made the first decision.
+    pub comm: [u8; 16],
+    pub country: [u8; 2],
+    pub continent: [u8; 2],
+    pub verdict: u8,
+    pub rule: u8,
+    pub mode: u8,
+    pub country_source: u8,
+    pub family: u8,
+    pub hook: u8,
+    pub _pad: [u8; 6],
+}
+const _: () = {
+    assert!(size_of::<FlowEntry>() == 120);
+    assert!(offset_of!(FlowEntry, config_word) == 0);
+    assert!(offset_of!(FlowEntry, valid_until_ns) == 8);
+    assert!(offset_of!(FlowEntry, selected_cgroup_id) == 16);
+    assert!(offset_of!(FlowEntry, name_hash) == 24);
+    assert!(offset_of!(FlowEntry, first_ns) == 32);
+    assert!(offset_of!(FlowEntry, last_ns) == 40);
+    assert!(offset_of!(FlowEntry, count) == 48);
+    assert!(offset_of!(FlowEntry, packets) == 56);
+    assert!(offset_of!(FlowEntry, bytes) == 64);
+    assert!(offset_of!(FlowEntry, policy_id) == 72);
+    assert!(offset_of!(FlowEntry, cloud_region) == 76);
+    assert!(offset_of!(FlowEntry, names_epoch) == 80);
+    assert!(offset_of!(FlowEntry, policy_generation) == 84);
+    assert!(offset_of!(FlowEntry, comm) == 88);
+    assert!(offset_of!(FlowEntry, country) == 104);
+    assert!(offset_of!(FlowEntry, continent) == 106);
+    assert!(offset_of!(FlowEntry, verdict) == 108);
+    assert!(offset_of!(FlowEntry, hook) == 113);
+};
+
+/// Value of MEMO (LRU, keyed by cgroup id): the cgroup's selection under
+/// one CONFIG word, so the ancestor walk runs once per cgroup and switch,
+/// not once per connect. `selected_cgroup_id` 0: not selected.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Memo {
+    pub config_word: u64,
+    pub selected_cgroup_id: u64,
+    pub selection: Selection,
+    /// Changes whenever the cgroup learns a new name for an address (the
+    /// DNS reader adds one), so the cgroup's cached decisions are made
+    /// again with the name; starts from a clock value, so a memo that was
+    /// evicted and made again never repeats an old epoch.
+    pub names_epoch: u32,
+    pub _pad: u32,
+}
+const _: () = {
+    assert!(size_of::<Memo>() == 32);
+    assert!(offset_of!(Memo, config_word) == 0);
+    assert!(offset_of!(Memo, selected_cgroup_id) == 8);
+    assert!(offset_of!(Memo, selection) == 16);
+    assert!(offset_of!(Memo, names_epoch) == 24);
+};
+
+/// Indices of the FLOW_STATS per-CPU array.
+pub mod flow_stat {
+    /// Decisions made (cache misses) at the sock_addr hooks and egress.
+    pub const DECIDED: u32 = 0;
+    /// Decisions that found FLOWS full: reported as an event each.
+    pub const OVERFLOW: u32 = 1;
+    pub const COUNT: u32 = 2;
+    pub const NAMES: [&str; COUNT as usize] = ["decided", "overflow"];
+}
 
 /// The single entry of the META array: what the daemon needs to know when
 /// it adopts pinned programs and maps after a restart. The kernel programs
@@ -1168,7 +1313,10 @@ mod pod {
     unsafe impl aya::Pod for Selection {}
     unsafe impl aya::Pod for Config {}
     unsafe impl aya::Pod for Meta {}
-    unsafe impl aya::Pod for Judged {}
+    unsafe impl aya::Pod for SockState {}
+    unsafe impl aya::Pod for FlowKey {}
+    unsafe impl aya::Pod for FlowEntry {}
+    unsafe impl aya::Pod for Memo {}
     unsafe impl aya::Pod for DnsEvent {}
     unsafe impl aya::Pod for NameKey {}
     unsafe impl aya::Pod for NameEntry {}

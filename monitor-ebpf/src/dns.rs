@@ -344,9 +344,16 @@ extern "C" fn answer_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
             cgroup_id: sc.cgroup_id,
             addr,
         };
+        // SAFETY: plain data, read at once.
+        let known = unsafe { NAMES.get(&key) }.map_or(0, |e| e.name_hash);
         if NAMES.insert(&key, &sc.entry, 0).is_ok() {
             sc.learned += 1;
             count(dns::stat::LEARNED);
+            // A new name for the address: the cgroup's cached decisions
+            // are made again with it (a refresh of the same name is not).
+            if known != sc.entry.name_hash {
+                crate::names_changed(sc.cgroup_id);
+            }
         }
     }
     sc.pos = p + rdlen;

@@ -8,6 +8,10 @@
 //! `in_force`, which reads that word with one load).
 #![no_std]
 #![no_main]
+// Atomic adds: the BPF target has no atomic types with fetch_add, but its
+// instruction set has the add (`lock *(u64 *)(r1 + 0) += r2`).
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 
 mod dns;
 
@@ -17,20 +21,21 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_socket_cookie, bpf_get_socket_uid,
-            bpf_ktime_get_boot_ns, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_socket_uid, bpf_ktime_get_boot_ns,
+            bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
         },
     },
-    macros::{cgroup_skb, cgroup_sock_addr, lsm, map},
+    macros::{btf_map, cgroup_skb, cgroup_sock_addr, lsm, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{LsmContext, SkBuffContext, SockAddrContext},
     EbpfContext,
 };
 use monitor_common::{
-    kind, limits, Action, CidrRule, CloudEntry, CloudKey, Config, CountrySource, Decision,
-    DecisionEvent, DomainKey, EventHeader, Hook, InForce, Judged, Meta, Mode, NameEntry,
-    PolicyAddr, Region, RegionKey, RegionRule, Rule, Selection, Verdict, AF_INET, AF_INET6,
-    AF_PACKET, DECISION_VERSION, DOMAIN_EXACT, DOMAIN_WILDCARD, IPPROTO_TCP, IPPROTO_UDP,
+    flow_stat, kind, limits, Action, CidrRule, CloudEntry, CloudKey, Config, CountrySource,
+    Decision, DecisionEvent, DomainKey, EventHeader, FlowEntry, FlowKey, Hook, InForce, Memo,
+    Meta, Mode, NameEntry, PolicyAddr, Region, RegionKey, RegionRule, Rule, Selection,
+    SockState, Verdict, AF_INET, AF_INET6, AF_PACKET, DECISION_VERSION, DOMAIN_EXACT,
+    DOMAIN_WILDCARD, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 /// Return values of a cgroup sock_addr program.
@@ -47,9 +52,26 @@ static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// The last decision per socket (see `Judged`).
+/// The last decision per socket (see `SockState`), freed with the socket.
+#[btf_map]
+static SOCKS: aya_ebpf::btf_maps::SkStorage<SockState> = aya_ebpf::btf_maps::SkStorage::new();
+
+/// The decision cache and flow counters (see `FlowEntry`). A plain hash,
+/// not an LRU: an entry leaves only when the daemon has harvested it.
 #[map]
-static JUDGED: LruHashMap<u64, Judged> = LruHashMap::with_max_entries(limits::JUDGED_ENTRIES, 0);
+static FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(limits::FLOW_ENTRIES, 0);
+
+/// The selection of each cgroup under one CONFIG word (see `Memo`).
+#[map]
+static MEMO: LruHashMap<u64, Memo> = LruHashMap::with_max_entries(limits::MEMO_ENTRIES, 0);
+
+/// Per-CPU room where a new flow entry is built before it is filed.
+#[map]
+static FLOW_SCRATCH: PerCpuArray<FlowEntry> = PerCpuArray::with_max_entries(1, 0);
+
+/// See `flow_stat`.
+#[map]
+static FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(flow_stat::COUNT, 0);
 
 /// Read and written by the daemon only (see `Meta`).
 #[map]
@@ -263,10 +285,11 @@ impl Owner {
     }
 }
 
-/// The policy slot in force, the geo slot and the generation, all decoded
+/// The policy set in force: its slot, the decoded word, and the raw word
+/// (every cache entry is valid only under the word it was made under), all
 /// from one copy of the CONFIG word.
 #[inline(always)]
-fn in_force() -> Option<(&'static Slot, InForce)> {
+fn in_force() -> Option<(&'static Slot, InForce, u64)> {
     let config = CONFIG.get_ptr(0)?;
     // Exactly one load of the whole word (see `Config` for why a switch is
     // atomic); every field below comes from this copy.
@@ -278,55 +301,283 @@ fn in_force() -> Option<(&'static Slot, InForce)> {
     } else {
         &SLOT_B
     };
-    Some((slot, set))
+    Some((slot, set, word))
 }
 
-/// A socket-address hook: judge, report, remember the decision for the
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_boot_ns() }
+}
+
+#[inline(always)]
+fn stat(index: u32) {
+    if let Some(c) = FLOW_STATS.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *c += 1 };
+    }
+}
+
+/// The selection of a cgroup under the word in force: the memo when it was
+/// made under this word, else the ancestor walk, remembered. A cgroup
+/// outside every selected subtree costs one lookup per hook run and one
+/// write per cgroup and switch.
+#[inline(always)]
+fn memo_of(slot: &Slot, word: u64, owner: Owner, cgroup: u64) -> Memo {
+    // SAFETY: plain data, copied out at once.
+    if let Some(m) = unsafe { MEMO.get(&cgroup) } {
+        if m.config_word == word {
+            return *m;
+        }
+    }
+    let (selected_cgroup_id, selection) = find_selection(slot, owner, cgroup);
+    let memo = Memo {
+        config_word: word,
+        selected_cgroup_id,
+        selection,
+        names_epoch: (now_ns() >> 6) as u32,
+        _pad: 0,
+    };
+    // A full LRU evicts the coldest cgroup; it costs one walk later.
+    let _ = MEMO.insert(&cgroup, &memo, 0);
+    memo
+}
+
+/// Called by the DNS reader when a cgroup learned a name for an address:
+/// the cgroup's cached decisions are made again (with the name).
+#[inline(always)]
+pub(crate) fn names_changed(cgroup: u64) {
+    if let Some(m) = MEMO.get_ptr_mut(&cgroup) {
+        // SAFETY: a pointer into the map's value; the add is atomic.
+        unsafe { atomic_add(core::ptr::addr_of_mut!((*m).names_epoch), 1u32) };
+    }
+}
+
+/// A socket-address hook: a cached decision for this cgroup and
+/// destination costs a lookup and a count; anything else is decided,
+/// reported and cached. Connected sockets remember the decision for the
 /// egress backstop.
 #[inline(always)]
 fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
     // Fail open when the config entry cannot be read: an array map always
     // has its entry, so this is unreachable in practice, and failing closed
     // here would cut off every process on the host, selected or not.
-    let Some((slot, set)) = in_force() else {
+    let Some((slot, set, word)) = in_force() else {
         return PASS;
     };
-    let generation = set.generation;
-    // SAFETY: the context pointer is the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let task_cgroup = Owner::Task.cgroup();
-    let Some((selected_cgroup, selection)) = find_selection(slot, Owner::Task) else {
-        // Not in any selected subtree: untouched and not reported; the
-        // socket is remembered as judged-unselected, so the backstop
-        // re-judges it only after a policy change.
-        remember(cookie, task_cgroup, generation, UNSELECTED, &attempt.addr);
+    let memo = memo_of(slot, word, Owner::Task, task_cgroup);
+    let connect = attempt.hook == Hook::Connect4 || attempt.hook == Hook::Connect6;
+    let tcp = attempt.protocol == IPPROTO_TCP;
+    if memo.selected_cgroup_id == 0 {
+        // Not in any selected subtree: untouched and not reported. A TCP
+        // socket is marked, so the backstop judges it if its cgroup is
+        // selected later; UDP needs no mark (the backstop asks the memo).
+        if connect && tcp {
+            remember(ctx, task_cgroup, word, UNSELECTED, attempt);
+        }
         return PASS;
+    }
+    let key = FlowKey {
+        cgroup_id: task_cgroup,
+        addr: attempt.addr,
+        port: attempt.port,
+        protocol: attempt.protocol,
+        _pad: [0; 5],
     };
-    let judgement = decide(slot, &set, &selection, task_cgroup, &attempt.addr, false);
-    let verdict = verdict_of(judgement.decision.allowed, &selection);
-    remember(
-        cookie,
-        task_cgroup,
-        generation,
-        verdict as u8,
-        &attempt.addr,
-    );
-    let origin = Origin::task(task_cgroup);
-    emit(
-        attempt,
-        &origin,
-        selected_cgroup,
-        &selection,
-        generation,
-        verdict,
-        &judgement,
-    );
-    if verdict == Verdict::Denied {
+    let now = now_ns();
+    let verdict = match FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a pointer into the map's value, valid for this run.
+        Some(f) if unsafe { fresh(&*f, word, memo.names_epoch, now) } => {
+            // SAFETY: as above; the counters are only ever added to.
+            unsafe { count_attempt(f, now) };
+            // SAFETY: as above.
+            unsafe { (*f).verdict }
+        }
+        cached => {
+            let judgement = decide(slot, &set, &memo.selection, task_cgroup, &attempt.addr, false);
+            let verdict = verdict_of(judgement.decision.allowed, &memo.selection) as u8;
+            let origin = Origin::task(task_cgroup);
+            let outcome = Outcome {
+                word,
+                names_epoch: memo.names_epoch,
+                selected_cgroup: memo.selected_cgroup_id,
+                selection: &memo.selection,
+                generation: set.generation,
+                verdict,
+                judgement: &judgement,
+                now,
+                attempt: true,
+            };
+            if file(&key, cached, attempt, &origin, &outcome) {
+                emit(attempt, &origin, &outcome);
+            }
+            verdict
+        }
+    };
+    if connect {
+        remember(ctx, task_cgroup, word, verdict, attempt);
+    }
+    if verdict == Verdict::Denied as u8 {
         REJECT
     } else {
         PASS
     }
 }
+
+/// Whether a cache entry still decides for a sock_addr hook: made under
+/// the word in force, with the cgroup's names as they are, and its name
+/// (if it used one) not expired.
+#[inline(always)]
+fn fresh(f: &FlowEntry, word: u64, names_epoch: u32, now: u64) -> bool {
+    f.config_word == word && f.names_epoch == names_epoch && now < f.valid_until_ns
+}
+
+/// One more attempt the cache answered.
+///
+/// # Safety
+/// `f` points into FLOWS' value for this run.
+#[inline(always)]
+unsafe fn count_attempt(f: *mut FlowEntry, now: u64) {
+    // SAFETY: the caller's pointer; aligned u64 fields.
+    unsafe {
+        atomic_add(core::ptr::addr_of_mut!((*f).count), 1u64);
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*f).last_ns), now);
+    }
+}
+
+/// `*dst += v`, atomically; the old value is not read.
+///
+/// # Safety
+/// `dst` is valid and aligned.
+#[inline(always)]
+unsafe fn atomic_add<T: Copy>(dst: *mut T, v: T) {
+    // SAFETY: the caller's pointer.
+    unsafe {
+        core::intrinsics::atomic_xadd::<T, T, { core::intrinsics::AtomicOrdering::Relaxed }>(dst, v);
+    }
+}
+
+/// What a decision settled, for the cache entry and the event.
+struct Outcome<'a> {
+    word: u64,
+    names_epoch: u32,
+    selected_cgroup: u64,
+    selection: &'a Selection,
+    generation: u32,
+    verdict: u8,
+    judgement: &'a Judgement,
+    now: u64,
+    /// Whether this decision is an attempt (a sock_addr hook), which a
+    /// repeat counts, or a packet (egress), which it does not.
+    attempt: bool,
+}
+
+/// Files a decision into FLOWS: a new entry, or the stale one made anew
+/// (its counters kept). Returns whether it is worth an event: a new flow,
+/// a decision that differs from the stale one in what a person reads
+/// (verdict, rule, policy, place, name), or one the full table could not
+/// keep (then the event is the record). A stale entry decided the same
+/// way again counts as an attempt instead.
+#[inline(always)]
+fn file(
+    key: &FlowKey,
+    cached: Option<*mut FlowEntry>,
+    attempt: &Attempt,
+    origin: &Origin,
+    o: &Outcome,
+) -> bool {
+    stat(flow_stat::DECIDED);
+    let j = o.judgement;
+    let valid_until_ns = if j.name_expires_ns != 0 {
+        j.name_expires_ns
+    } else {
+        u64::MAX
+    };
+    if let Some(f) = cached {
+        // SAFETY: a pointer into the map's value, valid for this run. The
+        // decision fields are rewritten in place (the counters stay), the
+        // word last, so a hook on another CPU that sees the new word sees
+        // the decision it belongs to (stores are not reordered on x86-64;
+        // elsewhere a racing hook may at worst read one half-written entry
+        // once).
+        unsafe {
+            let same = (*f).verdict == o.verdict
+                && (*f).rule == j.decision.rule
+                && (*f).policy_id == o.selection.policy_id
+                && (*f).country == j.region.country
+                && (*f).cloud_region == j.cloud_region
+                && (*f).name_hash == j.name_hash;
+            (*f).valid_until_ns = valid_until_ns;
+            (*f).selected_cgroup_id = o.selected_cgroup;
+            (*f).name_hash = j.name_hash;
+            (*f).policy_id = o.selection.policy_id;
+            (*f).cloud_region = j.cloud_region;
+            (*f).names_epoch = o.names_epoch;
+            (*f).policy_generation = o.generation;
+            (*f).country = j.region.country;
+            (*f).continent = j.region.continent;
+            (*f).verdict = o.verdict;
+            (*f).rule = j.decision.rule;
+            (*f).mode = o.selection.mode;
+            (*f).country_source = j.source as u8;
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*f).config_word), o.word);
+            if same {
+                if o.attempt {
+                    count_attempt(f, o.now);
+                }
+                return false;
+            }
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*f).last_ns), o.now);
+        }
+        return true;
+    }
+    // Built in per-CPU room: the stack of a hook is 512 bytes.
+    let Some(entry) = FLOW_SCRATCH.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: this CPU's scratch value, ours for this run.
+    let entry = unsafe { &mut *entry };
+    entry.config_word = o.word;
+    entry.valid_until_ns = valid_until_ns;
+    entry.selected_cgroup_id = o.selected_cgroup;
+    entry.name_hash = j.name_hash;
+    entry.first_ns = o.now;
+    entry.last_ns = o.now;
+    entry.count = 0;
+    entry.packets = 0;
+    entry.bytes = 0;
+    entry.policy_id = o.selection.policy_id;
+    entry.cloud_region = j.cloud_region;
+    entry.names_epoch = o.names_epoch;
+    entry.policy_generation = o.generation;
+    entry.comm = origin.comm;
+    entry.country = j.region.country;
+    entry.continent = j.region.continent;
+    entry.verdict = o.verdict;
+    entry.rule = j.decision.rule;
+    entry.mode = o.selection.mode;
+    entry.country_source = j.source as u8;
+    entry.family = attempt.family;
+    entry.hook = attempt.hook as u8;
+    entry._pad = [0; 6];
+    if FLOWS.insert(key, &*entry, BPF_NOEXIST).is_ok() {
+        return true;
+    }
+    // Another CPU filed it first: this attempt is one of its repeats.
+    if let Some(f) = FLOWS.get_ptr_mut(key) {
+        if o.attempt {
+            // SAFETY: as above.
+            unsafe { count_attempt(f, o.now) };
+        }
+        return false;
+    }
+    // Full: the event is the record of this attempt.
+    stat(flow_stat::OVERFLOW);
+    true
+}
+
+const BPF_NOEXIST: u64 = 1;
 
 #[inline(always)]
 fn verdict_of(allowed: bool, selection: &Selection) -> Verdict {
@@ -341,42 +592,66 @@ fn verdict_of(allowed: bool, selection: &Selection) -> Verdict {
 }
 
 #[inline(always)]
-fn remember(cookie: u64, cgroup_id: u64, generation: u32, verdict: u8, addr: &[u8; 16]) {
-    if cookie == 0 {
+fn socks() -> *mut core::ffi::c_void {
+    core::ptr::addr_of!(SOCKS).cast_mut().cast()
+}
+
+/// Remembers a connected socket's decision in its socket-local storage.
+#[inline(always)]
+fn remember(ctx: &SockAddrContext, cgroup_id: u64, word: u64, verdict: u8, attempt: &Attempt) {
+    // SAFETY: the context's socket, as the sk_storage helper takes it.
+    let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
+    if sk.is_null() {
         return;
     }
-    let judged = Judged {
+    let state = SockState {
+        config_word: word,
         cgroup_id,
-        policy_generation: generation,
+        addr: attempt.addr,
+        port: attempt.port,
+        protocol: attempt.protocol,
         verdict,
-        _pad: [0; 3],
-        addr: *addr,
+        _pad: [0; 4],
     };
-    // A full LRU evicts the oldest entry; losing one only costs a re-judge.
-    let _ = JUDGED.insert(&cookie, &judged, 0);
+    // SAFETY: plain helper call; the value is copied in when created.
+    let p = unsafe {
+        bpf_sk_storage_get(
+            socks(),
+            sk.cast(),
+            core::ptr::addr_of!(state).cast_mut().cast(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        )
+    }
+    .cast::<SockState>();
+    if !p.is_null() {
+        // SAFETY: the socket's own storage; a connect runs once per socket
+        // at a time (the socket lock is held).
+        unsafe { *p = state };
+    }
 }
+
+const BPF_SK_STORAGE_GET_F_CREATE: u32 = 1;
 
 /// Whether the owner's cgroup is under a selected one (policy in force).
 #[inline(always)]
 pub(crate) fn selected(owner: Owner) -> bool {
     match in_force() {
-        Some((slot, _)) => find_selection(slot, owner).is_some(),
+        Some((slot, _, word)) => memo_of(slot, word, owner, owner.cgroup()).selected_cgroup_id != 0,
         None => false,
     }
 }
 
-/// The selection of the owner's cgroup or its nearest selected ancestor.
+/// The selection of the owner's cgroup or its nearest selected ancestor;
+/// id 0 when there is none. (Plain values, not an Option: an Option's
+/// payload is left uninitialised while it is None, and the verifier
+/// refuses to copy uninitialised registers.)
 #[inline(always)]
-fn find_selection(slot: &Slot, owner: Owner) -> Option<(u64, Selection)> {
-    let current = owner.cgroup();
+fn find_selection(slot: &Slot, owner: Owner, current: u64) -> (u64, Selection) {
     // SAFETY: values are plain data, copied out at once.
     if let Some(sel) = unsafe { slot.select.get(&current) } {
-        return Some((current, *sel));
+        return (current, *sel);
     }
-    // Walk from the root down; the deepest selected ancestor wins. (Plain
-    // values, not an Option: an Option's payload is left uninitialised
-    // while it is None, and the verifier refuses to copy uninitialised
-    // registers.)
+    // Walk from the root down; the deepest selected ancestor wins.
     let mut found_id: u64 = 0;
     let mut found = Selection::default();
     let mut level: i32 = 0;
@@ -392,7 +667,7 @@ fn find_selection(slot: &Slot, owner: Owner) -> Option<(u64, Selection)> {
         }
         level += 1;
     }
-    (found_id != 0).then_some((found_id, found))
+    (found_id, found)
 }
 
 /// What a decision concluded and what it was made from, for the event.
@@ -402,6 +677,9 @@ struct Judgement {
     source: CountrySource,
     cloud_region: u32,
     name_hash: u64,
+    /// When the name the decision used expires (possibly past, for an
+    /// established socket); 0 when it used none.
+    name_expires_ns: u64,
 }
 
 /// Looks up the place (the cloud region's documented location where the
@@ -450,6 +728,9 @@ fn decide(
     };
     let name = dns::name_of(cgroup_id, addr, established);
     let name_hash = name.map_or(0, |n| n.name_hash);
+    // Kept even when an established socket used it expired: a new connect
+    // to the address must not find the decision fresh.
+    let name_expires_ns = name.map_or(0, |n| n.expires_ns);
     let region_key = RegionKey { policy_id, region };
     let decision = monitor_common::decide(
         || slot.deny.get(&key).is_some(),
@@ -487,6 +768,7 @@ fn decide(
         source,
         cloud_region: cloud.region,
         name_hash,
+        name_expires_ns,
     }
 }
 
@@ -555,16 +837,9 @@ impl Origin {
 }
 
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
-fn emit(
-    attempt: &Attempt,
-    origin: &Origin,
-    selected_cgroup: u64,
-    selection: &Selection,
-    generation: u32,
-    verdict: Verdict,
-    judgement: &Judgement,
-) {
+fn emit(attempt: &Attempt, origin: &Origin, o: &Outcome) {
+    let judgement = o.judgement;
+    let selection = o.selection;
     let Some(mut entry) = EVENTS.reserve::<DecisionEvent>(0) else {
         if let Some(lost) = LOST.get_ptr_mut(0) {
             // SAFETY: per-CPU slot, only this CPU writes it.
@@ -572,39 +847,38 @@ fn emit(
         }
         return;
     };
-    let event = DecisionEvent {
-        header: EventHeader {
-            kind: kind::DECISION,
-            version: DECISION_VERSION,
-            len: core::mem::size_of::<DecisionEvent>() as u32,
-        },
-        // SAFETY: plain helper call.
-        boot_ns: unsafe { bpf_ktime_get_boot_ns() },
-        cgroup_id: origin.cgroup_id,
-        selected_cgroup_id: selected_cgroup,
-        pid: origin.pid_tgid as u32,
-        tgid: (origin.pid_tgid >> 32) as u32,
-        uid: origin.uid_gid as u32,
-        gid: (origin.uid_gid >> 32) as u32,
-        policy_id: selection.policy_id,
-        policy_generation: generation,
-        dst_addr: attempt.addr,
-        comm: origin.comm,
-        dst_port: attempt.port,
-        country: judgement.region.country,
-        continent: judgement.region.continent,
-        hook: attempt.hook as u8,
-        family: attempt.family,
-        protocol: attempt.protocol,
-        verdict: verdict as u8,
-        rule: judgement.decision.rule,
-        mode: selection.mode,
-        cloud_region: judgement.cloud_region,
-        name_hash: judgement.name_hash,
-        country_source: judgement.source as u8,
-        _pad: [0; 7],
+    // Written in place: the stack of a hook is 512 bytes.
+    // SAFETY: the reserved record, ours until submitted.
+    let event = unsafe { &mut *entry.as_mut_ptr() };
+    event.header = EventHeader {
+        kind: kind::DECISION,
+        version: DECISION_VERSION,
+        len: core::mem::size_of::<DecisionEvent>() as u32,
     };
-    entry.write(event);
+    event.boot_ns = o.now;
+    event.cgroup_id = origin.cgroup_id;
+    event.selected_cgroup_id = o.selected_cgroup;
+    event.pid = origin.pid_tgid as u32;
+    event.tgid = (origin.pid_tgid >> 32) as u32;
+    event.uid = origin.uid_gid as u32;
+    event.gid = (origin.uid_gid >> 32) as u32;
+    event.policy_id = selection.policy_id;
+    event.policy_generation = o.generation;
+    event.dst_addr = attempt.addr;
+    event.comm = origin.comm;
+    event.dst_port = attempt.port;
+    event.country = judgement.region.country;
+    event.continent = judgement.region.continent;
+    event.hook = attempt.hook as u8;
+    event.family = attempt.family;
+    event.protocol = attempt.protocol;
+    event.verdict = o.verdict;
+    event.rule = judgement.decision.rule;
+    event.mode = selection.mode;
+    event.cloud_region = judgement.cloud_region;
+    event.name_hash = judgement.name_hash;
+    event.country_source = judgement.source as u8;
+    event._pad = [0; 7];
     // Wake the daemon only once a batch waits: a wakeup per event is an
     // interrupt charged to the caller (a VM exit on a virtual machine); the
     // daemon also drains on a short timer, so a lone event waits at most
@@ -661,85 +935,175 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
     } else {
         return Ok(PASS);
     };
-    // SAFETY: the context pointer is the program's own context.
-    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let Some((slot, set)) = in_force() else {
+    let ports = l4 == IPPROTO_TCP || l4 == IPPROTO_UDP;
+    let port: u16 = if ports {
+        u16::from_be(ctx.load::<u16>(l4_offset + 2).unwrap_or(0))
+    } else {
+        0
+    };
+    let Some((slot, set, word)) = in_force() else {
         return Ok(PASS);
     };
-    let generation = set.generation;
     let owner = Owner::Skb(skb);
     let socket_cgroup = owner.cgroup();
-    // SAFETY: value copied out at once.
-    let judged = unsafe { JUDGED.get(&cookie) }.copied();
-    // Judged before, at this address by this cgroup: only the policy set
-    // changed since (an established connection keeps the name it was
+    let key = FlowKey {
+        cgroup_id: socket_cgroup,
+        addr,
+        port,
+        protocol: l4,
+        _pad: [0; 5],
+    };
+    let state = sock_state(skb);
+    // Judged before, at this destination by this cgroup: only the policy
+    // set changed since (an established connection keeps the name it was
     // judged with).
-    let established = matches!(judged, Some(j) if j.addr == addr && j.cgroup_id == socket_cgroup);
-    match judged {
-        Some(j)
-            if j.policy_generation == generation
-                && j.addr == addr
-                && j.cgroup_id == socket_cgroup =>
-        {
-            if j.verdict == Verdict::Allowed as u8 && (l4 == IPPROTO_UDP || l4 == IPPROTO_TCP) {
+    let mut established = false;
+    if !state.is_null() {
+        // SAFETY: the socket's own storage, valid for this run.
+        let st = unsafe { *state };
+        established = st.addr == addr && st.port == port && st.cgroup_id == socket_cgroup;
+        if established && st.config_word == word {
+            if st.verdict == UNSELECTED {
+                return Ok(PASS);
+            }
+            count_packet(ctx, &key, l4, l4_offset, family);
+            if st.verdict == Verdict::Allowed as u8 && ports {
                 dns::note_query(ctx, socket_cgroup, l4, l4_offset, &addr);
             }
-            return Ok(if j.verdict == Verdict::Denied as u8 {
+            return Ok(if st.verdict == Verdict::Denied as u8 {
                 REJECT
             } else {
                 PASS
             });
         }
-        Some(_) => {}
-        None if l4 == IPPROTO_TCP => return Ok(PASS),
-        None => {}
-    }
-    let Some((selected_cgroup, selection)) = find_selection(slot, owner) else {
-        remember(cookie, socket_cgroup, generation, UNSELECTED, &addr);
+    } else if l4 == IPPROTO_TCP {
+        // A TCP socket no hook ever saw: accepted, or connected before
+        // the daemon first ran. Its packets are replies, not egress.
         return Ok(PASS);
+    }
+    let memo = memo_of(slot, word, owner, socket_cgroup);
+    if memo.selected_cgroup_id == 0 {
+        if established {
+            // SAFETY: as above.
+            unsafe { (*state).config_word = word };
+        }
+        return Ok(PASS);
+    }
+    let now = now_ns();
+    let verdict = match FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a pointer into the map's value, valid for this run.
+        Some(f)
+            if unsafe {
+                (*f).config_word == word
+                    && (*f).names_epoch == memo.names_epoch
+                    && (established || now < (*f).valid_until_ns)
+            } =>
+        {
+            // SAFETY: as above.
+            unsafe { (*f).verdict }
+        }
+        cached => {
+            let judgement = decide(slot, &set, &memo.selection, socket_cgroup, &addr, established);
+            let verdict = verdict_of(judgement.decision.allowed, &memo.selection) as u8;
+            let attempt = Attempt {
+                hook: Hook::Egress,
+                family,
+                protocol: l4,
+                addr,
+                port,
+            };
+            // SAFETY: the skb is the context.
+            let uid = unsafe { bpf_get_socket_uid(skb) };
+            let origin = Origin {
+                cgroup_id: socket_cgroup,
+                pid_tgid: 0,
+                uid_gid: u64::from(uid),
+                comm: [0; 16],
+            };
+            let outcome = Outcome {
+                word,
+                names_epoch: memo.names_epoch,
+                selected_cgroup: memo.selected_cgroup_id,
+                selection: &memo.selection,
+                generation: set.generation,
+                verdict,
+                judgement: &judgement,
+                now,
+                attempt: false,
+            };
+            // A packet is not an attempt: egress reports only what it
+            // refuses or would refuse.
+            if file(&key, cached, &attempt, &origin, &outcome) && verdict != Verdict::Allowed as u8
+            {
+                emit(&attempt, &origin, &outcome);
+            }
+            verdict
+        }
     };
-    let judgement = decide(slot, &set, &selection, socket_cgroup, &addr, established);
-    let verdict = verdict_of(judgement.decision.allowed, &selection);
-    remember(cookie, socket_cgroup, generation, verdict as u8, &addr);
-    if verdict == Verdict::Allowed && (l4 == IPPROTO_UDP || l4 == IPPROTO_TCP) {
+    count_packet(ctx, &key, l4, l4_offset, family);
+    if established {
+        // SAFETY: as above; only this socket's packets write it.
+        unsafe {
+            (*state).verdict = verdict;
+            (*state).config_word = word;
+        }
+    }
+    if verdict == Verdict::Allowed as u8 && ports {
         dns::note_query(ctx, socket_cgroup, l4, l4_offset, &addr);
     }
-    if verdict != Verdict::Allowed {
-        let port: u16 = if l4 == IPPROTO_TCP || l4 == IPPROTO_UDP {
-            u16::from_be(ctx.load::<u16>(l4_offset + 2).unwrap_or(0))
-        } else {
-            0
-        };
-        let attempt = Attempt {
-            hook: Hook::Egress,
-            family,
-            protocol: l4,
-            addr,
-            port,
-        };
-        // SAFETY: the skb is the context.
-        let uid = unsafe { bpf_get_socket_uid(skb) };
-        let origin = Origin {
-            cgroup_id: socket_cgroup,
-            pid_tgid: 0,
-            uid_gid: u64::from(uid),
-            comm: [0; 16],
-        };
-        emit(
-            &attempt,
-            &origin,
-            selected_cgroup,
-            &selection,
-            generation,
-            verdict,
-            &judgement,
-        );
-    }
-    Ok(if verdict == Verdict::Denied {
+    Ok(if verdict == Verdict::Denied as u8 {
         REJECT
     } else {
         PASS
     })
+}
+
+/// The socket-local state of the packet's socket, or null.
+#[inline(always)]
+fn sock_state(skb: *mut __sk_buff) -> *mut SockState {
+    // SAFETY: the context's socket pointer, checked by the helpers.
+    unsafe {
+        let sk = (*skb).__bindgen_anon_2.sk;
+        if sk.is_null() {
+            return core::ptr::null_mut();
+        }
+        let full = bpf_sk_fullsock(sk);
+        if full.is_null() {
+            return core::ptr::null_mut();
+        }
+        bpf_sk_storage_get(socks(), full.cast(), core::ptr::null_mut(), 0).cast()
+    }
+}
+
+/// Adds a packet and its transport payload bytes (what the receiving
+/// application gets; TCP retransmissions count again) to its flow.
+#[inline(always)]
+fn count_packet(ctx: &SkBuffContext, key: &FlowKey, l4: u8, l4_offset: usize, family: u8) {
+    let Some(f) = FLOWS.get_ptr_mut(key) else {
+        return;
+    };
+    let skb = ctx.skb.skb;
+    // SAFETY: the context.
+    let (len, segs) = unsafe { ((*skb).len, (*skb).gso_segs) };
+    let header = if l4 == IPPROTO_UDP {
+        l4_offset as u32 + 8
+    } else if l4 == IPPROTO_TCP {
+        let doff: u8 = ctx.load(l4_offset + 12).unwrap_or(0x50);
+        l4_offset as u32 + u32::from(doff >> 4) * 4
+    } else if family == AF_INET6 {
+        40
+    } else {
+        l4_offset as u32
+    };
+    // A GSO packet is several on the wire, each with its own headers.
+    let segs = if segs == 0 { 1 } else { segs };
+    let payload = len.saturating_sub(header.saturating_mul(segs));
+    // SAFETY: a pointer into the map's value; aligned u64 fields.
+    unsafe {
+        atomic_add(core::ptr::addr_of_mut!((*f).packets), u64::from(segs));
+        atomic_add(core::ptr::addr_of_mut!((*f).bytes), u64::from(payload));
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*f).last_ns), now_ns());
+    }
 }
 
 /// Packet sockets (AF_PACKET) send below IP, past every cgroup hook (the
@@ -759,13 +1123,15 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
     if family != i32::from(AF_PACKET) || kern != 0 {
         return 0;
     }
-    let Some((slot, set)) = in_force() else {
+    let Some((slot, set, word)) = in_force() else {
         return 0;
     };
-    let Some((selected_cgroup, selection)) = find_selection(slot, Owner::Task) else {
+    let cgroup = Owner::Task.cgroup();
+    let memo = memo_of(slot, word, Owner::Task, cgroup);
+    if memo.selected_cgroup_id == 0 {
         return 0;
-    };
-    let verdict = verdict_of(false, &selection);
+    }
+    let verdict = verdict_of(false, &memo.selection);
     // The protocol is an ethertype in network order.
     let attempt = Attempt {
         hook: Hook::SockCreate,
@@ -774,23 +1140,31 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
         addr: [0; 16],
         port: 0,
     };
-    let origin = Origin::task(Owner::Task.cgroup());
+    let origin = Origin::task(cgroup);
+    let judgement = Judgement {
+        decision: Decision {
+            allowed: false,
+            rule: Rule::Socket as u8,
+        },
+        region: Region::default(),
+        source: CountrySource::Geoip,
+        cloud_region: 0,
+        name_hash: 0,
+        name_expires_ns: 0,
+    };
     emit(
         &attempt,
         &origin,
-        selected_cgroup,
-        &selection,
-        set.generation,
-        verdict,
-        &Judgement {
-            decision: Decision {
-                allowed: false,
-                rule: Rule::Socket as u8,
-            },
-            region: Region::default(),
-            source: CountrySource::Geoip,
-            cloud_region: 0,
-            name_hash: 0,
+        &Outcome {
+            word,
+            names_epoch: memo.names_epoch,
+            selected_cgroup: memo.selected_cgroup_id,
+            selection: &memo.selection,
+            generation: set.generation,
+            verdict: verdict as u8,
+            judgement: &judgement,
+            now: now_ns(),
+            attempt: true,
         },
     );
     if verdict == Verdict::Denied {

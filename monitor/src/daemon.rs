@@ -420,8 +420,77 @@ struct Running {
     control: Option<tokio::task::JoinHandle<Controller>>,
     shutdown: tokio::sync::watch::Sender<bool>,
     store: Arc<StoreHandle>,
+    harvester: Harvester,
     _watcher: notify::RecommendedWatcher,
     _lock: PinLock,
+}
+
+/// The flow harvest (see `pipeline::harvest`) on its interval, and once
+/// more at shutdown.
+struct Harvester {
+    task: tokio::task::JoinHandle<()>,
+    harvest: Arc<Mutex<pipeline::harvest::Harvest>>,
+    outlets: Arc<Outlets>,
+    names: Arc<Mutex<Resolver>>,
+    store: Arc<StoreHandle>,
+}
+
+impl Harvester {
+    fn start(
+        pin_dir: &Path,
+        store: &Arc<StoreHandle>,
+        outlets: Arc<Outlets>,
+        names: Arc<Mutex<Resolver>>,
+    ) -> anyhow::Result<Self> {
+        let marks = store.flow_marks().unwrap_or_else(|e| {
+            log::error!("reading what was harvested of the kernel's flows before failed ({e}); their counts since the last harvest may be counted again");
+            Vec::new()
+        });
+        let harvest = Arc::new(Mutex::new(
+            pipeline::harvest::Harvest::open(pin_dir, marks).map_err(anyhow::Error::msg)?,
+        ));
+        let task = tokio::spawn({
+            let (harvest, outlets, names, store) =
+                (harvest.clone(), outlets.clone(), names.clone(), store.clone());
+            async move {
+                let mut timer = tokio::time::interval(pipeline::harvest::HARVEST_EVERY);
+                timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                loop {
+                    timer.tick().await;
+                    Self::pass(&harvest, &outlets, &names, &store);
+                }
+            }
+        });
+        Ok(Self {
+            task,
+            harvest,
+            outlets,
+            names,
+            store: store.clone(),
+        })
+    }
+
+    fn pass(
+        harvest: &Mutex<pipeline::harvest::Harvest>,
+        outlets: &Outlets,
+        names: &Mutex<Resolver>,
+        store: &StoreHandle,
+    ) {
+        let h = harvest
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .pass(outlets, names);
+        if !(h.repeats.is_empty() && h.marks.is_empty() && h.unmarks.is_empty()) {
+            store.harvest(h);
+        }
+    }
+
+    /// Stops the interval and harvests what is left.
+    async fn finish(self) {
+        self.task.abort();
+        let _ = self.task.await;
+        Self::pass(&self.harvest, &self.outlets, &self.names, &self.store);
+    }
 }
 
 /// Starts the controller, the pipeline, the metrics endpoint and the API.
@@ -457,6 +526,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
     let metrics = Arc::new(Metrics::new());
     let view_of_kernel = Arc::new(kernel.probe()?);
     let name_key = kernel.dns_key();
+    let pin_dir = kernel.pin_dir().to_path_buf();
     let (mut controller, snapshots) = Controller::new(control::Parts {
         kernel,
         mount,
@@ -501,6 +571,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
     }
     store.attach(outlets.live.subscribe());
     retire(old_pins, &outlets, &resolver)?;
+    let harvester = Harvester::start(&pin_dir, &store, outlets.clone(), resolver.clone())?;
     let pipeline = tokio::spawn(pipeline::run(ring, outlets.clone(), resolver));
 
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
@@ -532,6 +603,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         shutdown_rx,
     ));
     Ok(Running {
+        harvester,
         pipeline: Some(pipeline),
         api: Some(api),
         control: Some(control),
@@ -601,6 +673,7 @@ impl Running {
         if let Some(p) = self.pipeline.take() {
             p.abort();
         }
+        self.harvester.finish().await;
         if !self.store.shutdown(Duration::from_secs(10)).await {
             log::error!("the store did not finish writing within 10 s");
         }

@@ -24,8 +24,16 @@ pub const US_V4: &str = "203.0.113.2";
 pub const DE_V6: &str = "2001:db8:de::2";
 pub const US_V6: &str = "2001:db8:5::2";
 pub const US_MAPPED: &str = "::ffff:203.0.113.2";
+/// Second hosts on each side: another destination, so a test can make a
+/// first attempt again (the kernel counts repeats of a destination in its
+/// flow table instead of reporting each).
+pub const US2_V4: &str = "203.0.113.3";
+pub const US2_V6: &str = "2001:db8:5::3";
+pub const DE2_V4: &str = "198.51.100.3";
 pub const DE_MAPPED: &str = "::ffff:198.51.100.2";
 pub const PORT: u16 = 8080;
+/// The test server serves TCP and UDP on this many ports from `PORT` up.
+pub const SERVE_PORTS: u16 = 16;
 
 const CLIENT_ADDRS: [&str; 4] = [
     "198.51.100.1/24",
@@ -33,11 +41,14 @@ const CLIENT_ADDRS: [&str; 4] = [
     "2001:db8:de::1/64",
     "2001:db8:5::1/64",
 ];
-const NS_ADDRS: [&str; 4] = [
+const NS_ADDRS: [&str; 7] = [
     "198.51.100.2/24",
     "203.0.113.2/24",
     "2001:db8:de::2/64",
     "2001:db8:5::2/64",
+    "203.0.113.3/24",
+    "2001:db8:5::3/64",
+    "198.51.100.3/24",
 ];
 
 /// Networks and countries of the test database.
@@ -156,6 +167,8 @@ pub struct TestEnv {
     events_rx: Option<mpsc::Receiver<Value>>,
     pub seen: Vec<Value>,
     log: Arc<Mutex<String>>,
+    /// The next of the test server's ports `fresh_port` hands out.
+    next_port: std::sync::atomic::AtomicU16,
 }
 
 impl TestEnv {
@@ -180,6 +193,7 @@ impl TestEnv {
             events_rx: None,
             seen: Vec::new(),
             log: Arc::new(Mutex::new(String::new())),
+            next_port: std::sync::atomic::AtomicU16::new(PORT + 1),
         };
         // Traversable by the unprivileged users of the access tests.
         std::fs::set_permissions(
@@ -225,7 +239,7 @@ impl TestEnv {
         sh(&["ip", "-n", &ns, "link", "set", &peer, "up"]);
         sh(&["ip", "-n", &ns, "link", "set", "lo", "up"]);
         // Nothing is sent unless every test address routes through our link.
-        for addr in [DE_V4, US_V4, DE_V6, US_V6] {
+        for addr in [DE_V4, US_V4, DE_V6, US_V6, US2_V4, US2_V6, DE2_V4] {
             let route = sh(&["ip", "-n", &cns, "route", "get", addr]);
             assert!(
                 route.contains(&format!("dev {h} ")),
@@ -880,6 +894,52 @@ impl TestEnv {
             "status never showed {what} within {timeout:?}; last: {last:#}\nlog:\n{}",
             self.log()
         );
+    }
+
+    /// A port of the test server no earlier call of this environment
+    /// returned (after `PORT`; they repeat after `SERVE_PORTS - 1`): a
+    /// connection to it is a destination of its own, so a first decision
+    /// and an event.
+    pub fn fresh_port(&self) -> u16 {
+        let n = self.next_port.fetch_add(1, Ordering::SeqCst);
+        PORT + 1 + (n - PORT - 1) % (SERVE_PORTS - 1)
+    }
+
+    /// The flows of the last hour (`flows -o json`, full key), plus `extra`
+    /// arguments.
+    pub fn flows(&self, extra: &[&str]) -> Vec<Value> {
+        let mut args = vec!["flows", "-o", "json", "--limit", "10000"];
+        args.extend_from_slice(extra);
+        json_lines(&self.cli(&args))
+    }
+
+    /// Polls the flows until the attempts (`count`) of those that match
+    /// `pred` add up to `want` (the daemon harvests the kernel's counters
+    /// every second); panics with what it saw when they do not within
+    /// `timeout`, or when they go past `want`. Returns the matching flows.
+    pub fn wait_flow_count(
+        &self,
+        what: &str,
+        want: u64,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let deadline = Instant::now() + timeout;
+        let sum = |fs: &[Value]| -> u64 { fs.iter().map(|f| f["count"].as_u64().unwrap_or(0)).sum() };
+        loop {
+            let matching: Vec<Value> = self.flows(&[]).into_iter().filter(|f| pred(f)).collect();
+            let n = sum(&matching);
+            assert!(n <= want, "{what}: {n} attempts counted, more than the {want} made: {matching:#?}");
+            if n == want {
+                return matching;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{what}: {n} of {want} attempts counted within {timeout:?}: {matching:#?}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 }
 

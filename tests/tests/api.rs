@@ -545,7 +545,10 @@ fn a_stalled_client_gets_a_gap_and_does_not_slow_others() {
         });
         let probe_env = &env;
         let p = tokio::task::block_in_place(|| {
-            probe_env.probe("sel", &["udp-burst", DE_V4, "8081", &BURST.to_string()])
+            probe_env.probe(
+                "sel",
+                &["udp-burst", DE_V4, "8081", &BURST.to_string(), &BURST.to_string()],
+            )
         });
         assert!(p.ok, "{:?}", p.raw);
         let (events, gaps) = counter.await.unwrap();

@@ -259,8 +259,9 @@ fn events_after_a_restart_come_from_the_store() {
     let mut env = TestEnv::started("enforce", "DE", &[]);
     let port = PORT.to_string();
     let mut pids = Vec::new();
-    for _ in 0..3 {
-        let p = env.probe("sel", &["tcp", US_V4, &port]);
+    // Three destinations: each a first decision, so each an event.
+    for dst in [US_V4, US2_V4, US_V6] {
+        let p = env.probe("sel", &["tcp", dst, &port]);
         assert!(!p.ok);
         pids.push(p.pid);
     }

@@ -28,7 +28,9 @@ fn enforce_allows_one_country_and_refuses_another() {
     for (proto, addr) in [
         ("tcp", DE_V4),
         ("tcp", DE_V6),
-        ("tcp", DE_MAPPED),
+        // The second DE host: a repeat of a destination is counted, not
+        // reported again, and the mapped form is the same destination.
+        ("tcp", "::ffff:198.51.100.3"),
         ("udp", DE_V4),
         ("udp", DE_V6),
     ] {
@@ -49,10 +51,10 @@ fn enforce_allows_one_country_and_refuses_another() {
     for (proto, addr, hook, family) in [
         ("tcp", US_V4, "connect4", "ipv4"),
         ("tcp", US_V6, "connect6", "ipv6"),
-        ("tcp", US_MAPPED, "connect6", "ipv6"),
+        ("tcp", "::ffff:203.0.113.3", "connect6", "ipv6"),
         ("udp", US_V4, "sendmsg4", "ipv4"),
         ("udp", US_V6, "sendmsg6", "ipv6"),
-        ("udp", US_MAPPED, "sendmsg4", "ipv4"),
+        ("udp", "::ffff:203.0.113.3", "sendmsg4", "ipv4"),
     ] {
         let p = env.probe("sel", &[proto, addr, &port]);
         assert!(
@@ -327,7 +329,16 @@ fn traffic_across_policy_switches_sees_whole_sets() {
     let events = env.events_within(Duration::from_secs(2), |e| {
         e["pid"].as_u64() == Some(de_pid) && s(e, "dst_ip") == DE_V4
     });
-    assert_eq!(events.len(), 5000, "one event per DE connect");
+    // A decision is an event when it is new or differs from the cached one
+    // (here the rule changes at every switch); the repeats are counted.
+    assert!(
+        !events.is_empty() && events.len() <= 13,
+        "one event per generation the traffic saw, not one per connect: {}",
+        events.len()
+    );
+    env.wait_flow_count("DE connects", 5000, WAIT, |f| {
+        s(f, "dst_ip") == DE_V4 && s(f, "verdict") == "allowed"
+    });
     let mut generations = std::collections::BTreeSet::new();
     for e in &events {
         let g = e["policy_generation"].as_u64().unwrap();

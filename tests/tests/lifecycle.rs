@@ -92,10 +92,10 @@ fn finish_loop(child: std::process::Child) -> Value {
 }
 
 /// kill -9 during a traffic loop: no forbidden connection succeeds, the
-/// restart adopts the pins (four programs attached, not eight), and the
-/// decisions made while no daemon ran arrive as events.
+/// restart adopts the pins (programs attached once, not twice), and the
+/// attempts made while no daemon ran are counted in the flows.
 #[test]
-fn kill_9_during_traffic_opens_no_gap_and_loses_no_event() {
+fn kill_9_during_traffic_opens_no_gap_and_loses_no_count() {
     let mut env = enforced_env();
     let loop_child = start_loop(&env, "300", "5");
     let pid = u64::from(loop_child.id());
@@ -130,24 +130,13 @@ fn kill_9_during_traffic_opens_no_gap_and_loses_no_event() {
         5,
         "attached twice?"
     );
-    // Every attempt is reported: those before the kill were printed by the
-    // first daemon, the rest wait in the pinned ring for the second.
-    let mut after = 0;
-    let deadline = std::time::Instant::now() + WAIT;
-    while before + after < 300 && std::time::Instant::now() < deadline {
-        after = env
-            .events_within(Duration::from_millis(200), |e| {
-                e["tgid"].as_u64() == Some(pid)
-            })
-            .len()
-            - before;
-    }
-    assert!(after > 0, "no event from the downtime arrived");
-    assert_eq!(
-        before + after,
-        300,
-        "{before} before the kill + {after} after the restart"
-    );
+    // Every attempt is counted: the first was an event (the first daemon
+    // printed it), the repeats were counted in the pinned flow table, where
+    // the second daemon harvests what the first had not.
+    assert_eq!(before, 1, "one event for the first decision, the rest counted");
+    env.wait_flow_count("the loop's attempts after kill -9", 300, WAIT, |f| {
+        s(f, "dst_ip") == US_V4 && s(f, "verdict") == "denied"
+    });
     let status = env.cli(&["status", "-o", "json"]);
     let st: Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(

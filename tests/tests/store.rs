@@ -22,15 +22,17 @@ fn now() -> String {
 }
 
 /// Probes: `de` allowed TCP connections and `us` refused ones; returns the pids.
+/// Each to a port of its own, so each is a first decision and an event.
 fn traffic(env: &mut TestEnv, de: usize, us: usize) -> Vec<u64> {
-    let port = PORT.to_string();
     let mut pids = Vec::new();
     for _ in 0..de {
+        let port = env.fresh_port().to_string();
         let p = env.probe("sel", &["tcp", DE_V4, &port]);
         assert!(p.ok, "{:?}", p.raw);
         pids.push(p.pid);
     }
     for _ in 0..us {
+        let port = env.fresh_port().to_string();
         let p = env.probe("sel", &["tcp", US_V4, &port]);
         assert_eq!(p.errno, EPERM, "{:?}", p.raw);
         pids.push(p.pid);

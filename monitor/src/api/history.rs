@@ -126,6 +126,8 @@ pub fn query_flows(
             count: f.count,
             dns_name: f.dns_name,
             cloud_region: f.cloud_region,
+            packets: f.packets,
+            bytes: f.bytes,
         })
         .collect();
     Ok(pb::QueryFlowsResponse {

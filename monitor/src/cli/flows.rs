@@ -136,6 +136,8 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
                     &f.continent,
                     &f.dns_name,
                     &f.cloud_region,
+                    &f.packets.to_string(),
+                    &f.bytes.to_string(),
                 ])?;
             }
             w.flush()?;
@@ -144,8 +146,9 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
             let grouped_by_name =
                 args.group_by.is_empty() || args.group_by.iter().any(|g| g == "name");
             println!(
-                "{:<8} {:<24} {:<24} {:<10} {:<28} {:<16} {:<28} {:<28} {:<22} POLICY",
+                "{:<8} {:>9} {:<24} {:<24} {:<10} {:<28} {:<16} {:<28} {:<28} {:<22} POLICY",
                 "COUNT",
+                "SENT",
                 "FIRST SEEN",
                 "LAST SEEN",
                 "VERDICT",
@@ -158,8 +161,9 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
             for f in &flows {
                 let short = |t: &str| t.get(..23).map(|t| format!("{t}Z")).unwrap_or_default();
                 println!(
-                    "{:<8} {:<24} {:<24} {:<10} {:<28} {:<16} {:<28} {:<28} {:<22} {}",
+                    "{:<8} {:>9} {:<24} {:<24} {:<10} {:<28} {:<16} {:<28} {:<28} {:<22} {}",
                     f.count,
+                    sent(f.bytes),
                     short(&f.first_seen),
                     short(&f.last_seen),
                     or_star(&f.verdict),
@@ -181,4 +185,24 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Payload bytes a flow sent, short: `-` when the egress program counted
+/// none (a refused connect sends nothing).
+fn sent(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    if bytes == 0 {
+        return "-".into();
+    }
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }

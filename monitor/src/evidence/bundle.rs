@@ -256,6 +256,8 @@ fn flows_csv(flows: &[query::Flow]) -> anyhow::Result<Vec<u8>> {
             f.continent.clone(),
             f.dns_name.clone(),
             f.cloud_region.clone(),
+            f.packets.to_string(),
+            f.bytes.to_string(),
         ])?;
     }
     w.into_inner().context("writing flows.csv")

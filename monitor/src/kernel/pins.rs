@@ -155,22 +155,31 @@ pub struct Probe {
     expected: Vec<&'static str>,
     lost: PerCpuArray<MapData, u64>,
     dns_stats: PerCpuArray<MapData, u64>,
+    flow_stats: PerCpuArray<MapData, u64>,
+}
+
+/// Every counter of a per-CPU counter array, summed over the CPUs.
+fn per_cpu_sums(map: &PerCpuArray<MapData, u64>, names: &[&'static str]) -> Vec<(&'static str, u64)> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| {
+            let n = map
+                .get(&(i as u32), 0)
+                .map(|values| values.iter().sum())
+                .unwrap_or_default();
+            (*name, n)
+        })
+        .collect()
 }
 
 impl KernelProbe for Probe {
     fn dns_stats(&self) -> Vec<(&'static str, u64)> {
-        monitor_common::dns::stat::NAMES
-            .iter()
-            .enumerate()
-            .map(|(i, name)| {
-                let n = self
-                    .dns_stats
-                    .get(&(i as u32), 0)
-                    .map(|values| values.iter().sum())
-                    .unwrap_or_default();
-                (*name, n)
-            })
-            .collect()
+        per_cpu_sums(&self.dns_stats, &monitor_common::dns::stat::NAMES)
+    }
+
+    fn flow_stats(&self) -> Vec<(&'static str, u64)> {
+        per_cpu_sums(&self.flow_stats, &monitor_common::flow_stat::NAMES)
     }
 
     fn lost_events(&self) -> u64 {
@@ -217,7 +226,9 @@ impl Kernel {
         let _ = map_error;
         let lost = per_cpu(names::LOST)?;
         let dns_stats = per_cpu(names::DNS_STATS)?;
+        let flow_stats = per_cpu(names::FLOW_STATS)?;
         Ok(Probe {
+            flow_stats,
             pins: self.pins.clone(),
             cgroup_root: self.cgroup_root.clone(),
             expected: self.attached.iter().map(|a| a.hook).collect(),

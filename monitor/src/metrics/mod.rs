@@ -90,6 +90,10 @@ pub struct Snapshot<'a> {
     pub dns: Vec<(&'static str, u64)>,
     /// DNS answers the kernel learned from that the daemon could not read.
     pub dns_unparsed: u64,
+    /// The kernel's flow-table counters by name.
+    pub flows: Vec<(&'static str, u64)>,
+    pub flow_entries: u64,
+    pub repeats: u64,
     pub cloud: Option<&'a crate::cloud::CloudRanges>,
     /// The last candidate cloud snapshot was rejected.
     pub cloud_rejected: bool,
@@ -124,6 +128,9 @@ pub struct Metrics {
     set_refused: Gauge,
     dns: Family<DnsLabels, Counter>,
     dns_unparsed: Counter,
+    flows: Family<DnsLabels, Counter>,
+    flow_entries: Gauge,
+    repeats: Counter,
     cloud_info: Family<CloudLabels, Gauge>,
     cloud_prefixes: Gauge,
     cloud_rejected: Gauge,
@@ -163,6 +170,9 @@ impl Metrics {
             set_refused: Gauge::default(),
             dns: Family::default(),
             dns_unparsed: Counter::default(),
+            flows: Family::default(),
+            flow_entries: Gauge::default(),
+            repeats: Counter::default(),
             cloud_info: Family::default(),
             cloud_prefixes: Gauge::default(),
             cloud_rejected: Gauge::default(),
@@ -267,6 +277,21 @@ impl Metrics {
                 m.dns_unparsed.clone(),
             );
             r.register(
+                "flow_decisions",
+                "Decisions the kernel made and cached in its flow table (decided), and decisions that found the table full and were reported as events instead (overflow)",
+                m.flows.clone(),
+            );
+            r.register(
+                "flow_table_entries",
+                "Flows in the kernel's flow table at the last harvest",
+                m.flow_entries.clone(),
+            );
+            r.register(
+                "flow_repeats",
+                "Attempts the kernel answered from its decision cache and counted in its flow table instead of reporting as events (harvested)",
+                m.repeats.clone(),
+            );
+            r.register(
                 "cloud_ranges_info",
                 "The cloud-range files in force (value 1): file, providers, SHA-256, date",
                 m.cloud_info.clone(),
@@ -299,6 +324,14 @@ impl Metrics {
 
     /// Counts one decision; cheap after the first of its kind.
     pub fn decision(&self, raw: &DecisionEvent, event: &Event) {
+        self.decisions_by(raw, event, 1);
+    }
+
+    /// Counts `n` decisions like `raw`.
+    fn decisions_by(&self, raw: &DecisionEvent, event: &Event, n: u64) {
+        if n == 0 {
+            return;
+        }
         let key = (raw.policy_id, raw.verdict, raw.country);
         let mut cache = self
             .decision_cache
@@ -317,7 +350,7 @@ impl Metrics {
                 })
                 .clone()
         });
-        counter.inc();
+        counter.inc_by(n);
     }
 
     /// Counts a policy directory reload.
@@ -371,6 +404,16 @@ impl Metrics {
             );
         }
         Self::sync_counter(&self.dns_unparsed, s.dns_unparsed);
+        for (what, n) in &s.flows {
+            Self::sync_counter(
+                &self.flows.get_or_create(&DnsLabels {
+                    what: (*what).into(),
+                }),
+                *n,
+            );
+        }
+        self.flow_entries.set(s.flow_entries as i64);
+        Self::sync_counter(&self.repeats, s.repeats);
         self.cloud_info.clear();
         if let Some(c) = s.cloud {
             for f in c.files() {
@@ -434,6 +477,10 @@ impl crate::pipeline::Observer for Metrics {
     fn decision(&self, raw: &DecisionEvent, event: &Event) {
         Metrics::decision(self, raw, event);
     }
+
+    fn repeated(&self, raw: &DecisionEvent, event: &Event, count: u64) {
+        self.decisions_by(raw, event, count);
+    }
 }
 
 /// Renders the daemon's metrics now, from the read-only view: never waits
@@ -457,6 +504,9 @@ pub async fn scrape(view: &crate::state::View, metrics: &Arc<Metrics>) -> String
         policy_set_refused: !s.refused.is_empty(),
         dns: view.kernel.dns_stats(),
         dns_unparsed: view.counters.dns_unparsed.load(Ordering::Relaxed),
+        flows: view.kernel.flow_stats(),
+        flow_entries: view.counters.flow_entries.load(Ordering::Relaxed),
+        repeats: view.counters.repeats.load(Ordering::Relaxed),
         cloud: Some(&s.cloud),
         cloud_rejected: !s.cloud_error.is_empty(),
     };

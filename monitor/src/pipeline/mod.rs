@@ -8,6 +8,7 @@
 //! the interfaces it declares here ([`Observer`], [`Names`]); whoever wants
 //! to see decisions implements them (the metrics do).
 pub mod fanout;
+pub mod harvest;
 
 use std::{
     io::Write,
@@ -28,6 +29,9 @@ use crate::{
 /// Told of every decoded decision, on the pipeline's thread: keep it cheap.
 pub trait Observer: Send + Sync {
     fn decision(&self, raw: &DecisionEvent, event: &Event);
+    /// `count` more attempts decided as `raw` was, which the kernel counted
+    /// in its flow table instead of reporting (see `harvest`).
+    fn repeated(&self, _raw: &DecisionEvent, _event: &Event, _count: u64) {}
 }
 
 fn count(counters: &Counters, v: u8) {
@@ -116,7 +120,7 @@ impl Outlets {
 
     /// Names a decision: the text of the name the kernel judged it with,
     /// and the CNAME target this cgroup saw for the address.
-    fn name(&self, raw: &DecisionEvent, event: &mut Event) {
+    pub(crate) fn name(&self, raw: &DecisionEvent, event: &mut Event) {
         if raw.name_hash == 0 {
             return;
         }

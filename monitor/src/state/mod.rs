@@ -77,6 +77,10 @@ pub trait KernelProbe: Send + Sync {
     fn dns_stats(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// The kernel's flow-table counters by name (`monitor_common::flow_stat`).
+    fn flow_stats(&self) -> Vec<(&'static str, u64)> {
+        Vec::new()
+    }
 }
 
 /// Our programs, asked of the kernel in one pass.
@@ -98,6 +102,10 @@ pub struct Counters {
     pub undecodable: AtomicU64,
     /// DNS answers the kernel learned from that the daemon could not read.
     pub dns_unparsed: AtomicU64,
+    /// Entries in the kernel's flow table at the last harvest.
+    pub flow_entries: AtomicU64,
+    /// Attempts the kernel counted in its flow table instead of reporting.
+    pub repeats: AtomicU64,
 }
 
 /// The event stream clients.

@@ -149,6 +149,29 @@ impl Store {
         Ok((seq, chain::to32(&hash)))
     }
 
+    /// What was harvested of each kernel flow entry (see `Mark`).
+    pub fn flow_marks(&self) -> Result<Vec<(Vec<u8>, Mark)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT key, first_ns, count, packets, bytes FROM flow_marks")
+            .map_err(self.err("prepare flow marks"))?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, Vec<u8>>(0)?,
+                    Mark {
+                        first_ns: r.get::<_, i64>(1)? as u64,
+                        count: r.get::<_, i64>(2)? as u64,
+                        packets: r.get::<_, i64>(3)? as u64,
+                        bytes: r.get::<_, i64>(4)? as u64,
+                    },
+                ))
+            })
+            .and_then(|r| r.collect())
+            .map_err(self.err("read flow marks"))?;
+        Ok(rows)
+    }
+
     /// Appends events, flows, policy sets and gap records in one
     /// transaction; all or nothing.
     pub fn append(&mut self, batch: &Batch) -> Result<(), StoreError> {
@@ -227,6 +250,8 @@ impl Store {
                 params![seq, prev],
             )
             .map_err(e("update chain head"))?;
+            drop(flow);
+            append_harvest(&tx, batch).map_err(e("record harvested flows"))?;
             for g in &batch.gaps {
                 tx.execute(
                     "INSERT INTO gaps (unix_nanos, kind, count, detail) VALUES (?1, ?2, ?3, ?4)",
@@ -294,17 +319,92 @@ pub struct Batch {
     pub cloud: Vec<(i64, String)>,
     /// (time, agent start as JSON: version, kernel, boot id).
     pub runs: Vec<(i64, String)>,
+    /// Harvested from the kernel's flow table, with what is now harvested
+    /// of each entry (and the entries that are gone), in the same
+    /// transaction: a restart neither loses nor doubles a count.
+    pub repeats: Vec<Repeat>,
+    pub marks: Vec<(Vec<u8>, Mark)>,
+    pub unmarks: Vec<Vec<u8>>,
+}
+
+/// What a flow entry in the kernel counted since its last harvest: attempts
+/// that were not events, and packets and bytes. `event` carries the flow's
+/// key and place (its time is the entry's last activity).
+#[derive(Debug, Clone)]
+pub struct Repeat {
+    pub event: Event,
+    pub count: u64,
+    pub packets: u64,
+    pub bytes: u64,
+}
+
+/// The counters of a kernel flow entry as last harvested; `first_ns` tells
+/// the entry from a later one under the same key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Mark {
+    pub first_ns: u64,
+    pub count: u64,
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 impl Batch {
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.repeats.is_empty()
+            && self.marks.is_empty()
+            && self.unmarks.is_empty()
+            && self.events.is_empty()
             && self.gaps.is_empty()
             && self.policy_sets.is_empty()
             && self.geo.is_empty()
             && self.cloud.is_empty()
             && self.runs.is_empty()
     }
+}
+
+/// The repeats and marks of a harvest.
+fn append_harvest(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite::Result<()> {
+    if !batch.repeats.is_empty() {
+        let mut up = tx.prepare_cached(schema::UPSERT_REPEATS)?;
+        for r in &batch.repeats {
+            let ev = &r.event;
+            let t = ev.unix_nanos as i64;
+            up.execute(params![
+                query::bucket_of(t),
+                ev.cgroup_path,
+                ev.comm,
+                ev.dst_ip,
+                ev.dst_port,
+                ev.protocol,
+                ev.verdict,
+                ev.policy,
+                ev.country,
+                ev.continent,
+                t,
+                ev.dns_name,
+                cloud_place(ev),
+                r.count as i64,
+                r.packets as i64,
+                r.bytes as i64,
+            ])?;
+        }
+    }
+    if !batch.marks.is_empty() {
+        let mut up = tx.prepare_cached(schema::UPSERT_MARK)?;
+        for (key, m) in &batch.marks {
+            up.execute(params![
+                key,
+                m.first_ns as i64,
+                m.count as i64,
+                m.packets as i64,
+                m.bytes as i64
+            ])?;
+        }
+    }
+    for key in &batch.unmarks {
+        tx.execute("DELETE FROM flow_marks WHERE key = ?1", params![key])?;
+    }
+    Ok(())
 }
 
 /// Records a policy set when it differs from the last one recorded.

@@ -12,7 +12,7 @@ const MINUTE: i64 = 60_000_000_000;
 
 /// Columns of flows as CSV (the CLI's `flows -o csv` and the evidence
 /// bundle's flows.csv), in order.
-pub const FLOW_CSV_COLUMNS: [&str; 15] = [
+pub const FLOW_CSV_COLUMNS: [&str; 17] = [
     "first_seen",
     "last_seen",
     "count",
@@ -28,6 +28,8 @@ pub const FLOW_CSV_COLUMNS: [&str; 15] = [
     "continent",
     "dns_name",
     "cloud_region",
+    "packets",
+    "bytes",
 ];
 
 /// The minute a time falls in (flow rows are per minute).
@@ -174,7 +176,12 @@ pub struct Flow {
     pub cloud_region: String,
     pub first_seen: i64,
     pub last_seen: i64,
+    /// Attempts: the events, and the repeats the kernel counted.
     pub count: u64,
+    /// Packets and transport payload bytes the egress program passed or
+    /// refused for the flow (0 where it saw none).
+    pub packets: u64,
+    pub bytes: u64,
 }
 
 impl Flow {
@@ -236,6 +243,8 @@ fn flow_of(r: &Row<'_>) -> rusqlite::Result<Flow> {
         first_seen: r.get(11)?,
         last_seen: r.get(12)?,
         count: r.get::<_, i64>(13)? as u64,
+        packets: r.get::<_, i64>(14)? as u64,
+        bytes: r.get::<_, i64>(15)? as u64,
         pod_uid: String::new(),
     })
 }
@@ -282,6 +291,8 @@ pub fn flows(
                 first_seen: t,
                 last_seen: t,
                 count: 1,
+                packets: 0,
+                bytes: 0,
                 pod_uid: String::new(),
             });
         }
@@ -293,7 +304,7 @@ pub fn flows(
             let mut stmt = store
                 .conn
                 .prepare_cached(&format!(
-                    "SELECT {FLOW_KEY}, min(first_seen), max(last_seen), sum(count) FROM flows WHERE bucket >= ?1 AND bucket < ?2 GROUP BY {FLOW_GROUP}"
+                    "SELECT {FLOW_KEY}, min(first_seen), max(last_seen), sum(count) + sum(repeats), sum(packets), sum(bytes) FROM flows WHERE bucket >= ?1 AND bucket < ?2 GROUP BY {FLOW_GROUP}"
                 ))
                 .map_err(store.err("prepare flow query"))?;
             let rows: Vec<Flow> = stmt
@@ -309,9 +320,17 @@ pub fn flows(
         let mut stmt = store
             .conn
             .prepare_cached(&format!(
-                "SELECT {EVENT_FLOW_KEY}, min(unix_nanos), max(unix_nanos), count(*) FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY {FLOW_GROUP}"
+                "SELECT {EVENT_FLOW_KEY}, min(unix_nanos), max(unix_nanos), count(*), 0, 0 FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY {FLOW_GROUP}"
             ))
             .map_err(store.err("prepare edge query"))?;
+        // The kernel's repeats are kept per minute: in a minute the window
+        // cuts, they count when their last harvest falls inside it.
+        let mut repeats = store
+            .conn
+            .prepare_cached(&format!(
+                "SELECT {FLOW_KEY}, min(repeat_last), max(repeat_last), sum(repeats), sum(packets), sum(bytes) FROM flows WHERE bucket >= ?1 AND bucket <= ?2 AND repeat_last >= ?3 AND repeat_last < ?4 GROUP BY {FLOW_GROUP}"
+            ))
+            .map_err(store.err("prepare edge repeats query"))?;
         for (a, b) in edges {
             if a >= b {
                 continue;
@@ -320,6 +339,11 @@ pub fn flows(
                 .query_map(params![a, b], flow_of)
                 .and_then(|r| r.collect())
                 .map_err(store.err("query edge flows"))?;
+            parts.extend(rows);
+            let rows: Vec<Flow> = repeats
+                .query_map(params![bucket_of(a), bucket_of(b), a, b], flow_of)
+                .and_then(|r| r.collect())
+                .map_err(store.err("query edge repeats"))?;
             parts.extend(rows);
         }
     }
@@ -342,6 +366,8 @@ pub fn flows(
                 m.first_seen = m.first_seen.min(f.first_seen);
                 m.last_seen = m.last_seen.max(f.last_seen);
                 m.count += f.count;
+                m.packets += f.packets;
+                m.bytes += f.bytes;
             })
             .or_insert(f);
     }
@@ -419,6 +445,8 @@ pub fn group(flows: Vec<Flow>, by: &[String]) -> Vec<Flow> {
             first_seen: f.first_seen,
             last_seen: f.last_seen,
             count: f.count,
+            packets: f.packets,
+            bytes: f.bytes,
         };
         let key = vec![
             g.cgroup_path.clone(),
@@ -439,6 +467,8 @@ pub fn group(flows: Vec<Flow>, by: &[String]) -> Vec<Flow> {
                 m.first_seen = m.first_seen.min(g.first_seen);
                 m.last_seen = m.last_seen.max(g.last_seen);
                 m.count += g.count;
+                m.packets += g.packets;
+                m.bytes += g.bytes;
             })
             .or_insert(g);
     }

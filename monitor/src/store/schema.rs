@@ -6,7 +6,7 @@ use rusqlite::{params, Connection};
 use super::{sql, StoreError};
 
 /// `PRAGMA user_version` of the layout below.
-pub const VERSION: i64 = 2;
+pub const VERSION: i64 = 3;
 
 const TABLES: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,7 +38,14 @@ CREATE TABLE flows (
     country TEXT NOT NULL, continent TEXT NOT NULL,
     first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, count INTEGER NOT NULL,
     dns_name TEXT NOT NULL DEFAULT '', cloud_region TEXT NOT NULL DEFAULT '',
+    repeats INTEGER NOT NULL DEFAULT 0, packets INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0, repeat_last INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name)
+) WITHOUT ROWID;
+-- What was harvested of each kernel flow entry so far (see FLOW_MARKS).
+CREATE TABLE flow_marks (
+    key BLOB PRIMARY KEY, first_ns INTEGER NOT NULL,
+    count INTEGER NOT NULL, packets INTEGER NOT NULL, bytes INTEGER NOT NULL
 ) WITHOUT ROWID;
 -- Policy versions by content, and the sets in force over time.
 CREATE TABLE policy_versions (
@@ -91,9 +98,30 @@ CREATE TABLE cloud_ranges (id INTEGER PRIMARY KEY, unix_nanos INTEGER NOT NULL, 
 PRAGMA user_version = 2;
 ";
 
+/// Version 2 to 3: flows in the kernel. A flow row gains the repeats the
+/// kernel counted without an event, and the packets and bytes it passed;
+/// `flow_marks` keeps what was harvested, so a restart counts nothing twice.
+const MIGRATE_2_TO_3: &str = "
+ALTER TABLE flows ADD COLUMN repeats INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE flows ADD COLUMN packets INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE flows ADD COLUMN bytes INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE flows ADD COLUMN repeat_last INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE flow_marks (
+    key BLOB PRIMARY KEY, first_ns INTEGER NOT NULL,
+    count INTEGER NOT NULL, packets INTEGER NOT NULL, bytes INTEGER NOT NULL
+) WITHOUT ROWID;
+PRAGMA user_version = 3;
+";
+
 pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, dns_name, dns_cname, cloud, cloud_region, country_source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)";
 
 pub const UPSERT_FLOW: &str = "INSERT INTO flows (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count, dns_name, cloud_region) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 1, ?12, ?13) ON CONFLICT (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen), count = count + 1, country = excluded.country, continent = excluded.continent, cloud_region = excluded.cloud_region";
+
+/// Repeats, packets and bytes harvested from a kernel flow entry, added to
+/// the flow row of their minute.
+pub const UPSERT_REPEATS: &str = "INSERT INTO flows (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count, dns_name, cloud_region, repeats, packets, bytes, repeat_last) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 0, ?12, ?13, ?14, ?15, ?16, ?11) ON CONFLICT (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen), repeats = repeats + excluded.repeats, packets = packets + excluded.packets, bytes = bytes + excluded.bytes, repeat_last = max(repeat_last, excluded.repeat_last)";
+
+pub const UPSERT_MARK: &str = "INSERT INTO flow_marks (key, first_ns, count, packets, bytes) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (key) DO UPDATE SET first_ns = excluded.first_ns, count = excluded.count, packets = excluded.packets, bytes = excluded.bytes";
 
 /// Pragmas and, on a new file, the tables.
 pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
@@ -150,13 +178,17 @@ pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         tx.execute_batch(&format!("PRAGMA user_version = {VERSION}"))
             .map_err(e("write schema version"))?;
         tx.commit().map_err(e("commit schema"))?;
-    } else if version == 1 {
+    } else if version < VERSION {
         let tx = conn.unchecked_transaction().map_err(e("begin"))?;
-        tx.execute_batch(MIGRATE_1_TO_2)
-            .map_err(e("migrate schema 1 to 2"))?;
+        if version == 1 {
+            tx.execute_batch(MIGRATE_1_TO_2)
+                .map_err(e("migrate schema 1 to 2"))?;
+        }
+        tx.execute_batch(MIGRATE_2_TO_3)
+            .map_err(e("migrate schema 2 to 3"))?;
         tx.commit().map_err(e("commit migration"))?;
         log::info!(
-            "store {}: schema migrated from version 1 to 2 (names and cloud regions)",
+            "store {}: schema migrated from version {version} to {VERSION} (names and cloud regions; flows in the kernel)",
             path.display()
         );
     }

@@ -20,7 +20,7 @@ use std::{
 
 use tokio::sync::{broadcast, oneshot, watch};
 
-use super::{now_nanos, retention::Retention, Batch, Gap, PolicySet, PolicyVersion, Store};
+use super::{now_nanos, retention::Retention, Batch, Gap, Mark, PolicySet, PolicyVersion, Repeat, Store};
 use crate::events::Event;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
@@ -28,6 +28,14 @@ const BATCH_EVENTS: usize = 2000;
 /// Events held in memory while the store cannot take them.
 pub const MAX_PENDING: usize = 200_000;
 const RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// One harvest of the kernel's flow table (see `Batch`).
+#[derive(Debug, Default)]
+pub struct Harvested {
+    pub repeats: Vec<Repeat>,
+    pub marks: Vec<(Vec<u8>, Mark)>,
+    pub unmarks: Vec<Vec<u8>>,
+}
 
 enum Msg {
     Events(Vec<Arc<Event>>),
@@ -37,6 +45,7 @@ enum Msg {
     Cloud(String),
     Run(String),
     KernelLost(u64),
+    Harvest(Harvested),
     Flush(oneshot::Sender<Result<(), String>>),
     Shutdown(oneshot::Sender<()>),
 }
@@ -203,6 +212,23 @@ impl Handle {
     }
 
     /// Records events the kernel could not queue.
+    /// Queues what a harvest of the kernel's flow table found; it is
+    /// written with the next batch, all or nothing.
+    pub fn harvest(&self, h: Harvested) {
+        self.send(Msg::Harvest(h));
+    }
+
+    /// What was harvested of each kernel flow entry before (empty for a
+    /// new store).
+    pub fn flow_marks(&self) -> Result<Vec<(Vec<u8>, Mark)>, String> {
+        if !self.path.exists() {
+            return Ok(Vec::new());
+        }
+        crate::store::Store::open_read(&self.path)
+            .and_then(|s| s.flow_marks())
+            .map_err(|e| e.to_string())
+    }
+
     pub fn kernel_lost(&self, n: u64) {
         self.send(Msg::KernelLost(n));
     }
@@ -298,6 +324,11 @@ impl Writer {
                     detail: "the kernel ring buffer was full".into(),
                 }),
                 Ok(Msg::PolicySet(s)) => self.pending.policy_sets.push(s),
+                Ok(Msg::Harvest(h)) => {
+                    self.pending.repeats.extend(h.repeats);
+                    self.pending.marks.extend(h.marks);
+                    self.pending.unmarks.extend(h.unmarks);
+                }
                 Ok(Msg::Geo(g)) => self.pending.geo.push((now_nanos(), g)),
                 Ok(Msg::Cloud(c)) => self.pending.cloud.push((now_nanos(), c)),
                 Ok(Msg::Run(r)) => self.pending.runs.push((now_nanos(), r)),

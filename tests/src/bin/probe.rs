@@ -5,7 +5,8 @@
 //! probe udp ADDR PORT                     unconnected sendto
 //! probe udp-pktinfo ADDR PORT             connect, then sendmsg without a
 //!                                         destination but with IP(V6)_PKTINFO
-//! probe udp-burst ADDR PORT COUNT        COUNT unconnected sends, paced
+//! probe udp-burst ADDR PORT COUNT [SPREAD]  COUNT unconnected sends, paced,
+//!                                         over SPREAD ports from PORT up
 //! probe tcp-loop ADDR PORT COUNT GAP_MS  COUNT connects, GAP_MS apart; prints
 //!                                         how many succeeded and failed
 //! probe sendmsg|sendmmsg ADDR PORT        unconnected UDP through sendmsg(2) /
@@ -22,7 +23,11 @@
 //!                                         OTHER_PROCS creates a TCP socket and
 //!                                         passes it over SCM_RIGHTS; we connect it
 //! probe unshare ADDR PORT                 connect from a new network namespace
-//! probe serve PORT SECONDS                TCP accept + UDP receive on [::]
+//! probe serve PORT SECONDS                TCP accept + UDP receive on [::],
+//!                                         on 16 ports from PORT up
+//! probe sink PORT SECONDS                 count what arrives; print totals
+//! probe spray COUNT SIZE PORT ADDR...     unconnected UDP, round robin
+//! probe tcp-send ADDR PORT BYTES          one connection, BYTES written
 use std::{
     io::Write,
     mem::size_of,
@@ -474,12 +479,82 @@ fn recv_fd(over: i32) -> std::io::Result<i32> {
     }
 }
 
-fn serve(port: u16, seconds: u64) -> std::io::Result<()> {
+/// Ports `serve` listens on, from its port up.
+const SERVE_PORTS: u16 = 16;
+
+/// Counts what arrives on a port (TCP and UDP) for SECONDS, then prints
+/// the totals: datagrams and their bytes, connections and their bytes.
+fn sink(port: u16, seconds: u64) -> std::io::Result<()> {
+    use std::io::Read;
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let tcp = TcpListener::bind(("::", port))?;
-    let udp = UdpSocket::bind(("::", port))?;
     tcp.set_nonblocking(true)?;
-    udp.set_read_timeout(Some(Duration::from_millis(20)))?;
+    let udp = UdpSocket::bind(("::", port))?;
+    udp.set_nonblocking(true)?;
+    // Room for a burst: the sender does not wait for us.
+    let size: libc::c_int = 8 << 20;
+    // SAFETY: a valid option value for the socket.
+    unsafe {
+        libc::setsockopt(
+            udp.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUFFORCE,
+            (&size as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+    println!("{}", serde_json::json!({"sinking": port}));
+    std::io::stdout().flush()?;
+    let (mut datagrams, mut udp_bytes, mut accepted, mut tcp_bytes) = (0u64, 0u64, 0u64, 0u64);
+    let mut streams: Vec<TcpStream> = Vec::new();
+    let mut buf = [0u8; 65536];
+    while Instant::now() < deadline {
+        let mut idle = true;
+        while let Ok((n, _)) = udp.recv_from(&mut buf) {
+            datagrams += 1;
+            udp_bytes += n as u64;
+            idle = false;
+        }
+        while let Ok((s, _)) = tcp.accept() {
+            s.set_nonblocking(true)?;
+            streams.push(s);
+            accepted += 1;
+            idle = false;
+        }
+        for s in &mut streams {
+            while let Ok(n) = s.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                tcp_bytes += n as u64;
+                idle = false;
+            }
+        }
+        if idle {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({"datagrams": datagrams, "udp_bytes": udp_bytes, "accepted": accepted, "tcp_bytes": tcp_bytes})
+    );
+    Ok(())
+}
+
+fn serve(port: u16, seconds: u64) -> std::io::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    // SERVE_PORTS ports from `port` up: a test can reach the same host as
+    // a new destination (a first decision) several times.
+    let mut tcp = Vec::new();
+    let mut udp = Vec::new();
+    for p in port..port + SERVE_PORTS {
+        let l = TcpListener::bind(("::", p))?;
+        l.set_nonblocking(true)?;
+        tcp.push(l);
+        let u = UdpSocket::bind(("::", p))?;
+        u.set_nonblocking(true)?;
+        udp.push(u);
+    }
     // Every ICMP echo request that arrives, from raw sockets of our own.
     let icmp4 = socket(
         libc::AF_INET,
@@ -498,11 +573,15 @@ fn serve(port: u16, seconds: u64) -> std::io::Result<()> {
     let start = Instant::now();
     let ms = || start.elapsed().as_millis() as u64;
     while Instant::now() < deadline {
-        while let Ok((stream, peer)) = tcp.accept() {
-            stream.set_nonblocking(true)?;
-            let from = peer.ip().to_string();
-            println!("{}", serde_json::json!({"accepted": from, "ms": ms()}));
-            streams.push((stream, from));
+        let mut idle = true;
+        for l in &tcp {
+            while let Ok((stream, peer)) = l.accept() {
+                stream.set_nonblocking(true)?;
+                let from = peer.ip().to_string();
+                println!("{}", serde_json::json!({"accepted": from, "ms": ms()}));
+                streams.push((stream, from));
+                idle = false;
+            }
         }
         for (stream, from) in &mut streams {
             use std::io::Read;
@@ -556,13 +635,19 @@ fn serve(port: u16, seconds: u64) -> std::io::Result<()> {
                 }
             }
         }
-        if let Ok((n, peer)) = udp.recv_from(&mut buf) {
-            println!(
-                "{}",
-                serde_json::json!({"datagram": n, "from": peer.ip().to_string(), "ms": ms()})
-            );
+        for u in &udp {
+            while let Ok((n, peer)) = u.recv_from(&mut buf) {
+                println!(
+                    "{}",
+                    serde_json::json!({"datagram": n, "from": peer.ip().to_string(), "ms": ms()})
+                );
+                idle = false;
+            }
         }
         std::io::stdout().flush()?;
+        if idle {
+            std::thread::sleep(Duration::from_millis(2));
+        }
     }
     Ok(())
 }
@@ -667,9 +752,14 @@ fn main() {
         Some("udp-burst") => {
             let addr = target();
             let count: usize = args[3].parse().expect("count");
+            // Optional: spread over this many ports from PORT up, so each
+            // send is a destination of its own (a first decision each).
+            let spread: u16 = args.get(4).map_or(1, |a| a.parse().expect("spread"));
             let result = UdpSocket::bind(unspecified_for(&addr)).and_then(|s| {
                 for i in 0..count {
-                    s.send_to(b"burst", addr)?;
+                    let mut to = addr;
+                    to.set_port(addr.port() + (i % usize::from(spread.max(1))) as u16);
+                    s.send_to(b"burst", to)?;
                     // About 50,000 a second: a flood, but one a reading
                     // client keeps up with.
                     if i % 100 == 99 {
@@ -679,6 +769,56 @@ fn main() {
                 Ok(())
             });
             report(result)
+        }
+        Some("sink") => {
+            if let Err(e) = sink(
+                args[1].parse().expect("port"),
+                args[2].parse().expect("seconds"),
+            ) {
+                eprintln!("sink: {e}");
+                std::process::exit(1);
+            }
+        }
+        Some("spray") => {
+            // spray COUNT SIZE PORT ADDR...: COUNT unconnected UDP sends of
+            // SIZE bytes from one socket, round robin over the addresses.
+            let count: usize = args[1].parse().expect("count");
+            let size: usize = args[2].parse().expect("size");
+            let port: u16 = args[3].parse().expect("port");
+            let dests: Vec<SocketAddr> = args[4..]
+                .iter()
+                .map(|a| SocketAddr::new(a.parse().expect("address"), port))
+                .collect();
+            let payload = vec![0x5a; size];
+            let result = UdpSocket::bind("[::]:0").and_then(|s| {
+                let mut sent = 0u64;
+                for i in 0..count {
+                    s.send_to(&payload, dests[i % dests.len()])?;
+                    sent += 1;
+                    // Paced: about 50,000 a second, which the sink keeps up with.
+                    if i % 100 == 99 {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                }
+                Ok(sent)
+            });
+            match result {
+                Ok(sent) => println!(
+                    "{}",
+                    serde_json::json!({"result": "ok", "pid": std::process::id(), "sent": sent})
+                ),
+                Err(e) => report(Err(e)),
+            }
+        }
+        Some("tcp-send") => {
+            // tcp-send ADDR PORT BYTES: one connection, BYTES written.
+            let bytes: usize = args[3].parse().expect("bytes");
+            report(
+                TcpStream::connect_timeout(&target(), Duration::from_secs(3)).and_then(|mut s| {
+                    s.write_all(&vec![0x5a; bytes])?;
+                    s.flush()
+                }),
+            )
         }
         Some("serve") => {
             if let Err(e) = serve(

@@ -1,0 +1,226 @@
+//! The flow harvest: the second way the kernel reports. A repeated
+//! attempt (the same cgroup, destination, port and protocol, decided the
+//! same way) is not an event; the kernel counts it in its flow table
+//! (`FLOWS`, see `monitor_common::FlowEntry`), with the packets and bytes
+//! the egress program passed. This reads the table on a short interval and
+//! at shutdown and hands the store what each entry counted since the last
+//! harvest, together with what is now harvested of it (its mark), in one
+//! transaction. The counters stay in the pinned map until then, so a
+//! daemon killed with SIGKILL loses none: the next one starts from the
+//! marks the store kept. Entries idle for `IDLE` with nothing left to
+//! harvest are removed, which keeps the table for the flows in use.
+use std::{
+    collections::{HashMap as StdHashMap, HashSet},
+    path::Path,
+    sync::{atomic::Ordering, Mutex},
+    time::Duration,
+};
+
+use aya::maps::{HashMap, MapData};
+use monitor_common::{
+    kind, names, DecisionEvent, EventHeader, FlowEntry, FlowKey, DECISION_VERSION,
+};
+
+use super::Outlets;
+use crate::{
+    events::{boot_to_unix_offset, enrich, Names},
+    store::{writer::Harvested, Mark, Repeat},
+};
+
+/// How often the flow table is read.
+pub const HARVEST_EVERY: Duration = Duration::from_secs(1);
+/// An entry unused this long, with nothing left to harvest, is removed (the
+/// next attempt decides anew, with an event).
+pub const IDLE: Duration = Duration::from_secs(120);
+
+pub struct Harvest {
+    map: HashMap<MapData, FlowKey, FlowEntry>,
+    marks: StdHashMap<FlowKey, Mark>,
+    /// Marks of entries that are gone, to remove from the store.
+    gone: Vec<Vec<u8>>,
+}
+
+/// The store's form of a flow key: its bytes as the kernel lays it out.
+pub fn key_bytes(k: &FlowKey) -> Vec<u8> {
+    let mut v = Vec::with_capacity(32);
+    v.extend_from_slice(&k.cgroup_id.to_le_bytes());
+    v.extend_from_slice(&k.addr);
+    v.extend_from_slice(&k.port.to_le_bytes());
+    v.push(k.protocol);
+    v.extend_from_slice(&[0; 5]);
+    v
+}
+
+pub fn key_of(b: &[u8]) -> Option<FlowKey> {
+    if b.len() != 32 {
+        return None;
+    }
+    Some(FlowKey {
+        cgroup_id: u64::from_le_bytes(b[0..8].try_into().ok()?),
+        addr: b[8..24].try_into().ok()?,
+        port: u16::from_le_bytes(b[24..26].try_into().ok()?),
+        protocol: b[26],
+        _pad: [0; 5],
+    })
+}
+
+fn boot_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: ts is a valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The record an entry would have been as an event: the enrichment of
+/// events names its cgroup, policy, place and name the same way.
+fn as_record(k: &FlowKey, e: &FlowEntry) -> DecisionEvent {
+    DecisionEvent {
+        header: EventHeader {
+            kind: kind::DECISION,
+            version: DECISION_VERSION,
+            len: size_of::<DecisionEvent>() as u32,
+        },
+        boot_ns: e.last_ns,
+        cgroup_id: k.cgroup_id,
+        selected_cgroup_id: e.selected_cgroup_id,
+        pid: 0,
+        tgid: 0,
+        uid: 0,
+        gid: 0,
+        policy_id: e.policy_id,
+        policy_generation: e.policy_generation,
+        dst_addr: k.addr,
+        comm: e.comm,
+        dst_port: k.port,
+        country: e.country,
+        continent: e.continent,
+        hook: e.hook,
+        family: e.family,
+        protocol: k.protocol,
+        verdict: e.verdict,
+        rule: e.rule,
+        mode: e.mode,
+        cloud_region: e.cloud_region,
+        name_hash: e.name_hash,
+        country_source: e.country_source,
+        _pad: [0; 7],
+    }
+}
+
+impl Harvest {
+    /// Opens the pinned flow table; `marks` are what the store says was
+    /// harvested before (a restart).
+    pub fn open(pin_dir: &Path, marks: Vec<(Vec<u8>, Mark)>) -> Result<Self, String> {
+        let path = pin_dir.join(names::FLOWS);
+        let data = MapData::from_pin(&path)
+            .map_err(|e| format!("opening the flow table {}: {e}", path.display()))?;
+        let map = HashMap::try_from(aya::maps::Map::HashMap(data))
+            .map_err(|e| format!("the flow table {}: {e}", path.display()))?;
+        let mut gone = Vec::new();
+        let mut kept = StdHashMap::new();
+        for (bytes, m) in marks {
+            match key_of(&bytes) {
+                Some(k) => {
+                    kept.insert(k, m);
+                }
+                None => gone.push(bytes),
+            }
+        }
+        Ok(Self {
+            map,
+            marks: kept,
+            gone,
+        })
+    }
+
+    /// One pass over the table: what each entry counted since its mark.
+    pub fn pass<N: Names>(&mut self, outlets: &Outlets, names: &Mutex<N>) -> Harvested {
+        let entries: Vec<(FlowKey, FlowEntry)> = self.map.iter().filter_map(Result::ok).collect();
+        outlets
+            .counters
+            .flow_entries
+            .store(entries.len() as u64, Ordering::Relaxed);
+        let now = boot_ns();
+        let idle_ns = IDLE.as_nanos() as u64;
+        let offset = boot_to_unix_offset();
+        let mut out = Harvested {
+            unmarks: std::mem::take(&mut self.gone),
+            ..Default::default()
+        };
+        let mut seen = HashSet::with_capacity(entries.len());
+        let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
+        for (k, e) in entries {
+            seen.insert(k);
+            let before = match self.marks.get(&k) {
+                Some(m) if m.first_ns == e.first_ns => *m,
+                _ => Mark {
+                    first_ns: e.first_ns,
+                    ..Mark::default()
+                },
+            };
+            let count = e.count.saturating_sub(before.count);
+            let packets = e.packets.saturating_sub(before.packets);
+            let bytes = e.bytes.saturating_sub(before.bytes);
+            if count == 0 && packets == 0 && bytes == 0 {
+                if now.saturating_sub(e.last_ns) > idle_ns && self.map.remove(&k).is_ok() {
+                    if self.marks.remove(&k).is_some() {
+                        out.unmarks.push(key_bytes(&k));
+                    }
+                    seen.remove(&k);
+                }
+                continue;
+            }
+            let raw = as_record(&k, &e);
+            let mut event = enrich(&raw, offset, &mut *names);
+            outlets.name(&raw, &mut event);
+            outlets.observer.repeated(&raw, &event, count);
+            outlets.counters.repeats.fetch_add(count, Ordering::Relaxed);
+            out.repeats.push(Repeat {
+                event,
+                count,
+                packets,
+                bytes,
+            });
+            let mark = Mark {
+                first_ns: e.first_ns,
+                count: e.count,
+                packets: e.packets,
+                bytes: e.bytes,
+            };
+            out.marks.push((key_bytes(&k), mark));
+            self.marks.insert(k, mark);
+        }
+        let gone: Vec<FlowKey> = self
+            .marks
+            .keys()
+            .filter(|k| !seen.contains(k))
+            .copied()
+            .collect();
+        for k in gone {
+            self.marks.remove(&k);
+            out.unmarks.push(key_bytes(&k));
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_key_survives_the_store() {
+        let k = FlowKey {
+            cgroup_id: 0x0102_0304_0506_0708,
+            addr: [7; 16],
+            port: 8443,
+            protocol: 17,
+            _pad: [0; 5],
+        };
+        assert_eq!(key_of(&key_bytes(&k)), Some(k));
+        assert_eq!(key_of(&[1, 2, 3]), None, "a short key is refused");
+    }
+}
