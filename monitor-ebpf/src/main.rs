@@ -1095,9 +1095,9 @@ fn count_packet(ctx: &SkBuffContext, key: &FlowKey, l4: u8, l4_offset: usize, fa
     } else {
         l4_offset as u32
     };
-    // A GSO packet is several on the wire, each with its own headers.
+    // A GSO packet is several on the wire; it carries its headers once.
     let segs = if segs == 0 { 1 } else { segs };
-    let payload = len.saturating_sub(header.saturating_mul(segs));
+    let payload = len.saturating_sub(header);
     // SAFETY: a pointer into the map's value; aligned u64 fields.
     unsafe {
         atomic_add(core::ptr::addr_of_mut!((*f).packets), u64::from(segs));

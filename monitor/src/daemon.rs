@@ -37,6 +37,8 @@ pub struct DaemonConfig {
     pub state_dir: PathBuf,
     pub log_events: bool,
     pub ring_bytes: u32,
+    /// Entries of the kernel's flow table (`--flow-table-entries`).
+    pub flow_entries: u32,
     pub rescan_interval: Duration,
     pub history: usize,
     pub api: ApiConfig,
@@ -284,7 +286,7 @@ fn boot(
     db: GeoDb,
     cancel: &AtomicBool,
 ) -> anyhow::Result<Booted> {
-    let (mut kernel, ring, old_pins) = Kernel::load(root, config.ring_bytes, &config.pin_dir)?;
+    let (mut kernel, ring, old_pins) = Kernel::load(root, config.ring_bytes, config.flow_entries, &config.pin_dir)?;
     kernel.set_dns_tuning(config.dns.tuning())?;
     let resolvers = dns_resolvers(&config.dns_resolvers);
     kernel.set_dns_resolvers(&resolvers)?;
@@ -485,6 +487,17 @@ impl Harvester {
         }
     }
 
+    /// A harvest pass to run from elsewhere (the controller, before a switch).
+    fn pass_fn(&self) -> Box<dyn Fn() + Send + Sync> {
+        let (harvest, outlets, names, store) = (
+            self.harvest.clone(),
+            self.outlets.clone(),
+            self.names.clone(),
+            self.store.clone(),
+        );
+        Box::new(move || Self::pass(&harvest, &outlets, &names, &store))
+    }
+
     /// Stops the interval and harvests what is left.
     async fn finish(self) {
         self.task.abort();
@@ -527,6 +540,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
     let view_of_kernel = Arc::new(kernel.probe()?);
     let name_key = kernel.dns_key();
     let pin_dir = kernel.pin_dir().to_path_buf();
+    let before_switch: control::BeforeSwitch = Arc::default();
     let (mut controller, snapshots) = Controller::new(control::Parts {
         kernel,
         mount,
@@ -542,13 +556,11 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         }),
         cloud_dir: config.cloud_ranges.clone(),
         cloud,
+        before_switch: before_switch.clone(),
     });
     let view = View::new(snapshots, view_of_kernel);
     store.agent_run(crate::store::agent_run_json(&node_public_key));
     store.geoip(crate::store::geo_json(&geo));
-    if let Err(e) = tokio::task::block_in_place(|| controller.reload()) {
-        log::error!("{e}");
-    }
 
     let outlets = Arc::new(Outlets::new(
         config.history,
@@ -572,6 +584,12 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
     store.attach(outlets.live.subscribe());
     retire(old_pins, &outlets, &resolver)?;
     let harvester = Harvester::start(&pin_dir, &store, outlets.clone(), resolver.clone())?;
+    // What the flow table counted under the decisions in force is harvested
+    // before a switch makes them anew, so every count keeps its verdict.
+    let _ = before_switch.set(harvester.pass_fn());
+    if let Err(e) = tokio::task::block_in_place(|| controller.reload()) {
+        log::error!("{e}");
+    }
     let pipeline = tokio::spawn(pipeline::run(ring, outlets.clone(), resolver));
 
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);

@@ -153,6 +153,21 @@ pub fn status_pb(
                 count,
             })
             .collect(),
+        flows: [
+            (
+                "entries",
+                view.counters.flow_entries.load(Ordering::Relaxed),
+            ),
+            ("capacity", view.kernel.flow_capacity()),
+        ]
+        .into_iter()
+        .chain(view.kernel.flow_stats())
+        .chain([("repeats", view.counters.repeats.load(Ordering::Relaxed))])
+        .map(|(name, count)| pb::NamedCount {
+            name: name.into(),
+            count,
+        })
+        .collect(),
     }
 }
 

@@ -38,6 +38,12 @@ pub struct DaemonArgs {
     /// Size of the kernel ring buffer in bytes (a power of two, >= 4096).
     #[arg(long, default_value_t = monitor_common::limits::DEFAULT_RING_BYTES, value_parser = ring_size)]
     pub ring_buffer_bytes: u32,
+    /// Flows (cgroup, destination, port, protocol) the kernel keeps a
+    /// cached decision and counters for. A decision that finds the table
+    /// full is reported as an event instead (the metric
+    /// egress_monitor_flow_decisions_total{what="overflow"} counts them).
+    #[arg(long, default_value_t = monitor_common::limits::FLOW_ENTRIES, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
+    pub flow_table_entries: u32,
     /// How often the cgroup tree is re-read for new cgroups matching a selector, in seconds.
     #[arg(long, default_value_t = 2.0)]
     pub rescan_interval: f64,
@@ -169,6 +175,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         state_dir: args.state_dir,
         log_events: args.log_events,
         ring_bytes: args.ring_buffer_bytes,
+        flow_entries: args.flow_table_entries,
         rescan_interval: Duration::from_secs_f64(args.rescan_interval),
         history: args.history,
         metrics_addr: args.metrics_addr,

@@ -77,6 +77,14 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             .collect();
         println!("dns             {}", counts.join("  "));
     }
+    if !s.flows.is_empty() {
+        let counts: Vec<String> = s
+            .flows
+            .iter()
+            .map(|c| format!("{} {}", c.name, c.count))
+            .collect();
+        println!("flow table      {}", counts.join("  "));
+    }
     if let Some(c) = &s.counters {
         println!(
             "events          allowed {}  denied {}  would_deny {}  lost in kernel {}  undecodable {}  missed by slow clients {}  stream clients {}",

@@ -117,7 +117,14 @@ pub struct Parts {
     /// it at the start.
     pub cloud_dir: Option<PathBuf>,
     pub cloud: Arc<CloudRanges>,
+    /// Run just before the kernel switches to a new set (see `BeforeSwitch`).
+    pub before_switch: BeforeSwitch,
 }
+
+/// Set once the flow harvest runs: the controller calls it just before
+/// every switch, so the repeats counted under the decisions in force are
+/// harvested with those decisions, not with the ones the switch makes.
+pub type BeforeSwitch = Arc<std::sync::OnceLock<Box<dyn Fn() + Send + Sync>>>;
 
 /// Keeps the kernel in step with the policy directory and the cgroup tree.
 pub struct Controller {
@@ -437,6 +444,9 @@ impl Controller {
                 "policy set refused, the policies in force stay in force: {e}"
             )))
         })?;
+        if let Some(harvest) = self.parts.before_switch.get() {
+            harvest();
+        }
         let started = Instant::now();
         let generation = if self.cloud_loaded {
             self.parts

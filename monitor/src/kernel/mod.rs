@@ -363,6 +363,7 @@ impl Kernel {
     pub fn load(
         cgroup_root: &Path,
         ring_bytes: u32,
+        flow_entries: u32,
         pin_base: &Path,
     ) -> Result<(Self, RingBuf<MapData>, Vec<OldPins>), KernelError> {
         // SAFETY: geteuid has no preconditions.
@@ -378,6 +379,7 @@ impl Kernel {
         let adopted = link_pin(&pins, names::PROG_CONNECT4).exists();
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::EVENTS, ring_bytes);
+        loader.map_max_entries(names::FLOWS, flow_entries);
         let map_paths: Vec<(&str, PathBuf)> =
             names::ALL_MAPS.iter().map(|m| (*m, pins.join(m))).collect();
         for (name, path) in &map_paths {

@@ -156,6 +156,7 @@ pub struct Probe {
     lost: PerCpuArray<MapData, u64>,
     dns_stats: PerCpuArray<MapData, u64>,
     flow_stats: PerCpuArray<MapData, u64>,
+    flow_capacity: u32,
 }
 
 /// Every counter of a per-CPU counter array, summed over the CPUs.
@@ -180,6 +181,10 @@ impl KernelProbe for Probe {
 
     fn flow_stats(&self) -> Vec<(&'static str, u64)> {
         per_cpu_sums(&self.flow_stats, &monitor_common::flow_stat::NAMES)
+    }
+
+    fn flow_capacity(&self) -> u64 {
+        u64::from(self.flow_capacity)
     }
 
     fn lost_events(&self) -> u64 {
@@ -227,8 +232,16 @@ impl Kernel {
         let lost = per_cpu(names::LOST)?;
         let dns_stats = per_cpu(names::DNS_STATS)?;
         let flow_stats = per_cpu(names::FLOW_STATS)?;
+        let flow_capacity = MapData::from_pin(self.pins.join(names::FLOWS))
+            .and_then(|m| m.info())
+            .map(|i| i.max_entries())
+            .map_err(|e| KernelError::Map {
+                name: names::FLOWS,
+                source: e,
+            })?;
         Ok(Probe {
             flow_stats,
+            flow_capacity,
             pins: self.pins.clone(),
             cgroup_root: self.cgroup_root.clone(),
             expected: self.attached.iter().map(|a| a.hook).collect(),

@@ -136,6 +136,11 @@ impl Harvest {
         })
     }
 
+    /// The table as it is now (for tests and inspection).
+    pub fn entries(&self) -> Vec<(FlowKey, FlowEntry)> {
+        self.map.iter().filter_map(Result::ok).collect()
+    }
+
     /// One pass over the table: what each entry counted since its mark.
     pub fn pass<N: Names>(&mut self, outlets: &Outlets, names: &Mutex<N>) -> Harvested {
         let entries: Vec<(FlowKey, FlowEntry)> = self.map.iter().filter_map(Result::ok).collect();

@@ -81,6 +81,10 @@ pub trait KernelProbe: Send + Sync {
     fn flow_stats(&self) -> Vec<(&'static str, u64)> {
         Vec::new()
     }
+    /// Entries the kernel's flow table holds at most.
+    fn flow_capacity(&self) -> u64 {
+        0
+    }
 }
 
 /// Our programs, asked of the kernel in one pass.

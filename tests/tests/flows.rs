@@ -1,0 +1,309 @@
+//! The kernel's decision cache and flow counters against the real daemon:
+//! a cached decision never outlives a policy switch, repeats are counted
+//! exactly (attempts, packets and the bytes a receiver got), counts survive
+//! kill -9, a full table loses no denial and blocks nothing, and cgroups
+//! outside every policy leave no trace in the table.
+use std::{
+    io::{BufRead, BufReader},
+    process::{Command, Stdio},
+    time::Duration,
+};
+
+use integration_tests::*;
+use serde_json::Value;
+
+const WAIT: Duration = Duration::from_secs(10);
+const EPERM: i64 = 1;
+/// The sink's port: not one of the test server's.
+const SINK_PORT: u16 = PORT + 40;
+
+/// A counting receiver in the test hosts' namespace, for `seconds`.
+struct Sink(std::process::Child);
+
+impl Sink {
+    fn start(env: &TestEnv, seconds: u64) -> Self {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &env.netns])
+            .arg(probe_bin())
+            .args(["sink", &SINK_PORT.to_string(), &seconds.to_string()])
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the sink");
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("sinking"), "the sink did not start: {line}");
+        Sink(child)
+    }
+
+    /// Waits for the end of its time; what arrived.
+    fn totals(self) -> Value {
+        let out = self.0.wait_with_output().expect("sink");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        serde_json::from_str(text.lines().last().unwrap_or("")).expect("sink totals")
+    }
+}
+
+fn reload(env: &TestEnv) {
+    env.cli_ok(&["policy", "reload"]);
+}
+
+fn pins(env: &TestEnv) -> std::path::PathBuf {
+    env.pin_dir().join(monitor::kernel::build_id())
+}
+
+fn u(v: &Value, k: &str) -> u64 {
+    v[k].as_u64().unwrap_or(0)
+}
+
+/// A cached allow is not used after the switch that denies it: the first
+/// connect after the reload returns is refused.
+#[test]
+fn a_cached_allow_becomes_a_deny_within_one_switch() {
+    let mut env = TestEnv::started("enforce", "DE", &[]);
+    let port = PORT.to_string();
+    for _ in 0..5 {
+        assert!(env.probe("sel", &["tcp", DE_V4, &port]).ok);
+    }
+    let first = env.expect_event("the first DE connect", WAIT, |e| {
+        s(e, "dst_ip") == DE_V4 && s(e, "verdict") == "allowed"
+    });
+    env.set_policy("enforce", "US");
+    reload(&env);
+    let p = env.probe("sel", &["tcp", DE_V4, &port]);
+    assert!(
+        !p.ok && p.errno == EPERM,
+        "a stale cached allow let DE through after the switch: {:?}",
+        p.raw
+    );
+    let e = env.expect_event("the denial", WAIT, |e| {
+        e["tgid"].as_u64() == Some(p.pid) && s(e, "verdict") == "denied"
+    });
+    assert!(
+        e["policy_generation"].as_u64() > first["policy_generation"].as_u64(),
+        "decided under the new set: {e}"
+    );
+}
+
+/// A cached would_deny of a monitor policy is not used once the policy
+/// enforces: the next connect is refused.
+#[test]
+fn a_cached_would_deny_flips_to_enforce() {
+    let mut env = TestEnv::started("monitor", "DE", &[]);
+    let port = PORT.to_string();
+    for _ in 0..3 {
+        assert!(env.probe("sel", &["tcp", US_V4, &port]).ok, "monitor lets through");
+    }
+    env.expect_event("would_deny", WAIT, |e| {
+        s(e, "dst_ip") == US_V4 && s(e, "verdict") == "would_deny"
+    });
+    env.set_policy("enforce", "DE");
+    reload(&env);
+    let p = env.probe("sel", &["tcp", US_V4, &port]);
+    assert!(!p.ok && p.errno == EPERM, "{:?}", p.raw);
+    // The three monitored attempts and the refused one, each under its verdict.
+    env.wait_flow_count("monitored US connects", 3, WAIT, |f| {
+        s(f, "dst_ip") == US_V4 && s(f, "verdict") == "would_deny"
+    });
+    env.wait_flow_count("refused US connects", 1, WAIT, |f| {
+        s(f, "dst_ip") == US_V4 && s(f, "verdict") == "denied"
+    });
+}
+
+/// 10,000 datagrams to three destinations (IPv4 and IPv6) are three events
+/// and 10,000 counted attempts; the packets and bytes counted are what the
+/// receiver got; TCP connects and TCP bytes likewise.
+#[test]
+fn flows_count_every_attempt_and_every_byte() {
+    let mut env = TestEnv::started("enforce", "DE", &[]);
+    let sink = Sink::start(&env, 6);
+    let port = SINK_PORT.to_string();
+    let spray = env.probe(
+        "sel",
+        &["spray", "10000", "100", &port, DE_V4, DE2_V4, DE_V6],
+    );
+    assert!(spray.ok, "{:?}", spray.raw);
+    assert_eq!(u(&spray.raw, "sent"), 10_000);
+    let loop_out = env
+        .probe_command("sel", &["tcp-loop", DE_V4, &port, "20", "0"])
+        .output()
+        .unwrap();
+    let looped: Value = serde_json::from_slice(&loop_out.stdout).unwrap();
+    assert_eq!(looped["connected"], 20, "{looped}");
+    let sent = env.probe("sel", &["tcp-send", DE2_V4, &port, "100000"]);
+    assert!(sent.ok, "{:?}", sent.raw);
+    let got = sink.totals();
+    assert_eq!(u(&got, "datagrams"), 10_000, "the sink lost datagrams: {got}");
+
+    let udp = env.wait_flow_count("datagrams", 10_000, WAIT, |f| {
+        s(f, "protocol") == "udp" && f["dst_port"].as_u64() == Some(u64::from(SINK_PORT))
+    });
+    assert_eq!(udp.len(), 3, "one flow per destination: {udp:#?}");
+    for f in &udp {
+        let want = if s(f, "dst_ip") == DE_V4 { 3334 } else { 3333 };
+        assert_eq!(u(f, "count"), want, "{f}");
+    }
+    // The packets and bytes reach the store with the harvest after them.
+    let deadline = std::time::Instant::now() + WAIT;
+    let (packets, bytes) = loop {
+        let fs: Vec<Value> = env
+            .flows(&[])
+            .into_iter()
+            .filter(|f| {
+                s(f, "protocol") == "udp" && f["dst_port"].as_u64() == Some(u64::from(SINK_PORT))
+            })
+            .collect();
+        let p: u64 = fs.iter().map(|f| u(f, "packets")).sum();
+        let b: u64 = fs.iter().map(|f| u(f, "bytes")).sum();
+        if p == 10_000 || std::time::Instant::now() > deadline {
+            break (p, b);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(packets, u(&got, "datagrams"), "packets counted = datagrams received");
+    assert_eq!(bytes, u(&got, "udp_bytes"), "bytes counted = bytes received");
+    let udp_events = env.events_within(Duration::from_millis(500), |e| {
+        s(e, "protocol") == "udp" && e["dst_port"].as_u64() == Some(u64::from(SINK_PORT))
+    });
+    assert_eq!(udp_events.len(), 3, "one event per new destination, not per datagram");
+
+    env.wait_flow_count("TCP connects", 20, WAIT, |f| {
+        s(f, "protocol") == "tcp" && s(f, "dst_ip") == DE_V4 && f["dst_port"].as_u64() == Some(u64::from(SINK_PORT))
+    });
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let tcp_bytes: u64 = env
+            .flows(&[])
+            .iter()
+            .filter(|f| s(f, "protocol") == "tcp" && s(f, "dst_ip") == DE2_V4)
+            .map(|f| u(f, "bytes"))
+            .sum();
+        if tcp_bytes == 100_000 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "TCP bytes counted {tcp_bytes}, the sink got {} of 100000",
+            u(&got, "tcp_bytes")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(u(&got, "tcp_bytes"), 100_000);
+}
+
+/// Counts stay in the pinned table across kill -9: what was harvested is
+/// not counted twice, what was not is counted once.
+#[test]
+fn flow_counts_survive_kill_9() {
+    let mut env = TestEnv::started("enforce", "DE", &[]);
+    let port = (PORT + 41).to_string();
+    let burst = |env: &TestEnv, n: u64| {
+        let out = env
+            .probe_command("sel", &["tcp-loop", US_V4, &port, &n.to_string(), "0"])
+            .output()
+            .unwrap();
+        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(v["eperm"], n, "{v}");
+    };
+    burst(&env, 3000);
+    let denied = |f: &Value| {
+        s(f, "dst_ip") == US_V4 && f["dst_port"].as_u64() == Some(u64::from(PORT + 41))
+    };
+    env.wait_flow_count("harvested before the kill", 3000, WAIT, |f| {
+        denied(f) && s(f, "verdict") == "denied"
+    });
+    env.kill_daemon();
+    // While no daemon runs, the kernel keeps deciding and counting.
+    burst(&env, 2000);
+    env.start_daemon(&[]);
+    env.wait_flow_count("after the restart", 5000, WAIT, |f| {
+        denied(f) && s(f, "verdict") == "denied"
+    });
+    // And no later harvest adds to it.
+    std::thread::sleep(Duration::from_millis(2500));
+    env.wait_flow_count("settled", 5000, WAIT, |f| {
+        denied(f) && s(f, "verdict") == "denied"
+    });
+}
+
+/// A full table: every further decision is an event (no denial is lost)
+/// and traffic is judged as before (nothing is blocked that is allowed).
+#[test]
+fn a_full_flow_table_loses_no_denial_and_blocks_nothing() {
+    let mut env = TestEnv::started("enforce", "DE", &["--flow-table-entries", "16"]);
+    // Sixteen destinations fill it.
+    let fill = env.probe("sel", &["udp-burst", DE_V4, "9000", "16", "16"]);
+    assert!(fill.ok, "{:?}", fill.raw);
+    env.wait_status("a full table", WAIT, |st| {
+        st["flows"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == "entries"))
+            .and_then(|c| c["count"].as_u64())
+            == Some(16)
+    });
+    let port = PORT.to_string();
+    let mut pids = Vec::new();
+    for _ in 0..5 {
+        let p = env.probe("sel", &["tcp", US_V4, &port]);
+        assert!(!p.ok && p.errno == EPERM, "{:?}", p.raw);
+        pids.push(p.pid);
+    }
+    for pid in pids {
+        env.expect_event("each denial, as an event", WAIT, |e| {
+            e["tgid"].as_u64() == Some(pid) && s(e, "verdict") == "denied"
+        });
+    }
+    let ok = env.probe("sel", &["tcp", DE_V4, &port]);
+    assert!(ok.ok, "an allowed connect passes with the table full: {:?}", ok.raw);
+    env.expect_event("the allowed connect", WAIT, |e| {
+        e["tgid"].as_u64() == Some(ok.pid) && s(e, "verdict") == "allowed"
+    });
+    let st = env.status();
+    let overflow = st["flows"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == "overflow"))
+        .and_then(|c| c["count"].as_u64());
+    assert_eq!(overflow, Some(6), "six decisions found the table full: {st}");
+    // The five denials are in the flows too (from their events).
+    env.wait_flow_count("denials", 5, WAIT, |f| {
+        s(f, "dst_ip") == US_V4 && s(f, "verdict") == "denied"
+    });
+}
+
+/// A cgroup outside every policy: its connections and sends leave no
+/// entry in the flow table and no event.
+#[test]
+fn unselected_cgroups_leave_no_flow() {
+    let mut env = TestEnv::started("enforce", "DE", &[]);
+    let port = PORT.to_string();
+    for args in [
+        vec!["tcp", US_V4, &port],
+        vec!["udp", US_V4, &port],
+        vec!["udp", US_V6, &port],
+    ] {
+        assert!(env.probe("unsel", &args).ok, "{args:?}");
+    }
+    let sel = env.probe("sel", &["tcp", DE_V4, &port]);
+    assert!(sel.ok);
+    env.expect_event("the selected connect", WAIT, |e| {
+        e["tgid"].as_u64() == Some(sel.pid)
+    });
+    let unsel = monitor::cgroups::cgroup_id(&env.cgroup("unsel")).unwrap();
+    let selected = monitor::cgroups::cgroup_id(&env.cgroup("sel")).unwrap();
+    let table = monitor::pipeline::harvest::Harvest::open(&pins(&env), Vec::new())
+        .expect("open the pinned flow table")
+        .entries();
+    assert!(
+        table.iter().all(|(k, _)| k.cgroup_id != unsel),
+        "an unselected cgroup has flow entries: {table:?}"
+    );
+    assert!(
+        table.iter().any(|(k, _)| k.cgroup_id == selected),
+        "the selected connect is in the table (so the check above looked at the right one)"
+    );
+    let about_unsel = env.events_within(Duration::from_millis(300), |e| {
+        e["cgroup_id"].as_u64() == Some(unsel)
+    });
+    assert!(about_unsel.is_empty(), "{about_unsel:?}");
+}
