@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! loadgen tcp  ITERS MAX_SECS                 connect + accept + close on 127.0.0.1
-//! loadgen udp  ITERS MAX_SECS NDST [RATE]     unconnected sendto, NDST loopback destinations
+//! loadgen udp  ITERS MAX_SECS NDST [RATE] [FIRST]  unconnected sendto, NDST loopback
+//!                                             destinations from index FIRST
 //! ```
 //!
 //! `tcp` listens on an ephemeral loopback port and, per iteration, times
@@ -101,7 +102,7 @@ fn tcp(iters: u64, max: Duration) -> Run {
     run
 }
 
-fn udp(iters: u64, max: Duration, ndst: u32, rate: u64) -> Run {
+fn udp(iters: u64, max: Duration, ndst: u32, rate: u64, first: u32) -> Run {
     const PORT: u16 = 40_000;
     let rx = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, PORT)).or_else(|_| {
         // Another loadgen of the same run holds it: it receives for us too.
@@ -113,8 +114,11 @@ fn udp(iters: u64, max: Duration, ndst: u32, rate: u64) -> Run {
     let dsts: Vec<SocketAddrV4> = (0..ndst)
         .map(|i| {
             // 127.x.y.1, x.y from the index: every one is local on lo.
-            let ip = Ipv4Addr::new(127, (i >> 8) as u8, i as u8, 1);
-            SocketAddrV4::new(ip, PORT)
+            // From FIRST on, the port steps through 1000 values too, so a
+            // run with another FIRST sends to destinations no run used.
+            let k = first + i;
+            let ip = Ipv4Addr::new(127, (k >> 8) as u8, k as u8, 1);
+            SocketAddrV4::new(ip, PORT + ((k >> 16) % 1000) as u16)
         })
         .collect();
     let payload = [0u8; 16];
@@ -166,7 +170,8 @@ fn main() {
         "udp" => {
             let ndst: u32 = arg(&args, 4);
             let rate: u64 = args.get(5).map(|_| arg(&args, 5)).unwrap_or(0);
-            udp(iters, max, ndst, rate)
+            let first: u32 = args.get(6).map(|_| arg(&args, 6)).unwrap_or(0);
+            udp(iters, max, ndst, rate, first)
         }
         _ => usage(),
     };
