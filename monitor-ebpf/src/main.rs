@@ -28,7 +28,6 @@ use aya_ebpf::{
     macros::{btf_map, cgroup_skb, cgroup_sock_addr, lsm, map},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{LsmContext, SkBuffContext, SockAddrContext},
-    EbpfContext,
 };
 use monitor_common::{
     flow_stat, kind, limits, Action, CidrRule, CloudEntry, CloudKey, Config, CountrySource,
@@ -967,7 +966,7 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
                 return Ok(PASS);
             }
             count_packet(ctx, &key, l4, l4_offset, family);
-            if st.verdict == Verdict::Allowed as u8 && ports {
+            if st.verdict == Verdict::Allowed as u8 && ports && port == monitor_common::dns::PORT {
                 dns::note_query(ctx, socket_cgroup, l4, l4_offset, &addr);
             }
             return Ok(if st.verdict == Verdict::Denied as u8 {
@@ -1000,7 +999,24 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
             } =>
         {
             // SAFETY: as above.
-            unsafe { (*f).verdict }
+            let verdict = unsafe { (*f).verdict };
+            // SAFETY: as above.
+            unsafe { add_packet(ctx, f, l4, l4_offset, family, now) };
+            if established {
+                // SAFETY: the socket's own storage; only its packets write it.
+                unsafe {
+                    (*state).verdict = verdict;
+                    (*state).config_word = word;
+                }
+            }
+            if verdict == Verdict::Allowed as u8 && ports && port == monitor_common::dns::PORT {
+                dns::note_query(ctx, socket_cgroup, l4, l4_offset, &addr);
+            }
+            return Ok(if verdict == Verdict::Denied as u8 {
+                REJECT
+            } else {
+                PASS
+            });
         }
         cached => {
             let judgement = decide(slot, &set, &memo.selection, socket_cgroup, &addr, established);
@@ -1048,7 +1064,7 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
             (*state).config_word = word;
         }
     }
-    if verdict == Verdict::Allowed as u8 && ports {
+    if verdict == Verdict::Allowed as u8 && ports && port == monitor_common::dns::PORT {
         dns::note_query(ctx, socket_cgroup, l4, l4_offset, &addr);
     }
     Ok(if verdict == Verdict::Denied as u8 {
@@ -1079,9 +1095,25 @@ fn sock_state(skb: *mut __sk_buff) -> *mut SockState {
 /// application gets; TCP retransmissions count again) to its flow.
 #[inline(always)]
 fn count_packet(ctx: &SkBuffContext, key: &FlowKey, l4: u8, l4_offset: usize, family: u8) {
-    let Some(f) = FLOWS.get_ptr_mut(key) else {
-        return;
-    };
+    if let Some(f) = FLOWS.get_ptr_mut(key) {
+        // SAFETY: a pointer into the map's value, valid for this run.
+        unsafe { add_packet(ctx, f, l4, l4_offset, family, now_ns()) };
+    }
+}
+
+/// `count_packet` into an entry already at hand.
+///
+/// # Safety
+/// `f` points into FLOWS' value for this run.
+#[inline(always)]
+unsafe fn add_packet(
+    ctx: &SkBuffContext,
+    f: *mut FlowEntry,
+    l4: u8,
+    l4_offset: usize,
+    family: u8,
+    now: u64,
+) {
     let skb = ctx.skb.skb;
     // SAFETY: the context.
     let (len, segs) = unsafe { ((*skb).len, (*skb).gso_segs) };
@@ -1102,7 +1134,7 @@ fn count_packet(ctx: &SkBuffContext, key: &FlowKey, l4: u8, l4_offset: usize, fa
     unsafe {
         atomic_add(core::ptr::addr_of_mut!((*f).packets), u64::from(segs));
         atomic_add(core::ptr::addr_of_mut!((*f).bytes), u64::from(payload));
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*f).last_ns), now_ns());
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*f).last_ns), now);
     }
 }
 
