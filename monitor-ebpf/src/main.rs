@@ -31,10 +31,10 @@ use aya_ebpf::{
 };
 use monitor_common::{
     flow_stat, kind, limits, Action, CidrRule, CloudEntry, CloudKey, Config, CountrySource,
-    Decision, DecisionEvent, DomainKey, EventHeader, FlowEntry, FlowKey, Hook, InForce, Memo,
-    Meta, Mode, NameEntry, PolicyAddr, Region, RegionKey, RegionRule, Rule, Selection,
-    SockState, Verdict, AF_INET, AF_INET6, AF_PACKET, DECISION_VERSION, DOMAIN_EXACT,
-    DOMAIN_WILDCARD, IPPROTO_TCP, IPPROTO_UDP,
+    Decision, DecisionEvent, DomainKey, EventHeader, FlowEntry, FlowKey, Hook, InForce, Memo, Meta,
+    Mode, NameEntry, PolicyAddr, Region, RegionKey, RegionRule, Rule, Selection, SockState,
+    Verdict, AF_INET, AF_INET6, AF_PACKET, DECISION_VERSION, DOMAIN_EXACT, DOMAIN_WILDCARD,
+    IPPROTO_TCP, IPPROTO_UDP,
 };
 
 /// Return values of a cgroup sock_addr program.
@@ -394,7 +394,14 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
             unsafe { (*f).verdict }
         }
         cached => {
-            let judgement = decide(slot, &set, &memo.selection, task_cgroup, &attempt.addr, false);
+            let judgement = decide(
+                slot,
+                &set,
+                &memo.selection,
+                task_cgroup,
+                &attempt.addr,
+                false,
+            );
             let verdict = verdict_of(judgement.decision.allowed, &memo.selection) as u8;
             let origin = Origin::task(task_cgroup);
             let outcome = Outcome {
@@ -453,7 +460,9 @@ unsafe fn count_attempt(f: *mut FlowEntry, now: u64) {
 unsafe fn atomic_add<T: Copy>(dst: *mut T, v: T) {
     // SAFETY: the caller's pointer.
     unsafe {
-        core::intrinsics::atomic_xadd::<T, T, { core::intrinsics::AtomicOrdering::Relaxed }>(dst, v);
+        core::intrinsics::atomic_xadd::<T, T, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            dst, v,
+        );
     }
 }
 
@@ -1019,7 +1028,14 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
             });
         }
         cached => {
-            let judgement = decide(slot, &set, &memo.selection, socket_cgroup, &addr, established);
+            let judgement = decide(
+                slot,
+                &set,
+                &memo.selection,
+                socket_cgroup,
+                &addr,
+                established,
+            );
             let verdict = verdict_of(judgement.decision.allowed, &memo.selection) as u8;
             let attempt = Attempt {
                 hook: Hook::Egress,

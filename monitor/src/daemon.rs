@@ -286,7 +286,12 @@ fn boot(
     db: GeoDb,
     cancel: &AtomicBool,
 ) -> anyhow::Result<Booted> {
-    let (mut kernel, ring, old_pins) = Kernel::load(root, config.ring_bytes, config.flow_entries, &config.pin_dir)?;
+    let (mut kernel, ring, old_pins) = Kernel::load(
+        root,
+        config.ring_bytes,
+        config.flow_entries,
+        &config.pin_dir,
+    )?;
     kernel.set_dns_tuning(config.dns.tuning())?;
     let resolvers = dns_resolvers(&config.dns_resolvers);
     kernel.set_dns_resolvers(&resolvers)?;
@@ -452,8 +457,12 @@ impl Harvester {
             pipeline::harvest::Harvest::open(pin_dir, marks).map_err(anyhow::Error::msg)?,
         ));
         let task = tokio::spawn({
-            let (harvest, outlets, names, store) =
-                (harvest.clone(), outlets.clone(), names.clone(), store.clone());
+            let (harvest, outlets, names, store) = (
+                harvest.clone(),
+                outlets.clone(),
+                names.clone(),
+                store.clone(),
+            );
             async move {
                 let mut timer = tokio::time::interval(pipeline::harvest::HARVEST_EVERY);
                 timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

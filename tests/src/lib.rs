@@ -925,11 +925,15 @@ impl TestEnv {
         pred: impl Fn(&Value) -> bool,
     ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
-        let sum = |fs: &[Value]| -> u64 { fs.iter().map(|f| f["count"].as_u64().unwrap_or(0)).sum() };
+        let sum =
+            |fs: &[Value]| -> u64 { fs.iter().map(|f| f["count"].as_u64().unwrap_or(0)).sum() };
         loop {
             let matching: Vec<Value> = self.flows(&[]).into_iter().filter(|f| pred(f)).collect();
             let n = sum(&matching);
-            assert!(n <= want, "{what}: {n} attempts counted, more than the {want} made: {matching:#?}");
+            assert!(
+                n <= want,
+                "{what}: {n} attempts counted, more than the {want} made: {matching:#?}"
+            );
             if n == want {
                 return matching;
             }

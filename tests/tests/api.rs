@@ -547,7 +547,13 @@ fn a_stalled_client_gets_a_gap_and_does_not_slow_others() {
         let p = tokio::task::block_in_place(|| {
             probe_env.probe(
                 "sel",
-                &["udp-burst", DE_V4, "8081", &BURST.to_string(), &BURST.to_string()],
+                &[
+                    "udp-burst",
+                    DE_V4,
+                    "8081",
+                    &BURST.to_string(),
+                    &BURST.to_string(),
+                ],
             )
         });
         assert!(p.ok, "{:?}", p.raw);

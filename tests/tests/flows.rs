@@ -93,7 +93,10 @@ fn a_cached_would_deny_flips_to_enforce() {
     let mut env = TestEnv::started("monitor", "DE", &[]);
     let port = PORT.to_string();
     for _ in 0..3 {
-        assert!(env.probe("sel", &["tcp", US_V4, &port]).ok, "monitor lets through");
+        assert!(
+            env.probe("sel", &["tcp", US_V4, &port]).ok,
+            "monitor lets through"
+        );
     }
     env.expect_event("would_deny", WAIT, |e| {
         s(e, "dst_ip") == US_V4 && s(e, "verdict") == "would_deny"
@@ -134,7 +137,11 @@ fn flows_count_every_attempt_and_every_byte() {
     let sent = env.probe("sel", &["tcp-send", DE2_V4, &port, "100000"]);
     assert!(sent.ok, "{:?}", sent.raw);
     let got = sink.totals();
-    assert_eq!(u(&got, "datagrams"), 10_000, "the sink lost datagrams: {got}");
+    assert_eq!(
+        u(&got, "datagrams"),
+        10_000,
+        "the sink lost datagrams: {got}"
+    );
 
     let udp = env.wait_flow_count("datagrams", 10_000, WAIT, |f| {
         s(f, "protocol") == "udp" && f["dst_port"].as_u64() == Some(u64::from(SINK_PORT))
@@ -161,15 +168,29 @@ fn flows_count_every_attempt_and_every_byte() {
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(packets, u(&got, "datagrams"), "packets counted = datagrams received");
-    assert_eq!(bytes, u(&got, "udp_bytes"), "bytes counted = bytes received");
+    assert_eq!(
+        packets,
+        u(&got, "datagrams"),
+        "packets counted = datagrams received"
+    );
+    assert_eq!(
+        bytes,
+        u(&got, "udp_bytes"),
+        "bytes counted = bytes received"
+    );
     let udp_events = env.events_within(Duration::from_millis(500), |e| {
         s(e, "protocol") == "udp" && e["dst_port"].as_u64() == Some(u64::from(SINK_PORT))
     });
-    assert_eq!(udp_events.len(), 3, "one event per new destination, not per datagram");
+    assert_eq!(
+        udp_events.len(),
+        3,
+        "one event per new destination, not per datagram"
+    );
 
     env.wait_flow_count("TCP connects", 20, WAIT, |f| {
-        s(f, "protocol") == "tcp" && s(f, "dst_ip") == DE_V4 && f["dst_port"].as_u64() == Some(u64::from(SINK_PORT))
+        s(f, "protocol") == "tcp"
+            && s(f, "dst_ip") == DE_V4
+            && f["dst_port"].as_u64() == Some(u64::from(SINK_PORT))
     });
     let deadline = std::time::Instant::now() + WAIT;
     loop {
@@ -207,9 +228,8 @@ fn flow_counts_survive_kill_9() {
         assert_eq!(v["eperm"], n, "{v}");
     };
     burst(&env, 3000);
-    let denied = |f: &Value| {
-        s(f, "dst_ip") == US_V4 && f["dst_port"].as_u64() == Some(u64::from(PORT + 41))
-    };
+    let denied =
+        |f: &Value| s(f, "dst_ip") == US_V4 && f["dst_port"].as_u64() == Some(u64::from(PORT + 41));
     env.wait_flow_count("harvested before the kill", 3000, WAIT, |f| {
         denied(f) && s(f, "verdict") == "denied"
     });
@@ -255,7 +275,11 @@ fn a_full_flow_table_loses_no_denial_and_blocks_nothing() {
         });
     }
     let ok = env.probe("sel", &["tcp", DE_V4, &port]);
-    assert!(ok.ok, "an allowed connect passes with the table full: {:?}", ok.raw);
+    assert!(
+        ok.ok,
+        "an allowed connect passes with the table full: {:?}",
+        ok.raw
+    );
     env.expect_event("the allowed connect", WAIT, |e| {
         e["tgid"].as_u64() == Some(ok.pid) && s(e, "verdict") == "allowed"
     });
@@ -264,7 +288,11 @@ fn a_full_flow_table_loses_no_denial_and_blocks_nothing() {
         .as_array()
         .and_then(|a| a.iter().find(|c| c["name"] == "overflow"))
         .and_then(|c| c["count"].as_u64());
-    assert_eq!(overflow, Some(6), "six decisions found the table full: {st}");
+    assert_eq!(
+        overflow,
+        Some(6),
+        "six decisions found the table full: {st}"
+    );
     // The five denials are in the flows too (from their events).
     env.wait_flow_count("denials", 5, WAIT, |f| {
         s(f, "dst_ip") == US_V4 && s(f, "verdict") == "denied"

@@ -133,7 +133,10 @@ fn kill_9_during_traffic_opens_no_gap_and_loses_no_count() {
     // Every attempt is counted: the first was an event (the first daemon
     // printed it), the repeats were counted in the pinned flow table, where
     // the second daemon harvests what the first had not.
-    assert_eq!(before, 1, "one event for the first decision, the rest counted");
+    assert_eq!(
+        before, 1,
+        "one event for the first decision, the rest counted"
+    );
     env.wait_flow_count("the loop's attempts after kill -9", 300, WAIT, |f| {
         s(f, "dst_ip") == US_V4 && s(f, "verdict") == "denied"
     });

@@ -144,11 +144,21 @@ fn metrics_count_known_traffic_exactly() {
         find(s, "egress_monitor_flow_repeats_total", &[]) == Some(3.0)
     });
     assert!(
-        find(&s, "egress_monitor_flow_decisions_total", &[("what", "decided")]).unwrap_or(0.0) >= 3.0,
+        find(
+            &s,
+            "egress_monitor_flow_decisions_total",
+            &[("what", "decided")]
+        )
+        .unwrap_or(0.0)
+            >= 3.0,
         "three decisions made in the kernel"
     );
     assert_eq!(
-        value(&s, "egress_monitor_flow_decisions_total", &[("what", "overflow")]),
+        value(
+            &s,
+            "egress_monitor_flow_decisions_total",
+            &[("what", "overflow")]
+        ),
         0.0
     );
     assert_eq!(value(&s, "egress_monitor_flow_table_entries", &[]), 3.0);

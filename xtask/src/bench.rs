@@ -19,7 +19,11 @@ cgroup with no program, one under a `monitor` policy and one under an
 ratios are paired per round. Kernel decision cost is `run_time_ns /
 run_cnt` with `kernel.bpf_stats_enabled` on (restored afterwards); the
 event pipeline runs two generators (both cores) in the monitored cgroup
-into one `events --follow` client. Results land in
+into one `events --follow` client, every datagram to a destination of its
+own (so each is an event). The decision-cost rows name what the hook
+meets: a repeated destination (a cache hit), a new one (a decision, an
+insert and an event), or a cgroup selected by no policy (`att/unsel`, under
+the programs' root). Results land in
 `target/bench/results.{json,md}`; `cargo xtask bench --readme` also
 replaces this section. These are one run on a shared 2-core VM: read the
 ratios, not the absolute numbers.

@@ -160,7 +160,10 @@ pub struct Probe {
 }
 
 /// Every counter of a per-CPU counter array, summed over the CPUs.
-fn per_cpu_sums(map: &PerCpuArray<MapData, u64>, names: &[&'static str]) -> Vec<(&'static str, u64)> {
+fn per_cpu_sums(
+    map: &PerCpuArray<MapData, u64>,
+    names: &[&'static str],
+) -> Vec<(&'static str, u64)> {
     names
         .iter()
         .enumerate()

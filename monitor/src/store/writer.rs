@@ -20,7 +20,9 @@ use std::{
 
 use tokio::sync::{broadcast, oneshot, watch};
 
-use super::{now_nanos, retention::Retention, Batch, Gap, Mark, PolicySet, PolicyVersion, Repeat, Store};
+use super::{
+    now_nanos, retention::Retention, Batch, Gap, Mark, PolicySet, PolicyVersion, Repeat, Store,
+};
 use crate::events::Event;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);

@@ -110,7 +110,7 @@ fn udp(iters: u64, max: Duration, ndst: u32, rate: u64, first: u32) -> Run {
     });
     let _rx = rx.expect("bind the receiver");
     let tx = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind the sender");
-    let ndst = ndst.clamp(1, 65_536);
+    let ndst = ndst.clamp(1, 4_000_000);
     let dsts: Vec<SocketAddrV4> = (0..ndst)
         .map(|i| {
             // 127.x.y.1, x.y from the index: every one is local on lo.
