@@ -35,6 +35,8 @@ pub const IDLE: Duration = Duration::from_secs(120);
 
 pub struct Harvest {
     map: HashMap<MapData, FlowKey, FlowEntry>,
+    /// A second descriptor of the same map, for batched reads.
+    raw: MapData,
     marks: StdHashMap<FlowKey, Mark>,
     /// Marks of entries that are gone, to remove from the store.
     gone: Vec<Vec<u8>>,
@@ -119,6 +121,8 @@ impl Harvest {
             .map_err(|e| format!("opening the flow table {}: {e}", path.display()))?;
         let map = HashMap::try_from(aya::maps::Map::HashMap(data))
             .map_err(|e| format!("the flow table {}: {e}", path.display()))?;
+        let raw = MapData::from_pin(&path)
+            .map_err(|e| format!("opening the flow table {}: {e}", path.display()))?;
         let mut gone = Vec::new();
         let mut kept = StdHashMap::new();
         for (bytes, m) in marks {
@@ -131,19 +135,30 @@ impl Harvest {
         }
         Ok(Self {
             map,
+            raw,
             marks: kept,
             gone,
         })
     }
 
-    /// The table as it is now (for tests and inspection).
+    /// The table as it is now: read in batches of 4096 entries per
+    /// syscall (`BPF_MAP_LOOKUP_BATCH`); where the kernel refuses that, one
+    /// entry at a time.
     pub fn entries(&self) -> Vec<(FlowKey, FlowEntry)> {
-        self.map.iter().filter_map(Result::ok).collect()
+        match lookup_batch(&self.raw) {
+            Ok(v) => v,
+            Err(e) => {
+                log::warn!(
+                    "batched read of the flow table failed ({e}); reading it entry by entry"
+                );
+                self.map.iter().filter_map(Result::ok).collect()
+            }
+        }
     }
 
     /// One pass over the table: what each entry counted since its mark.
     pub fn pass<N: Names>(&mut self, outlets: &Outlets, names: &Mutex<N>) -> Harvested {
-        let entries: Vec<(FlowKey, FlowEntry)> = self.map.iter().filter_map(Result::ok).collect();
+        let entries = self.entries();
         outlets
             .counters
             .flow_entries
@@ -209,6 +224,72 @@ impl Harvest {
             out.unmarks.push(key_bytes(&k));
         }
         out
+    }
+}
+
+/// Every entry of a hash map of flows, `BATCH` per `BPF_MAP_LOOKUP_BATCH`
+/// call (aya has no batch operations).
+fn lookup_batch(map: &MapData) -> std::io::Result<Vec<(FlowKey, FlowEntry)>> {
+    use std::os::fd::{AsFd, AsRawFd};
+    const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
+    const BATCH: usize = 4096;
+    /// `union bpf_attr`, the `batch` member.
+    #[repr(C)]
+    #[derive(Default)]
+    struct BatchAttr {
+        in_batch: u64,
+        out_batch: u64,
+        keys: u64,
+        values: u64,
+        count: u32,
+        map_fd: u32,
+        elem_flags: u64,
+        flags: u64,
+    }
+    let fd = map.fd().as_fd().as_raw_fd();
+    let mut out = Vec::new();
+    let mut keys = vec![FlowKey::default(); BATCH];
+    let mut values = vec![FlowEntry::default(); BATCH];
+    // The batch token of a hash map is a bucket index (u32).
+    let (mut token_in, mut token_out) = (0u32, 0u32);
+    let mut first = true;
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first {
+                0
+            } else {
+                std::ptr::addr_of!(token_in) as u64
+            },
+            out_batch: std::ptr::addr_of_mut!(token_out) as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: BATCH as u32,
+            map_fd: fd as u32,
+            ..Default::default()
+        };
+        // SAFETY: the attribute points at buffers of BATCH keys and values
+        // of the map's sizes and at the tokens, all live for the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_bpf,
+                BPF_MAP_LOOKUP_BATCH,
+                std::ptr::addr_of_mut!(attr),
+                size_of::<BatchAttr>() as u32,
+            )
+        };
+        let err = (r < 0).then(std::io::Error::last_os_error);
+        let n = (attr.count as usize).min(BATCH);
+        match &err {
+            None => {}
+            Some(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Some(_) => return Err(err.unwrap()),
+        }
+        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        if err.is_some() {
+            return Ok(out);
+        }
+        token_in = token_out;
+        first = false;
     }
 }
 
