@@ -69,22 +69,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    if !s.dns.is_empty() {
-        let counts: Vec<String> = s
-            .dns
-            .iter()
-            .map(|c| format!("{} {}", c.name, c.count))
-            .collect();
-        println!("dns             {}", counts.join("  "));
-    }
-    if !s.flows.is_empty() {
-        let counts: Vec<String> = s
-            .flows
-            .iter()
-            .map(|c| format!("{} {}", c.name, c.count))
-            .collect();
-        println!("flow table      {}", counts.join("  "));
-    }
+    print_counts("dns", &s.dns);
+    print_counts("flow table", &s.flows);
     if let Some(c) = &s.counters {
         println!(
             "events          allowed {}  denied {}  would_deny {}  lost in kernel {}  undecodable {}  missed by slow clients {}  stream clients {}",
@@ -114,4 +100,16 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     super::policy::print_policies(&s.policies, &s.rejected_files);
     super::policy::print_refused(&s.policy_refused);
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of named counters (`dns`, `flow table`), when there are any.
+fn print_counts(label: &str, counts: &[crate::api::pb::NamedCount]) {
+    if counts.is_empty() {
+        return;
+    }
+    let counts: Vec<String> = counts
+        .iter()
+        .map(|c| format!("{} {}", c.name, c.count))
+        .collect();
+    println!("{label:<15} {}", counts.join("  "));
 }

@@ -226,23 +226,7 @@ impl Store {
                     ev.country_source,
                 ])
                 .map_err(e("insert event"))?;
-                let t = ev.unix_nanos as i64;
-                flow.execute(params![
-                    query::bucket_of(t),
-                    ev.cgroup_path,
-                    ev.comm,
-                    ev.dst_ip,
-                    ev.dst_port,
-                    ev.protocol,
-                    ev.verdict,
-                    ev.policy,
-                    ev.country,
-                    ev.continent,
-                    t,
-                    ev.dns_name,
-                    cloud_place(ev),
-                ])
-                .map_err(e("upsert flow"))?;
+                upsert_flow(&mut flow, ev, 1, 0, 0, 0).map_err(e("upsert flow"))?;
                 prev = hash.to_vec();
             }
             tx.execute(
@@ -362,31 +346,44 @@ impl Batch {
     }
 }
 
+/// Adds an event (`events` 1) or harvested counts to the flow row of the
+/// event's minute.
+fn upsert_flow(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    ev: &Event,
+    events: i64,
+    repeats: u64,
+    packets: u64,
+    bytes: u64,
+) -> rusqlite::Result<usize> {
+    let t = ev.unix_nanos as i64;
+    stmt.execute(params![
+        query::bucket_of(t),
+        ev.cgroup_path,
+        ev.comm,
+        ev.dst_ip,
+        ev.dst_port,
+        ev.protocol,
+        ev.verdict,
+        ev.policy,
+        ev.country,
+        ev.continent,
+        t,
+        ev.dns_name,
+        cloud_place(ev),
+        events,
+        repeats as i64,
+        packets as i64,
+        bytes as i64,
+    ])
+}
+
 /// The repeats and marks of a harvest.
 fn append_harvest(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite::Result<()> {
     if !batch.repeats.is_empty() {
-        let mut up = tx.prepare_cached(schema::UPSERT_REPEATS)?;
+        let mut up = tx.prepare_cached(schema::UPSERT_FLOW)?;
         for r in &batch.repeats {
-            let ev = &r.event;
-            let t = ev.unix_nanos as i64;
-            up.execute(params![
-                query::bucket_of(t),
-                ev.cgroup_path,
-                ev.comm,
-                ev.dst_ip,
-                ev.dst_port,
-                ev.protocol,
-                ev.verdict,
-                ev.policy,
-                ev.country,
-                ev.continent,
-                t,
-                ev.dns_name,
-                cloud_place(ev),
-                r.count as i64,
-                r.packets as i64,
-                r.bytes as i64,
-            ])?;
+            upsert_flow(&mut up, &r.event, 0, r.count, r.packets, r.bytes)?;
         }
     }
     if !batch.marks.is_empty() {

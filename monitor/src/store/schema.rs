@@ -115,11 +115,10 @@ PRAGMA user_version = 3;
 
 pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, dns_name, dns_cname, cloud, cloud_region, country_source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)";
 
-pub const UPSERT_FLOW: &str = "INSERT INTO flows (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count, dns_name, cloud_region) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 1, ?12, ?13) ON CONFLICT (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen), count = count + 1, country = excluded.country, continent = excluded.continent, cloud_region = excluded.cloud_region";
-
-/// Repeats, packets and bytes harvested from a kernel flow entry, added to
-/// the flow row of their minute.
-pub const UPSERT_REPEATS: &str = "INSERT INTO flows (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count, dns_name, cloud_region, repeats, packets, bytes, repeat_last) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 0, ?12, ?13, ?14, ?15, ?16, ?11) ON CONFLICT (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen), repeats = repeats + excluded.repeats, packets = packets + excluded.packets, bytes = bytes + excluded.bytes, repeat_last = max(repeat_last, excluded.repeat_last)";
+/// Adds to the flow row of a minute: an event (`?14` = 1) or what a harvest
+/// of the kernel's flow table counted (`?15` repeats, `?16` packets, `?17`
+/// bytes; `repeat_last` is their time).
+pub const UPSERT_FLOW: &str = "INSERT INTO flows (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count, dns_name, cloud_region, repeats, packets, bytes, repeat_last) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?14, ?12, ?13, ?15, ?16, ?17, CASE WHEN ?14 = 0 THEN ?11 ELSE 0 END) ON CONFLICT (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen), count = count + excluded.count, repeats = repeats + excluded.repeats, packets = packets + excluded.packets, bytes = bytes + excluded.bytes, repeat_last = max(repeat_last, excluded.repeat_last), country = excluded.country, continent = excluded.continent, cloud_region = excluded.cloud_region";
 
 pub const UPSERT_MARK: &str = "INSERT INTO flow_marks (key, first_ns, count, packets, bytes) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (key) DO UPDATE SET first_ns = excluded.first_ns, count = excluded.count, packets = excluded.packets, bytes = excluded.bytes";
 
@@ -253,7 +252,11 @@ mod tests {
                 "NA",
                 6,
                 "api.example",
-                ""
+                "",
+                1,
+                0,
+                0,
+                0
             ],
         )
         .unwrap();
