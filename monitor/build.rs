@@ -91,4 +91,7 @@ fn build_ebpf() {
     let object = target_dir.join("bpfel-unknown-none/release/monitor-ebpf");
     std::fs::copy(&object, out_dir.join("monitor.bpf.o"))
         .unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
+    let bench = target_dir.join("bpfel-unknown-none/release/geo-bench");
+    std::fs::copy(&bench, out_dir.join("geo_bench.bpf.o"))
+        .unwrap_or_else(|e| panic!("copying {}: {e}", bench.display()));
 }

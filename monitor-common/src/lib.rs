@@ -11,6 +11,8 @@
 
 use core::mem::{offset_of, size_of};
 
+pub mod geo_table;
+
 /// Names of maps and programs, shared so the daemon never spells them twice.
 pub mod names {
     pub const PROG_CONNECT4: &str = "connect4";
@@ -110,10 +112,11 @@ pub mod names {
     ];
 }
 
-/// Map capacities. The geo trie holds the prefixes of a country database
-/// (the CC0 ip-location-db file has about a million).
+/// Map capacities.
 pub mod limits {
-    pub const GEO_ENTRIES: u32 = 2 << 20;
+    /// Words of each geo table slot (`geo_table`), unless the daemon is
+    /// told otherwise: 40 MiB; the CC0 country database needs 28.
+    pub const GEO_TABLE_WORDS: u32 = 10 << 20;
     pub const SELECT_ENTRIES: u32 = 16_384;
     pub const REGION_RULE_ENTRIES: u32 = 65_536;
     pub const CIDR_ENTRIES: u32 = 262_144;

@@ -16,7 +16,9 @@
 mod dns;
 
 use aya_ebpf::{
-    bindings::{__sk_buff, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{
+        __sk_buff, BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+    },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid,
@@ -30,11 +32,11 @@ use aya_ebpf::{
     programs::{LsmContext, SkBuffContext, SockAddrContext},
 };
 use monitor_common::{
-    flow_stat, kind, limits, Action, CidrRule, CloudEntry, CloudKey, Config, CountrySource,
-    Decision, DecisionEvent, DomainKey, EventHeader, FlowEntry, FlowKey, Hook, InForce, Memo, Meta,
-    Mode, NameEntry, PolicyAddr, Region, RegionKey, RegionRule, Rule, Selection, SockState,
-    Verdict, AF_INET, AF_INET6, AF_PACKET, DECISION_VERSION, DOMAIN_EXACT, DOMAIN_WILDCARD,
-    IPPROTO_TCP, IPPROTO_UDP,
+    flow_stat, geo_table, kind, limits, Action, CidrRule, CloudEntry, CloudKey, Config,
+    CountrySource, Decision, DecisionEvent, DomainKey, EventHeader, FlowEntry, FlowKey, Hook,
+    InForce, Memo, Meta, Mode, NameEntry, PolicyAddr, Region, RegionKey, RegionRule, Rule,
+    Selection, SockState, Verdict, AF_INET, AF_INET6, AF_PACKET, DECISION_VERSION, DOMAIN_EXACT,
+    DOMAIN_WILDCARD, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 /// Return values of a cgroup sock_addr program.
@@ -76,10 +78,18 @@ static FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(flow_stat::C
 #[map]
 static META: Array<Meta> = Array::with_max_entries(1, 0);
 
+/// The country table (`monitor_common::geo_table`), two slots; the daemon
+/// fills the idle one through an mmap and sizes both at load.
 #[map]
-static GEO_A: LpmTrie<[u8; 16], Region> = LpmTrie::with_max_entries(limits::GEO_ENTRIES, 0);
+static GEO_A: Array<geo_table::Element> = Array::with_max_entries(
+    limits::GEO_TABLE_WORDS / geo_table::WORDS_PER_ELEMENT,
+    BPF_F_MMAPABLE,
+);
 #[map]
-static GEO_B: LpmTrie<[u8; 16], Region> = LpmTrie::with_max_entries(limits::GEO_ENTRIES, 0);
+static GEO_B: Array<geo_table::Element> = Array::with_max_entries(
+    limits::GEO_TABLE_WORDS / geo_table::WORDS_PER_ELEMENT,
+    BPF_F_MMAPABLE,
+);
 
 #[map]
 static SELECT_A: HashMap<u64, Selection> = HashMap::with_max_entries(limits::SELECT_ENTRIES, 0);
@@ -728,11 +738,12 @@ fn decide(
             CountrySource::Cloud,
         )
     } else {
-        let geo = if set.geo_slot == 0 { &GEO_A } else { &GEO_B };
-        (
-            geo.get(&addr_key).copied().unwrap_or_default(),
-            CountrySource::Geoip,
-        )
+        let region = if set.geo_slot == 0 {
+            geo_table::lookup(addr, |i| geo_table::word_of(i, |e| GEO_A.get(e)))
+        } else {
+            geo_table::lookup(addr, |i| geo_table::word_of(i, |e| GEO_B.get(e)))
+        };
+        (region, CountrySource::Geoip)
     };
     let name = dns::name_of(cgroup_id, addr, established);
     let name_hash = name.map_or(0, |n| n.name_hash);

@@ -39,6 +39,8 @@ pub struct DaemonConfig {
     pub ring_bytes: u32,
     /// Entries of the kernel's flow table (`--flow-table-entries`).
     pub flow_entries: u32,
+    /// Words of each kernel country-table slot (`--geo-table-mib`).
+    pub geo_words: u32,
     pub rescan_interval: Duration,
     pub history: usize,
     pub api: ApiConfig,
@@ -273,7 +275,7 @@ struct Booted {
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     old_pins: Vec<OldPins>,
     geo: GeoIdentity,
-    /// A signal arrived before the geo trie was filled: stop now.
+    /// A signal arrived before the geo table was filled: stop now.
     cancelled: bool,
 }
 
@@ -290,6 +292,7 @@ fn boot(
         root,
         config.ring_bytes,
         config.flow_entries,
+        config.geo_words,
         &config.pin_dir,
     )?;
     kernel.set_dns_tuning(config.dns.tuning())?;
@@ -324,14 +327,18 @@ fn boot(
     let mut cancelled = false;
     if kernel.geo_loaded(&db.identity.sha256) {
         log::info!(
-            "the kernel geo trie already holds this database (sha256 {})",
+            "the kernel geo table already holds this database (sha256 {})",
             db.identity.sha256
         );
     } else {
         let started = Instant::now();
-        match kernel.load_geo(db.prefixes(), &db.identity.sha256, cancel)? {
-            Some(loaded) => log::info!(
-                "loaded {loaded} prefixes into the kernel geo trie in {:.0} ms",
+        match kernel.load_geo(&db.ranges, &db.identity.sha256, cancel)? {
+            Some(t) => log::info!(
+                "loaded {} ranges into the kernel geo table ({} chunks, {:.1} of {:.1} MiB) in {:.0} ms",
+                db.ranges.len(),
+                t.chunks,
+                t.words as f64 / f64::from(1 << 18),
+                t.capacity as f64 / f64::from(1 << 18),
                 started.elapsed().as_secs_f64() * 1e3
             ),
             None => cancelled = true,

@@ -44,6 +44,12 @@ pub struct DaemonArgs {
     /// egress_monitor_flow_decisions_total{what="overflow"} counts them).
     #[arg(long, default_value_t = monitor_common::limits::FLOW_ENTRIES, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
     pub flow_table_entries: u32,
+    /// Size of each of the two kernel country-table slots, in MiB (the
+    /// table of the CC0 database takes 28). Kernel memory is 2x this,
+    /// allocated at the first start; a restart keeps the pinned size
+    /// (`egress-monitor uninstall` to change it).
+    #[arg(long, default_value_t = monitor_common::limits::GEO_TABLE_WORDS / (1 << 18), value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub geo_table_mib: u32,
     /// How often the cgroup tree is re-read for new cgroups matching a selector, in seconds.
     #[arg(long, default_value_t = 2.0)]
     pub rescan_interval: f64,
@@ -176,6 +182,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         log_events: args.log_events,
         ring_bytes: args.ring_buffer_bytes,
         flow_entries: args.flow_table_entries,
+        geo_words: args.geo_table_mib << 18,
         rescan_interval: Duration::from_secs_f64(args.rescan_interval),
         history: args.history,
         metrics_addr: args.metrics_addr,

@@ -1,5 +1,5 @@
 //! The country database: reading a MaxMind-format file in either schema,
-//! and turning it into the fewest prefixes for the kernel's geo trie.
+//! and turning it into merged ranges for the kernel's country table.
 //!
 //! Two schemas are read:
 //! - MaxMind GeoIP2/GeoLite2 Country/City: `country.iso_code`,
@@ -10,10 +10,12 @@
 //! kernel's LPM trie costs grow with its size, and a country database holds
 //! many neighbouring networks of one country.
 pub mod regions;
+pub mod table;
+mod tree;
 pub mod writer;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, Ipv6Addr},
     path::{Path, PathBuf},
 };
@@ -22,6 +24,7 @@ use ipnetwork::IpNetwork;
 use monitor_common::Region;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+use tree::Tree;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GeoError {
@@ -41,6 +44,8 @@ pub enum GeoError {
         network: String,
         source: maxminddb::MaxMindDbError,
     },
+    #[error("{path}: the search tree is damaged: {reason}")]
+    Tree { path: PathBuf, reason: String },
     #[error("{path} holds no network with a country or continent (neither the GeoIP2 nor the ip-location-db country_code schema)")]
     Empty { path: PathBuf },
 }
@@ -159,16 +164,6 @@ pub fn from_u128(addr: u128) -> IpAddr {
     }
 }
 
-fn range_of(start: u128, prefix_len: u8) -> (u128, u128) {
-    let host_bits = 128 - u32::from(prefix_len);
-    let size_minus_one = if host_bits == 128 {
-        u128::MAX
-    } else {
-        (1u128 << host_bits) - 1
-    };
-    (start, start | size_minus_one)
-}
-
 /// The fewest prefixes that cover exactly `start..=end`.
 pub fn range_to_prefixes(mut start: u128, end: u128, out: &mut Vec<(u128, u8)>) {
     loop {
@@ -225,38 +220,57 @@ impl GeoDb {
             source,
         })?;
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        let reader = maxminddb::Reader::from_source(bytes).map_err(|source| GeoError::Format {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let root: IpNetwork = if reader.metadata.ip_version == 4 {
-            "0.0.0.0/0".parse().expect("valid network")
-        } else {
-            "::/0".parse().expect("valid network")
-        };
-        let within = reader
-            .within::<Record>(root)
-            .map_err(|source| GeoError::Format {
+        let reader = maxminddb::Reader::from_source(bytes.as_slice()).map_err(|source| {
+            GeoError::Format {
                 path: path.to_path_buf(),
                 source,
-            })?;
+            }
+        })?;
+        let tree = Tree::new(&bytes, &reader.metadata).map_err(|reason| GeoError::Tree {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        // A country database holds a few hundred distinct records for a
+        // million networks: each is decoded once, by the crate's own
+        // decoder, through a lookup of the first address that points to it.
+        let mut decoded: HashMap<usize, Option<(Region, &'static str)>> = HashMap::new();
         let mut ranges = Vec::new();
         let mut schemas: BTreeMap<&'static str, usize> = BTreeMap::new();
         let mut networks = 0usize;
-        for item in within {
-            let item = item.map_err(|source| GeoError::Record {
-                path: path.to_path_buf(),
-                network: "(tree walk)".into(),
-                source,
-            })?;
+        let mut failure = None;
+        tree.walk(|start, end, pointer| {
             networks += 1;
-            let Some((region, schema)) = region_of(&item.info) else {
-                continue;
+            let found = match decoded.get(&pointer) {
+                Some(found) => *found,
+                None => {
+                    let ip = tree.address_in_db(start);
+                    let found = match reader.lookup::<Record>(ip) {
+                        Ok(Some(record)) => region_of(&record),
+                        Ok(None) => None,
+                        Err(source) => {
+                            failure.get_or_insert(GeoError::Record {
+                                path: path.to_path_buf(),
+                                network: ip.to_string(),
+                                source,
+                            });
+                            None
+                        }
+                    };
+                    decoded.insert(pointer, found);
+                    found
+                }
             };
-            *schemas.entry(schema).or_default() += 1;
-            let (start, len) = network_to_u128(item.ip_net);
-            let (start, end) = range_of(start, len);
-            ranges.push(RegionRange { start, end, region });
+            if let Some((region, schema)) = found {
+                *schemas.entry(schema).or_default() += 1;
+                ranges.push(RegionRange { start, end, region });
+            }
+        })
+        .map_err(|reason| GeoError::Tree {
+            path: path.to_path_buf(),
+            reason,
+        })?;
+        if let Some(e) = failure {
+            return Err(e);
         }
         if ranges.is_empty() {
             return Err(GeoError::Empty {
@@ -265,8 +279,11 @@ impl GeoDb {
         }
         let ranges = merge_ranges(ranges);
         let mut prefixes = Vec::new();
+        let mut prefix_count = 0;
         for r in &ranges {
+            prefixes.clear();
             range_to_prefixes(r.start, r.end, &mut prefixes);
+            prefix_count += prefixes.len();
         }
         let schema = schemas
             .iter()
@@ -281,7 +298,7 @@ impl GeoDb {
                 sha256,
                 schema,
                 networks,
-                prefixes: prefixes.len(),
+                prefixes: prefix_count,
             },
             ranges,
         })

@@ -8,6 +8,16 @@ fn write_db(bytes: &[u8]) -> tempfile::NamedTempFile {
     f
 }
 
+fn range_of(start: u128, prefix_len: u8) -> (u128, u128) {
+    let host_bits = 128 - u32::from(prefix_len);
+    let size_minus_one = if host_bits == 128 {
+        u128::MAX
+    } else {
+        (1u128 << host_bits) - 1
+    };
+    (start, start | size_minus_one)
+}
+
 fn cc(region: Option<Region>) -> String {
     region
         .map(|r| region_label(&r))
@@ -198,4 +208,221 @@ fn real_database_agrees_with_mmdblookup() {
         checked += 1;
     }
     eprintln!("cross-checked {checked} addresses against mmdblookup");
+}
+
+/// The ranges the maxminddb crate's own `within` walk gives (decoding
+/// every network), merged: what `GeoDb::open` read before it walked the
+/// tree itself.
+fn ranges_by_within(path: &std::path::Path) -> Vec<RegionRange> {
+    let bytes = std::fs::read(path).unwrap();
+    let reader = maxminddb::Reader::from_source(bytes).unwrap();
+    let root: IpNetwork = if reader.metadata.ip_version == 4 {
+        "0.0.0.0/0".parse().unwrap()
+    } else {
+        "::/0".parse().unwrap()
+    };
+    let mut ranges = Vec::new();
+    for item in reader.within::<Record>(root).unwrap() {
+        let item = item.unwrap();
+        if let Some((region, _)) = region_of(&item.info) {
+            let (start, len) = network_to_u128(item.ip_net);
+            let (start, end) = range_of(start, len);
+            ranges.push(RegionRange { start, end, region });
+        }
+    }
+    merge_ranges(ranges)
+}
+
+#[test]
+fn the_tree_walk_reads_what_the_crate_reads() {
+    let f = write_db(&writer::country_code_db(&[
+        ("198.51.100.0/25", "DE"),
+        ("198.51.100.128/25", "FR"),
+        ("203.0.113.7/32", "US"),
+        ("2001:db8::/33", "JP"),
+        ("2001:db8:8000::/48", "DE"),
+    ]));
+    assert_eq!(
+        GeoDb::open(f.path()).unwrap().ranges,
+        ranges_by_within(f.path())
+    );
+    let real = real_database();
+    let db = GeoDb::open(&real).unwrap();
+    let theirs = ranges_by_within(&real);
+    assert_eq!(db.ranges.len(), theirs.len());
+    assert!(db.ranges == theirs, "the walk and the crate disagree");
+}
+
+/// Table lookups of `addrs` against the ranges' own answer.
+fn check_table(db_ranges: &[RegionRange], addrs: impl Iterator<Item = u128>) -> usize {
+    let mut words = vec![0u32; 8 << 20];
+    let built = table::build(db_ranges, &mut words).unwrap();
+    let db = GeoDb {
+        identity: GeoIdentity {
+            path: PathBuf::new(),
+            database_type: String::new(),
+            build_epoch: 0,
+            sha256: String::new(),
+            schema: String::new(),
+            networks: 0,
+            prefixes: 0,
+        },
+        ranges: db_ranges.to_vec(),
+    };
+    let mut n = 0;
+    for a in addrs {
+        let ip = from_u128(a);
+        let ours = monitor_common::geo_table::lookup(&to_u128(ip).to_be_bytes(), |i| {
+            words[..built.words].get(i as usize).copied()
+        });
+        assert_eq!(
+            Some(ours).filter(|r| *r != Region::default()),
+            db.lookup(ip),
+            "table lookup of {ip}"
+        );
+        n += 1;
+    }
+    n
+}
+
+#[test]
+fn table_agrees_with_the_ranges_at_every_edge() {
+    let de = Region {
+        country: *b"DE",
+        continent: *b"EU",
+    };
+    let us = Region {
+        country: *b"US",
+        continent: *b"NA",
+    };
+    let m = |a: u32| 0xffff_0000_0000u128 | u128::from(a);
+    let ranges = vec![
+        RegionRange {
+            start: m(0),
+            end: m(0),
+            region: us,
+        },
+        RegionRange {
+            start: m(0x0a00_0001),
+            end: m(0x0a00_00ff),
+            region: de,
+        },
+        RegionRange {
+            start: m(0x0a00_0100),
+            end: m(0x0a01_0000),
+            region: us,
+        },
+        RegionRange {
+            start: m(0xffff_fffe),
+            end: m(0xffff_ffff),
+            region: de,
+        },
+        // IPv6: a /32, a /48 inside nothing, single addresses, the top.
+        RegionRange {
+            start: 0x2001_0db8 << 96,
+            end: (0x2001_0db9 << 96) - 1,
+            region: de,
+        },
+        RegionRange {
+            start: 0x2a00_0000_0001 << 80,
+            end: (0x2a00_0000_0002 << 80) - 1,
+            region: us,
+        },
+        RegionRange {
+            start: (0x2a01 << 112) | 5,
+            end: (0x2a01 << 112) | 5,
+            region: de,
+        },
+        RegionRange {
+            start: u128::MAX - 2,
+            end: u128::MAX,
+            region: us,
+        },
+    ];
+    let mut addrs = Vec::new();
+    for r in &ranges {
+        for a in [r.start, r.end] {
+            addrs.extend([a.wrapping_sub(1), a, a.wrapping_add(1)]);
+        }
+    }
+    addrs.extend([0, 1, m(0x0a00_0000), m(0x0b00_0000), 0xffff_ffff]);
+    assert_eq!(check_table(&ranges, addrs.into_iter()), 53);
+}
+
+#[test]
+fn a_table_too_large_for_its_slot_is_a_clear_error() {
+    let path = real_database();
+    let db = GeoDb::open(&path).unwrap();
+    let mut words = vec![0u32; 1 << 20];
+    let err = table::build(&db.ranges, &mut words).unwrap_err();
+    assert_eq!(err.capacity, 1 << 20);
+    assert!(err.needed > 6_000_000, "{err}");
+    assert!(
+        err.to_string()
+            .contains("MiB) but a kernel slot holds 1048576 (4.0 MiB)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn table_agrees_with_the_real_database() {
+    let path = real_database();
+    let db = GeoDb::open(&path).unwrap();
+    let mut addrs = Vec::new();
+    for r in db.ranges.iter().step_by(7) {
+        addrs.extend([
+            r.start,
+            r.start + (r.end - r.start) / 2,
+            r.end,
+            r.end.wrapping_add(1),
+        ]);
+    }
+    // And pseudo-random addresses of both families (xorshift, fixed seed).
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    for _ in 0..100_000 {
+        addrs.push(0xffff_0000_0000 | u128::from(next() as u32));
+        addrs.push((0x2000u128 << 112) | (u128::from(next()) << 48) | u128::from(next() >> 16));
+    }
+    let n = check_table(&db.ranges, addrs.into_iter());
+    assert!(n > 500_000, "{n}");
+}
+
+proptest::proptest! {
+    #[test]
+    fn table_agrees_with_random_ranges(
+        cuts in proptest::collection::vec((0u32..8, 0u128..u128::MAX, 1u32..128), 1..40),
+        probes in proptest::collection::vec(0u128..u128::MAX, 64),
+    ) {
+        // Random ranges in both families, of random sizes, made disjoint.
+        let regions = [*b"DE", *b"US", *b"FR", *b"JP"];
+        let mut ranges: Vec<RegionRange> = cuts.iter().map(|(r, a, bits)| {
+            let a = if r % 2 == 0 { 0xffff_0000_0000 | (a & 0xffff_ffff) } else { *a };
+            let size = (1u128 << (bits % if r % 2 == 0 { 32 } else { 127 })) - 1;
+            RegionRange {
+                start: a,
+                end: a.saturating_add(size),
+                region: Region { country: regions[(*r as usize) % 4], continent: *b"EU" },
+            }
+        }).collect();
+        ranges.sort_by_key(|r| r.start);
+        let mut disjoint: Vec<RegionRange> = Vec::new();
+        for r in ranges {
+            match disjoint.last() {
+                Some(l) if r.start <= l.end => {}
+                _ => disjoint.push(r),
+            }
+        }
+        let merged = merge_ranges(disjoint);
+        let mut addrs: Vec<u128> = probes;
+        for r in &merged {
+            addrs.extend([r.start, r.end, r.start.wrapping_sub(1), r.end.wrapping_add(1)]);
+        }
+        check_table(&merged, addrs.into_iter());
+    }
 }

@@ -6,9 +6,10 @@
 //! single write of one word, so no connection is ever judged by half a
 //! policy set.
 pub mod foreign;
+pub mod lookup_bench;
 pub mod pins;
 use std::{
-    os::fd::AsFd,
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
@@ -24,8 +25,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use monitor_common::{
-    dns, limits, names, CidrRule, CloudEntry, CloudKey, Config, DnsTuning, DomainKey, InForce,
-    Meta, PolicyAddr, Region, RegionKey, RegionRule, Selection,
+    dns, geo_table, limits, names, CidrRule, CloudEntry, CloudKey, Config, DnsTuning, DomainKey,
+    InForce, Meta, PolicyAddr, RegionKey, RegionRule, Selection,
 };
 
 /// The compiled kernel programs, built by build.rs.
@@ -72,6 +73,8 @@ pub enum KernelError {
         name: &'static str,
         source: aya::pin::PinError,
     },
+    #[error("the kernel country table: {0}")]
+    Geo(String),
     #[error("the socket_create LSM hook: {0}")]
     Lsm(String),
     #[error("pins {path}: {source}")]
@@ -117,7 +120,8 @@ pub struct PolicyMaps {
 type Trie<K, V> = LpmTrie<MapData, K, V>;
 
 struct Slots {
-    geo: [Trie<[u8; 16], Region>; 2],
+    /// The country table slots (`geo_table`), written through an mmap.
+    geo: [MapData; 2],
     select: [HashMap<MapData, u64, Selection>; 2],
     region_rules: [HashMap<MapData, RegionKey, RegionRule>; 2],
     allow: [Trie<PolicyAddr, CidrRule>; 2],
@@ -160,6 +164,18 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 ) -> Result<T, KernelError> {
     let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
     T::try_from(map).map_err(map_err(name))
+}
+
+/// An array map as its raw data (for an mmap of its values).
+fn take_array(ebpf: &mut Ebpf, name: &'static str) -> Result<MapData, KernelError> {
+    match ebpf.take_map(name) {
+        Some(aya::maps::Map::Array(data)) => Ok(data),
+        Some(_) => Err(KernelError::Map {
+            name,
+            source: aya::maps::MapError::InvalidName { name: name.into() },
+        }),
+        None => Err(KernelError::MissingMap(name)),
+    }
 }
 
 /// Loads one program and attaches it to the cgroup with a link.
@@ -230,10 +246,13 @@ fn attach(
 }
 
 impl Slots {
-    /// Both slots of every policy map and of the geo trie.
+    /// Both slots of every policy map and of the geo table.
     fn take(ebpf: &mut Ebpf) -> Result<Self, KernelError> {
         Ok(Slots {
-            geo: [take(ebpf, names::GEO[0])?, take(ebpf, names::GEO[1])?],
+            geo: [
+                take_array(ebpf, names::GEO[0])?,
+                take_array(ebpf, names::GEO[1])?,
+            ],
             select: [take(ebpf, names::SELECT[0])?, take(ebpf, names::SELECT[1])?],
             region_rules: [
                 take(ebpf, names::REGION_RULES[0])?,
@@ -364,6 +383,7 @@ impl Kernel {
         cgroup_root: &Path,
         ring_bytes: u32,
         flow_entries: u32,
+        geo_words: u32,
         pin_base: &Path,
     ) -> Result<(Self, RingBuf<MapData>, Vec<OldPins>), KernelError> {
         // SAFETY: geteuid has no preconditions.
@@ -380,6 +400,9 @@ impl Kernel {
         let mut loader = EbpfLoader::new();
         loader.map_max_entries(names::EVENTS, ring_bytes);
         loader.map_max_entries(names::FLOWS, flow_entries);
+        for name in names::GEO {
+            loader.map_max_entries(name, geo_words / geo_table::WORDS_PER_ELEMENT);
+        }
         let map_paths: Vec<(&str, PathBuf)> =
             names::ALL_MAPS.iter().map(|m| (*m, pins.join(m))).collect();
         for (name, path) in &map_paths {
@@ -645,28 +668,26 @@ impl Kernel {
         Ok(())
     }
 
-    /// Loads geo prefixes into the idle geo slot and switches to it.
-    /// Returns the number of prefixes loaded, or None when `cancel` was set
-    /// before the load finished (the slot in force is left as it was).
+    /// Writes the country table of `ranges` into the idle geo slot (through
+    /// an mmap of the map: one copy of the table, built in place) and
+    /// switches to it. Returns what the table took, or None when `cancel`
+    /// was set before the switch (the slot in force is left as it was).
     pub fn load_geo(
         &mut self,
-        prefixes: impl Iterator<Item = (u128, u8, Region)>,
+        ranges: &[crate::geo::RegionRange],
         sha256_hex: &str,
         cancel: &std::sync::atomic::AtomicBool,
-    ) -> Result<Option<usize>, KernelError> {
+    ) -> Result<Option<GeoLoaded>, KernelError> {
         let idle = 1 - self.config.geo_slot as usize;
         self.wait_grace();
         let name = names::GEO[idle];
-        let trie = &mut self.slots.geo[idle];
-        clear_trie(trie, name)?;
-        let mut n = 0;
-        for (addr, len, region) in prefixes {
-            if n % 4096 == 0 && cancel.load(std::sync::atomic::Ordering::Relaxed) {
-                return Ok(None);
-            }
-            trie.insert(&Key::new(u32::from(len), addr.to_be_bytes()), region, 0)
-                .map_err(map_err(name))?;
-            n += 1;
+        let built = {
+            let mut slot = MappedWords::new(&self.slots.geo[idle], name)?;
+            crate::geo::table::build(ranges, slot.words())
+                .map_err(|e| KernelError::Geo(e.to_string()))?
+        };
+        if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(None);
         }
         let config = InForce {
             geo_slot: idle as u32,
@@ -679,12 +700,19 @@ impl Kernel {
         self.meta_map
             .set(0, self.meta, 0)
             .map_err(map_err(names::META))?;
-        // The slot switched out is emptied now (after a grace period), so
-        // only one copy of the database stays in kernel memory.
-        let old = 1 - idle;
-        self.wait_grace();
-        clear_trie(&mut self.slots.geo[old], names::GEO[old])?;
-        Ok(Some(n))
+        Ok(Some(GeoLoaded {
+            words: built.words,
+            chunks: built.chunks,
+            capacity: self.geo_capacity(),
+        }))
+    }
+
+    /// Words in each geo slot.
+    pub fn geo_capacity(&self) -> usize {
+        self.slots.geo[0]
+            .info()
+            .map(|i| i.max_entries() as usize * geo_table::WORDS_PER_ELEMENT as usize)
+            .unwrap_or_default()
     }
 
     /// Writes a whole policy set into the idle slot and switches to it.
@@ -745,6 +773,77 @@ impl Kernel {
                 .map_err(map_err(names::DENY_CIDRS[idle]))?;
         }
         Ok(idle as u32)
+    }
+}
+
+/// What a geo table load took.
+#[derive(Debug, Clone, Copy)]
+pub struct GeoLoaded {
+    pub words: usize,
+    pub chunks: usize,
+    /// Words a slot holds.
+    pub capacity: usize,
+}
+
+/// The values of an mmapable array map of u32 (`BPF_F_MMAPABLE`), mapped
+/// shared and writable: what is written here is what the programs read.
+struct MappedWords {
+    ptr: *mut u32,
+    words: usize,
+    bytes: usize,
+}
+
+impl MappedWords {
+    fn new(map: &MapData, name: &'static str) -> Result<Self, KernelError> {
+        let info = map.info().map_err(map_err(name))?;
+        if info.value_size() != 4 * geo_table::WORDS_PER_ELEMENT {
+            return Err(KernelError::Geo(format!(
+                "{name} holds values of {} bytes, not {}",
+                info.value_size(),
+                4 * geo_table::WORDS_PER_ELEMENT
+            )));
+        }
+        // Array values are 8 bytes apart: elements of two words are dense.
+        let words = info.max_entries() as usize * geo_table::WORDS_PER_ELEMENT as usize;
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as usize;
+        let bytes = (words * 4).div_ceil(page) * page;
+        // SAFETY: a fresh shared mapping of the map's fd; the kernel checks
+        // that the map is mmapable and the length fits.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(KernelError::Geo(format!(
+                "mmap of {name} ({bytes} bytes): {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+        Ok(Self {
+            ptr: ptr.cast(),
+            words,
+            bytes,
+        })
+    }
+
+    fn words(&mut self) -> &mut [u32] {
+        // SAFETY: the mapping is `words` u32 long, aligned to a page, and
+        // lives as long as self; the kernel side only reads it.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.words) }
+    }
+}
+
+impl Drop for MappedWords {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped.
+        unsafe { libc::munmap(self.ptr.cast(), self.bytes) };
     }
 }
 

@@ -11,6 +11,7 @@
 //!
 //! Results: `target/bench/results.json` and `results.md` (printed too).
 mod daemon;
+mod geo;
 mod report;
 mod stats;
 
@@ -78,6 +79,14 @@ fn main() {
         .map(PathBuf::from)
         .expect("EGRESS_MONITOR_LOADGEN: the loadgen binary (cargo xtask bench sets it)");
     let started = Instant::now();
+    if std::env::args().nth(1).as_deref() == Some("geo-lookup") {
+        // Only the geo lookup section (no daemon, no workload): for
+        // working on the country table.
+        let mut r = Report::new();
+        geo::geo_lookup(&mut r, &geoip);
+        println!("{}", r.markdown());
+        return;
+    }
     let since_ns = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -143,6 +152,7 @@ fn main() {
     policy_swap(&mut b, &mut r);
     store(&b, &mut r, since_ns, pipeline_window, &state);
     cloud_accuracy(&mut r, &geoip);
+    geo::geo_lookup(&mut r, &geoip);
 
     r.raw["bench_seconds"] = json!(started.elapsed().as_secs_f64());
     r.write(&out_dir);
@@ -247,7 +257,7 @@ fn geo_and_memory_idle(b: &Bench, r: &mut Report, start_ms: f64) {
     let log = d.log();
     let merged_ms = log_number(&log, "networks merged into", " prefixes in ");
     let prefixes = log_number(&log, "networks merged into", "networks merged into ");
-    let load_ms = log_number(&log, "into the kernel geo trie in", "kernel geo trie in ");
+    let load_ms = log_number(&log, "into the kernel geo table", " MiB) in ");
     let policy_ms = log_number(&log, "policy set generation", "cloud-region rules ");
     r.raw["daemon_log_startup"] = json!(log);
     if let (Some(m), Some(l)) = (merged_ms, load_ms) {
