@@ -43,6 +43,12 @@ pub mod names {
         PROG_SENDMSG6,
     ];
 
+    /// Not attached: run by the daemon (`BPF_PROG_TEST_RUN`) on each socket
+    /// its sweep finds when a policy set takes effect.
+    pub const PROG_JUDGE_SOCKET: &str = "judge_socket";
+    /// The socket the sweep asks `judge_socket` about.
+    pub const SWEEP: &str = "SWEEP";
+
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
     pub const CONFIG: &str = "CONFIG";
@@ -77,7 +83,7 @@ pub mod names {
     /// Every map, for pinning. A unit test of the daemon (`kernel::tests`)
     /// checks this list against the maps in the compiled object, so a new
     /// map cannot be left unpinned.
-    pub const ALL_MAPS: [&str; 31] = [
+    pub const ALL_MAPS: [&str; 32] = [
         EVENTS,
         SOCKS,
         FLOWS,
@@ -109,6 +115,7 @@ pub mod names {
         DNS_STATS,
         DNS_SCRATCH,
         DNS_RESOLVERS,
+        SWEEP,
     ];
 }
 
@@ -242,6 +249,9 @@ shared_enum! {
         /// outside the cgroup that made it).
         Egress = 5 => "egress",
         SockCreate = 6 => "socket_create",
+        /// A socket that existed when a policy set took effect, judged by
+        /// the daemon's sweep (`judge_socket`): destroyed when denied.
+        SockDestroy = 7 => "sock_destroy",
     }
 }
 
@@ -303,6 +313,7 @@ pub mod hook {
     pub const SENDMSG6: u8 = Hook::Sendmsg6 as u8;
     pub const EGRESS: u8 = Hook::Egress as u8;
     pub const SOCK_CREATE: u8 = Hook::SockCreate as u8;
+    pub const SOCK_DESTROY: u8 = Hook::SockDestroy as u8;
 }
 
 /// See `Mode`.
@@ -803,6 +814,35 @@ const _: () = {
     assert!(offset_of!(Memo, selected_cgroup_id) == 8);
     assert!(offset_of!(Memo, selection) == 16);
     assert!(offset_of!(Memo, names_epoch) == 24);
+};
+
+/// A socket the daemon's sweep found, for `judge_socket` (the one entry
+/// of SWEEP). The program answers with `verdict | rule << 8` and reports
+/// what is not allowed as an event of hook `sock_destroy`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SweepSocket {
+    /// The socket's cgroup.
+    pub cgroup_id: u64,
+    /// Its nearest selected ancestor (or itself), as the daemon found it.
+    pub selected_cgroup_id: u64,
+    pub uid: u32,
+    /// Host order.
+    pub port: u16,
+    pub protocol: u8,
+    pub family: u8,
+    /// Network order; IPv4 as `::ffff:a.b.c.d`.
+    pub addr: [u8; 16],
+}
+const _: () = {
+    assert!(size_of::<SweepSocket>() == 40);
+    assert!(offset_of!(SweepSocket, cgroup_id) == 0);
+    assert!(offset_of!(SweepSocket, selected_cgroup_id) == 8);
+    assert!(offset_of!(SweepSocket, uid) == 16);
+    assert!(offset_of!(SweepSocket, port) == 20);
+    assert!(offset_of!(SweepSocket, protocol) == 22);
+    assert!(offset_of!(SweepSocket, family) == 23);
+    assert!(offset_of!(SweepSocket, addr) == 24);
 };
 
 /// Indices of the FLOW_STATS per-CPU array.
@@ -1320,6 +1360,7 @@ mod pod {
     unsafe impl aya::Pod for FlowKey {}
     unsafe impl aya::Pod for FlowEntry {}
     unsafe impl aya::Pod for Memo {}
+    unsafe impl aya::Pod for SweepSocket {}
     unsafe impl aya::Pod for DnsEvent {}
     unsafe impl aya::Pod for NameKey {}
     unsafe impl aya::Pod for NameEntry {}

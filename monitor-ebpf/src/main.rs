@@ -27,7 +27,7 @@ use aya_ebpf::{
             bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
         },
     },
-    macros::{btf_map, cgroup_skb, cgroup_sock_addr, lsm, map},
+    macros::{btf_map, cgroup_skb, cgroup_sock_addr, lsm, map, socket_filter},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{LsmContext, SkBuffContext, SockAddrContext},
 };
@@ -35,8 +35,8 @@ use monitor_common::{
     flow_stat, geo_table, kind, limits, Action, CidrRule, CloudEntry, CloudKey, Config,
     CountrySource, Decision, DecisionEvent, DomainKey, EventHeader, FlowEntry, FlowKey, Hook,
     InForce, Memo, Meta, Mode, NameEntry, PolicyAddr, Region, RegionKey, RegionRule, Rule,
-    Selection, SockState, Verdict, AF_INET, AF_INET6, AF_PACKET, DECISION_VERSION, DOMAIN_EXACT,
-    DOMAIN_WILDCARD, IPPROTO_TCP, IPPROTO_UDP,
+    Selection, SockState, SweepSocket, Verdict, AF_INET, AF_INET6, AF_PACKET, DECISION_VERSION,
+    DOMAIN_EXACT, DOMAIN_WILDCARD, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 /// Return values of a cgroup sock_addr program.
@@ -73,6 +73,10 @@ static FLOW_SCRATCH: PerCpuArray<FlowEntry> = PerCpuArray::with_max_entries(1, 0
 /// See `flow_stat`.
 #[map]
 static FLOW_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(flow_stat::COUNT, 0);
+
+/// The socket the daemon's sweep asks `judge_socket` about.
+#[map]
+static SWEEP: Array<SweepSocket> = Array::with_max_entries(1, 0);
 
 /// Read and written by the daemon only (see `Meta`).
 #[map]
@@ -908,6 +912,58 @@ fn emit(attempt: &Attempt, origin: &Origin, o: &Outcome) {
         BPF_RB_NO_WAKEUP
     };
     entry.submit(u64::from(flags));
+}
+
+/// Not attached anywhere: the daemon runs it (`BPF_PROG_TEST_RUN`) on each
+/// socket of a selected cgroup that exists when a policy set takes effect,
+/// so a connection older than the policy is judged by the same code and
+/// maps as a new one. Returns `verdict | rule << 8` (0: not selected under
+/// the set in force); what is not allowed is an event of hook
+/// `sock_destroy` (the daemon then destroys the socket where the policy
+/// enforces).
+#[socket_filter]
+pub fn judge_socket(_ctx: SkBuffContext) -> i64 {
+    let Some(s) = SWEEP.get(0) else {
+        return 0;
+    };
+    let s = *s;
+    let Some((slot, set, word)) = in_force() else {
+        return 0;
+    };
+    // SAFETY: plain data, copied out at once.
+    let Some(selection) = (unsafe { slot.select.get(&s.selected_cgroup_id) }).copied() else {
+        return 0;
+    };
+    let judgement = decide(slot, &set, &selection, s.cgroup_id, &s.addr, true);
+    let verdict = verdict_of(judgement.decision.allowed, &selection) as u8;
+    if verdict != Verdict::Allowed as u8 {
+        let attempt = Attempt {
+            hook: Hook::SockDestroy,
+            family: s.family,
+            protocol: s.protocol,
+            addr: s.addr,
+            port: s.port,
+        };
+        let origin = Origin {
+            cgroup_id: s.cgroup_id,
+            pid_tgid: 0,
+            uid_gid: u64::from(s.uid),
+            comm: [0; 16],
+        };
+        let outcome = Outcome {
+            word,
+            names_epoch: 0,
+            selected_cgroup: s.selected_cgroup_id,
+            selection: &selection,
+            generation: set.generation,
+            verdict,
+            judgement: &judgement,
+            now: now_ns(),
+            attempt: false,
+        };
+        emit(&attempt, &origin, &outcome);
+    }
+    i64::from(verdict) | (i64::from(judgement.decision.rule) << 8)
 }
 
 /// The backstop: every IP packet a socket of the host sends passes here.

@@ -239,7 +239,7 @@ fn stream(
 }
 
 /// Sockets connected while the destination was allowed: once the policy
-/// denies it, their next packets are dropped and reported.
+/// denies it, the sweep at the switch destroys them and reports each.
 #[test]
 fn sockets_from_before_the_policy_are_cut_off() {
     let mut env = env("enforce", "DE, US");
@@ -274,12 +274,13 @@ fn sockets_from_before_the_policy_are_cut_off() {
         &later[settled..]
     );
 
-    // The egress backstop reports each cut socket once (packets have no
-    // process context: the event names the socket's cgroup, not a pid).
+    // The sweep at the switch judged and destroyed each socket, with an
+    // event per socket (no process context: the event names the socket's
+    // cgroup, not a pid).
     let sel = env.rel("sel");
     for proto in ["tcp", "udp"] {
         let e = event_for(&mut env, proto, |e| {
-            s(e, "hook") == "egress" && s(e, "protocol") == proto
+            s(e, "hook") == "sock_destroy" && s(e, "protocol") == proto
         });
         assert_eq!(
             (s(&e, "verdict"), s(&e, "dst_ip"), s(&e, "cgroup_path")),
@@ -297,8 +298,140 @@ fn sockets_from_before_the_policy_are_cut_off() {
             (Some("ok"), Some(pid)),
             "{v}"
         );
+        assert!(aborted(&v), "the socket was not aborted: {v}");
     }
     allowed_still_works(&env);
+}
+
+/// Whether a stream probe saw its socket destroyed: a TCP socket's next
+/// send fails with ECONNABORTED; a destroyed UDP socket is disconnected, so
+/// its next send has no destination (EDESTADDRREQ; a reader would get
+/// ECONNABORTED).
+fn aborted(v: &Value) -> bool {
+    v["errnos"].as_array().is_some_and(|e| {
+        e.contains(&Value::from(libc::ECONNABORTED)) || e.contains(&Value::from(libc::EDESTADDRREQ))
+    })
+}
+
+/// What a probe printed at its end.
+fn finish_json(
+    mut child: std::process::Child,
+    mut out: BufReader<std::process::ChildStdout>,
+) -> Value {
+    let mut rest = String::new();
+    let _ = std::io::Read::read_to_string(&mut out, &mut rest);
+    let _ = child.wait();
+    serde_json::from_str(rest.trim().lines().last().unwrap_or(""))
+        .unwrap_or_else(|_| panic!("no result: {rest}"))
+}
+
+/// Connections a workload opened before the daemon ever ran: when the first
+/// policy set takes effect, the outbound ones to denied places are destroyed
+/// (the receiving side proves nothing more arrives), an inbound connection
+/// to the workload from a denied place survives, and in monitor mode the
+/// same sockets are only reported.
+#[test]
+fn connections_older_than_the_daemon_are_destroyed_inbound_ones_survive() {
+    for mode in ["enforce", "monitor"] {
+        let mut env = TestEnv::new();
+        env.set_policy(mode, "DE");
+        // Before any daemon: an outbound TCP stream and a connected UDP
+        // socket to the US host, and an inbound TCP stream from the US host
+        // into a listener of the workload.
+        let (tcp, tcp_out, _) = stream(&env, "tcp", "8");
+        let (udp, udp_out, _) = stream(&env, "udp", "8");
+        let port = env.fresh_port();
+        let mut sink = env
+            .probe_command("sel", &["sink", &port.to_string(), "9"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut sink_out = BufReader::new(sink.stdout.take().unwrap());
+        let mut line = String::new();
+        sink_out.read_line(&mut line).unwrap();
+        assert!(line.contains("sinking"), "{line}");
+        let mut inbound = std::process::Command::new("ip")
+            .args(["netns", "exec", &env.netns])
+            .arg(probe_bin())
+            .args(["stream", "tcp", US_SOURCES[0], &port.to_string(), "8"])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut inbound_out = BufReader::new(inbound.stdout.take().unwrap());
+        line.clear();
+        inbound_out.read_line(&mut line).unwrap();
+        assert!(
+            line.contains("\"connected\":true"),
+            "inbound stream: {line}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            us_received(&env).iter().any(|v| v.get("data").is_some()),
+            "TCP data flows before the daemon"
+        );
+
+        env.start_daemon(&[]);
+        env.wait_log("sockets older than generation 1", Duration::from_secs(30));
+        std::thread::sleep(Duration::from_millis(300));
+        let settled = us_received(&env).len();
+        std::thread::sleep(Duration::from_millis(1200));
+        let later = us_received(&env);
+        let sel = env.rel("sel");
+        let want = if mode == "enforce" {
+            "denied"
+        } else {
+            "would_deny"
+        };
+        for proto in ["tcp", "udp"] {
+            let e = event_for(&mut env, proto, |e| {
+                s(e, "hook") == "sock_destroy" && s(e, "protocol") == proto
+            });
+            assert_eq!(
+                (
+                    s(&e, "verdict"),
+                    s(&e, "dst_ip"),
+                    s(&e, "cgroup_path"),
+                    s(&e, "rule")
+                ),
+                (want, US_V4, sel.as_str(), "default"),
+                "{e}"
+            );
+        }
+        let out: Vec<Value> = [(tcp, tcp_out), (udp, udp_out)]
+            .into_iter()
+            .map(|(c, o)| finish_json(c, o))
+            .collect();
+        let inbound = finish_json(inbound, inbound_out);
+        let sunk = finish_json(sink, sink_out);
+        if mode == "enforce" {
+            assert_eq!(
+                later.len(),
+                settled,
+                "traffic reached the US host after the policy took effect: {:?}",
+                &later[settled..]
+            );
+            for v in &out {
+                assert!(
+                    aborted(v),
+                    "a denied connection older than the daemon was not aborted: {v}"
+                );
+            }
+            assert!(env.log().contains("2 destroyed"), "{}", env.log());
+        } else {
+            assert!(later.len() > settled, "monitor mode cut traffic off");
+            for v in &out {
+                assert_eq!(v["failed"], 0, "monitor mode broke a connection: {v}");
+            }
+        }
+        // The inbound connection from the US host kept working throughout.
+        assert_eq!(
+            inbound["failed"], 0,
+            "the inbound connection was cut: {inbound}"
+        );
+        assert!(inbound["sent"].as_u64().unwrap_or(0) > 100, "{inbound}");
+        assert!(sunk["tcp_bytes"].as_u64().unwrap_or(0) >= 5 * 50, "{sunk}");
+        assert!(env.log().contains("1 inbound left alone"), "{}", env.log());
+    }
 }
 
 /// A socket handed over SCM_RIGHTS: made outside and used inside is judged

@@ -503,6 +503,27 @@ impl Controller {
             maps.cloud_rules.len(),
             started.elapsed().as_secs_f64() * 1e3
         );
+        let selected: Vec<(String, u64)> = selection
+            .iter()
+            .map(|(id, s)| (s.path.clone(), *id))
+            .collect();
+        let mount = self.parts.mount.clone();
+        match self.parts.kernel.sweep_sockets(&mount, &selected) {
+            None => {}
+            Some(Ok(s)) if s.judged + s.inbound > 0 => log::info!(
+                "sockets older than generation {generation}: {} judged in {} network namespaces, {} destroyed, {} would be (monitor), {} could not be, {} inbound left alone",
+                s.judged,
+                s.namespaces,
+                s.destroyed,
+                s.reported,
+                s.failed,
+                s.inbound
+            ),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => log::warn!(
+                "judging the sockets older than generation {generation} failed (they are judged per packet only): {e}"
+            ),
+        }
         for (id, s) in selection {
             if self.selection.get(id) != Some(s) {
                 log::info!(

@@ -3,10 +3,7 @@
 //! (`monitor_common::geo_table`, what they use now), both filled with the
 //! same database and run on the same addresses with `BPF_PROG_TEST_RUN`
 //! (the kernel times the runs itself). The daemon never loads this object.
-use std::{
-    os::fd::{AsFd, AsRawFd},
-    time::Instant,
-};
+use std::{os::fd::AsFd, time::Instant};
 
 use aya::{
     maps::{lpm_trie::Key, Array, LpmTrie, MapData},
@@ -99,32 +96,9 @@ impl LookupBench {
             .try_into()
             .map_err(|e| err(program, e))?;
         let fd = prog.fd().map_err(|e| err(program, e))?;
-        // A socket filter runs on a packet: any 64 bytes do.
-        let packet = [0u8; 64];
-        // union bpf_attr, the `test` member.
-        let mut attr = [0u8; 128];
-        attr[0..4].copy_from_slice(&(fd.as_fd().as_raw_fd() as u32).to_ne_bytes());
-        attr[8..12].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
-        attr[16..24].copy_from_slice(&(packet.as_ptr() as u64).to_ne_bytes());
-        attr[32..36].copy_from_slice(&repeat.to_ne_bytes());
-        const BPF_PROG_TEST_RUN: libc::c_long = 10;
-        // SAFETY: attr is a valid bpf_attr for BPF_PROG_TEST_RUN (no output
-        // buffers), and `packet` outlives the call.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_PROG_TEST_RUN,
-                attr.as_mut_ptr(),
-                attr.len(),
-            )
-        };
-        if rc != 0 {
-            return Err(err(
-                program,
-                format!("BPF_PROG_TEST_RUN: {}", std::io::Error::last_os_error()),
-            ));
-        }
-        Ok(u32::from_ne_bytes([attr[36], attr[37], attr[38], attr[39]]))
+        let (_, ns) = super::test_run(fd.as_fd(), repeat)
+            .map_err(|e| err(program, format!("BPF_PROG_TEST_RUN: {e}")))?;
+        Ok(ns)
     }
 }
 

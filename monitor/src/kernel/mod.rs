@@ -8,6 +8,7 @@
 pub mod foreign;
 pub mod lookup_bench;
 pub mod pins;
+pub mod sweep;
 use std::{
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
@@ -26,7 +27,7 @@ use aya::{
 };
 use monitor_common::{
     dns, geo_table, limits, names, CidrRule, CloudEntry, CloudKey, Config, DnsTuning, DomainKey,
-    InForce, Meta, PolicyAddr, RegionKey, RegionRule, Selection,
+    InForce, Meta, PolicyAddr, RegionKey, RegionRule, Selection, SweepSocket,
 };
 
 /// The compiled kernel programs, built by build.rs.
@@ -156,6 +157,9 @@ pub struct Kernel {
     /// A descriptor of every pinned map, to pin it again if its pin is
     /// removed while we run (see `pins::restore_links`).
     map_pins: Vec<(&'static str, MapData)>,
+    /// `judge_socket` and its input, for the sweep of sockets older than
+    /// the policy (None where the program cannot be loaded).
+    judge_socket: Option<(aya::programs::ProgramFd, Array<MapData, SweepSocket>)>,
 }
 
 fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
@@ -164,6 +168,63 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
 ) -> Result<T, KernelError> {
     let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
     T::try_from(map).map_err(map_err(name))
+}
+
+/// Loads `judge_socket` (never attached) and takes its input map.
+fn load_judge_socket(
+    ebpf: &mut Ebpf,
+) -> Result<(aya::programs::ProgramFd, Array<MapData, SweepSocket>), KernelError> {
+    let name = names::PROG_JUDGE_SOCKET;
+    let program_error = |source| KernelError::Program { name, source };
+    let prog: &mut aya::programs::SocketFilter = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::Program {
+            name,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?
+        .try_into()
+        .map_err(program_error)?;
+    prog.load().map_err(program_error)?;
+    let fd = prog
+        .fd()
+        .map_err(program_error)?
+        .try_clone()
+        .map_err(|e| KernelError::Program {
+            name,
+            source: aya::programs::ProgramError::IOError(e),
+        })?;
+    let input = take(ebpf, names::SWEEP)?;
+    Ok((fd, input))
+}
+
+/// Runs a loaded program `repeat` times on a 64-byte packet
+/// (`BPF_PROG_TEST_RUN`): its return value and the kernel's mean ns per run.
+pub(crate) fn test_run(fd: std::os::fd::BorrowedFd, repeat: u32) -> std::io::Result<(u32, u32)> {
+    let packet = [0u8; 64];
+    // union bpf_attr, the `test` member.
+    let mut attr = [0u8; 128];
+    attr[0..4].copy_from_slice(&(fd.as_raw_fd() as u32).to_ne_bytes());
+    attr[8..12].copy_from_slice(&(packet.len() as u32).to_ne_bytes());
+    attr[16..24].copy_from_slice(&(packet.as_ptr() as u64).to_ne_bytes());
+    attr[32..36].copy_from_slice(&repeat.to_ne_bytes());
+    const BPF_PROG_TEST_RUN: libc::c_long = 10;
+    // SAFETY: attr is a valid bpf_attr for BPF_PROG_TEST_RUN (no output
+    // buffers), and `packet` outlives the call.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_TEST_RUN,
+            attr.as_mut_ptr(),
+            attr.len(),
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((
+        u32::from_ne_bytes([attr[4], attr[5], attr[6], attr[7]]),
+        u32::from_ne_bytes([attr[36], attr[37], attr[38], attr[39]]),
+    ))
 }
 
 /// An array map as its raw data (for an mmap of its values).
@@ -442,6 +503,13 @@ impl Kernel {
             u64::from_ne_bytes(b) | 1
         };
         let attached = attach_all(&mut ebpf, cgroup_root, &pins)?;
+        let judge_socket = match load_judge_socket(&mut ebpf) {
+            Ok(j) => Some(j),
+            Err(e) => {
+                log::warn!("connections older than a policy cannot be judged on this host (they keep running until they close): {e}");
+                None
+            }
+        };
         Ok((
             Self {
                 _ebpf: ebpf,
@@ -462,6 +530,7 @@ impl Kernel {
                 adopted,
                 foreign: Vec::new(),
                 map_pins,
+                judge_socket,
             },
             ring,
             old,
@@ -707,6 +776,28 @@ impl Kernel {
         }))
     }
 
+    /// Judges the sockets of the selected cgroups (`(path, id)`) that exist
+    /// now against the set in force, destroying those it denies (see
+    /// `sweep`). None where `judge_socket` could not be loaded.
+    pub fn sweep_sockets(
+        &mut self,
+        mount: &Path,
+        selected: &[(String, u64)],
+    ) -> Option<std::io::Result<sweep::Swept>> {
+        let (fd, input) = self.judge_socket.as_mut()?;
+        let fd = fd.as_fd();
+        let input = std::cell::RefCell::new(input);
+        let judge = |s: &SweepSocket| -> std::io::Result<u8> {
+            input
+                .borrow_mut()
+                .set(0, *s, 0)
+                .map_err(|e| std::io::Error::other(format!("{}: {e}", names::SWEEP)))?;
+            let (ret, _) = test_run(fd, 1)?;
+            Ok((ret & 0xff) as u8)
+        };
+        Some(sweep::sweep(mount, selected, &judge))
+    }
+
     /// Words in each geo slot.
     pub fn geo_capacity(&self) -> usize {
         self.slots.geo[0]
@@ -931,11 +1022,14 @@ mod tests {
         assert_eq!(maps, names::ALL_MAPS.into_iter().collect::<BTreeSet<_>>());
         assert_eq!(
             programs,
-            names::ALL_PROGRAMS.into_iter().collect::<BTreeSet<_>>()
+            names::ALL_PROGRAMS
+                .into_iter()
+                .chain([names::PROG_JUDGE_SOCKET])
+                .collect::<BTreeSet<_>>()
         );
         assert_eq!(names::ALL_MAPS.len(), maps.len(), "a map is listed twice");
         assert_eq!(
-            names::ALL_PROGRAMS.len(),
+            names::ALL_PROGRAMS.len() + 1,
             programs.len(),
             "a program is listed twice"
         );

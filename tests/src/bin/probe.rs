@@ -307,6 +307,7 @@ fn icmp_echo(addr: IpAddr, raw: bool) -> std::io::Result<()> {
 fn stream(tcp: bool, addr: SocketAddr, seconds: u64) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let (mut sent, mut failed, mut last_error) = (0u64, 0u64, String::new());
+    let mut errnos: Vec<i32> = Vec::new();
     let mut send: Box<dyn FnMut() -> std::io::Result<usize>> = if tcp {
         let mut s = match TcpStream::connect_timeout(&addr, Duration::from_secs(2)) {
             Ok(s) => s,
@@ -336,11 +337,16 @@ fn stream(tcp: bool, addr: SocketAddr, seconds: u64) -> serde_json::Value {
             Err(e) => {
                 failed += 1;
                 last_error = e.to_string();
+                if let Some(n) = e.raw_os_error() {
+                    if !errnos.contains(&n) {
+                        errnos.push(n);
+                    }
+                }
             }
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    serde_json::json!({"result": "ok", "pid": std::process::id(), "sent": sent, "failed": failed, "last_error": last_error})
+    serde_json::json!({"result": "ok", "pid": std::process::id(), "sent": sent, "failed": failed, "last_error": last_error, "errnos": errnos})
 }
 
 /// A child in another cgroup creates the socket and hands it over.
