@@ -1,6 +1,7 @@
 //! Policies: the YAML model, compiling, loading a directory, watching it.
 pub mod compile;
 pub mod model;
+pub mod simulate;
 pub mod watch;
 
 use std::{
