@@ -36,7 +36,7 @@ fn unknown_bytes_are_none() {
     for b in [0, 9, 255] {
         assert_eq!(Rule::from_u8(b), None);
     }
-    for b in [0, 7, 255] {
+    for b in [0, 8, 255] {
         assert_eq!(Hook::from_u8(b), None);
     }
     for b in [2, 255] {
@@ -67,6 +67,7 @@ fn values_and_names_are_the_documented_ones() {
         (4, "sendmsg6"),
         (5, "egress"),
         (6, "socket_create"),
+        (7, "sock_destroy"),
     ];
     let modes = [(0, "monitor"), (1, "enforce")];
     let actions = [(1, "allow"), (2, "deny")];

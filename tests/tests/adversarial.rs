@@ -172,6 +172,39 @@ fn raw_and_ping_sockets_are_stopped_by_the_egress_backstop() {
     );
 }
 
+/// IPv6 extension headers (hop-by-hop and destination options, as MLD
+/// reports carry) are walked: the backstop judges the real upper-layer
+/// protocol, refuses the denied host and lets the allowed one through.
+#[test]
+fn ipv6_extension_headers_are_walked_to_the_upper_layer() {
+    let mut env = env("enforce", "DE");
+    let p = env.probe("sel", &["raw6-ext", US_V6]);
+    eprintln!("raw6-ext {US_V6}: {:?}", p.raw);
+    let e = event_for(&mut env, "an ICMPv6 echo behind extension headers", |e| {
+        s(e, "hook") == "egress" && s(e, "dst_ip") == US_V6
+    });
+    assert_eq!(
+        (s(&e, "verdict"), s(&e, "protocol")),
+        ("denied", "icmpv6"),
+        "{e}"
+    );
+    let p = env.probe("sel", &["raw6-ext", DE_V6]);
+    assert!(p.ok, "the allowed host: {:?}", p.raw);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        us_received(&env),
+        Vec::<Value>::new(),
+        "an echo request reached the US host"
+    );
+    assert!(
+        env.received()
+            .iter()
+            .any(|v| v.to_string().contains("echo")),
+        "the DE host received no echo request: {:?}",
+        env.received()
+    );
+}
+
 /// Whether this host runs BPF LSM programs (the daemon says when not).
 fn lsm_missing(env: &TestEnv) -> bool {
     let missing = env

@@ -83,7 +83,7 @@ fn with_section(text: &str, table: &str) -> anyhow::Result<String> {
         let section = if notes.is_empty() {
             section
         } else {
-            format!("{}{notes}", section.trim_end_matches('\n'))
+            format!("{}\n\n{notes}", section.trim_end_matches('\n'))
         };
         format!("{}{section}{}", &text[..start], &text[end..])
     } else if let Some(at) = text.find("\n## How it works\n") {
@@ -108,5 +108,15 @@ mod tests {
                 && second.ends_with("## How it works\n\nz\n")
         );
         assert_eq!(second.matches("## Performance").count(), 1);
+        // The notes stay a paragraph of their own, so a third run finds them.
+        assert!(
+            second.contains("| t2 |\n\nWhat the figures say: n"),
+            "{second}"
+        );
+        let third = super::with_section(&second, "| t3 |\n").unwrap();
+        assert!(
+            third.contains("| t3 |\n\nWhat the figures say: n"),
+            "{third}"
+        );
     }
 }

@@ -304,6 +304,41 @@ fn icmp_echo(addr: IpAddr, raw: bool) -> std::io::Result<()> {
     })
 }
 
+/// An ICMPv6 echo request from a raw socket, carrying a hop-by-hop and a
+/// destination-options header (as an MLD report carries hop-by-hop).
+fn icmp6_with_extension_headers(addr: IpAddr) -> std::io::Result<()> {
+    const IPV6_HOPOPTS: libc::c_int = 54;
+    const IPV6_DSTOPTS: libc::c_int = 59;
+    let sock = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_ICMPV6)?;
+    // Next header (filled by the kernel), length 0 (8 bytes), PadN of 4.
+    let options = [0u8, 0, 1, 4, 0, 0, 0, 0];
+    for opt in [IPV6_HOPOPTS, IPV6_DSTOPTS] {
+        // SAFETY: a valid fd and option buffer.
+        check(unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                opt,
+                options.as_ptr().cast(),
+                options.len() as libc::socklen_t,
+            )
+        } as isize)?;
+    }
+    let packet = [128u8, 0, 0, 0, 0x12, 0x35, 0, 1, b'e', b'x'];
+    let (name, len) = sockaddr(SocketAddr::new(addr, 0));
+    // SAFETY: valid fd, buffer and address.
+    check(unsafe {
+        libc::sendto(
+            sock.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&name as *const libc::sockaddr_storage).cast(),
+            len,
+        )
+    })
+}
+
 fn stream(tcp: bool, addr: SocketAddr, seconds: u64) -> serde_json::Value {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let (mut sent, mut failed, mut last_error) = (0u64, 0u64, String::new());
@@ -694,6 +729,9 @@ fn main() {
         Some("uring-connect") => report(uring(target(), true)),
         Some("uring-sendmsg") => report(uring(target(), false)),
         Some("raw") => report(icmp_echo(args[1].parse().expect("address"), true)),
+        Some("raw6-ext") => report(icmp6_with_extension_headers(
+            args[1].parse().expect("address"),
+        )),
         Some("ping") => report(icmp_echo(args[1].parse().expect("address"), false)),
         Some("packet") => report(socket(libc::AF_PACKET, libc::SOCK_RAW, 0).map(drop)),
         Some("stream") => {
