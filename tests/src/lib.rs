@@ -959,3 +959,59 @@ pub fn json_lines(out: &std::process::Output) -> Vec<Value> {
         .map(|l| serde_json::from_str(l).expect("JSON line"))
         .collect()
 }
+
+/// A dead-end network namespace: loopback and blackhole default routes
+/// (IPv4 and IPv6), checked with `ip route get`. The cgroup hooks judge a
+/// connect from here, then an allowed one fails with EINVAL (or
+/// ENETUNREACH) and no packet is built: the way to judge real internet
+/// addresses. Removed on drop.
+pub struct DeadEnd(pub String);
+
+impl DeadEnd {
+    pub fn new(name: &str) -> Self {
+        let ok = |args: &[&str]| {
+            let st = Command::new("ip").args(args).status().expect("ip");
+            assert!(st.success(), "ip {args:?}");
+        };
+        ok(&["netns", "add", name]);
+        let ns = DeadEnd(name.to_string());
+        ok(&["-n", name, "link", "set", "lo", "up"]);
+        ok(&["-n", name, "route", "add", "blackhole", "default"]);
+        ok(&["-n", name, "-6", "route", "add", "blackhole", "default"]);
+        for probe in ["8.8.8.8", "2a00:1450::1"] {
+            let route = Command::new("ip")
+                .args(["-n", name, "route", "get", probe])
+                .output()
+                .expect("ip route get");
+            let text = String::from_utf8_lossy(&route.stdout);
+            assert!(
+                text.contains("blackhole") || !route.status.success(),
+                "the dead-end namespace routes {probe} somewhere: {text}"
+            );
+        }
+        ns
+    }
+}
+
+impl Drop for DeadEnd {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// Whether a test may connect to `ip` even from a dead end: not loopback
+/// (the namespace's own), unspecified, multicast or broadcast, and not the
+/// machines' own network 192.0.2.0/24.
+pub fn judgeable(ip: std::net::IpAddr) -> bool {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            !(v4.is_loopback()
+                || o[0] == 0
+                || v4.is_multicast()
+                || v4.is_broadcast()
+                || (o[0], o[1], o[2]) == (192, 0, 2))
+        }
+        std::net::IpAddr::V6(v6) => !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast()),
+    }
+}

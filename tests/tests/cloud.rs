@@ -4,9 +4,9 @@
 //! namespace (loopback and a blackhole default route): the cgroup hooks
 //! judge it, then an allowed connect fails with EINVAL and a refused one
 //! with EPERM; no packet is ever built, nothing leaves the machine.
-use std::{path::PathBuf, process::Command, time::Duration};
+use std::{path::PathBuf, time::Duration};
 
-use integration_tests::{s, TestEnv};
+use integration_tests::{s, DeadEnd, TestEnv};
 use serde_json::Value;
 
 fn snapshot_dir() -> PathBuf {
@@ -49,38 +49,6 @@ fn sample(provider: &str, pick: impl Fn(&str) -> bool, want: usize) -> Vec<(Stri
         .collect()
 }
 
-/// A dead-end namespace, removed on drop.
-struct DeadEnd(String);
-
-impl DeadEnd {
-    fn new(id: &str) -> Self {
-        let name = format!("emd-{id}");
-        let ok = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().expect("ip");
-            assert!(st.success(), "ip {args:?}");
-        };
-        ok(&["netns", "add", &name]);
-        ok(&["-n", &name, "link", "set", "lo", "up"]);
-        ok(&["-n", &name, "route", "add", "blackhole", "default"]);
-        let route = Command::new("ip")
-            .args(["-n", &name, "route", "get", "8.8.8.8"])
-            .output()
-            .expect("ip route get");
-        assert!(
-            String::from_utf8_lossy(&route.stdout).contains("blackhole") || !route.status.success(),
-            "the dead-end namespace routes somewhere: {}",
-            String::from_utf8_lossy(&route.stdout)
-        );
-        DeadEnd(name)
-    }
-}
-
-impl Drop for DeadEnd {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
 /// errno of a connect to each address, from cgroup `sub` of `env`.
 fn judge(env: &TestEnv, ns: &DeadEnd, sub: &str, addrs: &[(String, String)]) -> Vec<i64> {
     let mut args: Vec<&str> = vec!["connect-many", "443"];
@@ -120,7 +88,7 @@ fn eu_cloud_regions_are_eu_and_cloud_region_rules_apply() {
     );
     env.start_daemon(&["--cloud-ranges", cloud.to_str().unwrap()]);
     env.wait_log("cloud ranges in force", Duration::from_secs(60));
-    let ns = DeadEnd::new(&env.id);
+    let ns = DeadEnd::new(&format!("emd-{}", env.id));
 
     // Regions in the EU (by the providers' documented locations: London
     // and Zurich are not) of AWS, but eu-west-3 (denied by name of region),

@@ -5,64 +5,11 @@
 //! blackhole default route: the hooks judge each connect, then it fails
 //! with EINVAL; no packet is built), and every event's country and
 //! continent compared with the database's answer for its address.
-use std::{collections::BTreeMap, net::IpAddr, process::Command, time::Duration};
+use std::{collections::BTreeMap, net::IpAddr, time::Duration};
 
-use integration_tests::{s, TestEnv};
+use integration_tests::{judgeable, s, DeadEnd, TestEnv};
 use monitor::geo::{from_u128, to_u128, GeoDb};
 use serde_json::Value;
-
-/// A dead-end namespace, removed on drop.
-struct DeadEnd(String);
-
-impl DeadEnd {
-    fn new(id: &str) -> Self {
-        let name = format!("emg-{id}");
-        let ok = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().expect("ip");
-            assert!(st.success(), "ip {args:?}");
-        };
-        ok(&["netns", "add", &name]);
-        let ns = DeadEnd(name);
-        ok(&["-n", &ns.0, "link", "set", "lo", "up"]);
-        ok(&["-n", &ns.0, "route", "add", "blackhole", "default"]);
-        ok(&["-n", &ns.0, "-6", "route", "add", "blackhole", "default"]);
-        for probe in ["8.8.8.8", "2a00:1450::1"] {
-            let route = Command::new("ip")
-                .args(["-n", &ns.0, "route", "get", probe])
-                .output()
-                .expect("ip route get");
-            let text = String::from_utf8_lossy(&route.stdout);
-            assert!(
-                text.contains("blackhole") || !route.status.success(),
-                "the dead-end namespace routes {probe} somewhere: {text}"
-            );
-        }
-        ns
-    }
-}
-
-impl Drop for DeadEnd {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// Addresses a connect must not go to even from a dead end: this
-/// namespace's own loopback, unspecified and multicast, and the
-/// machines' own network (192.0.2.0/24).
-fn usable(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || o[0] == 0
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || (o[0], o[1], o[2]) == (192, 0, 2))
-        }
-        IpAddr::V6(v6) => !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast()),
-    }
-}
 
 #[test]
 fn kernel_countries_equal_the_database_for_sampled_real_addresses() {
@@ -77,7 +24,7 @@ fn kernel_countries_equal_the_database_for_sampled_real_addresses() {
     );
     env.start_daemon(&[]);
     env.wait_log("into the kernel geo table", Duration::from_secs(60));
-    let ns = DeadEnd::new(&env.id);
+    let ns = DeadEnd::new(&format!("emg-{}", env.id));
 
     // IPv4 (first, middle, last of spread ranges, and the address after a
     // range, often in a gap), IPv6 the same, and IPv4 again as mapped IPv6
@@ -94,7 +41,7 @@ fn kernel_countries_equal_the_database_for_sampled_real_addresses() {
         for r in ranges.iter().step_by(step).take(n) {
             for a in [r.start, r.start + (r.end - r.start) / 2, r.end, r.end + 1] {
                 let ip = from_u128(a);
-                if !usable(ip) {
+                if !judgeable(ip) {
                     continue;
                 }
                 addrs.push(match (ip, mapped) {

@@ -27,7 +27,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use integration_tests::{s, TestEnv};
+use integration_tests::{judgeable, s, DeadEnd, TestEnv};
 use monitor::{
     cloud::CloudRanges,
     geo::{from_u128, GeoDb},
@@ -38,59 +38,11 @@ use serde_json::Value;
 const DECISIONS: usize = 20_000;
 const BATCH: usize = 200;
 
-struct DeadEnd(String);
-
-impl DeadEnd {
-    fn new(id: &str) -> Self {
-        let ns = DeadEnd(format!("emo-{id}"));
-        let ok = |args: &[&str]| {
-            let st = Command::new("ip").args(args).status().expect("ip");
-            assert!(st.success(), "ip {args:?}");
-        };
-        ok(&["netns", "add", &ns.0]);
-        ok(&["-n", &ns.0, "link", "set", "lo", "up"]);
-        ok(&["-n", &ns.0, "route", "add", "blackhole", "default"]);
-        ok(&["-n", &ns.0, "-6", "route", "add", "blackhole", "default"]);
-        for probe in ["8.8.8.8", "2a00:1450::1"] {
-            let route = Command::new("ip")
-                .args(["-n", &ns.0, "route", "get", probe])
-                .output()
-                .expect("ip route get");
-            let text = String::from_utf8_lossy(&route.stdout);
-            assert!(
-                text.contains("blackhole") || !route.status.success(),
-                "the dead-end namespace routes {probe} somewhere: {text}"
-            );
-        }
-        ns
-    }
-}
-
-impl Drop for DeadEnd {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-fn usable(ip: IpAddr) -> bool {
-    match ip {
-        IpAddr::V4(v4) => {
-            let o = v4.octets();
-            !(v4.is_loopback()
-                || o[0] == 0
-                || v4.is_multicast()
-                || v4.is_broadcast()
-                || (o[0], o[1], o[2]) == (192, 0, 2))
-        }
-        IpAddr::V6(v6) => !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast()),
-    }
-}
-
 /// The destinations: (text to connect to, address the policy judges).
 fn pool(db: &GeoDb, cloud: &CloudRanges, rng: &mut fastrand::Rng) -> Vec<(String, IpAddr)> {
     let mut out = Vec::new();
     let mut push = |ip: IpAddr, mapped: bool| {
-        if !usable(ip) {
+        if !judgeable(ip) {
             return;
         }
         let text = match (ip, mapped) {
@@ -251,7 +203,7 @@ fn kernel_verdicts_equal_the_userspace_decision_under_policy_churn() {
     write_set(&env, &mut rng, 0, &sets);
     env.start_daemon(&["--cloud-ranges", cloud_dir.to_str().unwrap()]);
     env.wait_log("cloud ranges in force", Duration::from_secs(60));
-    let ns = DeadEnd::new(&env.id);
+    let ns = DeadEnd::new(&format!("emo-{}", env.id));
 
     // The churn: a new set every 100 ms (written, then reloaded through the
     // API), for as long as the connects run

@@ -290,18 +290,7 @@ fn icmp_echo(addr: IpAddr, raw: bool) -> std::io::Result<()> {
         let c = !(sum as u16);
         packet[2..4].copy_from_slice(&c.to_be_bytes());
     }
-    let (name, len) = sockaddr(SocketAddr::new(addr, 0));
-    // SAFETY: valid fd, buffer and address.
-    check(unsafe {
-        libc::sendto(
-            sock.as_raw_fd(),
-            packet.as_ptr().cast(),
-            packet.len(),
-            0,
-            (&name as *const libc::sockaddr_storage).cast(),
-            len,
-        )
-    })
+    send_echo(&sock, &packet, addr)
 }
 
 /// An ICMPv6 echo request from a raw socket, carrying a hop-by-hop and a
@@ -324,7 +313,11 @@ fn icmp6_with_extension_headers(addr: IpAddr) -> std::io::Result<()> {
             )
         } as isize)?;
     }
-    let packet = [128u8, 0, 0, 0, 0x12, 0x35, 0, 1, b'e', b'x'];
+    send_echo(&sock, &[128u8, 0, 0, 0, 0x12, 0x35, 0, 1, b'e', b'x'], addr)
+}
+
+/// One datagram from `sock` to `addr` (port 0: ICMP has none).
+fn send_echo(sock: &std::os::fd::OwnedFd, packet: &[u8], addr: IpAddr) -> std::io::Result<()> {
     let (name, len) = sockaddr(SocketAddr::new(addr, 0));
     // SAFETY: valid fd, buffer and address.
     check(unsafe {

@@ -22,15 +22,7 @@ const REPEAT: u32 = 4000;
 fn sample(db: &GeoDb, v4: bool, n: usize, seed: u64) -> Vec<[u8; 16]> {
     let mapped = |r: &&monitor::geo::RegionRange| r.start >> 32 == 0xffff;
     let ranges: Vec<_> = db.ranges.iter().filter(|r| mapped(r) == v4).collect();
-    let mut state = seed;
-    let mut next = move || {
-        // splitmix64
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
+    let mut next = crate::stats::splitmix(seed);
     (0..n)
         .map(|_| {
             let r = ranges[(next() % ranges.len() as u64) as usize];

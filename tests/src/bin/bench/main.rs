@@ -1050,14 +1050,7 @@ fn cloud_accuracy(r: &mut Report, geoip: &Path) {
     nets.sort();
     nets.dedup();
     // Deterministic: splitmix64 from a fixed seed; one address per draw.
-    let mut state: u64 = 0x5eed;
-    let mut next = move || {
-        state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = state;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    };
+    let mut next = stats::splitmix(0x5eed);
     const N: usize = 2000;
     let (mut before, mut after) = (0usize, 0usize);
     for _ in 0..N {
