@@ -859,6 +859,10 @@ impl Origin {
     }
 }
 
+/// Bytes one decision takes in the ring buffer: its 8-byte header and the
+/// record, rounded up to 8.
+const RECORD_BYTES: u64 = (8 + core::mem::size_of::<DecisionEvent>() as u64).div_ceil(8) * 8;
+
 #[inline(always)]
 fn emit(attempt: &Attempt, origin: &Origin, o: &Outcome) {
     let judgement = o.judgement;
@@ -905,8 +909,13 @@ fn emit(attempt: &Attempt, origin: &Origin, o: &Outcome) {
     // Wake the daemon only once a batch waits: a wakeup per event is an
     // interrupt charged to the caller (a VM exit on a virtual machine); the
     // daemon also drains on a short timer, so a lone event waits at most
-    // that long.
-    let flags = if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= limits::WAKEUP_BYTES {
+    // that long. Only the record that crosses the threshold wakes it: while
+    // a slow daemon lags past it, waking it for every record cost a
+    // self-IPI each (more than half of a new destination's `sendmsg4` under
+    // load, by perf). Two CPUs crossing at once may both skip; the timer
+    // drains then.
+    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let flags = if avail >= limits::WAKEUP_BYTES && avail < limits::WAKEUP_BYTES + RECORD_BYTES {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
