@@ -20,7 +20,7 @@ pub struct Built {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq)]
-#[error("the country table needs {needed} words ({needed_mib:.1} MiB) but a kernel slot holds {capacity} ({capacity_mib:.1} MiB)")]
+#[error("the country table needs {needed} words ({needed_mib:.1} MiB) but a kernel slot holds {capacity} ({capacity_mib:.1} MiB); start the daemon with a larger --geo-table-mib (after `egress-monitor uninstall`: pinned slots keep their size)")]
 pub struct TableFull {
     pub needed: usize,
     pub needed_mib: f64,
