@@ -153,6 +153,14 @@ fn random_body(
     (body, if rng.bool() { "enforce" } else { "monitor" })
 }
 
+/// Writes `text` as the policy file, atomically: the watcher never reads
+/// half a file.
+fn install(scratch: &std::path::Path, policy_dir: &std::path::Path, text: &str) {
+    let tmp = scratch.join("next.yaml.tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, policy_dir.join("p.yaml")).unwrap();
+}
+
 #[test]
 fn kernel_verdicts_equal_the_userspace_decision_under_policy_churn() {
     let mut env = TestEnv::new();
@@ -185,22 +193,23 @@ fn kernel_verdicts_equal_the_userspace_decision_under_policy_churn() {
         .map(|(p, r)| (p.to_string(), r.to_string()))
         .collect();
 
-    // Every set written, by policy name, to compile and judge with later.
+    // Every set the run writes, made up front (seeded): the first before
+    // the daemon starts, the others by the churn. Kept by policy name, to
+    // compile and judge with later.
+    let mut churn_rng = fastrand::Rng::with_seed(seed ^ 0xc4u64);
+    let all: Vec<(String, String)> = (0..6000)
+        .map(|i| {
+            let (body, mode) = random_body(&mut churn_rng, &countries, &pool, &cloud_regions);
+            let name = format!("oracle-{i}");
+            let text = env.policy(&name, mode, "sel", &body);
+            (name, text)
+        })
+        .collect();
     let sets: Arc<Mutex<BTreeMap<String, String>>> = Arc::default();
-    let write_set = |env: &TestEnv,
-                     rng: &mut fastrand::Rng,
-                     i: usize,
-                     sets: &Mutex<BTreeMap<String, String>>| {
-        let (body, mode) = random_body(rng, &countries, &pool, &cloud_regions);
-        let name = format!("oracle-{i}");
-        let text = env.policy(&name, mode, "sel", &body);
-        sets.lock().unwrap().insert(name, text.clone());
-        // Atomically: the watcher never reads half a file.
-        let tmp = env.dir.path().join("next.yaml.tmp");
-        std::fs::write(&tmp, &text).unwrap();
-        std::fs::rename(&tmp, env.policy_dir().join("p.yaml")).unwrap();
-    };
-    write_set(&env, &mut rng, 0, &sets);
+    sets.lock()
+        .unwrap()
+        .insert(all[0].0.clone(), all[0].1.clone());
+    install(env.dir.path(), &env.policy_dir(), &all[0].1);
     env.start_daemon(&["--cloud-ranges", cloud_dir.to_str().unwrap()]);
     env.wait_log("cloud ranges in force", Duration::from_secs(60));
     let ns = DeadEnd::new(&format!("emo-{}", env.id));
@@ -215,35 +224,16 @@ fn kernel_verdicts_equal_the_userspace_decision_under_policy_churn() {
         let dir = env.dir.path().to_path_buf();
         let policy_dir = env.policy_dir();
         let socket = env.socket();
-        let mut rng = fastrand::Rng::with_seed(seed ^ 0xc4u64);
-        let texts: Vec<(String, &'static str)> = (0..6000)
-            .map(|_| random_body(&mut rng, &countries, &pool, &cloud_regions))
-            .collect();
-        let make = {
-            let env_policy =
-                |name: &str, mode: &str, body: &str| env.policy(name, mode, "sel", body);
-            texts
-                .iter()
-                .enumerate()
-                .map(|(i, (b, m))| {
-                    (
-                        format!("oracle-{}", i + 1),
-                        env_policy(&format!("oracle-{}", i + 1), m, b),
-                    )
-                })
-                .collect::<Vec<_>>()
-        };
+        let rest: Vec<(String, String)> = all[1..].to_vec();
         std::thread::spawn(move || {
             let started = Instant::now();
             let mut written = 0;
-            for (name, text) in make {
+            for (name, text) in rest {
                 if stop.load(Ordering::Relaxed) || started.elapsed() > Duration::from_secs(600) {
                     break;
                 }
                 sets.lock().unwrap().insert(name, text.clone());
-                let tmp = dir.join("next.yaml.tmp");
-                std::fs::write(&tmp, &text).unwrap();
-                std::fs::rename(&tmp, policy_dir.join("p.yaml")).unwrap();
+                install(&dir, &policy_dir, &text);
                 // The watcher waits for a quiet directory; the API reloads
                 // now (and returns once the set is in force or refused).
                 let _ = Command::new(integration_tests::daemon_bin())

@@ -291,17 +291,18 @@ fn in_netns<T: Send>(
     })
 }
 
-/// For every cgroup in the selected subtrees, its nearest selected
-/// ancestor (or itself).
-pub fn selected_subtrees(mount: &Path, selected: &[(String, u64)]) -> BTreeMap<u64, u64> {
+/// For every cgroup in the selected subtrees (by id): its path under the
+/// mount and its nearest selected ancestor (or itself). One walk.
+pub fn selected_subtrees(mount: &Path, selected: &[(String, u64)]) -> BTreeMap<u64, (String, u64)> {
     let mut by_depth: Vec<&(String, u64)> = selected.iter().collect();
     by_depth.sort_by_key(|(p, _)| p.matches('/').count());
     let mut map = BTreeMap::new();
     for (path, id) in by_depth {
         let dir = mount.join(path.trim_start_matches('/'));
         if let Ok(tree) = crate::cgroups::walk(mount, &dir) {
-            for (_, c) in tree {
-                map.insert(c, *id);
+            // Deeper selections come later and win: the nearest ancestor.
+            for (rel, c) in tree {
+                map.insert(c, (rel, *id));
             }
         }
     }
@@ -309,31 +310,22 @@ pub fn selected_subtrees(mount: &Path, selected: &[(String, u64)]) -> BTreeMap<u
 }
 
 /// One process per network namespace of the processes in `cgroups`.
-fn namespaces(mount: &Path, cgroups: &BTreeMap<u64, u64>, paths: &[String]) -> Vec<u32> {
+fn namespaces(mount: &Path, cgroups: &BTreeMap<u64, (String, u64)>) -> Vec<u32> {
+    use std::os::unix::fs::MetadataExt;
     let mut seen: BTreeMap<(u64, u64), u32> = BTreeMap::new();
     let mut read = 0;
-    for path in paths {
-        let dir = mount.join(path.trim_start_matches('/'));
-        let Ok(tree) = crate::cgroups::walk(mount, &dir) else {
+    for (rel, _) in cgroups.values() {
+        let procs = mount.join(rel.trim_start_matches('/')).join("cgroup.procs");
+        let Ok(text) = std::fs::read_to_string(procs) else {
             continue;
         };
-        for (rel, id) in tree {
-            if !cgroups.contains_key(&id) {
-                continue;
+        for pid in text.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
+            read += 1;
+            if read > MAX_PROCESSES {
+                return seen.into_values().collect();
             }
-            let procs = mount.join(rel.trim_start_matches('/')).join("cgroup.procs");
-            let Ok(text) = std::fs::read_to_string(procs) else {
-                continue;
-            };
-            for pid in text.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-                read += 1;
-                if read > MAX_PROCESSES {
-                    return seen.into_values().collect();
-                }
-                use std::os::unix::fs::MetadataExt;
-                if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) {
-                    seen.entry((m.dev(), m.ino())).or_insert(pid);
-                }
+            if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) {
+                seen.entry((m.dev(), m.ino())).or_insert(pid);
             }
         }
     }
@@ -353,8 +345,7 @@ pub fn sweep(
         return Ok(swept);
     }
     let cgroups = selected_subtrees(mount, selected);
-    let paths: Vec<String> = selected.iter().map(|(p, _)| p.clone()).collect();
-    for pid in namespaces(mount, &cgroups, &paths) {
+    for pid in namespaces(mount, &cgroups) {
         let (found, listening) = match in_netns(pid, sockets_here) {
             Ok(x) => x,
             // The process left, with its namespace: nothing to judge there.
@@ -364,7 +355,7 @@ pub fn sweep(
         swept.namespaces += 1;
         let mut doomed = Vec::new();
         for s in found {
-            let Some(&selected_cgroup_id) = cgroups.get(&s.cgroup_id) else {
+            let Some(&(_, selected_cgroup_id)) = cgroups.get(&s.cgroup_id) else {
                 continue;
             };
             if s.protocol == IPPROTO_TCP && listening.contains(&s.local_port) {
