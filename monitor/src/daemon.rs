@@ -396,7 +396,11 @@ async fn start(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<O
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
     let node_key = crate::evidence::key::load_or_create(&config.state_dir)?;
-    let store = StoreHandle::start(crate::store::path_in(&config.state_dir), config.retention);
+    let store = StoreHandle::start(
+        crate::store::path_in(&config.state_dir),
+        config.retention,
+        Some(node_key.clone()),
+    );
 
     let cancel = Arc::new(AtomicBool::new(false));
     let mut boot_task = {

@@ -2,7 +2,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Args;
 
-use crate::evidence::{key, verify};
+use crate::evidence::{archive, key, verify};
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -18,7 +18,7 @@ pub struct VerifyArgs {
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
     let pinned = args.pubkey.as_deref().map(key::parse_public).transpose()?;
     let result =
-        verify::read_tar(&args.bundle).and_then(|files| verify::verify(&files, pinned.as_ref()));
+        archive::read_tar(&args.bundle).and_then(|files| verify::verify(&files, pinned.as_ref()));
     match result {
         Ok(r) => {
             println!(

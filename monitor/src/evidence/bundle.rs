@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use anyhow::{bail, Context};
 use ed25519_dalek::{Signer, SigningKey};
-use rusqlite::params;
+use rusqlite::{params, OptionalExtension};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
@@ -86,10 +86,16 @@ pub fn build(
 
     let records = read_records(store, req)?;
     check_anchor(store, records.anchor)?;
+    check_tail(store)?;
     summary.in_window = records.links.len();
     summary.exported = records.events.len();
     let complete = req.filter.is_null();
-    files.insert("chain.json".into(), chain_json(store, &records, complete)?);
+    let prior = prior_seq(store, req, &records)?;
+    files.insert(
+        "chain.json".into(),
+        chain_json(store, &records, complete, prior)?,
+    );
+    files.insert("checkpoints.json".into(), checkpoints_json(store, req)?);
     let Records { jsonl, events, .. } = records;
     files.insert("events.jsonl".into(), jsonl);
 
@@ -209,8 +215,83 @@ fn check_anchor(store: &Store, anchor: Option<([u8; 32], i64)>) -> anyhow::Resul
     Ok(())
 }
 
+/// Records removed from the end of the store break no link: the store's
+/// head and its last signed checkpoint still name them. Refuses to export
+/// a store whose records stop short of either (retention's removals
+/// excepted).
+fn check_tail(store: &Store) -> anyhow::Result<()> {
+    let last: Option<i64> = store
+        .conn
+        .query_row("SELECT max(seq) FROM events", [], |r| r.get(0))?;
+    let retained: i64 = store.conn.query_row(
+        "SELECT coalesce(max(up_to_seq), 0) FROM retention_log",
+        [],
+        |r| r.get(0),
+    )?;
+    let reach = last.unwrap_or(0).max(retained);
+    let (head_seq, _) = store.head()?;
+    if head_seq > reach {
+        bail!("the store's chain head is seq {head_seq} but its last record is seq {reach}: records were removed from its end; not exporting");
+    }
+    let checkpoint: Option<(i64, i64, Vec<u8>)> = store
+        .conn
+        .query_row(
+            "SELECT unix_nanos, seq, hash FROM checkpoints ORDER BY seq DESC LIMIT 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    if let Some((at, seq, hash)) = checkpoint {
+        if seq > reach {
+            bail!("the checkpoint signed at {} holds seq {seq}, but the store's last record is seq {reach}: records were removed from its end; not exporting", t(at));
+        }
+        let kept: Option<Vec<u8>> = store
+            .conn
+            .query_row("SELECT hash FROM events WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        if kept.is_some_and(|h| h != hash) {
+            bail!("record seq {seq} differs from the checkpoint signed at {}: the chain was rewritten; not exporting", t(at));
+        }
+    }
+    Ok(())
+}
+
+/// The last seq before the window: the anchor's, or (for a window without
+/// records) the last record or retention removal before it.
+fn prior_seq(store: &Store, req: &Request<'_>, records: &Records) -> anyhow::Result<i64> {
+    if let Some((_, seq)) = records.anchor {
+        return Ok(seq);
+    }
+    Ok(store.conn.query_row(
+        "SELECT max(coalesce((SELECT max(seq) FROM events WHERE unix_nanos < ?1), 0), coalesce((SELECT max(up_to_seq) FROM retention_log WHERE before_nanos <= ?1), 0))",
+        [req.since],
+        |r| r.get(0),
+    )?)
+}
+
+/// `checkpoints.json`: the signed chain heads made during the window.
+fn checkpoints_json(store: &Store, req: &Request<'_>) -> anyhow::Result<Vec<u8>> {
+    let list: Vec<chain::Checkpoint> = store
+        .checkpoints_since(req.since)?
+        .into_iter()
+        .filter(|c| c.unix_nanos < req.until)
+        .collect();
+    Ok(serde_json::to_vec_pretty(&json!({
+        "signed_message": "egress-monitor-checkpoint/1 store=<store_id> unix_nanos=<unix_nanos> seq=<seq> hash=<hash>, ed25519 by the node key",
+        "store_id": store.store_id()?,
+        "checkpoints": list,
+    }))?)
+}
+
 /// `chain.json`: the links, their anchor and the store's head at export.
-fn chain_json(store: &Store, records: &Records, complete: bool) -> anyhow::Result<Vec<u8>> {
+fn chain_json(
+    store: &Store,
+    records: &Records,
+    complete: bool,
+    prior: i64,
+) -> anyhow::Result<Vec<u8>> {
     let (head_seq, head) = store.head()?;
     let anchor_json = match records.anchor {
         Some((h, seq)) => json!({"seq": seq, "hash": hex::encode(h)}),
@@ -224,6 +305,7 @@ fn chain_json(store: &Store, records: &Records, complete: bool) -> anyhow::Resul
         "complete": complete,
         "records_in_window": records.links.len(),
         "records_exported": records.events.len(),
+        "last_seq_before_window": prior,
         "store_head_at_export": {"seq": head_seq, "hash": hex::encode(head)},
     }))?)
 }

@@ -1,6 +1,7 @@
 //! Evidence bundles: building one from the store for a time window
 //! (`bundle`), the auditor's page (`summary`), the node key (`key`), and
-//! checking a bundle (`verify`).
+//! reading a bundle's archive (`archive`) and checking a bundle (`verify`).
+pub mod archive;
 pub mod bundle;
 pub mod key;
 pub mod summary;

@@ -281,3 +281,113 @@ fn flow_counts_are_exact_for_any_window() {
     );
     assert_eq!(by_country.len(), 2);
 }
+
+/// An export from T0 to a second from now (checkpoints carry the real time).
+fn export_to_now(s: &Store, key: &SigningKey) -> anyhow::Result<bundle::Files> {
+    let req = bundle::Request {
+        since: T0,
+        until: crate::store::now_nanos() + SEC,
+        keep: &|_| true,
+        filter: serde_json::Value::Null,
+        by_process: false,
+    };
+    bundle::build(s, key, &req).map(|(f, _)| f)
+}
+
+#[test]
+fn records_removed_from_the_end_are_caught_by_the_head_and_the_checkpoint() {
+    let k = key();
+    // The head alone: the rows are gone, chain_head still names seq 30.
+    let (_d, s) = store(30);
+    s.conn
+        .execute("DELETE FROM events WHERE seq > 25", [])
+        .unwrap();
+    let err = export_to_now(&s, &k).unwrap_err().to_string();
+    assert!(
+        err.contains("chain head is seq 30 but its last record is seq 25"),
+        "{err}"
+    );
+
+    // The head rewritten too: the signed checkpoint still names seq 30.
+    let (_d, mut s) = store(30);
+    let cp = s.checkpoint(&k).unwrap().expect("a checkpoint of seq 30");
+    assert_eq!(cp.seq, 30);
+    assert!(s.checkpoint(&k).unwrap().is_none(), "one per head");
+    let ok = export_to_now(&s, &k).unwrap();
+    verify::verify(&ok, Some(&k.verifying_key())).unwrap();
+    s.conn
+        .execute_batch(
+            "DELETE FROM events WHERE seq > 25;
+             UPDATE chain_head SET seq = 25, hash = (SELECT hash FROM events WHERE seq = 25);",
+        )
+        .unwrap();
+    let err = export_to_now(&s, &k).unwrap_err().to_string();
+    assert!(
+        err.contains("holds seq 30, but the store's last record is seq 25"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_bundle_cut_short_of_its_checkpoint_fails_verify_even_when_resigned() {
+    let k = key();
+    let (_d, mut s) = store(30);
+    s.checkpoint(&k).unwrap().unwrap();
+    let mut files = export_to_now(&s, &k).unwrap();
+    // Drop the last five records and links, fix every count, sign again.
+    let mut l = lines(&files);
+    l.truncate(25);
+    set_lines(&mut files, &l);
+    let mut c: serde_json::Value = serde_json::from_slice(&files["chain.json"]).unwrap();
+    c["links"].as_array_mut().unwrap().truncate(25);
+    c["records_in_window"] = 25.into();
+    c["records_exported"] = 25.into();
+    files.insert("chain.json".into(), serde_json::to_vec(&c).unwrap());
+    resign(&mut files, &k);
+    let err = verify::verify(&files, Some(&k.verifying_key())).unwrap_err();
+    assert_eq!(err.item, "chain.json");
+    assert!(err.reason.contains("end at seq 25"), "{err}");
+    assert!(err.reason.contains("holds seq 30"), "{err}");
+
+    // A checkpoint not signed by the node key is refused as such.
+    let mut files = export_to_now(&s, &k).unwrap();
+    let mut cps: serde_json::Value = serde_json::from_slice(&files["checkpoints.json"]).unwrap();
+    cps["checkpoints"][0]["seq"] = 31.into();
+    files.insert("checkpoints.json".into(), serde_json::to_vec(&cps).unwrap());
+    resign(&mut files, &k);
+    let err = verify::verify(&files, Some(&k.verifying_key())).unwrap_err();
+    assert!(err.reason.contains("not signed by the node key"), "{err}");
+}
+
+#[test]
+fn queries_refuse_rows_edited_away_from_their_hashed_record() {
+    let (_d, s) = store(30);
+    let all = |s: &Store| query::events(s, T0, T0 + 100 * SEC, 0, 1000, &|_| true);
+    assert_eq!(all(&s).unwrap().0.len(), 30, "an untouched store answers");
+    // A denial made to look allowed (only the copied column).
+    s.conn
+        .execute("UPDATE events SET verdict = 'allowed' WHERE seq = 3", [])
+        .unwrap();
+    let denied = |s: &Store| {
+        query::events(s, T0, T0 + 100 * SEC, 0, 1000, &|e: &Event| {
+            e.verdict == "denied"
+        })
+    };
+    let err = denied(&s).unwrap_err().to_string();
+    assert!(
+        err.contains("record seq 3: the row's columns differ from its hashed record"),
+        "{err}"
+    );
+    // The record rewritten to match: its digest no longer does.
+    s.conn
+        .execute(
+            "UPDATE events SET record = replace(record, '\"denied\"', '\"allowed\"') WHERE seq = 3",
+            [],
+        )
+        .unwrap();
+    let err = all(&s).unwrap_err().to_string();
+    assert!(
+        err.contains("record seq 3: the hashed record differs from its digest"),
+        "{err}"
+    );
+}

@@ -2,7 +2,7 @@
 //! file, no file more or less, the hash chain from its anchor, and that
 //! every exported record is the chain's record at its position. The first
 //! broken item is named.
-use std::{collections::BTreeMap, io::Read, path::Path};
+use std::collections::BTreeMap;
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
 use serde_json::Value;
@@ -18,7 +18,7 @@ pub struct Broken {
     pub reason: String,
 }
 
-fn broken(item: impl Into<String>, reason: impl Into<String>) -> Broken {
+pub(super) fn broken(item: impl Into<String>, reason: impl Into<String>) -> Broken {
     Broken {
         item: item.into(),
         reason: reason.into(),
@@ -37,45 +37,82 @@ pub struct Report {
     pub files: usize,
 }
 
-/// Reads a bundle's files (tar; names below `evidence/`).
-pub fn read_tar(path: &Path) -> Result<Files, Broken> {
-    let f =
-        std::fs::File::open(path).map_err(|e| broken(path.display().to_string(), e.to_string()))?;
-    let mut archive = tar::Archive::new(f);
-    let mut files = Files::new();
-    let entries = archive.entries().map_err(|e| {
-        broken(
-            path.display().to_string(),
-            format!("not a tar archive: {e}"),
-        )
-    })?;
-    for entry in entries {
-        let mut entry = entry
-            .map_err(|e| broken(path.display().to_string(), format!("damaged archive: {e}")))?;
-        let name = entry
-            .path()
-            .map(|p| p.to_string_lossy().into_owned())
-            .map_err(|e| broken(path.display().to_string(), format!("bad entry name: {e}")))?;
-        if entry.header().entry_type() != tar::EntryType::Regular {
-            return Err(broken(name, "not a regular file"));
-        }
-        let Some(rel) = name.strip_prefix("evidence/") else {
-            return Err(broken(name, "outside evidence/"));
-        };
-        let mut data = Vec::new();
-        entry
-            .read_to_end(&mut data)
-            .map_err(|e| broken(name.clone(), format!("unreadable: {e}")))?;
-        if files.insert(rel.to_string(), data).is_some() {
-            return Err(broken(name, "appears twice in the archive"));
-        }
-    }
-    Ok(files)
-}
-
 fn json(files: &Files, name: &str) -> Result<Value, Broken> {
     let b = files.get(name).ok_or_else(|| broken(name, "missing"))?;
     serde_json::from_slice(b).map_err(|e| broken(name, format!("not JSON: {e}")))
+}
+
+/// The checkpoints signed during the window: each by the node key, and each
+/// one made after the window's first record names a record the chain holds
+/// (records removed from the end of the store are caught here).
+fn check_checkpoints(
+    files: &Files,
+    manifest: &Value,
+    chain_json: &Value,
+    key: &VerifyingKey,
+    by_seq: &BTreeMap<i64, &chain::Link>,
+) -> Result<(), Broken> {
+    if !files.contains_key("checkpoints.json") {
+        // Bundles made before checkpoints existed.
+        return Ok(());
+    }
+    let item = "checkpoints.json";
+    let c = json(files, item)?;
+    let store_id = manifest["store_id"].as_str().unwrap_or("");
+    if c["store_id"].as_str() != Some(store_id) {
+        return Err(broken(item, "store_id differs from manifest.json"));
+    }
+    let list: Vec<chain::Checkpoint> = serde_json::from_value(c["checkpoints"].clone())
+        .map_err(|e| broken(item, format!("checkpoints: {e}")))?;
+    let since = manifest["window"]["since_unix_nanos"]
+        .as_i64()
+        .unwrap_or(i64::MIN);
+    let until = manifest["window"]["until_unix_nanos"]
+        .as_i64()
+        .unwrap_or(i64::MAX);
+    let prior = chain_json["last_seq_before_window"]
+        .as_i64()
+        .ok_or_else(|| broken("chain.json", "no last_seq_before_window"))?;
+    let last = by_seq.keys().next_back().copied().unwrap_or(prior);
+    for cp in &list {
+        let sig = hex::decode(&cp.signature)
+            .ok()
+            .and_then(|b| <[u8; 64]>::try_from(b).ok())
+            .map(|b| Signature::from_bytes(&b))
+            .ok_or_else(|| broken(item, format!("seq {}: signature is not hex", cp.seq)))?;
+        let message = chain::checkpoint_message(store_id, cp.unix_nanos, cp.seq, &cp.hash);
+        key.verify(message.as_bytes(), &sig).map_err(|_| {
+            broken(
+                item,
+                format!(
+                    "the checkpoint of seq {} is not signed by the node key",
+                    cp.seq
+                ),
+            )
+        })?;
+        if cp.unix_nanos < since || cp.unix_nanos >= until || cp.seq <= prior {
+            continue;
+        }
+        match by_seq.get(&cp.seq) {
+            Some(l) if l.hash == cp.hash => {}
+            Some(_) => {
+                return Err(broken(
+                    "chain.json",
+                    format!("seq {} differs from the checkpoint signed for it: the chain was rewritten", cp.seq),
+                ))
+            }
+            None => {
+                return Err(broken(
+                    "chain.json",
+                    format!(
+                        "the records end at seq {last}, but a checkpoint signed during the window holds seq {}: records were removed from the end",
+                        cp.seq
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Checks a bundle's files; `pinned` is the node key the caller trusts.
@@ -183,6 +220,7 @@ pub fn verify(files: &Files, pinned: Option<&VerifyingKey>) -> Result<Report, Br
         ));
     }
     let by_seq: BTreeMap<i64, &chain::Link> = links.iter().map(|l| (l.seq, l)).collect();
+    check_checkpoints(files, &manifest, &c, &key, &by_seq)?;
 
     // The records.
     let complete = c["complete"].as_bool().unwrap_or(false);

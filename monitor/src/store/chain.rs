@@ -88,6 +88,25 @@ pub fn check_links(anchor: &[u8; 32], links: &[Link]) -> Result<(), (usize, Stri
     Ok(())
 }
 
+/// A signed statement of the chain head: the store had records up to `seq`,
+/// the last one hashing to `hash`, at `unix_nanos`. Records can be removed
+/// from the end of a store without breaking a link; a checkpoint made
+/// after them still names them.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Checkpoint {
+    pub unix_nanos: i64,
+    pub seq: i64,
+    /// Hex chain hash of record `seq`.
+    pub hash: String,
+    /// Hex ed25519 signature over `checkpoint_message`.
+    pub signature: String,
+}
+
+/// What a checkpoint's signature covers.
+pub fn checkpoint_message(store_id: &str, unix_nanos: i64, seq: i64, hash_hex: &str) -> String {
+    format!("egress-monitor-checkpoint/1 store={store_id} unix_nanos={unix_nanos} seq={seq} hash={hash_hex}")
+}
+
 pub fn decode32(s: &str) -> Option<[u8; 32]> {
     hex::decode(s)
         .ok()

@@ -149,6 +149,59 @@ impl Store {
         Ok((seq, chain::to32(&hash)))
     }
 
+    /// Signs the chain head and keeps the checkpoint, unless the last one
+    /// already holds this head (or the store is empty).
+    pub fn checkpoint(
+        &mut self,
+        key: &ed25519_dalek::SigningKey,
+    ) -> Result<Option<chain::Checkpoint>, StoreError> {
+        use ed25519_dalek::Signer;
+        let (seq, hash) = self.head()?;
+        let last: Option<i64> = self
+            .conn
+            .query_row("SELECT max(seq) FROM checkpoints", [], |r| r.get(0))
+            .map_err(self.err("read last checkpoint"))?;
+        if seq == 0 || last == Some(seq) {
+            return Ok(None);
+        }
+        let at = now_nanos();
+        let hash_hex = hex::encode(hash);
+        let sig =
+            key.sign(chain::checkpoint_message(&self.store_id()?, at, seq, &hash_hex).as_bytes());
+        self.conn
+            .execute(
+                "INSERT INTO checkpoints (unix_nanos, seq, hash, signature) VALUES (?1, ?2, ?3, ?4)",
+                params![at, seq, &hash[..], &sig.to_bytes()[..]],
+            )
+            .map_err(self.err("write checkpoint"))?;
+        Ok(Some(chain::Checkpoint {
+            unix_nanos: at,
+            seq,
+            hash: hash_hex,
+            signature: hex::encode(sig.to_bytes()),
+        }))
+    }
+
+    /// The checkpoints made from `since` on, oldest first.
+    pub fn checkpoints_since(&self, since: i64) -> Result<Vec<chain::Checkpoint>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT unix_nanos, seq, hash, signature FROM checkpoints WHERE unix_nanos >= ?1 ORDER BY id")
+            .map_err(self.err("prepare checkpoints"))?;
+        let rows = stmt
+            .query_map([since], |r| {
+                Ok(chain::Checkpoint {
+                    unix_nanos: r.get(0)?,
+                    seq: r.get(1)?,
+                    hash: hex::encode(r.get::<_, Vec<u8>>(2)?),
+                    signature: hex::encode(r.get::<_, Vec<u8>>(3)?),
+                })
+            })
+            .and_then(|r| r.collect())
+            .map_err(self.err("read checkpoints"))?;
+        Ok(rows)
+    }
+
     /// What was harvested of each kernel flow entry (see `Mark`).
     pub fn flow_marks(&self) -> Result<Vec<(Vec<u8>, Mark)>, StoreError> {
         let mut stmt = self

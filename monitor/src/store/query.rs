@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, Row};
 
-use super::{Store, StoreError};
+use super::{chain, Store, StoreError};
 use crate::events::{known_name, rfc3339_nanos, Event};
 
 const MINUTE: i64 = 60_000_000_000;
@@ -37,9 +37,53 @@ pub fn bucket_of(t: i64) -> i64 {
     t - t.rem_euclid(MINUTE)
 }
 
-pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, dns_name, dns_cname, cloud, cloud_region, country_source";
+/// The columns `event_of` reads: the record's fields, then the record that
+/// was hashed and its digest.
+pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, dns_name, dns_cname, cloud, cloud_region, country_source, record, digest";
 
+/// A row's event, checked against what the chain covers: its columns must
+/// give back the hashed record, and the record its digest. A
+/// row edited in place (a verdict or country changed, a record rewritten)
+/// fails the query instead of answering with what the chain never held.
 pub(crate) fn event_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
+    let (seq, e) = columns_of(r)?;
+    let record: String = r.get(24)?;
+    let digest: Vec<u8> = r.get(25)?;
+    let tampered = |what: &str| {
+        rusqlite::Error::ToSqlConversionFailure(
+            format!("record seq {seq}: {what}: the store was edited outside the daemon (`egress-monitor export` refuses it too)").into(),
+        )
+    };
+    if chain::digest(&record)[..] != digest[..] {
+        return Err(tampered("the hashed record differs from its digest"));
+    }
+    if !same_record(&chain::canonical(seq, &e), &record) {
+        return Err(tampered("the row's columns differ from its hashed record"));
+    }
+    Ok((seq, e))
+}
+
+/// Whether the columns' canonical form holds what the record holds. Records
+/// written before a field existed lack its key (the column is then empty),
+/// and an empty stored name reads back as `unknown`.
+fn same_record(columns: &str, record: &str) -> bool {
+    if columns == record {
+        return true;
+    }
+    let (Ok(serde_json::Value::Object(c)), Ok(serde_json::Value::Object(r))) = (
+        serde_json::from_str::<serde_json::Value>(columns),
+        serde_json::from_str::<serde_json::Value>(record),
+    ) else {
+        return false;
+    };
+    let empty = |v: &serde_json::Value| v == "" || v == "unknown";
+    c.iter().all(|(k, v)| match r.get(k) {
+        Some(rv) => rv == v || (rv == "" && v == "unknown"),
+        None => empty(v),
+    }) && r.keys().all(|k| c.contains_key(k))
+}
+
+fn columns_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
     let t: i64 = r.get(1)?;
     let mut e = Event {
         time: rfc3339_nanos(i128::from(t)),

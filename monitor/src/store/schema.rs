@@ -6,7 +6,7 @@ use rusqlite::{params, Connection};
 use super::{sql, StoreError};
 
 /// `PRAGMA user_version` of the layout below.
-pub const VERSION: i64 = 3;
+pub const VERSION: i64 = 4;
 
 const TABLES: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -30,6 +30,12 @@ CREATE TABLE events (
 CREATE INDEX events_time ON events (unix_nanos);
 -- The chain's anchor: the last record appended (seq 0 and 32 zero bytes when empty).
 CREATE TABLE chain_head (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL, hash BLOB NOT NULL);
+-- Signed checkpoints of the chain head, every CHECKPOINT_EVERY while
+-- records arrive and at shutdown: a store cut short after one is caught.
+CREATE TABLE checkpoints (
+    id INTEGER PRIMARY KEY, unix_nanos INTEGER NOT NULL, seq INTEGER NOT NULL,
+    hash BLOB NOT NULL, signature BLOB NOT NULL
+);
 -- Flows: one row per key and minute.
 CREATE TABLE flows (
     bucket INTEGER NOT NULL,
@@ -113,6 +119,15 @@ CREATE TABLE flow_marks (
 PRAGMA user_version = 3;
 ";
 
+/// Version 3 to 4: signed checkpoints of the chain head.
+const MIGRATE_3_TO_4: &str = "
+CREATE TABLE checkpoints (
+    id INTEGER PRIMARY KEY, unix_nanos INTEGER NOT NULL, seq INTEGER NOT NULL,
+    hash BLOB NOT NULL, signature BLOB NOT NULL
+);
+PRAGMA user_version = 4;
+";
+
 pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, dns_name, dns_cname, cloud, cloud_region, country_source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)";
 
 /// Adds to the flow row of a minute: an event (`?14` = 1) or what a harvest
@@ -183,11 +198,15 @@ pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             tx.execute_batch(MIGRATE_1_TO_2)
                 .map_err(e("migrate schema 1 to 2"))?;
         }
-        tx.execute_batch(MIGRATE_2_TO_3)
-            .map_err(e("migrate schema 2 to 3"))?;
+        if version <= 2 {
+            tx.execute_batch(MIGRATE_2_TO_3)
+                .map_err(e("migrate schema 2 to 3"))?;
+        }
+        tx.execute_batch(MIGRATE_3_TO_4)
+            .map_err(e("migrate schema 3 to 4"))?;
         tx.commit().map_err(e("commit migration"))?;
         log::info!(
-            "store {}: schema migrated from version {version} to {VERSION} (names and cloud regions; flows in the kernel)",
+            "store {}: schema migrated from version {version} to {VERSION} (names and cloud regions; flows in the kernel; signed checkpoints)",
             path.display()
         );
     }

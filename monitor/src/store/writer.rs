@@ -30,6 +30,10 @@ const BATCH_EVENTS: usize = 2000;
 /// Events held in memory while the store cannot take them.
 pub const MAX_PENDING: usize = 200_000;
 const RETRY_MAX: Duration = Duration::from_secs(10);
+/// How often the chain head is signed while records arrive (and at
+/// shutdown): records removed from the end of the store after a checkpoint
+/// are caught by export and verify.
+pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 
 /// One harvest of the kernel's flow table (see `Batch`).
 #[derive(Debug, Default)]
@@ -88,7 +92,12 @@ pub struct Handle {
 
 impl Handle {
     /// Starts the writer thread on `path` (the store opens, or recovers, on it).
-    pub fn start(path: PathBuf, retention: Retention) -> Arc<Handle> {
+    /// With a node key the chain head is signed every `CHECKPOINT_EVERY`.
+    pub fn start(
+        path: PathBuf,
+        retention: Retention,
+        key: Option<ed25519_dalek::SigningKey>,
+    ) -> Arc<Handle> {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared::default());
         let (stop, _) = watch::channel(false);
@@ -102,6 +111,8 @@ impl Handle {
             backoff: Duration::from_millis(500),
             dropped_while_degraded: 0,
             degraded_since: 0,
+            key,
+            next_checkpoint: Instant::now() + CHECKPOINT_EVERY,
         };
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -288,6 +299,8 @@ struct Writer {
     backoff: Duration,
     dropped_while_degraded: u64,
     degraded_since: i64,
+    key: Option<ed25519_dalek::SigningKey>,
+    next_checkpoint: Instant,
 }
 
 impl Writer {
@@ -340,7 +353,9 @@ impl Writer {
                 }
                 Ok(Msg::Shutdown(ack)) => {
                     self.retry_at = Instant::now();
-                    match self.flush() {
+                    let flushed = self.flush();
+                    self.checkpoint();
+                    match flushed {
                         Ok(()) => log::info!(
                             "store flushed: {} events stored in all",
                             self.shared.stored.load(Ordering::Relaxed)
@@ -363,10 +378,24 @@ impl Writer {
                 let _ = self.flush();
                 next_flush = Instant::now() + FLUSH_EVERY;
             }
+            if Instant::now() >= self.next_checkpoint {
+                self.next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
+                self.checkpoint();
+            }
             if self.retention.is_set() && Instant::now() >= next_retention {
                 next_retention = Instant::now() + self.retention.interval();
                 self.retain();
             }
+        }
+    }
+
+    /// Signs the chain head when it moved since the last checkpoint.
+    fn checkpoint(&mut self) {
+        let (Some(store), Some(key)) = (self.store.as_mut(), self.key.as_ref()) else {
+            return;
+        };
+        if let Err(e) = store.checkpoint(key) {
+            log::warn!("checkpoint of the chain head failed (will retry): {e}");
         }
     }
 
@@ -544,7 +573,7 @@ mod tests {
         // The file changes (to something broken) after it was compiled.
         std::fs::write(&file, "apiVersion: [\n").unwrap();
         let path = dir.path().join("store.db");
-        let handle = Handle::start(path.clone(), Retention::default());
+        let handle = Handle::start(path.clone(), Retention::default(), None);
         handle.policy_set(&compiled, 1);
         handle.flush().await.unwrap();
         let store = super::super::Store::open_read(&path).unwrap();
