@@ -327,3 +327,78 @@ fn age_retention_removes_old_history_only() {
         assert!(got.contains(p), "new event {p} should stay");
     }
 }
+
+/// Tried as an incident responder would: the newest rows of a stopped
+/// daemon's store are deleted and the chain head rewritten to match. The
+/// checkpoint the daemon signed at shutdown still names them, so export
+/// refuses; a verdict edited in place makes `events` refuse too.
+#[test]
+fn a_store_cut_short_or_edited_in_place_is_refused() {
+    let mut env = start(&[]);
+    let since = now();
+    traffic(&mut env, 2, 2);
+    std::thread::sleep(Duration::from_millis(300));
+    env.stop_daemon();
+    let until = now();
+    let st = state(&env);
+    let export = |out: &str| {
+        Command::new(daemon_bin())
+            .args(["export", "--since", &since, "--until", &until, "--out"])
+            .arg(env.dir.path().join(out))
+            .arg("--state-dir")
+            .arg(&st)
+            .output()
+            .unwrap()
+    };
+    let ok = export("ok.tar");
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    {
+        let store = monitor::store::Store::open(&monitor::store::path_in(&st)).unwrap();
+        let (head, _) = store.head().unwrap();
+        assert!(head >= 4, "the traffic's records are stored (head {head})");
+        store
+            .conn
+            .execute_batch(&format!(
+                "DELETE FROM events WHERE seq > {keep};
+                 UPDATE chain_head SET seq = {keep}, hash = (SELECT hash FROM events WHERE seq = {keep});",
+                keep = head - 2
+            ))
+            .unwrap();
+    }
+    let cut = export("cut.tar");
+    let err = String::from_utf8_lossy(&cut.stderr);
+    assert!(
+        !cut.status.success(),
+        "a truncated store is exported: {err}"
+    );
+    assert!(
+        err.contains("checkpoint signed at") && err.contains("records were removed from its end"),
+        "{err}"
+    );
+    assert!(
+        !env.dir.path().join("cut.tar").exists(),
+        "nothing is written"
+    );
+    {
+        let store = monitor::store::Store::open(&monitor::store::path_in(&st)).unwrap();
+        store
+            .conn
+            .execute(
+                "UPDATE events SET verdict = 'allowed' WHERE seq = (SELECT min(seq) FROM events WHERE verdict = 'denied')",
+                [],
+            )
+            .unwrap();
+    }
+    env.start_daemon(&[]);
+    let q = env.cli(&["events", "--since", &since]);
+    let err = String::from_utf8_lossy(&q.stderr);
+    assert!(!q.status.success(), "an edited store answers: {err}");
+    assert!(
+        err.contains("the row's columns differ from its hashed record"),
+        "{err}"
+    );
+}

@@ -29,6 +29,9 @@ fn open(path: &std::path::Path) -> Result<Store, Status> {
 }
 
 fn internal(e: store::StoreError) -> Status {
+    if e.is_tampered() {
+        return Status::data_loss(format!("history store: {e}"));
+    }
     Status::unavailable(format!("history store: {e}"))
 }
 

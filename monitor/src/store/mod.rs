@@ -46,6 +46,11 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// A row differs from the record the chain covers (see `query::event_of`).
+    pub fn is_tampered(&self) -> bool {
+        matches!(self, StoreError::Sql { source: rusqlite::Error::ToSqlConversionFailure(e), .. } if e.is::<query::Tampered>())
+    }
+
     /// The file is not a database or is damaged (as opposed to a full disk
     /// or a transient I/O error).
     pub fn is_corrupt(&self) -> bool {

@@ -50,9 +50,9 @@ pub(crate) fn event_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
     let record: String = r.get(24)?;
     let digest: Vec<u8> = r.get(25)?;
     let tampered = |what: &str| {
-        rusqlite::Error::ToSqlConversionFailure(
-            format!("record seq {seq}: {what}: the store was edited outside the daemon (`egress-monitor export` refuses it too)").into(),
-        )
+        rusqlite::Error::ToSqlConversionFailure(Box::new(Tampered(format!(
+            "record seq {seq}: {what}: the store was edited outside the daemon (`egress-monitor export` refuses it too)"
+        ))))
     };
     if chain::digest(&record)[..] != digest[..] {
         return Err(tampered("the hashed record differs from its digest"));
@@ -62,6 +62,11 @@ pub(crate) fn event_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
     }
     Ok((seq, e))
 }
+
+/// A row that does not hold what the chain covers.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Tampered(pub String);
 
 /// Whether the columns' canonical form holds what the record holds. Records
 /// written before a field existed lack its key (the column is then empty),
