@@ -37,6 +37,14 @@ pub struct Report {
     pub files: usize,
 }
 
+/// An ed25519 signature from its hex form.
+fn signature_of(hex_text: &str) -> Option<Signature> {
+    hex::decode(hex_text)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b).ok())
+        .map(|b| Signature::from_bytes(&b))
+}
+
 fn json(files: &Files, name: &str) -> Result<Value, Broken> {
     let b = files.get(name).ok_or_else(|| broken(name, "missing"))?;
     serde_json::from_slice(b).map_err(|e| broken(name, format!("not JSON: {e}")))
@@ -75,10 +83,7 @@ fn check_checkpoints(
         .ok_or_else(|| broken("chain.json", "no last_seq_before_window"))?;
     let last = by_seq.keys().next_back().copied().unwrap_or(prior);
     for cp in &list {
-        let sig = hex::decode(&cp.signature)
-            .ok()
-            .and_then(|b| <[u8; 64]>::try_from(b).ok())
-            .map(|b| Signature::from_bytes(&b))
+        let sig = signature_of(&cp.signature)
             .ok_or_else(|| broken(item, format!("seq {}: signature is not hex", cp.seq)))?;
         let message = chain::checkpoint_message(store_id, cp.unix_nanos, cp.seq, &cp.hash);
         key.verify(message.as_bytes(), &sig).map_err(|_| {
@@ -154,10 +159,7 @@ pub fn verify(files: &Files, pinned: Option<&VerifyingKey>) -> Result<Report, Br
     let sig_text = files
         .get("manifest.sig")
         .ok_or_else(|| broken("manifest.sig", "missing"))?;
-    let sig = hex::decode(String::from_utf8_lossy(sig_text).trim())
-        .ok()
-        .and_then(|b| <[u8; 64]>::try_from(b).ok())
-        .map(|b| Signature::from_bytes(&b))
+    let sig = signature_of(String::from_utf8_lossy(sig_text).trim())
         .ok_or_else(|| broken("manifest.sig", "not an ed25519 signature in hex"))?;
     key.verify(manifest_bytes, &sig).map_err(|_| {
         broken(

@@ -164,7 +164,12 @@ impl Store {
         let (seq, hash) = self.head()?;
         let last: Option<i64> = self
             .conn
-            .query_row("SELECT max(seq) FROM checkpoints", [], |r| r.get(0))
+            .query_row(
+                "SELECT seq FROM checkpoints ORDER BY id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
             .map_err(self.err("read last checkpoint"))?;
         if seq == 0 || last == Some(seq) {
             return Ok(None);
