@@ -122,6 +122,12 @@ impl PolicyRecord for StoreRecord {
     fn kernel_lost(&self, n: u64) {
         self.0.kernel_lost(n);
     }
+    fn watching(&self, attached: bool) {
+        self.0.watching(attached);
+    }
+    fn lapsed(&self) {
+        self.0.lapsed();
+    }
 }
 
 /// SIGINT and SIGTERM, listened to from the first moment on, so a signal
@@ -581,6 +587,9 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
     let view = View::new(snapshots, view_of_kernel);
     store.agent_run(crate::store::agent_run_json(&node_public_key));
     store.geoip(crate::store::geo_json(&geo));
+    // The programs are attached (load did it or adopted them): heartbeats
+    // from here on say this run watches.
+    store.watching(true);
 
     let outlets = Arc::new(Outlets::new(
         config.history,

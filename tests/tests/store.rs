@@ -384,3 +384,97 @@ fn a_store_cut_short_is_refused_by_export() {
         "nothing is written"
     );
 }
+
+/// `tar -xOf BUNDLE evidence/NAME`: one file of a bundle.
+fn bundle_file(bundle: &std::path::Path, name: &str) -> String {
+    let out = Command::new("tar")
+        .arg("-xOf")
+        .arg(bundle)
+        .arg(format!("evidence/{name}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{name} in {}", bundle.display());
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// Tried as an incident responder would: within one window the daemon is
+/// stopped for a while and later killed. The bundle states which spans no
+/// daemon watched and why (from its signed heartbeats), does not call the
+/// record complete, and `verify` prints the same; a window the running
+/// daemon watched throughout is complete.
+#[test]
+fn a_bundle_states_what_no_daemon_watched() {
+    let mut env = start(&[]);
+    let st = state(&env);
+    let dir = env.dir.path().to_path_buf();
+    let export = |since: &str, until: &str, out: &str| {
+        let path = dir.join(out);
+        let o = Command::new(daemon_bin())
+            .args(["export", "--since", since, "--until", until, "--out"])
+            .arg(&path)
+            .arg("--state-dir")
+            .arg(&st)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        path
+    };
+    let since = now();
+    traffic(&mut env, 1, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    let watched = export(&since, &now(), "watched.tar");
+    let md = bundle_file(&watched, "summary.md");
+    assert!(
+        md.contains("The record is complete for this window."),
+        "{md}"
+    );
+
+    env.stop_daemon();
+    std::thread::sleep(Duration::from_secs(2));
+    env.start_daemon(&[]);
+    traffic(&mut env, 1, 1);
+    std::thread::sleep(Duration::from_millis(300));
+    env.kill_daemon();
+    std::thread::sleep(Duration::from_secs(2));
+    env.start_daemon(&[]);
+    traffic(&mut env, 1, 0);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(env.stop_daemon().map(|s| s.success()), Some(true));
+    let until = now();
+    let gappy = export(&since, &until, "gappy.tar");
+    let md = bundle_file(&gappy, "summary.md");
+    assert!(!md.contains("The record is complete"), "{md}");
+    assert!(md.contains("**Not watched**"), "{md}");
+    assert!(md.contains("no daemon ran (stopped)"), "{md}");
+    assert!(md.contains("killed or crashed"), "{md}");
+    let chain: Value = serde_json::from_str(&bundle_file(&gappy, "chain.json")).unwrap();
+    let unwatched: Vec<&Value> = chain["coverage"]["spans"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["watched"] == false)
+        .collect();
+    // The stop (2 s) and the kill (2 s plus up to a heartbeat before it);
+    // the tail after the last stop is a few milliseconds.
+    let long: Vec<i64> = unwatched
+        .iter()
+        .map(|s| s["until_unix_nanos"].as_i64().unwrap() - s["since_unix_nanos"].as_i64().unwrap())
+        .filter(|n| *n >= 1_500_000_000)
+        .collect();
+    assert_eq!(long.len(), 2, "{:#}", chain["coverage"]);
+    let v = Command::new(daemon_bin())
+        .arg("verify")
+        .arg(&gappy)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&v.stdout);
+    assert!(
+        v.status.success(),
+        "{out}{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    assert!(
+        out.contains("NOT watched") && out.contains("killed or crashed"),
+        "{out}"
+    );
+}

@@ -36,6 +36,28 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                     " (matches --pubkey)"
                 }
             );
+            match &r.coverage {
+                None => {
+                    println!("coverage: not recorded (a bundle from before heartbeats were signed)")
+                }
+                Some(c) if c.complete() => {
+                    println!("coverage: the whole window was watched (signed heartbeats)")
+                }
+                Some(c) => {
+                    println!(
+                        "coverage: {:.1}% of the window was watched; NOT watched:",
+                        c.watched_nanos as f64 * 100.0 / c.window_nanos.max(1) as f64
+                    );
+                    for s in c.unwatched() {
+                        println!(
+                            "  {} .. {}  {}",
+                            crate::events::rfc3339_nanos(i128::from(s.since_unix_nanos)),
+                            crate::events::rfc3339_nanos(i128::from(s.until_unix_nanos)),
+                            s.why
+                        );
+                    }
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Err(b) => {

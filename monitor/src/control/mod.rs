@@ -97,6 +97,10 @@ enum FileState {
 pub trait PolicyRecord: Send + Sync {
     fn policy_set(&self, policies: &[CompiledPolicy], generation: u32);
     fn kernel_lost(&self, n: u64);
+    /// Whether our programs are attached (checked at every rescan).
+    fn watching(&self, attached: bool);
+    /// Our programs were found detached and were attached again.
+    fn lapsed(&self);
     /// The cloud-range snapshot put in force (JSON: directory and files).
     fn cloud_ranges(&self, identity: String);
 }
@@ -554,6 +558,9 @@ impl Controller {
         }
         match self.parts.kernel.restore_links() {
             Ok(restored) if !restored.is_empty() => {
+                self.parts.record.lapsed();
+                self.parts.record.watching(true);
+                self.restore_failure = None;
                 view.reattached
                     .fetch_add(restored.len() as u64, Ordering::Relaxed);
                 log::error!(
@@ -562,8 +569,12 @@ impl Controller {
                     self.parts.kernel.pin_dir().display()
                 );
             }
-            Ok(_) => self.restore_failure = None,
+            Ok(_) => {
+                self.parts.record.watching(true);
+                self.restore_failure = None;
+            }
             Err(e) => {
+                self.parts.record.watching(false);
                 // Said once per cause, not at every rescan; status and the
                 // metrics show it for as long as it lasts.
                 let text = e.to_string();

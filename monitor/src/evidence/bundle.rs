@@ -11,7 +11,7 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     events::{rfc3339_nanos, Event},
-    store::{chain, query, Store},
+    store::{chain, coverage, query, Store},
 };
 
 pub const FORMAT: &str = "egress-monitor-evidence/1";
@@ -91,11 +91,20 @@ pub fn build(
     summary.exported = records.events.len();
     let complete = req.filter.is_null();
     let prior = prior_seq(store, req, &records)?;
+    // The heartbeats around the window tell what of it was watched.
+    let checkpoints = store.checkpoints_between(
+        req.since.saturating_sub(coverage::MAX_GAP_NANOS),
+        req.until.saturating_add(coverage::MAX_GAP_NANOS),
+    )?;
+    let cover = coverage::coverage(&checkpoints, req.since, req.until);
     files.insert(
         "chain.json".into(),
-        chain_json(store, &records, complete, prior)?,
+        chain_json(store, &records, complete, prior, &cover)?,
     );
-    files.insert("checkpoints.json".into(), checkpoints_json(store, req)?);
+    files.insert(
+        "checkpoints.json".into(),
+        checkpoints_json(store, &checkpoints)?,
+    );
     let Records { jsonl, events, .. } = records;
     files.insert("events.jsonl".into(), jsonl);
 
@@ -124,6 +133,7 @@ pub fn build(
         flows: &flows,
         policy_index: &index,
         counters: &counters,
+        coverage: &cover,
         complete,
         public_key: &crate::evidence::key::public_hex(&key.verifying_key()),
     });
@@ -271,15 +281,11 @@ fn prior_seq(store: &Store, req: &Request<'_>, records: &Records) -> anyhow::Res
     )?)
 }
 
-/// `checkpoints.json`: the signed chain heads made during the window.
-fn checkpoints_json(store: &Store, req: &Request<'_>) -> anyhow::Result<Vec<u8>> {
-    let list: Vec<chain::Checkpoint> = store
-        .checkpoints_since(req.since)?
-        .into_iter()
-        .filter(|c| c.unix_nanos < req.until)
-        .collect();
+/// `checkpoints.json`: the signed chain heads (heartbeats) made during the
+/// window and up to `coverage::MAX_GAP_NANOS` around it.
+fn checkpoints_json(store: &Store, list: &[chain::Checkpoint]) -> anyhow::Result<Vec<u8>> {
     Ok(serde_json::to_vec_pretty(&json!({
-        "signed_message": "egress-monitor-checkpoint/1 store=<store_id> unix_nanos=<unix_nanos> seq=<seq> hash=<hash>, ed25519 by the node key",
+        "signed_message": chain::CHECKPOINT_MESSAGE,
         "store_id": store.store_id()?,
         "checkpoints": list,
     }))?)
@@ -291,6 +297,7 @@ fn chain_json(
     records: &Records,
     complete: bool,
     prior: i64,
+    cover: &coverage::Coverage,
 ) -> anyhow::Result<Vec<u8>> {
     let (head_seq, head) = store.head()?;
     let anchor_json = match records.anchor {
@@ -307,6 +314,7 @@ fn chain_json(
         "records_exported": records.events.len(),
         "last_seq_before_window": prior,
         "store_head_at_export": {"seq": head_seq, "hash": hex::encode(head)},
+        "coverage": cover,
     }))?)
 }
 

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::{
     events::{rfc3339_nanos, Event},
-    store::query::Flow,
+    store::{coverage::Coverage, query::Flow},
 };
 
 pub struct Input<'a> {
@@ -15,6 +15,7 @@ pub struct Input<'a> {
     pub flows: &'a [Flow],
     pub policy_index: &'a [Value],
     pub counters: &'a Value,
+    pub coverage: &'a Coverage,
     pub complete: bool,
     pub public_key: &'a str,
 }
@@ -62,16 +63,19 @@ pub fn render(i: &Input<'_>) -> String {
     );
     let g = &i.counters["gaps"];
     let gn = |k: &str| g[k].as_i64().unwrap_or(0);
+    let lost =
+        gn("lost_in_kernel") + gn("lost_for_store") + gn("store_degraded") + gn("store_reset");
+    coverage_section(&mut m, i.coverage);
     let _ = writeln!(
         m,
         "Completeness: {} events lost in the kernel (ring buffer full), {} not stored (store behind or degraded), {} store resets. {}\n",
         gn("lost_in_kernel"),
         gn("lost_for_store") + gn("store_degraded"),
         gn("store_reset"),
-        if gn("lost_in_kernel") + gn("lost_for_store") + gn("store_degraded") + gn("store_reset") == 0 {
-            "The record is complete for this window."
-        } else {
-            "**The record is incomplete for this window; see counters.json.**"
+        match (lost == 0, i.coverage.complete()) {
+            (true, true) => "The record is complete for this window.",
+            (false, _) => "**The record is incomplete for this window; see counters.json.**",
+            (true, false) => "**The record is incomplete for this window: parts of it were not watched (above).**",
         }
     );
 
@@ -229,4 +233,52 @@ fn flow_table(m: &mut String, flows: &[&Flow]) {
             f.policy
         );
     }
+}
+
+fn secs(n: i64) -> String {
+    let s = n / 1_000_000_000;
+    match s {
+        s if s >= 3600 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        s if s >= 60 => format!("{} min {} s", s / 60, s % 60),
+        s => format!("{}.{:01} s", s, n % 1_000_000_000 / 100_000_000),
+    }
+}
+
+/// What of the window a daemon watched, from its signed heartbeats.
+fn coverage_section(m: &mut String, c: &Coverage) {
+    let share = if c.window_nanos > 0 {
+        c.watched_nanos as f64 * 100.0 / c.window_nanos as f64
+    } else {
+        100.0
+    };
+    let _ = writeln!(
+        m,
+        "Coverage: a daemon with its programs attached watched {} of the {} window ({share:.1}%), as its signed heartbeats (checkpoints.json) show.",
+        secs(c.watched_nanos),
+        secs(c.window_nanos)
+    );
+    if c.unsigned_tail_nanos > 0 {
+        let _ = writeln!(
+            m,
+            "The last {} of the window come after the running daemon's last heartbeat and are not yet signed by one.",
+            secs(c.unsigned_tail_nanos)
+        );
+    }
+    if !c.complete() {
+        let _ = writeln!(
+            m,
+            "\n**Not watched** (nothing in these spans was observed or enforced by this node's record):\n\n| from | to | length | why |\n| --- | --- | ---: | --- |"
+        );
+        for s in c.unwatched() {
+            let _ = writeln!(
+                m,
+                "| {} | {} | {} | {} |",
+                t(s.since_unix_nanos),
+                t(s.until_unix_nanos),
+                secs(s.nanos()),
+                s.why
+            );
+        }
+    }
+    let _ = writeln!(m);
 }

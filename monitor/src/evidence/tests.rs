@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 use super::{bundle, verify};
 use crate::{
     events::Event,
-    store::{query, Batch, PolicySet, PolicyVersion, Store},
+    store::{chain, query, Batch, PolicySet, PolicyVersion, Store},
 };
 
 const T0: i64 = 1_795_308_000_000_000_000;
@@ -310,9 +310,8 @@ fn records_removed_from_the_end_are_caught_by_the_head_and_the_checkpoint() {
 
     // The head rewritten too: the signed checkpoint still names seq 30.
     let (_d, mut s) = store(30);
-    let cp = s.checkpoint(&k).unwrap().expect("a checkpoint of seq 30");
+    let cp = s.checkpoint(&k, 1, "attached").unwrap();
     assert_eq!(cp.seq, 30);
-    assert!(s.checkpoint(&k).unwrap().is_none(), "one per head");
     let ok = export_to_now(&s, &k).unwrap();
     verify::verify(&ok, Some(&k.verifying_key())).unwrap();
     s.conn
@@ -332,7 +331,7 @@ fn records_removed_from_the_end_are_caught_by_the_head_and_the_checkpoint() {
 fn a_bundle_cut_short_of_its_checkpoint_fails_verify_even_when_resigned() {
     let k = key();
     let (_d, mut s) = store(30);
-    s.checkpoint(&k).unwrap().unwrap();
+    s.checkpoint(&k, 1, "attached").unwrap();
     let mut files = export_to_now(&s, &k).unwrap();
     // Drop the last five records and links, fix every count, sign again.
     let mut l = lines(&files);
@@ -390,4 +389,77 @@ fn queries_refuse_rows_edited_away_from_their_hashed_record() {
         err.contains("record seq 3: the hashed record differs from its digest"),
         "{err}"
     );
+}
+
+/// A signed heartbeat at T0 + `t` seconds, as run `run`'s writer makes it.
+fn heartbeat(s: &Store, key: &SigningKey, t: i64, run: i64, watching: &str) {
+    let cp = chain::Checkpoint {
+        unix_nanos: T0 + t * SEC,
+        seq: 0,
+        hash: hex::encode([0u8; 32]),
+        run,
+        watching: watching.into(),
+        signature: String::new(),
+    };
+    let sig = key.sign(cp.message(&s.store_id().unwrap()).as_bytes());
+    s.conn
+        .execute(
+            "INSERT INTO checkpoints (unix_nanos, seq, hash, signature, run, watching) VALUES (?1, 0, ?2, ?3, ?4, ?5)",
+            rusqlite::params![cp.unix_nanos, &[0u8; 32][..], &sig.to_bytes()[..], run, watching],
+        )
+        .unwrap();
+}
+
+/// Tried as an incident responder would: a window in which the daemon was
+/// stopped for a while, and one in which no daemon ever ran, are not called
+/// complete; the bundle says which spans were not watched and why, and
+/// verify recomputes that from the signed heartbeats.
+#[test]
+fn a_window_no_daemon_watched_is_not_called_complete() {
+    let k = key();
+    let (_d, s) = store(30);
+    for t in [0, 10] {
+        heartbeat(&s, &k, t, 1, "attached");
+    }
+    heartbeat(&s, &k, 12, 1, "stopping");
+    for t in [20, 30, 40] {
+        heartbeat(&s, &k, t, 2, "attached");
+    }
+    let files = export(&s, &k, 0, 30);
+    let r = verify::verify(&files, Some(&k.verifying_key())).unwrap();
+    let c = r.coverage.expect("heartbeats in the bundle");
+    let gaps: Vec<_> = c.unwatched().collect();
+    assert_eq!(gaps.len(), 1, "{c:?}");
+    assert_eq!(
+        (gaps[0].since_unix_nanos, gaps[0].until_unix_nanos),
+        (T0 + 12 * SEC, T0 + 20 * SEC)
+    );
+    assert!(gaps[0].why.contains("no daemon ran (stopped)"), "{c:?}");
+    assert_eq!(c.watched_nanos, 22 * SEC);
+    let md = String::from_utf8(files["summary.md"].clone()).unwrap();
+    assert!(md.contains("**Not watched**"), "{md}");
+    assert!(md.contains("parts of it were not watched"), "{md}");
+    assert!(!md.contains("The record is complete"), "{md}");
+
+    // The heartbeats cover [20, 30] only: a window before any daemon ran
+    // has none around it.
+    let (_d2, bare) = store(30);
+    let md = String::from_utf8(export(&bare, &k, 0, 30)["summary.md"].clone()).unwrap();
+    assert!(
+        md.contains("watched 0.0 s of the 30.0 s window (0.0%)"),
+        "{md}"
+    );
+    assert!(!md.contains("The record is complete"), "{md}");
+
+    // The coverage chain.json states must be what the heartbeats show.
+    let mut forged = files.clone();
+    let mut cj: serde_json::Value = serde_json::from_slice(&forged["chain.json"]).unwrap();
+    cj["coverage"]["spans"] = serde_json::json!([{
+        "since_unix_nanos": T0, "until_unix_nanos": T0 + 30 * SEC, "watched": true
+    }]);
+    cj["coverage"]["watched_nanos"] = (30 * SEC).into();
+    forged.insert("chain.json".into(), serde_json::to_vec(&cj).unwrap());
+    resign(&mut forged, &k);
+    let err = verify::verify(&forged, Some(&k.verifying_key())).unwrap_err();
+    assert!(err.reason.contains("coverage stated differs"), "{err}");
 }

@@ -9,7 +9,10 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::bundle::{Files, FORMAT};
-use crate::store::chain;
+use crate::store::{
+    chain,
+    coverage::{coverage, Coverage},
+};
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{item}: {reason}")]
@@ -35,6 +38,9 @@ pub struct Report {
     pub records_in_window: usize,
     pub records_exported: usize,
     pub files: usize,
+    /// What the signed heartbeats show was watched; `None` for bundles
+    /// made before heartbeats existed.
+    pub coverage: Option<Coverage>,
 }
 
 /// An ed25519 signature from its hex form.
@@ -52,17 +58,18 @@ fn json(files: &Files, name: &str) -> Result<Value, Broken> {
 
 /// The checkpoints signed during the window: each by the node key, and each
 /// one made after the window's first record names a record the chain holds
-/// (records removed from the end of the store are caught here).
+/// (records removed from the end of the store are caught here). Returns
+/// the coverage they show, which chain.json must state as it is.
 fn check_checkpoints(
     files: &Files,
     manifest: &Value,
     chain_json: &Value,
     key: &VerifyingKey,
     by_seq: &BTreeMap<i64, &chain::Link>,
-) -> Result<(), Broken> {
+) -> Result<Option<Coverage>, Broken> {
     if !files.contains_key("checkpoints.json") {
         // Bundles made before checkpoints existed.
-        return Ok(());
+        return Ok(None);
     }
     let item = "checkpoints.json";
     let c = json(files, item)?;
@@ -85,7 +92,7 @@ fn check_checkpoints(
     for cp in &list {
         let sig = signature_of(&cp.signature)
             .ok_or_else(|| broken(item, format!("seq {}: signature is not hex", cp.seq)))?;
-        let message = chain::checkpoint_message(store_id, cp.unix_nanos, cp.seq, &cp.hash);
+        let message = cp.message(store_id);
         key.verify(message.as_bytes(), &sig).map_err(|_| {
             broken(
                 item,
@@ -117,7 +124,22 @@ fn check_checkpoints(
             }
         }
     }
-    Ok(())
+    let cover = coverage(&list, since, until);
+    match &chain_json["coverage"] {
+        // Bundles made before coverage was stated.
+        Value::Null => {}
+        stated => {
+            let stated: Coverage = serde_json::from_value(stated.clone())
+                .map_err(|e| broken("chain.json", format!("coverage: {e}")))?;
+            if stated != cover {
+                return Err(broken(
+                    "chain.json",
+                    "the coverage stated differs from what the signed heartbeats in checkpoints.json show",
+                ));
+            }
+        }
+    }
+    Ok(Some(cover))
 }
 
 /// Checks a bundle's files; `pinned` is the node key the caller trusts.
@@ -222,7 +244,7 @@ pub fn verify(files: &Files, pinned: Option<&VerifyingKey>) -> Result<Report, Br
         ));
     }
     let by_seq: BTreeMap<i64, &chain::Link> = links.iter().map(|l| (l.seq, l)).collect();
-    check_checkpoints(files, &manifest, &c, &key, &by_seq)?;
+    let coverage = check_checkpoints(files, &manifest, &c, &key, &by_seq)?;
 
     // The records.
     let complete = c["complete"].as_bool().unwrap_or(false);
@@ -294,5 +316,6 @@ pub fn verify(files: &Files, pinned: Option<&VerifyingKey>) -> Result<Report, Br
         records_in_window: links.len(),
         records_exported: n,
         files: files.len(),
+        coverage,
     })
 }

@@ -91,21 +91,54 @@ pub fn check_links(anchor: &[u8; 32], links: &[Link]) -> Result<(), (usize, Stri
 /// A signed statement of the chain head: the store had records up to `seq`,
 /// the last one hashing to `hash`, at `unix_nanos`. Records can be removed
 /// from the end of a store without breaking a link; a checkpoint made
-/// after them still names them.
+/// after them still names them. Checkpoints are also the daemon's signed
+/// heartbeat: `run` names the daemon run that made it and `watching` what
+/// its programs were doing (see `coverage`), so a window no daemon
+/// watched shows as one.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Checkpoint {
     pub unix_nanos: i64,
     pub seq: i64,
     /// Hex chain hash of record `seq`.
     pub hash: String,
-    /// Hex ed25519 signature over `checkpoint_message`.
+    /// The start (unix nanos) of the daemon run that signed it; 0 in
+    /// checkpoints made before runs were recorded (version 1).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub run: i64,
+    /// `attached`, `detached` or `stopping` (see `coverage::Watching`);
+    /// empty in version 1 checkpoints.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub watching: String,
+    /// Hex ed25519 signature over `message`.
     pub signature: String,
 }
 
-/// What a checkpoint's signature covers.
-pub fn checkpoint_message(store_id: &str, unix_nanos: i64, seq: i64, hash_hex: &str) -> String {
-    format!("egress-monitor-checkpoint/1 store={store_id} unix_nanos={unix_nanos} seq={seq} hash={hash_hex}")
+fn is_zero(n: &i64) -> bool {
+    *n == 0
 }
+
+impl Checkpoint {
+    /// What the signature covers: version 2 with the run and what was
+    /// watched, version 1 (head only) for checkpoints made before.
+    pub fn message(&self, store_id: &str) -> String {
+        let Checkpoint {
+            unix_nanos,
+            seq,
+            hash,
+            run,
+            watching,
+            ..
+        } = self;
+        if watching.is_empty() {
+            format!("egress-monitor-checkpoint/1 store={store_id} unix_nanos={unix_nanos} seq={seq} hash={hash}")
+        } else {
+            format!("egress-monitor-checkpoint/2 store={store_id} unix_nanos={unix_nanos} seq={seq} hash={hash} run={run} watching={watching}")
+        }
+    }
+}
+
+/// The form of the signed message, for bundles' checkpoints.json.
+pub const CHECKPOINT_MESSAGE: &str = "egress-monitor-checkpoint/2 store=<store_id> unix_nanos=<unix_nanos> seq=<seq> hash=<hash> run=<run> watching=<watching> (version 1, without run and watching, where watching is absent), ed25519 by the node key";
 
 pub fn decode32(s: &str) -> Option<[u8; 32]> {
     hex::decode(s)

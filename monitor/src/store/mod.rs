@@ -6,6 +6,7 @@
 //! exports open their own read connections. Data flows one way: the event
 //! pipeline publishes, the writer subscribes.
 pub mod chain;
+pub mod coverage;
 pub mod query;
 pub mod retention;
 pub mod schema;
@@ -154,57 +155,54 @@ impl Store {
         Ok((seq, chain::to32(&hash)))
     }
 
-    /// Signs the chain head and keeps the checkpoint, unless the last one
-    /// already holds this head (or the store is empty).
+    /// Signs the chain head with what the daemon run `run` watches and
+    /// keeps the checkpoint (the daemon's heartbeat, see `coverage`).
     pub fn checkpoint(
         &mut self,
         key: &ed25519_dalek::SigningKey,
-    ) -> Result<Option<chain::Checkpoint>, StoreError> {
+        run: i64,
+        watching: &str,
+    ) -> Result<chain::Checkpoint, StoreError> {
         use ed25519_dalek::Signer;
         let (seq, hash) = self.head()?;
-        let last: Option<i64> = self
-            .conn
-            .query_row(
-                "SELECT seq FROM checkpoints ORDER BY id DESC LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(self.err("read last checkpoint"))?;
-        if seq == 0 || last == Some(seq) {
-            return Ok(None);
-        }
-        let at = now_nanos();
-        let hash_hex = hex::encode(hash);
-        let sig =
-            key.sign(chain::checkpoint_message(&self.store_id()?, at, seq, &hash_hex).as_bytes());
+        let mut cp = chain::Checkpoint {
+            unix_nanos: now_nanos(),
+            seq,
+            hash: hex::encode(hash),
+            run,
+            watching: watching.to_string(),
+            signature: String::new(),
+        };
+        let sig = key.sign(cp.message(&self.store_id()?).as_bytes());
         self.conn
             .execute(
-                "INSERT INTO checkpoints (unix_nanos, seq, hash, signature) VALUES (?1, ?2, ?3, ?4)",
-                params![at, seq, &hash[..], &sig.to_bytes()[..]],
+                "INSERT INTO checkpoints (unix_nanos, seq, hash, signature, run, watching) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![cp.unix_nanos, seq, &hash[..], &sig.to_bytes()[..], run, watching],
             )
             .map_err(self.err("write checkpoint"))?;
-        Ok(Some(chain::Checkpoint {
-            unix_nanos: at,
-            seq,
-            hash: hash_hex,
-            signature: hex::encode(sig.to_bytes()),
-        }))
+        cp.signature = hex::encode(sig.to_bytes());
+        Ok(cp)
     }
 
-    /// The checkpoints made from `since` on, oldest first.
-    pub fn checkpoints_since(&self, since: i64) -> Result<Vec<chain::Checkpoint>, StoreError> {
+    /// The checkpoints made in [since, until), oldest first.
+    pub fn checkpoints_between(
+        &self,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<chain::Checkpoint>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT unix_nanos, seq, hash, signature FROM checkpoints WHERE unix_nanos >= ?1 ORDER BY id")
+            .prepare("SELECT unix_nanos, seq, hash, signature, run, watching FROM checkpoints WHERE unix_nanos >= ?1 AND unix_nanos < ?2 ORDER BY id")
             .map_err(self.err("prepare checkpoints"))?;
         let rows = stmt
-            .query_map([since], |r| {
+            .query_map([since, until], |r| {
                 Ok(chain::Checkpoint {
                     unix_nanos: r.get(0)?,
                     seq: r.get(1)?,
                     hash: hex::encode(r.get::<_, Vec<u8>>(2)?),
                     signature: hex::encode(r.get::<_, Vec<u8>>(3)?),
+                    run: r.get(4)?,
+                    watching: r.get(5)?,
                 })
             })
             .and_then(|r| r.collect())

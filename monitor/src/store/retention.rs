@@ -67,6 +67,13 @@ impl Store {
             .map_err(e("delete old flows"))?;
         tx.execute("DELETE FROM gaps WHERE unix_nanos < ?1", [cutoff])
             .map_err(e("delete old gaps"))?;
+        // Heartbeats go with the history they cover; the newest stays (it
+        // anchors the chain head, see `evidence::bundle::check_tail`).
+        tx.execute(
+            "DELETE FROM checkpoints WHERE unix_nanos < ?1 AND id < (SELECT max(id) FROM checkpoints)",
+            [cutoff],
+        )
+        .map_err(e("delete old checkpoints"))?;
         if n > 0 {
             tx.execute(
                 "INSERT INTO retention_log (unix_nanos, reason, events, up_to_seq, before_nanos) VALUES (?1, ?2, ?3, ?4, ?5)",

@@ -6,7 +6,7 @@ use rusqlite::{params, Connection};
 use super::{sql, StoreError};
 
 /// `PRAGMA user_version` of the layout below.
-pub const VERSION: i64 = 4;
+pub const VERSION: i64 = 5;
 
 const TABLES: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -30,12 +30,15 @@ CREATE TABLE events (
 CREATE INDEX events_time ON events (unix_nanos);
 -- The chain's anchor: the last record appended (seq 0 and 32 zero bytes when empty).
 CREATE TABLE chain_head (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL, hash BLOB NOT NULL);
--- Signed checkpoints of the chain head, every CHECKPOINT_EVERY while
--- records arrive and at shutdown: a store cut short after one is caught.
+-- Signed checkpoints of the chain head, every CHECKPOINT_EVERY and at
+-- shutdown: a store cut short after one is caught, and they are the
+-- daemon's heartbeat (run, watching) from which coverage is read.
 CREATE TABLE checkpoints (
     id INTEGER PRIMARY KEY, unix_nanos INTEGER NOT NULL, seq INTEGER NOT NULL,
-    hash BLOB NOT NULL, signature BLOB NOT NULL
+    hash BLOB NOT NULL, signature BLOB NOT NULL,
+    run INTEGER NOT NULL DEFAULT 0, watching TEXT NOT NULL DEFAULT ''
 );
+CREATE INDEX checkpoints_time ON checkpoints (unix_nanos);
 -- Flows: one row per key and minute.
 CREATE TABLE flows (
     bucket INTEGER NOT NULL,
@@ -128,6 +131,15 @@ CREATE TABLE checkpoints (
 PRAGMA user_version = 4;
 ";
 
+/// Version 4 to 5: checkpoints become the daemon's heartbeat (the run that
+/// signed them and what its programs watched); old ones keep version 1.
+const MIGRATE_4_TO_5: &str = "
+ALTER TABLE checkpoints ADD COLUMN run INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE checkpoints ADD COLUMN watching TEXT NOT NULL DEFAULT '';
+CREATE INDEX checkpoints_time ON checkpoints (unix_nanos);
+PRAGMA user_version = 5;
+";
+
 pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, dns_name, dns_cname, cloud, cloud_region, country_source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)";
 
 /// Adds to the flow row of a minute: an event (`?14` = 1) or what a harvest
@@ -202,11 +214,15 @@ pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             tx.execute_batch(MIGRATE_2_TO_3)
                 .map_err(e("migrate schema 2 to 3"))?;
         }
-        tx.execute_batch(MIGRATE_3_TO_4)
-            .map_err(e("migrate schema 3 to 4"))?;
+        if version <= 3 {
+            tx.execute_batch(MIGRATE_3_TO_4)
+                .map_err(e("migrate schema 3 to 4"))?;
+        }
+        tx.execute_batch(MIGRATE_4_TO_5)
+            .map_err(e("migrate schema 4 to 5"))?;
         tx.commit().map_err(e("commit migration"))?;
         log::info!(
-            "store {}: schema migrated from version {version} to {VERSION} (names and cloud regions; flows in the kernel; signed checkpoints)",
+            "store {}: schema migrated from version {version} to {VERSION} (names and cloud regions; flows in the kernel; signed checkpoints; heartbeats)",
             path.display()
         );
     }

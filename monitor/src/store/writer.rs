@@ -30,9 +30,9 @@ const BATCH_EVENTS: usize = 2000;
 /// Events held in memory while the store cannot take them.
 pub const MAX_PENDING: usize = 200_000;
 const RETRY_MAX: Duration = Duration::from_secs(10);
-/// How often the chain head is signed while records arrive (and at
-/// shutdown): records removed from the end of the store after a checkpoint
-/// are caught by export and verify.
+/// How often the chain head is signed (and at shutdown): records removed
+/// from the end of the store after a checkpoint are caught by export and
+/// verify, and the checkpoints are the heartbeat coverage is read from.
 pub const CHECKPOINT_EVERY: Duration = Duration::from_secs(10);
 
 /// One harvest of the kernel's flow table (see `Batch`).
@@ -53,8 +53,15 @@ enum Msg {
     KernelLost(u64),
     Harvest(Harvested),
     Flush(oneshot::Sender<Result<(), String>>),
+    /// A heartbeat now: what the programs watch changed.
+    Checkpoint,
     Shutdown(oneshot::Sender<()>),
 }
+
+/// What the daemon's programs watch, as `Shared::watching` holds it.
+const NOT_YET: u8 = 0;
+const ATTACHED: u8 = 1;
+const DETACHED: u8 = 2;
 
 /// What status shows.
 #[derive(Debug, Clone, Default)]
@@ -80,6 +87,11 @@ struct Shared {
     pending: AtomicU64,
     write_errors: AtomicU64,
     state: Mutex<(bool, String, String, i64, String)>, // degraded, error, store id, seq, head
+    /// NOT_YET, ATTACHED or DETACHED: what the next heartbeat says.
+    watching: std::sync::atomic::AtomicU8,
+    /// The programs were found detached (and attached again) since the
+    /// last heartbeat.
+    lapsed: std::sync::atomic::AtomicBool,
 }
 
 pub struct Handle {
@@ -113,6 +125,7 @@ impl Handle {
             degraded_since: 0,
             key,
             next_checkpoint: Instant::now() + CHECKPOINT_EVERY,
+            run: now_nanos(),
         };
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -131,6 +144,23 @@ impl Handle {
         let tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
         // The writer only ends at shutdown.
         let _ = tx.send(m);
+    }
+
+    /// Whether the daemon's programs are attached (and the kernel
+    /// decides and reports); the first call starts the heartbeats, a change
+    /// is signed at once.
+    pub fn watching(&self, attached: bool) {
+        let now = if attached { ATTACHED } else { DETACHED };
+        if self.shared.watching.swap(now, Ordering::Relaxed) != now {
+            self.send(Msg::Checkpoint);
+        }
+    }
+
+    /// The programs were found detached and attached again: the span since
+    /// the last heartbeat was not watched throughout.
+    pub fn lapsed(&self) {
+        self.shared.lapsed.store(true, Ordering::Relaxed);
+        self.send(Msg::Checkpoint);
     }
 
     /// Subscribes the store to the live event stream.
@@ -301,6 +331,8 @@ struct Writer {
     degraded_since: i64,
     key: Option<ed25519_dalek::SigningKey>,
     next_checkpoint: Instant,
+    /// This daemon run (its start), named in every heartbeat.
+    run: i64,
 }
 
 impl Writer {
@@ -351,10 +383,15 @@ impl Writer {
                     self.retry_at = Instant::now();
                     let _ = ack.send(self.flush());
                 }
+                Ok(Msg::Checkpoint) => {
+                    let _ = self.flush();
+                    self.next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
+                    self.checkpoint(false);
+                }
                 Ok(Msg::Shutdown(ack)) => {
                     self.retry_at = Instant::now();
                     let flushed = self.flush();
-                    self.checkpoint();
+                    self.checkpoint(true);
                     match flushed {
                         Ok(()) => log::info!(
                             "store flushed: {} events stored in all",
@@ -380,7 +417,7 @@ impl Writer {
             }
             if Instant::now() >= self.next_checkpoint {
                 self.next_checkpoint = Instant::now() + CHECKPOINT_EVERY;
-                self.checkpoint();
+                self.checkpoint(false);
             }
             if self.retention.is_set() && Instant::now() >= next_retention {
                 next_retention = Instant::now() + self.retention.interval();
@@ -389,12 +426,28 @@ impl Writer {
         }
     }
 
-    /// Signs the chain head when it moved since the last checkpoint.
-    fn checkpoint(&mut self) {
+    /// The heartbeat: signs the chain head with this run and what its
+    /// programs watched since the last one (`stopping` at shutdown).
+    /// Nothing before the programs are first attached.
+    fn checkpoint(&mut self, stopping: bool) {
+        use super::coverage::watching;
         let (Some(store), Some(key)) = (self.store.as_mut(), self.key.as_ref()) else {
             return;
         };
-        if let Err(e) = store.checkpoint(key) {
+        let state = self.shared.watching.load(Ordering::Relaxed);
+        if state == NOT_YET {
+            return;
+        }
+        let lapsed = self.shared.lapsed.swap(false, Ordering::Relaxed);
+        let what = if lapsed || state == DETACHED {
+            watching::DETACHED
+        } else if stopping {
+            watching::STOPPING
+        } else {
+            watching::ATTACHED
+        };
+        if let Err(e) = store.checkpoint(key, self.run, what) {
+            self.shared.lapsed.fetch_or(lapsed, Ordering::Relaxed);
             log::warn!("checkpoint of the chain head failed (will retry): {e}");
         }
     }
