@@ -331,9 +331,9 @@ fn age_retention_removes_old_history_only() {
 /// Tried as an incident responder would: the newest rows of a stopped
 /// daemon's store are deleted and the chain head rewritten to match. The
 /// checkpoint the daemon signed at shutdown still names them, so export
-/// refuses.
+/// refuses; a verdict then edited in place makes `events` refuse too.
 #[test]
-fn a_store_cut_short_is_refused_by_export() {
+fn a_store_cut_short_or_edited_in_place_is_refused() {
     let mut env = start(&[]);
     let since = now();
     traffic(&mut env, 2, 2);
@@ -382,6 +382,27 @@ fn a_store_cut_short_is_refused_by_export() {
     assert!(
         !env.dir.path().join("cut.tar").exists(),
         "nothing is written"
+    );
+    // A verdict edited in place: the running daemon's `events` refuses the
+    // row (DATA_LOSS) instead of answering with what the chain never held.
+    {
+        let store = monitor::store::Store::open(&monitor::store::path_in(&st)).unwrap();
+        let edited = store
+            .conn
+            .execute(
+                "UPDATE events SET verdict = 'denied' WHERE seq = (SELECT min(seq) FROM events WHERE verdict = 'allowed')",
+                [],
+            )
+            .unwrap();
+        assert_eq!(edited, 1, "an allowed row to edit");
+    }
+    env.start_daemon(&[]);
+    let q = env.cli(&["events", "--since", &since]);
+    let err = String::from_utf8_lossy(&q.stderr);
+    assert!(!q.status.success(), "an edited store answers: {err}");
+    assert!(
+        err.contains("the row's columns differ from its hashed record"),
+        "{err}"
     );
 }
 

@@ -27,6 +27,34 @@ pub struct Filter {
     cloud_regions: Vec<crate::cloud::RegionPattern>,
 }
 
+/// At most this many entries in one filter list (each is checked per event).
+pub const MAX_ENTRIES: usize = 1024;
+/// At most this many bytes in one filter string (a glob, a name, a CIDR).
+pub const MAX_ENTRY_BYTES: usize = 1024;
+
+/// Refuses a list longer than `MAX_ENTRIES` or an entry longer than
+/// `MAX_ENTRY_BYTES`, naming the field.
+fn bounded<T: AsRef<str>>(field: &str, list: &[T]) -> Result<(), Status> {
+    if list.len() > MAX_ENTRIES {
+        return Err(Status::invalid_argument(format!(
+            "filter.{field}: {} entries, at most {MAX_ENTRIES}",
+            list.len()
+        )));
+    }
+    if let Some((i, e)) = list
+        .iter()
+        .enumerate()
+        .find(|(_, e)| e.as_ref().len() > MAX_ENTRY_BYTES)
+    {
+        return Err(bad(
+            field,
+            i,
+            format!("{} bytes, at most {MAX_ENTRY_BYTES}", e.as_ref().len()),
+        ));
+    }
+    Ok(())
+}
+
 fn bad(field: &str, i: usize, reason: String) -> Status {
     Status::invalid_argument(format!("filter.{field}[{i}]: {reason}"))
 }
@@ -35,6 +63,31 @@ impl Filter {
     /// Validates a request's filter; errors name the field.
     pub fn compile(f: pb::EventFilter) -> Result<Self, Status> {
         let mut out = Filter::default();
+        for (field, list) in [
+            ("verdicts", &f.verdicts),
+            ("policies", &f.policies),
+            ("cgroup_globs", &f.cgroup_globs),
+            ("dst_cidrs", &f.dst_cidrs),
+            ("countries", &f.countries),
+            ("protocols", &f.protocols),
+            ("comms", &f.comms),
+            ("pod_uids", &f.pod_uids),
+            ("names", &f.names),
+            ("cloud_regions", &f.cloud_regions),
+        ] {
+            bounded(field, list)?;
+        }
+        for (field, n) in [
+            ("ports", f.ports.len()),
+            ("pids", f.pids.len()),
+            ("uids", f.uids.len()),
+        ] {
+            if n > MAX_ENTRIES {
+                return Err(Status::invalid_argument(format!(
+                    "filter.{field}: {n} entries, at most {MAX_ENTRIES}"
+                )));
+            }
+        }
         for (i, v) in f.verdicts.iter().enumerate() {
             if !["allowed", "denied", "would_deny"].contains(&v.as_str()) {
                 return Err(bad(
@@ -171,6 +224,44 @@ impl Filter {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Absurd filters (100k CIDRs, a 10 MB glob) are refused with the
+    /// field and the limit, before any of them is compiled.
+    #[test]
+    fn absurd_filters_are_refused_with_the_limit() {
+        let many = pb::EventFilter {
+            dst_cidrs: (0..100_000)
+                .map(|i| format!("10.{}.{}.0/24", i / 256 % 256, i % 256))
+                .collect(),
+            ..Default::default()
+        };
+        let e = Filter::compile(many).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message()
+                .contains("filter.dst_cidrs: 100000 entries, at most 1024"),
+            "{e}"
+        );
+        let huge = pb::EventFilter {
+            cgroup_globs: vec!["*".repeat(10 << 20)],
+            ..Default::default()
+        };
+        let e = Filter::compile(huge).unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message()
+                .contains("filter.cgroup_globs[0]: 10485760 bytes, at most 1024"),
+            "{e}"
+        );
+        let ports = pb::EventFilter {
+            ports: vec![443; 5000],
+            ..Default::default()
+        };
+        assert!(Filter::compile(ports)
+            .unwrap_err()
+            .message()
+            .contains("filter.ports: 5000 entries"));
+    }
 
     fn ev() -> Event {
         Event {

@@ -2,6 +2,9 @@
 //! certificates (optional), both with the health and reflection services,
 //! and both behind the same [`AuthLayer`]: every call is authenticated and
 //! authorized once, before it reaches a service.
+/// The largest request the API decodes.
+pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+
 use std::{
     net::SocketAddr,
     os::unix::fs::PermissionsExt,
@@ -80,7 +83,11 @@ async fn services(
         .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let service = pb::egress_monitor_server::EgressMonitorServer::new(Service { backend });
+    // Requests above this are refused by gRPC itself (OUT_OF_RANGE) before
+    // they are decoded; below it, `Filter::compile` bounds every list and
+    // string (INVALID_ARGUMENT).
+    let service = pb::egress_monitor_server::EgressMonitorServer::new(Service { backend })
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
     Ok((service, health, reflection_v1, reflection_v1alpha))
 }
 

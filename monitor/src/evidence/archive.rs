@@ -7,10 +7,20 @@ use super::{
     verify::{broken, Broken},
 };
 
-/// Reads a bundle's files (tar; names below `evidence/`).
+/// At most this many files in a bundle (one per policy version, and a
+/// dozen more).
+pub const MAX_ENTRIES: usize = 100_000;
+
+/// Reads a bundle's files (tar; plain names below `evidence/`). Memory
+/// stays within the archive's own size: an entry that claims more than the
+/// archive holds is refused before it is read.
 pub fn read_tar(path: &Path) -> Result<Files, Broken> {
     let f =
         std::fs::File::open(path).map_err(|e| broken(path.display().to_string(), e.to_string()))?;
+    let archive_bytes = f
+        .metadata()
+        .map_err(|e| broken(path.display().to_string(), e.to_string()))?
+        .len();
     let mut archive = tar::Archive::new(f);
     let mut files = Files::new();
     let entries = archive.entries().map_err(|e| {
@@ -19,7 +29,13 @@ pub fn read_tar(path: &Path) -> Result<Files, Broken> {
             format!("not a tar archive: {e}"),
         )
     })?;
-    for entry in entries {
+    for (n, entry) in entries.enumerate() {
+        if n >= MAX_ENTRIES {
+            return Err(broken(
+                path.display().to_string(),
+                format!("more than {MAX_ENTRIES} entries: not a bundle"),
+            ));
+        }
         let mut entry = entry
             .map_err(|e| broken(path.display().to_string(), format!("damaged archive: {e}")))?;
         let name = entry
@@ -32,7 +48,22 @@ pub fn read_tar(path: &Path) -> Result<Files, Broken> {
         let Some(rel) = name.strip_prefix("evidence/") else {
             return Err(broken(name, "outside evidence/"));
         };
-        let mut data = Vec::new();
+        if rel.is_empty()
+            || rel
+                .split('/')
+                .any(|c| c.is_empty() || c == "." || c == "..")
+            || rel.contains('\\')
+        {
+            return Err(broken(name, "not a plain file name below evidence/"));
+        }
+        let size = entry.header().size().unwrap_or(u64::MAX);
+        if size > archive_bytes {
+            return Err(broken(
+                name,
+                format!("claims {size} bytes, more than the whole archive holds ({archive_bytes})"),
+            ));
+        }
+        let mut data = Vec::with_capacity(size as usize);
         entry
             .read_to_end(&mut data)
             .map_err(|e| broken(name.clone(), format!("unreadable: {e}")))?;

@@ -463,3 +463,88 @@ fn a_window_no_daemon_watched_is_not_called_complete() {
     let err = verify::verify(&forged, Some(&k.verifying_key())).unwrap_err();
     assert!(err.reason.contains("coverage stated differs"), "{err}");
 }
+
+/// A tar file of raw entries (name, type, claimed size, data), written
+/// byte by byte as a hostile tool would (no sanitising of names).
+type RawEntry<'a> = (&'a str, tar::EntryType, u64, &'a [u8]);
+
+fn raw_tar(entries: &[RawEntry<'_>]) -> tempfile::NamedTempFile {
+    let mut out = Vec::new();
+    for (name, kind, size, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        let raw = &mut h.as_gnu_mut().unwrap().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        h.set_entry_type(*kind);
+        h.set_size(*size);
+        h.set_mode(0o644);
+        h.set_cksum();
+        out.extend_from_slice(h.as_bytes());
+        out.extend_from_slice(data);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    out.extend_from_slice(&[0; 1024]);
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), out).unwrap();
+    f
+}
+
+/// Bundles crafted against `verify`: each refused with its reason before
+/// anything is checked, with memory bounded by the archive's own size.
+#[test]
+fn crafted_archives_are_refused_with_the_reason() {
+    use tar::EntryType::{Regular, Symlink};
+    let cases: Vec<(Vec<RawEntry<'_>>, &str)> = vec![
+        (
+            vec![("evidence/../../etc/cron.d/x", Regular, 3, b"abc")],
+            "not a plain file name below evidence/",
+        ),
+        (
+            vec![("evidence//events.jsonl", Regular, 3, b"abc")],
+            "not a plain file name below evidence/",
+        ),
+        (
+            vec![("/evidence/events.jsonl", Regular, 3, b"abc")],
+            "outside evidence/",
+        ),
+        (
+            vec![("evidence/events.jsonl", Symlink, 0, b"")],
+            "not a regular file",
+        ),
+        (
+            vec![
+                ("evidence/events.jsonl", Regular, 3, b"abc"),
+                ("evidence/events.jsonl", Regular, 3, b"def"),
+            ],
+            "appears twice",
+        ),
+        // A tar bomb: an entry that claims 1 TiB.
+        (
+            vec![("evidence/events.jsonl", Regular, 1 << 40, b"abc")],
+            "more than the whole archive holds",
+        ),
+    ];
+    for (entries, want) in cases {
+        let f = raw_tar(&entries);
+        let err = super::archive::read_tar(f.path()).unwrap_err();
+        assert!(err.to_string().contains(want), "{entries:?}: {err}");
+    }
+
+    // A manifest that lists a file the bundle lacks (re-signed).
+    let k = key();
+    let (_d, s) = store(5);
+    let mut files = export(&s, &k, 0, 10);
+    files.remove("flows.csv");
+    let m: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let bytes = serde_json::to_vec_pretty(&m).unwrap();
+    files.insert(
+        "manifest.sig".into(),
+        hex::encode(k.sign(&bytes).to_bytes()).into_bytes(),
+    );
+    files.insert("manifest.json".into(), bytes);
+    let err = verify::verify(&files, Some(&k.verifying_key())).unwrap_err();
+    assert_eq!(err.item, "flows.csv");
+    assert!(
+        err.reason.contains("listed in the manifest but missing"),
+        "{err}"
+    );
+}

@@ -212,21 +212,45 @@ pub fn merge_ranges(mut ranges: Vec<RegionRange>) -> Vec<RegionRange> {
     merged
 }
 
+/// The largest database file read (a country database is 5-100 MB).
+pub const MAX_DB_BYTES: u64 = 1 << 30;
+
 impl GeoDb {
     /// Reads and reduces a database file.
     pub fn open(path: &Path) -> Result<Self, GeoError> {
-        let bytes = std::fs::read(path).map_err(|source| GeoError::Read {
+        let read = |source| GeoError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(read)?.len();
+        if size > MAX_DB_BYTES {
+            return Err(GeoError::Tree {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "{size} bytes is more than the {MAX_DB_BYTES} a country database can need (the largest known is under 100 MB); not read"
+                ),
+            });
+        }
+        let bytes = std::fs::read(path).map_err(read)?;
+        // The maxminddb crate's decoder indexes out of bounds on some
+        // damaged data sections (found by the mutation test in
+        // geo/tests.rs): a damaged file is an error, not a dead daemon.
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::reduce(path, &bytes)))
+            .unwrap_or_else(|_| {
+                Err(GeoError::Tree {
+                    path: path.to_path_buf(),
+                    reason: "the data section is damaged (the MaxMind decoder failed on it)".into(),
+                })
+            })
+    }
+
+    fn reduce(path: &Path, bytes: &[u8]) -> Result<Self, GeoError> {
+        let sha256 = hex::encode(Sha256::digest(bytes));
+        let reader = maxminddb::Reader::from_source(bytes).map_err(|source| GeoError::Format {
             path: path.to_path_buf(),
             source,
         })?;
-        let sha256 = hex::encode(Sha256::digest(&bytes));
-        let reader = maxminddb::Reader::from_source(bytes.as_slice()).map_err(|source| {
-            GeoError::Format {
-                path: path.to_path_buf(),
-                source,
-            }
-        })?;
-        let tree = Tree::new(&bytes, &reader.metadata).map_err(|reason| GeoError::Tree {
+        let tree = Tree::new(bytes, &reader.metadata).map_err(|reason| GeoError::Tree {
             path: path.to_path_buf(),
             reason,
         })?;

@@ -426,3 +426,91 @@ proptest::proptest! {
         check_table(&merged, addrs.into_iter());
     }
 }
+
+mod hostile {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn small_db() -> Vec<u8> {
+        writer::country_code_db(&[
+            ("198.51.100.0/24", "DE"),
+            ("203.0.113.0/25", "FR"),
+            ("2001:db8::/32", "US"),
+            ("10.0.0.0/8", "NL"),
+        ])
+    }
+
+    /// Opens `bytes` as a database: it must answer (a database or an
+    /// error), never panic.
+    fn open(bytes: &[u8]) -> Result<GeoDb, String> {
+        let f = write_db(bytes);
+        std::panic::catch_unwind(|| GeoDb::open(f.path()).map_err(|e| e.to_string()))
+            .unwrap_or_else(|_| panic!("GeoDb::open panicked on {} bytes", bytes.len()))
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 400, ..ProptestConfig::default() })]
+
+        /// Bit flips anywhere (tree, data section, metadata) and cuts at any
+        /// length: a clear error or a database, never a panic or a hang.
+        #[test]
+        fn flipped_or_cut_databases_never_panic(
+            flips in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..8), 1..8),
+            cut in any::<prop::sample::Index>(),
+            do_cut in any::<bool>(),
+        ) {
+            let mut b = small_db();
+            for (at, bit) in &flips {
+                let i = at.index(b.len());
+                b[i] ^= 1 << bit;
+            }
+            if do_cut {
+                b.truncate(cut.index(b.len()));
+            }
+            if let Err(e) = open(&b) {
+                prop_assert!(!e.is_empty());
+            }
+        }
+    }
+
+    /// A tree whose records point back to a node above them would make the
+    /// walk exponential; it is refused as not a tree.
+    #[test]
+    fn a_tree_whose_records_loop_back_is_refused() {
+        let mut b = small_db();
+        let reader = maxminddb::Reader::from_source(b.as_slice()).unwrap();
+        let (nodes, size) = (
+            reader.metadata.node_count as usize,
+            reader.metadata.record_size,
+        );
+        drop(reader);
+        assert!(
+            matches!(size, 24 | 32),
+            "the test writer's record size: {size}"
+        );
+        let rec = usize::from(size) / 8;
+        // The root's left half is empty, its right half and both halves of
+        // every other node point to node 1: a DAG with 2^128 paths.
+        let mut set = |o: usize, v: usize| {
+            b[o..o + rec].copy_from_slice(&(v as u32).to_be_bytes()[4 - rec..]);
+        };
+        set(0, nodes);
+        set(rec, 1);
+        for n in 1..nodes {
+            set(n * 2 * rec, 1);
+            set(n * 2 * rec + rec, 1);
+        }
+        let err = open(&b).unwrap_err();
+        assert!(err.contains("search tree"), "{err}");
+    }
+
+    #[test]
+    fn a_truncated_real_database_is_a_clear_error() {
+        let real = std::fs::read(real_database()).unwrap();
+        for keep in [0, 16, real.len() / 2, real.len() - 1] {
+            let err = open(&real[..keep]).unwrap_err();
+            assert!(!err.is_empty(), "cut at {keep}");
+        }
+    }
+}

@@ -101,7 +101,19 @@ impl<'a> Tree<'a> {
         // (node, first address, depth); at most one entry per depth waits.
         let mut stack: Vec<(usize, u128, u32)> = Vec::with_capacity(130);
         stack.push((0, 0, 0));
+        // A tree has two children per node: a walk that takes more steps
+        // revisits nodes (a damaged or hostile file whose records point
+        // back into the tree), which would take exponential time.
+        let max_steps = 2 * self.node_count + 1;
+        let mut steps = 0usize;
         while let Some((node, addr, depth)) = stack.pop() {
+            steps += 1;
+            if steps > max_steps {
+                return Err(format!(
+                    "the search tree revisits its nodes ({max_steps} steps for {} nodes): it is not a tree",
+                    self.node_count
+                ));
+            }
             if node > self.node_count {
                 let pointer = node - self.node_count - 16;
                 if node < self.node_count + 16 || pointer >= self.data_len {
