@@ -184,6 +184,74 @@ fn malformed_requests_are_invalid_argument_naming_the_field() {
             .unwrap_err();
         assert_eq!(e.code(), tonic::Code::InvalidArgument);
         assert!(e.message().starts_with("last:"));
+        // Absurd filters: refused with the limit, the daemon unaffected.
+        let cidrs = pb::EventFilter {
+            dst_cidrs: (0..100_000)
+                .map(|i| format!("10.{}.{}.0/24", i / 256 % 256, i % 256))
+                .collect(),
+            ..Default::default()
+        };
+        let e = c
+            .query_events(pb::QueryEventsRequest {
+                filter: Some(cidrs.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        assert!(
+            e.message()
+                .contains("filter.dst_cidrs: 100000 entries, at most 1024"),
+            "{e}"
+        );
+        let e = c
+            .stream_events(pb::StreamEventsRequest {
+                filter: Some(cidrs),
+                last: 0,
+                follow: true,
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        let glob = pb::EventFilter {
+            cgroup_globs: vec!["*".repeat(10 << 20)],
+            ..Default::default()
+        };
+        let e = c
+            .query_flows(pb::QueryFlowsRequest {
+                filter: Some(glob),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        assert!(e.message().contains("10485760 bytes, at most 1024"), "{e}");
+        // Over the request limit: gRPC's own refusal, before decoding.
+        let e = c
+            .query_events(pb::QueryEventsRequest {
+                filter: Some(pb::EventFilter {
+                    names: vec!["x".repeat(20 << 20)],
+                    ..Default::default()
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::OutOfRange, "{e}");
+        // A page token of another store (or none this server gave).
+        for bad in ["00112233445566778899aabbccddeeff:5", "5"] {
+            let e = c
+                .query_events(pb::QueryEventsRequest {
+                    page_token: bad.into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+            assert!(e.message().starts_with("page_token:"), "{e}");
+        }
+        // And the daemon still answers.
+        c.get_status(pb::GetStatusRequest {}).await.unwrap();
         // A bad policy is a valid question with a negative answer.
         let r = c
             .check_policy(pb::CheckPolicyRequest {

@@ -24,6 +24,35 @@ fn limit(l: u32) -> Result<usize, Status> {
     }
 }
 
+/// A page token names the store it came from (a store recreated, or a token
+/// from another node, is refused rather than read at a foreign position).
+fn token(store: &Store, position: impl std::fmt::Display) -> Result<String, Status> {
+    Ok(format!(
+        "{}:{position}",
+        store.store_id().map_err(internal)?
+    ))
+}
+
+fn position<T: std::str::FromStr>(store: &Store, token: &str) -> Result<Option<T>, Status> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    let id = store.store_id().map_err(internal)?;
+    let Some((from, at)) = token.split_once(':') else {
+        return Err(Status::invalid_argument(
+            "page_token: not a token this server gave",
+        ));
+    };
+    if from != id {
+        return Err(Status::invalid_argument(format!(
+            "page_token: from store {from}, not this one ({id}): start the query again without it"
+        )));
+    }
+    at.parse()
+        .map(Some)
+        .map_err(|_| Status::invalid_argument("page_token: not a token this server gave"))
+}
+
 fn open(path: &std::path::Path) -> Result<Store, Status> {
     Store::open_read(path).map_err(|e| Status::unavailable(format!("history store: {e}")))
 }
@@ -42,19 +71,13 @@ pub fn query_events(
     let (since, until) = window(req.window)?;
     let limit = limit(req.limit)?;
     let filter = Filter::compile(req.filter.unwrap_or_default())?;
-    let after: i64 = if req.page_token.is_empty() {
-        0
-    } else {
-        req.page_token
-            .parse()
-            .map_err(|_| Status::invalid_argument("page_token: not a token this server gave"))?
-    };
     let store = open(path)?;
+    let after: i64 = position(&store, &req.page_token)?.unwrap_or(0);
     let (events, more) = query::events(&store, since, until, after, limit, &|e| filter.matches(e))
         .map_err(internal)?;
     Ok(pb::QueryEventsResponse {
         next_page_token: match (more, events.last()) {
-            (true, Some((seq, _))) => seq.to_string(),
+            (true, Some((seq, _))) => token(&store, seq)?,
             _ => String::new(),
         },
         seqs: events.iter().map(|(s, _)| *s as u64).collect(),
@@ -88,14 +111,8 @@ pub fn query_flows(
             query::SORTS.join(", ")
         )));
     }
-    let offset: usize = if req.page_token.is_empty() {
-        0
-    } else {
-        req.page_token
-            .parse()
-            .map_err(|_| Status::invalid_argument("page_token: not a token this server gave"))?
-    };
     let store = open(path)?;
+    let offset: usize = position(&store, &req.page_token)?.unwrap_or(0);
     let flows = query::flows(
         &store,
         since,
@@ -135,7 +152,7 @@ pub fn query_flows(
         .collect();
     Ok(pb::QueryFlowsResponse {
         next_page_token: if offset + page.len() < total {
-            (offset + page.len()).to_string()
+            token(&store, offset + page.len())?
         } else {
             String::new()
         },
