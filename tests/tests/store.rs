@@ -489,6 +489,7 @@ fn a_bundle_states_what_no_daemon_watched() {
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&v.stdout);
+    eprintln!("--- verify\n{out}--- summary.md\n{md}");
     assert!(
         v.status.success(),
         "{out}{}",

@@ -240,6 +240,7 @@ fn secs(n: i64) -> String {
     match s {
         s if s >= 3600 => format!("{} h {} min", s / 3600, s % 3600 / 60),
         s if s >= 60 => format!("{} min {} s", s / 60, s % 60),
+        0 => format!("{} ms", n / 1_000_000),
         s => format!("{}.{:01} s", s, n % 1_000_000_000 / 100_000_000),
     }
 }
@@ -267,7 +268,7 @@ fn coverage_section(m: &mut String, c: &Coverage) {
     if !c.complete() {
         let _ = writeln!(
             m,
-            "\n**Not watched** (nothing in these spans was observed or enforced by this node's record):\n\n| from | to | length | why |\n| --- | --- | ---: | --- |"
+            "\n**Not watched** (no daemon recorded decisions in these spans; programs left pinned by a stopped or killed daemon go on enforcing, unrecorded; detached programs do not):\n\n| from | to | length | why |\n| --- | --- | ---: | --- |"
         );
         for s in c.unwatched() {
             let _ = writeln!(

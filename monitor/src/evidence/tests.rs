@@ -446,7 +446,7 @@ fn a_window_no_daemon_watched_is_not_called_complete() {
     let (_d2, bare) = store(30);
     let md = String::from_utf8(export(&bare, &k, 0, 30)["summary.md"].clone()).unwrap();
     assert!(
-        md.contains("watched 0.0 s of the 30.0 s window (0.0%)"),
+        md.contains("watched 0 ms of the 30.0 s window (0.0%)"),
         "{md}"
     );
     assert!(!md.contains("The record is complete"), "{md}");
