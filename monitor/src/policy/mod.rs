@@ -33,6 +33,18 @@ pub fn compile_text(file: &Path, text: &str) -> Result<Vec<CompiledPolicy>, Poli
 
 /// Reads and compiles one file.
 pub fn compile_file(file: &Path) -> Result<Vec<CompiledPolicy>, PolicyError> {
+    if let Ok(m) = std::fs::metadata(file) {
+        if m.len() > MAX_FILE_BYTES {
+            return Err(PolicyError {
+                file: file.display().to_string(),
+                line: 0,
+                reason: format!(
+                    "{} bytes, more than the {MAX_FILE_BYTES} a policy file may hold; not read",
+                    m.len()
+                ),
+            });
+        }
+    }
     let bytes = std::fs::read(file).map_err(|e| PolicyError {
         file: file.display().to_string(),
         line: 0,
@@ -61,16 +73,29 @@ pub fn check_unique_names(policies: &[CompiledPolicy]) -> Result<(), PolicyError
     Ok(())
 }
 
+/// The largest policy file read (the largest shipped one is a few KiB).
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+/// The most policy files a directory may hold.
+pub const MAX_FILES: usize = 1000;
+
 /// The policy files of a directory: `*.yaml` and `*.yml`, hidden names
 /// skipped (a Kubernetes ConfigMap mount keeps its real files in `..data`).
+/// A link that leads nowhere (dangling, or a loop) is listed, so reading it
+/// fails with its reason instead of the file being skipped in silence.
 pub fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
-        if is_yaml && !name.starts_with('.') && path.is_file() {
+        let broken_link = !path.exists() && path.is_symlink();
+        if is_yaml && !name.starts_with('.') && (path.is_file() || broken_link) {
             files.push(path);
+            if files.len() > MAX_FILES {
+                return Err(std::io::Error::other(format!(
+                    "more than {MAX_FILES} policy files; the policies in force stay"
+                )));
+            }
         }
     }
     files.sort();

@@ -311,3 +311,37 @@ fn domains_and_cloud_regions_compile_and_bad_ones_name_their_line() {
     let e = error_of(&with.replace("\"gcp:europe-west3\"", "\"europe-west3\""));
     assert!(e.starts_with("p.yaml:13: "), "{e}");
 }
+
+/// A hostile policy directory: too many files, a huge file, a symlink
+/// loop. Each is refused with its reason.
+#[test]
+fn hostile_policy_directories_are_refused_with_the_reason() {
+    let d = tempfile::tempdir().unwrap();
+    for i in 0..=MAX_FILES {
+        std::fs::write(d.path().join(format!("p{i}.yaml")), "").unwrap();
+    }
+    let err = policy_files(d.path()).unwrap_err().to_string();
+    assert!(err.contains("more than 1000 policy files"), "{err}");
+
+    let d = tempfile::tempdir().unwrap();
+    let big = d.path().join("big.yaml");
+    let f = std::fs::File::create(&big).unwrap();
+    f.set_len(50 << 20).unwrap();
+    let err = compile_file(&big).unwrap_err().to_string();
+    assert!(
+        err.contains("52428800 bytes, more than the 1048576"),
+        "{err}"
+    );
+
+    let a = d.path().join("a.yaml");
+    let b = d.path().join("b.yaml");
+    std::os::unix::fs::symlink(&b, &a).unwrap();
+    std::os::unix::fs::symlink(&a, &b).unwrap();
+    let files = policy_files(d.path()).unwrap();
+    assert!(files.contains(&a) && files.contains(&b), "{files:?}");
+    let err = compile_file(&a).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot read") && err.contains("symbolic links"),
+        "{err}"
+    );
+}
