@@ -145,6 +145,38 @@ fn uninstall_under_a_running_daemon_is_refused_and_repaired() {
     let p = env.probe("sel", &["tcp", US_V4, &port]);
     assert!(!p.ok && p.errno == EPERM, "still enforced: {:?}", p.raw);
     assert!(env.probe("sel", &["tcp", DE_V4, &port]).ok);
+    // The evidence of the last minute says the programs were detached: the
+    // heartbeat signed when the tick found them gone is `detached`.
+    let bundle = env.dir.path().join("b.tar");
+    let export = Command::new(daemon_bin())
+        .args(["export", "--since", "1m", "--out"])
+        .arg(&bundle)
+        .arg("--state-dir")
+        .arg(env.dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let chain = Command::new("tar")
+        .arg("-xOf")
+        .arg(&bundle)
+        .arg("evidence/chain.json")
+        .output()
+        .unwrap();
+    let chain: Value = serde_json::from_slice(&chain.stdout).unwrap();
+    let spans = chain["coverage"]["spans"].as_array().unwrap();
+    assert!(
+        spans.iter().any(|s| s["watched"] == false
+            && s["why"]
+                .as_str()
+                .unwrap_or("")
+                .contains("the programs were detached")),
+        "{:#}",
+        chain["coverage"]
+    );
 }
 
 /// A policy set refused for a conflict shows in status and `policy list`
