@@ -329,7 +329,7 @@ fn hostile_policy_directories_are_refused_with_the_reason() {
     f.set_len(50 << 20).unwrap();
     let err = compile_file(&big).unwrap_err().to_string();
     assert!(
-        err.contains("52428800 bytes, more than the 1048576"),
+        err.contains("52428800 bytes, more than the 16777216"),
         "{err}"
     );
 
