@@ -348,7 +348,7 @@ pub mod kind {
 /// records of a version it does not know, instead of misreading them. The
 /// offsets of each version are listed below `DecisionEvent`; the build
 /// fails until the new version's are.
-pub const DECISION_VERSION: u16 = 2;
+pub const DECISION_VERSION: u16 = 3;
 
 /// First bytes of every ring buffer record.
 #[repr(C)]
@@ -407,7 +407,12 @@ pub struct DecisionEvent {
     pub name_hash: u64,
     /// A `CountrySource`: where `country` and `continent` came from.
     pub country_source: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+    /// The CPU that put the event in the ring, and its number there (from
+    /// 1, per CPU, for as long as the maps live; 0 for an event the daemon
+    /// made itself). A number missing from the store is a lost event.
+    pub cpu: u16,
+    pub seq: u32,
 }
 // The layout of each DECISION_VERSION. A changed DecisionEvent fails these
 // asserts until DECISION_VERSION is bumped and the new version's offsets are
@@ -416,9 +421,9 @@ pub struct DecisionEvent {
 //
 // Version 1 (104 bytes) ended at `mode` (99) with four bytes of padding;
 // version 2 puts `cloud_region` there and adds `name_hash` and
-// `country_source`.
+// `country_source`; version 3 puts `cpu` and `seq` in the padding after it.
 const _: () = match DECISION_VERSION {
-    2 => {
+    3 => {
         assert!(size_of::<DecisionEvent>() == 120);
         assert!(offset_of!(DecisionEvent, header) == 0);
         assert!(offset_of!(DecisionEvent, boot_ns) == 8);
@@ -445,6 +450,8 @@ const _: () = match DECISION_VERSION {
         assert!(offset_of!(DecisionEvent, name_hash) == 104);
         assert!(offset_of!(DecisionEvent, country_source) == 112);
         assert!(offset_of!(DecisionEvent, _pad) == 113);
+        assert!(offset_of!(DecisionEvent, cpu) == 114);
+        assert!(offset_of!(DecisionEvent, seq) == 116);
     }
     _ => panic!("no DecisionEvent layout is listed for this DECISION_VERSION"),
 };
@@ -844,6 +851,13 @@ const _: () = {
     assert!(offset_of!(SweepSocket, family) == 23);
     assert!(offset_of!(SweepSocket, addr) == 24);
 };
+
+/// Indices of the LOST per-CPU array.
+pub mod lost {
+    pub const RING_FULL: u32 = 0;
+    pub const SEQ: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
 
 /// Indices of the FLOW_STATS per-CPU array.
 pub mod flow_stat {

@@ -32,7 +32,7 @@ use aya_ebpf::{
     programs::{LsmContext, SkBuffContext, SockAddrContext},
 };
 use monitor_common::{
-    flow_stat, geo_table, kind, limits, Action, CidrRule, CloudEntry, CloudKey, Config,
+    flow_stat, geo_table, kind, limits, lost, Action, CidrRule, CloudEntry, CloudKey, Config,
     CountrySource, Decision, DecisionEvent, DomainKey, EventHeader, FlowEntry, FlowKey, Hook,
     InForce, Memo, Meta, Mode, NameEntry, PolicyAddr, Region, RegionKey, RegionRule, Rule,
     Selection, SockState, SweepSocket, Verdict, AF_INET, AF_INET6, AF_PACKET, DECISION_VERSION,
@@ -47,9 +47,12 @@ const UNSELECTED: u8 = 0;
 
 #[map]
 static EVENTS: RingBuf = RingBuf::with_byte_size(limits::DEFAULT_RING_BYTES, 0);
-/// Events that found the ring buffer full, per CPU.
+/// Per CPU: at `lost::RING_FULL` the events that found the ring buffer
+/// full; at `lost::SEQ` the last sequence number given to an event this
+/// CPU put in the ring (so the daemon can tell what it read from what it
+/// kept, across its own restarts).
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNT, 0);
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
@@ -868,11 +871,23 @@ fn emit(attempt: &Attempt, origin: &Origin, o: &Outcome) {
     let judgement = o.judgement;
     let selection = o.selection;
     let Some(mut entry) = EVENTS.reserve::<DecisionEvent>(0) else {
-        if let Some(lost) = LOST.get_ptr_mut(0) {
+        if let Some(lost) = LOST.get_ptr_mut(lost::RING_FULL) {
             // SAFETY: per-CPU slot, only this CPU writes it.
             unsafe { *lost += 1 };
         }
         return;
+    };
+    // Numbered only once it has a place in the ring: a number missing from
+    // what the daemon stored is an event the daemon lost, not the kernel.
+    let seq = match LOST.get_ptr_mut(lost::SEQ) {
+        // SAFETY: per-CPU slot, only this CPU writes it (a task preempted
+        // here by another on this CPU may share a number: counted once).
+        Some(p) => unsafe {
+            let n = *p + 1;
+            *p = n;
+            n as u32
+        },
+        None => 0,
     };
     // Written in place: the stack of a hook is 512 bytes.
     // SAFETY: the reserved record, ours until submitted.
@@ -905,7 +920,10 @@ fn emit(attempt: &Attempt, origin: &Origin, o: &Outcome) {
     event.cloud_region = judgement.cloud_region;
     event.name_hash = judgement.name_hash;
     event.country_source = judgement.source as u8;
-    event._pad = [0; 7];
+    event._pad = 0;
+    // SAFETY: a helper without arguments.
+    event.cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() } as u16;
+    event.seq = seq;
     // Wake the daemon only once a batch waits: a wakeup per event is an
     // interrupt charged to the caller (a VM exit on a virtual machine); the
     // daemon also drains on a short timer, so a lone event waits at most

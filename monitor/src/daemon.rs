@@ -563,6 +563,9 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         PathResolver::new(&mount),
     )));
     let metrics = Arc::new(Metrics::new());
+    // Before the first event is drained: the writer resumes the kernel's
+    // numbering where the store left it.
+    store.kernel_epoch(kernel.events_epoch().to_string());
     let view_of_kernel = Arc::new(kernel.probe()?);
     let name_key = kernel.dns_key();
     let pin_dir = kernel.pin_dir().to_path_buf();
@@ -593,7 +596,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
 
     let outlets = Arc::new(Outlets::new(
         config.history,
-        4096,
+        store.clone(),
         config.log_events,
         view.counters.clone(),
         view.streams.clone(),
@@ -610,7 +613,6 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         Ok(fill) => metrics.watch_ring(fill),
         Err(e) => log::warn!("ring buffer fill is not reported: mapping its positions failed: {e}"),
     }
-    store.attach(outlets.live.subscribe());
     retire(old_pins, &outlets, &resolver)?;
     let harvester = Harvester::start(&pin_dir, &store, outlets.clone(), resolver.clone())?;
     // What the flow table counted under the decisions in force is harvested

@@ -159,6 +159,75 @@ fn kill_9_during_traffic_opens_no_gap_and_loses_no_count() {
     assert_eq!(s(e, "policy"), "eu-only");
 }
 
+/// kill -9 while a flood of first decisions is on its way to the store:
+/// what the killed daemon had read from the kernel and not yet stored is
+/// not silently gone. The kernel numbers every event it queues, per CPU;
+/// the next daemon finds the skip and records it as a `lost_at_restart`
+/// gap, so every number missing from the store is accounted for by a gap.
+#[test]
+fn kill_9_mid_flood_records_what_it_had_not_stored() {
+    let mut env = enforced_env();
+    let since = monitor::store::now_nanos();
+    // 20,000 ports of an allowed host: a first decision (an event) each,
+    // about 50,000 a second, then the same again as cached repeats.
+    let burst = env
+        .probe_command(
+            "sel",
+            &["udp-burst", DE_V4, &PORT.to_string(), "40000", "20000"],
+        )
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start the burst");
+    std::thread::sleep(Duration::from_millis(150));
+    env.kill_daemon();
+    let out = burst.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    env.start_daemon(&[]);
+    // Until this run has stored every event it decoded (the ring drained,
+    // the last batch in), twice in a row.
+    let mut last = (0, 0);
+    for _ in 0..150 {
+        std::thread::sleep(Duration::from_millis(200));
+        let st = env.status();
+        let c = &st["counters"];
+        let decoded: u64 = ["allowed", "denied", "would_deny"]
+            .iter()
+            .map(|k| c[k].as_u64().unwrap_or(0))
+            .sum();
+        let now = (decoded, st["store"]["events_stored"].as_u64().unwrap_or(0));
+        if now.0 > 0 && now.0 == now.1 && now == last {
+            break;
+        }
+        last = now;
+    }
+    let store = monitor::store::Store::open_read(&env.dir.path().join("state/store.db")).unwrap();
+    let until = monitor::store::now_nanos();
+    let numbers = store.kernel_numbers(since, until).unwrap();
+    // New maps number from 1 on every CPU.
+    assert!(!numbers.is_empty(), "no numbered event stored");
+    let missing: i64 = numbers.iter().map(|(_, n, _, hi)| hi - n).sum();
+    let lost = store.lost_by_kind(since, until).unwrap();
+    let of = |kind: &str| lost.iter().find(|(k, _)| k == kind).map_or(0, |(_, n)| *n);
+    let at_restart = of("lost_at_restart");
+    assert!(
+        at_restart > 0,
+        "the kill found nothing read and unstored, so this run proves nothing: {lost:?} {numbers:?}"
+    );
+    assert_eq!(of("lost_in_daemon"), 0, "{lost:?}");
+    assert_eq!(
+        missing,
+        at_restart + of("lost_for_store") + of("store_degraded"),
+        "every kernel number missing from the store is a recorded loss: {numbers:?} {lost:?}"
+    );
+    eprintln!(
+        "kill -9 mid-flood: {numbers:?} per CPU (cpu, stored, lowest, highest); losses {lost:?}"
+    );
+}
+
 /// An upgrade (pins of another build present) attaches the new programs
 /// before removing the old ones: traffic across it is never let through.
 #[test]

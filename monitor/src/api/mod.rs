@@ -49,6 +49,8 @@ impl From<&Event> for pb::Event {
             dns_cname: e.dns_cname.clone(),
             cloud: e.cloud.clone(),
             cloud_region: e.cloud_region.clone(),
+            kernel_seq: e.kernel_seq,
+            kernel_cpu: e.kernel_cpu,
         }
     }
 }
@@ -85,6 +87,8 @@ impl From<pb::Event> for Event {
             dns_cname: e.dns_cname,
             cloud: e.cloud,
             cloud_region: e.cloud_region,
+            kernel_seq: e.kernel_seq,
+            kernel_cpu: e.kernel_cpu,
         }
     }
 }

@@ -151,6 +151,10 @@ fn comm(b: &[u8; 16]) -> String {
     String::from_utf8_lossy(&b[..end]).into_owned()
 }
 
+fn is_zero_u32(v: &u32) -> bool {
+    *v == 0
+}
+
 /// A decision as users see it: the JSON line of `--log-events`, and the
 /// gRPC event. Field names are a contract.
 #[derive(Debug, Clone, Default, Serialize, PartialEq, Eq)]
@@ -192,6 +196,14 @@ pub struct Event {
     pub cgroup_id: u64,
     pub cgroup_path: String,
     pub policy_generation: u32,
+    /// The CPU and number the kernel gave this event in its ring (numbers
+    /// run from 1 per CPU for as long as the pinned maps live): a number
+    /// missing from the store is an event lost on the way, which the store
+    /// records as a gap. Left out for events the daemon made itself.
+    #[serde(skip_serializing_if = "is_zero_u32", default)]
+    pub kernel_seq: u32,
+    #[serde(skip_serializing_if = "is_zero_u32", default)]
+    pub kernel_cpu: u32,
     /// Attribution of `cgroup_path` (see `attribution`); each is left out
     /// of the JSON when the path does not tell it.
     /// Kubernetes pod UID (`metadata.uid`).
@@ -309,6 +321,9 @@ pub fn enrich(raw: &DecisionEvent, boot_to_unix_ns: i128, names: &mut impl Names
         comm: comm(&raw.comm),
         cgroup_id: raw.cgroup_id,
         policy_generation: raw.policy_generation,
+        kernel_seq: raw.seq,
+        // Only a numbered event names its CPU.
+        kernel_cpu: if raw.seq != 0 { u32::from(raw.cpu) } else { 0 },
         ..Default::default()
     };
     if raw.cloud_region != 0 {
@@ -393,7 +408,9 @@ mod tests {
             cloud_region: 0,
             name_hash: 0,
             country_source: 0,
-            _pad: [0; 7],
+            _pad: 0,
+            cpu: 0,
+            seq: 0,
         }
     }
 

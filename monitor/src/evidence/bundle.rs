@@ -488,6 +488,8 @@ fn gap_totals(gaps: &[Gap]) -> BTreeMap<String, i64> {
         "lost_in_kernel",
         "store_degraded",
         "store_reset",
+        "lost_at_restart",
+        "lost_in_daemon",
     ]
     .iter()
     .map(|k| (k.to_string(), 0))

@@ -63,14 +63,15 @@ pub fn render(i: &Input<'_>) -> String {
     );
     let g = &i.counters["gaps"];
     let gn = |k: &str| g[k].as_i64().unwrap_or(0);
-    let lost =
-        gn("lost_in_kernel") + gn("lost_for_store") + gn("store_degraded") + gn("store_reset");
+    let not_stored =
+        gn("lost_for_store") + gn("store_degraded") + gn("lost_at_restart") + gn("lost_in_daemon");
+    let lost = gn("lost_in_kernel") + not_stored + gn("store_reset");
     coverage_section(&mut m, i.coverage);
     let _ = writeln!(
         m,
-        "Completeness: {} events lost in the kernel (ring buffer full), {} not stored (store behind or degraded), {} store resets. {}\n",
+        "Completeness: {} events lost in the kernel (ring buffer full), {} not stored (store degraded, or read by a daemon killed before it stored them), {} store resets. {}\n",
         gn("lost_in_kernel"),
-        gn("lost_for_store") + gn("store_degraded"),
+        not_stored,
         gn("store_reset"),
         match (lost == 0, i.coverage.complete()) {
             (true, true) => "The record is complete for this window.",

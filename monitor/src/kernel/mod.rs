@@ -153,6 +153,8 @@ pub struct Kernel {
     cgroup_root: PathBuf,
     pins: PathBuf,
     adopted: bool,
+    /// The ring the kernel numbers its events in: boot id and map id.
+    events_epoch: String,
     foreign: Vec<foreign::Foreign>,
     /// A descriptor of every pinned map, to pin it again if its pin is
     /// removed while we run (see `pins::restore_links`).
@@ -478,6 +480,16 @@ impl Kernel {
                     .map_err(map_err(name))
             })
             .collect::<Result<Vec<_>, _>>()?;
+        let events_epoch = map_pins
+            .iter()
+            .find(|(n, _)| *n == names::EVENTS)
+            .and_then(|(_, m)| m.info().ok())
+            .map(|info| {
+                let boot =
+                    std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
+                format!("{}/{}", boot.trim(), info.id())
+            })
+            .unwrap_or_default();
         let ring: RingBuf<MapData> = take(&mut ebpf, names::EVENTS)?;
         let mut config_map: Array<MapData, Config> = take(&mut ebpf, names::CONFIG)?;
         let mut meta_map: Array<MapData, Meta> = take(&mut ebpf, names::META)?;
@@ -528,6 +540,7 @@ impl Kernel {
                 cgroup_root: cgroup_root.into(),
                 pins,
                 adopted,
+                events_epoch,
                 foreign: Vec::new(),
                 map_pins,
                 judge_socket,
@@ -600,10 +613,16 @@ impl Kernel {
         self.config.generation
     }
 
+    /// The ring the kernel numbers events in (`DecisionEvent::seq`): the
+    /// boot and the ring map's id; empty if unknown.
+    pub fn events_epoch(&self) -> &str {
+        &self.events_epoch
+    }
+
     /// Events the kernel could not put into the ring buffer, all CPUs.
     pub fn lost_events(&self) -> u64 {
         self.lost
-            .get(&0, 0)
+            .get(&monitor_common::lost::RING_FULL, 0)
             .map(|values| values.iter().sum())
             .unwrap_or_default()
     }

@@ -192,7 +192,7 @@ impl KernelProbe for Probe {
 
     fn lost_events(&self) -> u64 {
         self.lost
-            .get(&0, 0)
+            .get(&monitor_common::lost::RING_FULL, 0)
             .map(|values| values.iter().sum())
             .unwrap_or_default()
     }

@@ -108,7 +108,9 @@ fn as_record(k: &FlowKey, e: &FlowEntry) -> DecisionEvent {
         cloud_region: e.cloud_region,
         name_hash: e.name_hash,
         country_source: e.country_source,
-        _pad: [0; 7],
+        _pad: 0,
+        cpu: 0,
+        seq: 0,
     }
 }
 

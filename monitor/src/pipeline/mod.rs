@@ -17,7 +17,7 @@ use std::{
 
 use aya::maps::{MapData, RingBuf};
 use monitor_common::DecisionEvent;
-use tokio::{io::unix::AsyncFd, sync::broadcast};
+use tokio::io::unix::AsyncFd;
 
 pub use self::fanout::{Fanout, Subscription};
 use crate::{
@@ -49,8 +49,9 @@ pub struct Outlets {
     pub counters: Arc<Counters>,
     /// History and filtered stream subscribers.
     pub fanout: Fanout,
-    /// Every event, for the store (which counts what it lagged behind).
-    pub live: broadcast::Sender<Arc<Event>>,
+    /// Every event, handed to the store writer as it is drained (never
+    /// through a lossy channel: what the store drops, it records).
+    pub store: Arc<crate::store::writer::Handle>,
     pub log_events: bool,
     pub observer: Arc<dyn Observer>,
     /// The names the kernel learned, as text: fed by the DNS records the
@@ -75,18 +76,17 @@ pub const NAME_TABLE_NAMES: usize = 32_768;
 impl Outlets {
     pub fn new(
         history_len: usize,
-        live_capacity: usize,
+        store: Arc<crate::store::writer::Handle>,
         log_events: bool,
         counters: Arc<Counters>,
         streams: Arc<Streams>,
         observer: Arc<dyn Observer>,
         naming: Naming,
     ) -> Self {
-        let (live, _) = broadcast::channel(live_capacity);
         Self {
             counters,
             fanout: Fanout::new(history_len, streams),
-            live,
+            store,
             log_events,
             observer,
             dns: Mutex::new(
@@ -194,10 +194,7 @@ fn publish(outlets: &Outlets, batch: &mut Vec<Arc<Event>>, stdout_ok: &mut bool)
             *stdout_ok = false;
         }
     }
-    for e in batch.iter() {
-        // No store subscribed (yet) is not an error.
-        let _ = outlets.live.send(e.clone());
-    }
+    outlets.store.take(batch.clone());
     outlets.fanout.publish(batch.drain(..));
 }
 

@@ -10,6 +10,7 @@ pub mod coverage;
 pub mod query;
 pub mod retention;
 pub mod schema;
+pub mod seqbook;
 pub mod time;
 pub mod writer;
 
@@ -155,6 +156,56 @@ impl Store {
         Ok((seq, chain::to32(&hash)))
     }
 
+    /// What the store accounted for of the kernel ring `epoch`'s numbers
+    /// (see `seqbook`): (cpu, last number).
+    pub fn kernel_seqs(&self, epoch: &str) -> Result<Vec<(i64, i64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT cpu, seq FROM kernel_seqs WHERE epoch = ?1")
+            .map_err(self.err("read kernel numbers"))?;
+        let rows = stmt
+            .query_map(params![epoch], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(self.err("read kernel numbers"))?;
+        Ok(rows)
+    }
+
+    /// The kernel numbers the store holds in [since, until), per CPU:
+    /// (cpu, events, lowest, highest). Within one ring, `highest - lowest +
+    /// 1 - events` numbers are missing there, which the gaps of the window
+    /// must account for.
+    pub fn kernel_numbers(
+        &self,
+        since: i64,
+        until: i64,
+    ) -> Result<Vec<(i64, i64, i64, i64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kernel_cpu, count(*), min(kernel_seq), max(kernel_seq) FROM events WHERE kernel_seq > 0 AND unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY kernel_cpu ORDER BY kernel_cpu")
+            .map_err(self.err("read kernel numbers"))?;
+        let rows = stmt
+            .query_map(params![since, until], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(self.err("read kernel numbers"))?;
+        Ok(rows)
+    }
+
+    /// The events the gaps in [since, until) say were lost on the way to
+    /// the store (by kind), which a missing kernel number must be one of.
+    pub fn lost_by_kind(&self, since: i64, until: i64) -> Result<Vec<(String, i64)>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT kind, sum(count) FROM gaps WHERE unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY kind ORDER BY kind")
+            .map_err(self.err("read gaps"))?;
+        let rows = stmt
+            .query_map(params![since, until], |r| Ok((r.get(0)?, r.get(1)?)))
+            .and_then(|rows| rows.collect::<Result<Vec<_>, _>>())
+            .map_err(self.err("read gaps"))?;
+        Ok(rows)
+    }
+
     /// Signs the chain head with what the daemon run `run` watches and
     /// keeps the checkpoint (the daemon's heartbeat, see `coverage`).
     pub fn checkpoint(
@@ -285,6 +336,8 @@ impl Store {
                     ev.cloud,
                     ev.cloud_region,
                     ev.country_source,
+                    ev.kernel_cpu,
+                    ev.kernel_seq,
                 ])
                 .map_err(e("insert event"))?;
                 upsert_flow(&mut flow, ev, 1, 0, 0, 0).map_err(e("upsert flow"))?;
@@ -321,6 +374,15 @@ impl Store {
                 )
                 .map_err(e("record cloud ranges"))?;
             }
+            if let Some((epoch, rows)) = &batch.kernel_seqs {
+                let mut up = tx
+                    .prepare_cached("INSERT INTO kernel_seqs (epoch, cpu, seq) VALUES (?1, ?2, ?3) ON CONFLICT (epoch, cpu) DO UPDATE SET seq = excluded.seq")
+                    .map_err(e("prepare kernel numbers"))?;
+                for (cpu, seq) in rows {
+                    up.execute(params![epoch, cpu, seq])
+                        .map_err(e("record kernel numbers"))?;
+                }
+            }
             for (t, run) in &batch.runs {
                 tx.execute(
                     "INSERT INTO agent_runs (unix_nanos, info) VALUES (?1, ?2)",
@@ -346,7 +408,10 @@ pub struct PolicySet {
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Gap {
     pub unix_nanos: i64,
-    /// `lost_for_store`, `lost_in_kernel`, `store_degraded`, `store_reset`.
+    /// `lost_for_store` (older stores: the store fell behind the stream),
+    /// `lost_in_kernel`, `store_degraded`, `store_reset`, `lost_at_restart`
+    /// (read from the kernel by a run that was killed before storing it),
+    /// `lost_in_daemon` (a kernel number skipped with no known cause).
     pub kind: String,
     pub count: u64,
     pub detail: String,
@@ -370,6 +435,8 @@ pub struct Batch {
     pub repeats: Vec<Repeat>,
     pub marks: Vec<(Vec<u8>, Mark)>,
     pub unmarks: Vec<Vec<u8>>,
+    /// The kernel numbers now accounted for (`seqbook`), as of this batch.
+    pub kernel_seqs: Option<(seqbook::Epoch, Vec<(i64, i64)>)>,
 }
 
 /// What a flow entry in the kernel counted since its last harvest: attempts

@@ -39,7 +39,7 @@ pub fn bucket_of(t: i64) -> i64 {
 
 /// The columns `event_of` reads: the record's fields, then the record that
 /// was hashed and its digest.
-pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, dns_name, dns_cname, cloud, cloud_region, country_source, record, digest";
+pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, dns_name, dns_cname, cloud, cloud_region, country_source, record, digest, kernel_cpu, kernel_seq";
 
 /// A row's event, checked against what the chain covers: its columns must
 /// give back the hashed record, and the record its digest. A
@@ -115,6 +115,8 @@ fn columns_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
         cloud: r.get(21)?,
         cloud_region: r.get(22)?,
         country_source: known_name(&r.get::<_, String>(23)?),
+        kernel_cpu: r.get(26)?,
+        kernel_seq: r.get(27)?,
         ..Default::default()
     };
     e.attribute();

@@ -6,7 +6,7 @@ use rusqlite::{params, Connection};
 use super::{sql, StoreError};
 
 /// `PRAGMA user_version` of the layout below.
-pub const VERSION: i64 = 5;
+pub const VERSION: i64 = 6;
 
 const TABLES: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -25,9 +25,18 @@ CREATE TABLE events (
     record TEXT NOT NULL,
     dns_name TEXT NOT NULL DEFAULT '', dns_cname TEXT NOT NULL DEFAULT '',
     cloud TEXT NOT NULL DEFAULT '', cloud_region TEXT NOT NULL DEFAULT '',
-    country_source TEXT NOT NULL DEFAULT ''
+    country_source TEXT NOT NULL DEFAULT '',
+    -- The CPU and number the kernel gave the event in its ring (0: none).
+    kernel_cpu INTEGER NOT NULL DEFAULT 0, kernel_seq INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX events_time ON events (unix_nanos);
+-- Per ring (`epoch`: boot and map) and CPU, the last kernel number the
+-- store accounted for (stored, or recorded in a gap). A restart finds
+-- what the last run read and never stored from here.
+CREATE TABLE kernel_seqs (
+    epoch TEXT NOT NULL, cpu INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (epoch, cpu)
+) WITHOUT ROWID;
 -- The chain's anchor: the last record appended (seq 0 and 32 zero bytes when empty).
 CREATE TABLE chain_head (id INTEGER PRIMARY KEY CHECK (id = 0), seq INTEGER NOT NULL, hash BLOB NOT NULL);
 -- Signed checkpoints of the chain head, every CHECKPOINT_EVERY and at
@@ -131,6 +140,18 @@ CREATE TABLE checkpoints (
 PRAGMA user_version = 4;
 ";
 
+/// Version 5 to 6: kernel event numbers, to count what a killed daemon
+/// read and never stored.
+const MIGRATE_5_TO_6: &str = "
+ALTER TABLE events ADD COLUMN kernel_cpu INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN kernel_seq INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE kernel_seqs (
+    epoch TEXT NOT NULL, cpu INTEGER NOT NULL, seq INTEGER NOT NULL,
+    PRIMARY KEY (epoch, cpu)
+) WITHOUT ROWID;
+PRAGMA user_version = 6;
+";
+
 /// Version 4 to 5: checkpoints become the daemon's heartbeat (the run that
 /// signed them and what its programs watched); old ones keep version 1.
 const MIGRATE_4_TO_5: &str = "
@@ -140,7 +161,7 @@ CREATE INDEX checkpoints_time ON checkpoints (unix_nanos);
 PRAGMA user_version = 5;
 ";
 
-pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, dns_name, dns_cname, cloud, cloud_region, country_source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28)";
+pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, dns_name, dns_cname, cloud, cloud_region, country_source, kernel_cpu, kernel_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)";
 
 /// Adds to the flow row of a minute: an event (`?14` = 1) or what a harvest
 /// of the kernel's flow table counted (`?15` repeats, `?16` packets, `?17`
@@ -218,11 +239,15 @@ pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             tx.execute_batch(MIGRATE_3_TO_4)
                 .map_err(e("migrate schema 3 to 4"))?;
         }
-        tx.execute_batch(MIGRATE_4_TO_5)
-            .map_err(e("migrate schema 4 to 5"))?;
+        if version <= 4 {
+            tx.execute_batch(MIGRATE_4_TO_5)
+                .map_err(e("migrate schema 4 to 5"))?;
+        }
+        tx.execute_batch(MIGRATE_5_TO_6)
+            .map_err(e("migrate schema 5 to 6"))?;
         tx.commit().map_err(e("commit migration"))?;
         log::info!(
-            "store {}: schema migrated from version {version} to {VERSION} (names and cloud regions; flows in the kernel; signed checkpoints; heartbeats)",
+            "store {}: schema migrated from version {version} to {VERSION} (names and cloud regions; flows in the kernel; signed checkpoints; heartbeats; kernel event numbers)",
             path.display()
         );
     }

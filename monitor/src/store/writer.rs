@@ -1,7 +1,8 @@
-//! The daemon's store writer: a forwarder task subscribes to the live event
-//! stream (it never slows the kernel drain: a lag is counted and recorded
-//! as `lost_for_store`), and a thread of its own appends batches every
-//! 100 ms or 2000 events in one transaction each.
+//! The daemon's store writer: the pipeline hands it every event it drains
+//! (a send on a channel: the kernel drain never waits for the disk), and a
+//! thread of its own appends batches every 100 ms or 2000 events in one
+//! transaction each. It follows the kernel's event numbers (`seqbook`), so
+//! what a killed run had read and not stored is counted by the next.
 //!
 //! When the store fails (disk full, I/O error, a damaged file) the writer
 //! says so once in the log, marks the store `degraded` (status shows it),
@@ -18,10 +19,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::sync::{broadcast, oneshot, watch};
+use tokio::sync::oneshot;
 
 use super::{
-    now_nanos, retention::Retention, Batch, Gap, Mark, PolicySet, PolicyVersion, Repeat, Store,
+    now_nanos, retention::Retention, seqbook::SeqBook, Batch, Gap, Mark, PolicySet, PolicyVersion,
+    Repeat, Store,
 };
 use crate::events::Event;
 
@@ -45,12 +47,13 @@ pub struct Harvested {
 
 enum Msg {
     Events(Vec<Arc<Event>>),
-    Lagged(u64),
     PolicySet(PolicySet),
     Geo(String),
     Cloud(String),
     Run(String),
     KernelLost(u64),
+    /// The kernel ring the events are numbered in (see `seqbook`).
+    Epoch(String),
     Harvest(Harvested),
     Flush(oneshot::Sender<Result<(), String>>),
     /// A heartbeat now: what the programs watch changed.
@@ -98,8 +101,6 @@ pub struct Handle {
     pub path: PathBuf,
     tx: Mutex<mpsc::Sender<Msg>>,
     shared: Arc<Shared>,
-    stop: watch::Sender<bool>,
-    attached: Mutex<bool>,
 }
 
 impl Handle {
@@ -112,7 +113,6 @@ impl Handle {
     ) -> Arc<Handle> {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared::default());
-        let (stop, _) = watch::channel(false);
         let w = Writer {
             path: path.clone(),
             shared: shared.clone(),
@@ -126,6 +126,7 @@ impl Handle {
             key,
             next_checkpoint: Instant::now() + CHECKPOINT_EVERY,
             run: now_nanos(),
+            seqs: None,
         };
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -135,8 +136,6 @@ impl Handle {
             path,
             tx: Mutex::new(tx),
             shared,
-            stop,
-            attached: Mutex::new(false),
         })
     }
 
@@ -163,49 +162,8 @@ impl Handle {
         self.send(Msg::Checkpoint);
     }
 
-    /// Subscribes the store to the live event stream.
-    pub fn attach(self: &Arc<Self>, mut live: broadcast::Receiver<Arc<Event>>) {
-        *self.attached.lock().unwrap_or_else(|p| p.into_inner()) = true;
-        let me = self.clone();
-        let mut stop = self.stop.subscribe();
-        tokio::spawn(async move {
-            loop {
-                let first = tokio::select! {
-                    r = live.recv() => r,
-                    _ = stop.changed() => {
-                        // Take what the stream holds, then let the writer finish.
-                        let mut rest = Vec::new();
-                        loop {
-                            match live.try_recv() {
-                                Ok(e) => rest.push(e),
-                                Err(broadcast::error::TryRecvError::Lagged(n)) => me.lagged(n),
-                                Err(_) => break,
-                            }
-                        }
-                        me.events(rest);
-                        break;
-                    }
-                };
-                match first {
-                    Ok(e) => {
-                        let mut v = vec![e];
-                        while v.len() < 1024 {
-                            match live.try_recv() {
-                                Ok(e) => v.push(e),
-                                Err(broadcast::error::TryRecvError::Lagged(n)) => me.lagged(n),
-                                Err(_) => break,
-                            }
-                        }
-                        me.events(v);
-                    }
-                    Err(broadcast::error::RecvError::Lagged(n)) => me.lagged(n),
-                    Err(broadcast::error::RecvError::Closed) => break,
-                }
-            }
-        });
-    }
-
-    fn events(&self, v: Vec<Arc<Event>>) {
+    /// Takes events as the pipeline drains them, in order.
+    pub fn take(&self, v: Vec<Arc<Event>>) {
         if v.is_empty() {
             return;
         }
@@ -213,11 +171,6 @@ impl Handle {
             .pending
             .fetch_add(v.len() as u64, Ordering::Relaxed);
         self.send(Msg::Events(v));
-    }
-
-    fn lagged(&self, n: u64) {
-        self.shared.lost.fetch_add(n, Ordering::Relaxed);
-        self.send(Msg::Lagged(n));
     }
 
     /// Records the policy set in force (called when one is applied).
@@ -254,6 +207,13 @@ impl Handle {
         self.send(Msg::Run(info));
     }
 
+    /// The kernel ring this run reads (sent before its first event): the
+    /// writer picks up its numbering where the store left it, so what a
+    /// killed run read and never stored is counted.
+    pub fn kernel_epoch(&self, epoch: String) {
+        self.send(Msg::Epoch(epoch));
+    }
+
     /// Records events the kernel could not queue.
     /// Queues what a harvest of the kernel's flow table found; it is
     /// written with the next batch, all or nothing.
@@ -284,15 +244,10 @@ impl Handle {
             .map_err(|_| "the store writer has stopped".to_string())?
     }
 
-    /// Takes what the live stream still holds, writes it and stops the writer.
+    /// Writes what it was handed and stops the writer (the pipeline has
+    /// handed over its last events before: the channel keeps their order).
     pub async fn shutdown(&self, timeout: Duration) -> bool {
         let (tx, rx) = oneshot::channel();
-        let _ = self.stop.send(true);
-        if *self.attached.lock().unwrap_or_else(|p| p.into_inner()) {
-            // Let the forwarder hand over what it drained first.
-            tokio::task::yield_now().await;
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
         self.send(Msg::Shutdown(tx));
         tokio::time::timeout(timeout, rx).await.is_ok()
     }
@@ -333,6 +288,8 @@ struct Writer {
     next_checkpoint: Instant,
     /// This daemon run (its start), named in every heartbeat.
     run: i64,
+    /// The kernel numbers seen (None until the daemon names its ring).
+    seqs: Option<SeqBook>,
 }
 
 impl Writer {
@@ -347,6 +304,11 @@ impl Writer {
                     self.shared
                         .pending
                         .fetch_sub(v.len() as u64, Ordering::Relaxed);
+                    if let Some(book) = &mut self.seqs {
+                        for e in &v {
+                            book.saw(e.kernel_cpu, e.kernel_seq);
+                        }
+                    }
                     let room = MAX_PENDING.saturating_sub(self.pending.events.len());
                     if v.len() > room {
                         let dropped = (v.len() - room) as u64;
@@ -358,12 +320,7 @@ impl Writer {
                         let _ = self.flush();
                     }
                 }
-                Ok(Msg::Lagged(n)) => self.pending.gaps.push(Gap {
-                    unix_nanos: now_nanos(),
-                    kind: "lost_for_store".into(),
-                    count: n,
-                    detail: "the store fell behind the event stream".into(),
-                }),
+                Ok(Msg::Epoch(epoch)) => self.resume_numbers(epoch),
                 Ok(Msg::KernelLost(n)) => self.pending.gaps.push(Gap {
                     unix_nanos: now_nanos(),
                     kind: "lost_in_kernel".into(),
@@ -522,7 +479,56 @@ impl Writer {
         Ok(())
     }
 
+    /// Picks up the kernel numbering of `epoch` where the store left it.
+    fn resume_numbers(&mut self, epoch: String) {
+        if self.store.is_none() {
+            let _ = self.open();
+        }
+        let stored = self.store.as_ref().map(|s| s.kernel_seqs(&epoch));
+        self.seqs = Some(match stored {
+            Some(Ok(rows)) => SeqBook::resume(epoch, &rows),
+            Some(Err(e)) => {
+                log::warn!("cannot read what the store holds of the kernel's event numbers ({e}): events a killed daemon read and never stored are not counted this run");
+                SeqBook::unknown(epoch)
+            }
+            None => {
+                log::warn!("the store is not open: events a killed daemon read and never stored are not counted this run");
+                SeqBook::unknown(epoch)
+            }
+        });
+    }
+
+    /// Turns the skips the numbers show into gaps, and puts what is now
+    /// accounted for into the batch.
+    fn account_numbers(&mut self) {
+        let Some(book) = &mut self.seqs else { return };
+        if book.at_restart > 0 {
+            self.pending.gaps.push(Gap {
+                unix_nanos: now_nanos(),
+                kind: "lost_at_restart".into(),
+                count: book.at_restart,
+                detail: "events the previous daemon run had read from the kernel and not stored when it ended (killed or crashed)".into(),
+            });
+            book.at_restart = 0;
+        }
+        if book.unexplained > 0 {
+            self.pending.gaps.push(Gap {
+                unix_nanos: now_nanos(),
+                kind: "lost_in_daemon".into(),
+                count: book.unexplained,
+                detail:
+                    "events the kernel numbered that never reached the store, with no known cause"
+                        .into(),
+            });
+            book.unexplained = 0;
+        }
+        if !self.pending.is_empty() {
+            self.pending.kernel_seqs = Some((book.epoch.clone(), book.rows()));
+        }
+    }
+
     fn flush(&mut self) -> Result<(), String> {
+        self.account_numbers();
         if self.store.is_none() || self.degraded() {
             if Instant::now() < self.retry_at {
                 return Err(self

@@ -1,0 +1,150 @@
+//! What became of every event the kernel numbered. The kernel gives each
+//! event it puts in the ring a number, per CPU, from 1 for as long as the
+//! pinned maps live (`DecisionEvent::seq`). The writer follows the numbers
+//! of what reaches it: a number skipped is an event lost on the way (the
+//! pipeline hands every event to the writer, so within a run none should
+//! be; one would be recorded as `lost_in_daemon`). The one loss no running
+//! daemon can see, the events a
+//! killed daemon had read from the ring and not yet stored, shows as the
+//! skip between the last number the store holds (kept per CPU in
+//! `kernel_seqs`, in the transaction that stored it) and the first one the
+//! next run reads: `lost_at_restart`.
+use std::collections::{HashMap, HashSet};
+
+/// The ring the numbers belong to: the boot and the ring map's id, which
+/// the kernel does not reuse within a boot. New maps start at 1 again.
+pub type Epoch = String;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SeqBook {
+    pub epoch: Epoch,
+    /// Per CPU, the next number expected.
+    next: HashMap<u32, u64>,
+    /// CPUs seen in this run (a skip at a CPU's first event is a restart's).
+    seen: HashSet<u32>,
+    /// Skips, to be recorded as gaps.
+    pub at_restart: u64,
+    pub unexplained: u64,
+    /// Whether the numbers already stored are known (false: the store
+    /// could not be read when the run began; the first number per CPU is
+    /// then taken as it comes, and nothing is claimed about the restart).
+    known: bool,
+}
+
+impl SeqBook {
+    /// The book of `epoch` as the store left it: per CPU the last number
+    /// accounted for.
+    pub fn resume(epoch: Epoch, stored: &[(i64, i64)]) -> Self {
+        let mut b = SeqBook {
+            epoch,
+            known: true,
+            ..Default::default()
+        };
+        for &(cpu, seq) in stored {
+            if cpu >= 0 {
+                b.next.insert(cpu as u32, seq.max(0) as u64 + 1);
+            }
+        }
+        b
+    }
+
+    /// A book for a ring whose stored numbers could not be read.
+    pub fn unknown(epoch: Epoch) -> Self {
+        SeqBook {
+            epoch,
+            known: false,
+            ..Default::default()
+        }
+    }
+
+    /// An event numbered `seq` on `cpu` reached the writer.
+    pub fn saw(&mut self, cpu: u32, seq: u32) {
+        if seq == 0 {
+            return;
+        }
+        let seq = u64::from(seq);
+        let first = self.seen.insert(cpu);
+        let expected = match self.next.get(&cpu) {
+            Some(&n) => n,
+            None if self.known => 1,
+            None => seq,
+        };
+        if seq > expected {
+            if first {
+                self.at_restart += seq - expected;
+            } else {
+                self.unexplained += seq - expected;
+            }
+        } else if seq < expected && !first {
+            // Late (two tasks of one CPU put events in the ring out of
+            // their order): the skip counted it; take it back.
+            if self.unexplained > 0 {
+                self.unexplained -= 1;
+            } else {
+                self.at_restart = self.at_restart.saturating_sub(1);
+            }
+        }
+        self.next.insert(cpu, expected.max(seq + 1));
+    }
+
+    /// The rows `kernel_seqs` holds for this book: per CPU the last number
+    /// accounted for.
+    pub fn rows(&self) -> Vec<(i64, i64)> {
+        let mut rows: Vec<(i64, i64)> = self
+            .next
+            .iter()
+            .map(|(&cpu, &n)| (i64::from(cpu), n as i64 - 1))
+            .collect();
+        rows.sort_unstable();
+        rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn in_order_numbers_lose_nothing() {
+        let mut b = SeqBook::resume("e".into(), &[]);
+        for s in 1..=100 {
+            b.saw(0, s);
+            b.saw(1, s);
+        }
+        assert_eq!((b.at_restart, b.unexplained), (0, 0));
+        assert_eq!(b.rows(), [(0, 100), (1, 100)]);
+    }
+
+    #[test]
+    fn a_restart_counts_what_the_last_run_never_stored() {
+        // The store holds up to 40 on CPU 0 and 7 on CPU 1; the new run
+        // reads 56 and 7+1 first: 15 were read and lost on CPU 0.
+        let mut b = SeqBook::resume("e".into(), &[(0, 40), (1, 7)]);
+        b.saw(0, 56);
+        b.saw(1, 8);
+        b.saw(0, 57);
+        assert_eq!((b.at_restart, b.unexplained), (15, 0));
+    }
+
+    #[test]
+    fn a_skip_within_a_run_is_unexplained_and_a_late_number_is_taken_back() {
+        let mut b = SeqBook::resume("e".into(), &[]);
+        b.saw(0, 1);
+        b.saw(0, 4); // 2 and 3 skipped...
+        b.saw(0, 2); // ... 2 only late
+        assert_eq!((b.at_restart, b.unexplained), (0, 1));
+        assert_eq!(b.rows(), [(0, 4)]);
+    }
+
+    #[test]
+    fn an_unknown_store_claims_nothing_about_the_restart() {
+        let mut b = SeqBook::unknown("e".into());
+        b.saw(0, 500);
+        b.saw(0, 501);
+        assert_eq!((b.at_restart, b.unexplained), (0, 0));
+        // New maps: numbering starts at 1, so a first 3 lost 1 and 2.
+        let mut fresh = SeqBook::resume("new".into(), &[]);
+        fresh.saw(0, 3);
+        assert_eq!(fresh.at_restart, 2);
+    }
+}
