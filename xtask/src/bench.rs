@@ -29,7 +29,7 @@ replaces this section. These are one run on a shared 2-core VM: read the
 ratios, not the absolute numbers.
 ";
 
-pub fn bench(readme: bool) -> anyhow::Result<()> {
+pub fn bench(readme: bool, faults: Option<u64>) -> anyhow::Result<()> {
     let release = root().join("target/release");
     // The suite finds the daemon and the probe (test server) next to the
     // directory it runs from, like the integration tests in target/release/deps.
@@ -51,6 +51,10 @@ pub fn bench(readme: bool) -> anyhow::Result<()> {
         .env("EGRESS_MONITOR_GEOIP", crate::geoip_path())
         .env("EGRESS_MONITOR_CLOUD", crate::cloud_ranges_dir())
         .env("EGRESS_MONITOR_BENCH_OUT", &out);
+    if let Some(secs) = faults {
+        cmd.arg("faults").arg(secs.to_string());
+        return run(&mut cmd);
+    }
     run(&mut cmd)?;
     if readme {
         update_readme(&root().join("README.md"), &out.join("results.md"))?;

@@ -47,6 +47,10 @@ enum Cmd {
         /// Also replace README.md's "## Performance" section with the results.
         #[arg(long)]
         readme: bool,
+        /// Only the load-and-faults scenario, for this many seconds (600
+        /// when no number is given): results in target/bench/faults.md.
+        #[arg(long, num_args = 0..=1, default_missing_value = "600", value_name = "SECS")]
+        faults: Option<u64>,
     },
 }
 
@@ -153,10 +157,10 @@ fn main() -> anyhow::Result<()> {
                 .args(args);
             run(&mut cmd)
         }
-        Cmd::Bench { readme } => {
+        Cmd::Bench { readme, faults } => {
             setup::setup()?;
             build()?;
-            bench::bench(readme)
+            bench::bench(readme, faults)
         }
         Cmd::Test { filter, suite } => {
             if let Some(name) = &suite {

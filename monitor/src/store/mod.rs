@@ -214,10 +214,25 @@ impl Store {
         run: i64,
         watching: &str,
     ) -> Result<chain::Checkpoint, StoreError> {
-        use ed25519_dalek::Signer;
         let (seq, hash) = self.head()?;
+        self.checkpoint_at(key, run, watching, now_nanos(), seq, hash)
+    }
+
+    /// A heartbeat made at `unix_nanos` over the head (`seq`, `hash`) the
+    /// store had then, written now: one held in memory while the store
+    /// could not be written.
+    pub fn checkpoint_at(
+        &mut self,
+        key: &ed25519_dalek::SigningKey,
+        run: i64,
+        watching: &str,
+        unix_nanos: i64,
+        seq: i64,
+        hash: [u8; 32],
+    ) -> Result<chain::Checkpoint, StoreError> {
+        use ed25519_dalek::Signer;
         let mut cp = chain::Checkpoint {
-            unix_nanos: now_nanos(),
+            unix_nanos,
             seq,
             hash: hex::encode(hash),
             run,

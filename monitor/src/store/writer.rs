@@ -127,6 +127,7 @@ impl Handle {
             next_checkpoint: Instant::now() + CHECKPOINT_EVERY,
             run: now_nanos(),
             seqs: None,
+            held: Vec::new(),
         };
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -290,7 +291,21 @@ struct Writer {
     run: i64,
     /// The kernel numbers seen (None until the daemon names its ring).
     seqs: Option<SeqBook>,
+    /// Heartbeats made while the store could not be written.
+    held: Vec<Held>,
 }
+
+/// A heartbeat not written yet: when, over which head, what was watched.
+#[derive(Debug, Clone)]
+struct Held {
+    unix_nanos: i64,
+    seq: i64,
+    head: [u8; 32],
+    watching: &'static str,
+}
+
+/// Heartbeats held in memory at most: a day at one per `CHECKPOINT_EVERY`.
+const MAX_HELD: usize = 8640;
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
@@ -388,7 +403,7 @@ impl Writer {
     /// Nothing before the programs are first attached.
     fn checkpoint(&mut self, stopping: bool) {
         use super::coverage::watching;
-        let (Some(store), Some(key)) = (self.store.as_mut(), self.key.as_ref()) else {
+        let Some(key) = self.key.clone() else {
             return;
         };
         let state = self.shared.watching.load(Ordering::Relaxed);
@@ -403,9 +418,55 @@ impl Writer {
         } else {
             watching::ATTACHED
         };
-        if let Err(e) = store.checkpoint(key, self.run, what) {
-            self.shared.lapsed.fetch_or(lapsed, Ordering::Relaxed);
-            log::warn!("checkpoint of the chain head failed (will retry): {e}");
+        // The head the store holds now (nothing is appended while it fails).
+        let (seq, head) = {
+            let st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+            let mut h = [0u8; 32];
+            let _ = hex::decode_to_slice(&st.4, &mut h);
+            (st.3, h)
+        };
+        let beat = Held {
+            unix_nanos: now_nanos(),
+            seq,
+            head,
+            watching: what,
+        };
+        // Heartbeats held while the store could not be written go first,
+        // under the time they were made: a full disk does not make a
+        // watched span look unwatched (a kill while they are held does).
+        let mut due = std::mem::take(&mut self.held);
+        due.push(beat);
+        // A heartbeat does not wait for the backoff: a store that can be
+        // written again takes its pending batch and then the heartbeats
+        // now, not after a kill has lost them.
+        if self.degraded() {
+            self.retry_at = Instant::now();
+            let _ = self.flush();
+        }
+        let degraded = self.degraded();
+        let mut unwritten = due.len();
+        if let Some(store) = self.store.as_mut().filter(|_| !degraded) {
+            unwritten = 0;
+            for (i, b) in due.iter().enumerate() {
+                if let Err(e) =
+                    store.checkpoint_at(&key, self.run, b.watching, b.unix_nanos, b.seq, b.head)
+                {
+                    log::warn!("checkpoint of the chain head failed (held in memory, written when the store can be): {e}");
+                    unwritten = due.len() - i;
+                    break;
+                }
+            }
+        }
+        let keep = due.split_off(due.len() - unwritten);
+        self.hold(keep);
+    }
+
+    /// Keeps heartbeats to write later, the newest `MAX_HELD`.
+    fn hold(&mut self, beats: Vec<Held>) {
+        self.held = beats;
+        if self.held.len() > MAX_HELD {
+            let cut = self.held.len() - MAX_HELD;
+            self.held.drain(..cut);
         }
     }
 
@@ -598,6 +659,10 @@ impl Writer {
         self.dropped_while_degraded = 0;
         self.backoff = Duration::from_millis(500);
         self.set_state(false, String::new());
+        if !self.held.is_empty() {
+            // What was watched while the store could not be written.
+            self.checkpoint(false);
+        }
     }
 
     fn fail(&mut self, e: String) -> String {

@@ -7,6 +7,9 @@
 //! loadgen tcp  ITERS MAX_SECS                 connect + accept + close on 127.0.0.1
 //! loadgen udp  ITERS MAX_SECS NDST [RATE] [FIRST]  unconnected sendto, NDST loopback
 //!                                             destinations from index FIRST
+//! loadgen forbid ITERS MAX_SECS ADDR PORT RATE  TCP connect and UDP sendto to
+//!                                             ADDR:PORT in turn, counting what
+//!                                             the kernel refused and what got through
 //! ```
 //!
 //! `tcp` listens on an ephemeral loopback port and, per iteration, times
@@ -160,11 +163,71 @@ fn udp(iters: u64, max: Duration, ndst: u32, rate: u64, first: u32) -> Run {
     run
 }
 
+/// Attempts to a destination the policy forbids, TCP and UDP in turn, at
+/// RATE attempts a second: what was refused (EPERM) and what went out.
+fn forbid(iters: u64, max: Duration, addr: std::net::SocketAddr, rate: u64) -> serde_json::Value {
+    let udp = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).expect("bind the sender");
+    let (mut tcp_refused, mut tcp_connected, mut udp_refused, mut udp_sent, mut other) =
+        (0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut first_other: Option<String> = None;
+    let start = Instant::now();
+    let mut n = 0u64;
+    while n < iters && start.elapsed() < max {
+        let due = Duration::from_secs_f64(n as f64 / rate.max(1) as f64);
+        let now = start.elapsed();
+        if due > now {
+            std::thread::sleep((due - now).min(Duration::from_millis(1)));
+            continue;
+        }
+        let r = if n % 2 == 0 {
+            TcpStream::connect_timeout(&addr, Duration::from_millis(200)).map(|c| {
+                set_linger_zero(&c);
+                tcp_connected += 1;
+            })
+        } else {
+            udp.send_to(b"forbidden", addr).map(|_| udp_sent += 1)
+        };
+        if let Err(e) = r {
+            if e.raw_os_error() == Some(libc::EPERM) {
+                if n % 2 == 0 {
+                    tcp_refused += 1;
+                } else {
+                    udp_refused += 1;
+                }
+            } else {
+                other += 1;
+                first_other.get_or_insert_with(|| e.to_string());
+            }
+        }
+        n += 1;
+    }
+    serde_json::json!({
+        "mode": "forbid",
+        "pid": std::process::id(),
+        "attempts": n,
+        "tcp_refused": tcp_refused,
+        "tcp_connected": tcp_connected,
+        "udp_refused": udp_refused,
+        "udp_sent": udp_sent,
+        "other_errors": other,
+        "first_other_error": first_other,
+        "elapsed_s": start.elapsed().as_secs_f64(),
+    })
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let mode = args.get(1).map(String::as_str).unwrap_or_else(|| usage());
     let iters: u64 = arg(&args, 2);
-    let max = Duration::from_secs_f64(arg::<f64>(&args, 3).clamp(0.001, 600.0));
+    let max = Duration::from_secs_f64(arg::<f64>(&args, 3).clamp(0.001, 3600.0));
+    if mode == "forbid" {
+        let ip: std::net::IpAddr = arg(&args, 4);
+        let port: u16 = arg(&args, 5);
+        let rate: u64 = arg(&args, 6);
+        let out = forbid(iters, max, std::net::SocketAddr::new(ip, port), rate);
+        let _ = writeln!(std::io::stdout().lock(), "{out}");
+        return;
+    }
     let mut run = match mode {
         "tcp" => tcp(iters, max),
         "udp" => {

@@ -150,6 +150,14 @@ impl Daemon {
         maps
     }
 
+    /// SIGKILL: no chance to flush or clean up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     /// SIGTERM, bounded wait, then SIGKILL.
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {

@@ -11,6 +11,7 @@
 //!
 //! Results: `target/bench/results.json` and `results.md` (printed too).
 mod daemon;
+mod faults;
 mod geo;
 mod report;
 mod stats;
@@ -85,6 +86,14 @@ fn main() {
         let mut r = Report::new();
         geo::geo_lookup(&mut r, &geoip);
         println!("{}", r.markdown());
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("faults") {
+        // Only the load-and-faults scenario.
+        let secs = std::env::args()
+            .nth(2)
+            .map_or(600, |s| s.parse().expect("faults SECONDS"));
+        faults::faults(secs, &geoip, &loadgen, &out_dir);
         return;
     }
     let since_ns = SystemTime::now()

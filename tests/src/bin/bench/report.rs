@@ -25,6 +25,8 @@ impl Figure {
 pub struct Report {
     pub figures: Vec<Figure>,
     pub raw: Value,
+    /// The command the table comes from.
+    pub command: String,
 }
 
 /// CPU model, cores and kernel of this machine.
@@ -54,6 +56,7 @@ impl Report {
         Report {
             figures: Vec::new(),
             raw: json!({}),
+            command: "cargo xtask bench".into(),
         }
     }
 
@@ -65,8 +68,9 @@ impl Report {
     pub fn markdown(&self) -> String {
         let (model, cores, kernel) = machine();
         let mut md = format!(
-            "Machine: {model}, {cores} cores, Linux {kernel}. Command: `cargo xtask bench` \
+            "Machine: {model}, {cores} cores, Linux {kernel}. Command: `{}` \
              (as root; about {:.0} s here).\n\n| figure | value | goal | met? |\n| --- | --- | --- | --- |\n",
+            self.command,
             self.raw["bench_seconds"].as_f64().unwrap_or(0.0)
         );
         for f in &self.figures {
@@ -84,6 +88,11 @@ impl Report {
     }
 
     pub fn write(&mut self, dir: &Path) {
+        self.write_named(dir, "results");
+    }
+
+    /// Writes `STEM.json` and `STEM.md` in `dir`.
+    pub fn write_named(&mut self, dir: &Path, stem: &str) {
         let (model, cores, kernel) = machine();
         self.raw["machine"] = json!({"cpu": model, "cores": cores, "kernel": kernel});
         self.raw["figures"] = json!(self
@@ -93,13 +102,13 @@ impl Report {
             .collect::<Vec<_>>());
         std::fs::create_dir_all(dir).expect("create the results directory");
         std::fs::write(
-            dir.join("results.json"),
+            dir.join(format!("{stem}.json")),
             serde_json::to_string_pretty(&self.raw).unwrap(),
         )
-        .expect("write results.json");
+        .expect("write the results JSON");
         let md = self.markdown();
-        std::fs::write(dir.join("results.md"), &md).expect("write results.md");
+        std::fs::write(dir.join(format!("{stem}.md")), &md).expect("write the results table");
         println!("{md}");
-        eprintln!("bench: wrote {}/results.json and results.md", dir.display());
+        eprintln!("bench: wrote {}/{stem}.json and {stem}.md", dir.display());
     }
 }
