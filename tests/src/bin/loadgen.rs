@@ -179,7 +179,7 @@ fn forbid(iters: u64, max: Duration, addr: std::net::SocketAddr, rate: u64) -> s
             std::thread::sleep((due - now).min(Duration::from_millis(1)));
             continue;
         }
-        let r = if n % 2 == 0 {
+        let r = if n.is_multiple_of(2) {
             TcpStream::connect_timeout(&addr, Duration::from_millis(200)).map(|c| {
                 set_linger_zero(&c);
                 tcp_connected += 1;
@@ -189,7 +189,7 @@ fn forbid(iters: u64, max: Duration, addr: std::net::SocketAddr, rate: u64) -> s
         };
         if let Err(e) = r {
             if e.raw_os_error() == Some(libc::EPERM) {
-                if n % 2 == 0 {
+                if n.is_multiple_of(2) {
                     tcp_refused += 1;
                 } else {
                     udp_refused += 1;
