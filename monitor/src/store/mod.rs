@@ -171,9 +171,10 @@ impl Store {
     }
 
     /// The kernel numbers the store holds in [since, until), per CPU:
-    /// (cpu, events, lowest, highest). Within one ring, `highest - lowest +
-    /// 1 - events` numbers are missing there, which the gaps of the window
-    /// must account for.
+    /// (cpu, distinct numbers, lowest, highest). Within one ring, `highest -
+    /// lowest + 1 - distinct` numbers are missing there, which the gaps of
+    /// the window must account for (a number two events share under
+    /// preemption counts once).
     pub fn kernel_numbers(
         &self,
         since: i64,
@@ -181,7 +182,7 @@ impl Store {
     ) -> Result<Vec<(i64, i64, i64, i64)>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT kernel_cpu, count(*), min(kernel_seq), max(kernel_seq) FROM events WHERE kernel_seq > 0 AND unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY kernel_cpu ORDER BY kernel_cpu")
+            .prepare("SELECT kernel_cpu, count(DISTINCT kernel_seq), min(kernel_seq), max(kernel_seq) FROM events WHERE kernel_seq > 0 AND unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY kernel_cpu ORDER BY kernel_cpu")
             .map_err(self.err("read kernel numbers"))?;
         let rows = stmt
             .query_map(params![since, until], |r| {

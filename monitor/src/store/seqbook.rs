@@ -15,6 +15,9 @@ use std::collections::{HashMap, HashSet};
 /// the kernel does not reuse within a boot. New maps start at 1 again.
 pub type Epoch = String;
 
+/// Skipped numbers remembered per skip, for late arrivals.
+const MAX_REMEMBERED: u64 = 65_536;
+
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct SeqBook {
     pub epoch: Epoch,
@@ -25,6 +28,12 @@ pub struct SeqBook {
     /// Skips, to be recorded as gaps.
     pub at_restart: u64,
     pub unexplained: u64,
+    /// The numbers skipped since the skips were last recorded (and whether
+    /// at a restart), so one arriving late is taken back.
+    skipped: HashMap<(u32, u64), bool>,
+    /// Numbers seen twice: two tasks of one CPU numbered at once (the
+    /// kernel's per-CPU counter is not atomic); each counted once.
+    pub shared_numbers: u64,
     /// Whether the numbers already stored are known (false: the store
     /// could not be read when the run began; the first number per CPU is
     /// then taken as it comes, and nothing is claimed about the restart).
@@ -70,21 +79,34 @@ impl SeqBook {
             None => seq,
         };
         if seq > expected {
-            if first {
+            let at_restart = first;
+            if at_restart {
                 self.at_restart += seq - expected;
             } else {
                 self.unexplained += seq - expected;
             }
-        } else if seq < expected && !first {
-            // Late (two tasks of one CPU put events in the ring out of
-            // their order): the skip counted it; take it back.
-            if self.unexplained > 0 {
-                self.unexplained -= 1;
-            } else {
-                self.at_restart = self.at_restart.saturating_sub(1);
+            // Remember the last of them (a late one arrives right after).
+            for n in seq.saturating_sub(MAX_REMEMBERED).max(expected)..seq {
+                self.skipped.insert((cpu, n), at_restart);
+            }
+        } else if seq < expected {
+            match self.skipped.remove(&(cpu, seq)) {
+                // Late (a task preempted between its place in the ring and
+                // its number): the skip counted it; take it back.
+                Some(true) => self.at_restart = self.at_restart.saturating_sub(1),
+                Some(false) => self.unexplained = self.unexplained.saturating_sub(1),
+                // A number given twice.
+                None => self.shared_numbers += 1,
             }
         }
         self.next.insert(cpu, expected.max(seq + 1));
+    }
+
+    /// The skips were recorded as gaps: start counting anew.
+    pub fn recorded(&mut self) {
+        self.at_restart = 0;
+        self.unexplained = 0;
+        self.skipped.clear();
     }
 
     /// The rows `kernel_seqs` holds for this book: per CPU the last number
@@ -134,6 +156,13 @@ mod tests {
         b.saw(0, 2); // ... 2 only late
         assert_eq!((b.at_restart, b.unexplained), (0, 1));
         assert_eq!(b.rows(), [(0, 4)]);
+        // A number given twice takes nothing back.
+        b.saw(0, 4);
+        b.saw(0, 2);
+        assert_eq!((b.unexplained, b.shared_numbers), (1, 2));
+        b.recorded();
+        b.saw(0, 3); // late, but its skip is recorded already: a number twice
+        assert_eq!((b.unexplained, b.shared_numbers), (0, 3));
     }
 
     #[test]

@@ -570,7 +570,6 @@ impl Writer {
                 count: book.at_restart,
                 detail: "events the previous daemon run had read from the kernel and not stored when it ended (killed or crashed)".into(),
             });
-            book.at_restart = 0;
         }
         if book.unexplained > 0 {
             self.pending.gaps.push(Gap {
@@ -581,8 +580,8 @@ impl Writer {
                     "events the kernel numbered that never reached the store, with no known cause"
                         .into(),
             });
-            book.unexplained = 0;
         }
+        book.recorded();
         if !self.pending.is_empty() {
             self.pending.kernel_seqs = Some((book.epoch.clone(), book.rows()));
         }
