@@ -466,13 +466,14 @@ impl Harvester {
         outlets: Arc<Outlets>,
         names: Arc<Mutex<Resolver>>,
     ) -> anyhow::Result<Self> {
-        let marks = store.flow_marks().unwrap_or_else(|e| {
-            log::error!("reading what was harvested of the kernel's flows before failed ({e}); their counts since the last harvest may be counted again");
-            Vec::new()
-        });
-        let harvest = Arc::new(Mutex::new(
-            pipeline::harvest::Harvest::open(pin_dir, marks).map_err(anyhow::Error::msg)?,
-        ));
+        let table = match store.flow_marks() {
+            Ok(marks) => pipeline::harvest::Harvest::open(pin_dir, marks),
+            Err(e) => {
+                log::warn!("reading what was harvested of the kernel's flows before failed ({e}); the harvest waits until the store can be read (the counts wait in the kernel's table, none is counted twice)");
+                pipeline::harvest::Harvest::open_waiting(pin_dir)
+            }
+        };
+        let harvest = Arc::new(Mutex::new(table.map_err(anyhow::Error::msg)?));
         let task = tokio::spawn({
             let (harvest, outlets, names, store) = (
                 harvest.clone(),
@@ -504,10 +505,18 @@ impl Harvester {
         names: &Mutex<Resolver>,
         store: &StoreHandle,
     ) {
-        let h = harvest
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .pass(outlets, names);
+        let mut table = harvest.lock().unwrap_or_else(|p| p.into_inner());
+        if !table.marks_known() {
+            match store.flow_marks() {
+                Ok(marks) => {
+                    log::info!("the store's flow marks are read: harvesting");
+                    table.set_marks(marks);
+                }
+                Err(_) => return,
+            }
+        }
+        let h = table.pass(outlets, names);
+        drop(table);
         if !(h.repeats.is_empty() && h.marks.is_empty() && h.unmarks.is_empty()) {
             store.harvest(h);
         }

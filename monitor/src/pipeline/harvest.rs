@@ -38,6 +38,10 @@ pub struct Harvest {
     /// A second descriptor of the same map, for batched reads.
     raw: MapData,
     marks: StdHashMap<FlowKey, Mark>,
+    /// Whether `marks` hold what the store says was harvested; until they
+    /// do, nothing is harvested (the counts wait in the kernel's table)
+    /// rather than counted twice.
+    marks_known: bool,
     /// Marks of entries that are gone, to remove from the store.
     gone: Vec<Vec<u8>>,
 }
@@ -125,22 +129,41 @@ impl Harvest {
             .map_err(|e| format!("the flow table {}: {e}", path.display()))?;
         let raw = MapData::from_pin(&path)
             .map_err(|e| format!("opening the flow table {}: {e}", path.display()))?;
-        let mut gone = Vec::new();
-        let mut kept = StdHashMap::new();
+        let mut h = Self {
+            map,
+            raw,
+            marks: StdHashMap::new(),
+            marks_known: false,
+            gone: Vec::new(),
+        };
+        h.set_marks(marks);
+        Ok(h)
+    }
+
+    /// Opens the table before the store's marks can be read: nothing is
+    /// harvested until `set_marks`.
+    pub fn open_waiting(pin_dir: &Path) -> Result<Self, String> {
+        let mut h = Self::open(pin_dir, Vec::new())?;
+        h.marks_known = false;
+        Ok(h)
+    }
+
+    pub fn marks_known(&self) -> bool {
+        self.marks_known
+    }
+
+    /// What the store says was harvested of each entry.
+    pub fn set_marks(&mut self, marks: Vec<(Vec<u8>, Mark)>) {
+        self.marks.clear();
         for (bytes, m) in marks {
             match key_of(&bytes) {
                 Some(k) => {
-                    kept.insert(k, m);
+                    self.marks.insert(k, m);
                 }
-                None => gone.push(bytes),
+                None => self.gone.push(bytes),
             }
         }
-        Ok(Self {
-            map,
-            raw,
-            marks: kept,
-            gone,
-        })
+        self.marks_known = true;
     }
 
     /// The table as it is now: read in batches of 4096 entries per
@@ -160,6 +183,9 @@ impl Harvest {
 
     /// One pass over the table: what each entry counted since its mark.
     pub fn pass<N: Names>(&mut self, outlets: &Outlets, names: &Mutex<N>) -> Harvested {
+        if !self.marks_known {
+            return Harvested::default();
+        }
         let entries = self.entries();
         outlets
             .counters

@@ -463,6 +463,8 @@ pub fn faults(secs: u64, geoip: &Path, loadgen: &Path, out_dir: &Path) {
         .collect();
     let mut kills: Vec<Instant> = [0.25, 0.5, 0.75].iter().map(|&f| at(f)).collect();
     let filler = state.join("filler");
+    // Every run's log, for a closer look (target/bench/faults-daemon.log).
+    let mut logs = String::new();
     let mut filled: Option<std::fs::File> = None;
     let (mut cpu_s, mut restarts_ms, mut fill_bytes) = (0.0f64, Vec::new(), Vec::new());
     while Instant::now() < end {
@@ -489,6 +491,7 @@ pub fn faults(secs: u64, geoip: &Path, loadgen: &Path, out_dir: &Path) {
         if kills.first().is_some_and(|k| now >= *k) {
             kills.remove(0);
             cpu_s += daemon_cpu_rss(daemon.pid).0;
+            logs.push_str(&daemon.log());
             daemon.kill9();
             let t = Instant::now();
             daemon = start_daemon();
@@ -522,6 +525,9 @@ pub fn faults(secs: u64, geoip: &Path, loadgen: &Path, out_dir: &Path) {
     cpu_s += daemon_cpu_rss(daemon.pid).0;
     let until = monitor::store::now_nanos();
     daemon.stop();
+    logs.push_str(&daemon.log());
+    let _ = std::fs::create_dir_all(out_dir);
+    let _ = std::fs::write(out_dir.join("faults-daemon.log"), &logs);
     for pid in stalled {
         children.finish(pid, Duration::ZERO);
     }
