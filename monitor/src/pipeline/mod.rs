@@ -207,6 +207,15 @@ pub fn drain_once<N: Names>(
 ) -> usize {
     let mut batch = Vec::new();
     drain_into(&mut ring, outlets, names, &mut batch);
+    // Their numbers belong to the retired ring, not to the one the store
+    // follows now: kept out of its count.
+    for e in &mut batch {
+        if e.kernel_seq != 0 {
+            let e = Arc::make_mut(e);
+            e.kernel_seq = 0;
+            e.kernel_cpu = 0;
+        }
+    }
     let n = batch.len();
     let mut stdout_ok = outlets.log_events;
     publish(outlets, &mut batch, &mut stdout_ok);
