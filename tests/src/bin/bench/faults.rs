@@ -172,30 +172,6 @@ fn policies(env: &TestEnv, bump: u32) -> Vec<(String, String)> {
     .collect()
 }
 
-fn check_routes(env: &TestEnv) {
-    for addr in [FORBIDDEN, "127.0.0.1", "127.1.0.1"] {
-        let out = Command::new("ip")
-            .args(["-n", &env.client_ns, "route", "get", addr])
-            .output()
-            .expect("ip route get");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && text.starts_with("local ") && text.contains(" dev lo "),
-            "{addr} is not local on lo in {}: {text}; refusing to send",
-            env.client_ns
-        );
-    }
-    let out = Command::new("ip")
-        .args(["-n", &env.client_ns, "route", "get", "8.8.8.8"])
-        .output()
-        .expect("ip route get");
-    assert!(
-        !out.status.success(),
-        "the client namespace {} has a default route; refusing to run",
-        env.client_ns
-    );
-}
-
 fn cli(bin: &Path, socket: &Path, args: &[&str]) -> Option<Value> {
     let out = Command::new("timeout")
         .arg("10")
@@ -240,7 +216,7 @@ pub fn faults(secs: u64, geoip: &Path, loadgen: &Path, out_dir: &Path) {
     for sub in ["bare", "att/enf", "att/mon"] {
         std::fs::create_dir_all(env.cgroup(sub)).expect("create bench cgroup");
     }
-    check_routes(&env);
+    crate::check_routes(&env, &[FORBIDDEN, "127.0.0.1", "127.16.0.1", "127.134.0.1"]);
     let state = env.dir.path().join("state");
     let disk = Tmpfs::mount(&state, "768m");
     for (file, text) in policies(&env, 0) {

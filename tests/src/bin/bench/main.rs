@@ -113,7 +113,7 @@ fn main() {
     for sub in ["bare", "att/mon", "att/enf", "att/dns", "att/unsel"] {
         std::fs::create_dir_all(b.env.cgroup(sub)).expect("create bench cgroup");
     }
-    check_routes(&b.env);
+    check_routes(&b.env, &["127.0.0.1", "127.1.0.1", "127.0.255.1"]);
     write_policies(&b.env, 0);
 
     let mut r = Report::new();
@@ -168,10 +168,10 @@ fn main() {
     drop(b);
 }
 
-/// Every address the workload sends to is local in the client namespace,
-/// and nothing else routes at all.
-fn check_routes(env: &TestEnv) {
-    for addr in ["127.0.0.1", "127.0.0.1", "127.1.0.1", "127.0.255.1"] {
+/// Every address the workload sends to (`addrs`) is local in the client
+/// namespace, and nothing else routes at all.
+fn check_routes(env: &TestEnv, addrs: &[&str]) {
+    for &addr in addrs {
         let out = Command::new("ip")
             .args(["-n", &env.client_ns, "route", "get", addr])
             .output()
