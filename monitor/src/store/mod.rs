@@ -193,6 +193,19 @@ impl Store {
         Ok(rows)
     }
 
+    /// Events stored more than once in [since, until): rows beyond the
+    /// first with the same kernel number (CPU, number) and time, which one
+    /// event read once can only make if a batch was written twice.
+    pub fn duplicate_events(&self, since: i64, until: i64) -> Result<i64, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT coalesce(sum(n - 1), 0) FROM (SELECT count(*) AS n FROM events WHERE kernel_seq > 0 AND unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY kernel_cpu, kernel_seq, unix_nanos HAVING n > 1)",
+                params![since, until],
+                |r| r.get(0),
+            )
+            .map_err(self.err("count duplicate events"))
+    }
+
     /// The events the gaps in [since, until) say were lost on the way to
     /// the store (by kind), which a missing kernel number must be one of.
     pub fn lost_by_kind(&self, since: i64, until: i64) -> Result<Vec<(String, i64)>, StoreError> {
@@ -406,8 +419,27 @@ impl Store {
                 )
                 .map_err(e("record agent run"))?;
             }
+            if !batch.id.is_empty() {
+                tx.execute(
+                    "INSERT INTO meta (key, value) VALUES ('last_batch', ?1) ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                    params![batch.id],
+                )
+                .map_err(e("record the batch"))?;
+            }
         }
         tx.commit().map_err(e("commit"))
+    }
+
+    /// The name of the last batch the writer committed (`Batch::id`; empty
+    /// when none was named).
+    pub fn last_batch(&self) -> Result<String, StoreError> {
+        self.conn
+            .query_row("SELECT value FROM meta WHERE key = 'last_batch'", [], |r| {
+                r.get(0)
+            })
+            .optional()
+            .map(Option::unwrap_or_default)
+            .map_err(sql(&self.path, "read the last batch"))
     }
 }
 
@@ -453,6 +485,11 @@ pub struct Batch {
     pub unmarks: Vec<Vec<u8>>,
     /// The kernel numbers now accounted for (`seqbook`), as of this batch.
     pub kernel_seqs: Option<(seqbook::Epoch, Vec<(i64, i64)>)>,
+    /// The writer's name for this batch (empty: none), kept in the same
+    /// transaction: a commit that reported a failure and was written all
+    /// the same (the disk filled after the last frame) is found and not
+    /// written twice (`Store::last_batch`).
+    pub id: String,
 }
 
 /// What a flow entry in the kernel counted since its last harvest: attempts

@@ -113,22 +113,7 @@ impl Handle {
     ) -> Arc<Handle> {
         let (tx, rx) = mpsc::channel();
         let shared = Arc::new(Shared::default());
-        let w = Writer {
-            path: path.clone(),
-            shared: shared.clone(),
-            store: None,
-            pending: Batch::default(),
-            retention,
-            retry_at: Instant::now(),
-            backoff: Duration::from_millis(500),
-            dropped_while_degraded: 0,
-            degraded_since: 0,
-            key,
-            next_checkpoint: Instant::now() + CHECKPOINT_EVERY,
-            run: now_nanos(),
-            seqs: None,
-            held: Vec::new(),
-        };
+        let w = Writer::new(path.clone(), retention, key, shared.clone());
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || w.run(rx))
@@ -293,6 +278,14 @@ struct Writer {
     seqs: Option<SeqBook>,
     /// Heartbeats made while the store could not be written.
     held: Vec<Held>,
+    /// A batch whose commit reported a failure. SQLite can report one
+    /// after the transaction's last frame reached the file (the disk
+    /// filled, or an I/O error, past it): the next open then finds it
+    /// committed. It is retried alone, under its name, and dropped if the
+    /// store already has it, so nothing is written twice.
+    inflight: Option<Batch>,
+    /// Batches named so far in this run.
+    batches: u64,
 }
 
 /// A heartbeat not written yet: when, over which head, what was watched.
@@ -308,6 +301,32 @@ struct Held {
 const MAX_HELD: usize = 8640;
 
 impl Writer {
+    fn new(
+        path: PathBuf,
+        retention: Retention,
+        key: Option<ed25519_dalek::SigningKey>,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Writer {
+            path,
+            shared,
+            store: None,
+            pending: Batch::default(),
+            retention,
+            retry_at: Instant::now(),
+            backoff: Duration::from_millis(500),
+            dropped_while_degraded: 0,
+            degraded_since: 0,
+            key,
+            next_checkpoint: Instant::now() + CHECKPOINT_EVERY,
+            run: now_nanos(),
+            seqs: None,
+            held: Vec::new(),
+            inflight: None,
+            batches: 0,
+        }
+    }
+
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
         let mut next_flush = Instant::now() + FLUSH_EVERY;
         let mut next_retention = Instant::now() + Duration::from_secs(1);
@@ -324,7 +343,7 @@ impl Writer {
                             book.saw(e.kernel_cpu, e.kernel_seq);
                         }
                     }
-                    let room = MAX_PENDING.saturating_sub(self.pending.events.len());
+                    let room = MAX_PENDING.saturating_sub(self.unstored());
                     if v.len() > room {
                         let dropped = (v.len() - room) as u64;
                         self.shared.lost.fetch_add(dropped, Ordering::Relaxed);
@@ -371,7 +390,7 @@ impl Writer {
                         ),
                         Err(e) => log::error!(
                             "store not flushed at exit, {} events not stored: {e}",
-                            self.pending.events.len()
+                            self.unstored()
                         ),
                     }
                     let _ = ack.send(());
@@ -605,31 +624,64 @@ impl Writer {
                 }
             }
         }
+        if let Some(batch) = self.inflight.take() {
+            self.append(batch)?;
+        }
         if self.pending.is_empty() {
             if self.degraded() {
                 self.recovered();
             }
             return Ok(());
         }
-        let store = self.store.as_mut().expect("opened above");
-        match store.append(&self.pending) {
+        let mut batch = std::mem::take(&mut self.pending);
+        self.batches += 1;
+        batch.id = format!("{}:{}", self.run, self.batches);
+        self.append(batch)?;
+        if self.degraded() {
+            self.recovered();
+            return self.flush();
+        }
+        Ok(())
+    }
+
+    /// Events held in memory, not stored yet.
+    fn unstored(&self) -> usize {
+        self.pending.events.len() + self.inflight.as_ref().map_or(0, |b| b.events.len())
+    }
+
+    /// Writes a named batch, unless the store has it already (a commit
+    /// that reported a failure and was written); on failure it is kept as
+    /// `inflight` for the next try.
+    fn append(&mut self, batch: Batch) -> Result<(), String> {
+        let store = self.store.as_mut().expect("opened by flush");
+        let result = match store.last_batch() {
+            Ok(last) if last == batch.id => {
+                log::warn!(
+                    "store: batch {} ({} events) had been written although its commit reported a failure; it is not written again",
+                    batch.id,
+                    batch.events.len()
+                );
+                Ok(())
+            }
+            Ok(_) => store.append(&batch),
+            Err(e) => Err(e),
+        };
+        match result {
             Ok(()) => {
-                let n = self.pending.events.len() as u64;
+                let n = batch.events.len() as u64;
                 self.shared.stored.fetch_add(n, Ordering::Relaxed);
                 if let Ok((seq, head)) = store.head() {
                     let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
                     st.3 = seq;
                     st.4 = hex::encode(head);
                 }
-                self.pending = Batch::default();
-                if self.degraded() {
-                    self.recovered();
-                    return self.flush();
-                }
                 Ok(())
             }
             Err(e) => {
-                // Reopen on the next try: a failed connection may stay failed.
+                self.inflight = Some(batch);
+                // Reopen on the next try: a failed connection may stay
+                // failed, and a new one finds a commit the failed one
+                // wrote.
                 self.store = None;
                 Err(self.fail(e.to_string()))
             }
@@ -705,5 +757,77 @@ mod tests {
             .query_row("SELECT text FROM policy_versions", [], |r| r.get(0))
             .unwrap();
         assert_eq!(text.trim_end(), v1.trim_end());
+    }
+
+    fn events(n: u16) -> Vec<Arc<Event>> {
+        (1..=n)
+            .map(|i| {
+                Arc::new(Event {
+                    verdict: "allowed",
+                    dst_port: i,
+                    unix_nanos: i128::from(i),
+                    ..Default::default()
+                })
+            })
+            .collect()
+    }
+
+    fn stored(path: &std::path::Path) -> i64 {
+        let store = super::super::Store::open_read(path).unwrap();
+        store
+            .conn
+            .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
+            .unwrap()
+    }
+
+    /// A commit that reported a failure may have been written (SQLite can
+    /// fail after the transaction's last frame is in the file): the retry
+    /// finds the batch by its name and does not write it again; a batch
+    /// that was not written is.
+    #[test]
+    fn a_batch_whose_failed_commit_was_written_is_not_written_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let mut w = Writer::new(
+            path.clone(),
+            Retention::default(),
+            None,
+            Arc::new(Shared::default()),
+        );
+        w.pending.events = events(3);
+        w.flush().unwrap();
+        assert_eq!(stored(&path), 3);
+
+        // The failed commit that was written all the same.
+        let ghost = Batch {
+            events: events(5),
+            id: format!("{}:{}", w.run, 99),
+            ..Default::default()
+        };
+        super::super::Store::open(&path)
+            .unwrap()
+            .append(&ghost)
+            .unwrap();
+        w.inflight = Some(ghost);
+        w.store = None;
+        w.pending.events = events(2);
+        w.flush().unwrap();
+        assert_eq!(
+            stored(&path),
+            3 + 5 + 2,
+            "the written batch is not written again"
+        );
+        assert!(w.inflight.is_none());
+
+        // A failed commit that was not written is retried.
+        w.inflight = Some(Batch {
+            events: events(4),
+            id: format!("{}:{}", w.run, 100),
+            ..Default::default()
+        });
+        w.store = None;
+        w.flush().unwrap();
+        assert_eq!(stored(&path), 3 + 5 + 2 + 4);
+        assert_eq!(w.shared.stored.load(Ordering::Relaxed), 3 + 5 + 2 + 4);
     }
 }

@@ -513,6 +513,12 @@ pub fn faults(secs: u64, geoip: &Path, loadgen: &Path, out_dir: &Path) {
     let store = monitor::store::Store::open_read(&state.join("store.db")).expect("open the store");
     let numbers = store.kernel_numbers(since, until).expect("kernel numbers");
     let missing: i64 = numbers.iter().map(|(_, n, _, hi)| hi - n).sum();
+    let duplicates = store
+        .duplicate_events(since, until)
+        .expect("duplicate events");
+    let caught = logs
+        .matches("had been written although its commit reported a failure")
+        .count();
     let lost = store.lost_by_kind(since, until).expect("gaps");
     let of = |k: &str| {
         lost.iter()
@@ -622,6 +628,12 @@ pub fn faults(secs: u64, geoip: &Path, loadgen: &Path, out_dir: &Path) {
         Some(missing == recorded && of("lost_in_daemon") == 0),
     ));
     r.figures.push(Figure::new(
+        "faults: events stored twice",
+        format!("{duplicates} (failed commits found written and not written again: {caught})"),
+        "0",
+        Some(duplicates == 0),
+    ));
+    r.figures.push(Figure::new(
         "faults: evidence bundle of the whole window",
         format!(
             "{} ({bundle_mb:.0} MiB, export {export_s:.1} s); {watched}",
@@ -684,6 +696,8 @@ pub fn faults(secs: u64, geoip: &Path, loadgen: &Path, out_dir: &Path) {
         "loads": load_results.iter().map(|(w, v, _)| json!({"what": w, "result": v})).collect::<Vec<_>>(),
         "receiver": received,
         "kernel_numbers": numbers,
+        "duplicate_events": duplicates,
+        "failed_commits_found_written": caught,
         "gaps": lost,
         "forbidden_counted": forbidden_counted,
         "reloads": reload_count,
