@@ -182,6 +182,55 @@ impl Filter {
         Ok(out)
     }
 
+    /// The rows of the store this filter can match, for the store to read
+    /// no more than those.
+    pub fn rows(&self) -> crate::store::query::Rows {
+        let verdicts: Vec<&str> = self.verdicts.iter().map(String::as_str).collect();
+        crate::store::query::Rows::for_verdicts(&verdicts)
+    }
+
+    /// The filter as SQL over the flows table (a condition and its
+    /// values), when it names only what a flow row holds as it is
+    /// (verdicts, policies, countries, ports, protocols); None otherwise.
+    pub fn flow_sql(&self) -> Option<(String, Vec<rusqlite::types::Value>)> {
+        use rusqlite::types::Value;
+        if self.cgroups.is_some()
+            || !self.cidrs.is_empty()
+            || !self.pids.is_empty()
+            || !self.comms.is_empty()
+            || !self.uids.is_empty()
+            || !self.pod_uids.is_empty()
+            || self.names.is_some()
+            || self.unnamed
+            || !self.cloud_regions.is_empty()
+        {
+            return None;
+        }
+        let mut cond = vec!["1".to_string()];
+        let mut values = Vec::new();
+        let mut any_of = |column: &str, list: Vec<Value>| {
+            if list.is_empty() {
+                return;
+            }
+            let marks = vec!["?"; list.len()].join(", ");
+            cond.push(format!("{column} IN ({marks})"));
+            values.extend(list);
+        };
+        let text = |set: &HashSet<String>| set.iter().cloned().map(Value::Text).collect();
+        any_of("verdict", text(&self.verdicts));
+        any_of("policy", text(&self.policies));
+        any_of("country", text(&self.countries));
+        any_of("protocol", text(&self.protocols));
+        any_of(
+            "dst_port",
+            self.ports
+                .iter()
+                .map(|p| Value::Integer(i64::from(*p)))
+                .collect(),
+        );
+        Some((cond.join(" AND "), values))
+    }
+
     /// Whether the filter names processes (pid, uid): flows do not keep
     /// them, so flow queries must read the events.
     pub fn by_process(&self) -> bool {

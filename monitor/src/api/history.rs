@@ -3,6 +3,7 @@
 use tonic::Status;
 
 use super::{filter::Filter, pb};
+use crate::events::Event;
 use crate::store::{self, query, time::parse_window, Store};
 
 pub const DEFAULT_LIMIT: u32 = 1000;
@@ -73,7 +74,10 @@ pub fn query_events(
     let filter = Filter::compile(req.filter.unwrap_or_default())?;
     let store = open(path)?;
     let after: i64 = position(&store, &req.page_token)?.unwrap_or(0);
-    let (events, more) = query::events(&store, since, until, after, limit, &|e| filter.matches(e))
+    let (events, more) =
+        query::events_where(&store, since, until, after, limit, filter.rows(), &|e| {
+            filter.matches(e)
+        })
         .map_err(internal)?;
     Ok(pb::QueryEventsResponse {
         next_page_token: match (more, events.last()) {
@@ -113,15 +117,18 @@ pub fn query_flows(
     }
     let store = open(path)?;
     let offset: usize = position(&store, &req.page_token)?.unwrap_or(0);
-    let flows = query::flows(
-        &store,
-        since,
-        until,
-        &|e| filter.matches(e),
-        filter.by_process(),
-    )
-    .map_err(internal)?;
-    let mut flows = query::group(flows, &req.group_by);
+    let keep = |e: &Event| filter.matches(e);
+    // Grouped in SQL where the filter and the grouping allow it.
+    let grouped = filter
+        .flow_sql()
+        .and_then(|sql| query::flows_grouped(&store, since, until, &req.group_by, &sql, &keep));
+    let mut flows = match grouped {
+        Some(flows) => flows.map_err(internal)?,
+        None => query::group(
+            query::flows(&store, since, until, &keep, filter.by_process()).map_err(internal)?,
+            &req.group_by,
+        ),
+    };
     query::sort(&mut flows, sort);
     let total = flows.len();
     let page: Vec<pb::Flow> = flows

@@ -172,12 +172,19 @@ fn read_records(store: &Store, req: &Request<'_>) -> anyhow::Result<Records> {
     };
     let mut prev: Option<[u8; 32]> = None;
     while let Some(r) = rows.next()? {
-        let (seq, event) = query::event_of(r)?;
+        let (seq, event, record) = query::event_and_record(r)?;
         // After the event columns: the chain columns, by name.
-        let prev_hash = chain::to32(&r.get::<_, Vec<u8>>("prev_hash")?);
+        let stored_prev: Vec<u8> = r.get("prev_hash")?;
+        let prev_hash = if !stored_prev.is_empty() {
+            chain::to32(&stored_prev)
+        } else if let Some(p) = prev {
+            // A compact row follows the row before it.
+            p
+        } else {
+            hash_before(store, seq)?
+        };
         let digest = chain::to32(&r.get::<_, Vec<u8>>("digest")?);
         let hash = chain::to32(&r.get::<_, Vec<u8>>("hash")?);
-        let record: String = r.get("record")?;
         if chain::digest(&record) != digest {
             bail!("the store's record seq {seq} does not match its digest: the store was altered; not exporting");
         }
@@ -204,6 +211,26 @@ fn read_records(store: &Store, req: &Request<'_>) -> anyhow::Result<Records> {
         }
     }
     Ok(out)
+}
+
+/// The hash a compact row at the start of the window follows: the row
+/// before it's (32 zero bytes before the first record). Retention keeps
+/// the link on a row whose predecessor it removes, so a missing one is a
+/// removed record.
+fn hash_before(store: &Store, seq: i64) -> anyhow::Result<[u8; 32]> {
+    if seq == 1 {
+        return Ok([0; 32]);
+    }
+    let before: Option<Vec<u8>> = store
+        .conn
+        .query_row("SELECT hash FROM events WHERE seq = ?1", [seq - 1], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    match before {
+        Some(h) => Ok(chain::to32(&h)),
+        None => bail!("the store's record seq {} is gone and record seq {seq} keeps no link to it (a record was removed outside retention): not exporting", seq - 1),
+    }
 }
 
 /// Checks the anchor against the record before the window, if still kept.

@@ -121,15 +121,18 @@ pub fn render(i: &Input<'_>) -> String {
         m,
         "\nAllowed by a CIDR exception (review that each exception is intended):\n"
     );
+    // Once over the events, not once per flow (a day holds millions).
+    let by_cidr: std::collections::HashSet<(&str, &str)> = i
+        .events
+        .iter()
+        .filter(|e| e.rule == "cidr")
+        .map(|e| (e.dst_ip.as_str(), e.cgroup_path.as_str()))
+        .collect();
     let cidr: Vec<&Flow> = i
         .flows
         .iter()
         .filter(|f| f.verdict == "allowed" && !f.country.is_empty())
-        .filter(|f| {
-            i.events
-                .iter()
-                .any(|e| e.rule == "cidr" && e.dst_ip == f.dst_ip && e.cgroup_path == f.cgroup_path)
-        })
+        .filter(|f| by_cidr.contains(&(f.dst_ip.as_str(), f.cgroup_path.as_str())))
         .collect();
     flow_table(&mut m, &cidr);
 

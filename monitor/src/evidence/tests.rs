@@ -36,6 +36,7 @@ fn ev(i: i64) -> Arc<Event> {
         cgroup_id: 7,
         cgroup_path: "/llm.slice/inference".into(),
         policy_generation: 1,
+        country_source: "geoip",
         ..Default::default()
     })
 }
@@ -282,6 +283,51 @@ fn flow_counts_are_exact_for_any_window() {
     assert_eq!(by_country.len(), 2);
 }
 
+/// Flows grouped by SQL give what grouping the whole flows gives, for
+/// any window (whole minutes and cut ones) and grouping, with and without
+/// a filter SQL can apply.
+#[test]
+fn flows_grouped_in_sql_match_flows_grouped_in_memory() {
+    let (_d, s) = store(400);
+    let sort = |mut v: Vec<query::Flow>| {
+        v.sort_by_key(|f| format!("{f:?}"));
+        v
+    };
+    let none = (String::from("1"), Vec::new());
+    let denied = (
+        String::from("verdict IN (?)"),
+        vec![rusqlite::types::Value::Text("denied".into())],
+    );
+    for (a, b) in [(0, 400), (30, 250), (61, 119), (59, 61)] {
+        let (since, until) = (T0 + a * SEC, T0 + b * SEC);
+        for by in [
+            vec!["country"],
+            vec!["cgroup", "verdict"],
+            vec!["destination"],
+            vec!["policy", "port", "protocol"],
+        ] {
+            let by: Vec<String> = by.into_iter().map(String::from).collect();
+            for (sql, keep) in [
+                (&none, &(|_: &Event| true) as &dyn Fn(&Event) -> bool),
+                (&denied, &|e: &Event| e.verdict == "denied"),
+            ] {
+                let memory =
+                    query::group(query::flows(&s, since, until, keep, false).unwrap(), &by);
+                let in_sql = query::flows_grouped(&s, since, until, &by, sql, keep)
+                    .expect("groupable")
+                    .unwrap();
+                assert_eq!(
+                    sort(in_sql),
+                    sort(memory),
+                    "window {a}..{b}, by {by:?}, {}",
+                    sql.0
+                );
+            }
+        }
+    }
+    assert!(query::flows_grouped(&s, T0, T0 + SEC, &["pod".into()], &none, &|_| true).is_none());
+}
+
 /// An export from T0 to a second from now (checkpoints carry the real time).
 fn export_to_now(s: &Store, key: &SigningKey) -> anyhow::Result<bundle::Files> {
     let req = bundle::Request {
@@ -363,6 +409,7 @@ fn queries_refuse_rows_edited_away_from_their_hashed_record() {
     let (_d, s) = store(30);
     let all = |s: &Store| query::events(s, T0, T0 + 100 * SEC, 0, 1000, &|_| true);
     assert_eq!(all(&s).unwrap().0.len(), 30, "an untouched store answers");
+    let (_, mut third) = all(&s).unwrap().0.remove(2);
     // A denial made to look allowed (only the copied column).
     s.conn
         .execute("UPDATE events SET verdict = 'allowed' WHERE seq = 3", [])
@@ -377,11 +424,12 @@ fn queries_refuse_rows_edited_away_from_their_hashed_record() {
         err.contains("record seq 3: the row's columns differ from its hashed record"),
         "{err}"
     );
-    // The record rewritten to match: its digest no longer does.
+    // A record written to match: its digest does not.
+    third.verdict = "allowed";
     s.conn
         .execute(
-            "UPDATE events SET record = replace(record, '\"denied\"', '\"allowed\"') WHERE seq = 3",
-            [],
+            "UPDATE events SET record = ?1 WHERE seq = 3",
+            [chain::canonical(3, &third)],
         )
         .unwrap();
     let err = all(&s).unwrap_err().to_string();
@@ -547,4 +595,92 @@ fn crafted_archives_are_refused_with_the_reason() {
         err.reason.contains("listed in the manifest but missing"),
         "{err}"
     );
+}
+
+/// A store written before compact rows (version 6: every row keeps its
+/// record text and its link to the row before) opens in this version,
+/// takes compact rows after its own, and the whole chain exports and
+/// verifies, also once retention removed the old rows and the first of the
+/// new ones.
+#[test]
+fn a_version_6_store_keeps_its_chain_after_the_upgrade() {
+    let (dir, s) = store(20);
+    let path = dir.path().join("store.db");
+    // Rows as version 6 wrote them.
+    let (old, _) = query::events(&s, 0, i64::MAX, 0, usize::MAX, &|_| true).unwrap();
+    let mut prev = [0u8; 32];
+    for (seq, e) in &old {
+        let record = chain::canonical(*seq, e);
+        s.conn
+            .execute(
+                "UPDATE events SET record = ?1, prev_hash = ?2 WHERE seq = ?3",
+                rusqlite::params![record, &prev[..], seq],
+            )
+            .unwrap();
+        prev = chain::link(&prev, &chain::digest(&record));
+    }
+    s.conn
+        .execute_batch("DROP INDEX events_refused; PRAGMA user_version = 6;")
+        .unwrap();
+    drop(s);
+
+    let mut s = Store::open(&path).unwrap();
+    let version: i64 = s
+        .conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(version, crate::store::schema::VERSION);
+    s.append(&Batch {
+        events: (21..=30).map(ev).collect(),
+        ..Default::default()
+    })
+    .unwrap();
+    let kept: Vec<(i64, i64)> = s
+        .conn
+        .prepare("SELECT length(record), length(prev_hash) FROM events ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert!(
+        kept[..20].iter().all(|&(r, p)| r > 0 && p == 32),
+        "old rows keep theirs"
+    );
+    assert!(
+        kept[20..].iter().all(|&(r, p)| r == 0 && p == 0),
+        "new rows are compact"
+    );
+
+    let k = key();
+    let files = export(&s, &k, 0, 100);
+    let r = verify::verify(&files, Some(&k.verifying_key())).unwrap();
+    assert_eq!((r.records_in_window, r.records_exported), (30, 30));
+    // Refusals come from their index, old rows and new alike.
+    let (denied, _) =
+        query::events_where(&s, 0, i64::MAX, 0, usize::MAX, query::Rows::Refused, &|e| {
+            e.verdict == "denied"
+        })
+        .unwrap();
+    assert_eq!(denied.len(), 10, "every third of 30");
+
+    // Retention past the upgrade: the first row kept is a compact one.
+    assert_eq!(s.purge_before(T0 + 25 * SEC, "age").unwrap(), 24);
+    let files = export(&s, &k, 0, 100);
+    let r = verify::verify(&files, Some(&k.verifying_key())).unwrap();
+    assert_eq!((r.records_in_window, r.records_exported), (6, 6));
+
+    // A compact row whose predecessor is removed outside retention.
+    s.conn
+        .execute("DELETE FROM events WHERE seq = 27", [])
+        .unwrap();
+    let req = bundle::Request {
+        since: T0 + 27 * SEC,
+        until: T0 + 100 * SEC,
+        keep: &|_| true,
+        filter: serde_json::Value::Null,
+        by_process: false,
+    };
+    let err = bundle::build(&s, &k, &req).unwrap_err().to_string();
+    assert!(err.contains("record seq 27 is gone"), "{err}");
 }

@@ -334,6 +334,7 @@ impl Store {
             for ev in &batch.events {
                 seq += 1;
                 let canonical = chain::canonical(seq, ev);
+                let compact = query::restorable(ev);
                 let digest: [u8; 32] = Sha256::digest(canonical.as_bytes()).into();
                 let hash = chain::link(&chain::to32(&prev), &digest);
                 ins.execute(params![
@@ -356,10 +357,12 @@ impl Store {
                     ev.cgroup_id as i64,
                     ev.cgroup_path,
                     ev.policy_generation,
-                    prev,
+                    // Compact rows: the record is the canonical form of
+                    // the columns, prev_hash the hash of the row before.
+                    &[] as &[u8],
                     &digest[..],
                     &hash[..],
-                    canonical,
+                    if compact { "" } else { canonical.as_str() },
                     ev.dns_name,
                     ev.dns_cname,
                     ev.cloud,

@@ -46,6 +46,13 @@ pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, 
 /// row edited in place (a verdict or country changed, a record rewritten)
 /// fails the query instead of answering with what the chain never held.
 pub(crate) fn event_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
+    event_and_record(r).map(|(seq, e, _)| (seq, e))
+}
+
+/// A row's event and the record the chain hashed (kept in the row before
+/// version 7, the canonical form of its columns since), checked as
+/// `event_of` checks it.
+pub(crate) fn event_and_record(r: &Row<'_>) -> rusqlite::Result<(i64, Event, String)> {
     let (seq, e) = columns_of(r)?;
     let record: String = r.get(24)?;
     let digest: Vec<u8> = r.get(25)?;
@@ -54,13 +61,51 @@ pub(crate) fn event_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
             "record seq {seq}: {what}: the store was edited outside the daemon (`egress-monitor export` refuses it too)"
         ))))
     };
+    let columns = chain::canonical(seq, &e);
+    if record.is_empty() {
+        if chain::digest(&columns)[..] != digest[..] {
+            return Err(tampered("the row's columns differ from its hashed record"));
+        }
+        return Ok((seq, e, columns));
+    }
     if chain::digest(&record)[..] != digest[..] {
         return Err(tampered("the hashed record differs from its digest"));
     }
-    if !same_record(&chain::canonical(seq, &e), &record) {
+    if !same_record(&columns, &record) {
         return Err(tampered("the row's columns differ from its hashed record"));
     }
-    Ok((seq, e))
+    Ok((seq, e, record))
+}
+
+/// Whether a row's columns give back `e`'s canonical record exactly (its
+/// names are ones the store reads back, its time is its nanoseconds'):
+/// then the row keeps no record text.
+pub(crate) fn restorable(e: &Event) -> bool {
+    let names = [
+        e.verdict,
+        e.rule,
+        e.hook,
+        e.protocol,
+        e.family,
+        e.country_source,
+    ];
+    if !(names.iter().all(|n| known_name(n) == *n)
+        && i64::try_from(e.unix_nanos).is_ok()
+        && e.time == rfc3339_nanos(e.unix_nanos))
+    {
+        return false;
+    }
+    // The attribution is read back from the path.
+    let mut again = Event {
+        cgroup_path: e.cgroup_path.clone(),
+        ..Default::default()
+    };
+    again.attribute();
+    again.pod_uid == e.pod_uid
+        && again.qos == e.qos
+        && again.container_id == e.container_id
+        && again.runtime == e.runtime
+        && again.systemd_unit == e.systemd_unit
 }
 
 /// A row that does not hold what the chain covers.
@@ -133,14 +178,82 @@ pub fn events(
     limit: usize,
     keep: &dyn Fn(&Event) -> bool,
 ) -> Result<(Vec<(i64, Event)>, bool), StoreError> {
+    events_where(store, since, until, after_seq, limit, Rows::All, keep)
+}
+
+/// Which rows a query reads before `keep` judges them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    All,
+    /// Only refusals (denied, would_deny): read through their own index.
+    Refused,
+}
+
+impl Rows {
+    /// The rows a verdict filter can match (empty: any verdict).
+    pub fn for_verdicts<S: AsRef<str>>(verdicts: &[S]) -> Self {
+        if !verdicts.is_empty() && verdicts.iter().all(|v| v.as_ref() != "allowed") {
+            Rows::Refused
+        } else {
+            Rows::All
+        }
+    }
+}
+
+/// How far out of record order an event's time can be (events of several
+/// CPUs share one ring): a query that starts from a time starts this much
+/// earlier in the record and lets the time filter do the rest.
+const OUT_OF_ORDER_NS: i64 = 60_000_000_000;
+
+/// The record position a query from `since` can start after: the last
+/// event recorded more than `OUT_OF_ORDER_NS` before `since`; every event
+/// at or after `since` comes later in the record.
+fn start_after(store: &Store, since: i64) -> Result<i64, StoreError> {
+    if since <= OUT_OF_ORDER_NS {
+        return Ok(0);
+    }
+    let seq: Option<i64> = store
+        .conn
+        .prepare_cached(
+            "SELECT seq FROM events WHERE unix_nanos < ?1 ORDER BY unix_nanos DESC LIMIT 1",
+        )
+        .and_then(|mut s| {
+            use rusqlite::OptionalExtension;
+            s.query_row(params![since - OUT_OF_ORDER_NS], |r| r.get(0))
+                .optional()
+        })
+        .map_err(store.err("find where the window starts"))?;
+    Ok(seq.unwrap_or(0))
+}
+
+/// `events`, reading only `rows`: the filters SQL can apply are applied
+/// there (the window, the record position, refusals by their index),
+/// `keep` judges the rest.
+pub fn events_where(
+    store: &Store,
+    since: i64,
+    until: i64,
+    after_seq: i64,
+    limit: usize,
+    rows: Rows,
+    keep: &dyn Fn(&Event) -> bool,
+) -> Result<(Vec<(i64, Event)>, bool), StoreError> {
     let mut out = Vec::new();
+    let from = match rows {
+        Rows::All => "events",
+        Rows::Refused => "events INDEXED BY events_refused",
+    };
+    let refused = match rows {
+        Rows::All => "",
+        Rows::Refused => "verdict != 'allowed' AND ",
+    };
     let mut stmt = store
         .conn
         .prepare_cached(&format!(
-            "SELECT {EVENT_COLUMNS} FROM events WHERE seq > ?1 AND unix_nanos >= ?2 AND unix_nanos < ?3 ORDER BY seq LIMIT 4096"
+            "SELECT {EVENT_COLUMNS} FROM {from} WHERE {refused}seq > ?1 AND unix_nanos >= ?2 AND unix_nanos < ?3 ORDER BY seq LIMIT 4096"
         ))
         .map_err(store.err("prepare event query"))?;
-    let mut cursor = after_seq;
+    let mut cursor = after_seq.max(start_after(store, since)?);
     loop {
         let chunk: Vec<(i64, Event)> = stmt
             .query_map(params![cursor, since, until], event_of)
@@ -433,6 +546,86 @@ pub fn flows(
 }
 
 /// Folds flows into groups: the fields not grouped by are left empty.
+/// `group(flows(..), by)` computed by SQL over the flow table's whole
+/// minutes (the window's partial minutes at the edges as `flows` reads
+/// them), for a filter SQL can apply to flow rows (`filter`: a condition
+/// and its values). None when `by` needs what only the path tells (pods).
+pub fn flows_grouped(
+    store: &Store,
+    since: i64,
+    until: i64,
+    by: &[String],
+    filter: &(String, Vec<rusqlite::types::Value>),
+    keep: &dyn Fn(&Event) -> bool,
+) -> Option<Result<Vec<Flow>, StoreError>> {
+    if by.is_empty() || by.iter().any(|b| b == "pod") {
+        return None;
+    }
+    let has = |f: &str| by.iter().any(|b| b == f);
+    let pick = |on: bool, col: &str| {
+        if on {
+            col.to_string()
+        } else {
+            "''".to_string()
+        }
+    };
+    let dims = [
+        pick(has("cgroup"), "cgroup_path"),
+        pick(has("process"), "comm"),
+        pick(has("destination"), "dst_ip"),
+        if has("port") {
+            "dst_port".into()
+        } else {
+            "0".into()
+        },
+        pick(has("protocol"), "protocol"),
+        pick(has("verdict"), "verdict"),
+        pick(has("policy"), "policy"),
+        pick(has("country") || has("destination"), "country"),
+        pick(
+            has("continent") || has("country") || has("destination"),
+            "continent",
+        ),
+        pick(has("name"), "dns_name"),
+        pick(has("cloud") || has("destination"), "cloud_region"),
+    ];
+    let first_full = bucket_of(since) + if since % MINUTE == 0 { 0 } else { MINUTE };
+    let end_full = bucket_of(until);
+    let run = || -> Result<Vec<Flow>, StoreError> {
+        let mut parts = Vec::new();
+        if first_full < end_full {
+            let sql = format!(
+                "SELECT {}, min(first_seen), max(last_seen), sum(count) + sum(repeats), sum(packets), sum(bytes) FROM flows WHERE bucket >= ? AND bucket < ? AND {} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11",
+                dims.join(", "),
+                filter.0
+            );
+            let mut stmt = store
+                .conn
+                .prepare_cached(&sql)
+                .map_err(store.err("prepare grouped flow query"))?;
+            let mut values = vec![
+                rusqlite::types::Value::Integer(first_full),
+                rusqlite::types::Value::Integer(end_full),
+            ];
+            values.extend(filter.1.iter().cloned());
+            let rows: Vec<Flow> = stmt
+                .query_map(rusqlite::params_from_iter(values), flow_of)
+                .and_then(|r| r.collect())
+                .map_err(store.err("query grouped flows"))?;
+            parts.extend(rows);
+            for (a, b) in [(since, first_full), (end_full, until)] {
+                if a < b {
+                    parts.extend(flows(store, a, b, keep, false)?);
+                }
+            }
+        } else {
+            parts.extend(flows(store, since, until, keep, false)?);
+        }
+        Ok(group(parts, by))
+    };
+    Some(run())
+}
+
 pub fn group(flows: Vec<Flow>, by: &[String]) -> Vec<Flow> {
     if by.is_empty() {
         return flows;

@@ -1,7 +1,7 @@
 //! Retention: by age and by size, oldest first. What is removed is logged
 //! in the store (`retention_log`), so an export can tell a purge from a
 //! loss; the chain stays checkable from the first record kept (its
-//! `prev_hash` is the anchor).
+//! `prev_hash`, kept on it when its predecessor goes, is the anchor).
 use std::time::Duration;
 
 use rusqlite::params;
@@ -60,6 +60,13 @@ impl Store {
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .map_err(e("count old events"))?;
+        // A compact row keeps no link to the row before it (see the
+        // events table): one whose predecessor goes keeps it now.
+        tx.execute(
+            "UPDATE events SET prev_hash = (SELECT p.hash FROM events p WHERE p.seq = events.seq - 1) WHERE seq IN (SELECT seq + 1 FROM events WHERE unix_nanos < ?1) AND unix_nanos >= ?1 AND length(prev_hash) = 0",
+            [cutoff],
+        )
+        .map_err(e("keep the links of the first records kept"))?;
         tx.execute("DELETE FROM events WHERE unix_nanos < ?1", [cutoff])
             .map_err(e("delete old events"))?;
         // A flow minute goes once it is wholly before the cutoff.

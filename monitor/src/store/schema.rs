@@ -6,12 +6,16 @@ use rusqlite::{params, Connection};
 use super::{sql, StoreError};
 
 /// `PRAGMA user_version` of the layout below.
-pub const VERSION: i64 = 6;
+pub const VERSION: i64 = 7;
 
 const TABLES: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- One row per decision, in arrival order. seq is the chain position:
 -- digest = SHA-256(canonical JSON of the record), hash = SHA-256(prev_hash || digest).
+-- Since version 7 a row keeps neither its record nor its prev_hash (both
+-- empty): the record is the canonical form of its columns and prev_hash
+-- the hash of the row before (kept on a row whose predecessor retention
+-- removed). Rows written before keep both.
 CREATE TABLE events (
     seq INTEGER PRIMARY KEY,
     unix_nanos INTEGER NOT NULL,
@@ -30,6 +34,9 @@ CREATE TABLE events (
     kernel_cpu INTEGER NOT NULL DEFAULT 0, kernel_seq INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX events_time ON events (unix_nanos);
+-- Refusals (denied, would_deny) by record order: the first page of a
+-- `--verdict denied` query without a scan; allowed rows take no room here.
+CREATE INDEX events_refused ON events (seq) WHERE verdict != 'allowed';
 -- Per ring (`epoch`: boot and map) and CPU, the last kernel number the
 -- store accounted for (stored, or recorded in a gap). A restart finds
 -- what the last run read and never stored from here.
@@ -152,6 +159,13 @@ CREATE TABLE kernel_seqs (
 PRAGMA user_version = 6;
 ";
 
+/// Version 6 to 7: compact rows (new rows keep no record text and no
+/// prev_hash; see the events table) and the index of refusals.
+const MIGRATE_6_TO_7: &str = "
+CREATE INDEX events_refused ON events (seq) WHERE verdict != 'allowed';
+PRAGMA user_version = 7;
+";
+
 /// Version 4 to 5: checkpoints become the daemon's heartbeat (the run that
 /// signed them and what its programs watched); old ones keep version 1.
 const MIGRATE_4_TO_5: &str = "
@@ -243,11 +257,15 @@ pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             tx.execute_batch(MIGRATE_4_TO_5)
                 .map_err(e("migrate schema 4 to 5"))?;
         }
-        tx.execute_batch(MIGRATE_5_TO_6)
-            .map_err(e("migrate schema 5 to 6"))?;
+        if version <= 5 {
+            tx.execute_batch(MIGRATE_5_TO_6)
+                .map_err(e("migrate schema 5 to 6"))?;
+        }
+        tx.execute_batch(MIGRATE_6_TO_7)
+            .map_err(e("migrate schema 6 to 7"))?;
         tx.commit().map_err(e("commit migration"))?;
         log::info!(
-            "store {}: schema migrated from version {version} to {VERSION} (names and cloud regions; flows in the kernel; signed checkpoints; heartbeats; kernel event numbers)",
+            "store {}: schema migrated from version {version} to {VERSION} (names and cloud regions; flows in the kernel; signed checkpoints; heartbeats; kernel event numbers; compact rows)",
             path.display()
         );
     }

@@ -14,6 +14,7 @@ mod daemon;
 mod faults;
 mod geo;
 mod report;
+mod scale;
 mod stats;
 
 use std::{
@@ -67,6 +68,9 @@ impl Drop for Bench {
     }
 }
 
+/// Events in the store-at-scale section (a day of them).
+const STORE_EVENTS: usize = 1_000_000;
+
 fn main() {
     integration_tests::require_root();
     let geoip = PathBuf::from(
@@ -86,6 +90,18 @@ fn main() {
         let mut r = Report::new();
         geo::geo_lookup(&mut r, &geoip);
         println!("{}", r.markdown());
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("store") {
+        // Only the store at scale (no daemon, no kernel).
+        let n = std::env::args()
+            .nth(2)
+            .map_or(STORE_EVENTS, |s| s.parse().expect("store EVENTS"));
+        let mut r = Report::new();
+        let dir = tempfile::tempdir().expect("a directory for the store bench");
+        scale::store_bench(&mut r, n, dir.path());
+        r.command = format!("bench store {n}");
+        r.write_named(&out_dir, "store");
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("faults") {
@@ -162,6 +178,7 @@ fn main() {
     store(&b, &mut r, since_ns, pipeline_window, &state);
     cloud_accuracy(&mut r, &geoip);
     geo::geo_lookup(&mut r, &geoip);
+    scale::store_bench(&mut r, STORE_EVENTS, b.env.dir.path());
 
     r.raw["bench_seconds"] = json!(started.elapsed().as_secs_f64());
     r.write(&out_dir);
