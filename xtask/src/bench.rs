@@ -29,7 +29,7 @@ replaces this section. These are one run on a shared 2-core VM: read the
 ratios, not the absolute numbers.
 ";
 
-pub fn bench(readme: bool, faults: Option<u64>) -> anyhow::Result<()> {
+pub fn bench(readme: bool, faults: Option<u64>, store: Option<u64>) -> anyhow::Result<()> {
     let release = root().join("target/release");
     // The suite finds the daemon and the probe (test server) next to the
     // directory it runs from, like the integration tests in target/release/deps.
@@ -53,6 +53,10 @@ pub fn bench(readme: bool, faults: Option<u64>) -> anyhow::Result<()> {
         .env("EGRESS_MONITOR_BENCH_OUT", &out);
     if let Some(secs) = faults {
         cmd.arg("faults").arg(secs.to_string());
+        return run(&mut cmd);
+    }
+    if let Some(events) = store {
+        cmd.arg("store").arg(events.to_string());
         return run(&mut cmd);
     }
     run(&mut cmd)?;

@@ -51,6 +51,11 @@ enum Cmd {
         /// when no number is given): results in target/bench/faults.md.
         #[arg(long, num_args = 0..=1, default_missing_value = "600", value_name = "SECS")]
         faults: Option<u64>,
+        /// Only the store at scale, with this many events over a day
+        /// (1,000,000 when no number is given; no daemon, no kernel):
+        /// results in target/bench/store.md.
+        #[arg(long, num_args = 0..=1, default_missing_value = "1000000", value_name = "EVENTS")]
+        store: Option<u64>,
     },
 }
 
@@ -157,10 +162,14 @@ fn main() -> anyhow::Result<()> {
                 .args(args);
             run(&mut cmd)
         }
-        Cmd::Bench { readme, faults } => {
+        Cmd::Bench {
+            readme,
+            faults,
+            store,
+        } => {
             setup::setup()?;
             build()?;
-            bench::bench(readme, faults)
+            bench::bench(readme, faults, store)
         }
         Cmd::Test { filter, suite } => {
             if let Some(name) = &suite {

@@ -597,32 +597,58 @@ fn crafted_archives_are_refused_with_the_reason() {
     );
 }
 
-/// A store written before compact rows (version 6: every row keeps its
-/// record text and its link to the row before) opens in this version,
-/// takes compact rows after its own, and the whole chain exports and
-/// verifies, also once retention removed the old rows and the first of the
-/// new ones.
+/// A store written by version 6 (every row keeps its record text, its
+/// link to the row before and its cgroup path; flows keyed by path) opens
+/// in this version, takes compact rows after its own, and the whole chain
+/// exports and verifies, its flows intact, also once retention removed the
+/// old rows and the first of the new ones.
 #[test]
 fn a_version_6_store_keeps_its_chain_after_the_upgrade() {
-    let (dir, s) = store(20);
+    let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.db");
-    // Rows as version 6 wrote them.
-    let (old, _) = query::events(&s, 0, i64::MAX, 0, usize::MAX, &|_| true).unwrap();
-    let mut prev = [0u8; 32];
-    for (seq, e) in &old {
-        let record = chain::canonical(*seq, e);
-        s.conn
-            .execute(
-                "UPDATE events SET record = ?1, prev_hash = ?2 WHERE seq = ?3",
-                rusqlite::params![record, &prev[..], seq],
+    {
+        // As version 6 wrote it.
+        let c = rusqlite::Connection::open(&path).unwrap();
+        c.execute_batch(include_str!("../store/v6_tables.sql"))
+            .unwrap();
+        let mut prev = [0u8; 32];
+        for seq in 1..=20 {
+            let e = ev(seq);
+            let record = chain::canonical(seq, &e);
+            let digest = chain::digest(&record);
+            let hash = chain::link(&prev, &digest);
+            c.execute(
+                "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, country_source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+                rusqlite::params![
+                    seq, e.unix_nanos as i64, e.verdict, e.policy, e.rule, e.hook, e.protocol,
+                    e.family, e.dst_ip, e.dst_port, e.country, e.continent, e.pid, e.tgid, e.uid,
+                    e.comm, e.cgroup_id as i64, e.cgroup_path, e.policy_generation, &prev[..],
+                    &digest[..], &hash[..], record, e.country_source
+                ],
             )
             .unwrap();
-        prev = chain::link(&prev, &chain::digest(&record));
-    }
-    s.conn
-        .execute_batch("DROP INDEX events_refused; PRAGMA user_version = 6;")
+            let t = e.unix_nanos as i64;
+            c.execute(
+                "INSERT INTO flows (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 1) ON CONFLICT (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name) DO UPDATE SET count = count + 1, last_seen = max(last_seen, excluded.last_seen)",
+                rusqlite::params![
+                    query::bucket_of(t), e.cgroup_path, e.comm, e.dst_ip, e.dst_port,
+                    e.protocol, e.verdict, e.policy, e.country, e.continent, t
+                ],
+            )
+            .unwrap();
+            prev = hash;
+        }
+        c.execute(
+            "INSERT INTO chain_head (id, seq, hash) VALUES (0, 20, ?1)",
+            [&prev[..]],
+        )
         .unwrap();
-    drop(s);
+        c.execute_batch(
+            "INSERT INTO meta (key, value) VALUES ('store_id', 'ab'), ('created', '0');
+             PRAGMA user_version = 6;",
+        )
+        .unwrap();
+    }
 
     let mut s = Store::open(&path).unwrap();
     let version: i64 = s
@@ -650,6 +676,37 @@ fn a_version_6_store_keeps_its_chain_after_the_upgrade() {
     assert!(
         kept[20..].iter().all(|&(r, p)| r == 0 && p == 0),
         "new rows are compact"
+    );
+    // Old flows and new ones under one path id; counts as the events'.
+    let flows = query::flows(&s, 0, i64::MAX, &|_| true, false).unwrap();
+    assert_eq!(flows.iter().map(|f| f.count).sum::<u64>(), 30);
+    assert!(
+        flows
+            .iter()
+            .all(|f| f.cgroup_path == "/llm.slice/inference"),
+        "{flows:?}"
+    );
+    let paths: i64 = s
+        .conn
+        .query_row("SELECT count(*) FROM cgroup_paths", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(paths, 1);
+    let by_id = |cond: &str| -> i64 {
+        s.conn
+            .query_row(
+                &format!("SELECT count(*) FROM events WHERE {cond}"),
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(
+        by_id("seq <= 20 AND cgroup_ref = 0 AND cgroup_path != ''"),
+        20
+    );
+    assert_eq!(
+        by_id("seq > 20 AND cgroup_ref > 0 AND cgroup_path = ''"),
+        10
     );
 
     let k = key();

@@ -331,7 +331,11 @@ impl Store {
             let mut flow = tx
                 .prepare_cached(schema::UPSERT_FLOW)
                 .map_err(e("prepare flow upsert"))?;
+            let mut cgroups = Cgroups::default();
             for ev in &batch.events {
+                let cgroup = cgroups
+                    .id(&tx, &ev.cgroup_path)
+                    .map_err(e("name a cgroup path"))?;
                 seq += 1;
                 let canonical = chain::canonical(seq, ev);
                 let compact = query::restorable(ev);
@@ -355,7 +359,8 @@ impl Store {
                     ev.uid,
                     ev.comm,
                     ev.cgroup_id as i64,
-                    ev.cgroup_path,
+                    // By id (`cgroup_ref`).
+                    "",
                     ev.policy_generation,
                     // Compact rows: the record is the canonical form of
                     // the columns, prev_hash the hash of the row before.
@@ -370,9 +375,10 @@ impl Store {
                     ev.country_source,
                     ev.kernel_cpu,
                     ev.kernel_seq,
+                    cgroup,
                 ])
                 .map_err(e("insert event"))?;
-                upsert_flow(&mut flow, ev, 1, 0, 0, 0).map_err(e("upsert flow"))?;
+                upsert_flow(&mut flow, ev, cgroup, 1, 0, 0, 0).map_err(e("upsert flow"))?;
                 prev = hash.to_vec();
             }
             tx.execute(
@@ -381,7 +387,7 @@ impl Store {
             )
             .map_err(e("update chain head"))?;
             drop(flow);
-            append_harvest(&tx, batch).map_err(e("record harvested flows"))?;
+            append_harvest(&tx, batch, &mut cgroups).map_err(e("record harvested flows"))?;
             for g in &batch.gaps {
                 tx.execute(
                     "INSERT INTO gaps (unix_nanos, kind, count, detail) VALUES (?1, ?2, ?3, ?4)",
@@ -532,9 +538,27 @@ impl Batch {
 
 /// Adds an event (`events` 1) or harvested counts to the flow row of the
 /// event's minute.
+/// The ids of cgroup paths named in one transaction (made there if new).
+#[derive(Default)]
+struct Cgroups(std::collections::HashMap<String, i64>);
+
+impl Cgroups {
+    fn id(&mut self, tx: &rusqlite::Transaction<'_>, path: &str) -> rusqlite::Result<i64> {
+        if let Some(id) = self.0.get(path) {
+            return Ok(*id);
+        }
+        let id = tx
+            .prepare_cached(schema::INTERN_CGROUP)?
+            .query_row(params![path], |r| r.get(0))?;
+        self.0.insert(path.to_string(), id);
+        Ok(id)
+    }
+}
+
 fn upsert_flow(
     stmt: &mut rusqlite::CachedStatement<'_>,
     ev: &Event,
+    cgroup: i64,
     events: i64,
     repeats: u64,
     packets: u64,
@@ -543,7 +567,7 @@ fn upsert_flow(
     let t = ev.unix_nanos as i64;
     stmt.execute(params![
         query::bucket_of(t),
-        ev.cgroup_path,
+        cgroup,
         ev.comm,
         ev.dst_ip,
         ev.dst_port,
@@ -563,11 +587,16 @@ fn upsert_flow(
 }
 
 /// The repeats and marks of a harvest.
-fn append_harvest(tx: &rusqlite::Transaction<'_>, batch: &Batch) -> rusqlite::Result<()> {
+fn append_harvest(
+    tx: &rusqlite::Transaction<'_>,
+    batch: &Batch,
+    cgroups: &mut Cgroups,
+) -> rusqlite::Result<()> {
     if !batch.repeats.is_empty() {
         let mut up = tx.prepare_cached(schema::UPSERT_FLOW)?;
         for r in &batch.repeats {
-            upsert_flow(&mut up, &r.event, 0, r.count, r.packets, r.bytes)?;
+            let cgroup = cgroups.id(tx, &r.event.cgroup_path)?;
+            upsert_flow(&mut up, &r.event, cgroup, 0, r.count, r.packets, r.bytes)?;
         }
     }
     if !batch.marks.is_empty() {

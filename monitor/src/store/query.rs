@@ -39,7 +39,7 @@ pub fn bucket_of(t: i64) -> i64 {
 
 /// The columns `event_of` reads: the record's fields, then the record that
 /// was hashed and its digest.
-pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, dns_name, dns_cname, cloud, cloud_region, country_source, record, digest, kernel_cpu, kernel_seq";
+pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, CASE WHEN cgroup_ref = 0 THEN cgroup_path ELSE (SELECT path FROM cgroup_paths WHERE id = cgroup_ref) END, policy_generation, dns_name, dns_cname, cloud, cloud_region, country_source, record, digest, kernel_cpu, kernel_seq";
 
 /// A row's event, checked against what the chain covers: its columns must
 /// give back the hashed record, and the record its digest. A
@@ -418,10 +418,13 @@ type FlowKey = (String, String, String, u16, String, String, String, String);
 
 /// The key columns of the flows table, and its place columns.
 const FLOW_KEY: &str =
-    "cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, max(cloud_region)";
+    "(SELECT path FROM cgroup_paths WHERE id = cgroup), comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, max(cloud_region)";
+/// A flow row's cgroup path.
+const FLOW_CGROUP: &str = "(SELECT path FROM cgroup_paths WHERE id = cgroup)";
 /// The same from the events table (which keeps provider and region apart).
-const EVENT_FLOW_KEY: &str = "cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, CASE WHEN max(cloud) = '' THEN '' ELSE max(cloud) || ':' || max(cloud_region) END";
-const FLOW_GROUP: &str = "cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name";
+const EVENT_FLOW_KEY: &str = "CASE WHEN cgroup_ref = 0 THEN cgroup_path ELSE (SELECT path FROM cgroup_paths WHERE id = cgroup_ref) END AS path, comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, CASE WHEN max(cloud) = '' THEN '' ELSE max(cloud) || ':' || max(cloud_region) END";
+const FLOW_GROUP: &str = "cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name";
+const EVENT_FLOW_GROUP: &str = "path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name";
 
 /// Flows in [since, until): whole minutes from the flow table, the partial
 /// minutes at the edges from the events themselves, so the counts are
@@ -484,7 +487,7 @@ pub fn flows(
         let mut stmt = store
             .conn
             .prepare_cached(&format!(
-                "SELECT {EVENT_FLOW_KEY}, min(unix_nanos), max(unix_nanos), count(*), 0, 0 FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY {FLOW_GROUP}"
+                "SELECT {EVENT_FLOW_KEY}, min(unix_nanos), max(unix_nanos), count(*), 0, 0 FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY {EVENT_FLOW_GROUP}"
             ))
             .map_err(store.err("prepare edge query"))?;
         // The kernel's repeats are kept per minute: in a minute the window
@@ -570,7 +573,7 @@ pub fn flows_grouped(
         }
     };
     let dims = [
-        pick(has("cgroup"), "cgroup_path"),
+        pick(has("cgroup"), FLOW_CGROUP),
         pick(has("process"), "comm"),
         pick(has("destination"), "dst_ip"),
         if has("port") {
@@ -595,9 +598,11 @@ pub fn flows_grouped(
         let mut parts = Vec::new();
         if first_full < end_full {
             let sql = format!(
-                "SELECT {}, min(first_seen), max(last_seen), sum(count) + sum(repeats), sum(packets), sum(bytes) FROM flows WHERE bucket >= ? AND bucket < ? AND {} GROUP BY 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11",
+                "SELECT {}, min(first_seen), max(last_seen), sum(count) + sum(repeats), sum(packets), sum(bytes) FROM flows WHERE bucket >= ? AND bucket < ? AND {} GROUP BY {}",
                 dims.join(", "),
-                filter.0
+                filter.0,
+                // The path by its id (one lookup per group, not per row).
+                if has("cgroup") { "cgroup, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11" } else { "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11" }
             );
             let mut stmt = store
                 .conn

@@ -15,7 +15,8 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- Since version 7 a row keeps neither its record nor its prev_hash (both
 -- empty): the record is the canonical form of its columns and prev_hash
 -- the hash of the row before (kept on a row whose predecessor retention
--- removed). Rows written before keep both.
+-- removed); its cgroup path is `cgroup_ref` in cgroup_paths (cgroup_path
+-- empty). Rows written before keep all three.
 CREATE TABLE events (
     seq INTEGER PRIMARY KEY,
     unix_nanos INTEGER NOT NULL,
@@ -31,8 +32,11 @@ CREATE TABLE events (
     cloud TEXT NOT NULL DEFAULT '', cloud_region TEXT NOT NULL DEFAULT '',
     country_source TEXT NOT NULL DEFAULT '',
     -- The CPU and number the kernel gave the event in its ring (0: none).
-    kernel_cpu INTEGER NOT NULL DEFAULT 0, kernel_seq INTEGER NOT NULL DEFAULT 0
+    kernel_cpu INTEGER NOT NULL DEFAULT 0, kernel_seq INTEGER NOT NULL DEFAULT 0,
+    cgroup_ref INTEGER NOT NULL DEFAULT 0
 );
+-- Every cgroup path once (events and flows name them by id).
+CREATE TABLE cgroup_paths (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
 CREATE INDEX events_time ON events (unix_nanos);
 -- Refusals (denied, would_deny) by record order: the first page of a
 -- `--verdict denied` query without a scan; allowed rows take no room here.
@@ -55,17 +59,17 @@ CREATE TABLE checkpoints (
     run INTEGER NOT NULL DEFAULT 0, watching TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX checkpoints_time ON checkpoints (unix_nanos);
--- Flows: one row per key and minute.
+-- Flows: one row per key and minute; `cgroup` is an id of cgroup_paths.
 CREATE TABLE flows (
     bucket INTEGER NOT NULL,
-    cgroup_path TEXT NOT NULL, comm TEXT NOT NULL, dst_ip TEXT NOT NULL, dst_port INTEGER NOT NULL,
+    cgroup INTEGER NOT NULL, comm TEXT NOT NULL, dst_ip TEXT NOT NULL, dst_port INTEGER NOT NULL,
     protocol TEXT NOT NULL, verdict TEXT NOT NULL, policy TEXT NOT NULL,
     country TEXT NOT NULL, continent TEXT NOT NULL,
     first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, count INTEGER NOT NULL,
     dns_name TEXT NOT NULL DEFAULT '', cloud_region TEXT NOT NULL DEFAULT '',
     repeats INTEGER NOT NULL DEFAULT 0, packets INTEGER NOT NULL DEFAULT 0,
     bytes INTEGER NOT NULL DEFAULT 0, repeat_last INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name)
+    PRIMARY KEY (bucket, cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name)
 ) WITHOUT ROWID;
 -- What was harvested of each kernel flow entry so far (see FLOW_MARKS).
 CREATE TABLE flow_marks (
@@ -159,10 +163,29 @@ CREATE TABLE kernel_seqs (
 PRAGMA user_version = 6;
 ";
 
-/// Version 6 to 7: compact rows (new rows keep no record text and no
-/// prev_hash; see the events table) and the index of refusals.
+/// Version 6 to 7: compact rows (new rows keep no record text, no
+/// prev_hash and no path text; see the events table), the index of
+/// refusals, cgroup paths by id (the flows are rebuilt with the id in
+/// their key; old events keep their path text).
 const MIGRATE_6_TO_7: &str = "
 CREATE INDEX events_refused ON events (seq) WHERE verdict != 'allowed';
+ALTER TABLE events ADD COLUMN cgroup_ref INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE cgroup_paths (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
+INSERT OR IGNORE INTO cgroup_paths (path) SELECT DISTINCT cgroup_path FROM flows;
+CREATE TABLE flows_v7 (
+    bucket INTEGER NOT NULL,
+    cgroup INTEGER NOT NULL, comm TEXT NOT NULL, dst_ip TEXT NOT NULL, dst_port INTEGER NOT NULL,
+    protocol TEXT NOT NULL, verdict TEXT NOT NULL, policy TEXT NOT NULL,
+    country TEXT NOT NULL, continent TEXT NOT NULL,
+    first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, count INTEGER NOT NULL,
+    dns_name TEXT NOT NULL DEFAULT '', cloud_region TEXT NOT NULL DEFAULT '',
+    repeats INTEGER NOT NULL DEFAULT 0, packets INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0, repeat_last INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (bucket, cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name)
+) WITHOUT ROWID;
+INSERT INTO flows_v7 SELECT bucket, (SELECT id FROM cgroup_paths c WHERE c.path = flows.cgroup_path), comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count, dns_name, cloud_region, repeats, packets, bytes, repeat_last FROM flows;
+DROP TABLE flows;
+ALTER TABLE flows_v7 RENAME TO flows;
 PRAGMA user_version = 7;
 ";
 
@@ -175,12 +198,15 @@ CREATE INDEX checkpoints_time ON checkpoints (unix_nanos);
 PRAGMA user_version = 5;
 ";
 
-pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, dns_name, dns_cname, cloud, cloud_region, country_source, kernel_cpu, kernel_seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30)";
+pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, dns_name, dns_cname, cloud, cloud_region, country_source, kernel_cpu, kernel_seq, cgroup_ref) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)";
+
+/// A cgroup path's id, made if new.
+pub const INTERN_CGROUP: &str = "INSERT INTO cgroup_paths (path) VALUES (?1) ON CONFLICT (path) DO UPDATE SET path = path RETURNING id";
 
 /// Adds to the flow row of a minute: an event (`?14` = 1) or what a harvest
 /// of the kernel's flow table counted (`?15` repeats, `?16` packets, `?17`
 /// bytes; `repeat_last` is their time).
-pub const UPSERT_FLOW: &str = "INSERT INTO flows (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count, dns_name, cloud_region, repeats, packets, bytes, repeat_last) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?14, ?12, ?13, ?15, ?16, ?17, CASE WHEN ?14 = 0 THEN ?11 ELSE 0 END) ON CONFLICT (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen), count = count + excluded.count, repeats = repeats + excluded.repeats, packets = packets + excluded.packets, bytes = bytes + excluded.bytes, repeat_last = max(repeat_last, excluded.repeat_last), country = excluded.country, continent = excluded.continent, cloud_region = excluded.cloud_region";
+pub const UPSERT_FLOW: &str = "INSERT INTO flows (bucket, cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count, dns_name, cloud_region, repeats, packets, bytes, repeat_last) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?14, ?12, ?13, ?15, ?16, ?17, CASE WHEN ?14 = 0 THEN ?11 ELSE 0 END) ON CONFLICT (bucket, cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen), count = count + excluded.count, repeats = repeats + excluded.repeats, packets = packets + excluded.packets, bytes = bytes + excluded.bytes, repeat_last = max(repeat_last, excluded.repeat_last), country = excluded.country, continent = excluded.continent, cloud_region = excluded.cloud_region";
 
 pub const UPSERT_MARK: &str = "INSERT INTO flow_marks (key, first_ns, count, packets, bytes) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (key) DO UPDATE SET first_ns = excluded.first_ns, count = excluded.count, packets = excluded.packets, bytes = excluded.bytes";
 
@@ -314,12 +340,21 @@ mod tests {
             })
             .unwrap();
         assert_eq!((count, name.as_str()), (3, ""));
+        let flow_path: String = conn
+            .query_row(
+                "SELECT path FROM flows JOIN cgroup_paths ON id = cgroup",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(flow_path, "/x", "the flow's path is kept, by id");
         // New rows with names go into the migrated tables.
         conn.execute(
             UPSERT_FLOW,
             params![
                 0,
-                "/x",
+                // The id the migration gave "/x".
+                1,
                 "curl",
                 "203.0.113.2",
                 443,

@@ -100,7 +100,8 @@ fn main() {
         let mut r = Report::new();
         let dir = tempfile::tempdir().expect("a directory for the store bench");
         scale::store_bench(&mut r, n, dir.path());
-        r.command = format!("bench store {n}");
+        r.command = format!("cargo xtask bench --store {n}");
+        r.raw["bench_seconds"] = json!(started.elapsed().as_secs_f64());
         r.write_named(&out_dir, "store");
         return;
     }
