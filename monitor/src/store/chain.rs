@@ -14,7 +14,120 @@ pub const GENESIS: [u8; 32] = [0; 32];
 
 /// The canonical JSON of a record: what is hashed, and the line an export
 /// writes to events.jsonl.
+///
+/// Written field by field in key order, with `serde_json`'s own escaping
+/// and number format: byte for byte what `canonical_by_value` (a sorted
+/// map of the serialized event) gives, without building the map (a test
+/// holds the two equal for every field).
 pub fn canonical(seq: i64, e: &Event) -> String {
+    let mut out = Vec::with_capacity(640);
+    let mut first = true;
+    let mut key = |out: &mut Vec<u8>, k: &str| {
+        out.push(if first { b'{' } else { b',' });
+        first = false;
+        out.push(b'"');
+        out.extend_from_slice(k.as_bytes());
+        out.extend_from_slice(b"\":");
+    };
+    fn text(out: &mut Vec<u8>, v: &str) {
+        let _ = serde_json::to_writer(&mut *out, v);
+    }
+    fn num<N: serde::Serialize>(out: &mut Vec<u8>, v: N) {
+        let _ = serde_json::to_writer(&mut *out, &v);
+    }
+    // Keys in byte order; the optional ones as `Event` leaves them out.
+    key(&mut out, "cgroup_id");
+    num(&mut out, e.cgroup_id);
+    key(&mut out, "cgroup_path");
+    text(&mut out, &e.cgroup_path);
+    if !e.cloud.is_empty() {
+        key(&mut out, "cloud");
+        text(&mut out, &e.cloud);
+    }
+    if !e.cloud_region.is_empty() {
+        key(&mut out, "cloud_region");
+        text(&mut out, &e.cloud_region);
+    }
+    key(&mut out, "comm");
+    text(&mut out, &e.comm);
+    if !e.container_id.is_empty() {
+        key(&mut out, "container_id");
+        text(&mut out, &e.container_id);
+    }
+    key(&mut out, "continent");
+    text(&mut out, &e.continent);
+    key(&mut out, "country");
+    text(&mut out, &e.country);
+    key(&mut out, "country_source");
+    text(&mut out, e.country_source);
+    if !e.dns_cname.is_empty() {
+        key(&mut out, "dns_cname");
+        text(&mut out, &e.dns_cname);
+    }
+    key(&mut out, "dns_name");
+    text(&mut out, &e.dns_name);
+    key(&mut out, "dst_ip");
+    text(&mut out, &e.dst_ip);
+    key(&mut out, "dst_port");
+    num(&mut out, e.dst_port);
+    key(&mut out, "family");
+    text(&mut out, e.family);
+    key(&mut out, "hook");
+    text(&mut out, e.hook);
+    if e.kernel_cpu != 0 {
+        key(&mut out, "kernel_cpu");
+        num(&mut out, e.kernel_cpu);
+    }
+    if e.kernel_seq != 0 {
+        key(&mut out, "kernel_seq");
+        num(&mut out, e.kernel_seq);
+    }
+    key(&mut out, "pid");
+    num(&mut out, e.pid);
+    if !e.pod_uid.is_empty() {
+        key(&mut out, "pod_uid");
+        text(&mut out, &e.pod_uid);
+    }
+    key(&mut out, "policy");
+    text(&mut out, &e.policy);
+    key(&mut out, "policy_generation");
+    num(&mut out, e.policy_generation);
+    key(&mut out, "protocol");
+    text(&mut out, e.protocol);
+    if !e.qos.is_empty() {
+        key(&mut out, "qos");
+        text(&mut out, &e.qos);
+    }
+    key(&mut out, "rule");
+    text(&mut out, e.rule);
+    if !e.runtime.is_empty() {
+        key(&mut out, "runtime");
+        text(&mut out, &e.runtime);
+    }
+    key(&mut out, "seq");
+    num(&mut out, seq);
+    if !e.systemd_unit.is_empty() {
+        key(&mut out, "systemd_unit");
+        text(&mut out, &e.systemd_unit);
+    }
+    key(&mut out, "tgid");
+    num(&mut out, e.tgid);
+    key(&mut out, "time");
+    text(&mut out, &e.time);
+    key(&mut out, "uid");
+    num(&mut out, e.uid);
+    key(&mut out, "unix_nanos");
+    num(&mut out, e.unix_nanos as i64);
+    key(&mut out, "verdict");
+    text(&mut out, e.verdict);
+    out.push(b'}');
+    // Only valid UTF-8 went in (str keys and serde_json's output).
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// The canonical JSON by way of a sorted map of the serialized event: the
+/// definition `canonical` is held to.
+pub fn canonical_by_value(seq: i64, e: &Event) -> String {
     let mut v = serde_json::to_value(e).unwrap_or_default();
     if let Some(o) = v.as_object_mut() {
         o.insert("seq".into(), seq.into());
@@ -183,6 +296,66 @@ mod tests {
             check_links(&[1; 32], &l).is_err(),
             "a wrong anchor is detected"
         );
+    }
+
+    #[test]
+    fn the_canonical_writer_is_the_sorted_map_byte_for_byte() {
+        let full = Event {
+            time: "2026-12-03T16:00:00.000000001Z".into(),
+            unix_nanos: 1_796_313_600_000_000_001,
+            verdict: "would_deny",
+            policy: "eu \"only\" \\ é".into(),
+            rule: "default",
+            hook: "sendmsg6",
+            protocol: "udp",
+            family: "ipv6",
+            dst_ip: "2001:db8::1".into(),
+            dst_port: 65535,
+            country: "US".into(),
+            continent: "NA".into(),
+            country_source: "cloud",
+            dns_name: "api.example\u{7f}\n".into(),
+            dns_cname: "edge.example".into(),
+            cloud: "aws".into(),
+            cloud_region: "us-east-1".into(),
+            pid: u32::MAX,
+            tgid: 1,
+            uid: 0,
+            comm: "py\u{1}thon\t</script>".into(),
+            cgroup_id: u64::MAX,
+            cgroup_path: "/kubepods.slice/x".into(),
+            policy_generation: 7,
+            kernel_seq: 9,
+            kernel_cpu: 1,
+            pod_uid: "1b2c".into(),
+            qos: "Burstable".into(),
+            container_id: "ab".repeat(32),
+            runtime: "containerd".into(),
+            systemd_unit: "x.service".into(),
+        };
+        // Every field set, then every optional one left out in turn.
+        let mut cases = vec![full.clone(), Event::default()];
+        for clear in 0..10 {
+            let mut e = full.clone();
+            match clear {
+                0 => e.dns_cname.clear(),
+                1 => e.cloud.clear(),
+                2 => e.cloud_region.clear(),
+                3 => e.kernel_seq = 0,
+                4 => e.kernel_cpu = 0,
+                5 => e.pod_uid.clear(),
+                6 => e.qos.clear(),
+                7 => e.container_id.clear(),
+                8 => e.runtime.clear(),
+                _ => e.systemd_unit.clear(),
+            }
+            cases.push(e);
+        }
+        for (i, e) in cases.iter().enumerate() {
+            for seq in [1, i64::MAX] {
+                assert_eq!(canonical(seq, e), canonical_by_value(seq, e), "case {i}");
+            }
+        }
     }
 
     #[test]
