@@ -333,12 +333,12 @@ impl Store {
                 .map_err(e("prepare flow upsert"))?;
             let mut cgroups = Cgroups::default();
             for ev in &batch.events {
-                let cgroup = cgroups
-                    .id(&tx, &ev.cgroup_path)
+                let (cgroup, path) = cgroups
+                    .get(&tx, &ev.cgroup_path)
                     .map_err(e("name a cgroup path"))?;
                 seq += 1;
                 let canonical = chain::canonical(seq, ev);
-                let compact = query::restorable(ev);
+                let compact = query::restorable(ev, path);
                 let digest: [u8; 32] = Sha256::digest(canonical.as_bytes()).into();
                 let hash = chain::link(&chain::to32(&prev), &digest);
                 ins.execute(params![
@@ -538,20 +538,27 @@ impl Batch {
 
 /// Adds an event (`events` 1) or harvested counts to the flow row of the
 /// event's minute.
-/// The ids of cgroup paths named in one transaction (made there if new).
+/// The cgroup paths named in one transaction: each one's id (made there
+/// if new) and what reading it back attributes, worked out once per path
+/// and batch rather than per event.
 #[derive(Default)]
-struct Cgroups(std::collections::HashMap<String, i64>);
+struct Cgroups(std::collections::HashMap<String, (i64, crate::events::CgroupInfo)>);
 
 impl Cgroups {
-    fn id(&mut self, tx: &rusqlite::Transaction<'_>, path: &str) -> rusqlite::Result<i64> {
-        if let Some(id) = self.0.get(path) {
-            return Ok(*id);
+    fn get(
+        &mut self,
+        tx: &rusqlite::Transaction<'_>,
+        path: &str,
+    ) -> rusqlite::Result<(i64, &crate::events::CgroupInfo)> {
+        if !self.0.contains_key(path) {
+            let id = tx
+                .prepare_cached(schema::INTERN_CGROUP)?
+                .query_row(params![path], |r| r.get(0))?;
+            let info = crate::events::CgroupInfo::of_path(path.to_string());
+            self.0.insert(path.to_string(), (id, info));
         }
-        let id = tx
-            .prepare_cached(schema::INTERN_CGROUP)?
-            .query_row(params![path], |r| r.get(0))?;
-        self.0.insert(path.to_string(), id);
-        Ok(id)
+        let (id, info) = &self.0[path];
+        Ok((*id, info))
     }
 }
 
@@ -595,7 +602,7 @@ fn append_harvest(
     if !batch.repeats.is_empty() {
         let mut up = tx.prepare_cached(schema::UPSERT_FLOW)?;
         for r in &batch.repeats {
-            let cgroup = cgroups.id(tx, &r.event.cgroup_path)?;
+            let (cgroup, _) = cgroups.get(tx, &r.event.cgroup_path)?;
             upsert_flow(&mut up, &r.event, cgroup, 0, r.count, r.packets, r.bytes)?;
         }
     }

@@ -78,9 +78,10 @@ pub(crate) fn event_and_record(r: &Row<'_>) -> rusqlite::Result<(i64, Event, Str
 }
 
 /// Whether a row's columns give back `e`'s canonical record exactly (its
-/// names are ones the store reads back, its time is its nanoseconds'):
-/// then the row keeps no record text.
-pub(crate) fn restorable(e: &Event) -> bool {
+/// names are ones the store reads back, its time is its nanoseconds', its
+/// attribution is `path`'s, what reading the path back gives): then the
+/// row keeps no record text.
+pub(crate) fn restorable(e: &Event, path: &crate::events::CgroupInfo) -> bool {
     let names = [
         e.verdict,
         e.rule,
@@ -89,23 +90,14 @@ pub(crate) fn restorable(e: &Event) -> bool {
         e.family,
         e.country_source,
     ];
-    if !(names.iter().all(|n| known_name(n) == *n)
+    names.iter().all(|n| known_name(n) == *n)
         && i64::try_from(e.unix_nanos).is_ok()
-        && e.time == rfc3339_nanos(e.unix_nanos))
-    {
-        return false;
-    }
-    // The attribution is read back from the path.
-    let mut again = Event {
-        cgroup_path: e.cgroup_path.clone(),
-        ..Default::default()
-    };
-    again.attribute();
-    again.pod_uid == e.pod_uid
-        && again.qos == e.qos
-        && again.container_id == e.container_id
-        && again.runtime == e.runtime
-        && again.systemd_unit == e.systemd_unit
+        && e.time == rfc3339_nanos(e.unix_nanos)
+        && path.pod_uid == e.pod_uid
+        && path.qos == e.qos
+        && path.container_id == e.container_id
+        && path.runtime == e.runtime
+        && path.systemd_unit == e.systemd_unit
 }
 
 /// A row that does not hold what the chain covers.

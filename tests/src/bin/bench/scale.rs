@@ -98,14 +98,11 @@ pub fn store_bench(r: &mut Report, n: usize, dir: &Path) {
     // Ingest: batches as the writer makes them, one thread.
     let mut s = Store::open(&path).expect("open the bench store");
     let mut spent = Duration::ZERO;
-    let mut made = Duration::ZERO;
     let mut i = 0;
     while i < n {
-        let m = Instant::now();
         let events: Vec<Arc<Event>> = (i..(i + BATCH).min(n))
             .map(|k| Arc::new(event(k, t0, n)))
             .collect();
-        made += m.elapsed();
         i += events.len();
         let batch = Batch {
             events,
@@ -117,7 +114,6 @@ pub fn store_bench(r: &mut Report, n: usize, dir: &Path) {
     }
     drop(s);
     let rate = n as f64 / spent.as_secs_f64();
-    let _ = made;
     // The chain's share: the canonical record and two hashes per event.
     let sample: Vec<Event> = (0..20_000).map(|k| event(k, t0, n)).collect();
     let t = Instant::now();
