@@ -192,7 +192,7 @@ impl Filter {
     /// The filter as SQL over the flows table (a condition and its
     /// values), when it names only what a flow row holds as it is
     /// (verdicts, policies, countries, ports, protocols); None otherwise.
-    pub fn flow_sql(&self) -> Option<(String, Vec<rusqlite::types::Value>)> {
+    pub fn flow_sql(&self) -> Option<crate::store::query::FlowFilter> {
         use rusqlite::types::Value;
         if self.cgroups.is_some()
             || !self.cidrs.is_empty()
@@ -208,13 +208,15 @@ impl Filter {
         }
         let mut cond = vec!["1".to_string()];
         let mut values = Vec::new();
-        let mut any_of = |column: &str, list: Vec<Value>| {
+        let mut columns = Vec::new();
+        let mut any_of = |column: &'static str, list: Vec<Value>| {
             if list.is_empty() {
                 return;
             }
             let marks = vec!["?"; list.len()].join(", ");
             cond.push(format!("{column} IN ({marks})"));
             values.extend(list);
+            columns.push(column);
         };
         let text = |set: &HashSet<String>| set.iter().cloned().map(Value::Text).collect();
         any_of("verdict", text(&self.verdicts));
@@ -228,7 +230,11 @@ impl Filter {
                 .map(|p| Value::Integer(i64::from(*p)))
                 .collect(),
         );
-        Some((cond.join(" AND "), values))
+        Some(crate::store::query::FlowFilter {
+            sql: cond.join(" AND "),
+            values,
+            columns,
+        })
     }
 
     /// Whether the filter names processes (pid, uid): flows do not keep

@@ -9,6 +9,7 @@ pub mod chain;
 pub mod coverage;
 pub mod query;
 pub mod retention;
+pub mod rollup;
 pub mod schema;
 pub mod seqbook;
 pub mod time;
@@ -332,6 +333,7 @@ impl Store {
                 .prepare_cached(schema::UPSERT_FLOW)
                 .map_err(e("prepare flow upsert"))?;
             let mut cgroups = Cgroups::default();
+            let mut hourly = rollup::Pending::default();
             for ev in &batch.events {
                 let (cgroup, path) = cgroups
                     .get(&tx, &ev.cgroup_path)
@@ -379,6 +381,7 @@ impl Store {
                 ])
                 .map_err(e("insert event"))?;
                 upsert_flow(&mut flow, ev, cgroup, 1, 0, 0, 0).map_err(e("upsert flow"))?;
+                hourly.add(ev, cgroup, 1, 0, 0);
                 prev = hash.to_vec();
             }
             tx.execute(
@@ -387,7 +390,9 @@ impl Store {
             )
             .map_err(e("update chain head"))?;
             drop(flow);
-            append_harvest(&tx, batch, &mut cgroups).map_err(e("record harvested flows"))?;
+            append_harvest(&tx, batch, &mut cgroups, &mut hourly)
+                .map_err(e("record harvested flows"))?;
+            hourly.write(&tx).map_err(e("add to the hourly flows"))?;
             for g in &batch.gaps {
                 tx.execute(
                     "INSERT INTO gaps (unix_nanos, kind, count, detail) VALUES (?1, ?2, ?3, ?4)",
@@ -594,16 +599,24 @@ fn upsert_flow(
 }
 
 /// The repeats and marks of a harvest.
-fn append_harvest(
+fn append_harvest<'a>(
     tx: &rusqlite::Transaction<'_>,
-    batch: &Batch,
+    batch: &'a Batch,
     cgroups: &mut Cgroups,
+    hourly: &mut rollup::Pending<'a>,
 ) -> rusqlite::Result<()> {
     if !batch.repeats.is_empty() {
         let mut up = tx.prepare_cached(schema::UPSERT_FLOW)?;
         for r in &batch.repeats {
             let (cgroup, _) = cgroups.get(tx, &r.event.cgroup_path)?;
             upsert_flow(&mut up, &r.event, cgroup, 0, r.count, r.packets, r.bytes)?;
+            hourly.add(
+                &r.event,
+                cgroup,
+                r.count as i64,
+                r.packets as i64,
+                r.bytes as i64,
+            );
         }
     }
     if !batch.marks.is_empty() {

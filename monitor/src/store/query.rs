@@ -383,7 +383,7 @@ pub const GROUP_FIELDS: [&str; 12] = [
 /// How flows are ordered.
 pub const SORTS: [&str; 4] = ["count", "first_seen", "last_seen", "destination"];
 
-fn flow_of(r: &Row<'_>) -> rusqlite::Result<Flow> {
+pub(crate) fn flow_of(r: &Row<'_>) -> rusqlite::Result<Flow> {
     Ok(Flow {
         cgroup_path: r.get(0)?,
         comm: r.get(1)?,
@@ -540,21 +540,72 @@ pub fn flows(
         .collect())
 }
 
+/// A condition on flow rows for SQL (see `api::Filter::flow_sql`): the
+/// text with `?` for its values, and the flow columns it reads.
+#[derive(Debug, Clone)]
+pub struct FlowFilter {
+    pub sql: String,
+    pub values: Vec<rusqlite::types::Value>,
+    pub columns: Vec<&'static str>,
+}
+
+impl FlowFilter {
+    /// Every row.
+    pub fn all() -> Self {
+        Self {
+            sql: "1".into(),
+            values: Vec::new(),
+            columns: Vec::new(),
+        }
+    }
+}
+
 /// Folds flows into groups: the fields not grouped by are left empty.
-/// `group(flows(..), by)` computed by SQL over the flow table's whole
-/// minutes (the window's partial minutes at the edges as `flows` reads
-/// them), for a filter SQL can apply to flow rows (`filter`: a condition
-/// and its values). None when `by` needs what only the path tells (pods).
+/// `group(flows(..), by)` computed by SQL: the window's whole hours from
+/// the hourly sums where one keeps what the grouping and the filter use
+/// (see `rollup`), its whole minutes from the flow table, its partial
+/// minutes at the edges as `flows` reads them; for a filter SQL can apply
+/// to flow rows (`filter`). None when `by` needs what only the path tells
+/// (pods).
 pub fn flows_grouped(
     store: &Store,
     since: i64,
     until: i64,
     by: &[String],
-    filter: &(String, Vec<rusqlite::types::Value>),
+    filter: &FlowFilter,
     keep: &dyn Fn(&Event) -> bool,
 ) -> Option<Result<Vec<Flow>, StoreError>> {
     if by.is_empty() || by.iter().any(|b| b == "pod") {
         return None;
+    }
+    let run = || -> Result<Vec<Flow>, StoreError> {
+        let mut parts = Vec::new();
+        match super::rollup::grouped(store, since, until, by, filter) {
+            Some(hours) => {
+                let (rows, (first, end)) = hours?;
+                parts.extend(rows);
+                parts.extend(minutes_grouped(store, since, first, by, filter, keep)?);
+                parts.extend(minutes_grouped(store, end, until, by, filter, keep)?);
+            }
+            None => parts.extend(minutes_grouped(store, since, until, by, filter, keep)?),
+        }
+        Ok(group(parts, by))
+    };
+    Some(run())
+}
+
+/// The flows of [since, until) for `flows_grouped` from the flow minutes,
+/// each minute's rows summed by SQL (not yet folded across minutes).
+fn minutes_grouped(
+    store: &Store,
+    since: i64,
+    until: i64,
+    by: &[String],
+    filter: &FlowFilter,
+    keep: &dyn Fn(&Event) -> bool,
+) -> Result<Vec<Flow>, StoreError> {
+    if since >= until {
+        return Ok(Vec::new());
     }
     let has = |f: &str| by.iter().any(|b| b == f);
     let pick = |on: bool, col: &str| {
@@ -586,41 +637,38 @@ pub fn flows_grouped(
     ];
     let first_full = bucket_of(since) + if since % MINUTE == 0 { 0 } else { MINUTE };
     let end_full = bucket_of(until);
-    let run = || -> Result<Vec<Flow>, StoreError> {
-        let mut parts = Vec::new();
-        if first_full < end_full {
-            let sql = format!(
-                "SELECT {}, min(first_seen), max(last_seen), sum(count) + sum(repeats), sum(packets), sum(bytes) FROM flows WHERE bucket >= ? AND bucket < ? AND {} GROUP BY {}",
-                dims.join(", "),
-                filter.0,
-                // The path by its id (one lookup per group, not per row).
-                if has("cgroup") { "cgroup, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11" } else { "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11" }
-            );
-            let mut stmt = store
-                .conn
-                .prepare_cached(&sql)
-                .map_err(store.err("prepare grouped flow query"))?;
-            let mut values = vec![
-                rusqlite::types::Value::Integer(first_full),
-                rusqlite::types::Value::Integer(end_full),
-            ];
-            values.extend(filter.1.iter().cloned());
-            let rows: Vec<Flow> = stmt
-                .query_map(rusqlite::params_from_iter(values), flow_of)
-                .and_then(|r| r.collect())
-                .map_err(store.err("query grouped flows"))?;
-            parts.extend(rows);
-            for (a, b) in [(since, first_full), (end_full, until)] {
-                if a < b {
-                    parts.extend(flows(store, a, b, keep, false)?);
-                }
+    let mut parts = Vec::new();
+    if first_full < end_full {
+        let sql = format!(
+            "SELECT {}, min(first_seen), max(last_seen), sum(count) + sum(repeats), sum(packets), sum(bytes) FROM flows WHERE bucket >= ? AND bucket < ? AND {} GROUP BY {}",
+            dims.join(", "),
+            filter.sql,
+            // The path by its id (one lookup per group, not per row).
+            if has("cgroup") { "cgroup, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11" } else { "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11" }
+        );
+        let mut stmt = store
+            .conn
+            .prepare_cached(&sql)
+            .map_err(store.err("prepare grouped flow query"))?;
+        let mut values = vec![
+            rusqlite::types::Value::Integer(first_full),
+            rusqlite::types::Value::Integer(end_full),
+        ];
+        values.extend(filter.values.iter().cloned());
+        let rows: Vec<Flow> = stmt
+            .query_map(rusqlite::params_from_iter(values), flow_of)
+            .and_then(|r| r.collect())
+            .map_err(store.err("query grouped flows"))?;
+        parts.extend(rows);
+        for (a, b) in [(since, first_full), (end_full, until)] {
+            if a < b {
+                parts.extend(flows(store, a, b, keep, false)?);
             }
-        } else {
-            parts.extend(flows(store, since, until, keep, false)?);
         }
-        Ok(group(parts, by))
-    };
-    Some(run())
+    } else {
+        parts.extend(flows(store, since, until, keep, false)?);
+    }
+    Ok(parts)
 }
 
 pub fn group(flows: Vec<Flow>, by: &[String]) -> Vec<Flow> {
@@ -699,6 +747,7 @@ pub fn group(flows: Vec<Flow>, by: &[String]) -> Vec<Flow> {
             g.verdict.clone(),
             g.policy.clone(),
             g.country.clone(),
+            g.continent.clone(),
             g.dns_name.clone(),
             g.cloud_region.clone(),
         ];

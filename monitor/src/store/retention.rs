@@ -72,6 +72,7 @@ impl Store {
         // A flow minute goes once it is wholly before the cutoff.
         tx.execute("DELETE FROM flows WHERE bucket < ?1", [bucket_of(cutoff)])
             .map_err(e("delete old flows"))?;
+        super::rollup::remove_before(&tx, cutoff).map_err(e("delete old hourly flows"))?;
         tx.execute("DELETE FROM gaps WHERE unix_nanos < ?1", [cutoff])
             .map_err(e("delete old gaps"))?;
         // Heartbeats go with the history they cover; the newest stays (it

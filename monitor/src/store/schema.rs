@@ -6,7 +6,7 @@ use rusqlite::{params, Connection};
 use super::{sql, StoreError};
 
 /// `PRAGMA user_version` of the layout below.
-pub const VERSION: i64 = 7;
+pub const VERSION: i64 = 8;
 
 const TABLES: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -252,6 +252,8 @@ pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
         })?;
         let tx = conn.unchecked_transaction().map_err(e("begin"))?;
         tx.execute_batch(TABLES).map_err(e("create tables"))?;
+        tx.execute_batch(&super::rollup::create_sql())
+            .map_err(e("create the hourly flow tables"))?;
         tx.execute(
             "INSERT INTO chain_head (id, seq, hash) VALUES (0, 0, ?1)",
             params![&[0u8; 32][..]],
@@ -287,11 +289,20 @@ pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             tx.execute_batch(MIGRATE_5_TO_6)
                 .map_err(e("migrate schema 5 to 6"))?;
         }
-        tx.execute_batch(MIGRATE_6_TO_7)
-            .map_err(e("migrate schema 6 to 7"))?;
+        if version <= 6 {
+            tx.execute_batch(MIGRATE_6_TO_7)
+                .map_err(e("migrate schema 6 to 7"))?;
+        }
+        // Version 7 to 8: hourly sums of the flows (see `rollup`).
+        tx.execute_batch(&super::rollup::create_sql())
+            .map_err(e("migrate schema 7 to 8: create the hourly flow tables"))?;
+        tx.execute_batch(&super::rollup::fill_sql())
+            .map_err(e("migrate schema 7 to 8: fill the hourly flow tables"))?;
+        tx.execute_batch(&format!("PRAGMA user_version = {VERSION}"))
+            .map_err(e("write schema version"))?;
         tx.commit().map_err(e("commit migration"))?;
         log::info!(
-            "store {}: schema migrated from version {version} to {VERSION} (names and cloud regions; flows in the kernel; signed checkpoints; heartbeats; kernel event numbers; compact rows)",
+            "store {}: schema migrated from version {version} to {VERSION} (names and cloud regions; flows in the kernel; signed checkpoints; heartbeats; kernel event numbers; compact rows; hourly flows)",
             path.display()
         );
     }
@@ -348,6 +359,28 @@ mod tests {
             )
             .unwrap();
         assert_eq!(flow_path, "/x", "the flow's path is kept, by id");
+        let hourly: (i64, i64, String) = conn
+            .query_row("SELECT hour, count, country FROM flows_by_place", [], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+            })
+            .unwrap();
+        assert_eq!(
+            hourly,
+            (0, 3, "US".into()),
+            "the hourly sums hold the old flows"
+        );
+        // The upgraded store has the tables a new one has.
+        let tables = |c: &Connection| -> Vec<String> {
+            let mut stmt = c
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+                .unwrap();
+            let names = stmt.query_map([], |r| r.get(0)).unwrap();
+            names.collect::<Result<_, _>>().unwrap()
+        };
+        let fresh = dir.path().join("new.db");
+        let new = Connection::open(&fresh).unwrap();
+        prepare(&new, &fresh).unwrap();
+        assert_eq!(tables(&conn), tables(&new));
         // New rows with names go into the migrated tables.
         conn.execute(
             UPSERT_FLOW,

@@ -210,7 +210,7 @@ pub fn store_bench(r: &mut Report, n: usize, dir: &Path) {
         let t = Instant::now();
         // As the API groups with no filter: in SQL.
         let by: Vec<String> = by.split(',').map(String::from).collect();
-        let none = (String::from("1"), Vec::new());
+        let none = query::FlowFilter::all();
         let groups = query::flows_grouped(&s, since, until, &by, &none, &|_| true)
             .expect("groupable in SQL")
             .expect("flows");
