@@ -227,6 +227,9 @@ fn needed(by: &[String]) -> Option<Vec<&'static str>> {
     Some(out)
 }
 
+/// Grouped flows and the hours [first, end) they cover.
+pub type Hours = (Vec<Flow>, (i64, i64));
+
 /// The grouped flows of the whole hours in [since, until) from the first
 /// rollup that keeps every column the grouping and the filter use, with
 /// the hours it covered; None when no rollup does or no whole hour is in
@@ -237,14 +240,14 @@ pub fn grouped(
     until: i64,
     by: &[String],
     filter: &super::query::FlowFilter,
-) -> Option<Result<(Vec<Flow>, (i64, i64)), StoreError>> {
+) -> Option<Result<Hours, StoreError>> {
     let need = needed(by)?;
     let rollup = ROLLUPS.iter().find(|r| {
         need.iter()
             .chain(filter.columns.iter())
             .all(|c| r.dims.contains(c))
     })?;
-    let run = || -> Result<Option<(Vec<Flow>, (i64, i64))>, StoreError> {
+    let run = || -> Result<Option<Hours>, StoreError> {
         let whole_from: i64 = store
             .conn
             .query_row(
