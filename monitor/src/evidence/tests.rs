@@ -378,7 +378,8 @@ fn flows_grouped_over_hours_match_flows_grouped_in_memory() {
         v
     };
     let text = |v: &str| rusqlite::types::Value::Text(v.into());
-    let filters: Vec<(query::FlowFilter, &dyn Fn(&Event) -> bool)> = vec![
+    type Keep<'a> = &'a dyn Fn(&Event) -> bool;
+    let filters: Vec<(query::FlowFilter, Keep)> = vec![
         (query::FlowFilter::all(), &|_| true),
         (
             query::FlowFilter {
