@@ -20,11 +20,13 @@ pub struct EventsArgs {
     pub output: Format,
     #[command(flatten)]
     pub filter: super::filters::FilterArgs,
-    /// Read the history store from this time on (RFC 3339, or a duration
-    /// before now: 2h, 30m) instead of the recent decisions in memory.
+    /// Read the history store from this time on instead of the recent
+    /// decisions in memory: RFC 3339, a UTC date or date and time
+    /// (2026-12-01, "2026-12-01 22:47"), Unix seconds (0: the beginning),
+    /// or a duration before now (2h, 30m).
     #[arg(long, conflicts_with_all = ["follow", "last"])]
     pub since: Option<String>,
-    /// End of the --since window [default: now].
+    /// End of the --since window, in any form --since takes (default: now).
     #[arg(long, requires = "since")]
     pub until: Option<String>,
     /// With --since: at most this many decisions, oldest first.

@@ -12,12 +12,14 @@ use crate::{
 
 #[derive(Debug, Args)]
 pub struct ExportArgs {
-    /// Start of the window: RFC 3339 or a duration before now (2h).
+    /// Start of the window: RFC 3339, a UTC date or date and time
+    /// (2026-12-01, "2026-12-01 22:47"), Unix seconds (0: the beginning),
+    /// or a duration before now (2h, 7d).
     #[arg(long)]
     pub since: String,
-    /// End of the window [default: now].
-    #[arg(long, default_value = "")]
-    pub until: String,
+    /// End of the window, in any form --since takes (default: now).
+    #[arg(long)]
+    pub until: Option<String>,
     /// The bundle to write (a tar file).
     #[arg(long)]
     pub out: PathBuf,
@@ -31,8 +33,12 @@ pub struct ExportArgs {
 
 pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    let (since, until) = parse_window(&args.since, &args.until, store::now_nanos())
-        .map_err(|(field, why)| anyhow::anyhow!("--{field}: {why}"))?;
+    let (since, until) = parse_window(
+        &args.since,
+        args.until.as_deref().unwrap_or(""),
+        store::now_nanos(),
+    )
+    .map_err(|(field, why)| anyhow::anyhow!("--{field}: {why}"))?;
     let pbf = args.filter.to_pb();
     let filter = Filter::compile(pbf.clone()).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     let recorded = if args.filter.is_empty() {
@@ -42,21 +48,25 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     };
     let signing = key::load(&args.state_dir).context("the node key signs the bundle")?;
     let st = Store::open_read(&store::path_in(&args.state_dir))?;
+    let progress = Progress::new();
+    let show = |done: u64, total: u64| progress.show(done, total);
     let req = bundle::Request {
         since,
         until,
         keep: &|e| filter.matches(e),
         filter: recorded,
         by_process: filter.by_process(),
+        progress: progress.on.then_some(&show as &dyn Fn(u64, u64)),
     };
-    let (files, summary) = bundle::build(&st, &signing, &req)?;
-    bundle::write_tar(&files, &args.out)?;
+    let result = bundle::export(&st, &signing, &req, &args.out);
+    progress.done();
+    let (summary, files) = result?;
     let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
     println!(
         "wrote {} ({} bytes, {} files) in {:.0} ms: {} of {} records in the window {} .. {}, {} flows, {} policy versions; signed by node key {}",
         args.out.display(),
         size,
-        files.len(),
+        files,
         started.elapsed().as_secs_f64() * 1e3,
         summary.exported,
         summary.in_window,
@@ -67,4 +77,48 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         key::public_hex(&signing.verifying_key())
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// A progress line on stderr while the records are read, when stderr is a
+/// terminal (nothing in a pipe or a log): records read of the window's,
+/// and the rate, at most four times a second.
+struct Progress {
+    on: bool,
+    started: Instant,
+    last: std::cell::Cell<Option<Instant>>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        use std::io::IsTerminal;
+        Self {
+            on: std::io::stderr().is_terminal(),
+            started: Instant::now(),
+            last: std::cell::Cell::new(None),
+        }
+    }
+
+    fn show(&self, done: u64, total: u64) {
+        let now = Instant::now();
+        if self
+            .last
+            .get()
+            .is_some_and(|t| now.duration_since(t).as_millis() < 250 && done < total)
+        {
+            return;
+        }
+        self.last.set(Some(now));
+        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
+        let pct = if total > 0 { done * 100 / total } else { 100 };
+        eprint!(
+            "\rexporting: {done} of {total} records ({pct}%), {:.0} records/s   ",
+            done as f64 / secs
+        );
+    }
+
+    fn done(&self) {
+        if self.on && self.last.get().is_some() {
+            eprintln!();
+        }
+    }
 }

@@ -17,12 +17,14 @@ pub enum FlowFormat {
 
 #[derive(Debug, Args)]
 pub struct FlowsArgs {
-    /// Start of the window: RFC 3339 or a duration before now (1h, 30m).
+    /// Start of the window: RFC 3339, a UTC date or date and time
+    /// (2026-12-01, "2026-12-01 22:47"), Unix seconds (0: the beginning),
+    /// or a duration before now (1h, 30m, 7d).
     #[arg(long, default_value = "1h")]
     pub since: String,
-    /// End of the window [default: now].
-    #[arg(long, default_value = "")]
-    pub until: String,
+    /// End of the window, in any form --since takes (default: now).
+    #[arg(long)]
+    pub until: Option<String>,
     /// Group by (comma-separated): cgroup, pod, process, country, continent,
     /// destination, port, protocol, verdict, policy, name (the DNS name),
     /// cloud (the cloud region).
@@ -92,7 +94,7 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
             .query_flows(pb::QueryFlowsRequest {
                 window: Some(pb::TimeWindow {
                     since: args.since.clone(),
-                    until: args.until.clone(),
+                    until: args.until.clone().unwrap_or_default(),
                 }),
                 filter: Some(args.filter.to_pb()),
                 group_by: args.group_by.clone(),

@@ -28,6 +28,8 @@ pub struct Request<'a> {
     pub filter: Value,
     /// The filter names processes (pid/uid): flows come from events.
     pub by_process: bool,
+    /// Told (records read, records in the window) as the records are read.
+    pub progress: Option<&'a dyn Fn(u64, u64)>,
 }
 
 /// What the bundle holds, for the CLI's report.
@@ -73,22 +75,181 @@ fn in_force(
         .collect())
 }
 
-/// Builds the bundle's files (signed manifest included).
+/// A file of the bundle as it is made: hashed and counted on the way, its
+/// bytes in memory or, for an export, in a spool file beside the output
+/// (so memory does not grow with the window).
+struct Part {
+    sha: Sha256,
+    len: u64,
+    body: Body,
+}
+
+enum Body {
+    Memory(Vec<u8>),
+    File(std::io::BufWriter<std::fs::File>, std::path::PathBuf),
+}
+
+impl std::io::Write for Part {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = match &mut self.body {
+            Body::Memory(v) => {
+                v.extend_from_slice(buf);
+                buf.len()
+            }
+            Body::File(f, _) => f.write(buf)?,
+        };
+        self.sha.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.body {
+            Body::Memory(_) => Ok(()),
+            Body::File(f, _) => f.flush(),
+        }
+    }
+}
+
+/// A finished part: its digest, size and where its bytes are.
+struct Made {
+    digest: [u8; 32],
+    len: u64,
+    body: Stored,
+}
+
+enum Stored {
+    Memory(Vec<u8>),
+    File(std::path::PathBuf),
+}
+
+/// Where the large parts go: memory (`build`) or a directory (`export`).
+struct Spool<'a>(Option<&'a std::path::Path>);
+
+impl Spool<'_> {
+    fn part(&self, name: &str) -> anyhow::Result<Part> {
+        let body = match self.0 {
+            None => Body::Memory(Vec::new()),
+            Some(dir) => {
+                let path = dir.join(name.replace('/', "_"));
+                let f = std::fs::File::create(&path)
+                    .with_context(|| format!("creating {}", path.display()))?;
+                Body::File(std::io::BufWriter::with_capacity(1 << 20, f), path)
+            }
+        };
+        Ok(Part {
+            sha: Sha256::new(),
+            len: 0,
+            body,
+        })
+    }
+}
+
+impl Part {
+    fn finish(self) -> anyhow::Result<Made> {
+        let body = match self.body {
+            Body::Memory(v) => Stored::Memory(v),
+            Body::File(f, path) => {
+                f.into_inner()
+                    .map_err(|e| e.into_error())
+                    .with_context(|| format!("writing {}", path.display()))?;
+                Stored::File(path)
+            }
+        };
+        Ok(Made {
+            digest: self.sha.finalize().into(),
+            len: self.len,
+            body,
+        })
+    }
+}
+
+fn in_memory(bytes: Vec<u8>) -> Made {
+    Made {
+        digest: Sha256::digest(&bytes).into(),
+        len: bytes.len() as u64,
+        body: Stored::Memory(bytes),
+    }
+}
+
+/// The parts of a bundle by name.
+type Parts = BTreeMap<String, Made>;
+
+/// Builds the bundle's files (signed manifest included), in memory.
 pub fn build(
     store: &Store,
     key: &SigningKey,
     req: &Request<'_>,
 ) -> anyhow::Result<(Files, Summary)> {
+    let (parts, summary) = assemble(store, key, req, &Spool(None))?;
     let mut files = Files::new();
+    for (name, made) in parts {
+        let bytes = match made.body {
+            Stored::Memory(v) => v,
+            Stored::File(p) => std::fs::read(&p)?,
+        };
+        files.insert(name, bytes);
+    }
+    Ok((files, summary))
+}
+
+/// Writes the bundle to `out` (a tar file) as it reads the store: the
+/// records, their links and the flows go through spool files beside `out`
+/// (removed after), so memory stays flat however long the window.
+/// Returns what it holds and how many files.
+pub fn export(
+    store: &Store,
+    key: &SigningKey,
+    req: &Request<'_>,
+    out: &std::path::Path,
+) -> anyhow::Result<(Summary, usize)> {
+    let dir = SpoolDir::new(out)?;
+    let (parts, summary) = assemble(store, key, req, &Spool(Some(&dir.0)))?;
+    write_parts(&parts, out)?;
+    Ok((summary, parts.len()))
+}
+
+/// A spool directory beside the output, removed when dropped (also when the
+/// export fails).
+struct SpoolDir(std::path::PathBuf);
+
+impl SpoolDir {
+    fn new(out: &std::path::Path) -> anyhow::Result<Self> {
+        let mut name = out
+            .file_name()
+            .map(|n| n.to_os_string())
+            .unwrap_or_else(|| "bundle".into());
+        name.push(format!(".parts-{}", std::process::id()));
+        let dir = out.with_file_name(name);
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self(dir))
+    }
+}
+
+impl Drop for SpoolDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Every part of the bundle, the signed manifest included.
+fn assemble(
+    store: &Store,
+    key: &SigningKey,
+    req: &Request<'_>,
+    spool: &Spool<'_>,
+) -> anyhow::Result<(Parts, Summary)> {
+    let mut parts = Parts::new();
     let mut summary = Summary::default();
     // One read transaction: every file sees the same store.
     store.conn.execute_batch("BEGIN")?;
 
-    let records = read_records(store, req)?;
+    let mut jsonl = spool.part("events.jsonl")?;
+    let mut links = spool.part("links")?;
+    let records = read_records(store, req, &mut jsonl, &mut links)?;
     check_anchor(store, records.anchor)?;
     check_tail(store)?;
-    summary.in_window = records.links.len();
-    summary.exported = records.events.len();
+    summary.in_window = records.in_window;
+    summary.exported = records.exported;
     let complete = req.filter.is_null();
     let prior = prior_seq(store, req, &records)?;
     // The heartbeats around the window tell what of it was watched.
@@ -97,30 +258,31 @@ pub fn build(
         req.until.saturating_add(coverage::MAX_GAP_NANOS),
     )?;
     let cover = coverage::coverage(&checkpoints, req.since, req.until);
-    files.insert(
-        "chain.json".into(),
-        chain_json(store, &records, complete, prior, &cover)?,
-    );
-    files.insert(
+    let mut chain = spool.part("chain.json")?;
+    chain_json(store, &records, complete, prior, &cover, links, &mut chain)?;
+    parts.insert("chain.json".into(), chain.finish()?);
+    parts.insert(
         "checkpoints.json".into(),
-        checkpoints_json(store, &checkpoints)?,
+        in_memory(checkpoints_json(store, &checkpoints)?),
     );
-    let Records { jsonl, events, .. } = records;
-    files.insert("events.jsonl".into(), jsonl);
+    parts.insert("events.jsonl".into(), jsonl.finish()?);
 
     let flows = window_flows(store, req)?;
     summary.flows = flows.len();
-    files.insert("flows.csv".into(), flows_csv(&flows)?);
+    let mut csv = spool.part("flows.csv")?;
+    flows_csv(&flows, &mut csv)?;
+    parts.insert("flows.csv".into(), csv.finish()?);
 
     let (index, versions) = policy_sets(store, req)?;
     summary.policy_versions = versions.len();
-    insert_policy_files(&mut files, &index, &versions)?;
+    let mut small = Files::new();
+    insert_policy_files(&mut small, &index, &versions)?;
 
-    files.insert("geoip.json".into(), geoip_json(store, req)?);
-    files.insert("cloud_ranges.json".into(), cloud_json(store, req)?);
-    files.insert("host.json".into(), host_json(store, req)?);
+    small.insert("geoip.json".into(), geoip_json(store, req)?);
+    small.insert("cloud_ranges.json".into(), cloud_json(store, req)?);
+    small.insert("host.json".into(), host_json(store, req)?);
     let counters = counters(store, req, &summary)?;
-    files.insert(
+    small.insert(
         "counters.json".into(),
         serde_json::to_vec_pretty(&counters)?,
     );
@@ -129,7 +291,8 @@ pub fn build(
     let md = super::summary::render(&super::summary::Input {
         since: req.since,
         until: req.until,
-        events: &events,
+        exported: records.exported,
+        by_cidr: &records.by_cidr,
         flows: &flows,
         policy_index: &index,
         counters: &counters,
@@ -137,40 +300,60 @@ pub fn build(
         complete,
         public_key: &crate::evidence::key::public_hex(&key.verifying_key()),
     });
-    files.insert("summary.md".into(), md.into_bytes());
+    small.insert("summary.md".into(), md.into_bytes());
     let public = crate::evidence::key::public_hex(&key.verifying_key());
-    files.insert("node.pub".into(), format!("{public}\n").into_bytes());
+    small.insert("node.pub".into(), format!("{public}\n").into_bytes());
+    for (name, bytes) in small {
+        parts.insert(name, in_memory(bytes));
+    }
 
-    sign_manifest(store, key, req, &public, &mut files)?;
-    Ok((files, summary))
+    sign_manifest(store, key, req, &public, &mut parts)?;
+    Ok((parts, summary))
 }
 
 /// The window's records, read in order and checked against the hash chain.
 struct Records {
-    /// One link per record in the window (kept or not).
-    links: Vec<chain::Link>,
-    /// The kept records, one per line, as stored.
-    jsonl: Vec<u8>,
+    /// Records in the window (kept or not), and of them exported.
+    in_window: usize,
+    exported: usize,
     /// The hash the window's first record follows, and the seq before it.
     anchor: Option<([u8; 32], i64)>,
-    /// The kept records as events.
-    events: Vec<Event>,
+    /// (destination, cgroup path) of the exported records a CIDR rule
+    /// allowed (for the summary).
+    by_cidr: std::collections::HashSet<(String, String)>,
 }
 
-/// Reads the window's records, checking each digest and link as it goes.
-fn read_records(store: &Store, req: &Request<'_>) -> anyhow::Result<Records> {
+/// Reads the window's records, checking each digest and link as it goes:
+/// the kept ones to `jsonl` as stored, one link per record to `links` (one
+/// JSON object a line).
+fn read_records(
+    store: &Store,
+    req: &Request<'_>,
+    jsonl: &mut Part,
+    links: &mut Part,
+) -> anyhow::Result<Records> {
+    use std::io::Write;
+    let total = match req.progress {
+        Some(_) => store.conn.query_row(
+            "SELECT count(*) FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2",
+            params![req.since, req.until],
+            |r| r.get::<_, i64>(0),
+        )? as u64,
+        None => 0,
+    };
     let mut stmt = store.conn.prepare(&format!(
         "SELECT {}, prev_hash, digest, hash, record FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 ORDER BY seq",
         query::EVENT_COLUMNS
     ))?;
     let mut rows = stmt.query(params![req.since, req.until])?;
     let mut out = Records {
-        links: Vec::new(),
-        jsonl: Vec::new(),
+        in_window: 0,
+        exported: 0,
         anchor: None,
-        events: Vec::new(),
+        by_cidr: Default::default(),
     };
     let mut prev: Option<[u8; 32]> = None;
+    let mut last_seq = None;
     while let Some(r) = rows.next()? {
         let (seq, event, record) = query::event_and_record(r)?;
         // After the event columns: the chain columns, by name.
@@ -189,7 +372,7 @@ fn read_records(store: &Store, req: &Request<'_>) -> anyhow::Result<Records> {
             bail!("the store's record seq {seq} does not match its digest: the store was altered; not exporting");
         }
         if let Some(p) = prev {
-            if p != prev_hash || out.links.last().map(|l: &chain::Link| l.seq + 1) != Some(seq) {
+            if p != prev_hash || last_seq.map(|l: i64| l + 1) != Some(seq) {
                 bail!("the store's chain is broken before seq {seq} (a record was removed or altered): not exporting");
             }
         } else {
@@ -199,16 +382,33 @@ fn read_records(store: &Store, req: &Request<'_>) -> anyhow::Result<Records> {
             bail!("the store's record seq {seq} does not link to the one before: the store was altered; not exporting");
         }
         prev = Some(hash);
-        out.links.push(chain::Link {
-            seq,
-            digest: hex::encode(digest),
-            hash: hex::encode(hash),
-        });
-        if (req.keep)(&event) {
-            out.jsonl.extend_from_slice(record.as_bytes());
-            out.jsonl.push(b'\n');
-            out.events.push(event);
+        last_seq = Some(seq);
+        if out.in_window > 0 {
+            links.write_all(b",\n")?;
         }
+        write!(
+            links,
+            "    {{\"digest\":\"{}\",\"hash\":\"{}\",\"seq\":{seq}}}",
+            hex::encode(digest),
+            hex::encode(hash)
+        )?;
+        out.in_window += 1;
+        if (req.keep)(&event) {
+            jsonl.write_all(record.as_bytes())?;
+            jsonl.write_all(b"\n")?;
+            out.exported += 1;
+            if event.rule == "cidr" {
+                out.by_cidr.insert((event.dst_ip, event.cgroup_path));
+            }
+        }
+        if let Some(progress) = req.progress {
+            if out.in_window % 4096 == 0 {
+                progress(out.in_window as u64, total);
+            }
+        }
+    }
+    if let Some(progress) = req.progress {
+        progress(out.in_window as u64, total);
     }
     Ok(out)
 }
@@ -319,30 +519,56 @@ fn checkpoints_json(store: &Store, list: &[chain::Checkpoint]) -> anyhow::Result
 }
 
 /// `chain.json`: the links, their anchor and the store's head at export.
+/// The links (one a line, as `read_records` wrote them) are copied in
+/// last, so the file is written without holding them.
 fn chain_json(
     store: &Store,
     records: &Records,
     complete: bool,
     prior: i64,
     cover: &coverage::Coverage,
-) -> anyhow::Result<Vec<u8>> {
+    links: Part,
+    out: &mut Part,
+) -> anyhow::Result<()> {
+    use std::io::Write;
     let (head_seq, head) = store.head()?;
     let anchor_json = match records.anchor {
         Some((h, seq)) => json!({"seq": seq, "hash": hex::encode(h)}),
         None => Value::Null,
     };
-    Ok(serde_json::to_vec_pretty(&json!({
+    let head_json = serde_json::to_string_pretty(&json!({
         "algorithm": "digest = SHA-256(line of events.jsonl); hash = SHA-256(previous hash || digest); the store's first record follows 32 zero bytes",
         "store_id": store.store_id()?,
         "anchor": anchor_json,
-        "links": records.links,
         "complete": complete,
-        "records_in_window": records.links.len(),
-        "records_exported": records.events.len(),
+        "records_in_window": records.in_window,
+        "records_exported": records.exported,
         "last_seq_before_window": prior,
         "store_head_at_export": {"seq": head_seq, "hash": hex::encode(head)},
         "coverage": cover,
-    }))?)
+    }))?;
+    // `{ ... }` without its closing brace, then the links.
+    let open = head_json
+        .strip_suffix("\n}")
+        .context("chain.json header is an object")?;
+    out.write_all(open.as_bytes())?;
+    out.write_all(b",\n  \"links\": [\n")?;
+    match links.finish()?.body {
+        Stored::Memory(v) => out.write_all(&v)?,
+        Stored::File(p) => {
+            let mut f =
+                std::fs::File::open(&p).with_context(|| format!("reading {}", p.display()))?;
+            std::io::copy(&mut f, out)?;
+            drop(f);
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+    out.write_all(if records.in_window > 0 {
+        b"\n  ]\n}"
+    } else {
+        b"]\n}"
+    })?;
+    Ok(())
 }
 
 /// The window's flows (of the kept events), oldest first.
@@ -353,8 +579,8 @@ fn window_flows(store: &Store, req: &Request<'_>) -> anyhow::Result<Vec<query::F
 }
 
 /// `flows.csv`: one row per flow under the CLI's column names.
-fn flows_csv(flows: &[query::Flow]) -> anyhow::Result<Vec<u8>> {
-    let mut w = csv::Writer::from_writer(Vec::new());
+fn flows_csv(flows: &[query::Flow], out: &mut Part) -> anyhow::Result<()> {
+    let mut w = csv::Writer::from_writer(out);
     w.write_record(query::FLOW_CSV_COLUMNS)?;
     for f in flows {
         w.write_record([
@@ -377,7 +603,8 @@ fn flows_csv(flows: &[query::Flow]) -> anyhow::Result<Vec<u8>> {
             f.bytes.to_string(),
         ])?;
     }
-    w.into_inner().context("writing flows.csv")
+    w.flush().context("writing flows.csv")?;
+    Ok(())
 }
 
 /// A stored policy version: name, mode, file, text, first seen.
@@ -545,11 +772,11 @@ fn sign_manifest(
     key: &SigningKey,
     req: &Request<'_>,
     public: &str,
-    files: &mut Files,
+    parts: &mut Parts,
 ) -> anyhow::Result<()> {
-    let digests: BTreeMap<&String, String> = files
+    let digests: BTreeMap<&String, String> = parts
         .iter()
-        .map(|(n, b)| (n, hex::encode(Sha256::digest(b))))
+        .map(|(n, m)| (n, hex::encode(m.digest)))
         .collect();
     let manifest = serde_json::to_vec_pretty(&json!({
         "format": FORMAT,
@@ -561,24 +788,34 @@ fn sign_manifest(
         "files": digests,
     }))?;
     let signature = key.sign(&manifest);
-    files.insert("manifest.json".into(), manifest);
-    files.insert(
+    parts.insert("manifest.json".into(), in_memory(manifest));
+    parts.insert(
         "manifest.sig".into(),
-        format!("{}\n", hex::encode(signature.to_bytes())).into_bytes(),
+        in_memory(format!("{}\n", hex::encode(signature.to_bytes())).into_bytes()),
     );
     Ok(())
 }
 
 /// Writes the files as one tar (fixed order: the manifest first).
 pub fn write_tar(files: &Files, out: &std::path::Path) -> anyhow::Result<()> {
+    let parts: Parts = files
+        .iter()
+        .map(|(n, b)| (n.clone(), in_memory(b.clone())))
+        .collect();
+    write_parts(&parts, out)
+}
+
+/// Writes the parts as one tar, the manifest first, the spooled ones
+/// copied from their files; the tar appears under its name only whole.
+fn write_parts(parts: &Parts, out: &std::path::Path) -> anyhow::Result<()> {
     let tmp = out.with_extension("partial");
     let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-    let mut tar = tar::Builder::new(std::io::BufWriter::new(f));
+    let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0);
-    let mut order: Vec<&String> = files.keys().collect();
+    let mut order: Vec<&String> = parts.keys().collect();
     order.sort_by_key(|n| {
         (
             n.as_str() != "manifest.json",
@@ -586,17 +823,32 @@ pub fn write_tar(files: &Files, out: &std::path::Path) -> anyhow::Result<()> {
             n.as_str(),
         )
     });
-    for name in order {
-        let data = &files[name];
-        let mut h = tar::Header::new_gnu();
-        h.set_size(data.len() as u64);
-        h.set_mode(0o644);
-        h.set_mtime(now);
-        h.set_entry_type(tar::EntryType::Regular);
-        tar.append_data(&mut h, format!("evidence/{name}"), data.as_slice())?;
+    let written = (|| -> anyhow::Result<()> {
+        for name in order {
+            let made = &parts[name];
+            let mut h = tar::Header::new_gnu();
+            h.set_size(made.len);
+            h.set_mode(0o644);
+            h.set_mtime(now);
+            h.set_entry_type(tar::EntryType::Regular);
+            let path = format!("evidence/{name}");
+            match &made.body {
+                Stored::Memory(v) => tar.append_data(&mut h, path, v.as_slice())?,
+                Stored::File(p) => {
+                    let f = std::fs::File::open(p)
+                        .with_context(|| format!("reading {}", p.display()))?;
+                    tar.append_data(&mut h, path, f)?
+                }
+            }
+        }
+        let w = tar.into_inner()?;
+        w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(())
+    })();
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e.context(format!("writing {}", tmp.display())));
     }
-    let w = tar.into_inner()?;
-    w.into_inner().map_err(|e| e.into_error())?.sync_all()?;
     std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
     Ok(())
 }

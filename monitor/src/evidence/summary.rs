@@ -4,14 +4,18 @@ use std::{collections::BTreeMap, fmt::Write};
 use serde_json::Value;
 
 use crate::{
-    events::{rfc3339_nanos, Event},
+    events::rfc3339_nanos,
     store::{coverage::Coverage, query::Flow},
 };
 
 pub struct Input<'a> {
     pub since: i64,
     pub until: i64,
-    pub events: &'a [Event],
+    /// How many records the bundle holds.
+    pub exported: usize,
+    /// (destination, cgroup path) of the exported records a CIDR rule
+    /// allowed.
+    pub by_cidr: &'a std::collections::HashSet<(String, String)>,
     pub flows: &'a [Flow],
     pub policy_index: &'a [Value],
     pub counters: &'a Value,
@@ -59,7 +63,7 @@ pub fn render(i: &Input<'_>) -> String {
         n("allowed"),
         n("denied"),
         n("would_deny"),
-        i.events.len()
+        i.exported
     );
     let g = &i.counters["gaps"];
     let gn = |k: &str| g[k].as_i64().unwrap_or(0);
@@ -121,18 +125,14 @@ pub fn render(i: &Input<'_>) -> String {
         m,
         "\nAllowed by a CIDR exception (review that each exception is intended):\n"
     );
-    // Once over the events, not once per flow (a day holds millions).
-    let by_cidr: std::collections::HashSet<(&str, &str)> = i
-        .events
-        .iter()
-        .filter(|e| e.rule == "cidr")
-        .map(|e| (e.dst_ip.as_str(), e.cgroup_path.as_str()))
-        .collect();
     let cidr: Vec<&Flow> = i
         .flows
         .iter()
         .filter(|f| f.verdict == "allowed" && !f.country.is_empty())
-        .filter(|f| by_cidr.contains(&(f.dst_ip.as_str(), f.cgroup_path.as_str())))
+        .filter(|f| {
+            i.by_cidr
+                .contains(&(f.dst_ip.clone(), f.cgroup_path.clone()))
+        })
         .collect();
     flow_table(&mut m, &cidr);
 

@@ -72,6 +72,7 @@ fn export(s: &Store, key: &SigningKey, since: i64, until: i64) -> bundle::Files 
         keep: &|_| true,
         filter: serde_json::Value::Null,
         by_process: false,
+        progress: None,
     };
     bundle::build(s, key, &req).unwrap().0
 }
@@ -456,6 +457,7 @@ fn export_to_now(s: &Store, key: &SigningKey) -> anyhow::Result<bundle::Files> {
         keep: &|_| true,
         filter: serde_json::Value::Null,
         by_process: false,
+        progress: None,
     };
     bundle::build(s, key, &req).map(|(f, _)| f)
 }
@@ -857,6 +859,7 @@ fn a_version_6_store_keeps_its_chain_after_the_upgrade() {
         keep: &|_| true,
         filter: serde_json::Value::Null,
         by_process: false,
+        progress: None,
     };
     let err = bundle::build(&s, &k, &req).unwrap_err().to_string();
     assert!(err.contains("record seq 27 is gone"), "{err}");

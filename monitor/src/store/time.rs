@@ -1,15 +1,22 @@
 //! Points in time as users write them: RFC 3339 (`2026-11-22T02:00:00Z`,
-//! `2026-11-22T03:00:00+01:00`), a duration before now (`2h`, `30m`,
-//! `1h 30m`, `7d`), `now`, or Unix nanoseconds.
+//! `2026-11-22T03:00:00+01:00`), a date or a date and time in UTC
+//! (`2026-11-22`, `2026-11-22 02:00`, `2026-11-22 02:00:00.5`), Unix
+//! seconds (`1795308341`, `0` for the beginning), Unix nanoseconds (more
+//! than 12 digits), a duration before now (`2h`, `30m`, `1h 30m`, `7d`,
+//! `2h ago`), or `now`.
 use time::format_description::well_known::Rfc3339;
+use time::macros::format_description;
+
+/// What every refusal shows, so the user sees a form that works.
+const FORMS: &str = "give RFC 3339 (2026-11-22T02:00:00Z), a UTC date or date and time \
+     (2026-11-22, 2026-11-22 02:00:00), Unix seconds (1795308341), or a duration before \
+     now (2h, 30m, 7d)";
 
 /// Parses a point in time relative to `now` (Unix nanoseconds).
 pub fn parse_time(s: &str, now: i64) -> Result<i64, String> {
     let t = s.trim();
     if t.is_empty() {
-        return Err(
-            "empty; give RFC 3339 (2026-11-22T02:00:00Z) or a duration before now (2h)".into(),
-        );
+        return Err(format!("empty; {FORMS}"));
     }
     if t == "now" {
         return Ok(now);
@@ -18,8 +25,24 @@ pub fn parse_time(s: &str, now: i64) -> Result<i64, String> {
         return i64::try_from(dt.unix_timestamp_nanos())
             .map_err(|_| format!("{t:?} is out of range"));
     }
-    if t.bytes().all(|b| b.is_ascii_digit()) && t.len() > 12 {
-        return t.parse::<i64>().map_err(|e| format!("{t:?}: {e}"));
+    if let Some(n) = utc_date_time(t) {
+        return i64::try_from(n).map_err(|_| format!("{t:?} is out of range"));
+    }
+    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        let n: i64 = t.parse().map_err(|e| format!("{t:?}: {e}"))?;
+        // Up to 12 digits is Unix seconds (until the year 33658), more is
+        // Unix nanoseconds (what the JSON output's `unix_nanos` carries);
+        // milliseconds and microseconds would be ambiguous and are refused.
+        return match t.len() {
+            0..=12 => n
+                .checked_mul(1_000_000_000)
+                .ok_or_else(|| format!("{t:?} is out of range")),
+            13..=16 => Err(format!(
+                "{t:?} looks like Unix milliseconds or microseconds; give Unix seconds \
+                 (1795308341) or nanoseconds (1795308341000000000)"
+            )),
+            _ => Ok(n),
+        };
     }
     let ago = t.strip_suffix(" ago").unwrap_or(t);
     match humantime::parse_duration(ago) {
@@ -27,10 +50,33 @@ pub fn parse_time(s: &str, now: i64) -> Result<i64, String> {
             let n = i64::try_from(d.as_nanos()).map_err(|_| format!("{t:?} is too long"))?;
             Ok(now.saturating_sub(n))
         }
-        Err(e) => Err(format!(
-            "{t:?} is neither RFC 3339 (2026-11-22T02:00:00Z) nor a duration before now (2h, 30m): {e}"
-        )),
+        Err(e) => Err(format!("{t:?} is not a point in time ({e}); {FORMS}")),
     }
+}
+
+/// `2026-11-22`, `2026-11-22 02:00`, `2026-11-22T02:00:00`, with an
+/// optional fraction of a second: a date and time without an offset, read
+/// as UTC (the daemon's logs and every output are in UTC).
+fn utc_date_time(t: &str) -> Option<i128> {
+    let date = format_description!("[year]-[month]-[day]");
+    if let Ok(d) = time::Date::parse(t, &date) {
+        return Some(d.midnight().assume_utc().unix_timestamp_nanos());
+    }
+    let (d, clock) = t.split_once([' ', 'T'])?;
+    let d = time::Date::parse(d, &date).ok()?;
+    let forms = [
+        format_description!("[hour]:[minute]"),
+        format_description!("[hour]:[minute]:[second]"),
+        format_description!("[hour]:[minute]:[second].[subsecond]"),
+    ];
+    let clock = forms
+        .iter()
+        .find_map(|f| time::Time::parse(clock.trim(), f).ok())?;
+    Some(
+        time::PrimitiveDateTime::new(d, clock)
+            .assume_utc()
+            .unix_timestamp_nanos(),
+    )
 }
 
 /// A window [since, until) in Unix nanoseconds; `until` defaults to now.
@@ -80,6 +126,44 @@ mod tests {
         );
         assert!(parse_time("yesterday-ish", NOW).is_err());
         assert!(parse_time("", NOW).is_err());
+    }
+
+    #[test]
+    fn accepts_what_people_type_dates_unix_seconds_and_zero() {
+        // The beginning of time, not "0 seconds ago" (which read as now
+        // and returned nothing, silently).
+        assert_eq!(parse_time("0", NOW).unwrap(), 0);
+        assert_eq!(parse_time("1795308341", NOW).unwrap(), NOW);
+        assert_eq!(
+            parse_time("2026-11-22", NOW).unwrap(),
+            1_795_305_600_000_000_000
+        );
+        assert_eq!(parse_time("2026-11-22 00:45:41", NOW).unwrap(), NOW);
+        assert_eq!(parse_time("2026-11-22T00:45:41", NOW).unwrap(), NOW);
+        assert_eq!(
+            parse_time("2026-11-22 00:45", NOW).unwrap(),
+            NOW - 41_000_000_000
+        );
+        assert_eq!(
+            parse_time("2026-11-22 00:45:41.25", NOW).unwrap(),
+            NOW + 250_000_000
+        );
+        assert_eq!(parse_time("7d", NOW).unwrap(), NOW - 7 * 86_400_000_000_000);
+    }
+
+    #[test]
+    fn refusals_show_a_form_that_works() {
+        for bad in [
+            "1795308341000",
+            "2026-13-01",
+            "2026-11-22 25:00",
+            "tomorrow",
+            "12 parsecs",
+        ] {
+            let e = parse_time(bad, NOW).unwrap_err();
+            assert!(e.contains("1795308341"), "{bad}: {e}");
+            assert!(e.contains(bad), "{bad}: {e}");
+        }
     }
 
     #[test]

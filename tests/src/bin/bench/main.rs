@@ -171,6 +171,15 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500));
     geo_and_memory_idle(&b, &mut r, start_ms);
 
+    if std::env::args().nth(1).as_deref() == Some("pipeline") {
+        // Only the event pipeline and the repeated-traffic row: for
+        // working on the daemon's CPU (with EGRESS_MONITOR_BENCH_PERF).
+        events_under_load(&b, &mut r);
+        pipeline(&mut b, &mut r);
+        r.command = "bench pipeline".into();
+        r.write_named(&out_dir, "pipeline");
+        return;
+    }
     connect_path(&b, &mut r);
     decision_cost(&mut b, &mut r);
     dns_cost(&mut b, &mut r);
@@ -724,9 +733,33 @@ fn pipeline(b: &mut Bench, r: &mut Report) -> (u128, u128) {
                 )
             })
             .collect();
+        // EGRESS_MONITOR_BENCH_PERF=DIR: a `perf record` of the daemon
+        // during each step (DIR/pipeline-STEP.perf), to see where its time
+        // goes.
+        let perf = std::env::var_os("EGRESS_MONITOR_BENCH_PERF").map(|dir| {
+            Command::new("perf")
+                .args([
+                    "record",
+                    "-q",
+                    "-e",
+                    "cpu-clock",
+                    "-g",
+                    "-p",
+                    &d.pid.to_string(),
+                    "-o",
+                ])
+                .arg(PathBuf::from(dir).join(format!("pipeline-{target}.perf")))
+                .args(["--", "sleep", &(step_secs - 0.5).to_string()])
+                .stdout(Stdio::null())
+                .spawn()
+                .expect("start perf record")
+        });
         std::thread::sleep(Duration::from_secs_f64(step_secs / 2.0));
         let rss_load = d.vm("VmRSS");
         let sent: f64 = gens.into_iter().map(|g| f(&finish(g), "ops")).sum();
+        if let Some(mut p) = perf {
+            let _ = p.wait();
+        }
         let send_s = t0.elapsed().as_secs_f64();
         // Drained: the client count stops moving (bounded).
         let mut last = u64::MAX;
