@@ -61,6 +61,7 @@ fn cli_shows_denied_connections_to_a_country() {
     for col in [
         "TIME",
         "VERDICT",
+        "HOOK",
         "PROCESS",
         "CGROUP",
         "NAME",
@@ -74,6 +75,7 @@ fn cli_shows_denied_connections_to_a_country() {
     let row = rows.next().expect("one row");
     assert!(
         row.contains("denied")
+            && row.contains(" connect4 ")
             && row.contains(&format!("probe[{}]", denied.pid))
             && row.contains(&format!("{US_V4}:{PORT}/tcp")),
         "{row}"
@@ -83,6 +85,39 @@ fn cli_shows_denied_connections_to_a_country() {
         "no colour when stdout is not a terminal"
     );
     assert!(rows.next().is_none());
+
+    // Time as people type it: `--since 0` is the beginning of the store
+    // (it read as "0 s ago" and returned nothing), a plain UTC date works,
+    // and a bad one is refused with a form that works.
+    for since in ["1h", "0", "2020-01-01", "2020-01-01 00:00"] {
+        // The writer stores in batches: wait (bounded) for the first form.
+        let mut tries = 0;
+        let out = loop {
+            let out = env.cli(&[
+                "events",
+                "--since",
+                since,
+                "-o",
+                "json",
+                "--verdict",
+                "denied",
+            ]);
+            tries += 1;
+            if tries >= 20 || !out.stdout.is_empty() {
+                break out;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        assert!(out.status.success(), "--since {since}: {out:?}");
+        let n = String::from_utf8_lossy(&out.stdout).lines().count();
+        assert!(n >= 1, "--since {since} found the stored denial: {out:?}");
+    }
+    let bad = env.cli(&["events", "--since", "2026-13-01"]);
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(
+        !bad.status.success() && err.contains("2026-13-01") && err.contains("1795308341"),
+        "{err}"
+    );
 
     // Live: a follower sees a new denial as it happens.
     let mut follower = Command::new(daemon_bin())

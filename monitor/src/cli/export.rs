@@ -109,7 +109,7 @@ impl Progress {
         }
         self.last.set(Some(now));
         let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let pct = if total > 0 { done * 100 / total } else { 100 };
+        let pct = (done * 100).checked_div(total).unwrap_or(100);
         eprint!(
             "\rexporting: {done} of {total} records ({pct}%), {:.0} records/s   ",
             done as f64 / secs

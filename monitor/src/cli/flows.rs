@@ -44,43 +44,72 @@ pub struct FlowsArgs {
     pub connect: ConnectArgs,
 }
 
-fn dest(f: &pb::Flow) -> String {
-    match (f.dst_ip.as_str(), f.dst_port) {
-        ("", 0) => "*".into(),
-        ("", p) => format!("*:{p}/{}", f.protocol),
-        (ip, p) if ip.contains(':') => format!("[{ip}]:{p}/{}", f.protocol),
-        (ip, p) => format!("{ip}:{p}/{}", f.protocol),
-    }
-}
+/// Which columns a row's grouping kept: a kept column with no value reads
+/// `-` (nothing known: no country, no lookup), a folded one `*` (any).
+struct Kept<'a>(&'a [String]);
 
-/// A flow's name: `-` for "no lookup" where names are part of the key (no
-/// group-by, or grouped by name), `*` where they were folded away.
-fn flow_name(f: &pb::Flow, grouped_by_name: bool) -> &str {
-    if f.dns_name.is_empty() {
-        if grouped_by_name {
-            "-"
-        } else {
-            "*"
+impl Kept<'_> {
+    fn has(&self, g: &str) -> bool {
+        self.0.is_empty() || self.0.iter().any(|b| b == g)
+    }
+
+    /// Whether a flow column survives the grouping (the same mapping as the
+    /// store's: grouping by destination keeps its place, by country its
+    /// continent).
+    fn column(&self, col: &str) -> bool {
+        match col {
+            "cgroup" => self.has("cgroup") || self.has("pod"),
+            "country" => self.has("country") || self.has("destination"),
+            "continent" => self.has("continent") || self.has("country") || self.has("destination"),
+            "cloud" => self.has("cloud") || self.has("destination"),
+            g => self.has(g),
         }
-    } else {
-        &f.dns_name
     }
-}
 
-fn flow_place(f: &pb::Flow) -> String {
-    match (f.country.as_str(), f.cloud_region.as_str()) {
-        ("", "") => "*".into(),
-        (c, "") => c.into(),
-        ("", r) => format!("- {r}"),
-        (c, r) => format!("{c} {r}"),
+    fn cell<'v>(&self, col: &str, v: &'v str) -> &'v str {
+        match (v.is_empty(), self.column(col)) {
+            (false, _) => v,
+            (true, true) => "-",
+            (true, false) => "*",
+        }
     }
-}
 
-fn or_star(s: &str) -> &str {
-    if s.is_empty() {
-        "*"
-    } else {
-        s
+    /// `1.1.1.1:443/tcp`, `[2001:db8::1]:53/udp`; folded parts are `*`, and
+    /// an address grouped alone is just the address.
+    fn dest(&self, f: &pb::Flow) -> String {
+        let ip = match f.dst_ip.as_str() {
+            "" => "*".to_string(),
+            ip if ip.contains(':') => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        let port = self.column("port").then(|| f.dst_port.to_string());
+        let proto = self.column("protocol").then_some(f.protocol.as_str());
+        match (port, proto) {
+            (None, None) => ip,
+            (p, r) => format!(
+                "{ip}:{}/{}",
+                p.as_deref().unwrap_or("*"),
+                r.filter(|r| !r.is_empty()).unwrap_or("*")
+            ),
+        }
+    }
+
+    fn place(&self, f: &pb::Flow) -> String {
+        let country = self.cell("country", &f.country);
+        match f.cloud_region.as_str() {
+            "" => country.to_string(),
+            r => format!("{country} {r}"),
+        }
+    }
+
+    /// A port in CSV: empty where the grouping folded ports away (not `0`,
+    /// which is a port number).
+    fn port(&self, f: &pb::Flow) -> String {
+        if self.column("port") {
+            f.dst_port.to_string()
+        } else {
+            String::new()
+        }
     }
 }
 
@@ -119,6 +148,7 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
             }
         }
         FlowFormat::Csv => {
+            let kept = Kept(&args.group_by);
             let mut w = csv::Writer::from_writer(std::io::stdout());
             w.write_record(crate::store::query::FLOW_CSV_COLUMNS)?;
             for f in &flows {
@@ -133,7 +163,7 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
                     &f.comm,
                     &f.protocol,
                     &f.dst_ip,
-                    &f.dst_port.to_string(),
+                    &kept.port(f),
                     &f.country,
                     &f.continent,
                     &f.dns_name,
@@ -145,8 +175,7 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
             w.flush()?;
         }
         FlowFormat::Table => {
-            let grouped_by_name =
-                args.group_by.is_empty() || args.group_by.iter().any(|g| g == "name");
+            let kept = Kept(&args.group_by);
             println!(
                 "{:<8} {:>9} {:<24} {:<24} {:<10} {:<28} {:<16} {:<28} {:<28} {:<22} POLICY",
                 "COUNT",
@@ -168,17 +197,20 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
                     sent(f.bytes),
                     short(&f.first_seen),
                     short(&f.last_seen),
-                    or_star(&f.verdict),
-                    or_star(if f.cgroup_path.is_empty() {
-                        &f.pod_uid
-                    } else {
-                        &f.cgroup_path
-                    }),
-                    or_star(&f.comm),
-                    flow_name(f, grouped_by_name),
-                    dest(f),
-                    flow_place(f),
-                    or_star(&f.policy)
+                    kept.cell("verdict", &f.verdict),
+                    kept.cell(
+                        "cgroup",
+                        if f.cgroup_path.is_empty() {
+                            &f.pod_uid
+                        } else {
+                            &f.cgroup_path
+                        }
+                    ),
+                    kept.cell("process", &f.comm),
+                    kept.cell("name", &f.dns_name),
+                    kept.dest(f),
+                    kept.place(f),
+                    kept.cell("policy", &f.policy)
                 );
             }
             if total as usize > flows.len() {
@@ -206,5 +238,63 @@ fn sent(bytes: u64) -> String {
         format!("{bytes} B")
     } else {
         format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn by(g: &[&str]) -> Vec<String> {
+        g.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn unknown_reads_dash_and_folded_reads_star() {
+        let g = by(&["country"]);
+        let k = Kept(&g);
+        // An unknown country is a value of the grouping, not "any".
+        assert_eq!(k.cell("country", ""), "-");
+        assert_eq!(k.cell("country", "DE"), "DE");
+        assert_eq!(k.cell("verdict", ""), "*");
+        assert_eq!(k.place(&pb::Flow::default()), "-");
+        let none = by(&[]);
+        assert_eq!(Kept(&none).cell("name", ""), "-");
+    }
+
+    #[test]
+    fn destinations_show_only_what_was_grouped() {
+        let f = pb::Flow {
+            dst_ip: "1.1.1.1".into(),
+            dst_port: 0,
+            protocol: String::new(),
+            ..Default::default()
+        };
+        let g = by(&["destination"]);
+        assert_eq!(Kept(&g).dest(&f), "1.1.1.1");
+        assert_eq!(Kept(&g).port(&f), "");
+        let g = by(&["destination", "protocol"]);
+        let f6 = pb::Flow {
+            dst_ip: "2001:db8::1".into(),
+            protocol: "udp".into(),
+            ..f.clone()
+        };
+        assert_eq!(Kept(&g).dest(&f6), "[2001:db8::1]:*/udp");
+        let all = by(&[]);
+        let full = pb::Flow {
+            dst_port: 443,
+            protocol: "tcp".into(),
+            ..f
+        };
+        assert_eq!(Kept(&all).dest(&full), "1.1.1.1:443/tcp");
+        assert_eq!(Kept(&all).port(&full), "443");
+        let g = by(&["port"]);
+        assert_eq!(
+            Kept(&g).dest(&pb::Flow {
+                dst_port: 53,
+                ..Default::default()
+            }),
+            "*:53/*"
+        );
     }
 }

@@ -16,13 +16,14 @@ pub struct Printer {
     header_done: bool,
 }
 
-const COLUMNS: [(&str, usize); 9] = [
+const COLUMNS: [(&str, usize); 10] = [
     ("TIME", 24),
     ("VERDICT", 10),
+    ("HOOK", 8),
     ("PROCESS", 18),
     ("CGROUP", 26),
     ("NAME", 26),
-    ("DESTINATION", 26),
+    ("DESTINATION", 30),
     ("PLACE", 22),
     ("RULE", 12),
     ("POLICY", 0),
@@ -46,6 +47,20 @@ pub fn name(dns_name: &str) -> &str {
     } else {
         dns_name
     }
+}
+
+/// Keeps the start and the end of a long value and cuts the middle: an
+/// IPv6 address keeps its prefix (who owns it) and its port.
+fn fit_middle(s: &str, width: usize) -> String {
+    let n = s.chars().count();
+    if width == 0 || n <= width {
+        return s.to_string();
+    }
+    let head = (width - 1) / 2;
+    let tail = width - 1 - head;
+    let h: String = s.chars().take(head).collect();
+    let t: String = s.chars().skip(n - tail).collect();
+    format!("{h}…{t}")
 }
 
 /// Keeps the end of a long value (the interesting part of a cgroup path).
@@ -101,6 +116,7 @@ impl Printer {
                 let values = [
                     time,
                     e.verdict.clone(),
+                    e.hook.clone(),
                     process,
                     e.cgroup_path.clone(),
                     name(&e.dns_name).to_string(),
@@ -111,7 +127,12 @@ impl Printer {
                 ];
                 let mut line = String::new();
                 for (i, ((_, w), v)) in COLUMNS.iter().zip(values.iter()).enumerate() {
-                    let cell = format!("{:<w$}", fit(v, *w), w = *w);
+                    let fitted = if COLUMNS[i].0 == "DESTINATION" {
+                        fit_middle(v, *w)
+                    } else {
+                        fit(v, *w)
+                    };
+                    let cell = format!("{fitted:<w$}", w = *w);
                     let cell = if i == 1 && self.colour {
                         let code = match e.verdict.as_str() {
                             "denied" => "31",
@@ -137,5 +158,20 @@ impl Printer {
                 println!("--- {missed} events missed: this client read too slowly ---")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_destinations_keep_prefix_and_port() {
+        let d = "[2001:db8:aaaa:bbbb:cccc:dddd:eeee:ffff]:443/tcp";
+        let f = fit_middle(d, 30);
+        assert_eq!(f.chars().count(), 30);
+        assert!(f.starts_with("[2001:db8:aaaa"), "{f}");
+        assert!(f.ends_with(":443/tcp"), "{f}");
+        assert_eq!(fit_middle("1.1.1.1:53/udp", 30), "1.1.1.1:53/udp");
     }
 }

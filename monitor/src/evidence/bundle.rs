@@ -402,7 +402,7 @@ fn read_records(
             }
         }
         if let Some(progress) = req.progress {
-            if out.in_window % 4096 == 0 {
+            if out.in_window.is_multiple_of(4096) {
                 progress(out.in_window as u64, total);
             }
         }
