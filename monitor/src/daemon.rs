@@ -36,6 +36,8 @@ pub struct DaemonConfig {
     pub cgroup_root: Option<PathBuf>,
     pub state_dir: PathBuf,
     pub log_events: bool,
+    /// `--require-policies`: no valid policy fails the start.
+    pub require_policies: bool,
     pub ring_bytes: u32,
     /// Entries of the kernel's flow table (`--flow-table-entries`).
     pub flow_entries: u32,
@@ -208,6 +210,42 @@ struct Checked {
     cloud: Arc<crate::cloud::CloudRanges>,
 }
 
+/// Reads the policy directory once before anything is created: with
+/// `--require-policies`, no valid policy is a refusal naming every file's
+/// problem; without, the controller warns when the set takes effect.
+fn check_policies(config: &DaemonConfig) -> anyhow::Result<()> {
+    if !config.require_policies {
+        return Ok(());
+    }
+    let dir = &config.policies;
+    let files = policy::policy_files(dir)
+        .with_context(|| format!("reading policy directory {}", dir.display()))?;
+    let mut problems = Vec::new();
+    let mut valid = 0;
+    for f in &files {
+        match policy::compile_file(f) {
+            Ok(ps) => valid += ps.len(),
+            Err(e) => problems.push(e.to_string()),
+        }
+    }
+    if valid == 0 {
+        bail!(
+            "--require-policies: no valid policy in {} ({}){}",
+            dir.display(),
+            if files.is_empty() {
+                "no *.yaml file".to_string()
+            } else {
+                format!("{} file(s), none valid", files.len())
+            },
+            problems
+                .iter()
+                .map(|p| format!("\n  {p}"))
+                .collect::<String>()
+        );
+    }
+    Ok(())
+}
+
 /// Everything that can be checked without creating anything: privileges,
 /// paths, the metrics port (bound now, so a taken port fails the start).
 async fn validate(config: &DaemonConfig) -> anyhow::Result<Checked> {
@@ -218,6 +256,7 @@ async fn validate(config: &DaemonConfig) -> anyhow::Result<Checked> {
             config.policies.display()
         );
     }
+    check_policies(config)?;
     let mount = cgroups::find_cgroup2_mount()?;
     let root = config.cgroup_root.clone().unwrap_or_else(|| mount.clone());
     let root = root

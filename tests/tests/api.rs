@@ -801,13 +801,22 @@ fn unix_socket_roles() {
         "{err}"
     );
 
+    // Nothing changed: the generation stays (it was bumped with identical
+    // content); --force writes the set again.
     let out = env.cli(&["policy", "reload"]);
     assert!(
         out.status.success(),
         "root reload: {}",
         String::from_utf8_lossy(&out.stderr)
     );
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("nothing changed: policy set generation 1 stays in force"),
+        "{out:?}"
+    );
+    let out = env.cli(&["policy", "reload", "--force"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("policy set generation 2 in force"));
+    assert_eq!(env.status()["policy_generation"].as_u64(), Some(2));
 }
 
 /// Every method of the service, found in its descriptor, refuses a caller

@@ -180,3 +180,152 @@ fn daemon_without_root_refuses_before_creating_anything() {
     assert!(err.contains("needs root"), "{err}");
     assert!(!state.exists(), "no state directory, node key or store");
 }
+
+/// `--require-policies`: an empty directory, or one whose only file is
+/// broken, refuses the start (naming the file's problem) before anything
+/// is created.
+#[test]
+fn daemon_with_require_policies_refuses_to_start_with_nothing_valid() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        dir.path().join("db.mmdb"),
+        monitor::geo::writer::country_code_db(&TEST_DB),
+    )
+    .unwrap();
+    let start = || {
+        run(&[
+            "daemon",
+            "--require-policies",
+            "--policies",
+            policies.to_str().unwrap(),
+            "--geoip",
+            dir.path().join("db.mmdb").to_str().unwrap(),
+            "--state-dir",
+            dir.path().join("s").to_str().unwrap(),
+        ])
+    };
+    let (ok, err) = start();
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "--require-policies: no valid policy in {} (no *.yaml file)",
+            policies.display()
+        )),
+        "{err}"
+    );
+    std::fs::write(
+        policies.join("only.yaml"),
+        "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {name: x}\nspec:\n  mode: enforce\n  selector: {cgroupPaths: [\"/a\"]}\n  allow:\n    countries: [ZZ]\n",
+    )
+    .unwrap();
+    let (ok, err) = start();
+    assert!(!ok);
+    assert!(err.contains("1 file(s), none valid"), "{err}");
+    assert!(
+        err.contains("only.yaml:8: \"ZZ\" is not an ISO 3166-1 alpha-2 country code"),
+        "{err}"
+    );
+    assert!(!dir.path().join("s").exists(), "nothing created: {err}");
+}
+
+/// What compiles but would not do what its author meant is warned about
+/// (exit status still 0); codes people reach for get a hint; a second
+/// policy of one name is reported at its own line; a missing file has no
+/// line 0.
+#[test]
+fn policy_check_warns_about_policies_that_would_surprise() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = dir.path().join("host.yaml");
+    std::fs::write(
+        &host,
+        "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {name: host}\nspec:\n  mode: enforce\n  selector: {cgroupPaths: [\"/**\"]}\n  allow:\n    countries: [DE]\n",
+    )
+    .unwrap();
+    let out = Command::new(daemon_bin())
+        .args(["policy", "check"])
+        .arg(&host)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "a warning is not a failure: {stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "{}:3: warning: policy host: enforce over",
+            host.display()
+        )) && stderr.contains("without allowing 127.0.0.0/8, ::1/128, 10.0.0.0/8")
+            && stderr.contains("would cut the selected host off"),
+        "{stderr}"
+    );
+
+    // A selector outside the daemon's cgroup root can never match.
+    let cg = tempfile::Builder::new()
+        .prefix("emt-lint-")
+        .tempdir_in(cgroup2_mount())
+        .unwrap();
+    let out = Command::new(daemon_bin())
+        .args(["policy", "check", "--cgroup-root"])
+        .arg(cg.path())
+        .arg(&host)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // `/**` covers everything, the root too: only the host warning.
+    assert!(!stderr.contains("outside the cgroup root"), "{stderr}");
+    let sys = dir.path().join("sys.yaml");
+    std::fs::write(
+        &sys,
+        "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {name: sys}\nspec:\n  mode: monitor\n  selector: {cgroupPaths: [\"/system.slice/crm.service\"]}\n  allow:\n    countries: [DE]\n",
+    )
+    .unwrap();
+    let out = Command::new(daemon_bin())
+        .args(["policy", "check", "--cgroup-root"])
+        .arg(cg.path())
+        .arg(&sys)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let rel = format!("/{}", cg.path().file_name().unwrap().to_string_lossy());
+    assert!(
+        out.status.success()
+            && stderr.contains(&format!(
+                "selector cgroupPaths \"/system.slice/crm.service\" is outside the cgroup root {rel}"
+            )),
+        "{stderr}"
+    );
+
+    // UK, a duplicate name at its own line, a missing file.
+    let uk = dir.path().join("uk.yaml");
+    std::fs::write(
+        &uk,
+        std::fs::read_to_string(&sys)
+            .unwrap()
+            .replace("[DE]", "[UK]"),
+    )
+    .unwrap();
+    let (ok, err) = run(&["policy", "check", uk.to_str().unwrap()]);
+    assert!(
+        !ok && err.contains("\"UK\" is not an ISO 3166-1 alpha-2 country code; did you mean GB"),
+        "{err}"
+    );
+    let two = dir.path().join("two.yaml");
+    let sys_text = std::fs::read_to_string(&sys).unwrap();
+    std::fs::write(&two, format!("{sys_text}---\n{sys_text}")).unwrap();
+    let (ok, err) = run(&["policy", "check", two.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(
+        err.contains(&format!(
+            "{}:12: policy name \"sys\" is also defined at {}:3",
+            two.display(),
+            two.display()
+        )),
+        "{err}"
+    );
+    let (ok, err) = run(&["policy", "check", "/nonexistent/p.yaml"]);
+    assert!(
+        !ok && err.contains("/nonexistent/p.yaml: cannot read: No such file"),
+        "{err}"
+    );
+    assert!(!err.contains(":0:"), "{err}");
+}

@@ -249,10 +249,11 @@ fn readers_do_not_wait_behind_a_reload() {
         .unwrap();
     rt.block_on(async {
         let mut reloader = env.client().await;
-        // Writes the same 200,000 CIDRs again: slow, and the only reload.
+        // Writes the same 200,000 CIDRs again (forced: nothing changed):
+        // slow, and the only reload.
         let reload = tokio::spawn(async move {
             reloader
-                .reload_policies(monitor::api::pb::ReloadPoliciesRequest {})
+                .reload_policies(monitor::api::pb::ReloadPoliciesRequest { force: true })
                 .await
                 .map(|r| r.into_inner().policy_generation)
         });

@@ -325,18 +325,26 @@ impl EgressMonitor for Service {
 
     async fn reload_policies(
         &self,
-        _request: Request<pb::ReloadPoliciesRequest>,
+        request: Request<pb::ReloadPoliciesRequest>,
     ) -> Result<Response<pb::ReloadPoliciesResponse>, Status> {
         use crate::state::ReloadError;
-        let s = self.backend.requests.reload().await.map_err(|e| match e {
-            ReloadError::Refused(e) => Status::failed_precondition(e),
-            ReloadError::Failed(e) => Status::internal(e),
-            ReloadError::Stopped(e) => Status::unavailable(e),
-        })?;
+        let force = request.into_inner().force;
+        let r = self
+            .backend
+            .requests
+            .reload(force)
+            .await
+            .map_err(|e| match e {
+                ReloadError::Refused(e) => Status::failed_precondition(e),
+                ReloadError::Failed(e) => Status::internal(e),
+                ReloadError::Stopped(e) => Status::unavailable(e),
+            })?;
+        let s = &r.snapshot;
         Ok(Response::new(pb::ReloadPoliciesResponse {
             policy_generation: s.generation,
-            policies: policies_pb(&s),
-            rejected_files: rejected_pb(&s),
+            policies: policies_pb(s),
+            rejected_files: rejected_pb(s),
+            changed: r.changed,
         }))
     }
 }

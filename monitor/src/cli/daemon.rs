@@ -35,6 +35,11 @@ pub struct DaemonArgs {
     /// Print every decision as a JSON line on stdout.
     #[arg(long)]
     pub log_events: bool,
+    /// Refuse to start unless the policy directory holds at least one valid
+    /// policy (for a DaemonSet: an empty or broken ConfigMap fails the pod
+    /// instead of running a node with nothing in force).
+    #[arg(long, env = "EGRESS_MONITOR_REQUIRE_POLICIES")]
+    pub require_policies: bool,
     /// Size of the kernel ring buffer in bytes (a power of two, >= 4096).
     #[arg(long, default_value_t = monitor_common::limits::DEFAULT_RING_BYTES, value_parser = ring_size)]
     pub ring_buffer_bytes: u32,
@@ -180,6 +185,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         cgroup_root: args.cgroup_root,
         state_dir: args.state_dir,
         log_events: args.log_events,
+        require_policies: args.require_policies,
         ring_bytes: args.ring_buffer_bytes,
         flow_entries: args.flow_table_entries,
         geo_words: args.geo_table_mib << 18,

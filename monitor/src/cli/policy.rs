@@ -22,6 +22,10 @@ pub enum PolicyCommand {
         /// Also count the database prefixes each policy allows and denies.
         #[arg(long, env = "EGRESS_MONITOR_GEOIP")]
         geoip: Option<PathBuf>,
+        /// The daemon's --cgroup-root: warn about selectors outside it
+        /// (they can never select a cgroup).
+        #[arg(long)]
+        cgroup_root: Option<PathBuf>,
     },
     /// The policies in force in the daemon, with the cgroups they select.
     List {
@@ -32,6 +36,10 @@ pub enum PolicyCommand {
     },
     /// Make the daemon re-read its policy directory now (admin role).
     Reload {
+        /// Write the set into the kernel again as a new generation even
+        /// when nothing changed.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -39,9 +47,13 @@ pub enum PolicyCommand {
 
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        PolicyCommand::Check { paths, geoip } => check(paths, geoip),
+        PolicyCommand::Check {
+            paths,
+            geoip,
+            cgroup_root,
+        } => check(paths, geoip, cgroup_root),
         PolicyCommand::List { output, connect } => super::block_on(list(output, connect)),
-        PolicyCommand::Reload { connect } => super::block_on(reload(connect)),
+        PolicyCommand::Reload { force, connect } => super::block_on(reload(force, connect)),
     }
 }
 
@@ -62,14 +74,21 @@ async fn list(output: Format, args: ConnectArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn reload(args: ConnectArgs) -> anyhow::Result<ExitCode> {
+async fn reload(force: bool, args: ConnectArgs) -> anyhow::Result<ExitCode> {
     let mut client = connect(&args).await?;
     let r = client
-        .reload_policies(pb::ReloadPoliciesRequest {})
+        .reload_policies(pb::ReloadPoliciesRequest { force })
         .await
         .map_err(|s| status_error("ReloadPolicies", s))?
         .into_inner();
-    println!("policy set generation {} in force", r.policy_generation);
+    if r.changed {
+        println!("policy set generation {} in force", r.policy_generation);
+    } else {
+        println!(
+            "nothing changed: policy set generation {} stays in force (--force writes it again)",
+            r.policy_generation
+        );
+    }
     print_policies(&r.policies, &r.rejected_files);
     Ok(if r.rejected_files.is_empty() {
         ExitCode::SUCCESS
@@ -121,7 +140,27 @@ pub fn print_policies(policies: &[pb::Policy], rejected: &[pb::RejectedFile]) {
     }
 }
 
-fn check(paths: Vec<PathBuf>, geoip: Option<PathBuf>) -> anyhow::Result<ExitCode> {
+fn check(
+    paths: Vec<PathBuf>,
+    geoip: Option<PathBuf>,
+    cgroup_root: Option<PathBuf>,
+) -> anyhow::Result<ExitCode> {
+    let root = match &cgroup_root {
+        None => None,
+        Some(r) => {
+            let mount = crate::cgroups::find_cgroup2_mount()?;
+            let abs = r
+                .canonicalize()
+                .map_err(|e| anyhow::anyhow!("cgroup root {}: {e}", r.display()))?;
+            Some(crate::cgroups::relative(&mount, &abs).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "cgroup root {} is not inside the cgroup2 mount {}",
+                    r.display(),
+                    mount.display()
+                )
+            })?)
+        }
+    };
     let db = match geoip {
         Some(p) if p.exists() => Some(GeoDb::open(&p)?),
         Some(p) => anyhow::bail!("GeoIP database {} does not exist", p.display()),
@@ -144,6 +183,9 @@ fn check(paths: Vec<PathBuf>, geoip: Option<PathBuf>) -> anyhow::Result<ExitCode
             Ok(ps) => {
                 for p in &ps {
                     print_policy(p, db.as_ref());
+                    for w in policy::lint::warnings(p, root.as_deref()) {
+                        eprintln!("{}:{}: warning: policy {}: {w}", p.file, p.line, p.name);
+                    }
                 }
                 all.extend(ps);
             }

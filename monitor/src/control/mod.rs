@@ -21,7 +21,7 @@ use crate::{
     events, geo,
     kernel::{self, Kernel},
     policy::{self, CompiledPolicy, PolicyIds},
-    state::{PolicyInForce, PolicySnapshot, RejectedFile, ReloadError, Request, View},
+    state::{PolicyInForce, PolicySnapshot, RejectedFile, ReloadError, Reloaded, Request, View},
 };
 
 /// A candidate set refused as a whole (as opposed to a failure on the way).
@@ -148,6 +148,9 @@ pub struct Controller {
     /// Why the last candidate cloud snapshot was rejected; empty when the
     /// last read took effect.
     cloud_error: String,
+    /// Whether this process has written a set into the kernel (a restart
+    /// always writes its first set, whatever the pins hold).
+    applied: bool,
 }
 
 impl Controller {
@@ -167,6 +170,7 @@ impl Controller {
             cloud_loaded: false,
             cloud_stamp: Vec::new(),
             cloud_error: String::new(),
+            applied: false,
         };
         c.cloud_stamp = c.cloud_dir_stamp();
         c.parts
@@ -297,18 +301,25 @@ impl Controller {
     /// (same name twice, one cgroup selected twice) is refused whole, and
     /// the refusal is published with the set that stays in force.
     pub fn reload(&mut self) -> Result<Arc<PolicySnapshot>, ReloadError> {
-        let result = self.reload_inner();
+        self.reload_with(false).map(|r| r.snapshot)
+    }
+
+    /// `reload`, saying whether it made a new generation. Only a changed
+    /// set is a new generation (a policy's text or file, a rejected file's
+    /// fallback, the selected cgroups), unless `force`.
+    pub fn reload_with(&mut self, force: bool) -> Result<Reloaded, ReloadError> {
+        let result = self.reload_inner(force);
         let rejected = self
             .files
             .values()
             .any(|f| matches!(f, FileState::Rejected { .. }));
         (self.parts.on_reload)(result.is_ok() && !rejected);
         self.refused = match &result {
-            Ok(()) => String::new(),
+            Ok(_) => String::new(),
             Err(e) => format!("{e:#}"),
         };
         self.publish();
-        result.map_err(|e| {
+        let changed = result.map_err(|e| {
             let text = format!("{e:#}");
             if e.downcast_ref::<Refused>().is_some() {
                 ReloadError::Refused(text)
@@ -316,10 +327,13 @@ impl Controller {
                 ReloadError::Failed(text)
             }
         })?;
-        Ok(self.publish.borrow().clone())
+        Ok(Reloaded {
+            snapshot: self.publish.borrow().clone(),
+            changed,
+        })
     }
 
-    fn reload_inner(&mut self) -> anyhow::Result<()> {
+    fn reload_inner(&mut self, force: bool) -> anyhow::Result<bool> {
         let dir = &self.parts.policies_dir;
         let paths = policy::policy_files(dir)
             .map_err(|e| anyhow::anyhow!("reading policy directory {}: {e}", dir.display()))?;
@@ -364,7 +378,24 @@ impl Controller {
         policy::check_unique_names(&candidate).map_err(|e| refused(&e))?;
         let cgroups = cgroups::walk(&self.parts.mount, &self.parts.root)?;
         let selection = cgroups::resolve(&cgroups, &candidate).map_err(|e| refused(&e))?;
+        let same = |a: &[CompiledPolicy], b: &[CompiledPolicy]| {
+            a.len() == b.len()
+                && a.iter()
+                    .zip(b)
+                    .all(|(x, y)| (&x.name, &x.file, &x.sha256) == (&y.name, &y.file, &y.sha256))
+        };
+        if !force && self.applied && selection == self.selection && same(&candidate, &self.in_force)
+        {
+            self.learn_paths(&cgroups);
+            self.files = files;
+            log::info!(
+                "policy reload: nothing changed, generation {} stays in force",
+                self.parts.kernel.policy_generation()
+            );
+            return Ok(false);
+        }
         self.apply(&candidate, &selection)?;
+        self.applied = true;
         self.learn_paths(&cgroups);
         self.files = files;
         self.in_force = candidate;
@@ -372,7 +403,18 @@ impl Controller {
         self.parts
             .record
             .policy_set(&self.in_force, self.parts.kernel.policy_generation());
+        let root = cgroups::relative(&self.parts.mount, &self.parts.root);
+        if self.in_force.is_empty() {
+            log::warn!(
+                "NO POLICY IN FORCE: no valid policy in {}; no cgroup is selected, so no \
+                 connection is judged or enforced (--require-policies refuses to start like this)",
+                self.parts.policies_dir.display()
+            );
+        }
         for p in &self.in_force {
+            for w in crate::policy::lint::warnings(p, root.as_deref()) {
+                log::warn!("policy {} ({}:{}): {w}", p.name, p.file, p.line);
+            }
             if !self.selection.values().any(|s| s.policy == p.name) {
                 log::warn!(
                     "policy {} ({}) selects no cgroup yet: {:?}",
@@ -382,7 +424,7 @@ impl Controller {
                 );
             }
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Teaches the event names what a walk of the cgroup tree found.
@@ -603,8 +645,8 @@ impl Controller {
         loop {
             tokio::select! {
                 Some(request) = requests.recv() => match request {
-                    Request::Reload(reply) => {
-                        let result = tokio::task::block_in_place(|| self.reload());
+                    Request::Reload { force, reply } => {
+                        let result = tokio::task::block_in_place(|| self.reload_with(force));
                         if let Err(e) = &result {
                             log::error!("{e}");
                         }

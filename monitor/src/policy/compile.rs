@@ -21,6 +21,9 @@ pub struct CompiledPolicy {
     pub name: String,
     pub mode: Mode,
     pub file: String,
+    /// The line of `name:` in the file (where a second policy of one name
+    /// is reported).
+    pub line: usize,
     /// SHA-256 of the document's text.
     pub sha256: String,
     /// The document's text as compiled (what the store records: never
@@ -101,6 +104,7 @@ pub fn compile(
         name: policy.metadata.name.clone(),
         mode: spec.mode,
         file: file.display().to_string(),
+        line: doc.first_line + line_of(doc.text, "metadata", Some(&policy.metadata.name)) - 1,
         sha256: hex::encode(Sha256::digest(doc.text.as_bytes())),
         text: doc.text.into(),
         cgroup_globs: sel.cgroup_paths.clone(),
@@ -422,7 +426,15 @@ fn countries(
     list: &[String],
 ) -> Result<BTreeSet<String>, PolicyError> {
     codes(at, section, list, regions::is_country, |c| {
-        format!("{c:?} is not an ISO 3166-1 alpha-2 country code")
+        // The codes people reach for that ISO does not use.
+        let hint = match c.to_ascii_uppercase().as_str() {
+            "UK" => "; did you mean GB (the United Kingdom)?",
+            "EL" => "; did you mean GR (Greece; EL is the EU's own code)?",
+            "EU" => "; the EU is a group: write groups: [EU]",
+            "EEA" => "; the EEA is a group: write groups: [EEA]",
+            _ => "",
+        };
+        format!("{c:?} is not an ISO 3166-1 alpha-2 country code{hint}")
     })
 }
 

@@ -1,5 +1,6 @@
 //! Policies: the YAML model, compiling, loading a directory, watching it.
 pub mod compile;
+pub mod lint;
 pub mod model;
 pub mod simulate;
 pub mod watch;
@@ -76,8 +77,11 @@ pub fn check_unique_names(policies: &[CompiledPolicy]) -> Result<(), PolicyError
         if let Some(first) = seen.insert(&p.name, p) {
             return Err(PolicyError {
                 file: p.file.clone(),
-                line: 1,
-                reason: format!("policy name {:?} is also defined in {}", p.name, first.file),
+                line: p.line,
+                reason: format!(
+                    "policy name {:?} is also defined at {}:{}",
+                    p.name, first.file, first.line
+                ),
             });
         }
     }

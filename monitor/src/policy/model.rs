@@ -92,7 +92,7 @@ pub struct Rules {
 
 /// A problem in a policy file, with where it is.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{file}:{line}: {reason}")]
+#[error("{file}{}: {reason}", if *line > 0 { format!(":{line}") } else { String::new() })]
 pub struct PolicyError {
     pub file: String,
     pub line: usize,

@@ -137,7 +137,44 @@ fn several_documents_in_one_file_keep_their_line_numbers() {
     let ok = format!("{GOOD}---\n{}", GOOD.replace("llm-eu-only", "second"));
     assert_eq!(compile_text(f(), &ok).unwrap().len(), 2);
     let dup = format!("{GOOD}---\n{GOOD}");
-    assert!(error_of(&dup).contains("policy name \"llm-eu-only\" is also defined in p.yaml"));
+    // Reported at the second document's name, naming the first's.
+    let name_line = GOOD
+        .lines()
+        .position(|l| l.contains("name: llm-eu-only"))
+        .unwrap()
+        + 1;
+    let second_at = GOOD.lines().count() + 1 + name_line;
+    assert_eq!(
+        error_of(&dup),
+        format!(
+            "p.yaml:{second_at}: policy name \"llm-eu-only\" is also defined at p.yaml:{name_line}"
+        )
+    );
+}
+
+#[test]
+fn codes_people_reach_for_get_a_hint() {
+    let uk = GOOD.replace("[CH]", "[UK]");
+    let e = error_of(&uk);
+    assert!(
+        e.contains("\"UK\" is not an ISO 3166-1 alpha-2 country code; did you mean GB"),
+        "{e}"
+    );
+    let eu = GOOD.replace("[CH]", "[EU]");
+    assert!(
+        error_of(&eu).contains("write groups: [EU]"),
+        "{}",
+        error_of(&eu)
+    );
+}
+
+#[test]
+fn an_unreadable_file_has_no_line_zero() {
+    let e = crate::policy::compile_file(Path::new("/nonexistent/p.yaml")).unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "/nonexistent/p.yaml: cannot read: No such file or directory (os error 2)"
+    );
 }
 
 #[test]

@@ -177,13 +177,24 @@ pub enum ReloadError {
 }
 
 /// What reloading answers: the snapshot that took effect, or why nothing did.
-pub type ReloadResult = Result<Arc<PolicySnapshot>, ReloadError>;
+pub type ReloadResult = Result<Reloaded, ReloadError>;
+
+/// What a reload left in force, and whether it made a new generation.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    pub snapshot: Arc<PolicySnapshot>,
+    pub changed: bool,
+}
 
 /// A request to the controller; the reply comes on the channel inside.
 #[derive(Debug)]
 pub enum Request {
-    /// Re-read the policy directory now.
-    Reload(oneshot::Sender<ReloadResult>),
+    /// Re-read the policy directory now; `force` writes the set again
+    /// even when nothing changed.
+    Reload {
+        force: bool,
+        reply: oneshot::Sender<ReloadResult>,
+    },
 }
 
 /// Sends requests to the controller.
@@ -192,10 +203,10 @@ pub struct Requests(pub tokio::sync::mpsc::Sender<Request>);
 
 impl Requests {
     /// Asks for a reload and waits for its outcome.
-    pub async fn reload(&self) -> ReloadResult {
+    pub async fn reload(&self, force: bool) -> ReloadResult {
         let (tx, rx) = oneshot::channel();
         self.0
-            .send(Request::Reload(tx))
+            .send(Request::Reload { force, reply: tx })
             .await
             .map_err(|_| ReloadError::Stopped("the controller has stopped".into()))?;
         rx.await

@@ -1,0 +1,154 @@
+//! Warnings about policies that compile but would not do what their
+//! author meant: a selector that can never select anything under the
+//! daemon's cgroup root, an enforcing policy over the whole host or a whole
+//! slice that would cut the machine off its own networks. Said by `policy
+//! check` and logged by the daemon when a set takes effect; never a refusal.
+use std::net::IpAddr;
+
+use super::{compile::CompiledPolicy, model::Mode};
+
+/// Cgroups whose selection is the whole host or a whole slice of it.
+const BROAD: [&str; 7] = [
+    "/",
+    "/system.slice",
+    "/user.slice",
+    "/init.scope",
+    "/kubepods.slice",
+    "/kubepods",
+    "/machine.slice",
+];
+
+/// What an enforcing policy over the host must allow to keep the machine
+/// reachable: loopback and the private networks.
+const MUST_REACH: [(&str, &str); 5] = [
+    ("127.0.0.1", "127.0.0.0/8"),
+    ("::1", "::1/128"),
+    ("10.0.0.1", "10.0.0.0/8"),
+    ("172.16.0.1", "172.16.0.0/12"),
+    ("192.168.0.1", "192.168.0.0/16"),
+];
+
+/// The warnings for `p`; `root` is the daemon's cgroup root relative to the
+/// cgroup2 mount (`/` or None: the whole tree).
+pub fn warnings(p: &CompiledPolicy, root: Option<&str>) -> Vec<String> {
+    let mut out = Vec::new();
+    let root = root.unwrap_or("/");
+    for g in &p.cgroup_globs {
+        if !can_select_under(g, root) {
+            out.push(format!(
+                "selector cgroupPaths {g:?} is outside the cgroup root {root}: the programs \
+                 are attached there only, so it can never select a cgroup"
+            ));
+        }
+    }
+    if p.mode == Mode::Enforce {
+        let broad: Vec<&str> = BROAD
+            .iter()
+            .copied()
+            .filter(|c| p.selector.is_match(c))
+            .chain(
+                p.unit_globs
+                    .iter()
+                    .filter(|u| *u == "*")
+                    .map(|_| "every unit"),
+            )
+            .collect();
+        let missing: Vec<&str> = MUST_REACH
+            .iter()
+            .filter(|(ip, _)| !allows(p, ip.parse().expect("a literal address")))
+            .map(|(_, net)| *net)
+            .collect();
+        if !broad.is_empty() && !missing.is_empty() {
+            out.push(format!(
+                "enforce over {} without allowing {}: it would cut the selected host off \
+                 its own services, its resolver and the cluster network (add them to \
+                 allow.cidrs, or start in mode: monitor)",
+                broad.join(", "),
+                missing.join(", ")
+            ));
+        }
+    }
+    out
+}
+
+fn allows(p: &CompiledPolicy, ip: IpAddr) -> bool {
+    p.allow_cidrs.iter().any(|n| n.contains(ip)) && !p.deny_cidrs.iter().any(|n| n.contains(ip))
+}
+
+/// Whether a cgroup path glob can match a path at or below `root`: its
+/// literal start (up to the first wildcard) and the root agree as far as
+/// both go.
+pub fn can_select_under(glob: &str, root: &str) -> bool {
+    let root = root.trim_end_matches('/');
+    if root.is_empty() {
+        return true;
+    }
+    let literal = glob.find(['*', '?', '[', '{']).map_or(glob, |i| &glob[..i]);
+    let glob_is_literal = literal.len() == glob.len();
+    if glob_is_literal {
+        // A plain path: at the root or below it.
+        return glob == root || glob.starts_with(&format!("{root}/"));
+    }
+    // A wildcard after `literal`: below the root if it starts with the root's
+    // path; above or at it if the root starts with the literal part.
+    literal.starts_with(&format!("{root}/"))
+        || format!("{root}/").starts_with(literal)
+        || literal == root
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_selector_outside_the_root_can_never_select() {
+        assert!(can_select_under("/emt-1/sel", "/emt-1"));
+        assert!(can_select_under("/emt-1", "/emt-1"));
+        assert!(can_select_under("/emt-1/**", "/emt-1"));
+        assert!(can_select_under("/emt-*/sel", "/emt-1"));
+        assert!(can_select_under("/**", "/emt-1"));
+        assert!(can_select_under("/system.slice/x", "/"));
+        assert!(!can_select_under("/system.slice/x", "/emt-1"));
+        assert!(!can_select_under("/emt-10/sel", "/emt-1"));
+        assert!(!can_select_under("/kubepods.slice/**", "/emt-1"));
+    }
+
+    fn policy(selector: &str, mode: &str, cidrs: &str) -> CompiledPolicy {
+        let text = format!(
+            "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {{name: p}}\n\
+             spec:\n  mode: {mode}\n  selector:\n    cgroupPaths: [\"{selector}\"]\n  \
+             allow:\n    countries: [DE]\n    cidrs: [{cidrs}]\n"
+        );
+        crate::policy::compile_text(std::path::Path::new("p.yaml"), &text)
+            .unwrap()
+            .remove(0)
+    }
+
+    #[test]
+    fn enforcing_over_the_host_without_loopback_is_warned() {
+        let w = warnings(&policy("/**", "enforce", "198.51.100.0/24"), None);
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("/system.slice"), "{w:?}");
+        assert!(
+            w[0].contains("127.0.0.0/8") && w[0].contains("192.168.0.0/16"),
+            "{w:?}"
+        );
+        // Monitor cuts nothing; a workload's own cgroup is not the host.
+        assert!(warnings(&policy("/**", "monitor", "198.51.100.0/24"), None).is_empty());
+        assert!(warnings(
+            &policy("/kubepods.slice/pod1/**", "enforce", "198.51.100.0/24"),
+            None
+        )
+        .is_empty());
+        let safe = "127.0.0.0/8, \"::1/128\", 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16";
+        assert!(warnings(&policy("/**", "enforce", safe), None).is_empty());
+        let outside = warnings(
+            &policy("/system.slice/x.service", "monitor", "10.0.0.0/8"),
+            Some("/emt-1"),
+        );
+        assert!(
+            outside[0].contains("outside the cgroup root /emt-1"),
+            "{outside:?}"
+        );
+    }
+}
