@@ -267,10 +267,27 @@ fn assemble(
     );
     parts.insert("events.jsonl".into(), jsonl.finish()?);
 
-    let flows = window_flows(store, req)?;
-    summary.flows = flows.len();
+    // The flows stream by in key order: each is written to flows.csv and
+    // summed for the summary; only those the summary lists are kept.
     let mut csv = spool.part("flows.csv")?;
-    flows_csv(&flows, &mut csv)?;
+    let mut digest = super::summary::FlowDigest::default();
+    {
+        let mut w = csv::Writer::from_writer(&mut csv);
+        w.write_record(query::FLOW_CSV_COLUMNS)?;
+        summary.flows = query::flows_each(
+            store,
+            req.since,
+            req.until,
+            req.keep,
+            req.by_process,
+            &mut |f| {
+                flow_row(&mut w, &f)?;
+                digest.add(f, &records.by_cidr);
+                Ok(())
+            },
+        )?;
+        w.flush().context("writing flows.csv")?;
+    }
     parts.insert("flows.csv".into(), csv.finish()?);
 
     let (index, versions) = policy_sets(store, req)?;
@@ -292,8 +309,7 @@ fn assemble(
         since: req.since,
         until: req.until,
         exported: records.exported,
-        by_cidr: &records.by_cidr,
-        flows: &flows,
+        flows: &digest,
         policy_index: &index,
         counters: &counters,
         coverage: &cover,
@@ -571,39 +587,27 @@ fn chain_json(
     Ok(())
 }
 
-/// The window's flows (of the kept events), oldest first.
-fn window_flows(store: &Store, req: &Request<'_>) -> anyhow::Result<Vec<query::Flow>> {
-    let mut flows = query::flows(store, req.since, req.until, req.keep, req.by_process)?;
-    query::sort(&mut flows, "first_seen");
-    Ok(flows)
-}
-
-/// `flows.csv`: one row per flow under the CLI's column names.
-fn flows_csv(flows: &[query::Flow], out: &mut Part) -> anyhow::Result<()> {
-    let mut w = csv::Writer::from_writer(out);
-    w.write_record(query::FLOW_CSV_COLUMNS)?;
-    for f in flows {
-        w.write_record([
-            t(f.first_seen),
-            t(f.last_seen),
-            f.count.to_string(),
-            f.verdict.clone(),
-            f.policy.clone(),
-            f.cgroup_path.clone(),
-            f.pod_uid.clone(),
-            f.comm.clone(),
-            f.protocol.clone(),
-            f.dst_ip.clone(),
-            f.dst_port.to_string(),
-            f.country.clone(),
-            f.continent.clone(),
-            f.dns_name.clone(),
-            f.cloud_region.clone(),
-            f.packets.to_string(),
-            f.bytes.to_string(),
-        ])?;
-    }
-    w.flush().context("writing flows.csv")?;
+/// One row of `flows.csv` under the CLI's column names.
+fn flow_row<W: std::io::Write>(w: &mut csv::Writer<W>, f: &query::Flow) -> anyhow::Result<()> {
+    w.write_record([
+        t(f.first_seen).as_str(),
+        t(f.last_seen).as_str(),
+        &f.count.to_string(),
+        &f.verdict,
+        &f.policy,
+        &f.cgroup_path,
+        &f.pod_uid,
+        &f.comm,
+        &f.protocol,
+        &f.dst_ip,
+        &f.dst_port.to_string(),
+        &f.country,
+        &f.continent,
+        &f.dns_name,
+        &f.cloud_region,
+        &f.packets.to_string(),
+        &f.bytes.to_string(),
+    ])?;
     Ok(())
 }
 

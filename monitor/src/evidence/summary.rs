@@ -13,15 +13,52 @@ pub struct Input<'a> {
     pub until: i64,
     /// How many records the bundle holds.
     pub exported: usize,
-    /// (destination, cgroup path) of the exported records a CIDR rule
-    /// allowed.
-    pub by_cidr: &'a std::collections::HashSet<(String, String)>,
-    pub flows: &'a [Flow],
+    pub flows: &'a FlowDigest,
     pub policy_index: &'a [Value],
     pub counters: &'a Value,
     pub coverage: &'a Coverage,
     pub complete: bool,
     pub public_key: &'a str,
+}
+
+/// What summary.md needs of the window's flows, gathered as they stream
+/// by: sums by country, and the flows it lists (those not allowed, and those
+/// a CIDR exception allowed); the rest is only counted.
+#[derive(Debug, Default)]
+pub struct FlowDigest {
+    by_country: BTreeMap<String, [u64; 3]>,
+    refused: Vec<Flow>,
+    by_cidr: Vec<Flow>,
+}
+
+impl FlowDigest {
+    /// Adds a flow; `by_cidr` holds (destination, cgroup path) of the
+    /// exported records a CIDR rule allowed.
+    pub fn add(&mut self, f: Flow, by_cidr: &std::collections::HashSet<(String, String)>) {
+        let c = self
+            .by_country
+            .entry(dash(&f.country).to_string())
+            .or_default();
+        let k = match f.verdict.as_str() {
+            "allowed" => 0,
+            "denied" => 1,
+            _ => 2,
+        };
+        c[k] += f.count;
+        if f.verdict != "allowed" {
+            self.refused.push(f);
+        } else if !f.country.is_empty()
+            && by_cidr.contains(&(f.dst_ip.clone(), f.cgroup_path.clone()))
+        {
+            self.by_cidr.push(f);
+        }
+    }
+
+    fn sorted(list: &[Flow]) -> Vec<&Flow> {
+        let mut v: Vec<&Flow> = list.iter().collect();
+        v.sort_by_key(|f| f.first_seen);
+        v
+    }
 }
 
 fn t(n: i64) -> String {
@@ -85,28 +122,24 @@ pub fn render(i: &Input<'_>) -> String {
     );
 
     // Transfers by country.
-    let mut by_country: BTreeMap<String, [u64; 3]> = BTreeMap::new();
-    for f in i.flows {
-        let c = by_country.entry(dash(&f.country).to_string()).or_default();
-        let k = match f.verdict.as_str() {
-            "allowed" => 0,
-            "denied" => 1,
-            _ => 2,
-        };
-        c[k] += f.count;
-    }
+    let by_country = &i.flows.by_country;
+    let refused = FlowDigest::sorted(&i.flows.refused);
     let _ = writeln!(m, "## Connections by destination country\n");
     let _ = writeln!(
         m,
         "| country | allowed | denied | would_deny (left the host) |\n| --- | ---: | ---: | ---: |"
     );
-    for (c, v) in &by_country {
+    for (c, v) in by_country {
         let _ = writeln!(m, "| {c} | {} | {} | {} |", v[0], v[1], v[2]);
     }
 
     // Denied attempts.
     let _ = writeln!(m, "\n## Denied attempts (blocked before a packet left)\n");
-    let denied: Vec<&Flow> = i.flows.iter().filter(|f| f.verdict == "denied").collect();
+    let denied: Vec<&Flow> = refused
+        .iter()
+        .copied()
+        .filter(|f| f.verdict == "denied")
+        .collect();
     flow_table(&mut m, &denied);
 
     // Outside the allowed regions.
@@ -115,9 +148,9 @@ pub fn render(i: &Input<'_>) -> String {
         "\n## Traffic that left the allowed regions (GDPR Art. 44)\n"
     );
     let _ = writeln!(m, "Connections a policy judged outside its allowed regions that were let through because the policy was in monitor mode. Each is a transfer to review.\n");
-    let left: Vec<&Flow> = i
-        .flows
+    let left: Vec<&Flow> = refused
         .iter()
+        .copied()
         .filter(|f| f.verdict == "would_deny")
         .collect();
     flow_table(&mut m, &left);
@@ -125,15 +158,7 @@ pub fn render(i: &Input<'_>) -> String {
         m,
         "\nAllowed by a CIDR exception (review that each exception is intended):\n"
     );
-    let cidr: Vec<&Flow> = i
-        .flows
-        .iter()
-        .filter(|f| f.verdict == "allowed" && !f.country.is_empty())
-        .filter(|f| {
-            i.by_cidr
-                .contains(&(f.dst_ip.clone(), f.cgroup_path.clone()))
-        })
-        .collect();
+    let cidr = FlowDigest::sorted(&i.flows.by_cidr);
     flow_table(&mut m, &cidr);
 
     // Policy record.
@@ -178,7 +203,7 @@ pub fn render(i: &Input<'_>) -> String {
             format!("policy set in force: {}", names.join(", ")),
         ));
     }
-    for f in i.flows.iter().filter(|f| f.verdict != "allowed") {
+    for f in &refused {
         tl.push((
             f.first_seen,
             format!(

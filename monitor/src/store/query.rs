@@ -536,69 +536,15 @@ pub fn flows(
         } else {
             edges.push((since, until));
         }
-        let mut stmt = store
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {EVENT_FLOW_KEY}, min(unix_nanos), max(unix_nanos), count(*), 0, 0 FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY {EVENT_FLOW_GROUP}"
-            ))
-            .map_err(store.err("prepare edge query"))?;
-        // The kernel's repeats are kept per minute: in a minute the window
-        // cuts, they count when their last harvest falls inside it.
-        let mut repeats = store
-            .conn
-            .prepare_cached(&format!(
-                "SELECT {FLOW_KEY}, min(repeat_last), max(repeat_last), sum(repeats), sum(packets), sum(bytes) FROM flows WHERE bucket >= ?1 AND bucket <= ?2 AND repeat_last >= ?3 AND repeat_last < ?4 GROUP BY {FLOW_GROUP}"
-            ))
-            .map_err(store.err("prepare edge repeats query"))?;
-        for (a, b) in edges {
-            if a >= b {
-                continue;
-            }
-            let rows: Vec<Flow> = stmt
-                .query_map(params![a, b], flow_of)
-                .and_then(|r| r.collect())
-                .map_err(store.err("query edge flows"))?;
-            parts.extend(rows);
-            let rows: Vec<Flow> = repeats
-                .query_map(params![bucket_of(a), bucket_of(b), a, b], flow_of)
-                .and_then(|r| r.collect())
-                .map_err(store.err("query edge repeats"))?;
-            parts.extend(rows);
-        }
+        parts.extend(edge_flows(store, &edges)?);
     }
     // Merge the parts by key, then filter on the whole key; a path is
     // attributed once, not once per flow.
     let mut merged: HashMap<FlowKey, Flow> = HashMap::with_capacity(parts.len());
     for f in parts {
-        let key = (
-            f.cgroup_path.clone(),
-            f.comm.clone(),
-            f.dst_ip.clone(),
-            f.dst_port,
-            f.protocol.clone(),
-            f.verdict.clone(),
-            f.policy.clone(),
-            f.dns_name.clone(),
-        );
+        let key = key_of(&f);
         match merged.entry(key) {
-            std::collections::hash_map::Entry::Occupied(mut m) => {
-                let m = m.get_mut();
-                m.first_seen = m.first_seen.min(f.first_seen);
-                m.last_seen = m.last_seen.max(f.last_seen);
-                m.count += f.count;
-                m.packets += f.packets;
-                m.bytes += f.bytes;
-                // As SQL's max() over the minutes did.
-                if f.country > m.country {
-                    m.country = f.country;
-                }
-                if f.continent > m.continent {
-                    m.continent = f.continent;
-                }
-                if f.cloud_region > m.cloud_region {
-                    m.cloud_region = f.cloud_region;
-                }
-            }
+            std::collections::hash_map::Entry::Occupied(mut m) => merge_flow(m.get_mut(), f),
             std::collections::hash_map::Entry::Vacant(v) => {
                 v.insert(f);
             }
@@ -640,6 +586,207 @@ pub fn flows(
             ))
     });
     Ok(out)
+}
+
+/// A flow's key, owned.
+fn key_of(f: &Flow) -> FlowKey {
+    (
+        f.cgroup_path.clone(),
+        f.comm.clone(),
+        f.dst_ip.clone(),
+        f.dst_port,
+        f.protocol.clone(),
+        f.verdict.clone(),
+        f.policy.clone(),
+        f.dns_name.clone(),
+    )
+}
+
+/// A flow's key, borrowed (for comparing in key order).
+fn key_ref(f: &Flow) -> (&str, &str, &str, u16, &str, &str, &str, &str) {
+    (
+        &f.cgroup_path,
+        &f.comm,
+        &f.dst_ip,
+        f.dst_port,
+        &f.protocol,
+        &f.verdict,
+        &f.policy,
+        &f.dns_name,
+    )
+}
+
+/// Adds `f` (same key) into `m`.
+fn merge_flow(m: &mut Flow, f: Flow) {
+    m.first_seen = m.first_seen.min(f.first_seen);
+    m.last_seen = m.last_seen.max(f.last_seen);
+    m.count += f.count;
+    m.packets += f.packets;
+    m.bytes += f.bytes;
+    // As SQL's max() over the minutes did.
+    if f.country > m.country {
+        m.country = f.country;
+    }
+    if f.continent > m.continent {
+        m.continent = f.continent;
+    }
+    if f.cloud_region > m.cloud_region {
+        m.cloud_region = f.cloud_region;
+    }
+}
+
+/// The flows of the partial minutes at a window's edges: from the events
+/// themselves, and the kernel's repeats of those minutes whose last
+/// harvest falls inside (repeats are kept per minute).
+fn edge_flows(store: &Store, edges: &[(i64, i64)]) -> Result<Vec<Flow>, StoreError> {
+    let mut parts = Vec::new();
+    let mut stmt = store
+        .conn
+        .prepare_cached(&format!(
+            "SELECT {EVENT_FLOW_KEY}, min(unix_nanos), max(unix_nanos), count(*), 0, 0 FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY {EVENT_FLOW_GROUP}"
+        ))
+        .map_err(store.err("prepare edge query"))?;
+    let mut repeats = store
+        .conn
+        .prepare_cached(&format!(
+            "SELECT {FLOW_KEY}, min(repeat_last), max(repeat_last), sum(repeats), sum(packets), sum(bytes) FROM flows WHERE bucket >= ?1 AND bucket <= ?2 AND repeat_last >= ?3 AND repeat_last < ?4 GROUP BY {FLOW_GROUP}"
+        ))
+        .map_err(store.err("prepare edge repeats query"))?;
+    for &(a, b) in edges {
+        if a >= b {
+            continue;
+        }
+        let rows: Vec<Flow> = stmt
+            .query_map(params![a, b], flow_of)
+            .and_then(|r| r.collect())
+            .map_err(store.err("query edge flows"))?;
+        parts.extend(rows);
+        let rows: Vec<Flow> = repeats
+            .query_map(params![bucket_of(a), bucket_of(b), a, b], flow_of)
+            .and_then(|r| r.collect())
+            .map_err(store.err("query edge repeats"))?;
+        parts.extend(rows);
+    }
+    Ok(parts)
+}
+
+/// `flows`, streamed in key order to `each` (the kept ones, attributed):
+/// memory stays flat however many flows the window holds. The whole
+/// minutes are sorted by SQLite (its sorter spills to temporary files) and
+/// merged as they come; only the partial minutes at the edges are held.
+/// Returns how many flows `each` got.
+pub fn flows_each(
+    store: &Store,
+    since: i64,
+    until: i64,
+    keep: &dyn Fn(&Event) -> bool,
+    by_process: bool,
+    each: &mut dyn FnMut(Flow) -> anyhow::Result<()>,
+) -> anyhow::Result<usize> {
+    let mut n = 0;
+    if by_process {
+        // From the events of the selected processes only.
+        for f in flows(store, since, until, keep, by_process)? {
+            each(f)?;
+            n += 1;
+        }
+        return Ok(n);
+    }
+    let first_full = bucket_of(since) + if since % MINUTE == 0 { 0 } else { MINUTE };
+    let end_full = bucket_of(until);
+    let edges = if first_full < end_full {
+        vec![(since, first_full), (end_full, until)]
+    } else {
+        vec![(since, until)]
+    };
+    let mut held: std::collections::BTreeMap<FlowKey, Flow> = std::collections::BTreeMap::new();
+    for f in edge_flows(store, &edges)? {
+        match held.entry(key_of(&f)) {
+            std::collections::btree_map::Entry::Occupied(mut m) => merge_flow(m.get_mut(), f),
+            std::collections::btree_map::Entry::Vacant(v) => {
+                v.insert(f);
+            }
+        }
+    }
+    // The last path's attribution: rows come in path order.
+    let mut info: Option<crate::events::CgroupInfo> = None;
+    let mut emit = |mut f: Flow, n: &mut usize| -> anyhow::Result<()> {
+        if info.as_ref().is_none_or(|i| i.path != f.cgroup_path) {
+            info = Some(crate::events::CgroupInfo::of_path(f.cgroup_path.clone()));
+        }
+        let e = f.as_event(info.as_ref().expect("set above"));
+        f.pod_uid = e.pod_uid.clone();
+        if keep(&e) {
+            *n += 1;
+            each(f)?;
+        }
+        Ok(())
+    };
+    // Edge flows ordered before `f`, then `f` with its own edge part.
+    let mut flush = |f: Option<Flow>,
+                     held: &mut std::collections::BTreeMap<FlowKey, Flow>,
+                     n: &mut usize|
+     -> anyhow::Result<()> {
+        loop {
+            let before = match (held.first_key_value(), &f) {
+                (None, _) => false,
+                (Some(_), None) => true,
+                (Some((k, _)), Some(f)) => {
+                    (
+                        k.0.as_str(),
+                        k.1.as_str(),
+                        k.2.as_str(),
+                        k.3,
+                        k.4.as_str(),
+                        k.5.as_str(),
+                        k.6.as_str(),
+                        k.7.as_str(),
+                    ) < key_ref(f)
+                }
+            };
+            if !before {
+                break;
+            }
+            let (_, e) = held.pop_first().expect("checked above");
+            emit(e, n)?;
+        }
+        if let Some(mut f) = f {
+            if let Some(e) = held.remove(&key_of(&f)) {
+                merge_flow(&mut f, e);
+            }
+            emit(f, n)?;
+        }
+        Ok(())
+    };
+    if first_full < end_full {
+        let mut stmt = store
+            .conn
+            .prepare(
+                "SELECT coalesce((SELECT path FROM cgroup_paths WHERE id = cgroup), '') AS path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, dns_name, cloud_region, first_seen, last_seen, count + repeats, packets, bytes FROM flows WHERE bucket >= ?1 AND bucket < ?2 ORDER BY path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name",
+            )
+            .map_err(store.err("prepare flow query"))?;
+        let mut rows = stmt
+            .query(params![first_full, end_full])
+            .map_err(store.err("query flows"))?;
+        let mut current: Option<Flow> = None;
+        while let Some(r) = rows.next().map_err(store.err("read flows"))? {
+            let f = flow_of(r).map_err(store.err("read a flow row"))?;
+            match &mut current {
+                Some(c) if key_ref(c) == key_ref(&f) => merge_flow(c, f),
+                _ => {
+                    let done = current.replace(f);
+                    if done.is_some() {
+                        flush(done, &mut held, &mut n)?;
+                    }
+                }
+            }
+        }
+        if current.is_some() {
+            flush(current, &mut held, &mut n)?;
+        }
+    }
+    flush(None, &mut held, &mut n)?;
+    Ok(n)
 }
 
 /// A condition on flow rows for SQL (see `api::Filter::flow_sql`): the
