@@ -360,3 +360,78 @@ fn traffic_across_policy_switches_sees_whole_sets() {
         "the traffic did not overlap the switches (generations {generations:?}): this run proves nothing"
     );
 }
+
+/// Destinations that never leave the link (link-local unicast, the local
+/// multicast block, broadcast) are allowed under an enforcing policy that
+/// allows only DE, as the `cidr` rule; wider multicast is judged; with
+/// `judgeLinkLocal: true` they are judged too. Judged from a dead end: an
+/// allowed connect fails after the hook (no route), a refused one with
+/// EPERM.
+#[test]
+fn link_local_destinations_are_exempt_unless_judged() {
+    let mut env = TestEnv::started("enforce", "DE", &[]);
+    let ns = DeadEnd::new(&format!("emll-{}", env.id));
+    let link = [
+        "169.254.169.254",
+        "224.0.0.251",
+        "255.255.255.255",
+        "fe80::1",
+        "ff02::fb",
+    ];
+    let wider = ["239.255.255.250", "ff0e::1"];
+    let errnos = |env: &TestEnv, addrs: &[&str]| -> Vec<i64> {
+        let mut args = vec!["connect-many", "443"];
+        args.extend(addrs);
+        let out = env.probe_in(&ns.0, "sel", &args);
+        out["results"]
+            .as_array()
+            .expect("results")
+            .iter()
+            .map(|r| r["errno"].as_i64().unwrap())
+            .collect()
+    };
+    let got = errnos(&env, &link);
+    assert!(
+        got.iter().all(|&e| e != EPERM && e != 0),
+        "exempt, then no route: {link:?} {got:?}"
+    );
+    let got = errnos(&env, &wider);
+    assert!(
+        got.iter().all(|&e| e == EPERM),
+        "wider scopes are judged: {wider:?} {got:?}"
+    );
+    let e = env.expect_event("the metadata address, allowed", WAIT, |e| {
+        s(e, "dst_ip") == "169.254.169.254"
+    });
+    assert_eq!(
+        (s(&e, "verdict"), s(&e, "rule")),
+        ("allowed", "cidr"),
+        "{e}"
+    );
+    let check = std::process::Command::new(daemon_bin())
+        .args(["policy", "check"])
+        .arg(env.policy_dir().join("p.yaml"))
+        .output()
+        .unwrap();
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.contains("link-local     allowed: 169.254.0.0/16"),
+        "{check}"
+    );
+
+    let generation = env.status()["policy_generation"].as_u64().unwrap();
+    env.write_policy(
+        "p.yaml",
+        &env.policy(
+            "eu-only",
+            "enforce",
+            "sel",
+            "  judgeLinkLocal: true\n  allow:\n    countries: [DE]\n",
+        ),
+    );
+    env.wait_status("the judging set", WAIT, |s| {
+        s["policy_generation"].as_u64() > Some(generation)
+    });
+    let got = errnos(&env, &link);
+    assert!(got.iter().all(|&e| e == EPERM), "judged: {link:?} {got:?}");
+}

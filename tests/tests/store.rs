@@ -143,6 +143,45 @@ fn export_holds_the_window_and_verifies() {
         String::from_utf8_lossy(&export.stderr)
     );
     eprintln!("{}", String::from_utf8_lossy(&export.stdout));
+    // A bundle is evidence: a second export does not overwrite it unless
+    // asked, and a missing directory is named.
+    let before = std::fs::read(&out).unwrap();
+    let again = |out: &std::path::Path, force: bool| {
+        let mut c = Command::new(daemon_bin());
+        c.args(["export", "--since", &since, "--until", &until, "--out"])
+            .arg(out)
+            .arg("--state-dir")
+            .arg(&st);
+        if force {
+            c.arg("--force");
+        }
+        c.output().unwrap()
+    };
+    let refused = again(&out, false);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains(&format!(
+                "--out {} exists; not overwritten (--force replaces it)",
+                out.display()
+            )),
+        "{err}"
+    );
+    assert_eq!(
+        std::fs::read(&out).unwrap(),
+        before,
+        "the bundle is untouched"
+    );
+    let missing = env.dir.path().join("no-such-dir/b.tar");
+    let err = String::from_utf8_lossy(&again(&missing, false).stderr).into_owned();
+    assert!(
+        err.contains(&format!(
+            "the directory {} does not exist",
+            env.dir.path().join("no-such-dir").display()
+        )),
+        "{err}"
+    );
+    assert!(again(&out, true).status.success(), "--force replaces it");
     let key = status(&env)["node_public_key"]
         .as_str()
         .unwrap()
@@ -186,6 +225,36 @@ fn export_holds_the_window_and_verifies() {
     pids.sort();
     want.sort();
     assert_eq!(pids, want);
+    // Unpacked and packed again by GNU tar (which adds entries for the
+    // directories): still the same evidence, it verifies.
+    let repacked = env.dir.path().join("repacked.tar");
+    let tar = Command::new("tar")
+        .arg("-cf")
+        .arg(&repacked)
+        .arg("-C")
+        .arg(&x)
+        .arg("evidence")
+        .status()
+        .unwrap();
+    assert!(tar.success());
+    let listing = Command::new("tar")
+        .arg("-tvf")
+        .arg(&repacked)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&listing.stdout)
+            .lines()
+            .any(|l| l.starts_with('d')),
+        "GNU tar wrote directory entries: {}",
+        String::from_utf8_lossy(&listing.stdout)
+    );
+    let ok = verify(&repacked, &key);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
     // A flipped byte anywhere in the events file is caught.
     let mut bytes = std::fs::read(&out).unwrap();
     let at = bytes

@@ -78,6 +78,52 @@ pub fn cloud_ranges_dir() -> PathBuf {
     root().join(".cache/cloud")
 }
 
+/// Starts the daemon, waits (bounded) for its socket, then shows its
+/// decisions as a live table (`events --follow`) until Ctrl-C, which stops
+/// both (one process group). Says how to reach it from another terminal.
+fn run_with_live_view(
+    daemon: &mut Command,
+    mut follow: Command,
+    socket: &std::path::Path,
+) -> anyhow::Result<()> {
+    eprintln!("+ {}", describe(daemon));
+    let mut child = daemon
+        .spawn()
+        .with_context(|| format!("starting {}", describe(daemon)))?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    while !socket.exists() {
+        if let Some(st) = child.try_wait()? {
+            bail!("the daemon exited before it served its socket: {st}");
+        }
+        if std::time::Instant::now() > deadline {
+            eprintln!(
+                "the daemon has not served {} in 180 s; still waiting for it",
+                socket.display()
+            );
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let sudo = if is_root() { "" } else { "sudo " };
+    eprintln!(
+        "\nthe daemon runs; its socket is {} and client commands find it without flags.\n\
+         In another terminal: {sudo}target/release/egress-monitor status | events | flows --group-by country,verdict\n\
+         Below: its decisions as they happen (first sights and refusals; repeats are counted in flows). Ctrl-C stops it.\n",
+        socket.display()
+    );
+    let mut view = follow
+        .args(["events", "--follow", "--socket"])
+        .arg(socket)
+        .spawn()
+        .context("starting the live view (events --follow)")?;
+    let status = child.wait()?;
+    let _ = view.wait();
+    if !status.success() {
+        bail!("the daemon exited with {status}");
+    }
+    Ok(())
+}
+
 pub fn run(cmd: &mut Command) -> anyhow::Result<()> {
     eprintln!("+ {}", describe(cmd));
     let status = cmd
@@ -138,14 +184,21 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             build()?;
             let bin = root().join("target/release/egress-monitor");
-            let mut cmd = if is_root() {
-                Command::new(&bin)
-            } else {
-                eprintln!("the daemon loads eBPF programs and needs root: running it with sudo");
-                let mut c = Command::new("sudo");
-                c.arg(&bin);
-                c
+            let as_root = || {
+                if is_root() {
+                    Command::new(&bin)
+                } else {
+                    let mut c = Command::new("sudo");
+                    c.arg(&bin);
+                    c
+                }
             };
+            if !is_root() {
+                eprintln!("the daemon loads eBPF programs and needs root: running it with sudo");
+            }
+            let state = root().join("target/state");
+            let socket = state.join("egress-monitor.sock");
+            let mut cmd = as_root();
             cmd.current_dir(root())
                 .arg("daemon")
                 .arg("--policies")
@@ -155,12 +208,11 @@ fn main() -> anyhow::Result<()> {
                 .arg("--cloud-ranges")
                 .arg(cloud_ranges_dir())
                 .arg("--state-dir")
-                .arg(root().join("target/state"))
-                .arg("--log-events")
+                .arg(&state)
                 // A try-out: leave nothing attached when it stops.
                 .arg("--detach-on-exit")
                 .args(args);
-            run(&mut cmd)
+            run_with_live_view(&mut cmd, as_root(), &socket)
         }
         Cmd::Bench {
             readme,

@@ -27,12 +27,43 @@ pub struct ExportArgs {
     /// from it; needs root, works with the daemon running or stopped).
     #[arg(long, default_value = crate::daemon::default_state_dir().as_os_str())]
     pub state_dir: PathBuf,
+    /// Replace an existing file at --out (refused otherwise: a bundle is
+    /// evidence, not a cache).
+    #[arg(long)]
+    pub force: bool,
     #[command(flatten)]
     pub filter: FilterArgs,
 }
 
+/// Refuses an --out that would overwrite a bundle without --force, or
+/// whose directory is missing, before the store is read.
+fn check_out(out: &std::path::Path, force: bool) -> anyhow::Result<()> {
+    if out.is_dir() {
+        anyhow::bail!("--out {} is a directory; give a file name", out.display());
+    }
+    if out.exists() && !force {
+        anyhow::bail!(
+            "--out {} exists; not overwritten (--force replaces it)",
+            out.display()
+        );
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    if !parent.is_dir() {
+        anyhow::bail!(
+            "--out {}: the directory {} does not exist",
+            out.display(),
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
+    check_out(&args.out, args.force)?;
     let (since, until) = parse_window(
         &args.since,
         args.until.as_deref().unwrap_or(""),

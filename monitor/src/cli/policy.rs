@@ -284,6 +284,14 @@ fn print_policy(p: &CompiledPolicy, db: Option<&GeoDb>) {
         v4(&p.deny_cidrs),
         p.deny_cidrs.len() - v4(&p.deny_cidrs)
     );
+    if p.link_local.is_empty() {
+        println!("  link-local     judged like any destination (judgeLinkLocal: true)");
+    } else {
+        println!(
+            "  link-local     allowed: {} (judgeLinkLocal: true judges them)",
+            crate::policy::compile::LINK_LOCAL.join(" ")
+        );
+    }
     println!(
         "  region rules   {} (kernel map entries)",
         p.region_rules.len()

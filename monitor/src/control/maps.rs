@@ -70,7 +70,7 @@ pub fn build_maps(
                 32 + u32::from(len),
             )
         };
-        maps.allow_cidrs.extend(p.allow_cidrs.iter().map(cidr));
+        maps.allow_cidrs.extend(p.allowed_networks().map(cidr));
         maps.deny_cidrs.extend(p.deny_cidrs.iter().map(cidr));
         maps.domains.extend(domain_rules(
             policy_id,

@@ -42,8 +42,26 @@ pub fn read_tar(path: &Path) -> Result<Files, Broken> {
             .path()
             .map(|p| p.to_string_lossy().into_owned())
             .map_err(|e| broken(path.display().to_string(), format!("bad entry name: {e}")))?;
-        if entry.header().entry_type() != tar::EntryType::Regular {
-            return Err(broken(name, "not a regular file"));
+        match entry.header().entry_type() {
+            tar::EntryType::Regular => {}
+            // A bundle unpacked and packed again by GNU tar gains entries
+            // for its directories (and maybe a global header): they hold
+            // no data and are not tampering, as long as they are where a
+            // bundle's files are.
+            tar::EntryType::Directory => {
+                let dir = name.trim_end_matches('/');
+                let plain = dir == "evidence"
+                    || dir.strip_prefix("evidence/").is_some_and(|rel| {
+                        !rel.split('/')
+                            .any(|c| c.is_empty() || c == "." || c == "..")
+                    });
+                if !plain || entry.header().size().unwrap_or(1) != 0 {
+                    return Err(broken(name, "a directory entry outside evidence/"));
+                }
+                continue;
+            }
+            tar::EntryType::XGlobalHeader => continue,
+            _ => return Err(broken(name, "not a regular file")),
         }
         let Some(rel) = name.strip_prefix("evidence/") else {
             return Err(broken(name, "outside evidence/"));

@@ -39,6 +39,9 @@ pub struct CompiledPolicy {
     /// What the policy says of each region it mentions.
     pub region_rules: Vec<(Region, RegionRule)>,
     pub allow_cidrs: Vec<IpNetwork>,
+    /// The link's own destinations, allowed unless `judgeLinkLocal`
+    /// (`LINK_LOCAL`; empty when judged).
+    pub link_local: Vec<IpNetwork>,
     pub deny_cidrs: Vec<IpNetwork>,
     /// Domain patterns, normalised (lower case, no trailing dot).
     pub allow_domains: Vec<DomainPattern>,
@@ -52,7 +55,28 @@ pub struct CompiledPolicy {
     pub source: PolicyDoc,
 }
 
+/// Destinations that never leave the link: IPv4 link-local (169.254/16,
+/// the cloud metadata service among them), the local network control
+/// block of multicast (224.0.0.0/24: mDNS, IGMP, routing protocols),
+/// limited broadcast (DHCP), IPv6 link-local unicast, and interface- and
+/// link-local multicast (neighbour discovery, MLD, mDNS). Wider multicast
+/// scopes (239/8, ff05::/16, ff0e::/16) can leave the link and are judged.
+pub const LINK_LOCAL: [&str; 6] = [
+    "169.254.0.0/16",
+    "224.0.0.0/24",
+    "255.255.255.255/32",
+    "fe80::/10",
+    "ff01::/16",
+    "ff02::/16",
+];
+
 impl CompiledPolicy {
+    /// The allowed networks the decision uses: the policy's own and the
+    /// link's (unless judged).
+    pub fn allowed_networks(&self) -> impl Iterator<Item = &IpNetwork> {
+        self.allow_cidrs.iter().chain(&self.link_local)
+    }
+
     /// Whether this policy selects the cgroup at `path` (relative to the
     /// cgroup2 mount) with attribution `attr`: a path glob matches it, it
     /// is the cgroup of a listed pod, or the cgroup of a matching unit.
@@ -114,6 +138,14 @@ pub fn compile(
         unit_selector,
         region_rules: region_rules(&decisions),
         allow_cidrs: allow.cidrs,
+        link_local: if spec.judge_link_local {
+            Vec::new()
+        } else {
+            LINK_LOCAL
+                .iter()
+                .map(|n| n.parse().expect("a literal network"))
+                .collect()
+        },
         deny_cidrs: deny.cidrs,
         allow_domains: allow.domains,
         deny_domains: deny.domains,

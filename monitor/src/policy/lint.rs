@@ -72,7 +72,7 @@ pub fn warnings(p: &CompiledPolicy, root: Option<&str>) -> Vec<String> {
 }
 
 fn allows(p: &CompiledPolicy, ip: IpAddr) -> bool {
-    p.allow_cidrs.iter().any(|n| n.contains(ip)) && !p.deny_cidrs.iter().any(|n| n.contains(ip))
+    p.allowed_networks().any(|n| n.contains(ip)) && !p.deny_cidrs.iter().any(|n| n.contains(ip))
 }
 
 /// Whether a cgroup path glob can match a path at or below `root`: its

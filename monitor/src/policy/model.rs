@@ -51,6 +51,12 @@ pub struct Spec {
     pub allow: Rules,
     #[serde(default)]
     pub deny: Rules,
+    /// Judge destinations that never leave the link (link-local unicast,
+    /// link-local multicast, broadcast) like any other; by default they are
+    /// allowed (rule `cidr`), so an enforcing policy does not break
+    /// neighbour discovery, DHCP, mDNS or the cloud metadata service.
+    #[serde(default, rename = "judgeLinkLocal")]
+    pub judge_link_local: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -93,7 +93,7 @@ pub fn simulate(
             };
             monitor_common::stronger(by_cloud, by_region)
         },
-        || contains(&policy.allow_cidrs, addr),
+        || contains(&policy.allow_cidrs, addr) || contains(&policy.link_local, addr),
     );
     let verdict = match (decision.allowed, policy.mode) {
         (true, _) => Verdict::Allowed,
