@@ -342,3 +342,37 @@ fn the_cli_finds_the_running_daemon_without_flags() {
         "reached this test's daemon"
     );
 }
+
+/// `--log-format json`: every log line is one JSON object with the events'
+/// `time`, a level, a target and the message.
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let mut env = TestEnv::new();
+    env.set_policy("enforce", "DE");
+    env.start_daemon(&["--log-format", "json"]);
+    let log = env.log();
+    let lines: Vec<serde_json::Value> = log
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    assert!(lines.len() >= 3, "{log}");
+    for v in &lines {
+        let time = v["time"].as_str().unwrap_or("");
+        assert!(time.len() == 30 && time.ends_with('Z'), "{v}");
+        assert!(
+            ["ERROR", "WARN", "INFO", "DEBUG", "TRACE"]
+                .contains(&v["level"].as_str().unwrap_or("")),
+            "{v}"
+        );
+    }
+    assert!(
+        lines.iter().any(|v| v["target"] == "monitor::daemon"
+            && v["level"] == "INFO"
+            && v["message"]
+                .as_str()
+                .unwrap_or("")
+                .contains("egress-monitor running")),
+        "{log}"
+    );
+}

@@ -21,8 +21,35 @@ use clap::{Parser, Subcommand};
     about = "eBPF egress monitor and enforcer: judges every outbound connection of selected cgroups against region policies"
 )]
 pub struct Cli {
+    /// Log lines (stderr) as text, or as JSON lines for log collectors:
+    /// {"time", "level", "target", "message"}, `time` as in events.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "EGRESS_MONITOR_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// One log record as a JSON line, with the events' `time` (RFC 3339, ns).
+fn log_json(now_nanos: i128, level: log::Level, target: &str, message: &str) -> String {
+    serde_json::json!({
+        "time": crate::events::rfc3339_nanos(now_nanos),
+        "level": level.as_str(),
+        "target": target,
+        "message": message,
+    })
+    .to_string()
 }
 
 #[derive(Debug, Subcommand)]
@@ -58,9 +85,28 @@ pub fn block_on(
 }
 
 pub fn run(cli: Cli) -> ExitCode {
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"))
-        .format_timestamp_millis()
-        .init();
+    let mut logger =
+        env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    match cli.log_format {
+        LogFormat::Text => logger.format_timestamp_millis(),
+        LogFormat::Json => logger.format(|buf, record| {
+            use std::io::Write;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as i128);
+            writeln!(
+                buf,
+                "{}",
+                log_json(
+                    now,
+                    record.level(),
+                    record.target(),
+                    &record.args().to_string()
+                )
+            )
+        }),
+    };
+    logger.init();
     let result = match cli.command {
         Command::Daemon(args) => daemon::run(args),
         Command::Events(args) => block_on(events::run(args)),
@@ -100,6 +146,21 @@ pub fn error_chain(e: &anyhow::Error) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn json_log_lines_carry_the_events_time() {
+        let line = super::log_json(
+            1_795_308_341_000_000_001,
+            log::Level::Warn,
+            "monitor::daemon",
+            "a \"quoted\" word",
+        );
+        let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(v["time"], "2026-11-22T00:45:41.000000001Z");
+        assert_eq!(v["level"], "WARN");
+        assert_eq!(v["target"], "monitor::daemon");
+        assert_eq!(v["message"], "a \"quoted\" word");
+    }
+
     #[test]
     fn a_cause_is_said_once() {
         let io = std::io::Error::from(std::io::ErrorKind::NotFound);
