@@ -329,3 +329,78 @@ fn policy_check_warns_about_policies_that_would_surprise() {
     );
     assert!(!err.contains(":0:"), "{err}");
 }
+
+/// `policy explain`, offline: the judging policy (nearest selected
+/// ancestor), the place, the rule and the list entry that decided, exit 3
+/// when refused; a cgroup no policy selects is not judged.
+#[test]
+fn policy_explain_says_what_decides_and_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("db.mmdb");
+    std::fs::write(&db, monitor::geo::writer::country_code_db(&TEST_DB)).unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir(&policies).unwrap();
+    std::fs::write(
+        policies.join("p.yaml"),
+        "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {name: llm}\nspec:\n  mode: enforce\n  selector: {cgroupPaths: [\"/llm.slice\"]}\n  allow:\n    countries: [DE]\n    cidrs: [10.0.0.0/8]\n  deny:\n    domains: [\"*.openai.com\"]\n",
+    )
+    .unwrap();
+    let explain = |args: &[&str]| {
+        let out = Command::new(daemon_bin())
+            .args(["policy", "explain"])
+            .args(args)
+            .arg("--policies")
+            .arg(&policies)
+            .arg("--geoip")
+            .arg(&db)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (code, text) = explain(&[US_V4, "--cgroup", "/llm.slice/worker"]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains("policy     llm (enforce) at ")
+            && text.contains("p.yaml:3, selecting /llm.slice")
+            && text.contains("place      US")
+            && text.contains("decision   denied, rule default: nothing in the policy allows US"),
+        "{text}"
+    );
+    let (code, text) = explain(&[DE_V4, "--cgroup", "/llm.slice/worker"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains("allowed, rule country: its place DE is allowed"),
+        "{text}"
+    );
+    let (code, text) = explain(&[DE_V4, "--cgroup", "/llm.slice", "--name", "api.openai.com"]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains("name       api.openai.com: denied by its domain rules")
+            && text.contains("denied, rule domain: the name matches deny domain *.openai.com"),
+        "{text}"
+    );
+    let (_, text) = explain(&["10.1.2.3", "--cgroup", "/llm.slice"]);
+    assert!(
+        text.contains("allowed, rule cidr: allow CIDR 10.0.0.0/8"),
+        "{text}"
+    );
+    let (_, text) = explain(&["fe80::1", "--cgroup", "/llm.slice"]);
+    assert!(text.contains("fe80::/10 never leaves the link"), "{text}");
+    let (code, text) = explain(&[US_V4, "--cgroup", "/system.slice/x.service"]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(text.contains("not judged: no policy"), "{text}");
+    let (_, text) = explain(&[US_V4, "--cgroup", "/llm.slice", "-o", "json"]);
+    let v: serde_json::Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(
+        (v["verdict"].as_str(), v["rule"].as_str()),
+        (Some("denied"), Some("default"))
+    );
+    // Bad input: a clear error.
+    let (code, text) = explain(&["not-an-ip", "--cgroup", "/llm.slice"]);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(text.contains("invalid value 'not-an-ip'"), "{text}");
+}

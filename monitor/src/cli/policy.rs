@@ -34,6 +34,12 @@ pub enum PolicyCommand {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+    /// What the policies would do with a destination from a cgroup or a
+    /// pod, and why (which policy, which place, which rule), worked out
+    /// offline from the policy files, the country database and the cloud
+    /// ranges with the same decision code as the kernel's. Exit status 0:
+    /// allowed or not judged; 3: denied or would be denied.
+    Explain(ExplainArgs),
     /// Make the daemon re-read its policy directory now (admin role).
     Reload {
         /// Write the set into the kernel again as a new generation even
@@ -45,8 +51,44 @@ pub enum PolicyCommand {
     },
 }
 
+#[derive(Debug, clap::Args)]
+pub struct ExplainArgs {
+    /// The destination address (IPv4 or IPv6).
+    pub address: std::net::IpAddr,
+    /// The connecting cgroup, relative to the cgroup2 mount
+    /// (/kubepods.slice/...); its nearest selected ancestor decides.
+    #[arg(long, required_unless_present = "pod", conflicts_with = "pod")]
+    pub cgroup: Option<String>,
+    /// The connecting pod, by metadata.uid.
+    #[arg(long)]
+    pub pod: Option<String>,
+    /// The DNS name the address was resolved from (domain rules judge it).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The policy directory (or one file).
+    #[arg(
+        long,
+        default_value = "/etc/egress-monitor/policies",
+        env = "EGRESS_MONITOR_POLICIES"
+    )]
+    pub policies: PathBuf,
+    /// The country database.
+    #[arg(
+        long,
+        default_value = "/var/lib/egress-monitor/country.mmdb",
+        env = "EGRESS_MONITOR_GEOIP"
+    )]
+    pub geoip: PathBuf,
+    /// The cloud-range directory (the daemon's --cloud-ranges).
+    #[arg(long)]
+    pub cloud_ranges: Option<PathBuf>,
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Format,
+}
+
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        PolicyCommand::Explain(args) => explain(args),
         PolicyCommand::Check {
             paths,
             geoip,
@@ -338,4 +380,195 @@ fn or_dash(s: &str) -> &str {
     } else {
         s
     }
+}
+
+/// The policy that judges `path` (the nearest selected ancestor, as the
+/// kernel's walk) or the pod's, and the cgroup it selects.
+fn judging<'p>(
+    policies: &'p [CompiledPolicy],
+    cgroup: Option<&str>,
+    pod: Option<&str>,
+) -> Option<(&'p CompiledPolicy, String)> {
+    if let Some(uid) = pod {
+        let uid = uid.to_ascii_lowercase().replace('_', "-");
+        return policies
+            .iter()
+            .find(|p| p.pods.contains(&uid))
+            .map(|p| (p, format!("pod:{uid}")));
+    }
+    let mut path = cgroup?.trim_end_matches('/').to_string();
+    if !path.starts_with('/') {
+        path.insert(0, '/');
+    }
+    loop {
+        let here = if path.is_empty() { "/" } else { path.as_str() };
+        let attr = crate::attribution::attribute(here);
+        if let Some(p) = policies.iter().find(|p| p.selects(here, &attr)) {
+            return Some((p, here.to_string()));
+        }
+        match path.rfind('/') {
+            Some(0) if path.len() > 1 => path.truncate(0),
+            Some(i) if i > 0 => path.truncate(i),
+            _ => return None,
+        }
+    }
+}
+
+fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
+    use monitor_common::{CountrySource, Rule, Verdict};
+    let files = if args.policies.is_dir() {
+        policy::policy_files(&args.policies).map_err(|e| {
+            anyhow::anyhow!("reading policy directory {}: {e}", args.policies.display())
+        })?
+    } else {
+        vec![args.policies.clone()]
+    };
+    let mut all = Vec::new();
+    for f in &files {
+        // The daemon would reject this file: say so, judge with the rest.
+        match policy::compile_file(f) {
+            Ok(ps) => all.extend(ps),
+            Err(e) => eprintln!("warning: {e} (left out, as the daemon would)"),
+        }
+    }
+    let db = GeoDb::open(&args.geoip)?;
+    let cloud = match &args.cloud_ranges {
+        Some(d) => crate::cloud::load_dir(d)?,
+        None => crate::cloud::CloudRanges::default(),
+    };
+    let who = args
+        .cgroup
+        .clone()
+        .unwrap_or_else(|| format!("pod {}", args.pod.clone().unwrap_or_default()));
+    let Some((p, selected)) = judging(&all, args.cgroup.as_deref(), args.pod.as_deref()) else {
+        if args.output == Format::Json {
+            println!(
+                "{}",
+                serde_json::json!({"address": args.address.to_string(), "from": who, "judged": false})
+            );
+        } else {
+            println!(
+                "{} from {who}: not judged: no policy in {} selects it or an ancestor (not watched)",
+                args.address,
+                args.policies.display()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    };
+    let sim = policy::simulate::simulate_named(p, &db, &cloud, args.address, args.name.as_deref());
+    let place = region_label(&sim.region);
+    let cloud_name = cloud
+        .region_name(sim.cloud_region)
+        .map(|(pr, r)| format!("{pr}:{r}"));
+    let source = match sim.source {
+        CountrySource::Cloud => "the provider's documented location of its cloud region",
+        _ => "the country database",
+    };
+    let addr = crate::geo::to_u128(args.address);
+    let ip = crate::geo::from_u128(addr);
+    let net_of = |nets: &[ipnetwork::IpNetwork]| {
+        nets.iter()
+            .filter(|n| n.contains(ip))
+            .max_by_key(|n| n.prefix())
+            .map(|n| n.to_string())
+    };
+    let name_rule = |list: &[policy::DomainPattern]| {
+        args.name.as_deref().and_then(|n| {
+            let n = n.trim_end_matches('.').to_ascii_lowercase();
+            list.iter()
+                .find(|d| {
+                    if d.wildcard {
+                        n.ends_with(&format!(".{}", d.name))
+                    } else {
+                        n == d.name
+                    }
+                })
+                .map(|d| d.to_string())
+        })
+    };
+    let allowed = sim.verdict == Verdict::Allowed;
+    let why = match sim.rule {
+        Rule::Cidr if !allowed => {
+            format!("deny CIDR {}", net_of(&p.deny_cidrs).unwrap_or_default())
+        }
+        Rule::Cidr => match net_of(&p.allow_cidrs) {
+            Some(n) => format!("allow CIDR {n}"),
+            None => format!(
+                "{} never leaves the link (exempt unless judgeLinkLocal: true)",
+                net_of(&p.link_local).unwrap_or_default()
+            ),
+        },
+        Rule::Domain if !allowed => format!(
+            "the name matches deny domain {}",
+            name_rule(&p.deny_domains).unwrap_or_default()
+        ),
+        Rule::Domain => format!(
+            "the name matches allow domain {}",
+            name_rule(&p.allow_domains).unwrap_or_default()
+        ),
+        Rule::CloudRegion => format!(
+            "its cloud region {} is {} by cloudRegions",
+            cloud_name.clone().unwrap_or_default(),
+            if allowed { "allowed" } else { "denied" }
+        ),
+        Rule::Country | Rule::Continent | Rule::Group => format!(
+            "its place {place} is {} by the policy's {} rules",
+            if allowed { "allowed" } else { "denied" },
+            sim.rule.as_str()
+        ),
+        _ => format!("nothing in the policy allows {place} (or this address)"),
+    };
+    if args.output == Format::Json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "address": args.address.to_string(),
+                "from": who,
+                "judged": true,
+                "policy": p.name,
+                "mode": p.mode.to_string(),
+                "file": p.file,
+                "line": p.line,
+                "selected": selected,
+                "country": place,
+                "place_source": source,
+                "cloud_region": cloud_name,
+                "name": args.name,
+                "verdict": sim.verdict.as_str(),
+                "rule": sim.rule.as_str(),
+                "why": why,
+            }))?
+        );
+    } else {
+        println!("{} from {who}", args.address);
+        println!(
+            "  policy     {} ({}) at {}:{}, selecting {selected}",
+            p.name, p.mode, p.file, p.line
+        );
+        println!(
+            "  place      {place}{} (from {source})",
+            cloud_name
+                .as_deref()
+                .map(|c| format!(" {c}"))
+                .unwrap_or_default()
+        );
+        if let Some(n) = &args.name {
+            let said = match policy::simulate::domain_action(p, n) {
+                monitor_common::action::DENY => "denied by its domain rules",
+                monitor_common::action::ALLOW => "allowed by its domain rules",
+                _ => "no domain rule matches",
+            };
+            println!("  name       {n}: {said}");
+        }
+        println!(
+            "  decision   {}, rule {}: {why}",
+            sim.verdict.as_str(),
+            sim.rule.as_str()
+        );
+    }
+    Ok(if allowed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
 }

@@ -4,8 +4,9 @@
 //! kernel maps built from them. The differential test (`tests/oracle.rs`)
 //! holds the kernel to it.
 //!
-//! It judges an address reached without a name (names are the kernel's:
-//! what a cgroup resolved); domain rules therefore never decide here.
+//! `simulate` judges an address reached without a name (names are the
+//! kernel's: what a cgroup resolved); `simulate_named` with the name the
+//! address was resolved from, as the kernel's domain rules see it.
 use std::net::IpAddr;
 
 use monitor_common::{CountrySource, Region, RegionRule, Rule, Verdict};
@@ -35,12 +36,48 @@ fn contains(nets: &[ipnetwork::IpNetwork], addr: u128) -> bool {
     })
 }
 
+/// What the policy's domain rules say of `name` (an `Action` byte, 0 for
+/// nothing), as the kernel's `domain_action`: any matching deny (exact, or
+/// a wildcard over a suffix) denies, else any matching allow allows.
+pub fn domain_action(policy: &CompiledPolicy, name: &str) -> u8 {
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    let hit = |list: &[super::DomainPattern]| {
+        list.iter().any(|d| {
+            if d.wildcard {
+                name.len() > d.name.len()
+                    && name.ends_with(&d.name)
+                    && name.as_bytes()[name.len() - d.name.len() - 1] == b'.'
+            } else {
+                name == d.name
+            }
+        })
+    };
+    if hit(&policy.deny_domains) {
+        monitor_common::action::DENY
+    } else if hit(&policy.allow_domains) {
+        monitor_common::action::ALLOW
+    } else {
+        0
+    }
+}
+
 /// How `policy` judges `ip` (IPv4-mapped IPv6 is IPv4, as in the kernel).
 pub fn simulate(
     policy: &CompiledPolicy,
     geo: &GeoDb,
     cloud: &CloudRanges,
     ip: IpAddr,
+) -> Simulated {
+    simulate_named(policy, geo, cloud, ip, None)
+}
+
+/// `simulate` for an address resolved from `name`.
+pub fn simulate_named(
+    policy: &CompiledPolicy,
+    geo: &GeoDb,
+    cloud: &CloudRanges,
+    ip: IpAddr,
+    name: Option<&str>,
 ) -> Simulated {
     let addr = to_u128(ip);
     let ip = crate::geo::from_u128(addr);
@@ -59,7 +96,7 @@ pub fn simulate(
     let has_cloud_rules = !policy.allow_cloud.is_empty() || !policy.deny_cloud.is_empty();
     let decision = monitor_common::decide(
         || contains(&policy.deny_cidrs, addr),
-        || 0,
+        || name.map_or(0, |n| domain_action(policy, n)),
         || {
             let by_region = policy
                 .region_rules
