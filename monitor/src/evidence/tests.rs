@@ -214,6 +214,9 @@ fn removed_inserted_or_reordered_records_fail_even_when_resigned() {
         let err = verify::verify(&f, Some(&k.verifying_key()))
             .expect_err(&format!("a {what} record went unnoticed"));
         assert!(err.item.starts_with("events.jsonl"), "{what}: {err}");
+        // Named for what happened: a swapped pair is not "removed".
+        let said = if what == "altered" { "differs" } else { what };
+        assert!(err.to_string().contains(said), "{what}: {err}");
     }
     // Dropping a record and its link from the chain breaks the chain.
     let mut f = files.clone();

@@ -262,10 +262,14 @@ pub fn verify(files: &Files, pinned: Option<&VerifyingKey>) -> Result<Report, Br
         if last_seq.is_some_and(|s| seq <= s) {
             return Err(broken(
                 &item,
-                format!(
-                    "seq {seq} is out of order (after seq {})",
-                    last_seq.unwrap_or(0)
-                ),
+                if last_seq == Some(seq) {
+                    format!("seq {seq} appears twice: a record was inserted")
+                } else {
+                    format!(
+                        "seq {seq} is out of order (after seq {}): records were reordered",
+                        last_seq.unwrap_or(0)
+                    )
+                },
             ));
         }
         let link = by_seq
@@ -280,12 +284,24 @@ pub fn verify(files: &Files, pinned: Option<&VerifyingKey>) -> Result<Report, Br
         if complete {
             let want = links.get(n).map(|l| l.seq);
             if want != Some(seq) {
+                // Only on the way to a failure: is the record that belongs
+                // here further down (moved), or gone (removed)?
+                let later = text.lines().skip(i + 1).any(|l| {
+                    serde_json::from_str::<Value>(l)
+                        .ok()
+                        .and_then(|v| v["seq"].as_i64())
+                        == want
+                });
+                let want = want.unwrap_or(-1);
                 return Err(broken(
                     &item,
-                    format!(
-                        "seq {} of the chain is missing here: a record was removed",
-                        want.unwrap_or(-1)
-                    ),
+                    if later {
+                        format!(
+                            "seq {want} of the chain comes later in the file, seq {seq} is here: records were reordered"
+                        )
+                    } else {
+                        format!("seq {want} of the chain is missing here: a record was removed")
+                    },
                 ));
             }
         }
