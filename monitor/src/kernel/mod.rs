@@ -408,7 +408,15 @@ fn attach_all(
             let link = match attach(ebpf, name, &cgroup) {
                 Ok(link) => link,
                 Err(e) if name == names::PROG_SOCKET_CREATE => {
-                    log::warn!("packet sockets (AF_PACKET) cannot be refused on this host: {e}; drop CAP_NET_RAW from workloads instead");
+                    // aya appends "Verifier output: ..." even when the
+                    // verifier said nothing (a refusal before it ran).
+                    let text = e.to_string();
+                    let text = text
+                        .trim_end()
+                        .strip_suffix("Verifier output:")
+                        .map_or(text.as_str(), |t| t.trim_end().trim_end_matches('.'))
+                        .to_string();
+                    log::warn!("packet sockets (AF_PACKET) cannot be refused on this host: {text}; drop CAP_NET_RAW from workloads instead");
                     continue;
                 }
                 Err(e) => return Err(e),
