@@ -203,18 +203,40 @@ pub fn render(i: &Input<'_>) -> String {
             format!("policy set in force: {}", names.join(", ")),
         ));
     }
+    // One line per workload, destination address and hour, however many
+    // processes and ports: the full list is flows.csv.
+    let mut hours: BTreeMap<(i64, &str, &str, &str, &str), (i64, i64, u64, usize)> =
+        BTreeMap::new();
     for f in &refused {
+        let hour = f.first_seen - f.first_seen.rem_euclid(3_600_000_000_000);
+        let e = hours
+            .entry((hour, &f.verdict, &f.cgroup_path, &f.dst_ip, &f.country))
+            .or_insert((f.first_seen, f.last_seen, 0, 0));
+        e.0 = e.0.min(f.first_seen);
+        e.1 = e.1.max(f.last_seen);
+        e.2 += f.count;
+        e.3 += 1;
+    }
+    let shown = hours.len().min(TIMELINE_LINES);
+    for ((_, verdict, cgroup, ip, country), (first, last, count, flows)) in
+        hours.iter().take(TIMELINE_LINES)
+    {
         tl.push((
-            f.first_seen,
+            *first,
             format!(
-                "first {} connection from {} ({}) to {} {} ({} in all, last {})",
-                f.verdict,
-                f.cgroup_path,
-                f.comm,
-                dest(f),
-                dash(&f.country),
-                f.count,
-                t(f.last_seen)
+                "{verdict}: {cgroup} to {ip} {} ({count} in {flows} flow{}, last {})",
+                dash(country),
+                if *flows == 1 { "" } else { "s" },
+                t(*last)
+            ),
+        ));
+    }
+    if hours.len() > shown {
+        tl.push((
+            i.until,
+            format!(
+                "... and {} more (workload, destination, hour) entries: see flows.csv",
+                hours.len() - shown
             ),
         ));
     }
@@ -242,11 +264,21 @@ pub fn render(i: &Input<'_>) -> String {
     m
 }
 
-fn flow_table(m: &mut String, flows: &[&Flow]) {
-    if flows.is_empty() {
+/// The most rows a flow table or the timeline shows; the rest are in
+/// flows.csv, so the page stays readable for a window of any size.
+const TABLE_ROWS: usize = 50;
+const TIMELINE_LINES: usize = 200;
+
+fn flow_table(m: &mut String, all: &[&Flow]) {
+    if all.is_empty() {
         let _ = writeln!(m, "None.");
         return;
     }
+    // The largest first, then by first seen.
+    let mut flows: Vec<&Flow> = all.to_vec();
+    flows.sort_by_key(|f| (std::cmp::Reverse(f.count), f.first_seen));
+    let more = flows.len().saturating_sub(TABLE_ROWS);
+    flows.truncate(TABLE_ROWS);
     let _ = writeln!(m, "| first seen | last seen | count | cgroup | process | destination | country | policy |\n| --- | --- | ---: | --- | --- | --- | --- | --- |");
     for f in flows {
         let _ = writeln!(
@@ -260,6 +292,13 @@ fn flow_table(m: &mut String, flows: &[&Flow]) {
             dest(f),
             dash(&f.country),
             f.policy
+        );
+    }
+    if more > 0 {
+        let _ = writeln!(
+            m,
+            "\n... and {more} more flows ({} in all; the {TABLE_ROWS} largest are shown, every one is in flows.csv).",
+            all.len()
         );
     }
 }

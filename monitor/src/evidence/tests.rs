@@ -887,3 +887,48 @@ fn a_version_6_store_keeps_its_chain_after_the_upgrade() {
     let err = bundle::build(&s, &k, &req).unwrap_err().to_string();
     assert!(err.contains("record seq 27 is gone"), "{err}");
 }
+
+/// summary.md stays a page however large the window: the flow tables show
+/// the largest 50, the timeline one line per workload, destination and
+/// hour; everything is in flows.csv.
+#[test]
+fn the_summary_is_bounded_and_the_data_files_hold_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&dir.path().join("store.db")).unwrap();
+    // 600 denied connects to 120 addresses from one cgroup, 5 ports each.
+    let events: Vec<Arc<Event>> = (0..600)
+        .map(|i| {
+            // One per second: all in one hour (00:40-00:50).
+            let mut e = (*ev(i)).clone();
+            e.verdict = "denied";
+            e.rule = "default";
+            e.country = "US".into();
+            e.dst_ip = format!("203.0.113.{}", i % 120);
+            e.dst_port = 8000 + (i / 120) as u16;
+            Arc::new(e)
+        })
+        .collect();
+    s.append(&Batch {
+        events,
+        ..Default::default()
+    })
+    .unwrap();
+    let k = key();
+    let files = export(&s, &k, 0, 2_000);
+    let md = String::from_utf8(files["summary.md"].clone()).unwrap();
+    assert!(md.lines().count() < 400, "{} lines", md.lines().count());
+    assert!(
+        md.contains("... and 550 more flows (600 in all; the 50 largest are shown"),
+        "{md}"
+    );
+    // 120 addresses in the one hour: 120 timeline lines, 5 flows each.
+    assert_eq!(
+        md.matches("denied: /llm.slice/inference to 203.0.113.")
+            .count(),
+        120,
+        "{md}"
+    );
+    assert!(md.contains("(5 in 5 flows, last "), "{md}");
+    let csv = String::from_utf8(files["flows.csv"].clone()).unwrap();
+    assert_eq!(csv.lines().count(), 601, "every flow is in flows.csv");
+}
