@@ -205,8 +205,7 @@ pub fn render(i: &Input<'_>) -> String {
     }
     // One line per workload, destination address and hour, however many
     // processes and ports: the full list is flows.csv.
-    let mut hours: BTreeMap<(i64, &str, &str, &str, &str), (i64, i64, u64, usize)> =
-        BTreeMap::new();
+    let mut hours: BTreeMap<HourKey, HourSum> = BTreeMap::new();
     for f in &refused {
         let hour = f.first_seen - f.first_seen.rem_euclid(3_600_000_000_000);
         let e = hours
@@ -263,6 +262,11 @@ pub fn render(i: &Input<'_>) -> String {
     }
     m
 }
+
+/// (hour, verdict, cgroup, destination address, country) of the timeline.
+type HourKey<'a> = (i64, &'a str, &'a str, &'a str, &'a str);
+/// (first seen, last seen, connections, flows) of one timeline line.
+type HourSum = (i64, i64, u64, usize);
 
 /// The most rows a flow table or the timeline shows; the rest are in
 /// flows.csv, so the page stays readable for a window of any size.
