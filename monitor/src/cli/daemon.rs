@@ -10,8 +10,10 @@ use crate::{
     daemon::{self, DaemonConfig},
 };
 
+/// What a decision is made from: the policies, the country database, the
+/// cloud ranges (the daemon's, and `policy explain`'s offline).
 #[derive(Debug, Args)]
-pub struct DaemonArgs {
+pub struct Sources {
     /// Directory of policy files (*.yaml); watched for changes.
     #[arg(
         long,
@@ -26,6 +28,19 @@ pub struct DaemonArgs {
         env = "EGRESS_MONITOR_GEOIP"
     )]
     pub geoip: PathBuf,
+    /// Directory of cloud providers' published ranges (AWS ip-ranges.json,
+    /// Google Cloud cloud.json, Azure Service Tags JSON, or CSV
+    /// `cidr,provider,region,service`); watched for changes. Where a range
+    /// has a region, the region's documented location decides the
+    /// address's country
+    #[arg(long, env = "EGRESS_MONITOR_CLOUD_RANGES")]
+    pub cloud_ranges: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct DaemonArgs {
+    #[command(flatten)]
+    pub sources: Sources,
     /// Cgroup to attach to; everything below it is covered [default: the cgroup2 mount].
     #[arg(long)]
     pub cgroup_root: Option<PathBuf>,
@@ -101,13 +116,6 @@ pub struct DaemonArgs {
     /// Keep the history store under this many MiB (oldest removed first).
     #[arg(long)]
     pub retention_max_mb: Option<u64>,
-    /// Directory of cloud providers' published ranges (AWS ip-ranges.json,
-    /// Google Cloud cloud.json, Azure Service Tags JSON, or CSV
-    /// `cidr,provider,region,service`); watched for changes. Where a range
-    /// has a region, the region's documented location decides the
-    /// address's country
-    #[arg(long, env = "EGRESS_MONITOR_CLOUD_RANGES")]
-    pub cloud_ranges: Option<PathBuf>,
     /// A DNS record counts at least this many seconds, whatever its TTL
     #[arg(long, default_value_t = 30)]
     pub dns_min_ttl: u32,
@@ -180,8 +188,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         api,
         pin_dir: args.pin_dir,
         detach_on_exit: args.detach_on_exit,
-        policies: args.policies,
-        geoip: args.geoip,
+        policies: args.sources.policies,
+        geoip: args.sources.geoip,
         cgroup_root: args.cgroup_root,
         state_dir: args.state_dir,
         log_events: args.log_events,
@@ -192,7 +200,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         rescan_interval: Duration::from_secs_f64(args.rescan_interval),
         history: args.history,
         metrics_addr: args.metrics_addr,
-        cloud_ranges: args.cloud_ranges,
+        cloud_ranges: args.sources.cloud_ranges,
         dns: daemon::DnsConfig {
             min_ttl_s: args.dns_min_ttl,
             grace_s: args.dns_grace,

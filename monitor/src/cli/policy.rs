@@ -65,23 +65,10 @@ pub struct ExplainArgs {
     /// The DNS name the address was resolved from (domain rules judge it).
     #[arg(long)]
     pub name: Option<String>,
-    /// The policy directory (or one file).
-    #[arg(
-        long,
-        default_value = "/etc/egress-monitor/policies",
-        env = "EGRESS_MONITOR_POLICIES"
-    )]
-    pub policies: PathBuf,
-    /// The country database.
-    #[arg(
-        long,
-        default_value = "/var/lib/egress-monitor/country.mmdb",
-        env = "EGRESS_MONITOR_GEOIP"
-    )]
-    pub geoip: PathBuf,
-    /// The cloud-range directory (the daemon's --cloud-ranges).
-    #[arg(long)]
-    pub cloud_ranges: Option<PathBuf>,
+    /// The daemon's policies (a directory, or one file here), country
+    /// database and cloud ranges.
+    #[command(flatten)]
+    pub sources: super::daemon::Sources,
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Format,
 }
@@ -416,12 +403,15 @@ fn judging<'p>(
 
 fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     use monitor_common::{CountrySource, Rule, Verdict};
-    let files = if args.policies.is_dir() {
-        policy::policy_files(&args.policies).map_err(|e| {
-            anyhow::anyhow!("reading policy directory {}: {e}", args.policies.display())
+    let files = if args.sources.policies.is_dir() {
+        policy::policy_files(&args.sources.policies).map_err(|e| {
+            anyhow::anyhow!(
+                "reading policy directory {}: {e}",
+                args.sources.policies.display()
+            )
         })?
     } else {
-        vec![args.policies.clone()]
+        vec![args.sources.policies.clone()]
     };
     let mut all = Vec::new();
     for f in &files {
@@ -431,8 +421,8 @@ fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             Err(e) => eprintln!("warning: {e} (left out, as the daemon would)"),
         }
     }
-    let db = GeoDb::open(&args.geoip)?;
-    let cloud = match &args.cloud_ranges {
+    let db = GeoDb::open(&args.sources.geoip)?;
+    let cloud = match &args.sources.cloud_ranges {
         Some(d) => crate::cloud::load_dir(d)?,
         None => crate::cloud::CloudRanges::default(),
     };
@@ -450,7 +440,7 @@ fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "{} from {who}: not judged: no policy in {} selects it or an ancestor (not watched)",
                 args.address,
-                args.policies.display()
+                args.sources.policies.display()
             );
         }
         return Ok(ExitCode::SUCCESS);

@@ -254,6 +254,16 @@ pub struct CgroupInfo {
 }
 
 impl CgroupInfo {
+    /// Copies the attribution (pod, QoS, container, runtime, unit) into
+    /// an event of this path.
+    pub fn attribute(&self, e: &mut Event) {
+        e.pod_uid.clone_from(&self.pod_uid);
+        e.qos.clone_from(&self.qos);
+        e.container_id.clone_from(&self.container_id);
+        e.runtime.clone_from(&self.runtime);
+        e.systemd_unit.clone_from(&self.systemd_unit);
+    }
+
     /// Attributes `path` (see `attribution`).
     pub fn of_path(path: String) -> Self {
         let mut e = Event {
@@ -334,11 +344,7 @@ pub fn enrich(raw: &DecisionEvent, boot_to_unix_ns: i128, names: &mut impl Names
     }
     let cg = names.cgroup(raw.cgroup_id);
     event.cgroup_path.clone_from(&cg.path);
-    event.pod_uid.clone_from(&cg.pod_uid);
-    event.qos.clone_from(&cg.qos);
-    event.container_id.clone_from(&cg.container_id);
-    event.runtime.clone_from(&cg.runtime);
-    event.systemd_unit.clone_from(&cg.systemd_unit);
+    cg.attribute(&mut event);
     event
 }
 

@@ -7,6 +7,7 @@
 //! pipeline publishes, the writer subscribes.
 pub mod chain;
 pub mod coverage;
+pub mod flow;
 pub mod query;
 pub mod retention;
 pub mod rollup;

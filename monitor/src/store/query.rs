@@ -5,7 +5,12 @@ use std::collections::{BTreeMap, HashMap};
 
 use rusqlite::{params, Row};
 
-use super::{chain, Store, StoreError};
+pub use super::flow::{Flow, FlowFilter};
+use super::{
+    chain,
+    flow::{flow_of, flow_row},
+    Store, StoreError,
+};
 use crate::events::{known_name, rfc3339_nanos, Event};
 
 const MINUTE: i64 = 60_000_000_000;
@@ -177,12 +182,7 @@ fn attribute_cached(e: &mut Event) {
             let info = crate::events::CgroupInfo::of_path(e.cgroup_path.clone());
             seen.insert(e.cgroup_path.clone(), info);
         }
-        let info = &seen[&e.cgroup_path];
-        e.pod_uid.clone_from(&info.pod_uid);
-        e.qos.clone_from(&info.qos);
-        e.container_id.clone_from(&info.container_id);
-        e.runtime.clone_from(&info.runtime);
-        e.systemd_unit.clone_from(&info.systemd_unit);
+        seen[&e.cgroup_path].attribute(e);
     });
 }
 
@@ -339,62 +339,6 @@ pub fn last_events(
     Ok(out)
 }
 
-/// A flow: decisions with the same key, and when they were seen.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize)]
-pub struct Flow {
-    pub cgroup_path: String,
-    pub pod_uid: String,
-    pub comm: String,
-    pub dst_ip: String,
-    pub dst_port: u16,
-    pub protocol: String,
-    pub verdict: String,
-    pub policy: String,
-    pub country: String,
-    pub continent: String,
-    /// The name the workload resolved the address from; empty: none.
-    pub dns_name: String,
-    /// `provider:region` of the address, or empty.
-    pub cloud_region: String,
-    pub first_seen: i64,
-    pub last_seen: i64,
-    /// Attempts: the events, and the repeats the kernel counted.
-    pub count: u64,
-    /// Packets and transport payload bytes the egress program passed or
-    /// refused for the flow (0 where it saw none).
-    pub packets: u64,
-    pub bytes: u64,
-}
-
-impl Flow {
-    /// The flow as an event for a filter, its path attributed as `info`.
-    fn as_event(&self, info: &crate::events::CgroupInfo) -> Event {
-        let mut e = Event {
-            cgroup_path: self.cgroup_path.clone(),
-            comm: self.comm.clone(),
-            dst_ip: self.dst_ip.clone(),
-            dst_port: self.dst_port,
-            protocol: known_name(&self.protocol),
-            verdict: known_name(&self.verdict),
-            policy: self.policy.clone(),
-            country: self.country.clone(),
-            continent: self.continent.clone(),
-            dns_name: self.dns_name.clone(),
-            ..Default::default()
-        };
-        if let Some((provider, region)) = self.cloud_region.split_once(':') {
-            e.cloud = provider.into();
-            e.cloud_region = region.into();
-        }
-        e.pod_uid.clone_from(&info.pod_uid);
-        e.qos.clone_from(&info.qos);
-        e.container_id.clone_from(&info.container_id);
-        e.runtime.clone_from(&info.runtime);
-        e.systemd_unit.clone_from(&info.systemd_unit);
-        e
-    }
-}
-
 /// What flows can be grouped by.
 pub const GROUP_FIELDS: [&str; 12] = [
     "cgroup",
@@ -413,28 +357,6 @@ pub const GROUP_FIELDS: [&str; 12] = [
 
 /// How flows are ordered.
 pub const SORTS: [&str; 4] = ["count", "first_seen", "last_seen", "destination"];
-
-pub(crate) fn flow_of(r: &Row<'_>) -> rusqlite::Result<Flow> {
-    Ok(Flow {
-        cgroup_path: r.get(0)?,
-        comm: r.get(1)?,
-        dst_ip: r.get(2)?,
-        dst_port: r.get(3)?,
-        protocol: r.get(4)?,
-        verdict: r.get(5)?,
-        policy: r.get(6)?,
-        country: r.get(7)?,
-        continent: r.get(8)?,
-        dns_name: r.get(9)?,
-        cloud_region: r.get(10)?,
-        first_seen: r.get(11)?,
-        last_seen: r.get(12)?,
-        count: r.get::<_, i64>(13)? as u64,
-        packets: r.get::<_, i64>(14)? as u64,
-        bytes: r.get::<_, i64>(15)? as u64,
-        pod_uid: String::new(),
-    })
-}
 
 /// cgroup, comm, destination, port, protocol, verdict, policy, name.
 type FlowKey = (String, String, String, u16, String, String, String, String);
@@ -508,25 +430,7 @@ pub fn flows(
             let rows = stmt
                 .query_map(params![first_full, end_full], |r| {
                     let id: i64 = r.get(0)?;
-                    Ok(Flow {
-                        cgroup_path: paths.get(&id).cloned().unwrap_or_default(),
-                        comm: r.get(1)?,
-                        dst_ip: r.get(2)?,
-                        dst_port: r.get(3)?,
-                        protocol: r.get(4)?,
-                        verdict: r.get(5)?,
-                        policy: r.get(6)?,
-                        country: r.get(7)?,
-                        continent: r.get(8)?,
-                        dns_name: r.get(9)?,
-                        cloud_region: r.get(10)?,
-                        first_seen: r.get(11)?,
-                        last_seen: r.get(12)?,
-                        count: r.get::<_, i64>(13)? as u64,
-                        packets: r.get::<_, i64>(14)? as u64,
-                        bytes: r.get::<_, i64>(15)? as u64,
-                        pod_uid: String::new(),
-                    })
+                    flow_row(r, paths.get(&id).cloned().unwrap_or_default())
                 })
                 .and_then(|r| r.collect::<Result<Vec<_>, _>>())
                 .map_err(store.err("query flows"))?;
@@ -787,26 +691,6 @@ pub fn flows_each(
     }
     flush(None, &mut held, &mut n)?;
     Ok(n)
-}
-
-/// A condition on flow rows for SQL (see `api::Filter::flow_sql`): the
-/// text with `?` for its values, and the flow columns it reads.
-#[derive(Debug, Clone)]
-pub struct FlowFilter {
-    pub sql: String,
-    pub values: Vec<rusqlite::types::Value>,
-    pub columns: Vec<&'static str>,
-}
-
-impl FlowFilter {
-    /// Every row.
-    pub fn all() -> Self {
-        Self {
-            sql: "1".into(),
-            values: Vec::new(),
-            columns: Vec::new(),
-        }
-    }
 }
 
 /// Folds flows into groups: the fields not grouped by are left empty.

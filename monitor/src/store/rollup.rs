@@ -15,7 +15,7 @@ use std::{borrow::Cow, collections::HashMap};
 
 use rusqlite::{params_from_iter, types::Value, Transaction};
 
-use super::{query::Flow, Store, StoreError};
+use super::{flow::Flow, Store, StoreError};
 use crate::events::Event;
 
 pub const HOUR: i64 = 3_600_000_000_000;
@@ -239,7 +239,7 @@ pub fn grouped(
     since: i64,
     until: i64,
     by: &[String],
-    filter: &super::query::FlowFilter,
+    filter: &super::flow::FlowFilter,
 ) -> Option<Result<Hours, StoreError>> {
     let need = needed(by)?;
     let rollup = ROLLUPS.iter().find(|r| {
@@ -307,7 +307,7 @@ pub fn grouped(
         let mut values = vec![Value::Integer(first), Value::Integer(end)];
         values.extend(filter.values.iter().cloned());
         let rows: Vec<Flow> = stmt
-            .query_map(params_from_iter(values), super::query::flow_of)
+            .query_map(params_from_iter(values), super::flow::flow_of)
             .and_then(|r| r.collect())
             .map_err(store.err("query the hourly flows"))?;
         Ok(Some((rows, (first, end))))
