@@ -22,12 +22,6 @@ pub enum CgroupError {
     },
     #[error("cgroup root {root} is not inside the cgroup2 mount {mount}")]
     OutsideMount { root: PathBuf, mount: PathBuf },
-    #[error("cgroup {path} is selected by two policies, {first} and {second}; a cgroup may be selected by one policy only")]
-    Conflict {
-        path: String,
-        first: String,
-        second: String,
-    },
 }
 
 /// The cgroup2 mount point, from /proc/self/mountinfo.
@@ -121,14 +115,50 @@ pub struct Selected {
     pub mode: Mode,
 }
 
+/// A cgroup two or more policies select: settled for this cgroup alone
+/// (see [`resolve`]), reported, and never a reason to stop selecting the
+/// others.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Conflict {
+    pub path: String,
+    /// The policy that judges the cgroup.
+    pub winner: String,
+    /// The others that select it too, by name.
+    pub losers: Vec<String>,
+}
+
+impl std::fmt::Display for Conflict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "cgroup {} is selected by policies {} and {}; {} judges it (enforce before \
+             monitor, then an exact path before a glob, then the first name)",
+            self.path,
+            self.winner,
+            self.losers.join(", "),
+            self.winner
+        )
+    }
+}
+
+/// Which policy selects which cgroup id, and the cgroups selected more
+/// than once.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Resolution {
+    pub selected: BTreeMap<u64, Selected>,
+    pub conflicts: Vec<Conflict>,
+}
+
 /// Which policy selects which cgroup id, by path glob, pod UID or systemd
-/// unit (see [`CompiledPolicy::selects`]). Two policies matching one cgroup
-/// is an error; nesting is fine (the kernel takes the nearest ancestor).
-pub fn resolve(
-    cgroups: &[(String, u64)],
-    policies: &[CompiledPolicy],
-) -> Result<BTreeMap<u64, Selected>, CgroupError> {
-    let mut selected: BTreeMap<u64, Selected> = BTreeMap::new();
+/// unit (see [`CompiledPolicy::selects`]); nesting is fine (the kernel
+/// takes the nearest ancestor). A cgroup that several policies select is
+/// settled for itself, deterministically and toward refusing: a policy in
+/// enforce mode before one in monitor mode, then one that names the path
+/// exactly before a glob, then the first name. Anyone able to make a
+/// cgroup two selectors match can choose which of them judges it, never
+/// that none does, and every other cgroup's selection is untouched.
+pub fn resolve(cgroups: &[(String, u64)], policies: &[CompiledPolicy]) -> Resolution {
+    let mut out = Resolution::default();
     let by_identity = policies
         .iter()
         .any(|p| !p.pods.is_empty() || !p.unit_globs.is_empty());
@@ -138,31 +168,38 @@ pub fn resolve(
         } else {
             attribution::Attribution::default()
         };
-        for p in policies {
-            if !p.selects(path, &attr) {
-                continue;
-            }
-            if let Some(prev) = selected.get(id) {
-                if prev.policy != p.name {
-                    return Err(CgroupError::Conflict {
-                        path: path.clone(),
-                        first: prev.policy.clone(),
-                        second: p.name.clone(),
-                    });
-                }
-                continue;
-            }
-            selected.insert(
-                *id,
-                Selected {
-                    path: path.clone(),
-                    policy: p.name.clone(),
-                    mode: p.mode,
-                },
-            );
+        let mut matching: Vec<&CompiledPolicy> =
+            policies.iter().filter(|p| p.selects(path, &attr)).collect();
+        matching.sort_by_key(|p| {
+            (
+                p.mode != Mode::Enforce,
+                !p.cgroup_globs
+                    .iter()
+                    .any(|g| g.trim_end_matches('/') == path),
+                p.name.clone(),
+            )
+        });
+        matching.dedup_by(|a, b| a.name == b.name);
+        let Some(winner) = matching.first() else {
+            continue;
+        };
+        if matching.len() > 1 {
+            out.conflicts.push(Conflict {
+                path: path.clone(),
+                winner: winner.name.clone(),
+                losers: matching[1..].iter().map(|p| p.name.clone()).collect(),
+            });
         }
+        out.selected.insert(
+            *id,
+            Selected {
+                path: path.clone(),
+                policy: winner.name.clone(),
+                mode: winner.mode,
+            },
+        );
     }
-    Ok(selected)
+    out
 }
 
 /// Resolves cgroup ids to paths with `open_by_handle_at` (a cgroup's file

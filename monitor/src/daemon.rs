@@ -618,6 +618,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
     let name_key = kernel.dns_key();
     let pin_dir = kernel.pin_dir().to_path_buf();
     let before_switch: control::BeforeSwitch = Arc::default();
+    let recorded = recorded_policies(&store);
     let (mut controller, snapshots) = Controller::new(control::Parts {
         kernel,
         mount,
@@ -634,6 +635,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         cloud_dir: config.cloud_ranges.clone(),
         cloud,
         before_switch: before_switch.clone(),
+        recorded,
     });
     let view = View::new(snapshots, view_of_kernel);
     store.agent_run(crate::store::agent_run_json(&node_public_key));
@@ -661,13 +663,37 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         Ok(fill) => metrics.watch_ring(fill),
         Err(e) => log::warn!("ring buffer fill is not reported: mapping its positions failed: {e}"),
     }
-    retire(old_pins, &outlets, &resolver)?;
+    // What the last run harvested of each flow entry, before our harvest
+    // passes change it: the earlier build's table is harvested from it.
+    let marks_before = if old_pins.is_empty() {
+        Vec::new()
+    } else {
+        store.flow_marks().unwrap_or_default()
+    };
     let harvester = Harvester::start(&pin_dir, &store, outlets.clone(), resolver.clone())?;
     // What the flow table counted under the decisions in force is harvested
     // before a switch makes them anew, so every count keeps its verdict.
     let _ = before_switch.set(harvester.pass_fn());
-    if let Err(e) = tokio::task::block_in_place(|| controller.reload()) {
+    let first = tokio::task::block_in_place(|| controller.reload());
+    if let Err(e) = &first {
         log::error!("{e}");
+    }
+    // An earlier build's programs stay attached (a refusal from either
+    // refuses) until ours judge by a complete policy set: only then are
+    // they retired. Retiring them first let forbidden traffic through
+    // while our maps were still empty.
+    if controller.in_force_applied() {
+        retire(old_pins, &outlets, &resolver, &store, marks_before)?;
+    } else if !old_pins.is_empty() {
+        log::error!(
+            "no policy set could be put in force, so the earlier build's programs stay attached \
+             and keep enforcing its last set ({}); the next start that puts a set in force retires them",
+            old_pins
+                .iter()
+                .map(|o| o.dir.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     let pipeline = tokio::spawn(pipeline::run(ring, outlets.clone(), resolver));
 
@@ -842,25 +868,74 @@ pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
     }
 }
 
+/// The last policy set the store recorded in force, by file: compiled
+/// again from its recorded text (a version that fails to compile now, with
+/// this build, is left out and said).
+fn recorded_policies(
+    store: &StoreHandle,
+) -> std::collections::BTreeMap<PathBuf, Vec<crate::policy::CompiledPolicy>> {
+    let mut out: std::collections::BTreeMap<PathBuf, Vec<_>> = Default::default();
+    let rows = match store.last_policy_set() {
+        Ok(rows) => rows,
+        Err(e) => {
+            log::warn!("the last policy set in force could not be read from the store: {e}");
+            return out;
+        }
+    };
+    for (file, text) in rows {
+        match crate::policy::compile_text(Path::new(&file), &text) {
+            Ok(policies) => out.entry(PathBuf::from(file)).or_default().extend(policies),
+            Err(e) => log::warn!(
+                "a policy recorded in force before this start no longer compiles, so it is no fallback: {e}"
+            ),
+        }
+    }
+    out
+}
+
 /// Our programs enforce now: retire an earlier build's, draining what its
-/// ring buffer still holds.
+/// ring buffer still holds and harvesting what its flow table counted since
+/// the last run's harvest (`marks`), so every refusal it made is recorded.
 fn retire(
     old_pins: Vec<OldPins>,
     outlets: &Outlets,
     resolver: &Mutex<Resolver>,
+    store: &StoreHandle,
+    marks: Vec<(Vec<u8>, crate::store::Mark)>,
 ) -> anyhow::Result<()> {
     for old in old_pins {
         let ring = aya::maps::MapData::from_pin(old.dir.join(monitor_common::names::EVENTS))
             .ok()
             .and_then(|m| aya::maps::RingBuf::try_from(aya::maps::Map::RingBuf(m)).ok());
+        // Held open across the removal: the programs are detached (no
+        // count changes any more) and the table is read whole after.
+        let flows = pipeline::harvest::Harvest::open(&old.dir, marks.clone());
         let removed = kernel::remove_pins(&old.dir).with_context(|| {
             format!("retiring the earlier build pinned in {}", old.dir.display())
         })?;
         let drained = ring
             .map(|r| pipeline::drain_once(r, outlets, resolver))
             .unwrap_or(0);
+        let counted = match flows {
+            Ok(mut table) => {
+                let mut h = table.pass(outlets, resolver);
+                // Its entries are gone with it: only the counts are kept.
+                h.marks.clear();
+                h.unmarks.clear();
+                let n: u64 = h.repeats.iter().map(|r| r.count).sum();
+                store.harvest(h);
+                n.to_string()
+            }
+            Err(e) => {
+                log::warn!(
+                    "the flow table of the earlier build in {} could not be read ({e}): what it counted since the last harvest is not recorded",
+                    old.dir.display()
+                );
+                "no".into()
+            }
+        };
         log::info!(
-            "replaced the programs pinned in {} ({} pins removed, {drained} events drained from its ring buffer)",
+            "replaced the programs pinned in {} ({} pins removed, {drained} events drained from its ring buffer, {counted} repeated attempts harvested from its flow table)",
             old.dir.display(),
             removed.len()
         );

@@ -727,6 +727,39 @@ impl Drop for TestEnv {
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+        // Nothing of this test stays on the machine: a leak fails the test
+        // that made it (not a later one), unless it failed already.
+        let left = self.leftovers();
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!("test {} left behind: {}", self.id, left.join(", "));
+        }
+    }
+}
+
+impl TestEnv {
+    /// What of this environment is still on the machine: cgroups, network
+    /// namespaces, pins, the pin-directory lock, a daemon.
+    fn leftovers(&self) -> Vec<String> {
+        let mut left = Vec::new();
+        if self.cgroup_root.exists() {
+            left.push(format!("cgroup {}", self.cgroup_root.display()));
+        }
+        for ns in [&self.netns, &self.client_ns] {
+            if Path::new("/run/netns").join(ns).exists() {
+                left.push(format!("network namespace {ns}"));
+            }
+        }
+        if self.pin_dir().exists() {
+            left.push(format!("pins {}", self.pin_dir().display()));
+        }
+        let lock = monitor::kernel::pins::lock_path(&self.pin_dir());
+        if lock.exists() {
+            left.push(format!("lock file {}", lock.display()));
+        }
+        if self.daemon.is_some() {
+            left.push("the daemon".into());
+        }
+        left
     }
 }
 
@@ -1013,5 +1046,180 @@ pub fn judgeable(ip: std::net::IpAddr) -> bool {
                 || (o[0], o[1], o[2]) == (192, 0, 2))
         }
         std::net::IpAddr::V6(v6) => !(v6.is_loopback() || v6.is_unspecified() || v6.is_multicast()),
+    }
+}
+
+/// Forbidden traffic hammered from a selected cgroup across a transition:
+/// TCP connects and UDP sends to the denied (US) test hosts, IPv4 and
+/// IPv6, as fast as they go. The ground truth is the test server, which
+/// counts what arrived.
+pub struct Hammer {
+    child: Child,
+    reader: BufReader<std::process::ChildStdout>,
+}
+
+/// The denied side of the test network, as the hammer aims at it.
+pub const FORBIDDEN: [&str; 2] = [US_V4, US_V6];
+
+impl TestEnv {
+    /// Starts hammering `FORBIDDEN` from cgroup `sub` for `ms`
+    /// milliseconds; returns once the first attempt is about to be made.
+    pub fn hammer(&self, sub: &str, ms: u64) -> Hammer {
+        let mut args = vec!["hammer".to_string(), PORT.to_string(), ms.to_string()];
+        args.extend(FORBIDDEN.iter().map(|a| a.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut child = self
+            .probe_command(sub, &args)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the hammer");
+        let mut reader = BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        assert!(
+            line.contains("hammering"),
+            "the hammer did not start: {line}"
+        );
+        Hammer { child, reader }
+    }
+
+    /// What reached the denied test hosts: connections accepted and
+    /// datagrams received from the workload's addresses on the US side.
+    pub fn arrived_forbidden(&self) -> Vec<Value> {
+        self.received()
+            .into_iter()
+            .filter(|r| {
+                let from = r["from"].as_str().unwrap_or("");
+                (r.get("accepted").is_some() || r.get("datagram").is_some())
+                    && (from.ends_with("203.0.113.1") || from == "2001:db8:5::1")
+            })
+            .collect()
+    }
+
+    /// Waits for the hammer, then checks the ground truth: nothing reached
+    /// a denied host, and the client saw only refusals. Returns what the
+    /// client counted.
+    pub fn assert_nothing_through(&self, hammer: Hammer, during: &str) -> Value {
+        let result = hammer.finish();
+        // What was sent last is on the wire within milliseconds.
+        std::thread::sleep(Duration::from_millis(200));
+        let arrived = self.arrived_forbidden();
+        assert!(
+            arrived.is_empty(),
+            "{during}: {} forbidden connections or datagrams arrived at the test hosts \
+             (first: {}); the client saw {result}",
+            arrived.len(),
+            arrived[0]
+        );
+        assert_eq!(result["connected"], 0, "{during}: {result}");
+        assert_eq!(result["sent"], 0, "{during}: {result}");
+        assert!(
+            result["tcp_eperm"].as_u64().unwrap_or(0) > 0
+                && result["udp_eperm"].as_u64().unwrap_or(0) > 0,
+            "{during}: the hammer made no refused attempt: {result}"
+        );
+        result
+    }
+}
+
+impl Hammer {
+    /// Waits for the end of the run; what the client counted.
+    pub fn finish(mut self) -> Value {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut self.reader, &mut text).unwrap();
+        let status = self.child.wait().expect("wait for the hammer");
+        assert!(status.success(), "the hammer failed: {status}: {text}");
+        let last = text
+            .lines()
+            .rev()
+            .find(|l| !l.trim().is_empty())
+            .unwrap_or("");
+        serde_json::from_str(last)
+            .unwrap_or_else(|e| panic!("hammer printed no JSON ({e}): {text}"))
+    }
+}
+
+impl Drop for Hammer {
+    fn drop(&mut self) {
+        // A failed test does not leave the hammer running.
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl TestEnv {
+    /// The refusals the hammer saw are in the flows of cgroup `sub` as
+    /// denied attempts, every one of them (the kernel counts each attempt
+    /// in its flow table; the daemon harvests the counts every second).
+    /// Returns how many more were counted than made: attempts judged by two
+    /// builds at once during an upgrade are counted by both.
+    pub fn assert_refusals_counted(&self, sub: &str, result: &Value) -> u64 {
+        let want = result["tcp_eperm"].as_u64().unwrap() + result["udp_eperm"].as_u64().unwrap();
+        let path = self.rel(sub);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let matching: Vec<Value> = self
+                .flows(&[])
+                .into_iter()
+                .filter(|f| {
+                    f["cgroup_path"].as_str() == Some(path.as_str())
+                        && FORBIDDEN.contains(&f["dst_ip"].as_str().unwrap_or(""))
+                        && f["verdict"].as_str() == Some("denied")
+                        && f["dst_port"].as_u64() == Some(u64::from(PORT))
+                })
+                .collect();
+            let n: u64 = matching
+                .iter()
+                .map(|f| f["count"].as_u64().unwrap_or(0))
+                .sum();
+            if n >= want {
+                return n - want;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{n} of the hammer's {want} refusals counted in the flows within 10 s: {matching:#?}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// A cgroup of the test's own directly under the cgroup2 mount, removed on
+/// drop (a `TempDir` there cannot be: cgroupfs refuses to unlink the
+/// interface files, so only `rmdir` removes a cgroup).
+pub struct ScratchCgroup(PathBuf);
+
+impl ScratchCgroup {
+    pub fn new(prefix: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let path = cgroup2_mount().join(format!("{prefix}-{:x}-{n}", std::process::id()));
+        std::fs::create_dir(&path).expect("create scratch cgroup");
+        Self(path)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for ScratchCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::write(self.0.join("cgroup.kill"), b"1");
+        for _ in 0..50 {
+            if std::fs::remove_dir(&self.0).is_ok() || !self.0.exists() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !std::thread::panicking() {
+            assert!(
+                !self.0.exists(),
+                "scratch cgroup {} left behind",
+                self.0.display()
+            );
+        }
     }
 }

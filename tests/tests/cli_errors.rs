@@ -260,10 +260,7 @@ fn policy_check_warns_about_policies_that_would_surprise() {
     );
 
     // A selector outside the daemon's cgroup root can never match.
-    let cg = tempfile::Builder::new()
-        .prefix("emt-lint-")
-        .tempdir_in(cgroup2_mount())
-        .unwrap();
+    let cg = ScratchCgroup::new("emt-lint");
     let out = Command::new(daemon_bin())
         .args(["policy", "check", "--cgroup-root"])
         .arg(cg.path())

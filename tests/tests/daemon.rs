@@ -179,7 +179,7 @@ fn uninstall_under_a_running_daemon_is_refused_and_repaired() {
     );
 }
 
-/// A policy set refused for a conflict shows in status and `policy list`
+/// A policy set refused (one name twice) shows in status and `policy list`
 /// (the set in force stays, with the reason), and goes once resolved.
 #[test]
 fn a_refused_policy_set_is_visible() {
@@ -191,12 +191,12 @@ fn a_refused_policy_set_is_visible() {
     env.start_daemon(&[]);
     env.write_policy(
         "b.yaml",
-        &env.policy("b", "monitor", "sel", &allow_countries("US")),
+        &env.policy("a", "monitor", "unsel", &allow_countries("US")),
     );
     let st = env.wait_status("the refusal", WAIT, |s| {
         s["policy_refused"]
             .as_str()
-            .is_some_and(|r| r.contains("selected by two policies"))
+            .is_some_and(|r| r.contains("is also defined at"))
     });
     let names: Vec<&str> = st["policies"]
         .as_array()
@@ -208,7 +208,7 @@ fn a_refused_policy_set_is_visible() {
     let list = env.cli(&["policy", "list"]);
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(
-        text.contains("REFUSED") && text.contains("selected by two policies"),
+        text.contains("REFUSED") && text.contains("is also defined at"),
         "{text}"
     );
     std::fs::remove_file(env.policy_dir().join("b.yaml")).unwrap();

@@ -264,26 +264,65 @@ fn policy_changes_apply_atomically_and_broken_files_are_rejected() {
     assert!(env.probe("sel", &["tcp", US_V4, &port]).ok);
 }
 
-/// Two policies selecting the very same cgroup is an error, and the set in
-/// force stays in force.
+/// Two policies selecting the very same cgroup are settled for that cgroup
+/// alone (enforce before monitor), reported in the log and in status, and
+/// selection goes on for every other cgroup: a cgroup made after the
+/// conflict, selected by a third policy, is judged and refuses.
 #[test]
-fn two_policies_on_one_cgroup_are_refused() {
+fn two_policies_on_one_cgroup_are_settled_for_it_alone() {
     let mut env = TestEnv::new();
-    env.write_policy("a.yaml", &env.policy("a", "enforce", "sel", &allow_de("")));
-    env.start_daemon(&[]);
     env.write_policy(
-        "b.yaml",
-        &env.policy("b", "monitor", "sel", "  allow:\n    countries: [US]\n"),
+        "a.yaml",
+        &env.policy("a", "monitor", "sel", "  allow:\n    countries: [US]\n"),
     );
-    env.wait_log("is selected by two policies, a and b", WAIT);
+    env.write_policy(
+        "c.yaml",
+        &env.policy("c", "enforce", "later", &allow_de("")),
+    );
+    env.start_daemon(&[]);
+    env.write_policy("b.yaml", &env.policy("b", "enforce", "sel", &allow_de("")));
+    env.wait_log(
+        &format!(
+            "selector conflict: cgroup {} is selected by policies b and a; b judges it",
+            env.rel("sel")
+        ),
+        WAIT,
+    );
     let p = env.probe("sel", &["tcp", US_V4, &PORT.to_string()]);
     assert!(
         !p.ok && p.errno == EPERM,
-        "policy a stays in force: {:?}",
+        "b (enforce) judges sel: {:?}",
         p.raw
     );
-    let e = env.expect_event("still a", WAIT, |e| is(e, p.pid, US_V4));
-    assert_eq!(s(&e, "policy"), "a");
+    let e = env.expect_event("judged by b", WAIT, |e| is(e, p.pid, US_V4));
+    assert_eq!(s(&e, "policy"), "b");
+    let st = env.status();
+    let conflicts = st["selector_conflicts"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        conflicts.len() == 1 && conflicts[0].as_str().unwrap().contains("b judges it"),
+        "{st}"
+    );
+    // The conflict freezes nothing: a new cgroup is selected by c.
+    std::fs::create_dir(env.cgroup("later")).unwrap();
+    env.wait_log(&format!("cgroup {} (id", env.rel("later")), WAIT);
+    let q = env.probe("later", &["tcp", US_V4, &PORT.to_string()]);
+    assert!(
+        !q.ok && q.errno == EPERM,
+        "c judges the new cgroup: {:?}",
+        q.raw
+    );
+    let e = env.expect_event("judged by c", WAIT, |e| is(e, q.pid, US_V4));
+    assert_eq!(s(&e, "policy"), "c");
+    // Settled again when the conflict goes.
+    std::fs::remove_file(env.policy_dir().join("b.yaml")).unwrap();
+    env.wait_status("no conflict", WAIT, |s| {
+        s["selector_conflicts"]
+            .as_array()
+            .is_none_or(|c| c.is_empty())
+    });
 }
 
 fn loop_result(child: std::process::Child) -> Value {

@@ -289,15 +289,17 @@ fn upgrade_replaces_programs_without_a_gap() {
     let old = env.pin_dir().join("0000000000000000");
     std::fs::rename(&build_dir, &old).expect("rename pin dir in bpffs");
 
-    let loop_child = start_loop(&env, "200", "5");
+    // Forbidden TCP and UDP, IPv4 and IPv6, hammered from before the new
+    // build starts until after it retired the old one.
+    let hammer = env.hammer("sel", 4000);
     std::thread::sleep(Duration::from_millis(100));
     env.start_daemon(&[]);
-    let result = finish_loop(loop_child);
-    assert_eq!(
-        result["connected"], 0,
-        "a forbidden connection succeeded during the upgrade: {result}"
-    );
     env.wait_log("replaced the programs pinned in", WAIT);
+    let result = env.assert_nothing_through(hammer, "upgrade");
+    // Every refusal is recorded; those made while both builds were
+    // attached (milliseconds) are counted by each.
+    let twice = env.assert_refusals_counted("sel", &result);
+    eprintln!("upgrade: {result}; {twice} attempts counted by both builds");
     assert!(!old.exists(), "old pins left behind");
     assert!(env.log().contains("attached connect4"), "{}", env.log());
     assert_eq!(
@@ -307,4 +309,57 @@ fn upgrade_replaces_programs_without_a_gap() {
     );
     let p = env.probe("sel", &["tcp", US_V4, &PORT.to_string()]);
     assert!(!p.ok && p.errno == 1, "{:?}", p.raw);
+}
+
+/// A policy file broken while the daemon runs keeps its previous version
+/// in force; a restart (SIGTERM or SIGKILL) keeps it too, from the store's
+/// record of the set in force: forbidden TCP and UDP hammered across the
+/// restart and the new daemon's first policy set get nowhere.
+#[test]
+fn restart_with_a_rejected_file_keeps_its_last_version_in_force() {
+    for kill in [false, true] {
+        let mut env = enforced_env();
+        let file = env.policy_dir().join("p.yaml");
+        env.write_policy("p.yaml", "apiVersion: [\n");
+        env.wait_log(&format!("{}:1", file.display()), WAIT);
+        assert!(
+            env.log().contains("(its previous version stays in force)"),
+            "{}",
+            env.log()
+        );
+        let hammer = env.hammer("sel", 4000);
+        if kill {
+            env.kill_daemon();
+        } else {
+            env.stop_daemon().expect("daemon was running");
+        }
+        env.start_daemon(&[]);
+        assert!(
+            env.log().contains(
+                "(its previous version, as recorded in force before this start, stays in force)"
+            ),
+            "{}",
+            env.log()
+        );
+        assert!(
+            env.log().contains("1 policies, 1 selected cgroups"),
+            "the first set holds the policy: {}",
+            env.log()
+        );
+        let during = if kill {
+            "SIGKILL restart"
+        } else {
+            "SIGTERM restart"
+        };
+        let result = env.assert_nothing_through(hammer, during);
+        let twice = env.assert_refusals_counted("sel", &result);
+        assert_eq!(twice, 0, "{during}: one build, every attempt counted once");
+        // Fixing the file replaces the fallback; deleting it removes the policy.
+        env.set_policy("enforce", "DE");
+        env.wait_status("the file fixed", WAIT, |st| {
+            st["rejected_files"].as_array().is_none_or(|r| r.is_empty())
+        });
+        let p = env.probe("sel", &["tcp", US_V4, &PORT.to_string()]);
+        assert!(!p.ok && p.errno == 1, "{:?}", p.raw);
+    }
 }

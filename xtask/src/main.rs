@@ -4,6 +4,7 @@
 //! quickly when it is all there already; every other command runs it first.
 mod bench;
 mod cloudip;
+mod leftovers;
 mod setup;
 
 use std::{
@@ -41,6 +42,10 @@ enum Cmd {
         /// all of it; unit tests are skipped.
         #[arg(long)]
         suite: Option<String>,
+        /// Run the integration tests this many times in a row, stopping at
+        /// the first failure (to hunt a flaky test).
+        #[arg(long, default_value_t = 1, value_name = "N")]
+        repeat: u32,
     },
     /// The performance suite (root): cost against the bare kernel, side by side.
     Bench {
@@ -223,7 +228,11 @@ fn main() -> anyhow::Result<()> {
             build()?;
             bench::bench(readme, faults, store)
         }
-        Cmd::Test { filter, suite } => {
+        Cmd::Test {
+            filter,
+            suite,
+            repeat,
+        } => {
             if let Some(name) = &suite {
                 let file = root().join("tests/tests").join(format!("{name}.rs"));
                 if !file.exists() {
@@ -270,21 +279,38 @@ fn main() -> anyhow::Result<()> {
                      namespaces, and need root: run `sudo -E cargo xtask test`"
                 );
             }
-            // Privileged tests, one at a time: each creates its own cgroups,
-            // network namespace and daemon, but they share test addresses.
-            run(cargo()
-                .env(
-                    "EGRESS_MONITOR_BIN",
-                    root().join("target/release/egress-monitor"),
-                )
-                .env("EGRESS_MONITOR_GEOIP", geoip_path())
-                .env("EGRESS_MONITOR_CLOUD", cloud_ranges_dir())
-                .env("EGRESS_MONITOR_VENV", setup::venv())
-                .args(["test", "--release", "-p", "integration-tests"])
-                .args(suite.iter().flat_map(|name| ["--test", name.as_str()]))
-                // Every suite runs, so one failure does not hide another.
-                .args(["--no-fail-fast", "--", "--test-threads=1"])
-                .args(&filter))
+            let _lock = leftovers::RunLock::acquire()?;
+            let bin = root().join("target/release/egress-monitor");
+            leftovers::clean(&bin)?;
+            // Privileged tests, one at a time (.config/nextest.toml): each
+            // creates its own cgroups, network namespace and daemon, but
+            // they share test addresses; each has a time limit.
+            for round in 1..=repeat.max(1) {
+                let started = std::time::Instant::now();
+                let result = run(cargo()
+                    .env("EGRESS_MONITOR_BIN", &bin)
+                    .env("EGRESS_MONITOR_GEOIP", geoip_path())
+                    .env("EGRESS_MONITOR_CLOUD", cloud_ranges_dir())
+                    .env("EGRESS_MONITOR_VENV", setup::venv())
+                    .args(["nextest", "run", "--release", "-p", "integration-tests"])
+                    .args(suite.iter().flat_map(|name| ["--test", name.as_str()]))
+                    // Every suite runs, so one failure does not hide another.
+                    .arg("--no-fail-fast")
+                    .args(&filter));
+                if repeat > 1 {
+                    eprintln!(
+                        "round {round} of {repeat}: {} in {:.0} s",
+                        if result.is_ok() { "passed" } else { "FAILED" },
+                        started.elapsed().as_secs_f64()
+                    );
+                }
+                if result.is_err() {
+                    // A killed test's leftovers are not the next run's problem.
+                    leftovers::clean(&bin)?;
+                }
+                result?;
+            }
+            Ok(())
         }
     }
 }

@@ -58,7 +58,22 @@ pub fn setup() -> anyhow::Result<()> {
     geoip()?;
     python()?;
     cloud_ranges()?;
+    nextest()?;
     Ok(())
+}
+
+/// cargo-nextest runs the integration suite (a time limit per test).
+fn nextest() -> anyhow::Result<()> {
+    let present = Command::new("cargo")
+        .args(["nextest", "--version"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if present {
+        return Ok(());
+    }
+    run(Command::new("cargo").args(["install", "--locked", "cargo-nextest"]))
 }
 
 pub fn venv() -> std::path::PathBuf {

@@ -144,6 +144,7 @@ pub fn status_pb(
             })
             .collect(),
         cloud_ranges_rejected: s.cloud_error.clone(),
+        selector_conflicts: s.conflicts.clone(),
         dns: view
             .kernel
             .dns_stats()

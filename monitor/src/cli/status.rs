@@ -99,6 +99,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     );
     super::policy::print_policies(&s.policies, &s.rejected_files);
     super::policy::print_refused(&s.policy_refused);
+    for c in &s.selector_conflicts {
+        println!("SELECTOR CONFLICT {c}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -123,6 +123,10 @@ pub struct Parts {
     pub cloud: Arc<CloudRanges>,
     /// Run just before the kernel switches to a new set (see `BeforeSwitch`).
     pub before_switch: BeforeSwitch,
+    /// The policies of the last set in force before this start, by file
+    /// (from the store): a file that is broken at the start keeps that
+    /// version in force, as it would have without the restart.
+    pub recorded: BTreeMap<PathBuf, Vec<CompiledPolicy>>,
 }
 
 /// Set once the flow harvest runs: the controller calls it just before
@@ -151,6 +155,8 @@ pub struct Controller {
     /// Whether this process has written a set into the kernel (a restart
     /// always writes its first set, whatever the pins hold).
     applied: bool,
+    /// The cgroups several policies select, as last settled.
+    conflicts: Vec<cgroups::Conflict>,
 }
 
 impl Controller {
@@ -171,6 +177,7 @@ impl Controller {
             cloud_stamp: Vec::new(),
             cloud_error: String::new(),
             applied: false,
+            conflicts: Vec::new(),
         };
         c.cloud_stamp = c.cloud_dir_stamp();
         c.parts
@@ -180,6 +187,12 @@ impl Controller {
             .cloud = c.parts.cloud.clone();
         c.publish();
         (c, rx)
+    }
+
+    /// Whether this process has written a complete policy set into the
+    /// kernel (possibly the empty one, when the directory holds none).
+    pub fn in_force_applied(&self) -> bool {
+        self.applied
     }
 
     pub fn kernel(&self) -> &Kernel {
@@ -227,6 +240,7 @@ impl Controller {
             cloud: self.parts.cloud.clone(),
             cloud_dir: self.parts.cloud_dir.clone(),
             cloud_error: self.cloud_error.clone(),
+            conflicts: self.conflicts.iter().map(ToString::to_string).collect(),
         }
     }
 
@@ -298,7 +312,7 @@ impl Controller {
 
     /// Re-reads the policy directory and applies what changed. A file that
     /// fails keeps its previous version in force; a set that conflicts
-    /// (same name twice, one cgroup selected twice) is refused whole, and
+    /// (same name twice, too big for the maps) is refused whole, and
     /// the refusal is published with the set that stays in force.
     pub fn reload(&mut self) -> Result<Arc<PolicySnapshot>, ReloadError> {
         self.reload_with(false).map(|r| r.snapshot)
@@ -342,17 +356,23 @@ impl Controller {
             let state = match policy::compile_file(&path) {
                 Ok(p) => FileState::InForce(p),
                 Err(e) => {
-                    let previous = match self.files.get(&path) {
-                        Some(FileState::InForce(p)) => Some(p.clone()),
-                        Some(FileState::Rejected { previous, .. }) => previous.clone(),
-                        None => None,
+                    let (previous, whence) = match self.files.get(&path) {
+                        Some(FileState::InForce(p)) => (Some(p.clone()), ""),
+                        Some(FileState::Rejected { previous, .. }) => (previous.clone(), ""),
+                        // Before the first set of this run: the version in
+                        // force when the last run stopped.
+                        None if !self.applied => (
+                            self.parts.recorded.get(&path).cloned(),
+                            ", as recorded in force before this start,",
+                        ),
+                        None => (None, ""),
                     };
                     log::error!(
                         "policy file rejected: {e}{}",
                         if previous.is_some() {
-                            " (its previous version stays in force)"
+                            format!(" (its previous version{whence} stays in force)")
                         } else {
-                            ""
+                            String::new()
                         }
                     );
                     FileState::Rejected {
@@ -377,7 +397,8 @@ impl Controller {
         };
         policy::check_unique_names(&candidate).map_err(|e| refused(&e))?;
         let cgroups = cgroups::walk(&self.parts.mount, &self.parts.root)?;
-        let selection = cgroups::resolve(&cgroups, &candidate).map_err(|e| refused(&e))?;
+        let resolution = cgroups::resolve(&cgroups, &candidate);
+        let selection = resolution.selected;
         let same = |a: &[CompiledPolicy], b: &[CompiledPolicy]| {
             a.len() == b.len()
                 && a.iter()
@@ -387,6 +408,7 @@ impl Controller {
         if !force && self.applied && selection == self.selection && same(&candidate, &self.in_force)
         {
             self.learn_paths(&cgroups);
+            self.report_conflicts(resolution.conflicts);
             self.files = files;
             log::info!(
                 "policy reload: nothing changed, generation {} stays in force",
@@ -396,7 +418,10 @@ impl Controller {
         }
         self.apply(&candidate, &selection)?;
         self.applied = true;
+        // From here on a file's previous version is this run's own.
+        self.parts.recorded.clear();
         self.learn_paths(&cgroups);
+        self.report_conflicts(resolution.conflicts);
         self.files = files;
         self.in_force = candidate;
         self.selection = selection;
@@ -437,19 +462,27 @@ impl Controller {
             .learn(cgroups);
     }
 
+    /// Says each selector conflict once, when it appears, and keeps the
+    /// current ones for `status`.
+    fn report_conflicts(&mut self, conflicts: Vec<cgroups::Conflict>) {
+        for c in &conflicts {
+            if !self.conflicts.contains(c) {
+                log::error!("selector conflict: {c}");
+            }
+        }
+        if conflicts != self.conflicts {
+            self.conflicts = conflicts;
+            self.publish();
+        }
+    }
+
     /// Re-walks the cgroup tree; applies when the selection changed.
     pub fn rescan(&mut self) -> anyhow::Result<()> {
         let cgroups = cgroups::walk(&self.parts.mount, &self.parts.root)?;
         self.learn_paths(&cgroups);
-        let selection = match cgroups::resolve(&cgroups, &self.in_force) {
-            Ok(s) => s,
-            Err(e) => {
-                // A new cgroup matched by two policies: keep what is in
-                // force and say so.
-                log::error!("cgroup rescan: {e}; the selection in force is kept");
-                return Ok(());
-            }
-        };
+        let resolution = cgroups::resolve(&cgroups, &self.in_force);
+        let selection = resolution.selected;
+        self.report_conflicts(resolution.conflicts);
         if selection != self.selection {
             let in_force = self.in_force.clone();
             self.apply(&in_force, &selection)?;

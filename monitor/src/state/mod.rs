@@ -44,8 +44,8 @@ pub struct PolicySnapshot {
     pub generation: u32,
     pub policies: Vec<PolicyInForce>,
     pub rejected_files: Vec<RejectedFile>,
-    /// Why the last candidate set was refused as a whole (a conflict: one
-    /// name twice, a cgroup selected twice, too big for the maps); empty
+    /// Why the last candidate set was refused as a whole (one name twice,
+    /// too big for the maps); empty
     /// when the last reload took effect.
     pub refused: String,
     pub selected_cgroups: usize,
@@ -57,6 +57,9 @@ pub struct PolicySnapshot {
     pub cloud: Arc<crate::cloud::CloudRanges>,
     pub cloud_dir: Option<PathBuf>,
     pub cloud_error: String,
+    /// Cgroups several policies select, and which judges each (see
+    /// `cgroups::resolve`).
+    pub conflicts: Vec<String>,
 }
 
 /// A program as the kernel shows it now.

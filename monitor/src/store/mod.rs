@@ -292,6 +292,37 @@ impl Store {
         Ok(rows)
     }
 
+    /// The policies of the last set recorded in force, as (file, text) in
+    /// the set's order of names: what a restart falls back to for a file
+    /// that is broken when it starts.
+    pub fn last_policy_set(&self) -> Result<Vec<(String, String)>, StoreError> {
+        let members: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT members FROM policy_sets ORDER BY unix_nanos DESC, id DESC LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(self.err("read the last policy set"))?;
+        let members: Vec<(String, String)> = members
+            .and_then(|m| serde_json::from_str(&m).ok())
+            .unwrap_or_default();
+        let mut stmt = self
+            .conn
+            .prepare("SELECT file, text FROM policy_versions WHERE sha256 = ?1")
+            .map_err(self.err("prepare policy versions"))?;
+        let mut out = Vec::new();
+        for (_name, sha256) in members {
+            let row: Option<(String, String)> = stmt
+                .query_row([&sha256], |r| Ok((r.get(0)?, r.get(1)?)))
+                .optional()
+                .map_err(self.err("read a policy version"))?;
+            out.extend(row);
+        }
+        Ok(out)
+    }
+
     /// What was harvested of each kernel flow entry (see `Mark`).
     pub fn flow_marks(&self) -> Result<Vec<(Vec<u8>, Mark)>, StoreError> {
         let mut stmt = self

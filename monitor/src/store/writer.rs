@@ -218,6 +218,17 @@ impl Handle {
             .map_err(|e| e.to_string())
     }
 
+    /// The policies of the last set recorded in force (file, text); empty
+    /// for a new store.
+    pub fn last_policy_set(&self) -> Result<Vec<(String, String)>, String> {
+        if !self.path.exists() {
+            return Ok(Vec::new());
+        }
+        crate::store::Store::open_read(&self.path)
+            .and_then(|s| s.last_policy_set())
+            .map_err(|e| e.to_string())
+    }
+
     pub fn kernel_lost(&self, n: u64) {
         self.send(Msg::KernelLost(n));
     }

@@ -28,6 +28,10 @@
 //! probe sink PORT SECONDS                 count what arrives; print totals
 //! probe spray COUNT SIZE PORT ADDR...     unconnected UDP, round robin
 //! probe tcp-send ADDR PORT BYTES          one connection, BYTES written
+//! probe hammer PORT MS ADDR...            for MS milliseconds, a TCP connect
+//!                                         and a UDP send to each ADDR in
+//!                                         turn, as fast as they go; prints
+//!                                         what the client saw
 use std::{
     io::Write,
     mem::size_of,
@@ -784,6 +788,45 @@ fn main() {
             println!(
                 "{}",
                 serde_json::json!({"result": "ok", "pid": std::process::id(), "connected": ok, "eperm": eperm, "other": other})
+            );
+        }
+        Some("hammer") => {
+            let port: u16 = args[1].parse().expect("port");
+            let run = Duration::from_millis(args[2].parse().expect("milliseconds"));
+            let dests: Vec<SocketAddr> = args[3..]
+                .iter()
+                .map(|a| SocketAddr::new(a.parse().expect("address"), port))
+                .collect();
+            println!("{}", serde_json::json!({"hammering": dests.len()}));
+            let _ = std::io::stdout().flush();
+            let udp4 = UdpSocket::bind("0.0.0.0:0").expect("udp4 socket");
+            let udp6 = UdpSocket::bind("[::]:0").expect("udp6 socket");
+            let (mut tcp, mut connected, mut tcp_eperm) = (0u64, 0u64, 0u64);
+            let (mut udp, mut sent, mut udp_eperm, mut other) = (0u64, 0u64, 0u64, 0u64);
+            let deadline = Instant::now() + run;
+            // Bounded in time and in count.
+            while Instant::now() < deadline && tcp < 2_000_000 {
+                for to in &dests {
+                    tcp += 1;
+                    match TcpStream::connect_timeout(to, Duration::from_millis(500)) {
+                        Ok(_) => connected += 1,
+                        Err(e) if e.raw_os_error() == Some(libc::EPERM) => tcp_eperm += 1,
+                        Err(_) => other += 1,
+                    }
+                    udp += 1;
+                    let s = if to.is_ipv4() { &udp4 } else { &udp6 };
+                    match s.send_to(b"hammer", to) {
+                        Ok(_) => sent += 1,
+                        Err(e) if e.raw_os_error() == Some(libc::EPERM) => udp_eperm += 1,
+                        Err(_) => other += 1,
+                    }
+                }
+            }
+            println!(
+                "{}",
+                serde_json::json!({"result": "ok", "pid": std::process::id(),
+                    "tcp": tcp, "connected": connected, "tcp_eperm": tcp_eperm,
+                    "udp": udp, "sent": sent, "udp_eperm": udp_eperm, "other": other})
             );
         }
         Some("udp-burst") => {
