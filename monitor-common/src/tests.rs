@@ -33,7 +33,7 @@ fn unknown_bytes_are_none() {
         assert_eq!(Verdict::from_u8(b), None);
         assert_eq!(Verdict::try_from(b), Err(b));
     }
-    for b in [0, 9, 255] {
+    for b in [0, 10, 255] {
         assert_eq!(Rule::from_u8(b), None);
     }
     for b in [0, 8, 255] {
@@ -59,6 +59,7 @@ fn values_and_names_are_the_documented_ones() {
         (6, "socket"),
         (7, "domain"),
         (8, "cloud_region"),
+        (9, "unclassified"),
     ];
     let hooks = [
         (1, "connect4"),

@@ -98,6 +98,20 @@ static GEO_B: Array<geo_table::Element> = Array::with_max_entries(
     BPF_F_MMAPABLE,
 );
 
+/// The cgroups the daemon has classified: every cgroup under the attach
+/// root it found that is not selected (see `Selection::UNCLASSIFIED`). Shared by
+/// both slots: an entry only says that the cgroup existed at a walk whose
+/// selection is in force.
+#[map]
+static KNOWN: HashMap<u64, u8> = HashMap::with_max_entries(limits::KNOWN_ENTRIES, 0);
+
+/// Per slot: the watched parents of the set (see `Selection::UNCLASSIFIED`),
+/// 1 where only monitor-mode policies watch, 2 where an enforcing one does.
+#[map]
+static WATCH_A: HashMap<u64, u8> = HashMap::with_max_entries(limits::SELECT_ENTRIES, 0);
+#[map]
+static WATCH_B: HashMap<u64, u8> = HashMap::with_max_entries(limits::SELECT_ENTRIES, 0);
+
 #[map]
 static SELECT_A: HashMap<u64, Selection> = HashMap::with_max_entries(limits::SELECT_ENTRIES, 0);
 #[map]
@@ -146,6 +160,7 @@ static CLOUD_B: LpmTrie<[u8; 16], CloudEntry> = LpmTrie::with_max_entries(limits
 /// One policy set: the maps of one slot.
 struct Slot {
     select: &'static HashMap<u64, Selection>,
+    watch: &'static HashMap<u64, u8>,
     region_rules: &'static HashMap<RegionKey, RegionRule>,
     allow: &'static LpmTrie<PolicyAddr, CidrRule>,
     deny: &'static LpmTrie<PolicyAddr, CidrRule>,
@@ -155,6 +170,7 @@ struct Slot {
 
 static SLOT_A: Slot = Slot {
     select: &SELECT_A,
+    watch: &WATCH_A,
     region_rules: &REGION_RULES_A,
     allow: &ALLOW_CIDRS_A,
     deny: &DENY_CIDRS_A,
@@ -163,6 +179,7 @@ static SLOT_A: Slot = Slot {
 };
 static SLOT_B: Slot = Slot {
     select: &SELECT_B,
+    watch: &WATCH_B,
     region_rules: &REGION_RULES_B,
     allow: &ALLOW_CIDRS_B,
     deny: &DENY_CIDRS_B,
@@ -354,8 +371,12 @@ fn memo_of(slot: &Slot, word: u64, owner: Owner, cgroup: u64) -> Memo {
         names_epoch: (now_ns() >> 6) as u32,
         _pad: 0,
     };
-    // A full LRU evicts the coldest cgroup; it costs one walk later.
-    let _ = MEMO.insert(&cgroup, &memo, 0);
+    // An unclassified cgroup is walked again at every attempt: the daemon
+    // classifies it without a new word, by adding it to KNOWN.
+    if selection.flags & Selection::UNCLASSIFIED == 0 {
+        // A full LRU evicts the coldest cgroup; it costs one walk later.
+        let _ = MEMO.insert(&cgroup, &memo, 0);
+    }
     memo
 }
 
@@ -386,10 +407,11 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
     let connect = attempt.hook == Hook::Connect4 || attempt.hook == Hook::Connect6;
     let tcp = attempt.protocol == IPPROTO_TCP;
     if memo.selected_cgroup_id == 0 {
-        // Not in any selected subtree: untouched and not reported. A TCP
-        // socket is marked, so the backstop judges it if its cgroup is
-        // selected later; UDP needs no mark (the backstop asks the memo).
-        if connect && tcp {
+        // Not in any selected subtree: untouched and not reported. The
+        // socket is marked: a TCP socket's backstop judges it if its
+        // cgroup is selected later; a UDP socket's, if its process sends
+        // from a selected cgroup later.
+        if connect {
             remember(ctx, task_cgroup, word, UNSELECTED, attempt);
         }
         return PASS;
@@ -636,7 +658,8 @@ fn remember(ctx: &SockAddrContext, cgroup_id: u64, word: u64, verdict: u8, attem
         port: attempt.port,
         protocol: attempt.protocol,
         verdict,
-        _pad: [0; 4],
+        // SAFETY: a helper without arguments.
+        tgid: (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32,
     };
     // SAFETY: plain helper call; the value is copied in when created.
     let p = unsafe {
@@ -667,9 +690,12 @@ pub(crate) fn selected(owner: Owner) -> bool {
 }
 
 /// The selection of the owner's cgroup or its nearest selected ancestor;
-/// id 0 when there is none. (Plain values, not an Option: an Option's
-/// payload is left uninitialised while it is None, and the verifier
-/// refuses to copy uninitialised registers.)
+/// id 0 when there is none. A cgroup under a watched parent that is
+/// neither selected nor known to the daemon is unclassified: its own id,
+/// with a selection of policy 0 flagged `UNCLASSIFIED`, in enforce mode
+/// when an enforcing policy watches a parent of it. (Plain values, not an
+/// Option: an Option's payload is left uninitialised while it is None, and
+/// the verifier refuses to copy uninitialised registers.)
 #[inline(always)]
 fn find_selection(slot: &Slot, owner: Owner, current: u64) -> (u64, Selection) {
     // SAFETY: values are plain data, copied out at once.
@@ -692,7 +718,43 @@ fn find_selection(slot: &Slot, owner: Owner, current: u64) -> (u64, Selection) {
         }
         level += 1;
     }
-    (found_id, found)
+    if found_id != 0 {
+        return (found_id, found);
+    }
+    // SAFETY: as above.
+    if unsafe { KNOWN.get(&current) }.is_some() {
+        return (0, found);
+    }
+    // Not selected and not classified: is a parent watched?
+    let mut watched: u8 = 0;
+    let mut level: i32 = 0;
+    while level < limits::MAX_CGROUP_DEPTH as i32 {
+        let id = owner.ancestor(level);
+        if id == 0 || id == current {
+            break;
+        }
+        // SAFETY: as above.
+        if let Some(w) = unsafe { slot.watch.get(&id) } {
+            watched |= *w;
+        }
+        level += 1;
+    }
+    if watched == 0 {
+        return (0, found);
+    }
+    (
+        current,
+        Selection {
+            policy_id: 0,
+            mode: if watched & 2 != 0 {
+                Mode::Enforce as u8
+            } else {
+                Mode::Monitor as u8
+            },
+            flags: Selection::UNCLASSIFIED,
+            _pad: [0; 2],
+        },
+    )
 }
 
 /// What a decision concluded and what it was made from, for the event.
@@ -758,6 +820,19 @@ fn decide(
     // to the address must not find the decision fresh.
     let name_expires_ns = name.map_or(0, |n| n.expires_ns);
     let region_key = RegionKey { policy_id, region };
+    if selection.flags & Selection::UNCLASSIFIED != 0 {
+        return Judgement {
+            decision: Decision {
+                allowed: false,
+                rule: Rule::Unclassified as u8,
+            },
+            region,
+            source,
+            cloud_region: cloud.region,
+            name_hash,
+            name_expires_ns,
+        };
+    }
     let decision = monitor_common::decide(
         || slot.deny.get(&key).is_some(),
         || match name {
@@ -933,7 +1008,11 @@ fn emit(attempt: &Attempt, origin: &Origin, o: &Outcome) {
     // load, by perf). Two CPUs crossing at once may both skip; the timer
     // drains then.
     let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
-    let flags = if avail >= limits::WAKEUP_BYTES && avail < limits::WAKEUP_BYTES + RECORD_BYTES {
+    // An unclassified cgroup wakes the daemon at once: it classifies the
+    // cgroup when it reads this.
+    let flags = if judgement.decision.rule == Rule::Unclassified as u8
+        || (avail >= limits::WAKEUP_BYTES && avail < limits::WAKEUP_BYTES + RECORD_BYTES)
+    {
         BPF_RB_FORCE_WAKEUP
     } else {
         BPF_RB_NO_WAKEUP
@@ -961,6 +1040,7 @@ pub fn judge_socket(_ctx: SkBuffContext) -> i64 {
     let Some(selection) = (unsafe { slot.select.get(&s.selected_cgroup_id) }).copied() else {
         return 0;
     };
+
     let judgement = decide(slot, &set, &selection, s.cgroup_id, &s.addr, true);
     let verdict = verdict_of(judgement.decision.allowed, &selection) as u8;
     if verdict != Verdict::Allowed as u8 {
@@ -1010,6 +1090,128 @@ pub fn egress(ctx: SkBuffContext) -> i32 {
 
 const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
+
+/// cgroup_skb egress, beside `egress`: a UDP datagram of a socket that was
+/// connected outside every selected cgroup (marked `UNSELECTED` with its
+/// process), sent by that very process from a cgroup of its own now (the
+/// process moved into a selected one). A UDP send runs in the sender's
+/// context, so the sender's cgroup judges it, as a sock_addr hook would
+/// have. Only that process: elsewhere `current` may be whatever task a
+/// softirq interrupted. A program of its own: `egress` is at the
+/// verifier's limit.
+#[cgroup_skb(egress)]
+pub fn sender(ctx: SkBuffContext) -> i32 {
+    match judge_sender(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+#[inline(always)]
+fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
+    let skb = ctx.skb.skb;
+    let state = sock_state(skb);
+    if state.is_null() {
+        return Ok(PASS);
+    }
+    // SAFETY: the socket's own storage, valid for this run.
+    let st = unsafe { *state };
+    if st.verdict != UNSELECTED || st.protocol != IPPROTO_UDP {
+        return Ok(PASS);
+    }
+    // SAFETY: a helper without arguments.
+    let pid_tgid = unsafe { bpf_get_current_pid_tgid() };
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == 0 || st.tgid != tgid {
+        return Ok(PASS);
+    }
+    let cgroup = Owner::Task.cgroup();
+    if cgroup == Owner::Skb(skb).cgroup() {
+        // Still where it connected: `egress` judges it.
+        return Ok(PASS);
+    }
+    // SAFETY: the context is the program's __sk_buff.
+    let eth_proto = u16::from_be(unsafe { (*skb).protocol } as u16);
+    let mut addr = [0u8; 16];
+    let (family, l4, l4_offset) = if eth_proto == ETH_P_IP {
+        let first: u8 = ctx.load(0).map_err(|_| PASS)?;
+        let proto: u8 = ctx.load(9).map_err(|_| PASS)?;
+        let dst: [u8; 4] = ctx.load(16).map_err(|_| PASS)?;
+        addr = mapped_v4(dst);
+        (AF_INET, proto, ((first & 0x0f) as usize) * 4)
+    } else if eth_proto == ETH_P_IPV6 {
+        addr = ctx.load(24).map_err(|_| PASS)?;
+        let next: u8 = ctx.load(6).map_err(|_| PASS)?;
+        (AF_INET6, next, 40)
+    } else {
+        return Ok(PASS);
+    };
+    if l4 != IPPROTO_UDP {
+        return Ok(PASS);
+    }
+    let port = u16::from_be(ctx.load::<u16>(l4_offset + 2).unwrap_or(0));
+    let Some((slot, set, word)) = in_force() else {
+        return Ok(PASS);
+    };
+    let memo = memo_of(slot, word, Owner::Task, cgroup);
+    if memo.selected_cgroup_id == 0 {
+        return Ok(PASS);
+    }
+    let key = FlowKey {
+        cgroup_id: cgroup,
+        addr,
+        port,
+        protocol: l4,
+        _pad: [0; 5],
+    };
+    let now = now_ns();
+    let verdict = match FLOWS.get_ptr_mut(&key) {
+        // SAFETY: a pointer into the map's value, valid for this run.
+        Some(f) if unsafe { fresh(&*f, word, memo.names_epoch, now) } => {
+            // SAFETY: as above.
+            unsafe { add_packet(ctx, f, l4, l4_offset, family, now) };
+            // SAFETY: as above.
+            return Ok(if unsafe { (*f).verdict } == Verdict::Denied as u8 {
+                REJECT
+            } else {
+                PASS
+            });
+        }
+        cached => {
+            let judgement = decide(slot, &set, &memo.selection, cgroup, &addr, false);
+            let verdict = verdict_of(judgement.decision.allowed, &memo.selection) as u8;
+            let attempt = Attempt {
+                hook: Hook::Egress,
+                family,
+                protocol: l4,
+                addr,
+                port,
+            };
+            let origin = Origin::task(cgroup);
+            let outcome = Outcome {
+                word,
+                names_epoch: memo.names_epoch,
+                selected_cgroup: memo.selected_cgroup_id,
+                selection: &memo.selection,
+                generation: set.generation,
+                verdict,
+                judgement: &judgement,
+                now,
+                attempt: false,
+            };
+            if file(&key, cached, &attempt, &origin, &outcome) && verdict != Verdict::Allowed as u8
+            {
+                emit(&attempt, &origin, &outcome);
+            }
+            verdict
+        }
+    };
+    count_packet(ctx, &key, l4, l4_offset, family);
+    Ok(if verdict == Verdict::Denied as u8 {
+        REJECT
+    } else {
+        PASS
+    })
+}
 
 /// Reads the DNS answers selected cgroups receive (see `dns`); never drops.
 #[cgroup_skb(ingress)]

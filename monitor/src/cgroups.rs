@@ -141,12 +141,91 @@ impl std::fmt::Display for Conflict {
     }
 }
 
-/// Which policy selects which cgroup id, and the cgroups selected more
-/// than once.
+/// Which policy selects which cgroup id, the cgroups selected more than
+/// once, and the watched parents.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Resolution {
     pub selected: BTreeMap<u64, Selected>,
     pub conflicts: Vec<Conflict>,
+    /// Cgroups under which a selector could match a cgroup made later, and
+    /// the strictest mode of the policies that could (see
+    /// `monitor_common::Selection::UNCLASSIFIED`): a cgroup made under one is
+    /// refused (enforce) or reported (monitor) as unclassified until the
+    /// daemon has classified it.
+    pub watched: BTreeMap<u64, Mode>,
+}
+
+/// The directory a path glob's later matches are made in: its components
+/// up to the first with a glob character; for a glob without one (an exact
+/// path), its parent.
+pub fn literal_dir(glob: &str) -> String {
+    let glob = glob.trim_end_matches('/');
+    let parts: Vec<&str> = glob.split('/').filter(|c| !c.is_empty()).collect();
+    let literal = parts
+        .iter()
+        .take_while(|c| !c.contains(['*', '?', '[', '{', '\\']))
+        .count();
+    let keep = if literal == parts.len() {
+        literal.saturating_sub(1)
+    } else {
+        literal
+    };
+    format!("/{}", parts[..keep].join("/"))
+}
+
+/// The watched parents of a policy set over the cgroups of a walk: for a
+/// path glob, the deepest cgroup that exists at or above its literal
+/// directory (see `literal_dir`); for pod selectors, the top kubepods
+/// cgroups; for unit selectors, the system slices. A selected cgroup is
+/// never also watched (its subtree is judged by its policy already).
+fn watched_parents(
+    cgroups: &[(String, u64)],
+    policies: &[CompiledPolicy],
+    selected: &BTreeMap<u64, Selected>,
+) -> BTreeMap<u64, Mode> {
+    let by_path: std::collections::HashMap<&str, u64> =
+        cgroups.iter().map(|(p, id)| (p.as_str(), *id)).collect();
+    let mut out: BTreeMap<u64, Mode> = BTreeMap::new();
+    let mut watch = |id: u64, mode: Mode| {
+        let m = out.entry(id).or_insert(mode);
+        if mode == Mode::Enforce {
+            *m = Mode::Enforce;
+        }
+    };
+    let last = |p: &str| p.rsplit('/').next().unwrap_or("").to_string();
+    for p in policies {
+        for g in &p.cgroup_globs {
+            let mut dir = literal_dir(g);
+            loop {
+                if let Some(id) = by_path.get(dir.as_str()) {
+                    watch(*id, p.mode);
+                    break;
+                }
+                if dir == "/" {
+                    break;
+                }
+                dir = match dir.rfind('/') {
+                    Some(0) | None => "/".into(),
+                    Some(i) => dir[..i].to_string(),
+                };
+            }
+        }
+        for (path, id) in cgroups {
+            let name = last(path);
+            let parent = path
+                .rsplit_once('/')
+                .map(|(a, _)| last(a))
+                .unwrap_or_default();
+            let kubepods = name.starts_with("kubepods") && !parent.starts_with("kubepods");
+            if (!p.pods.is_empty() && kubepods)
+                || (!p.unit_globs.is_empty() && name == "system.slice")
+            {
+                watch(*id, p.mode);
+            }
+        }
+    }
+    out.retain(|id, _| !selected.contains_key(id));
+    out
 }
 
 /// Which policy selects which cgroup id, by path glob, pod UID or systemd
@@ -199,6 +278,7 @@ pub fn resolve(cgroups: &[(String, u64)], policies: &[CompiledPolicy]) -> Resolu
             },
         );
     }
+    out.watched = watched_parents(cgroups, policies, &out.selected);
     out
 }
 
@@ -320,5 +400,73 @@ mod tests {
             Some("/a/b")
         );
         assert_eq!(relative(m, Path::new("/tmp")), None);
+    }
+
+    fn policy(name: &str, mode: &str, selector: &str) -> CompiledPolicy {
+        let text = format!(
+            "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {{name: {name}}}\nspec:\n  mode: {mode}\n  selector:\n{selector}\n  allow:\n    countries: [DE]\n"
+        );
+        crate::policy::compile_text(Path::new("t.yaml"), &text)
+            .unwrap()
+            .remove(0)
+    }
+
+    #[test]
+    fn literal_dirs_of_globs() {
+        assert_eq!(literal_dir("/a/b/sel"), "/a/b");
+        assert_eq!(literal_dir("/a/b/sel/"), "/a/b");
+        assert_eq!(literal_dir("/kubepods.slice/*/pod*"), "/kubepods.slice");
+        assert_eq!(literal_dir("/a/**"), "/a");
+        assert_eq!(literal_dir("/x-[ab]/c"), "/");
+        assert_eq!(literal_dir("/top"), "/");
+        assert_eq!(literal_dir("/"), "/");
+    }
+
+    /// A conflict is settled for its cgroup alone; watched parents are the
+    /// deepest existing cgroups at or above each glob's literal directory,
+    /// in the strictest mode that watches them, never a selected cgroup.
+    #[test]
+    fn conflicts_and_watched_parents() {
+        let cgroups: Vec<(String, u64)> = [
+            ("/", 1),
+            ("/t", 2),
+            ("/t/sel", 3),
+            ("/t/other", 4),
+            ("/kubepods.slice", 5),
+            ("/kubepods.slice/kubepods-besteffort.slice", 6),
+        ]
+        .iter()
+        .map(|(p, i)| (p.to_string(), *i))
+        .collect();
+        let a = policy("a", "monitor", "    cgroupPaths: [\"/t/sel\"]");
+        let b = policy("b", "enforce", "    cgroupPaths: [\"/t/*\"]");
+        let c = policy("c", "monitor", "    cgroupPaths: [\"/t/deep/er/*\"]");
+        let pods = policy(
+            "p",
+            "enforce",
+            "    pods: [\"0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0\"]",
+        );
+        let r = resolve(&cgroups, &[a.clone(), b.clone(), c, pods]);
+        // /t/sel: b (enforce) before a (monitor, although exact).
+        assert_eq!(r.selected[&3].policy, "b");
+        assert_eq!(r.selected[&4].policy, "b");
+        assert_eq!(
+            r.conflicts,
+            [Conflict {
+                path: "/t/sel".into(),
+                winner: "b".into(),
+                losers: vec!["a".into()],
+            }]
+        );
+        // /t: watched by a, b (literal dir) and c (deepest existing
+        // ancestor of /t/deep/er), enforce wins; /kubepods.slice by p.
+        assert_eq!(
+            r.watched.iter().map(|(k, v)| (*k, *v)).collect::<Vec<_>>(),
+            [(2, Mode::Enforce), (5, Mode::Enforce)]
+        );
+        // Same mode: an exact path before a glob.
+        let b_monitor = policy("b", "monitor", "    cgroupPaths: [\"/t/*\"]");
+        let r = resolve(&cgroups, &[b_monitor, a]);
+        assert_eq!(r.selected[&3].policy, "a");
     }
 }

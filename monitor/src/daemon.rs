@@ -706,6 +706,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         requests_rx,
         changes,
         config.rescan_interval,
+        outlets.wake.clone(),
         shutdown_rx.clone(),
     ));
     if let Some(listener) = metrics_listener {

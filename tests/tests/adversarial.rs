@@ -497,7 +497,14 @@ fn sockets_passed_between_cgroups_are_judged() {
         "unsel",
         &["handoff", US_V4, &other_port, sel_procs.to_str().unwrap()],
     );
-    assert!(!p.ok, "made inside, used outside: {:?}", p.raw);
+    // The backstop drops its SYN; the refusal makes the daemon destroy the
+    // socket, so connect fails at once (ECONNABORTED) instead of waiting
+    // for TCP's retries (minutes; the probe gives up after 2 s).
+    assert!(
+        !p.ok && p.errno == i64::from(libc::ECONNABORTED),
+        "made inside, used outside: {:?}",
+        p.raw
+    );
     let e = event_for(&mut env, "handoff out", |e| {
         s(e, "hook") == "egress" && s(e, "protocol") == "tcp"
     });

@@ -13,13 +13,16 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(10);
 const EPERM: i64 = 1;
 
-/// Programs of ours bpftool shows on a cgroup (the sock_addr hooks and the
-/// egress backstop; the LSM hook is not per cgroup).
+/// Programs of ours bpftool shows on a cgroup (the sock_addr hooks, the
+/// egress backstop and the moved-sender program; the LSM hook is not per cgroup).
 fn ours(cgroup: &std::path::Path) -> usize {
     attached_programs(cgroup)
         .iter()
         .filter(|n| {
-            ["connect4", "connect6", "sendmsg4", "sendmsg6", "egress"].contains(&n.as_str())
+            [
+                "connect4", "connect6", "sendmsg4", "sendmsg6", "egress", "sender",
+            ]
+            .contains(&n.as_str())
         })
         .count()
 }
@@ -35,7 +38,7 @@ fn pins_exist(env: &TestEnv) -> bool {
 #[test]
 fn detach_on_exit_with_a_following_client_leaves_nothing() {
     let mut env = TestEnv::started("enforce", "DE", &["--detach-on-exit"]);
-    assert_eq!(ours(&env.cgroup_root), 5);
+    assert_eq!(ours(&env.cgroup_root), 6);
     let mut follower = env.spawn_follower();
     env.wait_status("one stream client", WAIT, |s| {
         s["counters"]["stream_clients"].as_u64() == Some(1)
@@ -112,7 +115,7 @@ fn uninstall_under_a_running_daemon_is_refused_and_repaired() {
         err.contains("running daemon") && err.contains(&pid),
         "{err}"
     );
-    assert_eq!(ours(&env.cgroup_root), 5, "nothing removed");
+    assert_eq!(ours(&env.cgroup_root), 6, "nothing removed");
 
     let forced = Command::new(daemon_bin())
         .arg("uninstall")
@@ -141,7 +144,7 @@ fn uninstall_under_a_running_daemon_is_refused_and_repaired() {
         "{}",
         env.log()
     );
-    assert_eq!(ours(&env.cgroup_root), 5, "attached again");
+    assert_eq!(ours(&env.cgroup_root), 6, "attached again");
     let p = env.probe("sel", &["tcp", US_V4, &port]);
     assert!(!p.ok && p.errno == EPERM, "still enforced: {:?}", p.raw);
     assert!(env.probe("sel", &["tcp", DE_V4, &port]).ok);

@@ -14,13 +14,16 @@ fn enforced_env() -> TestEnv {
 }
 
 /// Our programs among those attached to a cgroup: the four sock_addr
-/// hooks and the egress backstop (every one of them, so a second copy of
+/// hooks, the egress backstop and the moved-sender program (every one of them, so a second copy of
 /// any is seen).
 fn ours(names: &[String]) -> usize {
     names
         .iter()
         .filter(|n| {
-            ["connect4", "connect6", "sendmsg4", "sendmsg6", "egress"].contains(&n.as_str())
+            [
+                "connect4", "connect6", "sendmsg4", "sendmsg6", "egress", "sender",
+            ]
+            .contains(&n.as_str())
         })
         .count()
 }
@@ -31,7 +34,7 @@ fn sigterm_keeps_enforcing_and_uninstall_removes_everything() {
     let mut env = enforced_env();
     let port = PORT.to_string();
     assert!(!env.probe("sel", &["tcp", US_V4, &port]).ok);
-    assert_eq!(ours(&attached_programs(&env.cgroup_root)), 5);
+    assert_eq!(ours(&attached_programs(&env.cgroup_root)), 6);
     let status = env.stop_daemon().expect("daemon was running");
     assert!(status.success(), "exit status {status}");
     assert!(env.log().contains("enforcement stays on"), "{}", env.log());
@@ -127,7 +130,7 @@ fn kill_9_during_traffic_opens_no_gap_and_loses_no_count() {
     );
     assert_eq!(
         ours(&attached_programs(&env.cgroup_root)),
-        5,
+        6,
         "attached twice?"
     );
     // Every attempt is counted: the first was an event (the first daemon
@@ -304,7 +307,7 @@ fn upgrade_replaces_programs_without_a_gap() {
     assert!(env.log().contains("attached connect4"), "{}", env.log());
     assert_eq!(
         ours(&attached_programs(&env.cgroup_root)),
-        5,
+        6,
         "old programs still attached"
     );
     let p = env.probe("sel", &["tcp", US_V4, &PORT.to_string()]);
@@ -361,5 +364,149 @@ fn restart_with_a_rejected_file_keeps_its_last_version_in_force() {
         });
         let p = env.probe("sel", &["tcp", US_V4, &PORT.to_string()]);
         assert!(!p.ok && p.errno == 1, "{:?}", p.raw);
+    }
+}
+
+/// A selected cgroup made after the policy, and made again at its path
+/// after a removal (a unit restart, a pod recreated), is judged from its
+/// very first attempt: the kernel refuses what a cgroup under a watched
+/// parent sends before the daemon classified it (rule `unclassified`), and
+/// the daemon, woken by that refusal, classifies it within milliseconds.
+/// An unselected cgroup made there is let through once classified.
+#[test]
+fn a_selected_cgroup_made_or_remade_later_is_judged_from_its_first_attempt() {
+    let mut env = TestEnv::new();
+    env.write_policy(
+        "p.yaml",
+        &env.policy("later", "enforce", "later", &allow_countries("DE")),
+    );
+    env.start_daemon(&[]);
+    let (mut tcp, mut udp) = (0u64, 0u64);
+    for round in 0..3 {
+        // Made and used at once: the hammer's first connect follows the
+        // mkdir by about a millisecond, far inside any rescan interval.
+        std::fs::create_dir(env.cgroup("later")).unwrap();
+        let hammer = env.hammer("later", 400);
+        let result = env.assert_nothing_through(hammer, &format!("cgroup made (round {round})"));
+        tcp += result["tcp_eperm"].as_u64().unwrap();
+        udp += result["udp_eperm"].as_u64().unwrap();
+        env.wait_log(&format!("cgroup {} (id", env.rel("later")), WAIT);
+        std::fs::remove_dir(env.cgroup("later")).expect("the hammer has exited");
+        // The removal is seen before the next round makes it again.
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let later = env.rel("later");
+    env.expect_event("an unclassified refusal", WAIT, |e| {
+        s(e, "rule") == "unclassified"
+            && s(e, "verdict") == "denied"
+            && s(e, "policy") == "(unclassified)"
+            && s(e, "cgroup_path") == later
+    });
+    env.expect_event("then the policy's own", WAIT, |e| {
+        s(e, "rule") != "unclassified" && s(e, "policy") == "later" && s(e, "cgroup_path") == later
+    });
+    let twice = env.assert_refusals_counted(
+        "later",
+        &serde_json::json!({"tcp_eperm": tcp, "udp_eperm": udp}),
+    );
+    assert_eq!(twice, 0, "every attempt counted once");
+
+    // An unselected cgroup made there: refused only until classified.
+    std::fs::create_dir(env.cgroup("other")).unwrap();
+    let deadline = std::time::Instant::now() + WAIT;
+    let mut refused = 0;
+    loop {
+        let p = env.probe("other", &["tcp", DE_V4, &PORT.to_string()]);
+        if p.ok {
+            break;
+        }
+        refused += 1;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unselected cgroup was never classified: {:?}",
+            p.raw
+        );
+    }
+    eprintln!("unselected cgroup made later: {refused} attempts refused before it was classified");
+    let q = env.probe("other", &["tcp", US_V4, &PORT.to_string()]);
+    assert!(q.ok, "unselected: not judged once classified: {:?}", q.raw);
+    std::fs::remove_dir(env.cgroup("other")).unwrap();
+}
+
+/// A UDP socket connected while its process was in an unselected cgroup,
+/// then the process moved into a selected one: every datagram it sends is
+/// judged by its new cgroup (refused here), also across a forced reload
+/// and its socket sweep; nothing reaches the denied host, and the
+/// refusals are counted in the new cgroup's flows.
+#[test]
+fn a_udp_socket_connected_outside_is_judged_by_its_moved_sender() {
+    let env = enforced_env();
+    let sel_procs = env.cgroup("sel").join("cgroup.procs");
+    let mut total = 0;
+    for (addr, during) in [(US_V4, "moved, IPv4"), (US_V6, "moved, IPv6 and a reload")] {
+        let mut child = env
+            .probe_command(
+                "unsel",
+                &[
+                    "udp-moved",
+                    addr,
+                    &PORT.to_string(),
+                    sel_procs.to_str().unwrap(),
+                    "1500",
+                ],
+            )
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start the moved sender");
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+        assert!(line.contains("moved"), "{line}");
+        if addr == US_V6 {
+            std::thread::sleep(Duration::from_millis(300));
+            env.cli_ok(&["policy", "reload", "--force"]);
+        }
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut out, &mut rest).unwrap();
+        assert!(child.wait().unwrap().success(), "{rest}");
+        let result: Value = serde_json::from_str(rest.trim()).expect("result JSON");
+        std::thread::sleep(Duration::from_millis(200));
+        let arrived = env.arrived_forbidden();
+        assert!(
+            arrived.is_empty(),
+            "{during}: {} datagrams arrived: {result}",
+            arrived.len()
+        );
+        assert_eq!(result["sent"], 0, "{during}: {result}");
+        let refused = result["udp_eperm"].as_u64().unwrap();
+        assert!(refused > 0, "{during}: {result}");
+        total += refused;
+    }
+    // The backstop counts what it refuses as packets of the flow (a
+    // datagram on a connected socket is not a new attempt).
+    let sel = env.rel("sel");
+    let deadline = std::time::Instant::now() + WAIT * 2;
+    loop {
+        let flows: Vec<Value> = env
+            .flows(&[])
+            .into_iter()
+            .filter(|f| {
+                s(f, "cgroup_path") == sel
+                    && s(f, "verdict") == "denied"
+                    && s(f, "protocol") == "udp"
+            })
+            .collect();
+        let packets: u64 = flows
+            .iter()
+            .map(|f| f["packets"].as_u64().unwrap_or(0))
+            .sum();
+        if packets == total {
+            break;
+        }
+        assert!(
+            packets < total && std::time::Instant::now() < deadline,
+            "{packets} refused datagrams counted, {total} refused: {flows:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
     }
 }

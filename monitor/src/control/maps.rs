@@ -19,6 +19,7 @@ use crate::{
 pub fn build_maps(
     policies: &[CompiledPolicy],
     selection: &BTreeMap<u64, Selected>,
+    watched: &BTreeMap<u64, Mode>,
     ids: &mut PolicyIds,
     cloud: &CloudRanges,
     name_key: u64,
@@ -48,6 +49,13 @@ pub fn build_maps(
                 _pad: [0; 2],
             },
         ));
+    }
+    for (cg, mode) in watched {
+        let w = match mode {
+            Mode::Enforce => 2,
+            Mode::Monitor => 1,
+        };
+        maps.watched.push((*cg, w));
     }
     for p in policies {
         let policy_id = ids.id(&p.name);

@@ -6,7 +6,7 @@
 pub mod maps;
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     path::PathBuf,
     sync::{atomic::Ordering, Arc, Mutex, RwLock},
     time::{Duration, Instant},
@@ -20,7 +20,7 @@ use crate::{
     cloud::CloudRanges,
     events, geo,
     kernel::{self, Kernel},
-    policy::{self, CompiledPolicy, PolicyIds},
+    policy::{self, CompiledPolicy, Mode, PolicyIds},
     state::{PolicyInForce, PolicySnapshot, RejectedFile, ReloadError, Reloaded, Request, View},
 };
 
@@ -55,6 +55,10 @@ impl Resolver {
 
 impl events::Names for Resolver {
     fn policy(&self, id: u32) -> String {
+        if id == 0 {
+            // A cgroup made under a watched parent, not yet classified.
+            return "(unclassified)".into();
+        }
         let ids = self.ids.read().unwrap_or_else(|p| p.into_inner());
         ids.name(id)
             .map(str::to_string)
@@ -157,6 +161,10 @@ pub struct Controller {
     applied: bool,
     /// The cgroups several policies select, as last settled.
     conflicts: Vec<cgroups::Conflict>,
+    /// The watched parents in force (see `cgroups::Resolution::watched`).
+    watched: BTreeMap<u64, Mode>,
+    /// What the kernel's KNOWN map holds: the cgroups classified.
+    known: BTreeSet<u64>,
 }
 
 impl Controller {
@@ -178,7 +186,10 @@ impl Controller {
             cloud_error: String::new(),
             applied: false,
             conflicts: Vec::new(),
+            watched: BTreeMap::new(),
+            known: BTreeSet::new(),
         };
+        c.known = c.parts.kernel.known().into_iter().collect();
         c.cloud_stamp = c.cloud_dir_stamp();
         c.parts
             .resolver
@@ -283,8 +294,12 @@ impl Controller {
             Ok(ranges) => {
                 let previous = std::mem::replace(&mut self.parts.cloud, Arc::new(ranges));
                 self.cloud_loaded = false;
-                let (policies, selection) = (self.in_force.clone(), self.selection.clone());
-                match self.apply(&policies, &selection) {
+                let (policies, selection, watched) = (
+                    self.in_force.clone(),
+                    self.selection.clone(),
+                    self.watched.clone(),
+                );
+                match self.apply(&policies, &selection, &watched) {
                     Ok(()) => {
                         self.cloud_error = String::new();
                         self.parts
@@ -398,16 +413,22 @@ impl Controller {
         policy::check_unique_names(&candidate).map_err(|e| refused(&e))?;
         let cgroups = cgroups::walk(&self.parts.mount, &self.parts.root)?;
         let resolution = cgroups::resolve(&cgroups, &candidate);
-        let selection = resolution.selected;
+        let (selection, watched) = (resolution.selected, resolution.watched);
         let same = |a: &[CompiledPolicy], b: &[CompiledPolicy]| {
             a.len() == b.len()
                 && a.iter()
                     .zip(b)
                     .all(|(x, y)| (&x.name, &x.file, &x.sha256) == (&y.name, &y.file, &y.sha256))
         };
-        if !force && self.applied && selection == self.selection && same(&candidate, &self.in_force)
+        if !force
+            && self.applied
+            && selection == self.selection
+            && watched == self.watched
+            && same(&candidate, &self.in_force)
         {
             self.learn_paths(&cgroups);
+            self.know(&cgroups, &selection);
+            self.forget_gone(&cgroups);
             self.report_conflicts(resolution.conflicts);
             self.files = files;
             log::info!(
@@ -416,7 +437,10 @@ impl Controller {
             );
             return Ok(false);
         }
-        self.apply(&candidate, &selection)?;
+        self.know(&cgroups, &selection);
+        self.apply(&candidate, &selection, &watched)?;
+        self.forget_gone(&cgroups);
+        self.watched = watched;
         self.applied = true;
         // From here on a file's previous version is this run's own.
         self.parts.recorded.clear();
@@ -481,14 +505,19 @@ impl Controller {
         let cgroups = cgroups::walk(&self.parts.mount, &self.parts.root)?;
         self.learn_paths(&cgroups);
         let resolution = cgroups::resolve(&cgroups, &self.in_force);
-        let selection = resolution.selected;
+        let (selection, watched) = (resolution.selected, resolution.watched);
         self.report_conflicts(resolution.conflicts);
-        if selection != self.selection {
+        // New cgroups that no policy selects are classified first (they may
+        // connect now); new selections switch in; gone ones are forgotten.
+        self.know(&cgroups, &selection);
+        if selection != self.selection || watched != self.watched {
             let in_force = self.in_force.clone();
-            self.apply(&in_force, &selection)?;
+            self.apply(&in_force, &selection, &watched)?;
             self.selection = selection;
+            self.watched = watched;
             self.publish();
         }
+        self.forget_gone(&cgroups);
         let selected: Vec<(String, PathBuf)> = self
             .selection
             .values()
@@ -503,16 +532,57 @@ impl Controller {
         Ok(())
     }
 
+    /// Marks every cgroup of a walk that `selection` does not select as
+    /// classified, before the selection switches in: a cgroup the new set
+    /// selects is never marked before its selection is in force (it would
+    /// pass unjudged between the two writes).
+    fn know(&mut self, cgroups: &[(String, u64)], selection: &BTreeMap<u64, Selected>) {
+        let new: Vec<u64> = cgroups
+            .iter()
+            .map(|(_, id)| *id)
+            .filter(|id| !selection.contains_key(id) && !self.known.contains(id))
+            .collect();
+        if new.is_empty() {
+            return;
+        }
+        match self.parts.kernel.know(&new) {
+            Ok(()) => self.known.extend(new),
+            Err(e) => {
+                // Those not written stay unclassified: refused under an
+                // enforcing watched parent. Said, not hidden.
+                log::error!(
+                    "classifying {} new cgroups failed ({e}); those under a watched parent stay refused as unclassified",
+                    new.len()
+                );
+                self.known = self.parts.kernel.known().into_iter().collect();
+            }
+        }
+    }
+
+    /// Forgets the classified cgroups a walk no longer finds.
+    fn forget_gone(&mut self, cgroups: &[(String, u64)]) {
+        let present: BTreeSet<u64> = cgroups.iter().map(|(_, id)| *id).collect();
+        let gone: Vec<u64> = self.known.difference(&present).copied().collect();
+        if !gone.is_empty() {
+            self.parts.kernel.forget(&gone);
+            for id in gone {
+                self.known.remove(&id);
+            }
+        }
+    }
+
     fn apply(
         &mut self,
         policies: &[CompiledPolicy],
         selection: &BTreeMap<u64, Selected>,
+        watched: &BTreeMap<u64, Mode>,
     ) -> anyhow::Result<()> {
         let maps = {
             let mut ids = self.parts.ids.write().unwrap_or_else(|p| p.into_inner());
             build_maps(
                 policies,
                 selection,
+                watched,
                 &mut ids,
                 &self.parts.cloud,
                 self.parts.kernel.dns_key(),
@@ -582,27 +652,11 @@ impl Controller {
             maps.cloud_rules.len(),
             started.elapsed().as_secs_f64() * 1e3
         );
-        let selected: Vec<(String, u64)> = selection
-            .iter()
-            .map(|(id, s)| (s.path.clone(), *id))
-            .collect();
-        let mount = self.parts.mount.clone();
-        match self.parts.kernel.sweep_sockets(&mount, &selected) {
-            None => {}
-            Some(Ok(s)) if s.judged + s.inbound > 0 => log::info!(
-                "sockets older than generation {generation}: {} judged in {} network namespaces, {} destroyed, {} would be (monitor), {} could not be, {} inbound left alone",
-                s.judged,
-                s.namespaces,
-                s.destroyed,
-                s.reported,
-                s.failed,
-                s.inbound
-            ),
-            Some(Ok(_)) => {}
-            Some(Err(e)) => log::warn!(
-                "judging the sockets older than generation {generation} failed (they are judged per packet only): {e}"
-            ),
-        }
+        self.sweep_selection(
+            selection,
+            &[],
+            &format!("older than generation {generation}"),
+        );
         for (id, s) in selection {
             if self.selection.get(id) != Some(s) {
                 log::info!(
@@ -614,6 +668,45 @@ impl Controller {
             }
         }
         Ok(())
+    }
+
+    /// Judges the sockets of the selected cgroups again (see `apply`),
+    /// looking for them where any process under the cgroup root lives.
+    fn sweep(&mut self, why: &str) {
+        let selection = self.selection.clone();
+        let everywhere: Vec<String> = cgroups::walk(&self.parts.mount, &self.parts.root)
+            .map(|c| c.into_iter().map(|(path, _)| path).collect())
+            .unwrap_or_default();
+        self.sweep_selection(&selection, &everywhere, &format!("swept after {why}"));
+    }
+
+    fn sweep_selection(
+        &mut self,
+        selection: &BTreeMap<u64, Selected>,
+        also: &[String],
+        which: &str,
+    ) {
+        let selected: Vec<(String, u64)> = selection
+            .iter()
+            .map(|(id, s)| (s.path.clone(), *id))
+            .collect();
+        let mount = self.parts.mount.clone();
+        match self.parts.kernel.sweep_sockets(&mount, &selected, also) {
+            None => {}
+            Some(Ok(s)) if s.judged + s.inbound > 0 => log::info!(
+                "sockets {which}: {} judged in {} network namespaces, {} destroyed, {} would be (monitor), {} could not be, {} inbound left alone",
+                s.judged,
+                s.namespaces,
+                s.destroyed,
+                s.reported,
+                s.failed,
+                s.inbound
+            ),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => log::warn!(
+                "judging the sockets {which} failed (they are judged per packet only): {e}"
+            ),
+        }
     }
 
     /// The periodic work: the cgroup tree, the kernel's losses, our links.
@@ -671,6 +764,7 @@ impl Controller {
         mut requests: mpsc::Receiver<Request>,
         mut changes: mpsc::Receiver<()>,
         rescan_interval: Duration,
+        wake: crate::pipeline::Wakeups,
         mut shutdown: watch::Receiver<bool>,
     ) -> Self {
         let mut rescan = tokio::time::interval(rescan_interval);
@@ -693,6 +787,14 @@ impl Controller {
                     }
                 }
                 _ = rescan.tick() => tokio::task::block_in_place(|| self.tick(&view)),
+                // A cgroup the kernel could not classify: walk now.
+                () = wake.unclassified.notified() => {
+                    if let Err(e) = tokio::task::block_in_place(|| self.rescan()) {
+                        log::error!("cgroup rescan failed: {e:#}");
+                    }
+                }
+                // A TCP packet the backstop refused: destroy its socket.
+                () = wake.refused_tcp.notified() => tokio::task::block_in_place(|| self.sweep("a refused TCP packet")),
                 _ = shutdown.wait_for(|s| *s) => break,
             }
         }

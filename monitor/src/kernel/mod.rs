@@ -110,6 +110,8 @@ pub struct Attached {
 #[derive(Debug, Default, Clone)]
 pub struct PolicyMaps {
     pub selections: Vec<(u64, Selection)>,
+    /// Watched parents: 1 monitor, 2 enforce (see `Selection::UNCLASSIFIED`).
+    pub watched: Vec<(u64, u8)>,
     pub region_rules: Vec<(RegionKey, RegionRule)>,
     /// (key, prefix length over policy id + address).
     pub allow_cidrs: Vec<(PolicyAddr, u32)>,
@@ -124,6 +126,7 @@ struct Slots {
     /// The country table slots (`geo_table`), written through an mmap.
     geo: [MapData; 2],
     select: [HashMap<MapData, u64, Selection>; 2],
+    watch: [HashMap<MapData, u64, u8>; 2],
     region_rules: [HashMap<MapData, RegionKey, RegionRule>; 2],
     allow: [Trie<PolicyAddr, CidrRule>; 2],
     deny: [Trie<PolicyAddr, CidrRule>; 2],
@@ -142,6 +145,8 @@ pub struct Kernel {
     dns_tuning: Array<MapData, DnsTuning>,
     dns_stats: PerCpuArray<MapData, u64>,
     dns_resolvers: Trie<[u8; 16], u32>,
+    /// The cgroups classified (see `Selection::UNCLASSIFIED`).
+    known: HashMap<MapData, u64, u8>,
     /// The name-hash key in the kernel (kept from the pins on a restart).
     dns_key: u64,
     slots: Slots,
@@ -254,12 +259,12 @@ fn attach(
     })?;
     let link_error = |e| KernelError::Link { name, source: e };
     let link: FdLink = match name {
-        names::PROG_EGRESS | names::PROG_INGRESS => {
+        names::PROG_EGRESS | names::PROG_SENDER | names::PROG_INGRESS => {
             let prog: &mut CgroupSkb = program.try_into().map_err(program_error)?;
             if prog.fd().is_err() {
                 prog.load().map_err(program_error)?;
             }
-            let direction = if name == names::PROG_EGRESS {
+            let direction = if name == names::PROG_EGRESS || name == names::PROG_SENDER {
                 CgroupSkbAttachType::Egress
             } else {
                 CgroupSkbAttachType::Ingress
@@ -317,6 +322,7 @@ impl Slots {
                 take_array(ebpf, names::GEO[1])?,
             ],
             select: [take(ebpf, names::SELECT[0])?, take(ebpf, names::SELECT[1])?],
+            watch: [take(ebpf, names::WATCH[0])?, take(ebpf, names::WATCH[1])?],
             region_rules: [
                 take(ebpf, names::REGION_RULES[0])?,
                 take(ebpf, names::REGION_RULES[1])?,
@@ -511,6 +517,7 @@ impl Kernel {
         let dns_tuning = take(&mut ebpf, names::DNS_TUNING)?;
         let dns_stats = take(&mut ebpf, names::DNS_STATS)?;
         let dns_resolvers = take(&mut ebpf, names::DNS_RESOLVERS)?;
+        let known = take(&mut ebpf, names::KNOWN)?;
         let dns_tuning: Array<MapData, DnsTuning> = dns_tuning;
         // Names already filed under the pinned key stay valid: keep it.
         let pinned_key = dns_tuning.get(&0, 0).map(|t| t.key).unwrap_or(0);
@@ -539,6 +546,7 @@ impl Kernel {
                 dns_tuning,
                 dns_stats,
                 dns_resolvers,
+                known,
                 dns_key,
                 slots,
                 config,
@@ -645,6 +653,28 @@ impl Kernel {
         self.dns_tuning
             .set(0, tuning, 0)
             .map_err(map_err(names::DNS_TUNING))
+    }
+
+    /// The cgroups the kernel holds as classified (on adoption, what the
+    /// last run wrote).
+    pub fn known(&self) -> Vec<u64> {
+        self.known.keys().filter_map(Result::ok).collect()
+    }
+
+    /// Marks cgroups as classified: under a watched parent, they are judged
+    /// by their selection (none) instead of as unclassified.
+    pub fn know(&mut self, ids: &[u64]) -> Result<(), KernelError> {
+        for id in ids {
+            self.known.insert(id, 1, 0).map_err(map_err(names::KNOWN))?;
+        }
+        Ok(())
+    }
+
+    /// Forgets cgroups that are gone (their ids never come back).
+    pub fn forget(&mut self, ids: &[u64]) {
+        for id in ids {
+            let _ = self.known.remove(id);
+        }
     }
 
     /// The name-hash key the kernel hashes names with.
@@ -810,6 +840,7 @@ impl Kernel {
         &mut self,
         mount: &Path,
         selected: &[(String, u64)],
+        also: &[String],
     ) -> Option<std::io::Result<sweep::Swept>> {
         let (fd, input) = self.judge_socket.as_mut()?;
         let fd = fd.as_fd();
@@ -822,7 +853,7 @@ impl Kernel {
             let (ret, _) = test_run(fd, 1)?;
             Ok((ret & 0xff) as u8)
         };
-        Some(sweep::sweep(mount, selected, &judge))
+        Some(sweep::sweep(mount, selected, also, &judge))
     }
 
     /// Words in each geo slot.
@@ -851,6 +882,7 @@ impl Kernel {
         self.wait_grace();
         let s = &mut self.slots;
         clear_hash(&mut s.select[idle], names::SELECT[idle])?;
+        clear_hash(&mut s.watch[idle], names::WATCH[idle])?;
         clear_hash(&mut s.region_rules[idle], names::REGION_RULES[idle])?;
         clear_trie(&mut s.allow[idle], names::ALLOW_CIDRS[idle])?;
         clear_trie(&mut s.deny[idle], names::DENY_CIDRS[idle])?;
@@ -870,6 +902,11 @@ impl Kernel {
             s.select[idle]
                 .insert(id, sel, 0)
                 .map_err(map_err(names::SELECT[idle]))?;
+        }
+        for (id, w) in &maps.watched {
+            s.watch[idle]
+                .insert(id, w, 0)
+                .map_err(map_err(names::WATCH[idle]))?;
         }
         for (k, v) in &maps.region_rules {
             s.region_rules[idle]

@@ -310,11 +310,11 @@ pub fn selected_subtrees(mount: &Path, selected: &[(String, u64)]) -> BTreeMap<u
 }
 
 /// One process per network namespace of the processes in `cgroups`.
-fn namespaces(mount: &Path, cgroups: &BTreeMap<u64, (String, u64)>) -> Vec<u32> {
+fn namespaces(mount: &Path, cgroups: &BTreeMap<u64, (String, u64)>, also: &[String]) -> Vec<u32> {
     use std::os::unix::fs::MetadataExt;
     let mut seen: BTreeMap<(u64, u64), u32> = BTreeMap::new();
     let mut read = 0;
-    for (rel, _) in cgroups.values() {
+    for rel in cgroups.values().map(|(rel, _)| rel).chain(also) {
         let procs = mount.join(rel.trim_start_matches('/')).join("cgroup.procs");
         let Ok(text) = std::fs::read_to_string(procs) else {
             continue;
@@ -334,10 +334,14 @@ fn namespaces(mount: &Path, cgroups: &BTreeMap<u64, (String, u64)>) -> Vec<u32> 
 
 /// The sweep: `judge` asks the kernel about one socket and returns its
 /// verdict (0 for not selected), `selected` lists the selected cgroups as
-/// (path under the mount, id).
+/// (path under the mount, id). The sockets are looked for in the network
+/// namespaces of the processes of the selected cgroups and of the cgroups
+/// `also` names (a socket of a selected cgroup used by a process outside
+/// it lives where that process does).
 pub fn sweep(
     mount: &Path,
     selected: &[(String, u64)],
+    also: &[String],
     judge: &dyn Fn(&SweepSocket) -> std::io::Result<u8>,
 ) -> std::io::Result<Swept> {
     let mut swept = Swept::default();
@@ -345,7 +349,7 @@ pub fn sweep(
         return Ok(swept);
     }
     let cgroups = selected_subtrees(mount, selected);
-    for pid in namespaces(mount, &cgroups) {
+    for pid in namespaces(mount, &cgroups, also) {
         let (found, listening) = match in_netns(pid, sockets_here) {
             Ok(x) => x,
             // The process left, with its namespace: nothing to judge there.

@@ -59,6 +59,22 @@ pub struct Outlets {
     pub dns: Mutex<NameTable>,
     /// The TTL rules the kernel was given, so the table expires as it does.
     pub ttl: TtlPolicy,
+    /// What the controller acts on at once when the kernel reports it.
+    pub wake: Wakeups,
+}
+
+/// Decisions the controller acts on as soon as they are read.
+#[derive(Clone, Default)]
+pub struct Wakeups {
+    /// A decision on an unclassified cgroup: the controller classifies it
+    /// at once instead of at its next rescan.
+    pub unclassified: Arc<tokio::sync::Notify>,
+    /// A TCP packet the egress backstop refused (a SYN of a socket used
+    /// outside its cgroup, or in flight across a switch): the controller
+    /// sweeps the selected cgroups' sockets, so the refused socket is
+    /// destroyed and its `connect` fails at once instead of waiting for
+    /// TCP's retries.
+    pub refused_tcp: Arc<tokio::sync::Notify>,
 }
 
 /// How the kernel files names, so the daemon's table files them alike.
@@ -93,6 +109,7 @@ impl Outlets {
                 NameTable::new(NAME_TABLE_ADDRESSES, NAME_TABLE_NAMES).with_key(naming.key),
             ),
             ttl: naming.ttl,
+            wake: Wakeups::default(),
         }
     }
 
@@ -155,6 +172,15 @@ fn drain_into<N: Names>(
         match decode_record(&item) {
             Ok(Record::Dns(raw)) => outlets.learn(&raw),
             Ok(Record::Decision(raw)) => {
+                if raw.rule == monitor_common::Rule::Unclassified as u8 {
+                    outlets.wake.unclassified.notify_one();
+                }
+                if raw.hook == monitor_common::Hook::Egress as u8
+                    && raw.protocol == monitor_common::IPPROTO_TCP
+                    && raw.verdict == monitor_common::Verdict::Denied as u8
+                {
+                    outlets.wake.refused_tcp.notify_one();
+                }
                 count(&outlets.counters, raw.verdict);
                 let mut event = enrich(&raw, offset, &mut *names);
                 outlets.name(&raw, &mut event);

@@ -28,6 +28,10 @@
 //! probe sink PORT SECONDS                 count what arrives; print totals
 //! probe spray COUNT SIZE PORT ADDR...     unconnected UDP, round robin
 //! probe tcp-send ADDR PORT BYTES          one connection, BYTES written
+//! probe udp-moved ADDR PORT PROCS MS     connect a UDP socket here, move
+//!                                         this process into the cgroup of
+//!                                         PROCS, then send on it for MS
+//!                                         milliseconds; prints the counts
 //! probe hammer PORT MS ADDR...            for MS milliseconds, a TCP connect
 //!                                         and a UDP send to each ADDR in
 //!                                         turn, as fast as they go; prints
@@ -788,6 +792,30 @@ fn main() {
             println!(
                 "{}",
                 serde_json::json!({"result": "ok", "pid": std::process::id(), "connected": ok, "eperm": eperm, "other": other})
+            );
+        }
+        Some("udp-moved") => {
+            let addr = target();
+            let procs = &args[3];
+            let run = Duration::from_millis(args[4].parse().expect("milliseconds"));
+            let sock = UdpSocket::bind(unspecified_for(&addr)).expect("udp socket");
+            sock.connect(addr).expect("connect where we are");
+            std::fs::write(procs, std::process::id().to_string()).expect("move into PROCS");
+            println!("{}", serde_json::json!({"moved": procs}));
+            let _ = std::io::stdout().flush();
+            let (mut sent, mut eperm, mut other) = (0u64, 0u64, 0u64);
+            let deadline = Instant::now() + run;
+            while Instant::now() < deadline && sent + eperm + other < 5_000_000 {
+                match sock.send(b"moved") {
+                    Ok(_) => sent += 1,
+                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
+                    Err(_) => other += 1,
+                }
+            }
+            println!(
+                "{}",
+                serde_json::json!({"result": "ok", "pid": std::process::id(),
+                    "sent": sent, "udp_eperm": eperm, "other": other})
             );
         }
         Some("hammer") => {
