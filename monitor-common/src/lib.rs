@@ -50,6 +50,10 @@ pub mod names {
     /// Not attached: run by the daemon (`BPF_PROG_TEST_RUN`) on each socket
     /// its sweep finds when a policy set takes effect.
     pub const PROG_JUDGE_SOCKET: &str = "judge_socket";
+    /// Raw tracepoint `cgroup_mkdir`, attached by each running daemon (not
+    /// pinned): wakes it to classify a new cgroup before its first
+    /// process connects.
+    pub const PROG_CGROUP_MADE: &str = "cgroup_made";
     /// The socket the sweep asks `judge_socket` about.
     pub const SWEEP: &str = "SWEEP";
 
@@ -362,6 +366,9 @@ pub const IPPROTO_UDP: u8 = 17;
 pub mod kind {
     pub const DECISION: u16 = 1;
     pub const DNS: u16 = 2;
+    /// A cgroup was made somewhere on the host: a bare `EventHeader`
+    /// (version 1) that wakes the daemon to classify it.
+    pub const CGROUP_MADE: u16 = 3;
 }
 /// Version of `DecisionEvent`'s layout. Any change to that layout (a field
 /// added, removed, resized or moved) must bump it: the daemon refuses

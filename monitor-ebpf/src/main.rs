@@ -27,9 +27,9 @@ use aya_ebpf::{
             bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
         },
     },
-    macros::{btf_map, cgroup_skb, cgroup_sock_addr, lsm, map, socket_filter},
+    macros::{btf_map, cgroup_skb, cgroup_sock_addr, lsm, map, raw_tracepoint, socket_filter},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
-    programs::{LsmContext, SkBuffContext, SockAddrContext},
+    programs::{LsmContext, RawTracePointContext, SkBuffContext, SockAddrContext},
 };
 use monitor_common::{
     flow_stat, geo_table, kind, limits, lost, Action, CidrRule, CloudEntry, CloudKey, Config,
@@ -1211,6 +1211,27 @@ fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
     } else {
         PASS
     })
+}
+
+/// A cgroup was made, anywhere on the host (raw tracepoint `cgroup_mkdir`,
+/// run before `mkdir` returns, so before any process can be in it): the
+/// daemon is woken at once to classify it, usually before its first
+/// process connects. What reaches a watched parent before that is refused
+/// as unclassified (`Selection::UNCLASSIFIED`); this only shortens the wait.
+#[raw_tracepoint(tracepoint = "cgroup_mkdir")]
+pub fn cgroup_made(_ctx: RawTracePointContext) -> i32 {
+    if let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) {
+        // SAFETY: the reserved record, ours until submitted.
+        unsafe {
+            entry.as_mut_ptr().write(EventHeader {
+                kind: kind::CGROUP_MADE,
+                version: 1,
+                len: core::mem::size_of::<EventHeader>() as u32,
+            })
+        };
+        entry.submit(u64::from(BPF_RB_FORCE_WAKEUP));
+    }
+    0
 }
 
 /// Reads the DNS answers selected cgroups receive (see `dns`); never drops.

@@ -29,6 +29,8 @@ pub enum DecodeError {
 pub enum Record {
     Decision(DecisionEvent),
     Dns(Box<DnsEvent>),
+    /// A cgroup was made (see `kind::CGROUP_MADE`).
+    CgroupMade,
 }
 
 /// Checks the header and reads either kind of record.
@@ -38,6 +40,9 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
     }
     // SAFETY: length checked; every bit pattern is a valid EventHeader.
     let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    if header.kind == kind::CGROUP_MADE {
+        return Ok(Record::CgroupMade);
+    }
     if header.kind != kind::DNS {
         return decode(bytes).map(Record::Decision);
     }

@@ -177,6 +177,24 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     T::try_from(map).map_err(map_err(name))
 }
 
+/// Attaches `cgroup_made` to the raw tracepoint `cgroup_mkdir`, for as long
+/// as this process runs (the link belongs to the loaded object).
+fn watch_cgroups_made(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+    let name = names::PROG_CGROUP_MADE;
+    let program_error = |source| KernelError::Program { name, source };
+    let prog: &mut aya::programs::RawTracePoint = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::Program {
+            name,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?
+        .try_into()
+        .map_err(program_error)?;
+    prog.load().map_err(program_error)?;
+    prog.attach("cgroup_mkdir").map_err(program_error)?;
+    Ok(())
+}
+
 /// Loads `judge_socket` (never attached) and takes its input map.
 fn load_judge_socket(
     ebpf: &mut Ebpf,
@@ -530,6 +548,11 @@ impl Kernel {
             u64::from_ne_bytes(b) | 1
         };
         let attached = attach_all(&mut ebpf, cgroup_root, &pins)?;
+        if let Err(e) = watch_cgroups_made(&mut ebpf) {
+            log::warn!(
+                "new cgroups are classified when a watched parent first refuses one of their attempts, not when they are made: {e}"
+            );
+        }
         let judge_socket = match load_judge_socket(&mut ebpf) {
             Ok(j) => Some(j),
             Err(e) => {
@@ -1088,12 +1111,12 @@ mod tests {
             programs,
             names::ALL_PROGRAMS
                 .into_iter()
-                .chain([names::PROG_JUDGE_SOCKET])
+                .chain([names::PROG_JUDGE_SOCKET, names::PROG_CGROUP_MADE])
                 .collect::<BTreeSet<_>>()
         );
         assert_eq!(names::ALL_MAPS.len(), maps.len(), "a map is listed twice");
         assert_eq!(
-            names::ALL_PROGRAMS.len() + 1,
+            names::ALL_PROGRAMS.len() + 2,
             programs.len(),
             "a program is listed twice"
         );

@@ -66,8 +66,8 @@ pub struct Outlets {
 /// Decisions the controller acts on as soon as they are read.
 #[derive(Clone, Default)]
 pub struct Wakeups {
-    /// A decision on an unclassified cgroup: the controller classifies it
-    /// at once instead of at its next rescan.
+    /// A cgroup made, or a decision on an unclassified one: the controller
+    /// classifies it at once instead of at its next rescan.
     pub unclassified: Arc<tokio::sync::Notify>,
     /// A TCP packet the egress backstop refused (a SYN of a socket used
     /// outside its cgroup, or in flight across a switch): the controller
@@ -171,6 +171,7 @@ fn drain_into<N: Names>(
     while let Some(item) = ring.next() {
         match decode_record(&item) {
             Ok(Record::Dns(raw)) => outlets.learn(&raw),
+            Ok(Record::CgroupMade) => outlets.wake.unclassified.notify_one(),
             Ok(Record::Decision(raw)) => {
                 if raw.rule == monitor_common::Rule::Unclassified as u8 {
                     outlets.wake.unclassified.notify_one();
