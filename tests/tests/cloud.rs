@@ -217,3 +217,75 @@ fn eu_cloud_regions_are_eu_and_cloud_region_rules_apply() {
         "the ranges in force were dropped: {errnos:?}"
     );
 }
+
+/// A typo in `deny.cloudRegions` would deny nothing (fail open): the file
+/// is rejected with its line and the region meant, the previous version
+/// stays in force (an AWS Paris address stays refused), and `policy check`
+/// says the same and exits non-zero. An unknown provider is refused too.
+#[test]
+fn a_cloud_region_typo_in_deny_is_refused_not_failed_open() {
+    let mut env = TestEnv::new();
+    let real = std::env::var("EGRESS_MONITOR_GEOIP").expect("EGRESS_MONITOR_GEOIP");
+    std::fs::copy(&real, env.geoip()).expect("copy the real database");
+    let cloud = snapshot_dir();
+    let body =
+        |deny: &str| format!("  allow:\n    groups: [EU]\n  deny:\n    cloudRegions: [{deny}]\n");
+    env.write_policy(
+        "eu.yaml",
+        &env.policy("eu-only", "enforce", "sel", &body("\"aws:eu-west-3\"")),
+    );
+    env.start_daemon(&["--cloud-ranges", cloud.to_str().unwrap()]);
+    env.wait_log("cloud ranges in force", Duration::from_secs(60));
+    let ns = DeadEnd::new(&format!("emd-{}", env.id));
+    let paris = sample("aws", |r| r == "eu-west-3", 3);
+    assert!(!paris.is_empty(), "no AWS Paris range in the snapshot");
+    assert!(judge(&env, &ns, "sel", &paris).iter().all(|e| *e == EPERM));
+
+    let typo = env.policy(
+        "eu-only",
+        "enforce",
+        "sel",
+        &body("\"aws:eu-west3\", \"awz:eu-central-1\""),
+    );
+    env.write_policy("eu.yaml", &typo);
+    let file = env.policy_dir().join("eu.yaml");
+    env.wait_log(
+        &format!(
+            "policy file rejected: {}:11: deny.cloudRegions \"aws:eu-west3\": matches no region of aws",
+            file.display()
+        ),
+        Duration::from_secs(10),
+    );
+    assert!(
+        env.log().contains("did you mean eu-west-3"),
+        "{}",
+        env.log()
+    );
+    assert!(
+        env.log().contains("(its previous version stays in force)"),
+        "{}",
+        env.log()
+    );
+    assert!(
+        judge(&env, &ns, "sel", &paris).iter().all(|e| *e == EPERM),
+        "the previous version stays in force"
+    );
+
+    let out = std::process::Command::new(integration_tests::daemon_bin())
+        .args(["policy", "check", "--cloud-ranges"])
+        .arg(&cloud)
+        .arg(&file)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("deny.cloudRegions \"aws:eu-west3\": matches no region of aws")
+            && stderr.contains("did you mean eu-west-3")
+            && stderr.contains(
+                "deny.cloudRegions \"awz:eu-central-1\": no cloud provider \"awz\" is known"
+            )
+            && stderr.contains("did you mean aws?"),
+        "{stderr}"
+    );
+}

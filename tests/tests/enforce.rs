@@ -305,8 +305,11 @@ fn two_policies_on_one_cgroup_are_settled_for_it_alone() {
         conflicts.len() == 1 && conflicts[0].as_str().unwrap().contains("b judges it"),
         "{st}"
     );
-    // The conflict freezes nothing: a new cgroup is selected by c.
+    // The conflict freezes nothing: a new cgroup, hammered from its
+    // first moment, is judged and selected by c.
     std::fs::create_dir(env.cgroup("later")).unwrap();
+    let hammer = env.hammer("later", 500);
+    env.assert_nothing_through(hammer, "a new cgroup beside a conflict");
     env.wait_log(&format!("cgroup {} (id", env.rel("later")), WAIT);
     let q = env.probe("later", &["tcp", US_V4, &PORT.to_string()]);
     assert!(

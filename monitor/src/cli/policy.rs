@@ -26,6 +26,11 @@ pub enum PolicyCommand {
         /// (they can never select a cgroup).
         #[arg(long)]
         cgroup_root: Option<PathBuf>,
+        /// The daemon's --cloud-ranges: cloudRegions are checked against
+        /// its regions as well as the built-in location table (a pattern
+        /// that matches none is an error in deny, a warning in allow).
+        #[arg(long, value_name = "DIR")]
+        cloud_ranges: Option<PathBuf>,
     },
     /// The policies in force in the daemon, with the cgroups they select.
     List {
@@ -80,7 +85,8 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
             paths,
             geoip,
             cgroup_root,
-        } => check(paths, geoip, cgroup_root),
+            cloud_ranges,
+        } => check(paths, geoip, cgroup_root, cloud_ranges),
         PolicyCommand::List { output, connect } => super::block_on(list(output, connect)),
         PolicyCommand::Reload { force, connect } => super::block_on(reload(force, connect)),
     }
@@ -173,7 +179,13 @@ fn check(
     paths: Vec<PathBuf>,
     geoip: Option<PathBuf>,
     cgroup_root: Option<PathBuf>,
+    cloud_ranges: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
+    let cloud = match &cloud_ranges {
+        Some(dir) => crate::cloud::load_dir(dir)
+            .map_err(|e| anyhow::anyhow!("cloud ranges {}: {e}", dir.display()))?,
+        None => crate::cloud::CloudRanges::default(),
+    };
     let root = match &cgroup_root {
         None => None,
         Some(r) => {
@@ -211,8 +223,18 @@ fn check(
         match policy::compile_file(f) {
             Ok(ps) => {
                 for p in &ps {
-                    print_policy(p, db.as_ref());
-                    for w in policy::lint::warnings(p, root.as_deref()) {
+                    let (errors, cloud_warnings) = policy::lint::cloud_patterns(p, &cloud);
+                    for e in &errors {
+                        eprintln!("{e}");
+                        failed = true;
+                    }
+                    if errors.is_empty() {
+                        print_policy(p, db.as_ref());
+                    }
+                    for w in policy::lint::warnings(p, root.as_deref())
+                        .into_iter()
+                        .chain(cloud_warnings)
+                    {
                         eprintln!("{}:{}: warning: policy {}: {w}", p.file, p.line, p.name);
                     }
                 }

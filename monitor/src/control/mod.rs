@@ -368,7 +368,18 @@ impl Controller {
             .map_err(|e| anyhow::anyhow!("reading policy directory {}: {e}", dir.display()))?;
         let mut files = BTreeMap::new();
         for path in paths {
-            let state = match policy::compile_file(&path) {
+            // A cloud-region pattern that matches no region fails open in
+            // `deny`: the file is rejected like one that does not compile.
+            let compiled = policy::compile_file(&path).and_then(|ps| {
+                for p in &ps {
+                    let (errors, _) = policy::lint::cloud_patterns(p, &self.parts.cloud);
+                    if let Some(e) = errors.into_iter().next() {
+                        return Err(e);
+                    }
+                }
+                Ok(ps)
+            });
+            let state = match compiled {
                 Ok(p) => FileState::InForce(p),
                 Err(e) => {
                     let (previous, whence) = match self.files.get(&path) {
@@ -461,7 +472,10 @@ impl Controller {
             );
         }
         for p in &self.in_force {
-            for w in crate::policy::lint::warnings(p, root.as_deref()) {
+            for w in crate::policy::lint::warnings(p, root.as_deref())
+                .into_iter()
+                .chain(crate::policy::lint::cloud_patterns(p, &self.parts.cloud).1)
+            {
                 log::warn!("policy {} ({}:{}): {w}", p.name, p.file, p.line);
             }
             if !self.selection.values().any(|s| s.policy == p.name) {

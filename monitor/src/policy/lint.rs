@@ -96,6 +96,119 @@ pub fn can_select_under(glob: &str, root: &str) -> bool {
         || literal == root
 }
 
+/// Cloud-region patterns checked against the regions known: those of the
+/// cloud snapshot in force (`cloud`, possibly empty) and the built-in
+/// location table. A provider neither knows is an error on either side; a
+/// pattern that matches no region is an error in `deny` (it would deny
+/// nothing: a typo there fails open) and a warning in `allow` (it allows
+/// nothing: a typo there only refuses more). Each names the nearest region
+/// names. Returns (errors, warnings).
+pub fn cloud_patterns(
+    p: &CompiledPolicy,
+    cloud: &crate::cloud::CloudRanges,
+) -> (Vec<super::PolicyError>, Vec<String>) {
+    use crate::cloud::{locations, pattern::KNOWN_PROVIDERS};
+    let snapshot = cloud.regions();
+    let known: Vec<(&str, &str)> = snapshot
+        .iter()
+        .copied()
+        .chain(locations::table().map(|(p, r, _)| (p, r)))
+        .filter(|(_, r)| !r.is_empty())
+        .collect();
+    let mut providers: Vec<&str> = KNOWN_PROVIDERS
+        .iter()
+        .copied()
+        .chain(snapshot.iter().map(|(p, _)| *p))
+        .collect();
+    providers.sort_unstable();
+    providers.dedup();
+    let first_line =
+        (p.line + 1).saturating_sub(super::model::line_of(&p.text, "metadata", Some(&p.name)));
+    let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+    for (section, patterns, written) in [
+        ("deny", &p.deny_cloud, &p.source.spec.deny.cloud_regions),
+        ("allow", &p.allow_cloud, &p.source.spec.allow.cloud_regions),
+    ] {
+        for (pattern, text) in patterns.iter().zip(written) {
+            let line = first_line + super::model::line_of(&p.text, section, Some(text)) - 1;
+            let error = |reason: String| super::PolicyError {
+                file: p.file.clone(),
+                line,
+                reason: format!("{section}.cloudRegions {text:?}: {reason}"),
+            };
+            if !providers.contains(&pattern.provider()) {
+                let near = nearest(pattern.provider(), providers.iter().copied());
+                errors.push(error(format!(
+                    "no cloud provider {:?} is known (known: {}){near}",
+                    pattern.provider(),
+                    providers.join(", ")
+                )));
+                continue;
+            }
+            if !pattern.expand(snapshot.iter().copied()).is_empty() {
+                continue;
+            }
+            let of_provider = known
+                .iter()
+                .filter(|(pr, _)| *pr == pattern.provider())
+                .map(|(_, r)| *r);
+            let wanted = text.split_once(':').map_or("", |(_, r)| r);
+            let reason = format!(
+                "matches no region of {} (in the cloud snapshot or the location table)",
+                pattern.provider(),
+            );
+            let near = nearest(wanted, of_provider);
+            if section == "deny" {
+                errors.push(error(format!(
+                    "{reason}: it would deny nothing, so the policy is refused{near}"
+                )));
+            } else {
+                warnings.push(format!(
+                    "allow.cloudRegions {text:?} (line {line}) {reason}: it allows nothing{near}"
+                ));
+            }
+        }
+    }
+    (errors, warnings)
+}
+
+/// "; did you mean X?" for the names nearest to `wanted`, when they are
+/// within two edits (at most three names), or "".
+fn nearest<'a>(wanted: &str, names: impl Iterator<Item = &'a str>) -> String {
+    let mut scored: Vec<(usize, &str)> = names
+        .map(|n| (edits(wanted, n), n))
+        .filter(|(d, _)| *d <= 2)
+        .collect();
+    scored.sort_unstable();
+    scored.dedup_by(|a, b| a.1 == b.1);
+    let Some(&(best, _)) = scored.first() else {
+        return String::new();
+    };
+    let names: Vec<&str> = scored
+        .iter()
+        .filter(|(d, _)| *d == best)
+        .take(3)
+        .map(|(_, n)| *n)
+        .collect();
+    format!("; did you mean {}?", names.join(", "))
+}
+
+/// Levenshtein distance.
+fn edits(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

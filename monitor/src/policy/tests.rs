@@ -382,3 +382,53 @@ fn hostile_policy_directories_are_refused_with_the_reason() {
         "{err}"
     );
 }
+
+/// A cloud-region typo is caught: an unknown provider and a deny pattern
+/// that matches no region are errors at their lines (they would fail
+/// open), an allow pattern that matches none is a warning; each names the
+/// nearest names.
+#[test]
+fn cloud_region_typos_are_errors_in_deny_and_warnings_in_allow() {
+    let text = r#"apiVersion: egress-monitor.io/v1
+kind: EgressPolicy
+metadata: {name: typos}
+spec:
+  mode: enforce
+  selector: {cgroupPaths: ["/llm.slice"]}
+  allow:
+    cloudRegions: ["aws:eu-central-1", "gcp:europe-west3", "aws:eu-centrl-1"]
+  deny:
+    cloudRegions:
+      - "aws:eu-*"
+      - "aws:eu-west3"
+      - "awz:eu-central-1"
+"#;
+    let p = compile_text(f(), text).unwrap().remove(0);
+    let (errors, warnings) = lint::cloud_patterns(&p, &crate::cloud::CloudRanges::default());
+    let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        errors[0]
+            .starts_with("p.yaml:12: deny.cloudRegions \"aws:eu-west3\": matches no region of aws")
+            && errors[0].contains("did you mean eu-west-3")
+            && errors[0].contains("it would deny nothing"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[1].starts_with(
+            "p.yaml:13: deny.cloudRegions \"awz:eu-central-1\": no cloud provider \"awz\""
+        ) && errors[1].contains("did you mean aws?"),
+        "{}",
+        errors[1]
+    );
+    assert_eq!(warnings.len(), 1, "{warnings:#?}");
+    assert!(
+        warnings[0].starts_with(
+            "allow.cloudRegions \"aws:eu-centrl-1\" (line 8) matches no region of aws"
+        ) && warnings[0].contains("did you mean eu-central-1")
+            && warnings[0].contains("it allows nothing"),
+        "{}",
+        warnings[0]
+    );
+}
