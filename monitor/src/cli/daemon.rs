@@ -70,7 +70,7 @@ pub struct DaemonArgs {
     /// (`egress-monitor uninstall` to change it).
     #[arg(long, default_value_t = monitor_common::limits::GEO_TABLE_WORDS / (1 << 18), value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub geo_table_mib: u32,
-    /// How often the cgroup tree is re-read for new cgroups matching a selector, in seconds.
+    /// How often the cgroup tree is re-read, in seconds (a new cgroup is also classified when it is made: the kernel wakes the daemon at its mkdir).
     #[arg(long, default_value_t = 2.0)]
     pub rescan_interval: f64,
     /// Events kept in memory for clients asking for recent history.
