@@ -311,7 +311,9 @@ fn two_policies_on_one_cgroup_are_settled_for_it_alone() {
     let hammer = env.hammer("later", 500);
     env.assert_nothing_through(hammer, "a new cgroup beside a conflict");
     env.wait_log(&format!("cgroup {} (id", env.rel("later")), WAIT);
-    let q = env.probe("later", &["tcp", US_V4, &PORT.to_string()]);
+    // A destination of its own: the hammer's are decided and counted.
+    let fresh = env.fresh_port().to_string();
+    let q = env.probe("later", &["tcp", US_V4, &fresh]);
     assert!(
         !q.ok && q.errno == EPERM,
         "c judges the new cgroup: {:?}",
