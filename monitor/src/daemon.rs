@@ -720,8 +720,12 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         node_public_key,
         shutdown: shutdown_rx.clone(),
     };
+    // Bound here, not in the task: once the daemon says it runs, a client
+    // finds the socket.
+    let unix_listener = crate::api::server::bind_unix(&config.api)?;
     let api = tokio::spawn(crate::api::server::serve(
         config.api.clone(),
+        unix_listener,
         api_listener,
         backend,
         shutdown_rx,

@@ -106,15 +106,10 @@ pub async fn bind_tcp(config: &ApiConfig) -> anyhow::Result<Option<tokio::net::T
     }
 }
 
-/// Serves on the unix socket and, when given, on the TCP listener that
-/// `bind_tcp` bound.
-pub async fn serve(
-    config: ApiConfig,
-    tcp_listener: Option<tokio::net::TcpListener>,
-    backend: Backend,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> anyhow::Result<()> {
-    let auth = Arc::new(config.auth.clone());
+/// Binds the unix socket (mode 0660, group `--socket-group`), replacing a
+/// stale one; done before the daemon says it runs, so a client started
+/// then finds the socket.
+pub fn bind_unix(config: &ApiConfig) -> anyhow::Result<tokio::net::UnixListener> {
     if let Some(parent) = config.socket.parent() {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("creating {}", parent.display()))?;
@@ -136,6 +131,19 @@ pub async fn serve(
             .with_context(|| format!("chown {} to group {gid}", config.socket.display()))?;
     }
     log::info!("gRPC API on unix socket {}", config.socket.display());
+    Ok(listener)
+}
+
+/// Serves on the unix socket `bind_unix` bound and, when given, on the TCP
+/// listener that `bind_tcp` bound.
+pub async fn serve(
+    config: ApiConfig,
+    listener: tokio::net::UnixListener,
+    tcp_listener: Option<tokio::net::TcpListener>,
+    backend: Backend,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let auth = Arc::new(config.auth.clone());
 
     let (svc, health, refl1, refl1a) = services(backend.clone()).await?;
     let mut shutdown_unix = shutdown.clone();
