@@ -733,14 +733,12 @@ pub struct SockState {
     pub addr: [u8; 16],
     pub port: u16,
     pub protocol: u8,
-    /// A `Verdict`, or 0 when the socket's cgroup is not selected.
+    /// A `Verdict`, or 0 when the socket's cgroup is not selected. A UDP
+    /// socket marked 0 that sends from a selected cgroup (its process moved
+    /// there, or its descriptor was passed there) is judged by the
+    /// sender's cgroup (the `sender` program).
     pub verdict: u8,
-    /// The process that connected it. A UDP socket connected outside any
-    /// selected cgroup (verdict 0) whose datagrams this process sends after
-    /// it moved into a selected one is judged by the process's cgroup: a
-    /// UDP send runs in the sender's context, so the egress backstop knows
-    /// the sender there.
-    pub tgid: u32,
+    pub _pad: [u8; 4],
 }
 const _: () = {
     assert!(size_of::<SockState>() == 40);
@@ -750,7 +748,6 @@ const _: () = {
     assert!(offset_of!(SockState, port) == 32);
     assert!(offset_of!(SockState, protocol) == 34);
     assert!(offset_of!(SockState, verdict) == 35);
-    assert!(offset_of!(SockState, tgid) == 36);
 };
 
 /// Key of FLOWS: who (the deciding cgroup: the caller's at a sock_addr

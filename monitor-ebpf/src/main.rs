@@ -409,8 +409,8 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
     if memo.selected_cgroup_id == 0 {
         // Not in any selected subtree: untouched and not reported. The
         // socket is marked: a TCP socket's backstop judges it if its
-        // cgroup is selected later; a UDP socket's, if its process sends
-        // from a selected cgroup later.
+        // cgroup is selected later; a UDP socket's, if a process sends on
+        // it from a selected cgroup.
         if connect {
             remember(ctx, task_cgroup, word, UNSELECTED, attempt);
         }
@@ -658,8 +658,7 @@ fn remember(ctx: &SockAddrContext, cgroup_id: u64, word: u64, verdict: u8, attem
         port: attempt.port,
         protocol: attempt.protocol,
         verdict,
-        // SAFETY: a helper without arguments.
-        tgid: (unsafe { bpf_get_current_pid_tgid() } >> 32) as u32,
+        _pad: [0; 4],
     };
     // SAFETY: plain helper call; the value is copied in when created.
     let p = unsafe {
@@ -1092,13 +1091,14 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 
 /// cgroup_skb egress, beside `egress`: a UDP datagram of a socket that was
-/// connected outside every selected cgroup (marked `UNSELECTED` with its
-/// process), sent by that very process from a cgroup of its own now (the
-/// process moved into a selected one). A UDP send runs in the sender's
-/// context, so the sender's cgroup judges it, as a sock_addr hook would
-/// have. Only that process: elsewhere `current` may be whatever task a
-/// softirq interrupted. A program of its own: `egress` is at the
-/// verifier's limit.
+/// connected outside every selected cgroup (marked `UNSELECTED`), sent
+/// from another cgroup: by its process after it moved into a selected
+/// one, or by a process of a selected cgroup the descriptor was passed to
+/// (SCM_RIGHTS, pidfd_getfd, an inherited descriptor). A user socket's UDP
+/// datagram leaves in its sender's context (`udp_sendmsg` and
+/// `udp_push_pending_frames` run in the calling task, never in a softirq),
+/// so the sender's cgroup judges it, as a sock_addr hook would have. A
+/// program of its own: `egress` is at the verifier's limit.
 #[cgroup_skb(egress)]
 pub fn sender(ctx: SkBuffContext) -> i32 {
     match judge_sender(&ctx) {
@@ -1119,9 +1119,8 @@ fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
         return Ok(PASS);
     }
     // SAFETY: a helper without arguments.
-    let pid_tgid = unsafe { bpf_get_current_pid_tgid() };
-    let tgid = (pid_tgid >> 32) as u32;
-    if tgid == 0 || st.tgid != tgid {
+    if unsafe { bpf_get_current_pid_tgid() } >> 32 == 0 {
+        // The idle task: no process sent this.
         return Ok(PASS);
     }
     let cgroup = Owner::Task.cgroup();

@@ -507,35 +507,54 @@ fn a_selected_cgroup_made_or_remade_later_is_judged_from_its_first_attempt() {
     }
 }
 
-/// A UDP socket connected while its process was in an unselected cgroup,
-/// then the process moved into a selected one: every datagram it sends is
-/// judged by its new cgroup (refused here), also across a forced reload
-/// and its socket sweep; nothing reaches the denied host, and the
-/// refusals are counted in the new cgroup's flows.
+/// A UDP socket connected in an unselected cgroup, then used from a
+/// selected one (its process moved there, or its descriptor passed over
+/// SCM_RIGHTS by a helper that stays outside): every datagram sent from
+/// the selected cgroup is judged by it (refused here), also across a
+/// forced reload and its socket sweep; nothing reaches the denied host,
+/// and the refusals are counted in the selected cgroup's flows.
 #[test]
-fn a_udp_socket_connected_outside_is_judged_by_its_moved_sender() {
+fn a_udp_socket_connected_outside_is_judged_by_its_sender() {
     let env = enforced_env();
     let sel_procs = env.cgroup("sel").join("cgroup.procs");
+    let unsel_procs = env.cgroup("unsel").join("cgroup.procs");
     let mut total = 0;
-    for (addr, during) in [(US_V4, "moved, IPv4"), (US_V6, "moved, IPv6 and a reload")] {
+    for (from, mode, procs, addr, during) in [
+        ("unsel", "udp-moved", &sel_procs, US_V4, "moved, IPv4"),
+        (
+            "unsel",
+            "udp-moved",
+            &sel_procs,
+            US_V6,
+            "moved, IPv6 and a reload",
+        ),
+        ("sel", "udp-passed", &unsel_procs, US_V4, "passed, IPv4"),
+        (
+            "sel",
+            "udp-passed",
+            &unsel_procs,
+            US_V6,
+            "passed, IPv6 and a reload",
+        ),
+    ] {
         let mut child = env
             .probe_command(
-                "unsel",
+                from,
                 &[
-                    "udp-moved",
+                    mode,
                     addr,
                     &PORT.to_string(),
-                    sel_procs.to_str().unwrap(),
+                    procs.to_str().unwrap(),
                     "1500",
                 ],
             )
             .stdout(Stdio::piped())
             .spawn()
-            .expect("start the moved sender");
+            .expect("start the sender");
         let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-        assert!(line.contains("moved"), "{line}");
+        assert!(line.contains(&*procs.to_string_lossy()), "{during}: {line}");
         if addr == US_V6 {
             std::thread::sleep(Duration::from_millis(300));
             env.cli_ok(&["policy", "reload", "--force"]);

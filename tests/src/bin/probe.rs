@@ -32,6 +32,10 @@
 //!                                         this process into the cgroup of
 //!                                         PROCS, then send on it for MS
 //!                                         milliseconds; prints the counts
+//! probe udp-passed ADDR PORT PROCS MS    a child moved into the cgroup of
+//!                                         PROCS connects a UDP socket and
+//!                                         passes it over SCM_RIGHTS; we send
+//!                                         on it for MS milliseconds
 //! probe hammer PORT MS ADDR...            for MS milliseconds, a TCP connect
 //!                                         and a UDP send to each ADDR in
 //!                                         turn, as fast as they go; prints
@@ -387,6 +391,16 @@ fn stream(tcp: bool, addr: SocketAddr, seconds: u64) -> serde_json::Value {
 
 /// A child in another cgroup creates the socket and hands it over.
 fn handoff(addr: SocketAddr, other_procs: &str) -> std::io::Result<()> {
+    let sock = made_by_helper(other_procs, || socket(family(&addr), libc::SOCK_STREAM, 0))?;
+    connect_within(&sock, addr, Duration::from_secs(2))
+}
+
+/// A socket `make` makes in a forked helper moved into the cgroup of
+/// `other_procs`, passed back to this process over SCM_RIGHTS.
+fn made_by_helper(
+    other_procs: &str,
+    make: impl FnOnce() -> std::io::Result<std::os::fd::OwnedFd>,
+) -> std::io::Result<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
     let mut pair = [0i32; 2];
     // SAFETY: plain syscall into a two-element array.
@@ -402,7 +416,7 @@ fn handoff(addr: SocketAddr, other_procs: &str) -> std::io::Result<()> {
         unsafe { libc::close(pair[0]) };
         let code = (|| -> std::io::Result<()> {
             std::fs::write(other_procs, b"0")?;
-            let sock = socket(family(&addr), libc::SOCK_STREAM, 0)?;
+            let sock = make()?;
             send_fd(pair[1], sock.as_raw_fd())
         })()
         .map_or(1, |()| 0);
@@ -412,13 +426,31 @@ fn handoff(addr: SocketAddr, other_procs: &str) -> std::io::Result<()> {
     // SAFETY: the parent's copy of the child's end: once the child exits,
     // a receive ends instead of waiting forever.
     unsafe { libc::close(pair[1]) };
-    let fd = recv_fd(pair[0])?;
+    let fd = recv_fd(pair[0]);
     let mut status = 0;
     // SAFETY: our own child.
     unsafe { libc::waitpid(child, &mut status, 0) };
     // SAFETY: a descriptor we just received and own.
-    let sock = unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) };
-    connect_within(&sock, addr, Duration::from_secs(2))
+    fd.map(|fd| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends on a connected UDP socket for `run` (at most 5,000,000 tries);
+/// prints what was sent and refused.
+fn send_for(sock: &UdpSocket, run: Duration) {
+    let (mut sent, mut eperm, mut other) = (0u64, 0u64, 0u64);
+    let deadline = Instant::now() + run;
+    while Instant::now() < deadline && sent + eperm + other < 5_000_000 {
+        match sock.send(b"moved") {
+            Ok(_) => sent += 1,
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
+            Err(_) => other += 1,
+        }
+    }
+    println!(
+        "{}",
+        serde_json::json!({"result": "ok", "pid": std::process::id(),
+            "sent": sent, "udp_eperm": eperm, "other": other})
+    );
 }
 
 /// connect(2) that gives up after `timeout` (a dropped SYN is retried by
@@ -803,20 +835,21 @@ fn main() {
             std::fs::write(procs, std::process::id().to_string()).expect("move into PROCS");
             println!("{}", serde_json::json!({"moved": procs}));
             let _ = std::io::stdout().flush();
-            let (mut sent, mut eperm, mut other) = (0u64, 0u64, 0u64);
-            let deadline = Instant::now() + run;
-            while Instant::now() < deadline && sent + eperm + other < 5_000_000 {
-                match sock.send(b"moved") {
-                    Ok(_) => sent += 1,
-                    Err(e) if e.raw_os_error() == Some(libc::EPERM) => eperm += 1,
-                    Err(_) => other += 1,
-                }
-            }
-            println!(
-                "{}",
-                serde_json::json!({"result": "ok", "pid": std::process::id(),
-                    "sent": sent, "udp_eperm": eperm, "other": other})
-            );
+            send_for(&sock, run);
+        }
+        Some("udp-passed") => {
+            let addr = target();
+            let procs = &args[3];
+            let run = Duration::from_millis(args[4].parse().expect("milliseconds"));
+            let sock = made_by_helper(procs, || {
+                let sock = UdpSocket::bind(unspecified_for(&addr))?;
+                sock.connect(addr)?;
+                Ok(sock.into())
+            })
+            .expect("a connected UDP socket from the helper");
+            println!("{}", serde_json::json!({"passed from": procs}));
+            let _ = std::io::stdout().flush();
+            send_for(&UdpSocket::from(sock), run);
         }
         Some("hammer") => {
             let port: u16 = args[1].parse().expect("port");
