@@ -815,9 +815,13 @@ pub struct FlowEntry {
     pub family: u8,
     pub hook: u8,
     pub _pad: [u8; 6],
+    /// The network namespace (cookie) the decision was made in: names
+    /// count per namespace, so a decision answers for that one only.
+    pub netns: u64,
 }
 const _: () = {
-    assert!(size_of::<FlowEntry>() == 120);
+    assert!(size_of::<FlowEntry>() == 128);
+    assert!(offset_of!(FlowEntry, netns) == 120);
     assert!(offset_of!(FlowEntry, config_word) == 0);
     assert!(offset_of!(FlowEntry, valid_until_ns) == 8);
     assert!(offset_of!(FlowEntry, selected_cgroup_id) == 16);
@@ -879,9 +883,13 @@ pub struct SweepSocket {
     pub family: u8,
     /// Network order; IPv4 as `::ffff:a.b.c.d`.
     pub addr: [u8; 16],
+    /// The socket's network namespace (its cookie): names count per
+    /// namespace.
+    pub netns: u64,
 }
 const _: () = {
-    assert!(size_of::<SweepSocket>() == 40);
+    assert!(size_of::<SweepSocket>() == 48);
+    assert!(offset_of!(SweepSocket, netns) == 40);
     assert!(offset_of!(SweepSocket, cgroup_id) == 0);
     assert!(offset_of!(SweepSocket, selected_cgroup_id) == 8);
     assert!(offset_of!(SweepSocket, uid) == 16);
@@ -1095,12 +1103,17 @@ pub mod dns {
         /// Queries to a resolver not in `--dns-resolver`: not noted, so
         /// their answers teach nothing.
         pub const UNTRUSTED_RESOLVER: u32 = 11;
-        /// Answers that arrived on loopback from a resolver that is not a
-        /// loopback address (spoofed by a local raw socket): ignored.
+        /// Answers to a query that were not a unicast packet to the
+        /// query's own source address (broadcast, multicast, looped back
+        /// from a local raw socket), or that arrived on loopback from a
+        /// resolver that is not a loopback address: forged, ignored.
         pub const SPOOFED: u32 = 12;
         /// Answers to a query older than `QUERY_TIMEOUT_NS`: ignored.
         pub const LATE: u32 = 13;
-        pub const COUNT: u32 = 14;
+        /// AAAA records holding an IPv4-mapped address (`::ffff:a.b.c.d`):
+        /// not learned (they would vouch for the IPv4 address).
+        pub const MAPPED: u32 = 14;
+        pub const COUNT: u32 = 15;
         pub const NAMES: [&str; COUNT as usize] = [
             "queries",
             "answers",
@@ -1116,6 +1129,7 @@ pub mod dns {
             "untrusted_resolver",
             "spoofed",
             "late",
+            "mapped_v4",
         ];
     }
 
@@ -1241,17 +1255,24 @@ pub mod cloud {
     }
 }
 
-/// Key of the NAMES map: an address one cgroup resolved.
+/// Key of the NAMES map: an address one cgroup resolved in one network
+/// namespace. A name counts only for connections made in the namespace
+/// whose socket received the answer: a workload that makes a namespace of
+/// its own (`unshare -Urn`) and answers its own queries there teaches
+/// nothing to its real one.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NameKey {
     pub cgroup_id: u64,
+    /// The network namespace's cookie (`bpf_get_netns_cookie`).
+    pub netns: u64,
     pub addr: [u8; 16],
 }
 const _: () = {
-    assert!(size_of::<NameKey>() == 24);
+    assert!(size_of::<NameKey>() == 32);
     assert!(offset_of!(NameKey, cgroup_id) == 0);
-    assert!(offset_of!(NameKey, addr) == 8);
+    assert!(offset_of!(NameKey, netns) == 8);
+    assert!(offset_of!(NameKey, addr) == 16);
 };
 
 /// Value of the NAMES map (LRU): the name an address was resolved from,
@@ -1276,11 +1297,13 @@ const _: () = {
     assert!(offset_of!(NameEntry, _pad) == 65);
 };
 
-/// Key of the DNS_QUERIES map (LRU): a query a selected cgroup sent.
+/// Key of the DNS_QUERIES map (LRU): a query a selected cgroup sent, by
+/// the socket that sent it: only that socket's answer is read.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct QueryKey {
-    pub cgroup_id: u64,
+    /// The querying socket's cookie (`bpf_get_socket_cookie`).
+    pub socket: u64,
     /// The querying socket's port (host order).
     pub port: u16,
     /// The DNS message id.
@@ -1290,7 +1313,7 @@ pub struct QueryKey {
 }
 const _: () = {
     assert!(size_of::<QueryKey>() == 16);
-    assert!(offset_of!(QueryKey, cgroup_id) == 0);
+    assert!(offset_of!(QueryKey, socket) == 0);
     assert!(offset_of!(QueryKey, port) == 8);
     assert!(offset_of!(QueryKey, id) == 10);
     assert!(offset_of!(QueryKey, protocol) == 12);
@@ -1303,16 +1326,23 @@ const _: () = {
 pub struct Query {
     /// Where the query went; only an answer from there is read.
     pub resolver: [u8; 16],
+    /// The query's source address: only a unicast answer to it is read
+    /// (never one to a broadcast or multicast address).
+    pub local: [u8; 16],
     pub sent_ns: u64,
     /// `dns::name_hashes(qname).full` of the question asked; an answer
     /// about another name is not read.
     pub name_hash: u64,
+    /// The querying socket's network namespace (its cookie).
+    pub netns: u64,
 }
 const _: () = {
-    assert!(size_of::<Query>() == 32);
+    assert!(size_of::<Query>() == 56);
     assert!(offset_of!(Query, resolver) == 0);
-    assert!(offset_of!(Query, sent_ns) == 16);
-    assert!(offset_of!(Query, name_hash) == 24);
+    assert!(offset_of!(Query, local) == 16);
+    assert!(offset_of!(Query, sent_ns) == 32);
+    assert!(offset_of!(Query, name_hash) == 40);
+    assert!(offset_of!(Query, netns) == 48);
 };
 
 /// The single entry of the DNS_TUNING array, written by the daemon.
@@ -1331,9 +1361,15 @@ pub struct DnsTuning {
     /// The name-hash key (see `dns`); the daemon makes it once per pin
     /// directory and keeps it across restarts.
     pub key: u64,
+    /// The cookie of the daemon's network namespace: with
+    /// `TUNING_TRUST_LOOPBACK`, a loopback resolver is trusted there only
+    /// (a workload's namespace has a loopback of its own, and anyone there
+    /// can answer on it).
+    pub netns: u64,
 }
 const _: () = {
-    assert!(size_of::<DnsTuning>() == 24);
+    assert!(size_of::<DnsTuning>() == 32);
+    assert!(offset_of!(DnsTuning, netns) == 24);
     assert!(offset_of!(DnsTuning, key) == 16);
     assert!(offset_of!(DnsTuning, min_ttl_s) == 0);
     assert!(offset_of!(DnsTuning, grace_s) == 4);

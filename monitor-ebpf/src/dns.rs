@@ -3,18 +3,25 @@
 //! program before the socket sees them), so a connect made the moment the
 //! resolver returns is judged with the name.
 //!
-//! An answer is read only when it answers a query this cgroup sent: same
-//! socket port, same message id, from the address the query went to, about
-//! the name asked. Every A and AAAA record of its answer section is filed
-//! under (cgroup, address) with the question's hashes (see
-//! `monitor_common::dns`) until its TTL (clamped) plus the grace period.
+//! An answer is read only when it answers a query this cgroup sent: the
+//! same socket (its cookie), the same message id, from the address the
+//! query went to, as a unicast packet (`PACKET_HOST`) to the address the
+//! query came from, about the name asked. Every A and AAAA record of its
+//! answer section is filed under (cgroup, network namespace, address) with
+//! the question's hashes (see `monitor_common::dns`) until its TTL
+//! (clamped) plus the grace period; a name counts only in the namespace
+//! that received it. An AAAA record holding an IPv4-mapped address is not
+//! filed: it would vouch for the IPv4 address.
 //! Names are never followed: the owner names of records are skipped, not
 //! decoded, so compression pointers cannot loop here; a pointer that does
 //! not point back into the message makes the answer malformed. The daemon gets a copy
 //! of each answer it learned from, to name what the kernel filed by hash.
 use aya_ebpf::{
     bindings::BPF_RB_NO_WAKEUP,
-    helpers::generated::{bpf_ktime_get_boot_ns, bpf_loop, bpf_skb_cgroup_id, bpf_skb_load_bytes},
+    helpers::generated::{
+        bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_ktime_get_boot_ns, bpf_loop,
+        bpf_skb_cgroup_id, bpf_skb_load_bytes,
+    },
     macros::map,
     maps::{lpm_trie::Key, Array, LpmTrie, LruHashMap, PerCpuArray},
     programs::SkBuffContext,
@@ -56,6 +63,7 @@ pub struct Scratch {
     labels: [u64; dns::MAX_LABELS],
     entry: NameEntry,
     cgroup_id: u64,
+    netns: u64,
     now: u64,
     /// Bytes of `event.payload` that hold the message.
     len: u32,
@@ -328,7 +336,13 @@ extern "C" fn answer_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
             addr[i] = sc.event.payload[(p as usize + i) & MASK];
             i += 1;
         }
-        found = true;
+        // `::ffff:a.b.c.d` is how IPv4 is filed: such a record would vouch
+        // for the IPv4 address, which only an A record may.
+        if crate::is_mapped_v4(&addr) {
+            count(dns::stat::MAPPED);
+        } else {
+            found = true;
+        }
     }
     if found {
         let mut ttl_s = if ttl < sc.min_ttl_s {
@@ -342,6 +356,7 @@ extern "C" fn answer_step(index: u64, ctx: *mut core::ffi::c_void) -> i64 {
         sc.entry.expires_ns = sc.now + (u64::from(ttl_s) + u64::from(sc.grace_s)) * 1_000_000_000;
         let key = NameKey {
             cgroup_id: sc.cgroup_id,
+            netns: sc.netns,
             addr,
         };
         // SAFETY: plain data, read at once.
@@ -369,17 +384,20 @@ fn scratch() -> Option<&'static mut Scratch> {
 /// Egress: a packet to port 53 of an allowed resolver from a selected
 /// cgroup. Notes the query (port, id, resolver, name) so its answer is read.
 #[inline(always)]
-pub fn note_query(
-    ctx: &SkBuffContext,
-    cgroup_id: u64,
-    protocol: u8,
-    l4: usize,
-    resolver: &[u8; 16],
-) {
+pub fn note_query(ctx: &SkBuffContext, protocol: u8, l4: usize, resolver: &[u8; 16]) {
     let Some(tuning) = tuning() else {
         return;
     };
-    if loopback(resolver) && tuning.flags & dns::TUNING_TRUST_LOOPBACK == 0 {
+    // SAFETY: the context is the program's __sk_buff.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    if loopback(resolver)
+        && (tuning.flags & dns::TUNING_TRUST_LOOPBACK == 0 || netns != tuning.netns)
+    {
+        // Every namespace has a loopback of its own, and anyone in it can
+        // answer there: only the daemon's namespace's stub is trusted.
+        if message(ctx, protocol, l4, 2).is_some() {
+            count(dns::stat::UNTRUSTED_RESOLVER);
+        }
         return;
     }
     if DNS_RESOLVERS.get(&Key::new(128, *resolver)).is_none() {
@@ -397,6 +415,9 @@ pub fn note_query(
     let Ok(sport) = ctx.load::<u16>(l4) else {
         return;
     };
+    let Some(local) = source(ctx) else {
+        return;
+    };
     let Some(sc) = scratch() else {
         return;
     };
@@ -411,7 +432,8 @@ pub fn note_query(
         return;
     }
     let key = QueryKey {
-        cgroup_id,
+        // SAFETY: the context is the program's __sk_buff.
+        socket: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
         port: u16::from_be(sport),
         id: be16(&sc.event.payload, 0) as u16,
         protocol,
@@ -419,9 +441,11 @@ pub fn note_query(
     };
     let query = Query {
         resolver: *resolver,
+        local,
         // SAFETY: plain helper call.
         sent_ns: unsafe { bpf_ktime_get_boot_ns() },
         name_hash: sc.entry.name_hash,
+        netns,
     };
     if DNS_QUERIES.insert(&key, &query, 0).is_ok() {
         count(dns::stat::QUERIES);
@@ -435,22 +459,30 @@ pub fn learn(ctx: &SkBuffContext) {
     let skb = ctx.skb.skb;
     // SAFETY: the context is the program's __sk_buff.
     let eth_proto = u16::from_be(unsafe { (*skb).protocol } as u16);
-    let mut src = [0u8; 16];
-    let (protocol, l4) = if eth_proto == crate::ETH_P_IP {
+    let (protocol, l4, src, dst) = if eth_proto == crate::ETH_P_IP {
         let Ok(first) = ctx.load::<u8>(0) else { return };
         let Ok(proto) = ctx.load::<u8>(9) else { return };
         let Ok(s4) = ctx.load::<[u8; 4]>(12) else {
             return;
         };
-        src = crate::mapped_v4(s4);
-        (proto, usize::from(first & 0x0f) * 4)
+        let Ok(d4) = ctx.load::<[u8; 4]>(16) else {
+            return;
+        };
+        (
+            proto,
+            usize::from(first & 0x0f) * 4,
+            crate::mapped_v4(s4),
+            crate::mapped_v4(d4),
+        )
     } else if eth_proto == crate::ETH_P_IPV6 {
         let Ok(next) = ctx.load::<u8>(6) else { return };
         let Ok(s6) = ctx.load::<[u8; 16]>(8) else {
             return;
         };
-        src = s6;
-        (next, 40)
+        let Ok(d6) = ctx.load::<[u8; 16]>(24) else {
+            return;
+        };
+        (next, 40, s6, d6)
     } else {
         return;
     };
@@ -473,7 +505,9 @@ pub fn learn(ctx: &SkBuffContext) {
     // SAFETY: the skb is the context.
     let cgroup_id = unsafe { bpf_skb_cgroup_id(skb) };
     let key = QueryKey {
-        cgroup_id,
+        // SAFETY: the context is the program's __sk_buff; at ingress its
+        // socket is the receiving one.
+        socket: unsafe { bpf_get_socket_cookie(ctx.as_ptr()) },
         port: u16::from_be(dport),
         id: u16::from_be(id),
         protocol,
@@ -492,10 +526,21 @@ pub fn learn(ctx: &SkBuffContext) {
         count(dns::stat::UNSOLICITED);
         return;
     }
-    // On loopback, only a loopback resolver answers: anything else claiming
-    // a remote resolver's address there was sent by a local raw socket.
     // SAFETY: the context is the program's __sk_buff.
-    if unsafe { (*skb).ingress_ifindex } == LOOPBACK_IFINDEX && !loopback(&src) {
+    let netns = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // A resolver answers the query's own source address, unicast: a
+    // broadcast or multicast answer, or one looped back from a local raw
+    // socket (PACKET_LOOPBACK, with the real interface as its device), is
+    // forged by someone on this host. On loopback, only a loopback
+    // resolver answers: anything else claiming a remote resolver's address
+    // there was sent by a local raw socket.
+    // SAFETY: the context is the program's __sk_buff.
+    let (pkt_type, ifindex) = unsafe { ((*skb).pkt_type, (*skb).ingress_ifindex) };
+    if pkt_type != PACKET_HOST
+        || dst != query.local
+        || netns != query.netns
+        || (ifindex == LOOPBACK_IFINDEX && !loopback(&src))
+    {
         count(dns::stat::SPOOFED);
         return;
     }
@@ -544,6 +589,7 @@ pub fn learn(ctx: &SkBuffContext) {
     sc.learned = 0;
     sc.err = NO_ERROR;
     sc.cgroup_id = cgroup_id;
+    sc.netns = netns;
     sc.now = now;
     sc.min_ttl_s = tuning.min_ttl_s;
     sc.grace_s = tuning.grace_s;
@@ -587,14 +633,37 @@ pub fn learn(ctx: &SkBuffContext) {
 
 /// The ifindex of loopback in every network namespace.
 const LOOPBACK_IFINDEX: u32 = 1;
+/// `__sk_buff::pkt_type` of a packet addressed to this host (unicast).
+const PACKET_HOST: u32 = 0;
 
-/// The name this cgroup resolved the address from, while it counts; with
-/// `established`, also after it expired (a socket judged before keeps its
-/// name when a policy change re-judges it), as long as the LRU keeps it.
+/// The source address of an outgoing IP packet (IPv4 mapped).
 #[inline(always)]
-pub fn name_of(cgroup_id: u64, addr: &[u8; 16], established: bool) -> Option<&'static NameEntry> {
+fn source(ctx: &SkBuffContext) -> Option<[u8; 16]> {
+    // SAFETY: the context is the program's __sk_buff.
+    let eth_proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
+    if eth_proto == crate::ETH_P_IP {
+        Some(crate::mapped_v4(ctx.load::<[u8; 4]>(12).ok()?))
+    } else if eth_proto == crate::ETH_P_IPV6 {
+        ctx.load::<[u8; 16]>(8).ok()
+    } else {
+        None
+    }
+}
+
+/// The name this cgroup resolved the address from in network namespace
+/// `netns`, while it counts; with `established`, also after it expired (a
+/// socket judged before keeps its name when a policy change re-judges it),
+/// as long as the LRU keeps it.
+#[inline(always)]
+pub fn name_of(
+    cgroup_id: u64,
+    netns: u64,
+    addr: &[u8; 16],
+    established: bool,
+) -> Option<&'static NameEntry> {
     let key = NameKey {
         cgroup_id,
+        netns,
         addr: *addr,
     };
     // SAFETY: a reference into the map's value; the caller reads the hashes

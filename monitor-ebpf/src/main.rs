@@ -23,8 +23,9 @@ use aya_ebpf::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
         bpf_get_current_uid_gid,
         generated::{
-            bpf_get_current_ancestor_cgroup_id, bpf_get_socket_uid, bpf_ktime_get_boot_ns,
-            bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
+            bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_uid,
+            bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id,
+            bpf_skb_cgroup_id,
         },
     },
     macros::{btf_map, cgroup_skb, cgroup_sock_addr, lsm, map, raw_tracepoint, socket_filter},
@@ -231,6 +232,12 @@ pub(crate) fn mapped_v4(ip4: [u8; 4]) -> [u8; 16] {
     addr
 }
 
+/// Whether `addr` is an IPv4 address in its mapped form.
+#[inline(always)]
+pub(crate) fn is_mapped_v4(addr: &[u8; 16]) -> bool {
+    addr[..10] == [0; 10] && addr[10] == 0xff && addr[11] == 0xff
+}
+
 #[inline(always)]
 fn judge_v4(ctx: &SockAddrContext, hook: Hook) -> i32 {
     // SAFETY: the kernel hands every sock_addr program a valid context.
@@ -424,9 +431,11 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
         _pad: [0; 5],
     };
     let now = now_ns();
+    // SAFETY: the context is the program's bpf_sock_addr.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
     let verdict = match FLOWS.get_ptr_mut(&key) {
         // SAFETY: a pointer into the map's value, valid for this run.
-        Some(f) if unsafe { fresh(&*f, word, memo.names_epoch, now) } => {
+        Some(f) if unsafe { fresh(&*f, word, memo.names_epoch, netns, now) } => {
             // SAFETY: as above; the counters are only ever added to.
             unsafe { count_attempt(f, now) };
             // SAFETY: as above.
@@ -438,6 +447,7 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
                 &set,
                 &memo.selection,
                 task_cgroup,
+                netns,
                 &attempt.addr,
                 false,
             );
@@ -471,11 +481,15 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
 }
 
 /// Whether a cache entry still decides for a sock_addr hook: made under
-/// the word in force, with the cgroup's names as they are, and its name
-/// (if it used one) not expired.
+/// the word in force, with the cgroup's names as they are, in the same
+/// network namespace (names count per namespace), and its name (if it
+/// used one) not expired.
 #[inline(always)]
-fn fresh(f: &FlowEntry, word: u64, names_epoch: u32, now: u64) -> bool {
-    f.config_word == word && f.names_epoch == names_epoch && now < f.valid_until_ns
+fn fresh(f: &FlowEntry, word: u64, names_epoch: u32, netns: u64, now: u64) -> bool {
+    f.config_word == word
+        && f.names_epoch == names_epoch
+        && f.netns == netns
+        && now < f.valid_until_ns
 }
 
 /// One more attempt the cache answered.
@@ -556,6 +570,7 @@ fn file(
                 && (*f).cloud_region == j.cloud_region
                 && (*f).name_hash == j.name_hash;
             (*f).valid_until_ns = valid_until_ns;
+            (*f).netns = j.netns;
             (*f).selected_cgroup_id = o.selected_cgroup;
             (*f).name_hash = j.name_hash;
             (*f).policy_id = o.selection.policy_id;
@@ -587,6 +602,7 @@ fn file(
     let entry = unsafe { &mut *entry };
     entry.config_word = o.word;
     entry.valid_until_ns = valid_until_ns;
+    entry.netns = j.netns;
     entry.selected_cgroup_id = o.selected_cgroup;
     entry.name_hash = j.name_hash;
     entry.first_ns = o.now;
@@ -766,6 +782,8 @@ struct Judgement {
     /// When the name the decision used expires (possibly past, for an
     /// established socket); 0 when it used none.
     name_expires_ns: u64,
+    /// The network namespace (cookie) whose names the decision used.
+    netns: u64,
 }
 
 /// Looks up the place (the cloud region's documented location where the
@@ -779,6 +797,7 @@ fn decide(
     set: &InForce,
     selection: &Selection,
     cgroup_id: u64,
+    netns: u64,
     addr: &[u8; 16],
     established: bool,
 ) -> Judgement {
@@ -813,7 +832,7 @@ fn decide(
         };
         (region, CountrySource::Geoip)
     };
-    let name = dns::name_of(cgroup_id, addr, established);
+    let name = dns::name_of(cgroup_id, netns, addr, established);
     let name_hash = name.map_or(0, |n| n.name_hash);
     // Kept even when an established socket used it expired: a new connect
     // to the address must not find the decision fresh.
@@ -830,6 +849,7 @@ fn decide(
             cloud_region: cloud.region,
             name_hash,
             name_expires_ns,
+            netns,
         };
     }
     let decision = monitor_common::decide(
@@ -869,6 +889,7 @@ fn decide(
         cloud_region: cloud.region,
         name_hash,
         name_expires_ns,
+        netns,
     }
 }
 
@@ -1040,7 +1061,7 @@ pub fn judge_socket(_ctx: SkBuffContext) -> i64 {
         return 0;
     };
 
-    let judgement = decide(slot, &set, &selection, s.cgroup_id, &s.addr, true);
+    let judgement = decide(slot, &set, &selection, s.cgroup_id, s.netns, &s.addr, true);
     let verdict = verdict_of(judgement.decision.allowed, &selection) as u8;
     if verdict != Verdict::Allowed as u8 {
         let attempt = Attempt {
@@ -1163,9 +1184,11 @@ fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
         _pad: [0; 5],
     };
     let now = now_ns();
+    // SAFETY: the context is the program's __sk_buff.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.skb.skb.cast()) };
     let verdict = match FLOWS.get_ptr_mut(&key) {
         // SAFETY: a pointer into the map's value, valid for this run.
-        Some(f) if unsafe { fresh(&*f, word, memo.names_epoch, now) } => {
+        Some(f) if unsafe { fresh(&*f, word, memo.names_epoch, netns, now) } => {
             // SAFETY: as above.
             unsafe { add_packet(ctx, f, l4, l4_offset, family, now) };
             // SAFETY: as above.
@@ -1176,7 +1199,7 @@ fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
             });
         }
         cached => {
-            let judgement = decide(slot, &set, &memo.selection, cgroup, &addr, false);
+            let judgement = decide(slot, &set, &memo.selection, cgroup, netns, &addr, false);
             let verdict = verdict_of(judgement.decision.allowed, &memo.selection) as u8;
             let attempt = Attempt {
                 hook: Hook::Egress,
@@ -1299,7 +1322,7 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
             }
             count_packet(ctx, &key, l4, l4_offset, family);
             if st.verdict == Verdict::Allowed as u8 && ports && port == monitor_common::dns::PORT {
-                dns::note_query(ctx, socket_cgroup, l4, l4_offset, &addr);
+                dns::note_query(ctx, l4, l4_offset, &addr);
             }
             return Ok(if st.verdict == Verdict::Denied as u8 {
                 REJECT
@@ -1321,12 +1344,15 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
         return Ok(PASS);
     }
     let now = now_ns();
+    // SAFETY: the context is the program's __sk_buff.
+    let netns = unsafe { bpf_get_netns_cookie(ctx.skb.skb.cast()) };
     let verdict = match FLOWS.get_ptr_mut(&key) {
         // SAFETY: a pointer into the map's value, valid for this run.
         Some(f)
             if unsafe {
                 (*f).config_word == word
                     && (*f).names_epoch == memo.names_epoch
+                    && (*f).netns == netns
                     && (established || now < (*f).valid_until_ns)
             } =>
         {
@@ -1342,7 +1368,7 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
                 }
             }
             if verdict == Verdict::Allowed as u8 && ports && port == monitor_common::dns::PORT {
-                dns::note_query(ctx, socket_cgroup, l4, l4_offset, &addr);
+                dns::note_query(ctx, l4, l4_offset, &addr);
             }
             return Ok(if verdict == Verdict::Denied as u8 {
                 REJECT
@@ -1356,6 +1382,7 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
                 &set,
                 &memo.selection,
                 socket_cgroup,
+                netns,
                 &addr,
                 established,
             );
@@ -1404,7 +1431,7 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
         }
     }
     if verdict == Verdict::Allowed as u8 && ports && port == monitor_common::dns::PORT {
-        dns::note_query(ctx, socket_cgroup, l4, l4_offset, &addr);
+        dns::note_query(ctx, l4, l4_offset, &addr);
     }
     Ok(if verdict == Verdict::Denied as u8 {
         REJECT
@@ -1554,6 +1581,7 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
         cloud_region: 0,
         name_hash: 0,
         name_expires_ns: 0,
+        netns: 0,
     };
     emit(
         &attempt,

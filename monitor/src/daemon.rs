@@ -91,8 +91,9 @@ impl DnsConfig {
             min_ttl_s: self.min_ttl_s,
             grace_s: self.grace_s,
             max_ttl_s: self.max_ttl_s,
-            // The kernel wrapper puts its own key in.
+            // The kernel wrapper puts its own key and namespace in.
             key: 0,
+            netns: 0,
             flags: monitor_common::dns::TUNING_ENABLED
                 | if self.trust_loopback {
                     monitor_common::dns::TUNING_TRUST_LOOPBACK

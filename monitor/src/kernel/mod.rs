@@ -87,6 +87,8 @@ pub enum KernelError {
     PinnedElsewhere { pins: PathBuf, cgroup_id: u64 },
     #[error("the pin directory {} is held by a running daemon (pid {}, socket {}): stop it first, or choose another --pin-dir", .0.pin_dir.display(), .0.pid, .0.socket.display())]
     Held(pins::Holder),
+    #[error("cannot read the daemon's network namespace cookie (SO_NETNS_COOKIE, Linux 5.14 or newer): {0}")]
+    NetnsCookie(std::io::Error),
     #[error("cannot open cgroup {path} to attach to: {source}")]
     Cgroup {
         path: PathBuf,
@@ -669,8 +671,11 @@ impl Kernel {
     /// How the kernel learns names (see `DnsTuning`); takes effect for the
     /// next answer.
     pub fn set_dns_tuning(&mut self, tuning: DnsTuning) -> Result<(), KernelError> {
+        // Loopback resolvers are trusted in the daemon's own namespace only.
+        let netns = sweep::this_netns_cookie().map_err(KernelError::NetnsCookie)?;
         let tuning = DnsTuning {
             key: self.dns_key,
+            netns,
             ..tuning
         };
         self.dns_tuning

@@ -83,6 +83,32 @@ fn nl_socket() -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// The cookie of the network namespace `fd` lives in (SO_NETNS_COOKIE):
+/// how the kernel programs tell namespaces apart.
+pub fn netns_cookie(fd: &impl AsRawFd) -> std::io::Result<u64> {
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: reading a u64 socket option into a u64.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// The cookie of the calling thread's network namespace.
+pub fn this_netns_cookie() -> std::io::Result<u64> {
+    netns_cookie(&nl_socket()?)
+}
+
 /// nlmsghdr + inet_diag_req_v2.
 fn request(kind: u16, flags: u16, family: u8, protocol: u8, states: u32, id: &[u8; 48]) -> Vec<u8> {
     let len = 16 + 56;
@@ -254,9 +280,9 @@ fn destroy(s: &Found) -> std::io::Result<()> {
     Ok(())
 }
 
-/// The sockets that can still send, and the listening ports, of the
-/// calling thread's namespace.
-fn sockets_here() -> std::io::Result<(Vec<Found>, BTreeSet<u16>)> {
+/// The sockets that can still send, the listening ports, and the cookie
+/// of the calling thread's namespace.
+fn sockets_here() -> std::io::Result<(Vec<Found>, BTreeSet<u16>, u64)> {
     let mut found = Vec::new();
     let mut listening = BTreeSet::new();
     for family in [AF_INET, AF_INET6] {
@@ -267,7 +293,7 @@ fn sockets_here() -> std::io::Result<(Vec<Found>, BTreeSet<u16>)> {
             listening.insert(l.local_port);
         }
     }
-    Ok((found, listening))
+    Ok((found, listening, this_netns_cookie()?))
 }
 
 /// Runs `f` in the network namespace of `pid` (a thread of its own, which
@@ -350,7 +376,7 @@ pub fn sweep(
     }
     let cgroups = selected_subtrees(mount, selected);
     for pid in namespaces(mount, &cgroups, also) {
-        let (found, listening) = match in_netns(pid, sockets_here) {
+        let (found, listening, netns) = match in_netns(pid, sockets_here) {
             Ok(x) => x,
             // The process left, with its namespace: nothing to judge there.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -375,6 +401,7 @@ pub fn sweep(
                 protocol: s.protocol,
                 family: s.family,
                 addr: s.addr,
+                netns,
             })?;
             if verdict == Verdict::Denied as u8 {
                 doomed.push(s);
