@@ -38,6 +38,10 @@ fn zone() -> Value {
             "unsol.test": [a(DE_V4, 60)],
             "split.test": [a(US_V4, 60)],
             "*.flood.test": [a(US_V4, 60)],
+            // An AAAA record that claims the IPv4 address.
+            "mapped.test": [{"type": "AAAA", "value": format!("::ffff:{US_V4}"), "ttl": 60}],
+            // `login.test` is allowed and not in the zone (NXDOMAIN): only
+            // a forged answer could name an address for it.
         },
         "behaviours": {
             "big.test": "truncate",
@@ -56,7 +60,7 @@ fn zone() -> Value {
 /// a wrong mapping would show as an allowed connect.
 fn policy(env: &TestEnv) -> String {
     format!(
-        "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {{name: names}}\nspec:\n  mode: enforce\n  selector:\n    cgroupPaths: [\"{}\", \"{}\"]\n  allow:\n    countries: [DE]\n    domains: [allowed.test, \"*.svc.test\", alias.test, brief.test, big.test, other.test, evil.test, cut.test, loop.test, wrongid.test, split.test]\n  deny:\n    domains: [denied.test]\n",
+        "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {{name: names}}\nspec:\n  mode: enforce\n  selector:\n    cgroupPaths: [\"{}\", \"{}\"]\n  allow:\n    countries: [DE]\n    domains: [allowed.test, \"*.svc.test\", alias.test, brief.test, big.test, other.test, evil.test, cut.test, loop.test, wrongid.test, split.test, login.test, mapped.test]\n  deny:\n    domains: [denied.test]\n",
         env.rel("sel"),
         env.rel("sel2"),
     )
@@ -463,4 +467,168 @@ fn established_connections_keep_their_name_across_a_policy_switch() {
     // A new connection to the address, without a fresh lookup, is refused.
     let p = env.probe("sel", &["tcp", US_V4, &PORT.to_string()]);
     assert!(!p.ok && p.errno == i64::from(libc::EPERM), "{:?}", p.raw);
+}
+
+/// A workload asks the trusted resolver about an allowed name and forges
+/// the answer itself, naming a denied address, by each route it has: a
+/// broadcast and a multicast answer from a raw socket (looped back with
+/// the real interface as their device), and a user and network namespace
+/// of its own where a TUN device answers unicast from the trusted
+/// resolver's address. Each forged answer reaches the querying socket (the
+/// attack is made), and the address stays refused in the workload's
+/// namespace. In the private namespace the name counts (its connect is let
+/// through, to an address only the TUN device hears); it is not carried
+/// into the real one, neither as a name nor as a cached decision.
+#[test]
+fn forged_answers_open_nothing() {
+    let metrics_addr = "127.0.0.1:19469";
+    let (env, dns) = started(&["--metrics-addr", metrics_addr]);
+    let link = format!("emh{}", env.id);
+    let port = PORT.to_string();
+    for (i, via) in ["broadcast", "multicast", "tun"].into_iter().enumerate() {
+        let sub = format!("sel2/forge{i}");
+        std::fs::create_dir_all(env.cgroup(&sub)).unwrap();
+        let mut args = vec![
+            "forge",
+            "--server",
+            &dns.addr,
+            "--name",
+            "login.test",
+            "--answer",
+            US_V4,
+            "--via",
+            via,
+            "--dev",
+            &link,
+        ];
+        if via == "tun" {
+            args.extend(["--connect-port", &port]);
+        }
+        let f = env.dnsprobe(&sub, &args);
+        assert_eq!(
+            f["delivered"], true,
+            "{via}: the forged answer never reached the querying socket, so nothing was tried: {f}"
+        );
+        if via == "tun" {
+            assert_eq!(
+                f["private_connect_errno"],
+                libc::EINPROGRESS,
+                "{via}: in its own namespace the name counts: {f}"
+            );
+        }
+        let p = env.probe(&sub, &["tcp", US_V4, &port]);
+        assert!(
+            !p.ok && p.errno == i64::from(libc::EPERM),
+            "{via}: a forged answer opened {US_V4}: {:?}",
+            p.raw
+        );
+    }
+    let m = scrape(metrics_addr);
+    assert!(
+        dns_counter(&m, "spoofed") >= 2,
+        "the broadcast and multicast answers are not counted as forged:\n{m}"
+    );
+}
+
+/// An AAAA record holding `::ffff:a.b.c.d` does not vouch for the IPv4
+/// address a.b.c.d: only an A record does.
+#[test]
+fn an_ipv4_mapped_aaaa_record_vouches_for_nothing() {
+    let metrics_addr = "127.0.0.1:19470";
+    let (env, dns) = started(&["--metrics-addr", metrics_addr]);
+    let q = env.dnsprobe(
+        "sel2",
+        &[
+            "query",
+            "--server",
+            &dns.addr,
+            "--name",
+            "mapped.test",
+            "--aaaa",
+        ],
+    );
+    assert!(
+        q.to_string().contains(&format!("::ffff:{US_V4}")),
+        "the resolver did not answer the mapped address: {q}"
+    );
+    let p = env.probe("sel2", &["tcp", US_V4, &PORT.to_string()]);
+    assert!(
+        !p.ok && p.errno == i64::from(libc::EPERM),
+        "an AAAA record opened the IPv4 address {US_V4}: {:?}",
+        p.raw
+    );
+    let m = scrape(metrics_addr);
+    assert!(dns_counter(&m, "mapped_v4") >= 1, "{m}");
+}
+
+/// With `--dns-trust-loopback`, a loopback resolver is trusted in the
+/// daemon's own network namespace only: a workload's namespace has a
+/// loopback of its own, where it can run a "resolver" at the trusted
+/// address and answer itself. There the forged name opens nothing; in the
+/// daemon's namespace the same stub teaches the name.
+#[test]
+fn loopback_resolvers_are_trusted_in_the_daemons_namespace_only() {
+    let metrics_addr = "127.0.0.1:19471";
+    let stub = "127.0.83.53:53";
+    let mut env = TestEnv::new();
+    std::fs::create_dir_all(env.cgroup("sel2")).unwrap();
+    // The stub's own address is allowed, as a node's stub must be.
+    let with_stub = policy(&env).replace("  deny:\n", "    cidrs: [\"127.0.0.0/8\"]\n  deny:\n");
+    assert_ne!(with_stub, policy(&env));
+    env.write_policy("names.yaml", &with_stub);
+    env.start_daemon(&[
+        "--metrics-addr",
+        metrics_addr,
+        "--dns-trust-loopback",
+        "--dns-resolver",
+        "127.0.83.53/32",
+    ]);
+    env.wait_log("policy set generation", Duration::from_secs(10));
+    let forge = [
+        "forge",
+        "--server",
+        stub,
+        "--name",
+        "login.test",
+        "--answer",
+        US_V4,
+        "--via",
+        "stub",
+    ];
+    // In the workload's namespace (not the daemon's).
+    let f = env.dnsprobe("sel2", &forge);
+    assert_eq!(f["delivered"], true, "{f}");
+    let p = env.probe("sel2", &["tcp", US_V4, &PORT.to_string()]);
+    assert!(
+        !p.ok && p.errno == i64::from(libc::EPERM),
+        "a loopback stub in the workload's namespace opened {US_V4}: {:?}",
+        p.raw
+    );
+    let m = scrape(metrics_addr);
+    assert_eq!(dns_counter(&m, "learned"), 0, "{m}");
+    assert!(dns_counter(&m, "untrusted_resolver") >= 1, "{m}");
+
+    // In the daemon's namespace, a selected workload's stub teaches. (No
+    // connect here: the daemon's namespace routes to the real network.)
+    let procs = env.cgroup("sel").join("cgroup.procs");
+    let mut cmd = std::process::Command::new(integration_tests::dnsprobe_bin());
+    cmd.args(forge);
+    // SAFETY: only a write to cgroup.procs between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            std::fs::write(&procs, b"0")
+        });
+    }
+    let out = cmd.output().expect("run dnsprobe");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let m = scrape(metrics_addr);
+    assert!(
+        dns_counter(&m, "learned") >= 1,
+        "the daemon's own loopback stub taught nothing:\n{m}"
+    );
 }

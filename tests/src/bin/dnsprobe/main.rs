@@ -9,6 +9,8 @@
 //!     [--rounds N] [--tcp] [--aaaa] [--gap-ms G] [--accept-any]
 //!     [--no-tcp-fallback] [--max-seconds S]
 //! dnsprobe flood --server IP:PORT --count N [--suffix flood.test] [--seconds S]
+//! dnsprobe forge --server IP:PORT --name NAME --answer IPV4
+//!     --via broadcast|multicast|tun|stub [--dev IFNAME] [--connect-port P]
 //!
 //! The zone file format and the behaviours are in `zone.rs`.
 use std::{net::SocketAddr, path::PathBuf, process::exit, time::Duration};
@@ -17,6 +19,7 @@ use clap::{Args, Parser, Subcommand};
 use serde_json::json;
 
 mod client;
+mod forge;
 mod serve;
 mod wire;
 mod zone;
@@ -77,6 +80,26 @@ enum Command {
         /// Stop sending after this long.
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+    },
+    /// Ask the resolver for NAME, then forge its answer (naming ANSWER) by
+    /// the route VIA (see `forge.rs`). Prints whether the forged answer
+    /// reached the querying socket.
+    Forge {
+        #[arg(long)]
+        server: SocketAddr,
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        answer: std::net::Ipv4Addr,
+        #[arg(long)]
+        via: String,
+        /// The interface a broadcast or multicast forgery leaves by.
+        #[arg(long)]
+        dev: Option<String>,
+        /// With `tun`: then connect over TCP to ANSWER:P in the private
+        /// namespace; prints the errno.
+        #[arg(long)]
+        connect_port: Option<u16>,
     },
 }
 
@@ -154,5 +177,26 @@ fn main() {
             Ok(summary) => println!("{summary}"),
             Err(e) => fail(format!("flood: {e}")),
         },
+        Command::Forge {
+            server,
+            name,
+            answer,
+            via,
+            dev,
+            connect_port,
+        } => {
+            let f = forge::Forge {
+                server,
+                name,
+                answer,
+                via,
+                dev,
+                connect_port,
+            };
+            match forge::forge(&f) {
+                Ok(v) => println!("{v}"),
+                Err(e) => fail(format!("forge: {e:#}")),
+            }
+        }
     }
 }
