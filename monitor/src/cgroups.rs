@@ -87,17 +87,41 @@ pub fn walk(mount: &Path, root: &Path) -> Result<Vec<(String, u64)>, CgroupError
     })?;
     let mut out = vec![(rel, cgroup_id(root)?)];
     let mut stack = vec![root.to_path_buf()];
+    // Only a cgroup removed while the walk runs is skipped: any other
+    // error (out of descriptors, a permission taken away) fails the walk,
+    // and the caller keeps what it had. A walk that skipped a subtree
+    // silently would select nothing there.
+    let gone = |e: &std::io::Error| e.kind() == std::io::ErrorKind::NotFound;
+    let failed = |path: &Path, source: std::io::Error| CgroupError::Io {
+        path: path.into(),
+        source,
+    };
     while let Some(dir) = stack.pop() {
-        let Ok(entries) = std::fs::read_dir(&dir) else {
-            continue;
+        let entries = match std::fs::read_dir(&dir) {
+            Ok(entries) => entries,
+            Err(e) if gone(&e) => continue,
+            Err(e) => return Err(failed(&dir, e)),
         };
-        for entry in entries.flatten() {
-            let Ok(ft) = entry.file_type() else { continue };
+        for entry in entries {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) if gone(&e) => break,
+                Err(e) => return Err(failed(&dir, e)),
+            };
+            let path = entry.path();
+            let ft = match entry.file_type() {
+                Ok(ft) => ft,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(failed(&path, e)),
+            };
             if !ft.is_dir() {
                 continue;
             }
-            let path = entry.path();
-            let Ok(meta) = entry.metadata() else { continue };
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(failed(&path, e)),
+            };
             if let Some(rel) = relative(mount, &path) {
                 out.push((rel, meta.ino()));
             }

@@ -849,6 +849,17 @@ fn spawn_metrics(
 
 /// Runs the daemon until SIGTERM or SIGINT.
 pub async fn run(config: DaemonConfig) -> anyhow::Result<()> {
+    // Descriptors: as many as this process may have, so the API's clients
+    // (capped below what is left after a reserve) never starve the walk of
+    // the cgroup tree.
+    match crate::api::server::raise_nofile() {
+        Ok(n) if n < 2 * crate::api::server::RESERVED_DESCRIPTORS => log::warn!(
+            "only {n} file descriptors (RLIMIT_NOFILE); the API takes {} connections per transport",
+            crate::api::server::connection_cap()
+        ),
+        Ok(_) => {}
+        Err(e) => log::warn!("cannot raise RLIMIT_NOFILE to its hard limit: {e}"),
+    }
     let mut signals = Signals::new()?;
     let Some(started) = start(&config, &mut signals).await? else {
         return Ok(());

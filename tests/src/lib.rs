@@ -164,6 +164,9 @@ pub struct TestEnv {
     received: Arc<Mutex<Vec<Value>>>,
     /// Where the daemon attaches (default: `cgroup_root`).
     pub attach_root: Option<PathBuf>,
+    /// RLIMIT_NOFILE (soft and hard) the daemon starts with (default: the
+    /// test's own).
+    pub daemon_nofile: Option<u64>,
     events_rx: Option<mpsc::Receiver<Value>>,
     pub seen: Vec<Value>,
     log: Arc<Mutex<String>>,
@@ -190,6 +193,7 @@ impl TestEnv {
             server: None,
             received: Arc::new(Mutex::new(Vec::new())),
             attach_root: None,
+            daemon_nofile: None,
             events_rx: None,
             seen: Vec::new(),
             log: Arc::new(Mutex::new(String::new())),
@@ -390,7 +394,23 @@ impl TestEnv {
     pub fn spawn_daemon(&mut self, extra: &[&str]) {
         // A fresh log per daemon, emptied before it can write a line.
         self.log.lock().unwrap().clear();
-        let mut child = Command::new(daemon_bin())
+        let mut cmd = Command::new(daemon_bin());
+        if let Some(n) = self.daemon_nofile {
+            // SAFETY: one setrlimit between fork and exec.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: n,
+                        rlim_max: n,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = cmd
             .arg("daemon")
             .arg("--policies")
             .arg(self.policy_dir())

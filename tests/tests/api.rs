@@ -996,3 +996,175 @@ fn tls_clients_need_a_valid_certificate() {
     assert!(!text.contains("programs"), "{text}");
     drop(env);
 }
+
+/// Anyone who can reach `--listen` opens idle TCP connections that never
+/// send a ClientHello, and a local client idle unix-socket connections,
+/// more of them together than the daemon has descriptors (it runs with
+/// RLIMIT_NOFILE 512 here). Each transport takes a bounded number at a
+/// time, so the daemon keeps descriptors for its own work: enforcement
+/// holds throughout (a forbidden connect hammered from the selected
+/// cgroup and from a cgroup made during the flood reaches nothing), the
+/// unix socket answers during the TCP flood, the idle TLS peers are
+/// dropped after the handshake timeout, and after the unix flood the
+/// socket answers again.
+#[test]
+fn a_connection_flood_switches_nothing_off() {
+    // This test's own side of the flood needs the descriptors.
+    // SAFETY: getrlimit/setrlimit on live structs.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim);
+        lim.rlim_cur = lim.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+    }
+    let pki = Pki::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut env = TestEnv::new();
+    env.daemon_nofile = Some(512);
+    env.set_policy("enforce", "DE");
+    env.start_daemon(&[
+        "--listen",
+        &listen,
+        "--tls-cert",
+        &pki.path("server.pem"),
+        "--tls-key",
+        &pki.path("server.key"),
+        "--tls-client-ca",
+        &pki.path("ca.pem"),
+    ]);
+    let pid = env.daemon_pid().unwrap();
+    let descriptors = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    // More than the daemon has descriptors; the flood stops where a
+    // connect no longer completes (the daemon takes no more and the
+    // listen backlog is full).
+    const FLOOD: usize = 900;
+    let started = std::time::Instant::now();
+    let mut tcp = Vec::new();
+    while tcp.len() < FLOOD {
+        match std::net::TcpStream::connect_timeout(&listen.parse().unwrap(), Duration::from_secs(1))
+        {
+            Ok(c) => tcp.push(c),
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
+            Err(e) => panic!("TCP flood connection {}: {e}", tcp.len()),
+        }
+    }
+    assert!(
+        tcp.len() > 100,
+        "the flood made only {} connections",
+        tcp.len()
+    );
+    eprintln!(
+        "{} idle TCP connections in {:?}; the daemon holds {} descriptors",
+        tcp.len(),
+        started.elapsed(),
+        descriptors()
+    );
+    std::fs::create_dir_all(env.cgroup("sel/new")).unwrap();
+    for sub in ["sel", "sel/new"] {
+        let h = env.hammer(sub, 800);
+        env.assert_nothing_through(h, &format!("{sub}, during the TCP flood"));
+    }
+    assert!(
+        env.cli(&["status"]).status.success(),
+        "the unix socket stopped answering during the TCP flood"
+    );
+
+    let mut unix = Vec::new();
+    while unix.len() < FLOOD {
+        match connect_unix_nonblocking(&env.socket()) {
+            Ok(c) => unix.push(c),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) => panic!("unix flood connection {}: {e}", unix.len()),
+        }
+    }
+    assert!(
+        unix.len() > 100,
+        "the flood made only {} connections",
+        unix.len()
+    );
+    let held = descriptors();
+    eprintln!(
+        "and {} idle unix connections; the daemon holds {held} descriptors",
+        unix.len()
+    );
+    assert!(held < 512, "the daemon is at its descriptor limit: {held}");
+    let h = env.hammer("sel/new", 800);
+    env.assert_nothing_through(h, "during both floods");
+    assert!(
+        !env.log().contains("rescan failed"),
+        "the cgroup walk failed during the flood:\n{}",
+        env.log()
+    );
+
+    // The idle TLS peers are dropped after the handshake timeout.
+    let first = &mut tcp[0];
+    first
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let n = std::io::Read::read(first, &mut buf);
+    assert!(
+        matches!(n, Ok(0))
+            || n.as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "an idle TLS peer was not dropped: {n:?}"
+    );
+    drop(unix);
+    drop(tcp);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !env.cli(&["status"]).status.success() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the unix socket does not answer after the flood"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::fs::remove_dir(env.cgroup("sel/new")).unwrap();
+}
+
+/// A unix-socket connect that fails with EAGAIN instead of waiting when
+/// the listener's backlog is full.
+fn connect_unix_nonblocking(path: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
+    // SAFETY: plain socket creation; owned below.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+            0,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor.
+    let stream = unsafe { std::os::unix::net::UnixStream::from_raw_fd(fd) };
+    // SAFETY: a zeroed sockaddr_un, filled below within its bounds.
+    let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.as_os_str().as_bytes();
+    assert!(bytes.len() < addr.sun_path.len(), "socket path too long");
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    // SAFETY: a live address of the right size.
+    let rc = unsafe {
+        libc::connect(
+            std::os::fd::AsRawFd::as_raw_fd(&stream),
+            (&addr as *const libc::sockaddr_un).cast(),
+            std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(stream)
+}

@@ -4,12 +4,24 @@
 //! authorized once, before it reaches a service.
 /// The largest request the API decodes.
 pub const MAX_REQUEST_BYTES: usize = 16 << 20;
+/// A TLS client that has not finished its handshake by then is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Concurrent calls on one connection.
+const MAX_STREAMS: u32 = 64;
+/// HTTP/2 pings find dead peers: one every interval, answered within the
+/// timeout or the connection is closed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Descriptors kept for the daemon's own work (cgroup walks, the store,
+/// the sweep's namespaces, pins) whatever the API's clients hold.
+pub const RESERVED_DESCRIPTORS: u64 = 256;
 
 use std::{
     net::SocketAddr,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::Arc,
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -147,13 +159,15 @@ pub async fn serve(
 
     let (svc, health, refl1, refl1a) = services(backend.clone()).await?;
     let mut shutdown_unix = shutdown.clone();
-    let unix = Server::builder()
+    let cap = connection_cap();
+    log::info!("the API takes at most {cap} connections per transport at a time");
+    let unix = builder()
         .layer(AuthLayer::new(auth.clone()))
         .add_service(svc)
         .add_service(health)
         .add_service(refl1)
         .add_service(refl1a)
-        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), async move {
+        .serve_with_incoming_shutdown(capped(UnixListenerStream::new(listener), cap), async move {
             let _ = shutdown_unix.wait_for(|s| *s).await;
         });
 
@@ -166,16 +180,23 @@ pub async fn serve(
                 // Client certificates are required: a connection without
                 // one, or with one from another CA, is refused in the
                 // handshake and never reaches a service.
-                .client_ca_root(Certificate::from_pem(read(&tls.client_ca, "client CA")?));
+                .client_ca_root(Certificate::from_pem(read(&tls.client_ca, "client CA")?))
+                // A peer that connects and never finishes its handshake
+                // (no certificate needed to try) is dropped.
+                .timeout(HANDSHAKE_TIMEOUT);
             let (svc, health, refl1, refl1a) = services(backend).await?;
             log::info!(
                 "gRPC API on {} (TLS, client certificates)",
                 listener.local_addr()?
             );
             let mut shutdown_tcp = shutdown.clone();
-            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            let incoming = capped(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                cap,
+            );
             Some(
-                Server::builder()
+                builder()
+                    .tcp_keepalive(Some(KEEPALIVE_INTERVAL))
                     .tls_config(tls_config)?
                     .layer(AuthLayer::new(auth))
                     .add_service(svc)
@@ -202,4 +223,141 @@ pub async fn serve(
     }
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+/// The server settings both transports share: bounded streams per
+/// connection, and HTTP/2 pings that close connections to dead peers.
+fn builder() -> Server {
+    Server::builder()
+        .max_concurrent_streams(MAX_STREAMS)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+}
+
+/// Connections one transport holds at a time: at most 256, and at most a
+/// quarter of what the descriptor limit leaves beside the daemon's own
+/// reserve, so a flood of idle connections can never take the
+/// descriptors the controller needs to walk the cgroup tree.
+pub fn connection_cap() -> usize {
+    let soft = nofile().map_or(1024, |(soft, _)| soft);
+    (soft.saturating_sub(RESERVED_DESCRIPTORS) / 4).clamp(8, 256) as usize
+}
+
+/// The (soft, hard) RLIMIT_NOFILE.
+pub fn nofile() -> std::io::Result<(u64, u64)> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit into a live struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((lim.rlim_cur, lim.rlim_max))
+}
+
+/// Raises the soft RLIMIT_NOFILE to the hard one; returns the new soft.
+pub fn raise_nofile() -> std::io::Result<u64> {
+    let (soft, hard) = nofile()?;
+    if soft < hard {
+        let lim = libc::rlimit {
+            rlim_cur: hard,
+            rlim_max: hard,
+        };
+        // SAFETY: setrlimit from a live struct.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(hard)
+}
+
+/// At most `cap` connections of `incoming` at a time: a connection
+/// waits for a slot before the listener is polled again (`then` runs one
+/// future to its end first), so while `cap` are open, one more is
+/// accepted and the rest wait in the listen backlog, holding no
+/// descriptor of ours.
+fn capped<S, T>(
+    incoming: S,
+    cap: usize,
+) -> impl tokio_stream::Stream<Item = std::io::Result<Capped<T>>>
+where
+    S: tokio_stream::Stream<Item = std::io::Result<T>>,
+{
+    use tokio_stream::StreamExt;
+    let slots = Arc::new(tokio::sync::Semaphore::new(cap));
+    incoming.then(move |conn| {
+        let slots = slots.clone();
+        async move {
+            let conn = conn?;
+            let slot = slots
+                .acquire_owned()
+                .await
+                .map_err(|_| std::io::Error::other("the API connection slots are closed"))?;
+            Ok(Capped {
+                inner: conn,
+                _slot: slot,
+            })
+        }
+    })
+}
+
+/// A connection that holds one of its transport's slots until it closes.
+pub struct Capped<T> {
+    inner: T,
+    _slot: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Capped<T> {
+    type ConnectInfo = T::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Capped<T> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Capped<T> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
 }

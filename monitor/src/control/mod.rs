@@ -726,7 +726,7 @@ impl Controller {
     /// The periodic work: the cgroup tree, the kernel's losses, our links.
     fn tick(&mut self, view: &View) {
         if let Err(e) = self.rescan() {
-            log::error!("cgroup rescan failed: {e:#}");
+            log::error!("cgroup rescan failed, the selection in force stays: {e:#}");
         }
         self.reload_cloud();
         let lost = self.parts.kernel.lost_events();
@@ -804,7 +804,7 @@ impl Controller {
                 // A cgroup the kernel could not classify: walk now.
                 () = wake.unclassified.notified() => {
                     if let Err(e) = tokio::task::block_in_place(|| self.rescan()) {
-                        log::error!("cgroup rescan failed: {e:#}");
+                        log::error!("cgroup rescan failed, the selection in force stays: {e:#}");
                     }
                 }
                 // A TCP packet the backstop refused: destroy its socket.
