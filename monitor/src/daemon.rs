@@ -224,7 +224,7 @@ fn check_policies(config: &DaemonConfig) -> anyhow::Result<()> {
     let mut problems = Vec::new();
     let mut valid = 0;
     for f in &files {
-        match policy::compile_file(f) {
+        match policy::compile_dir_file(dir, f) {
             Ok(ps) => valid += ps.len(),
             Err(e) => problems.push(e.to_string()),
         }

@@ -1168,3 +1168,179 @@ fn connect_unix_nonblocking(path: &Path) -> std::io::Result<std::os::unix::net::
     }
     Ok(stream)
 }
+
+/// A process's resident memory now (VmRSS) and at its peak (VmHWM), in bytes:
+/// the peak catches an expansion that was freed again before the reading.
+fn rss_of(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| -> u64 {
+        let kb: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().strip_suffix("kB"))
+            .map(|v| v.trim().parse().unwrap())
+            .unwrap_or_else(|| panic!("{name} in /proc/{pid}/status"));
+        kb * 1024
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// A policy of one `scalar`-byte CIDR string anchored in `allow.cidrs` and
+/// aliased `aliases` times: `aliases` × `scalar` bytes once expanded.
+fn alias_bomb(scalar: usize, aliases: usize) -> String {
+    let mut text = String::from(
+        "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {name: bomb}\nspec:\n  mode: monitor\n  selector: {cgroupPaths: [\"/a\"]}\n  allow:\n    cidrs: [&a \"",
+    );
+    text.push_str(&"1".repeat(scalar));
+    text.push('"');
+    text.push_str(&",*a".repeat(aliases));
+    text.push_str("]\n");
+    text
+}
+
+/// Issue 36: one viewer's CheckPolicy must not kill the daemon. The
+/// issue's alias bomb (850 KB, 60 GB expanded) is over the text limit; one
+/// under it (220 KB, 4 GB expanded) is refused at its anchor before
+/// anything is expanded. The daemon answers afterwards, its memory barely
+/// moved. And a policy file that links out of the policy directory (to a
+/// secret-looking file) is rejected without its content reaching viewers.
+#[test]
+fn a_viewers_alias_bomb_is_refused_and_the_daemon_lives() {
+    let pki = Pki::new();
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let env = start(
+        "enforce",
+        &[
+            "--listen",
+            &listen,
+            "--tls-cert",
+            &pki.path("server.pem"),
+            "--tls-key",
+            &pki.path("server.key"),
+            "--tls-client-ca",
+            &pki.path("ca.pem"),
+            "--tls-admin-name",
+            "ops-admin",
+        ],
+    );
+    let pid = env.daemon_pid().expect("the daemon runs");
+    let secret = "S3cr3tT0kenNeverShown";
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(
+        outside.path().join("shadow"),
+        format!("{secret}:$6$salt$hash:19000:0:99999:7:::\n"),
+    )
+    .unwrap();
+    rt().block_on(async {
+        let args = monitor::api::client::ConnectArgs {
+            socket: None,
+            server: Some(format!("https://localhost:{port}")),
+            tls_ca: Some(pki.path("ca.pem").into()),
+            tls_cert: Some(pki.path("viewer.pem").into()),
+            tls_key: Some(pki.path("viewer.key").into()),
+            tls_server_name: None,
+        };
+        let mut c = monitor::api::client::connect(&args).await.unwrap();
+        // A viewer indeed.
+        let e = c
+            .reload_policies(pb::ReloadPoliciesRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::PermissionDenied, "{e}");
+        c.get_status(pb::GetStatusRequest {}).await.unwrap();
+        let before = rss_of(pid);
+
+        let bomb = alias_bomb(400_000, 150_000);
+        assert!(bomb.len() > 840_000, "{}", bomb.len());
+        let e = c
+            .check_policy(pb::CheckPolicyRequest {
+                text: bomb.clone(),
+                file_name: "bomb.yaml".into(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{e}");
+        assert!(
+            e.message().starts_with(&format!(
+                "text: {} bytes is more than the 262144 bytes (256 KiB) CheckPolicy takes",
+                bomb.len()
+            )),
+            "{e}"
+        );
+
+        let small = alias_bomb(100_000, 40_000);
+        assert!(small.len() < 256 << 10, "{}", small.len());
+        for _ in 0..3 {
+            let r = c
+                .check_policy(pb::CheckPolicyRequest {
+                    text: small.clone(),
+                    file_name: "bomb.yaml".into(),
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            assert!(!r.valid);
+            assert_eq!(r.line, 8);
+            assert_eq!(
+                r.error,
+                "bomb.yaml:8: anchors and aliases are not accepted in a policy: line 8 (an anchor, `&` at column 13)"
+            );
+        }
+        // Still answering, and its memory did not balloon (without the
+        // refusal, each check above expands to 4 GB).
+        let s = c
+            .get_status(pb::GetStatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(s.policy_generation, 1);
+        let after = rss_of(pid);
+        assert!(
+            after.0 < before.0 + (50 << 20) && after.1 < before.1 + (50 << 20),
+            "(VmRSS, VmHWM) grew from {before:?} to {after:?} bytes"
+        );
+
+        // A policy file that links out of the directory: rejected, and
+        // what viewers see of it names the link, not what it leads to holds.
+        std::os::unix::fs::symlink(
+            outside.path().join("shadow"),
+            env.policy_dir().join("shadow.yaml"),
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        let rejected = loop {
+            let l = c
+                .list_policies(pb::ListPoliciesRequest {})
+                .await
+                .unwrap()
+                .into_inner();
+            if let Some(r) = l.rejected_files.first() {
+                break r.clone();
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the link was not rejected: {l:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(
+            rejected.file.ends_with("shadow.yaml")
+                && rejected.error.contains("outside the policy directory")
+                && rejected.error.contains("not read"),
+            "{rejected:?}"
+        );
+        assert!(!rejected.error.contains(secret), "{rejected:?}");
+        // Its check, as a viewer would send the same content, shows no value.
+        let r = c
+            .check_policy(pb::CheckPolicyRequest {
+                text: std::fs::read_to_string(outside.path().join("shadow")).unwrap(),
+                file_name: "shadow.yaml".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(!r.valid && !r.error.contains(secret), "{}", r.error);
+    });
+    drop(env);
+}

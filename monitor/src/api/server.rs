@@ -98,7 +98,7 @@ async fn services(
     // Requests above this are refused by gRPC itself (OUT_OF_RANGE) before
     // they are decoded; below it, `Filter::compile` bounds every list and
     // string (INVALID_ARGUMENT).
-    let service = pb::egress_monitor_server::EgressMonitorServer::new(Service { backend })
+    let service = pb::egress_monitor_server::EgressMonitorServer::new(Service::new(backend))
         .max_decoding_message_size(MAX_REQUEST_BYTES);
     Ok((service, health, reflection_v1, reflection_v1alpha))
 }

@@ -26,11 +26,29 @@ pub const CLIENT_QUEUE: usize = 4096;
 const TRANSPORT_QUEUE: usize = 16;
 /// History a client may ask for at once.
 pub const MAX_LAST: u32 = 100_000;
-/// Largest policy text CheckPolicy takes.
-const MAX_POLICY_TEXT: usize = 1 << 20;
+/// Largest policy text CheckPolicy takes: 256 KiB. A policy people write
+/// is a few kilobytes (the shipped ones are under 1 KiB), and 256 KiB still
+/// holds some 15,000 CIDRs; a larger file (the daemon reads up to 16 MiB)
+/// is checked where it is, with `egress-monitor policy check FILE`. The
+/// limit bounds what one viewer's request costs the daemon.
+pub const MAX_POLICY_TEXT: usize = 256 << 10;
+/// CheckPolicy calls compiled at once, each on a blocking thread; one more
+/// is refused RESOURCE_EXHAUSTED rather than queued.
+pub const CHECK_POLICY_SLOTS: usize = 2;
 
 pub struct Service {
     pub backend: Backend,
+    /// The CheckPolicy calls in progress ([`CHECK_POLICY_SLOTS`]).
+    pub check_slots: Arc<tokio::sync::Semaphore>,
+}
+
+impl Service {
+    pub fn new(backend: Backend) -> Self {
+        Service {
+            backend,
+            check_slots: Arc::new(tokio::sync::Semaphore::new(CHECK_POLICY_SLOTS)),
+        }
+    }
 }
 
 pub fn policy_pb(p: &CompiledPolicy, selected: &[String]) -> pb::Policy {
@@ -49,6 +67,62 @@ pub fn policy_pb(p: &CompiledPolicy, selected: &[String]) -> pb::Policy {
         pods: p.pods.iter().cloned().collect(),
         systemd_units: p.unit_globs.clone(),
     }
+}
+
+/// CheckPolicy: the text's limit, then the compile on a blocking thread in
+/// one of `slots`, or RESOURCE_EXHAUSTED when none is free. A policy that
+/// does not compile is an answer (`valid: false`, the error and its line),
+/// not an error status.
+pub async fn check_policy_text(
+    slots: &Arc<tokio::sync::Semaphore>,
+    req: pb::CheckPolicyRequest,
+) -> Result<pb::CheckPolicyResponse, Status> {
+    if req.text.trim().is_empty() {
+        return Err(Status::invalid_argument(
+            "text: empty; send the YAML of one or more policies",
+        ));
+    }
+    if req.text.len() > MAX_POLICY_TEXT {
+        return Err(Status::invalid_argument(format!(
+            "text: {} bytes is more than the {MAX_POLICY_TEXT} bytes (256 KiB) CheckPolicy \
+             takes; check a larger file where it is, with `egress-monitor policy check FILE`",
+            req.text.len()
+        )));
+    }
+    let name = if req.file_name.is_empty() {
+        "policy.yaml".to_string()
+    } else {
+        req.file_name
+    };
+    // Compiling is CPU work: off the async runtime, at most
+    // CHECK_POLICY_SLOTS at once, and a call beyond them is refused rather
+    // than queued without bound.
+    let slot = slots.clone().try_acquire_owned().map_err(|_| {
+        Status::resource_exhausted(format!(
+            "CheckPolicy: {CHECK_POLICY_SLOTS} checks are already running; try again shortly"
+        ))
+    })?;
+    let text = req.text;
+    let checked = tokio::task::spawn_blocking(move || {
+        let _slot = slot;
+        policy::compile_text(Path::new(&name), &text)
+    })
+    .await
+    .map_err(|e| Status::internal(format!("CheckPolicy: the check failed: {e}")))?;
+    Ok(match checked {
+        Ok(policies) => pb::CheckPolicyResponse {
+            valid: true,
+            error: String::new(),
+            line: 0,
+            policies: policies.iter().map(|p| policy_pb(p, &[])).collect(),
+        },
+        Err(e) => pb::CheckPolicyResponse {
+            valid: false,
+            error: e.to_string(),
+            line: e.line as u32,
+            policies: Vec::new(),
+        },
+    })
 }
 
 fn rejected_pb(s: &PolicySnapshot) -> Vec<pb::RejectedFile> {
@@ -265,39 +339,9 @@ impl EgressMonitor for Service {
         &self,
         request: Request<pb::CheckPolicyRequest>,
     ) -> Result<Response<pb::CheckPolicyResponse>, Status> {
-        let req = request.into_inner();
-        if req.text.trim().is_empty() {
-            return Err(Status::invalid_argument(
-                "text: empty; send the YAML of one or more policies",
-            ));
-        }
-        if req.text.len() > MAX_POLICY_TEXT {
-            return Err(Status::invalid_argument(format!(
-                "text: {} bytes is more than {MAX_POLICY_TEXT}",
-                req.text.len()
-            )));
-        }
-        let name = if req.file_name.is_empty() {
-            "policy.yaml".to_string()
-        } else {
-            req.file_name
-        };
-        Ok(Response::new(
-            match policy::compile_text(Path::new(&name), &req.text) {
-                Ok(policies) => pb::CheckPolicyResponse {
-                    valid: true,
-                    error: String::new(),
-                    line: 0,
-                    policies: policies.iter().map(|p| policy_pb(p, &[])).collect(),
-                },
-                Err(e) => pb::CheckPolicyResponse {
-                    valid: false,
-                    error: e.to_string(),
-                    line: e.line as u32,
-                    policies: Vec::new(),
-                },
-            },
-        ))
+        check_policy_text(&self.check_slots, request.into_inner())
+            .await
+            .map(Response::new)
     }
 
     async fn query_events(
@@ -465,5 +509,63 @@ mod tests {
         let s = status_pb(&view, &Default::default(), "key");
         assert!(s.programs.is_empty());
         assert_eq!((s.policy_generation, s.policy_refused.as_str()), (4, ""));
+    }
+
+    fn request(text: &str) -> pb::CheckPolicyRequest {
+        pb::CheckPolicyRequest {
+            text: text.into(),
+            file_name: "c.yaml".into(),
+        }
+    }
+
+    const POLICY: &str = "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {name: c}\nspec:\n  mode: monitor\n  selector: {cgroupPaths: [\"/a\"]}\n  allow:\n    countries: [DE]\n";
+
+    /// CheckPolicy refuses a text over its limit naming it, refuses a call
+    /// when its slots are taken (RESOURCE_EXHAUSTED, not a queue), and
+    /// answers again once one is free; a bad policy is an answer.
+    #[tokio::test]
+    async fn check_policy_has_a_text_limit_and_refuses_when_busy() {
+        let slots = Arc::new(tokio::sync::Semaphore::new(CHECK_POLICY_SLOTS));
+        let big = format!("{POLICY}#{}\n", "x".repeat(MAX_POLICY_TEXT));
+        let e = check_policy_text(&slots, request(&big)).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument);
+        assert!(
+            e.message().starts_with(&format!(
+                "text: {} bytes is more than the 262144 bytes (256 KiB) CheckPolicy takes",
+                big.len()
+            )),
+            "{}",
+            e.message()
+        );
+        let r = check_policy_text(&slots, request(POLICY)).await.unwrap();
+        assert!(r.valid, "{}", r.error);
+        let held: Vec<_> = (0..CHECK_POLICY_SLOTS)
+            .map(|_| slots.clone().try_acquire_owned().unwrap())
+            .collect();
+        let e = check_policy_text(&slots, request(POLICY))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(
+            e.message(),
+            "CheckPolicy: 2 checks are already running; try again shortly"
+        );
+        drop(held);
+        let r = check_policy_text(&slots, request(&POLICY.replace("[DE]", "&a [DE]")))
+            .await
+            .unwrap();
+        assert!(!r.valid);
+        assert_eq!(r.line, 8);
+        assert!(
+            r.error
+                .starts_with("c.yaml:8: anchors and aliases are not accepted in a policy: line 8"),
+            "{}",
+            r.error
+        );
+        assert_eq!(
+            slots.available_permits(),
+            CHECK_POLICY_SLOTS,
+            "every slot given back"
+        );
     }
 }

@@ -207,20 +207,29 @@ fn check(
         Some(p) => anyhow::bail!("GeoIP database {} does not exist", p.display()),
         None => None,
     };
+    // Each file with the directory it was listed from: the daemon refuses a
+    // file of its directory that leads outside it, and so does the check.
     let mut files = Vec::new();
     for p in paths {
         if p.is_dir() {
             files.extend(
-                policy::policy_files(&p).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?,
+                policy::policy_files(&p)
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?
+                    .into_iter()
+                    .map(|f| (f, Some(p.clone()))),
             );
         } else {
-            files.push(p);
+            files.push((p, None));
         }
     }
     let mut failed = false;
     let mut all = Vec::new();
-    for f in &files {
-        match policy::compile_file(f) {
+    for (f, dir) in &files {
+        let compiled = match dir {
+            Some(dir) => policy::compile_dir_file(dir, f),
+            None => policy::compile_file(f),
+        };
+        match compiled {
             Ok(ps) => {
                 for p in &ps {
                     let (errors, cloud_warnings) = policy::lint::cloud_patterns(p, &cloud);
@@ -425,7 +434,12 @@ fn judging<'p>(
 
 fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     use monitor_common::{CountrySource, Rule, Verdict};
-    let files = if args.sources.policies.is_dir() {
+    let dir = args
+        .sources
+        .policies
+        .is_dir()
+        .then_some(&args.sources.policies);
+    let files = if dir.is_some() {
         policy::policy_files(&args.sources.policies).map_err(|e| {
             anyhow::anyhow!(
                 "reading policy directory {}: {e}",
@@ -438,7 +452,11 @@ fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let mut all = Vec::new();
     for f in &files {
         // The daemon would reject this file: say so, judge with the rest.
-        match policy::compile_file(f) {
+        let compiled = match dir {
+            Some(dir) => policy::compile_dir_file(dir, f),
+            None => policy::compile_file(f),
+        };
+        match compiled {
             Ok(ps) => all.extend(ps),
             Err(e) => eprintln!("warning: {e} (left out, as the daemon would)"),
         }

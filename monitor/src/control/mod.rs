@@ -370,7 +370,7 @@ impl Controller {
         for path in paths {
             // A cloud-region pattern that matches no region fails open in
             // `deny`: the file is rejected like one that does not compile.
-            let compiled = policy::compile_file(&path).and_then(|ps| {
+            let compiled = policy::compile_dir_file(dir, &path).and_then(|ps| {
                 for p in &ps {
                     let (errors, _) = policy::lint::cloud_patterns(p, &self.parts.cloud);
                     if let Some(e) = errors.into_iter().next() {

@@ -32,16 +32,59 @@ pub fn compile_text(file: &Path, text: &str) -> Result<Vec<CompiledPolicy>, Poli
     Ok(out)
 }
 
-/// Reads and compiles one file.
+/// Reads and compiles one file, wherever it is (`policy check FILE`).
 pub fn compile_file(file: &Path) -> Result<Vec<CompiledPolicy>, PolicyError> {
-    let too_big = |len: u64| PolicyError {
+    compile_text(file, &read_policy(file, None)?)
+}
+
+/// Reads and compiles one file of the policy directory `dir`, as listed by
+/// [`policy_files`]: like [`compile_file`], but a file that resolves outside
+/// `dir` (a link to `/etc/shadow`) is refused unread. Links inside it are
+/// followed, which is what a Kubernetes ConfigMap mount is made of:
+/// `name.yaml -> ..data/name.yaml`, `..data -> ..2026_01_01_00_00_00.1`.
+pub fn compile_dir_file(dir: &Path, file: &Path) -> Result<Vec<CompiledPolicy>, PolicyError> {
+    compile_text(file, &read_policy(file, Some(dir))?)
+}
+
+/// The text of a policy file, bounded by [`MAX_FILE_BYTES`]; with `inside`,
+/// only if the file opened is in that directory.
+fn read_policy(file: &Path, inside: Option<&Path>) -> Result<String, PolicyError> {
+    let error = |reason: String| PolicyError {
         file: file.display().to_string(),
         line: 0,
-        reason: format!(
-            "{len} bytes, more than the {MAX_FILE_BYTES} a policy file may hold; not read"
-        ),
+        reason,
     };
-    if let Ok(m) = std::fs::metadata(file) {
+    let too_big = |len: u64| {
+        error(format!(
+            "{len} bytes, more than the {MAX_FILE_BYTES} a policy file may hold; not read"
+        ))
+    };
+    // Opened first, so a dangling link or a loop fails with its reason.
+    let f = std::fs::File::open(file).map_err(|e| error(format!("cannot read: {e}")))?;
+    if let Some(dir) = inside {
+        let dir = dir.canonicalize().map_err(|e| {
+            error(format!(
+                "cannot resolve the policy directory {}: {e}; not read",
+                dir.display()
+            ))
+        })?;
+        // Where the file opened really is: the kernel's name for the open
+        // descriptor (no race with a link changed after opening), else the
+        // path resolved now.
+        use std::os::fd::AsRawFd;
+        let real = std::fs::read_link(format!("/proc/self/fd/{}", f.as_raw_fd()))
+            .or_else(|_| file.canonicalize())
+            .map_err(|e| error(format!("cannot resolve where it leads: {e}; not read")))?;
+        if !real.starts_with(&dir) {
+            return Err(error(format!(
+                "leads to {}, outside the policy directory {}; not read (links are \
+                 followed only inside it, as in a ConfigMap mount)",
+                real.display(),
+                dir.display()
+            )));
+        }
+    }
+    if let Ok(m) = f.metadata() {
         if m.len() > MAX_FILE_BYTES {
             return Err(too_big(m.len()));
         }
@@ -49,25 +92,16 @@ pub fn compile_file(file: &Path) -> Result<Vec<CompiledPolicy>, PolicyError> {
     let mut bytes = Vec::new();
     // Bounded read: a file that grows after the size check (or a device
     // behind a link) stops at the limit instead of filling memory.
-    std::fs::File::open(file)
-        .and_then(|f| {
-            use std::io::Read;
-            f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes)
-        })
-        .map_err(|e| PolicyError {
-            file: file.display().to_string(),
-            line: 0,
-            reason: format!("cannot read: {e}"),
-        })?;
+    {
+        use std::io::Read;
+        f.take(MAX_FILE_BYTES + 1)
+            .read_to_end(&mut bytes)
+            .map_err(|e| error(format!("cannot read: {e}")))?;
+    }
     if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(too_big(bytes.len() as u64));
     }
-    let text = String::from_utf8(bytes).map_err(|e| PolicyError {
-        file: file.display().to_string(),
-        line: 0,
-        reason: format!("not UTF-8 text: {e}"),
-    })?;
-    compile_text(file, &text)
+    String::from_utf8(bytes).map_err(|e| error(format!("not UTF-8 text: {e}")))
 }
 
 /// Two policies of one name are an error, naming both places.
@@ -97,7 +131,8 @@ pub const MAX_FILES: usize = 1000;
 /// The policy files of a directory: `*.yaml` and `*.yml`, hidden names
 /// skipped (a Kubernetes ConfigMap mount keeps its real files in `..data`).
 /// A link that leads nowhere (dangling, or a loop) is listed, so reading it
-/// fails with its reason instead of the file being skipped in silence.
+/// fails with its reason instead of the file being skipped in silence; so is
+/// one that leads outside the directory, which [`compile_dir_file`] refuses.
 pub fn policy_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in std::fs::read_dir(dir)? {

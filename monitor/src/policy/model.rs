@@ -186,20 +186,172 @@ fn contains_word(line: &str, token: &str) -> bool {
     false
 }
 
-/// Parses one document; serde's own location is made file-relative.
+/// Deepest nesting of mappings and sequences a policy document may have.
+/// A policy nests four deep (document, `spec`, `allow`, `cidrs`); this is
+/// far past that and well below the YAML crate's own recursion limit (128).
+pub const MAX_DEPTH: usize = 32;
+
+/// Screens one document at the parser's event level, before anything is
+/// built from it: an anchor (`&name`) or an alias (`*name`) is refused,
+/// since aliases are expanded when deserialising, and a few hundred
+/// kilobytes aliased many times expand to gigabytes (libyaml bounds how
+/// often aliases are followed, not the bytes they produce). Policies never
+/// need them. Nesting deeper than [`MAX_DEPTH`] is refused too, and a syntax
+/// error is reported at its line and column in the parser's words, never
+/// with the text. Any error here refuses the document: the deserialiser
+/// never sees a text this screen could not read.
+pub fn screen(file: &Path, doc: &Document) -> Result<(), PolicyError> {
+    use saphyr_parser::{Event, Parser};
+    let at = |line: usize, reason: String| PolicyError {
+        file: file.display().to_string(),
+        line: doc.first_line + line.max(1) - 1,
+        reason,
+    };
+    let refused = |line: usize, col: usize, what: &str| {
+        let line = doc.first_line + line.max(1) - 1;
+        PolicyError {
+            file: file.display().to_string(),
+            line,
+            reason: format!(
+                "anchors and aliases are not accepted in a policy: line {line} ({what} at column {})",
+                col + 1
+            ),
+        }
+    };
+    let mut depth = 0usize;
+    for event in Parser::new_from_str(doc.text) {
+        let (event, span) = event.map_err(|e| {
+            let (line, col) = (e.marker().line(), e.marker().col());
+            // An alias of no anchor is refused by the parser before it is
+            // an event: it is an alias all the same.
+            if e.info().contains("unknown anchor") {
+                return refused(line, col, "an alias, `*`");
+            }
+            // At the end of the text the parser's line is one past the last.
+            let last = doc.text.lines().count().max(1);
+            if line > last {
+                at(
+                    last,
+                    format!("not valid YAML at the end of the document: {}", e.info()),
+                )
+            } else {
+                at(
+                    line,
+                    format!("not valid YAML at column {}: {}", col + 1, e.info()),
+                )
+            }
+        })?;
+        let (line, col) = (span.start.line(), span.start.col());
+        let anchor = match event {
+            Event::Alias(_) => return Err(refused(line, col, "an alias, `*`")),
+            Event::Scalar(_, _, anchor, _) => anchor,
+            Event::SequenceStart(anchor, _) | Event::MappingStart(anchor, _) => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return Err(at(
+                        line,
+                        format!(
+                            "nested more than {MAX_DEPTH} levels deep at column {} (a policy needs 4)",
+                            col + 1
+                        ),
+                    ));
+                }
+                anchor
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                depth = depth.saturating_sub(1);
+                0
+            }
+            _ => 0,
+        };
+        if anchor != 0 {
+            return Err(refused(line, col, "an anchor, `&`"));
+        }
+    }
+    Ok(())
+}
+
+/// Parses one document, after [`screen`]; the YAML crate's own location is
+/// made file-relative, and its message keeps the path and what was expected
+/// but not the value found (see [`without_values`]).
 pub fn parse_document(file: &Path, doc: &Document) -> Result<PolicyDoc, PolicyError> {
-    serde_yaml::from_str::<PolicyDoc>(doc.text).map_err(|e| {
-        let line = e.location().map(|l| l.line()).unwrap_or(1);
+    screen(file, doc)?;
+    serde_norway::from_str::<PolicyDoc>(doc.text).map_err(|e| {
+        let location = e.location();
+        let line = location.as_ref().map(|l| l.line()).unwrap_or(1);
         let reason = e.to_string();
-        // serde_yaml appends " at line N column M"; the prefix says it already.
+        // The crate appends " at line N column M"; the prefix says the line
+        // already, and the column is said once, below.
         let reason = match reason.find(" at line ") {
             Some(i) => reason[..i].to_string(),
             None => reason,
         };
+        let mut reason = without_values(&reason);
+        if let Some(l) = location.filter(|l| l.line() > 0) {
+            // Only where the value is hidden: there the column points at it.
+            if reason.contains("(not shown)") {
+                reason.push_str(&format!(" (column {})", l.column()));
+            }
+        }
         PolicyError {
             file: file.display().to_string(),
             line: doc.first_line + line - 1,
             reason,
         }
     })
+}
+
+/// A deserialising error without the value it found: a file that is not a
+/// policy (a link to `/etc/shadow`, say) must not show its content to
+/// whoever reads the error (viewers of the API see rejected files'
+/// errors). `invalid type: string "root:$6$…", expected struct PolicyDoc`
+/// becomes `invalid type: a string (not shown), expected struct PolicyDoc`;
+/// an unknown field or variant at the top of a document, where it is the
+/// file's first word, is not repeated either. Below the top (`spec: unknown
+/// field \`denny\``) the name is kept: the document is a policy there, and
+/// the name is what its author must fix.
+pub fn without_values(reason: &str) -> String {
+    for marker in ["invalid type: ", "invalid value: "] {
+        if let Some(i) = reason.find(marker) {
+            let from = i + marker.len();
+            // What was expected is ours (a type's description), so the last
+            // ", expected " is the end of the value, whatever it contains.
+            let to = reason[from..]
+                .rfind(", expected ")
+                .map_or(reason.len(), |j| from + j);
+            let found = &reason[from..to];
+            let kind = [
+                ("string ", "a string (not shown)"),
+                ("integer ", "an integer (not shown)"),
+                ("floating point ", "a number (not shown)"),
+                ("boolean ", "a boolean (not shown)"),
+                ("character ", "a character (not shown)"),
+            ]
+            .iter()
+            .find(|(prefix, _)| found.starts_with(prefix))
+            .map(|(_, kind)| *kind);
+            // The other kinds (sequence, map, unit value, ...) carry no value.
+            let kind = kind.unwrap_or(if found.contains(['"', '`']) {
+                "a value (not shown)"
+            } else {
+                found
+            });
+            return format!("{}{kind}{}", &reason[..from], &reason[to..]);
+        }
+    }
+    for marker in ["unknown field `", "unknown variant `"] {
+        if let Some(rest) = reason.strip_prefix(marker) {
+            let what = &marker[..marker.len() - 2];
+            // What follows the name is ours (the names expected), so the
+            // last of these is the end of the name, whatever it contains.
+            let end = rest
+                .rfind("`, expected ")
+                .or_else(|| rest.rfind("`, there are no "));
+            return match end {
+                Some(j) => format!("{what} (not shown){}", &rest[j + 1..]),
+                None => format!("{what} (not shown)"),
+            };
+        }
+    }
+    reason.to_string()
 }

@@ -432,3 +432,318 @@ spec:
         warnings[0]
     );
 }
+
+/// Counts the bytes each thread allocates, so a test can show that a parse
+/// built nothing big (the test binary's allocator: the system's, counted).
+struct CountingAlloc;
+
+thread_local! {
+    static ALLOCATED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+}
+
+fn count(bytes: usize) {
+    let _ = ALLOCATED.try_with(|a| a.set(a.get().saturating_add(bytes)));
+}
+
+// SAFETY: every call is passed on to the system allocator unchanged; the
+// counting touches only a const-initialised thread-local without a destructor.
+unsafe impl std::alloc::GlobalAlloc for CountingAlloc {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count(layout.size());
+        // SAFETY: the caller's contract, passed on.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count(layout.size());
+        // SAFETY: the caller's contract, passed on.
+        unsafe { std::alloc::System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        count(new_size.saturating_sub(layout.size()));
+        // SAFETY: the caller's contract, passed on.
+        unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: the caller's contract, passed on.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static COUNTING: CountingAlloc = CountingAlloc;
+
+/// Bytes this thread allocated while `f` ran, and what it returned.
+fn allocated_by<T>(f: impl FnOnce() -> T) -> (usize, T) {
+    let before = ALLOCATED.with(|a| a.get());
+    let out = f();
+    (ALLOCATED.with(|a| a.get()) - before, out)
+}
+
+/// The billion-laughs document of issue 36: one 400 KB scalar anchored in
+/// `allow.cidrs` and aliased `aliases` times after it (about 60 GB when
+/// expanded, at 150,000).
+fn alias_bomb(scalar: usize, aliases: usize) -> String {
+    let mut text = String::from(
+        "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {name: bomb}\nspec:\n  mode: monitor\n  selector: {cgroupPaths: [\"/a\"]}\n  allow:\n    cidrs: [&a \"",
+    );
+    text.push_str(&"1".repeat(scalar));
+    text.push('"');
+    for _ in 0..aliases {
+        text.push_str(",*a");
+    }
+    text.push_str("]\n");
+    text
+}
+
+/// An alias bomb is refused at its anchor, quickly, having allocated
+/// nothing near its expansion: the screen walks parser events, so the
+/// deserialiser that would expand it never runs.
+#[test]
+fn an_alias_bomb_is_refused_before_anything_is_expanded() {
+    let bomb = alias_bomb(400_000, 150_000);
+    assert!(
+        (840_000..900_000).contains(&bomb.len()),
+        "{} bytes",
+        bomb.len()
+    );
+    let started = std::time::Instant::now();
+    let (bytes, result) = allocated_by(|| compile_text(f(), &bomb));
+    let took = started.elapsed();
+    let e = result.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "p.yaml:8: anchors and aliases are not accepted in a policy: line 8 (an anchor, `&` at column 13)"
+    );
+    assert_eq!(e.line, 8);
+    // The expansion is 150,000 × 400 KB = 60 GB; the screen holds the
+    // document and its one scalar, a few megabytes at most.
+    assert!(
+        bytes < 16 << 20,
+        "{bytes} bytes allocated to refuse an {} byte document",
+        bomb.len()
+    );
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "took {took:?} to refuse"
+    );
+}
+
+/// Any anchor or alias is refused, at its own line, with the same words;
+/// an alias without its anchor too (the parser calls it an unknown anchor).
+#[test]
+fn a_small_anchor_or_alias_is_refused_at_its_line() {
+    let anchored = GOOD
+        .replace("countries: [CH]", "countries: &c [CH]")
+        .replace("countries: [HU]", "countries: *c");
+    assert_eq!(
+        error_of(&anchored),
+        "p.yaml:9: anchors and aliases are not accepted in a policy: line 9 (an anchor, `&` at column 16)"
+    );
+    let scalar = GOOD.replace("mode: enforce", "mode: &m enforce");
+    assert!(
+        error_of(&scalar).starts_with(
+            "p.yaml:5: anchors and aliases are not accepted in a policy: line 5 (an anchor"
+        ),
+        "{}",
+        error_of(&scalar)
+    );
+    let alias = GOOD.replace("countries: [HU]", "countries: *c");
+    assert_eq!(
+        error_of(&alias),
+        "p.yaml:14: anchors and aliases are not accepted in a policy: line 14 (an alias, `*` at column 16)"
+    );
+    // In a second document, at its line in the file.
+    let second = format!("{GOOD}---\n{}", anchored.replace("llm-eu-only", "two"));
+    assert!(
+        error_of(&second).starts_with("p.yaml:25: anchors and aliases are not accepted"),
+        "{}",
+        error_of(&second)
+    );
+    // A merge key needs an alias: refused the same way.
+    let merge = GOOD.replace(
+        "  deny:\n    countries: [HU]",
+        "  deny:\n    <<: *c\n    countries: [HU]",
+    );
+    assert!(
+        error_of(&merge).contains("anchors and aliases are not accepted in a policy: line 14"),
+        "{}",
+        error_of(&merge)
+    );
+}
+
+/// Nesting is bounded at the event level too, before the crate's own
+/// recursion limit: a deep document is refused at the line it goes too deep.
+#[test]
+fn deep_nesting_is_refused_with_the_limit() {
+    let deep = format!(
+        "{}\n",
+        GOOD.replace(
+            "countries: [CH]",
+            &format!(
+                "countries: {}{}",
+                "[".repeat(model::MAX_DEPTH),
+                "]".repeat(model::MAX_DEPTH)
+            )
+        )
+    );
+    let e = error_of(&deep);
+    assert!(
+        e.starts_with("p.yaml:9: nested more than 32 levels deep at column "),
+        "{e}"
+    );
+    // A megabyte of `[`: the parser's scanner, which runs ahead of its
+    // events, stops it first with its own limit.
+    let (bytes, e) = allocated_by(|| error_of(&"[".repeat(1 << 20)));
+    assert!(
+        e.starts_with("p.yaml:1: nested more than 32 levels deep")
+            || e.starts_with("p.yaml:1: not valid YAML at column 256: recursion limit exceeded"),
+        "{e}"
+    );
+    assert!(bytes < 16 << 20, "{bytes} bytes");
+}
+
+/// A file that is not a policy (what a link to `/etc/shadow` reads) is
+/// refused with where and what was expected, never with what it holds.
+#[test]
+fn errors_never_show_the_values_of_a_file_that_is_not_a_policy() {
+    let d = tempfile::tempdir().unwrap();
+    let secret = "S3cr3tSalt";
+    let cases = [
+        // /etc/shadow: one plain scalar of every line.
+        format!("root:$6${secret}$Zq1x9.hash:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\n"),
+        // A token file.
+        format!("ghp_{secret}0123456789\n"),
+        // Quoted, and a number.
+        format!("\"{secret}\"\n"),
+        "8231923923\n".to_string(),
+        // A key file: its first key is not a policy's.
+        format!("{secret}: value\n"),
+        format!("password: {secret}\n"),
+        // A policy-shaped document with a value of the wrong type.
+        GOOD.replace(
+            "  mode: enforce\n",
+            &format!("  mode: enforce\n  judgeLinkLocal: {secret}\n"),
+        ),
+        GOOD.replace(
+            "metadata: {name: llm-eu-only}",
+            &format!("metadata: {{name: [{secret}]}}"),
+        ),
+    ];
+    for (i, text) in cases.iter().enumerate() {
+        let file = d.path().join(format!("s{i}.yaml"));
+        std::fs::write(&file, text).unwrap();
+        let e = compile_file(&file).unwrap_err().to_string();
+        assert!(
+            !e.contains(secret) && !e.contains("8231923923") && !e.contains("password"),
+            "case {i} shows the content: {e}"
+        );
+        assert!(e.starts_with(&format!("{}:", file.display())), "{e}");
+        assert!(
+            e.contains("(not shown)") || e.contains("invalid type: sequence, expected a string"),
+            "case {i}: {e}"
+        );
+    }
+    // A shadow line ends in ':', so YAML reads a mapping: its key is the
+    // unknown field, and not repeated.
+    let e = compile_file(&d.path().join("s0.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.ends_with(
+            "s0.yaml:1: unknown field (not shown), expected one of `apiVersion`, `kind`, `metadata`, `spec` (column 1)"
+        ),
+        "{e}"
+    );
+    let e = compile_file(&d.path().join("s1.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.ends_with(
+            "s1.yaml:1: invalid type: a string (not shown), expected struct PolicyDoc (column 1)"
+        ),
+        "{e}"
+    );
+    let e = compile_file(&d.path().join("s4.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.ends_with(
+            "s4.yaml:1: unknown field (not shown), expected one of `apiVersion`, `kind`, `metadata`, `spec` (column 1)"
+        ),
+        "{e}"
+    );
+    let e = compile_file(&d.path().join("s6.yaml"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.ends_with("s6.yaml:6: spec.judgeLinkLocal: invalid type: a string (not shown), expected a boolean (column 19)"),
+        "{e}"
+    );
+}
+
+/// The policy directory follows links only inside itself: a link to a file
+/// outside (`/etc/shadow`, or a policy elsewhere) is refused unread, while a
+/// Kubernetes ConfigMap mount (`name -> ..data/name`, `..data -> ..TIMESTAMP`
+/// inside the directory) is read as before.
+#[test]
+fn links_out_of_the_policy_directory_are_refused_and_a_configmap_is_read() {
+    let outside = tempfile::tempdir().unwrap();
+    let elsewhere = outside.path().join("elsewhere.yaml");
+    std::fs::write(&elsewhere, GOOD).unwrap();
+    assert!(
+        compile_file(&elsewhere).is_ok(),
+        "a good policy, read directly"
+    );
+
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    let link = dir.join("shadow.yaml");
+    std::os::unix::fs::symlink(&elsewhere, &link).unwrap();
+    let files = policy_files(dir).unwrap();
+    assert_eq!(
+        files,
+        std::slice::from_ref(&link),
+        "listed, so its refusal is said"
+    );
+    let e = compile_dir_file(dir, &link).unwrap_err();
+    let real = elsewhere.canonicalize().unwrap();
+    assert_eq!(e.line, 0);
+    assert!(
+        e.reason.starts_with(&format!(
+            "leads to {}, outside the policy directory {}; not read",
+            real.display(),
+            dir.canonicalize().unwrap().display()
+        )),
+        "{e}"
+    );
+    assert!(!e.to_string().contains("llm-eu-only"), "{e}");
+    // The same file read on its own (`policy check FILE`) is not refused.
+    assert!(compile_file(&link).is_ok());
+    std::fs::remove_file(&link).unwrap();
+
+    // A ConfigMap mount.
+    let stamp = "..2026_05_01_12_00_00.123456789";
+    std::fs::create_dir(dir.join(stamp)).unwrap();
+    std::fs::write(dir.join(stamp).join("p.yaml"), GOOD).unwrap();
+    std::os::unix::fs::symlink(stamp, dir.join("..data")).unwrap();
+    std::os::unix::fs::symlink("..data/p.yaml", dir.join("p.yaml")).unwrap();
+    let files = policy_files(dir).unwrap();
+    assert_eq!(files, [dir.join("p.yaml")]);
+    let p = compile_dir_file(dir, &files[0]).unwrap();
+    assert_eq!(p[0].name, "llm-eu-only");
+    // The directory named through a link of its own is the same directory.
+    let via = outside.path().join("policies");
+    std::os::unix::fs::symlink(dir, &via).unwrap();
+    assert!(compile_dir_file(&via, &via.join("p.yaml")).is_ok());
+
+    // A ConfigMap-shaped mount whose `..data` leads out is refused.
+    std::fs::remove_file(dir.join("..data")).unwrap();
+    std::fs::write(outside.path().join("p.yaml"), GOOD).unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.join("..data")).unwrap();
+    let e = compile_dir_file(dir, &dir.join("p.yaml")).unwrap_err();
+    assert!(e.reason.contains("outside the policy directory"), "{e}");
+    // A dangling link still says why it cannot be read.
+    std::os::unix::fs::symlink("nowhere.yaml", dir.join("gone.yaml")).unwrap();
+    let e = compile_dir_file(dir, &dir.join("gone.yaml")).unwrap_err();
+    assert!(e.reason.starts_with("cannot read: No such file"), "{e}");
+}
