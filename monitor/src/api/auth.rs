@@ -109,8 +109,19 @@ fn group_gid(text: &str, name: &str) -> Option<u32> {
     })
 }
 
+/// What a connection's peer was when it connected. For a unix socket: its
+/// groups, read once when the connection was accepted, so neither a later
+/// setgid exec nor a reused pid changes a connection's role.
+#[derive(Clone, Debug)]
+pub struct Peer<I> {
+    pub transport: I,
+    /// The peer's primary and supplementary groups at accept (unix
+    /// sockets; `None` when the peer's pid was not known).
+    pub groups: Option<Arc<[u32]>>,
+}
+
 /// A process's primary and supplementary groups, from /proc.
-fn groups_of(pid: i32) -> Vec<u32> {
+pub fn groups_of(pid: i32) -> Vec<u32> {
     let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
         return Vec::new();
     };
@@ -147,17 +158,17 @@ impl AuthConfig {
     /// The caller's role, from the connection information tonic puts into
     /// the request's extensions, or why it has none.
     pub fn role(&self, extensions: &http::Extensions) -> Result<Role, Refusal> {
-        if let Some(info) = extensions.get::<UdsConnectInfo>() {
-            let cred = info.peer_cred.ok_or(Refusal::Unauthenticated(
+        if let Some(info) = extensions.get::<Peer<UdsConnectInfo>>() {
+            let cred = info.transport.peer_cred.ok_or(Refusal::Unauthenticated(
                 "no peer credentials on the unix socket",
             ))?;
             if cred.uid() == 0 {
                 return Ok(Role::Admin);
             }
-            let groups = cred
-                .pid()
-                .map(groups_of)
-                .unwrap_or_else(|| vec![cred.gid()]);
+            let groups: Arc<[u32]> = info
+                .groups
+                .clone()
+                .unwrap_or_else(|| Arc::from([cred.gid()]));
             if self.admin_gid.is_some_and(|g| groups.contains(&g)) {
                 return Ok(Role::Admin);
             }
@@ -170,7 +181,7 @@ impl AuthConfig {
             )));
         }
         let certs = extensions
-            .get::<TlsConnectInfo<TcpConnectInfo>>()
+            .get::<TlsConnectInfo<Peer<TcpConnectInfo>>>()
             .and_then(|info| info.peer_certs())
             .unwrap_or_default();
         let Some(cert) = certs.first() else {
@@ -390,7 +401,10 @@ mod tests {
                 let info = a.connect_info();
                 // Our own group is the socket group: at least a viewer.
                 config.socket_gid = info.peer_cred.map(|c| c.gid());
-                req.extensions_mut().insert(info);
+                req.extensions_mut().insert(Peer {
+                    transport: info,
+                    groups: None,
+                });
                 _pair = (a, b);
             }
             let inner = Counting::default();
@@ -405,6 +419,138 @@ mod tests {
                 inner.0.load(std::sync::atomic::Ordering::SeqCst),
             )
         })
+    }
+
+    /// The role of a unix-socket connection is what its peer was when it
+    /// connected: a peer that connects as a viewer and takes the admin
+    /// group afterwards (a setgid exec; a pid reused by an admin's
+    /// process) stays a viewer on that connection. Runs as root (as the
+    /// suite does): the peer is a child that drops to uid 65534.
+    #[test]
+    fn a_unix_connection_keeps_the_role_its_peer_had_when_it_connected() {
+        use std::os::unix::ffi::OsStrExt;
+        const VIEWER_GID: u32 = 64_001;
+        const ADMIN_GID: u32 = 64_002;
+        // SAFETY: a plain query.
+        assert_eq!(unsafe { libc::geteuid() }, 0, "this test needs root");
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let path = dir.path().join("api.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).expect("bind");
+        // The peer is uid 65534: it may reach the socket (the role is the
+        // question here, not the file mode).
+        use std::os::unix::fs::PermissionsExt as _;
+        for (p, mode) in [(dir.path(), 0o755), (path.as_path(), 0o777)] {
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
+        }
+        // Everything the child needs is made before the fork: it only makes
+        // syscalls.
+        // SAFETY: a zeroed sockaddr_un, filled within its bounds.
+        let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        for (d, b) in addr.sun_path.iter_mut().zip(path.as_os_str().as_bytes()) {
+            *d = *b as libc::c_char;
+        }
+        let (mut to_child, mut from_child) = ([0i32; 2], [0i32; 2]);
+        // SAFETY: two pipes into live arrays.
+        unsafe {
+            assert_eq!(libc::pipe(to_child.as_mut_ptr()), 0);
+            assert_eq!(libc::pipe(from_child.as_mut_ptr()), 0);
+        }
+        // SAFETY: the child makes only async-signal-safe syscalls and exits.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            // SAFETY: syscalls on live values; the child never returns.
+            unsafe {
+                let mut byte = 0u8;
+                let step = |b: &mut u8| {
+                    libc::write(from_child[1], (b as *mut u8).cast(), 1);
+                    libc::read(to_child[0], (b as *mut u8).cast(), 1)
+                };
+                let viewer = [VIEWER_GID];
+                let admin = [ADMIN_GID];
+                let ok = libc::setgroups(1, viewer.as_ptr()) == 0
+                    && libc::setresgid(VIEWER_GID, VIEWER_GID, 0) == 0
+                    && libc::setresuid(65_534, 65_534, 0) == 0;
+                let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM, 0);
+                let connected = ok
+                    && libc::connect(
+                        fd,
+                        (&addr as *const libc::sockaddr_un).cast(),
+                        std::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t,
+                    ) == 0;
+                if !connected {
+                    libc::_exit(1);
+                }
+                step(&mut byte);
+                // Now the admin group, on the same connection.
+                let switched = libc::seteuid(0) == 0
+                    && libc::setgroups(1, admin.as_ptr()) == 0
+                    && libc::setresgid(ADMIN_GID, ADMIN_GID, 0) == 0
+                    && libc::seteuid(65_534) == 0;
+                if !switched {
+                    libc::_exit(2);
+                }
+                step(&mut byte);
+                libc::_exit(0);
+            }
+        }
+        // SAFETY: the child's ends, which the child holds: a read sees the
+        // end of the pipe when the child exits.
+        unsafe {
+            libc::close(to_child[0]);
+            libc::close(from_child[1]);
+        }
+        let wait_child = |what: &str| {
+            let mut byte = 0u8;
+            // SAFETY: reading one byte into a live value.
+            let n = unsafe { libc::read(from_child[0], (&mut byte as *mut u8).cast(), 1) };
+            assert_eq!(n, 1, "the peer did not get to {what}");
+        };
+        let go = || {
+            // SAFETY: writing one byte from a live value.
+            unsafe { libc::write(to_child[1], b"g".as_ptr().cast(), 1) };
+        };
+        wait_child("connect as a viewer");
+        let (stream, _) = listener.accept().expect("accept");
+        stream.set_nonblocking(true).expect("nonblocking");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime");
+        let role = rt.block_on(async {
+            use tonic::transport::server::Connected as _;
+            let stream = tokio::net::UnixStream::from_std(stream).expect("a tokio stream");
+            // What the server takes at accept.
+            let peer = Peer {
+                transport: stream.connect_info(),
+                groups: super::super::server::unix_groups(&stream),
+            };
+            go();
+            wait_child("take the admin group");
+            let now = groups_of(child);
+            assert!(
+                now.contains(&ADMIN_GID),
+                "the peer's groups did not change, so this shows nothing: {now:?}"
+            );
+            let config = AuthConfig {
+                socket_gid: Some(VIEWER_GID),
+                admin_gid: Some(ADMIN_GID),
+                ..AuthConfig::default()
+            };
+            let mut extensions = http::Extensions::new();
+            extensions.insert(peer);
+            config.role(&extensions)
+        });
+        go();
+        let mut status = 0;
+        // SAFETY: our own child.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        // SAFETY: our own pipe ends.
+        unsafe {
+            libc::close(to_child[1]);
+            libc::close(from_child[0]);
+        }
+        assert_eq!(role.ok(), Some(Role::Viewer), "the connection changed role");
     }
 
     #[test]

@@ -167,9 +167,12 @@ pub async fn serve(
         .add_service(health)
         .add_service(refl1)
         .add_service(refl1a)
-        .serve_with_incoming_shutdown(capped(UnixListenerStream::new(listener), cap), async move {
-            let _ = shutdown_unix.wait_for(|s| *s).await;
-        });
+        .serve_with_incoming_shutdown(
+            capped(UnixListenerStream::new(listener), cap, unix_groups),
+            async move {
+                let _ = shutdown_unix.wait_for(|s| *s).await;
+            },
+        );
 
     let tcp = match (tcp_listener, &config.tls) {
         (Some(listener), Some(tls)) => {
@@ -193,6 +196,7 @@ pub async fn serve(
             let incoming = capped(
                 tokio_stream::wrappers::TcpListenerStream::new(listener),
                 cap,
+                |_| None,
             );
             Some(
                 builder()
@@ -277,9 +281,12 @@ pub fn raise_nofile() -> std::io::Result<u64> {
 /// future to its end first), so while `cap` are open, one more is
 /// accepted and the rest wait in the listen backlog, holding no
 /// descriptor of ours.
+///
+/// `groups` reads the peer's groups once, as the connection is accepted.
 fn capped<S, T>(
     incoming: S,
     cap: usize,
+    groups: fn(&T) -> Option<Arc<[u32]>>,
 ) -> impl tokio_stream::Stream<Item = std::io::Result<Capped<T>>>
 where
     S: tokio_stream::Stream<Item = std::io::Result<T>>,
@@ -295,6 +302,7 @@ where
                 .await
                 .map_err(|_| std::io::Error::other("the API connection slots are closed"))?;
             Ok(Capped {
+                groups: groups(&conn),
                 inner: conn,
                 _slot: slot,
             })
@@ -302,17 +310,28 @@ where
     })
 }
 
-/// A connection that holds one of its transport's slots until it closes.
+/// A unix-socket peer's groups, from /proc, as it connects.
+pub(super) fn unix_groups(stream: &tokio::net::UnixStream) -> Option<Arc<[u32]>> {
+    let pid = stream.peer_cred().ok()?.pid()?;
+    Some(super::auth::groups_of(pid).into())
+}
+
+/// A connection that holds one of its transport's slots until it closes,
+/// with what its peer was when it connected.
 pub struct Capped<T> {
     inner: T,
+    groups: Option<Arc<[u32]>>,
     _slot: tokio::sync::OwnedSemaphorePermit,
 }
 
 impl<T: tonic::transport::server::Connected> tonic::transport::server::Connected for Capped<T> {
-    type ConnectInfo = T::ConnectInfo;
+    type ConnectInfo = super::auth::Peer<T::ConnectInfo>;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        super::auth::Peer {
+            transport: self.inner.connect_info(),
+            groups: self.groups.clone(),
+        }
     }
 }
 
