@@ -130,6 +130,12 @@ fn export_holds_the_window_and_verifies() {
     std::thread::sleep(Duration::from_millis(500));
     let out = env.dir.path().join("bundle.tar");
     let st = state(&env);
+    // A local user's symlink at the name export used to write its tar as
+    // it went (`<out>.partial`): export (root) does not write through it.
+    let victim = env.dir.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let partial = env.dir.path().join("bundle.partial");
+    std::os::unix::fs::symlink(&victim, &partial).unwrap();
     let export = Command::new(daemon_bin())
         .args(["export", "--since", &since, "--until", &until, "--out"])
         .arg(&out)
@@ -143,6 +149,14 @@ fn export_holds_the_window_and_verifies() {
         String::from_utf8_lossy(&export.stderr)
     );
     eprintln!("{}", String::from_utf8_lossy(&export.stdout));
+    assert!(
+        std::fs::read(&victim).unwrap() == b"precious",
+        "export wrote through the symlink at {} into {}",
+        partial.display(),
+        victim.display()
+    );
+    assert_eq!(std::fs::read_link(&partial).unwrap(), victim);
+    assert!(std::fs::symlink_metadata(&out).unwrap().is_file());
     // A bundle is evidence: a second export does not overwrite it unless
     // asked, and a missing directory is named.
     let before = std::fs::read(&out).unwrap();
@@ -266,11 +280,178 @@ fn export_holds_the_window_and_verifies() {
     let bad = env.dir.path().join("bad.tar");
     std::fs::write(&bad, bytes).unwrap();
     let failed = verify(&bad, &key);
-    assert!(!failed.status.success());
+    assert_eq!(failed.status.code(), Some(1));
     assert!(
         String::from_utf8_lossy(&failed.stderr).contains("events.jsonl"),
         "{}",
         String::from_utf8_lossy(&failed.stderr)
+    );
+}
+
+/// `verify` without --pubkey checks the bundle against the key it
+/// carries, which anyone can replace: an intact bundle then exits 3, not
+/// 0, and says the signature is only self-consistent; --trust-embedded-key
+/// asks for that trust by name (exit 0, a warning); a tampered bundle
+/// exits 1 either way.
+#[test]
+fn verify_without_a_pinned_key_is_not_success() {
+    let mut env = start(&[]);
+    let since = now();
+    traffic(&mut env, 1, 1);
+    let until = now();
+    std::thread::sleep(Duration::from_millis(300));
+    let out = env.dir.path().join("bundle.tar");
+    let export = Command::new(daemon_bin())
+        .args(["export", "--since", &since, "--until", &until, "--out"])
+        .arg(&out)
+        .arg("--state-dir")
+        .arg(state(&env))
+        .output()
+        .unwrap();
+    assert!(
+        export.status.success(),
+        "{}",
+        String::from_utf8_lossy(&export.stderr)
+    );
+    let key = status(&env)["node_public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let pinned = Command::new(daemon_bin())
+        .arg("verify")
+        .arg(&out)
+        .args(["--pubkey", &key])
+        .output()
+        .unwrap();
+    assert_eq!(
+        pinned.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&pinned.stderr)
+    );
+    // Without --pubkey the bundle is checked against the key it carries:
+    // intact, but that is only self-consistency, exit 3; trusting that
+    // key must be asked for (exit 0, with a warning).
+    let unpinned = |p: &PathBuf, extra: &[&str]| {
+        Command::new(daemon_bin())
+            .arg("verify")
+            .arg(p)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let self_only = unpinned(&out, &[]);
+    let (so, se) = (
+        String::from_utf8_lossy(&self_only.stdout),
+        String::from_utf8_lossy(&self_only.stderr),
+    );
+    assert_eq!(self_only.status.code(), Some(3), "{so}{se}");
+    assert!(so.starts_with("INTACT, KEY NOT PINNED "), "{so}");
+    assert!(
+        se.contains("NOT VERIFIED: the signature is only self-consistent"),
+        "{se}"
+    );
+    let trusted = unpinned(&out, &["--trust-embedded-key"]);
+    let (to, te) = (
+        String::from_utf8_lossy(&trusted.stdout),
+        String::from_utf8_lossy(&trusted.stderr),
+    );
+    assert_eq!(trusted.status.code(), Some(0), "{to}{te}");
+    assert!(to.starts_with("OK "), "{to}");
+    assert!(
+        te.starts_with("warning: --trust-embedded-key: the signature is only self-consistent"),
+        "{te}"
+    );
+    let both = unpinned(&out, &["--trust-embedded-key", "--pubkey", &key]);
+    assert_eq!(both.status.code(), Some(2), "a usage error");
+    // A flipped byte in the events file.
+    let mut bytes = std::fs::read(&out).unwrap();
+    let at = bytes
+        .windows(7)
+        .position(|w| w == b"\"tgid\":")
+        .expect("a record in the tar");
+    bytes[at + 8] ^= 1;
+    let bad = env.dir.path().join("bad.tar");
+    std::fs::write(&bad, bytes).unwrap();
+    // Tampered stays tampered (1) with or without a pinned key.
+    for extra in [
+        &["--pubkey", &key][..],
+        &[][..],
+        &["--trust-embedded-key"][..],
+    ] {
+        let failed = unpinned(&bad, extra);
+        assert_eq!(
+            failed.status.code(),
+            Some(1),
+            "{extra:?}: {}",
+            String::from_utf8_lossy(&failed.stderr)
+        );
+    }
+}
+
+/// A workload that names itself with Markdown (its comm: the name of the
+/// file it was started as, here with a pipe, a newline and a heading)
+/// gets one row in the bundle's summary.md, its name shown escaped, and
+/// no heading of its own.
+#[test]
+fn a_workload_named_with_markdown_cannot_forge_the_summary() {
+    let mut env = start(&[]);
+    let st = state(&env);
+    // The kernel's comm is the first 15 bytes of the name exec was given.
+    let name = "x|\n# Forged";
+    let hostile = env.dir.path().join(name);
+    std::os::unix::fs::symlink(probe_bin(), &hostile).unwrap();
+    let since = now();
+    let port = env.fresh_port().to_string();
+    let cmd = env.probe_command("sel", &["tcp", US_V4, &port]);
+    // The probe command, started as the hostile name.
+    let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_os_string()).collect();
+    assert_eq!(args[1], probe_bin().as_os_str());
+    let mut hostile_cmd = Command::new(cmd.get_program());
+    hostile_cmd.arg(&args[0]).arg(&hostile).args(&args[2..]);
+    let procs = env.cgroup("sel").join("cgroup.procs");
+    // SAFETY: as in TestEnv::probe_command: one write to a path computed
+    // before fork.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        hostile_cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+    }
+    drop(cmd);
+    let out = hostile_cmd.output().unwrap();
+    let raw: Value = serde_json::from_slice(&out.stdout).expect("probe output is JSON");
+    assert_eq!(raw["errno"].as_i64(), Some(EPERM), "{raw}");
+    let pid = raw["pid"].as_u64().unwrap();
+    let e = env.expect_event("hostile probe", WAIT, |e| e["tgid"].as_u64() == Some(pid));
+    assert_eq!(e["comm"], name, "the kernel's comm is the hostile name");
+    std::thread::sleep(Duration::from_millis(300));
+    let bundle = env.dir.path().join("hostile.tar");
+    let o = Command::new(daemon_bin())
+        .args(["export", "--since", &since, "--until", &now(), "--out"])
+        .arg(&bundle)
+        .arg("--state-dir")
+        .arg(&st)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let md = bundle_file(&bundle, "summary.md");
+    eprintln!("{md}");
+    assert!(
+        !md.lines().any(|l| l.starts_with("# Forged")),
+        "no heading of the workload's: {md}"
+    );
+    let rows: Vec<&str> = md
+        .lines()
+        .skip_while(|l| !l.starts_with("## Denied attempts"))
+        .skip(1)
+        .take_while(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with('|'))
+        .skip(2)
+        .collect();
+    assert_eq!(rows.len(), 1, "one denied flow, one row: {md}");
+    assert!(
+        rows[0].contains(r"| x\|\\x0a\# Forged |"),
+        "the comm shown literally, in its own cell: {}",
+        rows[0]
     );
 }
 
@@ -505,6 +686,10 @@ fn bundle_file(bundle: &std::path::Path, name: &str) -> String {
 fn a_bundle_states_what_no_daemon_watched() {
     let mut env = start(&[]);
     let st = state(&env);
+    let key = status(&env)["node_public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let dir = env.dir.path().to_path_buf();
     let export = |since: &str, until: &str, out: &str| {
         let path = dir.join(out);
@@ -564,6 +749,7 @@ fn a_bundle_states_what_no_daemon_watched() {
     let v = Command::new(daemon_bin())
         .arg("verify")
         .arg(&gappy)
+        .args(["--pubkey", &key])
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&v.stdout);

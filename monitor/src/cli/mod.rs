@@ -63,7 +63,9 @@ pub enum Command {
     /// Write a signed evidence bundle for a time window (reads the store
     /// in --state-dir; root on the node).
     Export(export::ExportArgs),
-    /// Check an evidence bundle: signature, digests, record chain.
+    /// Check an evidence bundle: signature, digests, record chain (exit 3:
+    /// intact, but signed by a key you did not pin with --pubkey).
+    #[command(after_help = verify::AFTER_HELP)]
     Verify(verify::VerifyArgs),
     /// The daemon's programs, policies, database and counters.
     Status(status::StatusArgs),

@@ -4,15 +4,100 @@ use clap::Args;
 
 use crate::evidence::{archive, key, verify};
 
+/// Exit statuses of `verify` (clap's own 2 is a usage error).
+pub const EXIT_OK: u8 = 0;
+/// A broken bundle (changed, removed, added or reordered; not signed by
+/// --pubkey), or a bundle that cannot be read.
+pub const EXIT_BROKEN: u8 = 1;
+/// Intact, but checked only against the key it carries, which no one
+/// pinned: the signature is only self-consistent.
+pub const EXIT_KEY_NOT_PINNED: u8 = 3;
+
+/// The end of `verify --help`: what each exit status means.
+pub const AFTER_HELP: &str = "\
+Exit status:
+  0  the bundle is intact and signed by the --pubkey given (or, with
+     --trust-embedded-key, by the key it carries, which you chose to trust)
+  1  the bundle is broken (a file changed, removed or added, the record
+     chain does not hold, or it is not signed by --pubkey), or unreadable
+  2  a usage error
+  3  the bundle is intact, but signed by a key you did not pin: without
+     --pubkey the signature is checked against the key inside the bundle,
+     which only shows it is self-consistent; anyone can make such a bundle";
+
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
     /// The bundle (written by `export`).
     pub bundle: PathBuf,
     /// The node's public key (64 hex digits, or a file holding them), as
     /// `status` shows it. Without it the bundle's own key is used, which
-    /// proves integrity but not origin.
+    /// proves integrity but not origin, and verify exits 3.
     #[arg(long)]
     pub pubkey: Option<String>,
+    /// Accept the key the bundle carries when no --pubkey is given: exit 0
+    /// (with a warning) for an intact bundle, instead of 3. Only
+    /// self-consistency is then checked: anyone can sign a bundle with a
+    /// key of their own.
+    #[arg(long, conflicts_with = "pubkey")]
+    pub trust_embedded_key: bool,
+}
+
+/// How an intact bundle's signature is trusted, and the status it gives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trust {
+    /// The key matches --pubkey.
+    Pinned,
+    /// The bundle's own key, accepted by --trust-embedded-key.
+    EmbeddedTrusted,
+    /// The bundle's own key, no one pinned it.
+    EmbeddedOnly,
+}
+
+impl Trust {
+    pub fn of(self_signed: bool, trust_embedded_key: bool) -> Self {
+        match (self_signed, trust_embedded_key) {
+            (false, _) => Trust::Pinned,
+            (true, true) => Trust::EmbeddedTrusted,
+            (true, false) => Trust::EmbeddedOnly,
+        }
+    }
+
+    pub fn exit(self) -> u8 {
+        match self {
+            Trust::Pinned | Trust::EmbeddedTrusted => EXIT_OK,
+            Trust::EmbeddedOnly => EXIT_KEY_NOT_PINNED,
+        }
+    }
+
+    /// The first word of the report.
+    fn word(self) -> &'static str {
+        match self {
+            Trust::Pinned | Trust::EmbeddedTrusted => "OK",
+            Trust::EmbeddedOnly => "INTACT, KEY NOT PINNED",
+        }
+    }
+
+    /// How the node key was found, after the key.
+    fn key_note(self) -> &'static str {
+        match self {
+            Trust::Pinned => " (matches --pubkey)",
+            Trust::EmbeddedTrusted => " (taken from the bundle, trusted by --trust-embedded-key)",
+            Trust::EmbeddedOnly => " (taken from the bundle, not pinned)",
+        }
+    }
+
+    /// The line said on stderr about the signature, if any.
+    fn warning(self) -> Option<&'static str> {
+        match self {
+            Trust::Pinned => None,
+            Trust::EmbeddedTrusted => Some(
+                "warning: --trust-embedded-key: the signature is only self-consistent (checked against the key inside the bundle); it does not show which node made the bundle. Pass --pubkey KEY (from `status` on the node) to check that.",
+            ),
+            Trust::EmbeddedOnly => Some(
+                "NOT VERIFIED: the signature is only self-consistent: it was checked against the key inside the bundle, which anyone can replace with a key of their own. Pass --pubkey KEY (from `status` on the node) to check who signed it, or --trust-embedded-key to accept the embedded key (exit 0). Exit status 3.",
+            ),
+        }
+    }
 }
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
@@ -21,8 +106,10 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
         archive::read_tar(&args.bundle).and_then(|files| verify::verify(&files, pinned.as_ref()));
     match result {
         Ok(r) => {
+            let trust = Trust::of(r.self_signed, args.trust_embedded_key);
             println!(
-                "OK {}: signature, {} file digests and the hash chain verify; {} of {} records of the window {} .. {}; node key {}{}",
+                "{} {}: signature, {} file digests and the hash chain verify; {} of {} records of the window {} .. {}; node key {}{}",
+                trust.word(),
                 args.bundle.display(),
                 r.files - 2,
                 r.records_exported,
@@ -30,11 +117,7 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                 r.since,
                 r.until,
                 r.public_key,
-                if r.self_signed {
-                    " (taken from the bundle: pass --pubkey to check who signed it)"
-                } else {
-                    " (matches --pubkey)"
-                }
+                trust.key_note()
             );
             match &r.coverage {
                 None => {
@@ -58,11 +141,61 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
                     }
                 }
             }
-            Ok(ExitCode::SUCCESS)
+            if let Some(w) = trust.warning() {
+                eprintln!("{w}");
+            }
+            Ok(ExitCode::from(trust.exit()))
         }
         Err(b) => {
             eprintln!("FAILED {}: {b}", args.bundle.display());
-            Ok(ExitCode::FAILURE)
+            Ok(ExitCode::from(EXIT_BROKEN))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Only a pinned key, or trust asked for by name, exits 0; an intact
+    /// bundle checked against its own key alone exits 3.
+    #[test]
+    fn an_unpinned_key_is_not_success() {
+        assert_eq!(Trust::of(false, false).exit(), 0);
+        assert_eq!(Trust::of(true, false), Trust::EmbeddedOnly);
+        assert_eq!(Trust::of(true, false).exit(), 3);
+        assert!(Trust::EmbeddedOnly
+            .warning()
+            .unwrap()
+            .contains("only self-consistent"));
+        assert_eq!(Trust::of(true, true).exit(), 0);
+        assert!(Trust::EmbeddedTrusted
+            .warning()
+            .unwrap()
+            .starts_with("warning: "));
+        assert_eq!(Trust::Pinned.warning(), None);
+        assert!(
+            AFTER_HELP.contains("  3  the bundle is intact, but signed by a key you did not pin")
+        );
+    }
+
+    /// --pubkey and --trust-embedded-key are not given together.
+    #[test]
+    fn pubkey_and_trust_embedded_key_conflict() {
+        use clap::Parser;
+        let r = crate::cli::Cli::try_parse_from([
+            "egress-monitor",
+            "verify",
+            "b.tar",
+            "--pubkey",
+            &"ab".repeat(32),
+            "--trust-embedded-key",
+        ]);
+        assert!(r.is_err());
+        let help = crate::cli::Cli::try_parse_from(["egress-monitor", "verify", "--help"])
+            .unwrap_err()
+            .to_string();
+        assert!(help.contains("Exit status:"), "{help}");
+        assert!(help.contains("--trust-embedded-key"), "{help}");
     }
 }

@@ -76,8 +76,8 @@ fn in_force(
 }
 
 /// A file of the bundle as it is made: hashed and counted on the way, its
-/// bytes in memory or, for an export, in a spool file beside the output
-/// (so memory does not grow with the window).
+/// bytes in memory or, for an export, in a spool file in the export's
+/// private directory (so memory does not grow with the window).
 struct Part {
     sha: Sha256,
     len: u64,
@@ -131,8 +131,7 @@ impl Spool<'_> {
             None => Body::Memory(Vec::new()),
             Some(dir) => {
                 let path = dir.join(name.replace('/', "_"));
-                let f = std::fs::File::create(&path)
-                    .with_context(|| format!("creating {}", path.display()))?;
+                let f = create_private(&path, 0o600)?;
                 Body::File(std::io::BufWriter::with_capacity(1 << 20, f), path)
             }
         };
@@ -193,39 +192,72 @@ pub fn build(
 }
 
 /// Writes the bundle to `out` (a tar file) as it reads the store: the
-/// records, their links and the flows go through spool files beside `out`
-/// (removed after), so memory stays flat however long the window.
-/// Returns what it holds and how many files.
+/// records, their links and the flows go through spool files in a private
+/// directory beside `out` (removed after), so memory stays flat however
+/// long the window. Returns what it holds and how many files.
 pub fn export(
     store: &Store,
     key: &SigningKey,
     req: &Request<'_>,
     out: &std::path::Path,
 ) -> anyhow::Result<(Summary, usize)> {
-    let dir = SpoolDir::new(out)?;
+    let dir = PrivateDir::beside(out)?;
     let (parts, summary) = assemble(store, key, req, &Spool(Some(&dir.0)))?;
-    write_parts(&parts, out)?;
+    write_parts(&parts, &dir, out)?;
     Ok((summary, parts.len()))
 }
 
-/// A spool directory beside the output, removed when dropped (also when the
-/// export fails).
-struct SpoolDir(std::path::PathBuf);
+/// Creates a new file at `path` with `mode`: never one that exists, and
+/// never through a symlink (O_EXCL|O_NOFOLLOW), so a name someone else
+/// made first cannot make the export write into another file.
+fn create_private(path: &std::path::Path, mode: u32) -> anyhow::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))
+}
 
-impl SpoolDir {
-    fn new(out: &std::path::Path) -> anyhow::Result<Self> {
-        let mut name = out
-            .file_name()
-            .map(|n| n.to_os_string())
-            .unwrap_or_else(|| "bundle".into());
-        name.push(format!(".parts-{}", std::process::id()));
-        let dir = out.with_file_name(name);
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Self(dir))
+/// The export's private directory (mode 0700) in the output's directory,
+/// for the spool files and the tar as it is written (the finished tar is
+/// renamed to the output, atomically: the same file system). Its name has
+/// a random part, so no one can make it first; mkdir never follows a
+/// symlink, and a name that exists anyway is refused, never used. Removed
+/// when dropped (also when the export fails).
+struct PrivateDir(std::path::PathBuf);
+
+impl PrivateDir {
+    fn beside(out: &std::path::Path) -> anyhow::Result<Self> {
+        let mut random = [0u8; 8];
+        getrandom::getrandom(&mut random)
+            .map_err(|e| anyhow::anyhow!("random bytes for a private directory: {e}"))?;
+        let mut name = std::ffi::OsString::from(".");
+        name.push(out.file_name().unwrap_or_else(|| "bundle".as_ref()));
+        name.push(format!(
+            ".parts-{}-{}",
+            std::process::id(),
+            hex::encode(random)
+        ));
+        Self::at(out.with_file_name(name))
+    }
+
+    fn at(dir: std::path::PathBuf) -> anyhow::Result<Self> {
+        use std::os::unix::fs::DirBuilderExt;
+        match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
+            Ok(()) => Ok(Self(dir)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => bail!(
+                "{} exists (made by someone else?); not used, nothing written",
+                dir.display()
+            ),
+            Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
+        }
     }
 }
 
-impl Drop for SpoolDir {
+impl Drop for PrivateDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
@@ -806,14 +838,16 @@ pub fn write_tar(files: &Files, out: &std::path::Path) -> anyhow::Result<()> {
         .iter()
         .map(|(n, b)| (n.clone(), in_memory(b.clone())))
         .collect();
-    write_parts(&parts, out)
+    let dir = PrivateDir::beside(out)?;
+    write_parts(&parts, &dir, out)
 }
 
 /// Writes the parts as one tar, the manifest first, the spooled ones
-/// copied from their files; the tar appears under its name only whole.
-fn write_parts(parts: &Parts, out: &std::path::Path) -> anyhow::Result<()> {
-    let tmp = out.with_extension("partial");
-    let f = std::fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+/// copied from their files; the tar is written in the private directory
+/// `dir` and appears under its name only whole.
+fn write_parts(parts: &Parts, dir: &PrivateDir, out: &std::path::Path) -> anyhow::Result<()> {
+    let tmp = dir.0.join("bundle.tar.partial");
+    let f = create_private(&tmp, 0o644)?;
     let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -855,4 +889,60 @@ fn write_parts(parts: &Parts, out: &std::path::Path) -> anyhow::Result<()> {
     }
     std::fs::rename(&tmp, out).with_context(|| format!("writing {}", out.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{symlink, PermissionsExt};
+
+    use super::{create_private, PrivateDir};
+
+    /// The private directory is made 0700, or not at all where a name
+    /// exists (here a symlink to another directory), and the error names
+    /// the path; a file is created only where nothing is, never through a
+    /// symlink.
+    #[test]
+    fn private_paths_are_new_or_refused() {
+        let shared = tempfile::tempdir().unwrap();
+        let out = shared.path().join("b.tar");
+        let dir = PrivateDir::beside(&out).unwrap();
+        let meta = std::fs::symlink_metadata(&dir.0).unwrap();
+        assert!(meta.is_dir());
+        assert_eq!(meta.permissions().mode() & 0o777, 0o700);
+        assert_eq!(dir.0.parent(), Some(shared.path()));
+        let made = dir.0.clone();
+        drop(dir);
+        assert!(!made.exists(), "removed when dropped");
+
+        let victim_dir = shared.path().join("victim-dir");
+        std::fs::create_dir(&victim_dir).unwrap();
+        let link = shared.path().join("link");
+        symlink(&victim_dir, &link).unwrap();
+        let err = PrivateDir::at(link.clone()).map(|_| ()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "{} exists (made by someone else?); not used, nothing written",
+                link.display()
+            )
+        );
+        assert!(std::fs::symlink_metadata(&link).unwrap().is_symlink());
+        assert!(victim_dir.is_dir());
+
+        let victim = shared.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        let file_link = shared.path().join("file-link");
+        symlink(&victim, &file_link).unwrap();
+        let err = create_private(&file_link, 0o600).unwrap_err();
+        assert!(
+            format!("{err:#}").contains(&format!("creating {}", file_link.display())),
+            "{err:#}"
+        );
+        // A dangling symlink is not followed to create its target either.
+        let dangling = shared.path().join("dangling");
+        symlink(shared.path().join("new-victim"), &dangling).unwrap();
+        assert!(create_private(&dangling, 0o600).is_err());
+        assert!(!shared.path().join("new-victim").exists());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+    }
 }

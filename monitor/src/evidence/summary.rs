@@ -73,11 +73,57 @@ fn dash(s: &str) -> &str {
     }
 }
 
+/// The destination, escaped (`md`) as the page shows it.
 fn dest(f: &Flow) -> String {
-    if f.dst_ip.contains(':') {
+    md(&if f.dst_ip.contains(':') {
         format!("[{}]:{}/{}", f.dst_ip, f.dst_port, f.protocol)
     } else {
         format!("{}:{}/{}", f.dst_ip, f.dst_port, f.protocol)
+    })
+}
+
+/// Text from the store (a workload's comm, a cgroup path, a policy name,
+/// a gap's detail...) as Markdown that shows it literally, on one line,
+/// in a table cell or in running text: whatever a workload calls itself
+/// cannot end a table cell, start a row or a heading, or make a link, code,
+/// HTML or emphasis. Markdown's active characters are escaped with a
+/// backslash; control characters (a newline among them) and the Unicode
+/// line separators and direction overrides are shown as `\xHH` or
+/// `\u{HHHH}`. The exact bytes are in events.jsonl and flows.csv.
+pub(crate) fn md(s: &str) -> String {
+    let mut o = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        match c {
+            '\\' | '|' | '`' | '*' | '_' | '[' | ']' | '<' | '>' | '#' | '&' | '!' | '~' | '$' => {
+                o.push('\\');
+                o.push(c);
+            }
+            // Written `\\x0a`: an escaped backslash, then the code, so
+            // that the page shows `\x0a`.
+            c if c.is_control() => {
+                let _ = write!(o, "\\\\x{:02x}", u32::from(c));
+            }
+            '\u{2028}'
+            | '\u{2029}'
+            | '\u{200e}'
+            | '\u{200f}'
+            | '\u{202a}'..='\u{202e}'
+            | '\u{2066}'..='\u{2069}'
+            | '\u{feff}' => {
+                let _ = write!(o, "\\\\u{{{:04x}}}", u32::from(c));
+            }
+            c => o.push(c),
+        }
+    }
+    o
+}
+
+/// A digest in a code span when it is one (hex), else escaped text.
+fn code(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit()) {
+        format!("`{s}`")
+    } else {
+        md(s)
     }
 }
 
@@ -130,7 +176,7 @@ pub fn render(i: &Input<'_>) -> String {
         "| country | allowed | denied | would_deny (left the host) |\n| --- | ---: | ---: | ---: |"
     );
     for (c, v) in by_country {
-        let _ = writeln!(m, "| {c} | {} | {} | {} |", v[0], v[1], v[2]);
+        let _ = writeln!(m, "| {} | {} | {} | {} |", md(c), v[0], v[1], v[2]);
     }
 
     // Denied attempts.
@@ -171,12 +217,12 @@ pub fn render(i: &Input<'_>) -> String {
         for p in set["policies"].as_array().into_iter().flatten() {
             let _ = writeln!(
                 m,
-                "| {} | {} | {} | `{}` | {} |",
-                set["effective_from"].as_str().unwrap_or(""),
-                p["name"].as_str().unwrap_or(""),
-                p["mode"].as_str().unwrap_or(""),
-                p["sha256"].as_str().unwrap_or(""),
-                p["file"].as_str().unwrap_or("")
+                "| {} | {} | {} | {} | {} |",
+                md(set["effective_from"].as_str().unwrap_or("")),
+                md(p["name"].as_str().unwrap_or("")),
+                md(p["mode"].as_str().unwrap_or("")),
+                code(p["sha256"].as_str().unwrap_or("")),
+                md(p["file"].as_str().unwrap_or(""))
             );
         }
     }
@@ -193,8 +239,8 @@ pub fn render(i: &Input<'_>) -> String {
             .map(|p| {
                 format!(
                     "{} ({})",
-                    p["name"].as_str().unwrap_or(""),
-                    p["mode"].as_str().unwrap_or("")
+                    md(p["name"].as_str().unwrap_or("")),
+                    md(p["mode"].as_str().unwrap_or(""))
                 )
             })
             .collect();
@@ -223,8 +269,11 @@ pub fn render(i: &Input<'_>) -> String {
         tl.push((
             *first,
             format!(
-                "{verdict}: {cgroup} to {ip} {} ({count} in {flows} flow{}, last {})",
-                dash(country),
+                "{}: {} to {} {} ({count} in {flows} flow{}, last {})",
+                md(verdict),
+                md(cgroup),
+                md(ip),
+                md(dash(country)),
                 if *flows == 1 { "" } else { "s" },
                 t(*last)
             ),
@@ -244,10 +293,10 @@ pub fn render(i: &Input<'_>) -> String {
             0,
             format!(
                 "{} {}: {} ({})",
-                gap["at"].as_str().unwrap_or(""),
-                gap["kind"].as_str().unwrap_or(""),
-                gap["count"],
-                gap["detail"].as_str().unwrap_or("")
+                md(gap["at"].as_str().unwrap_or("")),
+                md(gap["kind"].as_str().unwrap_or("")),
+                md(&gap["count"].to_string()),
+                md(gap["detail"].as_str().unwrap_or(""))
             ),
         ));
     }
@@ -291,11 +340,11 @@ fn flow_table(m: &mut String, all: &[&Flow]) {
             t(f.first_seen),
             t(f.last_seen),
             f.count,
-            f.cgroup_path,
-            f.comm,
+            md(&f.cgroup_path),
+            md(&f.comm),
             dest(f),
-            dash(&f.country),
-            f.policy
+            md(dash(&f.country)),
+            md(&f.policy)
         );
     }
     if more > 0 {
@@ -349,7 +398,7 @@ fn coverage_section(m: &mut String, c: &Coverage) {
                 t(s.since_unix_nanos),
                 t(s.until_unix_nanos),
                 secs(s.nanos()),
-                s.why
+                md(&s.why)
             );
         }
     }

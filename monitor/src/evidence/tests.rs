@@ -932,3 +932,219 @@ fn the_summary_is_bounded_and_the_data_files_hold_everything() {
     let csv = String::from_utf8(files["flows.csv"].clone()).unwrap();
     assert_eq!(csv.lines().count(), 601, "every flow is in flows.csv");
 }
+
+/// The cells of a Markdown table row, split at its unescaped pipes.
+fn cells(row: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = row.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                out.last_mut().unwrap().push(c);
+                if let Some(n) = chars.next() {
+                    out.last_mut().unwrap().push(n);
+                }
+            }
+            '|' => out.push(String::new()),
+            c => out.last_mut().unwrap().push(c),
+        }
+    }
+    // The empty text before the first pipe and after the last.
+    out.remove(0);
+    out.pop();
+    out.into_iter().map(|c| c.trim().to_string()).collect()
+}
+
+/// What a Markdown reader shows of escaped text: each backslash escape
+/// is the character after it.
+fn shown(cell: &str) -> String {
+    let mut out = String::new();
+    let mut chars = cell.chars();
+    while let Some(c) = chars.next() {
+        if c == '\\' {
+            out.extend(chars.next());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The table rows (header and delimiter left out) of the section under
+/// `heading`.
+fn table_rows<'a>(md: &'a str, heading: &str) -> Vec<&'a str> {
+    md.lines()
+        .skip_while(|l| !l.starts_with(heading))
+        .skip(1)
+        .take_while(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with('|'))
+        .skip(2)
+        .collect()
+}
+
+/// A workload (its comm and cgroup path) and a policy that name themselves
+/// with Markdown cannot forge rows or headings of summary.md: each is one
+/// row, its text shown literally.
+#[test]
+fn hostile_names_are_shown_literally_in_the_summary() {
+    let comm = "x|\n# Forged heading";
+    let path = "/evil|slice\r\n## Forged `path` <b>[link](http://x)</b> *em* \u{202e}";
+    let policy = "p|q\n# Forged policy \\| | |";
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&dir.path().join("store.db")).unwrap();
+    let mut e = (*ev(3)).clone();
+    e.comm = comm.into();
+    e.cgroup_path = path.into();
+    e.policy = policy.into();
+    let mut b = Batch {
+        events: vec![Arc::new(e)],
+        ..Default::default()
+    };
+    b.policy_sets.push(PolicySet {
+        unix_nanos: T0,
+        generation: 1,
+        policies: vec![PolicyVersion {
+            name: policy.into(),
+            mode: "enforce".into(),
+            file: "/etc/p.yaml".into(),
+            sha256: "ab".repeat(32),
+            text: "kind: EgressPolicy\n".into(),
+        }],
+    });
+    s.append(&b).unwrap();
+    let k = key();
+    let files = export(&s, &k, 0, 10);
+    verify::verify(&files, Some(&k.verifying_key())).unwrap();
+    let md = String::from_utf8(files["summary.md"].clone()).unwrap();
+    eprintln!("{md}");
+
+    let headings: Vec<&str> = md.lines().filter(|l| l.starts_with('#')).collect();
+    assert_eq!(headings.len(), 6, "{headings:#?}");
+    assert!(
+        !headings.iter().any(|h| h.contains("Forged")),
+        "{headings:#?}"
+    );
+    assert!(
+        md.lines()
+            .filter(|l| l.contains("Forged"))
+            .all(|l| l.starts_with("| ") || l.starts_with("- ")),
+        "every hostile name stays inside its row or timeline line:\n{md}"
+    );
+
+    let denied = table_rows(&md, "## Denied attempts");
+    assert_eq!(denied.len(), 1, "{denied:#?}");
+    let row = cells(denied[0]);
+    assert_eq!(row.len(), 8, "{row:#?}");
+    assert_eq!(
+        row[3],
+        r"/evil\|slice\\x0d\\x0a\#\# Forged \`path\` \<b\>\[link\](http://x)\</b\> \*em\* \\u{202e}"
+    );
+    assert_eq!(
+        shown(&row[3]),
+        r"/evil|slice\x0d\x0a## Forged `path` <b>[link](http://x)</b> *em* \u{202e}"
+    );
+    assert_eq!(row[4], r"x\|\\x0a\# Forged heading");
+    assert_eq!(shown(&row[4]), r"x|\x0a# Forged heading");
+    assert_eq!(shown(&row[7]), r"p|q\x0a# Forged policy \| | |");
+
+    let policies = table_rows(&md, "## Policy record");
+    assert_eq!(policies.len(), 1, "{policies:#?}");
+    let row = cells(policies[0]);
+    assert_eq!(row.len(), 5, "{row:#?}");
+    assert_eq!(shown(&row[1]), r"p|q\x0a# Forged policy \| | |");
+    assert_eq!(row[3], format!("`{}`", "ab".repeat(32)));
+
+    let timeline: Vec<&str> = md.lines().filter(|l| l.contains("denied: ")).collect();
+    assert_eq!(timeline.len(), 1, "{md}");
+    assert!(
+        timeline[0].contains(r"denied: /evil\|slice\\x0d\\x0a\#\# Forged"),
+        "{}",
+        timeline[0]
+    );
+    assert!(
+        md.contains(r"policy set in force: p\|q\\x0a\# Forged policy \\\| \| \| (enforce)"),
+        "{md}"
+    );
+}
+
+/// Every character Markdown acts on is escaped; nothing else changes.
+#[test]
+fn markdown_escape_covers_the_active_characters() {
+    use super::summary::md;
+    assert_eq!(
+        md("/kubepods.slice/pod-1.scope"),
+        "/kubepods.slice/pod-1.scope"
+    );
+    assert_eq!(md(r"\|`*_[]<>#&!~$"), r"\\\|\`\*\_\[\]\<\>\#\&\!\~\$");
+    assert_eq!(
+        md("a\tb\u{7f}\u{85}\u{2028}c"),
+        r"a\\x09b\\x7f\\x85\\u{2028}c"
+    );
+    assert_eq!(md("Grüße 名前"), "Grüße 名前");
+}
+
+/// A local user who made symlinks at the names export used to write (in
+/// a shared directory: `<out>.partial` and `<out>.parts-PID`) cannot make
+/// it write into another file: the victims stay as they were, the links
+/// are left alone, and the bundle is written through a private directory.
+#[test]
+fn export_never_writes_through_a_symlink_made_beside_its_output() {
+    use std::os::unix::fs::symlink;
+    let (_d, s) = store(10);
+    let k = key();
+    let shared = tempfile::tempdir().unwrap();
+    let victim = shared.path().join("victim");
+    std::fs::write(&victim, "precious").unwrap();
+    let victim_dir = shared.path().join("victim-dir");
+    std::fs::create_dir(&victim_dir).unwrap();
+    std::fs::write(victim_dir.join("events.jsonl"), "precious").unwrap();
+    let out = shared.path().join("bundle.tar");
+    let partial = shared.path().join("bundle.partial");
+    let parts = shared
+        .path()
+        .join(format!("bundle.tar.parts-{}", std::process::id()));
+    symlink(&victim, &partial).unwrap();
+    symlink(&victim_dir, &parts).unwrap();
+    let req = bundle::Request {
+        since: T0,
+        until: T0 + 20 * SEC,
+        keep: &|_| true,
+        filter: serde_json::Value::Null,
+        by_process: false,
+        progress: None,
+    };
+    bundle::export(&s, &k, &req, &out).unwrap();
+
+    for v in [victim.clone(), victim_dir.join("events.jsonl")] {
+        let now = std::fs::read(&v).unwrap();
+        assert!(
+            now == b"precious",
+            "{} was written through a symlink: {} bytes now",
+            v.display(),
+            now.len()
+        );
+    }
+    assert_eq!(std::fs::read_dir(&victim_dir).unwrap().count(), 1);
+    assert_eq!(std::fs::read_link(&partial).unwrap(), victim);
+    assert_eq!(std::fs::read_link(&parts).unwrap(), victim_dir);
+    assert!(std::fs::symlink_metadata(&out).unwrap().is_file());
+    let files = super::archive::read_tar(&out).unwrap();
+    let r = verify::verify(&files, Some(&k.verifying_key())).unwrap();
+    assert_eq!(r.records_exported, 10);
+    // Nothing of the export is left beside the output.
+    let mut names: Vec<String> = std::fs::read_dir(shared.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "bundle.partial".to_string(),
+            "bundle.tar".into(),
+            format!("bundle.tar.parts-{}", std::process::id()),
+            "victim".into(),
+            "victim-dir".into()
+        ]
+    );
+}
