@@ -33,8 +33,9 @@ const TCP_SENDING: u32 =
     (1 << 1) | (1 << 2) | (1 << 4) | (1 << 5) | (1 << 8) | (1 << 9) | (1 << 11);
 /// Sockets looked at per namespace and protocol, at most.
 const MAX_SOCKETS: usize = 1 << 20;
-/// Processes read per sweep to find the namespaces, at most.
-const MAX_PROCESSES: usize = 65_536;
+/// Processes read per cgroup to find the namespaces, at most: a budget
+/// per cgroup, so one busy workload cannot use up another's sweep.
+const MAX_PROCESSES_PER_CGROUP: usize = 65_536;
 
 /// One socket the diagnostics reported.
 #[derive(Debug, Clone)]
@@ -339,17 +340,13 @@ pub fn selected_subtrees(mount: &Path, selected: &[(String, u64)]) -> BTreeMap<u
 fn namespaces(mount: &Path, cgroups: &BTreeMap<u64, (String, u64)>, also: &[String]) -> Vec<u32> {
     use std::os::unix::fs::MetadataExt;
     let mut seen: BTreeMap<(u64, u64), u32> = BTreeMap::new();
-    let mut read = 0;
     for rel in cgroups.values().map(|(rel, _)| rel).chain(also) {
         let procs = mount.join(rel.trim_start_matches('/')).join("cgroup.procs");
         let Ok(text) = std::fs::read_to_string(procs) else {
             continue;
         };
-        for pid in text.lines().filter_map(|l| l.trim().parse::<u32>().ok()) {
-            read += 1;
-            if read > MAX_PROCESSES {
-                return seen.into_values().collect();
-            }
+        let pids = text.lines().filter_map(|l| l.trim().parse::<u32>().ok());
+        for pid in pids.take(MAX_PROCESSES_PER_CGROUP) {
             if let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) {
                 seen.entry((m.dev(), m.ino())).or_insert(pid);
             }
@@ -429,4 +426,35 @@ pub fn sweep(
         }
     }
     Ok(swept)
+}
+
+#[cfg(test)]
+mod budget_tests {
+    use super::*;
+
+    /// A cgroup with more processes than the budget (here: pids that do
+    /// not exist, as a busy workload's exited ones) does not use up the
+    /// sweep of the cgroups after it: the last cgroup's process (this
+    /// test's own) is found.
+    #[test]
+    fn one_busy_cgroup_does_not_starve_the_others() {
+        let mount = tempfile::tempdir().expect("a temporary directory");
+        let mut cgroups = BTreeMap::new();
+        for (id, name) in [(1u64, "busy"), (2, "other")] {
+            std::fs::create_dir(mount.path().join(name)).unwrap();
+            cgroups.insert(id, (format!("/{name}"), id));
+        }
+        let busy: String = (0..MAX_PROCESSES_PER_CGROUP as u32 + 10)
+            .map(|i| format!("{}\n", 4_000_000 + i))
+            .collect();
+        std::fs::write(mount.path().join("busy/cgroup.procs"), busy).unwrap();
+        let me = std::process::id();
+        std::fs::write(mount.path().join("other/cgroup.procs"), format!("{me}\n")).unwrap();
+        let found = namespaces(mount.path(), &cgroups, &[]);
+        assert_eq!(
+            found,
+            vec![me],
+            "the other cgroup's namespace was not looked for"
+        );
+    }
 }

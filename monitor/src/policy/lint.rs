@@ -53,6 +53,26 @@ pub fn warnings(p: &CompiledPolicy, root: Option<&str>) -> Vec<String> {
                     .map(|_| "every unit"),
             )
             .collect();
+        // A user starts what they like in a unit or scope of their own
+        // (`systemd-run --user`), outside any selection of theirs.
+        let user_paths: Vec<&str> = p
+            .cgroup_globs
+            .iter()
+            .map(String::as_str)
+            .filter(|g| *g == "/user.slice" || g.starts_with("/user.slice/"))
+            .collect();
+        if !user_paths.is_empty() {
+            out.push(format!(
+                "enforce on {}: user sessions and user units are no boundary (the user can                  start the same program in a scope of their own with systemd-run --user,                  outside this selection); enforce on system units, containers or pods",
+                user_paths.join(", ")
+            ));
+        }
+        if !p.unit_globs.is_empty() {
+            out.push(format!(
+                "systemdUnits {:?} also select user units of these names (below                  user@UID.service), and a user unit is no boundary: its user can start the                  same program in a unit of another name (systemd-run --user)",
+                p.unit_globs
+            ));
+        }
         let missing: Vec<&str> = MUST_REACH
             .iter()
             .filter(|(ip, _)| !allows(p, ip.parse().expect("a literal address")))
@@ -262,6 +282,35 @@ mod tests {
         assert!(
             outside[0].contains("outside the cgroup root /emt-1"),
             "{outside:?}"
+        );
+    }
+
+    #[test]
+    fn user_sessions_and_user_units_are_warned_as_no_boundary() {
+        let safe = "127.0.0.0/8, \"::1/128\", 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16";
+        let w = warnings(
+            &policy("/user.slice/user-1000.slice/**", "enforce", safe),
+            None,
+        );
+        assert!(
+            w.len() == 1 && w[0].contains("no boundary") && w[0].contains("systemd-run --user"),
+            "{w:?}"
+        );
+        assert!(warnings(&policy("/user.slice/**", "monitor", safe), None).is_empty());
+        assert!(warnings(&policy("/system.slice/x.service", "enforce", safe), None).is_empty());
+        let units = crate::policy::compile_text(
+            std::path::Path::new("u.yaml"),
+            "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {name: u}\n\
+             spec:\n  mode: enforce\n  selector:\n    systemdUnits: [\"sync.service\"]\n  \
+             allow:\n    countries: [DE]\n",
+        )
+        .unwrap()
+        .remove(0);
+        let w = warnings(&units, None);
+        assert!(
+            w.iter()
+                .any(|w| w.contains("user@UID.service") && w.contains("no boundary")),
+            "{w:?}"
         );
     }
 }
