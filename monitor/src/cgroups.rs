@@ -394,6 +394,56 @@ pub fn open_dir(path: &Path) -> Result<std::fs::File, CgroupError> {
 mod tests {
     use super::*;
 
+    /// A walk that cannot read the tree (here: out of descriptors) is an
+    /// error, never a tree of the root alone: a rescan that took it would
+    /// put a set with nothing selected in force. Run in a child process,
+    /// whose descriptor limit is lowered and used up.
+    #[test]
+    fn a_walk_that_runs_out_of_descriptors_fails() {
+        let mount = tempfile::tempdir().expect("a temporary directory");
+        std::fs::create_dir_all(mount.path().join("a/b")).unwrap();
+        assert_eq!(walk(mount.path(), mount.path()).unwrap().len(), 3);
+        // SAFETY: the child uses up its descriptors, walks and exits
+        // without returning into the test harness.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let code = (|| {
+                let lim = libc::rlimit {
+                    rlim_cur: 64,
+                    rlim_max: 64,
+                };
+                // SAFETY: setrlimit from a live struct.
+                if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+                    return 3;
+                }
+                let mut held = Vec::new();
+                while let Ok(f) = std::fs::File::open("/dev/null") {
+                    held.push(f);
+                }
+                match walk(mount.path(), mount.path()) {
+                    Err(CgroupError::Io { source, .. })
+                        if source.raw_os_error() == Some(libc::EMFILE) =>
+                    {
+                        0
+                    }
+                    Err(_) => 2,
+                    Ok(_) => 1,
+                }
+            })();
+            // SAFETY: leave the child without running the harness.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: our own child.
+        unsafe { libc::waitpid(child, &mut status, 0) };
+        assert!(libc::WIFEXITED(status), "the child did not exit: {status}");
+        assert_eq!(
+            libc::WEXITSTATUS(status),
+            0,
+            "1: the walk returned a tree without the cgroups it could not read; 2: another error"
+        );
+    }
+
     #[test]
     fn finds_cgroup2_in_mountinfo() {
         let text = "\
