@@ -338,6 +338,20 @@ impl std::fmt::Display for DomainPattern {
     }
 }
 
+/// The host of what looks like a URL (`https://login.example.com/path`,
+/// `login.example.com/path`, `login.example.com:443`), or None.
+fn url_host(text: &str) -> Option<&str> {
+    let rest = match text.split_once("://") {
+        Some((_, rest)) => rest,
+        None if text.contains(['/', ':', '?', '#', '@']) => text,
+        None => return None,
+    };
+    let host = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let host = host.rsplit('@').next().unwrap_or(host);
+    let host = host.split(':').next().unwrap_or(host);
+    Some(host)
+}
+
 impl DomainPattern {
     /// Parses `api.openai.com` or `*.salesforce.com`: RFC 1035 labels
     /// (letters, digits, inner hyphens; a leading digit as RFC 1123 allows),
@@ -352,6 +366,11 @@ impl DomainPattern {
         };
         if name.is_empty() {
             return Err(format!("{text:?} is not a domain name"));
+        }
+        if let Some(host) = url_host(name) {
+            return Err(format!(
+                "{text:?} is a URL; a domain rule takes a DNS name, not a URL (here: {host:?})"
+            ));
         }
         if name.len() > 253 {
             return Err(format!("{text:?} is longer than 253 characters"));

@@ -345,6 +345,20 @@ fn domains_and_cloud_regions_compile_and_bad_ones_name_their_line() {
     assert!(bad("\"a_b.com\"").contains("a character other than letters, digits and '-'"));
     assert!(bad(&format!("\"{}.com\"", "x".repeat(64))).contains("longer than 63"));
     assert!(bad("\"*.a.b.c.d.e.f.g\"").contains("at most 6 labels"));
+    // A URL where a name belongs says so, with the name it holds.
+    for url in [
+        "\"https://login.example.com/path\"",
+        "\"login.example.com/oauth\"",
+        "\"login.example.com:443\"",
+    ] {
+        let e = bad(url);
+        assert!(
+            e.contains(
+                "is a URL; a domain rule takes a DNS name, not a URL (here: \"login.example.com\")"
+            ),
+            "{e}"
+        );
+    }
     let e = error_of(&with.replace("\"gcp:europe-west3\"", "\"europe-west3\""));
     assert!(e.starts_with("p.yaml:13: "), "{e}");
 }
