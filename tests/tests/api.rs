@@ -927,6 +927,25 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// The daemon's flags for TLS on `listen` with the test PKI; the
+/// certificate named `ops-admin` is the admin.
+fn tls_args(pki: &Pki, listen: &str) -> Vec<String> {
+    [
+        "--listen",
+        listen,
+        "--tls-cert",
+        &pki.path("server.pem"),
+        "--tls-key",
+        &pki.path("server.key"),
+        "--tls-client-ca",
+        &pki.path("ca.pem"),
+        "--tls-admin-name",
+        "ops-admin",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// TCP with TLS: client certificates decide the role; a connection without
 /// a certificate, or with one from another CA, is refused in the handshake.
 #[test]
@@ -934,20 +953,10 @@ fn tls_clients_need_a_valid_certificate() {
     let pki = Pki::new();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
+    let tls = tls_args(&pki, &listen);
     let env = start(
         "enforce",
-        &[
-            "--listen",
-            &listen,
-            "--tls-cert",
-            &pki.path("server.pem"),
-            "--tls-key",
-            &pki.path("server.key"),
-            "--tls-client-ca",
-            &pki.path("ca.pem"),
-            "--tls-admin-name",
-            "ops-admin",
-        ],
+        &tls.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     let server = format!("https://localhost:{port}");
     let remote = |who: Option<&str>, args: &[&str]| {
@@ -1026,16 +1035,8 @@ fn a_connection_flood_switches_nothing_off() {
     let mut env = TestEnv::new();
     env.daemon_nofile = Some(512);
     env.set_policy("enforce", "DE");
-    env.start_daemon(&[
-        "--listen",
-        &listen,
-        "--tls-cert",
-        &pki.path("server.pem"),
-        "--tls-key",
-        &pki.path("server.key"),
-        "--tls-client-ca",
-        &pki.path("ca.pem"),
-    ]);
+    let tls = tls_args(&pki, &listen);
+    env.start_daemon(&tls.iter().map(String::as_str).collect::<Vec<_>>());
     let pid = env.daemon_pid().unwrap();
     let descriptors = || {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -1217,20 +1218,10 @@ fn a_viewers_alias_bomb_is_refused_and_the_daemon_lives() {
     let pki = Pki::new();
     let port = free_port();
     let listen = format!("127.0.0.1:{port}");
+    let tls = tls_args(&pki, &listen);
     let env = start(
         "enforce",
-        &[
-            "--listen",
-            &listen,
-            "--tls-cert",
-            &pki.path("server.pem"),
-            "--tls-key",
-            &pki.path("server.key"),
-            "--tls-client-ca",
-            &pki.path("ca.pem"),
-            "--tls-admin-name",
-            "ops-admin",
-        ],
+        &tls.iter().map(String::as_str).collect::<Vec<_>>(),
     );
     let pid = env.daemon_pid().expect("the daemon runs");
     let secret = "S3cr3tT0kenNeverShown";

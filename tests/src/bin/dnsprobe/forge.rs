@@ -35,12 +35,24 @@ use crate::wire::{Builder, Rdata, AA, QR, RD, TYPE_A};
 const TUN_ADDR: &str = "10.253.0.1/24";
 const TUN_DEV: &str = "emforge0";
 
+#[derive(clap::Args)]
 pub struct Forge {
+    #[arg(long)]
     pub server: SocketAddr,
+    #[arg(long)]
     pub name: String,
+    /// The address the forged answer names.
+    #[arg(long)]
     pub answer: Ipv4Addr,
+    /// broadcast, multicast, tun or stub.
+    #[arg(long)]
     pub via: String,
+    /// The interface a broadcast or multicast forgery leaves by.
+    #[arg(long)]
     pub dev: Option<String>,
+    /// With `tun`: then connect over TCP to ANSWER:P in the private
+    /// namespace; prints the errno.
+    #[arg(long)]
     pub connect_port: Option<u16>,
 }
 

@@ -84,23 +84,7 @@ enum Command {
     /// Ask the resolver for NAME, then forge its answer (naming ANSWER) by
     /// the route VIA (see `forge.rs`). Prints whether the forged answer
     /// reached the querying socket.
-    Forge {
-        #[arg(long)]
-        server: SocketAddr,
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        answer: std::net::Ipv4Addr,
-        #[arg(long)]
-        via: String,
-        /// The interface a broadcast or multicast forgery leaves by.
-        #[arg(long)]
-        dev: Option<String>,
-        /// With `tun`: then connect over TCP to ANSWER:P in the private
-        /// namespace; prints the errno.
-        #[arg(long)]
-        connect_port: Option<u16>,
-    },
+    Forge(forge::Forge),
 }
 
 #[derive(Args)]
@@ -177,26 +161,9 @@ fn main() {
             Ok(summary) => println!("{summary}"),
             Err(e) => fail(format!("flood: {e}")),
         },
-        Command::Forge {
-            server,
-            name,
-            answer,
-            via,
-            dev,
-            connect_port,
-        } => {
-            let f = forge::Forge {
-                server,
-                name,
-                answer,
-                via,
-                dev,
-                connect_port,
-            };
-            match forge::forge(&f) {
-                Ok(v) => println!("{v}"),
-                Err(e) => fail(format!("forge: {e:#}")),
-            }
-        }
+        Command::Forge(f) => match forge::forge(&f) {
+            Ok(v) => println!("{v}"),
+            Err(e) => fail(format!("forge: {e:#}")),
+        },
     }
 }
