@@ -78,6 +78,31 @@ pub fn relative(mount: &Path, path: &Path) -> Option<String> {
     Some(format!("/{}", rel.display()))
 }
 
+/// A cgroup path as a user gives it, relative to the cgroup2 mount
+/// (`/kubepods.slice/x`, `kubepods.slice/x`) or in full under the mount
+/// (`/sys/fs/cgroup/kubepods.slice/x`), as the path relative to `mount`.
+pub fn given_path(mount: &Path, given: &str) -> Result<String, String> {
+    let path = Path::new(given);
+    if path.components().any(|c| {
+        matches!(
+            c,
+            std::path::Component::ParentDir | std::path::Component::CurDir
+        )
+    }) {
+        return Err(format!(
+            "cgroup {given:?}: a cgroup path has no '.' or '..' components"
+        ));
+    }
+    let rel = match relative(mount, path) {
+        Some(rel) => rel,
+        None => format!("/{}", given.trim_start_matches('/')),
+    };
+    match rel.trim_end_matches('/') {
+        "" => Ok("/".into()),
+        rel => Ok(rel.into()),
+    }
+}
+
 /// Every cgroup at or below `root`, as (path relative to the mount, id).
 /// Cgroups that vanish during the walk are skipped.
 pub fn walk(mount: &Path, root: &Path) -> Result<Vec<(String, u64)>, CgroupError> {
@@ -392,6 +417,29 @@ pub fn open_dir(path: &Path) -> Result<std::fs::File, CgroupError> {
 
 #[cfg(test)]
 mod tests {
+    /// A cgroup given relative, without its leading slash, or as a full
+    /// cgroupfs path is the same cgroup; a path with '..' is refused.
+    #[test]
+    fn a_cgroup_is_given_relative_or_in_full() {
+        let mount = Path::new("/sys/fs/cgroup");
+        for given in [
+            "/llm.slice/worker",
+            "llm.slice/worker",
+            "/llm.slice/worker/",
+            "/sys/fs/cgroup/llm.slice/worker",
+        ] {
+            assert_eq!(
+                given_path(mount, given).as_deref(),
+                Ok("/llm.slice/worker"),
+                "{given}"
+            );
+        }
+        assert_eq!(given_path(mount, "/sys/fs/cgroup").as_deref(), Ok("/"));
+        assert_eq!(given_path(mount, "/").as_deref(), Ok("/"));
+        let e = given_path(mount, "/llm.slice/../other").unwrap_err();
+        assert!(e.contains("no '.' or '..'"), "{e}");
+    }
+
     use super::*;
 
     /// A walk that cannot read the tree (here: out of descriptors) is an

@@ -327,9 +327,11 @@ fn policy_check_warns_about_policies_that_would_surprise() {
     assert!(!err.contains(":0:"), "{err}");
 }
 
-/// `policy explain`, offline: the judging policy (nearest selected
+/// `policy explain --offline`: the judging policy (nearest selected
 /// ancestor), the place, the rule and the list entry that decided, exit 3
-/// when refused; a cgroup no policy selects is not judged.
+/// when refused; a cgroup no policy selects is not judged; a full cgroupfs
+/// path is the same cgroup; data a policy needs and was not given is
+/// warned about; the sources without --offline are refused.
 #[test]
 fn policy_explain_says_what_decides_and_why() {
     let dir = tempfile::tempdir().unwrap();
@@ -344,7 +346,7 @@ fn policy_explain_says_what_decides_and_why() {
     .unwrap();
     let explain = |args: &[&str]| {
         let out = Command::new(daemon_bin())
-            .args(["policy", "explain"])
+            .args(["policy", "explain", "--offline"])
             .args(args)
             .arg("--policies")
             .arg(&policies)
@@ -396,8 +398,64 @@ fn policy_explain_says_what_decides_and_why() {
         (v["verdict"].as_str(), v["rule"].as_str()),
         (Some("denied"), Some("default"))
     );
+    // The cgroup as its full cgroupfs path: the same answer.
+    let mount = cgroup2_mount();
+    let full = format!("{}/llm.slice/worker", mount.display());
+    let (code, text) = explain(&[US_V4, "--cgroup", &full]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{US_V4} from /llm.slice/worker (offline, from files)"
+        )) && text.contains("selecting /llm.slice"),
+        "{text}"
+    );
+    // Data the policy uses and the answer was not given: said.
+    assert!(
+        text.contains("warning: policy llm has domain rules but no name is known"),
+        "{text}"
+    );
+    std::fs::write(
+        policies.join("q.yaml"),
+        "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {name: crm}\nspec:\n  mode: monitor\n  selector: {cgroupPaths: [\"/crm.slice\"]}\n  allow:\n    cloudRegions: [\"aws:eu-*\"]\n",
+    )
+    .unwrap();
+    let (code, text) = explain(&[US_V4, "--cgroup", "/crm.slice"]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains("warning: policy crm has cloudRegions rules but no cloud ranges are loaded"),
+        "{text}"
+    );
     // Bad input: a clear error.
     let (code, text) = explain(&["not-an-ip", "--cgroup", "/llm.slice"]);
     assert_eq!(code, Some(2), "{text}");
     assert!(text.contains("invalid value 'not-an-ip'"), "{text}");
+    let (code, text) = explain(&[US_V4, "--cgroup", "/llm.slice/../crm.slice"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("a cgroup path has no '.' or '..' components"),
+        "{text}"
+    );
+    let (code, text) = explain(&[US_V4, "--pod", "nginx-7d4b"]);
+    assert_eq!(code, Some(1), "{text}");
+    assert!(
+        text.contains("pod UID \"nginx-7d4b\" is not a Kubernetes UID"),
+        "{text}"
+    );
+    // The sources are for --offline: without it they are refused, never
+    // silently ignored for the daemon's.
+    let out = Command::new(daemon_bin())
+        .args([
+            "policy",
+            "explain",
+            US_V4,
+            "--cgroup",
+            "/llm.slice",
+            "--policies",
+        ])
+        .arg(&policies)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("--offline"), "{text}");
 }

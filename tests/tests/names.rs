@@ -632,3 +632,125 @@ fn loopback_resolvers_are_trusted_in_the_daemons_namespace_only() {
         "the daemon's own loopback stub taught nothing:\n{m}"
     );
 }
+
+/// `policy explain` against the daemon: exit status and everything said.
+fn explain(env: &TestEnv, args: &[&str]) -> (Option<i32>, String) {
+    let mut all = vec!["policy", "explain"];
+    all.extend_from_slice(args);
+    let out = env.cli(&all);
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+/// `policy explain` answers for the daemon in force: the name the cgroup
+/// resolved the address from (learned in the kernel, no `--name`), the
+/// policy version in force when the file on disk was since broken (which
+/// the offline answer cannot know), the selected ancestor of a cgroup not
+/// made yet, and clear INVALID_ARGUMENT errors.
+#[test]
+fn policy_explain_answers_for_the_daemon_in_force() {
+    let (mut env, dns) = started(&[]);
+    let r = resolve_connect(&env, "sel", &dns.addr, "allowed.test", 1, false);
+    assert_eq!(n(&r, "resolved"), 1, "{r}");
+    env.expect_event("allowed by name", Duration::from_secs(10), |e| {
+        s(e, "dst_ip") == US_V4 && s(e, "dns_name") == "allowed.test"
+    });
+    let sel = env.cgroup("sel").display().to_string();
+    let (code, text) = explain(&env, &[US_V4, "--cgroup", &sel]);
+    assert_eq!(code, Some(0), "{text}");
+    assert!(
+        text.contains(&format!(
+            "{US_V4} from {} (the daemon's policy set generation 1)",
+            env.rel("sel")
+        )) && text.contains(
+            "name       allowed.test (the name the cgroup resolved it from): allowed by its domain rules"
+        ) && text.contains("decision   allowed, rule domain: the name matches allow domain allowed.test"),
+        "{text}"
+    );
+    // The other selected cgroup resolved nothing: no name, refused, and
+    // the answer says why the domain rules did not speak.
+    let (code, text) = explain(&env, &[US_V4, "--cgroup", &env.rel("sel2")]);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains("decision   denied, rule default")
+            && text.contains("warning: policy names has domain rules but no name is known"),
+        "{text}"
+    );
+    // A name given is judged as the kernel would judge it.
+    let (code, text) = explain(
+        &env,
+        &[
+            DENIED_DE,
+            "--cgroup",
+            &env.rel("sel2"),
+            "--name",
+            "denied.test",
+        ],
+    );
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains("the name matches deny domain denied.test"),
+        "{text}"
+    );
+    // A cgroup not made yet under a selected one: its ancestor decides.
+    let (code, text) = explain(
+        &env,
+        &[US_V4, "--cgroup", &env.rel("sel/not-yet"), "-o", "json"],
+    );
+    assert_eq!(code, Some(3), "{text}");
+    let v: Value = serde_json::from_str(&text).expect("JSON");
+    assert_eq!(v["selected"].as_str(), Some(env.rel("sel").as_str()), "{v}");
+    assert_eq!(v["policy_generation"].as_u64(), Some(1), "{v}");
+
+    // The file on disk broken: the daemon keeps the version in force and
+    // answers from it; the files alone no longer judge the cgroup.
+    env.write_policy(
+        "names.yaml",
+        "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nspec: [\n",
+    );
+    env.wait_log("policy file rejected:", Duration::from_secs(10));
+    let (code, text) = explain(&env, &[US_V4, "--cgroup", &sel]);
+    assert_eq!(code, Some(0), "from the version in force: {text}");
+    let offline = std::process::Command::new(integration_tests::daemon_bin())
+        .args([
+            "policy",
+            "explain",
+            "--offline",
+            US_V4,
+            "--cgroup",
+            &sel,
+            "--policies",
+        ])
+        .arg(env.policy_dir())
+        .arg("--geoip")
+        .arg(env.geoip())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&offline.stdout).into_owned()
+        + &String::from_utf8_lossy(&offline.stderr);
+    assert!(
+        text.contains("(left out, as the daemon would)") && text.contains("not judged"),
+        "{text}"
+    );
+
+    // Bad input over the API: the argument named, nothing answered.
+    for (args, said) in [
+        (
+            vec![US_V4, "--pod", "nginx-7d4b"],
+            "is not a Kubernetes UID",
+        ),
+        (
+            vec![US_V4, "--cgroup", "/a/../b"],
+            "no '.' or '..' components",
+        ),
+    ] {
+        let (code, text) = explain(&env, &args);
+        assert_eq!(code, Some(1), "{text}");
+        assert!(
+            text.contains("InvalidArgument") && text.contains(said),
+            "{args:?}: {text}"
+        );
+    }
+}

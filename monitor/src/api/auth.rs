@@ -58,6 +58,7 @@ pub const METHOD_ROLES: &[(&str, Role)] = &[
     ),
     ("/egress_monitor.v1.EgressMonitor/QueryEvents", Role::Viewer),
     ("/egress_monitor.v1.EgressMonitor/QueryFlows", Role::Viewer),
+    ("/egress_monitor.v1.EgressMonitor/Explain", Role::Viewer),
     ("/grpc.health.v1.Health/Check", Role::Viewer),
     ("/grpc.health.v1.Health/Watch", Role::Viewer),
     (

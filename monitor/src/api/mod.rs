@@ -3,6 +3,7 @@
 pub mod auth;
 pub mod backend;
 pub mod client;
+pub mod explain;
 pub mod filter;
 pub mod history;
 pub mod server;

@@ -40,6 +40,8 @@ pub struct Service {
     pub backend: Backend,
     /// The CheckPolicy calls in progress ([`CHECK_POLICY_SLOTS`]).
     pub check_slots: Arc<tokio::sync::Semaphore>,
+    /// The country database in force, for Explain.
+    pub geo: super::explain::GeoCache,
 }
 
 impl Service {
@@ -47,6 +49,7 @@ impl Service {
         Service {
             backend,
             check_slots: Arc::new(tokio::sync::Semaphore::new(CHECK_POLICY_SLOTS)),
+            geo: Default::default(),
         }
     }
 }
@@ -365,6 +368,21 @@ impl EgressMonitor for Service {
         tokio::task::spawn_blocking(move || super::history::query_flows(&path, req))
             .await
             .map_err(|e| Status::internal(format!("query failed: {e}")))?
+            .map(Response::new)
+    }
+
+    async fn explain(
+        &self,
+        request: Request<pb::ExplainRequest>,
+    ) -> Result<Response<pb::ExplainResponse>, Status> {
+        // Reading the country database is CPU work: one of the check slots.
+        let _slot = self.check_slots.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "Explain: {CHECK_POLICY_SLOTS} checks are already running; try again shortly"
+            ))
+        })?;
+        super::explain::explain_in_force(&self.backend, &self.geo, request.into_inner())
+            .await
             .map(Response::new)
     }
 

@@ -10,21 +10,26 @@ use crate::{
     daemon::{self, DaemonConfig},
 };
 
+/// Where the daemon reads its policies unless told otherwise.
+pub const DEFAULT_POLICIES: &str = "/etc/egress-monitor/policies";
+/// Where the daemon reads its country database unless told otherwise.
+pub const DEFAULT_GEOIP: &str = "/var/lib/egress-monitor/country.mmdb";
+
 /// What a decision is made from: the policies, the country database, the
-/// cloud ranges (the daemon's, and `policy explain`'s offline).
+/// cloud ranges.
 #[derive(Debug, Args)]
 pub struct Sources {
     /// Directory of policy files (*.yaml); watched for changes.
     #[arg(
         long,
-        default_value = "/etc/egress-monitor/policies",
+        default_value = DEFAULT_POLICIES,
         env = "EGRESS_MONITOR_POLICIES"
     )]
     pub policies: PathBuf,
     /// MaxMind-format country database (GeoIP2/GeoLite2 or ip-location-db).
     #[arg(
         long,
-        default_value = "/var/lib/egress-monitor/country.mmdb",
+        default_value = DEFAULT_GEOIP,
         env = "EGRESS_MONITOR_GEOIP"
     )]
     pub geoip: PathBuf,

@@ -40,10 +40,11 @@ pub enum PolicyCommand {
         connect: ConnectArgs,
     },
     /// What the policies would do with a destination from a cgroup or a
-    /// pod, and why (which policy, which place, which rule), worked out
-    /// offline from the policy files, the country database and the cloud
-    /// ranges with the same decision code as the kernel's. Exit status 0:
-    /// allowed or not judged; 3: denied or would be denied.
+    /// pod, and why (which policy, which place, which rule): the daemon in
+    /// force answers, with its policies, country database, cloud ranges and
+    /// the names the cgroup resolved; `--offline` works it out from files
+    /// with the same decision code. Exit status 0: allowed or not judged;
+    /// 3: denied or would be denied.
     Explain(ExplainArgs),
     /// Make the daemon re-read its policy directory now (admin role).
     Reload {
@@ -61,26 +62,42 @@ pub struct ExplainArgs {
     /// The destination address (IPv4 or IPv6).
     pub address: std::net::IpAddr,
     /// The connecting cgroup, relative to the cgroup2 mount
-    /// (/kubepods.slice/...); its nearest selected ancestor decides.
+    /// (/kubepods.slice/...) or in full (/sys/fs/cgroup/kubepods.slice/...);
+    /// its nearest selected ancestor decides.
     #[arg(long, required_unless_present = "pod", conflicts_with = "pod")]
     pub cgroup: Option<String>,
     /// The connecting pod, by metadata.uid.
     #[arg(long)]
     pub pod: Option<String>,
-    /// The DNS name the address was resolved from (domain rules judge it).
+    /// The DNS name the address was resolved from (domain rules judge it)
+    /// [default: the name the cgroup resolved it from, as the daemon
+    /// learned it].
     #[arg(long)]
     pub name: Option<String>,
-    /// The daemon's policies (a directory, or one file here), country
-    /// database and cloud ranges.
-    #[command(flatten)]
-    pub sources: super::daemon::Sources,
+    /// Work it out from files instead of asking the daemon in force: the
+    /// policies, the country database and the cloud ranges below.
+    #[arg(long)]
+    pub offline: bool,
+    /// With --offline: the policy directory, or one file.
+    #[arg(long, requires = "offline", value_name = "DIR|FILE", default_value = super::daemon::DEFAULT_POLICIES)]
+    pub policies: PathBuf,
+    /// With --offline: the country database.
+    #[arg(long, requires = "offline", value_name = "FILE", default_value = super::daemon::DEFAULT_GEOIP)]
+    pub geoip: PathBuf,
+    /// With --offline: the directory of cloud providers' ranges (without
+    /// it, no address is in a cloud region).
+    #[arg(long, requires = "offline", value_name = "DIR")]
+    pub cloud_ranges: Option<PathBuf>,
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Format,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        PolicyCommand::Explain(args) => explain(args),
+        PolicyCommand::Explain(args) if args.offline => explain_offline(args),
+        PolicyCommand::Explain(args) => super::block_on(explain(args)),
         PolicyCommand::Check {
             paths,
             geoip,
@@ -400,54 +417,24 @@ fn or_dash(s: &str) -> &str {
     }
 }
 
-/// The policy that judges `path` (the nearest selected ancestor, as the
-/// kernel's walk) or the pod's, and the cgroup it selects.
-fn judging<'p>(
-    policies: &'p [CompiledPolicy],
-    cgroup: Option<&str>,
-    pod: Option<&str>,
-) -> Option<(&'p CompiledPolicy, String)> {
-    if let Some(uid) = pod {
-        let uid = uid.to_ascii_lowercase().replace('_', "-");
-        return policies
-            .iter()
-            .find(|p| p.pods.contains(&uid))
-            .map(|p| (p, format!("pod:{uid}")));
-    }
-    let mut path = cgroup?.trim_end_matches('/').to_string();
-    if !path.starts_with('/') {
-        path.insert(0, '/');
-    }
-    loop {
-        let here = if path.is_empty() { "/" } else { path.as_str() };
-        let attr = crate::attribution::attribute(here);
-        if let Some(p) = policies.iter().find(|p| p.selects(here, &attr)) {
-            return Some((p, here.to_string()));
-        }
-        match path.rfind('/') {
-            Some(0) if path.len() > 1 => path.truncate(0),
-            Some(i) if i > 0 => path.truncate(i),
-            _ => return None,
-        }
-    }
-}
-
-fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
-    use monitor_common::{CountrySource, Rule, Verdict};
-    let dir = args
-        .sources
-        .policies
-        .is_dir()
-        .then_some(&args.sources.policies);
+/// `policy explain --offline`: the same answer as the daemon's, from the
+/// files given.
+fn explain_offline(args: ExplainArgs) -> anyhow::Result<ExitCode> {
+    use crate::api::explain::{response, From};
+    let mount = crate::cgroups::find_cgroup2_mount().unwrap_or_else(|_| "/sys/fs/cgroup".into());
+    let from = From::parse(
+        &mount,
+        args.cgroup.as_deref().unwrap_or_default(),
+        args.pod.as_deref().unwrap_or_default(),
+    )
+    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dir = args.policies.is_dir().then_some(&args.policies);
     let files = if dir.is_some() {
-        policy::policy_files(&args.sources.policies).map_err(|e| {
-            anyhow::anyhow!(
-                "reading policy directory {}: {e}",
-                args.sources.policies.display()
-            )
+        policy::policy_files(&args.policies).map_err(|e| {
+            anyhow::anyhow!("reading policy directory {}: {e}", args.policies.display())
         })?
     } else {
-        vec![args.sources.policies.clone()]
+        vec![args.policies.clone()]
     };
     let mut all = Vec::new();
     for f in &files {
@@ -461,142 +448,88 @@ fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             Err(e) => eprintln!("warning: {e} (left out, as the daemon would)"),
         }
     }
-    let db = GeoDb::open(&args.sources.geoip)?;
-    let cloud = match &args.sources.cloud_ranges {
+    let db = GeoDb::open(&args.geoip)?;
+    let cloud = match &args.cloud_ranges {
         Some(d) => crate::cloud::load_dir(d)?,
         None => crate::cloud::CloudRanges::default(),
     };
-    let who = args
-        .cgroup
-        .clone()
-        .unwrap_or_else(|| format!("pod {}", args.pod.clone().unwrap_or_default()));
-    let Some((p, selected)) = judging(&all, args.cgroup.as_deref(), args.pod.as_deref()) else {
-        if args.output == Format::Json {
-            println!(
-                "{}",
-                serde_json::json!({"address": args.address.to_string(), "from": who, "judged": false})
-            );
-        } else {
-            println!(
-                "{} from {who}: not judged: no policy in {} selects it or an ancestor (not watched)",
-                args.address,
-                args.sources.policies.display()
-            );
-        }
-        return Ok(ExitCode::SUCCESS);
+    let judged = match &from {
+        From::Cgroup(path) => policy::explain::judging(all.iter(), Some(path), None),
+        From::Pod(uid) => policy::explain::judging(all.iter(), None, Some(uid)),
     };
-    let sim = policy::simulate::simulate_named(p, &db, &cloud, args.address, args.name.as_deref());
-    let place = region_label(&sim.region);
-    let cloud_name = cloud
-        .region_name(sim.cloud_region)
-        .map(|(pr, r)| format!("{pr}:{r}"));
-    let source = match sim.source {
-        CountrySource::Cloud => "the provider's documented location of its cloud region",
-        _ => "the country database",
-    };
-    let addr = crate::geo::to_u128(args.address);
-    let ip = crate::geo::from_u128(addr);
-    let net_of = |nets: &[ipnetwork::IpNetwork]| {
-        nets.iter()
-            .filter(|n| n.contains(ip))
-            .max_by_key(|n| n.prefix())
-            .map(|n| n.to_string())
-    };
-    let name_rule = |list: &[policy::DomainPattern]| {
-        args.name.as_deref().and_then(|n| {
-            let n = n.trim_end_matches('.').to_ascii_lowercase();
-            list.iter()
-                .find(|d| {
-                    if d.wildcard {
-                        n.ends_with(&format!(".{}", d.name))
-                    } else {
-                        n == d.name
-                    }
-                })
-                .map(|d| d.to_string())
-        })
-    };
-    let allowed = sim.verdict == Verdict::Allowed;
-    let why = match sim.rule {
-        Rule::Cidr if !allowed => {
-            format!("deny CIDR {}", net_of(&p.deny_cidrs).unwrap_or_default())
-        }
-        Rule::Cidr => match net_of(&p.allow_cidrs) {
-            Some(n) => format!("allow CIDR {n}"),
-            None => format!(
-                "{} never leaves the link (exempt unless judgeLinkLocal: true)",
-                net_of(&p.link_local).unwrap_or_default()
-            ),
-        },
-        Rule::Domain if !allowed => format!(
-            "the name matches deny domain {}",
-            name_rule(&p.deny_domains).unwrap_or_default()
-        ),
-        Rule::Domain => format!(
-            "the name matches allow domain {}",
-            name_rule(&p.allow_domains).unwrap_or_default()
-        ),
-        Rule::CloudRegion => format!(
-            "its cloud region {} is {} by cloudRegions",
-            cloud_name.clone().unwrap_or_default(),
-            if allowed { "allowed" } else { "denied" }
-        ),
-        Rule::Country | Rule::Continent | Rule::Group => format!(
-            "its place {place} is {} by the policy's {} rules",
-            if allowed { "allowed" } else { "denied" },
-            sim.rule.as_str()
-        ),
-        _ => format!("nothing in the policy allows {place} (or this address)"),
-    };
-    if args.output == Format::Json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&serde_json::json!({
-                "address": args.address.to_string(),
-                "from": who,
-                "judged": true,
-                "policy": p.name,
-                "mode": p.mode.to_string(),
-                "file": p.file,
-                "line": p.line,
-                "selected": selected,
-                "country": place,
-                "place_source": source,
-                "cloud_region": cloud_name,
-                "name": args.name,
-                "verdict": sim.verdict.as_str(),
-                "rule": sim.rule.as_str(),
-                "why": why,
-            }))?
-        );
-    } else {
-        println!("{} from {who}", args.address);
-        println!(
-            "  policy     {} ({}) at {}:{}, selecting {selected}",
-            p.name, p.mode, p.file, p.line
-        );
-        println!(
-            "  place      {place}{} (from {source})",
-            cloud_name
-                .as_deref()
-                .map(|c| format!(" {c}"))
-                .unwrap_or_default()
-        );
-        if let Some(n) = &args.name {
-            let said = match policy::simulate::domain_action(p, n) {
-                monitor_common::action::DENY => "denied by its domain rules",
-                monitor_common::action::ALLOW => "allowed by its domain rules",
-                _ => "no domain rule matches",
-            };
-            println!("  name       {n}: {said}");
-        }
-        println!(
-            "  decision   {}, rule {}: {why}",
-            sim.verdict.as_str(),
-            sim.rule.as_str()
-        );
+    let mut warnings = Vec::new();
+    if judged.is_none() {
+        warnings.push(format!(
+            "no policy in {} selects {} or an ancestor: not watched",
+            args.policies.display(),
+            from.label()
+        ));
     }
-    Ok(if allowed {
+    let name = args.name.map(|n| (n, "given"));
+    let r = response(args.address, &from, judged, &db, &cloud, name, 0, warnings);
+    print_explained(&r, args.output)
+}
+
+/// `policy explain`: the daemon in force answers.
+async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
+    let mut client = connect(&args.connect).await?;
+    let r = client
+        .explain(pb::ExplainRequest {
+            address: args.address.to_string(),
+            cgroup: args.cgroup.unwrap_or_default(),
+            pod_uid: args.pod.unwrap_or_default(),
+            name: args.name.unwrap_or_default(),
+        })
+        .await
+        .map_err(|s| status_error("Explain", s))?
+        .into_inner();
+    print_explained(&r, args.output)
+}
+
+/// Prints an explanation; exit status 0: allowed or not judged, 3: denied
+/// or would be denied.
+fn print_explained(r: &pb::ExplainResponse, output: Format) -> anyhow::Result<ExitCode> {
+    if output == Format::Json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+    } else {
+        for w in &r.warnings {
+            eprintln!("warning: {w}");
+        }
+        let answered = match r.policy_generation {
+            0 => "offline, from files".to_string(),
+            g => format!("the daemon's policy set generation {g}"),
+        };
+        if !r.judged {
+            println!(
+                "{} from {}: not judged: no policy selects it or an ancestor (not watched; {answered})",
+                r.address, r.from
+            );
+            return Ok(ExitCode::SUCCESS);
+        }
+        println!("{} from {} ({answered})", r.address, r.from);
+        println!(
+            "  policy     {} ({}) at {}:{}, selecting {}",
+            r.policy, r.mode, r.file, r.line, r.selected
+        );
+        let source = match r.place_source.as_str() {
+            "cloud" => "the provider's documented location of its cloud region",
+            _ => "the country database",
+        };
+        let cloud = match r.cloud_region.as_str() {
+            "" => String::new(),
+            c => format!(" {c}"),
+        };
+        println!("  place      {}{cloud} (from {source})", r.place);
+        if !r.name.is_empty() {
+            let learned = match r.name_source.as_str() {
+                "learned" => " (the name the cgroup resolved it from)",
+                _ => "",
+            };
+            println!("  name       {}{learned}: {}", r.name, r.name_said);
+        }
+        println!("  decision   {}, rule {}: {}", r.verdict, r.rule, r.why);
+    }
+    Ok(if !r.judged || r.verdict == "allowed" {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)

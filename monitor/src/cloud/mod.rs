@@ -394,6 +394,18 @@ impl CloudRanges {
         self.region(id).map(|r| (&*r.provider, &*r.region))
     }
 
+    /// `provider:region` of an id, or `provider` alone for a range the
+    /// provider publishes without a region.
+    pub fn region_label(&self, id: u32) -> Option<String> {
+        self.region_name(id).map(|(p, r)| {
+            if r.is_empty() {
+                p.to_string()
+            } else {
+                format!("{p}:{r}")
+            }
+        })
+    }
+
     /// What the kernel's cloud trie holds: one entry per network (see
     /// `trie_entries` for which range wins), sorted by network.
     pub fn entries(

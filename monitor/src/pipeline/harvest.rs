@@ -70,7 +70,8 @@ pub fn key_of(b: &[u8]) -> Option<FlowKey> {
     })
 }
 
-fn boot_ns() -> u64 {
+/// CLOCK_BOOTTIME now, in nanoseconds: the kernel's clock for expiries.
+pub fn boot_ns() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,

@@ -231,16 +231,17 @@ fn check_selector_not_empty(at: &Locator, sel: &Selector) -> Result<(), PolicyEr
 fn pod_uids(at: &Locator, uids: &[String]) -> Result<BTreeSet<String>, PolicyError> {
     let mut pods = BTreeSet::new();
     for uid in uids {
-        let normal = attribution::normalize_uid(&uid.replace('_', "-")).ok_or_else(|| {
-            at.err(
-                "pods",
-                Some(uid),
-                format!("pod UID {uid:?} is not a Kubernetes UID (a UUID such as 1b2c3d4e-5f60-4718-9a0b-c1d2e3f40506, or 32 hex digits for a static pod)"),
-            )
-        })?;
-        pods.insert(normal);
+        pods.insert(pod_uid(uid).map_err(|reason| at.err("pods", Some(uid), reason))?);
     }
     Ok(pods)
+}
+
+/// A pod UID as selectors and the kernel's attribution spell it (lowercase,
+/// dashes), or why it is not one.
+pub fn pod_uid(uid: &str) -> Result<String, String> {
+    attribution::normalize_uid(&uid.replace('_', "-")).ok_or_else(|| {
+        format!("pod UID {uid:?} is not a Kubernetes UID (a UUID such as 1b2c3d4e-5f60-4718-9a0b-c1d2e3f40506, or 32 hex digits for a static pod)")
+    })
 }
 
 /// Checks the selector's systemd unit patterns and builds their glob set.

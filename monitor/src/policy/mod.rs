@@ -1,5 +1,6 @@
 //! Policies: the YAML model, compiling, loading a directory, watching it.
 pub mod compile;
+pub mod explain;
 pub mod lint;
 pub mod model;
 pub mod simulate;
