@@ -1,13 +1,13 @@
 //! `cargo xtask bench`: runs the benchmark suite (`tests/src/bin/bench/`)
-//! as root and, with `--readme`, puts its table into README.md's
-//! "## Performance" section.
+//! as root and, with `--readme`, puts its table into the Performance page
+//! of the documentation (`docs/performance.md`).
 use std::{path::Path, process::Command};
 
-use anyhow::{bail, Context};
+use anyhow::Context;
 
 use crate::{root, run};
 
-/// What the README says about the suite, above the table it writes.
+/// What the Performance page says about the suite, above the table it writes.
 const INTRO: &str = "\
 `cargo xtask bench` (root) measures what the monitor costs against the bare
 kernel, side by side in one run: one daemon with the full CC0 country
@@ -61,67 +61,51 @@ pub fn bench(readme: bool, faults: Option<u64>, store: Option<u64>) -> anyhow::R
     }
     run(&mut cmd)?;
     if readme {
-        update_readme(&root().join("README.md"), &out.join("results.md"))?;
+        update_page(&root().join("docs/performance.md"), &out.join("results.md"))?;
     }
     Ok(())
 }
 
-/// Replaces (or adds, before "## How it works") the "## Performance" section.
-fn update_readme(readme: &Path, results: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(readme)?;
+/// Replaces the table at the top of the Performance page.
+fn update_page(page: &Path, results: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(page).unwrap_or_default();
     let table = std::fs::read_to_string(results).context("read results.md")?;
-    std::fs::write(readme, with_section(&text, &table)?)?;
-    eprintln!("updated the Performance section of {}", readme.display());
+    std::fs::write(page, with_table(&text, &table))?;
+    eprintln!("updated the table of {}", page.display());
     Ok(())
 }
 
-fn with_section(text: &str, table: &str) -> anyhow::Result<String> {
-    let section = format!("## Performance\n\n{INTRO}\n{table}\n");
-    let new = if let Some(start) = text.find("\n## Performance\n") {
-        let start = start + 1;
-        let end = text[start + 3..]
-            .find("\n## ")
-            .map(|i| start + 3 + i + 1)
-            .unwrap_or(text.len());
-        // Hand-written notes under the table stay.
-        let notes = text[start..end]
-            .find("\nWhat the figures say")
-            .map(|i| &text[start + i + 1..end])
-            .unwrap_or("");
-        let section = if notes.is_empty() {
-            section
-        } else {
-            format!("{}\n\n{notes}", section.trim_end_matches('\n'))
-        };
-        format!("{}{section}{}", &text[..start], &text[end..])
-    } else if let Some(at) = text.find("\n## How it works\n") {
-        format!("{}\n{section}{}", &text[..at], &text[at + 1..])
-    } else {
-        bail!("README.md has neither a Performance nor a How it works section");
-    };
-    Ok(new)
+/// The page with `table` under its title and introduction; the
+/// hand-written notes from the first "What the figures say" on stay.
+fn with_table(text: &str, table: &str) -> String {
+    let head = format!("# Performance\n\n{INTRO}\n{table}\n");
+    match text.find("\nWhat the figures say") {
+        Some(i) => format!("{}\n{}", head.trim_end_matches('\n'), &text[i..]),
+        None => head,
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    /// A re-run replaces the table, keeps the notes and the other sections.
+    /// A re-run replaces the table and keeps the notes and the sections
+    /// under them.
     #[test]
-    fn section_replaced_notes_kept() {
-        let first = super::with_section("# x\n\n## How it works\n\nz\n", "| t1 |\n").unwrap();
-        let noted = first.replace("| t1 |\n", "| t1 |\n\nWhat the figures say: n\n");
-        let second = super::with_section(&noted, "| t2 |\n").unwrap();
-        assert!(second.contains("| t2 |") && !second.contains("| t1 |"));
+    fn table_replaced_notes_kept() {
+        let first = super::with_table("", "| t1 |\n");
+        assert!(first.starts_with("# Performance\n") && first.contains("| t1 |"));
+        let noted = format!("{first}\nWhat the figures say: n\n\n## Load and faults\n\nz\n");
+        let second = super::with_table(&noted, "| t2 |\n");
         assert!(
-            second.contains("What the figures say: n")
-                && second.ends_with("## How it works\n\nz\n")
-        );
-        assert_eq!(second.matches("## Performance").count(), 1);
-        // The notes stay a paragraph of their own, so a third run finds them.
-        assert!(
-            second.contains("| t2 |\n\nWhat the figures say: n"),
+            second.contains("| t2 |") && !second.contains("| t1 |"),
             "{second}"
         );
-        let third = super::with_section(&second, "| t3 |\n").unwrap();
+        assert!(
+            second.contains("| t2 |\n\nWhat the figures say: n")
+                && second.ends_with("## Load and faults\n\nz\n"),
+            "{second}"
+        );
+        assert_eq!(second.matches("# Performance").count(), 1);
+        let third = super::with_table(&second, "| t3 |\n");
         assert!(
             third.contains("| t3 |\n\nWhat the figures say: n"),
             "{third}"

@@ -10,8 +10,9 @@ use std::{
 use anyhow::{bail, Context};
 
 /// Names the integration harness gives what it makes: cgroups, pins and
-/// namespaces `emt-*`, client namespaces `emc-*`, veth links `emh*`/`emn*`.
-const PREFIXES: [&str; 2] = ["emt-", "emc-"];
+/// namespaces `emt-*`, client namespaces `emc-*`, veth links `emh*`/`emn*`;
+/// and the README's tour (`docs-check`): `egress-tour*`.
+const PREFIXES: [&str; 3] = ["emt-", "egress-tour", "emc-"];
 const LINK_PREFIXES: [&str; 2] = ["emh", "emn"];
 const LOCK: &str = "/run/egress-monitor-tests.lock";
 
@@ -90,7 +91,7 @@ pub fn clean(bin: &Path) -> anyhow::Result<()> {
     if let Ok(rd) = std::fs::read_dir("/sys/fs/bpf") {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !ours(&name, &PREFIXES[..1]) {
+            if !ours(&name, &PREFIXES[..2]) {
                 continue;
             }
             let _ = Command::new(bin)
@@ -105,7 +106,7 @@ pub fn clean(bin: &Path) -> anyhow::Result<()> {
         if let Ok(rd) = std::fs::read_dir(&mount) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if ours(&name, &PREFIXES[..1]) && e.path().is_dir() {
+                if ours(&name, &PREFIXES[..2]) && e.path().is_dir() {
                     remove_cgroup(&e.path())?;
                     removed.push(format!("cgroup {}", e.path().display()));
                 }
@@ -142,7 +143,7 @@ pub fn clean(bin: &Path) -> anyhow::Result<()> {
             let Ok(text) = std::fs::read_to_string(e.path()) else {
                 continue;
             };
-            if !text.contains("/emt-") {
+            if !text.contains("/emt-") && !text.contains("/egress-tour") {
                 continue;
             }
             let pid = text

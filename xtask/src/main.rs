@@ -4,6 +4,7 @@
 //! quickly when it is all there already; every other command runs it first.
 mod bench;
 mod cloudip;
+mod docs;
 mod leftovers;
 mod setup;
 
@@ -34,7 +35,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    /// Every test: unit, policy files, and the privileged integration suite (root).
+    /// Every test: unit, policy files, the privileged integration suite and
+    /// the README's tour (root).
     Test {
         /// Only run tests whose name contains this.
         filter: Option<String>,
@@ -47,9 +49,12 @@ enum Cmd {
         #[arg(long, default_value_t = 1, value_name = "N")]
         repeat: u32,
     },
+    /// Run the README's tour against a real daemon (root) and fail where a
+    /// command no longer prints what the README shows.
+    DocsCheck,
     /// The performance suite (root): cost against the bare kernel, side by side.
     Bench {
-        /// Also replace README.md's "## Performance" section with the results.
+        /// Also put the results table into docs/performance.md.
         #[arg(long)]
         readme: bool,
         /// Only the load-and-faults scenario, for this many seconds (600
@@ -219,6 +224,15 @@ fn main() -> anyhow::Result<()> {
                 .args(args);
             run_with_live_view(&mut cmd, as_root(), &socket)
         }
+        Cmd::DocsCheck => {
+            setup::setup()?;
+            build()?;
+            if !is_root() {
+                bail!("the tour loads eBPF programs and makes cgroups: run `sudo -E cargo xtask docs-check`");
+            }
+            let _lock = leftovers::RunLock::acquire()?;
+            docs::check(&root())
+        }
         Cmd::Bench {
             readme,
             faults,
@@ -309,6 +323,10 @@ fn main() -> anyhow::Result<()> {
                     leftovers::clean(&bin)?;
                 }
                 result?;
+            }
+            // The README's tour, when everything runs.
+            if suite.is_none() && filter.is_empty() {
+                docs::check(&root())?;
             }
             Ok(())
         }

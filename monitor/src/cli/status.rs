@@ -9,17 +9,48 @@ use crate::api::client::{connect, status_error, ConnectArgs};
 pub struct StatusArgs {
     #[arg(short, long, value_enum, default_value = "table")]
     pub output: Format,
+    /// Wait up to this many seconds for the daemon to answer with a policy
+    /// set in force (right after it starts: for scripts).
+    #[arg(long, value_name = "SECS")]
+    pub wait: Option<u64>,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
 
-pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
-    let mut client = connect(&args.connect).await?;
-    let s = client
+async fn get_status(args: &ConnectArgs) -> anyhow::Result<crate::api::pb::GetStatusResponse> {
+    let mut client = connect(args).await?;
+    Ok(client
         .get_status(crate::api::pb::GetStatusRequest {})
         .await
         .map_err(|s| status_error("GetStatus", s))?
-        .into_inner();
+        .into_inner())
+}
+
+/// The status, once the daemon answers with a policy set in force, asked
+/// every 200 ms for up to `secs`.
+async fn wait_for_status(
+    args: &ConnectArgs,
+    secs: u64,
+) -> anyhow::Result<crate::api::pb::GetStatusResponse> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        let last = match get_status(args).await {
+            Ok(s) if s.policy_generation > 0 => return Ok(s),
+            Ok(_) => anyhow::anyhow!("the daemon answers but has no policy set in force yet"),
+            Err(e) => e,
+        };
+        if std::time::Instant::now() >= deadline {
+            return Err(last.context(format!("the daemon was not ready within {secs} s")));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    let s = match args.wait {
+        Some(secs) => wait_for_status(&args.connect, secs).await?,
+        None => get_status(&args.connect).await?,
+    };
     if args.output == Format::Json {
         println!("{}", serde_json::to_string_pretty(&s)?);
         return Ok(ExitCode::SUCCESS);
