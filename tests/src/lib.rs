@@ -51,6 +51,19 @@ const NS_ADDRS: [&str; 7] = [
     "198.51.100.3/24",
 ];
 
+/// Sources the workload uses towards the US test hosts.
+pub const US_SOURCES: [&str; 2] = ["203.0.113.1", "2001:db8:5::1"];
+
+/// Whether what the test server printed came from the workload's US-side
+/// addresses: a TCP accept names its peer in `accepted`, a datagram or
+/// stream data in `from`.
+pub fn from_us_side(v: &Value) -> bool {
+    let from = v["from"].as_str().or(v["accepted"].as_str()).unwrap_or("");
+    US_SOURCES
+        .iter()
+        .any(|s| from == *s || from.ends_with(&format!(":{s}")))
+}
+
 /// Networks and countries of the test database.
 pub const TEST_DB: [(&str, &str); 4] = [
     ("198.51.100.0/24", "DE"),
@@ -1109,9 +1122,7 @@ impl TestEnv {
         self.received()
             .into_iter()
             .filter(|r| {
-                let from = r["from"].as_str().unwrap_or("");
-                (r.get("accepted").is_some() || r.get("datagram").is_some())
-                    && (from.ends_with("203.0.113.1") || from == "2001:db8:5::1")
+                (r.get("accepted").is_some() || r.get("datagram").is_some()) && from_us_side(r)
             })
             .collect()
     }

@@ -14,14 +14,6 @@ use serde_json::Value;
 
 const EPERM: i64 = 1;
 const WAIT: Duration = Duration::from_secs(5);
-/// Sources the client uses towards the US test hosts.
-const US_SOURCES: [&str; 2] = ["203.0.113.1", "2001:db8:5::1"];
-
-fn from_us_side(v: &Value) -> bool {
-    let from = v["from"].as_str().or(v["accepted"].as_str()).unwrap_or("");
-    US_SOURCES.iter().any(|s| from.ends_with(s))
-}
-
 fn env(mode: &str, allow: &str) -> TestEnv {
     TestEnv::started(mode, allow, &[])
 }

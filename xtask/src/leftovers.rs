@@ -11,8 +11,9 @@ use anyhow::{bail, Context};
 
 /// Names the integration harness gives what it makes: cgroups, pins and
 /// namespaces `emt-*`, client namespaces `emc-*`, veth links `emh*`/`emn*`;
-/// and the README's tour (`docs-check`): `egress-tour*`.
-const PREFIXES: [&str; 3] = ["emt-", "egress-tour", "emc-"];
+/// the README's tour (`docs-check`): `egress-tour*`; and `egress-monitor
+/// test` (its own suite): `egress-test-*`.
+const PREFIXES: [&str; 4] = ["emt-", "egress-tour", "egress-test-", "emc-"];
 const LINK_PREFIXES: [&str; 2] = ["emh", "emn"];
 const LOCK: &str = "/run/egress-monitor-tests.lock";
 
@@ -91,7 +92,7 @@ pub fn clean(bin: &Path) -> anyhow::Result<()> {
     if let Ok(rd) = std::fs::read_dir("/sys/fs/bpf") {
         for e in rd.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            if !ours(&name, &PREFIXES[..2]) {
+            if !ours(&name, &PREFIXES[..3]) {
                 continue;
             }
             let _ = Command::new(bin)
@@ -106,7 +107,7 @@ pub fn clean(bin: &Path) -> anyhow::Result<()> {
         if let Ok(rd) = std::fs::read_dir(&mount) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
-                if ours(&name, &PREFIXES[..2]) && e.path().is_dir() {
+                if ours(&name, &PREFIXES[..3]) && e.path().is_dir() {
                     remove_cgroup(&e.path())?;
                     removed.push(format!("cgroup {}", e.path().display()));
                 }

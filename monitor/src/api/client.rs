@@ -8,7 +8,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 
 use super::pb::egress_monitor_client::EgressMonitorClient;
 
-#[derive(Debug, Clone, clap::Args)]
+#[derive(Debug, Clone, Default, clap::Args)]
 pub struct ConnectArgs {
     /// The daemon's unix socket [default: the default state directory's, or
     /// else that of the one daemon running on this machine].

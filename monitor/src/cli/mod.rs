@@ -6,6 +6,7 @@ mod filters;
 mod flows;
 mod output;
 mod policy;
+mod residency;
 mod status;
 mod uninstall;
 mod verify;
@@ -69,6 +70,11 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// The daemon's programs, policies, database and counters.
     Status(status::StatusArgs),
+    /// Run COMMAND in a cgroup of its own under one policy and report every
+    /// destination it reached or attempted, by verdict (a residency test
+    /// for CI; root). Exit status: COMMAND's own failure, else 3 when
+    /// anything was denied or would be, else 0; 125: the test could not run.
+    Test(residency::TestArgs),
     /// Detach the programs and remove every pin: enforcement ends (root).
     Uninstall(uninstall::UninstallArgs),
     /// Check policy files; list or reload the daemon's policies.
@@ -77,9 +83,7 @@ pub enum Command {
 }
 
 /// Runs a client command on a small runtime.
-pub fn block_on(
-    f: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
-) -> anyhow::Result<ExitCode> {
+pub fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?
@@ -118,6 +122,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Verify(args) => verify::run(args),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Uninstall(args) => uninstall::run(args),
+        Command::Test(args) => residency::run(args),
     };
     match result {
         Ok(code) => code,

@@ -17,7 +17,7 @@ pub struct StatusArgs {
     pub connect: ConnectArgs,
 }
 
-async fn get_status(args: &ConnectArgs) -> anyhow::Result<crate::api::pb::GetStatusResponse> {
+pub async fn get_status(args: &ConnectArgs) -> anyhow::Result<crate::api::pb::GetStatusResponse> {
     let mut client = connect(args).await?;
     Ok(client
         .get_status(crate::api::pb::GetStatusRequest {})
@@ -28,7 +28,7 @@ async fn get_status(args: &ConnectArgs) -> anyhow::Result<crate::api::pb::GetSta
 
 /// The status, once the daemon answers with a policy set in force, asked
 /// every 200 ms for up to `secs`.
-async fn wait_for_status(
+pub async fn wait_for_status(
     args: &ConnectArgs,
     secs: u64,
 ) -> anyhow::Result<crate::api::pb::GetStatusResponse> {
