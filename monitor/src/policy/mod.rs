@@ -15,21 +15,77 @@ pub use model::{Mode, PolicyError};
 
 /// Compiles every document of one policy text.
 pub fn compile_text(file: &Path, text: &str) -> Result<Vec<CompiledPolicy>, PolicyError> {
+    compile_documents(file, text).map_err(|mut errors| errors.swap_remove(0))
+}
+
+/// Compiles every document of one policy text; every document's error,
+/// not the first only (never an empty list of errors).
+fn compile_documents(file: &Path, text: &str) -> Result<Vec<CompiledPolicy>, Vec<PolicyError>> {
     let docs = model::documents(text);
     if docs.is_empty() {
-        return Err(PolicyError {
+        return Err(vec![PolicyError {
             file: file.display().to_string(),
             line: 1,
             reason: "no policy in file (empty or only comments)".into(),
-        });
+        }]);
     }
     let mut out = Vec::with_capacity(docs.len());
+    let mut errors = Vec::new();
     for doc in &docs {
-        let parsed = model::parse_document(file, doc)?;
-        out.push(compile::compile(file, doc, parsed)?);
+        match model::parse_document(file, doc)
+            .and_then(|parsed| compile::compile(file, doc, parsed))
+        {
+            Ok(p) => out.push(p),
+            Err(e) => errors.push(e),
+        }
     }
-    check_unique_names(&out)?;
-    Ok(out)
+    if let Err(e) = check_unique_names(&out) {
+        errors.push(e);
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+/// The daemon's judgement of one policy file, shared by its reloads and
+/// `policy check`: read (inside `dir` when it comes from the policy
+/// directory, see [`compile_dir_file`]), every document compiled, and
+/// every cloud-region pattern checked against the regions known (a typo
+/// that would fail open in `deny` is an error, see `lint::cloud_patterns`).
+/// Every error of the file, not the first only.
+pub fn judge_file(
+    dir: Option<&Path>,
+    file: &Path,
+    cloud: &crate::cloud::CloudRanges,
+) -> Result<Vec<CompiledPolicy>, Vec<PolicyError>> {
+    let text = read_policy(file, dir).map_err(|e| vec![e])?;
+    let policies = compile_documents(file, &text)?;
+    let errors: Vec<PolicyError> = policies
+        .iter()
+        .flat_map(|p| lint::cloud_patterns(p, cloud).0)
+        .collect();
+    if errors.is_empty() {
+        Ok(policies)
+    } else {
+        Err(errors)
+    }
+}
+
+/// What the daemon warns about a policy of a set in force: selectors it can
+/// never match under `root` (relative to the cgroup2 mount), policies that
+/// would surprise their author, allow patterns that match no cloud region
+/// (see `lint`). Never a refusal.
+pub fn warnings(
+    p: &CompiledPolicy,
+    root: Option<&str>,
+    cloud: &crate::cloud::CloudRanges,
+) -> Vec<String> {
+    lint::warnings(p, root)
+        .into_iter()
+        .chain(lint::cloud_patterns(p, cloud).1)
+        .collect()
 }
 
 /// Reads and compiles one file, wherever it is (`policy check FILE`).
