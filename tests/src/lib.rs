@@ -410,6 +410,12 @@ impl TestEnv {
                 });
             }
         }
+        // No cloud snapshot unless a test gives one (`--cloud-ranges` wins
+        // over the variable): the daemon's default directory, when a setup
+        // installed it, must not change what a test judges.
+        let no_cloud = self.dir.path().join("no-cloud-ranges");
+        std::fs::create_dir_all(&no_cloud).unwrap();
+        cmd.env("EGRESS_MONITOR_CLOUD_RANGES", &no_cloud);
         let mut child = cmd
             .arg("daemon")
             .arg("--policies")

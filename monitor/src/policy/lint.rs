@@ -434,4 +434,96 @@ mod tests {
             "{w:?}"
         );
     }
+
+    #[test]
+    fn loopback_resolvers_teach_names_only_when_trusted() {
+        let r = |nets: &[&str], trust| {
+            Resolvers::new(nets.iter().map(|n| n.parse().unwrap()).collect(), trust)
+        };
+        assert!(!r(&[], false).teach_names());
+        assert!(!r(&[], true).teach_names());
+        assert!(!r(&["127.0.0.53/32", "::1/128"], false).teach_names());
+        assert!(r(&["127.0.0.53/32"], true).teach_names());
+        assert!(r(&["127.0.0.53/32", "10.96.0.10/32"], false).teach_names());
+        // A range wider than loopback holds resolvers elsewhere.
+        assert!(r(&["0.0.0.0/0"], false).teach_names());
+    }
+
+    #[test]
+    fn cloud_regions_and_domains_without_their_data_are_missing() {
+        let p = crate::policy::compile_text(
+            std::path::Path::new("c.yaml"),
+            "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {name: c}\n\
+             spec:\n  mode: enforce\n  selector:\n    cgroupPaths: [\"/a\"]\n  \
+             allow:\n    cloudRegions: [\"aws:eu-west-3\"]\n    domains: [api.example.com]\n",
+        )
+        .unwrap()
+        .remove(0);
+        let none = crate::cloud::CloudRanges::default();
+        let resolvers = Resolvers::new(vec!["10.96.0.10/32".parse().unwrap()], false);
+        let m = missing_data(
+            &p,
+            &Data {
+                cloud: &none,
+                resolvers: &resolvers,
+            },
+        );
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!((m[0].data, m[0].policy.as_str()), ("cloud_ranges", "c"));
+        assert!(
+            m[0].text
+                .contains("cloudRegions aws:eu-west-3 cannot be judged")
+                && m[0].text.contains("no cloud ranges are loaded"),
+            "{m:?}"
+        );
+        // A snapshot with the region judges it; one of another region does not.
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("r.csv");
+        std::fs::write(
+            &csv,
+            "cidr,provider,region,service\n198.51.100.0/24,aws,eu-west-3,EC2\n",
+        )
+        .unwrap();
+        let paris = crate::cloud::load_dir(dir.path()).unwrap();
+        let judged = Data {
+            cloud: &paris,
+            resolvers: &resolvers,
+        };
+        assert!(missing_data(&p, &judged).is_empty());
+        std::fs::write(
+            &csv,
+            "cidr,provider,region,service\n198.51.100.0/24,aws,us-east-1,EC2\n",
+        )
+        .unwrap();
+        let other = crate::cloud::load_dir(dir.path()).unwrap();
+        let m = missing_data(
+            &p,
+            &Data {
+                cloud: &other,
+                resolvers: &resolvers,
+            },
+        );
+        assert!(
+            m.len() == 1 && m[0].text.contains("(of aws) have no such region"),
+            "{m:?}"
+        );
+        // Only a loopback stub, not trusted: no name is ever learned.
+        let stub = Resolvers::new(vec!["127.0.0.53/32".parse().unwrap()], false);
+        let m = missing_data(
+            &p,
+            &Data {
+                cloud: &paris,
+                resolvers: &stub,
+            },
+        );
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(m[0].data, "dns_resolver");
+        assert!(
+            m[0].text.contains("1 domain rules cannot be judged")
+                && m[0].text.contains(
+                    "only loopback resolvers (127.0.0.53/32) without --dns-trust-loopback"
+                ),
+            "{m:?}"
+        );
+    }
 }
