@@ -15,19 +15,25 @@ pub use model::{Mode, PolicyError};
 
 /// Compiles every document of one policy text.
 pub fn compile_text(file: &Path, text: &str) -> Result<Vec<CompiledPolicy>, PolicyError> {
-    compile_documents(file, text).map_err(|mut errors| errors.swap_remove(0))
+    let (policies, mut errors) = compile_documents(file, text);
+    if errors.is_empty() {
+        Ok(policies)
+    } else {
+        Err(errors.swap_remove(0))
+    }
 }
 
-/// Compiles every document of one policy text; every document's error,
-/// not the first only (never an empty list of errors).
-fn compile_documents(file: &Path, text: &str) -> Result<Vec<CompiledPolicy>, Vec<PolicyError>> {
+/// Compiles every document of one policy text: the policies that compiled,
+/// and every document's error, not the first only.
+fn compile_documents(file: &Path, text: &str) -> (Vec<CompiledPolicy>, Vec<PolicyError>) {
     let docs = model::documents(text);
     if docs.is_empty() {
-        return Err(vec![PolicyError {
+        let empty = PolicyError {
             file: file.display().to_string(),
             line: 1,
             reason: "no policy in file (empty or only comments)".into(),
-        }]);
+        };
+        return (Vec::new(), vec![empty]);
     }
     let mut out = Vec::with_capacity(docs.len());
     let mut errors = Vec::new();
@@ -42,11 +48,7 @@ fn compile_documents(file: &Path, text: &str) -> Result<Vec<CompiledPolicy>, Vec
     if let Err(e) = check_unique_names(&out) {
         errors.push(e);
     }
-    if errors.is_empty() {
-        Ok(out)
-    } else {
-        Err(errors)
-    }
+    (out, errors)
 }
 
 /// The daemon's judgement of one policy file, shared by its reloads and
@@ -54,18 +56,20 @@ fn compile_documents(file: &Path, text: &str) -> Result<Vec<CompiledPolicy>, Vec
 /// directory, see [`compile_dir_file`]), every document compiled, and
 /// every cloud-region pattern checked against the regions known (a typo
 /// that would fail open in `deny` is an error, see `lint::cloud_patterns`).
-/// Every error of the file, not the first only.
+/// Every error of the file, in document order, not the first only.
 pub fn judge_file(
     dir: Option<&Path>,
     file: &Path,
     cloud: &crate::cloud::CloudRanges,
 ) -> Result<Vec<CompiledPolicy>, Vec<PolicyError>> {
     let text = read_policy(file, dir).map_err(|e| vec![e])?;
-    let policies = compile_documents(file, &text)?;
-    let errors: Vec<PolicyError> = policies
-        .iter()
-        .flat_map(|p| lint::cloud_patterns(p, cloud).0)
-        .collect();
+    let (policies, mut errors) = compile_documents(file, &text);
+    errors.extend(
+        policies
+            .iter()
+            .flat_map(|p| lint::cloud_patterns(p, cloud).0),
+    );
+    errors.sort_by_key(|e| e.line);
     if errors.is_empty() {
         Ok(policies)
     } else {
