@@ -470,9 +470,9 @@ fn policy_check_reports_every_error_of_every_file_as_the_daemon_judges() {
     };
     let (stdout, stderr) = check(&[dir.to_str().unwrap()]);
     for expected in [
-        format!("{}:8: \"UK\" is not an ISO 3166-1 alpha-2 country code; did you mean GB", at("c.yaml")),
+        format!("{}:9: \"UK\" is not an ISO 3166-1 alpha-2 country code; did you mean GB", at("c.yaml")),
         format!(
-            "{}:17: deny.cloudRegions \"aws:eu-west3\": matches no region of aws",
+            "{}:19: deny.cloudRegions \"aws:eu-west3\": matches no region of aws",
             at("c.yaml")
         ),
         format!(
