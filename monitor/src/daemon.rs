@@ -347,6 +347,7 @@ struct Booted {
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     old_pins: Vec<OldPins>,
     geo: GeoIdentity,
+    countries: policy::lint::Countries,
     /// A signal arrived before the geo table was filled: stop now.
     cancelled: bool,
 }
@@ -421,6 +422,10 @@ fn boot(
         ring,
         old_pins,
         geo: db.identity.clone(),
+        countries: policy::lint::Countries {
+            db: db.identity.path.clone(),
+            present: db.countries(),
+        },
         cancelled,
     })
 }
@@ -628,6 +633,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         ring,
         old_pins,
         geo,
+        countries,
         ..
     } = booted;
     let ids = Arc::new(RwLock::new(PolicyIds::open(
@@ -654,6 +660,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         ids,
         resolver: resolver.clone(),
         geo: geo.clone(),
+        countries,
         record: Arc::new(StoreRecord(store.clone())),
         on_reload: Box::new({
             let metrics = metrics.clone();

@@ -406,8 +406,8 @@ fn policy_explain_says_what_decides_and_why() {
 /// of every file: what does not compile (each document of a file), a
 /// cloud-region typo, rules no loaded data can judge (cloudRegions without
 /// cloud ranges, domains with only an untrusted loopback resolver), a
-/// cgroup two policies select; a selector outside --cgroup-root is a
-/// warning. The daemon with --require-policies refuses the same set.
+/// cgroup two policies select; a selector outside --cgroup-root and a
+/// country the database has no address in are warnings. The daemon with --require-policies refuses the same set.
 #[test]
 fn policy_check_reports_every_error_of_every_file_as_the_daemon_judges() {
     let env = TestEnv::new();
@@ -449,7 +449,10 @@ fn policy_check_reports_every_error_of_every_file_as_the_daemon_judges() {
     let dir = env.policy_dir();
     let at = |f: &str| dir.join(f).display().to_string();
     let cgroup_root = env.cgroup("").display().to_string();
+    let geoip = env.geoip().display().to_string();
     let sources = [
+        "--geoip",
+        &geoip,
         "--cgroup-root",
         &cgroup_root,
         "--cloud-ranges",
@@ -488,6 +491,12 @@ fn policy_check_reports_every_error_of_every_file_as_the_daemon_judges() {
             "selector conflict: cgroup {sel} is selected by policies a and b; a judges it"
         ),
         format!("(at {}:3, {}:3)", at("a.yaml"), at("b.yaml")),
+        // Countries against the database: the test database has no FR.
+        format!(
+            "{}:3: warning: policy b: countries allow FR have no address in the country \
+             database {geoip}: they match nothing",
+            at("b.yaml")
+        ),
         format!(
             "{}:3: warning: policy d: selector cgroupPaths \"/system.slice/emt-nowhere.service\" \
              is outside the cgroup root {root}",
@@ -512,7 +521,6 @@ fn policy_check_reports_every_error_of_every_file_as_the_daemon_judges() {
             "--policies",
             dir.to_str().unwrap(),
         ],
-        &["--geoip", env.geoip().to_str().unwrap()][..],
         &sources[..],
         &["--state-dir", state.to_str().unwrap()],
     ]

@@ -219,6 +219,10 @@ fn check(
     } else {
         anyhow::bail!("GeoIP database {} does not exist", geoip.display());
     };
+    let countries = db.as_ref().map(|db| policy::lint::Countries {
+        db: db.identity.path.clone(),
+        present: db.countries(),
+    });
     let paths = if paths.is_empty() {
         vec![sources.policies.clone()]
     } else {
@@ -263,7 +267,7 @@ fn check(
                         ));
                     }
                     let root = tree.as_ref().map(|(rel, _, _)| rel.as_str());
-                    for w in policy::warnings(p, root, &cloud) {
+                    for w in policy::warnings(p, root, &cloud, countries.as_ref()) {
                         eprintln!("{}:{}: warning: policy {}: {w}", p.file, p.line, p.name);
                     }
                 }

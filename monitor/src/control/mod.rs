@@ -118,6 +118,8 @@ pub struct Parts {
     pub ids: Arc<RwLock<PolicyIds>>,
     pub resolver: Arc<Mutex<Resolver>>,
     pub geo: geo::GeoIdentity,
+    /// The countries that database places addresses in.
+    pub countries: policy::lint::Countries,
     pub record: Arc<dyn PolicyRecord>,
     /// Counts reloads (ok or failed) for the metrics.
     pub on_reload: Box<dyn Fn(bool) + Send + Sync>,
@@ -486,7 +488,8 @@ impl Controller {
             log::warn!("POLICY DATA MISSING: {m} (--require-policies refuses to start like this)");
         }
         for p in &self.in_force {
-            for w in policy::warnings(p, root.as_deref(), &self.parts.cloud) {
+            let countries = Some(&self.parts.countries);
+            for w in policy::warnings(p, root.as_deref(), &self.parts.cloud, countries) {
                 log::warn!("policy {} ({}:{}): {w}", p.name, p.file, p.line);
             }
             if !self.selection.values().any(|s| s.policy == p.name) {

@@ -192,6 +192,39 @@ pub fn cloud_patterns(
     (errors, warnings)
 }
 
+/// The countries a country database places addresses in, and its path.
+#[derive(Debug, Clone, Default)]
+pub struct Countries {
+    pub db: std::path::PathBuf,
+    pub present: std::collections::BTreeSet<String>,
+}
+
+/// Countries a policy names that the database places no address in: such a
+/// rule matches nothing (a warning: the database decides, not the policy).
+pub fn absent_countries(p: &CompiledPolicy, countries: &Countries) -> Option<String> {
+    let spec = &p.source.spec;
+    let absent: Vec<String> = spec
+        .allow
+        .countries
+        .iter()
+        .map(|c| format!("allow {}", c.to_ascii_uppercase()))
+        .chain(
+            spec.deny
+                .countries
+                .iter()
+                .map(|c| format!("deny {}", c.to_ascii_uppercase())),
+        )
+        .filter(|c| !countries.present.contains(&c[c.len() - 2..]))
+        .collect();
+    (!absent.is_empty()).then(|| {
+        format!(
+            "countries {} have no address in the country database {}: they match nothing",
+            absent.join(", "),
+            countries.db.display()
+        )
+    })
+}
+
 /// The resolvers whose answers teach names (`--dns-resolver`, or the
 /// host's resolv.conf), and whether one on loopback counts
 /// (`--dns-trust-loopback`).

@@ -79,16 +79,18 @@ pub fn judge_file(
 
 /// What the daemon warns about a policy of a set in force: selectors it can
 /// never match under `root` (relative to the cgroup2 mount), policies that
-/// would surprise their author, allow patterns that match no cloud region
-/// (see `lint`). Never a refusal.
+/// would surprise their author, allow patterns that match no cloud region,
+/// countries the database has no address in (see `lint`). Never a refusal.
 pub fn warnings(
     p: &CompiledPolicy,
     root: Option<&str>,
     cloud: &crate::cloud::CloudRanges,
+    countries: Option<&lint::Countries>,
 ) -> Vec<String> {
     lint::warnings(p, root)
         .into_iter()
         .chain(lint::cloud_patterns(p, cloud).1)
+        .chain(countries.and_then(|c| lint::absent_countries(p, c)))
         .collect()
 }
 
