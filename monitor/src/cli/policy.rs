@@ -19,8 +19,10 @@ pub enum PolicyCommand {
     /// what does not compile, cloud-region typos, two policies of one
     /// name, cgroups below the cgroup root that two policies select, rules
     /// no loaded data can judge (cloudRegions without cloud ranges, domains
-    /// without a trusted resolver). Exit status 1 when the daemon would
-    /// reject a file or refuse the set; warnings alone exit 0.
+    /// without a trusted resolver). Exit status 1 on any error (a file the
+    /// daemon would reject, a set it would refuse, a conflict it would
+    /// settle and log as an error, rules it could not judge); warnings
+    /// alone exit 0.
     Check {
         /// Policy files or directories [default: --policies, the daemon's
         /// directory].
