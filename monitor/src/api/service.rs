@@ -222,6 +222,7 @@ pub fn status_pb(
             .collect(),
         cloud_ranges_rejected: s.cloud_error.clone(),
         selector_conflicts: s.conflicts.clone(),
+        policy_data_missing: s.data_missing.iter().map(ToString::to_string).collect(),
         dns: view
             .kernel
             .dns_stats()

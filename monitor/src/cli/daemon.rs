@@ -12,11 +12,23 @@ use crate::{
 
 /// Where the daemon reads its policies unless told otherwise.
 pub const DEFAULT_POLICIES: &str = "/etc/egress-monitor/policies";
-/// Where the daemon reads its country database unless told otherwise.
-pub const DEFAULT_GEOIP: &str = "/var/lib/egress-monitor/country.mmdb";
+/// Where the image and `cargo xtask setup` (run as root) install the
+/// country database and the pinned cloud snapshot: the defaults of
+/// `--geoip` and `--cloud-ranges`.
+pub const DEFAULT_GEOIP: &str = "/usr/share/egress-monitor/country.mmdb";
+pub const DEFAULT_CLOUD_RANGES: &str = "/usr/share/egress-monitor/cloud";
+
+/// `given`, or else [`DEFAULT_CLOUD_RANGES`] when it exists.
+pub fn cloud_dir_or_default(given: Option<&std::path::Path>) -> Option<PathBuf> {
+    given.map(PathBuf::from).or_else(|| {
+        let default = PathBuf::from(DEFAULT_CLOUD_RANGES);
+        default.is_dir().then_some(default)
+    })
+}
 
 /// What a decision is made from: the policies, the country database, the
-/// cloud ranges.
+/// cloud ranges, the resolvers names are learned from (the daemon's,
+/// `policy check`'s and `policy explain`'s offline).
 #[derive(Debug, Args)]
 pub struct Sources {
     /// Directory of policy files (*.yaml); watched for changes.
@@ -27,19 +39,45 @@ pub struct Sources {
     )]
     pub policies: PathBuf,
     /// MaxMind-format country database (GeoIP2/GeoLite2 or ip-location-db).
-    #[arg(
-        long,
-        default_value = DEFAULT_GEOIP,
-        env = "EGRESS_MONITOR_GEOIP"
-    )]
+    #[arg(long, default_value = DEFAULT_GEOIP, env = "EGRESS_MONITOR_GEOIP")]
     pub geoip: PathBuf,
     /// Directory of cloud providers' published ranges (AWS ip-ranges.json,
     /// Google Cloud cloud.json, Azure Service Tags JSON, or CSV
     /// `cidr,provider,region,service`); watched for changes. Where a range
     /// has a region, the region's documented location decides the
-    /// address's country
+    /// address's country. Without it, cloudRegions rules match nothing
+    /// (said in the log, `status` and the metrics)
+    /// [default: /usr/share/egress-monitor/cloud, when it exists]
     #[arg(long, env = "EGRESS_MONITOR_CLOUD_RANGES")]
     pub cloud_ranges: Option<PathBuf>,
+    /// A resolver (address or CIDR) whose answers teach names (repeatable).
+    /// Only answers from these are read: an allowed address running a DNS
+    /// server of the workload's own must not vouch for names. Default: the
+    /// nameservers of /etc/resolv.conf (on Kubernetes give the cluster DNS
+    /// service, e.g. 10.96.0.10). Without one (a loopback one counts only
+    /// with --dns-trust-loopback), domain rules match nothing
+    #[arg(long)]
+    pub dns_resolver: Vec<ipnetwork::IpNetwork>,
+    /// Also learn names from resolvers on loopback (a local stub such as
+    /// systemd-resolved at 127.0.0.53). Off by default: a workload could
+    /// answer its own queries there
+    #[arg(long)]
+    pub dns_trust_loopback: bool,
+}
+
+impl Sources {
+    /// `--cloud-ranges`, or else the default directory when it exists.
+    pub fn cloud_dir(&self) -> Option<PathBuf> {
+        cloud_dir_or_default(self.cloud_ranges.as_deref())
+    }
+
+    /// The resolvers names are learned from (see `daemon::dns_resolvers`).
+    pub fn resolvers(&self) -> crate::policy::lint::Resolvers {
+        crate::policy::lint::Resolvers::new(
+            daemon::dns_resolvers(&self.dns_resolver),
+            self.dns_trust_loopback,
+        )
+    }
 }
 
 #[derive(Debug, Args)]
@@ -130,18 +168,6 @@ pub struct DaemonArgs {
     /// A DNS record counts at most this many seconds, whatever its TTL
     #[arg(long, default_value_t = 86_400)]
     pub dns_max_ttl: u32,
-    /// A resolver (address or CIDR) whose answers teach names (repeatable).
-    /// Only answers from these are read: an allowed address running a DNS
-    /// server of the workload's own must not vouch for names. Default: the
-    /// nameservers of /etc/resolv.conf (on Kubernetes give the cluster DNS
-    /// service, e.g. 10.96.0.10)
-    #[arg(long)]
-    pub dns_resolver: Vec<ipnetwork::IpNetwork>,
-    /// Also learn names from resolvers on loopback (a local stub such as
-    /// systemd-resolved at 127.0.0.53). Off by default: a workload could
-    /// answer its own queries there
-    #[arg(long)]
-    pub dns_trust_loopback: bool,
 }
 
 fn ring_size(s: &str) -> Result<u32, String> {
@@ -193,6 +219,8 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         api,
         pin_dir: args.pin_dir,
         detach_on_exit: args.detach_on_exit,
+        cloud_ranges: args.sources.cloud_dir(),
+        resolvers: args.sources.resolvers(),
         policies: args.sources.policies,
         geoip: args.sources.geoip,
         cgroup_root: args.cgroup_root,
@@ -205,14 +233,12 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         rescan_interval: Duration::from_secs_f64(args.rescan_interval),
         history: args.history,
         metrics_addr: args.metrics_addr,
-        cloud_ranges: args.sources.cloud_ranges,
         dns: daemon::DnsConfig {
             min_ttl_s: args.dns_min_ttl,
             grace_s: args.dns_grace,
             max_ttl_s: args.dns_max_ttl.max(args.dns_min_ttl),
-            trust_loopback: args.dns_trust_loopback,
+            trust_loopback: args.sources.dns_trust_loopback,
         },
-        dns_resolvers: args.dns_resolver,
         retention: crate::store::retention::Retention {
             max_age: args
                 .retention_days

@@ -1,5 +1,5 @@
 //! The command line: one binary, the daemon and its client commands.
-mod daemon;
+pub mod daemon;
 mod events;
 mod export;
 mod filters;

@@ -14,23 +14,30 @@ use crate::{
 
 #[derive(Debug, Subcommand)]
 pub enum PolicyCommand {
-    /// Validate policy files and show what they compile to; changes nothing.
+    /// Judge policy files as the daemon would, offline, and show what they
+    /// compile to; changes nothing. Every error of every file is reported:
+    /// what does not compile, cloud-region typos, two policies of one
+    /// name, cgroups below the cgroup root that two policies select, rules
+    /// no loaded data can judge (cloudRegions without cloud ranges, domains
+    /// without a trusted resolver). Exit status 1 on any error (a file the
+    /// daemon would reject, a set it would refuse, a conflict it would
+    /// settle and log as an error, rules it could not judge); warnings
+    /// alone exit 0.
     Check {
-        /// Policy files or directories.
-        #[arg(required = true)]
+        /// Policy files or directories [default: --policies, the daemon's
+        /// directory].
         paths: Vec<PathBuf>,
-        /// Also count the database prefixes each policy allows and denies.
-        #[arg(long, env = "EGRESS_MONITOR_GEOIP")]
-        geoip: Option<PathBuf>,
-        /// The daemon's --cgroup-root: warn about selectors outside it
-        /// (they can never select a cgroup).
+        /// The daemon's policies, country database (also counts the
+        /// prefixes each policy allows and denies), cloud ranges and
+        /// resolvers, with the daemon's defaults.
+        #[command(flatten)]
+        sources: super::daemon::Sources,
+        /// The daemon's --cgroup-root: selectors outside it can never
+        /// select a cgroup (a warning), and the cgroups below it are walked
+        /// for ones two policies select (an error) [default: the cgroup2
+        /// mount].
         #[arg(long)]
         cgroup_root: Option<PathBuf>,
-        /// The daemon's --cloud-ranges: cloudRegions are checked against
-        /// its regions as well as the built-in location table (a pattern
-        /// that matches none is an error in deny, a warning in allow).
-        #[arg(long, value_name = "DIR")]
-        cloud_ranges: Option<PathBuf>,
     },
     /// The policies in force in the daemon, with the cgroups they select.
     List {
@@ -84,8 +91,9 @@ pub struct ExplainArgs {
     /// With --offline: the country database.
     #[arg(long, requires = "offline", value_name = "FILE", default_value = super::daemon::DEFAULT_GEOIP)]
     pub geoip: PathBuf,
-    /// With --offline: the directory of cloud providers' ranges (without
-    /// it, no address is in a cloud region).
+    /// With --offline: the directory of cloud providers' ranges [default:
+    /// the daemon's, when it exists; without any, no address is in a cloud
+    /// region].
     #[arg(long, requires = "offline", value_name = "DIR")]
     pub cloud_ranges: Option<PathBuf>,
     #[arg(short, long, value_enum, default_value = "table")]
@@ -100,10 +108,9 @@ pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
         PolicyCommand::Explain(args) => super::block_on(explain(args)),
         PolicyCommand::Check {
             paths,
-            geoip,
+            sources,
             cgroup_root,
-            cloud_ranges,
-        } => check(paths, geoip, cgroup_root, cloud_ranges),
+        } => check(paths, &sources, cgroup_root),
         PolicyCommand::List { output, connect } => super::block_on(list(output, connect)),
         PolicyCommand::Reload { force, connect } => super::block_on(reload(force, connect)),
     }
@@ -194,35 +201,52 @@ pub fn print_policies(policies: &[pb::Policy], rejected: &[pb::RejectedFile]) {
 
 fn check(
     paths: Vec<PathBuf>,
-    geoip: Option<PathBuf>,
+    sources: &super::daemon::Sources,
     cgroup_root: Option<PathBuf>,
-    cloud_ranges: Option<PathBuf>,
 ) -> anyhow::Result<ExitCode> {
-    let cloud = match &cloud_ranges {
-        Some(dir) => crate::cloud::load_dir(dir)
+    let cloud = match sources.cloud_dir() {
+        Some(dir) => crate::cloud::load_dir(&dir)
             .map_err(|e| anyhow::anyhow!("cloud ranges {}: {e}", dir.display()))?,
         None => crate::cloud::CloudRanges::default(),
     };
-    let root = match &cgroup_root {
-        None => None,
-        Some(r) => {
-            let mount = crate::cgroups::find_cgroup2_mount()?;
-            let abs = r
+    // The cgroup tree as the daemon would walk it: below --cgroup-root, or
+    // the whole cgroup2 mount (none found and no root given: no walk).
+    let tree = match (&cgroup_root, crate::cgroups::find_cgroup2_mount()) {
+        (None, Err(_)) => None,
+        (Some(_), Err(e)) => return Err(e.into()),
+        (root, Ok(mount)) => {
+            let given = root.clone().unwrap_or_else(|| mount.clone());
+            let abs = given
                 .canonicalize()
-                .map_err(|e| anyhow::anyhow!("cgroup root {}: {e}", r.display()))?;
-            Some(crate::cgroups::relative(&mount, &abs).ok_or_else(|| {
+                .map_err(|e| anyhow::anyhow!("cgroup root {}: {e}", given.display()))?;
+            let rel = crate::cgroups::relative(&mount, &abs).ok_or_else(|| {
                 anyhow::anyhow!(
                     "cgroup root {} is not inside the cgroup2 mount {}",
-                    r.display(),
+                    given.display(),
                     mount.display()
                 )
-            })?)
+            })?;
+            Some((rel, mount, abs))
         }
     };
-    let db = match geoip {
-        Some(p) if p.exists() => Some(GeoDb::open(&p)?),
-        Some(p) => anyhow::bail!("GeoIP database {} does not exist", p.display()),
-        None => None,
+    // The daemon cannot start without its database; `check` without one
+    // only skips the prefix counts, unless it was asked for one.
+    let geoip = &sources.geoip;
+    let db = if geoip.exists() {
+        Some(GeoDb::open(geoip)?)
+    } else if geoip.as_os_str() == super::daemon::DEFAULT_GEOIP {
+        None
+    } else {
+        anyhow::bail!("GeoIP database {} does not exist", geoip.display());
+    };
+    let countries = db.as_ref().map(|db| policy::lint::Countries {
+        db: db.identity.path.clone(),
+        present: db.countries(),
+    });
+    let paths = if paths.is_empty() {
+        vec![sources.policies.clone()]
+    } else {
+        paths
     };
     // Each file with the directory it was listed from: the daemon refuses a
     // file of its directory that leads outside it, and so does the check.
@@ -239,44 +263,59 @@ fn check(
             files.push((p, None));
         }
     }
-    let mut failed = false;
+    let resolvers = sources.resolvers();
+    let data = policy::lint::Data {
+        cloud: &cloud,
+        resolvers: &resolvers,
+    };
+    let mut errors = 0usize;
+    let mut error = |text: String| {
+        eprintln!("{text}");
+        errors += 1;
+    };
     let mut all = Vec::new();
     for (f, dir) in &files {
-        let compiled = match dir {
-            Some(dir) => policy::compile_dir_file(dir, f),
-            None => policy::compile_file(f),
-        };
-        match compiled {
+        match policy::judge_file(dir.as_deref(), f, &cloud) {
             Ok(ps) => {
                 for p in &ps {
-                    let (errors, cloud_warnings) = policy::lint::cloud_patterns(p, &cloud);
-                    for e in &errors {
-                        eprintln!("{e}");
-                        failed = true;
+                    print_policy(p, db.as_ref());
+                    for m in policy::lint::missing_data(p, &data) {
+                        error(format!(
+                            "{}:{}: {m} (the daemon refuses to start like this under \
+                             --require-policies, and warns without)",
+                            p.file, p.line
+                        ));
                     }
-                    if errors.is_empty() {
-                        print_policy(p, db.as_ref());
-                    }
-                    for w in policy::lint::warnings(p, root.as_deref())
-                        .into_iter()
-                        .chain(cloud_warnings)
-                    {
+                    let root = tree.as_ref().map(|(rel, _, _)| rel.as_str());
+                    for w in policy::warnings(p, root, &cloud, countries.as_ref()) {
                         eprintln!("{}:{}: warning: policy {}: {w}", p.file, p.line, p.name);
                     }
                 }
                 all.extend(ps);
             }
-            Err(e) => {
-                eprintln!("{e}");
-                failed = true;
-            }
+            Err(es) => es.iter().for_each(|e| error(e.to_string())),
         }
     }
+    // The set: one name twice is refused whole; a cgroup two policies
+    // select is settled by the daemon for itself and logged as an error.
     if let Err(e) = policy::check_unique_names(&all) {
-        eprintln!("{e}");
-        failed = true;
+        error(e.to_string());
     }
-    Ok(if failed {
+    if let Some((_, mount, abs)) = &tree {
+        let cgroups = crate::cgroups::walk(mount, abs)?;
+        let place: std::collections::HashMap<&str, String> = all
+            .iter()
+            .map(|p| (p.name.as_str(), format!("{}:{}", p.file, p.line)))
+            .collect();
+        for c in crate::cgroups::resolve(&cgroups, &all).conflicts {
+            let at: Vec<&str> = std::iter::once(&c.winner)
+                .chain(&c.losers)
+                .filter_map(|n| place.get(n.as_str()).map(String::as_str))
+                .collect();
+            error(format!("selector conflict: {c} (at {})", at.join(", ")));
+        }
+    }
+    Ok(if errors > 0 {
         ExitCode::FAILURE
     } else {
         ExitCode::SUCCESS
@@ -449,7 +488,8 @@ fn explain_offline(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         }
     }
     let db = GeoDb::open(&args.geoip)?;
-    let cloud = match &args.cloud_ranges {
+    let cloud_dir = super::daemon::cloud_dir_or_default(args.cloud_ranges.as_deref());
+    let cloud = match &cloud_dir {
         Some(d) => crate::cloud::load_dir(d)?,
         None => crate::cloud::CloudRanges::default(),
     };

@@ -133,6 +133,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     for c in &s.selector_conflicts {
         println!("SELECTOR CONFLICT {c}");
     }
+    for m in &s.policy_data_missing {
+        println!("DATA MISSING {m}");
+    }
     Ok(ExitCode::SUCCESS)
 }
 

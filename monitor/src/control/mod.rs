@@ -118,6 +118,8 @@ pub struct Parts {
     pub ids: Arc<RwLock<PolicyIds>>,
     pub resolver: Arc<Mutex<Resolver>>,
     pub geo: geo::GeoIdentity,
+    /// The countries that database places addresses in.
+    pub countries: policy::lint::Countries,
     pub record: Arc<dyn PolicyRecord>,
     /// Counts reloads (ok or failed) for the metrics.
     pub on_reload: Box<dyn Fn(bool) + Send + Sync>,
@@ -125,6 +127,8 @@ pub struct Parts {
     /// it at the start.
     pub cloud_dir: Option<PathBuf>,
     pub cloud: Arc<CloudRanges>,
+    /// The resolvers names are learned from (domain rules need one).
+    pub resolvers: policy::lint::Resolvers,
     /// Run just before the kernel switches to a new set (see `BeforeSwitch`).
     pub before_switch: BeforeSwitch,
     /// The policies of the last set in force before this start, by file
@@ -252,7 +256,21 @@ impl Controller {
             cloud_dir: self.parts.cloud_dir.clone(),
             cloud_error: self.cloud_error.clone(),
             conflicts: self.conflicts.iter().map(ToString::to_string).collect(),
+            data_missing: self.data_missing(),
         }
+    }
+
+    /// The rules of the set in force that the data loaded cannot judge
+    /// (see `lint::missing_data`).
+    fn data_missing(&self) -> Vec<policy::lint::Missing> {
+        let data = policy::lint::Data {
+            cloud: &self.parts.cloud,
+            resolvers: &self.parts.resolvers,
+        };
+        self.in_force
+            .iter()
+            .flat_map(|p| policy::lint::missing_data(p, &data))
+            .collect()
     }
 
     /// What the cloud directory holds now, to notice a change.
@@ -368,16 +386,14 @@ impl Controller {
             .map_err(|e| anyhow::anyhow!("reading policy directory {}: {e}", dir.display()))?;
         let mut files = BTreeMap::new();
         for path in paths {
-            // A cloud-region pattern that matches no region fails open in
-            // `deny`: the file is rejected like one that does not compile.
-            let compiled = policy::compile_dir_file(dir, &path).and_then(|ps| {
-                for p in &ps {
-                    let (errors, _) = policy::lint::cloud_patterns(p, &self.parts.cloud);
-                    if let Some(e) = errors.into_iter().next() {
-                        return Err(e);
-                    }
-                }
-                Ok(ps)
+            // The judgement `policy check` gives too: a cloud-region pattern
+            // that matches no region fails open in `deny`, and the file is
+            // rejected like one that does not compile.
+            let compiled = policy::judge_file(Some(dir), &path, &self.parts.cloud).map_err(|e| {
+                e.iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
             });
             let state = match compiled {
                 Ok(p) => FileState::InForce(p),
@@ -401,10 +417,7 @@ impl Controller {
                             String::new()
                         }
                     );
-                    FileState::Rejected {
-                        error: e.to_string(),
-                        previous,
-                    }
+                    FileState::Rejected { error: e, previous }
                 }
             };
             files.insert(path, state);
@@ -471,11 +484,12 @@ impl Controller {
                 self.parts.policies_dir.display()
             );
         }
+        for m in self.data_missing() {
+            log::warn!("POLICY DATA MISSING: {m} (--require-policies refuses to start like this)");
+        }
         for p in &self.in_force {
-            for w in crate::policy::lint::warnings(p, root.as_deref())
-                .into_iter()
-                .chain(crate::policy::lint::cloud_patterns(p, &self.parts.cloud).1)
-            {
+            let countries = Some(&self.parts.countries);
+            for w in policy::warnings(p, root.as_deref(), &self.parts.cloud, countries) {
                 log::warn!("policy {} ({}:{}): {w}", p.name, p.file, p.line);
             }
             if !self.selection.values().any(|s| s.policy == p.name) {

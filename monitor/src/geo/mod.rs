@@ -346,6 +346,15 @@ impl GeoDb {
     }
 
     /// Prefix counts per country (or continent where there is no country).
+    /// The countries the database places at least one address in.
+    pub fn countries(&self) -> std::collections::BTreeSet<String> {
+        self.ranges
+            .iter()
+            .filter(|r| r.region.country != [0, 0])
+            .map(|r| String::from_utf8_lossy(&r.region.country).into_owned())
+            .collect()
+    }
+
     pub fn prefixes_per_region(&self) -> BTreeMap<String, usize> {
         let mut counts = BTreeMap::new();
         for (_, _, region) in self.prefixes() {

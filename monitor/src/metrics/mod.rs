@@ -57,6 +57,12 @@ struct DnsLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct MissingLabels {
+    policy: String,
+    data: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CloudLabels {
     file: String,
     providers: String,
@@ -97,6 +103,8 @@ pub struct Snapshot<'a> {
     pub cloud: Option<&'a crate::cloud::CloudRanges>,
     /// The last candidate cloud snapshot was rejected.
     pub cloud_rejected: bool,
+    /// Rules in force that no loaded data can judge.
+    pub data_missing: &'a [crate::policy::lint::Missing],
 }
 
 type DecisionKey = (u32, u8, [u8; 2]);
@@ -126,6 +134,7 @@ pub struct Metrics {
     ring: Mutex<Option<system::RingFill>>,
     programs_missing: Gauge,
     set_refused: Gauge,
+    data_missing: Family<MissingLabels, Gauge>,
     dns: Family<DnsLabels, Counter>,
     dns_unparsed: Counter,
     flows: Family<DnsLabels, Counter>,
@@ -168,6 +177,7 @@ impl Metrics {
             ring: Mutex::new(None),
             programs_missing: Gauge::default(),
             set_refused: Gauge::default(),
+            data_missing: Family::default(),
             dns: Family::default(),
             dns_unparsed: Counter::default(),
             flows: Family::default(),
@@ -265,6 +275,11 @@ impl Metrics {
                 "policy_set_refused",
                 "1 when the last candidate policy set was refused whole (a conflict); the previous set stays in force",
                 m.set_refused.clone(),
+            );
+            r.register(
+                "policy_data_missing",
+                "1 for each policy in force with rules no loaded data can judge, so they match nothing: data=cloud_ranges (cloudRegions without --cloud-ranges), data=dns_resolver (domains without a trusted resolver)",
+                m.data_missing.clone(),
             );
             r.register(
                 "dns",
@@ -395,6 +410,15 @@ impl Metrics {
         self.selected.set(s.selected_cgroups as i64);
         self.programs_missing.set(s.programs_missing as i64);
         self.set_refused.set(i64::from(s.policy_set_refused));
+        self.data_missing.clear();
+        for m in s.data_missing {
+            self.data_missing
+                .get_or_create(&MissingLabels {
+                    policy: m.policy.clone(),
+                    data: m.data.to_string(),
+                })
+                .set(1);
+        }
         for (what, n) in &s.dns {
             Self::sync_counter(
                 &self.dns.get_or_create(&DnsLabels {
@@ -509,6 +533,7 @@ pub async fn scrape(view: &crate::state::View, metrics: &Arc<Metrics>) -> String
         repeats: view.counters.repeats.load(Ordering::Relaxed),
         cloud: Some(&s.cloud),
         cloud_rejected: !s.cloud_error.is_empty(),
+        data_missing: &s.data_missing,
     };
     metrics.render(&snapshot)
 }

@@ -192,6 +192,160 @@ pub fn cloud_patterns(
     (errors, warnings)
 }
 
+/// The countries a country database places addresses in, and its path.
+#[derive(Debug, Clone, Default)]
+pub struct Countries {
+    pub db: std::path::PathBuf,
+    pub present: std::collections::BTreeSet<String>,
+}
+
+/// Countries a policy names that the database places no address in: such a
+/// rule matches nothing (a warning: the database decides, not the policy).
+pub fn absent_countries(p: &CompiledPolicy, countries: &Countries) -> Option<String> {
+    let spec = &p.source.spec;
+    let absent: Vec<String> = spec
+        .allow
+        .countries
+        .iter()
+        .map(|c| format!("allow {}", c.to_ascii_uppercase()))
+        .chain(
+            spec.deny
+                .countries
+                .iter()
+                .map(|c| format!("deny {}", c.to_ascii_uppercase())),
+        )
+        .filter(|c| !countries.present.contains(&c[c.len() - 2..]))
+        .collect();
+    (!absent.is_empty()).then(|| {
+        format!(
+            "countries {} have no address in the country database {}: they match nothing",
+            absent.join(", "),
+            countries.db.display()
+        )
+    })
+}
+
+/// The resolvers whose answers teach names (`--dns-resolver`, or the
+/// host's resolv.conf), and whether one on loopback counts
+/// (`--dns-trust-loopback`).
+#[derive(Debug, Clone, Default)]
+pub struct Resolvers {
+    pub nets: Vec<ipnetwork::IpNetwork>,
+    pub trust_loopback: bool,
+}
+
+impl Resolvers {
+    pub fn new(nets: Vec<ipnetwork::IpNetwork>, trust_loopback: bool) -> Self {
+        Self {
+            nets,
+            trust_loopback,
+        }
+    }
+
+    /// Whether any of them teaches names: the kernel reads answers from a
+    /// loopback resolver only with `trust_loopback`, so a list of loopback
+    /// resolvers alone (a stub at 127.0.0.53) teaches none without it.
+    pub fn teach_names(&self) -> bool {
+        self.nets.iter().any(|n| {
+            let on_loopback = match n {
+                ipnetwork::IpNetwork::V4(v4) => v4.prefix() >= 8 && v4.ip().is_loopback(),
+                ipnetwork::IpNetwork::V6(v6) => v6.prefix() == 128 && v6.ip().is_loopback(),
+            };
+            self.trust_loopback || !on_loopback
+        })
+    }
+}
+
+/// What the daemon judges a policy's rules with, beside the country
+/// database: the cloud snapshot in force and the resolvers.
+pub struct Data<'a> {
+    pub cloud: &'a crate::cloud::CloudRanges,
+    pub resolvers: &'a Resolvers,
+}
+
+/// Rules of a policy that no loaded data can match.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Missing {
+    pub policy: String,
+    /// `cloud_ranges` or `dns_resolver` (the metrics' label).
+    pub data: &'static str,
+    /// What is missing and what it means, for people.
+    pub text: String,
+}
+
+impl std::fmt::Display for Missing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "policy {}: {}", self.policy, self.text)
+    }
+}
+
+/// The rules of `p` that the data loaded cannot judge: cloudRegions that
+/// name a known region no loaded cloud snapshot has (without
+/// `--cloud-ranges` that is every one: they match nothing, and the
+/// addresses of those regions are placed by the country database instead),
+/// and domain rules when no trusted resolver teaches names (they match
+/// nothing). A typo is not missing data: see [`cloud_patterns`].
+pub fn missing_data(p: &CompiledPolicy, data: &Data) -> Vec<Missing> {
+    let mut out = Vec::new();
+    let snapshot = data.cloud.regions();
+    let unjudged: Vec<String> = p
+        .allow_cloud
+        .iter()
+        .chain(&p.deny_cloud)
+        .filter(|c| {
+            !c.expand(std::iter::empty()).is_empty()
+                && !snapshot.iter().any(|(pr, r)| c.matches(pr, r))
+        })
+        .map(ToString::to_string)
+        .collect();
+    if !unjudged.is_empty() {
+        let loaded = if data.cloud.is_empty() {
+            "no cloud ranges are loaded (--cloud-ranges)".to_string()
+        } else {
+            let mut providers: Vec<&str> = snapshot.iter().map(|(pr, _)| *pr).collect();
+            providers.dedup();
+            format!(
+                "the cloud ranges loaded (of {}) have no such region",
+                providers.join(", ")
+            )
+        };
+        out.push(Missing {
+            policy: p.name.clone(),
+            data: "cloud_ranges",
+            text: format!(
+                "cloudRegions {} cannot be judged: {loaded}, so they match nothing and \
+                 addresses in those regions are placed by the country database",
+                unjudged.join(", ")
+            ),
+        });
+    }
+    let domains = p.allow_domains.len() + p.deny_domains.len();
+    if domains > 0 && !data.resolvers.teach_names() {
+        let resolvers = if data.resolvers.nets.is_empty() {
+            "no resolver (--dns-resolver, or a nameserver in /etc/resolv.conf)".to_string()
+        } else {
+            format!(
+                "only loopback resolvers ({}) without --dns-trust-loopback",
+                data.resolvers
+                    .nets
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+        out.push(Missing {
+            policy: p.name.clone(),
+            data: "dns_resolver",
+            text: format!(
+                "{domains} domain rules cannot be judged: names are learned from {resolvers}, \
+                 so no name is ever known and they match nothing"
+            ),
+        });
+    }
+    out
+}
+
 /// "; did you mean X?" for the names nearest to `wanted`, when they are
 /// within two edits (at most three names), or "".
 fn nearest<'a>(wanted: &str, names: impl Iterator<Item = &'a str>) -> String {
@@ -311,6 +465,98 @@ mod tests {
             w.iter()
                 .any(|w| w.contains("user@UID.service") && w.contains("no boundary")),
             "{w:?}"
+        );
+    }
+
+    #[test]
+    fn loopback_resolvers_teach_names_only_when_trusted() {
+        let r = |nets: &[&str], trust| {
+            Resolvers::new(nets.iter().map(|n| n.parse().unwrap()).collect(), trust)
+        };
+        assert!(!r(&[], false).teach_names());
+        assert!(!r(&[], true).teach_names());
+        assert!(!r(&["127.0.0.53/32", "::1/128"], false).teach_names());
+        assert!(r(&["127.0.0.53/32"], true).teach_names());
+        assert!(r(&["127.0.0.53/32", "10.96.0.10/32"], false).teach_names());
+        // A range wider than loopback holds resolvers elsewhere.
+        assert!(r(&["0.0.0.0/0"], false).teach_names());
+    }
+
+    #[test]
+    fn cloud_regions_and_domains_without_their_data_are_missing() {
+        let p = crate::policy::compile_text(
+            std::path::Path::new("c.yaml"),
+            "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {name: c}\n\
+             spec:\n  mode: enforce\n  selector:\n    cgroupPaths: [\"/a\"]\n  \
+             allow:\n    cloudRegions: [\"aws:eu-west-3\"]\n    domains: [api.example.com]\n",
+        )
+        .unwrap()
+        .remove(0);
+        let none = crate::cloud::CloudRanges::default();
+        let resolvers = Resolvers::new(vec!["10.96.0.10/32".parse().unwrap()], false);
+        let m = missing_data(
+            &p,
+            &Data {
+                cloud: &none,
+                resolvers: &resolvers,
+            },
+        );
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!((m[0].data, m[0].policy.as_str()), ("cloud_ranges", "c"));
+        assert!(
+            m[0].text
+                .contains("cloudRegions aws:eu-west-3 cannot be judged")
+                && m[0].text.contains("no cloud ranges are loaded"),
+            "{m:?}"
+        );
+        // A snapshot with the region judges it; one of another region does not.
+        let dir = tempfile::tempdir().unwrap();
+        let csv = dir.path().join("r.csv");
+        std::fs::write(
+            &csv,
+            "cidr,provider,region,service\n198.51.100.0/24,aws,eu-west-3,EC2\n",
+        )
+        .unwrap();
+        let paris = crate::cloud::load_dir(dir.path()).unwrap();
+        let judged = Data {
+            cloud: &paris,
+            resolvers: &resolvers,
+        };
+        assert!(missing_data(&p, &judged).is_empty());
+        std::fs::write(
+            &csv,
+            "cidr,provider,region,service\n198.51.100.0/24,aws,us-east-1,EC2\n",
+        )
+        .unwrap();
+        let other = crate::cloud::load_dir(dir.path()).unwrap();
+        let m = missing_data(
+            &p,
+            &Data {
+                cloud: &other,
+                resolvers: &resolvers,
+            },
+        );
+        assert!(
+            m.len() == 1 && m[0].text.contains("(of aws) have no such region"),
+            "{m:?}"
+        );
+        // Only a loopback stub, not trusted: no name is ever learned.
+        let stub = Resolvers::new(vec!["127.0.0.53/32".parse().unwrap()], false);
+        let m = missing_data(
+            &p,
+            &Data {
+                cloud: &paris,
+                resolvers: &stub,
+            },
+        );
+        assert_eq!(m.len(), 1, "{m:?}");
+        assert_eq!(m[0].data, "dns_resolver");
+        assert!(
+            m[0].text.contains("1 domain rules cannot be judged")
+                && m[0].text.contains(
+                    "only loopback resolvers (127.0.0.53/32) without --dns-trust-loopback"
+                ),
+            "{m:?}"
         );
     }
 }

@@ -16,21 +16,83 @@ pub use model::{Mode, PolicyError};
 
 /// Compiles every document of one policy text.
 pub fn compile_text(file: &Path, text: &str) -> Result<Vec<CompiledPolicy>, PolicyError> {
+    let (policies, mut errors) = compile_documents(file, text);
+    if errors.is_empty() {
+        Ok(policies)
+    } else {
+        Err(errors.swap_remove(0))
+    }
+}
+
+/// Compiles every document of one policy text: the policies that compiled,
+/// and every document's error, not the first only.
+fn compile_documents(file: &Path, text: &str) -> (Vec<CompiledPolicy>, Vec<PolicyError>) {
     let docs = model::documents(text);
     if docs.is_empty() {
-        return Err(PolicyError {
+        let empty = PolicyError {
             file: file.display().to_string(),
             line: 1,
             reason: "no policy in file (empty or only comments)".into(),
-        });
+        };
+        return (Vec::new(), vec![empty]);
     }
     let mut out = Vec::with_capacity(docs.len());
+    let mut errors = Vec::new();
     for doc in &docs {
-        let parsed = model::parse_document(file, doc)?;
-        out.push(compile::compile(file, doc, parsed)?);
+        match model::parse_document(file, doc)
+            .and_then(|parsed| compile::compile(file, doc, parsed))
+        {
+            Ok(p) => out.push(p),
+            Err(e) => errors.push(e),
+        }
     }
-    check_unique_names(&out)?;
-    Ok(out)
+    if let Err(e) = check_unique_names(&out) {
+        errors.push(e);
+    }
+    (out, errors)
+}
+
+/// The daemon's judgement of one policy file, shared by its reloads and
+/// `policy check`: read (inside `dir` when it comes from the policy
+/// directory, see [`compile_dir_file`]), every document compiled, and
+/// every cloud-region pattern checked against the regions known (a typo
+/// that would fail open in `deny` is an error, see `lint::cloud_patterns`).
+/// Every error of the file, in document order, not the first only.
+pub fn judge_file(
+    dir: Option<&Path>,
+    file: &Path,
+    cloud: &crate::cloud::CloudRanges,
+) -> Result<Vec<CompiledPolicy>, Vec<PolicyError>> {
+    let text = read_policy(file, dir).map_err(|e| vec![e])?;
+    let (policies, mut errors) = compile_documents(file, &text);
+    errors.extend(
+        policies
+            .iter()
+            .flat_map(|p| lint::cloud_patterns(p, cloud).0),
+    );
+    errors.sort_by_key(|e| e.line);
+    if errors.is_empty() {
+        Ok(policies)
+    } else {
+        Err(errors)
+    }
+}
+
+/// What the daemon warns about a policy of a set in force: selectors it can
+/// never match under `root` (relative to the cgroup2 mount), policies that
+/// would surprise their author, allow patterns that match no cloud region,
+/// countries the database has no address in (see `lint`). Never a refusal.
+pub fn warnings(
+    p: &CompiledPolicy,
+    root: Option<&str>,
+    cloud: &crate::cloud::CloudRanges,
+    countries: Option<&lint::Countries>,
+) -> Vec<String> {
+    lint::warnings(p, root)
+        .into_iter()
+        .chain(lint::cloud_patterns(p, cloud).1)
+        .chain(countries.and_then(|c| lint::absent_countries(p, c)))
+        .collect()
 }
 
 /// Reads and compiles one file, wherever it is (`policy check FILE`).

@@ -60,6 +60,9 @@ pub struct PolicySnapshot {
     /// Cgroups several policies select, and which judges each (see
     /// `cgroups::resolve`).
     pub conflicts: Vec<String>,
+    /// Rules of the set in force that no loaded data can judge (cloud
+    /// regions without cloud ranges, domains without a trusted resolver).
+    pub data_missing: Vec<crate::policy::lint::Missing>,
 }
 
 /// A program as the kernel shows it now.
