@@ -489,7 +489,7 @@ fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     let place = region_label(&sim.region);
     let cloud_name = cloud
         .region_name(sim.cloud_region)
-        .map(|(pr, r)| format!("{pr}:{r}"));
+        .map(|(pr, r)| crate::cloud::place_label(pr, r));
     let source = match sim.source {
         CountrySource::Cloud => "the provider's documented location of its cloud region",
         _ => "the country database",
