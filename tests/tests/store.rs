@@ -4,6 +4,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use integration_tests::*;
+use monitor::evidence::summary;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -300,19 +301,7 @@ fn verify_without_a_pinned_key_is_not_success() {
     traffic(&mut env, 1, 1);
     let until = now();
     std::thread::sleep(Duration::from_millis(300));
-    let out = env.dir.path().join("bundle.tar");
-    let export = Command::new(daemon_bin())
-        .args(["export", "--since", &since, "--until", &until, "--out"])
-        .arg(&out)
-        .arg("--state-dir")
-        .arg(state(&env))
-        .output()
-        .unwrap();
-    assert!(
-        export.status.success(),
-        "{}",
-        String::from_utf8_lossy(&export.stderr)
-    );
+    let out = export_window(&env, &since, &until, "bundle.tar");
     let key = status(&env)["node_public_key"]
         .as_str()
         .unwrap()
@@ -439,7 +428,7 @@ fn a_workload_named_with_markdown_cannot_forge_the_summary() {
         !md.lines().any(|l| l.starts_with("# Forged")),
         "no heading of the workload's: {md}"
     );
-    let rows = table_rows(&md, "## Denied attempts");
+    let rows = summary::table_rows(&md, "## Denied attempts");
     assert_eq!(rows.len(), 1, "one denied flow, one row: {md}");
     assert!(
         rows[0].contains(r"| x\|\\x0a\# Forged |"),
@@ -448,16 +437,23 @@ fn a_workload_named_with_markdown_cannot_forge_the_summary() {
     );
 }
 
-/// The table rows (header and delimiter left out) of summary.md's section
-/// under `heading`.
-fn table_rows<'a>(md: &'a str, heading: &str) -> Vec<&'a str> {
-    md.lines()
-        .skip_while(|l| !l.starts_with(heading))
-        .skip(1)
-        .take_while(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with('|'))
-        .skip(2)
-        .collect()
+/// Exports [since, until) of the daemon's store to `name` in the test's
+/// directory; it must succeed.
+fn export_window(env: &TestEnv, since: &str, until: &str, name: &str) -> PathBuf {
+    let bundle = env.dir.path().join(name);
+    let out = Command::new(daemon_bin())
+        .args(["export", "--since", since, "--until", until, "--out"])
+        .arg(&bundle)
+        .arg("--state-dir")
+        .arg(state(env))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bundle
 }
 
 /// In monitor mode the bundle's summary tells a would_deny connection that
@@ -504,33 +500,12 @@ fn evidence_tells_data_sent_from_never_connected() {
         would_deny(US_V4),
     );
     env.wait_flow_count("the refused connect", 1, WAIT, would_deny(US2_V4));
-    let until = now();
-    let bundle = env.dir.path().join("monitored.tar");
-    let out = Command::new(daemon_bin())
-        .args(["export", "--since", &since, "--until", &until, "--out"])
-        .arg(&bundle)
-        .arg("--state-dir")
-        .arg(state(&env))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let bundle = export_window(&env, &since, &now(), "monitored.tar");
     let md = bundle_file(&bundle, "summary.md");
     eprintln!("{md}");
     assert!(!md.contains("left the host"), "{md}");
-    let rows = table_rows(
-        &md,
-        "## Not blocked outside the allowed regions (GDPR Art. 44)",
-    );
     let what = |ip: &str| {
-        let row = rows
-            .iter()
-            .find(|r| r.contains(&format!("| {ip}:")))
-            .unwrap_or_else(|| panic!("no row for {ip}: {md}"));
-        row.split(" | ").nth(3).unwrap_or("").to_string()
+        summary::what_happened(&md, ip).unwrap_or_else(|| panic!("no row for {ip}: {md}"))
     };
     assert_eq!(what(US_V4), "not blocked (monitor), 1234 bytes sent");
     assert_eq!(what(US2_V4), "not blocked, never connected");
@@ -539,7 +514,7 @@ fn evidence_tells_data_sent_from_never_connected() {
         "{md}"
     );
     assert_eq!(
-        table_rows(&md, "## Connections by destination country"),
+        summary::table_rows(&md, "## Connections by destination country"),
         ["| US | 0 | 0 | 2 | 1234 |"],
         "{md}"
     );

@@ -262,10 +262,7 @@ pub fn render(i: &Input<'_>) -> String {
     flow_table(&mut m, &denied, i.counted);
 
     // Outside the allowed regions.
-    let _ = writeln!(
-        m,
-        "\n## Not blocked outside the allowed regions (GDPR Art. 44)\n"
-    );
+    let _ = writeln!(m, "\n{ART44}\n");
     let left: Vec<&Flow> = refused
         .iter()
         .copied()
@@ -514,3 +511,56 @@ fn coverage_section(m: &mut String, c: &Coverage) {
     }
     let _ = writeln!(m);
 }
+
+// Reading summary.md back, for tests and tools.
+
+/// The table rows (header and delimiter left out) of summary.md's section
+/// under `heading`.
+pub fn table_rows<'a>(md: &'a str, heading: &str) -> Vec<&'a str> {
+    md.lines()
+        .skip_while(|l| !l.starts_with(heading))
+        .skip(1)
+        .take_while(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with('|'))
+        .skip(2)
+        .collect()
+}
+
+/// The cells of a Markdown table row, split at its unescaped pipes.
+pub fn cells(row: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = row.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                out.last_mut().unwrap().push(c);
+                if let Some(n) = chars.next() {
+                    out.last_mut().unwrap().push(n);
+                }
+            }
+            '|' => out.push(String::new()),
+            c => out.last_mut().unwrap().push(c),
+        }
+    }
+    // The empty text before the first pipe and after the last.
+    out.remove(0);
+    out.pop();
+    out.into_iter().map(|c| c.trim().to_string()).collect()
+}
+
+/// The "what happened" cell of the Art. 44 table's row for a destination
+/// address (`203.0.113.2`), as written.
+pub fn what_happened(md: &str, address: &str) -> Option<String> {
+    table_rows(md, ART44)
+        .into_iter()
+        .map(cells)
+        .find(|c| {
+            c.get(6)
+                .is_some_and(|d| d.starts_with(&format!("{address}:")))
+        })
+        .and_then(|c| c.get(3).cloned())
+}
+
+/// The heading of the section on flows let through outside the allowed
+/// regions.
+pub const ART44: &str = "## Not blocked outside the allowed regions (GDPR Art. 44)";

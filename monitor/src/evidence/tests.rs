@@ -5,7 +5,11 @@ use std::sync::Arc;
 use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha256};
 
-use super::{bundle, verify};
+use super::{
+    bundle,
+    summary::{cells, table_rows},
+    verify,
+};
 use crate::{
     events::Event,
     store::{chain, query, Batch, PolicySet, PolicyVersion, Store},
@@ -295,15 +299,10 @@ fn a_cloud_place_without_a_region_reads_as_its_provider() {
     let (_d, mut s) = store(0);
     let mut e = (*ev(1)).clone();
     e.cloud = "cloudflare".into();
-    s.append(&Batch {
-        events: vec![Arc::new(e)],
-        ..Default::default()
-    })
-    .unwrap();
     let mut old = (*ev(2)).clone();
     old.dst_ip = "198.51.100.9".into();
     s.append(&Batch {
-        events: vec![Arc::new(old)],
+        events: vec![Arc::new(e), Arc::new(old)],
         ..Default::default()
     })
     .unwrap();
@@ -1037,16 +1036,8 @@ fn the_summary_says_what_monitored_flows_sent() {
     let md = String::from_utf8(export(&s, &k, 0, 100)["summary.md"].clone()).unwrap();
     eprintln!("{md}");
     assert!(!md.contains("left the host"), "{md}");
-    let rows = table_rows(
-        &md,
-        "## Not blocked outside the allowed regions (GDPR Art. 44)",
-    );
     let what = |ip: &str| {
-        let row = rows
-            .iter()
-            .find(|r| r.contains(ip))
-            .unwrap_or_else(|| panic!("no row for {ip}: {md}"));
-        cells(row)[3].clone()
+        super::summary::what_happened(&md, ip).unwrap_or_else(|| panic!("no row for {ip}: {md}"))
     };
     assert_eq!(
         what("203.0.113.2"),
@@ -1083,28 +1074,6 @@ fn the_summary_says_what_monitored_flows_sent() {
     );
 }
 
-/// The cells of a Markdown table row, split at its unescaped pipes.
-fn cells(row: &str) -> Vec<String> {
-    let mut out = vec![String::new()];
-    let mut chars = row.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                out.last_mut().unwrap().push(c);
-                if let Some(n) = chars.next() {
-                    out.last_mut().unwrap().push(n);
-                }
-            }
-            '|' => out.push(String::new()),
-            c => out.last_mut().unwrap().push(c),
-        }
-    }
-    // The empty text before the first pipe and after the last.
-    out.remove(0);
-    out.pop();
-    out.into_iter().map(|c| c.trim().to_string()).collect()
-}
-
 /// What a Markdown reader shows of escaped text: each backslash escape
 /// is the character after it.
 fn shown(cell: &str) -> String {
@@ -1118,18 +1087,6 @@ fn shown(cell: &str) -> String {
         }
     }
     out
-}
-
-/// The table rows (header and delimiter left out) of the section under
-/// `heading`.
-fn table_rows<'a>(md: &'a str, heading: &str) -> Vec<&'a str> {
-    md.lines()
-        .skip_while(|l| !l.starts_with(heading))
-        .skip(1)
-        .take_while(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with('|'))
-        .skip(2)
-        .collect()
 }
 
 /// A workload (its comm and cgroup path) and a policy that name themselves
