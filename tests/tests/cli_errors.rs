@@ -413,6 +413,7 @@ fn queries_and_verify_name_the_real_fault() {
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(!out.status.success(), "{args:?} succeeded");
         assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        eprintln!("{args:?}: {err}");
         err
     };
     let err = fails(&["events", "--since", "2026-13-01"]);
@@ -454,6 +455,7 @@ fn queries_and_verify_name_the_real_fault() {
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("verify: {err}");
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
         err.contains("not a tar (gzip?): a bundle is a plain tar; decompress it first (gunzip)"),
