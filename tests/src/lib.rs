@@ -1002,22 +1002,34 @@ impl TestEnv {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Vec<Value> {
+        self.wait_flow_sum(what, "count", want, timeout, pred)
+    }
+
+    /// `wait_flow_count` for any counter of a flow (`count`, `packets`,
+    /// `bytes`).
+    pub fn wait_flow_sum(
+        &self,
+        what: &str,
+        field: &str,
+        want: u64,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
-        let sum =
-            |fs: &[Value]| -> u64 { fs.iter().map(|f| f["count"].as_u64().unwrap_or(0)).sum() };
+        let sum = |fs: &[Value]| -> u64 { fs.iter().map(|f| f[field].as_u64().unwrap_or(0)).sum() };
         loop {
             let matching: Vec<Value> = self.flows(&[]).into_iter().filter(|f| pred(f)).collect();
             let n = sum(&matching);
             assert!(
                 n <= want,
-                "{what}: {n} attempts counted, more than the {want} made: {matching:#?}"
+                "{what}: {field} adds up to {n}, more than the {want} made: {matching:#?}"
             );
             if n == want {
                 return matching;
             }
             assert!(
                 Instant::now() < deadline,
-                "{what}: {n} of {want} attempts counted within {timeout:?}: {matching:#?}\nlog:\n{}",
+                "{what}: {field} adds up to {n} of {want} within {timeout:?}: {matching:#?}\nlog:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(200));

@@ -152,6 +152,37 @@ fn raw_and_ping_sockets_are_stopped_by_the_egress_backstop() {
         assert!(s(&e, "protocol").starts_with("icmp"), "{e}");
         assert_eq!(s(&e, "cgroup_path"), env.rel("sel"));
     }
+    // `--protocol` picks them out of the history, each ICMP by its family.
+    for (protocol, want) in [("icmp", [US_V4, US2_V4]), ("icmpv6", [US_V6, US2_V6])] {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let found = json_lines(&env.cli(&[
+                "events",
+                "--since",
+                "10m",
+                "--protocol",
+                protocol,
+                "-o",
+                "json",
+            ]));
+            let mut to: Vec<&str> = found.iter().map(|e| s(e, "dst_ip")).collect();
+            to.sort_unstable();
+            let mut want = want.to_vec();
+            want.sort_unstable();
+            assert!(
+                found.iter().all(|e| s(e, "protocol") == protocol),
+                "--protocol {protocol}: {found:#?}"
+            );
+            if to == want {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "--protocol {protocol}: {to:?}, not {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
     // The DE host answers pings from the same sockets.
     let p = env.probe("sel", &["ping", DE_V4]);
     assert!(p.ok, "{:?}", p.raw);

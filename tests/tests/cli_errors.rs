@@ -602,3 +602,64 @@ fn policy_check_reports_every_error_of_every_file_as_the_daemon_judges() {
     }
     assert!(!state.exists(), "nothing created: {err}");
 }
+
+/// Query, export and verify errors name the real fault: a month out of
+/// range (not where a duration parser stumbled), `(now)` for an open end,
+/// GB for `uk`, and a bundle that was gzipped.
+#[test]
+fn queries_and_verify_name_the_real_fault() {
+    let env = TestEnv::started("enforce", "DE", &[]);
+    let fails = |args: &[&str]| {
+        let out = env.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!out.status.success(), "{args:?} succeeded");
+        assert!(!err.contains("panicked"), "{args:?} panicked: {err}");
+        eprintln!("{args:?}: {err}");
+        err
+    };
+    let err = fails(&["events", "--since", "2026-13-01"]);
+    assert!(
+        err.contains("\"2026-13-01\": month 13 is out of range (1-12)"),
+        "{err}"
+    );
+    assert!(!err.contains("invalid character"), "{err}");
+    let err = fails(&["events", "--since", "2099-01-01"]);
+    assert!(
+        err.contains("(now) is before since (\"2099-01-01\")"),
+        "{err}"
+    );
+    let err = fails(&["flows", "--country", "uk"]);
+    assert!(
+        err.contains(
+            "\"uk\" is not an ISO 3166-1 alpha-2 country code; did you mean GB (the United Kingdom)?"
+        ),
+        "{err}"
+    );
+
+    let bundle = env.dir.path().join("bundle.tar");
+    let state = env.dir.path().join("state");
+    let (ok, err) = run(&[
+        "export",
+        "--since",
+        "10m",
+        "--out",
+        bundle.to_str().unwrap(),
+        "--state-dir",
+        state.to_str().unwrap(),
+    ]);
+    assert!(ok, "{err}");
+    let gz = Command::new("gzip").arg(&bundle).status().unwrap();
+    assert!(gz.success(), "gzip the bundle");
+    let out = Command::new(daemon_bin())
+        .arg("verify")
+        .arg(bundle.with_extension("tar.gz"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    eprintln!("verify: {err}");
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("not a tar (gzip?): a bundle is a plain tar; decompress it first (gunzip)"),
+        "{err}"
+    );
+}

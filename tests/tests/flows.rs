@@ -192,24 +192,9 @@ fn flows_count_every_attempt_and_every_byte() {
             && s(f, "dst_ip") == DE_V4
             && f["dst_port"].as_u64() == Some(u64::from(SINK_PORT))
     });
-    let deadline = std::time::Instant::now() + WAIT;
-    loop {
-        let tcp_bytes: u64 = env
-            .flows(&[])
-            .iter()
-            .filter(|f| s(f, "protocol") == "tcp" && s(f, "dst_ip") == DE2_V4)
-            .map(|f| u(f, "bytes"))
-            .sum();
-        if tcp_bytes == 100_000 {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "TCP bytes counted {tcp_bytes}, the sink got {} of 100000",
-            u(&got, "tcp_bytes")
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    env.wait_flow_sum("TCP bytes", "bytes", 100_000, WAIT, |f| {
+        s(f, "protocol") == "tcp" && s(f, "dst_ip") == DE2_V4
+    });
     assert_eq!(u(&got, "tcp_bytes"), 100_000);
 }
 

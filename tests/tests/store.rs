@@ -4,6 +4,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use integration_tests::*;
+use monitor::evidence::summary;
 use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -300,19 +301,7 @@ fn verify_without_a_pinned_key_is_not_success() {
     traffic(&mut env, 1, 1);
     let until = now();
     std::thread::sleep(Duration::from_millis(300));
-    let out = env.dir.path().join("bundle.tar");
-    let export = Command::new(daemon_bin())
-        .args(["export", "--since", &since, "--until", &until, "--out"])
-        .arg(&out)
-        .arg("--state-dir")
-        .arg(state(&env))
-        .output()
-        .unwrap();
-    assert!(
-        export.status.success(),
-        "{}",
-        String::from_utf8_lossy(&export.stderr)
-    );
+    let out = export_window(&env, &since, &until, "bundle.tar");
     let key = status(&env)["node_public_key"]
         .as_str()
         .unwrap()
@@ -439,19 +428,95 @@ fn a_workload_named_with_markdown_cannot_forge_the_summary() {
         !md.lines().any(|l| l.starts_with("# Forged")),
         "no heading of the workload's: {md}"
     );
-    let rows: Vec<&str> = md
-        .lines()
-        .skip_while(|l| !l.starts_with("## Denied attempts"))
-        .skip(1)
-        .take_while(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with('|'))
-        .skip(2)
-        .collect();
+    let rows = summary::table_rows(&md, "## Denied attempts");
     assert_eq!(rows.len(), 1, "one denied flow, one row: {md}");
     assert!(
         rows[0].contains(r"| x\|\\x0a\# Forged |"),
         "the comm shown literally, in its own cell: {}",
         rows[0]
+    );
+}
+
+/// Exports [since, until) of the daemon's store to `name` in the test's
+/// directory; it must succeed.
+fn export_window(env: &TestEnv, since: &str, until: &str, name: &str) -> PathBuf {
+    let bundle = env.dir.path().join(name);
+    let out = Command::new(daemon_bin())
+        .args(["export", "--since", since, "--until", until, "--out"])
+        .arg(&bundle)
+        .arg("--state-dir")
+        .arg(state(env))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bundle
+}
+
+/// In monitor mode the bundle's summary tells a would_deny connection that
+/// sent data (the bytes the receiver got) from one that never connected
+/// (nothing listens: refused), in its Art. 44 table, account and country
+/// table; neither is called "left the host".
+#[test]
+fn evidence_tells_data_sent_from_never_connected() {
+    let env = TestEnv::started("monitor", "DE", &[]);
+    let since = now();
+    let port = env.fresh_port().to_string();
+    let sent = env.probe("sel", &["tcp-send", US_V4, &port, "1234"]);
+    assert!(sent.ok, "monitor mode lets it through: {:?}", sent.raw);
+    // The test server serves SERVE_PORTS ports from PORT: past them,
+    // nothing listens and the connect is refused.
+    let closed = (PORT + SERVE_PORTS + 7).to_string();
+    let refused = env.probe("sel", &["tcp", US2_V4, &closed]);
+    assert_eq!(
+        refused.errno,
+        i64::from(libc::ECONNREFUSED),
+        "{:?}",
+        refused.raw
+    );
+    let deadline = std::time::Instant::now() + WAIT;
+    let received = loop {
+        let n: u64 = env
+            .received()
+            .iter()
+            .filter_map(|r| r["data"].as_u64())
+            .sum();
+        if n >= 1234 || std::time::Instant::now() > deadline {
+            break n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(received, 1234, "the receiver got the data");
+    let would_deny =
+        |ip: &'static str| move |f: &Value| s(f, "dst_ip") == ip && s(f, "verdict") == "would_deny";
+    env.wait_flow_sum(
+        "bytes to the US host",
+        "bytes",
+        1234,
+        WAIT,
+        would_deny(US_V4),
+    );
+    env.wait_flow_count("the refused connect", 1, WAIT, would_deny(US2_V4));
+    let bundle = export_window(&env, &since, &now(), "monitored.tar");
+    let md = bundle_file(&bundle, "summary.md");
+    eprintln!("{md}");
+    assert!(!md.contains("left the host"), "{md}");
+    let what = |ip: &str| {
+        summary::what_happened(&md, ip).unwrap_or_else(|| panic!("no row for {ip}: {md}"))
+    };
+    assert_eq!(what(US_V4), "not blocked (monitor), 1234 bytes sent");
+    assert_eq!(what(US2_V4), "not blocked, never connected");
+    assert!(
+        md.contains("Of these 2 flows, 1 sent 1234 bytes of data out of the host (each a transfer to review), 1 never connected or sent nothing, 0 sent packets without data"),
+        "{md}"
+    );
+    assert_eq!(
+        summary::table_rows(&md, "## Connections by destination country"),
+        ["| US | 0 | 0 | 2 | 1234 |"],
+        "{md}"
     );
 }
 
@@ -480,12 +545,27 @@ fn corrupt_store_is_moved_aside_and_enforcement_continues() {
         err.contains("not a database") && err.contains("moved aside"),
         "{s}"
     );
-    let kept = std::fs::read_dir(state(&env)).unwrap().flatten().any(|e| {
-        e.file_name()
-            .to_string_lossy()
-            .starts_with("store.db.corrupt-")
-    });
-    assert!(kept, "the damaged file is kept for forensics");
+    let kept: Vec<String> = std::fs::read_dir(state(&env))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| {
+            n.starts_with("store.db.corrupt-") && !n.ends_with("-wal") && !n.ends_with("-shm")
+        })
+        .collect();
+    assert_eq!(
+        kept.len(),
+        1,
+        "the damaged file is kept for forensics: {kept:?}"
+    );
+    // Named with the UTC time it was found, readably: 2026-12-05T12-44-38Z.
+    let stamp = kept[0].strip_prefix("store.db.corrupt-").unwrap();
+    let shape: String = stamp
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '9' } else { c })
+        .collect();
+    assert_eq!(shape, "9999-99-99T99-99-99Z", "{}", kept[0]);
+    assert!(err.contains(&kept[0]), "status names the file: {s}");
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(history_pids(&env, "10m"), pids, "the new store records");
 }

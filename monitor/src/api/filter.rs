@@ -27,6 +27,11 @@ pub struct Filter {
     cloud_regions: Vec<crate::cloud::RegionPattern>,
 }
 
+/// The protocols events name (`events::protocol_name`): the sock_addr
+/// hooks judge TCP and UDP, the egress backstop also ICMP and ICMPv6 (raw
+/// and ping sockets).
+pub const PROTOCOLS: [&str; 4] = ["tcp", "udp", "icmp", "icmpv6"];
+
 /// At most this many entries in one filter list (each is checked per event).
 pub const MAX_ENTRIES: usize = 1024;
 /// At most this many bytes in one filter string (a glob, a name, a CIDR).
@@ -121,12 +126,8 @@ impl Filter {
         }
         for (i, c) in f.countries.iter().enumerate() {
             let up = c.to_ascii_uppercase();
-            if up.len() != 2 || !up.bytes().all(|b| b.is_ascii_uppercase()) {
-                return Err(bad(
-                    "countries",
-                    i,
-                    format!("{c:?} is not a two-letter country code"),
-                ));
+            if !crate::geo::regions::is_country(&up) {
+                return Err(bad("countries", i, crate::geo::regions::not_a_country(c)));
             }
             out.countries.insert(up);
         }
@@ -138,11 +139,19 @@ impl Filter {
             out.ports.insert(port);
         }
         for (i, p) in f.protocols.iter().enumerate() {
-            let lower = p.to_ascii_lowercase();
-            if lower != "tcp" && lower != "udp" {
-                return Err(bad("protocols", i, format!("{p:?} is not tcp or udp")));
+            // `ip-proto-6` is `tcp`, as events name it.
+            let name = crate::events::known_name(&p.to_ascii_lowercase());
+            if !(PROTOCOLS.contains(&name) || name.starts_with("ip-proto-")) {
+                return Err(bad(
+                    "protocols",
+                    i,
+                    format!(
+                        "{p:?} is not a protocol events carry (one of {}, or ip-proto-N for another IP protocol number)",
+                        PROTOCOLS.join(", ")
+                    ),
+                ));
             }
-            out.protocols.insert(lower);
+            out.protocols.insert(name.to_string());
         }
         out.pids = f.pids.into_iter().collect();
         out.comms = f.comms.into_iter().collect();
@@ -363,6 +372,16 @@ mod tests {
         assert!(f(|p| p.countries = vec!["us".into()]).matches(&e));
         assert!(!f(|p| p.ports = vec![80]).matches(&e));
         assert!(f(|p| p.protocols = vec!["TCP".into()]).matches(&e));
+        assert!(f(|p| p.protocols = vec!["ip-proto-6".into()]).matches(&e));
+        // The backstop's ICMP events (raw and ping sockets).
+        let icmp = Event {
+            protocol: "icmp",
+            dst_port: 0,
+            ..ev()
+        };
+        assert!(f(|p| p.protocols = vec!["icmp".into()]).matches(&icmp));
+        assert!(!f(|p| p.protocols = vec!["icmp".into()]).matches(&e));
+        assert!(!f(|p| p.protocols = vec!["icmpv6".into()]).matches(&icmp));
         assert!(f(|p| p.pids = vec![9]).matches(&e));
         assert!(!f(|p| p.comms = vec!["wget".into()]).matches(&e));
         assert!(!f(|p| p.uids = vec![0]).matches(&e));
@@ -394,8 +413,19 @@ mod tests {
         );
         assert!(err(|p| p.verdicts = vec!["blocked".into()]).starts_with("filter.verdicts[0]"));
         assert!(err(|p| p.ports = vec![70000]).starts_with("filter.ports[0]: 70000"));
-        assert!(err(|p| p.protocols = vec!["icmp".into()]).starts_with("filter.protocols[0]"));
+        assert_eq!(
+            err(|p| p.protocols = vec!["sctp".into()]),
+            "filter.protocols[0]: \"sctp\" is not a protocol events carry (one of tcp, udp, icmp, icmpv6, or ip-proto-N for another IP protocol number)"
+        );
+        assert!(
+            err(|p| p.protocols = vec!["ip-proto-300".into()]).starts_with("filter.protocols[0]")
+        );
         assert!(err(|p| p.countries = vec!["USA".into()]).starts_with("filter.countries[0]"));
+        assert_eq!(
+            err(|p| p.countries = vec!["DE".into(), "uk".into()]),
+            "filter.countries[1]: \"uk\" is not an ISO 3166-1 alpha-2 country code; did you mean GB (the United Kingdom)?"
+        );
+        assert!(err(|p| p.countries = vec!["XX".into()]).starts_with("filter.countries[0]"));
         assert!(err(|p| p.cgroup_globs = vec!["/a/[".into()]).starts_with("filter.cgroup_globs[0]"));
         assert!(err(|p| p.pod_uids = vec!["pod-1".into()]).starts_with("filter.pod_uids[0]"));
     }

@@ -10,7 +10,8 @@ pub struct FilterArgs {
     pub verdict: Vec<String>,
     #[arg(long)]
     pub policy: Vec<String>,
-    /// ISO country code of the destination (repeatable).
+    /// ISO 3166-1 alpha-2 code of the destination's country (GB, not UK;
+    /// repeatable).
     #[arg(long)]
     pub country: Vec<String>,
     /// Destination inside this CIDR (repeatable).
@@ -18,7 +19,8 @@ pub struct FilterArgs {
     pub to_cidr: Vec<String>,
     #[arg(long)]
     pub port: Vec<u32>,
-    /// tcp or udp.
+    /// tcp, udp, icmp or icmpv6 (ICMP: raw and ping sockets, judged by
+    /// the egress backstop), or ip-proto-N (repeatable).
     #[arg(long)]
     pub protocol: Vec<String>,
     /// Glob over the cgroup path ('*' one level, '**' any).

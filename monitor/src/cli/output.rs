@@ -36,7 +36,7 @@ pub fn place(country: &str, cloud: &str, region: &str) -> String {
     if cloud.is_empty() {
         country.to_string()
     } else {
-        format!("{country} {cloud}:{region}")
+        format!("{country} {}", crate::cloud::place_label(cloud, region))
     }
 }
 
@@ -173,5 +173,14 @@ mod tests {
         assert!(f.starts_with("[2001:db8:aaaa"), "{f}");
         assert!(f.ends_with(":443/tcp"), "{f}");
         assert_eq!(fit_middle("1.1.1.1:53/udp", 30), "1.1.1.1:53/udp");
+    }
+
+    /// A provider that publishes no regions (Cloudflare) reads as itself,
+    /// not `cloudflare:`.
+    #[test]
+    fn a_cloud_range_without_a_region_is_its_provider() {
+        assert_eq!(place("US", "cloudflare", ""), "US cloudflare");
+        assert_eq!(place("DE", "aws", "eu-central-1"), "DE aws:eu-central-1");
+        assert_eq!(place("", "", ""), "-");
     }
 }

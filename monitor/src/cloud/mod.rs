@@ -140,6 +140,23 @@ pub struct CloudRanges {
 /// Reads every snapshot file of `dir` (see the module docs). An empty
 /// directory gives empty ranges; a file that cannot be read or whose format
 /// is unknown is an error naming it.
+/// How a cloud place reads: `provider:region`, or the provider alone for
+/// ranges its provider publishes without a region (Cloudflare's): never
+/// `cloudflare:`.
+pub fn place_label(provider: &str, region: &str) -> String {
+    if region.is_empty() {
+        provider.to_string()
+    } else {
+        format!("{provider}:{region}")
+    }
+}
+
+/// The (provider, region) of a place as `place_label` writes it; stores
+/// of earlier versions wrote `cloudflare:` for a place without a region.
+pub fn split_place(place: &str) -> (&str, &str) {
+    place.split_once(':').unwrap_or((place, ""))
+}
+
 pub fn load_dir(dir: &Path) -> Result<CloudRanges, CloudError> {
     let read = std::fs::read_dir(dir)
         .map_err(|e| CloudError::new(dir, None, format!("cannot read the directory: {e}")))?;
@@ -394,16 +411,9 @@ impl CloudRanges {
         self.region(id).map(|r| (&*r.provider, &*r.region))
     }
 
-    /// `provider:region` of an id, or `provider` alone for a range the
-    /// provider publishes without a region.
+    /// The place of an id as [`place_label`] writes it.
     pub fn region_label(&self, id: u32) -> Option<String> {
-        self.region_name(id).map(|(p, r)| {
-            if r.is_empty() {
-                p.to_string()
-            } else {
-                format!("{p}:{r}")
-            }
-        })
+        self.region_name(id).map(|(p, r)| place_label(p, r))
     }
 
     /// What the kernel's cloud trie holds: one entry per network (see

@@ -15,12 +15,24 @@ pub const MAX_ENTRIES: usize = 100_000;
 /// stays within the archive's own size: an entry that claims more than the
 /// archive holds is refused before it is read.
 pub fn read_tar(path: &Path) -> Result<Files, Broken> {
-    let f =
+    let mut f =
         std::fs::File::open(path).map_err(|e| broken(path.display().to_string(), e.to_string()))?;
     let archive_bytes = f
         .metadata()
         .map_err(|e| broken(path.display().to_string(), e.to_string()))?
         .len();
+    let mut head = Vec::with_capacity(6);
+    (&mut f)
+        .take(6)
+        .read_to_end(&mut head)
+        .map_err(|e| broken(path.display().to_string(), e.to_string()))?;
+    if let Some((what, undo)) = compressed(&head) {
+        return Err(broken(
+            path.display().to_string(),
+            format!("not a tar ({what}?): a bundle is a plain tar; decompress it first ({undo})"),
+        ));
+    }
+    std::io::Seek::rewind(&mut f).map_err(|e| broken(path.display().to_string(), e.to_string()))?;
     let mut archive = tar::Archive::new(f);
     let mut files = Files::new();
     let entries = archive.entries().map_err(|e| {
@@ -90,4 +102,18 @@ pub fn read_tar(path: &Path) -> Result<Files, Broken> {
         }
     }
     Ok(files)
+}
+
+/// The compression whose magic number starts `head`, and the command that
+/// undoes it: a bundle sent on compressed is the usual way to get one.
+fn compressed(head: &[u8]) -> Option<(&'static str, &'static str)> {
+    [
+        (&b"\x1f\x8b"[..], "gzip", "gunzip"),
+        (b"\x28\xb5\x2f\xfd", "zstd", "unzstd"),
+        (b"\xfd7zXZ\x00", "xz", "unxz"),
+        (b"BZh", "bzip2", "bunzip2"),
+    ]
+    .into_iter()
+    .find(|(magic, _, _)| head.starts_with(magic))
+    .map(|(_, what, undo)| (what, undo))
 }

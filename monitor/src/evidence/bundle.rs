@@ -346,6 +346,7 @@ fn assemble(
         counters: &counters,
         coverage: &cover,
         complete,
+        counted: !req.by_process,
         public_key: &crate::evidence::key::public_hex(&key.verifying_key()),
     });
     small.insert("summary.md".into(), md.into_bytes());

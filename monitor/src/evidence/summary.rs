@@ -18,7 +18,71 @@ pub struct Input<'a> {
     pub counters: &'a Value,
     pub coverage: &'a Coverage,
     pub complete: bool,
+    /// False for flows made from the events of selected processes
+    /// (`--by-process`): packets and bytes are counted per flow in the
+    /// kernel, not per process, so such flows carry none.
+    pub counted: bool,
     pub public_key: &'a str,
+}
+
+/// What left the host for a flow that was not blocked, as far as the
+/// kernel's counters for it tell. The kernel records attempts (`count`)
+/// and the packets and transport payload bytes its egress program saw for
+/// the flow; it does not record whether a TCP handshake completed. So:
+/// payload bytes are data that left the host (for TCP, payload follows an
+/// established connection, or rides a Fast Open SYN); a TCP flow without
+/// payload and with at most one packet per attempt never connected (a
+/// handshake takes two packets from this side, the SYN and the ACK of the
+/// reply); more packets without payload may be a handshake and a close,
+/// or an unanswered SYN sent again: whether it connected is not known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sent {
+    Bytes(u64),
+    NeverConnected,
+    /// Packets, none with payload; for TCP whether it connected is unknown.
+    NoPayload(u64),
+    /// No packet at all (a datagram socket that never sent, or a connect
+    /// that failed before its first packet).
+    Nothing,
+    /// Flows of `--by-process`, which carry no counts.
+    NotCounted,
+}
+
+impl Sent {
+    pub(crate) fn of(f: &Flow, counted: bool) -> Self {
+        if !counted {
+            Sent::NotCounted
+        } else if f.bytes > 0 {
+            Sent::Bytes(f.bytes)
+        } else if f.protocol == "tcp" && f.packets <= f.count {
+            Sent::NeverConnected
+        } else if f.packets == 0 {
+            Sent::Nothing
+        } else {
+            Sent::NoPayload(f.packets)
+        }
+    }
+
+    /// The words of the summary's "what happened" column for a flow of
+    /// `verdict`.
+    pub(crate) fn words(self, verdict: &str, protocol: &str) -> String {
+        let how = match verdict {
+            "denied" => return "blocked".into(),
+            "would_deny" => "not blocked (monitor), ",
+            _ => "",
+        };
+        match self {
+            Sent::Bytes(n) => format!("{how}{n} bytes sent"),
+            Sent::NeverConnected if verdict == "would_deny" => "not blocked, never connected".into(),
+            Sent::NeverConnected => "never connected".into(),
+            Sent::NoPayload(p) if protocol == "tcp" => format!(
+                "{how}0 bytes sent ({p} packets without payload: whether it connected is not recorded)"
+            ),
+            Sent::NoPayload(p) => format!("{how}0 bytes sent ({p} packets without payload)"),
+            Sent::Nothing => format!("{how}nothing sent"),
+            Sent::NotCounted => format!("{how}bytes not counted per process"),
+        }
+    }
 }
 
 /// What summary.md needs of the window's flows, gathered as they stream
@@ -26,7 +90,8 @@ pub struct Input<'a> {
 /// a CIDR exception allowed); the rest is only counted.
 #[derive(Debug, Default)]
 pub struct FlowDigest {
-    by_country: BTreeMap<String, [u64; 3]>,
+    /// Attempts allowed, denied, would_deny; payload bytes of would_deny.
+    by_country: BTreeMap<String, [u64; 4]>,
     refused: Vec<Flow>,
     by_cidr: Vec<Flow>,
 }
@@ -45,6 +110,9 @@ impl FlowDigest {
             _ => 2,
         };
         c[k] += f.count;
+        if k == 2 {
+            c[3] += f.bytes;
+        }
         if f.verdict != "allowed" {
             self.refused.push(f);
         } else if !f.country.is_empty()
@@ -173,10 +241,15 @@ pub fn render(i: &Input<'_>) -> String {
     let _ = writeln!(m, "## Connections by destination country\n");
     let _ = writeln!(
         m,
-        "| country | allowed | denied | would_deny (left the host) |\n| --- | ---: | ---: | ---: |"
+        "| country | allowed | denied | would_deny (not blocked) | bytes sent by would_deny |\n| --- | ---: | ---: | ---: | ---: |"
     );
     for (c, v) in by_country {
-        let _ = writeln!(m, "| {} | {} | {} | {} |", md(c), v[0], v[1], v[2]);
+        let sent = if i.counted {
+            v[3].to_string()
+        } else {
+            "not counted".into()
+        };
+        let _ = writeln!(m, "| {} | {} | {} | {} | {sent} |", md(c), v[0], v[1], v[2]);
     }
 
     // Denied attempts.
@@ -186,26 +259,23 @@ pub fn render(i: &Input<'_>) -> String {
         .copied()
         .filter(|f| f.verdict == "denied")
         .collect();
-    flow_table(&mut m, &denied);
+    flow_table(&mut m, &denied, i.counted);
 
     // Outside the allowed regions.
-    let _ = writeln!(
-        m,
-        "\n## Traffic that left the allowed regions (GDPR Art. 44)\n"
-    );
-    let _ = writeln!(m, "Connections a policy judged outside its allowed regions that were let through because the policy was in monitor mode. Each is a transfer to review.\n");
+    let _ = writeln!(m, "\n{ART44}\n");
     let left: Vec<&Flow> = refused
         .iter()
         .copied()
         .filter(|f| f.verdict == "would_deny")
         .collect();
-    flow_table(&mut m, &left);
+    let _ = writeln!(m, "{}\n", art44_account(&left, i.counted));
+    flow_table(&mut m, &left, i.counted);
     let _ = writeln!(
         m,
         "\nAllowed by a CIDR exception (review that each exception is intended):\n"
     );
     let cidr = FlowDigest::sorted(&i.flows.by_cidr);
-    flow_table(&mut m, &cidr);
+    flow_table(&mut m, &cidr, i.counted);
 
     // Policy record.
     let _ = writeln!(m, "\n## Policy record (GDPR Art. 30)\n");
@@ -256,20 +326,26 @@ pub fn render(i: &Input<'_>) -> String {
         let hour = f.first_seen - f.first_seen.rem_euclid(3_600_000_000_000);
         let e = hours
             .entry((hour, &f.verdict, &f.cgroup_path, &f.dst_ip, &f.country))
-            .or_insert((f.first_seen, f.last_seen, 0, 0));
+            .or_insert((f.first_seen, f.last_seen, 0, 0, 0));
         e.0 = e.0.min(f.first_seen);
         e.1 = e.1.max(f.last_seen);
         e.2 += f.count;
         e.3 += 1;
+        e.4 += f.bytes;
     }
     let shown = hours.len().min(TIMELINE_LINES);
-    for ((_, verdict, cgroup, ip, country), (first, last, count, flows)) in
+    for ((_, verdict, cgroup, ip, country), (first, last, count, flows, bytes)) in
         hours.iter().take(TIMELINE_LINES)
     {
+        let sent = if *verdict == "would_deny" && i.counted {
+            format!(", {bytes} bytes sent")
+        } else {
+            String::new()
+        };
         tl.push((
             *first,
             format!(
-                "{}: {} to {} {} ({count} in {flows} flow{}, last {})",
+                "{}: {} to {} {} ({count} in {flows} flow{}{sent}, last {})",
                 md(verdict),
                 md(cgroup),
                 md(ip),
@@ -314,15 +390,45 @@ pub fn render(i: &Input<'_>) -> String {
 
 /// (hour, verdict, cgroup, destination address, country) of the timeline.
 type HourKey<'a> = (i64, &'a str, &'a str, &'a str, &'a str);
-/// (first seen, last seen, connections, flows) of one timeline line.
-type HourSum = (i64, i64, u64, usize);
+/// (first seen, last seen, connections, flows, payload bytes) of one
+/// timeline line.
+type HourSum = (i64, i64, u64, usize, u64);
 
 /// The most rows a flow table or the timeline shows; the rest are in
 /// flows.csv, so the page stays readable for a window of any size.
 const TABLE_ROWS: usize = 50;
 const TIMELINE_LINES: usize = 200;
 
-fn flow_table(m: &mut String, all: &[&Flow]) {
+/// The account above the Art. 44 table: how many of the flows a policy in
+/// monitor mode let through sent data, never connected, or sent no
+/// payload, and how that is known.
+fn art44_account(left: &[&Flow], counted: bool) -> String {
+    let intro = "Connections a policy judged outside its allowed regions that were let through because the policy was in monitor mode.";
+    if left.is_empty() {
+        return intro.into();
+    }
+    if !counted {
+        return format!("{intro} This export is by process: packets and bytes are counted per flow, not per process, so whether data left is not shown here; an export of the whole window shows it.");
+    }
+    let (mut sent, mut bytes, mut never, mut unknown) = (0, 0u64, 0, 0);
+    for f in left {
+        match Sent::of(f, true) {
+            Sent::Bytes(n) => {
+                sent += 1;
+                bytes += n;
+            }
+            Sent::NeverConnected | Sent::Nothing => never += 1,
+            Sent::NoPayload(_) => unknown += 1,
+            Sent::NotCounted => {}
+        }
+    }
+    format!(
+        "{intro} Of these {} flows, {sent} sent {bytes} bytes of data out of the host (each a transfer to review), {never} never connected or sent nothing, {unknown} sent packets without data (whether they connected is not recorded).\n\nWhat happened is read from the kernel's counters of each flow: bytes sent are the transport payload the host's egress program let out; a TCP flow without payload and with at most one packet per attempt never completed a handshake. Counters reach the store each second and count toward the time of the flow's last packet.",
+        left.len()
+    )
+}
+
+fn flow_table(m: &mut String, all: &[&Flow], counted: bool) {
     if all.is_empty() {
         let _ = writeln!(m, "None.");
         return;
@@ -332,14 +438,15 @@ fn flow_table(m: &mut String, all: &[&Flow]) {
     flows.sort_by_key(|f| (std::cmp::Reverse(f.count), f.first_seen));
     let more = flows.len().saturating_sub(TABLE_ROWS);
     flows.truncate(TABLE_ROWS);
-    let _ = writeln!(m, "| first seen | last seen | count | cgroup | process | destination | country | policy |\n| --- | --- | ---: | --- | --- | --- | --- | --- |");
+    let _ = writeln!(m, "| first seen | last seen | count | what happened | cgroup | process | destination | country | policy |\n| --- | --- | ---: | --- | --- | --- | --- | --- | --- |");
     for f in flows {
         let _ = writeln!(
             m,
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             t(f.first_seen),
             t(f.last_seen),
             f.count,
+            Sent::of(f, counted).words(&f.verdict, &f.protocol),
             md(&f.cgroup_path),
             md(&f.comm),
             dest(f),
@@ -404,3 +511,56 @@ fn coverage_section(m: &mut String, c: &Coverage) {
     }
     let _ = writeln!(m);
 }
+
+// Reading summary.md back, for tests and tools.
+
+/// The table rows (header and delimiter left out) of summary.md's section
+/// under `heading`.
+pub fn table_rows<'a>(md: &'a str, heading: &str) -> Vec<&'a str> {
+    md.lines()
+        .skip_while(|l| !l.starts_with(heading))
+        .skip(1)
+        .take_while(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with('|'))
+        .skip(2)
+        .collect()
+}
+
+/// The cells of a Markdown table row, split at its unescaped pipes.
+pub fn cells(row: &str) -> Vec<String> {
+    let mut out = vec![String::new()];
+    let mut chars = row.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                out.last_mut().unwrap().push(c);
+                if let Some(n) = chars.next() {
+                    out.last_mut().unwrap().push(n);
+                }
+            }
+            '|' => out.push(String::new()),
+            c => out.last_mut().unwrap().push(c),
+        }
+    }
+    // The empty text before the first pipe and after the last.
+    out.remove(0);
+    out.pop();
+    out.into_iter().map(|c| c.trim().to_string()).collect()
+}
+
+/// The "what happened" cell of the Art. 44 table's row for a destination
+/// address (`203.0.113.2`), as written.
+pub fn what_happened(md: &str, address: &str) -> Option<String> {
+    table_rows(md, ART44)
+        .into_iter()
+        .map(cells)
+        .find(|c| {
+            c.get(6)
+                .is_some_and(|d| d.starts_with(&format!("{address}:")))
+        })
+        .and_then(|c| c.get(3).cloned())
+}
+
+/// The heading of the section on flows let through outside the allowed
+/// regions.
+pub const ART44: &str = "## Not blocked outside the allowed regions (GDPR Art. 44)";

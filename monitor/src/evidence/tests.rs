@@ -5,7 +5,11 @@ use std::sync::Arc;
 use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest, Sha256};
 
-use super::{bundle, verify};
+use super::{
+    bundle,
+    summary::{cells, table_rows},
+    verify,
+};
 use crate::{
     events::Event,
     store::{chain, query, Batch, PolicySet, PolicyVersion, Store},
@@ -285,6 +289,42 @@ fn flow_counts_are_exact_for_any_window() {
         &["country".to_string()],
     );
     assert_eq!(by_country.len(), 2);
+}
+
+/// A flow to a provider's range without a region reads `cloudflare`, not
+/// `cloudflare:`, and still filters by provider; rows an earlier version
+/// stored as `cloudflare:` read the same.
+#[test]
+fn a_cloud_place_without_a_region_reads_as_its_provider() {
+    let (_d, mut s) = store(0);
+    let mut e = (*ev(1)).clone();
+    e.cloud = "cloudflare".into();
+    let mut old = (*ev(2)).clone();
+    old.dst_ip = "198.51.100.9".into();
+    s.append(&Batch {
+        events: vec![Arc::new(e), Arc::new(old)],
+        ..Default::default()
+    })
+    .unwrap();
+    s.conn
+        .execute(
+            "UPDATE flows SET cloud_region = 'cloudflare:' WHERE dst_ip = '198.51.100.9'",
+            [],
+        )
+        .unwrap();
+    // A whole minute: read from the flows table, not from the events.
+    let flows = query::flows(&s, T0, T0 + 60 * SEC, &|_| true, false).unwrap();
+    let places: Vec<&str> = flows.iter().map(|f| f.cloud_region.as_str()).collect();
+    assert_eq!(places, ["cloudflare", "cloudflare"], "{flows:#?}");
+    let any = crate::cloud::RegionPattern::parse("cloudflare:*").unwrap();
+    for f in &flows {
+        let e = f.as_event(&crate::events::CgroupInfo::of_path(f.cgroup_path.clone()));
+        assert_eq!(
+            (e.cloud.as_str(), e.cloud_region.as_str()),
+            ("cloudflare", "")
+        );
+        assert!(any.matches(&e.cloud, &e.cloud_region));
+    }
 }
 
 /// Flows grouped by SQL give what grouping the whole flows gives, for
@@ -721,6 +761,20 @@ fn crafted_archives_are_refused_with_the_reason() {
         let err = super::archive::read_tar(f.path()).unwrap_err();
         assert!(err.to_string().contains(want), "{entries:?}: {err}");
     }
+    // A bundle sent on compressed: named for what it is.
+    for (head, want) in [
+        (
+            &b"\x1f\x8b\x08\x00rest"[..],
+            "not a tar (gzip?): a bundle is a plain tar; decompress it first (gunzip)",
+        ),
+        (b"\xfd7zXZ\x00rest", "not a tar (xz?)"),
+        (b"\x28\xb5\x2f\xfdrest", "not a tar (zstd?)"),
+    ] {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), head).unwrap();
+        let err = super::archive::read_tar(f.path()).unwrap_err();
+        assert!(err.reason.starts_with(want), "{err}");
+    }
 
     // A manifest that lists a file the bundle lacks (re-signed).
     let k = key();
@@ -933,26 +987,91 @@ fn the_summary_is_bounded_and_the_data_files_hold_everything() {
     assert_eq!(csv.lines().count(), 601, "every flow is in flows.csv");
 }
 
-/// The cells of a Markdown table row, split at its unescaped pipes.
-fn cells(row: &str) -> Vec<String> {
-    let mut out = vec![String::new()];
-    let mut chars = row.chars();
-    while let Some(c) = chars.next() {
-        match c {
-            '\\' => {
-                out.last_mut().unwrap().push(c);
-                if let Some(n) = chars.next() {
-                    out.last_mut().unwrap().push(n);
-                }
-            }
-            '|' => out.push(String::new()),
-            c => out.last_mut().unwrap().push(c),
-        }
-    }
-    // The empty text before the first pipe and after the last.
-    out.remove(0);
-    out.pop();
-    out.into_iter().map(|c| c.trim().to_string()).collect()
+/// summary.md tells monitor-mode flows apart by what the kernel counted
+/// for them: one that sent data (its bytes), one refused at the connect
+/// (one SYN, no payload: never connected), one with packets but no
+/// payload (not known whether it connected); the Art. 44 account and the
+/// country table add up the same; a by-process export says it has no
+/// counts instead of calling everything "never connected".
+#[test]
+fn the_summary_says_what_monitored_flows_sent() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&dir.path().join("store.db")).unwrap();
+    let flow = |i: i64, ip: &str| {
+        let mut e = (*ev(i)).clone();
+        e.verdict = "would_deny";
+        e.rule = "default";
+        e.country = "US".into();
+        e.dst_ip = ip.into();
+        e
+    };
+    // (address, packets, bytes) harvested after each one's event.
+    let counted = [
+        ("203.0.113.2", 9, 1234),
+        ("203.0.113.3", 1, 0),
+        ("203.0.113.4", 4, 0),
+    ];
+    let events = counted
+        .iter()
+        .enumerate()
+        .map(|(i, (ip, _, _))| Arc::new(flow(i as i64 + 1, ip)))
+        .collect();
+    let repeats = counted
+        .iter()
+        .enumerate()
+        .map(|(i, (ip, packets, bytes))| crate::store::Repeat {
+            event: flow(i as i64 + 2, ip),
+            count: 0,
+            packets: *packets,
+            bytes: *bytes,
+        })
+        .collect();
+    s.append(&Batch {
+        events,
+        repeats,
+        ..Default::default()
+    })
+    .unwrap();
+    let k = key();
+    let md = String::from_utf8(export(&s, &k, 0, 100)["summary.md"].clone()).unwrap();
+    eprintln!("{md}");
+    assert!(!md.contains("left the host"), "{md}");
+    let what = |ip: &str| {
+        super::summary::what_happened(&md, ip).unwrap_or_else(|| panic!("no row for {ip}: {md}"))
+    };
+    assert_eq!(
+        what("203.0.113.2"),
+        "not blocked (monitor), 1234 bytes sent"
+    );
+    assert_eq!(what("203.0.113.3"), "not blocked, never connected");
+    assert_eq!(
+        what("203.0.113.4"),
+        "not blocked (monitor), 0 bytes sent (4 packets without payload: whether it connected is not recorded)"
+    );
+    assert!(
+        md.contains("Of these 3 flows, 1 sent 1234 bytes of data out of the host (each a transfer to review), 1 never connected or sent nothing, 1 sent packets without data"),
+        "{md}"
+    );
+    assert_eq!(
+        table_rows(&md, "## Connections by destination country"),
+        ["| US | 0 | 0 | 3 | 1234 |"]
+    );
+
+    let req = bundle::Request {
+        since: T0,
+        until: T0 + 100 * SEC,
+        keep: &|_| true,
+        filter: serde_json::Value::Null,
+        by_process: true,
+        progress: None,
+    };
+    let files = bundle::build(&s, &k, &req).unwrap().0;
+    let md = String::from_utf8(files["summary.md"].clone()).unwrap();
+    assert!(!md.contains("never connected"), "{md}");
+    assert!(
+        md.contains("not blocked (monitor), bytes not counted per process"),
+        "{md}"
+    );
 }
 
 /// What a Markdown reader shows of escaped text: each backslash escape
@@ -968,18 +1087,6 @@ fn shown(cell: &str) -> String {
         }
     }
     out
-}
-
-/// The table rows (header and delimiter left out) of the section under
-/// `heading`.
-fn table_rows<'a>(md: &'a str, heading: &str) -> Vec<&'a str> {
-    md.lines()
-        .skip_while(|l| !l.starts_with(heading))
-        .skip(1)
-        .take_while(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with('|'))
-        .skip(2)
-        .collect()
 }
 
 /// A workload (its comm and cgroup path) and a policy that name themselves
@@ -1034,7 +1141,9 @@ fn hostile_names_are_shown_literally_in_the_summary() {
     let denied = table_rows(&md, "## Denied attempts");
     assert_eq!(denied.len(), 1, "{denied:#?}");
     let row = cells(denied[0]);
-    assert_eq!(row.len(), 8, "{row:#?}");
+    assert_eq!(row.len(), 9, "{row:#?}");
+    assert_eq!(row[3], "blocked");
+    let row = [&row[..3], &row[4..]].concat();
     assert_eq!(
         row[3],
         r"/evil\|slice\\x0d\\x0a\#\# Forged \`path\` \<b\>\[link\](http://x)\</b\> \*em\* \\u{202e}"

@@ -57,6 +57,20 @@ pub fn is_country(code: &str) -> bool {
     continent_of(code).is_some()
 }
 
+/// Why `code` (as the user wrote it) is not an ISO 3166-1 alpha-2 country
+/// code, with a hint for the codes people reach for that ISO does not use.
+/// Policies and query filters refuse with the same words.
+pub fn not_a_country(code: &str) -> String {
+    let hint = match code.to_ascii_uppercase().as_str() {
+        "UK" => "; did you mean GB (the United Kingdom)?",
+        "EL" => "; did you mean GR (Greece; EL is the EU's own code)?",
+        "EU" => "; the EU is a group: write groups: [EU]",
+        "EEA" => "; the EEA is a group: write groups: [EEA]",
+        _ => "",
+    };
+    format!("{code:?} is not an ISO 3166-1 alpha-2 country code{hint}")
+}
+
 pub fn is_continent(code: &str) -> bool {
     CONTINENTS.contains(&code)
 }

@@ -477,17 +477,13 @@ fn countries(
     section: &str,
     list: &[String],
 ) -> Result<BTreeSet<String>, PolicyError> {
-    codes(at, section, list, regions::is_country, |c| {
-        // The codes people reach for that ISO does not use.
-        let hint = match c.to_ascii_uppercase().as_str() {
-            "UK" => "; did you mean GB (the United Kingdom)?",
-            "EL" => "; did you mean GR (Greece; EL is the EU's own code)?",
-            "EU" => "; the EU is a group: write groups: [EU]",
-            "EEA" => "; the EEA is a group: write groups: [EEA]",
-            _ => "",
-        };
-        format!("{c:?} is not an ISO 3166-1 alpha-2 country code{hint}")
-    })
+    codes(
+        at,
+        section,
+        list,
+        regions::is_country,
+        regions::not_a_country,
+    )
 }
 
 /// Continent codes.

@@ -48,7 +48,8 @@ impl Flow {
             dns_name: self.dns_name.clone(),
             ..Default::default()
         };
-        if let Some((provider, region)) = self.cloud_region.split_once(':') {
+        if !self.cloud_region.is_empty() {
+            let (provider, region) = crate::cloud::split_place(&self.cloud_region);
             e.cloud = provider.into();
             e.cloud_region = region.into();
         }
@@ -78,7 +79,14 @@ pub(crate) fn flow_row(r: &Row<'_>, cgroup_path: String) -> rusqlite::Result<Flo
         country: r.get(7)?,
         continent: r.get(8)?,
         dns_name: r.get(9)?,
-        cloud_region: r.get(10)?,
+        cloud_region: {
+            // Rows of earlier versions: `cloudflare:` for no region.
+            let place: String = r.get(10)?;
+            match place.strip_suffix(':') {
+                Some(provider) => provider.to_string(),
+                None => place,
+            }
+        },
         first_seen: r.get(11)?,
         last_seen: r.get(12)?,
         count: r.get::<_, i64>(13)? as u64,

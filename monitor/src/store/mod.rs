@@ -749,6 +749,6 @@ pub fn cloud_place(e: &Event) -> String {
     if e.cloud.is_empty() {
         String::new()
     } else {
-        format!("{}:{}", e.cloud, e.cloud_region)
+        crate::cloud::place_label(&e.cloud, &e.cloud_region)
     }
 }

@@ -28,6 +28,9 @@ pub fn parse_time(s: &str, now: i64) -> Result<i64, String> {
     if let Some(n) = utc_date_time(t) {
         return i64::try_from(n).map_err(|_| format!("{t:?} is out of range"));
     }
+    if looks_like_a_date(t) {
+        return Err(format!("{t:?}: {}; {FORMS}", date_fault(t)));
+    }
     if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
         let n: i64 = t.parse().map_err(|e| format!("{t:?}: {e}"))?;
         // Up to 12 digits is Unix seconds (until the year 33658), more is
@@ -79,6 +82,86 @@ fn utc_date_time(t: &str) -> Option<i128> {
     )
 }
 
+/// Starts as a date does (`YYYY-`): meant as one, so its fault is a
+/// date's, not that of a duration.
+fn looks_like_a_date(t: &str) -> bool {
+    let b = t.as_bytes();
+    b.len() > 5 && b[..4].iter().all(u8::is_ascii_digit) && b[4] == b'-'
+}
+
+/// Why `t`, written as a date (and maybe a time), is not one: the first
+/// component out of range (`month 13 is out of range (1-12)`), or the
+/// form that was expected.
+fn date_fault(t: &str) -> String {
+    let (d, clock) = match t.split_once([' ', 'T']) {
+        Some((d, c)) => (d, Some(c.trim())),
+        None => (t, None),
+    };
+    let num = |s: &str, len: usize| {
+        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse::<u32>().ok())
+            .flatten()
+    };
+    let parts: Vec<&str> = d.split('-').collect();
+    let [Some(year), Some(month), Some(day)] = [
+        parts.first().and_then(|p| num(p, 4)),
+        parts.get(1).and_then(|p| num(p, 2)),
+        parts.get(2).and_then(|p| num(p, 2)),
+    ] else {
+        return format!("{d:?} is not a date (YYYY-MM-DD)");
+    };
+    if parts.len() != 3 {
+        return format!("{d:?} is not a date (YYYY-MM-DD)");
+    }
+    let Some(m) = u8::try_from(month)
+        .ok()
+        .and_then(|m| time::Month::try_from(m).ok())
+    else {
+        return format!("month {month} is out of range (1-12)");
+    };
+    let last = time::util::days_in_month(m, year as i32);
+    if day == 0 || day > u32::from(last) {
+        return format!("day {day} is out of range for {year}-{month:02} (1-{last})");
+    }
+    let Some(clock) = clock else {
+        return format!("{t:?} is not a date (YYYY-MM-DD)");
+    };
+    // Without the offset (Z, +01:00) and the fraction of a second.
+    let bare = clock
+        .trim_end_matches(['Z', 'z'])
+        .split(['+', '-'])
+        .next()
+        .unwrap_or("")
+        .split('.')
+        .next()
+        .unwrap_or("");
+    let hms: Vec<Option<u32>> = bare.split(':').map(|p| num(p, 2)).collect();
+    if !(2..=3).contains(&hms.len()) || hms.iter().any(Option::is_none) {
+        return format!(
+            "{clock:?} is not a time of day (HH:MM, HH:MM:SS, or RFC 3339 with an offset)"
+        );
+    }
+    for (v, (name, max)) in hms
+        .iter()
+        .flatten()
+        .zip([("hour", 23), ("minute", 59), ("second", 59)])
+    {
+        if *v > max {
+            return format!("{name} {v} is out of range (0-{max})");
+        }
+    }
+    format!("{clock:?} is not a time of day (HH:MM, HH:MM:SS, or RFC 3339 with an offset)")
+}
+
+/// How an empty bound of a window reads in an error.
+fn bound(s: &str, empty: &'static str) -> String {
+    if s.trim().is_empty() {
+        empty.into()
+    } else {
+        format!("{s:?}")
+    }
+}
+
 /// A window [since, until) in Unix nanoseconds; `until` defaults to now.
 pub fn parse_window(
     since: &str,
@@ -96,7 +179,14 @@ pub fn parse_window(
         parse_time(until, now).map_err(|e| ("until", e))?
     };
     if u < s {
-        return Err(("until", format!("{until:?} is before since ({since:?})")));
+        return Err((
+            "until",
+            format!(
+                "{} is before since ({})",
+                bound(until, "(now)"),
+                bound(since, "(the beginning)")
+            ),
+        ));
     }
     Ok((s, u))
 }
@@ -166,8 +256,51 @@ mod tests {
         }
     }
 
+    /// A date with a component out of range says which, not where a
+    /// duration's parser stumbled ("invalid character at 4").
+    #[test]
+    fn a_date_out_of_range_names_the_component() {
+        let fault = |t: &str| {
+            let e = parse_time(t, NOW).unwrap_err();
+            assert!(!e.contains("invalid character"), "{e}");
+            assert!(e.ends_with(FORMS), "{e}");
+            e.strip_suffix(FORMS).unwrap().to_string()
+        };
+        assert_eq!(
+            fault("2026-13-01"),
+            "\"2026-13-01\": month 13 is out of range (1-12); "
+        );
+        assert_eq!(
+            fault("2026-02-30"),
+            "\"2026-02-30\": day 30 is out of range for 2026-02 (1-28); "
+        );
+        assert_eq!(
+            fault("2026-11-22 25:00"),
+            "\"2026-11-22 25:00\": hour 25 is out of range (0-23); "
+        );
+        assert_eq!(
+            fault("2026-11-22T10:61:00Z"),
+            "\"2026-11-22T10:61:00Z\": minute 61 is out of range (0-59); "
+        );
+        assert_eq!(
+            fault("2026-11-22 noon"),
+            "\"2026-11-22 noon\": \"noon\" is not a time of day (HH:MM, HH:MM:SS, or RFC 3339 with an offset); "
+        );
+        assert_eq!(
+            fault("2026-1-22"),
+            "\"2026-1-22\": \"2026-1-22\" is not a date (YYYY-MM-DD); "
+        );
+    }
+
     #[test]
     fn window_checks_order_and_names_the_field() {
+        assert_eq!(
+            parse_window("2027-01-01", "", NOW).unwrap_err(),
+            (
+                "until",
+                "(now) is before since (\"2027-01-01\")".to_string()
+            )
+        );
         assert_eq!(parse_window("2h", "", NOW).unwrap().1, NOW);
         assert_eq!(parse_window("1h", "2h", NOW).unwrap_err().0, "until");
         assert_eq!(parse_window("x", "", NOW).unwrap_err().0, "since");

@@ -534,8 +534,7 @@ impl Writer {
         match Store::open(&self.path) {
             Ok(s) => self.store = Some(s),
             Err(e) if e.is_corrupt() => {
-                let aside =
-                    PathBuf::from(format!("{}.corrupt-{}", self.path.display(), now_nanos()));
+                let aside = aside_path(&self.path, now_nanos());
                 std::fs::rename(&self.path, &aside).map_err(|re| {
                     format!("{e}; moving it aside to {} failed: {re}", aside.display())
                 })?;
@@ -742,8 +741,48 @@ impl Writer {
     }
 }
 
+/// Where a damaged store is moved: beside it, named with the UTC time it
+/// was found (`store.db.corrupt-2026-12-05T12-44-38Z`; no colons, which
+/// some tools read as a host), a number after it when that name is taken.
+fn aside_path(path: &std::path::Path, now: i64) -> PathBuf {
+    let at = crate::events::rfc3339_nanos(i128::from(now));
+    // `2026-12-05T12:44:38.123456789Z` to the second.
+    let stamp = format!("{}Z", at.get(..19).unwrap_or(&at).replace(':', "-"));
+    let base = format!("{}.corrupt-{stamp}", path.display());
+    (1..100)
+        .map(|n| {
+            if n == 1 {
+                PathBuf::from(&base)
+            } else {
+                PathBuf::from(format!("{base}-{n}"))
+            }
+        })
+        .find(|p| std::fs::symlink_metadata(p).is_err())
+        .unwrap_or_else(|| PathBuf::from(format!("{base}-{now}")))
+}
+
 #[cfg(test)]
 mod tests {
+    /// The damaged store's new name says when, readably, and never
+    /// replaces an earlier one found in the same second.
+    #[test]
+    fn a_corrupt_store_is_named_with_a_readable_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("store.db");
+        // 2026-11-22T00:45:41.5Z
+        let t = 1_795_308_341_500_000_000;
+        let first = super::aside_path(&db, t);
+        assert_eq!(
+            first.file_name().unwrap(),
+            "store.db.corrupt-2026-11-22T00-45-41Z"
+        );
+        std::fs::write(&first, b"x").unwrap();
+        assert_eq!(
+            super::aside_path(&db, t).file_name().unwrap(),
+            "store.db.corrupt-2026-11-22T00-45-41Z-2"
+        );
+    }
+
     use super::*;
 
     /// The store records the text that was compiled, even when the file
