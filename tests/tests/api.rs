@@ -214,6 +214,7 @@ fn malformed_requests_are_invalid_argument_naming_the_field() {
                 filter: None,
                 last: 1_000_000,
                 follow: false,
+                after_seq: None,
             })
             .await
             .unwrap_err();
@@ -244,6 +245,7 @@ fn malformed_requests_are_invalid_argument_naming_the_field() {
                 filter: Some(cidrs),
                 last: 0,
                 follow: true,
+                after_seq: None,
             })
             .await
             .unwrap_err();
@@ -566,6 +568,7 @@ fn filters_are_applied_on_the_server() {
                 filter: Some(filter.clone()),
                 last: 1000,
                 follow: false,
+                after_seq: None,
             };
             let mut stream = c.stream_events(req).await.unwrap().into_inner();
             let mut got = Vec::new();
@@ -623,6 +626,7 @@ fn a_stalled_client_gets_a_gap_and_does_not_slow_others() {
             filter: Some(filter),
             last: 0,
             follow: true,
+            after_seq: None,
         };
         let mut live = reader
             .stream_events(req.clone())

@@ -5,6 +5,7 @@ mod export;
 mod filters;
 mod flows;
 mod output;
+mod pinned;
 mod policy;
 mod status;
 mod uninstall;
@@ -67,7 +68,9 @@ pub enum Command {
     /// intact, but signed by a key you did not pin with --pubkey).
     #[command(after_help = verify::AFTER_HELP)]
     Verify(verify::VerifyArgs),
-    /// The daemon's programs, policies, database and counters.
+    /// The daemon's programs, policies, database and counters; with no
+    /// daemon, what is still pinned and attached (exit 3: programs pinned,
+    /// 4: nothing installed).
     Status(status::StatusArgs),
     /// Detach the programs and remove every pin: enforcement ends (root).
     Uninstall(uninstall::UninstallArgs),
@@ -109,6 +112,15 @@ pub fn run(cli: Cli) -> ExitCode {
         }),
     };
     logger.init();
+    if !matches!(cli.command, Command::Daemon(_)) {
+        // A client whose reader went (`status | head -1`) ends quietly, as
+        // any Unix tool does, instead of panicking in println!. The daemon
+        // keeps Rust's default (SIGPIPE ignored): a client gone is an
+        // error on that client's connection there, not the daemon's end.
+        // SAFETY: setting a signal's disposition to its default, before
+        // any thread of ours starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let result = match cli.command {
         Command::Daemon(args) => daemon::run(args),
         Command::Events(args) => block_on(events::run(args)),
