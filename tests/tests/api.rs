@@ -595,6 +595,7 @@ fn filters_are_applied_on_the_server() {
             }),
             last: 1000,
             follow: false,
+            after_seq: None,
         };
         let mut stream = c.stream_events(req).await.unwrap().into_inner();
         let mut n = 0;
@@ -828,13 +829,12 @@ fn unix_socket_roles() {
 #[test]
 fn every_method_refuses_a_caller_without_the_role_it_needs() {
     let env = start("enforce", &["--socket-group", "nogroup"]);
-    // The socket's mode is the first gate (unix_socket_roles); open it so
-    // that what refuses here is the second, the role check on every call.
-    std::fs::set_permissions(
-        env.socket(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    )
-    .unwrap();
+    // The state directory's and the socket's modes are the first gates
+    // (unix_socket_roles); open them so that what refuses here is the
+    // second, the role check on every call.
+    for (path, mode) in [(env.dir.path().join("state"), 0o755), (env.socket(), 0o666)] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
     let methods = egress_monitor_methods();
     for answer in grpc_calls_as(1, 1, &env, &methods) {
         let message = s(&answer, "message");

@@ -113,13 +113,7 @@ pub fn run(cli: Cli) -> ExitCode {
     };
     logger.init();
     if !matches!(cli.command, Command::Daemon(_)) {
-        // A client whose reader went (`status | head -1`) ends quietly, as
-        // any Unix tool does, instead of panicking in println!. The daemon
-        // keeps Rust's default (SIGPIPE ignored): a client gone is an
-        // error on that client's connection there, not the daemon's end.
-        // SAFETY: setting a signal's disposition to its default, before
-        // any thread of ours starts.
-        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+        quiet_on_closed_stdout();
     }
     let result = match cli.command {
         Command::Daemon(args) => daemon::run(args),
@@ -138,6 +132,34 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Exit status of a client whose reader went: 128 + SIGPIPE, what a
+/// shell reports for a tool SIGPIPE ended.
+pub const EXIT_READER_GONE: i32 = 141;
+
+/// A client whose reader went (`status | head -1`) ends quietly with
+/// `EXIT_READER_GONE`, as a Unix tool does, instead of the panic println!
+/// makes of EPIPE. SIGPIPE itself stays ignored (Rust's default): its
+/// default action would also kill a client silently when the daemon's
+/// end of the socket closes under a write, where the client has
+/// something to say ("stream ended: the daemon stopped").
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout")
+            && message.contains(&std::io::Error::from_raw_os_error(libc::EPIPE).to_string())
+        {
+            std::process::exit(EXIT_READER_GONE);
+        }
+        default(info);
+    }));
 }
 
 /// An error and its causes, each said once: many errors already end with
