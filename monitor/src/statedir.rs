@@ -137,6 +137,20 @@ pub fn create_private(path: &Path, mode: u32) -> anyhow::Result<()> {
     }
 }
 
+/// Writes `bytes` to `path`, a file the daemon keeps in its state
+/// directory: made 0600 (never through a symlink), whatever the umask.
+pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)?;
+    f.write_all(bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

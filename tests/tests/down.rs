@@ -42,6 +42,14 @@ fn as_nobody(args: &[&str]) -> std::process::Output {
         .expect("setpriv (util-linux)")
 }
 
+/// One denied connect from the selected cgroup, stored by the daemon.
+fn deny_and_store(env: &TestEnv) {
+    assert!(!env.probe("sel", &["tcp", US_V4, &PORT.to_string()]).ok);
+    env.wait_status("a denial stored", WAIT, |s| {
+        s["store"]["events_stored"].as_u64().unwrap_or(0) >= 1
+    });
+}
+
 /// `status` without a daemon (killed with SIGKILL, its programs left
 /// pinned and attached) says what the kernel enforces and exits 3; after
 /// `uninstall` it says nothing is installed and exits 4.
@@ -53,10 +61,7 @@ fn status_without_a_daemon_reads_the_pins() {
         .unwrap()
         .to_string();
     // A denial stored: the policy set recorded before it is stored too.
-    assert!(!env.probe("sel", &["tcp", US_V4, &PORT.to_string()]).ok);
-    env.wait_status("a denial stored", WAIT, |s| {
-        s["store"]["events_stored"].as_u64().unwrap_or(0) >= 1
-    });
+    deny_and_store(&env);
     env.kill_daemon();
     let pin_dir = env.pin_dir();
     let pins = pin_dir.to_str().unwrap();
@@ -264,11 +269,7 @@ fn the_state_directory_is_private_to_root() {
     std::fs::set_permissions(&store, std::fs::Permissions::from_mode(0o644)).unwrap();
     env.set_policy("enforce", "DE");
     env.start_daemon(&[]);
-    let port = PORT.to_string();
-    assert!(!env.probe("sel", &["tcp", US_V4, &port]).ok);
-    env.wait_status("a denial stored", WAIT, |s| {
-        s["store"]["events_stored"].as_u64().unwrap_or(0) >= 1
-    });
+    deny_and_store(&env);
     assert!(
         env.log().contains(&format!(
             "the state directory was readable by more than root: tightened {} 0755 -> 0700",
@@ -278,7 +279,7 @@ fn the_state_directory_is_private_to_root() {
         env.log()
     );
     assert_eq!(mode(&state), 0o700);
-    for f in ["store.db", "store.db-wal", "node.key"] {
+    for f in ["store.db", "store.db-wal", "node.key", "policy-ids.json"] {
         assert_eq!(mode(&state.join(f)), 0o600, "{f}");
     }
     let out = as_nobody(&["cat", store.to_str().unwrap()]);

@@ -54,23 +54,28 @@ pub fn pin_dirs(given: Option<&Path>) -> Vec<(PathBuf, Option<Holder>)> {
     }
 }
 
-/// The last policy set the store recorded, when it is the generation the
-/// kernel has: `eu-only 1a2b3c4d5e6f, other ...`.
+/// The last policy set the store recorded: `eu-only 1a2b3c4d5e6f, ...`.
+/// The store records a set when its content changes, so a restart that
+/// put the same set in force again (a new generation in the kernel) is
+/// said: `recorded at generation 1`.
 fn policy_set(state_dir: &Path, generation: u32) -> String {
     let store = match crate::store::Store::open_read(&crate::store::path_in(state_dir)) {
         Ok(s) => s,
         Err(e) => return format!("policies not known: {e}"),
     };
     match store.last_policy_set_members() {
-        Ok(Some((g, members))) if g == generation => members
-            .iter()
-            .map(|(name, sha)| format!("{name} {}", sha.get(..12).unwrap_or(sha)))
-            .collect::<Vec<_>>()
-            .join(", "),
-        Ok(Some((g, _))) => format!(
-            "the store in {} last recorded generation {g}",
-            state_dir.display()
-        ),
+        Ok(Some((g, members))) => {
+            let names = members
+                .iter()
+                .map(|(name, sha)| format!("{name} {}", sha.get(..12).unwrap_or(sha)))
+                .collect::<Vec<_>>()
+                .join(", ");
+            if g == generation {
+                names
+            } else {
+                format!("{names}, recorded at generation {g}")
+            }
+        }
         Ok(None) => format!("no policy set recorded in {}", state_dir.display()),
         Err(e) => format!("policies not known: {e}"),
     }
