@@ -102,6 +102,29 @@ fn status_without_a_daemon_reads_the_pins() {
         "`egress-monitor uninstall --pin-dir {pins}` removes them"
     )));
 
+    // Anyone but root would see no pins (0700) and be told nothing is
+    // installed: refused instead, saying why.
+    let bin = daemon_bin();
+    for args in [
+        &[
+            bin.to_str().unwrap(),
+            "status",
+            "--socket",
+            "/nonexistent/x.sock",
+            "--pin-dir",
+            pins,
+        ][..],
+        &[bin.to_str().unwrap(), "uninstall", "--pin-dir", pins][..],
+    ] {
+        let out = as_nobody(args);
+        let (stdout, stderr) = text(&out);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stdout}{stderr}");
+        assert!(
+            stderr.contains("reads the pin directories in bpffs, which only root can (they are 0700): run it as root"),
+            "{stderr}"
+        );
+    }
+
     let out = env.uninstall();
     assert!(out.status.success(), "{:?}", text(&out));
     let out = env.cli(&["status", "--pin-dir", pins]);

@@ -19,6 +19,18 @@ pub const EXIT_PINNED: u8 = 3;
 /// `status` exit status: no daemon and nothing of ours pinned.
 pub const EXIT_NOTHING: u8 = 4;
 
+/// Refuses to answer from the pins without root: pin directories are
+/// 0700, so anyone else would find none and be told nothing is installed.
+pub fn need_root(what: &str) -> anyhow::Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        anyhow::bail!(
+            "{what} reads the pin directories in bpffs, which only root can (they are 0700): run it as root"
+        );
+    }
+    Ok(())
+}
+
 /// Whether a daemon may answer: a remote server, or a unix socket that
 /// takes a connection. No socket file, or one nobody listens on, is no
 /// daemon; any other failure (no permission, ...) is left to the client's
@@ -126,6 +138,7 @@ fn line(dir: &Path, b: &Build) -> String {
 /// policy set the kernel judges by. Exit 3 when anything is pinned, 4
 /// when nothing is.
 pub fn status(given: Option<&Path>, output: Format) -> anyhow::Result<ExitCode> {
+    need_root("status without a daemon")?;
     let mut dirs = Vec::new();
     for (dir, holder) in pin_dirs(given) {
         if !dir.exists() {

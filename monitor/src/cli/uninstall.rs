@@ -79,6 +79,7 @@ fn list(found: &[(PathBuf, Option<kernel::pins::Holder>)]) -> String {
 
 /// Detaches the programs and removes every pin: enforcement ends.
 pub fn run(args: UninstallArgs) -> anyhow::Result<ExitCode> {
+    super::pinned::need_root("uninstall")?;
     let Some((pin_dir, recorded_socket)) = pick(&args)? else {
         println!(
             "nothing to uninstall: no programs of egress-monitor are pinned ({})",
