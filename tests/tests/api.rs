@@ -775,11 +775,17 @@ fn egress_monitor_methods() -> Vec<String> {
 #[test]
 fn unix_socket_roles() {
     let env = start("enforce", &["--socket-group", "nogroup"]);
-    let mode = std::fs::metadata(env.socket()).unwrap();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
-        0o660
-    );
+    let mode = |p: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&env.socket()), 0o660);
+    // The group reaches the socket through the state directory and may
+    // read the history it can query anyway; nobody else either.
+    let state = env.dir.path().join("state");
+    assert_eq!(mode(&state), 0o750);
+    assert_eq!(mode(&state.join("store.db")), 0o640);
+    assert_eq!(mode(&state.join("node.key")), 0o600);
 
     let out = as_user(1, 1, &["status"], &env);
     assert!(!out.status.success());
