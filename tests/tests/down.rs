@@ -265,6 +265,16 @@ fn events_reconnect_across_a_restart_loses_and_repeats_nothing() {
         })
         .collect();
     assert_eq!(got, want, "stderr: {}", follower.stderr());
+    // A position past the store's last record is refused, not awaited.
+    let past = (want.last().unwrap() + 1000).to_string();
+    let out = env.cli(&["events", "--follow", "--after-seq", &past]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains(&format!(
+            "StreamEvents: OutOfRange: after_seq: {past} is past the store's last record"
+        )),
+        "{out:?}"
+    );
     assert!(
         follower
             .stderr()

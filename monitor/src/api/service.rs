@@ -290,12 +290,23 @@ impl EgressMonitor for Service {
             let after = i64::try_from(after).map_err(|_| {
                 Status::invalid_argument(format!("after_seq: {after} is not a store position"))
             })?;
-            // The store must open now: a resume that cannot read it is
-            // refused, not a stream that stays silent.
+            // The store must open now, and hold the position: a resume
+            // that cannot read it, or names a position past its last
+            // record (a seq of another store), is refused, not a stream
+            // that stays silent.
             let store_path = self.backend.store.path.clone();
-            tokio::task::spawn_blocking(move || super::history::open(&store_path).map(drop))
-                .await
-                .map_err(|e| Status::internal(format!("opening the history store: {e}")))??;
+            let head = tokio::task::spawn_blocking(move || {
+                super::history::open(&store_path)
+                    .and_then(|s| s.head().map_err(super::history::internal))
+            })
+            .await
+            .map_err(|e| Status::internal(format!("opening the history store: {e}")))??
+            .0;
+            if after > head {
+                return Err(Status::out_of_range(format!(
+                    "after_seq: {after} is past the store's last record ({head}); a seq of another store?"
+                )));
+            }
             let (tx, rx) = mpsc::channel(TRANSPORT_QUEUE);
             let streams = self.backend.view.streams.clone();
             let follow = Follow {

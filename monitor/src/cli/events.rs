@@ -191,6 +191,7 @@ fn refusal(code: tonic::Code) -> bool {
             | tonic::Code::Unauthenticated
             | tonic::Code::Unimplemented
             | tonic::Code::FailedPrecondition
+            | tonic::Code::OutOfRange
     )
 }
 
