@@ -430,6 +430,26 @@ fn boot(
     })
 }
 
+/// What this daemon's lock file records for `status` and `uninstall`.
+fn lock_record(config: &DaemonConfig, root: &Path) -> kernel::pins::Holder {
+    kernel::pins::Holder {
+        pid: std::process::id(),
+        pin_dir: config.pin_dir.clone(),
+        socket: config.api.socket.clone(),
+        state_dir: config.state_dir.clone(),
+        cgroup_root: root.to_path_buf(),
+    }
+}
+
+/// The command that removes what a daemon with this pin directory left.
+pub fn uninstall_command(pin_dir: &Path) -> String {
+    if kernel::pins::normalize(pin_dir) == kernel::pins::normalize(default_pin_dir()) {
+        "egress-monitor uninstall".into()
+    } else {
+        format!("egress-monitor uninstall --pin-dir {}", pin_dir.display())
+    }
+}
+
 /// Ends what a stopped daemon leaves: everything with --detach-on-exit,
 /// nothing otherwise (enforcement stays on, a restart adopts it).
 fn leave(kernel: Kernel, config: &DaemonConfig) -> anyhow::Result<()> {
@@ -440,8 +460,9 @@ fn leave(kernel: Kernel, config: &DaemonConfig) -> anyhow::Result<()> {
         log::info!("detached: removed {} pins", removed.len());
     } else {
         log::info!(
-            "enforcement stays on: programs and maps stay pinned in {} (`egress-monitor uninstall` removes them)",
-            config.pin_dir.display()
+            "enforcement stays on: programs and maps stay pinned in {} (`{}` removes them)",
+            config.pin_dir.display(),
+            uninstall_command(&config.pin_dir)
         );
     }
     Ok(())
@@ -469,9 +490,26 @@ async fn start(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<O
             return Ok(None);
         }
     };
-    let lock = PinLock::acquire(&config.pin_dir, &config.api.socket)?;
-    std::fs::create_dir_all(&config.state_dir)
-        .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+    let lock = PinLock::acquire(&lock_record(config, &found.root))?;
+    let access = crate::statedir::Access {
+        group: config.api.auth.socket_gid,
+    };
+    let tightened = crate::statedir::secure(&config.state_dir, access)?;
+    if !tightened.is_empty() {
+        log::warn!(
+            "the state directory was readable by more than root{}: tightened {}",
+            if access.group.is_some() {
+                " and the socket group"
+            } else {
+                ""
+            },
+            tightened
+                .iter()
+                .map(|t| t.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     let node_key = crate::evidence::key::load_or_create(&config.state_dir)?;
     let store = StoreHandle::start(
         crate::store::path_in(&config.state_dir),

@@ -18,4 +18,5 @@ pub mod names;
 pub mod pipeline;
 pub mod policy;
 pub mod state;
+pub mod statedir;
 pub mod store;

@@ -940,6 +940,44 @@ impl TestEnv {
             .expect("start events --follow")
     }
 
+    /// `events --follow -o json EXTRA` of this daemon, its output
+    /// collected as it comes.
+    pub fn follow_events(&self, extra: &[&str]) -> Follower {
+        let mut child = Command::new(daemon_bin())
+            .args(["events", "--follow", "-o", "json", "--socket"])
+            .arg(self.socket())
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start events --follow");
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let out = BufReader::new(child.stdout.take().unwrap());
+        let l = lines.clone();
+        std::thread::spawn(move || {
+            for line in out.lines().map_while(Result::ok) {
+                let v: Value = serde_json::from_str(&line)
+                    .unwrap_or_else(|e| panic!("events -o json printed no JSON ({e}): {line}"));
+                l.lock().unwrap().push(v);
+            }
+        });
+        let err = BufReader::new(child.stderr.take().unwrap());
+        let e = stderr.clone();
+        std::thread::spawn(move || {
+            for line in err.lines().map_while(Result::ok) {
+                let mut e = e.lock().unwrap();
+                e.push_str(&line);
+                e.push('\n');
+            }
+        });
+        Follower {
+            child,
+            lines,
+            stderr,
+        }
+    }
+
     /// `status -o json` of the running daemon.
     pub fn status(&self) -> Value {
         let out = self.cli(&["status", "-o", "json"]);
@@ -1034,6 +1072,65 @@ impl TestEnv {
             );
             std::thread::sleep(Duration::from_millis(200));
         }
+    }
+}
+
+/// An `events --follow` client (`TestEnv::follow_events`); killed on drop.
+pub struct Follower {
+    child: Child,
+    lines: Arc<Mutex<Vec<Value>>>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Follower {
+    /// What it printed so far, one JSON value per line.
+    pub fn lines(&self) -> Vec<Value> {
+        self.lines.lock().unwrap().clone()
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until it has printed `pred` (bounded); panics with what it
+    /// printed otherwise.
+    pub fn wait_lines(&self, what: &str, timeout: Duration, pred: impl Fn(&[Value]) -> bool) {
+        let deadline = Instant::now() + timeout;
+        while !pred(&self.lines()) {
+            assert!(
+                Instant::now() < deadline,
+                "events --follow never printed {what} within {timeout:?}: {:#?}\nstderr: {}",
+                self.lines(),
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for it to exit (bounded); its status and stderr.
+    pub fn wait_exit(&mut self, timeout: Duration) -> (std::process::ExitStatus, String) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for events --follow") {
+                // Its stderr is read to the end by the reader thread.
+                std::thread::sleep(Duration::from_millis(100));
+                return (status, self.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "events --follow still runs after {timeout:?}; stderr: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 

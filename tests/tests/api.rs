@@ -214,6 +214,7 @@ fn malformed_requests_are_invalid_argument_naming_the_field() {
                 filter: None,
                 last: 1_000_000,
                 follow: false,
+                after_seq: None,
             })
             .await
             .unwrap_err();
@@ -244,6 +245,7 @@ fn malformed_requests_are_invalid_argument_naming_the_field() {
                 filter: Some(cidrs),
                 last: 0,
                 follow: true,
+                after_seq: None,
             })
             .await
             .unwrap_err();
@@ -566,6 +568,7 @@ fn filters_are_applied_on_the_server() {
                 filter: Some(filter.clone()),
                 last: 1000,
                 follow: false,
+                after_seq: None,
             };
             let mut stream = c.stream_events(req).await.unwrap().into_inner();
             let mut got = Vec::new();
@@ -592,6 +595,7 @@ fn filters_are_applied_on_the_server() {
             }),
             last: 1000,
             follow: false,
+            after_seq: None,
         };
         let mut stream = c.stream_events(req).await.unwrap().into_inner();
         let mut n = 0;
@@ -623,6 +627,7 @@ fn a_stalled_client_gets_a_gap_and_does_not_slow_others() {
             filter: Some(filter),
             last: 0,
             follow: true,
+            after_seq: None,
         };
         let mut live = reader
             .stream_events(req.clone())
@@ -770,11 +775,17 @@ fn egress_monitor_methods() -> Vec<String> {
 #[test]
 fn unix_socket_roles() {
     let env = start("enforce", &["--socket-group", "nogroup"]);
-    let mode = std::fs::metadata(env.socket()).unwrap();
-    assert_eq!(
-        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
-        0o660
-    );
+    let mode = |p: &Path| {
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(p).unwrap().permissions())
+            & 0o777
+    };
+    assert_eq!(mode(&env.socket()), 0o660);
+    // The group reaches the socket through the state directory and may
+    // read the history it can query anyway; nobody else either.
+    let state = env.dir.path().join("state");
+    assert_eq!(mode(&state), 0o750);
+    assert_eq!(mode(&state.join("store.db")), 0o640);
+    assert_eq!(mode(&state.join("node.key")), 0o600);
 
     let out = as_user(1, 1, &["status"], &env);
     assert!(!out.status.success());
@@ -824,13 +835,12 @@ fn unix_socket_roles() {
 #[test]
 fn every_method_refuses_a_caller_without_the_role_it_needs() {
     let env = start("enforce", &["--socket-group", "nogroup"]);
-    // The socket's mode is the first gate (unix_socket_roles); open it so
-    // that what refuses here is the second, the role check on every call.
-    std::fs::set_permissions(
-        env.socket(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o666),
-    )
-    .unwrap();
+    // The state directory's and the socket's modes are the first gates
+    // (unix_socket_roles); open them so that what refuses here is the
+    // second, the role check on every call.
+    for (path, mode) in [(env.dir.path().join("state"), 0o755), (env.socket(), 0o666)] {
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+    }
     let methods = egress_monitor_methods();
     for answer in grpc_calls_as(1, 1, &env, &methods) {
         let message = s(&answer, "message");

@@ -45,19 +45,26 @@ pub fn socket_path(given: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
     if default.exists() {
         return Ok(default);
     }
-    let mut running = crate::kernel::pins::running_daemons();
-    match running.len() {
-        0 => Ok(default),
-        1 => Ok(running.remove(0).socket),
-        _ => anyhow::bail!(
-            "{} daemons run on this machine; say which with --socket: {}",
-            running.len(),
-            running
-                .iter()
-                .map(|h| format!("{} (pid {})", h.socket.display(), h.pid))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+    match crate::kernel::pins::one_running_daemon("--socket").map_err(anyhow::Error::msg)? {
+        Some(h) => Ok(h.socket),
+        None => Ok(default),
+    }
+}
+
+/// The state directory to read (`export`), found as the socket is: the
+/// one given; else the default one if it holds a store; else that of the
+/// one daemon running here (its lock file records it).
+pub fn state_dir(given: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = given {
+        return Ok(p.to_path_buf());
+    }
+    let default = crate::daemon::default_state_dir();
+    if crate::store::path_in(default).exists() {
+        return Ok(default.to_path_buf());
+    }
+    match crate::kernel::pins::one_running_daemon("--state-dir").map_err(anyhow::Error::msg)? {
+        Some(h) if !h.state_dir.as_os_str().is_empty() => Ok(h.state_dir),
+        _ => Ok(default.to_path_buf()),
     }
 }
 

@@ -54,11 +54,11 @@ fn position<T: std::str::FromStr>(store: &Store, token: &str) -> Result<Option<T
         .map_err(|_| Status::invalid_argument("page_token: not a token this server gave"))
 }
 
-fn open(path: &std::path::Path) -> Result<Store, Status> {
+pub fn open(path: &std::path::Path) -> Result<Store, Status> {
     Store::open_read(path).map_err(|e| Status::unavailable(format!("history store: {e}")))
 }
 
-fn internal(e: store::StoreError) -> Status {
+pub fn internal(e: store::StoreError) -> Status {
     if e.is_tampered() {
         return Status::data_loss(format!("history store: {e}"));
     }
@@ -85,8 +85,47 @@ pub fn query_events(
             _ => String::new(),
         },
         seqs: events.iter().map(|(s, _)| *s as u64).collect(),
-        events: events.iter().map(|(_, e)| pb::Event::from(e)).collect(),
+        events: events
+            .iter()
+            .map(|(seq, e)| pb::Event {
+                seq: *seq as u64,
+                ..pb::Event::from(e)
+            })
+            .collect(),
     })
+}
+
+/// Stored events with their seqs, where to read on, whether more are there.
+pub type ResumePage = (Vec<(i64, Event)>, i64, bool);
+
+/// Events a stream that resumes from the store reads at once, at most.
+pub const RESUME_PAGE: usize = 4096;
+
+/// A page of the matching events stored after `after` (a chain seq), for
+/// a stream that follows the store: the events with their seqs, the
+/// position to read on from (past the events that did not match, up to
+/// the head committed when the page was read), and whether more are
+/// stored already.
+pub fn events_after(store: &Store, filter: &Filter, after: i64) -> Result<ResumePage, Status> {
+    let (head, _) = store.head().map_err(internal)?;
+    let (events, more) = query::events_where(
+        store,
+        i64::MIN,
+        i64::MAX,
+        after,
+        RESUME_PAGE,
+        filter.rows(),
+        &|e| filter.matches(e),
+    )
+    .map_err(internal)?;
+    let cursor = match (more, events.last()) {
+        (true, Some((seq, _))) => *seq,
+        // Everything up to the head read before the query was looked at.
+        _ => head
+            .max(after)
+            .max(events.last().map_or(after, |(s, _)| *s)),
+    };
+    Ok((events, cursor, more))
 }
 
 pub fn query_flows(

@@ -52,6 +52,7 @@ impl From<&Event> for pb::Event {
             cloud_region: e.cloud_region.clone(),
             kernel_seq: e.kernel_seq,
             kernel_cpu: e.kernel_cpu,
+            seq: 0,
         }
     }
 }

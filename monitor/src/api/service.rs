@@ -290,6 +290,41 @@ impl EgressMonitor for Service {
             )));
         }
         let filter = Arc::new(Filter::compile(req.filter.unwrap_or_default())?);
+        if let Some(after) = req.after_seq {
+            let after = i64::try_from(after).map_err(|_| {
+                Status::invalid_argument(format!("after_seq: {after} is not a store position"))
+            })?;
+            // The store must open now, and hold the position: a resume
+            // that cannot read it, or names a position past its last
+            // record (a seq of another store), is refused, not a stream
+            // that stays silent.
+            let store_path = self.backend.store.path.clone();
+            let head = tokio::task::spawn_blocking(move || {
+                super::history::open(&store_path)
+                    .and_then(|s| s.head().map_err(super::history::internal))
+            })
+            .await
+            .map_err(|e| Status::internal(format!("opening the history store: {e}")))??
+            .0;
+            if after > head {
+                return Err(Status::out_of_range(format!(
+                    "after_seq: {after} is past the store's last record ({head}); a seq of another store?"
+                )));
+            }
+            let (tx, rx) = mpsc::channel(TRANSPORT_QUEUE);
+            let streams = self.backend.view.streams.clone();
+            let follow = Follow {
+                store_path: self.backend.store.path.clone(),
+                committed: self.backend.store.committed(),
+                shutdown: self.backend.shutdown.clone(),
+            };
+            tokio::spawn(async move {
+                streams.clients.fetch_add(1, Ordering::Relaxed);
+                let _ = follow.forward(tx, filter, after, req.follow).await;
+                streams.clients.fetch_sub(1, Ordering::Relaxed);
+            });
+            return Ok(Response::new(Box::pin(ReceiverStream::new(rx))));
+        }
         let matcher = {
             let filter = filter.clone();
             Arc::new(move |e: &Event| filter.matches(e))
@@ -481,14 +516,92 @@ async fn forward(
         }
         let event = tokio::select! {
             e = sub.live.recv() => match e {
-                Some(e) => e,
+                Some(e) => Some(e),
                 None => return Ok(()),
             },
             () = tx.closed() => return Ok(()),
-            _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            _ = shutdown.wait_for(|s| *s) => None,
+        };
+        let Some(event) = event else {
+            let _ = tx.send(Err(stopping())).await;
+            return Ok(());
         };
         tx.send(event_item(&event)).await.map_err(drop)?;
     }
+}
+
+/// A stream that follows the store (`after_seq`): what it reads, and
+/// what wakes it.
+struct Follow {
+    store_path: std::path::PathBuf,
+    committed: tokio::sync::watch::Receiver<i64>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl Follow {
+    /// Every matching stored event after `after`, each with its seq; with
+    /// `follow`, then each new one as the store commits it, until the
+    /// client goes or the daemon stops (the stream then ends with
+    /// UNAVAILABLE, so the client knows to resume).
+    async fn forward(
+        mut self,
+        tx: mpsc::Sender<Result<pb::StreamEventsResponse, Status>>,
+        filter: Arc<Filter>,
+        mut after: i64,
+        follow: bool,
+    ) -> Result<(), ()> {
+        loop {
+            // Marked seen before reading: a commit during the read wakes
+            // the next round.
+            self.committed.borrow_and_update();
+            let (path, f) = (self.store_path.clone(), filter.clone());
+            let page = tokio::task::spawn_blocking(move || {
+                super::history::open(&path)
+                    .and_then(|store| super::history::events_after(&store, &f, after))
+            })
+            .await
+            .map_err(|e| Status::internal(format!("reading the history store: {e}")))
+            .and_then(|r| r);
+            let (events, cursor, more) = match page {
+                Ok(p) => p,
+                Err(status) => {
+                    let _ = tx.send(Err(status)).await;
+                    return Err(());
+                }
+            };
+            for (seq, e) in events {
+                let item = pb::StreamEventsResponse {
+                    item: Some(Item::Event(pb::Event {
+                        seq: seq as u64,
+                        ..pb::Event::from(&e)
+                    })),
+                };
+                tx.send(Ok(item)).await.map_err(drop)?;
+            }
+            after = cursor;
+            if more {
+                continue;
+            }
+            if !follow {
+                return Ok(());
+            }
+            // Stopping: the store's writer is gone, or the daemon says so.
+            let stops = tokio::select! {
+                changed = self.committed.changed() => changed.is_err(),
+                () = tx.closed() => return Ok(()),
+                _ = self.shutdown.wait_for(|s| *s) => true,
+            };
+            if stops {
+                let _ = tx.send(Err(stopping())).await;
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// How a following stream ends when the daemon stops.
+fn stopping() -> Status {
+    Status::unavailable("the daemon is stopping")
 }
 
 #[cfg(test)]

@@ -1,4 +1,4 @@
-use std::process::ExitCode;
+use std::{process::ExitCode, time::Duration};
 
 use clap::Args;
 
@@ -32,6 +32,20 @@ pub struct EventsArgs {
     /// With --since: at most this many decisions, oldest first.
     #[arg(long, requires = "since", default_value_t = 1000)]
     pub limit: u32,
+    /// Follow across daemon restarts: the stream reads from the history
+    /// store, each event carries its store position (`seq` in -o json),
+    /// and when the daemon stops the client connects again and resumes
+    /// after the last event it printed: none is lost or printed twice.
+    #[arg(long, requires = "follow", conflicts_with = "last")]
+    pub reconnect: bool,
+    /// Seconds --reconnect waits for a daemon to answer again before it
+    /// gives up.
+    #[arg(long, requires = "reconnect", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub reconnect_timeout: u64,
+    /// Start after this store position (`seq`, as -o json prints it), from
+    /// the history store: resumes an earlier `--follow --reconnect`.
+    #[arg(long, requires = "follow", conflicts_with = "last")]
+    pub after_seq: Option<u64>,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -80,39 +94,184 @@ pub async fn run(args: EventsArgs) -> anyhow::Result<ExitCode> {
         filter: Some(args.filter.to_pb()),
         last: args.last.unwrap_or(if args.follow { 0 } else { 20 }),
         follow: args.follow,
+        after_seq: None,
     };
-    if let Some(since) = args.since {
+    if let Some(since) = args.since.clone() {
         let filter = request.filter.clone().unwrap_or_default();
         let mut printer = Printer::new(args.output);
         return history(
             &mut client,
             filter,
             since,
-            args.until.unwrap_or_default(),
+            args.until.clone().unwrap_or_default(),
             args.limit,
             &mut printer,
         )
         .await;
     }
-    let mut stream = client
+    let mut printer = Printer::new(args.output);
+    if args.reconnect || args.after_seq.is_some() {
+        return resume(&args, client, request, &mut printer).await;
+    }
+    let stream = client
         .stream_events(request)
         .await
         .map_err(|s| status_error("StreamEvents", s))?
         .into_inner();
-    let mut printer = Printer::new(args.output);
+    match print_stream(stream, &mut printer, &mut 0).await? {
+        End::Interrupted => Ok(ExitCode::SUCCESS),
+        End::Daemon(None) if !args.follow => Ok(ExitCode::SUCCESS),
+        End::Daemon(s) if args.follow => Err(anyhow::anyhow!(ended(s.as_ref()))),
+        End::Daemon(s) => Err(status_error(
+            "StreamEvents",
+            s.unwrap_or_else(|| tonic::Status::unknown("")),
+        )),
+    }
+}
+
+/// How a stream ended.
+enum End {
+    /// Ctrl-C.
+    Interrupted,
+    /// The daemon ended it: cleanly (None), or with a status (stopping:
+    /// UNAVAILABLE; the connection lost).
+    Daemon(Option<tonic::Status>),
+}
+
+/// What `--follow` says when its stream ends.
+fn ended(status: Option<&tonic::Status>) -> String {
+    match status {
+        None => "stream ended: the daemon stopped".into(),
+        Some(s) if s.code() == tonic::Code::Unavailable => {
+            format!("stream ended: the daemon stopped ({})", s.message())
+        }
+        Some(s) => format!(
+            "stream ended: the daemon stopped or the connection broke ({:?}: {})",
+            s.code(),
+            s.message()
+        ),
+    }
+}
+
+/// Prints a stream until it ends; `last_seq` follows the store position
+/// of what was printed.
+async fn print_stream(
+    mut stream: tonic::Streaming<pb::StreamEventsResponse>,
+    printer: &mut Printer,
+    last_seq: &mut u64,
+) -> anyhow::Result<End> {
     loop {
         let next = tokio::select! {
             n = stream.message() => n,
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            _ = tokio::signal::ctrl_c() => return Ok(End::Interrupted),
         };
         match next {
             Ok(Some(msg)) => match msg.item {
-                Some(Item::Event(e)) => printer.event(e),
+                Some(Item::Event(e)) => {
+                    *last_seq = (*last_seq).max(e.seq);
+                    printer.event(e);
+                }
                 Some(Item::Gap(g)) => printer.gap(g.missed),
                 None => {}
             },
-            Ok(None) => return Ok(ExitCode::SUCCESS),
-            Err(s) => return Err(status_error("StreamEvents", s)),
+            Ok(None) => return Ok(End::Daemon(None)),
+            // The caller's request, refused: no restart changes that.
+            Err(s) if refusal(s.code()) => return Err(status_error("StreamEvents", s)),
+            Err(s) => return Ok(End::Daemon(Some(s))),
+        }
+    }
+}
+
+/// Codes that say the request is wrong, not that the daemon went.
+fn refusal(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::InvalidArgument
+            | tonic::Code::PermissionDenied
+            | tonic::Code::Unauthenticated
+            | tonic::Code::Unimplemented
+            | tonic::Code::FailedPrecondition
+            | tonic::Code::OutOfRange
+    )
+}
+
+/// Follows the history store from `--after-seq` (or from its head now):
+/// with `--reconnect`, across restarts of the daemon, resuming after the
+/// last event printed.
+async fn resume(
+    args: &EventsArgs,
+    mut client: crate::api::pb::egress_monitor_client::EgressMonitorClient<
+        tonic::transport::Channel,
+    >,
+    mut request: pb::StreamEventsRequest,
+    printer: &mut Printer,
+) -> anyhow::Result<ExitCode> {
+    let mut after = match args.after_seq {
+        Some(n) => n,
+        None => {
+            let status = client
+                .get_status(pb::GetStatusRequest {})
+                .await
+                .map_err(|s| status_error("GetStatus", s))?
+                .into_inner();
+            let store = status.store.ok_or_else(|| {
+                anyhow::anyhow!("the daemon reports no history store, which --reconnect follows")
+            })?;
+            u64::try_from(store.chain_seq).unwrap_or(0)
+        }
+    };
+    loop {
+        request.after_seq = Some(after);
+        let end = match client.stream_events(request.clone()).await {
+            Ok(r) => print_stream(r.into_inner(), printer, &mut after).await?,
+            Err(s) if refusal(s.code()) => return Err(status_error("StreamEvents", s)),
+            Err(s) => End::Daemon(Some(s)),
+        };
+        let status = match end {
+            End::Interrupted => return Ok(ExitCode::SUCCESS),
+            End::Daemon(s) => s,
+        };
+        if !args.reconnect {
+            anyhow::bail!(
+                "{} (resume with --after-seq {after})",
+                ended(status.as_ref())
+            );
+        }
+        eprintln!(
+            "{}; reconnecting to resume after seq {after}",
+            ended(status.as_ref())
+        );
+        client = reconnect(&args.connect, Duration::from_secs(args.reconnect_timeout))
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "no daemon answered within {} s ({e:#}); resume with --after-seq {after}",
+                    args.reconnect_timeout
+                )
+            })?;
+    }
+}
+
+/// Connects again, trying until `timeout` has passed.
+async fn reconnect(
+    connect: &crate::api::client::ConnectArgs,
+    timeout: Duration,
+) -> anyhow::Result<
+    crate::api::pb::egress_monitor_client::EgressMonitorClient<tonic::transport::Channel>,
+> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut wait = Duration::from_millis(100);
+    loop {
+        match crate::api::client::connect(connect).await {
+            Ok(c) => return Ok(c),
+            Err(e) if tokio::time::Instant::now() + wait > deadline => return Err(e),
+            Err(_) => {
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted"),
+                }
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
         }
     }
 }

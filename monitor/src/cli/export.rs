@@ -24,9 +24,11 @@ pub struct ExportArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// The daemon's state directory (the store and the node key are read
-    /// from it; needs root, works with the daemon running or stopped).
-    #[arg(long, default_value = crate::daemon::default_state_dir().as_os_str())]
-    pub state_dir: PathBuf,
+    /// from it; needs root, works with the daemon running or stopped)
+    /// [default: /var/lib/egress-monitor if it holds a store, else that of
+    /// the one daemon running on this machine].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
     /// Replace an existing file at --out (refused otherwise: a bundle is
     /// evidence, not a cache).
     #[arg(long)]
@@ -77,8 +79,9 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     } else {
         serde_json::to_value(&pbf)?
     };
-    let signing = key::load(&args.state_dir).context("the node key signs the bundle")?;
-    let st = Store::open_read(&store::path_in(&args.state_dir))?;
+    let state_dir = crate::api::client::state_dir(args.state_dir.as_deref())?;
+    let signing = key::load(&state_dir).context("the node key signs the bundle")?;
+    let st = Store::open_read(&store::path_in(&state_dir))?;
     let progress = Progress::new();
     let show = |done: u64, total: u64| progress.show(done, total);
     let req = bundle::Request {

@@ -5,6 +5,7 @@ mod export;
 mod filters;
 mod flows;
 mod output;
+mod pinned;
 mod policy;
 mod residency;
 mod status;
@@ -68,7 +69,9 @@ pub enum Command {
     /// intact, but signed by a key you did not pin with --pubkey).
     #[command(after_help = verify::AFTER_HELP)]
     Verify(verify::VerifyArgs),
-    /// The daemon's programs, policies, database and counters.
+    /// The daemon's programs, policies, database and counters; with no
+    /// daemon, what is still pinned and attached (exit 3: programs pinned,
+    /// 4: nothing installed).
     Status(status::StatusArgs),
     /// Run COMMAND in a cgroup of its own under one policy and report every
     /// destination it reached or attempted, by verdict (a residency test
@@ -113,6 +116,9 @@ pub fn run(cli: Cli) -> ExitCode {
         }),
     };
     logger.init();
+    if !matches!(cli.command, Command::Daemon(_)) {
+        quiet_on_closed_stdout();
+    }
     let result = match cli.command {
         Command::Daemon(args) => daemon::run(args),
         Command::Events(args) => block_on(events::run(args)),
@@ -131,6 +137,34 @@ pub fn run(cli: Cli) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Exit status of a client whose reader went: 128 + SIGPIPE, what a
+/// shell reports for a tool SIGPIPE ended.
+pub const EXIT_READER_GONE: i32 = 141;
+
+/// A client whose reader went (`status | head -1`) ends quietly with
+/// `EXIT_READER_GONE`, as a Unix tool does, instead of the panic println!
+/// makes of EPIPE. SIGPIPE itself stays ignored (Rust's default): its
+/// default action would also kill a client silently when the daemon's
+/// end of the socket closes under a write, where the client has
+/// something to say ("stream ended: the daemon stopped").
+fn quiet_on_closed_stdout() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("");
+        if message.starts_with("failed printing to stdout")
+            && message.contains(&std::io::Error::from_raw_os_error(libc::EPIPE).to_string())
+        {
+            std::process::exit(EXIT_READER_GONE);
+        }
+        default(info);
+    }));
 }
 
 /// An error and its causes, each said once: many errors already end with

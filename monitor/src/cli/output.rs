@@ -97,8 +97,14 @@ impl Printer {
     pub fn event(&mut self, e: pb::Event) {
         match self.format {
             Format::Json => {
-                let e = Event::from(e);
-                println!("{}", serde_json::to_string(&e).unwrap_or_default());
+                let seq = e.seq;
+                let mut v = serde_json::to_value(Event::from(e)).unwrap_or_default();
+                // The store position, where the event has one (a resumed
+                // stream, the history): what `--after-seq` takes.
+                if let (Some(o), true) = (v.as_object_mut(), seq != 0) {
+                    o.insert("seq".into(), seq.into());
+                }
+                println!("{v}");
             }
             Format::Table => {
                 self.header();

@@ -15,6 +15,10 @@ pub struct StatusArgs {
     pub wait: Option<u64>,
     #[command(flatten)]
     pub connect: ConnectArgs,
+    /// When no daemon answers: the pin directory to read [default: every
+    /// one the lock files name, the default one and those in /sys/fs/bpf].
+    #[arg(long)]
+    pub pin_dir: Option<std::path::PathBuf>,
 }
 
 pub async fn get_status(args: &ConnectArgs) -> anyhow::Result<crate::api::pb::GetStatusResponse> {
@@ -49,6 +53,9 @@ pub async fn wait_for_status(
 pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let s = match args.wait {
         Some(secs) => wait_for_status(&args.connect, secs).await?,
+        None if !super::pinned::daemon_reachable(&args.connect)? => {
+            return super::pinned::status(args.pin_dir.as_deref(), args.output);
+        }
         None => get_status(&args.connect).await?,
     };
     if args.output == Format::Json {
@@ -65,7 +72,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         .iter()
         .map(|p| format!("{} (id {})", p.hook, p.program_id))
         .collect();
-    println!("programs        {}", progs.join(", "));
+    println!(
+        "programs        {} attached: {}",
+        progs.len(),
+        progs.join(", ")
+    );
     if !s.missing_programs.is_empty() {
         println!(
             "MISSING         {} (detached by someone else; the daemon attaches them again)",
@@ -100,17 +111,17 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    print_counts("dns", &s.dns);
-    print_counts("flow table", &s.flows);
+    print_counts("dns", "kernel counts while pinned", &s.dns);
+    print_counts("flow table", "kernel counts while pinned", &s.flows);
     if let Some(c) = &s.counters {
         println!(
-            "events          allowed {}  denied {}  would_deny {}  lost in kernel {}  undecodable {}  missed by slow clients {}  stream clients {}",
+            "events          since the start: allowed {}  denied {}  would_deny {}  lost in kernel {}  undecodable {}  missed by slow clients {}; stream clients now {}",
             c.allowed, c.denied, c.would_deny, c.lost_in_kernel, c.undecodable, c.dropped_slow_clients, c.stream_clients
         );
     }
     if let Some(st) = &s.store {
         println!(
-            "store           {}{}  {} ({} bytes)  stored {}  lost for store {}  pending {}  write errors {}  chain seq {} head {}",
+            "store           {}{}  {} ({} bytes)  events stored since the start {}  lost for store {}  waiting to be written {}  write errors {}  last record seq {} hash {}",
             st.state,
             if st.error.is_empty() { String::new() } else { format!(" ({})", st.error) },
             st.path,
@@ -139,8 +150,9 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// One line of named counters (`dns`, `flow table`), when there are any.
-fn print_counts(label: &str, counts: &[crate::api::pb::NamedCount]) {
+/// One line of named counters (`dns`, `flow table`), saying what they
+/// count, when there are any.
+fn print_counts(label: &str, what: &str, counts: &[crate::api::pb::NamedCount]) {
     if counts.is_empty() {
         return;
     }
@@ -148,5 +160,5 @@ fn print_counts(label: &str, counts: &[crate::api::pb::NamedCount]) {
         .iter()
         .map(|c| format!("{} {}", c.name, c.count))
         .collect();
-    println!("{label:<15} {}", counts.join("  "));
+    println!("{label:<15} {what}: {}", counts.join("  "));
 }

@@ -848,7 +848,7 @@ pub fn write_tar(files: &Files, out: &std::path::Path) -> anyhow::Result<()> {
 /// `dir` and appears under its name only whole.
 fn write_parts(parts: &Parts, dir: &PrivateDir, out: &std::path::Path) -> anyhow::Result<()> {
     let tmp = dir.0.join("bundle.tar.partial");
-    let f = create_private(&tmp, 0o644)?;
+    let f = create_private(&tmp, 0o600)?;
     let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

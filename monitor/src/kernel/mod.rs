@@ -7,6 +7,7 @@
 //! policy set.
 pub mod foreign;
 pub mod lookup_bench;
+pub mod offline;
 pub mod pins;
 pub mod sweep;
 use std::{

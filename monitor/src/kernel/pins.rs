@@ -130,7 +130,7 @@ fn cgroup_attach_type(hook: &str) -> Option<u32> {
 /// for a cgroup hook that link's program among those the kernel runs on
 /// `cgroup_root` (a link detached with `bpftool link detach` stays pinned
 /// but runs nowhere).
-fn attached_now(pins: &Path, cgroup_root: &Path, hook: &'static str) -> Option<Program> {
+pub(crate) fn attached_now(pins: &Path, cgroup_root: &Path, hook: &'static str) -> Option<Program> {
     let link = FdLink::from(PinnedLink::from_pin(link_pin(pins, hook)).ok()?);
     let info = link.info().ok()?;
     if let Some(attach_type) = cgroup_attach_type(hook) {
@@ -317,11 +317,24 @@ impl Kernel {
 /// /run/egress-monitor (bpffs holds no plain files) that `uninstall` and a
 /// second daemon find from the pin directory alone.
 ///
-/// The lock is the file's flock, which ends with the process; the file
-/// itself is never deleted while held, so no two processes ever lock two
-/// different files for one directory.
+/// The lock is the file's flock, which ends with the process. A daemon
+/// that stops cleanly removes its file (while still holding the lock); one
+/// that is killed leaves it, and its record (pin directory, state
+/// directory, cgroup root) tells `status` and `uninstall` where it left its
+/// programs. A taker checks, once it holds the lock, that the file it
+/// locked is still the one at the path (not one removed meanwhile), so no
+/// two processes ever hold two different files for one directory.
 pub struct PinLock {
     _file: std::fs::File,
+    path: PathBuf,
+}
+
+impl Drop for PinLock {
+    fn drop(&mut self) {
+        // Removed while held: a taker that opened it meanwhile finds it
+        // gone from the path once it gets the lock, and opens a new one.
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 /// One spelling per directory: absolute, the existing part with its
@@ -376,12 +389,18 @@ pub fn lock_path(pin_dir: &Path) -> PathBuf {
 /// Where the locks of pin directories live (a node path in Kubernetes).
 pub const LOCK_DIR: &str = "/run/egress-monitor";
 
-/// Who holds a pin directory.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+/// Who holds a pin directory, and where it keeps the rest.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Holder {
     pub pid: u32,
     pub pin_dir: PathBuf,
     pub socket: PathBuf,
+    /// Empty in the record of `uninstall`, and of daemons before these
+    /// fields.
+    #[serde(default)]
+    pub state_dir: PathBuf,
+    #[serde(default)]
+    pub cgroup_root: PathBuf,
 }
 
 fn flock(file: &std::fs::File) -> std::io::Result<bool> {
@@ -417,10 +436,10 @@ fn read_holder(path: &Path) -> Option<Holder> {
     serde_json::from_slice(&std::fs::read(path).ok()?).ok()
 }
 
-/// The daemons running on this machine, as their lock files say: a holder
-/// whose process is alive and whose socket exists. (Read without touching
-/// the locks, so a daemon starting meanwhile is never disturbed.)
-pub fn running_daemons() -> Vec<Holder> {
+/// Every record in the lock files: of running daemons, and of daemons
+/// killed without a chance to remove theirs. (Read without touching the
+/// locks, so a daemon starting meanwhile is never disturbed.)
+pub fn recorded_holders() -> Vec<Holder> {
     let Ok(dir) = std::fs::read_dir(LOCK_DIR) else {
         return Vec::new();
     };
@@ -428,40 +447,141 @@ pub fn running_daemons() -> Vec<Holder> {
         .map(|e| e.path())
         .filter(|p| p.extension().is_some_and(|x| x == "lock"))
         .filter_map(|p| read_holder(&p))
-        .filter(|h| {
-            h.pid != 0
-                && Path::new(&format!("/proc/{}", h.pid)).exists()
-                && !h.socket.as_os_str().is_empty()
-                && h.socket.exists()
-        })
         .collect()
 }
 
+/// Whether the process of a record is alive.
+fn alive(h: &Holder) -> bool {
+    h.pid != 0 && Path::new(&format!("/proc/{}", h.pid)).exists()
+}
+
+/// The daemons running on this machine, as their lock files say: a holder
+/// whose process is alive and whose socket exists.
+pub fn running_daemons() -> Vec<Holder> {
+    recorded_holders()
+        .into_iter()
+        .filter(|h| alive(h) && !h.socket.as_os_str().is_empty() && h.socket.exists())
+        .collect()
+}
+
+/// The one running daemon, or None when none runs; several are an error
+/// naming them and the option (`--socket`, `--state-dir`) that picks one.
+pub fn one_running_daemon(option: &str) -> Result<Option<Holder>, String> {
+    let mut running = running_daemons();
+    match running.len() {
+        0 => Ok(None),
+        1 => Ok(running.pop()),
+        n => Err(format!(
+            "{n} daemons run on this machine; say which with {option}: {}",
+            running
+                .iter()
+                .map(|h| format!(
+                    "pid {} (socket {}, state directory {})",
+                    h.pid,
+                    h.socket.display(),
+                    h.state_dir.display()
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// Where bpffs is mounted, for finding pin directories no lock names.
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Whether `dir` is a pin directory of ours: a base directory with a
+/// build's subdirectory holding our CONFIG map or a link of ours.
+pub fn is_pin_dir(dir: &Path) -> bool {
+    let Ok(builds) = std::fs::read_dir(dir) else {
+        return false;
+    };
+    builds.flatten().any(|b| {
+        let b = b.path();
+        b.is_dir()
+            && (b.join(names::CONFIG).exists()
+                || names::ALL_PROGRAMS.iter().any(|p| link_pin(&b, p).exists()))
+    })
+}
+
+/// Pin directories of ours on this machine: those the lock files name
+/// (running daemons' and killed ones'), the default one, and any
+/// directory directly under /sys/fs/bpf that holds our pins. Each once,
+/// with the record of its daemon when a lock file has one.
+pub fn installed(default: &Path) -> Vec<(PathBuf, Option<Holder>)> {
+    let mut out: Vec<(PathBuf, Option<Holder>)> = Vec::new();
+    let mut add = |dir: PathBuf, holder: Option<Holder>| {
+        let dir = normalize(&dir);
+        if !is_pin_dir(&dir) {
+            return;
+        }
+        match out.iter_mut().find(|(d, _)| *d == dir) {
+            Some((_, h)) => {
+                if h.is_none() {
+                    *h = holder;
+                }
+            }
+            None => out.push((dir, holder)),
+        }
+    };
+    for h in recorded_holders() {
+        add(h.pin_dir.clone(), Some(h));
+    }
+    add(default.to_path_buf(), None);
+    if let Ok(entries) = std::fs::read_dir(BPFFS) {
+        for e in entries.flatten() {
+            add(e.path(), None);
+        }
+    }
+    out
+}
+
+/// Whether `file` is still the file at `path` (not one removed after we
+/// opened it).
+fn still_there(file: &std::fs::File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::metadata(path)) {
+        (Ok(a), Ok(b)) => (a.dev(), a.ino()) == (b.dev(), b.ino()),
+        _ => false,
+    }
+}
+
+/// Tries to take a lock whose file a stopping holder may remove meanwhile.
+const LOCK_TRIES: usize = 16;
+
 impl PinLock {
-    /// Takes the lock of `pin_dir` for this process, or says who has it.
-    pub fn acquire(pin_dir: &Path, socket: &Path) -> Result<Self, KernelError> {
-        let path = lock_path(pin_dir);
-        let mut file = open_lock(&path)?;
+    /// Takes the lock of `record.pin_dir` for this process (recording
+    /// `record`, with our pid), or says who has it.
+    pub fn acquire(record: &Holder) -> Result<Self, KernelError> {
+        let path = lock_path(&record.pin_dir);
         let io = |source| KernelError::Pins {
             path: path.clone(),
             source,
         };
-        if !flock(&file).map_err(io)? {
-            return Err(KernelError::Held(read_holder(&path).unwrap_or(Holder {
-                pid: 0,
-                pin_dir: pin_dir.into(),
-                socket: PathBuf::new(),
-            })));
+        for _ in 0..LOCK_TRIES {
+            let mut file = open_lock(&path)?;
+            if !flock(&file).map_err(io)? {
+                return Err(KernelError::Held(read_holder(&path).unwrap_or(Holder {
+                    pin_dir: record.pin_dir.clone(),
+                    ..Default::default()
+                })));
+            }
+            if !still_there(&file, &path) {
+                // Its holder stopped and removed it as we opened it.
+                continue;
+            }
+            let holder = Holder {
+                pid: std::process::id(),
+                ..record.clone()
+            };
+            file.set_len(0).map_err(io)?;
+            file.write_all(&serde_json::to_vec(&holder).unwrap_or_default())
+                .map_err(io)?;
+            return Ok(Self { _file: file, path });
         }
-        let holder = Holder {
-            pid: std::process::id(),
-            pin_dir: pin_dir.into(),
-            socket: socket.into(),
-        };
-        file.set_len(0).map_err(io)?;
-        file.write_all(&serde_json::to_vec(&holder).unwrap_or_default())
-            .map_err(io)?;
-        Ok(Self { _file: file })
+        Err(io(std::io::Error::other(format!(
+            "the lock file was replaced {LOCK_TRIES} times while taking it"
+        ))))
     }
 }
 

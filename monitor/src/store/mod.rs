@@ -73,6 +73,10 @@ pub(crate) fn sql(path: &Path, op: &'static str) -> impl FnOnce(rusqlite::Error)
     move |source| StoreError::Sql { path, op, source }
 }
 
+/// A policy set as recorded: its generation and its members as (name,
+/// sha256).
+pub type RecordedSet = (u32, Vec<(String, String)>);
+
 /// A policy version as recorded.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct PolicyVersion {
@@ -92,6 +96,12 @@ pub struct Store {
 impl Store {
     /// Opens or creates the store for writing.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        // Private from its first byte: SQLite would make it 0644, and its
+        // WAL and shared-memory files take the database's mode.
+        crate::statedir::create_private(path, 0o600).map_err(|e| StoreError::Other {
+            path: path.to_path_buf(),
+            reason: crate::cli::error_chain(&e),
+        })?;
         let conn = Connection::open(path).map_err(sql(path, "open"))?;
         schema::prepare(&conn, path)?;
         Ok(Store {
@@ -296,17 +306,9 @@ impl Store {
     /// the set's order of names: what a restart falls back to for a file
     /// that is broken when it starts.
     pub fn last_policy_set(&self) -> Result<Vec<(String, String)>, StoreError> {
-        let members: Option<String> = self
-            .conn
-            .query_row(
-                "SELECT members FROM policy_sets ORDER BY unix_nanos DESC, id DESC LIMIT 1",
-                [],
-                |r| r.get(0),
-            )
-            .optional()
-            .map_err(self.err("read the last policy set"))?;
-        let members: Vec<(String, String)> = members
-            .and_then(|m| serde_json::from_str(&m).ok())
+        let members = self
+            .last_policy_set_members()?
+            .map(|(_, m)| m)
             .unwrap_or_default();
         let mut stmt = self
             .conn
@@ -321,6 +323,26 @@ impl Store {
             out.extend(row);
         }
         Ok(out)
+    }
+
+    /// The last policy set recorded in force: its generation and its
+    /// members as (name, sha256), by name; None before the first.
+    pub fn last_policy_set_members(&self) -> Result<Option<RecordedSet>, StoreError> {
+        let row: Option<(i64, String)> = self
+            .conn
+            .query_row(
+                "SELECT generation, members FROM policy_sets ORDER BY unix_nanos DESC, id DESC LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()
+            .map_err(self.err("read the last policy set"))?;
+        Ok(row.map(|(generation, members)| {
+            (
+                generation as u32,
+                serde_json::from_str(&members).unwrap_or_default(),
+            )
+        }))
     }
 
     /// What was harvested of each kernel flow entry (see `Mark`).

@@ -95,6 +95,9 @@ struct Shared {
     /// The programs were found detached (and attached again) since the
     /// last heartbeat.
     lapsed: std::sync::atomic::AtomicBool,
+    /// The chain head's seq after each commit, for the streams that follow
+    /// the store (`StreamEvents` with `after_seq`).
+    committed: tokio::sync::watch::Sender<i64>,
 }
 
 pub struct Handle {
@@ -123,6 +126,11 @@ impl Handle {
             tx: Mutex::new(tx),
             shared,
         })
+    }
+
+    /// The chain head's seq, changed at every commit.
+    pub fn committed(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.shared.committed.subscribe()
     }
 
     fn send(&self, m: Msg) {
@@ -564,6 +572,7 @@ impl Writer {
             if let Ok((seq, head)) = s.head() {
                 st.3 = seq;
                 st.4 = hex::encode(head);
+                self.shared.committed.send_replace(seq);
             }
         }
         Ok(())
@@ -684,6 +693,7 @@ impl Writer {
                     let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
                     st.3 = seq;
                     st.4 = hex::encode(head);
+                    self.shared.committed.send_replace(seq);
                 }
                 Ok(())
             }
