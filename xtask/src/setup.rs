@@ -22,8 +22,10 @@ const PACKAGES: &[&str] = &[
     "bpftool",
     "mmdb-bin",
     "iproute2",
-    // nsenter and setpriv for the tests.
+    // nsenter and setpriv for the tests, findmnt for the README's tour.
     "util-linux",
+    // The README's tour reads the node key from `status -o json`.
+    "jq",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
