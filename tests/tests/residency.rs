@@ -114,6 +114,24 @@ fn a_violation_fails_the_job_with_a_report_and_junit() {
         "{:?}",
         env.arrived_forbidden()
     );
+    // A real XML parser reads it: one suite, two cases, one failure.
+    let parsed = Command::new("python3")
+        .arg("-c")
+        .arg(
+            "import sys, xml.etree.ElementTree as E\n\
+             s = E.parse(sys.argv[1]).getroot().find('testsuite')\n\
+             print(s.get('tests'), s.get('failures'), len(s.findall('testcase')), \
+             [c.get('name') for c in s.findall('testcase') if c.find('failure') is not None])",
+        )
+        .arg(&junit)
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&parsed.stdout).trim(),
+        format!("2 1 2 ['{US_V4}:{PORT}/tcp']"),
+        "{}",
+        String::from_utf8_lossy(&parsed.stderr)
+    );
     let x = std::fs::read_to_string(&junit).unwrap();
     assert_eq!(x.matches("<testcase ").count(), 2, "{x}");
     assert_eq!(x.matches("<failure ").count(), 1, "{x}");
@@ -281,5 +299,34 @@ fn bad_input_is_refused_before_anything_is_made() {
     let text = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(125), "{text}");
     assert!(text.contains("needs root"), "{text}");
+    assert!(leftovers(&env).is_empty(), "{:?}", leftovers(&env));
+}
+
+/// A COMMAND that forks and exits at once: what its child attempts later
+/// is in the report (the test waits for the whole cgroup).
+#[test]
+fn a_child_left_running_is_waited_for() {
+    let env = TestEnv::new();
+    let probe = probe_bin().display().to_string();
+    let out = residency(
+        &env,
+        &["-o", "json"],
+        &format!("(sleep 0.5; {probe} tcp {US_V4} {PORT}) & exit 0"),
+    )
+    .output()
+    .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = report(&out);
+    assert_eq!(
+        (r["exit_code"].as_i64(), r["lingered"].as_bool()),
+        (Some(0), Some(false)),
+        "{r}"
+    );
+    assert_eq!(destination(&r, US_V4)["verdict"], "denied");
     assert!(leftovers(&env).is_empty(), "{:?}", leftovers(&env));
 }

@@ -59,6 +59,10 @@ pub const METHOD_ROLES: &[(&str, Role)] = &[
     ("/egress_monitor.v1.EgressMonitor/QueryEvents", Role::Viewer),
     ("/egress_monitor.v1.EgressMonitor/QueryFlows", Role::Viewer),
     ("/egress_monitor.v1.EgressMonitor/Explain", Role::Viewer),
+    (
+        "/egress_monitor.v1.EgressMonitor/SimulatePolicies",
+        Role::Viewer,
+    ),
     ("/grpc.health.v1.Health/Check", Role::Viewer),
     ("/grpc.health.v1.Health/Watch", Role::Viewer),
     (

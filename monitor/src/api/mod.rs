@@ -8,6 +8,7 @@ pub mod filter;
 pub mod history;
 pub mod server;
 pub mod service;
+pub mod simulate;
 
 pub mod pb {
     tonic::include_proto!("egress_monitor.v1");

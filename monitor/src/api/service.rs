@@ -422,6 +422,31 @@ impl EgressMonitor for Service {
             .map(Response::new)
     }
 
+    async fn simulate_policies(
+        &self,
+        request: Request<pb::SimulatePoliciesRequest>,
+    ) -> Result<Response<pb::SimulatePoliciesResponse>, Status> {
+        // Compiling candidates and replaying a window is CPU work: one of
+        // the check slots, on a blocking thread.
+        let slot = self.check_slots.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "SimulatePolicies: {CHECK_POLICY_SLOTS} checks are already running; try again shortly"
+            ))
+        })?;
+        let req = request.into_inner();
+        let store = self.backend.store.path.clone();
+        let cloud = self.backend.view.policy().cloud.clone();
+        tokio::task::spawn_blocking(move || {
+            let _slot = slot;
+            let candidates = super::simulate::candidates(&req.candidates)?;
+            let flows = super::simulate::recorded_flows(&store, &req)?;
+            Ok(super::simulate::simulate(&candidates, &cloud, &flows))
+        })
+        .await
+        .map_err(|e| Status::internal(format!("SimulatePolicies failed: {e}")))?
+        .map(Response::new)
+    }
+
     async fn reload_policies(
         &self,
         request: Request<pb::ReloadPoliciesRequest>,

@@ -53,6 +53,12 @@ pub enum PolicyCommand {
     /// with the same decision code. Exit status 0: allowed or not judged;
     /// 3: denied or would be denied.
     Explain(ExplainArgs),
+    /// What candidate policies would change, before rollout: the daemon
+    /// replays the recorded flows of the window (names, places and cloud
+    /// regions as recorded) against the candidates, which replace the
+    /// whole set in force, with the kernel compiler's decision code. Exit
+    /// status 3 when something allowed now would be denied (a gate).
+    Simulate(Box<SimulateArgs>),
     /// Make the daemon re-read its policy directory now (admin role).
     Reload {
         /// Write the set into the kernel again as a new generation even
@@ -62,6 +68,25 @@ pub enum PolicyCommand {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+}
+
+#[derive(Debug, clap::Args)]
+pub struct SimulateArgs {
+    /// Candidate policy files or directories: the whole candidate set.
+    #[arg(required = true, value_name = "CANDIDATE")]
+    pub candidates: Vec<PathBuf>,
+    /// Start of the window of recorded flows (as `flows --since`).
+    #[arg(long, default_value = "24h")]
+    pub since: String,
+    /// End of the window (default: now).
+    #[arg(long)]
+    pub until: Option<String>,
+    #[command(flatten)]
+    pub filter: super::filters::FilterArgs,
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: Format,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
 }
 
 #[derive(Debug, clap::Args)]
@@ -104,6 +129,7 @@ pub struct ExplainArgs {
 
 pub fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
     match cmd {
+        PolicyCommand::Simulate(args) => super::block_on(simulate(*args)),
         PolicyCommand::Explain(args) if args.offline => explain_offline(args),
         PolicyCommand::Explain(args) => super::block_on(explain(args)),
         PolicyCommand::Check {
@@ -573,5 +599,74 @@ fn print_explained(r: &pb::ExplainResponse, output: Format) -> anyhow::Result<Ex
         ExitCode::SUCCESS
     } else {
         ExitCode::from(3)
+    })
+}
+
+/// `policy simulate`: the candidates' files, read here, judged by the
+/// daemon against its recorded flows.
+async fn simulate(args: SimulateArgs) -> anyhow::Result<ExitCode> {
+    let mut candidates = Vec::new();
+    for path in &args.candidates {
+        let files = if path.is_dir() {
+            policy::policy_files(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+        } else {
+            vec![path.clone()]
+        };
+        for f in files {
+            let text =
+                std::fs::read_to_string(&f).map_err(|e| anyhow::anyhow!("{}: {e}", f.display()))?;
+            candidates.push(pb::CandidateFile {
+                file_name: f.display().to_string(),
+                text,
+            });
+        }
+    }
+    let mut client = connect(&args.connect).await?;
+    let r = client
+        .simulate_policies(pb::SimulatePoliciesRequest {
+            window: Some(pb::TimeWindow {
+                since: args.since.clone(),
+                until: args.until.clone().unwrap_or_default(),
+            }),
+            candidates,
+            filter: Some(args.filter.to_pb()),
+        })
+        .await
+        .map_err(|s| status_error("SimulatePolicies", s))?
+        .into_inner();
+    if args.output == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "{} recorded flows since {} replayed: {} unchanged, {} newly denied, {} newly allowed, {} selected by no candidate",
+            r.flows, args.since, r.unchanged, r.newly_denied, r.newly_allowed, r.unselected
+        );
+        if !r.changes.is_empty() {
+            println!(
+                "{:<26} {:<28} {:<24} {:<22} {:>7}  {:<24} AFTER",
+                "CGROUP", "DESTINATION", "NAME", "PLACE", "COUNT", "BEFORE"
+            );
+        }
+        for c in &r.changes {
+            let (provider, region) = crate::cloud::split_place(&c.cloud_region);
+            let after = match c.verdict_after.as_str() {
+                "" => "not judged (no candidate selects it)".to_string(),
+                v => format!("{v} ({}, rule {})", c.policy_after, c.rule_after),
+            };
+            println!(
+                "{:<26} {:<28} {:<24} {:<22} {:>7}  {:<24} {after}",
+                c.cgroup_path,
+                format!("{}:{}/{}", c.dst_ip, c.dst_port, c.protocol),
+                super::output::name(&c.dns_name),
+                super::output::place(&c.country, provider, region),
+                c.count,
+                format!("{} ({})", c.verdict_before, c.policy_before),
+            );
+        }
+    }
+    Ok(if r.newly_denied > 0 {
+        ExitCode::from(3)
+    } else {
+        ExitCode::SUCCESS
     })
 }

@@ -93,6 +93,29 @@ pub fn simulate_named(
         ),
         None => (geo.lookup(ip).unwrap_or_default(), CountrySource::Geoip),
     };
+    let (verdict, rule) = decide_at(policy, addr, name, region, cloud_region, &cloud.regions());
+    Simulated {
+        verdict,
+        rule,
+        region,
+        source,
+        cloud_region,
+    }
+}
+
+/// How `policy` judges the address `addr` (`to_u128`) reached by `name`,
+/// whose place is `region` and cloud region `cloud_region` (0: none), with
+/// `regions` the cloud regions known: the kernel's order
+/// (`monitor_common::decide`). `simulate_named` looks the place up;
+/// replaying recorded flows gives it as recorded.
+pub fn decide_at(
+    policy: &CompiledPolicy,
+    addr: u128,
+    name: Option<&str>,
+    region: Region,
+    cloud_region: u32,
+    regions: &[(&str, &str)],
+) -> (Verdict, Rule) {
     let has_cloud_rules = !policy.allow_cloud.is_empty() || !policy.deny_cloud.is_empty();
     let decision = monitor_common::decide(
         || contains(&policy.deny_cidrs, addr),
@@ -107,7 +130,7 @@ pub fn simulate_named(
             let by_cloud = if cloud_region != 0 && has_cloud_rules {
                 let hit = |list: &[crate::cloud::RegionPattern]| {
                     list.iter()
-                        .any(|p| p.expand(cloud.regions()).contains(&cloud_region))
+                        .any(|p| p.expand(regions.iter().copied()).contains(&cloud_region))
                 };
                 let action = if hit(&policy.deny_cloud) {
                     monitor_common::action::DENY
@@ -137,11 +160,8 @@ pub fn simulate_named(
         (false, Mode::Enforce) => Verdict::Denied,
         (false, Mode::Monitor) => Verdict::WouldDeny,
     };
-    Simulated {
+    (
         verdict,
-        rule: Rule::from_u8(decision.rule).unwrap_or(Rule::Default),
-        region,
-        source,
-        cloud_region,
-    }
+        Rule::from_u8(decision.rule).unwrap_or(Rule::Default),
+    )
 }
