@@ -61,12 +61,16 @@ pub struct TestArgs {
     /// The country database.
     #[arg(long, default_value = super::daemon::DEFAULT_GEOIP, env = "EGRESS_MONITOR_GEOIP")]
     pub geoip: PathBuf,
-    /// The cloud providers' ranges (see `daemon --help`).
+    /// The cloud providers' ranges (see `daemon --help`) [default: the
+    /// daemon's, when it exists].
     #[arg(long, value_name = "DIR", env = "EGRESS_MONITOR_CLOUD_RANGES")]
     pub cloud_ranges: Option<PathBuf>,
     /// Resolvers whose answers teach names (see `daemon --help`).
     #[arg(long, value_name = "CIDR")]
     pub dns_resolver: Vec<ipnetwork::IpNetwork>,
+    /// Also learn names from resolvers on loopback (see `daemon --help`).
+    #[arg(long)]
+    pub dns_trust_loopback: bool,
     /// Seconds to wait, once COMMAND exited, for what it started in its
     /// cgroup to end; what still runs then is killed (and said so).
     #[arg(long, default_value_t = 10, value_name = "SECS")]
@@ -348,8 +352,11 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         // Its own process group: a Ctrl-C at the terminal reaches COMMAND,
         // and the daemon is stopped by us once the report is safe.
         .process_group(0);
-    if let Some(dir) = &args.cloud_ranges {
+    if let Some(dir) = super::daemon::cloud_dir_or_default(args.cloud_ranges.as_deref()) {
         daemon.arg("--cloud-ranges").arg(dir);
+    }
+    if args.dns_trust_loopback {
+        daemon.arg("--dns-trust-loopback");
     }
     for r in &args.dns_resolver {
         daemon.arg("--dns-resolver").arg(r.to_string());
