@@ -419,7 +419,16 @@ fn policy_explain_says_what_decides_and_why() {
         "apiVersion: egress-monitor.io/v1\nkind: EgressPolicy\nmetadata: {name: crm}\nspec:\n  mode: monitor\n  selector: {cgroupPaths: [\"/crm.slice\"]}\n  allow:\n    cloudRegions: [\"aws:eu-*\"]\n",
     )
     .unwrap();
-    let (code, text) = explain(&[US_V4, "--cgroup", "/crm.slice"]);
+    // An empty cloud directory: the installed default is not used.
+    let no_cloud = dir.path().join("no-cloud");
+    std::fs::create_dir(&no_cloud).unwrap();
+    let (code, text) = explain(&[
+        US_V4,
+        "--cgroup",
+        "/crm.slice",
+        "--cloud-ranges",
+        no_cloud.to_str().unwrap(),
+    ]);
     assert_eq!(code, Some(3), "{text}");
     assert!(
         text.contains("warning: policy crm has cloudRegions rules but no cloud ranges are loaded"),

@@ -212,9 +212,10 @@ pub fn check(root: &Path) -> anyhow::Result<()> {
     script.push_str("__tour_cleanup\n");
     for (i, step) in steps.iter().enumerate() {
         // A reader's pace: what a command set off (an event on its way
-        // to the daemon) has arrived when the next one is typed.
+        // to the daemon) has arrived when the next one is typed; `$?`
+        // carries over the pause and the marker, as `echo $?` expects.
         script.push_str(&format!(
-            "sleep 0.5\necho '{}'\n{}\n",
+            "__tour_status=$?\nsleep 0.5\necho '{}'\n(exit $__tour_status)\n{}\n",
             marker(i),
             step.command
         ));
