@@ -163,7 +163,7 @@ pub fn flows(
             pb::QueryFlowsRequest {
                 window: Some(window.clone()),
                 filter: Some(filter.clone()),
-                group_by: ["cgroup", "pod", "destination", "name"]
+                group_by: ["cgroup", "pod", "destination", "port", "protocol", "name"]
                     .map(String::from)
                     .to_vec(),
                 sort: "destination".into(),

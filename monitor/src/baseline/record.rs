@@ -29,7 +29,7 @@ fn scalar(s: &str) -> String {
     let plain = !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"._/:-".contains(&b))
-        && s.as_bytes()[0].is_ascii_alphanumeric()
+        && (s.as_bytes()[0].is_ascii_alphanumeric() || s.starts_with('/'))
         && !s.ends_with(':')
         && s.parse::<f64>().is_err()
         && !s.starts_with("0x")
@@ -42,6 +42,15 @@ fn scalar(s: &str) -> String {
         s.to_string()
     } else {
         serde_json::Value::from(s).to_string()
+    }
+}
+
+/// A time to the second, for people: `2026-12-05T13:59:45Z`.
+fn seconds(unix_nanos: i64) -> String {
+    let t = rfc3339_nanos(i128::from(unix_nanos));
+    match t.get(..19) {
+        Some(s) => format!("{s}Z"),
+        None => t,
     }
 }
 
@@ -92,8 +101,8 @@ pub fn to_yaml(name: &str, header: &[String], recorded: &Recorded) -> String {
                 scalar(d.value()),
                 seen.count,
                 if seen.count == 1 { "" } else { "s" },
-                rfc3339_nanos(i128::from(seen.first)),
-                rfc3339_nanos(i128::from(seen.last)),
+                seconds(seen.first),
+                seconds(seen.last),
             );
         }
     }

@@ -99,7 +99,7 @@ fn a_recorded_baseline_reads_back() {
         "{text}"
     );
     assert!(
-        text.contains("      countries:\n        - DE  # 5 attempts, first 2026-11-22T00:45:41.000000000Z, last 2026-11-22T00:46:40.000000000Z\n"),
+        text.contains("      countries:\n        - DE  # 5 attempts, first 2026-11-22T00:45:41Z, last 2026-11-22T00:46:40Z\n"),
         "{text}"
     );
     assert!(
@@ -123,13 +123,19 @@ fn a_recorded_baseline_reads_back() {
 /// syntax: hostile strings are quoted and read back as themselves.
 #[test]
 fn hostile_strings_are_quoted() {
-    let path = "app/x: {y: [z]} # &a *a \"q\"\n- no";
+    let path = "/app/x: {y: [z]} # &a *a \"q\"\n- no";
     let text = recorded_yaml(&[flow(path, "198.51.100.2", "NO", "", "", 1)]);
     let b = model::parse(Path::new("b.yaml"), &text).expect("reads back");
     let (w, known) = b.workloads.iter().next().unwrap();
     assert_eq!(w, &Workload::Cgroup(path.into()));
     // `NO` stays Norway, not a boolean.
     assert_eq!(known.countries, vec!["NO".to_string()]);
+    // A plain path stays plain, for people.
+    let text = recorded_yaml(&[flow("/kubepods.slice/web", "198.51.100.2", "DE", "", "", 1)]);
+    assert!(
+        text.contains("    - cgroup: /kubepods.slice/web\n"),
+        "{text}"
+    );
 }
 
 /// A new name, a new country, a new region are each reported once per
