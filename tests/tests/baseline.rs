@@ -239,3 +239,92 @@ fn bad_baselines_and_arguments_are_named() {
         text(&out.stderr)
     );
 }
+
+/// A workload resolves `name` with the test resolver and connects to it
+/// over TCP once; returns when the named flow is in the store.
+fn resolve_connect(env: &TestEnv, dns: &DnsServer, name: &str) {
+    let port = PORT.to_string();
+    let r = env.dnsprobe(
+        "sel",
+        &[
+            "resolve-connect",
+            "--server",
+            &dns.addr,
+            "--name",
+            name,
+            "--connect-port",
+            &port,
+            "--rounds",
+            "1",
+            "--tcp",
+        ],
+    );
+    assert_eq!(
+        (r["resolved"].as_u64(), r["connected"].as_u64()),
+        (Some(1), Some(1)),
+        "{name}: {r}"
+    );
+    env.wait_flow_count(&format!("the connect to {name}"), 1, WAIT, |f| {
+        s(f, "dns_name") == name
+    });
+}
+
+/// Destinations are recorded by the name the workload resolved: a new
+/// name is drift compared to the recorded names, and the resolver's own
+/// address (no name) is known by its country.
+#[test]
+fn a_new_name_is_drift() {
+    let mut env = TestEnv::new();
+    let dns = env.dns_server(&json!({"names": {
+        "api.de.test": [{"type": "A", "value": DE_V4, "ttl": 60}],
+        "new.us.test": [{"type": "A", "value": US_V4, "ttl": 60}],
+    }}));
+    env.set_policy("monitor", "DE");
+    env.start_daemon(&["--dns-resolver", "198.51.100.2/32"]);
+    env.wait_log("policy set generation", WAIT);
+    let sel = env.rel("sel");
+    let start = now();
+    resolve_connect(&env, &dns, "api.de.test");
+    let file = env.dir.path().join("names.yaml");
+    let out = baseline(
+        &env,
+        &["record", "--since", &start, "--out", file.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "record: {}", text(&out.stderr));
+    let yaml = std::fs::read_to_string(&file).unwrap();
+    eprintln!("{yaml}");
+    let body: Vec<&str> = yaml
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split("  #").next().unwrap_or(l))
+        .collect();
+    assert_eq!(
+        body[5..],
+        [
+            "  workloads:",
+            &format!("    - cgroup: {sel}"),
+            "      names:",
+            "        - api.de.test",
+            "      countries:",
+            "        - DE",
+        ],
+        "{yaml}"
+    );
+
+    let before = now();
+    resolve_connect(&env, &dns, "new.us.test");
+    let (code, lines) = diff(&env, &file, &before);
+    assert_eq!(code, Some(3), "{lines:#?}");
+    let got: Vec<(&str, &str, &Value)> = lines
+        .iter()
+        .map(|l| (s(l, "kind"), s(l, "value"), &l["baseline"]))
+        .collect();
+    assert_eq!(
+        got,
+        [("name", "new.us.test", &json!(["api.de.test"]))],
+        "{lines:#?}"
+    );
+    let table = baseline(&env, &["diff", file.to_str().unwrap(), "--since", &before]);
+    eprintln!("{}", text(&table.stdout));
+    assert_eq!(table.status.code(), Some(3));
+}
