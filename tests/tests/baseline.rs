@@ -95,7 +95,7 @@ fn a_new_country_is_drift_and_the_known_one_is_not() {
     eprintln!("{}", text(&out.stdout));
     assert!(
         text(&out.stdout).starts_with(&format!(
-            "wrote {}: 1 workloads, 1 destinations from 1 flows of ",
+            "wrote {}: 1 workload, 1 destination from 1 flow of ",
             file.display()
         )),
         "{}",
@@ -153,7 +153,7 @@ fn a_new_country_is_drift_and_the_known_one_is_not() {
     );
     eprintln!("{}", text(&table.stdout));
     assert_eq!(table.status.code(), Some(3));
-    assert!(text(&table.stdout).contains("1 new destinations outside baseline web"));
+    assert!(text(&table.stdout).contains("1 new destination outside baseline web"));
     // The whole window: the DE connect is known, the US one still new.
     let (code, lines) = diff(&env, &file, &start);
     assert_eq!((code, lines.len()), (Some(3), 1), "{lines:#?}");

@@ -36,16 +36,6 @@ pub struct Drift {
     pub unlisted_workloads: usize,
 }
 
-/// `ip:port/protocol`, `[v6]:port/protocol`.
-fn address(f: &pb::Flow) -> String {
-    let ip = if f.dst_ip.contains(':') {
-        format!("[{}]", f.dst_ip)
-    } else {
-        f.dst_ip.clone()
-    };
-    format!("{ip}:{}/{}", f.dst_port, f.protocol)
-}
-
 /// The flows outside `baseline`, of the workloads it lists.
 pub fn diff(baseline: &Baseline, flows: &[pb::Flow]) -> Drift {
     let mut found: BTreeMap<(Workload, Dest), (Seen, BTreeSet<String>)> = BTreeMap::new();
@@ -64,7 +54,7 @@ pub fn diff(baseline: &Baseline, flows: &[pb::Flow]) -> Drift {
         }
         let e = found.entry((w, d)).or_insert((Seen::NONE, BTreeSet::new()));
         e.0.add(Seen::of(f));
-        e.1.insert(address(f));
+        e.1.insert(f.destination());
     }
     let new = found
         .into_iter()

@@ -11,7 +11,7 @@ use crate::{
     cloud::RegionPattern,
     policy::{
         compile::{self, Locator},
-        model::{self, Document, Metadata, PolicyError, YamlKind, API_VERSION},
+        model::{self, Document, Metadata, PolicyError, YamlKind},
         DomainPattern,
     },
 };
@@ -126,23 +126,7 @@ pub fn parse(file: &Path, text: &str) -> Result<Baseline, PolicyError> {
     };
     let raw: BaselineDoc = model::parse_as(file, &doc, &BASELINE)?;
     let at = Locator { file, doc: &doc };
-    if raw.api_version != API_VERSION {
-        return Err(at.err(
-            "apiVersion",
-            None,
-            format!(
-                "apiVersion is {:?}, expected {API_VERSION:?}",
-                raw.api_version
-            ),
-        ));
-    }
-    if raw.kind != KIND {
-        return Err(at.err(
-            "kind",
-            None,
-            format!("kind is {:?}, expected {KIND:?}", raw.kind),
-        ));
-    }
+    compile::check_kind(&at, &raw.api_version, &raw.kind, KIND)?;
     if raw.metadata.name.trim().is_empty() {
         return Err(at.err("name", None, "metadata.name is empty".into()));
     }

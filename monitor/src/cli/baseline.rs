@@ -130,11 +130,11 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     let dests: usize = recorded.values().map(|d| d.len()).sum();
     println!(
-        "wrote {}: {} workloads, {} destinations from {} flows of {since} .. {until}",
+        "wrote {}: {}, {} from {} of {since} .. {until}",
         args.out.display(),
-        recorded.len(),
-        dests,
-        flows.len()
+        counted(recorded.len(), "workload"),
+        counted(dests, "destination"),
+        counted(flows.len(), "flow")
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -184,14 +184,20 @@ fn print_table(drift: &diff::Drift, name: &str, since: &str, until: &str) {
             );
         }
         println!(
-            "{} new destinations outside baseline {name} in {since} .. {until}",
-            drift.new.len()
+            "{} outside baseline {name} in {since} .. {until}",
+            counted(drift.new.len(), "new destination")
         );
     }
     if drift.unlisted_flows > 0 {
         println!(
-            "not judged: {} flows of {} workloads the baseline does not list",
-            drift.unlisted_flows, drift.unlisted_workloads
+            "not judged: {} of {} the baseline does not list",
+            counted(drift.unlisted_flows, "flow"),
+            counted(drift.unlisted_workloads, "workload")
         );
     }
+}
+
+/// `1 flow`, `2 flows`.
+fn counted(n: usize, what: &str) -> String {
+    format!("{n} {what}{}", if n == 1 { "" } else { "s" })
 }

@@ -174,25 +174,29 @@ impl Locator<'_> {
     }
 }
 
-/// Checks `apiVersion`, `kind` and `metadata.name`.
-fn check_header(at: &Locator, policy: &PolicyDoc) -> Result<(), PolicyError> {
-    if policy.api_version != API_VERSION {
+/// Checks that a document's `apiVersion` is ours and its `kind` is `want`.
+pub(crate) fn check_kind(
+    at: &Locator,
+    api_version: &str,
+    kind: &str,
+    want: &str,
+) -> Result<(), PolicyError> {
+    if api_version != API_VERSION {
         return Err(at.err(
             "apiVersion",
             None,
-            format!(
-                "apiVersion is {:?}, expected {API_VERSION:?}",
-                policy.api_version
-            ),
+            format!("apiVersion is {api_version:?}, expected {API_VERSION:?}"),
         ));
     }
-    if policy.kind != KIND {
-        return Err(at.err(
-            "kind",
-            None,
-            format!("kind is {:?}, expected {KIND:?}", policy.kind),
-        ));
+    if kind != want {
+        return Err(at.err("kind", None, format!("kind is {kind:?}, expected {want:?}")));
     }
+    Ok(())
+}
+
+/// Checks `apiVersion`, `kind` and `metadata.name`.
+fn check_header(at: &Locator, policy: &PolicyDoc) -> Result<(), PolicyError> {
+    check_kind(at, &policy.api_version, &policy.kind, KIND)?;
     let name = &policy.metadata.name;
     if !is_valid_name(name) {
         return Err(at.err(
