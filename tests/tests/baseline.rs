@@ -229,6 +229,29 @@ fn bad_baselines_and_arguments_are_named() {
         text(&out.stderr)
     );
     assert!(std::fs::read_to_string(&file).unwrap().contains("&w"));
+    // Nothing in the window for the filter: no empty baseline, which
+    // would judge nothing.
+    let empty = env.dir.path().join("empty.yaml");
+    let out = baseline(
+        &env,
+        &[
+            "record",
+            "--since",
+            "1h",
+            "--cgroup",
+            "/nothing/here",
+            "--out",
+            empty.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.code() == Some(1)
+            && text(&out.stderr).contains("matching the filters in the store of ")
+            && text(&out.stderr).contains("nothing to record")
+            && !empty.exists(),
+        "{}",
+        text(&out.stderr)
+    );
     let out = baseline(
         &env,
         &["record", "--since", "yesterday", "--out", "/tmp/x.yaml"],

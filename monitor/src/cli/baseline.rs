@@ -80,8 +80,9 @@ pub fn run(cmd: BaselineCommand) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The flows of the window, with the window as RFC 3339 for people.
-fn read(source: &Source) -> anyhow::Result<(Vec<pb::Flow>, String, String)> {
+/// The flows of the window, with the window as RFC 3339 for people and
+/// the state directory read.
+fn read(source: &Source) -> anyhow::Result<(Vec<pb::Flow>, String, String, PathBuf)> {
     let until = source.until.clone().unwrap_or_default();
     let (since_ns, until_ns) = parse_window(&source.since, &until, store::now_nanos())
         .map_err(|(field, why)| anyhow::anyhow!("--{field}: {why}"))?;
@@ -97,7 +98,7 @@ fn read(source: &Source) -> anyhow::Result<(Vec<pb::Flow>, String, String)> {
         until: until.clone(),
     };
     let flows = baseline::flows(&state_dir, window, filter)?;
-    Ok((flows, since, until))
+    Ok((flows, since, until, state_dir))
 }
 
 fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
@@ -111,7 +112,17 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
             .filter(|s| !s.is_empty())
             .context("--out has no file name to name the baseline by; give --name")?,
     };
-    let (flows, since, until) = read(&args.source)?;
+    let (flows, since, until, state_dir) = read(&args.source)?;
+    // An empty baseline would judge nothing: every workload unlisted, every
+    // diff clean. Refused, so a wrong window or filter is noticed.
+    if flows.is_empty() {
+        anyhow::bail!(
+            "no flows in {since} .. {until}{} in the store of {}: nothing to record, {} not written",
+            if args.source.filter.is_empty() { "" } else { " matching the filters" },
+            state_dir.display(),
+            args.out.display()
+        );
+    }
     let recorded = record::build(&flows);
     let header = vec![
         format!("Egress baseline: the destinations each workload reached from {since} to {until},"),
@@ -141,12 +152,15 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
 
 fn run_diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
     let baseline = model::load(&args.file)?;
-    let (flows, since, until) = read(&args.source)?;
+    let (flows, since, until, _) = read(&args.source)?;
     let drift = diff::diff(&baseline, &flows);
     match args.output {
         super::output::Format::Json => {
             for n in &drift.new {
                 println!("{}", serde_json::to_string(n)?);
+            }
+            if drift.unlisted_flows > 0 {
+                eprintln!("{}", unlisted(&drift));
             }
         }
         super::output::Format::Table => print_table(&drift, &baseline.name, &since, &until),
@@ -189,12 +203,17 @@ fn print_table(drift: &diff::Drift, name: &str, since: &str, until: &str) {
         );
     }
     if drift.unlisted_flows > 0 {
-        println!(
-            "not judged: {} of {} the baseline does not list",
-            counted(drift.unlisted_flows, "flow"),
-            counted(drift.unlisted_workloads, "workload")
-        );
+        println!("{}", unlisted(drift));
     }
+}
+
+/// The note on the flows a diff did not judge.
+fn unlisted(drift: &diff::Drift) -> String {
+    format!(
+        "not judged: {} of {} the baseline does not list",
+        counted(drift.unlisted_flows, "flow"),
+        counted(drift.unlisted_workloads, "workload")
+    )
 }
 
 /// `1 flow`, `2 flows`.
