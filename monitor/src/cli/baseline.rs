@@ -54,9 +54,9 @@ pub struct RecordArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// metadata.name of the baseline [default: the file name without its
-    /// extension].
+    /// extension]. (--name is the filter on DNS names.)
     #[arg(long)]
-    pub name: Option<String>,
+    pub baseline_name: Option<String>,
     /// Replace an existing file at --out (refused otherwise: a baseline
     /// is reviewed by people, not a cache).
     #[arg(long)]
@@ -103,14 +103,14 @@ fn read(source: &Source) -> anyhow::Result<(Vec<pb::Flow>, String, String, PathB
 
 fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     super::export::check_out(&args.out, args.force)?;
-    let name = match &args.name {
+    let name = match &args.baseline_name {
         Some(n) => n.clone(),
         None => args
             .out
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
             .filter(|s| !s.is_empty())
-            .context("--out has no file name to name the baseline by; give --name")?,
+            .context("--out has no file name to name the baseline by; give --baseline-name")?,
     };
     let (flows, since, until, state_dir) = read(&args.source)?;
     // An empty baseline would judge nothing: every workload unlisted, every
@@ -219,4 +219,37 @@ fn unlisted(drift: &diff::Drift) -> String {
 /// `1 flow`, `2 flows`.
 fn counted(n: usize, what: &str) -> String {
     format!("{n} {what}{}", if n == 1 { "" } else { "s" })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::BaselineCommand;
+    use crate::cli::{Cli, Command};
+
+    /// `--name` is the DNS-name filter, as in `flows` and `export`; the
+    /// baseline's own name is `--baseline-name`.
+    #[test]
+    fn name_filters_and_baseline_name_names() {
+        let cli = Cli::try_parse_from([
+            "egress-monitor",
+            "baseline",
+            "record",
+            "--since",
+            "7d",
+            "--out",
+            "web.yaml",
+            "--name",
+            "*.example.com",
+            "--baseline-name",
+            "web-prod",
+        ])
+        .expect("parses");
+        let Command::Baseline(BaselineCommand::Record(r)) = cli.command else {
+            panic!("not baseline record: {:?}", cli.command);
+        };
+        assert_eq!(r.source.filter.name, ["*.example.com"]);
+        assert_eq!(r.baseline_name.as_deref(), Some("web-prod"));
+    }
 }
