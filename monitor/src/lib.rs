@@ -4,6 +4,7 @@
 //! API, metrics) reading the `state` view; policy -> `control` -> kernel.
 pub mod api;
 pub mod attribution;
+pub mod baseline;
 pub mod cgroups;
 pub mod cli;
 pub mod cloud;

@@ -19,6 +19,18 @@ pub mod pb {
 
 use crate::events::Event;
 
+impl pb::Flow {
+    /// Where the flow went: `ip:port/protocol`, `[v6]:port/protocol`.
+    pub fn destination(&self) -> String {
+        let addr = if self.dst_ip.contains(':') {
+            format!("[{}]", self.dst_ip)
+        } else {
+            self.dst_ip.clone()
+        };
+        format!("{addr}:{}/{}", self.dst_port, self.protocol)
+    }
+}
+
 impl From<&Event> for pb::Event {
     fn from(e: &Event) -> Self {
         pb::Event {

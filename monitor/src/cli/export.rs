@@ -39,7 +39,7 @@ pub struct ExportArgs {
 
 /// Refuses an --out that would overwrite a bundle without --force, or
 /// whose directory is missing, before the store is read.
-fn check_out(out: &std::path::Path, force: bool) -> anyhow::Result<()> {
+pub(super) fn check_out(out: &std::path::Path, force: bool) -> anyhow::Result<()> {
     if out.is_dir() {
         anyhow::bail!("--out {} is a directory; give a file name", out.display());
     }

@@ -1,4 +1,5 @@
 //! The command line: one binary, the daemon and its client commands.
+mod baseline;
 pub mod daemon;
 mod events;
 mod export;
@@ -80,6 +81,11 @@ pub enum Command {
     Test(residency::TestArgs),
     /// Detach the programs and remove every pin: enforcement ends (root).
     Uninstall(uninstall::UninstallArgs),
+    /// Record the destinations each workload uses as a baseline file for
+    /// review, or list the flows outside one (drift; reads the store in
+    /// --state-dir, root on the node).
+    #[command(subcommand)]
+    Baseline(baseline::BaselineCommand),
     /// Check policy files; list or reload the daemon's policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
@@ -129,6 +135,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Policy(cmd) => policy::run(cmd),
         Command::Uninstall(args) => uninstall::run(args),
         Command::Test(args) => residency::run(args),
+        Command::Baseline(cmd) => baseline::run(cmd),
     };
     match result {
         Ok(code) => code,

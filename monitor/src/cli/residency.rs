@@ -534,15 +534,6 @@ const VERDICTS: [(&str, &str); 3] = [
     ("allowed", "ALLOWED"),
 ];
 
-fn destination(f: &pb::Flow) -> String {
-    let addr = if f.dst_ip.contains(':') {
-        format!("[{}]", f.dst_ip)
-    } else {
-        f.dst_ip.clone()
-    };
-    format!("{addr}:{}/{}", f.dst_port, f.protocol)
-}
-
 fn or_dash(s: &str) -> &str {
     if s.is_empty() {
         "-"
@@ -642,7 +633,7 @@ impl Report {
                 println!(
                     "  {:<30} {:<30} {:<8} {:<22} {:>8}",
                     or_dash(&f.dns_name),
-                    destination(f),
+                    f.destination(),
                     or_dash(&f.country),
                     or_dash(&f.cloud_region),
                     f.count
@@ -666,8 +657,8 @@ impl Report {
         let mut cases = String::new();
         for f in &self.flows {
             let name = match f.dns_name.as_str() {
-                "" => destination(f),
-                n => format!("{n} ({})", destination(f)),
+                "" => f.destination(),
+                n => format!("{n} ({})", f.destination()),
             };
             let place = format!(
                 "{}{}",

@@ -158,14 +158,14 @@ pub fn compile(
 }
 
 /// Where a document's problems are reported: its file, and its text for lines.
-struct Locator<'a> {
-    file: &'a Path,
-    doc: &'a Document<'a>,
+pub(crate) struct Locator<'a> {
+    pub(crate) file: &'a Path,
+    pub(crate) doc: &'a Document<'a>,
 }
 
 impl Locator<'_> {
     /// The error at `token` after the line of `section:` (or at the section).
-    fn err(&self, section: &str, token: Option<&str>, reason: String) -> PolicyError {
+    pub(crate) fn err(&self, section: &str, token: Option<&str>, reason: String) -> PolicyError {
         PolicyError {
             file: self.file.display().to_string(),
             line: self.doc.first_line + line_of(self.doc.text, section, token) - 1,
@@ -174,25 +174,29 @@ impl Locator<'_> {
     }
 }
 
-/// Checks `apiVersion`, `kind` and `metadata.name`.
-fn check_header(at: &Locator, policy: &PolicyDoc) -> Result<(), PolicyError> {
-    if policy.api_version != API_VERSION {
+/// Checks that a document's `apiVersion` is ours and its `kind` is `want`.
+pub(crate) fn check_kind(
+    at: &Locator,
+    api_version: &str,
+    kind: &str,
+    want: &str,
+) -> Result<(), PolicyError> {
+    if api_version != API_VERSION {
         return Err(at.err(
             "apiVersion",
             None,
-            format!(
-                "apiVersion is {:?}, expected {API_VERSION:?}",
-                policy.api_version
-            ),
+            format!("apiVersion is {api_version:?}, expected {API_VERSION:?}"),
         ));
     }
-    if policy.kind != KIND {
-        return Err(at.err(
-            "kind",
-            None,
-            format!("kind is {:?}, expected {KIND:?}", policy.kind),
-        ));
+    if kind != want {
+        return Err(at.err("kind", None, format!("kind is {kind:?}, expected {want:?}")));
     }
+    Ok(())
+}
+
+/// Checks `apiVersion`, `kind` and `metadata.name`.
+fn check_header(at: &Locator, policy: &PolicyDoc) -> Result<(), PolicyError> {
+    check_kind(at, &policy.api_version, &policy.kind, KIND)?;
     let name = &policy.metadata.name;
     if !is_valid_name(name) {
         return Err(at.err(
@@ -354,6 +358,18 @@ fn url_host(text: &str) -> Option<&str> {
 }
 
 impl DomainPattern {
+    /// Whether `name` (lower case, no trailing dot) is this name, or for
+    /// a wildcard a name below it.
+    pub fn matches(&self, name: &str) -> bool {
+        if self.wildcard {
+            name.len() > self.name.len()
+                && name.ends_with(&self.name)
+                && name.as_bytes()[name.len() - self.name.len() - 1] == b'.'
+        } else {
+            name == self.name
+        }
+    }
+
     /// Parses `api.openai.com` or `*.salesforce.com`: RFC 1035 labels
     /// (letters, digits, inner hyphens; a leading digit as RFC 1123 allows),
     /// `*` only as the whole first label, within what the kernel matches.
@@ -424,7 +440,7 @@ impl DomainPattern {
 }
 
 /// Domain patterns, checked and normalised, without duplicates.
-fn domains(
+pub(crate) fn domains(
     at: &Locator,
     section: &str,
     list: &[String],
@@ -439,7 +455,7 @@ fn domains(
 }
 
 /// Cloud-region patterns, checked.
-fn cloud_regions(
+pub(crate) fn cloud_regions(
     at: &Locator,
     section: &str,
     list: &[String],
@@ -472,7 +488,7 @@ fn codes(
 }
 
 /// Country codes (ISO 3166-1 alpha-2).
-fn countries(
+pub(crate) fn countries(
     at: &Locator,
     section: &str,
     list: &[String],
@@ -525,7 +541,11 @@ fn group_members(
 }
 
 /// Parses CIDRs, rejecting a malformed one or one with host bits set.
-fn cidrs(at: &Locator, section: &str, list: &[String]) -> Result<Vec<IpNetwork>, PolicyError> {
+pub(crate) fn cidrs(
+    at: &Locator,
+    section: &str,
+    list: &[String],
+) -> Result<Vec<IpNetwork>, PolicyError> {
     list.iter()
         .map(|c| {
             let net: IpNetwork = c

@@ -201,6 +201,23 @@ pub const MAX_DEPTH: usize = 32;
 /// with the text. Any error here refuses the document: the deserialiser
 /// never sees a text this screen could not read.
 pub fn screen(file: &Path, doc: &Document) -> Result<(), PolicyError> {
+    screen_as(file, doc, &POLICY)
+}
+
+/// What a YAML document is meant to be, for the screen's messages: `a
+/// policy`, and how deep one nests.
+pub struct YamlKind {
+    pub noun: &'static str,
+    pub needs_depth: usize,
+}
+
+pub const POLICY: YamlKind = YamlKind {
+    noun: "a policy",
+    needs_depth: 4,
+};
+
+/// [`screen`] for any of our YAML kinds (policies, baselines).
+pub fn screen_as(file: &Path, doc: &Document, kind: &YamlKind) -> Result<(), PolicyError> {
     use saphyr_parser::{Event, Parser};
     let at = |line: usize, reason: String| PolicyError {
         file: file.display().to_string(),
@@ -213,7 +230,8 @@ pub fn screen(file: &Path, doc: &Document) -> Result<(), PolicyError> {
             file: file.display().to_string(),
             line,
             reason: format!(
-                "anchors and aliases are not accepted in a policy: line {line} ({what} at column {})",
+                "anchors and aliases are not accepted in {}: line {line} ({what} at column {})",
+                kind.noun,
                 col + 1
             ),
         }
@@ -251,8 +269,10 @@ pub fn screen(file: &Path, doc: &Document) -> Result<(), PolicyError> {
                     return Err(at(
                         line,
                         format!(
-                            "nested more than {MAX_DEPTH} levels deep at column {} (a policy needs 4)",
-                            col + 1
+                            "nested more than {MAX_DEPTH} levels deep at column {} ({} needs {})",
+                            col + 1,
+                            kind.noun,
+                            kind.needs_depth
                         ),
                     ));
                 }
@@ -275,8 +295,18 @@ pub fn screen(file: &Path, doc: &Document) -> Result<(), PolicyError> {
 /// made file-relative, and its message keeps the path and what was expected
 /// but not the value found (see [`without_values`]).
 pub fn parse_document(file: &Path, doc: &Document) -> Result<PolicyDoc, PolicyError> {
-    screen(file, doc)?;
-    serde_norway::from_str::<PolicyDoc>(doc.text).map_err(|e| {
+    parse_as(file, doc, &POLICY)
+}
+
+/// [`parse_document`] for any of our YAML kinds: screened as `kind`, then
+/// deserialised as `T`.
+pub fn parse_as<T: serde::de::DeserializeOwned>(
+    file: &Path,
+    doc: &Document,
+    kind: &YamlKind,
+) -> Result<T, PolicyError> {
+    screen_as(file, doc, kind)?;
+    serde_norway::from_str::<T>(doc.text).map_err(|e| {
         let location = e.location();
         let line = location.as_ref().map(|l| l.line()).unwrap_or(1);
         let reason = e.to_string();

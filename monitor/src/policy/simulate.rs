@@ -41,17 +41,7 @@ fn contains(nets: &[ipnetwork::IpNetwork], addr: u128) -> bool {
 /// a wildcard over a suffix) denies, else any matching allow allows.
 pub fn domain_action(policy: &CompiledPolicy, name: &str) -> u8 {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    let hit = |list: &[super::DomainPattern]| {
-        list.iter().any(|d| {
-            if d.wildcard {
-                name.len() > d.name.len()
-                    && name.ends_with(&d.name)
-                    && name.as_bytes()[name.len() - d.name.len() - 1] == b'.'
-            } else {
-                name == d.name
-            }
-        })
-    };
+    let hit = |list: &[super::DomainPattern]| list.iter().any(|d| d.matches(&name));
     if hit(&policy.deny_domains) {
         monitor_common::action::DENY
     } else if hit(&policy.allow_domains) {
