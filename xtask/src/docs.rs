@@ -191,7 +191,7 @@ __tour_cleanup() {
         echo 1 > "$cg/egress-tour.slice/cgroup.kill" 2>/dev/null
         for d in "$cg"/egress-tour.slice/*/ "$cg/egress-tour.slice"; do rmdir "$d" 2>/dev/null; done
     fi
-    rm -rf /tmp/egress-tour /tmp/egress-tour.log /tmp/egress-tour-evidence.tar
+    rm -rf /tmp/egress-tour /tmp/egress-tour.log /tmp/egress-tour-evidence.tar /tmp/egress-tour-baseline.yaml
 }
 trap __tour_cleanup EXIT
 "#;
