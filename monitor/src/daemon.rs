@@ -1032,11 +1032,6 @@ fn retire(
     Ok(())
 }
 
-/// Default state directory.
-pub fn default_state_dir() -> &'static Path {
-    Path::new("/var/lib/egress-monitor")
-}
-
 /// Default base directory of the pins in bpffs.
 pub fn default_pin_dir() -> &'static Path {
     Path::new("/sys/fs/bpf/egress-monitor")

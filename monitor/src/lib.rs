@@ -18,6 +18,7 @@ pub mod metrics;
 pub mod names;
 pub mod pipeline;
 pub mod policy;
+pub mod private_file;
 pub mod state;
 pub mod statedir;
 pub mod store;

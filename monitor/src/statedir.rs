@@ -7,9 +7,14 @@
 //! whatever the group. An install made before this (0755, 0644) is
 //! tightened at start, and the daemon says so.
 use std::{
-    os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt},
+    os::unix::fs::{MetadataExt, PermissionsExt},
     path::{Path, PathBuf},
 };
+
+/// The daemon's state directory unless told otherwise.
+pub fn default_dir() -> &'static Path {
+    Path::new("/var/lib/egress-monitor")
+}
 
 /// Who may read the state directory besides root.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -96,7 +101,8 @@ pub fn secure(dir: &Path, access: Access) -> anyhow::Result<Vec<Tightened>> {
     std::fs::create_dir_all(dir).map_err(io("creating state directory", dir))?;
     let mut out = Vec::new();
     out.extend(restrict(dir, access.dir_mode(), access.group)?);
-    create_private(&crate::store::path_in(dir), access.file_mode())?;
+    let store = crate::store::path_in(dir);
+    crate::private_file::create(&store, access.file_mode()).map_err(io("creating", &store))?;
     let entries = std::fs::read_dir(dir).map_err(io("reading state directory", dir))?;
     for entry in entries {
         let entry = entry.map_err(io("reading state directory", dir))?;
@@ -119,36 +125,6 @@ pub fn secure(dir: &Path, access: Access) -> anyhow::Result<Vec<Tightened>> {
         out.extend(restrict(&path, mode, access.group)?);
     }
     Ok(out)
-}
-
-/// Creates an empty file with `mode` when there is none (never through a
-/// symlink); an existing file is left as it is.
-pub fn create_private(path: &Path, mode: u32) -> anyhow::Result<()> {
-    match std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
-    {
-        Ok(_) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
-        Err(e) => Err(io("creating", path)(e)),
-    }
-}
-
-/// Writes `bytes` to `path`, a file the daemon keeps in its state
-/// directory: made 0600 (never through a symlink), whatever the umask.
-pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)?;
-    f.write_all(bytes)
 }
 
 #[cfg(test)]

@@ -58,7 +58,7 @@ pub fn state_dir(given: Option<&std::path::Path>) -> anyhow::Result<PathBuf> {
     if let Some(p) = given {
         return Ok(p.to_path_buf());
     }
-    let default = crate::daemon::default_state_dir();
+    let default = crate::statedir::default_dir();
     if crate::store::path_in(default).exists() {
         return Ok(default.to_path_buf());
     }

@@ -434,6 +434,13 @@ impl EgressMonitor for Service {
             ))
         })?;
         let req = request.into_inner();
+        let total: usize = req.candidates.iter().map(|f| f.text.len()).sum();
+        if total > MAX_POLICY_TEXT {
+            return Err(Status::invalid_argument(format!(
+                "candidates: {total} bytes is more than the {MAX_POLICY_TEXT} bytes (256 KiB) \
+                 a simulation takes"
+            )));
+        }
         let store = self.backend.store.path.clone();
         let cloud = self.backend.view.policy().cloud.clone();
         tokio::task::spawn_blocking(move || {

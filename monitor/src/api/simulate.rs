@@ -24,13 +24,6 @@ pub fn candidates(files: &[pb::CandidateFile]) -> Result<Vec<CompiledPolicy>, St
             "candidates: none given; send the candidate policy files",
         ));
     }
-    let total: usize = files.iter().map(|f| f.text.len()).sum();
-    if total > super::service::MAX_POLICY_TEXT {
-        return Err(Status::invalid_argument(format!(
-            "candidates: {total} bytes is more than the {} bytes (256 KiB) a simulation takes",
-            super::service::MAX_POLICY_TEXT
-        )));
-    }
     let mut all = Vec::new();
     for (i, f) in files.iter().enumerate() {
         let name = if f.file_name.is_empty() {

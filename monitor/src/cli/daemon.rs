@@ -88,7 +88,7 @@ pub struct DaemonArgs {
     #[arg(long)]
     pub cgroup_root: Option<PathBuf>,
     /// Directory for the daemon's state.
-    #[arg(long, default_value = daemon::default_state_dir().as_os_str())]
+    #[arg(long, default_value = crate::statedir::default_dir().as_os_str())]
     pub state_dir: PathBuf,
     /// Print every decision as a JSON line on stdout.
     #[arg(long)]

@@ -148,7 +148,7 @@ pub fn status(given: Option<&Path>, output: Format) -> anyhow::Result<ExitCode> 
             .as_ref()
             .map(|h| h.state_dir.clone())
             .filter(|d| !d.as_os_str().is_empty())
-            .unwrap_or_else(|| crate::daemon::default_state_dir().to_path_buf());
+            .unwrap_or_else(|| crate::statedir::default_dir().to_path_buf());
         let builds = offline::read(&dir, holder.as_ref())?
             .into_iter()
             .map(|pinned| Build {

@@ -207,17 +207,9 @@ pub fn export(
     Ok((summary, parts.len()))
 }
 
-/// Creates a new file at `path` with `mode`: never one that exists, and
-/// never through a symlink (O_EXCL|O_NOFOLLOW), so a name someone else
-/// made first cannot make the export write into another file.
+/// A new private file (`private_file::create_new`), its error naming it.
 fn create_private(path: &std::path::Path, mode: u32) -> anyhow::Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
-    std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(mode)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+    crate::private_file::create_new(path, mode)
         .with_context(|| format!("creating {}", path.display()))
 }
 

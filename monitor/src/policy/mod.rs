@@ -264,7 +264,7 @@ impl PolicyIds {
             let tmp = file.with_extension("json.tmp");
             let written = serde_json::to_vec(&map)
                 .map_err(std::io::Error::from)
-                .and_then(|bytes| crate::statedir::write_private(&tmp, &bytes))
+                .and_then(|bytes| crate::private_file::write(&tmp, &bytes))
                 .and_then(|()| std::fs::rename(&tmp, file));
             if let Err(e) = written {
                 log::warn!("cannot save policy ids to {}: {e}", file.display());

@@ -98,9 +98,9 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         // Private from its first byte: SQLite would make it 0644, and its
         // WAL and shared-memory files take the database's mode.
-        crate::statedir::create_private(path, 0o600).map_err(|e| StoreError::Other {
+        crate::private_file::create(path, 0o600).map_err(|e| StoreError::Other {
             path: path.to_path_buf(),
-            reason: crate::cli::error_chain(&e),
+            reason: format!("creating it private: {e}"),
         })?;
         let conn = Connection::open(path).map_err(sql(path, "open"))?;
         schema::prepare(&conn, path)?;
