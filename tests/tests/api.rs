@@ -1058,20 +1058,9 @@ fn a_connection_flood_switches_nothing_off() {
     // listen backlog is full).
     const FLOOD: usize = 900;
     let started = std::time::Instant::now();
-    let mut tcp = Vec::new();
-    while tcp.len() < FLOOD {
-        match std::net::TcpStream::connect_timeout(&listen.parse().unwrap(), Duration::from_secs(1))
-        {
-            Ok(c) => tcp.push(c),
-            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => break,
-            Err(e) => panic!("TCP flood connection {}: {e}", tcp.len()),
-        }
-    }
-    assert!(
-        tcp.len() > 100,
-        "the flood made only {} connections",
-        tcp.len()
-    );
+    let mut tcp = flood("TCP", FLOOD, std::io::ErrorKind::TimedOut, || {
+        std::net::TcpStream::connect_timeout(&listen.parse().unwrap(), Duration::from_secs(1))
+    });
     let held = descriptors();
     eprintln!(
         "{} idle TCP connections in {:?}; the daemon holds {held} descriptors",
@@ -1092,19 +1081,9 @@ fn a_connection_flood_switches_nothing_off() {
         "the unix socket stopped answering during the TCP flood"
     );
 
-    let mut unix = Vec::new();
-    while unix.len() < FLOOD {
-        match connect_unix_nonblocking(&env.socket()) {
-            Ok(c) => unix.push(c),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-            Err(e) => panic!("unix flood connection {}: {e}", unix.len()),
-        }
-    }
-    assert!(
-        unix.len() > 100,
-        "the flood made only {} connections",
-        unix.len()
-    );
+    let unix = flood("unix", FLOOD, std::io::ErrorKind::WouldBlock, || {
+        connect_unix_nonblocking(&env.socket())
+    });
     let held = descriptors();
     eprintln!(
         "and {} idle unix connections; the daemon holds {held} descriptors",
@@ -1151,6 +1130,30 @@ fn a_connection_flood_switches_nothing_off() {
 
 /// A unix-socket connect that fails with EAGAIN instead of waiting when
 /// the listener's backlog is full.
+/// Up to `n` idle connections, until one fails with `full` (the server
+/// stops taking them); more than 100 of them.
+fn flood<T>(
+    what: &str,
+    n: usize,
+    full: std::io::ErrorKind,
+    mut connect: impl FnMut() -> std::io::Result<T>,
+) -> Vec<T> {
+    let mut held = Vec::new();
+    while held.len() < n {
+        match connect() {
+            Ok(c) => held.push(c),
+            Err(e) if e.kind() == full => break,
+            Err(e) => panic!("{what} flood connection {}: {e}", held.len()),
+        }
+    }
+    assert!(
+        held.len() > 100,
+        "the {what} flood made only {} connections",
+        held.len()
+    );
+    held
+}
+
 fn connect_unix_nonblocking(path: &Path) -> std::io::Result<std::os::unix::net::UnixStream> {
     use std::os::{fd::FromRawFd, unix::ffi::OsStrExt};
     // SAFETY: plain socket creation; owned below.

@@ -158,20 +158,13 @@ pub fn recorded_flows(
             pb::QueryFlowsRequest {
                 window: req.window.clone(),
                 filter: req.filter.clone(),
-                group_by: [
-                    "cgroup",
-                    "destination",
-                    "port",
-                    "protocol",
-                    "verdict",
-                    "policy",
-                    "name",
-                    "country",
-                    "continent",
-                    "cloud",
-                ]
-                .map(String::from)
-                .to_vec(),
+                // Every field but the process: pods are read off the
+                // cgroup path, as selectors read them.
+                group_by: crate::store::query::GROUP_FIELDS
+                    .iter()
+                    .filter(|f| !["pod", "process"].contains(f))
+                    .map(|f| f.to_string())
+                    .collect(),
                 sort: "destination".into(),
                 limit: 100_000,
                 page_token,
