@@ -717,7 +717,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
     // from here on say this run watches.
     store.watching(true);
 
-    let outlets = Arc::new(Outlets::new(
+    let mut outlets = Outlets::new(
         config.history,
         store.clone(),
         config.log_events,
@@ -728,7 +728,10 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
             ttl: config.dns.ttl(),
             key: name_key,
         },
-    ));
+    );
+    outlets.drift = crate::baseline::live::Live::watching(view.policy_watch());
+    let outlets = Arc::new(outlets);
+    remember_drift(crate::store::path_in(&config.state_dir), outlets.clone());
     match crate::metrics::system::RingFill::map(
         std::os::fd::AsRawFd::as_raw_fd(&ring),
         config.ring_bytes,
@@ -972,7 +975,7 @@ fn recorded_policies(
         }
     };
     for (file, text) in rows {
-        match crate::policy::compile_text(Path::new(&file), &text) {
+        match crate::policy::compile_recorded(Path::new(&file), &text) {
             Ok(policies) => out.entry(PathBuf::from(file)).or_default().extend(policies),
             Err(e) => log::warn!(
                 "a policy recorded in force before this start no longer compiles, so it is no fallback: {e}"
@@ -980,6 +983,58 @@ fn recorded_policies(
         }
     }
     out
+}
+
+/// Remembers the drift alerts the store holds, so a restart does not raise
+/// them again; read beside the pipeline (a store of many refusals takes a
+/// moment), so an alert in the first moments after a start may repeat one
+/// the last run raised.
+fn remember_drift(store: PathBuf, outlets: Arc<Outlets>) {
+    use crate::api::pb;
+    tokio::task::spawn_blocking(move || {
+        let mut token = String::new();
+        let mut remembered = 0;
+        // Bounded: each page moves the token on; the live check keeps at
+        // most MAX_ALERTED anyway.
+        for _ in 0..=crate::baseline::live::MAX_ALERTED / PAGE {
+            let page = crate::api::history::query_events(
+                &store,
+                pb::QueryEventsRequest {
+                    window: Some(pb::TimeWindow {
+                        since: "0".into(),
+                        until: String::new(),
+                    }),
+                    filter: Some(pb::EventFilter {
+                        verdicts: vec![crate::events::DRIFT.into()],
+                        ..Default::default()
+                    }),
+                    limit: PAGE as u32,
+                    page_token: std::mem::take(&mut token),
+                },
+            );
+            let page = match page {
+                Ok(p) => p,
+                Err(e) => {
+                    log::warn!(
+                        "the drift alerts of earlier runs could not be read, so they may be raised again: {}",
+                        e.message()
+                    );
+                    return;
+                }
+            };
+            let events: Vec<crate::events::Event> =
+                page.events.into_iter().map(Into::into).collect();
+            remembered += outlets.drift.remember(&events);
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        if remembered > 0 {
+            log::info!("drift: {remembered} alerts of earlier runs remembered (not raised again)");
+        }
+    });
+    const PAGE: usize = 10_000;
 }
 
 /// Our programs enforce now: retire an earlier build's, draining what its

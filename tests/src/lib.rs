@@ -904,6 +904,37 @@ pub fn attach_permissive_connect4(cgroup: &Path, flags: u32) -> i32 {
     errno
 }
 
+/// Exports [since, until) of the daemon's store (its state directory is
+/// `DIR/state`) to `name` in the test's directory; it must succeed.
+pub fn export_window(env: &TestEnv, since: &str, until: &str, name: &str) -> PathBuf {
+    let bundle = env.dir.path().join(name);
+    let out = Command::new(daemon_bin())
+        .args(["export", "--since", since, "--until", until, "--out"])
+        .arg(&bundle)
+        .arg("--state-dir")
+        .arg(env.dir.path().join("state"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    bundle
+}
+
+/// `tar -xOf BUNDLE evidence/NAME`: one file of a bundle.
+pub fn bundle_file(bundle: &Path, name: &str) -> String {
+    let out = Command::new("tar")
+        .arg("-xOf")
+        .arg(bundle)
+        .arg(format!("evidence/{name}"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{name} in {}", bundle.display());
+    String::from_utf8(out.stdout).unwrap()
+}
+
 /// The policy body allowing these countries (`"DE"`, `"DE, US"`).
 pub fn allow_countries(countries: &str) -> String {
     format!("  allow:\n    countries: [{countries}]\n")

@@ -1,6 +1,8 @@
 //! Baselines against the real daemon and kernel: `baseline record` writes
 //! what a workload reached from the store, `baseline diff` gates on what
-//! it reaches beyond (exit 3), and bad baselines are named by file:line.
+//! it reaches beyond (exit 3), a policy naming a baseline raises one drift
+//! alert per new destination while the daemon runs, and bad baselines are
+//! named by file:line.
 use std::{path::Path, process::Command, time::Duration};
 
 use integration_tests::*;
@@ -123,7 +125,7 @@ fn a_new_country_is_drift_and_the_known_one_is_not() {
         body[8].starts_with("        - DE  # 1 attempt, first 20"),
         "{yaml}"
     );
-    let parsed = monitor::baseline::model::load(&file).expect("the recorded baseline reads back");
+    let parsed = monitor::baseline::load(&file).expect("the recorded baseline reads back");
     assert_eq!(parsed.name, "web");
     let known = &parsed.workloads[&monitor::baseline::Workload::Cgroup(sel.clone())];
     assert_eq!(known.countries, ["DE"]);
@@ -350,4 +352,243 @@ fn a_new_name_is_drift() {
     let table = baseline(&env, &["diff", file.to_str().unwrap(), "--since", &before]);
     eprintln!("{}", text(&table.stdout));
     assert_eq!(table.status.code(), Some(3));
+}
+
+/// A free loopback port for the daemon's metrics.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free loopback port")
+        .port()
+}
+
+/// The value of a sample line of a /metrics scrape (`NAME{LABELS} VALUE`).
+fn sample(port: u16, line_start: &str) -> Option<f64> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).expect("metrics port");
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut body = String::new();
+    s.read_to_string(&mut body).unwrap();
+    body.lines()
+        .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
+}
+
+/// Drift while the daemon runs. A policy names a baseline that knows one
+/// country (DE) for the workload: the first contact with a second (US)
+/// raises exactly one drift alert, with what is new and what it was
+/// compared to, on the live stream (`--verdict drift`), in the store, in
+/// the metrics, in status and in the signed bundle (which still
+/// verifies); another address in the same country, the known country and
+/// a restart raise none, and `baseline diff` says the same offline.
+#[test]
+fn a_new_destination_raises_one_drift_alert_everywhere() {
+    let mut env = TestEnv::new();
+    let sel = env.rel("sel");
+    let baseline_yaml = format!(
+        "apiVersion: egress-monitor.io/v1\nkind: EgressBaseline\nmetadata:\n  name: web-baseline\nspec:\n  workloads:\n    - cgroup: {sel}\n      countries: [DE]\n"
+    );
+    // Beside the policy, as a ConfigMap would hold both.
+    std::fs::write(env.policy_dir().join("web-baseline.yaml"), &baseline_yaml).unwrap();
+    env.write_policy(
+        "p.yaml",
+        &env.policy(
+            "eu-only",
+            "monitor",
+            "sel",
+            &format!("{}  baseline: web-baseline.yaml\n", allow_countries("DE")),
+        ),
+    );
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    env.start_daemon(&["--metrics-addr", &addr]);
+    let drift_of = |kind: &str| {
+        sample(
+            port,
+            &format!("egress_monitor_drift_alerts_total{{policy=\"eu-only\",kind=\"{kind}\"}}"),
+        )
+    };
+    // Each kind's series is there from the start, at 0.
+    assert_eq!(drift_of("country"), Some(0.0));
+    assert_eq!(drift_of("name"), Some(0.0));
+    let st = env.status();
+    assert_eq!(st["policies"][0]["baseline_name"], "web-baseline", "{st:#}");
+    let start = now();
+    let stream = env.follow_events(&["--verdict", "drift"]);
+    let (mut de, mut de2, mut us, mut us2) = (0, 0, 0, 0);
+    connect(&env, DE_V4, &mut de);
+    connect(&env, US_V4, &mut us);
+    stream.wait_lines("one drift alert", WAIT, |l| !l.is_empty());
+    // Again (a repeat the kernel counts), another US address (a new
+    // decision, the same new country), and the known country.
+    connect(&env, US_V4, &mut us);
+    connect(&env, US2_V4, &mut us2);
+    connect(&env, DE2_V4, &mut de2);
+    let alerts = env.cli_ok(&[
+        "events",
+        "--since",
+        &start,
+        "--verdict",
+        "drift",
+        "-o",
+        "json",
+    ]);
+    let alerts: Vec<Value> = alerts
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(alerts.len(), 1, "one alert in the store: {alerts:#?}");
+    let a = &alerts[0];
+    assert_eq!(
+        (
+            s(a, "verdict"),
+            s(a, "rule"),
+            s(a, "policy"),
+            s(a, "cgroup_path"),
+            s(a, "dst_ip")
+        ),
+        ("drift", "baseline", "eu-only", sel.as_str(), US_V4),
+        "{a:#}"
+    );
+    let d = &a["drift"];
+    assert_eq!(
+        (
+            s(d, "kind"),
+            s(d, "value"),
+            s(d, "attempt"),
+            s(d, "baseline")
+        ),
+        ("country", "US", "would_deny", "web-baseline"),
+        "{a:#}"
+    );
+    assert_eq!(
+        (d["known"].clone(), d["listed"].clone()),
+        (json!(["DE"]), json!(true))
+    );
+    assert_eq!(s(d, "baseline_sha256").len(), 64);
+    let lines = stream.lines();
+    assert_eq!(lines.len(), 1, "one alert on the stream: {lines:#?}");
+    assert_eq!(lines[0]["drift"], a["drift"]);
+    assert_eq!(drift_of("country"), Some(1.0));
+    assert_eq!(env.status()["counters"]["drift_alerts"], 1);
+    // An alert is about an attempt its decision already counts: no flow.
+    let flows = env.flows(&[]);
+    assert!(
+        flows.iter().all(|f| s(f, "verdict") != "drift"),
+        "{flows:#?}"
+    );
+    // The table says what was new under the alert's row.
+    let table = env.cli_ok(&["events", "--since", &start, "--verdict", "drift"]);
+    assert!(
+        table.contains("  drift: new country US (would deny by the policy); baseline web-baseline (this workload's entry) knows: DE"),
+        "{table}"
+    );
+
+    // The same offline, from the store.
+    let file = env.policy_dir().join("web-baseline.yaml");
+    let (code, lines) = diff(&env, &file, &start);
+    assert_eq!(code, Some(3));
+    assert_eq!(lines.len(), 1, "{lines:#?}");
+    assert_eq!(
+        (s(&lines[0], "kind"), s(&lines[0], "value")),
+        ("country", "US")
+    );
+    assert_eq!(lines[0]["attempts"], 3, "{lines:#?}");
+
+    // The signed bundle: the alert in its summary, the chain intact.
+    let bundle = export_window(&env, &start, &now(), "drift.tar");
+    let md = bundle_file(&bundle, "summary.md");
+    eprintln!("{md}");
+    let rows = monitor::evidence::summary::table_rows(&md, monitor::evidence::summary::DRIFT);
+    assert_eq!(rows.len(), 1, "{md}");
+    let cells = monitor::evidence::summary::cells(rows[0]);
+    assert_eq!(
+        cells[1..7],
+        [
+            sel.clone(),
+            "country US".into(),
+            format!("{US_V4}:{PORT}/tcp"),
+            "would\\_deny".into(),
+            "eu-only".into(),
+            cells[6].clone()
+        ],
+        "{md}"
+    );
+    assert!(cells[6].starts_with("web-baseline ("), "{md}");
+    assert_eq!(cells[7], "DE", "{md}");
+    let key = env.status()["node_public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let verify = Command::new(daemon_bin())
+        .arg("verify")
+        .arg(&bundle)
+        .args(["--pubkey", &key])
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{}", text(&verify.stderr));
+
+    // A restart remembers the alert: a new decision to the US raises none.
+    env.stop_daemon();
+    env.start_daemon(&["--metrics-addr", &addr]);
+    env.wait_log("drift: 1 alerts of earlier runs remembered", WAIT);
+    let p = env.probe("sel", &["tcp", US_V6, &PORT.to_string()]);
+    assert!(p.ok, "{:?}", p.raw);
+    env.wait_flow_count("the connect after the restart", 1, WAIT, |f| {
+        s(f, "dst_ip") == US_V6
+    });
+    let alerts = env.cli_ok(&[
+        "events",
+        "--since",
+        &start,
+        "--verdict",
+        "drift",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(alerts.lines().count(), 1, "{alerts}");
+    assert_eq!(env.status()["counters"]["drift_alerts"], 0);
+}
+
+/// A policy naming a baseline that is missing or broken is rejected like
+/// any policy file that does not compile, with the baseline's place.
+#[test]
+fn a_policy_with_a_broken_baseline_is_rejected() {
+    let env = TestEnv::started("monitor", "DE", &[]);
+    std::fs::write(
+        env.policy_dir().join("b.yaml"),
+        "apiVersion: egress-monitor.io/v1\nkind: EgressBaseline\nmetadata: {name: b}\nspec:\n  workloads:\n    - cgroup: /x\n      countries: [DE, UK]\n",
+    )
+    .unwrap();
+    env.write_policy(
+        "q.yaml",
+        &env.policy("other", "monitor", "other", "  baseline: b.yaml\n"),
+    );
+    let st = env.wait_status("the file rejected", WAIT, |st| {
+        st["rejected_files"]
+            .as_array()
+            .is_some_and(|r| !r.is_empty())
+    });
+    let r = &st["rejected_files"][0];
+    assert!(s(r, "file").ends_with("q.yaml"), "{st:#}");
+    assert!(
+        s(r, "error").contains("b.yaml:7: \"UK\" is not an ISO 3166-1 alpha-2 country code"),
+        "{st:#}"
+    );
+    let check = Command::new(daemon_bin())
+        .args(["policy", "check", "--geoip"])
+        .arg(env.geoip())
+        .arg(env.policy_dir())
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(1));
+    assert!(
+        text(&check.stderr).contains("b.yaml:7: \"UK\" is not an ISO 3166-1 alpha-2 country code"),
+        "{}",
+        text(&check.stderr)
+    );
 }

@@ -437,25 +437,6 @@ fn a_workload_named_with_markdown_cannot_forge_the_summary() {
     );
 }
 
-/// Exports [since, until) of the daemon's store to `name` in the test's
-/// directory; it must succeed.
-fn export_window(env: &TestEnv, since: &str, until: &str, name: &str) -> PathBuf {
-    let bundle = env.dir.path().join(name);
-    let out = Command::new(daemon_bin())
-        .args(["export", "--since", since, "--until", until, "--out"])
-        .arg(&bundle)
-        .arg("--state-dir")
-        .arg(state(env))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    bundle
-}
-
 /// In monitor mode the bundle's summary tells a would_deny connection that
 /// sent data (the bytes the receiver got) from one that never connected
 /// (nothing listens: refused), in its Art. 44 table, account and country

@@ -94,11 +94,11 @@ impl Filter {
             }
         }
         for (i, v) in f.verdicts.iter().enumerate() {
-            if !["allowed", "denied", "would_deny"].contains(&v.as_str()) {
+            if !["allowed", "denied", "would_deny", "drift"].contains(&v.as_str()) {
                 return Err(bad(
                     "verdicts",
                     i,
-                    format!("{v:?} is not one of allowed, denied, would_deny"),
+                    format!("{v:?} is not one of allowed, denied, would_deny, drift"),
                 ));
             }
             out.verdicts.insert(v.clone());

@@ -66,6 +66,15 @@ impl From<&Event> for pb::Event {
             kernel_seq: e.kernel_seq,
             kernel_cpu: e.kernel_cpu,
             seq: 0,
+            drift: e.drift.as_deref().map(|d| pb::Drift {
+                attempt: d.attempt.clone(),
+                baseline: d.baseline.clone(),
+                baseline_sha256: d.baseline_sha256.clone(),
+                kind: d.kind.clone(),
+                value: d.value.clone(),
+                known: d.known.clone(),
+                listed: d.listed,
+            }),
         }
     }
 }
@@ -104,6 +113,17 @@ impl From<pb::Event> for Event {
             cloud_region: e.cloud_region,
             kernel_seq: e.kernel_seq,
             kernel_cpu: e.kernel_cpu,
+            drift: e.drift.map(|d| {
+                Box::new(crate::events::Drift {
+                    attempt: d.attempt,
+                    baseline: d.baseline,
+                    baseline_sha256: d.baseline_sha256,
+                    kind: d.kind,
+                    value: d.value,
+                    known: d.known,
+                    listed: d.listed,
+                })
+            }),
         }
     }
 }

@@ -69,6 +69,21 @@ pub fn policy_pb(p: &CompiledPolicy, selected: &[String]) -> pb::Policy {
         region_rules: p.region_rules.len() as u32,
         pods: p.pods.iter().cloned().collect(),
         systemd_units: p.unit_globs.clone(),
+        baseline_file: p
+            .baseline
+            .as_ref()
+            .map(|b| b.path.clone())
+            .unwrap_or_default(),
+        baseline_name: p
+            .baseline
+            .as_ref()
+            .map(|b| b.name.clone())
+            .unwrap_or_default(),
+        baseline_sha256: p
+            .baseline
+            .as_ref()
+            .map(|b| b.sha256.clone())
+            .unwrap_or_default(),
     }
 }
 
@@ -194,6 +209,7 @@ pub fn status_pb(
             undecodable: view.counters.undecodable.load(Ordering::Relaxed),
             dropped_slow_clients: view.streams.missed.load(Ordering::Relaxed),
             stream_clients: view.streams.clients.load(Ordering::Relaxed),
+            drift_alerts: view.counters.drift.load(Ordering::Relaxed),
         }),
         uptime_seconds: uptime.as_secs(),
         started_at: started,

@@ -7,7 +7,7 @@ use std::{
 
 use serde::Serialize;
 
-use super::{model::Baseline, Dest, Seen, Workload};
+use super::{dest_of, workload_of, Baseline, Dest, Seen, Workload};
 use crate::api::pb;
 
 /// One destination new to a workload.
@@ -30,25 +30,27 @@ pub struct New {
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Drift {
     pub new: Vec<New>,
-    /// Flows of workloads the baseline does not list (not judged), and
-    /// how many such workloads.
+    /// Flows of workloads the baseline does not list, compared to all the
+    /// workloads' destinations together, and how many such workloads.
     pub unlisted_flows: usize,
     pub unlisted_workloads: usize,
 }
 
-/// The flows outside `baseline`, of the workloads it lists.
+/// The flows outside `baseline`: each workload's compared to its own
+/// entry, or (a workload the baseline does not list) to all of them
+/// together, as the daemon's drift alerts compare them (`Baseline::known_for`).
 pub fn diff(baseline: &Baseline, flows: &[pb::Flow]) -> Drift {
     let mut found: BTreeMap<(Workload, Dest), (Seen, BTreeSet<String>)> = BTreeMap::new();
     let mut unlisted = BTreeSet::new();
     let mut unlisted_flows = 0;
     for f in flows {
-        let w = Workload::of(f);
-        let Some(known) = baseline.workloads.get(&w) else {
+        let w = workload_of(f);
+        let (known, listed) = baseline.known_for(&w);
+        if !listed {
             unlisted_flows += 1;
-            unlisted.insert(w);
-            continue;
-        };
-        let d = Dest::of(f);
+            unlisted.insert(w.clone());
+        }
+        let d = dest_of(f);
         if known.covers(&d, f.dst_ip.parse::<IpAddr>().ok()) {
             continue;
         }
@@ -59,11 +61,7 @@ pub fn diff(baseline: &Baseline, flows: &[pb::Flow]) -> Drift {
     let new = found
         .into_iter()
         .map(|((w, d), (seen, destinations))| New {
-            baseline: baseline
-                .workloads
-                .get(&w)
-                .map(|k| k.compared_to(&d))
-                .unwrap_or_default(),
+            baseline: baseline.known_for(&w).0.compared_to(&d),
             workload: w,
             kind: d.kind(),
             value: d.value().to_string(),

@@ -3,7 +3,7 @@
 //! attempts and first and last sight as a comment.
 use std::{collections::BTreeMap, fmt::Write};
 
-use super::{model::KIND, Dest, Seen, Workload};
+use super::{dest_of, workload_of, Dest, Seen, Workload, KIND};
 use crate::{api::pb, events::rfc3339_nanos, policy::model::API_VERSION};
 
 /// Destinations per workload, with what was seen of each.
@@ -12,9 +12,9 @@ pub type Recorded = BTreeMap<Workload, BTreeMap<Dest, Seen>>;
 pub fn build(flows: &[pb::Flow]) -> Recorded {
     let mut out = Recorded::new();
     for f in flows {
-        out.entry(Workload::of(f))
+        out.entry(workload_of(f))
             .or_default()
-            .entry(Dest::of(f))
+            .entry(dest_of(f))
             .or_insert(Seen::NONE)
             .add(Seen::of(f));
     }

@@ -1,7 +1,8 @@
 use std::path::Path;
 
-use super::{diff::diff, model, record, Dest, Workload};
+use super::{diff::diff, record, Dest, Workload};
 use crate::api::pb;
+use crate::policy::baseline as model;
 
 fn flow(cgroup: &str, ip: &str, country: &str, name: &str, cloud: &str, count: u64) -> pb::Flow {
     pb::Flow {
@@ -45,7 +46,7 @@ spec:
 /// Each destination is known by the most specific thing recorded of it.
 #[test]
 fn destinations_are_names_then_regions_then_ranges_then_countries() {
-    let of = |ip, country, name, cloud| Dest::of(&flow("c", ip, country, name, cloud, 1));
+    let of = |ip, country, name, cloud| super::dest_of(&flow("c", ip, country, name, cloud, 1));
     assert_eq!(
         of("198.51.100.2", "DE", "API.Example.com.", "aws:eu-central-1"),
         Dest::Name("api.example.com".into())
@@ -139,8 +140,8 @@ fn hostile_strings_are_quoted() {
 }
 
 /// A new name, a new country, a new region are each reported once per
-/// workload, with what they were compared to; unlisted workloads are
-/// counted, not judged.
+/// workload, with what they were compared to; a workload the baseline
+/// does not list is compared to all its workloads' destinations.
 #[test]
 fn diff_lists_what_is_new_and_what_it_was_compared_to() {
     let b = model::parse(Path::new("b.yaml"), GOOD).unwrap();
@@ -151,6 +152,9 @@ fn diff_lists_what_is_new_and_what_it_was_compared_to() {
         flow("app/web", "203.0.113.3", "US", "", "", 3),
         flow("app/web", "203.0.113.4", "US", "cdn.example.com", "", 1),
         flow("app/other", "203.0.113.2", "US", "", "", 1),
+        // Another workload's destination is known to a workload not listed.
+        flow("app/other", "198.51.100.3", "DE", "", "", 1),
+        flow("app/other", "203.0.113.9", "US", "api.example.com", "", 1),
     ];
     let d = diff(&b, &flows);
     let got: Vec<(&str, &str, u64, Vec<String>)> = d
@@ -161,6 +165,7 @@ fn diff_lists_what_is_new_and_what_it_was_compared_to() {
     assert_eq!(
         got,
         vec![
+            ("country", "US", 1, vec!["DE".to_string()]),
             (
                 "name",
                 "cdn.example.com",
@@ -170,8 +175,9 @@ fn diff_lists_what_is_new_and_what_it_was_compared_to() {
             ("country", "US", 5, vec!["DE".to_string()]),
         ]
     );
-    assert_eq!(d.new[1].destinations.len(), 2);
-    assert_eq!((d.unlisted_flows, d.unlisted_workloads), (1, 1));
+    assert_eq!(d.new[0].workload, Workload::Cgroup("app/other".into()));
+    assert_eq!(d.new[2].destinations.len(), 2);
+    assert_eq!((d.unlisted_flows, d.unlisted_workloads), (3, 1));
 }
 
 /// Wildcards, region patterns and ranges a person wrote in cover what

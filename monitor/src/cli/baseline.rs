@@ -8,7 +8,7 @@ use clap::{Args, Subcommand};
 use super::filters::FilterArgs;
 use crate::{
     api::{filter::Filter, pb},
-    baseline::{self, diff, model, record},
+    baseline::{self, diff, record},
     store::{self, time::parse_window},
 };
 
@@ -134,7 +134,7 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
     let text = record::to_yaml(&name, &header, &recorded);
     // What is written must read back: a baseline no diff can load is no
     // baseline.
-    model::parse(&args.out, &text).map_err(|e| {
+    baseline::parse(&args.out, &text).map_err(|e| {
         anyhow::anyhow!("the baseline recorded does not read back ({e}); not written")
     })?;
     std::fs::write(&args.out, &text)
@@ -151,7 +151,7 @@ fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn run_diff(args: DiffArgs) -> anyhow::Result<ExitCode> {
-    let baseline = model::load(&args.file)?;
+    let baseline = baseline::load(&args.file)?;
     let (flows, since, until, _) = read(&args.source)?;
     let drift = diff::diff(&baseline, &flows);
     match args.output {
@@ -207,10 +207,10 @@ fn print_table(drift: &diff::Drift, name: &str, since: &str, until: &str) {
     }
 }
 
-/// The note on the flows a diff did not judge.
+/// The note on the flows of workloads the baseline does not list.
 fn unlisted(drift: &diff::Drift) -> String {
     format!(
-        "not judged: {} of {} the baseline does not list",
+        "{} of {} the baseline does not list were compared to all its workloads' destinations",
         counted(drift.unlisted_flows, "flow"),
         counted(drift.unlisted_workloads, "workload")
     )

@@ -143,6 +143,7 @@ impl Printer {
                         let code = match e.verdict.as_str() {
                             "denied" => "31",
                             "would_deny" => "33",
+                            "drift" => "35",
                             _ => "32",
                         };
                         format!("\x1b[{code}m{cell}\x1b[0m")
@@ -153,6 +154,9 @@ impl Printer {
                     line.push(' ');
                 }
                 println!("{}", line.trim_end());
+                if let Some(d) = &e.drift {
+                    println!("  {}", drift_line(d));
+                }
             }
         }
     }
@@ -165,6 +169,27 @@ impl Printer {
             }
         }
     }
+}
+
+/// What a drift alert says, under its row.
+fn drift_line(d: &pb::Drift) -> String {
+    let known = if d.known.is_empty() {
+        format!("no {} at all", d.kind)
+    } else {
+        d.known.join(", ")
+    };
+    format!(
+        "drift: new {} {} ({} by the policy); baseline {} ({}) knows: {known}",
+        d.kind,
+        d.value,
+        d.attempt.replace('_', " "),
+        d.baseline,
+        if d.listed {
+            "this workload's entry"
+        } else {
+            "all its workloads: this one is not listed"
+        },
+    )
 }
 
 #[cfg(test)]

@@ -211,6 +211,15 @@ pub fn print_policies(policies: &[pb::Policy], rejected: &[pb::RejectedFile]) {
             p.deny_cidrs,
             selected
         );
+        if !p.baseline_name.is_empty() {
+            println!(
+                "{:<24} baseline {} ({}, sha256 {}): drift alerts on",
+                "",
+                p.baseline_name,
+                p.baseline_file,
+                p.baseline_sha256.get(..16).unwrap_or(&p.baseline_sha256)
+            );
+        }
     }
     for r in rejected {
         println!(
@@ -366,6 +375,14 @@ fn print_policy(p: &CompiledPolicy, db: Option<&GeoDb>) {
         &p.sha256[..16]
     );
     println!("  selects        {}", p.selector_terms().join(", "));
+    if let Some(b) = &p.baseline {
+        println!(
+            "  baseline       {} ({}, sha256 {}): drift alerts for destinations outside it",
+            b.name,
+            b.path,
+            &b.sha256[..16]
+        );
+    }
     println!(
         "  allowed        {} countries: {}",
         p.allowed_countries.len(),

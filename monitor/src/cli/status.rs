@@ -115,8 +115,8 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     print_counts("flow table", "kernel counts while pinned", &s.flows);
     if let Some(c) = &s.counters {
         println!(
-            "events          since the start: allowed {}  denied {}  would_deny {}  lost in kernel {}  undecodable {}  missed by slow clients {}; stream clients now {}",
-            c.allowed, c.denied, c.would_deny, c.lost_in_kernel, c.undecodable, c.dropped_slow_clients, c.stream_clients
+            "events          since the start: allowed {}  denied {}  would_deny {}  drift alerts {}  lost in kernel {}  undecodable {}  missed by slow clients {}; stream clients now {}",
+            c.allowed, c.denied, c.would_deny, c.drift_alerts, c.lost_in_kernel, c.undecodable, c.dropped_slow_clients, c.stream_clients
         );
     }
     if let Some(st) = &s.store {

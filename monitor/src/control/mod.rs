@@ -440,9 +440,12 @@ impl Controller {
         let (selection, watched) = (resolution.selected, resolution.watched);
         let same = |a: &[CompiledPolicy], b: &[CompiledPolicy]| {
             a.len() == b.len()
-                && a.iter()
-                    .zip(b)
-                    .all(|(x, y)| (&x.name, &x.file, &x.sha256) == (&y.name, &y.file, &y.sha256))
+                && a.iter().zip(b).all(|(x, y)| {
+                    let baseline =
+                        |p: &CompiledPolicy| p.baseline.as_ref().map(|b| b.sha256.clone());
+                    (&x.name, &x.file, &x.sha256, baseline(x))
+                        == (&y.name, &y.file, &y.sha256, baseline(y))
+                })
         };
         if !force
             && self.applied

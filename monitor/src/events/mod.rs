@@ -130,6 +130,7 @@ pub fn known_name(s: &str) -> &'static str {
         .chain(Hook::ALL.iter().map(|h| h.as_str()))
         .chain(CountrySource::ALL.iter().map(|c| c.as_str()))
         .chain(["ipv4", "ipv6", "packet", "tcp", "udp", "icmp", "icmpv6"])
+        .chain([DRIFT, BASELINE_RULE])
         .find(|n| *n == s)
         .unwrap_or("unknown")
 }
@@ -226,7 +227,42 @@ pub struct Event {
     /// The systemd unit outside pods (the user unit below `user@UID.service`).
     #[serde(skip_serializing_if = "String::is_empty", default)]
     pub systemd_unit: String,
+    /// On a drift alert (verdict `drift`, rule `baseline`) only: what was
+    /// new, and what it was compared to. The alert's other fields are
+    /// those of the attempt that raised it.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub drift: Option<Box<Drift>>,
 }
+
+/// The verdict and rule of a drift alert: an event the daemon makes, not
+/// a kernel decision.
+pub const DRIFT: &str = "drift";
+pub const BASELINE_RULE: &str = "baseline";
+
+/// What a drift alert says: the destination new to the workload, and the
+/// baseline it was compared to. Fields in key order: the canonical record
+/// (`store::chain`) writes them as serde does.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Drift {
+    /// The verdict of the attempt that raised it.
+    pub attempt: String,
+    /// The baseline's `metadata.name`, and the SHA-256 of its file.
+    pub baseline: String,
+    pub baseline_sha256: String,
+    /// `name`, `cloud region`, `cidr` or `country`.
+    pub kind: String,
+    /// What the baseline knows of that kind for the workload (its own
+    /// entry, else all its workloads'); at most `DRIFT_KNOWN_MAX`, then
+    /// `(N more)`.
+    pub known: Vec<String>,
+    /// Whether the baseline lists the workload itself.
+    pub listed: bool,
+    /// The new name, cloud region, range or country.
+    pub value: String,
+}
+
+/// The most entries of `Drift::known` an alert carries.
+pub const DRIFT_KNOWN_MAX: usize = 20;
 
 impl Event {
     /// Fills the attribution fields from `cgroup_path`.

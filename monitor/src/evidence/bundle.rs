@@ -335,6 +335,8 @@ fn assemble(
         exported: records.exported,
         flows: &digest,
         policy_index: &index,
+        drift: &records.drift,
+        drift_total: records.drift_total,
         counters: &counters,
         coverage: &cover,
         complete,
@@ -362,6 +364,10 @@ struct Records {
     /// (destination, cgroup path) of the exported records a CIDR rule
     /// allowed (for the summary).
     by_cidr: std::collections::HashSet<(String, String)>,
+    /// The first drift alerts exported (for the summary; at most
+    /// `summary::TABLE_ROWS`), and how many there were.
+    drift: Vec<crate::events::Event>,
+    drift_total: usize,
 }
 
 /// Reads the window's records, checking each digest and link as it goes:
@@ -392,6 +398,8 @@ fn read_records(
         exported: 0,
         anchor: None,
         by_cidr: Default::default(),
+        drift: Vec::new(),
+        drift_total: 0,
     };
     let mut prev: Option<[u8; 32]> = None;
     let mut last_seq = None;
@@ -440,6 +448,11 @@ fn read_records(
             out.exported += 1;
             if event.rule == "cidr" {
                 out.by_cidr.insert((event.dst_ip, event.cgroup_path));
+            } else if event.drift.is_some() {
+                out.drift_total += 1;
+                if out.drift.len() < super::summary::TABLE_ROWS {
+                    out.drift.push(event);
+                }
             }
         }
         if let Some(progress) = req.progress {
@@ -740,8 +753,14 @@ fn counters(store: &Store, req: &Request<'_>, summary: &Summary) -> anyhow::Resu
         .query_map(params![req.since, req.until], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<Result<Vec<_>, _>>()?;
     let retention = retention_runs(store, req)?;
+    let drift: i64 = store.conn.query_row(
+        "SELECT count(*) FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 AND drift != ''",
+        params![req.since, req.until],
+        |r| r.get(0),
+    )?;
     Ok(json!({
         "decisions_in_window": verdicts,
+        "drift_alerts_in_window": drift,
         "records_in_window": summary.in_window,
         "records_exported": summary.exported,
         "gaps": gap_totals(&gaps),
@@ -755,7 +774,7 @@ fn decisions_in_window(store: &Store, req: &Request<'_>) -> anyhow::Result<BTree
     let mut verdicts: BTreeMap<String, u64> = BTreeMap::new();
     for (v, n) in store
         .conn
-        .prepare("SELECT verdict, count(*) FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY verdict")?
+        .prepare("SELECT verdict, count(*) FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 AND drift = '' GROUP BY verdict")?
         .query_map(params![req.since, req.until], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
         .collect::<Result<Vec<_>, _>>()?
     {

@@ -15,6 +15,10 @@ pub struct Input<'a> {
     pub exported: usize,
     pub flows: &'a FlowDigest,
     pub policy_index: &'a [Value],
+    /// The first drift alerts of the export (at most `TABLE_ROWS`), and
+    /// how many it holds.
+    pub drift: &'a [crate::events::Event],
+    pub drift_total: usize,
     pub counters: &'a Value,
     pub coverage: &'a Coverage,
     pub complete: bool,
@@ -276,6 +280,7 @@ pub fn render(i: &Input<'_>) -> String {
     );
     let cidr = FlowDigest::sorted(&i.flows.by_cidr);
     flow_table(&mut m, &cidr, i.counted);
+    drift_section(&mut m, i.drift, i.drift_total);
 
     // Policy record.
     let _ = writeln!(m, "\n## Policy record (GDPR Art. 30)\n");
@@ -364,6 +369,22 @@ pub fn render(i: &Input<'_>) -> String {
             ),
         ));
     }
+    for e in i.drift {
+        if let Some(d) = &e.drift {
+            tl.push((
+                e.unix_nanos as i64,
+                format!(
+                    "drift: {} first reached {} {} ({}), outside baseline {} of policy {}",
+                    md(&e.cgroup_path),
+                    md(&d.kind),
+                    md(&d.value),
+                    md(&d.attempt),
+                    md(&d.baseline),
+                    md(&e.policy)
+                ),
+            ));
+        }
+    }
     for gap in i.counters["gap_records"].as_array().into_iter().flatten() {
         tl.push((
             0,
@@ -396,8 +417,67 @@ type HourSum = (i64, i64, u64, usize, u64);
 
 /// The most rows a flow table or the timeline shows; the rest are in
 /// flows.csv, so the page stays readable for a window of any size.
-const TABLE_ROWS: usize = 50;
+pub const TABLE_ROWS: usize = 50;
 const TIMELINE_LINES: usize = 200;
+
+/// The drift alerts: first contacts of workloads with destinations outside
+/// their policy's baseline.
+fn drift_section(m: &mut String, alerts: &[crate::events::Event], total: usize) {
+    let _ = writeln!(m, "\n{DRIFT}\n");
+    if total == 0 {
+        let _ = writeln!(
+            m,
+            "No drift alert in the window (a policy with `spec.baseline` raises one at the first contact of a workload with a destination outside its baseline)."
+        );
+        return;
+    }
+    let _ = writeln!(
+        m,
+        "{total} drift alert{} in the window: each is the first contact of a workload with a destination outside its policy's baseline (later contacts raise none; they are in flows.csv).\n",
+        if total == 1 { "" } else { "s" }
+    );
+    let _ = writeln!(
+        m,
+        "| first contact | workload | new | at | attempt | policy | baseline (sha256) | baseline knows |\n| --- | --- | --- | --- | --- | --- | --- | --- |"
+    );
+    for e in alerts {
+        let Some(d) = &e.drift else { continue };
+        let workload = if e.pod_uid.is_empty() {
+            e.cgroup_path.clone()
+        } else {
+            format!("pod {}", e.pod_uid)
+        };
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} {} | {}:{}/{} | {} | {} | {} ({}) | {} |",
+            t(e.unix_nanos as i64),
+            md(&workload),
+            md(&d.kind),
+            md(&d.value),
+            md(&e.dst_ip),
+            e.dst_port,
+            md(e.protocol),
+            md(&d.attempt),
+            md(&e.policy),
+            md(&d.baseline),
+            code(d.baseline_sha256.get(..16).unwrap_or(&d.baseline_sha256)),
+            md(&if d.listed {
+                d.known.join(", ")
+            } else {
+                format!("(not listed; all workloads) {}", d.known.join(", "))
+            }),
+        );
+    }
+    if total > alerts.len() {
+        let _ = writeln!(
+            m,
+            "\n... and {} more: every alert is in events.jsonl (`\"verdict\":\"drift\"`).",
+            total - alerts.len()
+        );
+    }
+}
+
+pub const DRIFT: &str = "## Drift from baselines";
 
 /// The account above the Art. 44 table: how many of the flows a policy in
 /// monitor mode let through sent data, never connected, or sent no

@@ -63,6 +63,13 @@ struct MissingLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DriftLabels {
+    policy: String,
+    /// `name`, `cloud region`, `cidr` or `country`.
+    kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct CloudLabels {
     file: String,
     providers: String,
@@ -135,6 +142,7 @@ pub struct Metrics {
     programs_missing: Gauge,
     set_refused: Gauge,
     data_missing: Family<MissingLabels, Gauge>,
+    drift: Family<DriftLabels, Counter>,
     dns: Family<DnsLabels, Counter>,
     dns_unparsed: Counter,
     flows: Family<DnsLabels, Counter>,
@@ -178,6 +186,7 @@ impl Metrics {
             programs_missing: Gauge::default(),
             set_refused: Gauge::default(),
             data_missing: Family::default(),
+            drift: Family::default(),
             dns: Family::default(),
             dns_unparsed: Counter::default(),
             flows: Family::default(),
@@ -275,6 +284,11 @@ impl Metrics {
                 "policy_set_refused",
                 "1 when the last candidate policy set was refused whole (a conflict); the previous set stays in force",
                 m.set_refused.clone(),
+            );
+            r.register(
+                "drift_alerts",
+                "Drift alerts: first contacts of a workload with a destination outside its policy's baseline, by policy and kind of destination (name, cloud region, cidr, country)",
+                m.drift.clone(),
             );
             r.register(
                 "policy_data_missing",
@@ -410,6 +424,16 @@ impl Metrics {
         self.selected.set(s.selected_cgroups as i64);
         self.programs_missing.set(s.programs_missing as i64);
         self.set_refused.set(i64::from(s.policy_set_refused));
+        // Each policy with a baseline has its drift series from the start
+        // (at 0), so an alert on their increase sees the first one.
+        for p in s.policies.iter().filter(|p| p.baseline.is_some()) {
+            for kind in ["name", "cloud region", "cidr", "country"] {
+                let _ = self.drift.get_or_create(&DriftLabels {
+                    policy: p.name.clone(),
+                    kind: kind.into(),
+                });
+            }
+        }
         self.data_missing.clear();
         for m in s.data_missing {
             self.data_missing
@@ -504,6 +528,16 @@ impl crate::pipeline::Observer for Metrics {
 
     fn repeated(&self, raw: &DecisionEvent, event: &Event, count: u64) {
         self.decisions_by(raw, event, count);
+    }
+
+    fn drift(&self, alert: &Event) {
+        let kind = alert.drift.as_deref().map_or("", |d| d.kind.as_str());
+        self.drift
+            .get_or_create(&DriftLabels {
+                policy: alert.policy.clone(),
+                kind: kind.into(),
+            })
+            .inc();
     }
 }
 

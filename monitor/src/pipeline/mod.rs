@@ -32,6 +32,8 @@ pub trait Observer: Send + Sync {
     /// `count` more attempts decided as `raw` was, which the kernel counted
     /// in its flow table instead of reporting (see `harvest`).
     fn repeated(&self, _raw: &DecisionEvent, _event: &Event, _count: u64) {}
+    /// A drift alert the daemon raised (see `baseline::live`).
+    fn drift(&self, _alert: &Event) {}
 }
 
 fn count(counters: &Counters, v: u8) {
@@ -61,6 +63,8 @@ pub struct Outlets {
     pub ttl: TtlPolicy,
     /// What the controller acts on at once when the kernel reports it.
     pub wake: Wakeups,
+    /// Drift alerts: each decision is compared to its policy's baseline.
+    pub drift: crate::baseline::live::Live,
 }
 
 /// Decisions the controller acts on as soon as they are read.
@@ -110,6 +114,7 @@ impl Outlets {
             ),
             ttl: naming.ttl,
             wake: Wakeups::default(),
+            drift: crate::baseline::live::Live::default(),
         }
     }
 
@@ -186,7 +191,13 @@ fn drain_into<N: Names>(
                 let mut event = enrich(&raw, offset, &mut *names);
                 outlets.name(&raw, &mut event);
                 outlets.observer.decision(&raw, &event);
+                let alert = outlets.drift.check(&event);
                 batch.push(Arc::new(event));
+                if let Some(alert) = alert {
+                    outlets.counters.drift.fetch_add(1, Ordering::Relaxed);
+                    outlets.observer.drift(&alert);
+                    batch.push(Arc::new(alert));
+                }
             }
             Err(e) => {
                 let n = outlets.counters.undecodable.fetch_add(1, Ordering::Relaxed);

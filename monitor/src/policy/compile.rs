@@ -52,7 +52,25 @@ pub struct CompiledPolicy {
     /// Countries that end up allowed / denied (for display).
     pub allowed_countries: BTreeSet<String>,
     pub denied_countries: BTreeSet<String>,
+    /// The baseline of `spec.baseline`, as read when the policy was
+    /// loaded (see `policy::baseline`; `None` when it names none).
+    pub baseline: Option<BaselineText>,
     pub source: PolicyDoc,
+}
+
+/// A policy's baseline file as it was read and checked: the text the
+/// daemon's drift alerts compare to, never re-read from a file that may
+/// have changed since.
+#[derive(Debug, Clone)]
+pub struct BaselineText {
+    /// As `spec.baseline` gives it.
+    pub given: String,
+    /// The path it was read from.
+    pub path: String,
+    /// Its `metadata.name`.
+    pub name: String,
+    pub sha256: String,
+    pub text: std::sync::Arc<str>,
 }
 
 /// Destinations that never leave the link: IPv4 link-local (169.254/16,
@@ -153,6 +171,7 @@ pub fn compile(
         deny_cloud: deny.cloud,
         allowed_countries,
         denied_countries,
+        baseline: None,
         source: policy,
     })
 }

@@ -1,4 +1,5 @@
 //! Policies: the YAML model, compiling, loading a directory, watching it.
+pub mod baseline;
 pub mod compile;
 pub mod explain;
 pub mod lint;
@@ -14,9 +15,16 @@ use std::{
 pub use compile::{CompiledPolicy, DomainPattern};
 pub use model::{Mode, PolicyError};
 
-/// Compiles every document of one policy text.
+/// Compiles every document of a policy text that came from elsewhere than
+/// a file (an API request, a test): a baseline it names is not read (the
+/// daemon reads no file a request names), so `baseline` is `None`.
 pub fn compile_text(file: &Path, text: &str) -> Result<Vec<CompiledPolicy>, PolicyError> {
-    let (policies, mut errors) = compile_documents(file, text);
+    first_error(compile_documents(file, text, Baselines::NotRead))
+}
+
+fn first_error(
+    (policies, mut errors): (Vec<CompiledPolicy>, Vec<PolicyError>),
+) -> Result<Vec<CompiledPolicy>, PolicyError> {
     if errors.is_empty() {
         Ok(policies)
     } else {
@@ -24,9 +32,31 @@ pub fn compile_text(file: &Path, text: &str) -> Result<Vec<CompiledPolicy>, Poli
     }
 }
 
+/// Compiles a policy text the store recorded in force (the fallback for a
+/// file rejected at a start): a baseline it names that cannot be read now
+/// leaves it without drift alerts, said in the log, not without its rules.
+pub fn compile_recorded(file: &Path, text: &str) -> Result<Vec<CompiledPolicy>, PolicyError> {
+    first_error(compile_documents(file, text, Baselines::IfReadable))
+}
+
+/// What a baseline that cannot be read or checked does to its policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Baselines {
+    /// Fails it, like any error of the file.
+    Required,
+    /// Leaves it without one (warned).
+    IfReadable,
+    /// Not read at all.
+    NotRead,
+}
+
 /// Compiles every document of one policy text: the policies that compiled,
 /// and every document's error, not the first only.
-fn compile_documents(file: &Path, text: &str) -> (Vec<CompiledPolicy>, Vec<PolicyError>) {
+fn compile_documents(
+    file: &Path,
+    text: &str,
+    baselines: Baselines,
+) -> (Vec<CompiledPolicy>, Vec<PolicyError>) {
     let docs = model::documents(text);
     if docs.is_empty() {
         let empty = PolicyError {
@@ -36,12 +66,44 @@ fn compile_documents(file: &Path, text: &str) -> (Vec<CompiledPolicy>, Vec<Polic
         };
         return (Vec::new(), vec![empty]);
     }
+    let is_baseline = |d: &model::Document| {
+        d.text
+            .lines()
+            .any(|l| l.trim_end() == format!("kind: {}", baseline::KIND))
+    };
+    // A baseline kept beside the policies that refer to it is not a policy.
+    if docs.iter().all(is_baseline) {
+        return (Vec::new(), Vec::new());
+    }
     let mut out = Vec::with_capacity(docs.len());
     let mut errors = Vec::new();
     for doc in &docs {
+        if is_baseline(doc) {
+            errors.push(PolicyError {
+                file: file.display().to_string(),
+                line: doc.first_line,
+                reason: format!(
+                    "a {} among policies: a baseline is a file of its own, which a policy names in spec.baseline",
+                    baseline::KIND
+                ),
+            });
+            continue;
+        }
         match model::parse_document(file, doc)
             .and_then(|parsed| compile::compile(file, doc, parsed))
-        {
+            .and_then(|mut p| match baselines {
+                Baselines::NotRead => Ok(p),
+                Baselines::Required => read_baseline(file, doc, &mut p).map(|()| p),
+                Baselines::IfReadable => {
+                    if let Err(e) = read_baseline(file, doc, &mut p) {
+                        log::warn!(
+                            "policy {} keeps its rules without its baseline: {e}",
+                            p.name
+                        );
+                    }
+                    Ok(p)
+                }
+            }) {
             Ok(p) => out.push(p),
             Err(e) => errors.push(e),
         }
@@ -50,6 +112,50 @@ fn compile_documents(file: &Path, text: &str) -> (Vec<CompiledPolicy>, Vec<Polic
         errors.push(e);
     }
     (out, errors)
+}
+
+/// Reads and checks the baseline `p` names (`spec.baseline`): relative to
+/// the directory of the policy's file, and inside it (a link out of it is
+/// refused unread, as for policy files).
+fn read_baseline(
+    file: &Path,
+    doc: &model::Document,
+    p: &mut CompiledPolicy,
+) -> Result<(), PolicyError> {
+    let Some(given) = p.source.spec.baseline.clone() else {
+        return Ok(());
+    };
+    let at = compile::Locator { file, doc };
+    let refuse = |why: String| at.err("baseline", Some(&given), format!("spec.baseline: {why}"));
+    if given.trim().is_empty() || Path::new(&given).is_absolute() {
+        return Err(refuse(format!(
+            "{given:?} is not a file relative to the policy's directory (write it as \
+             `baseline: NAME.yaml`, beside the policy)"
+        )));
+    }
+    let dir = match file.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let path = dir.join(&given);
+    let text = read_policy(&path, Some(dir))
+        .map_err(|e| refuse(format!("{}: {}", path.display(), e.reason)))?;
+    let parsed = baseline::parse(&path, &text)?;
+    if parsed.workloads.is_empty() {
+        return Err(refuse(format!(
+            "{} lists no workload, so every destination would be drift; record one with \
+             `egress-monitor baseline record`",
+            path.display()
+        )));
+    }
+    p.baseline = Some(compile::BaselineText {
+        given,
+        path: path.display().to_string(),
+        name: parsed.name,
+        sha256: hex::encode(<sha2::Sha256 as sha2::Digest>::digest(text.as_bytes())),
+        text: text.into(),
+    });
+    Ok(())
 }
 
 /// The daemon's judgement of one policy file, shared by its reloads and
@@ -64,7 +170,7 @@ pub fn judge_file(
     cloud: &crate::cloud::CloudRanges,
 ) -> Result<Vec<CompiledPolicy>, Vec<PolicyError>> {
     let text = read_policy(file, dir).map_err(|e| vec![e])?;
-    let (policies, mut errors) = compile_documents(file, &text);
+    let (policies, mut errors) = compile_documents(file, &text, Baselines::Required);
     errors.extend(
         policies
             .iter()
@@ -97,7 +203,11 @@ pub fn warnings(
 
 /// Reads and compiles one file, wherever it is (`policy check FILE`).
 pub fn compile_file(file: &Path) -> Result<Vec<CompiledPolicy>, PolicyError> {
-    compile_text(file, &read_policy(file, None)?)
+    first_error(compile_documents(
+        file,
+        &read_policy(file, None)?,
+        Baselines::Required,
+    ))
 }
 
 /// Reads and compiles one file of the policy directory `dir`, as listed by
@@ -106,7 +216,11 @@ pub fn compile_file(file: &Path) -> Result<Vec<CompiledPolicy>, PolicyError> {
 /// followed, which is what a Kubernetes ConfigMap mount is made of:
 /// `name.yaml -> ..data/name.yaml`, `..data -> ..2026_01_01_00_00_00.1`.
 pub fn compile_dir_file(dir: &Path, file: &Path) -> Result<Vec<CompiledPolicy>, PolicyError> {
-    compile_text(file, &read_policy(file, Some(dir))?)
+    first_error(compile_documents(
+        file,
+        &read_policy(file, Some(dir))?,
+        Baselines::Required,
+    ))
 }
 
 /// The text of a policy file, bounded by [`MAX_FILE_BYTES`]; with `inside`,

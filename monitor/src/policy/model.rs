@@ -57,6 +57,11 @@ pub struct Spec {
     /// neighbour discovery, DHCP, mDNS or the cloud metadata service.
     #[serde(default, rename = "judgeLinkLocal")]
     pub judge_link_local: bool,
+    /// An `EgressBaseline` file (relative to the policy's directory and
+    /// inside it): the first contact of a selected workload with a
+    /// destination outside it raises a drift alert.
+    #[serde(default)]
+    pub baseline: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

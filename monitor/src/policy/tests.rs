@@ -761,3 +761,121 @@ fn links_out_of_the_policy_directory_are_refused_and_a_configmap_is_read() {
     let e = compile_dir_file(dir, &dir.join("gone.yaml")).unwrap_err();
     assert!(e.reason.starts_with("cannot read: No such file"), "{e}");
 }
+
+const WITH_BASELINE: &str = "apiVersion: egress-monitor.io/v1
+kind: EgressPolicy
+metadata:
+  name: web
+spec:
+  mode: monitor
+  selector:
+    cgroupPaths: [/app/*]
+  baseline: BASELINE
+";
+
+const A_BASELINE: &str = "apiVersion: egress-monitor.io/v1
+kind: EgressBaseline
+metadata:
+  name: web-baseline
+spec:
+  workloads:
+    - cgroup: /app/web
+      countries: [DE]
+";
+
+fn policy_naming(baseline: &str) -> String {
+    WITH_BASELINE.replace("BASELINE", baseline)
+}
+
+/// `spec.baseline` is read beside the policy and checked when it loads;
+/// a baseline file in the policy directory is not a policy.
+#[test]
+fn a_policy_reads_and_checks_its_baseline() {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    std::fs::write(dir.join("web.yaml"), policy_naming("web-baseline.yaml")).unwrap();
+    std::fs::write(dir.join("web-baseline.yaml"), A_BASELINE).unwrap();
+    assert_eq!(
+        policy_files(dir).unwrap().len(),
+        2,
+        "both are listed; the baseline is passed over when compiled"
+    );
+    let none = compile_dir_file(dir, &dir.join("web-baseline.yaml")).unwrap();
+    assert!(none.is_empty(), "a baseline file holds no policy");
+    let p = judge_file(
+        Some(dir),
+        &dir.join("web.yaml"),
+        &crate::cloud::CloudRanges::default(),
+    )
+    .unwrap();
+    let b = p[0].baseline.as_ref().expect("read");
+    assert_eq!(
+        (b.name.as_str(), b.given.as_str()),
+        ("web-baseline", "web-baseline.yaml")
+    );
+    assert_eq!(&*b.text, A_BASELINE);
+    // A text from a request names a file the daemon does not read.
+    let t = compile_text(Path::new("web.yaml"), &policy_naming("/etc/shadow")).unwrap();
+    assert!(t[0].baseline.is_none());
+    // A policy recorded in force keeps its rules when its baseline is gone.
+    let r = compile_recorded(&dir.join("web.yaml"), &policy_naming("gone.yaml")).unwrap();
+    assert!(r[0].baseline.is_none());
+}
+
+/// Every way a baseline reference can be wrong fails the policy's file,
+/// at the line of `baseline:`, with the reason.
+#[test]
+fn a_wrong_baseline_fails_its_policy() {
+    let d = tempfile::tempdir().unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    let dir = d.path();
+    std::fs::write(outside.path().join("b.yaml"), A_BASELINE).unwrap();
+    std::os::unix::fs::symlink(outside.path().join("b.yaml"), dir.join("out.yaml")).unwrap();
+    std::fs::write(dir.join("broken.yaml"), A_BASELINE.replace("[DE]", "[XX]")).unwrap();
+    std::fs::write(
+        dir.join("empty.yaml"),
+        A_BASELINE.replace(
+            "  workloads:\n    - cgroup: /app/web\n      countries: [DE]\n",
+            "  workloads: []\n",
+        ),
+    )
+    .unwrap();
+    let cases = [
+        ("missing.yaml", "web.yaml", 9, "No such file"),
+        (
+            "/etc/egress/b.yaml",
+            "web.yaml",
+            9,
+            "is not a file relative to the policy's directory",
+        ),
+        ("out.yaml", "web.yaml", 9, "outside the policy directory"),
+        ("empty.yaml", "web.yaml", 9, "lists no workload"),
+        // The baseline's own error, at its own file and line.
+        ("broken.yaml", "broken.yaml", 8, "XX"),
+    ];
+    for (given, file, line, reason) in cases {
+        std::fs::write(dir.join("web.yaml"), policy_naming(given)).unwrap();
+        let e = compile_dir_file(dir, &dir.join("web.yaml")).unwrap_err();
+        assert!(e.file.ends_with(file), "{given}: {e}");
+        assert_eq!(e.line, line, "{given}: {e}");
+        assert!(e.reason.contains(reason), "{given}: {e}");
+    }
+    // A baseline among the documents of a policy file.
+    std::fs::write(
+        dir.join("mixed.yaml"),
+        format!("{}---\n{A_BASELINE}", policy_naming("empty.yaml")),
+    )
+    .unwrap();
+    let errors = judge_file(
+        Some(dir),
+        &dir.join("mixed.yaml"),
+        &crate::cloud::CloudRanges::default(),
+    )
+    .unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.reason.contains("a baseline is a file of its own")),
+        "{errors:?}"
+    );
+}

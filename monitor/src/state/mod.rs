@@ -109,6 +109,8 @@ pub struct Counters {
     pub allowed: AtomicU64,
     pub denied: AtomicU64,
     pub would_deny: AtomicU64,
+    /// Drift alerts raised (see `baseline::live`).
+    pub drift: AtomicU64,
     pub undecodable: AtomicU64,
     /// DNS answers the kernel learned from that the daemon could not read.
     pub dns_unparsed: AtomicU64,
@@ -154,6 +156,11 @@ impl View {
     /// The policy set in force now; never waits for a reload.
     pub fn policy(&self) -> Arc<PolicySnapshot> {
         self.policy.borrow().clone()
+    }
+
+    /// The policy set in force, as it changes.
+    pub fn policy_watch(&self) -> watch::Receiver<Arc<PolicySnapshot>> {
+        self.policy.clone()
     }
 
     pub fn decisions(&self) -> (u64, u64, u64) {

@@ -66,6 +66,11 @@ pub fn canonical(seq: i64, e: &Event) -> String {
     }
     key(&mut out, "dns_name");
     text(&mut out, &e.dns_name);
+    if let Some(d) = &e.drift {
+        // Its fields are declared in key order: serde writes them sorted.
+        key(&mut out, "drift");
+        num(&mut out, d);
+    }
     key(&mut out, "dst_ip");
     text(&mut out, &e.dst_ip);
     key(&mut out, "dst_port");
@@ -332,10 +337,19 @@ mod tests {
             container_id: "ab".repeat(32),
             runtime: "containerd".into(),
             systemd_unit: "x.service".into(),
+            drift: Some(Box::new(crate::events::Drift {
+                attempt: "would_deny".into(),
+                baseline: "b \"1\"".into(),
+                baseline_sha256: "ab".repeat(32),
+                kind: "cloud region".into(),
+                known: vec!["aws:eu-*".into(), "é\n".into()],
+                listed: true,
+                value: "aws:us-east-1".into(),
+            })),
         };
         // Every field set, then every optional one left out in turn.
         let mut cases = vec![full.clone(), Event::default()];
-        for clear in 0..10 {
+        for clear in 0..11 {
             let mut e = full.clone();
             match clear {
                 0 => e.dns_cname.clear(),
@@ -347,6 +361,7 @@ mod tests {
                 6 => e.qos.clear(),
                 7 => e.container_id.clear(),
                 8 => e.runtime.clear(),
+                9 => e.drift = None,
                 _ => e.systemd_unit.clear(),
             }
             cases.push(e);

@@ -432,10 +432,14 @@ impl Store {
                     ev.kernel_cpu,
                     ev.kernel_seq,
                     cgroup,
+                    query::drift_column(ev),
                 ])
                 .map_err(e("insert event"))?;
-                upsert_flow(&mut flow, ev, cgroup, 1, 0, 0, 0).map_err(e("upsert flow"))?;
-                hourly.add(ev, cgroup, 1, 0, 0);
+                // A drift alert is about an attempt its own event counts.
+                if ev.drift.is_none() {
+                    upsert_flow(&mut flow, ev, cgroup, 1, 0, 0, 0).map_err(e("upsert flow"))?;
+                    hourly.add(ev, cgroup, 1, 0, 0);
+                }
                 prev = hash.to_vec();
             }
             tx.execute(

@@ -44,7 +44,7 @@ pub fn bucket_of(t: i64) -> i64 {
 
 /// The columns `event_of` reads: the record's fields, then the record that
 /// was hashed and its digest.
-pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, CASE WHEN cgroup_ref = 0 THEN cgroup_path ELSE (SELECT path FROM cgroup_paths WHERE id = cgroup_ref) END, policy_generation, dns_name, dns_cname, cloud, cloud_region, country_source, record, digest, kernel_cpu, kernel_seq";
+pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, CASE WHEN cgroup_ref = 0 THEN cgroup_path ELSE (SELECT path FROM cgroup_paths WHERE id = cgroup_ref) END, policy_generation, dns_name, dns_cname, cloud, cloud_region, country_source, record, digest, kernel_cpu, kernel_seq, drift";
 
 /// A row's event, checked against what the chain covers: its columns must
 /// give back the hashed record, and the record its digest. A
@@ -159,10 +159,29 @@ fn columns_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
         country_source: known_name(&r.get::<_, String>(23)?),
         kernel_cpu: r.get(26)?,
         kernel_seq: r.get(27)?,
+        drift: drift_of(&r.get::<_, String>(28)?),
         ..Default::default()
     };
     attribute_cached(&mut e);
     Ok((r.get(0)?, e))
+}
+
+/// The `drift` column: JSON of a drift alert's `Drift`, empty on every
+/// other row. A column that does not read back leaves the event without
+/// it, and the record check then fails the row as edited.
+fn drift_of(column: &str) -> Option<Box<crate::events::Drift>> {
+    if column.is_empty() {
+        return None;
+    }
+    serde_json::from_str(column).ok().map(Box::new)
+}
+
+/// The `drift` column of an event (see `drift_of`).
+pub(crate) fn drift_column(e: &Event) -> String {
+    e.drift
+        .as_deref()
+        .and_then(|d| serde_json::to_string(d).ok())
+        .unwrap_or_default()
 }
 
 /// `Event::attribute`, each path parsed once per thread (a store holds a
@@ -203,7 +222,8 @@ pub fn events(
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rows {
     All,
-    /// Only refusals (denied, would_deny): read through their own index.
+    /// Only rows not allowed (denied, would_deny, drift): read through
+    /// their own index.
     Refused,
 }
 
@@ -384,7 +404,10 @@ pub fn flows(
 ) -> Result<Vec<Flow>, StoreError> {
     let mut parts: Vec<Flow> = Vec::new();
     if by_process {
-        let (events, _) = events(store, since, until, 0, usize::MAX, keep)?;
+        // A drift alert is about an attempt its own event counts.
+        let (events, _) = events(store, since, until, 0, usize::MAX, &|e| {
+            e.drift.is_none() && keep(e)
+        })?;
         for (_, e) in events {
             let t = e.unix_nanos as i64;
             let cloud_region = crate::store::cloud_place(&e);
@@ -547,7 +570,7 @@ fn edge_flows(store: &Store, edges: &[(i64, i64)]) -> Result<Vec<Flow>, StoreErr
     let mut stmt = store
         .conn
         .prepare_cached(&format!(
-            "SELECT {EVENT_FLOW_KEY}, min(unix_nanos), max(unix_nanos), count(*), 0, 0 FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY {EVENT_FLOW_GROUP}"
+            "SELECT {EVENT_FLOW_KEY}, min(unix_nanos), max(unix_nanos), count(*), 0, 0 FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 AND drift = '' GROUP BY {EVENT_FLOW_GROUP}"
         ))
         .map_err(store.err("prepare edge query"))?;
     let mut repeats = store

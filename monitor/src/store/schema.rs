@@ -6,7 +6,7 @@ use rusqlite::{params, Connection};
 use super::{sql, StoreError};
 
 /// `PRAGMA user_version` of the layout below.
-pub const VERSION: i64 = 8;
+pub const VERSION: i64 = 9;
 
 const TABLES: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -33,7 +33,9 @@ CREATE TABLE events (
     country_source TEXT NOT NULL DEFAULT '',
     -- The CPU and number the kernel gave the event in its ring (0: none).
     kernel_cpu INTEGER NOT NULL DEFAULT 0, kernel_seq INTEGER NOT NULL DEFAULT 0,
-    cgroup_ref INTEGER NOT NULL DEFAULT 0
+    cgroup_ref INTEGER NOT NULL DEFAULT 0,
+    -- A drift alert's drift (JSON), empty on every other row.
+    drift TEXT NOT NULL DEFAULT ''
 );
 -- Every cgroup path once (events and flows name them by id).
 CREATE TABLE cgroup_paths (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
@@ -198,7 +200,7 @@ CREATE INDEX checkpoints_time ON checkpoints (unix_nanos);
 PRAGMA user_version = 5;
 ";
 
-pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, dns_name, dns_cname, cloud, cloud_region, country_source, kernel_cpu, kernel_seq, cgroup_ref) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31)";
+pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, dns_name, dns_cname, cloud, cloud_region, country_source, kernel_cpu, kernel_seq, cgroup_ref, drift) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)";
 
 /// A cgroup path's id, made if new.
 pub const INTERN_CGROUP: &str = "INSERT INTO cgroup_paths (path) VALUES (?1) ON CONFLICT (path) DO UPDATE SET path = path RETURNING id";
@@ -293,16 +295,23 @@ pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             tx.execute_batch(MIGRATE_6_TO_7)
                 .map_err(e("migrate schema 6 to 7"))?;
         }
-        // Version 7 to 8: hourly sums of the flows (see `rollup`).
-        tx.execute_batch(&super::rollup::create_sql())
-            .map_err(e("migrate schema 7 to 8: create the hourly flow tables"))?;
-        tx.execute_batch(&super::rollup::fill_sql())
-            .map_err(e("migrate schema 7 to 8: fill the hourly flow tables"))?;
+        if version <= 7 {
+            // Hourly sums of the flows (see `rollup`).
+            tx.execute_batch(&super::rollup::create_sql())
+                .map_err(e("migrate schema 7 to 8: create the hourly flow tables"))?;
+            tx.execute_batch(&super::rollup::fill_sql())
+                .map_err(e("migrate schema 7 to 8: fill the hourly flow tables"))?;
+        }
+        if version <= 8 {
+            // Drift alerts.
+            tx.execute_batch("ALTER TABLE events ADD COLUMN drift TEXT NOT NULL DEFAULT '';")
+                .map_err(e("migrate schema 8 to 9: add the drift column"))?;
+        }
         tx.execute_batch(&format!("PRAGMA user_version = {VERSION}"))
             .map_err(e("write schema version"))?;
         tx.commit().map_err(e("commit migration"))?;
         log::info!(
-            "store {}: schema migrated from version {version} to {VERSION} (names and cloud regions; flows in the kernel; signed checkpoints; heartbeats; kernel event numbers; compact rows; hourly flows)",
+            "store {}: schema migrated from version {version} to {VERSION} (names and cloud regions; flows in the kernel; signed checkpoints; heartbeats; kernel event numbers; compact rows; hourly flows; drift alerts)",
             path.display()
         );
     }

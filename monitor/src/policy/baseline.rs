@@ -1,20 +1,135 @@
-//! The YAML of an `EgressBaseline`, read back with validation: every
-//! problem with its file and line, as for policies (the same screen
-//! against anchors, aliases and deep nesting).
-use std::{collections::BTreeMap, net::IpAddr, path::Path};
+//! An `EgressBaseline`: the destinations each workload is known to use,
+//! as people reviewed them. Its YAML is read back with validation (every
+//! problem with its file and line, the same screen against anchors,
+//! aliases and deep nesting as policies), and it answers whether it covers
+//! a destination (`Known::covers`). A policy refers to one by
+//! `spec.baseline`; `baseline record` writes one, `baseline diff` and the
+//! daemon's drift alerts compare flows and events to it.
+//!
+//! A destination is known by the most specific thing recorded of it: the
+//! DNS name the workload resolved, else the cloud region of the address,
+//! else (private, loopback and link-local addresses) the range it lies in,
+//! else its country, else the address itself.
+use std::{collections::BTreeMap, fmt, net::IpAddr, path::Path};
 
 use ipnetwork::IpNetwork;
 use serde::Deserialize;
 
-use super::{Dest, Workload};
-use crate::{
-    cloud::RegionPattern,
-    policy::{
-        compile::{self, Locator},
-        model::{self, Document, Metadata, PolicyError, YamlKind},
-        DomainPattern,
-    },
+use super::{
+    compile::{self, DomainPattern, Locator},
+    model::{self, Document, Metadata, PolicyError, YamlKind},
 };
+use crate::cloud::RegionPattern;
+
+/// A workload as a baseline keys it: the pod of a cgroup that is a pod's,
+/// else the cgroup path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Workload {
+    Pod(String),
+    Cgroup(String),
+}
+
+impl Workload {
+    /// The workload of a cgroup at `cgroup_path`, in pod `pod_uid` (empty:
+    /// none).
+    pub fn new(pod_uid: &str, cgroup_path: &str) -> Self {
+        if pod_uid.is_empty() {
+            Workload::Cgroup(cgroup_path.to_string())
+        } else {
+            Workload::Pod(pod_uid.to_string())
+        }
+    }
+}
+
+impl fmt::Display for Workload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Workload::Pod(uid) => write!(f, "pod {uid}"),
+            Workload::Cgroup(path) => write!(f, "cgroup {path}"),
+        }
+    }
+}
+
+/// A destination as a baseline knows it, most specific first.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Dest {
+    Name(String),
+    CloudRegion(String),
+    /// A private, loopback or link-local range, or an address the
+    /// database places nowhere (as a host prefix).
+    Cidr(String),
+    Country(String),
+}
+
+/// Ranges that never reach the internet: a baseline names the range, not
+/// each address in it.
+const PRIVATE: [&str; 7] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "100.64.0.0/10",
+    "127.0.0.0/8",
+    "fc00::/7",
+    "::1/128",
+];
+
+/// What was recorded of a destination (a flow's or an event's fields).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Place<'a> {
+    pub dns_name: &'a str,
+    /// `provider:region`.
+    pub cloud_region: &'a str,
+    pub dst_ip: &'a str,
+    pub country: &'a str,
+}
+
+impl Dest {
+    pub fn of(p: Place<'_>) -> Self {
+        // A name a baseline could not list (an `_srv` label, say) is
+        // passed over for what else is known of the address.
+        if let Ok(d) = DomainPattern::parse(p.dns_name) {
+            if !d.wildcard {
+                return Dest::Name(d.name);
+            }
+        }
+        if !p.cloud_region.is_empty() {
+            return Dest::CloudRegion(p.cloud_region.to_string());
+        }
+        let Ok(ip) = p.dst_ip.parse::<IpAddr>() else {
+            // Never matches a baseline's ranges: reported, not passed over.
+            return Dest::Cidr(p.dst_ip.to_string());
+        };
+        let local = PRIVATE
+            .iter()
+            .chain(compile::LINK_LOCAL.iter())
+            .filter_map(|c| c.parse::<IpNetwork>().ok())
+            .find(|n| n.contains(ip));
+        if let Some(net) = local {
+            return Dest::Cidr(net.to_string());
+        }
+        if !p.country.is_empty() {
+            return Dest::Country(p.country.to_string());
+        }
+        Dest::Cidr(IpNetwork::from(ip).to_string())
+    }
+
+    /// What kind of destination: `name`, `cloud region`, `cidr`, `country`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Dest::Name(_) => "name",
+            Dest::CloudRegion(_) => "cloud region",
+            Dest::Cidr(_) => "cidr",
+            Dest::Country(_) => "country",
+        }
+    }
+
+    pub fn value(&self) -> &str {
+        match self {
+            Dest::Name(v) | Dest::CloudRegion(v) | Dest::Cidr(v) | Dest::Country(v) => v,
+        }
+    }
+}
 
 pub const KIND: &str = "EgressBaseline";
 
@@ -59,10 +174,25 @@ struct WorkloadDoc {
 pub struct Baseline {
     pub name: String,
     pub workloads: BTreeMap<Workload, Known>,
+    /// Every workload's destinations together: what a workload the
+    /// baseline does not list (a new replica, a pod recreated with a new
+    /// UID) is compared to.
+    pub all: Known,
+}
+
+impl Baseline {
+    /// What `w` is compared to: its own entry, else (`false`) the
+    /// destinations of all the workloads listed.
+    pub fn known_for(&self, w: &Workload) -> (&Known, bool) {
+        match self.workloads.get(w) {
+            Some(k) => (k, true),
+            None => (&self.all, false),
+        }
+    }
 }
 
 /// The destinations one workload is known to use.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Known {
     pub names: Vec<DomainPattern>,
     pub cloud_regions: Vec<(String, RegionPattern)>,
@@ -97,6 +227,23 @@ impl Known {
             Dest::Cidr(_) => self.cidrs.iter().map(ToString::to_string).collect(),
             Dest::Country(_) => self.countries.clone(),
         }
+    }
+
+    /// Adds `other`'s destinations (each once).
+    fn merge(&mut self, other: &Known) {
+        fn add<T: Clone>(to: &mut Vec<T>, from: &[T], same: impl Fn(&T, &T) -> bool) {
+            for x in from {
+                if !to.iter().any(|y| same(x, y)) {
+                    to.push(x.clone());
+                }
+            }
+        }
+        add(&mut self.names, &other.names, PartialEq::eq);
+        add(&mut self.cloud_regions, &other.cloud_regions, |a, b| {
+            a.0 == b.0
+        });
+        add(&mut self.cidrs, &other.cidrs, PartialEq::eq);
+        add(&mut self.countries, &other.countries, PartialEq::eq);
     }
 }
 
@@ -173,8 +320,13 @@ pub fn parse(file: &Path, text: &str) -> Result<Baseline, PolicyError> {
             ));
         }
     }
+    let mut all = Known::default();
+    for k in workloads.values() {
+        all.merge(k);
+    }
     Ok(Baseline {
         name: raw.metadata.name,
         workloads,
+        all,
     })
 }
