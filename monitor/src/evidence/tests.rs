@@ -1089,9 +1089,9 @@ fn shown(cell: &str) -> String {
     out
 }
 
-/// A workload (its comm and cgroup path) and a policy that name themselves
-/// with Markdown cannot forge rows or headings of summary.md: each is one
-/// row, its text shown literally.
+/// A workload (its comm and cgroup path), a policy and a baseline that name
+/// themselves with Markdown cannot forge rows or headings of summary.md:
+/// each is one row, its text shown literally.
 #[test]
 fn hostile_names_are_shown_literally_in_the_summary() {
     let comm = "x|\n# Forged heading";
@@ -1103,8 +1103,23 @@ fn hostile_names_are_shown_literally_in_the_summary() {
     e.comm = comm.into();
     e.cgroup_path = path.into();
     e.policy = policy.into();
+    // A drift alert whose baseline and new name are hostile too.
+    let mut alert = e.clone();
+    alert.verdict = "drift";
+    alert.rule = "baseline";
+    alert.kernel_seq = 0;
+    alert.kernel_cpu = 0;
+    alert.drift = Some(Box::new(crate::events::Drift {
+        attempt: "denied".into(),
+        baseline: "b|\n# Forged baseline".into(),
+        baseline_sha256: "cd".repeat(32),
+        kind: "name".into(),
+        known: vec!["a|b\n## Forged known".into()],
+        listed: true,
+        value: "x.example|\n# Forged value".into(),
+    }));
     let mut b = Batch {
-        events: vec![Arc::new(e)],
+        events: vec![Arc::new(e), Arc::new(alert)],
         ..Default::default()
     };
     b.policy_sets.push(PolicySet {
@@ -1126,7 +1141,7 @@ fn hostile_names_are_shown_literally_in_the_summary() {
     eprintln!("{md}");
 
     let headings: Vec<&str> = md.lines().filter(|l| l.starts_with('#')).collect();
-    assert_eq!(headings.len(), 6, "{headings:#?}");
+    assert_eq!(headings.len(), 7, "{headings:#?}");
     assert!(
         !headings.iter().any(|h| h.contains("Forged")),
         "{headings:#?}"
@@ -1155,6 +1170,13 @@ fn hostile_names_are_shown_literally_in_the_summary() {
     assert_eq!(row[4], r"x\|\\x0a\# Forged heading");
     assert_eq!(shown(&row[4]), r"x|\x0a# Forged heading");
     assert_eq!(shown(&row[7]), r"p|q\x0a# Forged policy \| | |");
+
+    let drift = table_rows(&md, crate::evidence::summary::DRIFT);
+    assert_eq!(drift.len(), 1, "{drift:#?}");
+    let row = cells(drift[0]);
+    assert_eq!(row.len(), 8, "{row:#?}");
+    assert_eq!(shown(&row[2]), r"name x.example|\x0a# Forged value");
+    assert_eq!(shown(&row[7]), r"a|b\x0a## Forged known");
 
     let policies = table_rows(&md, "## Policy record");
     assert_eq!(policies.len(), 1, "{policies:#?}");

@@ -16,7 +16,8 @@ CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 -- empty): the record is the canonical form of its columns and prev_hash
 -- the hash of the row before (kept on a row whose predecessor retention
 -- removed); its cgroup path is `cgroup_ref` in cgroup_paths (cgroup_path
--- empty). Rows written before keep all three.
+-- empty). Rows written before keep all three. `drift` is a drift alert's
+-- (JSON of its `Drift`), empty on every other row.
 CREATE TABLE events (
     seq INTEGER PRIMARY KEY,
     unix_nanos INTEGER NOT NULL,
@@ -33,9 +34,7 @@ CREATE TABLE events (
     country_source TEXT NOT NULL DEFAULT '',
     -- The CPU and number the kernel gave the event in its ring (0: none).
     kernel_cpu INTEGER NOT NULL DEFAULT 0, kernel_seq INTEGER NOT NULL DEFAULT 0,
-    cgroup_ref INTEGER NOT NULL DEFAULT 0,
-    -- A drift alert's drift (JSON), empty on every other row.
-    drift TEXT NOT NULL DEFAULT ''
+    cgroup_ref INTEGER NOT NULL DEFAULT 0, drift TEXT NOT NULL DEFAULT ''
 );
 -- Every cgroup path once (events and flows name them by id).
 CREATE TABLE cgroup_paths (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
@@ -321,6 +320,41 @@ pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A version 8 store gains the drift column and keeps its hourly sums
+    /// as they were (the 7 to 8 step is not run again).
+    #[test]
+    fn a_version_8_store_gains_drift_alerts_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v8.db");
+        let conn = Connection::open(&path).unwrap();
+        prepare(&conn, &path).unwrap();
+        conn.execute_batch(
+            "INSERT INTO flows_by_place (hour, verdict, policy, protocol, country, continent, cloud_region, first_seen, last_seen, count, packets, bytes) VALUES (0, 'denied', 'p', 'tcp', 'US', 'NA', '', 5, 5, 3, 0, 0);
+             ALTER TABLE events DROP COLUMN drift;
+             PRAGMA user_version = 8;",
+        )
+        .unwrap();
+        drop(conn);
+        let conn = Connection::open(&path).unwrap();
+        prepare(&conn, &path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, VERSION);
+        let drift: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM pragma_table_info('events') WHERE name = 'drift'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(drift, 1, "the drift column is added");
+        let hourly: i64 = conn
+            .query_row("SELECT sum(count) FROM flows_by_place", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(hourly, 3, "the hourly sums are not filled again");
+    }
 
     /// A store written by version 1 opens: its events keep their records
     /// (and chain) and gain empty name columns, its flows are carried over
