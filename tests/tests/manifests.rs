@@ -393,3 +393,105 @@ fn daemonset_flags_probes_and_mounts_agree() {
         );
     }
 }
+
+/// The Prometheus Operator component (deploy/kubernetes/prometheus-operator).
+fn operator_dir() -> PathBuf {
+    k8s_dir().join("prometheus-operator")
+}
+
+/// Prometheus finds the daemon's metrics: --metrics-addr listens on the
+/// pod's addresses, the scrape annotations and the container port name
+/// its port, and the optional Prometheus Operator component (a headless
+/// Service and a ServiceMonitor) selects these pods, scrapes that port
+/// under the job name the alert rules expect, and validates.
+#[test]
+fn metrics_port_is_announced_to_prometheus() {
+    let ds = object("DaemonSet", "egress-monitor");
+    let template = &ds["spec"]["template"];
+    let c = &template["spec"]["containers"][0];
+    let args = strings(&c["args"]);
+    let addr: std::net::SocketAddr = flag(&args, "--metrics-addr")
+        .expect("the DaemonSet serves metrics (--metrics-addr)")
+        .parse()
+        .expect("--metrics-addr is an address");
+    assert!(
+        addr.ip().is_unspecified(),
+        "{addr}: Prometheus reaches the pod on its address, not on loopback"
+    );
+    let port = addr.port();
+    let annotations = &template["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], port.to_string());
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    let ports = c["ports"].as_array().expect("container ports");
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["name"] == "metrics" && p["containerPort"] == port),
+        "no container port metrics = {port}: {ports:?}"
+    );
+
+    // The component lists its files, which validate (the ServiceMonitor has
+    // no schema there: it is checked below).
+    let kustomization = &load_yaml(&operator_dir().join("kustomization.yaml"))[0];
+    assert_eq!(kustomization["kind"], "Component");
+    let listed: BTreeSet<String> = strings(&kustomization["resources"]).into_iter().collect();
+    let present: BTreeSet<String> = std::fs::read_dir(operator_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, present);
+    let (out, text) = kubernetes_validate(&[operator_dir().join("service.yaml")]);
+    assert!(out.status.success(), "kubernetes-validate failed:\n{text}");
+    // Enabling it is one line away in the main kustomization.
+    let main = std::fs::read_to_string(k8s_dir().join("kustomization.yaml")).unwrap();
+    assert!(main.contains("#   - prometheus-operator"), "{main}");
+
+    let service = &load_yaml(&operator_dir().join("service.yaml"))[0];
+    let monitor = &load_yaml(&operator_dir().join("servicemonitor.yaml"))[0];
+    let pod_labels = template["metadata"]["labels"].as_object().unwrap();
+    let selects = |selector: &Value, labels: &serde_json::Map<String, Value>| {
+        let wanted = selector.as_object().expect("a label selector");
+        !wanted.is_empty() && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+    };
+    assert!(
+        selects(&service["spec"]["selector"], pod_labels),
+        "the Service does not select the DaemonSet's pods: {service}"
+    );
+    assert_eq!(service["spec"]["clusterIP"], "None", "headless: {service}");
+    assert_eq!(
+        service["metadata"]["namespace"],
+        ds["metadata"]["namespace"]
+    );
+    let sp = &service["spec"]["ports"][0];
+    assert_eq!(sp["name"], "metrics");
+    assert_eq!(sp["port"], port);
+    assert_eq!(sp["targetPort"], "metrics");
+
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["kind"], "ServiceMonitor");
+    assert!(
+        selects(
+            &monitor["spec"]["selector"]["matchLabels"],
+            service["metadata"]["labels"].as_object().unwrap()
+        ),
+        "the ServiceMonitor does not select the Service: {monitor}"
+    );
+    assert_eq!(
+        strings(&monitor["spec"]["namespaceSelector"]["matchNames"]),
+        [service["metadata"]["namespace"].as_str().unwrap()]
+    );
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], "metrics");
+    assert_eq!(endpoint["path"], "/metrics");
+    // The operator names the job after the Service (no jobLabel): the name
+    // the alert rules look for.
+    assert!(monitor["spec"].get("jobLabel").is_none(), "{monitor}");
+    let rules = std::fs::read_to_string(repo_root().join("deploy/prometheus/alerts.yaml")).unwrap();
+    let job = format!(
+        "up{{job=\"{}\"}}",
+        service["metadata"]["name"].as_str().unwrap()
+    );
+    assert!(rules.contains(&job), "the alert rules do not watch {job}");
+}

@@ -524,6 +524,18 @@ fn dashboard_and_rules_name_only_metrics_the_daemon_exports() {
         "eu.yaml",
         &env.policy("eu", "enforce", "sel", "  allow:\n    countries: [DE]\n"),
     );
+    // A policy with rules no loaded data can judge (the test daemon has no
+    // cloud ranges), so egress_monitor_policy_data_missing has a series.
+    std::fs::create_dir_all(env.cgroup("mon")).unwrap();
+    env.write_policy(
+        "cloud.yaml",
+        &env.policy(
+            "cloud",
+            "monitor",
+            "mon",
+            "  allow:\n    cloudRegions: [\"aws:eu-west-3\"]\n",
+        ),
+    );
     env.start_daemon(&[
         "--metrics-addr",
         &format!("127.0.0.1:{CATALOGUE_METRICS_PORT}"),
