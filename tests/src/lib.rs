@@ -646,6 +646,25 @@ impl TestEnv {
         }
     }
 
+    /// Known traffic from `sub`, whose policy allows DE only: `denied` TCP
+    /// connections to `US_V4` (each refused), then `allowed` UDP datagrams
+    /// to `DE_V4` (each let through). The probes' pids, in that order.
+    pub fn denied_then_allowed(&self, sub: &str, denied: usize, allowed: usize) -> Vec<u64> {
+        let port = PORT.to_string();
+        let mut pids = Vec::new();
+        for _ in 0..denied {
+            let r = self.probe(sub, &["tcp", US_V4, &port]);
+            assert!(!r.ok, "US is refused: {:?}", r.raw);
+            pids.push(r.pid);
+        }
+        for _ in 0..allowed {
+            let r = self.probe(sub, &["udp", DE_V4, &port]);
+            assert!(r.ok, "DE is allowed: {:?}", r.raw);
+            pids.push(r.pid);
+        }
+        pids
+    }
+
     /// The first event (seen before or arriving within `timeout`) that
     /// matches; panics with what did arrive otherwise.
     pub fn expect_event(

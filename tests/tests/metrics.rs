@@ -92,17 +92,7 @@ fn metrics_count_known_traffic_exactly() {
         .contains(&format!("Prometheus metrics at http://{addr}/metrics")));
 
     let p = PORT.to_string();
-    let mut pids = Vec::new();
-    for _ in 0..3 {
-        let r = env.probe("sel", &["tcp", US_V4, &p]);
-        assert!(!r.ok, "US is refused under eu: {:?}", r.raw);
-        pids.push(r.pid);
-    }
-    for _ in 0..2 {
-        let r = env.probe("sel", &["udp", DE_V4, &p]);
-        assert!(r.ok, "DE is allowed: {:?}", r.raw);
-        pids.push(r.pid);
-    }
+    let mut pids = env.denied_then_allowed("sel", 3, 2);
     let r = env.probe("mon", &["tcp", US_V6, &p]);
     assert!(r.ok, "monitor mode lets through: {:?}", r.raw);
     pids.push(r.pid);

@@ -67,16 +67,13 @@ fn alert_rules() -> Vec<(String, Value)> {
 }
 
 /// The rules check, and their unit tests pass; every alert carries a
-/// severity and on-call text, and the unit tests show each one firing and
-/// not firing.
+/// severity and on-call text whose commands the CLI accepts, and the unit
+/// tests show each one firing and not firing.
 #[test]
 fn alert_rules_pass_promtool_check_and_unit_tests() {
     let dir = deploy("prometheus");
     let (ok, text) = promtool(&dir, &["check", "rules", "alerts.yaml"]);
     assert!(ok, "promtool check rules alerts.yaml:\n{text}");
-    assert!(text.contains("SUCCESS"), "{text}");
-    let (ok, text) = promtool(&dir, &["test", "rules", "alerts_test.yaml"]);
-    assert!(ok, "promtool test rules alerts_test.yaml:\n{text}");
     assert!(text.contains("SUCCESS"), "{text}");
 
     let alerts = alert_rules();
@@ -92,6 +89,31 @@ fn alert_rules_pass_promtool_check_and_unit_tests() {
             assert!(text.len() > 20, "{name}: no useful {key}: {text:?}");
         }
     }
+
+    // The commands the on-call text gives exist with these flags: clap
+    // checks every flag and value before it reaches --help.
+    let mut commands = 0;
+    for (name, rule) in &alerts {
+        let text = rule["annotations"]["description"].as_str().unwrap();
+        for quoted in text.split('`').skip(1).step_by(2) {
+            let Some(args) = quoted.strip_prefix("egress-monitor ") else {
+                continue;
+            };
+            let args = args.replace("{{ $labels.policy }}", "eu");
+            let argv: Vec<&str> = args.split_whitespace().collect();
+            let (out, text) = command_output(Command::new(daemon_bin()).args(&argv).arg("--help"));
+            assert!(out.status.success(), "{name}: `{quoted}` fails:\n{text}");
+            commands += 1;
+        }
+    }
+    assert!(
+        commands >= 5,
+        "only {commands} commands in the on-call text"
+    );
+
+    let (ok, text) = promtool(&dir, &["test", "rules", "alerts_test.yaml"]);
+    assert!(ok, "promtool test rules alerts_test.yaml:\n{text}");
+    assert!(text.contains("SUCCESS"), "{text}");
 
     // What the unit tests expect of each alert: firing (a non-empty
     // exp_alerts) and not firing (an empty one), at some time.
@@ -324,18 +346,7 @@ fn a_real_prometheus_scrapes_known_counts_and_fires_the_denial_alert() {
     let alerts = prom.alerts();
     assert!(alerts.is_empty(), "alerts before any traffic: {alerts:#?}");
 
-    let p = PORT.to_string();
-    let mut pids = Vec::new();
-    for _ in 0..3 {
-        let r = env.probe("sel", &["tcp", US_V4, &p]);
-        assert!(!r.ok, "US is refused under eu: {:?}", r.raw);
-        pids.push(r.pid);
-    }
-    for _ in 0..2 {
-        let r = env.probe("sel", &["udp", DE_V4, &p]);
-        assert!(r.ok, "DE is allowed: {:?}", r.raw);
-        pids.push(r.pid);
-    }
+    let pids = env.denied_then_allowed("sel", 3, 2);
     // The first attempt to each destination is an event; the repeats reach
     // the counters with the kernel flow table's next harvest.
     for pid in [pids[0], pids[3]] {
@@ -372,6 +383,13 @@ fn a_real_prometheus_scrapes_known_counts_and_fires_the_denial_alert() {
     ];
     prom.wait("the known counts", |p| decisions(p) == expected);
     assert_eq!(decisions(&prom), expected);
+    // What an operator's query returns (shown with --nocapture).
+    let promql = "egress_monitor_decisions_total";
+    eprintln!(
+        "GET {}\n{:#}",
+        PrometheusServer::query_path(promql),
+        prom.api(&PrometheusServer::query_path(promql))
+    );
 
     prom.wait("EgressDenied firing", |p| {
         alert(
@@ -382,6 +400,7 @@ fn a_real_prometheus_scrapes_known_counts_and_fires_the_denial_alert() {
         .is_some_and(|a| a["state"] == "firing")
     });
     let alerts = prom.alerts();
+    eprintln!("GET /api/v1/alerts\n{:#}", Value::Array(alerts.clone()));
     let firing = alert(&alerts, "EgressDenied", &[]).unwrap();
     assert_eq!(firing["labels"]["severity"], "critical", "{firing}");
     assert_eq!(firing["labels"]["verdict"], "denied", "{firing}");
@@ -541,10 +560,9 @@ fn dashboard_and_rules_name_only_metrics_the_daemon_exports() {
         &format!("127.0.0.1:{CATALOGUE_METRICS_PORT}"),
     ]);
     // One denial, so every family has its sample (not only its TYPE line).
-    let r = env.probe("sel", &["tcp", US_V4, &PORT.to_string()]);
-    assert!(!r.ok, "US is refused: {:?}", r.raw);
+    let pid = env.denied_then_allowed("sel", 1, 0)[0];
     env.expect_event("the denial", WAIT, |e: &Value| {
-        e["tgid"].as_u64() == Some(r.pid)
+        e["tgid"].as_u64() == Some(pid)
     });
     let exposition = loopback::get(CATALOGUE_METRICS_PORT, "/metrics").body;
     let exported = exported_names(&exposition);
