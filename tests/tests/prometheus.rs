@@ -565,6 +565,13 @@ fn dashboard_and_rules_name_only_metrics_the_daemon_exports() {
         e["tgid"].as_u64() == Some(pid)
     });
     let exposition = loopback::get(CATALOGUE_METRICS_PORT, "/metrics").body;
+    // The store's lines as a scrape shows them (with --nocapture).
+    for line in exposition
+        .lines()
+        .filter(|l| l.contains("egress_monitor_store_"))
+    {
+        eprintln!("{line}");
+    }
     let exported = exported_names(&exposition);
     assert!(
         exported.contains("egress_monitor_decisions_total")
