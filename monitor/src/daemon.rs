@@ -682,6 +682,9 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         PathResolver::new(&mount),
     )));
     let metrics = Arc::new(Metrics::new());
+    metrics.register_collector(Box::new(crate::metrics::store::StoreCollector::new(
+        store.clone(),
+    )));
     // Before the first event is drained: the writer resumes the kernel's
     // numbering where the store left it.
     store.kernel_epoch(kernel.events_epoch().to_string());

@@ -17,6 +17,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod loopback;
+
 /// Test hosts inside the namespace, and the countries the test database
 /// gives them. Never 192.0.2.0/24: the machines' own network lives there.
 pub const DE_V4: &str = "198.51.100.2";
@@ -93,6 +95,14 @@ fn sh_quiet(args: &[&str]) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+}
+
+/// The repository's root (deploy/, policies/, docs/ live there).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .canonicalize()
+        .expect("repository root")
 }
 
 pub fn cgroup2_mount() -> PathBuf {
@@ -636,6 +646,25 @@ impl TestEnv {
         }
     }
 
+    /// Known traffic from `sub`, whose policy allows DE only: `denied` TCP
+    /// connections to `US_V4` (each refused), then `allowed` UDP datagrams
+    /// to `DE_V4` (each let through). The probes' pids, in that order.
+    pub fn denied_then_allowed(&self, sub: &str, denied: usize, allowed: usize) -> Vec<u64> {
+        let port = PORT.to_string();
+        let mut pids = Vec::new();
+        for _ in 0..denied {
+            let r = self.probe(sub, &["tcp", US_V4, &port]);
+            assert!(!r.ok, "US is refused: {:?}", r.raw);
+            pids.push(r.pid);
+        }
+        for _ in 0..allowed {
+            let r = self.probe(sub, &["udp", DE_V4, &port]);
+            assert!(r.ok, "DE is allowed: {:?}", r.raw);
+            pids.push(r.pid);
+        }
+        pids
+    }
+
     /// The first event (seen before or arriving within `timeout`) that
     /// matches; panics with what did arrive otherwise.
     pub fn expect_event(
@@ -823,6 +852,40 @@ pub fn venv_bin(name: &str) -> PathBuf {
 }
 
 /// Field accessors for events.
+/// Runs `cmd` to its end: its output, and stdout then stderr as text.
+pub fn command_output(cmd: &mut Command) -> (std::process::Output, String) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out, text)
+}
+
+/// Every document of a YAML file, as JSON values: PyYAML from the test
+/// virtualenv (kubernetes-validate brings it) parses, JSON crosses over.
+pub fn load_yaml(path: &Path) -> Vec<Value> {
+    const SCRIPT: &str = "import json, sys, yaml\n\
+        docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]\n\
+        print(json.dumps(docs, default=str))\n";
+    let out = Command::new(venv_bin("python"))
+        .args(["-c", SCRIPT])
+        .arg(path)
+        .output()
+        .unwrap_or_else(|e| panic!("running python on {}: {e}", path.display()));
+    assert!(
+        out.status.success(),
+        "parsing {}: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    match serde_json::from_slice(&out.stdout).expect("JSON from python") {
+        Value::Array(docs) => docs,
+        other => panic!("{}: not a list of documents: {other}", path.display()),
+    }
+}
+
 pub fn s<'a>(e: &'a Value, key: &str) -> &'a str {
     e[key].as_str().unwrap_or("")
 }

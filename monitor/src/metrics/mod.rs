@@ -6,6 +6,7 @@
 //! stream clients, map memory, ring buffer fill) is read when scraped.
 //! Label values are bounded: verdicts, policy names and country codes.
 pub mod server;
+pub mod store;
 pub mod system;
 
 use std::{
