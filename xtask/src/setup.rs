@@ -30,6 +30,8 @@ const PACKAGES: &[&str] = &[
     // prometheus and promtool: the alert rules' checks and unit tests, and
     // a real server scraping the daemon (tests/tests/prometheus.rs).
     "prometheus",
+    // A real terminal for `top`'s tests (tests/tests/top.rs).
+    "tmux",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -10,6 +10,7 @@ mod pinned;
 mod policy;
 mod residency;
 mod status;
+mod top;
 mod uninstall;
 mod verify;
 
@@ -61,6 +62,11 @@ pub enum Command {
     Daemon(daemon::DaemonArgs),
     /// Decisions from the daemon: recent ones, or live with --follow.
     Events(events::EventsArgs),
+    /// A live view of a node in the terminal: decisions per second by
+    /// verdict, top destinations and workloads, the latest denials and
+    /// drift alerts, losses and the store; keys filter (v verdict, p
+    /// policy, w workload), pause (space) and quit (q).
+    Top(top::TopArgs),
     /// Flows from the history store: who talked to where, how often.
     Flows(flows::FlowsArgs),
     /// Write a signed evidence bundle for a time window (reads the store
@@ -128,6 +134,7 @@ pub fn run(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Daemon(args) => daemon::run(args),
         Command::Events(args) => block_on(events::run(args)),
+        Command::Top(args) => block_on(top::run(args)),
         Command::Status(args) => block_on(status::run(args)),
         Command::Flows(args) => block_on(flows::run(args)),
         Command::Export(args) => export::run(args),
