@@ -538,15 +538,25 @@ fn dashboard_and_rules_name_only_metrics_the_daemon_exports() {
         &env.policy("eu", "enforce", "sel", "  allow:\n    countries: [DE]\n"),
     );
     // A policy with rules no loaded data can judge (the test daemon has no
-    // cloud ranges), so egress_monitor_policy_data_missing has a series.
+    // cloud ranges), so egress_monitor_policy_data_missing has a series,
+    // and with a baseline, so egress_monitor_drift_alerts_total has its
+    // series (at 0) from the start.
     std::fs::create_dir_all(env.cgroup("mon")).unwrap();
+    std::fs::write(
+        env.policy_dir().join("mon-baseline.yaml"),
+        format!(
+            "apiVersion: egress-monitor.io/v1\nkind: EgressBaseline\nmetadata: {{name: mon}}\nspec:\n  workloads:\n    - cgroup: {}\n      countries: [DE]\n",
+            env.rel("mon")
+        ),
+    )
+    .unwrap();
     env.write_policy(
         "cloud.yaml",
         &env.policy(
             "cloud",
             "monitor",
             "mon",
-            "  allow:\n    cloudRegions: [\"aws:eu-west-3\"]\n",
+            "  allow:\n    cloudRegions: [\"aws:eu-west-3\"]\n  baseline: mon-baseline.yaml\n",
         ),
     );
     env.start_daemon(&[
