@@ -732,7 +732,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
             key: name_key,
         },
     );
-    outlets.drift = crate::baseline::live::Live::watching(view.policy_watch());
+    outlets.drift = crate::pipeline::drift::Live::watching(view.policy_watch());
     let outlets = Arc::new(outlets);
     remember_drift(crate::store::path_in(&config.state_dir), outlets.clone());
     match crate::metrics::system::RingFill::map(
@@ -999,7 +999,7 @@ fn remember_drift(store: PathBuf, outlets: Arc<Outlets>) {
         let mut remembered = 0;
         // Bounded: each page moves the token on; the live check keeps at
         // most MAX_ALERTED anyway.
-        for _ in 0..=crate::baseline::live::MAX_ALERTED / PAGE {
+        for _ in 0..=crate::pipeline::drift::MAX_ALERTED / PAGE {
             let page = crate::api::history::query_events(
                 &store,
                 pb::QueryEventsRequest {

@@ -1,9 +1,8 @@
-//! Baselines over the store and the live events: recorded from the
-//! history store for people to review (`baseline record`), the flows
-//! outside one (`baseline diff`), and the daemon's drift alerts (`live`).
-//! The file format and what it covers are `policy::baseline`'s.
+//! Baselines over the store: recorded from the history store for people
+//! to review (`baseline record`), and the flows outside one (`baseline
+//! diff`). The file format and what it covers are `policy::baseline`'s;
+//! the daemon's drift alerts are `pipeline::drift`'s.
 pub mod diff;
-pub mod live;
 pub mod record;
 
 use crate::api::pb;

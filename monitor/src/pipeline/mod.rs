@@ -7,6 +7,7 @@
 //! Depends on the events (decoding), the read-side counters (`state`) and
 //! the interfaces it declares here ([`Observer`], [`Names`]); whoever wants
 //! to see decisions implements them (the metrics do).
+pub mod drift;
 pub mod fanout;
 pub mod harvest;
 
@@ -32,7 +33,7 @@ pub trait Observer: Send + Sync {
     /// `count` more attempts decided as `raw` was, which the kernel counted
     /// in its flow table instead of reporting (see `harvest`).
     fn repeated(&self, _raw: &DecisionEvent, _event: &Event, _count: u64) {}
-    /// A drift alert the daemon raised (see `baseline::live`).
+    /// A drift alert the daemon raised (see `pipeline::drift`).
     fn drift(&self, _alert: &Event) {}
 }
 
@@ -64,7 +65,7 @@ pub struct Outlets {
     /// What the controller acts on at once when the kernel reports it.
     pub wake: Wakeups,
     /// Drift alerts: each decision is compared to its policy's baseline.
-    pub drift: crate::baseline::live::Live,
+    pub drift: drift::Live,
 }
 
 /// Decisions the controller acts on as soon as they are read.
@@ -114,7 +115,7 @@ impl Outlets {
             ),
             ttl: naming.ttl,
             wake: Wakeups::default(),
-            drift: crate::baseline::live::Live::default(),
+            drift: drift::Live::default(),
         }
     }
 

@@ -109,7 +109,7 @@ pub struct Counters {
     pub allowed: AtomicU64,
     pub denied: AtomicU64,
     pub would_deny: AtomicU64,
-    /// Drift alerts raised (see `baseline::live`).
+    /// Drift alerts raised (see `pipeline::drift`).
     pub drift: AtomicU64,
     pub undecodable: AtomicU64,
     /// DNS answers the kernel learned from that the daemon could not read.

@@ -18,7 +18,7 @@ use std::{
 
 use tokio::sync::watch;
 
-use super::{Baseline, Dest, Place, Workload};
+use crate::policy::baseline::{Baseline, Dest, Place, Workload};
 use crate::{
     events::{self, Event},
     state::PolicySnapshot,
@@ -157,7 +157,7 @@ fn parse_all(snapshot: &PolicySnapshot) -> HashMap<String, Arc<Loaded>> {
         };
         // Checked when the policy was loaded; a failure here is a bug,
         // said rather than passed over.
-        match super::parse(std::path::Path::new(&b.path), &b.text) {
+        match crate::policy::baseline::parse(std::path::Path::new(&b.path), &b.text) {
             Ok(baseline) => {
                 out.insert(
                     p.policy.name.clone(),
