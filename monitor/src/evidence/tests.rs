@@ -256,6 +256,7 @@ fn size_retention_brings_the_store_under_its_limit_oldest_first() {
     let r = crate::store::retention::Retention {
         max_age: None,
         max_bytes: Some(limit),
+        ..Default::default()
     };
     let removed = s.enforce_retention(&r, T0).unwrap();
     assert!(removed.events_by_size > 0);
