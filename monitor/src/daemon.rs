@@ -896,7 +896,10 @@ impl Running {
         self.harvester.finish().await;
         if let Some(nats) = self.nats.take() {
             // What it had not sent waits in the store for the next start.
-            if tokio::time::timeout(Duration::from_secs(2), nats).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(2), nats)
+                .await
+                .is_err()
+            {
                 log::warn!("the NATS publisher did not stop within 2 s");
             }
         }

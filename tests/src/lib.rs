@@ -17,6 +17,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod nats;
+
 /// Test hosts inside the namespace, and the countries the test database
 /// gives them. Never 192.0.2.0/24: the machines' own network lives there.
 pub const DE_V4: &str = "198.51.100.2";

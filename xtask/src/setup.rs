@@ -8,7 +8,8 @@ use sha2::{Digest, Sha256};
 use crate::{cloud_ranges_dir, cloudip, geoip_path, is_root, run};
 
 /// Debian packages: Debian's Rust with its library sources and LLVM 22 (the
-/// eBPF build, see TOOLCHAIN.md), protoc, bpftool, mmdblookup, iproute2.
+/// eBPF build, see TOOLCHAIN.md), protoc, bpftool, mmdblookup, iproute2,
+/// nats-server.
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "rust-web-src",
@@ -26,6 +27,8 @@ const PACKAGES: &[&str] = &[
     "util-linux",
     // The README's tour reads the node key from `status -o json`.
     "jq",
+    // The fleet tests' JetStream cluster (2.9: `-js`, clustering).
+    "nats-server",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -189,6 +189,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("--retention-days must be more than 0 and at most 36500");
         }
     }
+    args.publish.nats.check_files()?;
     if args.retention_max_mb == Some(0) {
         anyhow::bail!("--retention-max-mb must be at least 1");
     }

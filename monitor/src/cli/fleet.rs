@@ -79,6 +79,7 @@ fn prepare(w: &Window) -> anyhow::Result<(i64, i64, Filter)> {
     if w.nats.nats_url.is_none() {
         anyhow::bail!("--nats-url is required: the NATS servers the daemons publish to");
     }
+    w.nats.check_files()?;
     let (since, until) = crate::store::time::parse_window(
         &w.since,
         w.until.as_deref().unwrap_or(""),

@@ -75,6 +75,29 @@ pub enum NatsError {
 }
 
 impl NatsArgs {
+    /// The files given must be readable now: a typo is said at the start,
+    /// not found by the publisher later.
+    pub fn check_files(&self) -> Result<(), NatsError> {
+        for (flag, path) in [
+            ("--nats-creds", &self.nats_creds),
+            ("--nats-tls-ca", &self.nats_tls_ca),
+            ("--nats-tls-cert", &self.nats_tls_cert),
+            ("--nats-tls-key", &self.nats_tls_key),
+        ] {
+            if let Some(p) = path {
+                std::fs::File::open(p).map_err(|source| NatsError::File {
+                    flag,
+                    path: p.clone(),
+                    source,
+                })?;
+            }
+        }
+        if let Some(url) = &self.nats_url {
+            servers(url)?;
+        }
+        Ok(())
+    }
+
     /// The URL given (the caller checked it is).
     pub fn url(&self) -> &str {
         self.nats_url.as_deref().unwrap_or("")
@@ -109,19 +132,7 @@ impl NatsArgs {
                     source,
                 })?;
         }
-        for (flag, path) in [
-            ("--nats-tls-ca", &self.nats_tls_ca),
-            ("--nats-tls-cert", &self.nats_tls_cert),
-            ("--nats-tls-key", &self.nats_tls_key),
-        ] {
-            if let Some(p) = path {
-                std::fs::metadata(p).map_err(|source| NatsError::File {
-                    flag,
-                    path: p.clone(),
-                    source,
-                })?;
-            }
-        }
+        self.check_files()?;
         if let Some(ca) = &self.nats_tls_ca {
             opts = opts.add_root_certificates(ca.clone()).require_tls(true);
         }
@@ -308,7 +319,10 @@ mod tests {
     fn subject_patterns_match_as_nats_does() {
         assert!(subject_matches("egress.>", "egress.n1.event.denied"));
         assert!(subject_matches("egress.*.flow", "egress.n1.flow"));
-        assert!(subject_matches("egress.n1.event.*", "egress.n1.event.allowed"));
+        assert!(subject_matches(
+            "egress.n1.event.*",
+            "egress.n1.event.allowed"
+        ));
         assert!(!subject_matches("egress.n1.event.*", "egress.n1.flow"));
         assert!(!subject_matches("egress.>", "egress"));
         assert!(!subject_matches("other.>", "egress.n1.flow"));

@@ -377,10 +377,10 @@ async fn ensure_stream(
                 if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
         {
             let clustered = client.server_info().cluster.is_some();
-            let replicas = args
-                .nats_replicas
-                .map(usize::from)
-                .unwrap_or(if clustered { 3 } else { 1 });
+            let replicas =
+                args.nats_replicas
+                    .map(usize::from)
+                    .unwrap_or(if clustered { 3 } else { 1 });
             let config = jetstream::stream::Config {
                 name: name.clone(),
                 subjects: vec![format!("{prefix}.>")],
@@ -397,7 +397,9 @@ async fn ensure_stream(
             };
             js.create_stream(config).await.map_err(|e| {
                 shared.js_error(
-                    format!("creating NATS stream {name} (subjects {prefix}.>, {replicas} replicas)"),
+                    format!(
+                        "creating NATS stream {name} (subjects {prefix}.>, {replicas} replicas)"
+                    ),
                     e,
                 )
             })?;

@@ -33,6 +33,9 @@ pub fn subject_filter(prefix: &str, nodes: &[String], kind: &Kind<'_>) -> String
     }
 }
 
+/// What `read` hands each message to: its payload and content type.
+pub type OnMessage<'a> = dyn FnMut(&[u8], Option<&str>) -> anyhow::Result<()> + 'a;
+
 /// Reads every message on `subject` stored from `start` (Unix ns) on, in
 /// stream order, handing each payload and content type to `each`; returns
 /// how many were read.
@@ -40,7 +43,7 @@ pub async fn read(
     nats: &NatsArgs,
     subject: String,
     start: i64,
-    each: &mut dyn FnMut(&[u8], Option<&str>) -> anyhow::Result<()>,
+    each: &mut OnMessage<'_>,
 ) -> anyhow::Result<u64> {
     let client = nats
         .connect("egress-monitor fleet", |e: async_nats::Event| async move {
@@ -131,9 +134,16 @@ mod tests {
         );
         let two = s(&["denied", "would_deny"]);
         assert_eq!(
-            subject_filter("egress", &s(&["n1", "n2"]), &Kind::Events { verdicts: &two }),
+            subject_filter(
+                "egress",
+                &s(&["n1", "n2"]),
+                &Kind::Events { verdicts: &two }
+            ),
             "egress.*.event.*"
         );
-        assert_eq!(subject_filter("corp.eg", &[], &Kind::Flows), "corp.eg.*.flow");
+        assert_eq!(
+            subject_filter("corp.eg", &[], &Kind::Flows),
+            "corp.eg.*.flow"
+        );
     }
 }

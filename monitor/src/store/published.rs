@@ -45,11 +45,9 @@ impl Store {
     pub fn unpublished(&self) -> Result<u64, StoreError> {
         let acked = self.published(ACKED_KEY)?.unwrap_or(0);
         self.conn
-            .query_row(
-                "SELECT count(*) FROM events WHERE seq > ?1",
-                [acked],
-                |r| r.get::<_, i64>(0),
-            )
+            .query_row("SELECT count(*) FROM events WHERE seq > ?1", [acked], |r| {
+                r.get::<_, i64>(0)
+            })
             .map(|n| n as u64)
             .map_err(self.err("count unpublished events"))
     }
