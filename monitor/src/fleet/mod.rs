@@ -98,9 +98,9 @@ impl NatsArgs {
         Ok(())
     }
 
-    /// The URL given (the caller checked it is).
-    pub fn url(&self) -> &str {
-        self.nats_url.as_deref().unwrap_or("")
+    /// The URL given (the caller checked it is), its password hidden.
+    pub fn url(&self) -> String {
+        redact(self.nats_url.as_deref().unwrap_or(""))
     }
 
     /// Connects (once: the caller decides about retrying), reconnecting on
@@ -115,8 +115,8 @@ impl NatsArgs {
         F: Fn(async_nats::Event) -> Fut + Send + Sync + 'static,
         Fut: std::future::Future<Output = ()> + 'static + Send + Sync,
     {
-        let url = self.url().to_string();
-        let servers = servers(&url)?;
+        let url = self.url();
+        let servers = servers(self.nats_url.as_deref().unwrap_or(""))?;
         let mut opts = async_nats::ConnectOptions::new()
             .name(name)
             .connection_timeout(std::time::Duration::from_secs(5))
@@ -139,31 +139,89 @@ impl NatsArgs {
         if let (Some(cert), Some(key)) = (&self.nats_tls_cert, &self.nats_tls_key) {
             opts = opts.add_client_certificate(cert.clone(), key.clone());
         }
-        opts.connect(servers)
+        if let Some((user, password)) = servers.user {
+            opts = opts.user_and_password(user, password);
+        }
+        opts.connect(servers.addrs)
             .await
             .map_err(|source| NatsError::Connect { url, source })
     }
 }
 
-/// The servers of a comma-separated `--nats-url`.
-fn servers(url: &str) -> Result<Vec<async_nats::ServerAddr>, NatsError> {
+/// The servers of a comma-separated `--nats-url`, and the user and
+/// password its URLs carry (`nats://user:pass@host:4222`; the same on
+/// every URL), which are sent as such and never shown.
+#[derive(Debug)]
+struct Servers {
+    addrs: Vec<async_nats::ServerAddr>,
+    user: Option<(String, String)>,
+}
+
+fn servers(url: &str) -> Result<Servers, NatsError> {
     let bad = |reason: String| NatsError::Url {
-        url: url.to_string(),
+        url: redact(url),
         reason,
     };
-    let list: Vec<async_nats::ServerAddr> = url
+    let mut addrs = Vec::new();
+    let mut user: Option<(String, String)> = None;
+    for (i, s) in url
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<async_nats::ServerAddr>()
-                .map_err(|e| bad(format!("{s:?}: {e}")))
-        })
-        .collect::<Result<_, _>>()?;
-    if list.is_empty() {
+        .enumerate()
+    {
+        let (bare, this_user) = split_user(s);
+        if i > 0 && this_user != user {
+            return Err(bad(
+                "every URL must carry the same user and password (or none)".into(),
+            ));
+        }
+        user = this_user;
+        addrs.push(
+            bare.parse::<async_nats::ServerAddr>()
+                .map_err(|e| bad(format!("{:?}: {e}", redact(s))))?,
+        );
+    }
+    if addrs.is_empty() {
         return Err(bad("no server given".into()));
     }
-    Ok(list)
+    Ok(Servers { addrs, user })
+}
+
+/// A URL without its `user:password@`, and them.
+fn split_user(url: &str) -> (String, Option<(String, String)>) {
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (format!("{scheme}://"), rest),
+        None => (String::new(), url),
+    };
+    let host_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..host_end].rsplit_once('@') {
+        Some((info, host)) => {
+            let (u, p) = info.split_once(':').unwrap_or((info, ""));
+            (
+                format!("{scheme}{host}{}", &rest[host_end..]),
+                Some((u.to_string(), p.to_string())),
+            )
+        }
+        None => (url.to_string(), None),
+    }
+}
+
+/// `--nats-url` as logs and `status` show it: passwords replaced by `***`.
+pub fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|s| {
+            let s = s.trim();
+            match split_user(s) {
+                (bare, Some((user, _))) => match bare.split_once("://") {
+                    Some((scheme, host)) => format!("{scheme}://{user}:***@{host}"),
+                    None => format!("{user}:***@{bare}"),
+                },
+                (bare, None) => bare,
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// One subject token (a node name, a verdict): no dots, wildcards or
@@ -383,13 +441,29 @@ mod tests {
 
     #[test]
     fn urls_are_checked() {
-        assert_eq!(
-            servers("nats://127.0.0.1:4222, nats://127.0.0.1:4223")
-                .unwrap()
-                .len(),
-            2
-        );
+        let two = servers("nats://127.0.0.1:4222, nats://127.0.0.1:4223").unwrap();
+        assert_eq!(two.addrs.len(), 2);
+        assert!(two.user.is_none());
         let e = servers(" , ").unwrap_err().to_string();
         assert!(e.contains("no server"), "{e}");
+    }
+
+    /// A password in the URL is sent as one and never shown.
+    #[test]
+    fn passwords_in_urls_are_taken_out_and_hidden() {
+        let url = "nats://u:s3cret@127.0.0.1:4222,nats://u:s3cret@127.0.0.1:4223";
+        let s = servers(url).unwrap();
+        assert_eq!(s.user, Some(("u".into(), "s3cret".into())));
+        assert_eq!(s.addrs.len(), 2);
+        assert_eq!(
+            redact(url),
+            "nats://u:***@127.0.0.1:4222,nats://u:***@127.0.0.1:4223"
+        );
+        let e = servers("nats://u:a@h:1,nats://u:b@h:2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("same user"), "{e}");
+        assert!(!e.contains(":a@") && !e.contains(":b@"), "{e}");
+        assert_eq!(redact("nats://h:1"), "nats://h:1");
     }
 }

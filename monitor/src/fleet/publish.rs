@@ -115,7 +115,7 @@ impl Shared {
     pub fn status_pb(&self) -> pb::NatsStatus {
         let (state, error) = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
         pb::NatsStatus {
-            url: self.args.nats.url().to_string(),
+            url: self.args.nats.url(),
             stream: self.args.nats.nats_stream.clone(),
             node: self.node.clone(),
             subject_prefix: self.args.nats.nats_subject_prefix.clone(),
