@@ -34,7 +34,7 @@ impl Store {
     pub fn set_published(&self, key: &str, value: i64) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = max(CAST(value AS INTEGER), excluded.value)",
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
                 params![key, value],
             )
             .map(|_| ())
