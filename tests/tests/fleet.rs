@@ -249,6 +249,15 @@ fn two_nodes_publish_every_event_once_and_fleet_reads_both() {
         &["events", "--since", "10m", "--verdict", "denied"],
     );
     let table = String::from_utf8_lossy(&out.stdout);
+    eprintln!("fleet events --verdict denied:\n{table}");
+    let status = alpha.cli_ok(&["status"]);
+    let nats_line = status
+        .lines()
+        .find(|l| l.starts_with("nats "))
+        .unwrap_or("");
+    assert!(nats_line.contains("publishing"), "{status}");
+    assert!(nats_line.contains("backlog 0 events"), "{status}");
+    eprintln!("{nats_line}");
     let mut lines = table.lines();
     assert!(lines.next().unwrap_or("").starts_with("NODE "), "{table}");
     let rows: Vec<&str> = lines.collect();
@@ -324,6 +333,11 @@ fn closed_flow_minutes_reach_the_stream_per_node() {
         ],
     );
     let csv = String::from_utf8_lossy(&out.stdout);
+    let table = fleet(&cluster, &["flows", "--since", "10m"]);
+    eprintln!(
+        "fleet flows:\n{}\nfleet flows -o csv:\n{csv}",
+        String::from_utf8_lossy(&table.stdout)
+    );
     let mut lines = csv.lines();
     assert!(
         lines.next().unwrap_or("").starts_with("node,first_seen,"),
@@ -421,12 +435,12 @@ fn bad_credentials_and_missing_permission_are_said_clearly() {
     );
     // A node name a subject cannot carry.
     let out = Command::new(daemon_bin())
-        .args(["daemon", "--nats-url", &cluster.url(), "--node", "a.b"])
+        .args(["daemon", "--nats-url", &cluster.url(), "--node", "a>b"])
         .output()
         .expect("run the daemon");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("node name \"a.b\" holds '.'"), "{err}");
+    assert!(err.contains("node name \"a>b\" holds '>'"), "{err}");
     // fleet without a URL.
     let out = Command::new(daemon_bin())
         .args(["fleet", "events"])

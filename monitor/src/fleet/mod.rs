@@ -259,9 +259,11 @@ fn stream_name(s: &str) -> Result<String, String> {
     Ok(s.to_string())
 }
 
-/// `--node`: the name the node's subjects and message ids carry.
+/// `--node`: the name the node's subjects and message ids carry; dots
+/// (a Kubernetes node name such as ip-10-0-1-5.eu-central-1.compute.internal)
+/// become `_`, since a subject token holds none.
 pub fn node_name(s: &str) -> Result<String, String> {
-    token(s).map_err(|e| format!("node name {e}"))
+    token(&s.replace('.', "_")).map_err(|e| format!("node name {e}"))
 }
 
 /// The node name by default: the host name up to its first dot (a
@@ -390,9 +392,13 @@ mod tests {
     /// A node name or prefix a subject cannot carry is refused, named.
     #[test]
     fn bad_tokens_are_refused_with_the_reason() {
-        assert!(node_name("node-1").is_ok());
-        let e = node_name("node.example.com").unwrap_err();
-        assert!(e.contains("'.'"), "{e}");
+        assert_eq!(node_name("node-1").unwrap(), "node-1");
+        assert_eq!(
+            node_name("ip-10-0-1-5.ec2.internal").unwrap(),
+            "ip-10-0-1-5_ec2_internal"
+        );
+        let e = node_name("node*").unwrap_err();
+        assert!(e.contains("'*'"), "{e}");
         assert!(node_name("").unwrap_err().contains("empty"));
         assert!(node_name("a b").is_err());
         assert!(prefix("corp.egress").is_ok());

@@ -39,8 +39,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 pub struct PublishArgs {
     #[command(flatten)]
     pub nats: NatsArgs,
-    /// This node's name in subjects and message ids (a subject token: no
-    /// dots) [default: the host name up to its first dot].
+    /// This node's name in subjects and message ids (dots become '_';
+    /// no '*', '>' or white space) [default: the host name up to its first
+    /// dot].
     #[arg(long, value_parser = super::node_name, env = "EGRESS_MONITOR_NODE")]
     pub node: Option<String>,
     /// Message encoding: the proto Event/Flow messages, or the same as JSON.
