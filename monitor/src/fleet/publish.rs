@@ -259,14 +259,28 @@ impl Session<'_> {
                 let shared = shared.clone();
                 async move {
                     match event {
-                        async_nats::Event::Disconnected => log::warn!(
-                            "NATS connection lost; reconnecting (events wait in the store)"
-                        ),
-                        async_nats::Event::Connected => log::info!("NATS connected"),
+                        async_nats::Event::Disconnected => {
+                            log::warn!(
+                                "NATS connection lost; reconnecting (events wait in the store)"
+                            );
+                            shared.set("disconnected", "connection lost; reconnecting".into());
+                        }
+                        async_nats::Event::Connected => {
+                            log::info!("NATS connected");
+                            let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                            if state.0 == "disconnected" {
+                                *state = ("publishing".into(), String::new());
+                            }
+                        }
                         async_nats::Event::ServerError(e) => {
                             log::error!("NATS server error: {e}");
                             *shared.refused.lock().unwrap_or_else(|p| p.into_inner()) =
                                 Some(e.to_string());
+                        }
+                        // Each failed reconnect attempt, and the end of a
+                        // connection this publisher let go.
+                        async_nats::Event::ClientError(_) | async_nats::Event::Closed => {
+                            log::debug!("NATS: {event}")
                         }
                         other => log::warn!("NATS: {other}"),
                     }
