@@ -144,13 +144,20 @@ fn assert_exactly_once(cluster: &NatsCluster, env: &TestEnv, node: &str) -> usiz
     messages.len()
 }
 
+/// `fleet ARGS --nats-url CLUSTER`; it must succeed.
 fn fleet(cluster: &NatsCluster, args: &[&str]) -> std::process::Output {
-    Command::new(daemon_bin())
+    let out = Command::new(daemon_bin())
         .arg("fleet")
         .args(args)
         .args(["--nats-url", &cluster.url()])
         .output()
-        .expect("run fleet")
+        .expect("run fleet");
+    assert!(
+        out.status.success(),
+        "fleet {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Two daemons publish to the cluster: each event arrives exactly once
@@ -197,11 +204,6 @@ fn two_nodes_publish_every_event_once_and_fleet_reads_both() {
             "json",
         ],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let denied = json_lines(&out);
     let nodes: Vec<&str> = denied.iter().map(|e| s(e, "node")).collect();
     assert_eq!(nodes.len(), 2, "{denied:#?}");
@@ -233,11 +235,6 @@ fn two_nodes_publish_every_event_once_and_fleet_reads_both() {
             "-o",
             "json",
         ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let one = json_lines(&out);
     assert_eq!(one.len(), 1, "{one:#?}");
@@ -293,11 +290,6 @@ fn closed_flow_minutes_reach_the_stream_per_node() {
                 "-o",
                 "json",
             ],
-        );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
         );
         let rows = json_lines(&out);
         if rows.len() >= 2 {

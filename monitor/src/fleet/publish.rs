@@ -431,9 +431,58 @@ async fn ensure_stream(
     }
 }
 
-/// Publishes events in order, awaiting their acknowledgements together;
-/// `acked` follows the last one acknowledged in an unbroken run from the
-/// first. The first failure ends it (the rest is sent again).
+/// One message to send.
+struct Outgoing {
+    subject: String,
+    /// Its `Nats-Msg-Id`.
+    id: String,
+    payload: Vec<u8>,
+    content_type: &'static str,
+}
+
+/// Publishes in order, awaiting the acknowledgements together: how many
+/// were acknowledged in an unbroken run from the first, and the first
+/// failure (what follows it is sent again).
+async fn publish_all(
+    shared: &Shared,
+    js: &jetstream::Context,
+    messages: Vec<Outgoing>,
+) -> (usize, anyhow::Result<()>) {
+    let mut pending = Vec::with_capacity(messages.len());
+    for m in messages {
+        let headers = headers(&m.id, m.content_type);
+        match js
+            .publish_with_headers(m.subject, headers, m.payload.into())
+            .await
+        {
+            Ok(ack) => pending.push((m.id, ack)),
+            Err(e) => {
+                pending.clear();
+                return (
+                    0,
+                    Err(shared.js_error(format!("publishing {}", m.id), e).into()),
+                );
+            }
+        }
+    }
+    let mut acked = 0;
+    for (id, ack) in pending {
+        if let Err(e) = ack.await {
+            return (
+                acked,
+                Err(shared
+                    .js_error(format!("acknowledgement of {id}"), e)
+                    .into()),
+            );
+        }
+        acked += 1;
+        shared.published.inc();
+    }
+    (acked, Ok(()))
+}
+
+/// Publishes events (their store positions and events); `acked` follows
+/// the last one acknowledged in an unbroken run from the first.
 async fn publish_events(
     shared: &Shared,
     js: &jetstream::Context,
@@ -441,28 +490,32 @@ async fn publish_events(
     acked: &mut i64,
 ) -> anyhow::Result<()> {
     let args = &shared.args;
-    let mut pending = Vec::with_capacity(events.len());
-    for (seq, e) in events {
-        let mut msg = pb::Event::from(&e);
-        msg.seq = seq as u64;
-        msg.node = shared.node.clone();
-        let subject =
-            super::event_subject(&args.nats.nats_subject_prefix, &shared.node, &msg.verdict);
-        let (payload, content_type) = super::encode(args.nats_format, &msg, super::PROTOBUF_EVENT);
-        let headers = headers(&super::event_msg_id(&shared.node, seq), content_type);
-        let ack = js
-            .publish_with_headers(subject, headers, payload.into())
-            .await
-            .map_err(|e| shared.js_error(format!("publishing event seq {seq}"), e))?;
-        pending.push((seq, ack));
+    let seqs: Vec<i64> = events.iter().map(|(seq, _)| *seq).collect();
+    let messages = events
+        .into_iter()
+        .map(|(seq, e)| {
+            let mut msg = pb::Event::from(&e);
+            msg.seq = seq as u64;
+            msg.node = shared.node.clone();
+            let (payload, content_type) =
+                super::encode(args.nats_format, &msg, super::PROTOBUF_EVENT);
+            Outgoing {
+                subject: super::event_subject(
+                    &args.nats.nats_subject_prefix,
+                    &shared.node,
+                    &msg.verdict,
+                ),
+                id: super::event_msg_id(&shared.node, seq),
+                payload,
+                content_type,
+            }
+        })
+        .collect();
+    let (n, result) = publish_all(shared, js, messages).await;
+    if n > 0 {
+        *acked = seqs[n - 1];
     }
-    for (seq, ack) in pending {
-        ack.await
-            .map_err(|e| shared.js_error(format!("acknowledgement of event seq {seq}"), e))?;
-        *acked = seq;
-        shared.published.inc();
-    }
-    Ok(())
+    result
 }
 
 fn headers(id: &str, content_type: &'static str) -> async_nats::HeaderMap {
@@ -498,21 +551,18 @@ async fn publish_flows(
 ) -> anyhow::Result<()> {
     let args = &shared.args;
     let subject = super::flow_subject(&args.nats.nats_subject_prefix, &shared.node);
-    let mut pending = Vec::with_capacity(rows.len());
-    for mut f in rows {
-        f.node = shared.node.clone();
-        let id = super::flow_msg_id(&shared.node, &f);
-        let (payload, content_type) = super::encode(args.nats_format, &f, super::PROTOBUF_FLOW);
-        let ack = js
-            .publish_with_headers(subject.clone(), headers(&id, content_type), payload.into())
-            .await
-            .map_err(|e| shared.js_error(format!("publishing flow {id}"), e))?;
-        pending.push((id, ack));
-    }
-    for (id, ack) in pending {
-        ack.await
-            .map_err(|e| shared.js_error(format!("acknowledgement of flow {id}"), e))?;
-        shared.published.inc();
-    }
-    Ok(())
+    let messages = rows
+        .into_iter()
+        .map(|mut f| {
+            f.node = shared.node.clone();
+            let (payload, content_type) = super::encode(args.nats_format, &f, super::PROTOBUF_FLOW);
+            Outgoing {
+                subject: subject.clone(),
+                id: super::flow_msg_id(&shared.node, &f),
+                payload,
+                content_type,
+            }
+        })
+        .collect();
+    publish_all(shared, js, messages).await.1
 }
