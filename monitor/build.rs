@@ -22,6 +22,33 @@ fn compile_protos() {
     tonic_prost_build::configure()
         // JSON output of the CLI (`status -o json`, `policy list -o json`).
         .type_attribute(".egress_monitor.v1", "#[derive(serde::Serialize)]")
+        // Messages in NATS (`--nats-format json`) are read back by `fleet`.
+        .type_attribute(
+            ".egress_monitor.v1.Event",
+            "#[derive(serde::Deserialize)] #[serde(default)]",
+        )
+        .type_attribute(
+            ".egress_monitor.v1.Flow",
+            "#[derive(serde::Deserialize)] #[serde(default)]",
+        )
+        .type_attribute(
+            ".egress_monitor.v1.Drift",
+            "#[derive(serde::Deserialize)] #[serde(default)]",
+        )
+        // Only drift alerts carry one.
+        .field_attribute(
+            ".egress_monitor.v1.Event.drift",
+            "#[serde(skip_serializing_if = \"Option::is_none\")]",
+        )
+        // A node's own answers carry no node: their JSON stays as it was.
+        .field_attribute(
+            ".egress_monitor.v1.Flow.node",
+            "#[serde(skip_serializing_if = \"String::is_empty\")]",
+        )
+        .field_attribute(
+            ".egress_monitor.v1.Event.node",
+            "#[serde(skip_serializing_if = \"String::is_empty\")]",
+        )
         .file_descriptor_set_path(out_dir.join("egress_monitor_descriptor.bin"))
         .compile_protos(&["proto/egress_monitor/v1/egress_monitor.proto"], &["proto"])
         .expect("compiling proto/egress_monitor/v1/egress_monitor.proto (protoc from Debian's protobuf-compiler; run `cargo xtask setup`)");

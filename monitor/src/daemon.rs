@@ -60,6 +60,8 @@ pub struct DaemonConfig {
     /// `--dns-resolver` (else the host's resolv.conf nameservers) and
     /// `--dns-trust-loopback`.
     pub resolvers: policy::lint::Resolvers,
+    /// `--nats-url` and the publishing flags: None, no publishing.
+    pub nats: Option<crate::fleet::publish::PublishArgs>,
 }
 
 /// How names are learned (see `monitor_common::DnsTuning`).
@@ -554,6 +556,8 @@ struct Running {
     shutdown: tokio::sync::watch::Sender<bool>,
     store: Arc<StoreHandle>,
     harvester: Harvester,
+    /// The NATS publisher (`fleet::publish`): it stops with `shutdown`.
+    nats: Option<tokio::task::JoinHandle<()>>,
     _watcher: notify::RecommendedWatcher,
     _lock: PinLock,
 }
@@ -788,6 +792,19 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         outlets.wake.clone(),
         shutdown_rx.clone(),
     ));
+    // Publishing to NATS: a task of its own that reads the store; nothing
+    // above waits for it.
+    let nats = config.nats.clone().map(|args| {
+        let shared = crate::fleet::publish::Shared::new(args);
+        metrics.register(|r| shared.register(r));
+        let task = crate::fleet::publish::spawn(
+            shared.clone(),
+            store.path.clone(),
+            store.committed(),
+            shutdown_rx.clone(),
+        );
+        (shared, task)
+    });
     if let Some(listener) = metrics_listener {
         spawn_metrics(listener, view.clone(), metrics)?;
     }
@@ -798,6 +815,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         requests: Requests(requests_tx),
         node_public_key,
         shutdown: shutdown_rx.clone(),
+        nats: nats.as_ref().map(|(shared, _)| shared.clone()),
     };
     // Bound here, not in the task: once the daemon says it runs, a client
     // finds the socket.
@@ -810,6 +828,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         shutdown_rx,
     ));
     Ok(Running {
+        nats: nats.map(|(_, task)| task),
         harvester,
         pipeline: Some(pipeline),
         api: Some(api),
@@ -881,6 +900,15 @@ impl Running {
             p.abort();
         }
         self.harvester.finish().await;
+        if let Some(nats) = self.nats.take() {
+            // What it had not sent waits in the store for the next start.
+            if tokio::time::timeout(Duration::from_secs(2), nats)
+                .await
+                .is_err()
+            {
+                log::warn!("the NATS publisher did not stop within 2 s");
+            }
+        }
         if !self.store.shutdown(Duration::from_secs(10)).await {
             log::error!("the store did not finish writing within 10 s");
         }

@@ -12,6 +12,7 @@ pub mod control;
 pub mod daemon;
 pub mod events;
 pub mod evidence;
+pub mod fleet;
 pub mod geo;
 pub mod kernel;
 pub mod metrics;

@@ -18,6 +18,7 @@ use std::{
 use serde_json::Value;
 
 pub mod loopback;
+pub mod nats;
 
 /// Test hosts inside the namespace, and the countries the test database
 /// gives them. Never 192.0.2.0/24: the machines' own network lives there.

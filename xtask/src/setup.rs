@@ -9,7 +9,7 @@ use crate::{cloud_ranges_dir, cloudip, geoip_path, is_root, run};
 
 /// Debian packages: Debian's Rust with its library sources and LLVM 22 (the
 /// eBPF build, see TOOLCHAIN.md), protoc, bpftool, mmdblookup, iproute2,
-/// Prometheus.
+/// Prometheus, tmux, nats-server.
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "rust-web-src",
@@ -32,6 +32,8 @@ const PACKAGES: &[&str] = &[
     "prometheus",
     // A real terminal for `top`'s tests (tests/tests/top.rs).
     "tmux",
+    // The fleet tests' JetStream cluster (2.9: `-js`, clustering).
+    "nats-server",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

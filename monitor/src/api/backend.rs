@@ -20,4 +20,6 @@ pub struct Backend {
     pub node_public_key: String,
     /// Turns true when the daemon stops: streams end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// The publisher to NATS (`--nats-url`), for `status`.
+    pub nats: Option<Arc<crate::fleet::publish::Shared>>,
 }

@@ -174,27 +174,7 @@ pub fn query_flows(
         .into_iter()
         .skip(offset)
         .take(limit)
-        .map(|f| pb::Flow {
-            first_seen: crate::events::rfc3339_nanos(i128::from(f.first_seen)),
-            last_seen: crate::events::rfc3339_nanos(i128::from(f.last_seen)),
-            first_seen_unix_nanos: f.first_seen,
-            last_seen_unix_nanos: f.last_seen,
-            cgroup_path: f.cgroup_path,
-            pod_uid: f.pod_uid,
-            comm: f.comm,
-            dst_ip: f.dst_ip,
-            dst_port: u32::from(f.dst_port),
-            protocol: f.protocol,
-            verdict: f.verdict,
-            policy: f.policy,
-            country: f.country,
-            continent: f.continent,
-            count: f.count,
-            dns_name: f.dns_name,
-            cloud_region: f.cloud_region,
-            packets: f.packets,
-            bytes: f.bytes,
-        })
+        .map(pb::Flow::from)
         .collect();
     Ok(pb::QueryFlowsResponse {
         next_page_token: if offset + page.len() < total {

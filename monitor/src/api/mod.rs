@@ -31,6 +31,57 @@ impl pb::Flow {
     }
 }
 
+impl From<crate::store::query::Flow> for pb::Flow {
+    fn from(f: crate::store::query::Flow) -> Self {
+        pb::Flow {
+            first_seen: crate::events::rfc3339_nanos(i128::from(f.first_seen)),
+            last_seen: crate::events::rfc3339_nanos(i128::from(f.last_seen)),
+            first_seen_unix_nanos: f.first_seen,
+            last_seen_unix_nanos: f.last_seen,
+            cgroup_path: f.cgroup_path,
+            pod_uid: f.pod_uid,
+            comm: f.comm,
+            dst_ip: f.dst_ip,
+            dst_port: u32::from(f.dst_port),
+            protocol: f.protocol,
+            verdict: f.verdict,
+            policy: f.policy,
+            country: f.country,
+            continent: f.continent,
+            count: f.count,
+            dns_name: f.dns_name,
+            cloud_region: f.cloud_region,
+            packets: f.packets,
+            bytes: f.bytes,
+            node: String::new(),
+        }
+    }
+}
+
+impl From<&pb::Flow> for crate::store::query::Flow {
+    fn from(f: &pb::Flow) -> Self {
+        crate::store::query::Flow {
+            cgroup_path: f.cgroup_path.clone(),
+            pod_uid: f.pod_uid.clone(),
+            comm: f.comm.clone(),
+            dst_ip: f.dst_ip.clone(),
+            dst_port: u16::try_from(f.dst_port).unwrap_or(u16::MAX),
+            protocol: f.protocol.clone(),
+            verdict: f.verdict.clone(),
+            policy: f.policy.clone(),
+            country: f.country.clone(),
+            continent: f.continent.clone(),
+            dns_name: f.dns_name.clone(),
+            cloud_region: f.cloud_region.clone(),
+            first_seen: f.first_seen_unix_nanos,
+            last_seen: f.last_seen_unix_nanos,
+            count: f.count,
+            packets: f.packets,
+            bytes: f.bytes,
+        }
+    }
+}
+
 impl From<&Event> for pb::Event {
     fn from(e: &Event) -> Self {
         pb::Event {
@@ -75,6 +126,7 @@ impl From<&Event> for pb::Event {
                 known: d.known.clone(),
                 listed: d.listed,
             }),
+            node: String::new(),
         }
     }
 }

@@ -239,6 +239,7 @@ pub fn status_pb(
         cloud_ranges_rejected: s.cloud_error.clone(),
         selector_conflicts: s.conflicts.clone(),
         policy_data_missing: s.data_missing.iter().map(ToString::to_string).collect(),
+        nats: None,
         dns: view
             .kernel
             .dns_stats()
@@ -370,11 +371,9 @@ impl EgressMonitor for Service {
         _request: Request<pb::GetStatusRequest>,
     ) -> Result<Response<pb::GetStatusResponse>, Status> {
         let store = self.backend.store.status();
-        Ok(Response::new(status_pb(
-            &self.backend.view,
-            &store,
-            &self.backend.node_public_key,
-        )))
+        let mut status = status_pb(&self.backend.view, &store, &self.backend.node_public_key);
+        status.nats = self.backend.nats.as_ref().map(|n| n.status_pb());
+        Ok(Response::new(status))
     }
 
     async fn list_policies(

@@ -168,6 +168,8 @@ pub struct DaemonArgs {
     /// A DNS record counts at most this many seconds, whatever its TTL
     #[arg(long, default_value_t = 86_400)]
     pub dns_max_ttl: u32,
+    #[command(flatten)]
+    pub publish: crate::fleet::publish::PublishArgs,
 }
 
 fn ring_size(s: &str) -> Result<u32, String> {
@@ -187,6 +189,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             anyhow::bail!("--retention-days must be more than 0 and at most 36500");
         }
     }
+    args.publish.nats.check_files()?;
     if args.retention_max_mb == Some(0) {
         anyhow::bail!("--retention-max-mb must be at least 1");
     }
@@ -244,7 +247,14 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
                 .retention_days
                 .map(|d| Duration::from_secs_f64(d * 86_400.0)),
             max_bytes: args.retention_max_mb.map(|m| m * 1024 * 1024),
+            keep_unpublished: args.publish.nats.nats_url.is_some(),
         },
+        nats: args
+            .publish
+            .nats
+            .nats_url
+            .is_some()
+            .then(|| args.publish.clone()),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

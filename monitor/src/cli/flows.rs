@@ -141,17 +141,38 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
             break;
         }
     }
-    match args.output {
+    print(&flows, &args.group_by, args.output, total, false)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints flows as `flows` does; `node`: a NODE column first (`fleet
+/// flows`), `total`: the rows there were before the limit.
+pub fn print(
+    flows: &[pb::Flow],
+    group_by: &[String],
+    output: FlowFormat,
+    total: u64,
+    node: bool,
+) -> anyhow::Result<()> {
+    match output {
         FlowFormat::Json => {
-            for f in &flows {
+            for f in flows {
                 println!("{}", serde_json::to_string(f)?);
             }
         }
         FlowFormat::Csv => {
-            let kept = Kept(&args.group_by);
+            let kept = Kept(group_by);
             let mut w = csv::Writer::from_writer(std::io::stdout());
-            w.write_record(crate::store::query::FLOW_CSV_COLUMNS)?;
-            for f in &flows {
+            let columns = crate::store::query::FLOW_CSV_COLUMNS;
+            if node {
+                w.write_record(std::iter::once("node").chain(columns))?;
+            } else {
+                w.write_record(columns)?;
+            }
+            for f in flows {
+                if node {
+                    w.write_field(&f.node)?;
+                }
                 w.write_record([
                     f.first_seen.as_str(),
                     f.last_seen.as_str(),
@@ -175,9 +196,17 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
             w.flush()?;
         }
         FlowFormat::Table => {
-            let kept = Kept(&args.group_by);
+            let kept = Kept(group_by);
+            let node_cell = |v: &str| {
+                if node {
+                    format!("{v:<w$} ", w = super::output::NODE_WIDTH)
+                } else {
+                    String::new()
+                }
+            };
             println!(
-                "{:<8} {:>9} {:<24} {:<24} {:<10} {:<28} {:<16} {:<28} {:<28} {:<22} POLICY",
+                "{}{:<8} {:>9} {:<24} {:<24} {:<10} {:<28} {:<16} {:<28} {:<28} {:<22} POLICY",
+                node_cell("NODE"),
                 "COUNT",
                 "SENT",
                 "FIRST SEEN",
@@ -189,10 +218,11 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
                 "DESTINATION",
                 "PLACE"
             );
-            for f in &flows {
+            for f in flows {
                 let short = |t: &str| t.get(..23).map(|t| format!("{t}Z")).unwrap_or_default();
                 println!(
-                    "{:<8} {:>9} {:<24} {:<24} {:<10} {:<28} {:<16} {:<28} {:<28} {:<22} {}",
+                    "{}{:<8} {:>9} {:<24} {:<24} {:<10} {:<28} {:<16} {:<28} {:<28} {:<22} {}",
+                    node_cell(&f.node),
                     f.count,
                     sent(f.bytes),
                     short(&f.first_seen),
@@ -218,7 +248,7 @@ pub async fn run(args: FlowsArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// Payload bytes a flow sent, short: `-` when the egress program counted

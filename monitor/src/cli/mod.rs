@@ -4,6 +4,7 @@ pub mod daemon;
 mod events;
 mod export;
 mod filters;
+mod fleet;
 mod flows;
 mod output;
 mod pinned;
@@ -95,6 +96,10 @@ pub enum Command {
     /// Check policy files; list or reload the daemon's policies.
     #[command(subcommand)]
     Policy(policy::PolicyCommand),
+    /// Every node's events and flows from NATS JetStream, where daemons
+    /// with --nats-url publish them.
+    #[command(subcommand)]
+    Fleet(fleet::FleetCommand),
 }
 
 /// Runs a client command on a small runtime.
@@ -143,6 +148,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Uninstall(args) => uninstall::run(args),
         Command::Test(args) => residency::run(args),
         Command::Baseline(cmd) => baseline::run(cmd),
+        Command::Fleet(cmd) => fleet::run(cmd),
     };
     match result {
         Ok(code) => code,

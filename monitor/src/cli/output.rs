@@ -14,7 +14,12 @@ pub struct Printer {
     format: Format,
     colour: bool,
     header_done: bool,
+    /// A NODE column first (`fleet events`).
+    node: bool,
 }
+
+/// Width of the NODE column of fleet output.
+pub const NODE_WIDTH: usize = 14;
 
 const COLUMNS: [(&str, usize); 10] = [
     ("TIME", 24),
@@ -79,6 +84,15 @@ impl Printer {
             format,
             colour: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
             header_done: false,
+            node: false,
+        }
+    }
+
+    /// Events of several nodes: each says its node.
+    pub fn with_node(format: Format) -> Self {
+        Self {
+            node: true,
+            ..Self::new(format)
         }
     }
 
@@ -87,9 +101,10 @@ impl Printer {
             return;
         }
         self.header_done = true;
-        let cells: Vec<String> = COLUMNS
-            .iter()
-            .map(|(h, w)| format!("{h:<w$}", w = *w))
+        let node = self.node.then(|| format!("{:<NODE_WIDTH$}", "NODE"));
+        let cells: Vec<String> = node
+            .into_iter()
+            .chain(COLUMNS.iter().map(|(h, w)| format!("{h:<w$}", w = *w)))
             .collect();
         println!("{}", cells.join(" ").trim_end());
     }
@@ -97,12 +112,15 @@ impl Printer {
     pub fn event(&mut self, e: pb::Event) {
         match self.format {
             Format::Json => {
-                let seq = e.seq;
+                let (seq, node) = (e.seq, e.node.clone());
                 let mut v = serde_json::to_value(Event::from(e)).unwrap_or_default();
                 // The store position, where the event has one (a resumed
                 // stream, the history): what `--after-seq` takes.
                 if let (Some(o), true) = (v.as_object_mut(), seq != 0) {
                     o.insert("seq".into(), seq.into());
+                }
+                if let (Some(o), true) = (v.as_object_mut(), self.node) {
+                    o.insert("node".into(), node.into());
                 }
                 println!("{v}");
             }
@@ -132,6 +150,9 @@ impl Printer {
                     e.policy.clone(),
                 ];
                 let mut line = String::new();
+                if self.node {
+                    line.push_str(&format!("{:<NODE_WIDTH$} ", fit(&e.node, NODE_WIDTH)));
+                }
                 for (i, ((_, w), v)) in COLUMNS.iter().zip(values.iter()).enumerate() {
                     let fitted = if COLUMNS[i].0 == "DESTINATION" {
                         fit_middle(v, *w)

@@ -134,6 +134,20 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             st.chain_head.get(..16).unwrap_or(""),
         );
     }
+    if let Some(n) = &s.nats {
+        println!(
+            "nats            {}{}  {} stream {} as {}.{}.>  acknowledged up to seq {}  backlog {} events  published since the start {}",
+            n.state,
+            if n.error.is_empty() { String::new() } else { format!(" ({})", n.error) },
+            n.url,
+            n.stream,
+            n.subject_prefix,
+            n.node,
+            n.acked_seq,
+            n.backlog_events,
+            n.published,
+        );
+    }
     println!("node key        {}", s.node_public_key);
     println!(
         "policies        generation {} from {}",

@@ -256,6 +256,7 @@ fn size_retention_brings_the_store_under_its_limit_oldest_first() {
     let r = crate::store::retention::Retention {
         max_age: None,
         max_bytes: Some(limit),
+        ..Default::default()
     };
     let removed = s.enforce_retention(&r, T0).unwrap();
     assert!(removed.events_by_size > 0);
@@ -1278,4 +1279,46 @@ fn export_never_writes_through_a_symlink_made_beside_its_output() {
             "victim-dir".into()
         ]
     );
+}
+
+/// With NATS publishing (`keep_unpublished`), age retention keeps the
+/// events the stream has not acknowledged; size retention (bounded) still
+/// removes them, and records each one it removed as a `nats_unpublished`
+/// gap.
+#[test]
+fn retention_keeps_unpublished_events_by_age_and_records_them_by_size() {
+    use crate::store::published;
+    let (_d, mut s) = store(100);
+    s.set_published(published::ACKED_KEY, 40).unwrap();
+    // A cursor only moves forward.
+    s.set_published(published::ACKED_KEY, 10).unwrap();
+    assert_eq!(s.published(published::ACKED_KEY).unwrap(), Some(40));
+    let by_age = crate::store::retention::Retention {
+        max_age: Some(std::time::Duration::from_secs(10)),
+        keep_unpublished: true,
+        ..Default::default()
+    };
+    // Every event is older than the limit; only the acknowledged go.
+    let removed = s.enforce_retention(&by_age, T0 + 1000 * SEC).unwrap();
+    assert_eq!(removed.events_by_age, 40);
+    assert_eq!(s.unpublished().unwrap(), 60);
+    let gaps = |s: &Store| -> i64 {
+        s.conn
+            .query_row(
+                "SELECT coalesce(sum(count), 0) FROM gaps WHERE kind = ?1",
+                [published::GAP_KIND],
+                |r| r.get(0),
+            )
+            .unwrap()
+    };
+    assert_eq!(gaps(&s), 0);
+    let by_size = crate::store::retention::Retention {
+        max_bytes: Some(1),
+        keep_unpublished: true,
+        ..Default::default()
+    };
+    let removed = s.enforce_retention(&by_size, T0 + 1000 * SEC).unwrap();
+    assert!(removed.events_by_size > 0);
+    assert_eq!(gaps(&s), removed.events_by_size as i64);
+    assert_eq!(s.unpublished().unwrap(), 60 - removed.events_by_size);
 }

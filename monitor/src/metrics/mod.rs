@@ -407,6 +407,12 @@ impl Metrics {
             .register_collector(collector);
     }
 
+    /// Where a part that keeps its own metrics (the NATS publisher)
+    /// registers them.
+    pub fn register(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.registry.lock().unwrap_or_else(|p| p.into_inner()));
+    }
+
     fn sync_counter(counter: &Counter, source: u64) {
         let now = counter.get();
         if source > now {

@@ -8,6 +8,7 @@
 pub mod chain;
 pub mod coverage;
 pub mod flow;
+pub mod published;
 pub mod query;
 pub mod retention;
 pub mod rollup;

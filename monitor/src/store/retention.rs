@@ -12,6 +12,10 @@ use super::{query::bucket_of, Store, StoreError};
 pub struct Retention {
     pub max_age: Option<Duration>,
     pub max_bytes: Option<u64>,
+    /// Age retention keeps what NATS has not acknowledged yet
+    /// (`--nats-url`; see `published`); size retention does not, and
+    /// records what it removed as a gap.
+    pub keep_unpublished: bool,
 }
 
 impl Retention {
@@ -67,6 +71,8 @@ impl Store {
             [cutoff],
         )
         .map_err(e("keep the links of the first records kept"))?;
+        super::published::record_removed(&tx, cutoff)
+            .map_err(e("record unpublished events removed"))?;
         tx.execute("DELETE FROM events WHERE unix_nanos < ?1", [cutoff])
             .map_err(e("delete old events"))?;
         // A flow minute goes once it is wholly before the cutoff.
@@ -97,7 +103,14 @@ impl Store {
     pub fn enforce_retention(&mut self, r: &Retention, now: i64) -> Result<Removed, StoreError> {
         let mut removed = Removed::default();
         if let Some(age) = r.max_age {
-            let cutoff = now.saturating_sub(i64::try_from(age.as_nanos()).unwrap_or(i64::MAX));
+            let mut cutoff = now.saturating_sub(i64::try_from(age.as_nanos()).unwrap_or(i64::MAX));
+            if r.keep_unpublished {
+                if let Some(hold) =
+                    super::published::hold(&self.conn).map_err(self.err("read the NATS cursor"))?
+                {
+                    cutoff = cutoff.min(hold);
+                }
+            }
             removed.events_by_age = self.purge_before(cutoff, "age")?;
         }
         if let Some(max) = r.max_bytes {

@@ -1,0 +1,568 @@
+//! The publisher: a task of its own that reads the node's store after the
+//! last position JetStream acknowledged and publishes each event (and each
+//! closed flow minute), at least once; JetStream drops the retries by
+//! `Nats-Msg-Id`. Nothing else waits for it: the kernel decides, the
+//! pipeline stores, and what NATS has not taken yet waits in the store (its
+//! count is the backlog in `status` and the metrics).
+use std::{
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicI64, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use async_nats::jetstream;
+use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
+
+use super::{NatsArgs, NatsError};
+use crate::{
+    api::pb,
+    store::{published, query, Store},
+};
+
+/// Events read and published at once; their acknowledgements are awaited
+/// together, so at most this many are in flight.
+pub const BATCH: usize = 512;
+/// A flow minute is published this long after it ends (the harvest adds
+/// the kernel's counts every second, the writer stores them soon after).
+pub const FLOW_SETTLE: Duration = Duration::from_secs(5);
+const MINUTE: i64 = 60_000_000_000;
+/// How long one acknowledgement or JetStream request may take.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest pause between attempts while NATS fails.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+/// The daemon's publishing flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PublishArgs {
+    #[command(flatten)]
+    pub nats: NatsArgs,
+    /// This node's name in subjects and message ids (dots become '_';
+    /// no '*', '>' or white space) [default: the host name up to its first
+    /// dot].
+    #[arg(long, value_parser = super::node_name, env = "EGRESS_MONITOR_NODE")]
+    pub node: Option<String>,
+    /// Message encoding: the proto Event/Flow messages, or the same as JSON.
+    #[arg(long, value_enum, default_value = "protobuf", requires = "nats_url")]
+    pub nats_format: super::Format,
+    /// When the daemon creates the stream: how long it keeps messages
+    /// (1h, 30d; 0: no limit).
+    #[arg(long, default_value = "30d", value_parser = humantime::parse_duration, requires = "nats_url")]
+    pub nats_max_age: Duration,
+    /// When the daemon creates the stream: at most this many MiB (oldest
+    /// removed first; 0: no limit).
+    #[arg(long, default_value_t = 0, requires = "nats_url")]
+    pub nats_max_mb: u64,
+    /// When the daemon creates the stream: copies kept (1 to 5) [default:
+    /// 3 when the server is in a cluster, else 1].
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=5), requires = "nats_url")]
+    pub nats_replicas: Option<u8>,
+    /// When the daemon creates the stream: how long JetStream remembers
+    /// message ids to drop a retry (a retry after a longer outage could be
+    /// stored twice).
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, requires = "nats_url")]
+    pub nats_duplicate_window: Duration,
+}
+
+/// What the publisher shares with `status` and the metrics.
+pub struct Shared {
+    args: PublishArgs,
+    node: String,
+    state: Mutex<(String, String)>,
+    /// The server's last complaint (a permissions violation).
+    refused: Mutex<Option<String>>,
+    acked: AtomicU64,
+    flows_until: AtomicI64,
+    backlog: Gauge,
+    published: Counter,
+}
+
+impl Shared {
+    pub fn new(args: PublishArgs) -> Arc<Self> {
+        let node = args.node.clone().unwrap_or_else(super::default_node);
+        Arc::new(Shared {
+            args,
+            node,
+            state: Mutex::new(("connecting".into(), String::new())),
+            refused: Mutex::new(None),
+            acked: AtomicU64::new(0),
+            flows_until: AtomicI64::new(0),
+            backlog: Gauge::default(),
+            published: Counter::default(),
+        })
+    }
+
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Adds `egress_monitor_nats_backlog_events` and
+    /// `egress_monitor_nats_published_total`.
+    pub fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "nats_backlog_events",
+            "Events stored and not yet acknowledged by NATS JetStream",
+            self.backlog.clone(),
+        );
+        registry.register(
+            "nats_published",
+            "Messages (events and flow rows) NATS JetStream acknowledged since the start",
+            self.published.clone(),
+        );
+    }
+
+    pub fn status_pb(&self) -> pb::NatsStatus {
+        let (state, error) = self.state.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        pb::NatsStatus {
+            url: self.args.nats.url(),
+            stream: self.args.nats.nats_stream.clone(),
+            node: self.node.clone(),
+            subject_prefix: self.args.nats.nats_subject_prefix.clone(),
+            state,
+            error,
+            acked_seq: self.acked.load(Ordering::Relaxed),
+            backlog_events: self.backlog.get().max(0) as u64,
+            published: self.published.get(),
+            flows_published_until: self.flows_until.load(Ordering::Relaxed),
+        }
+    }
+
+    fn set(&self, state: &str, error: String) {
+        *self.state.lock().unwrap_or_else(|p| p.into_inner()) = (state.into(), error);
+    }
+
+    fn refused(&self) -> Option<String> {
+        self.refused
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn js_error(&self, what: impl Into<String>, e: impl std::fmt::Display) -> NatsError {
+        NatsError::JetStream {
+            what: what.into(),
+            reason: e.to_string(),
+            refused: self.refused(),
+        }
+    }
+}
+
+/// Starts the publisher; it ends when `shutdown` turns true.
+pub fn spawn(
+    shared: Arc<Shared>,
+    store_path: PathBuf,
+    committed: tokio::sync::watch::Receiver<i64>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(run(shared, store_path, committed, shutdown))
+}
+
+async fn run(
+    shared: Arc<Shared>,
+    store_path: PathBuf,
+    mut committed: tokio::sync::watch::Receiver<i64>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_secs(1);
+    let mut last_error = String::new();
+    loop {
+        let mut session = Session {
+            shared: &shared,
+            store_path: &store_path,
+            reached: false,
+        };
+        let result = session.run(&mut committed, &mut shutdown).await;
+        if session.reached {
+            backoff = Duration::from_secs(1);
+        }
+        let e = match result {
+            Ok(()) => return,
+            Err(e) => crate::cli::error_chain(&e),
+        };
+        shared.set("error", e.clone());
+        if e != last_error {
+            log::error!(
+                "NATS publishing: {e}; events wait in the store (backlog {}), trying again in {} s",
+                shared.backlog.get(),
+                backoff.as_secs()
+            );
+            last_error = e;
+        } else {
+            log::debug!("NATS publishing still fails: {e}");
+        }
+        tokio::select! {
+            () = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// One connection's work, from connecting to its first failure.
+struct Session<'a> {
+    shared: &'a Arc<Shared>,
+    store_path: &'a Path,
+    /// Connected and the stream checked: the next failure starts the
+    /// backoff again from its shortest.
+    reached: bool,
+}
+
+/// Runs `f` on the store on a blocking thread (SQLite must not hold up the
+/// runtime's workers).
+async fn on_store<T: Send + 'static>(
+    store: Store,
+    f: impl FnOnce(&Store) -> anyhow::Result<T> + Send + 'static,
+) -> anyhow::Result<(Store, T)> {
+    tokio::task::spawn_blocking(move || {
+        let r = f(&store);
+        r.map(|v| (store, v))
+    })
+    .await
+    .map_err(|e| anyhow::anyhow!("reading the store panicked: {e}"))?
+}
+
+impl Session<'_> {
+    async fn run(
+        &mut self,
+        committed: &mut tokio::sync::watch::Receiver<i64>,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<()> {
+        let shared = self.shared.clone();
+        let args = &shared.args;
+        let path = self.store_path.to_path_buf();
+        let mut store = tokio::task::spawn_blocking(move || Store::open_cursor(&path))
+            .await
+            .map_err(|e| anyhow::anyhow!("opening the store panicked: {e}"))??;
+        // Where the stream stands, from the store, before anything is sent.
+        let (s, (acked, flows_until, backlog)) = on_store(store, |s| {
+            let acked = s.published(published::ACKED_KEY)?.unwrap_or(0);
+            let flows = match s.published(published::FLOWS_KEY)? {
+                Some(t) => t,
+                None => s
+                    .next_flow_minute(i64::MIN, i64::MAX)?
+                    .unwrap_or_else(|| query::bucket_of(crate::store::now_nanos())),
+            };
+            Ok((acked, flows, s.unpublished()?))
+        })
+        .await?;
+        store = s;
+        shared.acked.store(acked.max(0) as u64, Ordering::Relaxed);
+        shared.flows_until.store(flows_until, Ordering::Relaxed);
+        shared.backlog.set(backlog as i64);
+        shared.set("connecting", String::new());
+        *shared.refused.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        let on_event = {
+            let shared = shared.clone();
+            move |event: async_nats::Event| {
+                let shared = shared.clone();
+                async move {
+                    match event {
+                        async_nats::Event::Disconnected => {
+                            log::warn!(
+                                "NATS connection lost; reconnecting (events wait in the store)"
+                            );
+                            shared.set("disconnected", "connection lost; reconnecting".into());
+                        }
+                        async_nats::Event::Connected => {
+                            log::info!("NATS connected");
+                            let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+                            if state.0 == "disconnected" {
+                                *state = ("publishing".into(), String::new());
+                            }
+                        }
+                        async_nats::Event::ServerError(e) => {
+                            log::error!("NATS server error: {e}");
+                            *shared.refused.lock().unwrap_or_else(|p| p.into_inner()) =
+                                Some(e.to_string());
+                        }
+                        // Each failed reconnect attempt, and the end of a
+                        // connection this publisher let go.
+                        async_nats::Event::ClientError(_) | async_nats::Event::Closed => {
+                            log::debug!("NATS: {event}")
+                        }
+                        other => log::warn!("NATS: {other}"),
+                    }
+                }
+            }
+        };
+        let client = args
+            .nats
+            .connect(&format!("egress-monitor {}", shared.node), on_event)
+            .await?;
+        let mut js = jetstream::new(client.clone());
+        js.set_timeout(ACK_TIMEOUT);
+        ensure_stream(&shared, &js, &client).await?;
+        self.reached = true;
+        shared.set("publishing", String::new());
+        log::info!(
+            "publishing to NATS stream {} as {}.{}.> from store seq {} (backlog {} events)",
+            args.nats.nats_stream,
+            args.nats.nats_subject_prefix,
+            shared.node,
+            acked,
+            backlog
+        );
+        let mut acked = acked;
+        let mut flows_until = flows_until;
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            let (s, events) = on_store(store, move |s| {
+                Ok(query::events(s, i64::MIN, i64::MAX, acked, BATCH, &|_| true)?.0)
+            })
+            .await?;
+            store = s;
+            let full = events.len() == BATCH;
+            if !events.is_empty() {
+                let last = publish_events(&shared, &js, events, &mut acked).await;
+                let (s, backlog) = on_store(store, move |s| {
+                    s.set_published(published::ACKED_KEY, acked)?;
+                    Ok(s.unpublished()?)
+                })
+                .await?;
+                store = s;
+                shared.acked.store(acked.max(0) as u64, Ordering::Relaxed);
+                shared.backlog.set(backlog as i64);
+                last?;
+            } else {
+                shared.backlog.set(0);
+            }
+            let (s, flows) = on_store(store, move |s| due_flows(s, flows_until)).await?;
+            store = s;
+            let flows_due = flows.is_some();
+            if let Some((minute, rows)) = flows {
+                publish_flows(&shared, &js, rows).await?;
+                flows_until = minute;
+                let (s, ()) = on_store(store, move |s| {
+                    Ok(s.set_published(published::FLOWS_KEY, minute)?)
+                })
+                .await?;
+                store = s;
+                shared.flows_until.store(minute, Ordering::Relaxed);
+            }
+            if full || flows_due {
+                continue;
+            }
+            tokio::select! {
+                _ = committed.changed() => {}
+                _ = tick.tick() => {}
+                _ = shutdown.wait_for(|s| *s) => return Ok(()),
+            }
+        }
+    }
+}
+
+/// Checks the stream (or makes it): its subjects must take this node's.
+async fn ensure_stream(
+    shared: &Shared,
+    js: &jetstream::Context,
+    client: &async_nats::Client,
+) -> anyhow::Result<()> {
+    let args = &shared.args;
+    let name = &args.nats.nats_stream;
+    let prefix = &args.nats.nats_subject_prefix;
+    let ours = [
+        super::event_subject(prefix, &shared.node, "denied"),
+        super::flow_subject(prefix, &shared.node),
+    ];
+    match js.get_stream(name).await {
+        Ok(mut stream) => {
+            let info = stream
+                .info()
+                .await
+                .map_err(|e| shared.js_error(format!("reading stream {name}"), e))?;
+            let subjects = &info.config.subjects;
+            for subject in &ours {
+                if !subjects.iter().any(|p| super::subject_matches(p, subject)) {
+                    anyhow::bail!(
+                        "NATS stream {name} exists with subjects [{}], which do not take {subject}: add {prefix}.> to it, or give --nats-stream or --nats-subject-prefix",
+                        subjects.join(", ")
+                    );
+                }
+            }
+            Ok(())
+        }
+        Err(e)
+            if matches!(e.kind(), jetstream::context::GetStreamErrorKind::JetStream(j)
+                if j.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            let clustered = client.server_info().cluster.is_some();
+            let replicas =
+                args.nats_replicas
+                    .map(usize::from)
+                    .unwrap_or(if clustered { 3 } else { 1 });
+            let config = jetstream::stream::Config {
+                name: name.clone(),
+                subjects: vec![format!("{prefix}.>")],
+                max_age: args.nats_max_age,
+                max_bytes: if args.nats_max_mb == 0 {
+                    -1
+                } else {
+                    i64::try_from(args.nats_max_mb.saturating_mul(1 << 20)).unwrap_or(i64::MAX)
+                },
+                num_replicas: replicas,
+                duplicate_window: args.nats_duplicate_window,
+                storage: jetstream::stream::StorageType::File,
+                ..Default::default()
+            };
+            js.create_stream(config).await.map_err(|e| {
+                shared.js_error(
+                    format!(
+                        "creating NATS stream {name} (subjects {prefix}.>, {replicas} replicas)"
+                    ),
+                    e,
+                )
+            })?;
+            log::info!(
+                "created NATS stream {name}: subjects {prefix}.>, {replicas} replicas, max age {}, max {} MiB",
+                humantime::format_duration(args.nats_max_age),
+                args.nats_max_mb
+            );
+            Ok(())
+        }
+        Err(e) => Err(shared
+            .js_error(format!("looking up NATS stream {name}"), e)
+            .into()),
+    }
+}
+
+/// One message to send.
+struct Outgoing {
+    subject: String,
+    /// Its `Nats-Msg-Id`.
+    id: String,
+    payload: Vec<u8>,
+    content_type: &'static str,
+}
+
+/// Publishes in order, awaiting the acknowledgements together: how many
+/// were acknowledged in an unbroken run from the first, and the first
+/// failure (what follows it is sent again).
+async fn publish_all(
+    shared: &Shared,
+    js: &jetstream::Context,
+    messages: Vec<Outgoing>,
+) -> (usize, anyhow::Result<()>) {
+    let mut pending = Vec::with_capacity(messages.len());
+    for m in messages {
+        let headers = headers(&m.id, m.content_type);
+        match js
+            .publish_with_headers(m.subject, headers, m.payload.into())
+            .await
+        {
+            Ok(ack) => pending.push((m.id, ack)),
+            Err(e) => {
+                pending.clear();
+                return (
+                    0,
+                    Err(shared.js_error(format!("publishing {}", m.id), e).into()),
+                );
+            }
+        }
+    }
+    let mut acked = 0;
+    for (id, ack) in pending {
+        if let Err(e) = ack.await {
+            return (
+                acked,
+                Err(shared
+                    .js_error(format!("acknowledgement of {id}"), e)
+                    .into()),
+            );
+        }
+        acked += 1;
+        shared.published.inc();
+    }
+    (acked, Ok(()))
+}
+
+/// Publishes events (their store positions and events); `acked` follows
+/// the last one acknowledged in an unbroken run from the first.
+async fn publish_events(
+    shared: &Shared,
+    js: &jetstream::Context,
+    events: Vec<(i64, crate::events::Event)>,
+    acked: &mut i64,
+) -> anyhow::Result<()> {
+    let args = &shared.args;
+    let seqs: Vec<i64> = events.iter().map(|(seq, _)| *seq).collect();
+    let messages = events
+        .into_iter()
+        .map(|(seq, e)| {
+            let mut msg = pb::Event::from(&e);
+            msg.seq = seq as u64;
+            msg.node = shared.node.clone();
+            let (payload, content_type) =
+                super::encode(args.nats_format, &msg, super::PROTOBUF_EVENT);
+            Outgoing {
+                subject: super::event_subject(
+                    &args.nats.nats_subject_prefix,
+                    &shared.node,
+                    &msg.verdict,
+                ),
+                id: super::event_msg_id(&shared.node, seq),
+                payload,
+                content_type,
+            }
+        })
+        .collect();
+    let (n, result) = publish_all(shared, js, messages).await;
+    if n > 0 {
+        *acked = seqs[n - 1];
+    }
+    result
+}
+
+fn headers(id: &str, content_type: &'static str) -> async_nats::HeaderMap {
+    let mut h = async_nats::HeaderMap::new();
+    h.insert(async_nats::header::NATS_MESSAGE_ID, id);
+    h.insert("Content-Type", content_type);
+    h
+}
+
+/// The next closed flow minute from `from` on, with its rows, or None
+/// when none is due; a run of minutes without flows is skipped at once.
+fn due_flows(store: &Store, from: i64) -> anyhow::Result<Option<(i64, Vec<pb::Flow>)>> {
+    let now = crate::store::now_nanos();
+    let closed_before = query::bucket_of(now - FLOW_SETTLE.as_nanos() as i64);
+    if from >= closed_before {
+        return Ok(None);
+    }
+    let Some(minute) = store.next_flow_minute(from, closed_before)? else {
+        return Ok(Some((closed_before, Vec::new())));
+    };
+    let mut rows = Vec::new();
+    query::flows_each(store, minute, minute + MINUTE, &|_| true, false, &mut |f| {
+        rows.push(pb::Flow::from(f));
+        Ok(())
+    })?;
+    Ok(Some((minute + MINUTE, rows)))
+}
+
+async fn publish_flows(
+    shared: &Shared,
+    js: &jetstream::Context,
+    rows: Vec<pb::Flow>,
+) -> anyhow::Result<()> {
+    let args = &shared.args;
+    let subject = super::flow_subject(&args.nats.nats_subject_prefix, &shared.node);
+    let messages = rows
+        .into_iter()
+        .map(|mut f| {
+            f.node = shared.node.clone();
+            let (payload, content_type) = super::encode(args.nats_format, &f, super::PROTOBUF_FLOW);
+            Outgoing {
+                subject: subject.clone(),
+                id: super::flow_msg_id(&shared.node, &f),
+                payload,
+                content_type,
+            }
+        })
+        .collect();
+    publish_all(shared, js, messages).await.1
+}

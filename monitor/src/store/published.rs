@@ -1,0 +1,128 @@
+//! What NATS JetStream has acknowledged of this store (`fleet::publish`):
+//! two cursors in `meta`, written by the publisher's own connection, read
+//! by retention, which keeps what is not yet acknowledged (by age) or
+//! records its removal as a gap (by size: bounded retention wins).
+use rusqlite::{params, Connection, OptionalExtension};
+
+use super::{sql, Store, StoreError};
+
+/// The last event (chain seq) the stream acknowledged.
+pub const ACKED_KEY: &str = "nats_acked_seq";
+/// Flow minutes before this time (Unix ns) are published.
+pub const FLOWS_KEY: &str = "nats_flows_until";
+/// The gap kind of events removed before the stream had them.
+pub const GAP_KIND: &str = "nats_unpublished";
+
+fn read(conn: &Connection, key: &str) -> rusqlite::Result<Option<i64>> {
+    conn.query_row(
+        "SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?1",
+        [key],
+        |r| r.get(0),
+    )
+    .optional()
+}
+
+impl Store {
+    /// A cursor (`ACKED_KEY`, `FLOWS_KEY`); None before the first
+    /// acknowledgement.
+    pub fn published(&self, key: &str) -> Result<Option<i64>, StoreError> {
+        read(&self.conn, key).map_err(self.err("read the NATS cursor"))
+    }
+
+    /// Moves a cursor forward (never back: a late writer cannot undo a
+    /// later acknowledgement).
+    pub fn set_published(&self, key: &str, value: i64) -> Result<(), StoreError> {
+        self.conn
+            .execute(
+                "INSERT INTO meta (key, value) VALUES (?1, ?2) ON CONFLICT (key) DO UPDATE SET value = max(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+                params![key, value],
+            )
+            .map(|_| ())
+            .map_err(self.err("write the NATS cursor"))
+    }
+
+    /// Events stored and not yet acknowledged.
+    pub fn unpublished(&self) -> Result<u64, StoreError> {
+        let acked = self.published(ACKED_KEY)?.unwrap_or(0);
+        self.conn
+            .query_row("SELECT count(*) FROM events WHERE seq > ?1", [acked], |r| {
+                r.get::<_, i64>(0)
+            })
+            .map(|n| n as u64)
+            .map_err(self.err("count unpublished events"))
+    }
+
+    /// The first flow minute at or after `from` and before `before`.
+    pub fn next_flow_minute(&self, from: i64, before: i64) -> Result<Option<i64>, StoreError> {
+        self.conn
+            .query_row(
+                "SELECT min(bucket) FROM flows WHERE bucket >= ?1 AND bucket < ?2",
+                params![from, before],
+                |r| r.get(0),
+            )
+            .map_err(self.err("find the next flow minute"))
+    }
+
+    /// Opens the store to move the publisher's cursors (the writer keeps
+    /// its own connection; this one only touches `meta`).
+    pub fn open_cursor(path: &std::path::Path) -> Result<Store, StoreError> {
+        let store = Store::open_read(path)?;
+        drop(store);
+        let conn = Connection::open(path).map_err(sql(path, "open for the NATS cursor"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql(path, "busy timeout"))?;
+        Ok(Store {
+            conn,
+            path: path.to_path_buf(),
+        })
+    }
+}
+
+/// The oldest time age retention may not reach while events or flow
+/// minutes wait for the stream: the first unacknowledged event's, or the
+/// first unpublished flow minute. None when nothing waits (or nothing was
+/// ever published: no cursor).
+pub(crate) fn hold(conn: &Connection) -> rusqlite::Result<Option<i64>> {
+    let Some(acked) = read(conn, ACKED_KEY)? else {
+        return Ok(None);
+    };
+    let first: Option<i64> = conn.query_row(
+        "SELECT min(unix_nanos) FROM events WHERE seq > ?1",
+        [acked],
+        |r| r.get(0),
+    )?;
+    let flows = read(conn, FLOWS_KEY)?;
+    Ok(match (first, flows) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    })
+}
+
+/// In a retention transaction removing events before `cutoff`: records the
+/// unacknowledged ones among them as a gap.
+pub(crate) fn record_removed(tx: &rusqlite::Transaction<'_>, cutoff: i64) -> rusqlite::Result<()> {
+    let Some(acked) = read(tx, ACKED_KEY)? else {
+        return Ok(());
+    };
+    let (n, low, high): (i64, Option<i64>, Option<i64>) = tx.query_row(
+        "SELECT count(*), min(seq), max(seq) FROM events WHERE seq > ?1 AND unix_nanos < ?2",
+        params![acked, cutoff],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+    )?;
+    if n > 0 {
+        tx.execute(
+            "INSERT INTO gaps (unix_nanos, kind, count, detail) VALUES (?1, ?2, ?3, ?4)",
+            params![
+                super::now_nanos(),
+                GAP_KIND,
+                n,
+                format!(
+                    "retention removed {n} events (seq {} to {}) before NATS JetStream acknowledged them",
+                    low.unwrap_or(0),
+                    high.unwrap_or(0)
+                )
+            ],
+        )?;
+    }
+    Ok(())
+}
