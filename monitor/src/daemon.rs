@@ -815,7 +815,9 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         requests: Requests(requests_tx),
         node_public_key,
         shutdown: shutdown_rx.clone(),
-        nats: nats.as_ref().map(|(shared, _)| shared.clone()),
+        nats: nats
+            .as_ref()
+            .map(|(shared, _)| shared.clone() as Arc<dyn crate::api::backend::NatsStatus>),
     };
     // Bound here, not in the task: once the daemon says it runs, a client
     // finds the socket.

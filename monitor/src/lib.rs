@@ -10,6 +10,7 @@ pub mod cli;
 pub mod cloud;
 pub mod control;
 pub mod daemon;
+pub mod error_text;
 pub mod events;
 pub mod evidence;
 pub mod fleet;

@@ -21,5 +21,11 @@ pub struct Backend {
     /// Turns true when the daemon stops: streams end.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// The publisher to NATS (`--nats-url`), for `status`.
-    pub nats: Option<Arc<crate::fleet::publish::Shared>>,
+    pub nats: Option<Arc<dyn NatsStatus>>,
+}
+
+/// How publishing to NATS goes, as `status` says it (the publisher,
+/// `fleet::publish`, implements it).
+pub trait NatsStatus: Send + Sync {
+    fn status_pb(&self) -> crate::api::pb::NatsStatus;
 }

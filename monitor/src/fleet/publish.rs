@@ -149,6 +149,12 @@ impl Shared {
     }
 }
 
+impl crate::api::backend::NatsStatus for Shared {
+    fn status_pb(&self) -> pb::NatsStatus {
+        Shared::status_pb(self)
+    }
+}
+
 /// Starts the publisher; it ends when `shutdown` turns true.
 pub fn spawn(
     shared: Arc<Shared>,
@@ -179,7 +185,7 @@ async fn run(
         }
         let e = match result {
             Ok(()) => return,
-            Err(e) => crate::cli::error_chain(&e),
+            Err(e) => crate::error_text::error_chain(&e),
         };
         shared.set("error", e.clone());
         if e != last_error {
