@@ -9,7 +9,7 @@ use crate::{cloud_ranges_dir, cloudip, geoip_path, is_root, run};
 
 /// Debian packages: Debian's Rust with its library sources and LLVM 22 (the
 /// eBPF build, see TOOLCHAIN.md), protoc, bpftool, mmdblookup, iproute2,
-/// Prometheus.
+/// Prometheus, Chromium.
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "rust-web-src",
@@ -30,6 +30,9 @@ const PACKAGES: &[&str] = &[
     // prometheus and promtool: the alert rules' checks and unit tests, and
     // a real server scraping the daemon (tests/tests/prometheus.rs).
     "prometheus",
+    // headless Chromium: `report --pdf`, and the report's rendering test
+    // (tests/tests/report.rs) makes a PNG and a PDF with it.
+    "chromium",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -37,15 +37,16 @@ pub struct ExportArgs {
     pub filter: FilterArgs,
 }
 
-/// Refuses an --out that would overwrite a bundle without --force, or
-/// whose directory is missing, before the store is read.
-pub(super) fn check_out(out: &std::path::Path, force: bool) -> anyhow::Result<()> {
+/// Refuses an --out (or other output `flag`) that would overwrite a file
+/// without --force, or whose directory is missing, before the store is
+/// read.
+pub(super) fn check_out(flag: &str, out: &std::path::Path, force: bool) -> anyhow::Result<()> {
     if out.is_dir() {
-        anyhow::bail!("--out {} is a directory; give a file name", out.display());
+        anyhow::bail!("{flag} {} is a directory; give a file name", out.display());
     }
     if out.exists() && !force {
         anyhow::bail!(
-            "--out {} exists; not overwritten (--force replaces it)",
+            "{flag} {} exists; not overwritten (--force replaces it)",
             out.display()
         );
     }
@@ -55,7 +56,7 @@ pub(super) fn check_out(out: &std::path::Path, force: bool) -> anyhow::Result<()
     };
     if !parent.is_dir() {
         anyhow::bail!(
-            "--out {}: the directory {} does not exist",
+            "{flag} {}: the directory {} does not exist",
             out.display(),
             parent.display()
         );
@@ -63,15 +64,16 @@ pub(super) fn check_out(out: &std::path::Path, force: bool) -> anyhow::Result<()
     Ok(())
 }
 
+/// The window of --since and --until, the flag named in its error.
+pub(super) fn window(since: &str, until: Option<&str>) -> anyhow::Result<(i64, i64)> {
+    parse_window(since, until.unwrap_or(""), store::now_nanos())
+        .map_err(|(field, why)| anyhow::anyhow!("--{field}: {why}"))
+}
+
 pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    check_out(&args.out, args.force)?;
-    let (since, until) = parse_window(
-        &args.since,
-        args.until.as_deref().unwrap_or(""),
-        store::now_nanos(),
-    )
-    .map_err(|(field, why)| anyhow::anyhow!("--{field}: {why}"))?;
+    check_out("--out", &args.out, args.force)?;
+    let (since, until) = window(&args.since, args.until.as_deref())?;
     let pbf = args.filter.to_pb();
     let filter = Filter::compile(pbf.clone()).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     let recorded = if args.filter.is_empty() {

@@ -137,7 +137,7 @@ fn t(n: i64) -> String {
     rfc3339_nanos(i128::from(n))
 }
 
-fn dash(s: &str) -> &str {
+pub(crate) fn dash(s: &str) -> &str {
     if s.is_empty() {
         "-"
     } else {
@@ -543,7 +543,7 @@ fn flow_table(m: &mut String, all: &[&Flow], counted: bool) {
     }
 }
 
-fn secs(n: i64) -> String {
+pub(crate) fn secs(n: i64) -> String {
     let s = n / 1_000_000_000;
     match s {
         s if s >= 3600 => format!("{} h {} min", s / 3600, s % 3600 / 60),
