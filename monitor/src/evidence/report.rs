@@ -43,6 +43,7 @@ struct Dest {
     country: String,
     cloud_region: String,
     workload: String,
+    process: String,
     verdicts: BTreeSet<String>,
 }
 
@@ -122,11 +123,13 @@ impl Tally {
             country,
             cloud_region: f.cloud_region.clone(),
             workload: workload(f),
+            process: f.comm.clone(),
             verdicts: BTreeSet::new(),
         });
         if f.first_seen < d.first_seen {
             d.first_seen = f.first_seen;
             d.workload = workload(f);
+            d.process = f.comm.clone();
         }
         if d.name.is_empty() {
             d.name = f.dns_name.clone();
@@ -279,7 +282,7 @@ pub fn thousands(n: u64) -> String {
     let digits = n.to_string();
     let mut o = String::new();
     for (i, c) in digits.chars().enumerate() {
-        if i > 0 && (digits.len() - i) % 3 == 0 {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
             o.push(',');
         }
         o.push(c);
@@ -676,13 +679,13 @@ fn first_seen(m: &mut String, tally: &Tally) {
     list.sort_by_key(|(ip, d)| (d.first_seen, ip.to_string()));
     let _ = writeln!(
         m,
-        "<table id=\"first-seen\" data-count=\"{}\"><tr><th>first contact</th><th>address</th><th>name</th><th>country</th><th>cloud region</th><th>first workload</th><th>verdicts</th></tr>",
+        "<table id=\"first-seen\" data-count=\"{}\"><tr><th>first contact</th><th>address</th><th>name</th><th>country</th><th>cloud region</th><th>first workload</th><th>process</th><th>verdicts</th></tr>",
         list.len()
     );
     for (ip, d) in list.iter().take(ROWS) {
         let _ = writeln!(
             m,
-            "<tr data-address=\"{}\"><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td>{}</td></tr>",
+            "<tr data-address=\"{}\"><td>{}</td><td class=\"mono\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"mono\">{}</td><td class=\"mono\">{}</td><td>{}</td></tr>",
             esc(ip),
             t(d.first_seen),
             esc(ip),
@@ -690,6 +693,7 @@ fn first_seen(m: &mut String, tally: &Tally) {
             esc(&d.country),
             esc(&d.cloud_region),
             esc(&d.workload),
+            esc(&d.process),
             esc(&d.verdicts.iter().cloned().collect::<Vec<_>>().join(", "))
         );
     }
