@@ -15,8 +15,9 @@ const DENIED: usize = 3;
 const WOULD_DENY: usize = 2;
 const ALLOWED: usize = 4;
 const SENT: u64 = 300;
-/// A workload calling itself a tag (15 bytes: the kernel's comm).
-const HOSTILE: &str = "<script>x</a>";
+/// A workload calling itself a tag, with quotes and an ampersand (at
+/// most 15 bytes: the kernel's comm; no slash: it is a file name).
+const HOSTILE: &str = "<script>\"&'x";
 
 fn now() -> String {
     let n = std::time::SystemTime::now()
@@ -150,15 +151,17 @@ fn report_shows_the_stores_figures_and_renders() {
     let env = start();
     let since = now();
     let port = env.fresh_port().to_string();
-    for _ in 0..DENIED {
-        assert!(!env.probe("sel", &["tcp", US_V4, &port]).ok);
-    }
+    // The hostile workload first: the first process to contact the US
+    // address, which the first-seen table names.
     let hostile = env.probe_named("sel", HOSTILE, &["tcp", US_V4, &port]);
     assert_eq!(
         hostile["errno"].as_i64(),
         Some(i64::from(libc::EPERM)),
         "{hostile}"
     );
+    for _ in 0..DENIED {
+        assert!(!env.probe("sel", &["tcp", US_V4, &port]).ok);
+    }
     let sent = SENT.to_string();
     for _ in 0..WOULD_DENY {
         let r = env.probe("unsel", &["tcp-send", US_V4, &port, &sent]);
@@ -297,7 +300,7 @@ fn report_shows_the_stores_figures_and_renders() {
         assert!(!html.contains(needle), "{needle} in the page");
     }
     // The hostile name: text, in the first-seen table's process column.
-    assert!(html.contains("&lt;script&gt;x&lt;/a&gt;"), "{html}");
+    assert!(html.contains("&lt;script&gt;&quot;&amp;&#39;x"), "{html}");
 
     // The PDF --pdf printed.
     let pdf = std::fs::read(&pdf_file).unwrap();
