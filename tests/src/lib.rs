@@ -992,6 +992,15 @@ pub fn attach_permissive_connect4(cgroup: &Path, flags: u32) -> i32 {
     errno
 }
 
+/// Now, in RFC 3339 with nanoseconds (a --since or --until).
+pub fn now_rfc3339() -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    monitor::events::rfc3339_nanos(n as i128)
+}
+
 /// Exports [since, until) of the daemon's store (its state directory is
 /// `DIR/state`) to `name` in the test's directory; it must succeed.
 pub fn export_window(env: &TestEnv, since: &str, until: &str, name: &str) -> PathBuf {

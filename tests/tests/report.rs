@@ -19,14 +19,6 @@ const SENT: u64 = 300;
 /// most 15 bytes: the kernel's comm; no slash: it is a file name).
 const HOSTILE: &str = "<script>\"&'x";
 
-fn now() -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    monitor::events::rfc3339_nanos(n as i128)
-}
-
 /// `eu-only` enforcing on `sel`, `watch` in monitor mode on `unsel` (only
 /// this suite selects it), both allowing DE; the daemon running.
 fn start() -> TestEnv {
@@ -149,7 +141,7 @@ fn pixels(png_file: &Path) -> (u32, u32, usize, usize, usize, usize) {
 #[test]
 fn report_shows_the_stores_figures_and_renders() {
     let env = start();
-    let since = now();
+    let since = now_rfc3339();
     let port = env.fresh_port().to_string();
     // The hostile workload first: the first process to contact the US
     // address, which the first-seen table names.
@@ -188,7 +180,7 @@ fn report_shows_the_stores_figures_and_renders() {
 
     let html_file = env.dir.path().join("report.html");
     let pdf_file = env.dir.path().join("report.pdf");
-    let until = now();
+    let until = now_rfc3339();
     let (html_s, pdf_s) = (
         html_file.display().to_string(),
         pdf_file.display().to_string(),

@@ -15,11 +15,7 @@ fn start(extra: &[&str]) -> TestEnv {
 }
 
 fn now() -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    monitor::events::rfc3339_nanos(n as i128)
+    now_rfc3339()
 }
 
 /// Probes: `de` allowed TCP connections and `us` refused ones; returns the pids.

@@ -8,23 +8,19 @@ use std::{
 use anyhow::{bail, Context};
 use clap::Args;
 
-use super::{export::check_out, export::window, filters::FilterArgs};
+use super::{
+    export::{check_out, StoreWindow},
+    filters::FilterArgs,
+};
 use crate::{
-    api::filter::Filter,
     evidence::bundle,
     store::{self, Store},
 };
 
 #[derive(Debug, Args)]
 pub struct ReportArgs {
-    /// Start of the window: RFC 3339, a UTC date or date and time
-    /// (2026-12-01, "2026-12-01 22:47"), Unix seconds (0: the beginning),
-    /// or a duration before now (2h, 30d).
-    #[arg(long)]
-    pub since: String,
-    /// End of the window, in any form --since takes (default: now).
-    #[arg(long)]
-    pub until: Option<String>,
+    #[command(flatten)]
+    pub window: StoreWindow,
     /// The page to write (HTML, self-contained: it fetches nothing).
     #[arg(long)]
     pub out: PathBuf,
@@ -32,11 +28,6 @@ pub struct ReportArgs {
     /// (Debian package `chromium`).
     #[arg(long)]
     pub pdf: Option<PathBuf>,
-    /// The daemon's state directory (the store is read from it; needs
-    /// root, works with the daemon running or stopped) [default: as for
-    /// `export`].
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
     /// Replace existing files at --out and --pdf.
     #[arg(long)]
     pub force: bool,
@@ -56,7 +47,7 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
             );
         }
     }
-    let (since, until) = window(&args.since, args.until.as_deref())?;
+    let (since, until) = args.window.nanos()?;
     if until <= since {
         bail!(
             "the window {} .. {} is empty: --until must be after --since",
@@ -69,14 +60,8 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
         Some(_) => Some(find_chromium()?),
         None => None,
     };
-    let pbf = args.filter.to_pb();
-    let filter = Filter::compile(pbf.clone()).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-    let recorded = if args.filter.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::to_value(&pbf)?
-    };
-    let state_dir = crate::api::client::state_dir(args.state_dir.as_deref())?;
+    let (filter, recorded) = args.filter.compiled()?;
+    let state_dir = args.window.state_dir()?;
     let st = Store::open_read(&store::path_in(&state_dir))?;
     let req = bundle::Request {
         since,

@@ -277,12 +277,7 @@ fn assemble(
     summary.exported = records.exported;
     let complete = req.filter.is_null();
     let prior = prior_seq(store, req, &records)?;
-    // The heartbeats around the window tell what of it was watched.
-    let checkpoints = store.checkpoints_between(
-        req.since.saturating_sub(coverage::MAX_GAP_NANOS),
-        req.until.saturating_add(coverage::MAX_GAP_NANOS),
-    )?;
-    let cover = coverage::coverage(&checkpoints, req.since, req.until);
+    let (checkpoints, cover) = watched(store, req)?;
     let mut chain = spool.part("chain.json")?;
     chain_json(store, &records, complete, prior, &cover, links, &mut chain)?;
     parts.insert("chain.json".into(), chain.finish()?);
@@ -448,11 +443,7 @@ pub fn report(store: &Store, req: &Request<'_>) -> anyhow::Result<Page> {
             params![req.since, req.until],
             |r| r.get::<_, i64>(0),
         )? as usize;
-        let checkpoints = store.checkpoints_between(
-            req.since.saturating_sub(coverage::MAX_GAP_NANOS),
-            req.until.saturating_add(coverage::MAX_GAP_NANOS),
-        )?;
-        let cover = coverage::coverage(&checkpoints, req.since, req.until);
+        let (_, cover) = watched(store, req)?;
         let mut tally = report::Tally::default();
         let flows = query::flows_each(
             store,
@@ -518,6 +509,20 @@ fn drift_alerts(store: &Store, req: &Request<'_>) -> anyhow::Result<(Vec<Event>,
         }
     }
     Ok((first, total))
+}
+
+/// The heartbeats around the window, and what of it they tell was
+/// watched.
+fn watched(
+    store: &Store,
+    req: &Request<'_>,
+) -> anyhow::Result<(Vec<chain::Checkpoint>, coverage::Coverage)> {
+    let checkpoints = store.checkpoints_between(
+        req.since.saturating_sub(coverage::MAX_GAP_NANOS),
+        req.until.saturating_add(coverage::MAX_GAP_NANOS),
+    )?;
+    let cover = coverage::coverage(&checkpoints, req.since, req.until);
+    Ok((checkpoints, cover))
 }
 
 /// The window's records, read in order and checked against the hash chain.

@@ -65,13 +65,17 @@ pub struct Tally {
     denied: (u64, i64, i64),
 }
 
-/// A workload as the report names it: its pod, else its cgroup path.
-fn workload(f: &Flow) -> String {
-    if f.pod_uid.is_empty() {
-        f.cgroup_path.clone()
+/// A workload as the pages name it: its pod, else its cgroup path.
+pub(crate) fn workload_name(cgroup_path: &str, pod_uid: &str) -> String {
+    if pod_uid.is_empty() {
+        cgroup_path.to_string()
     } else {
-        format!("pod {}", f.pod_uid)
+        format!("pod {pod_uid}")
     }
+}
+
+fn workload(f: &Flow) -> String {
+    workload_name(&f.cgroup_path, &f.pod_uid)
 }
 
 fn widen(first: &mut i64, last: &mut i64, f: &Flow, empty: bool) {
@@ -405,7 +409,7 @@ fn answer(m: &mut String, i: &Input<'_>) {
     if denied > 0 {
         let _ = write!(
             text,
-            " {} outside them {} blocked, first {}, last {}.",
+            " {} to leave them {} blocked, first {}, last {}.",
             plural(denied, "attempt", "attempts"),
             if denied == 1 { "was" } else { "were" },
             t(dfirst),
@@ -553,7 +557,8 @@ fn timeline_chart(m: &mut String, o: &OverTime) {
         .unwrap_or(1)
         .max(1);
     let (left, plot_w, plot_h, top) = (50.0, 930.0, 200.0, 10.0);
-    let bw = plot_w / o.buckets.len() as f64;
+    // At most 40 px a bar: one bucket is a bar, not the whole plot.
+    let bw = (plot_w / o.buckets.len() as f64).min(40.0);
     key_line(m, &[1, 2]);
     let _ = writeln!(
         m,
@@ -591,10 +596,10 @@ fn timeline_chart(m: &mut String, o: &OverTime) {
     let (first, last) = (o.buckets[0].0, o.buckets[o.buckets.len() - 1].0);
     let _ = writeln!(
         m,
-        "<text x=\"{left}\" y=\"{}\">{}</text><text x=\"{}\" y=\"{}\" text-anchor=\"end\">{}</text></svg>",
+        "<text x=\"{left}\" y=\"{}\">{}</text><text x=\"{:.1}\" y=\"{}\" text-anchor=\"end\">{}</text></svg>",
         top + plot_h + 20.0,
         t(first),
-        left + plot_w,
+        left + bw * o.buckets.len() as f64,
         top + plot_h + 40.0,
         t(last)
     );
@@ -721,11 +726,7 @@ fn drift(m: &mut String, alerts: &[Event], total: usize) {
     );
     for e in alerts {
         let Some(d) = &e.drift else { continue };
-        let workload = if e.pod_uid.is_empty() {
-            e.cgroup_path.clone()
-        } else {
-            format!("pod {}", e.pod_uid)
-        };
+        let workload = workload_name(&e.cgroup_path, &e.pod_uid);
         let _ = writeln!(
             m,
             "<tr><td>{}</td><td class=\"mono\">{}</td><td>{} {}</td><td class=\"mono\">{}:{}/{}</td><td>{}</td><td>{}</td><td>{} <span class=\"mono\">{}</span></td><td>{}{}</td></tr>",
@@ -979,9 +980,10 @@ fn regulation(m: &mut String, i: &Input<'_>) {
         let anchor = ["start", "middle", "end"][n];
         let _ = writeln!(
             m,
-            "<g class=\"deadline\" data-deadline=\"{id}\" data-at=\"{at}\"><circle cx=\"{x:.1}\" cy=\"40\" r=\"7\" fill=\"{}\"/><text x=\"{x:.1}\" y=\"25\" text-anchor=\"{anchor}\">{}</text><text x=\"{x:.1}\" y=\"68\" text-anchor=\"{anchor}\">{}</text></g>",
+            "<g class=\"deadline\" data-deadline=\"{id}\" data-at=\"{at}\"><circle cx=\"{x:.1}\" cy=\"40\" r=\"7\" fill=\"{}\"/><text x=\"{x:.1}\" y=\"25\" text-anchor=\"{anchor}\">{}</text><text x=\"{x:.1}\" y=\"{}\" text-anchor=\"{anchor}\">{}</text></g>",
             COLOURS[n.min(2)],
             ["T0", "T0 + 24 h", "T0 + 72 h"][n],
+            62 + 18 * n,
             t(*at)
         );
     }

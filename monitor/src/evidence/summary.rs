@@ -442,11 +442,7 @@ fn drift_section(m: &mut String, alerts: &[crate::events::Event], total: usize) 
     );
     for e in alerts {
         let Some(d) = &e.drift else { continue };
-        let workload = if e.pod_uid.is_empty() {
-            e.cgroup_path.clone()
-        } else {
-            format!("pod {}", e.pod_uid)
-        };
+        let workload = super::report::workload_name(&e.cgroup_path, &e.pod_uid);
         let _ = writeln!(
             m,
             "| {} | {} | {} {} | {}:{}/{} | {} | {} | {} ({}) | {} |",

@@ -1258,7 +1258,7 @@ fn report_figures_are_the_stores() {
         .sum();
     assert_eq!(denied, 10, "{html}");
     assert!(html.contains("data-left-flows=\"0\""));
-    assert!(html.contains("No connection outside the allowed regions was let through. 10 attempts outside them were blocked"));
+    assert!(html.contains("No connection outside the allowed regions was let through. 10 attempts to leave them were blocked"));
     assert!(
         html.contains(&format!(
             "data-policy=\"eu-only\" data-sha256=\"{}\"",
