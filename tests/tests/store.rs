@@ -223,6 +223,19 @@ fn export_holds_the_window_and_verifies() {
         .status()
         .unwrap();
     assert!(tar.success());
+    // The auditor's page is in the bundle, under the signed manifest.
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(x.join("evidence/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        manifest["files"]["report.html"].as_str().map(str::len),
+        Some(64)
+    );
+    let page = std::fs::read_to_string(x.join("evidence/report.html")).unwrap();
+    assert!(
+        page.starts_with("<!DOCTYPE html>") && page.contains(&key),
+        "{page}"
+    );
     let text = std::fs::read_to_string(x.join("evidence/events.jsonl")).unwrap();
     let mut pids: Vec<u64> = text
         .lines()
