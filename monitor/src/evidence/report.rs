@@ -594,15 +594,23 @@ fn timeline_chart(m: &mut String, o: &OverTime) {
         );
     }
     let (first, last) = (o.buckets[0].0, o.buckets[o.buckets.len() - 1].0);
-    let _ = writeln!(
+    let _ = write!(
         m,
-        "<text x=\"{left}\" y=\"{}\">{}</text><text x=\"{:.1}\" y=\"{}\" text-anchor=\"end\">{}</text></svg>",
+        "<text x=\"{left}\" y=\"{}\">{}</text>",
         top + plot_h + 20.0,
-        t(first),
-        left + bw * o.buckets.len() as f64,
-        top + plot_h + 40.0,
-        t(last)
+        t(first)
     );
+    // The last bucket's start under its bar, when it is another bar's.
+    if o.buckets.len() > 1 {
+        let _ = write!(
+            m,
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"end\">{}</text>",
+            left + bw * o.buckets.len() as f64,
+            top + plot_h + 40.0,
+            t(last)
+        );
+    }
+    let _ = writeln!(m, "</svg>");
     let _ = writeln!(
         m,
         "<p class=\"note\">One bar per {unit} (UTC), from the first refused attempt's to the last's.</p></section>"
