@@ -647,6 +647,31 @@ impl TestEnv {
         }
     }
 
+    /// Runs the probe as a workload started under the file name `name`
+    /// (a symlink to the probe in the test's directory: the kernel's comm
+    /// is the first 15 bytes of it) and reads its raw result.
+    pub fn probe_named(&self, sub: &str, name: &str, args: &[&str]) -> Value {
+        let named = self.dir.path().join(name);
+        if !named.exists() {
+            std::os::unix::fs::symlink(probe_bin(), &named).unwrap();
+        }
+        let cmd = self.probe_command(sub, args);
+        // The probe command, started as `name`.
+        let cmd_args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_os_string()).collect();
+        assert_eq!(cmd_args[1], probe_bin().as_os_str());
+        let mut named_cmd = Command::new(cmd.get_program());
+        named_cmd.arg(&cmd_args[0]).arg(&named).args(&cmd_args[2..]);
+        let procs = self.cgroup(sub).join("cgroup.procs");
+        // SAFETY: as in probe_command: one write to a path computed
+        // before fork.
+        unsafe {
+            named_cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+        }
+        drop(cmd);
+        let out = named_cmd.output().unwrap();
+        serde_json::from_slice(&out.stdout).expect("probe output is JSON")
+    }
+
     /// Known traffic from `sub`, whose policy allows DE only: `denied` TCP
     /// connections to `US_V4` (each refused), then `allowed` UDP datagrams
     /// to `DE_V4` (each let through). The probes' pids, in that order.
@@ -966,6 +991,15 @@ pub fn attach_permissive_connect4(cgroup: &Path, flags: u32) -> i32 {
     // SAFETY: our own descriptor; the attachment holds the program.
     unsafe { libc::close(prog as i32) };
     errno
+}
+
+/// Now, in RFC 3339 with nanoseconds (a --since or --until).
+pub fn now_rfc3339() -> String {
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    monitor::events::rfc3339_nanos(n as i128)
 }
 
 /// Exports [since, until) of the daemon's store (its state directory is

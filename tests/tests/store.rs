@@ -15,11 +15,7 @@ fn start(extra: &[&str]) -> TestEnv {
 }
 
 fn now() -> String {
-    let n = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    monitor::events::rfc3339_nanos(n as i128)
+    now_rfc3339()
 }
 
 /// Probes: `de` allowed TCP connections and `us` refused ones; returns the pids.
@@ -227,6 +223,19 @@ fn export_holds_the_window_and_verifies() {
         .status()
         .unwrap();
     assert!(tar.success());
+    // The auditor's page is in the bundle, under the signed manifest.
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(x.join("evidence/manifest.json")).unwrap())
+            .unwrap();
+    assert_eq!(
+        manifest["files"]["report.html"].as_str().map(str::len),
+        Some(64)
+    );
+    let page = std::fs::read_to_string(x.join("evidence/report.html")).unwrap();
+    assert!(
+        page.starts_with("<!DOCTYPE html>") && page.contains(&key),
+        "{page}"
+    );
     let text = std::fs::read_to_string(x.join("evidence/events.jsonl")).unwrap();
     let mut pids: Vec<u64> = text
         .lines()
@@ -388,26 +397,9 @@ fn a_workload_named_with_markdown_cannot_forge_the_summary() {
     let st = state(&env);
     // The kernel's comm is the first 15 bytes of the name exec was given.
     let name = "x|\n# Forged";
-    let hostile = env.dir.path().join(name);
-    std::os::unix::fs::symlink(probe_bin(), &hostile).unwrap();
     let since = now();
     let port = env.fresh_port().to_string();
-    let cmd = env.probe_command("sel", &["tcp", US_V4, &port]);
-    // The probe command, started as the hostile name.
-    let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_os_string()).collect();
-    assert_eq!(args[1], probe_bin().as_os_str());
-    let mut hostile_cmd = Command::new(cmd.get_program());
-    hostile_cmd.arg(&args[0]).arg(&hostile).args(&args[2..]);
-    let procs = env.cgroup("sel").join("cgroup.procs");
-    // SAFETY: as in TestEnv::probe_command: one write to a path computed
-    // before fork.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        hostile_cmd.pre_exec(move || std::fs::write(&procs, b"0"));
-    }
-    drop(cmd);
-    let out = hostile_cmd.output().unwrap();
-    let raw: Value = serde_json::from_slice(&out.stdout).expect("probe output is JSON");
+    let raw = env.probe_named("sel", name, &["tcp", US_V4, &port]);
     assert_eq!(raw["errno"].as_i64(), Some(EPERM), "{raw}");
     let pid = raw["pid"].as_u64().unwrap();
     let e = env.expect_event("hostile probe", WAIT, |e| e["tgid"].as_u64() == Some(pid));

@@ -9,7 +9,7 @@ use crate::{cloud_ranges_dir, cloudip, geoip_path, is_root, run};
 
 /// Debian packages: Debian's Rust with its library sources and LLVM 22 (the
 /// eBPF build, see TOOLCHAIN.md), protoc, bpftool, mmdblookup, iproute2,
-/// Prometheus, tmux, nats-server.
+/// Prometheus, tmux, nats-server, Chromium.
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "rust-web-src",
@@ -34,6 +34,9 @@ const PACKAGES: &[&str] = &[
     "tmux",
     // The fleet tests' JetStream cluster (2.9: `-js`, clustering).
     "nats-server",
+    // headless Chromium: `report --pdf`, and the report's rendering test
+    // (tests/tests/report.rs) makes a PNG and a PDF with it.
+    "chromium",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -102,7 +102,7 @@ fn read(source: &Source) -> anyhow::Result<(Vec<pb::Flow>, String, String, PathB
 }
 
 fn run_record(args: RecordArgs) -> anyhow::Result<ExitCode> {
-    super::export::check_out(&args.out, args.force)?;
+    super::export::check_out("--out", &args.out, args.force)?;
     let name = match &args.baseline_name {
         Some(n) => n.clone(),
         None => args

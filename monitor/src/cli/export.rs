@@ -5,13 +5,14 @@ use clap::Args;
 
 use super::filters::FilterArgs;
 use crate::{
-    api::filter::Filter,
     evidence::{bundle, key},
     store::{self, time::parse_window, Store},
 };
 
+/// The window of the store a command reads offline (`export`, `report`),
+/// and where the store is.
 #[derive(Debug, Args)]
-pub struct ExportArgs {
+pub struct StoreWindow {
     /// Start of the window: RFC 3339, a UTC date or date and time
     /// (2026-12-01, "2026-12-01 22:47"), Unix seconds (0: the beginning),
     /// or a duration before now (2h, 7d).
@@ -20,15 +21,37 @@ pub struct ExportArgs {
     /// End of the window, in any form --since takes (default: now).
     #[arg(long)]
     pub until: Option<String>,
+    /// The daemon's state directory (the store, and for `export` the node
+    /// key, are read from it; needs root, works with the daemon running or
+    /// stopped) [default: /var/lib/egress-monitor if it holds a store, else
+    /// that of the one daemon running on this machine].
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl StoreWindow {
+    /// The window in Unix nanoseconds, the flag named in its error.
+    pub(super) fn nanos(&self) -> anyhow::Result<(i64, i64)> {
+        parse_window(
+            &self.since,
+            self.until.as_deref().unwrap_or(""),
+            store::now_nanos(),
+        )
+        .map_err(|(field, why)| anyhow::anyhow!("--{field}: {why}"))
+    }
+
+    pub(super) fn state_dir(&self) -> anyhow::Result<PathBuf> {
+        crate::api::client::state_dir(self.state_dir.as_deref())
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    pub window: StoreWindow,
     /// The bundle to write (a tar file).
     #[arg(long)]
     pub out: PathBuf,
-    /// The daemon's state directory (the store and the node key are read
-    /// from it; needs root, works with the daemon running or stopped)
-    /// [default: /var/lib/egress-monitor if it holds a store, else that of
-    /// the one daemon running on this machine].
-    #[arg(long)]
-    pub state_dir: Option<PathBuf>,
     /// Replace an existing file at --out (refused otherwise: a bundle is
     /// evidence, not a cache).
     #[arg(long)]
@@ -37,15 +60,16 @@ pub struct ExportArgs {
     pub filter: FilterArgs,
 }
 
-/// Refuses an --out that would overwrite a bundle without --force, or
-/// whose directory is missing, before the store is read.
-pub(super) fn check_out(out: &std::path::Path, force: bool) -> anyhow::Result<()> {
+/// Refuses an --out (or other output `flag`) that would overwrite a file
+/// without --force, or whose directory is missing, before the store is
+/// read.
+pub(super) fn check_out(flag: &str, out: &std::path::Path, force: bool) -> anyhow::Result<()> {
     if out.is_dir() {
-        anyhow::bail!("--out {} is a directory; give a file name", out.display());
+        anyhow::bail!("{flag} {} is a directory; give a file name", out.display());
     }
     if out.exists() && !force {
         anyhow::bail!(
-            "--out {} exists; not overwritten (--force replaces it)",
+            "{flag} {} exists; not overwritten (--force replaces it)",
             out.display()
         );
     }
@@ -55,7 +79,7 @@ pub(super) fn check_out(out: &std::path::Path, force: bool) -> anyhow::Result<()
     };
     if !parent.is_dir() {
         anyhow::bail!(
-            "--out {}: the directory {} does not exist",
+            "{flag} {}: the directory {} does not exist",
             out.display(),
             parent.display()
         );
@@ -65,21 +89,10 @@ pub(super) fn check_out(out: &std::path::Path, force: bool) -> anyhow::Result<()
 
 pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
-    check_out(&args.out, args.force)?;
-    let (since, until) = parse_window(
-        &args.since,
-        args.until.as_deref().unwrap_or(""),
-        store::now_nanos(),
-    )
-    .map_err(|(field, why)| anyhow::anyhow!("--{field}: {why}"))?;
-    let pbf = args.filter.to_pb();
-    let filter = Filter::compile(pbf.clone()).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
-    let recorded = if args.filter.is_empty() {
-        serde_json::Value::Null
-    } else {
-        serde_json::to_value(&pbf)?
-    };
-    let state_dir = crate::api::client::state_dir(args.state_dir.as_deref())?;
+    check_out("--out", &args.out, args.force)?;
+    let (since, until) = args.window.nanos()?;
+    let (filter, recorded) = args.filter.compiled()?;
+    let state_dir = args.window.state_dir()?;
     let signing = key::load(&state_dir).context("the node key signs the bundle")?;
     let st = Store::open_read(&store::path_in(&state_dir))?;
     let progress = Progress::new();

@@ -1,4 +1,4 @@
-//! The event filter flags shared by `events`, `flows` and `export`.
+//! The event filter flags shared by `events`, `flows`, `export` and `report`.
 use clap::Args;
 
 use crate::api::pb;
@@ -67,5 +67,19 @@ impl FilterArgs {
 
     pub fn is_empty(&self) -> bool {
         self.to_pb() == pb::EventFilter::default()
+    }
+
+    /// The filter compiled, and as given for the record (`export`'s
+    /// manifest, `report`'s page): null when there is none.
+    pub fn compiled(&self) -> anyhow::Result<(crate::api::filter::Filter, serde_json::Value)> {
+        let pbf = self.to_pb();
+        let filter = crate::api::filter::Filter::compile(pbf.clone())
+            .map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        let recorded = if self.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::to_value(&pbf)?
+        };
+        Ok((filter, recorded))
     }
 }

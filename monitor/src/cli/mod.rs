@@ -9,6 +9,7 @@ mod flows;
 mod output;
 mod pinned;
 mod policy;
+mod report;
 mod residency;
 mod status;
 mod top;
@@ -73,6 +74,10 @@ pub enum Command {
     /// Write a signed evidence bundle for a time window (reads the store
     /// in --state-dir; root on the node).
     Export(export::ExportArgs),
+    /// Write the auditor's report for a time window: one self-contained
+    /// HTML page with charts (and a PDF through headless Chromium); reads
+    /// the store in --state-dir, root on the node.
+    Report(report::ReportArgs),
     /// Check an evidence bundle: signature, digests, record chain (exit 3:
     /// intact, but signed by a key you did not pin with --pubkey).
     #[command(after_help = verify::AFTER_HELP)]
@@ -143,6 +148,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Status(args) => block_on(status::run(args)),
         Command::Flows(args) => block_on(flows::run(args)),
         Command::Export(args) => export::run(args),
+        Command::Report(args) => report::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Policy(cmd) => policy::run(cmd),
         Command::Uninstall(args) => uninstall::run(args),

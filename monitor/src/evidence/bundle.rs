@@ -9,6 +9,7 @@ use rusqlite::{params, OptionalExtension};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
+use super::report;
 use crate::{
     events::{rfc3339_nanos, Event},
     store::{chain, coverage, query, Store},
@@ -276,12 +277,7 @@ fn assemble(
     summary.exported = records.exported;
     let complete = req.filter.is_null();
     let prior = prior_seq(store, req, &records)?;
-    // The heartbeats around the window tell what of it was watched.
-    let checkpoints = store.checkpoints_between(
-        req.since.saturating_sub(coverage::MAX_GAP_NANOS),
-        req.until.saturating_add(coverage::MAX_GAP_NANOS),
-    )?;
-    let cover = coverage::coverage(&checkpoints, req.since, req.until);
+    let (checkpoints, cover) = watched(store, req)?;
     let mut chain = spool.part("chain.json")?;
     chain_json(store, &records, complete, prior, &cover, links, &mut chain)?;
     parts.insert("chain.json".into(), chain.finish()?);
@@ -295,6 +291,7 @@ fn assemble(
     // summed for the summary; only those the summary lists are kept.
     let mut csv = spool.part("flows.csv")?;
     let mut digest = super::summary::FlowDigest::default();
+    let mut tally = report::Tally::default();
     {
         let mut w = csv::Writer::from_writer(&mut csv);
         w.write_record(query::FLOW_CSV_COLUMNS)?;
@@ -306,6 +303,7 @@ fn assemble(
             req.by_process,
             &mut |f| {
                 flow_row(&mut w, &f)?;
+                tally.add(&f);
                 digest.add(f, &records.by_cidr);
                 Ok(())
             },
@@ -319,14 +317,35 @@ fn assemble(
     let mut small = Files::new();
     insert_policy_files(&mut small, &index, &versions)?;
 
-    small.insert("geoip.json".into(), geoip_json(store, req)?);
-    small.insert("cloud_ranges.json".into(), cloud_json(store, req)?);
+    let (geoip, cloud) = (geoip_json(store, req)?, cloud_json(store, req)?);
+    small.insert("geoip.json".into(), serde_json::to_vec_pretty(&geoip)?);
+    small.insert(
+        "cloud_ranges.json".into(),
+        serde_json::to_vec_pretty(&cloud)?,
+    );
     small.insert("host.json".into(), host_json(store, req)?);
     let counters = counters(store, req, &summary)?;
     small.insert(
         "counters.json".into(),
         serde_json::to_vec_pretty(&counters)?,
     );
+    let public = crate::evidence::key::public_hex(&key.verifying_key());
+    let page = report_page(
+        store,
+        req,
+        tally,
+        &Known {
+            cover: &cover,
+            index: &index,
+            geoip: &geoip,
+            cloud: &cloud,
+            counters: &counters,
+            drift: &records.drift,
+            drift_total: records.drift_total,
+            signed_by: Some(&public),
+        },
+    )?;
+    small.insert("report.html".into(), page.into_bytes());
     store.conn.execute_batch("COMMIT")?;
 
     let md = super::summary::render(&super::summary::Input {
@@ -341,10 +360,9 @@ fn assemble(
         coverage: &cover,
         complete,
         counted: !req.by_process,
-        public_key: &crate::evidence::key::public_hex(&key.verifying_key()),
+        public_key: &public,
     });
     small.insert("summary.md".into(), md.into_bytes());
-    let public = crate::evidence::key::public_hex(&key.verifying_key());
     small.insert("node.pub".into(), format!("{public}\n").into_bytes());
     for (name, bytes) in small {
         parts.insert(name, in_memory(bytes));
@@ -352,6 +370,159 @@ fn assemble(
 
     sign_manifest(store, key, req, &public, &mut parts)?;
     Ok((parts, summary))
+}
+
+/// What report.html shows besides the flows, as the bundle (or the
+/// `report` command) read it from the store.
+struct Known<'a> {
+    cover: &'a coverage::Coverage,
+    index: &'a [Value],
+    geoip: &'a Value,
+    cloud: &'a Value,
+    counters: &'a Value,
+    drift: &'a [Event],
+    drift_total: usize,
+    signed_by: Option<&'a str>,
+}
+
+/// report.html from the window's flows (`tally`, summed as they streamed
+/// by) and the rest: the refusals are read again per hour or day for the
+/// chart over time, and the destinations the store names before the
+/// window are struck from the first-seen list. Inside the caller's read
+/// transaction.
+fn report_page(
+    store: &Store,
+    req: &Request<'_>,
+    mut tally: report::Tally,
+    k: &Known<'_>,
+) -> anyhow::Result<String> {
+    tally.keep_first_seen(store, req.since)?;
+    let over_time = report::over_time(
+        store,
+        &tally,
+        req.since,
+        req.until,
+        req.keep,
+        req.by_process,
+    )?;
+    Ok(report::render(&report::Input {
+        since: req.since,
+        until: req.until,
+        tally: &tally,
+        over_time: &over_time,
+        policy_index: k.index,
+        geoip: k.geoip,
+        cloud: k.cloud,
+        counters: k.counters,
+        coverage: k.cover,
+        drift: k.drift,
+        drift_total: k.drift_total,
+        filter: &req.filter,
+        counted: !req.by_process,
+        signed_by: k.signed_by,
+    }))
+}
+
+/// The `report` command's page, and what it was made from.
+pub struct Page {
+    pub html: String,
+    /// Records (decisions and drift alerts) in the window, flows shown.
+    pub records: usize,
+    pub flows: usize,
+    pub watched_nanos: i64,
+}
+
+/// report.html for a window without a bundle (the `report` command): the
+/// same page a bundle holds, from the same reads, unsigned; the records'
+/// chain is not checked here (`export` and `verify` do that).
+pub fn report(store: &Store, req: &Request<'_>) -> anyhow::Result<Page> {
+    store.conn.execute_batch("BEGIN")?;
+    let page = (|| {
+        let records = store.conn.query_row(
+            "SELECT count(*) FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2",
+            params![req.since, req.until],
+            |r| r.get::<_, i64>(0),
+        )? as usize;
+        let (_, cover) = watched(store, req)?;
+        let mut tally = report::Tally::default();
+        let flows = query::flows_each(
+            store,
+            req.since,
+            req.until,
+            req.keep,
+            req.by_process,
+            &mut |f| {
+                tally.add(&f);
+                Ok(())
+            },
+        )?;
+        let (index, _) = policy_sets(store, req)?;
+        let (drift, drift_total) = drift_alerts(store, req)?;
+        // The page shows neither record count of the counters.
+        let summary = Summary {
+            in_window: records,
+            ..Summary::default()
+        };
+        let counters = counters(store, req, &summary)?;
+        let html = report_page(
+            store,
+            req,
+            tally,
+            &Known {
+                cover: &cover,
+                index: &index,
+                geoip: &geoip_json(store, req)?,
+                cloud: &cloud_json(store, req)?,
+                counters: &counters,
+                drift: &drift,
+                drift_total,
+                signed_by: None,
+            },
+        )?;
+        Ok(Page {
+            html,
+            records,
+            flows,
+            watched_nanos: cover.watched_nanos,
+        })
+    })();
+    store.conn.execute_batch("COMMIT")?;
+    page
+}
+
+/// The window's drift alerts the filter keeps: the first
+/// `summary::TABLE_ROWS`, and how many.
+fn drift_alerts(store: &Store, req: &Request<'_>) -> anyhow::Result<(Vec<Event>, usize)> {
+    let mut stmt = store.conn.prepare(&format!(
+        "SELECT {} FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 AND drift != '' ORDER BY seq",
+        query::EVENT_COLUMNS
+    ))?;
+    let mut rows = stmt.query(params![req.since, req.until])?;
+    let (mut first, mut total) = (Vec::new(), 0);
+    while let Some(r) = rows.next()? {
+        let (_, event, _) = query::event_and_record(r)?;
+        if (req.keep)(&event) && event.drift.is_some() {
+            total += 1;
+            if first.len() < super::summary::TABLE_ROWS {
+                first.push(event);
+            }
+        }
+    }
+    Ok((first, total))
+}
+
+/// The heartbeats around the window, and what of it they tell was
+/// watched.
+fn watched(
+    store: &Store,
+    req: &Request<'_>,
+) -> anyhow::Result<(Vec<chain::Checkpoint>, coverage::Coverage)> {
+    let checkpoints = store.checkpoints_between(
+        req.since.saturating_sub(coverage::MAX_GAP_NANOS),
+        req.until.saturating_add(coverage::MAX_GAP_NANOS),
+    )?;
+    let cover = coverage::coverage(&checkpoints, req.since, req.until);
+    Ok((checkpoints, cover))
 }
 
 /// The window's records, read in order and checked against the hash chain.
@@ -705,23 +876,23 @@ fn insert_policy_files(
 }
 
 /// `geoip.json`: the GeoIP databases in use during the window.
-fn geoip_json(store: &Store, req: &Request<'_>) -> anyhow::Result<Vec<u8>> {
+fn geoip_json(store: &Store, req: &Request<'_>) -> anyhow::Result<Value> {
     let geo: Vec<Value> = in_force(store, "geoip", "identity", req.since, req.until)?
         .into_iter()
         .map(|(at, id)| json!({"in_use_from": t(at), "database": id}))
         .collect();
-    Ok(serde_json::to_vec_pretty(&json!({"databases": geo}))?)
+    Ok(json!({"databases": geo}))
 }
 
 /// `cloud_ranges.json`: the cloud-range snapshots in force during the
 /// window (files, providers, SHA-256, dates); empty without
 /// `--cloud-ranges`.
-fn cloud_json(store: &Store, req: &Request<'_>) -> anyhow::Result<Vec<u8>> {
+fn cloud_json(store: &Store, req: &Request<'_>) -> anyhow::Result<Value> {
     let snapshots: Vec<Value> = in_force(store, "cloud_ranges", "identity", req.since, req.until)?
         .into_iter()
         .map(|(at, id)| json!({"in_force_from": t(at), "snapshot": id}))
         .collect();
-    Ok(serde_json::to_vec_pretty(&json!({"snapshots": snapshots}))?)
+    Ok(json!({"snapshots": snapshots}))
 }
 
 /// `host.json`: this host's identity and the agent runs during the window.

@@ -137,7 +137,7 @@ fn t(n: i64) -> String {
     rfc3339_nanos(i128::from(n))
 }
 
-fn dash(s: &str) -> &str {
+pub(crate) fn dash(s: &str) -> &str {
     if s.is_empty() {
         "-"
     } else {
@@ -420,6 +420,15 @@ type HourSum = (i64, i64, u64, usize, u64);
 pub const TABLE_ROWS: usize = 50;
 const TIMELINE_LINES: usize = 200;
 
+/// A workload as the pages name it: its pod, else its cgroup path.
+pub(crate) fn workload_name(cgroup_path: &str, pod_uid: &str) -> String {
+    if pod_uid.is_empty() {
+        cgroup_path.to_string()
+    } else {
+        format!("pod {pod_uid}")
+    }
+}
+
 /// The drift alerts: first contacts of workloads with destinations outside
 /// their policy's baseline.
 fn drift_section(m: &mut String, alerts: &[crate::events::Event], total: usize) {
@@ -442,11 +451,7 @@ fn drift_section(m: &mut String, alerts: &[crate::events::Event], total: usize) 
     );
     for e in alerts {
         let Some(d) = &e.drift else { continue };
-        let workload = if e.pod_uid.is_empty() {
-            e.cgroup_path.clone()
-        } else {
-            format!("pod {}", e.pod_uid)
-        };
+        let workload = workload_name(&e.cgroup_path, &e.pod_uid);
         let _ = writeln!(
             m,
             "| {} | {} | {} {} | {}:{}/{} | {} | {} | {} ({}) | {} |",
@@ -543,7 +548,7 @@ fn flow_table(m: &mut String, all: &[&Flow], counted: bool) {
     }
 }
 
-fn secs(n: i64) -> String {
+pub(crate) fn secs(n: i64) -> String {
     let s = n / 1_000_000_000;
     match s {
         s if s >= 3600 => format!("{} h {} min", s / 3600, s % 3600 / 60),

@@ -143,6 +143,7 @@ fn export_holds_exactly_the_window_and_verifies() {
         "cloud_ranges.json",
         "host.json",
         "summary.md",
+        "report.html",
         "manifest.json",
         "manifest.sig",
         "node.pub",
@@ -1197,6 +1198,85 @@ fn hostile_names_are_shown_literally_in_the_summary() {
         md.contains(r"policy set in force: p\|q\\x0a\# Forged policy \\\| \| \| (enforce)"),
         "{md}"
     );
+}
+
+/// The same hostile names in report.html are text: no tag, attribute or
+/// line of theirs survives escaping; each is shown once, escaped.
+#[test]
+fn hostile_names_are_text_in_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&dir.path().join("store.db")).unwrap();
+    let mut e = (*ev(3)).clone();
+    e.comm = "<script>".into();
+    e.cgroup_path = "/x\"><script>alert(1)</script><b x='".into();
+    e.policy = "<img src=x onerror=alert(1)>".into();
+    e.dns_name = "</td></tr></table><h1>Forged</h1>".into();
+    s.append(&Batch {
+        events: vec![Arc::new(e)],
+        ..Default::default()
+    })
+    .unwrap();
+    let k = key();
+    let files = export(&s, &k, 0, 10);
+    verify::verify(&files, Some(&k.verifying_key())).unwrap();
+    let html = String::from_utf8(files["report.html"].clone()).unwrap();
+    for raw in ["<script", "<img", "<h1>Forged", "<b x="] {
+        assert!(!html.contains(raw), "{raw} in the page:\n{html}");
+    }
+    assert!(
+        html.contains("/x&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;&lt;b x=&#39;"),
+        "{html}"
+    );
+    assert!(html.contains("&lt;/td&gt;&lt;/tr&gt;&lt;/table&gt;&lt;h1&gt;Forged&lt;/h1&gt;"));
+    assert!(!html.contains("http://") && !html.contains("https://"));
+}
+
+/// report.html's figures are the store's: attempts per country and
+/// verdict (chart and table), refusals per hour summing to the store's,
+/// the answer at the top, and the policies with their digests.
+#[test]
+fn report_figures_are_the_stores() {
+    let (_d, s) = store(30);
+    let k = key();
+    let files = export(&s, &k, 0, 40);
+    let html = String::from_utf8(files["report.html"].clone()).unwrap();
+    // ev(i): every third second a denied attempt to the US, else allowed to DE.
+    for (country, verdict, n) in [
+        ("US", "denied", 10),
+        ("DE", "allowed", 20),
+        ("US", "allowed", 0),
+    ] {
+        let bar = format!("class=\"bar\" data-country=\"{country}\" data-verdict=\"{verdict}\" data-count=\"{n}\"");
+        assert!(html.contains(&bar), "{bar}:\n{html}");
+        let cell = format!("data-country=\"{country}\" data-cloud=\"-\" data-verdict=\"{verdict}\" data-count=\"{n}\"");
+        assert!(html.contains(&cell), "{cell}");
+    }
+    let denied: u64 = html
+        .split("class=\"bucket\" data-start=\"")
+        .skip(1)
+        .map(|g| g.split("data-denied=\"").nth(1).unwrap())
+        .map(|r| r.split('"').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(denied, 10, "{html}");
+    assert!(html.contains("data-left-flows=\"0\""));
+    assert!(html.contains("No connection outside the allowed regions was let through. 10 attempts to leave them were blocked"));
+    assert!(
+        html.contains(&format!(
+            "data-policy=\"eu-only\" data-sha256=\"{}\"",
+            "ab".repeat(32)
+        )),
+        "{html}"
+    );
+    assert!(html.contains("data-deadline=\"notification\""));
+}
+
+#[test]
+fn thousands_are_grouped() {
+    use super::report::thousands;
+    assert_eq!(thousands(0), "0");
+    assert_eq!(thousands(999), "999");
+    assert_eq!(thousands(1234), "1,234");
+    assert_eq!(thousands(1_234_567), "1,234,567");
 }
 
 /// Every character Markdown acts on is escaped; nothing else changes.
