@@ -55,11 +55,13 @@ impl Seen {
 }
 
 /// Every flow of the window and filter from the store in `state_dir`, one
-/// per workload and destination (all pages of `QueryFlows`).
+/// per workload and destination (all pages of `QueryFlows`); `read` is
+/// told how many so far after each page.
 pub fn flows(
     state_dir: &std::path::Path,
     window: pb::TimeWindow,
     filter: pb::EventFilter,
+    read: &dyn Fn(u64),
 ) -> anyhow::Result<Vec<pb::Flow>> {
     let path = crate::store::path_in(state_dir);
     let mut out = Vec::new();
@@ -81,6 +83,7 @@ pub fn flows(
         )
         .map_err(|s| anyhow::anyhow!("reading the flows of {}: {}", path.display(), s.message()))?;
         out.extend(page.flows);
+        read(out.len() as u64);
         token = page.next_page_token;
         if token.is_empty() {
             return Ok(out);

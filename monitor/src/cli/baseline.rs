@@ -97,7 +97,10 @@ fn read(source: &Source) -> anyhow::Result<(Vec<pb::Flow>, String, String, PathB
         since: since.clone(),
         until: until.clone(),
     };
-    let flows = baseline::flows(&state_dir, window, filter)?;
+    let progress = super::progress::Progress::counter("flows");
+    let flows = baseline::flows(&state_dir, window, filter, &|n| progress.show(n, 0));
+    progress.done();
+    let flows = flows?;
     Ok((flows, since, until, state_dir))
 }
 

@@ -95,7 +95,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let state_dir = args.window.state_dir()?;
     let signing = key::load(&state_dir).context("the node key signs the bundle")?;
     let st = Store::open_read(&store::path_in(&state_dir))?;
-    let progress = Progress::new();
+    let progress = super::progress::Progress::bar("exporting records");
     let show = |done: u64, total: u64| progress.show(done, total);
     let req = bundle::Request {
         since,
@@ -103,7 +103,7 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         keep: &|e| filter.matches(e),
         filter: recorded,
         by_process: filter.by_process(),
-        progress: progress.on.then_some(&show as &dyn Fn(u64, u64)),
+        progress: progress.on().then_some(&show as &dyn Fn(u64, u64)),
     };
     let result = bundle::export(&st, &signing, &req, &args.out);
     progress.done();
@@ -124,48 +124,4 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         key::public_hex(&signing.verifying_key())
     );
     Ok(ExitCode::SUCCESS)
-}
-
-/// A progress line on stderr while the records are read, when stderr is a
-/// terminal (nothing in a pipe or a log): records read of the window's,
-/// and the rate, at most four times a second.
-struct Progress {
-    on: bool,
-    started: Instant,
-    last: std::cell::Cell<Option<Instant>>,
-}
-
-impl Progress {
-    fn new() -> Self {
-        use std::io::IsTerminal;
-        Self {
-            on: std::io::stderr().is_terminal(),
-            started: Instant::now(),
-            last: std::cell::Cell::new(None),
-        }
-    }
-
-    fn show(&self, done: u64, total: u64) {
-        let now = Instant::now();
-        if self
-            .last
-            .get()
-            .is_some_and(|t| now.duration_since(t).as_millis() < 250 && done < total)
-        {
-            return;
-        }
-        self.last.set(Some(now));
-        let secs = self.started.elapsed().as_secs_f64().max(1e-3);
-        let pct = (done * 100).checked_div(total).unwrap_or(100);
-        eprint!(
-            "\rexporting: {done} of {total} records ({pct}%), {:.0} records/s   ",
-            done as f64 / secs
-        );
-    }
-
-    fn done(&self) {
-        if self.on && self.last.get().is_some() {
-            eprintln!();
-        }
-    }
 }

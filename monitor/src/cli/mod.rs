@@ -9,6 +9,7 @@ mod flows;
 mod output;
 mod pinned;
 mod policy;
+mod progress;
 mod report;
 mod residency;
 mod status;

@@ -63,15 +63,19 @@ pub fn run(args: ReportArgs) -> anyhow::Result<ExitCode> {
     let (filter, recorded) = args.filter.compiled()?;
     let state_dir = args.window.state_dir()?;
     let st = Store::open_read(&store::path_in(&state_dir))?;
+    let progress = super::progress::Progress::counter("flows");
+    let show = |done: u64, total: u64| progress.show(done, total);
     let req = bundle::Request {
         since,
         until,
         keep: &|e| filter.matches(e),
         filter: recorded,
         by_process: filter.by_process(),
-        progress: None,
+        progress: progress.on().then_some(&show as &dyn Fn(u64, u64)),
     };
-    let page = bundle::report(&st, &req)?;
+    let page = bundle::report(&st, &req);
+    progress.done();
+    let page = page?;
     if page.records == 0 && page.flows == 0 && page.watched_nanos == 0 {
         bail!(
             "nothing to report for {} .. {}: the store in {} holds no record of it and no daemon watched any of it (is the window right?)",

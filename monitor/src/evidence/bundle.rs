@@ -445,6 +445,7 @@ pub fn report(store: &Store, req: &Request<'_>) -> anyhow::Result<Page> {
         )? as usize;
         let (_, cover) = watched(store, req)?;
         let mut tally = report::Tally::default();
+        let mut read = 0u64;
         let flows = query::flows_each(
             store,
             req.since,
@@ -453,6 +454,11 @@ pub fn report(store: &Store, req: &Request<'_>) -> anyhow::Result<Page> {
             req.by_process,
             &mut |f| {
                 tally.add(&f);
+                read += 1;
+                // The flows are streamed: their total is not known.
+                if let (Some(progress), true) = (req.progress, read.is_multiple_of(4096)) {
+                    progress(read, 0);
+                }
                 Ok(())
             },
         )?;
