@@ -129,8 +129,15 @@ fn top_shows_the_daemons_figures_and_its_keys_filter_and_quit() {
         env.socket().display()
     );
     let t = Tmux::start("figures", 160, 45, &cmd);
-    let screen = t.wait("both destinations and the workload", |s| {
-        s.contains(US_V4) && s.contains(DE_V4) && s.contains(&sel)
+    // The lists come with the first reading, the latest refusals with the
+    // stream's history, each when it arrives: wait for both.
+    let denial = format!("{US_V4}:{PORT} US eu-only");
+    let screen = t.wait("both destinations, the workload and the denial", |s| {
+        s.contains(US_V4)
+            && s.contains(DE_V4)
+            && s.contains(&sel)
+            && s.lines()
+                .any(|l| l.contains(" denied ") && l.contains(&denial))
     });
     eprintln!("{screen}");
     // DESTINATION, PLACE, ATTEMPTS, /S; then the workloads' columns.
@@ -147,12 +154,6 @@ fn top_shows_the_daemons_figures_and_its_keys_filter_and_quit() {
         (Some(1), Some(1))
     );
     assert!(screen.contains(&since), "{since}\n{screen}");
-    assert!(
-        screen
-            .lines()
-            .any(|l| l.contains(" denied ") && l.contains(&format!("{US_V4}:{PORT} US eu-only"))),
-        "the denial is among the latest:\n{screen}"
-    );
 
     t.keys("v");
     let screen = t.wait("the denials only", |s| {
