@@ -201,7 +201,15 @@ fn kill_9_mid_flood_records_what_it_had_not_stored() {
         .stdout(Stdio::piped())
         .spawn()
         .expect("start the burst");
-    std::thread::sleep(Duration::from_millis(150));
+    // Killed while the store is behind the kernel, so the writer holds
+    // events it read and has not stored (a fixed wait of 150 ms sometimes
+    // found it caught up on a loaded machine, and the run proved nothing).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while env.status()["store"]["pending"].as_u64().unwrap_or(0) == 0
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(2));
+    }
     env.kill_daemon();
     let out = burst.wait_with_output().unwrap();
     assert!(
