@@ -378,6 +378,19 @@ fn sample(port: u16, line_start: &str) -> Option<f64> {
         .find_map(|l| l.strip_prefix(line_start)?.trim().parse().ok())
 }
 
+/// The drift alerts the store holds since `start` (`events --verdict drift`).
+fn stored_alerts(env: &TestEnv, start: &str) -> Vec<Value> {
+    json_lines(&env.cli(&[
+        "events",
+        "--since",
+        start,
+        "--verdict",
+        "drift",
+        "-o",
+        "json",
+    ]))
+}
+
 /// Drift while the daemon runs. A policy names a baseline that knows one
 /// country (DE) for the workload: the first contact with a second (US)
 /// raises exactly one drift alert, with what is new and what it was
@@ -428,19 +441,7 @@ fn a_new_destination_raises_one_drift_alert_everywhere() {
     connect(&env, US_V4, &mut us);
     connect(&env, US2_V4, &mut us2);
     connect(&env, DE2_V4, &mut de2);
-    let alerts = env.cli_ok(&[
-        "events",
-        "--since",
-        &start,
-        "--verdict",
-        "drift",
-        "-o",
-        "json",
-    ]);
-    let alerts: Vec<Value> = alerts
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let alerts = stored_alerts(&env, &start);
     assert_eq!(alerts.len(), 1, "one alert in the store: {alerts:#?}");
     let a = &alerts[0];
     assert_eq!(
@@ -480,6 +481,15 @@ fn a_new_destination_raises_one_drift_alert_everywhere() {
     assert!(
         flows.iter().all(|f| s(f, "verdict") != "drift"),
         "{flows:#?}"
+    );
+    // So asking flows for drift is refused, not an empty answer.
+    let asked = env.cli(&["flows", "--since", "1h", "--verdict", "drift"]);
+    assert!(
+        !asked.status.success()
+            && text(&asked.stderr).contains("\"drift\" matches no flow")
+            && text(&asked.stderr).contains("events --verdict drift"),
+        "{}",
+        text(&asked.stderr)
     );
     // The table says what was new under the alert's row.
     let table = env.cli_ok(&["events", "--since", &start, "--verdict", "drift"]);
@@ -541,16 +551,8 @@ fn a_new_destination_raises_one_drift_alert_everywhere() {
     env.wait_flow_count("the connect after the restart", 1, WAIT, |f| {
         s(f, "dst_ip") == US_V6
     });
-    let alerts = env.cli_ok(&[
-        "events",
-        "--since",
-        &start,
-        "--verdict",
-        "drift",
-        "-o",
-        "json",
-    ]);
-    assert_eq!(alerts.lines().count(), 1, "{alerts}");
+    let alerts = stored_alerts(&env, &start);
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
     assert_eq!(env.status()["counters"]["drift_alerts"], 0);
 }
 

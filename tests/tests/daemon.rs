@@ -163,13 +163,7 @@ fn uninstall_under_a_running_daemon_is_refused_and_repaired() {
         "{}",
         String::from_utf8_lossy(&export.stderr)
     );
-    let chain = Command::new("tar")
-        .arg("-xOf")
-        .arg(&bundle)
-        .arg("evidence/chain.json")
-        .output()
-        .unwrap();
-    let chain: Value = serde_json::from_slice(&chain.stdout).unwrap();
+    let chain: Value = serde_json::from_str(&bundle_file(&bundle, "chain.json")).unwrap();
     let spans = chain["coverage"]["spans"].as_array().unwrap();
     assert!(
         spans.iter().any(|s| s["watched"] == false

@@ -134,7 +134,15 @@ pub fn query_flows(
 ) -> Result<pb::QueryFlowsResponse, Status> {
     let (since, until) = window(req.window)?;
     let limit = limit(req.limit)?;
-    let filter = Filter::compile(req.filter.unwrap_or_default())?;
+    let pb_filter = req.filter.unwrap_or_default();
+    // Drift alerts are events about a first contact, which its decision
+    // counts: no flow has them, so the filter would match nothing.
+    if pb_filter.verdicts.iter().any(|v| v == crate::events::DRIFT) {
+        return Err(Status::invalid_argument(
+            "filter.verdicts: \"drift\" matches no flow (a drift alert is an event about a first contact its decision already counts); ask the events (`events --verdict drift`)",
+        ));
+    }
+    let filter = Filter::compile(pb_filter)?;
     for (i, g) in req.group_by.iter().enumerate() {
         if !query::GROUP_FIELDS.contains(&g.as_str()) {
             return Err(Status::invalid_argument(format!(

@@ -330,6 +330,7 @@ fn assemble(
         serde_json::to_vec_pretty(&counters)?,
     );
     let public = crate::evidence::key::public_hex(&key.verifying_key());
+    let (drift, drift_total) = drift_alerts(store, req)?;
     let page = report_page(
         store,
         req,
@@ -340,8 +341,8 @@ fn assemble(
             geoip: &geoip,
             cloud: &cloud,
             counters: &counters,
-            drift: &records.drift,
-            drift_total: records.drift_total,
+            drift: &drift,
+            drift_total,
             signed_by: Some(&public),
         },
     )?;
@@ -354,8 +355,8 @@ fn assemble(
         exported: records.exported,
         flows: &digest,
         policy_index: &index,
-        drift: &records.drift,
-        drift_total: records.drift_total,
+        drift: &drift,
+        drift_total,
         counters: &counters,
         coverage: &cover,
         complete,
@@ -500,7 +501,7 @@ pub fn report(store: &Store, req: &Request<'_>) -> anyhow::Result<Page> {
 /// `summary::TABLE_ROWS`, and how many.
 fn drift_alerts(store: &Store, req: &Request<'_>) -> anyhow::Result<(Vec<Event>, usize)> {
     let mut stmt = store.conn.prepare(&format!(
-        "SELECT {} FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 AND drift != '' ORDER BY seq",
+        "SELECT {} FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 AND verdict = 'drift' ORDER BY seq",
         query::EVENT_COLUMNS
     ))?;
     let mut rows = stmt.query(params![req.since, req.until])?;
@@ -541,10 +542,6 @@ struct Records {
     /// (destination, cgroup path) of the exported records a CIDR rule
     /// allowed (for the summary).
     by_cidr: std::collections::HashSet<(String, String)>,
-    /// The first drift alerts exported (for the summary; at most
-    /// `summary::TABLE_ROWS`), and how many there were.
-    drift: Vec<crate::events::Event>,
-    drift_total: usize,
 }
 
 /// Reads the window's records, checking each digest and link as it goes:
@@ -575,8 +572,6 @@ fn read_records(
         exported: 0,
         anchor: None,
         by_cidr: Default::default(),
-        drift: Vec::new(),
-        drift_total: 0,
     };
     let mut prev: Option<[u8; 32]> = None;
     let mut last_seq = None;
@@ -625,11 +620,6 @@ fn read_records(
             out.exported += 1;
             if event.rule == "cidr" {
                 out.by_cidr.insert((event.dst_ip, event.cgroup_path));
-            } else if event.drift.is_some() {
-                out.drift_total += 1;
-                if out.drift.len() < super::summary::TABLE_ROWS {
-                    out.drift.push(event);
-                }
             }
         }
         if let Some(progress) = req.progress {

@@ -107,12 +107,27 @@ impl Live {
             st.from = Some(snapshot);
         }
         let loaded = st.baselines.get(&e.policy)?.clone();
-        let (policy, workload, dest) = key_of(e);
+        let workload = Workload::new(&e.pod_uid, &e.cgroup_path);
+        let dest = dest_of(e);
         let (known, listed) = loaded.baseline.known_for(&workload);
         if known.covers(&dest, e.dst_ip.parse::<IpAddr>().ok()) {
             return None;
         }
-        let mut compared = known.compared_to(&dest);
+        // Each new destination once: the rest of the work only for the
+        // first contact.
+        if st.alerted.len() >= MAX_ALERTED {
+            log::warn!(
+                "drift: {MAX_ALERTED} new destinations alerted since the start; the memory of \
+                 which were alerted starts over, so alerts may repeat"
+            );
+            st.alerted.clear();
+        }
+        let key = (e.policy.clone(), workload, dest);
+        if st.alerted.contains(&key) {
+            return None;
+        }
+        let dest = &key.2;
+        let mut compared = known.compared_to(dest);
         if compared.len() > events::DRIFT_KNOWN_MAX {
             let more = compared.len() - events::DRIFT_KNOWN_MAX;
             compared.truncate(events::DRIFT_KNOWN_MAX);
@@ -127,16 +142,7 @@ impl Live {
             listed,
             value: dest.value().to_string(),
         };
-        if st.alerted.len() >= MAX_ALERTED {
-            log::warn!(
-                "drift: {MAX_ALERTED} new destinations alerted since the start; the memory of \
-                 which were alerted starts over, so alerts may repeat"
-            );
-            st.alerted.clear();
-        }
-        if !st.alerted.insert((policy, workload, dest)) {
-            return None;
-        }
+        st.alerted.insert(key);
         let mut alert = e.clone();
         alert.verdict = events::DRIFT;
         alert.rule = events::BASELINE_RULE;
