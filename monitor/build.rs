@@ -49,6 +49,10 @@ fn compile_protos() {
             ".egress_monitor.v1.Event.node",
             "#[serde(skip_serializing_if = \"String::is_empty\")]",
         )
+        .field_attribute(
+            ".egress_monitor.v1.Event.chain_prev",
+            "#[serde(skip_serializing_if = \"String::is_empty\")]",
+        )
         .file_descriptor_set_path(out_dir.join("egress_monitor_descriptor.bin"))
         .compile_protos(&["proto/egress_monitor/v1/egress_monitor.proto"], &["proto"])
         .expect("compiling proto/egress_monitor/v1/egress_monitor.proto (protoc from Debian's protobuf-compiler; run `cargo xtask setup`)");

@@ -795,7 +795,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
     // Publishing to NATS: a task of its own that reads the store; nothing
     // above waits for it.
     let nats = config.nats.clone().map(|args| {
-        let shared = crate::fleet::publish::Shared::new(args);
+        let shared = crate::fleet::publish::Shared::new(args, node_public_key.clone());
         metrics.register(|r| shared.register(r));
         let task = crate::fleet::publish::spawn(
             shared.clone(),

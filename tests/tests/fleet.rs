@@ -84,9 +84,13 @@ fn stored_seqs(env: &TestEnv) -> Vec<u64> {
     seqs
 }
 
-/// Every event message of `node` in the stream, raw (no window: from the
-/// stream's start), read with the library `fleet` uses.
-fn stream_events(cluster: &NatsCluster, node: &str) -> Vec<monitor::api::pb::Event> {
+/// Every message on `subject` in the stream, raw (no window: from the
+/// stream's start), decoded as `M`, read with the library `fleet` uses.
+fn stream_messages<M>(
+    cluster: &NatsCluster,
+    subject: String,
+    decode: impl Fn(Option<&str>, &[u8]) -> Result<M, String>,
+) -> Vec<M> {
     let nats = monitor::fleet::NatsArgs {
         nats_url: Some(cluster.url()),
         nats_creds: None,
@@ -104,17 +108,22 @@ fn stream_events(cluster: &NatsCluster, node: &str) -> Vec<monitor::api::pb::Eve
     runtime
         .block_on(monitor::fleet::read::read(
             &nats,
-            format!("egress.{node}.event.>"),
+            subject,
             0,
             &mut |payload, content_type| {
-                out.push(
-                    monitor::fleet::decode(content_type, payload).map_err(anyhow::Error::msg)?,
-                );
+                out.push(decode(content_type, payload).map_err(anyhow::Error::msg)?);
                 Ok(())
             },
         ))
         .expect("read the stream");
     out
+}
+
+/// Every event message of `node` in the stream.
+fn stream_events(cluster: &NatsCluster, node: &str) -> Vec<monitor::api::pb::Event> {
+    stream_messages(cluster, format!("egress.{node}.event.>"), |ct, p| {
+        monitor::fleet::decode(ct, p)
+    })
 }
 
 /// The stream holds each of the node's stored events once: the same
@@ -447,4 +456,151 @@ fn bad_credentials_and_missing_permission_are_said_clearly() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+/// Waits until the stream holds a checkpoint of `node` that signs its
+/// record `seq` or a later one (a daemon signs every 10 s and publishes a
+/// checkpoint once the records it names are in the stream).
+fn wait_signed(cluster: &NatsCluster, node: &str, seq: i64) {
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let signed = stream_messages(cluster, format!("egress.{node}.checkpoint"), |_, p| {
+            serde_json::from_slice::<monitor::fleet::NodeCheckpoint>(p).map_err(|e| e.to_string())
+        });
+        if signed
+            .iter()
+            .any(|c| c.checkpoint.seq >= seq && c.node == node)
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{node}: no checkpoint of seq {seq} or later in the stream within {CATCH_UP:?}: {signed:#?}"
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
+/// `verify BUNDLE --pubkey K...`: its exit status, stdout and stderr.
+fn verify(bundle: &std::path::Path, keys: &[&str]) -> (i32, String, String) {
+    let mut cmd = Command::new(daemon_bin());
+    cmd.arg("verify").arg(bundle);
+    for k in keys {
+        cmd.args(["--pubkey", k]);
+    }
+    let out = cmd.output().expect("run verify");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Both nodes publish, then stop (their evidence must outlive them):
+/// `fleet export` writes one bundle from the stream alone, and `verify`
+/// re-links each node's chain and checks it against the checkpoints that
+/// node's key signed. Both keys pinned: exit 0, every record signed; one
+/// key: exit 3 naming the other node; a --node and a --verdict export
+/// holds what they ask; a node the stream does not know is an error.
+#[test]
+fn fleet_export_is_verifiable_per_node_after_the_nodes_are_gone() {
+    let cluster = NatsCluster::start();
+    let mut alpha = start("alpha", &cluster, &[]);
+    let mut beta = start("beta", &cluster, &[]);
+    let mut keys = Vec::new();
+    for (env, node) in [(&alpha, "alpha"), (&beta, "beta")] {
+        allowed_events(env, 21000, 20);
+        denied_connect(env, "fleet export");
+        let st = wait_published(env, 21, &format!("{node}: everything acknowledged"));
+        wait_signed(&cluster, node, st["store"]["chain_seq"].as_i64().unwrap());
+        keys.push(st["node_public_key"].as_str().unwrap().to_string());
+    }
+    alpha.stop_daemon();
+    beta.stop_daemon();
+
+    let out = alpha.dir.path().join("fleet.tar");
+    let path = out.to_str().unwrap();
+    let made = fleet(&cluster, &["export", "--since", "10m", "--out", path]);
+    let said = String::from_utf8_lossy(&made.stdout);
+    eprintln!("fleet export:\n{said}");
+    assert!(said.contains("of 2 nodes"), "{said}");
+    for node in ["alpha", "beta"] {
+        let line = said
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{node}:")))
+            .unwrap_or_else(|| panic!("no line for {node}: {said}"));
+        assert!(!line.contains("not signed"), "{said}");
+    }
+
+    let both: Vec<&str> = keys.iter().map(String::as_str).collect();
+    let (code, stdout, stderr) = verify(&out, &both);
+    eprintln!("verify:\n{stdout}{stderr}");
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.starts_with("OK "), "{stdout}");
+    for node in ["alpha", "beta"] {
+        let line = stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{node}:")))
+            .unwrap_or_else(|| panic!("no line for {node}: {stdout}"));
+        assert!(line.contains("all signed"), "{stdout}");
+        assert!(line.contains("(matches a --pubkey)"), "{stdout}");
+    }
+    // The records are the stores': 21 or more each, the denial among them.
+    for node in ["alpha", "beta"] {
+        let jsonl = bundle_file(&out, &format!("nodes/{node}/events.jsonl"));
+        let records: Vec<Value> = jsonl
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert!(records.len() >= 21, "{node}: {} records", records.len());
+        assert!(
+            records
+                .iter()
+                .any(|r| s(r, "verdict") == "denied" && s(r, "dst_ip") == US_V4),
+            "{node}: no denial in {jsonl}"
+        );
+    }
+    let md = bundle_file(&out, "summary.md");
+    assert!(md.contains("| denied | eu-only |"), "{md}");
+
+    // One key pinned: intact, but beta's origin is not shown.
+    let (code, stdout, stderr) = verify(&out, &both[..1]);
+    assert_eq!(code, 3, "{stdout}{stderr}");
+    assert!(stdout.contains("NOT pinned"), "{stdout}");
+    assert!(stderr.contains("NOT VERIFIED"), "{stderr}");
+
+    // One node, denials only: beta's one denial, its chain all there.
+    let one = alpha.dir.path().join("beta-denied.tar");
+    fleet(
+        &cluster,
+        &[
+            "export",
+            "--since",
+            "10m",
+            "--node",
+            "beta",
+            "--verdict",
+            "denied",
+            "--out",
+            one.to_str().unwrap(),
+        ],
+    );
+    let (code, stdout, _) = verify(&one, &both[1..]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(stdout.contains("beta: 1 of "), "{stdout}");
+    assert!(!stdout.contains("alpha"), "{stdout}");
+
+    // A node the stream does not hold.
+    let err = Command::new(daemon_bin())
+        .args([
+            "fleet", "export", "--since", "10m", "--node", "omega", "--out",
+        ])
+        .arg(alpha.dir.path().join("none.tar"))
+        .args(["--nats-url", &cluster.url()])
+        .output()
+        .expect("run fleet export");
+    assert!(!err.status.success());
+    let text = String::from_utf8_lossy(&err.stderr);
+    assert!(text.contains("holds nothing of node omega"), "{text}");
+    assert!(!alpha.dir.path().join("none.tar").exists());
 }

@@ -127,6 +127,7 @@ impl From<&Event> for pb::Event {
                 listed: d.listed,
             }),
             node: String::new(),
+            chain_prev: String::new(),
         }
     }
 }
@@ -176,6 +177,30 @@ impl From<pb::Event> for Event {
                     listed: d.listed,
                 })
             }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::chain;
+
+    /// An event through the proto and back hashes as before: `fleet
+    /// export` rebuilds each record's canonical form from the stream's
+    /// messages, and a field the conversion dropped would make a node's
+    /// chain look rewritten.
+    #[test]
+    fn an_event_through_the_proto_keeps_its_canonical_record() {
+        let full = chain::tests::every_field();
+        let mut bare = full.clone();
+        bare.drift = None;
+        bare.cloud.clear();
+        bare.cloud_region.clear();
+        bare.dns_cname.clear();
+        for e in [full, bare, Event::default()] {
+            let back = Event::from(pb::Event::from(&e));
+            assert_eq!(chain::canonical(7, &back), chain::canonical(7, &e));
         }
     }
 }

@@ -16,6 +16,10 @@ pub enum FleetCommand {
     Events(FleetEventsArgs),
     /// Flows of every node (or of --node) in a time window, per node.
     Flows(FleetFlowsArgs),
+    /// A verifiable evidence bundle of every node (or of --node) from the
+    /// stream: each node's records with its own hash chain and the
+    /// checkpoints its key signed (`verify` checks each node).
+    Export(FleetExportArgs),
 }
 
 /// What both read: where, when, whose, which.
@@ -65,11 +69,24 @@ pub struct FleetFlowsArgs {
     pub window: Window,
 }
 
+#[derive(Debug, Args)]
+pub struct FleetExportArgs {
+    /// The bundle to write (a tar file).
+    #[arg(long)]
+    pub out: std::path::PathBuf,
+    /// Replace an existing file at --out.
+    #[arg(long)]
+    pub force: bool,
+    #[command(flatten)]
+    pub window: Window,
+}
+
 pub fn run(cmd: FleetCommand) -> anyhow::Result<ExitCode> {
     super::block_on(async move {
         match cmd {
             FleetCommand::Events(args) => events(args).await,
             FleetCommand::Flows(args) => flows(args).await,
+            FleetCommand::Export(args) => export(args).await,
         }
     })
 }
@@ -190,5 +207,150 @@ async fn flows(args: FleetFlowsArgs) -> anyhow::Result<ExitCode> {
     let total = rows.len() as u64;
     rows.truncate(w.limit as usize);
     super::flows::print(&rows, &args.group_by, args.output, total, true)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads each node's records (every verdict: the chain needs them all),
+/// signed checkpoints and flow rows from the stream, and writes them as a
+/// fleet bundle.
+async fn export(args: FleetExportArgs) -> anyhow::Result<ExitCode> {
+    use crate::evidence::fleet::{
+        self as fleet_bundle, NodeStream, StreamCheckpoint, StreamRecord,
+    };
+    let started = std::time::Instant::now();
+    super::export::check_out("--out", &args.out, args.force)?;
+    let w = &args.window;
+    let (since, until, filter) = prepare(w)?;
+    let (_, recorded) = w.filter.compiled()?;
+    let prefix = &w.nats.nats_subject_prefix;
+    let mut nodes: std::collections::BTreeMap<String, NodeStream> = Default::default();
+    let progress = super::progress::Progress::counter("messages");
+    let mut read_count = 0u64;
+    // Records: from the window's start to the end of the stream (the chain
+    // is carried past the window to the next signed checkpoint).
+    let subject = read::subject_filter(prefix, &w.node, &read::Kind::Events { verdicts: &[] });
+    read::read(&w.nats, subject, since, &mut |payload, content_type| {
+        let e: pb::Event = crate::fleet::decode(content_type, payload)
+            .map_err(|why| anyhow::anyhow!("a message that is no Event ({why})"))?;
+        read_count += 1;
+        progress.show(read_count, 0);
+        if !wanted(&w.node, &e.node) {
+            return Ok(());
+        }
+        let prev = crate::store::chain::decode32(&e.chain_prev).ok_or_else(|| {
+            anyhow::anyhow!(
+                "node {}: record seq {} carries no chain hash (chain_prev): it was published by a daemon older than fleet export, whose records cannot be verified from the stream; export them on the node (`egress-monitor export`), or leave the node out with --node",
+                e.node,
+                e.seq
+            )
+        })?;
+        let node = e.node.clone();
+        let seq = i64::try_from(e.seq).unwrap_or(i64::MAX);
+        nodes.entry(node).or_default().records.push(StreamRecord {
+            seq,
+            prev,
+            event: crate::events::Event::from(e),
+        });
+        Ok(())
+    })
+    .await?;
+    let subject = read::subject_filter(prefix, &w.node, &read::Kind::Checkpoints);
+    let start = since.saturating_sub(crate::store::coverage::MAX_GAP_NANOS);
+    read::read(&w.nats, subject, start, &mut |payload, _| {
+        let c: crate::fleet::NodeCheckpoint = serde_json::from_slice(payload)
+            .map_err(|why| anyhow::anyhow!("a message that is no checkpoint ({why})"))?;
+        if wanted(&w.node, &c.node) {
+            nodes
+                .entry(c.node)
+                .or_default()
+                .checkpoints
+                .push(StreamCheckpoint {
+                    store_id: c.store_id,
+                    public_key: c.public_key,
+                    checkpoint: c.checkpoint,
+                });
+        }
+        Ok(())
+    })
+    .await?;
+    let subject = read::subject_filter(prefix, &w.node, &read::Kind::Flows);
+    read::read(
+        &w.nats,
+        subject,
+        crate::store::query::bucket_of(since),
+        &mut |payload, content_type| {
+            let f: pb::Flow = crate::fleet::decode(content_type, payload)
+                .map_err(|why| anyhow::anyhow!("a message that is no Flow ({why})"))?;
+            if !wanted(&w.node, &f.node) {
+                return Ok(());
+            }
+            let mut flow = crate::store::query::Flow::from(&f);
+            let e = flow.as_event(&crate::events::CgroupInfo::of_path(f.cgroup_path.clone()));
+            flow.pod_uid = e.pod_uid.clone();
+            if filter.matches(&e) {
+                nodes.entry(f.node).or_default().flows.push(flow);
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    progress.done();
+    if nodes.is_empty() {
+        anyhow::bail!(
+            "the stream {} holds nothing of {} from {} on: nothing written",
+            w.nats.nats_stream,
+            if w.node.is_empty() {
+                "any node".to_string()
+            } else {
+                format!("node {}", w.node.join(", "))
+            },
+            crate::events::rfc3339_nanos(i128::from(since))
+        );
+    }
+    let req = fleet_bundle::Request {
+        since,
+        until,
+        keep: &|e| filter.matches(e),
+        filter: recorded,
+        source: serde_json::json!({
+            "stream": w.nats.nats_stream,
+            "subject_prefix": prefix,
+            "servers": w.nats.url(),
+        }),
+    };
+    let (files, summaries) = fleet_bundle::build(nodes, &req)?;
+    crate::evidence::bundle::write_tar(&files, &args.out)?;
+    let size = std::fs::metadata(&args.out).map(|m| m.len()).unwrap_or(0);
+    println!(
+        "wrote {} ({} bytes, {} files) in {:.0} ms: the window {} .. {} of {} nodes",
+        args.out.display(),
+        size,
+        files.len(),
+        started.elapsed().as_secs_f64() * 1e3,
+        crate::events::rfc3339_nanos(i128::from(since)),
+        crate::events::rfc3339_nanos(i128::from(until)),
+        summaries.len()
+    );
+    for n in &summaries {
+        println!(
+            "  {}: {} of {} records, {} flow rows; signed up to seq {}{}; node key {}",
+            n.node,
+            n.exported,
+            n.in_window,
+            n.flows,
+            n.signed_up_to
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "none".into()),
+            if n.unsigned > 0 {
+                format!(
+                    " ({} records after it not signed yet: the node signs every 10 s)",
+                    n.unsigned
+                )
+            } else {
+                String::new()
+            },
+            n.public_key
+        );
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -23,7 +23,9 @@ Exit status:
   2  a usage error
   3  the bundle is intact, but signed by a key you did not pin: without
      --pubkey the signature is checked against the key inside the bundle,
-     which only shows it is self-consistent; anyone can make such a bundle";
+     which only shows it is self-consistent; anyone can make such a bundle.
+     For a fleet bundle also: records of the window after a node's last
+     signed checkpoint (chained, not signed yet)";
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
@@ -31,9 +33,10 @@ pub struct VerifyArgs {
     pub bundle: PathBuf,
     /// The node's public key (64 hex digits, or a file holding them), as
     /// `status` shows it. Without it the bundle's own key is used, which
-    /// proves integrity but not origin, and verify exits 3.
+    /// proves integrity but not origin, and verify exits 3. For a fleet
+    /// bundle (`fleet export`), repeat it: one for each node.
     #[arg(long)]
-    pub pubkey: Option<String>,
+    pub pubkey: Vec<String>,
     /// Accept the key the bundle carries when no --pubkey is given: exit 0
     /// (with a warning) for an intact bundle, instead of 3. Only
     /// self-consistency is then checked: anyone can sign a bundle with a
@@ -101,9 +104,29 @@ impl Trust {
 }
 
 pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
-    let pinned = args.pubkey.as_deref().map(key::parse_public).transpose()?;
-    let result =
-        archive::read_tar(&args.bundle).and_then(|files| verify::verify(&files, pinned.as_ref()));
+    let keys = args
+        .pubkey
+        .iter()
+        .map(|k| key::parse_public(k))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let files = match archive::read_tar(&args.bundle) {
+        Ok(f) => f,
+        Err(b) => {
+            eprintln!("FAILED {}: {b}", args.bundle.display());
+            return Ok(ExitCode::from(EXIT_BROKEN));
+        }
+    };
+    if crate::evidence::fleet::is_fleet(&files) {
+        return Ok(fleet(&args, &files, &keys));
+    }
+    if keys.len() > 1 {
+        anyhow::bail!(
+            "--pubkey was given {} times: a node's bundle is signed by one key (several are for a fleet bundle)",
+            keys.len()
+        );
+    }
+    let pinned = keys.first();
+    let result = verify::verify(&files, pinned);
     match result {
         Ok(r) => {
             let trust = Trust::of(r.self_signed, args.trust_embedded_key);
@@ -151,6 +174,76 @@ pub fn run(args: VerifyArgs) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::from(EXIT_BROKEN))
         }
     }
+}
+
+/// A fleet bundle: each node's chain and checkpoints; success only when
+/// every node's key is pinned (or trusted by --trust-embedded-key) and
+/// every record of the window is under a checkpoint its node signed.
+fn fleet(
+    args: &VerifyArgs,
+    files: &crate::evidence::bundle::Files,
+    keys: &[ed25519_dalek::VerifyingKey],
+) -> ExitCode {
+    let r = match crate::evidence::fleet::verify(files, keys) {
+        Ok(r) => r,
+        Err(b) => {
+            eprintln!("FAILED {}: {b}", args.bundle.display());
+            return ExitCode::from(EXIT_BROKEN);
+        }
+    };
+    let trusted = |n: &crate::evidence::fleet::NodeReport| n.pinned || args.trust_embedded_key;
+    let all_trusted = r.nodes.iter().all(trusted);
+    let all_signed = r.nodes.iter().all(|n| n.unsigned == 0);
+    let ok = all_trusted && all_signed;
+    println!(
+        "{} {}: {} file digests, and for each of {} nodes its hash chain and the checkpoints its key signed, verify; the window {} .. {}",
+        if ok { "OK" } else { "INTACT, NOT FULLY VERIFIED" },
+        args.bundle.display(),
+        r.files - 1,
+        r.nodes.len(),
+        r.since,
+        r.until
+    );
+    for n in &r.nodes {
+        let signed = match n.signed_up_to {
+            Some(s) if n.unsigned == 0 => format!("all signed (up to seq {s})"),
+            Some(s) => format!(
+                "signed up to seq {s}; {} records after it NOT signed yet",
+                n.unsigned
+            ),
+            None if n.records_in_window == 0 => "no records".into(),
+            None => format!(
+                "{} records NOT signed (no checkpoint of the node reaches them)",
+                n.unsigned
+            ),
+        };
+        let key_note = if n.pinned {
+            " (matches a --pubkey)"
+        } else if args.trust_embedded_key {
+            " (taken from the bundle, trusted by --trust-embedded-key)"
+        } else {
+            " (taken from the bundle, NOT pinned)"
+        };
+        let watched = if n.coverage.complete() {
+            "the whole window watched".to_string()
+        } else {
+            format!(
+                "{:.1}% of the window watched",
+                n.coverage.watched_nanos as f64 * 100.0 / n.coverage.window_nanos.max(1) as f64
+            )
+        };
+        println!(
+            "  {}: {} of {} records, {signed}; {watched}; node key {}{key_note}",
+            n.node, n.records_exported, n.records_in_window, n.public_key
+        );
+    }
+    if !all_trusted {
+        eprintln!("NOT VERIFIED: a node's key was not pinned: its records are only self-consistent. Pass --pubkey KEY for each node (from `status` on the node). Exit status 3.");
+    }
+    if !all_signed {
+        eprintln!("NOT FULLY VERIFIED: records after a node's last signed checkpoint are chained but not signed: anyone who can write to the stream could have added them. Export again once the nodes have signed them (every 10 s), or with an earlier --until. Exit status 3.");
+    }
+    ExitCode::from(if ok { EXIT_OK } else { EXIT_KEY_NOT_PINNED })
 }
 
 #[cfg(test)]

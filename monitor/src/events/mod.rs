@@ -131,6 +131,8 @@ pub fn known_name(s: &str) -> &'static str {
         .chain(CountrySource::ALL.iter().map(|c| c.as_str()))
         .chain(["ipv4", "ipv6", "packet", "tcp", "udp", "icmp", "icmpv6"])
         .chain([DRIFT, BASELINE_RULE])
+        // A record from before a field existed keeps it empty.
+        .chain([""])
         .find(|n| *n == s)
         .unwrap_or("unknown")
 }

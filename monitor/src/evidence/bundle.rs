@@ -793,7 +793,10 @@ fn chain_json(
 }
 
 /// One row of `flows.csv` under the CLI's column names.
-fn flow_row<W: std::io::Write>(w: &mut csv::Writer<W>, f: &query::Flow) -> anyhow::Result<()> {
+pub(super) fn flow_row<W: std::io::Write>(
+    w: &mut csv::Writer<W>,
+    f: &query::Flow,
+) -> anyhow::Result<()> {
     w.write_record([
         t(f.first_seen).as_str(),
         t(f.last_seen).as_str(),

@@ -3,6 +3,7 @@
 //! reading a bundle's archive (`archive`) and checking a bundle (`verify`).
 pub mod archive;
 pub mod bundle;
+pub mod fleet;
 pub mod key;
 pub mod report;
 pub mod summary;

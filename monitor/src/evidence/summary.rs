@@ -191,7 +191,7 @@ pub(crate) fn md(s: &str) -> String {
 }
 
 /// A digest in a code span when it is one (hex), else escaped text.
-fn code(s: &str) -> String {
+pub(crate) fn code(s: &str) -> String {
     if !s.is_empty() && s.chars().all(|c| c.is_ascii_hexdigit()) {
         format!("`{s}`")
     } else {

@@ -1402,3 +1402,332 @@ fn retention_keeps_unpublished_events_by_age_and_records_them_by_size() {
     assert_eq!(gaps(&s), removed.events_by_size as i64);
     assert_eq!(s.unpublished().unwrap(), 60 - removed.events_by_size);
 }
+
+/// A node's part of the stream as its publisher sends it: every record
+/// with the hash it follows, through the proto and back (as `fleet export`
+/// reads it), and checkpoints signed at T0 + `t` s over the head at `seq`.
+fn streamed(s: &mut Store, k: &SigningKey, checkpoints: &[(i64, i64)]) -> super::fleet::NodeStream {
+    use super::fleet::{StreamCheckpoint, StreamRecord};
+    let (events, _) = query::events(s, i64::MIN, i64::MAX, 0, 100_000, &|_| true).unwrap();
+    let last = events.last().map(|(seq, _)| *seq).unwrap_or(0);
+    let prevs: std::collections::HashMap<i64, [u8; 32]> =
+        s.chain_prevs(1, last).unwrap().into_iter().collect();
+    let records = events
+        .into_iter()
+        .map(|(seq, e)| StreamRecord {
+            seq,
+            prev: prevs[&seq],
+            event: Event::from(crate::api::pb::Event::from(&e)),
+        })
+        .collect();
+    let store_id = s.store_id().unwrap();
+    let public_key = super::key::public_hex(&k.verifying_key());
+    let checkpoints = checkpoints
+        .iter()
+        .map(|&(t, seq)| {
+            let hash: Vec<u8> = s
+                .conn
+                .query_row("SELECT hash FROM events WHERE seq = ?1", [seq], |r| {
+                    r.get(0)
+                })
+                .unwrap();
+            let c = s
+                .checkpoint_at(k, 1, "attached", T0 + t * SEC, seq, chain::to32(&hash))
+                .unwrap();
+            StreamCheckpoint {
+                store_id: store_id.clone(),
+                public_key: public_key.clone(),
+                checkpoint: c,
+            }
+        })
+        .collect();
+    super::fleet::NodeStream {
+        records,
+        checkpoints,
+        flows: Vec::new(),
+    }
+}
+
+fn fleet_request(since: i64, until: i64) -> super::fleet::Request<'static> {
+    super::fleet::Request {
+        since: T0 + since * SEC,
+        until: T0 + until * SEC,
+        keep: &|_| true,
+        filter: serde_json::Value::Null,
+        source: serde_json::json!({"stream": "EGRESS"}),
+    }
+}
+
+/// Two nodes' streams: alpha (30 records, heartbeats every 10 s) and beta
+/// (20 records, signed only up to seq 10).
+fn two_nodes() -> (
+    std::collections::BTreeMap<String, super::fleet::NodeStream>,
+    [SigningKey; 2],
+    Vec<tempfile::TempDir>,
+) {
+    let (ka, kb) = (key(), SigningKey::from_bytes(&[9; 32]));
+    let (da, mut a) = store(30);
+    let (db, mut b) = store(20);
+    let mut nodes = std::collections::BTreeMap::new();
+    nodes.insert(
+        "alpha".to_string(),
+        streamed(&mut a, &ka, &[(10, 10), (20, 20), (30, 30)]),
+    );
+    nodes.insert("beta".to_string(), streamed(&mut b, &kb, &[(10, 10)]));
+    (nodes, [ka, kb], vec![da, db])
+}
+
+/// Rewrites a fleet manifest's digests, as anyone can (nothing signs it):
+/// only the chains and the nodes' checkpoints can then catch a change.
+fn redigest(files: &mut bundle::Files) {
+    let mut m: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    for (name, data) in files.iter() {
+        if name != "manifest.json" {
+            m["files"][name] = hex::encode(Sha256::digest(data)).into();
+        }
+    }
+    files.insert(
+        "manifest.json".into(),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    );
+}
+
+/// A fleet bundle keeps each node's chain: verify re-links both, finds
+/// alpha's window signed to its end (the chain is carried past the window
+/// to the next checkpoint) and beta's signed only up to seq 10, and tells
+/// pinned keys from the rest.
+#[test]
+fn a_fleet_bundle_verifies_each_node_by_its_own_chain_and_key() {
+    let (nodes, [ka, kb], _dirs) = two_nodes();
+    let (files, summaries) = super::fleet::build(nodes, &fleet_request(5, 25)).unwrap();
+    assert_eq!(summaries.len(), 2);
+    let alpha = &summaries[0];
+    assert_eq!(
+        (alpha.node.as_str(), alpha.in_window, alpha.exported),
+        ("alpha", 20, 20)
+    );
+    assert_eq!((alpha.signed_up_to, alpha.unsigned), (Some(30), 0));
+    let beta = &summaries[1];
+    assert_eq!(
+        (beta.in_window, beta.signed_up_to, beta.unsigned),
+        (16, Some(10), 10)
+    );
+    // Seven of alpha's records are denials (every third from seq 6).
+    assert_eq!(alpha.refused_total, 7);
+    let chain: serde_json::Value =
+        serde_json::from_slice(&files["nodes/alpha/chain.json"]).unwrap();
+    assert_eq!(chain["anchor"]["seq"], 4);
+    assert_eq!(chain["links_after_window"].as_array().unwrap().len(), 6);
+    let md = String::from_utf8(files["summary.md"].clone()).unwrap();
+    assert!(md.contains("| alpha | 20 | 20 | 30 | 0 | 0 |"), "{md}");
+    assert!(md.contains("| beta | 16 | 16 | 10 | 10 | 0 |"), "{md}");
+
+    let r = super::fleet::verify(&files, &[ka.verifying_key(), kb.verifying_key()]).unwrap();
+    let by: Vec<_> = r
+        .nodes
+        .iter()
+        .map(|n| {
+            (
+                n.node.as_str(),
+                n.pinned,
+                n.records_exported,
+                n.signed_up_to,
+                n.unsigned,
+            )
+        })
+        .collect();
+    assert_eq!(
+        by,
+        [
+            ("alpha", true, 20, Some(30), 0),
+            ("beta", true, 16, Some(10), 10)
+        ]
+    );
+    let r = super::fleet::verify(&files, &[ka.verifying_key()]).unwrap();
+    assert!(r.nodes[0].pinned && !r.nodes[1].pinned);
+    // Through a real tar, as `verify` reads it.
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("fleet.tar");
+    bundle::write_tar(&files, &out).unwrap();
+    let back = super::archive::read_tar(&out).unwrap();
+    assert!(super::fleet::is_fleet(&back));
+    assert_eq!(back, files);
+}
+
+/// What someone who can write to the stream or the bundle could change is
+/// caught, even with the manifest's digests made anew (nothing signs
+/// them): a record changed, a chain re-linked around a changed record, the
+/// window's end cut off, a node's key replaced.
+#[test]
+fn changes_to_a_fleet_bundle_are_caught_by_the_nodes_chains_and_checkpoints() {
+    let (nodes, [ka, kb], _dirs) = two_nodes();
+    let (files, _) = super::fleet::build(nodes, &fleet_request(5, 25)).unwrap();
+    let keys = [ka.verifying_key(), kb.verifying_key()];
+    let err = |f: &bundle::Files| super::fleet::verify(f, &keys).unwrap_err().to_string();
+
+    // A byte changed, digests untouched.
+    let mut f = files.clone();
+    f.get_mut("nodes/beta/events.jsonl").unwrap()[20] ^= 1;
+    assert!(err(&f).contains("SHA-256 differs"), "{}", err(&f));
+
+    // A record's destination changed, digests made anew.
+    let jsonl = String::from_utf8(files["nodes/alpha/events.jsonl"].clone()).unwrap();
+    let changed = jsonl.replacen("203.0.113.2", "198.51.100.2", 1);
+    let mut f = files.clone();
+    f.insert(
+        "nodes/alpha/events.jsonl".into(),
+        changed.clone().into_bytes(),
+    );
+    redigest(&mut f);
+    assert!(
+        err(&f).contains("differs from the record the chain holds"),
+        "{}",
+        err(&f)
+    );
+
+    // The same with the chain re-linked from that record on: the
+    // checkpoint alpha signed at seq 10 no longer matches.
+    let mut chain: serde_json::Value =
+        serde_json::from_slice(&files["nodes/alpha/chain.json"]).unwrap();
+    let mut prev = chain::decode32(chain["anchor"]["hash"].as_str().unwrap()).unwrap();
+    let mut lines = changed.lines();
+    for l in chain["links"].as_array_mut().unwrap() {
+        let d = chain::digest(lines.next().unwrap());
+        let h = chain::link(&prev, &d);
+        l["digest"] = hex::encode(d).into();
+        l["hash"] = hex::encode(h).into();
+        prev = h;
+    }
+    for l in chain["links_after_window"].as_array_mut().unwrap() {
+        let d = chain::decode32(l["digest"].as_str().unwrap()).unwrap();
+        let h = chain::link(&prev, &d);
+        l["hash"] = hex::encode(h).into();
+        prev = h;
+    }
+    let mut f = files.clone();
+    f.insert("nodes/alpha/events.jsonl".into(), changed.into_bytes());
+    f.insert(
+        "nodes/alpha/chain.json".into(),
+        serde_json::to_vec_pretty(&chain).unwrap(),
+    );
+    redigest(&mut f);
+    assert!(err(&f).contains("the chain was rewritten"), "{}", err(&f));
+
+    // The window's last ten records left out (records, links and the
+    // links after the window): the checkpoint alpha signed at T0 + 20 s,
+    // inside the window, names seq 20.
+    let mut chain: serde_json::Value =
+        serde_json::from_slice(&files["nodes/alpha/chain.json"]).unwrap();
+    chain["links"].as_array_mut().unwrap().truncate(10);
+    chain["links_after_window"] = serde_json::json!([]);
+    chain["records_in_window"] = 10.into();
+    chain["records_exported"] = 10.into();
+    chain["signed_up_to_seq"] = 10.into();
+    let kept: Vec<&str> = jsonl.lines().take(10).collect();
+    let mut f = files.clone();
+    f.insert(
+        "nodes/alpha/events.jsonl".into(),
+        format!("{}\n", kept.join("\n")).into_bytes(),
+    );
+    f.insert(
+        "nodes/alpha/chain.json".into(),
+        serde_json::to_vec_pretty(&chain).unwrap(),
+    );
+    redigest(&mut f);
+    assert!(
+        err(&f).contains("records were left out at the end"),
+        "{}",
+        err(&f)
+    );
+
+    // Beta's key swapped for another (its checkpoints no longer verify).
+    let other = SigningKey::from_bytes(&[11; 32]);
+    let hex_key = super::key::public_hex(&other.verifying_key());
+    let mut f = files.clone();
+    f.insert(
+        "nodes/beta/node.pub".into(),
+        format!("{hex_key}\n").into_bytes(),
+    );
+    let mut m: serde_json::Value = serde_json::from_slice(&f["manifest.json"]).unwrap();
+    m["nodes"]["beta"]["public_key"] = hex_key.into();
+    f.insert(
+        "manifest.json".into(),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    );
+    redigest(&mut f);
+    assert!(
+        err(&f).contains("is not signed by the node key"),
+        "{}",
+        err(&f)
+    );
+
+    // A node's file the manifest does not name.
+    let mut f = files.clone();
+    f.insert("nodes/gamma/events.jsonl".into(), Vec::new());
+    redigest(&mut f);
+    assert!(
+        err(&f).contains("of a node the manifest does not name"),
+        "{}",
+        err(&f)
+    );
+}
+
+/// What the stream cannot prove is refused by name at export: records
+/// missing inside the window, a node without a signed checkpoint, two
+/// different records at one position.
+#[test]
+fn a_stream_that_cannot_prove_a_node_is_refused_at_export() {
+    let (mut nodes, _, _dirs) = two_nodes();
+    nodes
+        .get_mut("alpha")
+        .unwrap()
+        .records
+        .retain(|r| r.seq != 12 && r.seq != 13);
+    let e = super::fleet::build(nodes, &fleet_request(5, 25))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("node alpha: the stream lacks records seq 12 to 13"),
+        "{e}"
+    );
+
+    let (mut nodes, _, _dirs) = two_nodes();
+    nodes.get_mut("beta").unwrap().checkpoints.clear();
+    let e = super::fleet::build(nodes, &fleet_request(5, 25))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("node beta: the stream holds no signed checkpoint"),
+        "{e}"
+    );
+
+    let (mut nodes, _, _dirs) = two_nodes();
+    let alpha = nodes.get_mut("alpha").unwrap();
+    let mut twin = alpha.records[7].clone();
+    twin.event.dst_port = 9;
+    alpha.records.push(twin);
+    let e = super::fleet::build(nodes, &fleet_request(5, 25))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("two different records at seq 8"), "{e}");
+
+    // A record that says it follows another hash than the record before.
+    let (mut nodes, _, _dirs) = two_nodes();
+    nodes.get_mut("alpha").unwrap().records[9].prev = [1; 32];
+    let e = super::fleet::build(nodes, &fleet_request(5, 25))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("record seq 10 says it follows a hash other than record seq 9's"),
+        "{e}"
+    );
+
+    // The same record sent twice (a retry after the duplicate window) is
+    // one record.
+    let (mut nodes, _, _dirs) = two_nodes();
+    let alpha = nodes.get_mut("alpha").unwrap();
+    let again = alpha.records[7].clone();
+    alpha.records.push(again);
+    let (_, s) = super::fleet::build(nodes, &fleet_request(5, 25)).unwrap();
+    assert_eq!(s[0].in_window, 20);
+}

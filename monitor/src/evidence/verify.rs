@@ -89,19 +89,8 @@ fn check_checkpoints(
         .as_i64()
         .ok_or_else(|| broken("chain.json", "no last_seq_before_window"))?;
     let last = by_seq.keys().next_back().copied().unwrap_or(prior);
+    check_signatures(&list, store_id, key, item)?;
     for cp in &list {
-        let sig = signature_of(&cp.signature)
-            .ok_or_else(|| broken(item, format!("seq {}: signature is not hex", cp.seq)))?;
-        let message = cp.message(store_id);
-        key.verify(message.as_bytes(), &sig).map_err(|_| {
-            broken(
-                item,
-                format!(
-                    "the checkpoint of seq {} is not signed by the node key",
-                    cp.seq
-                ),
-            )
-        })?;
         if cp.unix_nanos < since || cp.unix_nanos >= until || cp.seq <= prior {
             continue;
         }
@@ -140,6 +129,35 @@ fn check_checkpoints(
         }
     }
     Ok(Some(cover))
+}
+
+/// Each checkpoint is signed by `key` for the store `store_id`.
+pub(super) fn check_signatures(
+    list: &[chain::Checkpoint],
+    store_id: &str,
+    key: &VerifyingKey,
+    item: &str,
+) -> Result<(), Broken> {
+    for cp in list {
+        let sig = signature_of(&cp.signature)
+            .ok_or_else(|| broken(item, format!("seq {}: signature is not hex", cp.seq)))?;
+        key.verify(cp.message(store_id).as_bytes(), &sig)
+            .map_err(|_| {
+                broken(
+                    item,
+                    format!(
+                        "the checkpoint of seq {} is not signed by the node key",
+                        cp.seq
+                    ),
+                )
+            })?;
+    }
+    Ok(())
+}
+
+/// A bundle file that is JSON, or why not.
+pub(super) fn json_file(files: &Files, name: &str) -> Result<Value, Broken> {
+    json(files, name)
 }
 
 /// Checks a bundle's files; `pinned` is the node key the caller trusts.
@@ -190,29 +208,7 @@ pub fn verify(files: &Files, pinned: Option<&VerifyingKey>) -> Result<Report, Br
         )
     })?;
 
-    // Every file listed, with its digest; nothing unlisted.
-    let listed = manifest["files"]
-        .as_object()
-        .ok_or_else(|| broken("manifest.json", "no file list"))?;
-    for (name, want) in listed {
-        let data = files
-            .get(name)
-            .ok_or_else(|| broken(name.as_str(), "listed in the manifest but missing"))?;
-        if Some(hex::encode(Sha256::digest(data)).as_str()) != want.as_str() {
-            return Err(broken(
-                name.as_str(),
-                "SHA-256 differs from the manifest: the file was changed",
-            ));
-        }
-    }
-    for name in files.keys() {
-        if name != "manifest.json" && name != "manifest.sig" && !listed.contains_key(name) {
-            return Err(broken(
-                name.as_str(),
-                "not in the manifest: added after signing",
-            ));
-        }
-    }
+    check_digests(files, &manifest, &["manifest.json", "manifest.sig"])?;
 
     // The chain.
     let c = json(files, "chain.json")?;
@@ -248,14 +244,45 @@ pub fn verify(files: &Files, pinned: Option<&VerifyingKey>) -> Result<Report, Br
 
     // The records.
     let complete = c["complete"].as_bool().unwrap_or(false);
-    let events = files
-        .get("events.jsonl")
-        .ok_or_else(|| broken("events.jsonl", "missing"))?;
-    let text = std::str::from_utf8(events).map_err(|_| broken("events.jsonl", "not UTF-8"))?;
+    let n = check_records(
+        files,
+        "events.jsonl",
+        "chain.json",
+        &c,
+        &links,
+        &by_seq,
+        complete,
+    )?;
+    Ok(Report {
+        public_key: pub_hex,
+        self_signed: pinned.is_none(),
+        since: manifest["window"]["since"].as_str().unwrap_or("").into(),
+        until: manifest["window"]["until"].as_str().unwrap_or("").into(),
+        records_in_window: links.len(),
+        records_exported: n,
+        files: files.len(),
+        coverage,
+    })
+}
+
+/// Checks the records file `name` against the chain (`chain_name`, read
+/// as `c`): each record is the chain's record at its seq, in order, none
+/// twice, and (`complete`) none left out; returns how many there are.
+pub(super) fn check_records(
+    files: &Files,
+    name: &str,
+    chain_name: &str,
+    c: &Value,
+    links: &[chain::Link],
+    by_seq: &BTreeMap<i64, &chain::Link>,
+    complete: bool,
+) -> Result<usize, Broken> {
+    let events = files.get(name).ok_or_else(|| broken(name, "missing"))?;
+    let text = std::str::from_utf8(events).map_err(|_| broken(name, "not UTF-8"))?;
     let mut last_seq = None;
     let mut n = 0usize;
     for (i, line) in text.lines().enumerate() {
-        let item = format!("events.jsonl line {}", i + 1);
+        let item = format!("{name} line {}", i + 1);
         let v: Value =
             serde_json::from_str(line).map_err(|e| broken(&item, format!("not JSON: {e}")))?;
         let seq = v["seq"].as_i64().ok_or_else(|| broken(&item, "no seq"))?;
@@ -310,7 +337,7 @@ pub fn verify(files: &Files, pinned: Option<&VerifyingKey>) -> Result<Report, Br
     }
     if complete && n != links.len() {
         return Err(broken(
-            "events.jsonl",
+            name,
             format!(
                 "{} records, the chain has {}: records were removed",
                 n,
@@ -320,18 +347,42 @@ pub fn verify(files: &Files, pinned: Option<&VerifyingKey>) -> Result<Report, Br
     }
     if c["records_exported"].as_u64() != Some(n as u64) {
         return Err(broken(
-            "events.jsonl",
-            format!("{n} records, chain.json says {}", c["records_exported"]),
+            name,
+            format!("{n} records, {chain_name} says {}", c["records_exported"]),
         ));
     }
-    Ok(Report {
-        public_key: pub_hex,
-        self_signed: pinned.is_none(),
-        since: manifest["window"]["since"].as_str().unwrap_or("").into(),
-        until: manifest["window"]["until"].as_str().unwrap_or("").into(),
-        records_in_window: links.len(),
-        records_exported: n,
-        files: files.len(),
-        coverage,
-    })
+    Ok(n)
+}
+
+/// Every file the manifest lists is there with its digest, and every
+/// other file (but those `outside` it) is listed.
+pub(super) fn check_digests(
+    files: &Files,
+    manifest: &Value,
+    outside: &[&str],
+) -> Result<(), Broken> {
+    let listed = manifest["files"]
+        .as_object()
+        .ok_or_else(|| broken("manifest.json", "no file list"))?;
+    for (name, want) in listed {
+        let data = files
+            .get(name)
+            .ok_or_else(|| broken(name.as_str(), "listed in the manifest but missing"))?;
+        if Some(hex::encode(Sha256::digest(data)).as_str()) != want.as_str() {
+            return Err(broken(
+                name.as_str(),
+                "SHA-256 differs from the manifest: the file was changed",
+            ));
+        }
+    }
+    for name in files.keys() {
+        if !outside.contains(&name.as_str()) && !listed.contains_key(name) {
+            return Err(broken(
+                name.as_str(),
+                "not in the manifest: added after signing",
+            ));
+        }
+    }
+
+    Ok(())
 }

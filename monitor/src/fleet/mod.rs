@@ -8,7 +8,10 @@
 //!
 //! Subjects (PREFIX is `--nats-subject-prefix`, `egress` by default):
 //! `PREFIX.<node>.event.<verdict>` for each stored event and
-//! `PREFIX.<node>.flow` for each flow minute once it is closed.
+//! `PREFIX.<node>.flow` for each flow minute once it is closed, and
+//! `PREFIX.<node>.checkpoint` for each signed checkpoint of the node's
+//! hash chain once the records it names are published (`fleet export`
+//! builds verifiable evidence from the three).
 pub mod publish;
 pub mod read;
 
@@ -297,6 +300,28 @@ pub fn event_subject(prefix: &str, node: &str, verdict: &str) -> String {
 
 pub fn flow_subject(prefix: &str, node: &str) -> String {
     format!("{prefix}.{node}.flow")
+}
+
+pub fn checkpoint_subject(prefix: &str, node: &str) -> String {
+    format!("{prefix}.{node}.checkpoint")
+}
+
+/// A node's signed checkpoint as published (JSON): with the store it
+/// signs for and the node's public key, a reader can check the node's
+/// records from the stream without the node.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct NodeCheckpoint {
+    pub node: String,
+    pub store_id: String,
+    /// Hex ed25519 public key of the node.
+    pub public_key: String,
+    #[serde(flatten)]
+    pub checkpoint: crate::store::chain::Checkpoint,
+}
+
+/// The `Nats-Msg-Id` of a checkpoint: node and signing time.
+pub fn checkpoint_msg_id(node: &str, c: &crate::store::chain::Checkpoint) -> String {
+    format!("{node}-checkpoint-{}", c.unix_nanos)
 }
 
 /// The `Nats-Msg-Id` of an event: node and store position.

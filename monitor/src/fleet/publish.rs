@@ -70,6 +70,8 @@ pub struct PublishArgs {
 pub struct Shared {
     args: PublishArgs,
     node: String,
+    /// The node key's public half (hex), on each published checkpoint.
+    public_key: String,
     state: Mutex<(String, String)>,
     /// The server's last complaint (a permissions violation).
     refused: Mutex<Option<String>>,
@@ -80,11 +82,12 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(args: PublishArgs) -> Arc<Self> {
+    pub fn new(args: PublishArgs, public_key: String) -> Arc<Self> {
         let node = args.node.clone().unwrap_or_else(super::default_node);
         Arc::new(Shared {
             args,
             node,
+            public_key,
             state: Mutex::new(("connecting".into(), String::new())),
             refused: Mutex::new(None),
             acked: AtomicU64::new(0),
@@ -318,14 +321,19 @@ impl Session<'_> {
             if *shutdown.borrow() {
                 return Ok(());
             }
-            let (s, events) = on_store(store, move |s| {
-                Ok(query::events(s, i64::MIN, i64::MAX, acked, BATCH, &|_| true)?.0)
+            let (s, (events, prevs)) = on_store(store, move |s| {
+                let events = query::events(s, i64::MIN, i64::MAX, acked, BATCH, &|_| true)?.0;
+                let prevs = match (events.first(), events.last()) {
+                    (Some((first, _)), Some((last, _))) => s.chain_prevs(*first, *last)?,
+                    _ => Vec::new(),
+                };
+                Ok((events, prevs))
             })
             .await?;
             store = s;
             let full = events.len() == BATCH;
             if !events.is_empty() {
-                let last = publish_events(&shared, &js, events, &mut acked).await;
+                let last = publish_events(&shared, &js, events, prevs, &mut acked).await;
                 let (s, backlog) = on_store(store, move |s| {
                     s.set_published(published::ACKED_KEY, acked)?;
                     Ok(s.unpublished()?)
@@ -337,6 +345,25 @@ impl Session<'_> {
                 last?;
             } else {
                 shared.backlog.set(0);
+            }
+            // The node's signed checkpoints, once the records they name
+            // are in the stream: a reader re-checks the chain against them.
+            let (s, checkpoints) = on_store(store, move |s| {
+                let from = s.published(published::CHECKPOINTS_KEY)?.unwrap_or(i64::MIN);
+                let mut list = s.checkpoints_between(from.saturating_add(1), i64::MAX)?;
+                list.retain(|c| c.seq <= acked);
+                Ok((s.store_id()?, list))
+            })
+            .await?;
+            store = s;
+            if let (store_id, Some(newest)) = (&checkpoints.0, checkpoints.1.last()) {
+                let newest = newest.unix_nanos;
+                publish_checkpoints(&shared, &js, store_id, checkpoints.1.clone()).await?;
+                let (s, ()) = on_store(store, move |s| {
+                    Ok(s.set_published(published::CHECKPOINTS_KEY, newest)?)
+                })
+                .await?;
+                store = s;
             }
             let (s, flows) = on_store(store, move |s| due_flows(s, flows_until)).await?;
             store = s;
@@ -375,6 +402,7 @@ async fn ensure_stream(
     let ours = [
         super::event_subject(prefix, &shared.node, "denied"),
         super::flow_subject(prefix, &shared.node),
+        super::checkpoint_subject(prefix, &shared.node),
     ];
     match js.get_stream(name).await {
         Ok(mut stream) => {
@@ -493,16 +521,19 @@ async fn publish_events(
     shared: &Shared,
     js: &jetstream::Context,
     events: Vec<(i64, crate::events::Event)>,
+    prevs: Vec<(i64, [u8; 32])>,
     acked: &mut i64,
 ) -> anyhow::Result<()> {
     let args = &shared.args;
     let seqs: Vec<i64> = events.iter().map(|(seq, _)| *seq).collect();
+    let prevs: std::collections::HashMap<i64, [u8; 32]> = prevs.into_iter().collect();
     let messages = events
         .into_iter()
         .map(|(seq, e)| {
             let mut msg = pb::Event::from(&e);
             msg.seq = seq as u64;
             msg.node = shared.node.clone();
+            msg.chain_prev = prevs.get(&seq).map(hex::encode).unwrap_or_default();
             let (payload, content_type) =
                 super::encode(args.nats_format, &msg, super::PROTOBUF_EVENT);
             Outgoing {
@@ -522,6 +553,38 @@ async fn publish_events(
         *acked = seqs[n - 1];
     }
     result
+}
+
+/// Publishes the node's signed checkpoints (JSON, with the store id and
+/// the node's public key) on `PREFIX.<node>.checkpoint`.
+async fn publish_checkpoints(
+    shared: &Shared,
+    js: &jetstream::Context,
+    store_id: &str,
+    list: Vec<crate::store::chain::Checkpoint>,
+) -> anyhow::Result<()> {
+    let args = &shared.args;
+    let subject = super::checkpoint_subject(&args.nats.nats_subject_prefix, &shared.node);
+    let messages = list
+        .into_iter()
+        .map(|checkpoint| {
+            let id = super::checkpoint_msg_id(&shared.node, &checkpoint);
+            let msg = super::NodeCheckpoint {
+                node: shared.node.clone(),
+                store_id: store_id.to_string(),
+                public_key: shared.public_key.clone(),
+                checkpoint,
+            };
+            Outgoing {
+                subject: subject.clone(),
+                id,
+                // A struct of strings and numbers always serializes.
+                payload: serde_json::to_vec(&msg).unwrap_or_default(),
+                content_type: super::JSON,
+            }
+        })
+        .collect();
+    publish_all(shared, js, messages).await.1
 }
 
 fn headers(id: &str, content_type: &'static str) -> async_nats::HeaderMap {

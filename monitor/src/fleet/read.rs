@@ -16,6 +16,7 @@ const STALL: Duration = Duration::from_secs(10);
 pub enum Kind<'a> {
     Events { verdicts: &'a [String] },
     Flows,
+    Checkpoints,
 }
 
 /// The one subject a consumer filters on: a node and a verdict are named
@@ -30,6 +31,7 @@ pub fn subject_filter(prefix: &str, nodes: &[String], kind: &Kind<'_>) -> String
     match kind {
         Kind::Events { verdicts } => super::event_subject(prefix, &node, &one(verdicts)),
         Kind::Flows => super::flow_subject(prefix, &node),
+        Kind::Checkpoints => super::checkpoint_subject(prefix, &node),
     }
 }
 

@@ -265,7 +265,7 @@ pub fn decode32(s: &str) -> Option<[u8; 32]> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn links(n: i64) -> (Vec<Link>, [u8; 32]) {
@@ -303,9 +303,9 @@ mod tests {
         );
     }
 
-    #[test]
-    fn the_canonical_writer_is_the_sorted_map_byte_for_byte() {
-        let full = Event {
+    /// An event with every field set, odd characters in its strings.
+    pub(crate) fn every_field() -> Event {
+        Event {
             time: "2026-12-03T16:00:00.000000001Z".into(),
             unix_nanos: 1_796_313_600_000_000_001,
             verdict: "would_deny",
@@ -346,7 +346,12 @@ mod tests {
                 listed: true,
                 value: "aws:us-east-1".into(),
             })),
-        };
+        }
+    }
+
+    #[test]
+    fn the_canonical_writer_is_the_sorted_map_byte_for_byte() {
+        let full = every_field();
         // Every field set, then every optional one left out in turn.
         let mut cases = vec![full.clone(), Event::default()];
         for clear in 0..11 {

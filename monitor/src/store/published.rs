@@ -10,6 +10,8 @@ use super::{sql, Store, StoreError};
 pub const ACKED_KEY: &str = "nats_acked_seq";
 /// Flow minutes before this time (Unix ns) are published.
 pub const FLOWS_KEY: &str = "nats_flows_until";
+/// Signed checkpoints made up to this time (Unix ns) are published.
+pub const CHECKPOINTS_KEY: &str = "nats_checkpoints_until";
 /// The gap kind of events removed before the stream had them.
 pub const GAP_KIND: &str = "nats_unpublished";
 
@@ -50,6 +52,52 @@ impl Store {
             })
             .map(|n| n as u64)
             .map_err(self.err("count unpublished events"))
+    }
+
+    /// The chain hash each record of seq `first..=last` follows (the hash
+    /// of the record before it), in seq order: what a published event
+    /// carries so a reader can re-link the chain. Retention keeps the link
+    /// on a row whose predecessor it removed; the first record follows 32
+    /// zero bytes.
+    pub fn chain_prevs(&self, first: i64, last: i64) -> Result<Vec<(i64, [u8; 32])>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached(
+                "SELECT seq, prev_hash, hash FROM events WHERE seq >= ?1 AND seq <= ?2 ORDER BY seq",
+            )
+            .map_err(self.err("prepare chain hashes"))?;
+        let rows = stmt
+            .query_map(params![first - 1, last], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, Vec<u8>>(1)?,
+                    r.get::<_, Vec<u8>>(2)?,
+                ))
+            })
+            .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+            .map_err(self.err("read chain hashes"))?;
+        let mut out = Vec::with_capacity(rows.len());
+        let mut before: Option<(i64, [u8; 32])> = None;
+        for (seq, stored_prev, hash) in rows {
+            let prev = match before {
+                Some((b, h)) if b + 1 == seq => Some(h),
+                _ if !stored_prev.is_empty() => Some(super::chain::to32(&stored_prev)),
+                _ if seq == 1 => Some(super::chain::GENESIS),
+                _ => None,
+            };
+            if seq >= first {
+                let prev = prev.ok_or_else(|| StoreError::Other {
+                    path: self.path.clone(),
+                    reason: format!(
+                        "record seq {seq} keeps no link to record seq {}, which is gone",
+                        seq - 1
+                    ),
+                })?;
+                out.push((seq, prev));
+            }
+            before = Some((seq, super::chain::to32(&hash)));
+        }
+        Ok(out)
     }
 
     /// The first flow minute at or after `from` and before `before`.
