@@ -24,12 +24,20 @@ own (so each is an event). The decision-cost rows name what the hook
 meets: a repeated destination (a cache hit), a new one (a decision, an
 insert and an event), or a cgroup selected by no policy (`att/unsel`, under
 the programs' root). Results land in
-`target/bench/results.{json,md}`; `cargo xtask bench --readme` also
+`target/bench/results.{json,md}`. The NATS rows restart the daemon
+with `--nats-url` on a store of 100,000 recorded events and time the
+publisher draining them into a three-server JetStream cluster on the same
+machine (`--nats`: only those). `cargo xtask bench --readme` also
 replaces this section. These are one run on a shared 2-core VM: read the
 ratios, not the absolute numbers.
 ";
 
-pub fn bench(readme: bool, faults: Option<u64>, store: Option<u64>) -> anyhow::Result<()> {
+pub fn bench(
+    readme: bool,
+    faults: Option<u64>,
+    store: Option<u64>,
+    nats: bool,
+) -> anyhow::Result<()> {
     let release = root().join("target/release");
     // The suite finds the daemon and the probe (test server) next to the
     // directory it runs from, like the integration tests in target/release/deps.
@@ -57,6 +65,10 @@ pub fn bench(readme: bool, faults: Option<u64>, store: Option<u64>) -> anyhow::R
     }
     if let Some(events) = store {
         cmd.arg("store").arg(events.to_string());
+        return run(&mut cmd);
+    }
+    if nats {
+        cmd.arg("nats");
         return run(&mut cmd);
     }
     run(&mut cmd)?;

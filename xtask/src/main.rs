@@ -78,6 +78,10 @@ enum Cmd {
         /// results in target/bench/store.md.
         #[arg(long, num_args = 0..=1, default_missing_value = "1000000", value_name = "EVENTS")]
         store: Option<u64>,
+        /// Only publishing to NATS JetStream (a three-server cluster on
+        /// loopback): results in target/bench/nats.md.
+        #[arg(long)]
+        nats: bool,
     },
 }
 
@@ -248,10 +252,11 @@ fn main() -> anyhow::Result<()> {
             readme,
             faults,
             store,
+            nats,
         } => {
             setup::setup()?;
             build()?;
-            bench::bench(readme, faults, store)
+            bench::bench(readme, faults, store, nats)
         }
         Cmd::Test {
             filter,

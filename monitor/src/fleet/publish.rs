@@ -526,14 +526,19 @@ async fn publish_events(
 ) -> anyhow::Result<()> {
     let args = &shared.args;
     let seqs: Vec<i64> = events.iter().map(|(seq, _)| *seq).collect();
-    let prevs: std::collections::HashMap<i64, [u8; 32]> = prevs.into_iter().collect();
+    // Both in seq order, one for one (`chain_prevs` of the same run).
+    let mut prevs = prevs.into_iter().peekable();
     let messages = events
         .into_iter()
         .map(|(seq, e)| {
             let mut msg = pb::Event::from(&e);
             msg.seq = seq as u64;
             msg.node = shared.node.clone();
-            msg.chain_prev = prevs.get(&seq).map(hex::encode).unwrap_or_default();
+            while prevs.next_if(|(s, _)| *s < seq).is_some() {}
+            msg.chain_prev = prevs
+                .next_if(|(s, _)| *s == seq)
+                .map(|(_, h)| hex::encode(h))
+                .unwrap_or_default();
             let (payload, content_type) =
                 super::encode(args.nats_format, &msg, super::PROTOBUF_EVENT);
             Outgoing {

@@ -43,14 +43,19 @@ impl Store {
             .map_err(self.err("write the NATS cursor"))
     }
 
-    /// Events stored and not yet acknowledged.
+    /// Events stored and not yet acknowledged. Positions run without a
+    /// hole from the first kept to the last (retention removes from the
+    /// start only), so this is a difference of two index lookups, not a
+    /// count: the publisher asks after every batch.
     pub fn unpublished(&self) -> Result<u64, StoreError> {
         let acked = self.published(ACKED_KEY)?.unwrap_or(0);
         self.conn
-            .query_row("SELECT count(*) FROM events WHERE seq > ?1", [acked], |r| {
-                r.get::<_, i64>(0)
-            })
-            .map(|n| n as u64)
+            .query_row(
+                "SELECT coalesce((SELECT max(seq) FROM events), 0), coalesce((SELECT min(seq) FROM events), 1)",
+                [],
+                |r| Ok((r.get::<_, i64>(0)?, r.get::<_, i64>(1)?)),
+            )
+            .map(|(last, first)| (last - acked.max(first - 1)).max(0) as u64)
             .map_err(self.err("count unpublished events"))
     }
 

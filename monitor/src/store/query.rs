@@ -264,6 +264,25 @@ fn start_after(store: &Store, since: i64) -> Result<i64, StoreError> {
     Ok(seq.unwrap_or(0))
 }
 
+/// The record position a query up to `until` can stop before: the first
+/// event recorded more than `OUT_OF_ORDER_NS` after `until`; every event
+/// before `until` comes earlier in the record. `i64::MAX` when none is.
+fn end_before(store: &Store, until: i64) -> Result<i64, StoreError> {
+    if until >= i64::MAX - OUT_OF_ORDER_NS {
+        return Ok(i64::MAX);
+    }
+    let seq: Option<i64> = store
+        .conn
+        .prepare_cached("SELECT seq FROM events WHERE unix_nanos >= ?1 ORDER BY unix_nanos LIMIT 1")
+        .and_then(|mut s| {
+            use rusqlite::OptionalExtension;
+            s.query_row(params![until + OUT_OF_ORDER_NS], |r| r.get(0))
+                .optional()
+        })
+        .map_err(store.err("find where the window ends"))?;
+    Ok(seq.unwrap_or(i64::MAX))
+}
+
 /// `events`, reading only `rows`: the filters SQL can apply are applied
 /// there (the window, the record position, refusals by their index),
 /// `keep` judges the rest.
@@ -288,19 +307,33 @@ pub fn events_where(
     let mut stmt = store
         .conn
         .prepare_cached(&format!(
-            "SELECT {EVENT_COLUMNS} FROM {from} WHERE {refused}seq > ?1 AND unix_nanos >= ?2 AND unix_nanos < ?3 ORDER BY seq LIMIT 4096"
+            "SELECT {EVENT_COLUMNS} FROM {from} WHERE {refused}seq > ?1 AND seq < ?5 AND +unix_nanos >= ?2 AND +unix_nanos < ?3 ORDER BY seq LIMIT ?4"
         ))
         .map_err(store.err("prepare event query"))?;
+    // The window is turned into a range of record positions (read in
+    // order by the primary key); the times only filter within it. Left to
+    // itself, SQLite walks the time index over the whole window and sorts
+    // it, for every chunk: the publisher's batches from an old position
+    // became quadratic.
     let mut cursor = after_seq.max(start_after(store, since)?);
+    let end = end_before(store, until)?;
+    // Rows read (and checked against their hash) at once: no more than
+    // the answer can take when every row is kept (the publisher's batch
+    // reads its 512, not 4096), growing while a filter leaves rows out.
+    let mut chunk_rows = limit.saturating_add(1).clamp(1, 4096);
     loop {
         let chunk: Vec<(i64, Event)> = stmt
-            .query_map(params![cursor, since, until], event_of)
+            .query_map(
+                params![cursor, since, until, chunk_rows as i64, end],
+                event_of,
+            )
             .and_then(|rows| rows.collect())
             .map_err(store.err("query events"))?;
         let Some(last) = chunk.last() else {
             return Ok((out, false));
         };
         cursor = last.0;
+        chunk_rows = (chunk_rows * 2).min(4096);
         for (seq, e) in chunk {
             if keep(&e) {
                 if out.len() == limit {

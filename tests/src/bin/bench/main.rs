@@ -12,6 +12,7 @@
 //! Results: `target/bench/results.json` and `results.md` (printed too).
 mod daemon;
 mod faults;
+mod fleet;
 mod geo;
 mod report;
 mod scale;
@@ -171,6 +172,15 @@ fn main() {
     std::thread::sleep(Duration::from_millis(500));
     geo_and_memory_idle(&b, &mut r, start_ms);
 
+    if std::env::args().nth(1).as_deref() == Some("nats") {
+        // Only publishing to NATS JetStream (a cluster of its own).
+        let args: Vec<std::ffi::OsString> = args.iter().map(|a| a.to_os_string()).collect();
+        fleet::publish(&mut b, &mut r, &args);
+        r.command = "cargo xtask bench --nats".into();
+        r.raw["bench_seconds"] = json!(started.elapsed().as_secs_f64());
+        r.write_named(&out_dir, "nats");
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("pipeline") {
         // Only the event pipeline and the repeated-traffic row: for
         // working on the daemon's CPU (with EGRESS_MONITOR_BENCH_PERF).
@@ -189,6 +199,8 @@ fn main() {
     cloud_accuracy(&mut r, &geoip);
     geo::geo_lookup(&mut r, &geoip);
     scale::store_bench(&mut r, STORE_EVENTS, b.env.dir.path());
+    let args: Vec<std::ffi::OsString> = args.iter().map(|a| a.to_os_string()).collect();
+    fleet::publish(&mut b, &mut r, &args);
 
     r.raw["bench_seconds"] = json!(started.elapsed().as_secs_f64());
     r.write(&out_dir);

@@ -1,0 +1,145 @@
+//! Publishing to NATS JetStream (issue 17): how fast the daemon's
+//! publisher drains a backlog into a real three-server JetStream cluster
+//! on loopback (replicas 3, every message acknowledged), and the daemon
+//! CPU that costs per 10k events/s.
+//!
+//! The daemon first records `EVENTS` new-destination events without NATS,
+//! and its idle CPU is measured; then it is restarted with `--nats-url`:
+//! everything it stored is its backlog, and the publisher is the only
+//! work it has. Rate and CPU are taken from the first acknowledgement to
+//! the last, the idle rate subtracted.
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+
+use super::{daemon::Daemon, report::Figure, report::Report, run_load, settle, Bench};
+
+const EVENTS: u64 = 100_000;
+
+fn head(d: &Daemon) -> i64 {
+    d.status()["store"]["chain_seq"].as_i64().unwrap_or(0)
+}
+
+pub fn publish(b: &mut Bench, r: &mut Report, args: &[std::ffi::OsString]) {
+    // EVENTS first decisions (each to a destination of its own), at a
+    // rate the ring carries without loss.
+    run_load(
+        b,
+        "att/mon",
+        &[
+            "udp",
+            &EVENTS.to_string(),
+            "30",
+            "2000000",
+            "20000",
+            "40000000",
+        ],
+    );
+    let d = b.daemon.as_ref().unwrap();
+    settle(d);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut stored = head(d);
+    while Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        let now = head(d);
+        if now == stored {
+            break;
+        }
+        stored = now;
+    }
+    let idle_cpu = {
+        let c0 = d.cpu_seconds();
+        std::thread::sleep(Duration::from_secs(3));
+        (d.cpu_seconds() - c0) / 3.0
+    };
+    b.daemon.take().unwrap().stop();
+
+    let cluster = integration_tests::nats::NatsCluster::start();
+    let mut with_nats: Vec<std::ffi::OsString> = args.to_vec();
+    with_nats.extend([
+        "--nats-url".into(),
+        cluster.url().into(),
+        "--node".into(),
+        "bench".into(),
+    ]);
+    let argv: Vec<&std::ffi::OsStr> = with_nats.iter().map(|a| a.as_os_str()).collect();
+    b.daemon = Some(Daemon::start(
+        &integration_tests::daemon_bin(),
+        &argv,
+        b.env.socket(),
+    ));
+    let d = b.daemon.as_ref().unwrap();
+    let acked = |d: &Daemon| d.status()["nats"]["acked_seq"].as_i64().unwrap_or(0);
+    let deadline = Instant::now() + Duration::from_secs(600);
+    // From the first acknowledgement (the connection and the stream's
+    // creation are not the publisher's rate) to the last.
+    let (mut first, mut t0, mut cpu0) = (0, Instant::now(), 0.0);
+    while Instant::now() < deadline {
+        let a = acked(d);
+        if a > 0 {
+            (first, t0, cpu0) = (a, Instant::now(), d.cpu_seconds());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let target = head(d);
+    // EGRESS_MONITOR_BENCH_PERF=DIR: a `perf record` of the daemon while
+    // it publishes (DIR/nats-publish.perf), to see where its time goes.
+    let perf = std::env::var_os("EGRESS_MONITOR_BENCH_PERF").map(|dir| {
+        std::process::Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-e",
+                "cpu-clock",
+                "-g",
+                "-p",
+                &d.pid.to_string(),
+                "-o",
+            ])
+            .arg(std::path::PathBuf::from(dir).join("nats-publish.perf"))
+            .args(["--", "sleep", "4"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("start perf record")
+    });
+    let mut last = first;
+    while Instant::now() < deadline && last < target {
+        std::thread::sleep(Duration::from_millis(50));
+        last = acked(d);
+    }
+    let secs = t0.elapsed().as_secs_f64().max(0.001);
+    if let Some(mut p) = perf {
+        let _ = p.wait();
+    }
+    let cpu = ((d.cpu_seconds() - cpu0) / secs - idle_cpu).max(0.0);
+    let published = (last - first).max(0) as f64;
+    let rate = published / secs;
+    let per_10k = cpu * 100.0 / (rate / 10_000.0).max(1e-9);
+    let drained = last >= target;
+    r.raw["nats_publish"] = json!({
+        "stored": target,
+        "published_measured": published,
+        "seconds": secs,
+        "rate": rate,
+        "daemon_cpu": cpu,
+        "idle_cpu": idle_cpu,
+        "drained": drained,
+    });
+    r.fig(Figure::new(
+        "NATS publish rate: a backlog into a 3-server JetStream cluster on loopback (replicas 3, acknowledged, 512 in flight)",
+        format!(
+            "{rate:.0} events/s ({published:.0} events in {secs:.1} s{})",
+            if drained { "" } else { ", NOT drained in 600 s" }
+        ),
+        ">= 50,000 events/s",
+        Some(drained && rate >= 50_000.0),
+    ));
+    r.fig(Figure::new(
+        "daemon CPU per 10k events/s published to NATS (idle CPU subtracted; the 3 servers share the same 2 cores)",
+        format!("{per_10k:.1}% of one core ({:.0}% at {rate:.0}/s)", cpu * 100.0),
+        "<= 5%",
+        Some(per_10k <= 5.0),
+    ));
+    drop(cluster);
+}
