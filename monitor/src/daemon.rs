@@ -305,9 +305,15 @@ async fn validate(config: &DaemonConfig) -> anyhow::Result<Checked> {
     };
     let started = Instant::now();
     let path = config.geoip.clone();
-    let db = tokio::task::spawn_blocking(move || GeoDb::open(&path))
-        .await
-        .context("reading the GeoIP database panicked")??;
+    let db = tokio::task::spawn_blocking(move || {
+        // On a terminal (`cargo xtask run`), how far the read is.
+        let progress = crate::progress::Progress::counter("GeoIP networks");
+        let db = GeoDb::open_with(&path, &|n| progress.show(n, 0));
+        progress.done();
+        db
+    })
+    .await
+    .context("reading the GeoIP database panicked")??;
     log::info!(
         "GeoIP database {} ({}, schema {}, built {}): {} networks merged into {} prefixes in {:.0} ms",
         db.identity.path.display(),

@@ -9,7 +9,7 @@ mod flows;
 mod output;
 mod pinned;
 mod policy;
-mod progress;
+use crate::progress;
 mod report;
 mod residency;
 mod status;

@@ -212,12 +212,21 @@ pub fn merge_ranges(mut ranges: Vec<RegionRange>) -> Vec<RegionRange> {
     merged
 }
 
+/// Networks read between two calls of `open_with`'s progress.
+const PROGRESS_EVERY: usize = 1 << 16;
+
 /// The largest database file read (a country database is 5-100 MB).
 pub const MAX_DB_BYTES: u64 = 1 << 30;
 
 impl GeoDb {
     /// Reads and reduces a database file.
     pub fn open(path: &Path) -> Result<Self, GeoError> {
+        Self::open_with(path, &|_| {})
+    }
+
+    /// `open`, telling `progress` how many networks were read so far
+    /// (every `PROGRESS_EVERY`).
+    pub fn open_with(path: &Path, progress: &dyn Fn(u64)) -> Result<Self, GeoError> {
         let read = |source| GeoError::Read {
             path: path.to_path_buf(),
             source,
@@ -235,16 +244,18 @@ impl GeoDb {
         // The maxminddb crate's decoder indexes out of bounds on some
         // damaged data sections (found by the mutation test in
         // geo/tests.rs): a damaged file is an error, not a dead daemon.
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Self::reduce(path, &bytes)))
-            .unwrap_or_else(|_| {
-                Err(GeoError::Tree {
-                    path: path.to_path_buf(),
-                    reason: "the data section is damaged (the MaxMind decoder failed on it)".into(),
-                })
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            Self::reduce(path, &bytes, progress)
+        }))
+        .unwrap_or_else(|_| {
+            Err(GeoError::Tree {
+                path: path.to_path_buf(),
+                reason: "the data section is damaged (the MaxMind decoder failed on it)".into(),
             })
+        })
     }
 
-    fn reduce(path: &Path, bytes: &[u8]) -> Result<Self, GeoError> {
+    fn reduce(path: &Path, bytes: &[u8], progress: &dyn Fn(u64)) -> Result<Self, GeoError> {
         let sha256 = hex::encode(Sha256::digest(bytes));
         let reader = maxminddb::Reader::from_source(bytes).map_err(|source| GeoError::Format {
             path: path.to_path_buf(),
@@ -264,6 +275,9 @@ impl GeoDb {
         let mut failure = None;
         tree.walk(|start, end, pointer| {
             networks += 1;
+            if networks.is_multiple_of(PROGRESS_EVERY) {
+                progress(networks as u64);
+            }
             let found = match decoded.get(&pointer) {
                 Some(found) => *found,
                 None => {

@@ -1,4 +1,5 @@
-//! Progress of long work on a terminal (`export`, `report`, `baseline`):
+//! Progress of long work on a terminal (`export`, `report`, `baseline`,
+//! `fleet export`, and the daemon reading its GeoIP database):
 //! an indicatif bar on stderr when stderr is a terminal, nothing otherwise
 //! (a pipe, a log, a CI job), so scripts read the same output as before.
 use std::io::IsTerminal;
