@@ -202,31 +202,38 @@ fn report_shows_the_stores_figures_and_renders() {
     let html = std::fs::read_to_string(&html_file).unwrap();
 
     // The charts and the table: attempts per country and verdict.
-    for (country, v) in [
-        ("US", "denied"),
-        ("US", "would_deny"),
-        ("DE", "allowed"),
-        ("US", "allowed"),
-        ("DE", "denied"),
-    ] {
-        let n = want(country, v);
-        let bar = [
-            ("class", "bar"),
-            ("data-country", country),
-            ("data-verdict", v),
-        ];
-        assert_eq!(number(&html, &bar, "data-count"), n, "{country} {v} bar");
-        let cells = attr_where(
-            &html,
-            &[
+    let bars_are_the_stores = |html: &str, which: &str| {
+        for (country, v) in [
+            ("US", "denied"),
+            ("US", "would_deny"),
+            ("DE", "allowed"),
+            ("US", "allowed"),
+            ("DE", "denied"),
+        ] {
+            let n = want(country, v);
+            let bar = [
+                ("class", "bar"),
                 ("data-country", country),
-                ("data-cloud", "-"),
                 ("data-verdict", v),
-            ],
-            "data-count",
-        );
-        assert_eq!(cells, [n.to_string()], "{country} {v} table cell");
-    }
+            ];
+            assert_eq!(
+                number(html, &bar, "data-count"),
+                n,
+                "{which}: {country} {v} bar"
+            );
+            let cells = attr_where(
+                html,
+                &[
+                    ("data-country", country),
+                    ("data-cloud", "-"),
+                    ("data-verdict", v),
+                ],
+                "data-count",
+            );
+            assert_eq!(cells, [n.to_string()], "{which}: {country} {v} table cell");
+        }
+    };
+    bars_are_the_stores(&html, "report");
     // Over time: the refusals per hour add up to the store's.
     let buckets = |attr: &str| -> u64 {
         attr_where(&html, &[("class", "bucket")], attr)
@@ -327,6 +334,35 @@ fn report_shows_the_stores_figures_and_renders() {
         red > 1_000 && amber > 1_000 && green > 1_000,
         "the bars are drawn: {red} red, {amber} amber, {green} green"
     );
+    // The page inside an evidence bundle of the same window: the same
+    // figures, under the bundle's signature, and it renders too.
+    let bundle = export_window(&env, &since, &until, "bundle.tar");
+    let in_bundle = bundle_file(&bundle, "report.html");
+    bars_are_the_stores(&in_bundle, "the bundle's report.html");
+    let key = env.status()["node_public_key"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        in_bundle.contains(&format!(
+            "signed by node key <span class=\"mono\">{key}</span>"
+        )),
+        "the bundle's page names the key that signs it"
+    );
+    let bundle_html = env.dir.path().join("bundle-report.html");
+    std::fs::write(&bundle_html, &in_bundle).unwrap();
+    let bundle_png = env.dir.path().join("bundle-report.png");
+    chromium(
+        &bundle_html,
+        format!("--screenshot={}", bundle_png.display()),
+        &env.dir.path().join("chromium"),
+    );
+    let (_, _, ink, red, amber, green) = pixels(&bundle_png);
+    assert!(
+        ink > 50_000 && red > 1_000 && amber > 1_000 && green > 1_000,
+        "the bundle's page renders with its bars: {ink} non-white, {red} red, {amber} amber, {green} green"
+    );
+
     // Kept for the documentation (target/ is the build's scratch space).
     let keep = repo_root().join("target/report-example.png");
     std::fs::copy(&png_file, &keep).unwrap();
