@@ -122,7 +122,9 @@ fn build_ebpf() {
     let object = target_dir.join("bpfel-unknown-none/release/monitor-ebpf");
     std::fs::copy(&object, out_dir.join("monitor.bpf.o"))
         .unwrap_or_else(|e| panic!("copying {}: {e}", object.display()));
-    let bench = target_dir.join("bpfel-unknown-none/release/geo-bench");
-    std::fs::copy(&bench, out_dir.join("geo_bench.bpf.o"))
-        .unwrap_or_else(|e| panic!("copying {}: {e}", bench.display()));
+    for (built, named) in [("geo-bench", "geo_bench.bpf.o"), ("floor", "floor.bpf.o")] {
+        let bench = target_dir.join("bpfel-unknown-none/release").join(built);
+        std::fs::copy(&bench, out_dir.join(named))
+            .unwrap_or_else(|e| panic!("copying {}: {e}", bench.display()));
+    }
 }

@@ -13,9 +13,12 @@ const INTRO: &str = "\
 kernel, side by side in one run: one daemon with the full CC0 country
 database and two policies of 10,000 extra CIDRs each; the workload (the
 `loadgen` binary) runs in its own network namespace, on loopback, in a
-cgroup with no program, one under a `monitor` policy and one under an
-`enforce` policy, alternated round by round (A B C A B C ..., 7 rounds of
-1 s). Rates and latencies are medians over the rounds with their IQR;
+cgroup with no program, one with the floor (trivial programs of the same
+types on the same cgroup hooks, returning allow at their first
+instruction), one under a `monitor` policy, one under an `enforce` policy
+and one under the programs' root that no policy selects, alternated round
+by round (A B C D E A B C D E ..., 7 rounds of 1 s); each is reported
+against no program and against the floor. Rates and latencies are medians over the rounds with their IQR;
 ratios are paired per round. Kernel decision cost is `run_time_ns /
 run_cnt` with `kernel.bpf_stats_enabled` on (restored afterwards); the
 event pipeline runs two generators (both cores) in the monitored cgroup

@@ -5,6 +5,7 @@
 //! the daemon fills the idle slot completely, then switches `CONFIG` with a
 //! single write of one word, so no connection is ever judged by half a
 //! policy set.
+pub mod floor;
 pub mod foreign;
 pub mod lookup_bench;
 pub mod offline;

@@ -40,13 +40,23 @@ use stats::Summary;
 const ROUNDS: usize = 7;
 const RUN_SECS: f64 = 1.0;
 const EXTRA_CIDRS: usize = 10_000;
-const VARIANTS: [(&str, &str); 3] = [
+const VARIANTS: [(&str, &str); 5] = [
     ("bare", "no program"),
+    // Trivial programs (allow at the first instruction) of the monitor's
+    // types on the same hooks: what any program there costs.
+    ("floor", "floor"),
     ("att/mon", "monitor"),
     ("att/enf", "enforce"),
+    // Under the programs' root, selected by no policy.
+    ("att/unsel", "unselected"),
 ];
+/// Where `VARIANTS` has the floor.
+const FLOOR: usize = 1;
 
 struct Bench {
+    /// The floor's programs, attached to the `floor` cgroup while the
+    /// bench runs (dropped before the environment removes the cgroup).
+    floor: Option<monitor::kernel::floor::Floor>,
     env: TestEnv,
     daemon: Option<Daemon>,
     loadgen: PathBuf,
@@ -121,6 +131,7 @@ fn main() {
 
     let env = TestEnv::new();
     let mut b = Bench {
+        floor: None,
         env,
         daemon: None,
         loadgen,
@@ -128,9 +139,20 @@ fn main() {
         follower: None,
     };
     // att/unsel: under the programs' root, selected by no policy.
-    for sub in ["bare", "att/mon", "att/enf", "att/dns", "att/unsel"] {
+    for sub in [
+        "bare",
+        "floor",
+        "att/mon",
+        "att/enf",
+        "att/dns",
+        "att/unsel",
+    ] {
         std::fs::create_dir_all(b.env.cgroup(sub)).expect("create bench cgroup");
     }
+    b.floor = Some(
+        monitor::kernel::floor::Floor::attach(&b.env.cgroup("floor"))
+            .expect("attach the floor's trivial programs"),
+    );
     check_routes(&b.env, &["127.0.0.1", "127.1.0.1", "127.0.255.1"]);
     write_policies(&b.env, 0);
 
@@ -179,6 +201,14 @@ fn main() {
         r.command = "cargo xtask bench --nats".into();
         r.raw["bench_seconds"] = json!(started.elapsed().as_secs_f64());
         r.write_named(&out_dir, "nats");
+        return;
+    }
+    if std::env::args().nth(1).as_deref() == Some("connect") {
+        // Only the connect and send paths against no program and the
+        // floor: for working on the programs' cost.
+        connect_path(&b, &mut r);
+        r.command = "bench connect".into();
+        r.write_named(&out_dir, "connect");
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("pipeline") {
@@ -408,6 +438,7 @@ fn connect_path(b: &Bench, r: &mut Report) {
         };
         let base_rate = series(0, "rate");
         let base_p50 = series(0, "lat_p50_ns");
+        let floor_rate = series(FLOOR, "rate");
         for (i, (_, name)) in VARIANTS.iter().enumerate() {
             let rate = Summary::of(&series(i, "rate"));
             let p50 = Summary::of(&series(i, "lat_p50_ns"));
@@ -447,7 +478,30 @@ fn connect_path(b: &Bench, r: &mut Report) {
             let delta = Summary::of(&deltas);
             raw[name]["ratio_to_bare"] = ratio.json();
             raw[name]["p50_delta_ns"] = delta.json();
-            let goal = i == 2 && mode != "udp";
+            if i != FLOOR {
+                // Paired per round against the floor run next to it: what
+                // the monitor costs beyond any program on these hooks.
+                let to_floor: Vec<f64> = series(i, "rate")
+                    .iter()
+                    .zip(&floor_rate)
+                    .map(|(v, f)| v / f)
+                    .collect();
+                let to_floor = Summary::of(&to_floor);
+                raw[name]["ratio_to_floor"] = to_floor.json();
+                let want = if *name == "unselected" { 0.995 } else { 0.98 };
+                r.fig(Figure::new(
+                    &format!("{what} rate, {name} / floor"),
+                    format!(
+                        "{:.3} (IQR {:.3}; {:.1}% beyond the floor)",
+                        to_floor.median,
+                        to_floor.iqr(),
+                        (1.0 - to_floor.median) * 100.0
+                    ),
+                    &format!(">= {want}"),
+                    Some(to_floor.median >= want),
+                ));
+            }
+            let goal = *name == "enforce" && mode != "udp";
             let want = if mode == "tcp" { 0.99 } else { 0.95 };
             r.fig(Figure::new(
                 &format!("{what} rate, {name} / no program"),
