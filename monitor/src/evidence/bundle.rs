@@ -999,7 +999,7 @@ fn sign_manifest(
     let manifest = serde_json::to_vec_pretty(&json!({
         "format": FORMAT,
         "created": t(crate::store::now_nanos()),
-        "window": {"since": t(req.since), "until": t(req.until), "since_unix_nanos": req.since, "until_unix_nanos": req.until},
+        "window": window_json(req.since, req.until),
         "filter": req.filter,
         "node_public_key": public,
         "store_id": store.store_id()?,
@@ -1012,6 +1012,11 @@ fn sign_manifest(
         in_memory(format!("{}\n", hex::encode(signature.to_bytes())).into_bytes()),
     );
     Ok(())
+}
+
+/// A manifest's `window`: both ends as RFC 3339 and as Unix ns.
+pub(super) fn window_json(since: i64, until: i64) -> Value {
+    json!({"since": t(since), "until": t(until), "since_unix_nanos": since, "until_unix_nanos": until})
 }
 
 /// Writes the files as one tar (fixed order: the manifest first).

@@ -118,7 +118,7 @@ pub fn build(
     let manifest = serde_json::to_vec_pretty(&json!({
         "format": FORMAT,
         "created": t(crate::store::now_nanos()),
-        "window": {"since": t(req.since), "until": t(req.until), "since_unix_nanos": req.since, "until_unix_nanos": req.until},
+        "window": super::bundle::window_json(req.since, req.until),
         "filter": req.filter,
         "source": req.source,
         "trust": "not signed as a whole: each node's records are proved by its hash chain up to the checkpoints its node key signed (nodes/<node>/checkpoints.json); the digests below catch damage, not forgery",

@@ -83,26 +83,8 @@ pub fn publish(b: &mut Bench, r: &mut Report, args: &[std::ffi::OsString]) {
         std::thread::sleep(Duration::from_millis(20));
     }
     let target = head(d);
-    // EGRESS_MONITOR_BENCH_PERF=DIR: a `perf record` of the daemon while
-    // it publishes (DIR/nats-publish.perf), to see where its time goes.
-    let perf = std::env::var_os("EGRESS_MONITOR_BENCH_PERF").map(|dir| {
-        std::process::Command::new("perf")
-            .args([
-                "record",
-                "-q",
-                "-e",
-                "cpu-clock",
-                "-g",
-                "-p",
-                &d.pid.to_string(),
-                "-o",
-            ])
-            .arg(std::path::PathBuf::from(dir).join("nats-publish.perf"))
-            .args(["--", "sleep", "4"])
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .expect("start perf record")
-    });
+    // EGRESS_MONITOR_BENCH_PERF=DIR: where the publisher's time goes.
+    let perf = super::perf_record(d, "nats-publish", 4.0);
     let mut last = first;
     while Instant::now() < deadline && last < target {
         std::thread::sleep(Duration::from_millis(50));

@@ -799,27 +799,7 @@ fn pipeline(b: &mut Bench, r: &mut Report) -> (u128, u128) {
                 )
             })
             .collect();
-        // EGRESS_MONITOR_BENCH_PERF=DIR: a `perf record` of the daemon
-        // during each step (DIR/pipeline-STEP.perf), to see where its time
-        // goes.
-        let perf = std::env::var_os("EGRESS_MONITOR_BENCH_PERF").map(|dir| {
-            Command::new("perf")
-                .args([
-                    "record",
-                    "-q",
-                    "-e",
-                    "cpu-clock",
-                    "-g",
-                    "-p",
-                    &d.pid.to_string(),
-                    "-o",
-                ])
-                .arg(PathBuf::from(dir).join(format!("pipeline-{target}.perf")))
-                .args(["--", "sleep", &(step_secs - 0.5).to_string()])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("start perf record")
-        });
+        let perf = perf_record(d, &format!("pipeline-{target}"), step_secs - 0.5);
         std::thread::sleep(Duration::from_secs_f64(step_secs / 2.0));
         let rss_load = d.vm("VmRSS");
         let sent: f64 = gens.into_iter().map(|g| f(&finish(g), "ops")).sum();
@@ -949,6 +929,29 @@ fn pipeline(b: &mut Bench, r: &mut Report) -> (u128, u128) {
     ));
     r.raw["pipeline"] = json!(steps);
     (window_start, window_end)
+}
+
+/// With EGRESS_MONITOR_BENCH_PERF=DIR: a `perf record` of the daemon for
+/// `secs` (DIR/NAME.perf), to see where its time goes; wait for it.
+fn perf_record(d: &Daemon, name: &str, secs: f64) -> Option<Child> {
+    std::env::var_os("EGRESS_MONITOR_BENCH_PERF").map(|dir| {
+        Command::new("perf")
+            .args([
+                "record",
+                "-q",
+                "-e",
+                "cpu-clock",
+                "-g",
+                "-p",
+                &d.pid.to_string(),
+                "-o",
+            ])
+            .arg(PathBuf::from(dir).join(format!("{name}.perf")))
+            .args(["--", "sleep", &secs.to_string()])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start perf record")
+    })
 }
 
 /// Waits (bounded) until the daemon has worked off what the last run gave
