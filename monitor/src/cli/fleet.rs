@@ -176,19 +176,10 @@ async fn flows(args: FleetFlowsArgs) -> anyhow::Result<ExitCode> {
     // `since` falls in.
     let start = crate::store::query::bucket_of(since);
     read::read(&w.nats, subject, start, &mut |payload, content_type| {
-        let f: pb::Flow = crate::fleet::decode(content_type, payload)
-            .map_err(|why| anyhow::anyhow!("a message that is no Flow ({why})"))?;
-        if f.last_seen_unix_nanos < since
-            || f.first_seen_unix_nanos >= until
-            || !wanted(&w.node, &f.node)
+        if let Some((node, flow)) =
+            flow_of(payload, content_type, (since, until), &w.node, &filter)?
         {
-            return Ok(());
-        }
-        let mut flow = crate::store::query::Flow::from(&f);
-        let e = flow.as_event(&crate::events::CgroupInfo::of_path(f.cgroup_path.clone()));
-        flow.pod_uid = e.pod_uid.clone();
-        if filter.matches(&e) {
-            by_node.entry(f.node).or_default().push(flow);
+            by_node.entry(node).or_default().push(flow);
         }
         Ok(())
     })
@@ -210,6 +201,32 @@ async fn flows(args: FleetFlowsArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// A flow message of the window, of a wanted node, that the filter takes:
+/// its node and row.
+fn flow_of(
+    payload: &[u8],
+    content_type: Option<&str>,
+    (since, until): (i64, i64),
+    nodes: &[String],
+    filter: &Filter,
+) -> anyhow::Result<Option<(String, crate::store::query::Flow)>> {
+    let f: pb::Flow = crate::fleet::decode(content_type, payload)
+        .map_err(|why| anyhow::anyhow!("a message that is no Flow ({why})"))?;
+    if f.last_seen_unix_nanos < since || f.first_seen_unix_nanos >= until || !wanted(nodes, &f.node)
+    {
+        return Ok(None);
+    }
+    let mut flow = crate::store::query::Flow::from(&f);
+    let e = flow.as_event(&crate::events::CgroupInfo::of_path(f.cgroup_path.clone()));
+    flow.pod_uid = e.pod_uid.clone();
+    Ok(filter.matches(&e).then_some((f.node, flow)))
+}
+
+/// How much earlier than the window `fleet export` starts reading the
+/// stream: node clocks ahead of the NATS servers', and events out of time
+/// order across CPUs.
+const CLOCK_MARGIN_NS: i64 = 5 * 60 * 1_000_000_000;
+
 /// Reads each node's records (every verdict: the chain needs them all),
 /// signed checkpoints and flow rows from the stream, and writes them as a
 /// fleet bundle.
@@ -226,10 +243,13 @@ async fn export(args: FleetExportArgs) -> anyhow::Result<ExitCode> {
     let mut nodes: std::collections::BTreeMap<String, NodeStream> = Default::default();
     let progress = super::progress::Progress::counter("messages");
     let mut read_count = 0u64;
-    // Records: from the window's start to the end of the stream (the chain
-    // is carried past the window to the next signed checkpoint).
+    // Records: from before the window's start (the stream stamps a message
+    // with its server's clock when it arrives; a node's clock ahead of it
+    // must not lose the window's first records) to the end of the stream
+    // (the chain is carried past the window to the next signed checkpoint).
+    let read_from = since.saturating_sub(CLOCK_MARGIN_NS);
     let subject = read::subject_filter(prefix, &w.node, &read::Kind::Events { verdicts: &[] });
-    read::read(&w.nats, subject, since, &mut |payload, content_type| {
+    read::read(&w.nats, subject, read_from, &mut |payload, content_type| {
         let e: pb::Event = crate::fleet::decode(content_type, payload)
             .map_err(|why| anyhow::anyhow!("a message that is no Event ({why})"))?;
         read_count += 1;
@@ -255,7 +275,7 @@ async fn export(args: FleetExportArgs) -> anyhow::Result<ExitCode> {
     })
     .await?;
     let subject = read::subject_filter(prefix, &w.node, &read::Kind::Checkpoints);
-    let start = since.saturating_sub(crate::store::coverage::MAX_GAP_NANOS);
+    let start = read_from.saturating_sub(crate::store::coverage::MAX_GAP_NANOS);
     read::read(&w.nats, subject, start, &mut |payload, _| {
         let c: crate::fleet::NodeCheckpoint = serde_json::from_slice(payload)
             .map_err(|why| anyhow::anyhow!("a message that is no checkpoint ({why})"))?;
@@ -274,25 +294,15 @@ async fn export(args: FleetExportArgs) -> anyhow::Result<ExitCode> {
     })
     .await?;
     let subject = read::subject_filter(prefix, &w.node, &read::Kind::Flows);
-    read::read(
-        &w.nats,
-        subject,
-        crate::store::query::bucket_of(since),
-        &mut |payload, content_type| {
-            let f: pb::Flow = crate::fleet::decode(content_type, payload)
-                .map_err(|why| anyhow::anyhow!("a message that is no Flow ({why})"))?;
-            if !wanted(&w.node, &f.node) {
-                return Ok(());
-            }
-            let mut flow = crate::store::query::Flow::from(&f);
-            let e = flow.as_event(&crate::events::CgroupInfo::of_path(f.cgroup_path.clone()));
-            flow.pod_uid = e.pod_uid.clone();
-            if filter.matches(&e) {
-                nodes.entry(f.node).or_default().flows.push(flow);
-            }
-            Ok(())
-        },
-    )
+    let start = crate::store::query::bucket_of(read_from);
+    read::read(&w.nats, subject, start, &mut |payload, content_type| {
+        if let Some((node, flow)) =
+            flow_of(payload, content_type, (since, until), &w.node, &filter)?
+        {
+            nodes.entry(node).or_default().flows.push(flow);
+        }
+        Ok(())
+    })
     .await?;
     progress.done();
     if nodes.is_empty() {
