@@ -208,6 +208,7 @@ fn main() {
         // floor: for working on the programs' cost.
         connect_path(&b, &mut r);
         r.command = "bench connect".into();
+        r.raw["bench_seconds"] = json!(started.elapsed().as_secs_f64());
         r.write_named(&out_dir, "connect");
         return;
     }
