@@ -1731,3 +1731,32 @@ fn a_stream_that_cannot_prove_a_node_is_refused_at_export() {
     let (_, s) = super::fleet::build(nodes, &fleet_request(5, 25)).unwrap();
     assert_eq!(s[0].in_window, 20);
 }
+
+/// The publisher sends checkpoints a batch at a time, oldest first, and
+/// none that signs a record the stream has not acknowledged yet.
+#[test]
+fn checkpoints_are_published_in_order_after_their_records() {
+    let k = key();
+    let (_d, mut s) = store(30);
+    for (t, seq) in [(10, 10), (20, 20), (30, 30)] {
+        let hash: Vec<u8> = s
+            .conn
+            .query_row("SELECT hash FROM events WHERE seq = ?1", [seq], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        s.checkpoint_at(&k, 1, "attached", T0 + t * SEC, seq, chain::to32(&hash))
+            .unwrap();
+    }
+    let seqs = |after: i64, acked: i64, limit: usize| -> Vec<i64> {
+        s.checkpoints_to_publish(after, acked, limit)
+            .unwrap()
+            .iter()
+            .map(|c| c.seq)
+            .collect()
+    };
+    assert_eq!(seqs(i64::MIN, 25, 512), [10, 20]);
+    assert_eq!(seqs(i64::MIN, 30, 1), [10]);
+    assert_eq!(seqs(T0 + 10 * SEC, 30, 512), [20, 30]);
+    assert_eq!(seqs(T0 + 30 * SEC, 30, 512), Vec::<i64>::new());
+}

@@ -350,12 +350,14 @@ impl Session<'_> {
             // are in the stream: a reader re-checks the chain against them.
             let (s, checkpoints) = on_store(store, move |s| {
                 let from = s.published(published::CHECKPOINTS_KEY)?.unwrap_or(i64::MIN);
-                let mut list = s.checkpoints_between(from.saturating_add(1), i64::MAX)?;
-                list.retain(|c| c.seq <= acked);
+                // A store that never published has a checkpoint every
+                // 10 s of its history: a batch at a time.
+                let list = s.checkpoints_to_publish(from, acked, BATCH)?;
                 Ok((s.store_id()?, list))
             })
             .await?;
             store = s;
+            let more_checkpoints = checkpoints.1.len() == BATCH;
             if let (store_id, Some(newest)) = (&checkpoints.0, checkpoints.1.last()) {
                 let newest = newest.unix_nanos;
                 publish_checkpoints(&shared, &js, store_id, checkpoints.1.clone()).await?;
@@ -378,7 +380,7 @@ impl Session<'_> {
                 store = s;
                 shared.flows_until.store(minute, Ordering::Relaxed);
             }
-            if full || flows_due {
+            if full || flows_due || more_checkpoints {
                 continue;
             }
             tokio::select! {

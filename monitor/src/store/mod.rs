@@ -288,16 +288,7 @@ impl Store {
             .prepare("SELECT unix_nanos, seq, hash, signature, run, watching FROM checkpoints WHERE unix_nanos >= ?1 AND unix_nanos < ?2 ORDER BY id")
             .map_err(self.err("prepare checkpoints"))?;
         let rows = stmt
-            .query_map([since, until], |r| {
-                Ok(chain::Checkpoint {
-                    unix_nanos: r.get(0)?,
-                    seq: r.get(1)?,
-                    hash: hex::encode(r.get::<_, Vec<u8>>(2)?),
-                    signature: hex::encode(r.get::<_, Vec<u8>>(3)?),
-                    run: r.get(4)?,
-                    watching: r.get(5)?,
-                })
-            })
+            .query_map([since, until], checkpoint_of)
             .and_then(|r| r.collect())
             .map_err(self.err("read checkpoints"))?;
         Ok(rows)
@@ -740,6 +731,19 @@ fn first_line(p: &str) -> String {
     std::fs::read_to_string(p)
         .map(|s| s.lines().next().unwrap_or("").trim().to_string())
         .unwrap_or_default()
+}
+
+/// A row of `checkpoints` (unix_nanos, seq, hash, signature, run,
+/// watching).
+fn checkpoint_of(r: &rusqlite::Row<'_>) -> rusqlite::Result<chain::Checkpoint> {
+    Ok(chain::Checkpoint {
+        unix_nanos: r.get(0)?,
+        seq: r.get(1)?,
+        hash: hex::encode(r.get::<_, Vec<u8>>(2)?),
+        signature: hex::encode(r.get::<_, Vec<u8>>(3)?),
+        run: r.get(4)?,
+        watching: r.get(5)?,
+    })
 }
 
 /// An agent start as recorded: version, kernel, host and boot, node key

@@ -105,6 +105,25 @@ impl Store {
         Ok(out)
     }
 
+    /// The next `limit` checkpoints made after `after` (Unix ns) that sign
+    /// no record beyond `acked`, oldest first.
+    pub fn checkpoints_to_publish(
+        &self,
+        after: i64,
+        acked: i64,
+        limit: usize,
+    ) -> Result<Vec<super::chain::Checkpoint>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT unix_nanos, seq, hash, signature, run, watching FROM checkpoints WHERE unix_nanos > ?1 AND seq <= ?2 ORDER BY id LIMIT ?3")
+            .map_err(self.err("prepare checkpoints to publish"))?;
+        let rows = stmt
+            .query_map(params![after, acked, limit as i64], super::checkpoint_of)
+            .and_then(|r| r.collect())
+            .map_err(self.err("read checkpoints to publish"))?;
+        Ok(rows)
+    }
+
     /// The first flow minute at or after `from` and before `before`.
     pub fn next_flow_minute(&self, from: i64, before: i64) -> Result<Option<i64>, StoreError> {
         self.conn
