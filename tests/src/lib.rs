@@ -521,12 +521,18 @@ impl TestEnv {
     /// (moved there before it execs; nsenter execs the probe in the same
     /// process, so the pid and the cgroup carry over).
     pub fn probe_command(&self, sub: &str, args: &[&str]) -> Command {
+        self.workload_command(sub, &probe_bin(), args)
+    }
+
+    /// `program ARGS` as a workload of cgroup `sub`, in the client
+    /// namespace, as `probe_command` runs the probe.
+    pub fn workload_command(&self, sub: &str, program: &Path, args: &[&str]) -> Command {
         let procs = self.cgroup(sub).join("cgroup.procs");
         // nsenter joins only the network namespace (`ip netns exec` would
         // also remount /sys, hiding the cgroup tree from the probe).
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.client_ns))
-            .arg(probe_bin())
+            .arg(program)
             .args(args);
         // SAFETY: only async-signal-safe work between fork and exec: one
         // open/write/close through std::fs on a path computed before fork.

@@ -812,6 +812,7 @@ fn flow_row<W: std::io::Write>(w: &mut csv::Writer<W>, f: &query::Flow) -> anyho
         &f.cloud_region,
         &f.packets.to_string(),
         &f.bytes.to_string(),
+        &f.exe,
     ])?;
     Ok(())
 }

@@ -17,7 +17,7 @@ const MINUTE: i64 = 60_000_000_000;
 
 /// Columns of flows as CSV (the CLI's `flows -o csv` and the evidence
 /// bundle's flows.csv), in order.
-pub const FLOW_CSV_COLUMNS: [&str; 17] = [
+pub const FLOW_CSV_COLUMNS: [&str; 18] = [
     "first_seen",
     "last_seen",
     "count",
@@ -35,6 +35,7 @@ pub const FLOW_CSV_COLUMNS: [&str; 17] = [
     "cloud_region",
     "packets",
     "bytes",
+    "exe",
 ];
 
 /// The minute a time falls in (flow rows are per minute).
