@@ -57,8 +57,14 @@ fn field_u64(base: u64, offset: u32) -> u64 {
         return 0;
     }
     // SAFETY: a checked read of kernel memory (an error reads as 0).
-    unsafe { bpf_probe_read_kernel((base as *const u8).wrapping_add(offset as usize).cast::<u64>()) }
-        .unwrap_or(0)
+    unsafe {
+        bpf_probe_read_kernel(
+            (base as *const u8)
+                .wrapping_add(offset as usize)
+                .cast::<u64>(),
+        )
+    }
+    .unwrap_or(0)
 }
 
 #[raw_tracepoint(tracepoint = "sched_process_exec")]
@@ -215,8 +221,7 @@ pub(crate) fn identify(tgid: u32, cgroup_id: u64, comm: &[u8; 16]) -> u64 {
             e.exe[0] = 0;
             e.parent_exe[0] = 0;
             // BPF_NOEXIST: an exec filing it meanwhile wins.
-            if PROCESSES.insert(&tgid, e, 1).is_err() && unsafe { PROCESSES.get(&tgid) }.is_none()
-            {
+            if PROCESSES.insert(&tgid, e, 1).is_err() && unsafe { PROCESSES.get(&tgid) }.is_none() {
                 count_lost(lost::PROCESS_FULL);
                 return 0;
             }

@@ -685,10 +685,8 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         &config.state_dir.join("policy-ids.json"),
     )));
     let mut resolver = Resolver::new(ids.clone(), PathResolver::new(&mount));
-    resolver.processes = crate::process::Processes::new(
-        config.process.clone(),
-        std::path::Path::new("/proc"),
-    );
+    resolver.processes =
+        crate::process::Processes::new(config.process.clone(), std::path::Path::new("/proc"));
     if let Err(e) = resolver.processes.open_table(kernel.pin_dir()) {
         log::warn!("processes reported before this start are named from /proc: {e}");
     }

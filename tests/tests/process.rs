@@ -45,7 +45,11 @@ fn run_python(env: &TestEnv, program: &Path, script: &str, extra: &[&str]) -> u6
 fn args_of(e: &Value) -> Vec<String> {
     e["args"]
         .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -103,7 +107,13 @@ fn a_renamed_copy_in_the_same_cgroup_is_credited_as_itself() {
         assert_eq!(stored[0]["tgid"].as_u64(), Some(evil_pid));
     }
     let python_only = json_lines(&env.cli(&[
-        "events", "--since", "10m", "-o", "json", "--exe", "/usr/bin/*",
+        "events",
+        "--since",
+        "10m",
+        "-o",
+        "json",
+        "--exe",
+        "/usr/bin/*",
     ]));
     assert!(
         !python_only.is_empty() && python_only.iter().all(|e| s(e, "exe") == PYTHON),
@@ -171,7 +181,13 @@ fn a_process_that_exits_at_once_keeps_its_name() {
     assert_eq!(s(&e, "exe"), probe_path, "{e}");
     assert_eq!(
         args_of(&e),
-        [probe_path.as_str(), "tcp", US_V4, &PORT.to_string(), &marker],
+        [
+            probe_path.as_str(),
+            "tcp",
+            US_V4,
+            &PORT.to_string(),
+            &marker
+        ],
         "{e}"
     );
     assert_eq!(s(&e, "parent_exe"), "/bin/sh", "{e}");
@@ -180,7 +196,8 @@ fn a_process_that_exits_at_once_keeps_its_name() {
     assert!(e.get("args_truncated").is_none(), "{e}");
 
     // The stored event says the same.
-    let stored = json_lines(&env.cli(&["events", "--since", "10m", "-o", "json", "--parent", "sh"]));
+    let stored =
+        json_lines(&env.cli(&["events", "--since", "10m", "-o", "json", "--parent", "sh"]));
     let row = stored
         .iter()
         .find(|r| args_of(r).contains(&marker))
@@ -260,13 +277,19 @@ fn secrets_in_arguments_never_leave_the_daemon() {
     );
     let no_secret = |what: &str, text: &str| {
         for secret in &secrets {
-            assert!(!text.contains(secret.as_str()), "{what} holds {secret}: {text}");
+            assert!(
+                !text.contains(secret.as_str()),
+                "{what} holds {secret}: {text}"
+            );
         }
     };
     no_secret("the live event", &e.to_string());
     let stored = env.cli(&["events", "--since", "10m", "-o", "json"]);
     assert!(String::from_utf8_lossy(&stored.stdout).contains("--keep"));
-    no_secret("the stored events", &String::from_utf8_lossy(&stored.stdout));
+    no_secret(
+        "the stored events",
+        &String::from_utf8_lossy(&stored.stdout),
+    );
     let bundle = export_window(&env, &since, &now_rfc3339(), "secrets.tar.gz");
     let records = bundle_file(&bundle, "events.jsonl");
     assert!(records.contains("<redacted>"), "{records}");
@@ -320,7 +343,10 @@ fn bad_redaction_and_capture_flags_are_refused() {
         "{e}"
     );
     let e = run(&["--process-args-bytes", "4096"]);
-    assert!(e.contains("--process-args-bytes") && e.contains("4096"), "{e}");
+    assert!(
+        e.contains("--process-args-bytes") && e.contains("4096"),
+        "{e}"
+    );
     let e = run(&["--process-args-bytes", "64", "--no-process-args"]);
     assert!(e.contains("cannot be used with"), "{e}");
 }

@@ -501,7 +501,10 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
-        assert_eq!(s.message(), "filter.exes[1]: an empty pattern matches nothing");
+        assert_eq!(
+            s.message(),
+            "filter.exes[1]: an empty pattern matches nothing"
+        );
         let s = Filter::compile(pb::EventFilter {
             parents: vec!["[".into()],
             ..Default::default()

@@ -143,7 +143,11 @@ impl Printer {
                     e.verdict.clone(),
                     e.hook.clone(),
                     process,
-                    if e.exe.is_empty() { "-".into() } else { e.exe.clone() },
+                    if e.exe.is_empty() {
+                        "-".into()
+                    } else {
+                        e.exe.clone()
+                    },
                     e.cgroup_path.clone(),
                     name(&e.dns_name).to_string(),
                     dst,

@@ -374,7 +374,11 @@ pub trait Names {
         None
     }
     /// The process `tgid` whose program image started at `exec_ns`.
-    fn process(&mut self, _tgid: u32, _exec_ns: u64) -> Option<std::sync::Arc<crate::process::Process>> {
+    fn process(
+        &mut self,
+        _tgid: u32,
+        _exec_ns: u64,
+    ) -> Option<std::sync::Arc<crate::process::Process>> {
         None
     }
     /// A process the kernel reported (`Record::Process`).

@@ -116,7 +116,11 @@ impl Btf {
                     c.members.push(Member {
                         name: u32_at(types, base)?,
                         ty: u32_at(types, base + 4)?,
-                        bit_offset: if kind_flag { offset & 0xff_ffff } else { offset },
+                        bit_offset: if kind_flag {
+                            offset & 0xff_ffff
+                        } else {
+                            offset
+                        },
                     });
                 }
                 if kind == KIND_STRUCT && name != 0 && vlen > 0 {
@@ -212,7 +216,10 @@ mod tests {
     /// refused, each naming what is missing.
     #[test]
     fn bad_input_is_named() {
-        assert!(matches!(Btf::parse(b"ELF\0....").err(), Some(BtfError::Format(_))));
+        assert!(matches!(
+            Btf::parse(b"ELF\0....").err(),
+            Some(BtfError::Format(_))
+        ));
         let path = Path::new("/sys/kernel/btf/vmlinux");
         if !path.exists() {
             return;
@@ -220,7 +227,10 @@ mod tests {
         let btf = Btf::from_file(path).expect("kernel BTF");
         let e = btf.offset("no_such_struct", "x").unwrap_err().to_string();
         assert_eq!(e, "BTF has no struct `no_such_struct`");
-        let e = btf.offset("task_struct", "no_such_field").unwrap_err().to_string();
+        let e = btf
+            .offset("task_struct", "no_such_field")
+            .unwrap_err()
+            .to_string();
         assert_eq!(e, "BTF struct `task_struct` has no member `no_such_field`");
     }
 }

@@ -167,7 +167,11 @@ impl Processes {
         };
         let mut n = 0;
         for entry in dir.flatten() {
-            let Some(tgid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            let Some(tgid) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
                 continue;
             };
             if let Some(p) = self.capture.of_proc(&self.proc_root, tgid) {
@@ -260,7 +264,10 @@ mod tests {
         let c = Capture::default();
         let p = c.of_entry(&entry(b"python3\0-c\0print(1)\0--token\0abc\0", 0));
         assert_eq!(p.exe, "/usr/bin/python3");
-        assert_eq!(p.args, ["python3", "-c", "print(1)", "--token", "<redacted>"]);
+        assert_eq!(
+            p.args,
+            ["python3", "-c", "print(1)", "--token", "<redacted>"]
+        );
         assert_eq!((p.ppid, p.parent_exe.as_str()), (41, "/bin/bash"));
         assert!(!p.args_truncated);
         let cut = c.of_entry(&entry(b"python3\0-c\0pri", ARGS_TRUNCATED));

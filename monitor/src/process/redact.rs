@@ -123,18 +123,42 @@ mod tests {
     fn built_in_secrets() {
         let r = Redactor::default();
         let cases: &[(&[&str], &[&str])] = &[
-            (&["app", "--password=hunter2"], &["app", "--password=<redacted>"]),
-            (&["app", "--db-password", "hunter2", "-v"], &["app", "--db-password", "<redacted>", "-v"]),
-            (&["app", "--api-key=abc", "--token", "t0k"], &["app", "--api-key=<redacted>", "--token", "<redacted>"]),
-            (&["env", "CLIENT_SECRET=s3cr3t", "HOME=/root"], &["env", "CLIENT_SECRET=<redacted>", "HOME=/root"]),
-            (&["curl", "-H", "Authorization: Bearer abc.def"], &["curl", "-H", "Authorization: <redacted>"]),
-            (&["curl", "https://bob:pw@example.com/x"], &["curl", "https://bob:<redacted>@example.com/x"]),
+            (
+                &["app", "--password=hunter2"],
+                &["app", "--password=<redacted>"],
+            ),
+            (
+                &["app", "--db-password", "hunter2", "-v"],
+                &["app", "--db-password", "<redacted>", "-v"],
+            ),
+            (
+                &["app", "--api-key=abc", "--token", "t0k"],
+                &["app", "--api-key=<redacted>", "--token", "<redacted>"],
+            ),
+            (
+                &["env", "CLIENT_SECRET=s3cr3t", "HOME=/root"],
+                &["env", "CLIENT_SECRET=<redacted>", "HOME=/root"],
+            ),
+            (
+                &["curl", "-H", "Authorization: Bearer abc.def"],
+                &["curl", "-H", "Authorization: <redacted>"],
+            ),
+            (
+                &["curl", "https://bob:pw@example.com/x"],
+                &["curl", "https://bob:<redacted>@example.com/x"],
+            ),
             (&["aws", "AKIAIOSFODNN7EXAMPLE"], &["aws", "<redacted>"]),
             (
-                &["x", "--data=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl"],
+                &[
+                    "x",
+                    "--data=eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2lnbmF0dXJl",
+                ],
                 &["x", "--data=<redacted>"],
             ),
-            (&["python3", "-c", "print(1)"], &["python3", "-c", "print(1)"]),
+            (
+                &["python3", "-c", "print(1)"],
+                &["python3", "-c", "print(1)"],
+            ),
         ];
         for (input, want) in cases {
             assert_eq!(r.redact(&args(input)), args(want), "{input:?}");
@@ -150,7 +174,12 @@ mod tests {
             r.redact(&args(&["app", "key=sk-abcdefgh!"])),
             args(&["app", "key=<redacted>!"])
         );
-        let e = Redactor::new(&["(unclosed".into()]).unwrap_err().to_string();
-        assert!(e.starts_with("--redact-pattern \"(unclosed\" is not a regular expression"), "{e}");
+        let e = Redactor::new(&["(unclosed".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("--redact-pattern \"(unclosed\" is not a regular expression"),
+            "{e}"
+        );
     }
 }

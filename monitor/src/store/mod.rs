@@ -734,7 +734,9 @@ fn append_harvest<'a>(
         for r in &batch.repeats {
             let (cgroup, _) = cgroups.get(tx, &r.event.cgroup_path)?;
             let exe = processes.exe(tx, &r.event.exe)?;
-            upsert_flow(&mut up, &r.event, cgroup, exe, 0, r.count, r.packets, r.bytes)?;
+            upsert_flow(
+                &mut up, &r.event, cgroup, exe, 0, r.count, r.packets, r.bytes,
+            )?;
             hourly.add(
                 &r.event,
                 cgroup,

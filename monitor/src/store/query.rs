@@ -392,7 +392,17 @@ pub const SORTS: [&str; 4] = ["count", "first_seen", "last_seen", "destination"]
 
 /// cgroup, comm, destination, port, protocol, verdict, policy, name,
 /// executable.
-type FlowKey = (String, String, String, u16, String, String, String, String, String);
+type FlowKey = (
+    String,
+    String,
+    String,
+    u16,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
 
 /// The key columns of the flows table, and its place columns.
 const FLOW_KEY: &str =
@@ -402,7 +412,8 @@ const FLOW_CGROUP: &str = "(SELECT path FROM cgroup_paths WHERE id = cgroup)";
 /// The same from the events table (which keeps provider and region apart).
 const EVENT_FLOW_KEY: &str = "CASE WHEN cgroup_ref = 0 THEN cgroup_path ELSE (SELECT path FROM cgroup_paths WHERE id = cgroup_ref) END AS path, comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, CASE WHEN max(cloud) = '' THEN '' ELSE max(cloud) || ':' || max(cloud_region) END";
 const FLOW_GROUP: &str = "cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name, exe";
-const EVENT_FLOW_GROUP: &str = "path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name, exe_ref";
+const EVENT_FLOW_GROUP: &str =
+    "path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name, exe_ref";
 /// An event row's executable path (as `FLOW_EXE` for flow rows).
 const EVENT_EXE: &str = "(SELECT path FROM executables WHERE id = exe_ref)";
 
@@ -549,7 +560,17 @@ fn key_of(f: &Flow) -> FlowKey {
 }
 
 /// A flow's key, borrowed (for comparing in key order).
-type KeyRef<'a> = (&'a str, &'a str, &'a str, u16, &'a str, &'a str, &'a str, &'a str, &'a str);
+type KeyRef<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    u16,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+);
 
 fn key_ref(f: &Flow) -> KeyRef<'_> {
     (

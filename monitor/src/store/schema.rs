@@ -417,21 +417,48 @@ PRAGMA user_version = 9;
             .unwrap();
         assert_eq!(version, VERSION);
         let (exe, args, ppid): (i64, i64, i64) = conn
-            .query_row("SELECT exe_ref, args_ref, ppid FROM events WHERE seq = 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?))
-            })
+            .query_row(
+                "SELECT exe_ref, args_ref, ppid FROM events WHERE seq = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
             .unwrap();
         assert_eq!((exe, args, ppid), (0, 0, 0), "old events name no process");
         let (count, exe): (i64, i64) = conn
-            .query_row("SELECT count, exe FROM flows", [], |r| Ok((r.get(0)?, r.get(1)?)))
+            .query_row("SELECT count, exe FROM flows", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
             .unwrap();
-        assert_eq!((count, exe), (2, 0), "the old flow is kept, executable unknown");
+        assert_eq!(
+            (count, exe),
+            (2, 0),
+            "the old flow is kept, executable unknown"
+        );
         let evilbin: i64 = conn
             .query_row(INTERN_EXE, params!["/tmp/evilbin"], |r| r.get(0))
             .unwrap();
         conn.execute(
             UPSERT_FLOW,
-            params![0, 1, "python3", "203.0.113.2", 443, "tcp", "denied", "p", "US", "NA", 6, "", "", 1, 0, 0, 0, evilbin],
+            params![
+                0,
+                1,
+                "python3",
+                "203.0.113.2",
+                443,
+                "tcp",
+                "denied",
+                "p",
+                "US",
+                "NA",
+                6,
+                "",
+                "",
+                1,
+                0,
+                0,
+                0,
+                evilbin
+            ],
         )
         .unwrap();
         let rows: i64 = conn
