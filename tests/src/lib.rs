@@ -1147,6 +1147,33 @@ impl TestEnv {
         );
     }
 
+    /// Polls the store (`events --since 10m -o json ARGS`) until an event
+    /// matches `pred` (the writer stores a batch within a second); returns
+    /// every event the last query gave, or panics with them.
+    pub fn wait_stored(
+        &self,
+        what: &str,
+        args: &[&str],
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let mut all = vec!["events", "--since", "10m", "-o", "json"];
+        all.extend_from_slice(args);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stored = json_lines(&self.cli(&all));
+            if stored.iter().any(&pred) {
+                return stored;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no stored event {what} within {timeout:?} (events {args:?}): {stored:#?}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// A port of the test server no earlier call of this environment
     /// returned (after `PORT`; they repeat after `SERVE_PORTS - 1`): a
     /// connection to it is a destination of its own, so a first decision

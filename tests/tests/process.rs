@@ -196,12 +196,16 @@ fn a_process_that_exits_at_once_keeps_its_name() {
     assert!(e.get("args_truncated").is_none(), "{e}");
 
     // The stored event says the same.
-    let stored =
-        json_lines(&env.cli(&["events", "--since", "10m", "-o", "json", "--parent", "sh"]));
+    let stored = env.wait_stored(
+        "of the probe, by its parent",
+        &["--parent", "sh"],
+        WAIT,
+        |r| args_of(r).contains(&marker),
+    );
     let row = stored
         .iter()
         .find(|r| args_of(r).contains(&marker))
-        .unwrap_or_else(|| panic!("the probe's event is stored with its arguments: {stored:#?}"));
+        .expect("matched above");
     assert_eq!(s(row, "exe"), probe_path, "{row}");
     assert_eq!(row["ppid"].as_u64(), Some(ppid), "{row}");
 
@@ -284,12 +288,10 @@ fn secrets_in_arguments_never_leave_the_daemon() {
         }
     };
     no_secret("the live event", &e.to_string());
-    let stored = env.cli(&["events", "--since", "10m", "-o", "json"]);
-    assert!(String::from_utf8_lossy(&stored.stdout).contains("--keep"));
-    no_secret(
-        "the stored events",
-        &String::from_utf8_lossy(&stored.stdout),
-    );
+    let stored = env.wait_stored("with its arguments", &[], WAIT, |r| {
+        args_of(r).iter().any(|a| a == "--keep")
+    });
+    no_secret("the stored events", &format!("{stored:?}"));
     let bundle = export_window(&env, &since, &now_rfc3339(), "secrets.tar.gz");
     let records = bundle_file(&bundle, "events.jsonl");
     assert!(records.contains("<redacted>"), "{records}");

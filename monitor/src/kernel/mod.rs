@@ -587,8 +587,13 @@ impl Kernel {
         // them; without their places it files nothing (and is not attached).
         let processes = match btf::process_layout(Path::new(VMLINUX_BTF), process_args_bytes) {
             Ok(layout) => {
-                let mut map: Array<MapData, monitor_common::process::Layout> =
-                    take(&mut ebpf, names::PROCESS_LAYOUT)?;
+                // Borrowed, not taken: the exec program is loaded after
+                // this, and relocates against the object's descriptor.
+                let map = ebpf
+                    .map_mut(names::PROCESS_LAYOUT)
+                    .ok_or(KernelError::MissingMap(names::PROCESS_LAYOUT))?;
+                let mut map: Array<&mut MapData, monitor_common::process::Layout> =
+                    Array::try_from(map).map_err(map_err(names::PROCESS_LAYOUT))?;
                 map.set(0, layout, 0)
                     .map_err(map_err(names::PROCESS_LAYOUT))?;
                 true
