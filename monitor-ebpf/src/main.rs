@@ -1322,13 +1322,18 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
     };
     let owner = Owner::Skb(skb);
     let socket_cgroup = owner.cgroup();
+    // The process: the one that connected the socket (below), else the
+    // sender. A packet of a socket no connect judged (an unconnected
+    // datagram, a raw or ping socket) leaves in its sender's sendmsg,
+    // whose sendmsg4 filed the flow under its tgid. Set without a branch:
+    // one here doubles what the verifier walks after it.
     let mut key = FlowKey {
         cgroup_id: socket_cgroup,
         addr,
         port,
         protocol: l4,
         _pad: 0,
-        tgid: 0,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
     };
     let state = sock_state(skb);
     // Judged before, at this destination by this cgroup: only the policy
