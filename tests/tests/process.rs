@@ -120,6 +120,24 @@ fn a_renamed_copy_in_the_same_cgroup_is_credited_as_itself() {
         "--exe /usr/bin/* finds python3 only: {python_only:#?}"
     );
 
+    // The table views name the executable too.
+    let table = env.cli_ok(&["events", "--since", "10m", "--exe", "evilbin"]);
+    eprintln!("{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains(&format!("evilbin[{evil_pid}]")) && l.contains("/evilbin")),
+        "{table}"
+    );
+    let grouped = env.cli_ok(&["flows", "--group-by", "exe,verdict"]);
+    eprintln!("{grouped}");
+    assert!(
+        grouped
+            .lines()
+            .any(|l| l.starts_with("3 ") && l.contains("/evilbin")),
+        "{grouped}"
+    );
+
     // The bundle: evilbin's event and a summary row of its own, 3 attempts.
     let bundle = export_window(&env, &since, &now_rfc3339(), "evil.tar.gz");
     let md = bundle_file(&bundle, "summary.md");
@@ -206,6 +224,7 @@ fn a_process_that_exits_at_once_keeps_its_name() {
         .iter()
         .find(|r| args_of(r).contains(&marker))
         .expect("matched above");
+    eprintln!("{row}");
     assert_eq!(s(row, "exe"), probe_path, "{row}");
     assert_eq!(row["ppid"].as_u64(), Some(ppid), "{row}");
 
@@ -287,6 +306,7 @@ fn secrets_in_arguments_never_leave_the_daemon() {
             );
         }
     };
+    eprintln!("{e}");
     no_secret("the live event", &e.to_string());
     let stored = env.wait_stored("with its arguments", &[], WAIT, |r| {
         args_of(r).iter().any(|a| a == "--keep")
@@ -307,6 +327,9 @@ fn secrets_in_arguments_never_leave_the_daemon() {
     });
     assert_eq!(s(&e, "exe"), PYTHON, "{e}");
     assert!(e.get("args").is_none(), "no arguments kept: {e}");
+    // Its parent (this test, older than the daemon) is named from /proc.
+    let me = std::env::current_exe().unwrap().display().to_string();
+    assert_eq!(s(&e, "parent_exe"), me, "{e}");
 }
 
 /// The bytes of the daemon's store files (database and write-ahead log).

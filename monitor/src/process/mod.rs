@@ -49,6 +49,13 @@ impl Default for Capture {
     }
 }
 
+/// `/proc/PID/exe` of a process directory, empty when unreadable.
+fn exe_of(dir: &Path) -> String {
+    std::fs::read_link(dir.join("exe"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
 fn nul_terminated(b: &[u8]) -> String {
     let end = b.iter().position(|c| *c == 0).unwrap_or(b.len());
     String::from_utf8_lossy(&b[..end]).into_owned()
@@ -94,11 +101,7 @@ impl Capture {
             .find_map(|l| l.strip_prefix("PPid:"))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or(0);
-        let exe = |d: &Path| {
-            std::fs::read_link(d.join("exe"))
-                .map(|p| p.display().to_string())
-                .unwrap_or_default()
-        };
+        let exe = |d: &Path| exe_of(d);
         let (args, args_truncated) = if self.args_bytes == 0 {
             (Vec::new(), false)
         } else {
@@ -202,7 +205,13 @@ impl Processes {
                 None => return,
             }
         } else {
-            self.capture.of_entry(e)
+            let mut p = self.capture.of_entry(e);
+            // A parent older than the programs: /proc names it (it is
+            // usually still there when its child's first attempt is read).
+            if p.parent_exe.is_empty() && p.ppid != 0 {
+                p.parent_exe = exe_of(&self.proc_root.join(p.ppid.to_string()));
+            }
+            p
         };
         self.keep((e.tgid, e.exec_ns), Arc::new(p));
     }
