@@ -36,7 +36,9 @@ pub mod names {
     /// `lsm=` list); where it is missing the daemon runs without it and says
     /// so. A unit test of the daemon (`kernel::tests`) checks this list
     /// against the programs in the compiled object.
-    pub const ALL_PROGRAMS: [&str; 8] = [
+    pub const ALL_PROGRAMS: [&str; 10] = [
+        PROG_PROCESS_EXEC,
+        PROG_PROCESS_EXIT,
         PROG_EGRESS,
         PROG_SENDER,
         PROG_SOCKET_CREATE,
@@ -56,6 +58,23 @@ pub mod names {
     pub const PROG_CGROUP_MADE: &str = "cgroup_made";
     /// The socket the sweep asks `judge_socket` about.
     pub const SWEEP: &str = "SWEEP";
+    /// Raw tracepoint `sched_process_exec`: files who a process is
+    /// (`process::Entry`) when it starts a program. Global, pinned, and
+    /// attached before the sock_addr hooks so they find what it filed.
+    pub const PROG_PROCESS_EXEC: &str = "process_exec";
+    /// Raw tracepoint `sched_process_exit`: removes the entry.
+    pub const PROG_PROCESS_EXIT: &str = "process_exit";
+    /// The process tracepoints: where one cannot attach, the daemon names
+    /// processes from `/proc` only and says so.
+    pub const PROCESS_PROGRAMS: [&str; 2] = [PROG_PROCESS_EXEC, PROG_PROCESS_EXIT];
+    /// Processes by tgid (`process::Entry`), bounded; what does not fit is
+    /// counted (`lost::PROCESS_FULL`).
+    pub const PROCESSES: &str = "PROCESSES";
+    /// Per-CPU room where the exec program builds an entry.
+    pub const PROCESS_SCRATCH: &str = "PROCESS_SCRATCH";
+    /// Where this kernel keeps the fields the exec program reads
+    /// (`process::Layout`), from its BTF; written by the daemon.
+    pub const PROCESS_LAYOUT: &str = "PROCESS_LAYOUT";
 
     pub const EVENTS: &str = "EVENTS";
     pub const LOST: &str = "LOST";
@@ -95,7 +114,10 @@ pub mod names {
     /// Every map, for pinning. A unit test of the daemon (`kernel::tests`)
     /// checks this list against the maps in the compiled object, so a new
     /// map cannot be left unpinned.
-    pub const ALL_MAPS: [&str; 35] = [
+    pub const ALL_MAPS: [&str; 38] = [
+        PROCESSES,
+        PROCESS_SCRATCH,
+        PROCESS_LAYOUT,
         EVENTS,
         SOCKS,
         FLOWS,
@@ -169,6 +191,106 @@ pub mod limits {
     pub const NAME_ENTRIES: u32 = 131_072;
     /// DNS queries in flight (LRU).
     pub const QUERY_ENTRIES: u32 = 16_384;
+    /// Live processes the kernel keeps an identity for (about 1.3 KiB
+    /// each); an exec that finds the table full is counted as lost.
+    pub const PROCESS_ENTRIES: u32 = 32_768;
+}
+
+/// Who a process is, as the kernel saw it start a program
+/// (`sched_process_exec`): one `Entry` per thread group, removed when it
+/// exits. A decision carries the entry's `exec_ns`; the first decision of
+/// an entry also puts the whole entry in the ring (`kind::PROCESS`), just
+/// before the decision, so a process that exits at once is still named.
+pub mod process {
+    use core::mem::{offset_of, size_of};
+
+    /// Bytes of the executable path kept (the path the exec was given).
+    pub const EXE_BYTES: usize = 256;
+    /// Bytes of arguments kept at most (`--process-args-bytes` may lower it).
+    pub const ARGS_BYTES: usize = 1024;
+
+    /// `Entry::flags`.
+    /// The entry made a decision: its exit or next exec makes its
+    /// cgroup's cached decisions stale, so a process that takes its tgid
+    /// over is judged (and reported) as itself.
+    pub const DECIDED: u32 = 1;
+    /// The entry went into the ring (`kind::PROCESS`) already.
+    pub const REPORTED: u32 = 2;
+    /// Filed by a hook for a process the exec program never saw (older
+    /// than the programs): no path or arguments; the daemon reads /proc.
+    pub const UNSEEN: u32 = 4;
+    /// The arguments were longer than what was kept.
+    pub const ARGS_TRUNCATED: u32 = 8;
+
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Entry {
+        /// CLOCK_BOOTTIME of the exec (for an `UNSEEN` entry, of its
+        /// filing): with the tgid, which program image this is.
+        pub exec_ns: u64,
+        /// The cgroup at the exec.
+        pub cgroup_id: u64,
+        pub tgid: u32,
+        /// The parent's tgid (`real_parent`), 0 when unreadable.
+        pub ppid: u32,
+        pub uid: u32,
+        pub gid: u32,
+        /// Bytes of `args` in use: the NUL-separated argument vector.
+        pub args_len: u32,
+        pub flags: u32,
+        pub comm: [u8; 16],
+        /// NUL-terminated.
+        pub exe: [u8; EXE_BYTES],
+        /// The parent's `exe`, where the parent's entry was there.
+        pub parent_exe: [u8; EXE_BYTES],
+        pub args: [u8; ARGS_BYTES],
+    }
+    const _: () = {
+        assert!(size_of::<Entry>() == 1592);
+        assert!(offset_of!(Entry, exec_ns) == 0);
+        assert!(offset_of!(Entry, cgroup_id) == 8);
+        assert!(offset_of!(Entry, tgid) == 16);
+        assert!(offset_of!(Entry, ppid) == 20);
+        assert!(offset_of!(Entry, args_len) == 32);
+        assert!(offset_of!(Entry, flags) == 36);
+        assert!(offset_of!(Entry, comm) == 40);
+        assert!(offset_of!(Entry, exe) == 56);
+        assert!(offset_of!(Entry, parent_exe) == 312);
+        assert!(offset_of!(Entry, args) == 568);
+    };
+
+    /// Version of `Record`'s layout.
+    pub const RECORD_VERSION: u16 = 1;
+
+    /// A `kind::PROCESS` ring record.
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+    pub struct Record {
+        pub header: crate::EventHeader,
+        pub entry: Entry,
+    }
+    const _: () = assert!(size_of::<Record>() == 1600);
+
+    /// Where this kernel keeps what the exec program reads, in bytes from
+    /// the start of each struct (from `/sys/kernel/btf/vmlinux`).
+    #[repr(C)]
+    #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+    pub struct Layout {
+        /// `task_struct.mm`, `.real_parent`, `.tgid`.
+        pub task_mm: u32,
+        pub task_real_parent: u32,
+        pub task_tgid: u32,
+        /// `mm_struct.arg_start`, `.arg_end`.
+        pub mm_arg_start: u32,
+        pub mm_arg_end: u32,
+        /// `linux_binprm.filename`.
+        pub bprm_filename: u32,
+        /// Argument bytes to keep (0: none), at most `ARGS_BYTES`.
+        pub args_bytes: u32,
+        /// 1 once the daemon wrote it; the exec program files nothing before.
+        pub ready: u32,
+    }
+    const _: () = assert!(size_of::<Layout>() == 32);
 }
 
 /// Defines a shared `#[repr(u8)]` enumeration: its values are the bytes the
@@ -369,13 +491,15 @@ pub mod kind {
     /// A cgroup was made somewhere on the host: a bare `EventHeader`
     /// (version 1) that wakes the daemon to classify it.
     pub const CGROUP_MADE: u16 = 3;
+    /// A process's identity (`process::Record`), before its first decision.
+    pub const PROCESS: u16 = 4;
 }
 /// Version of `DecisionEvent`'s layout. Any change to that layout (a field
 /// added, removed, resized or moved) must bump it: the daemon refuses
 /// records of a version it does not know, instead of misreading them. The
 /// offsets of each version are listed below `DecisionEvent`; the build
 /// fails until the new version's are.
-pub const DECISION_VERSION: u16 = 3;
+pub const DECISION_VERSION: u16 = 4;
 
 /// First bytes of every ring buffer record.
 #[repr(C)]
@@ -440,6 +564,9 @@ pub struct DecisionEvent {
     /// made itself). A number missing from the store is a lost event.
     pub cpu: u16,
     pub seq: u32,
+    /// `process::Entry::exec_ns` of the process that made the attempt
+    /// (with `tgid`, which program image it was), 0 when not known.
+    pub exec_ns: u64,
 }
 // The layout of each DECISION_VERSION. A changed DecisionEvent fails these
 // asserts until DECISION_VERSION is bumped and the new version's offsets are
@@ -448,10 +575,12 @@ pub struct DecisionEvent {
 //
 // Version 1 (104 bytes) ended at `mode` (99) with four bytes of padding;
 // version 2 puts `cloud_region` there and adds `name_hash` and
-// `country_source`; version 3 puts `cpu` and `seq` in the padding after it.
+// `country_source`; version 3 puts `cpu` and `seq` in the padding after it
+// (120 bytes); version 4 appends `exec_ns`.
 const _: () = match DECISION_VERSION {
-    3 => {
-        assert!(size_of::<DecisionEvent>() == 120);
+    4 => {
+        assert!(size_of::<DecisionEvent>() == 128);
+        assert!(offset_of!(DecisionEvent, exec_ns) == 120);
         assert!(offset_of!(DecisionEvent, header) == 0);
         assert!(offset_of!(DecisionEvent, boot_ns) == 8);
         assert!(offset_of!(DecisionEvent, cgroup_id) == 16);
@@ -738,10 +867,12 @@ pub struct SockState {
     /// there, or its descriptor was passed there) is judged by the
     /// sender's cgroup (the `sender` program).
     pub verdict: u8,
-    pub _pad: [u8; 4],
+    /// The process that connected it (its flow is counted under it).
+    pub tgid: u32,
 }
 const _: () = {
     assert!(size_of::<SockState>() == 40);
+    assert!(offset_of!(SockState, tgid) == 36);
     assert!(offset_of!(SockState, config_word) == 0);
     assert!(offset_of!(SockState, cgroup_id) == 8);
     assert!(offset_of!(SockState, addr) == 16);
@@ -751,7 +882,13 @@ const _: () = {
 };
 
 /// Key of FLOWS: who (the deciding cgroup: the caller's at a sock_addr
-/// hook, the socket's at egress) sent where.
+/// hook, the socket's at egress, and the process, by tgid) sent where.
+/// The tgid makes a process's first attempt its own decision and event
+/// even where another process of its cgroup is cached for the destination,
+/// at no cost to a repeat (the tgid is a helper's register, not a lookup).
+/// A tgid taken over by another program image (an exec, or a pid reused)
+/// is told apart by `FlowEntry::exec_ns` when the entry is decided again,
+/// which its cgroup's stale cache forces (`process::DECIDED`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
@@ -760,10 +897,13 @@ pub struct FlowKey {
     /// Host order.
     pub port: u16,
     pub protocol: u8,
-    pub _pad: [u8; 5],
+    pub _pad: u8,
+    /// 0 where no process is known (a packet of a socket the hooks did not see).
+    pub tgid: u32,
 }
 const _: () = {
     assert!(size_of::<FlowKey>() == 32);
+    assert!(offset_of!(FlowKey, tgid) == 28);
     assert!(offset_of!(FlowKey, cgroup_id) == 0);
     assert!(offset_of!(FlowKey, addr) == 8);
     assert!(offset_of!(FlowKey, port) == 24);
@@ -818,9 +958,12 @@ pub struct FlowEntry {
     /// The network namespace (cookie) the decision was made in: names
     /// count per namespace, so a decision answers for that one only.
     pub netns: u64,
+    /// `process::Entry::exec_ns` of the process the entry counts for.
+    pub exec_ns: u64,
 }
 const _: () = {
-    assert!(size_of::<FlowEntry>() == 128);
+    assert!(size_of::<FlowEntry>() == 136);
+    assert!(offset_of!(FlowEntry, exec_ns) == 128);
     assert!(offset_of!(FlowEntry, netns) == 120);
     assert!(offset_of!(FlowEntry, config_word) == 0);
     assert!(offset_of!(FlowEntry, valid_until_ns) == 8);
@@ -903,7 +1046,9 @@ const _: () = {
 pub mod lost {
     pub const RING_FULL: u32 = 0;
     pub const SEQ: u32 = 1;
-    pub const COUNT: u32 = 2;
+    /// Execs the process table had no room for (`limits::PROCESS_ENTRIES`).
+    pub const PROCESS_FULL: u32 = 2;
+    pub const COUNT: u32 = 3;
 }
 
 /// Indices of the FLOW_STATS per-CPU array.
@@ -1437,6 +1582,8 @@ mod pod {
     // all padding explicit, so any bit pattern is valid.
     unsafe impl aya::Pod for EventHeader {}
     unsafe impl aya::Pod for DecisionEvent {}
+    unsafe impl aya::Pod for crate::process::Entry {}
+    unsafe impl aya::Pod for crate::process::Layout {}
     unsafe impl aya::Pod for PolicyAddr {}
     unsafe impl aya::Pod for Region {}
     unsafe impl aya::Pod for RegionKey {}

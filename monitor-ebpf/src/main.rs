@@ -14,6 +14,7 @@
 #![allow(internal_features)]
 
 mod dns;
+mod process;
 
 use aya_ebpf::{
     bindings::{
@@ -47,13 +48,13 @@ const REJECT: i32 = 0;
 const UNSELECTED: u8 = 0;
 
 #[map]
-static EVENTS: RingBuf = RingBuf::with_byte_size(limits::DEFAULT_RING_BYTES, 0);
+pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(limits::DEFAULT_RING_BYTES, 0);
 /// Per CPU: at `lost::RING_FULL` the events that found the ring buffer
 /// full; at `lost::SEQ` the last sequence number given to an event this
 /// CPU put in the ring (so the daemon can tell what it read from what it
 /// kept, across its own restarts).
 #[map]
-static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNT, 0);
+pub(crate) static LOST: PerCpuArray<u64> = PerCpuArray::with_max_entries(lost::COUNT, 0);
 #[map]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
@@ -423,12 +424,15 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
         }
         return PASS;
     }
+    // The process is part of the key (see `FlowKey`): a register, not a lookup.
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = FlowKey {
         cgroup_id: task_cgroup,
         addr: attempt.addr,
         port: attempt.port,
         protocol: attempt.protocol,
-        _pad: [0; 5],
+        _pad: 0,
+        tgid,
     };
     let now = now_ns();
     // SAFETY: the context is the program's bpf_sock_addr.
@@ -453,7 +457,9 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
             );
             let verdict = verdict_of(judgement.decision.allowed, &memo.selection) as u8;
             let origin = Origin::task(task_cgroup);
+            let exec_ns = process::identify(tgid, task_cgroup, &origin.comm);
             let outcome = Outcome {
+                exec_ns,
                 word,
                 names_epoch: memo.names_epoch,
                 selected_cgroup: memo.selected_cgroup_id,
@@ -532,6 +538,8 @@ struct Outcome<'a> {
     /// Whether this decision is an attempt (a sock_addr hook), which a
     /// repeat counts, or a packet (egress), which it does not.
     attempt: bool,
+    /// The deciding process's identity (`process::identify`), 0: none.
+    exec_ns: u64,
 }
 
 /// Files a decision into FLOWS: a new entry, or the stale one made anew
@@ -568,7 +576,8 @@ fn file(
                 && (*f).policy_id == o.selection.policy_id
                 && (*f).country == j.region.country
                 && (*f).cloud_region == j.cloud_region
-                && (*f).name_hash == j.name_hash;
+                && (*f).name_hash == j.name_hash
+                && (*f).exec_ns == o.exec_ns;
             (*f).valid_until_ns = valid_until_ns;
             (*f).netns = j.netns;
             (*f).selected_cgroup_id = o.selected_cgroup;
@@ -583,6 +592,12 @@ fn file(
             (*f).rule = j.decision.rule;
             (*f).mode = o.selection.mode;
             (*f).country_source = j.source as u8;
+            // Another image under the same tgid (an exec, a reused pid):
+            // the entry counts for it from now on, named by its event.
+            (*f).exec_ns = o.exec_ns;
+            if o.exec_ns != 0 {
+                (*f).comm = origin.comm;
+            }
             core::ptr::write_volatile(core::ptr::addr_of_mut!((*f).config_word), o.word);
             if same {
                 if o.attempt {
@@ -624,6 +639,7 @@ fn file(
     entry.family = attempt.family;
     entry.hook = attempt.hook as u8;
     entry._pad = [0; 6];
+    entry.exec_ns = o.exec_ns;
     if FLOWS.insert(key, &*entry, BPF_NOEXIST).is_ok() {
         return true;
     }
@@ -674,7 +690,7 @@ fn remember(ctx: &SockAddrContext, cgroup_id: u64, word: u64, verdict: u8, attem
         port: attempt.port,
         protocol: attempt.protocol,
         verdict,
-        _pad: [0; 4],
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
     };
     // SAFETY: plain helper call; the value is copied in when created.
     let p = unsafe {
@@ -1019,6 +1035,7 @@ fn emit(attempt: &Attempt, origin: &Origin, o: &Outcome) {
     // SAFETY: a helper without arguments.
     event.cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() } as u16;
     event.seq = seq;
+    event.exec_ns = o.exec_ns;
     // Wake the daemon only once a batch waits: a wakeup per event is an
     // interrupt charged to the caller (a VM exit on a virtual machine); the
     // daemon also drains on a short timer, so a lone event waits at most
@@ -1087,6 +1104,7 @@ pub fn judge_socket(_ctx: SkBuffContext) -> i64 {
             judgement: &judgement,
             now: now_ns(),
             attempt: false,
+            exec_ns: 0,
         };
         emit(&attempt, &origin, &outcome);
     }
@@ -1176,12 +1194,14 @@ fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
     if memo.selected_cgroup_id == 0 {
         return Ok(PASS);
     }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let key = FlowKey {
         cgroup_id: cgroup,
         addr,
         port,
         protocol: l4,
-        _pad: [0; 5],
+        _pad: 0,
+        tgid,
     };
     let now = now_ns();
     // SAFETY: the context is the program's __sk_buff.
@@ -1209,7 +1229,9 @@ fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
                 port,
             };
             let origin = Origin::task(cgroup);
+            let exec_ns = process::identify(tgid, cgroup, &origin.comm);
             let outcome = Outcome {
+                exec_ns,
                 word,
                 names_epoch: memo.names_epoch,
                 selected_cgroup: memo.selected_cgroup_id,
@@ -1300,12 +1322,18 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
     };
     let owner = Owner::Skb(skb);
     let socket_cgroup = owner.cgroup();
-    let key = FlowKey {
+    // The process: the one that connected the socket (below), else the
+    // sender. A packet of a socket no connect judged (an unconnected
+    // datagram, a raw or ping socket) leaves in its sender's sendmsg,
+    // whose sendmsg4 filed the flow under its tgid. Set without a branch:
+    // one here doubles what the verifier walks after it.
+    let mut key = FlowKey {
         cgroup_id: socket_cgroup,
         addr,
         port,
         protocol: l4,
-        _pad: [0; 5],
+        _pad: 0,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
     };
     let state = sock_state(skb);
     // Judged before, at this destination by this cgroup: only the policy
@@ -1316,6 +1344,10 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
         // SAFETY: the socket's own storage, valid for this run.
         let st = unsafe { *state };
         established = st.addr == addr && st.port == port && st.cgroup_id == socket_cgroup;
+        if established {
+            // Counted with the attempts of the process that connected it.
+            key.tgid = st.tgid;
+        }
         if established && st.config_word == word {
             if st.verdict == UNSELECTED {
                 return Ok(PASS);
@@ -1398,11 +1430,15 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
             let uid = unsafe { bpf_get_socket_uid(skb) };
             let origin = Origin {
                 cgroup_id: socket_cgroup,
-                pid_tgid: 0,
+                pid_tgid: u64::from(key.tgid) << 32 | u64::from(key.tgid),
                 uid_gid: u64::from(uid),
                 comm: [0; 16],
             };
+            // SAFETY: plain data, read at once; a packet names the process
+            // that connected its socket when that process is still known.
+            let exec_ns = unsafe { process::PROCESSES.get(&key.tgid) }.map_or(0, |p| p.exec_ns);
             let outcome = Outcome {
+                exec_ns,
                 word,
                 names_epoch: memo.names_epoch,
                 selected_cgroup: memo.selected_cgroup_id,
@@ -1596,6 +1632,11 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
             judgement: &judgement,
             now: now_ns(),
             attempt: true,
+            exec_ns: process::identify(
+                (origin.pid_tgid >> 32) as u32,
+                origin.cgroup_id,
+                &origin.comm,
+            ),
         },
     );
     if verdict == Verdict::Denied {

@@ -62,6 +62,8 @@ pub struct DaemonConfig {
     pub resolvers: policy::lint::Resolvers,
     /// `--nats-url` and the publishing flags: None, no publishing.
     pub nats: Option<crate::fleet::publish::PublishArgs>,
+    /// `--process-args-bytes`, `--no-process-args`, `--redact-pattern`.
+    pub process: crate::process::Capture,
 }
 
 /// How names are learned (see `monitor_common::DnsTuning`).
@@ -375,6 +377,7 @@ fn boot(
         config.flow_entries,
         config.geo_words,
         &config.pin_dir,
+        config.process.args_bytes,
     )?;
     kernel.set_dns_tuning(config.dns.tuning())?;
     let resolvers = &config.resolvers.nets;
@@ -687,10 +690,15 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
     let ids = Arc::new(RwLock::new(PolicyIds::open(
         &config.state_dir.join("policy-ids.json"),
     )));
-    let resolver = Arc::new(Mutex::new(Resolver::new(
-        ids.clone(),
-        PathResolver::new(&mount),
-    )));
+    let mut resolver = Resolver::new(ids.clone(), PathResolver::new(&mount));
+    resolver.processes =
+        crate::process::Processes::new(config.process.clone(), std::path::Path::new("/proc"));
+    if let Err(e) = resolver.processes.open_table(kernel.pin_dir()) {
+        log::warn!("processes reported before this start are named from /proc: {e}");
+    }
+    let older = resolver.processes.read_proc();
+    log::info!("{older} running processes named from /proc");
+    let resolver = Arc::new(Mutex::new(resolver));
     let metrics = Arc::new(Metrics::new());
     metrics.register_collector(Box::new(crate::metrics::store::StoreCollector::new(
         store.clone(),

@@ -21,6 +21,7 @@ pub mod names;
 pub mod pipeline;
 pub mod policy;
 pub mod private_file;
+pub mod process;
 pub mod progress;
 pub mod state;
 pub mod statedir;

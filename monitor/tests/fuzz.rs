@@ -80,10 +80,10 @@ proptest! {
     /// A valid header over arbitrary payload decodes to some event, and
     /// enriching it never panics whatever the fields hold.
     #[test]
-    fn any_payload_with_a_valid_header_enriches(mut bytes in proptest::collection::vec(any::<u8>(), 120..=120)) {
+    fn any_payload_with_a_valid_header_enriches(mut bytes in proptest::collection::vec(any::<u8>(), 128..=128)) {
         bytes[0..2].copy_from_slice(&monitor_common::kind::DECISION.to_ne_bytes());
         bytes[2..4].copy_from_slice(&monitor_common::DECISION_VERSION.to_ne_bytes());
-        bytes[4..8].copy_from_slice(&120u32.to_ne_bytes());
+        bytes[4..8].copy_from_slice(&128u32.to_ne_bytes());
         let raw = events::decode(&bytes).expect("a valid header decodes");
         struct N;
         impl events::Names for N {

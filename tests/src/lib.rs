@@ -521,12 +521,18 @@ impl TestEnv {
     /// (moved there before it execs; nsenter execs the probe in the same
     /// process, so the pid and the cgroup carry over).
     pub fn probe_command(&self, sub: &str, args: &[&str]) -> Command {
+        self.workload_command(sub, &probe_bin(), args)
+    }
+
+    /// `program ARGS` as a workload of cgroup `sub`, in the client
+    /// namespace, as `probe_command` runs the probe.
+    pub fn workload_command(&self, sub: &str, program: &Path, args: &[&str]) -> Command {
         let procs = self.cgroup(sub).join("cgroup.procs");
         // nsenter joins only the network namespace (`ip netns exec` would
         // also remount /sys, hiding the cgroup tree from the probe).
         let mut cmd = Command::new("nsenter");
         cmd.arg(format!("--net=/run/netns/{}", self.client_ns))
-            .arg(probe_bin())
+            .arg(program)
             .args(args);
         // SAFETY: only async-signal-safe work between fork and exec: one
         // open/write/close through std::fs on a path computed before fork.
@@ -1139,6 +1145,33 @@ impl TestEnv {
             "status never showed {what} within {timeout:?}; last: {last:#}\nlog:\n{}",
             self.log()
         );
+    }
+
+    /// Polls the store (`events --since 10m -o json ARGS`) until an event
+    /// matches `pred` (the writer stores a batch within a second); returns
+    /// every event the last query gave, or panics with them.
+    pub fn wait_stored(
+        &self,
+        what: &str,
+        args: &[&str],
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
+        let mut all = vec!["events", "--since", "10m", "-o", "json"];
+        all.extend_from_slice(args);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let stored = json_lines(&self.cli(&all));
+            if stored.iter().any(&pred) {
+                return stored;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no stored event {what} within {timeout:?} (events {args:?}): {stored:#?}\nlog:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// A port of the test server no earlier call of this environment

@@ -422,9 +422,16 @@ fn a_workload_named_with_markdown_cannot_forge_the_summary() {
     );
     let rows = summary::table_rows(&md, "## Denied attempts");
     assert_eq!(rows.len(), 1, "one denied flow, one row: {md}");
+    // The process cell: the comm, then the executable (the path exec was
+    // given, which holds the same hostile name), both shown literally.
     assert!(
-        rows[0].contains(r"| x\|\\x0a\# Forged |"),
+        rows[0].contains(r"| x\|\\x0a\# Forged (/"),
         "the comm shown literally, in its own cell: {}",
+        rows[0]
+    );
+    assert!(
+        rows[0].contains(r"/x\|\\x0a\# Forged) |"),
+        "the executable shown literally, in the same cell: {}",
         rows[0]
     );
 }

@@ -25,6 +25,60 @@ pub struct Filter {
     /// `-` among the name filters: events without a name match.
     unnamed: bool,
     cloud_regions: Vec<crate::cloud::RegionPattern>,
+    exes: Option<ExeGlobs>,
+    parent_pids: HashSet<u32>,
+    parent_exes: Option<ExeGlobs>,
+}
+
+/// Globs over executables: a pattern with a `/` over the whole path,
+/// one without over the file name (`python3` matches `/usr/bin/python3`).
+#[derive(Debug)]
+struct ExeGlobs {
+    paths: GlobSet,
+    names: GlobSet,
+}
+
+impl ExeGlobs {
+    fn compile<'a>(
+        field: &str,
+        patterns: impl Iterator<Item = (usize, &'a String)>,
+    ) -> Result<Option<Self>, Status> {
+        let (mut paths, mut names, mut any) = (GlobSetBuilder::new(), GlobSetBuilder::new(), false);
+        for (i, p) in patterns {
+            if p.is_empty() {
+                return Err(bad(field, i, "an empty pattern matches nothing".into()));
+            }
+            let glob = GlobBuilder::new(p)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| bad(field, i, format!("{p:?}: {e}")))?;
+            if p.contains('/') {
+                paths.add(glob);
+            } else {
+                names.add(glob);
+            }
+            any = true;
+        }
+        if !any {
+            return Ok(None);
+        }
+        let built = |b: GlobSetBuilder| {
+            b.build()
+                .map_err(|e| Status::invalid_argument(format!("filter.{field}: {e}")))
+        };
+        Ok(Some(Self {
+            paths: built(paths)?,
+            names: built(names)?,
+        }))
+    }
+
+    fn is_match(&self, exe: &str) -> bool {
+        if exe.is_empty() {
+            return false;
+        }
+        let name = exe.rsplit('/').next().unwrap_or(exe);
+        self.paths.is_match(exe) || self.names.is_match(name)
+    }
 }
 
 /// The protocols events name (`events::protocol_name`): the sock_addr
@@ -79,9 +133,20 @@ impl Filter {
             ("pod_uids", &f.pod_uids),
             ("names", &f.names),
             ("cloud_regions", &f.cloud_regions),
+            ("exes", &f.exes),
+            ("parents", &f.parents),
         ] {
             bounded(field, list)?;
         }
+        out.exes = ExeGlobs::compile("exes", f.exes.iter().enumerate())?;
+        out.parent_pids = f.parents.iter().filter_map(|p| p.parse().ok()).collect();
+        out.parent_exes = ExeGlobs::compile(
+            "parents",
+            f.parents
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| p.parse::<u32>().is_err()),
+        )?;
         for (field, n) in [
             ("ports", f.ports.len()),
             ("pids", f.pids.len()),
@@ -212,6 +277,8 @@ impl Filter {
             || self.names.is_some()
             || self.unnamed
             || !self.cloud_regions.is_empty()
+            || self.exes.is_some()
+            || self.by_parent()
         {
             return None;
         }
@@ -246,10 +313,14 @@ impl Filter {
         })
     }
 
-    /// Whether the filter names processes (pid, uid): flows do not keep
-    /// them, so flow queries must read the events.
+    /// Whether the filter names processes (pid, uid, parent): flows do
+    /// not keep them, so flow queries must read the events.
     pub fn by_process(&self) -> bool {
-        !self.pids.is_empty() || !self.uids.is_empty()
+        !self.pids.is_empty() || !self.uids.is_empty() || self.by_parent()
+    }
+
+    fn by_parent(&self) -> bool {
+        !self.parent_pids.is_empty() || self.parent_exes.is_some()
     }
 
     pub fn matches(&self, e: &Event) -> bool {
@@ -282,6 +353,13 @@ impl Filter {
                     .cloud_regions
                     .iter()
                     .any(|p| p.matches(&e.cloud, &e.cloud_region)))
+            && self.exes.as_ref().is_none_or(|g| g.is_match(&e.exe))
+            && (!self.by_parent()
+                || self.parent_pids.contains(&e.ppid)
+                || self
+                    .parent_exes
+                    .as_ref()
+                    .is_some_and(|g| g.is_match(&e.parent_exe)))
     }
 }
 
@@ -396,6 +474,43 @@ mod tests {
             p.policies = vec!["other".into()];
         })
         .matches(&e));
+    }
+
+    /// Executables match by file name or by whole path; parents by ppid
+    /// or by their executable; an event without a process matches neither.
+    #[test]
+    fn exe_and_parent_filters() {
+        let e = Event {
+            exe: "/tmp/x/evilbin".into(),
+            ppid: 7,
+            parent_exe: "/usr/bin/bash".into(),
+            ..ev()
+        };
+        assert!(f(|p| p.exes = vec!["evilbin".into()]).matches(&e));
+        assert!(f(|p| p.exes = vec!["evil*".into()]).matches(&e));
+        assert!(f(|p| p.exes = vec!["/tmp/*/evilbin".into()]).matches(&e));
+        assert!(!f(|p| p.exes = vec!["python3".into()]).matches(&e));
+        assert!(!f(|p| p.exes = vec!["/evilbin".into()]).matches(&e));
+        assert!(f(|p| p.parents = vec!["7".into()]).matches(&e));
+        assert!(f(|p| p.parents = vec!["bash".into()]).matches(&e));
+        assert!(!f(|p| p.parents = vec!["8".into(), "sh".into()]).matches(&e));
+        assert!(!f(|p| p.exes = vec!["*".into()]).matches(&ev()));
+        let s = Filter::compile(pb::EventFilter {
+            exes: vec!["ok".into(), "".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(s.code(), tonic::Code::InvalidArgument);
+        assert_eq!(
+            s.message(),
+            "filter.exes[1]: an empty pattern matches nothing"
+        );
+        let s = Filter::compile(pb::EventFilter {
+            parents: vec!["[".into()],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(s.message().starts_with("filter.parents[0]: \"[\""), "{s}");
     }
 
     #[test]

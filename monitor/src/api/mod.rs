@@ -54,6 +54,7 @@ impl From<crate::store::query::Flow> for pb::Flow {
             packets: f.packets,
             bytes: f.bytes,
             node: String::new(),
+            exe: f.exe,
         }
     }
 }
@@ -64,6 +65,7 @@ impl From<&pb::Flow> for crate::store::query::Flow {
             cgroup_path: f.cgroup_path.clone(),
             pod_uid: f.pod_uid.clone(),
             comm: f.comm.clone(),
+            exe: f.exe.clone(),
             dst_ip: f.dst_ip.clone(),
             dst_port: u16::try_from(f.dst_port).unwrap_or(u16::MAX),
             protocol: f.protocol.clone(),
@@ -127,6 +129,11 @@ impl From<&Event> for pb::Event {
                 listed: d.listed,
             }),
             node: String::new(),
+            exe: e.exe.clone(),
+            args: e.args.clone(),
+            args_truncated: e.args_truncated,
+            ppid: e.ppid,
+            parent_exe: e.parent_exe.clone(),
             chain_prev: String::new(),
         }
     }
@@ -159,6 +166,11 @@ impl From<pb::Event> for Event {
             container_id: e.container_id,
             runtime: e.runtime,
             systemd_unit: e.systemd_unit,
+            exe: e.exe,
+            args: e.args,
+            args_truncated: e.args_truncated,
+            ppid: e.ppid,
+            parent_exe: e.parent_exe,
             country_source: crate::events::known_name(&e.country_source),
             dns_name: e.dns_name,
             dns_cname: e.dns_cname,

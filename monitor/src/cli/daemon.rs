@@ -168,6 +168,22 @@ pub struct DaemonArgs {
     /// A DNS record counts at most this many seconds, whatever its TTL
     #[arg(long, default_value_t = 86_400)]
     pub dns_max_ttl: u32,
+    /// Bytes of each process's arguments kept on its events (the first
+    /// ones; at most 1024). Secrets in them are redacted (see
+    /// --redact-pattern)
+    #[arg(long, default_value_t = monitor_common::process::ARGS_BYTES as u32, value_parser = clap::value_parser!(u32).range(1..=monitor_common::process::ARGS_BYTES as i64))]
+    pub process_args_bytes: u32,
+    /// Keep no arguments at all: events name a process by its executable
+    /// and parent only
+    #[arg(long, conflicts_with = "process_args_bytes")]
+    pub no_process_args: bool,
+    /// Also redact what this regular expression matches in arguments
+    /// (repeatable); built in: values of flags and KEY=value arguments
+    /// named like a secret (--password, --token, --api-key, ...),
+    /// Authorization: header values, passwords in URLs, AWS access key
+    /// ids, JWTs
+    #[arg(long, value_name = "REGEX")]
+    pub redact_pattern: Vec<String>,
     #[command(flatten)]
     pub publish: crate::fleet::publish::PublishArgs,
 }
@@ -218,7 +234,16 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
             tls_admin_names: args.tls_admin_name.clone(),
         },
     };
+    let process = crate::process::Capture {
+        args_bytes: if args.no_process_args {
+            0
+        } else {
+            args.process_args_bytes
+        },
+        redactor: crate::process::Redactor::new(&args.redact_pattern)?,
+    };
     let config = DaemonConfig {
+        process,
         api,
         pin_dir: args.pin_dir,
         detach_on_exit: args.detach_on_exit,

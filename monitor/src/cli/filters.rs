@@ -44,6 +44,14 @@ pub struct FilterArgs {
     /// (repeatable).
     #[arg(long)]
     pub cloud_region: Vec<String>,
+    /// The process's executable: a glob over its file name (python3,
+    /// 'evil*') or, with a '/', over its path ('/usr/bin/*') (repeatable).
+    #[arg(long)]
+    pub exe: Vec<String>,
+    /// The parent process: its pid, or a glob over its executable as
+    /// --exe (repeatable).
+    #[arg(long)]
+    pub parent: Vec<String>,
 }
 
 impl FilterArgs {
@@ -62,6 +70,8 @@ impl FilterArgs {
             pod_uids: self.pod.clone(),
             names: self.name.clone(),
             cloud_regions: self.cloud_region.clone(),
+            exes: self.exe.clone(),
+            parents: self.parent.clone(),
         }
     }
 

@@ -25,9 +25,9 @@ pub struct FlowsArgs {
     /// End of the window, in any form --since takes (default: now).
     #[arg(long)]
     pub until: Option<String>,
-    /// Group by (comma-separated): cgroup, pod, process, country, continent,
-    /// destination, port, protocol, verdict, policy, name (the DNS name),
-    /// cloud (the cloud region).
+    /// Group by (comma-separated): cgroup, pod, process (the comm), exe
+    /// (the executable), country, continent, destination, port, protocol,
+    /// verdict, policy, name (the DNS name), cloud (the cloud region).
     #[arg(long, value_delimiter = ',')]
     pub group_by: Vec<String>,
     /// count (largest first), first_seen, last_seen, destination.
@@ -191,6 +191,7 @@ pub fn print(
                     &f.cloud_region,
                     &f.packets.to_string(),
                     &f.bytes.to_string(),
+                    &f.exe,
                 ])?;
             }
             w.flush()?;
@@ -205,7 +206,7 @@ pub fn print(
                 }
             };
             println!(
-                "{}{:<8} {:>9} {:<24} {:<24} {:<10} {:<28} {:<16} {:<28} {:<28} {:<22} POLICY",
+                "{}{:<8} {:>9} {:<24} {:<24} {:<10} {:<28} {:<16} {:<24} {:<28} {:<28} {:<22} POLICY",
                 node_cell("NODE"),
                 "COUNT",
                 "SENT",
@@ -214,6 +215,7 @@ pub fn print(
                 "VERDICT",
                 "CGROUP",
                 "PROCESS",
+                "EXE",
                 "NAME",
                 "DESTINATION",
                 "PLACE"
@@ -221,7 +223,7 @@ pub fn print(
             for f in flows {
                 let short = |t: &str| t.get(..23).map(|t| format!("{t}Z")).unwrap_or_default();
                 println!(
-                    "{}{:<8} {:>9} {:<24} {:<24} {:<10} {:<28} {:<16} {:<28} {:<28} {:<22} {}",
+                    "{}{:<8} {:>9} {:<24} {:<24} {:<10} {:<28} {:<16} {:<24} {:<28} {:<28} {:<22} {}",
                     node_cell(&f.node),
                     f.count,
                     sent(f.bytes),
@@ -237,6 +239,7 @@ pub fn print(
                         }
                     ),
                     kept.cell("process", &f.comm),
+                    kept.cell("exe", &f.exe),
                     kept.cell("name", &f.dns_name),
                     kept.dest(f),
                     kept.place(f),

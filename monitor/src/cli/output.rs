@@ -21,11 +21,12 @@ pub struct Printer {
 /// Width of the NODE column of fleet output.
 pub const NODE_WIDTH: usize = 14;
 
-const COLUMNS: [(&str, usize); 10] = [
+const COLUMNS: [(&str, usize); 11] = [
     ("TIME", 24),
     ("VERDICT", 10),
     ("HOOK", 8),
     ("PROCESS", 18),
+    ("EXE", 24),
     ("CGROUP", 26),
     ("NAME", 26),
     ("DESTINATION", 30),
@@ -142,6 +143,11 @@ impl Printer {
                     e.verdict.clone(),
                     e.hook.clone(),
                     process,
+                    if e.exe.is_empty() {
+                        "-".into()
+                    } else {
+                        e.exe.clone()
+                    },
                     e.cgroup_path.clone(),
                     name(&e.dns_name).to_string(),
                     dst,
@@ -154,7 +160,7 @@ impl Printer {
                     line.push_str(&format!("{:<NODE_WIDTH$} ", fit(&e.node, NODE_WIDTH)));
                 }
                 for (i, ((_, w), v)) in COLUMNS.iter().zip(values.iter()).enumerate() {
-                    let fitted = if COLUMNS[i].0 == "DESTINATION" {
+                    let fitted = if COLUMNS[i].0 == "DESTINATION" || COLUMNS[i].0 == "EXE" {
                         fit_middle(v, *w)
                     } else {
                         fit(v, *w)

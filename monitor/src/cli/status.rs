@@ -118,6 +118,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             "events          since the start: allowed {}  denied {}  would_deny {}  drift alerts {}  lost in kernel {}  undecodable {}  missed by slow clients {}; stream clients now {}",
             c.allowed, c.denied, c.would_deny, c.drift_alerts, c.lost_in_kernel, c.undecodable, c.dropped_slow_clients, c.stream_clients
         );
+        println!(
+            "processes       execs the kernel's process table had no room for: {}",
+            c.processes_lost
+        );
     }
     if let Some(st) = &s.store {
         println!(

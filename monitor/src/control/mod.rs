@@ -37,6 +37,8 @@ pub struct Resolver {
     infos: std::collections::HashMap<u64, Arc<events::CgroupInfo>>,
     /// The cloud snapshot in force, for region names.
     pub cloud: Arc<CloudRanges>,
+    /// Who runs what (see `process`).
+    pub processes: crate::process::Processes,
 }
 
 /// Cgroups whose attribution the resolver keeps at once.
@@ -49,6 +51,10 @@ impl Resolver {
             paths,
             infos: std::collections::HashMap::new(),
             cloud: Arc::default(),
+            processes: crate::process::Processes::new(
+                crate::process::Capture::default(),
+                std::path::Path::new("/proc"),
+            ),
         }
     }
 }
@@ -83,6 +89,12 @@ impl events::Names for Resolver {
         self.cloud
             .region_name(id)
             .map(|(p, r)| (p.to_string(), r.to_string()))
+    }
+    fn process(&mut self, tgid: u32, exec_ns: u64) -> Option<Arc<crate::process::Process>> {
+        self.processes.lookup(tgid, exec_ns)
+    }
+    fn learn_process(&mut self, entry: &monitor_common::process::Entry) {
+        self.processes.learn(entry);
     }
 }
 

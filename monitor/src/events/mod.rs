@@ -22,6 +22,8 @@ pub enum DecodeError {
     Version(u16),
     #[error("DNS event version {0} is not understood (expected {DNS_VERSION})")]
     DnsVersion(u16),
+    #[error("process record version {0} is not understood (expected {expected})", expected = monitor_common::process::RECORD_VERSION)]
+    ProcessVersion(u16),
 }
 
 /// A ring buffer record: a decision, or a DNS answer the kernel learned from.
@@ -31,6 +33,22 @@ pub enum Record {
     Dns(Box<DnsEvent>),
     /// A cgroup was made (see `kind::CGROUP_MADE`).
     CgroupMade,
+    /// A process, before its first decision (see `kind::PROCESS`).
+    Process(Box<monitor_common::process::Entry>),
+}
+
+/// Reads a record of type `T` whose header says `len`, checked against
+/// the record's and the type's size.
+fn read_sized<T>(bytes: &[u8], len: u32) -> Result<T, DecodeError> {
+    if len as usize != size_of::<T>() || bytes.len() < size_of::<T>() {
+        return Err(DecodeError::Length {
+            header: len,
+            actual: bytes.len(),
+        });
+    }
+    // SAFETY: the length is checked, read_unaligned copes with any
+    // alignment, and the callers' types are plain data valid for any bits.
+    Ok(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
 /// Checks the header and reads either kind of record.
@@ -42,6 +60,14 @@ pub fn decode_record(bytes: &[u8]) -> Result<Record, DecodeError> {
     let header: EventHeader = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
     if header.kind == kind::CGROUP_MADE {
         return Ok(Record::CgroupMade);
+    }
+    if header.kind == kind::PROCESS {
+        use monitor_common::process::{Record as ProcessRecord, RECORD_VERSION};
+        if header.version != RECORD_VERSION {
+            return Err(DecodeError::ProcessVersion(header.version));
+        }
+        let r: ProcessRecord = read_sized(bytes, header.len)?;
+        return Ok(Record::Process(Box::new(r.entry)));
     }
     if header.kind != kind::DNS {
         return decode(bytes).map(Record::Decision);
@@ -229,6 +255,21 @@ pub struct Event {
     /// The systemd unit outside pods (the user unit below `user@UID.service`).
     #[serde(skip_serializing_if = "String::is_empty", default)]
     pub systemd_unit: String,
+    /// The process (see `process::Process`); each is left out of the JSON
+    /// when not known. The executable as the exec was given it.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub exe: String,
+    /// Its arguments, secrets redacted.
+    #[serde(skip_serializing_if = "Vec::is_empty", default)]
+    pub args: Vec<String>,
+    /// More arguments than were kept.
+    #[serde(skip_serializing_if = "std::ops::Not::not", default)]
+    pub args_truncated: bool,
+    /// The parent's tgid and executable.
+    #[serde(skip_serializing_if = "is_zero_u32", default)]
+    pub ppid: u32,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub parent_exe: String,
     /// On a drift alert (verdict `drift`, rule `baseline`) only: what was
     /// new, and what it was compared to. The alert's other fields are
     /// those of the attempt that raised it.
@@ -334,6 +375,16 @@ pub trait Names {
     fn cloud_region(&self, _id: u32) -> Option<(String, String)> {
         None
     }
+    /// The process `tgid` whose program image started at `exec_ns`.
+    fn process(
+        &mut self,
+        _tgid: u32,
+        _exec_ns: u64,
+    ) -> Option<std::sync::Arc<crate::process::Process>> {
+        None
+    }
+    /// A process the kernel reported (`Record::Process`).
+    fn learn_process(&mut self, _entry: &monitor_common::process::Entry) {}
 }
 
 pub fn country_source_name(s: u8) -> &'static str {
@@ -388,7 +439,23 @@ pub fn enrich(raw: &DecisionEvent, boot_to_unix_ns: i128, names: &mut impl Names
     let cg = names.cgroup(raw.cgroup_id);
     event.cgroup_path.clone_from(&cg.path);
     cg.attribute(&mut event);
+    if raw.tgid != 0 {
+        if let Some(p) = names.process(raw.tgid, raw.exec_ns) {
+            event.set_process(&p);
+        }
+    }
     event
+}
+
+impl Event {
+    /// Copies a process's identity into the event.
+    pub fn set_process(&mut self, p: &crate::process::Process) {
+        self.exe.clone_from(&p.exe);
+        self.args.clone_from(&p.args);
+        self.args_truncated = p.args_truncated;
+        self.ppid = p.ppid;
+        self.parent_exe.clone_from(&p.parent_exe);
+    }
 }
 
 pub fn rfc3339_nanos(unix_nanos: i128) -> String {
@@ -460,6 +527,7 @@ mod tests {
             _pad: 0,
             cpu: 0,
             seq: 0,
+            exec_ns: 0,
         }
     }
 

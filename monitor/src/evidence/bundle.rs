@@ -815,6 +815,7 @@ pub(super) fn flow_row<W: std::io::Write>(
         &f.cloud_region,
         &f.packets.to_string(),
         &f.bytes.to_string(),
+        &f.exe,
     ])?;
     Ok(())
 }

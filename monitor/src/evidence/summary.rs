@@ -533,7 +533,7 @@ fn flow_table(m: &mut String, all: &[&Flow], counted: bool) {
             f.count,
             Sent::of(f, counted).words(&f.verdict, &f.protocol),
             md(&f.cgroup_path),
-            md(&f.comm),
+            md(&process(f)),
             dest(f),
             md(dash(&f.country)),
             md(&f.policy)
@@ -545,6 +545,15 @@ fn flow_table(m: &mut String, all: &[&Flow], counted: bool) {
             "\n... and {more} more flows ({} in all; the {TABLE_ROWS} largest are shown, every one is in flows.csv).",
             all.len()
         );
+    }
+}
+
+/// A flow's process: its comm, and its executable where known.
+fn process(f: &Flow) -> String {
+    if f.exe.is_empty() {
+        f.comm.clone()
+    } else {
+        format!("{} ({})", f.comm, f.exe)
     }
 }
 

@@ -5,6 +5,7 @@
 //! the daemon fills the idle slot completely, then switches `CONFIG` with a
 //! single write of one word, so no connection is ever judged by half a
 //! policy set.
+pub mod btf;
 pub mod floor;
 pub mod foreign;
 pub mod lookup_bench;
@@ -299,6 +300,23 @@ fn attach(
                 .try_into()
                 .map_err(link_error)?
         }
+        names::PROG_PROCESS_EXEC | names::PROG_PROCESS_EXIT => {
+            // Global raw tracepoints: they file who runs what, host-wide
+            // (a selected cgroup may gain any process), and cost an exec
+            // or an exit, never a connection.
+            let prog: &mut aya::programs::RawTracePoint =
+                program.try_into().map_err(program_error)?;
+            if prog.fd().is_err() {
+                prog.load().map_err(program_error)?;
+            }
+            let tracepoint = if name == names::PROG_PROCESS_EXEC {
+                "sched_process_exec"
+            } else {
+                "sched_process_exit"
+            };
+            let id = prog.attach(tracepoint).map_err(program_error)?;
+            prog.take_link(id).map_err(program_error)?.into()
+        }
         names::PROG_SOCKET_CREATE => {
             // Global (an LSM hook); it judges by the caller's cgroup. It
             // only runs where the BPF LSM is active.
@@ -413,6 +431,7 @@ fn attach_all(
     ebpf: &mut Ebpf,
     cgroup_root: &Path,
     pins: &Path,
+    processes: bool,
 ) -> Result<Vec<Attached>, KernelError> {
     let cgroup = std::fs::File::open(cgroup_root).map_err(|source| KernelError::Cgroup {
         path: cgroup_root.into(),
@@ -420,6 +439,10 @@ fn attach_all(
     })?;
     let mut attached = Vec::new();
     for name in names::ALL_PROGRAMS {
+        let process_program = names::PROCESS_PROGRAMS.contains(&name);
+        if process_program && !processes {
+            continue;
+        }
         let pin = link_pin(pins, name);
         let link_info = if pin.exists() {
             // Adopt: the pinned link keeps our program attached.
@@ -447,6 +470,10 @@ fn attach_all(
                     log::warn!("packet sockets (AF_PACKET) cannot be refused on this host: {text}; drop CAP_NET_RAW from workloads instead");
                     continue;
                 }
+                Err(e) if process_program => {
+                    log::warn!("{}: {e}", PROCESSES_FROM_PROC);
+                    continue;
+                }
                 Err(e) => return Err(e),
             };
             let info = link
@@ -464,6 +491,11 @@ fn attach_all(
     }
     Ok(attached)
 }
+
+/// The kernel's own BTF, where the exec program's fields are found.
+const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+/// What the daemon says when the kernel cannot file processes.
+const PROCESSES_FROM_PROC: &str = "processes are named from /proc only (one that exits before its event is read keeps only its comm)";
 
 /// Identifies this build's programs: pins of another build are replaced.
 pub fn build_id() -> String {
@@ -484,6 +516,7 @@ impl Kernel {
         flow_entries: u32,
         geo_words: u32,
         pin_base: &Path,
+        process_args_bytes: u32,
     ) -> Result<(Self, RingBuf<MapData>, Vec<OldPins>), KernelError> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
@@ -551,7 +584,27 @@ impl Kernel {
                 .map_err(|e| KernelError::Lsm(format!("random name-hash key: {e}")))?;
             u64::from_ne_bytes(b) | 1
         };
-        let attached = attach_all(&mut ebpf, cgroup_root, &pins)?;
+        // The exec program reads kernel structs where this kernel keeps
+        // them; without their places it files nothing (and is not attached).
+        let processes = match btf::process_layout(Path::new(VMLINUX_BTF), process_args_bytes) {
+            Ok(layout) => {
+                // Borrowed, not taken: the exec program is loaded after
+                // this, and relocates against the object's descriptor.
+                let map = ebpf
+                    .map_mut(names::PROCESS_LAYOUT)
+                    .ok_or(KernelError::MissingMap(names::PROCESS_LAYOUT))?;
+                let mut map: Array<&mut MapData, monitor_common::process::Layout> =
+                    Array::try_from(map).map_err(map_err(names::PROCESS_LAYOUT))?;
+                map.set(0, layout, 0)
+                    .map_err(map_err(names::PROCESS_LAYOUT))?;
+                true
+            }
+            Err(e) => {
+                log::warn!("{PROCESSES_FROM_PROC}: {e}");
+                false
+            }
+        };
+        let attached = attach_all(&mut ebpf, cgroup_root, &pins, processes)?;
         if let Err(e) = watch_cgroups_made(&mut ebpf) {
             log::warn!(
                 "new cgroups are classified when a watched parent first refuses one of their attempts, not when they are made: {e}"

@@ -177,6 +177,16 @@ fn per_cpu_sums(
         .collect()
 }
 
+impl Probe {
+    /// One `lost` counter, all CPUs.
+    fn lost(&self, index: u32) -> u64 {
+        self.lost
+            .get(&index, 0)
+            .map(|values| values.iter().sum())
+            .unwrap_or_default()
+    }
+}
+
 impl KernelProbe for Probe {
     fn dns_stats(&self) -> Vec<(&'static str, u64)> {
         per_cpu_sums(&self.dns_stats, &monitor_common::dns::stat::NAMES)
@@ -191,10 +201,11 @@ impl KernelProbe for Probe {
     }
 
     fn lost_events(&self) -> u64 {
-        self.lost
-            .get(&monitor_common::lost::RING_FULL, 0)
-            .map(|values| values.iter().sum())
-            .unwrap_or_default()
+        self.lost(monitor_common::lost::RING_FULL)
+    }
+
+    fn processes_lost(&self) -> u64 {
+        self.lost(monitor_common::lost::PROCESS_FULL)
     }
 
     fn programs(&self) -> Programs {

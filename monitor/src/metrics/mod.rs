@@ -88,6 +88,8 @@ struct BuildLabels {
 #[derive(Debug, Default)]
 pub struct Snapshot<'a> {
     pub lost_in_kernel: u64,
+    /// Execs the kernel's process table had no room for.
+    pub processes_lost: u64,
     pub undecodable: u64,
     pub missed_by_slow_clients: u64,
     pub stream_clients: u64,
@@ -125,6 +127,7 @@ pub struct Metrics {
     /// reused for another name.
     decision_cache: Mutex<HashMap<DecisionKey, Counter>>,
     lost: Counter,
+    processes_lost: Counter,
     undecodable: Counter,
     missed: Counter,
     clients: Gauge,
@@ -169,6 +172,7 @@ impl Metrics {
             decisions: Family::default(),
             decision_cache: Mutex::new(HashMap::new()),
             lost: Counter::default(),
+            processes_lost: Counter::default(),
             undecodable: Counter::default(),
             missed: Counter::default(),
             clients: Gauge::default(),
@@ -209,6 +213,11 @@ impl Metrics {
                 "events_lost",
                 "Decision events the kernel could not queue (ring buffer full)",
                 m.lost.clone(),
+            );
+            r.register(
+                "processes_lost",
+                "Execs the kernel's process table had no room for (their events name the process from /proc, or by comm only)",
+                m.processes_lost.clone(),
             );
             r.register(
                 "events_undecodable",
@@ -423,6 +432,7 @@ impl Metrics {
     /// Brings the scrape-time values up to date.
     fn refresh(&self, s: &Snapshot) {
         Self::sync_counter(&self.lost, s.lost_in_kernel);
+        Self::sync_counter(&self.processes_lost, s.processes_lost);
         Self::sync_counter(&self.undecodable, s.undecodable);
         Self::sync_counter(&self.missed, s.missed_by_slow_clients);
         self.clients.set(s.stream_clients as i64);
@@ -557,6 +567,7 @@ pub async fn scrape(view: &crate::state::View, metrics: &Arc<Metrics>) -> String
     let policies: Vec<CompiledPolicy> = s.policies.iter().map(|p| p.policy.clone()).collect();
     let snapshot = Snapshot {
         lost_in_kernel: view.kernel.lost_events(),
+        processes_lost: view.kernel.processes_lost(),
         undecodable: view.counters.undecodable.load(Ordering::Relaxed),
         missed_by_slow_clients: view.streams.missed.load(Ordering::Relaxed),
         stream_clients: view.streams.clients.load(Ordering::Relaxed),
@@ -624,6 +635,7 @@ mod tests {
         m.reload(true);
         let text = m.render(&Snapshot {
             lost_in_kernel: 7,
+            processes_lost: 3,
             undecodable: 2,
             policy_generation: 4,
             ..Default::default()
@@ -635,6 +647,7 @@ mod tests {
             "egress_monitor_policy_reloads_total{result=\"ok\"} 2",
             "egress_monitor_policy_reloads_total{result=\"failed\"} 1",
             "egress_monitor_events_lost_total 7",
+            "egress_monitor_processes_lost_total 3",
             "egress_monitor_events_undecodable_total 2",
             "egress_monitor_policy_generation 4",
         ] {

@@ -53,7 +53,8 @@ pub fn key_bytes(k: &FlowKey) -> Vec<u8> {
     v.extend_from_slice(&k.addr);
     v.extend_from_slice(&k.port.to_le_bytes());
     v.push(k.protocol);
-    v.extend_from_slice(&[0; 5]);
+    v.push(0);
+    v.extend_from_slice(&k.tgid.to_le_bytes());
     v
 }
 
@@ -66,7 +67,8 @@ pub fn key_of(b: &[u8]) -> Option<FlowKey> {
         addr: b[8..24].try_into().ok()?,
         port: u16::from_le_bytes(b[24..26].try_into().ok()?),
         protocol: b[26],
-        _pad: [0; 5],
+        _pad: 0,
+        tgid: u32::from_le_bytes(b[28..32].try_into().ok()?),
     })
 }
 
@@ -94,7 +96,9 @@ fn as_record(k: &FlowKey, e: &FlowEntry) -> DecisionEvent {
         cgroup_id: k.cgroup_id,
         selected_cgroup_id: e.selected_cgroup_id,
         pid: 0,
-        tgid: 0,
+        // The process the entry counts for (see `FlowKey`), named by
+        // enrichment like an event's.
+        tgid: k.tgid,
         uid: 0,
         gid: 0,
         policy_id: e.policy_id,
@@ -116,6 +120,7 @@ fn as_record(k: &FlowKey, e: &FlowEntry) -> DecisionEvent {
         _pad: 0,
         cpu: 0,
         seq: 0,
+        exec_ns: e.exec_ns,
     }
 }
 
@@ -333,7 +338,8 @@ mod tests {
             addr: [7; 16],
             port: 8443,
             protocol: 17,
-            _pad: [0; 5],
+            _pad: 0,
+            tgid: 0x0a0b_0c0d,
         };
         assert_eq!(key_of(&key_bytes(&k)), Some(k));
         assert_eq!(key_of(&[1, 2, 3]), None, "a short key is refused");

@@ -178,6 +178,7 @@ fn drain_into<N: Names>(
         match decode_record(&item) {
             Ok(Record::Dns(raw)) => outlets.learn(&raw),
             Ok(Record::CgroupMade) => outlets.wake.unclassified.notify_one(),
+            Ok(Record::Process(entry)) => names.learn_process(&entry),
             Ok(Record::Decision(raw)) => {
                 if raw.rule == monitor_common::Rule::Unclassified as u8 {
                     outlets.wake.unclassified.notify_one();

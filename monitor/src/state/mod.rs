@@ -77,6 +77,10 @@ pub struct Program {
 pub trait KernelProbe: Send + Sync {
     /// Events the kernel could not queue (ring buffer full), all CPUs.
     fn lost_events(&self) -> u64;
+    /// Execs the kernel's process table had no room for, all CPUs.
+    fn processes_lost(&self) -> u64 {
+        0
+    }
     /// Our programs as the kernel has them now (not as remembered).
     fn programs(&self) -> Programs;
     /// The kernel's DNS counters by name (`monitor_common::dns::stat`).

@@ -35,7 +35,16 @@ pub fn canonical(seq: i64, e: &Event) -> String {
     fn num<N: serde::Serialize>(out: &mut Vec<u8>, v: N) {
         let _ = serde_json::to_writer(&mut *out, &v);
     }
-    // Keys in byte order; the optional ones as `Event` leaves them out.
+    // Keys in byte order; the optional ones as `Event` leaves them out
+    // (a record from before processes were named hashes as it did).
+    if !e.args.is_empty() {
+        key(&mut out, "args");
+        num(&mut out, &e.args);
+    }
+    if e.args_truncated {
+        key(&mut out, "args_truncated");
+        out.extend_from_slice(b"true");
+    }
     key(&mut out, "cgroup_id");
     num(&mut out, e.cgroup_id);
     key(&mut out, "cgroup_path");
@@ -75,6 +84,10 @@ pub fn canonical(seq: i64, e: &Event) -> String {
     text(&mut out, &e.dst_ip);
     key(&mut out, "dst_port");
     num(&mut out, e.dst_port);
+    if !e.exe.is_empty() {
+        key(&mut out, "exe");
+        text(&mut out, &e.exe);
+    }
     key(&mut out, "family");
     text(&mut out, e.family);
     key(&mut out, "hook");
@@ -87,6 +100,10 @@ pub fn canonical(seq: i64, e: &Event) -> String {
         key(&mut out, "kernel_seq");
         num(&mut out, e.kernel_seq);
     }
+    if !e.parent_exe.is_empty() {
+        key(&mut out, "parent_exe");
+        text(&mut out, &e.parent_exe);
+    }
     key(&mut out, "pid");
     num(&mut out, e.pid);
     if !e.pod_uid.is_empty() {
@@ -97,6 +114,10 @@ pub fn canonical(seq: i64, e: &Event) -> String {
     text(&mut out, &e.policy);
     key(&mut out, "policy_generation");
     num(&mut out, e.policy_generation);
+    if e.ppid != 0 {
+        key(&mut out, "ppid");
+        num(&mut out, e.ppid);
+    }
     key(&mut out, "protocol");
     text(&mut out, e.protocol);
     if !e.qos.is_empty() {
@@ -337,6 +358,11 @@ pub(crate) mod tests {
             container_id: "ab".repeat(32),
             runtime: "containerd".into(),
             systemd_unit: "x.service".into(),
+            exe: "/tmp/ev\"il bin".into(),
+            args: vec!["evilbin".into(), "-c".into(), "print('é')\n".into()],
+            args_truncated: true,
+            ppid: 41,
+            parent_exe: "/usr/bin/bash".into(),
             drift: Some(Box::new(crate::events::Drift {
                 attempt: "would_deny".into(),
                 baseline: "b \"1\"".into(),
@@ -354,7 +380,7 @@ pub(crate) mod tests {
         let full = every_field();
         // Every field set, then every optional one left out in turn.
         let mut cases = vec![full.clone(), Event::default()];
-        for clear in 0..11 {
+        for clear in 0..16 {
             let mut e = full.clone();
             match clear {
                 0 => e.dns_cname.clear(),
@@ -367,6 +393,11 @@ pub(crate) mod tests {
                 7 => e.container_id.clear(),
                 8 => e.runtime.clear(),
                 9 => e.drift = None,
+                10 => e.exe.clear(),
+                11 => e.args.clear(),
+                12 => e.args_truncated = false,
+                13 => e.ppid = 0,
+                14 => e.parent_exe.clear(),
                 _ => e.systemd_unit.clear(),
             }
             cases.push(e);

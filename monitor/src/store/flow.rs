@@ -11,6 +11,8 @@ pub struct Flow {
     pub cgroup_path: String,
     pub pod_uid: String,
     pub comm: String,
+    /// The executable (empty: not known, or flows recorded before).
+    pub exe: String,
     pub dst_ip: String,
     pub dst_port: u16,
     pub protocol: String,
@@ -38,6 +40,7 @@ impl Flow {
         let mut e = Event {
             cgroup_path: self.cgroup_path.clone(),
             comm: self.comm.clone(),
+            exe: self.exe.clone(),
             dst_ip: self.dst_ip.clone(),
             dst_port: self.dst_port,
             protocol: known_name(&self.protocol),
@@ -66,7 +69,7 @@ pub(crate) fn flow_of(r: &Row<'_>) -> rusqlite::Result<Flow> {
 /// A flow from a row whose first column the caller resolved (a path by
 /// id): columns 1.. are comm, destination, port, protocol, verdict,
 /// policy, country, continent, name, cloud region, first and last seen,
-/// count, packets, bytes.
+/// count, packets, bytes, executable (`FLOW_EXE`; NULL reads as none).
 pub(crate) fn flow_row(r: &Row<'_>, cgroup_path: String) -> rusqlite::Result<Flow> {
     Ok(Flow {
         cgroup_path,
@@ -92,9 +95,13 @@ pub(crate) fn flow_row(r: &Row<'_>, cgroup_path: String) -> rusqlite::Result<Flo
         count: r.get::<_, i64>(13)? as u64,
         packets: r.get::<_, i64>(14)? as u64,
         bytes: r.get::<_, i64>(15)? as u64,
+        exe: r.get::<_, Option<String>>(16)?.unwrap_or_default(),
         pod_uid: String::new(),
     })
 }
+
+/// A flow row's executable path (column 16 of `flow_row`).
+pub(crate) const FLOW_EXE: &str = "(SELECT path FROM executables WHERE id = exe)";
 
 /// A condition on flow rows for SQL (see `api::Filter::flow_sql`): the
 /// text with `?` for its values, and the flow columns it reads.

@@ -379,8 +379,10 @@ impl Store {
                 .prepare_cached(schema::UPSERT_FLOW)
                 .map_err(e("prepare flow upsert"))?;
             let mut cgroups = Cgroups::default();
+            let mut processes = Processes::default();
             let mut hourly = rollup::Pending::default();
             for ev in &batch.events {
+                let process = processes.get(&tx, ev).map_err(e("name a process"))?;
                 let (cgroup, path) = cgroups
                     .get(&tx, &ev.cgroup_path)
                     .map_err(e("name a cgroup path"))?;
@@ -425,11 +427,17 @@ impl Store {
                     ev.kernel_seq,
                     cgroup,
                     query::drift_column(ev),
+                    process.exe,
+                    process.args,
+                    ev.args_truncated,
+                    ev.ppid,
+                    process.parent_exe,
                 ])
                 .map_err(e("insert event"))?;
                 // A drift alert is about an attempt its own event counts.
                 if ev.drift.is_none() {
-                    upsert_flow(&mut flow, ev, cgroup, 1, 0, 0, 0).map_err(e("upsert flow"))?;
+                    upsert_flow(&mut flow, ev, cgroup, process.exe, 1, 0, 0, 0)
+                        .map_err(e("upsert flow"))?;
                     hourly.add(ev, cgroup, 1, 0, 0);
                 }
                 prev = hash.to_vec();
@@ -440,7 +448,7 @@ impl Store {
             )
             .map_err(e("update chain head"))?;
             drop(flow);
-            append_harvest(&tx, batch, &mut cgroups, &mut hourly)
+            append_harvest(&tx, batch, &mut cgroups, &mut processes, &mut hourly)
                 .map_err(e("record harvested flows"))?;
             hourly.write(&tx).map_err(e("add to the hourly flows"))?;
             for g in &batch.gaps {
@@ -617,10 +625,65 @@ impl Cgroups {
     }
 }
 
+/// Executables and argument vectors named in one transaction, by id
+/// (made there if new): each is stored once, not per event.
+#[derive(Default)]
+struct Processes {
+    exes: std::collections::HashMap<String, i64>,
+    args: std::collections::HashMap<Vec<String>, i64>,
+}
+
+/// An event's process columns (0: not known).
+#[derive(Debug, Clone, Copy)]
+struct ProcessRefs {
+    exe: i64,
+    args: i64,
+    parent_exe: i64,
+}
+
+impl Processes {
+    fn exe(&mut self, tx: &rusqlite::Transaction<'_>, path: &str) -> rusqlite::Result<i64> {
+        if path.is_empty() {
+            return Ok(0);
+        }
+        if let Some(id) = self.exes.get(path) {
+            return Ok(*id);
+        }
+        let id = tx
+            .prepare_cached(schema::INTERN_EXE)?
+            .query_row(params![path], |r| r.get(0))?;
+        self.exes.insert(path.to_string(), id);
+        Ok(id)
+    }
+
+    fn get(&mut self, tx: &rusqlite::Transaction<'_>, ev: &Event) -> rusqlite::Result<ProcessRefs> {
+        let args = if ev.args.is_empty() {
+            0
+        } else if let Some(id) = self.args.get(&ev.args) {
+            *id
+        } else {
+            let json = serde_json::to_string(&ev.args)
+                .map_err(|err| rusqlite::Error::ToSqlConversionFailure(Box::new(err)))?;
+            let id = tx
+                .prepare_cached(schema::INTERN_ARGS)?
+                .query_row(params![json], |r| r.get(0))?;
+            self.args.insert(ev.args.clone(), id);
+            id
+        };
+        Ok(ProcessRefs {
+            exe: self.exe(tx, &ev.exe)?,
+            args,
+            parent_exe: self.exe(tx, &ev.parent_exe)?,
+        })
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn upsert_flow(
     stmt: &mut rusqlite::CachedStatement<'_>,
     ev: &Event,
     cgroup: i64,
+    exe: i64,
     events: i64,
     repeats: u64,
     packets: u64,
@@ -645,6 +708,7 @@ fn upsert_flow(
         repeats as i64,
         packets as i64,
         bytes as i64,
+        exe,
     ])
 }
 
@@ -653,13 +717,17 @@ fn append_harvest<'a>(
     tx: &rusqlite::Transaction<'_>,
     batch: &'a Batch,
     cgroups: &mut Cgroups,
+    processes: &mut Processes,
     hourly: &mut rollup::Pending<'a>,
 ) -> rusqlite::Result<()> {
     if !batch.repeats.is_empty() {
         let mut up = tx.prepare_cached(schema::UPSERT_FLOW)?;
         for r in &batch.repeats {
             let (cgroup, _) = cgroups.get(tx, &r.event.cgroup_path)?;
-            upsert_flow(&mut up, &r.event, cgroup, 0, r.count, r.packets, r.bytes)?;
+            let exe = processes.exe(tx, &r.event.exe)?;
+            upsert_flow(
+                &mut up, &r.event, cgroup, exe, 0, r.count, r.packets, r.bytes,
+            )?;
             hourly.add(
                 &r.event,
                 cgroup,

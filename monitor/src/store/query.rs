@@ -8,7 +8,7 @@ use rusqlite::{params, Row};
 pub use super::flow::{Flow, FlowFilter};
 use super::{
     chain,
-    flow::{flow_of, flow_row},
+    flow::{flow_of, flow_row, FLOW_EXE},
     Store, StoreError,
 };
 use crate::events::{known_name, rfc3339_nanos, Event};
@@ -17,7 +17,7 @@ const MINUTE: i64 = 60_000_000_000;
 
 /// Columns of flows as CSV (the CLI's `flows -o csv` and the evidence
 /// bundle's flows.csv), in order.
-pub const FLOW_CSV_COLUMNS: [&str; 17] = [
+pub const FLOW_CSV_COLUMNS: [&str; 18] = [
     "first_seen",
     "last_seen",
     "count",
@@ -35,6 +35,7 @@ pub const FLOW_CSV_COLUMNS: [&str; 17] = [
     "cloud_region",
     "packets",
     "bytes",
+    "exe",
 ];
 
 /// The minute a time falls in (flow rows are per minute).
@@ -44,7 +45,7 @@ pub fn bucket_of(t: i64) -> i64 {
 
 /// The columns `event_of` reads: the record's fields, then the record that
 /// was hashed and its digest.
-pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, CASE WHEN cgroup_ref = 0 THEN cgroup_path ELSE (SELECT path FROM cgroup_paths WHERE id = cgroup_ref) END, policy_generation, dns_name, dns_cname, cloud, cloud_region, country_source, record, digest, kernel_cpu, kernel_seq, drift";
+pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, CASE WHEN cgroup_ref = 0 THEN cgroup_path ELSE (SELECT path FROM cgroup_paths WHERE id = cgroup_ref) END, policy_generation, dns_name, dns_cname, cloud, cloud_region, country_source, record, digest, kernel_cpu, kernel_seq, drift, (SELECT path FROM executables WHERE id = exe_ref), (SELECT argv FROM arguments WHERE id = args_ref), args_truncated, ppid, (SELECT path FROM executables WHERE id = parent_exe_ref)";
 
 /// A row's event, checked against what the chain covers: its columns must
 /// give back the hashed record, and the record its digest. A
@@ -160,6 +161,16 @@ fn columns_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
         kernel_cpu: r.get(26)?,
         kernel_seq: r.get(27)?,
         drift: drift_of(&r.get::<_, String>(28)?),
+        exe: r.get::<_, Option<String>>(29)?.unwrap_or_default(),
+        // A vector that does not read back leaves the event without it,
+        // and the record check then fails the row as edited.
+        args: r
+            .get::<_, Option<String>>(30)?
+            .and_then(|a| serde_json::from_str(&a).ok())
+            .unwrap_or_default(),
+        args_truncated: r.get(31)?,
+        ppid: r.get(32)?,
+        parent_exe: r.get::<_, Option<String>>(33)?.unwrap_or_default(),
         ..Default::default()
     };
     attribute_cached(&mut e);
@@ -393,10 +404,11 @@ pub fn last_events(
 }
 
 /// What flows can be grouped by.
-pub const GROUP_FIELDS: [&str; 12] = [
+pub const GROUP_FIELDS: [&str; 13] = [
     "cgroup",
     "pod",
     "process",
+    "exe",
     "country",
     "continent",
     "destination",
@@ -411,8 +423,19 @@ pub const GROUP_FIELDS: [&str; 12] = [
 /// How flows are ordered.
 pub const SORTS: [&str; 4] = ["count", "first_seen", "last_seen", "destination"];
 
-/// cgroup, comm, destination, port, protocol, verdict, policy, name.
-type FlowKey = (String, String, String, u16, String, String, String, String);
+/// cgroup, comm, destination, port, protocol, verdict, policy, name,
+/// executable.
+type FlowKey = (
+    String,
+    String,
+    String,
+    u16,
+    String,
+    String,
+    String,
+    String,
+    String,
+);
 
 /// The key columns of the flows table, and its place columns.
 const FLOW_KEY: &str =
@@ -421,8 +444,11 @@ const FLOW_KEY: &str =
 const FLOW_CGROUP: &str = "(SELECT path FROM cgroup_paths WHERE id = cgroup)";
 /// The same from the events table (which keeps provider and region apart).
 const EVENT_FLOW_KEY: &str = "CASE WHEN cgroup_ref = 0 THEN cgroup_path ELSE (SELECT path FROM cgroup_paths WHERE id = cgroup_ref) END AS path, comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, CASE WHEN max(cloud) = '' THEN '' ELSE max(cloud) || ':' || max(cloud_region) END";
-const FLOW_GROUP: &str = "cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name";
-const EVENT_FLOW_GROUP: &str = "path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name";
+const FLOW_GROUP: &str = "cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name, exe";
+const EVENT_FLOW_GROUP: &str =
+    "path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name, exe_ref";
+/// An event row's executable path (as `FLOW_EXE` for flow rows).
+const EVENT_EXE: &str = "(SELECT path FROM executables WHERE id = exe_ref)";
 
 /// Flows in [since, until): whole minutes from the flow table, the partial
 /// minutes at the edges from the events themselves, so the counts are
@@ -447,6 +473,7 @@ pub fn flows(
             parts.push(Flow {
                 cgroup_path: e.cgroup_path,
                 comm: e.comm,
+                exe: e.exe,
                 dst_ip: e.dst_ip,
                 dst_port: e.dst_port,
                 protocol: e.protocol.to_string(),
@@ -480,7 +507,7 @@ pub fn flows(
             let mut stmt = store
                 .conn
                 .prepare_cached(
-                    "SELECT cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, dns_name, cloud_region, first_seen, last_seen, count + repeats, packets, bytes FROM flows WHERE bucket >= ?1 AND bucket < ?2",
+                    &format!("SELECT cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, dns_name, cloud_region, first_seen, last_seen, count + repeats, packets, bytes, {FLOW_EXE} FROM flows WHERE bucket >= ?1 AND bucket < ?2"),
                 )
                 .map_err(store.err("prepare flow query"))?;
             let rows = stmt
@@ -533,6 +560,7 @@ pub fn flows(
             &a.verdict,
             &a.policy,
             &a.dns_name,
+            &a.exe,
         )
             .cmp(&(
                 &b.cgroup_path,
@@ -543,6 +571,7 @@ pub fn flows(
                 &b.verdict,
                 &b.policy,
                 &b.dns_name,
+                &b.exe,
             ))
     });
     Ok(out)
@@ -559,11 +588,24 @@ fn key_of(f: &Flow) -> FlowKey {
         f.verdict.clone(),
         f.policy.clone(),
         f.dns_name.clone(),
+        f.exe.clone(),
     )
 }
 
 /// A flow's key, borrowed (for comparing in key order).
-fn key_ref(f: &Flow) -> (&str, &str, &str, u16, &str, &str, &str, &str) {
+type KeyRef<'a> = (
+    &'a str,
+    &'a str,
+    &'a str,
+    u16,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+    &'a str,
+);
+
+fn key_ref(f: &Flow) -> KeyRef<'_> {
     (
         &f.cgroup_path,
         &f.comm,
@@ -573,6 +615,7 @@ fn key_ref(f: &Flow) -> (&str, &str, &str, u16, &str, &str, &str, &str) {
         &f.verdict,
         &f.policy,
         &f.dns_name,
+        &f.exe,
     )
 }
 
@@ -603,13 +646,13 @@ fn edge_flows(store: &Store, edges: &[(i64, i64)]) -> Result<Vec<Flow>, StoreErr
     let mut stmt = store
         .conn
         .prepare_cached(&format!(
-            "SELECT {EVENT_FLOW_KEY}, min(unix_nanos), max(unix_nanos), count(*), 0, 0 FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 AND drift = '' GROUP BY {EVENT_FLOW_GROUP}"
+            "SELECT {EVENT_FLOW_KEY}, min(unix_nanos), max(unix_nanos), count(*), 0, 0, {EVENT_EXE} FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 AND drift = '' GROUP BY {EVENT_FLOW_GROUP}"
         ))
         .map_err(store.err("prepare edge query"))?;
     let mut repeats = store
         .conn
         .prepare_cached(&format!(
-            "SELECT {FLOW_KEY}, min(repeat_last), max(repeat_last), sum(repeats), sum(packets), sum(bytes) FROM flows WHERE bucket >= ?1 AND bucket <= ?2 AND repeat_last >= ?3 AND repeat_last < ?4 GROUP BY {FLOW_GROUP}"
+            "SELECT {FLOW_KEY}, min(repeat_last), max(repeat_last), sum(repeats), sum(packets), sum(bytes), {FLOW_EXE} FROM flows WHERE bucket >= ?1 AND bucket <= ?2 AND repeat_last >= ?3 AND repeat_last < ?4 GROUP BY {FLOW_GROUP}"
         ))
         .map_err(store.err("prepare edge repeats query"))?;
     for &(a, b) in edges {
@@ -701,6 +744,7 @@ pub fn flows_each(
                         k.5.as_str(),
                         k.6.as_str(),
                         k.7.as_str(),
+                        k.8.as_str(),
                     ) < key_ref(f)
                 }
             };
@@ -721,9 +765,9 @@ pub fn flows_each(
     if first_full < end_full {
         let mut stmt = store
             .conn
-            .prepare(
-                "SELECT coalesce((SELECT path FROM cgroup_paths WHERE id = cgroup), '') AS path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, dns_name, cloud_region, first_seen, last_seen, count + repeats, packets, bytes FROM flows WHERE bucket >= ?1 AND bucket < ?2 ORDER BY path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name",
-            )
+            .prepare(&format!(
+                "SELECT coalesce((SELECT path FROM cgroup_paths WHERE id = cgroup), '') AS path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, dns_name, cloud_region, first_seen, last_seen, count + repeats, packets, bytes, coalesce({FLOW_EXE}, '') AS exe_path FROM flows WHERE bucket >= ?1 AND bucket < ?2 ORDER BY path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name, exe_path",
+            ))
             .map_err(store.err("prepare flow query"))?;
         let mut rows = stmt
             .query(params![first_full, end_full])
@@ -829,11 +873,13 @@ fn minutes_grouped(
     let mut parts = Vec::new();
     if first_full < end_full {
         let sql = format!(
-            "SELECT {}, min(first_seen), max(last_seen), sum(count) + sum(repeats), sum(packets), sum(bytes) FROM flows WHERE bucket >= ? AND bucket < ? AND {} GROUP BY {}",
+            "SELECT {}, min(first_seen), max(last_seen), sum(count) + sum(repeats), sum(packets), sum(bytes), {} FROM flows WHERE bucket >= ? AND bucket < ? AND {} GROUP BY {}{}",
             dims.join(", "),
+            pick(has("exe"), FLOW_EXE),
             filter.sql,
             // The path by its id (one lookup per group, not per row).
-            if has("cgroup") { "cgroup, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11" } else { "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11" }
+            if has("cgroup") { "cgroup, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11" } else { "1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11" },
+            if has("exe") { ", exe" } else { "" }
         );
         let mut stmt = store
             .conn
@@ -879,6 +925,7 @@ pub fn group(flows: Vec<Flow>, by: &[String]) -> Vec<Flow> {
             } else {
                 String::new()
             },
+            exe: if has("exe") { f.exe } else { String::new() },
             dst_ip: if has("destination") {
                 f.dst_ip
             } else {
@@ -930,6 +977,7 @@ pub fn group(flows: Vec<Flow>, by: &[String]) -> Vec<Flow> {
             g.cgroup_path.clone(),
             g.pod_uid.clone(),
             g.comm.clone(),
+            g.exe.clone(),
             g.dst_ip.clone(),
             g.dst_port.to_string(),
             g.protocol.clone(),

@@ -290,7 +290,7 @@ pub fn grouped(
         ];
         let group: Vec<&str> = rollup.dims.iter().copied().filter(|d| has(d)).collect();
         let sql = format!(
-            "SELECT {}, min(first_seen), max(last_seen), sum(count), sum(packets), sum(bytes) FROM {} WHERE hour >= ? AND hour < ? AND {}{} HAVING count(*) > 0",
+            "SELECT {}, min(first_seen), max(last_seen), sum(count), sum(packets), sum(bytes), NULL FROM {} WHERE hour >= ? AND hour < ? AND {}{} HAVING count(*) > 0",
             select.join(", "),
             rollup.table,
             filter.sql,

@@ -6,7 +6,7 @@ use rusqlite::{params, Connection};
 use super::{sql, StoreError};
 
 /// `PRAGMA user_version` of the layout below.
-pub const VERSION: i64 = 9;
+pub const VERSION: i64 = 10;
 
 const TABLES: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -34,10 +34,16 @@ CREATE TABLE events (
     country_source TEXT NOT NULL DEFAULT '',
     -- The CPU and number the kernel gave the event in its ring (0: none).
     kernel_cpu INTEGER NOT NULL DEFAULT 0, kernel_seq INTEGER NOT NULL DEFAULT 0,
-    cgroup_ref INTEGER NOT NULL DEFAULT 0, drift TEXT NOT NULL DEFAULT ''
+    cgroup_ref INTEGER NOT NULL DEFAULT 0, drift TEXT NOT NULL DEFAULT '',
+    -- The process (0: not known): executables and argument vectors by id.
+    exe_ref INTEGER NOT NULL DEFAULT 0, args_ref INTEGER NOT NULL DEFAULT 0,
+    args_truncated INTEGER NOT NULL DEFAULT 0, ppid INTEGER NOT NULL DEFAULT 0,
+    parent_exe_ref INTEGER NOT NULL DEFAULT 0
 );
 -- Every cgroup path once (events and flows name them by id).
-CREATE TABLE cgroup_paths (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
+CREATE TABLE cgroup_paths (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);-- Executables and argument vectors (JSON arrays of strings) once each.
+CREATE TABLE executables (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
+CREATE TABLE arguments (id INTEGER PRIMARY KEY, argv TEXT NOT NULL UNIQUE);
 CREATE INDEX events_time ON events (unix_nanos);
 -- Refusals (denied, would_deny) by record order: the first page of a
 -- `--verdict denied` query without a scan; allowed rows take no room here.
@@ -60,7 +66,8 @@ CREATE TABLE checkpoints (
     run INTEGER NOT NULL DEFAULT 0, watching TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX checkpoints_time ON checkpoints (unix_nanos);
--- Flows: one row per key and minute; `cgroup` is an id of cgroup_paths.
+-- Flows: one row per key and minute; `cgroup` is an id of cgroup_paths,
+-- `exe` one of executables (0: not known).
 CREATE TABLE flows (
     bucket INTEGER NOT NULL,
     cgroup INTEGER NOT NULL, comm TEXT NOT NULL, dst_ip TEXT NOT NULL, dst_port INTEGER NOT NULL,
@@ -70,7 +77,8 @@ CREATE TABLE flows (
     dns_name TEXT NOT NULL DEFAULT '', cloud_region TEXT NOT NULL DEFAULT '',
     repeats INTEGER NOT NULL DEFAULT 0, packets INTEGER NOT NULL DEFAULT 0,
     bytes INTEGER NOT NULL DEFAULT 0, repeat_last INTEGER NOT NULL DEFAULT 0,
-    PRIMARY KEY (bucket, cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name)
+    exe INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (bucket, cgroup, comm, exe, dst_ip, dst_port, protocol, verdict, policy, dns_name)
 ) WITHOUT ROWID;
 -- What was harvested of each kernel flow entry so far (see FLOW_MARKS).
 CREATE TABLE flow_marks (
@@ -190,6 +198,35 @@ ALTER TABLE flows_v7 RENAME TO flows;
 PRAGMA user_version = 7;
 ";
 
+/// Version 9 to 10: who made each attempt. Events gain their process
+/// (executable, arguments, parent) by id; flows gain the executable in
+/// their key, so the table is rebuilt (its rows keep executable 0: not
+/// known then).
+const MIGRATE_9_TO_10: &str = "
+ALTER TABLE events ADD COLUMN exe_ref INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN args_ref INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN args_truncated INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN ppid INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE events ADD COLUMN parent_exe_ref INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE executables (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
+CREATE TABLE arguments (id INTEGER PRIMARY KEY, argv TEXT NOT NULL UNIQUE);
+CREATE TABLE flows_v10 (
+    bucket INTEGER NOT NULL,
+    cgroup INTEGER NOT NULL, comm TEXT NOT NULL, dst_ip TEXT NOT NULL, dst_port INTEGER NOT NULL,
+    protocol TEXT NOT NULL, verdict TEXT NOT NULL, policy TEXT NOT NULL,
+    country TEXT NOT NULL, continent TEXT NOT NULL,
+    first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, count INTEGER NOT NULL,
+    dns_name TEXT NOT NULL DEFAULT '', cloud_region TEXT NOT NULL DEFAULT '',
+    repeats INTEGER NOT NULL DEFAULT 0, packets INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0, repeat_last INTEGER NOT NULL DEFAULT 0,
+    exe INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (bucket, cgroup, comm, exe, dst_ip, dst_port, protocol, verdict, policy, dns_name)
+) WITHOUT ROWID;
+INSERT INTO flows_v10 SELECT bucket, cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count, dns_name, cloud_region, repeats, packets, bytes, repeat_last, 0 FROM flows;
+DROP TABLE flows;
+ALTER TABLE flows_v10 RENAME TO flows;
+";
+
 /// Version 4 to 5: checkpoints become the daemon's heartbeat (the run that
 /// signed them and what its programs watched); old ones keep version 1.
 const MIGRATE_4_TO_5: &str = "
@@ -199,15 +236,20 @@ CREATE INDEX checkpoints_time ON checkpoints (unix_nanos);
 PRAGMA user_version = 5;
 ";
 
-pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, dns_name, dns_cname, cloud, cloud_region, country_source, kernel_cpu, kernel_seq, cgroup_ref, drift) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32)";
+pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, dns_name, dns_cname, cloud, cloud_region, country_source, kernel_cpu, kernel_seq, cgroup_ref, drift, exe_ref, args_ref, args_truncated, ppid, parent_exe_ref) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37)";
 
 /// A cgroup path's id, made if new.
+/// An executable's id, made if new.
+pub const INTERN_EXE: &str = "INSERT INTO executables (path) VALUES (?1) ON CONFLICT (path) DO UPDATE SET path = path RETURNING id";
+/// An argument vector's id (its JSON), made if new.
+pub const INTERN_ARGS: &str = "INSERT INTO arguments (argv) VALUES (?1) ON CONFLICT (argv) DO UPDATE SET argv = argv RETURNING id";
+
 pub const INTERN_CGROUP: &str = "INSERT INTO cgroup_paths (path) VALUES (?1) ON CONFLICT (path) DO UPDATE SET path = path RETURNING id";
 
 /// Adds to the flow row of a minute: an event (`?14` = 1) or what a harvest
 /// of the kernel's flow table counted (`?15` repeats, `?16` packets, `?17`
 /// bytes; `repeat_last` is their time).
-pub const UPSERT_FLOW: &str = "INSERT INTO flows (bucket, cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count, dns_name, cloud_region, repeats, packets, bytes, repeat_last) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?14, ?12, ?13, ?15, ?16, ?17, CASE WHEN ?14 = 0 THEN ?11 ELSE 0 END) ON CONFLICT (bucket, cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen), count = count + excluded.count, repeats = repeats + excluded.repeats, packets = packets + excluded.packets, bytes = bytes + excluded.bytes, repeat_last = max(repeat_last, excluded.repeat_last), country = excluded.country, continent = excluded.continent, cloud_region = excluded.cloud_region";
+pub const UPSERT_FLOW: &str = "INSERT INTO flows (bucket, cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count, dns_name, cloud_region, repeats, packets, bytes, repeat_last, exe) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, ?14, ?12, ?13, ?15, ?16, ?17, CASE WHEN ?14 = 0 THEN ?11 ELSE 0 END, ?18) ON CONFLICT (bucket, cgroup, comm, exe, dst_ip, dst_port, protocol, verdict, policy, dns_name) DO UPDATE SET first_seen = min(first_seen, excluded.first_seen), last_seen = max(last_seen, excluded.last_seen), count = count + excluded.count, repeats = repeats + excluded.repeats, packets = packets + excluded.packets, bytes = bytes + excluded.bytes, repeat_last = max(repeat_last, excluded.repeat_last), country = excluded.country, continent = excluded.continent, cloud_region = excluded.cloud_region";
 
 pub const UPSERT_MARK: &str = "INSERT INTO flow_marks (key, first_ns, count, packets, bytes) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (key) DO UPDATE SET first_ns = excluded.first_ns, count = excluded.count, packets = excluded.packets, bytes = excluded.bytes";
 
@@ -306,11 +348,15 @@ pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             tx.execute_batch("ALTER TABLE events ADD COLUMN drift TEXT NOT NULL DEFAULT '';")
                 .map_err(e("migrate schema 8 to 9: add the drift column"))?;
         }
+        if version <= 9 {
+            tx.execute_batch(MIGRATE_9_TO_10)
+                .map_err(e("migrate schema 9 to 10: processes"))?;
+        }
         tx.execute_batch(&format!("PRAGMA user_version = {VERSION}"))
             .map_err(e("write schema version"))?;
         tx.commit().map_err(e("commit migration"))?;
         log::info!(
-            "store {}: schema migrated from version {version} to {VERSION} (names and cloud regions; flows in the kernel; signed checkpoints; heartbeats; kernel event numbers; compact rows; hourly flows; drift alerts)",
+            "store {}: schema migrated from version {version} to {VERSION} (names and cloud regions; flows in the kernel; signed checkpoints; heartbeats; kernel event numbers; compact rows; hourly flows; drift alerts; processes)",
             path.display()
         );
     }
@@ -320,6 +366,111 @@ pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Takes a new store back to version 9's layout (what `MIGRATE_9_TO_10`
+    /// adds, removed), its flow rows kept.
+    const BACK_TO_9: &str = "
+ALTER TABLE events DROP COLUMN exe_ref;
+ALTER TABLE events DROP COLUMN args_ref;
+ALTER TABLE events DROP COLUMN args_truncated;
+ALTER TABLE events DROP COLUMN ppid;
+ALTER TABLE events DROP COLUMN parent_exe_ref;
+DROP TABLE executables;
+DROP TABLE arguments;
+CREATE TABLE flows_v9 (
+    bucket INTEGER NOT NULL,
+    cgroup INTEGER NOT NULL, comm TEXT NOT NULL, dst_ip TEXT NOT NULL, dst_port INTEGER NOT NULL,
+    protocol TEXT NOT NULL, verdict TEXT NOT NULL, policy TEXT NOT NULL,
+    country TEXT NOT NULL, continent TEXT NOT NULL,
+    first_seen INTEGER NOT NULL, last_seen INTEGER NOT NULL, count INTEGER NOT NULL,
+    dns_name TEXT NOT NULL DEFAULT '', cloud_region TEXT NOT NULL DEFAULT '',
+    repeats INTEGER NOT NULL DEFAULT 0, packets INTEGER NOT NULL DEFAULT 0,
+    bytes INTEGER NOT NULL DEFAULT 0, repeat_last INTEGER NOT NULL DEFAULT 0,
+    PRIMARY KEY (bucket, cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name)
+) WITHOUT ROWID;
+INSERT INTO flows_v9 SELECT bucket, cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count, dns_name, cloud_region, repeats, packets, bytes, repeat_last FROM flows;
+DROP TABLE flows;
+ALTER TABLE flows_v9 RENAME TO flows;
+PRAGMA user_version = 9;
+";
+
+    /// A version 9 store gains processes: its flow rows are kept (with
+    /// executable 0), its events gain empty process columns, and a flow
+    /// of another executable is a row of its own.
+    #[test]
+    fn a_version_9_store_gains_processes() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v9.db");
+        let conn = Connection::open(&path).unwrap();
+        prepare(&conn, &path).unwrap();
+        conn.execute_batch(BACK_TO_9).unwrap();
+        conn.execute_batch(
+            "INSERT INTO flows (bucket, cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count) VALUES (0, 1, 'python3', '203.0.113.2', 443, 'tcp', 'denied', 'p', 'US', 'NA', 5, 5, 2);
+             INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record) VALUES (1, 5, 'denied', 'p', 'default', 'connect4', 'tcp', 'ipv4', '203.0.113.2', 443, 'US', 'NA', 1, 1, 0, 'python3', 7, '/x', 1, x'00', x'00', x'00', '{}');",
+        )
+        .unwrap();
+        drop(conn);
+        let conn = Connection::open(&path).unwrap();
+        prepare(&conn, &path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, VERSION);
+        let (exe, args, ppid): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT exe_ref, args_ref, ppid FROM events WHERE seq = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .unwrap();
+        assert_eq!((exe, args, ppid), (0, 0, 0), "old events name no process");
+        let (count, exe): (i64, i64) = conn
+            .query_row("SELECT count, exe FROM flows", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!(
+            (count, exe),
+            (2, 0),
+            "the old flow is kept, executable unknown"
+        );
+        let evilbin: i64 = conn
+            .query_row(INTERN_EXE, params!["/tmp/evilbin"], |r| r.get(0))
+            .unwrap();
+        conn.execute(
+            UPSERT_FLOW,
+            params![
+                0,
+                1,
+                "python3",
+                "203.0.113.2",
+                443,
+                "tcp",
+                "denied",
+                "p",
+                "US",
+                "NA",
+                6,
+                "",
+                "",
+                1,
+                0,
+                0,
+                0,
+                evilbin
+            ],
+        )
+        .unwrap();
+        let rows: i64 = conn
+            .query_row("SELECT count(*) FROM flows", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 2, "another executable's flow is a row of its own");
+        // The same path interned again is the same id.
+        let again: i64 = conn
+            .query_row(INTERN_EXE, params!["/tmp/evilbin"], |r| r.get(0))
+            .unwrap();
+        assert_eq!(again, evilbin);
+    }
 
     /// A version 8 store gains the drift column and keeps its hourly sums
     /// as they were (the 7 to 8 step is not run again).
@@ -331,10 +482,12 @@ mod tests {
         prepare(&conn, &path).unwrap();
         conn.execute_batch(
             "INSERT INTO flows_by_place (hour, verdict, policy, protocol, country, continent, cloud_region, first_seen, last_seen, count, packets, bytes) VALUES (0, 'denied', 'p', 'tcp', 'US', 'NA', '', 5, 5, 3, 0, 0);
-             ALTER TABLE events DROP COLUMN drift;
              PRAGMA user_version = 8;",
         )
         .unwrap();
+        conn.execute_batch(BACK_TO_9).unwrap();
+        conn.execute_batch("ALTER TABLE events DROP COLUMN drift; PRAGMA user_version = 8;")
+            .unwrap();
         drop(conn);
         let conn = Connection::open(&path).unwrap();
         prepare(&conn, &path).unwrap();
@@ -443,6 +596,7 @@ mod tests {
                 "api.example",
                 "",
                 1,
+                0,
                 0,
                 0,
                 0
