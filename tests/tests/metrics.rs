@@ -262,6 +262,39 @@ fn metrics_count_known_traffic_exactly() {
         "counts do not move without traffic"
     );
 
+    // Repeats of one process are counted in the kernel, not decided: four
+    // datagrams to one destination are one decision and three repeats,
+    // which reach the metrics with the next harvest (every attempt counts
+    // in decisions_total, repeats included).
+    let decided = |s: &Scrape| {
+        find(
+            s,
+            "egress_monitor_flow_decisions_total",
+            &[("what", "decided")],
+        )
+        .unwrap_or(0.0)
+    };
+    let before = decided(&s);
+    let r = env.probe("mon", &["spray", "4", "10", &p, DE_V4]);
+    assert!(r.ok, "{:?}", r.raw);
+    let s = scrape_until(port, "three repeats harvested", |s| {
+        find(s, "egress_monitor_flow_repeats_total", &[]) == Some(3.0)
+    });
+    assert_eq!(decided(&s) - before, 1.0, "one decision in the kernel");
+    assert_eq!(
+        value(
+            &s,
+            decisions,
+            &[
+                ("verdict", "allowed"),
+                ("policy", "watch"),
+                ("country", "DE")
+            ]
+        ),
+        4.0,
+        "the four sends, counted"
+    );
+
     let status = loopback::get(port, "/").status;
     assert!(status.contains(" 404 "), "{status}");
 }
