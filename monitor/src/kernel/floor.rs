@@ -32,7 +32,7 @@ pub struct Floor {
 }
 
 fn err(what: &str, e: impl std::fmt::Display) -> KernelError {
-    KernelError::Geo(format!("floor programs: {what}: {e}"))
+    KernelError::Floor(format!("{what}: {e}"))
 }
 
 impl Floor {

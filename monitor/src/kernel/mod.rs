@@ -79,6 +79,9 @@ pub enum KernelError {
     },
     #[error("the kernel country table: {0}")]
     Geo(String),
+    /// The bench's floor programs (`floor`), never the daemon's.
+    #[error("the bench's floor programs: {0}")]
+    Floor(String),
     #[error("the socket_create LSM hook: {0}")]
     Lsm(String),
     #[error("pins {path}: {source}")]
