@@ -26,7 +26,8 @@
 //! `/user.slice/user-1000.slice/session-3.scope`), and below
 //! `user@UID.service` also to a user unit. A container outside Kubernetes
 //! (`/system.slice/docker-<id>.scope`, `/docker/<id>`,
-//! `/machine.slice/libpod-<id>.scope`) gets its ID and runtime too.
+//! `/machine.slice/libpod-<id>.scope`, Podman's cgroupfs
+//! `/libpod_parent/libpod-<id>`) gets its ID and runtime too.
 //!
 //! Everything here is a pure function of the path: no file is read.
 
@@ -211,8 +212,11 @@ pub fn attribute(path: &str) -> Attribution {
         }
         docker_dir = *c == "docker";
         if host_container.is_none() {
-            if let Some(container) = scope_container(c) {
+            if let Some(container) = scope_container(c).or_else(|| podman_cgroupfs(c)) {
                 host_container = Some(container);
+                if is_last {
+                    out.leaf = Leaf::Container;
+                }
             }
         }
         if let Some(name) = unit_name(c) {
@@ -331,6 +335,16 @@ fn scope_container(c: &str) -> Option<Container> {
             id: id.to_string(),
             runtime: *runtime,
         })
+    })
+}
+
+/// Podman with its cgroupfs manager: `libpod-<id>` (below `libpod_parent`
+/// or a `--cgroup-parent`), no `.scope`.
+fn podman_cgroupfs(c: &str) -> Option<Container> {
+    let id = c.strip_prefix("libpod-")?;
+    is_container_id(id).then(|| Container {
+        id: id.to_string(),
+        runtime: Runtime::Podman,
     })
 }
 
@@ -650,6 +664,17 @@ mod tests {
             attribute(&format!("/other/{CID}")).container,
             None,
             "a bare ID needs a docker or pod parent"
+        );
+        // Podman's cgroupfs manager, below its default parent or a test's
+        // `--cgroup-parent`; its conmon is not the container.
+        for parent in ["/libpod_parent", "/egress-test-1/ctr"] {
+            let path = format!("{parent}/libpod-{CID}");
+            assert_eq!(container(&path), (CID.to_string(), "podman"));
+            assert_eq!(attribute(&path).leaf, Leaf::Container);
+        }
+        assert_eq!(
+            attribute(&format!("/libpod_parent/libpod-conmon-{CID}")).container,
+            None
         );
     }
 

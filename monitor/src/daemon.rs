@@ -64,6 +64,8 @@ pub struct DaemonConfig {
     pub nats: Option<crate::fleet::publish::PublishArgs>,
     /// `--process-args-bytes`, `--no-process-args`, `--redact-pattern`.
     pub process: crate::process::Capture,
+    /// `--container-runtime-socket`: empty, the well-known ones.
+    pub container_sockets: Vec<std::path::PathBuf>,
 }
 
 /// How names are learned (see `monitor_common::DnsTuning`).
@@ -698,6 +700,9 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
     }
     let older = resolver.processes.read_proc();
     log::info!("{older} running processes named from /proc");
+    resolver.containers = crate::containers::Containers::find(&config.container_sockets)
+        .map_err(anyhow::Error::msg)?;
+    let containers_shown = resolver.containers.shown();
     let resolver = Arc::new(Mutex::new(resolver));
     let metrics = Arc::new(Metrics::new());
     metrics.register_collector(Box::new(crate::metrics::store::StoreCollector::new(
@@ -731,7 +736,8 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         before_switch: before_switch.clone(),
         recorded,
     });
-    let view = View::new(snapshots, view_of_kernel);
+    let mut view = View::new(snapshots, view_of_kernel);
+    view.containers = containers_shown;
     store.agent_run(crate::store::agent_run_json(&node_public_key));
     store.geoip(crate::store::geo_json(&geo));
     // The programs are attached (load did it or adopted them): heartbeats

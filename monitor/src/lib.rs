@@ -8,6 +8,7 @@ pub mod baseline;
 pub mod cgroups;
 pub mod cli;
 pub mod cloud;
+pub mod containers;
 pub mod control;
 pub mod daemon;
 pub mod error_text;

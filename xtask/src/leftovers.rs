@@ -51,6 +51,19 @@ fn cgroup2_mount() -> Option<PathBuf> {
     })
 }
 
+/// The cgroup v1 hierarchies of a hybrid host: a container's runtime
+/// (the containers suite's Podman) makes its parent cgroup in each.
+fn cgroup1_mounts() -> Vec<PathBuf> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    text.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mount = left.split_whitespace().nth(4)?;
+            (right.split_whitespace().next()? == "cgroup").then(|| PathBuf::from(mount))
+        })
+        .collect()
+}
+
 fn ours(name: &str, prefixes: &[&str]) -> bool {
     prefixes.iter().any(|p| name.starts_with(p))
 }
@@ -103,7 +116,7 @@ pub fn clean(bin: &Path) -> anyhow::Result<()> {
             removed.push(format!("pins {}", e.path().display()));
         }
     }
-    if let Some(mount) = cgroup2_mount() {
+    for mount in cgroup2_mount().into_iter().chain(cgroup1_mounts()) {
         if let Ok(rd) = std::fs::read_dir(&mount) {
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
@@ -160,6 +173,30 @@ pub fn clean(bin: &Path) -> anyhow::Result<()> {
             if pid.is_empty() || !Path::new("/proc").join(&pid).exists() {
                 let _ = std::fs::remove_file(e.path());
                 removed.push(format!("lock file {}", e.path().display()));
+            }
+        }
+    }
+    // The containers suite's containers and images (`emt-*`,
+    // `localhost/egress-probe-*`), where Podman is installed.
+    if let Ok(out) = Command::new("podman")
+        .args(["ps", "-a", "--format", "{{.Names}}"])
+        .output()
+    {
+        for name in String::from_utf8_lossy(&out.stdout).lines() {
+            if ours(name, &PREFIXES[..1]) {
+                let _ = Command::new("podman").args(["rm", "-f", name]).output();
+                removed.push(format!("container {name}"));
+            }
+        }
+    }
+    if let Ok(out) = Command::new("podman")
+        .args(["images", "--format", "{{.Repository}}:{{.Tag}}"])
+        .output()
+    {
+        for image in String::from_utf8_lossy(&out.stdout).lines() {
+            if image.starts_with("localhost/egress-probe-") {
+                let _ = Command::new("podman").args(["rmi", "-f", image]).output();
+                removed.push(format!("image {image}"));
             }
         }
     }

@@ -9,7 +9,7 @@ use crate::{cloud_ranges_dir, cloudip, geoip_path, is_root, run};
 
 /// Debian packages: Debian's Rust with its library sources and LLVM 22 (the
 /// eBPF build, see TOOLCHAIN.md), protoc, bpftool, mmdblookup, iproute2,
-/// Prometheus, tmux, nats-server, Chromium.
+/// Prometheus, tmux, nats-server, Chromium, Podman.
 const PACKAGES: &[&str] = &[
     "rustc-web",
     "rust-web-src",
@@ -37,6 +37,12 @@ const PACKAGES: &[&str] = &[
     // headless Chromium: `report --pdf`, and the report's rendering test
     // (tests/tests/report.rs) makes a PNG and a PDF with it.
     "chromium",
+    // A real container runtime for the containers suite
+    // (tests/tests/containers.rs): Podman with runc (crun refuses hybrid
+    // cgroup hosts), and busybox-static, the one file of its test image.
+    "podman",
+    "runc",
+    "busybox-static",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -28,6 +28,10 @@ pub struct Filter {
     exes: Option<ExeGlobs>,
     parent_pids: HashSet<u32>,
     parent_exes: Option<ExeGlobs>,
+    images: Option<ExeGlobs>,
+    /// Container ID prefixes (4 or more hex digits) and name globs.
+    container_ids: Vec<String>,
+    container_names: Option<GlobSet>,
 }
 
 /// Globs over executables: a pattern with a `/` over the whole path,
@@ -135,10 +139,44 @@ impl Filter {
             ("cloud_regions", &f.cloud_regions),
             ("exes", &f.exes),
             ("parents", &f.parents),
+            ("images", &f.images),
+            ("containers", &f.containers),
         ] {
             bounded(field, list)?;
         }
         out.exes = ExeGlobs::compile("exes", f.exes.iter().enumerate())?;
+        out.images = ExeGlobs::compile("images", f.images.iter().enumerate())?;
+        let is_id = |c: &str| c.len() >= 4 && c.bytes().all(|b| b.is_ascii_hexdigit());
+        out.container_ids = f
+            .containers
+            .iter()
+            .filter(|c| is_id(c))
+            .map(|c| c.to_ascii_lowercase())
+            .collect();
+        let mut names = GlobSetBuilder::new();
+        let mut any_name = false;
+        for (i, c) in f.containers.iter().enumerate() {
+            if c.is_empty() {
+                return Err(bad(
+                    "containers",
+                    i,
+                    "an empty pattern matches nothing".into(),
+                ));
+            }
+            let glob = GlobBuilder::new(c)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| bad("containers", i, format!("{c:?}: {e}")))?;
+            names.add(glob);
+            any_name = true;
+        }
+        if any_name {
+            out.container_names = Some(
+                names
+                    .build()
+                    .map_err(|e| Status::invalid_argument(format!("filter.containers: {e}")))?,
+            );
+        }
         out.parent_pids = f.parents.iter().filter_map(|p| p.parse().ok()).collect();
         out.parent_exes = ExeGlobs::compile(
             "parents",
@@ -278,6 +316,7 @@ impl Filter {
             || self.unnamed
             || !self.cloud_regions.is_empty()
             || self.exes.is_some()
+            || self.by_container()
             || self.by_parent()
         {
             return None;
@@ -319,6 +358,11 @@ impl Filter {
         !self.pids.is_empty() || !self.uids.is_empty() || self.by_parent()
     }
 
+    /// Whether the filter names containers by what their runtime said.
+    fn by_container(&self) -> bool {
+        self.images.is_some() || self.container_names.is_some()
+    }
+
     fn by_parent(&self) -> bool {
         !self.parent_pids.is_empty() || self.parent_exes.is_some()
     }
@@ -354,6 +398,19 @@ impl Filter {
                     .iter()
                     .any(|p| p.matches(&e.cloud, &e.cloud_region)))
             && self.exes.as_ref().is_none_or(|g| g.is_match(&e.exe))
+            && self
+                .images
+                .as_ref()
+                .is_none_or(|g| g.is_match(&e.image) || g.is_match(&e.image_digest))
+            && (self.container_names.is_none()
+                || self
+                    .container_ids
+                    .iter()
+                    .any(|p| !e.container_id.is_empty() && e.container_id.starts_with(p.as_str()))
+                || self
+                    .container_names
+                    .as_ref()
+                    .is_some_and(|g| !e.container_name.is_empty() && g.is_match(&e.container_name)))
             && (!self.by_parent()
                 || self.parent_pids.contains(&e.ppid)
                 || self
@@ -474,6 +531,44 @@ mod tests {
             p.policies = vec!["other".into()];
         })
         .matches(&e));
+    }
+
+    /// Containers by image (last part, whole reference or digest) and by
+    /// name or ID prefix; an event without them matches none of these.
+    #[test]
+    fn image_and_container_filters() {
+        let e = Event {
+            container_id: format!("e25a09fd{}", "0".repeat(56)),
+            image: "localhost/egress-probe:test".into(),
+            image_digest: "sha256:aaa5".into(),
+            container_name: "probe-1".into(),
+            ..ev()
+        };
+        for yes in ["egress-probe:*", "*:test", "localhost/*", "sha256:aaa5"] {
+            assert!(f(|p| p.images = vec![yes.into()]).matches(&e), "{yes}");
+        }
+        for no in ["vllm*", "/egress-probe:test", "sha256:bbb*"] {
+            assert!(!f(|p| p.images = vec![no.into()]).matches(&e), "{no}");
+        }
+        for yes in ["probe-*", "e25a09fd", "E25A"] {
+            assert!(f(|p| p.containers = vec![yes.into()]).matches(&e), "{yes}");
+        }
+        for no in ["other", "e25b", "e25"] {
+            assert!(!f(|p| p.containers = vec![no.into()]).matches(&e), "{no}");
+        }
+        // --image alone does not also ask for a container name.
+        assert!(f(|p| p.images = vec!["*".into()]).matches(&e));
+        assert!(!f(|p| p.images = vec!["*".into()]).matches(&ev()));
+        assert!(!f(|p| p.containers = vec!["*".into()]).matches(&ev()));
+        assert_eq!(
+            Filter::compile(pb::EventFilter {
+                containers: vec!["ok".into(), "".into()],
+                ..Default::default()
+            })
+            .unwrap_err()
+            .message(),
+            "filter.containers[1]: an empty pattern matches nothing"
+        );
     }
 
     /// Executables match by file name or by whole path; parents by ppid

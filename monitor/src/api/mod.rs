@@ -55,6 +55,7 @@ impl From<crate::store::query::Flow> for pb::Flow {
             bytes: f.bytes,
             node: String::new(),
             exe: f.exe,
+            image: f.image,
         }
     }
 }
@@ -66,6 +67,7 @@ impl From<&pb::Flow> for crate::store::query::Flow {
             pod_uid: f.pod_uid.clone(),
             comm: f.comm.clone(),
             exe: f.exe.clone(),
+            image: f.image.clone(),
             dst_ip: f.dst_ip.clone(),
             dst_port: u16::try_from(f.dst_port).unwrap_or(u16::MAX),
             protocol: f.protocol.clone(),
@@ -135,6 +137,11 @@ impl From<&Event> for pb::Event {
             ppid: e.ppid,
             parent_exe: e.parent_exe.clone(),
             chain_prev: String::new(),
+            image: e.image.clone(),
+            image_digest: e.image_digest.clone(),
+            container_name: e.container_name.clone(),
+            pod_name: e.pod_name.clone(),
+            pod_namespace: e.pod_namespace.clone(),
         }
     }
 }
@@ -171,6 +178,11 @@ impl From<pb::Event> for Event {
             args_truncated: e.args_truncated,
             ppid: e.ppid,
             parent_exe: e.parent_exe,
+            image: e.image,
+            image_digest: e.image_digest,
+            container_name: e.container_name,
+            pod_name: e.pod_name,
+            pod_namespace: e.pod_namespace,
             country_source: crate::events::known_name(&e.country_source),
             dns_name: e.dns_name,
             dns_cname: e.dns_cname,

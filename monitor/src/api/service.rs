@@ -241,6 +241,11 @@ pub fn status_pb(
         selector_conflicts: s.conflicts.clone(),
         policy_data_missing: s.data_missing.iter().map(ToString::to_string).collect(),
         nats: None,
+        containers: view
+            .containers
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone(),
         dns: view
             .kernel
             .dns_stats()

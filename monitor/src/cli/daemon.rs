@@ -184,6 +184,12 @@ pub struct DaemonArgs {
     /// ids, JWTs
     #[arg(long, value_name = "REGEX")]
     pub redact_pattern: Vec<String>,
+    /// A container runtime's Docker Engine API socket (Docker, or Podman's
+    /// `podman system service`), asked for each container's image, name
+    /// and pod (repeatable); default: those of /run/podman/podman.sock,
+    /// /run/docker.sock, /var/run/docker.sock that exist
+    #[arg(long, value_name = "PATH")]
+    pub container_runtime_socket: Vec<std::path::PathBuf>,
     #[command(flatten)]
     pub publish: crate::fleet::publish::PublishArgs,
 }
@@ -206,6 +212,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         }
     }
     args.publish.nats.check_files()?;
+    crate::containers::check(&args.container_runtime_socket).map_err(anyhow::Error::msg)?;
     if args.retention_max_mb == Some(0) {
         anyhow::bail!("--retention-max-mb must be at least 1");
     }
@@ -244,6 +251,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     };
     let config = DaemonConfig {
         process,
+        container_sockets: args.container_runtime_socket.clone(),
         api,
         pin_dir: args.pin_dir,
         detach_on_exit: args.detach_on_exit,

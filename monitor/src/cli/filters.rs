@@ -52,6 +52,15 @@ pub struct FilterArgs {
     /// --exe (repeatable).
     #[arg(long)]
     pub parent: Vec<String>,
+    /// The container's image: a glob over its last part ('vllm*',
+    /// '*:v2') or, with a '/', over the whole reference
+    /// ('registry.example/llm/*'); or its digest ('sha256:…') (repeatable).
+    #[arg(long)]
+    pub image: Vec<String>,
+    /// The container: a glob over its name, or 4 or more hex digits of its
+    /// ID (repeatable).
+    #[arg(long)]
+    pub container: Vec<String>,
 }
 
 impl FilterArgs {
@@ -72,6 +81,8 @@ impl FilterArgs {
             cloud_regions: self.cloud_region.clone(),
             exes: self.exe.clone(),
             parents: self.parent.clone(),
+            images: self.image.clone(),
+            containers: self.container.clone(),
         }
     }
 

@@ -192,6 +192,7 @@ pub fn print(
                     &f.packets.to_string(),
                     &f.bytes.to_string(),
                     &f.exe,
+                    &f.image,
                 ])?;
             }
             w.flush()?;
@@ -205,8 +206,17 @@ pub fn print(
                     String::new()
                 }
             };
+            // An IMAGE column where a container's runtime named one.
+            let images = flows.iter().any(|f| !f.image.is_empty());
+            let image_cell = |v: &str| {
+                if images {
+                    format!("{:<32} ", super::output::fit_middle(v, 32))
+                } else {
+                    String::new()
+                }
+            };
             println!(
-                "{}{:<8} {:>9} {:<24} {:<24} {:<10} {:<28} {:<16} {:<24} {:<28} {:<28} {:<22} POLICY",
+                "{}{:<8} {:>9} {:<24} {:<24} {:<10} {:<28} {:<16} {:<24} {}{:<28} {:<28} {:<22} POLICY",
                 node_cell("NODE"),
                 "COUNT",
                 "SENT",
@@ -216,6 +226,7 @@ pub fn print(
                 "CGROUP",
                 "PROCESS",
                 "EXE",
+                image_cell("IMAGE"),
                 "NAME",
                 "DESTINATION",
                 "PLACE"
@@ -223,7 +234,7 @@ pub fn print(
             for f in flows {
                 let short = |t: &str| t.get(..23).map(|t| format!("{t}Z")).unwrap_or_default();
                 println!(
-                    "{}{:<8} {:>9} {:<24} {:<24} {:<10} {:<28} {:<16} {:<24} {:<28} {:<28} {:<22} {}",
+                    "{}{:<8} {:>9} {:<24} {:<24} {:<10} {:<28} {:<16} {:<24} {}{:<28} {:<28} {:<22} {}",
                     node_cell(&f.node),
                     f.count,
                     sent(f.bytes),
@@ -239,7 +250,8 @@ pub fn print(
                         }
                     ),
                     kept.cell("process", &f.comm),
-                    kept.cell("exe", &f.exe),
+                    super::output::fit_middle(kept.cell("exe", &f.exe), 24),
+                    image_cell(kept.cell("image", &f.image)),
                     kept.cell("name", &f.dns_name),
                     kept.dest(f),
                     kept.place(f),

@@ -55,9 +55,37 @@ pub fn name(dns_name: &str) -> &str {
     }
 }
 
+/// What the runtime said of the event's container, on a line below its
+/// row: `container NAME image IMAGE@sha256:12 digits pod NS/NAME`; None
+/// when it said nothing.
+pub fn container_line(e: &pb::Event) -> Option<String> {
+    if e.container_name.is_empty() && e.image.is_empty() {
+        return None;
+    }
+    let mut out = format!(
+        "container {} ({})",
+        if e.container_name.is_empty() {
+            "-"
+        } else {
+            &e.container_name
+        },
+        e.container_id.get(..12).unwrap_or(&e.container_id)
+    );
+    if !e.image.is_empty() {
+        out.push_str(&format!(" image {}", e.image));
+        if let Some(d) = e.image_digest.strip_prefix("sha256:") {
+            out.push_str(&format!("@sha256:{}", d.get(..12).unwrap_or(d)));
+        }
+    }
+    if !e.pod_name.is_empty() {
+        out.push_str(&format!(" pod {}/{}", e.pod_namespace, e.pod_name));
+    }
+    Some(out)
+}
+
 /// Keeps the start and the end of a long value and cuts the middle: an
 /// IPv6 address keeps its prefix (who owns it) and its port.
-fn fit_middle(s: &str, width: usize) -> String {
+pub fn fit_middle(s: &str, width: usize) -> String {
     let n = s.chars().count();
     if width == 0 || n <= width {
         return s.to_string();
@@ -181,6 +209,9 @@ impl Printer {
                     line.push(' ');
                 }
                 println!("{}", line.trim_end());
+                if let Some(c) = container_line(&e) {
+                    println!("  {c}");
+                }
                 if let Some(d) = &e.drift {
                     println!("  {}", drift_line(d));
                 }

@@ -39,6 +39,8 @@ pub struct Resolver {
     pub cloud: Arc<CloudRanges>,
     /// Who runs what (see `process`).
     pub processes: crate::process::Processes,
+    /// What container runtimes say of their containers.
+    pub containers: crate::containers::Containers,
 }
 
 /// Cgroups whose attribution the resolver keeps at once.
@@ -55,6 +57,7 @@ impl Resolver {
                 crate::process::Capture::default(),
                 std::path::Path::new("/proc"),
             ),
+            containers: crate::containers::Containers::none(),
         }
     }
 }
@@ -81,7 +84,11 @@ impl events::Names for Resolver {
         if self.infos.len() >= CGROUP_INFOS {
             self.infos.clear();
         }
-        let info = Arc::new(events::CgroupInfo::of_path(path));
+        let mut info = events::CgroupInfo::of_path(path);
+        info.container = self
+            .containers
+            .lookup(&info.container_id, info.runtime_kind());
+        let info = Arc::new(info);
         self.infos.insert(id, info.clone());
         info
     }

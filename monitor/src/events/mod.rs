@@ -255,6 +255,21 @@ pub struct Event {
     /// The systemd unit outside pods (the user unit below `user@UID.service`).
     #[serde(skip_serializing_if = "String::is_empty", default)]
     pub systemd_unit: String,
+    /// What the container's runtime says of it (see `containers`); each is
+    /// left out of the JSON when not known. The image as the container was
+    /// created from it, and its digest.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub image: String,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub image_digest: String,
+    /// The container's name.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub container_name: String,
+    /// The Kubernetes pod's name and namespace.
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub pod_name: String,
+    #[serde(skip_serializing_if = "String::is_empty", default)]
+    pub pod_namespace: String,
     /// The process (see `process::Process`); each is left out of the JSON
     /// when not known. The executable as the exec was given it.
     #[serde(skip_serializing_if = "String::is_empty", default)]
@@ -335,17 +350,22 @@ pub struct CgroupInfo {
     pub container_id: String,
     pub runtime: String,
     pub systemd_unit: String,
+    /// What the container's runtime said of it, where it was asked.
+    pub container: Option<std::sync::Arc<crate::containers::Meta>>,
 }
 
 impl CgroupInfo {
-    /// Copies the attribution (pod, QoS, container, runtime, unit) into
-    /// an event of this path.
+    /// Copies the attribution (pod, QoS, container, runtime, unit, and what
+    /// the runtime said) into an event of this path.
     pub fn attribute(&self, e: &mut Event) {
         e.pod_uid.clone_from(&self.pod_uid);
         e.qos.clone_from(&self.qos);
         e.container_id.clone_from(&self.container_id);
         e.runtime.clone_from(&self.runtime);
         e.systemd_unit.clone_from(&self.systemd_unit);
+        if let Some(m) = &self.container {
+            m.describe(e);
+        }
     }
 
     /// Attributes `path` (see `attribution`).
@@ -362,7 +382,15 @@ impl CgroupInfo {
             container_id: e.container_id,
             runtime: e.runtime,
             systemd_unit: e.systemd_unit,
+            container: None,
         }
+    }
+
+    /// The runtime of `container_id`, as the path tells it.
+    pub fn runtime_kind(&self) -> crate::attribution::Runtime {
+        crate::attribution::attribute(&self.path)
+            .container
+            .map_or(crate::attribution::Runtime::Unknown, |c| c.runtime)
     }
 }
 

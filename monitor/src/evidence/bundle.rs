@@ -816,6 +816,7 @@ pub(super) fn flow_row<W: std::io::Write>(
         &f.packets.to_string(),
         &f.bytes.to_string(),
         &f.exe,
+        &f.image,
     ])?;
     Ok(())
 }

@@ -161,6 +161,55 @@ fn export_holds_exactly_the_window_and_verifies() {
     assert!(md.contains("GDPR Art. 30") && md.contains("NIS2"));
 }
 
+/// What a runtime said of a container is stored once per answer, read
+/// back on every event of the container as it was hashed, and in the
+/// bundle's records; editing the stored answer is caught.
+#[test]
+fn a_containers_image_and_name_survive_the_store_and_the_bundle() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&dir.path().join("store.db")).unwrap();
+    let cid = "e25a09fd".repeat(8);
+    let of_container = |i: i64| {
+        let mut e = (*ev(i)).clone();
+        e.cgroup_path = format!("/libpod_parent/libpod-{cid}");
+        e.attribute();
+        e.image = "localhost/egress-probe:test".into();
+        e.image_digest = "sha256:aaa5".into();
+        e.container_name = "probe-1".into();
+        Arc::new(e)
+    };
+    let events: Vec<Arc<Event>> = (1..=3).map(of_container).collect();
+    s.append(&Batch {
+        events: events.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let rows: i64 = s
+        .conn
+        .query_row("SELECT count(*) FROM containers", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 1, "one answer, stored once");
+    let (read, _) = query::events(&s, T0, T0 + 10 * SEC, 0, 100, &|_| true).unwrap();
+    assert_eq!(read.len(), 3);
+    for ((_, got), want) in read.iter().zip(&events) {
+        assert_eq!(got, &**want);
+        assert_eq!(got.container_id, cid);
+        assert_eq!(got.runtime, "podman");
+    }
+    let k = key();
+    let files = export(&s, &k, 0, 10);
+    verify::verify(&files, Some(&k.verifying_key())).unwrap();
+    let first: serde_json::Value = serde_json::from_str(&lines(&files)[0]).unwrap();
+    assert_eq!(first["image"], "localhost/egress-probe:test");
+    assert_eq!(first["image_digest"], "sha256:aaa5");
+    assert_eq!(first["container_name"], "probe-1");
+    s.conn
+        .execute("UPDATE containers SET image = 'localhost/benign:1'", [])
+        .unwrap();
+    let err = query::events(&s, T0, T0 + 10 * SEC, 0, 100, &|_| true).unwrap_err();
+    assert!(err.to_string().contains("record"), "{err}");
+}
+
 #[test]
 fn flipping_any_byte_of_any_file_fails_verify() {
     let (_d, s) = store(12);

@@ -32,6 +32,17 @@ pub struct Process {
     pub parent_exe: String,
 }
 
+impl Process {
+    /// An exec of `/proc/self/exe` (busybox's applets, a program re-running
+    /// itself) runs the image the process had, which a forked child has
+    /// from its parent: named as that, not as the link.
+    fn resolve_self_exe(&mut self) {
+        if self.exe == "/proc/self/exe" && !self.parent_exe.is_empty() {
+            self.exe.clone_from(&self.parent_exe);
+        }
+    }
+}
+
 /// How processes are named.
 #[derive(Debug, Clone)]
 pub struct Capture {
@@ -211,6 +222,7 @@ impl Processes {
             if p.parent_exe.is_empty() && p.ppid != 0 {
                 p.parent_exe = exe_of(&self.proc_root.join(p.ppid.to_string()));
             }
+            p.resolve_self_exe();
             p
         };
         self.keep((e.tgid, e.exec_ns), Arc::new(p));
@@ -287,6 +299,22 @@ mod tests {
             ..Capture::default()
         };
         assert!(none.of_entry(&entry(b"python3\0", 0)).args.is_empty());
+    }
+
+    /// busybox's shell runs an applet by exec of /proc/self/exe: the
+    /// process is named by the image it had, its parent's.
+    #[test]
+    fn an_exec_of_proc_self_exe_is_named_as_the_image_it_runs() {
+        let mut e = entry(b"nc\0-w\0two\0", 0);
+        e.exe = [0; monitor_common::process::EXE_BYTES];
+        e.exe[..14].copy_from_slice(b"/proc/self/exe");
+        e.parent_exe = [0; monitor_common::process::EXE_BYTES];
+        e.parent_exe[..12].copy_from_slice(b"/bin/busybox");
+        let mut known = Processes::new(Capture::default(), Path::new("/nonexistent"));
+        known.learn(&e);
+        let p = known.lookup(e.tgid, e.exec_ns).expect("learned");
+        assert_eq!(p.exe, "/bin/busybox");
+        assert_eq!(p.args, ["nc", "-w", "two"]);
     }
 
     /// This test's own process, from /proc: its executable and arguments.

@@ -143,6 +143,8 @@ pub struct View {
     pub started: SystemTime,
     /// Links the controller found detached and attached again.
     pub reattached: Arc<AtomicU64>,
+    /// Where container metadata comes from (`containers::Containers::status`).
+    pub containers: Arc<std::sync::RwLock<String>>,
 }
 
 impl View {
@@ -154,6 +156,7 @@ impl View {
             kernel,
             started: SystemTime::now(),
             reattached: Arc::default(),
+            containers: Arc::default(),
         }
     }
 

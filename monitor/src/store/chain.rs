@@ -63,6 +63,10 @@ pub fn canonical(seq: i64, e: &Event) -> String {
         key(&mut out, "container_id");
         text(&mut out, &e.container_id);
     }
+    if !e.container_name.is_empty() {
+        key(&mut out, "container_name");
+        text(&mut out, &e.container_name);
+    }
     key(&mut out, "continent");
     text(&mut out, &e.continent);
     key(&mut out, "country");
@@ -92,6 +96,14 @@ pub fn canonical(seq: i64, e: &Event) -> String {
     text(&mut out, e.family);
     key(&mut out, "hook");
     text(&mut out, e.hook);
+    if !e.image.is_empty() {
+        key(&mut out, "image");
+        text(&mut out, &e.image);
+    }
+    if !e.image_digest.is_empty() {
+        key(&mut out, "image_digest");
+        text(&mut out, &e.image_digest);
+    }
     if e.kernel_cpu != 0 {
         key(&mut out, "kernel_cpu");
         num(&mut out, e.kernel_cpu);
@@ -106,6 +118,14 @@ pub fn canonical(seq: i64, e: &Event) -> String {
     }
     key(&mut out, "pid");
     num(&mut out, e.pid);
+    if !e.pod_name.is_empty() {
+        key(&mut out, "pod_name");
+        text(&mut out, &e.pod_name);
+    }
+    if !e.pod_namespace.is_empty() {
+        key(&mut out, "pod_namespace");
+        text(&mut out, &e.pod_namespace);
+    }
     if !e.pod_uid.is_empty() {
         key(&mut out, "pod_uid");
         text(&mut out, &e.pod_uid);
@@ -363,6 +383,11 @@ pub(crate) mod tests {
             args_truncated: true,
             ppid: 41,
             parent_exe: "/usr/bin/bash".into(),
+            image: "registry.example/llm/\"vllm\":v2".into(),
+            image_digest: format!("sha256:{}", "cd".repeat(32)),
+            container_name: "vllm-é".into(),
+            pod_name: "vllm-0".into(),
+            pod_namespace: "inference".into(),
             drift: Some(Box::new(crate::events::Drift {
                 attempt: "would_deny".into(),
                 baseline: "b \"1\"".into(),
@@ -380,7 +405,7 @@ pub(crate) mod tests {
         let full = every_field();
         // Every field set, then every optional one left out in turn.
         let mut cases = vec![full.clone(), Event::default()];
-        for clear in 0..16 {
+        for clear in 0..21 {
             let mut e = full.clone();
             match clear {
                 0 => e.dns_cname.clear(),
@@ -398,6 +423,11 @@ pub(crate) mod tests {
                 12 => e.args_truncated = false,
                 13 => e.ppid = 0,
                 14 => e.parent_exe.clear(),
+                15 => e.image.clear(),
+                16 => e.image_digest.clear(),
+                17 => e.container_name.clear(),
+                18 => e.pod_name.clear(),
+                19 => e.pod_namespace.clear(),
                 _ => e.systemd_unit.clear(),
             }
             cases.push(e);

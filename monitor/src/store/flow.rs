@@ -13,6 +13,8 @@ pub struct Flow {
     pub comm: String,
     /// The executable (empty: not known, or flows recorded before).
     pub exe: String,
+    /// The container's image, as its runtime said (empty: none).
+    pub image: String,
     pub dst_ip: String,
     pub dst_port: u16,
     pub protocol: String,
@@ -96,6 +98,8 @@ pub(crate) fn flow_row(r: &Row<'_>, cgroup_path: String) -> rusqlite::Result<Flo
         packets: r.get::<_, i64>(14)? as u64,
         bytes: r.get::<_, i64>(15)? as u64,
         exe: r.get::<_, Option<String>>(16)?.unwrap_or_default(),
+        // Filled by the reader from the cgroup's container (`cgroup_info`).
+        image: String::new(),
         pod_uid: String::new(),
     })
 }

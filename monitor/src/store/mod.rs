@@ -432,6 +432,7 @@ impl Store {
                     ev.args_truncated,
                     ev.ppid,
                     process.parent_exe,
+                    process.container,
                 ])
                 .map_err(e("insert event"))?;
                 // A drift alert is about an attempt its own event counts.
@@ -625,20 +626,23 @@ impl Cgroups {
     }
 }
 
-/// Executables and argument vectors named in one transaction, by id
-/// (made there if new): each is stored once, not per event.
+/// Executables, argument vectors and what runtimes said of containers,
+/// named in one transaction, by id (made there if new): each is stored
+/// once, not per event.
 #[derive(Default)]
 struct Processes {
     exes: std::collections::HashMap<String, i64>,
     args: std::collections::HashMap<Vec<String>, i64>,
+    containers: std::collections::HashMap<(String, crate::containers::Meta), i64>,
 }
 
-/// An event's process columns (0: not known).
+/// An event's process and container columns (0: not known).
 #[derive(Debug, Clone, Copy)]
 struct ProcessRefs {
     exe: i64,
     args: i64,
     parent_exe: i64,
+    container: i64,
 }
 
 impl Processes {
@@ -674,7 +678,32 @@ impl Processes {
             exe: self.exe(tx, &ev.exe)?,
             args,
             parent_exe: self.exe(tx, &ev.parent_exe)?,
+            container: self.container(tx, ev)?,
         })
+    }
+
+    fn container(&mut self, tx: &rusqlite::Transaction<'_>, ev: &Event) -> rusqlite::Result<i64> {
+        let Some(meta) = crate::containers::Meta::of_event(ev) else {
+            return Ok(0);
+        };
+        let key = (ev.container_id.clone(), meta);
+        if let Some(id) = self.containers.get(&key) {
+            return Ok(*id);
+        }
+        let m = &key.1;
+        let id = tx.prepare_cached(schema::INTERN_CONTAINER)?.query_row(
+            params![
+                key.0,
+                m.image,
+                m.image_digest,
+                m.name,
+                m.pod_name,
+                m.pod_namespace
+            ],
+            |r| r.get(0),
+        )?;
+        self.containers.insert(key, id);
+        Ok(id)
     }
 }
 

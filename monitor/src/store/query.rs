@@ -17,7 +17,7 @@ const MINUTE: i64 = 60_000_000_000;
 
 /// Columns of flows as CSV (the CLI's `flows -o csv` and the evidence
 /// bundle's flows.csv), in order.
-pub const FLOW_CSV_COLUMNS: [&str; 18] = [
+pub const FLOW_CSV_COLUMNS: [&str; 19] = [
     "first_seen",
     "last_seen",
     "count",
@@ -36,6 +36,7 @@ pub const FLOW_CSV_COLUMNS: [&str; 18] = [
     "packets",
     "bytes",
     "exe",
+    "image",
 ];
 
 /// The minute a time falls in (flow rows are per minute).
@@ -45,7 +46,7 @@ pub fn bucket_of(t: i64) -> i64 {
 
 /// The columns `event_of` reads: the record's fields, then the record that
 /// was hashed and its digest.
-pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, CASE WHEN cgroup_ref = 0 THEN cgroup_path ELSE (SELECT path FROM cgroup_paths WHERE id = cgroup_ref) END, policy_generation, dns_name, dns_cname, cloud, cloud_region, country_source, record, digest, kernel_cpu, kernel_seq, drift, (SELECT path FROM executables WHERE id = exe_ref), (SELECT argv FROM arguments WHERE id = args_ref), args_truncated, ppid, (SELECT path FROM executables WHERE id = parent_exe_ref)";
+pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, CASE WHEN cgroup_ref = 0 THEN cgroup_path ELSE (SELECT path FROM cgroup_paths WHERE id = cgroup_ref) END, policy_generation, dns_name, dns_cname, cloud, cloud_region, country_source, record, digest, kernel_cpu, kernel_seq, drift, (SELECT path FROM executables WHERE id = exe_ref), (SELECT argv FROM arguments WHERE id = args_ref), args_truncated, ppid, (SELECT path FROM executables WHERE id = parent_exe_ref), (SELECT image FROM containers WHERE id = container_ref), (SELECT image_digest FROM containers WHERE id = container_ref), (SELECT name FROM containers WHERE id = container_ref), (SELECT pod_name FROM containers WHERE id = container_ref), (SELECT pod_namespace FROM containers WHERE id = container_ref)";
 
 /// A row's event, checked against what the chain covers: its columns must
 /// give back the hashed record, and the record its digest. A
@@ -171,6 +172,11 @@ fn columns_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
         args_truncated: r.get(31)?,
         ppid: r.get(32)?,
         parent_exe: r.get::<_, Option<String>>(33)?.unwrap_or_default(),
+        image: r.get::<_, Option<String>>(34)?.unwrap_or_default(),
+        image_digest: r.get::<_, Option<String>>(35)?.unwrap_or_default(),
+        container_name: r.get::<_, Option<String>>(36)?.unwrap_or_default(),
+        pod_name: r.get::<_, Option<String>>(37)?.unwrap_or_default(),
+        pod_namespace: r.get::<_, Option<String>>(38)?.unwrap_or_default(),
         ..Default::default()
     };
     attribute_cached(&mut e);
@@ -214,6 +220,33 @@ fn attribute_cached(e: &mut Event) {
         }
         seen[&e.cgroup_path].attribute(e);
     });
+}
+
+/// A cgroup's attribution (see `CgroupInfo::of_path`) and the last answer
+/// its container's runtime gave, for flows (whose rows name no answer).
+pub(crate) fn cgroup_info(store: &Store, path: &str) -> crate::events::CgroupInfo {
+    let mut info = crate::events::CgroupInfo::of_path(path.to_string());
+    if !info.container_id.is_empty() {
+        info.container = store
+            .conn
+            .prepare_cached(
+                "SELECT image, image_digest, name, pod_name, pod_namespace FROM containers WHERE container_id = ?1 ORDER BY id DESC LIMIT 1",
+            )
+            .and_then(|mut s| {
+                s.query_row([&info.container_id], |r| {
+                    Ok(crate::containers::Meta {
+                        image: r.get(0)?,
+                        image_digest: r.get(1)?,
+                        name: r.get(2)?,
+                        pod_name: r.get(3)?,
+                        pod_namespace: r.get(4)?,
+                    })
+                })
+            })
+            .ok()
+            .map(std::sync::Arc::new);
+    }
+    info
 }
 
 /// Events in [since, until) after `after_seq`, in record order, that
@@ -404,11 +437,12 @@ pub fn last_events(
 }
 
 /// What flows can be grouped by.
-pub const GROUP_FIELDS: [&str; 13] = [
+pub const GROUP_FIELDS: [&str; 14] = [
     "cgroup",
     "pod",
     "process",
     "exe",
+    "image",
     "country",
     "continent",
     "destination",
@@ -489,6 +523,7 @@ pub fn flows(
                 packets: 0,
                 bytes: 0,
                 pod_uid: String::new(),
+                image: e.image,
             });
         }
     } else {
@@ -543,9 +578,12 @@ pub fn flows(
         .filter_map(|mut f| {
             let info = attributed
                 .entry(f.cgroup_path.clone())
-                .or_insert_with(|| crate::events::CgroupInfo::of_path(f.cgroup_path.clone()));
+                .or_insert_with(|| cgroup_info(store, &f.cgroup_path));
             let e = f.as_event(info);
             f.pod_uid = e.pod_uid.clone();
+            if f.image.is_empty() {
+                f.image = e.image.clone();
+            }
             (by_process || keep(&e)).then_some(f)
         })
         .collect();
@@ -715,10 +753,11 @@ pub fn flows_each(
     let mut info: Option<crate::events::CgroupInfo> = None;
     let mut emit = |mut f: Flow, n: &mut usize| -> anyhow::Result<()> {
         if info.as_ref().is_none_or(|i| i.path != f.cgroup_path) {
-            info = Some(crate::events::CgroupInfo::of_path(f.cgroup_path.clone()));
+            info = Some(cgroup_info(store, &f.cgroup_path));
         }
         let e = f.as_event(info.as_ref().expect("set above"));
         f.pod_uid = e.pod_uid.clone();
+        f.image = e.image.clone();
         if keep(&e) {
             *n += 1;
             each(f)?;
@@ -808,7 +847,8 @@ pub fn flows_grouped(
     filter: &FlowFilter,
     keep: &dyn Fn(&Event) -> bool,
 ) -> Option<Result<Vec<Flow>, StoreError>> {
-    if by.is_empty() || by.iter().any(|b| b == "pod") {
+    // Pods and images are not columns of the flow rows: grouped in memory.
+    if by.is_empty() || by.iter().any(|b| b == "pod" || b == "image") {
         return None;
     }
     let run = || -> Result<Vec<Flow>, StoreError> {
@@ -926,6 +966,7 @@ pub fn group(flows: Vec<Flow>, by: &[String]) -> Vec<Flow> {
                 String::new()
             },
             exe: if has("exe") { f.exe } else { String::new() },
+            image: if has("image") { f.image } else { String::new() },
             dst_ip: if has("destination") {
                 f.dst_ip
             } else {
@@ -978,6 +1019,7 @@ pub fn group(flows: Vec<Flow>, by: &[String]) -> Vec<Flow> {
             g.pod_uid.clone(),
             g.comm.clone(),
             g.exe.clone(),
+            g.image.clone(),
             g.dst_ip.clone(),
             g.dst_port.to_string(),
             g.protocol.clone(),

@@ -6,7 +6,7 @@ use rusqlite::{params, Connection};
 use super::{sql, StoreError};
 
 /// `PRAGMA user_version` of the layout below.
-pub const VERSION: i64 = 10;
+pub const VERSION: i64 = 11;
 
 const TABLES: &str = "
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -38,12 +38,16 @@ CREATE TABLE events (
     -- The process (0: not known): executables and argument vectors by id.
     exe_ref INTEGER NOT NULL DEFAULT 0, args_ref INTEGER NOT NULL DEFAULT 0,
     args_truncated INTEGER NOT NULL DEFAULT 0, ppid INTEGER NOT NULL DEFAULT 0,
-    parent_exe_ref INTEGER NOT NULL DEFAULT 0
+    parent_exe_ref INTEGER NOT NULL DEFAULT 0,
+    -- What the container's runtime said of it (0: nothing).
+    container_ref INTEGER NOT NULL DEFAULT 0
 );
 -- Every cgroup path once (events and flows name them by id).
 CREATE TABLE cgroup_paths (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);-- Executables and argument vectors (JSON arrays of strings) once each.
 CREATE TABLE executables (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
 CREATE TABLE arguments (id INTEGER PRIMARY KEY, argv TEXT NOT NULL UNIQUE);
+-- What container runtimes said of their containers, each answer once.
+CREATE TABLE containers (id INTEGER PRIMARY KEY, container_id TEXT NOT NULL, image TEXT NOT NULL, image_digest TEXT NOT NULL, name TEXT NOT NULL, pod_name TEXT NOT NULL, pod_namespace TEXT NOT NULL, UNIQUE (container_id, image, image_digest, name, pod_name, pod_namespace));
 CREATE INDEX events_time ON events (unix_nanos);
 -- Refusals (denied, would_deny) by record order: the first page of a
 -- `--verdict denied` query without a scan; allowed rows take no room here.
@@ -227,6 +231,13 @@ DROP TABLE flows;
 ALTER TABLE flows_v10 RENAME TO flows;
 ";
 
+/// Version 10 to 11: what container runtimes say of their containers
+/// (image, name, pod), once per answer, and each event's by id.
+const MIGRATE_10_TO_11: &str = "
+ALTER TABLE events ADD COLUMN container_ref INTEGER NOT NULL DEFAULT 0;
+CREATE TABLE containers (id INTEGER PRIMARY KEY, container_id TEXT NOT NULL, image TEXT NOT NULL, image_digest TEXT NOT NULL, name TEXT NOT NULL, pod_name TEXT NOT NULL, pod_namespace TEXT NOT NULL, UNIQUE (container_id, image, image_digest, name, pod_name, pod_namespace));
+";
+
 /// Version 4 to 5: checkpoints become the daemon's heartbeat (the run that
 /// signed them and what its programs watched); old ones keep version 1.
 const MIGRATE_4_TO_5: &str = "
@@ -236,7 +247,10 @@ CREATE INDEX checkpoints_time ON checkpoints (unix_nanos);
 PRAGMA user_version = 5;
 ";
 
-pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, dns_name, dns_cname, cloud, cloud_region, country_source, kernel_cpu, kernel_seq, cgroup_ref, drift, exe_ref, args_ref, args_truncated, ppid, parent_exe_ref) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37)";
+pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, dns_name, dns_cname, cloud, cloud_region, country_source, kernel_cpu, kernel_seq, cgroup_ref, drift, exe_ref, args_ref, args_truncated, ppid, parent_exe_ref, container_ref) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38)";
+
+/// A container runtime's answer's id, made if new.
+pub const INTERN_CONTAINER: &str = "INSERT INTO containers (container_id, image, image_digest, name, pod_name, pod_namespace) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO UPDATE SET name = name RETURNING id";
 
 /// A cgroup path's id, made if new.
 /// An executable's id, made if new.
@@ -352,11 +366,15 @@ pub fn prepare(conn: &Connection, path: &Path) -> Result<(), StoreError> {
             tx.execute_batch(MIGRATE_9_TO_10)
                 .map_err(e("migrate schema 9 to 10: processes"))?;
         }
+        if version <= 10 {
+            tx.execute_batch(MIGRATE_10_TO_11)
+                .map_err(e("migrate schema 10 to 11: containers"))?;
+        }
         tx.execute_batch(&format!("PRAGMA user_version = {VERSION}"))
             .map_err(e("write schema version"))?;
         tx.commit().map_err(e("commit migration"))?;
         log::info!(
-            "store {}: schema migrated from version {version} to {VERSION} (names and cloud regions; flows in the kernel; signed checkpoints; heartbeats; kernel event numbers; compact rows; hourly flows; drift alerts; processes)",
+            "store {}: schema migrated from version {version} to {VERSION} (names and cloud regions; flows in the kernel; signed checkpoints; heartbeats; kernel event numbers; compact rows; hourly flows; drift alerts; processes; containers)",
             path.display()
         );
     }
@@ -369,7 +387,70 @@ mod tests {
 
     /// Takes a new store back to version 9's layout (what `MIGRATE_9_TO_10`
     /// adds, removed), its flow rows kept.
+    /// A version 11 store as version 10 wrote it.
+    const BACK_TO_10: &str = "
+ALTER TABLE events DROP COLUMN container_ref;
+DROP TABLE containers;
+PRAGMA user_version = 10;
+";
+
+    /// A version 10 store gains what runtimes say of containers: its
+    /// events keep their columns and name no container answer; an answer
+    /// interned twice is one row.
+    #[test]
+    fn a_version_10_store_gains_containers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v10.db");
+        let conn = Connection::open(&path).unwrap();
+        prepare(&conn, &path).unwrap();
+        conn.execute_batch(BACK_TO_10).unwrap();
+        conn.execute_batch(
+            "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, exe_ref) VALUES (1, 5, 'denied', 'p', 'default', 'connect4', 'tcp', 'ipv4', '203.0.113.2', 443, 'US', 'NA', 1, 1, 0, 'python3', 7, '/x', 1, x'00', x'00', x'00', '{}', 3);",
+        )
+        .unwrap();
+        drop(conn);
+        let conn = Connection::open(&path).unwrap();
+        prepare(&conn, &path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, VERSION);
+        let (exe, container): (i64, i64) = conn
+            .query_row(
+                "SELECT exe_ref, container_ref FROM events WHERE seq = 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .unwrap();
+        assert_eq!(
+            (exe, container),
+            (3, 0),
+            "old events keep their process, name no container"
+        );
+        let answer = params!["ab", "localhost/p:1", "sha256:aa", "p", "", ""];
+        let first: i64 = conn
+            .query_row(INTERN_CONTAINER, answer, |r| r.get(0))
+            .unwrap();
+        let again: i64 = conn
+            .query_row(INTERN_CONTAINER, answer, |r| r.get(0))
+            .unwrap();
+        assert_eq!(first, again, "one row per answer");
+        let renamed: i64 = conn
+            .query_row(
+                INTERN_CONTAINER,
+                params!["ab", "localhost/p:1", "sha256:aa", "q", "", ""],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_ne!(
+            renamed, first,
+            "another answer for the container is a row of its own"
+        );
+    }
+
     const BACK_TO_9: &str = "
+ALTER TABLE events DROP COLUMN container_ref;
+DROP TABLE containers;
 ALTER TABLE events DROP COLUMN exe_ref;
 ALTER TABLE events DROP COLUMN args_ref;
 ALTER TABLE events DROP COLUMN args_truncated;
