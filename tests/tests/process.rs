@@ -375,3 +375,50 @@ fn bad_redaction_and_capture_flags_are_refused() {
     let e = run(&["--process-args-bytes", "64", "--no-process-args"]);
     assert!(e.contains("cannot be used with"), "{e}");
 }
+
+/// `policy explain --pid` asks about a running process: the daemon judges
+/// its cgroup and names it (executable, parent), as `--offline` does from
+/// the files; a process that does not exist is a NotFound naming the pid.
+#[test]
+fn policy_explain_names_the_process_asked_about() {
+    let env = TestEnv::started("enforce", "DE", &[]);
+    let mut sleeper = env
+        .workload_command("sel", Path::new("/bin/sleep"), &["30"])
+        .spawn()
+        .expect("sleep in the selected cgroup");
+    let pid = sleeper.id().to_string();
+    let sel = env.rel("sel");
+    let policies = env.policy_dir().display().to_string();
+    let geoip = env.geoip().display().to_string();
+    for offline in [false, true] {
+        let mut args = vec!["policy", "explain", US_V4, "--pid", &pid];
+        if offline {
+            args.extend_from_slice(&["--offline", "--policies", &policies, "--geoip", &geoip]);
+        }
+        let out = env.cli(&args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        eprintln!("{text}");
+        assert_eq!(out.status.code(), Some(3), "denied: {text}");
+        assert!(text.contains(&format!("{US_V4} from {sel} (")), "{text}");
+        let process = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("process"))
+            .unwrap_or_else(|| panic!("a process line: {text}"));
+        assert!(
+            process.contains(&format!("sleep[{pid}] ")) && process.contains("/sleep, parent "),
+            "{process}"
+        );
+        assert!(text.contains("decision   denied"), "{text}");
+    }
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    let out = env.cli(&["policy", "explain", US_V4, "--pid", &pid]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("pid {pid}: no such process")) && err.contains("NotFound"),
+        "{err}"
+    );
+    let out = env.cli(&["policy", "explain", US_V4, "--pid", &pid, "--cgroup", &sel]);
+    assert_eq!(out.status.code(), Some(2), "one of --pid and --cgroup");
+}

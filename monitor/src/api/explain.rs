@@ -75,6 +75,40 @@ pub enum From {
     Pod(String),
 }
 
+/// A running process asked about: its cgroup (the cgroup2 line of
+/// `/proc/PID/cgroup`) and how it reads (`comm[pid] exe, parent PPID exe`).
+pub fn process_of_pid(proc_root: &Path, pid: u32) -> Result<(String, String), String> {
+    let dir = proc_root.join(pid.to_string());
+    let cgroups = std::fs::read_to_string(dir.join("cgroup"))
+        .map_err(|e| format!("pid {pid}: no such process ({e})"))?;
+    let cgroup = cgroups
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or_else(|| {
+            format!(
+                "pid {pid}: not in the cgroup2 hierarchy ({})",
+                dir.join("cgroup").display()
+            )
+        })?
+        .to_string();
+    let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+    let p = crate::process::Capture::default()
+        .of_proc(proc_root, pid)
+        .ok_or_else(|| format!("pid {pid}: no such process"))?;
+    let dash = |s: &str| {
+        if s.is_empty() {
+            "-".to_string()
+        } else {
+            s.to_string()
+        }
+    };
+    let mut said = format!("{}[{pid}] {}", comm.trim(), dash(&p.exe));
+    if p.ppid != 0 {
+        said.push_str(&format!(", parent {} {}", p.ppid, dash(&p.parent_exe)));
+    }
+    Ok((cgroup, said))
+}
+
 impl From {
     /// The request's cgroup or pod, checked: exactly one, a cgroup path
     /// without '..', a pod UID as policies take it.
@@ -201,6 +235,19 @@ pub async fn explain_in_force(
     })?;
     let mount = crate::cgroups::find_cgroup2_mount()
         .map_err(|e| Status::internal(format!("finding the cgroup2 mount: {e}")))?;
+    let mut process = String::new();
+    let mut req = req;
+    if req.pid != 0 {
+        if !req.cgroup.is_empty() || !req.pod_uid.is_empty() {
+            return Err(Status::invalid_argument(
+                "give the connecting process, cgroup or pod: one of them",
+            ));
+        }
+        let (cgroup, said) =
+            process_of_pid(Path::new("/proc"), req.pid).map_err(Status::not_found)?;
+        req.cgroup = cgroup;
+        process = said;
+    }
     let from = From::parse(&mount, &req.cgroup, &req.pod_uid).map_err(Status::invalid_argument)?;
     let snapshot = backend.view.policy();
     let identity = snapshot.geo.as_ref().ok_or_else(|| {
@@ -220,7 +267,7 @@ pub async fn explain_in_force(
             from.label()
         ));
     }
-    Ok(response(
+    let mut r = response(
         address,
         &from,
         judged,
@@ -229,7 +276,9 @@ pub async fn explain_in_force(
         name,
         snapshot.generation,
         warnings,
-    ))
+    );
+    r.process = process;
+    Ok(r)
 }
 
 /// The name the cgroup resolved `address` from, as the daemon learned it

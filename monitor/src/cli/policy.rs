@@ -96,11 +96,15 @@ pub struct ExplainArgs {
     /// The connecting cgroup, relative to the cgroup2 mount
     /// (/kubepods.slice/...) or in full (/sys/fs/cgroup/kubepods.slice/...);
     /// its nearest selected ancestor decides.
-    #[arg(long, required_unless_present = "pod", conflicts_with = "pod")]
+    #[arg(long, required_unless_present_any = ["pod", "pid"], conflicts_with_all = ["pod", "pid"])]
     pub cgroup: Option<String>,
     /// The connecting pod, by metadata.uid.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "pid")]
     pub pod: Option<String>,
+    /// The connecting process, running: its cgroup is asked about, and the
+    /// answer names its executable and parent.
+    #[arg(long)]
+    pub pid: Option<u32>,
     /// The DNS name the address was resolved from (domain rules judge it)
     /// [default: the name the cgroup resolved it from, as the daemon
     /// learned it].
@@ -504,9 +508,20 @@ fn or_dash(s: &str) -> &str {
 fn explain_offline(args: ExplainArgs) -> anyhow::Result<ExitCode> {
     use crate::api::explain::{response, From};
     let mount = crate::cgroups::find_cgroup2_mount().unwrap_or_else(|_| "/sys/fs/cgroup".into());
+    let (process_cgroup, process) = match args.pid {
+        Some(pid) => {
+            let (c, said) = crate::api::explain::process_of_pid(std::path::Path::new("/proc"), pid)
+                .map_err(anyhow::Error::msg)?;
+            (Some(c), said)
+        }
+        None => (None, String::new()),
+    };
     let from = From::parse(
         &mount,
-        args.cgroup.as_deref().unwrap_or_default(),
+        process_cgroup
+            .as_deref()
+            .or(args.cgroup.as_deref())
+            .unwrap_or_default(),
         args.pod.as_deref().unwrap_or_default(),
     )
     .map_err(|e| anyhow::anyhow!("{e}"))?;
@@ -549,7 +564,8 @@ fn explain_offline(args: ExplainArgs) -> anyhow::Result<ExitCode> {
         ));
     }
     let name = args.name.map(|n| (n, "given"));
-    let r = response(args.address, &from, judged, &db, &cloud, name, 0, warnings);
+    let mut r = response(args.address, &from, judged, &db, &cloud, name, 0, warnings);
+    r.process = process;
     print_explained(&r, args.output)
 }
 
@@ -562,6 +578,7 @@ async fn explain(args: ExplainArgs) -> anyhow::Result<ExitCode> {
             cgroup: args.cgroup.unwrap_or_default(),
             pod_uid: args.pod.unwrap_or_default(),
             name: args.name.unwrap_or_default(),
+            pid: args.pid.unwrap_or_default(),
         })
         .await
         .map_err(|s| status_error("Explain", s))?
@@ -587,9 +604,15 @@ fn print_explained(r: &pb::ExplainResponse, output: Format) -> anyhow::Result<Ex
                 "{} from {}: not judged: no policy selects it or an ancestor (not watched; {answered})",
                 r.address, r.from
             );
+            if !r.process.is_empty() {
+                println!("  process    {}", r.process);
+            }
             return Ok(ExitCode::SUCCESS);
         }
         println!("{} from {} ({answered})", r.address, r.from);
+        if !r.process.is_empty() {
+            println!("  process    {}", r.process);
+        }
         println!(
             "  policy     {} ({}) at {}:{}, selecting {}",
             r.policy, r.mode, r.file, r.line, r.selected

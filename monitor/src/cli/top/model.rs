@@ -162,7 +162,8 @@ impl Latest {
     }
 
     /// A line for people: time, verdict, process, cgroup, destination,
-    /// place, policy (and what is new, for an alert).
+    /// place, policy, then the executable and the container (and what is
+    /// new, for an alert).
     pub fn line(e: &pb::Event) -> String {
         let time = e.time.get(11..19).unwrap_or(&e.time);
         let dst = if e.dns_name.is_empty() {
@@ -184,6 +185,12 @@ impl Latest {
             place(&e.country, &cloud),
             e.policy
         );
+        if !e.exe.is_empty() {
+            out.push_str(&format!("  exe {}", e.exe));
+        }
+        if let Some(c) = crate::cli::output::container_line(e) {
+            out.push_str(&format!("  {c}"));
+        }
         if let Some(d) = &e.drift {
             out.push_str(&format!("  new {} {}", d.kind, d.value));
         }
@@ -208,6 +215,32 @@ mod tests {
             }],
             ..Default::default()
         }
+    }
+
+    /// A refusal names its process: comm and tgid, then the executable
+    /// and, in a container, the container and its image.
+    #[test]
+    fn a_refusal_line_names_the_executable_and_container() {
+        let e = pb::Event {
+            time: "2026-12-05T22:38:54.213068623Z".into(),
+            verdict: "denied".into(),
+            comm: "nc".into(),
+            tgid: 10179,
+            exe: "/bin/busybox".into(),
+            cgroup_path: "/llm/sel/libpod-173b".into(),
+            dst_ip: "203.0.113.2".into(),
+            dst_port: 443,
+            country: "US".into(),
+            policy: "eu-only".into(),
+            container_id: "173b870b5b80821c".into(),
+            container_name: "probe".into(),
+            image: "localhost/egress-probe:test".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            Latest::line(&e),
+            "22:38:54 denied     nc[10179] /llm/sel/libpod-173b -> 203.0.113.2:443 US eu-only  exe /bin/busybox  container probe (173b870b5b80) image localhost/egress-probe:test"
+        );
     }
 
     #[test]
