@@ -59,29 +59,6 @@ pub struct Meta {
     pub pod_namespace: String,
 }
 
-impl Meta {
-    /// Copies what the runtime said into an event of the container.
-    pub fn describe(&self, e: &mut crate::events::Event) {
-        e.image.clone_from(&self.image);
-        e.image_digest.clone_from(&self.image_digest);
-        e.container_name.clone_from(&self.name);
-        e.pod_name.clone_from(&self.pod_name);
-        e.pod_namespace.clone_from(&self.pod_namespace);
-    }
-
-    /// What an event says of its container.
-    pub fn of_event(e: &crate::events::Event) -> Option<Self> {
-        let m = Meta {
-            image: e.image.clone(),
-            image_digest: e.image_digest.clone(),
-            name: e.container_name.clone(),
-            pod_name: e.pod_name.clone(),
-            pod_namespace: e.pod_namespace.clone(),
-        };
-        (m != Meta::default()).then_some(m)
-    }
-}
-
 /// Refuses a given socket that does not exist (the daemon checks before it
 /// loads anything).
 pub fn check(given: &[PathBuf]) -> Result<(), String> {

@@ -918,6 +918,18 @@ pub fn load_yaml(path: &Path) -> Vec<Value> {
     }
 }
 
+/// An event's `args`, as strings.
+pub fn args_of(e: &Value) -> Vec<String> {
+    e["args"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn s<'a>(e: &'a Value, key: &str) -> &'a str {
     e[key].as_str().unwrap_or("")
 }

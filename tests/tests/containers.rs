@@ -15,17 +15,6 @@ use serde_json::Value;
 
 const WAIT: Duration = Duration::from_secs(15);
 
-fn args_of(e: &Value) -> Vec<String> {
-    e["args"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// `podman ARGS`, its stdout; panics with its stderr on failure.
 fn podman(args: &[&str]) -> String {
     let out = Command::new("podman")

@@ -42,17 +42,6 @@ fn run_python(env: &TestEnv, program: &Path, script: &str, extra: &[&str]) -> u6
         .unwrap_or_else(|| panic!("{} printed no pid: {out:?}", program.display()))
 }
 
-fn args_of(e: &Value) -> Vec<String> {
-    e["args"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// A copy of python3 named `evilbin`, in the cgroup where python3 was
 /// already refused a destination, makes three attempts there: evilbin gets
 /// an event of its own (one: its repeats are counts), `events --comm

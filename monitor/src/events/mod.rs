@@ -323,6 +323,27 @@ pub struct Drift {
 pub const DRIFT_KNOWN_MAX: usize = 20;
 
 impl Event {
+    /// Copies what the container's runtime said into this event.
+    pub fn describe_container(&mut self, m: &crate::containers::Meta) {
+        self.image.clone_from(&m.image);
+        self.image_digest.clone_from(&m.image_digest);
+        self.container_name.clone_from(&m.name);
+        self.pod_name.clone_from(&m.pod_name);
+        self.pod_namespace.clone_from(&m.pod_namespace);
+    }
+
+    /// What this event says the container's runtime said; None: nothing.
+    pub fn container_meta(&self) -> Option<crate::containers::Meta> {
+        let m = crate::containers::Meta {
+            image: self.image.clone(),
+            image_digest: self.image_digest.clone(),
+            name: self.container_name.clone(),
+            pod_name: self.pod_name.clone(),
+            pod_namespace: self.pod_namespace.clone(),
+        };
+        (m != crate::containers::Meta::default()).then_some(m)
+    }
+
     /// Fills the attribution fields from `cgroup_path`.
     pub fn attribute(&mut self) {
         let a = crate::attribution::attribute(&self.cgroup_path);
@@ -364,7 +385,7 @@ impl CgroupInfo {
         e.runtime.clone_from(&self.runtime);
         e.systemd_unit.clone_from(&self.systemd_unit);
         if let Some(m) = &self.container {
-            m.describe(e);
+            e.describe_container(m);
         }
     }
 

@@ -683,7 +683,7 @@ impl Processes {
     }
 
     fn container(&mut self, tx: &rusqlite::Transaction<'_>, ev: &Event) -> rusqlite::Result<i64> {
-        let Some(meta) = crate::containers::Meta::of_event(ev) else {
+        let Some(meta) = ev.container_meta() else {
             return Ok(0);
         };
         let key = (ev.container_id.clone(), meta);

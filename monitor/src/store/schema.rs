@@ -387,6 +387,23 @@ mod tests {
 
     /// Takes a new store back to version 9's layout (what `MIGRATE_9_TO_10`
     /// adds, removed), its flow rows kept.
+    /// A store made now, taken back by `back`, given `rows`, and opened
+    /// again (migrated): the connection, after checking the version.
+    fn migrated_from(path: &Path, back: &str, rows: &str) -> Connection {
+        let conn = Connection::open(path).unwrap();
+        prepare(&conn, path).unwrap();
+        conn.execute_batch(back).unwrap();
+        conn.execute_batch(rows).unwrap();
+        drop(conn);
+        let conn = Connection::open(path).unwrap();
+        prepare(&conn, path).unwrap();
+        let version: i64 = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, VERSION);
+        conn
+    }
+
     /// A version 11 store as version 10 wrote it.
     const BACK_TO_10: &str = "
 ALTER TABLE events DROP COLUMN container_ref;
@@ -400,21 +417,11 @@ PRAGMA user_version = 10;
     #[test]
     fn a_version_10_store_gains_containers() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("v10.db");
-        let conn = Connection::open(&path).unwrap();
-        prepare(&conn, &path).unwrap();
-        conn.execute_batch(BACK_TO_10).unwrap();
-        conn.execute_batch(
+        let conn = migrated_from(
+            &dir.path().join("v10.db"),
+            BACK_TO_10,
             "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, exe_ref) VALUES (1, 5, 'denied', 'p', 'default', 'connect4', 'tcp', 'ipv4', '203.0.113.2', 443, 'US', 'NA', 1, 1, 0, 'python3', 7, '/x', 1, x'00', x'00', x'00', '{}', 3);",
-        )
-        .unwrap();
-        drop(conn);
-        let conn = Connection::open(&path).unwrap();
-        prepare(&conn, &path).unwrap();
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, VERSION);
+        );
         let (exe, container): (i64, i64) = conn
             .query_row(
                 "SELECT exe_ref, container_ref FROM events WHERE seq = 1",
@@ -481,22 +488,8 @@ PRAGMA user_version = 9;
     #[test]
     fn a_version_9_store_gains_processes() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("v9.db");
-        let conn = Connection::open(&path).unwrap();
-        prepare(&conn, &path).unwrap();
-        conn.execute_batch(BACK_TO_9).unwrap();
-        conn.execute_batch(
-            "INSERT INTO flows (bucket, cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count) VALUES (0, 1, 'python3', '203.0.113.2', 443, 'tcp', 'denied', 'p', 'US', 'NA', 5, 5, 2);
-             INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record) VALUES (1, 5, 'denied', 'p', 'default', 'connect4', 'tcp', 'ipv4', '203.0.113.2', 443, 'US', 'NA', 1, 1, 0, 'python3', 7, '/x', 1, x'00', x'00', x'00', '{}');",
-        )
-        .unwrap();
-        drop(conn);
-        let conn = Connection::open(&path).unwrap();
-        prepare(&conn, &path).unwrap();
-        let version: i64 = conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .unwrap();
-        assert_eq!(version, VERSION);
+        let conn = migrated_from(&dir.path().join("v9.db"), BACK_TO_9, "INSERT INTO flows (bucket, cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count) VALUES (0, 1, 'python3', '203.0.113.2', 443, 'tcp', 'denied', 'p', 'US', 'NA', 5, 5, 2);
+             INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record) VALUES (1, 5, 'denied', 'p', 'default', 'connect4', 'tcp', 'ipv4', '203.0.113.2', 443, 'US', 'NA', 1, 1, 0, 'python3', 7, '/x', 1, x'00', x'00', x'00', '{}');");
         let (exe, args, ppid): (i64, i64, i64) = conn
             .query_row(
                 "SELECT exe_ref, args_ref, ppid FROM events WHERE seq = 1",
