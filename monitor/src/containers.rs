@@ -415,6 +415,84 @@ mod tests {
         assert_eq!(manifest_digest(&serde_json::json!({})), None);
     }
 
+    /// A fake engine on a unix socket: a Kubernetes container (cri-dockerd
+    /// labels) and its image. The answer is read once and kept; the pod
+    /// and the container's name come from the labels; a container the
+    /// engine does not know is None and not asked again at once.
+    #[test]
+    fn a_kubernetes_container_is_named_from_its_labels_and_asked_once() {
+        use std::os::unix::net::UnixListener;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("docker.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let id = "ab".repeat(32);
+        let asked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let log = asked.clone();
+        let known_id = id.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().take(4) {
+                let mut s = stream.unwrap();
+                let mut buf = [0u8; 4096];
+                let n = s.read(&mut buf).unwrap();
+                let line = String::from_utf8_lossy(&buf[..n])
+                    .lines()
+                    .next()
+                    .unwrap()
+                    .to_string();
+                log.lock().unwrap().push(line.clone());
+                let (status, body) = if line.contains(&format!("/containers/{known_id}/json")) {
+                    (
+                        "200 OK",
+                        serde_json::json!({
+                            "Name": "/k8s_vllm_vllm-0_inference_uid_0",
+                            "Image": "sha256:e454",
+                            "Config": {"Image": "registry.example/llm/vllm:v2", "Labels": {
+                                "io.kubernetes.container.name": "vllm",
+                                "io.kubernetes.pod.name": "vllm-0",
+                                "io.kubernetes.pod.namespace": "inference"}}
+                        }),
+                    )
+                } else if line.contains("/images/sha256:e454/json") {
+                    (
+                        "200 OK",
+                        serde_json::json!({"RepoDigests": ["registry.example/llm/vllm@sha256:aaa5"]}),
+                    )
+                } else {
+                    (
+                        "404 Not Found",
+                        serde_json::json!({"message": "no such container"}),
+                    )
+                };
+                let body = body.to_string();
+                let _ = write!(
+                    s,
+                    "HTTP/1.1 {status}\r\nContent-Length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        let mut c = Containers::find(&[path]).unwrap();
+        let want = Meta {
+            image: "registry.example/llm/vllm:v2".into(),
+            image_digest: "sha256:aaa5".into(),
+            name: "vllm".into(),
+            pod_name: "vllm-0".into(),
+            pod_namespace: "inference".into(),
+        };
+        assert_eq!(c.lookup(&id, Runtime::Docker).as_deref(), Some(&want));
+        assert_eq!(c.lookup(&id, Runtime::Docker).as_deref(), Some(&want));
+        let other = "cd".repeat(32);
+        assert_eq!(c.lookup(&other, Runtime::Docker), None);
+        assert_eq!(c.lookup(&other, Runtime::Docker), None);
+        assert_eq!(
+            asked.lock().unwrap().len(),
+            3,
+            "{:?}",
+            asked.lock().unwrap()
+        );
+        assert!(!c.status().contains("failing"), "{}", c.status());
+    }
+
     #[test]
     fn a_given_socket_that_does_not_exist_is_an_error() {
         let err = Containers::find(&[PathBuf::from("/nonexistent/podman.sock")])

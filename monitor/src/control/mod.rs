@@ -75,6 +75,20 @@ impl events::Names for Resolver {
     }
     fn cgroup(&mut self, id: u64) -> Arc<events::CgroupInfo> {
         if let Some(info) = self.infos.get(&id) {
+            // A container its runtime has not answered for yet: asked
+            // again (`Containers` spaces the questions out).
+            if info.container.is_none() && !info.container_id.is_empty() {
+                if let Some(meta) = self
+                    .containers
+                    .lookup(&info.container_id, info.runtime_kind())
+                {
+                    let mut answered = (**info).clone();
+                    answered.container = Some(meta);
+                    let answered = Arc::new(answered);
+                    self.infos.insert(id, answered.clone());
+                    return answered;
+                }
+            }
             return info.clone();
         }
         let Some(path) = self.paths.path(id) else {

@@ -409,9 +409,16 @@ impl CgroupInfo {
 
     /// The runtime of `container_id`, as the path tells it.
     pub fn runtime_kind(&self) -> crate::attribution::Runtime {
-        crate::attribution::attribute(&self.path)
-            .container
-            .map_or(crate::attribution::Runtime::Unknown, |c| c.runtime)
+        use crate::attribution::Runtime;
+        [
+            Runtime::Containerd,
+            Runtime::CriO,
+            Runtime::Docker,
+            Runtime::Podman,
+        ]
+        .into_iter()
+        .find(|r| r.as_str() == self.runtime)
+        .unwrap_or(Runtime::Unknown)
     }
 }
 
