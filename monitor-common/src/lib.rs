@@ -168,6 +168,15 @@ pub mod limits {
     /// ancestor (level 0 is the hierarchy root).
     pub const MAX_CGROUP_DEPTH: u32 = 32;
     pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+    /// The last `1 / RING_RESERVE_DIVISOR` of the ring buffer is kept for
+    /// decisions that are not "allow" (denied, would-deny, unclassified):
+    /// an allowed first sight, a process record or a cgroup wakeup that
+    /// finds the ring filled past the rest is counted lost
+    /// (`lost::RING_FULL`) instead of taking that room. A workload that
+    /// sprays new destinations fills three quarters at most; its denials
+    /// still find room. One ring, one numbering: the order of events and
+    /// the daemon's gap detection stay as they are.
+    pub const RING_RESERVE_DIVISOR: u64 = 4;
     /// Unread bytes in the ring buffer past which a new event wakes the
     /// daemon; below it the daemon drains on its own timer
     /// (`pipeline::DRAIN_INTERVAL` in the daemon).
@@ -1044,11 +1053,17 @@ const _: () = {
 
 /// Indices of the LOST per-CPU array.
 pub mod lost {
+    /// Records the ring had no room for: allowed decisions, process
+    /// records and cgroup wakeups stop where the reserve starts (see
+    /// `limits::RING_RESERVE_DIVISOR`).
     pub const RING_FULL: u32 = 0;
     pub const SEQ: u32 = 1;
     /// Execs the process table had no room for (`limits::PROCESS_ENTRIES`).
     pub const PROCESS_FULL: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Decisions that are not "allow" (denied, would-deny, unclassified)
+    /// that found even the reserve full. Not counted in `RING_FULL`.
+    pub const DENIALS_RING_FULL: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Indices of the FLOW_STATS per-CPU array.
