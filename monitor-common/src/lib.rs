@@ -84,6 +84,9 @@ pub mod names {
     pub const SOCKS: &str = "SOCKS";
     /// The decision cache and the flow counters (see `FlowEntry`).
     pub const FLOWS: &str = "FLOWS";
+    /// Refusals `FLOWS` had no room for, counted alike
+    /// (`limits::REFUSAL_ENTRIES`).
+    pub const REFUSALS: &str = "REFUSALS";
     /// The selection of each cgroup, per CONFIG word (see `Memo`).
     pub const MEMO: &str = "MEMO";
     /// Per-CPU counters of the flow table (`flow_stat`).
@@ -114,13 +117,14 @@ pub mod names {
     /// Every map, for pinning. A unit test of the daemon (`kernel::tests`)
     /// checks this list against the maps in the compiled object, so a new
     /// map cannot be left unpinned.
-    pub const ALL_MAPS: [&str; 38] = [
+    pub const ALL_MAPS: [&str; 39] = [
         PROCESSES,
         PROCESS_SCRATCH,
         PROCESS_LAYOUT,
         EVENTS,
         SOCKS,
         FLOWS,
+        REFUSALS,
         MEMO,
         FLOW_STATS,
         FLOW_SCRATCH,
@@ -185,6 +189,11 @@ pub mod limits {
     /// decision and counters for; the daemon harvests them and removes the
     /// idle ones.
     pub const FLOW_ENTRIES: u32 = 65_536;
+    /// Decisions that are not "allow" (denied, would-deny, unclassified)
+    /// that found the flow table full: kept and counted in a table of their
+    /// own, which allowed flows cannot fill, so a flood of new allowed
+    /// destinations cannot turn every repeat of a refusal into an event.
+    pub const REFUSAL_ENTRIES: u32 = 16_384;
     /// Cgroups whose selection is remembered (LRU).
     pub const MEMO_ENTRIES: u32 = 65_536;
     /// Domain rules of all policies of a set.
@@ -1070,10 +1079,13 @@ pub mod lost {
 pub mod flow_stat {
     /// Decisions made (cache misses) at the sock_addr hooks and egress.
     pub const DECIDED: u32 = 0;
-    /// Decisions that found FLOWS full: reported as an event each.
+    /// Decisions that found FLOWS full (and, for a refusal, REFUSALS too):
+    /// reported as an event each.
     pub const OVERFLOW: u32 = 1;
-    pub const COUNT: u32 = 2;
-    pub const NAMES: [&str; COUNT as usize] = ["decided", "overflow"];
+    /// Refusals that found FLOWS full, filed in REFUSALS instead.
+    pub const REFUSALS_FILED: u32 = 2;
+    pub const COUNT: u32 = 3;
+    pub const NAMES: [&str; COUNT as usize] = ["decided", "overflow", "refusals_filed"];
 }
 
 /// The single entry of the META array: what the daemon needs to know when

@@ -68,6 +68,14 @@ static SOCKS: aya_ebpf::btf_maps::SkStorage<SockState> = aya_ebpf::btf_maps::SkS
 #[map]
 static FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(limits::FLOW_ENTRIES, 0);
 
+/// Refusals FLOWS had no room for (see `file`), entries like FLOWS' and
+/// harvested alike. Allowed flows never enter it: a flood of new allowed
+/// destinations that fills FLOWS leaves a refusal its cache entry and
+/// count, instead of an event per repeat competing for the ring.
+#[map]
+static REFUSALS: HashMap<FlowKey, FlowEntry> =
+    HashMap::with_max_entries(limits::REFUSAL_ENTRIES, 0);
+
 /// The selection of each cgroup under one CONFIG word (see `Memo`).
 #[map]
 static MEMO: LruHashMap<u64, Memo> = LruHashMap::with_max_entries(limits::MEMO_ENTRIES, 0);
@@ -438,7 +446,13 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
     let now = now_ns();
     // SAFETY: the context is the program's bpf_sock_addr.
     let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
-    let verdict = match FLOWS.get_ptr_mut(&key) {
+    // A flow FLOWS had no room for may be a refusal kept in REFUSALS: one
+    // more lookup on a miss (a first sight costs a decision anyway).
+    let cached = match FLOWS.get_ptr_mut(&key) {
+        Some(f) => Some(f),
+        None => REFUSALS.get_ptr_mut(&key),
+    };
+    let verdict = match cached {
         // SAFETY: a pointer into the map's value, valid for this run.
         Some(f) if unsafe { fresh(&*f, word, memo.names_epoch, netns, now) } => {
             // SAFETY: as above; the counters are only ever added to.
@@ -651,6 +665,22 @@ fn file(
             unsafe { count_attempt(f, o.now) };
         }
         return false;
+    }
+    // Full. A refusal goes to its own table, which allowed flows cannot
+    // fill: its repeats stay counts (harvested like FLOWS') instead of an
+    // event each, which a flood could make more than the ring's reserve.
+    if o.verdict != Verdict::Allowed as u8 {
+        if REFUSALS.insert(key, &*entry, BPF_NOEXIST).is_ok() {
+            stat(flow_stat::REFUSALS_FILED);
+            return true;
+        }
+        if let Some(f) = REFUSALS.get_ptr_mut(key) {
+            if o.attempt {
+                // SAFETY: as above.
+                unsafe { count_attempt(f, o.now) };
+            }
+            return false;
+        }
     }
     // Full: the event is the record of this attempt.
     stat(flow_stat::OVERFLOW);

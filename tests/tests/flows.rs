@@ -308,11 +308,11 @@ fn unselected_cgroups_leave_no_flow() {
         .expect("open the pinned flow table")
         .entries();
     assert!(
-        table.iter().all(|(k, _)| k.cgroup_id != unsel),
+        table.iter().all(|(_, k, _)| k.cgroup_id != unsel),
         "an unselected cgroup has flow entries: {table:?}"
     );
     assert!(
-        table.iter().any(|(k, _)| k.cgroup_id == selected),
+        table.iter().any(|(_, k, _)| k.cgroup_id == selected),
         "the selected connect is in the table (so the check above looked at the right one)"
     );
     let about_unsel = env.events_within(Duration::from_millis(300), |e| {
