@@ -176,6 +176,16 @@ fn a_denial_survives_a_flood_of_allowed_first_sights() {
         .collect();
     assert_eq!(kept.len(), 1, "one record of the denial: {kept:#?}");
     assert_eq!(kept[0]["tgid"].as_u64(), Some(denied.pid), "{:#}", kept[0]);
+    let summary = bundle_file(&bundle, "summary.md");
+    let completeness = summary
+        .lines()
+        .find(|l| l.starts_with("Completeness:"))
+        .unwrap_or_else(|| panic!("a completeness line: {summary}"));
+    assert!(
+        completeness.contains("; 0 of them denied, would-deny or unclassified decisions)"),
+        "{completeness}"
+    );
+    eprintln!("{}\n{completeness}", env.cli_ok(&["status"]));
     let gaps = &counters["gaps"];
     assert_eq!(
         gaps["denials_lost_in_kernel"].as_i64(),
@@ -201,20 +211,24 @@ fn refusals_are_counted_when_allowed_flows_fill_the_flow_table() {
     drop(stopped);
 
     let st = env.status();
-    let filed = st["flows"]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["name"] == "refusals_filed"))
-        .and_then(|c| c["count"].as_u64());
-    eprintln!("flood: {sent} datagrams sent; hammer: {result}; refusals filed apart: {filed:?}");
-    // The flow table was full when the hammer began (else this proves
-    // nothing): its refusals were filed in the refusal table.
-    assert!(filed > Some(0), "{st:#}");
+    let flow_stat = |name: &str| {
+        st["flows"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name))
+            .and_then(|c| c["count"].as_u64())
+            .unwrap_or_else(|| panic!("no flow table count {name}: {st:#}"))
+    };
+    eprintln!("flood: {sent} datagrams sent; hammer: {result}");
+    // The flood filled the flow table (else this proves nothing).
+    assert!(flow_stat("overflow") > 0, "{st:#}");
     assert_eq!(counter(&st, "denials_lost_in_kernel"), 0, "{st:#}");
     assert_eq!(
         env.assert_refusals_counted("sel", &result),
         0,
         "each refusal counted once"
     );
+    // Kept in the refusal table: the first attempt to each denied host.
+    assert!(flow_stat("refusals_filed") > 0, "{st:#}");
 }
 
 /// An environment whose `sel` cgroup is enforced: loopback allowed by CIDR

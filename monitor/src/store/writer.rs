@@ -380,22 +380,18 @@ impl Writer {
                     // Two kinds, each loss in one: what the reserve kept
                     // out, and the refusals that found even it full.
                     let at = now_nanos();
-                    let others = n.saturating_sub(denials);
-                    if others > 0 {
-                        self.pending.gaps.push(Gap {
-                            unix_nanos: at,
-                            kind: "lost_in_kernel".into(),
-                            count: others,
-                            detail: "the kernel ring buffer was full".into(),
-                        });
-                    }
-                    if denials > 0 {
-                        self.pending.gaps.push(Gap {
-                            unix_nanos: at,
-                            kind: "denials_lost_in_kernel".into(),
-                            count: denials,
-                            detail: "denied, would-deny or unclassified decisions that found even the ring buffer's reserve for them full".into(),
-                        });
+                    for (kind, count, detail) in [
+                        ("lost_in_kernel", n.saturating_sub(denials), "the kernel ring buffer was full"),
+                        ("denials_lost_in_kernel", denials, "denied, would-deny or unclassified decisions that found even the ring buffer's reserve for them full"),
+                    ] {
+                        if count > 0 {
+                            self.pending.gaps.push(Gap {
+                                unix_nanos: at,
+                                kind: kind.into(),
+                                count,
+                                detail: detail.into(),
+                            });
+                        }
                     }
                 }
                 Ok(Msg::PolicySet(s)) => self.pending.policy_sets.push(s),
