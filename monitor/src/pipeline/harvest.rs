@@ -248,10 +248,13 @@ impl Harvest {
             return Harvested::default();
         }
         let entries = self.entries();
+        // The flow table's fill against its capacity (the refusal table's
+        // use shows as `refusals_filed`).
+        let in_flows = entries.iter().filter(|(t, _, _)| *t == Table::Flows);
         outlets
             .counters
             .flow_entries
-            .store(entries.len() as u64, Ordering::Relaxed);
+            .store(in_flows.count() as u64, Ordering::Relaxed);
         let now = boot_ns();
         let idle_ns = IDLE.as_nanos() as u64;
         let offset = boot_to_unix_offset();
