@@ -84,6 +84,9 @@ pub mod names {
     pub const SOCKS: &str = "SOCKS";
     /// The decision cache and the flow counters (see `FlowEntry`).
     pub const FLOWS: &str = "FLOWS";
+    /// Refusals `FLOWS` had no room for, counted alike
+    /// (`limits::REFUSAL_ENTRIES`).
+    pub const REFUSALS: &str = "REFUSALS";
     /// The selection of each cgroup, per CONFIG word (see `Memo`).
     pub const MEMO: &str = "MEMO";
     /// Per-CPU counters of the flow table (`flow_stat`).
@@ -114,13 +117,14 @@ pub mod names {
     /// Every map, for pinning. A unit test of the daemon (`kernel::tests`)
     /// checks this list against the maps in the compiled object, so a new
     /// map cannot be left unpinned.
-    pub const ALL_MAPS: [&str; 38] = [
+    pub const ALL_MAPS: [&str; 39] = [
         PROCESSES,
         PROCESS_SCRATCH,
         PROCESS_LAYOUT,
         EVENTS,
         SOCKS,
         FLOWS,
+        REFUSALS,
         MEMO,
         FLOW_STATS,
         FLOW_SCRATCH,
@@ -168,6 +172,15 @@ pub mod limits {
     /// ancestor (level 0 is the hierarchy root).
     pub const MAX_CGROUP_DEPTH: u32 = 32;
     pub const DEFAULT_RING_BYTES: u32 = 4 << 20;
+    /// The last `1 / RING_RESERVE_DIVISOR` of the ring buffer is kept for
+    /// decisions that are not "allow" (denied, would-deny, unclassified):
+    /// an allowed first sight, a process record or a cgroup wakeup that
+    /// finds the ring filled past the rest is counted lost
+    /// (`lost::RING_FULL`) instead of taking that room. A workload that
+    /// sprays new destinations fills three quarters at most; its denials
+    /// still find room. One ring, one numbering: the order of events and
+    /// the daemon's gap detection stay as they are.
+    pub const RING_RESERVE_DIVISOR: u64 = 4;
     /// Unread bytes in the ring buffer past which a new event wakes the
     /// daemon; below it the daemon drains on its own timer
     /// (`pipeline::DRAIN_INTERVAL` in the daemon).
@@ -176,6 +189,11 @@ pub mod limits {
     /// decision and counters for; the daemon harvests them and removes the
     /// idle ones.
     pub const FLOW_ENTRIES: u32 = 65_536;
+    /// Decisions that are not "allow" (denied, would-deny, unclassified)
+    /// that found the flow table full: kept and counted in a table of their
+    /// own, which allowed flows cannot fill, so a flood of new allowed
+    /// destinations cannot turn every repeat of a refusal into an event.
+    pub const REFUSAL_ENTRIES: u32 = 16_384;
     /// Cgroups whose selection is remembered (LRU).
     pub const MEMO_ENTRIES: u32 = 65_536;
     /// Domain rules of all policies of a set.
@@ -1044,21 +1062,30 @@ const _: () = {
 
 /// Indices of the LOST per-CPU array.
 pub mod lost {
+    /// Records the ring had no room for: allowed decisions, process
+    /// records and cgroup wakeups stop where the reserve starts (see
+    /// `limits::RING_RESERVE_DIVISOR`).
     pub const RING_FULL: u32 = 0;
     pub const SEQ: u32 = 1;
     /// Execs the process table had no room for (`limits::PROCESS_ENTRIES`).
     pub const PROCESS_FULL: u32 = 2;
-    pub const COUNT: u32 = 3;
+    /// Decisions that are not "allow" (denied, would-deny, unclassified)
+    /// that found even the reserve full. Not counted in `RING_FULL`.
+    pub const DENIALS_RING_FULL: u32 = 3;
+    pub const COUNT: u32 = 4;
 }
 
 /// Indices of the FLOW_STATS per-CPU array.
 pub mod flow_stat {
     /// Decisions made (cache misses) at the sock_addr hooks and egress.
     pub const DECIDED: u32 = 0;
-    /// Decisions that found FLOWS full: reported as an event each.
+    /// Decisions that found FLOWS full (and, for a refusal, REFUSALS too):
+    /// reported as an event each.
     pub const OVERFLOW: u32 = 1;
-    pub const COUNT: u32 = 2;
-    pub const NAMES: [&str; COUNT as usize] = ["decided", "overflow"];
+    /// Refusals that found FLOWS full, filed in REFUSALS instead.
+    pub const REFUSALS_FILED: u32 = 2;
+    pub const COUNT: u32 = 3;
+    pub const NAMES: [&str; COUNT as usize] = ["decided", "overflow", "refusals_filed"];
 }
 
 /// The single entry of the META array: what the daemon needs to know when

@@ -623,9 +623,11 @@ pub fn learn(ctx: &SkBuffContext) {
     sc.event.payload_len = sc.len as u16;
     sc.event.protocol = protocol;
     sc.event._pad = [0; 3];
-    if EVENTS
-        .output::<DnsEvent>(&sc.event, u64::from(BPF_RB_NO_WAKEUP))
-        .is_err()
+    // Names are not refusals: kept out of the ring's reserve.
+    if !crate::below_reserve(crate::ring_used())
+        || EVENTS
+            .output::<DnsEvent>(&sc.event, u64::from(BPF_RB_NO_WAKEUP))
+            .is_err()
     {
         count(dns::stat::UNREPORTED);
     }

@@ -19,6 +19,7 @@ mod process;
 use aya_ebpf::{
     bindings::{
         __sk_buff, BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
+        BPF_RB_RING_SIZE,
     },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -66,6 +67,14 @@ static SOCKS: aya_ebpf::btf_maps::SkStorage<SockState> = aya_ebpf::btf_maps::SkS
 /// not an LRU: an entry leaves only when the daemon has harvested it.
 #[map]
 static FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(limits::FLOW_ENTRIES, 0);
+
+/// Refusals FLOWS had no room for (see `file`), entries like FLOWS' and
+/// harvested alike. Allowed flows never enter it: a flood of new allowed
+/// destinations that fills FLOWS leaves a refusal its cache entry and
+/// count, instead of an event per repeat competing for the ring.
+#[map]
+static REFUSALS: HashMap<FlowKey, FlowEntry> =
+    HashMap::with_max_entries(limits::REFUSAL_ENTRIES, 0);
 
 /// The selection of each cgroup under one CONFIG word (see `Memo`).
 #[map]
@@ -437,7 +446,13 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
     let now = now_ns();
     // SAFETY: the context is the program's bpf_sock_addr.
     let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
-    let verdict = match FLOWS.get_ptr_mut(&key) {
+    // A flow FLOWS had no room for may be a refusal kept in REFUSALS: one
+    // more lookup on a miss (a first sight costs a decision anyway).
+    let cached = match FLOWS.get_ptr_mut(&key) {
+        Some(f) => Some(f),
+        None => REFUSALS.get_ptr_mut(&key),
+    };
+    let verdict = match cached {
         // SAFETY: a pointer into the map's value, valid for this run.
         Some(f) if unsafe { fresh(&*f, word, memo.names_epoch, netns, now) } => {
             // SAFETY: as above; the counters are only ever added to.
@@ -457,7 +472,7 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
             );
             let verdict = verdict_of(judgement.decision.allowed, &memo.selection) as u8;
             let origin = Origin::task(task_cgroup);
-            let exec_ns = process::identify(tgid, task_cgroup, &origin.comm);
+            let exec_ns = process::identify(tgid, task_cgroup, &origin.comm, verdict);
             let outcome = Outcome {
                 exec_ns,
                 word,
@@ -650,6 +665,22 @@ fn file(
             unsafe { count_attempt(f, o.now) };
         }
         return false;
+    }
+    // Full. A refusal goes to its own table, which allowed flows cannot
+    // fill: its repeats stay counts (harvested like FLOWS') instead of an
+    // event each, which a flood could make more than the ring's reserve.
+    if o.verdict != Verdict::Allowed as u8 {
+        if REFUSALS.insert(key, &*entry, BPF_NOEXIST).is_ok() {
+            stat(flow_stat::REFUSALS_FILED);
+            return true;
+        }
+        if let Some(f) = REFUSALS.get_ptr_mut(key) {
+            if o.attempt {
+                // SAFETY: as above.
+                unsafe { count_attempt(f, o.now) };
+            }
+            return false;
+        }
     }
     // Full: the event is the record of this attempt.
     stat(flow_stat::OVERFLOW);
@@ -977,15 +1008,51 @@ impl Origin {
 /// record, rounded up to 8.
 const RECORD_BYTES: u64 = (8 + core::mem::size_of::<DecisionEvent>() as u64).div_ceil(8) * 8;
 
+/// Whether a record that is not a refusal may take room in the ring,
+/// which holds `used` unread bytes: not in its last share, kept for the
+/// decisions that are not "allow" (`limits::RING_RESERVE_DIVISOR`). Two
+/// CPUs checking at once may each add a record past the line: the reserve
+/// shrinks by a record per CPU at most.
+#[inline(always)]
+pub(crate) fn below_reserve(used: u64) -> bool {
+    let size = EVENTS.query(BPF_RB_RING_SIZE as u64);
+    used < size - size / limits::RING_RESERVE_DIVISOR
+}
+
+/// The ring's unread bytes (reserved records included).
+#[inline(always)]
+pub(crate) fn ring_used() -> u64 {
+    EVENTS.query(BPF_RB_AVAIL_DATA as u64)
+}
+
+/// Adds one to this CPU's `LOST[index]`.
+#[inline(always)]
+pub(crate) fn count_lost(index: u32) {
+    if let Some(c) = LOST.get_ptr_mut(index) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *c += 1 };
+    }
+}
+
 #[inline(always)]
 fn emit(attempt: &Attempt, origin: &Origin, o: &Outcome) {
     let judgement = o.judgement;
     let selection = o.selection;
+    let used = ring_used();
+    // A denial, would-deny or unclassified refusal may use the whole ring;
+    // an allowed first sight stops where the reserve starts, so no flood
+    // of them pushes a refusal out (its loss is counted apart).
+    let refusal = o.verdict != Verdict::Allowed as u8;
+    if !refusal && !below_reserve(used) {
+        count_lost(lost::RING_FULL);
+        return;
+    }
     let Some(mut entry) = EVENTS.reserve::<DecisionEvent>(0) else {
-        if let Some(lost) = LOST.get_ptr_mut(lost::RING_FULL) {
-            // SAFETY: per-CPU slot, only this CPU writes it.
-            unsafe { *lost += 1 };
-        }
+        count_lost(if refusal {
+            lost::DENIALS_RING_FULL
+        } else {
+            lost::RING_FULL
+        });
         return;
     };
     // Numbered only once it has a place in the ring: a number missing from
@@ -1044,7 +1111,8 @@ fn emit(attempt: &Attempt, origin: &Origin, o: &Outcome) {
     // self-IPI each (more than half of a new destination's `sendmsg4` under
     // load, by perf). Two CPUs crossing at once may both skip; the timer
     // drains then.
-    let avail = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    // The unread bytes with this record (read before it was reserved).
+    let avail = used + RECORD_BYTES;
     // An unclassified cgroup wakes the daemon at once: it classifies the
     // cgroup when it reads this.
     let flags = if judgement.decision.rule == Rule::Unclassified as u8
@@ -1229,7 +1297,7 @@ fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
                 port,
             };
             let origin = Origin::task(cgroup);
-            let exec_ns = process::identify(tgid, cgroup, &origin.comm);
+            let exec_ns = process::identify(tgid, cgroup, &origin.comm, verdict);
             let outcome = Outcome {
                 exec_ns,
                 word,
@@ -1264,6 +1332,11 @@ fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
 /// as unclassified (`Selection::UNCLASSIFIED`); this only shortens the wait.
 #[raw_tracepoint(tracepoint = "cgroup_mkdir")]
 pub fn cgroup_made(_ctx: RawTracePointContext) -> i32 {
+    // Kept out of the reserve: a refusal of the cgroup wakes the daemon too.
+    if !below_reserve(ring_used()) {
+        count_lost(lost::RING_FULL);
+        return 0;
+    }
     if let Some(mut entry) = EVENTS.reserve::<EventHeader>(0) {
         // SAFETY: the reserved record, ours until submitted.
         unsafe {
@@ -1636,6 +1709,7 @@ pub fn socket_create(ctx: LsmContext) -> i32 {
                 (origin.pid_tgid >> 32) as u32,
                 origin.cgroup_id,
                 &origin.comm,
+                verdict as u8,
             ),
         },
     );

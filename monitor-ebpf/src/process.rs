@@ -26,10 +26,10 @@ use monitor_common::{
         Entry, Layout, Record, ARGS_BYTES, ARGS_TRUNCATED, DECIDED, RECORD_VERSION, REPORTED,
         UNSEEN,
     },
-    EventHeader,
+    EventHeader, Verdict,
 };
 
-use crate::{names_changed, EVENTS, LOST};
+use crate::{below_reserve, count_lost, names_changed, ring_used, EVENTS};
 
 /// Bounded, not LRU: an exit removes its entry, and an exec that finds
 /// no room is counted (`lost::PROCESS_FULL`) instead of silently pushing
@@ -41,14 +41,6 @@ pub static PROCESSES: HashMap<u32, Entry> = HashMap::with_max_entries(limits::PR
 static PROCESS_SCRATCH: PerCpuArray<Entry> = PerCpuArray::with_max_entries(1, 0);
 #[map]
 static PROCESS_LAYOUT: Array<Layout> = Array::with_max_entries(1, 0);
-
-#[inline(always)]
-fn count_lost(index: u32) {
-    if let Some(c) = LOST.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot, only this CPU writes it.
-        unsafe { *c += 1 };
-    }
-}
 
 /// Reads the pointer-sized field at `base + offset` of a kernel struct.
 #[inline(always)]
@@ -193,9 +185,11 @@ pub fn process_exit(_ctx: RawTracePointContext) -> i32 {
 /// decided and reports it once (a `kind::PROCESS` record ahead of the
 /// decision). A process the exec program never saw (older than the
 /// programs) gets an `UNSEEN` entry, named by the daemon from /proc.
-/// Runs only on a cache miss.
+/// Runs only on a cache miss. The record of a process whose decision is
+/// `verdict` may use the ring's reserve when the decision may (it is not
+/// "allow"): a refusal names its process.
 #[inline(always)]
-pub(crate) fn identify(tgid: u32, cgroup_id: u64, comm: &[u8; 16]) -> u64 {
+pub(crate) fn identify(tgid: u32, cgroup_id: u64, comm: &[u8; 16], verdict: u8) -> u64 {
     if tgid == 0 {
         return 0;
     }
@@ -237,7 +231,7 @@ pub(crate) fn identify(tgid: u32, cgroup_id: u64, comm: &[u8; 16]) -> u64 {
         let flags = (*p).flags;
         (*p).flags = flags | DECIDED;
         if flags & REPORTED == 0 {
-            if report(&*p) {
+            if report(&*p, verdict != Verdict::Allowed as u8) {
                 (*p).flags = flags | DECIDED | REPORTED;
             }
         }
@@ -245,10 +239,15 @@ pub(crate) fn identify(tgid: u32, cgroup_id: u64, comm: &[u8; 16]) -> u64 {
     }
 }
 
-/// Puts `e` in the ring; false when the ring is full (counted as a lost
-/// event: the next decision of the process tries again).
+/// Puts `e` in the ring; false when the ring is full, or filled up to the
+/// reserve and `refusal` is false (counted as a lost event: the next
+/// decision of the process tries again).
 #[inline(always)]
-fn report(e: &Entry) -> bool {
+fn report(e: &Entry, refusal: bool) -> bool {
+    if !refusal && !below_reserve(ring_used()) {
+        count_lost(lost::RING_FULL);
+        return false;
+    }
     let Some(mut rec) = EVENTS.reserve::<Record>(0) else {
         count_lost(lost::RING_FULL);
         return false;

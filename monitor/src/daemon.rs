@@ -129,8 +129,8 @@ impl PolicyRecord for StoreRecord {
     fn cloud_ranges(&self, identity: String) {
         self.0.cloud_ranges(identity);
     }
-    fn kernel_lost(&self, n: u64) {
-        self.0.kernel_lost(n);
+    fn kernel_lost(&self, n: u64, denials: u64) {
+        self.0.kernel_lost(n, denials);
     }
     fn watching(&self, attached: bool) {
         self.0.watching(attached);

@@ -129,6 +129,11 @@ pub fn probe_bin() -> PathBuf {
     bin_dir().join("probe")
 }
 
+/// The load generator (`src/bin/loadgen.rs`).
+pub fn loadgen_bin() -> PathBuf {
+    bin_dir().join("loadgen")
+}
+
 /// The DNS server and resolve-then-connect client (`src/bin/dnsprobe`).
 pub fn dnsprobe_bin() -> PathBuf {
     bin_dir().join("dnsprobe")
@@ -1227,10 +1232,24 @@ impl TestEnv {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> Vec<Value> {
+        self.wait_flow_sum_of(what, &[], field, want, timeout, pred)
+    }
+
+    /// `wait_flow_sum` over `flows EXTRA` (filters that keep the flows
+    /// looked for within the query's limit).
+    pub fn wait_flow_sum_of(
+        &self,
+        what: &str,
+        extra: &[&str],
+        field: &str,
+        want: u64,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Vec<Value> {
         let deadline = Instant::now() + timeout;
         let sum = |fs: &[Value]| -> u64 { fs.iter().map(|f| f[field].as_u64().unwrap_or(0)).sum() };
         loop {
-            let matching: Vec<Value> = self.flows(&[]).into_iter().filter(|f| pred(f)).collect();
+            let matching: Vec<Value> = self.flows(extra).into_iter().filter(|f| pred(f)).collect();
             let n = sum(&matching);
             assert!(
                 n <= want,

@@ -232,8 +232,10 @@ fn flow_counts_survive_kill_9() {
     });
 }
 
-/// A full table: every further decision is an event (no denial is lost)
-/// and traffic is judged as before (nothing is blocked that is allowed).
+/// A full table: every further allowed decision is an event, each refusal
+/// is kept in the refusal table (reported once, its repeats counted there);
+/// no denial is lost and traffic is judged as before (nothing is blocked
+/// that is allowed).
 #[test]
 fn a_full_flow_table_loses_no_denial_and_blocks_nothing() {
     let mut env = TestEnv::started("enforce", "DE", &["--flow-table-entries", "16"]);
@@ -269,14 +271,16 @@ fn a_full_flow_table_loses_no_denial_and_blocks_nothing() {
         e["tgid"].as_u64() == Some(ok.pid) && s(e, "verdict") == "allowed"
     });
     let st = env.status();
-    let overflow = st["flows"]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["name"] == "overflow"))
-        .and_then(|c| c["count"].as_u64());
+    let flow_stat = |name: &str| {
+        st["flows"]
+            .as_array()
+            .and_then(|a| a.iter().find(|c| c["name"] == name))
+            .and_then(|c| c["count"].as_u64())
+    };
     assert_eq!(
-        overflow,
-        Some(6),
-        "six decisions found the table full: {st}"
+        (flow_stat("refusals_filed"), flow_stat("overflow")),
+        (Some(5), Some(1)),
+        "the five refusals went to the refusal table, the allowed connect overflowed: {st}"
     );
     // The five denials are in the flows too (from their events).
     env.wait_flow_count("denials", 5, WAIT, |f| {
@@ -308,11 +312,11 @@ fn unselected_cgroups_leave_no_flow() {
         .expect("open the pinned flow table")
         .entries();
     assert!(
-        table.iter().all(|(k, _)| k.cgroup_id != unsel),
+        table.iter().all(|(_, k, _)| k.cgroup_id != unsel),
         "an unselected cgroup has flow entries: {table:?}"
     );
     assert!(
-        table.iter().any(|(k, _)| k.cgroup_id == selected),
+        table.iter().any(|(_, k, _)| k.cgroup_id == selected),
         "the selected connect is in the table (so the check above looked at the right one)"
     );
     let about_unsel = env.events_within(Duration::from_millis(300), |e| {

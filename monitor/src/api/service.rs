@@ -206,6 +206,7 @@ pub fn status_pb(
             denied,
             would_deny,
             lost_in_kernel: view.kernel.lost_events(),
+            denials_lost_in_kernel: view.kernel.denials_lost(),
             processes_lost: view.kernel.processes_lost(),
             undecodable: view.counters.undecodable.load(Ordering::Relaxed),
             dropped_slow_clients: view.streams.missed.load(Ordering::Relaxed),

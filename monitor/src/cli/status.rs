@@ -119,6 +119,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
             c.allowed, c.denied, c.would_deny, c.drift_alerts, c.lost_in_kernel, c.undecodable, c.dropped_slow_clients, c.stream_clients
         );
         println!(
+            "denials         lost in kernel (even the ring buffer's reserve for them was full): {}",
+            c.denials_lost_in_kernel
+        );
+        println!(
             "processes       execs the kernel's process table had no room for: {}",
             c.processes_lost
         );

@@ -133,7 +133,8 @@ enum FileState {
 /// Where a store records the policy sets that took effect.
 pub trait PolicyRecord: Send + Sync {
     fn policy_set(&self, policies: &[CompiledPolicy], generation: u32);
-    fn kernel_lost(&self, n: u64);
+    /// `n` events lost in the kernel, `denials` of them refusals.
+    fn kernel_lost(&self, n: u64, denials: u64);
     /// Whether our programs are attached (checked at every rescan).
     fn watching(&self, attached: bool);
     /// Our programs were found detached and were attached again.
@@ -183,7 +184,10 @@ pub struct Controller {
     selection: BTreeMap<u64, Selected>,
     refused: String,
     publish: watch::Sender<Arc<PolicySnapshot>>,
+    /// The kernel's lost events (all, and the refusals among them) as
+    /// last recorded.
     lost_reported: u64,
+    denials_lost_reported: u64,
     /// The last failure to attach our programs again, said once.
     restore_failure: Option<String>,
     /// Whether the kernel's cloud slot holds `parts.cloud`.
@@ -217,6 +221,7 @@ impl Controller {
             refused: String::new(),
             publish,
             lost_reported: 0,
+            denials_lost_reported: 0,
             restore_failure: None,
             cloud_loaded: false,
             cloud_stamp: Vec::new(),
@@ -780,13 +785,23 @@ impl Controller {
         }
         self.reload_cloud();
         let lost = self.parts.kernel.lost_events();
+        let denials = self.parts.kernel.denials_lost();
         if lost > self.lost_reported {
+            let refused = denials.saturating_sub(self.denials_lost_reported);
             log::warn!(
                 "{} events lost in the kernel (ring buffer full), {lost} in all",
                 lost - self.lost_reported
             );
-            self.parts.record.kernel_lost(lost - self.lost_reported);
+            if refused > 0 {
+                log::error!(
+                    "{refused} denied, would-deny or unclassified decisions lost in the kernel ({denials} in all): even the ring buffer's reserve for them was full; raise --ring-buffer-bytes"
+                );
+            }
+            self.parts
+                .record
+                .kernel_lost(lost - self.lost_reported, refused);
             self.lost_reported = lost;
+            self.denials_lost_reported = denials;
         }
         match self.parts.kernel.restore_links() {
             Ok(restored) if !restored.is_empty() => {

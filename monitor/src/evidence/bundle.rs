@@ -960,6 +960,7 @@ fn gap_totals(gaps: &[Gap]) -> BTreeMap<String, i64> {
     let mut totals: BTreeMap<String, i64> = [
         "lost_for_store",
         "lost_in_kernel",
+        "denials_lost_in_kernel",
         "store_degraded",
         "store_reset",
         "lost_at_restart",

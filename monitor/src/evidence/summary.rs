@@ -224,12 +224,13 @@ pub fn render(i: &Input<'_>) -> String {
     let gn = |k: &str| g[k].as_i64().unwrap_or(0);
     let not_stored =
         gn("lost_for_store") + gn("store_degraded") + gn("lost_at_restart") + gn("lost_in_daemon");
-    let lost = gn("lost_in_kernel") + not_stored + gn("store_reset");
+    let denials_lost = gn("denials_lost_in_kernel");
+    let in_kernel = gn("lost_in_kernel") + denials_lost;
+    let lost = in_kernel + not_stored + gn("store_reset");
     coverage_section(&mut m, i.coverage);
     let _ = writeln!(
         m,
-        "Completeness: {} events lost in the kernel (ring buffer full), {} not stored (store degraded, or read by a daemon killed before it stored them), {} store resets. {}\n",
-        gn("lost_in_kernel"),
+        "Completeness: {in_kernel} events lost in the kernel (ring buffer full; {denials_lost} of them denied, would-deny or unclassified decisions), {} not stored (store degraded, or read by a daemon killed before it stored them), {} store resets. {}\n",
         not_stored,
         gn("store_reset"),
         match (lost == 0, i.coverage.complete()) {

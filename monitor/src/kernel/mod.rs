@@ -718,10 +718,22 @@ impl Kernel {
         &self.events_epoch
     }
 
-    /// Events the kernel could not put into the ring buffer, all CPUs.
+    /// Events the kernel could not put into the ring buffer, all CPUs,
+    /// the refusals among them included.
     pub fn lost_events(&self) -> u64 {
+        self.lost(monitor_common::lost::RING_FULL) + self.denials_lost()
+    }
+
+    /// Decisions that are not "allow" the kernel could not put into the
+    /// ring buffer (even its reserve was full), all CPUs.
+    pub fn denials_lost(&self) -> u64 {
+        self.lost(monitor_common::lost::DENIALS_RING_FULL)
+    }
+
+    /// One `LOST` counter, all CPUs.
+    fn lost(&self, index: u32) -> u64 {
         self.lost
-            .get(&monitor_common::lost::RING_FULL, 0)
+            .get(&index, 0)
             .map(|values| values.iter().sum())
             .unwrap_or_default()
     }

@@ -201,7 +201,11 @@ impl KernelProbe for Probe {
     }
 
     fn lost_events(&self) -> u64 {
-        self.lost(monitor_common::lost::RING_FULL)
+        self.lost(monitor_common::lost::RING_FULL) + self.denials_lost()
+    }
+
+    fn denials_lost(&self) -> u64 {
+        self.lost(monitor_common::lost::DENIALS_RING_FULL)
     }
 
     fn processes_lost(&self) -> u64 {

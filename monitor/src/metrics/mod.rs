@@ -88,6 +88,8 @@ struct BuildLabels {
 #[derive(Debug, Default)]
 pub struct Snapshot<'a> {
     pub lost_in_kernel: u64,
+    /// Of those, decisions that are not "allow".
+    pub denials_lost_in_kernel: u64,
     /// Execs the kernel's process table had no room for.
     pub processes_lost: u64,
     pub undecodable: u64,
@@ -127,6 +129,7 @@ pub struct Metrics {
     /// reused for another name.
     decision_cache: Mutex<HashMap<DecisionKey, Counter>>,
     lost: Counter,
+    denials_lost: Counter,
     processes_lost: Counter,
     undecodable: Counter,
     missed: Counter,
@@ -172,6 +175,7 @@ impl Metrics {
             decisions: Family::default(),
             decision_cache: Mutex::new(HashMap::new()),
             lost: Counter::default(),
+            denials_lost: Counter::default(),
             processes_lost: Counter::default(),
             undecodable: Counter::default(),
             missed: Counter::default(),
@@ -213,6 +217,11 @@ impl Metrics {
                 "events_lost",
                 "Decision events the kernel could not queue (ring buffer full)",
                 m.lost.clone(),
+            );
+            r.register(
+                "denials_lost",
+                "Of events_lost: decisions that are not allow (denied, would-deny, unclassified) that found even the ring buffer's reserve for them full",
+                m.denials_lost.clone(),
             );
             r.register(
                 "processes_lost",
@@ -432,6 +441,7 @@ impl Metrics {
     /// Brings the scrape-time values up to date.
     fn refresh(&self, s: &Snapshot) {
         Self::sync_counter(&self.lost, s.lost_in_kernel);
+        Self::sync_counter(&self.denials_lost, s.denials_lost_in_kernel);
         Self::sync_counter(&self.processes_lost, s.processes_lost);
         Self::sync_counter(&self.undecodable, s.undecodable);
         Self::sync_counter(&self.missed, s.missed_by_slow_clients);
@@ -567,6 +577,7 @@ pub async fn scrape(view: &crate::state::View, metrics: &Arc<Metrics>) -> String
     let policies: Vec<CompiledPolicy> = s.policies.iter().map(|p| p.policy.clone()).collect();
     let snapshot = Snapshot {
         lost_in_kernel: view.kernel.lost_events(),
+        denials_lost_in_kernel: view.kernel.denials_lost(),
         processes_lost: view.kernel.processes_lost(),
         undecodable: view.counters.undecodable.load(Ordering::Relaxed),
         missed_by_slow_clients: view.streams.missed.load(Ordering::Relaxed),
@@ -635,6 +646,7 @@ mod tests {
         m.reload(true);
         let text = m.render(&Snapshot {
             lost_in_kernel: 7,
+            denials_lost_in_kernel: 5,
             processes_lost: 3,
             undecodable: 2,
             policy_generation: 4,
@@ -647,6 +659,7 @@ mod tests {
             "egress_monitor_policy_reloads_total{result=\"ok\"} 2",
             "egress_monitor_policy_reloads_total{result=\"failed\"} 1",
             "egress_monitor_events_lost_total 7",
+            "egress_monitor_denials_lost_total 5",
             "egress_monitor_processes_lost_total 3",
             "egress_monitor_events_undecodable_total 2",
             "egress_monitor_policy_generation 4",

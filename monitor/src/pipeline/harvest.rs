@@ -9,6 +9,11 @@
 //! daemon killed with SIGKILL loses none: the next one starts from the
 //! marks the store kept. Entries idle for `IDLE` with nothing left to
 //! harvest are removed, which keeps the table for the flows in use.
+//!
+//! Refusals the full flow table had no room for are counted in a table of
+//! their own (`REFUSALS`), which allowed flows cannot fill; it is read the
+//! same way, its entries told apart in the store by the key's pad byte
+//! (`Table`).
 use std::{
     collections::{HashMap as StdHashMap, HashSet},
     path::Path,
@@ -33,11 +38,64 @@ pub const HARVEST_EVERY: Duration = Duration::from_secs(1);
 /// next attempt decides anew, with an event).
 pub const IDLE: Duration = Duration::from_secs(120);
 
-pub struct Harvest {
+/// A kernel table of flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Table {
+    /// `FLOWS`: every decision, while it has room.
+    Flows = 0,
+    /// `REFUSALS`: decisions that are not "allow" `FLOWS` had no room for.
+    Refusals = 1,
+}
+
+/// One pinned table of flows, opened twice.
+struct Pinned {
+    table: Table,
     map: HashMap<MapData, FlowKey, FlowEntry>,
     /// A second descriptor of the same map, for batched reads.
     raw: MapData,
-    marks: StdHashMap<FlowKey, Mark>,
+}
+
+impl Pinned {
+    fn open(pin_dir: &Path, table: Table) -> Result<Self, String> {
+        let (name, what) = match table {
+            Table::Flows => (names::FLOWS, "flow table"),
+            Table::Refusals => (names::REFUSALS, "refusal table"),
+        };
+        let path = pin_dir.join(name);
+        let open = || {
+            MapData::from_pin(&path)
+                .map_err(|e| format!("opening the {what} {}: {e}", path.display()))
+        };
+        let map = HashMap::try_from(aya::maps::Map::HashMap(open()?))
+            .map_err(|e| format!("the {what} {}: {e}", path.display()))?;
+        Ok(Self {
+            table,
+            map,
+            raw: open()?,
+        })
+    }
+
+    /// The table as it is now: read in batches of 4096 entries per
+    /// syscall (`BPF_MAP_LOOKUP_BATCH`); where the kernel refuses that, one
+    /// entry at a time.
+    fn entries(&self) -> Vec<(FlowKey, FlowEntry)> {
+        match lookup_batch(&self.raw) {
+            Ok(v) => v,
+            Err(e) => {
+                log::warn!(
+                    "batched read of the {:?} table failed ({e}); reading it entry by entry",
+                    self.table
+                );
+                self.map.iter().filter_map(Result::ok).collect()
+            }
+        }
+    }
+}
+
+pub struct Harvest {
+    /// `FLOWS`, then `REFUSALS` (absent from the pins of a build before it).
+    tables: Vec<Pinned>,
+    marks: StdHashMap<(FlowKey, Table), Mark>,
     /// Whether `marks` hold what the store says was harvested; until they
     /// do, nothing is harvested (the counts wait in the kernel's table)
     /// rather than counted twice.
@@ -46,30 +104,37 @@ pub struct Harvest {
     gone: Vec<Vec<u8>>,
 }
 
-/// The store's form of a flow key: its bytes as the kernel lays it out.
-pub fn key_bytes(k: &FlowKey) -> Vec<u8> {
+/// The store's form of a flow key: its bytes as the kernel lays it out,
+/// with the table in the pad byte (0 for `FLOWS`, as before there were two).
+pub fn key_bytes(k: &FlowKey, table: Table) -> Vec<u8> {
     let mut v = Vec::with_capacity(32);
     v.extend_from_slice(&k.cgroup_id.to_le_bytes());
     v.extend_from_slice(&k.addr);
     v.extend_from_slice(&k.port.to_le_bytes());
     v.push(k.protocol);
-    v.push(0);
+    v.push(table as u8);
     v.extend_from_slice(&k.tgid.to_le_bytes());
     v
 }
 
-pub fn key_of(b: &[u8]) -> Option<FlowKey> {
+pub fn key_of(b: &[u8]) -> Option<(FlowKey, Table)> {
     if b.len() != 32 {
         return None;
     }
-    Some(FlowKey {
+    let table = match b[27] {
+        0 => Table::Flows,
+        1 => Table::Refusals,
+        _ => return None,
+    };
+    let key = FlowKey {
         cgroup_id: u64::from_le_bytes(b[0..8].try_into().ok()?),
         addr: b[8..24].try_into().ok()?,
         port: u16::from_le_bytes(b[24..26].try_into().ok()?),
         protocol: b[26],
         _pad: 0,
         tgid: u32::from_le_bytes(b[28..32].try_into().ok()?),
-    })
+    };
+    Some((key, table))
 }
 
 /// CLOCK_BOOTTIME now, in nanoseconds: the kernel's clock for expiries.
@@ -125,19 +190,16 @@ fn as_record(k: &FlowKey, e: &FlowEntry) -> DecisionEvent {
 }
 
 impl Harvest {
-    /// Opens the pinned flow table; `marks` are what the store says was
-    /// harvested before (a restart).
+    /// Opens the pinned flow tables; `marks` are what the store says was
+    /// harvested before (a restart). The pins of a build without a refusal
+    /// table have the flow table only.
     pub fn open(pin_dir: &Path, marks: Vec<(Vec<u8>, Mark)>) -> Result<Self, String> {
-        let path = pin_dir.join(names::FLOWS);
-        let data = MapData::from_pin(&path)
-            .map_err(|e| format!("opening the flow table {}: {e}", path.display()))?;
-        let map = HashMap::try_from(aya::maps::Map::HashMap(data))
-            .map_err(|e| format!("the flow table {}: {e}", path.display()))?;
-        let raw = MapData::from_pin(&path)
-            .map_err(|e| format!("opening the flow table {}: {e}", path.display()))?;
+        let mut tables = vec![Pinned::open(pin_dir, Table::Flows)?];
+        if pin_dir.join(names::REFUSALS).exists() {
+            tables.push(Pinned::open(pin_dir, Table::Refusals)?);
+        }
         let mut h = Self {
-            map,
-            raw,
+            tables,
             marks: StdHashMap::new(),
             marks_known: false,
             gone: Vec::new(),
@@ -172,31 +234,27 @@ impl Harvest {
         self.marks_known = true;
     }
 
-    /// The table as it is now: read in batches of 4096 entries per
-    /// syscall (`BPF_MAP_LOOKUP_BATCH`); where the kernel refuses that, one
-    /// entry at a time.
-    pub fn entries(&self) -> Vec<(FlowKey, FlowEntry)> {
-        match lookup_batch(&self.raw) {
-            Ok(v) => v,
-            Err(e) => {
-                log::warn!(
-                    "batched read of the flow table failed ({e}); reading it entry by entry"
-                );
-                self.map.iter().filter_map(Result::ok).collect()
-            }
-        }
+    /// Every table as it is now.
+    pub fn entries(&self) -> Vec<(Table, FlowKey, FlowEntry)> {
+        self.tables
+            .iter()
+            .flat_map(|t| t.entries().into_iter().map(|(k, e)| (t.table, k, e)))
+            .collect()
     }
 
-    /// One pass over the table: what each entry counted since its mark.
+    /// One pass over the tables: what each entry counted since its mark.
     pub fn pass<N: Names>(&mut self, outlets: &Outlets, names: &Mutex<N>) -> Harvested {
         if !self.marks_known {
             return Harvested::default();
         }
         let entries = self.entries();
+        // The flow table's fill against its capacity (the refusal table's
+        // use shows as `refusals_filed`).
+        let in_flows = entries.iter().filter(|(t, _, _)| *t == Table::Flows);
         outlets
             .counters
             .flow_entries
-            .store(entries.len() as u64, Ordering::Relaxed);
+            .store(in_flows.count() as u64, Ordering::Relaxed);
         let now = boot_ns();
         let idle_ns = IDLE.as_nanos() as u64;
         let offset = boot_to_unix_offset();
@@ -206,7 +264,8 @@ impl Harvest {
         };
         let mut seen = HashSet::with_capacity(entries.len());
         let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
-        for (k, e) in entries {
+        for (table, key, e) in entries {
+            let k = (key, table);
             seen.insert(k);
             let before = match self.marks.get(&k) {
                 Some(m) if m.first_ns == e.first_ns => *m,
@@ -219,15 +278,15 @@ impl Harvest {
             let packets = e.packets.saturating_sub(before.packets);
             let bytes = e.bytes.saturating_sub(before.bytes);
             if count == 0 && packets == 0 && bytes == 0 {
-                if now.saturating_sub(e.last_ns) > idle_ns && self.map.remove(&k).is_ok() {
+                if now.saturating_sub(e.last_ns) > idle_ns && self.remove(table, &key) {
                     if self.marks.remove(&k).is_some() {
-                        out.unmarks.push(key_bytes(&k));
+                        out.unmarks.push(key_bytes(&key, table));
                     }
                     seen.remove(&k);
                 }
                 continue;
             }
-            let raw = as_record(&k, &e);
+            let raw = as_record(&key, &e);
             let mut event = enrich(&raw, offset, &mut *names);
             outlets.name(&raw, &mut event);
             outlets.observer.repeated(&raw, &event, count);
@@ -244,10 +303,10 @@ impl Harvest {
                 packets: e.packets,
                 bytes: e.bytes,
             };
-            out.marks.push((key_bytes(&k), mark));
+            out.marks.push((key_bytes(&key, table), mark));
             self.marks.insert(k, mark);
         }
-        let gone: Vec<FlowKey> = self
+        let gone: Vec<(FlowKey, Table)> = self
             .marks
             .keys()
             .filter(|k| !seen.contains(k))
@@ -255,9 +314,17 @@ impl Harvest {
             .collect();
         for k in gone {
             self.marks.remove(&k);
-            out.unmarks.push(key_bytes(&k));
+            out.unmarks.push(key_bytes(&k.0, k.1));
         }
         out
+    }
+
+    /// Removes an entry of `table`; whether it was there.
+    fn remove(&mut self, table: Table, key: &FlowKey) -> bool {
+        self.tables
+            .iter_mut()
+            .find(|t| t.table == table)
+            .is_some_and(|t| t.map.remove(key).is_ok())
     }
 }
 
@@ -341,7 +408,15 @@ mod tests {
             _pad: 0,
             tgid: 0x0a0b_0c0d,
         };
-        assert_eq!(key_of(&key_bytes(&k)), Some(k));
+        for table in [Table::Flows, Table::Refusals] {
+            assert_eq!(key_of(&key_bytes(&k, table)), Some((k, table)));
+        }
+        // A flow-table key keeps the form stores held before the
+        // refusal table existed (pad byte 0).
+        assert_eq!(key_bytes(&k, Table::Flows)[27], 0);
         assert_eq!(key_of(&[1, 2, 3]), None, "a short key is refused");
+        let mut unknown = key_bytes(&k, Table::Refusals);
+        unknown[27] = 2;
+        assert_eq!(key_of(&unknown), None, "an unknown table is refused");
     }
 }

@@ -75,8 +75,14 @@ pub struct Program {
 
 /// What only the kernel can tell, asked at the moment it is needed.
 pub trait KernelProbe: Send + Sync {
-    /// Events the kernel could not queue (ring buffer full), all CPUs.
+    /// Events the kernel could not queue (ring buffer full), all CPUs,
+    /// the refusals among them included.
     fn lost_events(&self) -> u64;
+    /// Of those, decisions that are not "allow" (denied, would-deny,
+    /// unclassified): they found even the ring's reserve full.
+    fn denials_lost(&self) -> u64 {
+        0
+    }
     /// Execs the kernel's process table had no room for, all CPUs.
     fn processes_lost(&self) -> u64 {
         0

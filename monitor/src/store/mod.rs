@@ -530,7 +530,9 @@ pub struct PolicySet {
 pub struct Gap {
     pub unix_nanos: i64,
     /// `lost_for_store` (older stores: the store fell behind the stream),
-    /// `lost_in_kernel`, `store_degraded`, `store_reset`, `lost_at_restart`
+    /// `lost_in_kernel` (the ring buffer was full; refusals apart:)
+    /// `denials_lost_in_kernel` (decisions that are not "allow" that found
+    /// even the ring's reserve full), `store_degraded`, `store_reset`, `lost_at_restart`
     /// (read from the kernel by a run that was killed before storing it),
     /// `lost_in_daemon` (a kernel number skipped with no known cause).
     pub kind: String,

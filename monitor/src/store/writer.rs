@@ -51,7 +51,8 @@ enum Msg {
     Geo(String),
     Cloud(String),
     Run(String),
-    KernelLost(u64),
+    /// Events lost in the kernel, and how many of them were refusals.
+    KernelLost(u64, u64),
     /// The kernel ring the events are numbered in (see `seqbook`).
     Epoch(String),
     Harvest(Harvested),
@@ -237,8 +238,9 @@ impl Handle {
             .map_err(|e| e.to_string())
     }
 
-    pub fn kernel_lost(&self, n: u64) {
-        self.send(Msg::KernelLost(n));
+    /// `n` events lost in the kernel, `denials` of them refusals.
+    pub fn kernel_lost(&self, n: u64, denials: u64) {
+        self.send(Msg::KernelLost(n, denials));
     }
 
     /// Writes everything received so far; the error when the store is degraded.
@@ -374,12 +376,24 @@ impl Writer {
                     }
                 }
                 Ok(Msg::Epoch(epoch)) => self.resume_numbers(epoch),
-                Ok(Msg::KernelLost(n)) => self.pending.gaps.push(Gap {
-                    unix_nanos: now_nanos(),
-                    kind: "lost_in_kernel".into(),
-                    count: n,
-                    detail: "the kernel ring buffer was full".into(),
-                }),
+                Ok(Msg::KernelLost(n, denials)) => {
+                    // Two kinds, each loss in one: what the reserve kept
+                    // out, and the refusals that found even it full.
+                    let at = now_nanos();
+                    for (kind, count, detail) in [
+                        ("lost_in_kernel", n.saturating_sub(denials), "the kernel ring buffer was full"),
+                        ("denials_lost_in_kernel", denials, "denied, would-deny or unclassified decisions that found even the ring buffer's reserve for them full"),
+                    ] {
+                        if count > 0 {
+                            self.pending.gaps.push(Gap {
+                                unix_nanos: at,
+                                kind: kind.into(),
+                                count,
+                                detail: detail.into(),
+                            });
+                        }
+                    }
+                }
                 Ok(Msg::PolicySet(s)) => self.pending.policy_sets.push(s),
                 Ok(Msg::Harvest(h)) => {
                     self.pending.repeats.extend(h.repeats);

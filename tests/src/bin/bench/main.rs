@@ -727,6 +727,54 @@ struct Follower {
     gaps: Arc<AtomicU64>,
 }
 
+/// A host the enforce policy denies (its first extra CIDR, 10.0.0.0/24);
+/// not routed in the client namespace, so a refusal that failed would
+/// still send nothing.
+const DENIED_IN_FLOOD: &str = "10.0.0.1";
+
+/// The row: of the refusals `loadgen forbid` (`v`) counted during the
+/// flood, how many the store holds as denied attempts (events and
+/// harvested repeats), once the harvest has caught up (bounded).
+fn denials_in_flood(b: &Bench, r: &mut Report, v: &Value) {
+    let refused = v["tcp_refused"].as_u64().unwrap_or(0) + v["udp_refused"].as_u64().unwrap_or(0);
+    let counted = || -> u64 {
+        b.env
+            .flows(&["--verdict", "denied"])
+            .iter()
+            .filter(|fl| {
+                fl["dst_ip"] == DENIED_IN_FLOOD
+                    && fl["cgroup_path"]
+                        .as_str()
+                        .is_some_and(|c| c.ends_with("/att/enf"))
+            })
+            .map(|fl| fl["count"].as_u64().unwrap_or(0))
+            .sum()
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut delivered = counted();
+    while delivered < refused && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(500));
+        delivered = counted();
+    }
+    let status = b.daemon.as_ref().unwrap().status();
+    let denials_lost = status["counters"]["denials_lost_in_kernel"]
+        .as_u64()
+        .unwrap_or(0);
+    r.raw["denials_in_flood"] = json!({"loadgen": v, "delivered": delivered,
+        "denials_lost_in_kernel": denials_lost});
+    r.fig(Figure::new(
+        "denials delivered during a flood of allowed first sights (2 generators at their highest rate, 1 denied attempt/ms)",
+        format!(
+            "{delivered} of {refused} ({denials_lost} denials lost in the kernel; {} attempts not refused)",
+            v["tcp_connected"].as_u64().unwrap_or(0)
+                + v["udp_sent"].as_u64().unwrap_or(0)
+                + v["other_errors"].as_u64().unwrap_or(0)
+        ),
+        "all",
+        Some(refused > 0 && delivered == refused && denials_lost == 0),
+    ));
+}
+
 /// (3) The event pipeline: paced steps up to as fast as both cores go, two
 /// load generators in the monitored cgroup, one gRPC streaming client.
 /// Returns the window (unix ns) the steps ran in.
@@ -800,10 +848,21 @@ fn pipeline(b: &mut Bench, r: &mut Report) -> (u128, u128) {
                 )
             })
             .collect();
+        // At the highest rate, a workload of the enforced cgroup tries a
+        // denied host once a millisecond meanwhile: every refusal must
+        // reach the store (the ring's reserve, the kernel's refusal table).
+        let forbid = (target == 0).then(|| {
+            loadgen(
+                b,
+                "att/enf",
+                &["forbid", "100000", &secs, DENIED_IN_FLOOD, "9", "1000"],
+            )
+        });
         let perf = perf_record(d, &format!("pipeline-{target}"), step_secs - 0.5);
         std::thread::sleep(Duration::from_secs_f64(step_secs / 2.0));
         let rss_load = d.vm("VmRSS");
         let sent: f64 = gens.into_iter().map(|g| f(&finish(g), "ops")).sum();
+        let forbid = forbid.map(finish);
         if let Some(mut p) = perf {
             let _ = p.wait();
         }
@@ -855,6 +914,9 @@ fn pipeline(b: &mut Bench, r: &mut Report) -> (u128, u128) {
             "store_pending_after": s1["store"]["pending"], "store_lost": s1["store"]["lost_for_store"],
         });
         eprintln!("bench: pipeline step {step}");
+        if let Some(v) = forbid {
+            denials_in_flood(b, r, &v);
+        }
         if target == 0 {
             max_step = step.clone();
         }
