@@ -57,6 +57,8 @@ pub struct Meta {
     /// `io.kubernetes.pod.*` labels).
     pub pod_name: String,
     pub pod_namespace: String,
+    /// The pod's labels (`app`, `team`, ...), from its sandbox.
+    pub pod_labels: BTreeMap<String, String>,
 }
 
 /// Refuses a given socket that does not exist (the daemon checks before it
@@ -260,6 +262,23 @@ fn inspect(
         }
     };
     let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    // A Kubernetes container's pod labels are its sandbox's labels, less
+    // what the kubelet and the runtime add (cri-dockerd's layout).
+    let pod_labels = match labels.get("io.kubernetes.sandbox.id") {
+        Some(sandbox) if sandbox.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            match get(socket, &format!("/v1.40/containers/{sandbox}/json"))? {
+                Some(s) => serde_json::from_value::<BTreeMap<String, String>>(
+                    s["Config"]["Labels"].clone(),
+                )
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with("io.kubernetes.") && !k.starts_with("annotation."))
+                .collect(),
+                None => BTreeMap::new(),
+            }
+        }
+        _ => BTreeMap::new(),
+    };
     Ok(Some(Meta {
         image: c["Config"]["Image"]
             .as_str()
@@ -278,6 +297,7 @@ fn inspect(
         },
         pod_name: label("io.kubernetes.pod.name"),
         pod_namespace: label("io.kubernetes.pod.namespace"),
+        pod_labels,
     }))
 }
 
@@ -430,7 +450,7 @@ mod tests {
         let log = asked.clone();
         let known_id = id.clone();
         std::thread::spawn(move || {
-            for stream in listener.incoming().take(4) {
+            for stream in listener.incoming().take(5) {
                 let mut s = stream.unwrap();
                 let mut buf = [0u8; 4096];
                 let n = s.read(&mut buf).unwrap();
@@ -449,8 +469,17 @@ mod tests {
                             "Config": {"Image": "registry.example/llm/vllm:v2", "Labels": {
                                 "io.kubernetes.container.name": "vllm",
                                 "io.kubernetes.pod.name": "vllm-0",
-                                "io.kubernetes.pod.namespace": "inference"}}
+                                "io.kubernetes.pod.namespace": "inference",
+                                "io.kubernetes.sandbox.id": "5a"}}
                         }),
+                    )
+                } else if line.contains("/containers/5a/json") {
+                    (
+                        "200 OK",
+                        serde_json::json!({"Config": {"Labels": {
+                            "app": "vllm", "team": "llm",
+                            "io.kubernetes.pod.uid": "1b2c",
+                            "annotation.kubernetes.io/config.seen": "x"}}}),
                     )
                 } else if line.contains("/images/sha256:e454/json") {
                     (
@@ -478,6 +507,10 @@ mod tests {
             name: "vllm".into(),
             pod_name: "vllm-0".into(),
             pod_namespace: "inference".into(),
+            pod_labels: [("app", "vllm"), ("team", "llm")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         assert_eq!(c.lookup(&id, Runtime::Docker).as_deref(), Some(&want));
         assert_eq!(c.lookup(&id, Runtime::Docker).as_deref(), Some(&want));
@@ -486,7 +519,7 @@ mod tests {
         assert_eq!(c.lookup(&other, Runtime::Docker), None);
         assert_eq!(
             asked.lock().unwrap().len(),
-            3,
+            4,
             "{:?}",
             asked.lock().unwrap()
         );

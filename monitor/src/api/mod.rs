@@ -142,6 +142,7 @@ impl From<&Event> for pb::Event {
             container_name: e.container_name.clone(),
             pod_name: e.pod_name.clone(),
             pod_namespace: e.pod_namespace.clone(),
+            pod_labels: e.pod_labels.clone().into_iter().collect(),
         }
     }
 }
@@ -183,6 +184,7 @@ impl From<pb::Event> for Event {
             container_name: e.container_name,
             pod_name: e.pod_name,
             pod_namespace: e.pod_namespace,
+            pod_labels: e.pod_labels.into_iter().collect(),
             country_source: crate::events::known_name(&e.country_source),
             dns_name: e.dns_name,
             dns_cname: e.dns_cname,

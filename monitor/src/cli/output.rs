@@ -80,6 +80,15 @@ pub fn container_line(e: &pb::Event) -> Option<String> {
     if !e.pod_name.is_empty() {
         out.push_str(&format!(" pod {}/{}", e.pod_namespace, e.pod_name));
     }
+    if !e.pod_labels.is_empty() {
+        let mut labels: Vec<String> = e
+            .pod_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        labels.sort();
+        out.push_str(&format!(" labels {}", labels.join(",")));
+    }
     Some(out)
 }
 

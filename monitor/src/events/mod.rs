@@ -270,6 +270,9 @@ pub struct Event {
     pub pod_name: String,
     #[serde(skip_serializing_if = "String::is_empty", default)]
     pub pod_namespace: String,
+    /// The pod's labels.
+    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty", default)]
+    pub pod_labels: std::collections::BTreeMap<String, String>,
     /// The process (see `process::Process`); each is left out of the JSON
     /// when not known. The executable as the exec was given it.
     #[serde(skip_serializing_if = "String::is_empty", default)]
@@ -330,6 +333,7 @@ impl Event {
         self.container_name.clone_from(&m.name);
         self.pod_name.clone_from(&m.pod_name);
         self.pod_namespace.clone_from(&m.pod_namespace);
+        self.pod_labels.clone_from(&m.pod_labels);
     }
 
     /// What this event says the container's runtime said; None: nothing.
@@ -340,6 +344,7 @@ impl Event {
             name: self.container_name.clone(),
             pod_name: self.pod_name.clone(),
             pod_namespace: self.pod_namespace.clone(),
+            pod_labels: self.pod_labels.clone(),
         };
         (m != crate::containers::Meta::default()).then_some(m)
     }

@@ -176,6 +176,7 @@ fn a_containers_image_and_name_survive_the_store_and_the_bundle() {
         e.image = "localhost/egress-probe:test".into();
         e.image_digest = "sha256:aaa5".into();
         e.container_name = "probe-1".into();
+        e.pod_labels = [("app".to_string(), "probe".to_string())].into();
         Arc::new(e)
     };
     let events: Vec<Arc<Event>> = (1..=3).map(of_container).collect();
@@ -203,6 +204,7 @@ fn a_containers_image_and_name_survive_the_store_and_the_bundle() {
     assert_eq!(first["image"], "localhost/egress-probe:test");
     assert_eq!(first["image_digest"], "sha256:aaa5");
     assert_eq!(first["container_name"], "probe-1");
+    assert_eq!(first["pod_labels"]["app"], "probe");
     s.conn
         .execute("UPDATE containers SET image = 'localhost/benign:1'", [])
         .unwrap();

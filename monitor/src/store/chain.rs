@@ -118,6 +118,10 @@ pub fn canonical(seq: i64, e: &Event) -> String {
     }
     key(&mut out, "pid");
     num(&mut out, e.pid);
+    if !e.pod_labels.is_empty() {
+        key(&mut out, "pod_labels");
+        num(&mut out, &e.pod_labels);
+    }
     if !e.pod_name.is_empty() {
         key(&mut out, "pod_name");
         text(&mut out, &e.pod_name);
@@ -388,6 +392,10 @@ pub(crate) mod tests {
             container_name: "vllm-é".into(),
             pod_name: "vllm-0".into(),
             pod_namespace: "inference".into(),
+            pod_labels: [("app", "vllm"), ("team\"x", "é\n")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             drift: Some(Box::new(crate::events::Drift {
                 attempt: "would_deny".into(),
                 baseline: "b \"1\"".into(),
@@ -405,7 +413,7 @@ pub(crate) mod tests {
         let full = every_field();
         // Every field set, then every optional one left out in turn.
         let mut cases = vec![full.clone(), Event::default()];
-        for clear in 0..21 {
+        for clear in 0..22 {
             let mut e = full.clone();
             match clear {
                 0 => e.dns_cname.clear(),
@@ -428,6 +436,7 @@ pub(crate) mod tests {
                 17 => e.container_name.clear(),
                 18 => e.pod_name.clear(),
                 19 => e.pod_namespace.clear(),
+                20 => e.pod_labels.clear(),
                 _ => e.systemd_unit.clear(),
             }
             cases.push(e);

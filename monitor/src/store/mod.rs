@@ -700,13 +700,32 @@ impl Processes {
                 m.image_digest,
                 m.name,
                 m.pod_name,
-                m.pod_namespace
+                m.pod_namespace,
+                labels_json(&m.pod_labels)
             ],
             |r| r.get(0),
         )?;
         self.containers.insert(key, id);
         Ok(id)
     }
+}
+
+/// Pod labels as the store keeps them: a JSON object, empty for none.
+fn labels_json(labels: &std::collections::BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(labels).unwrap_or_default()
+    }
+}
+
+/// Pod labels from the store (`labels_json`); a column that does not read
+/// back leaves none, and the record check then fails the row as edited.
+pub(crate) fn labels_of(column: Option<String>) -> std::collections::BTreeMap<String, String> {
+    column
+        .filter(|c| !c.is_empty())
+        .and_then(|c| serde_json::from_str(&c).ok())
+        .unwrap_or_default()
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -46,7 +46,7 @@ pub fn bucket_of(t: i64) -> i64 {
 
 /// The columns `event_of` reads: the record's fields, then the record that
 /// was hashed and its digest.
-pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, CASE WHEN cgroup_ref = 0 THEN cgroup_path ELSE (SELECT path FROM cgroup_paths WHERE id = cgroup_ref) END, policy_generation, dns_name, dns_cname, cloud, cloud_region, country_source, record, digest, kernel_cpu, kernel_seq, drift, (SELECT path FROM executables WHERE id = exe_ref), (SELECT argv FROM arguments WHERE id = args_ref), args_truncated, ppid, (SELECT path FROM executables WHERE id = parent_exe_ref), (SELECT image FROM containers WHERE id = container_ref), (SELECT image_digest FROM containers WHERE id = container_ref), (SELECT name FROM containers WHERE id = container_ref), (SELECT pod_name FROM containers WHERE id = container_ref), (SELECT pod_namespace FROM containers WHERE id = container_ref)";
+pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, CASE WHEN cgroup_ref = 0 THEN cgroup_path ELSE (SELECT path FROM cgroup_paths WHERE id = cgroup_ref) END, policy_generation, dns_name, dns_cname, cloud, cloud_region, country_source, record, digest, kernel_cpu, kernel_seq, drift, (SELECT path FROM executables WHERE id = exe_ref), (SELECT argv FROM arguments WHERE id = args_ref), args_truncated, ppid, (SELECT path FROM executables WHERE id = parent_exe_ref), (SELECT image FROM containers WHERE id = container_ref), (SELECT image_digest FROM containers WHERE id = container_ref), (SELECT name FROM containers WHERE id = container_ref), (SELECT pod_name FROM containers WHERE id = container_ref), (SELECT pod_namespace FROM containers WHERE id = container_ref), (SELECT pod_labels FROM containers WHERE id = container_ref)";
 
 /// A row's event, checked against what the chain covers: its columns must
 /// give back the hashed record, and the record its digest. A
@@ -177,6 +177,7 @@ fn columns_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
         container_name: r.get::<_, Option<String>>(36)?.unwrap_or_default(),
         pod_name: r.get::<_, Option<String>>(37)?.unwrap_or_default(),
         pod_namespace: r.get::<_, Option<String>>(38)?.unwrap_or_default(),
+        pod_labels: super::labels_of(r.get(39)?),
         ..Default::default()
     };
     attribute_cached(&mut e);
@@ -230,7 +231,7 @@ pub(crate) fn cgroup_info(store: &Store, path: &str) -> crate::events::CgroupInf
         info.container = store
             .conn
             .prepare_cached(
-                "SELECT image, image_digest, name, pod_name, pod_namespace FROM containers WHERE container_id = ?1 ORDER BY id DESC LIMIT 1",
+                "SELECT image, image_digest, name, pod_name, pod_namespace, pod_labels FROM containers WHERE container_id = ?1 ORDER BY id DESC LIMIT 1",
             )
             .and_then(|mut s| {
                 s.query_row([&info.container_id], |r| {
@@ -240,6 +241,7 @@ pub(crate) fn cgroup_info(store: &Store, path: &str) -> crate::events::CgroupInf
                         name: r.get(2)?,
                         pod_name: r.get(3)?,
                         pod_namespace: r.get(4)?,
+                        pod_labels: super::labels_of(r.get(5)?),
                     })
                 })
             })

@@ -47,7 +47,7 @@ CREATE TABLE cgroup_paths (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);--
 CREATE TABLE executables (id INTEGER PRIMARY KEY, path TEXT NOT NULL UNIQUE);
 CREATE TABLE arguments (id INTEGER PRIMARY KEY, argv TEXT NOT NULL UNIQUE);
 -- What container runtimes said of their containers, each answer once.
-CREATE TABLE containers (id INTEGER PRIMARY KEY, container_id TEXT NOT NULL, image TEXT NOT NULL, image_digest TEXT NOT NULL, name TEXT NOT NULL, pod_name TEXT NOT NULL, pod_namespace TEXT NOT NULL, UNIQUE (container_id, image, image_digest, name, pod_name, pod_namespace));
+CREATE TABLE containers (id INTEGER PRIMARY KEY, container_id TEXT NOT NULL, image TEXT NOT NULL, image_digest TEXT NOT NULL, name TEXT NOT NULL, pod_name TEXT NOT NULL, pod_namespace TEXT NOT NULL, pod_labels TEXT NOT NULL DEFAULT '', UNIQUE (container_id, image, image_digest, name, pod_name, pod_namespace, pod_labels));
 CREATE INDEX events_time ON events (unix_nanos);
 -- Refusals (denied, would_deny) by record order: the first page of a
 -- `--verdict denied` query without a scan; allowed rows take no room here.
@@ -235,7 +235,7 @@ ALTER TABLE flows_v10 RENAME TO flows;
 /// (image, name, pod), once per answer, and each event's by id.
 const MIGRATE_10_TO_11: &str = "
 ALTER TABLE events ADD COLUMN container_ref INTEGER NOT NULL DEFAULT 0;
-CREATE TABLE containers (id INTEGER PRIMARY KEY, container_id TEXT NOT NULL, image TEXT NOT NULL, image_digest TEXT NOT NULL, name TEXT NOT NULL, pod_name TEXT NOT NULL, pod_namespace TEXT NOT NULL, UNIQUE (container_id, image, image_digest, name, pod_name, pod_namespace));
+CREATE TABLE containers (id INTEGER PRIMARY KEY, container_id TEXT NOT NULL, image TEXT NOT NULL, image_digest TEXT NOT NULL, name TEXT NOT NULL, pod_name TEXT NOT NULL, pod_namespace TEXT NOT NULL, pod_labels TEXT NOT NULL DEFAULT '', UNIQUE (container_id, image, image_digest, name, pod_name, pod_namespace, pod_labels));
 ";
 
 /// Version 4 to 5: checkpoints become the daemon's heartbeat (the run that
@@ -250,7 +250,7 @@ PRAGMA user_version = 5;
 pub const INSERT_EVENT: &str = "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, dns_name, dns_cname, cloud, cloud_region, country_source, kernel_cpu, kernel_seq, cgroup_ref, drift, exe_ref, args_ref, args_truncated, ppid, parent_exe_ref, container_ref) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24, ?25, ?26, ?27, ?28, ?29, ?30, ?31, ?32, ?33, ?34, ?35, ?36, ?37, ?38)";
 
 /// A container runtime's answer's id, made if new.
-pub const INTERN_CONTAINER: &str = "INSERT INTO containers (container_id, image, image_digest, name, pod_name, pod_namespace) VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT DO UPDATE SET name = name RETURNING id";
+pub const INTERN_CONTAINER: &str = "INSERT INTO containers (container_id, image, image_digest, name, pod_name, pod_namespace, pod_labels) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT DO UPDATE SET name = name RETURNING id";
 
 /// A cgroup path's id, made if new.
 /// An executable's id, made if new.
@@ -434,7 +434,7 @@ PRAGMA user_version = 10;
             (3, 0),
             "old events keep their process, name no container"
         );
-        let answer = params!["ab", "localhost/p:1", "sha256:aa", "p", "", ""];
+        let answer = params!["ab", "localhost/p:1", "sha256:aa", "p", "", "", ""];
         let first: i64 = conn
             .query_row(INTERN_CONTAINER, answer, |r| r.get(0))
             .unwrap();
@@ -445,7 +445,7 @@ PRAGMA user_version = 10;
         let renamed: i64 = conn
             .query_row(
                 INTERN_CONTAINER,
-                params!["ab", "localhost/p:1", "sha256:aa", "q", "", ""],
+                params!["ab", "localhost/p:1", "sha256:aa", "q", "", "", ""],
                 |r| r.get(0),
             )
             .unwrap();
