@@ -1,7 +1,7 @@
 //! What a container is, from its runtime: the image (name and digest), the
-//! container's name, and for a Kubernetes container its pod's name and
-//! namespace, asked once per container over the runtime's unix socket and
-//! kept. The cgroup path gives only the container's ID (`attribution`).
+//! container's name, and for a Kubernetes container its pod's name,
+//! namespace and labels, asked once per container over the runtime's unix
+//! socket and kept. The cgroup path gives only the container's ID (`attribution`).
 //!
 //! Runtimes that speak the Docker Engine API answer here: Docker
 //! (`/run/docker.sock`) and Podman (`/run/podman/podman.sock`, from
@@ -108,11 +108,16 @@ impl Containers {
             });
         }
         if given.is_empty() {
+            // `/var/run` is usually `/run`: one socket is asked once.
+            let mut seen = Vec::new();
             for (p, runtime) in SOCKETS {
-                let p = Path::new(p);
-                if p.exists() && !sockets.iter().any(|s: &Socket| s.path == p) {
+                let Ok(real) = Path::new(p).canonicalize() else {
+                    continue;
+                };
+                if !seen.contains(&real) {
+                    seen.push(real);
                     sockets.push(Socket {
-                        path: p.to_path_buf(),
+                        path: PathBuf::from(p),
                         runtime,
                         failing: None,
                     });
@@ -247,8 +252,11 @@ fn inspect(
     let labels: BTreeMap<String, String> =
         serde_json::from_value(c["Config"]["Labels"].clone()).unwrap_or_default();
     let image_id = c["Image"].as_str().unwrap_or_default().to_string();
+    // Only an ID of the usual form goes into the next request's path.
+    let plain = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b':');
     let digest = match digests.get(&image_id) {
         Some(d) => d.clone(),
+        None if image_id.is_empty() || !plain(&image_id) => String::new(),
         None => {
             let d = match get(socket, &format!("/v1.40/images/{image_id}/json"))? {
                 Some(image) => manifest_digest(&image).unwrap_or_else(|| image_id.clone()),
