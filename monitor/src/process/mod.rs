@@ -210,10 +210,13 @@ impl Processes {
     /// A `kind::PROCESS` record from the ring.
     pub fn learn(&mut self, e: &Entry) {
         let p = if e.flags & UNSEEN != 0 {
-            // Older than the programs: /proc names it while it lives.
+            // Older than the programs: /proc names it while it lives. One
+            // that has exited since (gone, or a zombie, whose /proc keeps
+            // its parent but not its image) keeps what /proc said of it at
+            // the daemon's start, found by `lookup`.
             match self.capture.of_proc(&self.proc_root, e.tgid) {
-                Some(p) => p,
-                None => return,
+                Some(p) if !p.exe.is_empty() => p,
+                _ => return,
             }
         } else {
             let mut p = self.capture.of_entry(e);
@@ -315,6 +318,30 @@ mod tests {
         let p = known.lookup(e.tgid, e.exec_ns).expect("learned");
         assert_eq!(p.exe, "/bin/busybox");
         assert_eq!(p.args, ["nc", "-w", "two"]);
+    }
+
+    /// A process older than the programs that exited before its record
+    /// was read (its /proc gone, or a zombie's without an image) is named
+    /// as /proc named it at the daemon's start, not as an empty process.
+    #[test]
+    fn an_unseen_process_gone_before_its_record_keeps_its_name_from_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let proc_dir = dir.path().join("42");
+        std::fs::create_dir_all(&proc_dir).unwrap();
+        std::fs::write(proc_dir.join("status"), "Name:\tpython3\nPPid:\t41\n").unwrap();
+        std::fs::write(proc_dir.join("cmdline"), b"python3\0-c\0x\0").unwrap();
+        std::os::unix::fs::symlink("/usr/bin/python3", proc_dir.join("exe")).unwrap();
+        let mut known = Processes::new(Capture::default(), dir.path());
+        assert_eq!(known.read_proc(), 1);
+        // It exits: a zombie's /proc has its status, no image, no cmdline.
+        std::fs::remove_file(proc_dir.join("exe")).unwrap();
+        std::fs::write(proc_dir.join("cmdline"), b"").unwrap();
+        let mut e = entry(b"", UNSEEN);
+        e.exec_ns = 99;
+        known.learn(&e);
+        let p = known.lookup(42, 99).expect("named");
+        assert_eq!(p.exe, "/usr/bin/python3");
+        assert_eq!(p.args, ["python3", "-c", "x"]);
     }
 
     /// This test's own process, from /proc: its executable and arguments.
