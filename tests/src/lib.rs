@@ -923,6 +923,14 @@ pub fn load_yaml(path: &Path) -> Vec<Value> {
     }
 }
 
+/// The flow table's count `name` in a `status -o json` (`flows` list).
+pub fn flow_count(status: &Value, name: &str) -> Option<u64> {
+    status["flows"]
+        .as_array()
+        .and_then(|a| a.iter().find(|c| c["name"] == name))
+        .and_then(|c| c["count"].as_u64())
+}
+
 /// An event's `args`, as strings.
 pub fn args_of(e: &Value) -> Vec<String> {
     e["args"]

@@ -212,11 +212,7 @@ fn refusals_are_counted_when_allowed_flows_fill_the_flow_table() {
 
     let st = env.status();
     let flow_stat = |name: &str| {
-        st["flows"]
-            .as_array()
-            .and_then(|a| a.iter().find(|c| c["name"] == name))
-            .and_then(|c| c["count"].as_u64())
-            .unwrap_or_else(|| panic!("no flow table count {name}: {st:#}"))
+        flow_count(&st, name).unwrap_or_else(|| panic!("no flow table count {name}: {st:#}"))
     };
     eprintln!("flood: {sent} datagrams sent; hammer: {result}");
     // The flood filled the flow table (else this proves nothing).

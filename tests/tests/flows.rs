@@ -243,11 +243,7 @@ fn a_full_flow_table_loses_no_denial_and_blocks_nothing() {
     let fill = env.probe("sel", &["udp-burst", DE_V4, "9000", "16", "16"]);
     assert!(fill.ok, "{:?}", fill.raw);
     env.wait_status("a full table", WAIT, |st| {
-        st["flows"]
-            .as_array()
-            .and_then(|a| a.iter().find(|c| c["name"] == "entries"))
-            .and_then(|c| c["count"].as_u64())
-            == Some(16)
+        flow_count(st, "entries") == Some(16)
     });
     let port = PORT.to_string();
     let mut pids = Vec::new();
@@ -271,12 +267,7 @@ fn a_full_flow_table_loses_no_denial_and_blocks_nothing() {
         e["tgid"].as_u64() == Some(ok.pid) && s(e, "verdict") == "allowed"
     });
     let st = env.status();
-    let flow_stat = |name: &str| {
-        st["flows"]
-            .as_array()
-            .and_then(|a| a.iter().find(|c| c["name"] == name))
-            .and_then(|c| c["count"].as_u64())
-    };
+    let flow_stat = |name: &str| flow_count(&st, name);
     assert_eq!(
         (flow_stat("refusals_filed"), flow_stat("overflow")),
         (Some(5), Some(1)),
