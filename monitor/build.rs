@@ -56,6 +56,11 @@ fn compile_protos() {
         .file_descriptor_set_path(out_dir.join("egress_monitor_descriptor.bin"))
         .compile_protos(&["proto/egress_monitor/v1/egress_monitor.proto"], &["proto"])
         .expect("compiling proto/egress_monitor/v1/egress_monitor.proto (protoc from Debian's protobuf-compiler; run `cargo xtask setup`)");
+    // What containerd and CRI-O say of their containers: a client only.
+    tonic_prost_build::configure()
+        .build_server(false)
+        .compile_protos(&["proto/cri/runtime.proto"], &["proto"])
+        .expect("compiling proto/cri/runtime.proto");
 }
 
 fn build_ebpf() {

@@ -64,8 +64,9 @@ pub struct DaemonConfig {
     pub nats: Option<crate::fleet::publish::PublishArgs>,
     /// `--process-args-bytes`, `--no-process-args`, `--redact-pattern`.
     pub process: crate::process::Capture,
-    /// `--container-runtime-socket`: empty, the well-known ones.
-    pub container_sockets: Vec<std::path::PathBuf>,
+    /// `--cri-socket`, `--container-runtime-socket`: none given, the
+    /// well-known ones.
+    pub container_sockets: crate::containers::Given,
 }
 
 /// How names are learned (see `monitor_common::DnsTuning`).

@@ -184,10 +184,18 @@ pub struct DaemonArgs {
     /// ids, JWTs
     #[arg(long, value_name = "REGEX")]
     pub redact_pattern: Vec<String>,
+    /// A container runtime's CRI socket (containerd, CRI-O), asked for
+    /// each container's image, name and pod (repeatable). Without this
+    /// flag and --container-runtime-socket: those of
+    /// /run/containerd/containerd.sock, /run/k3s/containerd/containerd.sock,
+    /// /run/crio/crio.sock and the Docker Engine API sockets that exist
+    #[arg(long, value_name = "PATH")]
+    pub cri_socket: Vec<std::path::PathBuf>,
     /// A container runtime's Docker Engine API socket (Docker, or Podman's
     /// `podman system service`), asked for each container's image, name
-    /// and pod (repeatable); default: those of /run/podman/podman.sock,
-    /// /run/docker.sock, /var/run/docker.sock that exist
+    /// and pod (repeatable). Without this flag and --cri-socket: those of
+    /// /run/podman/podman.sock, /run/docker.sock, /var/run/docker.sock and
+    /// the CRI sockets that exist
     #[arg(long, value_name = "PATH")]
     pub container_runtime_socket: Vec<std::path::PathBuf>,
     #[command(flatten)]
@@ -212,7 +220,11 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         }
     }
     args.publish.nats.check_files()?;
-    crate::containers::check(&args.container_runtime_socket).map_err(anyhow::Error::msg)?;
+    let container_sockets = crate::containers::Given {
+        cri: args.cri_socket.clone(),
+        engine: args.container_runtime_socket.clone(),
+    };
+    crate::containers::check(&container_sockets).map_err(anyhow::Error::msg)?;
     if args.retention_max_mb == Some(0) {
         anyhow::bail!("--retention-max-mb must be at least 1");
     }
@@ -251,7 +263,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     };
     let config = DaemonConfig {
         process,
-        container_sockets: args.container_runtime_socket.clone(),
+        container_sockets,
         api,
         pin_dir: args.pin_dir,
         detach_on_exit: args.detach_on_exit,

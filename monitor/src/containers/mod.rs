@@ -3,22 +3,21 @@
 //! namespace and labels, asked once per container over the runtime's unix
 //! socket and kept. The cgroup path gives only the container's ID (`attribution`).
 //!
-//! Runtimes that speak the Docker Engine API answer here: Docker
-//! (`/run/docker.sock`) and Podman (`/run/podman/podman.sock`, from
-//! `podman system service`). A container is asked of the runtime its
-//! cgroup names first, then of the others. containerd and CRI-O speak CRI
-//! (gRPC), which this does not: their containers carry the ID and runtime
-//! the path gives, and `status` says why they carry no image.
+//! Two protocols answer here:
+//! - CRI (gRPC, `cri`): containerd (`/run/containerd/containerd.sock`, k3s'
+//!   `/run/k3s/containerd/containerd.sock`) and CRI-O
+//!   (`/run/crio/crio.sock`), the runtimes of Kubernetes nodes;
+//! - the Docker Engine API (`engine`): Docker (`/run/docker.sock`) and
+//!   Podman (`/run/podman/podman.sock`, from `podman system service`).
 //!
-//! A lookup runs when the daemon first resolves a container's cgroup, on
-//! the enrichment path, bounded by `TIMEOUT`; a container the runtime
-//! could not answer for is asked again after `RETRY` (its events carry the
-//! ID meanwhile). A runtime that cannot be reached is logged once, until it
-//! answers again, and shown in `status`.
+//! A container is asked of the runtime its cgroup names first, then of the
+//! others. A lookup runs when the daemon first resolves a container's
+//! cgroup, on the enrichment path, bounded by `TIMEOUT` per request; a
+//! container the runtime could not answer for is asked again after `RETRY`
+//! (its events carry the ID meanwhile). A runtime that cannot be reached is
+//! logged once, until it answers again, and shown in `status`.
 use std::{
     collections::{BTreeMap, HashMap},
-    io::{Read, Write},
-    os::unix::net::UnixStream,
     path::{Path, PathBuf},
     sync::{Arc, RwLock},
     time::{Duration, Instant},
@@ -26,21 +25,51 @@ use std::{
 
 use crate::attribution::Runtime;
 
-/// Where Docker and Podman listen by default, probed in this order.
-pub const SOCKETS: [(&str, Runtime); 3] = [
-    ("/run/podman/podman.sock", Runtime::Podman),
-    ("/run/docker.sock", Runtime::Docker),
-    ("/var/run/docker.sock", Runtime::Docker),
+pub mod cri;
+mod engine;
+
+/// How a runtime is asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// The Kubernetes Container Runtime Interface (gRPC).
+    Cri,
+    /// The Docker Engine API (HTTP).
+    Engine,
+}
+
+impl Protocol {
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Cri => "CRI",
+            Protocol::Engine => "Docker Engine API",
+        }
+    }
+}
+
+/// Where the runtimes listen by default, probed in this order.
+pub const SOCKETS: [(&str, Runtime, Protocol); 6] = [
+    (
+        "/run/containerd/containerd.sock",
+        Runtime::Containerd,
+        Protocol::Cri,
+    ),
+    (
+        "/run/k3s/containerd/containerd.sock",
+        Runtime::Containerd,
+        Protocol::Cri,
+    ),
+    ("/run/crio/crio.sock", Runtime::CriO, Protocol::Cri),
+    ("/run/podman/podman.sock", Runtime::Podman, Protocol::Engine),
+    ("/run/docker.sock", Runtime::Docker, Protocol::Engine),
+    ("/var/run/docker.sock", Runtime::Docker, Protocol::Engine),
 ];
 
-/// How long one question to a runtime may take, connect to last byte.
+/// How long one request to a runtime may take, connect to last byte.
 const TIMEOUT: Duration = Duration::from_millis(250);
 /// A container the runtime could not answer for is asked again after this.
 const RETRY: Duration = Duration::from_secs(30);
 /// Containers and images kept at once (then the cache starts over).
 const KEPT: usize = 16_384;
-/// The largest answer read from a runtime.
-const MAX_ANSWER: u64 = 4 << 20;
 
 /// What the runtime says of one container.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
@@ -61,25 +90,82 @@ pub struct Meta {
     pub pod_labels: BTreeMap<String, String>,
 }
 
+/// The runtime sockets named on the command line: `--cri-socket` and
+/// `--container-runtime-socket` (Docker Engine API).
+#[derive(Debug, Clone, Default)]
+pub struct Given {
+    pub cri: Vec<PathBuf>,
+    pub engine: Vec<PathBuf>,
+}
+
+impl Given {
+    fn all(&self) -> impl Iterator<Item = (&PathBuf, Protocol, &'static str)> {
+        let cri = self.cri.iter().map(|p| (p, Protocol::Cri, "--cri-socket"));
+        let engine = self
+            .engine
+            .iter()
+            .map(|p| (p, Protocol::Engine, "--container-runtime-socket"));
+        cri.chain(engine)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.cri.is_empty() && self.engine.is_empty()
+    }
+}
+
 /// Refuses a given socket that does not exist (the daemon checks before it
 /// loads anything).
-pub fn check(given: &[PathBuf]) -> Result<(), String> {
-    match given.iter().find(|p| !p.exists()) {
-        Some(p) => Err(format!(
-            "--container-runtime-socket {}: no such socket",
-            p.display()
-        )),
+pub fn check(given: &Given) -> Result<(), String> {
+    match given.all().find(|(p, _, _)| !p.exists()) {
+        Some((p, _, flag)) => Err(format!("{flag} {}: no such socket", p.display())),
         None => Ok(()),
     }
 }
 
+/// Of a container's or a pod sandbox's labels, the pod's own (`app`,
+/// `team`, ...): less what the kubelet and the runtime add
+/// (`io.kubernetes.*`, cri-dockerd's `annotation.*`).
+fn own_labels(labels: BTreeMap<String, String>) -> BTreeMap<String, String> {
+    labels
+        .into_iter()
+        .filter(|(k, _)| !k.starts_with("io.kubernetes.") && !k.starts_with("annotation."))
+        .collect()
+}
+
+/// How one runtime socket is asked.
+enum Talk {
+    Cri(cri::Client),
+    Engine,
+}
+
 /// One runtime socket.
-#[derive(Debug)]
 struct Socket {
     path: PathBuf,
     runtime: Runtime,
+    talk: Talk,
     /// The last failure, logged once until an answer comes.
     failing: Option<String>,
+}
+
+impl Socket {
+    fn new(path: &Path, runtime: Runtime, protocol: Protocol) -> Self {
+        Socket {
+            path: path.to_path_buf(),
+            runtime,
+            talk: match protocol {
+                Protocol::Cri => Talk::Cri(cri::Client::start(path)),
+                Protocol::Engine => Talk::Engine,
+            },
+            failing: None,
+        }
+    }
+
+    fn protocol(&self) -> Protocol {
+        match self.talk {
+            Talk::Cri(_) => Protocol::Cri,
+            Talk::Engine => Protocol::Engine,
+        }
+    }
 }
 
 pub struct Containers {
@@ -97,30 +183,22 @@ impl Containers {
     /// The runtimes at `given` (`--container-runtime-socket`), or at those
     /// of `SOCKETS` that exist. A given socket that does not exist is an
     /// error: configuration that would silently find nothing.
-    pub fn find(given: &[PathBuf]) -> Result<Self, String> {
+    pub fn find(given: &Given) -> Result<Self, String> {
         check(given)?;
         let mut sockets = Vec::new();
-        for p in given {
-            sockets.push(Socket {
-                path: p.clone(),
-                runtime: Runtime::Unknown,
-                failing: None,
-            });
+        for (p, protocol, _) in given.all() {
+            sockets.push(Socket::new(p, Runtime::Unknown, protocol));
         }
         if given.is_empty() {
             // `/var/run` is usually `/run`: one socket is asked once.
             let mut seen = Vec::new();
-            for (p, runtime) in SOCKETS {
+            for (p, runtime, protocol) in SOCKETS {
                 let Ok(real) = Path::new(p).canonicalize() else {
                     continue;
                 };
                 if !seen.contains(&real) {
                     seen.push(real);
-                    sockets.push(Socket {
-                        path: PathBuf::from(p),
-                        runtime,
-                        failing: None,
-                    });
+                    sockets.push(Socket::new(Path::new(p), runtime, protocol));
                 }
             }
         }
@@ -160,15 +238,18 @@ impl Containers {
     pub fn status(&self) -> String {
         if self.sockets.is_empty() {
             return format!(
-                "no runtime socket ({}; or give --container-runtime-socket): containers carry their ID and runtime from the cgroup path, no image or name",
-                SOCKETS.map(|(p, _)| p).join(", ")
+                "no runtime socket ({}; or give --cri-socket or --container-runtime-socket): containers carry their ID and runtime from the cgroup path, no image or name",
+                SOCKETS.map(|(p, _, _)| p).join(", ")
             );
         }
         self.sockets
             .iter()
-            .map(|s| match &s.failing {
-                None => format!("{} (Docker Engine API)", s.path.display()),
-                Some(why) => format!("{} (Docker Engine API): failing: {why}", s.path.display()),
+            .map(|s| {
+                let (path, protocol) = (s.path.display(), s.protocol().as_str());
+                match &s.failing {
+                    None => format!("{path} ({protocol})"),
+                    Some(why) => format!("{path} ({protocol}): failing: {why}"),
+                }
             })
             .collect::<Vec<_>>()
             .join("; ")
@@ -207,8 +288,11 @@ impl Containers {
         let mut order: Vec<usize> = (0..self.sockets.len()).collect();
         order.sort_by_key(|&i| self.sockets[i].runtime != runtime);
         for i in order {
-            let path = self.sockets[i].path.clone();
-            match inspect(&path, id, &mut self.digests) {
+            let answer = match &self.sockets[i].talk {
+                Talk::Cri(client) => client.inspect(id),
+                Talk::Engine => engine::inspect(&self.sockets[i].path, id, &mut self.digests),
+            };
+            match answer {
                 Ok(Some(meta)) => {
                     self.answered(i);
                     return Some(meta);
@@ -239,209 +323,9 @@ impl Containers {
     }
 }
 
-/// `GET /containers/{id}/json` (and the image's digest, once per image);
-/// None when the runtime has no such container.
-fn inspect(
-    socket: &Path,
-    id: &str,
-    digests: &mut HashMap<String, String>,
-) -> Result<Option<Meta>, String> {
-    let Some(c) = get(socket, &format!("/v1.40/containers/{id}/json"))? else {
-        return Ok(None);
-    };
-    let labels: BTreeMap<String, String> =
-        serde_json::from_value(c["Config"]["Labels"].clone()).unwrap_or_default();
-    let image_id = c["Image"].as_str().unwrap_or_default().to_string();
-    // Only an ID of the usual form goes into the next request's path.
-    let plain = |s: &str| s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b':');
-    let digest = match digests.get(&image_id) {
-        Some(d) => d.clone(),
-        None if image_id.is_empty() || !plain(&image_id) => String::new(),
-        None => {
-            let d = match get(socket, &format!("/v1.40/images/{image_id}/json"))? {
-                Some(image) => manifest_digest(&image).unwrap_or_else(|| image_id.clone()),
-                None => image_id.clone(),
-            };
-            if digests.len() >= KEPT {
-                digests.clear();
-            }
-            digests.insert(image_id, d.clone());
-            d
-        }
-    };
-    let label = |k: &str| labels.get(k).cloned().unwrap_or_default();
-    // A Kubernetes container's pod labels are its sandbox's labels, less
-    // what the kubelet and the runtime add (cri-dockerd's layout).
-    let pod_labels = match labels.get("io.kubernetes.sandbox.id") {
-        Some(sandbox) if sandbox.bytes().all(|b| b.is_ascii_hexdigit()) => {
-            match get(socket, &format!("/v1.40/containers/{sandbox}/json"))? {
-                Some(s) => serde_json::from_value::<BTreeMap<String, String>>(
-                    s["Config"]["Labels"].clone(),
-                )
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|(k, _)| !k.starts_with("io.kubernetes.") && !k.starts_with("annotation."))
-                .collect(),
-                None => BTreeMap::new(),
-            }
-        }
-        _ => BTreeMap::new(),
-    };
-    Ok(Some(Meta {
-        image: c["Config"]["Image"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string(),
-        image_digest: digest,
-        // Kubernetes names the container in a label; the engine's own
-        // name is `k8s_<container>_<pod>_...` there.
-        name: match label("io.kubernetes.container.name") {
-            n if !n.is_empty() => n,
-            _ => c["Name"]
-                .as_str()
-                .unwrap_or_default()
-                .trim_start_matches('/')
-                .to_string(),
-        },
-        pod_name: label("io.kubernetes.pod.name"),
-        pod_namespace: label("io.kubernetes.pod.namespace"),
-        pod_labels,
-    }))
-}
-
-/// The digest of the first of an image's `RepoDigests` (`name@sha256:...`).
-fn manifest_digest(image: &serde_json::Value) -> Option<String> {
-    let first = image["RepoDigests"].as_array()?.first()?.as_str()?;
-    let (_, digest) = first.rsplit_once('@')?;
-    digest.starts_with("sha256:").then(|| digest.to_string())
-}
-
-/// One HTTP/1.1 GET over the unix socket; Ok(None) on 404.
-fn get(socket: &Path, path: &str) -> Result<Option<serde_json::Value>, String> {
-    let deadline = Instant::now() + TIMEOUT;
-    let mut s = UnixStream::connect(socket).map_err(|e| format!("connect: {e}"))?;
-    s.set_write_timeout(Some(TIMEOUT)).ok();
-    s.set_read_timeout(Some(TIMEOUT)).ok();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: runtime\r\nConnection: close\r\n\r\n");
-    s.write_all(request.as_bytes())
-        .map_err(|e| format!("GET {path}: {e}"))?;
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 16 * 1024];
-    loop {
-        if Instant::now() > deadline {
-            return Err(format!("GET {path}: no answer within {TIMEOUT:?}"));
-        }
-        match s.read(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                raw.extend_from_slice(&buf[..n]);
-                if raw.len() as u64 > MAX_ANSWER {
-                    return Err(format!("GET {path}: answer larger than {MAX_ANSWER} bytes"));
-                }
-            }
-            Err(e) => return Err(format!("GET {path}: {e}")),
-        }
-    }
-    let (status, body) = parse_response(&raw).map_err(|e| format!("GET {path}: {e}"))?;
-    match status {
-        200 => serde_json::from_slice(&body)
-            .map(Some)
-            .map_err(|e| format!("GET {path}: not JSON: {e}")),
-        404 => Ok(None),
-        s => Err(format!(
-            "GET {path}: HTTP {s}: {}",
-            String::from_utf8_lossy(&body[..body.len().min(200)]).trim()
-        )),
-    }
-}
-
-/// The status code and body of a whole HTTP/1.1 response (`Content-Length`,
-/// chunked, or up to the close).
-fn parse_response(raw: &[u8]) -> Result<(u16, Vec<u8>), String> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or("no end of headers")?;
-    let head = std::str::from_utf8(&raw[..end]).map_err(|_| "headers not UTF-8")?;
-    let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|c| c.parse::<u16>().ok())
-        .ok_or("no status line")?;
-    let mut chunked = false;
-    for l in lines {
-        if let Some((k, v)) = l.split_once(':') {
-            if k.eq_ignore_ascii_case("transfer-encoding")
-                && v.trim().eq_ignore_ascii_case("chunked")
-            {
-                chunked = true;
-            }
-        }
-    }
-    let body = &raw[end + 4..];
-    if !chunked {
-        return Ok((status, body.to_vec()));
-    }
-    let mut out = Vec::new();
-    let mut rest = body;
-    loop {
-        let line_end = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .ok_or("chunk size without end")?;
-        let size_text = std::str::from_utf8(&rest[..line_end]).map_err(|_| "bad chunk size")?;
-        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-            .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-        rest = &rest[line_end + 2..];
-        if size == 0 {
-            return Ok((status, out));
-        }
-        if rest.len() < size + 2 {
-            return Err("chunk cut short".into());
-        }
-        out.extend_from_slice(&rest[..size]);
-        rest = &rest[size + 2..];
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn responses_with_length_chunks_or_close_are_read_whole() {
-        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\n{\"a\":1}";
-        assert_eq!(parse_response(plain).unwrap(), (200, b"{\"a\":1}".to_vec()));
-        let chunked =
-            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\n{\"a\r\n4;x=y\r\n\":1}\r\n0\r\n\r\n";
-        assert_eq!(
-            parse_response(chunked).unwrap(),
-            (200, b"{\"a\":1}".to_vec())
-        );
-        let missing = b"HTTP/1.1 404 Not Found\r\n\r\n{}";
-        assert_eq!(parse_response(missing).unwrap().0, 404);
-        assert!(
-            parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nff\r\nab")
-                .unwrap_err()
-                .contains("cut short")
-        );
-        assert!(parse_response(b"garbage").unwrap_err().contains("headers"));
-    }
-
-    #[test]
-    fn the_digest_is_the_manifests_where_a_registry_gave_one() {
-        let image = serde_json::json!({
-            "Id": "sha256:e454",
-            "RepoDigests": ["localhost/egress-probe@sha256:aaa5"]
-        });
-        assert_eq!(manifest_digest(&image).as_deref(), Some("sha256:aaa5"));
-        assert_eq!(
-            manifest_digest(&serde_json::json!({"RepoDigests": []})),
-            None
-        );
-        assert_eq!(manifest_digest(&serde_json::json!({})), None);
-    }
 
     /// A fake engine on a unix socket: a Kubernetes container (cri-dockerd
     /// labels) and its image. The answer is read once and kept; the pod
@@ -449,6 +333,7 @@ mod tests {
     /// engine does not know is None and not asked again at once.
     #[test]
     fn a_kubernetes_container_is_named_from_its_labels_and_asked_once() {
+        use std::io::{Read, Write};
         use std::os::unix::net::UnixListener;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("docker.sock");
@@ -508,7 +393,11 @@ mod tests {
                 );
             }
         });
-        let mut c = Containers::find(&[path]).unwrap();
+        let mut c = Containers::find(&Given {
+            engine: vec![path],
+            ..Given::default()
+        })
+        .unwrap();
         let want = Meta {
             image: "registry.example/llm/vllm:v2".into(),
             image_digest: "sha256:aaa5".into(),
@@ -536,12 +425,25 @@ mod tests {
 
     #[test]
     fn a_given_socket_that_does_not_exist_is_an_error() {
-        let err = Containers::find(&[PathBuf::from("/nonexistent/podman.sock")])
-            .err()
-            .unwrap();
-        assert!(
-            err.contains("/nonexistent/podman.sock: no such socket"),
-            "{err}"
+        let err = Containers::find(&Given {
+            engine: vec![PathBuf::from("/nonexistent/podman.sock")],
+            ..Given::default()
+        })
+        .err()
+        .unwrap();
+        assert_eq!(
+            err,
+            "--container-runtime-socket /nonexistent/podman.sock: no such socket"
+        );
+        let err = Containers::find(&Given {
+            cri: vec![PathBuf::from("/nonexistent/containerd.sock")],
+            ..Given::default()
+        })
+        .err()
+        .unwrap();
+        assert_eq!(
+            err,
+            "--cri-socket /nonexistent/containerd.sock: no such socket"
         );
     }
 
