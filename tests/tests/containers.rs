@@ -64,7 +64,9 @@ impl Podman {
             .expect("/bin/busybox (busybox-static, installed by the setup)");
         std::fs::write(
             ctx.join("Containerfile"),
-            "FROM scratch\nCOPY rootfs/ /\nENTRYPOINT [\"/bin/busybox\"]\n",
+            // The command, unless a run gives one: what a pod's sandbox
+            // (containerd's "pause") does.
+            "FROM scratch\nCOPY rootfs/ /\nENTRYPOINT [\"/bin/busybox\"]\nCMD [\"sleep\", \"3600\"]\n",
         )
         .unwrap();
         podman(&["build", "-q", "-t", &p.image, &ctx.display().to_string()]);
@@ -355,4 +357,389 @@ fn a_missing_or_silent_runtime_is_said_and_events_keep_the_id() {
         "status says the runtime fails: {said}"
     );
     env.wait_log("container runtime at", WAIT);
+}
+
+use monitor::containers::cri::{self, pb};
+
+/// containerd with its CRI plugin, as on a Kubernetes node, but all its
+/// own: its root, state, sockets and runc state below the test's
+/// directory; an image of the test's own imported into its `k8s.io`
+/// namespace (the one CRI reads), which also serves as the pod's sandbox
+/// image. A pod made the way the kubelet makes one (no kubelet here).
+struct Containerd {
+    daemon: Child,
+    dir: PathBuf,
+    socket: PathBuf,
+    image: String,
+    /// Its image as Podman built it (removed with the runtime).
+    built: Podman,
+    rt: tokio::runtime::Runtime,
+    sandboxes: Vec<String>,
+}
+
+impl Containerd {
+    fn start(env: &TestEnv) -> Self {
+        let built = Podman::start(env);
+        let dir = env.dir.path().join("containerd");
+        std::fs::create_dir_all(&dir).unwrap();
+        let socket = dir.join("containerd.sock");
+        let d = dir.display();
+        // The CNI directories stay empty: pods share the node's network
+        // (as hostNetwork pods do), so no CNI plugin is called.
+        std::fs::write(
+            dir.join("config.toml"),
+            format!(
+                r#"version = 2
+root = "{d}/root"
+state = "{d}/state"
+[grpc]
+  address = "{d}/containerd.sock"
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = "{image}"
+  # The sandbox's oom_score_adj of -998 needs CAP_SYS_RESOURCE, which
+  # root here lacks (as in a rootless setup).
+  restrict_oom_score_adj = true
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{d}/cni-bin"
+    conf_dir = "{d}/cni-conf"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+    runtime_type = "io.containerd.runc.v2"
+  [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+    Root = "{d}/runc"
+"#,
+                image = built.image
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("containerd.log")).unwrap();
+        let daemon = Command::new("containerd")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("containerd is installed by `cargo xtask test`'s setup");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let c = Containerd {
+            daemon,
+            socket,
+            image: built.image.clone(),
+            built,
+            rt,
+            dir,
+            sandboxes: Vec::new(),
+        };
+        let deadline = Instant::now() + WAIT;
+        while !c.socket.exists() {
+            assert!(
+                Instant::now() < deadline,
+                "containerd made no socket: {}",
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        // The image, from Podman's store into containerd's, by its name.
+        let archive = c.dir.join("image.tar");
+        podman(&[
+            "save",
+            "--format",
+            "docker-archive",
+            "-o",
+            &archive.display().to_string(),
+            &c.image,
+        ]);
+        c.ctr(&["images", "import", &archive.display().to_string()]);
+        c
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    /// `ctr` on this containerd's CRI namespace.
+    fn ctr(&self, args: &[&str]) -> String {
+        let out = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", "k8s.io"])
+            .args(args)
+            .output()
+            .expect("ctr (containerd's client)");
+        assert!(
+            out.status.success(),
+            "ctr {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).to_string()
+    }
+
+    fn client(
+        &self,
+    ) -> pb::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel> {
+        let _inside = self.rt.enter();
+        pb::runtime_service_client::RuntimeServiceClient::new(cri::channel(
+            &self.socket,
+            Duration::from_secs(30),
+        ))
+    }
+
+    /// A pod as the kubelet makes it (its labels, and the kubelet's own on
+    /// it and its container) in cgroup `sub` of the test, below a kubelet
+    /// layout (`kubepods/besteffort/pod<uid>/<container>`); its one
+    /// container runs `busybox ARGS` in the test's client network
+    /// namespace (entered with nsenter: a pod of the node's network, and
+    /// privileged for that). Returns the container's ID.
+    fn run_pod(&mut self, env: &TestEnv, sub: &str, uid: &str, args: &[&str]) -> String {
+        let kubelet_labels = |container: Option<&str>| {
+            let mut l: std::collections::HashMap<String, String> = [
+                ("io.kubernetes.pod.name", "probe-0"),
+                ("io.kubernetes.pod.namespace", "inference"),
+                ("io.kubernetes.pod.uid", uid),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+            if let Some(c) = container {
+                l.insert("io.kubernetes.container.name".into(), c.into());
+            }
+            l
+        };
+        let node = Some(pb::NamespaceOption {
+            network: pb::NamespaceMode::Node as i32,
+            pid: pb::NamespaceMode::Container as i32,
+            ipc: pb::NamespaceMode::Pod as i32,
+        });
+        let mut labels = kubelet_labels(None);
+        labels.insert("app".into(), "probe".into());
+        labels.insert("team".into(), "llm".into());
+        let sandbox = pb::PodSandboxConfig {
+            metadata: Some(pb::PodSandboxMetadata {
+                name: "probe-0".into(),
+                uid: uid.into(),
+                namespace: "inference".into(),
+                attempt: 0,
+            }),
+            labels,
+            linux: Some(pb::LinuxPodSandboxConfig {
+                cgroup_parent: format!("{}/kubepods/besteffort/pod{uid}", env.rel(sub)),
+                security_context: Some(pb::LinuxSandboxSecurityContext {
+                    namespace_options: node,
+                    privileged: true,
+                }),
+            }),
+            ..Default::default()
+        };
+        let mut client = self.client();
+        let sandbox_id = self
+            .rt
+            .block_on(client.run_pod_sandbox(pb::RunPodSandboxRequest {
+                config: Some(sandbox.clone()),
+                runtime_handler: String::new(),
+            }))
+            .unwrap_or_else(|e| panic!("RunPodSandbox: {e}\n{}", self.log()))
+            .into_inner()
+            .pod_sandbox_id;
+        self.sandboxes.push(sandbox_id.clone());
+        let mut command = vec![
+            "/bin/busybox".to_string(),
+            "nsenter".into(),
+            format!("--net=/run/netns/{}", env.client_ns),
+            "--".into(),
+            "/bin/busybox".into(),
+        ];
+        command.extend(args.iter().map(|a| a.to_string()));
+        let container = pb::ContainerConfig {
+            metadata: Some(pb::ContainerMetadata {
+                name: "probe".into(),
+                attempt: 0,
+            }),
+            image: Some(pb::ImageSpec {
+                image: self.image.clone(),
+                ..Default::default()
+            }),
+            command,
+            mounts: vec![pb::Mount {
+                container_path: "/run/netns".into(),
+                host_path: "/run/netns".into(),
+                readonly: true,
+            }],
+            labels: kubelet_labels(Some("probe")),
+            linux: Some(pb::LinuxContainerConfig {
+                security_context: Some(pb::LinuxContainerSecurityContext {
+                    privileged: true,
+                    namespace_options: node,
+                }),
+            }),
+            ..Default::default()
+        };
+        let id = self
+            .rt
+            .block_on(client.create_container(pb::CreateContainerRequest {
+                pod_sandbox_id: sandbox_id,
+                config: Some(container),
+                sandbox_config: Some(sandbox),
+            }))
+            .unwrap_or_else(|e| panic!("CreateContainer: {e}\n{}", self.log()))
+            .into_inner()
+            .container_id;
+        self.rt
+            .block_on(client.start_container(pb::StartContainerRequest {
+                container_id: id.clone(),
+            }))
+            .unwrap_or_else(|e| panic!("StartContainer: {e}\n{}", self.log()));
+        id
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let mut client = self.client();
+        for id in std::mem::take(&mut self.sandboxes) {
+            let _ = self
+                .rt
+                .block_on(client.stop_pod_sandbox(pb::StopPodSandboxRequest {
+                    pod_sandbox_id: id.clone(),
+                }));
+            let _ = self.rt.block_on(
+                client.remove_pod_sandbox(pb::RemovePodSandboxRequest { pod_sandbox_id: id }),
+            );
+        }
+        let _ = Command::new("ctr")
+            .arg("--address")
+            .arg(&self.socket)
+            .args(["--namespace", "k8s.io", "images", "rm", &self.image])
+            .output();
+        // SAFETY: plain syscall; our own child.
+        unsafe { libc::kill(self.daemon.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + WAIT;
+        while matches!(self.daemon.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.daemon.kill();
+        let _ = self.daemon.wait();
+        unmount_below(&self.dir);
+        remove_v1_cgroups(&self.built.root);
+        // The shims' socket directory is containerd's fixed one; removed
+        // when empty (a containerd of the machine's keeps it full).
+        let _ = std::fs::remove_dir("/run/containerd/s");
+        let _ = std::fs::remove_dir("/run/containerd");
+    }
+}
+
+/// Unmounts what is still mounted below `dir` (a sandbox's shm, an
+/// overlay), deepest first, so that the directory can be removed.
+fn unmount_below(dir: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut mounts: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .map(PathBuf::from)
+        .filter(|m| m.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+    for m in mounts {
+        let Ok(c) = std::ffi::CString::new(m.as_os_str().as_encoded_bytes()) else {
+            continue;
+        };
+        // SAFETY: plain syscall on a path of the test's own directory.
+        unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+    }
+}
+
+/// A pod's container on a Kubernetes-like node (containerd's CRI, a
+/// kubelet cgroup layout) in the selected cgroup: its refused and its
+/// allowed attempts carry the container's ID from the cgroup path, and
+/// from CRI its image and the image's ID, its name, and its pod's name,
+/// namespace and labels (less the kubelet's); `status` names the CRI
+/// socket. The hosts count what arrived.
+#[test]
+fn a_pods_attempts_carry_its_image_and_pod_from_cri() {
+    let mut env = TestEnv::new();
+    env.set_policy("enforce", "DE");
+    let mut runtime = Containerd::start(&env);
+    let socket = runtime.socket.display().to_string();
+    env.start_daemon(&["--cri-socket", &socket]);
+    let port = env.fresh_port().to_string();
+    let script = format!(
+        "nc -w 2 {US_V4} {port} </dev/null; echo hello | timeout -s KILL 3 nc {DE_V4} {port}; exit 0"
+    );
+    let uid = "5f0c4e3a-9d1b-4c6e-8a2f-7b3d1e0c9a41";
+    let id = runtime.run_pod(&env, "sel", uid, &["sh", "-c", &script]);
+    assert_eq!(
+        id.len(),
+        64,
+        "CreateContainer gave the container's ID: {id}"
+    );
+    let image_id = format!(
+        "sha256:{}",
+        podman(&["image", "inspect", "-f", "{{.Id}}", &runtime.image])
+    );
+
+    let refused = env.expect_event("the pod's refused attempt", WAIT, |e| {
+        s(e, "container_id") == id && s(e, "dst_ip") == US_V4
+    });
+    eprintln!("{refused:#}");
+    assert_eq!(s(&refused, "verdict"), "denied", "{refused}");
+    assert_eq!(s(&refused, "pod_uid"), uid, "{refused}");
+    assert_eq!(s(&refused, "image"), runtime.image, "{refused}");
+    assert_eq!(s(&refused, "image_digest"), image_id, "{refused}");
+    assert_eq!(s(&refused, "container_name"), "probe", "{refused}");
+    assert_eq!(s(&refused, "pod_name"), "probe-0", "{refused}");
+    assert_eq!(s(&refused, "pod_namespace"), "inference", "{refused}");
+    assert_eq!(
+        refused["pod_labels"],
+        serde_json::json!({"app": "probe", "team": "llm"}),
+        "the pod's own labels, not the kubelet's: {refused}"
+    );
+    assert_eq!(s(&refused, "exe"), "/bin/busybox", "{refused}");
+    let allowed = env.expect_event("the pod's allowed attempt", WAIT, |e| {
+        s(e, "container_id") == id && s(e, "dst_ip") == DE_V4
+    });
+    assert_eq!(s(&allowed, "verdict"), "allowed", "{allowed}");
+    assert_eq!(s(&allowed, "pod_name"), "probe-0", "{allowed}");
+    // Ground truth: what reached the test hosts.
+    let deadline = Instant::now() + WAIT;
+    while !env
+        .received()
+        .iter()
+        .any(|v| v["data"] == 6 && !from_us_side(v))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the DE host never received the container's 6 bytes: {:?}",
+            env.received()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !env.received().iter().any(from_us_side),
+        "the US host received something: {:?}",
+        env.received()
+    );
+    let found = json_lines(&env.cli(&[
+        "events",
+        "--since",
+        "10m",
+        "-o",
+        "json",
+        "--container",
+        "probe",
+    ]));
+    assert_eq!(found.len(), 2, "events --container probe: {found:#?}");
+    let table = env.cli_ok(&["events", "--since", "10m", "--container", "probe"]);
+    eprintln!("{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("pod inference/probe-0") && l.contains("app=probe")),
+        "{table}"
+    );
+    let status: Value = serde_json::from_str(&env.cli_ok(&["status", "-o", "json"])).unwrap();
+    let said = s(&status, "containers");
+    assert_eq!(said, format!("{socket} (CRI)"), "{status:#}");
 }

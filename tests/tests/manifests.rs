@@ -291,6 +291,15 @@ fn daemonset_flags_probes_and_mounts_agree() {
     );
     assert!(writable(m), "{m}");
 
+    // The node's containerd socket, where the daemon looks for it (the
+    // first of its CRI sockets), read only.
+    let (cri_socket, _, _) = monitor::containers::SOCKETS[0];
+    let m = mount_of(&mounts, cri_socket).expect("the containerd socket is not mounted");
+    let dir = std::path::Path::new(cri_socket).parent().unwrap();
+    assert_eq!(m["mountPath"], dir.to_str().unwrap(), "{m}");
+    assert_eq!(host_path(m).as_deref(), dir.to_str(), "{m}");
+    assert!(!writable(m), "{m}");
+
     // The database comes with the image: no mount may hide it.
     let geoip = arg("--geoip");
     assert!(mount_of(&mounts, geoip).is_none(), "a mount hides {geoip}");

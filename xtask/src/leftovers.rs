@@ -200,6 +200,7 @@ pub fn clean(bin: &Path) -> anyhow::Result<()> {
             }
         }
     }
+    containerd(&mut removed);
     if !removed.is_empty() {
         eprintln!(
             "removed what an earlier test run left: {}",
@@ -207,4 +208,55 @@ pub fn clean(bin: &Path) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// The containers suite's own containerd (`containerd --config
+/// /tmp/<test>/containerd/config.toml`) and its shims, which a killed run
+/// leaves running: ended by PID, and what they mounted below the test's
+/// directory unmounted. Processes of any other containerd are left alone.
+fn containerd(removed: &mut Vec<String>) {
+    let ours = |arg: &str| arg.starts_with("/tmp/") && arg.contains("/containerd/");
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Ok(pid) = name.parse::<i32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let args: Vec<String> = cmdline
+            .split(|b| *b == 0)
+            .map(|a| String::from_utf8_lossy(a).into_owned())
+            .collect();
+        let program = args.first().map(String::as_str).unwrap_or("");
+        let is_runtime =
+            program.ends_with("containerd") || program.ends_with("containerd-shim-runc-v2");
+        if is_runtime && args.iter().any(|a| ours(a)) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            removed.push(format!("{program} [{pid}]"));
+        }
+    }
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let mut mounts: Vec<&str> = info
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4))
+        .filter(|m| ours(m))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.matches('/').count()));
+    for m in mounts {
+        if Command::new("umount")
+            .args(["-l", m])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            removed.push(format!("mount {m}"));
+        }
+    }
 }

@@ -37,11 +37,14 @@ const PACKAGES: &[&str] = &[
     // headless Chromium: `report --pdf`, and the report's rendering test
     // (tests/tests/report.rs) makes a PNG and a PDF with it.
     "chromium",
-    // A real container runtime for the containers suite
+    // Real container runtimes for the containers suite
     // (tests/tests/containers.rs): Podman with runc (crun refuses hybrid
-    // cgroup hosts), and busybox-static, the one file of its test image.
+    // cgroup hosts), containerd with its CRI plugin (the runtime of
+    // Kubernetes nodes; the suite starts its own, on sockets of its own),
+    // and busybox-static, the one file of their test image.
     "podman",
     "runc",
+    "containerd",
     "busybox-static",
 ];
 

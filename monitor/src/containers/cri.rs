@@ -17,7 +17,10 @@ use std::{
     time::Duration,
 };
 
-use tonic::{transport::Endpoint, Code, Status};
+use tonic::{
+    transport::{Channel, Endpoint},
+    Code, Status,
+};
 
 use super::{own_labels, Meta, KEPT, TIMEOUT};
 
@@ -25,7 +28,7 @@ pub mod pb {
     tonic::include_proto!("runtime.v1");
 }
 
-type Cri = pb::runtime_service_client::RuntimeServiceClient<tonic::transport::Channel>;
+type Cri = pb::runtime_service_client::RuntimeServiceClient<Channel>;
 
 /// How long a lookup waits for its three requests.
 const ANSWER: Duration = Duration::from_millis(4 * TIMEOUT.as_millis() as u64);
@@ -90,11 +93,22 @@ fn serve(path: &Path, asks: mpsc::Receiver<Ask>) {
         }
     };
     let _inside = rt.enter();
+    let mut client = Cri::new(channel(path, TIMEOUT));
+    let mut pods: HashMap<String, Pod> = HashMap::new();
+    for (id, reply) in asks {
+        let answer = rt.block_on(inspect(&mut client, &id, &mut pods));
+        let _ = reply.send(answer);
+    }
+}
+
+/// A channel to the runtime at `path`, connected at its first request,
+/// each request bounded by `timeout`. Called inside a Tokio runtime.
+pub fn channel(path: &Path, timeout: Duration) -> Channel {
     let socket = path.to_path_buf();
     // The URI is a placeholder: the connector dials the socket.
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_timeout(TIMEOUT)
-        .timeout(TIMEOUT)
+    Endpoint::from_static("http://localhost")
+        .connect_timeout(timeout)
+        .timeout(timeout)
         .connect_with_connector_lazy(tower::service_fn(move |_: http::Uri| {
             let socket = socket.clone();
             async move {
@@ -102,13 +116,7 @@ fn serve(path: &Path, asks: mpsc::Receiver<Ask>) {
                     tokio::net::UnixStream::connect(socket).await?,
                 ))
             }
-        }));
-    let mut client = Cri::new(channel);
-    let mut pods: HashMap<String, Pod> = HashMap::new();
-    for (id, reply) in asks {
-        let answer = rt.block_on(inspect(&mut client, &id, &mut pods));
-        let _ = reply.send(answer);
-    }
+        }))
 }
 
 /// What a failed request says: the call, the status code and its message
