@@ -68,6 +68,9 @@ pub const SOCKETS: [(&str, Runtime, Protocol); 6] = [
 const TIMEOUT: Duration = Duration::from_millis(250);
 /// A container the runtime could not answer for is asked again after this.
 const RETRY: Duration = Duration::from_secs(30);
+/// An answer is asked again after this, at the container's next event: a
+/// live pod's labels change (`kubectl label`).
+const REFRESH: Duration = Duration::from_secs(60);
 /// Containers and images kept at once (then the cache starts over).
 const KEPT: usize = 16_384;
 
@@ -168,11 +171,21 @@ impl Socket {
     }
 }
 
+/// What is known of one container.
+enum Known {
+    /// The runtime's answer, and when it was last asked.
+    Answered { meta: Arc<Meta>, at: Instant },
+    /// When the runtime was last asked in vain.
+    Unanswered(Instant),
+}
+
 pub struct Containers {
     sockets: Vec<Socket>,
     /// By container ID: what the runtime said, or when it was last asked
     /// in vain.
-    known: HashMap<String, Result<Arc<Meta>, Instant>>,
+    known: HashMap<String, Known>,
+    /// `REFRESH`, shorter in tests.
+    refresh: Duration,
     /// Image ID -> digest.
     digests: HashMap<String, String>,
     /// `status()`, for the API, as it changes.
@@ -205,6 +218,7 @@ impl Containers {
         let c = Containers {
             sockets,
             known: HashMap::new(),
+            refresh: REFRESH,
             digests: HashMap::new(),
             shown: Arc::default(),
         };
@@ -218,6 +232,7 @@ impl Containers {
         let c = Containers {
             sockets: Vec::new(),
             known: HashMap::new(),
+            refresh: REFRESH,
             digests: HashMap::new(),
             shown: Arc::default(),
         };
@@ -256,31 +271,51 @@ impl Containers {
     }
 
     /// What the runtime says of container `id` (of `runtime`, as its cgroup
-    /// path tells), asked once and kept.
+    /// path tells), asked once and kept; asked again after `REFRESH`, when
+    /// the same answer keeps its `Arc` (callers compare by pointer) and a
+    /// new one replaces it. A container the runtime no longer knows keeps
+    /// its last answer.
     pub fn lookup(&mut self, id: &str, runtime: Runtime) -> Option<Arc<Meta>> {
         if self.sockets.is_empty() || id.is_empty() {
             return None;
         }
-        match self.known.get(id) {
-            Some(Ok(meta)) => return Some(meta.clone()),
-            Some(Err(at)) if at.elapsed() < RETRY => return None,
-            _ => {}
-        }
+        let kept = match self.known.get(id) {
+            Some(Known::Answered { meta, at }) if at.elapsed() < self.refresh => {
+                return Some(meta.clone())
+            }
+            Some(Known::Answered { meta, .. }) => Some(meta.clone()),
+            Some(Known::Unanswered(at)) if at.elapsed() < RETRY => return None,
+            _ => None,
+        };
         if self.known.len() >= KEPT {
             self.known.clear();
         }
-        let answer = self.ask(id, runtime);
-        match answer {
-            Some(meta) => {
-                let meta = Arc::new(meta);
-                self.known.insert(id.to_string(), Ok(meta.clone()));
-                Some(meta)
+        let meta = match (self.ask(id, runtime), kept) {
+            (Some(new), Some(old)) if new != *old => {
+                log::info!(
+                    "container {}: the runtime's answer changed (image {}, pod labels {:?})",
+                    &id[..id.len().min(12)],
+                    new.image,
+                    new.pod_labels
+                );
+                Arc::new(new)
             }
-            None => {
-                self.known.insert(id.to_string(), Err(Instant::now()));
-                None
+            (_, Some(old)) => old,
+            (Some(new), None) => Arc::new(new),
+            (None, None) => {
+                self.known
+                    .insert(id.to_string(), Known::Unanswered(Instant::now()));
+                return None;
             }
-        }
+        };
+        self.known.insert(
+            id.to_string(),
+            Known::Answered {
+                meta: meta.clone(),
+                at: Instant::now(),
+            },
+        );
+        Some(meta)
     }
 
     /// Asks the sockets, the one of the container's own runtime first.
@@ -342,8 +377,12 @@ mod tests {
         let asked = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
         let log = asked.clone();
         let known_id = id.clone();
+        // 1: the pod is labelled anew; 2: the container is gone.
+        let stage = Arc::new(std::sync::atomic::AtomicU8::new(0));
+        let now = stage.clone();
         std::thread::spawn(move || {
-            for stream in listener.incoming().take(5) {
+            for stream in listener.incoming().take(16) {
+                let stage = now.load(std::sync::atomic::Ordering::SeqCst);
                 let mut s = stream.unwrap();
                 let mut buf = [0u8; 4096];
                 let n = s.read(&mut buf).unwrap();
@@ -353,7 +392,9 @@ mod tests {
                     .unwrap()
                     .to_string();
                 log.lock().unwrap().push(line.clone());
-                let (status, body) = if line.contains(&format!("/containers/{known_id}/json")) {
+                let (status, body) = if stage < 2
+                    && line.contains(&format!("/containers/{known_id}/json"))
+                {
                     (
                         "200 OK",
                         serde_json::json!({
@@ -370,7 +411,7 @@ mod tests {
                     (
                         "200 OK",
                         serde_json::json!({"Config": {"Labels": {
-                            "app": "vllm", "team": "llm",
+                            "app": "vllm", "team": if stage == 0 { "llm" } else { "platform" },
                             "io.kubernetes.pod.uid": "1b2c",
                             "annotation.kubernetes.io/config.seen": "x"}}}),
                     )
@@ -421,6 +462,22 @@ mod tests {
             asked.lock().unwrap()
         );
         assert!(!c.status().contains("failing"), "{}", c.status());
+
+        // Asked again after the refresh interval: the same answer keeps
+        // its Arc, a new label is a new answer, a gone container keeps its
+        // last.
+        c.refresh = Duration::ZERO;
+        let first = c.lookup(&id, Runtime::Docker).unwrap();
+        let again = c.lookup(&id, Runtime::Docker).unwrap();
+        assert!(Arc::ptr_eq(&first, &again), "an unchanged answer is kept");
+        stage.store(1, std::sync::atomic::Ordering::SeqCst);
+        let relabeled = c.lookup(&id, Runtime::Docker).unwrap();
+        assert!(!Arc::ptr_eq(&first, &relabeled));
+        assert_eq!(relabeled.pod_labels["team"], "platform");
+        assert_eq!(relabeled.image, want.image);
+        stage.store(2, std::sync::atomic::Ordering::SeqCst);
+        let gone = c.lookup(&id, Runtime::Docker).unwrap();
+        assert!(Arc::ptr_eq(&gone, &relabeled), "the last answer stays");
     }
 
     #[test]

@@ -75,13 +75,19 @@ impl events::Names for Resolver {
     }
     fn cgroup(&mut self, id: u64) -> Arc<events::CgroupInfo> {
         if let Some(info) = self.infos.get(&id) {
-            // A container its runtime has not answered for yet: asked
-            // again (`Containers` spaces the questions out).
-            if info.container.is_none() && !info.container_id.is_empty() {
-                if let Some(meta) = self
+            // A container: what its runtime says now (`Containers` keeps
+            // the answer, asks again after its refresh interval, and asks
+            // again one it could not answer for, spaced out).
+            if !info.container_id.is_empty() {
+                let now = self
                     .containers
-                    .lookup(&info.container_id, info.runtime_kind())
-                {
+                    .lookup(&info.container_id, info.runtime_kind());
+                let same = match (&now, &info.container) {
+                    (Some(now), Some(was)) => Arc::ptr_eq(now, was),
+                    (None, _) => true,
+                    (Some(_), None) => false,
+                };
+                if let (false, Some(meta)) = (same, now) {
                     let mut answered = (**info).clone();
                     answered.container = Some(meta);
                     let answered = Arc::new(answered);
