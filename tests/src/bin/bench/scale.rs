@@ -255,8 +255,9 @@ pub fn store_bench(r: &mut Report, n: usize, dir: &Path) {
         &format!("store: export (signed bundle) of {n} events"),
         if out.status.success() {
             format!(
-                "{secs:.1} s ({export_rate:.0} events/s, {:.0} MiB)",
-                std::fs::metadata(&bundle).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0
+                "{secs:.1} s ({export_rate:.0} events/s, {:.0} MiB; per event: {})",
+                std::fs::metadata(&bundle).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0,
+                bundle_bytes_per_event(&bundle, n)
             )
         } else {
             format!("failed: {}", text.trim())
@@ -287,6 +288,30 @@ pub fn store_bench(r: &mut Report, n: usize, dir: &Path) {
         let _ = std::fs::rename(&state, keep);
     }
     let _ = std::fs::remove_dir_all(&state);
+}
+
+/// Where a bundle's bytes go: its three largest files' bytes per event
+/// (`tar tvf`), as "events.jsonl 808 B, ...".
+fn bundle_bytes_per_event(bundle: &Path, n: usize) -> String {
+    let Ok(out) = Command::new("tar").arg("tvf").arg(bundle).output() else {
+        return "tar not available".into();
+    };
+    let mut files: Vec<(u64, String)> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let size = f.get(2)?.parse().ok()?;
+            let name = f.last()?.rsplit('/').next()?.to_string();
+            Some((size, name))
+        })
+        .collect();
+    files.sort_by(|a, b| b.0.cmp(&a.0));
+    files
+        .iter()
+        .take(3)
+        .map(|(size, name)| format!("{name} {:.0} B", *size as f64 / n.max(1) as f64))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Bytes per table and index (`dbstat`), largest first, as "name N MiB".
