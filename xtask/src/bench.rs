@@ -40,6 +40,7 @@ pub fn bench(
     faults: Option<u64>,
     store: Option<u64>,
     nats: bool,
+    against: Option<&str>,
 ) -> anyhow::Result<()> {
     let release = root().join("target/release");
     // The suite finds the daemon and the probe (test server) next to the
@@ -74,11 +75,73 @@ pub fn bench(
         cmd.arg("nats");
         return run(&mut cmd);
     }
+    if let Some(rev) = against {
+        let (other, label) = build_against(rev)?;
+        cmd.arg("against").arg(other).arg(label);
+        return run(&mut cmd);
+    }
     run(&mut cmd)?;
     if readme {
         update_page(&root().join("docs/performance.md"), &out.join("results.md"))?;
     }
     Ok(())
+}
+
+/// The daemon of git revision `rev`, built from its tree (`git archive`)
+/// in `target/against/`, its dependencies shared by every revision built
+/// there; returns the binary and a label (`rev` and its short hash).
+fn build_against(rev: &str) -> anyhow::Result<(std::path::PathBuf, String)> {
+    let out = Command::new("git")
+        .current_dir(root())
+        .args(["rev-parse", "--verify", "--short=12"])
+        .arg(format!("{rev}^{{commit}}"))
+        .output()
+        .context("git rev-parse")?;
+    if !out.status.success() {
+        anyhow::bail!(
+            "--against {rev}: not a commit of this repository: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    let short = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let base = root().join("target/against");
+    let src = base.join(format!("src-{short}"));
+    let bin = base.join(format!("egress-monitor-{short}"));
+    if !bin.exists() {
+        if !src.join("Cargo.toml").exists() {
+            std::fs::create_dir_all(&src)?;
+            let archive = Command::new("git")
+                .current_dir(root())
+                .args(["archive", "--format=tar", &short])
+                .output()
+                .context("git archive")?;
+            anyhow::ensure!(archive.status.success(), "git archive {short} failed");
+            let mut tar = Command::new("tar")
+                .arg("-x")
+                .arg("-C")
+                .arg(&src)
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .context("tar")?;
+            use std::io::Write;
+            tar.stdin
+                .take()
+                .context("tar's stdin")?
+                .write_all(&archive.stdout)?;
+            anyhow::ensure!(tar.wait()?.success(), "unpacking {short} failed");
+        }
+        eprintln!(
+            "building the daemon of {rev} ({short}) in {}",
+            src.display()
+        );
+        run(crate::cargo()
+            .current_dir(&src)
+            .env("CARGO_TARGET_DIR", base.join("target"))
+            .args(["build", "--release", "-p", "monitor"]))?;
+        std::fs::copy(base.join("target/release/egress-monitor"), &bin)
+            .context("copy the built daemon")?;
+    }
+    Ok((bin, format!("{rev} ({short})")))
 }
 
 /// Replaces the table at the top of the Performance page.

@@ -82,6 +82,12 @@ enum Cmd {
         /// loopback): results in target/bench/nats.md.
         #[arg(long)]
         nats: bool,
+        /// Only the cost of a repeat (connect4, sendmsg4), this build
+        /// against the daemon of git revision REV (built from `git
+        /// archive` in target/against/), the two taking turns: results in
+        /// target/bench/against.md.
+        #[arg(long, value_name = "REV")]
+        against: Option<String>,
     },
 }
 
@@ -253,10 +259,11 @@ fn main() -> anyhow::Result<()> {
             faults,
             store,
             nats,
+            against,
         } => {
             setup::setup()?;
             build()?;
-            bench::bench(readme, faults, store, nats)
+            bench::bench(readme, faults, store, nats, against.as_deref())
         }
         Cmd::Test {
             filter,

@@ -182,6 +182,13 @@ fn main() {
         "--flow-table-entries".into(),
         "262144".into(),
     ];
+    let against_run = std::env::args().nth(1).as_deref() == Some("against");
+    let mut args = args;
+    if against_run {
+        // Two builds take turns on the same cgroups: each daemon removes
+        // its programs as it exits, so one set judges at a time.
+        args.push("--detach-on-exit".into());
+    }
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     let t = Instant::now();
     b.daemon = Some(Daemon::start(
@@ -201,6 +208,21 @@ fn main() {
         r.command = "cargo xtask bench --nats".into();
         r.raw["bench_seconds"] = json!(started.elapsed().as_secs_f64());
         r.write_named(&out_dir, "nats");
+        return;
+    }
+    if against_run {
+        // Only the cost of a repeat, this build against another's daemon.
+        let other = PathBuf::from(
+            std::env::args()
+                .nth(2)
+                .expect("bench against BIN LABEL: the other build's daemon"),
+        );
+        let label = std::env::args().nth(3).unwrap_or_else(|| "other".into());
+        let args: Vec<std::ffi::OsString> = args.iter().map(|a| a.to_os_string()).collect();
+        against(&mut b, &mut r, &args, &other, &label);
+        r.command = format!("cargo xtask bench --against {label}");
+        r.raw["bench_seconds"] = json!(started.elapsed().as_secs_f64());
+        r.write_named(&out_dir, "against");
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("connect") {
@@ -615,11 +637,105 @@ fn events_under_load(b: &Bench, r: &mut Report) {
     ));
 }
 
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+/// Turns on the kernel's per-program statistics (restored when the bench
+/// ends).
+fn stats_on(b: &mut Bench) {
+    if b.bpf_stats_old.is_none() {
+        b.bpf_stats_old = Some(std::fs::read_to_string(BPF_STATS).unwrap_or_else(|_| "0\n".into()));
+    }
+    std::fs::write(BPF_STATS, "1").expect("enable kernel.bpf_stats_enabled");
+}
+
+/// Rounds of `against`: each build's daemon once per round.
+const AGAINST_ROUNDS: usize = 5;
+
+/// The cost of a repeat by the same process (connect4 and sendmsg4, a
+/// destination already decided), this build against another build's
+/// daemon (`cargo xtask bench --against REV`): the two daemons take turns,
+/// round by round, on the same cgroups and policies; each round decides
+/// the destinations first, then measures ns per run from the kernel's
+/// statistics. The ratio is paired per round; goal: within 10%.
+fn against(b: &mut Bench, r: &mut Report, args: &[std::ffi::OsString], other: &Path, label: &str) {
+    stats_on(b);
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let this = integration_tests::daemon_bin();
+    let builds = [this.as_path(), other];
+    let workloads: [(&str, &str, Vec<&str>); 2] = [
+        (
+            "connect4",
+            "TCP connect, repeated destination",
+            vec!["tcp", "200000", "1"],
+        ),
+        (
+            "sendmsg4",
+            "UDP sendmsg to 4 destinations, max rate",
+            vec!["udp", "2000000", "1", "4"],
+        ),
+    ];
+    // [build][workload] -> ns per run, one per round.
+    let mut ns = vec![vec![Vec::new(); workloads.len()]; builds.len()];
+    for round in 0..AGAINST_ROUNDS {
+        for (i, bin) in builds.iter().enumerate() {
+            // The one before detaches as it exits (`--detach-on-exit`).
+            b.daemon.take();
+            b.daemon = Some(Daemon::start(bin, &args, b.env.socket()));
+            for (w, (hook, _, load)) in workloads.iter().enumerate() {
+                // Decided once, then only repeats.
+                let mut warm = load.clone();
+                warm[1] = "1000";
+                run_load(b, "att/enf", &warm);
+                let d = b.daemon.as_ref().unwrap();
+                settle(d);
+                let before = prog_stats(d);
+                run_load(b, "att/enf", load);
+                let after = prog_stats(b.daemon.as_ref().unwrap());
+                let cost = before
+                    .iter()
+                    .zip(&after)
+                    .find(|((h, ..), _)| h == hook)
+                    .map(|((_, _, t0, c0), (_, _, t1, c1))| {
+                        t1.saturating_sub(*t0) as f64 / c1.saturating_sub(*c0).max(1) as f64
+                    })
+                    .unwrap_or_else(|| panic!("no {hook} program in the daemon's status"));
+                eprintln!(
+                    "bench: against: round {round}, {}: {hook} {cost:.0} ns",
+                    bin.display()
+                );
+                ns[i][w].push(cost);
+            }
+        }
+    }
+    b.daemon.take();
+    let mut raw = Vec::new();
+    for (w, (hook, what, _)) in workloads.iter().enumerate() {
+        let ratios: Vec<f64> = ns[0][w].iter().zip(&ns[1][w]).map(|(a, o)| a / o).collect();
+        let ratio = Summary::of(&ratios);
+        let (mine, theirs) = (Summary::of(&ns[0][w]), Summary::of(&ns[1][w]));
+        raw.push(
+            json!({"hook": hook, "this_ns": ns[0][w], "other_ns": ns[1][w], "ratio": ratio.json()}),
+        );
+        r.fig(Figure::new(
+            &format!("kernel decision cost of a repeat, {hook} ({what}), this build / {label}"),
+            format!(
+                "{:.3} (IQR {:.3}; {:.0} ns vs {:.0} ns, {AGAINST_ROUNDS} rounds)",
+                ratio.median,
+                ratio.iqr(),
+                mine.median,
+                theirs.median
+            ),
+            "<= 1.10",
+            Some(ratio.median <= 1.10),
+        ));
+    }
+    r.raw["against"] =
+        json!({"other": other.display().to_string(), "label": label, "workloads": raw});
+}
+
 /// (2) Nanoseconds per program run from the kernel's own statistics.
 fn decision_cost(b: &mut Bench, r: &mut Report) {
-    let path = "/proc/sys/kernel/bpf_stats_enabled";
-    b.bpf_stats_old = Some(std::fs::read_to_string(path).unwrap_or_else(|_| "0\n".into()));
-    std::fs::write(path, "1").expect("enable kernel.bpf_stats_enabled");
+    stats_on(b);
     let mut raw = Vec::new();
     // (label, cgroups, loadgen args, what the sock_addr hook meets, goal ns).
     // TCP connects go to one loopback listener and the UDP workloads to a
@@ -717,7 +833,7 @@ fn decision_cost(b: &mut Bench, r: &mut Report) {
     }
     events_under_load(b, r);
     if let Some(old) = b.bpf_stats_old.take() {
-        let _ = std::fs::write(path, old);
+        let _ = std::fs::write(BPF_STATS, old);
     }
     r.raw["decision_cost"] = json!(raw);
 }

@@ -305,7 +305,7 @@ fn bundle_bytes_per_event(bundle: &Path, n: usize) -> String {
             Some((size, name))
         })
         .collect();
-    files.sort_by(|a, b| b.0.cmp(&a.0));
+    files.sort_by_key(|f| std::cmp::Reverse(f.0));
     files
         .iter()
         .take(3)
