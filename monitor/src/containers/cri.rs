@@ -122,6 +122,10 @@ pub fn channel(path: &Path, timeout: Duration) -> Channel {
 /// What a failed request says: the call, the status code and its message
 /// (a runtime that is not there says so in the message).
 fn failed(call: &str, status: Status) -> String {
+    if status.code() == Code::Unimplemented {
+        // Docker's own containerd, with its CRI plugin off.
+        return format!("{call}: the runtime does not serve CRI (is its CRI plugin disabled?)");
+    }
     format!("{call}: {:?}: {}", status.code(), status.message())
 }
 
@@ -316,6 +320,35 @@ mod tests {
             ("sha256:e454", "sha256:e454")
         );
         assert_eq!(bare.pod_name, "vllm-0");
+    }
+
+    /// A gRPC server that is not a CRI runtime (Docker's own containerd
+    /// with its CRI plugin off answers so): the lookup says so.
+    #[test]
+    fn a_runtime_without_cri_is_said_to_be_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("containerd.sock");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::UnixListener::from_std(listener).unwrap();
+                let (_, health) = tonic_health::server::health_reporter();
+                let _ = tonic::transport::Server::builder()
+                    .add_service(health)
+                    .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+                    .await;
+            });
+        });
+        let err = Client::start(&path).inspect(&"ab".repeat(32)).unwrap_err();
+        assert_eq!(
+            err,
+            "ListContainers: the runtime does not serve CRI (is its CRI plugin disabled?)"
+        );
     }
 
     /// A socket where nothing speaks gRPC: the lookup fails in bounded
