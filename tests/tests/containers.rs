@@ -167,6 +167,29 @@ fn remove_v1_cgroups(rel: &str) {
     }
 }
 
+/// Ground truth, what reached the test hosts: the container's 6 bytes
+/// (`hello\n`) at the DE host, nothing at the US host.
+fn only_the_de_host_received_the_line(env: &TestEnv) {
+    let deadline = Instant::now() + WAIT;
+    while !env
+        .received()
+        .iter()
+        .any(|v| v["data"] == 6 && !from_us_side(v))
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the DE host never received the container's 6 bytes: {:?}",
+            env.received()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !env.received().iter().any(from_us_side),
+        "the US host received something: {:?}",
+        env.received()
+    );
+}
+
 /// A container in the selected cgroup is refused the US host and let
 /// through to the DE host (the hosts count what arrived); both events
 /// carry the container's ID and runtime from its cgroup path and its
@@ -216,25 +239,7 @@ fn a_containers_attempts_carry_its_image_and_name() {
     });
     assert_eq!(s(&allowed, "verdict"), "allowed", "{allowed}");
     assert_eq!(s(&allowed, "image"), runtime.image, "{allowed}");
-    // Ground truth: what reached the test hosts.
-    let deadline = Instant::now() + WAIT;
-    while !env
-        .received()
-        .iter()
-        .any(|v| v["data"] == 6 && !from_us_side(v))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the DE host never received the container's 6 bytes: {:?}",
-            env.received()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        !env.received().iter().any(from_us_side),
-        "the US host received something: {:?}",
-        env.received()
-    );
+    only_the_de_host_received_the_line(&env);
 
     // The store: by image (its last part, and its digest) and by container
     // (name, ID prefix); another image finds nothing.
@@ -702,25 +707,7 @@ fn a_pods_attempts_carry_its_image_and_pod_from_cri() {
     });
     assert_eq!(s(&allowed, "verdict"), "allowed", "{allowed}");
     assert_eq!(s(&allowed, "pod_name"), "probe-0", "{allowed}");
-    // Ground truth: what reached the test hosts.
-    let deadline = Instant::now() + WAIT;
-    while !env
-        .received()
-        .iter()
-        .any(|v| v["data"] == 6 && !from_us_side(v))
-    {
-        assert!(
-            Instant::now() < deadline,
-            "the DE host never received the container's 6 bytes: {:?}",
-            env.received()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    assert!(
-        !env.received().iter().any(from_us_side),
-        "the US host received something: {:?}",
-        env.received()
-    );
+    only_the_de_host_received_the_line(&env);
     let found = json_lines(&env.cli(&[
         "events",
         "--since",
