@@ -31,6 +31,12 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const BATCH_EVENTS: usize = 2000;
 /// Events held in memory while the store cannot take them.
 pub const MAX_PENDING: usize = 200_000;
+/// Events waiting for a healthy store that falls behind (in the channel
+/// and held by the writer) at most: beyond it, allowed decisions are shed,
+/// counted and recorded as a `lost_for_store` gap, so that a flood cannot
+/// grow the daemon's memory without bound. Refusals (denied, would-deny,
+/// unclassified) are kept up to twice as many.
+pub const BACKLOG: usize = 50_000;
 const RETRY_MAX: Duration = Duration::from_secs(10);
 /// How often the chain head is signed (and at shutdown): records removed
 /// from the end of the store after a checkpoint are caught by export and
@@ -47,6 +53,8 @@ pub struct Harvested {
 
 enum Msg {
     Events(Vec<Arc<Event>>),
+    /// The kernel numbers (CPU, seq) of events shed for the backlog.
+    Shed(Vec<(u32, u32)>),
     PolicySet(PolicySet),
     Geo(String),
     Cloud(String),
@@ -60,6 +68,30 @@ enum Msg {
     /// A heartbeat now: what the programs watch changed.
     Checkpoint,
     Shutdown(oneshot::Sender<()>),
+}
+
+/// Of `v`, arriving while `waiting` events wait for the store, what stays
+/// within `backlog` (allowed decisions) or twice that (refusals), in order;
+/// returns the kernel numbers of the others, removed from `v`.
+fn shed(v: &mut Vec<Arc<Event>>, waiting: usize, backlog: usize) -> Vec<(u32, u32)> {
+    if waiting + v.len() <= backlog {
+        return Vec::new();
+    }
+    let room = backlog.saturating_sub(waiting);
+    let hard = (2 * backlog).saturating_sub(waiting);
+    let mut kept = 0;
+    let mut shed = Vec::new();
+    v.retain(|e| {
+        let limit = if e.verdict == "allowed" { room } else { hard };
+        if kept < limit {
+            kept += 1;
+            true
+        } else {
+            shed.push((e.kernel_cpu, e.kernel_seq));
+            false
+        }
+    });
+    shed
 }
 
 /// What the daemon's programs watch, as `Shared::watching` holds it.
@@ -89,6 +121,8 @@ struct Shared {
     stored: AtomicU64,
     lost: AtomicU64,
     pending: AtomicU64,
+    /// Events the writer holds, not stored yet (`Writer::unstored`).
+    held: AtomicU64,
     write_errors: AtomicU64,
     state: Mutex<(bool, String, String, i64, String)>, // degraded, error, store id, seq, head
     /// NOT_YET, ATTACHED or DETACHED: what the next heartbeat says.
@@ -157,8 +191,18 @@ impl Handle {
         self.send(Msg::Checkpoint);
     }
 
-    /// Takes events as the pipeline drains them, in order.
-    pub fn take(&self, v: Vec<Arc<Event>>) {
+    /// Takes events as the pipeline drains them, in order; sheds allowed
+    /// decisions beyond `BACKLOG` (see there).
+    pub fn take(&self, mut v: Vec<Arc<Event>>) {
+        let waiting =
+            self.shared.pending.load(Ordering::Relaxed) + self.shared.held.load(Ordering::Relaxed);
+        let shed = shed(&mut v, waiting as usize, BACKLOG);
+        if !shed.is_empty() {
+            self.shared
+                .lost
+                .fetch_add(shed.len() as u64, Ordering::Relaxed);
+            self.send(Msg::Shed(shed));
+        }
         if v.is_empty() {
             return;
         }
@@ -290,6 +334,9 @@ struct Writer {
     retry_at: Instant,
     backoff: Duration,
     dropped_while_degraded: u64,
+    /// Allowed decisions the pipeline shed for the backlog, not recorded
+    /// as a gap yet.
+    shed_for_backlog: u64,
     degraded_since: i64,
     key: Option<ed25519_dalek::SigningKey>,
     next_checkpoint: Instant,
@@ -337,6 +384,7 @@ impl Writer {
             retry_at: Instant::now(),
             backoff: Duration::from_millis(500),
             dropped_while_degraded: 0,
+            shed_for_backlog: 0,
             degraded_since: 0,
             key,
             next_checkpoint: Instant::now() + CHECKPOINT_EVERY,
@@ -359,22 +407,12 @@ impl Writer {
                     self.shared
                         .pending
                         .fetch_sub(v.len() as u64, Ordering::Relaxed);
-                    if let Some(book) = &mut self.seqs {
-                        for e in &v {
-                            book.saw(e.kernel_cpu, e.kernel_seq);
-                        }
-                    }
-                    let room = MAX_PENDING.saturating_sub(self.unstored());
-                    if v.len() > room {
-                        let dropped = (v.len() - room) as u64;
-                        self.shared.lost.fetch_add(dropped, Ordering::Relaxed);
-                        self.dropped_while_degraded += dropped;
-                    }
-                    self.pending.events.extend(v.into_iter().take(room));
+                    self.take_events(v);
                     if self.pending.events.len() >= BATCH_EVENTS {
                         let _ = self.flush();
                     }
                 }
+                Ok(Msg::Shed(numbers)) => self.shed(&numbers),
                 Ok(Msg::Epoch(epoch)) => self.resume_numbers(epoch),
                 Ok(Msg::KernelLost(n, denials)) => {
                     // Two kinds, each loss in one: what the reserve kept
@@ -447,6 +485,10 @@ impl Writer {
                 next_retention = Instant::now() + self.retention.interval();
                 self.retain();
             }
+            // What the pipeline counts against `BACKLOG`.
+            self.shared
+                .held
+                .store(self.unstored() as u64, Ordering::Relaxed);
         }
     }
 
@@ -614,6 +656,14 @@ impl Writer {
     /// Turns the skips the numbers show into gaps, and puts what is now
     /// accounted for into the batch.
     fn account_numbers(&mut self) {
+        if self.shed_for_backlog > 0 {
+            self.pending.gaps.push(Gap {
+                unix_nanos: now_nanos(),
+                kind: "lost_for_store".into(),
+                count: std::mem::take(&mut self.shed_for_backlog),
+                detail: format!("allowed decisions shed while the store fell behind (more than {BACKLOG} events waiting for it); refusals were kept"),
+            });
+        }
         let Some(book) = &mut self.seqs else { return };
         if book.at_restart > 0 {
             self.pending.gaps.push(Gap {
@@ -675,6 +725,37 @@ impl Writer {
             return self.flush();
         }
         Ok(())
+    }
+
+    /// Events from the pipeline: numbered in the book, held for the next
+    /// batch (up to `MAX_PENDING` while the store cannot take them).
+    fn take_events(&mut self, v: Vec<Arc<Event>>) {
+        if let Some(book) = &mut self.seqs {
+            for e in &v {
+                book.saw(e.kernel_cpu, e.kernel_seq);
+            }
+        }
+        let room = MAX_PENDING.saturating_sub(self.unstored());
+        if v.len() > room {
+            let dropped = (v.len() - room) as u64;
+            self.shared.lost.fetch_add(dropped, Ordering::Relaxed);
+            self.dropped_while_degraded += dropped;
+        }
+        self.pending.events.extend(v.into_iter().take(room));
+        self.shared
+            .held
+            .store(self.unstored() as u64, Ordering::Relaxed);
+    }
+
+    /// Events the pipeline shed for the backlog: accounted for in the book
+    /// (not a loss with no known cause), and a gap at the next batch.
+    fn shed(&mut self, numbers: &[(u32, u32)]) {
+        if let Some(book) = &mut self.seqs {
+            for &(cpu, seq) in numbers {
+                book.saw(cpu, seq);
+            }
+        }
+        self.shed_for_backlog += numbers.len() as u64;
     }
 
     /// Events held in memory, not stored yet.
@@ -852,6 +933,74 @@ mod tests {
             .conn
             .query_row("SELECT count(*) FROM events", [], |r| r.get(0))
             .unwrap()
+    }
+
+    fn numbered(verdicts: &[&'static str], first_seq: u32) -> Vec<Arc<Event>> {
+        verdicts
+            .iter()
+            .zip(first_seq..)
+            .map(|(v, seq)| {
+                Arc::new(Event {
+                    verdict: v,
+                    kernel_cpu: 0,
+                    kernel_seq: seq,
+                    unix_nanos: i128::from(seq),
+                    ..Default::default()
+                })
+            })
+            .collect()
+    }
+
+    /// Beyond the backlog, allowed decisions are shed and refusals kept
+    /// (up to twice the backlog), in order.
+    #[test]
+    fn a_backlog_sheds_allowed_decisions_and_keeps_refusals() {
+        let mut v = numbered(
+            &["allowed", "denied", "allowed", "would_deny", "allowed"],
+            1,
+        );
+        assert!(shed(&mut v, 0, 10).is_empty(), "within the backlog");
+        assert_eq!(v.len(), 5);
+        // 8 waiting: room for 2 more, refusals counted in it; 12 for
+        // refusals.
+        let shed_now = shed(&mut v, 8, 10);
+        assert_eq!(shed_now, [(0, 3), (0, 5)], "the allowed ones past the room");
+        let verdicts: Vec<_> = v.iter().map(|e| e.verdict).collect();
+        assert_eq!(verdicts, ["allowed", "denied", "would_deny"]);
+        // Beyond twice the backlog even refusals go.
+        let mut v = numbered(&["denied", "allowed"], 1);
+        assert_eq!(shed(&mut v, 20, 10), [(0, 1), (0, 2)]);
+        assert!(v.is_empty());
+    }
+
+    /// Shed events are accounted for: one `lost_for_store` gap with their
+    /// count, and no loss "with no known cause" for their numbers.
+    #[test]
+    fn shed_events_are_a_gap_of_their_own_not_an_unexplained_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let mut w = Writer::new(
+            path.clone(),
+            Retention::default(),
+            None,
+            Arc::new(Shared::default()),
+        );
+        w.resume_numbers("epoch-1".into());
+        w.take_events(numbered(&["allowed", "denied"], 1));
+        w.shed(&[(0, 3), (0, 4)]);
+        w.take_events(numbered(&["denied"], 5));
+        w.flush().unwrap();
+        assert_eq!(stored(&path), 3);
+        let store = super::super::Store::open_read(&path).unwrap();
+        let gaps: Vec<(String, i64)> = store
+            .conn
+            .prepare("SELECT kind, count FROM gaps ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(gaps, [("lost_for_store".to_string(), 2)]);
     }
 
     /// A commit that reported a failure may have been written (SQLite can
