@@ -112,6 +112,36 @@ impl Daemon {
         (ticks(11) + ticks(12)) / hz
     }
 
+    /// Where the daemon's resident memory is (/proc/PID/smaps): MiB per
+    /// mapping name (`anonymous` for the heap and thread arenas, BPF maps
+    /// and the ring buffer by their anon_inode name), largest first.
+    pub fn rss_by_mapping(&self) -> String {
+        let smaps =
+            std::fs::read_to_string(format!("/proc/{}/smaps", self.pid)).unwrap_or_default();
+        let mut by: HashMap<String, u64> = HashMap::new();
+        let mut current = String::new();
+        for line in smaps.lines() {
+            let first = line.split_whitespace().next().unwrap_or("");
+            if first.contains('-') && first.chars().all(|c| c.is_ascii_hexdigit() || c == '-') {
+                let name = line.split_whitespace().nth(5).unwrap_or("");
+                current = match name {
+                    "" | "[heap]" => "anonymous".into(),
+                    n => n.rsplit('/').next().unwrap_or(n).into(),
+                };
+            } else if let Some(kb) = line.strip_prefix("Rss:") {
+                let kb: u64 = kb.trim().trim_end_matches("kB").trim().parse().unwrap_or(0);
+                *by.entry(current.clone()).or_default() += kb;
+            }
+        }
+        let mut by: Vec<(String, u64)> = by.into_iter().filter(|(_, kb)| *kb > 0).collect();
+        by.sort_by_key(|(_, kb)| std::cmp::Reverse(*kb));
+        by.iter()
+            .take(4)
+            .map(|(name, kb)| format!("{name} {:.0}", *kb as f64 / 1024.0))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
     /// A `Vm*` line of /proc/PID/status, in bytes.
     pub fn vm(&self, key: &str) -> u64 {
         let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid)).unwrap_or_default();

@@ -977,6 +977,7 @@ fn pipeline(b: &mut Bench, r: &mut Report) -> (u128, u128) {
         let perf = perf_record(d, &format!("pipeline-{target}"), step_secs - 0.5);
         std::thread::sleep(Duration::from_secs_f64(step_secs / 2.0));
         let rss_load = d.vm("VmRSS");
+        let rss_where = d.rss_by_mapping();
         let sent: f64 = gens.into_iter().map(|g| f(&finish(g), "ops")).sum();
         let forbid = forbid.map(finish);
         if let Some(mut p) = perf {
@@ -1025,7 +1026,7 @@ fn pipeline(b: &mut Bench, r: &mut Report) -> (u128, u128) {
             "received_by_client": received, "lost_in_kernel": lost,
             "dropped_slow_clients": dropped, "gap_missed": gap,
             "daemon_cpu_s": cpu, "cpu_pct_per_10k": cpu_per_10k,
-            "rss_under_load": rss_load, "zero_loss": zero_loss,
+            "rss_under_load": rss_load, "rss_where": rss_where, "zero_loss": zero_loss,
             "stored": stored, "store_rate": store_rate,
             "store_pending_after": s1["store"]["pending"], "store_lost": s1["store"]["lost_for_store"],
         });
@@ -1102,7 +1103,11 @@ fn pipeline(b: &mut Bench, r: &mut Report) -> (u128, u128) {
     let rss = max_step["rss_under_load"].as_u64().unwrap_or(0);
     r.fig(Figure::new(
         "daemon RSS under load (max event rate)",
-        format!("{:.1} MiB", mib(rss)),
+        format!(
+            "{:.1} MiB (MiB by mapping: {})",
+            mib(rss),
+            max_step["rss_where"].as_str().unwrap_or("")
+        ),
         "<= 100 MiB",
         Some(rss > 0 && mib(rss) <= 100.0),
     ));
