@@ -609,9 +609,23 @@ impl Harvester {
             async move {
                 let mut timer = tokio::time::interval(pipeline::harvest::HARVEST_EVERY);
                 timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                let mut waited = false;
                 loop {
                     timer.tick().await;
-                    Self::pass(&harvest, &outlets, &names, &store);
+                    // A store that falls behind a flood: the kernel keeps
+                    // counting, and the next pass reads what it counted.
+                    let behind = store.behind();
+                    if behind != waited {
+                        if behind {
+                            log::warn!("the store is behind: harvests of the kernel's flow counts wait (the kernel keeps counting)");
+                        } else {
+                            log::info!("the store caught up: harvesting again");
+                        }
+                        waited = behind;
+                    }
+                    if !behind {
+                        Self::pass(&harvest, &outlets, &names, &store);
+                    }
                 }
             }
         });

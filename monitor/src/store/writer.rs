@@ -36,7 +36,7 @@ pub const MAX_PENDING: usize = 200_000;
 /// counted and recorded as a `lost_for_store` gap, so that a flood cannot
 /// grow the daemon's memory without bound. Refusals (denied, would-deny,
 /// unclassified) are kept up to twice as many.
-pub const BACKLOG: usize = 50_000;
+pub const BACKLOG: usize = 100_000;
 const RETRY_MAX: Duration = Duration::from_secs(10);
 /// How often the chain head is signed (and at shutdown): records removed
 /// from the end of the store after a checkpoint are caught by export and
@@ -121,7 +121,8 @@ struct Shared {
     stored: AtomicU64,
     lost: AtomicU64,
     pending: AtomicU64,
-    /// Events the writer holds, not stored yet (`Writer::unstored`).
+    /// Events and harvested flows the writer holds, not stored yet
+    /// (`Writer::held`).
     held: AtomicU64,
     write_errors: AtomicU64,
     state: Mutex<(bool, String, String, i64, String)>, // degraded, error, store id, seq, head
@@ -257,7 +258,19 @@ impl Handle {
     /// Queues what a harvest of the kernel's flow table found; it is
     /// written with the next batch, all or nothing.
     pub fn harvest(&self, h: Harvested) {
+        self.shared
+            .pending
+            .fetch_add(h.repeats.len() as u64, Ordering::Relaxed);
         self.send(Msg::Harvest(h));
+    }
+
+    /// Whether more than `BACKLOG` events and harvested flows wait for
+    /// the store: the periodic harvest then waits (the kernel keeps
+    /// counting), so that a flood cannot grow the daemon's memory.
+    pub fn behind(&self) -> bool {
+        let waiting =
+            self.shared.pending.load(Ordering::Relaxed) + self.shared.held.load(Ordering::Relaxed);
+        waiting as usize > BACKLOG
     }
 
     /// What was harvested of each kernel flow entry before (empty for a
@@ -434,6 +447,9 @@ impl Writer {
                 }
                 Ok(Msg::PolicySet(s)) => self.pending.policy_sets.push(s),
                 Ok(Msg::Harvest(h)) => {
+                    self.shared
+                        .pending
+                        .fetch_sub(h.repeats.len() as u64, Ordering::Relaxed);
                     self.pending.repeats.extend(h.repeats);
                     self.pending.marks.extend(h.marks);
                     self.pending.unmarks.extend(h.unmarks);
@@ -485,10 +501,10 @@ impl Writer {
                 next_retention = Instant::now() + self.retention.interval();
                 self.retain();
             }
-            // What the pipeline counts against `BACKLOG`.
+            // What the pipeline and the harvest count against `BACKLOG`.
             self.shared
                 .held
-                .store(self.unstored() as u64, Ordering::Relaxed);
+                .store(self.held() as u64, Ordering::Relaxed);
         }
     }
 
@@ -744,7 +760,7 @@ impl Writer {
         self.pending.events.extend(v.into_iter().take(room));
         self.shared
             .held
-            .store(self.unstored() as u64, Ordering::Relaxed);
+            .store(self.held() as u64, Ordering::Relaxed);
     }
 
     /// Events the pipeline shed for the backlog: accounted for in the book
@@ -761,6 +777,13 @@ impl Writer {
     /// Events held in memory, not stored yet.
     fn unstored(&self) -> usize {
         self.pending.events.len() + self.inflight.as_ref().map_or(0, |b| b.events.len())
+    }
+
+    /// Events and harvested flows held, not stored yet (`Shared::held`).
+    fn held(&self) -> usize {
+        self.unstored()
+            + self.pending.repeats.len()
+            + self.inflight.as_ref().map_or(0, |b| b.repeats.len())
     }
 
     /// Writes a named batch, unless the store has it already (a commit
