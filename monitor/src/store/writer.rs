@@ -677,7 +677,7 @@ impl Writer {
                 unix_nanos: now_nanos(),
                 kind: "lost_for_store".into(),
                 count: std::mem::take(&mut self.shed_for_backlog),
-                detail: format!("allowed decisions shed while the store fell behind (more than {BACKLOG} events waiting for it); refusals were kept"),
+                detail: format!("decisions shed while the store fell behind: allowed ones beyond {BACKLOG} waiting for it, refusals only beyond {}", 2 * BACKLOG),
             });
         }
         let Some(book) = &mut self.seqs else { return };
