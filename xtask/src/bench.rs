@@ -40,6 +40,7 @@ pub fn bench(
     faults: Option<u64>,
     store: Option<u64>,
     nats: bool,
+    step: Option<String>,
 ) -> anyhow::Result<()> {
     let release = root().join("target/release");
     // The suite finds the daemon and the probe (test server) next to the
@@ -72,6 +73,10 @@ pub fn bench(
     }
     if nats {
         cmd.arg("nats");
+        return run(&mut cmd);
+    }
+    if let Some(step) = step {
+        cmd.arg(step);
         return run(&mut cmd);
     }
     run(&mut cmd)?;

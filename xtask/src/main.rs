@@ -82,6 +82,11 @@ enum Cmd {
         /// loopback): results in target/bench/nats.md.
         #[arg(long)]
         nats: bool,
+        /// Only one step against the full setup: `connect` (the rates
+        /// against no program and the floor) or `cost` (the kernel decision
+        /// cost per hook): results in target/bench/STEP.md.
+        #[arg(long, value_parser = ["connect", "cost"])]
+        step: Option<String>,
     },
 }
 
@@ -253,10 +258,11 @@ fn main() -> anyhow::Result<()> {
             faults,
             store,
             nats,
+            step,
         } => {
             setup::setup()?;
             build()?;
-            bench::bench(readme, faults, store, nats)
+            bench::bench(readme, faults, store, nats, step)
         }
         Cmd::Test {
             filter,

@@ -212,6 +212,15 @@ fn main() {
         r.write_named(&out_dir, "connect");
         return;
     }
+    if std::env::args().nth(1).as_deref() == Some("cost") {
+        // Only the kernel decision cost per hook (bpf_stats): for working
+        // on what one program run costs.
+        decision_cost(&mut b, &mut r);
+        r.command = "bench cost".into();
+        r.raw["bench_seconds"] = json!(started.elapsed().as_secs_f64());
+        r.write_named(&out_dir, "cost");
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("pipeline") {
         // Only the event pipeline and the repeated-traffic row: for
         // working on the daemon's CPU (with EGRESS_MONITOR_BENCH_PERF).
