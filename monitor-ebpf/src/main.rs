@@ -259,9 +259,6 @@ pub(crate) fn is_mapped_v4(addr: &[u8; 16]) -> bool {
 
 #[inline(always)]
 fn judge_v4(ctx: &SockAddrContext, hook: Hook) -> i32 {
-    if quiet_now(Owner::Task) {
-        return PASS;
-    }
     // SAFETY: the kernel hands every sock_addr program a valid context.
     let sa = unsafe { &*ctx.sock_addr };
     let ip4 = sa.user_ip4.to_ne_bytes();
@@ -284,9 +281,6 @@ fn judge_v4(ctx: &SockAddrContext, hook: Hook) -> i32 {
 
 #[inline(always)]
 fn judge_v6(ctx: &SockAddrContext, hook: Hook) -> i32 {
-    if quiet_now(Owner::Task) {
-        return PASS;
-    }
     // SAFETY: as above.
     let sa = unsafe { &*ctx.sock_addr };
     let mut addr = [0u8; 16];
@@ -486,15 +480,21 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
         return PASS;
     };
     let task_cgroup = Owner::Task.cgroup();
-    let memo = memo_of(slot, word, Owner::Task, task_cgroup);
+    // QUIET first: a cgroup no policy selects skips the memo.
+    let memo = if quiet(task_cgroup, word) {
+        Memo::default()
+    } else {
+        memo_of(slot, word, Owner::Task, task_cgroup)
+    };
     let connect = attempt.hook == Hook::Connect4 || attempt.hook == Hook::Connect6;
     if memo.selected_cgroup_id == 0 {
         // Not in any selected subtree: untouched and not reported. A TCP
         // socket is marked, so the backstop judges it if its own cgroup
         // is selected (later, or already: a socket made in a selected
-        // cgroup and connected from here). A UDP socket is not (an
-        // allocation per socket): `sender` judges a datagram without a
-        // state that a process sends from a selected cgroup.
+        // cgroup and connected from here); this socket-local allocation
+        // is most of what such a connect costs. A UDP socket is not
+        // marked: `sender` judges a datagram without a state that a
+        // process sends from a selected cgroup.
         if connect && attempt.protocol == IPPROTO_TCP {
             remember(ctx, task_cgroup, word, UNSELECTED, attempt);
         }
