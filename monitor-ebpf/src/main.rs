@@ -1283,13 +1283,9 @@ pub fn sender(ctx: SkBuffContext) -> i32 {
 #[inline(always)]
 fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
     let skb = ctx.skb.skb;
-    // A sender no policy selects ends here.
-    if quiet_now(Owner::Task) {
-        return Ok(PASS);
-    }
     // No state: a UDP socket connected outside every selected cgroup, or
     // never connected (then sendmsg4 judged this sender's datagram: a
-    // cache hit below).
+    // cache hit below). A socket a hook judged ends here, as before.
     let state = sock_state(skb);
     if !state.is_null() {
         // SAFETY: the socket's own storage, valid for this run.
@@ -1297,6 +1293,10 @@ fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
         if st.verdict != UNSELECTED || st.protocol != IPPROTO_UDP {
             return Ok(PASS);
         }
+    }
+    // A sender no policy selects ends here.
+    if quiet_now(Owner::Task) {
+        return Ok(PASS);
     }
     // SAFETY: a helper without arguments.
     if unsafe { bpf_get_current_pid_tgid() } >> 32 == 0 {
