@@ -872,10 +872,7 @@ impl Config {
 /// passes its packets at the cost of one socket-local lookup and re-judges
 /// them when the CONFIG word or the destination changes. TCP sockets of
 /// unselected cgroups get one too (verdict 0), so a connection made before
-/// its cgroup was selected (or made in a selected cgroup and connected
-/// from an unselected one) is judged once it is; a UDP socket of an
-/// unselected cgroup gets none (the `sender` program judges a datagram
-/// without a state). Freed with the socket.
+/// its cgroup was selected is judged once it is. Freed with the socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockState {
@@ -888,10 +885,9 @@ pub struct SockState {
     pub addr: [u8; 16],
     pub port: u16,
     pub protocol: u8,
-    /// A `Verdict`, or 0 when the socket's cgroup is not selected (TCP;
-    /// UDP sockets of builds before QUIET too). A UDP socket marked 0 or
-    /// without a state that sends from a selected cgroup (its process
-    /// moved there, or its descriptor was passed there) is judged by the
+    /// A `Verdict`, or 0 when the socket's cgroup is not selected. A UDP
+    /// socket marked 0 that sends from a selected cgroup (its process moved
+    /// there, or its descriptor was passed there) is judged by the
     /// sender's cgroup (the `sender` program).
     pub verdict: u8,
     /// The process that connected it (its flow is counted under it).

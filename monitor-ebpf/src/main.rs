@@ -488,14 +488,13 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
     };
     let connect = attempt.hook == Hook::Connect4 || attempt.hook == Hook::Connect6;
     if memo.selected_cgroup_id == 0 {
-        // Not in any selected subtree: untouched and not reported. A TCP
-        // socket is marked, so the backstop judges it if its own cgroup
-        // is selected (later, or already: a socket made in a selected
-        // cgroup and connected from here); this socket-local allocation
-        // is most of what such a connect costs. A UDP socket is not
-        // marked: `sender` judges a datagram without a state that a
-        // process sends from a selected cgroup.
-        if connect && attempt.protocol == IPPROTO_TCP {
+        // Not in any selected subtree: untouched and not reported. The
+        // socket is marked: a TCP socket's backstop judges it if its
+        // cgroup is selected later (or already is: a socket made in a
+        // selected cgroup and connected from here); a UDP socket's, if a
+        // process sends on it from a selected cgroup. This socket-local
+        // allocation is most of what such a connect costs.
+        if connect {
             remember(ctx, task_cgroup, word, UNSELECTED, attempt);
         }
         return PASS;
@@ -1283,19 +1282,13 @@ pub fn sender(ctx: SkBuffContext) -> i32 {
 #[inline(always)]
 fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
     let skb = ctx.skb.skb;
-    // No state: a UDP socket connected outside every selected cgroup, or
-    // never connected (then sendmsg4 judged this sender's datagram: a
-    // cache hit below). A socket a hook judged ends here, as before.
     let state = sock_state(skb);
-    if !state.is_null() {
-        // SAFETY: the socket's own storage, valid for this run.
-        let st = unsafe { *state };
-        if st.verdict != UNSELECTED || st.protocol != IPPROTO_UDP {
-            return Ok(PASS);
-        }
+    if state.is_null() {
+        return Ok(PASS);
     }
-    // A sender no policy selects ends here.
-    if quiet_now(Owner::Task) {
+    // SAFETY: the socket's own storage, valid for this run.
+    let st = unsafe { *state };
+    if st.verdict != UNSELECTED || st.protocol != IPPROTO_UDP {
         return Ok(PASS);
     }
     // SAFETY: a helper without arguments.
