@@ -89,6 +89,8 @@ pub mod names {
     pub const REFUSALS: &str = "REFUSALS";
     /// The selection of each cgroup, per CONFIG word (see `Memo`).
     pub const MEMO: &str = "MEMO";
+    /// Per CPU: cgroups no policy selects under a CONFIG word (`Quiet`).
+    pub const QUIET: &str = "QUIET";
     /// Per-CPU counters of the flow table (`flow_stat`).
     pub const FLOW_STATS: &str = "FLOW_STATS";
     /// Per-CPU room where the kernel builds a new flow entry.
@@ -117,7 +119,7 @@ pub mod names {
     /// Every map, for pinning. A unit test of the daemon (`kernel::tests`)
     /// checks this list against the maps in the compiled object, so a new
     /// map cannot be left unpinned.
-    pub const ALL_MAPS: [&str; 39] = [
+    pub const ALL_MAPS: [&str; 40] = [
         PROCESSES,
         PROCESS_SCRATCH,
         PROCESS_LAYOUT,
@@ -126,6 +128,7 @@ pub mod names {
         FLOWS,
         REFUSALS,
         MEMO,
+        QUIET,
         FLOW_STATS,
         FLOW_SCRATCH,
         LOST,
@@ -196,6 +199,8 @@ pub mod limits {
     pub const REFUSAL_ENTRIES: u32 = 16_384;
     /// Cgroups whose selection is remembered (LRU).
     pub const MEMO_ENTRIES: u32 = 65_536;
+    /// Slots per CPU of QUIET (`Quiet`), a power of two.
+    pub const QUIET_SLOTS: u32 = 1024;
     /// Domain rules of all policies of a set.
     pub const DOMAIN_ENTRIES: u32 = 65_536;
     /// Cloud-region rules of all policies of a set.
@@ -1026,6 +1031,35 @@ const _: () = {
     assert!(offset_of!(Memo, selection) == 16);
     assert!(offset_of!(Memo, names_epoch) == 24);
 };
+
+/// Value of QUIET (per CPU, direct-mapped by `quiet_mix` of the cgroup
+/// id): a cgroup whose memo says "not selected" under one CONFIG word, so
+/// every program of a cgroup no policy selects exits after one array read
+/// and a compare. `tag` is `quiet_mix(cgroup_id) ^ config_word`: an entry
+/// torn by a program that interrupted its write on the same CPU (a
+/// softirq over a task) matches neither writer's pair and is only a miss.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Quiet {
+    pub cgroup_id: u64,
+    pub tag: u64,
+}
+const _: () = {
+    assert!(size_of::<Quiet>() == 16);
+    assert!(offset_of!(Quiet, tag) == 8);
+};
+
+/// A 64-bit mix of a cgroup id (splitmix64's finalizer): QUIET's slot is
+/// its low bits, and it keys `Quiet::tag`.
+#[inline(always)]
+pub fn quiet_mix(cgroup_id: u64) -> u64 {
+    let mut x = cgroup_id;
+    x ^= x >> 30;
+    x = x.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x ^= x >> 27;
+    x = x.wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
 
 /// A socket the daemon's sweep found, for `judge_socket` (the one entry
 /// of SWEEP). The program answers with `verdict | rule << 8` and reports

@@ -457,6 +457,13 @@ pub fn note_query(ctx: &SkBuffContext, protocol: u8, l4: usize, resolver: &[u8; 
 #[inline(always)]
 pub fn learn(ctx: &SkBuffContext) {
     let skb = ctx.skb.skb;
+    // A socket of a cgroup no policy selects has no query to match (they
+    // are noted for selected cgroups only): it ends here. An answer that
+    // arrives just after a switch unselected its cgroup teaches nothing;
+    // its cgroup has no policy to use the name.
+    if crate::quiet_now(crate::Owner::Skb(skb)) {
+        return;
+    }
     // SAFETY: the context is the program's __sk_buff.
     let eth_proto = u16::from_be(unsafe { (*skb).protocol } as u16);
     let (protocol, l4, src, dst) = if eth_proto == crate::ETH_P_IP {

@@ -37,7 +37,7 @@ use aya_ebpf::{
 use monitor_common::{
     flow_stat, geo_table, kind, limits, lost, Action, CidrRule, CloudEntry, CloudKey, Config,
     CountrySource, Decision, DecisionEvent, DomainKey, EventHeader, FlowEntry, FlowKey, Hook,
-    InForce, Memo, Meta, Mode, NameEntry, PolicyAddr, Region, RegionKey, RegionRule, Rule,
+    InForce, Memo, Meta, Mode, NameEntry, PolicyAddr, Quiet, Region, RegionKey, RegionRule, Rule,
     Selection, SockState, SweepSocket, Verdict, AF_INET, AF_INET6, AF_PACKET, DECISION_VERSION,
     DOMAIN_EXACT, DOMAIN_WILDCARD, IPPROTO_TCP, IPPROTO_UDP,
 };
@@ -79,6 +79,15 @@ static REFUSALS: HashMap<FlowKey, FlowEntry> =
 /// The selection of each cgroup under one CONFIG word (see `Memo`).
 #[map]
 static MEMO: LruHashMap<u64, Memo> = LruHashMap::with_max_entries(limits::MEMO_ENTRIES, 0);
+
+/// Per CPU: the cgroups no policy selects under a CONFIG word (see
+/// `Quiet`), what every program asks first. Filled from `memo_of` only,
+/// so it says no more than MEMO does: within one word a cgroup's
+/// selection only changes from unclassified to classified (the daemon
+/// adds it to KNOWN), and an unclassified cgroup is never "not selected"
+/// (it is its own selection).
+#[map]
+static QUIET: PerCpuArray<Quiet> = PerCpuArray::with_max_entries(limits::QUIET_SLOTS, 0);
 
 /// Per-CPU room where a new flow entry is built before it is filed.
 #[map]
@@ -354,6 +363,50 @@ fn in_force() -> Option<(&'static Slot, InForce, u64)> {
     Some((slot, set, word))
 }
 
+/// Whether the owner's cgroup is outside every selected subtree under the
+/// word in force, as this CPU's QUIET says: a helper call for the cgroup,
+/// one array read and a compare, before anything else a program does. A
+/// miss only means "ask the memo" (the program goes on as it would). The
+/// set is read again where a decision starts: kept apart, each program's
+/// long path stays what the verifier walks today.
+#[inline(always)]
+fn quiet_now(owner: Owner) -> bool {
+    match in_force() {
+        Some((_, _, word)) => quiet(owner.cgroup(), word),
+        None => false,
+    }
+}
+
+/// Whether this CPU's QUIET says `cgroup` is selected by no policy under
+/// `word`.
+#[inline(always)]
+fn quiet(cgroup: u64, word: u64) -> bool {
+    let mix = monitor_common::quiet_mix(cgroup);
+    let Some(q) = QUIET.get_ptr(mix as u32 & (limits::QUIET_SLOTS - 1)) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot; read field by field, and a torn pair fails
+    // the tag (see `Quiet`).
+    unsafe {
+        core::ptr::read_volatile(core::ptr::addr_of!((*q).cgroup_id)) == cgroup
+            && core::ptr::read_volatile(core::ptr::addr_of!((*q).tag)) == mix ^ word
+    }
+}
+
+/// Files `cgroup` in this CPU's QUIET as selected by no policy under `word`.
+#[inline(always)]
+fn note_quiet(cgroup: u64, word: u64) {
+    let mix = monitor_common::quiet_mix(cgroup);
+    if let Some(q) = QUIET.get_ptr_mut(mix as u32 & (limits::QUIET_SLOTS - 1)) {
+        // SAFETY: this CPU's slot; see `Quiet` for a write interrupted by
+        // another program on this CPU.
+        unsafe {
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*q).cgroup_id), cgroup);
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*q).tag), mix ^ word);
+        }
+    }
+}
+
 #[inline(always)]
 fn now_ns() -> u64 {
     // SAFETY: plain helper call.
@@ -377,6 +430,9 @@ fn memo_of(slot: &Slot, word: u64, owner: Owner, cgroup: u64) -> Memo {
     // SAFETY: plain data, copied out at once.
     if let Some(m) = unsafe { MEMO.get(&cgroup) } {
         if m.config_word == word {
+            if m.selected_cgroup_id == 0 {
+                note_quiet(cgroup, word);
+            }
             return *m;
         }
     }
@@ -393,6 +449,10 @@ fn memo_of(slot: &Slot, word: u64, owner: Owner, cgroup: u64) -> Memo {
     if selection.flags & Selection::UNCLASSIFIED == 0 {
         // A full LRU evicts the coldest cgroup; it costs one walk later.
         let _ = MEMO.insert(&cgroup, &memo, 0);
+    }
+    // An unclassified cgroup is its own selection (never 0): not quiet.
+    if selected_cgroup_id == 0 {
+        note_quiet(cgroup, word);
     }
     memo
 }
@@ -420,14 +480,20 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
         return PASS;
     };
     let task_cgroup = Owner::Task.cgroup();
-    let memo = memo_of(slot, word, Owner::Task, task_cgroup);
+    // QUIET first: a cgroup no policy selects skips the memo.
+    let memo = if quiet(task_cgroup, word) {
+        Memo::default()
+    } else {
+        memo_of(slot, word, Owner::Task, task_cgroup)
+    };
     let connect = attempt.hook == Hook::Connect4 || attempt.hook == Hook::Connect6;
-    let tcp = attempt.protocol == IPPROTO_TCP;
     if memo.selected_cgroup_id == 0 {
         // Not in any selected subtree: untouched and not reported. The
         // socket is marked: a TCP socket's backstop judges it if its
-        // cgroup is selected later; a UDP socket's, if a process sends on
-        // it from a selected cgroup.
+        // cgroup is selected later (or already is: a socket made in a
+        // selected cgroup and connected from here); a UDP socket's, if a
+        // process sends on it from a selected cgroup. This socket-local
+        // allocation is most of what such a connect costs.
         if connect {
             remember(ctx, task_cgroup, word, UNSELECTED, attempt);
         }
@@ -1361,6 +1427,11 @@ pub fn ingress(ctx: SkBuffContext) -> i32 {
 #[inline(always)]
 fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
     let skb = ctx.skb.skb;
+    // A socket of a cgroup no policy selects ends here: whatever its
+    // state, the decision below would pass it.
+    if quiet_now(Owner::Skb(skb)) {
+        return Ok(PASS);
+    }
     // SAFETY: the context is the program's __sk_buff.
     let eth_proto = u16::from_be(unsafe { (*skb).protocol } as u16);
     let mut addr = [0u8; 16];

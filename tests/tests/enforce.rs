@@ -128,6 +128,60 @@ fn unselected_cgroup_is_untouched() {
     );
 }
 
+/// Every program of a cgroup no policy selects exits at its first lookup
+/// (QUIET: "not selected under the policy set in force"); a policy that
+/// selects the cgroup later judges it from its very next attempt, and one
+/// that lets it go leaves it untouched again: TCP and UDP, IPv4 and IPv6.
+#[test]
+fn an_unselected_cgroup_is_judged_from_the_switch_that_selects_it() {
+    let mut env = TestEnv::started("enforce", "DE", &[]);
+    let port = PORT.to_string();
+    let routes = [
+        ("tcp", US_V4),
+        ("udp", US_V4),
+        ("tcp", US_V6),
+        ("udp", US_V6),
+    ];
+    // Attempts enough to leave the cgroup quiet on the CPUs they ran on.
+    for _ in 0..3 {
+        for (proto, addr) in routes {
+            let p = env.probe("unsel", &[proto, addr, &port]);
+            assert!(p.ok, "unselected: {proto} to {addr}: {:?}", p.raw);
+        }
+    }
+    env.write_policy(
+        "later.yaml",
+        &env.policy("later", "enforce", "unsel", &allow_de("")),
+    );
+    env.wait_status("policy generation 2", WAIT, |s| {
+        s["policy_generation"].as_u64() == Some(2)
+    });
+    for (proto, addr) in routes {
+        let p = env.probe("unsel", &[proto, addr, &port]);
+        assert!(
+            !p.ok && p.errno == EPERM,
+            "selected since the switch: {proto} to {addr}: {:?}",
+            p.raw
+        );
+        let e = env.expect_event(&format!("denied {proto} {addr}"), WAIT, |e| {
+            is(e, p.pid, addr)
+        });
+        assert_eq!(
+            (s(&e, "policy"), s(&e, "verdict")),
+            ("later", "denied"),
+            "{e}"
+        );
+    }
+    std::fs::remove_file(env.policy_dir().join("later.yaml")).unwrap();
+    env.wait_status("policy generation 3", WAIT, |s| {
+        s["policy_generation"].as_u64() == Some(3)
+    });
+    for (proto, addr) in routes {
+        let p = env.probe("unsel", &[proto, addr, &port]);
+        assert!(p.ok, "unselected again: {proto} to {addr}: {:?}", p.raw);
+    }
+}
+
 /// A child cgroup created after the daemon started is covered from its
 /// first connection (the kernel walks to the nearest selected ancestor).
 #[test]

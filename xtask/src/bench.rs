@@ -43,6 +43,7 @@ pub fn bench(
     faults: Option<u64>,
     store: Option<u64>,
     nats: bool,
+    step: Option<String>,
     against: Option<&str>,
 ) -> anyhow::Result<()> {
     let release = root().join("target/release");
@@ -76,6 +77,10 @@ pub fn bench(
     }
     if nats {
         cmd.arg("nats");
+        return run(&mut cmd);
+    }
+    if let Some(step) = step {
+        cmd.arg(step);
         return run(&mut cmd);
     }
     if let Some(rev) = against {

@@ -88,6 +88,11 @@ enum Cmd {
         /// target/bench/against.md.
         #[arg(long, value_name = "REV")]
         against: Option<String>,
+        /// Only one step against the full setup: `connect` (the rates
+        /// against no program and the floor) or `cost` (the kernel decision
+        /// cost per hook): results in target/bench/STEP.md.
+        #[arg(long, value_parser = ["connect", "cost"])]
+        step: Option<String>,
     },
 }
 
@@ -260,10 +265,11 @@ fn main() -> anyhow::Result<()> {
             store,
             nats,
             against,
+            step,
         } => {
             setup::setup()?;
             build()?;
-            bench::bench(readme, faults, store, nats, against.as_deref())
+            bench::bench(readme, faults, store, nats, step, against.as_deref())
         }
         Cmd::Test {
             filter,

@@ -234,6 +234,15 @@ fn main() {
         r.write_named(&out_dir, "connect");
         return;
     }
+    if std::env::args().nth(1).as_deref() == Some("cost") {
+        // Only the kernel decision cost per hook (bpf_stats): for working
+        // on what one program run costs.
+        decision_cost(&mut b, &mut r);
+        r.command = "bench cost".into();
+        r.raw["bench_seconds"] = json!(started.elapsed().as_secs_f64());
+        r.write_named(&out_dir, "cost");
+        return;
+    }
     if std::env::args().nth(1).as_deref() == Some("pipeline") {
         // Only the event pipeline and the repeated-traffic row: for
         // working on the daemon's CPU (with EGRESS_MONITOR_BENCH_PERF).
@@ -568,16 +577,45 @@ fn prog_stats(d: &Daemon) -> Vec<(String, u64, u64, u64)> {
     for p in status["programs"].as_array().cloned().unwrap_or_default() {
         let id = p["program_id"].as_u64().unwrap_or(0);
         let hook = p["hook"].as_str().unwrap_or("?").to_string();
-        let o = Command::new("bpftool")
-            .args(["prog", "show", "id", &id.to_string(), "-j"])
-            .output()
-            .expect("bpftool");
-        let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+        let (ns, runs) = run_stats(id);
+        out.push((hook, id, ns, runs));
+    }
+    out
+}
+
+/// (run_time_ns, run_cnt) of one program.
+fn run_stats(id: u64) -> (u64, u64) {
+    let o = Command::new("bpftool")
+        .args(["prog", "show", "id", &id.to_string(), "-j"])
+        .output()
+        .expect("bpftool");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    (
+        v["run_time_ns"].as_u64().unwrap_or(0),
+        v["run_cnt"].as_u64().unwrap_or(0),
+    )
+}
+
+/// As `prog_stats`, for the floor's programs (attached to its cgroup):
+/// what a trivial program costs in the same statistics.
+fn floor_stats(b: &Bench) -> Vec<(String, u64, u64, u64)> {
+    let o = Command::new("bpftool")
+        .args(["cgroup", "show"])
+        .arg(b.env.cgroup("floor"))
+        .arg("-j")
+        .output()
+        .expect("bpftool cgroup show");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    let mut out = Vec::new();
+    for p in v.as_array().cloned().unwrap_or_default() {
+        let id = p["id"].as_u64().unwrap_or(0);
+        let name = p["name"].as_str().unwrap_or("?");
+        let (ns, runs) = run_stats(id);
         out.push((
-            hook,
+            format!("{} (floor)", name.trim_start_matches("floor_")),
             id,
-            v["run_time_ns"].as_u64().unwrap_or(0),
-            v["run_cnt"].as_u64().unwrap_or(0),
+            ns,
+            runs,
         ));
     }
     out
@@ -800,15 +838,38 @@ fn decision_cost(b: &mut Bench, r: &mut Report) {
             "unselected",
             50.0,
         ),
+        // The floor's trivial programs under the same statistics: what
+        // the statistics and a program run cost before any of our work.
+        (
+            "TCP connect, floor cgroup",
+            vec!["floor"],
+            vec!["tcp".into(), "200000".into(), "1".into()],
+            "floor",
+            f64::NAN,
+        ),
+        (
+            "UDP sendmsg, floor cgroup, max rate",
+            vec!["floor"],
+            vec!["udp".into(), "2000000".into(), "1".into(), "4".into()],
+            "floor",
+            f64::NAN,
+        ),
     ];
     for (label, subs, args, kind, goal) in workloads {
         settle(b.daemon.as_ref().unwrap());
-        let before = prog_stats(b.daemon.as_ref().unwrap());
+        let stats = |b: &Bench| {
+            if kind == "floor" {
+                floor_stats(b)
+            } else {
+                prog_stats(b.daemon.as_ref().unwrap())
+            }
+        };
+        let before = stats(b);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         for sub in &subs {
             run_load(b, sub, &args);
         }
-        let after = prog_stats(b.daemon.as_ref().unwrap());
+        let after = stats(b);
         for ((hook, id, t0, c0), (_, _, t1, c1)) in before.iter().zip(&after) {
             let runs = c1.saturating_sub(*c0);
             if runs < 1000 {
@@ -818,7 +879,8 @@ fn decision_cost(b: &mut Bench, r: &mut Report) {
             raw.push(json!({"workload": label, "hook": hook, "program_id": id, "runs": runs, "ns_per_run": ns, "destinations": kind}));
             // The goal is the sock_addr hook's; egress and ingress run on
             // every packet of the loopback traffic and are shown as they are.
-            let sock_addr = hook.starts_with("connect") || hook.starts_with("sendmsg");
+            let sock_addr =
+                (hook.starts_with("connect") || hook.starts_with("sendmsg")) && !goal.is_nan();
             r.fig(Figure::new(
                 &format!("kernel decision cost, {hook} ({label})"),
                 format!("{ns:.0} ns/run over {runs} runs"),
