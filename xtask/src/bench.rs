@@ -30,7 +30,9 @@ the programs' root). Results land in
 `target/bench/results.{json,md}`. The NATS rows restart the daemon
 with `--nats-url` on a store of 100,000 recorded events and time the
 publisher draining them into a three-server JetStream cluster on the same
-machine (`--nats`: only those). `--against REV` measures only the cost of
+machine (`--nats`: only those). `--step connect` runs only the rates
+against no program and the floor, `--step cost` only the kernel cost per
+hook. `--against REV` measures only the cost of
 a repeat (connect4, sendmsg4) of this build against the daemon of git
 revision REV, the two daemons taking turns round by round (5 rounds) on
 the same cgroups and policies (`target/bench/against.md`). `cargo xtask bench --readme` also
