@@ -708,15 +708,13 @@ fn a_pods_attempts_carry_its_image_and_pod_from_cri() {
     assert_eq!(s(&allowed, "verdict"), "allowed", "{allowed}");
     assert_eq!(s(&allowed, "pod_name"), "probe-0", "{allowed}");
     only_the_de_host_received_the_line(&env);
-    let found = json_lines(&env.cli(&[
-        "events",
-        "--since",
-        "10m",
-        "-o",
-        "json",
-        "--container",
-        "probe",
-    ]));
+    // Stored in order: once the later attempt is in the store, both are.
+    let found = env.wait_stored(
+        "of the pod's allowed attempt",
+        &["--container", "probe"],
+        WAIT,
+        |e| s(e, "dst_ip") == DE_V4,
+    );
     assert_eq!(found.len(), 2, "events --container probe: {found:#?}");
     let table = env.cli_ok(&["events", "--since", "10m", "--container", "probe"]);
     eprintln!("{table}");
