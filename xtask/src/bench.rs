@@ -97,10 +97,8 @@ pub fn bench(
     Ok(())
 }
 
-/// The daemon of git revision `rev`, built from its tree (`git archive`)
-/// in `target/against/`, its dependencies shared by every revision built
-/// there; returns the binary and a label (`rev` and its short hash).
-fn build_against(rev: &str) -> anyhow::Result<(std::path::PathBuf, String)> {
+/// The short hash of git revision `rev`, or an error naming it.
+pub fn revision(rev: &str) -> anyhow::Result<String> {
     let out = Command::new("git")
         .current_dir(root())
         .args(["rev-parse", "--verify", "--short=12"])
@@ -113,7 +111,14 @@ fn build_against(rev: &str) -> anyhow::Result<(std::path::PathBuf, String)> {
             String::from_utf8_lossy(&out.stderr).trim()
         );
     }
-    let short = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// The daemon of git revision `rev`, built from its tree (`git archive`)
+/// in `target/against/`, its dependencies shared by every revision built
+/// there; returns the binary and a label (`rev` and its short hash).
+fn build_against(rev: &str) -> anyhow::Result<(std::path::PathBuf, String)> {
+    let short = revision(rev)?;
     let base = root().join("target/against");
     let src = base.join(format!("src-{short}"));
     let bin = base.join(format!("egress-monitor-{short}"));

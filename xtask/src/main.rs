@@ -267,6 +267,10 @@ fn main() -> anyhow::Result<()> {
             against,
             step,
         } => {
+            // A revision that is not one fails before the long setup.
+            if let Some(rev) = &against {
+                bench::revision(rev)?;
+            }
             setup::setup()?;
             build()?;
             bench::bench(readme, faults, store, nats, step, against.as_deref())

@@ -482,26 +482,25 @@ mod tests {
 
     #[test]
     fn a_given_socket_that_does_not_exist_is_an_error() {
-        let err = Containers::find(&Given {
-            engine: vec![PathBuf::from("/nonexistent/podman.sock")],
-            ..Given::default()
-        })
-        .err()
-        .unwrap();
-        assert_eq!(
-            err,
-            "--container-runtime-socket /nonexistent/podman.sock: no such socket"
-        );
-        let err = Containers::find(&Given {
-            cri: vec![PathBuf::from("/nonexistent/containerd.sock")],
-            ..Given::default()
-        })
-        .err()
-        .unwrap();
-        assert_eq!(
-            err,
-            "--cri-socket /nonexistent/containerd.sock: no such socket"
-        );
+        let missing = |p: &str| vec![PathBuf::from(p)];
+        for (given, want) in [
+            (
+                Given {
+                    engine: missing("/nonexistent/podman.sock"),
+                    ..Given::default()
+                },
+                "--container-runtime-socket /nonexistent/podman.sock: no such socket",
+            ),
+            (
+                Given {
+                    cri: missing("/nonexistent/containerd.sock"),
+                    ..Given::default()
+                },
+                "--cri-socket /nonexistent/containerd.sock: no such socket",
+            ),
+        ] {
+            assert_eq!(Containers::find(&given).err().as_deref(), Some(want));
+        }
     }
 
     #[test]

@@ -758,9 +758,6 @@ impl Writer {
             self.dropped_while_degraded += dropped;
         }
         self.pending.events.extend(v.into_iter().take(room));
-        self.shared
-            .held
-            .store(self.held() as u64, Ordering::Relaxed);
     }
 
     /// Events the pipeline shed for the backlog: accounted for in the book
@@ -974,6 +971,16 @@ mod tests {
             .collect()
     }
 
+    /// A writer on `path`, run by hand (no thread).
+    fn writer(path: &std::path::Path) -> Writer {
+        Writer::new(
+            path.to_path_buf(),
+            Retention::default(),
+            None,
+            Arc::new(Shared::default()),
+        )
+    }
+
     /// Beyond the backlog, allowed decisions are shed and refusals kept
     /// (up to twice the backlog), in order.
     #[test]
@@ -1002,12 +1009,7 @@ mod tests {
     fn shed_events_are_a_gap_of_their_own_not_an_unexplained_one() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.db");
-        let mut w = Writer::new(
-            path.clone(),
-            Retention::default(),
-            None,
-            Arc::new(Shared::default()),
-        );
+        let mut w = writer(&path);
         w.resume_numbers("epoch-1".into());
         w.take_events(numbered(&["allowed", "denied"], 1));
         w.shed(&[(0, 3), (0, 4)]);
@@ -1034,12 +1036,7 @@ mod tests {
     fn a_batch_whose_failed_commit_was_written_is_not_written_twice() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.db");
-        let mut w = Writer::new(
-            path.clone(),
-            Retention::default(),
-            None,
-            Arc::new(Shared::default()),
-        );
+        let mut w = writer(&path);
         w.pending.events = events(3);
         w.flush().unwrap();
         assert_eq!(stored(&path), 3);

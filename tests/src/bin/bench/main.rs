@@ -686,6 +686,15 @@ fn stats_on(b: &mut Bench) {
     std::fs::write(BPF_STATS, "1").expect("enable kernel.bpf_stats_enabled");
 }
 
+/// loadgen: TCP connects to one listener at the highest rate, 1 s.
+const TCP_CONNECTS: [&str; 3] = ["tcp", "200000", "1"];
+/// loadgen: UDP datagrams to 4 destinations at the highest rate, 1 s.
+const UDP_TO_4: [&str; 4] = ["udp", "2000000", "1", "4"];
+
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|a| a.to_string()).collect()
+}
+
 /// Rounds of `against`: each build's daemon once per round.
 const AGAINST_ROUNDS: usize = 5;
 
@@ -704,12 +713,12 @@ fn against(b: &mut Bench, r: &mut Report, args: &[std::ffi::OsString], other: &P
         (
             "connect4",
             "TCP connect, repeated destination",
-            vec!["tcp", "200000", "1"],
+            TCP_CONNECTS.to_vec(),
         ),
         (
             "sendmsg4",
             "UDP sendmsg to 4 destinations, max rate",
-            vec!["udp", "2000000", "1", "4"],
+            UDP_TO_4.to_vec(),
         ),
     ];
     // [build][workload] -> ns per run, one per round.
@@ -786,14 +795,14 @@ fn decision_cost(b: &mut Bench, r: &mut Report) {
         (
             "TCP connect, max rate",
             vec!["att/mon", "att/enf"],
-            vec!["tcp".into(), "200000".into(), "1".into()],
+            owned(&TCP_CONNECTS),
             "repeated",
             300.0,
         ),
         (
             "UDP sendmsg to 4 destinations, max rate",
             vec!["att/mon", "att/enf"],
-            vec!["udp".into(), "2000000".into(), "1".into(), "4".into()],
+            owned(&UDP_TO_4),
             "repeated",
             300.0,
         ),
@@ -827,14 +836,14 @@ fn decision_cost(b: &mut Bench, r: &mut Report) {
         (
             "TCP connect, unselected cgroup",
             vec!["att/unsel"],
-            vec!["tcp".into(), "200000".into(), "1".into()],
+            owned(&TCP_CONNECTS),
             "unselected",
             50.0,
         ),
         (
             "UDP sendmsg, unselected cgroup, max rate",
             vec!["att/unsel"],
-            vec!["udp".into(), "2000000".into(), "1".into(), "4".into()],
+            owned(&UDP_TO_4),
             "unselected",
             50.0,
         ),
@@ -843,14 +852,14 @@ fn decision_cost(b: &mut Bench, r: &mut Report) {
         (
             "TCP connect, floor cgroup",
             vec!["floor"],
-            vec!["tcp".into(), "200000".into(), "1".into()],
+            owned(&TCP_CONNECTS),
             "floor",
             f64::NAN,
         ),
         (
             "UDP sendmsg, floor cgroup, max rate",
             vec!["floor"],
-            vec!["udp".into(), "2000000".into(), "1".into(), "4".into()],
+            owned(&UDP_TO_4),
             "floor",
             f64::NAN,
         ),
