@@ -563,6 +563,8 @@ async fn start(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<O
 /// (its failure ends the daemon) is taken out, so it is not awaited twice.
 struct Running {
     pipeline: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
+    /// Tells the pipeline to read the ring a last time and end.
+    stop_pipeline: Option<tokio::sync::oneshot::Sender<()>>,
     api: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     control: Option<tokio::task::JoinHandle<Controller>>,
     shutdown: tokio::sync::watch::Sender<bool>,
@@ -813,7 +815,13 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
                 .join(", ")
         );
     }
-    let pipeline = tokio::spawn(pipeline::run(ring, outlets.clone(), resolver));
+    let (stop_pipeline, pipeline_stop) = tokio::sync::oneshot::channel();
+    let pipeline = tokio::spawn(pipeline::run(
+        ring,
+        outlets.clone(),
+        resolver,
+        pipeline_stop,
+    ));
 
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);
     let (requests_tx, requests_rx) = tokio::sync::mpsc::channel(16);
@@ -868,6 +876,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         nats: nats.map(|(_, task)| task),
         harvester,
         pipeline: Some(pipeline),
+        stop_pipeline: Some(stop_pipeline),
         api: Some(api),
         control: Some(control),
         shutdown,
@@ -931,10 +940,25 @@ impl Running {
             Some(c) => c.await.ok(),
             None => None,
         };
-        // What the ring still holds stays there (it is pinned) for the next
-        // start; what was drained is written before we exit.
+        // The ring is read a last time, and what it held is written before
+        // we exit: an attempt refused just before the signal (the last of
+        // `egress-monitor test`'s COMMAND, whose ring goes with its pins)
+        // is in the store. What arrives after stays in the pinned ring for
+        // the next start.
         if let Some(p) = self.pipeline.take() {
-            p.abort();
+            if let Some(stop) = self.stop_pipeline.take() {
+                let _ = stop.send(());
+            }
+            let mut p = p;
+            match tokio::time::timeout(Duration::from_secs(5), &mut p).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => log::warn!("the event pipeline's last read failed: {e}"),
+                Ok(Err(e)) => log::warn!("the event pipeline panicked: {e}"),
+                Err(_) => {
+                    log::warn!("the event pipeline did not finish its last read within 5 s");
+                    p.abort();
+                }
+            }
         }
         self.harvester.finish().await;
         if let Some(nats) = self.nats.take() {

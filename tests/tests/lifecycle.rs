@@ -69,6 +69,38 @@ fn sigterm_keeps_enforcing_and_uninstall_removes_everything() {
     );
 }
 
+/// SIGTERM right after a refusal, with `--detach-on-exit` (as `egress-monitor
+/// test` runs its daemon): the ring is read a last time before the pins go,
+/// so the refusal is in the store. (It was lost whenever the signal came
+/// within the pipeline's 10 ms between reads.)
+#[test]
+fn a_refusal_just_before_sigterm_is_stored() {
+    let mut env = TestEnv::started("enforce", "DE", &["--detach-on-exit"]);
+    let port = PORT.to_string();
+    let probe = env.probe("sel", &["tcp", US_V4, &port]);
+    assert!(!probe.ok && probe.errno == 1, "{:?}", probe.raw);
+    let status = env.stop_daemon().expect("daemon was running");
+    assert!(status.success(), "exit status {status}");
+    assert!(env.log().contains("detached"), "{}", env.log());
+    assert!(!env.pin_dir().exists(), "pins left behind");
+    let flows = monitor::api::history::query_flows(
+        &env.dir.path().join("state/store.db"),
+        monitor::api::pb::QueryFlowsRequest {
+            group_by: ["destination", "verdict"].map(String::from).to_vec(),
+            limit: 1000,
+            ..Default::default()
+        },
+    )
+    .unwrap()
+    .flows;
+    assert!(
+        flows
+            .iter()
+            .any(|f| f.dst_ip == US_V4 && f.verdict == "denied" && f.count >= 1),
+        "the refusal is not in the store: {flows:?}"
+    );
+}
+
 /// `uninstall` refuses while the daemon runs (it would run on blind).
 #[test]
 fn uninstall_refuses_while_the_daemon_runs() {

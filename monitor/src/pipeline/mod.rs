@@ -262,11 +262,15 @@ pub fn drain_once<N: Names>(
     n
 }
 
-/// Drains the ring buffer as it becomes readable, until an error.
+/// Drains the ring buffer as it becomes readable, until an error or
+/// `stop`: then once more, so what the kernel put in the ring before the
+/// stop is published (with `--detach-on-exit` the ring goes with the pins,
+/// and an event left in it would be lost).
 pub async fn run<N: Names + Send>(
     ring: RingBuf<MapData>,
     outlets: Arc<Outlets>,
     names: Arc<Mutex<N>>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd,
     // so the fd stays open exactly as long as it is registered.
@@ -283,6 +287,11 @@ pub async fn run<N: Names + Send>(
         // The kernel wakes us only when a batch waits (see
         // limits::WAKEUP_BYTES); the timer picks up the rest.
         let on_timer = tokio::select! {
+            _ = &mut stop => {
+                drain_into(fd.get_mut(), &outlets, &names, &mut batch);
+                publish(&outlets, &mut batch, &mut stdout_ok);
+                return Ok(());
+            }
             ready = fd.readable_mut() => {
                 let mut guard = ready?;
                 drain_into(guard.get_inner_mut(), &outlets, &names, &mut batch);
