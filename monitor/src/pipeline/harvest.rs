@@ -15,7 +15,7 @@
 //! same way, its entries told apart in the store by the key's pad byte
 //! (`Table`).
 use std::{
-    collections::{HashMap as StdHashMap, HashSet},
+    collections::HashMap as StdHashMap,
     path::Path,
     sync::{atomic::Ordering, Mutex},
     time::Duration,
@@ -92,10 +92,26 @@ impl Pinned {
     }
 }
 
+/// An entry's mark, and the pass that last found the entry in its table.
+#[derive(Clone, Copy)]
+struct Marked {
+    mark: Mark,
+    pass: u64,
+}
+
+/// The marks by key: one per kernel entry (up to the flow table's size,
+/// 262,144 with `--flow-table-entries`), each looked up once a pass. AHash,
+/// seeded per process: keys are chosen by workloads (their destinations),
+/// so a fixed-key hash would let one degrade the harvest.
+type Marks = StdHashMap<(FlowKey, Table), Marked, ahash::RandomState>;
+
 pub struct Harvest {
     /// `FLOWS`, then `REFUSALS` (absent from the pins of a build before it).
     tables: Vec<Pinned>,
-    marks: StdHashMap<(FlowKey, Table), Mark>,
+    marks: Marks,
+    /// The number of the pass under way (marks it did not touch are of
+    /// entries that are gone).
+    pass: u64,
     /// Whether `marks` hold what the store says was harvested; until they
     /// do, nothing is harvested (the counts wait in the kernel's table)
     /// rather than counted twice.
@@ -200,7 +216,8 @@ impl Harvest {
         }
         let mut h = Self {
             tables,
-            marks: StdHashMap::new(),
+            marks: Marks::default(),
+            pass: 0,
             marks_known: false,
             gone: Vec::new(),
         };
@@ -226,7 +243,13 @@ impl Harvest {
         for (bytes, m) in marks {
             match key_of(&bytes) {
                 Some(k) => {
-                    self.marks.insert(k, m);
+                    self.marks.insert(
+                        k,
+                        Marked {
+                            mark: m,
+                            pass: self.pass,
+                        },
+                    );
                 }
                 None => self.gone.push(bytes),
             }
@@ -262,14 +285,25 @@ impl Harvest {
             unmarks: std::mem::take(&mut self.gone),
             ..Default::default()
         };
-        let mut seen = HashSet::with_capacity(entries.len());
+        self.pass += 1;
+        let pass = self.pass;
         let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
         for (table, key, e) in entries {
             let k = (key, table);
-            seen.insert(k);
-            let before = match self.marks.get(&k) {
-                Some(m) if m.first_ns == e.first_ns => *m,
-                _ => Mark {
+            // One lookup: the mark is read, and stamped as found.
+            let before = match self.marks.get_mut(&k) {
+                Some(m) => {
+                    m.pass = pass;
+                    if m.mark.first_ns == e.first_ns {
+                        m.mark
+                    } else {
+                        Mark {
+                            first_ns: e.first_ns,
+                            ..Mark::default()
+                        }
+                    }
+                }
+                None => Mark {
                     first_ns: e.first_ns,
                     ..Mark::default()
                 },
@@ -278,11 +312,11 @@ impl Harvest {
             let packets = e.packets.saturating_sub(before.packets);
             let bytes = e.bytes.saturating_sub(before.bytes);
             if count == 0 && packets == 0 && bytes == 0 {
-                if now.saturating_sub(e.last_ns) > idle_ns && self.remove(table, &key) {
-                    if self.marks.remove(&k).is_some() {
-                        out.unmarks.push(key_bytes(&key, table));
-                    }
-                    seen.remove(&k);
+                if now.saturating_sub(e.last_ns) > idle_ns
+                    && self.remove(table, &key)
+                    && self.marks.remove(&k).is_some()
+                {
+                    out.unmarks.push(key_bytes(&key, table));
                 }
                 continue;
             }
@@ -304,18 +338,16 @@ impl Harvest {
                 bytes: e.bytes,
             };
             out.marks.push((key_bytes(&key, table), mark));
-            self.marks.insert(k, mark);
+            self.marks.insert(k, Marked { mark, pass });
         }
-        let gone: Vec<(FlowKey, Table)> = self
-            .marks
-            .keys()
-            .filter(|k| !seen.contains(k))
-            .copied()
-            .collect();
-        for k in gone {
-            self.marks.remove(&k);
-            out.unmarks.push(key_bytes(&k.0, k.1));
-        }
+        // Marks no entry of this pass touched: their entries are gone.
+        self.marks.retain(|k, m| {
+            let found = m.pass == pass;
+            if !found {
+                out.unmarks.push(key_bytes(&k.0, k.1));
+            }
+            found
+        });
         out
     }
 
