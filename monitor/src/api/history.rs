@@ -171,10 +171,21 @@ pub fn query_flows(
         .and_then(|sql| query::flows_grouped(&store, since, until, &req.group_by, &sql, &keep));
     let mut flows = match grouped {
         Some(flows) => flows.map_err(internal)?,
-        None => query::group(
-            query::flows(&store, since, until, &keep, filter.by_process()).map_err(internal)?,
-            &req.group_by,
-        ),
+        // Streamed into the groups: memory follows the groups (or the
+        // kept flows), not every flow of the window (a `--verdict denied`
+        // over a day of allowed traffic held all of it before).
+        None => {
+            let mut groups = query::Grouper::new(&req.group_by);
+            query::flows_each(&store, since, until, &keep, filter.by_process(), &mut |f| {
+                groups.add(f);
+                Ok(())
+            })
+            .map_err(|e| match e.downcast::<store::StoreError>() {
+                Ok(e) => internal(e),
+                Err(e) => Status::internal(format!("history store: {e:#}")),
+            })?;
+            groups.finish()
+        }
     };
     query::sort(&mut flows, sort);
     let total = flows.len();

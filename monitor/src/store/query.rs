@@ -949,12 +949,37 @@ fn minutes_grouped(
 }
 
 pub fn group(flows: Vec<Flow>, by: &[String]) -> Vec<Flow> {
-    if by.is_empty() {
-        return flows;
-    }
-    let has = |f: &str| by.iter().any(|b| b == f);
-    let mut groups: BTreeMap<Vec<String>, Flow> = BTreeMap::new();
+    let mut g = Grouper::new(by);
     for f in flows {
+        g.add(f);
+    }
+    g.finish()
+}
+
+/// `group`, one flow at a time: what it holds is the groups (or, with no
+/// grouping, the flows given), not every flow of the window.
+pub struct Grouper {
+    by: Vec<String>,
+    groups: BTreeMap<Vec<String>, Flow>,
+    ungrouped: Vec<Flow>,
+}
+
+impl Grouper {
+    pub fn new(by: &[String]) -> Self {
+        Self {
+            by: by.to_vec(),
+            groups: BTreeMap::new(),
+            ungrouped: Vec::new(),
+        }
+    }
+
+    pub fn add(&mut self, f: Flow) {
+        let by = &self.by;
+        if by.is_empty() {
+            self.ungrouped.push(f);
+            return;
+        }
+        let has = |f: &str| by.iter().any(|b| b == f);
         let g = Flow {
             cgroup_path: if has("cgroup") {
                 f.cgroup_path
@@ -1032,7 +1057,7 @@ pub fn group(flows: Vec<Flow>, by: &[String]) -> Vec<Flow> {
             g.dns_name.clone(),
             g.cloud_region.clone(),
         ];
-        groups
+        self.groups
             .entry(key)
             .and_modify(|m| {
                 m.first_seen = m.first_seen.min(g.first_seen);
@@ -1043,7 +1068,13 @@ pub fn group(flows: Vec<Flow>, by: &[String]) -> Vec<Flow> {
             })
             .or_insert(g);
     }
-    groups.into_values().collect()
+
+    pub fn finish(self) -> Vec<Flow> {
+        if self.by.is_empty() {
+            return self.ungrouped;
+        }
+        self.groups.into_values().collect()
+    }
 }
 
 /// Orders flows: `count` and `last_seen` largest first, `first_seen`

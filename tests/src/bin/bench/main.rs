@@ -1276,6 +1276,25 @@ fn policy_swap(b: &mut Bench, r: &mut Report) {
     r.raw["policy_swap"] = json!({"daemon_ms": c.json(), "wall_ms": w.json()});
 }
 
+/// `f`'s result, and how far the resident memory of process `pid` rose
+/// above what it was when `f` began (its high-water mark, reset first by
+/// writing 5 to /proc/PID/clear_refs), in bytes.
+fn peak_growth<T>(pid: u32, f: impl FnOnce() -> T) -> (T, u64) {
+    let kib = |field: &str| -> u64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix(field))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let _ = std::fs::write(format!("/proc/{pid}/clear_refs"), "5");
+    let before = kib("VmRSS:");
+    let out = f();
+    let peak = kib("VmHWM:");
+    (out, peak.saturating_sub(before) * 1024)
+}
+
 fn timed(d: &Daemon, args: &[&str]) -> (f64, std::process::Output) {
     let t = Instant::now();
     let out = d.cli(args);
@@ -1375,6 +1394,37 @@ fn store(b: &Bench, r: &mut Report, since: u128, window: (u128, u128), state: &P
             None,
         ));
     }
+    // Not grouped, with a filter: every flow of the window is read and the
+    // kept ones held; the daemon's peak memory says whether it held the
+    // rest too.
+    let ((ms, out), grew) = peak_growth(d.pid, || {
+        timed(
+            d,
+            &[
+                "flows",
+                "--since",
+                &since_s,
+                "--until",
+                &until_s,
+                "--verdict",
+                "denied",
+                "-o",
+                "json",
+            ],
+        )
+    });
+    let n = out.stdout.iter().filter(|&&c| c == b'\n').count();
+    assert!(
+        out.status.success(),
+        "flows: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    r.fig(Figure::new(
+        "store query: flows --since (whole run) --verdict denied (not grouped), and the daemon's peak memory above its resident memory before it",
+        format!("{ms:.0} ms ({n} lines); +{:.1} MiB", mib(grew)),
+        "<= 64 MiB",
+        Some(mib(grew) <= 64.0),
+    ));
     // Export the pipeline window (the bulk of the stored events).
     let bundle = b.env.dir.path().join("bundle.tar");
     let t = Instant::now();
