@@ -192,6 +192,8 @@ pub mod limits {
     /// decision and counters for; the daemon harvests them and removes the
     /// idle ones.
     pub const FLOW_ENTRIES: u32 = 65_536;
+    /// The largest `--flow-table-entries`.
+    pub const MAX_FLOW_ENTRIES: u32 = 4_194_304;
     /// Decisions that are not "allow" (denied, would-deny, unclassified)
     /// that found the flow table full: kept and counted in a table of their
     /// own, which allowed flows cannot fill, so a flood of new allowed

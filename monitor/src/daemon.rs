@@ -626,7 +626,7 @@ impl Harvester {
                         waited = behind;
                     }
                     if !behind {
-                        Self::pass(&harvest, &outlets, &names, &store);
+                        Self::pass(&harvest, &outlets, &names, &store, false);
                     }
                 }
             }
@@ -640,26 +640,38 @@ impl Harvester {
         })
     }
 
+    /// Harvests in chunks of `harvest::CHUNK` entries until the table is
+    /// read whole, or (unless `all`) until the store falls behind: the
+    /// rest waits in the kernel's table for the next interval. Bounded by
+    /// `harvest::MAX_CHUNKS`, enough for both tables at their largest, so
+    /// traffic that keeps making entries cannot hold it (at shutdown
+    /// neither).
     fn pass(
         harvest: &Mutex<pipeline::harvest::Harvest>,
         outlets: &Outlets,
         names: &Mutex<Resolver>,
         store: &StoreHandle,
+        all: bool,
     ) {
-        let mut table = harvest.lock().unwrap_or_else(|p| p.into_inner());
-        if !table.marks_known() {
-            match store.flow_marks() {
-                Ok(marks) => {
-                    log::info!("the store's flow marks are read: harvesting");
-                    table.set_marks(marks);
+        for _ in 0..pipeline::harvest::MAX_CHUNKS {
+            let mut table = harvest.lock().unwrap_or_else(|p| p.into_inner());
+            if !table.marks_known() {
+                match store.flow_marks() {
+                    Ok(marks) => {
+                        log::info!("the store's flow marks are read: harvesting");
+                        table.set_marks(marks);
+                    }
+                    Err(_) => return,
                 }
-                Err(_) => return,
             }
-        }
-        let h = table.pass(outlets, names);
-        drop(table);
-        if !(h.repeats.is_empty() && h.marks.is_empty() && h.unmarks.is_empty()) {
-            store.harvest(h);
+            let (h, more) = table.pass(outlets, names, pipeline::harvest::CHUNK);
+            drop(table);
+            if !(h.repeats.is_empty() && h.marks.is_empty() && h.unmarks.is_empty()) {
+                store.harvest(h);
+            }
+            if !more || (!all && store.behind()) {
+                return;
+            }
         }
     }
 
@@ -671,14 +683,14 @@ impl Harvester {
             self.names.clone(),
             self.store.clone(),
         );
-        Box::new(move || Self::pass(&harvest, &outlets, &names, &store))
+        Box::new(move || Self::pass(&harvest, &outlets, &names, &store, true))
     }
 
     /// Stops the interval and harvests what is left.
     async fn finish(self) {
         self.task.abort();
         let _ = self.task.await;
-        Self::pass(&self.harvest, &self.outlets, &self.names, &self.store);
+        Self::pass(&self.harvest, &self.outlets, &self.names, &self.store, true);
     }
 }
 
@@ -1154,7 +1166,7 @@ fn retire(
             .unwrap_or(0);
         let counted = match flows {
             Ok(mut table) => {
-                let mut h = table.pass(outlets, resolver);
+                let (mut h, _) = table.pass(outlets, resolver, usize::MAX);
                 // Its entries are gone with it: only the counts are kept.
                 h.marks.clear();
                 h.unmarks.clear();

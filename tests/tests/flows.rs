@@ -232,6 +232,59 @@ fn flow_counts_survive_kill_9() {
     });
 }
 
+/// More changed entries than one harvest chunk (`harvest::CHUNK`, 8,192)
+/// at once: 12,000 new destinations, each sent to twice while no daemon
+/// runs, so the first harvest after the start finds all of them changed
+/// and takes them in chunks. Every attempt, packet and byte is counted
+/// once: none is left behind in the kernel's table, none counted twice.
+#[test]
+fn a_harvest_larger_than_a_chunk_counts_every_attempt_once() {
+    let mut env = TestEnv::started("enforce", "DE", &[]);
+    let status = env.stop_daemon().expect("daemon was running");
+    assert!(status.success(), "exit status {status}");
+    const PORTS: u64 = 12_000;
+    let out = env
+        .probe_command(
+            "sel",
+            &[
+                "udp-burst",
+                DE_V4,
+                "20000",
+                &(2 * PORTS).to_string(),
+                &PORTS.to_string(),
+            ],
+        )
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    env.start_daemon(&[]);
+    let extra = [
+        "--group-by",
+        "destination,protocol",
+        "--to-cidr",
+        &format!("{DE_V4}/32"),
+        "--protocol",
+        "udp",
+    ];
+    assert_eq!(
+        env.status()["counters"]["lost_in_kernel"].as_u64(),
+        Some(0),
+        "the ring overflowed while no daemon ran: the counts below would be short"
+    );
+    let ours = |f: &Value| s(f, "dst_ip") == DE_V4;
+    env.wait_flow_sum_of("attempts", &extra, "count", 2 * PORTS, WAIT, ours);
+    env.wait_flow_sum_of("packets", &extra, "packets", 2 * PORTS, WAIT, ours);
+    // Each datagram is "burst": 5 bytes of payload.
+    env.wait_flow_sum_of("bytes", &extra, "bytes", 10 * PORTS, WAIT, ours);
+    // Later harvests add nothing.
+    std::thread::sleep(Duration::from_millis(2500));
+    env.wait_flow_sum_of("settled", &extra, "count", 2 * PORTS, WAIT, ours);
+}
+
 /// A full table: every further allowed decision is an event, each refusal
 /// is kept in the refusal table (reported once, its repeats counted there);
 /// no denial is lost and traffic is judged as before (nothing is blocked

@@ -105,7 +105,7 @@ pub struct DaemonArgs {
     /// cached decision and counters for. A decision that finds the table
     /// full is reported as an event instead (the metric
     /// egress_monitor_flow_decisions_total{what="overflow"} counts them).
-    #[arg(long, default_value_t = monitor_common::limits::FLOW_ENTRIES, value_parser = clap::value_parser!(u32).range(16..=4_194_304))]
+    #[arg(long, default_value_t = monitor_common::limits::FLOW_ENTRIES, value_parser = clap::value_parser!(u32).range(16..=monitor_common::limits::MAX_FLOW_ENTRIES as i64))]
     pub flow_table_entries: u32,
     /// Size of each of the two kernel country-table slots, in MiB (the
     /// table of the CC0 database takes 28). Kernel memory is 2x this,

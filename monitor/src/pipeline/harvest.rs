@@ -23,7 +23,7 @@ use std::{
 
 use aya::maps::{HashMap, MapData};
 use monitor_common::{
-    kind, names, DecisionEvent, EventHeader, FlowEntry, FlowKey, DECISION_VERSION,
+    kind, limits, names, DecisionEvent, EventHeader, FlowEntry, FlowKey, DECISION_VERSION,
 };
 
 use super::Outlets;
@@ -34,6 +34,11 @@ use crate::{
 
 /// How often the flow table is read.
 pub const HARVEST_EVERY: Duration = Duration::from_secs(1);
+/// The most entries one pass hands the store (see `Harvest::pass`).
+pub const CHUNK: usize = 8192;
+/// The most chunks one harvest makes: the flow table and the refusal table
+/// at the largest `--flow-table-entries`, with room to spare.
+pub const MAX_CHUNKS: usize = 2 * (limits::MAX_FLOW_ENTRIES as usize).div_ceil(CHUNK) + 2;
 /// An entry unused this long, with nothing left to harvest, is removed (the
 /// next attempt decides anew, with an event).
 pub const IDLE: Duration = Duration::from_secs(120);
@@ -265,10 +270,20 @@ impl Harvest {
             .collect()
     }
 
-    /// One pass over the tables: what each entry counted since its mark.
-    pub fn pass<N: Names>(&mut self, outlets: &Outlets, names: &Mutex<N>) -> Harvested {
+    /// One pass over the tables: what each entry counted since its mark,
+    /// for at most `budget` entries, and whether entries with counts were
+    /// left for the next pass (their marks stay, so their counts wait in
+    /// the kernel's table; nothing is lost or counted twice). The budget
+    /// bounds what one pass builds: in a flood of new destinations every
+    /// entry of the table changed, and each harvested one is a full event.
+    pub fn pass<N: Names>(
+        &mut self,
+        outlets: &Outlets,
+        names: &Mutex<N>,
+        budget: usize,
+    ) -> (Harvested, bool) {
         if !self.marks_known {
-            return Harvested::default();
+            return (Harvested::default(), false);
         }
         let entries = self.entries();
         // The flow table's fill against its capacity (the refusal table's
@@ -287,6 +302,7 @@ impl Harvest {
         };
         self.pass += 1;
         let pass = self.pass;
+        let mut left = false;
         let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
         for (table, key, e) in entries {
             let k = (key, table);
@@ -320,6 +336,10 @@ impl Harvest {
                 }
                 continue;
             }
+            if out.repeats.len() >= budget {
+                left = true;
+                continue;
+            }
             let raw = as_record(&key, &e);
             let mut event = enrich(&raw, offset, &mut *names);
             outlets.name(&raw, &mut event);
@@ -348,7 +368,7 @@ impl Harvest {
             }
             found
         });
-        out
+        (out, left)
     }
 
     /// Removes an entry of `table`; whether it was there.
