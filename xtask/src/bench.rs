@@ -93,8 +93,82 @@ pub fn bench(
     run(&mut cmd)?;
     if readme {
         update_page(&root().join("docs/performance.md"), &out.join("results.md"))?;
+        update_readme(&root().join("README.md"), &out.join("results.md"))?;
     }
     Ok(())
+}
+
+/// Where the README's summary of the last full run goes.
+const README_BEGIN: &str = "<!-- cargo xtask bench --readme: from here -->";
+const README_END: &str = "<!-- cargo xtask bench --readme: to here -->";
+
+/// Puts the summary of a full run (its goals, met and missed) between the
+/// README's markers.
+fn update_readme(readme: &Path, results: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(readme).context("read README.md")?;
+    let table = std::fs::read_to_string(results).context("read results.md")?;
+    let commit = Command::new("git")
+        .current_dir(root())
+        .args(["rev-parse", "--short=12", "HEAD"])
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let dirty = Command::new("git")
+        .current_dir(root())
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .output()
+        .is_ok_and(|o| !o.stdout.is_empty());
+    let commit = if dirty {
+        format!("{commit} with uncommitted changes")
+    } else {
+        commit
+    };
+    let updated = with_summary(&text, &summary(&table, &commit))?;
+    std::fs::write(readme, updated)?;
+    eprintln!("updated the summary in {}", readme.display());
+    Ok(())
+}
+
+/// The rows of a results table that have a goal, and how many are met.
+fn summary(results: &str, commit: &str) -> String {
+    let machine = results
+        .lines()
+        .find_map(|l| l.strip_prefix("Machine: "))
+        .and_then(|l| l.split(". Command:").next())
+        .unwrap_or("this machine");
+    let rows: Vec<&str> = results
+        .lines()
+        .filter(|l| l.ends_with("| yes |") || l.ends_with("| **no** |"))
+        .collect();
+    let met = rows.iter().filter(|l| l.ends_with("| yes |")).count();
+    format!(
+        "One full `cargo xtask bench` of this version (commit {commit}; {machine}) \
+         met {met} of its {} goals. The rows with a goal, as it wrote them (every \
+         figure, and what the misses are made of: [Performance](docs/performance.md)):\n\n\
+         | figure | value | goal | met? |\n| --- | --- | --- | --- |\n{}\n",
+        rows.len(),
+        rows.join("\n")
+    )
+}
+
+/// `readme` with what is between the markers replaced by `summary`.
+fn with_summary(readme: &str, summary: &str) -> anyhow::Result<String> {
+    let (Some(a), Some(b)) = (readme.find(README_BEGIN), readme.find(README_END)) else {
+        anyhow::bail!(
+            "README.md has no \"{README_BEGIN}\" ... \"{README_END}\" section for the summary"
+        );
+    };
+    anyhow::ensure!(
+        a < b,
+        "README.md: the summary's end marker comes before its start"
+    );
+    Ok(format!(
+        "{}{README_BEGIN}\n{summary}{}",
+        &readme[..a],
+        &readme[b..]
+    ))
 }
 
 /// The short hash of git revision `rev`, or an error naming it.
@@ -180,6 +254,36 @@ fn with_table(text: &str, table: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// The README's summary counts the goals met, keeps only the rows with
+    /// a goal, and replaces an earlier summary between its markers only.
+    #[test]
+    fn readme_summary_between_its_markers() {
+        let results =
+            "Machine: AMD EPYC, 2 cores, Linux 6. Command: `cargo xtask bench` (as root).\n\n\
+                       | figure | value | goal | met? |\n| --- | --- | --- | --- |\n\
+                       | a | 1 | <= 2 | yes |\n| b | 3 | <= 2 | **no** |\n| c | 5 | - | - |\n";
+        let s = super::summary(results, "abc");
+        assert!(s.contains("met 1 of its 2 goals"), "{s}");
+        assert!(s.contains("commit abc; AMD EPYC, 2 cores, Linux 6)"), "{s}");
+        assert!(
+            s.contains("| a | 1 |") && s.contains("| b | 3 |") && !s.contains("| c |"),
+            "{s}"
+        );
+        let readme = format!(
+            "# x\n\n{}\nold\n{}\n\n## next\n",
+            super::README_BEGIN,
+            super::README_END
+        );
+        let once = super::with_summary(&readme, &s).unwrap();
+        let twice = super::with_summary(&once, &s).unwrap();
+        assert_eq!(once, twice);
+        assert!(
+            !once.contains("old") && once.ends_with(&format!("{}\n\n## next\n", super::README_END)),
+            "{once}"
+        );
+        assert!(super::with_summary("# no markers\n", &s).is_err());
+    }
+
     /// A re-run replaces the table and keeps the notes and the sections
     /// under them.
     #[test]
