@@ -90,10 +90,16 @@ pub fn bench(
         cmd.arg("against").arg(other).arg(label);
         return run(&mut cmd);
     }
+    // The version measured: HEAD as it was when the run began.
+    let measured = measured_commit();
     run(&mut cmd)?;
     if readme {
         update_page(&root().join("docs/performance.md"), &out.join("results.md"))?;
-        update_readme(&root().join("README.md"), &out.join("results.md"))?;
+        update_readme(
+            &root().join("README.md"),
+            &out.join("results.md"),
+            &measured,
+        )?;
     }
     Ok(())
 }
@@ -102,11 +108,8 @@ pub fn bench(
 const README_BEGIN: &str = "<!-- cargo xtask bench --readme: from here -->";
 const README_END: &str = "<!-- cargo xtask bench --readme: to here -->";
 
-/// Puts the summary of a full run (its goals, met and missed) between the
-/// README's markers.
-fn update_readme(readme: &Path, results: &Path) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(readme).context("read README.md")?;
-    let table = std::fs::read_to_string(results).context("read results.md")?;
+/// HEAD's short hash, and whether the tracked files differ from it.
+fn measured_commit() -> String {
     let commit = Command::new("git")
         .current_dir(root())
         .args(["rev-parse", "--short=12", "HEAD"])
@@ -120,12 +123,19 @@ fn update_readme(readme: &Path, results: &Path) -> anyhow::Result<()> {
         .args(["status", "--porcelain", "--untracked-files=no"])
         .output()
         .is_ok_and(|o| !o.stdout.is_empty());
-    let commit = if dirty {
+    if dirty {
         format!("{commit} with uncommitted changes")
     } else {
         commit
-    };
-    let updated = with_summary(&text, &summary(&table, &commit))?;
+    }
+}
+
+/// Puts the summary of a full run (its goals, met and missed) between the
+/// README's markers.
+fn update_readme(readme: &Path, results: &Path, commit: &str) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(readme).context("read README.md")?;
+    let table = std::fs::read_to_string(results).context("read results.md")?;
+    let updated = with_summary(&text, &summary(&table, commit))?;
     std::fs::write(readme, updated)?;
     eprintln!("updated the summary in {}", readme.display());
     Ok(())

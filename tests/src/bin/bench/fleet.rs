@@ -99,7 +99,25 @@ pub fn publish(b: &mut Bench, r: &mut Report, args: &[std::ffi::OsString]) {
     let rate = published / secs;
     let per_10k = cpu * 100.0 / (rate / 10_000.0).max(1e-9);
     let drained = last >= target;
+    // A publisher that stalled says why in its log (and `status`): kept
+    // with the row, for the next run to be read.
+    let why: Vec<String> = if drained {
+        Vec::new()
+    } else {
+        let log = d.log();
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains("NATS")).collect();
+        let tail = lines[lines.len().saturating_sub(8)..]
+            .iter()
+            .map(|l| l.to_string())
+            .collect();
+        eprintln!("bench: NATS publishing did not drain; the daemon's last NATS lines:");
+        for l in &tail {
+            eprintln!("bench:   {l}");
+        }
+        tail
+    };
     r.raw["nats_publish"] = json!({
+        "stalled_log": why,
         "stored": target,
         "published_measured": published,
         "seconds": secs,
