@@ -476,15 +476,38 @@ struct Outgoing {
     content_type: &'static str,
 }
 
-/// Publishes in order, awaiting the acknowledgements together: how many
-/// were acknowledged in an unbroken run from the first, and the first
-/// failure (what follows it is sent again).
+/// Publishes in order, `BATCH` at a time, awaiting each batch's
+/// acknowledgements together: how many were acknowledged in an unbroken
+/// run from the first, and the first failure (what follows it is sent
+/// again). A batch at a time, because the JetStream context holds a permit
+/// for every acknowledgement not yet awaited (5,000): a closed flow minute
+/// of more flows than that, sent whole before its acknowledgements were
+/// awaited, waited for a permit forever, and publishing stopped without an
+/// error.
 async fn publish_all(
     shared: &Shared,
     js: &jetstream::Context,
     messages: Vec<Outgoing>,
 ) -> (usize, anyhow::Result<()>) {
-    let mut pending = Vec::with_capacity(messages.len());
+    let mut acked = 0;
+    let mut messages = messages.into_iter().peekable();
+    while messages.peek().is_some() {
+        let (n, result) = publish_batch(shared, js, messages.by_ref().take(BATCH)).await;
+        acked += n;
+        if result.is_err() {
+            return (acked, result);
+        }
+    }
+    (acked, Ok(()))
+}
+
+/// `publish_all` for at most `BATCH` messages.
+async fn publish_batch(
+    shared: &Shared,
+    js: &jetstream::Context,
+    messages: impl Iterator<Item = Outgoing>,
+) -> (usize, anyhow::Result<()>) {
+    let mut pending = Vec::with_capacity(BATCH);
     for m in messages {
         let headers = headers(&m.id, m.content_type);
         match js
