@@ -323,20 +323,26 @@ fn closed_flow_minutes_reach_the_stream_per_node() {
         assert_eq!(s(f, "verdict"), "denied", "{f}");
         assert!(f["count"].as_u64().unwrap_or(0) >= 1, "{f}");
     }
-    let out = fleet(
-        &cluster,
-        &[
-            "flows",
-            "--since",
-            "10m",
-            "--node",
-            "alpha",
-            "--to-cidr",
-            "203.0.113.0/24",
-            "-o",
-            "csv",
-        ],
-    );
+    // Alpha's flows to `cidr` in the stream, in `format`.
+    let alpha_flows = |cidr: &str, format: &str| {
+        fleet(
+            &cluster,
+            &[
+                "flows",
+                "--since",
+                "10m",
+                "--node",
+                "alpha",
+                "--to-cidr",
+                cidr,
+                "--limit",
+                "100000",
+                "-o",
+                format,
+            ],
+        )
+    };
+    let out = alpha_flows("203.0.113.0/24", "csv");
     let csv = String::from_utf8_lossy(&out.stdout);
     let table = fleet(&cluster, &["flows", "--since", "10m"]);
     eprintln!(
@@ -352,22 +358,7 @@ fn closed_flow_minutes_reach_the_stream_per_node() {
     assert_eq!(body.len(), 1, "{csv}");
     assert!(body[0].starts_with("alpha,"), "{csv}");
     // Every one of alpha's allowed flows is in the stream, once.
-    let out = fleet(
-        &cluster,
-        &[
-            "flows",
-            "--since",
-            "10m",
-            "--node",
-            "alpha",
-            "--to-cidr",
-            &format!("{DE_V4}/32"),
-            "--limit",
-            "100000",
-            "-o",
-            "json",
-        ],
-    );
+    let out = alpha_flows(&format!("{DE_V4}/32"), "json");
     let allowed = json_lines(&out);
     let ports: std::collections::BTreeSet<u64> = allowed
         .iter()

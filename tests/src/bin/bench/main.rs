@@ -1366,27 +1366,21 @@ fn store(b: &Bench, r: &mut Report, since: u128, window: (u128, u128), state: &P
         "-",
         None,
     ));
-    for group in ["country", "cgroup,verdict"] {
-        let (ms, out) = timed(
-            d,
-            &[
-                "flows",
-                "--since",
-                &since_s,
-                "--until",
-                &until_s,
-                "--group-by",
-                group,
-                "-o",
-                "json",
-            ],
-        );
-        let n = out.stdout.iter().filter(|&&c| c == b'\n').count();
+    // `flows --since --until (whole run) EXTRA -o json`: its time and lines.
+    let flows_query = |extra: &[&str]| -> (f64, usize) {
+        let mut args = vec!["flows", "--since", &since_s, "--until", &until_s];
+        args.extend_from_slice(extra);
+        args.extend_from_slice(&["-o", "json"]);
+        let (ms, out) = timed(d, &args);
         assert!(
             out.status.success(),
-            "flows: {}",
+            "flows {extra:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        (ms, out.stdout.iter().filter(|&&c| c == b'\n').count())
+    };
+    for group in ["country", "cgroup,verdict"] {
+        let (ms, n) = flows_query(&["--group-by", group]);
         r.fig(Figure::new(
             &format!("store query: flows --since (whole run) --group-by {group}"),
             format!("{ms:.0} ms ({n} lines)"),
@@ -1397,28 +1391,7 @@ fn store(b: &Bench, r: &mut Report, since: u128, window: (u128, u128), state: &P
     // Not grouped, with a filter: every flow of the window is read and the
     // kept ones held; the daemon's peak memory says whether it held the
     // rest too.
-    let ((ms, out), grew) = peak_growth(d.pid, || {
-        timed(
-            d,
-            &[
-                "flows",
-                "--since",
-                &since_s,
-                "--until",
-                &until_s,
-                "--verdict",
-                "denied",
-                "-o",
-                "json",
-            ],
-        )
-    });
-    let n = out.stdout.iter().filter(|&&c| c == b'\n').count();
-    assert!(
-        out.status.success(),
-        "flows: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let ((ms, n), grew) = peak_growth(d.pid, || flows_query(&["--verdict", "denied"]));
     r.fig(Figure::new(
         "store query: flows --since (whole run) --verdict denied (not grouped), and the daemon's peak memory above its resident memory before it",
         format!("{ms:.0} ms ({n} lines); +{:.1} MiB", mib(grew)),
