@@ -740,6 +740,9 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
     // Before the first event is drained: the writer resumes the kernel's
     // numbering where the store left it.
     store.kernel_epoch(kernel.events_epoch().to_string());
+    // Before the ring is read, so every number up to these was either in
+    // it or read by the run before (see `SeqBook::numbered`).
+    let numbered = kernel.event_numbers();
     let view_of_kernel = Arc::new(kernel.probe()?);
     let name_key = kernel.dns_key();
     let pin_dir = kernel.pin_dir().to_path_buf();
@@ -833,6 +836,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
         outlets.clone(),
         resolver,
         pipeline_stop,
+        numbered,
     ));
 
     let (shutdown, shutdown_rx) = tokio::sync::watch::channel(false);

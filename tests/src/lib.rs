@@ -947,6 +947,49 @@ pub fn s<'a>(e: &'a Value, key: &str) -> &'a str {
     e[key].as_str().unwrap_or("")
 }
 
+/// Per CPU, the last number the kernel gave an event in the pinned maps
+/// under `pin_dir` (`LOST` at `lost::SEQ`), read with bpftool: the
+/// ground truth of how many events the kernel numbered.
+pub fn kernel_event_numbers(pin_dir: &Path) -> Vec<u64> {
+    let map = std::fs::read_dir(pin_dir)
+        .expect("pin dir")
+        .flatten()
+        .map(|d| d.path().join(monitor_common::names::LOST))
+        .find(|p| p.exists())
+        .expect("a pinned LOST map");
+    let out = Command::new("bpftool")
+        .args(["-j", "map", "lookup", "pinned"])
+        .arg(&map)
+        .args(["key"])
+        .args(
+            monitor_common::lost::SEQ
+                .to_le_bytes()
+                .map(|b| b.to_string()),
+        )
+        .output()
+        .expect("bpftool (Debian package)");
+    assert!(
+        out.status.success(),
+        "bpftool map lookup {}: {}",
+        map.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    let values = v["values"].as_array().expect("per-CPU values").clone();
+    values
+        .iter()
+        .map(|c| match &c["value"] {
+            Value::Number(n) => n.as_u64().expect("a counter"),
+            // Without BTF: the bytes, little-endian, as hex strings.
+            Value::Array(bytes) => bytes.iter().rev().fold(0u64, |acc, b| {
+                let b = b.as_str().expect("a hex byte").trim_start_matches("0x");
+                (acc << 8) | u64::from_str_radix(b, 16).expect("hex")
+            }),
+            other => panic!("bpftool value {other}"),
+        })
+        .collect()
+}
+
 /// Names of the programs bpftool shows attached to a cgroup.
 pub fn attached_programs(cgroup: &Path) -> Vec<String> {
     let out = Command::new("bpftool")

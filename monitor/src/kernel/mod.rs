@@ -730,6 +730,25 @@ impl Kernel {
         self.lost(monitor_common::lost::DENIALS_RING_FULL)
     }
 
+    /// Per CPU, the last number the kernel gave an event
+    /// (`DecisionEvent::seq`), as (CPU, number); the CPUs that numbered
+    /// none are left out.
+    pub fn event_numbers(&self) -> Vec<(u32, u32)> {
+        self.lost
+            .get(&monitor_common::lost::SEQ, 0)
+            .map(|values| {
+                values
+                    .iter()
+                    .enumerate()
+                    // The kernel keeps the count in 64 bits and numbers
+                    // events with its low 32.
+                    .filter(|(_, &n)| n != 0)
+                    .map(|(cpu, &n)| (cpu as u32, n as u32))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// One `LOST` counter, all CPUs.
     fn lost(&self, index: u32) -> u64 {
         self.lost

@@ -271,6 +271,7 @@ pub async fn run<N: Names + Send>(
     outlets: Arc<Outlets>,
     names: Arc<Mutex<N>>,
     mut stop: tokio::sync::oneshot::Receiver<()>,
+    numbered: Vec<(u32, u32)>,
 ) -> std::io::Result<()> {
     // SAFETY: the ring buffer owns its fd and is moved into the AsyncFd,
     // so the fd stays open exactly as long as it is registered.
@@ -281,6 +282,9 @@ pub async fn run<N: Names + Send>(
     // Whatever the ring held before we started (a restart) comes first.
     drain_into(fd.get_mut(), &outlets, &names, &mut batch);
     publish(&outlets, &mut batch, &mut stdout_ok);
+    // `numbered` was read before that drain: what the kernel numbered up
+    // to it and the store does not hold, this run did not read either.
+    outlets.store.kernel_numbered(numbered);
     let mut timer = tokio::time::interval(DRAIN_INTERVAL);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {

@@ -8,7 +8,9 @@
 //! killed daemon had read from the ring and not yet stored, shows as the
 //! skip between the last number the store holds (kept per CPU in
 //! `kernel_seqs`, in the transaction that stored it) and the first one the
-//! next run reads: `lost_at_restart`.
+//! next run reads: `lost_at_restart`. A CPU the next run reads nothing
+//! from has it counted up to the kernel's own counter instead, as read
+//! when the run began (`SeqBook::numbered`).
 use std::collections::{HashMap, HashSet};
 
 /// The ring the numbers belong to: the boot and the ring map's id, which
@@ -102,6 +104,30 @@ impl SeqBook {
         self.next.insert(cpu, expected.max(seq + 1));
     }
 
+    /// The kernel had numbered up to `last` on `cpu` when this run began,
+    /// and the ring has been read once since. A CPU this run has seen
+    /// nothing from then lost (`at_restart`) every number the store does
+    /// not hold up to `last`: without this, that loss would show only
+    /// when the CPU next numbers an event. (A CPU this run has seen had
+    /// its skip counted at its first event; a number up to `last` still to
+    /// come was in flight, and is taken back as any late one.)
+    pub fn numbered(&mut self, cpu: u32, last: u32) {
+        if !self.known || last == 0 || self.seen.contains(&cpu) {
+            return;
+        }
+        let last = u64::from(last);
+        let expected = self.next.get(&cpu).copied().unwrap_or(1);
+        if last < expected {
+            return;
+        }
+        self.seen.insert(cpu);
+        self.at_restart += last + 1 - expected;
+        for n in (last + 1).saturating_sub(MAX_REMEMBERED).max(expected)..=last {
+            self.skipped.insert((cpu, n), true);
+        }
+        self.next.insert(cpu, last + 1);
+    }
+
     /// The skips were recorded as gaps: start counting anew.
     pub fn recorded(&mut self) {
         self.at_restart = 0;
@@ -163,6 +189,33 @@ mod tests {
         b.recorded();
         b.saw(0, 3); // late, but its skip is recorded already: a number twice
         assert_eq!((b.unexplained, b.shared_numbers), (0, 3));
+    }
+
+    #[test]
+    fn a_cpu_silent_since_the_restart_counts_its_loss_from_the_kernels_number() {
+        // The store holds up to 40 on CPU 0, 7 on CPU 1 and nothing of
+        // CPU 2; the kernel had numbered 90, 12 and 5 when the run began.
+        let mut b = SeqBook::resume("e".into(), &[(0, 40), (1, 7)]);
+        b.saw(1, 11); // CPU 1 was read: its skip counted at its first event
+        b.numbered(0, 90);
+        b.numbered(1, 12);
+        b.numbered(2, 5);
+        assert_eq!((b.at_restart, b.unexplained), (50 + 3 + 5, 0));
+        assert_eq!(b.rows(), [(0, 90), (1, 11), (2, 5)]);
+        // One in flight at the start arrives late: taken back.
+        b.saw(0, 90);
+        assert_eq!((b.at_restart, b.shared_numbers), (57, 0));
+        // Later numbers of CPU 0 are this run's.
+        b.saw(0, 92);
+        assert_eq!((b.at_restart, b.unexplained), (57, 1));
+        // What the store holds already is no loss.
+        let mut c = SeqBook::resume("e".into(), &[(0, 40)]);
+        c.numbered(0, 40);
+        assert_eq!(c.at_restart, 0);
+        // An unknown store claims nothing.
+        let mut u = SeqBook::unknown("e".into());
+        u.numbered(0, 90);
+        assert_eq!((u.at_restart, u.rows()), (0, vec![]));
     }
 
     #[test]

@@ -63,6 +63,8 @@ enum Msg {
     KernelLost(u64, u64),
     /// The kernel ring the events are numbered in (see `seqbook`).
     Epoch(String),
+    /// Per CPU, the kernel's last number when the run began.
+    Numbered(Vec<(u32, u32)>),
     Harvest(Harvested),
     Flush(oneshot::Sender<Result<(), String>>),
     /// A heartbeat now: what the programs watch changed.
@@ -109,6 +111,7 @@ pub struct StoreStatus {
     pub store_id: String,
     pub stored: u64,
     pub lost_for_store: u64,
+    /// Events not yet written: on their way to the writer or held by it.
     pub pending: u64,
     pub write_errors: u64,
     pub chain_seq: i64,
@@ -254,6 +257,13 @@ impl Handle {
         self.send(Msg::Epoch(epoch));
     }
 
+    /// Per CPU, the last number the kernel had given when this run
+    /// began (sent once the ring was read the first time): a CPU silent
+    /// since has its restart's loss counted now (`SeqBook::numbered`).
+    pub fn kernel_numbered(&self, numbers: Vec<(u32, u32)>) {
+        self.send(Msg::Numbered(numbers));
+    }
+
     /// Records events the kernel could not queue.
     /// Queues what a harvest of the kernel's flow table found; it is
     /// written with the next batch, all or nothing.
@@ -329,7 +339,9 @@ impl Handle {
             store_id,
             stored: s.stored.load(Ordering::Relaxed),
             lost_for_store: s.lost.load(Ordering::Relaxed),
-            pending: s.pending.load(Ordering::Relaxed),
+            // On their way to the writer or held by it (a degraded store
+            // holds them in memory): every event not yet written.
+            pending: s.pending.load(Ordering::Relaxed) + s.held.load(Ordering::Relaxed),
             write_errors: s.write_errors.load(Ordering::Relaxed),
             chain_seq: seq,
             chain_head: head,
@@ -427,6 +439,13 @@ impl Writer {
                 }
                 Ok(Msg::Shed(numbers)) => self.shed(&numbers),
                 Ok(Msg::Epoch(epoch)) => self.resume_numbers(epoch),
+                Ok(Msg::Numbered(numbers)) => {
+                    if let Some(book) = &mut self.seqs {
+                        for (cpu, last) in numbers {
+                            book.numbered(cpu, last);
+                        }
+                    }
+                }
                 Ok(Msg::KernelLost(n, denials)) => {
                     // Two kinds, each loss in one: what the reserve kept
                     // out, and the refusals that found even it full.
