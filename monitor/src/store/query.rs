@@ -483,6 +483,10 @@ const EVENT_FLOW_KEY: &str = "CASE WHEN cgroup_ref = 0 THEN cgroup_path ELSE (SE
 const FLOW_GROUP: &str = "cgroup, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name, exe";
 const EVENT_FLOW_GROUP: &str =
     "path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name, exe_ref";
+/// An event row's cgroup path and cloud place, as `EVENT_FLOW_KEY` has them.
+const EVENT_CGROUP: &str = "CASE WHEN cgroup_ref = 0 THEN cgroup_path ELSE (SELECT path FROM cgroup_paths WHERE id = cgroup_ref) END";
+const EVENT_CLOUD: &str =
+    "CASE WHEN max(cloud) = '' THEN '' ELSE max(cloud) || ':' || max(cloud_region) END";
 /// An event row's executable path (as `FLOW_EXE` for flow rows).
 const EVENT_EXE: &str = "(SELECT path FROM executables WHERE id = exe_ref)";
 
@@ -742,15 +746,60 @@ pub fn flows_each(
     } else {
         vec![(since, until)]
     };
-    let mut held: std::collections::BTreeMap<FlowKey, Flow> = std::collections::BTreeMap::new();
-    for f in edge_flows(store, &edges)? {
-        match held.entry(key_of(&f)) {
-            std::collections::btree_map::Entry::Occupied(mut m) => merge_flow(m.get_mut(), f),
-            std::collections::btree_map::Entry::Vacant(v) => {
-                v.insert(f);
-            }
+    // One statement for the whole window, sorted by SQLite on the flow key
+    // (its sorter spills to temporary files): the partial minutes at the
+    // edges, from the events and from the kernel's repeats of those
+    // minutes whose last harvest falls inside, and the whole minutes from
+    // the flow table. Rows of one key come together and are merged here,
+    // so memory holds one flow, not the edges (a flood's edge minute is
+    // hundreds of thousands of flows). The key's text columns are never
+    // NULL, so SQLite's order of equal keys is Rust's.
+    let mut parts = Vec::new();
+    let mut args: Vec<i64> = Vec::new();
+    let mut arg = |v: i64| {
+        args.push(v);
+        format!("?{}", args.len())
+    };
+    for &(a, b) in &edges {
+        if a >= b {
+            continue;
         }
+        parts.push(format!(
+            "SELECT coalesce({EVENT_CGROUP}, '') AS path, comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, {EVENT_CLOUD}, min(unix_nanos), max(unix_nanos), count(*), 0, 0, coalesce({EVENT_EXE}, '') FROM events WHERE unix_nanos >= {} AND unix_nanos < {} AND drift = '' GROUP BY {EVENT_FLOW_GROUP}",
+            arg(a),
+            arg(b)
+        ));
+        parts.push(format!(
+            "SELECT coalesce({FLOW_CGROUP}, ''), comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, max(cloud_region), min(repeat_last), max(repeat_last), sum(repeats), sum(packets), sum(bytes), coalesce({FLOW_EXE}, '') FROM flows WHERE bucket >= {} AND bucket <= {} AND repeat_last >= {} AND repeat_last < {} GROUP BY {FLOW_GROUP}",
+            arg(bucket_of(a)),
+            arg(bucket_of(b)),
+            arg(a),
+            arg(b)
+        ));
     }
+    if first_full < end_full {
+        parts.push(format!(
+            "SELECT coalesce({FLOW_CGROUP}, ''), comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, dns_name, cloud_region, first_seen, last_seen, count + repeats, packets, bytes, coalesce({FLOW_EXE}, '') FROM flows WHERE bucket >= {} AND bucket < {}",
+            arg(first_full),
+            arg(end_full)
+        ));
+    }
+    if parts.is_empty() {
+        return Ok(0);
+    }
+    // The key: path, comm, dst_ip, dst_port, protocol, verdict, policy,
+    // dns_name, executable (as `key_ref`).
+    let sql = format!(
+        "{} ORDER BY 1, 2, 3, 4, 5, 6, 7, 10, 17",
+        parts.join(" UNION ALL ")
+    );
+    let mut stmt = store
+        .conn
+        .prepare(&sql)
+        .map_err(store.err("prepare flow query"))?;
+    let mut rows = stmt
+        .query(rusqlite::params_from_iter(args.iter()))
+        .map_err(store.err("query flows"))?;
     // The last path's attribution: rows come in path order.
     let mut info: Option<crate::events::CgroupInfo> = None;
     let mut emit = |mut f: Flow, n: &mut usize| -> anyhow::Result<()> {
@@ -766,71 +815,21 @@ pub fn flows_each(
         }
         Ok(())
     };
-    // Edge flows ordered before `f`, then `f` with its own edge part.
-    let mut flush = |f: Option<Flow>,
-                     held: &mut std::collections::BTreeMap<FlowKey, Flow>,
-                     n: &mut usize|
-     -> anyhow::Result<()> {
-        loop {
-            let before = match (held.first_key_value(), &f) {
-                (None, _) => false,
-                (Some(_), None) => true,
-                (Some((k, _)), Some(f)) => {
-                    (
-                        k.0.as_str(),
-                        k.1.as_str(),
-                        k.2.as_str(),
-                        k.3,
-                        k.4.as_str(),
-                        k.5.as_str(),
-                        k.6.as_str(),
-                        k.7.as_str(),
-                        k.8.as_str(),
-                    ) < key_ref(f)
-                }
-            };
-            if !before {
-                break;
-            }
-            let (_, e) = held.pop_first().expect("checked above");
-            emit(e, n)?;
-        }
-        if let Some(mut f) = f {
-            if let Some(e) = held.remove(&key_of(&f)) {
-                merge_flow(&mut f, e);
-            }
-            emit(f, n)?;
-        }
-        Ok(())
-    };
-    if first_full < end_full {
-        let mut stmt = store
-            .conn
-            .prepare(&format!(
-                "SELECT coalesce((SELECT path FROM cgroup_paths WHERE id = cgroup), '') AS path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, dns_name, cloud_region, first_seen, last_seen, count + repeats, packets, bytes, coalesce({FLOW_EXE}, '') AS exe_path FROM flows WHERE bucket >= ?1 AND bucket < ?2 ORDER BY path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name, exe_path",
-            ))
-            .map_err(store.err("prepare flow query"))?;
-        let mut rows = stmt
-            .query(params![first_full, end_full])
-            .map_err(store.err("query flows"))?;
-        let mut current: Option<Flow> = None;
-        while let Some(r) = rows.next().map_err(store.err("read flows"))? {
-            let f = flow_of(r).map_err(store.err("read a flow row"))?;
-            match &mut current {
-                Some(c) if key_ref(c) == key_ref(&f) => merge_flow(c, f),
-                _ => {
-                    let done = current.replace(f);
-                    if done.is_some() {
-                        flush(done, &mut held, &mut n)?;
-                    }
+    let mut current: Option<Flow> = None;
+    while let Some(r) = rows.next().map_err(store.err("read flows"))? {
+        let f = flow_of(r).map_err(store.err("read a flow row"))?;
+        match &mut current {
+            Some(c) if key_ref(c) == key_ref(&f) => merge_flow(c, f),
+            _ => {
+                if let Some(done) = current.replace(f) {
+                    emit(done, &mut n)?;
                 }
             }
-        }
-        if current.is_some() {
-            flush(current, &mut held, &mut n)?;
         }
     }
-    flush(None, &mut held, &mut n)?;
+    if let Some(done) = current {
+        emit(done, &mut n)?;
+    }
     Ok(n)
 }
 

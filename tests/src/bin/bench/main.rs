@@ -244,10 +244,12 @@ fn main() {
         return;
     }
     if std::env::args().nth(1).as_deref() == Some("pipeline") {
-        // Only the event pipeline and the repeated-traffic row: for
-        // working on the daemon's CPU (with EGRESS_MONITOR_BENCH_PERF).
+        // Only the event pipeline and the repeated-traffic row, then the
+        // store's queries of what it stored: for working on the daemon's
+        // CPU (with EGRESS_MONITOR_BENCH_PERF) and memory.
         events_under_load(&b, &mut r);
-        pipeline(&mut b, &mut r);
+        let window = pipeline(&mut b, &mut r);
+        store(&b, &mut r, since_ns, window, &state);
         r.command = "bench pipeline".into();
         r.write_named(&out_dir, "pipeline");
         return;
