@@ -123,6 +123,10 @@ pub struct Harvest {
     marks_known: bool,
     /// Marks of entries that are gone, to remove from the store.
     gone: Vec<Vec<u8>>,
+    /// Entries with counts the last read found beyond its budget: the
+    /// next chunks take them from here instead of reading the whole table
+    /// again (a flood changes every entry; up to 32 chunks a second).
+    leftover: Vec<(Table, FlowKey, FlowEntry)>,
 }
 
 /// The store's form of a flow key: its bytes as the kernel lays it out,
@@ -225,6 +229,7 @@ impl Harvest {
             pass: 0,
             marks_known: false,
             gone: Vec::new(),
+            leftover: Vec::new(),
         };
         h.set_marks(marks);
         Ok(h)
@@ -245,6 +250,7 @@ impl Harvest {
     /// What the store says was harvested of each entry.
     pub fn set_marks(&mut self, marks: Vec<(Vec<u8>, Mark)>) {
         self.marks.clear();
+        self.leftover.clear();
         for (bytes, m) in marks {
             match key_of(&bytes) {
                 Some(k) => {
@@ -270,12 +276,15 @@ impl Harvest {
             .collect()
     }
 
-    /// One pass over the tables: what each entry counted since its mark,
-    /// for at most `budget` entries, and whether entries with counts were
-    /// left for the next pass (their marks stay, so their counts wait in
-    /// the kernel's table; nothing is lost or counted twice). The budget
-    /// bounds what one pass builds: in a flood of new destinations every
-    /// entry of the table changed, and each harvested one is a full event.
+    /// One chunk of a harvest: what each entry counted since its mark, for
+    /// at most `budget` entries, and whether to go on (entries with counts
+    /// are left, or this chunk took the last of what an earlier read left,
+    /// so what changed since that read is still to be read). What is left
+    /// keeps its mark, so its counts wait in the kernel's table; nothing is
+    /// lost or counted twice. The budget bounds what one chunk builds: in a
+    /// flood of new destinations every entry of the table changed, and each
+    /// harvested one is a full event. Only a chunk that reads the tables
+    /// finds the entries that are gone and removes the idle ones.
     pub fn pass<N: Names>(
         &mut self,
         outlets: &Outlets,
@@ -284,6 +293,24 @@ impl Harvest {
     ) -> (Harvested, bool) {
         if !self.marks_known {
             return (Harvested::default(), false);
+        }
+        let offset = boot_to_unix_offset();
+        let mut out = Harvested {
+            unmarks: std::mem::take(&mut self.gone),
+            ..Default::default()
+        };
+        let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
+        if !self.leftover.is_empty() {
+            // Still in the read that left them: its pass number stamped
+            // their marks already, and none of them was in the chunk before.
+            let take = budget.min(self.leftover.len());
+            let rest = self.leftover.split_off(take);
+            let chunk = std::mem::replace(&mut self.leftover, rest);
+            for (table, key, e) in chunk {
+                let before = self.mark_of(table, &key, &e);
+                self.harvest_one(&mut out, outlets, &mut *names, offset, table, key, &e, before);
+            }
+            return (out, true);
         }
         let entries = self.entries();
         // The flow table's fill against its capacity (the refusal table's
@@ -295,39 +322,22 @@ impl Harvest {
             .store(in_flows.count() as u64, Ordering::Relaxed);
         let now = boot_ns();
         let idle_ns = IDLE.as_nanos() as u64;
-        let offset = boot_to_unix_offset();
-        let mut out = Harvested {
-            unmarks: std::mem::take(&mut self.gone),
-            ..Default::default()
-        };
         self.pass += 1;
         let pass = self.pass;
-        let mut left = false;
-        let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
         for (table, key, e) in entries {
             let k = (key, table);
             // One lookup: the mark is read, and stamped as found.
             let before = match self.marks.get_mut(&k) {
                 Some(m) => {
                     m.pass = pass;
-                    if m.mark.first_ns == e.first_ns {
-                        m.mark
-                    } else {
-                        Mark {
-                            first_ns: e.first_ns,
-                            ..Mark::default()
-                        }
-                    }
+                    Self::since(m.mark, &e)
                 }
-                None => Mark {
-                    first_ns: e.first_ns,
-                    ..Mark::default()
-                },
+                None => Self::since(Mark::default(), &e),
             };
-            let count = e.count.saturating_sub(before.count);
-            let packets = e.packets.saturating_sub(before.packets);
-            let bytes = e.bytes.saturating_sub(before.bytes);
-            if count == 0 && packets == 0 && bytes == 0 {
+            let unchanged = e.count.saturating_sub(before.count) == 0
+                && e.packets.saturating_sub(before.packets) == 0
+                && e.bytes.saturating_sub(before.bytes) == 0;
+            if unchanged {
                 if now.saturating_sub(e.last_ns) > idle_ns
                     && self.remove(table, &key)
                     && self.marks.remove(&k).is_some()
@@ -337,28 +347,10 @@ impl Harvest {
                 continue;
             }
             if out.repeats.len() >= budget {
-                left = true;
+                self.leftover.push((table, key, e));
                 continue;
             }
-            let raw = as_record(&key, &e);
-            let mut event = enrich(&raw, offset, &mut *names);
-            outlets.name(&raw, &mut event);
-            outlets.observer.repeated(&raw, &event, count);
-            outlets.counters.repeats.fetch_add(count, Ordering::Relaxed);
-            out.repeats.push(Repeat {
-                event,
-                count,
-                packets,
-                bytes,
-            });
-            let mark = Mark {
-                first_ns: e.first_ns,
-                count: e.count,
-                packets: e.packets,
-                bytes: e.bytes,
-            };
-            out.marks.push((key_bytes(&key, table), mark));
-            self.marks.insert(k, Marked { mark, pass });
+            self.harvest_one(&mut out, outlets, &mut *names, offset, table, key, &e, before);
         }
         // Marks no entry of this pass touched: their entries are gone.
         self.marks.retain(|k, m| {
@@ -368,7 +360,73 @@ impl Harvest {
             }
             found
         });
-        (out, left)
+        let more = !self.leftover.is_empty();
+        (out, more)
+    }
+
+    /// The mark counts of an entry are taken from: its mark, unless the
+    /// entry was made anew since (another first sight), then none.
+    fn since(mark: Mark, e: &FlowEntry) -> Mark {
+        if mark.first_ns == e.first_ns {
+            mark
+        } else {
+            Mark {
+                first_ns: e.first_ns,
+                ..Mark::default()
+            }
+        }
+    }
+
+    /// The mark of a leftover entry (looked up again: it may have none).
+    fn mark_of(&self, table: Table, key: &FlowKey, e: &FlowEntry) -> Mark {
+        let mark = self
+            .marks
+            .get(&(*key, table))
+            .map_or(Mark::default(), |m| m.mark);
+        Self::since(mark, e)
+    }
+
+    /// Hands on what `e` counted since `before`, and marks it harvested.
+    #[allow(clippy::too_many_arguments)]
+    fn harvest_one<N: Names>(
+        &mut self,
+        out: &mut Harvested,
+        outlets: &Outlets,
+        names: &mut N,
+        offset: i128,
+        table: Table,
+        key: FlowKey,
+        e: &FlowEntry,
+        before: Mark,
+    ) {
+        let count = e.count.saturating_sub(before.count);
+        let packets = e.packets.saturating_sub(before.packets);
+        let bytes = e.bytes.saturating_sub(before.bytes);
+        let raw = as_record(&key, e);
+        let mut event = enrich(&raw, offset, names);
+        outlets.name(&raw, &mut event);
+        outlets.observer.repeated(&raw, &event, count);
+        outlets.counters.repeats.fetch_add(count, Ordering::Relaxed);
+        out.repeats.push(Repeat {
+            event,
+            count,
+            packets,
+            bytes,
+        });
+        let mark = Mark {
+            first_ns: e.first_ns,
+            count: e.count,
+            packets: e.packets,
+            bytes: e.bytes,
+        };
+        out.marks.push((key_bytes(&key, table), mark));
+        self.marks.insert(
+            (key, table),
+            Marked {
+                mark,
+                pass: self.pass,
+            },
+        );
     }
 
     /// Removes an entry of `table`; whether it was there.
