@@ -80,18 +80,36 @@ impl Pinned {
         })
     }
 
-    /// The table as it is now: read in batches of 4096 entries per
-    /// syscall (`BPF_MAP_LOOKUP_BATCH`); where the kernel refuses that, one
-    /// entry at a time.
-    fn entries(&self) -> Vec<(FlowKey, FlowEntry)> {
-        match lookup_batch(&self.raw) {
-            Ok(v) => v,
-            Err(e) => {
+    /// Every entry of the table as it is now, to `each`: read in batches
+    /// of 4096 entries per syscall (`BPF_MAP_LOOKUP_BATCH`), handed on
+    /// batch by batch (a whole table of 262,144 entries held at once is 23
+    /// MB more memory every second); where the kernel refuses batches, one
+    /// entry at a time. Whether every entry was handed on: a batched read
+    /// that fails midway leaves the rest unread.
+    fn each(&self, each: &mut dyn FnMut(FlowKey, FlowEntry)) -> bool {
+        let mut handed = false;
+        let read = lookup_batch(&self.raw, &mut |k, e| {
+            handed = true;
+            each(k, e);
+        });
+        match read {
+            Ok(()) => true,
+            Err(e) if !handed => {
                 log::warn!(
                     "batched read of the {:?} table failed ({e}); reading it entry by entry",
                     self.table
                 );
-                self.map.iter().filter_map(Result::ok).collect()
+                for (k, e) in self.map.iter().filter_map(Result::ok) {
+                    each(k, e);
+                }
+                true
+            }
+            Err(e) => {
+                log::warn!(
+                    "batched read of the {:?} table failed midway ({e}): the rest is harvested next time",
+                    self.table
+                );
+                false
             }
         }
     }
@@ -270,10 +288,11 @@ impl Harvest {
 
     /// Every table as it is now.
     pub fn entries(&self) -> Vec<(Table, FlowKey, FlowEntry)> {
-        self.tables
-            .iter()
-            .flat_map(|t| t.entries().into_iter().map(|(k, e)| (t.table, k, e)))
-            .collect()
+        let mut out = Vec::new();
+        for t in &self.tables {
+            t.each(&mut |k, e| out.push((t.table, k, e)));
+        }
+        out
     }
 
     /// One chunk of a harvest: what each entry counted since its mark, for
@@ -306,127 +325,101 @@ impl Harvest {
             let take = budget.min(self.leftover.len());
             let rest = self.leftover.split_off(take);
             let chunk = std::mem::replace(&mut self.leftover, rest);
+            let pass = self.pass;
             for (table, key, e) in chunk {
-                let before = self.mark_of(table, &key, &e);
-                self.harvest_one(&mut out, outlets, &mut *names, offset, table, key, &e, before);
+                let k = (key, table);
+                // Looked up again: it may have none.
+                let mark = self.marks.get(&k).map_or(Mark::default(), |m| m.mark);
+                let before = since(mark, &e);
+                harvest_one(
+                    &mut self.marks,
+                    pass,
+                    &mut out,
+                    outlets,
+                    &mut *names,
+                    offset,
+                    k,
+                    &e,
+                    before,
+                );
             }
             return (out, true);
         }
-        let entries = self.entries();
-        // The flow table's fill against its capacity (the refusal table's
-        // use shows as `refusals_filed`).
-        let in_flows = entries.iter().filter(|(t, _, _)| *t == Table::Flows);
-        outlets
-            .counters
-            .flow_entries
-            .store(in_flows.count() as u64, Ordering::Relaxed);
         let now = boot_ns();
         let idle_ns = IDLE.as_nanos() as u64;
         self.pass += 1;
         let pass = self.pass;
-        for (table, key, e) in entries {
-            let k = (key, table);
-            // One lookup: the mark is read, and stamped as found.
-            let before = match self.marks.get_mut(&k) {
-                Some(m) => {
-                    m.pass = pass;
-                    Self::since(m.mark, &e)
+        let (mut in_flows, mut idle, mut whole) = (0u64, Vec::new(), true);
+        let Self {
+            tables,
+            marks,
+            leftover,
+            ..
+        } = self;
+        for t in tables.iter() {
+            let table = t.table;
+            whole &= t.each(&mut |key, e| {
+                if table == Table::Flows {
+                    in_flows += 1;
                 }
-                None => Self::since(Mark::default(), &e),
-            };
-            let unchanged = e.count.saturating_sub(before.count) == 0
-                && e.packets.saturating_sub(before.packets) == 0
-                && e.bytes.saturating_sub(before.bytes) == 0;
-            if unchanged {
-                if now.saturating_sub(e.last_ns) > idle_ns
-                    && self.remove(table, &key)
-                    && self.marks.remove(&k).is_some()
-                {
-                    out.unmarks.push(key_bytes(&key, table));
+                let k = (key, table);
+                // One lookup: the mark is read, and stamped as found.
+                let before = match marks.get_mut(&k) {
+                    Some(m) => {
+                        m.pass = pass;
+                        since(m.mark, &e)
+                    }
+                    None => since(Mark::default(), &e),
+                };
+                let unchanged = e.count.saturating_sub(before.count) == 0
+                    && e.packets.saturating_sub(before.packets) == 0
+                    && e.bytes.saturating_sub(before.bytes) == 0;
+                if unchanged {
+                    if now.saturating_sub(e.last_ns) > idle_ns {
+                        idle.push(k);
+                    }
+                } else if out.repeats.len() >= budget {
+                    leftover.push((table, key, e));
+                } else {
+                    harvest_one(
+                        marks,
+                        pass,
+                        &mut out,
+                        outlets,
+                        &mut *names,
+                        offset,
+                        k,
+                        &e,
+                        before,
+                    );
                 }
-                continue;
-            }
-            if out.repeats.len() >= budget {
-                self.leftover.push((table, key, e));
-                continue;
-            }
-            self.harvest_one(&mut out, outlets, &mut *names, offset, table, key, &e, before);
+            });
         }
-        // Marks no entry of this pass touched: their entries are gone.
-        self.marks.retain(|k, m| {
-            let found = m.pass == pass;
-            if !found {
+        // The flow table's fill against its capacity (the refusal table's
+        // use shows as `refusals_filed`).
+        outlets
+            .counters
+            .flow_entries
+            .store(in_flows, Ordering::Relaxed);
+        // Removed once read (not under the read's feet).
+        for k in idle {
+            if self.remove(k.1, &k.0) && self.marks.remove(&k).is_some() {
                 out.unmarks.push(key_bytes(&k.0, k.1));
             }
-            found
-        });
+        }
+        // Marks no entry of this pass touched: their entries are gone (known
+        // only from a whole read).
+        if whole {
+            self.marks.retain(|k, m| {
+                let found = m.pass == pass;
+                if !found {
+                    out.unmarks.push(key_bytes(&k.0, k.1));
+                }
+                found
+            });
+        }
         let more = !self.leftover.is_empty();
         (out, more)
-    }
-
-    /// The mark counts of an entry are taken from: its mark, unless the
-    /// entry was made anew since (another first sight), then none.
-    fn since(mark: Mark, e: &FlowEntry) -> Mark {
-        if mark.first_ns == e.first_ns {
-            mark
-        } else {
-            Mark {
-                first_ns: e.first_ns,
-                ..Mark::default()
-            }
-        }
-    }
-
-    /// The mark of a leftover entry (looked up again: it may have none).
-    fn mark_of(&self, table: Table, key: &FlowKey, e: &FlowEntry) -> Mark {
-        let mark = self
-            .marks
-            .get(&(*key, table))
-            .map_or(Mark::default(), |m| m.mark);
-        Self::since(mark, e)
-    }
-
-    /// Hands on what `e` counted since `before`, and marks it harvested.
-    #[allow(clippy::too_many_arguments)]
-    fn harvest_one<N: Names>(
-        &mut self,
-        out: &mut Harvested,
-        outlets: &Outlets,
-        names: &mut N,
-        offset: i128,
-        table: Table,
-        key: FlowKey,
-        e: &FlowEntry,
-        before: Mark,
-    ) {
-        let count = e.count.saturating_sub(before.count);
-        let packets = e.packets.saturating_sub(before.packets);
-        let bytes = e.bytes.saturating_sub(before.bytes);
-        let raw = as_record(&key, e);
-        let mut event = enrich(&raw, offset, names);
-        outlets.name(&raw, &mut event);
-        outlets.observer.repeated(&raw, &event, count);
-        outlets.counters.repeats.fetch_add(count, Ordering::Relaxed);
-        out.repeats.push(Repeat {
-            event,
-            count,
-            packets,
-            bytes,
-        });
-        let mark = Mark {
-            first_ns: e.first_ns,
-            count: e.count,
-            packets: e.packets,
-            bytes: e.bytes,
-        };
-        out.marks.push((key_bytes(&key, table), mark));
-        self.marks.insert(
-            (key, table),
-            Marked {
-                mark,
-                pass: self.pass,
-            },
-        );
     }
 
     /// Removes an entry of `table`; whether it was there.
@@ -438,9 +431,60 @@ impl Harvest {
     }
 }
 
+/// The mark an entry's counts are taken from: its mark, unless the entry
+/// was made anew since (another first sight), then none.
+fn since(mark: Mark, e: &FlowEntry) -> Mark {
+    if mark.first_ns == e.first_ns {
+        mark
+    } else {
+        Mark {
+            first_ns: e.first_ns,
+            ..Mark::default()
+        }
+    }
+}
+
+/// Hands on what `e` counted since `before`, and marks it harvested in
+/// `pass`.
+#[allow(clippy::too_many_arguments)]
+fn harvest_one<N: Names>(
+    marks: &mut Marks,
+    pass: u64,
+    out: &mut Harvested,
+    outlets: &Outlets,
+    names: &mut N,
+    offset: i128,
+    (key, table): (FlowKey, Table),
+    e: &FlowEntry,
+    before: Mark,
+) {
+    let count = e.count.saturating_sub(before.count);
+    let packets = e.packets.saturating_sub(before.packets);
+    let bytes = e.bytes.saturating_sub(before.bytes);
+    let raw = as_record(&key, e);
+    let mut event = enrich(&raw, offset, names);
+    outlets.name(&raw, &mut event);
+    outlets.observer.repeated(&raw, &event, count);
+    outlets.counters.repeats.fetch_add(count, Ordering::Relaxed);
+    out.repeats.push(Repeat {
+        event,
+        count,
+        packets,
+        bytes,
+    });
+    let mark = Mark {
+        first_ns: e.first_ns,
+        count: e.count,
+        packets: e.packets,
+        bytes: e.bytes,
+    };
+    out.marks.push((key_bytes(&key, table), mark));
+    marks.insert((key, table), Marked { mark, pass });
+}
+
 /// Every entry of a hash map of flows, `BATCH` per `BPF_MAP_LOOKUP_BATCH`
 /// call (aya has no batch operations).
-fn lookup_batch(map: &MapData) -> std::io::Result<Vec<(FlowKey, FlowEntry)>> {
+fn lookup_batch(map: &MapData, each: &mut dyn FnMut(FlowKey, FlowEntry)) -> std::io::Result<()> {
     use std::os::fd::{AsFd, AsRawFd};
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     const BATCH: usize = 4096;
@@ -458,7 +502,6 @@ fn lookup_batch(map: &MapData) -> std::io::Result<Vec<(FlowKey, FlowEntry)>> {
         flags: u64,
     }
     let fd = map.fd().as_fd().as_raw_fd();
-    let mut out = Vec::new();
     let mut keys = vec![FlowKey::default(); BATCH];
     let mut values = vec![FlowEntry::default(); BATCH];
     // The batch token of a hash map is a bucket index (u32).
@@ -495,9 +538,11 @@ fn lookup_batch(map: &MapData) -> std::io::Result<Vec<(FlowKey, FlowEntry)>> {
             Some(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Some(_) => return Err(err.unwrap()),
         }
-        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        for (k, v) in keys[..n].iter().zip(&values[..n]) {
+            each(*k, *v);
+        }
         if err.is_some() {
-            return Ok(out);
+            return Ok(());
         }
         token_in = token_out;
         first = false;
