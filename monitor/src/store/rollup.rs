@@ -142,7 +142,7 @@ struct Sums {
 /// What one batch adds to the rollups, summed before it is written (a
 /// batch of 4,096 events is a few hundred upserts, not 8,192).
 #[derive(Default)]
-pub struct Pending<'a>(HashMap<(usize, i64, [Dim<'a>; MAX_DIMS]), Sums>);
+pub struct Pending<'a>(HashMap<(usize, i64, [Dim<'a>; MAX_DIMS]), Sums, ahash::RandomState>);
 
 impl<'a> Pending<'a> {
     /// Adds what `upsert_flow` adds to a flow minute.
