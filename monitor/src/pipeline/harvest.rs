@@ -313,88 +313,47 @@ impl Harvest {
         if !self.marks_known {
             return (Harvested::default(), false);
         }
-        let offset = boot_to_unix_offset();
+        let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
+        let reads = self.leftover.is_empty();
+        if reads {
+            self.pass += 1;
+        }
         let mut out = Harvested {
             unmarks: std::mem::take(&mut self.gone),
             ..Default::default()
         };
-        let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
-        if !self.leftover.is_empty() {
-            // Still in the read that left them: its pass number stamped
-            // their marks already, and none of them was in the chunk before.
-            let take = budget.min(self.leftover.len());
-            let rest = self.leftover.split_off(take);
-            let chunk = std::mem::replace(&mut self.leftover, rest);
-            let pass = self.pass;
-            for (table, key, e) in chunk {
-                let k = (key, table);
-                // Looked up again: it may have none.
-                let mark = self.marks.get(&k).map_or(Mark::default(), |m| m.mark);
-                let before = since(mark, &e);
-                harvest_one(
-                    &mut self.marks,
-                    pass,
-                    &mut out,
-                    outlets,
-                    &mut *names,
-                    offset,
-                    k,
-                    &e,
-                    before,
-                );
+        let mut chunk = Chunk {
+            marks: &mut self.marks,
+            pass: self.pass,
+            budget,
+            out: &mut out,
+            outlets,
+            names: &mut *names,
+            offset: boot_to_unix_offset(),
+            now: boot_ns(),
+            idle: Vec::new(),
+        };
+        if !reads {
+            // Still in the read that left them (its pass stamped their
+            // marks), and none of them was in a chunk before.
+            let rest = self.leftover.split_off(budget.min(self.leftover.len()));
+            for (table, key, e) in std::mem::replace(&mut self.leftover, rest) {
+                chunk.visit((key, table), e, &mut self.leftover);
             }
             return (out, true);
         }
-        let now = boot_ns();
-        let idle_ns = IDLE.as_nanos() as u64;
-        self.pass += 1;
         let pass = self.pass;
-        let (mut in_flows, mut idle, mut whole) = (0u64, Vec::new(), true);
-        let Self {
-            tables,
-            marks,
-            leftover,
-            ..
-        } = self;
-        for t in tables.iter() {
+        let (mut in_flows, mut whole) = (0u64, true);
+        for t in &self.tables {
             let table = t.table;
             whole &= t.each(&mut |key, e| {
                 if table == Table::Flows {
                     in_flows += 1;
                 }
-                let k = (key, table);
-                // One lookup: the mark is read, and stamped as found.
-                let before = match marks.get_mut(&k) {
-                    Some(m) => {
-                        m.pass = pass;
-                        since(m.mark, &e)
-                    }
-                    None => since(Mark::default(), &e),
-                };
-                let unchanged = e.count.saturating_sub(before.count) == 0
-                    && e.packets.saturating_sub(before.packets) == 0
-                    && e.bytes.saturating_sub(before.bytes) == 0;
-                if unchanged {
-                    if now.saturating_sub(e.last_ns) > idle_ns {
-                        idle.push(k);
-                    }
-                } else if out.repeats.len() >= budget {
-                    leftover.push((table, key, e));
-                } else {
-                    harvest_one(
-                        marks,
-                        pass,
-                        &mut out,
-                        outlets,
-                        &mut *names,
-                        offset,
-                        k,
-                        &e,
-                        before,
-                    );
-                }
+                chunk.visit((key, table), e, &mut self.leftover);
             });
         }
+        let idle = chunk.idle;
         // The flow table's fill against its capacity (the refusal table's
         // use shows as `refusals_filed`).
         outlets
@@ -444,42 +403,81 @@ fn since(mark: Mark, e: &FlowEntry) -> Mark {
     }
 }
 
-/// Hands on what `e` counted since `before`, and marks it harvested in
-/// `pass`.
-#[allow(clippy::too_many_arguments)]
-fn harvest_one<N: Names>(
-    marks: &mut Marks,
+/// What one chunk of a harvest hands on, and how.
+struct Chunk<'a, N> {
+    marks: &'a mut Marks,
+    /// The pass of the read the entries come from.
     pass: u64,
-    out: &mut Harvested,
-    outlets: &Outlets,
-    names: &mut N,
+    budget: usize,
+    out: &'a mut Harvested,
+    outlets: &'a Outlets,
+    names: &'a mut N,
     offset: i128,
-    (key, table): (FlowKey, Table),
-    e: &FlowEntry,
-    before: Mark,
-) {
-    let count = e.count.saturating_sub(before.count);
-    let packets = e.packets.saturating_sub(before.packets);
-    let bytes = e.bytes.saturating_sub(before.bytes);
-    let raw = as_record(&key, e);
-    let mut event = enrich(&raw, offset, names);
-    outlets.name(&raw, &mut event);
-    outlets.observer.repeated(&raw, &event, count);
-    outlets.counters.repeats.fetch_add(count, Ordering::Relaxed);
-    out.repeats.push(Repeat {
-        event,
-        count,
-        packets,
-        bytes,
-    });
-    let mark = Mark {
-        first_ns: e.first_ns,
-        count: e.count,
-        packets: e.packets,
-        bytes: e.bytes,
-    };
-    out.marks.push((key_bytes(&key, table), mark));
-    marks.insert((key, table), Marked { mark, pass });
+    now: u64,
+    /// Entries with nothing to harvest, unused for `IDLE`.
+    idle: Vec<(FlowKey, Table)>,
+}
+
+impl<N: Names> Chunk<'_, N> {
+    /// An entry as read: its mark is stamped as found (one lookup); what it
+    /// counted since is handed on, or left for a later chunk once the
+    /// budget is spent.
+    fn visit(
+        &mut self,
+        k: (FlowKey, Table),
+        e: FlowEntry,
+        leftover: &mut Vec<(Table, FlowKey, FlowEntry)>,
+    ) {
+        let before = match self.marks.get_mut(&k) {
+            Some(m) => {
+                m.pass = self.pass;
+                since(m.mark, &e)
+            }
+            None => since(Mark::default(), &e),
+        };
+        let count = e.count.saturating_sub(before.count);
+        let packets = e.packets.saturating_sub(before.packets);
+        let bytes = e.bytes.saturating_sub(before.bytes);
+        if count == 0 && packets == 0 && bytes == 0 {
+            if self.now.saturating_sub(e.last_ns) > IDLE.as_nanos() as u64 {
+                self.idle.push(k);
+            }
+            return;
+        }
+        let (key, table) = k;
+        if self.out.repeats.len() >= self.budget {
+            leftover.push((table, key, e));
+            return;
+        }
+        let raw = as_record(&key, &e);
+        let mut event = enrich(&raw, self.offset, &mut *self.names);
+        self.outlets.name(&raw, &mut event);
+        self.outlets.observer.repeated(&raw, &event, count);
+        self.outlets
+            .counters
+            .repeats
+            .fetch_add(count, Ordering::Relaxed);
+        self.out.repeats.push(Repeat {
+            event,
+            count,
+            packets,
+            bytes,
+        });
+        let mark = Mark {
+            first_ns: e.first_ns,
+            count: e.count,
+            packets: e.packets,
+            bytes: e.bytes,
+        };
+        self.out.marks.push((key_bytes(&key, table), mark));
+        self.marks.insert(
+            k,
+            Marked {
+                mark,
+                pass: self.pass,
+            },
+        );
+    }
 }
 
 /// Every entry of a hash map of flows, `BATCH` per `BPF_MAP_LOOKUP_BATCH`
