@@ -640,10 +640,9 @@ impl Harvester {
         })
     }
 
-    /// Harvests in chunks of `harvest::CHUNK` entries until a read of the
-    /// table finds nothing more, or (unless `all`) until the store falls
-    /// behind: the rest waits in the kernel's table for the next interval.
-    /// One read of the table serves every chunk it has changes for. Bounded by
+    /// Harvests in chunks of `harvest::CHUNK` entries until the table is
+    /// read whole, or (unless `all`) until the store falls behind: the
+    /// rest waits in the kernel's table for the next interval. Bounded by
     /// `harvest::MAX_CHUNKS`, enough for both tables at their largest, so
     /// traffic that keeps making entries cannot hold it (at shutdown
     /// neither).
