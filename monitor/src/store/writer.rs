@@ -111,7 +111,8 @@ pub struct StoreStatus {
     pub store_id: String,
     pub stored: u64,
     pub lost_for_store: u64,
-    /// Events not yet written: on their way to the writer or held by it.
+    /// Events and harvested flows not yet written: on their way to the
+    /// writer or held by it (a degraded store holds them in memory).
     pub pending: u64,
     pub write_errors: u64,
     pub chain_seq: i64,
