@@ -81,16 +81,7 @@ impl SeqBook {
             None => seq,
         };
         if seq > expected {
-            let at_restart = first;
-            if at_restart {
-                self.at_restart += seq - expected;
-            } else {
-                self.unexplained += seq - expected;
-            }
-            // Remember the last of them (a late one arrives right after).
-            for n in seq.saturating_sub(MAX_REMEMBERED).max(expected)..seq {
-                self.skipped.insert((cpu, n), at_restart);
-            }
+            self.skip(cpu, expected, seq, first);
         } else if seq < expected {
             match self.skipped.remove(&(cpu, seq)) {
                 // Late (a task preempted between its place in the ring and
@@ -121,11 +112,21 @@ impl SeqBook {
             return;
         }
         self.seen.insert(cpu);
-        self.at_restart += last + 1 - expected;
-        for n in (last + 1).saturating_sub(MAX_REMEMBERED).max(expected)..=last {
-            self.skipped.insert((cpu, n), true);
-        }
+        self.skip(cpu, expected, last + 1, true);
         self.next.insert(cpu, last + 1);
+    }
+
+    /// Numbers `from..to` of `cpu` never reached the writer: counted, and
+    /// the last of them remembered (a late one arrives right after).
+    fn skip(&mut self, cpu: u32, from: u64, to: u64, at_restart: bool) {
+        if at_restart {
+            self.at_restart += to - from;
+        } else {
+            self.unexplained += to - from;
+        }
+        for n in to.saturating_sub(MAX_REMEMBERED).max(from)..to {
+            self.skipped.insert((cpu, n), at_restart);
+        }
     }
 
     /// The skips were recorded as gaps: start counting anew.
