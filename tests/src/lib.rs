@@ -1563,10 +1563,23 @@ impl TestEnv {
         let made = result["tcp_eperm"].as_u64().unwrap() + result["udp_eperm"].as_u64().unwrap();
         let want = made - lost.min(made);
         let path = self.rel(sub);
+        let port = PORT.to_string();
+        // Filtered in the store: a flood leaves more flows than a query
+        // returns (`flows` takes the largest counts first, and a first
+        // attempt's own row counts 1), so an unfiltered query can leave
+        // out the very rows counted here.
+        let cidrs: Vec<String> = FORBIDDEN
+            .iter()
+            .map(|ip| format!("{ip}/{}", if ip.contains(':') { 128 } else { 32 }))
+            .collect();
+        let mut filter = vec!["--verdict", "denied", "--port", port.as_str()];
+        for c in &cidrs {
+            filter.extend(["--to-cidr", c.as_str()]);
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let matching: Vec<Value> = self
-                .flows(&[])
+                .flows(&filter)
                 .into_iter()
                 .filter(|f| {
                     f["cgroup_path"].as_str() == Some(path.as_str())
