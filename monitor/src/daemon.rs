@@ -640,12 +640,14 @@ impl Harvester {
         })
     }
 
-    /// Harvests in chunks of `harvest::CHUNK` entries until the table is
-    /// read whole, or (unless `all`) until the store falls behind: the
-    /// rest waits in the kernel's table for the next interval. Bounded by
-    /// `harvest::MAX_CHUNKS`, enough for both tables at their largest, so
-    /// traffic that keeps making entries cannot hold it (at shutdown
-    /// neither).
+    /// Harvests in chunks of `harvest::CHUNK` entries until a read of the
+    /// table finds nothing more, or (unless `all`) until the store falls
+    /// behind: the rest waits in the kernel's table for the next interval.
+    /// One read of the table serves every chunk it has changes for. Unless
+    /// `all`, an entry whose process the pipeline has not read yet waits
+    /// for it too (see `Harvest::pass`). Bounded by `harvest::MAX_CHUNKS`,
+    /// enough for both tables at their largest, so traffic that keeps
+    /// making entries cannot hold it (at shutdown neither).
     fn pass(
         harvest: &Mutex<pipeline::harvest::Harvest>,
         outlets: &Outlets,
@@ -664,7 +666,7 @@ impl Harvester {
                     Err(_) => return,
                 }
             }
-            let (h, more) = table.pass(outlets, names, pipeline::harvest::CHUNK);
+            let (h, more) = table.pass(outlets, names, pipeline::harvest::CHUNK, !all);
             drop(table);
             if !(h.repeats.is_empty() && h.marks.is_empty() && h.unmarks.is_empty()) {
                 store.harvest(h);
@@ -1170,7 +1172,7 @@ fn retire(
             .unwrap_or(0);
         let counted = match flows {
             Ok(mut table) => {
-                let (mut h, _) = table.pass(outlets, resolver, usize::MAX);
+                let (mut h, _) = table.pass(outlets, resolver, usize::MAX, false);
                 // Its entries are gone with it: only the counts are kept.
                 h.marks.clear();
                 h.unmarks.clear();

@@ -225,6 +225,22 @@ fn refusals_are_counted_when_allowed_flows_fill_the_flow_table() {
     );
     // Kept in the refusal table: the first attempt to each denied host.
     assert!(flow_stat("refusals_filed") > 0, "{st:#}");
+    // The kernel's repeats are credited to the process that made them,
+    // as its first attempt's event is: one flow per destination and
+    // protocol, naming the probe. The daemon was stopped until the probe
+    // had exited, so its process record waited in the ring while the
+    // first harvest read the table; a repeat named before that record
+    // was read would be a flow of no executable.
+    let refused: Vec<Value> = env
+        .flows(&["--verdict", "denied"])
+        .into_iter()
+        .filter(|f| f["cgroup_path"].as_str() == Some(env.rel("sel").as_str()))
+        .collect();
+    let probe = probe_bin().display().to_string();
+    assert_eq!(refused.len(), 4, "two hosts, TCP and UDP: {refused:#?}");
+    for f in &refused {
+        assert_eq!(f["exe"].as_str(), Some(probe.as_str()), "{refused:#?}");
+    }
 }
 
 /// An environment whose `sel` cgroup is enforced: loopback allowed by CIDR

@@ -42,6 +42,9 @@ pub const MAX_CHUNKS: usize = 2 * (limits::MAX_FLOW_ENTRIES as usize).div_ceil(C
 /// An entry unused this long, with nothing left to harvest, is removed (the
 /// next attempt decides anew, with an event).
 pub const IDLE: Duration = Duration::from_secs(120);
+/// Longer than a hook's run from its clock read (an entry's `first_ns`) to
+/// its last commit to the ring (the process record comes in between).
+const SETTLE_NS: u64 = 10_000_000;
 
 /// A kernel table of flows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -80,18 +83,36 @@ impl Pinned {
         })
     }
 
-    /// The table as it is now: read in batches of 4096 entries per
-    /// syscall (`BPF_MAP_LOOKUP_BATCH`); where the kernel refuses that, one
-    /// entry at a time.
-    fn entries(&self) -> Vec<(FlowKey, FlowEntry)> {
-        match lookup_batch(&self.raw) {
-            Ok(v) => v,
-            Err(e) => {
+    /// Every entry of the table as it is now, to `each`: read in batches
+    /// of 4096 entries per syscall (`BPF_MAP_LOOKUP_BATCH`), handed on
+    /// batch by batch (a whole table of 262,144 entries held at once is 23
+    /// MB more memory every second); where the kernel refuses batches, one
+    /// entry at a time. Whether every entry was handed on: a batched read
+    /// that fails midway leaves the rest unread.
+    fn each(&self, each: &mut dyn FnMut(FlowKey, FlowEntry)) -> bool {
+        let mut handed = false;
+        let read = lookup_batch(&self.raw, &mut |k, e| {
+            handed = true;
+            each(k, e);
+        });
+        match read {
+            Ok(()) => true,
+            Err(e) if !handed => {
                 log::warn!(
                     "batched read of the {:?} table failed ({e}); reading it entry by entry",
                     self.table
                 );
-                self.map.iter().filter_map(Result::ok).collect()
+                for (k, e) in self.map.iter().filter_map(Result::ok) {
+                    each(k, e);
+                }
+                true
+            }
+            Err(e) => {
+                log::warn!(
+                    "batched read of the {:?} table failed midway ({e}): the rest is harvested next time",
+                    self.table
+                );
+                false
             }
         }
     }
@@ -123,6 +144,10 @@ pub struct Harvest {
     marks_known: bool,
     /// Marks of entries that are gone, to remove from the store.
     gone: Vec<Vec<u8>>,
+    /// Entries with counts the last read found beyond its budget: the
+    /// next chunks take them from here instead of reading the whole table
+    /// again (a flood changes every entry; up to 32 chunks a second).
+    leftover: Vec<(Table, FlowKey, FlowEntry)>,
 }
 
 /// The store's form of a flow key: its bytes as the kernel lays it out,
@@ -225,6 +250,7 @@ impl Harvest {
             pass: 0,
             marks_known: false,
             gone: Vec::new(),
+            leftover: Vec::new(),
         };
         h.set_marks(marks);
         Ok(h)
@@ -245,6 +271,7 @@ impl Harvest {
     /// What the store says was harvested of each entry.
     pub fn set_marks(&mut self, marks: Vec<(Vec<u8>, Mark)>) {
         self.marks.clear();
+        self.leftover.clear();
         for (bytes, m) in marks {
             match key_of(&bytes) {
                 Some(k) => {
@@ -264,111 +291,108 @@ impl Harvest {
 
     /// Every table as it is now.
     pub fn entries(&self) -> Vec<(Table, FlowKey, FlowEntry)> {
-        self.tables
-            .iter()
-            .flat_map(|t| t.entries().into_iter().map(|(k, e)| (t.table, k, e)))
-            .collect()
+        let mut out = Vec::new();
+        for t in &self.tables {
+            t.each(&mut |k, e| out.push((t.table, k, e)));
+        }
+        out
     }
 
-    /// One pass over the tables: what each entry counted since its mark,
-    /// for at most `budget` entries, and whether entries with counts were
-    /// left for the next pass (their marks stay, so their counts wait in
-    /// the kernel's table; nothing is lost or counted twice). The budget
-    /// bounds what one pass builds: in a flood of new destinations every
-    /// entry of the table changed, and each harvested one is a full event.
+    /// One chunk of a harvest: what each entry counted since its mark, for
+    /// at most `budget` entries, and whether to go on (entries with counts
+    /// are left, or this chunk took the last of what an earlier read left,
+    /// so what changed since that read is still to be read). What is left
+    /// keeps its mark, so its counts wait in the kernel's table; nothing is
+    /// lost or counted twice. The budget bounds what one chunk builds: in a
+    /// flood of new destinations every entry of the table changed, and each
+    /// harvested one is a full event. Only a chunk that reads the tables
+    /// finds the entries that are gone and removes the idle ones.
+    ///
+    /// With `wait_for_ring`, an entry whose process is not known yet waits
+    /// (its counts in the kernel's table) until the pipeline has read the
+    /// ring past the entry's first sight: the process's record is in the
+    /// ring ahead of it, and a repeat named before it is read would be
+    /// credited to no executable (a process that has exited since is not
+    /// in `/proc` either). Without, as at shutdown, everything is taken.
     pub fn pass<N: Names>(
         &mut self,
         outlets: &Outlets,
         names: &Mutex<N>,
         budget: usize,
+        wait_for_ring: bool,
     ) -> (Harvested, bool) {
         if !self.marks_known {
             return (Harvested::default(), false);
         }
-        let entries = self.entries();
-        // The flow table's fill against its capacity (the refusal table's
-        // use shows as `refusals_filed`).
-        let in_flows = entries.iter().filter(|(t, _, _)| *t == Table::Flows);
-        outlets
-            .counters
-            .flow_entries
-            .store(in_flows.count() as u64, Ordering::Relaxed);
-        let now = boot_ns();
-        let idle_ns = IDLE.as_nanos() as u64;
-        let offset = boot_to_unix_offset();
+        let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
+        // Read under the lock the pipeline reads the ring under.
+        let ring_read_from = wait_for_ring.then(|| outlets.ring_read_from.load(Ordering::Relaxed));
+        let reads = self.leftover.is_empty();
+        if reads {
+            self.pass += 1;
+        }
         let mut out = Harvested {
             unmarks: std::mem::take(&mut self.gone),
             ..Default::default()
         };
-        self.pass += 1;
-        let pass = self.pass;
-        let mut left = false;
-        let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
-        for (table, key, e) in entries {
-            let k = (key, table);
-            // One lookup: the mark is read, and stamped as found.
-            let before = match self.marks.get_mut(&k) {
-                Some(m) => {
-                    m.pass = pass;
-                    if m.mark.first_ns == e.first_ns {
-                        m.mark
-                    } else {
-                        Mark {
-                            first_ns: e.first_ns,
-                            ..Mark::default()
-                        }
-                    }
-                }
-                None => Mark {
-                    first_ns: e.first_ns,
-                    ..Mark::default()
-                },
-            };
-            let count = e.count.saturating_sub(before.count);
-            let packets = e.packets.saturating_sub(before.packets);
-            let bytes = e.bytes.saturating_sub(before.bytes);
-            if count == 0 && packets == 0 && bytes == 0 {
-                if now.saturating_sub(e.last_ns) > idle_ns
-                    && self.remove(table, &key)
-                    && self.marks.remove(&k).is_some()
-                {
-                    out.unmarks.push(key_bytes(&key, table));
-                }
-                continue;
+        let mut chunk = Chunk {
+            marks: &mut self.marks,
+            pass: self.pass,
+            budget,
+            out: &mut out,
+            outlets,
+            names: &mut *names,
+            offset: boot_to_unix_offset(),
+            now: boot_ns(),
+            idle: Vec::new(),
+            ring_read_from,
+        };
+        if !reads {
+            // Still in the read that left them (its pass stamped their
+            // marks), and none of them was in a chunk before.
+            let rest = self.leftover.split_off(budget.min(self.leftover.len()));
+            for (table, key, e) in std::mem::replace(&mut self.leftover, rest) {
+                chunk.visit((key, table), e, &mut self.leftover);
             }
-            if out.repeats.len() >= budget {
-                left = true;
-                continue;
-            }
-            let raw = as_record(&key, &e);
-            let mut event = enrich(&raw, offset, &mut *names);
-            outlets.name(&raw, &mut event);
-            outlets.observer.repeated(&raw, &event, count);
-            outlets.counters.repeats.fetch_add(count, Ordering::Relaxed);
-            out.repeats.push(Repeat {
-                event,
-                count,
-                packets,
-                bytes,
-            });
-            let mark = Mark {
-                first_ns: e.first_ns,
-                count: e.count,
-                packets: e.packets,
-                bytes: e.bytes,
-            };
-            out.marks.push((key_bytes(&key, table), mark));
-            self.marks.insert(k, Marked { mark, pass });
+            return (out, true);
         }
-        // Marks no entry of this pass touched: their entries are gone.
-        self.marks.retain(|k, m| {
-            let found = m.pass == pass;
-            if !found {
+        let pass = self.pass;
+        let (mut in_flows, mut whole) = (0u64, true);
+        for t in &self.tables {
+            let table = t.table;
+            whole &= t.each(&mut |key, e| {
+                if table == Table::Flows {
+                    in_flows += 1;
+                }
+                chunk.visit((key, table), e, &mut self.leftover);
+            });
+        }
+        let idle = chunk.idle;
+        // The flow table's fill against its capacity (the refusal table's
+        // use shows as `refusals_filed`).
+        outlets
+            .counters
+            .flow_entries
+            .store(in_flows, Ordering::Relaxed);
+        // Removed once read (not under the read's feet).
+        for k in idle {
+            if self.remove(k.1, &k.0) && self.marks.remove(&k).is_some() {
                 out.unmarks.push(key_bytes(&k.0, k.1));
             }
-            found
-        });
-        (out, left)
+        }
+        // Marks no entry of this pass touched: their entries are gone (known
+        // only from a whole read).
+        if whole {
+            self.marks.retain(|k, m| {
+                let found = m.pass == pass;
+                if !found {
+                    out.unmarks.push(key_bytes(&k.0, k.1));
+                }
+                found
+            });
+        }
+        let more = !self.leftover.is_empty();
+        (out, more)
     }
 
     /// Removes an entry of `table`; whether it was there.
@@ -380,9 +404,110 @@ impl Harvest {
     }
 }
 
+/// The mark an entry's counts are taken from: its mark, unless the entry
+/// was made anew since (another first sight), then none.
+fn since(mark: Mark, e: &FlowEntry) -> Mark {
+    if mark.first_ns == e.first_ns {
+        mark
+    } else {
+        Mark {
+            first_ns: e.first_ns,
+            ..Mark::default()
+        }
+    }
+}
+
+/// What one chunk of a harvest hands on, and how.
+struct Chunk<'a, N> {
+    marks: &'a mut Marks,
+    /// The pass of the read the entries come from.
+    pass: u64,
+    budget: usize,
+    out: &'a mut Harvested,
+    outlets: &'a Outlets,
+    names: &'a mut N,
+    offset: i128,
+    now: u64,
+    /// Entries with nothing to harvest, unused for `IDLE`.
+    idle: Vec<(FlowKey, Table)>,
+    /// Where the pipeline's reads of the ring stand, when entries whose
+    /// process is not known yet wait for them (see `Harvest::pass`).
+    ring_read_from: Option<u64>,
+}
+
+impl<N: Names> Chunk<'_, N> {
+    /// An entry as read: its mark is stamped as found (one lookup); what it
+    /// counted since is handed on, or left for a later chunk once the
+    /// budget is spent.
+    fn visit(
+        &mut self,
+        k: (FlowKey, Table),
+        e: FlowEntry,
+        leftover: &mut Vec<(Table, FlowKey, FlowEntry)>,
+    ) {
+        let before = match self.marks.get_mut(&k) {
+            Some(m) => {
+                m.pass = self.pass;
+                since(m.mark, &e)
+            }
+            None => since(Mark::default(), &e),
+        };
+        let count = e.count.saturating_sub(before.count);
+        let packets = e.packets.saturating_sub(before.packets);
+        let bytes = e.bytes.saturating_sub(before.bytes);
+        if count == 0 && packets == 0 && bytes == 0 {
+            if self.now.saturating_sub(e.last_ns) > IDLE.as_nanos() as u64 {
+                self.idle.push(k);
+            }
+            return;
+        }
+        let (key, table) = k;
+        if self.ring_read_from.is_some_and(|read| {
+            e.first_ns.saturating_add(SETTLE_NS) >= read
+                && key.tgid != 0
+                && e.exec_ns != 0
+                && self.names.process(key.tgid, e.exec_ns).is_none()
+        }) {
+            return;
+        }
+        if self.out.repeats.len() >= self.budget {
+            leftover.push((table, key, e));
+            return;
+        }
+        let raw = as_record(&key, &e);
+        let mut event = enrich(&raw, self.offset, &mut *self.names);
+        self.outlets.name(&raw, &mut event);
+        self.outlets.observer.repeated(&raw, &event, count);
+        self.outlets
+            .counters
+            .repeats
+            .fetch_add(count, Ordering::Relaxed);
+        self.out.repeats.push(Repeat {
+            event,
+            count,
+            packets,
+            bytes,
+        });
+        let mark = Mark {
+            first_ns: e.first_ns,
+            count: e.count,
+            packets: e.packets,
+            bytes: e.bytes,
+        };
+        self.out.marks.push((key_bytes(&key, table), mark));
+        self.marks.insert(
+            k,
+            Marked {
+                mark,
+                pass: self.pass,
+            },
+        );
+    }
+}
+
 /// Every entry of a hash map of flows, `BATCH` per `BPF_MAP_LOOKUP_BATCH`
 /// call (aya has no batch operations).
-fn lookup_batch(map: &MapData) -> std::io::Result<Vec<(FlowKey, FlowEntry)>> {
+fn lookup_batch(map: &MapData, each: &mut dyn FnMut(FlowKey, FlowEntry)) -> std::io::Result<()> {
     use std::os::fd::{AsFd, AsRawFd};
     const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
     const BATCH: usize = 4096;
@@ -400,7 +525,6 @@ fn lookup_batch(map: &MapData) -> std::io::Result<Vec<(FlowKey, FlowEntry)>> {
         flags: u64,
     }
     let fd = map.fd().as_fd().as_raw_fd();
-    let mut out = Vec::new();
     let mut keys = vec![FlowKey::default(); BATCH];
     let mut values = vec![FlowEntry::default(); BATCH];
     // The batch token of a hash map is a bucket index (u32).
@@ -437,9 +561,11 @@ fn lookup_batch(map: &MapData) -> std::io::Result<Vec<(FlowKey, FlowEntry)>> {
             Some(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Some(_) => return Err(err.unwrap()),
         }
-        out.extend(keys[..n].iter().copied().zip(values[..n].iter().copied()));
+        for (k, v) in keys[..n].iter().zip(&values[..n]) {
+            each(*k, *v);
+        }
         if err.is_some() {
-            return Ok(out);
+            return Ok(());
         }
         token_in = token_out;
         first = false;

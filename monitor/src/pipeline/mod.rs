@@ -13,7 +13,10 @@ pub mod harvest;
 
 use std::{
     io::Write,
-    sync::{atomic::Ordering, Arc, Mutex},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
 };
 
 use aya::maps::{MapData, RingBuf};
@@ -66,6 +69,12 @@ pub struct Outlets {
     pub wake: Wakeups,
     /// Drift alerts: each decision is compared to its policy's baseline.
     pub drift: drift::Live,
+    /// The kernel's boot time (ns) when the last completed read of the
+    /// ring began: what the kernel put in the ring before it was read.
+    /// The harvest names an entry's process only once this passes the
+    /// entry's first sight, because the process's record rides the ring
+    /// ahead of that first sight (see `harvest::Harvest::pass`).
+    pub ring_read_from: AtomicU64,
 }
 
 /// Decisions the controller acts on as soon as they are read.
@@ -116,7 +125,14 @@ impl Outlets {
             ttl: naming.ttl,
             wake: Wakeups::default(),
             drift: drift::Live::default(),
+            ring_read_from: AtomicU64::new(0),
         }
+    }
+
+    /// A read of the live ring that began at `from` (kernel boot time) is
+    /// complete.
+    fn ring_read(&self, from: u64) {
+        self.ring_read_from.fetch_max(from, Ordering::Relaxed);
     }
 
     /// Files the text of a DNS answer the kernel learned from.
@@ -165,13 +181,15 @@ impl Outlets {
     }
 }
 
-/// Decodes every record in the ring into `batch`.
+/// Decodes every record in the ring into `batch`; the kernel's boot time
+/// when it began.
 fn drain_into<N: Names>(
     ring: &mut RingBuf<MapData>,
     outlets: &Outlets,
     names: &Mutex<N>,
     batch: &mut Vec<Arc<Event>>,
-) {
+) -> u64 {
+    let from = harvest::boot_ns();
     let offset = boot_to_unix_offset();
     let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
     while let Some(item) = ring.next() {
@@ -209,6 +227,7 @@ fn drain_into<N: Names>(
             }
         }
     }
+    from
 }
 
 /// Hands a batch to stdout (when asked), the store, the history and the
@@ -280,7 +299,8 @@ pub async fn run<N: Names + Send>(
     let mut stdout_ok = outlets.log_events;
     let mut batch: Vec<Arc<Event>> = Vec::new();
     // Whatever the ring held before we started (a restart) comes first.
-    drain_into(fd.get_mut(), &outlets, &names, &mut batch);
+    let from = drain_into(fd.get_mut(), &outlets, &names, &mut batch);
+    outlets.ring_read(from);
     publish(&outlets, &mut batch, &mut stdout_ok);
     // `numbered` was read before that drain: what the kernel numbered up
     // to it and the store does not hold, this run did not read either.
@@ -298,14 +318,16 @@ pub async fn run<N: Names + Send>(
             }
             ready = fd.readable_mut() => {
                 let mut guard = ready?;
-                drain_into(guard.get_inner_mut(), &outlets, &names, &mut batch);
+                let from = drain_into(guard.get_inner_mut(), &outlets, &names, &mut batch);
+                outlets.ring_read(from);
                 guard.clear_ready();
                 false
             }
             _ = timer.tick() => true,
         };
         if on_timer {
-            drain_into(fd.get_mut(), &outlets, &names, &mut batch);
+            let from = drain_into(fd.get_mut(), &outlets, &names, &mut batch);
+            outlets.ring_read(from);
         }
         publish(&outlets, &mut batch, &mut stdout_ok);
     }
