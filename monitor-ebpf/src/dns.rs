@@ -466,30 +466,20 @@ pub fn learn(ctx: &SkBuffContext) {
     }
     // SAFETY: the context is the program's __sk_buff.
     let eth_proto = u16::from_be(unsafe { (*skb).protocol } as u16);
-    let (protocol, l4, src, dst) = if eth_proto == crate::ETH_P_IP {
-        let Ok(first) = ctx.load::<u8>(0) else { return };
-        let Ok(proto) = ctx.load::<u8>(9) else { return };
-        let Ok(s4) = ctx.load::<[u8; 4]>(12) else {
+    // Every received packet of a selected cgroup comes here, and nearly
+    // all end at the source port: before it, one read of the IPv4 header
+    // (addresses included) or of the IPv6 next header, and the port's;
+    // the IPv6 addresses are read after it.
+    let mut v4 = [0u8; 20];
+    let (protocol, l4) = if eth_proto == crate::ETH_P_IP {
+        let Ok(h) = ctx.load::<[u8; 20]>(0) else {
             return;
         };
-        let Ok(d4) = ctx.load::<[u8; 4]>(16) else {
-            return;
-        };
-        (
-            proto,
-            usize::from(first & 0x0f) * 4,
-            crate::mapped_v4(s4),
-            crate::mapped_v4(d4),
-        )
+        v4 = h;
+        (h[9], usize::from(h[0] & 0x0f) * 4)
     } else if eth_proto == crate::ETH_P_IPV6 {
         let Ok(next) = ctx.load::<u8>(6) else { return };
-        let Ok(s6) = ctx.load::<[u8; 16]>(8) else {
-            return;
-        };
-        let Ok(d6) = ctx.load::<[u8; 16]>(24) else {
-            return;
-        };
-        (next, 40, s6, d6)
+        (next, 40)
     } else {
         return;
     };
@@ -499,6 +489,17 @@ pub fn learn(ctx: &SkBuffContext) {
     // Source port 53 at offset 0 of both headers.
     let Some((off, len)) = message(ctx, protocol, l4, 0) else {
         return;
+    };
+    let (src, dst) = if eth_proto == crate::ETH_P_IP {
+        (
+            crate::mapped_v4([v4[12], v4[13], v4[14], v4[15]]),
+            crate::mapped_v4([v4[16], v4[17], v4[18], v4[19]]),
+        )
+    } else {
+        let Ok(a) = ctx.load::<[[u8; 16]; 2]>(8) else {
+            return;
+        };
+        (a[0], a[1])
     };
     let Some(tuning) = tuning() else {
         return;
