@@ -25,22 +25,26 @@ pub mod names {
     /// cgroup_skb egress: a connected UDP socket's datagrams sent by its
     /// process after it moved into a selected cgroup.
     pub const PROG_SENDER: &str = "sender";
+    /// cgroup sock_create: gives a TCP socket made in a selected cgroup its
+    /// socket-local state at birth (see `SockState`).
+    pub const PROG_SOCK_MADE: &str = "sock_made";
     /// lsm/socket_create: refuses packet sockets in enforcing cgroups.
     pub const PROG_SOCKET_CREATE: &str = "socket_create";
     /// cgroup_skb ingress: reads the DNS answers selected cgroups receive.
     pub const PROG_INGRESS: &str = "ingress";
     /// Every program, in attach order: the egress backstop, the socket
-    /// creation hook and the DNS reader first, so the sock_addr hooks never
+    /// creation hooks and the DNS reader first, so the sock_addr hooks never
     /// run without them.
     /// The socket creation hook needs the BPF LSM (`bpf` in the kernel's
     /// `lsm=` list); where it is missing the daemon runs without it and says
     /// so. A unit test of the daemon (`kernel::tests`) checks this list
     /// against the programs in the compiled object.
-    pub const ALL_PROGRAMS: [&str; 10] = [
+    pub const ALL_PROGRAMS: [&str; 11] = [
         PROG_PROCESS_EXEC,
         PROG_PROCESS_EXIT,
         PROG_EGRESS,
         PROG_SENDER,
+        PROG_SOCK_MADE,
         PROG_SOCKET_CREATE,
         PROG_INGRESS,
         PROG_CONNECT4,
@@ -872,9 +876,11 @@ impl Config {
 /// Socket-local storage (SOCKS) of a socket a sock_addr hook judged: the
 /// last destination and what was decided for it, so the egress backstop
 /// passes its packets at the cost of one socket-local lookup and re-judges
-/// them when the CONFIG word or the destination changes. TCP sockets of
-/// unselected cgroups get one too (verdict 0), so a connection made before
-/// its cgroup was selected is judged once it is. Freed with the socket.
+/// them when the CONFIG word or the destination changes. A TCP socket made
+/// in a selected cgroup gets one at birth (`sock_made`: verdict 0, no
+/// destination), so a connect from an unselected cgroup marks it and the
+/// backstop judges it by its own cgroup; a TCP socket made and connected
+/// outside every selected cgroup gets none. Freed with the socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockState {

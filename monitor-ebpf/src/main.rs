@@ -30,9 +30,11 @@ use aya_ebpf::{
             bpf_skb_cgroup_id,
         },
     },
-    macros::{btf_map, cgroup_skb, cgroup_sock_addr, lsm, map, raw_tracepoint, socket_filter},
+    macros::{
+        btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, lsm, map, raw_tracepoint, socket_filter,
+    },
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
-    programs::{LsmContext, RawTracePointContext, SkBuffContext, SockAddrContext},
+    programs::{LsmContext, RawTracePointContext, SkBuffContext, SockAddrContext, SockContext},
 };
 use monitor_common::{
     flow_stat, geo_table, kind, limits, lost, Action, CidrRule, CloudEntry, CloudKey, Config,
@@ -488,14 +490,17 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
     };
     let connect = attempt.hook == Hook::Connect4 || attempt.hook == Hook::Connect6;
     if memo.selected_cgroup_id == 0 {
-        // Not in any selected subtree: untouched and not reported. The
-        // socket is marked: a TCP socket's backstop judges it if its
-        // cgroup is selected later (or already is: a socket made in a
-        // selected cgroup and connected from here); a UDP socket's, if a
-        // process sends on it from a selected cgroup. This socket-local
-        // allocation is most of what such a connect costs.
+        // Not in any selected subtree: untouched and not reported. A UDP
+        // socket is marked, so that its datagrams are judged if a process
+        // sends on it from a selected cgroup (`sender`). A TCP socket is
+        // marked only when it was made in a selected cgroup (`sock_made`
+        // gave it its state at birth), so that the egress backstop judges
+        // it by that cgroup; one made and connected outside every selected
+        // cgroup costs no allocation. (A connection made before its cgroup
+        // is selected is judged by the sweep at the switch.)
         if connect {
-            remember(ctx, task_cgroup, word, UNSELECTED, attempt);
+            let create = attempt.protocol != IPPROTO_TCP;
+            remember(ctx, task_cgroup, word, UNSELECTED, attempt, create);
         }
         return PASS;
     }
@@ -558,7 +563,7 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
         }
     };
     if connect {
-        remember(ctx, task_cgroup, word, verdict, attempt);
+        remember(ctx, task_cgroup, word, verdict, attempt, true);
     }
     if verdict == Verdict::Denied as u8 {
         REJECT
@@ -772,9 +777,18 @@ fn socks() -> *mut core::ffi::c_void {
     core::ptr::addr_of!(SOCKS).cast_mut().cast()
 }
 
-/// Remembers a connected socket's decision in its socket-local storage.
+/// Remembers a connected socket's decision in its socket-local storage:
+/// with `create`, always; without, only in a socket that already has
+/// storage (a TCP socket `sock_made` marked at birth).
 #[inline(always)]
-fn remember(ctx: &SockAddrContext, cgroup_id: u64, word: u64, verdict: u8, attempt: &Attempt) {
+fn remember(
+    ctx: &SockAddrContext,
+    cgroup_id: u64,
+    word: u64,
+    verdict: u8,
+    attempt: &Attempt,
+    create: bool,
+) {
     // SAFETY: the context's socket, as the sk_storage helper takes it.
     let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
     if sk.is_null() {
@@ -794,8 +808,16 @@ fn remember(ctx: &SockAddrContext, cgroup_id: u64, word: u64, verdict: u8, attem
         bpf_sk_storage_get(
             socks(),
             sk.cast(),
-            core::ptr::addr_of!(state).cast_mut().cast(),
-            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+            if create {
+                core::ptr::addr_of!(state).cast_mut().cast()
+            } else {
+                core::ptr::null_mut()
+            },
+            if create {
+                u64::from(BPF_SK_STORAGE_GET_F_CREATE)
+            } else {
+                0
+            },
         )
     }
     .cast::<SockState>();
@@ -1415,6 +1437,45 @@ pub fn cgroup_made(_ctx: RawTracePointContext) -> i32 {
         entry.submit(u64::from(BPF_RB_FORCE_WAKEUP));
     }
     0
+}
+
+/// cgroup sock_create: a TCP socket made in a selected cgroup gets its
+/// socket-local state at birth (no destination yet, marked `UNSELECTED`).
+/// Its socket cgroup is the maker's for life, so a connect from outside
+/// every selected cgroup (the socket handed over: SCM_RIGHTS, an inherited
+/// descriptor, a process moved out) finds the state and marks it, and the
+/// egress backstop then judges its packets by that cgroup. Any other
+/// socket ends at `QUIET` or the memo; never refuses.
+#[cgroup_sock(sock_create)]
+pub fn sock_made(ctx: SockContext) -> i32 {
+    let sk = ctx.sock;
+    // SAFETY: the context is the new socket's bpf_sock.
+    if unsafe { (*sk).protocol } != u32::from(IPPROTO_TCP) || quiet_now(Owner::Task) {
+        return PASS;
+    }
+    if !selected(Owner::Task) {
+        return PASS;
+    }
+    let state = SockState {
+        config_word: 0,
+        cgroup_id: Owner::Task.cgroup(),
+        addr: [0; 16],
+        port: 0,
+        protocol: IPPROTO_TCP,
+        verdict: UNSELECTED,
+        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+    };
+    // SAFETY: plain helper call; in a sock_create program the socket is
+    // the context itself, and the value is copied in when created.
+    unsafe {
+        bpf_sk_storage_get(
+            socks(),
+            sk.cast(),
+            core::ptr::addr_of!(state).cast_mut().cast(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
+        )
+    };
+    PASS
 }
 
 /// Reads the DNS answers selected cgroups receive (see `dns`); never drops.

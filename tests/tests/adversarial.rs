@@ -270,17 +270,16 @@ fn packet_sockets_are_refused_at_creation() {
     assert!(env.probe("unsel", &["packet"]).ok);
 }
 
-fn stream(
-    env: &TestEnv,
-    proto: &str,
-    secs: &str,
-) -> (
+/// A stream probe's process, its output and its pid.
+type Stream = (
     std::process::Child,
     BufReader<std::process::ChildStdout>,
     u64,
-) {
+);
+
+fn stream(env: &TestEnv, sub: &str, proto: &str, secs: &str) -> Stream {
     let mut child = env
-        .probe_command("sel", &["stream", proto, US_V4, &PORT.to_string(), secs])
+        .probe_command(sub, &["stream", proto, US_V4, &PORT.to_string(), secs])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -299,8 +298,8 @@ fn stream(
 #[test]
 fn sockets_from_before_the_policy_are_cut_off() {
     let mut env = env("enforce", "DE, US");
-    let (tcp, tcp_out, tcp_pid) = stream(&env, "tcp", "3");
-    let (udp, udp_out, udp_pid) = stream(&env, "udp", "3");
+    let (tcp, tcp_out, tcp_pid) = stream(&env, "sel", "tcp", "3");
+    let (udp, udp_out, udp_pid) = stream(&env, "sel", "udp", "3");
     std::thread::sleep(Duration::from_millis(400));
     let flowing = us_received(&env);
     assert!(
@@ -313,15 +312,57 @@ fn sockets_from_before_the_policy_are_cut_off() {
     );
 
     env.set_policy("enforce", "DE");
+    cut_off_at_the_switch(
+        &mut env,
+        "sel",
+        [(tcp, tcp_out, tcp_pid), (udp, udp_out, udp_pid)],
+    );
+}
+
+/// A TCP stream and a connected UDP socket opened while their cgroup
+/// (`unsel`) was selected by no policy: when a second policy selects it and
+/// denies their destination, the sweep at the switch destroys them (the
+/// connect of an unselected cgroup leaves no mark on a TCP socket).
+#[test]
+fn connections_of_a_cgroup_selected_later_are_cut_off() {
+    let mut env = env("enforce", "DE");
+    let (tcp, tcp_out, tcp_pid) = stream(&env, "unsel", "tcp", "3");
+    let (udp, udp_out, udp_pid) = stream(&env, "unsel", "udp", "3");
+    std::thread::sleep(Duration::from_millis(400));
+    let flowing = us_received(&env);
+    assert!(
+        flowing.iter().any(|v| v.get("data").is_some()),
+        "TCP data flows while unselected: {flowing:?}"
+    );
+    assert!(
+        flowing.iter().any(|v| v.get("datagram").is_some()),
+        "UDP flows while unselected: {flowing:?}"
+    );
+    env.write_policy(
+        "later.yaml",
+        &env.policy("later", "enforce", "unsel", &allow_countries("DE")),
+    );
+    cut_off_at_the_switch(
+        &mut env,
+        "unsel",
+        [(tcp, tcp_out, tcp_pid), (udp, udp_out, udp_pid)],
+    );
+}
+
+/// After a policy write that denies the streams' destination for `sub`:
+/// generation 2 is in force, nothing more reaches the US host, the sweep
+/// reported each socket destroyed, each stream saw its socket aborted, and
+/// the allowed country keeps working.
+fn cut_off_at_the_switch(env: &mut TestEnv, sub: &str, streams: [Stream; 2]) {
     env.wait_status("policy generation 2", WAIT, |s| {
         s["policy_generation"].as_u64() == Some(2)
     });
     let switched = Instant::now();
     // Give packets in flight at the switch a moment, then nothing may arrive.
     std::thread::sleep(Duration::from_millis(300));
-    let settled = us_received(&env).len();
+    let settled = us_received(env).len();
     std::thread::sleep(Duration::from_millis(1200));
-    let later = us_received(&env);
+    let later = us_received(env);
     assert_eq!(
         later.len(),
         settled,
@@ -333,18 +374,18 @@ fn sockets_from_before_the_policy_are_cut_off() {
     // The sweep at the switch judged and destroyed each socket, with an
     // event per socket (no process context: the event names the socket's
     // cgroup, not a pid).
-    let sel = env.rel("sel");
+    let cgroup = env.rel(sub);
     for proto in ["tcp", "udp"] {
-        let e = event_for(&mut env, proto, |e| {
+        let e = event_for(env, proto, |e| {
             s(e, "hook") == "sock_destroy" && s(e, "protocol") == proto
         });
         assert_eq!(
             (s(&e, "verdict"), s(&e, "dst_ip"), s(&e, "cgroup_path")),
-            ("denied", US_V4, sel.as_str()),
+            ("denied", US_V4, cgroup.as_str()),
             "{e}"
         );
     }
-    for (pid, mut child, mut out) in [(tcp_pid, tcp, tcp_out), (udp_pid, udp, udp_out)] {
+    for (mut child, mut out, pid) in streams {
         let mut rest = String::new();
         let _ = std::io::Read::read_to_string(&mut out, &mut rest);
         let _ = child.wait();
@@ -356,7 +397,7 @@ fn sockets_from_before_the_policy_are_cut_off() {
         );
         assert!(aborted(&v), "the socket was not aborted: {v}");
     }
-    allowed_still_works(&env);
+    allowed_still_works(env);
 }
 
 /// Whether a stream probe saw its socket destroyed: a TCP socket's next
@@ -394,8 +435,8 @@ fn connections_older_than_the_daemon_are_destroyed_inbound_ones_survive() {
         // Before any daemon: an outbound TCP stream and a connected UDP
         // socket to the US host, and an inbound TCP stream from the US host
         // into a listener of the workload.
-        let (tcp, tcp_out, _) = stream(&env, "tcp", "8");
-        let (udp, udp_out, _) = stream(&env, "udp", "8");
+        let (tcp, tcp_out, _) = stream(&env, "sel", "tcp", "8");
+        let (udp, udp_out, _) = stream(&env, "sel", "udp", "8");
         let port = env.fresh_port();
         let mut sink = env
             .probe_command("sel", &["sink", &port.to_string(), "9"])

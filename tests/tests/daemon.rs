@@ -14,13 +14,20 @@ const WAIT: Duration = Duration::from_secs(10);
 const EPERM: i64 = 1;
 
 /// Programs of ours bpftool shows on a cgroup (the sock_addr hooks, the
-/// egress backstop and the moved-sender program; the LSM hook is not per cgroup).
+/// egress backstop, the moved-sender program and the TCP socket marker; the
+/// LSM hook is not per cgroup).
 fn ours(cgroup: &std::path::Path) -> usize {
     attached_programs(cgroup)
         .iter()
         .filter(|n| {
             [
-                "connect4", "connect6", "sendmsg4", "sendmsg6", "egress", "sender",
+                "connect4",
+                "connect6",
+                "sendmsg4",
+                "sendmsg6",
+                "egress",
+                "sender",
+                "sock_made",
             ]
             .contains(&n.as_str())
         })
@@ -38,7 +45,7 @@ fn pins_exist(env: &TestEnv) -> bool {
 #[test]
 fn detach_on_exit_with_a_following_client_leaves_nothing() {
     let mut env = TestEnv::started("enforce", "DE", &["--detach-on-exit"]);
-    assert_eq!(ours(&env.cgroup_root), 6);
+    assert_eq!(ours(&env.cgroup_root), 7);
     let mut follower = env.spawn_follower();
     env.wait_status("one stream client", WAIT, |s| {
         s["counters"]["stream_clients"].as_u64() == Some(1)
@@ -115,7 +122,7 @@ fn uninstall_under_a_running_daemon_is_refused_and_repaired() {
         err.contains("running daemon") && err.contains(&pid),
         "{err}"
     );
-    assert_eq!(ours(&env.cgroup_root), 6, "nothing removed");
+    assert_eq!(ours(&env.cgroup_root), 7, "nothing removed");
 
     let forced = Command::new(daemon_bin())
         .arg("uninstall")
@@ -144,7 +151,7 @@ fn uninstall_under_a_running_daemon_is_refused_and_repaired() {
         "{}",
         env.log()
     );
-    assert_eq!(ours(&env.cgroup_root), 6, "attached again");
+    assert_eq!(ours(&env.cgroup_root), 7, "attached again");
     let p = env.probe("sel", &["tcp", US_V4, &port]);
     assert!(!p.ok && p.errno == EPERM, "still enforced: {:?}", p.raw);
     assert!(env.probe("sel", &["tcp", DE_V4, &port]).ok);

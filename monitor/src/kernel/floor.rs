@@ -5,7 +5,9 @@
 use std::os::fd::AsFd;
 
 use aya::{
-    programs::{links::CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
+    programs::{
+        links::CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
+    },
     Ebpf, EbpfLoader,
 };
 
@@ -61,6 +63,15 @@ impl Floor {
             prog.attach(dir.as_fd(), direction, CgroupAttachMode::Single)
                 .map_err(|e| err(name, e))?;
         }
+        let name = "floor_sock_made";
+        let prog: &mut CgroupSock = ebpf
+            .program_mut(name)
+            .ok_or_else(|| err(name, "missing"))?
+            .try_into()
+            .map_err(|e| err(name, e))?;
+        prog.load().map_err(|e| err(name, e))?;
+        prog.attach(dir.as_fd(), CgroupAttachMode::Single)
+            .map_err(|e| err(name, e))?;
         Ok(Floor { _ebpf: ebpf })
     }
 }
