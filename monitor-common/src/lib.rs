@@ -877,7 +877,7 @@ impl Config {
 /// last destination and what was decided for it, so the egress backstop
 /// passes its packets at the cost of one socket-local lookup and re-judges
 /// them when the CONFIG word or the destination changes. A TCP socket made
-/// in a selected cgroup gets one at birth (`sock_made`: verdict 0, no
+/// in a selected cgroup gets one at birth (`sock_made`: verdict 0xff, no
 /// destination), so a connect from an unselected cgroup marks it and the
 /// backstop judges it by its own cgroup; a TCP socket made and connected
 /// outside every selected cgroup gets none. Freed with the socket.
@@ -896,7 +896,9 @@ pub struct SockState {
     /// A `Verdict`, or 0 when the socket's cgroup is not selected. A UDP
     /// socket marked 0 that sends from a selected cgroup (its process moved
     /// there, or its descriptor was passed there) is judged by the
-    /// sender's cgroup (the `sender` program).
+    /// sender's cgroup (the `sender` program). 0xff is a TCP socket's birth
+    /// mark (`sock_made`): no hook judged it yet, and the backstop takes it
+    /// for no state.
     pub verdict: u8,
     /// The process that connected it (its flow is counted under it).
     pub tgid: u32,

@@ -49,6 +49,11 @@ const PASS: i32 = 1;
 const REJECT: i32 = 0;
 /// `Judged::verdict` of a socket whose cgroup is not selected.
 const UNSELECTED: u8 = 0;
+/// `SockState::verdict` of a TCP socket's birth mark (`sock_made`): made
+/// in a selected cgroup, not judged by any hook (yet). A connect overwrites
+/// it; a socket that never connects (a listener) keeps it, and its packets
+/// are treated as those of a socket without state.
+const BORN: u8 = 0xff;
 
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(limits::DEFAULT_RING_BYTES, 0);
@@ -1440,30 +1445,37 @@ pub fn cgroup_made(_ctx: RawTracePointContext) -> i32 {
 }
 
 /// cgroup sock_create: a TCP socket made in a selected cgroup gets its
-/// socket-local state at birth (no destination yet, marked `UNSELECTED`).
-/// Its socket cgroup is the maker's for life, so a connect from outside
-/// every selected cgroup (the socket handed over: SCM_RIGHTS, an inherited
+/// socket-local state at birth (no destination yet, marked `BORN`). Its
+/// socket cgroup is the maker's for life, so a connect from outside every
+/// selected cgroup (the socket handed over: SCM_RIGHTS, an inherited
 /// descriptor, a process moved out) finds the state and marks it, and the
-/// egress backstop then judges its packets by that cgroup. Any other
-/// socket ends at `QUIET` or the memo; never refuses.
+/// egress backstop then judges its packets by that cgroup. A socket that
+/// never connects (a listener, whose SYN-ACKs egress sees) keeps `BORN`,
+/// which the backstop takes for no state: replies to inbound connections
+/// pass. Any other socket ends at `QUIET` or the memo; never refuses.
 #[cgroup_sock(sock_create)]
 pub fn sock_made(ctx: SockContext) -> i32 {
     let sk = ctx.sock;
     // SAFETY: the context is the new socket's bpf_sock.
-    if unsafe { (*sk).protocol } != u32::from(IPPROTO_TCP) || quiet_now(Owner::Task) {
+    if unsafe { (*sk).protocol } != u32::from(IPPROTO_TCP) {
         return PASS;
     }
-    if !selected(Owner::Task) {
+    let Some((slot, _, word)) = in_force() else {
+        return PASS;
+    };
+    let cgroup = Owner::Task.cgroup();
+    if quiet(cgroup, word) || memo_of(slot, word, Owner::Task, cgroup).selected_cgroup_id == 0 {
         return PASS;
     }
+    // Every field but the protocol and the mark is the connect's to fill.
     let state = SockState {
         config_word: 0,
-        cgroup_id: Owner::Task.cgroup(),
+        cgroup_id: cgroup,
         addr: [0; 16],
         port: 0,
         protocol: IPPROTO_TCP,
-        verdict: UNSELECTED,
-        tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
+        verdict: BORN,
+        tgid: 0,
     };
     // SAFETY: plain helper call; in a sock_create program the socket is
     // the context itself, and the value is copied in when created.
@@ -1545,7 +1557,9 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
     // set changed since (an established connection keeps the name it was
     // judged with).
     let mut established = false;
-    if !state.is_null() {
+    // SAFETY: the socket's own storage, valid for this run.
+    let judged = !state.is_null() && unsafe { (*state).verdict } != BORN;
+    if judged {
         // SAFETY: the socket's own storage, valid for this run.
         let st = unsafe { *state };
         established = st.addr == addr && st.port == port && st.cgroup_id == socket_cgroup;

@@ -422,6 +422,46 @@ fn finish_json(
         .unwrap_or_else(|_| panic!("no result: {rest}"))
 }
 
+/// A listener a selected, enforcing workload opens while the daemon runs
+/// takes an inbound connection from a denied place: its replies (the
+/// SYN-ACK first) are not outbound attempts, so nothing cuts them.
+#[test]
+fn inbound_connections_to_a_new_listener_are_not_judged_as_egress() {
+    let env = env("enforce", "DE");
+    let port = env.fresh_port();
+    let mut sink = env
+        .probe_command("sel", &["sink", &port.to_string(), "3"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut sink_out = BufReader::new(sink.stdout.take().unwrap());
+    let mut line = String::new();
+    sink_out.read_line(&mut line).unwrap();
+    assert!(line.contains("sinking"), "{line}");
+    let mut inbound = std::process::Command::new("ip")
+        .args(["netns", "exec", &env.netns])
+        .arg(probe_bin())
+        .args(["stream", "tcp", US_SOURCES[0], &port.to_string(), "2"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut inbound_out = BufReader::new(inbound.stdout.take().unwrap());
+    line.clear();
+    inbound_out.read_line(&mut line).unwrap();
+    assert!(
+        line.contains("\"connected\":true"),
+        "inbound connection from the US host to a new listener: {line}"
+    );
+    let inbound = finish_json(inbound, inbound_out);
+    let sunk = finish_json(sink, sink_out);
+    assert_eq!(
+        inbound["failed"], 0,
+        "the inbound connection was cut: {inbound}"
+    );
+    assert!(inbound["sent"].as_u64().unwrap_or(0) > 10, "{inbound}");
+    assert!(sunk["tcp_bytes"].as_u64().unwrap_or(0) >= 50, "{sunk}");
+}
+
 /// Connections a workload opened before the daemon ever ran: when the first
 /// policy set takes effect, the outbound ones to denied places are destroyed
 /// (the receiving side proves nothing more arrives), an inbound connection
