@@ -1223,7 +1223,10 @@ fn pipeline(b: &mut Bench, r: &mut Report) -> (u128, u128) {
 }
 
 /// With EGRESS_MONITOR_BENCH_PERF=DIR: a `perf record` of the daemon for
-/// `secs` (DIR/NAME.perf), to see where its time goes; wait for it.
+/// `secs` (DIR/NAME.perf), to see where its time goes; wait for it. Call
+/// stacks are unwound from DWARF (a release build keeps no frame pointers,
+/// so `-g` alone stops at the first frame), at 499 samples a second to keep
+/// the copied stacks small.
 fn perf_record(d: &Daemon, name: &str, secs: f64) -> Option<Child> {
     std::env::var_os("EGRESS_MONITOR_BENCH_PERF").map(|dir| {
         Command::new("perf")
@@ -1232,7 +1235,10 @@ fn perf_record(d: &Daemon, name: &str, secs: f64) -> Option<Child> {
                 "-q",
                 "-e",
                 "cpu-clock",
-                "-g",
+                "-F",
+                "499",
+                "--call-graph",
+                "dwarf,16384",
                 "-p",
                 &d.pid.to_string(),
                 "-o",
