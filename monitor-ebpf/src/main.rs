@@ -1467,7 +1467,8 @@ pub fn sock_made(ctx: SockContext) -> i32 {
     if quiet(cgroup, word) || memo_of(slot, word, Owner::Task, cgroup).selected_cgroup_id == 0 {
         return PASS;
     }
-    // Every field but the protocol and the mark is the connect's to fill.
+    // The connect that comes overwrites all of it; until then only the
+    // mark counts (see `BORN`).
     let state = SockState {
         config_word: 0,
         cgroup_id: cgroup,

@@ -1015,6 +1015,23 @@ pub fn attached_programs(cgroup: &Path) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Our programs that attach to the cgroup root: every program but the
+/// global ones (the LSM hook and the process tracepoints).
+pub fn cgroup_programs() -> Vec<&'static str> {
+    use monitor_common::names;
+    names::ALL_PROGRAMS
+        .into_iter()
+        .filter(|p| *p != names::PROG_SOCKET_CREATE && !names::PROCESS_PROGRAMS.contains(p))
+        .collect()
+}
+
+/// How many of our programs bpftool shows among `names` (every copy, so a
+/// second copy of any is seen).
+pub fn ours(names: &[String]) -> usize {
+    let ours = cgroup_programs();
+    names.iter().filter(|n| ours.contains(&n.as_str())).count()
+}
+
 /// Attaches a program that allows every connect4 to `cgroup` with the legacy
 /// BPF_PROG_ATTACH API and the given flags (0, BPF_F_ALLOW_OVERRIDE = 1,
 /// BPF_F_ALLOW_MULTI = 2): somebody else trying to undo our verdict. The

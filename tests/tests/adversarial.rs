@@ -422,15 +422,15 @@ fn finish_json(
         .unwrap_or_else(|_| panic!("no result: {rest}"))
 }
 
-/// A listener a selected, enforcing workload opens while the daemon runs
-/// takes an inbound connection from a denied place: its replies (the
-/// SYN-ACK first) are not outbound attempts, so nothing cuts them.
-#[test]
-fn inbound_connections_to_a_new_listener_are_not_judged_as_egress() {
-    let env = env("enforce", "DE");
-    let port = env.fresh_port();
+/// A probe's process and its output.
+type Probe = (std::process::Child, BufReader<std::process::ChildStdout>);
+
+/// A listener of the workload in `sel` (a sink, open `sink_secs`) and an
+/// inbound TCP stream into it from the US host (`stream_secs`), connected.
+fn inbound_stream(env: &TestEnv, sink_secs: &str, stream_secs: &str) -> (Probe, Probe) {
+    let port = env.fresh_port().to_string();
     let mut sink = env
-        .probe_command("sel", &["sink", &port.to_string(), "3"])
+        .probe_command("sel", &["sink", &port, sink_secs])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -441,7 +441,7 @@ fn inbound_connections_to_a_new_listener_are_not_judged_as_egress() {
     let mut inbound = std::process::Command::new("ip")
         .args(["netns", "exec", &env.netns])
         .arg(probe_bin())
-        .args(["stream", "tcp", US_SOURCES[0], &port.to_string(), "2"])
+        .args(["stream", "tcp", US_SOURCES[0], &port, stream_secs])
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
@@ -450,8 +450,18 @@ fn inbound_connections_to_a_new_listener_are_not_judged_as_egress() {
     inbound_out.read_line(&mut line).unwrap();
     assert!(
         line.contains("\"connected\":true"),
-        "inbound connection from the US host to a new listener: {line}"
+        "inbound connection from the US host to the workload's listener: {line}"
     );
+    ((sink, sink_out), (inbound, inbound_out))
+}
+
+/// A listener a selected, enforcing workload opens while the daemon runs
+/// takes an inbound connection from a denied place: its replies (the
+/// SYN-ACK first) are not outbound attempts, so nothing cuts them.
+#[test]
+fn inbound_connections_to_a_new_listener_are_not_judged_as_egress() {
+    let env = env("enforce", "DE");
+    let ((sink, sink_out), (inbound, inbound_out)) = inbound_stream(&env, "3", "2");
     let inbound = finish_json(inbound, inbound_out);
     let sunk = finish_json(sink, sink_out);
     assert_eq!(
@@ -477,30 +487,7 @@ fn connections_older_than_the_daemon_are_destroyed_inbound_ones_survive() {
         // into a listener of the workload.
         let (tcp, tcp_out, _) = stream(&env, "sel", "tcp", "8");
         let (udp, udp_out, _) = stream(&env, "sel", "udp", "8");
-        let port = env.fresh_port();
-        let mut sink = env
-            .probe_command("sel", &["sink", &port.to_string(), "9"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut sink_out = BufReader::new(sink.stdout.take().unwrap());
-        let mut line = String::new();
-        sink_out.read_line(&mut line).unwrap();
-        assert!(line.contains("sinking"), "{line}");
-        let mut inbound = std::process::Command::new("ip")
-            .args(["netns", "exec", &env.netns])
-            .arg(probe_bin())
-            .args(["stream", "tcp", US_SOURCES[0], &port.to_string(), "8"])
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut inbound_out = BufReader::new(inbound.stdout.take().unwrap());
-        line.clear();
-        inbound_out.read_line(&mut line).unwrap();
-        assert!(
-            line.contains("\"connected\":true"),
-            "inbound stream: {line}"
-        );
+        let ((sink, sink_out), (inbound, inbound_out)) = inbound_stream(&env, "9", "8");
         std::thread::sleep(Duration::from_millis(300));
         assert!(
             us_received(&env).iter().any(|v| v.get("data").is_some()),

@@ -13,27 +13,6 @@ use serde_json::Value;
 const WAIT: Duration = Duration::from_secs(10);
 const EPERM: i64 = 1;
 
-/// Programs of ours bpftool shows on a cgroup (the sock_addr hooks, the
-/// egress backstop, the moved-sender program and the TCP socket marker; the
-/// LSM hook is not per cgroup).
-fn ours(cgroup: &std::path::Path) -> usize {
-    attached_programs(cgroup)
-        .iter()
-        .filter(|n| {
-            [
-                "connect4",
-                "connect6",
-                "sendmsg4",
-                "sendmsg6",
-                "egress",
-                "sender",
-                "sock_made",
-            ]
-            .contains(&n.as_str())
-        })
-        .count()
-}
-
 fn pins_exist(env: &TestEnv) -> bool {
     std::fs::read_dir(env.pin_dir())
         .map(|d| d.flatten().any(|e| e.path().join("link_connect4").exists()))
@@ -45,7 +24,10 @@ fn pins_exist(env: &TestEnv) -> bool {
 #[test]
 fn detach_on_exit_with_a_following_client_leaves_nothing() {
     let mut env = TestEnv::started("enforce", "DE", &["--detach-on-exit"]);
-    assert_eq!(ours(&env.cgroup_root), 7);
+    assert_eq!(
+        ours(&attached_programs(&env.cgroup_root)),
+        cgroup_programs().len()
+    );
     let mut follower = env.spawn_follower();
     env.wait_status("one stream client", WAIT, |s| {
         s["counters"]["stream_clients"].as_u64() == Some(1)
@@ -59,7 +41,11 @@ fn detach_on_exit_with_a_following_client_leaves_nothing() {
         env.log()
     );
     assert!(env.log().contains("detached: removed"), "{}", env.log());
-    assert_eq!(ours(&env.cgroup_root), 0, "programs left attached");
+    assert_eq!(
+        ours(&attached_programs(&env.cgroup_root)),
+        0,
+        "programs left attached"
+    );
     assert!(!env.pin_dir().exists(), "pins left behind");
 }
 
@@ -97,7 +83,11 @@ fn sigint_during_the_start_detaches() {
         "the signal arrived while the database loaded, and the daemon says so:\n{log}"
     );
     assert!(log.contains("detached: removed"), "{log}");
-    assert_eq!(ours(&env.cgroup_root), 0, "programs left attached");
+    assert_eq!(
+        ours(&attached_programs(&env.cgroup_root)),
+        0,
+        "programs left attached"
+    );
     assert!(!env.pin_dir().exists(), "pins left behind");
 }
 
@@ -122,7 +112,11 @@ fn uninstall_under_a_running_daemon_is_refused_and_repaired() {
         err.contains("running daemon") && err.contains(&pid),
         "{err}"
     );
-    assert_eq!(ours(&env.cgroup_root), 7, "nothing removed");
+    assert_eq!(
+        ours(&attached_programs(&env.cgroup_root)),
+        cgroup_programs().len(),
+        "nothing removed"
+    );
 
     let forced = Command::new(daemon_bin())
         .arg("uninstall")
@@ -151,7 +145,11 @@ fn uninstall_under_a_running_daemon_is_refused_and_repaired() {
         "{}",
         env.log()
     );
-    assert_eq!(ours(&env.cgroup_root), 7, "attached again");
+    assert_eq!(
+        ours(&attached_programs(&env.cgroup_root)),
+        cgroup_programs().len(),
+        "attached again"
+    );
     let p = env.probe("sel", &["tcp", US_V4, &port]);
     assert!(!p.ok && p.errno == EPERM, "still enforced: {:?}", p.raw);
     assert!(env.probe("sel", &["tcp", DE_V4, &port]).ok);

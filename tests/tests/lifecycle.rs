@@ -13,35 +13,16 @@ fn enforced_env() -> TestEnv {
     TestEnv::started("enforce", "DE", &[])
 }
 
-/// Our programs among those attached to a cgroup: the four sock_addr
-/// hooks, the egress backstop, the moved-sender program and the TCP socket
-/// marker (every one of them, so a second copy of
-/// any is seen).
-fn ours(names: &[String]) -> usize {
-    names
-        .iter()
-        .filter(|n| {
-            [
-                "connect4",
-                "connect6",
-                "sendmsg4",
-                "sendmsg6",
-                "egress",
-                "sender",
-                "sock_made",
-            ]
-            .contains(&n.as_str())
-        })
-        .count()
-}
-
 /// SIGTERM keeps enforcement on; `uninstall` detaches and removes every pin.
 #[test]
 fn sigterm_keeps_enforcing_and_uninstall_removes_everything() {
     let mut env = enforced_env();
     let port = PORT.to_string();
     assert!(!env.probe("sel", &["tcp", US_V4, &port]).ok);
-    assert_eq!(ours(&attached_programs(&env.cgroup_root)), 7);
+    assert_eq!(
+        ours(&attached_programs(&env.cgroup_root)),
+        cgroup_programs().len()
+    );
     let status = env.stop_daemon().expect("daemon was running");
     assert!(status.success(), "exit status {status}");
     assert!(env.log().contains("enforcement stays on"), "{}", env.log());
@@ -189,7 +170,7 @@ fn kill_9_during_traffic_opens_no_gap_and_loses_no_count() {
     );
     assert_eq!(
         ours(&attached_programs(&env.cgroup_root)),
-        7,
+        cgroup_programs().len(),
         "attached twice?"
     );
     // Every attempt is counted: the first was an event (the first daemon
@@ -395,7 +376,7 @@ fn upgrade_replaces_programs_without_a_gap() {
     assert!(env.log().contains("attached connect4"), "{}", env.log());
     assert_eq!(
         ours(&attached_programs(&env.cgroup_root)),
-        7,
+        cgroup_programs().len(),
         "old programs still attached"
     );
     let p = env.probe("sel", &["tcp", US_V4, &PORT.to_string()]);
