@@ -544,6 +544,9 @@ async fn start(config: &DaemonConfig, signals: &mut Signals) -> anyhow::Result<O
             boot_task.await.context("the start panicked")??
         }
     };
+    // The start's peak (the country database read, sorted and merged, the
+    // kernel's table built) is freed by now.
+    crate::malloc::settle_after_start();
     if booted.cancelled || cancel.load(Ordering::Relaxed) {
         store.shutdown(Duration::from_secs(5)).await;
         leave(booted.kernel, config)?;

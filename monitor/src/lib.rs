@@ -17,6 +17,7 @@ pub mod evidence;
 pub mod fleet;
 pub mod geo;
 pub mod kernel;
+pub mod malloc;
 pub mod metrics;
 pub mod names;
 pub mod pipeline;
