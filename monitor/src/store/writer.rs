@@ -35,8 +35,15 @@ pub const MAX_PENDING: usize = 200_000;
 /// and held by the writer) at most: beyond it, allowed decisions are shed,
 /// counted and recorded as a `lost_for_store` gap, so that a flood cannot
 /// grow the daemon's memory without bound. Refusals (denied, would-deny,
-/// unclassified) are kept up to twice as many.
-pub const BACKLOG: usize = 100_000;
+/// unclassified) are kept up to twice as many. An event waiting holds
+/// about 3 KB (its strings, its share of the batches): at 100,000 the
+/// daemon under a flood of new destinations held 372-427 MiB and, with its
+/// kernel maps, was killed at the DaemonSet's former 512 MiB limit; at
+/// 25,000 it holds 211-273 MiB (`bench pipeline`, docs/performance.md).
+/// A flood sheds sooner (the store takes 20-40k events/s while two
+/// generators share its cores); refusals still arrive by the kernel's
+/// refusal counts.
+pub const BACKLOG: usize = 25_000;
 const RETRY_MAX: Duration = Duration::from_secs(10);
 /// How often the chain head is signed (and at shutdown): records removed
 /// from the end of the store after a checkpoint are caught by export and
