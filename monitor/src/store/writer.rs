@@ -29,8 +29,9 @@ use crate::events::Event;
 
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const BATCH_EVENTS: usize = 2000;
-/// Events held in memory while the store cannot take them.
-pub const MAX_PENDING: usize = 200_000;
+/// Events held in memory while the store cannot take them: what the
+/// pipeline lets wait (`BACKLOG`, twice for refusals).
+pub const MAX_PENDING: usize = 2 * BACKLOG;
 /// Events waiting for a healthy store that falls behind (in the channel
 /// and held by the writer) at most: beyond it, allowed decisions are shed,
 /// counted and recorded as a `lost_for_store` gap, so that a flood cannot
