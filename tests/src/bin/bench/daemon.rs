@@ -23,13 +23,32 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(bin: &Path, args: &[&std::ffi::OsStr], socket: PathBuf) -> Self {
-        let mut child = Command::new(bin)
-            .arg("daemon")
+        Self::start_in(bin, args, socket, None)
+    }
+
+    /// `start`, the daemon in the memory cgroup `mem` from its first
+    /// instruction (its kernel maps are charged to it as they are made).
+    pub fn start_in(
+        bin: &Path,
+        args: &[&std::ffi::OsStr],
+        socket: PathBuf,
+        mem: Option<&MemCgroup>,
+    ) -> Self {
+        let mut cmd = Command::new(bin);
+        cmd.arg("daemon")
             .args(args)
             .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the daemon");
+            .stderr(Stdio::piped());
+        if let Some(mem) = mem {
+            use std::os::unix::process::CommandExt;
+            let procs = mem.dir.join("cgroup.procs");
+            // SAFETY: one write through std::fs between fork and exec, on a
+            // path computed before the fork.
+            unsafe {
+                cmd.pre_exec(move || std::fs::write(&procs, b"0"));
+            }
+        }
+        let mut child = cmd.spawn().expect("start the daemon");
         let stderr = child.stderr.take().expect("daemon stderr");
         let log = Arc::new(Mutex::new(String::new()));
         let l = log.clone();
@@ -224,4 +243,87 @@ pub fn log_number(log: &str, line_has: &str, after: &str) -> Option<f64> {
             .parse()
             .ok()
     })
+}
+
+/// A memory cgroup of the bench's own for the daemon: what the kernel
+/// charges it, kernel maps included (kernels >= 5.11), which the pod of a
+/// DaemonSet is charged. cgroup v2 where its memory controller is enabled
+/// at the root, else the v1 memory hierarchy; none where neither is.
+pub struct MemCgroup {
+    dir: PathBuf,
+    v2: bool,
+}
+
+/// What a memory cgroup is charged now, in bytes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Charge {
+    pub anon: u64,
+    pub kernel: u64,
+    pub file: u64,
+}
+
+impl MemCgroup {
+    pub fn create() -> Option<Self> {
+        let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
+        let name = format!("egress-bench-memory-{}", std::process::id());
+        for line in mounts.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(dir), Some(kind), Some(opts)) = (f.get(1), f.get(2), f.get(3)) else {
+                continue;
+            };
+            let root = Path::new(dir);
+            let v2 = *kind == "cgroup2"
+                && std::fs::read_to_string(root.join("cgroup.subtree_control"))
+                    .is_ok_and(|c| c.split_whitespace().any(|c| c == "memory"));
+            let v1 = *kind == "cgroup" && opts.split(',').any(|o| o == "memory");
+            if v2 || v1 {
+                let dir = root.join(&name);
+                std::fs::create_dir(&dir).ok()?;
+                return Some(Self { dir, v2 });
+            }
+        }
+        None
+    }
+
+    fn stat(&self) -> HashMap<String, u64> {
+        std::fs::read_to_string(self.dir.join("memory.stat"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| {
+                let (k, v) = l.split_once(' ')?;
+                Some((k.to_string(), v.trim().parse().ok()?))
+            })
+            .collect()
+    }
+
+    /// None when the kernel does not say (no kernel-memory figure).
+    pub fn charge(&self) -> Option<Charge> {
+        let stat = self.stat();
+        if self.v2 {
+            Some(Charge {
+                anon: *stat.get("anon")?,
+                kernel: *stat.get("kernel")?,
+                file: *stat.get("file")?,
+            })
+        } else {
+            let kernel = std::fs::read_to_string(self.dir.join("memory.kmem.usage_in_bytes"))
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            Some(Charge {
+                anon: *stat.get("rss")?,
+                kernel,
+                file: *stat.get("cache")?,
+            })
+        }
+    }
+}
+
+impl Drop for MemCgroup {
+    fn drop(&mut self) {
+        // Empty once the daemon has exited; what its pinned maps still
+        // hold goes to the parent.
+        let _ = std::fs::remove_dir(&self.dir);
+    }
 }
