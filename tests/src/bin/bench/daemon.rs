@@ -265,7 +265,8 @@ pub struct Charge {
 impl MemCgroup {
     pub fn create() -> Option<Self> {
         let mounts = std::fs::read_to_string("/proc/mounts").ok()?;
-        let name = format!("egress-bench-memory-{}", std::process::id());
+        // The prefix `cargo xtask` removes as a leftover of a killed run.
+        let name = format!("egress-test-bench-memory-{}", std::process::id());
         for line in mounts.lines() {
             let f: Vec<&str> = line.split_whitespace().collect();
             let (Some(dir), Some(kind), Some(opts)) = (f.get(1), f.get(2), f.get(3)) else {
