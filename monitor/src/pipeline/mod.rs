@@ -188,11 +188,20 @@ fn drain_into<N: Names>(
     outlets: &Outlets,
     names: &Mutex<N>,
     batch: &mut Vec<Arc<Event>>,
-) -> u64 {
+    max: usize,
+) -> Drained {
     let from = harvest::boot_ns();
     let offset = boot_to_unix_offset();
     let mut names = names.lock().unwrap_or_else(|p| p.into_inner());
-    while let Some(item) = ring.next() {
+    let mut read = 0usize;
+    loop {
+        if read == max {
+            return Drained::More;
+        }
+        let Some(item) = ring.next() else {
+            return Drained::Empty(from);
+        };
+        read += 1;
         match decode_record(&item) {
             Ok(Record::Dns(raw)) => outlets.learn(&raw),
             Ok(Record::CgroupMade) => outlets.wake.unclassified.notify_one(),
@@ -227,8 +236,30 @@ fn drain_into<N: Names>(
             }
         }
     }
-    from
 }
+
+/// How a drain of the ring ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drained {
+    /// The ring was read to its end: every record the kernel committed
+    /// before this boot-clock time was read (`Outlets::ring_read`).
+    Empty(u64),
+    /// It stopped at its bound with records left.
+    More,
+}
+
+/// The most records one drain reads before its batch is handed on. Read
+/// until the ring is empty, a drain never ended while the kernel filled
+/// the ring as fast as it was read (a flood on a busy node): its batch
+/// grew without bound (600,000 events, 231 MiB, in a slowed daemon) while
+/// the store and the clients got nothing, and the names lock it holds
+/// kept the harvest out.
+const MAX_DRAIN: usize = 4096;
+
+/// How long the last drains at a stop may take: a flood may keep the ring
+/// from ever being empty. What is left stays in the pinned ring for the
+/// next start.
+const STOP_DRAIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Hands a batch to stdout (when asked), the store, the history and the
 /// stream subscribers.
@@ -265,7 +296,8 @@ pub fn drain_once<N: Names>(
     names: &Mutex<N>,
 ) -> usize {
     let mut batch = Vec::new();
-    drain_into(&mut ring, outlets, names, &mut batch);
+    // A retired ring has no program writing to it: it ends.
+    drain_into(&mut ring, outlets, names, &mut batch, usize::MAX);
     // Their numbers belong to the retired ring, not to the one the store
     // follows now: kept out of its count.
     for e in &mut batch {
@@ -298,38 +330,85 @@ pub async fn run<N: Names + Send>(
         .map_err(std::io::Error::from)?;
     let mut stdout_ok = outlets.log_events;
     let mut batch: Vec<Arc<Event>> = Vec::new();
-    // Whatever the ring held before we started (a restart) comes first.
-    let from = drain_into(fd.get_mut(), &outlets, &names, &mut batch);
-    outlets.ring_read(from);
-    publish(&outlets, &mut batch, &mut stdout_ok);
+    // Whatever the ring held before we started (a restart) comes first,
+    // all of it (`numbered` below counts on it), a bounded batch at a time.
+    loop {
+        let drained = drain_into(fd.get_mut(), &outlets, &names, &mut batch, MAX_DRAIN);
+        publish(&outlets, &mut batch, &mut stdout_ok);
+        if let Drained::Empty(from) = drained {
+            outlets.ring_read(from);
+            break;
+        }
+    }
     // `numbered` was read before that drain: what the kernel numbered up
     // to it and the store does not hold, this run did not read either.
     outlets.store.kernel_numbered(numbered);
     let mut timer = tokio::time::interval(DRAIN_INTERVAL);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut more = false;
     loop {
+        if more {
+            // The ring holds more than one drain took: read on at once,
+            // after what else waits to run (the API, the harvest).
+            tokio::task::yield_now().await;
+            if !matches!(
+                stop.try_recv(),
+                Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+            ) {
+                return stop_draining(fd.get_mut(), &outlets, &names, &mut batch, &mut stdout_ok);
+            }
+            let drained = drain_into(fd.get_mut(), &outlets, &names, &mut batch, MAX_DRAIN);
+            more = settle(&outlets, drained);
+            publish(&outlets, &mut batch, &mut stdout_ok);
+            continue;
+        }
         // The kernel wakes us only when a batch waits (see
         // limits::WAKEUP_BYTES); the timer picks up the rest.
-        let on_timer = tokio::select! {
+        let drained = tokio::select! {
             _ = &mut stop => {
-                drain_into(fd.get_mut(), &outlets, &names, &mut batch);
-                publish(&outlets, &mut batch, &mut stdout_ok);
-                return Ok(());
+                return stop_draining(fd.get_mut(), &outlets, &names, &mut batch, &mut stdout_ok);
             }
             ready = fd.readable_mut() => {
                 let mut guard = ready?;
-                let from = drain_into(guard.get_inner_mut(), &outlets, &names, &mut batch);
-                outlets.ring_read(from);
+                let drained = drain_into(guard.get_inner_mut(), &outlets, &names, &mut batch, MAX_DRAIN);
                 guard.clear_ready();
-                false
+                drained
             }
-            _ = timer.tick() => true,
+            _ = timer.tick() => drain_into(fd.get_mut(), &outlets, &names, &mut batch, MAX_DRAIN),
         };
-        if on_timer {
-            let from = drain_into(fd.get_mut(), &outlets, &names, &mut batch);
-            outlets.ring_read(from);
-        }
+        more = settle(&outlets, drained);
         publish(&outlets, &mut batch, &mut stdout_ok);
+    }
+}
+
+/// Where the reads stand after a drain; whether the ring holds more.
+fn settle(outlets: &Outlets, drained: Drained) -> bool {
+    match drained {
+        Drained::Empty(from) => {
+            outlets.ring_read(from);
+            false
+        }
+        Drained::More => true,
+    }
+}
+
+/// At a stop: what the kernel put in the ring before it is published (with
+/// `--detach-on-exit` the ring goes with the pins, and an event left in it
+/// would be lost), for at most `STOP_DRAIN`.
+fn stop_draining<N: Names>(
+    ring: &mut RingBuf<MapData>,
+    outlets: &Outlets,
+    names: &Mutex<N>,
+    batch: &mut Vec<Arc<Event>>,
+    stdout_ok: &mut bool,
+) -> std::io::Result<()> {
+    let until = std::time::Instant::now() + STOP_DRAIN;
+    loop {
+        let drained = drain_into(ring, outlets, names, batch, MAX_DRAIN);
+        publish(outlets, batch, stdout_ok);
+        if drained != Drained::More || std::time::Instant::now() >= until {
+            return Ok(());
+        }
     }
 }
 
