@@ -313,10 +313,9 @@ pub fn drain_once<N: Names>(
     n
 }
 
-/// Drains the ring buffer as it becomes readable, until an error or
-/// `stop`: then once more, so what the kernel put in the ring before the
-/// stop is published (with `--detach-on-exit` the ring goes with the pins,
-/// and an event left in it would be lost).
+/// Drains the ring buffer as it becomes readable, at most `MAX_DRAIN`
+/// records before each hand-on, until an error or `stop`: then for at most
+/// `STOP_DRAIN` more (`stop_draining`).
 pub async fn run<N: Names + Send>(
     ring: RingBuf<MapData>,
     outlets: Arc<Outlets>,
