@@ -544,12 +544,13 @@ pub fn boot_to_unix_offset() -> i128 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use monitor_common::{hook, rule, verdict};
 
     use super::*;
 
-    fn sample() -> DecisionEvent {
+    /// A would-deny connect6 to 198.51.100.7 (IPv4-mapped) by curl.
+    pub(crate) fn sample() -> DecisionEvent {
         let mut addr = [0u8; 16];
         addr[10] = 0xff;
         addr[11] = 0xff;
@@ -592,7 +593,8 @@ mod tests {
         }
     }
 
-    fn bytes(e: &DecisionEvent) -> Vec<u8> {
+    /// The record as the kernel puts it in the ring.
+    pub(crate) fn bytes(e: &DecisionEvent) -> Vec<u8> {
         // SAFETY: plain repr(C) data.
         unsafe {
             std::slice::from_raw_parts(

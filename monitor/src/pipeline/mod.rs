@@ -181,10 +181,26 @@ impl Outlets {
     }
 }
 
-/// Decodes every record in the ring into `batch`; the kernel's boot time
-/// when it began.
+/// What a drain reads records from: the kernel's ring buffer, or a test's.
+trait Source {
+    type Record<'a>: std::ops::Deref<Target = [u8]>
+    where
+        Self: 'a;
+    fn next_record(&mut self) -> Option<Self::Record<'_>>;
+}
+
+impl Source for RingBuf<MapData> {
+    type Record<'a> = aya::maps::ring_buf::RingBufItem<'a>;
+
+    fn next_record(&mut self) -> Option<Self::Record<'_>> {
+        self.next()
+    }
+}
+
+/// Decodes up to `max` records of the ring into `batch`; whether it read
+/// the ring to its end, and the kernel's boot time when it began.
 fn drain_into<N: Names>(
-    ring: &mut RingBuf<MapData>,
+    ring: &mut impl Source,
     outlets: &Outlets,
     names: &Mutex<N>,
     batch: &mut Vec<Arc<Event>>,
@@ -198,7 +214,7 @@ fn drain_into<N: Names>(
         if read == max {
             return Drained::More;
         }
-        let Some(item) = ring.next() else {
+        let Some(item) = ring.next_record() else {
             return Drained::Empty(from);
         };
         read += 1;
@@ -313,9 +329,60 @@ pub fn drain_once<N: Names>(
     n
 }
 
+/// One ring's reading: each step drains at most `MAX_DRAIN` records, hands
+/// them on, and notes where the reads stand.
+struct Reader<'a, N> {
+    outlets: &'a Outlets,
+    names: &'a Mutex<N>,
+    batch: Vec<Arc<Event>>,
+    stdout_ok: bool,
+    /// Per CPU, the kernel's last number when the run began, for the store
+    /// once the ring was read to its end (`SeqBook::numbered` counts on
+    /// every number up to these having been read). Under a flood that
+    /// comes late, never before: the start reads as every drain does,
+    /// bounded, and a stop is heard meanwhile.
+    numbered: Option<Vec<(u32, u32)>>,
+}
+
+impl<'a, N: Names> Reader<'a, N> {
+    fn new(outlets: &'a Outlets, names: &'a Mutex<N>, numbered: Vec<(u32, u32)>) -> Self {
+        Self {
+            outlets,
+            names,
+            batch: Vec::new(),
+            stdout_ok: outlets.log_events,
+            numbered: Some(numbered),
+        }
+    }
+
+    /// Drains, hands the batch on, and settles where the reads stand.
+    fn step(&mut self, ring: &mut impl Source) -> Drained {
+        let drained = drain_into(ring, self.outlets, self.names, &mut self.batch, MAX_DRAIN);
+        publish(self.outlets, &mut self.batch, &mut self.stdout_ok);
+        if let Drained::Empty(from) = drained {
+            self.outlets.ring_read(from);
+            // After the events drained before it: the writer takes them in
+            // order.
+            if let Some(numbers) = self.numbered.take() {
+                self.outlets.store.kernel_numbered(numbers);
+            }
+        }
+        drained
+    }
+
+    /// At a stop: what the kernel put in the ring before it is published
+    /// (with `--detach-on-exit` the ring goes with the pins, and an event
+    /// left in it would be lost), for at most `STOP_DRAIN`.
+    fn stop(&mut self, ring: &mut impl Source) -> std::io::Result<()> {
+        let until = std::time::Instant::now() + STOP_DRAIN;
+        while self.step(ring) == Drained::More && std::time::Instant::now() < until {}
+        Ok(())
+    }
+}
+
 /// Drains the ring buffer as it becomes readable, at most `MAX_DRAIN`
 /// records before each hand-on, until an error or `stop`: then for at most
-/// `STOP_DRAIN` more (`stop_draining`).
+/// `STOP_DRAIN` more (`Reader::stop`).
 pub async fn run<N: Names + Send>(
     ring: RingBuf<MapData>,
     outlets: Arc<Outlets>,
@@ -327,24 +394,13 @@ pub async fn run<N: Names + Send>(
     // so the fd stays open exactly as long as it is registered.
     let mut fd = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
         .map_err(std::io::Error::from)?;
-    let mut stdout_ok = outlets.log_events;
-    let mut batch: Vec<Arc<Event>> = Vec::new();
-    // Whatever the ring held before we started (a restart) comes first,
-    // all of it (`numbered` below counts on it), a bounded batch at a time.
-    loop {
-        let drained = drain_into(fd.get_mut(), &outlets, &names, &mut batch, MAX_DRAIN);
-        publish(&outlets, &mut batch, &mut stdout_ok);
-        if let Drained::Empty(from) = drained {
-            outlets.ring_read(from);
-            break;
-        }
-    }
-    // `numbered` was read before that drain: what the kernel numbered up
-    // to it and the store does not hold, this run did not read either.
-    outlets.store.kernel_numbered(numbered);
+    // `numbered` was read before the ring: what the kernel numbered up to
+    // it and the store does not hold, this run did not read either.
+    let mut reader = Reader::new(&outlets, &names, numbered);
     let mut timer = tokio::time::interval(DRAIN_INTERVAL);
     timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    let mut more = false;
+    // Whatever the ring held before we started (a restart) is read at once.
+    let mut more = true;
     loop {
         if more {
             // The ring holds more than one drain took: read on at once,
@@ -354,62 +410,169 @@ pub async fn run<N: Names + Send>(
                 stop.try_recv(),
                 Err(tokio::sync::oneshot::error::TryRecvError::Empty)
             ) {
-                return stop_draining(fd.get_mut(), &outlets, &names, &mut batch, &mut stdout_ok);
+                return reader.stop(fd.get_mut());
             }
-            let drained = drain_into(fd.get_mut(), &outlets, &names, &mut batch, MAX_DRAIN);
-            more = settle(&outlets, drained);
-            publish(&outlets, &mut batch, &mut stdout_ok);
+            more = reader.step(fd.get_mut()) == Drained::More;
             continue;
         }
         // The kernel wakes us only when a batch waits (see
         // limits::WAKEUP_BYTES); the timer picks up the rest.
         let drained = tokio::select! {
-            _ = &mut stop => {
-                return stop_draining(fd.get_mut(), &outlets, &names, &mut batch, &mut stdout_ok);
-            }
+            _ = &mut stop => return reader.stop(fd.get_mut()),
             ready = fd.readable_mut() => {
                 let mut guard = ready?;
-                let drained = drain_into(guard.get_inner_mut(), &outlets, &names, &mut batch, MAX_DRAIN);
+                let drained = reader.step(guard.get_inner_mut());
                 guard.clear_ready();
                 drained
             }
-            _ = timer.tick() => drain_into(fd.get_mut(), &outlets, &names, &mut batch, MAX_DRAIN),
+            _ = timer.tick() => reader.step(fd.get_mut()),
         };
-        more = settle(&outlets, drained);
-        publish(&outlets, &mut batch, &mut stdout_ok);
-    }
-}
-
-/// Where the reads stand after a drain; whether the ring holds more.
-fn settle(outlets: &Outlets, drained: Drained) -> bool {
-    match drained {
-        Drained::Empty(from) => {
-            outlets.ring_read(from);
-            false
-        }
-        Drained::More => true,
-    }
-}
-
-/// At a stop: what the kernel put in the ring before it is published (with
-/// `--detach-on-exit` the ring goes with the pins, and an event left in it
-/// would be lost), for at most `STOP_DRAIN`.
-fn stop_draining<N: Names>(
-    ring: &mut RingBuf<MapData>,
-    outlets: &Outlets,
-    names: &Mutex<N>,
-    batch: &mut Vec<Arc<Event>>,
-    stdout_ok: &mut bool,
-) -> std::io::Result<()> {
-    let until = std::time::Instant::now() + STOP_DRAIN;
-    loop {
-        let drained = drain_into(ring, outlets, names, batch, MAX_DRAIN);
-        publish(outlets, batch, stdout_ok);
-        if drained != Drained::More || std::time::Instant::now() >= until {
-            return Ok(());
-        }
+        more = drained == Drained::More;
     }
 }
 
 /// How long an event may wait in the ring buffer when no batch fills it.
 pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::events::{tests::bytes, tests::sample, CgroupInfo};
+
+    /// A ring that holds `left` copies of one record.
+    struct Ring {
+        record: Vec<u8>,
+        left: usize,
+    }
+
+    impl Source for Ring {
+        type Record<'a> = &'a [u8];
+
+        fn next_record(&mut self) -> Option<&[u8]> {
+            self.left = self.left.checked_sub(1)?;
+            Some(&self.record)
+        }
+    }
+
+    struct N;
+    impl Names for N {
+        fn policy(&self, id: u32) -> String {
+            format!("p{id}")
+        }
+        fn cgroup(&mut self, id: u64) -> Arc<CgroupInfo> {
+            Arc::new(CgroupInfo::of_path(format!("/cg{id}")))
+        }
+    }
+
+    struct Silent;
+    impl Observer for Silent {
+        fn decision(&self, _: &DecisionEvent, _: &Event) {}
+    }
+
+    /// Outlets with a store in `dir`, and a subscriber to every event.
+    fn outlets(dir: &std::path::Path) -> (Outlets, Subscription) {
+        let store = crate::store::writer::Handle::start(
+            dir.join("store.db"),
+            crate::store::retention::Retention::default(),
+            None,
+        );
+        let o = Outlets::new(
+            0,
+            store,
+            false,
+            Arc::default(),
+            Arc::default(),
+            Arc::new(Silent),
+            Naming {
+                ttl: (60, 0, 3600).into(),
+                key: 0,
+            },
+        );
+        let all = o
+            .fanout
+            .subscribe(Arc::new(|_: &Event| true), 0, 4 * MAX_DRAIN);
+        (o, all)
+    }
+
+    fn received(s: &mut Subscription) -> usize {
+        let mut n = 0;
+        while s.live.try_recv().is_ok() {
+            n += 1;
+        }
+        n
+    }
+
+    #[test]
+    fn a_full_ring_is_read_a_bounded_batch_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let (o, mut all) = outlets(dir.path());
+        let names = Mutex::new(N);
+        let mut reader = Reader::new(&o, &names, vec![(0, 7)]);
+        // Far more than any drain may read at once.
+        let mut ring = Ring {
+            record: bytes(&sample()),
+            left: 100 * MAX_DRAIN,
+        };
+        for round in 1..=3 {
+            assert_eq!(reader.step(&mut ring), Drained::More);
+            // Handed on at each step, not held until the ring is empty.
+            assert_eq!(received(&mut all), MAX_DRAIN, "round {round}");
+            assert!(reader.batch.is_empty());
+        }
+        assert_eq!(
+            o.counters.would_deny.load(Ordering::Relaxed),
+            3 * MAX_DRAIN as u64
+        );
+        // Never read to its end: nothing is claimed of what the kernel put
+        // in it before, and the kernel's numbers wait.
+        assert_eq!(o.ring_read_from.load(Ordering::Relaxed), 0);
+        assert_eq!(reader.numbered, Some(vec![(0, 7)]));
+    }
+
+    #[test]
+    fn the_kernel_numbers_go_to_the_store_once_the_ring_was_read_to_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let (o, mut all) = outlets(dir.path());
+        let names = Mutex::new(N);
+        let mut reader = Reader::new(&o, &names, vec![(1, 3)]);
+        let mut ring = Ring {
+            record: bytes(&sample()),
+            left: MAX_DRAIN + 10,
+        };
+        let before = harvest::boot_ns();
+        assert_eq!(reader.step(&mut ring), Drained::More);
+        assert_eq!(reader.numbered, Some(vec![(1, 3)]));
+        let Drained::Empty(from) = reader.step(&mut ring) else {
+            panic!("the ring was read to its end");
+        };
+        assert!(from >= before);
+        assert_eq!(reader.numbered, None, "handed to the store");
+        assert_eq!(o.ring_read_from.load(Ordering::Relaxed), from);
+        assert_eq!(received(&mut all), MAX_DRAIN + 10);
+        // Empty again: nothing more, and the numbers are not sent twice.
+        assert!(matches!(reader.step(&mut ring), Drained::Empty(_)));
+        assert_eq!(received(&mut all), 0);
+    }
+
+    #[test]
+    fn a_stop_under_a_flood_ends() {
+        let dir = tempfile::tempdir().unwrap();
+        let (o, mut all) = outlets(dir.path());
+        let names = Mutex::new(N);
+        let mut reader = Reader::new(&o, &names, Vec::new());
+        // More than a stop reads in STOP_DRAIN (some 10^5 a second here;
+        // read to its end this would take minutes).
+        let records = 100_000_000;
+        let mut ring = Ring {
+            record: bytes(&sample()),
+            left: records,
+        };
+        reader.stop(&mut ring).unwrap();
+        let read = records - ring.left;
+        eprintln!("a stop read {read} records");
+        assert!(ring.left > 0, "the stop waited for the ring to empty");
+        assert!(read >= MAX_DRAIN, "a stop reads");
+        assert!(received(&mut all) > 0, "and hands on what it read");
+        assert!(reader.batch.is_empty());
+    }
+}
