@@ -176,10 +176,18 @@ pub fn query_flows(
         // over a day of allowed traffic held all of it before).
         None => {
             let mut groups = query::Grouper::new(&req.group_by);
-            query::flows_each(&store, since, until, &keep, filter.by_process(), &mut |f| {
-                groups.add(f);
-                Ok(())
-            })
+            query::flows_each(
+                &store,
+                since,
+                until,
+                &keep,
+                filter.by_process(),
+                filter.rows(),
+                &mut |f| {
+                    groups.add(f);
+                    Ok(())
+                },
+            )
             .map_err(|e| match e.downcast::<store::StoreError>() {
                 Ok(e) => internal(e),
                 Err(e) => Status::internal(format!("history store: {e:#}")),

@@ -40,6 +40,26 @@ pub struct Summary {
     pub exported: usize,
     pub flows: usize,
     pub policy_versions: usize,
+    /// How long each step of making it took, in order.
+    pub took: Vec<(&'static str, std::time::Duration)>,
+}
+
+impl Summary {
+    /// Ends the step `name` (begun at the last `step`, or at `since`).
+    fn step(&mut self, name: &'static str, since: &mut std::time::Instant) {
+        let now = std::time::Instant::now();
+        self.took.push((name, now - *since));
+        *since = now;
+    }
+
+    /// "records 9.1 s, flows 6.2 s, ...": where an export's time went.
+    pub fn took_text(&self) -> String {
+        self.took
+            .iter()
+            .map(|(name, d)| format!("{name} {:.1} s", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 fn t(n: i64) -> String {
@@ -203,8 +223,10 @@ pub fn export(
     out: &std::path::Path,
 ) -> anyhow::Result<(Summary, usize)> {
     let dir = PrivateDir::beside(out)?;
-    let (parts, summary) = assemble(store, key, req, &Spool(Some(&dir.0)))?;
+    let (parts, mut summary) = assemble(store, key, req, &Spool(Some(&dir.0)))?;
+    let mut clock = std::time::Instant::now();
     write_parts(&parts, &dir, out)?;
+    summary.step("tar", &mut clock);
     Ok((summary, parts.len()))
 }
 
@@ -265,12 +287,14 @@ fn assemble(
 ) -> anyhow::Result<(Parts, Summary)> {
     let mut parts = Parts::new();
     let mut summary = Summary::default();
+    let mut clock = std::time::Instant::now();
     // One read transaction: every file sees the same store.
     store.conn.execute_batch("BEGIN")?;
 
     let mut jsonl = spool.part("events.jsonl")?;
     let mut links = spool.part("links")?;
     let records = read_records(store, req, &mut jsonl, &mut links)?;
+    summary.step("records", &mut clock);
     check_anchor(store, records.anchor)?;
     check_tail(store)?;
     summary.in_window = records.in_window;
@@ -286,6 +310,7 @@ fn assemble(
         in_memory(checkpoints_json(store, &checkpoints)?),
     );
     parts.insert("events.jsonl".into(), jsonl.finish()?);
+    summary.step("chain", &mut clock);
 
     // The flows stream by in key order: each is written to flows.csv and
     // summed for the summary; only those the summary lists are kept.
@@ -301,6 +326,7 @@ fn assemble(
             req.until,
             req.keep,
             req.by_process,
+            query::Rows::All,
             &mut |f| {
                 flow_row(&mut w, &f)?;
                 tally.add(&f);
@@ -311,6 +337,7 @@ fn assemble(
         w.flush().context("writing flows.csv")?;
     }
     parts.insert("flows.csv".into(), csv.finish()?);
+    summary.step("flows", &mut clock);
 
     let (index, versions) = policy_sets(store, req)?;
     summary.policy_versions = versions.len();
@@ -348,6 +375,7 @@ fn assemble(
     )?;
     small.insert("report.html".into(), page.into_bytes());
     store.conn.execute_batch("COMMIT")?;
+    summary.step("report", &mut clock);
 
     let md = super::summary::render(&super::summary::Input {
         since: req.since,
@@ -370,6 +398,7 @@ fn assemble(
     }
 
     sign_manifest(store, key, req, &public, &mut parts)?;
+    summary.step("summary and manifest", &mut clock);
     Ok((parts, summary))
 }
 
@@ -453,6 +482,7 @@ pub fn report(store: &Store, req: &Request<'_>) -> anyhow::Result<Page> {
             req.until,
             req.keep,
             req.by_process,
+            query::Rows::All,
             &mut |f| {
                 tally.add(&f);
                 read += 1;
@@ -562,11 +592,27 @@ fn read_records(
         )? as u64,
         None => 0,
     };
+    // The window's records lie in one range of seq (the chain checks it
+    // below): read in seq order from that range, not through the time
+    // index and a sort of every record (half an export's time at 1M).
+    let (first, last): (Option<i64>, Option<i64>) = store.conn.query_row(
+        "SELECT min(seq), max(seq) FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2",
+        params![req.since, req.until],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
     let mut stmt = store.conn.prepare(&format!(
-        "SELECT {}, prev_hash, digest, hash, record FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 ORDER BY seq",
+        "SELECT {}, prev_hash, hash FROM events WHERE seq >= ?3 AND seq <= ?4 AND +unix_nanos >= ?1 AND +unix_nanos < ?2 ORDER BY seq",
         query::EVENT_COLUMNS
     ))?;
-    let mut rows = stmt.query(params![req.since, req.until])?;
+    // After the event columns: the chain's, by place (a lookup by name
+    // compares every column's name, for every row).
+    let chain_at = stmt.column_count() - 2;
+    let mut rows = stmt.query(params![
+        req.since,
+        req.until,
+        first.unwrap_or(0),
+        last.unwrap_or(-1)
+    ])?;
     let mut out = Records {
         in_window: 0,
         exported: 0,
@@ -576,9 +622,9 @@ fn read_records(
     let mut prev: Option<[u8; 32]> = None;
     let mut last_seq = None;
     while let Some(r) = rows.next()? {
+        // Checked against its digest there.
         let (seq, event, record) = query::event_and_record(r)?;
-        // After the event columns: the chain columns, by name.
-        let stored_prev: Vec<u8> = r.get("prev_hash")?;
+        let stored_prev: Vec<u8> = r.get(chain_at)?;
         let prev_hash = if !stored_prev.is_empty() {
             chain::to32(&stored_prev)
         } else if let Some(p) = prev {
@@ -587,11 +633,8 @@ fn read_records(
         } else {
             hash_before(store, seq)?
         };
-        let digest = chain::to32(&r.get::<_, Vec<u8>>("digest")?);
-        let hash = chain::to32(&r.get::<_, Vec<u8>>("hash")?);
-        if chain::digest(&record) != digest {
-            bail!("the store's record seq {seq} does not match its digest: the store was altered; not exporting");
-        }
+        let digest = chain::to32(&r.get::<_, Vec<u8>>(query::EVENT_DIGEST)?);
+        let hash = chain::to32(&r.get::<_, Vec<u8>>(chain_at + 1)?);
         if let Some(p) = prev {
             if p != prev_hash || last_seq.map(|l: i64| l + 1) != Some(seq) {
                 bail!("the store's chain is broken before seq {seq} (a record was removed or altered): not exporting");
@@ -1036,6 +1079,7 @@ pub fn write_tar(files: &Files, out: &std::path::Path) -> anyhow::Result<()> {
 /// copied from their files; the tar is written in the private directory
 /// `dir` and appears under its name only whole.
 fn write_parts(parts: &Parts, dir: &PrivateDir, out: &std::path::Path) -> anyhow::Result<()> {
+    use std::io::Write;
     let tmp = dir.0.join("bundle.tar.partial");
     let f = create_private(&tmp, 0o600)?;
     let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
@@ -1063,9 +1107,25 @@ fn write_parts(parts: &Parts, dir: &PrivateDir, out: &std::path::Path) -> anyhow
             match &made.body {
                 Stored::Memory(v) => tar.append_data(&mut h, path, v.as_slice())?,
                 Stored::File(p) => {
-                    let f = std::fs::File::open(p)
+                    let mut f = std::fs::File::open(p)
                         .with_context(|| format!("reading {}", p.display()))?;
-                    tar.append_data(&mut h, path, f)?
+                    // As `append_data` does, but file to file, so the
+                    // kernel copies (copy_file_range) instead of a loop
+                    // through this process (1.3 GB for 1M records).
+                    h.set_path(&path)?;
+                    h.set_cksum();
+                    let w = tar.get_mut();
+                    w.write_all(h.as_bytes())?;
+                    let copied = std::io::copy(&mut f, w)?;
+                    if copied != made.len {
+                        bail!(
+                            "{} holds {copied} bytes, not the {} hashed",
+                            p.display(),
+                            made.len
+                        );
+                    }
+                    let pad = (512 - made.len % 512) % 512;
+                    w.write_all(&[0u8; 512][..pad as usize])?;
                 }
             }
         }

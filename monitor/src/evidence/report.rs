@@ -201,14 +201,23 @@ pub fn over_time(
     while b <= last && b < until {
         let (from, to) = (b.max(since), (b + size).min(until));
         let (mut denied, mut would) = (0, 0);
-        query::flows_each(store, from, to, keep, by_process, &mut |f| {
-            match f.verdict.as_str() {
-                "denied" => denied += f.count,
-                "would_deny" => would += f.count,
-                _ => {}
-            }
-            Ok(())
-        })?;
+        // Only the refusals are counted here: the allowed flows are not read.
+        query::flows_each(
+            store,
+            from,
+            to,
+            keep,
+            by_process,
+            query::Rows::Refused,
+            &mut |f| {
+                match f.verdict.as_str() {
+                    "denied" => denied += f.count,
+                    "would_deny" => would += f.count,
+                    _ => {}
+                }
+                Ok(())
+            },
+        )?;
         out.buckets.push((b, denied, would));
         b += size;
     }

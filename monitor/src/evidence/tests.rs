@@ -453,6 +453,9 @@ fn flows_grouped_over_hours_match_flows_grouped_in_memory() {
             // More keys, so the streamed merge interleaves edges and minutes.
             e.dst_ip = format!("198.51.100.{}", 10 + i % 9);
         }
+        if i % 11 == 3 {
+            e.verdict = "would_deny";
+        }
         Arc::new(e)
     };
     for chunk in (0..400).collect::<Vec<i64>>().chunks(64) {
@@ -514,15 +517,38 @@ fn flows_grouped_over_hours_match_flows_grouped_in_memory() {
             for (_, keep) in &filters {
                 let all = query::flows(s, since, until, keep, false).unwrap();
                 let mut streamed = Vec::new();
-                let n = query::flows_each(s, since, until, keep, false, &mut |f| {
-                    streamed.push(f);
-                    Ok(())
-                })
-                .unwrap();
+                let n =
+                    query::flows_each(s, since, until, keep, false, query::Rows::All, &mut |f| {
+                        streamed.push(f);
+                        Ok(())
+                    })
+                    .unwrap();
                 assert_eq!(n, all.len(), "window {a}..{b}");
                 assert_eq!(
                     format!("{streamed:?}"),
                     format!("{all:?}"),
+                    "window {a}..{b}"
+                );
+                // Only the refusals: the same flows, the allowed ones
+                // left out (whole, never in part).
+                let mut refused = Vec::new();
+                query::flows_each(
+                    s,
+                    since,
+                    until,
+                    keep,
+                    false,
+                    query::Rows::Refused,
+                    &mut |f| {
+                        refused.push(f);
+                        Ok(())
+                    },
+                )
+                .unwrap();
+                let expected: Vec<_> = all.iter().filter(|f| f.verdict != "allowed").collect();
+                assert_eq!(
+                    format!("{refused:?}"),
+                    format!("{expected:?}"),
                     "window {a}..{b}"
                 );
             }

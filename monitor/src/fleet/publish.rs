@@ -636,10 +636,18 @@ fn due_flows(store: &Store, from: i64) -> anyhow::Result<Option<(i64, Vec<pb::Fl
         return Ok(Some((closed_before, Vec::new())));
     };
     let mut rows = Vec::new();
-    query::flows_each(store, minute, minute + MINUTE, &|_| true, false, &mut |f| {
-        rows.push(pb::Flow::from(f));
-        Ok(())
-    })?;
+    query::flows_each(
+        store,
+        minute,
+        minute + MINUTE,
+        &|_| true,
+        false,
+        query::Rows::All,
+        &mut |f| {
+            rows.push(pb::Flow::from(f));
+            Ok(())
+        },
+    )?;
     Ok(Some((minute + MINUTE, rows)))
 }
 

@@ -48,6 +48,9 @@ pub fn bucket_of(t: i64) -> i64 {
 /// was hashed and its digest.
 pub(crate) const EVENT_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, CASE WHEN cgroup_ref = 0 THEN cgroup_path ELSE (SELECT path FROM cgroup_paths WHERE id = cgroup_ref) END, policy_generation, dns_name, dns_cname, cloud, cloud_region, country_source, record, digest, kernel_cpu, kernel_seq, drift, (SELECT path FROM executables WHERE id = exe_ref), (SELECT argv FROM arguments WHERE id = args_ref), args_truncated, ppid, (SELECT path FROM executables WHERE id = parent_exe_ref), (SELECT image FROM containers WHERE id = container_ref), (SELECT image_digest FROM containers WHERE id = container_ref), (SELECT name FROM containers WHERE id = container_ref), (SELECT pod_name FROM containers WHERE id = container_ref), (SELECT pod_namespace FROM containers WHERE id = container_ref), (SELECT pod_labels FROM containers WHERE id = container_ref)";
 
+/// Where `EVENT_COLUMNS` puts the row's digest.
+pub(crate) const EVENT_DIGEST: usize = 25;
+
 /// A row's event, checked against what the chain covers: its columns must
 /// give back the hashed record, and the record its digest. A
 /// row edited in place (a verdict or country changed, a record rewritten)
@@ -62,7 +65,7 @@ pub(crate) fn event_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
 pub(crate) fn event_and_record(r: &Row<'_>) -> rusqlite::Result<(i64, Event, String)> {
     let (seq, e) = columns_of(r)?;
     let record: String = r.get(24)?;
-    let digest: Vec<u8> = r.get(25)?;
+    let digest: Vec<u8> = r.get(EVENT_DIGEST)?;
     let tampered = |what: &str| {
         rusqlite::Error::ToSqlConversionFailure(Box::new(Tampered(format!(
             "record seq {seq}: {what}: the store was edited outside the daemon (`egress-monitor export` refuses it too)"
@@ -717,8 +720,9 @@ fn edge_flows(store: &Store, edges: &[(i64, i64)]) -> Result<Vec<Flow>, StoreErr
     Ok(parts)
 }
 
-/// `flows`, streamed in key order to `each` (the kept ones, attributed):
-/// memory stays flat however many flows the window holds. The whole
+/// `flows`, streamed in key order to `each` (the kept ones, attributed;
+/// with `Rows::Refused` only the denied and would-deny ones, the others
+/// never read): memory stays flat however many flows the window holds. The whole
 /// minutes are sorted by SQLite (its sorter spills to temporary files) and
 /// merged as they come; only the partial minutes at the edges are held.
 /// Returns how many flows `each` got.
@@ -728,17 +732,26 @@ pub fn flows_each(
     until: i64,
     keep: &dyn Fn(&Event) -> bool,
     by_process: bool,
+    rows: Rows,
     each: &mut dyn FnMut(Flow) -> anyhow::Result<()>,
 ) -> anyhow::Result<usize> {
     let mut n = 0;
     if by_process {
         // From the events of the selected processes only.
         for f in flows(store, since, until, keep, by_process)? {
+            if rows == Rows::Refused && f.verdict == "allowed" {
+                continue;
+            }
             each(f)?;
             n += 1;
         }
         return Ok(n);
     }
+    // The verdict is part of a flow's key: whole flows are left out.
+    let refused = match rows {
+        Rows::All => "",
+        Rows::Refused => " AND verdict != 'allowed'",
+    };
     let first_full = bucket_of(since) + if since % MINUTE == 0 { 0 } else { MINUTE };
     let end_full = bucket_of(until);
     let edges = if first_full < end_full {
@@ -765,12 +778,12 @@ pub fn flows_each(
             continue;
         }
         parts.push(format!(
-            "SELECT coalesce({EVENT_CGROUP}, '') AS path, comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, {EVENT_CLOUD}, min(unix_nanos), max(unix_nanos), count(*), 0, 0, coalesce({EVENT_EXE}, '') FROM events WHERE unix_nanos >= {} AND unix_nanos < {} AND drift = '' GROUP BY {EVENT_FLOW_GROUP}",
+            "SELECT coalesce({EVENT_CGROUP}, '') AS path, comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, {EVENT_CLOUD}, min(unix_nanos), max(unix_nanos), count(*), 0, 0, coalesce({EVENT_EXE}, '') FROM events WHERE unix_nanos >= {} AND unix_nanos < {} AND drift = ''{refused} GROUP BY {EVENT_FLOW_GROUP}",
             arg(a),
             arg(b)
         ));
         parts.push(format!(
-            "SELECT coalesce({FLOW_CGROUP}, ''), comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, max(cloud_region), min(repeat_last), max(repeat_last), sum(repeats), sum(packets), sum(bytes), coalesce({FLOW_EXE}, '') FROM flows WHERE bucket >= {} AND bucket <= {} AND repeat_last >= {} AND repeat_last < {} GROUP BY {FLOW_GROUP}",
+            "SELECT coalesce({FLOW_CGROUP}, ''), comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, max(cloud_region), min(repeat_last), max(repeat_last), sum(repeats), sum(packets), sum(bytes), coalesce({FLOW_EXE}, '') FROM flows WHERE bucket >= {} AND bucket <= {} AND repeat_last >= {} AND repeat_last < {}{refused} GROUP BY {FLOW_GROUP}",
             arg(bucket_of(a)),
             arg(bucket_of(b)),
             arg(a),
@@ -779,7 +792,7 @@ pub fn flows_each(
     }
     if first_full < end_full {
         parts.push(format!(
-            "SELECT coalesce({FLOW_CGROUP}, ''), comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, dns_name, cloud_region, first_seen, last_seen, count + repeats, packets, bytes, coalesce({FLOW_EXE}, '') FROM flows WHERE bucket >= {} AND bucket < {}",
+            "SELECT coalesce({FLOW_CGROUP}, ''), comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, dns_name, cloud_region, first_seen, last_seen, count + repeats, packets, bytes, coalesce({FLOW_EXE}, '') FROM flows WHERE bucket >= {} AND bucket < {}{refused}",
             arg(first_full),
             arg(end_full)
         ));
@@ -960,7 +973,7 @@ fn edge_grouped(
     keep: &dyn Fn(&Event) -> bool,
 ) -> Result<Vec<Flow>, StoreError> {
     let mut groups = Grouper::new(by);
-    flows_each(store, since, until, keep, false, &mut |f| {
+    flows_each(store, since, until, keep, false, Rows::All, &mut |f| {
         groups.add(f);
         Ok(())
     })

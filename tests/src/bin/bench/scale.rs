@@ -255,9 +255,12 @@ pub fn store_bench(r: &mut Report, n: usize, dir: &Path) {
         &format!("store: export (signed bundle) of {n} events"),
         if out.status.success() {
             format!(
-                "{secs:.1} s ({export_rate:.0} events/s, {:.0} MiB; per event: {})",
+                "{secs:.1} s ({export_rate:.0} events/s, {:.0} MiB; per event: {}; where the time went: {})",
                 std::fs::metadata(&bundle).map(|m| m.len()).unwrap_or(0) as f64 / 1048576.0,
-                bundle_bytes_per_event(&bundle, n)
+                bundle_bytes_per_event(&bundle, n),
+                text.lines()
+                    .find_map(|l| l.split_once("the export took: ").map(|(_, t)| t.trim()))
+                    .unwrap_or("not reported")
             )
         } else {
             format!("failed: {}", text.trim())
