@@ -54,8 +54,8 @@ struct Dest {
 pub struct Tally {
     /// Attempts per country and verdict (`VERDICTS` order).
     by_country: BTreeMap<String, [u64; 3]>,
-    /// Attempts per (country, cloud region) and verdict.
-    by_place: BTreeMap<(String, String), [u64; 3]>,
+    /// Attempts per country, cloud region and verdict.
+    by_place: BTreeMap<String, BTreeMap<String, [u64; 3]>>,
     /// Attempts per workload and country, and whether any was refused.
     matrix: BTreeMap<String, BTreeMap<String, (u64, bool)>>,
     dests: BTreeMap<String, Dest>,
@@ -65,8 +65,12 @@ pub struct Tally {
     denied: (u64, i64, i64),
 }
 
-fn workload(f: &Flow) -> String {
-    super::summary::workload_name(&f.cgroup_path, &f.pod_uid)
+fn workload(f: &Flow) -> std::borrow::Cow<'_, str> {
+    if f.pod_uid.is_empty() {
+        std::borrow::Cow::Borrowed(&f.cgroup_path)
+    } else {
+        std::borrow::Cow::Owned(super::summary::workload_name(&f.cgroup_path, &f.pod_uid))
+    }
 }
 
 fn widen(first: &mut i64, last: &mut i64, f: &Flow, empty: bool) {
@@ -79,22 +83,24 @@ fn widen(first: &mut i64, last: &mut i64, f: &Flow, empty: bool) {
     }
 }
 
+/// `map[key]`, made empty where it is new: the key is copied only then
+/// (a flow at a time, for every flow of an export's window).
+fn at<'m, V: Default>(map: &'m mut BTreeMap<String, V>, key: &str) -> &'m mut V {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), V::default());
+    }
+    map.get_mut(key).expect("inserted above")
+}
+
 impl Tally {
     pub fn add(&mut self, f: &Flow) {
         let Some(k) = verdict_index(&f.verdict) else {
             return;
         };
-        let country = dash(&f.country).to_string();
-        self.by_country.entry(country.clone()).or_default()[k] += f.count;
-        self.by_place
-            .entry((country.clone(), dash(&f.cloud_region).to_string()))
-            .or_default()[k] += f.count;
-        let cell = self
-            .matrix
-            .entry(workload(f))
-            .or_default()
-            .entry(country.clone())
-            .or_default();
+        let country = dash(&f.country);
+        at(&mut self.by_country, country)[k] += f.count;
+        at(at(&mut self.by_place, country), dash(&f.cloud_region))[k] += f.count;
+        let cell = at(at(&mut self.matrix, &workload(f)), country);
         cell.0 += f.count;
         cell.1 |= k > 0;
         match k {
@@ -112,24 +118,35 @@ impl Tally {
             }
             _ => {}
         }
-        let d = self.dests.entry(f.dst_ip.clone()).or_insert_with(|| Dest {
-            first_seen: f.first_seen,
-            name: f.dns_name.clone(),
-            country,
-            cloud_region: f.cloud_region.clone(),
-            workload: workload(f),
-            process: f.comm.clone(),
-            verdicts: BTreeSet::new(),
-        });
-        if f.first_seen < d.first_seen {
-            d.first_seen = f.first_seen;
-            d.workload = workload(f);
-            d.process = f.comm.clone();
+        match self.dests.get_mut(&f.dst_ip) {
+            Some(d) => {
+                if f.first_seen < d.first_seen {
+                    d.first_seen = f.first_seen;
+                    d.workload = workload(f).into_owned();
+                    d.process.clone_from(&f.comm);
+                }
+                if d.name.is_empty() {
+                    d.name.clone_from(&f.dns_name);
+                }
+                if !d.verdicts.contains(&f.verdict) {
+                    d.verdicts.insert(f.verdict.clone());
+                }
+            }
+            None => {
+                self.dests.insert(
+                    f.dst_ip.clone(),
+                    Dest {
+                        first_seen: f.first_seen,
+                        name: f.dns_name.clone(),
+                        country: country.to_string(),
+                        cloud_region: f.cloud_region.clone(),
+                        workload: workload(f).into_owned(),
+                        process: f.comm.clone(),
+                        verdicts: BTreeSet::from([f.verdict.clone()]),
+                    },
+                );
+            }
         }
-        if d.name.is_empty() {
-            d.name = f.dns_name.clone();
-        }
-        d.verdicts.insert(f.verdict.clone());
     }
 
     /// The first and last refused (denied or would_deny) attempt.
@@ -513,7 +530,12 @@ fn countries(m: &mut String, i: &Input<'_>) {
         m,
         "<table id=\"table-places\"><tr><th>country</th><th>cloud region</th><th class=\"n\">allowed</th><th class=\"n\">denied</th><th class=\"n\">would_deny</th></tr>"
     );
-    for ((country, cloud), v) in &i.tally.by_place {
+    let places = i
+        .tally
+        .by_place
+        .iter()
+        .flat_map(|(country, clouds)| clouds.iter().map(move |(cloud, v)| (country, cloud, v)));
+    for (country, cloud, v) in places {
         let _ = write!(m, "<tr><td>{}</td><td>{}</td>", esc(country), esc(cloud));
         for k in 0..3 {
             let _ = write!(
