@@ -40,13 +40,7 @@ impl Daemon {
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         if let Some(mem) = mem {
-            use std::os::unix::process::CommandExt;
-            let procs = mem.dir.join("cgroup.procs");
-            // SAFETY: one write through std::fs between fork and exec, on a
-            // path computed before the fork.
-            unsafe {
-                cmd.pre_exec(move || std::fs::write(&procs, b"0"));
-            }
+            super::in_cgroup(&mut cmd, &mem.dir);
         }
         let mut child = cmd.spawn().expect("start the daemon");
         let stderr = child.stderr.take().expect("daemon stderr");

@@ -16,7 +16,6 @@
 //! verifies. Results: `target/bench/faults.{json,md}`.
 use std::{
     io::{BufRead, BufReader, Read},
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -130,18 +129,13 @@ impl Drop for Children {
 
 /// `bin ARGS` in the client namespace, in the cgroup `sub`.
 fn in_workload(env: &TestEnv, sub: &str, bin: &Path, args: &[&str]) -> Child {
-    let procs = env.cgroup(sub).join("cgroup.procs");
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{}", env.client_ns))
         .arg(bin)
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
-    // SAFETY: one write through std::fs between fork and exec, on a path
-    // computed before the fork.
-    unsafe {
-        cmd.pre_exec(move || std::fs::write(&procs, b"0"));
-    }
+    super::in_cgroup(&mut cmd, &env.cgroup(sub));
     cmd.spawn().expect("start a workload")
 }
 

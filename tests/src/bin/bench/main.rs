@@ -20,7 +20,6 @@ mod stats;
 
 use std::{
     io::{BufRead, BufReader},
-    os::unix::process::CommandExt,
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{
@@ -345,18 +344,25 @@ fn write_policies(env: &TestEnv, bump: u32) {
 
 /// Runs the load generator in the client namespace inside `sub`.
 fn loadgen(b: &Bench, sub: &str, args: &[&str]) -> Child {
-    let procs = b.env.cgroup(sub).join("cgroup.procs");
     let mut cmd = Command::new("nsenter");
     cmd.arg(format!("--net=/run/netns/{}", b.env.client_ns))
         .arg(&b.loadgen)
         .args(args)
         .stdout(Stdio::piped());
+    in_cgroup(&mut cmd, &b.env.cgroup(sub));
+    cmd.spawn().expect("start loadgen")
+}
+
+/// `cmd` starts in the cgroup at `dir` (it moves itself there between fork
+/// and exec, so it never runs outside).
+pub(crate) fn in_cgroup(cmd: &mut Command, dir: &Path) {
+    use std::os::unix::process::CommandExt;
+    let procs = dir.join("cgroup.procs");
     // SAFETY: one write through std::fs between fork and exec, on a path
     // computed before the fork.
     unsafe {
         cmd.pre_exec(move || std::fs::write(&procs, b"0"));
     }
-    cmd.spawn().expect("start loadgen")
 }
 
 fn finish(child: Child) -> Value {
