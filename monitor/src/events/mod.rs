@@ -326,6 +326,67 @@ pub struct Drift {
 pub const DRIFT_KNOWN_MAX: usize = 20;
 
 impl Event {
+    /// The memory this event holds (its own size and what its strings,
+    /// labels, arguments and drift alert allocated): what a queue of
+    /// events waiting for the store is bounded by (see
+    /// `store::writer::BACKLOG_BYTES`). A BTreeMap's nodes are counted at
+    /// their entries' size.
+    pub fn weight(&self) -> usize {
+        let strings = [
+            &self.time,
+            &self.policy,
+            &self.dst_ip,
+            &self.country,
+            &self.continent,
+            &self.dns_name,
+            &self.dns_cname,
+            &self.cloud,
+            &self.cloud_region,
+            &self.comm,
+            &self.cgroup_path,
+            &self.pod_uid,
+            &self.qos,
+            &self.container_id,
+            &self.runtime,
+            &self.systemd_unit,
+            &self.image,
+            &self.image_digest,
+            &self.container_name,
+            &self.pod_name,
+            &self.pod_namespace,
+            &self.exe,
+            &self.parent_exe,
+        ];
+        let owned = |s: &String| s.capacity();
+        let list = |v: &Vec<String>| {
+            v.capacity() * std::mem::size_of::<String>() + v.iter().map(owned).sum::<usize>()
+        };
+        let labels: usize = self
+            .pod_labels
+            .iter()
+            .map(|(k, v)| 2 * std::mem::size_of::<String>() + owned(k) + owned(v))
+            .sum();
+        let drift = self.drift.as_ref().map_or(0, |d| {
+            std::mem::size_of::<Drift>()
+                + [
+                    &d.attempt,
+                    &d.baseline,
+                    &d.baseline_sha256,
+                    &d.kind,
+                    &d.value,
+                ]
+                .into_iter()
+                .map(owned)
+                .sum::<usize>()
+                + list(&d.known)
+        });
+        std::mem::size_of::<Self>()
+            + strings.into_iter().map(owned).sum::<usize>()
+            + labels
+            + list(&self.args)
+            + drift
+    }
+
     /// Copies what the container's runtime said into this event.
     pub fn describe_container(&mut self, m: &crate::containers::Meta) {
         self.image.clone_from(&m.image);

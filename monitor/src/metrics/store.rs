@@ -35,7 +35,7 @@ impl StoreCollector {
 impl Collector for StoreCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let s = (self.status)();
-        let gauges: [(&str, &str, i64); 3] = [
+        let gauges: [(&str, &str, i64); 4] = [
             (
                 "store_degraded",
                 "1 while the flow store cannot be written (status says why): events wait in memory, enforcement continues",
@@ -45,6 +45,11 @@ impl Collector for StoreCollector {
                 "store_pending_events",
                 "Events handed to the store and not yet written",
                 i64::try_from(s.pending).unwrap_or(i64::MAX),
+            ),
+            (
+                "store_pending_event_bytes",
+                "Memory the pending events hold (their strings included); allowed decisions are shed beyond 96 MiB",
+                i64::try_from(s.pending_bytes).unwrap_or(i64::MAX),
             ),
             (
                 "store_size_bytes",
@@ -87,6 +92,7 @@ mod tests {
         m.register_collector(Box::new(StoreCollector::reading(|| StoreStatus {
             state: "degraded".into(),
             pending: 12,
+            pending_bytes: 15_000,
             stored: 40,
             lost_for_store: 3,
             write_errors: 2,
@@ -97,6 +103,7 @@ mod tests {
         for line in [
             "egress_monitor_store_degraded 1",
             "egress_monitor_store_pending_events 12",
+            "egress_monitor_store_pending_event_bytes 15000",
             "egress_monitor_store_size_bytes 4096",
             "egress_monitor_store_events_stored_total 40",
             "egress_monitor_store_events_lost_total 3",

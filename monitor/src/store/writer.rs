@@ -30,8 +30,10 @@ use crate::events::Event;
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 const BATCH_EVENTS: usize = 2000;
 /// Events held in memory while the store cannot take them: what the
-/// pipeline lets wait (`BACKLOG`, twice for refusals).
+/// pipeline lets wait (`BACKLOG`, twice for refusals), and at most
+/// `MAX_PENDING_BYTES` of them.
 pub const MAX_PENDING: usize = 2 * BACKLOG;
+pub const MAX_PENDING_BYTES: usize = 2 * BACKLOG_BYTES;
 /// Events waiting for a healthy store that falls behind (in the channel
 /// and held by the writer) at most: beyond it, allowed decisions are shed,
 /// counted and recorded as a `lost_for_store` gap, so that a flood cannot
@@ -45,6 +47,15 @@ pub const MAX_PENDING: usize = 2 * BACKLOG;
 /// generators share its cores); refusals still arrive by the kernel's
 /// refusal counts.
 pub const BACKLOG: usize = 25_000;
+/// The memory (`Event::weight`) the events waiting for the store may hold
+/// before allowed decisions are shed (refusals: twice). A count alone
+/// bounds memory only as long as events weigh what they usually weigh
+/// (about 1.3 KB by `weight` for a pod's process with a short command
+/// line; malloc's rounding and the batches about double it): one with 100
+/// arguments and 30 pod labels weighs about 9 KB, and 75,000 of those
+/// waiting would pass the DaemonSet's 1 GiB limit. At typical weights the
+/// count binds first.
+pub const BACKLOG_BYTES: usize = 96 << 20;
 const RETRY_MAX: Duration = Duration::from_secs(10);
 /// How often the chain head is signed (and at shutdown): records removed
 /// from the end of the store after a checkpoint are caught by export and
@@ -80,28 +91,38 @@ enum Msg {
     Shutdown(oneshot::Sender<()>),
 }
 
-/// Of `v`, arriving while `waiting` events wait for the store, what stays
-/// within `backlog` (allowed decisions) or twice that (refusals), in order;
-/// returns the kernel numbers of the others, removed from `v`.
-fn shed(v: &mut Vec<Arc<Event>>, waiting: usize, backlog: usize) -> Vec<(u32, u32)> {
-    if waiting + v.len() <= backlog {
-        return Vec::new();
-    }
-    let room = backlog.saturating_sub(waiting);
-    let hard = (2 * backlog).saturating_sub(waiting);
-    let mut kept = 0;
+/// A queue's bound: events, and their weight (`Event::weight`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Load {
+    events: usize,
+    bytes: usize,
+}
+
+/// Of `v`, arriving while `waiting` waits for the store, what stays within
+/// `backlog` in events and in bytes (allowed decisions) or twice both
+/// (refusals), in order; returns the kernel numbers of the others, removed
+/// from `v`, and the weight of those kept.
+fn shed(v: &mut Vec<Arc<Event>>, waiting: Load, backlog: Load) -> (Vec<(u32, u32)>, usize) {
+    let mut kept = waiting;
     let mut shed = Vec::new();
     v.retain(|e| {
-        let limit = if e.verdict == "allowed" { room } else { hard };
-        if kept < limit {
-            kept += 1;
+        let w = e.weight();
+        let times = if e.verdict == "allowed" { 1 } else { 2 };
+        if kept.events < times * backlog.events && kept.bytes + w <= times * backlog.bytes {
+            kept.events += 1;
+            kept.bytes += w;
             true
         } else {
             shed.push((e.kernel_cpu, e.kernel_seq));
             false
         }
     });
-    shed
+    (shed, kept.bytes - waiting.bytes)
+}
+
+/// What events weigh together (`Event::weight`).
+fn weight_of(v: &[Arc<Event>]) -> usize {
+    v.iter().map(|e| e.weight()).sum()
 }
 
 /// What the daemon's programs watch, as `Shared::watching` holds it.
@@ -122,6 +143,8 @@ pub struct StoreStatus {
     /// Events and harvested flows not yet written: on their way to the
     /// writer or held by it (a degraded store holds them in memory).
     pub pending: u64,
+    /// What the pending events weigh in memory (`Event::weight`).
+    pub pending_bytes: u64,
     pub write_errors: u64,
     pub chain_seq: i64,
     pub chain_head: String,
@@ -136,6 +159,10 @@ struct Shared {
     /// Events and harvested flows the writer holds, not stored yet
     /// (`Writer::held`).
     held: AtomicU64,
+    /// What the events on their way to the writer weigh, and those it
+    /// holds (`Event::weight`).
+    pending_bytes: AtomicU64,
+    held_bytes: AtomicU64,
     write_errors: AtomicU64,
     state: Mutex<(bool, String, String, i64, String)>, // degraded, error, store id, seq, head
     /// NOT_YET, ATTACHED or DETACHED: what the next heartbeat says.
@@ -207,9 +234,17 @@ impl Handle {
     /// Takes events as the pipeline drains them, in order; sheds allowed
     /// decisions beyond `BACKLOG` (see there).
     pub fn take(&self, mut v: Vec<Arc<Event>>) {
-        let waiting =
-            self.shared.pending.load(Ordering::Relaxed) + self.shared.held.load(Ordering::Relaxed);
-        let shed = shed(&mut v, waiting as usize, BACKLOG);
+        let s = &self.shared;
+        let waiting = Load {
+            events: (s.pending.load(Ordering::Relaxed) + s.held.load(Ordering::Relaxed)) as usize,
+            bytes: (s.pending_bytes.load(Ordering::Relaxed) + s.held_bytes.load(Ordering::Relaxed))
+                as usize,
+        };
+        let backlog = Load {
+            events: BACKLOG,
+            bytes: BACKLOG_BYTES,
+        };
+        let (shed, bytes) = shed(&mut v, waiting, backlog);
         if !shed.is_empty() {
             self.shared
                 .lost
@@ -222,6 +257,9 @@ impl Handle {
         self.shared
             .pending
             .fetch_add(v.len() as u64, Ordering::Relaxed);
+        self.shared
+            .pending_bytes
+            .fetch_add(bytes as u64, Ordering::Relaxed);
         self.send(Msg::Events(v));
     }
 
@@ -283,13 +321,15 @@ impl Handle {
         self.send(Msg::Harvest(h));
     }
 
-    /// Whether more than `BACKLOG` events and harvested flows wait for
-    /// the store: the periodic harvest then waits (the kernel keeps
-    /// counting), so that a flood cannot grow the daemon's memory.
+    /// Whether more than `BACKLOG` events and harvested flows, or
+    /// `BACKLOG_BYTES` of events, wait for the store: the periodic harvest
+    /// then waits (the kernel keeps counting), so that a flood cannot grow
+    /// the daemon's memory.
     pub fn behind(&self) -> bool {
-        let waiting =
-            self.shared.pending.load(Ordering::Relaxed) + self.shared.held.load(Ordering::Relaxed);
-        waiting as usize > BACKLOG
+        let s = &self.shared;
+        let waiting = s.pending.load(Ordering::Relaxed) + s.held.load(Ordering::Relaxed);
+        let bytes = s.pending_bytes.load(Ordering::Relaxed) + s.held_bytes.load(Ordering::Relaxed);
+        waiting as usize > BACKLOG || bytes as usize > BACKLOG_BYTES
     }
 
     /// What was harvested of each kernel flow entry before (empty for a
@@ -351,6 +391,8 @@ impl Handle {
             // On their way to the writer or held by it (a degraded store
             // holds them in memory): every event not yet written.
             pending: s.pending.load(Ordering::Relaxed) + s.held.load(Ordering::Relaxed),
+            pending_bytes: s.pending_bytes.load(Ordering::Relaxed)
+                + s.held_bytes.load(Ordering::Relaxed),
             write_errors: s.write_errors.load(Ordering::Relaxed),
             chain_seq: seq,
             chain_head: head,
@@ -380,6 +422,8 @@ struct Writer {
     seqs: Option<SeqBook>,
     /// Heartbeats made while the store could not be written.
     held: Vec<Held>,
+    /// What the events held, not stored yet, weigh (`Event::weight`).
+    held_bytes: usize,
     /// A batch whose commit reported a failure. SQLite can report one
     /// after the transaction's last frame reached the file (the disk
     /// filled, or an I/O error, past it): the next open then finds it
@@ -425,6 +469,7 @@ impl Writer {
             run: now_nanos(),
             seqs: None,
             held: Vec::new(),
+            held_bytes: 0,
             inflight: None,
             batches: 0,
         }
@@ -438,10 +483,7 @@ impl Writer {
             let wait = next_flush.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
                 Ok(Msg::Events(v)) => {
-                    self.shared
-                        .pending
-                        .fetch_sub(v.len() as u64, Ordering::Relaxed);
-                    self.take_events(v);
+                    self.received(v);
                     if self.pending.events.len() >= BATCH_EVENTS {
                         let _ = self.flush();
                     }
@@ -533,6 +575,13 @@ impl Writer {
             self.shared
                 .held
                 .store(self.held() as u64, Ordering::Relaxed);
+            if self.unstored() == 0 {
+                // Exact whenever nothing is held, whatever was miscounted.
+                self.held_bytes = 0;
+            }
+            self.shared
+                .held_bytes
+                .store(self.held_bytes as u64, Ordering::Relaxed);
         }
     }
 
@@ -705,7 +754,7 @@ impl Writer {
                 unix_nanos: now_nanos(),
                 kind: "lost_for_store".into(),
                 count: std::mem::take(&mut self.shed_for_backlog),
-                detail: format!("decisions shed while the store fell behind: allowed ones beyond {BACKLOG} waiting for it, refusals only beyond {}", 2 * BACKLOG),
+                detail: format!("decisions shed while the store fell behind: allowed ones beyond {BACKLOG} events or {} MiB waiting for it, refusals only beyond twice that", BACKLOG_BYTES >> 20),
             });
         }
         let Some(book) = &mut self.seqs else { return };
@@ -771,6 +820,18 @@ impl Writer {
         Ok(())
     }
 
+    /// Events `Handle::take` sent: no longer on their way, held.
+    fn received(&mut self, v: Vec<Arc<Event>>) {
+        self.shared
+            .pending
+            .fetch_sub(v.len() as u64, Ordering::Relaxed);
+        // What `Handle::take` added: the same events, the same weight.
+        self.shared
+            .pending_bytes
+            .fetch_sub(weight_of(&v) as u64, Ordering::Relaxed);
+        self.take_events(v);
+    }
+
     /// Events from the pipeline: numbered in the book, held for the next
     /// batch (up to `MAX_PENDING` while the store cannot take them).
     fn take_events(&mut self, v: Vec<Arc<Event>>) {
@@ -780,12 +841,18 @@ impl Writer {
             }
         }
         let room = MAX_PENDING.saturating_sub(self.unstored());
-        if v.len() > room {
-            let dropped = (v.len() - room) as u64;
-            self.shared.lost.fetch_add(dropped, Ordering::Relaxed);
-            self.dropped_while_degraded += dropped;
+        let mut kept = 0;
+        for e in v {
+            let w = e.weight();
+            if kept < room && self.held_bytes + w <= MAX_PENDING_BYTES {
+                kept += 1;
+                self.held_bytes += w;
+                self.pending.events.push(e);
+            } else {
+                self.shared.lost.fetch_add(1, Ordering::Relaxed);
+                self.dropped_while_degraded += 1;
+            }
         }
-        self.pending.events.extend(v.into_iter().take(room));
     }
 
     /// Events the pipeline shed for the backlog: accounted for in the book
@@ -832,6 +899,7 @@ impl Writer {
             Ok(()) => {
                 let n = batch.events.len() as u64;
                 self.shared.stored.fetch_add(n, Ordering::Relaxed);
+                self.held_bytes = self.held_bytes.saturating_sub(weight_of(&batch.events));
                 if let Ok((seq, head)) = store.head() {
                     let mut st = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
                     st.3 = seq;
@@ -864,9 +932,10 @@ impl Writer {
                 kind: "store_degraded".into(),
                 count: self.dropped_while_degraded,
                 detail: format!(
-                    "store degraded from {} to {}; events beyond the {MAX_PENDING} held in memory were dropped",
+                    "store degraded from {} to {}; events beyond the {MAX_PENDING} (or {} MiB) held in memory were dropped",
                     crate::events::rfc3339_nanos(i128::from(since)),
-                    crate::events::rfc3339_nanos(i128::from(now_nanos()))
+                    crate::events::rfc3339_nanos(i128::from(now_nanos())),
+                    MAX_PENDING_BYTES >> 20
                 ),
             });
         }
@@ -999,6 +1068,40 @@ mod tests {
             .collect()
     }
 
+    /// What waits for the store is weighed on its way (`Handle::take`),
+    /// while the writer holds it, and is weightless once stored: nothing is
+    /// left over to shed good events later.
+    #[test]
+    fn the_weight_waiting_returns_to_zero_once_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = Arc::new(Shared::default());
+        let (tx, rx) = mpsc::channel();
+        let handle = Handle {
+            path: dir.path().join("store.db"),
+            tx: Mutex::new(tx),
+            shared: shared.clone(),
+        };
+        let mut w = Writer::new(
+            handle.path.clone(),
+            Retention::default(),
+            None,
+            shared.clone(),
+        );
+        let v = numbered(&["allowed", "denied", "allowed"], 1);
+        let weight = weight_of(&v);
+        handle.take(v);
+        assert_eq!(shared.pending_bytes.load(Ordering::Relaxed), weight as u64);
+        let Ok(Msg::Events(v)) = rx.try_recv() else {
+            panic!("the events were sent to the writer");
+        };
+        w.received(v);
+        assert_eq!(shared.pending_bytes.load(Ordering::Relaxed), 0);
+        assert_eq!(w.held_bytes, weight);
+        w.flush().unwrap();
+        assert_eq!(w.held_bytes, 0);
+        assert_eq!(shared.stored.load(Ordering::Relaxed), 3);
+    }
+
     /// A writer on `path`, run by hand (no thread).
     fn writer(path: &std::path::Path) -> Writer {
         Writer::new(
@@ -1017,18 +1120,70 @@ mod tests {
             &["allowed", "denied", "allowed", "would_deny", "allowed"],
             1,
         );
-        assert!(shed(&mut v, 0, 10).is_empty(), "within the backlog");
+        let events = |events| Load { events, bytes: 0 };
+        let ten = Load {
+            events: 10,
+            bytes: usize::MAX / 4,
+        };
+        let (none, bytes) = shed(&mut v, events(0), ten);
+        assert!(none.is_empty(), "within the backlog");
         assert_eq!(v.len(), 5);
+        assert_eq!(bytes, weight_of(&v), "the weight of what was kept");
         // 8 waiting: room for 2 more, refusals counted in it; 12 for
         // refusals.
-        let shed_now = shed(&mut v, 8, 10);
+        let (shed_now, _) = shed(&mut v, events(8), ten);
         assert_eq!(shed_now, [(0, 3), (0, 5)], "the allowed ones past the room");
         let verdicts: Vec<_> = v.iter().map(|e| e.verdict).collect();
         assert_eq!(verdicts, ["allowed", "denied", "would_deny"]);
         // Beyond twice the backlog even refusals go.
         let mut v = numbered(&["denied", "allowed"], 1);
-        assert_eq!(shed(&mut v, 20, 10), [(0, 1), (0, 2)]);
+        assert_eq!(shed(&mut v, events(20), ten).0, [(0, 1), (0, 2)]);
         assert!(v.is_empty());
+    }
+
+    /// The backlog is memory as well as a count: heavy events (a full
+    /// argument vector, many pod labels) are shed by their weight long
+    /// before their number reaches the backlog; refusals get twice the
+    /// bytes too.
+    #[test]
+    fn heavy_events_are_shed_by_their_weight() {
+        let heavy = |verdict, seq| {
+            let mut e = (*numbered(&[verdict], seq)[0]).clone();
+            e.args = (0..100).map(|i| format!("--argument-{i:04}")).collect();
+            e.pod_labels = (0..30)
+                .map(|i| (format!("app.kubernetes.io/label-{i}"), "x".repeat(60)))
+                .collect();
+            Arc::new(e)
+        };
+        let w = heavy("allowed", 1).weight();
+        let light = numbered(&["allowed"], 1)[0].weight();
+        assert!(w > 3 * light, "{w} vs {light}");
+        // Room for 3 heavy ones in bytes, for 1,000 in number.
+        let backlog = Load {
+            events: 1000,
+            bytes: 3 * w + w / 2,
+        };
+        let mut v: Vec<_> = (1..=5).map(|i| heavy("allowed", i)).collect();
+        let (shed_now, kept) = shed(
+            &mut v,
+            Load {
+                events: 0,
+                bytes: 0,
+            },
+            backlog,
+        );
+        assert_eq!(shed_now, [(0, 4), (0, 5)]);
+        assert_eq!((v.len(), kept), (3, 3 * w));
+        // With those waiting, a denial still finds room (twice the bytes),
+        // an allowed decision does not.
+        let waiting = Load {
+            events: 3,
+            bytes: kept,
+        };
+        let mut v = vec![heavy("allowed", 6), heavy("denied", 7)];
+        let (shed_now, _) = shed(&mut v, waiting, backlog);
+        assert_eq!(shed_now, [(0, 6)]);
+        assert_eq!(v[0].verdict, "denied");
     }
 
     /// Shed events are accounted for: one `lost_for_store` gap with their
