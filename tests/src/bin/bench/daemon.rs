@@ -125,6 +125,29 @@ impl Daemon {
         (ticks(11) + ticks(12)) / hz
     }
 
+    /// CPU seconds per thread name (/proc/PID/task/*/stat; the name as
+    /// the kernel keeps it, 15 bytes): the store writer has its own
+    /// thread, the pipeline, harvest and API share the runtime's.
+    pub fn cpu_by_thread(&self) -> HashMap<String, f64> {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let mut by: HashMap<String, f64> = HashMap::new();
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
+            return by;
+        };
+        for task in tasks.flatten() {
+            let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+            let Some((head, rest)) = stat.rsplit_once(')') else {
+                continue;
+            };
+            let name = head.split_once('(').map_or("", |(_, n)| n).to_string();
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            *by.entry(name).or_default() += (ticks(11) + ticks(12)) / hz;
+        }
+        by
+    }
+
     /// Where the daemon's resident memory is (/proc/PID/smaps): MiB per
     /// mapping name (`anonymous` for the heap and thread arenas, BPF maps
     /// and the ring buffer by their anon_inode name), largest first.
