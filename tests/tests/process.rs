@@ -376,6 +376,16 @@ fn policy_explain_names_the_process_asked_about() {
         .spawn()
         .expect("sleep in the selected cgroup");
     let pid = sleeper.id().to_string();
+    // nsenter execs sleep in the same process: ask once it has (bounded).
+    let comm = format!("/proc/{pid}/comm");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while std::fs::read_to_string(&comm).unwrap_or_default().trim() != "sleep" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the workload did not exec sleep within 10 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let sel = env.rel("sel");
     let policies = env.policy_dir().display().to_string();
     let geoip = env.geoip().display().to_string();

@@ -91,10 +91,22 @@ pub fn process_of_pid(proc_root: &Path, pid: u32) -> Result<(String, String), St
             )
         })?
         .to_string();
-    let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-    let p = crate::process::Capture::default()
-        .of_proc(proc_root, pid)
-        .ok_or_else(|| format!("pid {pid}: no such process"))?;
+    // The name and the executable change together at an exec: the name is
+    // read on both sides of the executable, so the two are one program's
+    // (a process caught mid-exec read "nsenter[N] /usr/bin/sleep").
+    let comm = || std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+    let mut tries = 0;
+    let (comm, p) = loop {
+        let before = comm();
+        let p = crate::process::Capture::default()
+            .of_proc(proc_root, pid)
+            .ok_or_else(|| format!("pid {pid}: no such process"))?;
+        let after = comm();
+        tries += 1;
+        if before == after || tries == 3 {
+            break (after, p);
+        }
+    };
     let dash = |s: &str| {
         if s.is_empty() {
             "-".to_string()
