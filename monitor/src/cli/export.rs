@@ -123,6 +123,6 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         summary.policy_versions,
         key::public_hex(&signing.verifying_key())
     );
-    log::info!("the export took: {}", summary.took_text());
+    log::debug!("the export took: {}", summary.took_text());
     Ok(ExitCode::SUCCESS)
 }

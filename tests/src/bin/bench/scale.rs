@@ -244,6 +244,8 @@ pub fn store_bench(r: &mut Report, n: usize, dir: &Path) {
         .arg(&bundle)
         .arg("--state-dir")
         .arg(&state)
+        // where the export's time went is logged at debug
+        .env("RUST_LOG", "info,monitor::cli::export=debug")
         .output()
         .expect("run export");
     let secs = t.elapsed().as_secs_f64();
