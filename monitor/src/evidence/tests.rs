@@ -161,6 +161,58 @@ fn export_holds_exactly_the_window_and_verifies() {
     assert!(md.contains("GDPR Art. 30") && md.contains("NIS2"));
 }
 
+/// The store keeps the ids it gave cgroup paths, executables, argument
+/// vectors and containers across batches, but only once their batch
+/// committed: a batch that failed after naming new ones leaves no id
+/// behind that points at nothing, and the next batch names them again.
+#[test]
+fn names_given_in_a_failed_batch_are_given_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&dir.path().join("store.db")).unwrap();
+    let cid = "e25a09fd".repeat(8);
+    let named = |i: i64| {
+        let mut e = (*ev(i)).clone();
+        e.cgroup_path = format!("/libpod_parent/libpod-{cid}");
+        e.attribute();
+        e.exe = "/usr/bin/probe".into();
+        e.args = vec!["probe".into(), format!("--n={i}")];
+        e.image = "localhost/egress-probe:test".into();
+        Arc::new(e)
+    };
+    s.append(&Batch {
+        events: vec![ev(1)],
+        ..Default::default()
+    })
+    .unwrap();
+    // The second event of the next batch takes a seq already taken: the
+    // batch fails after its first event named everything new.
+    s.conn
+        .execute_batch(
+            "CREATE TEMP TABLE taken AS SELECT * FROM events WHERE seq = 1; UPDATE taken SET seq = 3; INSERT INTO events SELECT * FROM taken;",
+        )
+        .unwrap();
+    assert!(s
+        .append(&Batch {
+            events: vec![named(2), named(3)],
+            ..Default::default()
+        })
+        .is_err());
+    s.conn
+        .execute("DELETE FROM events WHERE seq = 3", [])
+        .unwrap();
+    let events = vec![named(2), named(3)];
+    s.append(&Batch {
+        events: events.clone(),
+        ..Default::default()
+    })
+    .unwrap();
+    let (read, _) = query::events(&s, T0, T0 + 10 * SEC, 0, 100, &|_| true).unwrap();
+    assert_eq!(read.len(), 3);
+    for ((_, got), want) in read[1..].iter().zip(&events) {
+        assert_eq!(got, &**want);
+    }
+}
+
 /// What a runtime said of a container is stored once per answer, read
 /// back on every event of the container as it was hashed, and in the
 /// bundle's records; editing the stored answer is caught.

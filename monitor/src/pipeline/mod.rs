@@ -445,6 +445,14 @@ mod tests {
         left: usize,
     }
 
+    /// A ring of `left` sample records.
+    fn ring(left: usize) -> Ring {
+        Ring {
+            record: bytes(&sample()),
+            left,
+        }
+    }
+
     impl Source for Ring {
         type Record<'a> = &'a [u8];
 
@@ -509,10 +517,7 @@ mod tests {
         let names = Mutex::new(N);
         let mut reader = Reader::new(&o, &names, vec![(0, 7)]);
         // Far more than any drain may read at once.
-        let mut ring = Ring {
-            record: bytes(&sample()),
-            left: 100 * MAX_DRAIN,
-        };
+        let mut ring = ring(100 * MAX_DRAIN);
         for round in 1..=3 {
             assert_eq!(reader.step(&mut ring), Drained::More);
             // Handed on at each step, not held until the ring is empty.
@@ -535,10 +540,7 @@ mod tests {
         let (o, mut all) = outlets(dir.path());
         let names = Mutex::new(N);
         let mut reader = Reader::new(&o, &names, vec![(1, 3)]);
-        let mut ring = Ring {
-            record: bytes(&sample()),
-            left: MAX_DRAIN + 10,
-        };
+        let mut ring = ring(MAX_DRAIN + 10);
         let before = harvest::boot_ns();
         assert_eq!(reader.step(&mut ring), Drained::More);
         assert_eq!(reader.numbered, Some(vec![(1, 3)]));
@@ -563,10 +565,7 @@ mod tests {
         // More than a stop reads in STOP_DRAIN (some 10^5 a second here;
         // read to its end this would take minutes).
         let records = 100_000_000;
-        let mut ring = Ring {
-            record: bytes(&sample()),
-            left: records,
-        };
+        let mut ring = ring(records);
         reader.stop(&mut ring).unwrap();
         let read = records - ring.left;
         eprintln!("a stop read {read} records");

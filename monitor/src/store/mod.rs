@@ -92,6 +92,10 @@ pub struct PolicyVersion {
 pub struct Store {
     pub conn: Connection,
     pub path: PathBuf,
+    /// The ids of the cgroup paths, executables, argument vectors and
+    /// containers committed so far (`append`), so a batch asks SQLite only
+    /// for new ones.
+    names: Names,
 }
 
 impl Store {
@@ -108,6 +112,7 @@ impl Store {
         Ok(Store {
             conn,
             path: path.to_path_buf(),
+            names: Names::default(),
         })
     }
 
@@ -139,6 +144,7 @@ impl Store {
         Ok(Store {
             conn,
             path: path.to_path_buf(),
+            names: Names::default(),
         })
     }
 
@@ -363,6 +369,17 @@ impl Store {
     /// Appends events, flows, policy sets and gap records in one
     /// transaction; all or nothing.
     pub fn append(&mut self, batch: &Batch) -> Result<(), StoreError> {
+        // Taken out while the transaction runs: ids it made are known only
+        // once it commits, and a failed batch leaves the names empty.
+        let mut names = std::mem::take(&mut self.names);
+        self.append_named(batch, &mut names)?;
+        names.bound();
+        self.names = names;
+        Ok(())
+    }
+
+    fn append_named(&mut self, batch: &Batch, names: &mut Names) -> Result<(), StoreError> {
+        let Names { cgroups, processes } = names;
         let path = self.path.clone();
         let e = |op| sql(&path, op);
         let tx = self.conn.transaction().map_err(e("begin"))?;
@@ -378,8 +395,6 @@ impl Store {
             let mut flow = tx
                 .prepare_cached(schema::UPSERT_FLOW)
                 .map_err(e("prepare flow upsert"))?;
-            let mut cgroups = Cgroups::default();
-            let mut processes = Processes::default();
             let mut hourly = rollup::Pending::default();
             for ev in &batch.events {
                 let process = processes.get(&tx, ev).map_err(e("name a process"))?;
@@ -449,7 +464,7 @@ impl Store {
             )
             .map_err(e("update chain head"))?;
             drop(flow);
-            append_harvest(&tx, batch, &mut cgroups, &mut processes, &mut hourly)
+            append_harvest(&tx, batch, cgroups, processes, &mut hourly)
                 .map_err(e("record harvested flows"))?;
             hourly.write(&tx).map_err(e("add to the hourly flows"))?;
             for g in &batch.gaps {
@@ -607,9 +622,38 @@ impl Batch {
 /// 3% of the daemon's time at 10k events/s).
 type Interned<K, V> = std::collections::HashMap<K, V, ahash::RandomState>;
 
-/// The cgroup paths named in one transaction: each one's id (made there
+/// The ids committed so far of what events name by id.
+#[derive(Default)]
+struct Names {
+    cgroups: Cgroups,
+    processes: Processes,
+}
+
+impl Names {
+    /// At most this many of each are kept: a node that runs ever new
+    /// command lines asks SQLite again rather than growing without end.
+    const MOST: usize = 16_384;
+
+    fn bound(&mut self) {
+        if self.cgroups.0.len() > Self::MOST {
+            self.cgroups.0.clear();
+        }
+        let p = &mut self.processes;
+        if p.exes.len() > Self::MOST {
+            p.exes.clear();
+        }
+        if p.args.len() > Self::MOST {
+            p.args.clear();
+        }
+        if p.containers.len() > Self::MOST {
+            p.containers.clear();
+        }
+    }
+}
+
+/// The cgroup paths named by id: each one's id (made in the transaction
 /// if new) and what reading it back attributes, worked out once per path
-/// and batch rather than per event.
+/// rather than per event.
 #[derive(Default)]
 struct Cgroups(Interned<String, (i64, crate::events::CgroupInfo)>);
 
@@ -632,7 +676,7 @@ impl Cgroups {
 }
 
 /// Executables, argument vectors and what runtimes said of containers,
-/// named in one transaction, by id (made there if new): each is stored
+/// by id (made in the transaction if new): each is stored
 /// once, not per event.
 #[derive(Default)]
 struct Processes {

@@ -146,6 +146,7 @@ impl Store {
         Ok(Store {
             conn,
             path: path.to_path_buf(),
+            names: Default::default(),
         })
     }
 }

@@ -102,7 +102,7 @@ pub(crate) fn restorable(e: &Event, path: &crate::events::CgroupInfo) -> bool {
     ];
     names.iter().all(|n| known_name(n) == *n)
         && i64::try_from(e.unix_nanos).is_ok()
-        && e.time == rfc3339_nanos(e.unix_nanos)
+        && crate::events::is_rfc3339_of(&e.time, e.unix_nanos)
         && path.pod_uid == e.pod_uid
         && path.qos == e.qos
         && path.container_id == e.container_id

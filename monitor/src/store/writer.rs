@@ -71,7 +71,8 @@ pub struct Harvested {
 }
 
 enum Msg {
-    Events(Vec<Arc<Event>>),
+    /// Events, and what they weigh together (`Event::weight`).
+    Events(Vec<Arc<Event>>, usize),
     /// The kernel numbers (CPU, seq) of events shed for the backlog.
     Shed(Vec<(u32, u32)>),
     PolicySet(PolicySet),
@@ -260,7 +261,7 @@ impl Handle {
         self.shared
             .pending_bytes
             .fetch_add(bytes as u64, Ordering::Relaxed);
-        self.send(Msg::Events(v));
+        self.send(Msg::Events(v, bytes));
     }
 
     /// Records the policy set in force (called when one is applied).
@@ -482,8 +483,8 @@ impl Writer {
         loop {
             let wait = next_flush.saturating_duration_since(Instant::now());
             match rx.recv_timeout(wait) {
-                Ok(Msg::Events(v)) => {
-                    self.received(v);
+                Ok(Msg::Events(v, bytes)) => {
+                    self.received(v, bytes);
                     if self.pending.events.len() >= BATCH_EVENTS {
                         let _ = self.flush();
                     }
@@ -820,27 +821,35 @@ impl Writer {
         Ok(())
     }
 
-    /// Events `Handle::take` sent: no longer on their way, held.
-    fn received(&mut self, v: Vec<Arc<Event>>) {
+    /// Events `Handle::take` sent, weighing `bytes`: no longer on their
+    /// way, held.
+    fn received(&mut self, v: Vec<Arc<Event>>, bytes: usize) {
         self.shared
             .pending
             .fetch_sub(v.len() as u64, Ordering::Relaxed);
-        // What `Handle::take` added: the same events, the same weight.
+        // What `Handle::take` added.
         self.shared
             .pending_bytes
-            .fetch_sub(weight_of(&v) as u64, Ordering::Relaxed);
-        self.take_events(v);
+            .fetch_sub(bytes as u64, Ordering::Relaxed);
+        self.take_events(v, bytes);
     }
 
-    /// Events from the pipeline: numbered in the book, held for the next
-    /// batch (up to `MAX_PENDING` while the store cannot take them).
-    fn take_events(&mut self, v: Vec<Arc<Event>>) {
+    /// Events from the pipeline, weighing `bytes`: numbered in the book,
+    /// held for the next batch (up to `MAX_PENDING` while the store cannot
+    /// take them).
+    fn take_events(&mut self, v: Vec<Arc<Event>>, bytes: usize) {
         if let Some(book) = &mut self.seqs {
             for e in &v {
                 book.saw(e.kernel_cpu, e.kernel_seq);
             }
         }
         let room = MAX_PENDING.saturating_sub(self.unstored());
+        if v.len() <= room && self.held_bytes + bytes <= MAX_PENDING_BYTES {
+            // All of them fit: no event is weighed again.
+            self.held_bytes += bytes;
+            self.pending.events.extend(v);
+            return;
+        }
         let mut kept = 0;
         for e in v {
             let w = e.weight();
@@ -1091,10 +1100,11 @@ mod tests {
         let weight = weight_of(&v);
         handle.take(v);
         assert_eq!(shared.pending_bytes.load(Ordering::Relaxed), weight as u64);
-        let Ok(Msg::Events(v)) = rx.try_recv() else {
+        let Ok(Msg::Events(v, bytes)) = rx.try_recv() else {
             panic!("the events were sent to the writer");
         };
-        w.received(v);
+        assert_eq!(bytes, weight);
+        w.received(v, bytes);
         assert_eq!(shared.pending_bytes.load(Ordering::Relaxed), 0);
         assert_eq!(w.held_bytes, weight);
         w.flush().unwrap();
@@ -1186,6 +1196,31 @@ mod tests {
         assert_eq!(v[0].verdict, "denied");
     }
 
+    /// While the store cannot take them, the writer holds at most
+    /// `MAX_PENDING` events: what comes beyond is counted lost, one by one,
+    /// and only what is held is weighed as held.
+    #[test]
+    fn what_is_held_stops_at_its_bound_and_the_rest_is_counted_lost() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut w = writer(&dir.path().join("store.db"));
+        let take = |w: &mut Writer, v: Vec<Arc<Event>>| {
+            let bytes = weight_of(&v);
+            w.take_events(v, bytes);
+        };
+        let first = numbered(&vec!["allowed"; MAX_PENDING - 1], 1);
+        let held = weight_of(&first);
+        take(&mut w, first);
+        assert_eq!(w.unstored(), MAX_PENDING - 1);
+        assert_eq!(w.held_bytes, held);
+        let more = numbered(&["denied"; 3], MAX_PENDING as u32);
+        let one = more[0].weight();
+        take(&mut w, more);
+        assert_eq!(w.unstored(), MAX_PENDING);
+        assert_eq!(w.held_bytes, held + one);
+        assert_eq!(w.shared.lost.load(Ordering::Relaxed), 2);
+        assert_eq!(w.dropped_while_degraded, 2);
+    }
+
     /// Shed events are accounted for: one `lost_for_store` gap with their
     /// count, and no loss "with no known cause" for their numbers.
     #[test]
@@ -1194,9 +1229,13 @@ mod tests {
         let path = dir.path().join("store.db");
         let mut w = writer(&path);
         w.resume_numbers("epoch-1".into());
-        w.take_events(numbered(&["allowed", "denied"], 1));
+        let take = |w: &mut Writer, v: Vec<Arc<Event>>| {
+            let bytes = weight_of(&v);
+            w.take_events(v, bytes);
+        };
+        take(&mut w, numbered(&["allowed", "denied"], 1));
         w.shed(&[(0, 3), (0, 4)]);
-        w.take_events(numbered(&["denied"], 5));
+        take(&mut w, numbered(&["denied"], 5));
         w.flush().unwrap();
         assert_eq!(stored(&path), 3);
         let store = super::super::Store::open_read(&path).unwrap();
