@@ -435,7 +435,7 @@ pub async fn run<N: Names + Send>(
 pub const DRAIN_INTERVAL: std::time::Duration = std::time::Duration::from_millis(10);
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::events::{tests::bytes, tests::sample, CgroupInfo};
 
@@ -462,7 +462,7 @@ mod tests {
         }
     }
 
-    struct N;
+    pub(crate) struct N;
     impl Names for N {
         fn policy(&self, id: u32) -> String {
             format!("p{id}")
@@ -478,7 +478,7 @@ mod tests {
     }
 
     /// Outlets with a store in `dir`, and a subscriber to every event.
-    fn outlets(dir: &std::path::Path) -> (Outlets, Subscription) {
+    pub(crate) fn outlets(dir: &std::path::Path) -> (Outlets, Subscription) {
         let store = crate::store::writer::Handle::start(
             dir.join("store.db"),
             crate::store::retention::Retention::default(),
