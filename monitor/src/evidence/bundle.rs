@@ -1079,7 +1079,6 @@ pub fn write_tar(files: &Files, out: &std::path::Path) -> anyhow::Result<()> {
 /// copied from their files; the tar is written in the private directory
 /// `dir` and appears under its name only whole.
 fn write_parts(parts: &Parts, dir: &PrivateDir, out: &std::path::Path) -> anyhow::Result<()> {
-    use std::io::Write;
     let tmp = dir.0.join("bundle.tar.partial");
     let f = create_private(&tmp, 0o600)?;
     let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
@@ -1109,23 +1108,19 @@ fn write_parts(parts: &Parts, dir: &PrivateDir, out: &std::path::Path) -> anyhow
                 Stored::File(p) => {
                     let mut f = std::fs::File::open(p)
                         .with_context(|| format!("reading {}", p.display()))?;
-                    // As `append_data` does, but file to file, so the
-                    // kernel copies (copy_file_range) instead of a loop
-                    // through this process (1.3 GB for 1M records).
-                    h.set_path(&path)?;
-                    h.set_cksum();
-                    let w = tar.get_mut();
-                    w.write_all(h.as_bytes())?;
-                    let copied = std::io::copy(&mut f, w)?;
-                    if copied != made.len {
+                    // Through `append_data`: a copy written by hand for the
+                    // kernel to do file to file (copy_file_range) was no
+                    // faster for 1M records (tar step 1.1-1.2 s against
+                    // 0.8-2.5 s, three exports each, alternated).
+                    let len = f.metadata()?.len();
+                    if len != made.len {
                         bail!(
-                            "{} holds {copied} bytes, not the {} hashed",
+                            "{} holds {len} bytes, not the {} hashed",
                             p.display(),
                             made.len
                         );
                     }
-                    let pad = (512 - made.len % 512) % 512;
-                    w.write_all(&[0u8; 512][..pad as usize])?;
+                    tar.append_data(&mut h, path, &mut f)?;
                 }
             }
         }
