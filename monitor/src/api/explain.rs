@@ -91,22 +91,11 @@ pub fn process_of_pid(proc_root: &Path, pid: u32) -> Result<(String, String), St
             )
         })?
         .to_string();
-    // The name and the executable change together at an exec: the name is
-    // read on both sides of the executable, so the two are one program's
-    // (a process caught mid-exec read "nsenter[N] /usr/bin/sleep").
-    let comm = || std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-    let mut tries = 0;
-    let (comm, p) = loop {
-        let before = comm();
-        let p = crate::process::Capture::default()
-            .of_proc(proc_root, pid)
-            .ok_or_else(|| format!("pid {pid}: no such process"))?;
-        let after = comm();
-        tries += 1;
-        if before == after || tries == 3 {
-            break (after, p);
-        }
-    };
+    let (comm, p) = one_program(
+        || std::fs::read_to_string(dir.join("comm")).unwrap_or_default(),
+        || crate::process::Capture::default().of_proc(proc_root, pid),
+    )
+    .ok_or_else(|| format!("pid {pid}: no such process"))?;
     let dash = |s: &str| {
         if s.is_empty() {
             "-".to_string()
@@ -119,6 +108,27 @@ pub fn process_of_pid(proc_root: &Path, pid: u32) -> Result<(String, String), St
         said.push_str(&format!(", parent {} {}", p.ppid, dash(&p.parent_exe)));
     }
     Ok((cgroup, said))
+}
+
+/// A process's name and what `capture` read of it, of one program: the
+/// name and the executable change together at an exec, so the name is read
+/// on both sides of the capture, and all is read again (up to 3 times)
+/// when it changed (a process caught mid-exec read "nsenter[N]
+/// /usr/bin/sleep"). None: the capture found no process.
+fn one_program<T>(
+    name: impl Fn() -> String,
+    mut capture: impl FnMut() -> Option<T>,
+) -> Option<(String, T)> {
+    let mut tries = 0;
+    loop {
+        let before = name();
+        let p = capture()?;
+        let after = name();
+        tries += 1;
+        if before == after || tries == 3 {
+            return Some((after, p));
+        }
+    }
 }
 
 impl From {
@@ -314,4 +324,48 @@ fn learned_name(
         .unwrap_or_else(|p| p.into_inner());
     let (qname, _) = table.lookup(id, address, now)?;
     Some((qname.to_string(), "learned"))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::cell::Cell;
+
+    use super::one_program;
+
+    /// A process that execs between the reads is read again, and the name
+    /// given is the one read after the executable; one that keeps changing
+    /// is read at most 3 times.
+    #[test]
+    fn a_process_caught_mid_exec_is_read_again() {
+        // The exec happens during the first capture: "nsenter" before it,
+        // "sleep" from then on.
+        let exec_done = Cell::new(false);
+        let reads = Cell::new(0);
+        let name = || if exec_done.get() { "sleep" } else { "nsenter" }.to_string();
+        let capture = || {
+            reads.set(reads.get() + 1);
+            exec_done.set(true);
+            Some("/usr/bin/sleep")
+        };
+        assert_eq!(
+            one_program(name, capture),
+            Some(("sleep".to_string(), "/usr/bin/sleep"))
+        );
+        assert_eq!(reads.get(), 2, "read again after the name changed");
+
+        let n = Cell::new(0);
+        let reads = Cell::new(0);
+        let always_new = || {
+            n.set(n.get() + 1);
+            format!("p{}", n.get())
+        };
+        let capture = || {
+            reads.set(reads.get() + 1);
+            Some(())
+        };
+        assert!(one_program(always_new, capture).is_some());
+        assert_eq!(reads.get(), 3, "bounded");
+
+        assert_eq!(one_program(|| "x".to_string(), || None::<()>), None);
+    }
 }
