@@ -570,6 +570,23 @@ pub fn enrich(raw: &DecisionEvent, boot_to_unix_ns: i128, names: &mut impl Names
 }
 
 impl Event {
+    /// Only what a flow is recorded by (its key, place and name: the flow
+    /// row, the hourly sums, the metrics): the process's arguments and
+    /// parent, and what a runtime said of its container, are the event's.
+    /// A harvested repeat waits for the store in this form; in a flood the
+    /// writer holds thousands.
+    pub fn keep_flow_fields(&mut self) {
+        self.args = Vec::new();
+        self.parent_exe = String::new();
+        self.dns_cname = String::new();
+        self.image = String::new();
+        self.image_digest = String::new();
+        self.container_name = String::new();
+        self.pod_name = String::new();
+        self.pod_namespace = String::new();
+        self.pod_labels = std::collections::BTreeMap::new();
+    }
+
     /// Copies a process's identity into the event.
     pub fn set_process(&mut self, p: &crate::process::Process) {
         self.exe.clone_from(&p.exe);

@@ -213,6 +213,77 @@ fn names_given_in_a_failed_batch_are_given_again() {
     }
 }
 
+/// A harvested repeat waits for the store with only its flow's fields
+/// (`Event::keep_flow_fields`): the flows, whole minutes and edges, and
+/// the hourly sums read the same as from the whole event.
+#[test]
+fn a_repeat_with_only_its_flow_fields_is_stored_as_the_whole_event() {
+    let cid = "e25a09fd".repeat(8);
+    let whole = |i: i64| {
+        let mut e = (*ev(i)).clone();
+        e.cgroup_path = format!("/libpod_parent/libpod-{cid}");
+        e.attribute();
+        e.exe = "/usr/bin/probe".into();
+        e.args = vec!["probe".into(), "--fast".into()];
+        e.parent_exe = "/usr/bin/bash".into();
+        e.image = "localhost/egress-probe:test".into();
+        e.container_name = "probe-1".into();
+        e.pod_labels = [("app".to_string(), "probe".to_string())].into();
+        e.dns_name = "api.example".into();
+        e.dns_cname = "edge.example".into();
+        e.cloud = "aws".into();
+        e.cloud_region = "eu-west-1".into();
+        e
+    };
+    let read = |strip: bool| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = Store::open(&dir.path().join("store.db")).unwrap();
+        let events: Vec<Arc<Event>> = (1..=200).map(|i| Arc::new(whole(i))).collect();
+        let repeats = (1..=200)
+            .step_by(3)
+            .map(|i| {
+                let mut event = whole(i + 30);
+                if strip {
+                    event.keep_flow_fields();
+                }
+                crate::store::Repeat {
+                    event,
+                    count: 2,
+                    packets: 5,
+                    bytes: 700,
+                }
+            })
+            .collect();
+        s.append(&Batch {
+            events,
+            repeats,
+            ..Default::default()
+        })
+        .unwrap();
+        let mut flows = Vec::new();
+        for (a, b) in [(0, 400), (30, 95), (61, 300)] {
+            flows.extend(
+                query::flows(&s, T0 + a * SEC, T0 + b * SEC + 17, &|_| true, false).unwrap(),
+            );
+        }
+        let hourly: Vec<(String, i64, i64)> = s
+            .conn
+            .prepare("SELECT country || cloud_region || policy, count, bytes FROM flows_by_place ORDER BY 1")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        (flows, hourly)
+    };
+    let (whole_flows, whole_hourly) = read(false);
+    assert!(
+        whole_flows.iter().any(|f| f.packets > 0),
+        "repeats were read"
+    );
+    assert_eq!(read(true), (whole_flows, whole_hourly));
+}
+
 /// What a runtime said of a container is stored once per answer, read
 /// back on every event of the container as it was hashed, and in the
 /// bundle's records; editing the stored answer is caught.

@@ -491,6 +491,7 @@ impl<N: Names> Chunk<'_, N> {
         let mut event = enrich(&raw, self.offset, &mut *self.names);
         self.outlets.name(&raw, &mut event);
         self.outlets.observer.repeated(&raw, &event, count);
+        event.keep_flow_fields();
         self.outlets
             .counters
             .repeats
