@@ -683,12 +683,13 @@ pub fn boot_to_unix_offset() -> i128 {
 pub(crate) mod tests {
     use monitor_common::{hook, rule, verdict};
 
+    use super::*;
+
     /// The hand-written time is the `time` crate's, at the edges (the
     /// epoch, leap days, century years, the ends of the range) and at
     /// 200,000 times spread over the years 0000-9999.
     #[test]
     fn the_time_is_written_as_the_time_crate_writes_it() {
-        use super::{is_rfc3339_of, rfc3339_nanos, RFC3339_LEN};
         let by_crate = |n: i128| {
             let format = time::macros::format_description!(
                 "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:9]Z"
@@ -729,8 +730,6 @@ pub(crate) mod tests {
         }
         assert!(!is_rfc3339_of("2026-12-06T23:00:00.000000000Z", 0));
     }
-
-    use super::*;
 
     /// A would-deny connect6 to 198.51.100.7 (IPv4-mapped) by curl.
     pub(crate) fn sample() -> DecisionEvent {

@@ -41,8 +41,8 @@ pub const CHUNK: usize = 8192;
 /// counts wait in the kernel's table for the next read. In a flood every
 /// entry changes, and unbounded, what a read left was most of the table
 /// (up to 262,144 entries, 48 MiB): 29 MiB of the daemon's heap at its
-/// peak in `bench pipeline` (heaptrack). A read costs what five chunks
-/// from `leftover` then save.
+/// peak in `bench pipeline` (heaptrack). The price: in a flood the table
+/// is read once every five chunks instead of once for all of them.
 pub const LEFTOVER_MOST: usize = 4 * CHUNK;
 /// The most chunks one harvest makes: the flow table and the refusal table
 /// at the largest `--flow-table-entries`, with room to spare.
