@@ -45,6 +45,19 @@ fn ev(i: i64) -> Arc<Event> {
     })
 }
 
+/// The container of `in_container`'s events.
+const CONTAINER: &str = "e25a09fde25a09fde25a09fde25a09fde25a09fde25a09fde25a09fde25a09fd";
+
+/// `ev(i)` from a podman container, as enrichment attributes its cgroup,
+/// with what its runtime said of its image.
+fn in_container(i: i64) -> Event {
+    let mut e = (*ev(i)).clone();
+    e.cgroup_path = format!("/libpod_parent/libpod-{CONTAINER}");
+    e.attribute();
+    e.image = "localhost/egress-probe:test".into();
+    e
+}
+
 /// A store with events at T0 + 1 s .. T0 + n s.
 fn store(n: i64) -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
@@ -169,14 +182,10 @@ fn export_holds_exactly_the_window_and_verifies() {
 fn names_given_in_a_failed_batch_are_given_again() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(&dir.path().join("store.db")).unwrap();
-    let cid = "e25a09fd".repeat(8);
     let named = |i: i64| {
-        let mut e = (*ev(i)).clone();
-        e.cgroup_path = format!("/libpod_parent/libpod-{cid}");
-        e.attribute();
+        let mut e = in_container(i);
         e.exe = "/usr/bin/probe".into();
         e.args = vec!["probe".into(), format!("--n={i}")];
-        e.image = "localhost/egress-probe:test".into();
         Arc::new(e)
     };
     s.append(&Batch {
@@ -218,15 +227,11 @@ fn names_given_in_a_failed_batch_are_given_again() {
 /// the hourly sums read the same as from the whole event.
 #[test]
 fn a_repeat_with_only_its_flow_fields_is_stored_as_the_whole_event() {
-    let cid = "e25a09fd".repeat(8);
     let whole = |i: i64| {
-        let mut e = (*ev(i)).clone();
-        e.cgroup_path = format!("/libpod_parent/libpod-{cid}");
-        e.attribute();
+        let mut e = in_container(i);
         e.exe = "/usr/bin/probe".into();
         e.args = vec!["probe".into(), "--fast".into()];
         e.parent_exe = "/usr/bin/bash".into();
-        e.image = "localhost/egress-probe:test".into();
         e.container_name = "probe-1".into();
         e.pod_labels = [("app".to_string(), "probe".to_string())].into();
         e.dns_name = "api.example".into();
@@ -291,12 +296,8 @@ fn a_repeat_with_only_its_flow_fields_is_stored_as_the_whole_event() {
 fn a_containers_image_and_name_survive_the_store_and_the_bundle() {
     let dir = tempfile::tempdir().unwrap();
     let mut s = Store::open(&dir.path().join("store.db")).unwrap();
-    let cid = "e25a09fd".repeat(8);
     let of_container = |i: i64| {
-        let mut e = (*ev(i)).clone();
-        e.cgroup_path = format!("/libpod_parent/libpod-{cid}");
-        e.attribute();
-        e.image = "localhost/egress-probe:test".into();
+        let mut e = in_container(i);
         e.image_digest = "sha256:aaa5".into();
         e.container_name = "probe-1".into();
         e.pod_labels = [("app".to_string(), "probe".to_string())].into();
@@ -317,7 +318,7 @@ fn a_containers_image_and_name_survive_the_store_and_the_bundle() {
     assert_eq!(read.len(), 3);
     for ((_, got), want) in read.iter().zip(&events) {
         assert_eq!(got, &**want);
-        assert_eq!(got.container_id, cid);
+        assert_eq!(got.container_id, CONTAINER);
         assert_eq!(got.runtime, "podman");
     }
     let k = key();

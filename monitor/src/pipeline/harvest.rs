@@ -40,7 +40,7 @@ pub const CHUNK: usize = 8192;
 /// 6 MiB of keys and entries. Beyond it, an entry keeps its mark and its
 /// counts wait in the kernel's table for the next read. In a flood every
 /// entry changes, and unbounded, what a read left was most of the table
-/// (up to 262,144 entries, 48 MiB): 29 MiB of the daemon's heap at its
+/// (up to 262,144 entries, 46 MiB): 29 MiB of the daemon's heap at its
 /// peak in `bench pipeline` (heaptrack). The price: in a flood the table
 /// is read once every five chunks instead of once for all of them.
 pub const LEFTOVER_MOST: usize = 4 * CHUNK;
