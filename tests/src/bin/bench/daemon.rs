@@ -115,35 +115,21 @@ impl Daemon {
     /// User + system CPU time of the daemon so far, in seconds.
     pub fn cpu_seconds(&self) -> f64 {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).unwrap_or_default();
-        // Fields after the command name, which ends at the last ')'.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let f: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-        // utime and stime are fields 14 and 15 of stat, 12 and 13 here.
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-        (ticks(11) + ticks(12)) / hz
+        cpu_of_stat(&stat).1
     }
 
     /// CPU seconds per thread name (/proc/PID/task/*/stat; the name as
     /// the kernel keeps it, 15 bytes): the store writer has its own
     /// thread, the pipeline, harvest and API share the runtime's.
     pub fn cpu_by_thread(&self) -> HashMap<String, f64> {
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         let mut by: HashMap<String, f64> = HashMap::new();
         let Ok(tasks) = std::fs::read_dir(format!("/proc/{}/task", self.pid)) else {
             return by;
         };
         for task in tasks.flatten() {
             let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
-            let Some((head, rest)) = stat.rsplit_once(')') else {
-                continue;
-            };
-            let name = head.split_once('(').map_or("", |(_, n)| n).to_string();
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            *by.entry(name).or_default() += (ticks(11) + ticks(12)) / hz;
+            let (name, secs) = cpu_of_stat(&stat);
+            *by.entry(name.to_string()).or_default() += secs;
         }
         by
     }
@@ -343,5 +329,35 @@ impl Drop for MemCgroup {
         // Empty once the daemon has exited; what its pinned maps still
         // hold goes to the parent.
         let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// A `/proc/.../stat` line's command name and user + system CPU seconds
+/// (an unreadable line: no name, 0). The name ends at the last ')', as it
+/// may hold spaces and parentheses itself.
+pub fn cpu_of_stat(stat: &str) -> (&str, f64) {
+    let (head, rest) = stat.rsplit_once(')').unwrap_or(("", ""));
+    let name = head.split_once('(').map_or("", |(_, n)| n);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 here.
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    (name, (ticks(11) + ticks(12)) / hz)
+}
+
+#[cfg(test)]
+mod tests {
+    /// A name with spaces and a ')' of its own is read whole, and the CPU
+    /// fields are counted from after it.
+    #[test]
+    fn a_stat_line_gives_its_name_and_cpu() {
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let line = "42 (tokio (rt) w) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 9 0 1 0 0";
+        let (name, secs) = super::cpu_of_stat(line);
+        assert_eq!(name, "tokio (rt) w");
+        assert!((secs - 300.0 / hz).abs() < 1e-9, "{secs}");
+        assert_eq!(super::cpu_of_stat(""), ("", 0.0));
     }
 }

@@ -183,18 +183,14 @@ fn cli(bin: &Path, socket: &Path, args: &[&str]) -> Option<Value> {
 
 fn daemon_cpu_rss(pid: u32) -> (f64, u64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let (_, cpu) = crate::daemon::cpu_of_stat(&stat);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let rss = status
         .lines()
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024);
-    ((ticks(11) + ticks(12)) / hz, rss)
+    (cpu, rss)
 }
 
 /// A flow of the forbidden attempts (the other loads never send to the
