@@ -84,6 +84,9 @@ pub mod names {
     pub const LOST: &str = "LOST";
     pub const CONFIG: &str = "CONFIG";
     pub const META: &str = "META";
+    /// CLOCK_BOOTTIME minus CLOCK_MONOTONIC, ns (a `u64`), written by the
+    /// daemon: the kernel's coarse clock in boot time (`FlowEntry::last_ns`).
+    pub const CLOCK: &str = "CLOCK";
     /// Per-socket state of the sockets a hook judged (socket-local storage).
     pub const SOCKS: &str = "SOCKS";
     /// The decision cache and the flow counters (see `FlowEntry`).
@@ -123,7 +126,7 @@ pub mod names {
     /// Every map, for pinning. A unit test of the daemon (`kernel::tests`)
     /// checks this list against the maps in the compiled object, so a new
     /// map cannot be left unpinned.
-    pub const ALL_MAPS: [&str; 40] = [
+    pub const ALL_MAPS: [&str; 41] = [
         PROCESSES,
         PROCESS_SCRATCH,
         PROCESS_LAYOUT,
@@ -138,6 +141,7 @@ pub mod names {
         LOST,
         CONFIG,
         META,
+        CLOCK,
         GEO[0],
         GEO[1],
         SELECT[0],
@@ -967,7 +971,10 @@ pub struct FlowEntry {
     pub name_hash: u64,
     /// CLOCK_BOOTTIME ns of the first decision.
     pub first_ns: u64,
-    /// CLOCK_BOOTTIME ns of the last attempt or packet.
+    /// CLOCK_BOOTTIME ns of the last attempt or packet, never before
+    /// `first_ns`: a repeat or a packet the cache answered is counted at
+    /// the kernel's last tick (up to 1-10 ms behind the moment it happened),
+    /// which spares every repeat a read of the clock source.
     pub last_ns: u64,
     pub count: u64,
     pub packets: u64,

@@ -26,8 +26,8 @@ use aya_ebpf::{
         bpf_get_current_uid_gid,
         generated::{
             bpf_get_current_ancestor_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_uid,
-            bpf_ktime_get_boot_ns, bpf_sk_fullsock, bpf_sk_storage_get, bpf_skb_ancestor_cgroup_id,
-            bpf_skb_cgroup_id,
+            bpf_ktime_get_boot_ns, bpf_ktime_get_coarse_ns, bpf_sk_fullsock, bpf_sk_storage_get,
+            bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
         },
     },
     macros::{
@@ -111,6 +111,12 @@ static SWEEP: Array<SweepSocket> = Array::with_max_entries(1, 0);
 /// Read and written by the daemon only (see `Meta`).
 #[map]
 static META: Array<Meta> = Array::with_max_entries(1, 0);
+
+/// CLOCK_BOOTTIME minus CLOCK_MONOTONIC in nanoseconds (the time the host
+/// slept), as the daemon last read it: what turns the coarse monotonic
+/// clock into the boot time every time in the maps is kept in (`seen_ns`).
+#[map]
+static CLOCK: Array<u64> = Array::with_max_entries(1, 0);
 
 /// The country table (`monitor_common::geo_table`), two slots; the daemon
 /// fills the idle one through an mmap and sizes both at load.
@@ -420,6 +426,19 @@ fn now_ns() -> u64 {
     unsafe { bpf_ktime_get_boot_ns() }
 }
 
+/// CLOCK_BOOTTIME nanoseconds as of the timekeeper's last tick: the time a
+/// repeat or a packet is counted at (`FlowEntry::last_ns`). It reads no
+/// clock source (`now_ns` reads the TSC, measured at a sixth of a repeated
+/// `sendmsg4` here), and is up to one tick (1-10 ms) behind `now_ns`;
+/// decisions, first sights and expiries keep `now_ns`.
+#[inline(always)]
+fn seen_ns() -> u64 {
+    // SAFETY: plain data; the array always has its entry.
+    let slept = unsafe { CLOCK.get(0) }.copied().unwrap_or(0);
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_coarse_ns() }.wrapping_add(slept)
+}
+
 #[inline(always)]
 fn stat(index: u32) {
     if let Some(c) = FLOW_STATS.get_ptr_mut(index) {
@@ -519,7 +538,6 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
         _pad: 0,
         tgid,
     };
-    let now = now_ns();
     // SAFETY: the context is the program's bpf_sock_addr.
     let netns = unsafe { bpf_get_netns_cookie(ctx.sock_addr.cast()) };
     // A flow FLOWS had no room for may be a refusal kept in REFUSALS: one
@@ -530,13 +548,14 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
     };
     let verdict = match cached {
         // SAFETY: a pointer into the map's value, valid for this run.
-        Some(f) if unsafe { fresh(&*f, word, memo.names_epoch, netns, now) } => {
+        Some(f) if unsafe { fresh(&*f, word, memo.names_epoch, netns) } => {
             // SAFETY: as above; the counters are only ever added to.
-            unsafe { count_attempt(f, now) };
+            unsafe { count_attempt(f, seen_ns()) };
             // SAFETY: as above.
             unsafe { (*f).verdict }
         }
         cached => {
+            let now = now_ns();
             let judgement = decide(
                 slot,
                 &set,
@@ -582,23 +601,44 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
 /// network namespace (names count per namespace), and its name (if it
 /// used one) not expired.
 #[inline(always)]
-fn fresh(f: &FlowEntry, word: u64, names_epoch: u32, netns: u64, now: u64) -> bool {
-    f.config_word == word
-        && f.names_epoch == names_epoch
-        && f.netns == netns
-        && now < f.valid_until_ns
+fn fresh(f: &FlowEntry, word: u64, names_epoch: u32, netns: u64) -> bool {
+    f.config_word == word && f.names_epoch == names_epoch && f.netns == netns && unexpired(f)
 }
 
-/// One more attempt the cache answered.
+/// Whether the name a cache entry used (if any) is unexpired, read on the
+/// precise clock: only an entry with a name pays for reading it.
+#[inline(always)]
+fn unexpired(f: &FlowEntry) -> bool {
+    f.valid_until_ns == u64::MAX || now_ns() < f.valid_until_ns
+}
+
+/// One more attempt the cache answered, seen at `seen` (`seen_ns`).
 ///
 /// # Safety
 /// `f` points into FLOWS' value for this run.
 #[inline(always)]
-unsafe fn count_attempt(f: *mut FlowEntry, now: u64) {
+unsafe fn count_attempt(f: *mut FlowEntry, seen: u64) {
     // SAFETY: the caller's pointer; aligned u64 fields.
     unsafe {
         atomic_add(core::ptr::addr_of_mut!((*f).count), 1u64);
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*f).last_ns), now);
+        note_seen(f, seen);
+    }
+}
+
+/// Moves the entry's `last_ns` on to `seen`, never back: the coarse clock
+/// may be behind the precise time the entry was decided at (`first_ns`).
+/// Two CPUs may race here; either value is within a tick of the other.
+///
+/// # Safety
+/// `f` points into FLOWS' value for this run.
+#[inline(always)]
+unsafe fn note_seen(f: *mut FlowEntry, seen: u64) {
+    // SAFETY: the caller's pointer; an aligned u64 field.
+    unsafe {
+        let last = core::ptr::addr_of_mut!((*f).last_ns);
+        if core::ptr::read_volatile(last) < seen {
+            core::ptr::write_volatile(last, seen);
+        }
     }
 }
 
@@ -1364,14 +1404,13 @@ fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
         _pad: 0,
         tgid,
     };
-    let now = now_ns();
     // SAFETY: the context is the program's __sk_buff.
     let netns = unsafe { bpf_get_netns_cookie(ctx.skb.skb.cast()) };
     let verdict = match FLOWS.get_ptr_mut(&key) {
         // SAFETY: a pointer into the map's value, valid for this run.
-        Some(f) if unsafe { fresh(&*f, word, memo.names_epoch, netns, now) } => {
+        Some(f) if unsafe { fresh(&*f, word, memo.names_epoch, netns) } => {
             // SAFETY: as above.
-            unsafe { add_packet(ctx, f, l4, l4_offset, family, now) };
+            unsafe { add_packet(ctx, f, l4, l4_offset, family, seen_ns()) };
             // SAFETY: as above.
             return Ok(if unsafe { (*f).verdict } == Verdict::Denied as u8 {
                 REJECT
@@ -1380,6 +1419,7 @@ fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
             });
         }
         cached => {
+            let now = now_ns();
             let judgement = decide(slot, &set, &memo.selection, cgroup, netns, &addr, false);
             let verdict = verdict_of(judgement.decision.allowed, &memo.selection) as u8;
             let attempt = Attempt {
@@ -1595,7 +1635,6 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
         }
         return Ok(PASS);
     }
-    let now = now_ns();
     // SAFETY: the context is the program's __sk_buff.
     let netns = unsafe { bpf_get_netns_cookie(ctx.skb.skb.cast()) };
     let verdict = match FLOWS.get_ptr_mut(&key) {
@@ -1605,13 +1644,13 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
                 (*f).config_word == word
                     && (*f).names_epoch == memo.names_epoch
                     && (*f).netns == netns
-                    && (established || now < (*f).valid_until_ns)
+                    && (established || unexpired(&*f))
             } =>
         {
             // SAFETY: as above.
             let verdict = unsafe { (*f).verdict };
             // SAFETY: as above.
-            unsafe { add_packet(ctx, f, l4, l4_offset, family, now) };
+            unsafe { add_packet(ctx, f, l4, l4_offset, family, seen_ns()) };
             if established {
                 // SAFETY: the socket's own storage; only its packets write it.
                 unsafe {
@@ -1629,6 +1668,7 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
             });
         }
         cached => {
+            let now = now_ns();
             let judgement = decide(
                 slot,
                 &set,
@@ -1751,11 +1791,11 @@ fn sock_state(skb: *mut __sk_buff) -> *mut SockState {
 fn count_packet(ctx: &SkBuffContext, key: &FlowKey, l4: u8, l4_offset: usize, family: u8) {
     if let Some(f) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a pointer into the map's value, valid for this run.
-        unsafe { add_packet(ctx, f, l4, l4_offset, family, now_ns()) };
+        unsafe { add_packet(ctx, f, l4, l4_offset, family, seen_ns()) };
     }
 }
 
-/// `count_packet` into an entry already at hand.
+/// `count_packet` into an entry already at hand, seen at `seen` (`seen_ns`).
 ///
 /// # Safety
 /// `f` points into FLOWS' value for this run.
@@ -1766,7 +1806,7 @@ unsafe fn add_packet(
     l4: u8,
     l4_offset: usize,
     family: u8,
-    now: u64,
+    seen: u64,
 ) {
     let skb = ctx.skb.skb;
     // SAFETY: the context.
@@ -1788,7 +1828,7 @@ unsafe fn add_packet(
     unsafe {
         atomic_add(core::ptr::addr_of_mut!((*f).packets), u64::from(segs));
         atomic_add(core::ptr::addr_of_mut!((*f).bytes), u64::from(payload));
-        core::ptr::write_volatile(core::ptr::addr_of_mut!((*f).last_ns), now);
+        note_seen(f, seen);
     }
 }
 

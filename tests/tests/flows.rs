@@ -198,6 +198,73 @@ fn flows_count_every_attempt_and_every_byte() {
     assert_eq!(u(&got, "tcp_bytes"), 100_000);
 }
 
+/// A repeat is timed when it happens (at the kernel's last clock tick, in
+/// boot time), not at its flow's first decision: a flow sent to for
+/// seconds is first seen when the sending began and last seen when it
+/// ended, within the window the sender ran in.
+#[test]
+fn a_flows_last_seen_is_its_last_repeat() {
+    let env = TestEnv::started("enforce", "DE", &[]);
+    let sink = Sink::start(&env, 15);
+    let port = SINK_PORT.to_string();
+    let wall = || {
+        let t = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap();
+        i128::try_from(t.as_nanos()).unwrap()
+    };
+    let text = |unix_nanos: i128| monitor::events::rfc3339_nanos(unix_nanos);
+    const SEC: i128 = 1_000_000_000;
+    // 150,000 datagrams, paced by the probe: 3 s at least.
+    let started = wall();
+    let spray = env.probe("sel", &["spray", "150000", "100", &port, DE_V4]);
+    let ended = wall();
+    assert!(spray.ok, "{:?}", spray.raw);
+    let ours =
+        |f: &Value| s(f, "dst_ip") == DE_V4 && f["dst_port"].as_u64() == Some(u64::from(SINK_PORT));
+    let flows = env.wait_flow_count("datagrams", 150_000, WAIT, ours);
+    let got = sink.totals();
+    assert_eq!(
+        u(&got, "datagrams"),
+        150_000,
+        "the sink lost datagrams: {got}"
+    );
+    // The flow may span two minutes of the store (two rows).
+    let first = flows
+        .iter()
+        .map(|f| s(f, "first_seen"))
+        .min()
+        .unwrap()
+        .to_string();
+    let last = flows
+        .iter()
+        .map(|f| s(f, "last_seen"))
+        .max()
+        .unwrap()
+        .to_string();
+    // Times have one fixed-width form, so they compare as text. A second
+    // of slack: the probe starts and ends inside the window, and the
+    // daemon converts boot time to wall time.
+    assert!(
+        text(started - SEC) <= first && first <= text(started + SEC),
+        "first seen {first}, the probe ran from {} to {}",
+        text(started),
+        text(ended)
+    );
+    assert!(
+        text(ended - SEC) <= last && last <= text(ended + SEC),
+        "last seen {last}, the probe ran from {} to {}",
+        text(started),
+        text(ended)
+    );
+    assert!(
+        ended - started >= 3 * SEC && text(started + 2 * SEC) <= last,
+        "last seen {last}: not when the sending ended ({} to {})",
+        text(started),
+        text(ended)
+    );
+}
+
 /// Counts stay in the pinned table across kill -9: what was harvested is
 /// not counted twice, what was not is counted once.
 #[test]

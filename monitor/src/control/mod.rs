@@ -790,6 +790,9 @@ impl Controller {
             log::error!("cgroup rescan failed, the selection in force stays: {e:#}");
         }
         self.reload_cloud();
+        if let Err(e) = self.parts.kernel.keep_clock() {
+            log::error!("the kernel's counts of repeats and packets keep the clock of before the host slept: {e}");
+        }
         let lost = self.parts.kernel.lost_events();
         let denials = self.parts.kernel.denials_lost();
         if lost > self.lost_reported {

@@ -149,6 +149,10 @@ pub struct Kernel {
     _ebpf: Ebpf,
     config_map: Array<MapData, Config>,
     meta_map: Array<MapData, Meta>,
+    /// How long the host slept, as the programs read it (`names::CLOCK`).
+    clock: Array<MapData, u64>,
+    /// What `clock` holds.
+    slept_ns: u64,
     lost: PerCpuArray<MapData, u64>,
     dns_tuning: Array<MapData, DnsTuning>,
     dns_stats: PerCpuArray<MapData, u64>,
@@ -423,6 +427,24 @@ fn adopt_state(
     Ok((config.unpack(), meta))
 }
 
+/// CLOCK_BOOTTIME minus CLOCK_MONOTONIC now: how long the host slept. The
+/// monotonic clock is read second, so the difference is never above the
+/// kernel's own (a count is never put after the precise time).
+fn slept_ns() -> u64 {
+    let read = |clock| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: ts is a valid out-pointer.
+        unsafe { libc::clock_gettime(clock, &mut ts) };
+        (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+    };
+    let boot = read(libc::CLOCK_BOOTTIME);
+    let monotonic = read(libc::CLOCK_MONOTONIC);
+    boot.saturating_sub(monotonic)
+}
+
 /// A first start: slot 0, generation 0, no database yet.
 fn fresh_state(
     config_map: &mut Array<MapData, Config>,
@@ -583,6 +605,10 @@ impl Kernel {
         } else {
             fresh_state(&mut config_map, &mut meta_map, root_id)?
         };
+        let mut clock: Array<MapData, u64> = take(&mut ebpf, names::CLOCK)?;
+        // Before any program is attached: every count is in boot time.
+        let slept_ns = slept_ns();
+        clock.set(0, slept_ns, 0).map_err(map_err(names::CLOCK))?;
         let slots = Slots::take(&mut ebpf)?;
         let lost = take(&mut ebpf, names::LOST)?;
         let dns_tuning = take(&mut ebpf, names::DNS_TUNING)?;
@@ -638,6 +664,8 @@ impl Kernel {
                 _ebpf: ebpf,
                 config_map,
                 meta_map,
+                clock,
+                slept_ns,
                 lost,
                 dns_tuning,
                 dns_stats,
@@ -689,6 +717,24 @@ impl Kernel {
     /// Programs of others on our attach points, as last checked.
     pub fn foreign_programs(&self) -> &[foreign::Foreign] {
         &self.foreign
+    }
+
+    /// Writes where the programs read it how long the host slept, when that
+    /// changed (a suspend since the last call): their counts of repeats and
+    /// packets are in boot time through it (`names::CLOCK`). Called at every
+    /// rescan; until then a count after a suspend is early by the sleep.
+    pub fn keep_clock(&mut self) -> Result<(), KernelError> {
+        let slept_ns = slept_ns();
+        // Reads of the two clocks differ by a few hundred ns from call to
+        // call; a sleep is seconds.
+        if slept_ns.abs_diff(self.slept_ns) < 1_000_000 {
+            return Ok(());
+        }
+        self.clock
+            .set(0, slept_ns, 0)
+            .map_err(map_err(names::CLOCK))?;
+        self.slept_ns = slept_ns;
+        Ok(())
     }
 
     /// Whether this start adopted pinned programs (a restart) rather than
