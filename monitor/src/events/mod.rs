@@ -399,15 +399,36 @@ impl Event {
 
     /// What this event says the container's runtime said; None: nothing.
     pub fn container_meta(&self) -> Option<crate::containers::Meta> {
-        let m = crate::containers::Meta {
+        self.has_container_meta().then(|| crate::containers::Meta {
             image: self.image.clone(),
             image_digest: self.image_digest.clone(),
             name: self.container_name.clone(),
             pod_name: self.pod_name.clone(),
             pod_namespace: self.pod_namespace.clone(),
             pod_labels: self.pod_labels.clone(),
-        };
-        (m != crate::containers::Meta::default()).then_some(m)
+        })
+    }
+
+    /// Whether this event says anything the container's runtime said
+    /// (`container_meta` is Some), without copying it.
+    pub fn has_container_meta(&self) -> bool {
+        !(self.image.is_empty()
+            && self.image_digest.is_empty()
+            && self.container_name.is_empty()
+            && self.pod_name.is_empty()
+            && self.pod_namespace.is_empty()
+            && self.pod_labels.is_empty())
+    }
+
+    /// Whether this event says exactly what `m` says of its container
+    /// (`container_meta` equals `m`), without copying it.
+    pub fn says_container(&self, m: &crate::containers::Meta) -> bool {
+        self.image == m.image
+            && self.image_digest == m.image_digest
+            && self.container_name == m.name
+            && self.pod_name == m.pod_name
+            && self.pod_namespace == m.pod_namespace
+            && self.pod_labels == m.pod_labels
     }
 
     /// Fills the attribution fields from `cgroup_path`.

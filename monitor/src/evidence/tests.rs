@@ -289,6 +289,43 @@ fn a_repeat_with_only_its_flow_fields_is_stored_as_the_whole_event() {
     assert_eq!(read(true), (whole_flows, whole_hourly));
 }
 
+/// A container the runtime describes anew (relabelled, renamed) keeps
+/// each description apart: every event reads back the one it was stored
+/// with, in one batch or across batches, also past the number of
+/// descriptions the store keeps at hand per container, and a description
+/// seen before is not stored twice.
+#[test]
+fn each_description_of_a_container_is_read_back_with_its_events() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&dir.path().join("store.db")).unwrap();
+    // Twelve descriptions (more than are kept at hand), each used twice.
+    let described = |i: i64| {
+        let mut e = in_container(i);
+        let n = (i - 1) % 12;
+        e.container_name = format!("probe-{}", n % 3);
+        e.pod_labels = [("rev".to_string(), (n / 3).to_string())].into();
+        Arc::new(e)
+    };
+    let events: Vec<Arc<Event>> = (1..=24).map(described).collect();
+    for batch in [&events[..5], &events[5..6], &events[6..]] {
+        s.append(&Batch {
+            events: batch.to_vec(),
+            ..Default::default()
+        })
+        .unwrap();
+    }
+    let rows: i64 = s
+        .conn
+        .query_row("SELECT count(*) FROM containers", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(rows, 12, "one row per description");
+    let (read, _) = query::events(&s, T0, T0 + 30 * SEC, 0, 100, &|_| true).unwrap();
+    assert_eq!(read.len(), 24);
+    for ((_, got), want) in read.iter().zip(&events) {
+        assert_eq!(got, &**want);
+    }
+}
+
 /// What a runtime said of a container is stored once per answer, read
 /// back on every event of the container as it was hashed, and in the
 /// bundle's records; editing the stored answer is caught.

@@ -635,8 +635,8 @@ impl Names {
     const MOST: usize = 16_384;
 
     fn bound(&mut self) {
-        if self.cgroups.0.len() > Self::MOST {
-            self.cgroups.0.clear();
+        if self.cgroups.ids.len() > Self::MOST {
+            self.cgroups = Cgroups::default();
         }
         let p = &mut self.processes;
         if p.exes.len() > Self::MOST {
@@ -653,9 +653,13 @@ impl Names {
 
 /// The cgroup paths named by id: each one's id (made in the transaction
 /// if new) and what reading it back attributes, worked out once per path
-/// rather than per event.
+/// rather than per event. A known path costs one hash (its place in
+/// `known`).
 #[derive(Default)]
-struct Cgroups(Interned<String, (i64, crate::events::CgroupInfo)>);
+struct Cgroups {
+    ids: Interned<String, usize>,
+    known: Vec<(i64, crate::events::CgroupInfo)>,
+}
 
 impl Cgroups {
     fn get(
@@ -663,14 +667,17 @@ impl Cgroups {
         tx: &rusqlite::Transaction<'_>,
         path: &str,
     ) -> rusqlite::Result<(i64, &crate::events::CgroupInfo)> {
-        if !self.0.contains_key(path) {
-            let id = tx
-                .prepare_cached(schema::INTERN_CGROUP)?
-                .query_row(params![path], |r| r.get(0))?;
-            let info = crate::events::CgroupInfo::of_path(path.to_string());
-            self.0.insert(path.to_string(), (id, info));
+        if let Some(&i) = self.ids.get(path) {
+            let (id, info) = &self.known[i];
+            return Ok((*id, info));
         }
-        let (id, info) = &self.0[path];
+        let id = tx
+            .prepare_cached(schema::INTERN_CGROUP)?
+            .query_row(params![path], |r| r.get(0))?;
+        let info = crate::events::CgroupInfo::of_path(path.to_string());
+        self.ids.insert(path.to_string(), self.known.len());
+        self.known.push((id, info));
+        let (id, info) = &self.known[self.known.len() - 1];
         Ok((*id, info))
     }
 }
@@ -682,7 +689,9 @@ impl Cgroups {
 struct Processes {
     exes: Interned<String, i64>,
     args: Interned<Vec<String>, i64>,
-    containers: Interned<(String, crate::containers::Meta), i64>,
+    /// By container id, each description a runtime gave of it: looked up
+    /// by the event's borrowed fields, so a known one costs no copy.
+    containers: Interned<String, Vec<(crate::containers::Meta, i64)>>,
 }
 
 /// An event's process and container columns (0: not known).
@@ -695,6 +704,9 @@ struct ProcessRefs {
 }
 
 impl Processes {
+    /// Descriptions kept per container id (see `containers`).
+    const SAID_MOST: usize = 8;
+
     fn exe(&mut self, tx: &rusqlite::Transaction<'_>, path: &str) -> rusqlite::Result<i64> {
         if path.is_empty() {
             return Ok(0);
@@ -732,17 +744,22 @@ impl Processes {
     }
 
     fn container(&mut self, tx: &rusqlite::Transaction<'_>, ev: &Event) -> rusqlite::Result<i64> {
-        let Some(meta) = ev.container_meta() else {
+        if !ev.has_container_meta() {
             return Ok(0);
-        };
-        let key = (ev.container_id.clone(), meta);
-        if let Some(id) = self.containers.get(&key) {
+        }
+        let known = self
+            .containers
+            .get(ev.container_id.as_str())
+            .and_then(|said| said.iter().find(|(m, _)| ev.says_container(m)));
+        if let Some((_, id)) = known {
             return Ok(*id);
         }
-        let m = &key.1;
+        let Some(m) = ev.container_meta() else {
+            return Ok(0);
+        };
         let id = tx.prepare_cached(schema::INTERN_CONTAINER)?.query_row(
             params![
-                key.0,
+                ev.container_id,
                 m.image,
                 m.image_digest,
                 m.name,
@@ -752,7 +769,13 @@ impl Processes {
             ],
             |r| r.get(0),
         )?;
-        self.containers.insert(key, id);
+        let said = self.containers.entry(ev.container_id.clone()).or_default();
+        // A container whose description keeps changing (relabelled
+        // again and again) is asked of SQLite again past this many.
+        if said.len() >= Processes::SAID_MOST {
+            said.clear();
+        }
+        said.push((m, id));
         Ok(id)
     }
 }
