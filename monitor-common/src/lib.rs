@@ -98,6 +98,10 @@ pub mod names {
     pub const MEMO: &str = "MEMO";
     /// Per CPU: cgroups no policy selects under a CONFIG word (`Quiet`).
     pub const QUIET: &str = "QUIET";
+    /// Per CPU: what a repeat needs of a selected cgroup's memo (`Hot`).
+    pub const HOT: &str = "HOT";
+    /// How many times a memo changed (`Hot`), one `u64`.
+    pub const MEMO_GEN: &str = "MEMO_GEN";
     /// Per-CPU counters of the flow table (`flow_stat`).
     pub const FLOW_STATS: &str = "FLOW_STATS";
     /// Per-CPU room where the kernel builds a new flow entry.
@@ -126,7 +130,7 @@ pub mod names {
     /// Every map, for pinning. A unit test of the daemon (`kernel::tests`)
     /// checks this list against the maps in the compiled object, so a new
     /// map cannot be left unpinned.
-    pub const ALL_MAPS: [&str; 41] = [
+    pub const ALL_MAPS: [&str; 43] = [
         PROCESSES,
         PROCESS_SCRATCH,
         PROCESS_LAYOUT,
@@ -136,6 +140,8 @@ pub mod names {
         REFUSALS,
         MEMO,
         QUIET,
+        HOT,
+        MEMO_GEN,
         FLOW_STATS,
         FLOW_SCRATCH,
         LOST,
@@ -1065,6 +1071,42 @@ const _: () = {
     assert!(size_of::<Quiet>() == 16);
     assert!(offset_of!(Quiet, tag) == 8);
 };
+
+/// Value of HOT (per CPU, in the slot QUIET gives the cgroup): a selected
+/// cgroup's memo, filed under one CONFIG word and one MEMO_GEN (bumped
+/// whenever a memo changes), so a repeat reads an array instead of looking
+/// MEMO up. `tag` is `hot_tag` of the other fields: a slot torn by a
+/// program that interrupted its write on the same CPU matches no tag and
+/// is a miss.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Hot {
+    pub cgroup_id: u64,
+    pub memo_gen: u64,
+    pub selected_cgroup_id: u64,
+    pub policy_id: u32,
+    pub names_epoch: u32,
+    pub mode: u8,
+    pub flags: u8,
+    pub _pad: [u8; 6],
+    pub tag: u64,
+}
+const _: () = {
+    assert!(size_of::<Hot>() == 48);
+    assert!(offset_of!(Hot, policy_id) == 24);
+    assert!(offset_of!(Hot, mode) == 32);
+    assert!(offset_of!(Hot, tag) == 40);
+};
+
+/// `Hot::tag` of a memo filed for `cgroup_id` under `word` and `memo_gen`.
+#[inline(always)]
+pub fn hot_tag(cgroup_id: u64, word: u64, memo_gen: u64, memo: &Memo) -> u64 {
+    let s = &memo.selection;
+    quiet_mix(cgroup_id ^ word.rotate_left(29))
+        ^ quiet_mix(memo.selected_cgroup_id ^ memo_gen.rotate_left(32))
+        ^ quiet_mix(u64::from(memo.names_epoch) << 32 | u64::from(s.policy_id))
+        ^ (u64::from(s.mode) << 8 | u64::from(s.flags))
+}
 
 /// A 64-bit mix of a cgroup id (splitmix64's finalizer): QUIET's slot is
 /// its low bits, and it keys `Quiet::tag`.

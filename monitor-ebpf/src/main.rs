@@ -38,7 +38,7 @@ use aya_ebpf::{
 };
 use monitor_common::{
     flow_stat, geo_table, kind, limits, lost, Action, CidrRule, CloudEntry, CloudKey, Config,
-    CountrySource, Decision, DecisionEvent, DomainKey, EventHeader, FlowEntry, FlowKey, Hook,
+    CountrySource, Decision, DecisionEvent, DomainKey, EventHeader, FlowEntry, FlowKey, Hook, Hot,
     InForce, Memo, Meta, Mode, NameEntry, PolicyAddr, Quiet, Region, RegionKey, RegionRule, Rule,
     Selection, SockState, SweepSocket, Verdict, AF_INET, AF_INET6, AF_PACKET, DECISION_VERSION,
     DOMAIN_EXACT, DOMAIN_WILDCARD, IPPROTO_TCP, IPPROTO_UDP,
@@ -95,6 +95,16 @@ static MEMO: LruHashMap<u64, Memo> = LruHashMap::with_max_entries(limits::MEMO_E
 /// (it is its own selection).
 #[map]
 static QUIET: PerCpuArray<Quiet> = PerCpuArray::with_max_entries(limits::QUIET_SLOTS, 0);
+
+/// Per CPU, in QUIET's slot: what a repeat needs of a selected cgroup's
+/// memo (see `Hot`), filed from MEMO by `memo_of`.
+#[map]
+static HOT: PerCpuArray<Hot> = PerCpuArray::with_max_entries(limits::QUIET_SLOTS, 0);
+
+/// Bumped after any memo changes (made, or its names epoch moved): every
+/// HOT slot filed before is stale.
+#[map]
+static MEMO_GEN: Array<u64> = Array::with_max_entries(1, 0);
 
 /// Per-CPU room where a new flow entry is built before it is filed.
 #[map]
@@ -447,17 +457,26 @@ fn stat(index: u32) {
     }
 }
 
-/// The selection of a cgroup under the word in force: the memo when it was
-/// made under this word, else the ancestor walk, remembered. A cgroup
-/// outside every selected subtree costs one lookup per hook run and one
-/// write per cgroup and switch.
+/// The selection of a cgroup under the word in force: this CPU's HOT copy
+/// of its memo, else the memo when it was made under this word, else the
+/// ancestor walk, remembered. A selected cgroup costs two array reads per
+/// hook run while no memo changes; a cgroup outside every selected subtree
+/// one lookup per hook run (QUIET, read before, spares most of them) and
+/// one write per cgroup and switch.
 #[inline(always)]
 fn memo_of(slot: &Slot, word: u64, owner: Owner, cgroup: u64) -> Memo {
+    if let Some(m) = hot(cgroup, word) {
+        return m;
+    }
+    // Read before MEMO: a change after it leaves what is filed stale.
+    let gen = memo_gen();
     // SAFETY: plain data, copied out at once.
     if let Some(m) = unsafe { MEMO.get(&cgroup) } {
         if m.config_word == word {
             if m.selected_cgroup_id == 0 {
                 note_quiet(cgroup, word);
+            } else {
+                note_hot(cgroup, word, gen, m);
             }
             return *m;
         }
@@ -475,6 +494,7 @@ fn memo_of(slot: &Slot, word: u64, owner: Owner, cgroup: u64) -> Memo {
     if selection.flags & Selection::UNCLASSIFIED == 0 {
         // A full LRU evicts the coldest cgroup; it costs one walk later.
         let _ = MEMO.insert(&cgroup, &memo, 0);
+        memo_changed();
     }
     // An unclassified cgroup is its own selection (never 0): not quiet.
     if selected_cgroup_id == 0 {
@@ -490,6 +510,94 @@ pub(crate) fn names_changed(cgroup: u64) {
     if let Some(m) = MEMO.get_ptr_mut(&cgroup) {
         // SAFETY: a pointer into the map's value; the add is atomic.
         unsafe { atomic_add(core::ptr::addr_of_mut!((*m).names_epoch), 1u32) };
+        memo_changed();
+    }
+}
+
+/// MEMO_GEN now (0 where it cannot be read: then nothing is filed in HOT).
+#[inline(always)]
+fn memo_gen() -> u64 {
+    match MEMO_GEN.get_ptr(0) {
+        // SAFETY: the array's value, aligned; one load.
+        Some(g) => unsafe { core::ptr::read_volatile(g) },
+        None => 0,
+    }
+}
+
+/// After a memo changed: every HOT slot is stale.
+#[inline(always)]
+fn memo_changed() {
+    if let Some(g) = MEMO_GEN.get_ptr_mut(0) {
+        // SAFETY: the array's value, aligned; the add is atomic.
+        unsafe { atomic_add(g, 1u64) };
+    }
+}
+
+/// The memo of a selected cgroup from this CPU's HOT, when it was filed
+/// under `word` and no memo changed since.
+#[inline(always)]
+fn hot(cgroup: u64, word: u64) -> Option<Memo> {
+    let mix = monitor_common::quiet_mix(cgroup);
+    let h = HOT.get_ptr(mix as u32 & (limits::QUIET_SLOTS - 1))?;
+    // SAFETY: this CPU's slot, read field by field; a torn slot fails the
+    // tag (see `Hot`).
+    let (id, gen, tag, memo) = unsafe {
+        let memo = Memo {
+            config_word: word,
+            selected_cgroup_id: core::ptr::read_volatile(core::ptr::addr_of!(
+                (*h).selected_cgroup_id
+            )),
+            selection: Selection {
+                policy_id: core::ptr::read_volatile(core::ptr::addr_of!((*h).policy_id)),
+                mode: core::ptr::read_volatile(core::ptr::addr_of!((*h).mode)),
+                flags: core::ptr::read_volatile(core::ptr::addr_of!((*h).flags)),
+                _pad: [0; 2],
+            },
+            names_epoch: core::ptr::read_volatile(core::ptr::addr_of!((*h).names_epoch)),
+            _pad: 0,
+        };
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*h).cgroup_id)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*h).memo_gen)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*h).tag)),
+            memo,
+        )
+    };
+    if id != cgroup
+        || memo.selected_cgroup_id == 0
+        || gen != memo_gen()
+        || tag != monitor_common::hot_tag(cgroup, word, gen, &memo)
+    {
+        return None;
+    }
+    Some(memo)
+}
+
+/// Files a selected cgroup's memo, read from MEMO after MEMO_GEN was
+/// `gen`, in this CPU's HOT.
+#[inline(always)]
+fn note_hot(cgroup: u64, word: u64, gen: u64, m: &Memo) {
+    let mix = monitor_common::quiet_mix(cgroup);
+    if let Some(h) = HOT.get_ptr_mut(mix as u32 & (limits::QUIET_SLOTS - 1)) {
+        let tag = monitor_common::hot_tag(cgroup, word, gen, m);
+        // SAFETY: this CPU's slot; see `Hot` for a write interrupted by
+        // another program on this CPU.
+        unsafe {
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*h).cgroup_id), cgroup);
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*h).memo_gen), gen);
+            core::ptr::write_volatile(
+                core::ptr::addr_of_mut!((*h).selected_cgroup_id),
+                m.selected_cgroup_id,
+            );
+            core::ptr::write_volatile(
+                core::ptr::addr_of_mut!((*h).policy_id),
+                m.selection.policy_id,
+            );
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*h).names_epoch), m.names_epoch);
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*h).mode), m.selection.mode);
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*h).flags), m.selection.flags);
+            core::ptr::write_volatile(core::ptr::addr_of_mut!((*h).tag), tag);
+        }
     }
 }
 

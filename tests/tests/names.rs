@@ -165,6 +165,37 @@ fn resolve_then_connect_is_judged_by_name_without_a_race() {
     );
 }
 
+/// A process refused an address it reached without a name, which then
+/// resolves a name that allows it, is allowed at its next connect: the
+/// kernel's caches of the cgroup (the decision, the per-CPU copy of the
+/// cgroup's memo) all give way to the learned name. The process stays on
+/// one CPU, so the copy it filed at the refusal is the one it meets after.
+#[test]
+fn a_name_learned_after_a_refusal_opens_the_next_connect() {
+    let (env, dns) = started(&[]);
+    let port = PORT.to_string();
+    let r = env.dnsprobe(
+        "sel",
+        &[
+            "resolve-connect",
+            "--server",
+            &dns.addr,
+            "--name",
+            "allowed.test",
+            "--connect-port",
+            &port,
+            "--rounds",
+            "20",
+            "--connect-first",
+            US_V4,
+        ],
+    );
+    assert_eq!(s(&r, "first"), "eperm", "refused without a name: {r}");
+    assert_eq!(n(&r, "resolved"), 20, "every round got an answer: {r}");
+    assert_eq!(n(&r, "eperm"), 0, "allowed once named: {r}");
+    assert_eq!(n(&r, "connected") + n(&r, "refused"), 20, "{r}");
+}
+
 /// A denied name closes an address its region allows; CNAME chains are
 /// named with both ends; one cgroup's lookup does not open the address for
 /// another cgroup.

@@ -255,6 +255,8 @@ impl Tally {
 
 /// `dnsprobe resolve-connect`: `rounds` times, resolve `name`, then at
 /// once connect to every address it gave. Stops early after `max_time`.
+/// With `first`: on one CPU, a connect to it before the first round, its
+/// outcome reported as `first`.
 pub fn resolve_connect(
     asker: &Asker,
     name: &str,
@@ -262,8 +264,22 @@ pub fn resolve_connect(
     rounds: u32,
     gap: Duration,
     max_time: Duration,
+    first: Option<SocketAddr>,
 ) -> Value {
     let started = Instant::now();
+    let first = first.map(|addr| {
+        if let Err(e) = stay_on_this_cpu() {
+            return format!("not kept on one CPU: {e}");
+        }
+        let mut t = Tally::default();
+        t.connect(addr);
+        match (t.connected, t.refused, t.eperm) {
+            (1, _, _) => "connected".to_string(),
+            (_, 1, _) => "refused".to_string(),
+            (_, _, 1) => "eperm".to_string(),
+            _ => format!("{:?}", t.errors),
+        }
+    });
     let mut t = Tally::default();
     for round in 0..rounds {
         if round > 0 {
@@ -321,7 +337,25 @@ pub fn resolve_connect(
         "tc_retries": t.tc_retries,
         "addresses": t.addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
         "errors": t.errors,
+        "first": first,
     })
+}
+
+/// Keeps this process on the CPU it runs on now.
+fn stay_on_this_cpu() -> std::io::Result<()> {
+    // SAFETY: no arguments.
+    let cpu = unsafe { libc::sched_getcpu() };
+    if cpu < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: a zeroed set is a valid empty set; CPU_SET writes within it.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    unsafe { libc::CPU_SET(cpu as usize, &mut set) };
+    // SAFETY: the set is valid for its size; 0 is this process.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// What `flood` counts of the answers.

@@ -7,7 +7,7 @@
 //! dnsprobe query --server IP:PORT --name NAME [--tcp] [--aaaa] [--accept-any]
 //! dnsprobe resolve-connect --server IP:PORT --name NAME --connect-port P
 //!     [--rounds N] [--tcp] [--aaaa] [--gap-ms G] [--accept-any]
-//!     [--no-tcp-fallback] [--max-seconds S]
+//!     [--no-tcp-fallback] [--max-seconds S] [--connect-first IP]
 //! dnsprobe flood --server IP:PORT --count N [--suffix flood.test] [--seconds S]
 //! dnsprobe forge --server IP:PORT --name NAME --answer IPV4
 //!     --via broadcast|multicast|tun|stub [--dev IFNAME] [--connect-port P]
@@ -67,6 +67,12 @@ enum Command {
         /// Stop starting rounds after this long.
         #[arg(long, default_value_t = 60)]
         max_seconds: u64,
+        /// Before the first round, connect once to this address (reported
+        /// as `first`), with the whole run kept on one CPU: the kernel's
+        /// per-CPU caches then see the connects before and after the
+        /// answer.
+        #[arg(long)]
+        connect_first: Option<std::net::IpAddr>,
     },
     /// Queries for COUNT distinct names r<i>.<suffix> on one UDP socket, as
     /// fast as they go. Prints one summary.
@@ -144,12 +150,22 @@ fn main() {
             rounds,
             gap_ms,
             max_seconds,
+            connect_first,
         } => {
             let gap = Duration::from_millis(gap_ms);
             let max = Duration::from_secs(max_seconds);
+            let first = connect_first.map(|ip| SocketAddr::new(ip, connect_port));
             println!(
                 "{}",
-                client::resolve_connect(&ask.asker(), &ask.name, connect_port, rounds, gap, max)
+                client::resolve_connect(
+                    &ask.asker(),
+                    &ask.name,
+                    connect_port,
+                    rounds,
+                    gap,
+                    max,
+                    first
+                )
             );
         }
         Command::Flood {
