@@ -412,23 +412,29 @@ impl Event {
     /// Whether this event says anything the container's runtime said
     /// (`container_meta` is Some), without copying it.
     pub fn has_container_meta(&self) -> bool {
-        !(self.image.is_empty()
-            && self.image_digest.is_empty()
-            && self.container_name.is_empty()
-            && self.pod_name.is_empty()
-            && self.pod_namespace.is_empty()
-            && self.pod_labels.is_empty())
+        // An empty description allocates nothing.
+        !self.says_container(&crate::containers::Meta::default())
     }
 
     /// Whether this event says exactly what `m` says of its container
-    /// (`container_meta` equals `m`), without copying it.
+    /// (`container_meta` equals `m`), without copying it. `m` is taken
+    /// apart whole: a field added to `Meta` does not compile here until it
+    /// is compared.
     pub fn says_container(&self, m: &crate::containers::Meta) -> bool {
-        self.image == m.image
-            && self.image_digest == m.image_digest
-            && self.container_name == m.name
-            && self.pod_name == m.pod_name
-            && self.pod_namespace == m.pod_namespace
-            && self.pod_labels == m.pod_labels
+        let crate::containers::Meta {
+            image,
+            image_digest,
+            name,
+            pod_name,
+            pod_namespace,
+            pod_labels,
+        } = m;
+        self.image == *image
+            && self.image_digest == *image_digest
+            && self.container_name == *name
+            && self.pod_name == *pod_name
+            && self.pod_namespace == *pod_namespace
+            && self.pod_labels == *pod_labels
     }
 
     /// Fills the attribution fields from `cgroup_path`.
