@@ -85,7 +85,7 @@ fn resolve_connect(
     server: &str,
     name: &str,
     rounds: u32,
-    tcp: bool,
+    extra: &[&str],
 ) -> Value {
     let port = PORT.to_string();
     let rounds = rounds.to_string();
@@ -100,9 +100,7 @@ fn resolve_connect(
         "--rounds",
         &rounds,
     ];
-    if tcp {
-        args.push("--tcp");
-    }
+    args.extend_from_slice(extra);
     env.dnsprobe(sub, &args)
 }
 
@@ -135,7 +133,7 @@ fn scrape(addr: &str) -> String {
 #[test]
 fn resolve_then_connect_is_judged_by_name_without_a_race() {
     let (mut env, dns) = started(&[]);
-    let r = resolve_connect(&env, "sel", &dns.addr, "allowed.test", 500, false);
+    let r = resolve_connect(&env, "sel", &dns.addr, "allowed.test", 500, &[]);
     assert_eq!(n(&r, "rounds"), 500, "{r}");
     assert_eq!(n(&r, "resolved"), 500, "every round got an answer: {r}");
     assert_eq!(n(&r, "eperm"), 0, "no false denial: {r}");
@@ -157,7 +155,7 @@ fn resolve_then_connect_is_judged_by_name_without_a_race() {
     assert_eq!(s(&e, "rule"), "default");
 
     // Over TCP (port 53), too.
-    let r = resolve_connect(&env, "sel", &dns.addr, "api.svc.test", 20, true);
+    let r = resolve_connect(&env, "sel", &dns.addr, "api.svc.test", 20, &["--tcp"]);
     assert_eq!(
         (n(&r, "resolved"), n(&r, "eperm")),
         (20, 0),
@@ -173,22 +171,13 @@ fn resolve_then_connect_is_judged_by_name_without_a_race() {
 #[test]
 fn a_name_learned_after_a_refusal_opens_the_next_connect() {
     let (env, dns) = started(&[]);
-    let port = PORT.to_string();
-    let r = env.dnsprobe(
+    let r = resolve_connect(
+        &env,
         "sel",
-        &[
-            "resolve-connect",
-            "--server",
-            &dns.addr,
-            "--name",
-            "allowed.test",
-            "--connect-port",
-            &port,
-            "--rounds",
-            "20",
-            "--connect-first",
-            US_V4,
-        ],
+        &dns.addr,
+        "allowed.test",
+        20,
+        &["--connect-first", US_V4],
     );
     assert_eq!(s(&r, "first"), "eperm", "refused without a name: {r}");
     assert_eq!(n(&r, "resolved"), 20, "every round got an answer: {r}");
@@ -202,7 +191,7 @@ fn a_name_learned_after_a_refusal_opens_the_next_connect() {
 #[test]
 fn denied_names_cname_chains_and_cgroups_apart() {
     let (mut env, dns) = started(&[]);
-    let r = resolve_connect(&env, "sel", &dns.addr, "denied.test", 3, false);
+    let r = resolve_connect(&env, "sel", &dns.addr, "denied.test", 3, &[]);
     assert_eq!(
         (n(&r, "resolved"), n(&r, "eperm")),
         (3, 3),
@@ -220,7 +209,7 @@ fn denied_names_cname_chains_and_cgroups_apart() {
     let p = env.probe("sel2", &["tcp", DENIED_DE, &PORT.to_string()]);
     assert!(p.errno != i64::from(libc::EPERM), "{:?}", p.raw);
 
-    let r = resolve_connect(&env, "sel", &dns.addr, "alias.test", 3, false);
+    let r = resolve_connect(&env, "sel", &dns.addr, "alias.test", 3, &[]);
     assert_eq!((n(&r, "resolved"), n(&r, "eperm")), (3, 0), "alias: {r}");
     let e = env.expect_event(
         "allowed through a CNAME chain",
@@ -292,7 +281,7 @@ fn only_named_resolvers_teach_names() {
         "127.0.0.1:19468",
     ]);
     env.wait_log("policy set generation", Duration::from_secs(10));
-    let r = resolve_connect(&env, "sel", &dns.addr, "allowed.test", 3, false);
+    let r = resolve_connect(&env, "sel", &dns.addr, "allowed.test", 3, &[]);
     assert_eq!(
         (n(&r, "resolved"), n(&r, "eperm")),
         (3, 3),
@@ -683,7 +672,7 @@ fn explain(env: &TestEnv, args: &[&str]) -> (Option<i32>, String) {
 #[test]
 fn policy_explain_answers_for_the_daemon_in_force() {
     let (mut env, dns) = started(&[]);
-    let r = resolve_connect(&env, "sel", &dns.addr, "allowed.test", 1, false);
+    let r = resolve_connect(&env, "sel", &dns.addr, "allowed.test", 1, &[]);
     assert_eq!(n(&r, "resolved"), 1, "{r}");
     env.expect_event("allowed by name", Duration::from_secs(10), |e| {
         s(e, "dst_ip") == US_V4 && s(e, "dns_name") == "allowed.test"
