@@ -25,26 +25,22 @@ pub mod names {
     /// cgroup_skb egress: a connected UDP socket's datagrams sent by its
     /// process after it moved into a selected cgroup.
     pub const PROG_SENDER: &str = "sender";
-    /// cgroup sock_create: gives a TCP socket made in a selected cgroup its
-    /// socket-local state at birth (see `SockState`).
-    pub const PROG_SOCK_MADE: &str = "sock_made";
     /// lsm/socket_create: refuses packet sockets in enforcing cgroups.
     pub const PROG_SOCKET_CREATE: &str = "socket_create";
     /// cgroup_skb ingress: reads the DNS answers selected cgroups receive.
     pub const PROG_INGRESS: &str = "ingress";
     /// Every program, in attach order: the egress backstop, the socket
-    /// creation hooks and the DNS reader first, so the sock_addr hooks never
+    /// creation hook and the DNS reader first, so the sock_addr hooks never
     /// run without them.
     /// The socket creation hook needs the BPF LSM (`bpf` in the kernel's
     /// `lsm=` list); where it is missing the daemon runs without it and says
     /// so. A unit test of the daemon (`kernel::tests`) checks this list
     /// against the programs in the compiled object.
-    pub const ALL_PROGRAMS: [&str; 11] = [
+    pub const ALL_PROGRAMS: [&str; 10] = [
         PROG_PROCESS_EXEC,
         PROG_PROCESS_EXIT,
         PROG_EGRESS,
         PROG_SENDER,
-        PROG_SOCK_MADE,
         PROG_SOCKET_CREATE,
         PROG_INGRESS,
         PROG_CONNECT4,
@@ -886,11 +882,10 @@ impl Config {
 /// Socket-local storage (SOCKS) of a socket a sock_addr hook judged: the
 /// last destination and what was decided for it, so the egress backstop
 /// passes its packets at the cost of one socket-local lookup and re-judges
-/// them when the CONFIG word or the destination changes. A TCP socket made
-/// in a selected cgroup gets one at birth (`sock_made`: verdict 0xff, no
-/// destination), so a connect from an unselected cgroup marks it and the
-/// backstop judges it by its own cgroup; a TCP socket made and connected
-/// outside every selected cgroup gets none. Freed with the socket.
+/// them when the CONFIG word or the destination changes. A TCP socket
+/// connected outside every selected cgroup gets none (the backstop judges
+/// the SYN of one made in a selected cgroup by that cgroup); a UDP socket
+/// connected there is marked for `sender`. Freed with the socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockState {
@@ -906,9 +901,7 @@ pub struct SockState {
     /// A `Verdict`, or 0 when the socket's cgroup is not selected. A UDP
     /// socket marked 0 that sends from a selected cgroup (its process moved
     /// there, or its descriptor was passed there) is judged by the
-    /// sender's cgroup (the `sender` program). 0xff is a TCP socket's birth
-    /// mark (`sock_made`): no hook judged it yet, and the backstop takes it
-    /// for no state.
+    /// sender's cgroup (the `sender` program).
     pub verdict: u8,
     /// The process that connected it (its flow is counted under it).
     pub tgid: u32,

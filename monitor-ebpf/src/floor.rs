@@ -1,15 +1,15 @@
 //! For `cargo xtask bench` only (the daemon never loads it): the floor.
 //! Programs of the same types on the same cgroup hooks as the monitor's
-//! (two on egress, one on ingress, socket creation, connect and sendmsg
-//! for both families), each returning "allow" at its first instruction. What a
+//! (two on egress, one on ingress, connect and sendmsg for both
+//! families), each returning "allow" at its first instruction. What a
 //! cgroup pays for these is what any program there costs; the bench
 //! reports the monitor's cost against it.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::{
-    macros::{cgroup_skb, cgroup_sock, cgroup_sock_addr},
-    programs::{SkBuffContext, SockAddrContext, SockContext},
+    macros::{cgroup_skb, cgroup_sock_addr},
+    programs::{SkBuffContext, SockAddrContext},
 };
 
 #[cgroup_sock_addr(connect4)]
@@ -44,11 +44,6 @@ pub fn floor_sender(_ctx: SkBuffContext) -> i32 {
 
 #[cgroup_skb(ingress)]
 pub fn floor_ingress(_ctx: SkBuffContext) -> i32 {
-    1
-}
-
-#[cgroup_sock(sock_create)]
-pub fn floor_sock_made(_ctx: SockContext) -> i32 {
     1
 }
 

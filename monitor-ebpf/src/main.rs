@@ -18,8 +18,8 @@ mod process;
 
 use aya_ebpf::{
     bindings::{
-        __sk_buff, BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP,
-        BPF_RB_RING_SIZE,
+        __sk_buff, bpf_sock, BPF_F_MMAPABLE, BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP,
+        BPF_RB_NO_WAKEUP, BPF_RB_RING_SIZE,
     },
     helpers::{
         bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid,
@@ -30,11 +30,9 @@ use aya_ebpf::{
             bpf_skb_ancestor_cgroup_id, bpf_skb_cgroup_id,
         },
     },
-    macros::{
-        btf_map, cgroup_skb, cgroup_sock, cgroup_sock_addr, lsm, map, raw_tracepoint, socket_filter,
-    },
+    macros::{btf_map, cgroup_skb, cgroup_sock_addr, lsm, map, raw_tracepoint, socket_filter},
     maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
-    programs::{LsmContext, RawTracePointContext, SkBuffContext, SockAddrContext, SockContext},
+    programs::{LsmContext, RawTracePointContext, SkBuffContext, SockAddrContext},
 };
 use monitor_common::{
     flow_stat, geo_table, kind, limits, lost, Action, CidrRule, CloudEntry, CloudKey, Config,
@@ -49,11 +47,9 @@ const PASS: i32 = 1;
 const REJECT: i32 = 0;
 /// `Judged::verdict` of a socket whose cgroup is not selected.
 const UNSELECTED: u8 = 0;
-/// `SockState::verdict` of a TCP socket's birth mark (`sock_made`): made
-/// in a selected cgroup, not judged by any hook (yet). A connect overwrites
-/// it; a socket that never connects (a listener) keeps it, and its packets
-/// are treated as those of a socket without state.
-const BORN: u8 = 0xff;
+/// `bpf_sock::state` of a TCP socket whose connect sent its SYN and has
+/// no answer yet (the kernel's `TCP_SYN_SENT`).
+const TCP_SYN_SENT: u32 = 2;
 
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(limits::DEFAULT_RING_BYTES, 0);
@@ -625,14 +621,12 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
         // Not in any selected subtree: untouched and not reported. A UDP
         // socket is marked, so that its datagrams are judged if a process
         // sends on it from a selected cgroup (`sender`). A TCP socket is
-        // marked only when it was made in a selected cgroup (`sock_made`
-        // gave it its state at birth), so that the egress backstop judges
-        // it by that cgroup; one made and connected outside every selected
-        // cgroup costs no allocation. (A connection made before its cgroup
-        // is selected is judged by the sweep at the switch.)
-        if connect {
-            let create = attempt.protocol != IPPROTO_TCP;
-            remember(ctx, task_cgroup, word, UNSELECTED, attempt, create);
+        // not: one made in a selected cgroup and connected from here
+        // leaves with a SYN and no state, which the egress backstop judges
+        // by the socket's cgroup. (A connection made before its cgroup is
+        // selected is judged by the sweep at the switch.)
+        if connect && attempt.protocol != IPPROTO_TCP {
+            remember(ctx, task_cgroup, word, UNSELECTED, attempt);
         }
         return PASS;
     }
@@ -695,7 +689,7 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
         }
     };
     if connect {
-        remember(ctx, task_cgroup, word, verdict, attempt, true);
+        remember(ctx, task_cgroup, word, verdict, attempt);
     }
     if verdict == Verdict::Denied as u8 {
         REJECT
@@ -930,18 +924,10 @@ fn socks() -> *mut core::ffi::c_void {
     core::ptr::addr_of!(SOCKS).cast_mut().cast()
 }
 
-/// Remembers a connected socket's decision in its socket-local storage:
-/// with `create`, always; without, only in a socket that already has
-/// storage (a TCP socket `sock_made` marked at birth).
+/// Remembers a connected socket's decision in its socket-local storage,
+/// made here if the socket has none.
 #[inline(always)]
-fn remember(
-    ctx: &SockAddrContext,
-    cgroup_id: u64,
-    word: u64,
-    verdict: u8,
-    attempt: &Attempt,
-    create: bool,
-) {
+fn remember(ctx: &SockAddrContext, cgroup_id: u64, word: u64, verdict: u8, attempt: &Attempt) {
     // SAFETY: the context's socket, as the sk_storage helper takes it.
     let sk = unsafe { (*ctx.sock_addr).__bindgen_anon_1.sk };
     if sk.is_null() {
@@ -961,16 +947,8 @@ fn remember(
         bpf_sk_storage_get(
             socks(),
             sk.cast(),
-            if create {
-                core::ptr::addr_of!(state).cast_mut().cast()
-            } else {
-                core::ptr::null_mut()
-            },
-            if create {
-                u64::from(BPF_SK_STORAGE_GET_F_CREATE)
-            } else {
-                0
-            },
+            core::ptr::addr_of!(state).cast_mut().cast(),
+            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
         )
     }
     .cast::<SockState>();
@@ -1592,53 +1570,6 @@ pub fn cgroup_made(_ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// cgroup sock_create: a TCP socket made in a selected cgroup gets its
-/// socket-local state at birth (no destination yet, marked `BORN`). Its
-/// socket cgroup is the maker's for life, so a connect from outside every
-/// selected cgroup (the socket handed over: SCM_RIGHTS, an inherited
-/// descriptor, a process moved out) finds the state and marks it, and the
-/// egress backstop then judges its packets by that cgroup. A socket that
-/// never connects (a listener, whose SYN-ACKs egress sees) keeps `BORN`,
-/// which the backstop takes for no state: replies to inbound connections
-/// pass. Any other socket ends at `QUIET` or the memo; never refuses.
-#[cgroup_sock(sock_create)]
-pub fn sock_made(ctx: SockContext) -> i32 {
-    let sk = ctx.sock;
-    // SAFETY: the context is the new socket's bpf_sock.
-    if unsafe { (*sk).protocol } != u32::from(IPPROTO_TCP) {
-        return PASS;
-    }
-    let Some((slot, _, word)) = in_force() else {
-        return PASS;
-    };
-    let cgroup = Owner::Task.cgroup();
-    if quiet(cgroup, word) || memo_of(slot, word, Owner::Task, cgroup).selected_cgroup_id == 0 {
-        return PASS;
-    }
-    // The connect that comes overwrites all of it; until then only the
-    // mark counts (see `BORN`).
-    let state = SockState {
-        config_word: 0,
-        cgroup_id: cgroup,
-        addr: [0; 16],
-        port: 0,
-        protocol: IPPROTO_TCP,
-        verdict: BORN,
-        tgid: 0,
-    };
-    // SAFETY: plain helper call; in a sock_create program the socket is
-    // the context itself, and the value is copied in when created.
-    unsafe {
-        bpf_sk_storage_get(
-            socks(),
-            sk.cast(),
-            core::ptr::addr_of!(state).cast_mut().cast(),
-            u64::from(BPF_SK_STORAGE_GET_F_CREATE),
-        )
-    };
-    PASS
-}
-
 /// Reads the DNS answers selected cgroups receive (see `dns`); never drops.
 #[cgroup_skb(ingress)]
 pub fn ingress(ctx: SkBuffContext) -> i32 {
@@ -1701,14 +1632,14 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
         _pad: 0,
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
     };
-    let state = sock_state(skb);
+    let full = full_sock(skb);
+    let state = storage_of(full);
     // Judged before, at this destination by this cgroup: only the policy
     // set changed since (an established connection keeps the name it was
     // judged with).
     let mut established = false;
     // SAFETY: the socket's own storage, valid for this run.
-    let judged = !state.is_null() && unsafe { (*state).verdict } != BORN;
-    if judged {
+    if !state.is_null() {
         // SAFETY: the socket's own storage, valid for this run.
         let st = unsafe { *state };
         established = st.addr == addr && st.port == port && st.cgroup_id == socket_cgroup;
@@ -1730,9 +1661,12 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
                 PASS
             });
         }
-    } else if l4 == IPPROTO_TCP {
-        // A TCP socket no hook ever saw: accepted, or connected before
-        // the daemon first ran. Its packets are replies, not egress.
+    } else if l4 == IPPROTO_TCP && !connecting(full) {
+        // A TCP socket no hook judged: accepted, or connected before the
+        // daemon first ran. Its packets are replies, not egress. Its SYN
+        // is not: a socket made in a selected cgroup and connected from
+        // outside every selected one (the descriptor handed over, its
+        // process moved out) is judged below by the socket's cgroup.
         return Ok(PASS);
     }
     let memo = memo_of(slot, word, owner, socket_cgroup);
@@ -1876,21 +1810,42 @@ fn ipv6_upper_layer(ctx: &SkBuffContext) -> Result<(u8, bool), i32> {
     Ok((next, i > 0))
 }
 
-/// The socket-local state of the packet's socket, or null.
+/// The packet's socket as a full socket, or null (none, or a request or
+/// time-wait socket).
 #[inline(always)]
-fn sock_state(skb: *mut __sk_buff) -> *mut SockState {
-    // SAFETY: the context's socket pointer, checked by the helpers.
+fn full_sock(skb: *mut __sk_buff) -> *mut bpf_sock {
+    // SAFETY: the context's socket pointer, checked by the helper.
     unsafe {
         let sk = (*skb).__bindgen_anon_2.sk;
         if sk.is_null() {
             return core::ptr::null_mut();
         }
-        let full = bpf_sk_fullsock(sk);
-        if full.is_null() {
-            return core::ptr::null_mut();
-        }
-        bpf_sk_storage_get(socks(), full.cast(), core::ptr::null_mut(), 0).cast()
+        bpf_sk_fullsock(sk)
     }
+}
+
+/// The socket-local state of a full socket (`full_sock`), or null.
+#[inline(always)]
+fn storage_of(full: *mut bpf_sock) -> *mut SockState {
+    if full.is_null() {
+        return core::ptr::null_mut();
+    }
+    // SAFETY: a full socket from the helper, as the sk_storage helper takes it.
+    unsafe { bpf_sk_storage_get(socks(), full.cast(), core::ptr::null_mut(), 0).cast() }
+}
+
+/// The socket-local state of the packet's socket, or null.
+#[inline(always)]
+fn sock_state(skb: *mut __sk_buff) -> *mut SockState {
+    storage_of(full_sock(skb))
+}
+
+/// Whether a full socket (`full_sock`) is a TCP connect waiting for its
+/// answer: its packet is the connect's SYN (or its retransmission).
+#[inline(always)]
+fn connecting(full: *mut bpf_sock) -> bool {
+    // SAFETY: a full socket from the helper; `state` is readable in it.
+    !full.is_null() && unsafe { (*full).state } == TCP_SYN_SENT
 }
 
 /// Adds a packet and its transport payload bytes (what the receiving

@@ -613,6 +613,78 @@ fn sockets_passed_between_cgroups_are_judged() {
     allowed_still_works(&env);
 }
 
+/// A TCP socket made while its cgroup was selected by no policy, that
+/// cgroup selected afterwards, and the socket connected by a process
+/// outside every selected cgroup (the descriptor handed over): no hook saw
+/// the socket made or connected in a selected cgroup, and the egress
+/// backstop judges its SYN by the socket's cgroup all the same.
+#[test]
+fn a_socket_made_before_its_cgroup_is_selected_and_connected_outside_is_judged() {
+    let mut env = env("enforce", "DE");
+    std::fs::create_dir_all(env.cgroup("later")).unwrap();
+    let later_procs = env.cgroup("later").join("cgroup.procs");
+    let ready = env.dir.path().join("ready");
+    let go = env.dir.path().join("go");
+    let port = (PORT + 2).to_string();
+    let probe = env
+        .probe_command(
+            "unsel",
+            &[
+                "handoff-when",
+                US_V4,
+                &port,
+                later_procs.to_str().unwrap(),
+                ready.to_str().unwrap(),
+                go.to_str().unwrap(),
+            ],
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run probe");
+    let deadline = Instant::now() + WAIT;
+    while !ready.exists() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(ready.exists(), "the probe never held its socket");
+    env.write_policy(
+        "later.yaml",
+        &env.policy("later", "enforce", "later", &allow_countries("DE")),
+    );
+    env.wait_status("policy generation 2", WAIT, |s| {
+        s["policy_generation"].as_u64() == Some(2)
+    });
+    std::fs::write(&go, b"").unwrap();
+    let out = probe.wait_with_output().expect("probe result");
+    let raw: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "probe output is not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    // The backstop drops the SYN and the daemon destroys the socket.
+    assert_eq!(
+        (raw["result"].as_str(), raw["errno"].as_i64()),
+        (Some("error"), Some(i64::from(libc::ECONNABORTED))),
+        "made before selection, connected outside: {raw}"
+    );
+    let e = event_for(&mut env, "connected outside", |e| {
+        s(e, "hook") == "egress" && s(e, "protocol") == "tcp" && s(e, "dst_ip") == US_V4
+    });
+    assert_eq!(
+        (s(&e, "verdict"), s(&e, "cgroup_path")),
+        ("denied", env.rel("later").as_str())
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        us_received(&env)
+            .iter()
+            .all(|v| v.get("accepted").is_none()),
+        "a socket made before its cgroup was selected connected"
+    );
+    allowed_still_works(&env);
+}
+
 /// Somebody else's cgroup program that allows everything, attached below
 /// ours in every mode and above ours, does not undo a denial; the daemon
 /// reports it.

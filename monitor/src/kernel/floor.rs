@@ -5,9 +5,7 @@
 use std::os::fd::AsFd;
 
 use aya::{
-    programs::{
-        links::CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSock, CgroupSockAddr,
-    },
+    programs::{links::CgroupAttachMode, CgroupSkb, CgroupSkbAttachType, CgroupSockAddr},
     Ebpf, EbpfLoader,
 };
 
@@ -63,15 +61,6 @@ impl Floor {
             prog.attach(dir.as_fd(), direction, CgroupAttachMode::Single)
                 .map_err(|e| err(name, e))?;
         }
-        let name = "floor_sock_made";
-        let prog: &mut CgroupSock = ebpf
-            .program_mut(name)
-            .ok_or_else(|| err(name, "missing"))?
-            .try_into()
-            .map_err(|e| err(name, e))?;
-        prog.load().map_err(|e| err(name, e))?;
-        prog.attach(dir.as_fd(), CgroupAttachMode::Single)
-            .map_err(|e| err(name, e))?;
         Ok(Floor { _ebpf: ebpf })
     }
 }

@@ -10,9 +10,8 @@ const BPF_PROG_QUERY: libc::c_long = 16;
 const BPF_F_QUERY_EFFECTIVE: u32 = 1;
 
 /// The cgroup attach types we use, by name.
-pub const ATTACH_TYPES: [(&str, u32); 6] = [
+pub const ATTACH_TYPES: [(&str, u32); 5] = [
     ("egress", 1),
-    ("sock_made", 2),
     ("connect4", 10),
     ("connect6", 11),
     ("sendmsg4", 14),

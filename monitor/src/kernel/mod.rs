@@ -307,19 +307,6 @@ fn attach(
                 .try_into()
                 .map_err(link_error)?
         }
-        names::PROG_SOCK_MADE => {
-            let prog: &mut aya::programs::CgroupSock = program.try_into().map_err(program_error)?;
-            if prog.fd().is_err() {
-                prog.load().map_err(program_error)?;
-            }
-            let id = prog
-                .attach(cgroup.as_fd(), CgroupAttachMode::Single)
-                .map_err(program_error)?;
-            prog.take_link(id)
-                .map_err(program_error)?
-                .try_into()
-                .map_err(link_error)?
-        }
         names::PROG_PROCESS_EXEC | names::PROG_PROCESS_EXIT => {
             // Global raw tracepoints: they file who runs what, host-wide
             // (a selected cgroup may gain any process), and cost an exec

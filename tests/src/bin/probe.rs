@@ -22,6 +22,9 @@
 //! probe handoff ADDR PORT OTHER_PROCS     a child moved into the cgroup of
 //!                                         OTHER_PROCS creates a TCP socket and
 //!                                         passes it over SCM_RIGHTS; we connect it
+//! probe handoff-when ADDR PORT OTHER_PROCS READY GO   the same; once we hold
+//!                                         the socket we create READY, and we
+//!                                         connect when GO exists (20 s at most)
 //! probe unshare ADDR PORT                 connect from a new network namespace
 //! probe serve PORT SECONDS                TCP accept + UDP receive on [::],
 //!                                         on 16 ports from PORT up
@@ -392,6 +395,25 @@ fn stream(tcp: bool, addr: SocketAddr, seconds: u64) -> serde_json::Value {
 /// A child in another cgroup creates the socket and hands it over.
 fn handoff(addr: SocketAddr, other_procs: &str) -> std::io::Result<()> {
     let sock = made_by_helper(other_procs, || socket(family(&addr), libc::SOCK_STREAM, 0))?;
+    connect_within(&sock, addr, Duration::from_secs(2))
+}
+
+/// `handoff`, with a pause between the socket's making and its connect:
+/// once it holds the socket it creates `ready`, then connects when `go`
+/// exists (at most 20 s after).
+fn handoff_when(addr: SocketAddr, other_procs: &str, ready: &str, go: &str) -> std::io::Result<()> {
+    let sock = made_by_helper(other_procs, || socket(family(&addr), libc::SOCK_STREAM, 0))?;
+    std::fs::write(ready, b"")?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !std::path::Path::new(go).exists() {
+        if Instant::now() > deadline {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("{go} did not appear within 20 s"),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     connect_within(&sock, addr, Duration::from_secs(2))
 }
 
@@ -778,6 +800,8 @@ fn main() {
             );
         }
         Some("handoff") => report(handoff(target(), &args[3])),
+        // handoff-when ADDR PORT OTHER_PROCS READY GO
+        Some("handoff-when") => report(handoff_when(target(), &args[3], &args[4], &args[5])),
         Some("unshare") => {
             // SAFETY: plain syscall; this process then lives in a fresh
             // network namespace with nothing but a down loopback.

@@ -940,22 +940,6 @@ fn decision_cost(b: &mut Bench, r: &mut Report) {
             run_load(b, sub, &args);
         }
         let after = stats(b);
-        // A TCP connect's work is split between the socket's birth
-        // (`sock_made`) and its connect: the goal is their sum per connect.
-        let per_run = |name: &str| {
-            before
-                .iter()
-                .zip(&after)
-                .find_map(|((hook, _, t0, c0), (_, _, t1, c1))| {
-                    let runs = c1.saturating_sub(*c0);
-                    (hook.trim_end_matches(" (floor)") == name && runs >= 1000)
-                        .then(|| t1.saturating_sub(*t0) as f64 / runs as f64)
-                })
-        };
-        let split = match (per_run("sock_made"), per_run("connect4")) {
-            (Some(made), Some(connect)) => Some(made + connect),
-            _ => None,
-        };
         for ((hook, id, t0, c0), (_, _, t1, c1)) in before.iter().zip(&after) {
             let runs = c1.saturating_sub(*c0);
             if runs < 1000 {
@@ -963,12 +947,10 @@ fn decision_cost(b: &mut Bench, r: &mut Report) {
             }
             let ns = t1.saturating_sub(*t0) as f64 / runs as f64;
             raw.push(json!({"workload": label, "hook": hook, "program_id": id, "runs": runs, "ns_per_run": ns, "destinations": kind}));
-            // The goal is the sock_addr hook's (with `sock_made`, the
-            // sum's, below); egress and ingress run on every packet of the
-            // loopback traffic and are shown as they are.
-            let sock_addr = (hook.starts_with("connect") || hook.starts_with("sendmsg"))
-                && !goal.is_nan()
-                && !(hook == "connect4" && split.is_some());
+            // The goal is the sock_addr hook's; egress and ingress run on
+            // every packet of the loopback traffic and are shown as they are.
+            let sock_addr =
+                (hook.starts_with("connect") || hook.starts_with("sendmsg")) && !goal.is_nan();
             r.fig(Figure::new(
                 &format!("kernel decision cost, {hook} ({label})"),
                 format!("{ns:.0} ns/run over {runs} runs"),
@@ -978,22 +960,6 @@ fn decision_cost(b: &mut Bench, r: &mut Report) {
                     "-".into()
                 },
                 sock_addr.then_some(ns <= goal),
-            ));
-        }
-        if let Some(ns) = split {
-            let floor = goal.is_nan();
-            r.fig(Figure::new(
-                &format!(
-                    "kernel decision cost, a TCP socket's birth and connect, sock_made + connect4{} ({label})",
-                    if floor { " (floor)" } else { "" }
-                ),
-                format!("{ns:.0} ns per connect"),
-                &if floor {
-                    "-".into()
-                } else {
-                    format!("<= {goal:.0} ns")
-                },
-                (!floor).then_some(ns <= goal),
             ));
         }
     }
