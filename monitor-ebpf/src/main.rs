@@ -1580,9 +1580,14 @@ pub fn ingress(ctx: SkBuffContext) -> i32 {
 #[inline(always)]
 fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
     let skb = ctx.skb.skb;
+    let Some((slot, set, word)) = in_force() else {
+        return Ok(PASS);
+    };
+    let owner = Owner::Skb(skb);
+    let socket_cgroup = owner.cgroup();
     // A socket of a cgroup no policy selects ends here: whatever its
     // state, the decision below would pass it.
-    if quiet_now(Owner::Skb(skb)) {
+    if quiet(socket_cgroup, word) {
         return Ok(PASS);
     }
     // SAFETY: the context is the program's __sk_buff.
@@ -1614,11 +1619,6 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
     } else {
         0
     };
-    let Some((slot, set, word)) = in_force() else {
-        return Ok(PASS);
-    };
-    let owner = Owner::Skb(skb);
-    let socket_cgroup = owner.cgroup();
     // The process: the one that connected the socket (below), else the
     // sender. A packet of a socket no connect judged (an unconnected
     // datagram, a raw or ping socket) leaves in its sender's sendmsg,
