@@ -882,10 +882,12 @@ impl Config {
 /// Socket-local storage (SOCKS) of a socket a sock_addr hook judged: the
 /// last destination and what was decided for it, so the egress backstop
 /// passes its packets at the cost of one socket-local lookup and re-judges
-/// them when the CONFIG word or the destination changes. A TCP socket
-/// connected outside every selected cgroup gets none (the backstop judges
-/// the SYN of one made in a selected cgroup by that cgroup); a UDP socket
-/// connected there is marked for `sender`. Freed with the socket.
+/// them when the CONFIG word or the destination changes. Only a connect
+/// from a selected cgroup makes one: a socket connected outside every
+/// selected cgroup has none (the backstop judges the SYN of a TCP socket
+/// made in a selected cgroup by that cgroup, `sender` the datagrams of a
+/// UDP socket sent from a selected cgroup by that cgroup). Freed with the
+/// socket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SockState {
@@ -898,10 +900,7 @@ pub struct SockState {
     pub addr: [u8; 16],
     pub port: u16,
     pub protocol: u8,
-    /// A `Verdict`, or 0 when the socket's cgroup is not selected. A UDP
-    /// socket marked 0 that sends from a selected cgroup (its process moved
-    /// there, or its descriptor was passed there) is judged by the
-    /// sender's cgroup (the `sender` program).
+    /// A `Verdict` (`Verdict::*` as u8).
     pub verdict: u8,
     /// The process that connected it (its flow is counted under it).
     pub tgid: u32,

@@ -45,11 +45,12 @@ use monitor_common::{
 /// Return values of a cgroup sock_addr program.
 const PASS: i32 = 1;
 const REJECT: i32 = 0;
-/// `Judged::verdict` of a socket whose cgroup is not selected.
-const UNSELECTED: u8 = 0;
 /// `bpf_sock::state` of a TCP socket whose connect sent its SYN and has
 /// no answer yet (the kernel's `TCP_SYN_SENT`).
 const TCP_SYN_SENT: u32 = 2;
+/// `bpf_sock::state` of a connected socket: a TCP connection, a UDP
+/// socket with a peer (the kernel's `TCP_ESTABLISHED`).
+const TCP_ESTABLISHED: u32 = 1;
 
 #[map]
 pub(crate) static EVENTS: RingBuf = RingBuf::with_byte_size(limits::DEFAULT_RING_BYTES, 0);
@@ -616,18 +617,14 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
     } else {
         memo_of(slot, word, Owner::Task, task_cgroup)
     };
-    let connect = attempt.hook == Hook::Connect4 || attempt.hook == Hook::Connect6;
     if memo.selected_cgroup_id == 0 {
-        // Not in any selected subtree: untouched and not reported. A UDP
-        // socket is marked, so that its datagrams are judged if a process
-        // sends on it from a selected cgroup (`sender`). A TCP socket is
-        // not: one made in a selected cgroup and connected from here
-        // leaves with a SYN and no state, which the egress backstop judges
-        // by the socket's cgroup. (A connection made before its cgroup is
-        // selected is judged by the sweep at the switch.)
-        if connect && attempt.protocol != IPPROTO_TCP {
-            remember(ctx, task_cgroup, word, UNSELECTED, attempt);
-        }
+        // Not in any selected subtree: untouched, not reported, and the
+        // socket gets no state (no allocation). A socket connected here
+        // and used from a selected cgroup is judged there all the same: a
+        // TCP socket made in a selected cgroup by its SYN (`egress`), a UDP
+        // socket by the cgroup of the task that sends on it (`sender`). (A
+        // connection made before its cgroup is selected is judged by the
+        // sweep at the switch.)
         return PASS;
     }
     // The process is part of the key (see `FlowKey`): a register, not a lookup.
@@ -688,7 +685,7 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
             verdict
         }
     };
-    if connect {
+    if attempt.hook == Hook::Connect4 || attempt.hook == Hook::Connect6 {
         remember(ctx, task_cgroup, word, verdict, attempt);
     }
     if verdict == Verdict::Denied as u8 {
@@ -1417,9 +1414,10 @@ const ETH_P_IP: u16 = 0x0800;
 const ETH_P_IPV6: u16 = 0x86DD;
 
 /// cgroup_skb egress, beside `egress`: a UDP datagram of a socket that was
-/// connected outside every selected cgroup (marked `UNSELECTED`), sent
-/// from another cgroup: by its process after it moved into a selected
-/// one, or by a process of a selected cgroup the descriptor was passed to
+/// connected outside every selected cgroup (a connected socket without
+/// state: a selected cgroup's connect would have given it one), sent from
+/// another cgroup: by its process after it moved into a selected one, or
+/// by a process of a selected cgroup the descriptor was passed to
 /// (SCM_RIGHTS, pidfd_getfd, an inherited descriptor). A user socket's UDP
 /// datagram leaves in its sender's context (`udp_sendmsg` and
 /// `udp_push_pending_frames` run in the calling task, never in a softirq),
@@ -1435,13 +1433,22 @@ pub fn sender(ctx: SkBuffContext) -> i32 {
 #[inline(always)]
 fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
     let skb = ctx.skb.skb;
-    let state = sock_state(skb);
-    if state.is_null() {
+    let full = full_sock(skb);
+    if full.is_null() {
         return Ok(PASS);
     }
-    // SAFETY: the socket's own storage, valid for this run.
-    let st = unsafe { *state };
-    if st.verdict != UNSELECTED || st.protocol != IPPROTO_UDP {
+    // Not UDP, or not connected: an unconnected datagram was judged at its
+    // sendmsg by the task that sent it. Two field reads of the socket, no
+    // helper call. (The socket's state, not its peer port: a UDP socket
+    // may be connected to port 0.)
+    // SAFETY: a full socket from the helper; these fields are readable.
+    if unsafe { (*full).protocol } != u32::from(IPPROTO_UDP)
+        || unsafe { (*full).state } != TCP_ESTABLISHED
+    {
+        return Ok(PASS);
+    }
+    // Connected by a selected cgroup's hook: `egress` judges it by that.
+    if !storage_of(full).is_null() {
         return Ok(PASS);
     }
     // SAFETY: a helper without arguments.
@@ -1648,9 +1655,6 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
             key.tgid = st.tgid;
         }
         if established && st.config_word == word {
-            if st.verdict == UNSELECTED {
-                return Ok(PASS);
-            }
             count_packet(ctx, &key, l4, l4_offset, family);
             if st.verdict == Verdict::Allowed as u8 && ports && port == monitor_common::dns::PORT {
                 dns::note_query(ctx, l4, l4_offset, &addr);
@@ -1832,12 +1836,6 @@ fn storage_of(full: *mut bpf_sock) -> *mut SockState {
     }
     // SAFETY: a full socket from the helper, as the sk_storage helper takes it.
     unsafe { bpf_sk_storage_get(socks(), full.cast(), core::ptr::null_mut(), 0).cast() }
-}
-
-/// The socket-local state of the packet's socket, or null.
-#[inline(always)]
-fn sock_state(skb: *mut __sk_buff) -> *mut SockState {
-    storage_of(full_sock(skb))
 }
 
 /// Whether a full socket (`full_sock`) is a TCP connect waiting for its

@@ -584,35 +584,55 @@ fn a_udp_socket_connected_outside_is_judged_by_its_sender() {
     let sel_procs = env.cgroup("sel").join("cgroup.procs");
     let unsel_procs = env.cgroup("unsel").join("cgroup.procs");
     let mut total = 0;
-    for (from, mode, procs, addr, during) in [
-        ("unsel", "udp-moved", &sel_procs, US_V4, "moved, IPv4"),
+    let port = PORT.to_string();
+    for (from, mode, procs, addr, port, during) in [
+        (
+            "unsel",
+            "udp-moved",
+            &sel_procs,
+            US_V4,
+            &*port,
+            "moved, IPv4",
+        ),
         (
             "unsel",
             "udp-moved",
             &sel_procs,
             US_V6,
+            &*port,
             "moved, IPv6 and a reload",
         ),
-        ("sel", "udp-passed", &unsel_procs, US_V4, "passed, IPv4"),
+        (
+            "sel",
+            "udp-passed",
+            &unsel_procs,
+            US_V4,
+            &*port,
+            "passed, IPv4",
+        ),
         (
             "sel",
             "udp-passed",
             &unsel_procs,
             US_V6,
+            &*port,
             "passed, IPv6 and a reload",
+        ),
+        // Connected to port 0: connect(2) takes it and send(2) sends to
+        // it, though the socket has no peer port (getpeername: ENOTCONN).
+        // No receiver can bind port 0: what the kernel let out is the
+        // probe's `sent`, which must stay 0.
+        (
+            "sel",
+            "udp-passed",
+            &unsel_procs,
+            US_V4,
+            "0",
+            "passed, IPv4, to port 0",
         ),
     ] {
         let mut child = env
-            .probe_command(
-                from,
-                &[
-                    mode,
-                    addr,
-                    &PORT.to_string(),
-                    procs.to_str().unwrap(),
-                    "1500",
-                ],
-            )
+            .probe_command(from, &[mode, addr, port, procs.to_str().unwrap(), "1500"])
             .stdout(Stdio::piped())
             .spawn()
             .expect("start the sender");

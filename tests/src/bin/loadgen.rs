@@ -7,6 +7,9 @@
 //! loadgen tcp  ITERS MAX_SECS                 connect + accept + close on 127.0.0.1
 //! loadgen udp  ITERS MAX_SECS NDST [RATE] [FIRST]  unconnected sendto, NDST loopback
 //!                                             destinations from index FIRST
+//! loadgen udp-connect ITERS MAX_SECS        per iteration a new UDP socket,
+//!                                             connected to 127.0.0.1, one datagram
+//!                                             sent, closed (a resolver's pattern)
 //! loadgen forbid ITERS MAX_SECS ADDR PORT RATE  TCP connect and UDP sendto to
 //!                                             ADDR:PORT in turn, counting what
 //!                                             the kernel refused and what got through
@@ -28,7 +31,9 @@ use std::{
 };
 
 fn usage() -> ! {
-    eprintln!("usage: loadgen tcp ITERS MAX_SECS | loadgen udp ITERS MAX_SECS NDST [RATE]");
+    eprintln!(
+        "usage: loadgen tcp|udp-connect ITERS MAX_SECS | loadgen udp ITERS MAX_SECS NDST [RATE]"
+    );
     std::process::exit(2);
 }
 
@@ -163,6 +168,40 @@ fn udp(iters: u64, max: Duration, ndst: u32, rate: u64, first: u32) -> Run {
     run
 }
 
+/// Per iteration: a new UDP socket, connected to a receiver on 127.0.0.1
+/// that never reads, one datagram, closed; the time of the whole.
+fn udp_connect(iters: u64, max: Duration) -> Run {
+    let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the receiver");
+    let to = rx.local_addr().expect("receiver address");
+    let payload = [0u8; 16];
+    let mut run = Run {
+        ops: 0,
+        errors: 0,
+        first_error: None,
+        elapsed: Duration::ZERO,
+        lat_ns: Vec::with_capacity(iters.min(1 << 22) as usize),
+    };
+    let start = Instant::now();
+    while run.ops + run.errors < iters && start.elapsed() < max {
+        let t0 = Instant::now();
+        let r = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
+            .and_then(|tx| tx.connect(to).and_then(|()| tx.send(&payload)));
+        let dt = t0.elapsed();
+        match r {
+            Ok(_) => {
+                run.ops += 1;
+                run.lat_ns.push(dt.as_nanos().min(u32::MAX as u128) as u32);
+            }
+            Err(e) => {
+                run.errors += 1;
+                run.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+    run.elapsed = start.elapsed();
+    run
+}
+
 /// Attempts to a destination the policy forbids, TCP and UDP in turn, at
 /// RATE attempts a second: what was refused (EPERM) and what went out.
 fn forbid(iters: u64, max: Duration, addr: std::net::SocketAddr, rate: u64) -> serde_json::Value {
@@ -230,6 +269,7 @@ fn main() {
     }
     let mut run = match mode {
         "tcp" => tcp(iters, max),
+        "udp-connect" => udp_connect(iters, max),
         "udp" => {
             let ndst: u32 = arg(&args, 4);
             let rate: u64 = args.get(5).map(|_| arg(&args, 5)).unwrap_or(0);

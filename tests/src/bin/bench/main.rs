@@ -751,6 +751,9 @@ fn stats_on(b: &mut Bench) {
 const TCP_CONNECTS: [&str; 3] = ["tcp", "200000", "1"];
 /// loadgen: UDP datagrams to 4 destinations at the highest rate, 1 s.
 const UDP_TO_4: [&str; 4] = ["udp", "2000000", "1", "4"];
+/// A new connected UDP socket per datagram, for one second (a resolver's
+/// pattern: each lookup connects a socket of its own).
+const UDP_CONNECTS: [&str; 3] = ["udp-connect", "200000", "1"];
 
 fn owned(args: &[&str]) -> Vec<String> {
     args.iter().map(|a| a.to_string()).collect()
@@ -908,6 +911,13 @@ fn decision_cost(b: &mut Bench, r: &mut Report) {
             "unselected",
             50.0,
         ),
+        (
+            "UDP connect, a new socket each, unselected cgroup",
+            vec!["att/unsel"],
+            owned(&UDP_CONNECTS),
+            "unselected",
+            50.0,
+        ),
         // The floor's trivial programs under the same statistics: what
         // the statistics and a program run cost before any of our work.
         (
@@ -921,6 +931,13 @@ fn decision_cost(b: &mut Bench, r: &mut Report) {
             "UDP sendmsg, floor cgroup, max rate",
             vec!["floor"],
             owned(&UDP_TO_4),
+            "floor",
+            f64::NAN,
+        ),
+        (
+            "UDP connect, a new socket each, floor cgroup",
+            vec!["floor"],
+            owned(&UDP_CONNECTS),
             "floor",
             f64::NAN,
         ),
