@@ -165,6 +165,11 @@ authorization {{
         self.url_as(USER)
     }
 
+    /// The process ids of the servers that run.
+    pub fn pids(&self) -> Vec<u32> {
+        self.servers.iter().flatten().map(|c| c.id()).collect()
+    }
+
     /// Kills server `i` (SIGKILL: no goodbye to its peers).
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.servers[i].take() {
