@@ -13,7 +13,7 @@ use std::{
     time::Duration,
 };
 
-use async_nats::jetstream;
+use async_nats::jetstream::{self, context::PublishAckFuture};
 use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 
 use super::{NatsArgs, NatsError};
@@ -23,7 +23,9 @@ use crate::{
 };
 
 /// Events read and published at once; their acknowledgements are awaited
-/// together, so at most this many are in flight.
+/// together. While a backlog drains, the next batch is read and sent
+/// before the one before it is awaited: at most twice this many are in
+/// flight.
 pub const BATCH: usize = 512;
 /// A flow minute is published this long after it ends (the harvest adds
 /// the kernel's counts every second, the writer stores them soon after).
@@ -314,15 +316,20 @@ impl Session<'_> {
             backlog
         );
         let mut acked = acked;
+        // The last event sent: acknowledged, or in `inflight`.
+        let mut sent = acked;
+        let mut inflight: Option<Sent> = None;
         let mut flows_until = flows_until;
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             if *shutdown.borrow() {
+                // What is in flight and not awaited is sent again by the
+                // next run (JetStream drops the copies by message id).
                 return Ok(());
             }
             let (s, (events, prevs)) = on_store(store, move |s| {
-                let events = query::events(s, i64::MIN, i64::MAX, acked, BATCH, &|_| true)?.0;
+                let events = query::events(s, i64::MIN, i64::MAX, sent, BATCH, &|_| true)?.0;
                 let prevs = match (events.first(), events.last()) {
                     (Some((first, _)), Some((last, _))) => s.chain_prevs(*first, *last)?,
                     _ => Vec::new(),
@@ -332,19 +339,38 @@ impl Session<'_> {
             .await?;
             store = s;
             let full = events.len() == BATCH;
-            if !events.is_empty() {
-                let last = publish_events(&shared, &js, events, prevs, &mut acked).await;
-                let (s, backlog) = on_store(store, move |s| {
-                    s.set_published(published::ACKED_KEY, acked)?;
-                    Ok(s.unpublished()?)
-                })
-                .await?;
-                store = s;
-                shared.acked.store(acked.max(0) as u64, Ordering::Relaxed);
-                shared.backlog.set(backlog as i64);
-                last?;
+            // This batch goes out before the one in flight is awaited, so
+            // the servers store one while the other's acknowledgements come.
+            let next = if events.is_empty() {
+                Ok(None)
             } else {
-                shared.backlog.set(0);
+                let (seqs, messages) = event_messages(&shared, events, prevs);
+                send_batch(&shared, &js, messages.into_iter())
+                    .await
+                    .map(|pending| Some(Sent { seqs, pending }))
+            };
+            if let Some(before) = inflight.take() {
+                let (s, settled) = settle(&shared, store, before, &mut acked).await?;
+                store = s;
+                // A failure: what follows it (this batch too) is sent
+                // again by the next run.
+                settled?;
+            }
+            match next? {
+                Some(batch) if full => {
+                    sent = batch.seqs.last().copied().unwrap_or(sent);
+                    inflight = Some(batch);
+                }
+                Some(batch) => {
+                    // The end of the backlog: nothing to overlap with.
+                    let (s, settled) = settle(&shared, store, batch, &mut acked).await?;
+                    store = s;
+                    settled?;
+                    sent = acked;
+                }
+                None => {
+                    shared.backlog.set(0);
+                }
             }
             // The node's signed checkpoints, once the records they name
             // are in the stream: a reader re-checks the chain against them.
@@ -507,6 +533,19 @@ async fn publish_batch(
     js: &jetstream::Context,
     messages: impl Iterator<Item = Outgoing>,
 ) -> (usize, anyhow::Result<()>) {
+    match send_batch(shared, js, messages).await {
+        Ok(pending) => await_batch(shared, pending).await,
+        Err(e) => (0, Err(e)),
+    }
+}
+
+/// Sends messages in order; their acknowledgements, by message id, to be
+/// awaited (`await_batch`).
+async fn send_batch(
+    shared: &Shared,
+    js: &jetstream::Context,
+    messages: impl Iterator<Item = Outgoing>,
+) -> anyhow::Result<Vec<(String, PublishAckFuture)>> {
     let mut pending = Vec::with_capacity(BATCH);
     for m in messages {
         let headers = headers(&m.id, m.content_type);
@@ -515,15 +554,18 @@ async fn publish_batch(
             .await
         {
             Ok(ack) => pending.push((m.id, ack)),
-            Err(e) => {
-                pending.clear();
-                return (
-                    0,
-                    Err(shared.js_error(format!("publishing {}", m.id), e).into()),
-                );
-            }
+            Err(e) => return Err(shared.js_error(format!("publishing {}", m.id), e).into()),
         }
     }
+    Ok(pending)
+}
+
+/// Awaits acknowledgements in order: how many came in an unbroken run
+/// from the first, and the first failure.
+async fn await_batch(
+    shared: &Shared,
+    pending: Vec<(String, PublishAckFuture)>,
+) -> (usize, anyhow::Result<()>) {
     let mut acked = 0;
     for (id, ack) in pending {
         if let Err(e) = ack.await {
@@ -540,15 +582,13 @@ async fn publish_batch(
     (acked, Ok(()))
 }
 
-/// Publishes events (their store positions and events); `acked` follows
-/// the last one acknowledged in an unbroken run from the first.
-async fn publish_events(
+/// The messages of events (their store positions and events, with the
+/// chain hash each follows), and their positions.
+fn event_messages(
     shared: &Shared,
-    js: &jetstream::Context,
     events: Vec<(i64, crate::events::Event)>,
     prevs: Vec<(i64, [u8; 32])>,
-    acked: &mut i64,
-) -> anyhow::Result<()> {
+) -> (Vec<i64>, Vec<Outgoing>) {
     let args = &shared.args;
     let seqs: Vec<i64> = events.iter().map(|(seq, _)| *seq).collect();
     // Both in seq order, one for one (`chain_prevs` of the same run).
@@ -578,11 +618,37 @@ async fn publish_events(
             }
         })
         .collect();
-    let (n, result) = publish_all(shared, js, messages).await;
+    (seqs, messages)
+}
+
+/// A batch of events sent, its acknowledgements not yet awaited.
+struct Sent {
+    seqs: Vec<i64>,
+    pending: Vec<(String, PublishAckFuture)>,
+}
+
+/// Awaits a batch's acknowledgements: `acked` follows the last one
+/// acknowledged in an unbroken run from the first, and is written to the
+/// store with the backlog it leaves. The error is the first failure.
+async fn settle(
+    shared: &Shared,
+    store: Store,
+    batch: Sent,
+    acked: &mut i64,
+) -> anyhow::Result<(Store, anyhow::Result<()>)> {
+    let (n, result) = await_batch(shared, batch.pending).await;
     if n > 0 {
-        *acked = seqs[n - 1];
+        *acked = batch.seqs[n - 1];
     }
-    result
+    let at = *acked;
+    let (store, backlog) = on_store(store, move |s| {
+        s.set_published(published::ACKED_KEY, at)?;
+        Ok(s.unpublished()?)
+    })
+    .await?;
+    shared.acked.store(at.max(0) as u64, Ordering::Relaxed);
+    shared.backlog.set(backlog as i64);
+    Ok((store, result))
 }
 
 /// Publishes the node's signed checkpoints (JSON, with the store id and

@@ -144,7 +144,7 @@ pub fn publish(b: &mut Bench, r: &mut Report, args: &[std::ffi::OsString]) {
         "drained": drained,
     });
     r.fig(Figure::new(
-        "NATS publish rate: a backlog into a 3-server JetStream cluster on loopback (replicas 3, acknowledged, 512 in flight)",
+        "NATS publish rate: a backlog into a 3-server JetStream cluster on loopback (replicas 3, acknowledged, up to 2 x 512 in flight)",
         format!(
             "{rate:.0} events/s ({published:.0} events in {secs:.1} s{}; CPU meanwhile: the 3 servers {:.0}%, the daemon {:.0}% (its idle subtracted) of one core, of the machine's {}%)",
             if drained { "" } else { ", NOT drained in 600 s" },
