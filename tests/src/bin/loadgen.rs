@@ -51,6 +51,35 @@ struct Run {
     lat_ns: Vec<u32>,
 }
 
+impl Run {
+    /// A run of at most `iters` operations; latencies kept for at most
+    /// `keep` of them up front (the vector grows past that if it must).
+    fn new(iters: u64, keep: u64) -> Self {
+        Run {
+            ops: 0,
+            errors: 0,
+            first_error: None,
+            elapsed: Duration::ZERO,
+            lat_ns: Vec::with_capacity(iters.min(keep) as usize),
+        }
+    }
+
+    /// One operation that took `dt`: counted with its latency, or as an
+    /// error (the first one kept).
+    fn note<T>(&mut self, r: std::io::Result<T>, dt: Duration) {
+        match r {
+            Ok(_) => {
+                self.ops += 1;
+                self.lat_ns.push(dt.as_nanos().min(u32::MAX as u128) as u32);
+            }
+            Err(e) => {
+                self.errors += 1;
+                self.first_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+    }
+}
+
 fn percentile(sorted: &[u32], p: f64) -> u64 {
     if sorted.is_empty() {
         return 0;
@@ -79,32 +108,20 @@ fn set_linger_zero(s: &TcpStream) {
 fn tcp(iters: u64, max: Duration) -> Run {
     let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).expect("listen on 127.0.0.1");
     let addr = listener.local_addr().expect("listener address");
-    let mut run = Run {
-        ops: 0,
-        errors: 0,
-        first_error: None,
-        elapsed: Duration::ZERO,
-        lat_ns: Vec::with_capacity(iters.min(1 << 22) as usize),
-    };
+    let mut run = Run::new(iters, 1 << 22);
     let start = Instant::now();
     while run.ops + run.errors < iters && start.elapsed() < max {
         let t0 = Instant::now();
         let c = TcpStream::connect(addr);
         let dt = t0.elapsed();
-        match c {
-            Ok(c) => {
-                let (s, _) = listener.accept().expect("accept");
-                set_linger_zero(&c);
-                drop(c);
-                drop(s);
-                run.ops += 1;
-                run.lat_ns.push(dt.as_nanos().min(u32::MAX as u128) as u32);
-            }
-            Err(e) => {
-                run.errors += 1;
-                run.first_error.get_or_insert_with(|| e.to_string());
-            }
-        }
+        // The client goes first (SO_LINGER 0: a reset, no TIME_WAIT).
+        let c = c.map(|c| {
+            let (s, _) = listener.accept().expect("accept");
+            set_linger_zero(&c);
+            drop(c);
+            drop(s);
+        });
+        run.note(c, dt);
     }
     run.elapsed = start.elapsed();
     run
@@ -130,13 +147,7 @@ fn udp(iters: u64, max: Duration, ndst: u32, rate: u64, first: u32) -> Run {
         })
         .collect();
     let payload = [0u8; 16];
-    let mut run = Run {
-        ops: 0,
-        errors: 0,
-        first_error: None,
-        elapsed: Duration::ZERO,
-        lat_ns: Vec::with_capacity(iters.min(1 << 23) as usize),
-    };
+    let mut run = Run::new(iters, 1 << 23);
     let start = Instant::now();
     let mut i = 0usize;
     while run.ops + run.errors < iters && start.elapsed() < max {
@@ -153,16 +164,7 @@ fn udp(iters: u64, max: Duration, ndst: u32, rate: u64, first: u32) -> Run {
         let r = tx.send_to(&payload, dsts[i]);
         let dt = t0.elapsed();
         i = (i + 1) % dsts.len();
-        match r {
-            Ok(_) => {
-                run.ops += 1;
-                run.lat_ns.push(dt.as_nanos().min(u32::MAX as u128) as u32);
-            }
-            Err(e) => {
-                run.errors += 1;
-                run.first_error.get_or_insert_with(|| e.to_string());
-            }
-        }
+        run.note(r, dt);
     }
     run.elapsed = start.elapsed();
     run
@@ -174,29 +176,14 @@ fn udp_connect(iters: u64, max: Duration) -> Run {
     let rx = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).expect("bind the receiver");
     let to = rx.local_addr().expect("receiver address");
     let payload = [0u8; 16];
-    let mut run = Run {
-        ops: 0,
-        errors: 0,
-        first_error: None,
-        elapsed: Duration::ZERO,
-        lat_ns: Vec::with_capacity(iters.min(1 << 22) as usize),
-    };
+    let mut run = Run::new(iters, 1 << 22);
     let start = Instant::now();
     while run.ops + run.errors < iters && start.elapsed() < max {
         let t0 = Instant::now();
         let r = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))
             .and_then(|tx| tx.connect(to).and_then(|()| tx.send(&payload)));
         let dt = t0.elapsed();
-        match r {
-            Ok(_) => {
-                run.ops += 1;
-                run.lat_ns.push(dt.as_nanos().min(u32::MAX as u128) as u32);
-            }
-            Err(e) => {
-                run.errors += 1;
-                run.first_error.get_or_insert_with(|| e.to_string());
-            }
-        }
+        run.note(r, dt);
     }
     run.elapsed = start.elapsed();
     run
