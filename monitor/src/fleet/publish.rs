@@ -510,32 +510,31 @@ struct Outgoing {
 /// of more flows than that, sent whole before its acknowledgements were
 /// awaited, waited for a permit forever, and publishing stopped without an
 /// error.
+/// Publishes every message, in batches of `BATCH` with the next batch
+/// sent before the one before it is awaited (at most two in flight, as
+/// for events): the servers store one while the other's acknowledgements
+/// come. Stops at the first failure; the caller sends the whole run again
+/// (JetStream drops the copies by message id).
 async fn publish_all(
     shared: &Shared,
     js: &jetstream::Context,
     messages: Vec<Outgoing>,
-) -> (usize, anyhow::Result<()>) {
-    let mut acked = 0;
+) -> anyhow::Result<()> {
     let mut messages = messages.into_iter().peekable();
-    while messages.peek().is_some() {
-        let (n, result) = publish_batch(shared, js, messages.by_ref().take(BATCH)).await;
-        acked += n;
-        if result.is_err() {
-            return (acked, result);
+    let mut inflight = None;
+    loop {
+        let next = if messages.peek().is_some() {
+            Some(send_batch(shared, js, messages.by_ref().take(BATCH)).await)
+        } else {
+            None
+        };
+        if let Some(before) = inflight.take() {
+            await_batch(shared, before).await.1?;
         }
-    }
-    (acked, Ok(()))
-}
-
-/// `publish_all` for at most `BATCH` messages.
-async fn publish_batch(
-    shared: &Shared,
-    js: &jetstream::Context,
-    messages: impl Iterator<Item = Outgoing>,
-) -> (usize, anyhow::Result<()>) {
-    match send_batch(shared, js, messages).await {
-        Ok(pending) => await_batch(shared, pending).await,
-        Err(e) => (0, Err(e)),
+        match next {
+            Some(sent) => inflight = Some(sent?),
+            None => return Ok(()),
+        }
     }
 }
 
@@ -680,7 +679,7 @@ async fn publish_checkpoints(
             }
         })
         .collect();
-    publish_all(shared, js, messages).await.1
+    publish_all(shared, js, messages).await
 }
 
 fn headers(id: &str, content_type: &'static str) -> async_nats::HeaderMap {
@@ -737,5 +736,5 @@ async fn publish_flows(
             }
         })
         .collect();
-    publish_all(shared, js, messages).await.1
+    publish_all(shared, js, messages).await
 }
