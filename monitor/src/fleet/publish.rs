@@ -502,19 +502,16 @@ struct Outgoing {
     content_type: &'static str,
 }
 
-/// Publishes in order, `BATCH` at a time, awaiting each batch's
-/// acknowledgements together: how many were acknowledged in an unbroken
-/// run from the first, and the first failure (what follows it is sent
-/// again). A batch at a time, because the JetStream context holds a permit
+/// Publishes in order, `BATCH` at a time, the next batch sent before the
+/// acknowledgements of the one before are awaited (at most two in flight,
+/// as for events: the servers store one while the other's
+/// acknowledgements come). Stops at the first failure; the caller sends
+/// the whole run again (JetStream drops the copies by message id). A
+/// bounded number in flight, because the JetStream context holds a permit
 /// for every acknowledgement not yet awaited (5,000): a closed flow minute
 /// of more flows than that, sent whole before its acknowledgements were
 /// awaited, waited for a permit forever, and publishing stopped without an
 /// error.
-/// Publishes every message, in batches of `BATCH` with the next batch
-/// sent before the one before it is awaited (at most two in flight, as
-/// for events): the servers store one while the other's acknowledgements
-/// come. Stops at the first failure; the caller sends the whole run again
-/// (JetStream drops the copies by message id).
 async fn publish_all(
     shared: &Shared,
     js: &jetstream::Context,
