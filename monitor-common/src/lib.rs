@@ -49,6 +49,15 @@ pub mod names {
         PROG_SENDMSG6,
     ];
 
+    /// Not attached: `egress` tail-calls it (through `EGRESS_DECIDE`) for a
+    /// packet no cache entry answers. Kept out of `egress`, its decision
+    /// leaves the per-packet program small: a third of the instructions for
+    /// the verifier to walk, and fewer for the CPU to fetch.
+    pub const PROG_EGRESS_DECIDE: &str = "egress_decide";
+    /// The program array `egress` tail-calls `egress_decide` through (one
+    /// entry), pinned with the maps so it holds the program while no
+    /// daemon runs.
+    pub const EGRESS_DECIDE: &str = "EGRESS_DECIDE";
     /// Not attached: run by the daemon (`BPF_PROG_TEST_RUN`) on each socket
     /// its sweep finds when a policy set takes effect.
     pub const PROG_JUDGE_SOCKET: &str = "judge_socket";
@@ -126,7 +135,7 @@ pub mod names {
     /// Every map, for pinning. A unit test of the daemon (`kernel::tests`)
     /// checks this list against the maps in the compiled object, so a new
     /// map cannot be left unpinned.
-    pub const ALL_MAPS: [&str; 43] = [
+    pub const ALL_MAPS: [&str; 44] = [
         PROCESSES,
         PROCESS_SCRATCH,
         PROCESS_LAYOUT,
@@ -170,6 +179,7 @@ pub mod names {
         KNOWN,
         WATCH[0],
         WATCH[1],
+        EGRESS_DECIDE,
     ];
 }
 

@@ -31,7 +31,9 @@ use aya_ebpf::{
         },
     },
     macros::{btf_map, cgroup_skb, cgroup_sock_addr, lsm, map, raw_tracepoint, socket_filter},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
+    maps::{
+        lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, ProgramArray, RingBuf,
+    },
     programs::{LsmContext, RawTracePointContext, SkBuffContext, SockAddrContext},
 };
 use monitor_common::{
@@ -106,6 +108,10 @@ static MEMO_GEN: Array<u64> = Array::with_max_entries(1, 0);
 /// Per-CPU room where a new flow entry is built before it is filed.
 #[map]
 static FLOW_SCRATCH: PerCpuArray<FlowEntry> = PerCpuArray::with_max_entries(1, 0);
+
+/// `egress_decide`, for `egress` to tail-call (see there).
+#[map]
+static EGRESS_DECIDE: ProgramArray = ProgramArray::with_max_entries(1, 0);
 
 /// See `flow_stat`.
 #[map]
@@ -1405,7 +1411,21 @@ pub fn judge_socket(_ctx: SkBuffContext) -> i64 {
 /// their packets are replies to inbound connections, not egress.
 #[cgroup_skb(egress)]
 pub fn egress(ctx: SkBuffContext) -> i32 {
-    match judge_packet(&ctx) {
+    match judge_packet::<false>(&ctx) {
+        Ok(v) | Err(v) => v,
+    }
+}
+
+/// The backstop's decision for a packet no cache entry answered (a first
+/// sight, or an entry made under another policy set), tail-called by
+/// `egress` through `EGRESS_DECIDE` and never attached: it judges the
+/// packet again from the start, skipping the cache, and files the
+/// decision. Kept out of `egress`, it leaves the per-packet program a third
+/// of the instructions to verify (and room to grow), and about 40% smaller
+/// for the CPU to fetch.
+#[cgroup_skb(egress)]
+pub fn egress_decide(ctx: SkBuffContext) -> i32 {
+    match judge_packet::<true>(&ctx) {
         Ok(v) | Err(v) => v,
     }
 }
@@ -1422,7 +1442,7 @@ const ETH_P_IPV6: u16 = 0x86DD;
 /// datagram leaves in its sender's context (`udp_sendmsg` and
 /// `udp_push_pending_frames` run in the calling task, never in a softirq),
 /// so the sender's cgroup judges it, as a sock_addr hook would have. A
-/// program of its own: `egress` is at the verifier's limit.
+/// program of its own, from when `egress` was at the verifier's limit.
 #[cgroup_skb(egress)]
 pub fn sender(ctx: SkBuffContext) -> i32 {
     match judge_sender(&ctx) {
@@ -1584,8 +1604,11 @@ pub fn ingress(ctx: SkBuffContext) -> i32 {
     PASS
 }
 
+/// `egress` (`DECIDE` false: the cache answers, or the decision is
+/// handed to `egress_decide`) and `egress_decide` (`DECIDE` true: the
+/// cache is passed over and the packet decided).
 #[inline(always)]
-fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
+fn judge_packet<const DECIDE: bool>(ctx: &SkBuffContext) -> Result<i32, i32> {
     let skb = ctx.skb.skb;
     let Some((slot, set, word)) = in_force() else {
         return Ok(PASS);
@@ -1654,7 +1677,7 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
             // Counted with the attempts of the process that connected it.
             key.tgid = st.tgid;
         }
-        if established && st.config_word == word {
+        if !DECIDE && established && st.config_word == word {
             count_packet(ctx, &key, l4, l4_offset, family);
             if st.verdict == Verdict::Allowed as u8 && ports && port == monitor_common::dns::PORT {
                 dns::note_query(ctx, l4, l4_offset, &addr);
@@ -1686,12 +1709,13 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
     let verdict = match FLOWS.get_ptr_mut(&key) {
         // SAFETY: a pointer into the map's value, valid for this run.
         Some(f)
-            if unsafe {
-                (*f).config_word == word
-                    && (*f).names_epoch == memo.names_epoch
-                    && (*f).netns == netns
-                    && (established || unexpired(&*f))
-            } =>
+            if !DECIDE
+                && unsafe {
+                    (*f).config_word == word
+                        && (*f).names_epoch == memo.names_epoch
+                        && (*f).netns == netns
+                        && (established || unexpired(&*f))
+                } =>
         {
             // SAFETY: as above.
             let verdict = unsafe { (*f).verdict };
@@ -1708,6 +1732,20 @@ fn judge_packet(ctx: &SkBuffContext) -> Result<i32, i32> {
                 dns::note_query(ctx, l4, l4_offset, &addr);
             }
             return Ok(if verdict == Verdict::Denied as u8 {
+                REJECT
+            } else {
+                PASS
+            });
+        }
+        // `egress` hands the decision to `egress_decide` (a tail call: it
+        // ends this program, and its answer is the packet's).
+        _ if !DECIDE => {
+            // SAFETY: the context is the program's.
+            unsafe { EGRESS_DECIDE.tail_call(ctx, 0) };
+            // Only reached without a decision program in the array: a
+            // packet the monitor cannot judge, refused where the cgroup's
+            // policy enforces.
+            return Ok(if verdict_of(false, &memo.selection) == Verdict::Denied {
                 REJECT
             } else {
                 PASS

@@ -207,6 +207,35 @@ fn watch_cgroups_made(ebpf: &mut Ebpf) -> Result<(), KernelError> {
     Ok(())
 }
 
+/// Loads `egress_decide` (never attached) and puts it in the program
+/// array `egress` tail-calls it through: before `egress` is attached, so
+/// no packet finds the array empty. A restart replaces the entry with the
+/// same build's program; the pinned array holds it while no daemon runs.
+fn load_egress_decide(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+    let name = names::PROG_EGRESS_DECIDE;
+    let program_error = |source| KernelError::Program { name, source };
+    let prog: &mut CgroupSkb = ebpf
+        .program_mut(name)
+        .ok_or(KernelError::Program {
+            name,
+            source: aya::programs::ProgramError::UnexpectedProgramType,
+        })?
+        .try_into()
+        .map_err(program_error)?;
+    prog.load().map_err(program_error)?;
+    let fd = prog
+        .fd()
+        .map_err(program_error)?
+        .try_clone()
+        .map_err(|e| program_error(aya::programs::ProgramError::IOError(e)))?;
+    let map = ebpf
+        .map_mut(names::EGRESS_DECIDE)
+        .ok_or(KernelError::MissingMap(names::EGRESS_DECIDE))?;
+    let mut array =
+        aya::maps::ProgramArray::try_from(map).map_err(map_err(names::EGRESS_DECIDE))?;
+    array.set(0, &fd, 0).map_err(map_err(names::EGRESS_DECIDE))
+}
+
 /// Loads `judge_socket` (never attached) and takes its input map.
 fn load_judge_socket(
     ebpf: &mut Ebpf,
@@ -633,6 +662,7 @@ impl Kernel {
                 false
             }
         };
+        load_egress_decide(&mut ebpf)?;
         let attached = attach_all(&mut ebpf, cgroup_root, &pins, processes)?;
         if let Err(e) = watch_cgroups_made(&mut ebpf) {
             log::warn!(
@@ -1251,12 +1281,16 @@ mod tests {
             programs,
             names::ALL_PROGRAMS
                 .into_iter()
-                .chain([names::PROG_JUDGE_SOCKET, names::PROG_CGROUP_MADE])
+                .chain([
+                    names::PROG_JUDGE_SOCKET,
+                    names::PROG_CGROUP_MADE,
+                    names::PROG_EGRESS_DECIDE
+                ])
                 .collect::<BTreeSet<_>>()
         );
         assert_eq!(names::ALL_MAPS.len(), maps.len(), "a map is listed twice");
         assert_eq!(
-            names::ALL_PROGRAMS.len() + 2,
+            names::ALL_PROGRAMS.len() + 3,
             programs.len(),
             "a program is listed twice"
         );
