@@ -189,19 +189,36 @@ fn take<T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>>(
     T::try_from(map).map_err(map_err(name))
 }
 
-/// Attaches `cgroup_made` to the raw tracepoint `cgroup_mkdir`, for as long
-/// as this process runs (the link belongs to the loaded object).
-fn watch_cgroups_made(ebpf: &mut Ebpf) -> Result<(), KernelError> {
-    let name = names::PROG_CGROUP_MADE;
-    let program_error = |source| KernelError::Program { name, source };
-    let prog: &mut aya::programs::RawTracePoint = ebpf
-        .program_mut(name)
+/// The object's program `name` as its type `P`.
+fn program<'a, P>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut P, KernelError>
+where
+    &'a mut P: TryFrom<&'a mut aya::programs::Program, Error = aya::programs::ProgramError>,
+{
+    ebpf.program_mut(name)
         .ok_or(KernelError::Program {
             name,
             source: aya::programs::ProgramError::UnexpectedProgramType,
         })?
         .try_into()
-        .map_err(program_error)?;
+        .map_err(|source| KernelError::Program { name, source })
+}
+
+/// A descriptor of the loaded program `name` (`fd` is its `fd()`) that
+/// outlives the borrow of the object.
+fn owned_fd(
+    name: &'static str,
+    fd: Result<&aya::programs::ProgramFd, aya::programs::ProgramError>,
+) -> Result<aya::programs::ProgramFd, KernelError> {
+    fd.and_then(|fd| fd.try_clone().map_err(aya::programs::ProgramError::IOError))
+        .map_err(|source| KernelError::Program { name, source })
+}
+
+/// Attaches `cgroup_made` to the raw tracepoint `cgroup_mkdir`, for as long
+/// as this process runs (the link belongs to the loaded object).
+fn watch_cgroups_made(ebpf: &mut Ebpf) -> Result<(), KernelError> {
+    let name = names::PROG_CGROUP_MADE;
+    let program_error = |source| KernelError::Program { name, source };
+    let prog: &mut aya::programs::RawTracePoint = program(ebpf, name)?;
     prog.load().map_err(program_error)?;
     prog.attach("cgroup_mkdir").map_err(program_error)?;
     Ok(())
@@ -213,21 +230,10 @@ fn watch_cgroups_made(ebpf: &mut Ebpf) -> Result<(), KernelError> {
 /// same build's program; the pinned array holds it while no daemon runs.
 fn load_egress_decide(ebpf: &mut Ebpf) -> Result<(), KernelError> {
     let name = names::PROG_EGRESS_DECIDE;
-    let program_error = |source| KernelError::Program { name, source };
-    let prog: &mut CgroupSkb = ebpf
-        .program_mut(name)
-        .ok_or(KernelError::Program {
-            name,
-            source: aya::programs::ProgramError::UnexpectedProgramType,
-        })?
-        .try_into()
-        .map_err(program_error)?;
-    prog.load().map_err(program_error)?;
-    let fd = prog
-        .fd()
-        .map_err(program_error)?
-        .try_clone()
-        .map_err(|e| program_error(aya::programs::ProgramError::IOError(e)))?;
+    let prog: &mut CgroupSkb = program(ebpf, name)?;
+    prog.load()
+        .map_err(|source| KernelError::Program { name, source })?;
+    let fd = owned_fd(name, prog.fd())?;
     let map = ebpf
         .map_mut(names::EGRESS_DECIDE)
         .ok_or(KernelError::MissingMap(names::EGRESS_DECIDE))?;
@@ -241,24 +247,10 @@ fn load_judge_socket(
     ebpf: &mut Ebpf,
 ) -> Result<(aya::programs::ProgramFd, Array<MapData, SweepSocket>), KernelError> {
     let name = names::PROG_JUDGE_SOCKET;
-    let program_error = |source| KernelError::Program { name, source };
-    let prog: &mut aya::programs::SocketFilter = ebpf
-        .program_mut(name)
-        .ok_or(KernelError::Program {
-            name,
-            source: aya::programs::ProgramError::UnexpectedProgramType,
-        })?
-        .try_into()
-        .map_err(program_error)?;
-    prog.load().map_err(program_error)?;
-    let fd = prog
-        .fd()
-        .map_err(program_error)?
-        .try_clone()
-        .map_err(|e| KernelError::Program {
-            name,
-            source: aya::programs::ProgramError::IOError(e),
-        })?;
+    let prog: &mut aya::programs::SocketFilter = program(ebpf, name)?;
+    prog.load()
+        .map_err(|source| KernelError::Program { name, source })?;
+    let fd = owned_fd(name, prog.fd())?;
     let input = take(ebpf, names::SWEEP)?;
     Ok((fd, input))
 }
