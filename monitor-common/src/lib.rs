@@ -13,6 +13,15 @@ use core::mem::{offset_of, size_of};
 
 pub mod geo_table;
 
+/// The entries of the program array `names::EGRESS_DECIDE`.
+pub mod tail {
+    /// `egress_decide`: a packet judged by its socket's cgroup.
+    pub const DECIDE: u32 = 0;
+    /// `sender_decide`: a datagram judged by its sender's cgroup.
+    pub const SENDER: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
 /// Names of maps and programs, shared so the daemon never spells them twice.
 pub mod names {
     pub const PROG_CONNECT4: &str = "connect4";
@@ -22,9 +31,6 @@ pub mod names {
     pub const PROGRAMS: [&str; 4] = [PROG_CONNECT4, PROG_CONNECT6, PROG_SENDMSG4, PROG_SENDMSG6];
     /// cgroup_skb egress: the backstop for packets no sock_addr hook judged.
     pub const PROG_EGRESS: &str = "egress";
-    /// cgroup_skb egress: a connected UDP socket's datagrams sent by its
-    /// process after it moved into a selected cgroup.
-    pub const PROG_SENDER: &str = "sender";
     /// lsm/socket_create: refuses packet sockets in enforcing cgroups.
     pub const PROG_SOCKET_CREATE: &str = "socket_create";
     /// cgroup_skb ingress: reads the DNS answers selected cgroups receive.
@@ -36,11 +42,10 @@ pub mod names {
     /// `lsm=` list); where it is missing the daemon runs without it and says
     /// so. A unit test of the daemon (`kernel::tests`) checks this list
     /// against the programs in the compiled object.
-    pub const ALL_PROGRAMS: [&str; 10] = [
+    pub const ALL_PROGRAMS: [&str; 9] = [
         PROG_PROCESS_EXEC,
         PROG_PROCESS_EXIT,
         PROG_EGRESS,
-        PROG_SENDER,
         PROG_SOCKET_CREATE,
         PROG_INGRESS,
         PROG_CONNECT4,
@@ -54,9 +59,14 @@ pub mod names {
     /// leaves the per-packet program small: a third of the instructions for
     /// the verifier to walk, and fewer for the CPU to fetch.
     pub const PROG_EGRESS_DECIDE: &str = "egress_decide";
-    /// The program array `egress` tail-calls `egress_decide` through (one
-    /// entry), pinned with the maps so it holds the program while no
-    /// daemon runs.
+    /// Not attached: `egress` tail-calls it (through `EGRESS_DECIDE`) for a
+    /// UDP datagram of a socket connected outside every selected cgroup
+    /// and sent from another cgroup, which no cache entry of the sender's
+    /// answers: the sender's cgroup judges it.
+    pub const PROG_SENDER_DECIDE: &str = "sender_decide";
+    /// The program array `egress` tail-calls `egress_decide` and
+    /// `sender_decide` through (see `tail`), pinned with the maps so it
+    /// holds the programs while no daemon runs.
     pub const EGRESS_DECIDE: &str = "EGRESS_DECIDE";
     /// Not attached: run by the daemon (`BPF_PROG_TEST_RUN`) on each socket
     /// its sweep finds when a policy set takes effect.

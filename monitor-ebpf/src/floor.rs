@@ -1,6 +1,6 @@
 //! For `cargo xtask bench` only (the daemon never loads it): the floor.
 //! Programs of the same types on the same cgroup hooks as the monitor's
-//! (two on egress, one on ingress, connect and sendmsg for both
+//! (one on egress, one on ingress, connect and sendmsg for both
 //! families), each returning "allow" at its first instruction. What a
 //! cgroup pays for these is what any program there costs; the bench
 //! reports the monitor's cost against it.
@@ -34,11 +34,6 @@ pub fn floor_sendmsg6(_ctx: SockAddrContext) -> i32 {
 
 #[cgroup_skb(egress)]
 pub fn floor_egress(_ctx: SkBuffContext) -> i32 {
-    1
-}
-
-#[cgroup_skb(egress)]
-pub fn floor_sender(_ctx: SkBuffContext) -> i32 {
     1
 }
 

@@ -572,20 +572,50 @@ fn a_selected_cgroup_made_or_remade_later_is_judged_from_its_first_attempt() {
     }
 }
 
-/// A UDP socket connected in an unselected cgroup, then used from a
-/// selected one (its process moved there, or its descriptor passed over
-/// SCM_RIGHTS by a helper that stays outside): every datagram sent from
-/// the selected cgroup is judged by it (refused here), also across a
-/// forced reload and its socket sweep; nothing reaches the denied host,
-/// and the refusals are counted in the selected cgroup's flows.
+/// A UDP socket connected in an unselected cgroup, or in a selected one
+/// whose policy allows the peer, then used from a selected cgroup that
+/// denies it (its process moved there, or its descriptor passed over
+/// SCM_RIGHTS by a helper that stays where it connected): every datagram
+/// sent from the denying cgroup is judged by it (refused here), also
+/// across a forced reload and its socket sweep; nothing reaches the
+/// denied host, and the refusals are counted in the sending cgroup's flows.
 #[test]
 fn a_udp_socket_connected_outside_is_judged_by_its_sender() {
     let env = enforced_env();
     let sel_procs = env.cgroup("sel").join("cgroup.procs");
     let unsel_procs = env.cgroup("unsel").join("cgroup.procs");
+    // A second selected cgroup whose policy allows the host `sel` denies.
+    std::fs::create_dir_all(env.cgroup("wide")).unwrap();
+    let wide_procs = env.cgroup("wide").join("cgroup.procs");
+    env.write_policy(
+        "wide.yaml",
+        &env.policy("wide", "enforce", "wide", &allow_countries("US, DE")),
+    );
+    env.wait_status("policy generation 2", WAIT, |s| {
+        s["policy_generation"].as_u64() == Some(2)
+    });
     let mut total = 0;
     let port = PORT.to_string();
     for (from, mode, procs, addr, port, during) in [
+        // Connected where a selected cgroup's policy allows the peer (the
+        // probe's connect there fails the test if it is refused): the
+        // socket has that cgroup's verdict, and the sender's is asked too.
+        (
+            "wide",
+            "udp-moved",
+            &sel_procs,
+            US_V4,
+            &*port,
+            "connected in an allowing selected cgroup, moved",
+        ),
+        (
+            "sel",
+            "udp-passed",
+            &wide_procs,
+            US_V6,
+            &*port,
+            "connected in an allowing selected cgroup, passed, IPv6",
+        ),
         (
             "unsel",
             "udp-moved",

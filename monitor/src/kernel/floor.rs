@@ -20,10 +20,9 @@ const SOCK_ADDR: [&str; 4] = [
     "floor_connect6",
     "floor_sendmsg6",
 ];
-/// The skb programs and their direction (two on egress, as the monitor).
-const SKB: [(&str, CgroupSkbAttachType); 3] = [
+/// The skb programs and their direction (one each way, as the monitor).
+const SKB: [(&str, CgroupSkbAttachType); 2] = [
     ("floor_egress", CgroupSkbAttachType::Egress),
-    ("floor_sender", CgroupSkbAttachType::Egress),
     ("floor_ingress", CgroupSkbAttachType::Ingress),
 ];
 

@@ -29,8 +29,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use monitor_common::{
-    dns, geo_table, limits, names, CidrRule, CloudEntry, CloudKey, Config, DnsTuning, DomainKey,
-    InForce, Meta, PolicyAddr, RegionKey, RegionRule, Selection, SweepSocket,
+    dns, geo_table, limits, names, tail, CidrRule, CloudEntry, CloudKey, Config, DnsTuning,
+    DomainKey, InForce, Meta, PolicyAddr, RegionKey, RegionRule, Selection, SweepSocket,
 };
 
 /// The compiled kernel programs, built by build.rs.
@@ -224,22 +224,31 @@ fn watch_cgroups_made(ebpf: &mut Ebpf) -> Result<(), KernelError> {
     Ok(())
 }
 
-/// Loads `egress_decide` (never attached) and puts it in the program
-/// array `egress` tail-calls it through: before `egress` is attached, so
-/// no packet finds the array empty. A restart replaces the entry with the
-/// same build's program; the pinned array holds it while no daemon runs.
+/// Loads `egress_decide` and `sender_decide` (never attached) and puts
+/// them in the program array `egress` tail-calls them through: before
+/// `egress` is attached, so no packet finds the array empty, and
+/// `egress_decide` first, since `sender_decide` goes on to it. A restart
+/// replaces each entry with the same build's program; the pinned array
+/// holds them while no daemon runs.
 fn load_egress_decide(ebpf: &mut Ebpf) -> Result<(), KernelError> {
-    let name = names::PROG_EGRESS_DECIDE;
-    let prog: &mut CgroupSkb = program(ebpf, name)?;
-    prog.load()
-        .map_err(|source| KernelError::Program { name, source })?;
-    let fd = owned_fd(name, prog.fd())?;
-    let map = ebpf
-        .map_mut(names::EGRESS_DECIDE)
-        .ok_or(KernelError::MissingMap(names::EGRESS_DECIDE))?;
-    let mut array =
-        aya::maps::ProgramArray::try_from(map).map_err(map_err(names::EGRESS_DECIDE))?;
-    array.set(0, &fd, 0).map_err(map_err(names::EGRESS_DECIDE))
+    for (index, name) in [
+        (tail::DECIDE, names::PROG_EGRESS_DECIDE),
+        (tail::SENDER, names::PROG_SENDER_DECIDE),
+    ] {
+        let prog: &mut CgroupSkb = program(ebpf, name)?;
+        prog.load()
+            .map_err(|source| KernelError::Program { name, source })?;
+        let fd = owned_fd(name, prog.fd())?;
+        let map = ebpf
+            .map_mut(names::EGRESS_DECIDE)
+            .ok_or(KernelError::MissingMap(names::EGRESS_DECIDE))?;
+        let mut array =
+            aya::maps::ProgramArray::try_from(map).map_err(map_err(names::EGRESS_DECIDE))?;
+        array
+            .set(index, &fd, 0)
+            .map_err(map_err(names::EGRESS_DECIDE))?;
+    }
+    Ok(())
 }
 
 /// Loads `judge_socket` (never attached) and takes its input map.
@@ -310,12 +319,12 @@ fn attach(
     })?;
     let link_error = |e| KernelError::Link { name, source: e };
     let link: FdLink = match name {
-        names::PROG_EGRESS | names::PROG_SENDER | names::PROG_INGRESS => {
+        names::PROG_EGRESS | names::PROG_INGRESS => {
             let prog: &mut CgroupSkb = program.try_into().map_err(program_error)?;
             if prog.fd().is_err() {
                 prog.load().map_err(program_error)?;
             }
-            let direction = if name == names::PROG_EGRESS || name == names::PROG_SENDER {
+            let direction = if name == names::PROG_EGRESS {
                 CgroupSkbAttachType::Egress
             } else {
                 CgroupSkbAttachType::Ingress
@@ -1276,13 +1285,14 @@ mod tests {
                 .chain([
                     names::PROG_JUDGE_SOCKET,
                     names::PROG_CGROUP_MADE,
-                    names::PROG_EGRESS_DECIDE
+                    names::PROG_EGRESS_DECIDE,
+                    names::PROG_SENDER_DECIDE,
                 ])
                 .collect::<BTreeSet<_>>()
         );
         assert_eq!(names::ALL_MAPS.len(), maps.len(), "a map is listed twice");
         assert_eq!(
-            names::ALL_PROGRAMS.len() + 3,
+            names::ALL_PROGRAMS.len() + 4,
             programs.len(),
             "a program is listed twice"
         );
