@@ -1475,26 +1475,29 @@ pub fn sender_decide(ctx: SkBuffContext) -> i32 {
 /// in its sender's context (`udp_sendmsg` and `udp_push_pending_frames`
 /// run in the calling task, never in a softirq), so the sender's cgroup
 /// judges it, as a sock_addr hook would have. Ordered for what most
-/// packets are: a TCP packet ends at two field reads, a connected UDP
-/// socket's datagram sent where it was made at one helper call more.
+/// packets are: a packet of an unconnected socket or a connection being
+/// made ends at one field read, a connection's packet sent where its
+/// socket was made at one helper call more.
 #[inline(always)]
-fn handed_over(full: *mut bpf_sock, socket_cgroup: u64) -> u64 {
-    if full.is_null() {
-        return 0;
-    }
-    // SAFETY: a full socket from the helper; these fields are readable.
-    // (The socket's state, not its peer port: a UDP socket may be
-    // connected to port 0.) An unconnected datagram was judged at its
+fn handed_over(skb: *mut __sk_buff, socket_cgroup: u64) -> u64 {
+    // SAFETY: the context's socket pointer; `state` is readable in any
+    // socket the kernel gives (no helper call for a full socket first).
+    // The socket's state, not its peer port: a UDP socket may be
+    // connected to port 0. An unconnected datagram was judged at its
     // sendmsg by the task that sent it.
-    if unsafe { (*full).protocol } != u32::from(IPPROTO_UDP)
-        || unsafe { (*full).state } != TCP_ESTABLISHED
-    {
+    let sk = unsafe { (*skb).__bindgen_anon_2.sk };
+    if sk.is_null() || unsafe { (*sk).state } != TCP_ESTABLISHED {
         return 0;
     }
     let cgroup = Owner::Task.cgroup();
     // SAFETY: a helper without arguments.
     if cgroup == socket_cgroup || unsafe { bpf_get_current_pid_tgid() } >> 32 == 0 {
         // Sent where it was made, or by the idle task (no process).
+        return 0;
+    }
+    let full = full_sock(skb);
+    // SAFETY: a full socket from the helper; `protocol` is readable in it.
+    if full.is_null() || unsafe { (*full).protocol } != u32::from(IPPROTO_UDP) {
         return 0;
     }
     let state = storage_of(full);
@@ -1587,7 +1590,7 @@ fn sent_by(ctx: &SkBuffContext, word: u64, cgroup: u64) -> bool {
 #[inline(always)]
 fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
     let skb = ctx.skb.skb;
-    let cgroup = handed_over(full_sock(skb), Owner::Skb(skb).cgroup());
+    let cgroup = handed_over(skb, Owner::Skb(skb).cgroup());
     if cgroup == 0 {
         // Not such a datagram: `egress` judges it by its socket.
         return Ok(PASS);
@@ -1726,7 +1729,6 @@ fn judge_packet<const DECIDE: bool>(ctx: &SkBuffContext) -> Result<i32, i32> {
     };
     let owner = Owner::Skb(skb);
     let socket_cgroup = owner.cgroup();
-    let full = full_sock(skb);
     // A datagram of a connected UDP socket sent from a cgroup that neither
     // made nor connected it is judged by its sender's cgroup first
     // (`sent_by`, or `sender_decide`, which goes on to `egress_decide`),
@@ -1736,7 +1738,7 @@ fn judge_packet<const DECIDE: bool>(ctx: &SkBuffContext) -> Result<i32, i32> {
     // the paths below: 65% more for the verifier to walk in `egress`, 40%
     // in `egress_decide`.)
     if !DECIDE {
-        let sender = handed_over(full, socket_cgroup);
+        let sender = handed_over(skb, socket_cgroup);
         if sender != 0 && sent_by(ctx, word, sender) {
             return Ok(REJECT);
         }
@@ -1788,6 +1790,7 @@ fn judge_packet<const DECIDE: bool>(ctx: &SkBuffContext) -> Result<i32, i32> {
         _pad: 0,
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
     };
+    let full = full_sock(skb);
     let state = storage_of(full);
     // Judged before, at this destination by this cgroup: only the policy
     // set changed since (an established connection keeps the name it was

@@ -853,7 +853,10 @@ fn decision_cost(b: &mut Bench, r: &mut Report) {
     // few destinations: repeated destinations, answered from the decision
     // cache. "new" sends each datagram to a destination no run used (a
     // decision, an insert and an event each). Paced UDP keeps the daemon
-    // idle enough that the program is not preempted by it.
+    // idle enough that the program is not preempted by it. A "repeated"
+    // load runs once unmeasured first, so what is measured is repeats
+    // only (4,096 destinations sent 20,000 datagrams have a fifth of them
+    // first sights otherwise).
     let new_dests = |round: u32| (1_000_000 + round * 40_000).to_string();
     let workloads: Vec<Workload> = vec![
         // The floor's trivial programs under the same statistics: what
@@ -896,7 +899,7 @@ fn decision_cost(b: &mut Bench, r: &mut Report) {
             300.0,
         ),
         (
-            "UDP sendmsg to 4096 destinations, 20k/s paced",
+            "UDP sendmsg to 4096 destinations already decided, 20k/s paced",
             vec!["att/mon", "att/enf"],
             vec![
                 "udp".into(),
@@ -955,8 +958,14 @@ fn decision_cost(b: &mut Bench, r: &mut Report) {
                 prog_stats(b.daemon.as_ref().unwrap())
             }
         };
-        let before = stats(b);
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        if kind == "repeated" {
+            for sub in &subs {
+                run_load(b, sub, &args);
+            }
+            settle(b.daemon.as_ref().unwrap());
+        }
+        let before = stats(b);
         for sub in &subs {
             run_load(b, sub, &args);
         }
