@@ -560,7 +560,7 @@ fn connections_older_than_the_daemon_are_destroyed_inbound_ones_survive() {
 
 /// A socket handed over SCM_RIGHTS: made outside and used inside is judged
 /// by the task that connects; made inside and used outside is judged by
-/// its own cgroup at the egress backstop.
+/// its own cgroup at the egress backstop, and counted as a connection.
 #[test]
 fn sockets_passed_between_cgroups_are_judged() {
     let mut env = env("enforce", "DE");
@@ -611,6 +611,46 @@ fn sockets_passed_between_cgroups_are_judged() {
         "a handed-over socket connected"
     );
     allowed_still_works(&env);
+
+    // Made inside and connected outside to an allowed host: its SYN is
+    // judged by the socket's cgroup and gives it the state a hook would
+    // have, so the packets after the SYN (the handshake's ACK, the close)
+    // are counted in the flow too, not only the SYN.
+    let allowed_port = PORT + 3;
+    let p = env.probe(
+        "unsel",
+        &[
+            "handoff",
+            DE_V4,
+            &allowed_port.to_string(),
+            sel_procs.to_str().unwrap(),
+        ],
+    );
+    assert!(p.ok, "made inside, used outside, allowed: {:?}", p.raw);
+    let sel = env.rel("sel");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let packets: u64 = env
+            .flows(&[])
+            .iter()
+            .filter(|f| {
+                s(f, "cgroup_path") == sel
+                    && s(f, "dst_ip") == DE_V4
+                    && f["dst_port"].as_u64() == Some(u64::from(allowed_port))
+                    && s(f, "verdict") == "allowed"
+            })
+            .map(|f| f["packets"].as_u64().unwrap_or(0))
+            .sum();
+        if packets >= 2 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{packets} packets counted for a handed-over connection: {:#?}",
+            env.flows(&[])
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// A TCP socket made while its cgroup was selected by no policy, that
