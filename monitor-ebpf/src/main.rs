@@ -1536,37 +1536,19 @@ fn sent_by(ctx: &SkBuffContext, word: u64, cgroup: u64) -> bool {
     if memo.selected_cgroup_id == 0 {
         return false;
     }
-    let skb = ctx.skb.skb;
-    // SAFETY: the context is the program's __sk_buff.
-    let eth_proto = u16::from_be(unsafe { (*skb).protocol } as u16);
-    let (family, addr, l4_offset) = if eth_proto == ETH_P_IP {
-        let Ok(h) = ctx.load::<[u8; 20]>(0) else {
-            return false;
-        };
-        if h[9] != IPPROTO_UDP {
-            return false;
-        }
-        let addr = mapped_v4([h[16], h[17], h[18], h[19]]);
-        (AF_INET, addr, ((h[0] & 0x0f) as usize) * 4)
-    } else if eth_proto == ETH_P_IPV6 {
-        let (Ok(addr), Ok(next)) = (ctx.load::<[u8; 16]>(24), ctx.load::<u8>(6)) else {
-            return false;
-        };
-        if next != IPPROTO_UDP {
-            return false;
-        }
-        (AF_INET6, addr, 40)
-    } else {
+    let (family, addr, l4_offset, port) = udp_destination(ctx);
+    if family == 0 {
         return false;
-    };
+    }
     let key = FlowKey {
         cgroup_id: cgroup,
         addr,
-        port: u16::from_be(ctx.load::<u16>(l4_offset + 2).unwrap_or(0)),
+        port,
         protocol: IPPROTO_UDP,
         _pad: 0,
         tgid: (bpf_get_current_pid_tgid() >> 32) as u32,
     };
+    let skb = ctx.skb.skb;
     // SAFETY: the context is the program's __sk_buff.
     let netns = unsafe { bpf_get_netns_cookie(skb.cast()) };
     if let Some(f) = FLOWS.get_ptr_mut(&key) {
@@ -1586,6 +1568,40 @@ fn sent_by(ctx: &SkBuffContext, word: u64, cgroup: u64) -> bool {
     verdict_of(false, &memo.selection) == Verdict::Denied
 }
 
+/// The destination of a UDP datagram (family, address as the maps hold it,
+/// transport header offset, port); family 0 when the packet is not one.
+/// (Plain values, not an Option: see `find_selection`.)
+#[inline(always)]
+fn udp_destination(ctx: &SkBuffContext) -> (u8, [u8; 16], usize, u16) {
+    // SAFETY: the context is the program's __sk_buff.
+    let eth_proto = u16::from_be(unsafe { (*ctx.skb.skb).protocol } as u16);
+    let (family, addr, l4_offset) = if eth_proto == ETH_P_IP {
+        let Ok(h) = ctx.load::<[u8; 20]>(0) else {
+            return (0, [0; 16], 0, 0);
+        };
+        if h[9] != IPPROTO_UDP {
+            return (0, [0; 16], 0, 0);
+        }
+        (
+            AF_INET,
+            mapped_v4([h[16], h[17], h[18], h[19]]),
+            ((h[0] & 0x0f) as usize) * 4,
+        )
+    } else if eth_proto == ETH_P_IPV6 {
+        let (Ok(addr), Ok(next)) = (ctx.load::<[u8; 16]>(24), ctx.load::<u8>(6)) else {
+            return (0, [0; 16], 0, 0);
+        };
+        if next != IPPROTO_UDP {
+            return (0, [0; 16], 0, 0);
+        }
+        (AF_INET6, addr, 40)
+    } else {
+        return (0, [0; 16], 0, 0);
+    };
+    let port = u16::from_be(ctx.load::<u16>(l4_offset + 2).unwrap_or(0));
+    (family, addr, l4_offset, port)
+}
+
 #[inline(always)]
 fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
     let skb = ctx.skb.skb;
@@ -1594,26 +1610,11 @@ fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
         // Not such a datagram: `egress` judges it by its socket.
         return Ok(PASS);
     }
-    // SAFETY: the context is the program's __sk_buff.
-    let eth_proto = u16::from_be(unsafe { (*skb).protocol } as u16);
-    let mut addr = [0u8; 16];
-    let (family, l4, l4_offset) = if eth_proto == ETH_P_IP {
-        let first: u8 = ctx.load(0).map_err(|_| PASS)?;
-        let proto: u8 = ctx.load(9).map_err(|_| PASS)?;
-        let dst: [u8; 4] = ctx.load(16).map_err(|_| PASS)?;
-        addr = mapped_v4(dst);
-        (AF_INET, proto, ((first & 0x0f) as usize) * 4)
-    } else if eth_proto == ETH_P_IPV6 {
-        addr = ctx.load(24).map_err(|_| PASS)?;
-        let next: u8 = ctx.load(6).map_err(|_| PASS)?;
-        (AF_INET6, next, 40)
-    } else {
-        return Ok(PASS);
-    };
-    if l4 != IPPROTO_UDP {
+    let (family, addr, l4_offset, port) = udp_destination(ctx);
+    if family == 0 {
         return Ok(PASS);
     }
-    let port = u16::from_be(ctx.load::<u16>(l4_offset + 2).unwrap_or(0));
+    let l4 = IPPROTO_UDP;
     let Some((slot, set, word)) = in_force() else {
         return Ok(PASS);
     };
