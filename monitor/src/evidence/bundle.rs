@@ -10,6 +10,8 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 
 use super::report;
+
+mod direct;
 use crate::{
     events::{rfc3339_nanos, Event},
     store::{chain, coverage, query, Store},
@@ -97,8 +99,9 @@ fn in_force(
 }
 
 /// A file of the bundle as it is made: hashed and counted on the way, its
-/// bytes in memory or, for an export, in a spool file in the export's
-/// private directory (so memory does not grow with the window).
+/// bytes in memory or, for an export, at its place in the tar or in a
+/// spool file in the export's private directory (so memory does not grow
+/// with the window).
 struct Part {
     sha: Sha256,
     len: u64,
@@ -108,6 +111,8 @@ struct Part {
 enum Body {
     Memory(Vec<u8>),
     File(std::io::BufWriter<std::fs::File>, std::path::PathBuf),
+    /// At its place in the tar being written (`direct`).
+    InTar(direct::At),
 }
 
 impl std::io::Write for Part {
@@ -118,6 +123,7 @@ impl std::io::Write for Part {
                 buf.len()
             }
             Body::File(f, _) => f.write(buf)?,
+            Body::InTar(f) => f.write(buf)?,
         };
         self.sha.update(&buf[..n]);
         self.len += n as u64;
@@ -127,6 +133,7 @@ impl std::io::Write for Part {
         match &mut self.body {
             Body::Memory(_) => Ok(()),
             Body::File(f, _) => f.flush(),
+            Body::InTar(f) => f.flush(),
         }
     }
 }
@@ -141,6 +148,8 @@ struct Made {
 enum Stored {
     Memory(Vec<u8>),
     File(std::path::PathBuf),
+    /// Written at its place in the tar (`direct`).
+    InTar,
 }
 
 /// Where the large parts go: memory (`build`) or a directory (`export`).
@@ -174,6 +183,10 @@ impl Part {
                     .with_context(|| format!("writing {}", path.display()))?;
                 Stored::File(path)
             }
+            Body::InTar(mut f) => {
+                std::io::Write::flush(&mut f)?;
+                Stored::InTar
+            }
         };
         Ok(Made {
             digest: self.sha.finalize().into(),
@@ -206,16 +219,19 @@ pub fn build(
         let bytes = match made.body {
             Stored::Memory(v) => v,
             Stored::File(p) => std::fs::read(&p)?,
+            Stored::InTar => bail!("{name} was written to a tar, not kept"),
         };
         files.insert(name, bytes);
     }
     Ok((files, summary))
 }
 
-/// Writes the bundle to `out` (a tar file) as it reads the store: the
-/// records, their links and the flows go through spool files in a private
-/// directory beside `out` (removed after), so memory stays flat however
-/// long the window. Returns what it holds and how many files.
+/// Writes the bundle to `out` (a tar file) as it reads the store, so
+/// memory stays flat however long the window: the records, their links
+/// and the flows go straight to their places in the tar (`direct`), or,
+/// where those cannot be known before the records are read (a filter),
+/// through spool files; both in a private directory beside `out`
+/// (removed after). Returns what it holds and how many files.
 pub fn export(
     store: &Store,
     key: &SigningKey,
@@ -223,11 +239,45 @@ pub fn export(
     out: &std::path::Path,
 ) -> anyhow::Result<(Summary, usize)> {
     let dir = PrivateDir::beside(out)?;
+    if let Some(done) = direct::export(store, key, req, &dir, out)? {
+        return Ok(done);
+    }
+    export_spooled(store, key, req, &dir, out)
+}
+
+/// `export` through spool files: each large file is written to a file of
+/// its own in `dir`, then copied into the tar after the manifest (for a
+/// window whose files' places in the tar cannot be known before its
+/// records are read: a filter's).
+fn export_spooled(
+    store: &Store,
+    key: &SigningKey,
+    req: &Request<'_>,
+    dir: &PrivateDir,
+    out: &std::path::Path,
+) -> anyhow::Result<(Summary, usize)> {
     let (parts, mut summary) = assemble(store, key, req, &Spool(Some(&dir.0)))?;
     let mut clock = std::time::Instant::now();
-    write_parts(&parts, &dir, out)?;
+    write_parts(&parts, dir, out)?;
     summary.step("tar", &mut clock);
     Ok((summary, parts.len()))
+}
+
+/// `export` as the two ways make it, for tests that hold them to one
+/// bundle: written in place (None where it gave way to the spool files),
+/// and through the spool files whatever the window.
+#[cfg(test)]
+pub(super) fn export_both_ways(
+    store: &Store,
+    key: &SigningKey,
+    req: &Request<'_>,
+    in_place: &std::path::Path,
+    spooled: &std::path::Path,
+) -> anyhow::Result<Option<()>> {
+    let dir = PrivateDir::beside(spooled)?;
+    export_spooled(store, key, req, &dir, spooled)?;
+    let dir = PrivateDir::beside(in_place)?;
+    Ok(direct::export(store, key, req, &dir, in_place)?.map(|_| ()))
 }
 
 /// A new private file (`private_file::create_new`), its error naming it.
@@ -293,7 +343,8 @@ fn assemble(
 
     let mut jsonl = spool.part("events.jsonl")?;
     let mut links = spool.part("links")?;
-    let records = read_records(store, req, &mut jsonl, &mut links)?;
+    let range = seq_range(store, req)?;
+    let records = read_records(store, req, range, &mut jsonl, &mut links)?;
     summary.step("records", &mut clock);
     check_anchor(store, records.anchor)?;
     check_tail(store)?;
@@ -312,15 +363,77 @@ fn assemble(
     parts.insert("events.jsonl".into(), jsonl.finish()?);
     summary.step("chain", &mut clock);
 
-    // The flows stream by in key order: each is written to flows.csv and
-    // summed for the summary; only those the summary lists are kept.
     let mut csv = spool.part("flows.csv")?;
-    let mut digest = super::summary::FlowDigest::default();
-    let mut tally = report::Tally::default();
-    {
-        let mut w = csv::Writer::from_writer(&mut csv);
-        w.write_record(query::FLOW_CSV_COLUMNS)?;
-        summary.flows = query::flows_each(
+    let (flows, digest, tally) = flows_csv(store, req, &records.by_cidr, &mut csv)?;
+    summary.flows = flows;
+    parts.insert("flows.csv".into(), csv.finish()?);
+    summary.step("flows", &mut clock);
+
+    let public = crate::evidence::key::public_hex(&key.verifying_key());
+    let mut small = small_files(store, req, &summary, &public)?;
+    summary.policy_versions = small.versions;
+    let drift = &records.drift;
+    let page = report_html(store, req, tally, &small, &cover, &public, drift)?;
+    small.small.insert("report.html".into(), page.into_bytes());
+    store.conn.execute_batch("COMMIT")?;
+    summary.step("report", &mut clock);
+
+    let md = summary_md(
+        req,
+        records.exported,
+        &digest,
+        &small,
+        drift,
+        &cover,
+        &public,
+    );
+    small.small.insert("summary.md".into(), md.into_bytes());
+    for (name, bytes) in small.small {
+        parts.insert(name, in_memory(bytes));
+    }
+
+    sign_manifest(store, key, req, &public, &mut parts)?;
+    summary.step("summary and manifest", &mut clock);
+    Ok((parts, summary))
+}
+
+/// flows.csv into `csv`, and the window's flows summed for the summary and
+/// the report as they stream by in key order (only those the summary
+/// lists are kept); `by_cidr` as `Records` has it. Returns how many. This
+/// thread reads the flows; another writes and sums them.
+fn flows_csv(
+    store: &Store,
+    req: &Request<'_>,
+    by_cidr: &std::collections::HashSet<(String, String)>,
+    csv: &mut Part,
+) -> anyhow::Result<(usize, super::summary::FlowDigest, report::Tally)> {
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Option<Vec<query::Flow>>>(BATCHES);
+        let writer = std::thread::Builder::new()
+            .name("export-flows".into())
+            .spawn_scoped(scope, move || {
+                let mut digest = super::summary::FlowDigest::default();
+                let mut tally = report::Tally::default();
+                let mut w = csv::Writer::from_writer(csv);
+                w.write_record(query::FLOW_CSV_COLUMNS)?;
+                for batch in rx.iter() {
+                    // None: every flow was read.
+                    let Some(batch) = batch else {
+                        w.flush().context("writing flows.csv")?;
+                        return Ok(Some((digest, tally)));
+                    };
+                    for f in batch {
+                        flow_row(&mut w, &f)?;
+                        tally.add(&f);
+                        digest.add(f, by_cidr);
+                    }
+                }
+                // The reading failed: its error is the one.
+                anyhow::Ok(None)
+            })
+            .context("starting a thread to write the flows")?;
+        let mut batch = Vec::with_capacity(BATCH);
+        let read = query::flows_each_ranked(
             store,
             req.since,
             req.until,
@@ -328,19 +441,55 @@ fn assemble(
             req.by_process,
             query::Rows::All,
             &mut |f| {
-                flow_row(&mut w, &f)?;
-                tally.add(&f);
-                digest.add(f, &records.by_cidr);
+                batch.push(f);
+                if batch.len() == BATCH {
+                    tx.send(Some(std::mem::replace(
+                        &mut batch,
+                        Vec::with_capacity(BATCH),
+                    )))
+                    .map_err(|_| anyhow::anyhow!("the thread writing the flows stopped"))?;
+                }
                 Ok(())
             },
-        )?;
-        w.flush().context("writing flows.csv")?;
-    }
-    parts.insert("flows.csv".into(), csv.finish()?);
-    summary.step("flows", &mut clock);
+        );
+        if read.is_ok() {
+            let _ = tx.send(Some(batch));
+            let _ = tx.send(None);
+        }
+        drop(tx);
+        let written = writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread writing the flows failed"))?;
+        // The writer's error is of a flow before any the reading met.
+        match (read, written?) {
+            (Ok(n), Some((digest, tally))) => Ok((n, digest, tally)),
+            (Err(e), _) => Err(e),
+            (Ok(_), None) => bail!("the thread writing the flows stopped"),
+        }
+    })
+}
 
+/// The bundle's small files that need neither the flows nor the report
+/// (policies, GeoIP and cloud identities, host, counters, node key), and
+/// what the report and summary take of them.
+struct Small {
+    small: Files,
+    index: Vec<Value>,
+    /// Policy versions named.
+    versions: usize,
+    geoip: Value,
+    cloud: Value,
+    counters: Value,
+}
+
+/// `Small` for a window whose records were counted in `summary`.
+fn small_files(
+    store: &Store,
+    req: &Request<'_>,
+    summary: &Summary,
+    public: &str,
+) -> anyhow::Result<Small> {
     let (index, versions) = policy_sets(store, req)?;
-    summary.policy_versions = versions.len();
     let mut small = Files::new();
     insert_policy_files(&mut small, &index, &versions)?;
 
@@ -351,55 +500,74 @@ fn assemble(
         serde_json::to_vec_pretty(&cloud)?,
     );
     small.insert("host.json".into(), host_json(store, req)?);
-    let counters = counters(store, req, &summary)?;
+    let counters = counters(store, req, summary)?;
     small.insert(
         "counters.json".into(),
         serde_json::to_vec_pretty(&counters)?,
     );
-    let public = crate::evidence::key::public_hex(&key.verifying_key());
-    let (drift, drift_total) = drift_alerts(store, req)?;
-    let page = report_page(
+    small.insert("node.pub".into(), format!("{public}\n").into_bytes());
+    Ok(Small {
+        small,
+        index,
+        versions: versions.len(),
+        geoip,
+        cloud,
+        counters,
+    })
+}
+
+/// report.html of a bundle; `drift`: the window's drift alerts (the first
+/// ones, and how many), as `Records` has them.
+fn report_html(
+    store: &Store,
+    req: &Request<'_>,
+    tally: report::Tally,
+    small: &Small,
+    cover: &coverage::Coverage,
+    public: &str,
+    (drift, drift_total): &(Vec<Event>, usize),
+) -> anyhow::Result<String> {
+    report_page(
         store,
         req,
         tally,
         &Known {
-            cover: &cover,
-            index: &index,
-            geoip: &geoip,
-            cloud: &cloud,
-            counters: &counters,
-            drift: &drift,
-            drift_total,
-            signed_by: Some(&public),
+            cover,
+            index: &small.index,
+            geoip: &small.geoip,
+            cloud: &small.cloud,
+            counters: &small.counters,
+            drift,
+            drift_total: *drift_total,
+            signed_by: Some(public),
         },
-    )?;
-    small.insert("report.html".into(), page.into_bytes());
-    store.conn.execute_batch("COMMIT")?;
-    summary.step("report", &mut clock);
+    )
+}
 
-    let md = super::summary::render(&super::summary::Input {
+/// summary.md of a bundle.
+fn summary_md(
+    req: &Request<'_>,
+    exported: usize,
+    digest: &super::summary::FlowDigest,
+    small: &Small,
+    (drift, drift_total): &(Vec<Event>, usize),
+    cover: &coverage::Coverage,
+    public: &str,
+) -> String {
+    super::summary::render(&super::summary::Input {
         since: req.since,
         until: req.until,
-        exported: records.exported,
-        flows: &digest,
-        policy_index: &index,
-        drift: &drift,
-        drift_total,
-        counters: &counters,
-        coverage: &cover,
-        complete,
+        exported,
+        flows: digest,
+        policy_index: &small.index,
+        drift,
+        drift_total: *drift_total,
+        counters: &small.counters,
+        coverage: cover,
+        complete: req.filter.is_null(),
         counted: !req.by_process,
-        public_key: &public,
-    });
-    small.insert("summary.md".into(), md.into_bytes());
-    small.insert("node.pub".into(), format!("{public}\n").into_bytes());
-    for (name, bytes) in small {
-        parts.insert(name, in_memory(bytes));
-    }
-
-    sign_manifest(store, key, req, &public, &mut parts)?;
-    summary.step("summary and manifest", &mut clock);
-    Ok((parts, summary))
+        public_key: public,
+    })
 }
 
 /// What report.html shows besides the flows, as the bundle (or the
@@ -568,22 +736,44 @@ struct Records {
     in_window: usize,
     exported: usize,
     /// The hash the window's first record follows, and the seq before it.
-    anchor: Option<([u8; 32], i64)>,
+    anchor: Anchor,
     /// (destination, cgroup path) of the exported records a CIDR rule
     /// allowed (for the summary).
     by_cidr: std::collections::HashSet<(String, String)>,
+    /// The exported drift alerts: the first `summary::TABLE_ROWS`, and how
+    /// many (what `drift_alerts` reads).
+    drift: (Vec<Event>, usize),
+}
+
+/// The hash a window's first record follows, and the seq before it.
+type Anchor = Option<([u8; 32], i64)>;
+
+/// The first and last seq of the window's records (none: no record).
+type SeqRange = (Option<i64>, Option<i64>);
+
+/// The window's records lie in one range of seq (`read_records` checks
+/// it): they are read in seq order from that range, not through the time
+/// index and a sort of every record (half an export's time at 1M).
+fn seq_range(store: &Store, req: &Request<'_>) -> anyhow::Result<SeqRange> {
+    Ok(store.conn.query_row(
+        "SELECT min(seq), max(seq) FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2",
+        params![req.since, req.until],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?)
 }
 
 /// Reads the window's records, checking each digest and link as it goes:
 /// the kept ones to `jsonl` as stored, one link per record to `links` (one
-/// JSON object a line).
+/// JSON object a line). This thread reads the rows and makes their events
+/// and canonical records; another checks each against its digest and
+/// link and writes it (each was about half of the time).
 fn read_records(
     store: &Store,
     req: &Request<'_>,
+    range: SeqRange,
     jsonl: &mut Part,
     links: &mut Part,
 ) -> anyhow::Result<Records> {
-    use std::io::Write;
     let total = match req.progress {
         Some(_) => store.conn.query_row(
             "SELECT count(*) FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2",
@@ -592,18 +782,14 @@ fn read_records(
         )? as u64,
         None => 0,
     };
-    // The window's records lie in one range of seq (the chain checks it
-    // below): read in seq order from that range, not through the time
-    // index and a sort of every record (half an export's time at 1M).
-    let (first, last): (Option<i64>, Option<i64>) = store.conn.query_row(
-        "SELECT min(seq), max(seq) FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2",
-        params![req.since, req.until],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (first, last) = range;
     let mut stmt = store.conn.prepare(&format!(
         "SELECT {}, prev_hash, hash FROM events WHERE seq >= ?3 AND seq <= ?4 AND +unix_nanos >= ?1 AND +unix_nanos < ?2 ORDER BY seq",
-        query::EVENT_COLUMNS
+        query::RECORD_COLUMNS
     ))?;
+    // What the rows name by id (paths, executables, containers), read
+    // once per id.
+    let mut refs = query::Refs::new(store);
     // After the event columns: the chain's, by place (a lookup by name
     // compares every column's name, for every row).
     let chain_at = stmt.column_count() - 2;
@@ -618,63 +804,313 @@ fn read_records(
         exported: 0,
         anchor: None,
         by_cidr: Default::default(),
+        drift: Default::default(),
     };
-    let mut prev: Option<[u8; 32]> = None;
-    let mut last_seq = None;
-    while let Some(r) = rows.next()? {
-        // Checked against its digest there.
-        let (seq, event, record) = query::event_and_record(r)?;
-        let stored_prev: Vec<u8> = r.get(chain_at)?;
-        let prev_hash = if !stored_prev.is_empty() {
-            chain::to32(&stored_prev)
-        } else if let Some(p) = prev {
-            // A compact row follows the row before it.
-            p
-        } else {
-            hash_before(store, seq)?
-        };
-        let digest = chain::to32(&r.get::<_, Vec<u8>>(query::EVENT_DIGEST)?);
-        let hash = chain::to32(&r.get::<_, Vec<u8>>(chain_at + 1)?);
-        if let Some(p) = prev {
-            if p != prev_hash || last_seq.map(|l: i64| l + 1) != Some(seq) {
-                bail!("the store's chain is broken before seq {seq} (a record was removed or altered): not exporting");
+    let (anchor, checked) = std::thread::scope(|scope| -> anyhow::Result<_> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<anyhow::Result<RowRecord>>>(BATCHES);
+        // The events done with come back, to be read into again (each
+        // would be freed there and allocated here again).
+        let (spent_tx, spent) = std::sync::mpsc::sync_channel::<Vec<Event>>(BATCHES);
+        let writer = std::thread::Builder::new()
+            .name("export-records".into())
+            .spawn_scoped(scope, move || check_and_write(rx, spent_tx, jsonl, links))
+            .context("starting a thread to write the records")?;
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut spare: Vec<Event> = Vec::new();
+        loop {
+            if spare.is_empty() {
+                if let Ok(back) = spent.try_recv() {
+                    spare = back;
+                }
             }
-        } else {
-            out.anchor = Some((prev_hash, seq - 1));
-        }
-        if chain::link(&prev_hash, &digest) != hash {
-            bail!("the store's record seq {seq} does not link to the one before: the store was altered; not exporting");
-        }
-        prev = Some(hash);
-        last_seq = Some(seq);
-        if out.in_window > 0 {
-            links.write_all(b",\n")?;
-        }
-        write!(
-            links,
-            "    {{\"digest\":\"{}\",\"hash\":\"{}\",\"seq\":{seq}}}",
-            hex::encode(digest),
-            hex::encode(hash)
-        )?;
-        out.in_window += 1;
-        if (req.keep)(&event) {
-            jsonl.write_all(record.as_bytes())?;
-            jsonl.write_all(b"\n")?;
-            out.exported += 1;
-            if event.rule == "cidr" {
-                out.by_cidr.insert((event.dst_ip, event.cgroup_path));
+            let old = spare.pop().unwrap_or_default();
+            let item = match rows.next() {
+                Ok(None) => break,
+                Ok(Some(r)) => row_record(store, req, r, chain_at, &mut refs, &mut out, old),
+                Err(e) => Err(e.into()),
+            };
+            let failed = item.is_err();
+            batch.push(item);
+            if failed || batch.len() == BATCH {
+                // Refused where the writer stopped: its error says why.
+                if tx.send(std::mem::take(&mut batch)).is_err() || failed {
+                    break;
+                }
+                batch.reserve(BATCH);
+            }
+            if let Some(progress) = req.progress {
+                if out.in_window.is_multiple_of(4096) {
+                    progress(out.in_window as u64, total);
+                }
             }
         }
-        if let Some(progress) = req.progress {
-            if out.in_window.is_multiple_of(4096) {
-                progress(out.in_window as u64, total);
-            }
+        if !batch.is_empty() {
+            let _ = tx.send(batch);
         }
+        drop(tx);
+        writer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the thread writing the records failed"))?
+    })?;
+    if checked != out.in_window {
+        bail!("{} records read but {checked} written", out.in_window);
     }
+    out.anchor = anchor;
     if let Some(progress) = req.progress {
         progress(out.in_window as u64, total);
     }
     Ok(out)
+}
+
+/// Rows or flows handed from the thread reading them to the one writing
+/// them at once, and how many such batches can wait.
+const BATCH: usize = 256;
+const BATCHES: usize = 8;
+
+/// A blob column: a digest or link, or anything else a row holds there.
+enum Blob {
+    Hash([u8; 32]),
+    Other(Vec<u8>),
+}
+
+impl Blob {
+    fn of(b: &[u8]) -> Self {
+        match <[u8; 32]>::try_from(b) {
+            Ok(h) => Self::Hash(h),
+            Err(_) => Self::Other(b.to_vec()),
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Self::Hash(h) => h,
+            Self::Other(v) => v,
+        }
+    }
+}
+
+/// A record as the thread reading it hands it to the one checking and
+/// writing it: what the row gave, each value or error as the checks
+/// meet them.
+struct RowRecord {
+    seq: i64,
+    /// The row's event (its canonical form is made there).
+    event: Event,
+    /// The record text the row keeps (empty: none) and its digest.
+    record: rusqlite::Result<String>,
+    digest: rusqlite::Result<Blob>,
+    /// The link the row keeps (empty: none), and for the window's first
+    /// row without one the hash of the row before it.
+    prev: rusqlite::Result<Blob>,
+    before: Option<anyhow::Result<[u8; 32]>>,
+    hash: rusqlite::Result<Blob>,
+    /// Whether the request keeps it.
+    keep: bool,
+}
+
+/// A row of `read_records`'s query as `check_and_write` takes it; counts
+/// it (and the kept ones, and those a CIDR rule allowed) in `out`.
+fn row_record(
+    store: &Store,
+    req: &Request<'_>,
+    r: &rusqlite::Row<'_>,
+    chain_at: usize,
+    refs: &mut query::Refs<'_>,
+    out: &mut Records,
+    old: Event,
+) -> anyhow::Result<RowRecord> {
+    let (seq, event) = query::event_by_id_in(r, refs, old)?;
+    let prev = query::blob(r, chain_at).map(Blob::of);
+    // The window's first row without a link follows the row before it.
+    let before = (out.in_window == 0 && matches!(&prev, Ok(p) if p.as_slice().is_empty()))
+        .then(|| hash_before(store, seq));
+    let keep = (req.keep)(&event);
+    out.in_window += 1;
+    if keep {
+        out.exported += 1;
+        if event.rule == "cidr" {
+            out.by_cidr
+                .insert((event.dst_ip.clone(), event.cgroup_path.clone()));
+        }
+        // As `drift_alerts` reads them (its rows are these, in this order).
+        if event.verdict == crate::events::DRIFT && event.drift.is_some() {
+            out.drift.1 += 1;
+            if out.drift.0.len() < super::summary::TABLE_ROWS {
+                out.drift.0.push(event.clone());
+            }
+        }
+    }
+    Ok(RowRecord {
+        seq,
+        event,
+        record: query::text(r, 24).map(str::to_string),
+        digest: query::blob(r, query::EVENT_DIGEST).map(Blob::of),
+        prev,
+        before,
+        hash: query::blob(r, chain_at + 1).map(Blob::of),
+        keep,
+    })
+}
+
+/// Checks each record (its digest, its link to the one before) and
+/// writes it, in order, until the first error; returns the hash the first
+/// follows (and the seq before it) and how many it wrote. The events go
+/// back to `spent` a batch at a time.
+fn check_and_write(
+    rows: std::sync::mpsc::Receiver<Vec<anyhow::Result<RowRecord>>>,
+    spent: std::sync::mpsc::SyncSender<Vec<Event>>,
+    jsonl: &mut Part,
+    links: &mut Part,
+) -> anyhow::Result<(Anchor, usize)> {
+    let mut chain = Chained::default();
+    for batch in rows.iter() {
+        let mut done = Vec::with_capacity(batch.len());
+        for row in batch {
+            done.push(chain.add(row?, jsonl, links)?);
+        }
+        // Dropped where the reader has enough.
+        let _ = spent.try_send(done);
+    }
+    Ok((chain.anchor, chain.n))
+}
+
+/// Where `check_and_write` is in the window's chain.
+#[derive(Default)]
+struct Chained {
+    /// The hash the first record follows, and the seq before it.
+    anchor: Anchor,
+    /// Records written.
+    n: usize,
+    /// The last record's hash and seq.
+    prev: Option<[u8; 32]>,
+    last_seq: Option<i64>,
+    /// A link's line.
+    line: Vec<u8>,
+}
+
+impl Chained {
+    /// Checks and writes the next record; returns its event.
+    fn add(&mut self, row: RowRecord, jsonl: &mut Part, links: &mut Part) -> anyhow::Result<Event> {
+        use std::io::Write;
+        let RowRecord {
+            seq,
+            event,
+            record,
+            digest,
+            prev: stored_prev,
+            before,
+            hash,
+            keep,
+        } = row;
+        let (record, digest) = digest_of(record, digest, seq, &event)?;
+        let stored_prev = stored_prev?;
+        let prev_hash = if !stored_prev.as_slice().is_empty() {
+            chain::to32(stored_prev.as_slice())
+        } else if let Some(p) = self.prev {
+            // A compact row follows the row before it.
+            p
+        } else {
+            before.context("no hash before the window's first record")??
+        };
+        let hash = chain::to32(hash?.as_slice());
+        if let Some(p) = self.prev {
+            if p != prev_hash || self.last_seq.map(|l: i64| l + 1) != Some(seq) {
+                bail!("the store's chain is broken before seq {seq} (a record was removed or altered): not exporting");
+            }
+        } else {
+            self.anchor = Some((prev_hash, seq - 1));
+        }
+        if chain::link(&prev_hash, &digest) != hash {
+            bail!("the store's record seq {seq} does not link to the one before: the store was altered; not exporting");
+        }
+        self.prev = Some(hash);
+        self.last_seq = Some(seq);
+        link_line(&mut self.line, self.n > 0, &digest, &hash, seq);
+        links.write_all(&self.line)?;
+        self.n += 1;
+        if keep {
+            jsonl.write_all(record.as_bytes())?;
+            jsonl.write_all(b"\n")?;
+        }
+        Ok(event)
+    }
+}
+
+/// A row's record checked against its digest (`query::check_record`), and
+/// the digest.
+fn digest_of(
+    record: rusqlite::Result<String>,
+    digest: rusqlite::Result<Blob>,
+    seq: i64,
+    event: &Event,
+) -> anyhow::Result<(String, [u8; 32])> {
+    let record = record?;
+    let digest = digest?;
+    let columns = chain::canonical(seq, event);
+    let record = query::check_record(seq, columns, &record, digest.as_slice())?;
+    Ok((record, chain::to32(digest.as_slice())))
+}
+
+/// One link of chain.json's list into `out`: `,\n` before it unless it is
+/// the first, then `    {"digest":"..","hash":"..","seq":N}`.
+fn link_line(out: &mut Vec<u8>, more: bool, digest: &[u8; 32], hash: &[u8; 32], seq: i64) {
+    out.clear();
+    if more {
+        out.extend_from_slice(b",\n");
+    }
+    out.extend_from_slice(b"    {\"digest\":\"");
+    hex_into(out, digest);
+    out.extend_from_slice(b"\",\"hash\":\"");
+    hex_into(out, hash);
+    out.extend_from_slice(b"\",\"seq\":");
+    out.extend_from_slice(Digits::of(seq).as_bytes());
+    out.push(b'}');
+}
+
+/// `hex::encode`, appended to `out` without a string of its own.
+fn hex_into(out: &mut Vec<u8>, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for b in bytes {
+        out.push(HEX[usize::from(b >> 4)]);
+        out.push(HEX[usize::from(b & 15)]);
+    }
+}
+
+/// A number's decimal digits as `to_string` writes them, on the stack.
+struct Digits {
+    buf: [u8; 20],
+    start: usize,
+}
+
+impl Digits {
+    fn of(n: i64) -> Self {
+        let mut d = Self::of_unsigned(n.unsigned_abs());
+        if n < 0 {
+            d.start -= 1;
+            d.buf[d.start] = b'-';
+        }
+        d
+    }
+
+    fn of_unsigned(mut n: u64) -> Self {
+        // u64::MAX has 20 digits; a sign needs one more place before
+        // them only for i64, whose magnitude has at most 19.
+        let mut buf = [0u8; 20];
+        let mut start = buf.len();
+        loop {
+            start -= 1;
+            buf[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        Self { buf, start }
+    }
+
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
 }
 
 /// The hash a compact row at the start of the window follows: the row
@@ -795,6 +1231,31 @@ fn chain_json(
     out: &mut Part,
 ) -> anyhow::Result<()> {
     use std::io::Write;
+    out.write_all(&chain_open(store, records, complete, prior, cover)?)?;
+    match links.finish()?.body {
+        Stored::Memory(v) => out.write_all(&v)?,
+        Stored::File(p) => {
+            let mut f =
+                std::fs::File::open(&p).with_context(|| format!("reading {}", p.display()))?;
+            std::io::copy(&mut f, out)?;
+            drop(f);
+            let _ = std::fs::remove_file(&p);
+        }
+        Stored::InTar => bail!("the links were written to a tar, not kept"),
+    }
+    out.write_all(chain_close(records.in_window))?;
+    Ok(())
+}
+
+/// chain.json up to its links: the header (without its closing brace)
+/// and the opening of the list.
+fn chain_open(
+    store: &Store,
+    records: &Records,
+    complete: bool,
+    prior: i64,
+    cover: &coverage::Coverage,
+) -> anyhow::Result<Vec<u8>> {
     let (head_seq, head) = store.head()?;
     let anchor_json = match records.anchor {
         Some((h, seq)) => json!({"seq": seq, "hash": hex::encode(h)}),
@@ -815,24 +1276,18 @@ fn chain_json(
     let open = head_json
         .strip_suffix("\n}")
         .context("chain.json header is an object")?;
-    out.write_all(open.as_bytes())?;
-    out.write_all(b",\n  \"links\": [\n")?;
-    match links.finish()?.body {
-        Stored::Memory(v) => out.write_all(&v)?,
-        Stored::File(p) => {
-            let mut f =
-                std::fs::File::open(&p).with_context(|| format!("reading {}", p.display()))?;
-            std::io::copy(&mut f, out)?;
-            drop(f);
-            let _ = std::fs::remove_file(&p);
-        }
-    }
-    out.write_all(if records.in_window > 0 {
+    let mut bytes = open.as_bytes().to_vec();
+    bytes.extend_from_slice(b",\n  \"links\": [\n");
+    Ok(bytes)
+}
+
+/// chain.json after its links.
+fn chain_close(in_window: usize) -> &'static [u8] {
+    if in_window > 0 {
         b"\n  ]\n}"
     } else {
         b"]\n}"
-    })?;
-    Ok(())
+    }
 }
 
 /// One row of `flows.csv` under the CLI's column names.
@@ -840,26 +1295,32 @@ pub(super) fn flow_row<W: std::io::Write>(
     w: &mut csv::Writer<W>,
     f: &query::Flow,
 ) -> anyhow::Result<()> {
+    // The numbers on the stack: no string per field.
+    let (first, last) = (t(f.first_seen), t(f.last_seen));
+    let count = Digits::of_unsigned(f.count);
+    let port = Digits::of_unsigned(u64::from(f.dst_port));
+    let packets = Digits::of_unsigned(f.packets);
+    let bytes = Digits::of_unsigned(f.bytes);
     w.write_record([
-        t(f.first_seen).as_str(),
-        t(f.last_seen).as_str(),
-        &f.count.to_string(),
-        &f.verdict,
-        &f.policy,
-        &f.cgroup_path,
-        &f.pod_uid,
-        &f.comm,
-        &f.protocol,
-        &f.dst_ip,
-        &f.dst_port.to_string(),
-        &f.country,
-        &f.continent,
-        &f.dns_name,
-        &f.cloud_region,
-        &f.packets.to_string(),
-        &f.bytes.to_string(),
-        &f.exe,
-        &f.image,
+        first.as_bytes(),
+        last.as_bytes(),
+        count.as_bytes(),
+        f.verdict.as_bytes(),
+        f.policy.as_bytes(),
+        f.cgroup_path.as_bytes(),
+        f.pod_uid.as_bytes(),
+        f.comm.as_bytes(),
+        f.protocol.as_bytes(),
+        f.dst_ip.as_bytes(),
+        port.as_bytes(),
+        f.country.as_bytes(),
+        f.continent.as_bytes(),
+        f.dns_name.as_bytes(),
+        f.cloud_region.as_bytes(),
+        packets.as_bytes(),
+        bytes.as_bytes(),
+        f.exe.as_bytes(),
+        f.image.as_bytes(),
     ])?;
     Ok(())
 }
@@ -961,18 +1422,13 @@ type Gap = (i64, String, i64, String);
 
 /// The counters: decisions, and what the record lacks (gaps, retention).
 fn counters(store: &Store, req: &Request<'_>, summary: &Summary) -> anyhow::Result<Value> {
-    let verdicts = decisions_in_window(store, req)?;
+    let (verdicts, drift) = decisions_in_window(store, req)?;
     let gaps: Vec<Gap> = store
         .conn
         .prepare("SELECT unix_nanos, kind, count, detail FROM gaps WHERE unix_nanos >= ?1 AND unix_nanos < ?2 ORDER BY id")?
         .query_map(params![req.since, req.until], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
         .collect::<Result<Vec<_>, _>>()?;
     let retention = retention_runs(store, req)?;
-    let drift: i64 = store.conn.query_row(
-        "SELECT count(*) FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 AND drift != ''",
-        params![req.since, req.until],
-        |r| r.get(0),
-    )?;
     Ok(json!({
         "decisions_in_window": verdicts,
         "drift_alerts_in_window": drift,
@@ -984,18 +1440,27 @@ fn counters(store: &Store, req: &Request<'_>, summary: &Summary) -> anyhow::Resu
     }))
 }
 
-/// The number of records in the window per verdict.
-fn decisions_in_window(store: &Store, req: &Request<'_>) -> anyhow::Result<BTreeMap<String, u64>> {
+/// The number of records in the window per verdict (drift alerts aside),
+/// and of drift alerts: one pass over the window's records.
+fn decisions_in_window(
+    store: &Store,
+    req: &Request<'_>,
+) -> anyhow::Result<(BTreeMap<String, u64>, i64)> {
     let mut verdicts: BTreeMap<String, u64> = BTreeMap::new();
-    for (v, n) in store
+    let mut drift = 0;
+    for (v, alert, n) in store
         .conn
-        .prepare("SELECT verdict, count(*) FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 AND drift = '' GROUP BY verdict")?
-        .query_map(params![req.since, req.until], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
+        .prepare("SELECT verdict, drift != '', count(*) FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 GROUP BY verdict, drift != ''")?
+        .query_map(params![req.since, req.until], |r| Ok((r.get::<_, String>(0)?, r.get::<_, bool>(1)?, r.get::<_, i64>(2)?)))?
         .collect::<Result<Vec<_>, _>>()?
     {
-        verdicts.insert(v, n as u64);
+        if alert {
+            drift += n;
+        } else {
+            verdicts.insert(v, n as u64);
+        }
     }
-    Ok(verdicts)
+    Ok((verdicts, drift))
 }
 
 /// The total count per gap kind, every known kind present (zero if none).
@@ -1042,7 +1507,21 @@ fn sign_manifest(
         .iter()
         .map(|(n, m)| (n, hex::encode(m.digest)))
         .collect();
-    let manifest = serde_json::to_vec_pretty(&json!({
+    let manifest = manifest_json(store, req, public, &digests)?;
+    let signature = signature_file(key, &manifest);
+    parts.insert("manifest.json".into(), in_memory(manifest));
+    parts.insert("manifest.sig".into(), in_memory(signature));
+    Ok(())
+}
+
+/// `manifest.json`: the files' SHA-256 (hex) by name, made now.
+fn manifest_json(
+    store: &Store,
+    req: &Request<'_>,
+    public: &str,
+    digests: &BTreeMap<&String, String>,
+) -> anyhow::Result<Vec<u8>> {
+    Ok(serde_json::to_vec_pretty(&json!({
         "format": FORMAT,
         "created": t(crate::store::now_nanos()),
         "window": window_json(req.since, req.until),
@@ -1050,14 +1529,12 @@ fn sign_manifest(
         "node_public_key": public,
         "store_id": store.store_id()?,
         "files": digests,
-    }))?;
-    let signature = key.sign(&manifest);
-    parts.insert("manifest.json".into(), in_memory(manifest));
-    parts.insert(
-        "manifest.sig".into(),
-        in_memory(format!("{}\n", hex::encode(signature.to_bytes())).into_bytes()),
-    );
-    Ok(())
+    }))?)
+}
+
+/// `manifest.sig`: the node key's signature of the manifest, in hex.
+fn signature_file(key: &SigningKey, manifest: &[u8]) -> Vec<u8> {
+    format!("{}\n", hex::encode(key.sign(manifest).to_bytes())).into_bytes()
 }
 
 /// A manifest's `window`: both ends as RFC 3339 and as Unix ns.
@@ -1075,18 +1552,18 @@ pub fn write_tar(files: &Files, out: &std::path::Path) -> anyhow::Result<()> {
     write_parts(&parts, &dir, out)
 }
 
-/// Writes the parts as one tar, the manifest first, the spooled ones
-/// copied from their files; the tar is written in the private directory
-/// `dir` and appears under its name only whole.
-fn write_parts(parts: &Parts, dir: &PrivateDir, out: &std::path::Path) -> anyhow::Result<()> {
-    let tmp = dir.0.join("bundle.tar.partial");
-    let f = create_private(&tmp, 0o600)?;
-    let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
-    let now = std::time::SystemTime::now()
+/// The time every entry of a tar made now carries (seconds).
+fn tar_mtime() -> u64 {
+    std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let mut order: Vec<&String> = parts.keys().collect();
+        .unwrap_or(0)
+}
+
+/// The files' order in the tar: the manifest, its signature, then the
+/// rest by name.
+fn tar_order<'a>(names: impl Iterator<Item = &'a String>) -> Vec<&'a String> {
+    let mut order: Vec<&String> = names.collect();
     order.sort_by_key(|n| {
         (
             n.as_str() != "manifest.json",
@@ -1094,8 +1571,19 @@ fn write_parts(parts: &Parts, dir: &PrivateDir, out: &std::path::Path) -> anyhow
             n.as_str(),
         )
     });
+    order
+}
+
+/// Writes the parts as one tar, the manifest first, the spooled ones
+/// copied from their files; the tar is written in the private directory
+/// `dir` and appears under its name only whole.
+fn write_parts(parts: &Parts, dir: &PrivateDir, out: &std::path::Path) -> anyhow::Result<()> {
+    let tmp = dir.0.join("bundle.tar.partial");
+    let f = create_private(&tmp, 0o600)?;
+    let mut tar = tar::Builder::new(std::io::BufWriter::with_capacity(1 << 20, f));
+    let now = tar_mtime();
     let written = (|| -> anyhow::Result<()> {
-        for name in order {
+        for name in tar_order(parts.keys()) {
             let made = &parts[name];
             let mut h = tar::Header::new_gnu();
             h.set_size(made.len);
@@ -1122,6 +1610,7 @@ fn write_parts(parts: &Parts, dir: &PrivateDir, out: &std::path::Path) -> anyhow
                     }
                     tar.append_data(&mut h, path, &mut f)?;
                 }
+                Stored::InTar => bail!("{name} is in another tar"),
             }
         }
         let w = tar.into_inner()?;

@@ -57,12 +57,16 @@ pub struct Tally {
     /// Attempts per country, cloud region and verdict.
     by_place: BTreeMap<String, BTreeMap<String, [u64; 3]>>,
     /// Attempts per workload and country, and whether any was refused.
-    matrix: BTreeMap<String, BTreeMap<String, (u64, bool)>>,
-    dests: BTreeMap<String, Dest>,
+    /// (Hashed: the page orders workloads and destinations itself.)
+    matrix: ahash::AHashMap<String, BTreeMap<String, (u64, bool)>>,
+    dests: ahash::AHashMap<String, Dest>,
     /// would_deny: flows, attempts, payload bytes, first and last seen.
     left: (u64, u64, u64, i64, i64),
     /// denied: attempts, first and last seen.
     denied: (u64, i64, i64),
+    /// The last flow's cgroup path and pod, and the workload they name:
+    /// flows come in path order, the name is made once per path.
+    last: (String, String, String),
 }
 
 fn workload(f: &Flow) -> std::borrow::Cow<'_, str> {
@@ -100,7 +104,19 @@ impl Tally {
         let country = dash(&f.country);
         at(&mut self.by_country, country)[k] += f.count;
         at(at(&mut self.by_place, country), dash(&f.cloud_region))[k] += f.count;
-        let cell = at(at(&mut self.matrix, &workload(f)), country);
+        if self.last.0 != f.cgroup_path || self.last.1 != f.pod_uid {
+            self.last = (
+                f.cgroup_path.clone(),
+                f.pod_uid.clone(),
+                workload(f).into_owned(),
+            );
+        }
+        let name = &self.last.2;
+        if !self.matrix.contains_key(name) {
+            self.matrix.insert(name.clone(), BTreeMap::new());
+        }
+        let row = self.matrix.get_mut(name).expect("inserted above");
+        let cell = at(row, country);
         cell.0 += f.count;
         cell.1 |= k > 0;
         match k {
@@ -122,7 +138,7 @@ impl Tally {
             Some(d) => {
                 if f.first_seen < d.first_seen {
                     d.first_seen = f.first_seen;
-                    d.workload = workload(f).into_owned();
+                    d.workload.clone_from(&self.last.2);
                     d.process.clone_from(&f.comm);
                 }
                 if d.name.is_empty() {
@@ -140,7 +156,7 @@ impl Tally {
                         name: f.dns_name.clone(),
                         country: country.to_string(),
                         cloud_region: f.cloud_region.clone(),
-                        workload: workload(f).into_owned(),
+                        workload: self.last.2.clone(),
                         process: f.comm.clone(),
                         verdicts: BTreeSet::from([f.verdict.clone()]),
                     },

@@ -104,10 +104,11 @@ impl FlowDigest {
     /// Adds a flow; `by_cidr` holds (destination, cgroup path) of the
     /// exported records a CIDR rule allowed.
     pub fn add(&mut self, f: Flow, by_cidr: &std::collections::HashSet<(String, String)>) {
-        let c = self
-            .by_country
-            .entry(dash(&f.country).to_string())
-            .or_default();
+        let country = dash(&f.country);
+        if !self.by_country.contains_key(country) {
+            self.by_country.insert(country.to_string(), [0; 4]);
+        }
+        let c = self.by_country.get_mut(country).expect("inserted above");
         let k = match f.verdict.as_str() {
             "allowed" => 0,
             "denied" => 1,
@@ -120,6 +121,7 @@ impl FlowDigest {
         if f.verdict != "allowed" {
             self.refused.push(f);
         } else if !f.country.is_empty()
+            && !by_cidr.is_empty()
             && by_cidr.contains(&(f.dst_ip.clone(), f.cgroup_path.clone()))
         {
             self.by_cidr.push(f);

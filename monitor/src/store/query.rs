@@ -64,27 +64,276 @@ pub(crate) fn event_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
 /// `event_of` checks it.
 pub(crate) fn event_and_record(r: &Row<'_>) -> rusqlite::Result<(i64, Event, String)> {
     let (seq, e) = columns_of(r)?;
-    let record: String = r.get(24)?;
-    let digest: Vec<u8> = r.get(EVENT_DIGEST)?;
+    checked(r, seq, e)
+}
+
+/// The record of a row whose event is `e`: its stored record (rows before
+/// version 7) or the canonical form of its columns, checked against the
+/// row's digest (`event_and_record`).
+fn checked(r: &Row<'_>, seq: i64, e: Event) -> rusqlite::Result<(i64, Event, String)> {
+    let record = text(r, 24)?;
+    let digest = blob(r, EVENT_DIGEST)?;
+    let columns = chain::canonical(seq, &e);
+    let record = check_record(seq, columns, record, digest)?;
+    Ok((seq, e, record))
+}
+
+/// The record the chain hashed for row `seq`: `columns` (the canonical
+/// form of its event) where the row keeps no record text, else its
+/// `record`, checked against its `digest` and the columns.
+pub(crate) fn check_record(
+    seq: i64,
+    columns: String,
+    record: &str,
+    digest: &[u8],
+) -> rusqlite::Result<String> {
     let tampered = |what: &str| {
         rusqlite::Error::ToSqlConversionFailure(Box::new(Tampered(format!(
             "record seq {seq}: {what}: the store was edited outside the daemon (`egress-monitor export` refuses it too)"
         ))))
     };
-    let columns = chain::canonical(seq, &e);
     if record.is_empty() {
         if chain::digest(&columns)[..] != digest[..] {
             return Err(tampered("the row's columns differ from its hashed record"));
         }
-        return Ok((seq, e, columns));
+        return Ok(columns);
     }
-    if chain::digest(&record)[..] != digest[..] {
+    if chain::digest(record)[..] != digest[..] {
         return Err(tampered("the hashed record differs from its digest"));
     }
-    if !same_record(&columns, &record) {
+    if !same_record(&columns, record) {
         return Err(tampered("the row's columns differ from its hashed record"));
     }
-    Ok((seq, e, record))
+    Ok(record.to_string())
+}
+
+/// `EVENT_COLUMNS` for reading many rows in a row (an export): what a row
+/// names by id in other tables (its cgroup path, executables, argument
+/// vector, what the container's runtime said) is read as the id and
+/// looked up by `Refs`, once per id, instead of by a subquery per row (a
+/// third of the time SQLite took for 1M records). The other columns are
+/// at their places in `EVENT_COLUMNS`; the ids at 29, 30, 33, 34 and 35.
+pub(crate) const RECORD_COLUMNS: &str = "seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, dns_name, dns_cname, cloud, cloud_region, country_source, record, digest, kernel_cpu, kernel_seq, drift, exe_ref, args_ref, args_truncated, ppid, parent_exe_ref, container_ref, cgroup_ref";
+
+/// `event_and_record` of a row of `RECORD_COLUMNS`, the ids looked up in
+/// `refs`: the same event and record, checked the same way (an export
+/// checks the record on a thread of its own: `check_record`).
+#[cfg(test)]
+pub(crate) fn record_of(
+    r: &Row<'_>,
+    refs: &mut Refs<'_>,
+    old: Event,
+) -> rusqlite::Result<(i64, Event, String)> {
+    let (seq, e) = event_by_id_in(r, refs, old)?;
+    checked(r, seq, e)
+}
+
+/// The event of a row of `RECORD_COLUMNS` (not yet checked against its
+/// record: `check_record`), made in the strings of `old` (an event read
+/// before and done with, or `Event::default()`): the same event, without
+/// allocating most of them again.
+pub(crate) fn event_by_id_in(
+    r: &Row<'_>,
+    refs: &mut Refs<'_>,
+    old: Event,
+) -> rusqlite::Result<(i64, Event)> {
+    let cgroup_ref: i64 = r.get(35)?;
+    let exe = refs.executable(r.get(29)?)?;
+    let args = refs.arguments(r.get(30)?)?;
+    let parent_exe = refs.executable(r.get(33)?)?;
+    let container = refs.container(r.get(34)?)?;
+    let info = if cgroup_ref == 0 {
+        None
+    } else {
+        match refs.cgroup(cgroup_ref)? {
+            Some(c) => Some(c),
+            None => {
+                return Err(rusqlite::Error::InvalidColumnType(
+                    17,
+                    "CASE WHEN cgroup_ref = 0 THEN cgroup_path ELSE (SELECT path FROM cgroup_paths WHERE id = cgroup_ref) END".into(),
+                    rusqlite::types::Type::Null,
+                ))
+            }
+        }
+    };
+    let named = Named {
+        cgroup_path: match &info {
+            Some(c) => &c.path,
+            None => text(r, 17)?,
+        },
+        exe: exe.as_deref(),
+        args: args.as_deref(),
+        parent_exe: parent_exe.as_deref(),
+        container: container.as_deref(),
+    };
+    let (seq, mut e) = columns_with(r, named, old)?;
+    match info {
+        Some(info) => info.attribute(&mut e),
+        None => attribute_cached(&mut e),
+    }
+    Ok((seq, e))
+}
+
+/// What rows name by id, read once per id for `event_by_id_in` (each map is
+/// started over past `Refs::MAX` ids: a store of many short-lived cgroups
+/// or argument vectors does not grow it without bound).
+pub(crate) struct Refs<'a> {
+    store: &'a Store,
+    cgroups: HashMap<i64, Option<std::rc::Rc<crate::events::CgroupInfo>>>,
+    executables: HashMap<i64, Option<std::rc::Rc<str>>>,
+    arguments: HashMap<i64, Option<std::rc::Rc<str>>>,
+    containers: HashMap<i64, Option<std::rc::Rc<ContainerColumns>>>,
+}
+
+impl<'a> Refs<'a> {
+    const MAX: usize = 16_384;
+
+    pub(crate) fn new(store: &'a Store) -> Self {
+        Self {
+            store,
+            cgroups: HashMap::new(),
+            executables: HashMap::new(),
+            arguments: HashMap::new(),
+            containers: HashMap::new(),
+        }
+    }
+
+    /// `map[id]`, read by `sql` (one row or none) where not yet known.
+    fn look<T: Clone>(
+        store: &Store,
+        map: &mut HashMap<i64, Option<T>>,
+        id: i64,
+        sql: &str,
+        read: impl FnOnce(&Row<'_>) -> rusqlite::Result<T>,
+    ) -> rusqlite::Result<Option<T>> {
+        if let Some(v) = map.get(&id) {
+            return Ok(v.clone());
+        }
+        use rusqlite::OptionalExtension;
+        let v = store
+            .conn
+            .prepare_cached(sql)?
+            .query_row([id], read)
+            .optional()?;
+        if map.len() >= Self::MAX {
+            map.clear();
+        }
+        map.insert(id, v.clone());
+        Ok(v)
+    }
+
+    /// A cgroup path by id, attributed as `attribute_cached` attributes it.
+    fn cgroup(
+        &mut self,
+        id: i64,
+    ) -> rusqlite::Result<Option<std::rc::Rc<crate::events::CgroupInfo>>> {
+        Self::look(
+            self.store,
+            &mut self.cgroups,
+            id,
+            "SELECT path FROM cgroup_paths WHERE id = ?1",
+            |r| {
+                Ok(std::rc::Rc::new(crate::events::CgroupInfo::of_path(
+                    r.get(0)?,
+                )))
+            },
+        )
+    }
+
+    fn executable(&mut self, id: i64) -> rusqlite::Result<Option<std::rc::Rc<str>>> {
+        Self::look(
+            self.store,
+            &mut self.executables,
+            id,
+            "SELECT path FROM executables WHERE id = ?1",
+            |r| Ok(std::rc::Rc::from(r.get::<_, String>(0)?)),
+        )
+    }
+
+    fn arguments(&mut self, id: i64) -> rusqlite::Result<Option<std::rc::Rc<str>>> {
+        Self::look(
+            self.store,
+            &mut self.arguments,
+            id,
+            "SELECT argv FROM arguments WHERE id = ?1",
+            |r| Ok(std::rc::Rc::from(r.get::<_, String>(0)?)),
+        )
+    }
+
+    fn container(&mut self, id: i64) -> rusqlite::Result<Option<std::rc::Rc<ContainerColumns>>> {
+        Self::look(
+            self.store,
+            &mut self.containers,
+            id,
+            "SELECT image, image_digest, name, pod_name, pod_namespace, pod_labels FROM containers WHERE id = ?1",
+            |r| {
+                Ok(std::rc::Rc::new(ContainerColumns {
+                    image: r.get(0)?,
+                    image_digest: r.get(1)?,
+                    name: r.get(2)?,
+                    pod_name: r.get(3)?,
+                    pod_namespace: r.get(4)?,
+                    pod_labels: super::labels_of(r.get(5)?),
+                }))
+            },
+        )
+    }
+}
+
+/// What `EVENT_COLUMNS` reads of a row's container (each empty where the
+/// row names none).
+#[derive(Debug, Default)]
+pub(crate) struct ContainerColumns {
+    image: String,
+    image_digest: String,
+    name: String,
+    pod_name: String,
+    pod_namespace: String,
+    pod_labels: BTreeMap<String, String>,
+}
+
+/// Column `i` as text, borrowed; refused as `Row::get` refuses it.
+pub(crate) fn text<'r>(r: &'r Row<'_>, i: usize) -> rusqlite::Result<&'r str> {
+    let v = r.get_ref(i)?;
+    v.as_str().map_err(|e| column_error(r, i, v, e))
+}
+
+/// Column `i` as a blob, borrowed; refused as `Row::get` refuses it.
+pub(crate) fn blob<'r>(r: &'r Row<'_>, i: usize) -> rusqlite::Result<&'r [u8]> {
+    let v = r.get_ref(i)?;
+    v.as_blob().map_err(|e| column_error(r, i, v, e))
+}
+
+/// The error `Row::get` gives for a value of the wrong type or form.
+fn column_error(
+    r: &Row<'_>,
+    i: usize,
+    v: rusqlite::types::ValueRef<'_>,
+    e: rusqlite::types::FromSqlError,
+) -> rusqlite::Error {
+    match e {
+        rusqlite::types::FromSqlError::InvalidType => rusqlite::Error::InvalidColumnType(
+            i,
+            r.as_ref().column_name(i).unwrap_or_default().to_string(),
+            v.data_type(),
+        ),
+        rusqlite::types::FromSqlError::OutOfRange(n) => {
+            rusqlite::Error::IntegralValueOutOfRange(i, n)
+        }
+        rusqlite::types::FromSqlError::Other(e) => {
+            rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), e)
+        }
+        e => rusqlite::Error::FromSqlConversionFailure(i, v.data_type(), Box::new(e)),
+    }
+}
+
+/// What a row names in other tables, as `columns_with` takes it.
+struct Named<'c> {
+    cgroup_path: &'c str,
+    exe: Option<&'c str>,
+    args: Option<&'c str>,
+    parent_exe: Option<&'c str>,
+    container: Option<&'c ContainerColumns>,
 }
 
 /// Whether a row's columns give back `e`'s canonical record exactly (its
@@ -136,54 +385,117 @@ fn same_record(columns: &str, record: &str) -> bool {
 }
 
 fn columns_of(r: &Row<'_>) -> rusqlite::Result<(i64, Event)> {
-    let t: i64 = r.get(1)?;
-    let mut e = Event {
-        time: rfc3339_nanos(i128::from(t)),
-        unix_nanos: i128::from(t),
-        verdict: known_name(&r.get::<_, String>(2)?),
-        policy: r.get(3)?,
-        rule: known_name(&r.get::<_, String>(4)?),
-        hook: known_name(&r.get::<_, String>(5)?),
-        protocol: known_name(&r.get::<_, String>(6)?),
-        family: known_name(&r.get::<_, String>(7)?),
-        dst_ip: r.get(8)?,
-        dst_port: r.get(9)?,
-        country: r.get(10)?,
-        continent: r.get(11)?,
-        pid: r.get(12)?,
-        tgid: r.get(13)?,
-        uid: r.get(14)?,
-        comm: r.get(15)?,
-        cgroup_id: r.get::<_, i64>(16)? as u64,
-        cgroup_path: r.get(17)?,
-        policy_generation: r.get(18)?,
-        dns_name: r.get(19)?,
-        dns_cname: r.get(20)?,
-        cloud: r.get(21)?,
-        cloud_region: r.get(22)?,
-        country_source: known_name(&r.get::<_, String>(23)?),
-        kernel_cpu: r.get(26)?,
-        kernel_seq: r.get(27)?,
-        drift: drift_of(&r.get::<_, String>(28)?),
-        exe: r.get::<_, Option<String>>(29)?.unwrap_or_default(),
-        // A vector that does not read back leaves the event without it,
-        // and the record check then fails the row as edited.
-        args: r
-            .get::<_, Option<String>>(30)?
-            .and_then(|a| serde_json::from_str(&a).ok())
-            .unwrap_or_default(),
-        args_truncated: r.get(31)?,
-        ppid: r.get(32)?,
-        parent_exe: r.get::<_, Option<String>>(33)?.unwrap_or_default(),
+    let container = ContainerColumns {
         image: r.get::<_, Option<String>>(34)?.unwrap_or_default(),
         image_digest: r.get::<_, Option<String>>(35)?.unwrap_or_default(),
-        container_name: r.get::<_, Option<String>>(36)?.unwrap_or_default(),
+        name: r.get::<_, Option<String>>(36)?.unwrap_or_default(),
         pod_name: r.get::<_, Option<String>>(37)?.unwrap_or_default(),
         pod_namespace: r.get::<_, Option<String>>(38)?.unwrap_or_default(),
         pod_labels: super::labels_of(r.get(39)?),
-        ..Default::default()
     };
+    let (exe, args, parent_exe): (Option<String>, Option<String>, Option<String>) =
+        (r.get(29)?, r.get(30)?, r.get(33)?);
+    let named = Named {
+        cgroup_path: text(r, 17)?,
+        exe: exe.as_deref(),
+        args: args.as_deref(),
+        parent_exe: parent_exe.as_deref(),
+        container: Some(&container),
+    };
+    let (seq, mut e) = columns_with(r, named, Event::default())?;
     attribute_cached(&mut e);
+    Ok((seq, e))
+}
+
+/// A row's event from its own columns (at their places in
+/// `EVENT_COLUMNS`) and what it names elsewhere; not yet attributed. Its
+/// strings are `old`'s, written over (`Event::default()`: new ones).
+fn columns_with(r: &Row<'_>, named: Named<'_>, old: Event) -> rusqlite::Result<(i64, Event)> {
+    /// `s` holding `v`, in the allocation it has.
+    fn put(mut s: String, v: &str) -> String {
+        s.clear();
+        s.push_str(v);
+        s
+    }
+    let t: i64 = r.get(1)?;
+    let none = ContainerColumns::default();
+    let c = named.container.unwrap_or(&none);
+    let Event {
+        policy,
+        dst_ip,
+        country,
+        continent,
+        comm,
+        cgroup_path,
+        dns_name,
+        dns_cname,
+        cloud,
+        cloud_region,
+        exe,
+        parent_exe,
+        image,
+        image_digest,
+        container_name,
+        pod_name,
+        pod_namespace,
+        pod_uid,
+        qos,
+        container_id,
+        runtime,
+        systemd_unit,
+        ..
+    } = old;
+    let e = Event {
+        time: rfc3339_nanos(i128::from(t)),
+        unix_nanos: i128::from(t),
+        verdict: known_name(text(r, 2)?),
+        policy: put(policy, text(r, 3)?),
+        rule: known_name(text(r, 4)?),
+        hook: known_name(text(r, 5)?),
+        protocol: known_name(text(r, 6)?),
+        family: known_name(text(r, 7)?),
+        dst_ip: put(dst_ip, text(r, 8)?),
+        dst_port: r.get(9)?,
+        country: put(country, text(r, 10)?),
+        continent: put(continent, text(r, 11)?),
+        pid: r.get(12)?,
+        tgid: r.get(13)?,
+        uid: r.get(14)?,
+        comm: put(comm, text(r, 15)?),
+        cgroup_id: r.get::<_, i64>(16)? as u64,
+        cgroup_path: put(cgroup_path, named.cgroup_path),
+        policy_generation: r.get(18)?,
+        dns_name: put(dns_name, text(r, 19)?),
+        dns_cname: put(dns_cname, text(r, 20)?),
+        cloud: put(cloud, text(r, 21)?),
+        cloud_region: put(cloud_region, text(r, 22)?),
+        country_source: known_name(text(r, 23)?),
+        kernel_cpu: r.get(26)?,
+        kernel_seq: r.get(27)?,
+        drift: drift_of(text(r, 28)?),
+        exe: put(exe, named.exe.unwrap_or_default()),
+        // A vector that does not read back leaves the event without it,
+        // and the record check then fails the row as edited.
+        args: named
+            .args
+            .and_then(|a| serde_json::from_str(a).ok())
+            .unwrap_or_default(),
+        args_truncated: r.get(31)?,
+        ppid: r.get(32)?,
+        parent_exe: put(parent_exe, named.parent_exe.unwrap_or_default()),
+        image: put(image, &c.image),
+        image_digest: put(image_digest, &c.image_digest),
+        container_name: put(container_name, &c.name),
+        pod_name: put(pod_name, &c.pod_name),
+        pod_namespace: put(pod_namespace, &c.pod_namespace),
+        pod_labels: c.pod_labels.clone(),
+        // Attributed after (`CgroupInfo::attribute`), empty until then.
+        pod_uid: put(pod_uid, ""),
+        qos: put(qos, ""),
+        container_id: put(container_id, ""),
+        runtime: put(runtime, ""),
+        systemd_unit: put(systemd_unit, ""),
+    };
     Ok((r.get(0)?, e))
 }
 
@@ -735,6 +1047,104 @@ pub fn flows_each(
     rows: Rows,
     each: &mut dyn FnMut(Flow) -> anyhow::Result<()>,
 ) -> anyhow::Result<usize> {
+    flows_each_in(store, since, until, keep, by_process, rows, each, false)
+}
+
+/// `flows_each`, SQLite sorting the flows by the rank of their cgroup
+/// path among the paths (a number) instead of by the path: the same flows
+/// in the same order. An export's 1M flows sorted in 2.1-2.4 s instead of
+/// 3.0-4.2 s (a path is a long text, most of the sorter's bytes and
+/// comparisons). The ranks are kept in temporary tables of the
+/// connection for the query.
+pub(crate) fn flows_each_ranked(
+    store: &Store,
+    since: i64,
+    until: i64,
+    keep: &dyn Fn(&Event) -> bool,
+    by_process: bool,
+    rows: Rows,
+    each: &mut dyn FnMut(Flow) -> anyhow::Result<()>,
+) -> anyhow::Result<usize> {
+    flows_each_in(store, since, until, keep, by_process, rows, each, true)
+}
+
+/// The temporary tables of `flows_each_ranked`: a path's rank by its id,
+/// and by its text (for events that keep their path).
+const RANK_BY_ID: &str = "temp.egress_export_path_rank";
+const RANK_BY_TEXT: &str = "temp.egress_export_path_text_rank";
+
+/// Every cgroup path the flows of `edges` can name, in order (SQLite's
+/// order of texts, byte by byte, is Rust's), with the empty path that
+/// stands for one not found; their ranks are put in `RANK_BY_ID` and
+/// `RANK_BY_TEXT`. Returns the paths (a rank is a place in it) and the
+/// empty path's rank.
+fn rank_paths(store: &Store, edges: &[(i64, i64)]) -> Result<(Vec<String>, i64), StoreError> {
+    let by_id: Vec<(i64, String)> = store
+        .conn
+        .prepare("SELECT id, path FROM cgroup_paths")
+        .and_then(|mut s| s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?.collect())
+        .map_err(store.err("read cgroup paths"))?;
+    // Events whose path is in the row (`cgroup_ref` 0), at the edges.
+    let mut kept = std::collections::BTreeSet::new();
+    for &(a, b) in edges {
+        if a >= b {
+            continue;
+        }
+        let mut stmt = store
+            .conn
+            .prepare_cached("SELECT DISTINCT cgroup_path FROM events WHERE unix_nanos >= ?1 AND unix_nanos < ?2 AND drift = '' AND cgroup_ref = 0")
+            .map_err(store.err("prepare edge path query"))?;
+        let paths = stmt
+            .query_map(params![a, b], |r| r.get::<_, String>(0))
+            .and_then(|r| r.collect::<Result<Vec<_>, _>>())
+            .map_err(store.err("read edge paths"))?;
+        kept.extend(paths);
+    }
+    let mut all: std::collections::BTreeSet<&str> = by_id.iter().map(|(_, p)| p.as_str()).collect();
+    all.extend(kept.iter().map(String::as_str));
+    all.insert("");
+    let paths: Vec<String> = all.into_iter().map(str::to_string).collect();
+    let rank: HashMap<&str, i64> = paths
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (p.as_str(), i as i64))
+        .collect();
+    let tables = || -> rusqlite::Result<()> {
+        store.conn.execute_batch(&format!(
+            "CREATE TABLE IF NOT EXISTS {RANK_BY_ID} (id INTEGER PRIMARY KEY, rank INTEGER NOT NULL);
+             CREATE TABLE IF NOT EXISTS {RANK_BY_TEXT} (path TEXT PRIMARY KEY, rank INTEGER NOT NULL) WITHOUT ROWID;
+             DELETE FROM {RANK_BY_ID}; DELETE FROM {RANK_BY_TEXT};"
+        ))?;
+        let mut ins = store.conn.prepare(&format!(
+            "INSERT INTO {RANK_BY_ID} (id, rank) VALUES (?1, ?2)"
+        ))?;
+        for (id, p) in &by_id {
+            ins.execute(params![id, rank[p.as_str()]])?;
+        }
+        let mut ins = store.conn.prepare(&format!(
+            "INSERT INTO {RANK_BY_TEXT} (path, rank) VALUES (?1, ?2)"
+        ))?;
+        for p in &kept {
+            ins.execute(params![p, rank[p.as_str()]])?;
+        }
+        Ok(())
+    };
+    tables().map_err(store.err("rank cgroup paths"))?;
+    let empty = rank[""];
+    Ok((paths, empty))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn flows_each_in(
+    store: &Store,
+    since: i64,
+    until: i64,
+    keep: &dyn Fn(&Event) -> bool,
+    by_process: bool,
+    rows: Rows,
+    each: &mut dyn FnMut(Flow) -> anyhow::Result<()>,
+    ranked: bool,
+) -> anyhow::Result<usize> {
     let mut n = 0;
     if by_process {
         // From the events of the selected processes only.
@@ -759,6 +1169,22 @@ pub fn flows_each(
     } else {
         vec![(since, until)]
     };
+    // The paths by rank, and the SQL of a flow row's and of an event's
+    // path (or rank).
+    let (paths, flow_path, event_path) = if ranked {
+        let (paths, empty) = rank_paths(store, &edges)?;
+        (
+            paths,
+            format!("coalesce((SELECT rank FROM {RANK_BY_ID} WHERE id = cgroup), {empty})"),
+            format!("coalesce(CASE WHEN cgroup_ref = 0 THEN (SELECT rank FROM {RANK_BY_TEXT} WHERE path = cgroup_path) ELSE (SELECT rank FROM {RANK_BY_ID} WHERE id = cgroup_ref) END, {empty})"),
+        )
+    } else {
+        (
+            Vec::new(),
+            format!("coalesce({FLOW_CGROUP}, '')"),
+            format!("coalesce({EVENT_CGROUP}, '')"),
+        )
+    };
     // One statement for the whole window, sorted by SQLite on the flow key
     // (its sorter spills to temporary files): the partial minutes at the
     // edges, from the events and from the kernel's repeats of those
@@ -778,12 +1204,12 @@ pub fn flows_each(
             continue;
         }
         parts.push(format!(
-            "SELECT coalesce({EVENT_CGROUP}, '') AS path, comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, {EVENT_CLOUD}, min(unix_nanos), max(unix_nanos), count(*), 0, 0, coalesce({EVENT_EXE}, '') FROM events WHERE unix_nanos >= {} AND unix_nanos < {} AND drift = ''{refused} GROUP BY {EVENT_FLOW_GROUP}",
+            "SELECT {event_path} AS path, comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, {EVENT_CLOUD}, min(unix_nanos), max(unix_nanos), count(*), 0, 0, coalesce({EVENT_EXE}, '') FROM events WHERE unix_nanos >= {} AND unix_nanos < {} AND drift = ''{refused} GROUP BY {EVENT_FLOW_GROUP}",
             arg(a),
             arg(b)
         ));
         parts.push(format!(
-            "SELECT coalesce({FLOW_CGROUP}, ''), comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, max(cloud_region), min(repeat_last), max(repeat_last), sum(repeats), sum(packets), sum(bytes), coalesce({FLOW_EXE}, '') FROM flows WHERE bucket >= {} AND bucket <= {} AND repeat_last >= {} AND repeat_last < {}{refused} GROUP BY {FLOW_GROUP}",
+            "SELECT {flow_path}, comm, dst_ip, dst_port, protocol, verdict, policy, max(country), max(continent), dns_name, max(cloud_region), min(repeat_last), max(repeat_last), sum(repeats), sum(packets), sum(bytes), coalesce({FLOW_EXE}, '') FROM flows WHERE bucket >= {} AND bucket <= {} AND repeat_last >= {} AND repeat_last < {}{refused} GROUP BY {FLOW_GROUP}",
             arg(bucket_of(a)),
             arg(bucket_of(b)),
             arg(a),
@@ -792,7 +1218,7 @@ pub fn flows_each(
     }
     if first_full < end_full {
         parts.push(format!(
-            "SELECT coalesce({FLOW_CGROUP}, ''), comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, dns_name, cloud_region, first_seen, last_seen, count + repeats, packets, bytes, coalesce({FLOW_EXE}, '') FROM flows WHERE bucket >= {} AND bucket < {}{refused}",
+            "SELECT {flow_path}, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, dns_name, cloud_region, first_seen, last_seen, count + repeats, packets, bytes, coalesce({FLOW_EXE}, '') FROM flows WHERE bucket >= {} AND bucket < {}{refused}",
             arg(first_full),
             arg(end_full)
         ));
@@ -829,8 +1255,24 @@ pub fn flows_each(
         Ok(())
     };
     let mut current: Option<Flow> = None;
-    while let Some(r) = rows.next().map_err(store.err("read flows"))? {
-        let f = flow_of(r).map_err(store.err("read a flow row"))?;
+    // A rank's path (each rank is a place in `paths`).
+    let path_of = |r: &Row<'_>| -> rusqlite::Result<String> {
+        let rank: i64 = r.get(0)?;
+        usize::try_from(rank)
+            .ok()
+            .and_then(|i| paths.get(i))
+            .cloned()
+            .ok_or(rusqlite::Error::IntegralValueOutOfRange(0, rank))
+    };
+    // The errors made only where there is one (each names the store's
+    // path, a copy).
+    while let Some(r) = rows.next().map_err(|e| store.err("read flows")(e))? {
+        let f = if ranked {
+            path_of(r).and_then(|p| flow_row(r, p))
+        } else {
+            flow_of(r)
+        }
+        .map_err(|e| store.err("read a flow row")(e))?;
         match &mut current {
             Some(c) if key_ref(c) == key_ref(&f) => merge_flow(c, f),
             _ => {
