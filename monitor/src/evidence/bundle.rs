@@ -370,31 +370,80 @@ fn assemble(
     summary.step("flows", &mut clock);
 
     let public = crate::evidence::key::public_hex(&key.verifying_key());
-    let mut small = small_files(store, req, &summary, &public)?;
+    let small = small_files(store, req, &summary, &public)?;
+    let made = ReportInputs {
+        records: &records,
+        tally,
+        digest: &digest,
+        cover: &cover,
+        public: &public,
+    };
+    finish_small(
+        store,
+        req,
+        small,
+        made,
+        &mut summary,
+        &mut clock,
+        &mut parts,
+    )?;
+
+    sign_manifest(store, key, req, &public, &mut parts)?;
+    summary.step("summary and manifest", &mut clock);
+    Ok((parts, summary))
+}
+
+/// What the last small files are made of: the records read, the flows'
+/// sums, what was watched, and the node's public key.
+struct ReportInputs<'m> {
+    records: &'m Records,
+    tally: report::Tally,
+    digest: &'m super::summary::FlowDigest,
+    cover: &'m coverage::Coverage,
+    public: &'m str,
+}
+
+/// report.html and summary.md made from `made` and put in `small`, then
+/// every small file in `parts`; the read transaction ends after the
+/// report (the last file that reads the store).
+fn finish_small(
+    store: &Store,
+    req: &Request<'_>,
+    mut small: Small,
+    made: ReportInputs<'_>,
+    summary: &mut Summary,
+    clock: &mut std::time::Instant,
+    parts: &mut Parts,
+) -> anyhow::Result<()> {
     summary.policy_versions = small.versions;
-    let drift = &records.drift;
-    let page = report_html(store, req, tally, &small, &cover, &public, drift)?;
+    let drift = &made.records.drift;
+    let page = report_html(
+        store,
+        req,
+        made.tally,
+        &small,
+        made.cover,
+        made.public,
+        drift,
+    )?;
     small.small.insert("report.html".into(), page.into_bytes());
     store.conn.execute_batch("COMMIT")?;
-    summary.step("report", &mut clock);
+    summary.step("report", clock);
 
     let md = summary_md(
         req,
-        records.exported,
-        &digest,
+        made.records.exported,
+        made.digest,
         &small,
         drift,
-        &cover,
-        &public,
+        made.cover,
+        made.public,
     );
     small.small.insert("summary.md".into(), md.into_bytes());
     for (name, bytes) in small.small {
         parts.insert(name, in_memory(bytes));
     }
-
-    sign_manifest(store, key, req, &public, &mut parts)?;
-    summary.step("summary and manifest", &mut clock);
-    Ok((parts, summary))
+    Ok(())
 }
 
 /// flows.csv into `csv`, and the window's flows summed for the summary and

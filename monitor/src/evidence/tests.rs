@@ -1036,6 +1036,26 @@ fn crafted_archives_are_refused_with_the_reason() {
     );
 }
 
+/// Row `seq` (`ev(seq)`) as version 6 wrote it (its record, its link to
+/// `prev` and its cgroup path in the row); returns its event and hash.
+fn insert_v6_row(c: &rusqlite::Connection, seq: i64, prev: &[u8; 32]) -> (Arc<Event>, [u8; 32]) {
+    let e = ev(seq);
+    let record = chain::canonical(seq, &e);
+    let digest = chain::digest(&record);
+    let hash = chain::link(prev, &digest);
+    c.execute(
+        "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, country_source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
+        rusqlite::params![
+            seq, e.unix_nanos as i64, e.verdict, e.policy, e.rule, e.hook, e.protocol,
+            e.family, e.dst_ip, e.dst_port, e.country, e.continent, e.pid, e.tgid, e.uid,
+            e.comm, e.cgroup_id as i64, e.cgroup_path, e.policy_generation, &prev[..],
+            &digest[..], &hash[..], record, e.country_source
+        ],
+    )
+    .unwrap();
+    (e, hash)
+}
+
 /// A store written by version 6 (every row keeps its record text, its
 /// link to the row before and its cgroup path; flows keyed by path) opens
 /// in this version, takes compact rows after its own, and the whole chain
@@ -1052,20 +1072,7 @@ fn a_version_6_store_keeps_its_chain_after_the_upgrade() {
             .unwrap();
         let mut prev = [0u8; 32];
         for seq in 1..=20 {
-            let e = ev(seq);
-            let record = chain::canonical(seq, &e);
-            let digest = chain::digest(&record);
-            let hash = chain::link(&prev, &digest);
-            c.execute(
-                "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, country_source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
-                rusqlite::params![
-                    seq, e.unix_nanos as i64, e.verdict, e.policy, e.rule, e.hook, e.protocol,
-                    e.family, e.dst_ip, e.dst_port, e.country, e.continent, e.pid, e.tgid, e.uid,
-                    e.comm, e.cgroup_id as i64, e.cgroup_path, e.policy_generation, &prev[..],
-                    &digest[..], &hash[..], record, e.country_source
-                ],
-            )
-            .unwrap();
+            let (e, hash) = insert_v6_row(&c, seq, &prev);
             let t = e.unix_nanos as i64;
             c.execute(
                 "INSERT INTO flows (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, country, continent, first_seen, last_seen, count) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11, 1) ON CONFLICT (bucket, cgroup_path, comm, dst_ip, dst_port, protocol, verdict, policy, dns_name) DO UPDATE SET count = count + 1, last_seen = max(last_seen, excluded.last_seen)",
@@ -2012,20 +2019,7 @@ fn store_of_every_kind() -> (tempfile::TempDir, Store) {
             .unwrap();
         let mut prev = [0u8; 32];
         for seq in 1..=10 {
-            let e = ev(seq);
-            let record = chain::canonical(seq, &e);
-            let digest = chain::digest(&record);
-            let hash = chain::link(&prev, &digest);
-            c.execute(
-                "INSERT INTO events (seq, unix_nanos, verdict, policy, rule, hook, protocol, family, dst_ip, dst_port, country, continent, pid, tgid, uid, comm, cgroup_id, cgroup_path, policy_generation, prev_hash, digest, hash, record, country_source) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19, ?20, ?21, ?22, ?23, ?24)",
-                rusqlite::params![
-                    seq, e.unix_nanos as i64, e.verdict, e.policy, e.rule, e.hook, e.protocol,
-                    e.family, e.dst_ip, e.dst_port, e.country, e.continent, e.pid, e.tgid, e.uid,
-                    e.comm, e.cgroup_id as i64, e.cgroup_path, e.policy_generation, &prev[..],
-                    &digest[..], &hash[..], record, e.country_source
-                ],
-            )
-            .unwrap();
+            let (e, hash) = insert_v6_row(&c, seq, &prev);
             prev = hash;
         }
         c.execute(

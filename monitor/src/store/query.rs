@@ -241,23 +241,29 @@ impl<'a> Refs<'a> {
     }
 
     fn executable(&mut self, id: i64) -> rusqlite::Result<Option<std::rc::Rc<str>>> {
-        Self::look(
-            self.store,
-            &mut self.executables,
-            id,
-            "SELECT path FROM executables WHERE id = ?1",
-            |r| Ok(std::rc::Rc::from(r.get::<_, String>(0)?)),
-        )
+        self.text(false, id)
     }
 
     fn arguments(&mut self, id: i64) -> rusqlite::Result<Option<std::rc::Rc<str>>> {
-        Self::look(
-            self.store,
-            &mut self.arguments,
-            id,
-            "SELECT argv FROM arguments WHERE id = ?1",
-            |r| Ok(std::rc::Rc::from(r.get::<_, String>(0)?)),
-        )
+        self.text(true, id)
+    }
+
+    /// An executable's path, or an argument vector (`args`), by id.
+    fn text(&mut self, args: bool, id: i64) -> rusqlite::Result<Option<std::rc::Rc<str>>> {
+        let (map, sql) = if args {
+            (
+                &mut self.arguments,
+                "SELECT argv FROM arguments WHERE id = ?1",
+            )
+        } else {
+            (
+                &mut self.executables,
+                "SELECT path FROM executables WHERE id = ?1",
+            )
+        };
+        Self::look(self.store, map, id, sql, |r| {
+            Ok(std::rc::Rc::from(r.get::<_, String>(0)?))
+        })
     }
 
     fn container(&mut self, id: i64) -> rusqlite::Result<Option<std::rc::Rc<ContainerColumns>>> {

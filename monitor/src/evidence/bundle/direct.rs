@@ -22,10 +22,10 @@ use ed25519_dalek::SigningKey;
 use sha2::{Digest, Sha256};
 
 use super::{
-    chain_close, chain_open, check_anchor, check_tail, checkpoints_json, create_private, flows_csv,
-    hash_before, in_memory, manifest_json, prior_seq, read_records, report_html, seq_range,
-    signature_file, small_files, summary_md, tar_mtime, tar_order, watched, Body, Made, Part,
-    PrivateDir, Records, Request, SeqRange, Stored, Summary,
+    chain_close, chain_open, check_anchor, check_tail, checkpoints_json, create_private,
+    finish_small, flows_csv, hash_before, in_memory, manifest_json, prior_seq, read_records,
+    seq_range, signature_file, small_files, tar_mtime, tar_order, watched, Body, Part, Parts,
+    PrivateDir, Records, ReportInputs, Request, SeqRange, Stored, Summary,
 };
 use crate::store::{chain, Store};
 
@@ -338,7 +338,7 @@ fn write(
     chain_part
         .write_all(chain_close(records.in_window))
         .map_err(io)?;
-    let mut parts: BTreeMap<String, Made> = BTreeMap::new();
+    let mut parts = Parts::new();
     let chain_made = chain_part.finish()?;
     if chain_made.len != plan.chain_len {
         return Ok(None);
@@ -357,27 +357,14 @@ fn write(
     places.insert("flows.csv", flows_at);
     summary.step("flows", clock);
 
-    let mut small = plan.small;
-    summary.policy_versions = small.versions;
-    let drift = &records.drift;
-    let page = report_html(store, req, tally, &small, &plan.cover, &plan.public, drift)?;
-    small.small.insert("report.html".into(), page.into_bytes());
-    store.conn.execute_batch("COMMIT")?;
-    summary.step("report", clock);
-
-    let md = summary_md(
-        req,
-        records.exported,
-        &digest,
-        &small,
-        drift,
-        &plan.cover,
-        &plan.public,
-    );
-    small.small.insert("summary.md".into(), md.into_bytes());
-    for (name, bytes) in small.small {
-        parts.insert(name, in_memory(bytes));
-    }
+    let made = ReportInputs {
+        records: &records,
+        tally,
+        digest: &digest,
+        cover: &plan.cover,
+        public: &plan.public,
+    };
+    finish_small(store, req, plan.small, made, summary, clock, &mut parts)?;
     // The files are the ones planned (the manifest aside).
     if !parts.keys().eq(sizes
         .keys()
