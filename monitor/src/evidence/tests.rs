@@ -2019,7 +2019,7 @@ fn store_of_every_kind() -> (tempfile::TempDir, Store) {
             .unwrap();
         let mut prev = [0u8; 32];
         for seq in 1..=10 {
-            let (e, hash) = insert_v6_row(&c, seq, &prev);
+            let (_, hash) = insert_v6_row(&c, seq, &prev);
             prev = hash;
         }
         c.execute(
