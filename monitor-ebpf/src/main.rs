@@ -205,35 +205,73 @@ static CLOUD_A: LpmTrie<[u8; 16], CloudEntry> = LpmTrie::with_max_entries(limits
 #[map]
 static CLOUD_B: LpmTrie<[u8; 16], CloudEntry> = LpmTrie::with_max_entries(limits::CLOUD_ENTRIES, 0);
 
-/// One policy set: the maps of one slot.
-struct Slot {
-    select: &'static HashMap<u64, Selection>,
-    watch: &'static HashMap<u64, u8>,
-    region_rules: &'static HashMap<RegionKey, RegionRule>,
-    allow: &'static LpmTrie<PolicyAddr, CidrRule>,
-    deny: &'static LpmTrie<PolicyAddr, CidrRule>,
-    domains: &'static HashMap<DomainKey, RegionRule>,
-    cloud_rules: &'static HashMap<CloudKey, RegionRule>,
-}
+/// One policy set: the maps of one slot (B where true). Each map is a
+/// choice between two map addresses, made where it is used: a table of
+/// map pointers in read-only data would hold zeros for the verifier (the
+/// loader relocates map references in code, not in data), and the
+/// compiler turns a reference to a static struct of them into such loads
+/// whenever it keeps the struct's address in a register.
+#[derive(Clone, Copy)]
+struct Slot(bool);
 
-static SLOT_A: Slot = Slot {
-    select: &SELECT_A,
-    watch: &WATCH_A,
-    region_rules: &REGION_RULES_A,
-    allow: &ALLOW_CIDRS_A,
-    deny: &DENY_CIDRS_A,
-    domains: &DOMAINS_A,
-    cloud_rules: &CLOUD_RULES_A,
-};
-static SLOT_B: Slot = Slot {
-    select: &SELECT_B,
-    watch: &WATCH_B,
-    region_rules: &REGION_RULES_B,
-    allow: &ALLOW_CIDRS_B,
-    deny: &DENY_CIDRS_B,
-    domains: &DOMAINS_B,
-    cloud_rules: &CLOUD_RULES_B,
-};
+impl Slot {
+    #[inline(always)]
+    fn select(self) -> &'static HashMap<u64, Selection> {
+        if self.0 {
+            &SELECT_B
+        } else {
+            &SELECT_A
+        }
+    }
+    #[inline(always)]
+    fn watch(self) -> &'static HashMap<u64, u8> {
+        if self.0 {
+            &WATCH_B
+        } else {
+            &WATCH_A
+        }
+    }
+    #[inline(always)]
+    fn region_rules(self) -> &'static HashMap<RegionKey, RegionRule> {
+        if self.0 {
+            &REGION_RULES_B
+        } else {
+            &REGION_RULES_A
+        }
+    }
+    #[inline(always)]
+    fn allow(self) -> &'static LpmTrie<PolicyAddr, CidrRule> {
+        if self.0 {
+            &ALLOW_CIDRS_B
+        } else {
+            &ALLOW_CIDRS_A
+        }
+    }
+    #[inline(always)]
+    fn deny(self) -> &'static LpmTrie<PolicyAddr, CidrRule> {
+        if self.0 {
+            &DENY_CIDRS_B
+        } else {
+            &DENY_CIDRS_A
+        }
+    }
+    #[inline(always)]
+    fn domains(self) -> &'static HashMap<DomainKey, RegionRule> {
+        if self.0 {
+            &DOMAINS_B
+        } else {
+            &DOMAINS_A
+        }
+    }
+    #[inline(always)]
+    fn cloud_rules(self) -> &'static HashMap<CloudKey, RegionRule> {
+        if self.0 {
+            &CLOUD_RULES_B
+        } else {
+            &CLOUD_RULES_A
+        }
+    }
+}
 
 /// What the hook saw.
 struct Attempt {
@@ -376,18 +414,14 @@ impl Owner {
 /// (every cache entry is valid only under the word it was made under), all
 /// from one copy of the CONFIG word.
 #[inline(always)]
-fn in_force() -> Option<(&'static Slot, InForce, u64)> {
+fn in_force() -> Option<(Slot, InForce, u64)> {
     let config = CONFIG.get_ptr(0)?;
     // Exactly one load of the whole word (see `Config` for why a switch is
     // atomic); every field below comes from this copy.
     // SAFETY: the pointer is the array's value, valid and 8-byte aligned.
     let word = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*config).word)) };
     let set = Config { word }.unpack();
-    let slot = if set.policy_slot == 0 {
-        &SLOT_A
-    } else {
-        &SLOT_B
-    };
+    let slot = Slot(set.policy_slot != 0);
     Some((slot, set, word))
 }
 
@@ -469,7 +503,7 @@ fn stat(index: u32) {
 /// one lookup per hook run (QUIET, read before, spares most of them) and
 /// one write per cgroup and switch.
 #[inline(always)]
-fn memo_of(slot: &Slot, word: u64, owner: Owner, cgroup: u64) -> Memo {
+fn memo_of(slot: Slot, word: u64, owner: Owner, cgroup: u64) -> Memo {
     if let Some(m) = hot(cgroup, word) {
         return m;
     }
@@ -987,9 +1021,9 @@ pub(crate) fn selected(owner: Owner) -> bool {
 /// Option: an Option's payload is left uninitialised while it is None, and
 /// the verifier refuses to copy uninitialised registers.)
 #[inline(always)]
-fn find_selection(slot: &Slot, owner: Owner, current: u64) -> (u64, Selection) {
+fn find_selection(slot: Slot, owner: Owner, current: u64) -> (u64, Selection) {
     // SAFETY: values are plain data, copied out at once.
-    if let Some(sel) = unsafe { slot.select.get(&current) } {
+    if let Some(sel) = unsafe { slot.select().get(&current) } {
         return (current, *sel);
     }
     // Walk from the root down; the deepest selected ancestor wins.
@@ -1002,7 +1036,7 @@ fn find_selection(slot: &Slot, owner: Owner, current: u64) -> (u64, Selection) {
             break;
         }
         // SAFETY: as above.
-        if let Some(sel) = unsafe { slot.select.get(&id) } {
+        if let Some(sel) = unsafe { slot.select().get(&id) } {
             found_id = id;
             found = *sel;
         }
@@ -1024,7 +1058,7 @@ fn find_selection(slot: &Slot, owner: Owner, current: u64) -> (u64, Selection) {
             break;
         }
         // SAFETY: as above.
-        if let Some(w) = unsafe { slot.watch.get(&id) } {
+        if let Some(w) = unsafe { slot.watch().get(&id) } {
             watched |= *w;
         }
         level += 1;
@@ -1068,7 +1102,7 @@ struct Judgement {
 /// when the ones before it did not decide.
 #[inline(always)]
 fn decide(
-    slot: &Slot,
+    slot: Slot,
     set: &InForce,
     selection: &Selection,
     cgroup_id: u64,
@@ -1128,7 +1162,7 @@ fn decide(
         };
     }
     let decision = monitor_common::decide(
-        || slot.deny.get(&key).is_some(),
+        || slot.deny().get(&key).is_some(),
         || match name {
             Some(n) if selection.flags & Selection::HAS_DOMAINS != 0 => {
                 domain_action(slot, policy_id, n)
@@ -1137,7 +1171,7 @@ fn decide(
         },
         || {
             // SAFETY: values copied out at once.
-            let by_region = unsafe { slot.region_rules.get(&region_key) }
+            let by_region = unsafe { slot.region_rules().get(&region_key) }
                 .copied()
                 .unwrap_or_default();
             let by_cloud = if cloud.region != 0 && selection.flags & Selection::HAS_CLOUD_RULES != 0
@@ -1147,7 +1181,7 @@ fn decide(
                     region: cloud.region,
                 };
                 // SAFETY: as above.
-                unsafe { slot.cloud_rules.get(&cloud_key) }
+                unsafe { slot.cloud_rules().get(&cloud_key) }
                     .copied()
                     .unwrap_or_default()
             } else {
@@ -1155,7 +1189,7 @@ fn decide(
             };
             monitor_common::stronger(by_cloud, by_region)
         },
-        || slot.allow.get(&key).is_some(),
+        || slot.allow().get(&key).is_some(),
     );
     Judgement {
         decision,
@@ -1172,7 +1206,7 @@ fn decide(
 /// suffix the name keeps (`*.` rules); a deny anywhere wins. An `Action`
 /// byte, 0 when no rule matches.
 #[inline(always)]
-fn domain_action(slot: &Slot, policy_id: u32, name: &NameEntry) -> u8 {
+fn domain_action(slot: Slot, policy_id: u32, name: &NameEntry) -> u8 {
     let mut allowed = false;
     let exact = DomainKey {
         policy_id,
@@ -1180,7 +1214,7 @@ fn domain_action(slot: &Slot, policy_id: u32, name: &NameEntry) -> u8 {
         hash: name.name_hash,
     };
     // SAFETY: value copied out at once.
-    if let Some(r) = unsafe { slot.domains.get(&exact) } {
+    if let Some(r) = unsafe { slot.domains().get(&exact) } {
         if r.action == Action::Deny as u8 {
             return Action::Deny as u8;
         }
@@ -1197,7 +1231,7 @@ fn domain_action(slot: &Slot, policy_id: u32, name: &NameEntry) -> u8 {
             hash: name.suffixes[k],
         };
         // SAFETY: as above.
-        if let Some(r) = unsafe { slot.domains.get(&wildcard) } {
+        if let Some(r) = unsafe { slot.domains().get(&wildcard) } {
             if r.action == Action::Deny as u8 {
                 return Action::Deny as u8;
             }
@@ -1370,7 +1404,7 @@ pub fn judge_socket(_ctx: SkBuffContext) -> i64 {
         return 0;
     };
     // SAFETY: plain data, copied out at once.
-    let Some(selection) = (unsafe { slot.select.get(&s.selected_cgroup_id) }).copied() else {
+    let Some(selection) = (unsafe { slot.select().get(&s.selected_cgroup_id) }).copied() else {
         return 0;
     };
 
