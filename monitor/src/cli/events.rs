@@ -1,4 +1,4 @@
-use std::{process::ExitCode, time::Duration};
+use std::{future::Future, process::ExitCode, time::Duration};
 
 use clap::Args;
 
@@ -156,14 +156,39 @@ fn ended(status: Option<&tonic::Status>) -> String {
 /// Prints a stream until it ends; `last_seq` follows the store position
 /// of what was printed.
 async fn print_stream(
+    stream: tonic::Streaming<pb::StreamEventsResponse>,
+    printer: &mut Printer,
+    last_seq: &mut u64,
+) -> anyhow::Result<End> {
+    let end = print_until_end(stream, printer, last_seq).await;
+    // Before what the caller says of the end (a reconnect, an error).
+    printer.flush();
+    end
+}
+
+async fn print_until_end(
     mut stream: tonic::Streaming<pb::StreamEventsResponse>,
     printer: &mut Printer,
     last_seq: &mut u64,
 ) -> anyhow::Result<End> {
     loop {
-        let next = tokio::select! {
-            n = stream.message() => n,
-            _ = tokio::signal::ctrl_c() => return Ok(End::Interrupted),
+        // What has arrived is printed before the output is flushed: a burst
+        // of events is one write, and a quiet stream shows each at once.
+        // (`message` keeps its progress in the stream: a poll that finds
+        // nothing ready, or one ended by the interrupt, loses nothing.)
+        let mut ready = std::pin::pin!(stream.message());
+        let now = ready
+            .as_mut()
+            .poll(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+        let next = match now {
+            std::task::Poll::Ready(n) => n,
+            std::task::Poll::Pending => {
+                printer.flush();
+                tokio::select! {
+                    n = ready => n,
+                    _ = tokio::signal::ctrl_c() => return Ok(End::Interrupted),
+                }
+            }
         };
         match next {
             Ok(Some(msg)) => match msg.item {

@@ -1,6 +1,6 @@
 //! Output for people (aligned tables, colour on a terminal only) and for
 //! machines (JSON lines with the daemon's --log-events keys).
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 
 use crate::{api::pb, events::Event};
 
@@ -16,6 +16,20 @@ pub struct Printer {
     header_done: bool,
     /// A NODE column first (`fleet events`).
     node: bool,
+    /// Standard output, written in blocks: a line each was a write (and a
+    /// wakeup of the reader) per event, half of what `events --follow`
+    /// cost. Flushed by `flush` (a stream does when it has nothing ready)
+    /// and when the printer goes.
+    out: std::io::BufWriter<std::io::Stdout>,
+}
+
+/// `println!` into the printer's buffer; fails as `println!` does.
+macro_rules! line {
+    ($p:expr, $($arg:tt)*) => {
+        if let Err(e) = writeln!($p.out, $($arg)*) {
+            panic!("failed printing to stdout: {e}");
+        }
+    };
 }
 
 /// Width of the NODE column of fleet output.
@@ -123,15 +137,22 @@ impl Printer {
             colour: std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none(),
             header_done: false,
             node: false,
+            out: std::io::BufWriter::with_capacity(1 << 16, std::io::stdout()),
+        }
+    }
+
+    /// Writes out what is buffered.
+    pub fn flush(&mut self) {
+        if let Err(e) = self.out.flush() {
+            panic!("failed printing to stdout: {e}");
         }
     }
 
     /// Events of several nodes: each says its node.
     pub fn with_node(format: Format) -> Self {
-        Self {
-            node: true,
-            ..Self::new(format)
-        }
+        let mut p = Self::new(format);
+        p.node = true;
+        p
     }
 
     fn header(&mut self) {
@@ -144,7 +165,7 @@ impl Printer {
             .into_iter()
             .chain(COLUMNS.iter().map(|(h, w)| format!("{h:<w$}", w = *w)))
             .collect();
-        println!("{}", cells.join(" ").trim_end());
+        line!(self, "{}", cells.join(" ").trim_end());
     }
 
     pub fn event(&mut self, e: pb::Event) {
@@ -160,7 +181,13 @@ impl Printer {
                 if let (Some(o), true) = (v.as_object_mut(), self.node) {
                     o.insert("node".into(), node.into());
                 }
-                println!("{v}");
+                // As `{v}` prints it, without the formatter.
+                let written = serde_json::to_writer(&mut self.out, &v)
+                    .map_err(std::io::Error::from)
+                    .and_then(|()| self.out.write_all(b"\n"));
+                if let Err(e) = written {
+                    panic!("failed printing to stdout: {e}");
+                }
             }
             Format::Table => {
                 self.header();
@@ -217,12 +244,12 @@ impl Printer {
                     line.push_str(&cell);
                     line.push(' ');
                 }
-                println!("{}", line.trim_end());
+                line!(self, "{}", line.trim_end());
                 if let Some(c) = container_line(&e) {
-                    println!("  {c}");
+                    line!(self, "  {c}");
                 }
                 if let Some(d) = &e.drift {
-                    println!("  {}", drift_line(d));
+                    line!(self, "  {}", drift_line(d));
                 }
             }
         }
@@ -230,11 +257,21 @@ impl Printer {
 
     pub fn gap(&mut self, missed: u64) {
         match self.format {
-            Format::Json => println!("{}", serde_json::json!({"gap": {"missed": missed}})),
+            Format::Json => line!(self, "{}", serde_json::json!({"gap": {"missed": missed}})),
             Format::Table => {
-                println!("--- {missed} events missed: this client read too slowly ---")
+                line!(
+                    self,
+                    "--- {missed} events missed: this client read too slowly ---"
+                )
             }
         }
+    }
+}
+
+impl Drop for Printer {
+    fn drop(&mut self) {
+        // At the end of a command; an error there has nobody to tell.
+        let _ = self.out.flush();
     }
 }
 
