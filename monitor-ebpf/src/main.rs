@@ -214,63 +214,28 @@ static CLOUD_B: LpmTrie<[u8; 16], CloudEntry> = LpmTrie::with_max_entries(limits
 #[derive(Clone, Copy)]
 struct Slot(bool);
 
-impl Slot {
-    #[inline(always)]
-    fn select(self) -> &'static HashMap<u64, Selection> {
-        if self.0 {
-            &SELECT_B
-        } else {
-            &SELECT_A
+/// `Slot::NAME()`: map A or map B of the slot.
+macro_rules! slot_maps {
+    ($($name:ident: $ty:ty = $a:ident | $b:ident;)*) => {
+        impl Slot {
+            $(
+                #[inline(always)]
+                fn $name(self) -> &'static $ty {
+                    if self.0 { &$b } else { &$a }
+                }
+            )*
         }
-    }
-    #[inline(always)]
-    fn watch(self) -> &'static HashMap<u64, u8> {
-        if self.0 {
-            &WATCH_B
-        } else {
-            &WATCH_A
-        }
-    }
-    #[inline(always)]
-    fn region_rules(self) -> &'static HashMap<RegionKey, RegionRule> {
-        if self.0 {
-            &REGION_RULES_B
-        } else {
-            &REGION_RULES_A
-        }
-    }
-    #[inline(always)]
-    fn allow(self) -> &'static LpmTrie<PolicyAddr, CidrRule> {
-        if self.0 {
-            &ALLOW_CIDRS_B
-        } else {
-            &ALLOW_CIDRS_A
-        }
-    }
-    #[inline(always)]
-    fn deny(self) -> &'static LpmTrie<PolicyAddr, CidrRule> {
-        if self.0 {
-            &DENY_CIDRS_B
-        } else {
-            &DENY_CIDRS_A
-        }
-    }
-    #[inline(always)]
-    fn domains(self) -> &'static HashMap<DomainKey, RegionRule> {
-        if self.0 {
-            &DOMAINS_B
-        } else {
-            &DOMAINS_A
-        }
-    }
-    #[inline(always)]
-    fn cloud_rules(self) -> &'static HashMap<CloudKey, RegionRule> {
-        if self.0 {
-            &CLOUD_RULES_B
-        } else {
-            &CLOUD_RULES_A
-        }
-    }
+    };
+}
+
+slot_maps! {
+    select: HashMap<u64, Selection> = SELECT_A | SELECT_B;
+    watch: HashMap<u64, u8> = WATCH_A | WATCH_B;
+    region_rules: HashMap<RegionKey, RegionRule> = REGION_RULES_A | REGION_RULES_B;
+    allow: LpmTrie<PolicyAddr, CidrRule> = ALLOW_CIDRS_A | ALLOW_CIDRS_B;
+    deny: LpmTrie<PolicyAddr, CidrRule> = DENY_CIDRS_A | DENY_CIDRS_B;
+    domains: HashMap<DomainKey, RegionRule> = DOMAINS_A | DOMAINS_B;
+    cloud_rules: HashMap<CloudKey, RegionRule> = CLOUD_RULES_A | CLOUD_RULES_B;
 }
 
 /// What the hook saw.

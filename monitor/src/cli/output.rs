@@ -23,15 +23,6 @@ pub struct Printer {
     out: std::io::BufWriter<std::io::Stdout>,
 }
 
-/// `println!` into the printer's buffer; fails as `println!` does.
-macro_rules! line {
-    ($p:expr, $($arg:tt)*) => {
-        if let Err(e) = writeln!($p.out, $($arg)*) {
-            panic!("failed printing to stdout: {e}");
-        }
-    };
-}
-
 /// Width of the NODE column of fleet output.
 pub const NODE_WIDTH: usize = 14;
 
@@ -141,6 +132,13 @@ impl Printer {
         }
     }
 
+    /// A line into the buffer; fails as `println!` does.
+    fn line(&mut self, text: std::fmt::Arguments<'_>) {
+        if let Err(e) = writeln!(self.out, "{text}") {
+            panic!("failed printing to stdout: {e}");
+        }
+    }
+
     /// Writes out what is buffered.
     pub fn flush(&mut self) {
         if let Err(e) = self.out.flush() {
@@ -165,7 +163,7 @@ impl Printer {
             .into_iter()
             .chain(COLUMNS.iter().map(|(h, w)| format!("{h:<w$}", w = *w)))
             .collect();
-        line!(self, "{}", cells.join(" ").trim_end());
+        self.line(format_args!("{}", cells.join(" ").trim_end()));
     }
 
     pub fn event(&mut self, e: pb::Event) {
@@ -244,12 +242,12 @@ impl Printer {
                     line.push_str(&cell);
                     line.push(' ');
                 }
-                line!(self, "{}", line.trim_end());
+                self.line(format_args!("{}", line.trim_end()));
                 if let Some(c) = container_line(&e) {
-                    line!(self, "  {c}");
+                    self.line(format_args!("  {c}"));
                 }
                 if let Some(d) = &e.drift {
-                    line!(self, "  {}", drift_line(d));
+                    self.line(format_args!("  {}", drift_line(d)));
                 }
             }
         }
@@ -257,13 +255,13 @@ impl Printer {
 
     pub fn gap(&mut self, missed: u64) {
         match self.format {
-            Format::Json => line!(self, "{}", serde_json::json!({"gap": {"missed": missed}})),
-            Format::Table => {
-                line!(
-                    self,
-                    "--- {missed} events missed: this client read too slowly ---"
-                )
-            }
+            Format::Json => self.line(format_args!(
+                "{}",
+                serde_json::json!({"gap": {"missed": missed}})
+            )),
+            Format::Table => self.line(format_args!(
+                "--- {missed} events missed: this client read too slowly ---"
+            )),
         }
     }
 }

@@ -1036,6 +1036,21 @@ fn crafted_archives_are_refused_with_the_reason() {
     );
 }
 
+/// The chain head (`seq`, `prev`: the last row's hash) and the meta rows
+/// a version-6 store kept beside its events.
+fn finish_v6_store(c: &rusqlite::Connection, seq: i64, prev: &[u8; 32]) {
+    c.execute(
+        "INSERT INTO chain_head (id, seq, hash) VALUES (0, ?1, ?2)",
+        rusqlite::params![seq, &prev[..]],
+    )
+    .unwrap();
+    c.execute_batch(
+        "INSERT INTO meta (key, value) VALUES ('store_id', 'ab'), ('created', '0');
+         PRAGMA user_version = 6;",
+    )
+    .unwrap();
+}
+
 /// Row `seq` (`ev(seq)`) as version 6 wrote it (its record, its link to
 /// `prev` and its cgroup path in the row); returns its event and hash.
 fn insert_v6_row(c: &rusqlite::Connection, seq: i64, prev: &[u8; 32]) -> (Arc<Event>, [u8; 32]) {
@@ -1084,16 +1099,7 @@ fn a_version_6_store_keeps_its_chain_after_the_upgrade() {
             .unwrap();
             prev = hash;
         }
-        c.execute(
-            "INSERT INTO chain_head (id, seq, hash) VALUES (0, 20, ?1)",
-            [&prev[..]],
-        )
-        .unwrap();
-        c.execute_batch(
-            "INSERT INTO meta (key, value) VALUES ('store_id', 'ab'), ('created', '0');
-             PRAGMA user_version = 6;",
-        )
-        .unwrap();
+        finish_v6_store(&c, 20, &prev);
     }
 
     let mut s = Store::open(&path).unwrap();
@@ -2022,16 +2028,7 @@ fn store_of_every_kind() -> (tempfile::TempDir, Store) {
             let (_, hash) = insert_v6_row(&c, seq, &prev);
             prev = hash;
         }
-        c.execute(
-            "INSERT INTO chain_head (id, seq, hash) VALUES (0, 10, ?1)",
-            [&prev[..]],
-        )
-        .unwrap();
-        c.execute_batch(
-            "INSERT INTO meta (key, value) VALUES ('store_id', 'ab'), ('created', '0');
-             PRAGMA user_version = 6;",
-        )
-        .unwrap();
+        finish_v6_store(&c, 10, &prev);
     }
     let mut s = Store::open(&path).unwrap();
     let kind = |i: i64| -> Arc<Event> {
