@@ -612,11 +612,11 @@ impl Harvester {
                 store.clone(),
             );
             async move {
-                let mut timer = tokio::time::interval(pipeline::harvest::HARVEST_EVERY);
-                timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 let mut waited = false;
+                let mut wait = pipeline::harvest::HARVEST_EVERY;
                 loop {
-                    timer.tick().await;
+                    tokio::time::sleep(wait).await;
+                    wait = pipeline::harvest::HARVEST_EVERY;
                     // A store that falls behind a flood: the kernel keeps
                     // counting, and the next pass reads what it counted.
                     let behind = store.behind();
@@ -629,7 +629,28 @@ impl Harvester {
                         waited = behind;
                     }
                     if !behind {
-                        Self::pass(&harvest, &outlets, &names, &store, false);
+                        // On a thread of its own: a pass over a large table
+                        // is tens of milliseconds of syscalls and lookups,
+                        // which would hold up the ring's drain and the API
+                        // on the runtime's worker.
+                        let (h, o, n, s) = (
+                            harvest.clone(),
+                            outlets.clone(),
+                            names.clone(),
+                            store.clone(),
+                        );
+                        let took = tokio::task::spawn_blocking(move || {
+                            let t = Instant::now();
+                            Self::pass(&h, &o, &n, &s, false);
+                            t.elapsed()
+                        })
+                        .await
+                        .unwrap_or_default();
+                        wait = pipeline::harvest::interval_after(took).saturating_sub(took);
+                        outlets.counters.harvest_interval_ms.store(
+                            (wait + took).as_millis() as u64,
+                            std::sync::atomic::Ordering::Relaxed,
+                        );
                     }
                 }
             }

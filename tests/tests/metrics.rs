@@ -138,6 +138,11 @@ fn metrics_count_known_traffic_exactly() {
         0.0
     );
     assert_eq!(value(&s, "egress_monitor_flow_table_entries", &[]), 6.0);
+    // A pass over six entries is cheap: a harvest every second.
+    assert_eq!(
+        value(&s, "egress_monitor_flow_harvest_interval_seconds", &[]),
+        1.0
+    );
     assert_eq!(
         value(
             &s,

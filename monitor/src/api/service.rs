@@ -262,6 +262,10 @@ pub fn status_pb(
                 view.counters.flow_entries.load(Ordering::Relaxed),
             ),
             ("capacity", view.kernel.flow_capacity()),
+            (
+                "harvest_interval_ms",
+                view.counters.harvest_interval_ms.load(Ordering::Relaxed),
+            ),
         ]
         .into_iter()
         .chain(view.kernel.flow_stats())

@@ -27,9 +27,11 @@ use crate::{
 /// before the one before it is awaited: at most twice this many are in
 /// flight.
 pub const BATCH: usize = 512;
-/// A flow minute is published this long after it ends (the harvest adds
-/// the kernel's counts every second, the writer stores them soon after).
-pub const FLOW_SETTLE: Duration = Duration::from_secs(5);
+/// A flow minute is published this long after it ends: the harvest adds
+/// the kernel's counts at most `HARVEST_MOST` apart (every second while
+/// its tables are small), the writer stores them soon after.
+pub const FLOW_SETTLE: Duration =
+    Duration::from_secs(5).saturating_add(crate::pipeline::harvest::HARVEST_MOST);
 const MINUTE: i64 = 60_000_000_000;
 /// How long one acknowledgement or JetStream request may take.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);

@@ -32,8 +32,25 @@ use crate::{
     store::{writer::Harvested, Mark, Repeat},
 };
 
-/// How often the flow table is read.
+/// How often the flow table is read while reading it is cheap.
 pub const HARVEST_EVERY: Duration = Duration::from_secs(1);
+/// The share of one core a harvest may take: one pass's time is followed
+/// by this many times as long before the next pass starts (a pass reads
+/// every entry of both tables, changed or not: about 60 ms for 100,000
+/// entries on the bench machine, most of it the kernel's walk of the
+/// table's buckets).
+pub const HARVEST_BUDGET: u32 = 50;
+/// The longest interval `HARVEST_BUDGET` may stretch the harvest to: the
+/// most the store's flow counts (and `flows`, `top`) lag the kernel's.
+pub const HARVEST_MOST: Duration = Duration::from_secs(10);
+
+/// The time from one pass's start to the next, after a pass that took
+/// `took`: `HARVEST_EVERY`, or longer where a pass costs more than
+/// `1/HARVEST_BUDGET` of a core at that pace, up to `HARVEST_MOST`.
+pub fn interval_after(took: Duration) -> Duration {
+    took.saturating_mul(HARVEST_BUDGET)
+        .clamp(HARVEST_EVERY, HARVEST_MOST)
+}
 /// The most entries one pass hands the store (see `Harvest::pass`).
 pub const CHUNK: usize = 8192;
 /// The most entries a read leaves for the chunks after it (`leftover`):
@@ -595,6 +612,25 @@ mod tests {
     /// at most `LEFTOVER_MOST` of the rest for the next chunks; the others
     /// keep their marks, so the next read finds their counts in the table.
     /// Every entry's counts are taken exactly once.
+    #[test]
+    fn a_costly_pass_stretches_the_interval_to_its_budget_and_no_further() {
+        let ms = Duration::from_millis;
+        // Cheap passes (a small table): every second.
+        assert_eq!(interval_after(Duration::ZERO), HARVEST_EVERY);
+        assert_eq!(interval_after(ms(20)), HARVEST_EVERY);
+        // A pass of 60 ms: 3 s apart, 2% of a core.
+        assert_eq!(interval_after(ms(60)), ms(3000));
+        assert_eq!(
+            interval_after(ms(60)).as_secs_f64() / ms(60).as_secs_f64(),
+            f64::from(HARVEST_BUDGET)
+        );
+        // Never more than HARVEST_MOST apart, however slow a pass.
+        assert_eq!(interval_after(ms(400)), HARVEST_MOST);
+        assert_eq!(interval_after(Duration::from_secs(60)), HARVEST_MOST);
+        // The NATS publisher waits longer than that for a minute's counts.
+        assert!(crate::fleet::publish::FLOW_SETTLE > HARVEST_MOST);
+    }
+
     #[test]
     fn what_a_read_leaves_is_held_up_to_its_bound_and_the_rest_waits() {
         let dir = tempfile::tempdir().unwrap();

@@ -126,6 +126,9 @@ pub struct Counters {
     pub dns_unparsed: AtomicU64,
     /// Entries in the kernel's flow table at the last harvest.
     pub flow_entries: AtomicU64,
+    /// Milliseconds from one harvest's start to the next (0 before the
+    /// first): `pipeline::harvest::interval_after`.
+    pub harvest_interval_ms: AtomicU64,
     /// Attempts the kernel counted in its flow table instead of reporting.
     pub repeats: AtomicU64,
 }
