@@ -679,6 +679,12 @@ impl Harvester {
         store: &StoreHandle,
         all: bool,
     ) {
+        let started = pipeline::harvest::boot_ns();
+        let ring = (!all).then(|| {
+            outlets
+                .ring_read_from
+                .load(std::sync::atomic::Ordering::Relaxed)
+        });
         for _ in 0..pipeline::harvest::MAX_CHUNKS {
             let mut table = harvest.lock().unwrap_or_else(|p| p.into_inner());
             if !table.marks_known() {
@@ -690,9 +696,18 @@ impl Harvester {
                     Err(_) => return,
                 }
             }
-            let (h, more) = table.pass(outlets, names, pipeline::harvest::CHUNK, !all);
+            let (mut h, more) = table.pass(outlets, names, pipeline::harvest::CHUNK, !all);
+            // The last chunk always comes from a read of the tables: whole
+            // and leaving nothing, every count before `started` is taken.
+            if !more && table.read_whole() {
+                h.through = Some(pipeline::harvest::harvested_through(started, ring));
+            }
             drop(table);
-            if !(h.repeats.is_empty() && h.marks.is_empty() && h.unmarks.is_empty()) {
+            if !(h.repeats.is_empty()
+                && h.marks.is_empty()
+                && h.unmarks.is_empty()
+                && h.through.is_none())
+            {
                 store.harvest(h);
             }
             if !more || (!all && store.behind()) {
@@ -886,6 +901,7 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
             shared.clone(),
             store.path.clone(),
             store.committed(),
+            store.harvested(),
             shutdown_rx.clone(),
         );
         (shared, task)

@@ -289,8 +289,8 @@ fn closed_flow_minutes_reach_the_stream_per_node() {
     for env in [&alpha, &beta] {
         denied_connect(env, "flows");
     }
-    // A minute is published 15 s after it ends (`FLOW_SETTLE`): at most
-    // 75 s from now.
+    // A minute is published 5 s after it ends, once a harvest after its
+    // end is stored: at most about 66 s from now.
     let deadline = Instant::now() + CATCH_UP;
     let rows = loop {
         let out = fleet(

@@ -27,11 +27,12 @@ use crate::{
 /// before the one before it is awaited: at most twice this many are in
 /// flight.
 pub const BATCH: usize = 512;
-/// A flow minute is published this long after it ends: the harvest adds
-/// the kernel's counts at most `HARVEST_MOST` apart (every second while
-/// its tables are small), the writer stores them soon after.
-pub const FLOW_SETTLE: Duration =
-    Duration::from_secs(5).saturating_add(crate::pipeline::harvest::HARVEST_MOST);
+/// A flow minute is published this long after it ends at the soonest, and
+/// only once the store holds every count the kernel made in it (the last
+/// complete harvest after its end is stored: `writer::Handle::harvested`).
+/// The harvest runs every second while its tables are small, up to
+/// `HARVEST_MOST` apart, and not at all while the store is behind a flood.
+pub const FLOW_SETTLE: Duration = Duration::from_secs(5);
 const MINUTE: i64 = 60_000_000_000;
 /// How long one acknowledgement or JetStream request may take.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -167,15 +168,17 @@ pub fn spawn(
     shared: Arc<Shared>,
     store_path: PathBuf,
     committed: tokio::sync::watch::Receiver<i64>,
+    harvested: tokio::sync::watch::Receiver<i64>,
     shutdown: tokio::sync::watch::Receiver<bool>,
 ) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(run(shared, store_path, committed, shutdown))
+    tokio::spawn(run(shared, store_path, committed, harvested, shutdown))
 }
 
 async fn run(
     shared: Arc<Shared>,
     store_path: PathBuf,
     mut committed: tokio::sync::watch::Receiver<i64>,
+    harvested: tokio::sync::watch::Receiver<i64>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_secs(1);
@@ -184,6 +187,7 @@ async fn run(
         let mut session = Session {
             shared: &shared,
             store_path: &store_path,
+            harvested: &harvested,
             reached: false,
         };
         let result = session.run(&mut committed, &mut shutdown).await;
@@ -217,6 +221,8 @@ async fn run(
 struct Session<'a> {
     shared: &'a Arc<Shared>,
     store_path: &'a Path,
+    /// Every count the kernel made before this time (Unix ns) is stored.
+    harvested: &'a tokio::sync::watch::Receiver<i64>,
     /// Connected and the stream checked: the next failure starts the
     /// backoff again from its shortest.
     reached: bool,
@@ -395,7 +401,11 @@ impl Session<'_> {
                 .await?;
                 store = s;
             }
-            let (s, flows) = on_store(store, move |s| due_flows(s, flows_until)).await?;
+            let harvested = *self.harvested.borrow();
+            let (s, flows) = on_store(store, move |s| {
+                due_flows(s, flows_until, crate::store::now_nanos(), harvested)
+            })
+            .await?;
             store = s;
             let flows_due = flows.is_some();
             if let Some((minute, rows)) = flows {
@@ -689,10 +699,17 @@ fn headers(id: &str, content_type: &'static str) -> async_nats::HeaderMap {
 }
 
 /// The next closed flow minute from `from` on, with its rows, or None
-/// when none is due; a run of minutes without flows is skipped at once.
-fn due_flows(store: &Store, from: i64) -> anyhow::Result<Option<(i64, Vec<pb::Flow>)>> {
-    let now = crate::store::now_nanos();
-    let closed_before = query::bucket_of(now - FLOW_SETTLE.as_nanos() as i64);
+/// when none is due; a run of minutes without flows is skipped at once. A
+/// minute is closed `FLOW_SETTLE` after its end (`now`), once every count
+/// the kernel made before its end is stored (`harvested`).
+fn due_flows(
+    store: &Store,
+    from: i64,
+    now: i64,
+    harvested: i64,
+) -> anyhow::Result<Option<(i64, Vec<pb::Flow>)>> {
+    let closed_before =
+        query::bucket_of(now - FLOW_SETTLE.as_nanos() as i64).min(query::bucket_of(harvested));
     if from >= closed_before {
         return Ok(None);
     }
@@ -736,4 +753,66 @@ async fn publish_flows(
         })
         .collect();
     publish_all(shared, js, messages).await
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::{events::Event, store::Batch};
+
+    /// A flow minute is published only once a harvest that began after its
+    /// end is stored: a minute published before would miss the kernel's
+    /// counts of it for good (the stream has no second copy of a minute).
+    #[test]
+    fn a_flow_minute_waits_for_the_harvest_after_its_end() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = Store::open(&dir.path().join("store.db")).unwrap();
+        let minute = query::bucket_of(crate::store::now_nanos()) - 10 * MINUTE;
+        let at = minute + 20_000_000_000;
+        store
+            .append(&Batch {
+                events: vec![Arc::new(Event {
+                    time: crate::events::rfc3339_nanos(i128::from(at)),
+                    unix_nanos: i128::from(at),
+                    verdict: "allowed",
+                    policy: "eu-only".into(),
+                    rule: "country",
+                    hook: "connect4",
+                    protocol: "tcp",
+                    family: "ipv4",
+                    dst_ip: "198.51.100.2".into(),
+                    dst_port: 443,
+                    country: "DE".into(),
+                    continent: "EU".into(),
+                    comm: "probe".into(),
+                    cgroup_path: "/llm.slice/inference".into(),
+                    ..Default::default()
+                })],
+                ..Default::default()
+            })
+            .unwrap();
+        let now = minute + 5 * MINUTE;
+        let rows_of = |harvested| {
+            due_flows(&store, 0, now, harvested)
+                .unwrap()
+                .map(|(until, rows)| (until, rows.len()))
+        };
+        // No complete harvest stored in this run yet: nothing is due.
+        assert_eq!(rows_of(0), None);
+        // The last one stored began inside the minute: the cursor may pass
+        // the empty minutes before it, not the minute itself.
+        let (until, rows) = rows_of(minute + MINUTE - 1).unwrap();
+        assert_eq!(rows, 0);
+        assert!(until <= minute, "{until} passed the minute {minute}");
+        // One that began at its end: the minute, with its flow.
+        assert_eq!(rows_of(minute + MINUTE), Some((minute + MINUTE, 1)));
+        // And FLOW_SETTLE still holds it right after its end.
+        let (until, rows) = due_flows(&store, 0, minute + MINUTE + 1, now)
+            .unwrap()
+            .unwrap();
+        assert!(rows.is_empty());
+        assert!(until <= minute);
+    }
 }

@@ -169,6 +169,8 @@ pub struct Harvest {
     marks_known: bool,
     /// Marks of entries that are gone, to remove from the store.
     gone: Vec<Vec<u8>>,
+    /// Whether the last read of the tables read every entry.
+    read_whole: bool,
     /// Entries with counts the last read found beyond its budget, up to
     /// `LEFTOVER_MOST`: the next chunks take them from here instead of
     /// reading the whole table again (a flood changes every entry; up to
@@ -207,6 +209,17 @@ pub fn key_of(b: &[u8]) -> Option<(FlowKey, Table)> {
         tgid: u32::from_le_bytes(b[28..32].try_into().ok()?),
     };
     Some((key, table))
+}
+
+/// What a complete harvest (chunks until a whole read left nothing) that
+/// began at `started` (kernel boot time) holds: every count the kernel made
+/// before the time returned (Unix ns). With `ring_read_from` (where the
+/// pipeline's reads of the ring stood when it began), the entries that
+/// wait for the ring (`Harvest::pass`) are not in it: each was first seen
+/// after that less `SETTLE_NS`, and its counts after that too.
+pub fn harvested_through(started: u64, ring_read_from: Option<u64>) -> i64 {
+    let before = ring_read_from.map_or(started, |r| started.min(r.saturating_sub(SETTLE_NS)));
+    (i128::from(before) + boot_to_unix_offset()) as i64
 }
 
 /// CLOCK_BOOTTIME now, in nanoseconds: the kernel's clock for expiries.
@@ -275,6 +288,7 @@ impl Harvest {
             marks: Marks::default(),
             pass: 0,
             marks_known: false,
+            read_whole: false,
             gone: Vec::new(),
             leftover: Vec::new(),
         };
@@ -292,6 +306,12 @@ impl Harvest {
 
     pub fn marks_known(&self) -> bool {
         self.marks_known
+    }
+
+    /// Whether the last read of the tables read every entry (a batched
+    /// read that failed midway did not).
+    pub fn read_whole(&self) -> bool {
+        self.read_whole
     }
 
     /// What the store says was harvested of each entry.
@@ -393,6 +413,7 @@ impl Harvest {
                 chunk.visit((key, table), e, &mut self.leftover);
             });
         }
+        self.read_whole = whole;
         let idle = chunk.idle;
         // The flow table's fill against its capacity (the refusal table's
         // use shows as `refusals_filed`).
@@ -627,8 +648,6 @@ mod tests {
         // Never more than HARVEST_MOST apart, however slow a pass.
         assert_eq!(interval_after(ms(400)), HARVEST_MOST);
         assert_eq!(interval_after(Duration::from_secs(60)), HARVEST_MOST);
-        // The NATS publisher waits longer than that for a minute's counts.
-        assert!(crate::fleet::publish::FLOW_SETTLE > HARVEST_MOST);
     }
 
     #[test]

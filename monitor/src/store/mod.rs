@@ -573,6 +573,10 @@ pub struct Batch {
     pub repeats: Vec<Repeat>,
     pub marks: Vec<(Vec<u8>, Mark)>,
     pub unmarks: Vec<Vec<u8>>,
+    /// With the last chunk of a complete harvest: every count the kernel
+    /// made before this time (Unix ns) is stored once this batch is (the
+    /// writer says so, `writer::Handle::harvested`; nothing is written).
+    pub harvested_through: Option<i64>,
     /// The kernel numbers now accounted for (`seqbook`), as of this batch.
     pub kernel_seqs: Option<(seqbook::Epoch, Vec<(i64, i64)>)>,
     /// The writer's name for this batch (empty: none), kept in the same

@@ -68,6 +68,22 @@ pub struct Harvested {
     pub repeats: Vec<Repeat>,
     pub marks: Vec<(Vec<u8>, Mark)>,
     pub unmarks: Vec<Vec<u8>>,
+    /// Set on the last chunk of a complete harvest: every count the kernel
+    /// made before this time (Unix ns) is in this harvest or an earlier
+    /// one (`Handle::harvested`).
+    pub through: Option<i64>,
+}
+
+/// Every count the kernel made before `t` (Unix ns) is stored
+/// (`Handle::harvested`); it only moves forward.
+fn stored_through(shared: &Shared, t: i64) {
+    shared.harvested.send_if_modified(|v| {
+        let later = t > *v;
+        if later {
+            *v = t;
+        }
+        later
+    });
 }
 
 enum Msg {
@@ -174,6 +190,10 @@ struct Shared {
     /// The chain head's seq after each commit, for the streams that follow
     /// the store (`StreamEvents` with `after_seq`).
     committed: tokio::sync::watch::Sender<i64>,
+    /// Every count the kernel made before this time (Unix ns) is stored:
+    /// the `through` of the last complete harvest, once what came before it
+    /// is committed (0 before the first in this run).
+    harvested: tokio::sync::watch::Sender<i64>,
 }
 
 pub struct Handle {
@@ -207,6 +227,12 @@ impl Handle {
     /// The chain head's seq, changed at every commit.
     pub fn committed(&self) -> tokio::sync::watch::Receiver<i64> {
         self.shared.committed.subscribe()
+    }
+
+    /// The time (Unix ns) before which every count the kernel made is
+    /// stored: a flow minute that ends by then is complete in the store.
+    pub fn harvested(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.shared.harvested.subscribe()
     }
 
     fn send(&self, m: Msg) {
@@ -524,6 +550,10 @@ impl Writer {
                     self.pending.repeats.extend(h.repeats);
                     self.pending.marks.extend(h.marks);
                     self.pending.unmarks.extend(h.unmarks);
+                    if h.through.is_some() {
+                        self.pending.harvested_through =
+                            self.pending.harvested_through.max(h.through);
+                    }
                 }
                 Ok(Msg::Geo(g)) => self.pending.geo.push((now_nanos(), g)),
                 Ok(Msg::Cloud(c)) => self.pending.cloud.push((now_nanos(), c)),
@@ -805,6 +835,11 @@ impl Writer {
             self.append(batch)?;
         }
         if self.pending.is_empty() {
+            // Nothing harvested waits to be written: what the harvest has
+            // read is all stored.
+            if let Some(t) = self.pending.harvested_through.take() {
+                stored_through(&self.shared, t);
+            }
             if self.degraded() {
                 self.recovered();
             }
@@ -907,6 +942,9 @@ impl Writer {
         match result {
             Ok(()) => {
                 let n = batch.events.len() as u64;
+                if let Some(t) = batch.harvested_through {
+                    stored_through(&self.shared, t);
+                }
                 self.shared.stored.fetch_add(n, Ordering::Relaxed);
                 self.held_bytes = self.held_bytes.saturating_sub(weight_of(&batch.events));
                 if let Ok((seq, head)) = store.head() {
@@ -1038,6 +1076,58 @@ mod tests {
             .query_row("SELECT text FROM policy_versions", [], |r| r.get(0))
             .unwrap();
         assert_eq!(text.trim_end(), v1.trim_end());
+    }
+
+    /// A complete harvest's `through` is said once what it handed the
+    /// store is committed, with it or without anything to write; it never
+    /// goes back.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn what_the_harvest_read_is_said_stored_once_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store.db");
+        let handle = Handle::start(path.clone(), Retention::default(), None);
+        let harvested = handle.harvested();
+        assert_eq!(*harvested.borrow(), 0);
+        // Counts and the watermark together.
+        let event = Event {
+            verdict: "allowed",
+            unix_nanos: 5_000_000_000,
+            dst_ip: "198.51.100.7".into(),
+            dst_port: 443,
+            ..Default::default()
+        };
+        handle.harvest(Harvested {
+            repeats: vec![Repeat {
+                event,
+                count: 3,
+                packets: 4,
+                bytes: 500,
+            }],
+            through: Some(7_000_000_000),
+            ..Default::default()
+        });
+        handle.flush().await.unwrap();
+        assert_eq!(*harvested.borrow(), 7_000_000_000);
+        let store = super::super::Store::open_read(&path).unwrap();
+        let repeats: i64 = store
+            .conn
+            .query_row("SELECT sum(repeats) FROM flows", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(repeats, 3, "the counts are stored by then");
+        // A pass that found nothing new: only the watermark moves.
+        handle.harvest(Harvested {
+            through: Some(9_000_000_000),
+            ..Default::default()
+        });
+        handle.flush().await.unwrap();
+        assert_eq!(*harvested.borrow(), 9_000_000_000);
+        // An older one (a pass that began earlier) changes nothing.
+        handle.harvest(Harvested {
+            through: Some(8_000_000_000),
+            ..Default::default()
+        });
+        handle.flush().await.unwrap();
+        assert_eq!(*harvested.borrow(), 9_000_000_000);
     }
 
     fn events(n: u16) -> Vec<Arc<Event>> {
