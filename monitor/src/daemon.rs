@@ -639,14 +639,22 @@ impl Harvester {
                             names.clone(),
                             store.clone(),
                         );
-                        let took = tokio::task::spawn_blocking(move || {
+                        let (took, done) = tokio::task::spawn_blocking(move || {
                             let t = Instant::now();
-                            Self::pass(&h, &o, &n, &s, false);
-                            t.elapsed()
+                            let done = Self::pass(&h, &o, &n, &s, false);
+                            (t.elapsed(), done)
                         })
                         .await
                         .unwrap_or_default();
-                        wait = pipeline::harvest::interval_after(took).saturating_sub(took);
+                        // A harvest that stopped for the store (a flood's
+                        // changes still in the table) goes on in a second.
+                        wait = match done {
+                            Some((read, unchanged)) => {
+                                pipeline::harvest::interval_after(took, read, unchanged)
+                            }
+                            None => pipeline::harvest::HARVEST_EVERY,
+                        }
+                        .saturating_sub(took);
                         outlets.counters.harvest_interval_ms.store(
                             (wait + took).as_millis() as u64,
                             std::sync::atomic::Ordering::Relaxed,
@@ -671,14 +679,17 @@ impl Harvester {
     /// `all`, an entry whose process the pipeline has not read yet waits
     /// for it too (see `Harvest::pass`). Bounded by `harvest::MAX_CHUNKS`,
     /// enough for both tables at their largest, so traffic that keeps
-    /// making entries cannot hold it (at shutdown neither).
+    /// making entries cannot hold it (at shutdown neither). Once complete
+    /// (a whole read left nothing), what its reads found: entries, and of
+    /// them those with nothing new; None when it stopped before.
     fn pass(
         harvest: &Mutex<pipeline::harvest::Harvest>,
         outlets: &Outlets,
         names: &Mutex<Resolver>,
         store: &StoreHandle,
         all: bool,
-    ) {
+    ) -> Option<(u64, u64)> {
+        let mut read = (0, 0);
         let started = pipeline::harvest::boot_ns();
         let ring = (!all).then(|| {
             outlets
@@ -693,13 +704,16 @@ impl Harvester {
                         log::info!("the store's flow marks are read: harvesting");
                         table.set_marks(marks);
                     }
-                    Err(_) => return,
+                    Err(_) => return None,
                 }
             }
             let (mut h, more) = table.pass(outlets, names, pipeline::harvest::CHUNK, !all);
+            let (found, unchanged) = table.reads_since();
+            read = (read.0 + found, read.1 + unchanged);
             // The last chunk always comes from a read of the tables: whole
             // and leaving nothing, every count before `started` is taken.
-            if !more && table.read_whole() {
+            let complete = !more && table.read_whole();
+            if complete {
                 h.through = Some(pipeline::harvest::harvested_through(started, ring));
             }
             drop(table);
@@ -710,10 +724,14 @@ impl Harvester {
             {
                 store.harvest(h);
             }
+            if complete {
+                return Some(read);
+            }
             if !more || (!all && store.behind()) {
-                return;
+                return None;
             }
         }
+        None
     }
 
     /// A harvest pass to run from elsewhere (the controller, before a switch).
@@ -724,14 +742,16 @@ impl Harvester {
             self.names.clone(),
             self.store.clone(),
         );
-        Box::new(move || Self::pass(&harvest, &outlets, &names, &store, true))
+        Box::new(move || {
+            Self::pass(&harvest, &outlets, &names, &store, true);
+        })
     }
 
     /// Stops the interval and harvests what is left.
     async fn finish(self) {
         self.task.abort();
         let _ = self.task.await;
-        Self::pass(&self.harvest, &self.outlets, &self.names, &self.store, true);
+        let _ = Self::pass(&self.harvest, &self.outlets, &self.names, &self.store, true);
     }
 }
 

@@ -36,7 +36,7 @@ use crate::{
 pub const HARVEST_EVERY: Duration = Duration::from_secs(1);
 /// The share of one core a harvest may take: one pass's time is followed
 /// by this many times as long before the next pass starts (a pass reads
-/// every entry of both tables, changed or not: about 60 ms for 100,000
+/// every entry of both tables, changed or not: about 190 ms for 262,144
 /// entries on the bench machine, most of it the kernel's walk of the
 /// table's buckets).
 pub const HARVEST_BUDGET: u32 = 50;
@@ -45,12 +45,23 @@ pub const HARVEST_BUDGET: u32 = 50;
 pub const HARVEST_MOST: Duration = Duration::from_secs(10);
 
 /// The time from one pass's start to the next, after a pass that took
-/// `took`: `HARVEST_EVERY`, or longer where a pass costs more than
-/// `1/HARVEST_BUDGET` of a core at that pace, up to `HARVEST_MOST`.
-pub fn interval_after(took: Duration) -> Duration {
-    took.saturating_mul(HARVEST_BUDGET)
+/// `took` reading `read` entries of which `unchanged` had nothing new:
+/// `HARVEST_EVERY`, or longer where reading what had not changed costs
+/// more than `1/HARVEST_BUDGET` of a core at that pace, up to
+/// `HARVEST_MOST`. The time spent on changes is not held against the
+/// harvest: after a flood it catches up at its full pace (the counts of
+/// refusals among them reach the store as soon as the store takes them).
+pub fn interval_after(took: Duration, read: u64, unchanged: u64) -> Duration {
+    if read == 0 {
+        // No read of the tables: the pass took what an earlier read left
+        // (all of it changes), or it could not start.
+        return HARVEST_EVERY;
+    }
+    took.mul_f64(unchanged.min(read) as f64 / read as f64)
+        .saturating_mul(HARVEST_BUDGET)
         .clamp(HARVEST_EVERY, HARVEST_MOST)
 }
+
 /// The most entries one pass hands the store (see `Harvest::pass`).
 pub const CHUNK: usize = 8192;
 /// The most entries a read leaves for the chunks after it (`leftover`):
@@ -157,7 +168,7 @@ struct Marked {
 type Marks = StdHashMap<(FlowKey, Table), Marked, ahash::RandomState>;
 
 pub struct Harvest {
-    /// `FLOWS`, then `REFUSALS` (absent from the pins of a build before it).
+    /// `REFUSALS` (absent from the pins of a build before it), then `FLOWS`.
     tables: Vec<Pinned>,
     marks: Marks,
     /// The number of the pass under way (marks it did not touch are of
@@ -171,6 +182,9 @@ pub struct Harvest {
     gone: Vec<Vec<u8>>,
     /// Whether the last read of the tables read every entry.
     read_whole: bool,
+    /// Entries the reads so far found, and of them those with nothing new
+    /// to harvest (`reads_since`).
+    read: (u64, u64),
     /// Entries with counts the last read found beyond its budget, up to
     /// `LEFTOVER_MOST`: the next chunks take them from here instead of
     /// reading the whole table again (a flood changes every entry; up to
@@ -279,16 +293,22 @@ impl Harvest {
     /// harvested before (a restart). The pins of a build without a refusal
     /// table have the flow table only.
     pub fn open(pin_dir: &Path, marks: Vec<(Vec<u8>, Mark)>) -> Result<Self, String> {
-        let mut tables = vec![Pinned::open(pin_dir, Table::Flows)?];
+        // Refusals first: a read hands on at most a chunk, and after a flood
+        // of new destinations the flow table's changes fill chunk after
+        // chunk; read after them, the refusals waited until all were
+        // harvested (up to 262,144 entries).
+        let mut tables = Vec::with_capacity(2);
         if pin_dir.join(names::REFUSALS).exists() {
             tables.push(Pinned::open(pin_dir, Table::Refusals)?);
         }
+        tables.push(Pinned::open(pin_dir, Table::Flows)?);
         let mut h = Self {
             tables,
             marks: Marks::default(),
             pass: 0,
             marks_known: false,
             read_whole: false,
+            read: (0, 0),
             gone: Vec::new(),
             leftover: Vec::new(),
         };
@@ -312,6 +332,13 @@ impl Harvest {
     /// read that failed midway did not).
     pub fn read_whole(&self) -> bool {
         self.read_whole
+    }
+
+    /// Entries the reads found since the last call, and of them those with
+    /// nothing new to harvest: the share of a harvest's time spent reading
+    /// what had not changed (`interval_after`).
+    pub fn reads_since(&mut self) -> (u64, u64) {
+        std::mem::take(&mut self.read)
     }
 
     /// What the store says was harvested of each entry.
@@ -391,6 +418,8 @@ impl Harvest {
             offset: boot_to_unix_offset(),
             now: boot_ns(),
             idle: Vec::new(),
+            found: 0,
+            unchanged: 0,
             ring_read_from,
         };
         if !reads {
@@ -415,6 +444,8 @@ impl Harvest {
         }
         self.read_whole = whole;
         let idle = chunk.idle;
+        self.read.0 += chunk.found;
+        self.read.1 += chunk.unchanged;
         // The flow table's fill against its capacity (the refusal table's
         // use shows as `refusals_filed`).
         outlets
@@ -477,6 +508,9 @@ struct Chunk<'a, N> {
     now: u64,
     /// Entries with nothing to harvest, unused for `IDLE`.
     idle: Vec<(FlowKey, Table)>,
+    /// Entries visited, and of them those with nothing to harvest.
+    found: u64,
+    unchanged: u64,
     /// Where the pipeline's reads of the ring stand, when entries whose
     /// process is not known yet wait for them (see `Harvest::pass`).
     ring_read_from: Option<u64>,
@@ -502,7 +536,9 @@ impl<N: Names> Chunk<'_, N> {
         let count = e.count.saturating_sub(before.count);
         let packets = e.packets.saturating_sub(before.packets);
         let bytes = e.bytes.saturating_sub(before.bytes);
+        self.found += 1;
         if count == 0 && packets == 0 && bytes == 0 {
+            self.unchanged += 1;
             if self.now.saturating_sub(e.last_ns) > IDLE.as_nanos() as u64 {
                 self.idle.push(k);
             }
@@ -629,27 +665,39 @@ mod tests {
     use super::*;
     use crate::pipeline::tests::{outlets, N};
 
+    /// A pass over large tables spaces the next one out to keep within its
+    /// share of a core, and never beyond the longest lag allowed.
+    #[test]
+    fn a_costly_pass_stretches_the_interval_to_its_budget_and_no_further() {
+        let ms = Duration::from_millis;
+        let idle = |took| interval_after(took, 1000, 1000);
+        // Cheap passes (a small table): every second.
+        assert_eq!(idle(Duration::ZERO), HARVEST_EVERY);
+        assert_eq!(idle(ms(20)), HARVEST_EVERY);
+        // A pass of 60 ms over entries that had not changed: 3 s apart, 2%
+        // of a core.
+        assert_eq!(idle(ms(60)), ms(3000));
+        assert_eq!(
+            idle(ms(60)).as_secs_f64() / ms(60).as_secs_f64(),
+            f64::from(HARVEST_BUDGET)
+        );
+        // Never more than HARVEST_MOST apart, however slow a pass.
+        assert_eq!(idle(ms(400)), HARVEST_MOST);
+        assert_eq!(idle(Duration::from_secs(60)), HARVEST_MOST);
+        // Time spent on changes does not count: a harvest catching up
+        // after a flood (most entries changed) goes on every second.
+        assert_eq!(interval_after(ms(400), 1000, 10), HARVEST_EVERY);
+        assert_eq!(interval_after(ms(400), 1000, 500), HARVEST_MOST);
+        assert_eq!(interval_after(ms(100), 1000, 500), ms(2500));
+        // A pass that took only what an earlier read left (changes all), or
+        // could not start: every second.
+        assert_eq!(interval_after(ms(400), 0, 0), HARVEST_EVERY);
+    }
+
     /// A read that finds more changed entries than its chunk takes holds
     /// at most `LEFTOVER_MOST` of the rest for the next chunks; the others
     /// keep their marks, so the next read finds their counts in the table.
     /// Every entry's counts are taken exactly once.
-    #[test]
-    fn a_costly_pass_stretches_the_interval_to_its_budget_and_no_further() {
-        let ms = Duration::from_millis;
-        // Cheap passes (a small table): every second.
-        assert_eq!(interval_after(Duration::ZERO), HARVEST_EVERY);
-        assert_eq!(interval_after(ms(20)), HARVEST_EVERY);
-        // A pass of 60 ms: 3 s apart, 2% of a core.
-        assert_eq!(interval_after(ms(60)), ms(3000));
-        assert_eq!(
-            interval_after(ms(60)).as_secs_f64() / ms(60).as_secs_f64(),
-            f64::from(HARVEST_BUDGET)
-        );
-        // Never more than HARVEST_MOST apart, however slow a pass.
-        assert_eq!(interval_after(ms(400)), HARVEST_MOST);
-        assert_eq!(interval_after(Duration::from_secs(60)), HARVEST_MOST);
-    }
-
     #[test]
     fn what_a_read_leaves_is_held_up_to_its_bound_and_the_rest_waits() {
         let dir = tempfile::tempdir().unwrap();
@@ -693,6 +741,8 @@ mod tests {
                 offset: 0,
                 now: 3,
                 idle: Vec::new(),
+                found: 0,
+                unchanged: 0,
                 ring_read_from: None,
             };
             for &(t, k, e) in from {
