@@ -716,7 +716,10 @@ impl Harvester {
             if complete {
                 h.through = Some(pipeline::harvest::harvested_through(started, ring));
             }
-            drop(table);
+            // Handed on under the lock (a send on a channel): two passes
+            // at once (the interval's on its thread, the controller's or
+            // the last one at shutdown) reach the store in the order their
+            // marks were taken, so an older mark never overwrites a newer.
             if !(h.repeats.is_empty()
                 && h.marks.is_empty()
                 && h.unmarks.is_empty()
@@ -724,6 +727,7 @@ impl Harvester {
             {
                 store.harvest(h);
             }
+            drop(table);
             if complete {
                 return Some(read);
             }
