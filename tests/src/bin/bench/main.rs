@@ -1201,23 +1201,9 @@ fn pipeline(b: &mut Bench, r: &mut Report) -> (u128, u128) {
             f64::NAN
         };
         // The same figure per thread name, largest first: where it goes.
-        let mut by_thread: Vec<(String, f64)> = threads
-            .iter()
-            .map(|(name, s)| {
-                let spent = s - threads0.get(name).copied().unwrap_or(0.0);
-                (
-                    name.clone(),
-                    spent / decided.max(1) as f64 * 10_000.0 * 100.0,
-                )
-            })
-            .filter(|(_, pct)| *pct >= 0.05)
-            .collect();
-        by_thread.sort_by(|a, b| b.1.total_cmp(&a.1));
-        let by_thread = by_thread
-            .iter()
-            .map(|(name, pct)| format!("{name} {pct:.1}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let by_thread = by_thread(&threads0, &threads, |spent| {
+            spent / decided.max(1) as f64 * 10_000.0 * 100.0
+        });
         let zero_loss = lost == 0 && dropped == 0 && gap == 0 && received as f64 >= sent;
         if zero_loss {
             best_zero_loss = best_zero_loss.max(rate);
@@ -1333,6 +1319,26 @@ fn pipeline(b: &mut Bench, r: &mut Report) -> (u128, u128) {
     (window_start, window_end)
 }
 
+/// CPU seconds per thread name between two readings (`Daemon::cpu_by_thread`),
+/// as `pct` makes them a percentage, largest first, the negligible left out:
+/// "store-writer 18.0, tokio-rt-worker 12.3".
+fn by_thread(
+    before: &std::collections::HashMap<String, f64>,
+    after: &std::collections::HashMap<String, f64>,
+    pct: impl Fn(f64) -> f64,
+) -> String {
+    let mut v: Vec<(&String, f64)> = after
+        .iter()
+        .map(|(name, s)| (name, pct(s - before.get(name).copied().unwrap_or(0.0))))
+        .filter(|(_, p)| *p >= 0.05)
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    v.iter()
+        .map(|(name, p)| format!("{name} {p:.1}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 /// The daemon with no traffic, its flow table as the floods left it (their
 /// entries stay until idle for `harvest::IDLE`): what the harvest alone
 /// costs a node, reading every entry of the tables, changed or not.
@@ -1366,21 +1372,7 @@ fn idle_with_full_tables(d: &Daemon, r: &mut Report) {
     std::thread::sleep(Duration::from_secs(10));
     let secs = t0.elapsed().as_secs_f64();
     let pct = (d.cpu_seconds() - cpu0) / secs * 100.0;
-    let mut by_thread: Vec<(String, f64)> = d
-        .cpu_by_thread()
-        .into_iter()
-        .map(|(name, s)| {
-            let spent = s - threads0.get(&name).copied().unwrap_or(0.0);
-            (name, spent / secs * 100.0)
-        })
-        .filter(|(_, pct)| *pct >= 0.05)
-        .collect();
-    by_thread.sort_by(|a, b| b.1.total_cmp(&a.1));
-    let by_thread = by_thread
-        .iter()
-        .map(|(name, pct)| format!("{name} {pct:.1}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let by_thread = by_thread(&threads0, &d.cpu_by_thread(), |spent| spent / secs * 100.0);
     if let Some(mut p) = perf {
         let _ = p.wait();
     }
