@@ -109,6 +109,12 @@ pub mod names {
     /// Refusals `FLOWS` had no room for, counted alike
     /// (`limits::REFUSAL_ENTRIES`).
     pub const REFUSALS: &str = "REFUSALS";
+    /// The keys of flow entries that changed, once per harvest generation
+    /// (a ring buffer of `FlowKey`s; see `harvest`).
+    pub const TOUCHED: &str = "TOUCHED";
+    /// The harvest's generation and the keys `TOUCHED` had no room for
+    /// (`harvest::GEN`, `harvest::MISSED`).
+    pub const HARVEST: &str = "HARVEST";
     /// The selection of each cgroup, per CONFIG word (see `Memo`).
     pub const MEMO: &str = "MEMO";
     /// Per CPU: cgroups no policy selects under a CONFIG word (`Quiet`).
@@ -145,7 +151,7 @@ pub mod names {
     /// Every map, for pinning. A unit test of the daemon (`kernel::tests`)
     /// checks this list against the maps in the compiled object, so a new
     /// map cannot be left unpinned.
-    pub const ALL_MAPS: [&str; 44] = [
+    pub const ALL_MAPS: [&str; 46] = [
         PROCESSES,
         PROCESS_SCRATCH,
         PROCESS_LAYOUT,
@@ -153,6 +159,8 @@ pub mod names {
         SOCKS,
         FLOWS,
         REFUSALS,
+        TOUCHED,
+        HARVEST,
         MEMO,
         QUIET,
         HOT,
@@ -229,6 +237,11 @@ pub mod limits {
     /// own, which allowed flows cannot fill, so a flood of new allowed
     /// destinations cannot turn every repeat of a refusal into an event.
     pub const REFUSAL_ENTRIES: u32 = 16_384;
+    /// Bytes of `TOUCHED`: 52,428 keys of changed flow entries (a 32-byte
+    /// key and the ring's 8-byte header each) between two harvests. More
+    /// than that in one interval and the harvest reads the whole tables
+    /// instead (`harvest::MISSED`).
+    pub const TOUCHED_BYTES: u32 = 2 << 20;
     /// Cgroups whose selection is remembered (LRU).
     pub const MEMO_ENTRIES: u32 = 65_536;
     /// Slots per CPU of QUIET (`Quiet`), a power of two.
@@ -1012,7 +1025,11 @@ pub struct FlowEntry {
     pub country_source: u8,
     pub family: u8,
     pub hook: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// The `HARVEST` generation under which the kernel last put this
+    /// entry's key in `TOUCHED` (see `harvest`): once per generation, at
+    /// the entry's first change in it.
+    pub harvest_gen: u32,
     /// The network namespace (cookie) the decision was made in: names
     /// count per namespace, so a decision answers for that one only.
     pub netns: u64,
@@ -1041,6 +1058,7 @@ const _: () = {
     assert!(offset_of!(FlowEntry, continent) == 106);
     assert!(offset_of!(FlowEntry, verdict) == 108);
     assert!(offset_of!(FlowEntry, hook) == 113);
+    assert!(offset_of!(FlowEntry, harvest_gen) == 116);
 };
 
 /// Value of MEMO (LRU, keyed by cgroup id): the cgroup's selection under
@@ -1180,6 +1198,23 @@ pub mod lost {
     pub const COUNT: u32 = 4;
 }
 
+/// The harvest's handshake with the kernel (`HARVEST`, an array of two
+/// `u64`): the harvest follows the flow entries that changed instead of
+/// reading every entry of the tables each time.
+///
+/// The daemon raises `GEN` before each harvest. A hook that changes a flow
+/// entry (a new entry, a repeat, a packet, a decision made anew) whose
+/// `FlowEntry::harvest_gen` differs sets it to `GEN` and writes the key to
+/// `TOUCHED`; the other changes under the same generation write nothing.
+/// A key `TOUCHED` has no room for adds one to `MISSED`, and the next
+/// harvest reads the whole tables. `GEN` 0: no harvest follows, nothing is
+/// written.
+pub mod harvest {
+    pub const GEN: u32 = 0;
+    pub const MISSED: u32 = 1;
+    pub const COUNT: u32 = 2;
+}
+
 /// Indices of the FLOW_STATS per-CPU array.
 pub mod flow_stat {
     /// Decisions made (cache misses) at the sock_addr hooks and egress.
@@ -1189,8 +1224,11 @@ pub mod flow_stat {
     pub const OVERFLOW: u32 = 1;
     /// Refusals that found FLOWS full, filed in REFUSALS instead.
     pub const REFUSALS_FILED: u32 = 2;
-    pub const COUNT: u32 = 3;
-    pub const NAMES: [&str; COUNT as usize] = ["decided", "overflow", "refusals_filed"];
+    /// Decisions filed as a new entry of FLOWS (the harvest keeps the
+    /// table's fill current between its whole reads from it).
+    pub const FILED: u32 = 3;
+    pub const COUNT: u32 = 4;
+    pub const NAMES: [&str; COUNT as usize] = ["decided", "overflow", "refusals_filed", "filed"];
 }
 
 /// The single entry of the META array: what the daemon needs to know when

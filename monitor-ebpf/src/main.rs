@@ -37,11 +37,11 @@ use aya_ebpf::{
     programs::{LsmContext, RawTracePointContext, SkBuffContext, SockAddrContext},
 };
 use monitor_common::{
-    flow_stat, geo_table, kind, limits, lost, tail, Action, CidrRule, CloudEntry, CloudKey, Config,
-    CountrySource, Decision, DecisionEvent, DomainKey, EventHeader, FlowEntry, FlowKey, Hook, Hot,
-    InForce, Memo, Meta, Mode, NameEntry, PolicyAddr, Quiet, Region, RegionKey, RegionRule, Rule,
-    Selection, SockState, SweepSocket, Verdict, AF_INET, AF_INET6, AF_PACKET, DECISION_VERSION,
-    DOMAIN_EXACT, DOMAIN_WILDCARD, IPPROTO_TCP, IPPROTO_UDP,
+    flow_stat, geo_table, harvest, kind, limits, lost, tail, Action, CidrRule, CloudEntry,
+    CloudKey, Config, CountrySource, Decision, DecisionEvent, DomainKey, EventHeader, FlowEntry,
+    FlowKey, Hook, Hot, InForce, Memo, Meta, Mode, NameEntry, PolicyAddr, Quiet, Region, RegionKey,
+    RegionRule, Rule, Selection, SockState, SweepSocket, Verdict, AF_INET, AF_INET6, AF_PACKET,
+    DECISION_VERSION, DOMAIN_EXACT, DOMAIN_WILDCARD, IPPROTO_TCP, IPPROTO_UDP,
 };
 
 /// Return values of a cgroup sock_addr program.
@@ -81,6 +81,15 @@ static FLOWS: HashMap<FlowKey, FlowEntry> = HashMap::with_max_entries(limits::FL
 #[map]
 static REFUSALS: HashMap<FlowKey, FlowEntry> =
     HashMap::with_max_entries(limits::REFUSAL_ENTRIES, 0);
+
+/// The keys of flow entries that changed, once per harvest generation
+/// (see `monitor_common::harvest` and `touched`).
+#[map]
+static TOUCHED: RingBuf = RingBuf::with_byte_size(limits::TOUCHED_BYTES, 0);
+
+/// The harvest's generation and the keys `TOUCHED` had no room for.
+#[map]
+static HARVEST: Array<u64> = Array::with_max_entries(harvest::COUNT, 0);
 
 /// The selection of each cgroup under one CONFIG word (see `Memo`).
 #[map]
@@ -656,7 +665,7 @@ fn judge(ctx: &SockAddrContext, attempt: &Attempt) -> i32 {
         // SAFETY: a pointer into the map's value, valid for this run.
         Some(f) if unsafe { fresh(&*f, word, memo.names_epoch, netns) } => {
             // SAFETY: as above; the counters are only ever added to.
-            unsafe { count_attempt(f, seen_ns()) };
+            unsafe { count_attempt(&key, f, seen_ns()) };
             // SAFETY: as above.
             unsafe { (*f).verdict }
         }
@@ -723,11 +732,57 @@ fn unexpired(f: &FlowEntry) -> bool {
 /// # Safety
 /// `f` points into FLOWS' value for this run.
 #[inline(always)]
-unsafe fn count_attempt(f: *mut FlowEntry, seen: u64) {
+unsafe fn count_attempt(key: &FlowKey, f: *mut FlowEntry, seen: u64) {
     // SAFETY: the caller's pointer; aligned u64 fields.
     unsafe {
         atomic_add(core::ptr::addr_of_mut!((*f).count), 1u64);
         note_seen(f, seen);
+        touched(key, f);
+    }
+}
+
+/// The harvest's generation (`monitor_common::harvest`); 0: no harvest
+/// follows the changes.
+#[inline(always)]
+fn harvest_gen() -> u32 {
+    // SAFETY: plain data; the array always has its entries.
+    unsafe { HARVEST.get(harvest::GEN) }.map_or(0, |g| *g as u32)
+}
+
+/// Tells the harvest that `key`'s entry changed: its key into `TOUCHED`
+/// at the entry's first change under the harvest's generation, so a
+/// harvest reads the entries that changed instead of whole tables. A key
+/// the ring has no room for is counted (`harvest::MISSED`), and the next
+/// harvest reads everything.
+///
+/// # Safety
+/// `f` points into FLOWS' or REFUSALS' value for this run.
+#[inline(always)]
+unsafe fn touched(key: &FlowKey, f: *mut FlowEntry) {
+    let gen = harvest_gen();
+    // SAFETY: the caller's pointer; an aligned u32 field. Two CPUs may
+    // both find it stale and both write the key: the harvest reads it once.
+    unsafe {
+        let mine = core::ptr::addr_of_mut!((*f).harvest_gen);
+        if gen == 0 || core::ptr::read_volatile(mine) == gen {
+            return;
+        }
+        core::ptr::write_volatile(mine, gen);
+    }
+    announce(key);
+}
+
+/// Writes `key` into `TOUCHED`, or counts it as missed.
+#[inline(always)]
+fn announce(key: &FlowKey) {
+    if TOUCHED
+        .output::<FlowKey>(key, u64::from(BPF_RB_NO_WAKEUP))
+        .is_err()
+    {
+        if let Some(m) = HARVEST.get_ptr_mut(harvest::MISSED) {
+            // SAFETY: the array's slot; only ever added to here.
+            unsafe { atomic_add(m, 1u64) };
+        }
     }
 }
 
@@ -838,11 +893,12 @@ fn file(
             core::ptr::write_volatile(core::ptr::addr_of_mut!((*f).config_word), o.word);
             if same {
                 if o.attempt {
-                    count_attempt(f, o.now);
+                    count_attempt(key, f, o.now);
                 }
                 return false;
             }
             core::ptr::write_volatile(core::ptr::addr_of_mut!((*f).last_ns), o.now);
+            touched(key, f);
         }
         return true;
     }
@@ -875,16 +931,24 @@ fn file(
     entry.country_source = j.source as u8;
     entry.family = attempt.family;
     entry.hook = attempt.hook as u8;
-    entry._pad = [0; 6];
+    entry._pad = [0; 2];
+    // A new entry tells the harvest at once: its later changes under this
+    // generation write no key.
+    let gen = harvest_gen();
+    entry.harvest_gen = gen;
     entry.exec_ns = o.exec_ns;
     if FLOWS.insert(key, &*entry, BPF_NOEXIST).is_ok() {
+        stat(flow_stat::FILED);
+        if gen != 0 {
+            announce(key);
+        }
         return true;
     }
     // Another CPU filed it first: this attempt is one of its repeats.
     if let Some(f) = FLOWS.get_ptr_mut(key) {
         if o.attempt {
             // SAFETY: as above.
-            unsafe { count_attempt(f, o.now) };
+            unsafe { count_attempt(key, f, o.now) };
         }
         return false;
     }
@@ -894,12 +958,15 @@ fn file(
     if o.verdict != Verdict::Allowed as u8 {
         if REFUSALS.insert(key, &*entry, BPF_NOEXIST).is_ok() {
             stat(flow_stat::REFUSALS_FILED);
+            if gen != 0 {
+                announce(key);
+            }
             return true;
         }
         if let Some(f) = REFUSALS.get_ptr_mut(key) {
             if o.attempt {
                 // SAFETY: as above.
-                unsafe { count_attempt(f, o.now) };
+                unsafe { count_attempt(key, f, o.now) };
             }
             return false;
         }
@@ -1554,7 +1621,7 @@ fn sent_by(ctx: &SkBuffContext, word: u64, cgroup: u64) -> bool {
         // SAFETY: a pointer into the map's value, valid for this run.
         if unsafe { fresh(&*f, word, memo.names_epoch, netns) } {
             // SAFETY: as above.
-            unsafe { add_packet(ctx, f, IPPROTO_UDP, l4_offset, family, seen_ns()) };
+            unsafe { add_packet(ctx, &key, f, IPPROTO_UDP, l4_offset, family, seen_ns()) };
             // SAFETY: as above.
             return unsafe { (*f).verdict } == Verdict::Denied as u8;
         }
@@ -1636,7 +1703,7 @@ fn judge_sender(ctx: &SkBuffContext) -> Result<i32, i32> {
         // SAFETY: a pointer into the map's value, valid for this run.
         Some(f) if unsafe { fresh(&*f, word, memo.names_epoch, netns) } => {
             // SAFETY: as above.
-            unsafe { add_packet(ctx, f, l4, l4_offset, family, seen_ns()) };
+            unsafe { add_packet(ctx, &key, f, l4, l4_offset, family, seen_ns()) };
             // SAFETY: as above.
             return Ok(if unsafe { (*f).verdict } == Verdict::Denied as u8 {
                 REJECT
@@ -1876,7 +1943,7 @@ fn judge_packet<const DECIDE: bool>(ctx: &SkBuffContext) -> Result<i32, i32> {
             // SAFETY: as above.
             let verdict = unsafe { (*f).verdict };
             // SAFETY: as above.
-            unsafe { add_packet(ctx, f, l4, l4_offset, family, seen_ns()) };
+            unsafe { add_packet(ctx, &key, f, l4, l4_offset, family, seen_ns()) };
             if established {
                 // SAFETY: the socket's own storage; only its packets write it.
                 unsafe {
@@ -2046,7 +2113,7 @@ fn connecting(full: *mut bpf_sock) -> bool {
 fn count_packet(ctx: &SkBuffContext, key: &FlowKey, l4: u8, l4_offset: usize, family: u8) {
     if let Some(f) = FLOWS.get_ptr_mut(key) {
         // SAFETY: a pointer into the map's value, valid for this run.
-        unsafe { add_packet(ctx, f, l4, l4_offset, family, seen_ns()) };
+        unsafe { add_packet(ctx, key, f, l4, l4_offset, family, seen_ns()) };
     }
 }
 
@@ -2057,6 +2124,7 @@ fn count_packet(ctx: &SkBuffContext, key: &FlowKey, l4: u8, l4_offset: usize, fa
 #[inline(always)]
 unsafe fn add_packet(
     ctx: &SkBuffContext,
+    key: &FlowKey,
     f: *mut FlowEntry,
     l4: u8,
     l4_offset: usize,
@@ -2084,6 +2152,7 @@ unsafe fn add_packet(
         atomic_add(core::ptr::addr_of_mut!((*f).packets), u64::from(segs));
         atomic_add(core::ptr::addr_of_mut!((*f).bytes), u64::from(payload));
         note_seen(f, seen);
+        touched(key, f);
     }
 }
 

@@ -41,6 +41,9 @@ pub struct DaemonConfig {
     pub ring_bytes: u32,
     /// Entries of the kernel's flow table (`--flow-table-entries`).
     pub flow_entries: u32,
+    /// The least time between two whole reads of the flow tables
+    /// (`--flow-whole-read-interval`; see `pipeline::harvest`).
+    pub whole_read_interval: Duration,
     /// Words of each kernel country-table slot (`--geo-table-mib`).
     pub geo_words: u32,
     pub rescan_interval: Duration,
@@ -595,6 +598,7 @@ impl Harvester {
         store: &Arc<StoreHandle>,
         outlets: Arc<Outlets>,
         names: Arc<Mutex<Resolver>>,
+        whole_every: Duration,
     ) -> anyhow::Result<Self> {
         let table = match store.flow_marks() {
             Ok(marks) => pipeline::harvest::Harvest::open(pin_dir, marks),
@@ -639,22 +643,15 @@ impl Harvester {
                             names.clone(),
                             store.clone(),
                         );
-                        let (took, done) = tokio::task::spawn_blocking(move || {
+                        let (took, next) = tokio::task::spawn_blocking(move || {
                             let t = Instant::now();
                             let done = Self::pass(&h, &o, &n, &s, false);
-                            (t.elapsed(), done)
+                            let took = t.elapsed();
+                            (took, Self::next_after(&h, &o, took, done, whole_every))
                         })
                         .await
                         .unwrap_or_default();
-                        // A harvest that stopped for the store (a flood's
-                        // changes still in the table) goes on in a second.
-                        wait = match done {
-                            Some((read, unchanged)) => {
-                                pipeline::harvest::interval_after(took, read, unchanged)
-                            }
-                            None => pipeline::harvest::HARVEST_EVERY,
-                        }
-                        .saturating_sub(took);
+                        wait = next.saturating_sub(took);
                         outlets.counters.harvest_interval_ms.store(
                             (wait + took).as_millis() as u64,
                             std::sync::atomic::Ordering::Relaxed,
@@ -707,7 +704,10 @@ impl Harvester {
                     Err(_) => return None,
                 }
             }
-            let (mut h, more) = table.pass(outlets, names, pipeline::harvest::CHUNK, !all);
+            // Whole only where the kernel's list of changes may be
+            // incomplete (or a whole read is due): a switch, which may come
+            // with every new pod, reads what changed like the interval.
+            let (mut h, more) = table.pass(outlets, names, pipeline::harvest::CHUNK, !all, false);
             let (found, unchanged) = table.reads_since();
             read = (read.0 + found, read.1 + unchanged);
             // The last chunk always comes from a read of the tables: whole
@@ -736,6 +736,55 @@ impl Harvester {
             }
         }
         None
+    }
+
+    /// The time from a harvest's start to the next, after one that took
+    /// `took` and ended `done`. A harvest that follows the kernel's list
+    /// of changes runs every `HARVEST_EVERY`, with a whole read every
+    /// `whole_every` or further apart (`whole_interval_after`), unless more
+    /// changed than it can follow; one that reads
+    /// the whole tables each time spaces itself (`interval_after`). A
+    /// harvest that stopped for the store (a flood's changes still in the
+    /// table) goes on in a second.
+    fn next_after(
+        harvest: &Mutex<pipeline::harvest::Harvest>,
+        outlets: &Outlets,
+        took: Duration,
+        done: Option<(u64, u64)>,
+        whole_every: Duration,
+    ) -> Duration {
+        use pipeline::harvest::{interval_after, whole_interval_after, HARVEST_EVERY};
+        let Some((read, unchanged)) = done else {
+            return HARVEST_EVERY;
+        };
+        let mut table = harvest.lock().unwrap_or_else(|p| p.into_inner());
+        if !table.follows() {
+            return interval_after(took, read, unchanged);
+        }
+        if !table.last_whole() {
+            return HARVEST_EVERY;
+        }
+        // Spaced by the walk of the tables alone: a whole read forced by a
+        // flood may take seconds of chunks and waits for the store.
+        let walk = table.last_walk();
+        let every = whole_interval_after(walk, read, unchanged, whole_every);
+        table.whole_after(every);
+        let ms = |d: Duration| d.as_millis() as u64;
+        let counters = &outlets.counters;
+        counters
+            .harvest_whole_read_ms
+            .store(ms(walk), std::sync::atomic::Ordering::Relaxed);
+        counters
+            .harvest_whole_every_ms
+            .store(ms(every), std::sync::atomic::Ordering::Relaxed);
+        if table.whole_for_load() {
+            // More changes than a read by key takes: whole reads, spaced
+            // as where the kernel lists none (the list overflows meanwhile
+            // and the next read is whole again).
+            interval_after(took, read, unchanged)
+        } else {
+            HARVEST_EVERY
+        }
     }
 
     /// A harvest pass to run from elsewhere (the controller, before a switch).
@@ -870,7 +919,13 @@ async fn launch(config: &DaemonConfig, started: Started) -> anyhow::Result<Runni
     } else {
         store.flow_marks().unwrap_or_default()
     };
-    let harvester = Harvester::start(&pin_dir, &store, outlets.clone(), resolver.clone())?;
+    let harvester = Harvester::start(
+        &pin_dir,
+        &store,
+        outlets.clone(),
+        resolver.clone(),
+        config.whole_read_interval,
+    )?;
     // What the flow table counted under the decisions in force is harvested
     // before a switch makes them anew, so every count keeps its verdict.
     let _ = before_switch.set(harvester.pass_fn());
@@ -1236,7 +1291,7 @@ fn retire(
             .unwrap_or(0);
         let counted = match flows {
             Ok(mut table) => {
-                let (mut h, _) = table.pass(outlets, resolver, usize::MAX, false);
+                let (mut h, _) = table.pass(outlets, resolver, usize::MAX, false, true);
                 // Its entries are gone with it: only the counts are kept.
                 h.marks.clear();
                 h.unmarks.clear();

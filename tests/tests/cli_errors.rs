@@ -30,6 +30,34 @@ fn daemon_refuses_a_missing_policy_directory() {
     );
 }
 
+/// An interval between whole reads of the flow tables outside 1 s..1 day
+/// is refused before anything is made (no state directory, no pins).
+#[test]
+fn daemon_refuses_a_whole_read_interval_out_of_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    for bad in ["0.5", "0", "86401", "-3"] {
+        let (ok, err) = run(&[
+            "daemon",
+            "--state-dir",
+            state.to_str().unwrap(),
+            &format!("--flow-whole-read-interval={bad}"),
+        ]);
+        assert!(!ok, "{bad} accepted");
+        assert!(
+            err.contains(&format!(
+                "--flow-whole-read-interval must be between 1 and 86400 seconds, not {}",
+                bad.parse::<f64>().unwrap()
+            )),
+            "{bad}: {err}"
+        );
+        assert!(!state.exists(), "{bad}: the state directory was made");
+    }
+    let (ok, err) = run(&["daemon", "--flow-whole-read-interval", "soon"]);
+    assert!(!ok);
+    assert!(err.contains("--flow-whole-read-interval"), "{err}");
+}
+
 #[test]
 fn daemon_refuses_a_missing_or_broken_database() {
     let dir = tempfile::tempdir().unwrap();

@@ -299,6 +299,75 @@ fn flow_counts_survive_kill_9() {
     });
 }
 
+/// Between two whole reads of the flow tables (here none after the first:
+/// `--flow-whole-read-interval 3600`) the harvest reads only the entries
+/// the kernel listed as changed: more datagrams to destinations already
+/// in the table and new flows reach the store exactly (packets and bytes as the
+/// receiver counted them), with no whole read, and the table's fill in
+/// `status` stays current.
+#[test]
+fn between_whole_reads_the_harvest_counts_what_changed_exactly() {
+    let mut env = TestEnv::started("enforce", "DE", &["--flow-whole-read-interval", "3600"]);
+    let sink = Sink::start(&env, 8);
+    let port = SINK_PORT.to_string();
+    let udp = |f: &Value| {
+        s(f, "protocol") == "udp" && f["dst_port"].as_u64() == Some(u64::from(SINK_PORT))
+    };
+    let reads = |env: &TestEnv| {
+        let st = env.status();
+        // A count of 0 is left out of the JSON; the name never is.
+        let n = |name: &str| {
+            let c = st["flows"]
+                .as_array()
+                .and_then(|a| a.iter().find(|c| c["name"] == name));
+            c.unwrap_or_else(|| panic!("no {name} in status: {st}"))["count"]
+                .as_u64()
+                .unwrap_or(0)
+        };
+        (n("harvest_reads_whole"), n("harvest_reads_changed"))
+    };
+    let first = env.probe("sel", &["spray", "1000", "100", &port, DE_V4, DE2_V4]);
+    assert!(first.ok, "{:?}", first.raw);
+    env.wait_flow_sum("the first datagrams", "packets", 1000, WAIT, udp);
+    let (whole, changed) = reads(&env);
+    assert!(whole >= 1, "the first read is whole");
+
+    // More to both destinations and a third, from a second process (a
+    // flow is per process: three new flows).
+    let more = env.probe(
+        "sel",
+        &["spray", "2001", "100", &port, DE_V4, DE2_V4, DE_V6],
+    );
+    assert!(more.ok, "{:?}", more.raw);
+    let got = sink.totals();
+    assert_eq!(u(&got, "datagrams"), 3001, "the sink lost datagrams: {got}");
+    let flows = env.wait_flow_sum("every datagram", "packets", 3001, WAIT, udp);
+    let bytes: u64 = flows.iter().map(|f| u(f, "bytes")).sum();
+    assert_eq!(
+        bytes,
+        u(&got, "udp_bytes"),
+        "bytes counted = bytes received"
+    );
+    let (whole_after, changed_after) = reads(&env);
+    assert_eq!(
+        whole_after, whole,
+        "the changes were read without a whole read of the tables"
+    );
+    assert!(
+        changed_after > changed,
+        "reads of what changed: {changed} -> {changed_after}"
+    );
+    let st = env.status();
+    assert_eq!(
+        flow_count(&st, "entries"),
+        Some(5),
+        "the table's fill counts the new flows: {st}"
+    );
+    // One event per flow, the rest counted in the flows.
+    let events = env.events_within(Duration::from_millis(500), udp);
+    assert_eq!(events.len(), 5, "{events:#?}");
+}
+
 /// More changed entries than one harvest chunk (`harvest::CHUNK`, 8,192)
 /// at once: 12,000 new destinations, each sent to twice while no daemon
 /// runs, so the first harvest after the start finds all of them changed

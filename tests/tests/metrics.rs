@@ -138,10 +138,28 @@ fn metrics_count_known_traffic_exactly() {
         0.0
     );
     assert_eq!(value(&s, "egress_monitor_flow_table_entries", &[]), 6.0);
-    // A pass over six entries is cheap: a harvest every second.
+    // A harvest every second; the first read whole, then what changed.
     assert_eq!(
         value(&s, "egress_monitor_flow_harvest_interval_seconds", &[]),
         1.0
+    );
+    assert!(
+        find(
+            &s,
+            "egress_monitor_flow_harvest_reads_total",
+            &[("what", "whole")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "a whole read of the flow tables"
+    );
+    assert!(
+        find(
+            &s,
+            "egress_monitor_flow_harvest_reads_total",
+            &[("what", "changed")]
+        )
+        .is_some(),
+        "reads of what changed are counted"
     );
     assert_eq!(
         value(

@@ -266,6 +266,22 @@ pub fn status_pb(
                 "harvest_interval_ms",
                 view.counters.harvest_interval_ms.load(Ordering::Relaxed),
             ),
+            (
+                "harvest_reads_whole",
+                view.counters.harvest_reads_whole.load(Ordering::Relaxed),
+            ),
+            (
+                "harvest_reads_changed",
+                view.counters.harvest_reads_changed.load(Ordering::Relaxed),
+            ),
+            (
+                "harvest_whole_read_ms",
+                view.counters.harvest_whole_read_ms.load(Ordering::Relaxed),
+            ),
+            (
+                "harvest_whole_every_ms",
+                view.counters.harvest_whole_every_ms.load(Ordering::Relaxed),
+            ),
         ]
         .into_iter()
         .chain(view.kernel.flow_stats())

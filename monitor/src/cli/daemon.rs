@@ -113,6 +113,14 @@ pub struct DaemonArgs {
     /// (`egress-monitor uninstall` to change it).
     #[arg(long, default_value_t = monitor_common::limits::GEO_TABLE_WORDS / (1 << 18), value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub geo_table_mib: u32,
+    /// How often the flow harvest reads the kernel's whole flow tables, in
+    /// seconds. Between whole reads it reads, every second, only the
+    /// entries the kernel listed as changed. A whole read also removes the
+    /// flows idle for 2 minutes, so one leaves the table at most this long
+    /// after; over tables so large that a whole read would take more than
+    /// 0.2% of a core at this pace, whole reads are spaced further.
+    #[arg(long, default_value_t = 60.0)]
+    pub flow_whole_read_interval: f64,
     /// How often the cgroup tree is re-read, in seconds (a new cgroup is also classified when it is made: the kernel wakes the daemon at its mkdir).
     #[arg(long, default_value_t = 2.0)]
     pub rescan_interval: f64,
@@ -214,6 +222,12 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
     if !(args.rescan_interval > 0.0 && args.rescan_interval <= 3600.0) {
         anyhow::bail!("--rescan-interval must be between 0 and 3600 seconds");
     }
+    if !(args.flow_whole_read_interval >= 1.0 && args.flow_whole_read_interval <= 86_400.0) {
+        anyhow::bail!(
+            "--flow-whole-read-interval must be between 1 and 86400 seconds, not {}",
+            args.flow_whole_read_interval
+        );
+    }
     if let Some(d) = args.retention_days {
         if !(d > 0.0 && d <= 36_500.0) {
             anyhow::bail!("--retention-days must be more than 0 and at most 36500");
@@ -277,6 +291,7 @@ pub fn run(args: DaemonArgs) -> anyhow::Result<ExitCode> {
         require_policies: args.require_policies,
         ring_bytes: args.ring_buffer_bytes,
         flow_entries: args.flow_table_entries,
+        whole_read_interval: Duration::from_secs_f64(args.flow_whole_read_interval),
         geo_words: args.geo_table_mib << 18,
         rescan_interval: Duration::from_secs_f64(args.rescan_interval),
         history: args.history,

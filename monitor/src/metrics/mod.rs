@@ -112,6 +112,8 @@ pub struct Snapshot<'a> {
     pub flows: Vec<(&'static str, u64)>,
     pub flow_entries: u64,
     pub harvest_interval_ms: u64,
+    /// Harvest reads: whole, changed.
+    pub harvest_reads: (u64, u64),
     pub repeats: u64,
     pub cloud: Option<&'a crate::cloud::CloudRanges>,
     /// The last candidate cloud snapshot was rejected.
@@ -156,6 +158,7 @@ pub struct Metrics {
     flows: Family<DnsLabels, Counter>,
     flow_entries: Gauge,
     harvest_interval: Gauge<f64, std::sync::atomic::AtomicU64>,
+    harvest_reads: Family<DnsLabels, Counter>,
     repeats: Counter,
     cloud_info: Family<CloudLabels, Gauge>,
     cloud_prefixes: Gauge,
@@ -203,6 +206,7 @@ impl Metrics {
             flows: Family::default(),
             flow_entries: Gauge::default(),
             harvest_interval: Gauge::default(),
+            harvest_reads: Family::default(),
             repeats: Counter::default(),
             cloud_info: Family::default(),
             cloud_prefixes: Gauge::default(),
@@ -334,13 +338,18 @@ impl Metrics {
             );
             r.register(
                 "flow_table_entries",
-                "Flows in the kernel's flow table at the last harvest",
+                "Flows in the kernel's flow table: as the last whole read of it found them, plus the entries the kernel filed since",
                 m.flow_entries.clone(),
             );
             r.register(
                 "flow_harvest_interval_seconds",
-                "Time from one harvest of the kernel's flow tables to the next: 1 s, longer where a pass over large tables would take more than 2% of a core, at most 10 s (the most flow counts lag)",
+                "Time from one harvest of the kernel's flow tables to the next (the most flow counts lag): 1 s; where more changed than a harvest follows (thousands of new destinations a second) or the kernel lists no changes (pins of an earlier build), longer where a whole read of large tables would take more than 2% of a core, at most 10 s",
                 m.harvest_interval.clone(),
+            );
+            r.register(
+                "flow_harvest_reads",
+                "Harvests by what they read: the whole flow tables (what=\"whole\"), or only the entries the kernel listed as changed since the harvest before (what=\"changed\")",
+                m.harvest_reads.clone(),
             );
             r.register(
                 "flow_repeats",
@@ -498,6 +507,14 @@ impl Metrics {
         self.flow_entries.set(s.flow_entries as i64);
         self.harvest_interval
             .set(s.harvest_interval_ms as f64 / 1000.0);
+        for (what, n) in [("whole", s.harvest_reads.0), ("changed", s.harvest_reads.1)] {
+            Self::sync_counter(
+                &self
+                    .harvest_reads
+                    .get_or_create(&DnsLabels { what: what.into() }),
+                n,
+            );
+        }
         Self::sync_counter(&self.repeats, s.repeats);
         self.cloud_info.clear();
         if let Some(c) = s.cloud {
@@ -604,6 +621,10 @@ pub async fn scrape(view: &crate::state::View, metrics: &Arc<Metrics>) -> String
         flows: view.kernel.flow_stats(),
         flow_entries: view.counters.flow_entries.load(Ordering::Relaxed),
         harvest_interval_ms: view.counters.harvest_interval_ms.load(Ordering::Relaxed),
+        harvest_reads: (
+            view.counters.harvest_reads_whole.load(Ordering::Relaxed),
+            view.counters.harvest_reads_changed.load(Ordering::Relaxed),
+        ),
         repeats: view.counters.repeats.load(Ordering::Relaxed),
         cloud: Some(&s.cloud),
         cloud_rejected: !s.cloud_error.is_empty(),

@@ -14,16 +14,26 @@
 //! their own (`REFUSALS`), which allowed flows cannot fill; it is read the
 //! same way, its entries told apart in the store by the key's pad byte
 //! (`Table`).
+//!
+//! Most harvests read only the entries that changed: the kernel writes an
+//! entry's key into `TOUCHED` at its first change after each harvest
+//! (`monitor_common::harvest`, `Follow`). A whole read of both tables
+//! comes at longer intervals (`whole_interval_after`), and whenever the
+//! kernel's list may be incomplete: at the start, or after keys the ring
+//! had no room for. Where more changed than a read by key takes (a flood),
+//! whole reads are spaced by `interval_after` instead. Only a whole read
+//! finds the entries that are gone and removes the idle ones.
 use std::{
-    collections::HashMap as StdHashMap,
+    collections::{HashMap as StdHashMap, HashSet},
     path::Path,
     sync::{atomic::Ordering, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use monitor_common::{
-    kind, limits, names, DecisionEvent, EventHeader, FlowEntry, FlowKey, DECISION_VERSION,
+    flow_stat, harvest as gen, kind, limits, names, DecisionEvent, EventHeader, FlowEntry, FlowKey,
+    DECISION_VERSION,
 };
 
 use super::Outlets;
@@ -32,34 +42,66 @@ use crate::{
     store::{writer::Harvested, Mark, Repeat},
 };
 
-/// How often the flow table is read while reading it is cheap.
+/// How often the flow table is read while reading it is cheap, and how
+/// often a harvest that follows the kernel's changes runs.
 pub const HARVEST_EVERY: Duration = Duration::from_secs(1);
-/// The share of one core a harvest may take: one pass's time is followed
-/// by this many times as long before the next pass starts (a pass reads
-/// every entry of both tables, changed or not: about 190 ms for 262,144
-/// entries on the bench machine, most of it the kernel's walk of the
-/// table's buckets).
+/// Where every harvest reads the whole tables (pins of a build before
+/// `TOUCHED`, or more changed than a harvest follows: `Read::Whole`'s
+/// `load`), the time such a read spent on entries that had not changed is
+/// followed by this many times as long before the next (about 190 ms for
+/// 262,144 entries on the bench machine, most of it the kernel's walk of
+/// the buckets): 2% of a core.
 pub const HARVEST_BUDGET: u32 = 50;
-/// The longest interval `HARVEST_BUDGET` may stretch the harvest to: the
+/// The longest interval `HARVEST_BUDGET` may stretch that harvest to: the
 /// most the store's flow counts (and `flows`, `top`) lag the kernel's.
 pub const HARVEST_MOST: Duration = Duration::from_secs(10);
+/// Where the harvest follows the kernel's changes (every second), the
+/// whole reads that remain (entries gone, idle ones removed, and a check
+/// behind the kernel's list) keep to this budget: 0.2% of a core.
+pub const WHOLE_BUDGET: u32 = 500;
+/// The longest `WHOLE_BUDGET` stretches the time between two whole reads.
+pub const WHOLE_MOST: Duration = Duration::from_secs(3600);
+/// The most keys a followed harvest takes (each read from both tables,
+/// one lookup each, the refusal table once it holds any); more changed
+/// since the last harvest and it reads the whole tables instead, spaced
+/// by `interval_after`.
+pub const FOLLOW_MOST: usize = CHUNK / 2;
 
-/// The time from one pass's start to the next, after a pass that took
-/// `took` reading `read` entries of which `unchanged` had nothing new:
-/// `HARVEST_EVERY`, or longer where reading what had not changed costs
-/// more than `1/HARVEST_BUDGET` of a core at that pace, up to
-/// `HARVEST_MOST`. The time spent on changes is not held against the
-/// harvest: after a flood it catches up at its full pace (the counts of
-/// refusals among them reach the store as soon as the store takes them).
+/// The time from one pass's start to the next where every pass reads the
+/// whole tables, after a pass that took `took` reading `read` entries of
+/// which `unchanged` had nothing new: `HARVEST_EVERY`, or longer where
+/// reading what had not changed costs more than `1/HARVEST_BUDGET` of a
+/// core at that pace, up to `HARVEST_MOST`. The time spent on changes is
+/// not held against the harvest: after a flood it catches up at its full
+/// pace (the counts of refusals among them reach the store as soon as the
+/// store takes them).
 pub fn interval_after(took: Duration, read: u64, unchanged: u64) -> Duration {
+    spaced(took, read, unchanged, HARVEST_BUDGET, HARVEST_MOST)
+}
+
+/// The time from a whole read's start to the next whole read where the
+/// harvests between them follow the kernel's changes: `least`
+/// (`--flow-whole-read-interval`), or longer where reading what had not
+/// changed costs more than `1/WHOLE_BUDGET` of a core at that pace, up
+/// to `WHOLE_MOST`.
+pub fn whole_interval_after(
+    took: Duration,
+    read: u64,
+    unchanged: u64,
+    least: Duration,
+) -> Duration {
+    spaced(took, read, unchanged, WHOLE_BUDGET, WHOLE_MOST).max(least)
+}
+
+fn spaced(took: Duration, read: u64, unchanged: u64, budget: u32, most: Duration) -> Duration {
     if read == 0 {
         // No read of the tables: the pass took what an earlier read left
         // (all of it changes), or it could not start.
         return HARVEST_EVERY;
     }
     took.mul_f64(unchanged.min(read) as f64 / read as f64)
-        .saturating_mul(HARVEST_BUDGET)
-        .clamp(HARVEST_EVERY, HARVEST_MOST)
+        .saturating_mul(budget)
+        .clamp(HARVEST_EVERY, most)
 }
 
 /// The most entries one pass hands the store (see `Harvest::pass`).
@@ -154,6 +196,158 @@ impl Pinned {
     }
 }
 
+/// The kernel's list of the flow entries that changed (`TOUCHED`, and
+/// `HARVEST`'s generation and missed keys; see `monitor_common::harvest`).
+struct Follow {
+    ring: RingBuf<MapData>,
+    state: Array<MapData, u64>,
+    /// The generation raised last.
+    gen: u64,
+    /// `MISSED` as read after `gen` was raised.
+    missed: u64,
+    /// Keys to read again at the next two harvests: those the ring gave at
+    /// the last raise, and those whose counts waited for the ring. A key is
+    /// written once per generation, at the entry's first change in it, and
+    /// that is often between a raise and its read of the ring (a busy
+    /// flow's next packet); its later changes in that generation write
+    /// nothing, so the next harvest must read the entry without its key.
+    /// The one after covers a hook that read the generation before a raise
+    /// and added to its entry after the harvest read it.
+    again: Vec<FlowKey>,
+    /// `again` of the raise before.
+    again_before: Vec<FlowKey>,
+    /// Whether the ring holds every change since the last raise: a whole
+    /// read came after the harvest (re)started following, and no key was
+    /// missed since.
+    armed: bool,
+    /// When the next whole read is due.
+    whole_due: Instant,
+    /// Whether the next read is whole for load too: this one found more
+    /// keys than a read by key takes, and keeps none of them.
+    load_next: bool,
+    /// The kernel's flow counters (`flow_stat`), for entries filed since
+    /// the last whole read: the table's fill between whole reads is
+    /// `entries_base` and those (an entry filed during a whole read may
+    /// count twice until the next).
+    stats: Option<PerCpuArray<MapData, u64>>,
+    entries_base: u64,
+    filed_base: u64,
+}
+
+/// What a harvest reads: the whole tables, or the entries of these keys.
+enum Read {
+    /// The whole tables; `load`: because more changed than the ring or a
+    /// read by key takes (then whole reads are spaced as where the kernel
+    /// lists no changes: `interval_after`).
+    Whole {
+        load: bool,
+    },
+    Keys(Vec<FlowKey>),
+}
+
+impl Follow {
+    fn open(pin_dir: &Path) -> Result<Option<Self>, String> {
+        let (ring, state) = (pin_dir.join(names::TOUCHED), pin_dir.join(names::HARVEST));
+        if !ring.exists() || !state.exists() {
+            // Pins of a build before them: whole reads only.
+            return Ok(None);
+        }
+        let open = |path: &Path, what: &str| {
+            MapData::from_pin(path)
+                .map_err(|e| format!("opening the {what} {}: {e}", path.display()))
+        };
+        let ring = RingBuf::try_from(aya::maps::Map::RingBuf(open(
+            &ring,
+            "list of changed flows",
+        )?))
+        .map_err(|e| format!("the list of changed flows: {e}"))?;
+        let state = Array::try_from(aya::maps::Map::Array(open(&state, "harvest generation")?))
+            .map_err(|e| format!("the harvest generation: {e}"))?;
+        let gen = state.get(&gen::GEN, 0).unwrap_or(0);
+        let stats = MapData::from_pin(pin_dir.join(names::FLOW_STATS))
+            .ok()
+            .and_then(|m| PerCpuArray::try_from(aya::maps::Map::PerCpuArray(m)).ok());
+        Ok(Some(Self {
+            ring,
+            state,
+            gen,
+            missed: 0,
+            again: Vec::new(),
+            again_before: Vec::new(),
+            armed: false,
+            whole_due: Instant::now(),
+            load_next: false,
+            stats,
+            entries_base: 0,
+            filed_base: 0,
+        }))
+    }
+
+    /// New entries the kernel filed in FLOWS so far (`flow_stat::FILED`).
+    fn filed(&self) -> Option<u64> {
+        self.stat(flow_stat::FILED)
+    }
+
+    /// A kernel flow counter (`flow_stat`), summed over the CPUs.
+    fn stat(&self, index: u32) -> Option<u64> {
+        let per_cpu = self.stats.as_ref()?.get(&index, 0).ok()?;
+        Some(per_cpu.iter().sum())
+    }
+
+    /// Raises the generation and takes the keys written under the one
+    /// before; what to read: those keys (with `again`), or the whole tables
+    /// where the list may be incomplete or `whole` is asked for.
+    fn raise(&mut self, whole: bool) -> Read {
+        // The kernel compares the low 32 bits; 0 is "not followed".
+        let next = if self.gen >= u64::from(u32::MAX) {
+            1
+        } else {
+            self.gen + 1
+        };
+        let raised = self.state.set(gen::GEN, next, 0).is_ok();
+        if raised {
+            self.gen = next;
+        }
+        let missed = self.state.get(&gen::MISSED, 0).ok();
+        let mut taken = HashSet::new();
+        while let Some(item) = self.ring.next() {
+            // Beyond FOLLOW_MOST the read is whole: the rest is only
+            // consumed.
+            if item.len() >= size_of::<FlowKey>() && taken.len() <= FOLLOW_MOST {
+                // SAFETY: the kernel writes whole `FlowKey`s (plain data).
+                taken.insert(unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<FlowKey>()) });
+            }
+        }
+        let complete = raised && self.armed && missed == Some(self.missed) && !self.load_next;
+        let lost = self.armed && missed.is_some_and(|m| m != self.missed);
+        self.missed = missed.unwrap_or(self.missed);
+        self.armed = raised && missed.is_some();
+        let before = std::mem::replace(&mut self.again_before, std::mem::take(&mut self.again));
+        if taken.len() > FOLLOW_MOST {
+            // More than a read by key takes (a flood): this read and the
+            // next are whole, which see every change the keys would name,
+            // so none is kept.
+            self.again_before.clear();
+            self.load_next = true;
+            return Read::Whole { load: true };
+        }
+        let load = lost || std::mem::take(&mut self.load_next);
+        let mut keys: HashSet<FlowKey> = taken.iter().copied().collect();
+        keys.extend(before);
+        keys.extend(self.again_before.iter().copied());
+        self.again = taken.into_iter().collect();
+        if keys.len() > FOLLOW_MOST {
+            self.load_next = true;
+            return Read::Whole { load: true };
+        }
+        if whole || !complete || Instant::now() >= self.whole_due {
+            Read::Whole { load }
+        } else {
+            Read::Keys(keys.into_iter().collect())
+        }
+    }
+}
+
 /// An entry's mark, and the pass that last found the entry in its table.
 #[derive(Clone, Copy)]
 struct Marked {
@@ -190,6 +384,15 @@ pub struct Harvest {
     /// reading the whole table again (a flood changes every entry; up to
     /// 32 chunks a second).
     leftover: Vec<(Table, FlowKey, FlowEntry)>,
+    /// The kernel's list of changed entries, where the pins have it.
+    follow: Option<Follow>,
+    /// Whether the last read was of the whole tables, and whether it was
+    /// because more changed than the kernel's list or a read by key takes.
+    last_whole: bool,
+    whole_for_load: bool,
+    /// The time the last whole read took to walk the tables (what spaces
+    /// whole reads: `whole_interval_after`).
+    last_walk: Duration,
 }
 
 /// The store's form of a flow key: its bytes as the kernel lays it out,
@@ -302,6 +505,7 @@ impl Harvest {
             tables.push(Pinned::open(pin_dir, Table::Refusals)?);
         }
         tables.push(Pinned::open(pin_dir, Table::Flows)?);
+        let follow = Follow::open(pin_dir)?;
         let mut h = Self {
             tables,
             marks: Marks::default(),
@@ -311,6 +515,10 @@ impl Harvest {
             read: (0, 0),
             gone: Vec::new(),
             leftover: Vec::new(),
+            follow,
+            last_whole: false,
+            whole_for_load: false,
+            last_walk: Duration::ZERO,
         };
         h.set_marks(marks);
         Ok(h)
@@ -328,10 +536,44 @@ impl Harvest {
         self.marks_known
     }
 
-    /// Whether the last read of the tables read every entry (a batched
-    /// read that failed midway did not).
+    /// Whether the last read left nothing unread: a whole read of the
+    /// tables (a batched read that failed midway did not), or a read of
+    /// every entry the kernel listed as changed.
     pub fn read_whole(&self) -> bool {
         self.read_whole
+    }
+
+    /// Whether the harvest follows the kernel's list of changed entries
+    /// (then whole reads are spaced by `whole_after`).
+    pub fn follows(&self) -> bool {
+        self.follow.is_some()
+    }
+
+    /// Whether the last read was of the whole tables.
+    pub fn last_whole(&self) -> bool {
+        self.last_whole
+    }
+
+    /// Whether the last read was of the whole tables because more changed
+    /// than the kernel's list holds or a read by key takes (a flood, or
+    /// thousands of new destinations a second): the next read is whole
+    /// too, spaced by `interval_after`.
+    pub fn whole_for_load(&self) -> bool {
+        self.whole_for_load
+    }
+
+    /// The time the last whole read took to walk the tables and hand on
+    /// what changed (without the store's waits and the chunks after it).
+    pub fn last_walk(&self) -> Duration {
+        self.last_walk
+    }
+
+    /// The next whole read comes `after` from now (sooner where the
+    /// kernel's list may be incomplete).
+    pub fn whole_after(&mut self, after: Duration) {
+        if let Some(f) = &mut self.follow {
+            f.whole_due = Instant::now() + after;
+        }
     }
 
     /// Entries the reads found since the last call, and of them those with
@@ -345,6 +587,10 @@ impl Harvest {
     pub fn set_marks(&mut self, marks: Vec<(Vec<u8>, Mark)>) {
         self.marks.clear();
         self.leftover.clear();
+        if let Some(f) = &mut self.follow {
+            // The first read from these marks is whole.
+            f.armed = false;
+        }
         for (bytes, m) in marks {
             match key_of(&bytes) {
                 Some(k) => {
@@ -387,12 +633,16 @@ impl Harvest {
     /// ring ahead of it, and a repeat named before it is read would be
     /// credited to no executable (a process that has exited since is not
     /// in `/proc` either). Without, as at shutdown, everything is taken.
+    ///
+    /// A read is of the entries the kernel listed as changed, unless the
+    /// list may be incomplete, a whole read is due, or `whole`.
     pub fn pass<N: Names>(
         &mut self,
         outlets: &Outlets,
         names: &Mutex<N>,
         budget: usize,
         wait_for_ring: bool,
+        whole: bool,
     ) -> (Harvested, bool) {
         if !self.marks_known {
             return (Harvested::default(), false);
@@ -418,6 +668,7 @@ impl Harvest {
             offset: boot_to_unix_offset(),
             now: boot_ns(),
             idle: Vec::new(),
+            waiting: Vec::new(),
             found: 0,
             unchanged: 0,
             ring_read_from,
@@ -431,8 +682,55 @@ impl Harvest {
             }
             return (out, true);
         }
+        let read = self
+            .follow
+            .as_mut()
+            .map_or(Read::Whole { load: true }, |f| f.raise(whole));
+        self.whole_for_load = matches!(read, Read::Whole { load: true });
+        if let Read::Keys(keys) = read {
+            // Each key from both tables (a key may be in either; the
+            // kernel's list does not say which); the refusal table only
+            // once the kernel has filed a refusal there.
+            let refusals = self
+                .follow
+                .as_ref()
+                .and_then(|f| f.stat(flow_stat::REFUSALS_FILED))
+                .is_none_or(|n| n > 0);
+            for key in keys {
+                for t in &self.tables {
+                    if t.table == Table::Refusals && !refusals {
+                        continue;
+                    }
+                    if let Ok(e) = t.map.get(&key, 0) {
+                        chunk.visit((key, t.table), e, &mut self.leftover);
+                    }
+                }
+            }
+            self.last_whole = false;
+            self.read_whole = self.leftover.is_empty();
+            outlets
+                .counters
+                .harvest_reads_changed
+                .fetch_add(1, Ordering::Relaxed);
+            let waiting = std::mem::take(&mut chunk.waiting);
+            if let Some(f) = &mut self.follow {
+                f.again.extend(waiting.into_iter().map(|(k, _)| k));
+                // The table's fill: as at the last whole read, with the
+                // entries filed since (only a whole read removes any).
+                if let Some(filed) = f.filed() {
+                    outlets.counters.flow_entries.store(
+                        f.entries_base + filed.saturating_sub(f.filed_base),
+                        Ordering::Relaxed,
+                    );
+                }
+            }
+            let more = !self.leftover.is_empty();
+            return (out, more);
+        }
         let pass = self.pass;
+        let filed_before = self.follow.as_ref().and_then(Follow::filed);
         let (mut in_flows, mut whole) = (0u64, true);
+        let walk = std::time::Instant::now();
         for t in &self.tables {
             let table = t.table;
             whole &= t.each(&mut |key, e| {
@@ -443,20 +741,43 @@ impl Harvest {
             });
         }
         self.read_whole = whole;
+        self.last_whole = true;
+        self.last_walk = walk.elapsed();
+        outlets
+            .counters
+            .harvest_reads_whole
+            .fetch_add(1, Ordering::Relaxed);
         let idle = chunk.idle;
+        let waiting = std::mem::take(&mut chunk.waiting);
         self.read.0 += chunk.found;
         self.read.1 += chunk.unchanged;
+        if let Some(f) = &mut self.follow {
+            // Entries whose counts wait for the ring: read again next time,
+            // whatever that read is. A read that failed midway leaves the
+            // next read whole.
+            f.again.extend(waiting.into_iter().map(|(k, _)| k));
+            f.armed &= whole;
+        }
+        // Removed once read (not under the read's feet).
+        let mut removed = 0;
+        for k in idle {
+            if self.remove(k.1, &k.0) {
+                removed += u64::from(k.1 == Table::Flows);
+                if self.marks.remove(&k).is_some() {
+                    out.unmarks.push(key_bytes(&k.0, k.1));
+                }
+            }
+        }
         // The flow table's fill against its capacity (the refusal table's
         // use shows as `refusals_filed`).
+        let entries = in_flows.saturating_sub(removed);
         outlets
             .counters
             .flow_entries
-            .store(in_flows, Ordering::Relaxed);
-        // Removed once read (not under the read's feet).
-        for k in idle {
-            if self.remove(k.1, &k.0) && self.marks.remove(&k).is_some() {
-                out.unmarks.push(key_bytes(&k.0, k.1));
-            }
+            .store(entries, Ordering::Relaxed);
+        if let (Some(f), Some(filed)) = (&mut self.follow, filed_before) {
+            f.entries_base = entries;
+            f.filed_base = filed;
         }
         // Marks no entry of this pass touched: their entries are gone (known
         // only from a whole read).
@@ -508,6 +829,8 @@ struct Chunk<'a, N> {
     now: u64,
     /// Entries with nothing to harvest, unused for `IDLE`.
     idle: Vec<(FlowKey, Table)>,
+    /// Entries whose counts wait for the pipeline's read of the ring.
+    waiting: Vec<(FlowKey, Table)>,
     /// Entries visited, and of them those with nothing to harvest.
     found: u64,
     unchanged: u64,
@@ -551,6 +874,7 @@ impl<N: Names> Chunk<'_, N> {
                 && e.exec_ns != 0
                 && self.names.process(key.tgid, e.exec_ns).is_none()
         }) {
+            self.waiting.push(k);
             return;
         }
         if self.out.repeats.len() >= self.budget {
@@ -694,6 +1018,26 @@ mod tests {
         assert_eq!(interval_after(ms(400), 0, 0), HARVEST_EVERY);
     }
 
+    /// Where the harvest follows the kernel's changes, whole reads come
+    /// every `--flow-whole-read-interval`, further apart only where one
+    /// would cost more than 0.2% of a core at that pace.
+    #[test]
+    fn whole_reads_keep_their_interval_unless_they_cost_more() {
+        let (ms, s) = (Duration::from_millis, Duration::from_secs);
+        let whole = |took, least| whole_interval_after(took, 1000, 1000, least);
+        // A small table: the interval asked for, however cheap the read.
+        assert_eq!(whole(ms(1), s(60)), s(60));
+        assert_eq!(whole(ms(1), s(1)), s(1));
+        // 262,144 entries (190 ms): 95 s, beyond the 60 s asked for.
+        assert_eq!(whole(ms(190), s(60)), ms(95_000));
+        // Never further than WHOLE_MOST on cost alone, and never sooner
+        // than asked.
+        assert_eq!(whole(s(30), s(60)), WHOLE_MOST);
+        assert_eq!(whole(s(30), s(86_400)), s(86_400));
+        // Changes do not count against it (a flood's catch-up).
+        assert_eq!(whole_interval_after(ms(190), 1000, 0, s(60)), s(60));
+    }
+
     /// A read that finds more changed entries than its chunk takes holds
     /// at most `LEFTOVER_MOST` of the rest for the next chunks; the others
     /// keep their marks, so the next read finds their counts in the table.
@@ -741,6 +1085,7 @@ mod tests {
                 offset: 0,
                 now: 3,
                 idle: Vec::new(),
+                waiting: Vec::new(),
                 found: 0,
                 unchanged: 0,
                 ring_read_from: None,

@@ -124,11 +124,21 @@ pub struct Counters {
     pub undecodable: AtomicU64,
     /// DNS answers the kernel learned from that the daemon could not read.
     pub dns_unparsed: AtomicU64,
-    /// Entries in the kernel's flow table at the last harvest.
+    /// Entries in the kernel's flow table: at the last whole read, and the
+    /// entries filed since.
     pub flow_entries: AtomicU64,
     /// Milliseconds from one harvest's start to the next (0 before the
-    /// first): `pipeline::harvest::interval_after`.
+    /// first): `HARVEST_EVERY`, or `pipeline::harvest::interval_after`
+    /// where the kernel lists no changes.
     pub harvest_interval_ms: AtomicU64,
+    /// Harvest reads of the whole flow tables, and of the entries the
+    /// kernel listed as changed (`pipeline::harvest`).
+    pub harvest_reads_whole: AtomicU64,
+    pub harvest_reads_changed: AtomicU64,
+    /// Milliseconds the last whole read took to walk the tables, and from
+    /// it to the next whole read (0 where every read is whole).
+    pub harvest_whole_read_ms: AtomicU64,
+    pub harvest_whole_every_ms: AtomicU64,
     /// Attempts the kernel counted in its flow table instead of reporting.
     pub repeats: AtomicU64,
 }

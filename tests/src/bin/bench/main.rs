@@ -1341,7 +1341,11 @@ fn by_thread(
 
 /// The daemon with no traffic, its flow table as the floods left it (their
 /// entries stay until idle for `harvest::IDLE`): what the harvest alone
-/// costs a node, reading every entry of the tables, changed or not.
+/// costs a node. It reads every second what the kernel listed as changed,
+/// and the whole tables a minute or more apart: the figure is the CPU of
+/// 10 s without a whole read, plus the last whole read's walk of the
+/// tables spread over its interval (both in `status`). Where every read
+/// is whole (a build before the kernel's list), the CPU of 10 s.
 fn idle_with_full_tables(d: &Daemon, r: &mut Report) {
     // First the floods' aftermath: the store writer works off what the
     // harvest held back while the store was behind (bounded: 6 windows
@@ -1366,30 +1370,67 @@ fn idle_with_full_tables(d: &Daemon, r: &mut Report) {
             .and_then(|c| c["count"].as_u64())
             .unwrap_or(0)
     };
-    let s0 = d.status();
-    let perf = perf_record(d, "idle-full-tables", 9.5);
-    let (cpu0, threads0, t0) = (d.cpu_seconds(), d.cpu_by_thread(), Instant::now());
-    std::thread::sleep(Duration::from_secs(10));
-    let secs = t0.elapsed().as_secs_f64();
-    let pct = (d.cpu_seconds() - cpu0) / secs * 100.0;
-    let by_thread = by_thread(&threads0, &d.cpu_by_thread(), |spent| spent / secs * 100.0);
-    if let Some(mut p) = perf {
-        let _ = p.wait();
+    // 10 s without a whole read in it (at most three tries).
+    let mut window = None;
+    for attempt in 0..3 {
+        let s0 = d.status();
+        let perf = (attempt == 0)
+            .then(|| perf_record(d, "idle-full-tables", 9.5))
+            .flatten();
+        let (cpu0, threads0, t0) = (d.cpu_seconds(), d.cpu_by_thread(), Instant::now());
+        std::thread::sleep(Duration::from_secs(10));
+        if let Some(mut p) = perf {
+            let _ = p.wait();
+        }
+        let secs = t0.elapsed().as_secs_f64();
+        let pct = (d.cpu_seconds() - cpu0) / secs * 100.0;
+        let by_thread = by_thread(&threads0, &d.cpu_by_thread(), |spent| spent / secs * 100.0);
+        let s1 = d.status();
+        let whole = flows(&s1, "harvest_reads_whole") - flows(&s0, "harvest_reads_whole");
+        window = Some((pct, by_thread, s0, s1, whole));
+        if whole == 0 {
+            break;
+        }
     }
-    let s1 = d.status();
+    let (pct, by_thread, s0, s1, whole) = window.expect("measured");
+    let changed = flows(&s1, "harvest_reads_changed") - flows(&s0, "harvest_reads_changed");
+    let (walk_ms, every_ms) = (
+        flows(&s1, "harvest_whole_read_ms"),
+        flows(&s1, "harvest_whole_every_ms"),
+    );
+    let follows = every_ms > 0;
+    let spread = if follows && whole == 0 {
+        walk_ms as f64 / every_ms as f64 * 100.0
+    } else {
+        0.0
+    };
+    let total = pct + spread;
     r.raw["idle_full_tables"] = json!({
-        "cpu_pct": pct, "entries": flows(&s0, "entries"), "by_thread": by_thread,
+        "cpu_pct": total, "window_pct": pct, "whole_read_pct": spread,
+        "entries": flows(&s0, "entries"), "by_thread": by_thread,
+        "whole_reads_in_window": whole, "changed_reads_in_window": changed,
+        "whole_read_ms": walk_ms, "whole_every_ms": every_ms,
         "harvest_interval_ms": flows(&s1, "harvest_interval_ms"),
     });
+    let how = if follows {
+        format!(
+            "10 s of reads of what changed ({changed} reads, {whole} whole): {pct:.2}%; a whole read of {walk_ms} ms every {:.0} s: {spread:.2}%",
+            every_ms as f64 / 1000.0
+        )
+    } else {
+        format!(
+            "10 s, every read whole: a harvest every {:.1} s",
+            flows(&s1, "harvest_interval_ms") as f64 / 1000.0
+        )
+    };
     r.fig(Figure::new(
         "daemon CPU idle, the flow table as the floods left it",
         format!(
-            "{pct:.1}% of one core ({} entries; a harvest every {:.1} s, 1 s while passes are cheap; by thread: {by_thread})",
+            "{total:.2}% of one core ({} entries; {how}; by thread: {by_thread})",
             flows(&s0, "entries"),
-            flows(&s1, "harvest_interval_ms") as f64 / 1000.0
         ),
         "<= 2%",
-        Some(pct <= 2.0),
+        Some(total <= 2.0),
     ));
 }
 
