@@ -601,10 +601,12 @@ impl Harvester {
         whole_every: Duration,
     ) -> anyhow::Result<Self> {
         let table = match store.flow_marks() {
-            Ok(marks) => pipeline::harvest::Harvest::open(pin_dir, marks),
+            Ok(marks) => pipeline::harvest::Harvest::open(pin_dir, marks)
+                .map(|h| h.whole_at_least(whole_every)),
             Err(e) => {
                 log::warn!("reading what was harvested of the kernel's flows before failed ({e}); the harvest waits until the store can be read (the counts wait in the kernel's table, none is counted twice)");
                 pipeline::harvest::Harvest::open_waiting(pin_dir)
+                    .map(|h| h.whole_at_least(whole_every))
             }
         };
         let harvest = Arc::new(Mutex::new(table.map_err(anyhow::Error::msg)?));
@@ -647,7 +649,7 @@ impl Harvester {
                             let t = Instant::now();
                             let done = Self::pass(&h, &o, &n, &s, false);
                             let took = t.elapsed();
-                            (took, Self::next_after(&h, &o, took, done, whole_every))
+                            (took, Self::next_after(&h, took, done))
                         })
                         .await
                         .unwrap_or_default();
@@ -740,47 +742,30 @@ impl Harvester {
 
     /// The time from a harvest's start to the next, after one that took
     /// `took` and ended `done`. A harvest that follows the kernel's list
-    /// of changes runs every `HARVEST_EVERY`, with a whole read every
-    /// `whole_every` or further apart (`whole_interval_after`), unless more
-    /// changed than it can follow; one that reads
-    /// the whole tables each time spaces itself (`interval_after`). A
-    /// harvest that stopped for the store (a flood's changes still in the
-    /// table) goes on in a second.
+    /// of changes runs every `HARVEST_EVERY` (its whole reads, every
+    /// `--flow-whole-read-interval` or further apart, are timed by
+    /// `Harvest::pass`), unless more changed than it can follow; one that
+    /// reads the whole tables each time spaces itself (`interval_after`).
+    /// A harvest that stopped for the store (a flood's changes still in
+    /// the table) goes on in a second.
     fn next_after(
         harvest: &Mutex<pipeline::harvest::Harvest>,
-        outlets: &Outlets,
         took: Duration,
         done: Option<(u64, u64)>,
-        whole_every: Duration,
     ) -> Duration {
-        use pipeline::harvest::{interval_after, whole_interval_after, HARVEST_EVERY};
+        use pipeline::harvest::{interval_after, HARVEST_EVERY};
         let Some((read, unchanged)) = done else {
             return HARVEST_EVERY;
         };
-        let mut table = harvest.lock().unwrap_or_else(|p| p.into_inner());
+        let table = harvest.lock().unwrap_or_else(|p| p.into_inner());
         if !table.follows() {
             return interval_after(took, read, unchanged);
         }
-        if !table.last_whole() {
-            return HARVEST_EVERY;
-        }
-        // Spaced by the walk of the tables alone: a whole read forced by a
-        // flood may take seconds of chunks and waits for the store.
-        let walk = table.last_walk();
-        let every = whole_interval_after(walk, read, unchanged, whole_every);
-        table.whole_after(every);
-        let ms = |d: Duration| d.as_millis() as u64;
-        let counters = &outlets.counters;
-        counters
-            .harvest_whole_read_ms
-            .store(ms(walk), std::sync::atomic::Ordering::Relaxed);
-        counters
-            .harvest_whole_every_ms
-            .store(ms(every), std::sync::atomic::Ordering::Relaxed);
         if table.whole_for_load() {
             // More changes than a read by key takes: whole reads, spaced
             // as where the kernel lists none (the list overflows meanwhile
-            // and the next read is whole again).
+            // and the next read is whole again). A whole read otherwise
+            // set the next whole read's time itself (`Harvest::pass`).
             interval_after(took, read, unchanged)
         } else {
             HARVEST_EVERY

@@ -923,12 +923,15 @@ pub fn load_yaml(path: &Path) -> Vec<Value> {
     }
 }
 
-/// The flow table's count `name` in a `status -o json` (`flows` list).
+/// The flow table's count `name` in a `status -o json` (`flows` list): a
+/// count of 0 is left out of the JSON, the name never is, so None only
+/// where `status` has no count of that name.
 pub fn flow_count(status: &Value, name: &str) -> Option<u64> {
-    status["flows"]
-        .as_array()
-        .and_then(|a| a.iter().find(|c| c["name"] == name))
-        .and_then(|c| c["count"].as_u64())
+    let count = status["flows"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == name)?;
+    Some(count["count"].as_u64().unwrap_or(0))
 }
 
 /// An event's `args`, as strings.

@@ -119,7 +119,7 @@ pub struct DaemonArgs {
     /// flows idle for 2 minutes, so one leaves the table at most this long
     /// after; over tables so large that a whole read would take more than
     /// 0.2% of a core at this pace, whole reads are spaced further.
-    #[arg(long, default_value_t = 60.0)]
+    #[arg(long, default_value_t = crate::pipeline::harvest::WHOLE_EVERY.as_secs_f64())]
     pub flow_whole_read_interval: f64,
     /// How often the cgroup tree is re-read, in seconds (a new cgroup is also classified when it is made: the kernel wakes the daemon at its mkdir).
     #[arg(long, default_value_t = 2.0)]

@@ -61,6 +61,9 @@ pub const HARVEST_MOST: Duration = Duration::from_secs(10);
 pub const WHOLE_BUDGET: u32 = 500;
 /// The longest `WHOLE_BUDGET` stretches the time between two whole reads.
 pub const WHOLE_MOST: Duration = Duration::from_secs(3600);
+/// The least time between two whole reads unless the daemon says
+/// (`--flow-whole-read-interval`'s default).
+pub const WHOLE_EVERY: Duration = Duration::from_secs(60);
 /// The most keys a followed harvest takes (each read from both tables,
 /// one lookup each, the refusal table once it holds any); more changed
 /// since the last harvest and it reads the whole tables instead, spaced
@@ -386,13 +389,14 @@ pub struct Harvest {
     leftover: Vec<(Table, FlowKey, FlowEntry)>,
     /// The kernel's list of changed entries, where the pins have it.
     follow: Option<Follow>,
-    /// Whether the last read was of the whole tables, and whether it was
-    /// because more changed than the kernel's list or a read by key takes.
-    last_whole: bool,
+    /// Whether the last read was of the whole tables because more changed
+    /// than the kernel's list or a read by key takes.
     whole_for_load: bool,
-    /// The time the last whole read took to walk the tables (what spaces
-    /// whole reads: `whole_interval_after`).
-    last_walk: Duration,
+    /// The least time between two whole reads where the harvest follows
+    /// the kernel's changes (`--flow-whole-read-interval`); each whole read
+    /// sets the next one's time from it and its own walk
+    /// (`whole_interval_after`).
+    whole_least: Duration,
 }
 
 /// The store's form of a flow key: its bytes as the kernel lays it out,
@@ -516,9 +520,8 @@ impl Harvest {
             gone: Vec::new(),
             leftover: Vec::new(),
             follow,
-            last_whole: false,
             whole_for_load: false,
-            last_walk: Duration::ZERO,
+            whole_least: WHOLE_EVERY,
         };
         h.set_marks(marks);
         Ok(h)
@@ -549,11 +552,6 @@ impl Harvest {
         self.follow.is_some()
     }
 
-    /// Whether the last read was of the whole tables.
-    pub fn last_whole(&self) -> bool {
-        self.last_whole
-    }
-
     /// Whether the last read was of the whole tables because more changed
     /// than the kernel's list holds or a read by key takes (a flood, or
     /// thousands of new destinations a second): the next read is whole
@@ -562,18 +560,10 @@ impl Harvest {
         self.whole_for_load
     }
 
-    /// The time the last whole read took to walk the tables and hand on
-    /// what changed (without the store's waits and the chunks after it).
-    pub fn last_walk(&self) -> Duration {
-        self.last_walk
-    }
-
-    /// The next whole read comes `after` from now (sooner where the
-    /// kernel's list may be incomplete).
-    pub fn whole_after(&mut self, after: Duration) {
-        if let Some(f) = &mut self.follow {
-            f.whole_due = Instant::now() + after;
-        }
+    /// The least time between two whole reads (`WHOLE_EVERY` unless set).
+    pub fn whole_at_least(mut self, least: Duration) -> Self {
+        self.whole_least = least;
+        self
     }
 
     /// Entries the reads found since the last call, and of them those with
@@ -706,7 +696,6 @@ impl Harvest {
                     }
                 }
             }
-            self.last_whole = false;
             self.read_whole = self.leftover.is_empty();
             outlets
                 .counters
@@ -741,8 +730,23 @@ impl Harvest {
             });
         }
         self.read_whole = whole;
-        self.last_whole = true;
-        self.last_walk = walk.elapsed();
+        // The next whole read, whoever asked for this one (the interval,
+        // the controller before a switch, a start): spaced by the walk of
+        // the tables alone, as a whole read forced by a flood may take
+        // seconds of chunks and waits for the store after it.
+        let walked = walk.elapsed();
+        let every = whole_interval_after(walked, chunk.found, chunk.unchanged, self.whole_least);
+        if let Some(f) = &mut self.follow {
+            f.whole_due = Instant::now() + every;
+            let ms = |d: Duration| d.as_millis() as u64;
+            let counters = &outlets.counters;
+            counters
+                .harvest_whole_read_ms
+                .store(ms(walked), Ordering::Relaxed);
+            counters
+                .harvest_whole_every_ms
+                .store(ms(every), Ordering::Relaxed);
+        }
         outlets
             .counters
             .harvest_reads_whole

@@ -1363,13 +1363,7 @@ fn idle_with_full_tables(d: &Daemon, r: &mut Report) {
             break;
         }
     }
-    let flows = |s: &Value, name: &str| {
-        s["flows"]
-            .as_array()
-            .and_then(|l| l.iter().find(|c| c["name"] == name))
-            .and_then(|c| c["count"].as_u64())
-            .unwrap_or(0)
-    };
+    let flows = |s: &Value, name: &str| integration_tests::flow_count(s, name).unwrap_or(0);
     // 10 s without a whole read in it (at most three tries).
     let mut window = None;
     for attempt in 0..3 {
