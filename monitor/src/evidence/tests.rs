@@ -546,7 +546,33 @@ fn a_cloud_place_without_a_region_reads_as_its_provider() {
 /// a filter SQL can apply.
 #[test]
 fn flows_grouped_in_sql_match_flows_grouped_in_memory() {
-    let (_d, s) = store(400);
+    // Events that differ in every column a grouping reads: three cgroups,
+    // four processes and executables, names and cloud regions.
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&dir.path().join("store.db")).unwrap();
+    let events = (1..=400)
+        .map(|i| {
+            let mut e = (*ev(i)).clone();
+            e.cgroup_path = format!("/llm.slice/inference-{}", i % 3);
+            e.comm = format!("worker-{}", i % 4);
+            e.exe = if i % 5 == 0 {
+                String::new()
+            } else {
+                format!("/usr/bin/worker-{}", i % 4)
+            };
+            e.dns_name = ["", "api.example.com", "cdn.example.net"][(i % 3) as usize].into();
+            if i % 2 == 0 {
+                e.cloud = "aws".into();
+                e.cloud_region = ["eu-central-1", "us-east-1"][(i % 4 / 2) as usize].into();
+            }
+            Arc::new(e)
+        })
+        .collect();
+    s.append(&Batch {
+        events,
+        ..Default::default()
+    })
+    .unwrap();
     let sort = |mut v: Vec<query::Flow>| {
         v.sort_by_key(|f| format!("{f:?}"));
         v
@@ -564,6 +590,8 @@ fn flows_grouped_in_sql_match_flows_grouped_in_memory() {
             vec!["cgroup", "verdict"],
             vec!["destination"],
             vec!["policy", "port", "protocol"],
+            vec!["exe", "process"],
+            vec!["name", "cloud", "continent"],
         ] {
             let by: Vec<String> = by.into_iter().map(String::from).collect();
             for (sql, keep) in [

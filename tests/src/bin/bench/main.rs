@@ -85,6 +85,18 @@ const STORE_EVENTS: usize = 1_000_000;
 
 fn main() {
     integration_tests::require_root();
+    if std::env::args().nth(1).as_deref() == Some("store-query") {
+        // The grouped flow queries over a kept bench store
+        // (`EGRESS_MONITOR_STORE_KEEP`), repeated: for profiling them.
+        let dir = std::env::args()
+            .nth(2)
+            .expect("store-query DIR (a kept bench store)");
+        let times = std::env::args()
+            .nth(3)
+            .map_or(10, |s| s.parse().expect("store-query DIR TIMES"));
+        scale::grouped_queries(Path::new(&dir), times);
+        return;
+    }
     let geoip = PathBuf::from(
         std::env::var_os("EGRESS_MONITOR_GEOIP")
             .expect("EGRESS_MONITOR_GEOIP: the real country database (cargo xtask bench sets it)"),

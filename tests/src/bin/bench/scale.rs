@@ -338,3 +338,41 @@ fn table_sizes(path: &Path) -> String {
         .collect();
     rows.join(", ")
 }
+
+/// `bench store-query DIR TIMES`: the grouped flow queries of
+/// `store_bench` over a kept store, `TIMES` each, with their times (the
+/// first one's, then the median of the rest).
+pub fn grouped_queries(dir: &Path, times: usize) {
+    let s = Store::open_read(&dir.join("store.db")).expect("open the kept bench store");
+    let (since, until): (i64, i64) = s
+        .conn
+        .query_row(
+            "SELECT min(unix_nanos), max(unix_nanos) FROM events",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the store's time span");
+    for by in ["country", "cgroup,verdict"] {
+        let by: Vec<String> = by.split(',').map(String::from).collect();
+        let mut took = Vec::new();
+        let mut groups = 0;
+        for _ in 0..times.max(1) {
+            let t = Instant::now();
+            let none = query::FlowFilter::all();
+            groups = query::flows_grouped(&s, since, until + 1, &by, &none, &|_| true)
+                .expect("groupable in SQL")
+                .expect("flows")
+                .len();
+            took.push(ms(t));
+        }
+        let first = took[0];
+        let mut rest = took[1..].to_vec();
+        rest.sort_by(f64::total_cmp);
+        let median = rest.get(rest.len() / 2).copied().unwrap_or(first);
+        println!(
+            "--group-by {}: {groups} groups; first {first:.1} ms, median of the other {} {median:.1} ms",
+            by.join(","),
+            rest.len()
+        );
+    }
+}
