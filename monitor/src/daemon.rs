@@ -601,15 +601,16 @@ impl Harvester {
         whole_every: Duration,
     ) -> anyhow::Result<Self> {
         let table = match store.flow_marks() {
-            Ok(marks) => pipeline::harvest::Harvest::open(pin_dir, marks)
-                .map(|h| h.whole_at_least(whole_every)),
+            Ok(marks) => pipeline::harvest::Harvest::open(pin_dir, marks),
             Err(e) => {
                 log::warn!("reading what was harvested of the kernel's flows before failed ({e}); the harvest waits until the store can be read (the counts wait in the kernel's table, none is counted twice)");
                 pipeline::harvest::Harvest::open_waiting(pin_dir)
-                    .map(|h| h.whole_at_least(whole_every))
             }
         };
-        let harvest = Arc::new(Mutex::new(table.map_err(anyhow::Error::msg)?));
+        let table = table
+            .map_err(anyhow::Error::msg)?
+            .whole_at_least(whole_every);
+        let harvest = Arc::new(Mutex::new(table));
         let task = tokio::spawn({
             let (harvest, outlets, names, store) = (
                 harvest.clone(),
@@ -758,14 +759,12 @@ impl Harvester {
             return HARVEST_EVERY;
         };
         let table = harvest.lock().unwrap_or_else(|p| p.into_inner());
-        if !table.follows() {
-            return interval_after(took, read, unchanged);
-        }
-        if table.whole_for_load() {
-            // More changes than a read by key takes: whole reads, spaced
-            // as where the kernel lists none (the list overflows meanwhile
-            // and the next read is whole again). A whole read otherwise
-            // set the next whole read's time itself (`Harvest::pass`).
+        // Every read whole (no list of changes in the pins, or more changes
+        // than a read by key takes, when the list overflows meanwhile and
+        // the next read is whole again): spaced by what it cost. A whole
+        // read otherwise set the next whole read's time itself
+        // (`Harvest::pass`).
+        if !table.follows() || table.whole_for_load() {
             interval_after(took, read, unchanged)
         } else {
             HARVEST_EVERY

@@ -82,6 +82,18 @@ fn store(n: i64) -> (tempfile::TempDir, Store) {
     (dir, s)
 }
 
+/// A store with these events alone.
+fn store_of(events: Vec<Arc<Event>>) -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = Store::open(&dir.path().join("store.db")).unwrap();
+    s.append(&Batch {
+        events,
+        ..Default::default()
+    })
+    .unwrap();
+    (dir, s)
+}
+
 fn export(s: &Store, key: &SigningKey, since: i64, until: i64) -> bundle::Files {
     let req = bundle::Request {
         since: T0 + since * SEC,
@@ -548,31 +560,26 @@ fn a_cloud_place_without_a_region_reads_as_its_provider() {
 fn flows_grouped_in_sql_match_flows_grouped_in_memory() {
     // Events that differ in every column a grouping reads: three cgroups,
     // four processes and executables, names and cloud regions.
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(&dir.path().join("store.db")).unwrap();
-    let events = (1..=400)
-        .map(|i| {
-            let mut e = (*ev(i)).clone();
-            e.cgroup_path = format!("/llm.slice/inference-{}", i % 3);
-            e.comm = format!("worker-{}", i % 4);
-            e.exe = if i % 5 == 0 {
-                String::new()
-            } else {
-                format!("/usr/bin/worker-{}", i % 4)
-            };
-            e.dns_name = ["", "api.example.com", "cdn.example.net"][(i % 3) as usize].into();
-            if i % 2 == 0 {
-                e.cloud = "aws".into();
-                e.cloud_region = ["eu-central-1", "us-east-1"][(i % 4 / 2) as usize].into();
-            }
-            Arc::new(e)
-        })
-        .collect();
-    s.append(&Batch {
-        events,
-        ..Default::default()
-    })
-    .unwrap();
+    let (_d, s) = store_of(
+        (1..=400)
+            .map(|i| {
+                let mut e = (*ev(i)).clone();
+                e.cgroup_path = format!("/llm.slice/inference-{}", i % 3);
+                e.comm = format!("worker-{}", i % 4);
+                e.exe = if i % 5 == 0 {
+                    String::new()
+                } else {
+                    format!("/usr/bin/worker-{}", i % 4)
+                };
+                e.dns_name = ["", "api.example.com", "cdn.example.net"][(i % 3) as usize].into();
+                if i % 2 == 0 {
+                    e.cloud = "aws".into();
+                    e.cloud_region = ["eu-central-1", "us-east-1"][(i % 4 / 2) as usize].into();
+                }
+                Arc::new(e)
+            })
+            .collect(),
+    );
     let sort = |mut v: Vec<query::Flow>| {
         v.sort_by_key(|f| format!("{f:?}"));
         v
@@ -1228,26 +1235,21 @@ fn a_version_6_store_keeps_its_chain_after_the_upgrade() {
 /// hour; everything is in flows.csv.
 #[test]
 fn the_summary_is_bounded_and_the_data_files_hold_everything() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut s = Store::open(&dir.path().join("store.db")).unwrap();
     // 600 denied connects to 120 addresses from one cgroup, 5 ports each.
-    let events: Vec<Arc<Event>> = (0..600)
-        .map(|i| {
-            // One per second: all in one hour (00:40-00:50).
-            let mut e = (*ev(i)).clone();
-            e.verdict = "denied";
-            e.rule = "default";
-            e.country = "US".into();
-            e.dst_ip = format!("203.0.113.{}", i % 120);
-            e.dst_port = 8000 + (i / 120) as u16;
-            Arc::new(e)
-        })
-        .collect();
-    s.append(&Batch {
-        events,
-        ..Default::default()
-    })
-    .unwrap();
+    let (_d, s) = store_of(
+        (0..600)
+            .map(|i| {
+                // One per second: all in one hour (00:40-00:50).
+                let mut e = (*ev(i)).clone();
+                e.verdict = "denied";
+                e.rule = "default";
+                e.country = "US".into();
+                e.dst_ip = format!("203.0.113.{}", i % 120);
+                e.dst_port = 8000 + (i / 120) as u16;
+                Arc::new(e)
+            })
+            .collect(),
+    );
     let k = key();
     let files = export(&s, &k, 0, 2_000);
     let md = String::from_utf8(files["summary.md"].clone()).unwrap();
